@@ -1,0 +1,57 @@
+"""Server-side package catalog: prices (fen) and what each package grants."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PaymentStatus = Literal["free", "basic", "premium"]
+STATUS_RANK: dict[str, int] = {"free": 0, "basic": 1, "premium": 2}
+
+
+class Package(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str
+    price_fen: int = Field(gt=0)
+    payment_status: PaymentStatus
+    regenerate_grant: int = Field(ge=0)
+
+    @property
+    def price_yuan(self) -> Decimal:
+        return (Decimal(self.price_fen) / 100).quantize(Decimal("0.01"))
+
+
+DEFAULT_CATALOG: dict[str, Package] = {
+    "basic": Package(
+        name="basic",
+        description="paylane basic",
+        price_fen=990,
+        payment_status="basic",
+        regenerate_grant=20,
+    ),
+    "premium": Package(
+        name="premium",
+        description="paylane premium",
+        price_fen=2990,
+        payment_status="premium",
+        regenerate_grant=100,
+    ),
+}
+
+
+def parse_catalog(raw: str | None) -> dict[str, Package]:
+    """``PACKAGE_CATALOG``: a JSON object ``{name: {price_fen, payment_status, ...}}``."""
+    if not raw:
+        return dict(DEFAULT_CATALOG)
+    data = json.loads(raw)
+    if not isinstance(data, dict) or not data:
+        raise ValueError("must be a non-empty JSON object of packages")
+    return {
+        name: Package.model_validate({"name": name, "description": name, **spec})
+        for name, spec in data.items()
+    }

@@ -1,0 +1,205 @@
+"""Consumer runner: manual ack after the handler's work is durable, explicit outcomes.
+
+A handler returns an outcome label (``"processed"``, ``"duplicate"``, …) and the message is
+acked; or raises :class:`Retry` (parked in ``<queue>.retry`` and redelivered after a delay,
+up to a limit) or :class:`Reject` (copied to ``<queue>.dlq`` with the reason, then acked).
+Invalid messages are rejected to the DLQ at once; an unexpected exception is retried with
+backoff, then dead-lettered. Nothing is requeued forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+
+from . import metrics
+from .events import Envelope, parse_event
+from .exceptions import EventValidationError, PaylaneError, PublishError
+from .publisher import Publisher
+from .topology import QueueSpec, declare_queue
+
+log = structlog.get_logger(__name__)
+
+ATTEMPT_HEADER = "x-paylane-attempt"
+REASON_HEADER = "x-paylane-reason"
+ORIGIN_HEADER = "x-paylane-queue"
+FAILED_AT_HEADER = "x-paylane-failed-at"
+
+Handler = Callable[[Envelope, Any], Awaitable[str]]
+
+
+class Retry(PaylaneError):
+    """Try this message again later (e.g. the order row may still be committing)."""
+
+    def __init__(self, reason: str, max_attempts: int = 4, delay_s: float = 1.0):
+        super().__init__(reason)
+        self.reason = reason
+        self.max_attempts = max_attempts
+        self.delay_s = delay_s
+
+
+class Reject(PaylaneError):
+    """This message can never succeed: dead-letter it with the reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Consumer:
+    """Consumes one queue with a handler; start() / stop() around the service's life."""
+
+    #: Unexpected errors (DB down, …): attempts and backoff before dead-lettering.
+    transient_attempts = 8
+    transient_base_delay_s = 1.0
+    transient_max_delay_s = 30.0
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        publisher: Publisher,
+        spec: QueueSpec,
+        handler: Handler,
+        *,
+        prefetch: int = 32,
+    ):
+        self._connection = connection
+        self._publisher = publisher
+        self.spec = spec
+        self._handler = handler
+        self._prefetch = prefetch
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await declare_queue(channel, self.spec)
+        self._tag = await self._queue.consume(self._on_message)
+        log.info("consumer_started", queue=self.spec.name, prefetch=self._prefetch)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking messages, let in-flight ones finish (unacked ones are redelivered)."""
+        if self._queue is not None and self._tag is not None:
+            try:
+                await self._queue.cancel(self._tag)
+            except Exception as exc:  # broker gone: nothing more will arrive anyway
+                log.warning("consumer_cancel_failed", queue=self.spec.name, error=repr(exc))
+            self._tag = None
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout)
+        if self._queue is not None and not self._queue.channel.is_closed:
+            await self._queue.channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            await self.process(message)
+        finally:
+            self._in_flight.discard(task)
+
+    async def process(self, message: AbstractIncomingMessage) -> None:
+        queue = self.spec.name
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            queue=queue, event_id=message.message_id, out_trade_no=message.correlation_id
+        )
+        started = time.perf_counter()
+        try:
+            outcome = await self._handle(message)
+        except Exception as exc:  # the broker is gone mid-ack: redelivery will follow
+            log.warning("consumer_settle_failed", error=repr(exc))
+            return
+        finally:
+            metrics.HANDLER_SECONDS.labels(queue).observe(time.perf_counter() - started)
+            structlog.contextvars.clear_contextvars()
+        metrics.CONSUMER_MESSAGES.labels(queue, outcome).inc()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> str:
+        try:
+            envelope, data = parse_event(message.body)
+        except EventValidationError as exc:
+            log.error("message_invalid", reason=str(exc))
+            return await self._dead_letter(message, str(exc))
+        structlog.contextvars.bind_contextvars(event_type=envelope.type)
+        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 0) or 0)
+        try:
+            outcome = await self._handler(envelope, data)
+        except Reject as exc:
+            log.error("message_rejected", reason=exc.reason)
+            return await self._dead_letter(message, exc.reason)
+        except Retry as exc:
+            if attempt + 1 >= exc.max_attempts:
+                log.error("message_retries_exhausted", reason=exc.reason, attempts=attempt + 1)
+                return await self._dead_letter(
+                    message, f"{exc.reason} (after {attempt + 1} attempts)"
+                )
+            log.info("message_retry", reason=exc.reason, attempt=attempt + 1)
+            return await self._retry(message, attempt + 1, exc.delay_s)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:300]
+            if attempt + 1 >= self.transient_attempts:
+                log.exception("message_failed", reason=reason, attempts=attempt + 1)
+                return await self._dead_letter(message, reason)
+            delay = min(self.transient_base_delay_s * 2**attempt, self.transient_max_delay_s)
+            log.warning(
+                "message_failed_will_retry", reason=reason, attempt=attempt + 1, delay_s=delay
+            )
+            return await self._retry(message, attempt + 1, delay)
+        await message.ack()
+        return outcome
+
+    async def _retry(self, message: AbstractIncomingMessage, attempt: int, delay_s: float) -> str:
+        copy = _copy(message, {ATTEMPT_HEADER: attempt})
+        copy.expiration = max(delay_s, 0.001)
+        return await self._forward(message, self.spec.retry_queue, copy, "retried")
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> str:
+        copy = _copy(
+            message,
+            {
+                REASON_HEADER: reason[:500],
+                ORIGIN_HEADER: self.spec.name,
+                FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
+            },
+        )
+        return await self._forward(message, self.spec.dlq, copy, "dead_lettered")
+
+    async def _forward(
+        self, message: AbstractIncomingMessage, queue: str, copy: aio_pika.Message, outcome: str
+    ) -> str:
+        """Publish the copy (confirmed) and only then ack the original."""
+        try:
+            await self._publisher.publish_to_queue(queue, copy)
+        except PublishError as exc:
+            log.warning("forward_failed_requeue", target=queue, error=str(exc))
+            await message.nack(requeue=True)
+            return "requeued"
+        await message.ack()
+        return outcome
+
+
+def _copy(message: AbstractIncomingMessage, extra_headers: dict[str, Any]) -> aio_pika.Message:
+    headers = dict(message.headers or {})
+    headers.update(extra_headers)
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        type=message.type,
+        timestamp=message.timestamp,
+    )

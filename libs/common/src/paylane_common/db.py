@@ -1,0 +1,65 @@
+"""aiomysql pool and a transaction context manager."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiomysql
+import pymysql
+
+from .settings import MySQLDsn
+
+DUPLICATE_KEY = 1062
+
+
+async def create_pool(url: str, *, minsize: int = 1, maxsize: int = 10) -> aiomysql.Pool:
+    dsn = MySQLDsn(url)
+    return await aiomysql.create_pool(
+        host=dsn.host,
+        port=dsn.port,
+        user=dsn.user,
+        password=dsn.password,
+        db=dsn.database,
+        minsize=minsize,
+        maxsize=maxsize,
+        autocommit=False,
+        charset="utf8mb4",
+        pool_recycle=3600,
+        connect_timeout=5,
+        init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    )
+
+
+@asynccontextmanager
+async def transaction(pool: aiomysql.Pool) -> AsyncIterator[aiomysql.DictCursor]:
+    """One transaction on a pooled connection: commit on success, rollback on error.
+
+    A connection that failed mid-transaction is closed rather than returned to the pool.
+    """
+    conn = await pool.acquire()
+    try:
+        await conn.begin()
+        async with conn.cursor(aiomysql.DictCursor) as cur:
+            yield cur
+        await conn.commit()
+    except BaseException:
+        try:
+            await conn.rollback()
+        except Exception:
+            conn.close()
+        raise
+    finally:
+        await pool.release(conn)
+
+
+async def ping(pool: aiomysql.Pool, timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT 1")
+            await conn.rollback()
+
+
+def is_duplicate_key(exc: BaseException) -> bool:
+    return isinstance(exc, pymysql.err.IntegrityError) and exc.args[0] == DUPLICATE_KEY

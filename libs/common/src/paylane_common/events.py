@@ -1,0 +1,147 @@
+"""Event envelope and per-type data models (DESIGN §5), validated on both ends."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .exceptions import EventValidationError
+
+SCHEMA_VERSION = 1
+
+PAYMENT_SUCCEEDED = "payment.succeeded"
+REFUND_SUCCEEDED = "refund.succeeded"
+REFUND_CLOSED = "refund.closed"
+REFUND_ABNORMAL = "refund.abnormal"
+ORDER_PAID = "order.paid"
+ORDER_REFUNDED = "order.refunded"
+ENTITLEMENT_GRANTED = "entitlement.granted"
+ENTITLEMENT_REVOKED = "entitlement.revoked"
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class PaymentSucceeded(_Data):
+    out_trade_no: str = Field(min_length=1, max_length=32)
+    transaction_id: str = Field(min_length=1, max_length=64)
+    #: Fen. ``None`` only for an internal notify without amount: it must be verified
+    #: by querying WeChat Pay before anything is granted.
+    amount_total: int | None = Field(default=None, ge=0)
+    payer_total: int | None = Field(default=None, ge=0)
+    currency: str = "CNY"
+    openid: str | None = None
+    trade_type: str | None = None
+    success_time: str | None = None
+    mchid: str | None = None
+    appid: str | None = None
+    source: Literal["wechatpay", "internal", "reconcile"] = "wechatpay"
+
+
+class RefundEvent(_Data):
+    out_trade_no: str = Field(min_length=1, max_length=32)
+    out_refund_no: str = Field(min_length=1, max_length=64)
+    refund_id: str | None = None
+    amount_refund: int = Field(ge=0)
+    amount_total: int = Field(ge=0)
+    status: Literal["SUCCESS", "CLOSED", "ABNORMAL", "PROCESSING"]
+    success_time: str | None = None
+
+
+class OrderPaid(_Data):
+    out_trade_no: str
+    user_id: int
+    package_type: str
+    amount_total: int
+    paid_at: str
+
+
+class OrderRefunded(_Data):
+    out_trade_no: str
+    user_id: int
+    package_type: str
+    amount_refund: int
+    full: bool
+
+
+class Entitlement(_Data):
+    user_id: int
+    out_trade_no: str
+    payment_status: Literal["free", "basic", "premium"]
+    regenerate_count: int
+
+
+DATA_MODELS: dict[str, type[_Data]] = {
+    PAYMENT_SUCCEEDED: PaymentSucceeded,
+    REFUND_SUCCEEDED: RefundEvent,
+    REFUND_CLOSED: RefundEvent,
+    REFUND_ABNORMAL: RefundEvent,
+    ORDER_PAID: OrderPaid,
+    ORDER_REFUNDED: OrderRefunded,
+    ENTITLEMENT_GRANTED: Entitlement,
+    ENTITLEMENT_REVOKED: Entitlement,
+}
+
+
+class Envelope(BaseModel):
+    """``{event_id, type, occurred_at, schema_version, data}``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: str = Field(min_length=1, max_length=128)
+    type: str
+    occurred_at: datetime
+    schema_version: int = SCHEMA_VERSION
+    data: dict[str, Any]
+
+    def typed_data(self) -> Any:
+        """The data validated against the model of ``type``."""
+        model = DATA_MODELS.get(self.type)
+        if model is None:
+            raise EventValidationError(f"unknown event type {self.type!r}")
+        try:
+            return model.model_validate(self.data)
+        except ValidationError as exc:
+            raise EventValidationError(f"invalid {self.type} data: {_summary(exc)}") from None
+
+    @property
+    def correlation_id(self) -> str | None:
+        value = self.data.get("out_trade_no")
+        return str(value) if value is not None else None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def make_event(event_type: str, data: _Data, event_id: str | None = None) -> Envelope:
+    """A new envelope; ``data`` must be the model registered for ``event_type``."""
+    model = DATA_MODELS.get(event_type)
+    if model is None or not isinstance(data, model):
+        raise EventValidationError(f"{type(data).__name__} is not the data of {event_type!r}")
+    return Envelope(
+        event_id=event_id or uuid.uuid4().hex,
+        type=event_type,
+        occurred_at=datetime.now(UTC),
+        data=data.model_dump(mode="json"),
+    )
+
+
+def parse_event(body: bytes) -> tuple[Envelope, Any]:
+    """Validate an envelope and its data; raise EventValidationError with the reason."""
+    try:
+        envelope = Envelope.model_validate_json(body)
+    except ValidationError as exc:
+        raise EventValidationError(f"invalid envelope: {_summary(exc)}") from None
+    if envelope.schema_version != SCHEMA_VERSION:
+        raise EventValidationError(f"unsupported schema_version {envelope.schema_version}")
+    return envelope, envelope.typed_data()
+
+
+def _summary(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
+    )

@@ -1,0 +1,48 @@
+"""``/healthz`` (process alive), ``/readyz`` (dependencies reachable), ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, ReadinessCheck])
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = request.app[READINESS_CHECKS]
+    results: dict[str, str] = {}
+
+    async def run(name: str, check: ReadinessCheck) -> None:
+        try:
+            async with asyncio.timeout(2.0):
+                await check()
+            results[name] = "ok"
+        except Exception as exc:
+            results[name] = f"down: {type(exc).__name__}"
+
+    await asyncio.gather(*(run(n, c) for n, c in checks.items()))
+    ready = all(v == "ok" for v in results.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "checks": results},
+        status=200 if ready else 503,
+    )
+
+
+async def metrics_view(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_health_routes(app: web.Application) -> None:
+    """Register the three routes; services add checks to ``app[READINESS_CHECKS]``."""
+    app[READINESS_CHECKS] = {}
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)

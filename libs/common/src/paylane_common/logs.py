@@ -1,0 +1,98 @@
+"""structlog configured once per process: JSON off a TTY, contextvars first, redaction last."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+
+#: Keys whose values never reach a log line (secrets and decrypted payer data).
+REDACTED_KEYS = frozenset(
+    {
+        "apiv3_key",
+        "private_key",
+        "merchant_private_key",
+        "secret",
+        "internal_api_secret",
+        "client_token_secret",
+        "token",
+        "client_token",
+        "authorization",
+        "signature",
+        "paysign",
+        "openid",
+        "payer",
+        "ciphertext",
+        "plaintext",
+        "resource",
+        "password",
+        "x-internal-secret",
+        "wechatpay-signature",
+    }
+)
+_PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.S)
+REDACTED = "[redacted]"
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            k: (REDACTED if str(k).lower() in REDACTED_KEYS else _scrub(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    if isinstance(value, str) and "-----BEGIN" in value:
+        return _PEM.sub(REDACTED, value)
+    return value
+
+
+def redact(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: hide secret keys at any depth and PEM blocks in strings."""
+    for key in list(event_dict):
+        if key.lower() in REDACTED_KEYS:
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+def configure_logging(fmt: str | None = None, level: int = logging.INFO) -> None:
+    """Configure structlog (and route stdlib logging through it) for this process."""
+    if fmt is None:
+        fmt = "console" if sys.stderr.isatty() else "json"
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer()
+        if fmt == "console"
+        else structlog.processors.JSONRenderer(ensure_ascii=False)
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)

@@ -1,0 +1,33 @@
+"""Prometheus metrics shared by the services (each process has its own registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+PUBLISH_CONFIRM_SECONDS = Histogram(
+    "paylane_publish_confirm_seconds",
+    "Time from publish to the broker's confirm, by outcome",
+    ["outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+CONSUMER_MESSAGES = Counter(
+    "paylane_consumer_messages_total",
+    "Messages handled by a consumer, by queue and outcome "
+    "(processed, duplicate, retried, dead_lettered, or a handler's own label)",
+    ["queue", "outcome"],
+)
+HANDLER_SECONDS = Histogram(
+    "paylane_consumer_handler_seconds",
+    "Time spent handling one message, by queue",
+    ["queue"],
+    buckets=_LATENCY_BUCKETS,
+)
+OUTBOX_BACKLOG = Gauge("paylane_outbox_backlog", "Outbox rows not yet published", ["producer"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "paylane_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row", ["producer"]
+)
+OUTBOX_PUBLISHED = Counter(
+    "paylane_outbox_published_total", "Outbox rows published and marked", ["producer"]
+)

@@ -1,0 +1,38 @@
+"""Versioned migrations (yoyo) for the tables of DESIGN §6, run by ``paylane migrate``."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from urllib.parse import quote
+
+import pymysql
+from yoyo import get_backend, read_migrations
+
+from .settings import MySQLDsn
+
+
+def create_database(dsn: MySQLDsn) -> None:
+    conn = pymysql.connect(
+        host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password, connect_timeout=5
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                f"CREATE DATABASE IF NOT EXISTS `{dsn.database}` "
+                "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            )
+    finally:
+        conn.close()
+
+
+def migrate(url: str) -> list[str]:
+    """Create the database if needed and apply pending migrations; return their ids."""
+    dsn = MySQLDsn(url)
+    create_database(dsn)
+    auth = quote(dsn.user, safe="") + (":" + quote(dsn.password, safe="") if dsn.password else "")
+    backend = get_backend(f"mysql://{auth}@{dsn.host}:{dsn.port}/{dsn.database}")
+    migrations = read_migrations(str(files("paylane_common") / "migrations"))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return [m.id for m in pending]

@@ -1,0 +1,147 @@
+"""Transactional outbox: events written in the same transaction as the state change,
+published later by a relay (with confirms) and only then marked published.
+
+A crash between commit and publish leaves the rows for the next relay run; a crash
+between publish and mark re-publishes them, which consumers absorb (same event_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiomysql
+import structlog
+
+from . import metrics
+from .db import transaction
+from .events import Envelope
+from .exceptions import PublishError
+from .publisher import Publisher, envelope_message
+
+log = structlog.get_logger(__name__)
+
+
+async def add(
+    cur: aiomysql.Cursor,
+    producer: str,
+    envelope: Envelope,
+    headers: dict[str, Any] | None = None,
+) -> None:
+    """Stage ``envelope`` for publishing; call inside the effect's transaction."""
+    await cur.execute(
+        "INSERT INTO outbox (producer, event_id, routing_key, payload, headers)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (
+            producer,
+            envelope.event_id,
+            envelope.type,
+            envelope.model_dump_json(),
+            json.dumps(headers) if headers else None,
+        ),
+    )
+
+
+class OutboxRelay:
+    """Publishes one producer's pending rows; woken after each commit, polls as a backstop."""
+
+    def __init__(
+        self,
+        pool: aiomysql.Pool,
+        publisher: Publisher,
+        producer: str,
+        *,
+        batch_size: int = 200,
+        poll_interval_s: float = 1.0,
+    ):
+        self._pool = pool
+        self._publisher = publisher
+        self.producer = producer
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.producer}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                published = await self.relay_once()
+                await self._update_backlog()
+            except Exception as exc:  # broker or DB down: try again on the next tick
+                log.warning("outbox_relay_failed", producer=self.producer, error=repr(exc))
+                published = 0
+            if published >= self._batch_size:
+                continue
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+
+    async def relay_once(self) -> int:
+        """Publish up to one batch of pending rows; return how many were marked published."""
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "SELECT id, payload, routing_key, headers FROM outbox"
+                " WHERE producer = %s AND published_at IS NULL"
+                " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (self.producer, self._batch_size),
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                return 0
+            results = await asyncio.gather(
+                *(self._publish(row) for row in rows), return_exceptions=True
+            )
+            done = [row["id"] for row, result in zip(rows, results, strict=True) if result is None]
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if done:
+                marks = ",".join(["%s"] * len(done))
+                await cur.execute(
+                    f"UPDATE outbox SET published_at = NOW(6) WHERE id IN ({marks})", done
+                )
+        metrics.OUTBOX_PUBLISHED.labels(self.producer).inc(len(done))
+        if failed:
+            log.warning("outbox_publish_failed", count=len(failed), error=repr(failed[0]))
+            if not done:
+                raise (
+                    failed[0]
+                    if isinstance(failed[0], PublishError)
+                    else PublishError(repr(failed[0]))
+                )
+        return len(done)
+
+    async def _publish(self, row: dict[str, Any]) -> None:
+        envelope = Envelope.model_validate_json(row["payload"])
+        headers = json.loads(row["headers"]) if row["headers"] else None
+        await self._publisher.publish(envelope, row["routing_key"], headers)
+
+    async def _update_backlog(self) -> None:
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "SELECT COUNT(*) AS n, TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)) AS age"
+                " FROM outbox WHERE producer = %s AND published_at IS NULL",
+                (self.producer,),
+            )
+            row = await cur.fetchone()
+        metrics.OUTBOX_BACKLOG.labels(self.producer).set(row["n"] or 0)
+        metrics.OUTBOX_OLDEST_AGE.labels(self.producer).set((row["age"] or 0) / 1e6)
+
+
+__all__ = ["OutboxRelay", "add", "envelope_message"]

@@ -1,0 +1,106 @@
+"""Wiring shared by the services: resources as aiohttp cleanup contexts reached through
+typed AppKeys, request-id binding, and the run loop with graceful SIGTERM."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiomysql
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+from aiohttp import web
+
+from . import amqp, db
+from .health import READINESS_CHECKS, add_health_routes
+from .publisher import Publisher
+from .settings import BaseServiceSettings
+
+log = structlog.get_logger(__name__)
+
+AMQP_CONNECTION = web.AppKey("amqp_connection", AbstractRobustConnection)
+PUBLISHER = web.AppKey("publisher", Publisher)
+DB_POOL = web.AppKey("db_pool", aiomysql.Pool)
+SERVICE_NAME = web.AppKey("service_name", str)
+
+#: SIGTERM: stop consuming, finish in-flight work, exit within 10 s (DESIGN §8):
+#: HTTP handlers get this long, then consumers get Consumer.stop()'s budget.
+SHUTDOWN_TIMEOUT_S = 3.0
+
+
+@web.middleware
+async def bind_request_context(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16],
+        path=request.path,
+    )
+    try:
+        return await handler(request)
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+def base_app(name: str, *, client_max_size: int = 1024**2) -> web.Application:
+    app = web.Application(middlewares=[bind_request_context], client_max_size=client_max_size)
+    app[SERVICE_NAME] = name
+    add_health_routes(app)
+    return app
+
+
+def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
+    """A robust connection and a confirm publisher (which declares the topology)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        connection = await amqp.connect(settings.amqp_url, app[SERVICE_NAME])
+        app[AMQP_CONNECTION] = connection
+        app[PUBLISHER] = await Publisher.open(connection, settings.publish_timeout_s)
+
+        async def broker_check() -> None:
+            if not amqp.broker_ready(connection):
+                raise ConnectionError("broker connection is down")
+
+        app[READINESS_CHECKS]["broker"] = broker_check
+        yield
+        await app[PUBLISHER].close()
+        await connection.close()
+
+    app.cleanup_ctx.append(ctx)
+
+
+def use_mysql(app: web.Application, settings: BaseServiceSettings, maxsize: int = 10) -> None:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        pool = await db.create_pool(settings.mysql_url, maxsize=maxsize)
+        app[DB_POOL] = pool
+
+        async def mysql_check() -> None:
+            await db.ping(pool)
+
+        app[READINESS_CHECKS]["mysql"] = mysql_check
+        yield
+        pool.close()
+        await pool.wait_closed()
+
+    app.cleanup_ctx.append(ctx)
+
+
+def run(app: web.Application, settings: BaseServiceSettings) -> None:
+    """Serve until SIGINT/SIGTERM; cleanup contexts then stop consumers and close resources."""
+
+    def announce(_msg: str) -> None:
+        log.info(
+            "listening",
+            service=app[SERVICE_NAME],
+            url=f"http://{settings.http_host}:{settings.http_port}",
+        )
+
+    web.run_app(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        print=announce,
+        access_log=None,
+    )

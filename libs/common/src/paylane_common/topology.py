@@ -1,0 +1,114 @@
+"""RabbitMQ topology (DESIGN §5): exchange ``paylane``, quorum queues with retry + DLQ,
+and the stream ``paylane.log`` bound ``#`` as the replay source.
+
+Every process declares the whole topology at start (declaration is idempotent), so a
+message published before its consumer first ran is still queued for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from . import events
+
+EXCHANGE = "paylane"
+LOG_STREAM = "paylane.log"
+LOG_STREAM_MAX_AGE = "7D"
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A consumer's durable quorum queue ``<service>.<purpose>``."""
+
+    name: str
+    routing_keys: tuple[str, ...]
+    #: Deliveries before the broker dead-letters (crash loops, poison messages).
+    delivery_limit: int = 10
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.name}.dlq"
+
+    @property
+    def retry_queue(self) -> str:
+        """Delayed-retry parking queue: expired messages dead-letter back to ``name``."""
+        return f"{self.name}.retry"
+
+    def arguments(self) -> dict[str, object]:
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.dlq,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def retry_arguments(self) -> dict[str, object]:
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.name,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+
+ORDER_PAYMENTS = QueueSpec(
+    "order.payments",
+    (
+        events.PAYMENT_SUCCEEDED,
+        events.REFUND_SUCCEEDED,
+        events.REFUND_CLOSED,
+        events.REFUND_ABNORMAL,
+    ),
+)
+ENTITLEMENT_ORDERS = QueueSpec("entitlement.orders", (events.ORDER_PAID, events.ORDER_REFUNDED))
+#: Routing keys every notifier replica binds its own exclusive queue to.
+NOTIFIER_KEYS = (
+    events.ORDER_PAID,
+    events.ORDER_REFUNDED,
+    events.ENTITLEMENT_GRANTED,
+    events.ENTITLEMENT_REVOKED,
+)
+
+QUEUES: tuple[QueueSpec, ...] = (ORDER_PAYMENTS, ENTITLEMENT_ORDERS)
+
+
+def queue_spec(name: str) -> QueueSpec:
+    for spec in QUEUES:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"unknown queue {name!r}; known: {', '.join(q.name for q in QUEUES)}")
+
+
+async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
+    return await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+    """Declare ``spec`` with its DLQ and retry queue, bound to the exchange."""
+    exchange = await declare_exchange(channel)
+    await channel.declare_queue(spec.dlq, durable=True, arguments={"x-queue-type": "quorum"})
+    await channel.declare_queue(spec.retry_queue, durable=True, arguments=spec.retry_arguments())
+    queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments())
+    for key in spec.routing_keys:
+        await queue.bind(exchange, routing_key=key)
+    return queue
+
+
+async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
+    """Declare the exchange, the log stream and every consumer queue."""
+    exchange = await declare_exchange(channel)
+    stream = await channel.declare_queue(
+        LOG_STREAM,
+        durable=True,
+        arguments={"x-queue-type": "stream", "x-max-age": LOG_STREAM_MAX_AGE},
+    )
+    await stream.bind(exchange, routing_key="#")
+    for spec in QUEUES:
+        await declare_queue(channel, spec)
+    return exchange

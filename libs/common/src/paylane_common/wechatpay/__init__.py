@@ -1,0 +1,49 @@
+"""WeChat Pay API v3 crypto: signatures, verification keys, AEAD resources, notifications."""
+
+from .aead import ALGORITHM, decrypt_resource, encrypt_resource
+from .exceptions import DecryptionError, VerificationError, WechatPayError
+from .keys import (
+    VerifierKeys,
+    certificate_serial,
+    load_certificate,
+    load_private_key,
+    load_public_key,
+)
+from .merchant import MerchantSigner, new_nonce, parse_authorization
+from .notification import build_notification, decrypt_notification, parse_notification
+from .signature import (
+    SIGNATURE_TYPE,
+    SIGNTEST_PREFIX,
+    NotificationHeaders,
+    NotificationVerifier,
+    build_message,
+    sign,
+    verify_rsa,
+)
+
+__all__ = [
+    "ALGORITHM",
+    "SIGNATURE_TYPE",
+    "SIGNTEST_PREFIX",
+    "DecryptionError",
+    "MerchantSigner",
+    "NotificationHeaders",
+    "NotificationVerifier",
+    "VerificationError",
+    "VerifierKeys",
+    "WechatPayError",
+    "build_message",
+    "build_notification",
+    "certificate_serial",
+    "decrypt_notification",
+    "decrypt_resource",
+    "encrypt_resource",
+    "load_certificate",
+    "load_private_key",
+    "load_public_key",
+    "new_nonce",
+    "parse_authorization",
+    "parse_notification",
+    "sign",
+    "verify_rsa",
+]

@@ -1,0 +1,133 @@
+"""Notification bodies: build them as WeChat Pay does, check their shape, decrypt them."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from .aead import ALGORITHM, decrypt_resource, encrypt_resource
+from .exceptions import DecryptionError
+from .signature import (
+    HEADER_NONCE,
+    HEADER_SERIAL,
+    HEADER_SIGNATURE,
+    HEADER_SIGNATURE_TYPE,
+    HEADER_TIMESTAMP,
+    SIGNATURE_TYPE,
+    build_message,
+    sign,
+)
+
+BEIJING = timezone(timedelta(hours=8))
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def build_notification(
+    *,
+    event_id: str,
+    event_type: str,
+    resource_plaintext: Mapping[str, Any],
+    original_type: str,
+    apiv3_key: bytes | str,
+    signing_key: RSAPrivateKey,
+    serial: str,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+    summary: str = "支付成功",
+    create_time: str | None = None,
+    resource_nonce: str | None = None,
+) -> tuple[dict[str, str], bytes]:
+    """A signed notification ``(headers, body)`` as WeChat Pay would POST it.
+
+    ``nonce`` is the ``Wechatpay-Nonce`` header; ``resource_nonce`` the AES-GCM nonce
+    (random when omitted). ``associated_data`` is ``original_type``, as WeChat Pay uses.
+    """
+    ts = int(time.time()) if timestamp is None else timestamp
+    header_nonce = secrets.token_hex(16).upper() if nonce is None else nonce
+    if create_time is None:
+        create_time = datetime.fromtimestamp(ts, BEIJING).isoformat(timespec="seconds")
+    resource = {
+        "original_type": original_type,
+        **encrypt_resource(
+            apiv3_key, _dumps(dict(resource_plaintext)), original_type, resource_nonce
+        ),
+    }
+    body = _dumps(
+        {
+            "id": event_id,
+            "create_time": create_time,
+            "resource_type": "encrypt-resource",
+            "event_type": event_type,
+            "summary": summary,
+            "resource": resource,
+        }
+    )
+    signature = sign(signing_key, build_message(str(ts), header_nonce, body))
+    headers = {
+        HEADER_SIGNATURE: signature,
+        HEADER_TIMESTAMP: str(ts),
+        HEADER_NONCE: header_nonce,
+        HEADER_SERIAL: serial,
+        HEADER_SIGNATURE_TYPE: SIGNATURE_TYPE,
+        "Content-Type": "application/json",
+    }
+    return headers, body
+
+
+def _require_str(obj: Mapping[str, Any], field: str, where: str) -> str:
+    value = obj.get(field)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{where} lacks a non-empty string {field!r}")
+    return value
+
+
+def parse_notification(body: bytes) -> dict[str, Any]:
+    """Parse a notification body and check the fields ingress relies on (ValueError if not)."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise ValueError("notification body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ValueError("notification body is not a JSON object")
+    _require_str(obj, "id", "notification")
+    _require_str(obj, "event_type", "notification")
+    resource = obj.get("resource")
+    if not isinstance(resource, dict):
+        raise ValueError("notification lacks a 'resource' object")
+    _require_str(resource, "ciphertext", "resource")
+    _require_str(resource, "nonce", "resource")
+    if resource.get("algorithm") != ALGORITHM:
+        raise ValueError(f"resource algorithm is not {ALGORITHM}")
+    associated_data = resource.get("associated_data")
+    if associated_data is not None and not isinstance(associated_data, str):
+        raise ValueError("resource 'associated_data' is not a string")
+    return obj
+
+
+def decrypt_notification(body_obj: Mapping[str, Any], apiv3_key: bytes | str) -> dict[str, Any]:
+    """Decrypt the ``resource`` of a parsed notification into its JSON object."""
+    resource = body_obj.get("resource")
+    if not isinstance(resource, Mapping):
+        raise DecryptionError("notification has no resource object")
+    plaintext = decrypt_resource(
+        apiv3_key,
+        str(resource.get("nonce") or ""),
+        resource.get("associated_data"),
+        str(resource.get("ciphertext") or ""),
+    )
+    try:
+        decoded = json.loads(plaintext)
+    except ValueError:
+        raise DecryptionError("decrypted resource is not valid JSON") from None
+    if not isinstance(decoded, dict):
+        raise DecryptionError("decrypted resource is not a JSON object")
+    return decoded

@@ -1,0 +1,54 @@
+"""From a decrypted WeChat Pay resource to a paylane event (DESIGN §3 step 6, §5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paylane_common import events
+from paylane_common.events import Envelope, PaymentSucceeded, RefundEvent, make_event
+
+REFUND_TYPES = {
+    "REFUND.SUCCESS": events.REFUND_SUCCEEDED,
+    "REFUND.CLOSED": events.REFUND_CLOSED,
+    "REFUND.ABNORMAL": events.REFUND_ABNORMAL,
+}
+
+
+class Ignored(Exception):
+    """Acknowledged and logged, not published (SECURITY_ECHO.*, unknown types, …)."""
+
+
+def to_event(event_id: str, event_type: str, resource: dict[str, Any]) -> Envelope:
+    """Raise Ignored for what is not published, ValueError for a malformed resource."""
+    if event_type == "TRANSACTION.SUCCESS":
+        if resource.get("trade_state", "SUCCESS") != "SUCCESS":
+            raise Ignored(f"trade_state {resource.get('trade_state')!r}")
+        amount = resource.get("amount") or {}
+        payer = resource.get("payer") or {}
+        data = PaymentSucceeded(
+            out_trade_no=resource["out_trade_no"],
+            transaction_id=resource["transaction_id"],
+            amount_total=amount["total"],
+            payer_total=amount.get("payer_total"),
+            currency=amount.get("currency") or "CNY",
+            openid=payer.get("openid"),
+            trade_type=resource.get("trade_type"),
+            success_time=resource.get("success_time"),
+            mchid=resource.get("mchid"),
+            appid=resource.get("appid"),
+            source="wechatpay",
+        )
+        return make_event(events.PAYMENT_SUCCEEDED, data, event_id)
+    if event_type in REFUND_TYPES:
+        amount = resource.get("amount") or {}
+        refund = RefundEvent(
+            out_trade_no=resource["out_trade_no"],
+            out_refund_no=resource["out_refund_no"],
+            refund_id=resource.get("refund_id"),
+            amount_refund=amount["refund"],
+            amount_total=amount["total"],
+            status=resource.get("refund_status") or event_type.split(".", 1)[1],
+            success_time=resource.get("success_time"),
+        )
+        return make_event(REFUND_TYPES[event_type], refund, event_id)
+    raise Ignored(f"event_type {event_type!r} is not published")

@@ -1,0 +1,24 @@
+"""Ingress metrics (names documented in the README)."""
+
+from prometheus_client import Counter, Histogram
+
+NOTIFICATIONS_RECEIVED = Counter(
+    "paylane_ingress_notifications_received_total", "Notification requests received", ["route"]
+)
+NOTIFICATIONS_VERIFIED = Counter(
+    "paylane_ingress_notifications_verified_total", "Notifications whose signature verified"
+)
+NOTIFICATIONS_REJECTED = Counter(
+    "paylane_ingress_notifications_rejected_total", "Notifications rejected, by reason", ["reason"]
+)
+NOTIFICATIONS_ACKED = Counter(
+    "paylane_ingress_notifications_acked_total",
+    "Notifications acknowledged, by outcome (published, ignored)",
+    ["outcome"],
+)
+ACK_SECONDS = Histogram(
+    "paylane_ingress_ack_seconds",
+    "Time from request start to the answer, by status class",
+    ["status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

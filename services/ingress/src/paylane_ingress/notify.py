@@ -1,0 +1,144 @@
+"""``POST /notify/wechatpay``: DESIGN §3 steps 1–7, in order."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from paylane_common.exceptions import EventValidationError, PublishError
+from paylane_common.publisher import Publisher
+from paylane_common.service import PUBLISHER
+from paylane_common.wechatpay import (
+    DecryptionError,
+    NotificationHeaders,
+    NotificationVerifier,
+    VerificationError,
+    decrypt_notification,
+    parse_notification,
+)
+
+from . import metrics
+from .mapping import Ignored, to_event
+from .responses import acknowledged, fail
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY = 64 * 1024
+
+#: Verification failures that mean "malformed" (400) rather than "not authentic" (401).
+_MALFORMED = {"missing_header", "bad_signature_type", "bad_timestamp"}
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    verifier: NotificationVerifier
+    apiv3_key: bytes
+
+
+NOTIFY_CONFIG = web.AppKey("notify_config", NotifyConfig)
+
+
+class Rejection(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+async def notify_wechatpay(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    metrics.NOTIFICATIONS_RECEIVED.labels("wechatpay").inc()
+    try:
+        response = await _handle(request)
+    except Rejection as rej:
+        metrics.NOTIFICATIONS_REJECTED.labels(rej.reason).inc()
+        level = "info" if rej.reason == "signtest_probe" else "warning"
+        getattr(log, level)("notification_rejected", reason=rej.reason, status=rej.status)
+        response = fail(rej.status, rej.message)
+    metrics.ACK_SECONDS.labels(f"{response.status // 100}xx").observe(time.perf_counter() - started)
+    return response
+
+
+async def _handle(request: web.Request) -> web.Response:
+    config = request.app[NOTIFY_CONFIG]
+    body = await _read_body(request)
+    try:
+        headers = NotificationHeaders.from_mapping(request.headers)
+        config.verifier.verify(headers, body)
+    except VerificationError as exc:
+        status = 400 if exc.reason in _MALFORMED else 401
+        raise Rejection(status, exc.reason, _verification_message(exc)) from None
+    metrics.NOTIFICATIONS_VERIFIED.inc()
+
+    try:
+        notification = parse_notification(body)
+    except ValueError as exc:
+        raise Rejection(400, "malformed_body", str(exc)) from None
+    structlog.contextvars.bind_contextvars(
+        event_id=notification["id"], event_type=notification["event_type"]
+    )
+    try:
+        resource = decrypt_notification(notification, config.apiv3_key)
+    except DecryptionError:
+        # Signed by WeChat yet undecryptable: almost always a wrong or rotated APIv3 key.
+        log.error("notification_undecryptable")
+        raise Rejection(400, "decrypt_failed", "resource could not be decrypted") from None
+
+    try:
+        envelope = to_event(notification["id"], notification["event_type"], resource)
+    except Ignored as why:
+        log.info("notification_ignored", why=str(why))
+        metrics.NOTIFICATIONS_ACKED.labels("ignored").inc()
+        return acknowledged()
+    except (KeyError, TypeError, ValueError, EventValidationError) as exc:
+        raise Rejection(400, "invalid_resource", _field_problem(exc)) from None
+    structlog.contextvars.bind_contextvars(out_trade_no=envelope.correlation_id)
+
+    publisher: Publisher = request.app[PUBLISHER]
+    try:
+        await publisher.publish(envelope)
+    except PublishError as exc:
+        log.error("publish_failed_answering_503", error=str(exc))
+        metrics.NOTIFICATIONS_REJECTED.labels("broker_unavailable").inc()
+        return fail(503, "temporarily unavailable, retry later")
+    log.info("notification_published", routing_key=envelope.type)
+    metrics.NOTIFICATIONS_ACKED.labels("published").inc()
+    return acknowledged()
+
+
+async def _read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise Rejection(413, "too_large", f"body larger than {MAX_BODY} bytes")
+    if request.content_type != "application/json":
+        raise Rejection(415, "not_json", "Content-Type must be application/json")
+    body = await request.content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise Rejection(413, "too_large", f"body larger than {MAX_BODY} bytes")
+    if not body:
+        raise Rejection(400, "empty_body", "empty body")
+    return body
+
+
+def _verification_message(exc: VerificationError) -> str:
+    return {
+        "missing_header": "missing Wechatpay-* header",
+        "bad_signature_type": "unsupported Wechatpay-Signature-Type",
+        "bad_timestamp": "Wechatpay-Timestamp is not a unix timestamp",
+        "stale_timestamp": "Wechatpay-Timestamp outside the accepted window",
+        "unknown_serial": "unknown Wechatpay-Serial",
+        "bad_signature": "signature verification failed",
+        "signtest_probe": "signature verification failed",
+    }.get(exc.reason, "verification failed")
+
+
+def _field_problem(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"resource lacks field {exc.args[0]!r}"
+    if isinstance(exc, EventValidationError):
+        return str(exc)
+    return "resource has an invalid field"
