@@ -1,10 +1,9 @@
-"""``POST /notify/wechatpay``: DESIGN §3 steps 1–7, in order."""
+"""``POST /notify/wechatpay``: DESIGN §3 steps 1 to 7, in order."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from aiohttp import web
