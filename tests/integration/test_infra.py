@@ -1,0 +1,17 @@
+import pytest
+
+from paylane_common.db import transaction
+
+
+@pytest.mark.integration
+async def test_database_is_migrated(db_pool):
+    async with transaction(db_pool) as cur:
+        await cur.execute("SELECT COUNT(*) AS n FROM payment_orders")
+        assert (await cur.fetchone())["n"] == 0
+
+
+@pytest.mark.integration
+async def test_vhost_is_reachable(amqp_connection):
+    channel = await amqp_connection.channel()
+    assert not channel.is_closed
+    await channel.close()

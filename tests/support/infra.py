@@ -1,0 +1,167 @@
+"""Where the integration tests find RabbitMQ and MySQL.
+
+With a Docker engine, testcontainers starts MySQL 8 and RabbitMQ; without one (detected in
+well under a second), the local services are used: ``PAYLANE_TEST_AMQP_URL`` /
+``PAYLANE_TEST_MYSQL_URL`` or the defaults of DESIGN §2. Either way each test session gets
+its own RabbitMQ vhost and its own database, so runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pymysql
+
+
+@dataclass
+class BrokerControl:
+    """Runs ``rabbitmqctl`` where the broker lives (host or container)."""
+
+    run: Callable[[list[str]], str]
+
+    def stop(self) -> None:
+        self.run(["stop_app"])
+
+    def start(self) -> None:
+        self.run(["start_app"])
+        self.run(["await_startup"])
+
+    def add_vhost(self, vhost: str, user: str) -> None:
+        self.run(["add_vhost", vhost])
+        self.run(["set_permissions", "-p", vhost, user, ".*", ".*", ".*"])
+
+    def delete_vhost(self, vhost: str) -> None:
+        self.run(["delete_vhost", vhost])
+
+
+@dataclass
+class Infra:
+    amqp_host: str
+    amqp_port: int
+    amqp_user: str
+    amqp_password: str
+    mysql_host: str
+    mysql_port: int
+    mysql_user: str
+    mysql_password: str
+    broker: BrokerControl
+    kind: str
+
+    def amqp_url(self, vhost: str) -> str:
+        return (
+            f"amqp://{quote(self.amqp_user)}:{quote(self.amqp_password)}"
+            f"@{self.amqp_host}:{self.amqp_port}/{quote(vhost, safe='')}"
+        )
+
+    def mysql_url(self, database: str) -> str:
+        return (
+            f"mysql://{quote(self.mysql_user)}:{quote(self.mysql_password)}"
+            f"@{self.mysql_host}:{self.mysql_port}/{database}"
+        )
+
+    def mysql_admin(self) -> pymysql.Connection:
+        return pymysql.connect(
+            host=self.mysql_host,
+            port=self.mysql_port,
+            user=self.mysql_user,
+            password=self.mysql_password,
+            autocommit=True,
+        )
+
+
+def docker_available() -> bool:
+    """True when a Docker engine answers ``/_ping`` within a second."""
+    if os.environ.get("PAYLANE_TEST_LOCAL") == "1":
+        return False
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: str | tuple[str, int] = host.removeprefix("unix://")
+        elif host.startswith("tcp://"):
+            name, _, port = host.removeprefix("tcp://").partition(":")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = (name, int(port or 2375))
+        else:
+            return False
+        with sock:
+            sock.settimeout(1.0)
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b" 200 " in sock.recv(64)
+    except (OSError, ValueError):
+        return False
+
+
+def _local_rabbitmqctl(args: list[str]) -> str:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise RuntimeError("rabbitmqctl not found: the local broker cannot be controlled")
+    done = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+@contextlib.contextmanager
+def provide_infra() -> Iterator[Infra]:
+    if docker_available():
+        yield from _containers()
+        return
+    from urllib.parse import urlsplit
+
+    amqp = urlsplit(os.environ.get("PAYLANE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+    mysql = urlsplit(os.environ.get("PAYLANE_TEST_MYSQL_URL", "mysql://root:@127.0.0.1:3306/"))
+    yield Infra(
+        amqp_host=amqp.hostname or "127.0.0.1",
+        amqp_port=amqp.port or 5672,
+        amqp_user=amqp.username or "guest",
+        amqp_password=amqp.password or "guest",
+        mysql_host=mysql.hostname or "127.0.0.1",
+        mysql_port=mysql.port or 3306,
+        mysql_user=mysql.username or "root",
+        mysql_password=mysql.password or "",
+        broker=BrokerControl(_local_rabbitmqctl),
+        kind="local",
+    )
+
+
+def _containers() -> Iterator[Infra]:
+    from testcontainers.mysql import MySqlContainer
+    from testcontainers.rabbitmq import RabbitMqContainer
+
+    with (
+        MySqlContainer("mysql:8.0", root_password="paylane") as mysql,
+        RabbitMqContainer("rabbitmq:3.13") as rabbit,
+    ):
+
+        def ctl(args: list[str]) -> str:
+            code, out = rabbit.exec(["rabbitmqctl", *args])
+            if code != 0:
+                raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out!r}")
+            return out.decode() if isinstance(out, bytes) else str(out)
+
+        yield Infra(
+            amqp_host=rabbit.get_container_host_ip(),
+            amqp_port=int(rabbit.get_exposed_port(5672)),
+            amqp_user="guest",
+            amqp_password="guest",
+            mysql_host=mysql.get_container_host_ip(),
+            mysql_port=int(mysql.get_exposed_port(3306)),
+            mysql_user="root",
+            mysql_password="paylane",
+            broker=BrokerControl(ctl),
+            kind="containers",
+        )
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
