@@ -132,7 +132,7 @@ class Consumer:
             log.error("message_invalid", reason=str(exc))
             return await self._dead_letter(message, str(exc))
         structlog.contextvars.bind_contextvars(event_type=envelope.type)
-        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 0) or 0)
+        attempt = _attempt(message)
         try:
             outcome = await self._handler(envelope, data)
         except Reject as exc:
@@ -187,6 +187,11 @@ class Consumer:
             return "requeued"
         await message.ack()
         return outcome
+
+
+def _attempt(message: AbstractIncomingMessage) -> int:
+    value = (message.headers or {}).get(ATTEMPT_HEADER, 0)
+    return value if isinstance(value, int) else 0
 
 
 def _copy(message: AbstractIncomingMessage, extra_headers: dict[str, Any]) -> aio_pika.Message:

@@ -28,7 +28,8 @@ async def create_pool(url: str, *, minsize: int = 1, maxsize: int = 10) -> aiomy
         charset="utf8mb4",
         pool_recycle=3600,
         connect_timeout=5,
-        init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        # DATETIME columns hold UTC, whatever the server's own time zone is.
+        init_command="SET time_zone = '+00:00'",
     )
 
 

@@ -12,9 +12,12 @@ from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 
 from . import amqp, db
+from .consumer import Consumer, Handler
 from .health import READINESS_CHECKS, add_health_routes
+from .outbox import OutboxRelay
 from .publisher import Publisher
 from .settings import BaseServiceSettings
+from .topology import QueueSpec
 
 log = structlog.get_logger(__name__)
 
@@ -104,3 +107,37 @@ def run(app: web.Application, settings: BaseServiceSettings) -> None:
         print=announce,
         access_log=None,
     )
+
+
+OUTBOX_RELAY = web.AppKey("outbox_relay", OutboxRelay)
+CONSUMER = web.AppKey("consumer", Consumer)
+
+
+def use_consumer(
+    app: web.Application,
+    spec: QueueSpec,
+    make_handler: Callable[[web.Application], Handler],
+    *,
+    outbox_producer: str | None = None,
+    prefetch: int = 32,
+) -> None:
+    """Consume ``spec`` with the handler built from the app's resources; with
+    ``outbox_producer``, also run that producer's outbox relay. Add after use_broker and
+    use_mysql: teardown runs in reverse, so consumers stop before their resources close."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if outbox_producer is not None:
+            relay = OutboxRelay(app[DB_POOL], app[PUBLISHER], outbox_producer)
+            app[OUTBOX_RELAY] = relay
+            relay.start()
+        consumer = Consumer(
+            app[AMQP_CONNECTION], app[PUBLISHER], spec, make_handler(app), prefetch=prefetch
+        )
+        app[CONSUMER] = consumer
+        await consumer.start()
+        yield
+        await consumer.stop()
+        if outbox_producer is not None:
+            await app[OUTBOX_RELAY].stop()
+
+    app.cleanup_ctx.append(ctx)

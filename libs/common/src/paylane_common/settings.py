@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .catalog import Package, parse_catalog
 from .exceptions import ConfigError
 
 #: Variables that may be given as ``<NAME>_FILE`` pointing to a file holding the value.
@@ -109,6 +110,22 @@ class BaseServiceSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSecretsSource(settings_cls))
+
+
+class CatalogSettings(BaseSettings):
+    """Mixin: ``PACKAGE_CATALOG`` (JSON) overrides the built-in package catalog."""
+
+    package_catalog: str | None = None
+
+    @field_validator("package_catalog")
+    @classmethod
+    def _check_catalog(cls, value: str | None) -> str | None:
+        parse_catalog(value)
+        return value
+
+    @property
+    def catalog(self) -> dict[str, Package]:
+        return parse_catalog(self.package_catalog)
 
 
 def secret_value(secret: SecretStr | None) -> str:

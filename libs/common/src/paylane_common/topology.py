@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from pamqp.common import Arguments
 
 from . import events
 
@@ -37,7 +38,7 @@ class QueueSpec:
         """Delayed-retry parking queue: expired messages dead-letter back to ``name``."""
         return f"{self.name}.retry"
 
-    def arguments(self) -> dict[str, object]:
+    def arguments(self) -> Arguments:
         return {
             "x-queue-type": "quorum",
             "x-delivery-limit": self.delivery_limit,
@@ -47,7 +48,7 @@ class QueueSpec:
             "x-overflow": "reject-publish",
         }
 
-    def retry_arguments(self) -> dict[str, object]:
+    def retry_arguments(self) -> Arguments:
         return {
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": "",

@@ -1,0 +1,43 @@
+# The one source of commands: the README and CI call these targets.
+.DEFAULT_GOAL := help
+UV ?= uv
+export MYSQL_URL ?= mysql://root:@127.0.0.1:3306/paylane
+export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
+
+.PHONY: help install run migrate test test-unit lint fmt
+
+help:
+	@echo "make run      migrate, then run all services against local RabbitMQ + MariaDB"
+	@echo "make test     the whole test suite on real RabbitMQ + MySQL"
+	@echo "make lint     ruff + mypy"
+	@echo "make migrate  create/upgrade the database in MYSQL_URL"
+
+install:
+	$(UV) sync --frozen
+
+migrate: install
+	$(UV) run paylane migrate
+
+# Development keys are made once in .dev/ (git-ignored); honcho runs the Procfile.
+run: migrate
+	$(UV) run paylane dev init
+	@echo "ingress     http://127.0.0.1:8080  (POST /notify/wechatpay)"
+	@echo "order       http://127.0.0.1:8081  (/healthz /readyz /metrics)"
+	@echo "entitlement http://127.0.0.1:8082  (/healthz /readyz /metrics)"
+	@echo "notifier    http://127.0.0.1:8083  (GET /ws?token=… , GET /events?token=…)"
+	$(UV) run honcho start -e .dev/env -f Procfile
+
+test: install
+	$(UV) run pytest
+
+test-unit: install
+	$(UV) run pytest -m "not integration and not e2e"
+
+lint: install
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy libs/common/src
+
+fmt:
+	$(UV) run ruff check --fix .
+	$(UV) run ruff format .

@@ -1,0 +1,159 @@
+"""``order.paid`` → the user's plan rises and regenerations grow, once per order;
+``order.refunded`` (full) → exactly what that order granted is taken back (DESIGN §6).
+
+The ledger ``entitlement_grants`` (one row per order) makes "one order grants once"
+hold even when an ``order.paid`` arrives under another event id (a replay, a republish).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import aiomysql
+import structlog
+
+from paylane_common import events, inbox, outbox
+from paylane_common.catalog import Package
+from paylane_common.consumer import Reject, Retry
+from paylane_common.db import is_duplicate_key, transaction
+from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded, make_event
+
+log = structlog.get_logger(__name__)
+
+CONSUMER = "entitlement"
+PRODUCER = "entitlement"
+
+_RANK = "FIELD({col}, 'free', 'basic', 'premium')"
+
+
+class EntitlementApplier:
+    def __init__(
+        self,
+        pool: aiomysql.Pool,
+        catalog: dict[str, Package],
+        on_commit: Callable[[], None] | None = None,
+    ):
+        self._pool = pool
+        self._catalog = catalog
+        self._on_commit = on_commit
+
+    async def __call__(self, envelope: Envelope, data: Any) -> str:
+        async with transaction(self._pool) as cur:
+            if not await inbox.claim(cur, CONSUMER, envelope.event_id):
+                return "duplicate"
+            if isinstance(data, OrderPaid):
+                outcome = await self._grant(cur, envelope, data)
+            elif isinstance(data, OrderRefunded):
+                outcome = await self._revoke(cur, envelope, data)
+            else:
+                raise Reject(f"{envelope.type} is not for the entitlement service")
+        if outcome in ("granted", "revoked") and self._on_commit is not None:
+            self._on_commit()
+        return outcome
+
+    async def _grant(self, cur: aiomysql.Cursor, envelope: Envelope, data: OrderPaid) -> str:
+        package = self._catalog.get(data.package_type)
+        if package is None:
+            raise Reject(f"package {data.package_type!r} is not in the catalog")
+        status_after = (
+            f"CASE WHEN {_RANK.format(col='payment_status')} < {_RANK.format(col='%s')}"
+            " THEN %s ELSE payment_status END"
+        )
+        try:
+            await cur.execute(
+                "INSERT INTO entitlement_grants (out_trade_no, user_id, package_type,"
+                " regenerate_granted, status_before, status_after)"
+                f" SELECT %s, id, %s, %s, payment_status, {status_after}"
+                " FROM users WHERE id = %s",
+                (
+                    data.out_trade_no,
+                    package.name,
+                    package.regenerate_grant,
+                    package.payment_status,
+                    package.payment_status,
+                    data.user_id,
+                ),
+            )
+        except Exception as exc:
+            if is_duplicate_key(exc):
+                log.info("grant_already_applied")
+                return "duplicate"
+            raise
+        if cur.rowcount == 0:
+            raise Retry(f"unknown user {data.user_id}", max_attempts=4, delay_s=1.0)
+        await cur.execute(
+            f"UPDATE users SET payment_status = {status_after},"
+            " regenerate_count = regenerate_count + %s WHERE id = %s",
+            (
+                package.payment_status,
+                package.payment_status,
+                package.regenerate_grant,
+                data.user_id,
+            ),
+        )
+        await self._emit(cur, envelope, events.ENTITLEMENT_GRANTED, data.user_id, data.out_trade_no)
+        log.info("entitlement_granted", user_id=data.user_id, package=package.name)
+        return "granted"
+
+    async def _revoke(self, cur: aiomysql.Cursor, envelope: Envelope, data: OrderRefunded) -> str:
+        if not data.full:
+            log.info("partial_refund_keeps_entitlement")
+            return "partial_refund"
+        await cur.execute(
+            "SELECT user_id, regenerate_granted, status_before FROM entitlement_grants"
+            " WHERE out_trade_no = %s AND revoked_at IS NULL FOR UPDATE",
+            (data.out_trade_no,),
+        )
+        grant = await cur.fetchone()
+        if grant is None:
+            log.info("nothing_to_revoke")
+            return "duplicate"
+        await cur.execute(
+            "UPDATE entitlement_grants SET revoked_at = NOW(6)"
+            " WHERE out_trade_no = %s AND revoked_at IS NULL",
+            (data.out_trade_no,),
+        )
+        # The plan falls back to the best of what it was before this order and what the
+        # user's other unrevoked orders granted.
+        await cur.execute(
+            "UPDATE users SET regenerate_count = GREATEST(regenerate_count - %s, 0),"
+            " payment_status = (SELECT ELT(MAX(r), 'free', 'basic', 'premium') FROM ("
+            f"   SELECT {_RANK.format(col='%s')} AS r"
+            f"   UNION ALL SELECT {_RANK.format(col='g.status_after')} FROM entitlement_grants g"
+            "    WHERE g.user_id = %s AND g.revoked_at IS NULL) AS ranks)"
+            " WHERE id = %s",
+            (
+                grant["regenerate_granted"],
+                grant["status_before"],
+                grant["user_id"],
+                grant["user_id"],
+            ),
+        )
+        await self._emit(
+            cur, envelope, events.ENTITLEMENT_REVOKED, grant["user_id"], data.out_trade_no
+        )
+        log.info("entitlement_revoked", user_id=grant["user_id"])
+        return "revoked"
+
+    async def _emit(
+        self,
+        cur: aiomysql.Cursor,
+        cause: Envelope,
+        event_type: str,
+        user_id: int,
+        out_trade_no: str,
+    ) -> None:
+        await cur.execute(
+            "SELECT payment_status, regenerate_count FROM users WHERE id = %s", (user_id,)
+        )
+        user = await cur.fetchone()
+        data = Entitlement(
+            user_id=user_id,
+            out_trade_no=out_trade_no,
+            payment_status=user["payment_status"],
+            regenerate_count=user["regenerate_count"],
+        )
+        await outbox.add(
+            cur, PRODUCER, make_event(event_type, data), headers={"x-paylane-cause": cause.event_id}
+        )

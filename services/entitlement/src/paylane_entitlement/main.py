@@ -1,0 +1,47 @@
+"""Entitlement service: owns the entitlement columns of ``users`` (DESIGN §6)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from paylane_common.exceptions import ConfigError
+from paylane_common.logs import configure_logging
+from paylane_common.service import (
+    DB_POOL,
+    OUTBOX_RELAY,
+    base_app,
+    run,
+    use_broker,
+    use_consumer,
+    use_mysql,
+)
+from paylane_common.settings import exit_on_config_error, load_settings
+from paylane_common.topology import ENTITLEMENT_ORDERS
+
+from .grants import PRODUCER, EntitlementApplier
+from .settings import EntitlementSettings
+
+
+def build_app(settings: EntitlementSettings) -> web.Application:
+    app = base_app("entitlement")
+    use_broker(app, settings)
+    use_mysql(app, settings)
+    use_consumer(
+        app,
+        ENTITLEMENT_ORDERS,
+        lambda app: EntitlementApplier(
+            app[DB_POOL], settings.catalog, on_commit=app[OUTBOX_RELAY].wake
+        ),
+        outbox_producer=PRODUCER,
+    )
+    return app
+
+
+def main() -> None:
+    try:
+        settings = load_settings(EntitlementSettings)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+        return
+    configure_logging(settings.log_format)
+    run(build_app(settings), settings)

@@ -1,0 +1,11 @@
+"""Entitlement service settings (DESIGN §2)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from paylane_common.settings import BaseServiceSettings, CatalogSettings
+
+
+class EntitlementSettings(BaseServiceSettings, CatalogSettings):
+    http_port: int = Field(8082, ge=1, le=65535)

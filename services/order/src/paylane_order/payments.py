@@ -1,0 +1,191 @@
+"""``payment.succeeded`` → order paid, in one MySQL transaction (DESIGN §4 consumer).
+
+inbox row + conditional ``pending|closed → paid`` + ``payment_logs`` row + outbox
+``order.paid``. Every transition is a conditional UPDATE; reads only classify what an
+UPDATE that changed nothing ran into.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomysql
+import structlog
+
+from paylane_common import events, inbox, outbox
+from paylane_common.consumer import Reject, Retry
+from paylane_common.db import transaction
+from paylane_common.events import Envelope, OrderPaid, PaymentSucceeded, make_event
+
+log = structlog.get_logger(__name__)
+
+CONSUMER = "order"
+PRODUCER = "order"
+
+#: The order row may still be committing when WeChat's notification arrives.
+UNKNOWN_ORDER_ATTEMPTS = 4
+UNKNOWN_ORDER_DELAY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Merchant:
+    mchid: str
+    appid: str
+
+
+class PaymentApplier:
+    """Applies one payment.succeeded; returns the outcome label for metrics."""
+
+    def __init__(self, pool: aiomysql.Pool, merchant: Merchant, on_commit: Any = None):
+        self._pool = pool
+        self._merchant = merchant
+        self._on_commit = on_commit
+
+    async def __call__(self, envelope: Envelope, data: PaymentSucceeded) -> str:
+        if data.amount_total is None:
+            # An internal notify without amount: only a query at WeChat Pay can confirm it.
+            raise Reject("payment without amount: confirm it by querying WeChat Pay first")
+        async with transaction(self._pool) as cur:
+            if not await inbox.claim(cur, CONSUMER, envelope.event_id):
+                return "duplicate"
+            outcome = await self._apply(cur, envelope, data)
+        if outcome == "paid" and self._on_commit is not None:
+            self._on_commit()
+        return outcome
+
+    async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: PaymentSucceeded) -> str:
+        order = await _load(cur, data.out_trade_no)
+        if order is None:
+            raise Retry(
+                f"unknown out_trade_no {data.out_trade_no}",
+                max_attempts=UNKNOWN_ORDER_ATTEMPTS,
+                delay_s=UNKNOWN_ORDER_DELAY_S,
+            )
+        mismatch = self._mismatch(order, data)
+        if mismatch is None:
+            paid_at = _paid_at(data.success_time)
+            await cur.execute(
+                "UPDATE payment_orders SET status = 'paid', transaction_id = %s, paid_at = %s,"
+                " openid = COALESCE(openid, %s)"
+                " WHERE out_trade_no = %s AND status IN ('pending', 'closed')",
+                (data.transaction_id, paid_at, data.openid, data.out_trade_no),
+            )
+            if cur.rowcount == 1:
+                late = order["status"] == "closed"
+                await _log(cur, envelope, data, "paid", "paid after close" if late else None)
+                await outbox.add(
+                    cur,
+                    PRODUCER,
+                    make_event(
+                        events.ORDER_PAID,
+                        OrderPaid(
+                            out_trade_no=data.out_trade_no,
+                            user_id=order["user_id"],
+                            package_type=order["package_type"],
+                            amount_total=order["amount_total"],
+                            paid_at=paid_at.replace(tzinfo=UTC).isoformat(),
+                        ),
+                    ),
+                    headers={"x-paylane-cause": envelope.event_id},
+                )
+                log.info("order_paid", late=late, source=data.source)
+                return "paid"
+            # Someone else moved the row since we read it: classify what it is now.
+            order = await _load(cur, data.out_trade_no, lock=True)
+            assert order is not None
+        return await self._not_applied(cur, envelope, data, order, mismatch)
+
+    def _mismatch(self, order: dict[str, Any], data: PaymentSucceeded) -> str | None:
+        if data.amount_total != order["amount_total"]:
+            return f"amount {data.amount_total} differs from order amount {order['amount_total']}"
+        if data.currency != order["currency"]:
+            return f"currency {data.currency} differs from order currency {order['currency']}"
+        if data.mchid is not None and data.mchid != self._merchant.mchid:
+            return f"mchid {data.mchid} is not ours"
+        expected_appid = order["appid"] or self._merchant.appid
+        if data.appid is not None and data.appid != expected_appid:
+            return f"appid {data.appid} differs from the order's"
+        return None
+
+    async def _not_applied(
+        self,
+        cur: aiomysql.Cursor,
+        envelope: Envelope,
+        data: PaymentSucceeded,
+        order: dict[str, Any],
+        mismatch: str | None,
+    ) -> str:
+        status, paid_txn = order["status"], order["transaction_id"]
+        if paid_txn == data.transaction_id and status in ("paid", "refunded", "needs_review"):
+            await _log(cur, envelope, data, "duplicate_notification", None)
+            return "duplicate"
+        if paid_txn is not None and status in ("paid", "refunded"):
+            # Paid twice: keep the first, record the second for refund, grant nothing.
+            await _log(cur, envelope, data, "duplicate_payment", f"first transaction {paid_txn}")
+            log.error(
+                "duplicate_payment",
+                alert=True,
+                first_transaction_id=paid_txn,
+                transaction_id=data.transaction_id,
+            )
+            return "duplicate_payment"
+        reason = mismatch or f"payment arrived for an order in status {status}"
+        await cur.execute(
+            "UPDATE payment_orders SET status = 'needs_review', review_reason = %s,"
+            " transaction_id = COALESCE(transaction_id, %s)"
+            " WHERE out_trade_no = %s AND status <> 'needs_review'",
+            (reason[:255], data.transaction_id, data.out_trade_no),
+        )
+        await _log(cur, envelope, data, "needs_review", reason)
+        log.error("payment_needs_review", alert=True, reason=reason, source=data.source)
+        return "needs_review"
+
+
+async def _load(
+    cur: aiomysql.Cursor, out_trade_no: str, lock: bool = False
+) -> dict[str, Any] | None:
+    await cur.execute(
+        "SELECT out_trade_no, user_id, package_type, amount_total, currency, status,"
+        " transaction_id, appid FROM payment_orders WHERE out_trade_no = %s"
+        + (" FOR UPDATE" if lock else ""),
+        (out_trade_no,),
+    )
+    row: dict[str, Any] | None = await cur.fetchone()
+    return row
+
+
+async def _log(
+    cur: aiomysql.Cursor,
+    envelope: Envelope,
+    data: PaymentSucceeded,
+    kind: str,
+    detail: str | None,
+) -> None:
+    await cur.execute(
+        "INSERT INTO payment_logs (out_trade_no, event_id, kind, transaction_id, amount_total,"
+        " source, detail) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (
+            data.out_trade_no,
+            envelope.event_id,
+            kind,
+            data.transaction_id,
+            data.amount_total,
+            data.source,
+            detail,
+        ),
+    )
+
+
+def _paid_at(success_time: str | None) -> datetime:
+    """UTC, naive (DATETIME columns hold UTC)."""
+    if success_time:
+        try:
+            parsed = datetime.fromisoformat(success_time)
+            if parsed.tzinfo is not None:
+                return parsed.astimezone(UTC).replace(tzinfo=None)
+            return parsed
+        except ValueError:
+            log.warning("success_time_unparseable")
+    return datetime.now(UTC).replace(tzinfo=None)

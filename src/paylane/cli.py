@@ -1,0 +1,67 @@
+"""The ``paylane`` console command (DESIGN §8)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from paylane_common.exceptions import ConfigError
+from paylane_common.logs import configure_logging
+from paylane_common.settings import BaseServiceSettings, exit_on_config_error, load_settings
+
+from . import dev
+
+SERVICES = {
+    "ingress": "paylane_ingress.main",
+    "order": "paylane_order.main",
+    "entitlement": "paylane_entitlement.main",
+    "notifier": "paylane_notifier.main",
+}
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from paylane_common.migrate import migrate
+
+    try:
+        settings = load_settings(BaseServiceSettings)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+        return 2
+    configure_logging(settings.log_format)
+    applied = migrate(settings.mysql_url)
+    database = settings.mysql.database
+    print(f"migrated {database}: " + (", ".join(applied) if applied else "already up to date"))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    module = importlib.import_module(SERVICES[args.service])
+    module.main()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paylane", description="WeChat Pay v3 payments as exactly-once business effects"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    migrate = commands.add_parser(
+        "migrate", help="create the database in MYSQL_URL if needed and apply migrations"
+    )
+    migrate.set_defaults(func=_migrate)
+    serve = commands.add_parser("serve", help="run one service")
+    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.set_defaults(func=_serve)
+    dev.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

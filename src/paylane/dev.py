@@ -1,0 +1,165 @@
+"""``paylane dev …``: local development helpers (never for production).
+
+``init`` writes throw-away WeChat Pay keys and an env file for ``make run``; ``order``
+creates a user and a pending order in the database; ``notify`` signs and sends a
+``TRANSACTION.SUCCESS`` notification for it exactly as WeChat Pay would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import string
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from paylane_common import db
+from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.settings import BaseServiceSettings, load_settings
+from paylane_common.tokens import issue_client_token
+from paylane_common.wechatpay import build_notification, load_private_key
+
+DEV_DIR = Path(".dev")
+DEV_MCHID = "1900000109"
+DEV_APPID = "wxd678efh567hg6787"
+
+
+def init(args: argparse.Namespace) -> int:
+    """Create ``.dev/`` keys and ``.dev/env`` once; later calls keep them."""
+    directory: Path = args.dir
+    env_file = directory / "env"
+    if env_file.exists():
+        print(f"{env_file} exists; keeping it")
+        return 0
+    directory.mkdir(parents=True, exist_ok=True)
+    platform = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    merchant = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = serialization.PrivateFormat.PKCS8
+    (directory / "platform_private_key.pem").write_bytes(
+        platform.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption())
+    )
+    (directory / "platform_public_key.pem").write_bytes(
+        platform.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    (directory / "merchant_private_key.pem").write_bytes(
+        merchant.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption())
+    )
+    alphabet = string.ascii_letters + string.digits
+    values = {
+        "WECHATPAY_MCHID": DEV_MCHID,
+        "WECHATPAY_APPID": DEV_APPID,
+        "WECHATPAY_APIV3_KEY": "".join(secrets.choice(alphabet) for _ in range(32)),
+        "WECHATPAY_PUBLIC_KEY_ID": f"PUB_KEY_ID_{uuid.uuid4().hex[:24].upper()}",
+        "WECHATPAY_PUBLIC_KEY_FILE": str((directory / "platform_public_key.pem").resolve()),
+        "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE": str(
+            (directory / "merchant_private_key.pem").resolve()
+        ),
+        "WECHATPAY_MERCHANT_SERIAL_NO": uuid.uuid4().hex[:40].upper(),
+        "INTERNAL_API_SECRET": secrets.token_urlsafe(24),
+        "CLIENT_TOKEN_SECRET": secrets.token_urlsafe(32),
+        "LOG_FORMAT": "console",
+    }
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    print(f"wrote development keys and {env_file}")
+    return 0
+
+
+def _dev_env(directory: Path) -> dict[str, str]:
+    env_file = directory / "env"
+    if not env_file.exists():
+        raise SystemExit(f"{env_file} is missing: run `paylane dev init` (or `make run`) first")
+    pairs = (line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    return {k: v for k, v in pairs}
+
+
+def order(args: argparse.Namespace) -> int:
+    env = _dev_env(args.dir)
+    package = DEFAULT_CATALOG[args.package]
+    settings = load_settings(BaseServiceSettings)
+
+    async def create() -> tuple[int, str]:
+        pool = await db.create_pool(settings.mysql_url, maxsize=1)
+        out_trade_no = f"DEV{time.strftime('%Y%m%d%H%M%S')}{secrets.token_hex(3).upper()}"
+        try:
+            async with db.transaction(pool) as cur:
+                await cur.execute(
+                    "INSERT INTO users (openid) VALUES (%s)", (f"o-dev-{secrets.token_hex(6)}",)
+                )
+                user_id = int(cur.lastrowid)
+                await cur.execute(
+                    "INSERT INTO payment_orders (out_trade_no, user_id, package_type,"
+                    " trade_type, amount, amount_total, status)"
+                    " VALUES (%s, %s, %s, 'JSAPI', %s, %s, 'pending')",
+                    (out_trade_no, user_id, package.name, package.price_yuan, package.price_fen),
+                )
+        finally:
+            pool.close()
+            await pool.wait_closed()
+        return user_id, out_trade_no
+
+    user_id, out_trade_no = asyncio.run(create())
+    token = issue_client_token(env["CLIENT_TOKEN_SECRET"], user_id, out_trade_no)
+    print(f"user_id={user_id} out_trade_no={out_trade_no} amount_total={package.price_fen}")
+    print(f"client_token={token}")
+    return 0
+
+
+def notify(args: argparse.Namespace) -> int:
+    env = _dev_env(args.dir)
+    platform_key = load_private_key((args.dir / "platform_private_key.pem").read_bytes())
+    resource = {
+        "appid": env["WECHATPAY_APPID"],
+        "mchid": env["WECHATPAY_MCHID"],
+        "out_trade_no": args.out_trade_no,
+        "transaction_id": args.transaction_id or f"42{uuid.uuid4().int % 10**26:026d}",
+        "trade_type": "JSAPI",
+        "trade_state": "SUCCESS",
+        "trade_state_desc": "支付成功",
+        "success_time": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "payer": {"openid": "o-dev-payer"},
+        "amount": {"total": args.amount, "payer_total": args.amount, "currency": "CNY"},
+    }
+    headers, body = build_notification(
+        event_id=f"EV-{uuid.uuid4().hex[:20]}",
+        event_type="TRANSACTION.SUCCESS",
+        resource_plaintext=resource,
+        original_type="transaction",
+        apiv3_key=env["WECHATPAY_APIV3_KEY"],
+        signing_key=platform_key,
+        serial=env["WECHATPAY_PUBLIC_KEY_ID"],
+    )
+
+    async def send() -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(args.url, data=body, headers=headers) as response,
+        ):
+            return response.status, await response.text()
+
+    status, text = asyncio.run(send())
+    print(f"POST {args.url} -> {status} {text}")
+    return 0 if status in (200, 204) else 1
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = commands.add_parser("dev", help="local development helpers (throw-away keys)")
+    dev.add_argument("--dir", type=Path, default=DEV_DIR, help="where dev keys live")
+    verbs = dev.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("init", help="write .dev/ keys and env file").set_defaults(func=init)
+    create = verbs.add_parser("order", help="create a user and a pending order (uses MYSQL_URL)")
+    create.add_argument("--package", choices=sorted(DEFAULT_CATALOG), default="premium")
+    create.set_defaults(func=order)
+    send = verbs.add_parser("notify", help="send a signed TRANSACTION.SUCCESS to ingress")
+    send.add_argument("out_trade_no")
+    send.add_argument("amount", type=int, help="amount paid, in fen")
+    send.add_argument("--transaction-id")
+    send.add_argument("--url", default="http://127.0.0.1:8080/notify/wechatpay")
+    send.set_defaults(func=notify)

@@ -1,0 +1,250 @@
+"""The payment-success path end to end: all four services as processes, real RabbitMQ
+and MySQL (issue: the payment-success path)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+import aiomysql
+import pytest
+
+from paylane_common.tokens import issue_client_token
+from tests.e2e.conftest import TOKEN_SECRET, fetch_one, new_order
+from tests.support.clients import SSEClient, wait_for_types, ws_next
+from tests.support.infra import Infra
+from tests.support.stack import Stack, eventually, wait_ready
+from tests.support.wechat import FakeWechat
+
+pytestmark = pytest.mark.e2e
+
+
+async def post_notification(
+    http: aiohttp.ClientSession, stack: Stack, headers: dict[str, str], body: bytes
+) -> tuple[int, bytes]:
+    async with http.post(
+        f"{stack.services['ingress'].url}/notify/wechatpay", data=body, headers=headers
+    ) as response:
+        return response.status, await response.read()
+
+
+async def metric(http: aiohttp.ClientSession, url: str, name: str, **labels: str) -> float:
+    async with http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_paid_notification_reaches_db_and_both_clients(
+    stack: Stack, db_pool: aiomysql.Pool, wechat: FakeWechat
+) -> None:
+    order = await new_order(db_pool, "premium", 2990)
+    token = issue_client_token(TOKEN_SECRET, order.user_id, order.out_trade_no)
+    notifier = stack.services["notifier"].url
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{notifier}/ws?token={token}")
+        async with SSEClient(http, f"{notifier}/events?token={token}") as sse:
+            # The snapshot (pending order) proves both clients are subscribed.
+            assert (await ws_next(ws))["type"] == "order.state"
+            assert (await sse.next())["type"] == "order.state"
+
+            resource = wechat.transaction(order.out_trade_no, order.amount_total)
+            status, body = await post_notification(http, stack, *wechat.notify(resource))
+            assert (status, body) == (204, b"")
+
+            wanted = {"order.paid", "entitlement.granted"}
+            ws_seen = await wait_for_types(lambda: ws_next(ws), wanted)
+            sse_seen = await wait_for_types(sse.next, wanted)
+        await ws.close()
+
+    for seen in (ws_seen, sse_seen):
+        by_type = {m["type"]: m for m in seen}
+        assert by_type["order.paid"]["out_trade_no"] == order.out_trade_no
+        assert by_type["order.paid"]["status"] == "paid"
+        assert by_type["entitlement.granted"]["payment_status"] == "premium"
+        assert by_type["entitlement.granted"]["regenerate_count"] == 3 + 100
+
+    row = await fetch_one(
+        db_pool,
+        "SELECT status, transaction_id, paid_at FROM payment_orders WHERE out_trade_no = %s",
+        order.out_trade_no,
+    )
+    assert row["status"] == "paid"
+    assert row["transaction_id"] == resource["transaction_id"]
+    assert row["paid_at"] is not None
+    user = await fetch_one(
+        db_pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", order.user_id
+    )
+    assert user == {"payment_status": "premium", "regenerate_count": 103}
+
+
+async def test_duplicate_notifications_grant_once(
+    stack: Stack, db_pool: aiomysql.Pool, wechat: FakeWechat
+) -> None:
+    order = await new_order(db_pool, "basic", 990)
+    resource = wechat.transaction(order.out_trade_no, order.amount_total)
+    headers, body = wechat.notify(resource)
+    order_url = stack.services["order"].url
+    async with aiohttp.ClientSession() as http:
+        before = await metric(
+            http, order_url, "paylane_consumer_messages_total", queue="order.payments"
+        )
+        burst = await asyncio.gather(
+            *(post_notification(http, stack, headers, body) for _ in range(10))
+        )
+        assert [s for s, _ in burst] == [204] * 10
+        for _ in range(5):  # WeChat's later retries of the same notification
+            assert (await post_notification(http, stack, headers, body))[0] == 204
+        # And the same payment under another notification id (a second network path).
+        other = wechat.notify(resource)
+        assert (await post_notification(http, stack, *other))[0] == 204
+
+        async def all_consumed() -> bool:
+            done = await metric(
+                http, order_url, "paylane_consumer_messages_total", queue="order.payments"
+            )
+            return done - before >= 16
+
+        await eventually(all_consumed, what="16 deliveries consumed by the order service")
+
+    async def granted() -> bool:
+        row = await fetch_one(
+            db_pool,
+            "SELECT COUNT(*) AS n FROM entitlement_grants WHERE out_trade_no = %s",
+            order.out_trade_no,
+        )
+        return row["n"] == 1
+
+    await eventually(granted, what="the grant")
+    # Everything has been consumed by now; the ledger and the user show a single grant.
+    user = await fetch_one(
+        db_pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", order.user_id
+    )
+    assert user == {"payment_status": "basic", "regenerate_count": 3 + 20}
+    logs = await fetch_one(
+        db_pool,
+        "SELECT SUM(kind = 'paid') AS paid, SUM(kind = 'duplicate_notification') AS dup"
+        " FROM payment_logs WHERE out_trade_no = %s",
+        order.out_trade_no,
+    )
+    assert (logs["paid"], logs["dup"]) == (1, 1)
+    paid_events = await fetch_one(
+        db_pool,
+        "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'order.paid' AND payload LIKE %s",
+        f"%{order.out_trade_no}%",
+    )
+    assert paid_events["n"] == 1
+
+
+async def test_amount_mismatch_needs_review_and_grants_nothing(
+    stack: Stack, db_pool: aiomysql.Pool, wechat: FakeWechat
+) -> None:
+    order = await new_order(db_pool, "premium", 2990)
+    resource = wechat.transaction(order.out_trade_no, 1)  # paid one fen for a 29.90 order
+    async with aiohttp.ClientSession() as http:
+        assert (await post_notification(http, stack, *wechat.notify(resource)))[0] == 204
+
+    async def flagged() -> bool:
+        row = await fetch_one(
+            db_pool,
+            "SELECT status FROM payment_orders WHERE out_trade_no = %s",
+            order.out_trade_no,
+        )
+        return row["status"] == "needs_review"
+
+    await eventually(flagged, what="needs_review")
+    row = await fetch_one(
+        db_pool,
+        "SELECT review_reason FROM payment_orders WHERE out_trade_no = %s",
+        order.out_trade_no,
+    )
+    assert "amount 1 differs" in str(row["review_reason"])
+    nothing = await fetch_one(
+        db_pool,
+        "SELECT (SELECT COUNT(*) FROM outbox WHERE payload LIKE %s) AS events,"
+        " (SELECT COUNT(*) FROM entitlement_grants WHERE out_trade_no = %s) AS grants",
+        f"%{order.out_trade_no}%",
+        order.out_trade_no,
+    )
+    assert nothing == {"events": 0, "grants": 0}
+    user = await fetch_one(
+        db_pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", order.user_id
+    )
+    assert user == {"payment_status": "free", "regenerate_count": 3}
+
+
+async def test_unknown_order_is_dead_lettered_with_reason(
+    stack: Stack, amqp_connection, wechat: FakeWechat
+) -> None:
+    out_trade_no = "NOSUCHORDER" + re.sub(r"\D", "", str(id(stack)))[:10]
+    resource = wechat.transaction(out_trade_no, 990)
+    async with aiohttp.ClientSession() as http:
+        assert (await post_notification(http, stack, *wechat.notify(resource)))[0] == 204
+
+    channel = await amqp_connection.channel()
+    dlq = await channel.get_queue("order.payments.dlq", ensure=False)
+    found = None
+    async with asyncio.timeout(30):
+        while found is None:
+            message = await dlq.get(no_ack=False, fail=False)
+            if message is None:
+                await asyncio.sleep(0.1)
+                continue
+            if message.correlation_id == out_trade_no:
+                found = message
+                await message.ack()
+            else:
+                await message.nack(requeue=True)
+    reason = str(found.headers["x-paylane-reason"])
+    assert f"unknown out_trade_no {out_trade_no}" in reason
+    assert "after 4 attempts" in reason
+    await channel.close()
+
+
+async def test_broker_outage_answers_503_then_completes(
+    stack: Stack, db_pool: aiomysql.Pool, wechat: FakeWechat, infra: Infra
+) -> None:
+    order = await new_order(db_pool, "premium", 2990)
+    resource = wechat.transaction(order.out_trade_no, order.amount_total)
+    headers, body = wechat.notify(resource)
+    async with aiohttp.ClientSession() as http:
+        infra.broker.stop()
+        try:
+            status, answer = await post_notification(http, stack, headers, body)
+            assert status == 503
+            assert (await _json(answer))["code"] == "FAIL"
+        finally:
+            infra.broker.start()
+        row = await fetch_one(
+            db_pool,
+            "SELECT status FROM payment_orders WHERE out_trade_no = %s",
+            order.out_trade_no,
+        )
+        assert row["status"] == "pending"
+
+        for service in stack.services.values():
+            await wait_ready(service)
+        token = issue_client_token(TOKEN_SECRET, order.user_id)
+        ws = await http.ws_connect(f"{stack.services['notifier'].url}/ws?token={token}")
+        assert (await ws_next(ws))["type"] == "order.state"
+        # WeChat retries the very same notification; now it goes through.
+        assert (await post_notification(http, stack, headers, body))[0] == 204
+        await wait_for_types(lambda: ws_next(ws), {"order.paid", "entitlement.granted"})
+        await ws.close()
+    user = await fetch_one(
+        db_pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", order.user_id
+    )
+    assert user == {"payment_status": "premium", "regenerate_count": 103}
+
+
+async def _json(body: bytes) -> dict[str, object]:
+    import json
+
+    data: dict[str, object] = json.loads(body)
+    return data

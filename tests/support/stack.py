@@ -1,0 +1,112 @@
+"""Runs paylane services as real processes (``paylane serve …``) for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+class Stack:
+    """Starts services with a shared base environment; stops them all at the end."""
+
+    def __init__(self, base_env: dict[str, str], log_dir: Path):
+        self.base_env = base_env
+        self.log_dir = log_dir
+        self.services: dict[str, Service] = {}
+
+    async def start(self, name: str, extra_env: dict[str, str] | None = None) -> Service:
+        port = free_port()
+        env = {**os.environ, **self.base_env, **(extra_env or {})}
+        env.update({"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port), "LOG_FORMAT": "json"})
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "paylane.cli",
+                "serve",
+                name,
+                env=env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        service = Service(name, port, process, log_path)
+        self.services[name] = service
+        await wait_ready(service)
+        return service
+
+    async def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the service and wait for it; returns its exit code (-9 if it was killed)."""
+        service = self.services.pop(name)
+        if service.process.returncode is None:
+            service.process.send_signal(sig)
+        try:
+            return await asyncio.wait_for(service.process.wait(), timeout)
+        except TimeoutError:
+            service.process.kill()
+            await service.process.wait()
+            return -9
+
+    async def stop_all(self) -> None:
+        for name in list(self.services):
+            await self.stop(name)
+
+
+async def wait_ready(service: Service, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if service.process.returncode is not None:
+                raise RuntimeError(f"{service.name} exited:\n{service.log_tail()}")
+            try:
+                async with http.get(f"{service.url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{service.name} not ready in {timeout}s:\n{service.log_tail()}")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll ``probe`` until true: for state that lives in another process (DB rows)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await probe():
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{what} not reached within {timeout}s")
