@@ -14,7 +14,7 @@ import aiomysql
 import structlog
 
 from paylane_common import events, inbox, outbox
-from paylane_common.catalog import Package
+from paylane_common.catalog import STATUS_RANK, Package
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import is_duplicate_key, transaction
 from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded, make_event
@@ -56,23 +56,28 @@ class EntitlementApplier:
         package = self._catalog.get(data.package_type)
         if package is None:
             raise Reject(f"package {data.package_type!r} is not in the catalog")
-        status_after = (
-            f"CASE WHEN {_RANK.format(col='payment_status')} < {_RANK.format(col='%s')}"
-            " THEN %s ELSE payment_status END"
+        # Lock the user first: concurrent grants for one user queue here instead of
+        # deadlocking on a shared lock that a later UPDATE would have to upgrade.
+        await cur.execute(
+            "SELECT payment_status FROM users WHERE id = %s FOR UPDATE", (data.user_id,)
         )
+        user = await cur.fetchone()
+        if user is None:
+            raise Retry(f"unknown user {data.user_id}", max_attempts=4, delay_s=1.0)
+        before = user["payment_status"]
+        after = max(before, package.payment_status, key=STATUS_RANK.__getitem__)
         try:
             await cur.execute(
                 "INSERT INTO entitlement_grants (out_trade_no, user_id, package_type,"
                 " regenerate_granted, status_before, status_after)"
-                f" SELECT %s, id, %s, %s, payment_status, {status_after}"
-                " FROM users WHERE id = %s",
+                " VALUES (%s, %s, %s, %s, %s, %s)",
                 (
                     data.out_trade_no,
+                    data.user_id,
                     package.name,
                     package.regenerate_grant,
-                    package.payment_status,
-                    package.payment_status,
-                    data.user_id,
+                    before,
+                    after,
                 ),
             )
         except Exception as exc:
@@ -80,17 +85,10 @@ class EntitlementApplier:
                 log.info("grant_already_applied")
                 return "duplicate"
             raise
-        if cur.rowcount == 0:
-            raise Retry(f"unknown user {data.user_id}", max_attempts=4, delay_s=1.0)
         await cur.execute(
-            f"UPDATE users SET payment_status = {status_after},"
-            " regenerate_count = regenerate_count + %s WHERE id = %s",
-            (
-                package.payment_status,
-                package.payment_status,
-                package.regenerate_grant,
-                data.user_id,
-            ),
+            "UPDATE users SET payment_status = %s, regenerate_count = regenerate_count + %s"
+            " WHERE id = %s",
+            (after, package.regenerate_grant, data.user_id),
         )
         await self._emit(cur, envelope, events.ENTITLEMENT_GRANTED, data.user_id, data.out_trade_no)
         log.info("entitlement_granted", user_id=data.user_id, package=package.name)
@@ -100,6 +98,8 @@ class EntitlementApplier:
         if not data.full:
             log.info("partial_refund_keeps_entitlement")
             return "partial_refund"
+        # Same lock order as a grant (user row first), so the two never deadlock.
+        await cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (data.user_id,))
         await cur.execute(
             "SELECT user_id, regenerate_granted, status_before FROM entitlement_grants"
             " WHERE out_trade_no = %s AND revoked_at IS NULL FOR UPDATE",

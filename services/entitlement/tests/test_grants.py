@@ -1,0 +1,97 @@
+"""Entitlement rule of DESIGN §6 on the real database: rises only, once per order."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiomysql
+import pytest
+
+from paylane_common import events
+from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.db import transaction
+from paylane_common.events import OrderPaid, OrderRefunded, make_event
+from paylane_entitlement.grants import EntitlementApplier
+
+pytestmark = pytest.mark.integration
+
+
+async def _user(pool: aiomysql.Pool, status: str = "free", count: int = 3) -> int:
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO users (payment_status, regenerate_count) VALUES (%s, %s)", (status, count)
+        )
+        return int(cur.lastrowid)
+
+
+async def _state(pool: aiomysql.Pool, user_id: int) -> tuple[str, int]:
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "SELECT payment_status, regenerate_count FROM users WHERE id = %s", (user_id,)
+        )
+        row = await cur.fetchone()
+    return row["payment_status"], row["regenerate_count"]
+
+
+def _paid(user_id: int, package: str, out_trade_no: str | None = None):
+    data = OrderPaid(
+        out_trade_no=out_trade_no or f"G{uuid.uuid4().hex[:20]}",
+        user_id=user_id,
+        package_type=package,
+        amount_total=DEFAULT_CATALOG[package].price_fen,
+        paid_at="2026-11-22T00:00:00+00:00",
+    )
+    return make_event(events.ORDER_PAID, data), data
+
+
+async def test_grant_raises_status_and_adds_regenerations(db_pool):
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    user_id = await _user(db_pool)
+    assert await applier(*_paid(user_id, "basic")) == "granted"
+    assert await _state(db_pool, user_id) == ("basic", 23)
+    assert await applier(*_paid(user_id, "premium")) == "granted"
+    assert await _state(db_pool, user_id) == ("premium", 123)
+    # A basic purchase never lowers a premium user; it still adds its regenerations.
+    assert await applier(*_paid(user_id, "basic")) == "granted"
+    assert await _state(db_pool, user_id) == ("premium", 143)
+
+
+async def test_one_order_grants_once_under_concurrent_distinct_events(db_pool):
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    user_id = await _user(db_pool)
+    out_trade_no = f"G{uuid.uuid4().hex[:20]}"
+    deliveries = [_paid(user_id, "premium", out_trade_no) for _ in range(20)]
+    outcomes = await asyncio.gather(*(applier(e, d) for e, d in deliveries))
+    assert sorted(outcomes) == ["duplicate"] * 19 + ["granted"]
+    assert await _state(db_pool, user_id) == ("premium", 103)
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'entitlement.granted'"
+            " AND payload LIKE %s",
+            (f"%{out_trade_no}%",),
+        )
+        assert (await cur.fetchone())["n"] == 1
+
+
+async def test_full_refund_revokes_exactly_that_order(db_pool):
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    user_id = await _user(db_pool)
+    _, basic = await applier(*_paid(user_id, "basic")), None
+    premium_event, premium = _paid(user_id, "premium")
+    assert await applier(premium_event, premium) == "granted"
+    assert await _state(db_pool, user_id) == ("premium", 123)
+
+    refund = OrderRefunded(
+        out_trade_no=premium.out_trade_no,
+        user_id=user_id,
+        package_type="premium",
+        amount_refund=premium.amount_total,
+        full=True,
+    )
+    assert await applier(make_event(events.ORDER_REFUNDED, refund), refund) == "revoked"
+    assert await _state(db_pool, user_id) == ("basic", 23)
+    # Revoked once, whatever happens.
+    assert await applier(make_event(events.ORDER_REFUNDED, refund), refund) == "duplicate"
+    assert await _state(db_pool, user_id) == ("basic", 23)
+    del basic

@@ -1,0 +1,160 @@
+"""payment.succeeded outcomes of DESIGN §4, on the real database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiomysql
+import pytest
+
+from paylane_common import events
+from paylane_common.consumer import Reject, Retry
+from paylane_common.db import transaction
+from paylane_common.events import PaymentSucceeded, make_event
+from paylane_order.payments import Merchant, PaymentApplier
+
+pytestmark = pytest.mark.integration
+
+MERCHANT = Merchant(mchid="1900000109", appid="wx-app-main")
+
+
+async def _order(
+    pool: aiomysql.Pool, amount: int = 990, status: str = "pending"
+) -> tuple[str, int]:
+    out_trade_no = f"T{uuid.uuid4().hex[:24]}"
+    async with transaction(pool) as cur:
+        await cur.execute("INSERT INTO users (openid) VALUES (NULL)")
+        user_id = cur.lastrowid
+        await cur.execute(
+            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type, amount,"
+            " amount_total, status) VALUES (%s, %s, 'basic', 'NATIVE', %s, %s, %s)",
+            (out_trade_no, user_id, amount / 100, amount, status),
+        )
+    return out_trade_no, user_id
+
+
+def _payment(out_trade_no: str, amount: int = 990, txn: str = "4200001", **kw: object):
+    fields: dict[str, object] = {"mchid": MERCHANT.mchid, "appid": MERCHANT.appid, **kw}
+    data = PaymentSucceeded(
+        out_trade_no=out_trade_no, transaction_id=txn, amount_total=amount, **fields
+    )
+    return make_event(events.PAYMENT_SUCCEEDED, data), data
+
+
+async def _row(pool: aiomysql.Pool, sql: str, *args: object) -> dict:
+    async with transaction(pool) as cur:
+        await cur.execute(sql, args)
+        return await cur.fetchone()
+
+
+async def _paid_events(pool: aiomysql.Pool, out_trade_no: str) -> int:
+    row = await _row(
+        pool,
+        "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'order.paid' AND payload LIKE %s",
+        f"%{out_trade_no}%",
+    )
+    return int(row["n"])
+
+
+async def test_pending_order_is_paid_once_with_outbox_event(db_pool):
+    applier = PaymentApplier(db_pool, MERCHANT)
+    out_trade_no, _ = await _order(db_pool)
+    envelope, data = _payment(out_trade_no)
+    assert await applier(envelope, data) == "paid"
+    assert await applier(envelope, data) == "duplicate"  # same event id: inbox
+    again, again_data = _payment(out_trade_no)  # same payment, another event id
+    assert await applier(again, again_data) == "duplicate"
+    row = await _row(
+        db_pool,
+        "SELECT status, transaction_id FROM payment_orders WHERE out_trade_no = %s",
+        out_trade_no,
+    )
+    assert row == {"status": "paid", "transaction_id": "4200001"}
+    assert await _paid_events(db_pool, out_trade_no) == 1
+
+
+async def test_concurrent_distinct_events_for_one_payment_pay_once(db_pool):
+    applier = PaymentApplier(db_pool, MERCHANT)
+    out_trade_no, _ = await _order(db_pool)
+    deliveries = [_payment(out_trade_no) for _ in range(20)]
+    outcomes = await asyncio.gather(*(applier(e, d) for e, d in deliveries))
+    assert sorted(outcomes) == ["duplicate"] * 19 + ["paid"]
+    assert await _paid_events(db_pool, out_trade_no) == 1
+
+
+async def test_second_transaction_is_recorded_for_refund_not_granted(db_pool):
+    applier = PaymentApplier(db_pool, MERCHANT)
+    out_trade_no, _ = await _order(db_pool)
+    assert await applier(*_payment(out_trade_no, txn="TXN-FIRST")) == "paid"
+    assert await applier(*_payment(out_trade_no, txn="TXN-SECOND")) == "duplicate_payment"
+    row = await _row(
+        db_pool,
+        "SELECT p.transaction_id, l.detail FROM payment_orders p JOIN payment_logs l"
+        " ON l.out_trade_no = p.out_trade_no AND l.kind = 'duplicate_payment'"
+        " WHERE p.out_trade_no = %s",
+        out_trade_no,
+    )
+    assert row["transaction_id"] == "TXN-FIRST"
+    assert "TXN-FIRST" in row["detail"]
+    assert await _paid_events(db_pool, out_trade_no) == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"amount": 1}, "amount 1 differs"),
+        ({"mchid": "1999999999"}, "mchid 1999999999 is not ours"),
+        ({"appid": "wx-other"}, "appid wx-other differs"),
+    ],
+)
+async def test_mismatch_flags_for_review_without_order_paid(db_pool, overrides, reason):
+    applier = PaymentApplier(db_pool, MERCHANT)
+    out_trade_no, _ = await _order(db_pool)
+    amount = int(overrides.pop("amount", 990))
+    envelope, data = _payment(out_trade_no, amount=amount, **overrides)
+    assert await applier(envelope, data) == "needs_review"
+    row = await _row(
+        db_pool,
+        "SELECT status, review_reason FROM payment_orders WHERE out_trade_no = %s",
+        out_trade_no,
+    )
+    assert row["status"] == "needs_review"
+    assert reason in row["review_reason"]
+    assert await _paid_events(db_pool, out_trade_no) == 0
+
+
+async def test_late_payment_after_close_is_honoured(db_pool):
+    applier = PaymentApplier(db_pool, MERCHANT)
+    out_trade_no, _ = await _order(db_pool, status="closed")
+    assert await applier(*_payment(out_trade_no)) == "paid"
+    row = await _row(
+        db_pool,
+        "SELECT detail FROM payment_logs WHERE out_trade_no = %s AND kind = 'paid'",
+        out_trade_no,
+    )
+    assert row["detail"] == "paid after close"
+
+
+async def test_unknown_order_asks_for_retry_and_claims_nothing(db_pool):
+    applier = PaymentApplier(db_pool, MERCHANT)
+    envelope, data = _payment("NOPE" + uuid.uuid4().hex[:10])
+    with pytest.raises(Retry, match="unknown out_trade_no"):
+        await applier(envelope, data)
+    # The inbox claim rolled back with the transaction: the retry will be processed.
+    row = await _row(
+        db_pool, "SELECT COUNT(*) AS n FROM inbox WHERE event_id = %s", envelope.event_id
+    )
+    assert row["n"] == 0
+
+
+async def test_internal_notify_without_amount_is_not_granted(db_pool):
+    applier = PaymentApplier(db_pool, MERCHANT)
+    out_trade_no, _ = await _order(db_pool)
+    data = PaymentSucceeded(out_trade_no=out_trade_no, transaction_id="T1", source="internal")
+    with pytest.raises(Reject, match="without amount"):
+        await applier(make_event(events.PAYMENT_SUCCEEDED, data), data)
+    row = await _row(
+        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
+    )
+    assert row["status"] == "pending"
