@@ -214,13 +214,13 @@ async def test_broker_outage_answers_503_then_completes(
     resource = wechat.transaction(order.out_trade_no, order.amount_total)
     headers, body = wechat.notify(resource)
     async with aiohttp.ClientSession() as http:
-        infra.broker.stop()
+        await asyncio.to_thread(infra.broker.stop)
         try:
             status, answer = await post_notification(http, stack, headers, body)
             assert status == 503
             assert (await _json(answer))["code"] == "FAIL"
         finally:
-            infra.broker.start()
+            await asyncio.to_thread(infra.broker.start)
         row = await fetch_one(
             db_pool,
             "SELECT status FROM payment_orders WHERE out_trade_no = %s",

@@ -1,0 +1,45 @@
+"""Redaction: secrets and payer data never reach a log line."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr
+
+import structlog
+
+from paylane_common.logs import REDACTED, configure_logging, redact
+
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----"
+
+
+def test_redacts_secret_keys_at_any_depth() -> None:
+    event = redact(
+        None,
+        "info",
+        {
+            "event": "x",
+            "openid": "o-secret",
+            "nested": {"Authorization": "WECHATPAY2 ...", "ok": 1, "payer": {"openid": "o"}},
+            "items": [{"token": "t"}],
+            "text": f"key is {PEM} here",
+        },
+    )
+    assert event["openid"] == REDACTED
+    assert event["nested"] == {"Authorization": REDACTED, "ok": 1, "payer": REDACTED}
+    assert event["items"] == [{"token": REDACTED}]
+    assert "MIIE" not in event["text"]
+
+
+def test_json_lines_carry_context_and_no_secrets() -> None:
+    buffer = io.StringIO()
+    with redirect_stderr(buffer):
+        configure_logging("json")
+        structlog.contextvars.bind_contextvars(event_id="EV-1", out_trade_no="T1")
+        structlog.get_logger("t").info("paid", apiv3_key="0123456789abcdef0123456789abcdef")
+        structlog.contextvars.clear_contextvars()
+    line = json.loads(buffer.getvalue().strip().splitlines()[-1])
+    assert line["event_id"] == "EV-1"
+    assert line["out_trade_no"] == "T1"
+    assert line["apiv3_key"] == REDACTED
+    configure_logging("console")

@@ -1,0 +1,92 @@
+"""Settings: typed, fail fast naming the variable, secrets from *_FILE."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import SecretStr
+
+from paylane_common.exceptions import ConfigError
+from paylane_common.settings import BaseServiceSettings, CatalogSettings, load_settings
+
+
+class _Svc(BaseServiceSettings, CatalogSettings):
+    client_token_secret: SecretStr
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "AMQP_URL",
+        "MYSQL_URL",
+        "HTTP_PORT",
+        "CLIENT_TOKEN_SECRET",
+        "CLIENT_TOKEN_SECRET_FILE",
+        "PACKAGE_CATALOG",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_follow_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s")
+    settings = load_settings(_Svc)
+    assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert settings.mysql.database == "paylane"
+    assert settings.catalog["premium"].price_fen == 2990
+
+
+def test_missing_variable_is_named() -> None:
+    with pytest.raises(ConfigError, match="CLIENT_TOKEN_SECRET is required"):
+        load_settings(_Svc)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MYSQL_URL", "postgres://x/y"),
+        ("MYSQL_URL", "mysql://root@127.0.0.1:3306/"),
+        ("AMQP_URL", "http://broker"),
+        ("HTTP_PORT", "70000"),
+        ("PACKAGE_CATALOG", "{not json"),
+        ("PACKAGE_CATALOG", '{"x": {"price_fen": 0, "payment_status": "basic"}}'),
+    ],
+)
+def test_invalid_value_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings(_Svc)
+
+
+def test_secret_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    secret = tmp_path / "token-secret"
+    secret.write_text("from-a-file\n")
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET_FILE", str(secret))
+    settings = load_settings(_Svc)
+    assert settings.client_token_secret.get_secret_value() == "from-a-file"
+    assert "from-a-file" not in repr(settings)
+
+
+def test_unreadable_secret_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="CLIENT_TOKEN_SECRET_FILE"):
+        load_settings(_Svc)
+
+
+def test_service_exits_with_one_clear_line() -> None:
+    env = {"PATH": "", "MYSQL_URL": "mysql://root:@127.0.0.1:3306/paylane"}
+    done = subprocess.run(
+        [sys.executable, "-m", "paylane.cli", "serve", "order"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        "paylane: invalid configuration: WECHATPAY_MCHID is required; WECHATPAY_APPID is required"
+    ]
