@@ -62,12 +62,13 @@ class Publisher:
         except TimeoutError:
             outcome = "timeout"
             raise PublishError(f"broker did not confirm within {self._timeout:g}s") from None
-        except aio_pika.exceptions.DeliveryError as exc:
-            outcome = "nack"
-            raise PublishError(f"broker refused the message: {exc.frame!r}") from None
+        # PublishError (returned) subclasses DeliveryError (nack): test it first.
         except aio_pika.exceptions.PublishError:
             outcome = "returned"
             raise PublishError(f"message for {routing_key!r} was unroutable") from None
+        except aio_pika.exceptions.DeliveryError as exc:
+            outcome = "nack"
+            raise PublishError(f"broker refused the message: {exc.frame!r}") from None
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             outcome = "unavailable"
             raise PublishError(f"broker unavailable: {type(exc).__name__}") from None

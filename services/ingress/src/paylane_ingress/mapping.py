@@ -23,8 +23,8 @@ def to_event(event_id: str, event_type: str, resource: dict[str, Any]) -> Envelo
     if event_type == "TRANSACTION.SUCCESS":
         if resource.get("trade_state", "SUCCESS") != "SUCCESS":
             raise Ignored(f"trade_state {resource.get('trade_state')!r}")
-        amount = resource.get("amount") or {}
-        payer = resource.get("payer") or {}
+        amount = _object(resource, "amount")
+        payer = _object(resource, "payer")
         data = PaymentSucceeded(
             out_trade_no=resource["out_trade_no"],
             transaction_id=resource["transaction_id"],
@@ -40,7 +40,7 @@ def to_event(event_id: str, event_type: str, resource: dict[str, Any]) -> Envelo
         )
         return make_event(events.PAYMENT_SUCCEEDED, data, event_id)
     if event_type in REFUND_TYPES:
-        amount = resource.get("amount") or {}
+        amount = _object(resource, "amount")
         refund = RefundEvent(
             out_trade_no=resource["out_trade_no"],
             out_refund_no=resource["out_refund_no"],
@@ -52,3 +52,10 @@ def to_event(event_id: str, event_type: str, resource: dict[str, Any]) -> Envelo
         )
         return make_event(REFUND_TYPES[event_type], refund, event_id)
     raise Ignored(f"event_type {event_type!r} is not published")
+
+
+def _object(resource: dict[str, Any], key: str) -> dict[str, Any]:
+    value = resource.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"resource field {key!r} is not an object")
+    return value

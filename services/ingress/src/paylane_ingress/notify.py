@@ -94,7 +94,7 @@ async def _handle(request: web.Request) -> web.Response:
         log.info("notification_ignored", why=str(why))
         metrics.NOTIFICATIONS_ACKED.labels("ignored").inc()
         return acknowledged()
-    except (KeyError, TypeError, ValueError, EventValidationError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, EventValidationError) as exc:
         raise Rejection(400, "invalid_resource", _field_problem(exc)) from None
     structlog.contextvars.bind_contextvars(out_trade_no=envelope.correlation_id)
 
@@ -115,9 +115,12 @@ async def _read_body(request: web.Request) -> bytes:
         raise Rejection(413, "too_large", f"body larger than {MAX_BODY} bytes")
     if request.content_type != "application/json":
         raise Rejection(415, "not_json", "Content-Type must be application/json")
-    body = await request.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise Rejection(413, "too_large", f"body larger than {MAX_BODY} bytes")
+    # read(n) returns what is buffered, not the whole body: read until EOF, capped.
+    body = b""
+    while chunk := await request.content.read(MAX_BODY + 1 - len(body)):
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise Rejection(413, "too_large", f"body larger than {MAX_BODY} bytes")
     if not body:
         raise Rejection(400, "empty_body", "empty body")
     return body

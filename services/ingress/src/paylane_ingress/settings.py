@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from paylane_common.settings import BaseServiceSettings
+from paylane_common.wechatpay import VerifierKeys, WechatPayError, load_public_key
 
 
 class IngressSettings(BaseServiceSettings):
@@ -25,6 +26,30 @@ class IngressSettings(BaseServiceSettings):
             raise ValueError("must be exactly 32 bytes")
         return value
 
+    @field_validator("wechatpay_public_key")
+    @classmethod
+    def _public_key_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            load_public_key(value.get_secret_value())
+        except WechatPayError:
+            raise ValueError("is not a PEM public key or certificate") from None
+        return value
+
+    @field_validator("wechatpay_platform_certs_dir")
+    @classmethod
+    def _certificates_parse(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_dir():
+            raise ValueError("is not a directory")
+        try:
+            VerifierKeys.from_sources(platform_certs_dir=value)
+        except WechatPayError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _one_key_mode(self) -> IngressSettings:
         public_key_mode = self.wechatpay_public_key is not None
@@ -36,6 +61,4 @@ class IngressSettings(BaseServiceSettings):
             raise ValueError(
                 "set WECHATPAY_PUBLIC_KEY(+_ID) or WECHATPAY_PLATFORM_CERTS_DIR (or both)"
             )
-        if self.wechatpay_platform_certs_dir and not self.wechatpay_platform_certs_dir.is_dir():
-            raise ValueError("WECHATPAY_PLATFORM_CERTS_DIR is not a directory")
         return self
