@@ -14,7 +14,7 @@ from paylane_common.db import transaction
 from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
 
-TOKEN_SECRET = "e2e-client-token-secret"
+TOKEN_SECRET = "e2e-client-token-secret-of-at-least-32-bytes"
 INTERNAL_SECRET = "e2e-internal-secret"
 
 

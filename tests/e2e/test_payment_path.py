@@ -207,6 +207,7 @@ async def test_unknown_order_is_dead_lettered_with_reason(
     await channel.close()
 
 
+@pytest.mark.broker_outage
 async def test_broker_outage_answers_503_then_completes(
     stack: Stack, db_pool: aiomysql.Pool, wechat: FakeWechat, infra: Infra
 ) -> None:

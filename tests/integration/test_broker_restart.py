@@ -14,7 +14,7 @@ from paylane_common.publisher import Publisher
 from paylane_common.topology import QueueSpec
 from tests.support.infra import Infra
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_outage]
 
 
 def _event(n: int) -> Envelope:

@@ -6,14 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from pydantic import SecretStr
 
 from paylane_common.exceptions import ConfigError
-from paylane_common.settings import BaseServiceSettings, CatalogSettings, load_settings
+from paylane_common.settings import BaseServiceSettings, CatalogSettings, TokenSecret, load_settings
 
 
 class _Svc(BaseServiceSettings, CatalogSettings):
-    client_token_secret: SecretStr
+    client_token_secret: TokenSecret
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +29,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_follow_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s")
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s" * 32)
     settings = load_settings(_Svc)
     assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
     assert settings.mysql.database == "paylane"
@@ -54,7 +53,7 @@ def test_missing_variable_is_named() -> None:
     ],
 )
 def test_invalid_value_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
-    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s")
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s" * 32)
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
         load_settings(_Svc)
@@ -62,10 +61,10 @@ def test_invalid_value_is_named(monkeypatch: pytest.MonkeyPatch, name: str, valu
 
 def test_secret_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     secret = tmp_path / "token-secret"
-    secret.write_text("from-a-file\n")
+    secret.write_text("from-a-file-" + "x" * 32 + "\n")
     monkeypatch.setenv("CLIENT_TOKEN_SECRET_FILE", str(secret))
     settings = load_settings(_Svc)
-    assert settings.client_token_secret.get_secret_value() == "from-a-file"
+    assert settings.client_token_secret.get_secret_value() == "from-a-file-" + "x" * 32
     assert "from-a-file" not in repr(settings)
 
 
@@ -90,3 +89,9 @@ def test_service_exits_with_one_clear_line() -> None:
     assert lines == [
         "paylane: invalid configuration: WECHATPAY_MCHID is required; WECHATPAY_APPID is required"
     ]
+
+
+def test_short_token_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "too-short")
+    with pytest.raises(ConfigError, match="CLIENT_TOKEN_SECRET must be at least 32 bytes"):
+        load_settings(_Svc)

@@ -11,7 +11,12 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 
 from . import metrics
 from .events import Envelope
@@ -26,6 +31,7 @@ class Publisher:
         self._channel = channel
         self._exchange = exchange
         self._timeout = timeout
+        self._closed = False
 
     @classmethod
     async def open(cls, connection: AbstractRobustConnection, timeout: float = 3.0) -> Publisher:
@@ -33,7 +39,13 @@ class Publisher:
         exchange = await declare_topology(channel)
         return cls(channel, exchange, timeout)
 
+    @property
+    def ready(self) -> bool:
+        """The confirm channel is open (not closed by us, not being restored)."""
+        return not self._closed and not self._channel.is_closed
+
     async def close(self) -> None:
+        self._closed = True
         if not self._channel.is_closed:
             await self._channel.close()
 
@@ -57,7 +69,13 @@ class Publisher:
         started = time.perf_counter()
         outcome = "confirmed"
         try:
+            if self._closed:
+                raise RuntimeError("publisher closed")
             async with asyncio.timeout(self._timeout):
+                if isinstance(self._channel, AbstractRobustChannel):
+                    # After a reconnect the channel is restored in the background:
+                    # wait for it within the same budget rather than fail at once.
+                    await self._channel.ready()
                 await exchange.publish(message, routing_key=routing_key, mandatory=True)
         except TimeoutError:
             outcome = "timeout"

@@ -62,8 +62,8 @@ def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
         app[PUBLISHER] = await Publisher.open(connection, settings.publish_timeout_s)
 
         async def broker_check() -> None:
-            if not amqp.broker_ready(connection):
-                raise ConnectionError("broker connection is down")
+            if not amqp.broker_ready(connection) or not app[PUBLISHER].ready:
+                raise ConnectionError("broker connection or publisher channel is down")
 
         app[READINESS_CHECKS]["broker"] = broker_check
         yield

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -50,6 +50,16 @@ class _FileSecretsSource(PydanticBaseSettingsSource):
             except OSError as exc:
                 raise ConfigError(f"{env}_FILE: cannot read {path!r}: {exc.strerror}") from exc
         return values
+
+
+def _token_secret_strong(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value().encode()) < 32:
+        raise ValueError("must be at least 32 bytes (HMAC-SHA256 key)")
+    return value
+
+
+#: ``CLIENT_TOKEN_SECRET``: the HMAC key of client tokens, at least 32 bytes.
+TokenSecret = Annotated[SecretStr, AfterValidator(_token_secret_strong)]
 
 
 class MySQLDsn:
@@ -144,6 +154,7 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         for err in exc.errors():
             name = "_".join(str(p) for p in err["loc"]).upper() or "settings"
             msg = "is required" if err["type"] == "missing" else err["msg"]
+            msg = msg.removeprefix("Value error, ")
             problems.append(f"{name} {msg}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 

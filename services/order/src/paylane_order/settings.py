@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
-from paylane_common.settings import BaseServiceSettings, CatalogSettings
+from paylane_common.settings import BaseServiceSettings, CatalogSettings, TokenSecret
 
 
 class OrderSettings(BaseServiceSettings, CatalogSettings):
@@ -13,5 +13,5 @@ class OrderSettings(BaseServiceSettings, CatalogSettings):
     wechatpay_mchid: str = Field(min_length=1)
     wechatpay_appid: str = Field(min_length=1)
     internal_api_secret: SecretStr | None = None
-    client_token_secret: SecretStr | None = None
+    client_token_secret: TokenSecret | None = None
     order_ttl_s: int = Field(1800, ge=60)

@@ -1,0 +1,133 @@
+"""Events → this replica's clients.
+
+Every replica consumes through its *own* exclusive, auto-delete queue
+``notifier.<hostname>.<random hex>`` bound to :data:`topology.NOTIFIER_KEYS`, so every
+replica sees every event and a client may connect to any of them (DESIGN §7). The queue
+is declared on a channel of the robust connection: after a broker reconnect aio-pika
+declares, binds and consumes it again; events published while the connection was down
+never reached it, so every connected client then gets a fresh snapshot (``Hub.resync``).
+
+The notifier owns no durable state: a message is acked once handed to the hub, and an
+invalid one is logged and acked (nothing to dead-letter, nobody to retry for).
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aiohttp import web
+
+from paylane_common.events import parse_event
+from paylane_common.exceptions import EventValidationError
+from paylane_common.metrics import CONSUMER_MESSAGES
+from paylane_common.service import AMQP_CONNECTION
+from paylane_common.topology import NOTIFIER_KEYS, declare_exchange
+
+from .hub import HUB, Hub
+from .messages import from_event
+
+log = structlog.get_logger(__name__)
+
+PREFETCH = 256
+#: Label of ``paylane_consumer_messages_total`` for every replica's queue.
+METRICS_QUEUE = "notifier"
+
+
+def queue_name() -> str:
+    """``notifier.<hostname>.<random hex>``: unique per replica and per start."""
+    return f"notifier.{socket.gethostname()}.{secrets.token_hex(4)}"
+
+
+class EventConsumer:
+    """Consumes this replica's queue into the hub; start() / stop() around the app's life."""
+
+    def __init__(self, connection: AbstractRobustConnection, hub: Hub) -> None:
+        self._connection = connection
+        self._hub = hub
+        self.queue_name = queue_name()
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+
+    async def start(self) -> None:
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=PREFETCH)
+        exchange = await declare_exchange(self._channel)
+        self._queue = await self._channel.declare_queue(
+            self.queue_name,
+            durable=False,
+            exclusive=True,
+            auto_delete=True,
+            arguments={"x-queue-type": "classic"},
+        )
+        for key in NOTIFIER_KEYS:
+            await self._queue.bind(exchange, routing_key=key)
+        self._tag = await self._queue.consume(self._on_message)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        log.info("consumer_started", queue=self.queue_name, routing_keys=list(NOTIFIER_KEYS))
+
+    async def stop(self) -> None:
+        """Stop consuming; the broker deletes the queue with its last consumer."""
+        self._connection.reconnect_callbacks.discard(self._on_reconnect)
+        if self._queue is not None and self._tag is not None:
+            try:
+                await self._queue.cancel(self._tag)
+            except Exception as exc:  # broker gone: the queue goes with the connection
+                log.warning("consumer_cancel_failed", queue=self.queue_name, error=repr(exc))
+            self._tag = None
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    def _on_reconnect(self, _connection: Any) -> None:
+        log.warning("broker_reconnected_resync", queue=self.queue_name, clients=self._hub.count())
+        self._hub.resync()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        outcome = self.handle(message)
+        CONSUMER_MESSAGES.labels(METRICS_QUEUE, outcome).inc()
+        try:
+            await message.ack()
+        except Exception as exc:  # channel lost: the message is gone with the queue
+            log.warning("ack_failed", error=repr(exc))
+
+    def handle(self, message: AbstractIncomingMessage) -> str:
+        """Hand one event to the hub (never waits); returns the outcome label."""
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            queue=self.queue_name, event_id=message.message_id, out_trade_no=message.correlation_id
+        )
+        try:
+            envelope, data = parse_event(message.body)
+        except EventValidationError as exc:
+            log.error("message_invalid", reason=str(exc))
+            return "invalid"
+        routed = from_event(envelope, data)
+        if routed is None:
+            log.info("message_ignored", event_type=envelope.type)
+            return "ignored"
+        user_id, client_message = routed
+        delivered = self._hub.publish(user_id, client_message)
+        log.debug("event_pushed", event_type=envelope.type, user_id=user_id, clients=delivered)
+        return "pushed" if delivered else "no_client"
+
+
+async def consume_events(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: consume while the app runs (registered after ``use_broker``)."""
+    consumer = EventConsumer(app[AMQP_CONNECTION], app[HUB])
+    await consumer.start()
+    app[EVENT_CONSUMER] = consumer
+    yield
+    await consumer.stop()
+
+
+EVENT_CONSUMER = web.AppKey("event_consumer", EventConsumer)

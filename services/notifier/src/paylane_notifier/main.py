@@ -1,0 +1,45 @@
+"""Notifier: pushes payment results to the paying client over WebSocket and SSE (DESIGN §7)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from paylane_common.exceptions import ConfigError
+from paylane_common.logs import configure_logging
+from paylane_common.service import base_app, run, use_broker, use_mysql
+from paylane_common.settings import exit_on_config_error, load_settings
+
+from .consumer import consume_events
+from .hub import HUB, Hub
+from .settings import SETTINGS, NotifierSettings
+from .sse import sse_stream
+from .websocket import websocket_stream
+
+
+def build_app(settings: NotifierSettings, *, hub: Hub | None = None) -> web.Application:
+    app = base_app("notifier")
+    app[SETTINGS] = settings
+    app[HUB] = hub if hub is not None else Hub()
+    use_broker(app, settings)
+    use_mysql(app, settings)
+    app.cleanup_ctx.append(consume_events)
+    app.on_shutdown.append(_close_clients)
+    app.router.add_get("/ws", websocket_stream)
+    app.router.add_get("/events", sse_stream)
+    return app
+
+
+async def _close_clients(app: web.Application) -> None:
+    """Runs before aiohttp waits for handlers: long-lived streams end now, not at the
+    shutdown timeout, and their clients reconnect to another replica."""
+    app[HUB].close_all()
+
+
+def main() -> None:
+    try:
+        settings = load_settings(NotifierSettings)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+        return
+    configure_logging(settings.log_format)
+    run(build_app(settings), settings)

@@ -1,0 +1,105 @@
+"""What a client receives: one JSON object per push (DESIGN §7).
+
+Every message has the same keys, ``null`` where its source does not carry a field::
+
+    {"type": "order.paid" | "order.refunded" | "entitlement.granted"
+             | "entitlement.revoked" | "order.state",
+     "out_trade_no", "status", "payment_status", "regenerate_count", "amount_refund",
+     "event_id", "occurred_at"}
+
+``status`` is the order's status as the client should see it: ``"paid"`` for
+``order.paid`` / ``entitlement.granted`` and for a partial refund (``amount_refund`` then
+says how much came back), ``"refunded"`` for a full refund / ``entitlement.revoked``, and
+the row's own status for ``order.state``. ``occurred_at`` is ISO 8601 UTC; :attr:`ClientMessage.id`
+is the same instant in integer milliseconds since the epoch (the SSE ``id``, see
+:mod:`paylane_notifier.snapshot`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from paylane_common import events
+from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded
+
+ORDER_STATE = "order.state"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Integer milliseconds since the epoch (floor); a naive datetime is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MS
+
+
+@dataclass(frozen=True)
+class ClientMessage:
+    type: str
+    out_trade_no: str | None
+    status: str | None
+    payment_status: str | None
+    regenerate_count: int | None
+    event_id: str | None
+    occurred_at: datetime
+    amount_refund: int | None = None
+
+    @property
+    def id(self) -> str:
+        """``occurred_at`` in integer ms since the epoch: the SSE id / Last-Event-ID."""
+        return str(epoch_ms(self.occurred_at))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "out_trade_no": self.out_trade_no,
+            "status": self.status,
+            "payment_status": self.payment_status,
+            "regenerate_count": self.regenerate_count,
+            "amount_refund": self.amount_refund,
+            "event_id": self.event_id,
+            "occurred_at": self.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+def from_event(envelope: Envelope, data: Any) -> tuple[int, ClientMessage] | None:
+    """The user an event concerns and the message to push, or None for other events."""
+    common: dict[str, Any] = {"event_id": envelope.event_id, "occurred_at": envelope.occurred_at}
+    if envelope.type == events.ORDER_PAID and isinstance(data, OrderPaid):
+        return data.user_id, ClientMessage(
+            type=envelope.type,
+            out_trade_no=data.out_trade_no,
+            status="paid",
+            payment_status=None,
+            regenerate_count=None,
+            **common,
+        )
+    if envelope.type == events.ORDER_REFUNDED and isinstance(data, OrderRefunded):
+        return data.user_id, ClientMessage(
+            type=envelope.type,
+            out_trade_no=data.out_trade_no,
+            status="refunded" if data.full else "paid",
+            payment_status=None,
+            regenerate_count=None,
+            amount_refund=data.amount_refund,
+            **common,
+        )
+    if envelope.type in (events.ENTITLEMENT_GRANTED, events.ENTITLEMENT_REVOKED) and isinstance(
+        data, Entitlement
+    ):
+        return data.user_id, ClientMessage(
+            type=envelope.type,
+            out_trade_no=data.out_trade_no,
+            status="paid" if envelope.type == events.ENTITLEMENT_GRANTED else "refunded",
+            payment_status=data.payment_status,
+            regenerate_count=data.regenerate_count,
+            **common,
+        )
+    return None

@@ -1,0 +1,14 @@
+"""Notifier metrics (Prometheus, served on ``/metrics``)."""
+
+from prometheus_client import Counter, Gauge
+
+CONNECTIONS = Gauge(
+    "paylane_notifier_connections", "Clients connected to this replica, by transport", ["transport"]
+)
+PUSHES = Counter(
+    "paylane_notifier_pushes_total", "Messages pushed to clients, by message type", ["type"]
+)
+DROPPED_CLIENTS = Counter(
+    "paylane_notifier_dropped_clients_total",
+    "Clients disconnected because they fell too far behind (their queue overflowed)",
+)

@@ -1,0 +1,135 @@
+"""One client's stream, whatever the transport: accept the request, then write the
+snapshot followed by live messages from its hub queue until the hub closes or drops it."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from paylane_common.service import DB_POOL
+from paylane_common.settings import secret_value
+
+from .auth import authenticate
+from .hub import HUB, Control, Sink
+from .messages import ClientMessage
+from .metrics import PUSHES
+from .settings import SETTINGS
+from .snapshot import load_snapshot, parse_last_event_id
+
+log = structlog.get_logger(__name__)
+
+Send = Callable[[ClientMessage], Awaitable[None]]
+#: ``since_ms`` → the snapshot messages (see :mod:`paylane_notifier.snapshot`).
+LoadSnapshot = Callable[[int | None], Awaitable[list[ClientMessage]]]
+
+
+class Outcome(enum.Enum):
+    #: The server closed the stream (shutdown): close the connection politely.
+    CLOSED = "closed"
+    #: The client fell too far behind: abort the connection, it will reconnect.
+    DROPPED = "dropped"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    user_id: int
+    since_ms: int | None
+    load_snapshot: LoadSnapshot
+
+
+def accept(request: web.Request) -> Subscription:
+    """Authenticate (401) and read ``Last-Event-ID`` / ``?last_event_id``; 503 on shutdown."""
+    settings = request.app[SETTINGS]
+    user_id = authenticate(request, secret_value(settings.client_token_secret))
+    if request.app[HUB].closing:
+        raise web.HTTPServiceUnavailable(
+            text='{"error": "unavailable", "message": "shutting down"}',
+            content_type="application/json",
+        )
+    since_ms = parse_last_event_id(
+        request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    )
+    load = partial(
+        _load,
+        request.app,
+        user_id,
+        settings.snapshot_window_s,
+        settings.snapshot_limit,
+    )
+    return Subscription(user_id=user_id, since_ms=since_ms, load_snapshot=load)
+
+
+async def _load(
+    app: web.Application, user_id: int, window_s: int, limit: int, since_ms: int | None
+) -> list[ClientMessage]:
+    return await load_snapshot(
+        app[DB_POOL], user_id, window_s=window_s, limit=limit, since_ms=since_ms
+    )
+
+
+async def stream_to_client(sink: Sink, subscription: Subscription, send: Send) -> Outcome:
+    """Write until the hub closes (CLOSED) or drops (DROPPED) the sink.
+
+    Raises what ``send`` raises when the client is gone (ConnectionError and the like).
+    """
+    writer = asyncio.create_task(_write(sink, subscription, send))
+    dropped = asyncio.create_task(sink.aborted.wait())
+    try:
+        await asyncio.wait({writer, dropped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        writer.cancel()
+        dropped.cancel()
+        error, _ = await asyncio.gather(writer, dropped, return_exceptions=True)
+    if sink.aborted.is_set():
+        return Outcome.DROPPED
+    if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError):
+        raise error
+    return Outcome.CLOSED
+
+
+async def _write(sink: Sink, subscription: Subscription, send: Send) -> None:
+    await _send_snapshot(subscription, send, subscription.since_ms)
+    while True:
+        item = await sink.get()
+        if item is Control.CLOSE:
+            return
+        if item is Control.RESYNC:
+            await _send_snapshot(subscription, send, None)
+            continue
+        assert isinstance(item, ClientMessage)
+        await _push(send, item)
+
+
+async def _send_snapshot(subscription: Subscription, send: Send, since_ms: int | None) -> None:
+    try:
+        messages = await subscription.load_snapshot(since_ms)
+    except Exception as exc:  # MySQL away: live events still flow; readyz reports it
+        log.warning("snapshot_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+        return
+    for message in messages:
+        await _push(send, message)
+
+
+async def _push(send: Send, message: ClientMessage) -> None:
+    await send(message)
+    PUSHES.labels(message.type).inc()
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel ``tasks`` and wait until they have finished.
+
+    Safe in a ``finally`` of a task that is itself being cancelled: the tasks are cancelled
+    before anything is awaited, and only a further cancellation interrupts the wait.
+    """
+    for task in tasks:
+        task.cancel()
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(result, Exception):
+            log.debug("task_failed", error=repr(result))

@@ -1,0 +1,195 @@
+"""Helpers of the notifier tests: rows inserted with SQL, events to publish, and WebSocket /
+SSE clients that hand back what they receive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import aiomysql
+from aiohttp import WSMsgType
+
+from paylane_common import db, events
+from paylane_common.events import Entitlement, OrderPaid, OrderRefunded
+from paylane_common.tokens import issue_client_token
+
+SECRET = "notifier-test-secret-0123456789abcdef"
+#: Every wait on the network is bounded by this; nothing sleeps.
+WAIT_S = 5.0
+
+
+@dataclass
+class Received:
+    data: dict[str, Any]
+    #: The SSE ``id:`` line (None over WebSocket).
+    id: str | None = None
+
+
+class WsListener:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def next(self, timeout: float = WAIT_S) -> Received:
+        async with asyncio.timeout(timeout):
+            message = await self.ws.receive()
+        assert message.type is WSMsgType.TEXT, message
+        return Received(json.loads(message.data))
+
+    async def closed(self, timeout: float = WAIT_S) -> int | None:
+        """Wait for the server to end the stream; returns the close code."""
+        async with asyncio.timeout(timeout):
+            message = await self.ws.receive()
+        assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED), message
+        return self.ws.close_code
+
+
+class SseListener:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+
+    async def next(self, timeout: float = WAIT_S) -> Received:
+        event_id: str | None = None
+        data: list[str] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.response.content.readline()
+                assert raw, "the stream ended"
+                line = raw.decode().rstrip("\r\n")
+                if not line:
+                    if data:
+                        return Received(json.loads("\n".join(data)), event_id)
+                    continue
+                if line.startswith(":"):  # ping
+                    continue
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "id":
+                    event_id = value
+                elif name == "data":
+                    data.append(value)
+
+    async def closed(self, timeout: float = WAIT_S) -> bool:
+        """Wait for the server to end the stream; False when it was cut off (aborted)."""
+        async with asyncio.timeout(timeout):
+            try:
+                while await self.response.content.readline():
+                    pass
+            except aiohttp.ClientPayloadError:
+                return False
+        return True
+
+
+Listener = WsListener | SseListener
+
+
+def token_for(user_id: int, secret: str = SECRET, ttl_s: int = 3600) -> str:
+    return issue_client_token(secret, user_id, ttl_s=ttl_s)
+
+
+async def insert_user(
+    pool: aiomysql.Pool,
+    *,
+    payment_status: str = "free",
+    regenerate_count: int = 3,
+    age_s: int = 3600,
+) -> int:
+    async with db.transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO users (openid, payment_status, regenerate_count, created_at, updated_at)"
+            " VALUES (%s, %s, %s, NOW(6) - INTERVAL %s SECOND, NOW(6) - INTERVAL %s SECOND)",
+            (f"o-{uuid.uuid4().hex}", payment_status, regenerate_count, age_s, age_s),
+        )
+        return int(cur.lastrowid)
+
+
+async def update_user(pool: aiomysql.Pool, user_id: int, **values: Any) -> int:
+    """Update the user's columns; returns its new ``updated_at`` in ms."""
+    assignments = ", ".join(f"{column} = %s" for column in values)
+    async with db.transaction(pool) as cur:
+        await cur.execute(
+            f"UPDATE users SET {assignments} WHERE id = %s", (*values.values(), user_id)
+        )
+        await cur.execute(
+            "SELECT FLOOR(UNIX_TIMESTAMP(updated_at) * 1000) AS ms FROM users WHERE id = %s",
+            (user_id,),
+        )
+        row = await cur.fetchone()
+    return int(row["ms"])
+
+
+async def insert_order(
+    pool: aiomysql.Pool, user_id: int, *, status: str = "paid", age_s: int = 60
+) -> tuple[str, int]:
+    """A payment_orders row last updated ``age_s`` ago; returns (out_trade_no, updated ms)."""
+    out_trade_no = uuid.uuid4().hex
+    async with db.transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type, amount,"
+            " amount_total, status, created_at, updated_at)"
+            " VALUES (%s, %s, 'basic', 'JSAPI', 9.90, 990, %s,"
+            " NOW(6) - INTERVAL %s SECOND, NOW(6) - INTERVAL %s SECOND)",
+            (out_trade_no, user_id, status, age_s + 1, age_s),
+        )
+        await cur.execute(
+            "SELECT FLOOR(UNIX_TIMESTAMP(updated_at) * 1000) AS ms FROM payment_orders"
+            " WHERE out_trade_no = %s",
+            (out_trade_no,),
+        )
+        row = await cur.fetchone()
+    return out_trade_no, int(row["ms"])
+
+
+def order_paid(user_id: int, out_trade_no: str | None = None) -> events.Envelope:
+    return events.make_event(
+        events.ORDER_PAID,
+        OrderPaid(
+            out_trade_no=out_trade_no or uuid.uuid4().hex,
+            user_id=user_id,
+            package_type="basic",
+            amount_total=990,
+            paid_at=datetime.now(UTC).isoformat(),
+        ),
+    )
+
+
+def order_refunded(user_id: int, out_trade_no: str, amount: int, *, full: bool) -> events.Envelope:
+    return events.make_event(
+        events.ORDER_REFUNDED,
+        OrderRefunded(
+            out_trade_no=out_trade_no,
+            user_id=user_id,
+            package_type="basic",
+            amount_refund=amount,
+            full=full,
+        ),
+    )
+
+
+def entitlement(
+    event_type: str,
+    user_id: int,
+    out_trade_no: str,
+    payment_status: str = "basic",
+    regenerate_count: int = 13,
+) -> events.Envelope:
+    return events.make_event(
+        event_type,
+        Entitlement.model_validate(
+            {
+                "user_id": user_id,
+                "out_trade_no": out_trade_no,
+                "payment_status": payment_status,
+                "regenerate_count": regenerate_count,
+            }
+        ),
+    )
+
+
+def sse_id(moment: datetime) -> str:
+    """The SSE id of an instant: integer ms since the epoch."""
+    return str((moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1))

@@ -1,0 +1,96 @@
+"""Events → client messages (no infrastructure)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from paylane_common import events
+from paylane_common.events import PaymentSucceeded
+from paylane_notifier.messages import ClientMessage, epoch_ms, from_event
+from paylane_notifier.snapshot import parse_last_event_id
+from services.notifier.tests.support import entitlement, order_paid, order_refunded
+
+KEYS = {
+    "type",
+    "out_trade_no",
+    "status",
+    "payment_status",
+    "regenerate_count",
+    "amount_refund",
+    "event_id",
+    "occurred_at",
+}
+
+
+@pytest.mark.parametrize(
+    ("envelope", "expected"),
+    [
+        (order_paid(7, "o1"), ("order.paid", "paid", None, None, None)),
+        (order_refunded(7, "o1", 300, full=False), ("order.refunded", "paid", None, None, 300)),
+        (order_refunded(7, "o1", 990, full=True), ("order.refunded", "refunded", None, None, 990)),
+        (
+            entitlement(events.ENTITLEMENT_GRANTED, 7, "o1", "premium", 33),
+            ("entitlement.granted", "paid", "premium", 33, None),
+        ),
+        (
+            entitlement(events.ENTITLEMENT_REVOKED, 7, "o1", "free", 3),
+            ("entitlement.revoked", "refunded", "free", 3, None),
+        ),
+    ],
+)
+def test_events_become_client_messages(
+    envelope: events.Envelope, expected: tuple[object, ...]
+) -> None:
+    routed = from_event(envelope, envelope.typed_data())
+    assert routed is not None
+    user_id, message = routed
+    assert user_id == 7
+    body = json.loads(message.to_json())
+    assert set(body) == KEYS
+    assert (
+        body["type"],
+        body["status"],
+        body["payment_status"],
+        body["regenerate_count"],
+        body["amount_refund"],
+    ) == expected
+    assert (body["out_trade_no"], body["event_id"]) == ("o1", envelope.event_id)
+    assert body["occurred_at"].endswith("Z")
+    assert message.id == str(epoch_ms(envelope.occurred_at))
+
+
+def test_events_for_other_services_are_not_pushed() -> None:
+    envelope = events.make_event(
+        events.PAYMENT_SUCCEEDED, PaymentSucceeded(out_trade_no="o1", transaction_id="t1")
+    )
+    assert from_event(envelope, envelope.typed_data()) is None
+
+
+def test_ids_are_integer_milliseconds_since_the_epoch() -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    assert epoch_ms(moment) == 1767323045678
+    assert epoch_ms(moment.replace(tzinfo=None)) == 1767323045678
+    assert epoch_ms(moment.astimezone(timezone(timedelta(hours=8)))) == 1767323045678
+    message = ClientMessage("order.state", "o1", "paid", "basic", 13, None, moment)
+    assert message.id == "1767323045678"
+    assert json.loads(message.to_json())["occurred_at"] == "2026-01-02T03:04:05.678901Z"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("1700000000123", 1700000000123),
+        (" 42 ", 42),
+        ("-1", None),
+        ("abc", None),
+        ("١٢", None),
+        ("99999999999999999999", None),
+    ],
+)
+def test_parse_last_event_id(value: str | None, expected: int | None) -> None:
+    assert parse_last_event_id(value) == expected
