@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import aiomysql
 import structlog
@@ -13,13 +14,17 @@ from aiohttp import web
 
 from . import amqp, db
 from .consumer import Consumer, Handler
+from .exceptions import ConfigError
 from .health import READINESS_CHECKS, add_health_routes
+from .logs import configure_logging
 from .outbox import OutboxRelay
 from .publisher import Publisher
-from .settings import BaseServiceSettings
+from .settings import BaseServiceSettings, exit_on_config_error, load_settings
 from .topology import QueueSpec
 
 log = structlog.get_logger(__name__)
+
+SettingsT = TypeVar("SettingsT", bound=BaseServiceSettings)
 
 AMQP_CONNECTION = web.AppKey("amqp_connection", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
@@ -87,6 +92,18 @@ def use_mysql(app: web.Application, settings: BaseServiceSettings, maxsize: int 
         await pool.wait_closed()
 
     app.cleanup_ctx.append(ctx)
+
+
+def serve(settings_cls: type[SettingsT], build_app: Callable[[SettingsT], web.Application]) -> None:
+    """A service's ``main()``: settings (one clear line and exit 2 when invalid), logging,
+    then the app until SIGTERM."""
+    try:
+        settings = load_settings(settings_cls)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+        return
+    configure_logging(settings.log_format)
+    run(build_app(settings), settings)
 
 
 def run(app: web.Application, settings: BaseServiceSettings) -> None:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.logs import configure_logging
 from paylane_common.service import (
     DB_POOL,
     OUTBOX_RELAY,
     base_app,
-    run,
+    serve,
     use_broker,
     use_consumer,
     use_mysql,
 )
-from paylane_common.settings import exit_on_config_error, load_settings
 from paylane_common.topology import ENTITLEMENT_ORDERS
 
 from .grants import PRODUCER, EntitlementApplier
@@ -38,10 +35,4 @@ def build_app(settings: EntitlementSettings) -> web.Application:
 
 
 def main() -> None:
-    try:
-        settings = load_settings(EntitlementSettings)
-    except ConfigError as exc:
-        exit_on_config_error(exc)
-        return
-    configure_logging(settings.log_format)
-    run(build_app(settings), settings)
+    serve(EntitlementSettings, build_app)

@@ -7,10 +7,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.logs import configure_logging
-from paylane_common.service import base_app, run, use_broker
-from paylane_common.settings import exit_on_config_error, load_settings, secret_value
+from paylane_common.service import base_app, serve, use_broker
+from paylane_common.settings import secret_value
 from paylane_common.wechatpay import NotificationVerifier, VerifierKeys
 
 from .internal import INTERNAL_SECRET, internal_notify
@@ -39,10 +37,4 @@ def build_app(
 
 
 def main() -> None:
-    try:
-        settings = load_settings(IngressSettings)
-    except ConfigError as exc:
-        exit_on_config_error(exc)
-        return
-    configure_logging(settings.log_format)
-    run(build_app(settings), settings)
+    serve(IngressSettings, build_app)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.logs import configure_logging
-from paylane_common.service import base_app, run, use_broker, use_mysql
-from paylane_common.settings import exit_on_config_error, load_settings
+from paylane_common.service import base_app, serve, use_broker, use_mysql
 
 from .consumer import consume_events
 from .hub import HUB, Hub
@@ -36,10 +33,4 @@ async def _close_clients(app: web.Application) -> None:
 
 
 def main() -> None:
-    try:
-        settings = load_settings(NotifierSettings)
-    except ConfigError as exc:
-        exit_on_config_error(exc)
-        return
-    configure_logging(settings.log_format)
-    run(build_app(settings), settings)
+    serve(NotifierSettings, build_app)

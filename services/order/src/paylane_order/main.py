@@ -8,18 +8,15 @@ from aiohttp import web
 
 from paylane_common.consumer import Handler, Reject
 from paylane_common.events import Envelope, PaymentSucceeded
-from paylane_common.exceptions import ConfigError
-from paylane_common.logs import configure_logging
 from paylane_common.service import (
     DB_POOL,
     OUTBOX_RELAY,
     base_app,
-    run,
+    serve,
     use_broker,
     use_consumer,
     use_mysql,
 )
-from paylane_common.settings import exit_on_config_error, load_settings
 from paylane_common.topology import ORDER_PAYMENTS
 
 from .payments import PRODUCER, Merchant, PaymentApplier
@@ -54,10 +51,4 @@ def build_app(settings: OrderSettings) -> web.Application:
 
 
 def main() -> None:
-    try:
-        settings = load_settings(OrderSettings)
-    except ConfigError as exc:
-        exit_on_config_error(exc)
-        return
-    configure_logging(settings.log_format)
-    run(build_app(settings), settings)
+    serve(OrderSettings, build_app)
