@@ -1,0 +1,1 @@
+"""paylane's local WeChat Pay APIv3 emulator (``paylane serve sandbox``)."""

@@ -1,0 +1,105 @@
+"""What WeChat Pay shows of an order or a refund: query answers and notification resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .ledger import Order, Refund
+from .timefmt import rfc3339
+
+TRADE_STATE_DESC = {
+    "NOTPAY": "订单未支付",
+    "SUCCESS": "支付成功",
+    "CLOSED": "订单已关闭",
+    "REFUND": "订单发生过退款",
+}
+REFUND_SUMMARY = {"SUCCESS": "退款成功", "ABNORMAL": "退款异常", "CLOSED": "退款关闭"}
+USER_RECEIVED_ACCOUNT = "支付用户零钱"
+
+
+def transaction(order: Order, mchid: str) -> dict[str, Any]:
+    """The order as ``GET /v3/pay/transactions/...`` and ``TRANSACTION.SUCCESS`` show it.
+
+    Before payment: no transaction_id, trade_type, payer, success_time or payer_total.
+    """
+    request = order.request
+    result: dict[str, Any] = {
+        "appid": request["appid"],
+        "mchid": mchid,
+        "out_trade_no": order.out_trade_no,
+        "trade_state": order.trade_state,
+        "trade_state_desc": TRADE_STATE_DESC[order.trade_state],
+    }
+    if "attach" in request:
+        result["attach"] = request["attach"]
+    amount: dict[str, Any] = {"total": order.total, "currency": "CNY", "payer_currency": "CNY"}
+    if order.transaction_id is not None and order.paid_total is not None:
+        amount["total"] = order.paid_total
+        amount["payer_total"] = order.paid_total
+        result.update(
+            transaction_id=order.transaction_id,
+            trade_type=order.trade_type,
+            bank_type="OTHERS",
+            success_time=rfc3339(order.success_time or order.created_at),
+            payer={"openid": order.paid_openid},
+            promotion_detail=[],
+        )
+    result["amount"] = amount
+    return result
+
+
+def _refund_amount(refund: Refund) -> dict[str, Any]:
+    return {
+        "total": refund.total,
+        "refund": refund.refund,
+        "payer_total": refund.total,
+        "payer_refund": refund.refund,
+        "settlement_total": refund.total,
+        "settlement_refund": refund.refund,
+        "discount_refund": 0,
+        "refund_fee": 0,
+        "currency": "CNY",
+        "from": [],
+    }
+
+
+def refund(r: Refund) -> dict[str, Any]:
+    """The refund as ``POST|GET /v3/refund/domestic/refunds`` answer it."""
+    result: dict[str, Any] = {
+        "refund_id": r.refund_id,
+        "out_refund_no": r.out_refund_no,
+        "transaction_id": r.transaction_id,
+        "out_trade_no": r.out_trade_no,
+        "channel": "ORIGINAL",
+        "user_received_account": USER_RECEIVED_ACCOUNT,
+        "create_time": rfc3339(r.created_at),
+        "status": r.status,
+        "funds_account": "AVAILABLE",
+        "amount": _refund_amount(r),
+        "promotion_detail": [],
+    }
+    if r.success_time is not None:
+        result["success_time"] = rfc3339(r.success_time)
+    return result
+
+
+def refund_notification(r: Refund, mchid: str) -> dict[str, Any]:
+    """The decrypted resource of a ``REFUND.*`` notification."""
+    result: dict[str, Any] = {
+        "mchid": mchid,
+        "out_trade_no": r.out_trade_no,
+        "transaction_id": r.transaction_id,
+        "out_refund_no": r.out_refund_no,
+        "refund_id": r.refund_id,
+        "refund_status": r.status,
+        "user_received_account": USER_RECEIVED_ACCOUNT,
+        "amount": {
+            "total": r.total,
+            "refund": r.refund,
+            "payer_total": r.total,
+            "payer_refund": r.refund,
+        },
+    }
+    if r.success_time is not None:
+        result["success_time"] = rfc3339(r.success_time)
+    return result

@@ -1,0 +1,139 @@
+"""The sandbox as one object: keys, state, switches, faults and notifications, and the
+operations that touch several of them (a payment notifies, a refund completes later)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from paylane_common.settings import secret_value
+from paylane_common.wechatpay import load_private_key
+
+from . import resources
+from .auth import MerchantAuthenticator, merchant_key
+from .background import Background
+from .faults import FaultInjector
+from .ledger import Ledger, Order, Refund
+from .notifications import Notification, Notifier
+from .settings import SandboxSettings
+from .signer import PlatformSigner, generate_private_key, self_signed_certificate
+from .switches import SwitchBoard
+
+log = structlog.get_logger(__name__)
+
+
+def platform_private_key(settings: SandboxSettings) -> RSAPrivateKey:
+    pem = secret_value(settings.sandbox_platform_private_key)
+    if pem:
+        return load_private_key(pem)
+    log.warning(
+        "platform_key_generated",
+        hint="SANDBOX_PLATFORM_PRIVATE_KEY is unset: a throw-away key was made; fetch it"
+        " from GET /sandbox/platform-public-key or /sandbox/platform-certificate",
+    )
+    return generate_private_key()
+
+
+class Sandbox:
+    def __init__(
+        self, settings: SandboxSettings, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.mchid = settings.wechatpay_mchid
+        self.apiv3_key = secret_value(settings.wechatpay_apiv3_key)
+        self.switches = SwitchBoard(settings)
+        key = platform_private_key(settings)
+        certificate = self_signed_certificate(key, settings.sandbox_platform_cert_serial, clock())
+        self.signer = PlatformSigner(
+            key, settings.wechatpay_public_key_id, certificate, self.switches.sign_mode, clock
+        )
+        serial, public_key = merchant_key(settings)
+        self.authenticator = MerchantAuthenticator(
+            self.mchid, serial, public_key, settings.sandbox_max_skew_s, clock
+        )
+        self.faults = FaultInjector()
+        self.ledger = Ledger(self.mchid, settings.allowed_appids)
+        self.notifier = Notifier(
+            self.signer,
+            self.switches,
+            self.apiv3_key,
+            time_factor=settings.sandbox_time_factor,
+            timeout_s=settings.sandbox_notify_timeout_s,
+            clock=clock,
+        )
+        self._timers = Background()
+
+    async def start(self) -> None:
+        await self.notifier.start()
+
+    async def close(self) -> None:
+        await self._timers.close()
+        await self.notifier.close()
+
+    def reset(self) -> None:
+        """Forget every order, refund and notification; switches and faults to defaults."""
+        self._timers.cancel_all()
+        self.notifier.reset()
+        self.ledger.reset()
+        self.switches.reset()
+        self.faults.clear()
+
+    # --- payments -------------------------------------------------------------------------
+
+    def pay(
+        self,
+        out_trade_no: str,
+        *,
+        amount: int | None = None,
+        openid: str | None = None,
+        force: bool = False,
+        notify: bool = True,
+    ) -> tuple[Order, Notification | None]:
+        order = self.ledger.pay(out_trade_no, amount, openid, force, self.clock())
+        return order, (self.notify_transaction(order) if notify else None)
+
+    def notify_transaction(self, order: Order) -> Notification:
+        return self.notifier.submit(
+            "TRANSACTION.SUCCESS",
+            "transaction",
+            "支付成功",
+            resources.transaction(order, self.mchid),
+            order.notify_url,
+            out_trade_no=order.out_trade_no,
+        )
+
+    # --- refunds --------------------------------------------------------------------------
+
+    def create_refund(self, body: dict[str, Any]) -> Refund:
+        refund, created = self.ledger.create_refund(body, self.clock())
+        if created and self.switches.current.refund_mode == "auto":
+            delay = self.settings.sandbox_refund_delay_s * self.settings.sandbox_time_factor
+            self._timers.spawn(
+                self._auto_complete(refund.out_refund_no, delay), f"refund {refund.refund_id}"
+            )
+        return refund
+
+    async def _auto_complete(self, out_refund_no: str, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        refund = self.ledger.refunds.get(out_refund_no)
+        if refund is not None and refund.status == "PROCESSING":
+            self.complete_refund(out_refund_no, "SUCCESS")
+
+    def complete_refund(self, out_refund_no: str, status: str) -> Refund:
+        refund = self.ledger.complete_refund(out_refund_no, status, self.clock())
+        self.notifier.submit(
+            f"REFUND.{status}",
+            "refund",
+            resources.REFUND_SUMMARY[status],
+            resources.refund_notification(refund, self.mchid),
+            refund.notify_url,
+            out_trade_no=refund.out_trade_no,
+            out_refund_no=refund.out_refund_no,
+        )
+        return refund

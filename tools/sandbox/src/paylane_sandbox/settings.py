@@ -1,0 +1,106 @@
+"""Sandbox settings, read once from the environment (DESIGN §2 plus ``SANDBOX_*``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from paylane_common.settings import FILE_VARIABLES, BaseServiceSettings
+from paylane_common.wechatpay import WechatPayError, load_private_key, load_public_key
+
+SignMode = Literal["public_key", "certificate", "mixed"]
+RefundMode = Literal["auto", "manual"]
+
+
+class SandboxSettings(BaseServiceSettings):
+    file_variables: ClassVar[tuple[str, ...]] = (
+        *FILE_VARIABLES,
+        "SANDBOX_MERCHANT_PUBLIC_KEY",
+        "SANDBOX_PLATFORM_PRIVATE_KEY",
+    )
+    http_port: int = Field(8090, ge=1, le=65535)
+    wechatpay_mchid: str = Field(min_length=1, max_length=32)
+    wechatpay_apiv3_key: SecretStr
+    #: When set (or SANDBOX_APPIDS, comma-separated), other appids get APPID_MCHID_NOT_MATCH.
+    wechatpay_appid: str | None = None
+    sandbox_appids: str | None = None
+    # The merchant API key: its public half (or certificate), or the private key itself.
+    sandbox_merchant_public_key: str | None = None
+    wechatpay_merchant_private_key: SecretStr | None = None
+    wechatpay_merchant_serial_no: str | None = None
+    # WeChat Pay's side: one RSA key, announced as a public key id and as a certificate.
+    sandbox_platform_private_key: SecretStr | None = None
+    wechatpay_public_key_id: str = Field("PUB_KEY_ID_SANDBOX", min_length=1)
+    sandbox_platform_cert_serial: str | None = None
+    sandbox_sign_mode: SignMode = "public_key"
+    sandbox_time_factor: float = Field(1.0, ge=0)
+    sandbox_refund_mode: RefundMode = "auto"
+    sandbox_refund_delay_s: float = Field(1.0, ge=0)
+    sandbox_notify_timeout_s: float = Field(5.0, gt=0)
+    sandbox_max_skew_s: int = Field(300, ge=0)
+
+    @field_validator("wechatpay_apiv3_key")
+    @classmethod
+    def _key_is_32_bytes(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode()) != 32:
+            raise ValueError("must be exactly 32 bytes")
+        return value
+
+    @field_validator("sandbox_merchant_public_key")
+    @classmethod
+    def _public_key_parses(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            load_public_key(value)
+        except WechatPayError:
+            raise ValueError("is not a PEM public key or certificate") from None
+        return value
+
+    @field_validator("wechatpay_merchant_private_key", "sandbox_platform_private_key")
+    @classmethod
+    def _private_key_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            load_private_key(value.get_secret_value())
+        except WechatPayError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("sandbox_platform_cert_serial")
+    @classmethod
+    def _serial_is_hex(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            number = int(value, 16)
+        except ValueError:
+            raise ValueError("must be hexadecimal") from None
+        if not 0 < number < 2**159:
+            raise ValueError("must be a positive serial below 2**159 (X.509)")
+        return value.strip().upper()
+
+    @model_validator(mode="after")
+    def _merchant_key_given(self) -> SandboxSettings:
+        public_pem = self.sandbox_merchant_public_key
+        if public_pem is None and self.wechatpay_merchant_private_key is None:
+            raise ValueError(
+                "set SANDBOX_MERCHANT_PUBLIC_KEY(_FILE) or WECHATPAY_MERCHANT_PRIVATE_KEY(_FILE)"
+                " to verify the merchant's requests"
+            )
+        is_certificate = public_pem is not None and "BEGIN CERTIFICATE" in public_pem
+        if not self.wechatpay_merchant_serial_no and not is_certificate:
+            raise ValueError(
+                "WECHATPAY_MERCHANT_SERIAL_NO is required (unless the merchant key is given"
+                " as a certificate)"
+            )
+        return self
+
+    @property
+    def allowed_appids(self) -> frozenset[str]:
+        """Empty: any appid is accepted."""
+        if self.sandbox_appids:
+            return frozenset(a.strip() for a in self.sandbox_appids.split(",") if a.strip())
+        return frozenset({self.wechatpay_appid}) if self.wechatpay_appid else frozenset()
