@@ -77,7 +77,7 @@ def test_unreadable_secret_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_service_exits_with_one_clear_line() -> None:
     env = {"PATH": "", "MYSQL_URL": "mysql://root:@127.0.0.1:3306/paylane"}
     done = subprocess.run(
-        [sys.executable, "-m", "paylane.cli", "serve", "order"],
+        [sys.executable, "-m", "paylane.cli", "serve", "notifier"],
         env=env,
         capture_output=True,
         text=True,
@@ -87,7 +87,7 @@ def test_service_exits_with_one_clear_line() -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines == [
-        "paylane: invalid configuration: WECHATPAY_MCHID is required; WECHATPAY_APPID is required"
+        "paylane: invalid configuration: CLIENT_TOKEN_SECRET is required"
     ]
 
 

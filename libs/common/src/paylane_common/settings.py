@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
@@ -38,9 +38,10 @@ class _FileSecretsSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
+        allowed = getattr(self.settings_cls, "file_variables", FILE_VARIABLES)
         for name in self.settings_cls.model_fields:
             env = name.upper()
-            if env not in FILE_VARIABLES or os.environ.get(env):
+            if env not in allowed or os.environ.get(env):
                 continue
             path = os.environ.get(f"{env}_FILE")
             if not path:
@@ -84,6 +85,8 @@ class BaseServiceSettings(BaseSettings):
     """What every paylane process reads."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+    #: Variables that may instead be read from the file named by ``<NAME>_FILE``.
+    file_variables: ClassVar[tuple[str, ...]] = FILE_VARIABLES
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     mysql_url: str = "mysql://root:@127.0.0.1:3306/paylane"

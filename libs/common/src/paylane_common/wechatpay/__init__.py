@@ -1,7 +1,15 @@
 """WeChat Pay API v3 crypto: signatures, verification keys, AEAD resources, notifications."""
 
 from .aead import ALGORITHM, decrypt_resource, encrypt_resource
-from .exceptions import DecryptionError, VerificationError, WechatPayError
+from .certificates import CertificateRefresher
+from .client import PlatformCertificate, WechatPayClient
+from .exceptions import (
+    DecryptionError,
+    VerificationError,
+    WechatPayApiError,
+    WechatPayError,
+    WechatPayUnavailable,
+)
 from .keys import (
     VerifierKeys,
     certificate_serial,
@@ -25,13 +33,18 @@ __all__ = [
     "ALGORITHM",
     "SIGNATURE_TYPE",
     "SIGNTEST_PREFIX",
+    "CertificateRefresher",
     "DecryptionError",
     "MerchantSigner",
     "NotificationHeaders",
     "NotificationVerifier",
+    "PlatformCertificate",
     "VerificationError",
     "VerifierKeys",
+    "WechatPayApiError",
+    "WechatPayClient",
     "WechatPayError",
+    "WechatPayUnavailable",
     "build_message",
     "build_notification",
     "certificate_serial",

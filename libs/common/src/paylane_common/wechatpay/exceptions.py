@@ -26,3 +26,26 @@ class VerificationError(WechatPayError):
 
 class DecryptionError(WechatPayError):
     """An AEAD_AES_256_GCM resource could not be decrypted or is not what it should be."""
+
+
+#: WeChat Pay error codes worth another try (besides any 5xx and 429).
+RETRYABLE_CODES = frozenset({"SYSTEM_ERROR", "FREQUENCY_LIMITED", "BANK_ERROR", "SYSTEMERROR"})
+
+
+class WechatPayApiError(WechatPayError):
+    """WeChat Pay answered an API call with an error body ``{code, message, detail?}``."""
+
+    def __init__(self, status: int, code: str, message: str, detail: object = None) -> None:
+        super().__init__(f"WeChat Pay {status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+    @property
+    def retryable(self) -> bool:
+        return self.status >= 500 or self.status == 429 or self.code in RETRYABLE_CODES
+
+
+class WechatPayUnavailable(WechatPayError):
+    """WeChat Pay could not be reached (network error or timeout) within the retry budget."""

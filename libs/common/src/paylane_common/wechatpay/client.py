@@ -1,0 +1,210 @@
+"""WeChat Pay APIv3 client: signs every request, verifies every successful response,
+maps error bodies to :class:`WechatPayApiError` and retries only what is retryable
+(network errors, timeouts, 5xx / SYSTEM_ERROR, 429 FREQUENCY_LIMITED) with exponential
+backoff and jitter, bounded in attempts and in total time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+from yarl import URL
+
+from .aead import decrypt_resource
+from .exceptions import VerificationError, WechatPayApiError, WechatPayError, WechatPayUnavailable
+from .keys import VerifierKeys, load_certificate
+from .merchant import MerchantSigner
+from .signature import NotificationHeaders, NotificationVerifier
+
+log = structlog.get_logger(__name__)
+
+TRADE_TYPES = {"JSAPI": "jsapi", "NATIVE": "native", "H5": "h5", "APP": "app"}
+
+
+@dataclass(frozen=True)
+class PlatformCertificate:
+    serial: str
+    public_key: RSAPublicKey
+    not_after: datetime
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, WechatPayApiError):
+        return exc.retryable
+    return isinstance(exc, WechatPayUnavailable)
+
+
+class WechatPayClient:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        mchid: str,
+        signer: MerchantSigner,
+        verifier: NotificationVerifier,
+        session: aiohttp.ClientSession,
+        max_attempts: int = 4,
+        max_elapsed_s: float = 10.0,
+        request_timeout_s: float = 5.0,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 2.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.mchid = mchid
+        self._signer = signer
+        self._verifier = verifier
+        self._session = session
+        self._max_attempts = max_attempts
+        self._max_elapsed_s = max_elapsed_s
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._backoff = (backoff_initial_s, backoff_max_s)
+
+    # -- the API -------------------------------------------------------------------------
+
+    async def place(self, trade_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v3/pay/transactions/{jsapi|native|h5|app}`` → prepay_id / code_url / h5_url."""
+        kind = TRADE_TYPES[trade_type]
+        return await self._json("POST", f"/v3/pay/transactions/{kind}", payload)
+
+    async def query_by_out_trade_no(self, out_trade_no: str) -> dict[str, Any]:
+        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}"
+        return await self._json("GET", f"{path}?mchid={self.mchid}")
+
+    async def query_by_transaction_id(self, transaction_id: str) -> dict[str, Any]:
+        path = f"/v3/pay/transactions/id/{quote(transaction_id, safe='')}"
+        return await self._json("GET", f"{path}?mchid={self.mchid}")
+
+    async def close(self, out_trade_no: str) -> None:
+        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/close"
+        await self._call("POST", path, {"mchid": self.mchid})
+
+    async def create_refund(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self._json("POST", "/v3/refund/domestic/refunds", payload)
+
+    async def query_refund(self, out_refund_no: str) -> dict[str, Any]:
+        return await self._json(
+            "GET", f"/v3/refund/domestic/refunds/{quote(out_refund_no, safe='')}"
+        )
+
+    async def download_certificates(self, apiv3_key: str | bytes) -> list[PlatformCertificate]:
+        """``GET /v3/certificates``, each certificate decrypted with the APIv3 key.
+
+        The response is verified with a key already known or, on first download, with
+        the certificates it carries (as WeChat's SDKs bootstrap)."""
+        body, headers = await self._send("GET", "/v3/certificates", None, verify=False)
+        data = _json_body(body)
+        certificates = []
+        for item in data.get("data", []):
+            enc = item["encrypt_certificate"]
+            pem = decrypt_resource(
+                apiv3_key, enc["nonce"], enc.get("associated_data"), enc["ciphertext"]
+            )
+            serial, key, not_after = load_certificate(pem)
+            certificates.append(PlatformCertificate(serial, key, not_after))
+        bootstrap = VerifierKeys(certificates={c.serial: c.public_key for c in certificates})
+        known = self._verifier.keys
+        chosen = known if known.get(headers.get("Wechatpay-Serial", "")) else bootstrap
+        NotificationVerifier(chosen, max_skew_s=self._verifier.max_skew_s).verify(
+            NotificationHeaders.from_mapping(headers), body
+        )
+        return certificates
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _json(self, method: str, path: str, payload: Any = None) -> dict[str, Any]:
+        return _json_body(await self._call(method, path, payload))
+
+    async def _call(self, method: str, path: str, payload: Any) -> bytes:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts) | stop_after_delay(self._max_elapsed_s),
+            wait=wait_exponential_jitter(
+                multiplier=self._backoff[0], max=self._backoff[1], jitter=self._backoff[0]
+            ),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                if number > 1:
+                    log.info("wechatpay_retry", method=method, path=path, attempt=number)
+                body, _headers = await self._send(method, path, payload, verify=True)
+        return body
+
+    async def _send(
+        self, method: str, path: str, payload: Any, *, verify: bool
+    ) -> tuple[bytes, dict[str, str]]:
+        """One signed request; returns the raw body and headers of a 2xx answer."""
+        body = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+        headers = {
+            "Authorization": self._signer.authorization(method, path, body),
+            "Accept": "application/json",
+            "User-Agent": "paylane/0.1 (+wechatpay-apiv3)",
+        }
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._session.request(
+                method,
+                # Sent exactly as signed: aiohttp must not re-encode the path (e.g. %2A → *).
+                URL(self.base_url + path, encoded=True),
+                data=body if payload is not None else None,
+                headers=headers,
+                timeout=self._timeout,
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                answer = {k: v for k, v in response.headers.items()}
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise WechatPayUnavailable(f"{method} {path}: {type(exc).__name__}") from None
+        if status >= 300:
+            raise _api_error(status, raw)
+        if verify:
+            try:
+                self._verifier.verify(NotificationHeaders.from_mapping(answer), raw)
+            except VerificationError as exc:
+                raise WechatPayError(
+                    f"response to {method} {path} failed verification: {exc.reason}"
+                ) from None
+        return raw, answer
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise WechatPayError("WeChat Pay answered with a body that is not JSON") from None
+    if not isinstance(data, dict):
+        raise WechatPayError("WeChat Pay answered with a JSON body that is not an object")
+    return data
+
+
+def _api_error(status: int, raw: bytes) -> WechatPayApiError:
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    return WechatPayApiError(
+        status,
+        str(data.get("code") or f"HTTP_{status}"),
+        str(data.get("message") or raw[:200].decode(errors="replace")),
+        data.get("detail"),
+    )
