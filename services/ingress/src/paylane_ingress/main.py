@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 from aiohttp import web
 
 from paylane_common.service import base_app, serve, use_broker
 from paylane_common.settings import secret_value
-from paylane_common.wechatpay import NotificationVerifier, VerifierKeys
+from paylane_common.wechatpay import (
+    CertificateRefresher,
+    MerchantSigner,
+    NotificationVerifier,
+    VerifierKeys,
+    WechatPayClient,
+    load_private_key,
+)
 
 from .internal import INTERNAL_SECRET, internal_notify
 from .notify import MAX_BODY, NOTIFY_CONFIG, NotifyConfig, notify_wechatpay
@@ -19,11 +27,7 @@ from .settings import IngressSettings
 def build_app(
     settings: IngressSettings, *, clock: Callable[[], float] = time.time
 ) -> web.Application:
-    keys = VerifierKeys.from_sources(
-        settings.wechatpay_public_key_id,
-        secret_value(settings.wechatpay_public_key) or None,
-        settings.wechatpay_platform_certs_dir,
-    )
+    keys = settings.verifier_keys()
     app = base_app("ingress", client_max_size=MAX_BODY * 2)
     app[NOTIFY_CONFIG] = NotifyConfig(
         verifier=NotificationVerifier(keys, max_skew_s=settings.notify_max_skew_s, clock=clock),
@@ -33,7 +37,36 @@ def build_app(
     app.router.add_post("/notify/wechatpay", notify_wechatpay)
     app.router.add_post("/api/payment/internal/notify", internal_notify)
     use_broker(app, settings)
+    if settings.refreshes_certificates:
+        _use_certificate_refresh(app, settings, keys)
     return app
+
+
+def _use_certificate_refresh(
+    app: web.Application, settings: IngressSettings, keys: VerifierKeys
+) -> None:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            client = WechatPayClient(
+                base_url=settings.wechatpay_api_base,
+                mchid=settings.wechatpay_mchid or "",
+                signer=MerchantSigner(
+                    settings.wechatpay_mchid or "",
+                    settings.wechatpay_merchant_serial_no or "",
+                    load_private_key(secret_value(settings.wechatpay_merchant_private_key)),
+                ),
+                verifier=app[NOTIFY_CONFIG].verifier,
+                session=session,
+            )
+            refresher = CertificateRefresher(
+                client, keys, secret_value(settings.wechatpay_apiv3_key)
+            )
+            app[NOTIFY_CONFIG].on_unknown_serial = refresher.request_refresh
+            refresher.start()
+            yield
+            await refresher.stop()
+
+    app.cleanup_ctx.append(ctx)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -32,10 +33,12 @@ MAX_BODY = 64 * 1024
 _MALFORMED = {"missing_header", "bad_signature_type", "bad_timestamp"}
 
 
-@dataclass(frozen=True)
+@dataclass
 class NotifyConfig:
     verifier: NotificationVerifier
     apiv3_key: bytes
+    #: Called (never awaited) when a notification names a serial we do not know.
+    on_unknown_serial: Callable[[], None] | None = None
 
 
 NOTIFY_CONFIG = web.AppKey("notify_config", NotifyConfig)
@@ -70,6 +73,8 @@ async def _handle(request: web.Request) -> web.Response:
         headers = NotificationHeaders.from_mapping(request.headers)
         config.verifier.verify(headers, body)
     except VerificationError as exc:
+        if exc.reason == "unknown_serial" and config.on_unknown_serial is not None:
+            config.on_unknown_serial()
         status = 400 if exc.reason in _MALFORMED else 401
         raise Rejection(status, exc.reason, _verification_message(exc)) from None
     metrics.NOTIFICATIONS_VERIFIED.inc()
