@@ -17,6 +17,7 @@ SERVICES = {
     "order": "paylane_order.main",
     "entitlement": "paylane_entitlement.main",
     "notifier": "paylane_notifier.main",
+    "sandbox": "paylane_sandbox.main",
 }
 
 
@@ -41,6 +42,23 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from paylane_order.settings import OrderSettings
+    from paylane_order.standalone import reconcile
+
+    try:
+        settings = load_settings(OrderSettings)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+        return 2
+    configure_logging(settings.log_format)
+    found = asyncio.run(reconcile(settings, once=args.once))
+    print(", ".join(f"{k}={v}" for k, v in sorted(found.items())) or "nothing to reconcile")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paylane", description="WeChat Pay v3 payments as exactly-once business effects"
@@ -53,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run one service")
     serve.add_argument("service", choices=sorted(SERVICES))
     serve.set_defaults(func=_serve)
+    rec = commands.add_parser(
+        "reconcile", help="settle orders and refunds whose notification never came"
+    )
+    rec.add_argument("--once", action="store_true", help="one pass, then exit")
+    rec.set_defaults(func=_reconcile)
     dev.add_parser(commands)
     return parser
 

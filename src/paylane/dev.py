@@ -31,29 +31,26 @@ DEV_APPID = "wxd678efh567hg6787"
 
 
 def init(args: argparse.Namespace) -> int:
-    """Create ``.dev/`` keys and ``.dev/env`` once; later calls keep them."""
+    """Create ``.dev/`` keys and ``.dev/env``; later calls keep them and add what is new."""
     directory: Path = args.dir
-    env_file = directory / "env"
-    if env_file.exists():
-        print(f"{env_file} exists; keeping it")
-        return 0
     directory.mkdir(parents=True, exist_ok=True)
-    platform = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    merchant = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = serialization.PrivateFormat.PKCS8
-    (directory / "platform_private_key.pem").write_bytes(
-        platform.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption())
-    )
+    keys = {}
+    for name in ("platform", "merchant"):
+        path = directory / f"{name}_private_key.pem"
+        if not path.exists():
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            path.write_bytes(
+                key.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption())
+            )
+        keys[name] = load_private_key(path.read_bytes())
     (directory / "platform_public_key.pem").write_bytes(
-        platform.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    (directory / "merchant_private_key.pem").write_bytes(
-        merchant.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption())
+        keys["platform"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     alphabet = string.ascii_letters + string.digits
-    values = {
+    wanted = {
         "WECHATPAY_MCHID": DEV_MCHID,
         "WECHATPAY_APPID": DEV_APPID,
         "WECHATPAY_APIV3_KEY": "".join(secrets.choice(alphabet) for _ in range(32)),
@@ -63,21 +60,36 @@ def init(args: argparse.Namespace) -> int:
             (directory / "merchant_private_key.pem").resolve()
         ),
         "WECHATPAY_MERCHANT_SERIAL_NO": uuid.uuid4().hex[:40].upper(),
+        "WECHATPAY_API_BASE": "http://127.0.0.1:8090",
+        "WECHATPAY_NOTIFY_URL": "http://127.0.0.1:8080/notify/wechatpay",
+        "SANDBOX_PLATFORM_PRIVATE_KEY_FILE": str(
+            (directory / "platform_private_key.pem").resolve()
+        ),
+        # WeChat's retry schedule at 1/10 (15 s → 1.5 s) so a demo shows retries quickly.
+        "SANDBOX_TIME_FACTOR": "0.1",
         "INTERNAL_API_SECRET": secrets.token_urlsafe(24),
         "CLIENT_TOKEN_SECRET": secrets.token_urlsafe(32),
         "LOG_FORMAT": "console",
     }
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    print(f"wrote development keys and {env_file}")
+    env_file = directory / "env"
+    present = _read_env(env_file) if env_file.exists() else {}
+    missing = {k: v for k, v in wanted.items() if k not in present}
+    with env_file.open("a") as out:
+        out.writelines(f"{k}={v}\n" for k, v in missing.items())
+    print(f"{env_file}: " + (f"added {', '.join(missing)}" if missing else "up to date"))
     return 0
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k: v for k, v in pairs}
 
 
 def _dev_env(directory: Path) -> dict[str, str]:
     env_file = directory / "env"
     if not env_file.exists():
         raise SystemExit(f"{env_file} is missing: run `paylane dev init` (or `make run`) first")
-    pairs = (line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
-    return {k: v for k, v in pairs}
+    return _read_env(env_file)
 
 
 def order(args: argparse.Namespace) -> int:

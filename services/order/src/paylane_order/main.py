@@ -1,52 +1,102 @@
-"""Order service: applies payment events idempotently (DESIGN §4)."""
+"""Order service: HTTP API, payment and refund consumer, reconciler (DESIGN §4)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from paylane_common.consumer import Handler, Reject
-from paylane_common.events import Envelope, PaymentSucceeded
+from paylane_common.events import Envelope, PaymentSucceeded, RefundEvent
+from paylane_common.merchant_api import MERCHANT_SIGNER, WECHATPAY_CLIENT, use_wechatpay_client
 from paylane_common.service import (
     DB_POOL,
     OUTBOX_RELAY,
+    PUBLISHER,
     base_app,
     serve,
     use_broker,
     use_consumer,
     use_mysql,
 )
+from paylane_common.settings import secret_value
 from paylane_common.topology import ORDER_PAYMENTS
 
+from . import api
+from .errors import error_middleware
+from .orders import Orders, PlacementConfig
 from .payments import PRODUCER, Merchant, PaymentApplier
+from .reconciler import Reconciler, confirm_payment
+from .refunds import RefundApplier
 from .settings import OrderSettings
+
+RECONCILER = web.AppKey("reconciler", Reconciler)
 
 
 def build_handler(app: web.Application, settings: OrderSettings) -> Handler:
+    client = app[WECHATPAY_CLIENT]
+    wake = app[OUTBOX_RELAY].wake
     payments = PaymentApplier(
         app[DB_POOL],
         Merchant(mchid=settings.wechatpay_mchid, appid=settings.wechatpay_appid),
-        on_commit=app[OUTBOX_RELAY].wake,
+        on_commit=wake,
+        confirm=lambda data: confirm_payment(client, data),
     )
+    refunds = RefundApplier(app[DB_POOL], on_commit=wake)
 
     async def handle(envelope: Envelope, data: Any) -> str:
         if isinstance(data, PaymentSucceeded):
             return await payments(envelope, data)
-        # Refund events are bound here so none is lost; applying them comes with the
-        # refund flow. Until then they wait in the DLQ for `paylane replay dlq`.
-        raise Reject(f"{envelope.type} is not applied by this version of the order service")
+        if isinstance(data, RefundEvent):
+            return await refunds(envelope, data)
+        raise Reject(f"{envelope.type} is not for the order service")
 
     return handle
 
 
 def build_app(settings: OrderSettings) -> web.Application:
     app = base_app("order")
+    app.middlewares.append(error_middleware)
     use_broker(app, settings)
     use_mysql(app, settings)
+    use_wechatpay_client(app, settings)
+    app[api.API_CONFIG] = api.ApiConfig(
+        catalog=settings.catalog,
+        internal_secret=secret_value(settings.internal_api_secret),
+        token_secret=secret_value(settings.client_token_secret),
+    )
+
+    async def orders_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[api.ORDERS] = Orders(
+            app[DB_POOL],
+            app[WECHATPAY_CLIENT],
+            app[MERCHANT_SIGNER],
+            PlacementConfig(
+                mchid=settings.wechatpay_mchid,
+                appid=settings.wechatpay_appid,
+                notify_url=settings.wechatpay_notify_url,
+                order_ttl_s=settings.order_ttl_s,
+            ),
+        )
+        reconciler = Reconciler(
+            app[DB_POOL],
+            app[WECHATPAY_CLIENT],
+            app[PUBLISHER],
+            after_s=settings.reconcile_after_s,
+            interval_s=settings.reconcile_interval_s,
+        )
+        app[RECONCILER] = reconciler
+        if settings.reconcile_interval_s > 0:
+            reconciler.start()
+        yield
+        await reconciler.stop()
+
+    app.cleanup_ctx.append(orders_ctx)
     use_consumer(
         app, ORDER_PAYMENTS, lambda app: build_handler(app, settings), outbox_producer=PRODUCER
     )
+    api.add_routes(app)
     return app
 
 

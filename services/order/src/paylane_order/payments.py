@@ -7,6 +7,7 @@ UPDATE that changed nothing ran into.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,18 +36,31 @@ class Merchant:
     appid: str
 
 
+#: Confirms (and completes) a payment that arrived without amount, or raises Reject/Retry.
+Confirm = Callable[[PaymentSucceeded], Awaitable[PaymentSucceeded]]
+
+
 class PaymentApplier:
     """Applies one payment.succeeded; returns the outcome label for metrics."""
 
-    def __init__(self, pool: aiomysql.Pool, merchant: Merchant, on_commit: Any = None):
+    def __init__(
+        self,
+        pool: aiomysql.Pool,
+        merchant: Merchant,
+        on_commit: Callable[[], None] | None = None,
+        confirm: Confirm | None = None,
+    ):
         self._pool = pool
         self._merchant = merchant
         self._on_commit = on_commit
+        self._confirm = confirm
 
     async def __call__(self, envelope: Envelope, data: PaymentSucceeded) -> str:
         if data.amount_total is None:
-            # An internal notify without amount: only a query at WeChat Pay can confirm it.
-            raise Reject("payment without amount: confirm it by querying WeChat Pay first")
+            # An internal notify without amount: only WeChat Pay can confirm it.
+            if self._confirm is None:
+                raise Reject("payment without amount and no WeChat Pay client to confirm it")
+            data = await self._confirm(data)
         async with transaction(self._pool) as cur:
             if not await inbox.claim(cur, CONSUMER, envelope.event_id):
                 return "duplicate"

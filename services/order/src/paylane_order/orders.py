@@ -1,0 +1,338 @@
+"""Placing, closing and refunding orders: the database row first, then WeChat Pay.
+
+A row is ``pending`` before the order exists at WeChat Pay, so a notification can never
+arrive for an order we do not know; a placement that fails leaves a row the reconciler
+settles (WeChat Pay says ORDER_NOT_EXIST → closed once expired).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import aiomysql
+import structlog
+
+from paylane_common.catalog import Package
+from paylane_common.db import is_duplicate_key, transaction
+from paylane_common.wechatpay import (
+    MerchantSigner,
+    WechatPayApiError,
+    WechatPayClient,
+    WechatPayUnavailable,
+)
+
+from .errors import Conflict, InvalidRequest, NotFound, UpstreamRejected, UpstreamUnavailable
+from .ids import new_out_refund_no, new_out_trade_no
+
+log = structlog.get_logger(__name__)
+
+CHINA = timezone(timedelta(hours=8))
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    user_id: int | None
+    package: Package
+    trade_type: str
+    openid: str | None
+    generation_id: str | None
+    client_ip: str | None
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    mchid: str
+    appid: str
+    notify_url: str
+    order_ttl_s: int
+
+
+class Orders:
+    def __init__(
+        self,
+        pool: aiomysql.Pool,
+        client: WechatPayClient,
+        signer: MerchantSigner,
+        merchant: PlacementConfig,
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._signer = signer
+        self._merchant = merchant
+
+    # -- create ----------------------------------------------------------------------------
+
+    async def create(self, new: NewOrder) -> tuple[dict[str, Any], bool]:
+        """Returns (order row, created); an Idempotency-Key seen before returns its order."""
+        if new.trade_type == "H5" and not new.client_ip:
+            raise InvalidRequest("client_ip is required for H5", "client_ip_required")
+        async with transaction(self._pool) as cur:
+            user = await self._user(cur, new)
+            if new.idempotency_key:
+                existing = await self._by_idempotency_key(cur, user["id"], new.idempotency_key)
+                if existing is not None:
+                    if (existing["package_type"], existing["trade_type"]) != (
+                        new.package.name,
+                        new.trade_type,
+                    ):
+                        raise Conflict(
+                            "Idempotency-Key was used for a different order",
+                            "idempotency_key_reused",
+                        )
+                    return existing, False
+            openid = new.openid or user["openid"]
+            if new.trade_type == "JSAPI" and not openid:
+                raise InvalidRequest("openid is required for JSAPI", "openid_required")
+            out_trade_no = new_out_trade_no()
+            expires_at = datetime.now(UTC) + timedelta(seconds=self._merchant.order_ttl_s)
+            try:
+                await cur.execute(
+                    "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
+                    " amount, amount_total, mchid, appid, openid, generation_id, idempotency_key,"
+                    " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        out_trade_no,
+                        user["id"],
+                        new.package.name,
+                        new.trade_type,
+                        new.package.price_yuan,
+                        new.package.price_fen,
+                        self._merchant.mchid,
+                        self._merchant.appid,
+                        openid,
+                        new.generation_id,
+                        new.idempotency_key,
+                        expires_at.replace(tzinfo=None),
+                    ),
+                )
+            except Exception as exc:
+                if is_duplicate_key(exc) and new.idempotency_key:
+                    raise Conflict("a request with this Idempotency-Key is in progress") from None
+                raise
+        order = await self._place(out_trade_no, new, openid, expires_at)
+        return order, True
+
+    async def _user(self, cur: aiomysql.Cursor, new: NewOrder) -> dict[str, Any]:
+        if new.user_id is not None:
+            await cur.execute("SELECT id, openid FROM users WHERE id = %s", (new.user_id,))
+            user: dict[str, Any] | None = await cur.fetchone()
+            if user is not None:
+                return user
+            if not new.openid:
+                raise NotFound(f"user {new.user_id} does not exist", "unknown_user")
+        if not new.openid:
+            raise InvalidRequest("user_id or openid is required", "user_required")
+        # As the seeds' cloud function does: the openid names (or creates) the user.
+        await cur.execute(
+            "INSERT INTO users (openid) VALUES (%s)"
+            " ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+            (new.openid,),
+        )
+        return {"id": cur.lastrowid, "openid": new.openid}
+
+    async def _by_idempotency_key(
+        self, cur: aiomysql.Cursor, user_id: int, key: str
+    ) -> dict[str, Any] | None:
+        await cur.execute(
+            "SELECT * FROM payment_orders WHERE user_id = %s AND idempotency_key = %s",
+            (user_id, key),
+        )
+        row: dict[str, Any] | None = await cur.fetchone()
+        return row
+
+    async def _place(
+        self, out_trade_no: str, new: NewOrder, openid: str | None, expires_at: datetime
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "appid": self._merchant.appid,
+            "mchid": self._merchant.mchid,
+            "description": new.package.description,
+            "out_trade_no": out_trade_no,
+            "time_expire": expires_at.astimezone(CHINA).isoformat(timespec="seconds"),
+            "notify_url": self._merchant.notify_url,
+            "amount": {"total": new.package.price_fen, "currency": "CNY"},
+        }
+        if new.generation_id:
+            payload["attach"] = new.generation_id[:128]
+        if new.trade_type == "JSAPI":
+            payload["payer"] = {"openid": openid}
+        if new.trade_type == "H5":
+            payload["scene_info"] = {
+                "payer_client_ip": new.client_ip,
+                "h5_info": {"type": "Wap"},
+            }
+        try:
+            answer = await self._client.place(new.trade_type, payload)
+        except WechatPayApiError as exc:
+            if not exc.retryable:
+                await self._mark_closed(out_trade_no, f"placement refused: {exc.code}")
+                raise UpstreamRejected(
+                    f"WeChat Pay refused the order: {exc.code} {exc.message}"
+                ) from None
+            raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
+        except WechatPayUnavailable as exc:
+            raise UpstreamUnavailable(str(exc)) from None
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE payment_orders SET prepay_id = %s, code_url = %s, h5_url = %s"
+                " WHERE out_trade_no = %s",
+                (
+                    answer.get("prepay_id"),
+                    answer.get("code_url"),
+                    answer.get("h5_url"),
+                    out_trade_no,
+                ),
+            )
+            await cur.execute(
+                "SELECT * FROM payment_orders WHERE out_trade_no = %s", (out_trade_no,)
+            )
+            row: dict[str, Any] = await cur.fetchone()
+        log.info("order_placed", out_trade_no=out_trade_no, trade_type=new.trade_type)
+        return row
+
+    async def _mark_closed(self, out_trade_no: str, reason: str) -> None:
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE payment_orders SET status = 'closed', closed_at = NOW(6),"
+                " review_reason = %s WHERE out_trade_no = %s AND status = 'pending'",
+                (reason[:255], out_trade_no),
+            )
+
+    def pay_params(self, order: dict[str, Any]) -> dict[str, Any]:
+        """What the client needs to pay: JSAPI signed params, NATIVE code_url, H5 h5_url."""
+        if order["trade_type"] == "JSAPI":
+            if not order["prepay_id"]:
+                return {}
+            return self._signer.jsapi_pay_params(self._merchant.appid, order["prepay_id"])
+        if order["trade_type"] == "NATIVE":
+            return {"code_url": order["code_url"]}
+        return {"h5_url": order["h5_url"]}
+
+    # -- read ------------------------------------------------------------------------------
+
+    async def get(self, out_trade_no: str) -> dict[str, Any] | None:
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "SELECT o.*, u.payment_status, u.regenerate_count FROM payment_orders o"
+                " LEFT JOIN users u ON u.id = o.user_id WHERE o.out_trade_no = %s",
+                (out_trade_no,),
+            )
+            order: dict[str, Any] | None = await cur.fetchone()
+            if order is None:
+                return None
+            await cur.execute(
+                "SELECT out_refund_no, refund_id, amount_refund, reason, status, success_time,"
+                " created_at FROM refunds WHERE out_trade_no = %s ORDER BY id",
+                (out_trade_no,),
+            )
+            order["refunds"] = list(await cur.fetchall())
+        return order
+
+    # -- close -----------------------------------------------------------------------------
+
+    async def close(self, out_trade_no: str) -> dict[str, Any]:
+        order = await self.get(out_trade_no)
+        if order is None:
+            raise NotFound(f"order {out_trade_no} does not exist")
+        if order["status"] == "closed":
+            return order
+        if order["status"] != "pending":
+            raise Conflict(f"order is {order['status']}, not pending", "order_not_pending")
+        try:
+            await self._client.close(out_trade_no)
+        except WechatPayApiError as exc:
+            if exc.code == "ORDER_NOT_EXIST":
+                pass  # never placed: closing locally is all there is
+            elif exc.retryable:
+                raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
+            else:
+                # e.g. ORDER_PAID: the payment is on its way (notification or reconciler).
+                raise Conflict(
+                    f"WeChat Pay refused to close: {exc.code} {exc.message}", "close_refused"
+                ) from None
+        except WechatPayUnavailable as exc:
+            raise UpstreamUnavailable(str(exc)) from None
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE payment_orders SET status = 'closed', closed_at = NOW(6)"
+                " WHERE out_trade_no = %s AND status = 'pending'",
+                (out_trade_no,),
+            )
+        log.info("order_closed", out_trade_no=out_trade_no)
+        closed = await self.get(out_trade_no)
+        assert closed is not None
+        return closed
+
+    # -- refund ----------------------------------------------------------------------------
+
+    async def refund(self, out_trade_no: str, amount: int | None, reason: str) -> dict[str, Any]:
+        async with transaction(self._pool) as cur:
+            # Lock the order so concurrent refund requests cannot exceed what was paid.
+            await cur.execute(
+                "SELECT status, amount_total, transaction_id FROM payment_orders"
+                " WHERE out_trade_no = %s FOR UPDATE",
+                (out_trade_no,),
+            )
+            order = await cur.fetchone()
+            if order is None:
+                raise NotFound(f"order {out_trade_no} does not exist")
+            if order["status"] != "paid":
+                raise Conflict(
+                    f"only a paid order can be refunded; this one is {order['status']}",
+                    "order_not_paid",
+                )
+            await cur.execute(
+                "SELECT COALESCE(SUM(amount_refund), 0) AS n FROM refunds"
+                " WHERE out_trade_no = %s AND status IN ('pending', 'success', 'abnormal')",
+                (out_trade_no,),
+            )
+            committed = int((await cur.fetchone())["n"])
+            refundable = order["amount_total"] - committed
+            amount = refundable if amount is None else amount
+            if amount <= 0 or amount > refundable:
+                raise InvalidRequest(
+                    f"refund of {amount} fen exceeds the {refundable} fen still refundable"
+                    f" (paid {order['amount_total']}, already refunded or pending {committed})",
+                    "refund_exceeds_paid",
+                )
+            out_refund_no = new_out_refund_no()
+            await cur.execute(
+                "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund, amount_total,"
+                " reason) VALUES (%s, %s, %s, %s, %s)",
+                (out_refund_no, out_trade_no, amount, order["amount_total"], reason[:80]),
+            )
+        payload = {
+            "out_trade_no": out_trade_no,
+            "out_refund_no": out_refund_no,
+            "reason": reason[:80],
+            "notify_url": self._merchant.notify_url,
+            "amount": {"refund": amount, "total": order["amount_total"], "currency": "CNY"},
+        }
+        try:
+            answer = await self._client.create_refund(payload)
+        except WechatPayApiError as exc:
+            if exc.retryable:
+                # The refund row stays pending: the reconciler queries it later.
+                raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
+            await self._set_refund(out_refund_no, "closed", None)
+            raise UpstreamRejected(
+                f"WeChat Pay refused the refund: {exc.code} {exc.message}"
+            ) from None
+        except WechatPayUnavailable as exc:
+            raise UpstreamUnavailable(str(exc)) from None
+        await self._set_refund(out_refund_no, None, answer.get("refund_id"))
+        log.info("refund_requested", out_trade_no=out_trade_no, out_refund_no=out_refund_no)
+        return {"out_refund_no": out_refund_no, "amount": amount, "status": "pending"}
+
+    async def _set_refund(
+        self, out_refund_no: str, status: str | None, refund_id: str | None
+    ) -> None:
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE refunds SET status = COALESCE(%s, status),"
+                " refund_id = COALESCE(refund_id, %s) WHERE out_refund_no = %s",
+                (status, refund_id, out_refund_no),
+            )

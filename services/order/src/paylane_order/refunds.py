@@ -1,0 +1,148 @@
+"""``refund.*`` → the refund row, the order's refunded amount, and ``order.refunded``.
+
+``refund.succeeded`` moves ``paid → refunded`` once the successful refunds cover the
+order (or records a partial refund) and emits ``order.refunded``; ``refund.closed`` and
+``refund.abnormal`` are recorded, logged as alerts and shown by ``GET /orders/{no}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomysql
+import structlog
+
+from paylane_common import events, inbox, outbox
+from paylane_common.consumer import Retry
+from paylane_common.db import transaction
+from paylane_common.events import Envelope, OrderRefunded, RefundEvent, make_event
+
+from .payments import CONSUMER, PRODUCER
+
+log = structlog.get_logger(__name__)
+
+_STATUS = {"SUCCESS": "success", "CLOSED": "closed", "ABNORMAL": "abnormal"}
+
+
+class RefundApplier:
+    def __init__(self, pool: aiomysql.Pool, on_commit: Callable[[], None] | None = None):
+        self._pool = pool
+        self._on_commit = on_commit
+
+    async def __call__(self, envelope: Envelope, data: RefundEvent) -> str:
+        if data.status == "PROCESSING":
+            return "refund_processing"
+        async with transaction(self._pool) as cur:
+            if not await inbox.claim(cur, CONSUMER, envelope.event_id):
+                return "duplicate"
+            outcome = await self._apply(cur, envelope, data)
+        if outcome == "refunded" and self._on_commit is not None:
+            self._on_commit()
+        return outcome
+
+    async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: RefundEvent) -> str:
+        await cur.execute(
+            "SELECT user_id, package_type, amount_total, status FROM payment_orders"
+            " WHERE out_trade_no = %s FOR UPDATE",
+            (data.out_trade_no,),
+        )
+        order: dict[str, Any] | None = await cur.fetchone()
+        if order is None:
+            raise Retry(f"unknown out_trade_no {data.out_trade_no}", max_attempts=4)
+        status = _STATUS[data.status]
+        success_time = _utc(data.success_time) if status == "success" else None
+        await cur.execute(
+            "UPDATE refunds SET status = %s, refund_id = COALESCE(%s, refund_id),"
+            " success_time = COALESCE(%s, success_time)"
+            " WHERE out_refund_no = %s AND status IN ('pending', 'abnormal')",
+            (status, data.refund_id, success_time, data.out_refund_no),
+        )
+        if cur.rowcount == 0:
+            await cur.execute(
+                "SELECT status FROM refunds WHERE out_refund_no = %s", (data.out_refund_no,)
+            )
+            existing = await cur.fetchone()
+            if existing is not None:
+                return "duplicate"
+            # A refund made outside paylane (e.g. the merchant console): record it.
+            await cur.execute(
+                "INSERT INTO refunds (out_refund_no, out_trade_no, refund_id, amount_refund,"
+                " amount_total, reason, status, success_time)"
+                " VALUES (%s, %s, %s, %s, %s, 'external', %s, %s)",
+                (
+                    data.out_refund_no,
+                    data.out_trade_no,
+                    data.refund_id,
+                    data.amount_refund,
+                    data.amount_total,
+                    status,
+                    success_time,
+                ),
+            )
+        await _log(cur, envelope, data, f"refund_{status}")
+        if status != "success":
+            log.error(
+                "refund_not_successful",
+                alert=True,
+                refund_status=data.status,
+                out_refund_no=data.out_refund_no,
+            )
+            return f"refund_{status}"
+
+        await cur.execute(
+            "SELECT COALESCE(SUM(amount_refund), 0) AS n FROM refunds"
+            " WHERE out_trade_no = %s AND status = 'success'",
+            (data.out_trade_no,),
+        )
+        refunded = int((await cur.fetchone())["n"])
+        full = refunded >= order["amount_total"]
+        await cur.execute(
+            "UPDATE payment_orders SET amount_refunded = %s,"
+            " status = IF(%s, 'refunded', status),"
+            " refunded_at = IF(%s, NOW(6), refunded_at)"
+            " WHERE out_trade_no = %s AND status IN ('paid', 'refunded', 'needs_review')",
+            (refunded, full, full, data.out_trade_no),
+        )
+        await outbox.add(
+            cur,
+            PRODUCER,
+            make_event(
+                events.ORDER_REFUNDED,
+                OrderRefunded(
+                    out_trade_no=data.out_trade_no,
+                    user_id=order["user_id"],
+                    package_type=order["package_type"],
+                    amount_refund=data.amount_refund,
+                    full=full,
+                ),
+            ),
+            headers={"x-paylane-cause": envelope.event_id},
+        )
+        log.info("order_refund_recorded", full=full, refunded=refunded)
+        return "refunded"
+
+
+async def _log(cur: aiomysql.Cursor, envelope: Envelope, data: RefundEvent, kind: str) -> None:
+    await cur.execute(
+        "INSERT INTO payment_logs (out_trade_no, event_id, kind, amount_total, detail)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (
+            data.out_trade_no,
+            envelope.event_id,
+            kind,
+            data.amount_refund,
+            f"{data.out_refund_no} {data.status}",
+        ),
+    )
+
+
+def _utc(value: str | None) -> datetime:
+    if value:
+        try:
+            parsed = datetime.fromisoformat(value)
+            return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+        except ValueError:
+            pass
+    return datetime.now(UTC).replace(tzinfo=None)
