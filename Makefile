@@ -22,9 +22,10 @@ migrate: install
 run: migrate
 	$(UV) run paylane dev init
 	@echo "ingress     http://127.0.0.1:8080  (POST /notify/wechatpay)"
-	@echo "order       http://127.0.0.1:8081  (/healthz /readyz /metrics)"
+	@echo "order       http://127.0.0.1:8081  (POST /orders, GET /orders/{no}, GET /prices/current)"
 	@echo "entitlement http://127.0.0.1:8082  (/healthz /readyz /metrics)"
 	@echo "notifier    http://127.0.0.1:8083  (GET /ws?token=… , GET /events?token=…)"
+	@echo "sandbox     http://127.0.0.1:8090  (WeChat Pay v3 emulator; control API /sandbox/…)"
 	$(UV) run honcho start -e .dev/env -f Procfile
 
 test: install

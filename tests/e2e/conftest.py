@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import aiomysql
 import pytest
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from paylane_common.db import transaction
 from tests.support.stack import Stack
@@ -16,6 +20,10 @@ from tests.support.wechat import FakeWechat
 
 TOKEN_SECRET = "e2e-client-token-secret-of-at-least-32-bytes"
 INTERNAL_SECRET = "e2e-internal-secret"
+#: WeChat's retry schedule at 1/100 (15 s → 150 ms); refunds completed by the tests.
+SANDBOX_ENV = {"SANDBOX_TIME_FACTOR": "0.01", "SANDBOX_REFUND_MODE": "manual"}
+#: The reconciler looks at orders after 1 s, every 0.5 s; unpaid orders expire after 4 s.
+ORDER_ENV = {"RECONCILE_AFTER_S": "1", "RECONCILE_INTERVAL_S": "0.5", "ORDER_TTL_S": "4"}
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +47,12 @@ async def stack(
         log_dir,
     )
     try:
-        for name in ("order", "entitlement", "notifier", "ingress"):
-            await stack.start(name)
+        sandbox = await stack.start("sandbox", {**wechat.sandbox_env(), **SANDBOX_ENV})
+        ingress = await stack.start("ingress")
+        merchant = wechat.merchant_env(sandbox.url, f"{ingress.url}/notify/wechatpay")
+        stack.base_env.update(merchant)
+        for name in ("entitlement", "notifier", "order"):
+            await stack.start(name, ORDER_ENV if name == "order" else None)
         yield stack
     finally:
         await stack.stop_all()
@@ -52,22 +64,43 @@ class Order:
     user_id: int
     amount_total: int
     package_type: str
+    client_token: str
+    pay: dict[str, Any]
 
 
 async def new_order(
-    pool: aiomysql.Pool, package_type: str = "premium", amount_total: int = 2990
+    stack: Stack, package_type: str = "premium", trade_type: str = "JSAPI", **extra: Any
 ) -> Order:
-    """A user and a pending order, as POST /orders would leave them."""
-    out_trade_no = f"E2E{uuid.uuid4().hex[:20].upper()}"
-    async with transaction(pool) as cur:
-        await cur.execute("INSERT INTO users (openid) VALUES (%s)", (f"o-{uuid.uuid4().hex[:16]}",))
-        user_id = cur.lastrowid
-        await cur.execute(
-            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type, amount,"
-            " amount_total, status) VALUES (%s, %s, %s, 'JSAPI', %s, %s, 'pending')",
-            (out_trade_no, user_id, package_type, amount_total / 100, amount_total),
-        )
-    return Order(out_trade_no, user_id, amount_total, package_type)
+    """A new user (by openid) and an order placed through ``POST /orders``."""
+    body = {
+        "package_type": package_type,
+        "trade_type": trade_type,
+        "openid": f"o-{uuid.uuid4().hex[:16]}",
+        **extra,
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{stack.services['order'].url}/orders", json=body) as response:
+            data = await response.json()
+            assert response.status == 201, data
+    return Order(
+        data["out_trade_no"],
+        data["user_id"],
+        data["amount_total"],
+        package_type,
+        data["client_token"],
+        data["pay"],
+    )
+
+
+async def sandbox(
+    stack: Stack, method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    """Call the sandbox's control API (acting as the payer and as WeChat Pay)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.request(
+            method, f"{stack.services['sandbox'].url}{path}", json=body
+        ) as response:
+            return response.status, await response.json(content_type=None)
 
 
 async def fetch_one(pool: aiomysql.Pool, sql: str, *args: object) -> dict[str, object]:
@@ -75,3 +108,24 @@ async def fetch_one(pool: aiomysql.Pool, sql: str, *args: object) -> dict[str, o
         await cur.execute(sql, args)
         row: dict[str, object] = await cur.fetchone()
         return row
+
+
+async def dead_letter(
+    connection: AbstractRobustConnection, queue: str, out_trade_no: str, timeout: float = 30
+) -> AbstractIncomingMessage:
+    """Take the dead letter of ``out_trade_no`` from ``queue``'s DLQ (others stay)."""
+    channel = await connection.channel()
+    try:
+        dlq = await channel.get_queue(f"{queue}.dlq", ensure=False)
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await dlq.get(no_ack=False, fail=False)
+                if message is None:
+                    await asyncio.sleep(0.1)
+                elif message.correlation_id == out_trade_no:
+                    await message.ack()
+                    return message
+                else:
+                    await message.nack(requeue=True)
+    finally:
+        await channel.close()

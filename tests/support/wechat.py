@@ -19,6 +19,14 @@ MCHID = "1900000109"
 APPID = "wxd678efh567hg6787"
 
 
+def _private_pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
 def _random_key() -> str:
     return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
 
@@ -32,6 +40,39 @@ class FakeWechat:
     private_key: rsa.RSAPrivateKey = field(
         default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
+    #: The merchant's API key pair (requests to WeChat Pay are signed with it).
+    merchant_key: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    merchant_serial_no: str = field(default_factory=lambda: uuid.uuid4().hex.upper()[:40])
+
+    @property
+    def platform_private_key_pem(self) -> str:
+        return _private_pem(self.private_key)
+
+    @property
+    def merchant_private_key_pem(self) -> str:
+        return _private_pem(self.merchant_key)
+
+    def sandbox_env(self) -> dict[str, str]:
+        """What ``paylane serve sandbox`` needs to play this WeChat Pay."""
+        return {
+            "WECHATPAY_MCHID": self.mchid,
+            "WECHATPAY_APIV3_KEY": self.apiv3_key,
+            "WECHATPAY_PUBLIC_KEY_ID": self.public_key_id,
+            "WECHATPAY_MERCHANT_SERIAL_NO": self.merchant_serial_no,
+            "WECHATPAY_MERCHANT_PRIVATE_KEY": self.merchant_private_key_pem,
+            "SANDBOX_PLATFORM_PRIVATE_KEY": self.platform_private_key_pem,
+        }
+
+    def merchant_env(self, api_base: str, notify_url: str) -> dict[str, str]:
+        """What the order service needs to call this WeChat Pay."""
+        return {
+            "WECHATPAY_API_BASE": api_base,
+            "WECHATPAY_NOTIFY_URL": notify_url,
+            "WECHATPAY_MERCHANT_PRIVATE_KEY": self.merchant_private_key_pem,
+            "WECHATPAY_MERCHANT_SERIAL_NO": self.merchant_serial_no,
+        }
 
     @property
     def public_key_pem(self) -> str:

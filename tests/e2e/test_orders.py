@@ -1,0 +1,422 @@
+"""Placing, settling and refunding orders at WeChat Pay (the sandbox as a process), end
+to end with every service (issue: placing, settling and refunding orders)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import aiohttp
+import aiomysql
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from tests.e2e.conftest import (
+    INTERNAL_SECRET,
+    Order,
+    dead_letter,
+    fetch_one,
+    new_order,
+    sandbox,
+)
+from tests.support.clients import wait_for_types, ws_next
+from tests.support.stack import Stack, eventually
+from tests.support.wechat import FakeWechat
+
+pytestmark = pytest.mark.e2e
+
+
+async def order_status(pool: aiomysql.Pool, out_trade_no: str) -> str:
+    row = await fetch_one(
+        pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
+    )
+    return str(row["status"])
+
+
+async def user_state(pool: aiomysql.Pool, user_id: int) -> tuple[str, int]:
+    row = await fetch_one(
+        pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", user_id
+    )
+    return str(row["payment_status"]), int(row["regenerate_count"])  # type: ignore[call-overload]
+
+
+async def grants(pool: aiomysql.Pool, out_trade_no: str) -> dict[str, Any]:
+    return await fetch_one(
+        pool,
+        "SELECT COUNT(*) AS n, SUM(revoked_at IS NOT NULL) AS revoked"
+        " FROM entitlement_grants WHERE out_trade_no = %s",
+        out_trade_no,
+    )
+
+
+async def until_status(pool: aiomysql.Pool, out_trade_no: str, status: str, timeout: float = 20):
+    async def reached() -> bool:
+        return await order_status(pool, out_trade_no) == status
+
+    await eventually(reached, timeout, what=f"{out_trade_no} {status}")
+
+
+async def api(
+    stack: Stack, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(
+            method, f"{stack.services['order'].url}{path}", json=body, headers=headers
+        ) as response:
+            return response.status, await response.json(content_type=None)
+
+
+INTERNAL = {"X-Internal-Secret": INTERNAL_SECRET}
+
+
+@pytest.mark.parametrize("trade_type", ["JSAPI", "NATIVE", "H5"])
+async def test_order_placed_paid_pushed_and_granted(
+    stack: Stack, db_pool: aiomysql.Pool, wechat: FakeWechat, trade_type: str
+) -> None:
+    extra = {"client_ip": "203.0.113.7"} if trade_type == "H5" else {}
+    order = await new_order(stack, "basic", trade_type, **extra)
+    assert order.amount_total == 990  # from the server-side catalog
+    if trade_type == "JSAPI":
+        pay = order.pay
+        assert pay["signType"] == "RSA" and pay["package"].startswith("prepay_id=")
+        message = "".join(
+            f"{pay[k]}\n" for k in ("appId", "timeStamp", "nonceStr", "package")
+        ).encode()
+        wechat.merchant_key.public_key().verify(
+            base64.b64decode(pay["paySign"]), message, padding.PKCS1v15(), hashes.SHA256()
+        )
+    elif trade_type == "NATIVE":
+        assert order.pay["code_url"].startswith("weixin://")
+    else:
+        assert order.pay["h5_url"].startswith("https://")
+
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(
+            f"{stack.services['notifier'].url}/ws?token={order.client_token}"
+        )
+        assert (await ws_next(ws))["type"] == "order.state"
+        status, paid = await sandbox(stack, "POST", f"/sandbox/orders/{order.out_trade_no}/pay")
+        assert status == 200, paid
+        seen = await wait_for_types(lambda: ws_next(ws), {"order.paid", "entitlement.granted"})
+        await ws.close()
+    assert {m["type"] for m in seen} >= {"order.paid", "entitlement.granted"}
+    assert await order_status(db_pool, order.out_trade_no) == "paid"
+    assert await user_state(db_pool, order.user_id) == ("basic", 23)
+
+    # The owner polls the status as a fallback; anyone else gets 404.
+    status, view = await api(
+        stack,
+        "GET",
+        f"/orders/{order.out_trade_no}",
+        headers={"Authorization": f"Bearer {order.client_token}"},
+    )
+    assert status == 200
+    assert (view["status"], view["transaction_id"]) == ("paid", paid["transaction_id"])
+    other = await new_order(stack, "basic", "NATIVE")
+    status, _ = await api(
+        stack,
+        "GET",
+        f"/orders/{order.out_trade_no}",
+        headers={"Authorization": f"Bearer {other.client_token}"},
+    )
+    assert status == 404
+
+
+async def test_dropped_notification_is_recovered_by_the_reconciler_once(
+    stack: Stack, db_pool: aiomysql.Pool, wechat: FakeWechat
+) -> None:
+    order = await new_order(stack, "premium", "NATIVE")
+    await sandbox(stack, "PUT", "/sandbox/switches", {"drop_next": 1})
+    try:
+        status, paid = await sandbox(stack, "POST", f"/sandbox/orders/{order.out_trade_no}/pay")
+        assert status == 200
+    finally:
+        await sandbox(stack, "PUT", "/sandbox/switches", {"drop_next": 0})
+    _, notes = await sandbox(
+        stack, "GET", f"/sandbox/notifications?out_trade_no={order.out_trade_no}"
+    )
+    assert [n["dropped"] for n in _items(notes)] == [True]
+
+    await until_status(db_pool, order.out_trade_no, "paid")
+    log = await fetch_one(
+        db_pool,
+        "SELECT source FROM payment_logs WHERE out_trade_no = %s AND kind = 'paid'",
+        order.out_trade_no,
+    )
+    assert log["source"] == "reconcile"
+
+    # The notification WeChat finally delivers late changes nothing.
+    _, state = await sandbox(stack, "GET", f"/sandbox/orders/{order.out_trade_no}")
+    late = wechat.notify(state["transaction"])
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{stack.services['ingress'].url}/notify/wechatpay", data=late[1], headers=late[0]
+        ) as response:
+            assert response.status == 204
+
+    async def late_seen() -> bool:
+        row = await fetch_one(
+            db_pool,
+            "SELECT COUNT(*) AS n FROM payment_logs WHERE out_trade_no = %s"
+            " AND kind = 'duplicate_notification'",
+            order.out_trade_no,
+        )
+        return row["n"] >= 1
+
+    await eventually(late_seen, what="the late notification consumed")
+    assert (await grants(db_pool, order.out_trade_no))["n"] == 1
+    assert await user_state(db_pool, order.user_id) == ("premium", 103)
+    assert paid["transaction_id"] == state["transaction_id"]
+
+
+async def test_unpaid_order_expires_then_a_late_payment_is_honoured(
+    stack: Stack, db_pool: aiomysql.Pool
+) -> None:
+    order = await new_order(stack, "basic", "NATIVE")
+    await until_status(db_pool, order.out_trade_no, "closed", timeout=30)
+    _, state = await sandbox(stack, "GET", f"/sandbox/orders/{order.out_trade_no}")
+    assert state["trade_state"] == "CLOSED"  # closed at WeChat Pay too
+
+    status, _ = await sandbox(
+        stack, "POST", f"/sandbox/orders/{order.out_trade_no}/pay", {"force": True}
+    )
+    assert status == 200
+    await until_status(db_pool, order.out_trade_no, "paid")
+    row = await fetch_one(
+        db_pool,
+        "SELECT detail FROM payment_logs WHERE out_trade_no = %s AND kind = 'paid'",
+        order.out_trade_no,
+    )
+    assert row["detail"] == "paid after close"
+
+    async def granted() -> bool:
+        return (await grants(db_pool, order.out_trade_no))["n"] == 1
+
+    await eventually(granted, what="grant after a late payment")
+
+
+async def _paid_order(stack: Stack, pool: aiomysql.Pool, package: str) -> Order:
+    order = await new_order(stack, package, "NATIVE")
+    status, _ = await sandbox(stack, "POST", f"/sandbox/orders/{order.out_trade_no}/pay")
+    assert status == 200
+
+    async def granted() -> bool:
+        return (await grants(pool, order.out_trade_no))["n"] == 1
+
+    await eventually(granted, what="grant")
+    return order
+
+
+async def _refund(stack: Stack, out_trade_no: str, body: dict[str, Any]) -> str:
+    status, answer = await api(stack, "POST", f"/orders/{out_trade_no}/refunds", body, INTERNAL)
+    assert status == 202, answer
+    return str(answer["out_refund_no"])
+
+
+async def test_partial_then_full_refund_revokes_exactly_once(
+    stack: Stack, db_pool: aiomysql.Pool
+) -> None:
+    order = await _paid_order(stack, db_pool, "premium")
+    assert await user_state(db_pool, order.user_id) == ("premium", 103)
+
+    partial = await _refund(stack, order.out_trade_no, {"amount": 1000, "reason": "goodwill"})
+    await sandbox(stack, "POST", f"/sandbox/refunds/{partial}/complete", {"status": "SUCCESS"})
+
+    async def partial_recorded() -> bool:
+        row = await fetch_one(
+            db_pool,
+            "SELECT amount_refunded FROM payment_orders WHERE out_trade_no = %s",
+            order.out_trade_no,
+        )
+        return row["amount_refunded"] == 1000
+
+    await eventually(partial_recorded, what="partial refund recorded")
+    assert await order_status(db_pool, order.out_trade_no) == "paid"
+    assert await user_state(db_pool, order.user_id) == ("premium", 103)
+
+    # The rest, with WeChat's refund notification arriving twice.
+    rest = await _refund(stack, order.out_trade_no, {"reason": "cancelled"})
+    await sandbox(stack, "PUT", "/sandbox/switches", {"duplicate": 1})
+    try:
+        await sandbox(stack, "POST", f"/sandbox/refunds/{rest}/complete", {"status": "SUCCESS"})
+        await until_status(db_pool, order.out_trade_no, "refunded")
+
+        async def revoked() -> bool:
+            return (await grants(db_pool, order.out_trade_no))["revoked"] == 1
+
+        await eventually(revoked, what="entitlement revoked")
+        _, notes = await sandbox(stack, "GET", f"/sandbox/notifications?out_refund_no={rest}")
+        assert len(_items(notes)) >= 1
+    finally:
+        await sandbox(stack, "PUT", "/sandbox/switches", {"duplicate": 0})
+    assert await user_state(db_pool, order.user_id) == ("free", 3)
+    revocations = await fetch_one(
+        db_pool,
+        "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'entitlement.revoked'"
+        " AND payload LIKE %s",
+        f"%{order.out_trade_no}%",
+    )
+    assert revocations["n"] == 1
+
+
+async def test_abnormal_refund_is_recorded_and_surfaced(
+    stack: Stack, db_pool: aiomysql.Pool
+) -> None:
+    order = await _paid_order(stack, db_pool, "basic")
+    refund = await _refund(stack, order.out_trade_no, {"reason": "card closed"})
+    await sandbox(stack, "POST", f"/sandbox/refunds/{refund}/complete", {"status": "ABNORMAL"})
+
+    async def surfaced() -> bool:
+        _, view = await api(stack, "GET", f"/orders/{order.out_trade_no}", headers=INTERNAL)
+        return [r["status"] for r in view["refunds"]] == ["abnormal"]
+
+    await eventually(surfaced, what="abnormal refund surfaced")
+    assert await order_status(db_pool, order.out_trade_no) == "paid"
+    assert (await grants(db_pool, order.out_trade_no))["revoked"] == 0
+
+
+async def test_client_errors_are_clear(stack: Stack, db_pool: aiomysql.Pool) -> None:
+    cases = [
+        ({"openid": "o-x", "package_type": "gold", "trade_type": "NATIVE"}, 400, "unknown_package"),
+        (
+            {"openid": "o-x", "package_type": "basic", "trade_type": "APPLET"},
+            400,
+            "invalid_request",
+        ),
+        (
+            {"user_id": 999999999, "package_type": "basic", "trade_type": "NATIVE"},
+            404,
+            "unknown_user",
+        ),
+        ({"package_type": "basic", "trade_type": "NATIVE"}, 400, "user_required"),
+    ]
+    for body, status, code in cases:
+        got, answer = await api(stack, "POST", "/orders", body)
+        assert (got, answer["error"]) == (status, code), (body, answer)
+        assert answer["message"]
+
+    # JSAPI needs the payer's openid: a user created without one cannot pay by JSAPI.
+    native = await new_order(stack, "basic", "NATIVE")
+    async with db_pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("UPDATE users SET openid = NULL WHERE id = %s", (native.user_id,))
+        await conn.commit()
+    got, answer = await api(
+        stack,
+        "POST",
+        "/orders",
+        {"user_id": native.user_id, "package_type": "basic", "trade_type": "JSAPI"},
+    )
+    assert (got, answer["error"]) == (400, "openid_required")
+
+    unpaid = await new_order(stack, "basic", "NATIVE")
+    got, answer = await api(
+        stack, "POST", f"/orders/{unpaid.out_trade_no}/refunds", {"reason": "x"}, INTERNAL
+    )
+    assert (got, answer["error"]) == (409, "order_not_paid")
+
+    paid = await _paid_order(stack, db_pool, "basic")
+    got, answer = await api(
+        stack,
+        "POST",
+        f"/orders/{paid.out_trade_no}/refunds",
+        {"amount": 991, "reason": "x"},
+        INTERNAL,
+    )
+    assert (got, answer["error"]) == (400, "refund_exceeds_paid")
+    got, answer = await api(stack, "POST", f"/orders/{paid.out_trade_no}/refunds", {"reason": "x"})
+    assert got == 401  # refunds need the internal secret
+
+
+async def test_idempotency_key_returns_the_same_order(stack: Stack) -> None:
+    body = {"openid": "o-idem-user", "package_type": "premium", "trade_type": "NATIVE"}
+    headers = {"Idempotency-Key": "checkout-42"}
+    first = await api(stack, "POST", "/orders", body, headers)
+    again = await api(stack, "POST", "/orders", body, headers)
+    assert (first[0], again[0]) == (201, 200)
+    assert first[1]["out_trade_no"] == again[1]["out_trade_no"]
+    other = await api(stack, "POST", "/orders", {**body, "package_type": "basic"}, headers)
+    assert (other[0], other[1]["error"]) == (409, "idempotency_key_reused")
+
+
+async def test_wechatpay_errors_retried_or_surfaced(stack: Stack) -> None:
+    await sandbox(stack, "DELETE", "/sandbox/faults")
+    await sandbox(
+        stack,
+        "POST",
+        "/sandbox/faults",
+        {
+            "path_prefix": "/v3/pay/transactions",
+            "method": "POST",
+            "count": 1,
+            "status": 500,
+            "code": "SYSTEM_ERROR",
+        },
+    )
+    order = await new_order(stack, "basic", "NATIVE")  # succeeded on the second attempt
+    assert order.pay["code_url"]
+    _, faults = await sandbox(stack, "GET", "/sandbox/faults")
+    assert _items(faults) == []
+
+    await sandbox(
+        stack,
+        "POST",
+        "/sandbox/faults",
+        {
+            "path_prefix": "/v3/pay/transactions",
+            "method": "POST",
+            "count": 2,
+            "status": 400,
+            "code": "PARAM_ERROR",
+            "message": "description too long",
+        },
+    )
+    try:
+        status, answer = await api(
+            stack,
+            "POST",
+            "/orders",
+            {"openid": "o-err", "package_type": "basic", "trade_type": "NATIVE"},
+        )
+        assert (status, answer["error"]) == (502, "wechatpay_rejected")
+        assert "PARAM_ERROR" in answer["message"]
+        _, faults = await sandbox(stack, "GET", "/sandbox/faults")
+        assert [f["remaining"] for f in _items(faults)] == [1]  # not retried
+    finally:
+        await sandbox(stack, "DELETE", "/sandbox/faults")
+
+
+async def test_internal_notify_without_amount_is_confirmed_by_a_query(
+    stack: Stack, db_pool: aiomysql.Pool, amqp_connection: AbstractRobustConnection
+) -> None:
+    order = await new_order(stack, "basic", "NATIVE")
+    _, paid = await sandbox(
+        stack, "POST", f"/sandbox/orders/{order.out_trade_no}/pay", {"notify": False}
+    )
+    forged = await new_order(stack, "basic", "NATIVE")  # not paid at WeChat Pay
+    async with aiohttp.ClientSession() as http:
+        for out_trade_no, txn in (
+            (order.out_trade_no, paid["transaction_id"]),
+            (forged.out_trade_no, "4200000000000000000000000001"),
+        ):
+            async with http.post(
+                f"{stack.services['ingress'].url}/api/payment/internal/notify",
+                json={"outTradeNo": out_trade_no, "transactionId": txn, "status": "paid"},
+                headers=INTERNAL,
+            ) as response:
+                assert response.status == 200
+    await until_status(db_pool, order.out_trade_no, "paid")
+
+    letter = await dead_letter(amqp_connection, "order.payments", forged.out_trade_no)
+    assert "does not confirm the payment" in str(letter.headers["x-paylane-reason"])
+    assert await order_status(db_pool, forged.out_trade_no) in ("pending", "closed")  # not paid
+    assert (await grants(db_pool, forged.out_trade_no))["n"] == 0
+
+
+def _items(data: Any) -> list[dict[str, Any]]:
+    if isinstance(data, dict):
+        for key in ("notifications", "faults", "items"):
+            if key in data:
+                return list(data[key])
+    return list(data)
