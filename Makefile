@@ -4,11 +4,12 @@ UV ?= uv
 export MYSQL_URL ?= mysql://root:@127.0.0.1:3306/paylane
 export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: help install run migrate test test-unit lint fmt
+.PHONY: help install run demo migrate test test-unit lint fmt
 
 help:
 	@echo "make run      migrate, then run all services against local RabbitMQ + MariaDB"
 	@echo "make test     the whole test suite on real RabbitMQ + MySQL"
+	@echo "make demo     (with make run going) pay one order and print the timeline"
 	@echo "make lint     ruff + mypy"
 	@echo "make migrate  create/upgrade the database in MYSQL_URL"
 
@@ -27,6 +28,10 @@ run: migrate
 	@echo "notifier    http://127.0.0.1:8083  (GET /ws?token=… , GET /events?token=…)"
 	@echo "sandbox     http://127.0.0.1:8090  (WeChat Pay v3 emulator; control API /sandbox/…)"
 	$(UV) run honcho start -e .dev/env -f Procfile
+
+# With `make run` going in another terminal: one payment, printed as a timeline.
+demo: install
+	$(UV) run paylane demo
 
 test: install
 	$(UV) run pytest

@@ -10,7 +10,7 @@ from paylane_common.exceptions import ConfigError
 from paylane_common.logs import configure_logging
 from paylane_common.settings import BaseServiceSettings, exit_on_config_error, load_settings
 
-from . import dev
+from . import demo, dev
 
 SERVICES = {
     "ingress": "paylane_ingress.main",
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--once", action="store_true", help="one pass, then exit")
     rec.set_defaults(func=_reconcile)
     dev.add_parser(commands)
+    demo.add_parser(commands)
     return parser
 
 
