@@ -19,7 +19,7 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 from yarl import URL
@@ -130,7 +130,7 @@ class WechatPayClient:
 
     async def _call(self, method: str, path: str, payload: Any) -> bytes:
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts) | stop_after_delay(self._max_elapsed_s),
+            stop=stop_after_attempt(self._max_attempts) | stop_before_delay(self._max_elapsed_s),
             wait=wait_exponential_jitter(
                 multiplier=self._backoff[0], max=self._backoff[1], jitter=self._backoff[0]
             ),

@@ -1,0 +1,434 @@
+"""WechatPayClient and CertificateRefresher against the in-process sandbox (a real
+counterpart: it checks our signatures, signs its answers, and injects faults), and ingress
+accepting a new platform certificate serial after a background refresh (RabbitMQ)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from paylane_common.wechatpay import (
+    CertificateRefresher,
+    DecryptionError,
+    NotificationVerifier,
+    VerifierKeys,
+    WechatPayApiError,
+    WechatPayClient,
+    WechatPayError,
+    WechatPayUnavailable,
+    build_notification,
+    load_certificate,
+)
+from paylane_ingress.main import build_app as build_ingress
+from paylane_ingress.notify import NOTIFY_CONFIG
+from paylane_ingress.settings import IngressSettings
+from tests.support.sandbox import (
+    RunningSandbox,
+    SandboxKeys,
+    eventually,
+    new_key,
+    order_body,
+    private_pem,
+    running_sandbox,
+    self_signed_pem,
+)
+
+PLACE = "/v3/pay/transactions"
+CERTIFICATES = "/v3/certificates"
+StartSandbox = Callable[..., Awaitable[RunningSandbox]]
+
+
+class Calls:
+    """Every request the client's session starts, as ``(method, raw path, monotonic time)``."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, float]] = []
+
+    def trace_config(self) -> aiohttp.TraceConfig:
+        async def on_start(_s: Any, _ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
+            self.log.append((params.method, params.url.raw_path, time.monotonic()))
+
+        config = aiohttp.TraceConfig()
+        config.on_request_start.append(on_start)
+        return config
+
+    def times(self, path_prefix: str) -> list[float]:
+        return [at for _, path, at in self.log if path.startswith(path_prefix)]
+
+    def count(self, path_prefix: str) -> int:
+        return len(self.times(path_prefix))
+
+
+@pytest.fixture(scope="module")
+def keys() -> SandboxKeys:
+    return SandboxKeys()
+
+
+@pytest.fixture
+async def start_sandbox(keys: SandboxKeys) -> AsyncIterator[StartSandbox]:
+    """``await start_sandbox(**settings_overrides)``; every sandbox stops after the test."""
+    async with AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> RunningSandbox:
+            return await stack.enter_async_context(running_sandbox(keys.settings(**overrides)))
+
+        yield start
+
+
+@pytest.fixture
+async def sandbox(start_sandbox: StartSandbox) -> RunningSandbox:
+    return await start_sandbox()
+
+
+@pytest.fixture
+def calls() -> Calls:
+    return Calls()
+
+
+@pytest.fixture
+async def make_client(
+    keys: SandboxKeys, calls: Calls
+) -> AsyncIterator[Callable[..., WechatPayClient]]:
+    """``make_client(base_url, verifier_keys=public key only, **options)``: tiny backoff."""
+    async with aiohttp.ClientSession(trace_configs=[calls.trace_config()]) as session:
+
+        def make(
+            base_url: str, verifier_keys: VerifierKeys | None = None, **options: Any
+        ) -> WechatPayClient:
+            options = {"backoff_initial_s": 0.001, "backoff_max_s": 0.005, **options}
+            return WechatPayClient(
+                base_url=base_url,
+                mchid=keys.mchid,
+                signer=keys.signer(),
+                verifier=NotificationVerifier(verifier_keys or keys.public_key_only()),
+                session=session,
+                **options,
+            )
+
+        yield make
+
+
+async def both_modes(sandbox: RunningSandbox, keys: SandboxKeys) -> VerifierKeys:
+    """The platform key by public key id and by the sandbox's certificate serial."""
+    serial = (await sandbox.info())["certificate_serial"]
+    public = keys.platform_key.public_key()
+    return VerifierKeys(keys.public_key_id, public, {serial: public})
+
+
+async def api_error(call: Awaitable[Any]) -> tuple[int, str, bool]:
+    with pytest.raises(WechatPayApiError) as caught:
+        await call
+    return caught.value.status, caught.value.code, caught.value.retryable
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# --- placing orders and verifying answers ------------------------------------------------
+
+
+PREPAY = {
+    "JSAPI": ("prepay_id", "wx"),
+    "NATIVE": ("code_url", "weixin://wxpay/bizpayurl?pr="),
+    "H5": ("h5_url", "https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb?prepay_id="),
+}
+
+
+@pytest.mark.parametrize("trade_type", list(PREPAY))
+async def test_place_answers_the_prepay_shape_of_each_trade_type(
+    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, trade_type: str
+) -> None:
+    sandbox = await start_sandbox(sandbox_sign_mode="mixed")  # answers under both serials
+    client = make_client(sandbox.base_url, await both_modes(sandbox, keys))
+    body = order_body(trade_type)
+    field, prefix = PREPAY[trade_type]
+
+    answer = await client.place(trade_type, body)
+    assert list(answer) == [field]
+    assert answer[field].startswith(prefix) and len(answer[field]) > len(prefix)
+    assert await client.place(trade_type, body) == answer  # idempotent, other serial
+    order = await sandbox.ok("GET", f"/sandbox/orders/{body['out_trade_no']}")
+    assert order["request"] == body  # the body arrived exactly as signed
+
+
+async def test_an_answer_signed_under_an_unknown_serial_fails_verification(
+    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, calls: Calls
+) -> None:
+    sandbox = await start_sandbox(sandbox_sign_mode="certificate")
+    body = order_body("native")
+
+    with pytest.raises(WechatPayError, match="failed verification") as caught:
+        await make_client(sandbox.base_url).place("NATIVE", body)  # knows the public key only
+    assert not isinstance(caught.value, WechatPayApiError)
+    assert calls.count(PLACE) == 1  # not retried
+
+    answer = await make_client(sandbox.base_url, await both_modes(sandbox, keys)).place(
+        "NATIVE", body
+    )
+    assert answer["code_url"].startswith("weixin://wxpay/bizpayurl?pr=")
+
+
+# --- query, close, refund --------------------------------------------------------------------
+
+
+async def test_query_after_payment_then_refund(sandbox: RunningSandbox, make_client: Any) -> None:
+    client = make_client(sandbox.base_url)
+    body = order_body("jsapi")
+    no = body["out_trade_no"]
+    await client.place("JSAPI", body)
+    assert (await client.query_by_out_trade_no(no))["trade_state"] == "NOTPAY"
+
+    paid = await sandbox.ok("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
+    by_no = await client.query_by_out_trade_no(no)
+    assert by_no["trade_state"] == "SUCCESS"
+    assert by_no["transaction_id"] == paid["transaction_id"]
+    assert by_no["trade_type"] == "JSAPI" and by_no["amount"]["payer_total"] == 990
+    assert await client.query_by_transaction_id(paid["transaction_id"]) == by_no
+
+    out_refund_no = f"R{no}"
+    request = {
+        "out_trade_no": no,
+        "out_refund_no": out_refund_no,
+        "reason": "test",
+        "amount": {"refund": 490, "total": 990, "currency": "CNY"},
+    }
+    refund = await client.create_refund(request)
+    assert refund["status"] == "PROCESSING"
+    assert refund["out_refund_no"] == out_refund_no
+    assert refund["transaction_id"] == by_no["transaction_id"]
+    assert refund["amount"]["refund"] == 490 and refund["refund_id"]
+    assert (await client.query_refund(out_refund_no))["refund_id"] == refund["refund_id"]
+
+    await sandbox.ok("PUT", "/sandbox/switches", {"drop_next": 1})  # nobody listens to notify_url
+    await sandbox.ok("POST", f"/sandbox/refunds/{out_refund_no}/complete", {"status": "SUCCESS"})
+    assert (await client.query_refund(out_refund_no))["status"] == "SUCCESS"
+    assert (await client.query_by_out_trade_no(no))["trade_state"] == "REFUND"
+
+
+@pytest.mark.parametrize(
+    ("out_trade_no", "on_the_wire"),
+    [("C{hex}", "C{hex}"), ("A-b*c|d-{hex}", "A-b%2Ac%7Cd-{hex}")],
+    ids=["plain", "star-pipe-dash"],
+)
+async def test_close_then_query_shows_closed(
+    sandbox: RunningSandbox, make_client: Any, calls: Calls, out_trade_no: str, on_the_wire: str
+) -> None:
+    hex_part = uuid.uuid4().hex[:10].upper()
+    no, wire = out_trade_no.format(hex=hex_part), on_the_wire.format(hex=hex_part)
+    client = make_client(sandbox.base_url)
+    await client.place("NATIVE", order_body("native", out_trade_no=no))
+
+    queried = await client.query_by_out_trade_no(no)
+    assert (queried["out_trade_no"], queried["trade_state"]) == (no, "NOTPAY")
+    assert await client.close(no) is None  # 204
+    assert (await client.query_by_out_trade_no(no))["trade_state"] == "CLOSED"
+    assert await client.close(no) is None  # closing a closed order: 204 again
+    # the sandbox checked our signature over the path exactly as sent
+    paths = {path for _, path, _ in calls.log}
+    assert f"{PLACE}/out-trade-no/{wire}/close" in paths
+    assert f"{PLACE}/out-trade-no/{wire}" in paths
+
+
+# --- retries -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "code"), [(500, "SYSTEM_ERROR"), (429, "FREQUENCY_LIMITED")])
+async def test_retryable_errors_are_retried_until_success(
+    sandbox: RunningSandbox, make_client: Any, calls: Calls, status: int, code: str
+) -> None:
+    await sandbox.add_fault(path_prefix=PLACE, count=2, status=status, code=code)
+    answer = await make_client(sandbox.base_url).place("JSAPI", order_body("jsapi"))
+    assert answer["prepay_id"].startswith("wx")
+    assert calls.count(PLACE) == 3
+    assert await sandbox.faults() == []  # both faults consumed
+
+
+async def test_a_slow_answer_times_out_and_is_retried(
+    sandbox: RunningSandbox, make_client: Any, calls: Calls
+) -> None:
+    await sandbox.add_fault(path_prefix=PLACE, count=1, delay_s=0.3)
+    client = make_client(sandbox.base_url, request_timeout_s=0.1)
+    assert (await client.place("NATIVE", order_body("native")))["code_url"]
+    assert calls.count(PLACE) == 2
+
+
+async def test_param_error_is_raised_after_one_attempt(
+    sandbox: RunningSandbox, make_client: Any, calls: Calls
+) -> None:
+    await sandbox.add_fault(path_prefix=PLACE, count=2, status=400, code="PARAM_ERROR")
+    place = make_client(sandbox.base_url).place("JSAPI", order_body("jsapi"))
+    assert await api_error(place) == (400, "PARAM_ERROR", False)
+    assert calls.count(PLACE) == 1
+    assert [f["remaining"] for f in await sandbox.faults()] == [1]
+
+
+async def test_out_trade_no_used_is_not_retried(
+    sandbox: RunningSandbox, make_client: Any, calls: Calls
+) -> None:
+    client = make_client(sandbox.base_url)
+    body = order_body("jsapi")
+    await client.place("JSAPI", body)
+    place = client.place("JSAPI", {**body, "description": "another body"})
+    assert await api_error(place) == (403, "OUT_TRADE_NO_USED", False)
+    assert calls.count(PLACE) == 2  # one each
+
+
+async def test_persistent_server_errors_give_up_after_max_attempts(
+    sandbox: RunningSandbox, make_client: Any, calls: Calls
+) -> None:
+    await sandbox.add_fault(path_prefix=PLACE, count=10, status=500)
+    place = make_client(sandbox.base_url, max_attempts=3).place("JSAPI", order_body("jsapi"))
+    assert await api_error(place) == (500, "SYSTEM_ERROR", True)
+    assert calls.count(PLACE) == 3
+    assert [f["remaining"] for f in await sandbox.faults()] == [7]
+
+
+async def test_unreachable_api_is_unavailable_within_bounds(make_client: Any, calls: Calls) -> None:
+    base_url = f"http://127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    with pytest.raises(WechatPayUnavailable):
+        await make_client(base_url, max_attempts=3).query_by_out_trade_no("T123456789")
+    assert calls.count("/v3/") == 3
+    assert time.monotonic() - started < 2.0
+
+    calls.log.clear()
+    started = time.monotonic()
+    client = make_client(
+        base_url, max_attempts=10_000, max_elapsed_s=0.3, backoff_initial_s=0.01, backoff_max_s=0.02
+    )
+    with pytest.raises(WechatPayUnavailable):
+        await client.query_by_out_trade_no("T123456789")
+    assert 0.3 <= time.monotonic() - started < 1.5  # bounded by max_elapsed_s
+    assert 1 < calls.count("/v3/") < 10_000
+
+
+# --- platform certificates -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sign_mode", ["public_key", "certificate"])
+async def test_download_certificates_decrypts_the_sandbox_certificate(
+    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, sign_mode: str
+) -> None:
+    # certificate mode: the client knows no certificate yet and bootstraps from the download
+    sandbox = await start_sandbox(sandbox_sign_mode=sign_mode)
+    client = make_client(sandbox.base_url)
+    [cert] = await client.download_certificates(keys.apiv3_key)
+
+    assert cert.serial == (await sandbox.info())["certificate_serial"]
+    async with sandbox.client.get("/sandbox/platform-certificate") as response:
+        assert load_certificate(await response.text())[0] == cert.serial
+    assert cert.public_key.public_numbers() == keys.platform_key.public_key().public_numbers()
+    assert cert.not_after > datetime.now(UTC)
+    with pytest.raises(DecryptionError):
+        await client.download_certificates("x" * 32)
+
+
+async def test_refresh_once_adds_the_certificate(
+    sandbox: RunningSandbox, make_client: Any, keys: SandboxKeys
+) -> None:
+    known = keys.public_key_only()
+    client = make_client(sandbox.base_url, known)
+    serial = (await sandbox.info())["certificate_serial"]
+    refresher = CertificateRefresher(client, known, keys.apiv3_key)
+    assert known.get(serial) is None
+
+    assert await refresher.refresh_once() == 1
+    assert known.get(serial) is not None
+    assert known.serials() == [keys.public_key_id, serial]
+    assert await refresher.refresh_once() == 0
+    await sandbox.ok("PUT", "/sandbox/switches", {"sign_mode": "certificate"})
+    assert (await client.place("NATIVE", order_body("native")))["code_url"]
+
+
+async def test_requested_refreshes_are_rate_limited(
+    sandbox: RunningSandbox, make_client: Any, keys: SandboxKeys, calls: Calls
+) -> None:
+    gap = 0.4
+    known = keys.public_key_only()
+    serial = (await sandbox.info())["certificate_serial"]
+    refresher = CertificateRefresher(
+        make_client(sandbox.base_url, known), known, keys.apiv3_key, min_gap_s=gap
+    )
+    refresher.start()
+    try:
+        refresher.request_refresh()
+        refresher.request_refresh()
+        await eventually(lambda: known.get(serial) is not None)
+        assert calls.count(CERTIFICATES) == 1
+        refresher.request_refresh()
+        refresher.request_refresh()
+        await eventually(lambda: calls.count(CERTIFICATES) >= 2, timeout=gap + 3)
+        first, second = calls.times(CERTIFICATES)
+        assert second - first >= gap - 0.02  # one download per min_gap_s at most
+    finally:
+        await refresher.stop()
+
+
+# --- ingress: a new Wechatpay-Serial accepted after a background refresh ----------------------
+
+
+@pytest.mark.integration
+async def test_ingress_learns_a_new_serial_in_the_background(
+    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, amqp_url: str, tmp_path: Any
+) -> None:
+    sandbox = await start_sandbox(sandbox_sign_mode="certificate")
+    serial = (await sandbox.info())["certificate_serial"]
+    body = order_body("jsapi")
+    await make_client(sandbox.base_url, await both_modes(sandbox, keys)).place("JSAPI", body)
+    await sandbox.ok("POST", f"/sandbox/orders/{body['out_trade_no']}/pay", {"notify": False})
+    resource = (await sandbox.ok("GET", f"/sandbox/orders/{body['out_trade_no']}"))["transaction"]
+    event_id = f"EV-{uuid.uuid4().hex}"
+
+    def notification() -> tuple[dict[str, str], bytes]:
+        """Signed now by the sandbox platform key, under its certificate serial."""
+        return build_notification(
+            event_id=event_id,
+            event_type="TRANSACTION.SUCCESS",
+            resource_plaintext=resource,
+            original_type="transaction",
+            apiv3_key=keys.apiv3_key,
+            signing_key=keys.platform_key,
+            serial=serial,
+        )
+
+    (tmp_path / "old.pem").write_bytes(self_signed_pem(new_key()))  # an unrelated old cert
+    settings = IngressSettings(
+        amqp_url=amqp_url,
+        wechatpay_apiv3_key=keys.apiv3_key,
+        wechatpay_platform_certs_dir=tmp_path,
+        wechatpay_mchid=keys.mchid,
+        wechatpay_merchant_private_key=private_pem(keys.merchant_key),
+        wechatpay_merchant_serial_no=keys.merchant_serial,
+        wechatpay_api_base=sandbox.base_url,
+    )
+    assert settings.refreshes_certificates
+    # A slow download: the 401 must not wait for it (no network call inside the request).
+    await sandbox.add_fault(path_prefix=CERTIFICATES, count=1, delay_s=0.3)
+
+    async with TestClient(TestServer(build_ingress(settings))) as ingress:
+        known = ingress.app[NOTIFY_CONFIG].verifier.keys
+        headers, data = notification()
+        async with ingress.post("/notify/wechatpay", data=data, headers=headers) as response:
+            assert response.status == 401
+            assert (await response.json())["message"] == "unknown Wechatpay-Serial"
+        assert known.get(serial) is None
+
+        await eventually(lambda: known.get(serial) is not None, timeout=5)
+        assert await sandbox.faults() == []  # the download went to the sandbox
+
+        headers, data = notification()  # the same event, signed afresh
+        async with ingress.post("/notify/wechatpay", data=data, headers=headers) as response:
+            assert response.status == 204, await response.text()
