@@ -86,9 +86,7 @@ def test_service_exits_with_one_clear_line() -> None:
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert lines == [
-        "paylane: invalid configuration: CLIENT_TOKEN_SECRET is required"
-    ]
+    assert lines == ["paylane: invalid configuration: CLIENT_TOKEN_SECRET is required"]
 
 
 def test_short_token_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
