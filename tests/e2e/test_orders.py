@@ -420,3 +420,20 @@ def _items(data: Any) -> list[dict[str, Any]]:
             if key in data:
                 return list(data[key])
     return list(data)
+
+
+async def test_close_an_unpaid_order_and_refuse_closing_a_paid_one(
+    stack: Stack, db_pool: aiomysql.Pool
+) -> None:
+    order = await new_order(stack, "basic", "NATIVE")
+    owner = {"Authorization": f"Bearer {order.client_token}"}
+    status, view = await api(stack, "POST", f"/orders/{order.out_trade_no}/close", None, owner)
+    assert (status, view["status"]) == (200, "closed")
+    _, state = await sandbox(stack, "GET", f"/sandbox/orders/{order.out_trade_no}")
+    assert state["trade_state"] == "CLOSED"
+
+    paid = await _paid_order(stack, db_pool, "basic")
+    status, answer = await api(stack, "POST", f"/orders/{paid.out_trade_no}/close", None, INTERNAL)
+    assert (status, answer["error"]) == (409, "order_not_pending")
+    status, _ = await api(stack, "POST", f"/orders/{paid.out_trade_no}/close")
+    assert status == 404  # no credentials: not even its existence is told

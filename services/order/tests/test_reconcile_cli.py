@@ -1,0 +1,107 @@
+"""``paylane reconcile --once`` against the sandbox and the real broker and database."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import aiohttp
+import aiomysql
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from cryptography.hazmat.primitives import serialization
+
+from paylane_common.db import transaction
+from paylane_common.events import parse_event
+from paylane_common.settings import load_settings
+from paylane_common.topology import declare_exchange
+from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
+from paylane_order.settings import OrderSettings
+from paylane_order.standalone import reconcile
+from tests.support.sandbox import SandboxKeys, order_body, private_pem, running_sandbox
+
+pytestmark = pytest.mark.integration
+
+
+async def _pending_row(pool: aiomysql.Pool, out_trade_no: str, expired: bool) -> None:
+    async with transaction(pool) as cur:
+        await cur.execute("INSERT INTO users (openid) VALUES (NULL)")
+        await cur.execute(
+            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type, amount,"
+            " amount_total, status, created_at, expires_at) VALUES (%s, %s, 'basic', 'NATIVE',"
+            " 9.90, 990, 'pending', NOW(6) - INTERVAL 5 MINUTE, NOW(6) + INTERVAL %s SECOND)",
+            (out_trade_no, cur.lastrowid, -60 if expired else 600),
+        )
+
+
+async def test_reconcile_once_recovers_paid_and_closes_expired(
+    amqp_url: str,
+    mysql_url: str,
+    db_pool: aiomysql.Pool,
+    amqp_connection: AbstractRobustConnection,
+) -> None:
+    keys = SandboxKeys()
+    paid_no = f"RC{secrets.token_hex(8).upper()}"
+    expired_no = f"RC{secrets.token_hex(8).upper()}"
+    channel = await amqp_connection.channel()
+    spy = await channel.declare_queue(f"spy.{uuid.uuid4().hex}", exclusive=True)
+    await spy.bind(await declare_exchange(channel), routing_key="payment.succeeded")
+
+    async with running_sandbox(keys.settings()) as sandbox, aiohttp.ClientSession() as http:
+        wechat = WechatPayClient(
+            base_url=sandbox.base_url,
+            mchid=keys.mchid,
+            signer=keys.signer(),
+            verifier=NotificationVerifier(keys.public_key_only()),
+            session=http,
+        )
+        for no in (paid_no, expired_no):
+            await wechat.place("NATIVE", order_body("native", no))
+            await _pending_row(db_pool, no, expired=no == expired_no)
+        # Paid at WeChat Pay, but the notification never comes.
+        await sandbox.ok("POST", f"/sandbox/orders/{paid_no}/pay", {"notify": False})
+
+        settings = load_settings(
+            OrderSettings,
+            amqp_url=amqp_url,
+            mysql_url=mysql_url,
+            wechatpay_mchid=keys.mchid,
+            wechatpay_appid=keys.appid,
+            wechatpay_api_base=sandbox.base_url,
+            wechatpay_notify_url="http://127.0.0.1:9/notify/wechatpay",
+            wechatpay_merchant_private_key=private_pem(keys.merchant_key),
+            wechatpay_merchant_serial_no=keys.merchant_serial,
+            wechatpay_public_key=keys.platform_key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode(),
+            wechatpay_public_key_id=keys.public_key_id,
+            client_token_secret="c" * 32,
+            reconcile_after_s=1,
+        )
+        found = await reconcile(settings, once=True)
+        assert found["paid_recovered"] >= 1
+        assert found["closed_expired"] >= 1
+        expired_state = await sandbox.ok("GET", f"/sandbox/orders/{expired_no}")
+        paid_state = await sandbox.ok("GET", f"/sandbox/orders/{paid_no}")
+
+    assert expired_state["trade_state"] == "CLOSED"
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "SELECT status FROM payment_orders WHERE out_trade_no = %s", (expired_no,)
+        )
+        assert (await cur.fetchone())["status"] == "closed"
+
+    recovered = []
+    while (message := await spy.get(no_ack=True, fail=False)) is not None:
+        envelope, data = parse_event(message.body)
+        if data.out_trade_no == paid_no:
+            recovered.append((envelope.event_id, data))
+    assert len(recovered) == 1
+    event_id, data = recovered[0]
+    assert data.source == "reconcile"
+    assert data.transaction_id == paid_state["transaction_id"]
+    assert data.amount_total == 990
+    assert event_id == f"reconcile-{data.transaction_id}"  # stable: reruns dedupe
+    await channel.close()
