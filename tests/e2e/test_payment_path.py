@@ -4,6 +4,7 @@ and MySQL (issue: the payment-success path)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import aiohttp
@@ -55,7 +56,8 @@ async def test_paid_notification_reaches_db_and_both_clients(
             assert (await sse.next())["type"] == "order.state"
 
             resource = wechat.transaction(order.out_trade_no, order.amount_total)
-            status, body = await post_notification(http, stack, *wechat.notify(resource))
+            headers, notification = wechat.notify(resource)
+            status, body = await post_notification(http, stack, headers, notification)
             assert (status, body) == (204, b"")
 
             wanted = {"order.paid", "entitlement.granted"}
@@ -82,6 +84,22 @@ async def test_paid_notification_reaches_db_and_both_clients(
         db_pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", order.user_id
     )
     assert user == {"payment_status": "premium", "regenerate_count": 103}
+
+    # One payment can be followed through every service's JSON logs: the notification id
+    # is the trace id, carried in AMQP headers, next to the out_trade_no.
+    trace_id = json.loads(notification)["id"]
+    for name in ("ingress", "order", "entitlement", "notifier"):
+        lines = [
+            json.loads(line)
+            for line in stack.services[name].log_path.read_text().splitlines()
+            if line.startswith("{")
+        ]
+        traced = [
+            line
+            for line in lines
+            if line.get("trace_id") == trace_id and line.get("out_trade_no") == order.out_trade_no
+        ]
+        assert traced, f"{name} logged nothing for trace {trace_id}"
 
 
 async def test_duplicate_notifications_grant_once(
@@ -206,6 +224,11 @@ async def test_broker_outage_answers_503_then_completes(
             status, answer = await post_notification(http, stack, headers, body)
             assert status == 503
             assert (await _json(answer))["code"] == "FAIL"
+            async with http.get(f"{stack.services['order'].url}/readyz") as response:
+                readiness = await response.json()
+                assert response.status == 503
+                assert readiness["checks"]["broker"].startswith("down")
+                assert readiness["checks"]["mysql"] == "ok"
         finally:
             await asyncio.to_thread(infra.broker.start)
         # Nothing was acknowledged, so nothing was granted (the reconciler may have closed
@@ -240,3 +263,12 @@ async def _json(body: bytes) -> dict[str, object]:
 
     data: dict[str, object] = json.loads(body)
     return data
+
+
+@pytest.mark.parametrize("name", ["ingress", "order", "entitlement", "notifier", "sandbox"])
+async def test_sigterm_exits_cleanly_within_ten_seconds(stack: Stack, name: str) -> None:
+    """A second replica of each service, stopped with SIGTERM: exit code 0 within 10 s
+    (stop() kills it and reports -9 past that)."""
+    replica = f"{name}-replica"
+    await stack.start(name, alias=replica)
+    assert await stack.stop(replica, timeout=10) == 0

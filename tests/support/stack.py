@@ -46,11 +46,15 @@ class Stack:
         self.log_dir = log_dir
         self.services: dict[str, Service] = {}
 
-    async def start(self, name: str, extra_env: dict[str, str] | None = None) -> Service:
+    async def start(
+        self, name: str, extra_env: dict[str, str] | None = None, *, alias: str | None = None
+    ) -> Service:
+        """Run ``paylane serve name``; it is known as ``alias`` (default: its name)."""
         port = free_port()
         env = {**os.environ, **self.base_env, **(extra_env or {})}
         env.update({"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port), "LOG_FORMAT": "json"})
-        log_path = self.log_dir / f"{name}.log"
+        key = alias or name
+        log_path = self.log_dir / f"{key}.log"
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -62,8 +66,8 @@ class Stack:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
             )
-        service = Service(name, port, process, log_path)
-        self.services[name] = service
+        service = Service(key, port, process, log_path)
+        self.services[key] = service
         await wait_ready(service)
         return service
 

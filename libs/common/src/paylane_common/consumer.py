@@ -19,7 +19,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
-from . import metrics
+from . import metrics, tracing
 from .events import Envelope, parse_event
 from .exceptions import EventValidationError, PaylaneError, PublishError
 from .publisher import Publisher
@@ -111,8 +111,14 @@ class Consumer:
     async def process(self, message: AbstractIncomingMessage) -> None:
         queue = self.spec.name
         structlog.contextvars.clear_contextvars()
+        event_id = message.message_id or ""
+        trace_id = tracing.from_headers(message.headers, event_id)
+        tracing.begin(trace_id, event_id)
         structlog.contextvars.bind_contextvars(
-            queue=queue, event_id=message.message_id, out_trade_no=message.correlation_id
+            queue=queue,
+            event_id=event_id,
+            out_trade_no=message.correlation_id,
+            trace_id=trace_id,
         )
         started = time.perf_counter()
         try:
@@ -123,6 +129,7 @@ class Consumer:
         finally:
             metrics.HANDLER_SECONDS.labels(queue).observe(time.perf_counter() - started)
             structlog.contextvars.clear_contextvars()
+            tracing.end()
         metrics.CONSUMER_MESSAGES.labels(queue, outcome).inc()
 
     async def _handle(self, message: AbstractIncomingMessage) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import aiomysql
 import structlog
 
-from . import metrics
+from . import metrics, tracing
 from .db import transaction
 from .events import Envelope
 from .exceptions import PublishError
@@ -29,7 +29,9 @@ async def add(
     envelope: Envelope,
     headers: dict[str, Any] | None = None,
 ) -> None:
-    """Stage ``envelope`` for publishing; call inside the effect's transaction."""
+    """Stage ``envelope`` for publishing; call inside the effect's transaction. The
+    current trace (the message being handled) goes with it."""
+    headers = {**tracing.outgoing_headers(envelope.event_id), **(headers or {})}
     await cur.execute(
         "INSERT INTO outbox (producer, event_id, routing_key, payload, headers)"
         " VALUES (%s, %s, %s, %s, %s)",

@@ -18,7 +18,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from . import metrics
+from . import metrics, tracing
 from .events import Envelope
 from .exceptions import PublishError
 from .topology import declare_topology
@@ -55,8 +55,11 @@ class Publisher:
         routing_key: str | None = None,
         headers: Mapping[str, Any] | None = None,
     ) -> None:
-        """Publish an event to the ``paylane`` exchange (routing key = its type)."""
-        message = envelope_message(envelope, headers)
+        """Publish an event to the ``paylane`` exchange (routing key = its type), carrying
+        the current trace (or starting one) unless ``headers`` already name it."""
+        message = envelope_message(
+            envelope, {**tracing.outgoing_headers(envelope.event_id), **(headers or {})}
+        )
         await self._send(self._exchange, message, routing_key or envelope.type)
 
     async def publish_to_queue(self, queue: str, message: aio_pika.Message) -> None:

@@ -90,7 +90,7 @@ class EntitlementApplier:
             " WHERE id = %s",
             (after, package.regenerate_grant, data.user_id),
         )
-        await self._emit(cur, envelope, events.ENTITLEMENT_GRANTED, data.user_id, data.out_trade_no)
+        await self._emit(cur, events.ENTITLEMENT_GRANTED, data.user_id, data.out_trade_no)
         log.info("entitlement_granted", user_id=data.user_id, package=package.name)
         return "granted"
 
@@ -130,16 +130,13 @@ class EntitlementApplier:
                 grant["user_id"],
             ),
         )
-        await self._emit(
-            cur, envelope, events.ENTITLEMENT_REVOKED, grant["user_id"], data.out_trade_no
-        )
+        await self._emit(cur, events.ENTITLEMENT_REVOKED, grant["user_id"], data.out_trade_no)
         log.info("entitlement_revoked", user_id=grant["user_id"])
         return "revoked"
 
     async def _emit(
         self,
         cur: aiomysql.Cursor,
-        cause: Envelope,
         event_type: str,
         user_id: int,
         out_trade_no: str,
@@ -154,6 +151,4 @@ class EntitlementApplier:
             payment_status=user["payment_status"],
             regenerate_count=user["regenerate_count"],
         )
-        await outbox.add(
-            cur, PRODUCER, make_event(event_type, data), headers={"x-paylane-cause": cause.event_id}
-        )
+        await outbox.add(cur, PRODUCER, make_event(event_type, data))

@@ -84,7 +84,9 @@ async def _handle(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise Rejection(400, "malformed_body", str(exc)) from None
     structlog.contextvars.bind_contextvars(
-        event_id=notification["id"], event_type=notification["event_type"]
+        event_id=notification["id"],
+        event_type=notification["event_type"],
+        trace_id=notification["id"],
     )
     try:
         resource = decrypt_notification(notification, config.apiv3_key)

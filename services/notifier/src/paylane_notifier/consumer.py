@@ -27,6 +27,7 @@ from aio_pika.abc import (
 )
 from aiohttp import web
 
+from paylane_common import tracing
 from paylane_common.events import parse_event
 from paylane_common.exceptions import EventValidationError
 from paylane_common.metrics import CONSUMER_MESSAGES
@@ -104,7 +105,10 @@ class EventConsumer:
         """Hand one event to the hub (never waits); returns the outcome label."""
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
-            queue=self.queue_name, event_id=message.message_id, out_trade_no=message.correlation_id
+            queue=self.queue_name,
+            event_id=message.message_id,
+            out_trade_no=message.correlation_id,
+            trace_id=tracing.from_headers(message.headers, message.message_id or ""),
         )
         try:
             envelope, data = parse_event(message.body)
@@ -117,7 +121,7 @@ class EventConsumer:
             return "ignored"
         user_id, client_message = routed
         delivered = self._hub.publish(user_id, client_message)
-        log.debug("event_pushed", event_type=envelope.type, user_id=user_id, clients=delivered)
+        log.info("event_pushed", event_type=envelope.type, user_id=user_id, clients=delivered)
         return "pushed" if delivered else "no_client"
 
 

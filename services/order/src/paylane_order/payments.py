@@ -102,7 +102,6 @@ class PaymentApplier:
                             paid_at=paid_at.replace(tzinfo=UTC).isoformat(),
                         ),
                     ),
-                    headers={"x-paylane-cause": envelope.event_id},
                 )
                 log.info("order_paid", late=late, source=data.source)
                 return "paid"

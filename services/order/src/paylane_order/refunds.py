@@ -118,7 +118,6 @@ class RefundApplier:
                     full=full,
                 ),
             ),
-            headers={"x-paylane-cause": envelope.event_id},
         )
         log.info("order_refund_recorded", full=full, refunded=refunded)
         return "refunded"
