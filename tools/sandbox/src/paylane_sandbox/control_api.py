@@ -73,7 +73,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ControlError(400, "BAD_REQUEST", "body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ControlError(400, "BAD_REQUEST", "body must be a JSON object")

@@ -24,7 +24,7 @@ H5_TYPES = {"Wap", "iOS", "Android"}
 def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError(
             400, "PARAM_ERROR", "请求体不是合法的JSON (body is not valid JSON)"
         ) from None

@@ -188,7 +188,7 @@ def _json_body(raw: bytes) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise WechatPayError("WeChat Pay answered with a body that is not JSON") from None
     if not isinstance(data, dict):
         raise WechatPayError("WeChat Pay answered with a JSON body that is not an object")
@@ -198,7 +198,7 @@ def _json_body(raw: bytes) -> dict[str, Any]:
 def _api_error(status: int, raw: bytes) -> WechatPayApiError:
     try:
         data = json.loads(raw) if raw else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         data = {}
     if not isinstance(data, dict):
         data = {}

@@ -94,6 +94,8 @@ def parse_notification(body: bytes) -> dict[str, Any]:
     """Parse a notification body and check the fields ingress relies on (ValueError if not)."""
     try:
         obj = json.loads(body)
+    except RecursionError:  # deeply nested arrays/objects: hostile, never WeChat's
+        raise ValueError("notification body is nested too deeply") from None
     except ValueError:
         raise ValueError("notification body is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -126,7 +128,7 @@ def decrypt_notification(body_obj: Mapping[str, Any], apiv3_key: bytes | str) ->
     )
     try:
         decoded = json.loads(plaintext)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DecryptionError("decrypted resource is not valid JSON") from None
     if not isinstance(decoded, dict):
         raise DecryptionError("decrypted resource is not a JSON object")

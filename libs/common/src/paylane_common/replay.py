@@ -1,0 +1,636 @@
+"""Replay for recovery (DESIGN §8): dead letters back to their queue, retained events from
+the stream ``paylane.log`` to one consumer's queue.
+
+Both directions rely on the consumers being idempotent (inbox + per-order ledgers): a
+replay may deliver a message twice, it must never lose one. Hence the order of every step:
+
+* **DLQ → queue**: ``basic.get`` a dead letter (manual ack), publish its copy to the origin
+  queue *with a publisher confirm*, and only then ack the dead letter. A crash or Ctrl-C at
+  any point leaves the dead letter unacked, so the broker puts it back in the DLQ: the
+  worst case is one message replayed twice. A copy that cannot be published is nacked
+  back (requeued) at the end of the run, so one bad message is not fetched over and over.
+* **stream → queue**: the stream keeps everything (time-based retention) and a stream ack
+  only grants credit, so reading never consumes; copies go to the target queue(s) through
+  the default exchange, never back through the ``paylane`` exchange, which would append
+  them to the stream again and wake every consumer of the routing key.
+
+Nothing here prints: callers get a :class:`ReplaySummary` and, while it runs, a progress
+callback with the live summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from .consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
+from .exceptions import PaylaneError, PublishError
+from .publisher import Publisher
+from .topology import LOG_STREAM, QUEUES
+
+#: How many times a message was replayed (DLQ → queue); 1 on its first replay.
+REPLAYED_HEADER = "x-paylane-replayed"
+#: Where a log-replayed copy came from (``paylane.log``).
+REPLAYED_FROM_HEADER = "x-paylane-replayed-from"
+#: Why the message had been dead-lettered before this replay (the DLQ markers are removed
+#: so that a later dead-lettering by the broker is not shown with a stale reason).
+REPLAYED_REASON_HEADER = "x-paylane-replayed-reason"
+DLQ_SUFFIX = ".dlq"
+
+#: Headers the broker owns (dead-lettering history, a quorum queue's delivery counter, the
+#: stream offset): a fresh copy must not carry the old ones into its new queue.
+_BROKER_HEADERS = ("x-death", "x-delivery-count", "x-stream-offset")
+_BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
+
+#: The stream is read from this far before ``since``: publishers', the broker's and the
+#: operator's clocks differ a little, and events before ``since`` are filtered out anyway.
+STREAM_OFFSET_MARGIN = timedelta(seconds=60)
+
+Outcome = Literal["moved", "skipped", "failed"]
+
+
+class ReplayError(PaylaneError):
+    """A replay cannot start or cannot go on (no such queue, broker gone, bad window)."""
+
+
+@dataclass
+class Tally:
+    moved: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class ReplayItem:
+    """One message a dry run would move (or a real run did not manage to move)."""
+
+    message_id: str | None
+    type: str | None
+    correlation_id: str | None
+    group: str
+    target: str
+    timestamp: datetime | None = None
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did, by ``(group, target)``: group is the dead-letter reason for a DLQ
+    replay and the event type for a log replay. In a dry run, ``moved`` means "would move"."""
+
+    source: str
+    dry_run: bool = False
+    #: Messages the run set out to handle (DLQ snapshot, capped by the limit); ``None``
+    #: when unknown in advance (the stream).
+    total: int | None = None
+    #: Messages taken from the source so far (a log event sent to two queues counts once).
+    seen: int = 0
+    groups: dict[tuple[str, str], Tally] = field(default_factory=dict)
+    #: Distinct failure messages and how often each happened.
+    errors: Counter[str] = field(default_factory=Counter)
+    #: Dry run: the messages that would move (first ``max_items``).
+    items: list[ReplayItem] = field(default_factory=list)
+    max_items: int = 1000
+
+    @property
+    def moved(self) -> int:
+        return sum(t.moved for t in self.groups.values())
+
+    @property
+    def skipped(self) -> int:
+        return sum(t.skipped for t in self.groups.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(t.failed for t in self.groups.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def count(self, group: str, target: str, outcome: Outcome, n: int = 1) -> None:
+        tally = self.groups.setdefault((group, target), Tally())
+        setattr(tally, outcome, getattr(tally, outcome) + n)
+
+    def keep(self, item: ReplayItem) -> None:
+        if len(self.items) < self.max_items:
+            self.items.append(item)
+
+
+ProgressCallback = Callable[[ReplaySummary], None]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why one message is in a DLQ, from the consumer's ``x-paylane-*`` headers when it
+    dead-lettered the message itself, else from the broker's ``x-death`` history."""
+
+    message_id: str | None
+    type: str | None
+    #: ``out_trade_no`` for payment events.
+    correlation_id: str | None
+    reason: str
+    #: The queue the message failed in, where a replay sends it back.
+    origin: str
+    failed_at: datetime | None
+    #: Deliveries (broker dead-lettering) or handler attempts (consumer dead-lettering)
+    #: before the message was given up on; ``None`` when the headers cannot tell.
+    delivery_count: int | None
+    #: How many times the broker dead-lettered it for that reason (``x-death`` count).
+    dead_lettered: int
+    #: Earlier replays of this message.
+    replayed: int
+    #: Times this message was delivered from the DLQ itself and returned (peeks, aborted
+    #: replays): quorum queues count those, and with a delivery limit on the DLQ (the
+    #: default from RabbitMQ 4.0) too many would drop the message.
+    dlq_delivery_count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "type": self.type,
+            "correlation_id": self.correlation_id,
+            "reason": self.reason,
+            "origin": self.origin,
+            "failed_at": self.failed_at.isoformat() if self.failed_at else None,
+            "delivery_count": self.delivery_count,
+            "dead_lettered": self.dead_lettered,
+            "replayed": self.replayed,
+            "dlq_delivery_count": self.dlq_delivery_count,
+        }
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])(?:\s+ago)?\s*$", re.IGNORECASE)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(text: str, now: datetime) -> datetime:
+    """``2026-11-22T10:00:00Z`` (ISO 8601; naive means UTC), ``now``, or an age: ``90s``,
+    ``30m``, ``2h``, ``1d``, ``1w`` before ``now``. Returns an aware UTC datetime."""
+    value = text.strip()
+    now = _utc(now)
+    if value.lower() == "now":
+        return now
+    relative = _RELATIVE.match(value)
+    if relative:
+        amount, unit = float(relative.group(1)), relative.group(2).lower()
+        return now - timedelta(**{_UNITS[unit]: amount})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither an ISO 8601 time (2026-11-22T10:00:00Z) "
+            "nor an age like 30m, 2h, 1d"
+        ) from None
+    return _utc(parsed)
+
+
+def dlq_names(queue: str) -> tuple[str, str]:
+    """``(dlq, origin)`` for a consumer queue or its DLQ (``order.payments[.dlq]``)."""
+    if queue.endswith(DLQ_SUFFIX):
+        return queue, queue.removesuffix(DLQ_SUFFIX)
+    return queue + DLQ_SUFFIX, queue
+
+
+def describe_dead_letter(
+    message: AbstractIncomingMessage,
+    default_origin: str,
+    delivery_limits: Mapping[str, int] | None = None,
+) -> DeadLetter:
+    """Read a dead letter's headers (see :class:`DeadLetter`).
+
+    ``delivery_limits`` (queue → ``x-delivery-limit``; the topology's by default) turns a
+    ``delivery_limit`` death into a delivery count: the broker records only that the
+    limit was passed, and the DLQ's own ``x-delivery-count`` counts DLQ deliveries.
+    """
+    headers = message.headers or {}
+    limits = _default_limits() if delivery_limits is None else delivery_limits
+    deaths = _x_death(headers)
+    death = deaths[0] if deaths else {}  # most recent first
+    dead_lettered = _int(death.get("count")) or 0
+    consumer_reason = _text(headers.get(REASON_HEADER))
+    origin = _text(headers.get(ORIGIN_HEADER)) or _text(death.get("queue")) or default_origin
+    delivery_count: int | None
+    if consumer_reason is not None:
+        reason = consumer_reason
+        failed_at = _parse_time(headers.get(FAILED_AT_HEADER))
+        delivery_count = (_int(headers.get(ATTEMPT_HEADER)) or 0) + 1
+        dead_lettered = max(dead_lettered, 1)
+    else:
+        reason = _text(death.get("reason")) or "unknown"
+        failed_at = _parse_time(death.get("time"))
+        if reason == "delivery_limit":
+            limit = limits.get(origin)
+            delivery_count = limit + 1 if limit is not None else None
+        else:
+            delivery_count = dead_lettered or None
+    return DeadLetter(
+        message_id=message.message_id,
+        type=message.type,
+        correlation_id=message.correlation_id,
+        reason=reason,
+        origin=origin,
+        failed_at=failed_at,
+        delivery_count=delivery_count,
+        dead_lettered=dead_lettered,
+        replayed=_int(headers.get(REPLAYED_HEADER)) or 0,
+        dlq_delivery_count=_int(headers.get("x-delivery-count")) or 0,
+    )
+
+
+# --- DLQ -----------------------------------------------------------------------------------
+
+
+async def list_dlq(
+    connection: AbstractConnection,
+    queue: str,
+    *,
+    limit: int | None = None,
+    delivery_limits: Mapping[str, int] | None = None,
+    timeout: float = 5.0,
+) -> list[DeadLetter]:
+    """What is in the DLQ of ``queue`` and why, without consuming anything.
+
+    AMQP has no "peek": the dead letters are fetched without ack and all handed back by
+    closing the channel at the end. Never more than the messages present at the start.
+    """
+    dlq, origin = dlq_names(queue)
+    total = await _ready_count(connection, dlq, timeout)
+    if total is None:
+        raise ReplayError(f"queue {dlq!r} does not exist")
+    wanted = total if limit is None else min(total, limit)
+    found: list[DeadLetter] = []
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        source = await channel.get_queue(dlq, ensure=False)
+        while len(found) < wanted:
+            message = await _get(source, timeout)
+            if message is None:
+                break
+            found.append(describe_dead_letter(message, origin, delivery_limits))
+    finally:
+        await _close(channel)  # hands every fetched dead letter back
+    return found
+
+
+async def replay_dlq(
+    connection: AbstractConnection,
+    queue: str,
+    *,
+    limit: int | None = None,
+    dry_run: bool = False,
+    progress: ProgressCallback | None = None,
+    delivery_limits: Mapping[str, int] | None = None,
+    timeout: float = 5.0,
+) -> ReplaySummary:
+    """Move the dead letters of ``queue`` (a consumer queue or its ``.dlq``) back to the
+    queue each one failed in, confirmed, ack after confirm (see the module docstring).
+
+    The copy keeps body and properties; the broker's and the DLQ's bookkeeping headers go,
+    ``x-paylane-attempt`` restarts at 0 (the consumer's retry budget starts over: the cause
+    is presumed fixed) and ``x-paylane-replayed`` counts replays. At most the number of
+    dead letters present at the start is handled, so messages that fail again during the
+    run are not looped over. ``dry_run`` fetches them all without ack and hands them back.
+    """
+    dlq, default_origin = dlq_names(queue)
+    total = await _ready_count(connection, dlq, timeout)
+    if total is None:
+        raise ReplayError(f"queue {dlq!r} does not exist")
+    summary = ReplaySummary(source=dlq, dry_run=dry_run, total=total)
+    if limit is not None:
+        summary.total = min(total, max(limit, 0))
+    _notify(progress, summary)
+    assert summary.total is not None
+    channel = await connection.channel(publisher_confirms=False)
+    confirm_channel: AbstractChannel | None = None
+    returned: list[AbstractIncomingMessage] = []  # to nack (requeue) at the end
+    try:
+        source = await channel.get_queue(dlq, ensure=False)
+        publisher: Publisher | None = None
+        if not dry_run:
+            confirm_channel = await connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            publisher = Publisher(confirm_channel, confirm_channel.default_exchange, timeout)
+        while summary.seen < summary.total:
+            message = await _get(source, timeout)
+            if message is None:
+                break
+            summary.seen += 1
+            info = describe_dead_letter(message, default_origin, delivery_limits)
+            item = ReplayItem(
+                message.message_id, message.type, message.correlation_id, info.reason, info.origin
+            )
+            if publisher is None:
+                summary.count(info.reason, info.origin, "moved")
+                summary.keep(item)
+            elif info.origin == dlq:
+                returned.append(message)
+                summary.count(info.reason, info.origin, "failed")
+                summary.errors[f"{dlq}: origin is the DLQ itself"] += 1
+            else:
+                try:
+                    await publisher.publish_to_queue(info.origin, dlq_copy(message, info))
+                except PublishError as exc:
+                    returned.append(message)
+                    summary.count(info.reason, info.origin, "failed")
+                    summary.errors[f"{info.origin}: {exc}"] += 1
+                else:
+                    await _settle(message.ack(), timeout)
+                    summary.count(info.reason, info.origin, "moved")
+            _notify(progress, summary)
+        for message in returned:
+            await _settle(message.nack(requeue=True), timeout)
+    finally:
+        if confirm_channel is not None:
+            await _close(confirm_channel)
+        # Hands back whatever is still unacked: a dry run's messages, or the one in
+        # flight when the run was cancelled (it is redelivered, never lost).
+        await _close(channel)
+    return summary
+
+
+def dlq_copy(message: AbstractIncomingMessage, info: DeadLetter) -> aio_pika.Message:
+    """The message to send back to ``info.origin``."""
+    headers = _clean_headers(message.headers)
+    for name in (REASON_HEADER, ORIGIN_HEADER, FAILED_AT_HEADER):
+        headers.pop(name, None)
+    headers[ATTEMPT_HEADER] = 0
+    headers[REPLAYED_HEADER] = info.replayed + 1
+    headers[REPLAYED_REASON_HEADER] = info.reason[:500]
+    return _copy(message, headers)
+
+
+# --- stream --------------------------------------------------------------------------------
+
+
+async def replay_log(
+    connection: AbstractConnection,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    types: Iterable[str] | None = None,
+    to: str | None = None,
+    dry_run: bool = False,
+    progress: ProgressCallback | None = None,
+    idle_timeout: float = 2.0,
+    clock_skew: timedelta = timedelta(seconds=2),
+    prefetch: int = 256,
+    timeout: float = 5.0,
+) -> ReplaySummary:
+    """Re-publish the events of ``paylane.log`` published in ``[since, until]`` (``until``
+    defaults to the moment the replay starts) to ``to``, or else to every consumer queue of
+    the topology bound to the event's type.
+
+    Selection uses the AMQP ``timestamp`` of each message, which has whole-second
+    resolution: the window is widened to whole seconds, never narrowed (an extra replay is
+    absorbed by the consumer, a missed event is not). The scan stops at the first message
+    more than ``clock_skew`` past ``until`` (messages in that slack are not replayed), or
+    after ``idle_timeout`` seconds without a message (caught up with the stream).
+    """
+    started = datetime.now(UTC)
+    since = _utc(since)
+    end = _utc(until) if until is not None else started
+    if end < since:
+        raise ReplayError(f"--until {end.isoformat()} is before --since {since.isoformat()}")
+    wanted = frozenset(types) if types else None
+    if to == LOG_STREAM:
+        raise ReplayError(f"{LOG_STREAM} is the replay source, not a target")
+    targets = (
+        [to]
+        if to is not None
+        else [q.name for q in QUEUES if wanted is None or wanted & set(q.routing_keys)]
+    )
+    for name in (LOG_STREAM, *targets):
+        if await _ready_count(connection, name, timeout) is None:
+            raise ReplayError(f"queue {name!r} does not exist")
+
+    summary = ReplaySummary(source=LOG_STREAM, dry_run=dry_run)
+    _notify(progress, summary)
+    window_start = since.replace(microsecond=0)
+    stop_after = end + clock_skew
+    received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    channel = await connection.channel(publisher_confirms=False)
+    confirm_channel: AbstractChannel | None = None
+    try:
+        publisher: Publisher | None = None
+        if not dry_run:
+            confirm_channel = await connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            publisher = Publisher(confirm_channel, confirm_channel.default_exchange, timeout)
+        # A stream is consumed only with a prefetch and manual acks (acks grant credit).
+        await channel.set_qos(prefetch_count=prefetch)
+        stream = await channel.get_queue(LOG_STREAM, ensure=False)
+        await stream.consume(
+            received.put, arguments={"x-stream-offset": window_start - STREAM_OFFSET_MARGIN}
+        )
+        while True:
+            try:
+                message = await asyncio.wait_for(received.get(), idle_timeout)
+            except TimeoutError:
+                break  # caught up
+            stamp = _utc(message.timestamp) if message.timestamp is not None else None
+            if stamp is not None and stamp > stop_after:
+                break
+            if stamp is None:  # cannot be placed in the window: say so, move nothing
+                summary.count(message.type or "(no type)", "(no timestamp)", "skipped")
+                _notify(progress, summary)
+            elif window_start <= stamp <= end:
+                await _replay_event(message, stamp, wanted, to, publisher, summary)
+                _notify(progress, summary)
+            await _settle(message.ack(), timeout)
+    finally:
+        if confirm_channel is not None:
+            await _close(confirm_channel)
+        await _close(channel)  # cancels the stream consumer with it
+    return summary
+
+
+async def _replay_event(
+    message: AbstractIncomingMessage,
+    stamp: datetime,
+    wanted: frozenset[str] | None,
+    to: str | None,
+    publisher: Publisher | None,
+    summary: ReplaySummary,
+) -> None:
+    summary.seen += 1
+    event_type = message.type or "(no type)"
+    if wanted is not None and event_type not in wanted:
+        summary.count(event_type, "(not selected)", "skipped")
+        return
+    targets: Sequence[str] = (
+        [to] if to is not None else [q.name for q in QUEUES if event_type in q.routing_keys]
+    )
+    if not targets:
+        summary.count(event_type, "(no consumer queue)", "skipped")
+        return
+    for target in targets:
+        if publisher is None:
+            summary.count(event_type, target, "moved")
+            summary.keep(
+                ReplayItem(
+                    message.message_id,
+                    message.type,
+                    message.correlation_id,
+                    event_type,
+                    target,
+                    stamp,
+                )
+            )
+            continue
+        try:
+            await publisher.publish_to_queue(target, log_copy(message))
+        except PublishError as exc:
+            summary.count(event_type, target, "failed")
+            summary.errors[f"{target}: {exc}"] += 1
+        else:
+            summary.count(event_type, target, "moved")
+
+
+def log_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """The message to send to a target queue: same body, properties and headers."""
+    headers = _clean_headers(message.headers)
+    headers[REPLAYED_FROM_HEADER] = LOG_STREAM
+    return _copy(message, headers)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    # Not copied: expiration (the copy must not expire in its new queue) and user_id
+    # (the broker checks it against the publishing user).
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
+
+
+def _clean_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in (headers or {}).items()
+        if name not in _BROKER_HEADERS and not name.startswith(_BROKER_HEADER_PREFIXES)
+    }
+
+
+async def _ready_count(connection: AbstractConnection, queue: str, timeout: float) -> int | None:
+    """Ready messages in ``queue`` as the broker counts them now, ``None`` if it does not
+    exist. A passive declare of a missing queue closes its channel, hence a channel of its
+    own; and the underlying channel, as aio-pika's robust channel may answer from a cache.
+    """
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        async with asyncio.timeout(timeout):
+            underlay = await channel.get_underlay_channel()
+            declared = await underlay.queue_declare(queue, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
+    except TimeoutError:
+        raise ReplayError(f"broker did not answer within {timeout:g}s") from None
+    finally:
+        await _close(channel)
+    return declared.message_count or 0
+
+
+async def _get(queue: AbstractQueue, timeout: float) -> AbstractIncomingMessage | None:
+    try:
+        message = await queue.get(no_ack=False, fail=False, timeout=timeout)
+    except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        raise ReplayError(f"broker unavailable: {type(exc).__name__}: {exc}") from None
+    return message
+
+
+async def _settle(operation: Awaitable[None], timeout: float) -> None:
+    """An ack or nack; failing means the channel is gone, and with it our deliveries (the
+    broker hands them back): stop rather than go on with a channel that holds nothing."""
+    try:
+        async with asyncio.timeout(timeout):
+            await operation
+    except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        raise ReplayError(f"broker unavailable: {type(exc).__name__}: {exc}") from None
+
+
+async def _close(channel: AbstractChannel) -> None:
+    if not channel.is_closed:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+def _notify(progress: ProgressCallback | None, summary: ReplaySummary) -> None:
+    if progress is not None:
+        progress(summary)
+
+
+def _default_limits() -> dict[str, int]:
+    return {spec.name: spec.delivery_limit for spec in QUEUES}
+
+
+def _x_death(headers: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list | tuple):
+        return []
+    return [d for d in deaths if isinstance(d, Mapping)]
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return _utc(value)
+    text = _text(value)
+    if not text:
+        return None
+    try:
+        return _utc(datetime.fromisoformat(text))
+    except ValueError:
+        return None
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
