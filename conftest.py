@@ -9,11 +9,13 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common import amqp, db
-from paylane_common.logs import configure_logging
 from paylane_common.migrate import migrate
+from tests.support.hygiene import configure_session_logging
 from tests.support.infra import Infra, provide_infra, unique_name
 
-configure_logging("console")
+# Every log line of the session also goes to one file, scanned for secrets at the end
+# (tests/test_zz_log_hygiene.py).
+configure_session_logging()
 
 
 @pytest.fixture(scope="session")

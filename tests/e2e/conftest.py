@@ -15,6 +15,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from paylane_common.db import transaction
+from tests.support import hygiene
 from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
 
@@ -36,6 +37,7 @@ async def stack(
     amqp_url: str, mysql_url: str, wechat: FakeWechat, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
     log_dir: Path = tmp_path_factory.mktemp("service-logs")
+    hygiene.register(TOKEN_SECRET, INTERNAL_SECRET, wechat.apiv3_key, "o-test-openid")
     stack = Stack(
         {
             "AMQP_URL": amqp_url,
@@ -78,6 +80,7 @@ async def new_order(
         "openid": f"o-{uuid.uuid4().hex[:16]}",
         **extra,
     }
+    hygiene.register(body["openid"])  # payer data: must never be logged
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{stack.services['order'].url}/orders", json=body) as response:
             data = await response.json()

@@ -31,6 +31,7 @@ from paylane_common.topology import EXCHANGE
 from paylane_common.wechatpay import build_message, build_notification, encrypt_resource, sign
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
+from tests.support import hygiene
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
 
@@ -73,6 +74,7 @@ class Harness:
 @pytest.fixture(scope="module")
 def harness(amqp_url: str) -> Iterator[Harness]:
     """The app on its own loop: hypothesis drives it from a plain (sync) test."""
+    hygiene.register(APIV3_KEY, OTHER_KEY, "o-fuzz-payer")
     loop = asyncio.new_event_loop()
     app_settings = IngressSettings(
         amqp_url=amqp_url,

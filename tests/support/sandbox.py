@@ -26,6 +26,7 @@ from paylane_sandbox.app_keys import SANDBOX
 from paylane_sandbox.main import build_app
 from paylane_sandbox.sandbox import Sandbox
 from paylane_sandbox.settings import SandboxSettings
+from tests.support import hygiene
 
 MCHID = "1900000109"
 APPID = "wxd678efh567hg6787"
@@ -77,6 +78,7 @@ class SandboxKeys:
     appid: str = APPID
 
     def settings(self, **overrides: Any) -> SandboxSettings:
+        hygiene.register(self.apiv3_key)
         values: dict[str, Any] = {
             "wechatpay_mchid": self.mchid,
             "wechatpay_apiv3_key": self.apiv3_key,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.support import hygiene
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -66,6 +68,7 @@ class Stack:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
             )
+        hygiene.register_log(log_path)
         service = Service(key, port, process, log_path)
         self.services[key] = service
         await wait_ready(service)

@@ -25,6 +25,7 @@ from paylane_common.topology import ORDER_PAYMENTS, declare_exchange
 from paylane_common.wechatpay import build_message, build_notification, certificate_serial, sign
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
+from tests.support import hygiene
 
 #: The fixed "now" of every app built here; notifications are signed at this time.
 NOW = 1_763_780_000
@@ -65,7 +66,7 @@ def wechat_keys(tmp_path_factory: pytest.TempPathFactory) -> WechatKeys:
     cert = _self_signed(cert_key)
     certs_dir = tmp_path_factory.mktemp("platform_certs")
     (certs_dir / "wechatpay.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return WechatKeys(
+    keys = WechatKeys(
         apiv3_key=secrets.token_hex(16),  # 32 ASCII characters, used as raw bytes
         public_key=public_key,
         public_key_id="PUB_KEY_ID_0114" + secrets.token_hex(10).upper(),
@@ -74,6 +75,8 @@ def wechat_keys(tmp_path_factory: pytest.TempPathFactory) -> WechatKeys:
         certs_dir=certs_dir,
         internal_secret="internal-" + secrets.token_hex(12),
     )
+    hygiene.register(keys.apiv3_key, keys.internal_secret)
+    return keys
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,10 @@ from aiohttp import WSMsgType
 from paylane_common import db, events
 from paylane_common.events import Entitlement, OrderPaid, OrderRefunded
 from paylane_common.tokens import issue_client_token
+from tests.support import hygiene
 
 SECRET = "notifier-test-secret-0123456789abcdef"
+hygiene.register(SECRET)
 #: Every wait on the network is bounded by this; nothing sleeps.
 WAIT_S = 5.0
 

@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -63,8 +63,16 @@ def redact(
     return event_dict
 
 
-def configure_logging(fmt: str | None = None, level: int = logging.INFO) -> None:
-    """Configure structlog (and route stdlib logging through it) for this process."""
+def configure_logging(
+    fmt: str | None = None,
+    level: int = logging.INFO,
+    stream: TextIO | None = None,
+    *,
+    cache_loggers: bool = True,
+) -> None:
+    """Configure structlog (and route stdlib logging through it) for this process,
+    writing to ``stream`` (default: stderr)."""
+    stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
     shared: list[Any] = [
@@ -86,10 +94,10 @@ def configure_logging(fmt: str | None = None, level: int = logging.INFO) -> None
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=cache_loggers,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
     )

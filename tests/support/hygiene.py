@@ -1,0 +1,67 @@
+"""What must never appear in a log line: every secret the tests make is registered here,
+with the log files of the processes they start, and checked at the end of the session."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import TextIO
+
+from paylane_common.logs import configure_logging
+
+SECRETS: set[str] = set()
+LOG_FILES: list[Path] = []
+#: PEM blocks, JWT client tokens, and the payer openids the tests use.
+PATTERNS = [
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),
+]
+
+
+def register(*secrets: str) -> None:
+    SECRETS.update(s for s in secrets if s)
+
+
+def register_log(path: Path) -> None:
+    LOG_FILES.append(path)
+
+
+class Tee(io.TextIOBase):
+    """Writes to the real stream and to the session's log file."""
+
+    def __init__(self, *streams: TextIO) -> None:
+        self._streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self._streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self._streams:
+            stream.flush()
+
+
+SESSION_LOG = Path(tempfile.mkdtemp(prefix="paylane-test-logs-")) / "session.log"
+
+
+def configure_session_logging() -> None:
+    """JSON logs to stderr and to the session file (idempotent)."""
+    global _session_file
+    if _session_file is None:
+        _session_file = SESSION_LOG.open("a", encoding="utf-8")
+        register_log(SESSION_LOG)
+    configure_logging("json", stream=Tee(sys.stderr, _session_file))
+
+
+_session_file: TextIO | None = None
+
+
+def leaks(text: str) -> list[str]:
+    """Secrets or patterns found in ``text`` (only their kind, never the value)."""
+    found = [f"registered secret #{i}" for i, s in enumerate(sorted(SECRETS)) if s in text]
+    found += [f"pattern {p.pattern[:30]}" for p in PATTERNS if p.search(text)]
+    return found
