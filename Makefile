@@ -47,3 +47,15 @@ lint: install
 fmt:
 	$(UV) run ruff check --fix .
 	$(UV) run ruff format .
+
+# The docker-compose stack (deploy/docker-compose.yml, see the README's "Deployment"):
+# secret files are made once in deploy/secrets/, the WeChat Pay sandbox runs unless
+# COMPOSE_PROFILES says otherwise (`make up COMPOSE_PROFILES=` for a real merchant).
+.PHONY: up down
+up:
+	$(UV) run python deploy/compose_secrets.py
+	COMPOSE_PROFILES=$${COMPOSE_PROFILES-sandbox} docker compose -f deploy/docker-compose.yml up -d --build
+
+# Keeps the data volumes; `docker compose -f deploy/docker-compose.yml down -v` wipes them.
+down:
+	docker compose -f deploy/docker-compose.yml --profile sandbox --profile cli down

