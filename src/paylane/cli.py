@@ -10,7 +10,7 @@ from paylane_common.exceptions import ConfigError
 from paylane_common.logs import configure_logging
 from paylane_common.settings import BaseServiceSettings, exit_on_config_error, load_settings
 
-from . import demo, dev
+from . import demo, dev, replay_cli
 
 SERVICES = {
     "ingress": "paylane_ingress.main",
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=_reconcile)
     dev.add_parser(commands)
     demo.add_parser(commands)
+    replay_cli.add_parser(commands)
     return parser
 
 

@@ -422,7 +422,7 @@ def test_definitions_match_the_topology_the_services_declare() -> None:
     for spec in topology.QUEUES:
         expected_queues[spec.name] = dict(spec.arguments())
         expected_queues[spec.retry_queue] = dict(spec.retry_arguments())
-        expected_queues[spec.dlq] = {"x-queue-type": "quorum"}
+        expected_queues[spec.dlq] = dict(spec.dlq_arguments())
         expected_bindings |= {(topology.EXCHANGE, spec.name, key) for key in spec.routing_keys}
 
     queues = {q["name"]: q for q in definitions["queues"]}

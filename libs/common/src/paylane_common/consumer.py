@@ -201,8 +201,14 @@ def _attempt(message: AbstractIncomingMessage) -> int:
     return value if isinstance(value, int) else 0
 
 
+#: Broker bookkeeping that must not follow a copy (it describes the original's deliveries).
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+
+
 def _copy(message: AbstractIncomingMessage, extra_headers: dict[str, Any]) -> aio_pika.Message:
-    headers = dict(message.headers or {})
+    headers = {
+        k: v for k, v in (message.headers or {}).items() if not k.startswith(_BROKER_HEADERS)
+    }
     headers.update(extra_headers)
     return aio_pika.Message(
         body=message.body,

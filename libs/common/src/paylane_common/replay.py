@@ -5,8 +5,8 @@ Both directions rely on the consumers being idempotent (inbox + per-order ledger
 replay may deliver a message twice, it must never lose one. Hence the order of every step:
 
 * **DLQ → queue**: ``basic.get`` a dead letter (manual ack), publish its copy to the origin
-  queue *with a publisher confirm*, and only then ack the dead letter. A crash or Ctrl-C at
-  any point leaves the dead letter unacked, so the broker puts it back in the DLQ: the
+  queue *with a publisher confirm*, and only then ack the dead letter. A crash or Ctrl-C
+  before that ack leaves the dead letter unacked, so the broker puts it back in the DLQ: the
   worst case is one message replayed twice. A copy that cannot be published is nacked
   back (requeued) at the end of the run, so one bad message is not fetched over and over.
 * **stream → queue**: the stream keeps everything (time-based retention) and a stream ack
@@ -77,7 +77,7 @@ class Tally:
 
 @dataclass(frozen=True)
 class ReplayItem:
-    """One message a dry run would move (or a real run did not manage to move)."""
+    """One message a dry run would move, or a real run failed to move."""
 
     message_id: str | None
     type: str | None
@@ -102,7 +102,7 @@ class ReplaySummary:
     groups: dict[tuple[str, str], Tally] = field(default_factory=dict)
     #: Distinct failure messages and how often each happened.
     errors: Counter[str] = field(default_factory=Counter)
-    #: Dry run: the messages that would move (first ``max_items``).
+    #: Dry run: the messages that would move; else those that failed (first ``max_items``).
     items: list[ReplayItem] = field(default_factory=list)
     max_items: int = 1000
 
@@ -150,7 +150,8 @@ class DeadLetter:
     #: Deliveries (broker dead-lettering) or handler attempts (consumer dead-lettering)
     #: before the message was given up on; ``None`` when the headers cannot tell.
     delivery_count: int | None
-    #: How many times the broker dead-lettered it for that reason (``x-death`` count).
+    #: How many times it was dead-lettered for that reason (``x-death`` count; 1 when the
+    #: consumer did it).
     dead_lettered: int
     #: Earlier replays of this message.
     replayed: int
@@ -231,7 +232,7 @@ def describe_dead_letter(
         reason = consumer_reason
         failed_at = _parse_time(headers.get(FAILED_AT_HEADER))
         delivery_count = (_int(headers.get(ATTEMPT_HEADER)) or 0) + 1
-        dead_lettered = max(dead_lettered, 1)
+        dead_lettered = 1  # its x-death, if any, is the retry queue's expiry history
     else:
         reason = _text(death.get("reason")) or "unknown"
         failed_at = _parse_time(death.get("time"))
@@ -283,6 +284,7 @@ async def list_dlq(
             message = await _get(source, timeout)
             if message is None:
                 break
+            _raise_if_cancelled()
             found.append(describe_dead_letter(message, origin, delivery_limits))
     finally:
         await _close(channel)  # hands every fetched dead letter back
@@ -312,11 +314,9 @@ async def replay_dlq(
     total = await _ready_count(connection, dlq, timeout)
     if total is None:
         raise ReplayError(f"queue {dlq!r} does not exist")
-    summary = ReplaySummary(source=dlq, dry_run=dry_run, total=total)
-    if limit is not None:
-        summary.total = min(total, max(limit, 0))
+    planned = total if limit is None else min(total, max(limit, 0))
+    summary = ReplaySummary(source=dlq, dry_run=dry_run, total=planned)
     _notify(progress, summary)
-    assert summary.total is not None
     channel = await connection.channel(publisher_confirms=False)
     confirm_channel: AbstractChannel | None = None
     returned: list[AbstractIncomingMessage] = []  # to nack (requeue) at the end
@@ -328,10 +328,11 @@ async def replay_dlq(
                 publisher_confirms=True, on_return_raises=True
             )
             publisher = Publisher(confirm_channel, confirm_channel.default_exchange, timeout)
-        while summary.seen < summary.total:
+        while summary.seen < planned:
             message = await _get(source, timeout)
             if message is None:
                 break
+            _raise_if_cancelled()
             summary.seen += 1
             info = describe_dead_letter(message, default_origin, delivery_limits)
             item = ReplayItem(
@@ -344,6 +345,7 @@ async def replay_dlq(
                 returned.append(message)
                 summary.count(info.reason, info.origin, "failed")
                 summary.errors[f"{dlq}: origin is the DLQ itself"] += 1
+                summary.keep(item)
             else:
                 try:
                     await publisher.publish_to_queue(info.origin, dlq_copy(message, info))
@@ -351,10 +353,12 @@ async def replay_dlq(
                     returned.append(message)
                     summary.count(info.reason, info.origin, "failed")
                     summary.errors[f"{info.origin}: {exc}"] += 1
+                    summary.keep(item)
                 else:
                     await _settle(message.ack(), timeout)
                     summary.count(info.reason, info.origin, "moved")
             _notify(progress, summary)
+            _raise_if_cancelled()
         for message in returned:
             await _settle(message.nack(requeue=True), timeout)
     finally:
@@ -396,20 +400,28 @@ async def replay_log(
 ) -> ReplaySummary:
     """Re-publish the events of ``paylane.log`` published in ``[since, until]`` (``until``
     defaults to the moment the replay starts) to ``to``, or else to every consumer queue of
-    the topology bound to the event's type.
+    the topology bound to the event's type. ``types`` selects routing keys; when ``to`` is
+    a service queue of the topology it defaults to that queue's routing keys.
 
     Selection uses the AMQP ``timestamp`` of each message, which has whole-second
     resolution: the window is widened to whole seconds, never narrowed (an extra replay is
     absorbed by the consumer, a missed event is not). The scan stops at the first message
     more than ``clock_skew`` past ``until`` (messages in that slack are not replayed), or
-    after ``idle_timeout`` seconds without a message (caught up with the stream).
+    after ``idle_timeout`` seconds without a message (caught up with the stream). A message
+    stamped more than ``clock_skew`` in the future (a publisher's clock running ahead) is
+    skipped and reported, and does not end the scan.
     """
     started = datetime.now(UTC)
     since = _utc(since)
     end = _utc(until) if until is not None else started
     if end < since:
-        raise ReplayError(f"--until {end.isoformat()} is before --since {since.isoformat()}")
+        raise ReplayError(f"until {end.isoformat()} is before since {since.isoformat()}")
     wanted = frozenset(types) if types else None
+    if wanted is None and to is not None:
+        # A service queue gets only the types it is bound to: anything else would be
+        # rejected by its consumer and end up in its DLQ.
+        spec = next((q for q in QUEUES if q.name == to), None)
+        wanted = frozenset(spec.routing_keys) if spec is not None else None
     if to == LOG_STREAM:
         raise ReplayError(f"{LOG_STREAM} is the replay source, not a target")
     targets = (
@@ -443,19 +455,25 @@ async def replay_log(
         )
         while True:
             try:
-                message = await asyncio.wait_for(received.get(), idle_timeout)
+                async with asyncio.timeout(idle_timeout):
+                    message = await received.get()
             except TimeoutError:
                 break  # caught up
             stamp = _utc(message.timestamp) if message.timestamp is not None else None
-            if stamp is not None and stamp > stop_after:
-                break
+            event_type = message.type or "(no type)"
             if stamp is None:  # cannot be placed in the window: say so, move nothing
-                summary.count(message.type or "(no type)", "(no timestamp)", "skipped")
-                _notify(progress, summary)
+                summary.count(event_type, "(no timestamp)", "skipped")
+            elif stamp > datetime.now(UTC) + clock_skew:
+                # From a clock running ahead: it cannot be placed in the window, and it
+                # must not end the scan early either.
+                summary.count(event_type, "(timestamp in the future)", "skipped")
+            elif stamp > stop_after:
+                break
             elif window_start <= stamp <= end:
                 await _replay_event(message, stamp, wanted, to, publisher, summary)
-                _notify(progress, summary)
+            _notify(progress, summary)
             await _settle(message.ack(), timeout)
+            _raise_if_cancelled()
     finally:
         if confirm_channel is not None:
             await _close(confirm_channel)
@@ -483,24 +501,19 @@ async def _replay_event(
         summary.count(event_type, "(no consumer queue)", "skipped")
         return
     for target in targets:
+        item = ReplayItem(
+            message.message_id, message.type, message.correlation_id, event_type, target, stamp
+        )
         if publisher is None:
             summary.count(event_type, target, "moved")
-            summary.keep(
-                ReplayItem(
-                    message.message_id,
-                    message.type,
-                    message.correlation_id,
-                    event_type,
-                    target,
-                    stamp,
-                )
-            )
+            summary.keep(item)
             continue
         try:
             await publisher.publish_to_queue(target, log_copy(message))
         except PublishError as exc:
             summary.count(event_type, target, "failed")
             summary.errors[f"{target}: {exc}"] += 1
+            summary.keep(item)
         else:
             summary.count(event_type, target, "moved")
 
@@ -563,7 +576,8 @@ async def _ready_count(connection: AbstractConnection, queue: str, timeout: floa
 
 async def _get(queue: AbstractQueue, timeout: float) -> AbstractIncomingMessage | None:
     try:
-        message = await queue.get(no_ack=False, fail=False, timeout=timeout)
+        async with asyncio.timeout(timeout):  # not get(timeout=): see _raise_if_cancelled
+            message = await queue.get(no_ack=False, fail=False, timeout=None)
     except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
         raise ReplayError(f"broker unavailable: {type(exc).__name__}: {exc}") from None
     return message
@@ -583,6 +597,16 @@ async def _close(channel: AbstractChannel) -> None:
     if not channel.is_closed:
         with contextlib.suppress(Exception):
             await channel.close()
+
+
+def _raise_if_cancelled() -> None:
+    """Stop if this task was cancelled (Ctrl-C, a caller's timeout) even though the
+    awaited call returned: on Python 3.11 ``asyncio.wait_for``, which aiormq uses for its
+    RPC deadlines, can return a result and drop the cancellation when both happen at once,
+    and a replay that ignored Ctrl-C would go on moving messages."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _notify(progress: ProgressCallback | None, summary: ReplaySummary) -> None:

@@ -18,6 +18,7 @@ from . import events
 EXCHANGE = "paylane"
 LOG_STREAM = "paylane.log"
 LOG_STREAM_MAX_AGE = "7D"
+DLQ_DELIVERY_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class QueueSpec:
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
+
+    def dlq_arguments(self) -> Arguments:
+        # Explicit and huge: from RabbitMQ 4.0 quorum queues default to a delivery limit
+        # of 20 and our DLQs have no dead-letter target, so peeking (dlq list, dry runs)
+        # would otherwise silently drop dead letters.
+        return {"x-queue-type": "quorum", "x-delivery-limit": DLQ_DELIVERY_LIMIT}
 
     def retry_arguments(self) -> Arguments:
         return {
@@ -93,7 +100,7 @@ async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
     """Declare ``spec`` with its DLQ and retry queue, bound to the exchange."""
     exchange = await declare_exchange(channel)
-    await channel.declare_queue(spec.dlq, durable=True, arguments={"x-queue-type": "quorum"})
+    await channel.declare_queue(spec.dlq, durable=True, arguments=spec.dlq_arguments())
     await channel.declare_queue(spec.retry_queue, durable=True, arguments=spec.retry_arguments())
     queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments())
     for key in spec.routing_keys:

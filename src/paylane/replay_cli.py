@@ -1,0 +1,359 @@
+"""``paylane replay dlq|log`` and ``paylane dlq list`` (DESIGN §8): the operator's side of
+:mod:`paylane_common.replay`.
+
+Progress goes to stderr, tables and JSON to stdout. Exit code 0 when everything moved (or
+would move), 1 when anything failed or the replay could not run, 2 for bad arguments or
+configuration, 130 when interrupted (nothing is lost: unacknowledged dead letters go back
+to the DLQ, and the stream is only read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TextIO, TypeVar
+
+from aio_pika.abc import AbstractRobustConnection
+
+from paylane_common import amqp, events
+from paylane_common.exceptions import ConfigError
+from paylane_common.logs import configure_logging
+from paylane_common.replay import (
+    DeadLetter,
+    ReplayError,
+    ReplaySummary,
+    list_dlq,
+    parse_when,
+    replay_dlq,
+    replay_log,
+)
+from paylane_common.settings import BaseServiceSettings, exit_on_config_error, load_settings
+
+T = TypeVar("T")
+
+try:  # rich draws the progress bar and tables; plain text when it is not installed
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
+
+    HAVE_RICH = True
+except ImportError:  # pragma: no cover - depends on the environment
+    HAVE_RICH = False
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+#: Identifiers and times: never folded (copied into other commands, grepped for).
+_NO_WRAP = frozenset({"message_id", "out_trade_no", "time (UTC)", "failed at (UTC)"})
+
+
+def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    if HAVE_RICH:
+        table = Table(title=title, title_justify="left")
+        for i, name in enumerate(columns):
+            numeric = bool(cells) and all(row[i].isdigit() for row in cells)
+            table.add_column(
+                name,
+                justify="right" if numeric else "left",
+                overflow="fold",
+                no_wrap=name in _NO_WRAP,
+            )
+        for row in cells:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    print(title)
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+class _PlainProgress:
+    """One self-rewriting stderr line on a terminal; silent otherwise (logs, CI)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._live = stream.isatty()
+        self._last = 0.0
+
+    def show(self, description: str, done: int, total: int | None, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self._live or (not final and now - self._last < 0.2):
+            return
+        self._last = now
+        count = f"{done}/{total}" if total is not None else str(done)
+        self._stream.write(f"\r{description}: {count}" + ("\n" if final else ""))
+        self._stream.flush()
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Callable[[ReplaySummary], None]]:
+    """A progress callback for the library, drawing a bar (rich) or a line (plain)."""
+    if HAVE_RICH:
+        bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        task = bar.add_task(description, total=None)
+
+        def update(summary: ReplaySummary) -> None:
+            bar.update(task, completed=summary.seen, total=summary.total)
+
+        with bar:
+            yield update
+        return
+    plain = _PlainProgress(sys.stderr)
+    last: list[ReplaySummary] = []
+
+    def show(summary: ReplaySummary) -> None:
+        last[:] = [summary]
+        plain.show(description, summary.seen, summary.total)
+
+    try:
+        yield show
+    finally:
+        if last:
+            plain.show(description, last[0].seen, last[0].total, final=True)
+
+
+def _print_summary(summary: ReplaySummary, group: str) -> None:
+    moved = "would move" if summary.dry_run else "moved"
+    rows = [
+        (name, target, tally.moved, tally.skipped, tally.failed)
+        for (name, target), tally in sorted(summary.groups.items())
+    ]
+    rows.append(("total", "", summary.moved, summary.skipped, summary.failed))
+    title = f"{summary.source}: " + ("dry run, nothing moved" if summary.dry_run else "replayed")
+    _print_table(title, (group, "target", moved, "skipped", "failed"), rows)
+    for error, count in summary.errors.most_common():
+        print(f"failed ×{count}: {error}", file=sys.stderr)
+    if not summary.dry_run and summary.items:
+        shown = summary.items[:20]
+        ids = ", ".join(str(item.message_id) for item in shown)
+        more = f" and {summary.failed - len(shown)} more" if summary.failed > len(shown) else ""
+        print(f"not moved (left where they were): {ids}{more}", file=sys.stderr)
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def _run(work: Callable[[AbstractRobustConnection], Awaitable[int]]) -> int:
+    try:
+        settings = load_settings(BaseServiceSettings)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+        return 2
+    configure_logging(settings.log_format)
+
+    async def main() -> int:
+        try:
+            async with asyncio.timeout(15):
+                connection = await amqp.connect(settings.amqp_url, "replay")
+        except Exception as exc:
+            print(
+                f"paylane: cannot connect to AMQP_URL: {exc or type(exc).__name__}", file=sys.stderr
+            )
+            return 1
+        try:
+            return await work(connection)
+        except ReplayError as exc:
+            print(f"paylane: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await connection.close()
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        print(
+            "paylane: interrupted; nothing was lost (unacknowledged messages went back to "
+            "their queue): run the command again",
+            file=sys.stderr,
+        )
+        return 130
+
+
+async def _tracked(
+    description: str, run: Callable[[Callable[[ReplaySummary], None]], Awaitable[T]]
+) -> T:
+    with _progress(description) as progress:
+        return await run(progress)
+
+
+def _replay_dlq(args: argparse.Namespace) -> int:
+    async def work(connection: AbstractRobustConnection) -> int:
+        summary = await _tracked(
+            f"{'checking' if args.dry_run else 'replaying'} {args.queue}",
+            lambda progress: replay_dlq(
+                connection, args.queue, limit=args.limit, dry_run=args.dry_run, progress=progress
+            ),
+        )
+        _print_summary(summary, "reason")
+        return 0 if summary.ok else 1
+
+    return _run(work)
+
+
+def _replay_log(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    try:
+        since = parse_when(args.since, now)
+        until = parse_when(args.until, now) if args.until else None
+    except ValueError as exc:
+        print(f"paylane: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(connection: AbstractRobustConnection) -> int:
+        summary = await _tracked(
+            f"{'scanning' if args.dry_run else 'replaying'} paylane.log",
+            lambda progress: replay_log(
+                connection,
+                since=since,
+                until=until,
+                types=args.type,
+                to=args.to,
+                dry_run=args.dry_run,
+                progress=progress,
+            ),
+        )
+        window = f"{_when(since)} .. {_when(until) or 'now'} UTC"
+        print(f"window {window}, {summary.seen} event(s) in it")
+        if summary.dry_run and summary.items:
+            shown = summary.items[: args.show]
+            _print_table(
+                f"events that would be replayed (first {len(shown)})",
+                ("time (UTC)", "type", "message_id", "out_trade_no", "target"),
+                [
+                    (_when(i.timestamp), i.type, i.message_id, i.correlation_id, i.target)
+                    for i in shown
+                ],
+            )
+        _print_summary(summary, "type")
+        return 0 if summary.ok else 1
+
+    return _run(work)
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    async def work(connection: AbstractRobustConnection) -> int:
+        letters = await list_dlq(connection, args.queue, limit=args.limit)
+        if args.json:
+            print(json.dumps(_as_json(args.queue, letters), ensure_ascii=False, indent=2))
+            return 0
+        _print_table(
+            f"{args.queue}: {len(letters)} dead letter(s)",
+            (
+                "message_id",
+                "type",
+                "out_trade_no",
+                "reason",
+                "deliveries",
+                "failed at (UTC)",
+                "origin",
+                "replayed",
+            ),
+            [
+                (
+                    d.message_id,
+                    d.type,
+                    d.correlation_id,
+                    d.reason,
+                    d.delivery_count if d.delivery_count is not None else "?",
+                    _when(d.failed_at),
+                    d.origin,
+                    d.replayed,
+                )
+                for d in letters
+            ],
+        )
+        for reason, count in Counter(d.reason for d in letters).most_common():
+            print(f"{count:>6}  {reason}")
+        return 0
+
+    return _run(work)
+
+
+def _as_json(queue: str, letters: list[DeadLetter]) -> dict[str, Any]:
+    return {
+        "queue": queue,
+        "count": len(letters),
+        "by_reason": dict(Counter(d.reason for d in letters).most_common()),
+        "dead_letters": [d.as_dict() for d in letters],
+    }
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    replay = commands.add_parser(
+        "replay", help="re-drive dead letters or retained events (consumers are idempotent)"
+    )
+    verbs = replay.add_subparsers(dest="verb", required=True)
+    dlq = verbs.add_parser(
+        "dlq",
+        help="move dead letters back to their queue (confirmed; nothing lost if interrupted)",
+    )
+    dlq.add_argument("queue", help="a consumer queue (order.payments) or its DLQ (….dlq)")
+    dlq.add_argument("--limit", type=_positive, help="move at most N")
+    dlq.add_argument("--dry-run", action="store_true", help="report what would move")
+    dlq.set_defaults(func=_replay_dlq)
+
+    log = verbs.add_parser("log", help="re-publish events retained in the stream paylane.log")
+    log.add_argument(
+        "--since", required=True, help="ISO 8601 (2026-11-22T10:00:00Z; naive = UTC) or 30m/2h/1d"
+    )
+    log.add_argument("--until", help="same forms; default: when the replay starts")
+    log.add_argument(
+        "--type",
+        action="append",
+        choices=sorted(events.DATA_MODELS),
+        metavar="TYPE",
+        help="only events of this routing key (repeatable)",
+    )
+    log.add_argument(
+        "--to", metavar="QUEUE", help="only to this queue (default: every queue bound to the type)"
+    )
+    log.add_argument("--dry-run", action="store_true", help="count and list, publish nothing")
+    log.add_argument(
+        "--show", type=_positive, default=50, help="dry run: events listed (default 50)"
+    )
+    log.set_defaults(func=_replay_log)
+
+    dlq_cmd = commands.add_parser("dlq", help="inspect dead-letter queues")
+    dlq_verbs = dlq_cmd.add_subparsers(dest="verb", required=True)
+    listing = dlq_verbs.add_parser("list", help="what is dead-lettered and why (consumes nothing)")
+    listing.add_argument("queue", help="a consumer queue (order.payments) or its DLQ (….dlq)")
+    listing.add_argument("--limit", type=_positive, default=100, help="default 100")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=_dlq_list)
