@@ -10,6 +10,7 @@ import re
 import aiohttp
 import aiomysql
 import pytest
+from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common.tokens import issue_client_token
 from tests.e2e.conftest import TOKEN_SECRET, dead_letter, fetch_one, new_order
@@ -213,7 +214,11 @@ async def test_unknown_order_is_dead_lettered_with_reason(
 
 @pytest.mark.broker_outage
 async def test_broker_outage_answers_503_then_completes(
-    stack: Stack, db_pool: aiomysql.Pool, wechat: FakeWechat, infra: Infra
+    stack: Stack,
+    db_pool: aiomysql.Pool,
+    wechat: FakeWechat,
+    infra: Infra,
+    amqp_connection: AbstractRobustConnection,
 ) -> None:
     order = await new_order(stack, "premium")
     resource = wechat.transaction(order.out_trade_no, order.amount_total)
@@ -231,6 +236,7 @@ async def test_broker_outage_answers_503_then_completes(
                 assert readiness["checks"]["mysql"] == "ok"
         finally:
             await asyncio.to_thread(infra.broker.start)
+            await asyncio.wait_for(amqp_connection.ready(), 60)  # for the tests that follow
         # Nothing was acknowledged, so nothing was granted (the reconciler may have closed
         # the order meanwhile; the retried payment is honoured all the same).
         row = await fetch_one(

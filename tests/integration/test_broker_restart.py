@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import pytest
+from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common import amqp, events
 from paylane_common.consumer import Consumer
@@ -24,7 +25,9 @@ def _event(n: int) -> Envelope:
     return make_event(events.ORDER_PAID, data)
 
 
-async def test_consumer_resumes_after_broker_restart(amqp_url: str, infra: Infra) -> None:
+async def test_consumer_resumes_after_broker_restart(
+    amqp_url: str, infra: Infra, amqp_connection: AbstractRobustConnection
+) -> None:
     connection = await amqp.connect(amqp_url, "restart-test")
     publisher = await Publisher.open(connection)
     key = f"restart.{uuid.uuid4().hex[:8]}"
@@ -59,3 +62,5 @@ async def test_consumer_resumes_after_broker_restart(amqp_url: str, infra: Infra
         await consumer.stop()
         await publisher.close()
         await connection.close()
+        # Leave the session's own connection usable for the tests that follow.
+        await asyncio.wait_for(amqp_connection.ready(), 60)
