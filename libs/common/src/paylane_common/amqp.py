@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:
@@ -15,3 +18,37 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
 
 def broker_ready(connection: AbstractRobustConnection | None) -> bool:
     return connection is not None and not connection.is_closed and not connection.reconnecting
+
+
+#: Broker bookkeeping that must not follow a copy (it describes the original's deliveries).
+_BROKER_HEADERS = frozenset({"x-death", "x-delivery-count", "x-stream-offset"})
+_BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
+
+
+def without_broker_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in (headers or {}).items()
+        if name not in _BROKER_HEADERS and not name.startswith(_BROKER_HEADER_PREFIXES)
+    }
+
+
+def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """A persistent copy to publish elsewhere (retry, DLQ, replay) with exactly ``headers``.
+
+    Not copied: expiration (the copy must not expire in its new queue) and user_id (the
+    broker checks it against the publishing user)."""
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )

@@ -20,6 +20,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from . import metrics, tracing
+from .amqp import copy_message, without_broker_headers
 from .events import Envelope, parse_event
 from .exceptions import EventValidationError, PaylaneError, PublishError
 from .publisher import Publisher
@@ -167,14 +168,17 @@ class Consumer:
         return outcome
 
     async def _retry(self, message: AbstractIncomingMessage, attempt: int, delay_s: float) -> str:
-        copy = _copy(message, {ATTEMPT_HEADER: attempt})
+        copy = copy_message(
+            message, {**without_broker_headers(message.headers), ATTEMPT_HEADER: attempt}
+        )
         copy.expiration = max(delay_s, 0.001)
         return await self._forward(message, self.spec.retry_queue, copy, "retried")
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> str:
-        copy = _copy(
+        copy = copy_message(
             message,
             {
+                **without_broker_headers(message.headers),
                 REASON_HEADER: reason[:500],
                 ORIGIN_HEADER: self.spec.name,
                 FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
@@ -199,25 +203,3 @@ class Consumer:
 def _attempt(message: AbstractIncomingMessage) -> int:
     value = (message.headers or {}).get(ATTEMPT_HEADER, 0)
     return value if isinstance(value, int) else 0
-
-
-#: Broker bookkeeping that must not follow a copy (it describes the original's deliveries).
-_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
-
-
-def _copy(message: AbstractIncomingMessage, extra_headers: dict[str, Any]) -> aio_pika.Message:
-    headers = {
-        k: v for k, v in (message.headers or {}).items() if not k.startswith(_BROKER_HEADERS)
-    }
-    headers.update(extra_headers)
-    return aio_pika.Message(
-        body=message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        type=message.type,
-        timestamp=message.timestamp,
-    )

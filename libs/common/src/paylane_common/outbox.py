@@ -15,6 +15,7 @@ import aiomysql
 import structlog
 
 from . import metrics, tracing
+from .background import BackgroundLoop
 from .db import transaction
 from .events import Envelope
 from .exceptions import PublishError
@@ -45,7 +46,7 @@ async def add(
     )
 
 
-class OutboxRelay:
+class OutboxRelay(BackgroundLoop):
     """Publishes one producer's pending rows; woken after each commit, polls as a backstop."""
 
     def __init__(
@@ -63,22 +64,10 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.task_name = f"outbox-relay-{producer}"
 
     def wake(self) -> None:
         self._wakeup.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.producer}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
 
     async def _run(self) -> None:
         while True:

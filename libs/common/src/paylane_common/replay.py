@@ -38,6 +38,7 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
+from .amqp import copy_message, without_broker_headers
 from .consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
 from .exceptions import PaylaneError, PublishError
 from .publisher import Publisher
@@ -54,8 +55,6 @@ DLQ_SUFFIX = ".dlq"
 
 #: Headers the broker owns (dead-lettering history, a quorum queue's delivery counter, the
 #: stream offset): a fresh copy must not carry the old ones into its new queue.
-_BROKER_HEADERS = ("x-death", "x-delivery-count", "x-stream-offset")
-_BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
 
 #: The stream is read from this far before ``since``: publishers', the broker's and the
 #: operator's clocks differ a little, and events before ``since`` are filtered out anyway.
@@ -372,13 +371,13 @@ async def replay_dlq(
 
 def dlq_copy(message: AbstractIncomingMessage, info: DeadLetter) -> aio_pika.Message:
     """The message to send back to ``info.origin``."""
-    headers = _clean_headers(message.headers)
+    headers = without_broker_headers(message.headers)
     for name in (REASON_HEADER, ORIGIN_HEADER, FAILED_AT_HEADER):
         headers.pop(name, None)
     headers[ATTEMPT_HEADER] = 0
     headers[REPLAYED_HEADER] = info.replayed + 1
     headers[REPLAYED_REASON_HEADER] = info.reason[:500]
-    return _copy(message, headers)
+    return copy_message(message, headers)
 
 
 # --- stream --------------------------------------------------------------------------------
@@ -520,39 +519,12 @@ async def _replay_event(
 
 def log_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     """The message to send to a target queue: same body, properties and headers."""
-    headers = _clean_headers(message.headers)
+    headers = without_broker_headers(message.headers)
     headers[REPLAYED_FROM_HEADER] = LOG_STREAM
-    return _copy(message, headers)
+    return copy_message(message, headers)
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-    # Not copied: expiration (the copy must not expire in its new queue) and user_id
-    # (the broker checks it against the publishing user).
-    return aio_pika.Message(
-        body=message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-    )
-
-
-def _clean_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {
-        name: value
-        for name, value in (headers or {}).items()
-        if name not in _BROKER_HEADERS and not name.startswith(_BROKER_HEADER_PREFIXES)
-    }
 
 
 async def _ready_count(connection: AbstractConnection, queue: str, timeout: float) -> int | None:

@@ -22,6 +22,7 @@ import structlog
 from prometheus_client import Counter as PromCounter
 
 from paylane_common import events
+from paylane_common.background import BackgroundLoop
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, RefundEvent, make_event
@@ -80,8 +81,9 @@ async def confirm_payment(client: WechatPayClient, data: PaymentSucceeded) -> Pa
     return payment_from_transaction(tx, data.source)
 
 
-class Reconciler:
+class Reconciler(BackgroundLoop):
     LOCK = "paylane.reconciler"
+    task_name = "reconciler"
 
     def __init__(
         self,
@@ -99,20 +101,8 @@ class Reconciler:
         self._after_s = after_s
         self._interval_s = interval_s
         self._batch_size = batch_size
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="reconciler")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         while True:
             try:
                 await self.run_once()

@@ -8,13 +8,14 @@ import time
 
 import structlog
 
+from ..background import BackgroundLoop
 from .client import WechatPayClient
 from .keys import VerifierKeys
 
 log = structlog.get_logger(__name__)
 
 
-class CertificateRefresher:
+class CertificateRefresher(BackgroundLoop):
     """Downloads ``/v3/certificates`` every ``interval_s`` and on request (an unknown
     serial was seen), never more often than once per ``min_gap_s``."""
 
@@ -34,7 +35,7 @@ class CertificateRefresher:
         self._min_gap_s = min_gap_s
         self._requested = asyncio.Event()
         self._last_attempt = float("-inf")
-        self._task: asyncio.Task[None] | None = None
+        self.task_name = "certificate-refresh"
 
     def request_refresh(self) -> None:
         """Ask for a refresh soon; returns at once (rate-limited in the background)."""
@@ -51,17 +52,6 @@ class CertificateRefresher:
             self._keys.add_certificate(cert.serial, cert.public_key)
         log.info("platform_certificates_refreshed", new=added, serials=self._keys.serials())
         return added
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="certificate-refresh")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def _run(self) -> None:
         while True:
