@@ -12,6 +12,9 @@ import pymysql
 from .settings import MySQLDsn
 
 DUPLICATE_KEY = 1062
+_ISOLATION_LEVELS = frozenset(
+    {"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"}
+)
 
 
 async def create_pool(url: str, *, minsize: int = 1, maxsize: int = 10) -> aiomysql.Pool:
@@ -34,13 +37,21 @@ async def create_pool(url: str, *, minsize: int = 1, maxsize: int = 10) -> aiomy
 
 
 @asynccontextmanager
-async def transaction(pool: aiomysql.Pool) -> AsyncIterator[aiomysql.DictCursor]:
+async def transaction(
+    pool: aiomysql.Pool, *, isolation: str | None = None
+) -> AsyncIterator[aiomysql.DictCursor]:
     """One transaction on a pooled connection: commit on success, rollback on error.
 
-    A connection that failed mid-transaction is closed rather than returned to the pool.
+    ``isolation`` (e.g. ``"READ COMMITTED"``) applies to this transaction only. A
+    connection that failed mid-transaction is closed rather than returned to the pool.
     """
     conn = await pool.acquire()
     try:
+        if isolation is not None:
+            if isolation not in _ISOLATION_LEVELS:
+                raise ValueError(f"unknown isolation level {isolation!r}")
+            async with conn.cursor() as cur:
+                await cur.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
         await conn.begin()
         async with conn.cursor(aiomysql.DictCursor) as cur:
             yield cur

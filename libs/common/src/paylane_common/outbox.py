@@ -87,7 +87,10 @@ class OutboxRelay(BackgroundLoop):
 
     async def relay_once(self) -> int:
         """Publish up to one batch of pending rows; return how many were marked published."""
-        async with transaction(self._pool) as cur:
+        # READ COMMITTED: the claim takes record locks only. Under REPEATABLE READ its gap
+        # locks would block every consumer inserting an outbox row for as long as the
+        # publishes take, and deadlock with them when the rows are marked.
+        async with transaction(self._pool, isolation="READ COMMITTED") as cur:
             await cur.execute(
                 "SELECT id, payload, routing_key, headers FROM outbox"
                 " WHERE producer = %s AND published_at IS NULL"
