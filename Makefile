@@ -4,12 +4,13 @@ UV ?= uv
 export MYSQL_URL ?= mysql://root:@127.0.0.1:3306/paylane
 export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: help install run demo migrate test test-unit lint fmt
+.PHONY: help install run demo migrate test test-unit bench lint fmt
 
 help:
 	@echo "make run      migrate, then run all services against local RabbitMQ + MariaDB"
 	@echo "make test     the whole test suite on real RabbitMQ + MySQL"
 	@echo "make demo     (with make run going) pay one order and print the timeline"
+	@echo "make bench    benchmarks (BENCH_ARGS=--quick for a smoke run)"
 	@echo "make lint     ruff + mypy"
 	@echo "make migrate  create/upgrade the database in MYSQL_URL"
 
@@ -38,6 +39,11 @@ test: install
 
 test-unit: install
 	$(UV) run pytest -m "not integration and not e2e"
+
+# A benchmark, not a test: prints a markdown table, writes bench-results/ (JSON + PNG).
+bench:
+	$(UV) sync --frozen --group bench
+	$(UV) run python -m bench.run $(BENCH_ARGS)
 
 lint: install
 	$(UV) run ruff check .

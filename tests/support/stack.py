@@ -49,9 +49,15 @@ class Stack:
         self.services: dict[str, Service] = {}
 
     async def start(
-        self, name: str, extra_env: dict[str, str] | None = None, *, alias: str | None = None
+        self,
+        name: str,
+        extra_env: dict[str, str] | None = None,
+        *,
+        alias: str | None = None,
+        argv: list[str] | None = None,
     ) -> Service:
-        """Run ``paylane serve name``; it is known as ``alias`` (default: its name)."""
+        """Run ``paylane serve name`` (or ``argv``); it is known as ``alias`` (default: its
+        name) and must answer ``/readyz``."""
         port = free_port()
         env = {**os.environ, **self.base_env, **(extra_env or {})}
         env.update({"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port), "LOG_FORMAT": "json"})
@@ -59,11 +65,7 @@ class Stack:
         log_path = self.log_dir / f"{key}.log"
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "paylane.cli",
-                "serve",
-                name,
+                *(argv or [sys.executable, "-m", "paylane.cli", "serve", name]),
                 env=env,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,

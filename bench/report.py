@@ -1,0 +1,115 @@
+"""The bench's markdown table and latency plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']};"
+        f" RabbitMQ {m.get('rabbitmq', '?')}; MariaDB {m.get('mariadb', '?')}. {m['note']}."
+        + (" QUICK RUN: smoke numbers only." if results.get("quick") else ""),
+        "",
+        "| scenario | offered | acked/s | ack p50 ms | ack p95 ms | ack p99 ms | non-2xx/errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, offered: str, r: dict[str, Any]) -> None:
+        lines.append(
+            f"| {name} | {offered} | {r['rate_per_s']} | {r['p50_ms']} | {r['p95_ms']} |"
+            f" {r['p99_ms']} | {r['non_2xx']}/{r['errors']} |"
+        )
+
+    ingress = results.get("ingress_alone", {})
+    if "saturation" in ingress:
+        row("ingress alone, saturation (64 concurrent)", "max", ingress["saturation"])
+    for key, r in ingress.items():
+        if key.startswith("rate_"):
+            row("ingress alone", f"{key[5:]}/s", r)
+    e2e = results.get("end_to_end", {})
+    for key, r in e2e.items():
+        if key.startswith("rate_"):
+            row("end to end: acks", f"{key[5:]}/s", r["acks"])
+    if "duplicates_500" in e2e:
+        row("duplicates (already applied)", "500/s", e2e["duplicates_500"])
+    base = results.get("baseline", {})
+    for key, r in base.items():
+        who, _, rate = key.rpartition("_")
+        row(who.replace("_", " "), f"{rate}/s", r)
+
+    lines += [
+        "",
+        "| end to end | orders | pushed | notify→push p50 ms | p95 ms | p99 ms | grant p99 ms"
+        " | drained after last send s | backlog growth | RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in e2e.items():
+        if key.startswith("rate_"):
+            lines.append(
+                f"| {key[5:]}/s | {r['orders']} | {r['pushed_order_paid']} |"
+                f" {r['notify_to_push_p50_ms']} | {r['notify_to_push_p95_ms']} |"
+                f" {r['notify_to_push_p99_ms']} | {r['granted_p99_ms']} |"
+                f" {r['drain_after_last_send_s']} | {r['backlog_growth']} | {r['rss_mib']} |"
+            )
+    ratios = []
+    for rate in (200, 500):
+        p, b = base.get(f"paylane_{rate}"), base.get(f"baseline_{rate}")
+        if p and b and p["p99_ms"]:
+            ratios.append(
+                f"ack p99 at {rate}/s: baseline / paylane = {b['p99_ms'] / p['p99_ms']:.1f}x"
+            )
+    p, b = base.get("paylane_slow_db_100"), base.get("baseline_slow_db_100")
+    if p and b and p["p99_ms"]:
+        ratios.append(
+            f"MySQL +500 ms/query at 100/s: ack p99 baseline {b['p99_ms']} ms vs paylane"
+            f" {p['p99_ms']} ms ({b['p99_ms'] / p['p99_ms']:.0f}x); acked/s baseline"
+            f" {b['rate_per_s']} vs paylane {p['rate_per_s']}"
+        )
+    if ratios:
+        lines += ["", *[f"- {r}" for r in ratios]]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ingress = results.get("ingress_alone", {})
+    rates = sorted(int(k[5:]) for k in ingress if k.startswith("rate_"))
+    for p in ("p50_ms", "p95_ms", "p99_ms"):
+        axes[0].plot(
+            rates, [ingress[f"rate_{r}"][p] for r in rates], marker="o", label=f"ingress {p[:3]}"
+        )
+    base = results.get("baseline", {})
+    brates = sorted(
+        int(k.rpartition("_")[2]) for k in base if k.startswith("baseline_") and "slow" not in k
+    )
+    if brates:
+        axes[0].plot(
+            brates,
+            [base[f"baseline_{r}"]["p99_ms"] for r in brates],
+            marker="x",
+            linestyle="--",
+            label="inline baseline p99",
+        )
+    axes[0].set(
+        title="Ack latency vs offered rate", xlabel="notifications/s", ylabel="ms", yscale="log"
+    )
+    axes[0].legend()
+    e2e = results.get("end_to_end", {})
+    erates = sorted(int(k[5:]) for k in e2e if k.startswith("rate_"))
+    for p in ("notify_to_push_p50_ms", "notify_to_push_p95_ms", "notify_to_push_p99_ms"):
+        axes[1].plot(
+            erates, [e2e[f"rate_{r}"][p] for r in erates], marker="o", label=p.split("_")[-2]
+        )
+    axes[1].set(title="Notify → WebSocket push", xlabel="payments/s", ylabel="ms", yscale="log")
+    axes[1].legend()
+    fig.suptitle(f"paylane on {results['machine']['cores']} cores, everything co-located")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,264 @@
+"""``make bench``: paylane under load on one machine, against the inline baseline.
+
+Prints a markdown table, writes ``bench-results/results.json`` and ``latency.png``.
+``--quick`` runs every phase briefly (a smoke run, not numbers to quote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from paylane_common import db
+from paylane_common.tokens import issue_client_token
+from tests.support.stack import Stack
+
+from . import report, setup
+from .delayproxy import DelayProxy
+from .loadgen import Result, closed_loop, open_loop
+from .presign import presign, transaction
+
+OUT = Path("bench-results")
+BASELINE = [sys.executable, "-m", "bench.baseline"]
+
+
+class PushWatcher:
+    """One WebSocket per user; records when each order's pushes arrive."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[tuple[str, str], float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wanted: set[tuple[str, str]] = set()
+        self._all_in = asyncio.Event()
+
+    async def connect(self, http: aiohttp.ClientSession, url: str, users: list[int]) -> None:
+        ready = []
+        for user in users:
+            token = issue_client_token(setup.TOKEN_SECRET, user)
+            ws = await http.ws_connect(f"{url}/ws?token={token}", heartbeat=30)
+            first = asyncio.get_running_loop().create_future()
+            self._tasks.append(asyncio.create_task(self._read(ws, first)))
+            ready.append(first)
+        await asyncio.gather(*ready)  # the snapshot arrived: subscribed
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse, first: asyncio.Future[None]) -> None:
+        async for message in ws:
+            if not first.done():
+                first.set_result(None)
+            push = json.loads(message.data)
+            if push.get("out_trade_no"):
+                key = (push["out_trade_no"], push["type"])
+                self.arrived.setdefault(key, time.perf_counter())
+                self._wanted.discard(key)
+                if not self._wanted:
+                    self._all_in.set()
+
+    async def wait_for(self, keys: list[tuple[str, str]], timeout: float) -> None:
+        """Until every key has arrived, or ``timeout`` (missing ones are reported)."""
+        self._wanted = set(keys) - self.arrived.keys()
+        self._all_in.clear()
+        if self._wanted:
+            try:
+                await asyncio.wait_for(self._all_in.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+async def _sample_rss(stack: Stack, after_s: float, into: dict[str, float]) -> None:
+    """Resident memory of every service, mid-run (steady load)."""
+    await asyncio.sleep(after_s)
+    for name, service in stack.services.items():
+        into[name] = round(setup.rss_mib(service.process.pid), 1)
+
+
+async def ingress_alone(stack: Stack, env: setup.BenchEnv, quick: bool) -> dict[str, Any]:
+    ingress = stack.services["ingress"]
+    url = f"{ingress.url}/notify/wechatpay"
+    w = env.wechat
+    pool_size = 500 if quick else 2000
+    resources = [transaction(w.appid, w.mchid, f"BA{i:010d}", 2990) for i in range(pool_size)]
+    signed = presign(w.platform_private_key_pem, w.apiv3_key, w.public_key_id, w.mchid, resources)
+    seconds = 3 if quick else 10
+
+    def cycle(n: int) -> list[Any]:
+        return [signed[i % len(signed)] for i in range(n)]
+
+    out: dict[str, Any] = {}
+    saturation = await closed_loop(url, cycle(200_000), concurrency=64, seconds=seconds)
+    out["saturation"] = saturation.summary()
+    setup.purge(env, "order.payments")
+    for rate in (200, 500, 1000, 2000):
+        result = await open_loop(url, cycle(int(rate * seconds)), rate)
+        out[f"rate_{rate}"] = result.summary()
+        setup.purge(env, "order.payments")
+    return out
+
+
+async def end_to_end(stack: Stack, env: setup.BenchEnv, pool: Any, quick: bool) -> dict[str, Any]:
+    w = env.wechat
+    users = await setup.create_users(pool, 50 if quick else 100)
+    # One pending order each, so the snapshot a client gets on connect proves it is subscribed.
+    await setup.create_orders(pool, users, len(users), "WARMUP")
+    seconds = 3 if quick else 10
+    out: dict[str, Any] = {}
+    watcher = PushWatcher()
+    async with aiohttp.ClientSession() as http:
+        await watcher.connect(http, stack.services["notifier"].url, users)
+        url = f"{stack.services['ingress'].url}/notify/wechatpay"
+        for rate in (100, 250, 500, 1000):
+            count = int(rate * seconds)
+            orders = await setup.create_orders(pool, users, count, f"E{rate}X")
+            signed = presign(
+                w.platform_private_key_pem,
+                w.apiv3_key,
+                w.public_key_id,
+                w.mchid,
+                [transaction(w.appid, w.mchid, no, 2990) for no, _ in orders],
+            )
+            depth_before = setup.queue_depths(env)
+            sent_at: dict[str, float] = {}
+            start = time.perf_counter()
+            for i, (no, _) in enumerate(orders):
+                sent_at[no] = start + i / rate
+            rss: dict[str, float] = {}
+            sampler = asyncio.create_task(_sample_rss(stack, seconds / 2, rss))
+            acks = await open_loop(url, signed, rate)
+            await sampler
+            depth_after = setup.queue_depths(env)
+            await watcher.wait_for([(no, "entitlement.granted") for no, _ in orders], 30)
+            tail_s = max(
+                (watcher.arrived.get((no, "entitlement.granted"), float("inf")) for no, _ in orders)
+            ) - (start + (count - 1) / rate)
+            paid = Result(
+                latencies_s=[
+                    watcher.arrived[(no, "order.paid")] - sent_at[no]
+                    for no, _ in orders
+                    if (no, "order.paid") in watcher.arrived
+                ]
+            )
+            granted = [
+                watcher.arrived[(no, "entitlement.granted")] - sent_at[no]
+                for no, _ in orders
+                if (no, "entitlement.granted") in watcher.arrived
+            ]
+            out[f"rate_{rate}"] = {
+                "acks": acks.summary(),
+                "pushed_order_paid": len(paid.latencies_s),
+                "pushed_granted": len(granted),
+                "orders": count,
+                "notify_to_push_p50_ms": round(paid.percentile(50) * 1000, 1),
+                "notify_to_push_p95_ms": round(paid.percentile(95) * 1000, 1),
+                "notify_to_push_p99_ms": round(paid.percentile(99) * 1000, 1),
+                "granted_p99_ms": round(Result(latencies_s=granted).percentile(99) * 1000, 1),
+                "drain_after_last_send_s": round(tail_s, 2),
+                "backlog_growth": {
+                    q: depth_after.get(q, 0) - depth_before.get(q, 0)
+                    for q in ("order.payments", "entitlement.orders")
+                },
+                "rss_mib": rss,
+            }
+            if rate == 500:
+                # WeChat's duplicates: the same notifications again, all already applied.
+                dup = await open_loop(url, signed[: int(500 * seconds)], 500)
+                out["duplicates_500"] = dup.summary()
+        await watcher.close()
+    return out
+
+
+async def baseline_vs_paylane(
+    stack: Stack, env: setup.BenchEnv, pool: Any, quick: bool
+) -> dict[str, Any]:
+    w = env.wechat
+    seconds = 3 if quick else 10
+    users = await setup.create_users(pool, 100)
+    out: dict[str, Any] = {}
+
+    async def run_against(url: str, rate: int, tag: str) -> Result:
+        orders = await setup.create_orders(pool, users, int(rate * seconds), tag)
+        signed = presign(
+            w.platform_private_key_pem,
+            w.apiv3_key,
+            w.public_key_id,
+            w.mchid,
+            [transaction(w.appid, w.mchid, no, 2990) for no, _ in orders],
+        )
+        return await open_loop(url, signed, rate)
+
+    baseline = await stack.start("baseline", env.service_env(), argv=BASELINE)
+    paylane_url = f"{stack.services['ingress'].url}/notify/wechatpay"
+    for rate in (200, 500):
+        out[f"paylane_{rate}"] = (await run_against(paylane_url, rate, f"P{rate}Y")).summary()
+        out[f"baseline_{rate}"] = (
+            await run_against(f"{baseline.url}/notify/wechatpay", rate, f"B{rate}Y")
+        ).summary()
+    await stack.stop("baseline")
+
+    # MySQL slowed by 500 ms per query, for everyone: paylane's consumers and the baseline.
+    proxy = DelayProxy("127.0.0.1", 3306, 0.5)
+    port = await proxy.start()
+    slow_url = env.mysql_url.replace("127.0.0.1:3306", f"127.0.0.1:{port}")
+    for name in ("order", "entitlement"):
+        await stack.stop(name)
+        await stack.start(name, env.service_env(slow_url))
+    slow_baseline = await stack.start(
+        "baseline", env.service_env(slow_url), alias="baseline-slow", argv=BASELINE
+    )
+    rate = 100
+    out["paylane_slow_db_100"] = (await run_against(paylane_url, rate, "PSZ")).summary()
+    out["baseline_slow_db_100"] = (
+        await run_against(f"{slow_baseline.url}/notify/wechatpay", rate, "BSZ")
+    ).summary()
+    await stack.stop("baseline-slow")
+    for name in ("order", "entitlement"):  # their connections go through the proxy
+        await stack.stop(name)
+    await proxy.stop()
+    return out
+
+
+async def main(quick: bool) -> int:
+    await asyncio.to_thread(OUT.mkdir, exist_ok=True)
+    env = setup.create()
+    results: dict[str, Any] = {"machine": setup.machine(), "quick": quick}
+    stack = Stack(env.service_env(), OUT)
+    try:
+        await stack.start("ingress")
+        results["ingress_alone"] = await ingress_alone(stack, env, quick)
+        pool = await db.create_pool(env.mysql_url, maxsize=4)
+        for name in ("order", "entitlement", "notifier"):
+            await stack.start(name)
+        results["end_to_end"] = await end_to_end(stack, env, pool, quick)
+        results["baseline"] = await baseline_vs_paylane(stack, env, pool, quick)
+        pool.close()
+        await pool.wait_closed()
+    finally:
+        await stack.stop_all()
+        await asyncio.to_thread(setup.destroy, env)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    print(report.markdown(results))
+    report.plot(results, OUT / "latency.png")
+    print(f"\nwrote {OUT / 'results.json'} and {OUT / 'latency.png'}")
+    return 0
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(prog="make bench")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args()
+    os.environ.setdefault("LOG_FORMAT", "json")
+    sys.exit(asyncio.run(main(args.quick)))
+
+
+if __name__ == "__main__":
+    cli()

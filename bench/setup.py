@@ -1,0 +1,149 @@
+"""The bench's own vhost, database, keys and service environment."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiomysql
+
+from paylane_common.db import transaction
+from paylane_common.migrate import migrate
+from tests.support.infra import BrokerControl, _local_rabbitmqctl
+from tests.support.wechat import FakeWechat
+
+TOKEN_SECRET = "bench-client-token-secret-of-32-bytes!"
+
+
+@dataclass
+class BenchEnv:
+    vhost: str
+    amqp_url: str
+    mysql_url: str
+    database: str
+    wechat: FakeWechat
+    broker: BrokerControl
+
+    def service_env(self, mysql_url: str | None = None) -> dict[str, str]:
+        return {
+            "AMQP_URL": self.amqp_url,
+            "MYSQL_URL": mysql_url or self.mysql_url,
+            "CLIENT_TOKEN_SECRET": TOKEN_SECRET,
+            "INTERNAL_API_SECRET": "bench-internal-secret",
+            # Notifications are signed before the run; give them the whole run to be sent.
+            "NOTIFY_MAX_SKEW_S": "3600",
+            "RECONCILE_INTERVAL_S": "0",
+            **self.wechat.ingress_env(),
+            **self.wechat.merchant_env("http://127.0.0.1:9", "http://127.0.0.1:8080/notify"),
+        }
+
+
+def create() -> BenchEnv:
+    suffix = uuid.uuid4().hex[:8]
+    vhost, database = f"paylane_bench_{suffix}", f"paylane_bench_{suffix}"
+    broker = BrokerControl(_local_rabbitmqctl)
+    broker.add_vhost(vhost, "guest")
+    mysql_url = f"mysql://root:@127.0.0.1:3306/{database}"
+    migrate(mysql_url)
+    return BenchEnv(
+        vhost=vhost,
+        amqp_url=f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        mysql_url=mysql_url,
+        database=database,
+        wechat=FakeWechat(),
+        broker=broker,
+    )
+
+
+def destroy(env: BenchEnv) -> None:
+    env.broker.delete_vhost(env.vhost)
+    subprocess.run(
+        ["mysql", "-h127.0.0.1", "-uroot", "-e", f"DROP DATABASE IF EXISTS `{env.database}`"],
+        check=False,
+    )
+
+
+def purge(env: BenchEnv, queue: str) -> None:
+    env.broker.run(["purge_queue", "-p", env.vhost, queue])
+
+
+def queue_depths(env: BenchEnv) -> dict[str, int]:
+    out = env.broker.run(["list_queues", "-p", env.vhost, "-q", "name", "messages"])
+    depths = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            depths[parts[0]] = int(parts[1])
+    return depths
+
+
+async def create_orders(
+    pool: aiomysql.Pool, users: list[int], count: int, prefix: str, amount: int = 2990
+) -> list[tuple[str, int]]:
+    """``count`` pending premium orders spread round-robin over ``users``."""
+    orders = [(f"{prefix}{i:08d}", users[i % len(users)]) for i in range(count)]
+    async with transaction(pool) as cur:
+        await cur.executemany(
+            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
+            " amount, amount_total, status)"
+            " VALUES (%s, %s, 'premium', 'NATIVE', %s, %s, 'pending')",
+            [(no, user, amount / 100, amount) for no, user in orders],
+        )
+    return orders
+
+
+async def create_users(pool: aiomysql.Pool, count: int) -> list[int]:
+    async with transaction(pool) as cur:
+        ids = []
+        for _ in range(count):
+            await cur.execute("INSERT INTO users (openid) VALUES (NULL)")
+            ids.append(int(cur.lastrowid))
+    return ids
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    import os
+
+    versions = {}
+    for name, cmd in {
+        "rabbitmq": ["rabbitmqctl", "version"],
+        "mariadb": ["mysql", "-h127.0.0.1", "-uroot", "-N", "-e", "SELECT VERSION()"],
+    }.items():
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        versions[name] = done.stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024**2, 1),
+        "python": platform.python_version(),
+        **versions,
+        "note": "everything co-located: load generator, services, RabbitMQ and MariaDB",
+    }
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
