@@ -83,6 +83,16 @@ async def _sample_rss(stack: Stack, after_s: float, into: dict[str, float]) -> N
         into[name] = round(setup.rss_mib(service.process.pid), 1)
 
 
+async def _quiesce(env: setup.BenchEnv, timeout_s: float = 180.0) -> None:
+    """Until the consumer queues are empty (bounded): the next phase starts from quiet."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        depths = await asyncio.to_thread(setup.queue_depths, env)
+        if not depths.get("order.payments") and not depths.get("entitlement.orders"):
+            return
+        await asyncio.sleep(1)
+
+
 async def ingress_alone(stack: Stack, env: setup.BenchEnv, quick: bool) -> dict[str, Any]:
     ingress = stack.services["ingress"]
     url = f"{ingress.url}/notify/wechatpay"
@@ -196,6 +206,9 @@ async def baseline_vs_paylane(
         )
         return await open_loop(url, signed, rate)
 
+    # Start from quiet: the end-to-end phase may leave a backlog that paylane's own
+    # consumers would still be draining (competing with ingress for the same cores).
+    await _quiesce(env)
     baseline = await stack.start("baseline", env.service_env(), argv=BASELINE)
     paylane_url = f"{stack.services['ingress'].url}/notify/wechatpay"
     for rate in (200, 500):
@@ -216,6 +229,7 @@ async def baseline_vs_paylane(
         "baseline", env.service_env(slow_url), alias="baseline-slow", argv=BASELINE
     )
     rate = 100
+    await _quiesce(env)
     out["paylane_slow_db_100"] = (await run_against(paylane_url, rate, "PSZ")).summary()
     out["baseline_slow_db_100"] = (
         await run_against(f"{slow_baseline.url}/notify/wechatpay", rate, "BSZ")
