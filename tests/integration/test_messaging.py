@@ -19,7 +19,6 @@ from paylane_common.consumer import (
     ATTEMPT_HEADER,
     ORIGIN_HEADER,
     REASON_HEADER,
-    Consumer,
     Reject,
     Retry,
 )
@@ -29,6 +28,7 @@ from paylane_common.exceptions import PublishError
 from paylane_common.inbox import claim
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.topology import QueueSpec, declare_exchange, declare_queue
+from tests.support.observed import Observed
 
 pytestmark = pytest.mark.integration
 
@@ -105,23 +105,6 @@ async def ready_count(channel: AbstractChannel, queue: str) -> int:
     declared = await underlay.queue_declare(queue, passive=True)
     assert declared.message_count is not None
     return declared.message_count
-
-
-class Observed(Consumer):
-    """A Consumer that reports every message it has finished settling."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.settled: asyncio.Queue[str | None] = asyncio.Queue()
-
-    async def process(self, message: AbstractIncomingMessage) -> None:
-        await super().process(message)
-        self.settled.put_nowait(message.message_id)
-
-    async def wait_settled(self, count: int) -> None:
-        async with asyncio.timeout(10):
-            for _ in range(count):
-                await self.settled.get()
 
 
 # --- publisher -------------------------------------------------------------------------------

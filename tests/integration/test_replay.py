@@ -30,7 +30,6 @@ from paylane_common.consumer import (
     FAILED_AT_HEADER,
     ORIGIN_HEADER,
     REASON_HEADER,
-    Consumer,
     Reject,
     Retry,
 )
@@ -50,6 +49,7 @@ from paylane_common.replay import (
 )
 from paylane_common.topology import LOG_STREAM, QueueSpec, declare_exchange, declare_queue
 from paylane_entitlement.grants import EntitlementApplier
+from tests.support.observed import Observed
 
 pytestmark = pytest.mark.integration
 
@@ -125,23 +125,6 @@ async def drain(channel: AbstractChannel, queue: str) -> list[AbstractIncomingMe
         await message.ack()
         taken.append(message)
     return taken
-
-
-class Observed(Consumer):
-    """A Consumer that reports each message it has settled, with its outcome."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.settled: asyncio.Queue[str | None] = asyncio.Queue()
-
-    async def process(self, message: AbstractIncomingMessage) -> None:
-        await super().process(message)
-        self.settled.put_nowait(message.message_id)
-
-    async def wait_settled(self, count: int) -> None:
-        async with asyncio.timeout(10):
-            for _ in range(count):
-                await self.settled.get()
 
 
 async def start(amqp_connection, publisher, spec, handler) -> Observed:

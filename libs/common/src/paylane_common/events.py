@@ -106,7 +106,9 @@ class Envelope(BaseModel):
         try:
             return model.model_validate(self.data)
         except ValidationError as exc:
-            raise EventValidationError(f"invalid {self.type} data: {_summary(exc)}") from None
+            raise EventValidationError(
+                f"invalid {self.type} data: {validation_summary(exc)}"
+            ) from None
 
     @property
     def correlation_id(self) -> str | None:
@@ -135,13 +137,14 @@ def parse_event(body: bytes) -> tuple[Envelope, Any]:
     try:
         envelope = Envelope.model_validate_json(body)
     except ValidationError as exc:
-        raise EventValidationError(f"invalid envelope: {_summary(exc)}") from None
+        raise EventValidationError(f"invalid envelope: {validation_summary(exc)}") from None
     if envelope.schema_version != SCHEMA_VERSION:
         raise EventValidationError(f"unsupported schema_version {envelope.schema_version}")
     return envelope, envelope.typed_data()
 
 
-def _summary(exc: ValidationError) -> str:
+def validation_summary(exc: ValidationError) -> str:
+    """Up to five ``field: problem`` pairs, for error messages and dead-letter reasons."""
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
     )

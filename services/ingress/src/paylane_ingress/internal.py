@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from paylane_common import events
-from paylane_common.events import PaymentSucceeded, make_event
+from paylane_common.events import PaymentSucceeded, make_event, validation_summary
 from paylane_common.exceptions import PublishError
 from paylane_common.service import PUBLISHER
 
@@ -53,10 +53,7 @@ async def internal_notify(request: web.Request) -> web.Response:
         body = InternalNotify.model_validate_json(await request.read())
     except ValidationError as exc:
         metrics.NOTIFICATIONS_REJECTED.labels("internal_invalid").inc()
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        return fail(400, f"invalid body: {problems}")
+        return fail(400, f"invalid body: {validation_summary(exc)}")
     structlog.contextvars.bind_contextvars(out_trade_no=body.outTradeNo)
     data = PaymentSucceeded(
         out_trade_no=body.outTradeNo,

@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from paylane_common.catalog import Package
+from paylane_common.events import validation_summary
 from paylane_common.tokens import issue_client_token
 
 from .auth import Caller, identify, internal_secret_ok
@@ -52,10 +53,7 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
         raw = await request.read()
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        raise InvalidRequest(problems) from None
+        raise InvalidRequest(validation_summary(exc)) from None
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
