@@ -43,8 +43,10 @@ from tests.support.stack import eventually
 
 #: Messages waiting for a killed consumer before it is restarted (and killed again).
 BACKLOG = 90
-#: The consumers' prefetch (paylane_common.service.use_consumer's default).
+#: The consumers' prefetch and batch size in the kill test: small enough that a kill
+#: lands with part of the backlog done, a window unacked and the rest still waiting.
 PREFETCH = 32
+KILL_TEST_ENV = {"CONSUMER_PREFETCH": str(PREFETCH), "CONSUMER_BATCH_MAX": "4"}
 #: KILL every connection of the services this many times, a few notifications apart.
 KILL_ROUNDS = 10
 
@@ -185,6 +187,8 @@ async def test_each_consumer_killed_mid_batch_and_restarted(env: ChaosEnv) -> No
         await driver.wait_sent(20)
         for name in CONSUMERS:
             assert await kill9(env, name) == -9
+            if name in queue_of:
+                env.extra_env[name] = {**env.extra_env.get(name, {}), **KILL_TEST_ENV}
             queue = queue_of.get(name)
             if queue is not None:  # its durable queue fills while it is down
                 await kill_mid_backlog(name, queue)

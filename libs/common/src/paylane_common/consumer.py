@@ -95,10 +95,14 @@ class Consumer:
             except Exception as exc:  # broker gone: nothing more will arrive anyway
                 log.warning("consumer_cancel_failed", queue=self.spec.name, error=repr(exc))
             self._tag = None
-        if self._in_flight:
-            await asyncio.wait(set(self._in_flight), timeout=timeout)
+        await self.finish_in_flight(timeout)
         if self._queue is not None and not self._queue.channel.is_closed:
             await self._queue.channel.close()
+
+    async def finish_in_flight(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for the messages being handled."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -109,18 +113,23 @@ class Consumer:
         finally:
             self._in_flight.discard(task)
 
-    async def process(self, message: AbstractIncomingMessage) -> None:
-        queue = self.spec.name
+    def bind_context(self, message: AbstractIncomingMessage) -> None:
+        """Log context and trace of ``message`` for what the current task does next."""
         structlog.contextvars.clear_contextvars()
         event_id = message.message_id or ""
         trace_id = tracing.from_headers(message.headers, event_id)
         tracing.begin(trace_id, event_id)
         structlog.contextvars.bind_contextvars(
-            queue=queue,
+            queue=self.spec.name,
             event_id=event_id,
             out_trade_no=message.correlation_id,
             trace_id=trace_id,
         )
+
+    async def process(self, message: AbstractIncomingMessage) -> None:
+        """Handle one message on its own and settle it (ack, retry or dead-letter)."""
+        queue = self.spec.name
+        self.bind_context(message)
         started = time.perf_counter()
         try:
             outcome = await self._handle(message)

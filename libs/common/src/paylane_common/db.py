@@ -73,5 +73,10 @@ async def ping(pool: aiomysql.Pool, timeout: float = 2.0) -> None:
             await conn.rollback()
 
 
+def placeholders(n: int) -> str:
+    """``%s, %s, …`` for an ``IN (…)`` of ``n`` values."""
+    return ", ".join(["%s"] * n)
+
+
 def is_duplicate_key(exc: BaseException) -> bool:
     return isinstance(exc, pymysql.err.IntegrityError) and exc.args[0] == DUPLICATE_KEY

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiomysql
 
-from .db import is_duplicate_key
+from .db import is_duplicate_key, placeholders
 
 
 async def claim(cur: aiomysql.Cursor, consumer: str, event_id: str) -> bool:
@@ -22,3 +22,26 @@ async def claim(cur: aiomysql.Cursor, consumer: str, event_id: str) -> bool:
             return False
         raise
     return True
+
+
+async def seen(cur: aiomysql.Cursor, consumer: str, event_ids: list[str]) -> set[str]:
+    """Which of ``event_ids`` ``consumer`` has already claimed (a plain read: a claim
+    racing it makes the later :func:`claim_many` fail, and its batch with it)."""
+    if not event_ids:
+        return set()
+    await cur.execute(
+        "SELECT event_id FROM inbox WHERE consumer = %s"
+        f" AND event_id IN ({placeholders(len(event_ids))})",
+        (consumer, *event_ids),
+    )
+    return {row["event_id"] for row in await cur.fetchall()}
+
+
+async def claim_many(cur: aiomysql.Cursor, consumer: str, event_ids: list[str]) -> None:
+    """Claim events not yet seen, in one statement; a duplicate raises (the caller's
+    transaction then fails as a whole)."""
+    if event_ids:
+        await cur.executemany(
+            "INSERT INTO inbox (consumer, event_id) VALUES (%s, %s)",
+            [(consumer, event_id) for event_id in event_ids],
+        )

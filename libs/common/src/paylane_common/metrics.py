@@ -24,6 +24,12 @@ HANDLER_SECONDS = Histogram(
     ["queue"],
     buckets=_LATENCY_BUCKETS,
 )
+BATCH_SIZE = Histogram(
+    "paylane_consumer_batch_size",
+    "Messages applied together in one transaction, by queue (batches of two or more)",
+    ["queue"],
+    buckets=(2, 5, 10, 20, 50, 100, 200),
+)
 OUTBOX_BACKLOG = Gauge("paylane_outbox_backlog", "Outbox rows not yet published", ["producer"])
 OUTBOX_OLDEST_AGE = Gauge(
     "paylane_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row", ["producer"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from typing import Any
 
 import aiomysql
@@ -24,6 +26,29 @@ from .publisher import Publisher, envelope_message
 log = structlog.get_logger(__name__)
 
 
+_INSERT = (
+    "INSERT INTO outbox (producer, event_id, routing_key, payload, headers)"
+    " VALUES (%s, %s, %s, %s, %s)"
+)
+
+
+class Staged:
+    """An event staged for the outbox, with the trace current when it was staged."""
+
+    def __init__(self, envelope: Envelope, headers: dict[str, Any] | None = None):
+        self.envelope = envelope
+        self.headers = {**tracing.outgoing_headers(envelope.event_id), **(headers or {})}
+
+    def row(self, producer: str) -> tuple[str, str, str, str, str]:
+        return (
+            producer,
+            self.envelope.event_id,
+            self.envelope.type,
+            self.envelope.model_dump_json(),
+            json.dumps(self.headers),
+        )
+
+
 async def add(
     cur: aiomysql.Cursor,
     producer: str,
@@ -32,22 +57,20 @@ async def add(
 ) -> None:
     """Stage ``envelope`` for publishing; call inside the effect's transaction. The
     current trace (the message being handled) goes with it."""
-    headers = {**tracing.outgoing_headers(envelope.event_id), **(headers or {})}
-    await cur.execute(
-        "INSERT INTO outbox (producer, event_id, routing_key, payload, headers)"
-        " VALUES (%s, %s, %s, %s, %s)",
-        (
-            producer,
-            envelope.event_id,
-            envelope.type,
-            envelope.model_dump_json(),
-            json.dumps(headers) if headers else None,
-        ),
-    )
+    await cur.execute(_INSERT, Staged(envelope, headers).row(producer))
+
+
+async def add_many(cur: aiomysql.Cursor, producer: str, staged: list[Staged]) -> None:
+    """Stage several events in one statement (a batch's), each with its own trace."""
+    if staged:
+        await cur.executemany(_INSERT, [s.row(producer) for s in staged])
 
 
 class OutboxRelay(BackgroundLoop):
     """Publishes one producer's pending rows; woken after each commit, polls as a backstop."""
+
+    #: The backlog gauges cost a query: refreshed at most this often, not per wake-up.
+    backlog_interval_s = 1.0
 
     def __init__(
         self,
@@ -64,6 +87,7 @@ class OutboxRelay(BackgroundLoop):
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
+        self._backlog_updated = -math.inf
         self.task_name = f"outbox-relay-{producer}"
 
     def wake(self) -> None:
@@ -73,7 +97,10 @@ class OutboxRelay(BackgroundLoop):
         while True:
             try:
                 published = await self.relay_once()
-                await self._update_backlog()
+                now = time.monotonic()
+                if now - self._backlog_updated >= self.backlog_interval_s:
+                    await self._update_backlog()
+                    self._backlog_updated = now
             except Exception as exc:  # broker or DB down: try again on the next tick
                 log.warning("outbox_relay_failed", producer=self.producer, error=repr(exc))
                 published = 0
@@ -138,4 +165,4 @@ class OutboxRelay(BackgroundLoop):
         metrics.OUTBOX_OLDEST_AGE.labels(self.producer).set((row["age"] or 0) / 1e6)
 
 
-__all__ = ["OutboxRelay", "add", "envelope_message"]
+__all__ = ["OutboxRelay", "Staged", "add", "add_many", "envelope_message"]

@@ -125,6 +125,15 @@ class BaseServiceSettings(BaseSettings):
         return (init_settings, env_settings, _FileSecretsSource(settings_cls))
 
 
+class ConsumerSettings(BaseSettings):
+    """Mixin of the services that consume a durable queue into MySQL."""
+
+    #: Deliveries the broker hands over before any is acked.
+    consumer_prefetch: int = Field(128, ge=1, le=10_000)
+    #: Messages applied together in one transaction at the most (batching.py).
+    consumer_batch_max: int = Field(64, ge=1, le=1_000)
+
+
 class CatalogSettings(BaseSettings):
     """Mixin: ``PACKAGE_CATALOG`` (JSON) overrides the built-in package catalog."""
 

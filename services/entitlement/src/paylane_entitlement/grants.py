@@ -7,16 +7,17 @@ hold even when an ``order.paid`` arrives under another event id (a replay, a rep
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiomysql
 import structlog
 
 from paylane_common import events, inbox, outbox
+from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.catalog import STATUS_RANK, Package
 from paylane_common.consumer import Reject, Retry
-from paylane_common.db import is_duplicate_key, transaction
+from paylane_common.db import is_duplicate_key, placeholders, transaction
 from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded, make_event
 
 log = structlog.get_logger(__name__)
@@ -34,12 +35,12 @@ class EntitlementApplier:
         catalog: dict[str, Package],
         on_commit: Callable[[], None] | None = None,
     ):
-        self._pool = pool
+        self.pool = pool
         self._catalog = catalog
         self._on_commit = on_commit
 
     async def __call__(self, envelope: Envelope, data: Any) -> str:
-        async with transaction(self._pool) as cur:
+        async with transaction(self.pool) as cur:
             if not await inbox.claim(cur, CONSUMER, envelope.event_id):
                 return "duplicate"
             if isinstance(data, OrderPaid):
@@ -48,9 +49,87 @@ class EntitlementApplier:
                 outcome = await self._revoke(cur, envelope, data)
             else:
                 raise Reject(f"{envelope.type} is not for the entitlement service")
-        if outcome in ("granted", "revoked") and self._on_commit is not None:
-            self._on_commit()
+        self.after_commit([outcome])
         return outcome
+
+    def after_commit(self, outcomes: Sequence[str]) -> None:
+        if self._on_commit is not None and ("granted" in outcomes or "revoked" in outcomes):
+            self._on_commit()
+
+    async def apply_batch(
+        self, cur: aiomysql.Cursor, items: Sequence[BatchItem]
+    ) -> list[str | None]:
+        """Many grants in set-based statements (batching.py): first deliveries of
+        ``order.paid`` for known users and packages whose order has not granted yet.
+        Revocations and everything else are left to ``__call__``, one by one."""
+        outcomes: list[str | None] = [None] * len(items)
+        fresh = await first_deliveries(cur, CONSUMER, items, outcomes, OrderPaid)
+        fresh = [(i, it) for i, it in fresh if it.data.package_type in self._catalog]
+        if not fresh:
+            return outcomes
+        nos = sorted({it.data.out_trade_no for _, it in fresh})
+        await cur.execute(
+            "SELECT out_trade_no FROM entitlement_grants"
+            f" WHERE out_trade_no IN ({placeholders(len(nos))})",
+            nos,
+        )
+        granted = {row["out_trade_no"] for row in await cur.fetchall()}
+        # Users locked in id order, as one grant would lock its user first.
+        user_ids = sorted({it.data.user_id for _, it in fresh})
+        await cur.execute(
+            "SELECT id, payment_status, regenerate_count FROM users"
+            f" WHERE id IN ({placeholders(len(user_ids))}) ORDER BY id FOR UPDATE",
+            user_ids,
+        )
+        users = {row["id"]: dict(row) for row in await cur.fetchall()}
+        grants, staged, inbox_ids = [], [], []
+        for i, it in fresh:
+            data: OrderPaid = it.data
+            user = users.get(data.user_id)
+            if user is None or data.out_trade_no in granted:
+                continue  # unknown user (retried) or already granted: one by one
+            granted.add(data.out_trade_no)
+            package = self._catalog[data.package_type]
+            before = user["payment_status"]
+            user["payment_status"] = max(
+                before, package.payment_status, key=STATUS_RANK.__getitem__
+            )
+            user["regenerate_count"] += package.regenerate_grant
+            grants.append(
+                (
+                    data.out_trade_no,
+                    data.user_id,
+                    package.name,
+                    package.regenerate_grant,
+                    before,
+                    user["payment_status"],
+                )
+            )
+            inbox_ids.append(it.envelope.event_id)
+            it.bind()
+            staged.append(outbox.Staged(_entitlement(events.ENTITLEMENT_GRANTED, data, user)))
+            log.info("entitlement_granted", user_id=data.user_id, package=package.name)
+            outcomes[i] = "granted"
+        if not grants:
+            return outcomes
+        await inbox.claim_many(cur, CONSUMER, inbox_ids)
+        await cur.executemany(_GRANT_INSERT, grants)
+        changed = sorted({g[1] for g in grants})
+        await cur.execute(
+            "UPDATE users u JOIN ("
+            + " UNION ALL ".join(
+                ["SELECT %s AS id, %s AS payment_status, %s AS regenerate_count"] * len(changed)
+            )
+            + ") v ON v.id = u.id"
+            " SET u.payment_status = v.payment_status, u.regenerate_count = v.regenerate_count",
+            [
+                value
+                for uid in changed
+                for value in (uid, users[uid]["payment_status"], users[uid]["regenerate_count"])
+            ],
+        )
+        await outbox.add_many(cur, PRODUCER, staged)
+        return outcomes
 
     async def _grant(self, cur: aiomysql.Cursor, envelope: Envelope, data: OrderPaid) -> str:
         package = self._catalog.get(data.package_type)
@@ -68,9 +147,7 @@ class EntitlementApplier:
         after = max(before, package.payment_status, key=STATUS_RANK.__getitem__)
         try:
             await cur.execute(
-                "INSERT INTO entitlement_grants (out_trade_no, user_id, package_type,"
-                " regenerate_granted, status_before, status_after)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
+                _GRANT_INSERT,
                 (
                     data.out_trade_no,
                     data.user_id,
@@ -152,3 +229,21 @@ class EntitlementApplier:
             regenerate_count=user["regenerate_count"],
         )
         await outbox.add(cur, PRODUCER, make_event(event_type, data))
+
+
+_GRANT_INSERT = (
+    "INSERT INTO entitlement_grants (out_trade_no, user_id, package_type,"
+    " regenerate_granted, status_before, status_after) VALUES (%s, %s, %s, %s, %s, %s)"
+)
+
+
+def _entitlement(event_type: str, data: OrderPaid, user: dict[str, Any]) -> Envelope:
+    return make_event(
+        event_type,
+        Entitlement(
+            user_id=data.user_id,
+            out_trade_no=data.out_trade_no,
+            payment_status=user["payment_status"],
+            regenerate_count=user["regenerate_count"],
+        ),
+    )

@@ -30,6 +30,7 @@ def build_app(settings: EntitlementSettings) -> web.Application:
             app[DB_POOL], settings.catalog, on_commit=app[OUTBOX_RELAY].wake
         ),
         outbox_producer=PRODUCER,
+        settings=settings,
     )
     return app
 

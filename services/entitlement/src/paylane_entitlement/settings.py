@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from paylane_common.settings import BaseServiceSettings, CatalogSettings
+from paylane_common.settings import BaseServiceSettings, CatalogSettings, ConsumerSettings
 
 
-class EntitlementSettings(BaseServiceSettings, CatalogSettings):
+class EntitlementSettings(BaseServiceSettings, ConsumerSettings, CatalogSettings):
     http_port: int = Field(8082, ge=1, le=65535)

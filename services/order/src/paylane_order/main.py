@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import aiomysql
 from aiohttp import web
 
-from paylane_common.consumer import Handler, Reject
+from paylane_common.batching import BatchItem
+from paylane_common.consumer import Reject
 from paylane_common.events import Envelope, PaymentSucceeded, RefundEvent
 from paylane_common.merchant_api import MERCHANT_SIGNER, WECHATPAY_CLIENT, use_wechatpay_client
 from paylane_common.service import (
@@ -34,7 +36,32 @@ from .settings import OrderSettings
 RECONCILER = web.AppKey("reconciler", Reconciler)
 
 
-def build_handler(app: web.Application, settings: OrderSettings) -> Handler:
+class OrderEvents:
+    """The order consumer's handler: payments (one by one, or the plain ones in batches)
+    and refund events (one by one)."""
+
+    def __init__(self, payments: PaymentApplier, refunds: RefundApplier):
+        self.pool = payments.pool
+        self._payments = payments
+        self._refunds = refunds
+
+    async def __call__(self, envelope: Envelope, data: Any) -> str:
+        if isinstance(data, PaymentSucceeded):
+            return await self._payments(envelope, data)
+        if isinstance(data, RefundEvent):
+            return await self._refunds(envelope, data)
+        raise Reject(f"{envelope.type} is not for the order service")
+
+    async def apply_batch(
+        self, cur: aiomysql.Cursor, items: Sequence[BatchItem]
+    ) -> list[str | None]:
+        return await self._payments.apply_batch(cur, items)
+
+    def after_commit(self, outcomes: Sequence[str]) -> None:
+        self._payments.after_commit(outcomes)
+
+
+def build_handler(app: web.Application, settings: OrderSettings) -> OrderEvents:
     client = app[WECHATPAY_CLIENT]
     wake = app[OUTBOX_RELAY].wake
     payments = PaymentApplier(
@@ -43,16 +70,7 @@ def build_handler(app: web.Application, settings: OrderSettings) -> Handler:
         on_commit=wake,
         confirm=lambda data: confirm_payment(client, data),
     )
-    refunds = RefundApplier(app[DB_POOL], on_commit=wake)
-
-    async def handle(envelope: Envelope, data: Any) -> str:
-        if isinstance(data, PaymentSucceeded):
-            return await payments(envelope, data)
-        if isinstance(data, RefundEvent):
-            return await refunds(envelope, data)
-        raise Reject(f"{envelope.type} is not for the order service")
-
-    return handle
+    return OrderEvents(payments, RefundApplier(app[DB_POOL], on_commit=wake))
 
 
 def build_app(settings: OrderSettings) -> web.Application:
@@ -94,7 +112,11 @@ def build_app(settings: OrderSettings) -> web.Application:
 
     app.cleanup_ctx.append(orders_ctx)
     use_consumer(
-        app, ORDER_PAYMENTS, lambda app: build_handler(app, settings), outbox_producer=PRODUCER
+        app,
+        ORDER_PAYMENTS,
+        lambda app: build_handler(app, settings),
+        outbox_producer=PRODUCER,
+        settings=settings,
     )
     api.add_routes(app)
     return app

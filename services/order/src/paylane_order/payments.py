@@ -7,7 +7,7 @@ UPDATE that changed nothing ran into.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +16,9 @@ import aiomysql
 import structlog
 
 from paylane_common import events, inbox, outbox
+from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.consumer import Reject, Retry
-from paylane_common.db import transaction
+from paylane_common.db import placeholders, transaction
 from paylane_common.events import Envelope, OrderPaid, PaymentSucceeded, make_event
 
 log = structlog.get_logger(__name__)
@@ -50,7 +51,7 @@ class PaymentApplier:
         on_commit: Callable[[], None] | None = None,
         confirm: Confirm | None = None,
     ):
-        self._pool = pool
+        self.pool = pool
         self._merchant = merchant
         self._on_commit = on_commit
         self._confirm = confirm
@@ -61,13 +62,83 @@ class PaymentApplier:
             if self._confirm is None:
                 raise Reject("payment without amount and no WeChat Pay client to confirm it")
             data = await self._confirm(data)
-        async with transaction(self._pool) as cur:
+        async with transaction(self.pool) as cur:
             if not await inbox.claim(cur, CONSUMER, envelope.event_id):
                 return "duplicate"
             outcome = await self._apply(cur, envelope, data)
-        if outcome == "paid" and self._on_commit is not None:
-            self._on_commit()
+        self.after_commit([outcome])
         return outcome
+
+    def after_commit(self, outcomes: Sequence[str]) -> None:
+        if "paid" in outcomes and self._on_commit is not None:
+            self._on_commit()
+
+    async def apply_batch(
+        self, cur: aiomysql.Cursor, items: Sequence[BatchItem]
+    ) -> list[str | None]:
+        """The steady state of many payments in set-based statements (batching.py): first
+        deliveries of matching payments for pending (or closed) orders. Everything else
+        is left to ``__call__``, one by one."""
+        outcomes: list[str | None] = [None] * len(items)
+        fresh = await first_deliveries(cur, CONSUMER, items, outcomes, PaymentSucceeded)
+        # Amount-less internal notifies need WeChat Pay's word first: left alone.
+        fresh = [(i, it) for i, it in fresh if it.data.amount_total is not None]
+        if not fresh:
+            return outcomes
+        nos = sorted({it.data.out_trade_no for _, it in fresh})
+        await cur.execute(
+            f"SELECT {_ORDER_COLUMNS} FROM payment_orders"
+            f" WHERE out_trade_no IN ({placeholders(len(nos))}) FOR UPDATE",
+            nos,
+        )
+        orders = {row["out_trade_no"]: row for row in await cur.fetchall()}
+        plain: list[tuple[int, BatchItem, dict[str, Any], datetime]] = []
+        for i, it in fresh:
+            order = orders.pop(it.data.out_trade_no, None)  # pop: one payment per order
+            if (
+                order is not None
+                and order["status"] in ("pending", "closed")
+                and self._mismatch(order, it.data) is None
+            ):
+                plain.append((i, it, order, _paid_at(it.data.success_time)))
+        if not plain:
+            return outcomes
+        await inbox.claim_many(cur, CONSUMER, [it.envelope.event_id for _, it, _, _ in plain])
+        await cur.execute(
+            "UPDATE payment_orders o JOIN ("
+            + " UNION ALL ".join(
+                ["SELECT %s AS out_trade_no, %s AS transaction_id, %s AS paid_at, %s AS openid"]
+                * len(plain)
+            )
+            + ") v ON v.out_trade_no = o.out_trade_no"
+            " SET o.status = 'paid', o.transaction_id = v.transaction_id,"
+            " o.paid_at = v.paid_at, o.openid = COALESCE(o.openid, v.openid)"
+            " WHERE o.status IN ('pending', 'closed')",
+            [
+                value
+                for _, it, _, paid_at in plain
+                for value in (it.data.out_trade_no, it.data.transaction_id, paid_at, it.data.openid)
+            ],
+        )
+        if cur.rowcount != len(plain):  # the rows are locked: cannot happen, but never guess
+            raise RuntimeError(f"batch paid {cur.rowcount} of {len(plain)} locked orders")
+        staged = []
+        for i, it, order, paid_at in plain:
+            it.bind()
+            late = order["status"] == "closed"
+            staged.append(outbox.Staged(_order_paid(it.data, order, paid_at)))
+            log.info("order_paid", late=late, source=it.data.source)
+            outcomes[i] = "paid"
+        await cur.executemany(
+            _LOG_INSERT,
+            [
+                _log_row(it.envelope, it.data, "paid", "paid after close" if late else None)
+                for _, it, order, _ in plain
+                for late in (order["status"] == "closed",)
+            ],
+        )
+        await outbox.add_many(cur, PRODUCER, staged)
+        return outcomes
 
     async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: PaymentSucceeded) -> str:
         order = await _load(cur, data.out_trade_no)
@@ -89,20 +160,7 @@ class PaymentApplier:
             if cur.rowcount == 1:
                 late = order["status"] == "closed"
                 await _log(cur, envelope, data, "paid", "paid after close" if late else None)
-                await outbox.add(
-                    cur,
-                    PRODUCER,
-                    make_event(
-                        events.ORDER_PAID,
-                        OrderPaid(
-                            out_trade_no=data.out_trade_no,
-                            user_id=order["user_id"],
-                            package_type=order["package_type"],
-                            amount_total=order["amount_total"],
-                            paid_at=paid_at.replace(tzinfo=UTC).isoformat(),
-                        ),
-                    ),
-                )
+                await outbox.add(cur, PRODUCER, _order_paid(data, order, paid_at))
                 log.info("order_paid", late=late, source=data.source)
                 return "paid"
             # Someone else moved the row since we read it: classify what it is now.
@@ -156,17 +214,52 @@ class PaymentApplier:
         return "needs_review"
 
 
+_ORDER_COLUMNS = (
+    "out_trade_no, user_id, package_type, amount_total, currency, status, transaction_id, appid"
+)
+_LOG_INSERT = (
+    "INSERT INTO payment_logs (out_trade_no, event_id, kind, transaction_id, amount_total,"
+    " source, detail) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def _order_paid(data: PaymentSucceeded, order: dict[str, Any], paid_at: datetime) -> Envelope:
+    return make_event(
+        events.ORDER_PAID,
+        OrderPaid(
+            out_trade_no=data.out_trade_no,
+            user_id=order["user_id"],
+            package_type=order["package_type"],
+            amount_total=order["amount_total"],
+            paid_at=paid_at.replace(tzinfo=UTC).isoformat(),
+        ),
+    )
+
+
 async def _load(
     cur: aiomysql.Cursor, out_trade_no: str, lock: bool = False
 ) -> dict[str, Any] | None:
     await cur.execute(
-        "SELECT out_trade_no, user_id, package_type, amount_total, currency, status,"
-        " transaction_id, appid FROM payment_orders WHERE out_trade_no = %s"
+        f"SELECT {_ORDER_COLUMNS} FROM payment_orders WHERE out_trade_no = %s"
         + (" FOR UPDATE" if lock else ""),
         (out_trade_no,),
     )
     row: dict[str, Any] | None = await cur.fetchone()
     return row
+
+
+def _log_row(
+    envelope: Envelope, data: PaymentSucceeded, kind: str, detail: str | None
+) -> tuple[Any, ...]:
+    return (
+        data.out_trade_no,
+        envelope.event_id,
+        kind,
+        data.transaction_id,
+        data.amount_total,
+        data.source,
+        detail,
+    )
 
 
 async def _log(
@@ -176,19 +269,7 @@ async def _log(
     kind: str,
     detail: str | None,
 ) -> None:
-    await cur.execute(
-        "INSERT INTO payment_logs (out_trade_no, event_id, kind, transaction_id, amount_total,"
-        " source, detail) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (
-            data.out_trade_no,
-            envelope.event_id,
-            kind,
-            data.transaction_id,
-            data.amount_total,
-            data.source,
-            detail,
-        ),
-    )
+    await cur.execute(_LOG_INSERT, _log_row(envelope, data, kind, detail))
 
 
 def _paid_at(success_time: str | None) -> datetime:

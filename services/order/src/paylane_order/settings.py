@@ -5,10 +5,15 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 
 from paylane_common.merchant_api import MerchantApiSettings
-from paylane_common.settings import BaseServiceSettings, CatalogSettings, TokenSecret
+from paylane_common.settings import (
+    BaseServiceSettings,
+    CatalogSettings,
+    ConsumerSettings,
+    TokenSecret,
+)
 
 
-class OrderSettings(BaseServiceSettings, CatalogSettings, MerchantApiSettings):
+class OrderSettings(BaseServiceSettings, ConsumerSettings, CatalogSettings, MerchantApiSettings):
     http_port: int = Field(8081, ge=1, le=65535)
     #: A payment for another merchant or app is flagged for review, never granted.
     wechatpay_appid: str = Field(min_length=1)

@@ -1,0 +1,102 @@
+"""Grants applied in batches (paylane_common.batching) on the real database: several
+orders of one user in one transaction, each event with the plan as it stood after that
+grant, and everything not plain left to the one-by-one path."""
+
+from __future__ import annotations
+
+import json
+
+import aiomysql
+import pytest
+
+from paylane_common import events, tracing
+from paylane_common.batching import BatchItem
+from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.consumer import Retry
+from paylane_common.db import transaction
+from paylane_common.events import Envelope, OrderRefunded, make_event
+from paylane_entitlement.grants import EntitlementApplier
+from services.entitlement.tests.test_grants import _paid, _state, _user
+
+pytestmark = pytest.mark.integration
+
+
+def _item(envelope: Envelope, data: object) -> BatchItem:
+    return BatchItem(envelope, data, lambda: tracing.begin(f"trace-{envelope.event_id}", "c"))
+
+
+async def _batch(pool: aiomysql.Pool, applier: EntitlementApplier, deliveries):
+    async with transaction(pool) as cur:
+        return await applier.apply_batch(cur, [_item(e, d) for e, d in deliveries])
+
+
+async def _granted_events(pool: aiomysql.Pool, user_id: int) -> list[tuple[str, int, str]]:
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "SELECT payload, headers FROM outbox WHERE routing_key = 'entitlement.granted'"
+            " AND payload LIKE %s ORDER BY id",
+            (f'%"user_id":{user_id},%',),
+        )
+        rows = await cur.fetchall()
+    out = []
+    for row in rows:
+        data = json.loads(row["payload"])["data"]
+        trace = json.loads(row["headers"])[tracing.TRACE_HEADER]
+        out.append((data["payment_status"], data["regenerate_count"], trace))
+    return out
+
+
+async def test_a_batch_grants_several_orders_of_one_user_in_turn(db_pool):
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    user_id, other = await _user(db_pool), await _user(db_pool, "premium", 10)
+    deliveries = [
+        _paid(user_id, "basic"),
+        _paid(other, "basic"),
+        _paid(user_id, "premium"),
+        _paid(user_id, "basic"),
+    ]
+    assert await _batch(db_pool, applier, deliveries) == ["granted"] * 4
+    assert await _state(db_pool, user_id) == ("premium", 3 + 20 + 100 + 20)
+    assert await _state(db_pool, other) == ("premium", 30)  # never lowered
+    traces = [f"trace-{deliveries[i][0].event_id}" for i in (0, 2, 3)]
+    assert await _granted_events(db_pool, user_id) == [
+        ("basic", 23, traces[0]),
+        ("premium", 123, traces[1]),
+        ("premium", 143, traces[2]),
+    ]
+    # Delivered again (a redelivery after a lost ack): the inbox answers.
+    assert await _batch(db_pool, applier, deliveries[:2]) == ["duplicate", "duplicate"]
+    assert await _state(db_pool, user_id) == ("premium", 143)
+
+
+async def test_a_batch_leaves_what_is_not_plain_to_the_one_by_one_path(db_pool):
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    user_id = await _user(db_pool)
+    granted_before = _paid(user_id, "basic")
+    await applier(*granted_before)
+    again = _paid(user_id, "basic", out_trade_no=granted_before[1].out_trade_no)  # new event id
+    unknown_user = _paid(2_000_000_000, "basic")
+    refund = OrderRefunded(
+        out_trade_no=granted_before[1].out_trade_no,
+        user_id=user_id,
+        package_type="basic",
+        amount_refund=990,
+        full=True,
+    )
+    fresh = _paid(user_id, "premium")
+    deliveries = [
+        again,
+        unknown_user,
+        (make_event(events.ORDER_REFUNDED, refund), refund),
+        fresh,
+        fresh,  # the same event twice in one batch
+    ]
+    assert await _batch(db_pool, applier, deliveries) == [None, None, None, "granted", None]
+    assert await _state(db_pool, user_id) == ("premium", 123)
+
+    assert await applier(*deliveries[0]) == "duplicate"  # the order granted already
+    with pytest.raises(Retry):
+        await applier(*deliveries[1])
+    assert await applier(*deliveries[2]) == "revoked"  # the basic order's grant only
+    assert await applier(*deliveries[4]) == "duplicate"
+    assert await _state(db_pool, user_id) == ("premium", 103)
