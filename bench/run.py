@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from paylane_common import db
 from paylane_common.tokens import issue_client_token
@@ -271,7 +272,7 @@ def cli() -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args()
     os.environ.setdefault("LOG_FORMAT", "json")
-    sys.exit(asyncio.run(main(args.quick)))
+    sys.exit(uvloop.run(main(args.quick)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 #: Keys whose values never reach a log line (secrets and decrypted payer data).
@@ -63,6 +64,12 @@ def redact(
     return event_dict
 
 
+def _dumps(value: Any, **kw: Any) -> str:
+    """orjson for the JSON lines (UTF-8, non-ASCII kept): a log line per message is on
+    every service's hot path."""
+    return orjson.dumps(value, default=kw.get("default")).decode()
+
+
 def configure_logging(
     fmt: str | None = None,
     level: int = logging.INFO,
@@ -84,7 +91,7 @@ def configure_logging(
     renderer: Any = (
         structlog.dev.ConsoleRenderer()
         if fmt == "console"
-        else structlog.processors.JSONRenderer(ensure_ascii=False)
+        else structlog.processors.JSONRenderer(serializer=_dumps)
     )
     structlog.configure(
         processors=[

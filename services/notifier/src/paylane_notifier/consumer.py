@@ -7,8 +7,10 @@ is declared on a channel of the robust connection: after a broker reconnect aio-
 declares, binds and consumes it again; events published while the connection was down
 never reached it, so every connected client then gets a fresh snapshot (``Hub.resync``).
 
-The notifier owns no durable state: a message is acked once handed to the hub, and an
-invalid one is logged and acked (nothing to dead-letter, nobody to retry for).
+The notifier owns no durable state and its queue dies with it, so it consumes without
+acknowledgements (``no_ack``): a delivered message is handed to the hub at once, and an
+invalid one is logged (nothing to dead-letter, nobody to retry for). Acks would cost the
+broker and this process a frame per event and protect nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from .messages import from_event
 
 log = structlog.get_logger(__name__)
 
-PREFETCH = 256
 #: Label of ``paylane_consumer_messages_total`` for every replica's queue.
 METRICS_QUEUE = "notifier"
 
@@ -62,7 +63,6 @@ class EventConsumer:
 
     async def start(self) -> None:
         self._channel = await self._connection.channel()
-        await self._channel.set_qos(prefetch_count=PREFETCH)
         exchange = await declare_exchange(self._channel)
         self._queue = await self._channel.declare_queue(
             self.queue_name,
@@ -73,7 +73,7 @@ class EventConsumer:
         )
         for key in NOTIFIER_KEYS:
             await self._queue.bind(exchange, routing_key=key)
-        self._tag = await self._queue.consume(self._on_message)
+        self._tag = await self._queue.consume(self._on_message, no_ack=True)
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         log.info("consumer_started", queue=self.queue_name, routing_keys=list(NOTIFIER_KEYS))
 
@@ -96,10 +96,6 @@ class EventConsumer:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         outcome = self.handle(message)
         CONSUMER_MESSAGES.labels(METRICS_QUEUE, outcome).inc()
-        try:
-            await message.ack()
-        except Exception as exc:  # channel lost: the message is gone with the queue
-            log.warning("ack_failed", error=repr(exc))
 
     def handle(self, message: AbstractIncomingMessage) -> str:
         """Hand one event to the hub (never waits); returns the outcome label."""
