@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import urlsplit
 
 Request = tuple[dict[str, str], bytes]
@@ -58,16 +59,31 @@ class Result:
         }
 
 
-def render(url: str, requests: Sequence[Request]) -> tuple[str, int, list[bytes]]:
-    """``(host, port, [raw request])``: each a keep-alive ``POST`` of its body."""
+def render(url: str, request: Request) -> bytes:
+    """A keep-alive ``POST`` of the request's body to ``url``, as bytes."""
     parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    head = f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-    raw = []
-    for headers, body in requests:
-        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        raw.append(f"{head}{lines}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    return host, port, raw
+    headers, body = request
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{lines}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _targets(
+    urls: str | Sequence[str], requests: Sequence[Request], limit: int
+) -> list[tuple[_Connections, bytes]]:
+    """Each request rendered for its target, round-robin over ``urls`` (replicas, as a
+    load balancer would spread them), with a connection pool per target."""
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    pools = []
+    for url in urls:
+        parts = urlsplit(url)
+        pools.append(_Connections(parts.hostname or "127.0.0.1", parts.port or 80, limit))
+    return [
+        (pools[i % len(urls)], render(urls[i % len(urls)], request))
+        for i, request in enumerate(requests)
+    ]
 
 
 class _Connection(asyncio.Protocol):
@@ -80,8 +96,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -114,54 +129,76 @@ class _Connection(asyncio.Protocol):
 
 
 class _Connections:
-    def __init__(self, host: str, port: int):
+    """Keep-alive connections, at most ``limit`` (as a client's connection pool): a
+    request waits for a free one, its latency still counted from its scheduled time."""
+
+    def __init__(self, host: str, port: int, limit: int):
         self._host, self._port = host, port
         self._idle: deque[_Connection] = deque()
+        self._free = asyncio.Semaphore(limit)
 
     async def take(self) -> _Connection:
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed:
-                return conn
-        _, conn = await asyncio.get_running_loop().create_connection(
-            _Connection, self._host, self._port
-        )
+        await self._free.acquire()
+        try:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn
+            _, conn = await asyncio.get_running_loop().create_connection(
+                _Connection, self._host, self._port
+            )
+        except BaseException:
+            self._free.release()
+            raise
         return conn
 
     def give_back(self, conn: _Connection) -> None:
         if not conn.closed:
             self._idle.append(conn)
+        self._free.release()
 
 
 async def _one(pool: _Connections, raw: bytes, started: float, result: Result) -> None:
     try:
         conn = await pool.take()
+    except OSError:
+        result.errors += 1
+        return
+    try:
         async with asyncio.timeout(TIMEOUT_S):
             status = await conn.send(raw)
     except (OSError, TimeoutError):
         result.errors += 1
+        conn.closed = True  # its answer may still come: never reuse it
         return
+    finally:
+        pool.give_back(conn)
     result.latencies_s.append(time.perf_counter() - started)
     result.statuses[status] = result.statuses.get(status, 0) + 1
-    pool.give_back(conn)
 
 
-async def open_loop(url: str, requests: Sequence[Request], rate: float) -> Result:
+async def open_loop(
+    urls: str | Sequence[str],
+    requests: Sequence[Request],
+    rate: float,
+    *,
+    connections: int = 256,
+) -> Result:
     """Send ``requests`` at ``rate``/s; each latency counts from its scheduled time."""
-    host, port, raw = render(url, requests)
-    pool = _Connections(host, port)
+    targets = _targets(urls, requests, connections)
     result = Result()
     tasks = []
     start = time.perf_counter()
     i = 0
-    while i < len(raw):
+    while i < len(targets):
         now = time.perf_counter()
         # Everything due by now goes out (a late wake-up sends a burst, as clients would).
-        while i < len(raw) and start + i / rate <= now:
-            tasks.append(asyncio.create_task(_one(pool, raw[i], start + i / rate, result)))
+        while i < len(targets) and start + i / rate <= now:
+            pool, raw = targets[i]
+            tasks.append(asyncio.create_task(_one(pool, raw, start + i / rate, result)))
             i += 1
         result.sent = i
-        if i < len(raw):
+        if i < len(targets):
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
     await asyncio.gather(*tasks)
     result.duration_s = time.perf_counter() - start
@@ -169,22 +206,25 @@ async def open_loop(url: str, requests: Sequence[Request], rate: float) -> Resul
 
 
 async def closed_loop(
-    url: str, requests: Sequence[Request], *, concurrency: int = 64, seconds: float = 10.0
+    urls: str | Sequence[str],
+    requests: Sequence[Request],
+    *,
+    concurrency: int = 64,
+    seconds: float = 10.0,
 ) -> Result:
     """``concurrency`` workers send back to back for ``seconds``: acknowledged/s."""
-    host, port, raw = render(url, requests)
-    pool = _Connections(host, port)
+    targets = _targets(urls, requests, concurrency)
     result = Result()
     index = 0
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
         nonlocal index
-        while time.perf_counter() < deadline and index < len(raw):
-            request = raw[index]
+        while time.perf_counter() < deadline and index < len(targets):
+            pool, raw = targets[index]
             index += 1
             result.sent += 1
-            await _one(pool, request, time.perf_counter(), result)
+            await _one(pool, raw, time.perf_counter(), result)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))

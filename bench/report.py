@@ -24,11 +24,12 @@ def markdown(results: dict[str, Any]) -> str:
         )
 
     ingress = results.get("ingress_alone", {})
-    if "saturation" in ingress:
-        row("ingress alone, saturation (64 concurrent)", "max", ingress["saturation"])
-    for key, r in ingress.items():
-        if key.startswith("rate_"):
-            row("ingress alone", f"{key[5:]}/s", r)
+    for prefix, who in (("", "ingress alone"), ("x2_", "ingress alone, 2 replicas")):
+        if f"{prefix}saturation" in ingress:
+            row(f"{who}, saturation (64 concurrent)", "max", ingress[f"{prefix}saturation"])
+        for key, r in ingress.items():
+            if key.startswith(f"{prefix}rate_"):
+                row(who, f"{key[len(prefix) + 5 :]}/s", r)
     e2e = results.get("end_to_end", {})
     for key, r in e2e.items():
         if key.startswith("rate_"):
@@ -85,6 +86,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for p in ("p50_ms", "p95_ms", "p99_ms"):
         axes[0].plot(
             rates, [ingress[f"rate_{r}"][p] for r in rates], marker="o", label=f"ingress {p[:3]}"
+        )
+    rates2 = sorted(int(k[8:]) for k in ingress if k.startswith("x2_rate_"))
+    if rates2:
+        axes[0].plot(
+            rates2,
+            [ingress[f"x2_rate_{r}"]["p99_ms"] for r in rates2],
+            marker="s",
+            label="2 ingress replicas p99",
         )
     base = results.get("baseline", {})
     brates = sorted(

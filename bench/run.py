@@ -95,8 +95,8 @@ async def _quiesce(env: setup.BenchEnv, timeout_s: float = 180.0) -> None:
 
 
 async def ingress_alone(stack: Stack, env: setup.BenchEnv, quick: bool) -> dict[str, Any]:
-    ingress = stack.services["ingress"]
-    url = f"{ingress.url}/notify/wechatpay"
+    """One ingress, then two replicas (as two pods behind a Service: requests spread
+    round-robin), each at saturation and at fixed rates."""
     w = env.wechat
     pool_size = 500 if quick else 2000
     resources = [transaction(w.appid, w.mchid, f"BA{i:010d}", 2990) for i in range(pool_size)]
@@ -107,13 +107,19 @@ async def ingress_alone(stack: Stack, env: setup.BenchEnv, quick: bool) -> dict[
         return [signed[i % len(signed)] for i in range(n)]
 
     out: dict[str, Any] = {}
-    saturation = await closed_loop(url, cycle(200_000), concurrency=64, seconds=seconds)
-    out["saturation"] = saturation.summary()
-    setup.purge(env, "order.payments")
-    for rate in (200, 500, 1000, 2000):
-        result = await open_loop(url, cycle(int(rate * seconds)), rate)
-        out[f"rate_{rate}"] = result.summary()
+    replicas = [stack.services["ingress"]]
+    for count, prefix in ((1, ""), (2, "x2_")):
+        if count == 2:
+            replicas.append(await stack.start("ingress", alias="ingress-2"))
+        urls = [f"{r.url}/notify/wechatpay" for r in replicas]
+        saturation = await closed_loop(urls, cycle(200_000), concurrency=64, seconds=seconds)
+        out[f"{prefix}saturation"] = saturation.summary()
         setup.purge(env, "order.payments")
+        for rate in (200, 500, 1000, 2000):
+            result = await open_loop(urls, cycle(int(rate * seconds)), rate)
+            out[f"{prefix}rate_{rate}"] = result.summary()
+            setup.purge(env, "order.payments")
+    await stack.stop("ingress-2")
     return out
 
 
