@@ -34,6 +34,10 @@ def markdown(results: dict[str, Any]) -> str:
     for key, r in e2e.items():
         if key.startswith("rate_"):
             row("end to end: acks", f"{key[5:]}/s", r["acks"])
+    if "prioritized_rate_1000" in e2e:
+        row(
+            "end to end: acks, consumers at nice 10", "1000/s", e2e["prioritized_rate_1000"]["acks"]
+        )
     if "duplicates_500" in e2e:
         row("duplicates (already applied)", "500/s", e2e["duplicates_500"])
     base = results.get("baseline", {})
@@ -48,9 +52,10 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in e2e.items():
-        if key.startswith("rate_"):
+        if key.startswith(("rate_", "prioritized_rate_")):
+            label = f"{key.rpartition('_')[2]}/s" + (", nice" if key.startswith("prio") else "")
             lines.append(
-                f"| {key[5:]}/s | {r['orders']} | {r['pushed_order_paid']} |"
+                f"| {label} | {r['orders']} | {r['pushed_order_paid']} |"
                 f" {r['notify_to_push_p50_ms']} | {r['notify_to_push_p95_ms']} |"
                 f" {r['notify_to_push_p99_ms']} | {r['granted_p99_ms']} |"
                 f" {r['drain_after_last_send_s']} | {r['backlog_growth']} | {r['rss_mib']} |"
