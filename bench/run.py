@@ -94,6 +94,17 @@ async def _quiesce(env: setup.BenchEnv, timeout_s: float = 180.0) -> None:
         await asyncio.sleep(1)
 
 
+async def _purged(env: setup.BenchEnv, queue: str, timeout_s: float = 60.0) -> None:
+    """Purge ``queue`` until it stays empty (bounded)."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        await asyncio.to_thread(setup.purge, env, queue)
+        if not (await asyncio.to_thread(setup.queue_depths, env)).get(queue):
+            return
+        await asyncio.sleep(1)
+    raise RuntimeError(f"{queue} would not stay empty")
+
+
 async def ingress_alone(stack: Stack, env: setup.BenchEnv, quick: bool) -> dict[str, Any]:
     """One ingress, then two replicas (as two pods behind a Service: requests spread
     round-robin), each at saturation and at fixed rates."""
@@ -152,6 +163,18 @@ async def end_to_end(stack: Stack, env: setup.BenchEnv, pool: Any, quick: bool) 
     return out
 
 
+def _notifications(env: setup.BenchEnv, orders: list[tuple[str, int]]) -> list[Any]:
+    """A signed payment notification for each order, at its amount (2990: premium)."""
+    w = env.wechat
+    return presign(
+        w.platform_private_key_pem,
+        w.apiv3_key,
+        w.public_key_id,
+        w.mchid,
+        [transaction(w.appid, w.mchid, no, 2990) for no, _ in orders],
+    )
+
+
 async def _restart_consumers(stack: Stack, prefix: list[str]) -> None:
     for name in ("order", "entitlement", "notifier"):
         await stack.stop(name)
@@ -172,17 +195,10 @@ async def _payments_at(
 ) -> dict[str, Any]:
     """Fresh orders paid by notifications at ``rate``/s: acks, pushes, backlog, RSS (and,
     at 500/s with ``out``, the same notifications again as WeChat's duplicates)."""
-    w = env.wechat
     url = f"{stack.services['ingress'].url}/notify/wechatpay"
     count = int(rate * seconds)
     orders = await setup.create_orders(pool, users, count, tag)
-    signed = presign(
-        w.platform_private_key_pem,
-        w.apiv3_key,
-        w.public_key_id,
-        w.mchid,
-        [transaction(w.appid, w.mchid, no, 2990) for no, _ in orders],
-    )
+    signed = _notifications(env, orders)
     depth_before = setup.queue_depths(env)
     sent_at: dict[str, float] = {}
     start = time.perf_counter()
@@ -234,21 +250,13 @@ async def _payments_at(
 async def baseline_vs_paylane(
     stack: Stack, env: setup.BenchEnv, pool: Any, quick: bool
 ) -> dict[str, Any]:
-    w = env.wechat
     seconds = 3 if quick else 10
     users = await setup.create_users(pool, 100)
     out: dict[str, Any] = {}
 
     async def run_against(url: str, rate: int, tag: str) -> Result:
         orders = await setup.create_orders(pool, users, int(rate * seconds), tag)
-        signed = presign(
-            w.platform_private_key_pem,
-            w.apiv3_key,
-            w.public_key_id,
-            w.mchid,
-            [transaction(w.appid, w.mchid, no, 2990) for no, _ in orders],
-        )
-        return await open_loop(url, signed, rate)
+        return await open_loop(url, _notifications(env, orders), rate)
 
     # Start from quiet: the end-to-end phase may leave a backlog that paylane's own
     # consumers would still be draining (competing with ingress for the same cores).
@@ -293,6 +301,8 @@ async def main(quick: bool) -> int:
     try:
         await stack.start("ingress")
         results["ingress_alone"] = await ingress_alone(stack, env, quick)
+        # What ingress alone published names no order: the consumers must not start on it.
+        await _purged(env, "order.payments")
         pool = await db.create_pool(env.mysql_url, maxsize=4)
         for name in ("order", "entitlement", "notifier"):
             await stack.start(name)

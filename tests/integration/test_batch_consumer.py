@@ -63,20 +63,6 @@ class FailsFirstBatch(EntitlementApplier):
 
 
 @pytest.fixture
-async def publisher(amqp_connection) -> AsyncIterator[Publisher]:
-    publisher = await Publisher.open(amqp_connection, timeout=3.0)
-    yield publisher
-    await publisher.close()
-
-
-@pytest.fixture
-async def channel(amqp_connection) -> AsyncIterator[AbstractChannel]:
-    channel = await amqp_connection.channel()
-    yield channel
-    await channel.close()
-
-
-@pytest.fixture
 async def spec(channel: AbstractChannel) -> AsyncIterator[QueueSpec]:
     spec = QueueSpec(f"test.batches.{uuid.uuid4().hex}", routing_keys=())
     await declare_queue(channel, spec)

@@ -26,7 +26,7 @@ from paylane_common.db import transaction
 from paylane_common.events import Envelope, PaymentSucceeded, make_event
 from paylane_common.exceptions import PublishError
 from paylane_common.inbox import claim
-from paylane_common.publisher import Publisher, envelope_message
+from paylane_common.publisher import envelope_message
 from paylane_common.topology import QueueSpec, declare_exchange, declare_queue
 from tests.support.observed import Observed
 
@@ -38,20 +38,6 @@ SCRATCH = "test_messaging_effects"
 def payment(event_id: str | None = None) -> Envelope:
     data = PaymentSucceeded(out_trade_no="T" + uuid.uuid4().hex[:20], transaction_id="4200001")
     return make_event(events.PAYMENT_SUCCEEDED, data, event_id)
-
-
-@pytest.fixture(scope="module")
-async def publisher(amqp_connection) -> AsyncIterator[Publisher]:
-    publisher = await Publisher.open(amqp_connection, timeout=3.0)
-    yield publisher
-    await publisher.close()
-
-
-@pytest.fixture
-async def channel(amqp_connection) -> AsyncIterator[AbstractChannel]:
-    channel = await amqp_connection.channel()
-    yield channel
-    await channel.close()
 
 
 @pytest.fixture

@@ -69,20 +69,6 @@ def payment() -> Envelope:
     return make_event(events.PAYMENT_SUCCEEDED, data)
 
 
-@pytest.fixture(scope="module")
-async def publisher(amqp_connection) -> AsyncIterator[Publisher]:
-    publisher = await Publisher.open(amqp_connection, timeout=3.0)  # declares paylane.log
-    yield publisher
-    await publisher.close()
-
-
-@pytest.fixture
-async def channel(amqp_connection) -> AsyncIterator[AbstractChannel]:
-    channel = await amqp_connection.channel()
-    yield channel
-    await channel.close()
-
-
 @pytest.fixture
 async def make_spec(channel) -> AsyncIterator[Callable[..., Awaitable[QueueSpec]]]:
     """Declares unique consumer queues (+ .dlq, .retry), deleted afterwards."""

@@ -159,24 +159,20 @@ def use_consumer(
             relay.start()
         handler = make_handler(app)
         tuning = settings or ConsumerSettings()
+        connection, publisher = app[AMQP_CONNECTION], app[PUBLISHER]
+        prefetch = tuning.consumer_prefetch
         consumer: Consumer
         if isinstance(handler, BatchHandler):
             consumer = BatchConsumer(
-                app[AMQP_CONNECTION],
-                app[PUBLISHER],
+                connection,
+                publisher,
                 spec,
                 handler,
-                prefetch=tuning.consumer_prefetch,
+                prefetch=prefetch,
                 max_batch=tuning.consumer_batch_max,
             )
         else:
-            consumer = Consumer(
-                app[AMQP_CONNECTION],
-                app[PUBLISHER],
-                spec,
-                handler,
-                prefetch=tuning.consumer_prefetch,
-            )
+            consumer = Consumer(connection, publisher, spec, handler, prefetch=prefetch)
         app[CONSUMER] = consumer
         await consumer.start()
         yield
