@@ -9,10 +9,11 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common import events
+from paylane_common.batching import BatchConsumer
 from paylane_common.consumer import Consumer
 from paylane_common.events import Envelope, OrderPaid, make_event
-from paylane_common.publisher import Publisher
-from paylane_common.topology import QueueSpec
+from paylane_common.publisher import Publisher, envelope_message
+from paylane_common.topology import QueueSpec, declare_queue
 
 pytestmark = pytest.mark.integration
 
@@ -52,5 +53,71 @@ async def test_stop_waits_for_in_flight_message_and_acks_it(
     channel = await amqp_connection.channel()
     declared = await (await channel.get_underlay_channel()).queue_declare(spec.name, passive=True)
     assert declared.message_count == 0
+    await channel.close()
+    await publisher.close()
+
+
+class _SlowBatches:
+    """A BatchHandler whose every batch (or single message) waits for ``release``."""
+
+    def __init__(self, pool: object) -> None:
+        self.pool = pool
+        self.started, self.release = asyncio.Event(), asyncio.Event()
+        self.applied = 0
+        self.order: list[str] = []
+
+    async def _work(self, n: int) -> None:
+        self.started.set()
+        await self.release.wait()
+        self.applied += n
+        self.order.append("batch finished")
+
+    async def __call__(self, envelope: Envelope, data: object) -> str:
+        await self._work(1)
+        return "processed"
+
+    async def apply_batch(self, cur: object, items: list) -> list[str | None]:
+        await self._work(len(items))
+        return ["processed"] * len(items)
+
+    def after_commit(self, outcomes: object) -> None:
+        pass
+
+
+async def test_batch_consumer_stop_finishes_the_batch_under_way_and_leaves_the_rest(
+    amqp_connection: AbstractRobustConnection, db_pool
+) -> None:
+    publisher = await Publisher.open(amqp_connection)
+    spec = QueueSpec(f"test.shutdown.{uuid.uuid4().hex[:8]}", ())
+    setup = await amqp_connection.channel()
+    await declare_queue(setup, spec)
+    await setup.close()
+    for i in range(40):
+        data = OrderPaid(
+            out_trade_no=f"S{i}", user_id=1, package_type="basic", amount_total=1, paid_at="x"
+        )
+        await publisher.publish_to_queue(
+            spec.name, envelope_message(make_event(events.ORDER_PAID, data))
+        )
+    handler = _SlowBatches(db_pool)
+    consumer = BatchConsumer(amqp_connection, publisher, spec, handler, prefetch=40, max_batch=8)
+    await consumer.start()
+    await asyncio.wait_for(handler.started.wait(), 10)
+
+    stopping = asyncio.create_task(consumer.stop(timeout=5))
+    stopping.add_done_callback(lambda _: handler.order.append("stop returned"))
+    done, _ = await asyncio.wait({stopping}, timeout=0.5)
+    assert not done  # stop() waits for the batch under way …
+    handler.release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert handler.order == ["batch finished", "stop returned"]  # … and only for that one
+
+    # What that batch held was acked; everything else is back in the queue, none lost.
+    channel = await amqp_connection.channel()
+    declared = await (await channel.get_underlay_channel()).queue_declare(spec.name, passive=True)
+    assert 1 <= handler.applied <= 8
+    assert declared.message_count == 40 - handler.applied
+    for name in (spec.name, spec.dlq, spec.retry_queue):
+        await channel.queue_delete(name)
     await channel.close()
     await publisher.close()
