@@ -151,21 +151,23 @@ class BatchConsumer(Consumer):
             items.append(BatchItem(envelope, data, partial(self.bind_context, message)))
             parsed.append(message)
         outcomes: list[str | None] | None = None
+        failure: Exception | None = None
         if items:
             try:
                 async with transaction(self._batch_handler.pool) as cur:
                     outcomes = await self._batch_handler.apply_batch(cur, items)
             except Exception as exc:
-                structlog.contextvars.clear_contextvars()
-                log.warning(
-                    "batch_failed_one_by_one",
-                    queue=self.spec.name,
-                    size=len(items),
-                    error=repr(exc)[:300],
-                )
-            finally:
+                failure = exc
+            finally:  # the last item's context must not follow
                 structlog.contextvars.clear_contextvars()
                 tracing.end()
+        if failure is not None:
+            log.warning(
+                "batch_failed_one_by_one",
+                queue=self.spec.name,
+                size=len(items),
+                error=repr(failure)[:300],
+            )
         if outcomes is None:
             await self._one_by_one(messages)
             return

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiomysql
 import pymysql
@@ -76,6 +77,13 @@ async def ping(pool: aiomysql.Pool, timeout: float = 2.0) -> None:
 def placeholders(n: int) -> str:
     """``%s, %s, …`` for an ``IN (…)`` of ``n`` values."""
     return ", ".join(["%s"] * n)
+
+
+def rows_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """``rows`` as a derived table (``SELECT %s AS a, … UNION ALL …``) and its parameters:
+    many rows, each with its own values, updated by one ``UPDATE … JOIN``."""
+    select = "SELECT " + ", ".join(f"%s AS {column}" for column in columns)
+    return " UNION ALL ".join([select] * len(rows)), [value for row in rows for value in row]
 
 
 def is_duplicate_key(exc: BaseException) -> bool:

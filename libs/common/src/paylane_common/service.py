@@ -143,14 +143,14 @@ def use_consumer(
     app: web.Application,
     spec: QueueSpec,
     make_handler: Callable[[web.Application], Handler | BatchHandler],
+    settings: ConsumerSettings,
     *,
     outbox_producer: str | None = None,
-    settings: ConsumerSettings | None = None,
 ) -> None:
     """Consume ``spec`` with the handler built from the app's resources (in batches when
     it is a :class:`BatchHandler`); with ``outbox_producer``, also run that producer's
-    outbox relay. Add after use_broker and
-    use_mysql: teardown runs in reverse, so consumers stop before their resources close."""
+    outbox relay. Add after use_broker and use_mysql: teardown runs in reverse, so
+    consumers stop before their resources close."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         if outbox_producer is not None:
@@ -158,9 +158,8 @@ def use_consumer(
             app[OUTBOX_RELAY] = relay
             relay.start()
         handler = make_handler(app)
-        tuning = settings or ConsumerSettings()
         connection, publisher = app[AMQP_CONNECTION], app[PUBLISHER]
-        prefetch = tuning.consumer_prefetch
+        prefetch = settings.consumer_prefetch
         consumer: Consumer
         if isinstance(handler, BatchHandler):
             consumer = BatchConsumer(
@@ -169,7 +168,7 @@ def use_consumer(
                 spec,
                 handler,
                 prefetch=prefetch,
-                max_batch=tuning.consumer_batch_max,
+                max_batch=settings.consumer_batch_max,
             )
         else:
             consumer = Consumer(connection, publisher, spec, handler, prefetch=prefetch)

@@ -17,7 +17,7 @@ from paylane_common import events, inbox, outbox
 from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.catalog import STATUS_RANK, Package
 from paylane_common.consumer import Reject, Retry
-from paylane_common.db import is_duplicate_key, placeholders, transaction
+from paylane_common.db import is_duplicate_key, placeholders, rows_table, transaction
 from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded, make_event
 
 log = structlog.get_logger(__name__)
@@ -114,19 +114,17 @@ class EntitlementApplier:
             return outcomes
         await inbox.claim_many(cur, CONSUMER, inbox_ids)
         await cur.executemany(_GRANT_INSERT, grants)
-        changed = sorted({g[1] for g in grants})
-        await cur.execute(
-            "UPDATE users u JOIN ("
-            + " UNION ALL ".join(
-                ["SELECT %s AS id, %s AS payment_status, %s AS regenerate_count"] * len(changed)
-            )
-            + ") v ON v.id = u.id"
-            " SET u.payment_status = v.payment_status, u.regenerate_count = v.regenerate_count",
+        changed, params = rows_table(
+            ("id", "payment_status", "regenerate_count"),
             [
-                value
-                for uid in changed
-                for value in (uid, users[uid]["payment_status"], users[uid]["regenerate_count"])
+                (uid, users[uid]["payment_status"], users[uid]["regenerate_count"])
+                for uid in sorted({g[1] for g in grants})
             ],
+        )
+        await cur.execute(
+            f"UPDATE users u JOIN ({changed}) v ON v.id = u.id"
+            " SET u.payment_status = v.payment_status, u.regenerate_count = v.regenerate_count",
+            params,
         )
         await outbox.add_many(cur, PRODUCER, staged)
         return outcomes

@@ -29,8 +29,8 @@ def build_app(settings: EntitlementSettings) -> web.Application:
         lambda app: EntitlementApplier(
             app[DB_POOL], settings.catalog, on_commit=app[OUTBOX_RELAY].wake
         ),
+        settings,
         outbox_producer=PRODUCER,
-        settings=settings,
     )
     return app
 

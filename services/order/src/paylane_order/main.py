@@ -115,8 +115,8 @@ def build_app(settings: OrderSettings) -> web.Application:
         app,
         ORDER_PAYMENTS,
         lambda app: build_handler(app, settings),
+        settings,
         outbox_producer=PRODUCER,
-        settings=settings,
     )
     api.add_routes(app)
     return app

@@ -18,7 +18,7 @@ import structlog
 from paylane_common import events, inbox, outbox
 from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.consumer import Reject, Retry
-from paylane_common.db import placeholders, transaction
+from paylane_common.db import placeholders, rows_table, transaction
 from paylane_common.events import Envelope, OrderPaid, PaymentSucceeded, make_event
 
 log = structlog.get_logger(__name__)
@@ -104,39 +104,33 @@ class PaymentApplier:
         if not plain:
             return outcomes
         await inbox.claim_many(cur, CONSUMER, [it.envelope.event_id for _, it, _, _ in plain])
+        paid, params = rows_table(
+            ("out_trade_no", "transaction_id", "paid_at", "openid"),
+            [
+                (it.data.out_trade_no, it.data.transaction_id, paid_at, it.data.openid)
+                for _, it, _, paid_at in plain
+            ],
+        )
         await cur.execute(
-            "UPDATE payment_orders o JOIN ("
-            + " UNION ALL ".join(
-                ["SELECT %s AS out_trade_no, %s AS transaction_id, %s AS paid_at, %s AS openid"]
-                * len(plain)
-            )
-            + ") v ON v.out_trade_no = o.out_trade_no"
+            f"UPDATE payment_orders o JOIN ({paid}) v ON v.out_trade_no = o.out_trade_no"
             " SET o.status = 'paid', o.transaction_id = v.transaction_id,"
             " o.paid_at = v.paid_at, o.openid = COALESCE(o.openid, v.openid)"
             " WHERE o.status IN ('pending', 'closed')",
-            [
-                value
-                for _, it, _, paid_at in plain
-                for value in (it.data.out_trade_no, it.data.transaction_id, paid_at, it.data.openid)
-            ],
+            params,
         )
         if cur.rowcount != len(plain):  # the rows are locked: cannot happen, but never guess
             raise RuntimeError(f"batch paid {cur.rowcount} of {len(plain)} locked orders")
-        staged = []
+        staged, logs = [], []
         for i, it, order, paid_at in plain:
             it.bind()
             late = order["status"] == "closed"
             staged.append(outbox.Staged(_order_paid(it.data, order, paid_at)))
+            logs.append(
+                _log_row(it.envelope, it.data, "paid", "paid after close" if late else None)
+            )
             log.info("order_paid", late=late, source=it.data.source)
             outcomes[i] = "paid"
-        await cur.executemany(
-            _LOG_INSERT,
-            [
-                _log_row(it.envelope, it.data, "paid", "paid after close" if late else None)
-                for _, it, order, _ in plain
-                for late in (order["status"] == "closed",)
-            ],
-        )
+        await cur.executemany(_LOG_INSERT, logs)
         await outbox.add_many(cur, PRODUCER, staged)
         return outcomes
 
