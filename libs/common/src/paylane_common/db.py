@@ -53,7 +53,10 @@ async def transaction(
                 raise ValueError(f"unknown isolation level {isolation!r}")
             async with conn.cursor() as cur:
                 await cur.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
-        await conn.begin()
+        if conn.get_autocommit():
+            # Our pools run with autocommit off, where the first statement opens the
+            # transaction: an explicit BEGIN would cost a round trip per transaction.
+            await conn.begin()
         async with conn.cursor(aiomysql.DictCursor) as cur:
             yield cur
         await conn.commit()
