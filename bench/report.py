@@ -60,6 +60,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f" {r['notify_to_push_p99_ms']} | {r['granted_p99_ms']} |"
                 f" {r['drain_after_last_send_s']} | {r['backlog_growth']} | {r['rss_mib']} |"
             )
+    lines += _cpu_tables(results)
     ratios = []
     for rate in (200, 500):
         p, b = base.get(f"paylane_{rate}"), base.get(f"baseline_{rate}")
@@ -77,6 +78,77 @@ def markdown(results: dict[str, Any]) -> str:
     if ratios:
         lines += ["", *[f"- {r}" for r in ratios]]
     return "\n".join(lines)
+
+
+PROCESSES = ("ingress", "ingress-2", "order", "entitlement", "notifier", "rabbitmq", "mariadb")
+
+
+def _cpu_tables(results: dict[str, Any]) -> list[str]:
+    """CPU per unit of work by process, against the budget the machine gives at that rate."""
+    cores = results["machine"]["cores"]
+    lines: list[str] = []
+    floor = results.get("broker_floor", {})
+    windows = [k for k in floor if k.startswith("window_")]
+    if windows:
+        lines += [
+            "",
+            f"Broker floor: confirmed persistent publishes of a {floor['message_bytes']}-byte"
+            " payment.succeeded into the paylane exchange (order.payments quorum queue +"
+            " paylane.log stream) from a minimal client.",
+            "",
+            "| publishes awaiting confirm | confirmed/s | RabbitMQ µs CPU/publish"
+            " | client µs/publish | RabbitMQ cores busy |",
+            "|---|---|---|---|---|",
+        ]
+        for key in windows:
+            r = floor[key]
+            cpu = r["cpu_us_per_unit"]
+            busy = cpu.get("rabbitmq", 0) * r["units"] / 1e6 / (r["wall_s"] or 1)
+            lines.append(
+                f"| {key[7:]} | {r['confirmed_per_s']} | {cpu.get('rabbitmq', '?')} |"
+                f" {cpu.get('client', '?')} | {busy:.2f} |"
+            )
+    paced = floor.get("paced_1000")
+    if paced:
+        lines += [
+            "",
+            f"The same client paced at 1000/s, each publish awaiting its confirm: p50"
+            f" {paced['p50_ms']} ms, p95 {paced['p95_ms']} ms, p99 {paced['p99_ms']} ms"
+            " (the broker's part of an acknowledgement, with the cores to itself).",
+        ]
+    rows = []
+    ingress = results.get("ingress_alone", {})
+    for prefix, label in (("", "ingress alone, saturation"), ("x2_", "2 replicas, saturation")):
+        if f"{prefix}saturation_cpu" in ingress:
+            rate = ingress[f"{prefix}saturation"]["rate_per_s"]
+            rows.append((label, rate, ingress[f"{prefix}saturation_cpu"]))
+    for key, r in results.get("end_to_end", {}).items():
+        if key.startswith(("rate_", "prioritized_rate_")) and "cpu" in r:
+            label = f"end to end {key.rpartition('_')[2]}/s" + (
+                ", nice" if key.startswith("prio") else ""
+            )
+            rows.append((label, r["acks"]["rate_per_s"], r["cpu"]))
+    if rows:
+        lines += [
+            "",
+            "CPU µs per notification (ingress alone) or per payment (end to end, from the first"
+            " send until every grant was pushed), by process; the budget is what the machine's"
+            f" {cores} cores give each at the rate achieved.",
+            "",
+            f"| scenario | rate/s | {' | '.join(PROCESSES)} | bench | total | budget"
+            " | machine user/kernel/idle/steal % |",
+            "|---|---|" + "---|" * (len(PROCESSES) + 5),
+        ]
+        for label, rate, cpu in rows:
+            per = cpu["cpu_us_per_unit"]
+            m = cpu["machine_pct"]
+            cells = " | ".join(str(per.get(p, "")) for p in PROCESSES)
+            budget = round(cores * 1e6 / rate) if rate else ""
+            lines.append(
+                f"| {label} | {rate} | {cells} | {per.get('bench', '')} | {per['total']} |"
+                f" {budget} | {m['user']}/{m['kernel']}/{m['idle']}/{m['steal']} |"
+            )
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

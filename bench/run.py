@@ -22,7 +22,8 @@ from paylane_common import db
 from paylane_common.tokens import issue_client_token
 from tests.support.stack import Stack
 
-from . import report, setup
+from . import brokerfloor, report, setup
+from .cpu import CpuMeter, server_pids
 from .delayproxy import DelayProxy
 from .loadgen import Result, closed_loop, open_loop
 from .presign import presign, transaction
@@ -77,6 +78,12 @@ class PushWatcher:
             task.cancel()
 
 
+def _meter(stack: Stack) -> CpuMeter:
+    """CPU of every running service, the broker, the database and the bench itself."""
+    pids = {name: service.process.pid for name, service in stack.services.items()}
+    return CpuMeter({**pids, **server_pids(), "bench": os.getpid()})
+
+
 async def _sample_rss(stack: Stack, after_s: float, into: dict[str, float]) -> None:
     """Resident memory of every service, mid-run (steady load)."""
     await asyncio.sleep(after_s)
@@ -123,8 +130,10 @@ async def ingress_alone(stack: Stack, env: setup.BenchEnv, quick: bool) -> dict[
         if count == 2:
             replicas.append(await stack.start("ingress", alias="ingress-2"))
         urls = [f"{r.url}/notify/wechatpay" for r in replicas]
+        meter = _meter(stack).start()
         saturation = await closed_loop(urls, cycle(200_000), concurrency=64, seconds=seconds)
         out[f"{prefix}saturation"] = saturation.summary()
+        out[f"{prefix}saturation_cpu"] = meter.stop().summary(saturation.ok)
         setup.purge(env, "order.payments")
         for rate in (200, 500, 1000, 2000):
             result = await open_loop(urls, cycle(int(rate * seconds)), rate)
@@ -206,10 +215,12 @@ async def _payments_at(
         sent_at[no] = start + i / rate
     rss: dict[str, float] = {}
     sampler = asyncio.create_task(_sample_rss(stack, seconds / 2, rss))
+    meter = _meter(stack).start()
     acks = await open_loop(url, signed, rate)
     await sampler
     depth_after = setup.queue_depths(env)
     await watcher.wait_for([(no, "entitlement.granted") for no, _ in orders], drain_s)
+    meter.stop()  # from the first send until every grant was pushed (or drain_s)
     tail_s = max(
         (watcher.arrived.get((no, "entitlement.granted"), float("inf")) for no, _ in orders)
     ) - (start + (count - 1) / rate)
@@ -244,6 +255,7 @@ async def _payments_at(
             for q in ("order.payments", "entitlement.orders")
         },
         "rss_mib": rss,
+        "cpu": meter.summary(count),
     }
 
 
@@ -301,6 +313,9 @@ async def main(quick: bool) -> int:
     try:
         await stack.start("ingress")
         results["ingress_alone"] = await ingress_alone(stack, env, quick)
+        results["broker_floor"] = await brokerfloor.measure(
+            env.amqp_url, env.wechat.appid, env.wechat.mchid, 2 if quick else 5
+        )
         # What ingress alone published names no order: the consumers must not start on it.
         await _purged(env, "order.payments")
         pool = await db.create_pool(env.mysql_url, maxsize=4)
