@@ -8,9 +8,18 @@ from typing import Any
 
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
+    wake = m.get("loopback_round_trip_cpu_us", {})
+    wake_note = (
+        " CPU per loopback echo round trip (server + client µs): "
+        + ", ".join(f"{k[5:]}/s {v['server_us']} + {v['client_us']}" for k, v in wake.items())
+        + "."
+        if wake
+        else ""
+    )
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']};"
         f" RabbitMQ {m.get('rabbitmq', '?')}; MariaDB {m.get('mariadb', '?')}. {m['note']}."
+        + wake_note
         + (" QUICK RUN: smoke numbers only." if results.get("quick") else ""),
         "",
         "| scenario | offered | acked/s | ack p50 ms | ack p95 ms | ack p99 ms | non-2xx/errors |",
@@ -64,9 +73,14 @@ def markdown(results: dict[str, Any]) -> str:
     ratios = []
     for rate in (200, 500):
         p, b = base.get(f"paylane_{rate}"), base.get(f"baseline_{rate}")
-        if p and b and p["p99_ms"]:
+        if p and b and p["p99_ms"] and b["p99_ms"]:
+            faster, slower = ("paylane", "baseline")
+            ratio = b["p99_ms"] / p["p99_ms"]
+            if ratio < 1:
+                faster, slower, ratio = slower, faster, 1 / ratio
             ratios.append(
-                f"ack p99 at {rate}/s: baseline / paylane = {b['p99_ms'] / p['p99_ms']:.1f}x"
+                f"ack p99 at {rate}/s, fast database: paylane {p['p99_ms']} ms, baseline"
+                f" {b['p99_ms']} ms ({faster} {ratio:.1f}x lower than {slower})"
             )
     p, b = base.get("paylane_slow_db_100"), base.get("baseline_slow_db_100")
     if p and b and p["p99_ms"]:

@@ -22,7 +22,7 @@ from paylane_common import db
 from paylane_common.tokens import issue_client_token
 from tests.support.stack import Stack
 
-from . import brokerfloor, report, setup
+from . import brokerfloor, report, setup, wakeups
 from .cpu import CpuMeter, server_pids
 from .delayproxy import DelayProxy
 from .loadgen import Result, closed_loop, open_loop
@@ -309,6 +309,7 @@ async def main(quick: bool) -> int:
     await asyncio.to_thread(OUT.mkdir, exist_ok=True)
     env = setup.create()
     results: dict[str, Any] = {"machine": setup.machine(), "quick": quick}
+    results["machine"]["loopback_round_trip_cpu_us"] = await wakeups.measure(1 if quick else 3)
     stack = Stack(env.service_env(), OUT)
     try:
         await stack.start("ingress")
