@@ -52,7 +52,8 @@ def markdown(results: dict[str, Any]) -> str:
     base = results.get("baseline", {})
     for key, r in base.items():
         who, _, rate = key.rpartition("_")
-        row(who.replace("_", " "), f"{rate}/s", r)
+        label = {"paylane_nice_consumers": "paylane, consumers at nice 10"}.get(who, who)
+        row(label.replace("_", " "), f"{rate}/s", r)
 
     lines += [
         "",
@@ -71,15 +72,16 @@ def markdown(results: dict[str, Any]) -> str:
             )
     lines += _cpu_tables(results)
     ratios = []
-    for rate in (200, 500):
-        p, b = base.get(f"paylane_{rate}"), base.get(f"baseline_{rate}")
+    for rate, who in ((r, w) for w in ("paylane", "paylane_nice_consumers") for r in (200, 500)):
+        p, b = base.get(f"{who}_{rate}"), base.get(f"baseline_{rate}")
         if p and b and p["p99_ms"] and b["p99_ms"]:
             faster, slower = ("paylane", "baseline")
             ratio = b["p99_ms"] / p["p99_ms"]
             if ratio < 1:
                 faster, slower, ratio = slower, faster, 1 / ratio
+            how = ", consumers at nice 10" if "nice" in who else ""
             ratios.append(
-                f"ack p99 at {rate}/s, fast database: paylane {p['p99_ms']} ms, baseline"
+                f"ack p99 at {rate}/s, fast database{how}: paylane {p['p99_ms']} ms, baseline"
                 f" {b['p99_ms']} ms ({faster} {ratio:.1f}x lower than {slower})"
             )
     p, b = base.get("paylane_slow_db_100"), base.get("baseline_slow_db_100")

@@ -282,6 +282,17 @@ async def baseline_vs_paylane(
         ).summary()
     await stack.stop("baseline")
 
+    # paylane as it would be deployed on a shared host: ingress first (CPU requests or
+    # shares), the consumers at a lower priority catching up behind the queues.
+    await _quiesce(env)
+    await _restart_consumers(stack, ["nice", "-n", "10"])
+    for rate in (200, 500):
+        out[f"paylane_nice_consumers_{rate}"] = (
+            await run_against(paylane_url, rate, f"N{rate}Y")
+        ).summary()
+    await _quiesce(env)
+    await _restart_consumers(stack, [])
+
     # MySQL slowed by 500 ms per query, for everyone: paylane's consumers and the baseline.
     proxy = DelayProxy("127.0.0.1", 3306, 0.5)
     port = await proxy.start()
