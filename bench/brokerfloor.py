@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiormq
@@ -32,6 +33,24 @@ WINDOWS = (1, 16, 256)
 PACED_RATE = 1000
 
 
+@dataclass
+class _Publish:
+    """One confirmed, persistent, mandatory publish of the payment message."""
+
+    channel: aiormq.abc.AbstractChannel
+    body: bytes
+    properties: Any
+
+    async def __call__(self) -> None:
+        await self.channel.basic_publish(
+            self.body,
+            exchange=topology.EXCHANGE,
+            routing_key="payment.succeeded",
+            properties=self.properties,
+            mandatory=True,
+        )
+
+
 def _message(appid: str, mchid: str) -> tuple[bytes, Any]:
     envelope = to_event(
         "EV-broker-floor", "TRANSACTION.SUCCESS", transaction(appid, mchid, "FLOOR0001", 2990)
@@ -40,9 +59,7 @@ def _message(appid: str, mchid: str) -> tuple[bytes, Any]:
     return message.body, message.properties
 
 
-async def _publish_for(
-    channel: aiormq.abc.AbstractChannel, body: bytes, properties: Any, window: int, seconds: float
-) -> int:
+async def _publish_for(publish: _Publish, window: int, seconds: float) -> int:
     """Publish for ``seconds`` with at most ``window`` awaiting a confirm; count confirms."""
     slots = asyncio.Semaphore(window)
     confirmed = 0
@@ -51,13 +68,7 @@ async def _publish_for(
     async def one() -> None:
         nonlocal confirmed
         try:
-            await channel.basic_publish(
-                body,
-                exchange=topology.EXCHANGE,
-                routing_key="payment.succeeded",
-                properties=properties,
-                mandatory=True,
-            )
+            await publish()
             confirmed += 1
         except Exception as exc:  # reported below: a floor measured on failures is none
             failures.append(exc)
@@ -77,20 +88,12 @@ async def _publish_for(
     return confirmed
 
 
-async def _paced(
-    channel: aiormq.abc.AbstractChannel, body: bytes, properties: Any, rate: int, seconds: float
-) -> Result:
+async def _paced(publish: _Publish, rate: int, seconds: float) -> Result:
     """Publish at ``rate``/s, each awaiting its confirm; latency from its scheduled time."""
     result = Result()
 
     async def one(scheduled: float) -> None:
-        await channel.basic_publish(
-            body,
-            exchange=topology.EXCHANGE,
-            routing_key="payment.succeeded",
-            properties=properties,
-            mandatory=True,
-        )
+        await publish()
         result.latencies_s.append(time.perf_counter() - scheduled)
         result.statuses[200] = result.statuses.get(200, 0) + 1
 
@@ -115,18 +118,16 @@ async def measure(amqp_url: str, appid: str, mchid: str, seconds: float) -> dict
     connection = await aiormq.connect(amqp_url)
     out: dict[str, Any] = {"message_bytes": len(body)}
     try:
-        channel = await connection.channel(publisher_confirms=True)
+        publish = _Publish(await connection.channel(publisher_confirms=True), body, properties)
         for window in WINDOWS:
             meter = CpuMeter(pids).start()
-            confirmed = await _publish_for(channel, body, properties, window, seconds)
+            confirmed = await _publish_for(publish, window, seconds)
             meter.stop()
             out[f"window_{window}"] = {
                 "confirmed_per_s": round(confirmed / meter.wall_s),
                 **meter.summary(confirmed),
             }
-        out[f"paced_{PACED_RATE}"] = (
-            await _paced(channel, body, properties, PACED_RATE, seconds)
-        ).summary()
+        out[f"paced_{PACED_RATE}"] = (await _paced(publish, PACED_RATE, seconds)).summary()
     finally:
         await connection.close()
     return out
