@@ -153,7 +153,7 @@ def _cpu_tables(results: dict[str, Any]) -> list[str]:
             "",
             f"| scenario | rate/s | {' | '.join(PROCESSES)} | bench | total | budget"
             " | machine user/kernel/idle/steal % |",
-            "|---|---|" + "---|" * (len(PROCESSES) + 5),
+            "|---|---|" + "---|" * (len(PROCESSES) + 4),
         ]
         for label, rate, cpu in rows:
             per = cpu["cpu_us_per_unit"]
