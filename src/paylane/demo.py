@@ -1,6 +1,7 @@
 """``paylane demo``: one payment through the running stack, printed as a timeline.
 
-Creates an order (order service), listens on the notifier as the paying client would,
+Signs a mini-program user in (the sandbox plays WeChat's ``jscode2session``), places an
+order as that user (order service), listens on the notifier as the paying client would,
 pays the order in the sandbox (acting as the payer), and prints each step as it happens:
 order created, notification sent and answered, order paid, entitlement granted, pushed.
 """
@@ -32,12 +33,20 @@ async def _json(response: aiohttp.ClientResponse) -> Any:
 async def run(args: argparse.Namespace) -> int:
     timeline = Timeline()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        body = {
-            "openid": f"o-demo-{secrets.token_hex(6)}",
-            "package_type": args.package,
-            "trade_type": "NATIVE",
-        }
-        async with http.post(f"{args.order_url}/orders", json=body) as response:
+        # wx.login() in the mini-program: the sandbox decides which openid the code names.
+        codes = f"{args.sandbox_url}/sandbox/miniprogram/codes"
+        async with http.post(codes, json={"openid": f"o-demo-{secrets.token_hex(6)}"}) as response:
+            code = (await _json(response))["code"]
+        login = f"{args.order_url}/auth/miniprogram"
+        async with http.post(login, json={"code": code}) as response:
+            session = await _json(response)
+            if response.status != 200:
+                print(f"POST /auth/miniprogram -> {response.status} {session}")
+                return 1
+        timeline.say(f"user signed in  user {session['user_id']}")
+        body = {"package_type": args.package, "trade_type": "NATIVE"}
+        headers = {"Authorization": f"Bearer {session['token']}"}
+        async with http.post(f"{args.order_url}/orders", json=body, headers=headers) as response:
             order = await _json(response)
             if response.status != 201:
                 print(f"POST /orders -> {response.status} {order}")

@@ -31,7 +31,15 @@ from paylane_common import amqp, db
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.migrate import migrate
 from paylane_common.replay import list_dlq
-from tests.e2e.conftest import INTERNAL_SECRET, SANDBOX_ENV, TOKEN_SECRET, Order, new_order
+from tests.e2e.conftest import (
+    APP_SECRET,
+    BACKEND_SECRET,
+    INTERNAL_SECRET,
+    SANDBOX_ENV,
+    TOKEN_SECRET,
+    Order,
+    new_order,
+)
 from tests.support import hygiene
 from tests.support.infra import Infra, unique_name
 from tests.support.stack import Stack, eventually, wait_ready
@@ -92,7 +100,7 @@ async def chaos_env(
     amqp_url = infra.amqp_url(vhost)
     mysql_url = infra.mysql_url(database)
     wechat = FakeWechat()
-    hygiene.register(TOKEN_SECRET, INTERNAL_SECRET, wechat.apiv3_key, PAYER_OPENID)
+    hygiene.register(TOKEN_SECRET, INTERNAL_SECRET, BACKEND_SECRET, wechat.apiv3_key, PAYER_OPENID)
     stack = Stack(
         {
             "AMQP_URL": service_amqp(amqp_url) if service_amqp else amqp_url,
@@ -113,8 +121,14 @@ async def chaos_env(
         sandbox = await stack.start("sandbox", {**wechat.sandbox_env(), **SANDBOX_ENV})
         ingress = await stack.start("ingress")
         stack.base_env.update(wechat.merchant_env(sandbox.url, f"{ingress.url}/notify/wechatpay"))
+        order_env = {
+            **ORDER_ENV,
+            "BACKEND_API_SECRET": BACKEND_SECRET,
+            "WECHAT_APP_SECRET": APP_SECRET,
+            "WECHAT_API_BASE": sandbox.url,
+        }
         env = ChaosEnv(
-            infra, vhost, database, stack, wechat, pool, connection, {"order": ORDER_ENV}
+            infra, vhost, database, stack, wechat, pool, connection, {"order": order_env}
         )
         for name in ("entitlement", "notifier", "order"):
             await env.start(name)

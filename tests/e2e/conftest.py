@@ -21,10 +21,25 @@ from tests.support.wechat import FakeWechat
 
 TOKEN_SECRET = "e2e-client-token-secret-of-at-least-32-bytes"
 INTERNAL_SECRET = "e2e-internal-secret"
+#: The app backend's credential on the order API (never given to ingress).
+BACKEND_SECRET = "e2e-backend-secret"
+BACKEND = {"X-Internal-Secret": BACKEND_SECRET}
+#: The mini-program's AppSecret, known to the sandbox's jscode2session and to order.
+APP_SECRET = "e2e-miniprogram-app-secret"
 #: WeChat's retry schedule at 1/100 (15 s → 150 ms); refunds completed by the tests.
 SANDBOX_ENV = {"SANDBOX_TIME_FACTOR": "0.01", "SANDBOX_REFUND_MODE": "manual"}
 #: The reconciler looks at orders after 1 s, every 0.5 s; unpaid orders expire after 4 s.
 ORDER_ENV = {"RECONCILE_AFTER_S": "1", "RECONCILE_INTERVAL_S": "0.5", "ORDER_TTL_S": "4"}
+
+
+def order_env(sandbox_url: str) -> dict[str, str]:
+    """The order service's own settings: the backend secret, the mini-program login."""
+    return {
+        **ORDER_ENV,
+        "BACKEND_API_SECRET": BACKEND_SECRET,
+        "WECHAT_APP_SECRET": APP_SECRET,
+        "WECHAT_API_BASE": sandbox_url,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +52,9 @@ async def stack(
     amqp_url: str, mysql_url: str, wechat: FakeWechat, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
     log_dir: Path = tmp_path_factory.mktemp("service-logs")
-    hygiene.register(TOKEN_SECRET, INTERNAL_SECRET, wechat.apiv3_key, "o-test-openid")
+    hygiene.register(
+        TOKEN_SECRET, INTERNAL_SECRET, BACKEND_SECRET, APP_SECRET, wechat.apiv3_key, "o-test-openid"
+    )
     stack = Stack(
         {
             "AMQP_URL": amqp_url,
@@ -49,12 +66,14 @@ async def stack(
         log_dir,
     )
     try:
-        sandbox = await stack.start("sandbox", {**wechat.sandbox_env(), **SANDBOX_ENV})
+        sandbox = await stack.start(
+            "sandbox", {**wechat.sandbox_env(), **SANDBOX_ENV, "SANDBOX_APP_SECRET": APP_SECRET}
+        )
         ingress = await stack.start("ingress")
         merchant = wechat.merchant_env(sandbox.url, f"{ingress.url}/notify/wechatpay")
         stack.base_env.update(merchant)
         for name in ("entitlement", "notifier", "order"):
-            await stack.start(name, ORDER_ENV if name == "order" else None)
+            await stack.start(name, order_env(sandbox.url) if name == "order" else None)
         yield stack
     finally:
         await stack.stop_all()
@@ -73,7 +92,7 @@ class Order:
 async def new_order(
     stack: Stack, package_type: str = "premium", trade_type: str = "JSAPI", **extra: Any
 ) -> Order:
-    """A new user (by openid) and an order placed through ``POST /orders``."""
+    """A new user (by openid) and an order placed through ``POST /orders`` by the backend."""
     body = {
         "package_type": package_type,
         "trade_type": trade_type,
@@ -82,7 +101,9 @@ async def new_order(
     }
     hygiene.register(body["openid"])  # payer data: must never be logged
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{stack.services['order'].url}/orders", json=body) as response:
+        async with http.post(
+            f"{stack.services['order'].url}/orders", json=body, headers=BACKEND
+        ) as response:
             data = await response.json()
             assert response.status == 201, data
     return Order(

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from tests.e2e.conftest import (
+    BACKEND,
     INTERNAL_SECRET,
     Order,
     dead_letter,
@@ -68,6 +69,7 @@ async def api(
             return response.status, await response.json(content_type=None)
 
 
+#: The cloud function's credential: for ingress's internal API only.
 INTERNAL = {"X-Internal-Secret": INTERNAL_SECRET}
 
 
@@ -210,7 +212,7 @@ async def _paid_order(stack: Stack, pool: aiomysql.Pool, package: str) -> Order:
 
 
 async def _refund(stack: Stack, out_trade_no: str, body: dict[str, Any]) -> str:
-    status, answer = await api(stack, "POST", f"/orders/{out_trade_no}/refunds", body, INTERNAL)
+    status, answer = await api(stack, "POST", f"/orders/{out_trade_no}/refunds", body, BACKEND)
     assert status == 202, answer
     return str(answer["out_refund_no"])
 
@@ -269,7 +271,7 @@ async def test_abnormal_refund_is_recorded_and_surfaced(
     await sandbox(stack, "POST", f"/sandbox/refunds/{refund}/complete", {"status": "ABNORMAL"})
 
     async def surfaced() -> bool:
-        _, view = await api(stack, "GET", f"/orders/{order.out_trade_no}", headers=INTERNAL)
+        _, view = await api(stack, "GET", f"/orders/{order.out_trade_no}", headers=BACKEND)
         return [r["status"] for r in view["refunds"]] == ["abnormal"]
 
     await eventually(surfaced, what="abnormal refund surfaced")
@@ -293,7 +295,7 @@ async def test_client_errors_are_clear(stack: Stack, db_pool: aiomysql.Pool) -> 
         ({"package_type": "basic", "trade_type": "NATIVE"}, 400, "user_required"),
     ]
     for body, status, code in cases:
-        got, answer = await api(stack, "POST", "/orders", body)
+        got, answer = await api(stack, "POST", "/orders", body, BACKEND)
         assert (got, answer["error"]) == (status, code), (body, answer)
         assert answer["message"]
 
@@ -307,12 +309,13 @@ async def test_client_errors_are_clear(stack: Stack, db_pool: aiomysql.Pool) -> 
         "POST",
         "/orders",
         {"user_id": native.user_id, "package_type": "basic", "trade_type": "JSAPI"},
+        BACKEND,
     )
     assert (got, answer["error"]) == (400, "openid_required")
 
     unpaid = await new_order(stack, "basic", "NATIVE")
     got, answer = await api(
-        stack, "POST", f"/orders/{unpaid.out_trade_no}/refunds", {"reason": "x"}, INTERNAL
+        stack, "POST", f"/orders/{unpaid.out_trade_no}/refunds", {"reason": "x"}, BACKEND
     )
     assert (got, answer["error"]) == (409, "order_not_paid")
 
@@ -322,16 +325,16 @@ async def test_client_errors_are_clear(stack: Stack, db_pool: aiomysql.Pool) -> 
         "POST",
         f"/orders/{paid.out_trade_no}/refunds",
         {"amount": 991, "reason": "x"},
-        INTERNAL,
+        BACKEND,
     )
     assert (got, answer["error"]) == (400, "refund_exceeds_paid")
     got, answer = await api(stack, "POST", f"/orders/{paid.out_trade_no}/refunds", {"reason": "x"})
-    assert got == 401  # refunds need the internal secret
+    assert got == 401  # refunds need the backend secret
 
 
 async def test_idempotency_key_returns_the_same_order(stack: Stack) -> None:
     body = {"openid": "o-idem-user", "package_type": "premium", "trade_type": "NATIVE"}
-    headers = {"Idempotency-Key": "checkout-42"}
+    headers = {"Idempotency-Key": "checkout-42", **BACKEND}
     first = await api(stack, "POST", "/orders", body, headers)
     again = await api(stack, "POST", "/orders", body, headers)
     assert (first[0], again[0]) == (201, 200)
@@ -378,6 +381,7 @@ async def test_wechatpay_errors_retried_or_surfaced(stack: Stack) -> None:
             "POST",
             "/orders",
             {"openid": "o-err", "package_type": "basic", "trade_type": "NATIVE"},
+            BACKEND,
         )
         assert (status, answer["error"]) == (502, "wechatpay_rejected")
         assert "PARAM_ERROR" in answer["message"]
@@ -433,7 +437,7 @@ async def test_close_an_unpaid_order_and_refuse_closing_a_paid_one(
     assert state["trade_state"] == "CLOSED"
 
     paid = await _paid_order(stack, db_pool, "basic")
-    status, answer = await api(stack, "POST", f"/orders/{paid.out_trade_no}/close", None, INTERNAL)
+    status, answer = await api(stack, "POST", f"/orders/{paid.out_trade_no}/close", None, BACKEND)
     assert (status, answer["error"]) == (409, "order_not_pending")
     status, _ = await api(stack, "POST", f"/orders/{paid.out_trade_no}/close")
-    assert status == 404  # no credentials: not even its existence is told
+    assert status == 401  # no credentials

@@ -29,10 +29,11 @@ def settings(amqp_url: str, mysql_url: str) -> NotifierSettings:
 async def start_notifier(
     settings: NotifierSettings,
 ) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
-    """``await start_notifier(hub=None)``: one more replica (own app, connection, queue)."""
+    """``await start_notifier(hub=None, settings=None)``: one more replica (own app,
+    connection, queue), with the test's settings unless others are given."""
     async with AsyncExitStack() as stack:
 
-        async def start(hub: Hub | None = None) -> Client:
+        async def start(hub: Hub | None = None, settings: NotifierSettings = settings) -> Client:
             client: Client = TestClient(TestServer(build_app(settings, hub=hub)))
             await client.start_server()
             stack.push_async_callback(client.close)

@@ -152,9 +152,36 @@ async def test_internal_notify_without_amount_is_not_granted(db_pool):
     applier = PaymentApplier(db_pool, MERCHANT)
     out_trade_no, _ = await _order(db_pool)
     data = PaymentSucceeded(out_trade_no=out_trade_no, transaction_id="T1", source="internal")
-    with pytest.raises(Reject, match="without amount"):
+    with pytest.raises(Reject, match="no WeChat Pay client to confirm"):
         await applier(make_event(events.PAYMENT_SUCCEEDED, data), data)
     row = await _row(
         db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
     )
     assert row["status"] == "pending"
+
+
+async def test_an_internal_notify_with_amount_is_applied_only_as_wechat_pay_confirms_it(db_pool):
+    """The cloud function's secret is not WeChat Pay's word: its notify is confirmed first,
+    unless the operator trusts the caller (INTERNAL_NOTIFY_TRUSTED)."""
+    out_trade_no, _ = await _order(db_pool, amount=990)
+    data = PaymentSucceeded(
+        out_trade_no=out_trade_no, transaction_id="T2", amount_total=990, source="internal"
+    )
+    asked: list[str] = []
+
+    async def wechat_says_not_paid(payment: PaymentSucceeded) -> PaymentSucceeded:
+        asked.append(payment.out_trade_no)
+        raise Reject("WeChat Pay does not confirm the payment: trade_state NOTPAY")
+
+    cautious = PaymentApplier(db_pool, MERCHANT, confirm=wechat_says_not_paid)
+    with pytest.raises(Reject, match="does not confirm"):
+        await cautious(make_event(events.PAYMENT_SUCCEEDED, data), data)
+    assert asked == [out_trade_no]
+    row = await _row(
+        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
+    )
+    assert row["status"] == "pending"
+
+    trusting = PaymentApplier(db_pool, MERCHANT, confirm=wechat_says_not_paid, trust_internal=True)
+    assert await trusting(make_event(events.PAYMENT_SUCCEEDED, data), data) == "paid"
+    assert asked == [out_trade_no]  # not asked again

@@ -11,13 +11,13 @@ import json
 import structlog
 from aiohttp import web
 
-from paylane_common.tokens import TokenError, verify_client_token
+from paylane_common.tokens import ClientToken, TokenError, verify_client_token
 
 log = structlog.get_logger(__name__)
 
 
-def authenticate(request: web.Request, secret: str) -> int:
-    """The user id named by ``?token=`` (or ``Authorization: Bearer``); 401 otherwise."""
+def authenticate(request: web.Request, secret: str) -> ClientToken:
+    """The token of ``?token=`` (or ``Authorization: Bearer``); 401 otherwise."""
     token = request.query.get("token") or _bearer(request.headers.get("Authorization", ""))
     try:
         client = verify_client_token(secret, token)
@@ -29,7 +29,7 @@ def authenticate(request: web.Request, secret: str) -> int:
             headers={"WWW-Authenticate": 'Bearer realm="paylane"'},
         ) from None
     structlog.contextvars.bind_contextvars(user_id=client.user_id)
-    return client.user_id
+    return client
 
 
 def _bearer(header: str) -> str:

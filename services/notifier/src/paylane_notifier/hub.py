@@ -18,13 +18,21 @@ import structlog
 from aiohttp import web
 
 from .messages import ClientMessage
-from .metrics import CONNECTIONS, DROPPED_CLIENTS
+from .metrics import CONNECTIONS, DROPPED_CLIENTS, REFUSED
 
 log = structlog.get_logger(__name__)
 
 Transport = Literal["ws", "sse"]
 #: Messages a client may be behind before it is dropped.
 DEFAULT_QUEUE_SIZE = 256
+
+
+class TooManyConnections(Exception):
+    """A new client would exceed a cap: ``per_user`` tells which."""
+
+    def __init__(self, per_user: bool) -> None:
+        super().__init__("too many connections for this user" if per_user else "replica full")
+        self.per_user = per_user
 
 
 class Control(enum.Enum):
@@ -79,15 +87,30 @@ class Sink:
 class Hub:
     """user_id → connected clients of this replica."""
 
-    def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        *,
+        max_connections: int | None = None,
+        max_per_user: int | None = None,
+    ) -> None:
         self._queue_size = queue_size
+        self.max_connections = max_connections
+        self.max_per_user = max_per_user
         self._clients: dict[int, set[Sink]] = {}
         #: Set on shutdown: no new clients, existing ones are being closed.
         self.closing = False
 
     @contextmanager
     def connection(self, user_id: int, transport: Transport) -> Iterator[Sink]:
-        """Register a client for the duration of the block."""
+        """Register a client for the duration of the block; :class:`TooManyConnections`
+        when a cap is reached (checked and registered without a pause in between)."""
+        if self.max_per_user is not None and self.count(user_id) >= self.max_per_user:
+            REFUSED.labels("per_user").inc()
+            raise TooManyConnections(per_user=True)
+        if self.max_connections is not None and self.count() >= self.max_connections:
+            REFUSED.labels("replica").inc()
+            raise TooManyConnections(per_user=False)
         sink = Sink(user_id, transport, self._queue_size)
         self._clients.setdefault(user_id, set()).add(sink)
         CONNECTIONS.labels(transport).inc()

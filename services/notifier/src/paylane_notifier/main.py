@@ -16,7 +16,14 @@ from .websocket import websocket_stream
 def build_app(settings: NotifierSettings, *, hub: Hub | None = None) -> web.Application:
     app = base_app("notifier")
     app[SETTINGS] = settings
-    app[HUB] = hub if hub is not None else Hub()
+    app[HUB] = (
+        hub
+        if hub is not None
+        else Hub(
+            max_connections=settings.max_connections,
+            max_per_user=settings.max_connections_per_user,
+        )
+    )
     use_broker(app, settings)
     use_mysql(app, settings)
     app.cleanup_ctx.append(consume_events)

@@ -12,3 +12,12 @@ DROPPED_CLIENTS = Counter(
     "paylane_notifier_dropped_clients_total",
     "Clients disconnected because they fell too far behind (their queue overflowed)",
 )
+REFUSED = Counter(
+    "paylane_notifier_refused_connections_total",
+    "Clients refused at connect because a cap was reached, by cap (per_user, replica)",
+    ["cap"],
+)
+EXPIRED = Counter(
+    "paylane_notifier_expired_streams_total",
+    "Streams ended because their token expired (the client reconnects with a fresh one)",
+)

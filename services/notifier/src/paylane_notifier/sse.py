@@ -11,12 +11,14 @@ to notice clients that went away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 
 import structlog
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
-from .hub import HUB, Sink
+from .hub import HUB, Sink, TooManyConnections
 from .messages import ClientMessage
 from .stream import Outcome, Subscription, accept, cancel_and_wait, stream_to_client
 
@@ -29,8 +31,20 @@ SEND_TIMEOUT_S = 30.0
 
 async def sse_stream(request: web.Request) -> web.StreamResponse:
     subscription = accept(request)
-    # Registered before the headers go out: a connected client misses no event.
-    with request.app[HUB].connection(subscription.user_id, "sse") as sink:
+    with contextlib.ExitStack() as registration:
+        try:
+            # Registered before the headers go out: a connected client misses no event.
+            sink = registration.enter_context(
+                request.app[HUB].connection(subscription.user_id, "sse")
+            )
+        except TooManyConnections as exc:
+            log.info("client_refused", transport="sse", reason=str(exc))
+            refusal = web.HTTPTooManyRequests if exc.per_user else web.HTTPServiceUnavailable
+            raise refusal(
+                text=json.dumps({"error": "too_many_connections", "message": str(exc)}),
+                content_type="application/json",
+                headers={"Retry-After": "30"},
+            ) from None
         try:
             async with sse_response(
                 request, ping_interval=PING_S, send_timeout=SEND_TIMEOUT_S
@@ -56,7 +70,11 @@ async def _write(sse: EventSourceResponse, sink: Sink, subscription: Subscriptio
         await sse.send(message.to_json(), id=message.id)
 
     try:
-        return await stream_to_client(sink, subscription, send)
+        outcome = await stream_to_client(sink, subscription, send)
+        if outcome is Outcome.EXPIRED:
+            # The last message says why the stream ends: reconnect with a fresh token.
+            await sse.send(json.dumps({"type": "stream.closed", "reason": "token_expired"}))
+        return outcome
     except (ConnectionError, TimeoutError, RuntimeError) as exc:  # the client went away
         log.debug("client_send_failed", transport="sse", error=repr(exc))
         return Outcome.CLOSED

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -19,7 +20,7 @@ from paylane_common.settings import secret_value
 from .auth import authenticate
 from .hub import HUB, Control, Sink
 from .messages import ClientMessage
-from .metrics import PUSHES
+from .metrics import EXPIRED, PUSHES
 from .settings import SETTINGS
 from .snapshot import load_snapshot, parse_last_event_id
 
@@ -35,6 +36,8 @@ class Outcome(enum.Enum):
     CLOSED = "closed"
     #: The client fell too far behind: abort the connection, it will reconnect.
     DROPPED = "dropped"
+    #: The client's token expired: close, it reconnects with a fresh token.
+    EXPIRED = "expired"
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,14 @@ class Subscription:
     user_id: int
     since_ms: int | None
     load_snapshot: LoadSnapshot
+    #: When the token expires (epoch seconds): the stream ends then.
+    expires_at: float = float("inf")
 
 
 def accept(request: web.Request) -> Subscription:
     """Authenticate (401) and read ``Last-Event-ID`` / ``?last_event_id``; 503 on shutdown."""
     settings = request.app[SETTINGS]
-    user_id = authenticate(request, secret_value(settings.client_token_secret))
+    token = authenticate(request, secret_value(settings.client_token_secret))
     if request.app[HUB].closing:
         raise web.HTTPServiceUnavailable(
             text='{"error": "unavailable", "message": "shutting down"}',
@@ -56,42 +61,59 @@ def accept(request: web.Request) -> Subscription:
     since_ms = parse_last_event_id(
         request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     )
-    load = partial(
-        _load,
-        request.app,
-        user_id,
-        settings.snapshot_window_s,
-        settings.snapshot_limit,
+    load = partial(_load, request.app, token.user_id)
+    return Subscription(
+        user_id=token.user_id,
+        since_ms=since_ms,
+        load_snapshot=load,
+        expires_at=token.expires_at,
     )
-    return Subscription(user_id=user_id, since_ms=since_ms, load_snapshot=load)
 
 
-async def _load(
-    app: web.Application, user_id: int, window_s: int, limit: int, since_ms: int | None
-) -> list[ClientMessage]:
-    return await load_snapshot(
-        app[DB_POOL], user_id, window_s=window_s, limit=limit, since_ms=since_ms
-    )
+async def _load(app: web.Application, user_id: int, since_ms: int | None) -> list[ClientMessage]:
+    settings = app[SETTINGS]
+    async with asyncio.timeout(settings.snapshot_timeout_s):
+        return await load_snapshot(
+            app[DB_POOL],
+            user_id,
+            window_s=settings.snapshot_window_s,
+            limit=settings.snapshot_limit,
+            since_ms=since_ms,
+        )
 
 
 async def stream_to_client(sink: Sink, subscription: Subscription, send: Send) -> Outcome:
-    """Write until the hub closes (CLOSED) or drops (DROPPED) the sink.
+    """Write until the hub closes (CLOSED) or drops (DROPPED) the sink, or the token
+    expires (EXPIRED).
 
     Raises what ``send`` raises when the client is gone (ConnectionError and the like).
     """
     writer = asyncio.create_task(_write(sink, subscription, send))
     dropped = asyncio.create_task(sink.aborted.wait())
+    expired = asyncio.create_task(_until(subscription.expires_at))
+    done: set[asyncio.Task[Any]] = set()
     try:
-        await asyncio.wait({writer, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {writer, dropped, expired}, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
-        writer.cancel()
-        dropped.cancel()
-        error, _ = await asyncio.gather(writer, dropped, return_exceptions=True)
+        for task in (writer, dropped, expired):
+            task.cancel()
+        error, _, _ = await asyncio.gather(writer, dropped, expired, return_exceptions=True)
     if sink.aborted.is_set():
         return Outcome.DROPPED
+    if expired in done and writer not in done:
+        EXPIRED.inc()
+        return Outcome.EXPIRED
     if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError):
         raise error
     return Outcome.CLOSED
+
+
+async def _until(epoch_s: float) -> None:
+    if epoch_s == float("inf"):
+        await asyncio.Event().wait()
+    await asyncio.sleep(max(0.0, epoch_s - time.time()))
 
 
 async def _write(sink: Sink, subscription: Subscription, send: Send) -> None:

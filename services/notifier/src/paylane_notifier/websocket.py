@@ -7,11 +7,12 @@ Server → client only: one JSON text frame per message. The server pings every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 from aiohttp import WSCloseCode, web
 
-from .hub import HUB, Sink
+from .hub import HUB, Sink, TooManyConnections
 from .messages import ClientMessage
 from .stream import Outcome, Subscription, accept, cancel_and_wait, stream_to_client
 
@@ -22,6 +23,13 @@ HEARTBEAT_S = 20.0
 CLOSE_TIMEOUT_S = 2.0
 #: Clients have nothing to say; a large frame is not worth buffering.
 MAX_CLIENT_MESSAGE = 4096
+#: Close codes a client acts on (4000-4999 are the application's own):
+#: the token expired — reconnect with a fresh one;
+CLOSE_TOKEN_EXPIRED = 4401
+#: this user has too many streams open — close another first;
+CLOSE_TOO_MANY_FOR_USER = 4429
+#: this replica is full — try again later (RFC 6455's 1013), perhaps on another replica.
+CLOSE_FULL = 1013
 
 
 async def websocket_stream(request: web.Request) -> web.StreamResponse:
@@ -29,8 +37,20 @@ async def websocket_stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         heartbeat=HEARTBEAT_S, timeout=CLOSE_TIMEOUT_S, max_msg_size=MAX_CLIENT_MESSAGE
     )
-    # Registered before the handshake completes: a connected client misses no event.
-    with request.app[HUB].connection(subscription.user_id, "ws") as sink:
+    with contextlib.ExitStack() as registration:
+        try:
+            # Registered before the handshake completes: a connected client misses no event.
+            sink = registration.enter_context(
+                request.app[HUB].connection(subscription.user_id, "ws")
+            )
+        except TooManyConnections as exc:
+            # The handshake completes so that a browser can read why (it cannot read a
+            # refused upgrade's status).
+            await ws.prepare(request)
+            code = CLOSE_TOO_MANY_FOR_USER if exc.per_user else CLOSE_FULL
+            await ws.close(code=code, message=str(exc).encode())
+            log.info("client_refused", transport="ws", reason=str(exc))
+            return ws
         await ws.prepare(request)
         log.info("client_connected", transport="ws", since_ms=subscription.since_ms)
         writer = _Writer(request, ws, sink, subscription)
@@ -74,4 +94,7 @@ class _Writer:
                 transport.abort()
             return
         self.closing = True
-        await self._ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        if outcome is Outcome.EXPIRED:
+            await self._ws.close(code=CLOSE_TOKEN_EXPIRED, message=b"token expired")
+        else:
+            await self._ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

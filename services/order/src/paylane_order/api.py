@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -14,20 +15,29 @@ from paylane_common.catalog import Package
 from paylane_common.events import validation_summary
 from paylane_common.tokens import issue_client_token
 
-from .auth import Caller, identify, internal_secret_ok
-from .errors import InvalidRequest, NotFound, Unauthorized
+from .auth import Caller, identify, require_backend
+from .errors import InvalidRequest, NotFound
+from .miniprogram import MiniProgramLogin
 from .orders import NewOrder, Orders
 
 ORDERS = web.AppKey("orders", Orders)
 API_CONFIG = web.AppKey("api_config", "ApiConfig")
+LOGIN = web.AppKey("miniprogram_login", MiniProgramLogin)
 
 
 class ApiConfig(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     catalog: dict[str, Package]
-    internal_secret: str
+    backend_secret: str
     token_secret: str
+    token_ttl_s: int
+
+
+class Login(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(min_length=1, max_length=128)
 
 
 class CreateOrder(BaseModel):
@@ -67,8 +77,28 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=default))
 
 
+async def login(request: web.Request) -> web.Response:
+    """``POST /auth/miniprogram {code}``: the code of ``wx.login()`` → a session token of
+    the user whose openid WeChat names (created if new)."""
+    config = request.app[API_CONFIG]
+    body: Login = await _body(request, Login)
+    identity = await request.app[LOGIN].identify(body.code)
+    user_id = await request.app[ORDERS].sign_in(identity.openid)
+    structlog.contextvars.bind_contextvars(user_id=user_id)
+    token = issue_client_token(config.token_secret, user_id, ttl_s=config.token_ttl_s)
+    return _json(
+        {
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": config.token_ttl_s,
+            "user_id": user_id,
+        }
+    )
+
+
 async def create_order(request: web.Request) -> web.Response:
     config = request.app[API_CONFIG]
+    caller = _caller(request)
     body: CreateOrder = await _body(request, CreateOrder)
     package = config.catalog.get(body.package_type)
     if package is None:
@@ -80,6 +110,7 @@ async def create_order(request: web.Request) -> web.Response:
     order, created = await orders.create(
         NewOrder(
             user_id=body.user_id,
+            acting_user=None if caller.backend else caller.user_id,
             package=package,
             trade_type=body.trade_type,
             openid=body.openid,
@@ -88,7 +119,9 @@ async def create_order(request: web.Request) -> web.Response:
             idempotency_key=request.headers.get("Idempotency-Key") or None,
         )
     )
-    token = issue_client_token(config.token_secret, order["user_id"], order["out_trade_no"])
+    token = issue_client_token(
+        config.token_secret, order["user_id"], order["out_trade_no"], ttl_s=config.token_ttl_s
+    )
     return _json(
         {
             "out_trade_no": order["out_trade_no"],
@@ -129,23 +162,24 @@ def _view(order: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def _caller(request: web.Request) -> Caller | None:
+def _caller(request: web.Request) -> Caller:
+    """The authenticated caller (401 otherwise), bound to the request's log lines."""
     config = request.app[API_CONFIG]
-    return identify(
-        request, internal_secret=config.internal_secret, token_secret=config.token_secret
+    caller = identify(
+        request, backend_secret=config.backend_secret, token_secret=config.token_secret
     )
+    structlog.contextvars.bind_contextvars(
+        caller="backend" if caller.backend else "user", user_id=caller.user_id
+    )
+    return caller
 
 
 async def _owned_order(request: web.Request) -> dict[str, Any]:
-    """The order if the caller may see it; 404 for anyone else (no existence leak)."""
+    """The order if the caller may see it; 404 for other users (no existence leak)."""
     out_trade_no = request.match_info["out_trade_no"]
     caller = _caller(request)
-    order = await request.app[ORDERS].get(out_trade_no) if caller else None
-    if (
-        order is None
-        or caller is None
-        or (not caller.internal and caller.user_id != order["user_id"])
-    ):
+    order = await request.app[ORDERS].get(out_trade_no)
+    if order is None or not caller.may_see(order):
         raise NotFound(f"order {out_trade_no} not found")
     return order
 
@@ -160,8 +194,7 @@ async def close_order(request: web.Request) -> web.Response:
 
 
 async def create_refund(request: web.Request) -> web.Response:
-    if not internal_secret_ok(request, request.app[API_CONFIG].internal_secret):
-        raise Unauthorized("refunds need X-Internal-Secret")
+    require_backend(_caller(request), "refunding")
     body: CreateRefund = await _body(request, CreateRefund)
     result = await request.app[ORDERS].refund(
         request.match_info["out_trade_no"], body.amount, body.reason
@@ -184,6 +217,7 @@ async def prices(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_post("/auth/miniprogram", login)
     app.router.add_post("/orders", create_order)
     app.router.add_get("/orders/{out_trade_no}", get_order)
     app.router.add_post("/orders/{out_trade_no}/close", close_order)

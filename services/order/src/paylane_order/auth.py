@@ -1,4 +1,13 @@
-"""Who may see an order: its owner (client token) or the internal secret."""
+"""Who is calling the order API, and what each kind of caller may do.
+
+* the app's backend: ``X-Internal-Secret: <BACKEND_API_SECRET>``; orders for any user,
+  reads, close, refunds;
+* an end user: ``Authorization: Bearer <token>`` (a login session of
+  ``POST /auth/miniprogram`` or the ``client_token`` of ``POST /orders``); orders for
+  themselves, reads and closes of their own orders;
+* anyone else: 401. ``INTERNAL_API_SECRET`` (the cloud function's, held by ingress) is
+  not a credential here.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +18,48 @@ from aiohttp import web
 
 from paylane_common.tokens import TokenError, verify_client_token
 
+from .errors import Forbidden, Unauthorized
+
 
 @dataclass(frozen=True)
 class Caller:
-    internal: bool
+    #: The app's backend (``BACKEND_API_SECRET``): may act for any user.
+    backend: bool
+    #: The end user a token names (None for the backend).
     user_id: int | None
 
+    def may_see(self, order: dict[str, object]) -> bool:
+        return self.backend or self.user_id == order["user_id"]
 
-def internal_secret_ok(request: web.Request, secret: str) -> bool:
-    given = request.headers.get("X-Internal-Secret")
+
+def secret_ok(request: web.Request, secret: str) -> bool:
+    """``X-Internal-Secret`` equals ``secret`` (constant time); an unset secret matches
+    nothing, and a header given twice is no credential."""
+    given = request.headers.getall("X-Internal-Secret", [])
     return (
-        bool(secret) and given is not None and hmac.compare_digest(secret.encode(), given.encode())
+        bool(secret) and len(given) == 1 and hmac.compare_digest(secret.encode(), given[0].encode())
     )
 
 
-def identify(request: web.Request, *, internal_secret: str, token_secret: str) -> Caller | None:
-    """The caller, or None when it proved nothing (which callers turn into 404)."""
-    if internal_secret_ok(request, internal_secret):
-        return Caller(internal=True, user_id=None)
+def identify(request: web.Request, *, backend_secret: str, token_secret: str) -> Caller:
+    """The caller; :class:`Unauthorized` (401) when it proved nothing."""
+    if "X-Internal-Secret" in request.headers:
+        if secret_ok(request, backend_secret):
+            return Caller(backend=True, user_id=None)
+        raise Unauthorized("invalid X-Internal-Secret")
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return None
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "sign in: Authorization: Bearer <token> (POST /auth/miniprogram),"
+            " or X-Internal-Secret for the app backend"
+        )
     try:
-        return Caller(internal=False, user_id=verify_client_token(token_secret, token).user_id)
-    except TokenError:
-        return None
+        client = verify_client_token(token_secret, token.strip())
+    except TokenError as exc:
+        raise Unauthorized(str(exc)) from None
+    return Caller(backend=False, user_id=client.user_id)
+
+
+def require_backend(caller: Caller, what: str) -> None:
+    if not caller.backend:
+        raise Forbidden(f"{what} is for the app backend (X-Internal-Secret) only")

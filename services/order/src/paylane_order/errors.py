@@ -29,6 +29,16 @@ class Unauthorized(OrderError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(OrderError):
+    """The caller is known but may not do this (a user acting for another user)."""
+
+    status, code = 403, "forbidden"
+
+
+class TooManyRequests(OrderError):
+    status, code = 429, "too_many_requests"
+
+
 class NotFound(OrderError):
     status, code = 404, "not_found"
 

@@ -27,6 +27,7 @@ from paylane_common.topology import ORDER_PAYMENTS
 
 from . import api
 from .errors import error_middleware
+from .miniprogram import MiniProgramLogin
 from .orders import Orders, PlacementConfig
 from .payments import PRODUCER, Merchant, PaymentApplier
 from .reconciler import Reconciler, confirm_payment
@@ -69,6 +70,7 @@ def build_handler(app: web.Application, settings: OrderSettings) -> OrderEvents:
         Merchant(mchid=settings.wechatpay_mchid, appid=settings.wechatpay_appid),
         on_commit=wake,
         confirm=lambda data: confirm_payment(client, data),
+        trust_internal=settings.internal_notify_trusted,
     )
     return OrderEvents(payments, RefundApplier(app[DB_POOL], on_commit=wake))
 
@@ -81,8 +83,9 @@ def build_app(settings: OrderSettings) -> web.Application:
     use_wechatpay_client(app, settings)
     app[api.API_CONFIG] = api.ApiConfig(
         catalog=settings.catalog,
-        internal_secret=secret_value(settings.internal_api_secret),
+        backend_secret=secret_value(settings.backend_api_secret),
         token_secret=secret_value(settings.client_token_secret),
+        token_ttl_s=settings.client_token_ttl_s,
     )
 
     async def orders_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -105,10 +108,16 @@ def build_app(settings: OrderSettings) -> web.Application:
             interval_s=settings.reconcile_interval_s,
         )
         app[RECONCILER] = reconciler
+        app[api.LOGIN] = MiniProgramLogin(
+            settings.wechat_api_base,
+            settings.wechatpay_appid,
+            secret_value(settings.wechat_app_secret),
+        )
         if settings.reconcile_interval_s > 0:
             reconciler.start()
         yield
         await reconciler.stop()
+        await app[api.LOGIN].close()
 
     app.cleanup_ctx.append(orders_ctx)
     use_consumer(

@@ -23,7 +23,15 @@ from paylane_common.wechatpay import (
     WechatPayUnavailable,
 )
 
-from .errors import Conflict, InvalidRequest, NotFound, UpstreamRejected, UpstreamUnavailable
+from .errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from .ids import new_out_refund_no, new_out_trade_no
 
 log = structlog.get_logger(__name__)
@@ -34,6 +42,9 @@ CHINA = timezone(timedelta(hours=8))
 @dataclass(frozen=True)
 class NewOrder:
     user_id: int | None
+    #: Set when an end user places the order for themselves (their token's user): the
+    #: order is theirs, and an ``openid`` given must be theirs too.
+    acting_user: int | None
     package: Package
     trade_type: str
     openid: str | None
@@ -48,6 +59,15 @@ class PlacementConfig:
     appid: str
     notify_url: str
     order_ttl_s: int
+
+
+async def _user_by_openid(cur: aiomysql.Cursor, openid: str) -> dict[str, Any]:
+    """As the seeds' cloud function does: the openid names (or creates) the user."""
+    await cur.execute(
+        "INSERT INTO users (openid) VALUES (%s) ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+        (openid,),
+    )
+    return {"id": cur.lastrowid, "openid": openid}
 
 
 class Orders:
@@ -116,6 +136,14 @@ class Orders:
         return order, True
 
     async def _user(self, cur: aiomysql.Cursor, new: NewOrder) -> dict[str, Any]:
+        if new.acting_user is not None:
+            await cur.execute("SELECT id, openid FROM users WHERE id = %s", (new.acting_user,))
+            me: dict[str, Any] | None = await cur.fetchone()
+            if me is None:
+                raise Unauthorized("the token's user no longer exists")
+            if new.user_id not in (None, me["id"]) or new.openid not in (None, me["openid"]):
+                raise Forbidden("a user places orders only for themselves")
+            return me
         if new.user_id is not None:
             await cur.execute("SELECT id, openid FROM users WHERE id = %s", (new.user_id,))
             user: dict[str, Any] | None = await cur.fetchone()
@@ -125,13 +153,13 @@ class Orders:
                 raise NotFound(f"user {new.user_id} does not exist", "unknown_user")
         if not new.openid:
             raise InvalidRequest("user_id or openid is required", "user_required")
-        # As the seeds' cloud function does: the openid names (or creates) the user.
-        await cur.execute(
-            "INSERT INTO users (openid) VALUES (%s)"
-            " ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
-            (new.openid,),
-        )
-        return {"id": cur.lastrowid, "openid": new.openid}
+        return await _user_by_openid(cur, new.openid)
+
+    async def sign_in(self, openid: str) -> int:
+        """The user with this openid, created if new (a mini-program login)."""
+        async with transaction(self._pool) as cur:
+            user = await _user_by_openid(cur, openid)
+        return int(user["id"])
 
     async def _by_idempotency_key(
         self, cur: aiomysql.Cursor, user_id: int, key: str

@@ -50,17 +50,26 @@ class PaymentApplier:
         merchant: Merchant,
         on_commit: Callable[[], None] | None = None,
         confirm: Confirm | None = None,
+        trust_internal: bool = False,
     ):
         self.pool = pool
         self._merchant = merchant
         self._on_commit = on_commit
         self._confirm = confirm
+        self._trust_internal = trust_internal
+
+    def _needs_confirmation(self, data: PaymentSucceeded) -> bool:
+        """An internal notify comes from a caller holding a shared secret, not from WeChat
+        Pay: only WeChat Pay's word grants anything (unless the operator trusts the caller,
+        and even then an amount-less notify needs WeChat Pay to say how much was paid)."""
+        if data.amount_total is None:
+            return True
+        return data.source == "internal" and not self._trust_internal
 
     async def __call__(self, envelope: Envelope, data: PaymentSucceeded) -> str:
-        if data.amount_total is None:
-            # An internal notify without amount: only WeChat Pay can confirm it.
+        if self._needs_confirmation(data):
             if self._confirm is None:
-                raise Reject("payment without amount and no WeChat Pay client to confirm it")
+                raise Reject("internal payment and no WeChat Pay client to confirm it")
             data = await self._confirm(data)
         async with transaction(self.pool) as cur:
             if not await inbox.claim(cur, CONSUMER, envelope.event_id):
@@ -81,8 +90,8 @@ class PaymentApplier:
         is left to ``__call__``, one by one."""
         outcomes: list[str | None] = [None] * len(items)
         fresh = await first_deliveries(cur, CONSUMER, items, outcomes, PaymentSucceeded)
-        # Amount-less internal notifies need WeChat Pay's word first: left alone.
-        fresh = [(i, it) for i, it in fresh if it.data.amount_total is not None]
+        # Internal notifies need WeChat Pay's word first: left to __call__.
+        fresh = [(i, it) for i, it in fresh if not self._needs_confirmation(it.data)]
         if not fresh:
             return outcomes
         nos = sorted({it.data.out_trade_no for _, it in fresh})

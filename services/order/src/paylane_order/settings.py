@@ -19,13 +19,34 @@ class OrderSettings(BaseServiceSettings, ConsumerSettings, CatalogSettings, Merc
     wechatpay_appid: str = Field(min_length=1)
     #: Public URL of ingress's notify endpoint, sent when placing orders and refunds.
     wechatpay_notify_url: str
-    internal_api_secret: SecretStr | None = None
+    #: The app backend's secret (``X-Internal-Secret`` on the order API): orders for any
+    #: user, reads, close, refunds. ``INTERNAL_API_SECRET`` (the cloud function's, held by
+    #: ingress) opens nothing here.
+    backend_api_secret: SecretStr | None = None
     client_token_secret: TokenSecret
+    #: Lifetime of the tokens handed to end users (login sessions and ``client_token``s);
+    #: a stream on the notifier ends when its token expires.
+    client_token_ttl_s: int = Field(7200, ge=60, le=7 * 86400)
+    #: The mini-program's AppSecret, for ``jscode2session`` (``POST /auth/miniprogram``);
+    #: login answers 503 without it.
+    wechat_app_secret: SecretStr | None = None
+    #: WeChat's open-platform API host (``/sns/jscode2session``); the sandbox's URL locally.
+    wechat_api_base: str = "https://api.weixin.qq.com"
+    #: Apply ``source: "internal"`` payments without asking WeChat Pay first. Only for a
+    #: caller the operator trusts as much as WeChat Pay itself; off by default.
+    internal_notify_trusted: bool = False
     order_ttl_s: int = Field(1800, ge=1)
     #: The reconciler looks at orders and refunds still pending after this long …
     reconcile_after_s: float = Field(60.0, ge=0)
     #: … every this many seconds (0 disables the in-process schedule).
     reconcile_interval_s: float = Field(30.0, ge=0)
+
+    @field_validator("wechat_api_base")
+    @classmethod
+    def _api_base(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
 
     @field_validator("wechatpay_notify_url")
     @classmethod

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from paylane_common.service import base_app, serve
 
-from . import control_api, wechat_api
+from . import control_api, miniprogram_api, wechat_api
 from .app_keys import SANDBOX
 from .sandbox import Sandbox
 from .settings import SandboxSettings
@@ -22,6 +22,7 @@ def build_app(
     app[SANDBOX] = Sandbox(settings, clock=clock)
     wechat_api.add_routes(app)
     control_api.add_routes(app)
+    miniprogram_api.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[SANDBOX].start()

@@ -19,6 +19,7 @@ from .auth import MerchantAuthenticator, merchant_key
 from .background import Background
 from .faults import FaultInjector
 from .ledger import Ledger, Order, Refund
+from .miniprogram import LoginCodes
 from .notifications import Notification, Notifier
 from .settings import SandboxSettings
 from .signer import PlatformSigner, generate_private_key, self_signed_certificate
@@ -67,6 +68,7 @@ class Sandbox:
             timeout_s=settings.sandbox_notify_timeout_s,
             clock=clock,
         )
+        self.login_codes = LoginCodes(clock)
         self._timers = Background()
 
     async def start(self) -> None:
@@ -83,6 +85,7 @@ class Sandbox:
         self.ledger.reset()
         self.switches.reset()
         self.faults.clear()
+        self.login_codes.reset()
 
     # --- payments -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ class SandboxSettings(BaseServiceSettings):
         *FILE_VARIABLES,
         "SANDBOX_MERCHANT_PUBLIC_KEY",
         "SANDBOX_PLATFORM_PRIVATE_KEY",
+        "SANDBOX_APP_SECRET",
     )
     http_port: int = Field(8090, ge=1, le=65535)
     wechatpay_mchid: str = Field(min_length=1, max_length=32)
@@ -39,6 +40,8 @@ class SandboxSettings(BaseServiceSettings):
     sandbox_refund_delay_s: float = Field(1.0, ge=0)
     sandbox_notify_timeout_s: float = Field(5.0, gt=0)
     sandbox_max_skew_s: int = Field(300, ge=0)
+    #: The mini-program AppSecret jscode2session expects (any secret when unset).
+    sandbox_app_secret: SecretStr | None = None
 
     @field_validator("wechatpay_apiv3_key")
     @classmethod

@@ -1,0 +1,226 @@
+"""Who may act for a user (issue: security and money correctness).
+
+Placing an order is an authenticated act: the app's backend with ``BACKEND_API_SECRET``
+for any user, an end user with the session token of ``POST /auth/miniprogram`` for
+themselves. Anonymous callers get 401; a user's token never reaches another user's orders
+on any route or transport; the cloud function's ``INTERNAL_API_SECRET`` opens nothing on
+the order API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import aiohttp
+import aiomysql
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from tests.e2e.conftest import (
+    BACKEND,
+    INTERNAL_SECRET,
+    dead_letter,
+    fetch_one,
+    new_order,
+    sandbox,
+)
+from tests.support import hygiene
+from tests.support.clients import SSEClient
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+async def call(
+    stack: Stack,
+    service: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(
+            method, f"{stack.services[service].url}{path}", json=body, headers=headers
+        ) as response:
+            return response.status, await response.json(content_type=None)
+
+
+async def login(stack: Stack, openid: str | None = None) -> dict[str, Any]:
+    """A mini-program login: the sandbox hands out a code for ``openid``, paylane trades it."""
+    openid = openid or f"o-login-{uuid.uuid4().hex[:12]}"
+    hygiene.register(openid)
+    status, issued = await sandbox(stack, "POST", "/sandbox/miniprogram/codes", {"openid": openid})
+    assert status == 201, issued
+    status, session = await call(
+        stack, "order", "POST", "/auth/miniprogram", {"code": issued["code"]}
+    )
+    assert status == 200, session
+    return {**session, "openid": openid}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_anonymous_callers_get_401_on_every_order_route(stack: Stack) -> None:
+    order = await new_order(stack, "basic", "NATIVE")
+    routes = [
+        ("POST", "/orders", {"openid": "o-anon", "package_type": "basic", "trade_type": "NATIVE"}),
+        ("GET", f"/orders/{order.out_trade_no}", None),
+        ("POST", f"/orders/{order.out_trade_no}/close", None),
+        ("POST", f"/orders/{order.out_trade_no}/refunds", {"reason": "x"}),
+    ]
+    for method, path, body in routes:
+        status, answer = await call(stack, "order", method, path, body)
+        assert (status, answer["error"]) == (401, "unauthorized"), (method, path, answer)
+        assert answer["message"]
+    # Nothing was created or closed by the anonymous calls.
+    status, view = await call(stack, "order", "GET", f"/orders/{order.out_trade_no}", None, BACKEND)
+    assert (status, view["status"]) == (200, "pending")
+
+
+async def test_the_internal_secret_opens_nothing_on_the_order_api(stack: Stack) -> None:
+    order = await new_order(stack, "basic", "NATIVE")
+    internal = {"X-Internal-Secret": INTERNAL_SECRET}
+    routes = [
+        ("POST", "/orders", {"openid": "o-int", "package_type": "basic", "trade_type": "NATIVE"}),
+        ("GET", f"/orders/{order.out_trade_no}", None),
+        ("POST", f"/orders/{order.out_trade_no}/close", None),
+        ("POST", f"/orders/{order.out_trade_no}/refunds", {"reason": "x"}),
+    ]
+    for method, path, body in routes:
+        status, answer = await call(stack, "order", method, path, body, internal)
+        assert (status, answer["error"]) == (401, "unauthorized"), (method, path, answer)
+
+
+async def test_miniprogram_login_trades_a_code_for_a_session_once(stack: Stack) -> None:
+    openid = f"o-login-{uuid.uuid4().hex[:12]}"
+    first = await login(stack, openid)
+    assert first["token_type"] == "Bearer" and first["expires_in"] > 0
+    assert isinstance(first["user_id"], int)
+    again = await login(stack, openid)
+    assert again["user_id"] == first["user_id"]  # the openid names the same user
+
+    status, issued = await sandbox(stack, "POST", "/sandbox/miniprogram/codes", {"openid": openid})
+    assert status == 201
+    ok, _ = await call(stack, "order", "POST", "/auth/miniprogram", {"code": issued["code"]})
+    used, answer = await call(stack, "order", "POST", "/auth/miniprogram", {"code": issued["code"]})
+    assert ok == 200
+    assert (used, answer["error"]) == (401, "login_failed")
+    assert "40163" in answer["message"]  # WeChat's "code been used"
+    status, answer = await call(stack, "order", "POST", "/auth/miniprogram", {"code": "nope"})
+    assert (status, answer["error"]) == (401, "login_failed")
+    assert "40029" in answer["message"]  # WeChat's "invalid code"
+    status, answer = await call(stack, "order", "POST", "/auth/miniprogram", {})
+    assert (status, answer["error"]) == (400, "invalid_request")
+
+
+async def test_a_user_places_orders_only_for_themselves(stack: Stack) -> None:
+    alice, bob = await login(stack), await login(stack)
+    body = {"package_type": "basic", "trade_type": "JSAPI"}
+    status, order = await call(stack, "order", "POST", "/orders", body, bearer(alice["token"]))
+    assert status == 201, order
+    assert order["user_id"] == alice["user_id"]
+    assert order["pay"]["package"].startswith("prepay_id=")  # her openid came from the login
+
+    for other in ({"user_id": bob["user_id"]}, {"openid": bob["openid"]}):
+        status, answer = await call(
+            stack, "order", "POST", "/orders", {**body, **other}, bearer(alice["token"])
+        )
+        assert (status, answer["error"]) == (403, "forbidden"), answer
+
+
+async def test_a_users_token_never_reaches_another_users_orders(stack: Stack) -> None:
+    alice, bob = await login(stack), await login(stack)
+    body = {"package_type": "basic", "trade_type": "NATIVE"}
+    _, bobs = await call(stack, "order", "POST", "/orders", body, bearer(bob["token"]))
+    no = bobs["out_trade_no"]
+    as_alice = bearer(alice["token"])
+
+    status, answer = await call(stack, "order", "GET", f"/orders/{no}", None, as_alice)
+    assert (status, answer["error"]) == (404, "not_found")
+    status, answer = await call(stack, "order", "POST", f"/orders/{no}/close", None, as_alice)
+    assert (status, answer["error"]) == (404, "not_found")
+    status, answer = await call(
+        stack, "order", "POST", f"/orders/{no}/refunds", {"reason": "x"}, as_alice
+    )
+    assert (status, answer["error"]) == (403, "forbidden")
+    status, view = await call(stack, "order", "GET", f"/orders/{no}", None, bearer(bob["token"]))
+    assert (status, view["status"]) == (200, "pending")
+
+    # Streams: Alice's snapshot and live pushes never carry Bob's order.
+    notifier = stack.services["notifier"].url
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{notifier}/ws?token={alice['token']}")
+        async with SSEClient(http, f"{notifier}/events?token={alice['token']}") as sse:
+            status, paid = await sandbox(stack, "POST", f"/sandbox/orders/{no}/pay")
+            assert status == 200, paid
+            # Bob's client learns it; Alice's get nothing of it.
+            async with aiohttp.ClientSession() as bob_http:
+                bob_ws = await bob_http.ws_connect(f"{notifier}/ws?token={bob['token']}")
+                seen: set[str] = set()
+                async with asyncio.timeout(20):
+                    while "entitlement.granted" not in seen:
+                        seen.add(json.loads((await bob_ws.receive()).data)["type"])
+                await bob_ws.close()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1):
+                    message = await ws.receive()
+                    raise AssertionError(f"Alice's WebSocket got {message}")
+            assert sse.messages.empty(), sse.messages.get_nowait()
+        await ws.close()
+
+
+async def test_the_backend_places_orders_for_any_user(stack: Stack) -> None:
+    user = await login(stack)
+    status, order = await call(
+        stack,
+        "order",
+        "POST",
+        "/orders",
+        {"user_id": user["user_id"], "package_type": "premium", "trade_type": "NATIVE"},
+        BACKEND,
+    )
+    assert (status, order["user_id"]) == (201, user["user_id"])
+    # The client_token it returns is the user's: it reads the order.
+    status, view = await call(
+        stack,
+        "order",
+        "GET",
+        f"/orders/{order['out_trade_no']}",
+        None,
+        bearer(order["client_token"]),
+    )
+    assert (status, view["status"]) == (200, "pending")
+
+
+async def test_an_internal_notify_is_confirmed_with_wechat_pay_before_anything_is_granted(
+    stack: Stack, db_pool: aiomysql.Pool, amqp_connection: AbstractRobustConnection
+) -> None:
+    """Even with an amount that matches, a notify for an order WeChat Pay has not seen paid
+    grants nothing: the caller holds only the cloud function's secret."""
+    order = await new_order(stack, "premium", "NATIVE")
+    status, answer = await call(
+        stack,
+        "ingress",
+        "POST",
+        "/api/payment/internal/notify",
+        {
+            "outTradeNo": order.out_trade_no,
+            "transactionId": f"42000{uuid.uuid4().int % 10**23:023d}",
+            "status": "paid",
+            "amountTotal": order.amount_total,
+        },
+        {"X-Internal-Secret": INTERNAL_SECRET},
+    )
+    assert status == 200, answer
+    letter = await dead_letter(amqp_connection, "order.payments", order.out_trade_no)
+    assert b"does not confirm" in (letter.headers.get("x-paylane-reason") or "").encode()
+    row = await fetch_one(
+        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", order.out_trade_no
+    )
+    assert row["status"] == "pending"
