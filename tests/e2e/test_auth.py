@@ -224,3 +224,22 @@ async def test_an_internal_notify_is_confirmed_with_wechat_pay_before_anything_i
         db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", order.out_trade_no
     )
     assert row["status"] == "pending"
+
+
+async def test_the_backend_mints_a_fresh_token_for_a_users_client(stack: Stack) -> None:
+    user = await login(stack)
+    body = {"user_id": user["user_id"]}
+    status, minted = await call(stack, "order", "POST", "/auth/token", body, BACKEND)
+    assert status == 200, minted
+    assert (minted["user_id"], minted["token_type"]) == (user["user_id"], "Bearer")
+    status, answer = await call(stack, "order", "POST", "/auth/token", body, bearer(user["token"]))
+    assert (status, answer["error"]) == (403, "forbidden")
+    status, answer = await call(stack, "order", "POST", "/auth/token", body)
+    assert (status, answer["error"]) == (401, "unauthorized")
+    status, answer = await call(stack, "order", "POST", "/auth/token", {"user_id": 10**15}, BACKEND)
+    assert (status, answer["error"]) == (404, "unknown_user")
+    # The minted token opens the user's stream.
+    notifier = stack.services["notifier"].url
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{notifier}/ws?token={minted['token']}")
+        await ws.close()

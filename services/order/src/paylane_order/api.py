@@ -34,6 +34,12 @@ class ApiConfig(BaseModel):
     token_ttl_s: int
 
 
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: int = Field(gt=0)
+
+
 class Login(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -92,6 +98,25 @@ async def login(request: web.Request) -> web.Response:
             "token_type": "Bearer",
             "expires_in": config.token_ttl_s,
             "user_id": user_id,
+        }
+    )
+
+
+async def user_token(request: web.Request) -> web.Response:
+    """``POST /auth/token {user_id}`` (the backend only): a fresh token for a user's client,
+    e.g. when its stream closed because the last one expired."""
+    config = request.app[API_CONFIG]
+    require_backend(_caller(request), "minting user tokens")
+    body: TokenRequest = await _body(request, TokenRequest)
+    if not await request.app[ORDERS].user_exists(body.user_id):
+        raise NotFound(f"user {body.user_id} does not exist", "unknown_user")
+    token = issue_client_token(config.token_secret, body.user_id, ttl_s=config.token_ttl_s)
+    return _json(
+        {
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": config.token_ttl_s,
+            "user_id": body.user_id,
         }
     )
 
@@ -218,6 +243,7 @@ async def prices(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/auth/miniprogram", login)
+    app.router.add_post("/auth/token", user_token)
     app.router.add_post("/orders", create_order)
     app.router.add_get("/orders/{out_trade_no}", get_order)
     app.router.add_post("/orders/{out_trade_no}/close", close_order)

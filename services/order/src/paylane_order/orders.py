@@ -155,6 +155,11 @@ class Orders:
             raise InvalidRequest("user_id or openid is required", "user_required")
         return await _user_by_openid(cur, new.openid)
 
+    async def user_exists(self, user_id: int) -> bool:
+        async with transaction(self._pool) as cur:
+            await cur.execute("SELECT 1 FROM users WHERE id = %s", (user_id,))
+            return await cur.fetchone() is not None
+
     async def sign_in(self, openid: str) -> int:
         """The user with this openid, created if new (a mini-program login)."""
         async with transaction(self._pool) as cur:
