@@ -22,10 +22,14 @@ from .exceptions import ConfigError
 
 #: Variables that may be given as ``<NAME>_FILE`` pointing to a file holding the value.
 FILE_VARIABLES = (
+    # The URLs carry the broker's and the database's passwords.
+    "AMQP_URL",
+    "MYSQL_URL",
     "WECHATPAY_APIV3_KEY",
     "WECHATPAY_MERCHANT_PRIVATE_KEY",
     "WECHATPAY_PUBLIC_KEY",
     "INTERNAL_API_SECRET",
+    "BACKEND_API_SECRET",
     "CLIENT_TOKEN_SECRET",
 )
 
