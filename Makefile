@@ -23,7 +23,7 @@ migrate: install
 # Development keys are made once in .dev/ (git-ignored); honcho runs the Procfile.
 run: migrate
 	$(UV) run paylane dev init
-	@echo "ingress     http://127.0.0.1:8080  (POST /notify/wechatpay)"
+	@echo "ingress     http://127.0.0.1:8080  (POST /notify/wechatpay; /readyz /metrics on :9080)"
 	@echo "order       http://127.0.0.1:8081  (POST /orders, GET /orders/{no}, GET /prices/current)"
 	@echo "entitlement http://127.0.0.1:8082  (/healthz /readyz /metrics)"
 	@echo "notifier    http://127.0.0.1:8083  (GET /ws?token=… , GET /events?token=…)"

@@ -5,9 +5,14 @@
 Existing files are kept, so real credentials put there survive (see
 deploy/secrets/README.md). Missing ones are made up: random passwords, a random APIv3
 key and internal/client-token secrets, throw-away RSA keys for the merchant and for the
-sandbox's "WeChat Pay" side. ``rabbitmq_definitions`` is rebuilt on every run from
-deploy/rabbitmq/definitions.json plus the compose-only ``paylane`` broker user, because
-a node that imports definitions at boot creates no default user (see rabbitmq.conf).
+sandbox's "WeChat Pay" side.
+
+Rebuilt on every run from those: ``rabbitmq_definitions`` (deploy/rabbitmq/definitions.json
+plus the broker users: the administrator ``paylane`` and one user per service with the
+permissions of deploy/rabbitmq/permissions.json; a node that imports definitions at boot
+creates no default user, see rabbitmq.conf), and the URL files the services read through
+``AMQP_URL_FILE`` / ``MYSQL_URL_FILE``: ``amqp_url_<service>``, ``amqp_url_admin``,
+``mysql_url`` (the services' DML-only user) and ``mysql_migrate_url`` (the migrator).
 Only file names are printed, never values.
 """
 
@@ -22,16 +27,22 @@ import string
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 DEPLOY = Path(__file__).resolve().parent
+#: The broker's administrator (management UI, ops commands, ``paylane topology``).
 BROKER_USER = "paylane"
+#: Each service's own broker user is ``paylane-<service>`` (deploy/rabbitmq/permissions.json).
+BROKER_SERVICES = ("ingress", "order", "entitlement", "notifier")
+#: The database users made by deploy/mysql/init-users.sh.
+MYSQL_USER, MYSQL_MIGRATE_USER = "paylane", "paylane_migrate"
 
 
 def _hex() -> str:
-    # Hex only: the compose entrypoint puts these into AMQP_URL / MYSQL_URL unencoded.
+    # Hex only: these go into the AMQP / MySQL URLs unencoded.
     return secrets.token_hex(24)
 
 
@@ -54,7 +65,9 @@ def _rsa_private_key() -> str:
 GENERATED: dict[str, Callable[[], str]] = {
     "mysql_root_password": _hex,
     "mysql_password": _hex,
+    "mysql_migrate_password": _hex,
     "rabbitmq_password": _hex,
+    **{f"rabbitmq_{service}_password": _hex for service in BROKER_SERVICES},
     "wechatpay_apiv3_key": _apiv3_key,
     "internal_api_secret": lambda: secrets.token_urlsafe(32),
     "client_token_secret": lambda: secrets.token_urlsafe(48),
@@ -63,7 +76,14 @@ GENERATED: dict[str, Callable[[], str]] = {
     "sandbox_platform_private_key": _rsa_private_key,
 }
 #: Derived from other files rather than random.
-DERIVED = ("wechatpay_public_key", "rabbitmq_definitions")
+DERIVED = (
+    "wechatpay_public_key",
+    "rabbitmq_definitions",
+    "amqp_url_admin",
+    *(f"amqp_url_{service}" for service in BROKER_SERVICES),
+    "mysql_url",
+    "mysql_migrate_url",
+)
 
 
 def rabbitmq_password_hash(password: str, salt: bytes | None = None) -> str:
@@ -72,21 +92,27 @@ def rabbitmq_password_hash(password: str, salt: bytes | None = None) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
-def broker_definitions(topology: dict[str, object], password: str) -> dict[str, object]:
-    """The committed topology plus one user with full rights on the "/" vhost (local only)."""
+def broker_definitions(
+    topology: dict[str, object], passwords: dict[str, str], permissions: dict[str, Any]
+) -> dict[str, object]:
+    """The committed topology, the administrator (full rights on "/") and each service's
+    user with the committed permissions; ``passwords`` maps user name to password."""
     merged = dict(topology)
     merged["users"] = [
         {
-            "name": BROKER_USER,
+            "name": user,
             "password_hash": rabbitmq_password_hash(password),
             "hashing_algorithm": "rabbit_password_hashing_sha256",
-            # Local stack: the same user opens the management UI on 127.0.0.1:15672.
-            "tags": ["administrator"],
+            # Local stack: the administrator also opens the management UI on 127.0.0.1:15672.
+            "tags": ["administrator"] if user == BROKER_USER else [],
         }
+        for user, password in passwords.items()
     ]
     merged["permissions"] = [
-        {"user": BROKER_USER, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+        {"user": BROKER_USER, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"},
+        *permissions["permissions"],
     ]
+    merged["topic_permissions"] = list(permissions["topic_permissions"])
     return merged
 
 
@@ -122,11 +148,31 @@ def ensure_secrets(directory: Path, definitions: Path) -> dict[str, str]:
         _write(public, pem.decode())
         report[public.name] = "created"
 
+    def read(name: str) -> str:
+        return (directory / name).read_text(encoding="utf-8").strip()
+
+    passwords = {BROKER_USER: read("rabbitmq_password")}
+    passwords |= {f"paylane-{s}": read(f"rabbitmq_{s}_password") for s in BROKER_SERVICES}
     topology = json.loads(definitions.read_text(encoding="utf-8"))
-    password = (directory / "rabbitmq_password").read_text(encoding="utf-8").strip()
-    merged = broker_definitions(topology, password)
+    permissions = json.loads(definitions.with_name("permissions.json").read_text("utf-8"))
+    merged = broker_definitions(topology, passwords, permissions)
     _write(directory / "rabbitmq_definitions", json.dumps(merged, indent=2) + "\n")
-    report["rabbitmq_definitions"] = f"rebuilt from {definitions.name}"
+    report["rabbitmq_definitions"] = f"rebuilt from {definitions.name} and permissions.json"
+
+    urls = {
+        "amqp_url_admin": f"amqp://{BROKER_USER}:{passwords[BROKER_USER]}@rabbitmq:5672/",
+        **{
+            f"amqp_url_{s}": f"amqp://paylane-{s}:{passwords[f'paylane-{s}']}@rabbitmq:5672/"
+            for s in BROKER_SERVICES
+        },
+        "mysql_url": f"mysql://{MYSQL_USER}:{read('mysql_password')}@mysql:3306/paylane",
+        "mysql_migrate_url": (
+            f"mysql://{MYSQL_MIGRATE_USER}:{read('mysql_migrate_password')}@mysql:3306/paylane"
+        ),
+    }
+    for name, url in urls.items():
+        _write(directory / name, url + "\n")
+        report[name] = "rebuilt"
     return report
 
 

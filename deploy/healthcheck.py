@@ -5,7 +5,8 @@
 
 The port is ``HTTP_PORT`` when set, else the default port of the service this container
 runs, read from PID 1's command line (``paylane serve order`` -> 8081), so the image's one
-HEALTHCHECK works whichever service a container runs.
+HEALTHCHECK works whichever service a container runs. ``/readyz`` and ``/metrics`` of
+ingress are on its admin listener only: ``ADMIN_PORT`` when set, else 9080.
 """
 
 from __future__ import annotations
@@ -18,25 +19,38 @@ from pathlib import Path
 
 DEFAULT_PORTS = {"ingress": 8080, "order": 8081, "entitlement": 8082, "notifier": 8083}
 SANDBOX_PORT = 8090
+#: Services that serve these paths on a second, internal listener only (ADMIN_PORT).
+DEFAULT_ADMIN_PORTS = {"ingress": 9080}
+ADMIN_PATHS = ("/readyz", "/metrics")
 
 
-def service_port() -> int:
-    if os.environ.get("HTTP_PORT"):
-        return int(os.environ["HTTP_PORT"])
+def service_name() -> str:
     try:
         argv = Path("/proc/1/cmdline").read_bytes().split(b"\0")
     except OSError:
         argv = []
     words = [a.decode(errors="replace") for a in argv]
-    for name, port in {**DEFAULT_PORTS, "sandbox": SANDBOX_PORT}.items():
+    for name in (*DEFAULT_PORTS, "sandbox"):
         if name in words:
-            return port
-    return DEFAULT_PORTS["ingress"]
+            return name
+    return "ingress"
+
+
+def service_port(path: str = "/healthz") -> int:
+    name = service_name()
+    if path in ADMIN_PATHS:
+        if os.environ.get("ADMIN_PORT"):
+            return int(os.environ["ADMIN_PORT"])
+        if name in DEFAULT_ADMIN_PORTS:
+            return DEFAULT_ADMIN_PORTS[name]
+    if os.environ.get("HTTP_PORT"):
+        return int(os.environ["HTTP_PORT"])
+    return {**DEFAULT_PORTS, "sandbox": SANDBOX_PORT}[name]
 
 
 def main() -> int:
     path = sys.argv[1] if len(sys.argv) > 1 else "/healthz"
-    url = f"http://127.0.0.1:{service_port()}{path}"
+    url = f"http://127.0.0.1:{service_port(path)}{path}"
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if 200 <= response.status < 300 else 1

@@ -36,6 +36,33 @@ def _migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _topology(_args: argparse.Namespace) -> int:
+    """Declare the broker topology with AMQP_URL's identity (one allowed to configure),
+    for services running with AMQP_DECLARE_TOPOLOGY=false."""
+    import asyncio
+
+    from paylane_common import amqp
+    from paylane_common.topology import declare_topology
+
+    try:
+        settings = load_settings(BaseServiceSettings)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+        return 2
+    configure_logging(settings.log_format)
+
+    async def declare() -> None:
+        connection = await amqp.connect(settings.amqp_url, "topology")
+        try:
+            await declare_topology(await connection.channel())
+        finally:
+            await connection.close()
+
+    asyncio.run(declare())
+    print("declared the exchange, the stream and the consumer queues")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     module = importlib.import_module(SERVICES[args.service])
     module.main()
@@ -68,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="create the database in MYSQL_URL if needed and apply migrations"
     )
     migrate.set_defaults(func=_migrate)
+    topology = commands.add_parser(
+        "topology",
+        help="declare the RabbitMQ exchange, stream and queues (an identity that may configure)",
+    )
+    topology.set_defaults(func=_topology)
     serve = commands.add_parser("serve", help="run one service")
     serve.add_argument("service", choices=sorted(SERVICES))
     serve.set_defaults(func=_serve)

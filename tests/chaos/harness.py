@@ -778,7 +778,7 @@ async def consumer_outcomes(env: ChaosEnv) -> dict[str, tuple[int, dict[str, int
         try:
             async with (
                 aiohttp.ClientSession() as http,
-                http.get(f"{service.url}/metrics") as response,
+                http.get(f"{service.admin_url}/metrics") as response,
             ):
                 text = await response.text()
         except aiohttp.ClientError:

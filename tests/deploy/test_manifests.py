@@ -35,6 +35,10 @@ OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
 KUBERNETES_VERSION = "1.30"
 
 SERVICES = {"ingress": 8080, "order": 8081, "entitlement": 8082, "notifier": 8083}
+#: ingress's /readyz and /metrics: never on its internet-facing port.
+INGRESS_ADMIN_PORT = 9080
+USES_MYSQL = ("order", "entitlement", "notifier")
+PERMISSIONS = json.loads((DEPLOY / "rabbitmq" / "permissions.json").read_text())
 #: Variables that hold credentials: never a literal value, only a secret reference or a
 #: ``*_FILE`` path. (``WECHATPAY_PUBLIC_KEY_ID`` ends in ``_ID``: an identifier, not secret.)
 SECRET_NAME = re.compile(r"(SECRET|KEY|PASSWORD|PASS|TOKEN)$|^(AMQP_URL|MYSQL_URL)$")
@@ -148,10 +152,8 @@ def test_compose_secrets_are_files_never_values(compose: dict[str, Any], secrets
                     assert variable.removesuffix("_FILE") in readable[name], (name, variable)
             else:
                 assert not SECRET_NAME.search(variable), f"{name}: literal {variable}"
-    # AMQP_URL / MYSQL_URL are built at start from the password secrets, not written here.
-    entrypoint = "\n".join(compose["services"]["order"]["entrypoint"])
-    assert "/run/secrets/rabbitmq_password" in entrypoint
-    assert "/run/secrets/mysql_password" in entrypoint
+    # The URLs (with the passwords) are secret files too: no entrypoint builds them.
+    assert compose["services"]["order"].get("entrypoint") is None
     # Every secret file the stack mounts is one that compose_secrets.py makes.
     for secret in compose["secrets"].values():
         assert Path(secret["file"]).parent == secrets_dir
@@ -176,12 +178,66 @@ def test_compose_secrets_script_keeps_files_and_adds_the_broker_user(secrets_dir
     committed = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
     for key, value in committed.items():
         assert merged[key] == value
-    (user,) = merged["users"]
-    raw = base64.b64decode(user["password_hash"])
-    password = (secrets_dir / "rabbitmq_password").read_text().strip()
-    assert raw[4:] == hashlib.sha256(raw[:4] + password.encode()).digest()
-    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
-    assert merged["permissions"][0]["user"] == user["name"] == "paylane"
+    users = {user["name"]: user for user in merged["users"]}
+    assert set(users) == {"paylane"} | {f"paylane-{name}" for name in SERVICES}
+    for name, user in users.items():
+        raw = base64.b64decode(user["password_hash"])
+        secret = "rabbitmq_password" if name == "paylane" else f"rabbitmq_{name[8:]}_password"
+        password = (secrets_dir / secret).read_text().strip()
+        assert raw[4:] == hashlib.sha256(raw[:4] + password.encode()).digest(), name
+        assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+        assert user["tags"] == (["administrator"] if name == "paylane" else []), name
+        url = secrets_dir / ("amqp_url_admin" if name == "paylane" else f"amqp_url_{name[8:]}")
+        assert url.read_text().strip() == f"amqp://{name}:{password}@rabbitmq:5672/"
+    admin = {"user": "paylane", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+    assert merged["permissions"] == [admin, *PERMISSIONS["permissions"]]
+    assert merged["topic_permissions"] == PERMISSIONS["topic_permissions"]
+    for name, user in (("mysql_url", "paylane"), ("mysql_migrate_url", "paylane_migrate")):
+        assert (secrets_dir / name).read_text().startswith(f"mysql://{user}:")
+
+
+def test_committed_broker_permissions_are_least_privilege() -> None:
+    """One user per service; only notifier may configure (its own notifier.* queues); on
+    the exchange, ingress publishes payment.* / refund.* and nothing else."""
+    permissions = {p["user"]: p for p in PERMISSIONS["permissions"]}
+    topics = {p["user"]: p for p in PERMISSIONS["topic_permissions"]}
+    assert set(permissions) == set(topics) == {f"paylane-{name}" for name in SERVICES}
+    for user, entry in permissions.items():
+        assert entry["vhost"] == "/" and topics[user]["exchange"] == topology.EXCHANGE
+        assert ".*" not in (entry["configure"], entry["write"], entry["read"]), user
+        expected = "^notifier\\." if user == "paylane-notifier" else "^$"
+        assert entry["configure"] == expected, user
+    ingress = topics["paylane-ingress"]["write"]
+    assert re.match(ingress, "payment.succeeded") and re.match(ingress, "refund.abnormal")
+    for key in ("order.paid", "order.refunded", "entitlement.granted", "payment"):
+        assert not re.match(ingress, key), key
+    assert permissions["paylane-ingress"]["read"] == "^$"
+
+
+def test_compose_identities(compose: dict[str, Any]) -> None:
+    """Each service its own broker user; the services' database user, the migrator's."""
+    services = compose["services"]
+
+    def source(service: str, target: str) -> str | None:
+        found = [s["source"] for s in services[service]["secrets"] if s["target"] == target]
+        return found[0] if found else None
+
+    for name in SERVICES:
+        assert source(name, "/run/secrets/amqp_url") == f"amqp_url_{name}", name
+        assert services[name]["environment"]["AMQP_URL_FILE"] == "/run/secrets/amqp_url"
+        assert services[name]["environment"]["AMQP_DECLARE_TOPOLOGY"] == "false"
+        assert "AMQP_URL" not in services[name]["environment"]
+        expected = "mysql_url" if name in USES_MYSQL else None
+        assert source(name, "/run/secrets/mysql_url") == expected, name
+    assert source("migrate", "/run/secrets/mysql_url") == "mysql_migrate_url"
+    assert source("cli", "/run/secrets/amqp_url") == "amqp_url_admin"
+    mysql = services["mysql"]
+    assert "MYSQL_USER" not in mysql["environment"]  # it would get ALL on the database
+    initdb = {v["target"]: v["source"] for v in mysql["volumes"] if v["type"] == "bind"}
+    assert any(t.startswith("/docker-entrypoint-initdb.d/") for t in initdb)
+    assert initdb["/etc/paylane/grants.sql"].endswith("mysql/grants.sql")
+    # ingress's admin listener is not its public port.
+    assert [p["target"] for p in services["ingress"]["ports"]] == [8080, INGRESS_ADMIN_PORT]
 
 
 def test_compose_broker_loads_the_definitions_secret(compose: dict[str, Any]) -> None:
@@ -237,7 +293,9 @@ def test_deployments_are_probed_bounded_and_locked_down(overlay: list[dict[str, 
         port = container["ports"][0]
         assert port["containerPort"] == SERVICES[name] and port["name"] == "http"
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        # ingress answers /readyz on its admin listener only.
+        ready_port = "admin" if name == "ingress" else "http"
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": ready_port}
         for kind in ("requests", "limits"):
             assert set(container["resources"][kind]) == {"cpu", "memory"}, (name, kind)
     for name, spec in pod_specs(overlay):
@@ -297,6 +355,44 @@ def test_every_workload_has_a_disruption_budget_and_a_service(
         assert service["spec"]["ports"][0]["port"] == SERVICES[name]
 
 
+def test_ingress_admin_listener(overlay: list[dict[str, Any]]) -> None:
+    deployment = by_kind(overlay, "Deployment")["ingress"]["spec"]["template"]
+    (container,) = deployment["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8080, "admin": INGRESS_ADMIN_PORT}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ADMIN_PORT"] == str(INGRESS_ADMIN_PORT)
+    assert deployment["metadata"]["annotations"]["prometheus.io/port"] == str(INGRESS_ADMIN_PORT)
+    service = by_kind(overlay, "Service")["ingress"]["spec"]["ports"]
+    assert [(p["name"], p["port"]) for p in service] == [("http", 8080), ("admin", 9080)]
+    policies = by_kind(overlay, "NetworkPolicy")
+    scrape = policies["allow-prometheus-scrape"]["spec"]["ingress"][0]["ports"]
+    assert {"protocol": "TCP", "port": INGRESS_ADMIN_PORT} in scrape
+
+
+def test_kubernetes_identities(overlay: list[dict[str, Any]]) -> None:
+    """Each Deployment mounts its own broker URL; the services the DML-only database URL,
+    the migrate Job the migrator's."""
+
+    def mounted(spec: dict[str, Any]) -> dict[str, str]:
+        (volume,) = [v for v in spec["volumes"] if "secret" in v]
+        return {item["path"]: item["key"] for item in volume["secret"]["items"]}
+
+    deployments = by_kind(overlay, "Deployment")
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]["template"]["spec"]
+        keys = mounted(spec)
+        assert keys["AMQP_URL"] == f"AMQP_URL_{name.upper()}", name
+        assert keys.get("MYSQL_URL") == ("MYSQL_URL" if name in USES_MYSQL else None), name
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert env["AMQP_URL_FILE"] == "/run/secrets/paylane/AMQP_URL"
+        assert "AMQP_URL" not in env and "MYSQL_URL" not in env
+    config = by_kind(overlay, "ConfigMap")["paylane-config"]["data"]
+    assert config["AMQP_DECLARE_TOPOLOGY"] == "false"
+    (job,) = by_kind(overlay, "Job").values()
+    assert mounted(job["spec"]["template"]["spec"]) == {"MYSQL_URL": "MYSQL_URL_MIGRATE"}
+
+
 def test_ingress_autoscales_on_cpu(overlay: list[dict[str, Any]]) -> None:
     (hpa,) = by_kind(overlay, "HorizontalPodAutoscaler").values()
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -317,6 +413,7 @@ def test_network_policies(overlay: list[dict[str, Any]]) -> None:
     assert "ingress" not in deny
     notify = policies["allow-ingress-notify"]["spec"]
     assert notify["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "ingress"
+    # From anywhere: ingress's public port, never its admin port.
     assert notify["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
     for name in ("allow-from-ingress-controller", "allow-prometheus-scrape"):
         for rule in policies[name]["spec"]["ingress"]:
@@ -462,7 +559,7 @@ def test_dockerfile_runs_paylane_as_non_root() -> None:
     assert final["USER"].startswith("10001")
     assert json.loads(final["ENTRYPOINT"]) == ["paylane"]
     assert json.loads(final["CMD"]) == ["serve", "ingress"]
-    assert set(final["EXPOSE"].split()) == {"8080", "8081", "8082", "8083", "8090"}
+    assert set(final["EXPOSE"].split()) == {"8080", "8081", "8082", "8083", "8090", "9080"}
     assert "/healthz" in final["HEALTHCHECK"] and "python" in final["HEALTHCHECK"]
     builds = [args for stage in stages for instruction, args in stage if instruction == "RUN"]
     assert any("uv sync --frozen --no-dev" in args for args in builds)
@@ -470,30 +567,45 @@ def test_dockerfile_runs_paylane_as_non_root() -> None:
     assert {".git", ".venv", ".dev", "deploy/secrets"} <= set(ignored)
 
 
-class _Health(BaseHTTPRequestHandler):
+class _Public(BaseHTTPRequestHandler):
+    """Like ingress's public listener: /healthz, and 404 for /readyz and /metrics."""
+
     def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/healthz" else 503)
+        self.send_response(200 if self.path == "/healthz" else 404)
         self.end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
+class _Admin(_Public):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path in ("/healthz", "/readyz", "/metrics") else 404)
+        self.end_headers()
+
+
 def test_image_healthcheck_script(tmp_path: Path) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    servers = [HTTPServer(("127.0.0.1", 0), handler) for handler in (_Public, _Admin)]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    public, admin = (str(s.server_port) for s in servers)
     try:
-        env = {**os.environ, "HTTP_PORT": str(server.server_port)}
         script = str(DEPLOY / "healthcheck.py")
 
-        def check(*args: str) -> int:
-            run = subprocess.run([sys.executable, script, *args], env=env, capture_output=True)
+        def check(*args: str, **env: str) -> int:
+            run = subprocess.run(
+                [sys.executable, script, *args], env={**os.environ, **env}, capture_output=True
+            )
             return run.returncode
 
-        assert check() == 0
-        assert check("/readyz") == 1
+        assert check(HTTP_PORT=public, ADMIN_PORT=admin) == 0
+        assert check("/readyz", HTTP_PORT=public, ADMIN_PORT=admin) == 0
+        assert check("/metrics", HTTP_PORT=public, ADMIN_PORT=admin) == 0
+        # Asked on the public listener, ingress does not answer it.
+        assert check("/readyz", HTTP_PORT=public, ADMIN_PORT=public) == 1
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        for server, thread in zip(servers, threads, strict=True):
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)

@@ -24,16 +24,26 @@ def free_port() -> int:
         return port
 
 
+#: Services whose /readyz and /metrics are on a second listener (``ADMIN_PORT``) only.
+ADMIN_PORT_SERVICES = frozenset({"ingress"})
+
+
 @dataclass
 class Service:
     name: str
     port: int
     process: asyncio.subprocess.Process
     log_path: Path
+    admin_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """Where /readyz and /metrics are: the admin listener, else the service's port."""
+        return f"http://127.0.0.1:{self.admin_port or self.port}"
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
@@ -61,6 +71,9 @@ class Stack:
         port = free_port()
         env = {**os.environ, **self.base_env, **(extra_env or {})}
         env.update({"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port), "LOG_FORMAT": "json"})
+        admin_port = free_port() if name in ADMIN_PORT_SERVICES else None
+        if admin_port is not None:
+            env["ADMIN_PORT"] = str(admin_port)
         key = alias or name
         log_path = self.log_dir / f"{key}.log"
         with log_path.open("ab") as log:
@@ -71,7 +84,7 @@ class Stack:
                 stderr=asyncio.subprocess.STDOUT,
             )
         hygiene.register_log(log_path)
-        service = Service(key, port, process, log_path)
+        service = Service(key, port, process, log_path, admin_port)
         self.services[key] = service
         await wait_ready(service)
         return service
@@ -100,7 +113,7 @@ async def wait_ready(service: Service, timeout: float = 30.0) -> None:
             if service.process.returncode is not None:
                 raise RuntimeError(f"{service.name} exited:\n{service.log_tail()}")
             try:
-                async with http.get(f"{service.url}/readyz") as response:
+                async with http.get(f"{service.admin_url}/readyz") as response:
                     if response.status == 200:
                         return
             except aiohttp.ClientError:

@@ -19,7 +19,9 @@ class _Svc(BaseServiceSettings, CatalogSettings):
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (
         "AMQP_URL",
+        "AMQP_URL_FILE",
         "MYSQL_URL",
+        "MYSQL_URL_FILE",
         "HTTP_PORT",
         "CLIENT_TOKEN_SECRET",
         "CLIENT_TOKEN_SECRET_FILE",
@@ -66,6 +68,34 @@ def test_secret_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     settings = load_settings(_Svc)
     assert settings.client_token_secret.get_secret_value() == "from-a-file-" + "x" * 32
     assert "from-a-file" not in repr(settings)
+
+
+def test_broker_and_database_urls_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The URLs carry passwords: like every other secret they may be mounted files."""
+    amqp = tmp_path / "amqp_url"
+    amqp.write_text("amqp://paylane-order:s3cret@rabbitmq:5672/\n")
+    mysql = tmp_path / "mysql_url"
+    mysql.write_text("mysql://paylane:s3cret@mysql:3306/paylane\n")
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s" * 32)
+    monkeypatch.setenv("AMQP_URL_FILE", str(amqp))
+    monkeypatch.setenv("MYSQL_URL_FILE", str(mysql))
+    settings = load_settings(_Svc)
+    assert settings.amqp_url == "amqp://paylane-order:s3cret@rabbitmq:5672/"
+    assert (settings.mysql.user, settings.mysql.host) == ("paylane", "mysql")
+    # The variable itself still wins over the file, as for every other secret.
+    monkeypatch.setenv("AMQP_URL", "amqp://other:pw@elsewhere:5672/")
+    assert load_settings(_Svc).amqp_url == "amqp://other:pw@elsewhere:5672/"
+
+
+def test_url_from_file_is_validated_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    bad = tmp_path / "mysql_url"
+    bad.write_text("postgres://x/y")
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s" * 32)
+    monkeypatch.setenv("MYSQL_URL_FILE", str(bad))
+    with pytest.raises(ConfigError, match="MYSQL_URL"):
+        load_settings(_Svc)
 
 
 def test_unreadable_secret_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
 from paylane_common import events
 from paylane_common.exceptions import ConfigError
-from paylane_common.service import PUBLISHER
+from paylane_common.service import ADMIN_LISTENER, PUBLISHER
 from paylane_common.settings import load_settings
 from paylane_common.topology import LOG_STREAM
 from paylane_common.wechatpay import SIGNTEST_PREFIX
@@ -339,16 +340,26 @@ async def test_internal_notify_publishes_payment_succeeded(client, spy, wechat_k
 
 
 @integration
-async def test_health_ready_and_metrics(client, notification, spy):
+async def test_health_ready_and_metrics_on_the_admin_listener_only(client, notification, spy):
+    """The public listener faces the internet: /healthz only; /readyz (which names the
+    broker) and /metrics are for the cluster, on ADMIN_PORT."""
     assert (await client.get("/healthz")).status == 200
-    ready = await client.get("/readyz")
-    assert ready.status == 200
-    assert (await ready.json())["checks"] == {"broker": "ok"}
-    sent = notification()
-    assert (await client.post(NOTIFY, data=sent.body, headers=sent.headers)).status == 204
-    await spy.drain()
-    text = await (await client.get("/metrics")).text()
-    assert 'paylane_ingress_notifications_received_total{route="wechatpay"}' in text
+    assert (await client.get("/readyz")).status == 404
+    assert (await client.get("/metrics")).status == 404
+    listener = client.app[ADMIN_LISTENER]
+    assert listener.port == 9080  # the default
+    async with TestClient(TestServer(listener.app)) as admin:
+        assert (await admin.get("/healthz")).status == 200
+        ready = await admin.get("/readyz")
+        assert ready.status == 200
+        assert (await ready.json())["checks"] == {"broker": "ok"}
+        sent = notification()
+        assert (await client.post(NOTIFY, data=sent.body, headers=sent.headers)).status == 204
+        await spy.drain()
+        text = await (await admin.get("/metrics")).text()
+        assert 'paylane_ingress_notifications_received_total{route="wechatpay"}' in text
+        # Nothing of the public API on the admin listener either.
+        assert (await admin.post(NOTIFY, data=sent.body, headers=sent.headers)).status == 404
 
 
 APIV3_KEY = "0123456789abcdefABCDEF0123456789"  # what the env fixture sets
@@ -375,6 +386,8 @@ def test_settings_load_from_the_environment(env, wechat_keys):
         ),
         ({"WECHATPAY_PUBLIC_KEY_ID": None}, "WECHATPAY_PUBLIC_KEY_ID"),
         ({"WECHATPAY_PLATFORM_CERTS_DIR": "/nonexistent/certs"}, "WECHATPAY_PLATFORM_CERTS_DIR"),
+        ({"HTTP_PORT": "9080"}, "ADMIN_PORT must differ from HTTP_PORT"),
+        ({"ADMIN_PORT": "0"}, "ADMIN_PORT"),
     ],
 )
 def test_bad_settings_raise_config_error_naming_the_variable(env, change, named):

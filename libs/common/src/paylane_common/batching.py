@@ -83,8 +83,9 @@ class BatchConsumer(Consumer):
         *,
         prefetch: int = 128,
         max_batch: int = 64,
+        declare: bool = True,
     ):
-        super().__init__(connection, publisher, spec, handler, prefetch=prefetch)
+        super().__init__(connection, publisher, spec, handler, prefetch=prefetch, declare=declare)
         self._batch_handler = handler
         self._max_batch = max_batch
         self._arrived: list[AbstractIncomingMessage] = []

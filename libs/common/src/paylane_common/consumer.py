@@ -24,7 +24,7 @@ from .amqp import copy_message, without_broker_headers
 from .events import Envelope, parse_event
 from .exceptions import EventValidationError, PaylaneError, PublishError
 from .publisher import Publisher
-from .topology import QueueSpec, declare_queue
+from .topology import QueueSpec, declare_queue, existing_queue
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +70,10 @@ class Consumer:
         handler: Handler,
         *,
         prefetch: int = 32,
+        declare: bool = True,
     ):
         self._connection = connection
+        self._declare = declare
         self._publisher = publisher
         self.spec = spec
         self._handler = handler
@@ -83,7 +85,10 @@ class Consumer:
     async def start(self) -> None:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
-        self._queue = await declare_queue(channel, self.spec)
+        if self._declare:
+            self._queue = await declare_queue(channel, self.spec)
+        else:  # its retry queue and DLQ come with it (definitions.json)
+            self._queue = await existing_queue(channel, self.spec.name)
         self._tag = await self._queue.consume(self._on_message)
         log.info("consumer_started", queue=self.spec.name, prefetch=self._prefetch)
 

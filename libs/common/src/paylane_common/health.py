@@ -1,4 +1,10 @@
-"""``/healthz`` (process alive), ``/readyz`` (dependencies reachable), ``/metrics``."""
+"""``/healthz`` (process alive), ``/readyz`` (dependencies reachable), ``/metrics``.
+
+A service facing the internet (ingress) serves ``/readyz`` and ``/metrics`` on a second,
+internal listener only (:func:`admin_app`): its public port answers them 404. Readiness
+names the broker and the database, metrics name queues and outcomes: nothing for the
+internet to read or to hammer.
+"""
 
 from __future__ import annotations
 
@@ -40,9 +46,21 @@ async def metrics_view(_request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def add_health_routes(app: web.Application) -> None:
-    """Register the three routes; services add checks to ``app[READINESS_CHECKS]``."""
+def add_health_routes(app: web.Application, *, internal: bool = True) -> None:
+    """Register ``/healthz`` and, with ``internal``, ``/readyz`` and ``/metrics``; services
+    add checks to ``app[READINESS_CHECKS]``."""
     app[READINESS_CHECKS] = {}
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    if internal:
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics_view)
+
+
+def admin_app(checks: dict[str, ReadinessCheck]) -> web.Application:
+    """The internal listener's app: the three routes, with the service's own checks."""
+    admin = web.Application()
+    admin[READINESS_CHECKS] = checks
+    admin.router.add_get("/healthz", healthz)
+    admin.router.add_get("/readyz", readyz)
+    admin.router.add_get("/metrics", metrics_view)
+    return admin

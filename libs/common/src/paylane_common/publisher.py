@@ -21,7 +21,7 @@ from aio_pika.abc import (
 from . import metrics, tracing
 from .events import Envelope
 from .exceptions import PublishError
-from .topology import declare_topology
+from .topology import declare_exchange, declare_topology
 
 
 class Publisher:
@@ -34,9 +34,16 @@ class Publisher:
         self._closed = False
 
     @classmethod
-    async def open(cls, connection: AbstractRobustConnection, timeout: float = 3.0) -> Publisher:
+    async def open(
+        cls, connection: AbstractRobustConnection, timeout: float = 3.0, *, declare: bool = True
+    ) -> Publisher:
+        """A confirm channel; ``declare``: declare the whole topology first, else only
+        check that the exchange exists (a user without *configure* permission)."""
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await declare_topology(channel)
+        if declare:
+            exchange = await declare_topology(channel)
+        else:
+            exchange = await declare_exchange(channel, passive=True)
         return cls(channel, exchange, timeout)
 
     @property

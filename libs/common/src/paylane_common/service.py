@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import aiomysql
@@ -18,7 +19,7 @@ from . import amqp, db
 from .batching import BatchConsumer, BatchHandler
 from .consumer import Consumer, Handler
 from .exceptions import ConfigError
-from .health import READINESS_CHECKS, add_health_routes
+from .health import READINESS_CHECKS, add_health_routes, admin_app
 from .logs import configure_logging
 from .outbox import OutboxRelay
 from .publisher import Publisher
@@ -38,6 +39,8 @@ AMQP_CONNECTION = web.AppKey("amqp_connection", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
 DB_POOL = web.AppKey("db_pool", aiomysql.Pool)
 SERVICE_NAME = web.AppKey("service_name", str)
+#: AMQP_DECLARE_TOPOLOGY: whether this process declares the topology or only checks it.
+DECLARES_TOPOLOGY = web.AppKey("declares_topology", bool)
 
 #: SIGTERM: stop consuming, finish in-flight work, exit within 10 s (DESIGN §8):
 #: HTTP handlers get this long, then consumers get Consumer.stop()'s budget.
@@ -59,20 +62,42 @@ async def bind_request_context(
         structlog.contextvars.clear_contextvars()
 
 
-def base_app(name: str, *, client_max_size: int = 1024**2) -> web.Application:
+@dataclass(frozen=True)
+class AdminListener:
+    """``/healthz``, ``/readyz`` and ``/metrics`` on their own port (``ADMIN_PORT``)."""
+
+    app: web.Application
+    port: int
+
+
+ADMIN_LISTENER = web.AppKey("admin_listener", AdminListener)
+
+
+def base_app(
+    name: str, *, client_max_size: int = 1024**2, admin_port: int | None = None
+) -> web.Application:
+    """The service's app with its health routes. With ``admin_port``, ``/readyz`` and
+    ``/metrics`` are served only by ``app[ADMIN_LISTENER]`` (started by :func:`run`);
+    the app itself keeps ``/healthz``."""
     app = web.Application(middlewares=[bind_request_context], client_max_size=client_max_size)
     app[SERVICE_NAME] = name
-    add_health_routes(app)
+    add_health_routes(app, internal=admin_port is None)
+    if admin_port is not None:
+        app[ADMIN_LISTENER] = AdminListener(admin_app(app[READINESS_CHECKS]), admin_port)
     return app
 
 
 def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
-    """A robust connection and a confirm publisher (which declares the topology)."""
+    """A robust connection and a confirm publisher (which declares the topology unless
+    ``AMQP_DECLARE_TOPOLOGY=false``)."""
+    app[DECLARES_TOPOLOGY] = settings.amqp_declare_topology
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         connection = await amqp.connect(settings.amqp_url, app[SERVICE_NAME])
         app[AMQP_CONNECTION] = connection
-        app[PUBLISHER] = await Publisher.open(connection, settings.publish_timeout_s)
+        app[PUBLISHER] = await Publisher.open(
+            connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
+        )
 
         async def broker_check() -> None:
             if not amqp.broker_ready(connection) or not app[PUBLISHER].ready:
@@ -124,6 +149,10 @@ def run(app: web.Application, settings: BaseServiceSettings) -> None:
             url=f"http://{settings.http_host}:{settings.http_port}",
         )
 
+    listener = app.get(ADMIN_LISTENER)
+    if listener is not None:
+        # After every resource is open, so /readyz never answers before its checks exist.
+        app.cleanup_ctx.append(_serve_admin(listener, settings.http_host))
     app.on_startup.append(_freeze_startup_objects)  # last: after every resource is open
     web.run_app(
         app,
@@ -135,6 +164,20 @@ def run(app: web.Application, settings: BaseServiceSettings) -> None:
         print=announce,
         access_log=None,
     )
+
+
+def _serve_admin(
+    listener: AdminListener, host: str
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        runner = web.AppRunner(listener.app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, host, listener.port).start()
+        log.info("listening", service=app[SERVICE_NAME], url=f"http://{host}:{listener.port}")
+        yield
+        await runner.cleanup()
+
+    return ctx
 
 
 async def _freeze_startup_objects(_app: web.Application) -> None:
@@ -170,6 +213,7 @@ def use_consumer(
         handler = make_handler(app)
         connection, publisher = app[AMQP_CONNECTION], app[PUBLISHER]
         prefetch = settings.consumer_prefetch
+        declare = app[DECLARES_TOPOLOGY]
         consumer: Consumer
         if isinstance(handler, BatchHandler):
             consumer = BatchConsumer(
@@ -179,9 +223,12 @@ def use_consumer(
                 handler,
                 prefetch=prefetch,
                 max_batch=settings.consumer_batch_max,
+                declare=declare,
             )
         else:
-            consumer = Consumer(connection, publisher, spec, handler, prefetch=prefetch)
+            consumer = Consumer(
+                connection, publisher, spec, handler, prefetch=prefetch, declare=declare
+            )
         app[CONSUMER] = consumer
         await consumer.start()
         yield

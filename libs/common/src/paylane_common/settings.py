@@ -22,6 +22,9 @@ from .exceptions import ConfigError
 
 #: Variables that may be given as ``<NAME>_FILE`` pointing to a file holding the value.
 FILE_VARIABLES = (
+    # The URLs carry the broker's and the database's passwords.
+    "AMQP_URL",
+    "MYSQL_URL",
     "WECHATPAY_APIV3_KEY",
     "WECHATPAY_MERCHANT_PRIVATE_KEY",
     "WECHATPAY_PUBLIC_KEY",
@@ -95,6 +98,9 @@ class BaseServiceSettings(BaseSettings):
     http_host: str = "0.0.0.0"
     http_port: int = Field(8080, ge=1, le=65535)
     log_format: Literal["json", "console"] | None = None
+    #: Declare the broker topology at start (needs *configure* permission); false: only
+    #: check that it exists, for a broker user with least privilege (topology.py).
+    amqp_declare_topology: bool = True
     #: Publisher-confirm budget; ingress answers 503 past it.
     publish_timeout_s: float = Field(3.0, gt=0, le=4.5)
 

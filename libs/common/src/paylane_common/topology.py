@@ -1,24 +1,34 @@
 """RabbitMQ topology (DESIGN §5): exchange ``paylane``, quorum queues with retry + DLQ,
 and the stream ``paylane.log`` bound ``#`` as the replay source.
 
-Every process declares the whole topology at start (declaration is idempotent), so a
-message published before its consumer first ran is still queued for it.
+By default every process declares the whole topology at start (declaration is
+idempotent), so a message published before its consumer first ran is still queued for
+it. Declaring needs the broker's *configure* permission on every name, which a service
+holding least privilege does not have: with ``AMQP_DECLARE_TOPOLOGY=false`` it only
+checks (passively) that what it uses exists, and the topology comes from
+``deploy/rabbitmq/definitions.json`` or ``paylane topology`` run by the admin identity.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from pamqp.common import Arguments
 
 from . import events
+from .exceptions import ConfigError
 
 EXCHANGE = "paylane"
 LOG_STREAM = "paylane.log"
 LOG_STREAM_MAX_AGE = "7D"
 DLQ_DELIVERY_LIMIT = 1_000_000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,27 @@ def queue_spec(name: str) -> QueueSpec:
     raise KeyError(f"unknown queue {name!r}; known: {', '.join(q.name for q in QUEUES)}")
 
 
-async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
+async def declare_exchange(channel: AbstractChannel, *, passive: bool = False) -> AbstractExchange:
+    """The exchange ``paylane``; ``passive``: only check that it exists (no permission
+    needed)."""
+    if passive:
+        return await _existing(channel.declare_exchange(EXCHANGE, passive=True), EXCHANGE)
     return await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+async def existing_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
+    """A queue that must already exist (passive declaration: no permission needed)."""
+    return await _existing(channel.declare_queue(name, passive=True), name)
+
+
+async def _existing(declaration: Awaitable[T], name: str) -> T:
+    try:
+        return await declaration
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        raise ConfigError(
+            f"RabbitMQ has no {name!r}: with AMQP_DECLARE_TOPOLOGY=false the topology must "
+            "be declared beforehand (deploy/rabbitmq/definitions.json or `paylane topology`)"
+        ) from None
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:

@@ -28,7 +28,9 @@ def build_app(
     settings: IngressSettings, *, clock: Callable[[], float] = time.time
 ) -> web.Application:
     keys = settings.verifier_keys()
-    app = base_app("ingress", client_max_size=MAX_BODY * 2)
+    # Public: the notify and internal routes and /healthz; /readyz and /metrics only on
+    # ADMIN_PORT (the cluster's probes and Prometheus, never the internet).
+    app = base_app("ingress", client_max_size=MAX_BODY * 2, admin_port=settings.admin_port)
     app[NOTIFY_CONFIG] = NotifyConfig(
         verifier=NotificationVerifier(keys, max_skew_s=settings.notify_max_skew_s, clock=clock),
         apiv3_key=secret_value(settings.wechatpay_apiv3_key).encode(),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from paylane_common.merchant_api import DEFAULT_API_BASE, WechatPayKeysSettings
 from paylane_common.settings import BaseServiceSettings
@@ -10,6 +10,8 @@ from paylane_common.settings import BaseServiceSettings
 
 class IngressSettings(BaseServiceSettings, WechatPayKeysSettings):
     http_port: int = Field(8080, ge=1, le=65535)
+    #: /readyz and /metrics are served here only, never on the internet-facing HTTP_PORT.
+    admin_port: int = Field(9080, ge=1, le=65535)
     wechatpay_apiv3_key: SecretStr
     internal_api_secret: SecretStr | None = None
     #: Optional: with these (and a certs dir) platform certificates are refreshed in the
@@ -27,6 +29,12 @@ class IngressSettings(BaseServiceSettings, WechatPayKeysSettings):
             and self.wechatpay_merchant_private_key
             and self.wechatpay_merchant_serial_no
         )
+
+    @model_validator(mode="after")
+    def _admin_port_is_another_port(self) -> IngressSettings:
+        if self.admin_port == self.http_port:
+            raise ValueError("ADMIN_PORT must differ from HTTP_PORT (the public listener)")
+        return self
 
     @field_validator("wechatpay_apiv3_key")
     @classmethod

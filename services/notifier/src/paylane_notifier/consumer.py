@@ -33,7 +33,7 @@ from paylane_common import tracing
 from paylane_common.events import parse_event
 from paylane_common.exceptions import EventValidationError
 from paylane_common.metrics import CONSUMER_MESSAGES
-from paylane_common.service import AMQP_CONNECTION
+from paylane_common.service import AMQP_CONNECTION, DECLARES_TOPOLOGY
 from paylane_common.topology import NOTIFIER_KEYS, declare_exchange
 
 from .hub import HUB, Hub
@@ -53,9 +53,12 @@ def queue_name() -> str:
 class EventConsumer:
     """Consumes this replica's queue into the hub; start() / stop() around the app's life."""
 
-    def __init__(self, connection: AbstractRobustConnection, hub: Hub) -> None:
+    def __init__(
+        self, connection: AbstractRobustConnection, hub: Hub, *, declare: bool = True
+    ) -> None:
         self._connection = connection
         self._hub = hub
+        self._declare = declare
         self.queue_name = queue_name()
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -63,7 +66,9 @@ class EventConsumer:
 
     async def start(self) -> None:
         self._channel = await self._connection.channel()
-        exchange = await declare_exchange(self._channel)
+        # Its own queue is always declared (the broker user may configure ``notifier.*``);
+        # the exchange only checked when the topology is not this process's to declare.
+        exchange = await declare_exchange(self._channel, passive=not self._declare)
         self._queue = await self._channel.declare_queue(
             self.queue_name,
             durable=False,
@@ -123,7 +128,7 @@ class EventConsumer:
 
 async def consume_events(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: consume while the app runs (registered after ``use_broker``)."""
-    consumer = EventConsumer(app[AMQP_CONNECTION], app[HUB])
+    consumer = EventConsumer(app[AMQP_CONNECTION], app[HUB], declare=app[DECLARES_TOPOLOGY])
     await consumer.start()
     app[EVENT_CONSUMER] = consumer
     yield

@@ -25,7 +25,9 @@ async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
     pool = await db.create_pool(settings.mysql_url, maxsize=2)
     connection = await amqp.connect(settings.amqp_url, "reconciler")
     try:
-        publisher = await Publisher.open(connection, settings.publish_timeout_s)
+        publisher = await Publisher.open(
+            connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
+        )
         async with aiohttp.ClientSession() as session:
             client = WechatPayClient(
                 base_url=settings.wechatpay_api_base,

@@ -1,0 +1,431 @@
+"""Least privilege on the real RabbitMQ and MySQL: each service's broker user holds exactly
+what deploy/rabbitmq/permissions.json gives it, the services' database user exactly the
+grants of deploy/mysql/grants.sql, and the services run under them (issue #10).
+
+The users are made here with rabbitmqctl and SQL, in the session's own vhost and
+database, and deleted at the end of the module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import aio_pika
+import aiohttp
+import aiomysql
+import pymysql
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from aiormq.exceptions import ChannelAccessRefused
+
+from paylane_common import amqp, events
+from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.db import transaction
+from paylane_common.events import OrderPaid, PaymentSucceeded, make_event
+from paylane_common.exceptions import ConfigError, PublishError
+from paylane_common.publisher import Publisher, envelope_message
+from paylane_common.topology import (
+    EXCHANGE,
+    QUEUES,
+    declare_exchange,
+    declare_topology,
+    existing_queue,
+)
+from tests.support import hygiene
+from tests.support.infra import Infra, unique_name
+from tests.support.stack import Stack, eventually
+from tests.support.wechat import FakeWechat
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+PERMISSIONS = json.loads((DEPLOY / "rabbitmq" / "permissions.json").read_text())
+GRANTS = (DEPLOY / "mysql" / "grants.sql").read_text()
+
+
+# --- the identities ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker_users(infra: Infra, amqp_url: str) -> Iterator[dict[str, str]]:
+    """{service: AMQP URL} of one user per service, permissions as committed."""
+    vhost = unquote(urlsplit(amqp_url).path.removeprefix("/"))
+    suffix = uuid.uuid4().hex[:8]
+    users = {p["user"]: f"{p['user']}-{suffix}" for p in PERMISSIONS["permissions"]}
+    urls: dict[str, str] = {}
+    try:
+        for entry in PERMISSIONS["permissions"]:
+            user, password = users[entry["user"]], secrets.token_hex(16)
+            hygiene.register(password)
+            infra.broker.run(["add_user", user, password])
+            regexes = [entry["configure"], entry["write"], entry["read"]]
+            infra.broker.run(["set_permissions", "-p", vhost, user, *regexes])
+            urls[entry["user"].removeprefix("paylane-")] = (
+                f"amqp://{user}:{password}@{infra.amqp_host}:{infra.amqp_port}/"
+                + quote(vhost, safe="")
+            )
+        for entry in PERMISSIONS["topic_permissions"]:
+            topic = [entry["exchange"], entry["write"], entry["read"]]
+            infra.broker.run(["set_topic_permissions", "-p", vhost, users[entry["user"]], *topic])
+        yield urls
+    finally:
+        for user in users.values():
+            try:
+                infra.broker.run(["delete_user", user])
+            except RuntimeError:
+                pass
+
+
+def grant_statements(database: str, service_user: str, migrate_user: str) -> list[str]:
+    text = "\n".join(line for line in GRANTS.splitlines() if not line.startswith("--"))
+    text = text.replace("{database}", database).replace("{service_user}", service_user)
+    text = text.replace("{migrate_user}", migrate_user)
+    return [statement.strip() for statement in text.split(";") if statement.strip()]
+
+
+@pytest.fixture(scope="module")
+def service_mysql_url(infra: Infra, mysql_url: str) -> Iterator[str]:
+    """The session's database under a user holding exactly grants.sql's service grants."""
+    database = urlsplit(mysql_url).path.removeprefix("/")
+    user, migrator, password = unique_name("svc"), unique_name("mig"), secrets.token_hex(16)
+    hygiene.register(password)
+    with infra.mysql_admin() as conn, conn.cursor() as cur:
+        for name in (user, migrator):
+            cur.execute(f"CREATE USER '{name}'@'%%' IDENTIFIED BY %s", (password,))
+        for statement in grant_statements(database, user, migrator):
+            cur.execute(statement)
+    try:
+        yield (f"mysql://{user}:{password}@{infra.mysql_host}:{infra.mysql_port}/{database}")
+    finally:
+        with infra.mysql_admin() as conn, conn.cursor() as cur:
+            for name in (user, migrator):
+                cur.execute(f"DROP USER IF EXISTS '{name}'@'%'")
+
+
+@pytest.fixture
+async def topology(amqp_connection: AbstractRobustConnection) -> AsyncIterator[None]:
+    """Declared by the session's own (unrestricted) user, as definitions.json would. The
+    consumer queues are emptied afterwards: what these tests publish is not for them."""
+    channel = await amqp_connection.channel()
+    await declare_topology(channel)
+    yield
+    for spec in QUEUES:
+        await (await channel.get_queue(spec.name, ensure=False)).purge()
+    await channel.close()
+
+
+# --- the broker ----------------------------------------------------------------------------
+
+
+def _payment() -> tuple[events.Envelope, PaymentSucceeded]:
+    data = PaymentSucceeded(
+        out_trade_no=f"LP{uuid.uuid4().hex[:20]}",
+        transaction_id=f"42{uuid.uuid4().int % 10**26:026d}",
+        amount_total=990,
+        payer_total=990,
+        currency="CNY",
+        openid="o-test-openid",
+        trade_type="JSAPI",
+        success_time="2026-11-22T10:53:20+08:00",
+        mchid="1900000109",
+        appid="wxd678efh567hg6787",
+        source="wechatpay",
+    )
+    return make_event(events.PAYMENT_SUCCEEDED, data), data
+
+
+def _order_paid(user_id: int = 1) -> tuple[events.Envelope, OrderPaid]:
+    data = OrderPaid(
+        out_trade_no=f"LP{uuid.uuid4().hex[:20]}",
+        user_id=user_id,
+        package_type="basic",
+        amount_total=DEFAULT_CATALOG["basic"].price_fen,
+        paid_at="2026-11-22T00:00:00+00:00",
+    )
+    return make_event(events.ORDER_PAID, data), data
+
+
+async def _refused(url: str, action) -> ChannelAccessRefused:  # type: ignore[no-untyped-def]
+    """Run ``action(channel)`` as the user of ``url``: the broker must close the channel
+    with 403 (aiormq raises ChannelAccessRefused for that reply code only)."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        with pytest.raises(ChannelAccessRefused) as refused:
+            await action(channel)
+        return refused.value
+    finally:
+        await connection.close()
+
+
+async def test_ingress_user_publishes_payment_events_but_never_order_paid(
+    broker_users: dict[str, str], topology: None, amqp_connection: AbstractRobustConnection
+) -> None:
+    url = broker_users["ingress"]
+    spy_channel = await amqp_connection.channel()
+    spy = await spy_channel.declare_queue(f"test.spy.{uuid.uuid4().hex}", exclusive=True)
+    await spy.bind(await declare_exchange(spy_channel), routing_key="#")
+
+    connection = await amqp.connect(url, "test-ingress")
+    try:
+        # Without configure permission it cannot declare: it checks that the exchange exists.
+        publisher = await Publisher.open(connection, declare=False)
+        envelope, _ = _payment()
+        await publisher.publish(envelope)  # confirmed
+        with pytest.raises(PublishError):
+            await publisher.publish(_order_paid()[0])
+        await publisher.close()
+    finally:
+        await connection.close()
+
+    # The same, frame by frame: the broker closes the channel with 403 ACCESS_REFUSED.
+    async def publish_order_paid(channel: aio_pika.abc.AbstractChannel) -> None:
+        exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+        await exchange.publish(envelope_message(_order_paid()[0]), routing_key="order.paid")
+
+    refused = await _refused(url, publish_order_paid)
+    assert str(refused).startswith("ACCESS_REFUSED - access to topic 'order.paid'"), refused
+
+    # Nor around the exchange: straight into a consumer's queue, or changing the topology.
+    async def into_queue(channel: aio_pika.abc.AbstractChannel) -> None:
+        message = envelope_message(_order_paid()[0])
+        await channel.default_exchange.publish(message, routing_key="entitlement.orders")
+
+    async def declare(channel: aio_pika.abc.AbstractChannel) -> None:
+        await declare_topology(channel)
+
+    for action in (into_queue, declare):
+        assert str(await _refused(url, action)).startswith("ACCESS_REFUSED"), action
+
+    got = await spy.get(no_ack=True, timeout=5)
+    assert got.routing_key == "payment.succeeded" and got.message_id == envelope.event_id
+    assert await spy.get(no_ack=True, fail=False) is None  # nothing else got through
+    await spy_channel.close()
+
+
+@pytest.mark.parametrize(
+    ("service", "allowed", "refused"),
+    [
+        ("order", ["order.paid", "order.refunded", "payment.succeeded"], "entitlement.granted"),
+        ("entitlement", ["entitlement.granted", "entitlement.revoked"], "order.paid"),
+        ("notifier", [], "order.paid"),
+    ],
+)
+async def test_each_user_publishes_only_its_own_events(
+    broker_users: dict[str, str], topology: None, service: str, allowed: list[str], refused: str
+) -> None:
+    connection = await amqp.connect(broker_users[service], f"test-{service}")
+    try:
+        publisher = await Publisher.open(connection, declare=False)
+        for key in allowed:
+            await publisher.publish(_payment()[0], routing_key=key)
+        with pytest.raises(PublishError):
+            await publisher.publish(_payment()[0], routing_key=refused)
+        await publisher.close()
+    finally:
+        await connection.close()
+
+
+async def test_notifier_user_binds_its_own_queue_to_order_and_entitlement_events_only(
+    broker_users: dict[str, str], topology: None
+) -> None:
+    url = broker_users["notifier"]
+
+    def bind(key: str, queue: str = "notifier.test"):  # type: ignore[no-untyped-def]
+        async def action(channel: aio_pika.abc.AbstractChannel) -> None:
+            exchange = await declare_exchange(channel, passive=True)
+            declared = await channel.declare_queue(
+                f"{queue}.{uuid.uuid4().hex[:8]}", exclusive=True, auto_delete=True
+            )
+            await declared.bind(exchange, routing_key=key)
+
+        return action
+
+    connection = await aio_pika.connect(url)
+    try:
+        for key in ("order.paid", "entitlement.granted"):
+            await bind(key)(await connection.channel())
+    finally:
+        await connection.close()
+    # Payments are not the notifier's to see, nor may it make queues outside notifier.*.
+    await _refused(url, bind("payment.succeeded"))
+    await _refused(url, bind("order.paid", queue="order"))
+
+
+# --- the database --------------------------------------------------------------------------
+
+
+async def test_service_database_user_has_rows_but_no_ddl(service_mysql_url: str) -> None:
+    dsn = urlsplit(service_mysql_url)
+    conn = pymysql.connect(
+        host=dsn.hostname,
+        port=dsn.port or 3306,
+        user=dsn.username,
+        password=unquote(dsn.password or ""),
+        database=dsn.path.removeprefix("/"),
+        autocommit=True,
+    )
+    denied = 1142  # ER_TABLEACCESS_DENIED_ERROR: "CREATE command denied to user …"
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM users")
+            for ddl in (
+                "CREATE TABLE least_privilege_probe (id INT PRIMARY KEY)",
+                "ALTER TABLE users ADD COLUMN probe INT",
+                "DROP TABLE outbox",
+                "CREATE INDEX probe ON users (regenerate_count)",
+            ):
+                with pytest.raises(pymysql.err.OperationalError) as raised:
+                    cur.execute(ddl)
+                assert raised.value.args[0] == denied, (ddl, raised.value)
+    finally:
+        conn.close()
+
+
+# --- the services, running under them ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    stack = Stack({"AMQP_DECLARE_TOPOLOGY": "false"}, tmp_path_factory.mktemp("lp-logs"))
+    yield stack
+    await stack.stop_all()
+
+
+def _secret_file(directory: Path, name: str, value: str) -> str:
+    path = directory / name
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+async def test_ingress_runs_as_its_user_and_keeps_readyz_and_metrics_off_the_public_port(
+    stack: Stack,
+    broker_users: dict[str, str],
+    topology: None,
+    amqp_connection: AbstractRobustConnection,
+    tmp_path: Path,
+) -> None:
+    wechat = FakeWechat()
+    hygiene.register(wechat.apiv3_key)
+    ingress = await stack.start(
+        "ingress",
+        {
+            # From a file, as on Kubernetes: the URL carries the password.
+            "AMQP_URL_FILE": _secret_file(tmp_path, "amqp_url", broker_users["ingress"]),
+            **wechat.ingress_env(),
+        },
+    )
+    channel = await amqp_connection.channel()
+    spy = await channel.declare_queue(f"test.spy.{uuid.uuid4().hex}", exclusive=True)
+    await spy.bind(await declare_exchange(channel), routing_key="payment.succeeded")
+    async with aiohttp.ClientSession() as http:
+        for path in ("/readyz", "/metrics"):
+            async with http.get(f"{ingress.url}{path}") as response:
+                assert response.status == 404, path
+        async with http.get(f"{ingress.url}/healthz") as response:
+            assert response.status == 200
+        async with http.get(f"{ingress.admin_url}/readyz") as response:
+            assert response.status == 200
+            assert (await response.json())["checks"] == {"broker": "ok"}
+
+        out_trade_no = f"LP{uuid.uuid4().hex[:20]}"
+        headers, body = wechat.notify(wechat.transaction(out_trade_no, 990))
+        async with http.post(
+            f"{ingress.url}/notify/wechatpay", data=body, headers=headers
+        ) as response:
+            assert response.status == 204, await response.text()
+        async with http.get(f"{ingress.admin_url}/metrics") as response:
+            assert "paylane_ingress_notifications_received_total" in await response.text()
+    published = await spy.get(no_ack=True, timeout=5)
+    assert published.correlation_id == out_trade_no
+    await channel.close()
+    await stack.stop("ingress")
+
+
+async def test_a_consumer_applies_and_publishes_under_its_users(
+    stack: Stack,
+    broker_users: dict[str, str],
+    service_mysql_url: str,
+    topology: None,
+    publisher: Publisher,
+    db_pool: aiomysql.Pool,
+    amqp_connection: AbstractRobustConnection,
+    tmp_path: Path,
+) -> None:
+    """entitlement under its broker user and the DML-only database user: it starts (no
+    DDL, no declarations), consumes order.paid, grants in MySQL and its outbox relay
+    publishes entitlement.granted."""
+    channel = await amqp_connection.channel()
+    spy = await channel.declare_queue(f"test.spy.{uuid.uuid4().hex}", exclusive=True)
+    await spy.bind(await declare_exchange(channel), routing_key="entitlement.granted")
+    await stack.start(
+        "entitlement",
+        {
+            "AMQP_URL_FILE": _secret_file(tmp_path, "amqp_url", broker_users["entitlement"]),
+            "MYSQL_URL_FILE": _secret_file(tmp_path, "mysql_url", service_mysql_url),
+        },
+    )
+    async with transaction(db_pool) as cur:
+        await cur.execute("INSERT INTO users (payment_status, regenerate_count) VALUES ('free', 3)")
+        user_id = int(cur.lastrowid)
+    envelope, data = _order_paid(user_id)
+    await publisher.publish(envelope)
+
+    async def granted() -> bool:
+        async with transaction(db_pool) as cur:
+            await cur.execute("SELECT payment_status FROM users WHERE id = %s", (user_id,))
+            return (await cur.fetchone())["payment_status"] == "basic"
+
+    await eventually(granted, what="the grant applied by entitlement under its users")
+    async with asyncio.timeout(20):
+        async with spy.iterator(no_ack=True) as messages:
+            async for message in messages:
+                if message.correlation_id == data.out_trade_no:
+                    break
+    await channel.close()
+    await stack.stop("entitlement")
+
+
+async def test_topology_is_declared_by_paylane_topology_and_only_checked_by_services(
+    infra: Infra,
+) -> None:
+    """In a vhost where nothing is declared yet, a service that may not declare stops with
+    one clear error; ``paylane topology`` (an identity that may configure) declares it."""
+    vhost = unique_name("paylane_lp")
+    infra.broker.add_vhost(vhost, infra.amqp_user)
+    try:
+        url = infra.amqp_url(vhost)
+        connection = await amqp.connect(url, "test-topology")
+        try:
+            with pytest.raises(ConfigError, match="RabbitMQ has no 'paylane'"):
+                await Publisher.open(connection, declare=False)
+            done = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "paylane.cli",
+                "topology",
+                env={**os.environ, "AMQP_URL": url, "LOG_FORMAT": "json"},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            output, _ = await done.communicate()
+            assert done.returncode == 0, output.decode()
+            publisher = await Publisher.open(connection, declare=False)
+            for spec in QUEUES:
+                channel = await connection.channel()
+                await existing_queue(channel, spec.dlq)
+                await existing_queue(channel, spec.retry_queue)
+                await channel.close()
+            await publisher.close()
+        finally:
+            await connection.close()
+    finally:
+        infra.broker.delete_vhost(vhost)
