@@ -70,6 +70,9 @@ GENERATED: dict[str, Callable[[], str]] = {
     **{f"rabbitmq_{service}_password": _hex for service in BROKER_SERVICES},
     "wechatpay_apiv3_key": _apiv3_key,
     "internal_api_secret": lambda: secrets.token_urlsafe(32),
+    "backend_api_secret": lambda: secrets.token_urlsafe(32),
+    # The mini-program's AppSecret: replace with the real one for a real mini-program.
+    "wechat_app_secret": lambda: secrets.token_hex(16),
     "client_token_secret": lambda: secrets.token_urlsafe(48),
     "wechatpay_merchant_private_key": _rsa_private_key,
     # WeChat Pay's signing key, held by the sandbox only; its public half is below.
