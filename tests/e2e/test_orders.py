@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractRobustConnection
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from paylane_common.db import transaction
 from tests.e2e.conftest import (
     BACKEND,
     INTERNAL_SECRET,
@@ -441,3 +442,96 @@ async def test_close_an_unpaid_order_and_refuse_closing_a_paid_one(
     assert (status, answer["error"]) == (409, "order_not_pending")
     status, _ = await api(stack, "POST", f"/orders/{paid.out_trade_no}/close")
     assert status == 401  # no credentials
+
+
+async def _fail_next(stack: Stack, path_prefix: str, count: int = 4) -> None:
+    """WeChat Pay answers the next ``count`` POSTs under ``path_prefix`` with 500: enough
+    for paylane's client to give up (503)."""
+    await sandbox(stack, "DELETE", "/sandbox/faults")
+    status, _ = await sandbox(
+        stack,
+        "POST",
+        "/sandbox/faults",
+        {"path_prefix": path_prefix, "method": "POST", "count": count, "status": 500},
+    )
+    assert status == 201
+
+
+async def _refund_rows(pool: aiomysql.Pool, out_trade_no: str) -> list[tuple[int, str]]:
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "SELECT amount_refund, status FROM refunds WHERE out_trade_no = %s ORDER BY id",
+            (out_trade_no,),
+        )
+        rows = await cur.fetchall()
+    return [(int(r["amount_refund"]), str(r["status"])) for r in rows]
+
+
+async def test_a_refund_retried_after_a_503_is_one_refund(
+    stack: Stack, db_pool: aiomysql.Pool
+) -> None:
+    order = await _paid_order(stack, db_pool, "basic")
+    path = f"/orders/{order.out_trade_no}/refunds"
+    body = {"amount": 300, "reason": "goodwill"}
+    keyed = {**BACKEND, "Idempotency-Key": "refund-goodwill-1"}
+    await _fail_next(stack, "/v3/refund/domestic/refunds")
+    try:
+        status, answer = await api(stack, "POST", path, body, keyed)
+        assert (status, answer["error"]) == (503, "wechatpay_unavailable")
+    finally:
+        await sandbox(stack, "DELETE", "/sandbox/faults")
+    status, first = await api(stack, "POST", path, body, keyed)  # the caller's retry
+    assert status == 202, first
+    status, again = await api(stack, "POST", path, body, keyed)  # and once more
+    assert (status, again) == (202, first)
+    assert await _refund_rows(db_pool, order.out_trade_no) == [(300, "pending")]
+    _, at_wechat = await sandbox(stack, "GET", f"/sandbox/refunds/{first['out_refund_no']}")
+    assert at_wechat["amount"]["refund"] == 300  # placed at WeChat Pay by the retry
+
+    # A caller-given out_refund_no is as good as a key.
+    named = {"amount": 200, "reason": "second", "out_refund_no": f"MY-{order.out_trade_no}"}
+    await _fail_next(stack, "/v3/refund/domestic/refunds")
+    try:
+        status, _ = await api(stack, "POST", path, named, BACKEND)
+        assert status == 503
+    finally:
+        await sandbox(stack, "DELETE", "/sandbox/faults")
+    status, answer = await api(stack, "POST", path, named, BACKEND)
+    assert (status, answer["out_refund_no"]) == (202, named["out_refund_no"])
+    assert await _refund_rows(db_pool, order.out_trade_no) == [(300, "pending"), (200, "pending")]
+
+    # The same key for another amount is refused; an over-long key is a 400.
+    status, answer = await api(stack, "POST", path, {**body, "amount": 400}, keyed)
+    assert (status, answer["error"]) == (409, "idempotency_key_reused")
+    status, answer = await api(stack, "POST", path, body, {**BACKEND, "Idempotency-Key": "k" * 129})
+    assert (status, answer["error"]) == (400, "invalid_request")
+
+
+async def test_an_order_retried_after_a_503_is_placed_at_wechatpay(stack: Stack) -> None:
+    body = {"openid": "o-retry-user", "package_type": "basic", "trade_type": "NATIVE"}
+    headers = {"Idempotency-Key": "checkout-retry-1", **BACKEND}
+    await _fail_next(stack, "/v3/pay/transactions/native")
+    try:
+        status, answer = await api(stack, "POST", "/orders", body, headers)
+        assert (status, answer["error"]) == (503, "wechatpay_unavailable")
+    finally:
+        await sandbox(stack, "DELETE", "/sandbox/faults")
+    status, answer = await api(stack, "POST", "/orders", body, headers)
+    assert status == 200, answer
+    assert answer["pay"]["code_url"].startswith("weixin://")
+    status, state = await sandbox(stack, "GET", f"/sandbox/orders/{answer['out_trade_no']}")
+    assert (status, state["trade_state"]) == (200, "NOTPAY")
+
+    status, answer = await api(
+        stack, "POST", "/orders", body, {"Idempotency-Key": "k" * 129, **BACKEND}
+    )
+    assert (status, answer["error"]) == (400, "invalid_request")
+
+
+async def test_money_is_fen_integers_or_yuan_strings(stack: Stack, db_pool: aiomysql.Pool) -> None:
+    status, prices = await api(stack, "GET", "/prices/current")
+    assert status == 200
+    assert prices["packages"] == {"basic": "9.90", "premium": "29.90"}
+    order = await _paid_order(stack, db_pool, "premium")
+    _, view = await api(stack, "GET", f"/orders/{order.out_trade_no}", headers=BACKEND)
+    assert (view["amount"], view["amount_total"], view["amount_refunded"]) == ("29.90", 2990, 0)

@@ -84,19 +84,25 @@ async def test_a_batch_leaves_what_is_not_plain_to_the_one_by_one_path(db_pool):
         full=True,
     )
     fresh = _paid(user_id, "premium")
+    other_user = await _user(db_pool)
+    other = _paid(other_user, "basic")
     deliveries = [
         again,
         unknown_user,
         (make_event(events.ORDER_REFUNDED, refund), refund),
-        fresh,
+        fresh,  # after a refund of its user: one by one, in arrival order
         fresh,  # the same event twice in one batch
+        other,  # another user's grant is not held back by that refund
     ]
-    assert await _batch(db_pool, applier, deliveries) == [None, None, None, "granted", None]
-    assert await _state(db_pool, user_id) == ("premium", 123)
+    assert await _batch(db_pool, applier, deliveries) == [None] * 5 + ["granted"]
+    assert await _state(db_pool, user_id) == ("basic", 23)
+    assert await _state(db_pool, other_user) == ("basic", 23)
 
     assert await applier(*deliveries[0]) == "duplicate"  # the order granted already
     with pytest.raises(Retry):
         await applier(*deliveries[1])
     assert await applier(*deliveries[2]) == "revoked"  # the basic order's grant only
+    assert await _state(db_pool, user_id) == ("free", 3)
+    assert await applier(*deliveries[3]) == "granted"
     assert await applier(*deliveries[4]) == "duplicate"
     assert await _state(db_pool, user_id) == ("premium", 103)

@@ -8,7 +8,8 @@ import uuid
 import aiomysql
 import pytest
 
-from paylane_common import events
+from paylane_common import events, tracing
+from paylane_common.batching import BatchItem
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, OrderRefunded, make_event
@@ -95,3 +96,57 @@ async def test_full_refund_revokes_exactly_that_order(db_pool):
     assert await applier(make_event(events.ORDER_REFUNDED, refund), refund) == "duplicate"
     assert await _state(db_pool, user_id) == ("basic", 23)
     del basic
+
+
+def _refunded(paid: tuple[object, OrderPaid], full: bool = True):
+    data = paid[1]
+    refund = OrderRefunded(
+        out_trade_no=data.out_trade_no,
+        user_id=data.user_id,
+        package_type=data.package_type,
+        amount_refund=data.amount_total,
+        full=full,
+    )
+    return make_event(events.ORDER_REFUNDED, refund), refund
+
+
+async def test_a_full_refund_leaves_the_plan_the_remaining_orders_give(db_pool):
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    # premium, then basic; premium refunded → basic (not premium).
+    user_id = await _user(db_pool)
+    premium, basic = _paid(user_id, "premium"), _paid(user_id, "basic")
+    await applier(*premium)
+    await applier(*basic)
+    assert await applier(*_refunded(premium)) == "revoked"
+    assert await _state(db_pool, user_id) == ("basic", 23)
+    # basic, then premium; both refunded → the plan before the first grant.
+    user_id = await _user(db_pool)
+    basic, premium = _paid(user_id, "basic"), _paid(user_id, "premium")
+    await applier(*basic)
+    await applier(*premium)
+    await applier(*_refunded(basic))
+    assert await _state(db_pool, user_id) == ("premium", 103)
+    await applier(*_refunded(premium))
+    assert await _state(db_pool, user_id) == ("free", 3)
+
+
+async def test_a_refund_applied_before_its_payment_leaves_nothing_granted(db_pool):
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    user_id = await _user(db_pool)
+    paid = _paid(user_id, "premium")
+    assert await applier(*_refunded(paid)) == "revoked_before_grant"
+    assert await applier(*paid) == "duplicate"
+    assert await _state(db_pool, user_id) == ("free", 3)
+    # The batch path agrees: the late order.paid is left to the one-by-one path.
+    again = _paid(user_id, "premium", out_trade_no=paid[1].out_trade_no)
+    async with transaction(db_pool) as cur:
+        assert await applier.apply_batch(cur, [_item(*again), _item(*_paid(user_id, "basic"))]) == [
+            None,
+            "granted",
+        ]
+    assert await applier(*again) == "duplicate"
+    assert await _state(db_pool, user_id) == ("basic", 23)
+
+
+def _item(envelope, data):
+    return BatchItem(envelope, data, lambda: tracing.begin(f"trace-{envelope.event_id}", "c"))

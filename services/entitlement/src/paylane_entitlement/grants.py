@@ -3,6 +3,10 @@
 
 The ledger ``entitlement_grants`` (one row per order) makes "one order grants once"
 hold even when an ``order.paid`` arrives under another event id (a replay, a republish).
+After a full refund the plan is recomputed from the ledger: the best of the plan before
+the user's first grant and the packages of the orders still granted; regenerations lose
+what the order granted, never below zero. A full refund that arrives before its
+``order.paid`` leaves a revoked row that granted nothing, so the late grant is a no-op.
 """
 
 from __future__ import annotations
@@ -61,10 +65,17 @@ class EntitlementApplier:
     ) -> list[str | None]:
         """Many grants in set-based statements (batching.py): first deliveries of
         ``order.paid`` for known users and packages whose order has not granted yet.
-        Revocations and everything else are left to ``__call__``, one by one."""
+        Revocations and everything else are left to ``__call__``, one by one, and so is
+        every grant that arrived after a refund of the same user: applied in arrival order,
+        the user's events end as they would one by one."""
         outcomes: list[str | None] = [None] * len(items)
         fresh = await first_deliveries(cur, CONSUMER, items, outcomes, OrderPaid)
-        fresh = [(i, it) for i, it in fresh if it.data.package_type in self._catalog]
+        refunded_first = _after_a_refund(items)
+        fresh = [
+            (i, it)
+            for i, it in fresh
+            if it.data.package_type in self._catalog and i not in refunded_first
+        ]
         if not fresh:
             return outcomes
         nos = sorted({it.data.out_trade_no for _, it in fresh})
@@ -173,41 +184,76 @@ class EntitlementApplier:
         if not data.full:
             log.info("partial_refund_keeps_entitlement")
             return "partial_refund"
-        # Same lock order as a grant (user row first), so the two never deadlock.
-        await cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (data.user_id,))
+        # Same lock order as a grant (user row first), so the two never deadlock, and a
+        # grant of this order waits here instead of racing the tombstone below.
         await cur.execute(
-            "SELECT user_id, regenerate_granted, status_before FROM entitlement_grants"
-            " WHERE out_trade_no = %s AND revoked_at IS NULL FOR UPDATE",
+            "SELECT payment_status FROM users WHERE id = %s FOR UPDATE", (data.user_id,)
+        )
+        user = await cur.fetchone()
+        if user is None:
+            raise Retry(f"unknown user {data.user_id}", max_attempts=4, delay_s=1.0)
+        await cur.execute(
+            "SELECT user_id, regenerate_granted, revoked_at FROM entitlement_grants"
+            " WHERE out_trade_no = %s FOR UPDATE",
             (data.out_trade_no,),
         )
         grant = await cur.fetchone()
         if grant is None:
+            # Refunded before its order.paid was applied (a replayed DLQ, relays racing):
+            # a revoked row that granted nothing, so the late order.paid is a duplicate.
+            await cur.execute(
+                _TOMBSTONE_INSERT,
+                (
+                    data.out_trade_no,
+                    data.user_id,
+                    data.package_type,
+                    user["payment_status"],
+                    user["payment_status"],
+                ),
+            )
+            log.warning("refund_before_grant_recorded", user_id=data.user_id)
+            return "revoked_before_grant"
+        if grant["revoked_at"] is not None:
             log.info("nothing_to_revoke")
             return "duplicate"
         await cur.execute(
-            "UPDATE entitlement_grants SET revoked_at = NOW(6)"
-            " WHERE out_trade_no = %s AND revoked_at IS NULL",
+            "UPDATE entitlement_grants SET revoked_at = NOW(6) WHERE out_trade_no = %s",
             (data.out_trade_no,),
         )
-        # The plan falls back to the best of what it was before this order and what the
-        # user's other unrevoked orders granted.
+        status = await self._plan(cur, grant["user_id"])
+        # What was used is not clawed back: the count never goes below zero.
         await cur.execute(
-            "UPDATE users SET regenerate_count = GREATEST(regenerate_count - %s, 0),"
-            " payment_status = (SELECT ELT(MAX(r), 'free', 'basic', 'premium') FROM ("
-            f"   SELECT {_RANK.format(col='%s')} AS r"
-            f"   UNION ALL SELECT {_RANK.format(col='g.status_after')} FROM entitlement_grants g"
-            "    WHERE g.user_id = %s AND g.revoked_at IS NULL) AS ranks)"
-            " WHERE id = %s",
-            (
-                grant["regenerate_granted"],
-                grant["status_before"],
-                grant["user_id"],
-                grant["user_id"],
-            ),
+            "UPDATE users SET payment_status = %s,"
+            " regenerate_count = GREATEST(regenerate_count - %s, 0) WHERE id = %s",
+            (status, grant["regenerate_granted"], grant["user_id"]),
         )
         await self._emit(cur, events.ENTITLEMENT_REVOKED, grant["user_id"], data.out_trade_no)
-        log.info("entitlement_revoked", user_id=grant["user_id"])
+        log.info("entitlement_revoked", user_id=grant["user_id"], payment_status=status)
         return "revoked"
+
+    async def _plan(self, cur: aiomysql.Cursor, user_id: int) -> str:
+        """The plan the user's ledger gives: the best of the plan before their first grant
+        and the packages of the orders still granted.
+
+        Plans only ever fall back to the plan before the first grant, so that plan is
+        the lowest ``status_before`` of the user's rows (robust to grants of one batch
+        sharing a ``granted_at``)."""
+        await cur.execute(
+            f"SELECT ELT(MIN({_RANK.format(col='status_before')}), 'free', 'basic', 'premium')"
+            " AS base FROM entitlement_grants WHERE user_id = %s",
+            (user_id,),
+        )
+        plans = [(await cur.fetchone())["base"] or "free"]
+        await cur.execute(
+            "SELECT package_type, status_after FROM entitlement_grants"
+            " WHERE user_id = %s AND revoked_at IS NULL",
+            (user_id,),
+        )
+        for row in await cur.fetchall():
+            package = self._catalog.get(row["package_type"])
+            # A package since removed from the catalog keeps what it gave (never lowers).
+            plans.append(package.payment_status if package else row["status_after"])
+        return max(plans, key=STATUS_RANK.__getitem__)
 
     async def _emit(
         self,
@@ -233,6 +279,24 @@ _GRANT_INSERT = (
     "INSERT INTO entitlement_grants (out_trade_no, user_id, package_type,"
     " regenerate_granted, status_before, status_after) VALUES (%s, %s, %s, %s, %s, %s)"
 )
+_TOMBSTONE_INSERT = (
+    "INSERT INTO entitlement_grants (out_trade_no, user_id, package_type,"
+    " regenerate_granted, status_before, status_after, revoked_at)"
+    " VALUES (%s, %s, %s, 0, %s, %s, NOW(6))"
+)
+
+
+def _after_a_refund(items: Sequence[BatchItem]) -> set[int]:
+    """Indexes of the items that come after an ``order.refunded`` of the same user."""
+    refunded: set[int] = set()
+    after: set[int] = set()
+    for i, item in enumerate(items):
+        user_id = getattr(item.data, "user_id", None)
+        if user_id in refunded:
+            after.add(i)
+        if isinstance(item.data, OrderRefunded):
+            refunded.add(item.data.user_id)
+    return after
 
 
 def _entitlement(event_type: str, data: OrderPaid, user: dict[str, Any]) -> Envelope:

@@ -17,6 +17,7 @@ from paylane_common.tokens import issue_client_token
 
 from .auth import Caller, identify, require_backend
 from .errors import InvalidRequest, NotFound
+from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
 from .orders import NewOrder, Orders
 
@@ -62,6 +63,19 @@ class CreateRefund(BaseModel):
 
     amount: int | None = Field(default=None, gt=0)
     reason: str = Field(min_length=1, max_length=80)
+    #: The caller's own refund number (WeChat Pay's alphabet): a retry is the same refund.
+    out_refund_no: str | None = Field(default=None, pattern=r"^[0-9A-Za-z_\-|*@]{1,64}$")
+
+
+#: ``payment_orders.idempotency_key`` is VARCHAR(128).
+IDEMPOTENCY_KEY_MAX = 128
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > IDEMPOTENCY_KEY_MAX:
+        raise InvalidRequest(f"Idempotency-Key is longer than {IDEMPOTENCY_KEY_MAX} characters")
+    return key
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:
@@ -76,8 +90,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
     def default(value: Any) -> Any:
         if isinstance(value, datetime):
             return value.isoformat() + "Z" if value.tzinfo is None else value.isoformat()
-        if isinstance(value, Decimal):
-            return float(value)
+        if isinstance(value, Decimal):  # yuan: a string such as "29.90", never a float
+            return str(value)
         raise TypeError(type(value).__name__)
 
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=default))
@@ -141,7 +155,7 @@ async def create_order(request: web.Request) -> web.Response:
             openid=body.openid,
             generation_id=body.generation_id,
             client_ip=body.client_ip or (request.remote if body.trade_type == "H5" else None),
-            idempotency_key=request.headers.get("Idempotency-Key") or None,
+            idempotency_key=_idempotency_key(request),
         )
     )
     token = issue_client_token(
@@ -221,9 +235,14 @@ async def close_order(request: web.Request) -> web.Response:
 async def create_refund(request: web.Request) -> web.Response:
     require_backend(_caller(request), "refunding")
     body: CreateRefund = await _body(request, CreateRefund)
-    result = await request.app[ORDERS].refund(
-        request.match_info["out_trade_no"], body.amount, body.reason
-    )
+    out_trade_no = request.match_info["out_trade_no"]
+    out_refund_no = body.out_refund_no
+    key = _idempotency_key(request)
+    if key is not None:
+        if out_refund_no is not None:
+            raise InvalidRequest("give an Idempotency-Key or an out_refund_no, not both")
+        out_refund_no = keyed_out_refund_no(out_trade_no, key)
+    result = await request.app[ORDERS].refund(out_trade_no, body.amount, body.reason, out_refund_no)
     return _json(result, status=202)
 
 
@@ -232,7 +251,8 @@ async def prices(request: web.Request) -> web.Response:
     return _json(
         {
             "currency": "CNY",
-            "packages": {name: float(p.price_yuan) for name, p in catalog.items()},
+            "packages": {name: str(p.price_yuan) for name, p in catalog.items()},
+            "packages_fen": {name: p.price_fen for name, p in catalog.items()},
             "grants": {
                 name: {"payment_status": p.payment_status, "regenerate_count": p.regenerate_grant}
                 for name, p in catalog.items()

@@ -7,7 +7,7 @@ settles (WeChat Pay says ORDER_NOT_EXIST → closed once expired).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -86,9 +86,11 @@ class Orders:
     # -- create ----------------------------------------------------------------------------
 
     async def create(self, new: NewOrder) -> tuple[dict[str, Any], bool]:
-        """Returns (order row, created); an Idempotency-Key seen before returns its order."""
+        """Returns (order row, created); an Idempotency-Key seen before returns its order,
+        placed at WeChat Pay again if the first request could not place it (a 503)."""
         if new.trade_type == "H5" and not new.client_ip:
             raise InvalidRequest("client_ip is required for H5", "client_ip_required")
+        unplaced: dict[str, Any] | None = None
         async with transaction(self._pool) as cur:
             user = await self._user(cur, new)
             if new.idempotency_key:
@@ -102,38 +104,58 @@ class Orders:
                             "Idempotency-Key was used for a different order",
                             "idempotency_key_reused",
                         )
-                    return existing, False
-            openid = new.openid or user["openid"]
-            if new.trade_type == "JSAPI" and not openid:
-                raise InvalidRequest("openid is required for JSAPI", "openid_required")
-            out_trade_no = new_out_trade_no()
-            expires_at = datetime.now(UTC) + timedelta(seconds=self._merchant.order_ttl_s)
-            try:
-                await cur.execute(
-                    "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
-                    " amount, amount_total, mchid, appid, openid, generation_id, idempotency_key,"
-                    " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        out_trade_no,
-                        user["id"],
-                        new.package.name,
-                        new.trade_type,
-                        new.package.price_yuan,
-                        new.package.price_fen,
-                        self._merchant.mchid,
-                        self._merchant.appid,
-                        openid,
-                        new.generation_id,
-                        new.idempotency_key,
-                        expires_at.replace(tzinfo=None),
-                    ),
-                )
-            except Exception as exc:
-                if is_duplicate_key(exc) and new.idempotency_key:
-                    raise Conflict("a request with this Idempotency-Key is in progress") from None
-                raise
+                    if not _unplaced(existing):
+                        return existing, False
+                    unplaced = existing
+            if unplaced is None:
+                out_trade_no, openid, expires_at = await self._insert(cur, new, user)
+        if unplaced is not None:
+            # A retry after a failed placement (a 503): the same body as the first attempt,
+            # which WeChat Pay answers with the same prepay answer if it did get it.
+            placed = await self._place(
+                unplaced["out_trade_no"],
+                replace(new, generation_id=unplaced["generation_id"]),
+                unplaced["openid"],
+                unplaced["expires_at"].replace(tzinfo=UTC),
+            )
+            return placed, False
         order = await self._place(out_trade_no, new, openid, expires_at)
         return order, True
+
+    async def _insert(
+        self, cur: aiomysql.Cursor, new: NewOrder, user: dict[str, Any]
+    ) -> tuple[str, str | None, datetime]:
+        """A new ``pending`` row: (out_trade_no, openid, expires_at)."""
+        openid: str | None = new.openid or user["openid"]
+        if new.trade_type == "JSAPI" and not openid:
+            raise InvalidRequest("openid is required for JSAPI", "openid_required")
+        out_trade_no = new_out_trade_no()
+        expires_at = datetime.now(UTC) + timedelta(seconds=self._merchant.order_ttl_s)
+        try:
+            await cur.execute(
+                "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
+                " amount, amount_total, mchid, appid, openid, generation_id, idempotency_key,"
+                " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    out_trade_no,
+                    user["id"],
+                    new.package.name,
+                    new.trade_type,
+                    new.package.price_yuan,
+                    new.package.price_fen,
+                    self._merchant.mchid,
+                    self._merchant.appid,
+                    openid,
+                    new.generation_id,
+                    new.idempotency_key,
+                    expires_at.replace(tzinfo=None),
+                ),
+            )
+        except Exception as exc:
+            if is_duplicate_key(exc) and new.idempotency_key:
+                raise Conflict("a request with this Idempotency-Key is in progress") from None
+            raise
+        return out_trade_no, openid, expires_at
 
     async def _user(self, cur: aiomysql.Cursor, new: NewOrder) -> dict[str, Any]:
         if new.acting_user is not None:
@@ -301,7 +323,17 @@ class Orders:
 
     # -- refund ----------------------------------------------------------------------------
 
-    async def refund(self, out_trade_no: str, amount: int | None, reason: str) -> dict[str, Any]:
+    async def refund(
+        self,
+        out_trade_no: str,
+        amount: int | None,
+        reason: str,
+        out_refund_no: str | None = None,
+    ) -> dict[str, Any]:
+        """A refund request at WeChat Pay. With ``out_refund_no`` (caller-given, or derived
+        from an Idempotency-Key) a retry is the same refund: its row is answered, and sent
+        to WeChat Pay again while WeChat Pay has not acknowledged it (identical body)."""
+        existing: dict[str, Any] | None = None
         async with transaction(self._pool) as cur:
             # Lock the order so concurrent refund requests cannot exceed what was paid.
             await cur.execute(
@@ -312,43 +344,89 @@ class Orders:
             order = await cur.fetchone()
             if order is None:
                 raise NotFound(f"order {out_trade_no} does not exist")
-            if order["status"] != "paid":
-                raise Conflict(
-                    f"only a paid order can be refunded; this one is {order['status']}",
-                    "order_not_paid",
+            if out_refund_no is not None:
+                await cur.execute(
+                    "SELECT out_trade_no, amount_refund, amount_total, reason, status, refund_id"
+                    " FROM refunds WHERE out_refund_no = %s",
+                    (out_refund_no,),
                 )
-            await cur.execute(
-                "SELECT COALESCE(SUM(amount_refund), 0) AS n FROM refunds"
-                " WHERE out_trade_no = %s AND status IN ('pending', 'success', 'abnormal')",
-                (out_trade_no,),
+                existing = await cur.fetchone()
+                if existing is not None:
+                    if existing["out_trade_no"] != out_trade_no or amount not in (
+                        None,
+                        existing["amount_refund"],
+                    ):
+                        raise Conflict(
+                            "this refund (Idempotency-Key or out_refund_no) was requested"
+                            " for another order or amount",
+                            "idempotency_key_reused",
+                        )
+                    fen = int(existing["amount_refund"])
+                    resend = existing["status"] == "pending" and existing["refund_id"] is None
+                    if not resend:
+                        return _refund_view(out_refund_no, fen, existing["status"])
+                    total, reason = int(existing["amount_total"]), existing["reason"] or ""
+            if existing is None:
+                fen, total = await self._reserve(cur, out_trade_no, order, amount)
+                out_refund_no = out_refund_no or new_out_refund_no()
+                try:
+                    await cur.execute(
+                        "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund,"
+                        " amount_total, reason) VALUES (%s, %s, %s, %s, %s)",
+                        (out_refund_no, out_trade_no, fen, total, reason[:80]),
+                    )
+                except Exception as exc:
+                    if is_duplicate_key(exc):  # the same out_refund_no for another order
+                        raise Conflict(
+                            f"out_refund_no {out_refund_no} is already used",
+                            "idempotency_key_reused",
+                        ) from None
+                    raise
+        status = await self._send_refund(out_trade_no, out_refund_no, fen, total, reason)
+        return _refund_view(out_refund_no, fen, status)
+
+    async def _reserve(
+        self, cur: aiomysql.Cursor, out_trade_no: str, order: dict[str, Any], amount: int | None
+    ) -> tuple[int, int]:
+        """(amount, order total) of a new refund, checked against what is refundable."""
+        if order["status"] != "paid":
+            raise Conflict(
+                f"only a paid order can be refunded; this one is {order['status']}",
+                "order_not_paid",
             )
-            committed = int((await cur.fetchone())["n"])
-            refundable = order["amount_total"] - committed
-            amount = refundable if amount is None else amount
-            if amount <= 0 or amount > refundable:
-                raise InvalidRequest(
-                    f"refund of {amount} fen exceeds the {refundable} fen still refundable"
-                    f" (paid {order['amount_total']}, already refunded or pending {committed})",
-                    "refund_exceeds_paid",
-                )
-            out_refund_no = new_out_refund_no()
-            await cur.execute(
-                "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund, amount_total,"
-                " reason) VALUES (%s, %s, %s, %s, %s)",
-                (out_refund_no, out_trade_no, amount, order["amount_total"], reason[:80]),
+        await cur.execute(
+            "SELECT COALESCE(SUM(amount_refund), 0) AS n FROM refunds"
+            " WHERE out_trade_no = %s AND status IN ('pending', 'success', 'abnormal')",
+            (out_trade_no,),
+        )
+        committed = int((await cur.fetchone())["n"])
+        total = int(order["amount_total"])
+        refundable = total - committed
+        amount = refundable if amount is None else amount
+        if amount <= 0 or amount > refundable:
+            raise InvalidRequest(
+                f"refund of {amount} fen exceeds the {refundable} fen still refundable"
+                f" (paid {total}, already refunded or pending {committed})",
+                "refund_exceeds_paid",
             )
+        return amount, total
+
+    async def _send_refund(
+        self, out_trade_no: str, out_refund_no: str, amount: int, total: int, reason: str
+    ) -> str:
         payload = {
             "out_trade_no": out_trade_no,
             "out_refund_no": out_refund_no,
             "reason": reason[:80],
             "notify_url": self._merchant.notify_url,
-            "amount": {"refund": amount, "total": order["amount_total"], "currency": "CNY"},
+            "amount": {"refund": amount, "total": total, "currency": "CNY"},
         }
         try:
             answer = await self._client.create_refund(payload)
         except WechatPayApiError as exc:
             if exc.retryable:
-                # The refund row stays pending: the reconciler queries it later.
+                # The refund row stays pending: a retry with the same key sends it again,
+                # and the reconciler queries it (and closes it if it never got there).
                 raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
             await self._set_refund(out_refund_no, "closed", None)
             raise UpstreamRejected(
@@ -358,7 +436,7 @@ class Orders:
             raise UpstreamUnavailable(str(exc)) from None
         await self._set_refund(out_refund_no, None, answer.get("refund_id"))
         log.info("refund_requested", out_trade_no=out_trade_no, out_refund_no=out_refund_no)
-        return {"out_refund_no": out_refund_no, "amount": amount, "status": "pending"}
+        return "pending"
 
     async def _set_refund(
         self, out_refund_no: str, status: str | None, refund_id: str | None
@@ -369,3 +447,17 @@ class Orders:
                 " refund_id = COALESCE(refund_id, %s) WHERE out_refund_no = %s",
                 (status, refund_id, out_refund_no),
             )
+
+
+def _refund_view(out_refund_no: str, amount: int, status: str) -> dict[str, Any]:
+    return {"out_refund_no": out_refund_no, "amount": amount, "status": status}
+
+
+def _unplaced(order: dict[str, Any]) -> bool:
+    """A pending order WeChat Pay never answered for (the placement failed), not expired."""
+    return (
+        order["status"] == "pending"
+        and not (order["prepay_id"] or order["code_url"] or order["h5_url"])
+        and order["expires_at"] is not None
+        and order["expires_at"] > datetime.now(UTC).replace(tzinfo=None)
+    )

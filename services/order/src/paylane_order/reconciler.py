@@ -4,16 +4,26 @@
   ``payment.succeeded`` with ``source: "reconcile"`` (the consumer applies it as any
   other, so a late notification changes nothing); NOTPAY past ``expires_at`` → closed at
   WeChat Pay and locally; CLOSED / REVOKED / PAYERROR, or never placed and expired → closed.
-- refunds still ``pending``: their final status is published as ``refund.*``.
+- refunds still ``pending``: their final status is published as ``refund.*``; one WeChat
+  Pay does not know (RESOURCE_NOT_EXISTS: the request never got there) and still has no
+  ``refund_id`` is closed locally once ``refund_grace_s`` old, so it stops reserving the
+  order's refundable amount.
 - internal notifies without amount are confirmed by the same query (``confirm_payment``).
 
-One pass at a time across replicas (MySQL ``GET_LOCK``); every query is idempotent.
+Each pass first asks about every order and refund it has never asked about
+(``reconciled_at`` NULL), however many, then about one batch of those it asked about
+longest ago: orders nobody will pay rotate through the batch instead of holding it, so a
+lost notification is found in the first pass after ``after_s``.
+
+One pass at a time across replicas (MySQL ``GET_LOCK``, per database); every query is
+idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +34,7 @@ from prometheus_client import Counter as PromCounter
 from paylane_common import events
 from paylane_common.background import BackgroundLoop
 from paylane_common.consumer import Reject, Retry
-from paylane_common.db import transaction
+from paylane_common.db import placeholders, transaction
 from paylane_common.events import PaymentSucceeded, RefundEvent, make_event
 from paylane_common.exceptions import PublishError
 from paylane_common.publisher import Publisher
@@ -38,6 +48,15 @@ FINDINGS = PromCounter(
     ["kind"],
 )
 PAID_STATES = ("SUCCESS", "REFUND")
+#: A lock per database: deployments (and test sessions) sharing a server do not wait on
+#: each other.
+_GET_LOCK = "SELECT GET_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64), 0)"
+_RELEASE_LOCK = "SELECT RELEASE_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64))"
+_KEYS = {"payment_orders": "out_trade_no", "refunds": "out_refund_no"}
+_COLUMNS = {
+    "payment_orders": "out_trade_no, expires_at",
+    "refunds": "out_refund_no, out_trade_no, amount_refund, refund_id",
+}
 _REFUND_EVENTS = {
     "SUCCESS": events.REFUND_SUCCEEDED,
     "CLOSED": events.REFUND_CLOSED,
@@ -94,6 +113,7 @@ class Reconciler(BackgroundLoop):
         after_s: float = 60.0,
         interval_s: float = 30.0,
         batch_size: int = 100,
+        refund_grace_s: float = 600.0,
     ) -> None:
         self._pool = pool
         self._client = client
@@ -101,6 +121,7 @@ class Reconciler(BackgroundLoop):
         self._after_s = after_s
         self._interval_s = interval_s
         self._batch_size = batch_size
+        self._refund_grace_s = refund_grace_s
 
     async def _run(self) -> None:
         while True:
@@ -115,38 +136,52 @@ class Reconciler(BackgroundLoop):
         findings: Counter[str] = Counter()
         async with self._pool.acquire() as conn:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT GET_LOCK(%s, 0)", (self.LOCK,))
+                await cur.execute(_GET_LOCK, (self.LOCK,))
                 (locked,) = await cur.fetchone()
             if not locked:
                 return findings
             try:
-                for order in await self._pending_orders():
-                    findings[await self._settle_order(order)] += 1
-                for refund in await self._pending_refunds():
-                    findings[await self._settle_refund(refund)] += 1
+                await self._pass("payment_orders", self._settle_order, findings)
+                await self._pass("refunds", self._settle_refund, findings)
             finally:
                 async with conn.cursor() as cur:
-                    await cur.execute("SELECT RELEASE_LOCK(%s)", (self.LOCK,))
+                    await cur.execute(_RELEASE_LOCK, (self.LOCK,))
         for kind, n in findings.items():
             FINDINGS.labels(kind).inc(n)
         if findings:
             log.info("reconcile_pass", **findings)
         return findings
 
-    async def _pending_orders(self) -> list[dict[str, Any]]:
-        async with transaction(self._pool) as cur:
-            await cur.execute(
-                "SELECT out_trade_no, expires_at FROM payment_orders WHERE status = 'pending'"
-                " AND created_at < NOW(6) - INTERVAL %s MICROSECOND ORDER BY created_at LIMIT %s",
-                (int(self._after_s * 1e6), self._batch_size),
-            )
-            return list(await cur.fetchall())
+    async def _pass(
+        self,
+        table: str,
+        settle: Callable[[dict[str, Any]], Awaitable[str]],
+        findings: Counter[str],
+    ) -> None:
+        """Batches of ``table``'s pending rows older than ``after_s``, never asked about
+        first: on while whole batches are new, then one batch of the longest unasked."""
+        key = _KEYS[table]
+        while True:
+            rows = await self._pending(table)
+            for row in rows:
+                findings[await settle(row)] += 1
+            if rows:
+                async with transaction(self._pool) as cur:
+                    # updated_at kept: being looked at is not a change of the row.
+                    await cur.execute(
+                        f"UPDATE {table} SET reconciled_at = NOW(6), updated_at = updated_at"
+                        f" WHERE {key} IN ({placeholders(len(rows))})",
+                        [row[key] for row in rows],
+                    )
+            if len(rows) < self._batch_size or rows[-1]["reconciled_at"] is not None:
+                return
 
-    async def _pending_refunds(self) -> list[dict[str, Any]]:
+    async def _pending(self, table: str) -> list[dict[str, Any]]:
         async with transaction(self._pool) as cur:
             await cur.execute(
-                "SELECT out_refund_no FROM refunds WHERE status = 'pending'"
-                " AND created_at < NOW(6) - INTERVAL %s MICROSECOND ORDER BY created_at LIMIT %s",
+                f"SELECT {_COLUMNS[table]}, created_at, reconciled_at FROM {table}"
+                " WHERE status = 'pending' AND created_at < NOW(6) - INTERVAL %s MICROSECOND"
+                " ORDER BY reconciled_at, created_at LIMIT %s",  # NULL (never asked) first
                 (int(self._after_s * 1e6), self._batch_size),
             )
             return list(await cur.fetchall())
@@ -157,9 +192,11 @@ class Reconciler(BackgroundLoop):
         try:
             tx = await self._client.query_by_out_trade_no(out_trade_no)
         except WechatPayApiError as exc:
-            if exc.code == "ORDER_NOT_EXIST" and expired:
-                await self._close_locally(out_trade_no)
-                return "closed_never_placed"
+            if exc.code == "ORDER_NOT_EXIST":
+                if expired:
+                    await self._close_locally(out_trade_no)
+                    return "closed_never_placed"
+                return "not_placed_yet"  # its placement failed; closed once expired
             log.warning("reconcile_query_failed", out_trade_no=out_trade_no, code=exc.code)
             return "query_failed"
         except WechatPayError as exc:
@@ -195,6 +232,11 @@ class Reconciler(BackgroundLoop):
         out_refund_no = refund["out_refund_no"]
         try:
             answer = await self._client.query_refund(out_refund_no)
+        except WechatPayApiError as exc:
+            if exc.code == "RESOURCE_NOT_EXISTS" and refund["refund_id"] is None:
+                return await self._close_refund_never_sent(refund)
+            log.warning("reconcile_refund_query_failed", out_refund_no=out_refund_no, code=exc.code)
+            return "refund_query_failed"
         except WechatPayError as exc:
             log.warning(
                 "reconcile_refund_query_failed", out_refund_no=out_refund_no, error=str(exc)
@@ -222,6 +264,38 @@ class Reconciler(BackgroundLoop):
             log.warning("reconcile_publish_failed", error=str(exc))
             return "publish_failed"
         return f"refund_{status.lower()}"
+
+    async def _close_refund_never_sent(self, refund: dict[str, Any]) -> str:
+        """A refund WeChat Pay does not know: its request never got there (the caller saw
+        a 503). Once older than the grace (longer than a request and its retries take),
+        closed here, so it no longer reserves the order's refundable amount."""
+        age_s = (_now() - refund["created_at"]).total_seconds()
+        if age_s < self._refund_grace_s:
+            return "refund_not_at_wechatpay_yet"
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE refunds SET status = 'closed' WHERE out_refund_no = %s"
+                " AND status = 'pending' AND refund_id IS NULL",
+                (refund["out_refund_no"],),
+            )
+            if cur.rowcount == 0:
+                return "refund_settled_meanwhile"
+            await cur.execute(
+                "INSERT INTO payment_logs (out_trade_no, kind, amount_total, source, detail)"
+                " VALUES (%s, 'refund_never_sent', %s, 'reconcile', %s)",
+                (
+                    refund["out_trade_no"],
+                    refund["amount_refund"],
+                    f"{refund['out_refund_no']} unknown to WeChat Pay: closed",
+                ),
+            )
+        log.warning(
+            "refund_never_reached_wechatpay_closed",
+            alert=True,
+            out_refund_no=refund["out_refund_no"],
+            out_trade_no=refund["out_trade_no"],
+        )
+        return "refund_closed_never_sent"
 
     async def _close_locally(self, out_trade_no: str) -> None:
         async with transaction(self._pool) as cur:

@@ -53,11 +53,15 @@ class RefundApplier:
             raise Retry(f"unknown out_trade_no {data.out_trade_no}", max_attempts=4)
         status = _STATUS[data.status]
         success_time = _utc(data.success_time) if status == "success" else None
+        # A refund the reconciler closed because WeChat Pay did not know it may still
+        # succeed (a request on its way then): success is WeChat Pay's last word. WeChat Pay
+        # itself never turns a CLOSED refund into SUCCESS.
         await cur.execute(
             "UPDATE refunds SET status = %s, refund_id = COALESCE(%s, refund_id),"
             " success_time = COALESCE(%s, success_time)"
-            " WHERE out_refund_no = %s AND status IN ('pending', 'abnormal')",
-            (status, data.refund_id, success_time, data.out_refund_no),
+            " WHERE out_refund_no = %s AND (status IN ('pending', 'abnormal')"
+            " OR (status = 'closed' AND %s = 'success'))",
+            (status, data.refund_id, success_time, data.out_refund_no, status),
         )
         if cur.rowcount == 0:
             await cur.execute(

@@ -40,6 +40,9 @@ class OrderSettings(BaseServiceSettings, ConsumerSettings, CatalogSettings, Merc
     reconcile_after_s: float = Field(60.0, ge=0)
     #: … every this many seconds (0 disables the in-process schedule).
     reconcile_interval_s: float = Field(30.0, ge=0)
+    #: A refund WeChat Pay does not know (its request never got there) is closed once this
+    #: old; longer than a refund request, its retries and the caller's retries take.
+    reconcile_refund_grace_s: float = Field(600.0, ge=0)
 
     @field_validator("wechat_api_base")
     @classmethod

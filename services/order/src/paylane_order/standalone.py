@@ -42,7 +42,13 @@ async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
                 ),
                 session=session,
             )
-            reconciler = Reconciler(pool, client, publisher, after_s=settings.reconcile_after_s)
+            reconciler = Reconciler(
+                pool,
+                client,
+                publisher,
+                after_s=settings.reconcile_after_s,
+                refund_grace_s=settings.reconcile_refund_grace_s,
+            )
             total: Counter[str] = Counter()
             while True:
                 found = await reconciler.run_once()

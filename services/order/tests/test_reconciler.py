@@ -1,0 +1,151 @@
+"""The reconciler's passes against the sandbox (in process) and the real database:
+abandoned orders cannot starve it, refunds that never reached WeChat Pay are closed."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import aiohttp
+import aiomysql
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from paylane_common.db import transaction
+from paylane_common.publisher import Publisher
+from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
+from paylane_order.errors import InvalidRequest
+from paylane_order.orders import Orders, PlacementConfig
+from paylane_order.reconciler import Reconciler
+from tests.support.sandbox import (
+    APPID,
+    MCHID,
+    RunningSandbox,
+    SandboxKeys,
+    order_body,
+    running_sandbox,
+)
+
+pytestmark = pytest.mark.integration
+
+AFTER_S = 60
+KEYS = SandboxKeys()
+
+
+@pytest.fixture
+async def wechat() -> AsyncIterator[tuple[RunningSandbox, WechatPayClient]]:
+    async with running_sandbox(KEYS.settings()) as sandbox, aiohttp.ClientSession() as http:
+        yield (
+            sandbox,
+            WechatPayClient(
+                base_url=sandbox.base_url,
+                mchid=KEYS.mchid,
+                signer=KEYS.signer(),
+                verifier=NotificationVerifier(KEYS.public_key_only()),
+                session=http,
+            ),
+        )
+
+
+@pytest.fixture
+async def publisher(amqp_connection: AbstractRobustConnection) -> AsyncIterator[Publisher]:
+    publisher = await Publisher.open(amqp_connection)
+    yield publisher
+    await publisher.close()
+
+
+async def _user(pool: aiomysql.Pool) -> int:
+    async with transaction(pool) as cur:
+        await cur.execute("INSERT INTO users (openid) VALUES (NULL)")
+        return int(cur.lastrowid)
+
+
+async def _pending(
+    pool: aiomysql.Pool, user_id: int, numbers: list[str], age_s: float, status: str = "pending"
+) -> None:
+    """Order rows created ``age_s`` ago, expiring in 20 minutes."""
+    async with transaction(pool) as cur:
+        await cur.executemany(
+            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type, amount,"
+            " amount_total, status, created_at, expires_at) VALUES (%s, %s, 'basic', 'NATIVE',"
+            " 9.90, 990, %s, NOW(6) - INTERVAL %s MICROSECOND, NOW(6) + INTERVAL 20 MINUTE)",
+            [(no, user_id, status, int(age_s * 1e6)) for no in numbers],
+        )
+
+
+def _number() -> str:
+    return f"RA{secrets.token_hex(10).upper()}"
+
+
+async def test_a_lost_notification_is_found_in_the_next_pass_whatever_is_abandoned(
+    db_pool: aiomysql.Pool,
+    wechat: tuple[RunningSandbox, WechatPayClient],
+    publisher: Publisher,
+) -> None:
+    sandbox, client = wechat
+    reconciler = Reconciler(db_pool, client, publisher, after_s=AFTER_S, batch_size=100)
+    user_id = await _user(db_pool)
+    # A few thousand orders nobody will pay, older than any new one.
+    await _pending(db_pool, user_id, [_number() for _ in range(2500)], age_s=600)
+    await reconciler.run_once()  # the pass that sees them (the service runs these all along)
+
+    # Paid at WeChat Pay, the notification lost; RECONCILE_AFTER_S has just passed.
+    lost = _number()
+    await client.place("NATIVE", order_body("native", lost))
+    await sandbox.ok("POST", f"/sandbox/orders/{lost}/pay", {"notify": False})
+    await _pending(db_pool, user_id, [lost], age_s=AFTER_S + 1)
+
+    found = await reconciler.run_once()
+    assert found["paid_recovered"] == 1
+    assert sum(found.values()) <= 100  # the abandoned ones: one batch of them per pass
+
+
+async def _refund_row(pool: aiomysql.Pool, out_trade_no: str, age_s: float) -> str:
+    """A refund whose request never reached WeChat Pay (the caller saw a 503)."""
+    out_refund_no = f"RF{secrets.token_hex(10).upper()}"
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund, amount_total,"
+            " reason, created_at) VALUES (%s, %s, 990, 990, 'x',"
+            " NOW(6) - INTERVAL %s MICROSECOND)",
+            (out_refund_no, out_trade_no, int(age_s * 1e6)),
+        )
+    return out_refund_no
+
+
+async def _refund_status(pool: aiomysql.Pool, out_refund_no: str) -> str:
+    async with transaction(pool) as cur:
+        await cur.execute("SELECT status FROM refunds WHERE out_refund_no = %s", (out_refund_no,))
+        return str((await cur.fetchone())["status"])
+
+
+async def test_a_refund_that_never_reached_wechatpay_is_closed_after_the_grace(
+    db_pool: aiomysql.Pool,
+    wechat: tuple[RunningSandbox, WechatPayClient],
+    publisher: Publisher,
+) -> None:
+    sandbox, client = wechat
+    reconciler = Reconciler(db_pool, client, publisher, after_s=AFTER_S, refund_grace_s=600)
+    orders = Orders(
+        db_pool,
+        client,
+        KEYS.signer(),
+        PlacementConfig(MCHID, APPID, "http://127.0.0.1:9/notify/wechatpay", 1800),
+    )
+    user_id = await _user(db_pool)
+    paid, young = _number(), _number()
+    for no in (paid, young):
+        await client.place("NATIVE", order_body("native", no))
+        await sandbox.ok("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
+    await _pending(db_pool, user_id, [paid, young], age_s=3600, status="paid")
+    stale = await _refund_row(db_pool, paid, age_s=601)
+    recent = await _refund_row(db_pool, young, age_s=AFTER_S + 1)  # may still be on its way
+    with pytest.raises(InvalidRequest):  # the unsent refund reserves the whole order
+        await orders.refund(paid, None, "again")
+
+    found = await reconciler.run_once()
+    assert (found["refund_closed_never_sent"], found["refund_not_at_wechatpay_yet"]) == (1, 1)
+    assert await _refund_status(db_pool, stale) == "closed"
+    assert await _refund_status(db_pool, recent) == "pending"
+    answer = await orders.refund(paid, None, "again")  # no longer reserved
+    assert (answer["amount"], answer["status"]) == (990, "pending")
