@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import ClientResponse
+from multidict import CIMultiDict
 from prometheus_client import REGISTRY
 
 from paylane_common import events
@@ -266,6 +267,32 @@ async def test_rejections_answer_fail_and_publish_nothing(
     assert await spy.drain() == []
 
 
+DUPLICATED = [*HEADERS, "Wechatpay-Signature-Type"]
+
+
+@integration
+@pytest.mark.parametrize("header", DUPLICATED)
+@pytest.mark.parametrize("genuine", ["first", "last", "both"])
+async def test_duplicate_wechatpay_headers_are_400(client, notification, spy, header, genuine):
+    """Two values of one header: neither wins (a proxy and the app could each pick another)."""
+    sent = notification()
+    genuine_value = sent.headers.get(header, "WECHATPAY2-SHA256-RSA2048")
+    values = {
+        "first": [genuine_value, "forged"],
+        "last": ["forged", genuine_value],
+        "both": [genuine_value, genuine_value],
+    }[genuine]
+    headers = CIMultiDict((k, v) for k, v in sent.headers.items() if k != header)
+    for value in values:  # same spelling: aiohttp's client merges names case-sensitively
+        headers.add(header, value)
+    before = rejected("duplicate_header")
+    response = await client.post(NOTIFY, data=sent.body, headers=headers)
+    message = await expect_fail(response, 400, "forged", genuine_value)
+    assert header in message
+    assert rejected("duplicate_header") == before + 1
+    assert await spy.drain() == []
+
+
 @integration
 async def test_unconfirmed_publish_is_503_fail(start_ingress, notification, spy):
     client = await start_ingress()
@@ -294,6 +321,21 @@ async def test_internal_notify_needs_the_secret(client, spy, secret):
     headers = {} if secret is None else {"X-Internal-Secret": secret}
     response = await client.post(INTERNAL, json=internal_body(), headers=headers)
     await expect_fail(response, 401)
+    assert await spy.drain() == []
+
+
+@integration
+@pytest.mark.parametrize("order", ["secret_first", "secret_last", "secret_twice"])
+async def test_internal_notify_with_a_duplicated_secret_is_400(client, spy, wechat_keys, order):
+    secret = wechat_keys.internal_secret
+    values = {
+        "secret_first": [secret, "wrong"],
+        "secret_last": ["wrong", secret],
+        "secret_twice": [secret, secret],
+    }[order]
+    headers = CIMultiDict(("X-Internal-Secret", value) for value in values)
+    response = await client.post(INTERNAL, json=internal_body(), headers=headers)
+    assert "X-Internal-Secret" in await expect_fail(response, 400, secret)
     assert await spy.drain() == []
 
 

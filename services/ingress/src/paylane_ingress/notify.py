@@ -35,7 +35,7 @@ _PUBLISHED = metrics.NOTIFICATIONS_ACKED.labels("published")
 _ACK_SECONDS = {n: metrics.ACK_SECONDS.labels(f"{n}xx") for n in (2, 4, 5)}
 
 #: Verification failures that mean "malformed" (400) rather than "not authentic" (401).
-_MALFORMED = {"missing_header", "bad_signature_type", "bad_timestamp"}
+_MALFORMED = {"missing_header", "duplicate_header", "bad_signature_type", "bad_timestamp"}
 
 
 @dataclass
@@ -139,6 +139,8 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 def _verification_message(exc: VerificationError) -> str:
+    if exc.reason == "duplicate_header":
+        return str(exc)  # names the header, never its values
     return {
         "missing_header": "missing Wechatpay-* header",
         "bad_signature_type": "unsupported Wechatpay-Signature-Type",
