@@ -147,6 +147,7 @@ def _verification_message(exc: VerificationError) -> str:
         "bad_timestamp": "Wechatpay-Timestamp is not a unix timestamp",
         "stale_timestamp": "Wechatpay-Timestamp outside the accepted window",
         "unknown_serial": "unknown Wechatpay-Serial",
+        "expired_certificate": "Wechatpay-Serial names a certificate outside its validity",
         "bad_signature": "signature verification failed",
         "signtest_probe": "signature verification failed",
     }.get(exc.reason, "verification failed")

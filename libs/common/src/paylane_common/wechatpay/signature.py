@@ -136,7 +136,13 @@ class NotificationVerifier:
             )
         if headers.signature.startswith(SIGNTEST_PREFIX):
             raise VerificationError("signtest_probe", "WeChat Pay signature probe (SIGNTEST)")
-        key = self.keys.get(headers.serial)
+        now = self._clock()
+        key = self.keys.get(headers.serial, at=now)
+        if key is None and self.keys.is_outside_validity(headers.serial, now):
+            raise VerificationError(
+                "expired_certificate",
+                f"{HEADER_SERIAL} {headers.serial[:64]!r} names a certificate outside its validity",
+            )
         if key is None:
             raise VerificationError(
                 "unknown_serial", f"unknown {HEADER_SERIAL} {headers.serial[:64]!r}"
