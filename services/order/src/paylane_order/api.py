@@ -15,6 +15,7 @@ from paylane_common.events import validation_summary
 from paylane_common.tokens import issue_client_token
 
 from .auth import Caller, identify, internal_secret_ok
+from .client_address import client_ip
 from .errors import InvalidRequest, NotFound, Unauthorized
 from .orders import NewOrder, Orders
 
@@ -84,7 +85,7 @@ async def create_order(request: web.Request) -> web.Response:
             trade_type=body.trade_type,
             openid=body.openid,
             generation_id=body.generation_id,
-            client_ip=body.client_ip or (request.remote if body.trade_type == "H5" else None),
+            client_ip=body.client_ip or (client_ip(request) if body.trade_type == "H5" else None),
             idempotency_key=request.headers.get("Idempotency-Key") or None,
         )
     )

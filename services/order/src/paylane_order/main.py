@@ -26,6 +26,7 @@ from paylane_common.settings import secret_value
 from paylane_common.topology import ORDER_PAYMENTS
 
 from . import api
+from .client_address import TRUSTED_PROXIES
 from .errors import error_middleware
 from .orders import Orders, PlacementConfig
 from .payments import PRODUCER, Merchant, PaymentApplier
@@ -79,6 +80,7 @@ def build_app(settings: OrderSettings) -> web.Application:
     use_broker(app, settings)
     use_mysql(app, settings)
     use_wechatpay_client(app, settings)
+    app[TRUSTED_PROXIES] = settings.trusted_proxies
     app[api.API_CONFIG] = api.ApiConfig(
         catalog=settings.catalog,
         internal_secret=secret_value(settings.internal_api_secret),
