@@ -31,6 +31,7 @@ from paylane_common import amqp, db
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.migrate import migrate
 from paylane_common.replay import list_dlq
+from paylane_common.topology import QUEUES
 from tests.e2e.conftest import (
     APP_SECRET,
     BACKEND_SECRET,
@@ -51,7 +52,7 @@ ORDER_ENV = {"RECONCILE_AFTER_S": "600", "RECONCILE_INTERVAL_S": "30"}
 CONSUMERS = ("order", "entitlement", "notifier")
 WORK_QUEUES = ("order.payments", "entitlement.orders")
 #: Queues that must be empty for the pipeline to be quiet (delayed retries included).
-QUIET_QUEUES = (*WORK_QUEUES, *(f"{q}.retry" for q in WORK_QUEUES))
+QUIET_QUEUES = (*WORK_QUEUES, *(name for spec in QUEUES for name in spec.retry_queues))
 PAYER_OPENID = "o-test-openid"  # FakeWechat.transaction's payer
 
 DB_ERRORS = (pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError, OSError)

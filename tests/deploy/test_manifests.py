@@ -518,7 +518,8 @@ def test_definitions_match_the_topology_the_services_declare() -> None:
     expected_bindings = {(topology.EXCHANGE, topology.LOG_STREAM, "#")}
     for spec in topology.QUEUES:
         expected_queues[spec.name] = dict(spec.arguments())
-        expected_queues[spec.retry_queue] = dict(spec.retry_arguments())
+        for delay in spec.retry_delays_s:
+            expected_queues[spec.retry_queue_for(delay)] = dict(spec.retry_arguments(delay))
         expected_queues[spec.dlq] = dict(spec.dlq_arguments())
         expected_bindings |= {(topology.EXCHANGE, spec.name, key) for key in spec.routing_keys}
 

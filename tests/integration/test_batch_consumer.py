@@ -67,7 +67,7 @@ async def spec(channel: AbstractChannel) -> AsyncIterator[QueueSpec]:
     spec = QueueSpec(f"test.batches.{uuid.uuid4().hex}", routing_keys=())
     await declare_queue(channel, spec)
     yield spec
-    for name in (spec.name, spec.dlq, spec.retry_queue):
+    for name in (spec.name, spec.dlq, *spec.retry_queues):
         await channel.queue_delete(name)
 
 

@@ -33,6 +33,8 @@ from tests.support.observed import Observed
 pytestmark = pytest.mark.integration
 
 SCRATCH = "test_messaging_effects"
+#: Short retry tiers, so that retries in these tests take milliseconds.
+FAST_RETRIES = (0.05, 0.2, 1.0)
 
 
 def payment(event_id: str | None = None) -> Envelope:
@@ -42,13 +44,25 @@ def payment(event_id: str | None = None) -> Envelope:
 
 @pytest.fixture
 async def spec(channel: AbstractChannel) -> AsyncIterator[QueueSpec]:
-    """A unique consumer queue (+ .dlq, .retry); messages reach it through the default
+    """A unique consumer queue (+ .dlq, .retry.*); messages reach it through the default
     exchange, so nothing lands in the service queues other suites consume."""
-    spec = QueueSpec(f"test.messaging.{uuid.uuid4().hex}", routing_keys=())
+    spec = QueueSpec(
+        f"test.messaging.{uuid.uuid4().hex}", routing_keys=(), retry_delays_s=FAST_RETRIES
+    )
     await declare_queue(channel, spec)
     yield spec
-    for name in (spec.name, spec.dlq, spec.retry_queue):
+    for name in (spec.name, spec.dlq, *spec.retry_queues):
         await channel.queue_delete(name)
+
+
+@pytest.fixture
+async def queue_names(channel: AbstractChannel) -> AsyncIterator[list[QueueSpec]]:
+    """Specs a test declares itself: their queues are deleted afterwards."""
+    specs: list[QueueSpec] = []
+    yield specs
+    for spec in specs:
+        for name in (spec.name, spec.dlq, *spec.retry_queues):
+            await channel.queue_delete(name)
 
 
 @pytest.fixture
@@ -201,7 +215,7 @@ async def test_retry_every_time_dead_letters_after_max_attempts(
     assert dead.message_id == envelope.event_id
     assert "after 3 attempts" in dead.headers[REASON_HEADER]
     assert dead.headers[ATTEMPT_HEADER] == 2
-    for queue in (spec.name, spec.retry_queue):
+    for queue in (spec.name, *spec.retry_queues):
         assert await ready_count(channel, queue) == 0
 
 
@@ -225,8 +239,50 @@ async def test_failure_then_success_is_processed_once(
     await consumer.wait_settled(2)
     await consumer.stop()
     assert outcomes == [failure, "processed"]
-    for queue in (spec.name, spec.retry_queue, spec.dlq):
+    for queue in (spec.name, *spec.retry_queues, spec.dlq):
         assert await ready_count(channel, queue) == 0
+
+
+async def test_a_long_retry_does_not_hold_up_a_short_one(
+    amqp_connection, publisher, channel, queue_names
+):
+    """Per-delay retry queues: with one parking queue, per-message TTLs expire only at its
+    head, so a 1 s retry parked behind a 30 s one would wait the 30 s too."""
+    spec = QueueSpec(f"test.messaging.{uuid.uuid4().hex}", routing_keys=())
+    queue_names.append(spec)
+    await declare_queue(channel, spec)
+    slow, fast = payment(), payment()
+    delays = {slow.event_id: 30.0, fast.event_id: 1.0}
+    handled: list[str] = []
+    fast_back = asyncio.Event()
+
+    async def handler(envelope: Envelope, data: Any) -> str:
+        first = envelope.event_id not in handled
+        handled.append(envelope.event_id)
+        if first:
+            raise Retry("not yet", max_attempts=3, delay_s=delays[envelope.event_id])
+        if envelope.event_id == fast.event_id:
+            fast_back.set()
+        return "processed"
+
+    consumer = await start_consumer(amqp_connection, publisher, spec, handler)
+    await publisher.publish_to_queue(spec.name, envelope_message(slow))
+    await consumer.wait_settled(1)  # the slow one is parked first, at the head
+    await publisher.publish_to_queue(spec.name, envelope_message(fast))
+    async with asyncio.timeout(25):  # well before the slow one's 30 s are up
+        await fast_back.wait()
+    await consumer.stop()
+    assert handled == [slow.event_id, fast.event_id, fast.event_id]
+    assert await ready_count(channel, spec.retry_queue_for(30.0)) == 1  # still parked
+
+
+@pytest.mark.parametrize(
+    ("asked", "tier"), [(0.001, 1), (1.0, 1), (1.5, 2), (5.0, 8), (30.0, 30), (600.0, 30)]
+)
+def test_a_retry_waits_in_the_shortest_tier_not_shorter_than_asked(asked, tier):
+    spec = QueueSpec("order.payments", routing_keys=())
+    assert spec.retry_queue_for(asked) == f"order.payments.retry.{tier}s"
+    assert len(set(spec.retry_queues)) == len(spec.retry_delays_s) > 1
 
 
 # --- inbox -----------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def payment() -> Envelope:
 
 @pytest.fixture
 async def make_spec(channel) -> AsyncIterator[Callable[..., Awaitable[QueueSpec]]]:
-    """Declares unique consumer queues (+ .dlq, .retry), deleted afterwards."""
+    """Declares unique consumer queues (+ .dlq, .retry.*), deleted afterwards."""
     made: list[QueueSpec] = []
 
     async def make(delivery_limit: int = 10, routing_keys: tuple[str, ...] = ()) -> QueueSpec:
@@ -82,7 +82,7 @@ async def make_spec(channel) -> AsyncIterator[Callable[..., Awaitable[QueueSpec]
 
     yield make
     for spec in made:
-        for name in (spec.name, spec.dlq, spec.retry_queue):
+        for name in (spec.name, spec.dlq, *spec.retry_queues):
             await channel.queue_delete(name)
 
 
@@ -271,7 +271,7 @@ async def test_replay_after_the_fix_processes_each_dead_letter_once(
     assert (summary.moved, summary.skipped, summary.failed, summary.total) == (3, 0, 0, 3)
     assert summary.ok and progress[0] == 0 and progress[-1] == 3
     assert outcomes == {message_id: 1 for message_id in ids.values()}
-    for name in (spec.dlq, spec.name, spec.retry_queue):
+    for name in (spec.dlq, spec.name, *spec.retry_queues):
         assert await ready_count(channel, name) == 0
     replayed = headers[ids["rejected"]]
     assert replayed[ATTEMPT_HEADER] == 0 and replayed[REPLAYED_HEADER] == 1
@@ -470,7 +470,7 @@ async def test_log_replay_redrives_a_window_and_nothing_is_granted_twice(
         )
         rows = {r["out_trade_no"]: r["n"] for r in await cur.fetchall()}
     assert rows == {e.data["out_trade_no"]: 1 for e in paid}
-    for name in (spec.name, spec.dlq, spec.retry_queue):
+    for name in (spec.name, spec.dlq, *spec.retry_queues):
         assert await ready_count(channel, name) == 0
 
 

@@ -117,7 +117,7 @@ async def test_batch_consumer_stop_finishes_the_batch_under_way_and_leaves_the_r
     declared = await (await channel.get_underlay_channel()).queue_declare(spec.name, passive=True)
     assert 1 <= handler.applied <= 8
     assert declared.message_count == 40 - handler.applied
-    for name in (spec.name, spec.dlq, spec.retry_queue):
+    for name in (spec.name, spec.dlq, *spec.retry_queues):
         await channel.queue_delete(name)
     await channel.close()
     await publisher.close()

@@ -59,9 +59,13 @@ def new_rsa_key() -> RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def self_signed_cert(key: RSAPrivateKey, serial: int) -> x509.Certificate:
+def self_signed_cert(
+    key: RSAPrivateKey,
+    serial: int,
+    start: datetime = datetime(2025, 1, 1, tzinfo=UTC),
+    lifetime: timedelta = timedelta(days=5 * 365),
+) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA (test)")])
-    start = datetime(2025, 1, 1, tzinfo=UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -69,7 +73,7 @@ def self_signed_cert(key: RSAPrivateKey, serial: int) -> x509.Certificate:
         .public_key(key.public_key())
         .serial_number(serial)
         .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=5 * 365))
+        .not_valid_after(start + lifetime)
         .sign(key, hashes.SHA256())
     )
 
@@ -481,8 +485,7 @@ def signed_by(key: RSAPrivateKey, serial: str, **kwargs: Any) -> tuple[dict[str,
         apiv3_key=APIV3_KEY,
         signing_key=key,
         serial=serial,
-        timestamp=NOW,
-        **kwargs,
+        **{"timestamp": NOW, **kwargs},
     )
 
 
@@ -581,6 +584,57 @@ def test_from_sources_loads_cert_dir(
     headers, body = signed_by(other_key, "1F2E3D4C5B6A79880123456789ABCDEF01234567")
     verifier.verify(NotificationHeaders.from_mapping(headers), body)
     verifier.verify(headers_of(VALID[1]), VALID[1]["body"].encode())
+
+
+DAY = timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("start", "lifetime", "valid_at"),
+    [
+        (-10 * DAY, 9 * DAY, -5 * DAY),  # expired a day before NOW
+        (DAY, 365 * DAY, 2 * DAY),  # valid from tomorrow
+    ],
+    ids=["past_not_after", "before_not_before"],
+)
+def test_certificate_outside_its_validity_does_not_verify(
+    tmp_path: Path,
+    cert_key: RSAPrivateKey,
+    start: timedelta,
+    lifetime: timedelta,
+    valid_at: timedelta,
+) -> None:
+    now = datetime.fromtimestamp(NOW, UTC)
+    cert = self_signed_cert(cert_key, CERT_SERIAL_INT, now + start, lifetime)
+    (tmp_path / "platform.pem").write_bytes(cert_pem(cert))
+    keys = VerifierKeys.from_sources(platform_certs_dir=tmp_path)
+    headers, body = signed_by(cert_key, CERT_SERIAL)
+    parsed = NotificationHeaders.from_mapping(headers)
+    verifier = NotificationVerifier(keys, clock=lambda: NOW)
+    assert reason_of(lambda: verifier.verify(parsed, body)) == "expired_certificate"
+    # The same key, inside the window (a clock there, and the message signed then), verifies.
+    then = NOW + int(valid_at.total_seconds())
+    headers, body = signed_by(cert_key, CERT_SERIAL, timestamp=then)
+    NotificationVerifier(keys, clock=lambda: then).verify(
+        NotificationHeaders.from_mapping(headers), body
+    )
+
+
+def test_added_certificate_keeps_its_validity(cert_key: RSAPrivateKey) -> None:
+    keys = VerifierKeys()
+    now = datetime.fromtimestamp(NOW, UTC)
+    keys.add_certificate(
+        CERT_SERIAL, cert_key.public_key(), not_before=now - 10 * DAY, not_after=now - DAY
+    )
+    headers, body = signed_by(cert_key, CERT_SERIAL)
+    parsed = NotificationHeaders.from_mapping(headers)
+    verifier = NotificationVerifier(keys, clock=lambda: NOW)
+    assert reason_of(lambda: verifier.verify(parsed, body)) == "expired_certificate"
+    # A refresh that brings the renewed certificate (same serial, new window) replaces it.
+    keys.add_certificate(
+        CERT_SERIAL, cert_key.public_key(), not_before=now - DAY, not_after=now + DAY
+    )
+    verifier.verify(parsed, body)
 
 
 def test_from_sources_cert_dir_only(tmp_path: Path, cert: x509.Certificate) -> None:

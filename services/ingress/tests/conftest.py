@@ -44,9 +44,16 @@ class WechatKeys:
     internal_secret: str
 
 
-def _self_signed(key: RSAPrivateKey) -> x509.Certificate:
+_YESTERDAY = datetime.fromtimestamp(NOW, UTC) - timedelta(days=1)
+
+
+def self_signed(
+    key: RSAPrivateKey,
+    start: datetime = _YESTERDAY,
+    lifetime: timedelta = timedelta(days=3650),
+) -> x509.Certificate:
+    """A platform certificate valid from ``start`` for ``lifetime``."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA test")])
-    start = datetime.fromtimestamp(NOW, UTC) - timedelta(days=1)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -54,7 +61,7 @@ def _self_signed(key: RSAPrivateKey) -> x509.Certificate:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=3650))
+        .not_valid_after(start + lifetime)
         .sign(key, hashes.SHA256())
     )
 
@@ -63,7 +70,7 @@ def _self_signed(key: RSAPrivateKey) -> x509.Certificate:
 def wechat_keys(tmp_path_factory: pytest.TempPathFactory) -> WechatKeys:
     public_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cert_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = _self_signed(cert_key)
+    cert = self_signed(cert_key)
     certs_dir = tmp_path_factory.mktemp("platform_certs")
     (certs_dir / "wechatpay.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     keys = WechatKeys(

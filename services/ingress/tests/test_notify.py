@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from multidict import CIMultiDict
 from prometheus_client import REGISTRY
 
 from paylane_common import events
@@ -18,8 +22,10 @@ from paylane_common.exceptions import ConfigError
 from paylane_common.service import ADMIN_LISTENER, PUBLISHER
 from paylane_common.settings import load_settings
 from paylane_common.topology import LOG_STREAM
-from paylane_common.wechatpay import SIGNTEST_PREFIX
+from paylane_common.wechatpay import SIGNTEST_PREFIX, certificate_serial
+from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
+from services.ingress.tests.conftest import NOW, self_signed
 
 NOTIFY = "/notify/wechatpay"
 INTERNAL = "/api/payment/internal/notify"
@@ -115,6 +121,25 @@ async def test_both_key_modes_are_accepted_at_once(
     response = await client.post(NOTIFY, data=sent.body, headers=sent.headers)
     assert response.status == 204, await response.text()
     assert [m.message_id for m in await spy.drain()] == [sent.event_id]
+
+
+@integration
+@pytest.mark.parametrize(
+    ("start_days", "lifetime_days"), [(-30, 29), (1, 365)], ids=["expired", "not_yet_valid"]
+)
+async def test_certificate_outside_its_validity_is_401_like_an_unknown_serial(
+    ingress_settings, notification, spy, tmp_path, start_days, lifetime_days
+):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    start = datetime.fromtimestamp(NOW, UTC) + timedelta(days=start_days)
+    cert = self_signed(key, start, timedelta(days=lifetime_days))
+    (tmp_path / "platform.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    settings = ingress_settings.model_copy(update={"wechatpay_platform_certs_dir": tmp_path})
+    async with TestClient(TestServer(build_app(settings, clock=lambda: NOW))) as client:
+        sent = notification(signing_key=key, serial=certificate_serial(cert))
+        response = await client.post(NOTIFY, data=sent.body, headers=sent.headers)
+        await expect_fail(response, 401)
+    assert await spy.drain() == []
 
 
 @integration
@@ -267,6 +292,32 @@ async def test_rejections_answer_fail_and_publish_nothing(
     assert await spy.drain() == []
 
 
+DUPLICATED = [*HEADERS, "Wechatpay-Signature-Type"]
+
+
+@integration
+@pytest.mark.parametrize("header", DUPLICATED)
+@pytest.mark.parametrize("genuine", ["first", "last", "both"])
+async def test_duplicate_wechatpay_headers_are_400(client, notification, spy, header, genuine):
+    """Two values of one header: neither wins (a proxy and the app could each pick another)."""
+    sent = notification()
+    genuine_value = sent.headers.get(header, "WECHATPAY2-SHA256-RSA2048")
+    values = {
+        "first": [genuine_value, "forged"],
+        "last": ["forged", genuine_value],
+        "both": [genuine_value, genuine_value],
+    }[genuine]
+    headers = CIMultiDict((k, v) for k, v in sent.headers.items() if k != header)
+    for value in values:  # same spelling: aiohttp's client merges names case-sensitively
+        headers.add(header, value)
+    before = rejected("duplicate_header")
+    response = await client.post(NOTIFY, data=sent.body, headers=headers)
+    message = await expect_fail(response, 400, "forged", genuine_value)
+    assert header in message
+    assert rejected("duplicate_header") == before + 1
+    assert await spy.drain() == []
+
+
 @integration
 async def test_unconfirmed_publish_is_503_fail(start_ingress, notification, spy):
     client = await start_ingress()
@@ -295,6 +346,21 @@ async def test_internal_notify_needs_the_secret(client, spy, secret):
     headers = {} if secret is None else {"X-Internal-Secret": secret}
     response = await client.post(INTERNAL, json=internal_body(), headers=headers)
     await expect_fail(response, 401)
+    assert await spy.drain() == []
+
+
+@integration
+@pytest.mark.parametrize("order", ["secret_first", "secret_last", "secret_twice"])
+async def test_internal_notify_with_a_duplicated_secret_is_400(client, spy, wechat_keys, order):
+    secret = wechat_keys.internal_secret
+    values = {
+        "secret_first": [secret, "wrong"],
+        "secret_last": ["wrong", secret],
+        "secret_twice": [secret, secret],
+    }[order]
+    headers = CIMultiDict(("X-Internal-Secret", value) for value in values)
+    response = await client.post(INTERNAL, json=internal_body(), headers=headers)
+    assert "X-Internal-Secret" in await expect_fail(response, 400, secret)
     assert await spy.drain() == []
 
 

@@ -1,8 +1,9 @@
 """Consumer runner: manual ack after the handler's work is durable, explicit outcomes.
 
 A handler returns an outcome label (``"processed"``, ``"duplicate"``, …) and the message is
-acked; or raises :class:`Retry` (parked in ``<queue>.retry`` and redelivered after a delay,
-up to a limit) or :class:`Reject` (copied to ``<queue>.dlq`` with the reason, then acked).
+acked; or raises :class:`Retry` (parked in ``<queue>.retry.<delay>`` and redelivered
+after the delay, up to a limit) or :class:`Reject` (copied to ``<queue>.dlq`` with the
+reason, then acked).
 Invalid messages are rejected to the DLQ at once; an unexpected exception is retried with
 backoff, then dead-lettered. Nothing is requeued forever.
 """
@@ -185,8 +186,10 @@ class Consumer:
         copy = copy_message(
             message, {**without_broker_headers(message.headers), ATTEMPT_HEADER: attempt}
         )
-        copy.expiration = max(delay_s, 0.001)
-        return await self._forward(message, self.spec.retry_queue, copy, "retried")
+        # The parking queue's own TTL is the delay (no per-message expiration: that
+        # expires only at a queue's head, behind longer delays).
+        queue = self.spec.retry_queue_for(delay_s)
+        return await self._forward(message, queue, copy, "retried")
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> str:
         copy = copy_message(

@@ -37,3 +37,8 @@ OUTBOX_OLDEST_AGE = Gauge(
 OUTBOX_PUBLISHED = Counter(
     "paylane_outbox_published_total", "Outbox rows published and marked", ["producer"]
 )
+RETENTION_PRUNED = Counter(
+    "paylane_retention_pruned_total",
+    "Bookkeeping rows deleted after RETENTION_DAYS, by table (inbox, outbox)",
+    ["table"],
+)

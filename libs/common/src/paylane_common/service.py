@@ -23,6 +23,7 @@ from .health import READINESS_CHECKS, add_health_routes, admin_app
 from .logs import configure_logging
 from .outbox import OutboxRelay
 from .publisher import Publisher
+from .retention import RetentionPruner
 from .settings import (
     BaseServiceSettings,
     ConsumerSettings,
@@ -202,7 +203,8 @@ def use_consumer(
 ) -> None:
     """Consume ``spec`` with the handler built from the app's resources (in batches when
     it is a :class:`BatchHandler`); with ``outbox_producer``, also run that producer's
-    outbox relay. Add after use_broker and use_mysql: teardown runs in reverse, so
+    outbox relay. Also prunes the inbox and outbox after ``RETENTION_DAYS``
+    (retention.py). Add after use_broker and use_mysql: teardown runs in reverse, so
     consumers stop before their resources close."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
@@ -210,6 +212,14 @@ def use_consumer(
             relay = OutboxRelay(app[DB_POOL], app[PUBLISHER], outbox_producer)
             app[OUTBOX_RELAY] = relay
             relay.start()
+        pruner = None
+        if settings.retention_interval_s > 0:
+            pruner = RetentionPruner(
+                app[DB_POOL],
+                retention_days=settings.retention_days,
+                interval_s=settings.retention_interval_s,
+            )
+            pruner.start()
         handler = make_handler(app)
         connection, publisher = app[AMQP_CONNECTION], app[PUBLISHER]
         prefetch = settings.consumer_prefetch
@@ -233,6 +243,8 @@ def use_consumer(
         await consumer.start()
         yield
         await consumer.stop()
+        if pruner is not None:
+            await pruner.stop()
         if outbox_producer is not None:
             await app[OUTBOX_RELAY].stop()
 

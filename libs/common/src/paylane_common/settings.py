@@ -140,6 +140,11 @@ class ConsumerSettings(BaseSettings):
     consumer_prefetch: int = Field(128, ge=1, le=10_000)
     #: Messages applied together in one transaction at the most (batching.py).
     consumer_batch_max: int = Field(64, ge=1, le=1_000)
+    #: Inbox and published outbox rows are deleted after this many days (retention.py);
+    #: never fewer than the replay stream keeps events (7 days), which the inbox dedupes …
+    retention_days: float = Field(30.0, ge=7)
+    #: … checked this often (0: not in-process).
+    retention_interval_s: float = Field(3600.0, ge=0)
 
 
 class CatalogSettings(BaseSettings):

@@ -1,5 +1,5 @@
-"""RabbitMQ topology (DESIGN §5): exchange ``paylane``, quorum queues with retry + DLQ,
-and the stream ``paylane.log`` bound ``#`` as the replay source.
+"""RabbitMQ topology (DESIGN §5): exchange ``paylane``, quorum queues with per-delay retry
+queues and a DLQ, and the stream ``paylane.log`` bound ``#`` as the replay source.
 
 By default every process declares the whole topology at start (declaration is
 idempotent), so a message published before its consumer first ran is still queued for
@@ -24,6 +24,9 @@ from . import events
 from .exceptions import ConfigError
 
 EXCHANGE = "paylane"
+#: Delays of the retry queues ``<queue>.retry.<delay>``. A retry waits in the shortest one
+#: not shorter than asked (the longest when none is); they match the consumers' backoff.
+RETRY_DELAYS_S: tuple[float, ...] = (1, 2, 4, 8, 16, 30)
 LOG_STREAM = "paylane.log"
 LOG_STREAM_MAX_AGE = "7D"
 DLQ_DELIVERY_LIMIT = 1_000_000
@@ -39,15 +42,24 @@ class QueueSpec:
     routing_keys: tuple[str, ...]
     #: Deliveries before the broker dead-letters (crash loops, poison messages).
     delivery_limit: int = 10
+    #: One parking queue per delay: a queue-level TTL expires messages in arrival order,
+    #: so every message of a queue waits the same and none holds up a shorter one.
+    retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S
 
     @property
     def dlq(self) -> str:
         return f"{self.name}.dlq"
 
+    def retry_queue_for(self, delay_s: float) -> str:
+        """The parking queue a retry after ``delay_s`` waits in: expired messages
+        dead-letter back to ``name``."""
+        delays = sorted(self.retry_delays_s)
+        chosen = next((d for d in delays if d >= delay_s), delays[-1])
+        return f"{self.name}.retry.{_delay_label(chosen)}"
+
     @property
-    def retry_queue(self) -> str:
-        """Delayed-retry parking queue: expired messages dead-letter back to ``name``."""
-        return f"{self.name}.retry"
+    def retry_queues(self) -> tuple[str, ...]:
+        return tuple(self.retry_queue_for(delay) for delay in self.retry_delays_s)
 
     def arguments(self) -> Arguments:
         return {
@@ -65,14 +77,21 @@ class QueueSpec:
         # would otherwise silently drop dead letters.
         return {"x-queue-type": "quorum", "x-delivery-limit": DLQ_DELIVERY_LIMIT}
 
-    def retry_arguments(self) -> Arguments:
+    def retry_arguments(self, delay_s: float) -> Arguments:
         return {
             "x-queue-type": "quorum",
+            "x-message-ttl": round(delay_s * 1000),
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": self.name,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
+
+
+def _delay_label(delay_s: float) -> str:
+    """``1`` → ``1s``, ``0.25`` → ``250ms``: part of a queue name."""
+    ms = round(delay_s * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
 ORDER_PAYMENTS = QueueSpec(
@@ -127,10 +146,13 @@ async def _existing(declaration: Awaitable[T], name: str) -> T:
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
-    """Declare ``spec`` with its DLQ and retry queue, bound to the exchange."""
+    """Declare ``spec`` with its DLQ and retry queues, bound to the exchange."""
     exchange = await declare_exchange(channel)
     await channel.declare_queue(spec.dlq, durable=True, arguments=spec.dlq_arguments())
-    await channel.declare_queue(spec.retry_queue, durable=True, arguments=spec.retry_arguments())
+    for delay in spec.retry_delays_s:
+        await channel.declare_queue(
+            spec.retry_queue_for(delay), durable=True, arguments=spec.retry_arguments(delay)
+        )
     queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments())
     for key in spec.routing_keys:
         await queue.bind(exchange, routing_key=key)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from paylane_common import events
 from paylane_common.events import PaymentSucceeded, make_event, validation_summary
 from paylane_common.exceptions import PublishError
+from paylane_common.headers import DuplicateHeader, sole_header
 from paylane_common.service import PUBLISHER
 
 from . import metrics
@@ -45,7 +46,13 @@ def secret_matches(expected: str, given: str | None) -> bool:
 
 async def internal_notify(request: web.Request) -> web.Response:
     metrics.NOTIFICATIONS_RECEIVED.labels("internal").inc()
-    if not secret_matches(request.app[INTERNAL_SECRET], request.headers.get("X-Internal-Secret")):
+    try:
+        given = sole_header(request.headers, "X-Internal-Secret")
+    except DuplicateHeader as exc:
+        metrics.NOTIFICATIONS_REJECTED.labels("duplicate_header").inc()
+        log.warning("internal_notify_duplicate_secret")
+        return fail(400, str(exc))
+    if not secret_matches(request.app[INTERNAL_SECRET], given):
         metrics.NOTIFICATIONS_REJECTED.labels("internal_secret").inc()
         log.warning("internal_notify_unauthorized")
         return fail(401, "invalid X-Internal-Secret")

@@ -35,7 +35,7 @@ _PUBLISHED = metrics.NOTIFICATIONS_ACKED.labels("published")
 _ACK_SECONDS = {n: metrics.ACK_SECONDS.labels(f"{n}xx") for n in (2, 4, 5)}
 
 #: Verification failures that mean "malformed" (400) rather than "not authentic" (401).
-_MALFORMED = {"missing_header", "bad_signature_type", "bad_timestamp"}
+_MALFORMED = {"missing_header", "duplicate_header", "bad_signature_type", "bad_timestamp"}
 
 
 @dataclass
@@ -139,12 +139,15 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 def _verification_message(exc: VerificationError) -> str:
+    if exc.reason == "duplicate_header":
+        return str(exc)  # names the header, never its values
     return {
         "missing_header": "missing Wechatpay-* header",
         "bad_signature_type": "unsupported Wechatpay-Signature-Type",
         "bad_timestamp": "Wechatpay-Timestamp is not a unix timestamp",
         "stale_timestamp": "Wechatpay-Timestamp outside the accepted window",
         "unknown_serial": "unknown Wechatpay-Serial",
+        "expired_certificate": "Wechatpay-Serial names a certificate outside its validity",
         "bad_signature": "signature verification failed",
         "signtest_probe": "signature verification failed",
     }.get(exc.reason, "verification failed")

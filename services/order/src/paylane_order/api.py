@@ -16,6 +16,7 @@ from paylane_common.events import validation_summary
 from paylane_common.tokens import issue_client_token
 
 from .auth import Caller, identify, require_backend
+from .client_address import client_ip
 from .errors import InvalidRequest, NotFound
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
@@ -135,6 +136,15 @@ async def user_token(request: web.Request) -> web.Response:
     )
 
 
+def _payer_ip(request: web.Request, caller: Caller, body: CreateOrder) -> str | None:
+    """H5 orders need the payer's IP: the backend says what it saw; a user calling us
+    directly is the payer, so their address (through trusted proxies) is used and a
+    ``client_ip`` in their body is not believed."""
+    if caller.backend and body.client_ip:
+        return body.client_ip
+    return client_ip(request) if body.trade_type == "H5" else None
+
+
 async def create_order(request: web.Request) -> web.Response:
     config = request.app[API_CONFIG]
     caller = _caller(request)
@@ -154,7 +164,7 @@ async def create_order(request: web.Request) -> web.Response:
             trade_type=body.trade_type,
             openid=body.openid,
             generation_id=body.generation_id,
-            client_ip=body.client_ip or (request.remote if body.trade_type == "H5" else None),
+            client_ip=_payer_ip(request, caller, body),
             idempotency_key=_idempotency_key(request),
         )
     )

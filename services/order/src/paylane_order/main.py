@@ -26,6 +26,7 @@ from paylane_common.settings import secret_value
 from paylane_common.topology import ORDER_PAYMENTS
 
 from . import api
+from .client_address import TRUSTED_PROXIES
 from .errors import error_middleware
 from .miniprogram import MiniProgramLogin
 from .orders import Orders, PlacementConfig
@@ -81,6 +82,7 @@ def build_app(settings: OrderSettings) -> web.Application:
     use_broker(app, settings)
     use_mysql(app, settings)
     use_wechatpay_client(app, settings)
+    app[TRUSTED_PROXIES] = settings.trusted_proxies
     app[api.API_CONFIG] = api.ApiConfig(
         catalog=settings.catalog,
         backend_secret=secret_value(settings.backend_api_secret),

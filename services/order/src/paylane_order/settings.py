@@ -12,8 +12,16 @@ from paylane_common.settings import (
     TokenSecret,
 )
 
+from .client_address import TrustedProxySettings
 
-class OrderSettings(BaseServiceSettings, ConsumerSettings, CatalogSettings, MerchantApiSettings):
+
+class OrderSettings(
+    BaseServiceSettings,
+    ConsumerSettings,
+    CatalogSettings,
+    MerchantApiSettings,
+    TrustedProxySettings,
+):
     http_port: int = Field(8081, ge=1, le=65535)
     #: A payment for another merchant or app is flagged for review, never granted.
     wechatpay_appid: str = Field(min_length=1)

@@ -11,11 +11,13 @@ from .exceptions import (
     WechatPayUnavailable,
 )
 from .keys import (
+    CertificateInfo,
     VerifierKeys,
     certificate_serial,
     load_certificate,
     load_private_key,
     load_public_key,
+    read_certificate,
 )
 from .merchant import MerchantSigner, new_nonce, parse_authorization
 from .notification import build_notification, decrypt_notification, parse_notification
@@ -33,6 +35,7 @@ __all__ = [
     "ALGORITHM",
     "SIGNATURE_TYPE",
     "SIGNTEST_PREFIX",
+    "CertificateInfo",
     "CertificateRefresher",
     "DecryptionError",
     "MerchantSigner",
@@ -57,6 +60,7 @@ __all__ = [
     "new_nonce",
     "parse_authorization",
     "parse_notification",
+    "read_certificate",
     "sign",
     "verify_rsa",
 ]

@@ -17,7 +17,8 @@ log = structlog.get_logger(__name__)
 
 class CertificateRefresher(BackgroundLoop):
     """Downloads ``/v3/certificates`` every ``interval_s`` and on request (an unknown
-    serial was seen), never more often than once per ``min_gap_s``."""
+    serial was seen), never more often than once per ``min_gap_s``. Each certificate
+    keeps its validity window: past ``not_after`` it verifies nothing."""
 
     def __init__(
         self,
@@ -49,7 +50,9 @@ class CertificateRefresher(BackgroundLoop):
         for cert in await self._client.download_certificates(self._apiv3_key):
             if cert.serial not in known:
                 added += 1
-            self._keys.add_certificate(cert.serial, cert.public_key)
+            self._keys.add_certificate(
+                cert.serial, cert.public_key, not_before=cert.not_before, not_after=cert.not_after
+            )
         log.info("platform_certificates_refreshed", new=added, serials=self._keys.serials())
         return added
 

@@ -7,6 +7,7 @@ backoff and jitter, bounded in attempts and in total time.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,7 @@ from yarl import URL
 
 from .aead import decrypt_resource
 from .exceptions import VerificationError, WechatPayApiError, WechatPayError, WechatPayUnavailable
-from .keys import VerifierKeys, load_certificate
+from .keys import VerifierKeys, read_certificate
 from .merchant import MerchantSigner
 from .signature import NotificationHeaders, NotificationVerifier
 
@@ -40,6 +41,7 @@ class PlatformCertificate:
     serial: str
     public_key: RSAPublicKey
     not_after: datetime
+    not_before: datetime | None = None
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -113,11 +115,18 @@ class WechatPayClient:
             pem = decrypt_resource(
                 apiv3_key, enc["nonce"], enc.get("associated_data"), enc["ciphertext"]
             )
-            serial, key, not_after = load_certificate(pem)
-            certificates.append(PlatformCertificate(serial, key, not_after))
-        bootstrap = VerifierKeys(certificates={c.serial: c.public_key for c in certificates})
+            info = read_certificate(pem)
+            certificates.append(
+                PlatformCertificate(info.serial, info.public_key, info.not_after, info.not_before)
+            )
+        bootstrap = VerifierKeys()
+        for cert in certificates:
+            bootstrap.add_certificate(
+                cert.serial, cert.public_key, not_before=cert.not_before, not_after=cert.not_after
+            )
         known = self._verifier.keys
-        chosen = known if known.get(headers.get("Wechatpay-Serial", "")) else bootstrap
+        serial = headers.get("Wechatpay-Serial", "")
+        chosen = known if known.get(serial, at=time.time()) else bootstrap
         NotificationVerifier(chosen, max_skew_s=self._verifier.max_skew_s).verify(
             NotificationHeaders.from_mapping(headers), body
         )

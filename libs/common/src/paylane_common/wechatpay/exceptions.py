@@ -14,8 +14,10 @@ class WechatPayError(Exception):
 class VerificationError(WechatPayError):
     """A notification or API response failed verification.
 
-    ``reason`` is short and stable (``missing_header``, ``bad_signature_type``,
+    ``reason`` is short and stable (``missing_header``, ``duplicate_header``,
+    ``bad_signature_type``,
     ``bad_timestamp``, ``stale_timestamp``, ``signtest_probe``, ``unknown_serial``,
+    ``expired_certificate``,
     ``bad_signature``): use it for metrics and log fields, the message for humans.
     """
 

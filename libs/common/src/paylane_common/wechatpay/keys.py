@@ -7,7 +7,9 @@ During a migration both arrive side by side, chosen per message by ``Wechatpay-S
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -55,8 +57,18 @@ def certificate_serial(cert: x509.Certificate) -> str:
     return n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big").hex().upper()
 
 
-def load_certificate(pem: str | bytes) -> tuple[str, RSAPublicKey, datetime]:
-    """Return ``(serial_hex_upper, public_key, not_after_utc)`` of a certificate PEM."""
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What verification needs of a platform certificate: its serial, key and validity."""
+
+    serial: str
+    public_key: RSAPublicKey
+    not_before: datetime
+    not_after: datetime
+
+
+def read_certificate(pem: str | bytes) -> CertificateInfo:
+    """Parse a certificate PEM (an RSA key is required)."""
     try:
         cert = x509.load_pem_x509_certificate(_as_bytes(pem))
     except (ValueError, TypeError, UnicodeError):
@@ -64,7 +76,15 @@ def load_certificate(pem: str | bytes) -> tuple[str, RSAPublicKey, datetime]:
     key = cert.public_key()
     if not isinstance(key, RSAPublicKey):
         raise WechatPayError("certificate does not hold an RSA key")
-    return certificate_serial(cert), key, cert.not_valid_after_utc
+    return CertificateInfo(
+        certificate_serial(cert), key, cert.not_valid_before_utc, cert.not_valid_after_utc
+    )
+
+
+def load_certificate(pem: str | bytes) -> tuple[str, RSAPublicKey, datetime]:
+    """Return ``(serial_hex_upper, public_key, not_after_utc)`` of a certificate PEM."""
+    info = read_certificate(pem)
+    return info.serial, info.public_key, info.not_after
 
 
 def _normalize_serial(serial: str) -> str:
@@ -72,8 +92,19 @@ def _normalize_serial(serial: str) -> str:
     return serial.strip().upper().lstrip("0") or "0"
 
 
+@dataclass(frozen=True)
+class _CertEntry:
+    serial: str  # as first written, for display
+    key: RSAPublicKey
+    not_before: float  # unix seconds; -inf/inf when unknown
+    not_after: float
+
+
 class VerifierKeys:
     """Serial → WeChat Pay public key, for both the public-key and the certificate mode.
+
+    A platform certificate is used only inside its validity window (``get(serial, at=)``):
+    an expired certificate, or one not yet valid, verifies nothing.
 
     Meant for one asyncio thread: ``add_certificate`` swaps in a new dict, so readers never
     see a half-updated mapping.
@@ -91,7 +122,7 @@ class VerifierKeys:
             raise ValueError("public_key_id must not be empty")
         self._public_key_id = public_key_id
         self._public_key = public_key
-        self._certs: dict[str, tuple[str, RSAPublicKey]] = {}
+        self._certs: dict[str, _CertEntry] = {}
         for serial, key in (certificates or {}).items():
             self.add_certificate(serial, key)
 
@@ -99,23 +130,53 @@ class VerifierKeys:
     def public_key_id(self) -> str | None:
         return self._public_key_id
 
-    def get(self, serial: str) -> RSAPublicKey | None:
-        """The key for a ``Wechatpay-Serial``, or None. Never does I/O."""
+    def get(self, serial: str, at: float | None = None) -> RSAPublicKey | None:
+        """The key for a ``Wechatpay-Serial``, or None. Never does I/O.
+
+        With ``at`` (unix seconds), a certificate outside its validity at that time is
+        None too (:meth:`is_outside_validity` tells the two cases apart)."""
         if self._public_key_id is not None and serial == self._public_key_id:
             return self._public_key
         entry = self._certs.get(_normalize_serial(serial))
-        return entry[1] if entry else None
+        if entry is None or (at is not None and not entry.not_before <= at <= entry.not_after):
+            return None
+        return entry.key
 
-    def add_certificate(self, serial: str, key: RSAPublicKey) -> None:
-        """Register (or replace) a platform certificate's key."""
+    def is_outside_validity(self, serial: str, at: float) -> bool:
+        """True when ``serial`` names a known certificate that is not valid at ``at``."""
+        entry = self._certs.get(_normalize_serial(serial))
+        return entry is not None and not entry.not_before <= at <= entry.not_after
+
+    def add_certificate(
+        self,
+        serial: str,
+        key: RSAPublicKey,
+        *,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+    ) -> None:
+        """Register (or replace) a platform certificate's key, valid between ``not_before``
+        and ``not_after`` (unbounded on a side not given)."""
         if not serial.strip():
             raise ValueError("certificate serial must not be empty")
-        self._certs = {**self._certs, _normalize_serial(serial): (serial.strip().upper(), key)}
+        entry = _CertEntry(
+            serial.strip().upper(),
+            key,
+            not_before.timestamp() if not_before is not None else -math.inf,
+            not_after.timestamp() if not_after is not None else math.inf,
+        )
+        self._certs = {**self._certs, _normalize_serial(serial): entry}
+
+    def add(self, cert: CertificateInfo) -> None:
+        """Register a parsed certificate with its validity window."""
+        self.add_certificate(
+            cert.serial, cert.public_key, not_before=cert.not_before, not_after=cert.not_after
+        )
 
     def serials(self) -> list[str]:
         """Known serials: the public key id first, then certificate serials."""
         head = [self._public_key_id] if self._public_key_id is not None else []
-        return head + [serial for serial, _ in self._certs.values()]
+        return head + [entry.serial for entry in self._certs.values()]
 
     @classmethod
     def from_sources(
@@ -132,7 +193,7 @@ class VerifierKeys:
         if (public_key_id is None) != (public_key_pem is None):
             raise WechatPayError("the public key id and the public key PEM go together")
         public_key = load_public_key(public_key_pem) if public_key_pem is not None else None
-        certs: dict[str, RSAPublicKey] = {}
+        keys = cls(public_key_id, public_key)
         if platform_certs_dir is not None:
             directory = Path(platform_certs_dir)
             if not directory.is_dir():
@@ -141,8 +202,7 @@ class VerifierKeys:
                 if path.suffix.lower() not in CERTIFICATE_SUFFIXES or not path.is_file():
                     continue
                 try:
-                    serial, key, _ = load_certificate(path.read_bytes())
+                    keys.add(read_certificate(path.read_bytes()))
                 except WechatPayError as exc:
                     raise WechatPayError(f"{path.name}: {exc}") from None
-                certs[serial] = key
-        return cls(public_key_id, public_key, certs)
+        return keys

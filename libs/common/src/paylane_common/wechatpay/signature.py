@@ -70,8 +70,18 @@ class NotificationHeaders:
 
     @classmethod
     def from_mapping(cls, headers: Mapping[str, str]) -> NotificationHeaders:
-        """Pick the headers case-insensitively; an absent or empty one is ``missing_header``."""
-        lowered = {name.lower(): value for name, value in headers.items()}
+        """Pick the headers case-insensitively; an absent or empty one is ``missing_header``.
+
+        A ``Wechatpay-*`` header given twice (a multi-mapping such as aiohttp's headers
+        yields both) is ``duplicate_header``: letting the first or the last win would let
+        a proxy in front of us and this code read different values.
+        """
+        lowered: dict[str, str] = {}
+        for name, value in headers.items():
+            key = name.lower()
+            if key in lowered and key.startswith("wechatpay-"):
+                raise VerificationError("duplicate_header", f"duplicate header {_canonical(name)}")
+            lowered[key] = value
 
         def required(name: str) -> str:
             value = lowered.get(name.lower())
@@ -86,6 +96,11 @@ class NotificationHeaders:
             serial=required(HEADER_SERIAL),
             signature_type=lowered.get(HEADER_SIGNATURE_TYPE.lower()),
         )
+
+
+def _canonical(name: str) -> str:
+    """``wechatpay-serial`` → ``Wechatpay-Serial`` (for messages: never the value)."""
+    return "-".join(part.capitalize() for part in name.split("-"))[:64]
 
 
 class NotificationVerifier:
@@ -121,7 +136,13 @@ class NotificationVerifier:
             )
         if headers.signature.startswith(SIGNTEST_PREFIX):
             raise VerificationError("signtest_probe", "WeChat Pay signature probe (SIGNTEST)")
-        key = self.keys.get(headers.serial)
+        now = self._clock()
+        key = self.keys.get(headers.serial, at=now)
+        if key is None and self.keys.is_outside_validity(headers.serial, now):
+            raise VerificationError(
+                "expired_certificate",
+                f"{HEADER_SERIAL} {headers.serial[:64]!r} names a certificate outside its validity",
+            )
         if key is None:
             raise VerificationError(
                 "unknown_serial", f"unknown {HEADER_SERIAL} {headers.serial[:64]!r}"
