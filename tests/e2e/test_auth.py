@@ -243,3 +243,20 @@ async def test_the_backend_mints_a_fresh_token_for_a_users_client(stack: Stack) 
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(f"{notifier}/ws?token={minted['token']}")
         await ws.close()
+
+
+async def test_a_users_h5_order_takes_the_payers_address_not_a_claimed_one(stack: Stack) -> None:
+    """The backend says which IP the payer had; a user calling directly *is* the payer, so a
+    ``client_ip`` in their body is not believed (no trusted proxy here: the peer's address)."""
+    user = await login(stack)
+    body = {"package_type": "basic", "trade_type": "H5", "client_ip": "203.0.113.9"}
+    status, order = await call(stack, "order", "POST", "/orders", body, bearer(user["token"]))
+    assert status == 201, order
+    _, state = await sandbox(stack, "GET", f"/sandbox/orders/{order['out_trade_no']}")
+    assert state["request"]["scene_info"]["payer_client_ip"] == "127.0.0.1"
+
+    backend_body = {**body, "user_id": user["user_id"]}
+    status, order = await call(stack, "order", "POST", "/orders", backend_body, BACKEND)
+    assert status == 201, order
+    _, state = await sandbox(stack, "GET", f"/sandbox/orders/{order['out_trade_no']}")
+    assert state["request"]["scene_info"]["payer_client_ip"] == "203.0.113.9"

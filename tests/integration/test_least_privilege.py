@@ -344,7 +344,8 @@ async def test_ingress_runs_as_its_user_and_keeps_readyz_and_metrics_off_the_pub
             assert response.status == 204, await response.text()
         async with http.get(f"{ingress.admin_url}/metrics") as response:
             assert "paylane_ingress_notifications_received_total" in await response.text()
-    published = await spy.get(no_ack=True, timeout=5)
+    async with asyncio.timeout(10), spy.iterator(no_ack=True) as arrived:
+        published = await anext(aiter(arrived))
     assert published.correlation_id == out_trade_no
     await channel.close()
     await stack.stop("ingress")
@@ -422,7 +423,8 @@ async def test_topology_is_declared_by_paylane_topology_and_only_checked_by_serv
             for spec in QUEUES:
                 channel = await connection.channel()
                 await existing_queue(channel, spec.dlq)
-                await existing_queue(channel, spec.retry_queue)
+                for retry_queue in spec.retry_queues:
+                    await existing_queue(channel, retry_queue)
                 await channel.close()
             await publisher.close()
         finally:
