@@ -1,7 +1,8 @@
 """``POST /api/payment/internal/notify``: for hosts that already receive WeChat's callback
 elsewhere (the cloud-function hybrid). Publishes the same ``payment.succeeded``, marked
-``source: "internal"``; the order service confirms it with WeChat Pay when the amount is
-absent."""
+``source: "internal"``; the order service confirms it with WeChat Pay before anything is
+granted (the caller holds a shared secret, not WeChat Pay's key), unless the operator set
+``INTERNAL_NOTIFY_TRUSTED``."""
 
 from __future__ import annotations
 
