@@ -6,11 +6,10 @@ import argparse
 import importlib
 import sys
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.logs import configure_logging
-from paylane_common.settings import BaseServiceSettings, exit_on_config_error, load_settings
+from paylane_common.settings import BaseServiceSettings
 
 from . import demo, dev, replay_cli
+from .commands import command_settings
 
 SERVICES = {
     "ingress": "paylane_ingress.main",
@@ -24,12 +23,7 @@ SERVICES = {
 def _migrate(_args: argparse.Namespace) -> int:
     from paylane_common.migrate import migrate
 
-    try:
-        settings = load_settings(BaseServiceSettings)
-    except ConfigError as exc:
-        exit_on_config_error(exc)
-        return 2
-    configure_logging(settings.log_format)
+    settings = command_settings(BaseServiceSettings)
     applied = migrate(settings.mysql_url)
     database = settings.mysql.database
     print(f"migrated {database}: " + (", ".join(applied) if applied else "already up to date"))
@@ -44,12 +38,7 @@ def _topology(_args: argparse.Namespace) -> int:
     from paylane_common import amqp
     from paylane_common.topology import declare_topology
 
-    try:
-        settings = load_settings(BaseServiceSettings)
-    except ConfigError as exc:
-        exit_on_config_error(exc)
-        return 2
-    configure_logging(settings.log_format)
+    settings = command_settings(BaseServiceSettings)
 
     async def declare() -> None:
         connection = await amqp.connect(settings.amqp_url, "topology")
@@ -75,12 +64,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     from paylane_order.settings import OrderSettings
     from paylane_order.standalone import reconcile
 
-    try:
-        settings = load_settings(OrderSettings)
-    except ConfigError as exc:
-        exit_on_config_error(exc)
-        return 2
-    configure_logging(settings.log_format)
+    settings = command_settings(OrderSettings)
     found = asyncio.run(reconcile(settings, once=args.once))
     print(", ".join(f"{k}={v}" for k, v in sorted(found.items())) or "nothing to reconcile")
     return 0

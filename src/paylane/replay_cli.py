@@ -23,8 +23,6 @@ from typing import Any, TextIO, TypeVar
 from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common import amqp, events
-from paylane_common.exceptions import ConfigError
-from paylane_common.logs import configure_logging
 from paylane_common.replay import (
     DeadLetter,
     ReplayError,
@@ -34,7 +32,9 @@ from paylane_common.replay import (
     replay_dlq,
     replay_log,
 )
-from paylane_common.settings import BaseServiceSettings, exit_on_config_error, load_settings
+from paylane_common.settings import BaseServiceSettings
+
+from .commands import command_settings
 
 T = TypeVar("T")
 
@@ -164,12 +164,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _run(work: Callable[[AbstractRobustConnection], Awaitable[int]]) -> int:
-    try:
-        settings = load_settings(BaseServiceSettings)
-    except ConfigError as exc:
-        exit_on_config_error(exc)
-        return 2
-    configure_logging(settings.log_format)
+    settings = command_settings(BaseServiceSettings)
 
     async def main() -> int:
         try:
