@@ -77,7 +77,7 @@ def _number() -> str:
     return f"RA{secrets.token_hex(10).upper()}"
 
 
-async def test_a_lost_notification_is_found_in_the_next_pass_whatever_is_abandoned(
+async def test_a_lost_notification_is_found_in_the_next_pass_however_many_are_abandoned(
     db_pool: aiomysql.Pool,
     wechat: tuple[RunningSandbox, WechatPayClient],
     publisher: Publisher,
@@ -85,19 +85,27 @@ async def test_a_lost_notification_is_found_in_the_next_pass_whatever_is_abandon
     sandbox, client = wechat
     reconciler = Reconciler(db_pool, client, publisher, after_s=AFTER_S, batch_size=100)
     user_id = await _user(db_pool)
-    # A few thousand orders nobody will pay, older than any new one.
-    await _pending(db_pool, user_id, [_number() for _ in range(2500)], age_s=600)
-    await reconciler.run_once()  # the pass that sees them (the service runs these all along)
+    # A few thousand orders nobody will pay, older than any other, and one the reconciler
+    # asks about while it is still unpaid (its buyer pays a minute later).
+    abandoned = [_number() for _ in range(2500)]
+    await _pending(db_pool, user_id, abandoned, age_s=600)
+    asked = _number()
+    await client.place("NATIVE", order_body("native", asked))
+    await _pending(db_pool, user_id, [asked], age_s=AFTER_S + 1)
+    first = await reconciler.run_once()  # the service runs these all along
+    assert first["still_pending"] == 1  # asked: NOTPAY (the abandoned were never placed)
 
-    # Paid at WeChat Pay, the notification lost; RECONCILE_AFTER_S has just passed.
-    lost = _number()
-    await client.place("NATIVE", order_body("native", lost))
-    await sandbox.ok("POST", f"/sandbox/orders/{lost}/pay", {"notify": False})
-    await _pending(db_pool, user_id, [lost], age_s=AFTER_S + 1)
+    # Both paid at WeChat Pay with their notifications lost: the one already asked about,
+    # and one whose RECONCILE_AFTER_S has just passed.
+    fresh = _number()
+    await client.place("NATIVE", order_body("native", fresh))
+    await _pending(db_pool, user_id, [fresh], age_s=AFTER_S + 1)
+    for no in (asked, fresh):
+        await sandbox.ok("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
 
     found = await reconciler.run_once()
-    assert found["paid_recovered"] == 1
-    assert sum(found.values()) <= 100  # the abandoned ones: one batch of them per pass
+    assert found["paid_recovered"] == 2
+    assert sum(found.values()) > len(abandoned)  # every pending order asked about, every pass
 
 
 async def _refund_row(pool: aiomysql.Pool, out_trade_no: str, age_s: float) -> str:

@@ -10,8 +10,10 @@ import pytest
 from paylane_common import events
 from paylane_common.db import transaction
 from paylane_common.events import RefundEvent, make_event
+from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
-from services.order.tests.test_payments import _order
+from services.order.tests.test_payment_batches import _item
+from services.order.tests.test_payments import MERCHANT, _order, _payment
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +61,84 @@ async def test_a_refund_closed_as_never_sent_still_succeeds_if_wechatpay_says_so
         "refunded",
         990,
     )
+
+
+async def _refunded_before_paid(pool: aiomysql.Pool, amount_refund: int = 990) -> str:
+    """A pending order whose refund (as the order API records it) succeeded before its
+    payment was applied: a replayed DLQ, relays racing on two replicas."""
+    out_trade_no, _ = await _order(pool)
+    out_refund_no = f"RF{uuid.uuid4().hex[:20]}"
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund, amount_total,"
+            " reason) VALUES (%s, %s, %s, 990, 'x')",
+            (out_refund_no, out_trade_no, amount_refund),
+        )
+    data = RefundEvent(
+        out_trade_no=out_trade_no,
+        out_refund_no=out_refund_no,
+        refund_id=f"5000{uuid.uuid4().hex[:20]}",
+        amount_refund=amount_refund,
+        amount_total=990,
+        status="SUCCESS",
+        success_time="2026-11-22T10:00:00+08:00",
+    )
+    assert await RefundApplier(pool)(make_event(events.REFUND_SUCCEEDED, data), data) == (
+        "refunded"
+    )
+    return out_trade_no
+
+
+async def _order_state(pool: aiomysql.Pool, out_trade_no: str) -> tuple[object, ...]:
+    order = await _row(
+        pool,
+        "SELECT status, amount_refunded, refunded_at IS NOT NULL AS dated FROM payment_orders"
+        " WHERE out_trade_no = %s",
+        out_trade_no,
+    )
+    return (order["status"], order["amount_refunded"], order["dated"])
+
+
+async def _staged(pool: aiomysql.Pool, out_trade_no: str) -> list[str]:
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "SELECT routing_key FROM outbox WHERE payload LIKE %s ORDER BY id",
+            (f"%{out_trade_no}%",),
+        )
+        return [row["routing_key"] for row in await cur.fetchall()]
+
+
+@pytest.mark.parametrize("path", ["one_by_one", "batch"])
+async def test_a_payment_applied_after_its_full_refund_leaves_the_order_refunded(
+    db_pool: aiomysql.Pool, path: str
+) -> None:
+    out_trade_no = await _refunded_before_paid(db_pool)
+    applier = PaymentApplier(db_pool, MERCHANT)
+    envelope, data = _payment(out_trade_no, txn=f"42{uuid.uuid4().hex[:20]}")
+    if path == "batch":
+        async with transaction(db_pool) as cur:
+            outcomes = await applier.apply_batch(cur, [_item(envelope, data)])
+        if outcomes == [None]:  # left to the one-by-one path
+            outcomes = [await applier(envelope, data)]
+    else:
+        outcomes = [await applier(envelope, data)]
+
+    assert outcomes == ["paid"]
+    assert await _order_state(db_pool, out_trade_no) == ("refunded", 990, 1)
+    # order.paid still goes out (the entitlement ledger pairs it with the refund), and
+    # the full refund is restated after it, so the last word a stream hears is refunded.
+    assert await _staged(db_pool, out_trade_no) == [
+        "order.refunded",
+        "order.paid",
+        "order.refunded",
+    ]
+
+
+async def test_a_payment_applied_after_a_partial_refund_keeps_the_refunded_amount(
+    db_pool: aiomysql.Pool,
+) -> None:
+    out_trade_no = await _refunded_before_paid(db_pool, amount_refund=300)
+    envelope, data = _payment(out_trade_no, txn=f"42{uuid.uuid4().hex[:20]}")
+    assert await PaymentApplier(db_pool, MERCHANT)(envelope, data) == "paid"
+    assert await _order_state(db_pool, out_trade_no) == ("paid", 300, 0)
+    assert await _staged(db_pool, out_trade_no) == ["order.refunded", "order.paid"]

@@ -108,6 +108,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             app[PUBLISHER],
             after_s=settings.reconcile_after_s,
             interval_s=settings.reconcile_interval_s,
+            concurrency=settings.reconcile_concurrency,
             refund_grace_s=settings.reconcile_refund_grace_s,
         )
         app[RECONCILER] = reconciler

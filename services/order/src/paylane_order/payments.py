@@ -19,7 +19,13 @@ from paylane_common import events, inbox, outbox
 from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import placeholders, rows_table, transaction
-from paylane_common.events import Envelope, OrderPaid, PaymentSucceeded, make_event
+from paylane_common.events import (
+    Envelope,
+    OrderPaid,
+    OrderRefunded,
+    PaymentSucceeded,
+    make_event,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -101,12 +107,15 @@ class PaymentApplier:
             nos,
         )
         orders = {row["out_trade_no"]: row for row in await cur.fetchall()}
+        # An order refunded before its payment arrived: left to __call__ (_refunded_before).
+        refunded = await _with_refunds(cur, list(orders))
         plain: list[tuple[int, BatchItem, dict[str, Any], datetime]] = []
         for i, it in fresh:
             order = orders.pop(it.data.out_trade_no, None)  # pop: one payment per order
             if (
                 order is not None
                 and order["status"] in ("pending", "closed")
+                and order["out_trade_no"] not in refunded
                 and self._mismatch(order, it.data) is None
             ):
                 plain.append((i, it, order, _paid_at(it.data.success_time)))
@@ -164,6 +173,7 @@ class PaymentApplier:
                 late = order["status"] == "closed"
                 await _log(cur, envelope, data, "paid", "paid after close" if late else None)
                 await outbox.add(cur, PRODUCER, _order_paid(data, order, paid_at))
+                await _refunded_before(cur, data, order)
                 log.info("order_paid", late=late, source=data.source)
                 return "paid"
             # Someone else moved the row since we read it: classify what it is now.
@@ -237,6 +247,64 @@ def _order_paid(data: PaymentSucceeded, order: dict[str, Any], paid_at: datetime
             paid_at=paid_at.replace(tzinfo=UTC).isoformat(),
         ),
     )
+
+
+async def _with_refunds(cur: aiomysql.Cursor, out_trade_nos: list[str]) -> set[str]:
+    """Those of the (locked) orders with a successful refund recorded."""
+    if not out_trade_nos:
+        return set()
+    await cur.execute(
+        "SELECT DISTINCT out_trade_no FROM refunds"
+        f" WHERE out_trade_no IN ({placeholders(len(out_trade_nos))}) AND status = 'success'"
+        " LOCK IN SHARE MODE",
+        out_trade_nos,
+    )
+    return {row["out_trade_no"] for row in await cur.fetchall()}
+
+
+async def _refunded_before(
+    cur: aiomysql.Cursor, data: PaymentSucceeded, order: dict[str, Any]
+) -> None:
+    """A payment applied after refunds of it succeeded (a replayed DLQ, relays racing):
+    the order row takes them into account, ``refunded`` when they cover the amount.
+
+    ``order.paid`` has gone out all the same (the entitlement ledger pairs it with the
+    refund: a grant after a full refund's tombstone grants nothing). A full refund is then
+    restated as an ``order.refunded`` (``amount_refund``: all that came back), so the
+    last word a client's stream hears about the order is ``refunded``; its revocation is
+    a no-op. A partial refund's ``order.refunded`` already went out with it."""
+    # A locking read: the latest committed refunds, not this transaction's snapshot.
+    await cur.execute(
+        "SELECT COALESCE(SUM(amount_refund), 0) AS n, MAX(success_time) AS at FROM refunds"
+        " WHERE out_trade_no = %s AND status = 'success' LOCK IN SHARE MODE",
+        (data.out_trade_no,),
+    )
+    row = await cur.fetchone()
+    refunded = int(row["n"])
+    if refunded == 0:
+        return
+    full = refunded >= order["amount_total"]
+    await cur.execute(
+        "UPDATE payment_orders SET amount_refunded = %s, status = IF(%s, 'refunded', status),"
+        " refunded_at = IF(%s, COALESCE(%s, NOW(6)), refunded_at) WHERE out_trade_no = %s",
+        (refunded, full, full, row["at"], data.out_trade_no),
+    )
+    log.warning("order_paid_after_refund", full=full, refunded=refunded)
+    if full:
+        await outbox.add(
+            cur,
+            PRODUCER,
+            make_event(
+                events.ORDER_REFUNDED,
+                OrderRefunded(
+                    out_trade_no=data.out_trade_no,
+                    user_id=order["user_id"],
+                    package_type=order["package_type"],
+                    amount_refund=refunded,
+                    full=True,
+                ),
+            ),
+        )
 
 
 async def _load(

@@ -10,10 +10,13 @@
   order's refundable amount.
 - internal notifies without amount are confirmed by the same query (``confirm_payment``).
 
-Each pass first asks about every order and refund it has never asked about
-(``reconciled_at`` NULL), however many, then about one batch of those it asked about
-longest ago: orders nobody will pay rotate through the batch instead of holding it, so a
-lost notification is found in the first pass after ``after_s``.
+Each pass asks about every pending order and refund older than ``after_s``, paging
+through them by key (``created_at``, ``id``) and with at most ``concurrency`` WeChat Pay
+queries in flight: however many orders nobody will pay, a lost notification is found by
+the first pass that starts after ``after_s`` (within ``after_s`` plus one interval, as long
+as a pass takes less than the interval: ``paylane_reconciler_pass_seconds``). Unpaid
+orders leave the pending set when they expire (closed), so it stays bounded by the rate
+of new orders times ``ORDER_TTL_S``.
 
 One pass at a time across replicas (MySQL ``GET_LOCK``, per database); every query is
 idempotent.
@@ -30,11 +33,12 @@ from typing import Any
 import aiomysql
 import structlog
 from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram
 
 from paylane_common import events
 from paylane_common.background import BackgroundLoop
 from paylane_common.consumer import Reject, Retry
-from paylane_common.db import placeholders, transaction
+from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, RefundEvent, make_event
 from paylane_common.exceptions import PublishError
 from paylane_common.publisher import Publisher
@@ -47,12 +51,16 @@ FINDINGS = PromCounter(
     "What the reconciler found and did, by kind",
     ["kind"],
 )
+PASS_SECONDS = Histogram(
+    "paylane_reconciler_pass_seconds",
+    "How long a reconciler pass over every pending order and refund takes",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
 PAID_STATES = ("SUCCESS", "REFUND")
 #: A lock per database: deployments (and test sessions) sharing a server do not wait on
 #: each other.
 _GET_LOCK = "SELECT GET_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64), 0)"
 _RELEASE_LOCK = "SELECT RELEASE_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64))"
-_KEYS = {"payment_orders": "out_trade_no", "refunds": "out_refund_no"}
 _COLUMNS = {
     "payment_orders": "out_trade_no, expires_at",
     "refunds": "out_refund_no, out_trade_no, amount_refund, refund_id",
@@ -113,6 +121,7 @@ class Reconciler(BackgroundLoop):
         after_s: float = 60.0,
         interval_s: float = 30.0,
         batch_size: int = 100,
+        concurrency: int = 16,
         refund_grace_s: float = 600.0,
     ) -> None:
         self._pool = pool
@@ -121,6 +130,7 @@ class Reconciler(BackgroundLoop):
         self._after_s = after_s
         self._interval_s = interval_s
         self._batch_size = batch_size
+        self._concurrency = concurrency
         self._refund_grace_s = refund_grace_s
 
     async def _run(self) -> None:
@@ -141,8 +151,9 @@ class Reconciler(BackgroundLoop):
             if not locked:
                 return findings
             try:
-                await self._pass("payment_orders", self._settle_order, findings)
-                await self._pass("refunds", self._settle_refund, findings)
+                with PASS_SECONDS.time():
+                    await self._pass("payment_orders", self._settle_order, findings)
+                    await self._pass("refunds", self._settle_refund, findings)
             finally:
                 async with conn.cursor() as cur:
                     await cur.execute(_RELEASE_LOCK, (self.LOCK,))
@@ -158,31 +169,42 @@ class Reconciler(BackgroundLoop):
         settle: Callable[[dict[str, Any]], Awaitable[str]],
         findings: Counter[str],
     ) -> None:
-        """Batches of ``table``'s pending rows older than ``after_s``, never asked about
-        first: on while whole batches are new, then one batch of the longest unasked."""
-        key = _KEYS[table]
-        while True:
-            rows = await self._pending(table)
-            for row in rows:
-                findings[await settle(row)] += 1
-            if rows:
-                async with transaction(self._pool) as cur:
-                    # updated_at kept: being looked at is not a change of the row.
-                    await cur.execute(
-                        f"UPDATE {table} SET reconciled_at = NOW(6), updated_at = updated_at"
-                        f" WHERE {key} IN ({placeholders(len(rows))})",
-                        [row[key] for row in rows],
-                    )
-            if len(rows) < self._batch_size or rows[-1]["reconciled_at"] is not None:
-                return
+        """Settles every ``table`` row pending longer than ``after_s``, at most
+        ``concurrency`` at a time, reading the next page while the last one is asked about."""
+        slots = asyncio.Semaphore(self._concurrency)
 
-    async def _pending(self, table: str) -> list[dict[str, Any]]:
+        async def settle_one(row: dict[str, Any]) -> None:
+            try:
+                findings[await settle(row)] += 1
+            finally:
+                slots.release()
+
+        async with asyncio.TaskGroup() as tasks:
+            after: tuple[datetime, int] | None = None
+            while True:
+                rows = await self._pending(table, after)
+                for row in rows:
+                    await slots.acquire()
+                    tasks.create_task(settle_one(row))
+                if len(rows) < self._batch_size:
+                    return
+                after = (rows[-1]["created_at"], rows[-1]["id"])
+
+    async def _pending(
+        self, table: str, after: tuple[datetime, int] | None
+    ) -> list[dict[str, Any]]:
+        """One page of ``table``'s pending rows older than ``after_s``, by key after
+        ``after`` (``ix_*_status`` is ``status, created_at`` and ends with the id)."""
+        keyset, args = "", []
+        if after is not None:
+            keyset = " AND (created_at > %s OR (created_at = %s AND id > %s))"
+            args = [after[0], after[0], after[1]]
         async with transaction(self._pool) as cur:
             await cur.execute(
-                f"SELECT {_COLUMNS[table]}, created_at, reconciled_at FROM {table}"
+                f"SELECT id, {_COLUMNS[table]}, created_at FROM {table}"
                 " WHERE status = 'pending' AND created_at < NOW(6) - INTERVAL %s MICROSECOND"
-                " ORDER BY reconciled_at, created_at LIMIT %s",  # NULL (never asked) first
-                (int(self._after_s * 1e6), self._batch_size),
+                f"{keyset} ORDER BY created_at, id LIMIT %s",
+                [int(self._after_s * 1e6), *args, self._batch_size],
             )
             return list(await cur.fetchall())
 

@@ -102,6 +102,8 @@ class RefundApplier:
         )
         refunded = int((await cur.fetchone())["n"])
         full = refunded >= order["amount_total"]
+        # A still pending (or closed) order is left as it is: its payment, once applied,
+        # takes the successful refunds into account (payments._refunded_before).
         await cur.execute(
             "UPDATE payment_orders SET amount_refunded = %s,"
             " status = IF(%s, 'refunded', status),"

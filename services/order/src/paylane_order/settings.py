@@ -48,6 +48,8 @@ class OrderSettings(
     reconcile_after_s: float = Field(60.0, ge=0)
     #: … every this many seconds (0 disables the in-process schedule).
     reconcile_interval_s: float = Field(30.0, ge=0)
+    #: WeChat Pay queries a reconciler pass has in flight at most.
+    reconcile_concurrency: int = Field(16, ge=1)
     #: A refund WeChat Pay does not know (its request never got there) is closed once this
     #: old; longer than a refund request, its retries and the caller's retries take.
     reconcile_refund_grace_s: float = Field(600.0, ge=0)

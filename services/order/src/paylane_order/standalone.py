@@ -47,6 +47,7 @@ async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
                 client,
                 publisher,
                 after_s=settings.reconcile_after_s,
+                concurrency=settings.reconcile_concurrency,
                 refund_grace_s=settings.reconcile_refund_grace_s,
             )
             total: Counter[str] = Counter()
