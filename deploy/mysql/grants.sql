@@ -23,7 +23,8 @@
 GRANT SELECT, INSERT, UPDATE ON `{database}`.`payment_orders` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE ON `{database}`.`refunds` TO '{order_user}'@'%';
 GRANT INSERT ON `{database}`.`payment_logs` TO '{order_user}'@'%';
-GRANT SELECT, INSERT (`openid`), UPDATE (`id`, `openid`) ON `{database}`.`users` TO '{order_user}'@'%';
+GRANT SELECT, INSERT (`openid`), UPDATE (`id`, `openid`)
+  ON `{database}`.`users` TO '{order_user}'@'%';
 -- Its inbox claims and outbox rows; DELETE for retention pruning (retention.py).
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';
