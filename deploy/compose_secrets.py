@@ -12,7 +12,8 @@ plus the broker users: the administrator ``paylane`` and one user per service wi
 permissions of deploy/rabbitmq/permissions.json; a node that imports definitions at boot
 creates no default user, see rabbitmq.conf), and the URL files the services read through
 ``AMQP_URL_FILE`` / ``MYSQL_URL_FILE``: ``amqp_url_<service>``, ``amqp_url_admin``,
-``mysql_url`` (the services' DML-only user) and ``mysql_migrate_url`` (the migrator).
+``mysql_url_<service>`` (each service's own database user, deploy/mysql/grants.sql) and
+``mysql_migrate_url`` (the migrator).
 Only file names are printed, never values.
 """
 
@@ -37,8 +38,10 @@ DEPLOY = Path(__file__).resolve().parent
 BROKER_USER = "paylane"
 #: Each service's own broker user is ``paylane-<service>`` (deploy/rabbitmq/permissions.json).
 BROKER_SERVICES = ("ingress", "order", "entitlement", "notifier")
-#: The database users made by deploy/mysql/init-users.sh.
-MYSQL_USER, MYSQL_MIGRATE_USER = "paylane", "paylane_migrate"
+#: Each of these has its own database user ``paylane_<service>`` (made and granted by
+#: deploy/mysql/apply-grants.sh); the migrator's is made by deploy/mysql/init-users.sh.
+MYSQL_SERVICES = ("order", "entitlement", "notifier")
+MYSQL_MIGRATE_USER = "paylane_migrate"
 
 
 def _hex() -> str:
@@ -64,7 +67,7 @@ def _rsa_private_key() -> str:
 #: Secret file name -> how to make it when missing.
 GENERATED: dict[str, Callable[[], str]] = {
     "mysql_root_password": _hex,
-    "mysql_password": _hex,
+    **{f"mysql_{service}_password": _hex for service in MYSQL_SERVICES},
     "mysql_migrate_password": _hex,
     "rabbitmq_password": _hex,
     **{f"rabbitmq_{service}_password": _hex for service in BROKER_SERVICES},
@@ -84,7 +87,7 @@ DERIVED = (
     "rabbitmq_definitions",
     "amqp_url_admin",
     *(f"amqp_url_{service}" for service in BROKER_SERVICES),
-    "mysql_url",
+    *(f"mysql_url_{service}" for service in MYSQL_SERVICES),
     "mysql_migrate_url",
 )
 
@@ -168,7 +171,10 @@ def ensure_secrets(directory: Path, definitions: Path) -> dict[str, str]:
             f"amqp_url_{s}": f"amqp://paylane-{s}:{passwords[f'paylane-{s}']}@rabbitmq:5672/"
             for s in BROKER_SERVICES
         },
-        "mysql_url": f"mysql://{MYSQL_USER}:{read('mysql_password')}@mysql:3306/paylane",
+        **{
+            f"mysql_url_{s}": f"mysql://paylane_{s}:{read(f'mysql_{s}_password')}@mysql:3306/paylane"
+            for s in MYSQL_SERVICES
+        },
         "mysql_migrate_url": (
             f"mysql://{MYSQL_MIGRATE_USER}:{read('mysql_migrate_password')}@mysql:3306/paylane"
         ),

@@ -92,7 +92,7 @@ def compose(secrets_dir: Path) -> dict[str, Any]:
 
 
 def test_compose_config_with_and_without_sandbox(secrets_dir: Path) -> None:
-    infrastructure = {"rabbitmq", "mysql", "migrate"}
+    infrastructure = {"rabbitmq", "mysql", "migrate", "grants"}
     default = compose_config(secrets_dir)
     assert set(default["services"]) == infrastructure | set(SERVICES)
     with_sandbox = compose_config(secrets_dir, "sandbox")
@@ -104,7 +104,7 @@ def test_compose_config_with_and_without_sandbox(secrets_dir: Path) -> None:
 
 def test_compose_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    one_shot = {"migrate", "cli"}
+    one_shot = {"migrate", "grants", "cli"}
     for name, service in services.items():
         if name in one_shot:
             assert service["restart"] == "no"
@@ -118,13 +118,15 @@ def test_compose_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
 
     expected = {
         "migrate": {"mysql": "service_healthy"},
+        # The services' table grants need the tables: after the migrations.
+        "grants": {"migrate": "service_completed_successfully"},
         "cli": {"rabbitmq": "service_healthy", "mysql": "service_healthy"},
         "ingress": {"rabbitmq": "service_healthy"},
         **{
             name: {
                 "rabbitmq": "service_healthy",
                 "mysql": "service_healthy",
-                "migrate": "service_completed_successfully",
+                "grants": "service_completed_successfully",
             }
             for name in ("order", "entitlement", "notifier")
         },
@@ -192,8 +194,12 @@ def test_compose_secrets_script_keeps_files_and_adds_the_broker_user(secrets_dir
     admin = {"user": "paylane", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
     assert merged["permissions"] == [admin, *PERMISSIONS["permissions"]]
     assert merged["topic_permissions"] == PERMISSIONS["topic_permissions"]
-    for name, user in (("mysql_url", "paylane"), ("mysql_migrate_url", "paylane_migrate")):
-        assert (secrets_dir / name).read_text().startswith(f"mysql://{user}:")
+    for name in USES_MYSQL:
+        password = (secrets_dir / f"mysql_{name}_password").read_text().strip()
+        url = (secrets_dir / f"mysql_url_{name}").read_text().strip()
+        assert url == f"mysql://paylane_{name}:{password}@mysql:3306/paylane", name
+    assert (secrets_dir / "mysql_migrate_url").read_text().startswith("mysql://paylane_migrate:")
+    assert not (secrets_dir / "mysql_url").exists()  # the one user all services shared
 
 
 def test_committed_broker_permissions_are_least_privilege() -> None:
@@ -215,7 +221,7 @@ def test_committed_broker_permissions_are_least_privilege() -> None:
 
 
 def test_compose_identities(compose: dict[str, Any]) -> None:
-    """Each service its own broker user; the services' database user, the migrator's."""
+    """Each service its own broker user and its own database user; the migrator's."""
     services = compose["services"]
 
     def source(service: str, target: str) -> str | None:
@@ -227,15 +233,30 @@ def test_compose_identities(compose: dict[str, Any]) -> None:
         assert services[name]["environment"]["AMQP_URL_FILE"] == "/run/secrets/amqp_url"
         assert services[name]["environment"]["AMQP_DECLARE_TOPOLOGY"] == "false"
         assert "AMQP_URL" not in services[name]["environment"]
-        expected = "mysql_url" if name in USES_MYSQL else None
+        expected = f"mysql_url_{name}" if name in USES_MYSQL else None
         assert source(name, "/run/secrets/mysql_url") == expected, name
     assert source("migrate", "/run/secrets/mysql_url") == "mysql_migrate_url"
+    assert source("cli", "/run/secrets/mysql_url") == "mysql_url_order"  # reconcile
     assert source("cli", "/run/secrets/amqp_url") == "amqp_url_admin"
     mysql = services["mysql"]
     assert "MYSQL_USER" not in mysql["environment"]  # it would get ALL on the database
     initdb = {v["target"]: v["source"] for v in mysql["volumes"] if v["type"] == "bind"}
     assert any(t.startswith("/docker-entrypoint-initdb.d/") for t in initdb)
-    assert initdb["/etc/paylane/grants.sql"].endswith("mysql/grants.sql")
+    assert "/etc/paylane/grants.sql" not in initdb  # tables don't exist before migrate
+    grants = services["grants"]
+    mounts = {v["target"]: v["source"] for v in grants["volumes"] if v["type"] == "bind"}
+    assert mounts["/etc/paylane/grants.sql"].endswith("mysql/grants.sql")
+    assert mounts["/etc/paylane/apply-grants.sh"].endswith("mysql/apply-grants.sh")
+    assert {s["source"] for s in grants["secrets"]} == {"mysql_root_password"} | {
+        f"mysql_{name}_password" for name in USES_MYSQL
+    }
+    # Only mysql itself and the grants step hold the root password.
+    holders = {
+        name
+        for name, service in services.items()
+        if any(s["source"] == "mysql_root_password" for s in service.get("secrets", []))
+    }
+    assert holders == {"mysql", "grants"}
     # ingress's admin listener is not its public port.
     assert [p["target"] for p in services["ingress"]["ports"]] == [8080, INGRESS_ADMIN_PORT]
 
@@ -371,8 +392,8 @@ def test_ingress_admin_listener(overlay: list[dict[str, Any]]) -> None:
 
 
 def test_kubernetes_identities(overlay: list[dict[str, Any]]) -> None:
-    """Each Deployment mounts its own broker URL; the services the DML-only database URL,
-    the migrate Job the migrator's."""
+    """Each Deployment mounts its own broker URL and its own database URL; the migrate
+    Job the migrator's."""
 
     def mounted(spec: dict[str, Any]) -> dict[str, str]:
         (volume,) = [v for v in spec["volumes"] if "secret" in v]
@@ -383,7 +404,8 @@ def test_kubernetes_identities(overlay: list[dict[str, Any]]) -> None:
         spec = deployment["spec"]["template"]["spec"]
         keys = mounted(spec)
         assert keys["AMQP_URL"] == f"AMQP_URL_{name.upper()}", name
-        assert keys.get("MYSQL_URL") == ("MYSQL_URL" if name in USES_MYSQL else None), name
+        expected = f"MYSQL_URL_{name.upper()}" if name in USES_MYSQL else None
+        assert keys.get("MYSQL_URL") == expected, name
         env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
         assert env["AMQP_URL_FILE"] == "/run/secrets/paylane/AMQP_URL"
         assert "AMQP_URL" not in env and "MYSQL_URL" not in env

@@ -1,6 +1,6 @@
 """Least privilege on the real RabbitMQ and MySQL: each service's broker user holds exactly
-what deploy/rabbitmq/permissions.json gives it, the services' database user exactly the
-grants of deploy/mysql/grants.sql, and the services run under them (issue #10).
+what deploy/rabbitmq/permissions.json gives it, each service's database user exactly its
+grants in deploy/mysql/grants.sql, and the services run under them (issue #10).
 
 The users are made here with rabbitmqctl and SQL, in the session's own vhost and
 database, and deleted at the end of the module."""
@@ -8,6 +8,7 @@ database, and deleted at the end of the module."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -25,12 +26,13 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import ChannelAccessRefused
 
-from paylane_common import amqp, events
+from paylane_common import amqp, db, events
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, PaymentSucceeded, make_event
 from paylane_common.exceptions import ConfigError, PublishError
 from paylane_common.publisher import Publisher, envelope_message
+from paylane_common.retention import RetentionPruner
 from paylane_common.topology import (
     EXCHANGE,
     QUEUES,
@@ -38,6 +40,9 @@ from paylane_common.topology import (
     declare_topology,
     existing_queue,
 )
+from paylane_notifier.snapshot import load_snapshot
+from paylane_order.orders import _user_by_openid
+from paylane_order.payments import Merchant, PaymentApplier
 from tests.support import hygiene
 from tests.support.infra import Infra, unique_name
 from tests.support.stack import Stack, eventually
@@ -83,29 +88,41 @@ def broker_users(infra: Infra, amqp_url: str) -> Iterator[dict[str, str]]:
                 pass
 
 
-def grant_statements(database: str, service_user: str, migrate_user: str) -> list[str]:
+#: The services with a database user of their own (grants.sql's {<service>_user}).
+DB_SERVICES = ("order", "entitlement", "notifier")
+
+
+def grant_statements(database: str, users: dict[str, str]) -> list[str]:
+    """grants.sql's statements for ``database``, ``users`` mapping service to user name."""
     text = "\n".join(line for line in GRANTS.splitlines() if not line.startswith("--"))
-    text = text.replace("{database}", database).replace("{service_user}", service_user)
-    text = text.replace("{migrate_user}", migrate_user)
+    text = text.replace("{database}", database)
+    for service, user in users.items():
+        text = text.replace(f"{{{service}_user}}", user)
+    assert "{" not in text, "grants.sql names a user the tests do not make"
     return [statement.strip() for statement in text.split(";") if statement.strip()]
 
 
 @pytest.fixture(scope="module")
-def service_mysql_url(infra: Infra, mysql_url: str) -> Iterator[str]:
-    """The session's database under a user holding exactly grants.sql's service grants."""
+def service_mysql_urls(infra: Infra, mysql_url: str) -> Iterator[dict[str, str]]:
+    """{service: URL} of the session's (migrated) database, each under a user holding
+    exactly grants.sql's grants for that service."""
     database = urlsplit(mysql_url).path.removeprefix("/")
-    user, migrator, password = unique_name("svc"), unique_name("mig"), secrets.token_hex(16)
+    users = {service: unique_name(f"svc_{service[:5]}") for service in DB_SERVICES}
+    password = secrets.token_hex(16)
     hygiene.register(password)
     with infra.mysql_admin() as conn, conn.cursor() as cur:
-        for name in (user, migrator):
+        for name in users.values():
             cur.execute(f"CREATE USER '{name}'@'%%' IDENTIFIED BY %s", (password,))
-        for statement in grant_statements(database, user, migrator):
+        for statement in grant_statements(database, users):
             cur.execute(statement)
     try:
-        yield (f"mysql://{user}:{password}@{infra.mysql_host}:{infra.mysql_port}/{database}")
+        yield {
+            service: f"mysql://{user}:{password}@{infra.mysql_host}:{infra.mysql_port}/{database}"
+            for service, user in users.items()
+        }
     finally:
         with infra.mysql_admin() as conn, conn.cursor() as cur:
-            for name in (user, migrator):
+            for name in users.values():
                 cur.execute(f"DROP USER IF EXISTS '{name}'@'%'")
 
 
@@ -262,8 +279,14 @@ async def test_notifier_user_binds_its_own_queue_to_order_and_entitlement_events
 # --- the database --------------------------------------------------------------------------
 
 
-async def test_service_database_user_has_rows_but_no_ddl(service_mysql_url: str) -> None:
-    dsn = urlsplit(service_mysql_url)
+#: ER_TABLEACCESS_DENIED_ERROR ("UPDATE command denied to user … for table …") and
+#: ER_COLUMNACCESS_DENIED_ERROR (the same for a column the user may not write).
+TABLE_DENIED, COLUMN_DENIED = 1142, 1143
+
+
+@contextlib.contextmanager
+def _connect(url: str) -> Iterator[pymysql.cursors.Cursor]:
+    dsn = urlsplit(url)
     conn = pymysql.connect(
         host=dsn.hostname,
         port=dsn.port or 3306,
@@ -272,21 +295,190 @@ async def test_service_database_user_has_rows_but_no_ddl(service_mysql_url: str)
         database=dsn.path.removeprefix("/"),
         autocommit=True,
     )
-    denied = 1142  # ER_TABLEACCESS_DENIED_ERROR: "CREATE command denied to user …"
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT COUNT(*) FROM users")
-            for ddl in (
-                "CREATE TABLE least_privilege_probe (id INT PRIMARY KEY)",
-                "ALTER TABLE users ADD COLUMN probe INT",
-                "DROP TABLE outbox",
-                "CREATE INDEX probe ON users (regenerate_count)",
-            ):
-                with pytest.raises(pymysql.err.OperationalError) as raised:
-                    cur.execute(ddl)
-                assert raised.value.args[0] == denied, (ddl, raised.value)
+            yield cur
     finally:
         conn.close()
+
+
+def _assert_denied(cur: pymysql.cursors.Cursor, code: int, *statements: str) -> None:
+    for statement in statements:
+        with pytest.raises(pymysql.err.OperationalError) as raised:
+            cur.execute(statement)
+        assert raised.value.args[0] == code, (statement, raised.value)
+
+
+@contextlib.asynccontextmanager
+async def _pool(url: str) -> AsyncIterator[aiomysql.Pool]:
+    pool = await db.create_pool(url, maxsize=2)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        await pool.wait_closed()
+
+
+async def _user(db_pool: aiomysql.Pool, status: str = "free") -> int:
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "INSERT INTO users (openid, payment_status, regenerate_count) VALUES (%s, %s, 3)",
+            (f"o-{uuid.uuid4().hex}", status),
+        )
+        return int(cur.lastrowid)
+
+
+@pytest.mark.parametrize("service", DB_SERVICES)
+def test_no_service_database_user_has_ddl(service_mysql_urls: dict[str, str], service: str) -> None:
+    with _connect(service_mysql_urls[service]) as cur:
+        cur.execute("SELECT COUNT(*) FROM users")  # every service reads users
+        _assert_denied(
+            cur,
+            TABLE_DENIED,
+            "CREATE TABLE least_privilege_probe (id INT PRIMARY KEY)",
+            "ALTER TABLE users ADD COLUMN probe INT",
+            "DROP TABLE outbox",
+            "CREATE INDEX probe ON users (regenerate_count)",
+        )
+
+
+async def test_notifier_user_reads_the_snapshot_and_writes_nothing(
+    service_mysql_urls: dict[str, str], db_pool: aiomysql.Pool
+) -> None:
+    """The internet-facing notifier: its snapshot query works, and a compromised notifier
+    can neither grant itself a plan nor forge an order, nor read refunds or the events."""
+    user_id = await _user(db_pool)
+    out_trade_no = f"LP{uuid.uuid4().hex[:20]}"
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
+            " amount, amount_total, status) VALUES (%s, %s, 'basic', 'NATIVE', 9.90, 990, 'paid')",
+            (out_trade_no, user_id),
+        )
+    async with _pool(service_mysql_urls["notifier"]) as pool:
+        messages = await load_snapshot(pool, user_id, window_s=3600, limit=10)
+    assert [(m.out_trade_no, m.status, m.payment_status) for m in messages] == [
+        (out_trade_no, "paid", "free")
+    ]
+    with _connect(service_mysql_urls["notifier"]) as cur:
+        _assert_denied(
+            cur,
+            TABLE_DENIED,
+            f"UPDATE users SET payment_status = 'premium' WHERE id = {user_id}",
+            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
+            f" amount, amount_total, status) VALUES ('LPforged', {user_id}, 'premium',"
+            " 'NATIVE', 0.01, 1, 'paid')",
+            f"UPDATE payment_orders SET status = 'refunded' WHERE out_trade_no = '{out_trade_no}'",
+            f"DELETE FROM users WHERE id = {user_id}",
+            "INSERT INTO outbox (producer, event_id, routing_key, payload) VALUES"
+            " ('order', 'forged', 'order.paid', '{}')",
+            "SELECT COUNT(*) FROM refunds",
+            "SELECT COUNT(*) FROM outbox",
+        )
+    async with transaction(db_pool) as cur:
+        await cur.execute("SELECT payment_status FROM users WHERE id = %s", (user_id,))
+        assert (await cur.fetchone())["payment_status"] == "free"
+
+
+def test_entitlement_user_writes_plans_but_not_orders_refunds_or_the_audit_trail(
+    service_mysql_urls: dict[str, str],
+) -> None:
+    with _connect(service_mysql_urls["entitlement"]) as cur:
+        _assert_denied(
+            cur,
+            TABLE_DENIED,
+            "SELECT COUNT(*) FROM refunds",
+            "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund, amount_total)"
+            " VALUES ('forged', 'LPforged', 1, 1)",
+            "SELECT COUNT(*) FROM payment_logs",
+            "DELETE FROM payment_logs",
+            "SELECT COUNT(*) FROM payment_orders",
+            "UPDATE payment_orders SET status = 'paid'",
+            "INSERT INTO users (openid) VALUES ('forged')",
+            "DELETE FROM entitlement_grants",
+        )
+        # Of users, only the plan and the regenerations.
+        _assert_denied(cur, COLUMN_DENIED, "UPDATE users SET openid = 'forged' WHERE id = 0")
+
+
+async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
+    service_mysql_urls: dict[str, str], db_pool: aiomysql.Pool
+) -> None:
+    """order's real statements under its user: a user made (and found again) by openid,
+    an order placed, payment.succeeded applied (order row, audit trail, inbox, outbox)."""
+    openid = f"o-{uuid.uuid4().hex}"
+    out_trade_no = f"LP{uuid.uuid4().hex[:20]}"
+    async with _pool(service_mysql_urls["order"]) as pool:
+        async with transaction(pool) as cur:
+            user = await _user_by_openid(cur, openid)
+        async with transaction(pool) as cur:
+            assert (await _user_by_openid(cur, openid))["id"] == user["id"]
+            await cur.execute(
+                "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
+                " amount, amount_total) VALUES (%s, %s, 'basic', 'NATIVE', 9.90, 990)",
+                (out_trade_no, user["id"]),
+            )
+        envelope, data = _payment()
+        data = data.model_copy(update={"out_trade_no": out_trade_no, "mchid": None, "appid": None})
+        applier = PaymentApplier(pool, Merchant(mchid="1900000109", appid="wxd678efh567hg6787"))
+        assert await applier(envelope, data) == "paid"
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "SELECT o.status, u.payment_status FROM payment_orders o JOIN users u"
+            " ON u.id = o.user_id WHERE o.out_trade_no = %s",
+            (out_trade_no,),
+        )
+        assert await cur.fetchone() == {"status": "paid", "payment_status": "free"}
+        await cur.execute(
+            "SELECT COUNT(*) AS n FROM outbox WHERE producer = 'order' AND event_id <> %s"
+            " AND routing_key = 'order.paid' AND payload LIKE %s",
+            (envelope.event_id, f"%{out_trade_no}%"),
+        )
+        assert (await cur.fetchone())["n"] == 1
+    with _connect(service_mysql_urls["order"]) as cur:
+        # The plan is entitlement's: not by UPDATE, nor by making a user with one.
+        _assert_denied(
+            cur,
+            COLUMN_DENIED,
+            f"UPDATE users SET payment_status = 'premium' WHERE id = {user['id']}",
+            "INSERT INTO users (openid, payment_status) VALUES ('forged', 'premium')",
+        )
+        # The audit trail is append-only; the ledger is entitlement's.
+        _assert_denied(
+            cur,
+            TABLE_DENIED,
+            "UPDATE payment_logs SET detail = 'rewritten'",
+            "DELETE FROM payment_logs",
+            "DELETE FROM payment_orders",
+            "SELECT COUNT(*) FROM entitlement_grants",
+        )
+
+
+@pytest.mark.parametrize("service", ["order", "entitlement"])
+async def test_consumer_users_prune_the_inbox_and_outbox(
+    service_mysql_urls: dict[str, str], db_pool: aiomysql.Pool, service: str
+) -> None:
+    """Retention (retention.py) runs in both consumers, under their users."""
+    event_id = f"old-{uuid.uuid4().hex}"
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "INSERT INTO inbox (consumer, event_id, processed_at)"
+            " VALUES ('lp-test', %s, NOW(6) - INTERVAL 30 DAY)",
+            (event_id,),
+        )
+        await cur.execute(
+            "INSERT INTO outbox (producer, event_id, routing_key, payload, published_at)"
+            " VALUES ('lp-test', %s, 'order.paid', '{}', NOW(6) - INTERVAL 30 DAY)",
+            (event_id,),
+        )
+    async with _pool(service_mysql_urls[service]) as pool:
+        pruner = RetentionPruner(pool, retention_days=7, interval_s=3600)
+        pruned = await pruner.prune_once()
+    assert pruned["inbox"] >= 1 and pruned["outbox"] >= 1, pruned
+    async with transaction(db_pool) as cur:
+        for table in ("inbox", "outbox"):
+            await cur.execute(f"SELECT COUNT(*) AS n FROM {table} WHERE event_id = %s", (event_id,))
+            assert (await cur.fetchone())["n"] == 0, table
 
 
 # --- the services, running under them ------------------------------------------------------
@@ -354,15 +546,15 @@ async def test_ingress_runs_as_its_user_and_keeps_readyz_and_metrics_off_the_pub
 async def test_a_consumer_applies_and_publishes_under_its_users(
     stack: Stack,
     broker_users: dict[str, str],
-    service_mysql_url: str,
+    service_mysql_urls: dict[str, str],
     topology: None,
     publisher: Publisher,
     db_pool: aiomysql.Pool,
     amqp_connection: AbstractRobustConnection,
     tmp_path: Path,
 ) -> None:
-    """entitlement under its broker user and the DML-only database user: it starts (no
-    DDL, no declarations), consumes order.paid, grants in MySQL and its outbox relay
+    """entitlement under its broker user and its own database user: it starts (no DDL,
+    no declarations), consumes order.paid, grants in MySQL and its outbox relay
     publishes entitlement.granted."""
     channel = await amqp_connection.channel()
     spy = await channel.declare_queue(f"test.spy.{uuid.uuid4().hex}", exclusive=True)
@@ -371,7 +563,9 @@ async def test_a_consumer_applies_and_publishes_under_its_users(
         "entitlement",
         {
             "AMQP_URL_FILE": _secret_file(tmp_path, "amqp_url", broker_users["entitlement"]),
-            "MYSQL_URL_FILE": _secret_file(tmp_path, "mysql_url", service_mysql_url),
+            "MYSQL_URL_FILE": _secret_file(
+                tmp_path, "mysql_url", service_mysql_urls["entitlement"]
+            ),
         },
     )
     async with transaction(db_pool) as cur:
@@ -422,9 +616,8 @@ async def test_topology_is_declared_by_paylane_topology_and_only_checked_by_serv
             publisher = await Publisher.open(connection, declare=False)
             for spec in QUEUES:
                 channel = await connection.channel()
-                await existing_queue(channel, spec.dlq)
-                for retry_queue in spec.retry_queues:
-                    await existing_queue(channel, retry_queue)
+                for name in (spec.dlq, *spec.retry_queues):
+                    await existing_queue(channel, name)
                 await channel.close()
             await publisher.close()
         finally:
