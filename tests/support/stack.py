@@ -69,7 +69,13 @@ class Stack:
         """Run ``paylane serve name`` (or ``argv``); it is known as ``alias`` (default: its
         name) and must answer ``/readyz``."""
         port = free_port()
-        env = {**os.environ, **self.base_env, **(extra_env or {})}
+        given = {**self.base_env, **(extra_env or {})}
+        env = {**os.environ, **given}
+        for variable in given:
+            # A setting given as a file wins over the same variable inherited from the
+            # test run's environment (make exports AMQP_URL and MYSQL_URL).
+            if variable.endswith("_FILE") and variable.removesuffix("_FILE") not in given:
+                env.pop(variable.removesuffix("_FILE"), None)
         env.update({"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port), "LOG_FORMAT": "json"})
         admin_port = free_port() if name in ADMIN_PORT_SERVICES else None
         if admin_port is not None:
