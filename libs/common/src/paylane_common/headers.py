@@ -1,4 +1,4 @@
-"""Reading a security-relevant HTTP header exactly once.
+"""Reading a security-relevant HTTP header exactly once, and comparing a shared secret.
 
 ``headers.get(name)`` on a multi-mapping silently picks the first of several values, and
 a proxy in front of us may pick the last: a header given twice is refused instead.
@@ -6,6 +6,7 @@ a proxy in front of us may pick the last: a header given twice is refused instea
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 
 from .exceptions import PaylaneError
@@ -27,3 +28,10 @@ def sole_header(headers: Mapping[str, str], name: str) -> str | None:
     if len(values) > 1:
         raise DuplicateHeader(name)
     return values[0] if values else None
+
+
+def secret_matches(expected: str, given: str | None) -> bool:
+    """Constant-time comparison; an unset secret matches nothing."""
+    if not expected or given is None:
+        return False
+    return hmac.compare_digest(expected.encode(), given.encode())

@@ -6,7 +6,6 @@ granted (the caller holds a shared secret, not WeChat Pay's key), unless the ope
 
 from __future__ import annotations
 
-import hmac
 from typing import Literal
 
 import structlog
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from paylane_common import events
 from paylane_common.events import PaymentSucceeded, make_event, validation_summary
 from paylane_common.exceptions import PublishError
-from paylane_common.headers import DuplicateHeader, sole_header
+from paylane_common.headers import DuplicateHeader, secret_matches, sole_header
 from paylane_common.service import PUBLISHER
 
 from . import metrics
@@ -36,13 +35,6 @@ class InternalNotify(BaseModel):
     amountTotal: int | None = Field(default=None, gt=0)
     successTime: str | None = None
     openid: str | None = Field(default=None, max_length=128)
-
-
-def secret_matches(expected: str, given: str | None) -> bool:
-    """Constant-time comparison; an unset secret matches nothing."""
-    if not expected or given is None:
-        return False
-    return hmac.compare_digest(expected.encode(), given.encode())
 
 
 async def internal_notify(request: web.Request) -> web.Response:

@@ -98,6 +98,8 @@ class Hub:
         self.max_connections = max_connections
         self.max_per_user = max_per_user
         self._clients: dict[int, set[Sink]] = {}
+        #: Clients registered, kept as they come and go (a connect checks the cap in O(1)).
+        self._total = 0
         #: Set on shutdown: no new clients, existing ones are being closed.
         self.closing = False
 
@@ -113,6 +115,7 @@ class Hub:
             raise TooManyConnections(per_user=False)
         sink = Sink(user_id, transport, self._queue_size)
         self._clients.setdefault(user_id, set()).add(sink)
+        self._total += 1
         CONNECTIONS.labels(transport).inc()
         try:
             yield sink
@@ -145,7 +148,7 @@ class Hub:
     def count(self, user_id: int | None = None) -> int:
         if user_id is not None:
             return len(self._clients.get(user_id, ()))
-        return sum(len(sinks) for sinks in self._clients.values())
+        return self._total
 
     def _drop(self, sink: Sink) -> None:
         log.warning(
@@ -161,9 +164,10 @@ class Hub:
 
     def _remove(self, sink: Sink) -> None:
         sinks = self._clients.get(sink.user_id)
-        if sinks is None:
+        if sinks is None or sink not in sinks:
             return
         sinks.discard(sink)
+        self._total -= 1
         if not sinks:
             del self._clients[sink.user_id]
 

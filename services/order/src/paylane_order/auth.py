@@ -11,11 +11,11 @@
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from paylane_common.headers import DuplicateHeader, secret_matches, sole_header
 from paylane_common.tokens import TokenError, verify_client_token
 
 from .errors import Forbidden, Unauthorized
@@ -35,10 +35,10 @@ class Caller:
 def secret_ok(request: web.Request, secret: str) -> bool:
     """``X-Internal-Secret`` equals ``secret`` (constant time); an unset secret matches
     nothing, and a header given twice is no credential."""
-    given = request.headers.getall("X-Internal-Secret", [])
-    return (
-        bool(secret) and len(given) == 1 and hmac.compare_digest(secret.encode(), given[0].encode())
-    )
+    try:
+        return secret_matches(secret, sole_header(request.headers, "X-Internal-Secret"))
+    except DuplicateHeader:
+        return False
 
 
 def identify(request: web.Request, *, backend_secret: str, token_secret: str) -> Caller:

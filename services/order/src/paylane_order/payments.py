@@ -291,20 +291,28 @@ async def _refunded_before(
     )
     log.warning("order_paid_after_refund", full=full, refunded=refunded)
     if full:
-        await outbox.add(
-            cur,
-            PRODUCER,
-            make_event(
-                events.ORDER_REFUNDED,
-                OrderRefunded(
-                    out_trade_no=data.out_trade_no,
-                    user_id=order["user_id"],
-                    package_type=order["package_type"],
-                    amount_refund=refunded,
-                    full=True,
-                ),
+        await add_order_refunded(cur, order, amount_refund=refunded, full=True)
+
+
+async def add_order_refunded(
+    cur: aiomysql.Cursor, order: dict[str, Any], *, amount_refund: int, full: bool
+) -> None:
+    """``order.refunded`` for ``order`` (a row with out_trade_no, user_id, package_type)
+    into the outbox, in the caller's transaction."""
+    await outbox.add(
+        cur,
+        PRODUCER,
+        make_event(
+            events.ORDER_REFUNDED,
+            OrderRefunded(
+                out_trade_no=order["out_trade_no"],
+                user_id=order["user_id"],
+                package_type=order["package_type"],
+                amount_refund=amount_refund,
+                full=full,
             ),
-        )
+        ),
+    )
 
 
 async def _load(

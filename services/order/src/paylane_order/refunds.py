@@ -14,12 +14,12 @@ from typing import Any
 import aiomysql
 import structlog
 
-from paylane_common import events, inbox, outbox
+from paylane_common import inbox
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
-from paylane_common.events import Envelope, OrderRefunded, RefundEvent, make_event
+from paylane_common.events import Envelope, RefundEvent
 
-from .payments import CONSUMER, PRODUCER
+from .payments import CONSUMER, add_order_refunded
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +44,7 @@ class RefundApplier:
 
     async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: RefundEvent) -> str:
         await cur.execute(
-            "SELECT user_id, package_type, amount_total, status FROM payment_orders"
+            "SELECT out_trade_no, user_id, package_type, amount_total, status FROM payment_orders"
             " WHERE out_trade_no = %s FOR UPDATE",
             (data.out_trade_no,),
         )
@@ -111,20 +111,7 @@ class RefundApplier:
             " WHERE out_trade_no = %s AND status IN ('paid', 'refunded', 'needs_review')",
             (refunded, full, full, data.out_trade_no),
         )
-        await outbox.add(
-            cur,
-            PRODUCER,
-            make_event(
-                events.ORDER_REFUNDED,
-                OrderRefunded(
-                    out_trade_no=data.out_trade_no,
-                    user_id=order["user_id"],
-                    package_type=order["package_type"],
-                    amount_refund=data.amount_refund,
-                    full=full,
-                ),
-            ),
-        )
+        await add_order_refunded(cur, order, amount_refund=data.amount_refund, full=full)
         log.info("order_refund_recorded", full=full, refunded=refunded)
         return "refunded"
 
