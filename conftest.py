@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import aiomysql
 import pytest
@@ -12,6 +14,7 @@ from paylane_common import amqp, db
 from paylane_common.migrate import migrate
 from tests.support.hygiene import configure_session_logging
 from tests.support.infra import Infra, provide_infra, unique_name
+from tests.support.seed_db import create_seed_database, layout, snapshot
 
 # Every log line of the session also goes to one file, scanned for secrets at the end
 # (tests/test_zz_log_hygiene.py).
@@ -36,15 +39,41 @@ def amqp_url(infra: Infra) -> Iterator[str]:
         pass
 
 
+@dataclass(frozen=True)
+class AdoptedDatabase:
+    """The session's database: built as the adopting team has it (tests/support/seed_db.py),
+    then migrated twice. ``before`` and ``after`` are what the seed tables (and the unrelated
+``generations``) held before and right after the migrations, in their original columns."""
+
+    name: str
+    url: str
+    columns: dict[str, list[str]]
+    before: dict[str, list[tuple[Any, ...]]]
+    after: dict[str, list[tuple[Any, ...]]]
+    migrated: tuple[list[str], list[str]]
+
+
 @pytest.fixture(scope="session")
-def mysql_url(infra: Infra) -> Iterator[str]:
-    """A fresh, migrated database for this session, dropped at the end."""
+def adopted_database(infra: Infra) -> Iterator[AdoptedDatabase]:
     name = unique_name("paylane_test")
     url = infra.mysql_url(name)
-    migrate(url)
-    yield url
+    with infra.mysql_admin() as conn:
+        create_seed_database(conn, name)
+        columns = layout(conn, name)
+        before = snapshot(conn, name, columns)
+    first, second = migrate(url), migrate(url)
+    with infra.mysql_admin() as conn:
+        after = snapshot(conn, name, columns)
+    yield AdoptedDatabase(name, url, columns, before, after, (first, second))
     with infra.mysql_admin() as conn, conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture(scope="session")
+def mysql_url(adopted_database: AdoptedDatabase) -> str:
+    """Every suite runs on the adopted database: the shared tables as the existing system
+    has them, with its rows, plus what ``paylane migrate`` added."""
+    return adopted_database.url
 
 
 @pytest.fixture(scope="session")

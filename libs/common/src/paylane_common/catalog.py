@@ -1,4 +1,8 @@
-"""Server-side package catalog: prices (fen) and what each package grants."""
+"""Server-side package catalog: prices (fen) and what each package grants.
+
+The defaults are the existing system's prices (SEED_SYSTEM.md: basic 0.01, premium 29.90
+yuan). A package's name is stored in ``payment_orders.package_type``, an ENUM of the shared
+schema, so the catalog can price ``basic`` and ``premium`` but not invent packages."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 PaymentStatus = Literal["free", "basic", "premium"]
 STATUS_RANK: dict[str, int] = {"free": 0, "basic": 1, "premium": 2}
+# What the shared schema lets an order buy (payment_orders.package_type, less "free").
+PACKAGE_TYPES = ("basic", "premium")
 
 
 class Package(BaseModel):
@@ -30,7 +36,7 @@ DEFAULT_CATALOG: dict[str, Package] = {
     "basic": Package(
         name="basic",
         description="paylane basic",
-        price_fen=990,
+        price_fen=1,
         payment_status="basic",
         regenerate_grant=20,
     ),
@@ -51,6 +57,12 @@ def parse_catalog(raw: str | None) -> dict[str, Package]:
     data = json.loads(raw)
     if not isinstance(data, dict) or not data:
         raise ValueError("must be a non-empty JSON object of packages")
+    unknown = sorted(set(data) - set(PACKAGE_TYPES))
+    if unknown:
+        raise ValueError(
+            f"unknown package {', '.join(unknown)}: payment_orders.package_type accepts "
+            + " and ".join(PACKAGE_TYPES)
+        )
     return {
         name: Package.model_validate({"name": name, "description": name, **spec})
         for name, spec in data.items()

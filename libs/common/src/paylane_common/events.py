@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,6 +20,14 @@ ORDER_PAID = "order.paid"
 ORDER_REFUNDED = "order.refunded"
 ENTITLEMENT_GRANTED = "entitlement.granted"
 ENTITLEMENT_REVOKED = "entitlement.revoked"
+#: An order the cloud function placed at WeChat Pay but could not write to
+#: ``payment_orders`` (``POST /api/payment/internal/order-created``); the order service
+#: writes it.
+ORDER_CREATED = "order.created"
+
+
+# A row of the shared ``users`` table: a string id such as ``user-1706345678901-xyz789``.
+UserId = Annotated[str, Field(min_length=1, max_length=36)]
 
 
 class _Data(BaseModel):
@@ -40,6 +48,9 @@ class PaymentSucceeded(_Data):
     mchid: str | None = None
     appid: str | None = None
     source: Literal["wechatpay", "internal", "reconcile"] = "wechatpay"
+    #: From an internal notify: the generation the payment unlocks, for an order whose
+    #: row has none yet (one written from ``order.created``).
+    generation_id: str | None = Field(default=None, max_length=36)
 
 
 class RefundEvent(_Data):
@@ -52,9 +63,23 @@ class RefundEvent(_Data):
     success_time: str | None = None
 
 
+class OrderCreated(_Data):
+    """The body of ``POST /api/payment/internal/order-created`` (SEED_SYSTEM.md §3)."""
+
+    out_trade_no: str = Field(min_length=1, max_length=32)
+    order_id: str | None = Field(default=None, min_length=1, max_length=36)
+    user_id: UserId
+    openid: str | None = Field(default=None, max_length=100)
+    #: Fen, as the cloud function sends it; the row stores yuan.
+    amount_total: int = Field(gt=0)
+    package_type: Literal["basic", "premium"]
+    trade_type: str = Field(default="JSAPI", max_length=20)
+    reason: str | None = Field(default=None, max_length=64)
+
+
 class OrderPaid(_Data):
     out_trade_no: str
-    user_id: int
+    user_id: UserId
     package_type: str
     amount_total: int
     paid_at: str
@@ -62,14 +87,14 @@ class OrderPaid(_Data):
 
 class OrderRefunded(_Data):
     out_trade_no: str
-    user_id: int
+    user_id: UserId
     package_type: str
     amount_refund: int
     full: bool
 
 
 class Entitlement(_Data):
-    user_id: int
+    user_id: UserId
     out_trade_no: str
     payment_status: Literal["free", "basic", "premium"]
     regenerate_count: int
@@ -80,6 +105,7 @@ DATA_MODELS: dict[str, type[_Data]] = {
     REFUND_SUCCEEDED: RefundEvent,
     REFUND_CLOSED: RefundEvent,
     REFUND_ABNORMAL: RefundEvent,
+    ORDER_CREATED: OrderCreated,
     ORDER_PAID: OrderPaid,
     ORDER_REFUNDED: OrderRefunded,
     ENTITLEMENT_GRANTED: Entitlement,

@@ -19,18 +19,18 @@ class TokenError(PaylaneError):
 
 @dataclass(frozen=True)
 class ClientToken:
-    user_id: int
+    user_id: str
     out_trade_no: str | None
     expires_at: int
 
 
 def issue_client_token(
-    secret: str, user_id: int, out_trade_no: str | None = None, ttl_s: int = DEFAULT_TTL_S
+    secret: str, user_id: str, out_trade_no: str | None = None, ttl_s: int = DEFAULT_TTL_S
 ) -> str:
     if not secret:
         raise TokenError("CLIENT_TOKEN_SECRET is not set")
     now = int(time.time())
-    claims: dict[str, object] = {"sub": str(user_id), "iss": ISSUER, "iat": now, "exp": now + ttl_s}
+    claims: dict[str, object] = {"sub": user_id, "iss": ISSUER, "iat": now, "exp": now + ttl_s}
     if out_trade_no:
         claims["otn"] = out_trade_no
     return jwt.encode(claims, secret, algorithm="HS256")
@@ -49,7 +49,9 @@ def verify_client_token(secret: str, token: str) -> ClientToken:
             issuer=ISSUER,
             options={"require": ["exp", "sub", "iss"]},
         )
-        user_id = int(claims["sub"])
+        user_id = claims["sub"]
+        if not isinstance(user_id, str) or not user_id:
+            raise TypeError("sub")
     except jwt.ExpiredSignatureError:
         raise TokenError("token expired") from None
     except (jwt.InvalidTokenError, ValueError, TypeError):

@@ -98,6 +98,7 @@ ORDER_PAYMENTS = QueueSpec(
     "order.payments",
     (
         events.PAYMENT_SUCCEEDED,
+        events.ORDER_CREATED,
         events.REFUND_SUCCEEDED,
         events.REFUND_CLOSED,
         events.REFUND_ABNORMAL,

@@ -1,0 +1,20 @@
+"""Row ids of the shared tables, in the existing system's format (SEED_SYSTEM.md §1):
+``{kind}-{ms timestamp}-{random}``, e.g. ``user-1706345678901-xyz789``; at most 36 chars."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_row_id(kind: str, now_ms: int | None = None) -> str:
+    """``user``, ``order``, ``refund``, ``log``: the kind, the time in ms, 8 random chars."""
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    suffix = "".join(secrets.choice(_ALPHABET) for _ in range(8))
+    row_id = f"{kind}-{ms}-{suffix}"
+    if len(row_id) > 36:
+        raise ValueError(f"row id {row_id!r} is longer than the 36 chars of the shared schema")
+    return row_id

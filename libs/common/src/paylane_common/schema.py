@@ -1,0 +1,217 @@
+"""The shared tables as the existing system has them, and what paylane adds to them.
+
+The database paylane adopts already holds ``users``, ``payment_orders``, ``refunds`` and
+``payment_logs`` (SEED_SYSTEM.md §1), written by a cloud function and a Node backend.
+The migrations create those tables exactly so when they are missing, and otherwise only
+*add*: columns, indexes and ENUM values, each checked in ``information_schema`` first, so
+the same step runs on an empty database, on the adopted one and a second time, and works
+on MySQL 8 (which has no ``ADD COLUMN IF NOT EXISTS``) as on MariaDB. Nothing here
+renames, retypes or drops a column, or writes a row of those tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class SchemaError(RuntimeError):
+    """The database holds something the migrations must not touch to go on."""
+
+
+@dataclass(frozen=True)
+class Column:
+    table: str
+    name: str
+    definition: str
+
+
+@dataclass(frozen=True)
+class Index:
+    table: str
+    name: str
+    columns: tuple[str, ...]
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class EnumValues:
+    """Values an ENUM column must accept; missing ones are appended (an instant change)."""
+
+    table: str
+    column: str
+    values: tuple[str, ...]
+
+
+def _one(cur: Any, sql: str, args: Sequence[object]) -> Any:
+    cur.execute(sql, args)
+    return cur.fetchone()
+
+
+def table_exists(cur: Any, table: str) -> bool:
+    return bool(
+        _one(
+            cur,
+            "SELECT 1 FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (table,),
+        )
+    )
+
+
+def column_info(cur: Any, table: str, column: str) -> Any:
+    return _one(
+        cur,
+        "SELECT DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT"
+        " FROM information_schema.COLUMNS"
+        " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+        (table, column),
+    )
+
+
+def refuse_integer_user_ids(cur: Any) -> None:
+    """A database made by a pre-release paylane (``users.id`` an integer) is not the
+    shared schema and cannot become it without retyping: say so instead of half-working."""
+    info = column_info(cur, "users", "id")
+    if info and info[0].lower() in {"tinyint", "smallint", "mediumint", "int", "bigint"}:
+        raise SchemaError(
+            "users.id is an integer here: this database was made by a pre-release paylane "
+            "schema, not the shared one (string ids such as user-1706345678901-xyz789). "
+            "Migrate into a new database instead; nothing was changed."
+        )
+
+
+def add_column(cur: Any, column: Column) -> bool:
+    if column_info(cur, column.table, column.name):
+        return False
+    cur.execute(f"ALTER TABLE `{column.table}` ADD COLUMN `{column.name}` {column.definition}")
+    return True
+
+
+def _index_exists(cur: Any, index: Index) -> bool:
+    cur.execute(
+        "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS"
+        " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
+        " ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+        (index.table,),
+    )
+    found: dict[str, tuple[bool, list[str]]] = {}
+    for name, non_unique, column in cur.fetchall():
+        found.setdefault(name, (not int(non_unique), []))[1].append(column)
+    if index.name in found:
+        return True
+    # The same columns under another name serve as well (a unique one also for a plain one).
+    return any(
+        cols == list(index.columns) and (unique or not index.unique)
+        for unique, cols in found.values()
+    )
+
+
+def add_index(cur: Any, index: Index) -> bool:
+    if _index_exists(cur, index):
+        return False
+    kind = "UNIQUE INDEX" if index.unique else "INDEX"
+    columns = ", ".join(f"`{c}`" for c in index.columns)
+    cur.execute(f"ALTER TABLE `{index.table}` ADD {kind} `{index.name}` ({columns})")
+    return True
+
+
+def _enum_values(column_type: str) -> list[str]:
+    inner = column_type[column_type.index("(") + 1 : column_type.rindex(")")]
+    return [v.strip().strip("'").replace("''", "'") for v in inner.split(",")]
+
+
+def extend_enum(cur: Any, enum: EnumValues) -> bool:
+    info = column_info(cur, enum.table, enum.column)
+    if info is None:
+        raise SchemaError(f"{enum.table}.{enum.column} is missing")
+    _, column_type, nullable, default = info
+    present = _enum_values(column_type)
+    missing = [v for v in enum.values if v not in present]
+    if not missing:
+        return False
+    values = ", ".join("'" + v.replace("'", "''") + "'" for v in (*present, *missing))
+    definition = f"ENUM({values})" + ("" if nullable == "YES" else " NOT NULL")
+    if default is not None:
+        # information_schema quotes string defaults on MariaDB, not on MySQL.
+        default = default.strip("'")
+        definition += f" DEFAULT '{default}'"
+    elif nullable == "YES":
+        definition += " DEFAULT NULL"
+    cur.execute(f"ALTER TABLE `{enum.table}` MODIFY COLUMN `{enum.column}` {definition}")
+    return True
+
+
+def ensure(
+    cur: Any,
+    columns: Sequence[Column] = (),
+    indexes: Sequence[Index] = (),
+    enums: Sequence[EnumValues] = (),
+) -> list[str]:
+    """Add whatever of these is missing; return what was added (for the log)."""
+    added: list[str] = []
+    for enum in enums:
+        if extend_enum(cur, enum):
+            added.append(f"{enum.table}.{enum.column} += {enum.values}")
+    for column in columns:
+        if add_column(cur, column):
+            added.append(f"{column.table}.{column.name}")
+    for index in indexes:
+        if add_index(cur, index):
+            added.append(f"{index.table}:{index.name}")
+    return added
+
+
+# paylane's additions to the shared tables (migration 0002_paylane_additions).
+def _fen(yuan: str) -> str:
+    return f"INT AS (CAST(ROUND(`{yuan}` * 100) AS SIGNED)) VIRTUAL"
+
+
+ORDERS = "payment_orders"
+COLUMNS = [
+    Column(ORDERS, "amount_total", _fen("amount")),
+    Column(ORDERS, "currency", "CHAR(3) NOT NULL DEFAULT 'CNY'"),
+    Column(ORDERS, "mchid", "VARCHAR(32) NULL"),
+    Column(ORDERS, "appid", "VARCHAR(64) NULL"),
+    Column(ORDERS, "prepay_id", "VARCHAR(128) NULL"),
+    Column(ORDERS, "code_url", "VARCHAR(512) NULL"),
+    Column(ORDERS, "h5_url", "VARCHAR(1024) NULL"),
+    Column(ORDERS, "idempotency_key", "VARCHAR(128) NULL"),
+    Column(ORDERS, "amount_refunded", "INT NOT NULL DEFAULT 0"),
+    Column(ORDERS, "review_reason", "VARCHAR(255) NULL"),
+    Column(ORDERS, "closed_at", "DATETIME(6) NULL"),
+    Column(ORDERS, "refunded_at", "DATETIME(6) NULL"),
+    Column(ORDERS, "expires_at", "DATETIME(6) NULL"),
+    Column(ORDERS, "reconciled_at", "DATETIME(6) NULL"),
+    # When paylane staged this order's order.paid / full order.refunded: NULL on an order
+    # another writer settled, which the effects sweep (reconciler.py) then picks up.
+    Column(ORDERS, "paid_event_at", "DATETIME(6) NULL"),
+    Column(ORDERS, "refund_event_at", "DATETIME(6) NULL"),
+    Column("refunds", "amount_refund", _fen("refund_amount")),
+    Column("refunds", "amount_total", _fen("total_amount")),
+    Column("refunds", "reconciled_at", "DATETIME(6) NULL"),
+    Column("payment_logs", "event_id", "VARCHAR(128) NULL"),
+    Column("payment_logs", "transaction_id", "VARCHAR(100) NULL"),
+    Column("payment_logs", "source", "VARCHAR(16) NULL"),
+    Column("payment_logs", "detail", "TEXT NULL"),
+]
+
+INDEXES = [
+    Index(ORDERS, "uq_orders_idempotency", ("user_id", "idempotency_key"), unique=True),
+    Index(ORDERS, "ix_orders_user", ("user_id", "updated_at")),
+    Index(ORDERS, "ix_orders_status", ("status", "created_at")),
+    Index(ORDERS, "ix_orders_reconcile", ("status", "reconciled_at", "created_at")),
+    Index(ORDERS, "ix_orders_paid_effect", ("status", "paid_event_at", "created_at")),
+    Index(ORDERS, "ix_orders_refund_effect", ("status", "refund_event_at", "created_at")),
+    Index("refunds", "ix_refunds_order", ("out_trade_no",)),
+    Index("refunds", "ix_refunds_status", ("status", "created_at")),
+    Index("refunds", "ix_refunds_reconcile", ("status", "reconciled_at", "created_at")),
+    Index("payment_logs", "ix_payment_logs_order", ("out_trade_no", "created_at")),
+    Index("payment_logs", "ix_payment_logs_type", ("type", "created_at")),
+]
+
+ENUMS = [EnumValues(ORDERS, "status", ("needs_review",))]
+
+# What migration 0002 adds (a later migration brings a list of its own).
+ADDITIONS = (COLUMNS, INDEXES, ENUMS)
