@@ -83,6 +83,9 @@ class OrderPaid(_Data):
     package_type: str
     amount_total: int
     paid_at: str
+    #: The generation the payment unlocks (``payment_orders.generation_id``), if any: the
+    #: application unlocks it (paylane never writes the application's own tables).
+    generation_id: str | None = None
 
 
 class OrderRefunded(_Data):
