@@ -42,8 +42,8 @@ def amqp_url(infra: Infra) -> Iterator[str]:
 @dataclass(frozen=True)
 class AdoptedDatabase:
     """The session's database: built as the adopting team has it (tests/support/seed_db.py),
-    then migrated twice. ``before`` and ``after`` are what the seed tables (and the unrelated
-``generations``) held before and right after the migrations, in their original columns."""
+        then migrated twice. ``before`` and ``after`` are what the seed tables (and the unrelated
+    ``generations``) held before and right after the migrations, in their original columns."""
 
     name: str
     url: str

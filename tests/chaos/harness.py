@@ -43,6 +43,7 @@ from tests.e2e.conftest import (
 )
 from tests.support import hygiene
 from tests.support.infra import Infra, unique_name
+from tests.support.seed_db import create_seed_database
 from tests.support.stack import Stack, eventually, wait_ready
 from tests.support.wechat import FakeWechat
 
@@ -116,6 +117,8 @@ async def chaos_env(
     connection: AbstractRobustConnection | None = None
     try:
         await asyncio.to_thread(infra.broker.add_vhost, vhost, infra.amqp_user)
+        # As every test session: the database the adopting team has, then paylane's migrations.
+        await asyncio.to_thread(_create_seed_database, infra, database)
         await asyncio.to_thread(migrate, mysql_url)
         pool = await db.create_pool(mysql_url, maxsize=5)
         connection = await amqp.connect(amqp_url, "chaos-tests")
@@ -146,6 +149,11 @@ async def chaos_env(
             await asyncio.to_thread(infra.broker.delete_vhost, vhost)
         with contextlib.suppress(pymysql.err.MySQLError):
             await asyncio.to_thread(_drop_database, infra, database)
+
+
+def _create_seed_database(infra: Infra, database: str) -> None:
+    with infra.mysql_admin() as conn:
+        create_seed_database(conn, database)
 
 
 def _drop_database(infra: Infra, database: str) -> None:
@@ -632,7 +640,7 @@ async def check_invariant(env: ChaosEnv, driver: WechatDriver, report: Report) -
         " (SELECT COUNT(*) FROM entitlement_grants g"
         "   WHERE g.out_trade_no = o.out_trade_no) AS grants,"
         " (SELECT COUNT(*) FROM payment_logs l"
-        "   WHERE l.out_trade_no = o.out_trade_no AND l.kind = 'paid') AS paid_logs,"
+        "   WHERE l.out_trade_no = o.out_trade_no AND l.type = 'paid') AS paid_logs,"
         " (SELECT COUNT(*) FROM payment_orders o2 WHERE o2.user_id = o.user_id) AS user_orders"
         " FROM payment_orders o JOIN users u ON u.id = o.user_id WHERE "
         + _in("o.out_trade_no", nos),

@@ -59,7 +59,11 @@ class SlowBroker:
 
 def paid(n: int) -> Envelope:
     data = OrderPaid(
-        out_trade_no=f"LOCK{n}", user_id=n, package_type="basic", amount_total=990, paid_at="x"
+        out_trade_no=f"LOCK{n}",
+        user_id=f"user-1706345678901-lock{n}",
+        package_type="basic",
+        amount_total=1,
+        paid_at="x",
     )
     return make_event(events.ORDER_PAID, data)
 

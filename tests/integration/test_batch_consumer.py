@@ -22,6 +22,7 @@ from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import REASON_HEADER
 from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, make_event
+from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.topology import QueueSpec, declare_queue
 from paylane_entitlement.grants import EntitlementApplier
@@ -71,16 +72,17 @@ async def spec(channel: AbstractChannel) -> AsyncIterator[QueueSpec]:
         await channel.queue_delete(name)
 
 
-async def _users(pool: aiomysql.Pool, n: int) -> list[int]:
+async def _users(pool: aiomysql.Pool, n: int) -> list[str]:
+    """``n`` rows of the shared ``users`` table (string ids, the seed's defaults)."""
+    ids = [new_row_id("user") for _ in range(n)]
     async with transaction(pool) as cur:
-        ids = []
-        for _ in range(n):
-            await cur.execute("INSERT INTO users (payment_status) VALUES ('free')")
-            ids.append(int(cur.lastrowid))
-        return ids
+        await cur.executemany(
+            "INSERT INTO users (id, payment_status) VALUES (%s, 'free')", [(i,) for i in ids]
+        )
+    return ids
 
 
-async def _state(pool: aiomysql.Pool, users: list[int]) -> dict[int, tuple[str, int, int]]:
+async def _state(pool: aiomysql.Pool, users: list[str]) -> dict[str, tuple[str, int, int]]:
     """Per user: plan, regenerations, grants in the ledger."""
     async with transaction(pool) as cur:
         await cur.execute(
@@ -99,21 +101,21 @@ def _batched_messages(queue: str) -> float:
     return REGISTRY.get_sample_value("paylane_consumer_batch_size_sum", {"queue": queue}) or 0.0
 
 
-async def _publish_burst(publisher: Publisher, queue: str, users: list[int], per_user: int) -> int:
+async def _publish_burst(publisher: Publisher, queue: str, users: list[str], per_user: int) -> int:
     """``per_user`` basic orders for each user, a redelivered copy of every fifth event,
     and one invalid message; returns how many messages were sent."""
     sent = 0
     for i in range(per_user):
-        for user in users:
+        for n, user in enumerate(users):
             data = OrderPaid(
                 out_trade_no=f"B{uuid.uuid4().hex[:20]}",
                 user_id=user,
                 package_type="basic",
-                amount_total=990,
+                amount_total=DEFAULT_CATALOG["basic"].price_fen,
                 paid_at="2026-11-22T00:00:00+00:00",
             )
             envelope = make_event(events.ORDER_PAID, data)
-            copies = 2 if (i + user) % 5 == 0 else 1
+            copies = 2 if (i + n) % 5 == 0 else 1
             for _ in range(copies):
                 await publisher.publish_to_queue(queue, envelope_message(envelope))
                 sent += 1

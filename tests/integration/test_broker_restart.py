@@ -20,7 +20,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.broker_outage]
 
 def _event(n: int) -> Envelope:
     data = OrderPaid(
-        out_trade_no=f"R{n}", user_id=n, package_type="basic", amount_total=990, paid_at="x"
+        out_trade_no=f"R{n}",
+        user_id=f"user-1706345678901-restart{n}",
+        package_type="basic",
+        amount_total=1,
+        paid_at="x",
     )
     return make_event(events.ORDER_PAID, data)
 

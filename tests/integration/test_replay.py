@@ -35,6 +35,7 @@ from paylane_common.consumer import (
 )
 from paylane_common.db import transaction
 from paylane_common.events import Envelope, OrderPaid, PaymentSucceeded, make_event
+from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.replay import (
     REPLAYED_FROM_HEADER,
@@ -342,13 +343,17 @@ async def test_limit_and_a_missing_target_leave_dead_letters_in_place(
 # --- the stream ------------------------------------------------------------------------------
 
 
-async def create_user(db_pool) -> int:
+async def create_user(db_pool) -> str:
+    """A row of the shared ``users`` table with the seed's defaults (free, 3)."""
+    user_id = new_row_id("user")
     async with transaction(db_pool) as cur:
-        await cur.execute("INSERT INTO users (nickname) VALUES (%s)", ("replay-test",))
-        return int(cur.lastrowid)
+        await cur.execute(
+            "INSERT INTO users (id, nickname) VALUES (%s, %s)", (user_id, "replay-test")
+        )
+    return user_id
 
 
-async def users_state(db_pool, user_ids: list[int]) -> dict[int, tuple[str, int]]:
+async def users_state(db_pool, user_ids: list[str]) -> dict[str, tuple[str, int]]:
     async with transaction(db_pool) as cur:
         marks = ", ".join(["%s"] * len(user_ids))
         await cur.execute(
@@ -358,7 +363,7 @@ async def users_state(db_pool, user_ids: list[int]) -> dict[int, tuple[str, int]
         return {r["id"]: (r["payment_status"], r["regenerate_count"]) for r in await cur.fetchall()}
 
 
-def order_paid(user_id: int) -> Envelope:
+def order_paid(user_id: str) -> Envelope:
     data = OrderPaid(
         out_trade_no="R" + uuid.uuid4().hex[:20],
         user_id=user_id,

@@ -17,6 +17,9 @@ from paylane_common.topology import QueueSpec, declare_queue
 
 pytestmark = pytest.mark.integration
 
+#: The events here are never applied: any users.id string will do.
+USER = "user-1706345678901-xyz789"
+
 
 async def test_stop_waits_for_in_flight_message_and_acks_it(
     amqp_connection: AbstractRobustConnection,
@@ -36,7 +39,7 @@ async def test_stop_waits_for_in_flight_message_and_acks_it(
     consumer = Consumer(amqp_connection, publisher, spec, slow_handler)
     await consumer.start()
     data = OrderPaid(
-        out_trade_no="S1", user_id=1, package_type="basic", amount_total=1, paid_at="x"
+        out_trade_no="S1", user_id=USER, package_type="basic", amount_total=1, paid_at="x"
     )
     await publisher.publish(make_event(events.ORDER_PAID, data), routing_key=key)
     await asyncio.wait_for(started.wait(), 10)
@@ -94,7 +97,7 @@ async def test_batch_consumer_stop_finishes_the_batch_under_way_and_leaves_the_r
     await setup.close()
     for i in range(40):
         data = OrderPaid(
-            out_trade_no=f"S{i}", user_id=1, package_type="basic", amount_total=1, paid_at="x"
+            out_trade_no=f"S{i}", user_id=USER, package_type="basic", amount_total=1, paid_at="x"
         )
         await publisher.publish_to_queue(
             spec.name, envelope_message(make_event(events.ORDER_PAID, data))

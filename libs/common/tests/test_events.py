@@ -9,7 +9,10 @@ import pytest
 from paylane_common import events
 from paylane_common.events import OrderPaid, PaymentSucceeded, make_event, parse_event
 from paylane_common.exceptions import EventValidationError
+from paylane_common.ids import new_row_id
 from paylane_common.publisher import envelope_message
+
+USER = "user-1706345678901-xyz789"
 
 
 def _payment() -> PaymentSucceeded:
@@ -30,7 +33,7 @@ def test_roundtrip_and_amqp_properties() -> None:
 
 
 def test_wrong_data_model_is_refused_when_publishing() -> None:
-    paid = OrderPaid(out_trade_no="T", user_id=1, package_type="b", amount_total=1, paid_at="x")
+    paid = OrderPaid(out_trade_no="T", user_id=USER, package_type="b", amount_total=1, paid_at="x")
     with pytest.raises(EventValidationError):
         make_event(events.PAYMENT_SUCCEEDED, paid)
 
@@ -79,3 +82,38 @@ def test_wrong_data_model_is_refused_when_publishing() -> None:
 def test_invalid_messages_say_why(body: bytes, reason: str) -> None:
     with pytest.raises(EventValidationError, match=reason):
         parse_event(body)
+
+
+def _order_paid_body(user_id: object) -> bytes:
+    return json.dumps(
+        {
+            "event_id": "e",
+            "type": "order.paid",
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "data": {
+                "out_trade_no": "T",
+                "user_id": user_id,
+                "package_type": "basic",
+                "amount_total": 1,
+                "paid_at": "x",
+            },
+        }
+    ).encode()
+
+
+def test_user_ids_are_the_shared_tables_strings() -> None:
+    _, data = parse_event(_order_paid_body(USER))
+    assert data.user_id == USER
+    # An integer id (the pre-release schema) or one longer than users.id is refused.
+    for bad in (7, "", "u" * 37):
+        with pytest.raises(EventValidationError, match=r"invalid order\.paid data"):
+            parse_event(_order_paid_body(bad))
+
+
+def test_new_row_ids_have_the_existing_systems_format() -> None:
+    assert new_row_id("user", now_ms=1706345678901).startswith("user-1706345678901-")
+    ids = {new_row_id(kind) for kind in ("user", "order", "refund", "log") for _ in range(50)}
+    assert len(ids) == 200
+    assert all(len(row_id) <= 36 for row_id in ids)
+    with pytest.raises(ValueError, match="36"):
+        new_row_id("generation-too-long-a-kind")

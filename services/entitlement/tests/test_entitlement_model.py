@@ -90,7 +90,7 @@ class Model:
 class Deliveries:
     """The events of one user's orders, each delivery under a new event id."""
 
-    def __init__(self, user_id: int, packages: list[str]) -> None:
+    def __init__(self, user_id: str, packages: list[str]) -> None:
         self.user_id = user_id
         self.packages = packages
         self.numbers = [f"M{uuid.uuid4().hex[:20]}" for _ in packages]
@@ -118,7 +118,7 @@ class Deliveries:
         return make_event(events.ORDER_REFUNDED, data), data
 
 
-async def _use(pool: aiomysql.Pool, user_id: int, n: int) -> None:
+async def _use(pool: aiomysql.Pool, user_id: str, n: int) -> None:
     async with transaction(pool) as cur:
         await cur.execute(
             "UPDATE users SET regenerate_count = GREATEST(regenerate_count - %s, 0) WHERE id = %s",

@@ -15,6 +15,7 @@ from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
 from paylane_common.events import Envelope, OrderRefunded, make_event
+from paylane_common.ids import new_row_id
 from paylane_entitlement.grants import EntitlementApplier
 from services.entitlement.tests.test_grants import _paid, _state, _user
 
@@ -30,12 +31,12 @@ async def _batch(pool: aiomysql.Pool, applier: EntitlementApplier, deliveries):
         return await applier.apply_batch(cur, [_item(e, d) for e, d in deliveries])
 
 
-async def _granted_events(pool: aiomysql.Pool, user_id: int) -> list[tuple[str, int, str]]:
+async def _granted_events(pool: aiomysql.Pool, user_id: str) -> list[tuple[str, int, str]]:
     async with transaction(pool) as cur:
         await cur.execute(
             "SELECT payload, headers FROM outbox WHERE routing_key = 'entitlement.granted'"
             " AND payload LIKE %s ORDER BY id",
-            (f'%"user_id":{user_id},%',),
+            (f'%"user_id":"{user_id}"%',),
         )
         rows = await cur.fetchall()
     out = []
@@ -75,12 +76,12 @@ async def test_a_batch_leaves_what_is_not_plain_to_the_one_by_one_path(db_pool):
     granted_before = _paid(user_id, "basic")
     await applier(*granted_before)
     again = _paid(user_id, "basic", out_trade_no=granted_before[1].out_trade_no)  # new event id
-    unknown_user = _paid(2_000_000_000, "basic")
+    unknown_user = _paid(new_row_id("user"), "basic")
     refund = OrderRefunded(
         out_trade_no=granted_before[1].out_trade_no,
         user_id=user_id,
         package_type="basic",
-        amount_refund=990,
+        amount_refund=DEFAULT_CATALOG["basic"].price_fen,
         full=True,
     )
     fresh = _paid(user_id, "premium")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import aiomysql
@@ -11,22 +12,28 @@ import pytest
 from paylane_common import events, tracing
 from paylane_common.batching import BatchItem
 from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.consumer import Retry
 from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, OrderRefunded, make_event
+from paylane_common.ids import new_row_id
 from paylane_entitlement.grants import EntitlementApplier
 
 pytestmark = pytest.mark.integration
 
 
-async def _user(pool: aiomysql.Pool, status: str = "free", count: int = 3) -> int:
+async def _user(pool: aiomysql.Pool, status: str | None = "free", count: int | None = 3) -> str:
+    """A row of the shared ``users`` table, its id in the existing system's format."""
+    user_id = new_row_id("user")
     async with transaction(pool) as cur:
         await cur.execute(
-            "INSERT INTO users (payment_status, regenerate_count) VALUES (%s, %s)", (status, count)
+            "INSERT INTO users (id, openid, payment_status, regenerate_count)"
+            " VALUES (%s, %s, %s, %s)",
+            (user_id, f"openid-{user_id}", status, count),
         )
-        return int(cur.lastrowid)
+    return user_id
 
 
-async def _state(pool: aiomysql.Pool, user_id: int) -> tuple[str, int]:
+async def _state(pool: aiomysql.Pool, user_id: str) -> tuple[str, int]:
     async with transaction(pool) as cur:
         await cur.execute(
             "SELECT payment_status, regenerate_count FROM users WHERE id = %s", (user_id,)
@@ -35,7 +42,7 @@ async def _state(pool: aiomysql.Pool, user_id: int) -> tuple[str, int]:
     return row["payment_status"], row["regenerate_count"]
 
 
-def _paid(user_id: int, package: str, out_trade_no: str | None = None):
+def _paid(user_id: str, package: str, out_trade_no: str | None = None):
     data = OrderPaid(
         out_trade_no=out_trade_no or f"G{uuid.uuid4().hex[:20]}",
         user_id=user_id,
@@ -150,3 +157,56 @@ async def test_a_refund_applied_before_its_payment_leaves_nothing_granted(db_poo
 
 def _item(envelope, data):
     return BatchItem(envelope, data, lambda: tracing.begin(f"trace-{envelope.event_id}", "c"))
+
+
+async def test_a_user_row_with_null_plan_and_count_is_granted_and_revoked(db_pool):
+    """Another writer may leave ``payment_status`` / ``regenerate_count`` NULL (the shared
+    schema has defaults, not NOT NULL): read as free / 0, on both paths."""
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    user_id = await _user(db_pool, None, None)
+    assert await _state(db_pool, user_id) == (None, None)
+    paid = _paid(user_id, "premium")
+    assert await applier(*paid) == "granted"
+    assert await _state(db_pool, user_id) == ("premium", 100)
+    assert await applier(*_refunded(paid)) == "revoked"
+    assert await _state(db_pool, user_id) == ("free", 0)
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "SELECT payload FROM outbox WHERE payload LIKE %s ORDER BY id", (f"%{user_id}%",)
+        )
+        payloads = [json.loads(row["payload"])["data"] for row in await cur.fetchall()]
+    assert [(d["payment_status"], d["regenerate_count"]) for d in payloads] == [
+        ("premium", 100),
+        ("free", 0),
+    ]
+
+    batched = await _user(db_pool, None, None)
+    async with transaction(db_pool) as cur:
+        outcomes = await applier.apply_batch(
+            cur, [_item(*_paid(batched, "basic")), _item(*_paid(batched, "basic"))]
+        )
+    assert outcomes == ["granted", "granted"]
+    assert await _state(db_pool, batched) == ("basic", 40)
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "SELECT status_before FROM entitlement_grants WHERE user_id = %s", (batched,)
+        )
+        # The first grant started from free (the NULL), the second from its basic.
+        assert sorted(row["status_before"] for row in await cur.fetchall()) == ["basic", "free"]
+
+
+async def test_a_grant_for_a_user_row_that_does_not_exist_is_retried_then_dead_lettered(db_pool):
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    missing = new_row_id("user")
+    paid = _paid(missing, "basic")
+    with pytest.raises(Retry, match="unknown user"):
+        await applier(*paid)
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "SELECT COUNT(*) AS n FROM entitlement_grants WHERE out_trade_no = %s",
+            (paid[1].out_trade_no,),
+        )
+        assert (await cur.fetchone())["n"] == 0
+    # The batch path leaves it to the one-by-one path (which retries, then dead-letters).
+    async with transaction(db_pool) as cur:
+        assert await applier.apply_batch(cur, [_item(*paid), _item(*paid)]) == [None, None]

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType
 
 from paylane_common import db, events
 from paylane_common.events import Entitlement, OrderPaid, OrderRefunded
+from paylane_common.ids import new_row_id
 from paylane_common.tokens import issue_client_token
 from tests.support import hygiene
 
@@ -89,28 +90,37 @@ class SseListener:
 Listener = WsListener | SseListener
 
 
-def token_for(user_id: int, secret: str = SECRET, ttl_s: int = 3600) -> str:
+def token_for(user_id: str, secret: str = SECRET, ttl_s: int = 3600) -> str:
     return issue_client_token(secret, user_id, ttl_s=ttl_s)
 
 
 async def insert_user(
     pool: aiomysql.Pool,
     *,
-    payment_status: str = "free",
-    regenerate_count: int = 3,
+    payment_status: str | None = "free",
+    regenerate_count: int | None = 3,
     age_s: int = 3600,
-) -> int:
+) -> str:
+    """A row of the shared ``users`` table, its id in the existing system's format."""
+    user_id = new_row_id("user")
     async with db.transaction(pool) as cur:
         await cur.execute(
-            "INSERT INTO users (openid, payment_status, regenerate_count, created_at, updated_at)"
-            " VALUES (%s, %s, %s, NOW(6) - INTERVAL %s SECOND, NOW(6) - INTERVAL %s SECOND)",
-            (f"o-{uuid.uuid4().hex}", payment_status, regenerate_count, age_s, age_s),
+            "INSERT INTO users (id, openid, payment_status, regenerate_count, created_at,"
+            " updated_at)"
+            " VALUES (%s, %s, %s, %s, NOW(6) - INTERVAL %s SECOND, NOW(6) - INTERVAL %s SECOND)",
+            (user_id, f"o-{uuid.uuid4().hex}", payment_status, regenerate_count, age_s, age_s),
         )
-        return int(cur.lastrowid)
+    return user_id
 
 
-async def update_user(pool: aiomysql.Pool, user_id: int, **values: Any) -> int:
-    """Update the user's columns; returns its new ``updated_at`` in ms."""
+def last_ms(second_ms: int) -> int:
+    """The snapshot id of a row stamped in the second starting at ``second_ms`` (the shared
+    tables' ``updated_at`` hold whole seconds): that second's last ms."""
+    return second_ms + 999
+
+
+async def update_user(pool: aiomysql.Pool, user_id: str, **values: Any) -> int:
+    """Update the user's columns; returns its new ``updated_at`` in ms (a whole second)."""
     assignments = ", ".join(f"{column} = %s" for column in values)
     async with db.transaction(pool) as cur:
         await cur.execute(
@@ -125,17 +135,35 @@ async def update_user(pool: aiomysql.Pool, user_id: int, **values: Any) -> int:
 
 
 async def insert_order(
-    pool: aiomysql.Pool, user_id: int, *, status: str = "paid", age_s: int = 60
+    pool: aiomysql.Pool,
+    user_id: str,
+    *,
+    status: str = "paid",
+    age_s: int = 60,
+    package_type: str = "basic",
+    amount: str = "0.01",
 ) -> tuple[str, int]:
-    """A payment_orders row last updated ``age_s`` ago; returns (out_trade_no, updated ms)."""
+    """A payment_orders row last updated ``age_s`` ago, written as the other writers of the
+    shared table write it (yuan ``amount``, none of paylane's columns); returns
+    (out_trade_no, updated ms: a whole second)."""
     out_trade_no = uuid.uuid4().hex
     async with db.transaction(pool) as cur:
         await cur.execute(
-            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type, amount,"
-            " amount_total, status, created_at, updated_at)"
-            " VALUES (%s, %s, 'basic', 'JSAPI', 9.90, 990, %s,"
+            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, package_type,"
+            " trade_type, amount, status, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, 'JSAPI', %s, %s,"
             " NOW(6) - INTERVAL %s SECOND, NOW(6) - INTERVAL %s SECOND)",
-            (out_trade_no, user_id, status, age_s + 1, age_s),
+            (
+                new_row_id("order"),
+                out_trade_no,
+                user_id,
+                f"gen-{uuid.uuid4().hex[:12]}",
+                package_type,
+                amount,
+                status,
+                age_s + 1,
+                age_s,
+            ),
         )
         await cur.execute(
             "SELECT FLOOR(UNIX_TIMESTAMP(updated_at) * 1000) AS ms FROM payment_orders"
@@ -146,20 +174,20 @@ async def insert_order(
     return out_trade_no, int(row["ms"])
 
 
-def order_paid(user_id: int, out_trade_no: str | None = None) -> events.Envelope:
+def order_paid(user_id: str, out_trade_no: str | None = None) -> events.Envelope:
     return events.make_event(
         events.ORDER_PAID,
         OrderPaid(
             out_trade_no=out_trade_no or uuid.uuid4().hex,
             user_id=user_id,
             package_type="basic",
-            amount_total=990,
+            amount_total=1,
             paid_at=datetime.now(UTC).isoformat(),
         ),
     )
 
 
-def order_refunded(user_id: int, out_trade_no: str, amount: int, *, full: bool) -> events.Envelope:
+def order_refunded(user_id: str, out_trade_no: str, amount: int, *, full: bool) -> events.Envelope:
     return events.make_event(
         events.ORDER_REFUNDED,
         OrderRefunded(
@@ -174,7 +202,7 @@ def order_refunded(user_id: int, out_trade_no: str, amount: int, *, full: bool) 
 
 def entitlement(
     event_type: str,
-    user_id: int,
+    user_id: str,
     out_trade_no: str,
     payment_status: str = "basic",
     regenerate_count: int = 13,

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 import structlog
 from aiohttp.test_utils import TestClient
 
-from paylane_common.tokens import issue_client_token
+from paylane_common.ids import new_row_id
+from paylane_common.tokens import ISSUER, issue_client_token
 from services.notifier.tests.support import SECRET, token_for
 
 pytestmark = pytest.mark.integration
@@ -19,11 +22,14 @@ pytestmark = pytest.mark.integration
 Client = TestClient[Any, Any]
 
 
+USER, OTHER = new_row_id("user"), new_row_id("user")
+
+
 def _forged() -> str:
-    """User 7's genuine token with the user changed to 8 (the signature no longer fits)."""
-    header, payload, signature = token_for(7).split(".")
+    """USER's genuine token with the user changed to OTHER (the signature no longer fits)."""
+    header, payload, signature = token_for(USER).split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims["sub"] = "8"
+    claims["sub"] = OTHER
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     return f"{header}.{forged}.{signature}"
 
@@ -33,8 +39,14 @@ BAD_TOKENS = {
     "empty": "",
     "garbage": "not-a-token",
     "forged": _forged(),
-    "expired": issue_client_token(SECRET, 7, ttl_s=-60),
-    "other secret": issue_client_token("another-secret-0123456789abcdefghij", 7),
+    "expired": issue_client_token(SECRET, USER, ttl_s=-60),
+    "other secret": issue_client_token("another-secret-0123456789abcdefghij", USER),
+    # Well signed, but ``sub`` is no users.id string (a token of the integer-id era).
+    "integer sub": jwt.encode(
+        {"sub": 7, "iss": ISSUER, "iat": int(time.time()), "exp": int(time.time()) + 600},
+        SECRET,
+        algorithm="HS256",
+    ),
 }
 
 
@@ -59,7 +71,7 @@ async def test_a_websocket_upgrade_is_refused_before_the_handshake(notifier: Cli
 
 
 async def test_a_bearer_header_is_accepted_too(notifier: Client) -> None:
-    response = await notifier.get("/events", headers={"Authorization": f"Bearer {token_for(7)}"})
+    response = await notifier.get("/events", headers={"Authorization": f"Bearer {token_for(USER)}"})
     try:
         assert response.status == 200
     finally:
@@ -67,7 +79,7 @@ async def test_a_bearer_header_is_accepted_too(notifier: Client) -> None:
 
 
 async def test_tokens_never_reach_the_logs(notifier: Client) -> None:
-    good, bad = token_for(7), BAD_TOKENS["forged"]
+    good, bad = token_for(USER), BAD_TOKENS["forged"]
     assert bad is not None
     with structlog.testing.capture_logs() as logs:
         refused = await notifier.get("/events", params={"token": bad})

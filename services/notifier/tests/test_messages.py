@@ -13,6 +13,7 @@ from paylane_notifier.messages import ClientMessage, epoch_ms, from_event
 from paylane_notifier.snapshot import parse_last_event_id
 from services.notifier.tests.support import entitlement, order_paid, order_refunded
 
+USER = "user-1706345678901-xyz789"
 KEYS = {
     "type",
     "out_trade_no",
@@ -28,15 +29,18 @@ KEYS = {
 @pytest.mark.parametrize(
     ("envelope", "expected"),
     [
-        (order_paid(7, "o1"), ("order.paid", "paid", None, None, None)),
-        (order_refunded(7, "o1", 300, full=False), ("order.refunded", "paid", None, None, 300)),
-        (order_refunded(7, "o1", 990, full=True), ("order.refunded", "refunded", None, None, 990)),
+        (order_paid(USER, "o1"), ("order.paid", "paid", None, None, None)),
+        (order_refunded(USER, "o1", 300, full=False), ("order.refunded", "paid", None, None, 300)),
         (
-            entitlement(events.ENTITLEMENT_GRANTED, 7, "o1", "premium", 33),
+            order_refunded(USER, "o1", 990, full=True),
+            ("order.refunded", "refunded", None, None, 990),
+        ),
+        (
+            entitlement(events.ENTITLEMENT_GRANTED, USER, "o1", "premium", 33),
             ("entitlement.granted", "paid", "premium", 33, None),
         ),
         (
-            entitlement(events.ENTITLEMENT_REVOKED, 7, "o1", "free", 3),
+            entitlement(events.ENTITLEMENT_REVOKED, USER, "o1", "free", 3),
             ("entitlement.revoked", "refunded", "free", 3, None),
         ),
     ],
@@ -47,7 +51,7 @@ def test_events_become_client_messages(
     routed = from_event(envelope, envelope.typed_data())
     assert routed is not None
     user_id, message = routed
-    assert user_id == 7
+    assert user_id == USER
     body = json.loads(message.to_json())
     assert set(body) == KEYS
     assert (

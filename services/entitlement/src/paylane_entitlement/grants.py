@@ -7,6 +7,11 @@ After a full refund the plan is recomputed from the ledger: the best of the plan
 the user's first grant and the packages of the orders still granted; regenerations lose
 what the order granted, never below zero. A full refund that arrives before its
 ``order.paid`` leaves a revoked row that granted nothing, so the late grant is a no-op.
+
+``users`` is the shared table (SEED_SYSTEM.md §1): its id is a string, and its
+``payment_status`` and ``regenerate_count`` have defaults but may be NULL in a row another
+writer made. A NULL plan is read as ``free`` and a NULL count as 0, so such a user is
+granted (and revoked) like any other and the row ends with real values.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ CONSUMER = "entitlement"
 PRODUCER = "entitlement"
 
 _RANK = "FIELD({col}, 'free', 'basic', 'premium')"
+# The user's plan and regenerations, a NULL (a row another writer made) read as free / 0.
+_USER_STATE = (
+    "COALESCE(payment_status, 'free') AS payment_status,"
+    " COALESCE(regenerate_count, 0) AS regenerate_count"
+)
 
 
 class EntitlementApplier:
@@ -88,7 +98,7 @@ class EntitlementApplier:
         # Users locked in id order, as one grant would lock its user first.
         user_ids = sorted({it.data.user_id for _, it in fresh})
         await cur.execute(
-            "SELECT id, payment_status, regenerate_count FROM users"
+            f"SELECT id, {_USER_STATE} FROM users"
             f" WHERE id IN ({placeholders(len(user_ids))}) ORDER BY id FOR UPDATE",
             user_ids,
         )
@@ -147,7 +157,7 @@ class EntitlementApplier:
         # Lock the user first: concurrent grants for one user queue here instead of
         # deadlocking on a shared lock that a later UPDATE would have to upgrade.
         await cur.execute(
-            "SELECT payment_status FROM users WHERE id = %s FOR UPDATE", (data.user_id,)
+            f"SELECT {_USER_STATE} FROM users WHERE id = %s FOR UPDATE", (data.user_id,)
         )
         user = await cur.fetchone()
         if user is None:
@@ -172,8 +182,8 @@ class EntitlementApplier:
                 return "duplicate"
             raise
         await cur.execute(
-            "UPDATE users SET payment_status = %s, regenerate_count = regenerate_count + %s"
-            " WHERE id = %s",
+            "UPDATE users SET payment_status = %s,"
+            " regenerate_count = COALESCE(regenerate_count, 0) + %s WHERE id = %s",
             (after, package.regenerate_grant, data.user_id),
         )
         await self._emit(cur, events.ENTITLEMENT_GRANTED, data.user_id, data.out_trade_no)
@@ -187,7 +197,7 @@ class EntitlementApplier:
         # Same lock order as a grant (user row first), so the two never deadlock, and a
         # grant of this order waits here instead of racing the tombstone below.
         await cur.execute(
-            "SELECT payment_status FROM users WHERE id = %s FOR UPDATE", (data.user_id,)
+            f"SELECT {_USER_STATE} FROM users WHERE id = %s FOR UPDATE", (data.user_id,)
         )
         user = await cur.fetchone()
         if user is None:
@@ -224,14 +234,14 @@ class EntitlementApplier:
         # What was used is not clawed back: the count never goes below zero.
         await cur.execute(
             "UPDATE users SET payment_status = %s,"
-            " regenerate_count = GREATEST(regenerate_count - %s, 0) WHERE id = %s",
+            " regenerate_count = GREATEST(COALESCE(regenerate_count, 0) - %s, 0) WHERE id = %s",
             (status, grant["regenerate_granted"], grant["user_id"]),
         )
         await self._emit(cur, events.ENTITLEMENT_REVOKED, grant["user_id"], data.out_trade_no)
         log.info("entitlement_revoked", user_id=grant["user_id"], payment_status=status)
         return "revoked"
 
-    async def _plan(self, cur: aiomysql.Cursor, user_id: int) -> str:
+    async def _plan(self, cur: aiomysql.Cursor, user_id: str) -> str:
         """The plan the user's ledger gives: the best of the plan before their first grant
         and the packages of the orders still granted.
 
@@ -259,12 +269,10 @@ class EntitlementApplier:
         self,
         cur: aiomysql.Cursor,
         event_type: str,
-        user_id: int,
+        user_id: str,
         out_trade_no: str,
     ) -> None:
-        await cur.execute(
-            "SELECT payment_status, regenerate_count FROM users WHERE id = %s", (user_id,)
-        )
+        await cur.execute(f"SELECT {_USER_STATE} FROM users WHERE id = %s", (user_id,))
         user = await cur.fetchone()
         data = Entitlement(
             user_id=user_id,

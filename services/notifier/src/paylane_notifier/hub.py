@@ -45,7 +45,7 @@ class Control(enum.Enum):
 class Sink:
     """One connected client: a bounded queue of messages its writer drains."""
 
-    def __init__(self, user_id: int, transport: Transport, queue_size: int) -> None:
+    def __init__(self, user_id: str, transport: Transport, queue_size: int) -> None:
         self.user_id = user_id
         self.transport = transport
         self._queue: asyncio.Queue[ClientMessage | Control] = asyncio.Queue(queue_size)
@@ -85,7 +85,7 @@ class Sink:
 
 
 class Hub:
-    """user_id → connected clients of this replica."""
+    """user_id (a ``users.id`` string) → connected clients of this replica."""
 
     def __init__(
         self,
@@ -97,14 +97,14 @@ class Hub:
         self._queue_size = queue_size
         self.max_connections = max_connections
         self.max_per_user = max_per_user
-        self._clients: dict[int, set[Sink]] = {}
+        self._clients: dict[str, set[Sink]] = {}
         #: Clients registered, kept as they come and go (a connect checks the cap in O(1)).
         self._total = 0
         #: Set on shutdown: no new clients, existing ones are being closed.
         self.closing = False
 
     @contextmanager
-    def connection(self, user_id: int, transport: Transport) -> Iterator[Sink]:
+    def connection(self, user_id: str, transport: Transport) -> Iterator[Sink]:
         """Register a client for the duration of the block; :class:`TooManyConnections`
         when a cap is reached (checked and registered without a pause in between)."""
         if self.max_per_user is not None and self.count(user_id) >= self.max_per_user:
@@ -123,7 +123,7 @@ class Hub:
             self._remove(sink)
             CONNECTIONS.labels(transport).dec()
 
-    def publish(self, user_id: int, message: ClientMessage) -> int:
+    def publish(self, user_id: str, message: ClientMessage) -> int:
         """Queue ``message`` for every client of ``user_id``; returns how many took it."""
         delivered = 0
         for sink in tuple(self._clients.get(user_id, ())):
@@ -145,7 +145,7 @@ class Hub:
         for sink in self._all():
             sink.close()
 
-    def count(self, user_id: int | None = None) -> int:
+    def count(self, user_id: str | None = None) -> int:
         if user_id is not None:
             return len(self._clients.get(user_id, ()))
         return self._total

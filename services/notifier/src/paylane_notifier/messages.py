@@ -10,7 +10,9 @@ Every message has the same keys, ``null`` where its source does not carry a fiel
 ``status`` is the order's status as the client should see it: ``"paid"`` for
 ``order.paid`` / ``entitlement.granted`` and for a partial refund (``amount_refund`` then
 says how much came back), ``"refunded"`` for a full refund / ``entitlement.revoked``, and
-the row's own status for ``order.state``. ``occurred_at`` is ISO 8601 UTC; :attr:`ClientMessage.id`
+the row's own status for ``order.state``: one of :data:`ORDER_STATUSES`, the shared
+``payment_orders.status`` (``failed``: timed out or cancelled; ``needs_review``: paylane's,
+a payment that did not match its order). ``occurred_at`` is ISO 8601 UTC; :attr:`ClientMessage.id`
 is the same instant in integer milliseconds since the epoch (the SSE ``id``, see
 :mod:`paylane_notifier.snapshot`).
 """
@@ -26,6 +28,8 @@ from paylane_common import events
 from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded
 
 ORDER_STATE = "order.state"
+#: What ``status`` of an ``order.state`` may be: the values of ``payment_orders.status``.
+ORDER_STATUSES = ("pending", "paid", "failed", "refunded", "needs_review")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -69,7 +73,7 @@ class ClientMessage:
         return json.dumps(self.as_dict(), ensure_ascii=False, separators=(",", ":"))
 
 
-def from_event(envelope: Envelope, data: Any) -> tuple[int, ClientMessage] | None:
+def from_event(envelope: Envelope, data: Any) -> tuple[str, ClientMessage] | None:
     """The user an event concerns and the message to push, or None for other events."""
     common: dict[str, Any] = {"event_id": envelope.event_id, "occurred_at": envelope.occurred_at}
     if envelope.type == events.ORDER_PAID and isinstance(data, OrderPaid):

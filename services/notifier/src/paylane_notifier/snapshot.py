@@ -4,6 +4,13 @@ The notifier is stateless, so the state comes from MySQL: the user's ``payment_o
 updated within ``snapshot_window_s``, newest first, at most ``snapshot_limit``, each joined
 with the user's ``payment_status`` / ``regenerate_count``, as ``order.state`` messages.
 
+The rows may have been written by the other writers of the shared tables (SEED_SYSTEM.md):
+their ``status`` is the row's own (see :data:`messages.ORDER_STATUSES`), a NULL plan or
+regeneration count reads as ``free`` / 0 (as the entitlement service reads it), and a
+``refunded`` order whose paylane column ``amount_refunded`` was never filled (another
+writer refunded it, in full) carries its whole ``amount_total`` (fen, generated from the
+yuan ``amount``) as ``amount_refund``.
+
 Event ids and ``Last-Event-ID``
 -------------------------------
 Every pushed message has an id: its ``occurred_at`` in integer milliseconds since the
@@ -13,13 +20,18 @@ epoch, as a string (the SSE ``id:`` line; WebSocket clients read ``occurred_at``
 * A snapshot message's id is when that state last changed: the later of the order's
   ``updated_at`` and the user's ``updated_at`` (the message carries both rows' fields; with
   the order's time alone, a client that saw ``order.paid`` and reconnected before
-  ``entitlement.granted`` arrived would never learn the grant).
+  ``entitlement.granted`` arrived would never learn the grant). The shared tables'
+  ``updated_at`` are ``TIMESTAMP`` in whole seconds, so a change stamped second ``S`` may
+  have happened at any ms of ``S``: the id is the *last* ms of ``S``, or the time the
+  snapshot was read when that is sooner (a snapshot read at ``S.400`` cannot vouch for a
+  change at ``S.700``).
 
 On connect with ``Last-Event-ID: N`` (SSE reconnects send it by themselves) or
-``?last_event_id=N`` (either transport), the snapshot holds only orders whose state changed
-after ``N`` ms, i.e. with id > N, so a reconnecting client gets exactly what changed since.
-The snapshot is *sent* oldest first, so the last id a client sees is the newest one. A
-missing or unparsable id means a full snapshot.
+``?last_event_id=N`` (either transport), the snapshot holds only orders whose state may
+have changed after ``N`` ms, i.e. with id > N, so a reconnecting client gets everything
+that changed since (and, within the second of ``N``, possibly a state it has seen: messages
+are state, not deltas). The snapshot is *sent* oldest first, so the last id a client sees
+is the newest one. A missing or unparsable id means a full snapshot.
 
 Ids compare the producers' clocks (``occurred_at``) with the database's (``updated_at``);
 keep them in sync (NTP). Live events may repeat a snapshot's state: messages are state,
@@ -30,6 +42,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import aiomysql
 
@@ -42,8 +55,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_ID = 10**13
 
 _SELECT = """
-SELECT o.out_trade_no, o.status, o.amount_refunded, u.payment_status, u.regenerate_count,
-       UNIX_TIMESTAMP(GREATEST(o.updated_at, u.updated_at)) AS changed_epoch
+SELECT o.out_trade_no, o.status, o.amount_total, o.amount_refunded,
+       COALESCE(u.payment_status, 'free') AS payment_status,
+       COALESCE(u.regenerate_count, 0) AS regenerate_count,
+       UNIX_TIMESTAMP(GREATEST(o.updated_at, COALESCE(u.updated_at, o.updated_at)))
+           AS changed_epoch,
+       UNIX_TIMESTAMP(NOW(6)) AS read_epoch
 FROM payment_orders o
 JOIN users u ON u.id = o.user_id
 WHERE o.user_id = %(user_id)s
@@ -52,11 +69,11 @@ WHERE o.user_id = %(user_id)s
 ORDER BY o.updated_at DESC, o.id DESC
 LIMIT %(limit)s
 """
-# "changed after N ms" = changed at or after ms N+1, so sub-millisecond parts of N's own
-# instant are not sent again; written per column so the (user_id, updated_at) index serves.
+# "may have changed after N ms": stamped in a second whose last ms is after N, i.e. at or
+# after second (N + 1) // 1000; written per column so the (user_id, updated_at) index serves.
 _SINCE = """
-  AND (o.updated_at >= FROM_UNIXTIME((%(since_ms)s + 1) / 1000)
-       OR u.updated_at >= FROM_UNIXTIME((%(since_ms)s + 1) / 1000))
+  AND (o.updated_at >= FROM_UNIXTIME(%(since_s)s)
+       OR u.updated_at >= FROM_UNIXTIME(%(since_s)s))
 """
 
 
@@ -73,7 +90,7 @@ def parse_last_event_id(value: str | None) -> int | None:
 
 async def load_snapshot(
     pool: aiomysql.Pool,
-    user_id: int,
+    user_id: str,
     *,
     window_s: int,
     limit: int,
@@ -83,7 +100,8 @@ async def load_snapshot(
     if limit <= 0:
         return []
     sql = _SELECT.format(since=_SINCE if since_ms is not None else "")
-    params = {"user_id": user_id, "window_s": window_s, "limit": limit, "since_ms": since_ms}
+    since_s = None if since_ms is None else (since_ms + 1) // 1000
+    params = {"user_id": user_id, "window_s": window_s, "limit": limit, "since_s": since_s}
     async with db.transaction(pool) as cur:
         await cur.execute(sql, params)
         rows = await cur.fetchall()
@@ -94,9 +112,9 @@ async def load_snapshot(
             status=row["status"],
             payment_status=row["payment_status"],
             regenerate_count=row["regenerate_count"],
-            amount_refund=row["amount_refunded"] or None,
+            amount_refund=_amount_refund(row),
             event_id=None,
-            occurred_at=_from_epoch(row["changed_epoch"]),
+            occurred_at=_changed_at(row["changed_epoch"], row["read_epoch"]),
         )
         for row in rows
     ]
@@ -105,7 +123,20 @@ async def load_snapshot(
     return messages
 
 
-def _from_epoch(seconds: Decimal | int | None) -> datetime:
-    if seconds is None:
-        return _EPOCH
-    return _EPOCH + timedelta(microseconds=int(Decimal(seconds) * 1_000_000))
+def _amount_refund(row: dict[str, Any]) -> int | None:
+    """Fen refunded: paylane's running total, or for a ``refunded`` order another writer
+    refunded (its ``amount_refunded`` left at 0) the whole amount."""
+    if row["amount_refunded"]:
+        return int(row["amount_refunded"])
+    if row["status"] == "refunded" and row["amount_total"] is not None:
+        return int(row["amount_total"])
+    return None
+
+
+def _changed_at(changed: Decimal | int | None, read: Decimal | int) -> datetime:
+    """The last instant of the second ``changed`` (whole seconds), or ``read`` if sooner."""
+    read_us = int(Decimal(read) * 1_000_000)
+    if changed is None:
+        return _EPOCH + timedelta(microseconds=read_us)
+    last_ms_us = (int(Decimal(changed)) + 1) * 1_000_000 - 1_000
+    return _EPOCH + timedelta(microseconds=min(last_ms_us, read_us))

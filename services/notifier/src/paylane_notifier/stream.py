@@ -42,7 +42,7 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class Subscription:
-    user_id: int
+    user_id: str
     since_ms: int | None
     load_snapshot: LoadSnapshot
     #: When the token expires (epoch seconds): the stream ends then.
@@ -70,7 +70,7 @@ def accept(request: web.Request) -> Subscription:
     )
 
 
-async def _load(app: web.Application, user_id: int, since_ms: int | None) -> list[ClientMessage]:
+async def _load(app: web.Application, user_id: str, since_ms: int | None) -> list[ClientMessage]:
     settings = app[SETTINGS]
     async with asyncio.timeout(settings.snapshot_timeout_s):
         return await load_snapshot(

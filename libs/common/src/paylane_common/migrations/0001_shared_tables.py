@@ -1,6 +1,8 @@
 """The four shared tables, created exactly as the existing system has them
 (SEED_SYSTEM.md §1) when they are missing; left as they are when they exist."""
 
+from typing import Any
+
 from yoyo import step
 
 from paylane_common.schema import refuse_integer_user_ids
@@ -82,7 +84,7 @@ SHARED_TABLES = [
 ]
 
 
-def create_shared_tables(conn):
+def create_shared_tables(conn: Any) -> None:
     cur = conn.cursor()
     refuse_integer_user_ids(cur)
     for ddl in SHARED_TABLES:

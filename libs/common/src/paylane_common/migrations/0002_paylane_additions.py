@@ -3,6 +3,8 @@ added only when missing; no existing column is renamed, retyped or dropped and n
 these tables is written. The fen amounts are generated from the yuan ones, so they are
 right for every row whoever wrote it (SEED_SYSTEM.md: there is no fen column)."""
 
+from typing import Any
+
 from yoyo import step
 
 from paylane_common.schema import ADDITIONS, ensure
@@ -10,7 +12,7 @@ from paylane_common.schema import ADDITIONS, ensure
 __depends__ = {"0001_shared_tables"}
 
 
-def add_what_is_missing(conn):
+def add_what_is_missing(conn: Any) -> None:
     ensure(conn.cursor(), *ADDITIONS)
 
 
