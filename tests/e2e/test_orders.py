@@ -563,7 +563,7 @@ async def test_orders_the_system_before_paylane_wrote_are_read_as_they_are(stack
     )
     assert paid["paid_at"].startswith("2024-01-27T09:02:00")
     status, refunded = await api(stack, "GET", "/orders/170634568000398765", headers=BACKEND)
-    assert (status, refunded["status"]) == (200, "refunded")
+    assert (status, refunded["status"], refunded["amount_refunded"]) == (200, "refunded", 2990)
     assert [(r["out_refund_no"], r["amount_refund"], r["status"]) for r in refunded["refunds"]] == [
         ("RF170634569000123456", 2990, "success")
     ]

@@ -214,6 +214,10 @@ def _view(order: dict[str, Any]) -> dict[str, Any]:
     )
     view = {k: order.get(k) for k in keys}
     view["generation_id"] = order.get("generation_id") or None  # '' in the row: none
+    if order["status"] == "refunded" and not order.get("amount_refunded"):
+        # Refunded by another writer (the cloud function marks an order refunded on a
+        # full refund and leaves paylane's amount_refunded at 0): all of it came back.
+        view["amount_refunded"] = order["amount_total"]
     view["review_reason"] = (
         order.get("review_reason") if order["status"] == "needs_review" else None
     )
