@@ -1,0 +1,195 @@
+"""Orders another writer settled: paylane announces their effect, once.
+
+Beside paylane, the cloud function receives WeChat Pay's callback itself, marks the order
+``paid`` (or, on a full refund, ``refunded``) in the shared table, and then calls
+paylane's internal notify once, fire and forget (SEED_SYSTEM.md §2). So paylane meets
+orders that are already settled, and sometimes never hears of them at all. The effect
+(the plan granted or revoked, the generation unlocked, the client told) is still
+paylane's to apply, exactly once:
+
+- ``payment_orders.paid_event_at`` / ``refund_event_at`` say when paylane staged the
+  order's ``order.paid`` / full ``order.refunded``. They are set by a conditional UPDATE in
+  the transaction that stages the event, so whoever gets there first (the payment
+  consumer, an internal notify for an order the cloud function already marked paid, or
+  the sweep below) announces it, and nobody a second time.
+- The sweep (run by the reconciler, so by ``paylane reconcile --once`` too, one replica at
+  a time) finds orders ``paid`` or ``refunded`` whose event paylane never staged, and
+  stages it as if the notify had come. It looks only at orders created since paylane was
+  installed on the database (``paylane_meta.installed_at``, written by the first
+  ``paylane migrate``): the orders settled before paylane were the old backend's to
+  grant, and it did. Bounded (``limit`` a pass), indexed (``ix_orders_paid_effect``,
+  ``ix_orders_refund_effect``), and only for rows untouched for ``grace_s``, so the
+  notify that is on its way normally wins.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomysql
+import structlog
+from prometheus_client import Counter as PromCounter
+
+from paylane_common import events, outbox
+from paylane_common.db import transaction
+from paylane_common.events import OrderPaid, OrderRefunded, make_event
+from paylane_common.ids import new_row_id
+
+log = structlog.get_logger(__name__)
+
+PRODUCER = "order"
+
+SWEPT = PromCounter(
+    "paylane_effects_swept_total",
+    "Orders another writer settled whose effect paylane applied from the sweep, by kind",
+    ["kind"],
+)
+
+#: The columns ``order_paid`` and ``order_refunded`` read.
+ORDER_COLUMNS = "out_trade_no, user_id, package_type, amount_total, generation_id, paid_at"
+
+
+def order_paid(order: dict[str, Any], paid_at: datetime | None = None) -> events.Envelope:
+    """``order.paid`` for ``order`` (a row with ``ORDER_COLUMNS``)."""
+    moment = paid_at or order.get("paid_at") or datetime.now(UTC).replace(tzinfo=None)
+    return make_event(
+        events.ORDER_PAID,
+        OrderPaid(
+            out_trade_no=order["out_trade_no"],
+            user_id=order["user_id"],
+            package_type=order["package_type"],
+            amount_total=order["amount_total"],
+            paid_at=moment.replace(tzinfo=UTC).isoformat(),
+            generation_id=order.get("generation_id") or None,
+        ),
+    )
+
+
+def order_refunded(order: dict[str, Any], *, amount_refund: int, full: bool) -> events.Envelope:
+    return make_event(
+        events.ORDER_REFUNDED,
+        OrderRefunded(
+            out_trade_no=order["out_trade_no"],
+            user_id=order["user_id"],
+            package_type=order["package_type"],
+            amount_refund=amount_refund,
+            full=full,
+        ),
+    )
+
+
+async def claim_paid_event(cur: aiomysql.Cursor, out_trade_no: str) -> bool:
+    """Whether this transaction is the one to stage the order's ``order.paid``."""
+    await cur.execute(
+        "UPDATE payment_orders SET paid_event_at = NOW(6)"
+        " WHERE out_trade_no = %s AND paid_event_at IS NULL",
+        (out_trade_no,),
+    )
+    return bool(cur.rowcount)
+
+
+async def claim_refund_event(cur: aiomysql.Cursor, out_trade_no: str) -> bool:
+    """Whether this transaction is the one to stage the order's full ``order.refunded``."""
+    await cur.execute(
+        "UPDATE payment_orders SET refund_event_at = NOW(6)"
+        " WHERE out_trade_no = %s AND refund_event_at IS NULL",
+        (out_trade_no,),
+    )
+    return bool(cur.rowcount)
+
+
+async def _log(cur: aiomysql.Cursor, order: dict[str, Any], kind: str, detail: str) -> None:
+    await cur.execute(
+        "INSERT INTO payment_logs (id, type, out_trade_no, transaction_id, amount_total,"
+        " source, detail) VALUES (%s, %s, %s, %s, %s, 'sweep', %s)",
+        (
+            new_row_id("log"),
+            kind,
+            order["out_trade_no"],
+            order.get("transaction_id"),
+            order["amount_total"],
+            detail,
+        ),
+    )
+
+
+async def installed_at(pool: aiomysql.Pool) -> datetime | None:
+    async with transaction(pool) as cur:
+        await cur.execute("SELECT value FROM paylane_meta WHERE name = 'installed_at'")
+        row = await cur.fetchone()
+    return datetime.fromisoformat(row["value"]) if row else None
+
+
+async def sweep(pool: aiomysql.Pool, *, grace_s: float, limit: int) -> Counter[str]:
+    """One bounded pass over orders settled elsewhere; returns what it announced."""
+    found: Counter[str] = Counter()
+    since = await installed_at(pool)
+    if since is None:  # not migrated by a paylane that records it: nothing is known new
+        return found
+    found["effect_paid"] = await _sweep_paid(pool, since, grace_s, limit)
+    found["effect_refunded"] = await _sweep_refunded(pool, since, grace_s, limit)
+    for kind, n in found.items():
+        SWEPT.labels(kind).inc(n)
+    return +found
+
+
+_SETTLED_ELSEWHERE = (
+    f"SELECT {ORDER_COLUMNS}, transaction_id FROM payment_orders"
+    " WHERE status = %s AND {{marker}} IS NULL AND created_at >= %s"
+    " AND updated_at <= NOW() - INTERVAL %s SECOND{{extra}}"
+    " ORDER BY created_at LIMIT %s"
+)
+
+
+async def _sweep_paid(pool: aiomysql.Pool, since: datetime, grace_s: float, limit: int) -> int:
+    """Paid by another writer, never announced: ``order.paid``, as an internal notify
+    for it would have done."""
+    applied = 0
+    async with transaction(pool) as cur:
+        await cur.execute(
+            _SETTLED_ELSEWHERE.format(marker="paid_event_at", extra=""),
+            ("paid", since, int(grace_s), limit),
+        )
+        for order in await cur.fetchall():
+            if not await claim_paid_event(cur, order["out_trade_no"]):
+                continue  # announced meanwhile
+            await outbox.add(cur, PRODUCER, order_paid(order))
+            await _log(cur, order, "paid_elsewhere", "paid by another writer; no notify came")
+            log.warning("paid_elsewhere_swept", out_trade_no=order["out_trade_no"])
+            applied += 1
+    return applied
+
+
+async def _sweep_refunded(pool: aiomysql.Pool, since: datetime, grace_s: float, limit: int) -> int:
+    """Fully refunded by another writer after paylane announced the payment: the full
+    ``order.refunded`` that revokes what the order granted. (Refunded before paylane ever
+    announced the payment: nothing was granted, nothing to take back.)"""
+    applied = 0
+    async with transaction(pool) as cur:
+        await cur.execute(
+            _SETTLED_ELSEWHERE.format(
+                marker="refund_event_at", extra=" AND paid_event_at IS NOT NULL"
+            ),
+            ("refunded", since, int(grace_s), limit),
+        )
+        for order in await cur.fetchall():
+            if not await claim_refund_event(cur, order["out_trade_no"]):
+                continue
+            await cur.execute(
+                "UPDATE payment_orders SET amount_refunded = GREATEST(amount_refunded, %s),"
+                " refunded_at = COALESCE(refunded_at, NOW(6)) WHERE out_trade_no = %s",
+                (order["amount_total"], order["out_trade_no"]),
+            )
+            await outbox.add(
+                cur,
+                PRODUCER,
+                order_refunded(order, amount_refund=order["amount_total"], full=True),
+            )
+            await _log(
+                cur, order, "refunded_elsewhere", "refunded by another writer; no event came"
+            )
+            log.warning("refunded_elsewhere_swept", out_trade_no=order["out_trade_no"])
+            applied += 1
+    return applied
