@@ -41,7 +41,7 @@ class PushWatcher:
         self._wanted: set[tuple[str, str]] = set()
         self._all_in = asyncio.Event()
 
-    async def connect(self, http: aiohttp.ClientSession, url: str, users: list[int]) -> None:
+    async def connect(self, http: aiohttp.ClientSession, url: str, users: list[str]) -> None:
         ready = []
         for user in users:
             token = issue_client_token(setup.TOKEN_SECRET, user)
@@ -172,7 +172,7 @@ async def end_to_end(stack: Stack, env: setup.BenchEnv, pool: Any, quick: bool) 
     return out
 
 
-def _notifications(env: setup.BenchEnv, orders: list[tuple[str, int]]) -> list[Any]:
+def _notifications(env: setup.BenchEnv, orders: list[tuple[str, str]]) -> list[Any]:
     """A signed payment notification for each order, at its amount (2990: premium)."""
     w = env.wechat
     return presign(
@@ -195,7 +195,7 @@ async def _payments_at(
     env: setup.BenchEnv,
     pool: Any,
     watcher: PushWatcher,
-    users: list[int],
+    users: list[str],
     rate: int,
     seconds: float,
     tag: str,

@@ -6,11 +6,13 @@ import platform
 import subprocess
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import aiomysql
 
 from paylane_common.db import transaction
+from paylane_common.ids import new_row_id
 from paylane_common.migrate import migrate
 from tests.support.infra import BrokerControl, _local_rabbitmqctl
 from tests.support.wechat import FakeWechat
@@ -81,26 +83,25 @@ def queue_depths(env: BenchEnv) -> dict[str, int]:
 
 
 async def create_orders(
-    pool: aiomysql.Pool, users: list[int], count: int, prefix: str, amount: int = 2990
-) -> list[tuple[str, int]]:
-    """``count`` pending premium orders spread round-robin over ``users``."""
+    pool: aiomysql.Pool, users: list[str], count: int, prefix: str, amount: int = 2990
+) -> list[tuple[str, str]]:
+    """``count`` pending premium orders spread round-robin over ``users``, as the shared
+    table has them: a string id, ``amount`` in yuan (the fen column is generated)."""
     orders = [(f"{prefix}{i:08d}", users[i % len(users)]) for i in range(count)]
     async with transaction(pool) as cur:
         await cur.executemany(
-            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
-            " amount, amount_total, status)"
-            " VALUES (%s, %s, 'premium', 'NATIVE', %s, %s, 'pending')",
-            [(no, user, amount / 100, amount) for no, user in orders],
+            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, package_type,"
+            " trade_type, amount, status) VALUES (%s, %s, %s, '', 'premium', 'NATIVE', %s,"
+            " 'pending')",
+            [(new_row_id("order"), no, user, Decimal(amount).scaleb(-2)) for no, user in orders],
         )
     return orders
 
 
-async def create_users(pool: aiomysql.Pool, count: int) -> list[int]:
+async def create_users(pool: aiomysql.Pool, count: int) -> list[str]:
+    ids = [new_row_id("user") for _ in range(count)]
     async with transaction(pool) as cur:
-        ids = []
-        for _ in range(count):
-            await cur.execute("INSERT INTO users (openid) VALUES (NULL)")
-            ids.append(int(cur.lastrowid))
+        await cur.executemany("INSERT INTO users (id) VALUES (%s)", [(i,) for i in ids])
     return ids
 
 

@@ -14,17 +14,40 @@
 -- migrator ('paylane_migrate': CREATE, ALTER, DROP, INDEX, REFERENCES and rows on the
 -- database) is made before, by deploy/mysql/init-users.sh.
 
+-- The shared tables (users, payment_orders, refunds, payment_logs) are also written by
+-- the cloud function and the Node backend (SEED_SYSTEM.md): each service gets the columns
+-- its statements touch. Generated columns (payment_orders.amount_total, refunds.amount_refund
+-- and amount_total: fen computed from the yuan columns) can be read, never written.
+
 -- order (the API, the payment/refund consumer, `paylane reconcile`): the orders, refunds
--- and the audit trail, which it only appends to. Users: it creates them by openid
--- (INSERT … ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)), so it may insert an openid
--- and "update" id and openid (MariaDB asks UPDATE of the inserted columns too; order
--- already signs any user's client token, so openid adds nothing), and never writes a
--- user's plan or regenerations.
-GRANT SELECT, INSERT, UPDATE ON `{database}`.`payment_orders` TO '{order_user}'@'%';
-GRANT SELECT, INSERT, UPDATE ON `{database}`.`refunds` TO '{order_user}'@'%';
-GRANT INSERT ON `{database}`.`payment_logs` TO '{order_user}'@'%';
-GRANT SELECT, INSERT (`openid`), UPDATE (`id`, `openid`)
+-- and the audit trail, which it only appends to.
+-- Orders: it places them (a new row names its price, owner and identity), then moves them
+-- (status, payment, refunds, timestamps) but never reprices or reassigns one: no UPDATE of
+-- id, user_id, out_trade_no, amount, package_type, trade_type, currency, mchid, appid,
+-- idempotency_key, expires_at. generation_id: filled in when a payment names the generation
+-- of an order written without one.
+GRANT SELECT, INSERT (`id`, `out_trade_no`, `user_id`, `generation_id`, `transaction_id`,
+    `amount`, `package_type`, `payment_method`, `trade_type`, `status`, `paid_at`, `remark`,
+    `_openid`, `currency`, `mchid`, `appid`, `idempotency_key`, `expires_at`),
+  UPDATE (`status`, `transaction_id`, `paid_at`, `_openid`, `generation_id`, `prepay_id`,
+    `code_url`, `h5_url`, `amount_refunded`, `review_reason`, `closed_at`, `refunded_at`,
+    `reconciled_at`, `paid_event_at`, `refund_event_at`)
+  ON `{database}`.`payment_orders` TO '{order_user}'@'%';
+GRANT SELECT, INSERT (`id`, `out_refund_no`, `refund_id`, `out_trade_no`, `transaction_id`,
+    `refund_amount`, `total_amount`, `status`, `reason`, `refunded_at`),
+  UPDATE (`status`, `refund_id`, `refunded_at`, `reconciled_at`)
+  ON `{database}`.`refunds` TO '{order_user}'@'%';
+-- The audit trail: appended to, never read back, rewritten or backdated (no created_at).
+GRANT INSERT (`id`, `type`, `out_trade_no`, `out_refund_no`, `event_type`, `amount_total`,
+    `request_data`, `response_data`, `event_id`, `transaction_id`, `source`, `detail`)
+  ON `{database}`.`payment_logs` TO '{order_user}'@'%';
+-- Users: found or created by openid (a new `user-…` id; a mini-program login records
+-- last_login_at). Never a user's plan or regenerations, nor their personal details.
+GRANT SELECT (`id`, `openid`, `payment_status`, `regenerate_count`),
+  INSERT (`id`, `openid`, `last_login_at`), UPDATE (`last_login_at`)
   ON `{database}`.`users` TO '{order_user}'@'%';
+-- When paylane was installed (the effects sweep looks only at orders created since).
+GRANT SELECT ON `{database}`.`paylane_meta` TO '{order_user}'@'%';
 -- Its inbox claims and outbox rows; DELETE for retention pruning (retention.py).
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';
@@ -44,6 +67,11 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{entitlement_u
 GRANT LOCK TABLES ON `{database}`.* TO '{entitlement_user}'@'%';
 
 -- notifier (internet-facing WebSocket/SSE): reads the state snapshot sent on connect,
--- writes nothing. Compromised, it cannot change a plan, an order or a refund.
-GRANT SELECT ON `{database}`.`payment_orders` TO '{notifier_user}'@'%';
-GRANT SELECT ON `{database}`.`users` TO '{notifier_user}'@'%';
+-- writes nothing. Compromised, it cannot change a plan, an order or a refund, nor read a
+-- user's personal details or a payer's openid.
+GRANT SELECT (`id`, `out_trade_no`, `user_id`, `generation_id`, `package_type`, `amount`,
+    `amount_total`, `amount_refunded`, `status`, `paid_at`, `closed_at`, `refunded_at`,
+    `created_at`, `updated_at`)
+  ON `{database}`.`payment_orders` TO '{notifier_user}'@'%';
+GRANT SELECT (`id`, `payment_status`, `regenerate_count`, `updated_at`)
+  ON `{database}`.`users` TO '{notifier_user}'@'%';

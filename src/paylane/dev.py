@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from paylane_common import db
 from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.ids import new_row_id
 from paylane_common.settings import BaseServiceSettings, load_settings
 from paylane_common.tokens import issue_client_token
 from paylane_common.wechatpay import build_notification, load_private_key
@@ -101,20 +102,23 @@ def order(args: argparse.Namespace) -> int:
     package = DEFAULT_CATALOG[args.package]
     settings = load_settings(BaseServiceSettings)
 
-    async def create() -> tuple[int, str]:
+    async def create() -> tuple[str, str]:
         pool = await db.create_pool(settings.mysql_url, maxsize=1)
         out_trade_no = f"DEV{time.strftime('%Y%m%d%H%M%S')}{secrets.token_hex(3).upper()}"
+        user_id = new_row_id("user")
         try:
             async with db.transaction(pool) as cur:
                 await cur.execute(
-                    "INSERT INTO users (openid) VALUES (%s)", (f"o-dev-{secrets.token_hex(6)}",)
+                    "INSERT INTO users (id, openid) VALUES (%s, %s)",
+                    (user_id, f"o-dev-{secrets.token_hex(6)}"),
                 )
-                user_id = int(cur.lastrowid)
+                # As the cloud function writes them: yuan in ``amount`` (the fen column,
+                # amount_total, is generated from it), no generation.
                 await cur.execute(
-                    "INSERT INTO payment_orders (out_trade_no, user_id, package_type,"
-                    " trade_type, amount, amount_total, status)"
-                    " VALUES (%s, %s, %s, 'JSAPI', %s, %s, 'pending')",
-                    (out_trade_no, user_id, package.name, package.price_yuan, package.price_fen),
+                    "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id,"
+                    " package_type, trade_type, amount, status)"
+                    " VALUES (%s, %s, %s, '', %s, 'JSAPI', %s, 'pending')",
+                    (new_row_id("order"), out_trade_no, user_id, package.name, package.price_yuan),
                 )
         finally:
             pool.close()

@@ -82,7 +82,7 @@ async def stack(
 @dataclass
 class Order:
     out_trade_no: str
-    user_id: int
+    user_id: str
     amount_total: int
     package_type: str
     client_token: str

@@ -101,7 +101,7 @@ async def test_miniprogram_login_trades_a_code_for_a_session_once(stack: Stack) 
     openid = f"o-login-{uuid.uuid4().hex[:12]}"
     first = await login(stack, openid)
     assert first["token_type"] == "Bearer" and first["expires_in"] > 0
-    assert isinstance(first["user_id"], int)
+    assert str(first["user_id"]).startswith("user-")  # the shared users table's ids
     again = await login(stack, openid)
     assert again["user_id"] == first["user_id"]  # the openid names the same user
 
@@ -236,8 +236,12 @@ async def test_the_backend_mints_a_fresh_token_for_a_users_client(stack: Stack) 
     assert (status, answer["error"]) == (403, "forbidden")
     status, answer = await call(stack, "order", "POST", "/auth/token", body)
     assert (status, answer["error"]) == (401, "unauthorized")
-    status, answer = await call(stack, "order", "POST", "/auth/token", {"user_id": 10**15}, BACKEND)
+    status, answer = await call(
+        stack, "order", "POST", "/auth/token", {"user_id": "user-1-nobody"}, BACKEND
+    )
     assert (status, answer["error"]) == (404, "unknown_user")
+    status, answer = await call(stack, "order", "POST", "/auth/token", {"user_id": 10**15}, BACKEND)
+    assert (status, answer["error"]) == (400, "invalid_request")  # ids are strings
     # The minted token opens the user's stream.
     notifier = stack.services["notifier"].url
     async with aiohttp.ClientSession() as http:

@@ -15,6 +15,8 @@ import secrets
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -29,8 +31,9 @@ from aiormq.exceptions import ChannelAccessRefused
 from paylane_common import amqp, db, events
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.db import transaction
-from paylane_common.events import OrderPaid, PaymentSucceeded, make_event
+from paylane_common.events import OrderPaid, PaymentSucceeded, RefundEvent, make_event
 from paylane_common.exceptions import ConfigError, PublishError
+from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.retention import RetentionPruner
 from paylane_common.topology import (
@@ -41,8 +44,10 @@ from paylane_common.topology import (
     existing_queue,
 )
 from paylane_notifier.snapshot import load_snapshot
-from paylane_order.orders import _user_by_openid
+from paylane_order.orders import NewOrder, Orders, PlacementConfig, _user_by_openid
 from paylane_order.payments import Merchant, PaymentApplier
+from paylane_order.reconciler import Reconciler
+from paylane_order.refunds import RefundApplier
 from tests.support import hygiene
 from tests.support.infra import Infra, unique_name
 from tests.support.stack import Stack, eventually
@@ -158,7 +163,7 @@ def _payment() -> tuple[events.Envelope, PaymentSucceeded]:
     return make_event(events.PAYMENT_SUCCEEDED, data), data
 
 
-def _order_paid(user_id: int = 1) -> tuple[events.Envelope, OrderPaid]:
+def _order_paid(user_id: str = "user-1706345678901-xyz789") -> tuple[events.Envelope, OrderPaid]:
     data = OrderPaid(
         out_trade_no=f"LP{uuid.uuid4().hex[:20]}",
         user_id=user_id,
@@ -319,13 +324,15 @@ async def _pool(url: str) -> AsyncIterator[aiomysql.Pool]:
         await pool.wait_closed()
 
 
-async def _user(db_pool: aiomysql.Pool, status: str = "free") -> int:
+async def _user(db_pool: aiomysql.Pool, status: str = "free") -> str:
+    user_id = new_row_id("user")
     async with transaction(db_pool) as cur:
         await cur.execute(
-            "INSERT INTO users (openid, payment_status, regenerate_count) VALUES (%s, %s, 3)",
-            (f"o-{uuid.uuid4().hex}", status),
+            "INSERT INTO users (id, openid, payment_status, regenerate_count, phone)"
+            " VALUES (%s, %s, %s, 3, '13800000000')",
+            (user_id, f"o-{uuid.uuid4().hex}", status),
         )
-        return int(cur.lastrowid)
+    return user_id
 
 
 @pytest.mark.parametrize("service", DB_SERVICES)
@@ -351,9 +358,10 @@ async def test_notifier_user_reads_the_snapshot_and_writes_nothing(
     out_trade_no = f"LP{uuid.uuid4().hex[:20]}"
     async with transaction(db_pool) as cur:
         await cur.execute(
-            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
-            " amount, amount_total, status) VALUES (%s, %s, 'basic', 'NATIVE', 9.90, 990, 'paid')",
-            (out_trade_no, user_id),
+            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, package_type,"
+            " trade_type, amount, status, _openid) VALUES (%s, %s, %s, '', 'premium', 'NATIVE',"
+            " 29.90, 'paid', 'o-payer')",
+            (new_row_id("order"), out_trade_no, user_id),
         )
     async with _pool(service_mysql_urls["notifier"]) as pool:
         messages = await load_snapshot(pool, user_id, window_s=3600, limit=10)
@@ -364,16 +372,24 @@ async def test_notifier_user_reads_the_snapshot_and_writes_nothing(
         _assert_denied(
             cur,
             TABLE_DENIED,
-            f"UPDATE users SET payment_status = 'premium' WHERE id = {user_id}",
-            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
-            f" amount, amount_total, status) VALUES ('LPforged', {user_id}, 'premium',"
-            " 'NATIVE', 0.01, 1, 'paid')",
+            f"UPDATE users SET payment_status = 'premium' WHERE id = '{user_id}'",
+            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, amount,"
+            f" package_type, status) VALUES ('forged', 'LPforged', '{user_id}', '', 0.01,"
+            " 'premium', 'paid')",
             f"UPDATE payment_orders SET status = 'refunded' WHERE out_trade_no = '{out_trade_no}'",
-            f"DELETE FROM users WHERE id = {user_id}",
+            f"DELETE FROM users WHERE id = '{user_id}'",
             "INSERT INTO outbox (producer, event_id, routing_key, payload) VALUES"
             " ('order', 'forged', 'order.paid', '{}')",
             "SELECT COUNT(*) FROM refunds",
             "SELECT COUNT(*) FROM outbox",
+        )
+        # Internet-facing: no user's personal details, no payer's openid.
+        _assert_denied(
+            cur,
+            COLUMN_DENIED,
+            f"SELECT phone FROM users WHERE id = '{user_id}'",
+            "SELECT openid FROM users",
+            "SELECT _openid FROM payment_orders",
         )
     async with transaction(db_pool) as cur:
         await cur.execute("SELECT payment_status FROM users WHERE id = %s", (user_id,))
@@ -388,60 +404,120 @@ def test_entitlement_user_writes_plans_but_not_orders_refunds_or_the_audit_trail
             cur,
             TABLE_DENIED,
             "SELECT COUNT(*) FROM refunds",
-            "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund, amount_total)"
-            " VALUES ('forged', 'LPforged', 1, 1)",
+            "INSERT INTO refunds (id, out_refund_no, out_trade_no, refund_amount, total_amount)"
+            " VALUES ('forged', 'forged', 'LPforged', 0.01, 0.01)",
             "SELECT COUNT(*) FROM payment_logs",
             "DELETE FROM payment_logs",
             "SELECT COUNT(*) FROM payment_orders",
             "UPDATE payment_orders SET status = 'paid'",
-            "INSERT INTO users (openid) VALUES ('forged')",
+            "INSERT INTO users (id, openid) VALUES ('forged', 'forged')",
             "DELETE FROM entitlement_grants",
         )
         # Of users, only the plan and the regenerations.
-        _assert_denied(cur, COLUMN_DENIED, "UPDATE users SET openid = 'forged' WHERE id = 0")
+        _assert_denied(cur, COLUMN_DENIED, "UPDATE users SET openid = 'forged' WHERE id = ''")
 
 
 async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
     service_mysql_urls: dict[str, str], db_pool: aiomysql.Pool
 ) -> None:
-    """order's real statements under its user: a user made (and found again) by openid,
-    an order placed, payment.succeeded applied (order row, audit trail, inbox, outbox)."""
+    """order's real statements under its user: a user made (and found again) by openid and
+    signed in, an order placed and read, payment.succeeded applied (order row, audit
+    trail, inbox, outbox), a refund made outside paylane recorded (refund row, the order's
+    full refund), an unpaid order failed by the reconciler, the install time read."""
     openid = f"o-{uuid.uuid4().hex}"
-    out_trade_no = f"LP{uuid.uuid4().hex[:20]}"
+    placement = PlacementConfig("1900000109", "wxd678efh567hg6787", "http://127.0.0.1:9/n", 1800)
     async with _pool(service_mysql_urls["order"]) as pool:
+        orders = Orders(pool, None, None, placement)  # type: ignore[arg-type]
         async with transaction(pool) as cur:
             user = await _user_by_openid(cur, openid)
+        assert str(user["id"]).startswith("user-")
+        assert await orders.sign_in(openid) == user["id"]  # found again, last_login_at set
+        new = NewOrder(
+            user_id=user["id"],
+            acting_user=None,
+            package=DEFAULT_CATALOG["premium"],
+            trade_type="JSAPI",
+            openid=None,
+            generation_id=None,
+            client_ip=None,
+            idempotency_key="lp-key",
+        )
         async with transaction(pool) as cur:
-            assert (await _user_by_openid(cur, openid))["id"] == user["id"]
-            await cur.execute(
-                "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
-                " amount, amount_total) VALUES (%s, %s, 'basic', 'NATIVE', 9.90, 990)",
-                (out_trade_no, user["id"]),
-            )
+            out_trade_no, _, _ = await orders._insert(cur, new, user)
+        order = await orders.get(out_trade_no)
+        assert order is not None
+        assert (order["amount"], order["amount_total"], order["payment_status"]) == (
+            Decimal("29.90"),
+            2990,
+            "free",
+        )
         envelope, data = _payment()
-        data = data.model_copy(update={"out_trade_no": out_trade_no, "mchid": None, "appid": None})
+        data = data.model_copy(
+            update={
+                "out_trade_no": out_trade_no,
+                "amount_total": 2990,
+                "mchid": None,
+                "appid": None,
+            }
+        )
         applier = PaymentApplier(pool, Merchant(mchid="1900000109", appid="wxd678efh567hg6787"))
         assert await applier(envelope, data) == "paid"
+        refund = RefundEvent(
+            out_trade_no=out_trade_no,
+            out_refund_no=f"LPR{uuid.uuid4().hex[:20]}",
+            refund_id="50000000000000000000000000001",
+            amount_refund=2990,
+            amount_total=2990,
+            status="SUCCESS",
+        )
+        assert await RefundApplier(pool)(make_event(events.REFUND_SUCCEEDED, refund), refund) == (
+            "refunded"
+        )
+        async with transaction(pool) as cur:
+            unpaid, _, _ = await orders._insert(cur, replace(new, idempotency_key=None), user)
+        await Reconciler(pool, None, None)._fail_locally(unpaid)  # type: ignore[arg-type]
+        async with transaction(pool) as cur:
+            await cur.execute("SELECT value FROM paylane_meta WHERE name = 'installed_at'")
+            assert (await cur.fetchone())["value"]
     async with transaction(db_pool) as cur:
         await cur.execute(
-            "SELECT o.status, u.payment_status FROM payment_orders o JOIN users u"
+            "SELECT o.status, o.paid_event_at IS NOT NULL AS paid_staged,"
+            " o.refund_event_at IS NOT NULL AS refund_staged, u.payment_status,"
+            " u.last_login_at IS NOT NULL AS signed_in FROM payment_orders o JOIN users u"
             " ON u.id = o.user_id WHERE o.out_trade_no = %s",
             (out_trade_no,),
         )
-        assert await cur.fetchone() == {"status": "paid", "payment_status": "free"}
+        assert await cur.fetchone() == {
+            "status": "refunded",
+            "paid_staged": 1,
+            "refund_staged": 1,
+            "payment_status": "free",
+            "signed_in": 1,
+        }
         await cur.execute(
             "SELECT COUNT(*) AS n FROM outbox WHERE producer = 'order' AND event_id <> %s"
             " AND routing_key = 'order.paid' AND payload LIKE %s",
             (envelope.event_id, f"%{out_trade_no}%"),
         )
         assert (await cur.fetchone())["n"] == 1
+        await cur.execute("SELECT status FROM payment_orders WHERE out_trade_no = %s", (unpaid,))
+        assert (await cur.fetchone())["status"] == "failed"
     with _connect(service_mysql_urls["order"]) as cur:
-        # The plan is entitlement's: not by UPDATE, nor by making a user with one.
+        # The plan is entitlement's: not by UPDATE, nor by making a user with one. An
+        # order's price, owner and identity are fixed once placed; the audit trail is never
+        # backdated; a user's personal details are not order's to read.
         _assert_denied(
             cur,
             COLUMN_DENIED,
-            f"UPDATE users SET payment_status = 'premium' WHERE id = {user['id']}",
-            "INSERT INTO users (openid, payment_status) VALUES ('forged', 'premium')",
+            f"UPDATE users SET payment_status = 'premium' WHERE id = '{user['id']}'",
+            "INSERT INTO users (id, openid, payment_status) VALUES ('forged', 'forged', 'premium')",
+            f"UPDATE payment_orders SET amount = 0.01 WHERE out_trade_no = '{unpaid}'",
+            f"UPDATE payment_orders SET user_id = 'forged' WHERE out_trade_no = '{unpaid}'",
+            "INSERT INTO payment_logs (id, type, created_at)"
+            " VALUES ('forged', 'paid', '2020-01-01')",
+            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, amount,"
+            " amount_total, package_type) VALUES ('forged', 'LPforged', 'x', '', 0.01, 1, 'basic')",
+            f"SELECT phone FROM users WHERE id = '{user['id']}'",
         )
         # The audit trail is append-only; the ledger is entitlement's.
         _assert_denied(
@@ -449,8 +525,10 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             TABLE_DENIED,
             "UPDATE payment_logs SET detail = 'rewritten'",
             "DELETE FROM payment_logs",
+            "SELECT COUNT(*) FROM payment_logs",
             "DELETE FROM payment_orders",
             "SELECT COUNT(*) FROM entitlement_grants",
+            "DELETE FROM paylane_meta",
         )
 
 
@@ -568,9 +646,7 @@ async def test_a_consumer_applies_and_publishes_under_its_users(
             ),
         },
     )
-    async with transaction(db_pool) as cur:
-        await cur.execute("INSERT INTO users (payment_status, regenerate_count) VALUES ('free', 3)")
-        user_id = int(cur.lastrowid)
+    user_id = await _user(db_pool)
     envelope, data = _order_paid(user_id)
     await publisher.publish(envelope)
 

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from paylane_common.db import transaction
+from paylane_common.ids import new_row_id
 from paylane_common.retention import LOCK_NAME, RetentionPruner
 
 pytestmark = pytest.mark.integration
@@ -54,9 +55,9 @@ class Rows:
     async def log(self) -> None:
         async with transaction(self.pool) as cur:
             await cur.execute(
-                "INSERT INTO payment_logs (out_trade_no, event_id, kind, created_at)"
-                f" VALUES ('RETENTION', %s, 'paid', {OLD})",
-                (self.tag,),
+                "INSERT INTO payment_logs (id, out_trade_no, event_id, type, created_at)"
+                f" VALUES (%s, 'RETENTION', %s, 'paid', {OLD})",
+                (new_row_id("log"), self.tag),
             )
 
     async def counts(self) -> dict[str, int]:

@@ -41,19 +41,21 @@ async def _one_by_one(applier: PaymentApplier, deliveries) -> list[str]:
 
 
 async def _state(pool: aiomysql.Pool, nos: list[str]) -> dict[str, tuple]:
-    """Per order: status, transaction id, payment_logs kinds, order.paid events staged."""
+    """Per order: status, transaction id, payer openid, whether order.paid was marked
+    staged; payment_logs types; order.paid events staged."""
     state = {}
     async with transaction(pool) as cur:
         for no in nos:
             await cur.execute(
-                "SELECT status, transaction_id, openid FROM payment_orders WHERE out_trade_no = %s",
+                "SELECT status, transaction_id, _openid AS openid,"
+                " paid_event_at IS NOT NULL AS staged FROM payment_orders WHERE out_trade_no = %s",
                 (no,),
             )
             order = await cur.fetchone()
             await cur.execute(
-                "SELECT kind FROM payment_logs WHERE out_trade_no = %s ORDER BY kind", (no,)
+                "SELECT type FROM payment_logs WHERE out_trade_no = %s ORDER BY type", (no,)
             )
-            kinds = [row["kind"] for row in await cur.fetchall()]
+            kinds = [row["type"] for row in await cur.fetchall()]
             await cur.execute(
                 "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'order.paid'"
                 " AND payload LIKE %s",
@@ -67,7 +69,7 @@ async def _state(pool: aiomysql.Pool, nos: list[str]) -> dict[str, tuple]:
 async def _scenario(pool: aiomysql.Pool, applier: PaymentApplier):
     """Deliveries covering every case, and the orders they name (in a fixed order)."""
     plain = [await _order(pool) for _ in range(3)]
-    closed, _ = await _order(pool, status="closed")
+    failed, _ = await _order(pool, status="failed")
     mismatch, _ = await _order(pool)
     twice, _ = await _order(pool)
     seen, _ = await _order(pool)
@@ -79,7 +81,7 @@ async def _scenario(pool: aiomysql.Pool, applier: PaymentApplier):
         first,
         _payment(plain[1][0], txn="42-p1"),
         first,  # the same event again, in the same batch
-        _payment(closed, txn="42-late"),
+        _payment(failed, txn="42-late"),
         seen_delivery,  # in the inbox already
         _payment(mismatch, amount=1, txn="42-mm"),
         _payment(unknown, txn="42-unknown"),
@@ -87,7 +89,7 @@ async def _scenario(pool: aiomysql.Pool, applier: PaymentApplier):
         _payment(twice, txn="42-t2"),  # a second payment of one order
         _payment(plain[2][0], txn="42-p2"),
     ]
-    nos = [plain[0][0], plain[1][0], plain[2][0], closed, mismatch, twice, seen, unknown]
+    nos = [plain[0][0], plain[1][0], plain[2][0], failed, mismatch, twice, seen, unknown]
     return deliveries, nos
 
 
@@ -98,19 +100,23 @@ async def test_a_batch_pays_the_plain_payments_and_leaves_the_rest_alone(db_pool
     assert outcomes == ["paid", "paid", None, "paid", "duplicate", None, None, "paid", None, "paid"]
 
     state = await _state(db_pool, nos)
-    p0, p1, p2, closed, mismatch, twice, _, unknown = nos
+    p0, p1, p2, failed, mismatch, twice, _, unknown = nos
     assert state[p0] == (
-        {"status": "paid", "transaction_id": "42-p0", "openid": "o-payer"},
+        {"status": "paid", "transaction_id": "42-p0", "openid": "o-payer", "staged": 1},
         ["paid"],
         1,
     )
     assert state[p1][0]["status"] == state[p2][0]["status"] == "paid"
-    assert state[closed] == (
-        {"status": "paid", "transaction_id": "42-late", "openid": None},
+    assert state[failed] == (
+        {"status": "paid", "transaction_id": "42-late", "openid": None, "staged": 1},
         ["paid"],
         1,
     )
-    assert state[mismatch] == ({"status": "pending", "transaction_id": None, "openid": None}, [], 0)
+    assert state[mismatch] == (
+        {"status": "pending", "transaction_id": None, "openid": None, "staged": 0},
+        [],
+        0,
+    )
     assert state[twice][0]["transaction_id"] == "42-t1"
     assert state[unknown] == (None, [], 0)
 

@@ -12,6 +12,8 @@ from paylane_common import events
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, make_event
+from paylane_common.ids import new_row_id
+from paylane_order.money import yuan
 from paylane_order.payments import Merchant, PaymentApplier
 
 pytestmark = pytest.mark.integration
@@ -19,17 +21,26 @@ pytestmark = pytest.mark.integration
 MERCHANT = Merchant(mchid="1900000109", appid="wx-app-main")
 
 
-async def _order(
-    pool: aiomysql.Pool, amount: int = 990, status: str = "pending"
-) -> tuple[str, int]:
-    out_trade_no = f"T{uuid.uuid4().hex[:24]}"
+async def new_user(pool: aiomysql.Pool) -> str:
+    """A user row as the shared table has them: a string id, no openid."""
+    user_id = new_row_id("user")
     async with transaction(pool) as cur:
-        await cur.execute("INSERT INTO users (openid) VALUES (NULL)")
-        user_id = cur.lastrowid
+        await cur.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
+    return user_id
+
+
+async def _order(
+    pool: aiomysql.Pool, amount: int = 990, status: str = "pending", generation_id: str = ""
+) -> tuple[str, str]:
+    """An order row as another writer (the cloud function) leaves it: the shared columns
+    only, ``amount`` in yuan; none of paylane's (expires_at, mchid, appid… stay NULL)."""
+    out_trade_no = f"T{uuid.uuid4().hex[:24]}"
+    user_id = await new_user(pool)
+    async with transaction(pool) as cur:
         await cur.execute(
-            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type, amount,"
-            " amount_total, status) VALUES (%s, %s, 'basic', 'NATIVE', %s, %s, %s)",
-            (out_trade_no, user_id, amount / 100, amount, status),
+            "INSERT INTO payment_orders (id, user_id, generation_id, out_trade_no, amount,"
+            " package_type, trade_type, status) VALUES (%s, %s, %s, %s, %s, 'basic', 'NATIVE', %s)",
+            (new_row_id("order"), user_id, generation_id, out_trade_no, yuan(amount), status),
         )
     return out_trade_no, user_id
 
@@ -67,10 +78,12 @@ async def test_pending_order_is_paid_once_with_outbox_event(db_pool):
     assert await applier(again, again_data) == "duplicate"
     row = await _row(
         db_pool,
-        "SELECT status, transaction_id FROM payment_orders WHERE out_trade_no = %s",
+        "SELECT status, transaction_id, paid_event_at IS NOT NULL AS staged"
+        " FROM payment_orders WHERE out_trade_no = %s",
         out_trade_no,
     )
-    assert row == {"status": "paid", "transaction_id": "4200001"}
+    # paid_event_at: paylane staged this order's order.paid (in the same transaction).
+    assert row == {"status": "paid", "transaction_id": "4200001", "staged": 1}
     assert await _paid_events(db_pool, out_trade_no) == 1
 
 
@@ -91,7 +104,7 @@ async def test_second_transaction_is_recorded_for_refund_not_granted(db_pool):
     row = await _row(
         db_pool,
         "SELECT p.transaction_id, l.detail FROM payment_orders p JOIN payment_logs l"
-        " ON l.out_trade_no = p.out_trade_no AND l.kind = 'duplicate_payment'"
+        " ON l.out_trade_no = p.out_trade_no AND l.type = 'duplicate_payment'"
         " WHERE p.out_trade_no = %s",
         out_trade_no,
     )
@@ -116,24 +129,65 @@ async def test_mismatch_flags_for_review_without_order_paid(db_pool, overrides, 
     assert await applier(envelope, data) == "needs_review"
     row = await _row(
         db_pool,
-        "SELECT status, review_reason FROM payment_orders WHERE out_trade_no = %s",
+        "SELECT status, review_reason, paid_event_at FROM payment_orders WHERE out_trade_no = %s",
         out_trade_no,
     )
     assert row["status"] == "needs_review"
     assert reason in row["review_reason"]
+    assert row["paid_event_at"] is None
     assert await _paid_events(db_pool, out_trade_no) == 0
 
 
-async def test_late_payment_after_close_is_honoured(db_pool):
+async def test_late_payment_after_the_order_failed_is_honoured(db_pool):
+    """``failed``: timed out or cancelled (closed). The money was taken all the same."""
     applier = PaymentApplier(db_pool, MERCHANT)
-    out_trade_no, _ = await _order(db_pool, status="closed")
+    out_trade_no, _ = await _order(db_pool, status="failed")
     assert await applier(*_payment(out_trade_no)) == "paid"
     row = await _row(
         db_pool,
-        "SELECT detail FROM payment_logs WHERE out_trade_no = %s AND kind = 'paid'",
+        "SELECT l.detail, l.source, o.status FROM payment_logs l JOIN payment_orders o"
+        " ON o.out_trade_no = l.out_trade_no WHERE l.out_trade_no = %s AND l.type = 'paid'",
         out_trade_no,
     )
-    assert row["detail"] == "paid after close"
+    assert row == {"detail": "paid after close", "source": "wechatpay", "status": "paid"}
+    assert await _paid_events(db_pool, out_trade_no) == 1
+
+
+@pytest.mark.parametrize("status", ["paid", "refunded"])
+async def test_a_payment_never_moves_a_settled_order(db_pool, status):
+    """Only pending and failed orders are payable: a paid order another writer settled
+    (with another transaction) is a second payment, recorded, nothing staged."""
+    applier = PaymentApplier(db_pool, MERCHANT)
+    out_trade_no, _ = await _order(db_pool, status=status)
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "UPDATE payment_orders SET transaction_id = 'TXN-OTHER' WHERE out_trade_no = %s",
+            (out_trade_no,),
+        )
+    assert await applier(*_payment(out_trade_no)) == "duplicate_payment"
+    row = await _row(
+        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
+    )
+    assert row["status"] == status
+    assert await _paid_events(db_pool, out_trade_no) == 0
+
+
+async def test_an_order_another_writer_made_is_paid_with_fen_from_its_yuan(db_pool):
+    """A row with only the shared columns (amount 29.90 yuan, no currency, mchid, appid,
+    expires_at of paylane's): its fen is the generated 2990, and order.paid says so."""
+    applier = PaymentApplier(db_pool, MERCHANT)
+    out_trade_no, user_id = await _order(db_pool, amount=2990, generation_id="gen-42")
+    assert await applier(*_payment(out_trade_no, amount=2990)) == "paid"
+    row = await _row(
+        db_pool,
+        "SELECT payload FROM outbox WHERE routing_key = 'order.paid' AND payload LIKE %s",
+        f"%{out_trade_no}%",
+    )
+    data = events.Envelope.model_validate_json(row["payload"]).typed_data()
+    assert (data.user_id, data.amount_total, data.generation_id) == (user_id, 2990, "gen-42")
+    # 29.89 is not 29.90: one fen short is a mismatch, never rounded away.
+    short, _ = await _order(db_pool, amount=2990)
+    assert await applier(*_payment(short, amount=2989)) == "needs_review"
 
 
 async def test_unknown_order_asks_for_retry_and_claims_nothing(db_pool):

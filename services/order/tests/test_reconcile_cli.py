@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from paylane_common.db import transaction
 from paylane_common.events import parse_event
+from paylane_common.ids import new_row_id
 from paylane_common.settings import load_settings
 from paylane_common.topology import declare_exchange
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
@@ -24,13 +25,15 @@ pytestmark = pytest.mark.integration
 
 
 async def _pending_row(pool: aiomysql.Pool, out_trade_no: str, expired: bool) -> None:
+    user_id = new_row_id("user")
     async with transaction(pool) as cur:
-        await cur.execute("INSERT INTO users (openid) VALUES (NULL)")
+        await cur.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
         await cur.execute(
-            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type, amount,"
-            " amount_total, status, created_at, expires_at) VALUES (%s, %s, 'basic', 'NATIVE',"
-            " 9.90, 990, 'pending', NOW(6) - INTERVAL 5 MINUTE, NOW(6) + INTERVAL %s SECOND)",
-            (out_trade_no, cur.lastrowid, -60 if expired else 600),
+            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, package_type,"
+            " trade_type, amount, status, created_at, expires_at) VALUES (%s, %s, %s, '', 'basic',"
+            " 'NATIVE', 9.90, 'pending', NOW(6) - INTERVAL 5 MINUTE,"
+            " NOW(6) + INTERVAL %s SECOND)",
+            (new_row_id("order"), out_trade_no, user_id, -60 if expired else 600),
         )
 
 
@@ -91,7 +94,7 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
         await cur.execute(
             "SELECT status FROM payment_orders WHERE out_trade_no = %s", (expired_no,)
         )
-        assert (await cur.fetchone())["status"] == "closed"
+        assert (await cur.fetchone())["status"] == "failed"
 
     recovered = []
     while (message := await spy.get(no_ack=True, fail=False)) is not None:

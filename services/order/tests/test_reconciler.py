@@ -1,5 +1,6 @@
 """The reconciler's passes against the sandbox (in process) and the real database:
-abandoned orders cannot starve it, refunds that never reached WeChat Pay are closed."""
+abandoned orders cannot starve it, refunds that never reached WeChat Pay are closed, and
+orders other writers made (no expires_at, WeChat Pay may not know them) are settled."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common.db import transaction
+from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_order.errors import InvalidRequest
@@ -54,22 +56,33 @@ async def publisher(amqp_connection: AbstractRobustConnection) -> AsyncIterator[
     await publisher.close()
 
 
-async def _user(pool: aiomysql.Pool) -> int:
+async def _user(pool: aiomysql.Pool) -> str:
+    user_id = new_row_id("user")
     async with transaction(pool) as cur:
-        await cur.execute("INSERT INTO users (openid) VALUES (NULL)")
-        return int(cur.lastrowid)
+        await cur.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
+    return user_id
 
 
 async def _pending(
-    pool: aiomysql.Pool, user_id: int, numbers: list[str], age_s: float, status: str = "pending"
+    pool: aiomysql.Pool,
+    user_id: str,
+    numbers: list[str],
+    age_s: float,
+    status: str = "pending",
+    expires: bool = True,
 ) -> None:
-    """Order rows created ``age_s`` ago, expiring in 20 minutes."""
+    """Order rows created ``age_s`` ago, expiring in 20 minutes; ``expires=False``: as
+    another writer (the cloud function) leaves them, without ``expires_at``."""
     async with transaction(pool) as cur:
         await cur.executemany(
-            "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type, amount,"
-            " amount_total, status, created_at, expires_at) VALUES (%s, %s, 'basic', 'NATIVE',"
-            " 9.90, 990, %s, NOW(6) - INTERVAL %s MICROSECOND, NOW(6) + INTERVAL 20 MINUTE)",
-            [(no, user_id, status, int(age_s * 1e6)) for no in numbers],
+            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, package_type,"
+            " trade_type, amount, status, created_at, expires_at) VALUES (%s, %s, %s, '',"
+            " 'basic', 'NATIVE', 9.90, %s, NOW(6) - INTERVAL %s MICROSECOND,"
+            " IF(%s, NOW(6) + INTERVAL 20 MINUTE, NULL))",
+            [
+                (new_row_id("order"), no, user_id, status, int(age_s * 1e6), expires)
+                for no in numbers
+            ],
         )
 
 
@@ -113,10 +126,10 @@ async def _refund_row(pool: aiomysql.Pool, out_trade_no: str, age_s: float) -> s
     out_refund_no = f"RF{secrets.token_hex(10).upper()}"
     async with transaction(pool) as cur:
         await cur.execute(
-            "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund, amount_total,"
-            " reason, created_at) VALUES (%s, %s, 990, 990, 'x',"
+            "INSERT INTO refunds (id, out_refund_no, out_trade_no, refund_amount, total_amount,"
+            " reason, created_at) VALUES (%s, %s, %s, 9.90, 9.90, 'x',"
             " NOW(6) - INTERVAL %s MICROSECOND)",
-            (out_refund_no, out_trade_no, int(age_s * 1e6)),
+            (new_row_id("refund"), out_refund_no, out_trade_no, int(age_s * 1e6)),
         )
     return out_refund_no
 
@@ -157,3 +170,66 @@ async def test_a_refund_that_never_reached_wechatpay_is_closed_after_the_grace(
     assert await _refund_status(db_pool, recent) == "pending"
     answer = await orders.refund(paid, None, "again")  # no longer reserved
     assert (answer["amount"], answer["status"]) == (990, "pending")
+
+
+async def _status(pool: aiomysql.Pool, out_trade_no: str) -> dict[str, object]:
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "SELECT status, closed_at IS NOT NULL AS dated FROM payment_orders"
+            " WHERE out_trade_no = %s",
+            (out_trade_no,),
+        )
+        row: dict[str, object] = await cur.fetchone()
+    return row
+
+
+#: The seed's pending order (tests/support/seed_db.py): placed by the cloud function in
+#: January 2024, never paid, unknown to the sandbox's WeChat Pay.
+SEED_PENDING = "170634568000112345"
+
+
+async def test_orders_other_writers_left_pending_expire_after_the_ttl_and_stop_being_asked(
+    db_pool: aiomysql.Pool,
+    wechat: tuple[RunningSandbox, WechatPayClient],
+    publisher: Publisher,
+) -> None:
+    """No expires_at (the cloud function does not write it): such an order expires
+    ``order_ttl_s`` after its creation. One WeChat Pay does not know (ORDER_NOT_EXIST) is
+    failed once expired, and then out of the pending set: the next pass does not ask."""
+    sandbox, client = wechat
+    reconciler = Reconciler(db_pool, client, publisher, after_s=AFTER_S, order_ttl_s=1800)
+    user_id = await _user(db_pool)
+    old, young = _number(), _number()  # never placed at WeChat Pay
+    await _pending(db_pool, user_id, [old], age_s=1801, expires=False)
+    await _pending(db_pool, user_id, [young], age_s=AFTER_S + 1, expires=False)
+    unpaid = _number()  # placed, NOTPAY, past the TTL: closed at WeChat Pay too
+    await client.place("NATIVE", order_body("native", unpaid))
+    await _pending(db_pool, user_id, [unpaid], age_s=1900, expires=False)
+    paid = _number()  # the cloud function's order, paid with its notification lost
+    await client.place("NATIVE", order_body("native", paid))
+    await sandbox.ok("POST", f"/sandbox/orders/{paid}/pay", {"notify": False})
+    await _pending(db_pool, user_id, [paid], age_s=AFTER_S + 1, expires=False)
+
+    found = await reconciler.run_once()
+    assert found["closed_never_placed"] >= 1  # old (and the seed's, in a fresh session)
+    assert found["not_placed_yet"] >= 1  # young
+    assert found["closed_expired"] >= 1  # unpaid
+    assert found["paid_recovered"] >= 1  # paid
+    assert await _status(db_pool, old) == {"status": "failed", "dated": 1}
+    assert await _status(db_pool, young) == {"status": "pending", "dated": 0}
+    assert await _status(db_pool, unpaid) == {"status": "failed", "dated": 1}
+    assert (await sandbox.ok("GET", f"/sandbox/orders/{unpaid}"))["trade_state"] == "CLOSED"
+    assert await _status(db_pool, SEED_PENDING) == {"status": "failed", "dated": 1}
+
+    # Failed orders are no longer pending: the next pass asks only about what still is.
+    asked: list[str] = []
+    query = client.query_by_out_trade_no
+
+    async def spy(out_trade_no: str):  # type: ignore[no-untyped-def]
+        asked.append(out_trade_no)
+        return await query(out_trade_no)
+
+    client.query_by_out_trade_no = spy  # type: ignore[method-assign]
+    await reconciler.run_once()
+    assert young in asked
+    assert not {old, unpaid, SEED_PENDING} & set(asked)

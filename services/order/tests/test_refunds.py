@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 import aiomysql
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from paylane_common import events
 from paylane_common.db import transaction
 from paylane_common.events import RefundEvent, make_event
+from paylane_common.ids import new_row_id
+from paylane_order.money import yuan
 from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
 from services.order.tests.test_payment_batches import _item
@@ -25,17 +28,25 @@ async def _row(pool: aiomysql.Pool, sql: str, *args: object) -> dict[str, object
     return row
 
 
+async def _refund_row(
+    pool: aiomysql.Pool, out_trade_no: str, amount_refund: int, status: str = "pending"
+) -> str:
+    """A refund row as the shared table has them: a string id, yuan amounts."""
+    out_refund_no = f"RF{uuid.uuid4().hex[:20]}"
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO refunds (id, out_refund_no, out_trade_no, refund_amount, total_amount,"
+            " reason, status) VALUES (%s, %s, %s, %s, 9.90, 'x', %s)",
+            (new_row_id("refund"), out_refund_no, out_trade_no, yuan(amount_refund), status),
+        )
+    return out_refund_no
+
+
 async def test_a_refund_closed_as_never_sent_still_succeeds_if_wechatpay_says_so(
     db_pool: aiomysql.Pool,
 ) -> None:
     out_trade_no, _ = await _order(db_pool, status="paid")
-    out_refund_no = f"RF{uuid.uuid4().hex[:20]}"
-    async with transaction(db_pool) as cur:
-        await cur.execute(
-            "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund, amount_total,"
-            " status) VALUES (%s, %s, 990, 990, 'closed')",
-            (out_refund_no, out_trade_no),
-        )
+    out_refund_no = await _refund_row(db_pool, out_trade_no, 990, status="closed")
     data = RefundEvent(
         out_trade_no=out_trade_no,
         out_refund_no=out_refund_no,
@@ -49,11 +60,14 @@ async def test_a_refund_closed_as_never_sent_still_succeeds_if_wechatpay_says_so
         "refunded"
     )
     refund = await _row(
-        db_pool, "SELECT status FROM refunds WHERE out_refund_no = %s", out_refund_no
+        db_pool,
+        "SELECT status, refunded_at FROM refunds WHERE out_refund_no = %s",
+        out_refund_no,
     )
     order = await _row(
         db_pool,
-        "SELECT status, amount_refunded FROM payment_orders WHERE out_trade_no = %s",
+        "SELECT status, amount_refunded, refund_event_at IS NOT NULL AS staged"
+        " FROM payment_orders WHERE out_trade_no = %s",
         out_trade_no,
     )
     assert (refund["status"], order["status"], order["amount_refunded"]) == (
@@ -61,19 +75,76 @@ async def test_a_refund_closed_as_never_sent_still_succeeds_if_wechatpay_says_so
         "refunded",
         990,
     )
+    assert str(refund["refunded_at"]) == "2026-11-22 02:00:00"  # WeChat's success_time, UTC
+    assert order["staged"] == 1  # paylane staged the full order.refunded
+
+
+async def test_a_partial_refund_is_recorded_without_marking_a_full_refund_staged(
+    db_pool: aiomysql.Pool,
+) -> None:
+    out_trade_no, _ = await _order(db_pool, status="paid")
+    out_refund_no = await _refund_row(db_pool, out_trade_no, 300)
+    data = RefundEvent(
+        out_trade_no=out_trade_no,
+        out_refund_no=out_refund_no,
+        refund_id=f"5000{uuid.uuid4().hex[:20]}",
+        amount_refund=300,
+        amount_total=990,
+        status="SUCCESS",
+    )
+    assert await RefundApplier(db_pool)(make_event(events.REFUND_SUCCEEDED, data), data) == (
+        "refunded"
+    )
+    order = await _row(
+        db_pool,
+        "SELECT status, amount_refunded, refund_event_at FROM payment_orders"
+        " WHERE out_trade_no = %s",
+        out_trade_no,
+    )
+    assert order == {"status": "paid", "amount_refunded": 300, "refund_event_at": None}
+
+
+async def test_a_refund_made_outside_paylane_is_recorded_in_yuan(db_pool: aiomysql.Pool) -> None:
+    out_trade_no, _ = await _order(db_pool, amount=2990, status="paid")
+    out_refund_no = f"CONSOLE{uuid.uuid4().hex[:20]}"
+    data = RefundEvent(
+        out_trade_no=out_trade_no,
+        out_refund_no=out_refund_no,
+        refund_id=f"5000{uuid.uuid4().hex[:20]}",
+        amount_refund=1999,
+        amount_total=2990,
+        status="SUCCESS",
+    )
+    assert await RefundApplier(db_pool)(make_event(events.REFUND_SUCCEEDED, data), data) == (
+        "refunded"
+    )
+    refund = await _row(
+        db_pool,
+        "SELECT id, refund_amount, total_amount, amount_refund, status, reason FROM refunds"
+        " WHERE out_refund_no = %s",
+        out_refund_no,
+    )
+    assert str(refund.pop("id")).startswith("refund-")
+    assert refund == {
+        "refund_amount": Decimal("19.99"),
+        "total_amount": Decimal("29.90"),
+        "amount_refund": 1999,
+        "status": "success",
+        "reason": "external",
+    }
+    log = await _row(
+        db_pool,
+        "SELECT type, out_refund_no, amount_total FROM payment_logs WHERE out_trade_no = %s",
+        out_trade_no,
+    )
+    assert log == {"type": "refund_success", "out_refund_no": out_refund_no, "amount_total": 1999}
 
 
 async def _refunded_before_paid(pool: aiomysql.Pool, amount_refund: int = 990) -> str:
     """A pending order whose refund (as the order API records it) succeeded before its
     payment was applied: a replayed DLQ, relays racing on two replicas."""
     out_trade_no, _ = await _order(pool)
-    out_refund_no = f"RF{uuid.uuid4().hex[:20]}"
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund, amount_total,"
-            " reason) VALUES (%s, %s, %s, 990, 'x')",
-            (out_refund_no, out_trade_no, amount_refund),
-        )
+    out_refund_no = await _refund_row(pool, out_trade_no, amount_refund)
     data = RefundEvent(
         out_trade_no=out_trade_no,
         out_refund_no=out_refund_no,
@@ -92,11 +163,12 @@ async def _refunded_before_paid(pool: aiomysql.Pool, amount_refund: int = 990) -
 async def _order_state(pool: aiomysql.Pool, out_trade_no: str) -> tuple[object, ...]:
     order = await _row(
         pool,
-        "SELECT status, amount_refunded, refunded_at IS NOT NULL AS dated FROM payment_orders"
-        " WHERE out_trade_no = %s",
+        "SELECT status, amount_refunded, refunded_at IS NOT NULL AS dated,"
+        " paid_event_at IS NOT NULL AS paid_staged, refund_event_at IS NOT NULL AS refund_staged"
+        " FROM payment_orders WHERE out_trade_no = %s",
         out_trade_no,
     )
-    return (order["status"], order["amount_refunded"], order["dated"])
+    return tuple(order.values())
 
 
 async def _staged(pool: aiomysql.Pool, out_trade_no: str) -> list[str]:
@@ -124,7 +196,7 @@ async def test_a_payment_applied_after_its_full_refund_leaves_the_order_refunded
         outcomes = [await applier(envelope, data)]
 
     assert outcomes == ["paid"]
-    assert await _order_state(db_pool, out_trade_no) == ("refunded", 990, 1)
+    assert await _order_state(db_pool, out_trade_no) == ("refunded", 990, 1, 1, 1)
     # order.paid still goes out (the entitlement ledger pairs it with the refund), and
     # the full refund is restated after it, so the last word a stream hears is refunded.
     assert await _staged(db_pool, out_trade_no) == [
@@ -140,5 +212,5 @@ async def test_a_payment_applied_after_a_partial_refund_keeps_the_refunded_amoun
     out_trade_no = await _refunded_before_paid(db_pool, amount_refund=300)
     envelope, data = _payment(out_trade_no, txn=f"42{uuid.uuid4().hex[:20]}")
     assert await PaymentApplier(db_pool, MERCHANT)(envelope, data) == "paid"
-    assert await _order_state(db_pool, out_trade_no) == ("paid", 300, 0)
+    assert await _order_state(db_pool, out_trade_no) == ("paid", 300, 0, 1, 0)
     assert await _staged(db_pool, out_trade_no) == ["order.refunded", "order.paid"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from paylane_common.catalog import Package
 from paylane_common.events import validation_summary
@@ -36,10 +36,15 @@ class ApiConfig(BaseModel):
     token_ttl_s: int
 
 
+#: A row id of the shared ``users`` table: a string such as ``user-1706345678901-xyz789``
+#: (VARCHAR(36)); a number is refused, not converted.
+UserIdField = Annotated[StrictStr, Field(min_length=1, max_length=36)]
+
+
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    user_id: int = Field(gt=0)
+    user_id: UserIdField
 
 
 class Login(BaseModel):
@@ -51,11 +56,13 @@ class Login(BaseModel):
 class CreateOrder(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    user_id: int | None = Field(default=None, gt=0)
+    user_id: UserIdField | None = None
     package_type: str = Field(min_length=1, max_length=32)
     trade_type: Literal["JSAPI", "NATIVE", "H5"]
-    openid: str | None = Field(default=None, min_length=1, max_length=128)
-    generation_id: str | None = Field(default=None, max_length=64)
+    #: ``users.openid`` and ``payment_orders._openid`` are VARCHAR(100).
+    openid: str | None = Field(default=None, min_length=1, max_length=100)
+    #: ``payment_orders.generation_id`` is VARCHAR(36); '' is stored when none is given.
+    generation_id: str | None = Field(default=None, max_length=36)
     client_ip: str | None = Field(default=None, max_length=45)
 
 
@@ -193,6 +200,7 @@ def _view(order: dict[str, Any]) -> dict[str, Any]:
         "amount",
         "amount_total",
         "amount_refunded",
+        "generation_id",
         "status",
         "transaction_id",
         "paid_at",
@@ -205,6 +213,11 @@ def _view(order: dict[str, Any]) -> dict[str, Any]:
         "refunds",
     )
     view = {k: order.get(k) for k in keys}
+    view["generation_id"] = order.get("generation_id") or None  # '' in the row: none
+    if order["status"] == "refunded" and not order.get("amount_refunded"):
+        # Refunded by another writer (the cloud function marks an order refunded on a
+        # full refund and leaves paylane's amount_refunded at 0): all of it came back.
+        view["amount_refunded"] = order["amount_total"]
     view["review_reason"] = (
         order.get("review_reason") if order["status"] == "needs_review" else None
     )

@@ -25,8 +25,8 @@ from .errors import Forbidden, Unauthorized
 class Caller:
     #: The app's backend (``BACKEND_API_SECRET``): may act for any user.
     backend: bool
-    #: The end user a token names (None for the backend).
-    user_id: int | None
+    #: The end user a token names (a ``users.id`` string; None for the backend).
+    user_id: str | None
 
     def may_see(self, order: dict[str, object]) -> bool:
         return self.backend or self.user_id == order["user_id"]

@@ -110,6 +110,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             interval_s=settings.reconcile_interval_s,
             concurrency=settings.reconcile_concurrency,
             refund_grace_s=settings.reconcile_refund_grace_s,
+            order_ttl_s=settings.order_ttl_s,
         )
         app[RECONCILER] = reconciler
         app[api.LOGIN] = MiniProgramLogin(

@@ -2,7 +2,12 @@
 
 A row is ``pending`` before the order exists at WeChat Pay, so a notification can never
 arrive for an order we do not know; a placement that fails leaves a row the reconciler
-settles (WeChat Pay says ORDER_NOT_EXIST → closed once expired).
+settles (WeChat Pay says ORDER_NOT_EXIST → ``failed`` once expired).
+
+The rows live in the shared tables (SEED_SYSTEM.md §1): string ids made here
+(``new_row_id``), amounts written in yuan (the fen columns are generated from them), the
+payer's openid in ``_openid``. An order that timed out or was cancelled is ``failed``, the
+existing system's word; ``closed_at`` says when.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import structlog
 
 from paylane_common.catalog import Package
 from paylane_common.db import is_duplicate_key, transaction
+from paylane_common.ids import new_row_id
 from paylane_common.wechatpay import (
     MerchantSigner,
     WechatPayApiError,
@@ -33,6 +39,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .ids import new_out_refund_no, new_out_trade_no
+from .money import yuan
 
 log = structlog.get_logger(__name__)
 
@@ -41,10 +48,10 @@ CHINA = timezone(timedelta(hours=8))
 
 @dataclass(frozen=True)
 class NewOrder:
-    user_id: int | None
+    user_id: str | None
     #: Set when an end user places the order for themselves (their token's user): the
     #: order is theirs, and an ``openid`` given must be theirs too.
-    acting_user: int | None
+    acting_user: str | None
     package: Package
     trade_type: str
     openid: str | None
@@ -61,13 +68,43 @@ class PlacementConfig:
     order_ttl_s: int
 
 
-async def _user_by_openid(cur: aiomysql.Cursor, openid: str) -> dict[str, Any]:
-    """As the seeds' cloud function does: the openid names (or creates) the user."""
+async def _find_by_openid(
+    cur: aiomysql.Cursor, openid: str, *, lock: bool
+) -> dict[str, Any] | None:
     await cur.execute(
-        "INSERT INTO users (openid) VALUES (%s) ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+        "SELECT id, openid FROM users WHERE openid = %s" + (" LOCK IN SHARE MODE" if lock else ""),
         (openid,),
     )
-    return {"id": cur.lastrowid, "openid": openid}
+    row: dict[str, Any] | None = await cur.fetchone()
+    return row
+
+
+async def _user_by_openid(
+    cur: aiomysql.Cursor, openid: str, *, login: bool = False
+) -> dict[str, Any]:
+    """As the cloud function does: the openid names the user, created (``user-…`` id)
+    when new. ``login``: a mini-program sign-in, recorded in ``last_login_at``."""
+    found = await _find_by_openid(cur, openid, lock=False)
+    if found is None:
+        user_id = new_row_id("user")
+        try:
+            await cur.execute(
+                "INSERT INTO users (id, openid, last_login_at)"
+                " VALUES (%s, %s, IF(%s, NOW(), NULL))",
+                (user_id, openid, login),
+            )
+            return {"id": user_id, "openid": openid}
+        except Exception as exc:
+            if not is_duplicate_key(exc):
+                raise
+        # Created meanwhile by another request: a locking read sees the committed row,
+        # which this transaction's snapshot may predate.
+        found = await _find_by_openid(cur, openid, lock=True)
+        if found is None:  # the duplicate was the random id: never guess
+            raise RuntimeError("a new user's id collided; try again")
+    if login:
+        await cur.execute("UPDATE users SET last_login_at = NOW() WHERE id = %s", (found["id"],))
+    return found
 
 
 class Orders:
@@ -115,7 +152,7 @@ class Orders:
             placed = await self._place(
                 unplaced["out_trade_no"],
                 replace(new, generation_id=unplaced["generation_id"]),
-                unplaced["openid"],
+                unplaced["_openid"],
                 unplaced["expires_at"].replace(tzinfo=UTC),
             )
             return placed, False
@@ -132,21 +169,22 @@ class Orders:
         out_trade_no = new_out_trade_no()
         expires_at = datetime.now(UTC) + timedelta(seconds=self._merchant.order_ttl_s)
         try:
+            # ``amount`` in yuan; ``amount_total`` (fen) is generated from it.
             await cur.execute(
-                "INSERT INTO payment_orders (out_trade_no, user_id, package_type, trade_type,"
-                " amount, amount_total, mchid, appid, openid, generation_id, idempotency_key,"
+                "INSERT INTO payment_orders (id, out_trade_no, user_id, package_type, trade_type,"
+                " amount, mchid, appid, _openid, generation_id, idempotency_key,"
                 " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
+                    new_row_id("order"),
                     out_trade_no,
                     user["id"],
                     new.package.name,
                     new.trade_type,
-                    new.package.price_yuan,
-                    new.package.price_fen,
+                    yuan(new.package.price_fen),
                     self._merchant.mchid,
                     self._merchant.appid,
                     openid,
-                    new.generation_id,
+                    new.generation_id or "",  # NOT NULL in the shared schema
                     new.idempotency_key,
                     expires_at.replace(tzinfo=None),
                 ),
@@ -177,19 +215,19 @@ class Orders:
             raise InvalidRequest("user_id or openid is required", "user_required")
         return await _user_by_openid(cur, new.openid)
 
-    async def user_exists(self, user_id: int) -> bool:
+    async def user_exists(self, user_id: str) -> bool:
         async with transaction(self._pool) as cur:
             await cur.execute("SELECT 1 FROM users WHERE id = %s", (user_id,))
             return await cur.fetchone() is not None
 
-    async def sign_in(self, openid: str) -> int:
+    async def sign_in(self, openid: str) -> str:
         """The user with this openid, created if new (a mini-program login)."""
         async with transaction(self._pool) as cur:
-            user = await _user_by_openid(cur, openid)
-        return int(user["id"])
+            user = await _user_by_openid(cur, openid, login=True)
+        return str(user["id"])
 
     async def _by_idempotency_key(
-        self, cur: aiomysql.Cursor, user_id: int, key: str
+        self, cur: aiomysql.Cursor, user_id: str, key: str
     ) -> dict[str, Any] | None:
         await cur.execute(
             "SELECT * FROM payment_orders WHERE user_id = %s AND idempotency_key = %s",
@@ -223,7 +261,7 @@ class Orders:
             answer = await self._client.place(new.trade_type, payload)
         except WechatPayApiError as exc:
             if not exc.retryable:
-                await self._mark_closed(out_trade_no, f"placement refused: {exc.code}")
+                await self._mark_failed(out_trade_no, f"placement refused: {exc.code}")
                 raise UpstreamRejected(
                     f"WeChat Pay refused the order: {exc.code} {exc.message}"
                 ) from None
@@ -248,10 +286,10 @@ class Orders:
         log.info("order_placed", out_trade_no=out_trade_no, trade_type=new.trade_type)
         return row
 
-    async def _mark_closed(self, out_trade_no: str, reason: str) -> None:
+    async def _mark_failed(self, out_trade_no: str, reason: str) -> None:
         async with transaction(self._pool) as cur:
             await cur.execute(
-                "UPDATE payment_orders SET status = 'closed', closed_at = NOW(6),"
+                "UPDATE payment_orders SET status = 'failed', closed_at = NOW(6),"
                 " review_reason = %s WHERE out_trade_no = %s AND status = 'pending'",
                 (reason[:255], out_trade_no),
             )
@@ -279,8 +317,8 @@ class Orders:
             if order is None:
                 return None
             await cur.execute(
-                "SELECT out_refund_no, refund_id, amount_refund, reason, status, success_time,"
-                " created_at FROM refunds WHERE out_trade_no = %s ORDER BY id",
+                "SELECT out_refund_no, refund_id, amount_refund, reason, status, refunded_at,"
+                " created_at FROM refunds WHERE out_trade_no = %s ORDER BY created_at, id",
                 (out_trade_no,),
             )
             order["refunds"] = list(await cur.fetchall())
@@ -292,7 +330,7 @@ class Orders:
         order = await self.get(out_trade_no)
         if order is None:
             raise NotFound(f"order {out_trade_no} does not exist")
-        if order["status"] == "closed":
+        if order["status"] == "failed":  # closed (timed out or cancelled) already
             return order
         if order["status"] != "pending":
             raise Conflict(f"order is {order['status']}, not pending", "order_not_pending")
@@ -312,7 +350,7 @@ class Orders:
             raise UpstreamUnavailable(str(exc)) from None
         async with transaction(self._pool) as cur:
             await cur.execute(
-                "UPDATE payment_orders SET status = 'closed', closed_at = NOW(6)"
+                "UPDATE payment_orders SET status = 'failed', closed_at = NOW(6)"
                 " WHERE out_trade_no = %s AND status = 'pending'",
                 (out_trade_no,),
             )
@@ -370,10 +408,19 @@ class Orders:
                 fen, total = await self._reserve(cur, out_trade_no, order, amount)
                 out_refund_no = out_refund_no or new_out_refund_no()
                 try:
+                    # Yuan, as the shared table has it; the fen columns are generated.
                     await cur.execute(
-                        "INSERT INTO refunds (out_refund_no, out_trade_no, amount_refund,"
-                        " amount_total, reason) VALUES (%s, %s, %s, %s, %s)",
-                        (out_refund_no, out_trade_no, fen, total, reason[:80]),
+                        "INSERT INTO refunds (id, out_refund_no, out_trade_no, transaction_id,"
+                        " refund_amount, total_amount, reason) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        (
+                            new_row_id("refund"),
+                            out_refund_no,
+                            out_trade_no,
+                            order["transaction_id"],
+                            yuan(fen),
+                            yuan(total),
+                            reason[:80],
+                        ),
                     )
                 except Exception as exc:
                     if is_duplicate_key(exc):  # the same out_refund_no for another order

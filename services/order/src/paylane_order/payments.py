@@ -1,8 +1,11 @@
 """``payment.succeeded`` → order paid, in one MySQL transaction (DESIGN §4 consumer).
 
-inbox row + conditional ``pending|closed → paid`` + ``payment_logs`` row + outbox
-``order.paid``. Every transition is a conditional UPDATE; reads only classify what an
-UPDATE that changed nothing ran into.
+inbox row + conditional ``pending|failed → paid`` + ``payment_logs`` row + outbox
+``order.paid`` (and ``paid_event_at``, saying paylane staged it). Every transition is a
+conditional UPDATE; reads only classify what an UPDATE that changed nothing ran into.
+
+A ``failed`` order (timed out or cancelled, the shared schema's word) whose payment still
+arrives is paid all the same: the money was taken, so the buyer gets what they paid for.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from paylane_common.events import (
     PaymentSucceeded,
     make_event,
 )
+from paylane_common.ids import new_row_id
 
 log = structlog.get_logger(__name__)
 
@@ -92,7 +96,7 @@ class PaymentApplier:
         self, cur: aiomysql.Cursor, items: Sequence[BatchItem]
     ) -> list[str | None]:
         """The steady state of many payments in set-based statements (batching.py): first
-        deliveries of matching payments for pending (or closed) orders. Everything else
+        deliveries of matching payments for pending (or failed) orders. Everything else
         is left to ``__call__``, one by one."""
         outcomes: list[str | None] = [None] * len(items)
         fresh = await first_deliveries(cur, CONSUMER, items, outcomes, PaymentSucceeded)
@@ -114,7 +118,7 @@ class PaymentApplier:
             order = orders.pop(it.data.out_trade_no, None)  # pop: one payment per order
             if (
                 order is not None
-                and order["status"] in ("pending", "closed")
+                and order["status"] in _PAYABLE
                 and order["out_trade_no"] not in refunded
                 and self._mismatch(order, it.data) is None
             ):
@@ -132,8 +136,8 @@ class PaymentApplier:
         await cur.execute(
             f"UPDATE payment_orders o JOIN ({paid}) v ON v.out_trade_no = o.out_trade_no"
             " SET o.status = 'paid', o.transaction_id = v.transaction_id,"
-            " o.paid_at = v.paid_at, o.openid = COALESCE(o.openid, v.openid)"
-            " WHERE o.status IN ('pending', 'closed')",
+            " o.paid_at = v.paid_at, o._openid = COALESCE(o._openid, v.openid),"
+            " o.paid_event_at = NOW(6) WHERE o.status IN ('pending', 'failed')",
             params,
         )
         if cur.rowcount != len(plain):  # the rows are locked: cannot happen, but never guess
@@ -141,7 +145,7 @@ class PaymentApplier:
         staged, logs = [], []
         for i, it, order, paid_at in plain:
             it.bind()
-            late = order["status"] == "closed"
+            late = order["status"] == "failed"
             staged.append(outbox.Staged(_order_paid(it.data, order, paid_at)))
             logs.append(
                 _log_row(it.envelope, it.data, "paid", "paid after close" if late else None)
@@ -165,12 +169,12 @@ class PaymentApplier:
             paid_at = _paid_at(data.success_time)
             await cur.execute(
                 "UPDATE payment_orders SET status = 'paid', transaction_id = %s, paid_at = %s,"
-                " openid = COALESCE(openid, %s)"
-                " WHERE out_trade_no = %s AND status IN ('pending', 'closed')",
+                " _openid = COALESCE(_openid, %s), paid_event_at = NOW(6)"
+                " WHERE out_trade_no = %s AND status IN ('pending', 'failed')",
                 (data.transaction_id, paid_at, data.openid, data.out_trade_no),
             )
             if cur.rowcount == 1:
-                late = order["status"] == "closed"
+                late = order["status"] == "failed"
                 await _log(cur, envelope, data, "paid", "paid after close" if late else None)
                 await outbox.add(cur, PRODUCER, _order_paid(data, order, paid_at))
                 await _refunded_before(cur, data, order)
@@ -227,12 +231,17 @@ class PaymentApplier:
         return "needs_review"
 
 
+#: What a payment may move to ``paid``: a pending order, or one that timed out or was
+#: cancelled (``failed``) and was paid all the same.
+_PAYABLE = ("pending", "failed")
+#: ``amount_total`` is the fen generated from the row's yuan ``amount``, whoever wrote it.
 _ORDER_COLUMNS = (
-    "out_trade_no, user_id, package_type, amount_total, currency, status, transaction_id, appid"
+    "out_trade_no, user_id, package_type, amount_total, currency, status, transaction_id,"
+    " appid, generation_id"
 )
 _LOG_INSERT = (
-    "INSERT INTO payment_logs (out_trade_no, event_id, kind, transaction_id, amount_total,"
-    " source, detail) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    "INSERT INTO payment_logs (id, out_trade_no, event_id, type, transaction_id, amount_total,"
+    " source, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 
@@ -245,6 +254,7 @@ def _order_paid(data: PaymentSucceeded, order: dict[str, Any], paid_at: datetime
             package_type=order["package_type"],
             amount_total=order["amount_total"],
             paid_at=paid_at.replace(tzinfo=UTC).isoformat(),
+            generation_id=order.get("generation_id") or None,
         ),
     )
 
@@ -275,7 +285,7 @@ async def _refunded_before(
     a no-op. A partial refund's ``order.refunded`` already went out with it."""
     # A locking read: the latest committed refunds, not this transaction's snapshot.
     await cur.execute(
-        "SELECT COALESCE(SUM(amount_refund), 0) AS n, MAX(success_time) AS at FROM refunds"
+        "SELECT COALESCE(SUM(amount_refund), 0) AS n, MAX(refunded_at) AS at FROM refunds"
         " WHERE out_trade_no = %s AND status = 'success' LOCK IN SHARE MODE",
         (data.out_trade_no,),
     )
@@ -284,10 +294,12 @@ async def _refunded_before(
     if refunded == 0:
         return
     full = refunded >= order["amount_total"]
+    # refund_event_at: the full order.refunded staged below.
     await cur.execute(
         "UPDATE payment_orders SET amount_refunded = %s, status = IF(%s, 'refunded', status),"
-        " refunded_at = IF(%s, COALESCE(%s, NOW(6)), refunded_at) WHERE out_trade_no = %s",
-        (refunded, full, full, row["at"], data.out_trade_no),
+        " refunded_at = IF(%s, COALESCE(%s, NOW(6)), refunded_at),"
+        " refund_event_at = IF(%s, NOW(6), refund_event_at) WHERE out_trade_no = %s",
+        (refunded, full, full, row["at"], full, data.out_trade_no),
     )
     log.warning("order_paid_after_refund", full=full, refunded=refunded)
     if full:
@@ -298,7 +310,8 @@ async def add_order_refunded(
     cur: aiomysql.Cursor, order: dict[str, Any], *, amount_refund: int, full: bool
 ) -> None:
     """``order.refunded`` for ``order`` (a row with out_trade_no, user_id, package_type)
-    into the outbox, in the caller's transaction."""
+    into the outbox, in the caller's transaction. With ``full``, the caller sets the
+    order's ``refund_event_at`` in the same transaction."""
     await outbox.add(
         cur,
         PRODUCER,
@@ -330,7 +343,9 @@ async def _load(
 def _log_row(
     envelope: Envelope, data: PaymentSucceeded, kind: str, detail: str | None
 ) -> tuple[Any, ...]:
+    """A ``payment_logs`` row; ``kind`` goes to the shared table's ``type``."""
     return (
+        new_row_id("log"),
         data.out_trade_no,
         envelope.event_id,
         kind,

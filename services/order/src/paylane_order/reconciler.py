@@ -2,8 +2,15 @@
 
 - orders ``pending`` longer than ``after_s``: WeChat Pay says SUCCESS → publish
   ``payment.succeeded`` with ``source: "reconcile"`` (the consumer applies it as any
-  other, so a late notification changes nothing); NOTPAY past ``expires_at`` → closed at
-  WeChat Pay and locally; CLOSED / REVOKED / PAYERROR, or never placed and expired → closed.
+  other, so a late notification changes nothing); NOTPAY past its expiry → closed at
+  WeChat Pay and ``failed`` locally; CLOSED / REVOKED / PAYERROR, or never placed
+  (ORDER_NOT_EXIST) and expired → ``failed`` (the shared schema's word for an order that
+  timed out or was cancelled; ``closed_at`` says when). A late payment of a failed order
+  is still honoured (payments.py).
+- an order another writer made (the cloud function) has no ``expires_at``: it expires at
+  ``created_at`` + ``order_ttl_s``, as paylane's own. An old pending order WeChat Pay does
+  not know (ORDER_NOT_EXIST: never placed, or long purged) is past that and so failed
+  once, which takes it out of the pending set for good: no order is asked about forever.
 - refunds still ``pending``: their final status is published as ``refund.*``; one WeChat
   Pay does not know (RESOURCE_NOT_EXISTS: the request never got there) and still has no
   ``refund_id`` is closed locally once ``refund_grace_s`` old, so it stops reserving the
@@ -15,7 +22,7 @@ through them by key (``created_at``, ``id``) and with at most ``concurrency`` We
 queries in flight: however many orders nobody will pay, a lost notification is found by
 the first pass that starts after ``after_s`` (within ``after_s`` plus one interval, as long
 as a pass takes less than the interval: ``paylane_reconciler_pass_seconds``). Unpaid
-orders leave the pending set when they expire (closed), so it stays bounded by the rate
+orders leave the pending set when they expire (failed), so it stays bounded by the rate
 of new orders times ``ORDER_TTL_S``.
 
 One pass at a time across replicas (MySQL ``GET_LOCK``, per database); every query is
@@ -27,7 +34,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomysql
@@ -41,6 +48,7 @@ from paylane_common.consumer import Reject, Retry
 from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, RefundEvent, make_event
 from paylane_common.exceptions import PublishError
+from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
 
@@ -123,6 +131,7 @@ class Reconciler(BackgroundLoop):
         batch_size: int = 100,
         concurrency: int = 16,
         refund_grace_s: float = 600.0,
+        order_ttl_s: float = 1800.0,
     ) -> None:
         self._pool = pool
         self._client = client
@@ -132,6 +141,7 @@ class Reconciler(BackgroundLoop):
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._refund_grace_s = refund_grace_s
+        self._order_ttl = timedelta(seconds=order_ttl_s)
 
     async def _run(self) -> None:
         while True:
@@ -180,7 +190,7 @@ class Reconciler(BackgroundLoop):
                 slots.release()
 
         async with asyncio.TaskGroup() as tasks:
-            after: tuple[datetime, int] | None = None
+            after: tuple[datetime, str] | None = None
             while True:
                 rows = await self._pending(table, after)
                 for row in rows:
@@ -191,7 +201,7 @@ class Reconciler(BackgroundLoop):
                 after = (rows[-1]["created_at"], rows[-1]["id"])
 
     async def _pending(
-        self, table: str, after: tuple[datetime, int] | None
+        self, table: str, after: tuple[datetime, str] | None
     ) -> list[dict[str, Any]]:
         """One page of ``table``'s pending rows older than ``after_s``, by key after
         ``after`` (``ix_*_status`` is ``status, created_at`` and ends with the id)."""
@@ -208,17 +218,26 @@ class Reconciler(BackgroundLoop):
             )
             return list(await cur.fetchall())
 
+    def _expires_at(self, order: dict[str, Any]) -> datetime:
+        """paylane's own orders say when they expire; another writer's (``expires_at``
+        NULL) expire ``order_ttl_s`` after they were created, as paylane's would."""
+        expires_at: datetime | None = order["expires_at"]
+        return expires_at if expires_at is not None else order["created_at"] + self._order_ttl
+
     async def _settle_order(self, order: dict[str, Any]) -> str:
         out_trade_no = order["out_trade_no"]
-        expired = order["expires_at"] is not None and order["expires_at"] <= _now()
+        expired = self._expires_at(order) <= _now()
         try:
             tx = await self._client.query_by_out_trade_no(out_trade_no)
         except WechatPayApiError as exc:
             if exc.code == "ORDER_NOT_EXIST":
                 if expired:
-                    await self._close_locally(out_trade_no)
+                    # Never placed (its placement failed), or so old that WeChat Pay no
+                    # longer knows it: nobody can pay it any more, so it failed. Were a
+                    # payment of it to turn up after all, it is still honoured.
+                    await self._fail_locally(out_trade_no)
                     return "closed_never_placed"
-                return "not_placed_yet"  # its placement failed; closed once expired
+                return "not_placed_yet"  # its placement failed; failed once expired
             log.warning("reconcile_query_failed", out_trade_no=out_trade_no, code=exc.code)
             return "query_failed"
         except WechatPayError as exc:
@@ -238,7 +257,7 @@ class Reconciler(BackgroundLoop):
             log.warning("payment_recovered_by_reconciler", out_trade_no=out_trade_no)
             return "paid_recovered"
         if state in ("CLOSED", "REVOKED", "PAYERROR"):
-            await self._close_locally(out_trade_no)
+            await self._fail_locally(out_trade_no)
             return "closed_at_wechatpay"
         if expired:
             try:
@@ -246,7 +265,7 @@ class Reconciler(BackgroundLoop):
             except WechatPayError as exc:
                 log.warning("reconcile_close_failed", out_trade_no=out_trade_no, error=str(exc))
                 return "close_failed"
-            await self._close_locally(out_trade_no)
+            await self._fail_locally(out_trade_no)
             return "closed_expired"
         return "still_pending"
 
@@ -303,10 +322,12 @@ class Reconciler(BackgroundLoop):
             if cur.rowcount == 0:
                 return "refund_settled_meanwhile"
             await cur.execute(
-                "INSERT INTO payment_logs (out_trade_no, kind, amount_total, source, detail)"
-                " VALUES (%s, 'refund_never_sent', %s, 'reconcile', %s)",
+                "INSERT INTO payment_logs (id, out_trade_no, out_refund_no, type, amount_total,"
+                " source, detail) VALUES (%s, %s, %s, 'refund_never_sent', %s, 'reconcile', %s)",
                 (
+                    new_row_id("log"),
                     refund["out_trade_no"],
+                    refund["out_refund_no"],
                     refund["amount_refund"],
                     f"{refund['out_refund_no']} unknown to WeChat Pay: closed",
                 ),
@@ -319,10 +340,11 @@ class Reconciler(BackgroundLoop):
         )
         return "refund_closed_never_sent"
 
-    async def _close_locally(self, out_trade_no: str) -> None:
+    async def _fail_locally(self, out_trade_no: str) -> None:
+        """``pending → failed`` (timed out or cancelled), unless something moved it."""
         async with transaction(self._pool) as cur:
             await cur.execute(
-                "UPDATE payment_orders SET status = 'closed', closed_at = NOW(6)"
+                "UPDATE payment_orders SET status = 'failed', closed_at = NOW(6)"
                 " WHERE out_trade_no = %s AND status = 'pending'",
                 (out_trade_no,),
             )

@@ -18,7 +18,9 @@ from paylane_common import inbox
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
 from paylane_common.events import Envelope, RefundEvent
+from paylane_common.ids import new_row_id
 
+from .money import yuan
 from .payments import CONSUMER, add_order_refunded
 
 log = structlog.get_logger(__name__)
@@ -44,24 +46,24 @@ class RefundApplier:
 
     async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: RefundEvent) -> str:
         await cur.execute(
-            "SELECT out_trade_no, user_id, package_type, amount_total, status FROM payment_orders"
-            " WHERE out_trade_no = %s FOR UPDATE",
+            "SELECT out_trade_no, user_id, package_type, amount_total, status, transaction_id"
+            " FROM payment_orders WHERE out_trade_no = %s FOR UPDATE",
             (data.out_trade_no,),
         )
         order: dict[str, Any] | None = await cur.fetchone()
         if order is None:
             raise Retry(f"unknown out_trade_no {data.out_trade_no}", max_attempts=4)
         status = _STATUS[data.status]
-        success_time = _utc(data.success_time) if status == "success" else None
+        refunded_at = _utc(data.success_time) if status == "success" else None
         # A refund the reconciler closed because WeChat Pay did not know it may still
         # succeed (a request on its way then): success is WeChat Pay's last word. WeChat Pay
         # itself never turns a CLOSED refund into SUCCESS.
         await cur.execute(
             "UPDATE refunds SET status = %s, refund_id = COALESCE(%s, refund_id),"
-            " success_time = COALESCE(%s, success_time)"
+            " refunded_at = COALESCE(%s, refunded_at)"
             " WHERE out_refund_no = %s AND (status IN ('pending', 'abnormal')"
             " OR (status = 'closed' AND %s = 'success'))",
-            (status, data.refund_id, success_time, data.out_refund_no, status),
+            (status, data.refund_id, refunded_at, data.out_refund_no, status),
         )
         if cur.rowcount == 0:
             await cur.execute(
@@ -70,19 +72,22 @@ class RefundApplier:
             existing = await cur.fetchone()
             if existing is not None:
                 return "duplicate"
-            # A refund made outside paylane (e.g. the merchant console): record it.
+            # A refund made outside paylane (e.g. the merchant console): record it, in
+            # yuan as the shared table has it (the fen columns are generated).
             await cur.execute(
-                "INSERT INTO refunds (out_refund_no, out_trade_no, refund_id, amount_refund,"
-                " amount_total, reason, status, success_time)"
-                " VALUES (%s, %s, %s, %s, %s, 'external', %s, %s)",
+                "INSERT INTO refunds (id, out_refund_no, out_trade_no, transaction_id,"
+                " refund_id, refund_amount, total_amount, reason, status, refunded_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'external', %s, %s)",
                 (
+                    new_row_id("refund"),
                     data.out_refund_no,
                     data.out_trade_no,
+                    order["transaction_id"],
                     data.refund_id,
-                    data.amount_refund,
-                    data.amount_total,
+                    yuan(data.amount_refund),
+                    yuan(data.amount_total),
                     status,
-                    success_time,
+                    refunded_at,
                 ),
             )
         await _log(cur, envelope, data, f"refund_{status}")
@@ -102,7 +107,7 @@ class RefundApplier:
         )
         refunded = int((await cur.fetchone())["n"])
         full = refunded >= order["amount_total"]
-        # A still pending (or closed) order is left as it is: its payment, once applied,
+        # A still pending (or failed) order is left as it is: its payment, once applied,
         # takes the successful refunds into account (payments._refunded_before).
         await cur.execute(
             "UPDATE payment_orders SET amount_refunded = %s,"
@@ -111,6 +116,12 @@ class RefundApplier:
             " WHERE out_trade_no = %s AND status IN ('paid', 'refunded', 'needs_review')",
             (refunded, full, full, data.out_trade_no),
         )
+        if full:
+            # Whatever the order's status: paylane staged its full order.refunded.
+            await cur.execute(
+                "UPDATE payment_orders SET refund_event_at = NOW(6) WHERE out_trade_no = %s",
+                (data.out_trade_no,),
+            )
         await add_order_refunded(cur, order, amount_refund=data.amount_refund, full=full)
         log.info("order_refund_recorded", full=full, refunded=refunded)
         return "refunded"
@@ -118,10 +129,12 @@ class RefundApplier:
 
 async def _log(cur: aiomysql.Cursor, envelope: Envelope, data: RefundEvent, kind: str) -> None:
     await cur.execute(
-        "INSERT INTO payment_logs (out_trade_no, event_id, kind, amount_total, detail)"
-        " VALUES (%s, %s, %s, %s, %s)",
+        "INSERT INTO payment_logs (id, out_trade_no, out_refund_no, event_id, type,"
+        " amount_total, detail) VALUES (%s, %s, %s, %s, %s, %s, %s)",
         (
+            new_row_id("log"),
             data.out_trade_no,
+            data.out_refund_no,
             envelope.event_id,
             kind,
             data.amount_refund,

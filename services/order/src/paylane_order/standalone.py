@@ -49,6 +49,7 @@ async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
                 after_s=settings.reconcile_after_s,
                 concurrency=settings.reconcile_concurrency,
                 refund_grace_s=settings.reconcile_refund_grace_s,
+                order_ttl_s=settings.order_ttl_s,
             )
             total: Counter[str] = Counter()
             while True:
