@@ -42,8 +42,8 @@ INTERNAL_SECRET = web.AppKey("internal_secret", str)
 OUT_TRADE_NO = r"^[0-9A-Za-z_\-|*]+$"
 #: A row id of the shared tables (``user-1706345678901-xyz789``), VARCHAR(36).
 ROW_ID = r"^[0-9A-Za-z_\-]{1,36}$"
-#: ``payment_orders.amount`` is DECIMAL(10,2) yuan: at most 99999999.99.
-MAX_FEN = 9_999_999_999
+#: The fen columns (``amount_total``, generated from the DECIMAL yuan) are INT.
+MAX_FEN = 2**31 - 1
 #: How much of the cloud function's ``dbError`` a log line keeps.
 DB_ERROR_LOG_CHARS = 160
 
