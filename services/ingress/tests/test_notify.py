@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +27,6 @@ from paylane_ingress.settings import IngressSettings
 from services.ingress.tests.conftest import NOW, self_signed
 
 NOTIFY = "/notify/wechatpay"
-INTERNAL = "/api/payment/internal/notify"
 integration = pytest.mark.integration
 
 
@@ -83,6 +81,7 @@ async def test_transaction_success_is_published_then_acknowledged(client, notifi
         "mchid": resource["mchid"],
         "appid": resource["appid"],
         "source": "wechatpay",
+        "generation_id": None,
     }
 
 
@@ -325,81 +324,6 @@ async def test_unconfirmed_publish_is_503_fail(start_ingress, notification, spy)
     sent = notification()
     await expect_fail(await client.post(NOTIFY, data=sent.body, headers=sent.headers), 503)
     assert await spy.drain() == []
-
-
-# --- internal notify -------------------------------------------------------------------------
-
-
-def internal_body(**changes: Any) -> dict[str, Any]:
-    body = {
-        "outTradeNo": "P20251122ABC",
-        "transactionId": "4200000985202511229999",
-        "status": "paid",
-    }
-    body.update(changes)
-    return {k: v for k, v in body.items() if v is not None}
-
-
-@integration
-@pytest.mark.parametrize("secret", [None, "", "wrong", "internal-"])
-async def test_internal_notify_needs_the_secret(client, spy, secret):
-    headers = {} if secret is None else {"X-Internal-Secret": secret}
-    response = await client.post(INTERNAL, json=internal_body(), headers=headers)
-    await expect_fail(response, 401)
-    assert await spy.drain() == []
-
-
-@integration
-@pytest.mark.parametrize("order", ["secret_first", "secret_last", "secret_twice"])
-async def test_internal_notify_with_a_duplicated_secret_is_400(client, spy, wechat_keys, order):
-    secret = wechat_keys.internal_secret
-    values = {
-        "secret_first": [secret, "wrong"],
-        "secret_last": ["wrong", secret],
-        "secret_twice": [secret, secret],
-    }[order]
-    headers = CIMultiDict(("X-Internal-Secret", value) for value in values)
-    response = await client.post(INTERNAL, json=internal_body(), headers=headers)
-    assert "X-Internal-Secret" in await expect_fail(response, 400, secret)
-    assert await spy.drain() == []
-
-
-@integration
-@pytest.mark.parametrize(
-    "body",
-    [
-        internal_body(status="refunded"),
-        internal_body(outTradeNo="bad no!"),
-        internal_body(outTradeNo="abc"),
-        internal_body(transactionId=""),
-        internal_body(amountTotal=-1),
-        {"outTradeNo": "P20251122ABC", "status": "paid"},
-    ],
-)
-async def test_internal_notify_invalid_body_is_400(client, spy, wechat_keys, body):
-    headers = {"X-Internal-Secret": wechat_keys.internal_secret}
-    await expect_fail(await client.post(INTERNAL, json=body, headers=headers), 400)
-    assert await spy.drain() == []
-
-
-@integration
-@pytest.mark.parametrize("amount", [2990, None])
-async def test_internal_notify_publishes_payment_succeeded(client, spy, wechat_keys, amount):
-    tx = "42000" + uuid.uuid4().hex[:20]
-    body = internal_body(outTradeNo="P20251122ABC", transactionId=tx, amountTotal=amount)
-    headers = {"X-Internal-Secret": wechat_keys.internal_secret}
-    response = await client.post(INTERNAL, json=body, headers=headers)
-    assert response.status == 200, await response.text()
-    assert (await response.json())["event_id"] == f"internal-{tx}"
-    [message] = await spy.drain()
-    assert (message.message_id, message.type) == (f"internal-{tx}", events.PAYMENT_SUCCEEDED)
-    assert message.correlation_id == "P20251122ABC"
-    data = envelope_of(message)["data"]
-    assert (data["source"], data["transaction_id"], data["amount_total"]) == (
-        "internal",
-        tx,
-        amount,
-    )
 
 
 # --- health, metrics, settings ---------------------------------------------------------------

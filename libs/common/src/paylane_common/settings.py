@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -151,6 +152,10 @@ class CatalogSettings(BaseSettings):
     """Mixin: ``PACKAGE_CATALOG`` (JSON) overrides the built-in package catalog."""
 
     package_catalog: str | None = None
+    #: ``PRICES_EFFECTIVE_AT`` (ISO-8601; UTC when it names no zone): the ``effectiveAt``
+    #: and ``updatedAt`` of ``GET /api/prices/current``; unset, when the process loaded
+    #: the catalog.
+    prices_effective_at: datetime | None = None
 
     @field_validator("package_catalog")
     @classmethod

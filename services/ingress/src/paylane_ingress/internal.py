@@ -1,59 +1,136 @@
-"""``POST /api/payment/internal/notify``: for hosts that already receive WeChat's callback
-elsewhere (the cloud-function hybrid). Publishes the same ``payment.succeeded``, marked
-``source: "internal"``; the order service confirms it with WeChat Pay before anything is
-granted (the caller holds a shared secret, not WeChat Pay's key), unless the operator set
-``INTERNAL_NOTIFY_TRUSTED``."""
+"""The cloud function's internal API (SEED_SYSTEM.md §3), each call behind its
+``X-Internal-Secret`` (``INTERNAL_API_SECRET``):
+
+- ``POST /api/payment/internal/notify``: for hosts that already receive WeChat's callback
+  elsewhere (the cloud-function hybrid). Publishes the same ``payment.succeeded``, marked
+  ``source: "internal"``; the order service confirms it with WeChat Pay before anything is
+  granted (the caller holds a shared secret, not WeChat Pay's key), unless the operator
+  set ``INTERNAL_NOTIFY_TRUSTED``.
+- ``POST /api/payment/internal/order-created``: an order the cloud function placed at
+  WeChat Pay but could not write to ``payment_orders``. Published as ``order.created``;
+  the order service writes the row.
+
+A wrong or missing secret is 401 ``{"error": "Unauthorized"}``, as the existing backend
+answers. Every call is answered only once the broker confirmed the event.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import hashlib
+import json
+import re
+from typing import Any, Literal
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from paylane_common import events
-from paylane_common.events import PaymentSucceeded, make_event, validation_summary
+from paylane_common.events import OrderCreated, PaymentSucceeded, make_event, validation_summary
 from paylane_common.exceptions import PublishError
 from paylane_common.headers import DuplicateHeader, secret_matches, sole_header
+from paylane_common.ids import new_row_id
 from paylane_common.service import PUBLISHER
 
 from . import metrics
-from .responses import fail
 
 log = structlog.get_logger(__name__)
 
 INTERNAL_SECRET = web.AppKey("internal_secret", str)
 
+#: WeChat Pay's ``out_trade_no``: 6 to 32 of these.
+OUT_TRADE_NO = r"^[0-9A-Za-z_\-|*]+$"
+#: A row id of the shared tables (``user-1706345678901-xyz789``), VARCHAR(36).
+ROW_ID = r"^[0-9A-Za-z_\-]{1,36}$"
+#: The fen columns (``amount_total``, generated from the DECIMAL yuan) are INT.
+MAX_FEN = 2**31 - 1
+#: How much of the cloud function's ``dbError`` a log line keeps.
+DB_ERROR_LOG_CHARS = 160
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response({"error": "Unauthorized"}, status=401)
+
+
+def _check_secret(request: web.Request, route: str) -> web.Response | None:
+    """None when the caller holds the secret; otherwise the answer to give."""
+    try:
+        given = sole_header(request.headers, "X-Internal-Secret")
+    except DuplicateHeader as exc:
+        log.warning("internal_call_duplicate_secret", route=route)
+        return _Refusal(400, "DUPLICATE_HEADER", str(exc)).response(route)
+    if not secret_matches(request.app[INTERNAL_SECRET], given):
+        log.warning("internal_call_unauthorized", route=route)
+        return _unauthorized()
+    return None
+
+
+class _Refusal:
+    """A ``{"success": false, "error": CODE, "message": …}`` answer; for the notify route
+    also ``"code": "FAIL"`` (what it answered before)."""
+
+    def __init__(self, status: int, error: str, message: str):
+        self.status, self.error, self.message = status, error, message
+
+    def response(self, route: str) -> web.Response:
+        body: dict[str, Any] = {"success": False, "error": self.error, "message": self.message}
+        if route == "notify":
+            body["code"] = "FAIL"
+        return web.json_response(body, status=self.status)
+
+
+async def _publish(request: web.Request, envelope: events.Envelope) -> bool:
+    try:
+        await request.app[PUBLISHER].publish(envelope)
+    except PublishError as exc:
+        log.error("publish_failed_answering_503", error=str(exc))
+        return False
+    return True
+
+
+# --- POST /api/payment/internal/notify ---------------------------------------------------
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if value == "" else value
+
 
 class InternalNotify(BaseModel):
+    """``{outTradeNo, transactionId, status: "paid", packageType?, generationId?, openid?}``
+    (the cloud function's body); ``amountTotal`` and ``successTime`` when a caller has them."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    outTradeNo: str = Field(min_length=6, max_length=32, pattern=r"^[0-9A-Za-z_\-|*]+$")
+    outTradeNo: str = Field(min_length=6, max_length=32, pattern=OUT_TRADE_NO)
     transactionId: str = Field(min_length=1, max_length=64)
     status: Literal["paid"]
     amountTotal: int | None = Field(default=None, gt=0)
     successTime: str | None = None
     openid: str | None = Field(default=None, max_length=128)
+    #: Informational: the order row says what was bought.
+    packageType: str | None = Field(default=None, max_length=32)
+    #: The generation the payment unlocks, for an order row that names none yet.
+    generationId: str | None = Field(default=None, max_length=36)
+
+    @field_validator("openid", "packageType", "generationId", mode="before")
+    @classmethod
+    def _blank(cls, value: Any) -> Any:
+        return _blank_is_none(value)
 
 
 async def internal_notify(request: web.Request) -> web.Response:
     metrics.NOTIFICATIONS_RECEIVED.labels("internal").inc()
-    try:
-        given = sole_header(request.headers, "X-Internal-Secret")
-    except DuplicateHeader as exc:
-        metrics.NOTIFICATIONS_REJECTED.labels("duplicate_header").inc()
-        log.warning("internal_notify_duplicate_secret")
-        return fail(400, str(exc))
-    if not secret_matches(request.app[INTERNAL_SECRET], given):
-        metrics.NOTIFICATIONS_REJECTED.labels("internal_secret").inc()
-        log.warning("internal_notify_unauthorized")
-        return fail(401, "invalid X-Internal-Secret")
+    denied = _check_secret(request, "notify")
+    if denied is not None:
+        reason = "duplicate_header" if denied.status == 400 else "internal_secret"
+        metrics.NOTIFICATIONS_REJECTED.labels(reason).inc()
+        return denied
     try:
         body = InternalNotify.model_validate_json(await request.read())
     except ValidationError as exc:
         metrics.NOTIFICATIONS_REJECTED.labels("internal_invalid").inc()
-        return fail(400, f"invalid body: {validation_summary(exc)}")
+        message = f"invalid body: {validation_summary(exc)}"
+        return _Refusal(400, "INVALID_REQUEST", message).response("notify")
     structlog.contextvars.bind_contextvars(out_trade_no=body.outTradeNo)
     data = PaymentSucceeded(
         out_trade_no=body.outTradeNo,
@@ -63,14 +140,140 @@ async def internal_notify(request: web.Request) -> web.Response:
         openid=body.openid,
         success_time=body.successTime,
         source="internal",
+        generation_id=body.generationId,
     )
     # Same transaction → same event id, so repeated calls dedupe in the consumers.
     envelope = make_event(events.PAYMENT_SUCCEEDED, data, f"internal-{body.transactionId}")
-    try:
-        await request.app[PUBLISHER].publish(envelope)
-    except PublishError as exc:
-        log.error("publish_failed_answering_503", error=str(exc))
-        return fail(503, "temporarily unavailable, retry later")
+    if not await _publish(request, envelope):
+        metrics.NOTIFICATIONS_REJECTED.labels("broker_unavailable").inc()
+        refusal = _Refusal(503, "UNAVAILABLE", "temporarily unavailable, retry later")
+        return refusal.response("notify")
     log.info("internal_notify_published", event_id=envelope.event_id)
     metrics.NOTIFICATIONS_ACKED.labels("published").inc()
-    return web.json_response({"code": "SUCCESS", "event_id": envelope.event_id})
+    return web.json_response(
+        {
+            "success": True,
+            "message": "payment notification accepted",
+            "code": "SUCCESS",
+            "event_id": envelope.event_id,
+        }
+    )
+
+
+# --- POST /api/payment/internal/order-created --------------------------------------------
+
+
+class InternalOrderCreated(BaseModel):
+    """``{orderId?, outTradeNo, userId, openid, amount (fen), packageType, tradeType,
+    status: "pending", reason, dbError?}``. What decides the money is checked strictly;
+    what only explains the call (``reason``, ``dbError``) never refuses an order."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    orderId: str | None = Field(default=None, pattern=ROW_ID)
+    outTradeNo: str = Field(min_length=6, max_length=32, pattern=OUT_TRADE_NO)
+    userId: str = Field(pattern=ROW_ID)
+    openid: str | None = Field(default=None, min_length=1, max_length=100)
+    #: Fen, an integer: ``29.9`` (yuan) or ``"2990"`` is refused rather than guessed at.
+    amount: StrictInt = Field(gt=0, le=MAX_FEN)
+    packageType: Literal["basic", "premium"]
+    tradeType: Literal["JSAPI", "NATIVE", "H5", "APP"] = "JSAPI"
+    status: Literal["pending"] = "pending"
+    #: ``db_unavailable`` | ``db_insert_failed`` | ``db_exception`` (others are kept too).
+    reason: str | None = Field(default=None, max_length=64)
+    dbError: Any = None
+
+    @field_validator("orderId", "openid", "reason", mode="before")
+    @classmethod
+    def _blank(cls, value: Any) -> Any:
+        return _blank_is_none(value)
+
+
+#: The cloud function's ``out_trade_no``: the time it placed the order (ms), 5 digits.
+_SEED_OUT_TRADE_NO = re.compile(r"^(1\d{12})\d{5}$")
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def order_id_for(out_trade_no: str) -> str:
+    """The ``payment_orders.id`` of an order the call did not name: for the cloud
+    function's ``out_trade_no`` (``{ms}{5 digits}``), ``order-{that ms}-{8 chars of its
+    hash}``, the same on every retry of the call; else a fresh ``new_row_id("order")``."""
+    match = _SEED_OUT_TRADE_NO.match(out_trade_no)
+    if match is None:
+        return new_row_id("order")
+    number = int.from_bytes(hashlib.sha256(out_trade_no.encode()).digest()[:8], "big")
+    suffix = ""
+    for _ in range(8):
+        number, digit = divmod(number, len(_ID_ALPHABET))
+        suffix += _ID_ALPHABET[digit]
+    return f"order-{match.group(1)}-{suffix}"
+
+
+_URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+_PASSWORD_VALUE = re.compile(r"(?i)(password|passwd|pwd|secret|token)(\W{1,3})\S+")
+
+
+def loggable_db_error(value: Any, limit: int = DB_ERROR_LOG_CHARS) -> str | None:
+    """The caller's ``dbError`` for a log line: credentials blanked, cut to ``limit``."""
+    if value is None or value == "":
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
+    text = _PASSWORD_VALUE.sub(r"\1\2***", text)
+    text = " ".join(text.split())  # one line
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _order_created_refusal(status: int, error: str, message: str) -> web.Response:
+    metrics.INTERNAL_CALLS.labels("order-created", error.lower()).inc()
+    return _Refusal(status, error, message).response("order-created")
+
+
+async def internal_order_created(request: web.Request) -> web.Response:
+    denied = _check_secret(request, "order-created")
+    if denied is not None:
+        outcome = "duplicate_header" if denied.status == 400 else "unauthorized"
+        metrics.INTERNAL_CALLS.labels("order-created", outcome).inc()
+        return denied
+    try:
+        body = InternalOrderCreated.model_validate_json(await request.read())
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            return _order_created_refusal(400, "INVALID_JSON", "the body is not valid JSON")
+        message = f"invalid body: {validation_summary(exc)}"
+        return _order_created_refusal(400, "INVALID_REQUEST", message)
+    order_id = body.orderId or order_id_for(body.outTradeNo)
+    structlog.contextvars.bind_contextvars(out_trade_no=body.outTradeNo)
+    data = OrderCreated(
+        out_trade_no=body.outTradeNo,
+        order_id=order_id,
+        user_id=body.userId,
+        openid=body.openid,
+        amount_total=body.amount,
+        package_type=body.packageType,
+        trade_type=body.tradeType,
+        reason=body.reason,
+    )
+    # One event per order, whoever retries: the order service writes it once.
+    envelope = make_event(events.ORDER_CREATED, data, f"order-created:{body.outTradeNo}")
+    if not await _publish(request, envelope):
+        return _order_created_refusal(503, "UNAVAILABLE", "temporarily unavailable, retry later")
+    log.info(
+        "order_created_published",
+        event_id=envelope.event_id,
+        order_id=order_id,
+        user_id=body.userId,
+        amount_total=body.amount,
+        package_type=body.packageType,
+        trade_type=body.tradeType,
+        reason=body.reason,
+        db_error=loggable_db_error(body.dbError),
+    )
+    metrics.INTERNAL_CALLS.labels("order-created", "published").inc()
+    return web.json_response(
+        {
+            "success": True,
+            "message": "order accepted: it will be written to payment_orders",
+            "orderId": order_id,
+        }
+    )

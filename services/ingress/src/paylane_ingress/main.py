@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from paylane_common.prices import PriceList
 from paylane_common.service import base_app, serve, use_broker
 from paylane_common.settings import secret_value
 from paylane_common.wechatpay import (
@@ -19,8 +20,9 @@ from paylane_common.wechatpay import (
     load_private_key,
 )
 
-from .internal import INTERNAL_SECRET, internal_notify
+from .internal import INTERNAL_SECRET, internal_notify, internal_order_created
 from .notify import MAX_BODY, NOTIFY_CONFIG, NotifyConfig, notify_wechatpay
+from .prices import PRICE_LIST, current_prices
 from .settings import IngressSettings
 
 
@@ -28,7 +30,7 @@ def build_app(
     settings: IngressSettings, *, clock: Callable[[], float] = time.time
 ) -> web.Application:
     keys = settings.verifier_keys()
-    # Public: the notify and internal routes and /healthz; /readyz and /metrics only on
+    # Public: the notify, internal and prices routes and /healthz; /readyz and /metrics only on
     # ADMIN_PORT (the cluster's probes and Prometheus, never the internet).
     app = base_app("ingress", client_max_size=MAX_BODY * 2, admin_port=settings.admin_port)
     app[NOTIFY_CONFIG] = NotifyConfig(
@@ -36,8 +38,11 @@ def build_app(
         apiv3_key=secret_value(settings.wechatpay_apiv3_key).encode(),
     )
     app[INTERNAL_SECRET] = secret_value(settings.internal_api_secret)
+    app[PRICE_LIST] = PriceList.of(settings.catalog, settings.prices_effective_at)
     app.router.add_post("/notify/wechatpay", notify_wechatpay)
     app.router.add_post("/api/payment/internal/notify", internal_notify)
+    app.router.add_post("/api/payment/internal/order-created", internal_order_created)
+    app.router.add_get("/api/prices/current", current_prices)
     use_broker(app, settings)
     if settings.refreshes_certificates:
         _use_certificate_refresh(app, settings, keys)

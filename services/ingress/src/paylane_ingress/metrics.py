@@ -22,3 +22,9 @@ ACK_SECONDS = Histogram(
     ["status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+INTERNAL_CALLS = Counter(
+    "paylane_ingress_internal_calls_total",
+    "Calls of the internal API other than notify, by route and outcome"
+    " (published, unauthorized, invalid_request, invalid_json, unavailable, …)",
+    ["route", "outcome"],
+)

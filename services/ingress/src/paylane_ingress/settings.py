@@ -1,14 +1,18 @@
-"""Ingress settings: the APIv3 key and the WeChat Pay verification keys (DESIGN §2)."""
+"""Ingress settings: the APIv3 key and the WeChat Pay verification keys (DESIGN §2), the
+cloud function's secret, the package catalog it reads prices from."""
 
 from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from paylane_common.merchant_api import DEFAULT_API_BASE, WechatPayKeysSettings
-from paylane_common.settings import BaseServiceSettings
+from paylane_common.settings import BaseServiceSettings, CatalogSettings
 
 
-class IngressSettings(BaseServiceSettings, WechatPayKeysSettings):
+class IngressSettings(BaseServiceSettings, WechatPayKeysSettings, CatalogSettings):
+    """``PACKAGE_CATALOG`` and ``PRICES_EFFECTIVE_AT`` price ``GET /api/prices/current``:
+    give ingress the same ``PACKAGE_CATALOG`` as the order service."""
+
     http_port: int = Field(8080, ge=1, le=65535)
     #: /readyz and /metrics are served here only, never on the internet-facing HTTP_PORT.
     admin_port: int = Field(9080, ge=1, le=65535)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from paylane_common.catalog import Package
 from paylane_common.events import validation_summary
+from paylane_common.prices import PriceList, dumps
 from paylane_common.tokens import issue_client_token
 
 from .auth import Caller, identify, require_backend
@@ -34,6 +35,8 @@ class ApiConfig(BaseModel):
     backend_secret: str
     token_secret: str
     token_ttl_s: int
+    #: ``GET /prices/current``'s ``success``/``data`` (SEED_SYSTEM.md §3); None: the catalog.
+    price_list: PriceList | None = None
 
 
 #: A row id of the shared ``users`` table: a string such as ``user-1706345678901-xyz789``
@@ -270,17 +273,27 @@ async def create_refund(request: web.Request) -> web.Response:
 
 
 async def prices(request: web.Request) -> web.Response:
-    catalog = request.app[API_CONFIG].catalog
-    return _json(
-        {
-            "currency": "CNY",
-            "packages": {name: str(p.price_yuan) for name, p in catalog.items()},
-            "packages_fen": {name: p.price_fen for name, p in catalog.items()},
-            "grants": {
-                name: {"payment_status": p.payment_status, "regenerate_count": p.regenerate_grant}
-                for name, p in catalog.items()
-            },
-        }
+    """Its own fields, and the seed's ``success``/``data`` (yuan as JSON numbers)."""
+    config = request.app[API_CONFIG]
+    catalog = config.catalog
+    price_list = config.price_list or PriceList.of(catalog)
+    return web.Response(
+        content_type="application/json",
+        text=dumps(
+            {
+                **price_list.answer(),
+                "currency": "CNY",
+                "packages": {name: str(p.price_yuan) for name, p in catalog.items()},
+                "packages_fen": {name: p.price_fen for name, p in catalog.items()},
+                "grants": {
+                    name: {
+                        "payment_status": p.payment_status,
+                        "regenerate_count": p.regenerate_grant,
+                    }
+                    for name, p in catalog.items()
+                },
+            }
+        ),
     )
 
 

@@ -10,8 +10,9 @@ from aiohttp import web
 
 from paylane_common.batching import BatchItem
 from paylane_common.consumer import Reject
-from paylane_common.events import Envelope, PaymentSucceeded, RefundEvent
+from paylane_common.events import Envelope, OrderCreated, PaymentSucceeded, RefundEvent
 from paylane_common.merchant_api import MERCHANT_SIGNER, WECHATPAY_CLIENT, use_wechatpay_client
+from paylane_common.prices import PriceList
 from paylane_common.service import (
     DB_POOL,
     OUTBOX_RELAY,
@@ -27,6 +28,7 @@ from paylane_common.topology import ORDER_PAYMENTS
 
 from . import api
 from .client_address import TRUSTED_PROXIES
+from .created import OrderCreatedApplier
 from .errors import error_middleware
 from .miniprogram import MiniProgramLogin
 from .orders import Orders, PlacementConfig
@@ -42,16 +44,24 @@ class OrderEvents:
     """The order consumer's handler: payments (one by one, or the plain ones in batches)
     and refund events (one by one)."""
 
-    def __init__(self, payments: PaymentApplier, refunds: RefundApplier):
+    def __init__(
+        self,
+        payments: PaymentApplier,
+        refunds: RefundApplier,
+        created: OrderCreatedApplier | None = None,
+    ):
         self.pool = payments.pool
         self._payments = payments
         self._refunds = refunds
+        self._created = created or OrderCreatedApplier(payments.pool)
 
     async def __call__(self, envelope: Envelope, data: Any) -> str:
         if isinstance(data, PaymentSucceeded):
             return await self._payments(envelope, data)
         if isinstance(data, RefundEvent):
             return await self._refunds(envelope, data)
+        if isinstance(data, OrderCreated):
+            return await self._created(envelope, data)
         raise Reject(f"{envelope.type} is not for the order service")
 
     async def apply_batch(
@@ -73,7 +83,8 @@ def build_handler(app: web.Application, settings: OrderSettings) -> OrderEvents:
         confirm=lambda data: confirm_payment(client, data),
         trust_internal=settings.internal_notify_trusted,
     )
-    return OrderEvents(payments, RefundApplier(app[DB_POOL], on_commit=wake))
+    created = OrderCreatedApplier(app[DB_POOL], order_ttl_s=settings.order_ttl_s)
+    return OrderEvents(payments, RefundApplier(app[DB_POOL], on_commit=wake), created)
 
 
 def build_app(settings: OrderSettings) -> web.Application:
@@ -88,6 +99,7 @@ def build_app(settings: OrderSettings) -> web.Application:
         backend_secret=secret_value(settings.backend_api_secret),
         token_secret=secret_value(settings.client_token_secret),
         token_ttl_s=settings.client_token_ttl_s,
+        price_list=PriceList.of(settings.catalog, settings.prices_effective_at),
     )
 
     async def orders_ctx(app: web.Application) -> AsyncIterator[None]:
