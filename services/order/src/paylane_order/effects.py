@@ -119,7 +119,8 @@ async def installed_at(pool: aiomysql.Pool) -> datetime | None:
     async with transaction(pool) as cur:
         await cur.execute("SELECT value FROM paylane_meta WHERE name = 'installed_at'")
         row = await cur.fetchone()
-    return datetime.fromisoformat(row["value"]) if row else None
+    # created_at is a TIMESTAMP, to the second: an order of the install's second counts.
+    return datetime.fromisoformat(row["value"]).replace(microsecond=0) if row else None
 
 
 async def sweep(pool: aiomysql.Pool, *, grace_s: float, limit: int) -> Counter[str]:
@@ -136,9 +137,9 @@ async def sweep(pool: aiomysql.Pool, *, grace_s: float, limit: int) -> Counter[s
 
 
 _SETTLED_ELSEWHERE = (
-    f"SELECT {ORDER_COLUMNS}, transaction_id FROM payment_orders"
-    " WHERE status = %s AND {{marker}} IS NULL AND created_at >= %s"
-    " AND updated_at <= NOW() - INTERVAL %s SECOND{{extra}}"
+    "SELECT " + ORDER_COLUMNS + ", transaction_id FROM payment_orders"
+    " WHERE status = %s AND {marker} IS NULL AND created_at >= %s"
+    " AND updated_at <= NOW() - INTERVAL %s SECOND{extra}"
     " ORDER BY created_at LIMIT %s"
 )
 
