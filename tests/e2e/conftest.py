@@ -29,7 +29,13 @@ APP_SECRET = "e2e-miniprogram-app-secret"
 #: WeChat's retry schedule at 1/100 (15 s → 150 ms); refunds completed by the tests.
 SANDBOX_ENV = {"SANDBOX_TIME_FACTOR": "0.01", "SANDBOX_REFUND_MODE": "manual"}
 #: The reconciler looks at orders after 1 s, every 0.5 s; unpaid orders expire after 4 s.
-ORDER_ENV = {"RECONCILE_AFTER_S": "1", "RECONCILE_INTERVAL_S": "0.5", "ORDER_TTL_S": "4"}
+#: Its effects sweep waits an hour: test_hybrid.py runs it on demand (reconcile --once).
+ORDER_ENV = {
+    "RECONCILE_AFTER_S": "1",
+    "RECONCILE_INTERVAL_S": "0.5",
+    "ORDER_TTL_S": "4",
+    "SWEEP_GRACE_S": "3600",
+}
 
 
 def order_env(sandbox_url: str) -> dict[str, str]:

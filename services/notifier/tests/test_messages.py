@@ -21,6 +21,7 @@ KEYS = {
     "payment_status",
     "regenerate_count",
     "amount_refund",
+    "generation_id",
     "event_id",
     "occurred_at",
 }

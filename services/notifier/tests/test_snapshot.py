@@ -39,6 +39,12 @@ async def test_a_client_connecting_after_the_payment_learns_it(
     client = await connect(notifier, transport, token_for(user_id))
 
     state = await client.next()
+    async with db_pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "SELECT generation_id FROM payment_orders WHERE out_trade_no = %s", (out_trade_no,)
+        )
+        (generation_id,) = await cur.fetchone()
+    assert generation_id.startswith("gen-")  # the generation the client unlocks
     assert {k: v for k, v in state.data.items() if k != "occurred_at"} == {
         "type": "order.state",
         "out_trade_no": out_trade_no,
@@ -46,6 +52,7 @@ async def test_a_client_connecting_after_the_payment_learns_it(
         "payment_status": "premium",
         "regenerate_count": 33,
         "amount_refund": None,
+        "generation_id": generation_id,
         "event_id": None,
     }
     if transport == "sse":

@@ -51,6 +51,7 @@ async def test_ws_and_sse_clients_receive_their_users_events(
             "payment_status": None,
             "regenerate_count": None,
             "amount_refund": None,
+            "generation_id": None,
             "event_id": paid.event_id,
             "occurred_at": paid.occurred_at.isoformat().replace("+00:00", "Z"),
         }
@@ -61,6 +62,7 @@ async def test_ws_and_sse_clients_receive_their_users_events(
             "payment_status": "premium",
             "regenerate_count": 33,
             "amount_refund": None,
+            "generation_id": None,
             "event_id": granted.event_id,
             "occurred_at": granted.occurred_at.isoformat().replace("+00:00", "Z"),
         }

@@ -5,14 +5,15 @@ Every message has the same keys, ``null`` where its source does not carry a fiel
     {"type": "order.paid" | "order.refunded" | "entitlement.granted"
              | "entitlement.revoked" | "order.state",
      "out_trade_no", "status", "payment_status", "regenerate_count", "amount_refund",
-     "event_id", "occurred_at"}
+     "generation_id", "event_id", "occurred_at"}
 
 ``status`` is the order's status as the client should see it: ``"paid"`` for
 ``order.paid`` / ``entitlement.granted`` and for a partial refund (``amount_refund`` then
 says how much came back), ``"refunded"`` for a full refund / ``entitlement.revoked``, and
 the row's own status for ``order.state``: one of :data:`ORDER_STATUSES`, the shared
 ``payment_orders.status`` (``failed``: timed out or cancelled; ``needs_review``: paylane's,
-a payment that did not match its order). ``occurred_at`` is ISO 8601 UTC; :attr:`ClientMessage.id`
+a payment that did not match its order). ``generation_id`` names the generation a paid
+order unlocks (``order.paid`` and ``order.state``), when the order has one. ``occurred_at`` is ISO 8601 UTC; :attr:`ClientMessage.id`
 is the same instant in integer milliseconds since the epoch (the SSE ``id``, see
 :mod:`paylane_notifier.snapshot`).
 """
@@ -51,6 +52,7 @@ class ClientMessage:
     event_id: str | None
     occurred_at: datetime
     amount_refund: int | None = None
+    generation_id: str | None = None
 
     @property
     def id(self) -> str:
@@ -65,6 +67,7 @@ class ClientMessage:
             "payment_status": self.payment_status,
             "regenerate_count": self.regenerate_count,
             "amount_refund": self.amount_refund,
+            "generation_id": self.generation_id,
             "event_id": self.event_id,
             "occurred_at": self.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         }
@@ -83,6 +86,7 @@ def from_event(envelope: Envelope, data: Any) -> tuple[str, ClientMessage] | Non
             status="paid",
             payment_status=None,
             regenerate_count=None,
+            generation_id=data.generation_id,
             **common,
         )
     if envelope.type == events.ORDER_REFUNDED and isinstance(data, OrderRefunded):

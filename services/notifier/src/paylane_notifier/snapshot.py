@@ -55,7 +55,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_ID = 10**13
 
 _SELECT = """
-SELECT o.out_trade_no, o.status, o.amount_total, o.amount_refunded,
+SELECT o.out_trade_no, o.status, o.amount_total, o.amount_refunded, o.generation_id,
        COALESCE(u.payment_status, 'free') AS payment_status,
        COALESCE(u.regenerate_count, 0) AS regenerate_count,
        UNIX_TIMESTAMP(GREATEST(o.updated_at, COALESCE(u.updated_at, o.updated_at)))
@@ -113,6 +113,7 @@ async def load_snapshot(
             payment_status=row["payment_status"],
             regenerate_count=row["regenerate_count"],
             amount_refund=_amount_refund(row),
+            generation_id=row["generation_id"] or None,  # '' in the row: none
             event_id=None,
             occurred_at=_changed_at(row["changed_epoch"], row["read_epoch"]),
         )

@@ -123,6 +123,8 @@ def build_app(settings: OrderSettings) -> web.Application:
             concurrency=settings.reconcile_concurrency,
             refund_grace_s=settings.reconcile_refund_grace_s,
             order_ttl_s=settings.order_ttl_s,
+            sweep_grace_s=settings.sweep_grace_s,
+            sweep_limit=settings.sweep_limit,
         )
         app[RECONCILER] = reconciler
         app[api.LOGIN] = MiniProgramLogin(

@@ -18,18 +18,17 @@ from typing import Any
 import aiomysql
 import structlog
 
-from paylane_common import events, inbox, outbox
+from paylane_common import inbox, outbox
 from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import placeholders, rows_table, transaction
 from paylane_common.events import (
     Envelope,
-    OrderPaid,
-    OrderRefunded,
     PaymentSucceeded,
-    make_event,
 )
 from paylane_common.ids import new_row_id
+
+from . import effects
 
 log = structlog.get_logger(__name__)
 
@@ -127,9 +126,15 @@ class PaymentApplier:
             return outcomes
         await inbox.claim_many(cur, CONSUMER, [it.envelope.event_id for _, it, _, _ in plain])
         paid, params = rows_table(
-            ("out_trade_no", "transaction_id", "paid_at", "openid"),
+            ("out_trade_no", "transaction_id", "paid_at", "openid", "generation_id"),
             [
-                (it.data.out_trade_no, it.data.transaction_id, paid_at, it.data.openid)
+                (
+                    it.data.out_trade_no,
+                    it.data.transaction_id,
+                    paid_at,
+                    it.data.openid,
+                    it.data.generation_id,
+                )
                 for _, it, _, paid_at in plain
             ],
         )
@@ -137,7 +142,9 @@ class PaymentApplier:
             f"UPDATE payment_orders o JOIN ({paid}) v ON v.out_trade_no = o.out_trade_no"
             " SET o.status = 'paid', o.transaction_id = v.transaction_id,"
             " o.paid_at = v.paid_at, o._openid = COALESCE(o._openid, v.openid),"
-            " o.paid_event_at = NOW(6) WHERE o.status IN ('pending', 'failed')",
+            " o.paid_event_at = NOW(6), o.generation_id = IF(o.generation_id = '',"
+            " COALESCE(v.generation_id, ''), o.generation_id)"
+            " WHERE o.status IN ('pending', 'failed')",
             params,
         )
         if cur.rowcount != len(plain):  # the rows are locked: cannot happen, but never guess
@@ -169,9 +176,10 @@ class PaymentApplier:
             paid_at = _paid_at(data.success_time)
             await cur.execute(
                 "UPDATE payment_orders SET status = 'paid', transaction_id = %s, paid_at = %s,"
-                " _openid = COALESCE(_openid, %s), paid_event_at = NOW(6)"
+                " _openid = COALESCE(_openid, %s), paid_event_at = NOW(6),"
+                f" {_FILL_GENERATION}"
                 " WHERE out_trade_no = %s AND status IN ('pending', 'failed')",
-                (data.transaction_id, paid_at, data.openid, data.out_trade_no),
+                (data.transaction_id, paid_at, data.openid, data.generation_id, data.out_trade_no),
             )
             if cur.rowcount == 1:
                 late = order["status"] == "failed"
@@ -184,6 +192,33 @@ class PaymentApplier:
             order = await _load(cur, data.out_trade_no, lock=True)
             assert order is not None
         return await self._not_applied(cur, envelope, data, order, mismatch)
+
+    async def _announce_paid_elsewhere(
+        self,
+        cur: aiomysql.Cursor,
+        envelope: Envelope,
+        data: PaymentSucceeded,
+        order: dict[str, Any],
+    ) -> str:
+        """The cloud function marked the order paid itself (SEED_SYSTEM.md §2), so the
+        conditional ``pending|failed → paid`` found nothing to move; the effect is still
+        paylane's: ``order.paid``, once (``paid_event_at``, effects.py)."""
+        await cur.execute(
+            "UPDATE payment_orders SET paid_event_at = NOW(6),"
+            f" transaction_id = COALESCE(transaction_id, %s), {_FILL_GENERATION}"
+            " WHERE out_trade_no = %s AND status = 'paid' AND paid_event_at IS NULL"
+            " AND (transaction_id IS NULL OR transaction_id = %s)",
+            (data.transaction_id, data.generation_id, data.out_trade_no, data.transaction_id),
+        )
+        if cur.rowcount != 1:  # announced meanwhile (the row is ours to lock from here)
+            order = await _load(cur, data.out_trade_no, lock=True)
+            assert order is not None
+            return await self._not_applied(cur, envelope, data, order, None)
+        paid_at = order["paid_at"] or _paid_at(data.success_time)
+        await _log(cur, envelope, data, "paid_elsewhere", "marked paid by another writer")
+        await outbox.add(cur, PRODUCER, _order_paid(data, order, paid_at))
+        log.info("order_paid_elsewhere_announced", source=data.source)
+        return "paid"
 
     def _mismatch(self, order: dict[str, Any], data: PaymentSucceeded) -> str | None:
         if data.amount_total != order["amount_total"]:
@@ -206,7 +241,11 @@ class PaymentApplier:
         mismatch: str | None,
     ) -> str:
         status, paid_txn = order["status"], order["transaction_id"]
-        if paid_txn == data.transaction_id and status in ("paid", "refunded", "needs_review"):
+        if _paid_elsewhere(order, data):
+            if mismatch is None:
+                return await self._announce_paid_elsewhere(cur, envelope, data, order)
+            # Paid elsewhere, but not what WeChat Pay says was paid: needs review, below.
+        elif paid_txn == data.transaction_id and status in ("paid", "refunded", "needs_review"):
             await _log(cur, envelope, data, "duplicate_notification", None)
             return "duplicate"
         if paid_txn is not None and status in ("paid", "refunded"):
@@ -231,13 +270,27 @@ class PaymentApplier:
         return "needs_review"
 
 
+#: An empty generation (a row written without one) takes the one a payment names.
+_FILL_GENERATION = "generation_id = IF(generation_id = '', COALESCE(%s, ''), generation_id)"
+
+
+def _paid_elsewhere(order: dict[str, Any], data: PaymentSucceeded) -> bool:
+    """Marked ``paid`` by another writer, with this transaction (or none), and never
+    announced by paylane."""
+    return (
+        order["status"] == "paid"
+        and order["paid_event_at"] is None
+        and order["transaction_id"] in (None, data.transaction_id)
+    )
+
+
 #: What a payment may move to ``paid``: a pending order, or one that timed out or was
 #: cancelled (``failed``) and was paid all the same.
 _PAYABLE = ("pending", "failed")
 #: ``amount_total`` is the fen generated from the row's yuan ``amount``, whoever wrote it.
 _ORDER_COLUMNS = (
     "out_trade_no, user_id, package_type, amount_total, currency, status, transaction_id,"
-    " appid, generation_id"
+    " appid, generation_id, paid_at, paid_event_at"
 )
 _LOG_INSERT = (
     "INSERT INTO payment_logs (id, out_trade_no, event_id, type, transaction_id, amount_total,"
@@ -246,17 +299,10 @@ _LOG_INSERT = (
 
 
 def _order_paid(data: PaymentSucceeded, order: dict[str, Any], paid_at: datetime) -> Envelope:
-    return make_event(
-        events.ORDER_PAID,
-        OrderPaid(
-            out_trade_no=data.out_trade_no,
-            user_id=order["user_id"],
-            package_type=order["package_type"],
-            amount_total=order["amount_total"],
-            paid_at=paid_at.replace(tzinfo=UTC).isoformat(),
-            generation_id=order.get("generation_id") or None,
-        ),
-    )
+    """``order.paid`` for a payment this consumer applied; the generation is the row's, or
+    the one an internal notify named for a row written without one."""
+    generation_id = order.get("generation_id") or data.generation_id
+    return effects.order_paid({**order, "generation_id": generation_id}, paid_at)
 
 
 async def _with_refunds(cur: aiomysql.Cursor, out_trade_nos: list[str]) -> set[str]:
@@ -313,18 +359,7 @@ async def add_order_refunded(
     into the outbox, in the caller's transaction. With ``full``, the caller sets the
     order's ``refund_event_at`` in the same transaction."""
     await outbox.add(
-        cur,
-        PRODUCER,
-        make_event(
-            events.ORDER_REFUNDED,
-            OrderRefunded(
-                out_trade_no=order["out_trade_no"],
-                user_id=order["user_id"],
-                package_type=order["package_type"],
-                amount_refund=amount_refund,
-                full=full,
-            ),
-        ),
+        cur, PRODUCER, effects.order_refunded(order, amount_refund=amount_refund, full=full)
     )
 
 

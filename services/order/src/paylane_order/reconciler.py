@@ -16,6 +16,8 @@
   ``refund_id`` is closed locally once ``refund_grace_s`` old, so it stops reserving the
   order's refundable amount.
 - internal notifies without amount are confirmed by the same query (``confirm_payment``).
+- orders another writer (the cloud function) settled, whose effect paylane never applied
+  because its notify was lost: announced once (``effects.sweep``).
 
 Each pass asks about every pending order and refund older than ``after_s``, paging
 through them by key (``created_at``, ``id``) and with at most ``concurrency`` WeChat Pay
@@ -51,6 +53,8 @@ from paylane_common.exceptions import PublishError
 from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
+
+from . import effects
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +117,10 @@ async def confirm_payment(client: WechatPayClient, data: PaymentSucceeded) -> Pa
             f"WeChat Pay does not confirm the payment: trade_state {state},"
             f" transaction {tx.get('transaction_id')}"
         )
-    return payment_from_transaction(tx, data.source)
+    # What only the notify knows (the generation it unlocks) stays with the payment.
+    return payment_from_transaction(tx, data.source).model_copy(
+        update={"generation_id": data.generation_id}
+    )
 
 
 class Reconciler(BackgroundLoop):
@@ -132,6 +139,8 @@ class Reconciler(BackgroundLoop):
         concurrency: int = 16,
         refund_grace_s: float = 600.0,
         order_ttl_s: float = 1800.0,
+        sweep_grace_s: float = 60.0,
+        sweep_limit: int = 500,
     ) -> None:
         self._pool = pool
         self._client = client
@@ -141,6 +150,8 @@ class Reconciler(BackgroundLoop):
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._refund_grace_s = refund_grace_s
+        self._sweep_grace_s = sweep_grace_s
+        self._sweep_limit = sweep_limit
         self._order_ttl = timedelta(seconds=order_ttl_s)
 
     async def _run(self) -> None:
@@ -164,6 +175,11 @@ class Reconciler(BackgroundLoop):
                 with PASS_SECONDS.time():
                     await self._pass("payment_orders", self._settle_order, findings)
                     await self._pass("refunds", self._settle_refund, findings)
+                    findings.update(
+                        await effects.sweep(
+                            self._pool, grace_s=self._sweep_grace_s, limit=self._sweep_limit
+                        )
+                    )
             finally:
                 async with conn.cursor() as cur:
                     await cur.execute(_RELEASE_LOCK, (self.LOCK,))

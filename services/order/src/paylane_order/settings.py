@@ -53,6 +53,11 @@ class OrderSettings(
     #: A refund WeChat Pay does not know (its request never got there) is closed once this
     #: old; longer than a refund request, its retries and the caller's retries take.
     reconcile_refund_grace_s: float = Field(600.0, ge=0)
+    #: The effects sweep (effects.py): orders another writer settled are announced once
+    #: untouched this long (the cloud function's notify on its way wins) …
+    sweep_grace_s: float = Field(60.0, ge=0)
+    #: … at most this many of each kind (paid, refunded) a pass.
+    sweep_limit: int = Field(500, ge=1)
 
     @field_validator("wechat_api_base")
     @classmethod

@@ -50,6 +50,8 @@ async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
                 concurrency=settings.reconcile_concurrency,
                 refund_grace_s=settings.reconcile_refund_grace_s,
                 order_ttl_s=settings.order_ttl_s,
+                sweep_grace_s=settings.sweep_grace_s,
+                sweep_limit=settings.sweep_limit,
             )
             total: Counter[str] = Counter()
             while True:
