@@ -13,9 +13,9 @@ says how much came back), ``"refunded"`` for a full refund / ``entitlement.revok
 the row's own status for ``order.state``: one of :data:`ORDER_STATUSES`, the shared
 ``payment_orders.status`` (``failed``: timed out or cancelled; ``needs_review``: paylane's,
 a payment that did not match its order). ``generation_id`` names the generation a paid
-order unlocks (``order.paid`` and ``order.state``), when the order has one. ``occurred_at`` is ISO 8601 UTC; :attr:`ClientMessage.id`
-is the same instant in integer milliseconds since the epoch (the SSE ``id``, see
-:mod:`paylane_notifier.snapshot`).
+order unlocks (``order.paid`` and ``order.state``), when the order has one.
+``occurred_at`` is ISO 8601 UTC; :attr:`ClientMessage.id` is the same instant in integer
+milliseconds since the epoch (the SSE ``id``, see :mod:`paylane_notifier.snapshot`).
 """
 
 from __future__ import annotations
