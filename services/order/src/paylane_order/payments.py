@@ -248,7 +248,7 @@ class PaymentApplier:
         elif paid_txn == data.transaction_id and status in ("paid", "refunded", "needs_review"):
             await _log(cur, envelope, data, "duplicate_notification", None)
             return "duplicate"
-        if paid_txn is not None and status in ("paid", "refunded"):
+        elif paid_txn is not None and status in ("paid", "refunded"):
             # Paid twice: keep the first, record the second for refund, grant nothing.
             await _log(cur, envelope, data, "duplicate_payment", f"first transaction {paid_txn}")
             log.error(
