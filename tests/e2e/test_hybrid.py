@@ -114,6 +114,13 @@ async def grants(pool: aiomysql.Pool, out_trade_no: str) -> dict[str, Any]:
     )
 
 
+async def until_grants(pool: aiomysql.Pool, out_trade_no: str, expected: dict[str, int]) -> None:
+    async def reached() -> bool:
+        return await grants(pool, out_trade_no) == expected
+
+    await eventually(reached, what=f"{out_trade_no}: grants {expected}", timeout=20)
+
+
 async def log_count(pool: aiomysql.Pool, out_trade_no: str, kind: str) -> int:
     row = await fetch_one(
         pool,
@@ -184,10 +191,15 @@ async def test_notify_for_an_order_already_paid_grants_unlocks_and_pushes_once(
             for _ in range(5):
                 await notify(stack, ids)
 
-            async def all_handled() -> bool:
-                return await log_count(db_pool, ids["outTradeNo"], "duplicate_notification") == 5
+            # (They carry one event id, so the inbox absorbs them without a trace. A later
+            # order's notify, once granted, shows they have been consumed.)
+            sentinel = await cloud_function_order(stack, db_pool, wechat)
+            await notify(stack, sentinel)
 
-            await eventually(all_handled, what="five duplicates recorded", timeout=20)
+            async def sentinel_granted() -> bool:
+                return (await grants(db_pool, sentinel["outTradeNo"]))["n"] == 1
+
+            await eventually(sentinel_granted, what="a later order granted", timeout=20)
             assert await drain(client) == []
     assert snapshot and all(m["status"] == "paid" for m in snapshot if "status" in m)
     assert await grants(db_pool, ids["outTradeNo"]) == {"n": 1, "revoked": 0}
@@ -215,13 +227,14 @@ async def test_the_sweep_grants_a_payment_whose_notify_never_came_then_revokes_i
     # The cloud function's notify was lost: only the sweep can find the order.
     # (Orders other tests left paid by SQL may be announced by the same pass.)
     assert (await reconcile_once(stack)).get("effect_paid", 0) >= 1
-    assert await grants(db_pool, ids["outTradeNo"]) == {"n": 1, "revoked": 0}
+    # The order.paid it staged goes out through the order service's outbox relay.
+    await until_grants(db_pool, ids["outTradeNo"], {"n": 1, "revoked": 0})
     assert await user_state(db_pool, ids["userId"]) == ("premium", 3 + PREMIUM_GRANT)
     # Once: a second pass finds nothing of it, and a late notify changes nothing.
     assert "effect_paid" not in await reconcile_once(stack)
     await notify(stack, ids)
 
-    async def late_notify_handled() -> bool:
+    async def late_notify_handled() -> bool:  # its event id is new to the consumer
         return await log_count(db_pool, ids["outTradeNo"], "duplicate_notification") == 1
 
     await eventually(late_notify_handled, what="the late notify recorded", timeout=20)
@@ -252,9 +265,9 @@ async def test_the_sweep_grants_a_payment_whose_notify_never_came_then_revokes_i
         async with await client_stream(stack, http, ids["userId"]) as client:
             await drain(client)
             assert (await reconcile_once(stack)).get("effect_refunded", 0) >= 1
+            await until_grants(db_pool, ids["outTradeNo"], {"n": 1, "revoked": 1})
             pushed = await drain(client)
     assert [m["type"] for m in pushed].count("order.refunded") == 1, pushed
-    assert await grants(db_pool, ids["outTradeNo"]) == {"n": 1, "revoked": 1}
     assert await user_state(db_pool, ids["userId"]) == ("free", 3)
     assert "effect_refunded" not in await reconcile_once(stack)
     assert await grants(db_pool, ids["outTradeNo"]) == {"n": 1, "revoked": 1}
