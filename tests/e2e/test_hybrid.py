@@ -44,28 +44,15 @@ PREMIUM_FEN, PREMIUM_GRANT = 2990, 100
 async def cloud_function_order(
     stack: Stack, pool: aiomysql.Pool, wechat: FakeWechat
 ) -> dict[str, str]:
-    """The cloud function's order: its user and its ``pending`` row (yuan, no paylane
-    column), placed at WeChat Pay; then the payer pays and the cloud function, which got
-    the callback, marks the row ``paid`` with the transaction. paylane has heard nothing."""
+    """The cloud function's order, placed at WeChat Pay and paid, its callback received by
+    the cloud function (not paylane), which wrote its user and its row as ``paid`` with
+    the transaction: yuan, none of paylane's columns. paylane has heard nothing.
+
+    (The row is written once, as paid: had it sat ``pending`` for a second, paylane's own
+    reconciler could have found the payment first, which is another test's business.)"""
     ids = cloud_ids()
     ids["generationId"] = f"gen-{uuid.uuid4().hex[:12]}"
     await place_at_wechatpay(stack, wechat, ids, PREMIUM_FEN, "premium")
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO users (id, openid) VALUES (%s, %s)", (ids["userId"], ids["openid"])
-        )
-        await cur.execute(
-            "INSERT INTO payment_orders (id, user_id, generation_id, out_trade_no, amount,"
-            " package_type, trade_type, status, _openid)"
-            " VALUES (%s, %s, %s, %s, 29.90, 'premium', 'JSAPI', 'pending', %s)",
-            (
-                f"order-{ids['outTradeNo'][:13]}-cf{uuid.uuid4().hex[:4]}",
-                ids["userId"],
-                ids["generationId"],
-                ids["outTradeNo"],
-                ids["openid"],
-            ),
-        )
     status, paid = await sandbox(
         stack, "POST", f"/sandbox/orders/{ids['outTradeNo']}/pay", {"notify": False}
     )
@@ -73,11 +60,21 @@ async def cloud_function_order(
     ids["transactionId"] = paid["transaction_id"]
     async with transaction(pool) as cur:
         await cur.execute(
-            "UPDATE payment_orders SET status = 'paid', transaction_id = %s, paid_at = NOW()"
-            " WHERE out_trade_no = %s AND status = 'pending'",
-            (ids["transactionId"], ids["outTradeNo"]),
+            "INSERT INTO users (id, openid) VALUES (%s, %s)", (ids["userId"], ids["openid"])
         )
-        assert cur.rowcount == 1
+        await cur.execute(
+            "INSERT INTO payment_orders (id, user_id, generation_id, out_trade_no, amount,"
+            " package_type, trade_type, status, transaction_id, paid_at, _openid)"
+            " VALUES (%s, %s, %s, %s, 29.90, 'premium', 'JSAPI', 'paid', %s, NOW(), %s)",
+            (
+                f"order-{ids['outTradeNo'][:13]}-cf{uuid.uuid4().hex[:4]}",
+                ids["userId"],
+                ids["generationId"],
+                ids["outTradeNo"],
+                ids["transactionId"],
+                ids["openid"],
+            ),
+        )
     return ids
 
 

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import aiomysql
+import pymysql
 import structlog
 
 from . import metrics, tracing
@@ -25,6 +26,9 @@ from .publisher import Publisher, envelope_message
 
 log = structlog.get_logger(__name__)
 
+
+_ER_LOCK_DEADLOCK = 1213
+_DEADLOCK_ATTEMPTS = 3
 
 _INSERT = (
     "INSERT INTO outbox (producer, event_id, routing_key, payload, headers)"
@@ -113,7 +117,22 @@ class OutboxRelay(BackgroundLoop):
             self._wakeup.clear()
 
     async def relay_once(self) -> int:
-        """Publish up to one batch of pending rows; return how many were marked published."""
+        """Publish up to one batch of pending rows; return how many were marked published.
+
+        Two relays of one producer (replicas) can still deadlock in InnoDB's locks on the
+        claim's index: the loser's transaction is rolled back whole (nothing of it was
+        marked; what it published goes out again, at least once as ever) and the batch is
+        claimed anew."""
+        for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+            try:
+                return await self._relay_batch()
+            except pymysql.err.OperationalError as exc:
+                if exc.args[0] != _ER_LOCK_DEADLOCK or attempt == _DEADLOCK_ATTEMPTS:
+                    raise
+                log.info("outbox_claim_deadlock_retried", attempt=attempt)
+        raise AssertionError("unreachable")
+
+    async def _relay_batch(self) -> int:
         # READ COMMITTED: the claim takes record locks only. Under REPEATABLE READ its gap
         # locks would block every consumer inserting an outbox row for as long as the
         # publishes take, and deadlock with them when the rows are marked.
