@@ -65,6 +65,8 @@ GRANT SELECT, INSERT, UPDATE (`revoked_at`)
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{entitlement_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{entitlement_user}'@'%';
 GRANT LOCK TABLES ON `{database}`.* TO '{entitlement_user}'@'%';
+-- The order service's locking reads (orders, refunds, users) need it on MySQL 8 as well.
+GRANT LOCK TABLES ON `{database}`.* TO '{order_user}'@'%';
 
 -- notifier (internet-facing WebSocket/SSE): reads the state snapshot sent on connect,
 -- writes nothing. Compromised, it cannot change a plan, an order or a refund, nor read a

@@ -30,6 +30,21 @@ def _migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cutover(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from paylane_common.migrate import cutover
+
+    settings = command_settings(BaseServiceSettings)
+    at = datetime.fromisoformat(args.at) if args.at else None
+    if at is not None and at.tzinfo is None:
+        print("--at needs a time zone, e.g. 2026-11-24T09:00:00+08:00", file=sys.stderr)
+        return 2
+    moment = cutover(settings.mysql_url, at)
+    print(f"effects of orders settled elsewhere apply from {moment.isoformat()}Z")
+    return 0
+
+
 def _topology(_args: argparse.Namespace) -> int:
     """Declare the broker topology with AMQP_URL's identity (one allowed to configure),
     for services running with AMQP_DECLARE_TOPOLOGY=false."""
@@ -79,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="create the database in MYSQL_URL if needed and apply migrations"
     )
     migrate.set_defaults(func=_migrate)
+    cut = commands.add_parser(
+        "cutover",
+        help="from now (or --at), paylane grants orders the cloud function settles; "
+        "run it when the cloud function starts calling paylane",
+    )
+    cut.add_argument("--at", help="ISO 8601 time with zone (default: now)")
+    cut.set_defaults(func=_cutover)
     topology = commands.add_parser(
         "topology",
         help="declare the RabbitMQ exchange, stream and queues (an identity that may configure)",

@@ -31,7 +31,13 @@ from aiormq.exceptions import ChannelAccessRefused
 from paylane_common import amqp, db, events
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.db import transaction
-from paylane_common.events import OrderPaid, PaymentSucceeded, RefundEvent, make_event
+from paylane_common.events import (
+    OrderCreated,
+    OrderPaid,
+    PaymentSucceeded,
+    RefundEvent,
+    make_event,
+)
 from paylane_common.exceptions import ConfigError, PublishError
 from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher, envelope_message
@@ -201,6 +207,15 @@ async def test_ingress_user_publishes_payment_events_but_never_order_paid(
         publisher = await Publisher.open(connection, declare=False)
         envelope, _ = _payment()
         await publisher.publish(envelope)  # confirmed
+        # The cloud function's order-created call (docs/cloud-function.md): confirmed too.
+        created = OrderCreated(
+            out_trade_no="170634567890112345",
+            user_id="user-1706345678901-xyz789",
+            amount_total=2990,
+            package_type="premium",
+        )
+        order_created = make_event(events.ORDER_CREATED, created)
+        await publisher.publish(order_created)
         with pytest.raises(PublishError):
             await publisher.publish(_order_paid()[0])
         await publisher.close()
@@ -228,6 +243,8 @@ async def test_ingress_user_publishes_payment_events_but_never_order_paid(
 
     got = await spy.get(no_ack=True, timeout=5)
     assert got.routing_key == "payment.succeeded" and got.message_id == envelope.event_id
+    got = await spy.get(no_ack=True, timeout=5)
+    assert got.routing_key == "order.created" and got.message_id == order_created.event_id
     assert await spy.get(no_ack=True, fail=False) is None  # nothing else got through
     await spy_channel.close()
 

@@ -5,6 +5,7 @@ from the notify or from the sweep, and never for what was settled before paylane
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import aiomysql
 import pytest
@@ -13,6 +14,7 @@ from paylane_common import events
 from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, make_event, parse_event
 from paylane_common.ids import new_row_id
+from paylane_common.migrate import cutover
 from paylane_order import effects
 from paylane_order.payments import Merchant, PaymentApplier
 
@@ -200,3 +202,35 @@ async def test_the_sweep_is_bounded_per_pass(db_pool) -> None:
         passes.append((await effects.sweep(db_pool, grace_s=60, limit=2))["effect_paid"])
     assert len(passes) >= 2 and max(passes) == 2, passes
     assert all([len(await staged(db_pool, no, "order.paid")) == 1 for no in orders])
+
+
+async def test_a_notify_for_an_order_paid_before_paylane_grants_nothing(db_pool) -> None:
+    """A callback WeChat Pay retried after the cutover, for an order the backend before
+    paylane already granted: the cloud function notifies again; paylane does not grant."""
+    applier = PaymentApplier(db_pool, MERCHANT, trust_internal=True)
+    envelope, data = notify(SEED_PAID, txn="4200001234202401270000000001")
+    assert await applier(envelope, data) == "duplicate"
+    assert await staged(db_pool, SEED_PAID, "order.paid") == []
+
+
+async def test_cutover_moves_where_paylane_starts_granting(db_pool, mysql_url) -> None:
+    """``paylane cutover`` at a later moment: orders paid before it, whose notify the
+    backend before paylane received, are not paylane's to grant, by notify or sweep."""
+    async with transaction(db_pool) as cur:
+        await cur.execute("SELECT value FROM paylane_meta WHERE name = 'effects_since'")
+        before = (await cur.fetchone())["value"]
+    out_trade_no, _ = await paid_elsewhere(db_pool)
+    await backdate(db_pool, out_trade_no)
+    try:
+        cutover(mysql_url, datetime.now(UTC) + timedelta(hours=1))
+        await effects.sweep(db_pool, grace_s=0, limit=500)
+        applier = PaymentApplier(db_pool, MERCHANT, trust_internal=True)
+        assert await applier(*notify(out_trade_no)) == "duplicate"
+        assert await staged(db_pool, out_trade_no, "order.paid") == []
+    finally:
+        async with transaction(db_pool) as cur:
+            await cur.execute(
+                "UPDATE paylane_meta SET value = %s WHERE name = 'effects_since'", (before,)
+            )
+    await effects.sweep(db_pool, grace_s=0, limit=500)
+    assert len(await staged(db_pool, out_trade_no, "order.paid")) == 1

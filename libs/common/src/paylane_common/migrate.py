@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from importlib.resources import files
 from urllib.parse import quote
 
@@ -36,3 +37,31 @@ def migrate(url: str) -> list[str]:
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
     return [m.id for m in pending]
+
+
+def cutover(url: str, at: datetime | None = None) -> datetime:
+    """Set ``paylane_meta.effects_since`` (effects.py in the order service): paylane applies
+    the effects of orders another writer settled from this moment (default: now, UTC),
+    the one at which the cloud function starts calling paylane instead of the backend
+    before it. Returns the moment set."""
+    moment = (at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    dsn = MySQLDsn(url)
+    conn = pymysql.connect(
+        host=dsn.host,
+        port=dsn.port,
+        user=dsn.user,
+        password=dsn.password,
+        database=dsn.database,
+        connect_timeout=5,
+        autocommit=True,
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO paylane_meta (name, value) VALUES ('effects_since', %s)"
+                " ON DUPLICATE KEY UPDATE value = VALUES(value)",
+                (moment.isoformat(sep=" ", timespec="microseconds"),),
+            )
+    finally:
+        conn.close()
+    return moment

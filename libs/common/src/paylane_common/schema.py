@@ -133,6 +133,8 @@ def extend_enum(cur: Any, enum: EnumValues) -> bool:
         return False
     values = ", ".join("'" + v.replace("'", "''") + "'" for v in (*present, *missing))
     definition = f"ENUM({values})" + ("" if nullable == "YES" else " NOT NULL")
+    if default is not None and default.upper() == "NULL":  # MariaDB: no default, unquoted
+        default = None
     if default is not None:
         # information_schema quotes string defaults on MariaDB, not on MySQL.
         default = default.strip("'")
@@ -203,7 +205,11 @@ INDEXES = [
     Index(ORDERS, "ix_orders_status", ("status", "created_at")),
     Index(ORDERS, "ix_orders_reconcile", ("status", "reconciled_at", "created_at")),
     Index(ORDERS, "ix_orders_paid_effect", ("status", "paid_event_at", "created_at")),
-    Index(ORDERS, "ix_orders_refund_effect", ("status", "refund_event_at", "created_at")),
+    Index(
+        ORDERS,
+        "ix_orders_refund_effect",
+        ("status", "refund_event_at", "paid_event_at", "created_at"),
+    ),
     Index("refunds", "ix_refunds_order", ("out_trade_no",)),
     Index("refunds", "ix_refunds_status", ("status", "created_at")),
     Index("refunds", "ix_refunds_reconcile", ("status", "reconciled_at", "created_at")),

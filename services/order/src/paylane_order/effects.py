@@ -14,12 +14,14 @@ paylane's to apply, exactly once:
   the sweep below) announces it, and nobody a second time.
 - The sweep (run by the reconciler, so by ``paylane reconcile --once`` too, one replica at
   a time) finds orders ``paid`` or ``refunded`` whose event paylane never staged, and
-  stages it as if the notify had come. It looks only at orders created since paylane was
-  installed on the database (``paylane_meta.installed_at``, written by the first
-  ``paylane migrate``): the orders settled before paylane were the old backend's to
-  grant, and it did. Bounded (``limit`` a pass), indexed (``ix_orders_paid_effect``,
-  ``ix_orders_refund_effect``), and only for rows untouched for ``grace_s``, so the
-  notify that is on its way normally wins.
+  stages it as if the notify had come.
+- Both look only at orders paid since ``paylane_meta.effects_since`` (the first
+  ``paylane migrate``, moved by ``paylane cutover`` to when the cloud function starts
+  calling paylane): the orders settled before were the old backend's to grant, and it
+  did. The sweep is bounded (``limit`` a pass), indexed (``ix_orders_paid_effect``,
+  ``ix_orders_refund_effect``; its ``created_at`` range starts a day before
+  ``effects_since``), and only takes rows untouched for ``grace_s``, so the notify that
+  is on its way normally wins.
 """
 
 from __future__ import annotations
@@ -80,21 +82,30 @@ def order_refunded(order: dict[str, Any], *, amount_refund: int, full: bool) -> 
     )
 
 
+#: ``paylane_meta.effects_since`` in SQL, to the second as the TIMESTAMPs it is compared
+#: with (an order paid in that second counts); NULL (nothing is paylane's) when missing.
+EFFECTS_SINCE = (
+    "(SELECT CAST(LEFT(value, 19) AS DATETIME) FROM paylane_meta WHERE name = 'effects_since')"
+)
+
+
 async def claim_paid_event(cur: aiomysql.Cursor, out_trade_no: str) -> bool:
-    """Whether this transaction is the one to stage the order's ``order.paid``."""
+    """Whether this transaction is the one to stage the ``order.paid`` of an order that
+    is ``paid`` (and no other state: a review, a refund, took it meanwhile)."""
     await cur.execute(
         "UPDATE payment_orders SET paid_event_at = NOW(6)"
-        " WHERE out_trade_no = %s AND paid_event_at IS NULL",
+        " WHERE out_trade_no = %s AND status = 'paid' AND paid_event_at IS NULL",
         (out_trade_no,),
     )
     return bool(cur.rowcount)
 
 
 async def claim_refund_event(cur: aiomysql.Cursor, out_trade_no: str) -> bool:
-    """Whether this transaction is the one to stage the order's full ``order.refunded``."""
+    """Whether this transaction is the one to stage the full ``order.refunded`` of an
+    order that is ``refunded``."""
     await cur.execute(
         "UPDATE payment_orders SET refund_event_at = NOW(6)"
-        " WHERE out_trade_no = %s AND refund_event_at IS NULL",
+        " WHERE out_trade_no = %s AND status = 'refunded' AND refund_event_at IS NULL",
         (out_trade_no,),
     )
     return bool(cur.rowcount)
@@ -115,18 +126,18 @@ async def _log(cur: aiomysql.Cursor, order: dict[str, Any], kind: str, detail: s
     )
 
 
-async def installed_at(pool: aiomysql.Pool) -> datetime | None:
+async def effects_since(pool: aiomysql.Pool) -> datetime | None:
     async with transaction(pool) as cur:
-        await cur.execute("SELECT value FROM paylane_meta WHERE name = 'installed_at'")
+        await cur.execute("SELECT value FROM paylane_meta WHERE name = 'effects_since'")
         row = await cur.fetchone()
-    # created_at is a TIMESTAMP, to the second: an order of the install's second counts.
+    # paid_at is a TIMESTAMP, to the second: an order paid in that second counts.
     return datetime.fromisoformat(row["value"]).replace(microsecond=0) if row else None
 
 
 async def sweep(pool: aiomysql.Pool, *, grace_s: float, limit: int) -> Counter[str]:
     """One bounded pass over orders settled elsewhere; returns what it announced."""
     found: Counter[str] = Counter()
-    since = await installed_at(pool)
+    since = await effects_since(pool)
     if since is None:  # not migrated by a paylane that records it: nothing is known new
         return found
     found["effect_paid"] = await _sweep_paid(pool, since, grace_s, limit)
@@ -138,8 +149,9 @@ async def sweep(pool: aiomysql.Pool, *, grace_s: float, limit: int) -> Counter[s
 
 _SETTLED_ELSEWHERE = (
     "SELECT " + ORDER_COLUMNS + ", transaction_id FROM payment_orders"
-    " WHERE status = %s AND {marker} IS NULL AND created_at >= %s"
-    " AND updated_at <= NOW() - INTERVAL %s SECOND{extra}"
+    " WHERE status = %s AND {marker} IS NULL{extra}"
+    " AND created_at >= %s - INTERVAL 1 DAY AND COALESCE(paid_at, updated_at) >= %s"
+    " AND updated_at <= NOW() - INTERVAL %s SECOND"
     " ORDER BY created_at LIMIT %s"
 )
 
@@ -151,7 +163,7 @@ async def _sweep_paid(pool: aiomysql.Pool, since: datetime, grace_s: float, limi
     async with transaction(pool) as cur:
         await cur.execute(
             _SETTLED_ELSEWHERE.format(marker="paid_event_at", extra=""),
-            ("paid", since, int(grace_s), limit),
+            ("paid", since, since, int(grace_s), limit),
         )
         for order in await cur.fetchall():
             if not await claim_paid_event(cur, order["out_trade_no"]):
@@ -173,7 +185,7 @@ async def _sweep_refunded(pool: aiomysql.Pool, since: datetime, grace_s: float, 
             _SETTLED_ELSEWHERE.format(
                 marker="refund_event_at", extra=" AND paid_event_at IS NOT NULL"
             ),
-            ("refunded", since, int(grace_s), limit),
+            ("refunded", since, since, int(grace_s), limit),
         )
         for order in await cur.fetchall():
             if not await claim_refund_event(cur, order["out_trade_no"]):

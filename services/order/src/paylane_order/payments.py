@@ -202,18 +202,20 @@ class PaymentApplier:
     ) -> str:
         """The cloud function marked the order paid itself (SEED_SYSTEM.md §2), so the
         conditional ``pending|failed → paid`` found nothing to move; the effect is still
-        paylane's: ``order.paid``, once (``paid_event_at``, effects.py)."""
+        paylane's: ``order.paid``, once (``paid_event_at``, effects.py), unless it was paid
+        before ``effects_since``: then the backend before paylane granted it."""
         await cur.execute(
             "UPDATE payment_orders SET paid_event_at = NOW(6),"
             f" transaction_id = COALESCE(transaction_id, %s), {_FILL_GENERATION}"
             " WHERE out_trade_no = %s AND status = 'paid' AND paid_event_at IS NULL"
-            " AND (transaction_id IS NULL OR transaction_id = %s)",
+            " AND (transaction_id IS NULL OR transaction_id = %s)"
+            f" AND COALESCE(paid_at, updated_at) >= {effects.EFFECTS_SINCE}",
             (data.transaction_id, data.generation_id, data.out_trade_no, data.transaction_id),
         )
-        if cur.rowcount != 1:  # announced meanwhile (the row is ours to lock from here)
-            order = await _load(cur, data.out_trade_no, lock=True)
-            assert order is not None
-            return await self._not_applied(cur, envelope, data, order, None)
+        if cur.rowcount != 1:  # announced meanwhile, or settled before paylane
+            detail = None if order["paid_event_at"] else "settled before paylane's cutover"
+            await _log(cur, envelope, data, "duplicate_notification", detail)
+            return "duplicate"
         paid_at = order["paid_at"] or _paid_at(data.success_time)
         await _log(cur, envelope, data, "paid_elsewhere", "marked paid by another writer")
         await outbox.add(cur, PRODUCER, _order_paid(data, order, paid_at))

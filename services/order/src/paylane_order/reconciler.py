@@ -71,7 +71,7 @@ PASS_SECONDS = Histogram(
 PAID_STATES = ("SUCCESS", "REFUND")
 #: A lock per database: deployments (and test sessions) sharing a server do not wait on
 #: each other.
-_GET_LOCK = "SELECT GET_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64), 0)"
+_GET_LOCK = "SELECT GET_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64), %s)"
 _RELEASE_LOCK = "SELECT RELEASE_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64))"
 _COLUMNS = {
     "payment_orders": "out_trade_no, expires_at",
@@ -162,12 +162,13 @@ class Reconciler(BackgroundLoop):
                 log.warning("reconcile_pass_failed", error=repr(exc))
             await asyncio.sleep(self._interval_s)
 
-    async def run_once(self) -> Counter[str]:
-        """One pass; returns what was found (empty when another replica holds the lock)."""
+    async def run_once(self, wait_for_lock_s: float = 0) -> Counter[str]:
+        """One pass; returns what was found (empty when another replica holds the lock
+        for longer than ``wait_for_lock_s``)."""
         findings: Counter[str] = Counter()
         async with self._pool.acquire() as conn:
             async with conn.cursor() as cur:
-                await cur.execute(_GET_LOCK, (self.LOCK,))
+                await cur.execute(_GET_LOCK, (self.LOCK, wait_for_lock_s))
                 (locked,) = await cur.fetchone()
             if not locked:
                 return findings

@@ -117,11 +117,16 @@ class RefundApplier:
             (refunded, full, full, data.out_trade_no),
         )
         if full:
-            # Whatever the order's status: paylane staged its full order.refunded.
+            # Whatever the order's status, paylane stages its full order.refunded once: not
+            # again when the sweep (effects.py) already did for the cloud function's update.
             await cur.execute(
-                "UPDATE payment_orders SET refund_event_at = NOW(6) WHERE out_trade_no = %s",
+                "UPDATE payment_orders SET refund_event_at = NOW(6)"
+                " WHERE out_trade_no = %s AND refund_event_at IS NULL",
                 (data.out_trade_no,),
             )
+            if cur.rowcount == 0:
+                log.info("order_refund_already_announced")
+                return "refunded"
         await add_order_refunded(cur, order, amount_refund=data.amount_refund, full=full)
         log.info("order_refund_recorded", full=full, refunded=refunded)
         return "refunded"

@@ -55,7 +55,8 @@ async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
             )
             total: Counter[str] = Counter()
             while True:
-                found = await reconciler.run_once()
+                # --once is an operator's pass: it waits out a replica's running one.
+                found = await reconciler.run_once(wait_for_lock_s=60 if once else 0)
                 total.update(found)
                 if once:
                     return total

@@ -36,9 +36,10 @@ CREATE TABLE IF NOT EXISTS entitlement_grants (
     KEY ix_grants_user (user_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
--- When paylane was installed on this database (the first `paylane migrate`): the effects
--- sweep looks only at orders created since, so it never re-grants the orders that the
--- system before paylane already settled.
+-- installed_at: when the first `paylane migrate` ran. effects_since: from when paylane
+-- applies the effects of orders another writer settled (effects.py); `paylane cutover`
+-- moves it to the moment the cloud function starts calling paylane, so the orders the
+-- backend before paylane already granted are never granted again.
 CREATE TABLE IF NOT EXISTS paylane_meta (
     name VARCHAR(64) NOT NULL PRIMARY KEY,
     value VARCHAR(255) NOT NULL,
@@ -46,4 +47,5 @@ CREATE TABLE IF NOT EXISTS paylane_meta (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 INSERT IGNORE INTO paylane_meta (name, value)
-VALUES ('installed_at', DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f'));
+VALUES ('installed_at', DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f')),
+       ('effects_since', DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f'));
