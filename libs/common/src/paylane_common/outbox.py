@@ -138,7 +138,10 @@ class OutboxRelay(BackgroundLoop):
         # publishes take, and deadlock with them when the rows are marked.
         async with transaction(self._pool, isolation="READ COMMITTED") as cur:
             await cur.execute(
+                # FORCE INDEX: by ix_outbox_published (retention's) or an index merge, the
+                # claim would lock entries that a marking UPDATE needs, and deadlock with it.
                 "SELECT id, payload, routing_key, headers FROM outbox"
+                " FORCE INDEX (ix_outbox_pending)"
                 " WHERE producer = %s AND published_at IS NULL"
                 " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
                 (self.producer, self._batch_size),
