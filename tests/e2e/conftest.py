@@ -160,3 +160,36 @@ async def dead_letter(
         raise AssertionError(f"no dead letter for {out_trade_no}")
     finally:
         await channel.close()
+
+
+async def call(
+    stack: Stack,
+    service: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """One HTTP call to a service of the stack: (status, JSON body or None)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.request(
+            method, f"{stack.services[service].url}{path}", json=body, headers=headers
+        ) as response:
+            return response.status, await response.json(content_type=None)
+
+
+async def user_state(pool: aiomysql.Pool, user_id: str) -> tuple[str, int]:
+    row = await fetch_one(
+        pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", user_id
+    )
+    return str(row["payment_status"]), int(row["regenerate_count"])  # type: ignore[call-overload]
+
+
+async def grants(pool: aiomysql.Pool, out_trade_no: str) -> dict[str, Any]:
+    """The order's ledger rows: ``{"n": rows, "revoked": of them revoked}``."""
+    return await fetch_one(
+        pool,
+        "SELECT COUNT(*) AS n, COUNT(revoked_at) AS revoked FROM entitlement_grants"
+        " WHERE out_trade_no = %s",
+        out_trade_no,
+    )

@@ -22,6 +22,7 @@ from aio_pika.abc import AbstractRobustConnection
 from tests.e2e.conftest import (
     BACKEND,
     INTERNAL_SECRET,
+    call,
     dead_letter,
     fetch_one,
     new_order,
@@ -32,21 +33,6 @@ from tests.support.clients import SSEClient
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
-
-
-async def call(
-    stack: Stack,
-    service: str,
-    method: str,
-    path: str,
-    body: Any = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.request(
-            method, f"{stack.services[service].url}{path}", json=body, headers=headers
-        ) as response:
-            return response.status, await response.json(content_type=None)
 
 
 async def login(stack: Stack, openid: str | None = None) -> dict[str, Any]:

@@ -21,7 +21,14 @@ import aiomysql
 import pytest
 
 from paylane_common.wechatpay import MerchantSigner
-from tests.e2e.conftest import BACKEND, INTERNAL_SECRET, fetch_one, sandbox
+from tests.e2e.conftest import (
+    BACKEND,
+    INTERNAL_SECRET,
+    call,
+    fetch_one,
+    sandbox,
+    user_state,
+)
 from tests.support import hygiene
 from tests.support.stack import Stack, eventually
 from tests.support.wechat import FakeWechat
@@ -47,21 +54,6 @@ def cloud_ids() -> dict[str, str]:
         "userId": f"user-{_ms()}-{tail[16:22]}",
         "openid": openid,
     }
-
-
-async def call(
-    stack: Stack,
-    service: str,
-    method: str,
-    path: str,
-    body: Any = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.request(
-            method, f"{stack.services[service].url}{path}", json=body, headers=headers
-        ) as response:
-            return response.status, await response.json(content_type=None)
 
 
 async def place_at_wechatpay(
@@ -150,13 +142,6 @@ async def until_granted(pool: aiomysql.Pool, out_trade_no: str) -> None:
         return row is not None and row["status"] == "paid" and row["grants"] == 1
 
     await eventually(settled, what=f"{out_trade_no} paid and granted")
-
-
-async def user_state(pool: aiomysql.Pool, user_id: str) -> tuple[str, int]:
-    row = await fetch_one(
-        pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", user_id
-    )
-    return str(row["payment_status"]), int(row["regenerate_count"])  # type: ignore[call-overload]
 
 
 async def test_an_order_the_cloud_function_could_not_write_is_written_paid_and_granted(

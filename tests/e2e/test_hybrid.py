@@ -24,14 +24,16 @@ import aiomysql
 import pytest
 
 from paylane_common.db import transaction
-from tests.e2e.conftest import BACKEND, fetch_one, order_env, sandbox
-from tests.e2e.test_cloud_function_calls import (
-    INTERNAL,
+from tests.e2e.conftest import (
+    BACKEND,
     call,
-    cloud_ids,
-    place_at_wechatpay,
+    fetch_one,
+    grants,
+    order_env,
+    sandbox,
     user_state,
 )
+from tests.e2e.test_cloud_function_calls import INTERNAL, cloud_ids, place_at_wechatpay
 from tests.support.clients import SSEClient
 from tests.support.stack import Stack, eventually
 from tests.support.wechat import FakeWechat
@@ -100,15 +102,6 @@ async def notify(stack: Stack, ids: dict[str, str]) -> None:
     )
     assert status == 200, answer
     assert answer["success"] is True and answer["message"]
-
-
-async def grants(pool: aiomysql.Pool, out_trade_no: str) -> dict[str, Any]:
-    return await fetch_one(
-        pool,
-        "SELECT COUNT(*) AS n, COUNT(revoked_at) AS revoked FROM entitlement_grants"
-        " WHERE out_trade_no = %s",
-        out_trade_no,
-    )
 
 
 async def until_grants(pool: aiomysql.Pool, out_trade_no: str, expected: dict[str, int]) -> None:

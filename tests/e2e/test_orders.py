@@ -18,10 +18,13 @@ from tests.e2e.conftest import (
     BACKEND,
     INTERNAL_SECRET,
     Order,
+    call,
     dead_letter,
     fetch_one,
+    grants,
     new_order,
     sandbox,
+    user_state,
 )
 from tests.support.clients import wait_for_types, ws_next
 from tests.support.stack import Stack, eventually
@@ -37,22 +40,6 @@ async def order_status(pool: aiomysql.Pool, out_trade_no: str) -> str:
     return str(row["status"])
 
 
-async def user_state(pool: aiomysql.Pool, user_id: str) -> tuple[str, int]:
-    row = await fetch_one(
-        pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", user_id
-    )
-    return str(row["payment_status"]), int(row["regenerate_count"])  # type: ignore[call-overload]
-
-
-async def grants(pool: aiomysql.Pool, out_trade_no: str) -> dict[str, Any]:
-    return await fetch_one(
-        pool,
-        "SELECT COUNT(*) AS n, SUM(revoked_at IS NOT NULL) AS revoked"
-        " FROM entitlement_grants WHERE out_trade_no = %s",
-        out_trade_no,
-    )
-
-
 async def until_status(pool: aiomysql.Pool, out_trade_no: str, status: str, timeout: float = 20):
     async def reached() -> bool:
         return await order_status(pool, out_trade_no) == status
@@ -63,11 +50,7 @@ async def until_status(pool: aiomysql.Pool, out_trade_no: str, status: str, time
 async def api(
     stack: Stack, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.request(
-            method, f"{stack.services['order'].url}{path}", json=body, headers=headers
-        ) as response:
-            return response.status, await response.json(content_type=None)
+    return await call(stack, "order", method, path, body, headers)
 
 
 #: The cloud function's credential: for ingress's internal API only.
