@@ -78,10 +78,8 @@ def mysql_url(adopted_database: AdoptedDatabase) -> str:
 
 @pytest.fixture(scope="session")
 async def db_pool(mysql_url: str) -> AsyncIterator[aiomysql.Pool]:
-    pool = await db.create_pool(mysql_url, maxsize=20)
-    yield pool
-    pool.close()
-    await pool.wait_closed()
+    async with db.create_pool(mysql_url, maxsize=20) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="session")

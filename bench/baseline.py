@@ -64,11 +64,9 @@ async def notify(request: web.Request) -> web.Response:
 
 
 async def pool_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-    pool = await db.create_pool(os.environ["MYSQL_URL"], maxsize=10)
-    app[POOL] = pool
-    yield
-    pool.close()
-    await pool.wait_closed()
+    async with db.create_pool(os.environ["MYSQL_URL"], maxsize=10) as pool:
+        app[POOL] = pool
+        yield
 
 
 def main() -> None:

@@ -330,13 +330,11 @@ async def main(quick: bool) -> int:
         )
         # What ingress alone published names no order: the consumers must not start on it.
         await _purged(env, "order.payments")
-        pool = await db.create_pool(env.mysql_url, maxsize=4)
-        for name in ("order", "entitlement", "notifier"):
-            await stack.start(name)
-        results["end_to_end"] = await end_to_end(stack, env, pool, quick)
-        results["baseline"] = await baseline_vs_paylane(stack, env, pool, quick)
-        pool.close()
-        await pool.wait_closed()
+        async with db.create_pool(env.mysql_url, maxsize=4) as pool:
+            for name in ("order", "entitlement", "notifier"):
+                await stack.start(name)
+            results["end_to_end"] = await end_to_end(stack, env, pool, quick)
+            results["baseline"] = await baseline_vs_paylane(stack, env, pool, quick)
     finally:
         await stack.stop_all()
         await asyncio.to_thread(setup.destroy, env)

@@ -103,10 +103,9 @@ def order(args: argparse.Namespace) -> int:
     settings = load_settings(BaseServiceSettings)
 
     async def create() -> tuple[str, str]:
-        pool = await db.create_pool(settings.mysql_url, maxsize=1)
         out_trade_no = f"DEV{time.strftime('%Y%m%d%H%M%S')}{secrets.token_hex(3).upper()}"
         user_id = new_row_id("user")
-        try:
+        async with db.create_pool(settings.mysql_url, maxsize=1) as pool:
             async with db.transaction(pool) as cur:
                 await cur.execute(
                     "INSERT INTO users (id, openid) VALUES (%s, %s)",
@@ -120,9 +119,6 @@ def order(args: argparse.Namespace) -> int:
                     " VALUES (%s, %s, %s, '', %s, 'JSAPI', %s, 'pending')",
                     (new_row_id("order"), out_trade_no, user_id, package.name, package.price_yuan),
                 )
-        finally:
-            pool.close()
-            await pool.wait_closed()
         return user_id, out_trade_no
 
     user_id, out_trade_no = asyncio.run(create())

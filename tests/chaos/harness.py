@@ -113,14 +113,14 @@ async def chaos_env(
         },
         log_dir,
     )
-    pool: aiomysql.Pool | None = None
     connection: AbstractRobustConnection | None = None
+    resources = contextlib.AsyncExitStack()
     try:
         await asyncio.to_thread(infra.broker.add_vhost, vhost, infra.amqp_user)
         # As every test session: the database the adopting team has, then paylane's migrations.
         await asyncio.to_thread(_create_seed_database, infra, database)
         await asyncio.to_thread(migrate, mysql_url)
-        pool = await db.create_pool(mysql_url, maxsize=5)
+        pool = await resources.enter_async_context(db.create_pool(mysql_url, maxsize=5))
         connection = await amqp.connect(amqp_url, "chaos-tests")
         sandbox = await stack.start("sandbox", {**wechat.sandbox_env(), **SANDBOX_ENV})
         ingress = await stack.start("ingress")
@@ -142,9 +142,7 @@ async def chaos_env(
         if connection is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), 10)
-        if pool is not None:
-            pool.close()
-            await pool.wait_closed()
+        await resources.aclose()
         with contextlib.suppress(RuntimeError):
             await asyncio.to_thread(infra.broker.delete_vhost, vhost)
         with contextlib.suppress(pymysql.err.MySQLError):

@@ -74,16 +74,14 @@ async def pool(infra: Infra) -> AsyncIterator[aiomysql.Pool]:
     name = unique_name("paylane_locks")
     url = infra.mysql_url(name)
     await asyncio.to_thread(migrate, url)
-    pool = await db.create_pool(url, maxsize=4)
     try:
-        async with db.transaction(pool) as cur:
-            for n in range(4):
-                await outbox.add(cur, PRODUCER, paid(n))
-            await cur.execute("UPDATE outbox SET published_at = NOW(6) ORDER BY id LIMIT 1")
-        yield pool
+        async with db.create_pool(url, maxsize=4) as pool:
+            async with db.transaction(pool) as cur:
+                for n in range(4):
+                    await outbox.add(cur, PRODUCER, paid(n))
+                await cur.execute("UPDATE outbox SET published_at = NOW(6) ORDER BY id LIMIT 1")
+            yield pool
     finally:
-        pool.close()
-        await pool.wait_closed()
         with infra.mysql_admin() as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 

@@ -33,14 +33,12 @@ async def _ids(pool: aiomysql.Pool, table: str) -> list[int]:
 @pytest.fixture(params=[False, True], ids=["pool", "autocommit-pool"])
 async def pool(request: pytest.FixtureRequest, mysql_url: str) -> AsyncIterator[aiomysql.Pool]:
     """Our own pool (autocommit off), and one whose connections autocommit."""
-    pool = await db.create_pool(mysql_url, maxsize=3)
-    if request.param:
-        for conn in [await pool.acquire() for _ in range(3)]:
-            await conn.autocommit(True)
-            pool.release(conn)
-    yield pool
-    pool.close()
-    await pool.wait_closed()
+    async with db.create_pool(mysql_url, maxsize=3) as pool:
+        if request.param:
+            for conn in [await pool.acquire() for _ in range(3)]:
+                await conn.autocommit(True)
+                pool.release(conn)
+        yield pool
 
 
 async def test_an_error_undoes_every_statement(pool: aiomysql.Pool, table: str) -> None:

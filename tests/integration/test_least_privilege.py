@@ -331,14 +331,8 @@ def _assert_denied(cur: pymysql.cursors.Cursor, code: int, *statements: str) -> 
         assert raised.value.args[0] == code, (statement, raised.value)
 
 
-@contextlib.asynccontextmanager
-async def _pool(url: str) -> AsyncIterator[aiomysql.Pool]:
-    pool = await db.create_pool(url, maxsize=2)
-    try:
-        yield pool
-    finally:
-        pool.close()
-        await pool.wait_closed()
+def _pool(url: str) -> contextlib.AbstractAsyncContextManager[aiomysql.Pool]:
+    return db.create_pool(url, maxsize=2)
 
 
 async def _user(db_pool: aiomysql.Pool, status: str = "free") -> str:

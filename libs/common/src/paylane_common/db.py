@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiomysql
@@ -18,9 +18,14 @@ _ISOLATION_LEVELS = frozenset(
 )
 
 
-async def create_pool(url: str, *, minsize: int = 1, maxsize: int = 10) -> aiomysql.Pool:
+def create_pool(
+    url: str, *, minsize: int = 1, maxsize: int = 10
+) -> AbstractAsyncContextManager[aiomysql.Pool]:
+    """The pool as aiomysql gives it: an async context manager that opens the pool and,
+    on leaving, closes it and waits for its connections (``async with create_pool(url)
+    as pool:``; in an aiohttp app, inside a cleanup context)."""
     dsn = MySQLDsn(url)
-    return await aiomysql.create_pool(
+    pool: AbstractAsyncContextManager[aiomysql.Pool] = aiomysql.create_pool(
         host=dsn.host,
         port=dsn.port,
         user=dsn.user,
@@ -35,6 +40,7 @@ async def create_pool(url: str, *, minsize: int = 1, maxsize: int = 10) -> aiomy
         # DATETIME columns hold UTC, whatever the server's own time zone is.
         init_command="SET time_zone = '+00:00'",
     )
+    return pool
 
 
 @asynccontextmanager

@@ -114,16 +114,14 @@ def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
 
 def use_mysql(app: web.Application, settings: BaseServiceSettings, maxsize: int = 10) -> None:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings.mysql_url, maxsize=maxsize)
-        app[DB_POOL] = pool
+        async with db.create_pool(settings.mysql_url, maxsize=maxsize) as pool:
+            app[DB_POOL] = pool
 
-        async def mysql_check() -> None:
-            await db.ping(pool)
+            async def mysql_check() -> None:
+                await db.ping(pool)
 
-        app[READINESS_CHECKS]["mysql"] = mysql_check
-        yield
-        pool.close()
-        await pool.wait_closed()
+            app[READINESS_CHECKS]["mysql"] = mysql_check
+            yield
 
     app.cleanup_ctx.append(ctx)
 
