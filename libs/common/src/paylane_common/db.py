@@ -10,7 +10,7 @@ from typing import Any
 import aiomysql
 import pymysql
 
-from .settings import MySQLDsn
+from .settings import MySQLParams
 
 DUPLICATE_KEY = 1062
 _ISOLATION_LEVELS = frozenset(
@@ -24,7 +24,7 @@ def create_pool(
     """The pool as aiomysql gives it: an async context manager that opens the pool and,
     on leaving, closes it and waits for its connections (``async with create_pool(url)
     as pool:``; in an aiohttp app, inside a cleanup context)."""
-    dsn = MySQLDsn(url)
+    dsn = MySQLParams.from_url(url)
     pool: AbstractAsyncContextManager[aiomysql.Pool] = aiomysql.create_pool(
         host=dsn.host,
         port=dsn.port,

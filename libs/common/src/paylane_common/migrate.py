@@ -9,10 +9,10 @@ from urllib.parse import quote
 import pymysql
 from yoyo import get_backend, read_migrations
 
-from .settings import MySQLDsn
+from .settings import MySQLParams
 
 
-def create_database(dsn: MySQLDsn) -> None:
+def create_database(dsn: MySQLParams) -> None:
     conn = pymysql.connect(
         host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password, connect_timeout=5
     )
@@ -28,7 +28,7 @@ def create_database(dsn: MySQLDsn) -> None:
 
 def migrate(url: str) -> list[str]:
     """Create the database if needed and apply pending migrations; return their ids."""
-    dsn = MySQLDsn(url)
+    dsn = MySQLParams.from_url(url)
     create_database(dsn)
     auth = quote(dsn.user, safe="") + (":" + quote(dsn.password, safe="") if dsn.password else "")
     backend = get_backend(f"mysql://{auth}@{dsn.host}:{dsn.port}/{dsn.database}")
@@ -45,7 +45,7 @@ def cutover(url: str, at: datetime | None = None) -> datetime:
     the one at which the cloud function starts calling paylane instead of the backend
     before it. Returns the moment set."""
     moment = (at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
-    dsn = MySQLDsn(url)
+    dsn = MySQLParams.from_url(url)
     conn = pymysql.connect(
         host=dsn.host,
         port=dsn.port,

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    AmqpDsn,
+    Field,
+    MySQLDsn,
+    SecretStr,
+    TypeAdapter,
+    UrlConstraints,
+    ValidationError,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -69,22 +80,74 @@ def _token_secret_strong(value: SecretStr) -> SecretStr:
 TokenSecret = Annotated[SecretStr, AfterValidator(_token_secret_strong)]
 
 
-class MySQLDsn:
-    """The parts of ``mysql://user:password@host:port/database``."""
+#: pydantic's MySQL URL, with MariaDB's scheme and the defaults of a local server.
+_MYSQL_DSN: TypeAdapter[MySQLDsn] = TypeAdapter(
+    Annotated[
+        MySQLDsn,
+        UrlConstraints(
+            allowed_schemes=["mysql", "mysql+pymysql", "mariadb"],
+            default_host="127.0.0.1",
+            default_port=3306,
+        ),
+    ]
+)
+_AMQP_DSN: TypeAdapter[AmqpDsn] = TypeAdapter(AmqpDsn)
 
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mysql", "mysql+pymysql", "mariadb"):
-            raise ValueError("must look like mysql://user:password@host:3306/database")
-        self.user = unquote(parts.username or "root")
-        self.password = unquote(parts.password or "")
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 3306
-        self.database = parts.path.lstrip("/")
-        if not self.database:
+U = TypeVar("U")
+
+
+def _parse_url(adapter: TypeAdapter[U], url: str, example: str) -> U:
+    try:
+        return adapter.validate_python(url)
+    except ValidationError as exc:
+        raise ValueError(f"must look like {example} ({exc.errors()[0]['msg']})") from None
+
+
+@dataclass(frozen=True)
+class MySQLParams:
+    """What connecting takes, from ``mysql://user:password@host:port/database``
+    (``root``, no password, ``127.0.0.1`` and ``3306`` when the URL leaves them out)."""
+
+    user: str
+    password: str = field(repr=False)
+    host: str
+    port: int
+    database: str
+
+    @classmethod
+    def from_url(cls, url: str) -> MySQLParams:
+        """Raise ValueError saying what is wrong with ``url``."""
+        dsn = _parse_url(_MYSQL_DSN, url, "mysql://user:password@host:3306/database")
+        database = (dsn.path or "").lstrip("/")
+        if not database:
             raise ValueError("names no database (mysql://…/paylane)")
-        if not self.database.replace("_", "").replace("-", "").isalnum():
+        if not database.replace("_", "").replace("-", "").isalnum():
             raise ValueError("database name may hold only letters, digits, '_' and '-'")
+        return cls(
+            user=unquote(dsn.username or "root"),
+            password=unquote(dsn.password or ""),
+            # An IPv6 address without the URL's brackets, as the drivers take it.
+            host=(dsn.host or "127.0.0.1").removeprefix("[").removesuffix("]"),
+            port=dsn.port or 3306,
+            database=database,
+        )
+
+
+def _mysql_url_valid(url: str) -> str:
+    MySQLParams.from_url(url)
+    return url
+
+
+def _amqp_url_valid(url: str) -> str:
+    _parse_url(_AMQP_DSN, url, "amqp://user:password@host:5672/vhost")
+    return url
+
+
+#: ``MYSQL_URL``, kept as given (a str for ``db.create_pool`` and ``migrate``);
+#: ``MySQLParams.from_url`` reads its parts.
+MySQLUrl = Annotated[str, AfterValidator(_mysql_url_valid)]
+#: ``AMQP_URL``, kept as given (aio-pika parses it).
+AmqpUrl = Annotated[str, AfterValidator(_amqp_url_valid)]
 
 
 class BaseServiceSettings(BaseSettings):
@@ -94,8 +157,8 @@ class BaseServiceSettings(BaseSettings):
     #: Variables that may instead be read from the file named by ``<NAME>_FILE``.
     file_variables: ClassVar[tuple[str, ...]] = FILE_VARIABLES
 
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    mysql_url: str = "mysql://root:@127.0.0.1:3306/paylane"
+    amqp_url: AmqpUrl = "amqp://guest:guest@127.0.0.1:5672/"
+    mysql_url: MySQLUrl = "mysql://root:@127.0.0.1:3306/paylane"
     http_host: str = "0.0.0.0"
     http_port: int = Field(8080, ge=1, le=65535)
     log_format: Literal["json", "console"] | None = None
@@ -105,22 +168,9 @@ class BaseServiceSettings(BaseSettings):
     #: Publisher-confirm budget; ingress answers 503 past it.
     publish_timeout_s: float = Field(3.0, gt=0, le=4.5)
 
-    @field_validator("mysql_url")
-    @classmethod
-    def _check_mysql_url(cls, value: str) -> str:
-        MySQLDsn(value)
-        return value
-
-    @field_validator("amqp_url")
-    @classmethod
-    def _check_amqp_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("amqp", "amqps"):
-            raise ValueError("must look like amqp://user:password@host:5672/vhost")
-        return value
-
     @property
-    def mysql(self) -> MySQLDsn:
-        return MySQLDsn(self.mysql_url)
+    def mysql(self) -> MySQLParams:
+        return MySQLParams.from_url(self.mysql_url)
 
     @classmethod
     def settings_customise_sources(
