@@ -12,10 +12,10 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from .settings import secret_value
+from .settings import ApiV3Key, NoneIfBlank, PrivateKeyPem, PublicKeyPem, secret_value
 from .wechatpay import (
     CertificateRefresher,
     MerchantSigner,
@@ -24,28 +24,16 @@ from .wechatpay import (
     WechatPayClient,
     WechatPayError,
     load_private_key,
-    load_public_key,
 )
 
 DEFAULT_API_BASE = "https://api.mch.weixin.qq.com"
 
 
 class WechatPayKeysSettings(BaseSettings):
-    wechatpay_public_key: SecretStr | None = None
+    wechatpay_public_key: NoneIfBlank[PublicKeyPem] = None
     wechatpay_public_key_id: str | None = None
     wechatpay_platform_certs_dir: Path | None = None
     notify_max_skew_s: int = Field(300, ge=1, le=3600)
-
-    @field_validator("wechatpay_public_key")
-    @classmethod
-    def _public_key_parses(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value().strip():
-            return None
-        try:
-            load_public_key(value.get_secret_value())
-        except WechatPayError:
-            raise ValueError("is not a PEM public key or certificate") from None
-        return value
 
     @field_validator("wechatpay_platform_certs_dir")
     @classmethod
@@ -76,27 +64,18 @@ class WechatPayKeysSettings(BaseSettings):
     def verifier_keys(self) -> VerifierKeys:
         return VerifierKeys.from_sources(
             self.wechatpay_public_key_id,
-            secret_value(self.wechatpay_public_key) or None,
+            self.wechatpay_public_key,
             self.wechatpay_platform_certs_dir,
         )
 
 
 class MerchantApiSettings(WechatPayKeysSettings):
     wechatpay_mchid: str = Field(min_length=1)
-    wechatpay_merchant_private_key: SecretStr
+    wechatpay_merchant_private_key: PrivateKeyPem
     wechatpay_merchant_serial_no: str = Field(min_length=1)
     wechatpay_api_base: str = DEFAULT_API_BASE
     #: Only for downloading platform certificates (certificate mode).
-    wechatpay_apiv3_key: SecretStr | None = None
-
-    @field_validator("wechatpay_merchant_private_key")
-    @classmethod
-    def _private_key_parses(cls, value: SecretStr) -> SecretStr:
-        try:
-            load_private_key(value.get_secret_value())
-        except WechatPayError:
-            raise ValueError("is not a PEM private key") from None
-        return value
+    wechatpay_apiv3_key: NoneIfBlank[ApiV3Key] = None
 
     @field_validator("wechatpay_api_base")
     @classmethod

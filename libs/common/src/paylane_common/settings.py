@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from pydantic import (
     AfterValidator,
     AmqpDsn,
+    BeforeValidator,
     Field,
     MySQLDsn,
     SecretStr,
@@ -31,6 +32,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .catalog import Package, parse_catalog
 from .exceptions import ConfigError
+from .wechatpay.exceptions import WechatPayError
+from .wechatpay.keys import load_private_key, load_public_key
 
 #: Variables that may be given as ``<NAME>_FILE`` pointing to a file holding the value.
 FILE_VARIABLES = (
@@ -70,6 +73,18 @@ class _FileSecretsSource(PydanticBaseSettingsSource):
         return values
 
 
+T = TypeVar("T")
+
+
+def _none_if_blank(value: Any) -> Any:
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return None if isinstance(text, str) and not text.strip() else value
+
+
+#: An optional setting that an empty variable (``FOO=``) leaves unset.
+NoneIfBlank = Annotated[T | None, BeforeValidator(_none_if_blank)]
+
+
 def _token_secret_strong(value: SecretStr) -> SecretStr:
     if len(value.get_secret_value().encode()) < 32:
         raise ValueError("must be at least 32 bytes (HMAC-SHA256 key)")
@@ -79,6 +94,39 @@ def _token_secret_strong(value: SecretStr) -> SecretStr:
 #: ``CLIENT_TOKEN_SECRET``: the HMAC key of client tokens, at least 32 bytes.
 TokenSecret = Annotated[SecretStr, AfterValidator(_token_secret_strong)]
 
+
+def _apiv3_key_size(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value().encode()) != 32:
+        raise ValueError("must be exactly 32 bytes")
+    return value
+
+
+#: ``WECHATPAY_APIV3_KEY``: the AEAD_AES_256_GCM key of notifications and certificates.
+ApiV3Key = Annotated[SecretStr, AfterValidator(_apiv3_key_size)]
+
+
+def _private_key_loads(value: SecretStr) -> SecretStr:
+    try:
+        load_private_key(value.get_secret_value())
+    except WechatPayError as exc:
+        raise ValueError(f"is not a PEM private key ({exc})") from None
+    return value
+
+
+#: An unencrypted RSA private key, PKCS#8 or PKCS#1 PEM.
+PrivateKeyPem = Annotated[SecretStr, AfterValidator(_private_key_loads)]
+
+
+def _public_key_loads(value: str) -> str:
+    try:
+        load_public_key(value)
+    except WechatPayError as exc:
+        raise ValueError(f"is not a PEM public key or certificate ({exc})") from None
+    return value
+
+
+#: An RSA public key: a ``PUBLIC KEY`` PEM or an X.509 certificate PEM.
+PublicKeyPem = Annotated[str, AfterValidator(_public_key_loads)]
 
 #: pydantic's MySQL URL, with MariaDB's scheme and the defaults of a local server.
 _MYSQL_DSN: TypeAdapter[MySQLDsn] = TypeAdapter(

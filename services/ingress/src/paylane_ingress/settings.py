@@ -3,10 +3,16 @@ cloud function's secret, the package catalog it reads prices from."""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from paylane_common.merchant_api import DEFAULT_API_BASE, WechatPayKeysSettings
-from paylane_common.settings import BaseServiceSettings, CatalogSettings
+from paylane_common.settings import (
+    ApiV3Key,
+    BaseServiceSettings,
+    CatalogSettings,
+    NoneIfBlank,
+    PrivateKeyPem,
+)
 
 
 class IngressSettings(BaseServiceSettings, WechatPayKeysSettings, CatalogSettings):
@@ -16,12 +22,12 @@ class IngressSettings(BaseServiceSettings, WechatPayKeysSettings, CatalogSetting
     http_port: int = Field(8080, ge=1, le=65535)
     #: /readyz and /metrics are served here only, never on the internet-facing HTTP_PORT.
     admin_port: int = Field(9080, ge=1, le=65535)
-    wechatpay_apiv3_key: SecretStr
+    wechatpay_apiv3_key: ApiV3Key
     internal_api_secret: SecretStr | None = None
     #: Optional: with these (and a certs dir) platform certificates are refreshed in the
     #: background, so a new Wechatpay-Serial is accepted without a restart.
     wechatpay_mchid: str | None = None
-    wechatpay_merchant_private_key: SecretStr | None = None
+    wechatpay_merchant_private_key: NoneIfBlank[PrivateKeyPem] = None
     wechatpay_merchant_serial_no: str | None = None
     wechatpay_api_base: str = DEFAULT_API_BASE
 
@@ -39,10 +45,3 @@ class IngressSettings(BaseServiceSettings, WechatPayKeysSettings, CatalogSetting
         if self.admin_port == self.http_port:
             raise ValueError("ADMIN_PORT must differ from HTTP_PORT (the public listener)")
         return self
-
-    @field_validator("wechatpay_apiv3_key")
-    @classmethod
-    def _key_is_32_bytes(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value().encode()) != 32:
-            raise ValueError("must be exactly 32 bytes")
-        return value

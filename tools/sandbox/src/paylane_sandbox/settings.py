@@ -6,8 +6,14 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from paylane_common.settings import FILE_VARIABLES, BaseServiceSettings
-from paylane_common.wechatpay import WechatPayError, load_private_key, load_public_key
+from paylane_common.settings import (
+    FILE_VARIABLES,
+    ApiV3Key,
+    BaseServiceSettings,
+    NoneIfBlank,
+    PrivateKeyPem,
+    PublicKeyPem,
+)
 
 SignMode = Literal["public_key", "certificate", "mixed"]
 RefundMode = Literal["auto", "manual"]
@@ -22,16 +28,16 @@ class SandboxSettings(BaseServiceSettings):
     )
     http_port: int = Field(8090, ge=1, le=65535)
     wechatpay_mchid: str = Field(min_length=1, max_length=32)
-    wechatpay_apiv3_key: SecretStr
+    wechatpay_apiv3_key: ApiV3Key
     #: When set (or SANDBOX_APPIDS, comma-separated), other appids get APPID_MCHID_NOT_MATCH.
     wechatpay_appid: str | None = None
     sandbox_appids: str | None = None
     # The merchant API key: its public half (or certificate), or the private key itself.
-    sandbox_merchant_public_key: str | None = None
-    wechatpay_merchant_private_key: SecretStr | None = None
+    sandbox_merchant_public_key: NoneIfBlank[PublicKeyPem] = None
+    wechatpay_merchant_private_key: NoneIfBlank[PrivateKeyPem] = None
     wechatpay_merchant_serial_no: str | None = None
     # WeChat Pay's side: one RSA key, announced as a public key id and as a certificate.
-    sandbox_platform_private_key: SecretStr | None = None
+    sandbox_platform_private_key: NoneIfBlank[PrivateKeyPem] = None
     wechatpay_public_key_id: str = Field("PUB_KEY_ID_SANDBOX", min_length=1)
     sandbox_platform_cert_serial: str | None = None
     sandbox_sign_mode: SignMode = "public_key"
@@ -42,35 +48,6 @@ class SandboxSettings(BaseServiceSettings):
     sandbox_max_skew_s: int = Field(300, ge=0)
     #: The mini-program AppSecret jscode2session expects (any secret when unset).
     sandbox_app_secret: SecretStr | None = None
-
-    @field_validator("wechatpay_apiv3_key")
-    @classmethod
-    def _key_is_32_bytes(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value().encode()) != 32:
-            raise ValueError("must be exactly 32 bytes")
-        return value
-
-    @field_validator("sandbox_merchant_public_key")
-    @classmethod
-    def _public_key_parses(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        try:
-            load_public_key(value)
-        except WechatPayError:
-            raise ValueError("is not a PEM public key or certificate") from None
-        return value
-
-    @field_validator("wechatpay_merchant_private_key", "sandbox_platform_private_key")
-    @classmethod
-    def _private_key_parses(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value().strip():
-            return None
-        try:
-            load_private_key(value.get_secret_value())
-        except WechatPayError as exc:
-            raise ValueError(str(exc)) from None
-        return value
 
     @field_validator("sandbox_platform_cert_serial")
     @classmethod
