@@ -1,20 +1,26 @@
-"""WeChat Pay settings shared by the services, and the API client as an app resource.
+"""WeChat Pay settings shared by the services, and the API client they open with them.
 
 ``WechatPayKeysSettings``: how WeChat Pay's signatures are verified (public-key mode,
 platform-certificate mode, or both during a migration), for notifications and responses.
 ``MerchantApiSettings``: what calling the API needs (merchant key, serial, base URL).
+``wechatpay_api``: the client (and the certificate refresh) as an async context manager;
+``use_wechatpay_client``: the same for an aiohttp app's lifetime.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
+from .exceptions import ConfigError
 from .settings import ApiV3Key, NoneIfBlank, PrivateKeyPem, PublicKeyPem, secret_value
 from .wechatpay import (
     CertificateRefresher,
@@ -85,46 +91,102 @@ class MerchantApiSettings(WechatPayKeysSettings):
         return value.rstrip("/")
 
 
+class MerchantApiConfig(Protocol):
+    """The settings the API client is built from: :class:`MerchantApiSettings`, or a
+    service's own whose merchant fields are optional (ingress, which calls the API only to
+    refresh platform certificates, and only when they are all set)."""
+
+    @property
+    def wechatpay_mchid(self) -> str | None: ...
+    @property
+    def wechatpay_merchant_serial_no(self) -> str | None: ...
+    @property
+    def wechatpay_merchant_private_key(self) -> SecretStr | None: ...
+    @property
+    def wechatpay_api_base(self) -> str: ...
+    @property
+    def wechatpay_apiv3_key(self) -> SecretStr | None: ...
+    @property
+    def wechatpay_platform_certs_dir(self) -> Path | None: ...
+    @property
+    def notify_max_skew_s(self) -> int: ...
+    def verifier_keys(self) -> VerifierKeys: ...
+
+
+@dataclass(frozen=True)
+class WechatPayApi:
+    """An open API client and the parts it was built from."""
+
+    client: WechatPayClient
+    signer: MerchantSigner
+    #: The keys responses are verified with (and the refresher adds certificates to).
+    keys: VerifierKeys
+    #: In certificate mode with an APIv3 key: downloads the platform certificates every
+    #: 6 h, and soon after ``request_refresh()``.
+    refresher: CertificateRefresher | None = None
+
+
+@asynccontextmanager
+async def wechatpay_api(
+    settings: MerchantApiConfig, *, verifier: NotificationVerifier | None = None
+) -> AsyncIterator[WechatPayApi]:
+    """The API client on its own HTTP session and, in certificate mode with an APIv3 key,
+    the background certificate refresh; both end on leaving.
+
+    ``verifier`` checks the responses, and the refresher keeps its keys current: pass the
+    one notifications are verified with to have it learn new serials too. By default, one
+    over ``settings.verifier_keys()``.
+    """
+    mchid = settings.wechatpay_mchid
+    serial_no = settings.wechatpay_merchant_serial_no
+    private_key = secret_value(settings.wechatpay_merchant_private_key)
+    if not (mchid and serial_no and private_key):
+        raise ConfigError(
+            "calling the WeChat Pay API needs WECHATPAY_MCHID, WECHATPAY_MERCHANT_SERIAL_NO"
+            " and WECHATPAY_MERCHANT_PRIVATE_KEY"
+        )
+    signer = MerchantSigner(mchid, serial_no, load_private_key(private_key))
+    if verifier is None:
+        verifier = NotificationVerifier(
+            settings.verifier_keys(), max_skew_s=settings.notify_max_skew_s
+        )
+    apiv3_key = secret_value(settings.wechatpay_apiv3_key)
+    async with AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        client = WechatPayClient(
+            base_url=settings.wechatpay_api_base,
+            mchid=mchid,
+            signer=signer,
+            verifier=verifier,
+            session=session,
+        )
+        refresher = None
+        if settings.wechatpay_platform_certs_dir is not None and apiv3_key:
+            refresher = CertificateRefresher(client, verifier.keys, apiv3_key)
+            refresher.start()
+            stack.push_async_callback(refresher.stop)
+        yield WechatPayApi(client, signer, verifier.keys, refresher)
+
+
 WECHATPAY_CLIENT = web.AppKey("wechatpay_client", WechatPayClient)
 VERIFIER_KEYS = web.AppKey("verifier_keys", VerifierKeys)
 MERCHANT_SIGNER = web.AppKey("merchant_signer", MerchantSigner)
 CERT_REFRESHER = web.AppKey("cert_refresher", CertificateRefresher)
 
 
-def use_wechatpay_client(
-    app: web.Application, settings: MerchantApiSettings, *, keys: VerifierKeys | None = None
-) -> None:
-    """The API client (and, in certificate mode with an APIv3 key, the background
-    certificate refresh) for the app's lifetime."""
-    keys = keys or settings.verifier_keys()
-    signer = MerchantSigner(
-        settings.wechatpay_mchid,
-        settings.wechatpay_merchant_serial_no,
-        load_private_key(secret_value(settings.wechatpay_merchant_private_key)),
-    )
-    app[VERIFIER_KEYS] = keys
-    app[MERCHANT_SIGNER] = signer
+def use_wechatpay_client(app: web.Application, settings: MerchantApiSettings) -> None:
+    """:func:`wechatpay_api` for the app's lifetime, its parts under the app keys above;
+    the platform certificates (if refreshed) are downloaded once at start."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession() as session:
-            client = WechatPayClient(
-                base_url=settings.wechatpay_api_base,
-                mchid=settings.wechatpay_mchid,
-                signer=signer,
-                verifier=NotificationVerifier(keys, max_skew_s=settings.notify_max_skew_s),
-                session=session,
-            )
-            app[WECHATPAY_CLIENT] = client
-            refresher = None
-            apiv3_key = secret_value(settings.wechatpay_apiv3_key)
-            if settings.wechatpay_platform_certs_dir is not None and apiv3_key:
-                refresher = CertificateRefresher(client, keys, apiv3_key)
-                app[CERT_REFRESHER] = refresher
-                refresher.request_refresh()
-                refresher.start()
+        async with wechatpay_api(settings) as api:
+            app[WECHATPAY_CLIENT] = api.client
+            app[MERCHANT_SIGNER] = api.signer
+            app[VERIFIER_KEYS] = api.keys
+            if api.refresher is not None:
+                app[CERT_REFRESHER] = api.refresher
+                api.refresher.request_refresh()
             yield
-            if refresher is not None:
-                await refresher.stop()
 
     app.cleanup_ctx.append(ctx)
 
@@ -134,7 +196,10 @@ __all__ = [
     "MERCHANT_SIGNER",
     "VERIFIER_KEYS",
     "WECHATPAY_CLIENT",
+    "MerchantApiConfig",
     "MerchantApiSettings",
+    "WechatPayApi",
     "WechatPayKeysSettings",
     "use_wechatpay_client",
+    "wechatpay_api",
 ]

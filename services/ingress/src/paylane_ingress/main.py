@@ -5,20 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 from aiohttp import web
 
+from paylane_common.merchant_api import wechatpay_api
 from paylane_common.prices import PriceList
 from paylane_common.service import base_app, serve, use_broker
 from paylane_common.settings import secret_value
-from paylane_common.wechatpay import (
-    CertificateRefresher,
-    MerchantSigner,
-    NotificationVerifier,
-    VerifierKeys,
-    WechatPayClient,
-    load_private_key,
-)
+from paylane_common.wechatpay import NotificationVerifier
 
 from .internal import INTERNAL_SECRET, internal_notify, internal_order_created
 from .notify import MAX_BODY, NOTIFY_CONFIG, NotifyConfig, notify_wechatpay
@@ -45,33 +38,20 @@ def build_app(
     app.router.add_get("/api/prices/current", current_prices)
     use_broker(app, settings)
     if settings.refreshes_certificates:
-        _use_certificate_refresh(app, settings, keys)
+        _use_certificate_refresh(app, settings)
     return app
 
 
-def _use_certificate_refresh(
-    app: web.Application, settings: IngressSettings, keys: VerifierKeys
-) -> None:
+def _use_certificate_refresh(app: web.Application, settings: IngressSettings) -> None:
+    """A notification under an unknown serial asks for the platform certificates to be
+    downloaded in the background (added to the keys notifications are verified with)."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession() as session:
-            client = WechatPayClient(
-                base_url=settings.wechatpay_api_base,
-                mchid=settings.wechatpay_mchid or "",
-                signer=MerchantSigner(
-                    settings.wechatpay_mchid or "",
-                    settings.wechatpay_merchant_serial_no or "",
-                    load_private_key(secret_value(settings.wechatpay_merchant_private_key)),
-                ),
-                verifier=app[NOTIFY_CONFIG].verifier,
-                session=session,
-            )
-            refresher = CertificateRefresher(
-                client, keys, secret_value(settings.wechatpay_apiv3_key)
-            )
-            app[NOTIFY_CONFIG].on_unknown_serial = refresher.request_refresh
-            refresher.start()
+        config = app[NOTIFY_CONFIG]
+        async with wechatpay_api(settings, verifier=config.verifier) as api:
+            if api.refresher is not None:
+                config.on_unknown_serial = api.refresher.request_refresh
             yield
-            await refresher.stop()
 
     app.cleanup_ctx.append(ctx)
 
