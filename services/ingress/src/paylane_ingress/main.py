@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from paylane_common.merchant_api import CERT_REFRESHER
 from paylane_common.prices import PriceList
 from paylane_common.service import base_app, serve, use_broker
 from paylane_common.settings import secret_value
@@ -20,9 +21,10 @@ from paylane_common.wechatpay import (
     load_private_key,
 )
 
-from .internal import INTERNAL_SECRET, internal_notify, internal_order_created
-from .notify import MAX_BODY, NOTIFY_CONFIG, NotifyConfig, notify_wechatpay
-from .prices import PRICE_LIST, current_prices
+from .config import INGRESS_CONFIG, IngressConfig
+from .internal import internal_notify, internal_order_created
+from .notify import MAX_BODY, notify_wechatpay
+from .prices import current_prices
 from .settings import IngressSettings
 
 
@@ -33,12 +35,12 @@ def build_app(
     # Public: the notify, internal and prices routes and /healthz; /readyz and /metrics only on
     # ADMIN_PORT (the cluster's probes and Prometheus, never the internet).
     app = base_app("ingress", client_max_size=MAX_BODY * 2, admin_port=settings.admin_port)
-    app[NOTIFY_CONFIG] = NotifyConfig(
+    app[INGRESS_CONFIG] = IngressConfig(
         verifier=NotificationVerifier(keys, max_skew_s=settings.notify_max_skew_s, clock=clock),
         apiv3_key=secret_value(settings.wechatpay_apiv3_key).encode(),
+        internal_secret=secret_value(settings.internal_api_secret),
+        price_list=PriceList.of(settings.catalog, settings.prices_effective_at),
     )
-    app[INTERNAL_SECRET] = secret_value(settings.internal_api_secret)
-    app[PRICE_LIST] = PriceList.of(settings.catalog, settings.prices_effective_at)
     app.router.add_post("/notify/wechatpay", notify_wechatpay)
     app.router.add_post("/api/payment/internal/notify", internal_notify)
     app.router.add_post("/api/payment/internal/order-created", internal_order_created)
@@ -62,13 +64,13 @@ def _use_certificate_refresh(
                     settings.wechatpay_merchant_serial_no or "",
                     load_private_key(secret_value(settings.wechatpay_merchant_private_key)),
                 ),
-                verifier=app[NOTIFY_CONFIG].verifier,
+                verifier=app[INGRESS_CONFIG].verifier,
                 session=session,
             )
             refresher = CertificateRefresher(
                 client, keys, secret_value(settings.wechatpay_apiv3_key)
             )
-            app[NOTIFY_CONFIG].on_unknown_serial = refresher.request_refresh
+            app[CERT_REFRESHER] = refresher
             refresher.start()
             yield
             await refresher.stop()
