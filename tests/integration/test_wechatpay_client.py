@@ -28,8 +28,8 @@ from paylane_common.wechatpay import (
     build_notification,
     load_certificate,
 )
-from paylane_ingress.main import build_app as build_ingress
 from paylane_ingress.config import INGRESS_CONFIG
+from paylane_ingress.main import build_app as build_ingress
 from paylane_ingress.settings import IngressSettings
 from tests.support.sandbox import (
     RunningSandbox,
