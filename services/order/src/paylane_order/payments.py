@@ -11,7 +11,6 @@ arrives is paid all the same: the money was taken, so the buyer gets what they p
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +28,7 @@ from paylane_common.events import (
 from paylane_common.ids import new_row_id
 
 from . import effects
+from .config import MerchantConfig
 
 log = structlog.get_logger(__name__)
 
@@ -38,12 +38,6 @@ PRODUCER = "order"
 #: The order row may still be committing when WeChat's notification arrives.
 UNKNOWN_ORDER_ATTEMPTS = 4
 UNKNOWN_ORDER_DELAY_S = 1.0
-
-
-@dataclass(frozen=True)
-class Merchant:
-    mchid: str
-    appid: str
 
 
 #: Confirms (and completes) a payment that arrived without amount, or raises Reject/Retry.
@@ -56,7 +50,7 @@ class PaymentApplier:
     def __init__(
         self,
         pool: aiomysql.Pool,
-        merchant: Merchant,
+        merchant: MerchantConfig,
         on_commit: Callable[[], None] | None = None,
         confirm: Confirm | None = None,
         trust_internal: bool = False,
