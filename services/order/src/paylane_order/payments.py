@@ -35,6 +35,12 @@ log = structlog.get_logger(__name__)
 CONSUMER = "order"
 PRODUCER = "order"
 
+#: What a payment may move to ``paid``: a pending order, or one that timed out or was
+#: cancelled (``failed``) and was paid all the same. The one-by-one and the batch path
+#: both decide by it, in Python and in SQL.
+PAYABLE_STATES = ("pending", "failed")
+_PAYABLE_SQL = "(" + ", ".join(f"'{state}'" for state in PAYABLE_STATES) + ")"
+
 #: The order row may still be committing when WeChat's notification arrives.
 UNKNOWN_ORDER_ATTEMPTS = 4
 UNKNOWN_ORDER_DELAY_S = 1.0
@@ -111,7 +117,7 @@ class PaymentApplier:
             order = orders.pop(it.data.out_trade_no, None)  # pop: one payment per order
             if (
                 order is not None
-                and order["status"] in _PAYABLE
+                and order["status"] in PAYABLE_STATES
                 and order["out_trade_no"] not in refunded
                 and self._mismatch(order, it.data) is None
             ):
@@ -138,7 +144,7 @@ class PaymentApplier:
             " o.paid_at = v.paid_at, o._openid = COALESCE(o._openid, v.openid),"
             " o.paid_event_at = NOW(6), o.generation_id = IF(o.generation_id = '',"
             " COALESCE(v.generation_id, ''), o.generation_id)"
-            " WHERE o.status IN ('pending', 'failed')",
+            f" WHERE o.status IN {_PAYABLE_SQL}",
             params,
         )
         if cur.rowcount != len(plain):  # the rows are locked: cannot happen, but never guess
@@ -172,7 +178,7 @@ class PaymentApplier:
                 "UPDATE payment_orders SET status = 'paid', transaction_id = %s, paid_at = %s,"
                 " _openid = COALESCE(_openid, %s), paid_event_at = NOW(6),"
                 f" {_FILL_GENERATION}"
-                " WHERE out_trade_no = %s AND status IN ('pending', 'failed')",
+                f" WHERE out_trade_no = %s AND status IN {_PAYABLE_SQL}",
                 (data.transaction_id, paid_at, data.openid, data.generation_id, data.out_trade_no),
             )
             if cur.rowcount == 1:
@@ -280,9 +286,6 @@ def _paid_elsewhere(order: dict[str, Any], data: PaymentSucceeded) -> bool:
     )
 
 
-#: What a payment may move to ``paid``: a pending order, or one that timed out or was
-#: cancelled (``failed``) and was paid all the same.
-_PAYABLE = ("pending", "failed")
 #: ``amount_total`` is the fen generated from the row's yuan ``amount``, whoever wrote it.
 _ORDER_COLUMNS = (
     "out_trade_no, user_id, package_type, amount_total, currency, status, transaction_id,"
