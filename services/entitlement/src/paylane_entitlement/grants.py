@@ -29,10 +29,9 @@ from paylane_common.consumer import Reject, Retry
 from paylane_common.db import is_duplicate_key, placeholders, rows_table, transaction
 from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded, make_event
 
-log = structlog.get_logger(__name__)
+from . import INBOX_CONSUMER, OUTBOX_PRODUCER
 
-CONSUMER = "entitlement"
-PRODUCER = "entitlement"
+log = structlog.get_logger(__name__)
 
 #: The plans in rank order, as SQL literals: ``'free', 'basic', 'premium'``.
 _PLANS_SQL = ", ".join(f"'{plan}'" for plan in PLANS)
@@ -57,7 +56,7 @@ class EntitlementApplier:
 
     async def __call__(self, envelope: Envelope, data: Any) -> str:
         async with transaction(self.pool) as cur:
-            if not await inbox.claim(cur, CONSUMER, envelope.event_id):
+            if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
             if isinstance(data, OrderPaid):
                 outcome = await self._grant(cur, envelope, data)
@@ -81,7 +80,7 @@ class EntitlementApplier:
         every grant that arrived after a refund of the same user: applied in arrival order,
         the user's events end as they would one by one."""
         outcomes: list[str | None] = [None] * len(items)
-        fresh = await first_deliveries(cur, CONSUMER, items, outcomes, OrderPaid)
+        fresh = await first_deliveries(cur, INBOX_CONSUMER, items, outcomes, OrderPaid)
         refunded_first = _after_a_refund(items)
         fresh = [
             (i, it)
@@ -132,7 +131,7 @@ class EntitlementApplier:
             outcomes[i] = "granted"
         if not grants:
             return outcomes
-        await inbox.claim_many(cur, CONSUMER, inbox_ids)
+        await inbox.claim_many(cur, INBOX_CONSUMER, inbox_ids)
         await cur.executemany(_GRANT_INSERT, grants)
         changed, params = rows_table(
             ("id", "payment_status", "regenerate_count"),
@@ -146,7 +145,7 @@ class EntitlementApplier:
             " SET u.payment_status = v.payment_status, u.regenerate_count = v.regenerate_count",
             params,
         )
-        await outbox.add_many(cur, PRODUCER, staged)
+        await outbox.add_many(cur, OUTBOX_PRODUCER, staged)
         return outcomes
 
     async def _grant(self, cur: aiomysql.Cursor, envelope: Envelope, data: OrderPaid) -> str:
@@ -279,7 +278,7 @@ class EntitlementApplier:
             payment_status=user["payment_status"],
             regenerate_count=user["regenerate_count"],
         )
-        await outbox.add(cur, PRODUCER, make_event(event_type, data))
+        await outbox.add(cur, OUTBOX_PRODUCER, make_event(event_type, data))
 
 
 _GRANT_INSERT = (

@@ -26,13 +26,13 @@ from paylane_common.service import (
 from paylane_common.settings import secret_value
 from paylane_common.topology import ORDER_PAYMENTS
 
-from . import api
+from . import OUTBOX_PRODUCER, api
 from .config import API_CONFIG, ApiConfig, MerchantConfig
 from .created import OrderCreatedApplier
 from .errors import error_middleware
 from .miniprogram import MiniProgramLogin
 from .orders import Orders
-from .payments import PRODUCER, PaymentApplier
+from .payments import PaymentApplier
 from .reconciler import Reconciler, confirm_payment
 from .refunds import RefundApplier
 from .settings import OrderSettings
@@ -147,7 +147,7 @@ def build_app(settings: OrderSettings) -> web.Application:
         ORDER_PAYMENTS,
         lambda app: build_handler(app, settings, merchant),
         settings,
-        outbox_producer=PRODUCER,
+        outbox_producer=OUTBOX_PRODUCER,
     )
     api.add_routes(app)
     return app

@@ -27,13 +27,10 @@ from paylane_common.events import (
 )
 from paylane_common.ids import new_row_id
 
-from . import effects
+from . import INBOX_CONSUMER, OUTBOX_PRODUCER, effects
 from .config import MerchantConfig
 
 log = structlog.get_logger(__name__)
-
-CONSUMER = "order"
-PRODUCER = "order"
 
 #: What a payment may move to ``paid``: a pending order, or one that timed out or was
 #: cancelled (``failed``) and was paid all the same. The one-by-one and the batch path
@@ -81,7 +78,7 @@ class PaymentApplier:
                 raise Reject("internal payment and no WeChat Pay client to confirm it")
             data = await self._confirm(data)
         async with transaction(self.pool) as cur:
-            if not await inbox.claim(cur, CONSUMER, envelope.event_id):
+            if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
             outcome = await self._apply(cur, envelope, data)
         self.after_commit([outcome])
@@ -98,7 +95,7 @@ class PaymentApplier:
         deliveries of matching payments for pending (or failed) orders. Everything else
         is left to ``__call__``, one by one."""
         outcomes: list[str | None] = [None] * len(items)
-        fresh = await first_deliveries(cur, CONSUMER, items, outcomes, PaymentSucceeded)
+        fresh = await first_deliveries(cur, INBOX_CONSUMER, items, outcomes, PaymentSucceeded)
         # Internal notifies need WeChat Pay's word first: left to __call__.
         fresh = [(i, it) for i, it in fresh if not self._needs_confirmation(it.data)]
         if not fresh:
@@ -124,7 +121,7 @@ class PaymentApplier:
                 plain.append((i, it, order, _paid_at(it.data.success_time)))
         if not plain:
             return outcomes
-        await inbox.claim_many(cur, CONSUMER, [it.envelope.event_id for _, it, _, _ in plain])
+        await inbox.claim_many(cur, INBOX_CONSUMER, [it.envelope.event_id for _, it, _, _ in plain])
         paid, params = rows_table(
             ("out_trade_no", "transaction_id", "paid_at", "openid", "generation_id"),
             [
@@ -160,7 +157,7 @@ class PaymentApplier:
             log.info("order_paid", late=late, source=it.data.source)
             outcomes[i] = "paid"
         await cur.executemany(_LOG_INSERT, logs)
-        await outbox.add_many(cur, PRODUCER, staged)
+        await outbox.add_many(cur, OUTBOX_PRODUCER, staged)
         return outcomes
 
     async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: PaymentSucceeded) -> str:
@@ -184,7 +181,7 @@ class PaymentApplier:
             if cur.rowcount == 1:
                 late = order["status"] == "failed"
                 await _log(cur, envelope, data, "paid", "paid after close" if late else None)
-                await outbox.add(cur, PRODUCER, _order_paid(data, order, paid_at))
+                await outbox.add(cur, OUTBOX_PRODUCER, _order_paid(data, order, paid_at))
                 await _refunded_before(cur, data, order)
                 log.info("order_paid", late=late, source=data.source)
                 return "paid"
@@ -218,7 +215,7 @@ class PaymentApplier:
             return "duplicate"
         paid_at = order["paid_at"] or _paid_at(data.success_time)
         await _log(cur, envelope, data, "paid_elsewhere", "marked paid by another writer")
-        await outbox.add(cur, PRODUCER, _order_paid(data, order, paid_at))
+        await outbox.add(cur, OUTBOX_PRODUCER, _order_paid(data, order, paid_at))
         log.info("order_paid_elsewhere_announced", source=data.source)
         return "paid"
 
@@ -358,7 +355,7 @@ async def add_order_refunded(
     into the outbox, in the caller's transaction. With ``full``, the caller sets the
     order's ``refund_event_at`` in the same transaction."""
     await outbox.add(
-        cur, PRODUCER, effects.order_refunded(order, amount_refund=amount_refund, full=full)
+        cur, OUTBOX_PRODUCER, effects.order_refunded(order, amount_refund=amount_refund, full=full)
     )
 
 
