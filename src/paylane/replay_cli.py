@@ -13,14 +13,23 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractRobustConnection
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
 
 from paylane_common import amqp, events
 from paylane_common.replay import (
@@ -38,22 +47,6 @@ from .commands import command_settings
 
 T = TypeVar("T")
 
-try:  # rich draws the progress bar and tables; plain text when it is not installed
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-    from rich.table import Table
-
-    HAVE_RICH = True
-except ImportError:  # pragma: no cover - depends on the environment
-    HAVE_RICH = False
-
 
 # --- output --------------------------------------------------------------------------------
 
@@ -64,78 +57,38 @@ _NO_WRAP = frozenset({"message_id", "out_trade_no", "time (UTC)", "failed at (UT
 
 def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [["" if v is None else str(v) for v in row] for row in rows]
-    if HAVE_RICH:
-        table = Table(title=title, title_justify="left")
-        for i, name in enumerate(columns):
-            numeric = bool(cells) and all(row[i].isdigit() for row in cells)
-            table.add_column(
-                name,
-                justify="right" if numeric else "left",
-                overflow="fold",
-                no_wrap=name in _NO_WRAP,
-            )
-        for row in cells:
-            table.add_row(*row)
-        Console().print(table)
-        return
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    print(title)
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    print("  ".join("-" * w for w in widths))
+    table = Table(title=title, title_justify="left")
+    for i, name in enumerate(columns):
+        numeric = bool(cells) and all(row[i].isdigit() for row in cells)
+        table.add_column(
+            name,
+            justify="right" if numeric else "left",
+            overflow="fold",
+            no_wrap=name in _NO_WRAP,
+        )
     for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-class _PlainProgress:
-    """One self-rewriting stderr line on a terminal; silent otherwise (logs, CI)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._live = stream.isatty()
-        self._last = 0.0
-
-    def show(self, description: str, done: int, total: int | None, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self._live or (not final and now - self._last < 0.2):
-            return
-        self._last = now
-        count = f"{done}/{total}" if total is not None else str(done)
-        self._stream.write(f"\r{description}: {count}" + ("\n" if final else ""))
-        self._stream.flush()
+        table.add_row(*row)
+    Console().print(table)
 
 
 @contextmanager
 def _progress(description: str) -> Iterator[Callable[[ReplaySummary], None]]:
-    """A progress callback for the library, drawing a bar (rich) or a line (plain)."""
-    if HAVE_RICH:
-        bar = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
-        task = bar.add_task(description, total=None)
+    """A progress callback for the library, drawing a bar on stderr."""
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+    task = bar.add_task(description, total=None)
 
-        def update(summary: ReplaySummary) -> None:
-            bar.update(task, completed=summary.seen, total=summary.total)
+    def update(summary: ReplaySummary) -> None:
+        bar.update(task, completed=summary.seen, total=summary.total)
 
-        with bar:
-            yield update
-        return
-    plain = _PlainProgress(sys.stderr)
-    last: list[ReplaySummary] = []
-
-    def show(summary: ReplaySummary) -> None:
-        last[:] = [summary]
-        plain.show(description, summary.seen, summary.total)
-
-    try:
-        yield show
-    finally:
-        if last:
-            plain.show(description, last[0].seen, last[0].total, final=True)
+    with bar:
+        yield update
 
 
 def _print_summary(summary: ReplaySummary, group: str) -> None:

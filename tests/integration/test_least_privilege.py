@@ -50,8 +50,9 @@ from paylane_common.topology import (
     existing_queue,
 )
 from paylane_notifier.snapshot import load_snapshot
-from paylane_order.orders import NewOrder, Orders, PlacementConfig, _user_by_openid
-from paylane_order.payments import Merchant, PaymentApplier
+from paylane_order.config import MerchantConfig
+from paylane_order.orders import NewOrder, Orders, _user_by_openid
+from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
 from tests.support import hygiene
@@ -436,9 +437,9 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
     trail, inbox, outbox), a refund made outside paylane recorded (refund row, the order's
     full refund), an unpaid order failed by the reconciler, the install time read."""
     openid = f"o-{uuid.uuid4().hex}"
-    placement = PlacementConfig("1900000109", "wxd678efh567hg6787", "http://127.0.0.1:9/n", 1800)
+    merchant = MerchantConfig("1900000109", "wxd678efh567hg6787", "http://127.0.0.1:9/n", 1800)
     async with _pool(service_mysql_urls["order"]) as pool:
-        orders = Orders(pool, None, None, placement)  # type: ignore[arg-type]
+        orders = Orders(pool, None, None, merchant)  # type: ignore[arg-type]
         async with transaction(pool) as cur:
             user = await _user_by_openid(cur, openid)
         assert str(user["id"]).startswith("user-")
@@ -471,7 +472,7 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
                 "appid": None,
             }
         )
-        applier = PaymentApplier(pool, Merchant(mchid="1900000109", appid="wxd678efh567hg6787"))
+        applier = PaymentApplier(pool, merchant)
         assert await applier(envelope, data) == "paid"
         refund = RefundEvent(
             out_trade_no=out_trade_no,

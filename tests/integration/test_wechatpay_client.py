@@ -28,8 +28,8 @@ from paylane_common.wechatpay import (
     build_notification,
     load_certificate,
 )
+from paylane_ingress.config import INGRESS_CONFIG
 from paylane_ingress.main import build_app as build_ingress
-from paylane_ingress.notify import NOTIFY_CONFIG
 from paylane_ingress.settings import IngressSettings
 from tests.support.sandbox import (
     RunningSandbox,
@@ -416,7 +416,7 @@ async def test_ingress_learns_a_new_serial_in_the_background(
     await sandbox.add_fault(path_prefix=CERTIFICATES, count=1, delay_s=0.3)
 
     async with TestClient(TestServer(build_ingress(settings))) as ingress:
-        known = ingress.app[NOTIFY_CONFIG].verifier.keys
+        known = ingress.app[INGRESS_CONFIG].verifier.keys
         headers, data = notification()
         async with ingress.post("/notify/wechatpay", data=data, headers=headers) as response:
             assert response.status == 401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import structlog
 
@@ -44,3 +45,44 @@ def test_json_lines_carry_context_and_no_secrets() -> None:
     assert line["event_id"] == "EV-1"
     assert line["out_trade_no"] == "T1"
     assert line["apiv3_key"] == REDACTED
+
+
+#: Made at run time: the source lines a traceback quotes do not contain it.
+KEY_IN_A_LOCAL = "k3y" * 11
+
+
+def _fail(apiv3_key: str) -> None:
+    raise ValueError("decryption failed")
+
+
+def _log_a_failure(fmt: str) -> str:
+    buffer = io.StringIO()
+    try:
+        configure_logging(fmt, stream=buffer, cache_loggers=False)
+        try:
+            _fail(KEY_IN_A_LOCAL)
+        except ValueError:
+            structlog.get_logger("t").exception("undecryptable")
+            logging.getLogger("aiohttp.server").exception("Error handling request")
+    finally:
+        configure_session_logging()
+    return buffer.getvalue()
+
+
+def test_json_lines_carry_exceptions_as_data_without_locals() -> None:
+    output = _log_a_failure("json")
+    assert KEY_IN_A_LOCAL not in output  # a frame's local is never rendered
+    for line in output.strip().splitlines():
+        entry = json.loads(line)
+        [error] = entry["exception"]
+        assert (error["exc_type"], error["exc_value"]) == ("ValueError", "decryption failed")
+        assert error["frames"][-1]["name"] == "_fail"
+        assert "locals" not in error["frames"][-1]
+        assert "exc_info" not in entry
+
+
+def test_the_console_renders_exceptions_itself_without_locals() -> None:
+    output = _log_a_failure("console")
+    assert "ValueError" in output
+    assert "decryption failed" in output
+    assert KEY_IN_A_LOCAL not in output

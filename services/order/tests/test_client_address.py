@@ -1,5 +1,5 @@
 """H5 client IP: ``X-Forwarded-For`` counts only from configured trusted proxies. Over real
-HTTP (the direct peer is 127.0.0.1) through the app key the order API uses."""
+HTTP (the direct peer is 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,8 @@ from multidict import CIMultiDict
 
 from paylane_common.exceptions import ConfigError
 from paylane_common.settings import load_settings
-from paylane_order.client_address import (
-    TRUSTED_PROXIES,
-    TrustedProxySettings,
-    client_ip,
-    resolve_client_ip,
-)
+from paylane_order.client_address import TrustedProxySettings, client_ip, resolve_client_ip
 from paylane_order.settings import OrderSettings
-
-
-async def _echo(request: web.Request) -> web.Response:
-    return web.json_response({"client_ip": client_ip(request)})
 
 
 @pytest.fixture
@@ -30,9 +21,13 @@ async def ask() -> AsyncIterator[Callable[..., object]]:
     clients: list[TestClient[web.Request, web.Application]] = []
 
     async def ask(trusted: str, *forwarded_for: str) -> str | None:
+        networks = TrustedProxySettings(trusted_proxies=trusted).trusted_proxies
+
+        async def echo(request: web.Request) -> web.Response:
+            return web.json_response({"client_ip": client_ip(request, networks)})
+
         app = web.Application()
-        app[TRUSTED_PROXIES] = TrustedProxySettings(trusted_proxies=trusted).trusted_proxies
-        app.router.add_get("/", _echo)
+        app.router.add_get("/", echo)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

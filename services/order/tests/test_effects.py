@@ -16,11 +16,11 @@ from paylane_common.events import PaymentSucceeded, make_event, parse_event
 from paylane_common.ids import new_row_id
 from paylane_common.migrate import cutover
 from paylane_order import effects
-from paylane_order.payments import Merchant, PaymentApplier
+from paylane_order.payments import PaymentApplier
+from services.order.tests.test_payments import MERCHANT
 
 pytestmark = pytest.mark.integration
 
-MERCHANT = Merchant(mchid="1900000109", appid="wx-app-main")
 #: Paid and refunded by the system before paylane, in 2024 (tests/support/seed_db.py).
 SEED_PAID, SEED_REFUNDED = "170634568000254321", "170634568000398765"
 

@@ -20,8 +20,9 @@ from paylane_common.db import transaction
 from paylane_common.events import OrderCreated, make_event
 from paylane_order.created import OrderCreatedApplier, yuan
 from paylane_order.main import OrderEvents
-from paylane_order.payments import Merchant, PaymentApplier
+from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
+from services.order.tests.test_payments import MERCHANT
 
 pytestmark = pytest.mark.integration
 
@@ -301,7 +302,7 @@ async def test_without_order_id_or_ttl_a_row_id_is_made_and_no_expiry_set(db_poo
 async def test_the_order_consumer_dispatches_order_created(db_pool):
     """The hook in the order service's handler; batches leave order.created to it."""
     handler = OrderEvents(
-        PaymentApplier(db_pool, Merchant(mchid="1900000109", appid="wx-app-main")),
+        PaymentApplier(db_pool, MERCHANT),
         RefundApplier(db_pool),
         applier(db_pool),
     )
@@ -314,7 +315,7 @@ async def test_the_order_consumer_dispatches_order_created(db_pool):
     assert len(await order_row(db_pool, data.out_trade_no)) == 1
     # Without an explicit applier the handler still knows the event.
     default = OrderEvents(
-        PaymentApplier(db_pool, Merchant(mchid="1900000109", appid="wx-app-main")),
+        PaymentApplier(db_pool, MERCHANT),
         RefundApplier(db_pool),
     )
     other_env, other = created()

@@ -13,12 +13,18 @@ from paylane_common.consumer import Reject, Retry
 from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, make_event
 from paylane_common.ids import new_row_id
+from paylane_order.config import MerchantConfig
 from paylane_order.money import yuan
-from paylane_order.payments import Merchant, PaymentApplier
+from paylane_order.payments import PaymentApplier
 
 pytestmark = pytest.mark.integration
 
-MERCHANT = Merchant(mchid="1900000109", appid="wx-app-main")
+MERCHANT = MerchantConfig(
+    mchid="1900000109",
+    appid="wx-app-main",
+    notify_url="http://127.0.0.1:9/notify/wechatpay",
+    order_ttl_s=1800,
+)
 
 
 async def new_user(pool: aiomysql.Pool) -> str:

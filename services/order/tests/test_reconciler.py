@@ -16,8 +16,9 @@ from paylane_common.db import transaction
 from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
+from paylane_order.config import MerchantConfig
 from paylane_order.errors import InvalidRequest
-from paylane_order.orders import Orders, PlacementConfig
+from paylane_order.orders import Orders
 from paylane_order.reconciler import Reconciler
 from tests.support.sandbox import (
     APPID,
@@ -151,7 +152,7 @@ async def test_a_refund_that_never_reached_wechatpay_is_closed_after_the_grace(
         db_pool,
         client,
         KEYS.signer(),
-        PlacementConfig(MCHID, APPID, "http://127.0.0.1:9/notify/wechatpay", 1800),
+        MerchantConfig(MCHID, APPID, "http://127.0.0.1:9/notify/wechatpay", 1800),
     )
     user_id = await _user(db_pool)
     paid, young = _number(), _number()

@@ -164,13 +164,13 @@ class Harness:
     ) -> list[dict[str, Any]]:
         """Wait until ``predicate`` holds for the sandbox's record (it is updated just after
         the merchant answers, so it may trail what the receiver saw), then read it."""
-        notifier = self.client.server.app[SANDBOX].notifier
+        sender = self.client.server.app[SANDBOX].notification_sender
 
         def matching() -> list[dict[str, Any]]:
-            records = [n.to_json() for n in notifier.records]
+            records = [n.to_json() for n in sender.records]
             return [r for r in records if all(r.get(k) == v for k, v in query.items())]
 
-        await notifier.wait_for(lambda: predicate(matching()), timeout)
+        await sender.wait_for(lambda: predicate(matching()), timeout)
         return await self.notifications(**query)
 
     async def switches(self, **values: Any) -> dict[str, Any]:

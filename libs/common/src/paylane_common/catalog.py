@@ -13,9 +13,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 PaymentStatus = Literal["free", "basic", "premium"]
-STATUS_RANK: dict[str, int] = {"free": 0, "basic": 1, "premium": 2}
+#: ``users.payment_status`` values, lowest first.
+PLANS: tuple[PaymentStatus, ...] = ("free", "basic", "premium")
+STATUS_RANK: dict[str, int] = {plan: rank for rank, plan in enumerate(PLANS)}
 # What the shared schema lets an order buy (payment_orders.package_type, less "free").
 PACKAGE_TYPES = ("basic", "premium")
+
+
+def best_plan(*plans: str) -> str:
+    """The highest of ``plans`` (``users.payment_status`` values): a plan only rises."""
+    return max(plans, key=STATUS_RANK.__getitem__)
 
 
 class Package(BaseModel):

@@ -74,6 +74,25 @@ def _dumps(value: Any, **kw: Any) -> str:
     return orjson.dumps(value, default=kw.get("default")).decode()
 
 
+#: Exceptions as data (``exception``: a list of dicts) in the JSON lines, without the
+#: frames' local variables: those may hold keys, tokens and decrypted payer data.
+_dict_tracebacks = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+
+def _console_renderer() -> structlog.dev.ConsoleRenderer:
+    """Aligned, coloured lines; tracebacks pretty with rich when it is installed, without
+    the frames' local variables either way."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        formatter: Any = structlog.dev.plain_traceback
+    else:
+        formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
+    return structlog.dev.ConsoleRenderer(exception_formatter=formatter)
+
+
 def configure_logging(
     fmt: str | None = None,
     level: int = logging.INFO,
@@ -82,7 +101,12 @@ def configure_logging(
     cache_loggers: bool = True,
 ) -> None:
     """Configure structlog (and route stdlib logging through it) for this process,
-    writing to ``stream`` (default: stderr)."""
+    writing to ``stream`` (default: stderr).
+
+    On a terminal the console renderer alone renders exceptions (pretty, with rich);
+    otherwise each line is JSON and an exception is data, which redaction then scrubs
+    like any other value.
+    """
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -90,27 +114,24 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact,
     ]
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer()
+    output: list[Any] = (
+        [redact, _console_renderer()]
         if fmt == "console"
-        else structlog.processors.JSONRenderer(serializer=_dumps)
+        else [_dict_tracebacks, redact, structlog.processors.JSONRenderer(serializer=_dumps)]
     )
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *output],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=cache_loggers,
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *output],
+        )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -53,9 +53,6 @@ REPLAYED_FROM_HEADER = "x-paylane-replayed-from"
 REPLAYED_REASON_HEADER = "x-paylane-replayed-reason"
 DLQ_SUFFIX = ".dlq"
 
-#: Headers the broker owns (dead-lettering history, a quorum queue's delivery counter, the
-#: stream offset): a fresh copy must not carry the old ones into its new queue.
-
 #: The stream is read from this far before ``since``: publishers', the broker's and the
 #: operator's clocks differ a little, and events before ``since`` are filtered out anyway.
 STREAM_OFFSET_MARGIN = timedelta(seconds=60)

@@ -1,0 +1,6 @@
+"""paylane's entitlement service (DESIGN §6)."""
+
+#: The entitlement service's name in the shared ``inbox`` table (``consumer``: the
+#: deliveries it applied) and ``outbox`` table (``producer``: the events it staged).
+INBOX_CONSUMER = "entitlement"
+OUTBOX_PRODUCER = "entitlement"

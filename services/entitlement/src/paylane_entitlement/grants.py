@@ -16,7 +16,7 @@ granted (and revoked) like any other and the row ends with real values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiomysql
@@ -24,17 +24,18 @@ import structlog
 
 from paylane_common import events, inbox, outbox
 from paylane_common.batching import BatchItem, first_deliveries
-from paylane_common.catalog import STATUS_RANK, Package
+from paylane_common.catalog import PLANS, Package, best_plan
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import is_duplicate_key, placeholders, rows_table, transaction
 from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded, make_event
 
+from . import INBOX_CONSUMER, OUTBOX_PRODUCER
+
 log = structlog.get_logger(__name__)
 
-CONSUMER = "entitlement"
-PRODUCER = "entitlement"
-
-_RANK = "FIELD({col}, 'free', 'basic', 'premium')"
+#: The plans in rank order, as SQL literals: ``'free', 'basic', 'premium'``.
+_PLANS_SQL = ", ".join(f"'{plan}'" for plan in PLANS)
+_RANK = f"FIELD({{col}}, {_PLANS_SQL})"
 # The user's plan and regenerations, a NULL (a row another writer made) read as free / 0.
 _USER_STATE = (
     "COALESCE(payment_status, 'free') AS payment_status,"
@@ -55,7 +56,7 @@ class EntitlementApplier:
 
     async def __call__(self, envelope: Envelope, data: Any) -> str:
         async with transaction(self.pool) as cur:
-            if not await inbox.claim(cur, CONSUMER, envelope.event_id):
+            if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
             if isinstance(data, OrderPaid):
                 outcome = await self._grant(cur, envelope, data)
@@ -79,7 +80,7 @@ class EntitlementApplier:
         every grant that arrived after a refund of the same user: applied in arrival order,
         the user's events end as they would one by one."""
         outcomes: list[str | None] = [None] * len(items)
-        fresh = await first_deliveries(cur, CONSUMER, items, outcomes, OrderPaid)
+        fresh = await first_deliveries(cur, INBOX_CONSUMER, items, outcomes, OrderPaid)
         refunded_first = _after_a_refund(items)
         fresh = [
             (i, it)
@@ -112,10 +113,7 @@ class EntitlementApplier:
             granted.add(data.out_trade_no)
             package = self._catalog[data.package_type]
             before = user["payment_status"]
-            user["payment_status"] = max(
-                before, package.payment_status, key=STATUS_RANK.__getitem__
-            )
-            user["regenerate_count"] += package.regenerate_grant
+            user.update(after_grant(user, package))
             grants.append(
                 (
                     data.out_trade_no,
@@ -133,7 +131,7 @@ class EntitlementApplier:
             outcomes[i] = "granted"
         if not grants:
             return outcomes
-        await inbox.claim_many(cur, CONSUMER, inbox_ids)
+        await inbox.claim_many(cur, INBOX_CONSUMER, inbox_ids)
         await cur.executemany(_GRANT_INSERT, grants)
         changed, params = rows_table(
             ("id", "payment_status", "regenerate_count"),
@@ -147,7 +145,7 @@ class EntitlementApplier:
             " SET u.payment_status = v.payment_status, u.regenerate_count = v.regenerate_count",
             params,
         )
-        await outbox.add_many(cur, PRODUCER, staged)
+        await outbox.add_many(cur, OUTBOX_PRODUCER, staged)
         return outcomes
 
     async def _grant(self, cur: aiomysql.Cursor, envelope: Envelope, data: OrderPaid) -> str:
@@ -163,7 +161,7 @@ class EntitlementApplier:
         if user is None:
             raise Retry(f"unknown user {data.user_id}", max_attempts=4, delay_s=1.0)
         before = user["payment_status"]
-        after = max(before, package.payment_status, key=STATUS_RANK.__getitem__)
+        after = after_grant(user, package)
         try:
             await cur.execute(
                 _GRANT_INSERT,
@@ -173,7 +171,7 @@ class EntitlementApplier:
                     package.name,
                     package.regenerate_grant,
                     before,
-                    after,
+                    after["payment_status"],
                 ),
             )
         except Exception as exc:
@@ -181,10 +179,10 @@ class EntitlementApplier:
                 log.info("grant_already_applied")
                 return "duplicate"
             raise
+        # The user row is locked since it was read: the counts cannot have moved.
         await cur.execute(
-            "UPDATE users SET payment_status = %s,"
-            " regenerate_count = COALESCE(regenerate_count, 0) + %s WHERE id = %s",
-            (after, package.regenerate_grant, data.user_id),
+            "UPDATE users SET payment_status = %s, regenerate_count = %s WHERE id = %s",
+            (after["payment_status"], after["regenerate_count"], data.user_id),
         )
         await self._emit(cur, events.ENTITLEMENT_GRANTED, data.user_id, data.out_trade_no)
         log.info("entitlement_granted", user_id=data.user_id, package=package.name)
@@ -249,7 +247,7 @@ class EntitlementApplier:
         the lowest ``status_before`` of the user's rows (robust to grants of one batch
         sharing a ``granted_at``)."""
         await cur.execute(
-            f"SELECT ELT(MIN({_RANK.format(col='status_before')}), 'free', 'basic', 'premium')"
+            f"SELECT ELT(MIN({_RANK.format(col='status_before')}), {_PLANS_SQL})"
             " AS base FROM entitlement_grants WHERE user_id = %s",
             (user_id,),
         )
@@ -263,7 +261,7 @@ class EntitlementApplier:
             package = self._catalog.get(row["package_type"])
             # A package since removed from the catalog keeps what it gave (never lowers).
             plans.append(package.payment_status if package else row["status_after"])
-        return max(plans, key=STATUS_RANK.__getitem__)
+        return best_plan(*plans)
 
     async def _emit(
         self,
@@ -280,7 +278,7 @@ class EntitlementApplier:
             payment_status=user["payment_status"],
             regenerate_count=user["regenerate_count"],
         )
-        await outbox.add(cur, PRODUCER, make_event(event_type, data))
+        await outbox.add(cur, OUTBOX_PRODUCER, make_event(event_type, data))
 
 
 _GRANT_INSERT = (
@@ -292,6 +290,16 @@ _TOMBSTONE_INSERT = (
     " regenerate_granted, status_before, status_after, revoked_at)"
     " VALUES (%s, %s, %s, 0, %s, %s, NOW(6))"
 )
+
+
+def after_grant(user: Mapping[str, Any], package: Package) -> dict[str, Any]:
+    """The user's ``payment_status`` and ``regenerate_count`` once ``package`` is granted:
+    the plan rises to the package's (never falls), the regenerations grow by its grant.
+    A grant applied one by one and one of a batch both come here."""
+    return {
+        "payment_status": best_plan(user["payment_status"], package.payment_status),
+        "regenerate_count": user["regenerate_count"] + package.regenerate_grant,
+    }
 
 
 def _after_a_refund(items: Sequence[BatchItem]) -> set[int]:

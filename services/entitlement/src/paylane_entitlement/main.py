@@ -15,7 +15,8 @@ from paylane_common.service import (
 )
 from paylane_common.topology import ENTITLEMENT_ORDERS
 
-from .grants import PRODUCER, EntitlementApplier
+from . import OUTBOX_PRODUCER
+from .grants import EntitlementApplier
 from .settings import EntitlementSettings
 
 
@@ -30,7 +31,7 @@ def build_app(settings: EntitlementSettings) -> web.Application:
             app[DB_POOL], settings.catalog, on_commit=app[OUTBOX_RELAY].wake
         ),
         settings,
-        outbox_producer=PRODUCER,
+        outbox_producer=OUTBOX_PRODUCER,
     )
     return app
 

@@ -26,17 +26,16 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from paylane_common import events
+from paylane_common.auth import DuplicateHeader, internal_secret_ok
 from paylane_common.events import OrderCreated, PaymentSucceeded, make_event, validation_summary
 from paylane_common.exceptions import PublishError
-from paylane_common.headers import DuplicateHeader, secret_matches, sole_header
 from paylane_common.ids import new_row_id
 from paylane_common.service import PUBLISHER
 
 from . import metrics
+from .config import INGRESS_CONFIG
 
 log = structlog.get_logger(__name__)
-
-INTERNAL_SECRET = web.AppKey("internal_secret", str)
 
 #: WeChat Pay's ``out_trade_no``: 6 to 32 of these.
 OUT_TRADE_NO = r"^[0-9A-Za-z_\-|*]+$"
@@ -55,11 +54,11 @@ def _unauthorized() -> web.Response:
 def _check_secret(request: web.Request, route: str) -> web.Response | None:
     """None when the caller holds the secret; otherwise the answer to give."""
     try:
-        given = sole_header(request.headers, "X-Internal-Secret")
+        authorized = internal_secret_ok(request, request.app[INGRESS_CONFIG].internal_secret)
     except DuplicateHeader as exc:
         log.warning("internal_call_duplicate_secret", route=route)
         return _Refusal(400, "DUPLICATE_HEADER", str(exc)).response(route)
-    if not secret_matches(request.app[INTERNAL_SECRET], given):
+    if not authorized:
         log.warning("internal_call_unauthorized", route=route)
         return _unauthorized()
     return None

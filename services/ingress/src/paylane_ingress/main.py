@@ -7,15 +7,16 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from paylane_common.merchant_api import wechatpay_api
+from paylane_common.merchant_api import CERT_REFRESHER, wechatpay_api
 from paylane_common.prices import PriceList
 from paylane_common.service import base_app, serve, use_broker
 from paylane_common.settings import secret_value
 from paylane_common.wechatpay import NotificationVerifier
 
-from .internal import INTERNAL_SECRET, internal_notify, internal_order_created
-from .notify import MAX_BODY, NOTIFY_CONFIG, NotifyConfig, notify_wechatpay
-from .prices import PRICE_LIST, current_prices
+from .config import INGRESS_CONFIG, IngressConfig
+from .internal import internal_notify, internal_order_created
+from .notify import MAX_BODY, notify_wechatpay
+from .prices import current_prices
 from .settings import IngressSettings
 
 
@@ -26,12 +27,12 @@ def build_app(
     # Public: the notify, internal and prices routes and /healthz; /readyz and /metrics only on
     # ADMIN_PORT (the cluster's probes and Prometheus, never the internet).
     app = base_app("ingress", client_max_size=MAX_BODY * 2, admin_port=settings.admin_port)
-    app[NOTIFY_CONFIG] = NotifyConfig(
+    app[INGRESS_CONFIG] = IngressConfig(
         verifier=NotificationVerifier(keys, max_skew_s=settings.notify_max_skew_s, clock=clock),
         apiv3_key=secret_value(settings.wechatpay_apiv3_key).encode(),
+        internal_secret=secret_value(settings.internal_api_secret),
+        price_list=PriceList.of(settings.catalog, settings.prices_effective_at),
     )
-    app[INTERNAL_SECRET] = secret_value(settings.internal_api_secret)
-    app[PRICE_LIST] = PriceList.of(settings.catalog, settings.prices_effective_at)
     app.router.add_post("/notify/wechatpay", notify_wechatpay)
     app.router.add_post("/api/payment/internal/notify", internal_notify)
     app.router.add_post("/api/payment/internal/order-created", internal_order_created)
@@ -47,10 +48,9 @@ def _use_certificate_refresh(app: web.Application, settings: IngressSettings) ->
     downloaded in the background (added to the keys notifications are verified with)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        config = app[NOTIFY_CONFIG]
-        async with wechatpay_api(settings, verifier=config.verifier) as api:
+        async with wechatpay_api(settings, verifier=app[INGRESS_CONFIG].verifier) as api:
             if api.refresher is not None:
-                config.on_unknown_serial = api.refresher.request_refresh
+                app[CERT_REFRESHER] = api.refresher
             yield
 
     app.cleanup_ctx.append(ctx)

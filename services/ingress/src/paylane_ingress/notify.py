@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
 
 from paylane_common.exceptions import EventValidationError, PublishError
+from paylane_common.merchant_api import CERT_REFRESHER
 from paylane_common.publisher import Publisher
 from paylane_common.service import PUBLISHER
 from paylane_common.wechatpay import (
     DecryptionError,
     NotificationHeaders,
-    NotificationVerifier,
     VerificationError,
     decrypt_notification,
     parse_notification,
 )
 
 from . import metrics
+from .config import INGRESS_CONFIG
 from .mapping import Ignored, to_event
 from .responses import acknowledged, fail
 
@@ -36,17 +35,6 @@ _ACK_SECONDS = {n: metrics.ACK_SECONDS.labels(f"{n}xx") for n in (2, 4, 5)}
 
 #: Verification failures that mean "malformed" (400) rather than "not authentic" (401).
 _MALFORMED = {"missing_header", "duplicate_header", "bad_signature_type", "bad_timestamp"}
-
-
-@dataclass
-class NotifyConfig:
-    verifier: NotificationVerifier
-    apiv3_key: bytes
-    #: Called (never awaited) when a notification names a serial we do not know.
-    on_unknown_serial: Callable[[], None] | None = None
-
-
-NOTIFY_CONFIG = web.AppKey("notify_config", NotifyConfig)
 
 
 class Rejection(Exception):
@@ -72,14 +60,15 @@ async def notify_wechatpay(request: web.Request) -> web.Response:
 
 
 async def _handle(request: web.Request) -> web.Response:
-    config = request.app[NOTIFY_CONFIG]
+    config = request.app[INGRESS_CONFIG]
     body = await _read_body(request)
     try:
         headers = NotificationHeaders.from_mapping(request.headers)
         config.verifier.verify(headers, body)
     except VerificationError as exc:
-        if exc.reason == "unknown_serial" and config.on_unknown_serial is not None:
-            config.on_unknown_serial()
+        refresher = request.app.get(CERT_REFRESHER)
+        if exc.reason == "unknown_serial" and refresher is not None:
+            refresher.request_refresh()  # in the background: never awaited here
         status = 400 if exc.reason in _MALFORMED else 401
         raise Rejection(status, exc.reason, _verification_message(exc)) from None
     metrics.NOTIFICATIONS_VERIFIED.inc()

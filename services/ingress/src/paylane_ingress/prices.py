@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from paylane_common.prices import PriceList, dumps
+from paylane_common.prices import dumps
 
-PRICE_LIST = web.AppKey("price_list", PriceList)
+from .config import INGRESS_CONFIG
 
 
 async def current_prices(request: web.Request) -> web.Response:
     return web.Response(
-        text=dumps(request.app[PRICE_LIST].answer()), content_type="application/json"
+        text=dumps(request.app[INGRESS_CONFIG].price_list.answer()), content_type="application/json"
     )

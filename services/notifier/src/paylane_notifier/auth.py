@@ -11,6 +11,7 @@ import json
 import structlog
 from aiohttp import web
 
+from paylane_common.auth import bearer_token
 from paylane_common.tokens import ClientToken, TokenError, verify_client_token
 
 log = structlog.get_logger(__name__)
@@ -18,7 +19,7 @@ log = structlog.get_logger(__name__)
 
 def authenticate(request: web.Request, secret: str) -> ClientToken:
     """The token of ``?token=`` (or ``Authorization: Bearer``); 401 otherwise."""
-    token = request.query.get("token") or _bearer(request.headers.get("Authorization", ""))
+    token = request.query.get("token") or bearer_token(request)
     try:
         client = verify_client_token(secret, token)
     except TokenError as exc:
@@ -30,8 +31,3 @@ def authenticate(request: web.Request, secret: str) -> ClientToken:
         ) from None
     structlog.contextvars.bind_contextvars(user_id=client.user_id)
     return client
-
-
-def _bearer(header: str) -> str:
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else ""

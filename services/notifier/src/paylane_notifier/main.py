@@ -5,17 +5,24 @@ from __future__ import annotations
 from aiohttp import web
 
 from paylane_common.service import base_app, serve, use_broker, use_mysql
+from paylane_common.settings import secret_value
 
+from .config import NOTIFIER_CONFIG, NotifierConfig
 from .consumer import consume_events
 from .hub import HUB, Hub
-from .settings import SETTINGS, NotifierSettings
+from .settings import NotifierSettings
 from .sse import sse_stream
 from .websocket import websocket_stream
 
 
 def build_app(settings: NotifierSettings, *, hub: Hub | None = None) -> web.Application:
     app = base_app("notifier")
-    app[SETTINGS] = settings
+    app[NOTIFIER_CONFIG] = NotifierConfig(
+        token_secret=secret_value(settings.client_token_secret),
+        snapshot_window_s=settings.snapshot_window_s,
+        snapshot_limit=settings.snapshot_limit,
+        snapshot_timeout_s=settings.snapshot_timeout_s,
+    )
     app[HUB] = (
         hub
         if hub is not None

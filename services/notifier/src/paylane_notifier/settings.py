@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from aiohttp import web
 from pydantic import Field
 
 from paylane_common.settings import BaseServiceSettings, TokenSecret
@@ -22,6 +21,3 @@ class NotifierSettings(BaseServiceSettings):
     max_connections: int = Field(10_000, ge=1)
     #: … and per user (a user's tabs and devices).
     max_connections_per_user: int = Field(5, ge=1)
-
-
-SETTINGS = web.AppKey("notifier_settings", NotifierSettings)

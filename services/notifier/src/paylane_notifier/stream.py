@@ -15,13 +15,12 @@ import structlog
 from aiohttp import web
 
 from paylane_common.service import DB_POOL
-from paylane_common.settings import secret_value
 
 from .auth import authenticate
+from .config import NOTIFIER_CONFIG
 from .hub import HUB, Control, Sink
 from .messages import ClientMessage
 from .metrics import EXPIRED, PUSHES
-from .settings import SETTINGS
 from .snapshot import load_snapshot, parse_last_event_id
 
 log = structlog.get_logger(__name__)
@@ -51,8 +50,7 @@ class Subscription:
 
 def accept(request: web.Request) -> Subscription:
     """Authenticate (401) and read ``Last-Event-ID`` / ``?last_event_id``; 503 on shutdown."""
-    settings = request.app[SETTINGS]
-    token = authenticate(request, secret_value(settings.client_token_secret))
+    token = authenticate(request, request.app[NOTIFIER_CONFIG].token_secret)
     if request.app[HUB].closing:
         raise web.HTTPServiceUnavailable(
             text='{"error": "unavailable", "message": "shutting down"}',
@@ -71,13 +69,13 @@ def accept(request: web.Request) -> Subscription:
 
 
 async def _load(app: web.Application, user_id: str, since_ms: int | None) -> list[ClientMessage]:
-    settings = app[SETTINGS]
-    async with asyncio.timeout(settings.snapshot_timeout_s):
+    config = app[NOTIFIER_CONFIG]
+    async with asyncio.timeout(config.snapshot_timeout_s):
         return await load_snapshot(
             app[DB_POOL],
             user_id,
-            window_s=settings.snapshot_window_s,
-            limit=settings.snapshot_limit,
+            window_s=config.snapshot_window_s,
+            limit=config.snapshot_limit,
             since_ms=since_ms,
         )
 

@@ -1,0 +1,6 @@
+"""paylane's order service (DESIGN §4)."""
+
+#: The order service's name in the shared ``inbox`` table (``consumer``: the deliveries
+#: it applied) and ``outbox`` table (``producer``: the events it staged).
+INBOX_CONSUMER = "order"
+OUTBOX_PRODUCER = "order"

@@ -11,32 +11,20 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from paylane_common.catalog import Package
 from paylane_common.events import validation_summary
-from paylane_common.prices import PriceList, dumps
+from paylane_common.prices import dumps
 from paylane_common.tokens import issue_client_token
 
 from .auth import Caller, identify, require_backend
 from .client_address import client_ip
+from .config import API_CONFIG
 from .errors import InvalidRequest, NotFound
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
 from .orders import NewOrder, Orders
 
 ORDERS = web.AppKey("orders", Orders)
-API_CONFIG = web.AppKey("api_config", "ApiConfig")
 LOGIN = web.AppKey("miniprogram_login", MiniProgramLogin)
-
-
-class ApiConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-
-    catalog: dict[str, Package]
-    backend_secret: str
-    token_secret: str
-    token_ttl_s: int
-    #: ``GET /prices/current``'s ``success``/``data`` (SEED_SYSTEM.md §3); None: the catalog.
-    price_list: PriceList | None = None
 
 
 #: A row id of the shared ``users`` table: a string such as ``user-1706345678901-xyz789``
@@ -152,7 +140,8 @@ def _payer_ip(request: web.Request, caller: Caller, body: CreateOrder) -> str | 
     ``client_ip`` in their body is not believed."""
     if caller.backend and body.client_ip:
         return body.client_ip
-    return client_ip(request) if body.trade_type == "H5" else None
+    trusted = request.app[API_CONFIG].trusted_proxies
+    return client_ip(request, trusted) if body.trade_type == "H5" else None
 
 
 async def create_order(request: web.Request) -> web.Response:
@@ -276,12 +265,11 @@ async def prices(request: web.Request) -> web.Response:
     """Its own fields, and the seed's ``success``/``data`` (yuan as JSON numbers)."""
     config = request.app[API_CONFIG]
     catalog = config.catalog
-    price_list = config.price_list or PriceList.of(catalog)
     return web.Response(
         content_type="application/json",
         text=dumps(
             {
-                **price_list.answer(),
+                **config.price_list.answer(),
                 "currency": "CNY",
                 "packages": {name: str(p.price_yuan) for name, p in catalog.items()},
                 "packages_fen": {name: p.price_fen for name, p in catalog.items()},

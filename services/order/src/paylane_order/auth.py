@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from paylane_common.headers import DuplicateHeader, secret_matches, sole_header
+from paylane_common.auth import (
+    INTERNAL_SECRET_HEADER,
+    DuplicateHeader,
+    bearer_token,
+    internal_secret_ok,
+)
 from paylane_common.tokens import TokenError, verify_client_token
 
 from .errors import Forbidden, Unauthorized
@@ -32,29 +37,24 @@ class Caller:
         return self.backend or self.user_id == order["user_id"]
 
 
-def secret_ok(request: web.Request, secret: str) -> bool:
-    """``X-Internal-Secret`` equals ``secret`` (constant time); an unset secret matches
-    nothing, and a header given twice is no credential."""
-    try:
-        return secret_matches(secret, sole_header(request.headers, "X-Internal-Secret"))
-    except DuplicateHeader:
-        return False
-
-
 def identify(request: web.Request, *, backend_secret: str, token_secret: str) -> Caller:
     """The caller; :class:`Unauthorized` (401) when it proved nothing."""
-    if "X-Internal-Secret" in request.headers:
-        if secret_ok(request, backend_secret):
+    if INTERNAL_SECRET_HEADER in request.headers:
+        try:
+            backend = internal_secret_ok(request, backend_secret)
+        except DuplicateHeader:  # no credential: a 401 like any wrong secret
+            backend = False
+        if backend:
             return Caller(backend=True, user_id=None)
         raise Unauthorized("invalid X-Internal-Secret")
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request)
+    if not token:
         raise Unauthorized(
             "sign in: Authorization: Bearer <token> (POST /auth/miniprogram),"
             " or X-Internal-Secret for the app backend"
         )
     try:
-        client = verify_client_token(token_secret, token.strip())
+        client = verify_client_token(token_secret, token)
     except TokenError as exc:
         raise Unauthorized(str(exc)) from None
     return Caller(backend=False, user_id=client.user_id)

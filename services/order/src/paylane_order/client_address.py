@@ -29,8 +29,6 @@ def _split(value: Any) -> Any:
 #: A setting: comma-separated CIDRs or addresses; host bits set is an error.
 TrustedProxies = Annotated[tuple[Network, ...], NoDecode, BeforeValidator(_split)]
 
-TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple)
-
 
 class TrustedProxySettings(BaseSettings):
     """Mixin: ``TRUSTED_PROXIES``, the proxies whose ``X-Forwarded-For`` is believed
@@ -70,7 +68,6 @@ def resolve_client_ip(
     return str(nearest)
 
 
-def client_ip(request: web.Request) -> str | None:
-    """The client's address for ``request`` under the app's ``TRUSTED_PROXIES``."""
-    trusted: tuple[Network, ...] = request.app.get(TRUSTED_PROXIES, ())
+def client_ip(request: web.Request, trusted: tuple[Network, ...]) -> str | None:
+    """The client's address for ``request`` when ``trusted`` are the trusted proxies."""
     return resolve_client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)

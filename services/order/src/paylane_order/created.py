@@ -30,7 +30,7 @@ from paylane_common.db import is_duplicate_key, transaction
 from paylane_common.events import Envelope, OrderCreated
 from paylane_common.ids import new_row_id
 
-from .payments import CONSUMER
+from . import INBOX_CONSUMER
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +61,7 @@ class OrderCreatedApplier:
 
     async def __call__(self, envelope: Envelope, data: OrderCreated) -> str:
         async with transaction(self.pool) as cur:
-            if not await inbox.claim(cur, CONSUMER, envelope.event_id):
+            if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
             existing = await _order(cur, data.out_trade_no)
             if existing is not None:

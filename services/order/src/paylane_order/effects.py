@@ -39,9 +39,9 @@ from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, OrderRefunded, make_event
 from paylane_common.ids import new_row_id
 
-log = structlog.get_logger(__name__)
+from . import OUTBOX_PRODUCER
 
-PRODUCER = "order"
+log = structlog.get_logger(__name__)
 
 SWEPT = PromCounter(
     "paylane_effects_swept_total",
@@ -168,7 +168,7 @@ async def _sweep_paid(pool: aiomysql.Pool, since: datetime, grace_s: float, limi
         for order in await cur.fetchall():
             if not await claim_paid_event(cur, order["out_trade_no"]):
                 continue  # announced meanwhile
-            await outbox.add(cur, PRODUCER, order_paid(order))
+            await outbox.add(cur, OUTBOX_PRODUCER, order_paid(order))
             await _log(cur, order, "paid_elsewhere", "paid by another writer; no notify came")
             log.warning("paid_elsewhere_swept", out_trade_no=order["out_trade_no"])
             applied += 1
@@ -197,7 +197,7 @@ async def _sweep_refunded(pool: aiomysql.Pool, since: datetime, grace_s: float, 
             )
             await outbox.add(
                 cur,
-                PRODUCER,
+                OUTBOX_PRODUCER,
                 order_refunded(order, amount_refund=order["amount_total"], full=True),
             )
             await _log(

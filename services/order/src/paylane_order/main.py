@@ -26,13 +26,13 @@ from paylane_common.service import (
 from paylane_common.settings import secret_value
 from paylane_common.topology import ORDER_PAYMENTS
 
-from . import api
-from .client_address import TRUSTED_PROXIES
+from . import OUTBOX_PRODUCER, api
+from .config import API_CONFIG, ApiConfig, MerchantConfig
 from .created import OrderCreatedApplier
 from .errors import error_middleware
 from .miniprogram import MiniProgramLogin
-from .orders import Orders, PlacementConfig
-from .payments import PRODUCER, Merchant, PaymentApplier
+from .orders import Orders
+from .payments import PaymentApplier
 from .reconciler import Reconciler, confirm_payment
 from .refunds import RefundApplier
 from .settings import OrderSettings
@@ -73,12 +73,14 @@ class OrderEvents:
         self._payments.after_commit(outcomes)
 
 
-def build_handler(app: web.Application, settings: OrderSettings) -> OrderEvents:
+def build_handler(
+    app: web.Application, settings: OrderSettings, merchant: MerchantConfig
+) -> OrderEvents:
     client = app[WECHATPAY_CLIENT]
     wake = app[OUTBOX_RELAY].wake
     payments = PaymentApplier(
         app[DB_POOL],
-        Merchant(mchid=settings.wechatpay_mchid, appid=settings.wechatpay_appid),
+        merchant,
         on_commit=wake,
         confirm=lambda data: confirm_payment(client, data),
         trust_internal=settings.internal_notify_trusted,
@@ -93,13 +95,19 @@ def build_app(settings: OrderSettings) -> web.Application:
     use_broker(app, settings)
     use_mysql(app, settings)
     use_wechatpay_client(app, settings)
-    app[TRUSTED_PROXIES] = settings.trusted_proxies
-    app[api.API_CONFIG] = api.ApiConfig(
+    app[API_CONFIG] = ApiConfig(
         catalog=settings.catalog,
         backend_secret=secret_value(settings.backend_api_secret),
         token_secret=secret_value(settings.client_token_secret),
         token_ttl_s=settings.client_token_ttl_s,
         price_list=PriceList.of(settings.catalog, settings.prices_effective_at),
+        trusted_proxies=settings.trusted_proxies,
+    )
+    merchant = MerchantConfig(
+        mchid=settings.wechatpay_mchid,
+        appid=settings.wechatpay_appid,
+        notify_url=settings.wechatpay_notify_url,
+        order_ttl_s=settings.order_ttl_s,
     )
 
     async def orders_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -107,12 +115,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             app[DB_POOL],
             app[WECHATPAY_CLIENT],
             app[MERCHANT_SIGNER],
-            PlacementConfig(
-                mchid=settings.wechatpay_mchid,
-                appid=settings.wechatpay_appid,
-                notify_url=settings.wechatpay_notify_url,
-                order_ttl_s=settings.order_ttl_s,
-            ),
+            merchant,
         )
         reconciler = Reconciler(
             app[DB_POOL],
@@ -142,9 +145,9 @@ def build_app(settings: OrderSettings) -> web.Application:
     use_consumer(
         app,
         ORDER_PAYMENTS,
-        lambda app: build_handler(app, settings),
+        lambda app: build_handler(app, settings, merchant),
         settings,
-        outbox_producer=PRODUCER,
+        outbox_producer=OUTBOX_PRODUCER,
     )
     api.add_routes(app)
     return app

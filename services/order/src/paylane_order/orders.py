@@ -29,6 +29,7 @@ from paylane_common.wechatpay import (
     WechatPayUnavailable,
 )
 
+from .config import MerchantConfig
 from .errors import (
     Conflict,
     Forbidden,
@@ -58,14 +59,6 @@ class NewOrder:
     generation_id: str | None
     client_ip: str | None
     idempotency_key: str | None
-
-
-@dataclass(frozen=True)
-class PlacementConfig:
-    mchid: str
-    appid: str
-    notify_url: str
-    order_ttl_s: int
 
 
 async def _find_by_openid(
@@ -113,7 +106,7 @@ class Orders:
         pool: aiomysql.Pool,
         client: WechatPayClient,
         signer: MerchantSigner,
-        merchant: PlacementConfig,
+        merchant: MerchantConfig,
     ) -> None:
         self._pool = pool
         self._client = client

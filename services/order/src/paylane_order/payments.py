@@ -11,7 +11,6 @@ arrives is paid all the same: the money was taken, so the buyer gets what they p
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,22 +27,20 @@ from paylane_common.events import (
 )
 from paylane_common.ids import new_row_id
 
-from . import effects
+from . import INBOX_CONSUMER, OUTBOX_PRODUCER, effects
+from .config import MerchantConfig
 
 log = structlog.get_logger(__name__)
 
-CONSUMER = "order"
-PRODUCER = "order"
+#: What a payment may move to ``paid``: a pending order, or one that timed out or was
+#: cancelled (``failed``) and was paid all the same. The one-by-one and the batch path
+#: both decide by it, in Python and in SQL.
+PAYABLE_STATES = ("pending", "failed")
+_PAYABLE_SQL = "(" + ", ".join(f"'{state}'" for state in PAYABLE_STATES) + ")"
 
 #: The order row may still be committing when WeChat's notification arrives.
 UNKNOWN_ORDER_ATTEMPTS = 4
 UNKNOWN_ORDER_DELAY_S = 1.0
-
-
-@dataclass(frozen=True)
-class Merchant:
-    mchid: str
-    appid: str
 
 
 #: Confirms (and completes) a payment that arrived without amount, or raises Reject/Retry.
@@ -56,7 +53,7 @@ class PaymentApplier:
     def __init__(
         self,
         pool: aiomysql.Pool,
-        merchant: Merchant,
+        merchant: MerchantConfig,
         on_commit: Callable[[], None] | None = None,
         confirm: Confirm | None = None,
         trust_internal: bool = False,
@@ -81,7 +78,7 @@ class PaymentApplier:
                 raise Reject("internal payment and no WeChat Pay client to confirm it")
             data = await self._confirm(data)
         async with transaction(self.pool) as cur:
-            if not await inbox.claim(cur, CONSUMER, envelope.event_id):
+            if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
             outcome = await self._apply(cur, envelope, data)
         self.after_commit([outcome])
@@ -98,7 +95,7 @@ class PaymentApplier:
         deliveries of matching payments for pending (or failed) orders. Everything else
         is left to ``__call__``, one by one."""
         outcomes: list[str | None] = [None] * len(items)
-        fresh = await first_deliveries(cur, CONSUMER, items, outcomes, PaymentSucceeded)
+        fresh = await first_deliveries(cur, INBOX_CONSUMER, items, outcomes, PaymentSucceeded)
         # Internal notifies need WeChat Pay's word first: left to __call__.
         fresh = [(i, it) for i, it in fresh if not self._needs_confirmation(it.data)]
         if not fresh:
@@ -117,14 +114,14 @@ class PaymentApplier:
             order = orders.pop(it.data.out_trade_no, None)  # pop: one payment per order
             if (
                 order is not None
-                and order["status"] in _PAYABLE
+                and order["status"] in PAYABLE_STATES
                 and order["out_trade_no"] not in refunded
                 and self._mismatch(order, it.data) is None
             ):
                 plain.append((i, it, order, _paid_at(it.data.success_time)))
         if not plain:
             return outcomes
-        await inbox.claim_many(cur, CONSUMER, [it.envelope.event_id for _, it, _, _ in plain])
+        await inbox.claim_many(cur, INBOX_CONSUMER, [it.envelope.event_id for _, it, _, _ in plain])
         paid, params = rows_table(
             ("out_trade_no", "transaction_id", "paid_at", "openid", "generation_id"),
             [
@@ -144,7 +141,7 @@ class PaymentApplier:
             " o.paid_at = v.paid_at, o._openid = COALESCE(o._openid, v.openid),"
             " o.paid_event_at = NOW(6), o.generation_id = IF(o.generation_id = '',"
             " COALESCE(v.generation_id, ''), o.generation_id)"
-            " WHERE o.status IN ('pending', 'failed')",
+            f" WHERE o.status IN {_PAYABLE_SQL}",
             params,
         )
         if cur.rowcount != len(plain):  # the rows are locked: cannot happen, but never guess
@@ -160,7 +157,7 @@ class PaymentApplier:
             log.info("order_paid", late=late, source=it.data.source)
             outcomes[i] = "paid"
         await cur.executemany(_LOG_INSERT, logs)
-        await outbox.add_many(cur, PRODUCER, staged)
+        await outbox.add_many(cur, OUTBOX_PRODUCER, staged)
         return outcomes
 
     async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: PaymentSucceeded) -> str:
@@ -178,13 +175,13 @@ class PaymentApplier:
                 "UPDATE payment_orders SET status = 'paid', transaction_id = %s, paid_at = %s,"
                 " _openid = COALESCE(_openid, %s), paid_event_at = NOW(6),"
                 f" {_FILL_GENERATION}"
-                " WHERE out_trade_no = %s AND status IN ('pending', 'failed')",
+                f" WHERE out_trade_no = %s AND status IN {_PAYABLE_SQL}",
                 (data.transaction_id, paid_at, data.openid, data.generation_id, data.out_trade_no),
             )
             if cur.rowcount == 1:
                 late = order["status"] == "failed"
                 await _log(cur, envelope, data, "paid", "paid after close" if late else None)
-                await outbox.add(cur, PRODUCER, _order_paid(data, order, paid_at))
+                await outbox.add(cur, OUTBOX_PRODUCER, _order_paid(data, order, paid_at))
                 await _refunded_before(cur, data, order)
                 log.info("order_paid", late=late, source=data.source)
                 return "paid"
@@ -218,7 +215,7 @@ class PaymentApplier:
             return "duplicate"
         paid_at = order["paid_at"] or _paid_at(data.success_time)
         await _log(cur, envelope, data, "paid_elsewhere", "marked paid by another writer")
-        await outbox.add(cur, PRODUCER, _order_paid(data, order, paid_at))
+        await outbox.add(cur, OUTBOX_PRODUCER, _order_paid(data, order, paid_at))
         log.info("order_paid_elsewhere_announced", source=data.source)
         return "paid"
 
@@ -286,9 +283,6 @@ def _paid_elsewhere(order: dict[str, Any], data: PaymentSucceeded) -> bool:
     )
 
 
-#: What a payment may move to ``paid``: a pending order, or one that timed out or was
-#: cancelled (``failed``) and was paid all the same.
-_PAYABLE = ("pending", "failed")
 #: ``amount_total`` is the fen generated from the row's yuan ``amount``, whoever wrote it.
 _ORDER_COLUMNS = (
     "out_trade_no, user_id, package_type, amount_total, currency, status, transaction_id,"
@@ -361,7 +355,7 @@ async def add_order_refunded(
     into the outbox, in the caller's transaction. With ``full``, the caller sets the
     order's ``refund_event_at`` in the same transaction."""
     await outbox.add(
-        cur, PRODUCER, effects.order_refunded(order, amount_refund=amount_refund, full=full)
+        cur, OUTBOX_PRODUCER, effects.order_refunded(order, amount_refund=amount_refund, full=full)
     )
 
 

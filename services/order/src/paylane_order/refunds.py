@@ -20,8 +20,9 @@ from paylane_common.db import transaction
 from paylane_common.events import Envelope, RefundEvent
 from paylane_common.ids import new_row_id
 
+from . import INBOX_CONSUMER
 from .money import yuan
-from .payments import CONSUMER, add_order_refunded
+from .payments import add_order_refunded
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +38,7 @@ class RefundApplier:
         if data.status == "PROCESSING":
             return "refund_processing"
         async with transaction(self._pool) as cur:
-            if not await inbox.claim(cur, CONSUMER, envelope.event_id):
+            if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
             outcome = await self._apply(cur, envelope, data)
         if outcome == "refunded" and self._on_commit is not None:

@@ -167,13 +167,13 @@ async def get_switches(request: web.Request) -> web.Response:
 async def put_switches(request: web.Request) -> web.Response:
     sandbox = request.app[SANDBOX]
     switches = sandbox.switches.update(await _body(request))
-    if not switches.reorder and sandbox.notifier.held:
-        sandbox.notifier.flush()  # turning reorder off lets what it held go
+    if not switches.reorder and sandbox.notification_sender.held:
+        sandbox.notification_sender.flush()  # turning reorder off lets what it held go
     return json_response(switches.model_dump())
 
 
 async def list_notifications(request: web.Request) -> web.Response:
-    records = request.app[SANDBOX].notifier.records
+    records = request.app[SANDBOX].notification_sender.records
     for key in ("out_trade_no", "out_refund_no", "event_type"):
         if key in request.query:
             records = [n for n in records if getattr(n, key) == request.query[key]]
@@ -181,7 +181,7 @@ async def list_notifications(request: web.Request) -> web.Response:
 
 
 async def flush_notifications(request: web.Request) -> web.Response:
-    return json_response({"released": request.app[SANDBOX].notifier.flush()})
+    return json_response({"released": request.app[SANDBOX].notification_sender.flush()})
 
 
 async def signtest(request: web.Request) -> web.Response:
@@ -200,7 +200,7 @@ async def signtest(request: web.Request) -> web.Response:
         if order is not None
         else {"mchid": sandbox.mchid, "out_trade_no": "SIGNTEST", "trade_state": "SUCCESS"}
     )
-    note = await sandbox.notifier.signtest(
+    note = await sandbox.notification_sender.signtest(
         "TRANSACTION.SUCCESS", "transaction", resource, url, out_trade_no=body.out_trade_no
     )
     attempt = note.attempts[0]
@@ -239,7 +239,7 @@ async def info(request: web.Request) -> web.Response:
             "certificate_serial": sandbox.signer.certificate_serial,
             "sign_mode": sandbox.switches.current.sign_mode,
             "refund_mode": sandbox.switches.current.refund_mode,
-            "time_factor": sandbox.notifier.time_factor,
+            "time_factor": sandbox.notification_sender.time_factor,
         }
     )
 

@@ -97,7 +97,7 @@ class _Plan:
     concurrent: bool
 
 
-class Notifier:
+class NotificationSender:
     def __init__(
         self,
         signer: PlatformSigner,
@@ -255,7 +255,7 @@ class Notifier:
 
     async def _send(self, url: str, headers: dict[str, str], body: bytes) -> int:
         if self._session is None:
-            raise RuntimeError("notifier not started")
+            raise RuntimeError("notification sender not started")
         async with self._session.post(
             url, data=body, headers=headers, timeout=self._timeout
         ) as response:

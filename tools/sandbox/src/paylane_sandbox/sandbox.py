@@ -20,7 +20,7 @@ from .background import Background
 from .faults import FaultInjector
 from .ledger import Ledger, Order, Refund
 from .miniprogram import LoginCodes
-from .notifications import Notification, Notifier
+from .notifications import Notification, NotificationSender
 from .settings import SandboxSettings
 from .signer import PlatformSigner, generate_private_key, self_signed_certificate
 from .switches import SwitchBoard
@@ -60,7 +60,7 @@ class Sandbox:
         )
         self.faults = FaultInjector()
         self.ledger = Ledger(self.mchid, settings.allowed_appids)
-        self.notifier = Notifier(
+        self.notification_sender = NotificationSender(
             self.signer,
             self.switches,
             self.apiv3_key,
@@ -72,16 +72,16 @@ class Sandbox:
         self._timers = Background()
 
     async def start(self) -> None:
-        await self.notifier.start()
+        await self.notification_sender.start()
 
     async def close(self) -> None:
         await self._timers.close()
-        await self.notifier.close()
+        await self.notification_sender.close()
 
     def reset(self) -> None:
         """Forget every order, refund and notification; switches and faults to defaults."""
         self._timers.cancel_all()
-        self.notifier.reset()
+        self.notification_sender.reset()
         self.ledger.reset()
         self.switches.reset()
         self.faults.clear()
@@ -102,7 +102,7 @@ class Sandbox:
         return order, (self.notify_transaction(order) if notify else None)
 
     def notify_transaction(self, order: Order) -> Notification:
-        return self.notifier.submit(
+        return self.notification_sender.submit(
             "TRANSACTION.SUCCESS",
             "transaction",
             "支付成功",
@@ -130,7 +130,7 @@ class Sandbox:
 
     def complete_refund(self, out_refund_no: str, status: str) -> Refund:
         refund = self.ledger.complete_refund(out_refund_no, status, self.clock())
-        self.notifier.submit(
+        self.notification_sender.submit(
             f"REFUND.{status}",
             "refund",
             resources.REFUND_SUMMARY[status],

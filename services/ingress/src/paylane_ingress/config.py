@@ -1,0 +1,27 @@
+"""What ingress's handlers read: one frozen object, built once in ``build_app`` from the
+settings, secrets unwrapped there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from paylane_common.prices import PriceList
+from paylane_common.wechatpay import NotificationVerifier
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    #: Checks WeChat Pay's signature on ``POST /notify/wechatpay``.
+    verifier: NotificationVerifier
+    #: Decrypts the notification's resource.
+    apiv3_key: bytes
+    #: The ``X-Internal-Secret`` of the internal routes (``INTERNAL_API_SECRET``); "" when
+    #: unset, which opens nothing.
+    internal_secret: str
+    #: ``GET /api/prices/current``'s answer.
+    price_list: PriceList
+
+
+INGRESS_CONFIG = web.AppKey("ingress_config", IngressConfig)
