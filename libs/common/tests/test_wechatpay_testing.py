@@ -85,6 +85,13 @@ def test_another_merchants_keys_refuse_the_notification(wechat: kit.FakeWechatPa
         decrypt_notification(parse_notification(body), wechat.apiv3_key)
 
 
+def test_merchant_resources_take_another_merchant_when_told(wechat: kit.FakeWechatPay) -> None:
+    assert wechat.transaction()["mchid"] == wechat.mchid
+    foreign = wechat.transaction(appid="wx-foreign", mchid="1999999999")
+    assert (foreign["appid"], foreign["mchid"]) == ("wx-foreign", "1999999999")
+    assert wechat.refund(mchid="1999999999")["mchid"] == "1999999999"
+
+
 def test_resources_take_overrides_and_drop_none() -> None:
     resource = kit.transaction_resource(
         "T0002", 100, "4200000001", openid="o-x", attach=None, trade_state="REFUND"

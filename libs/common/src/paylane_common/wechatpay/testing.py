@@ -308,14 +308,14 @@ class FakeWechatPay:
         transaction_id: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """:func:`transaction_resource` of this merchant and app."""
-        return transaction_resource(
-            out_trade_no, total, transaction_id, appid=self.appid, mchid=self.mchid, **fields
-        )
+        """:func:`transaction_resource` of this merchant and app (unless ``fields`` say
+        otherwise)."""
+        fields = {"appid": self.appid, "mchid": self.mchid, **fields}
+        return transaction_resource(out_trade_no, total, transaction_id, **fields)
 
     def refund(self, out_trade_no: str | None = None, **fields: Any) -> dict[str, Any]:
-        """:func:`refund_resource` of this merchant."""
-        return refund_resource(out_trade_no, mchid=self.mchid, **fields)
+        """:func:`refund_resource` of this merchant (unless ``fields`` say otherwise)."""
+        return refund_resource(out_trade_no, **{"mchid": self.mchid, **fields})
 
     def notify(
         self,
