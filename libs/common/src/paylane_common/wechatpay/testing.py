@@ -5,9 +5,9 @@ What a merchant never has in production is here: WeChat Pay's own private key (o
 *public key* or of a *platform certificate*), and with it notifications exactly as WeChat
 Pay sends them — the decrypted ``resource`` of ``TRANSACTION.SUCCESS`` / ``REFUND.*``,
 encrypted with the APIv3 key, the body signed under ``Wechatpay-Serial``. The kit builds
-them with this package's own primitives (:func:`build_notification`, :func:`signed_headers`,
-the key loaders), so what it makes is what the library checks; it needs no dependency the
-library does not already have.
+them with this package's own primitives (:func:`build_notification`, :class:`MerchantSigner`,
+:class:`VerifierKeys`), so what it makes is what the library checks; it needs no dependency
+the library does not already have, so the sandbox and the CLI import it outside a test run.
 
 No production code path imports it: services verify what WeChat Pay signs, they never sign
 as WeChat Pay. And it makes inputs, not expected results: a test that checks the library
