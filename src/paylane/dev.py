@@ -10,21 +10,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import string
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from paylane_common import db
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.ids import new_row_id
 from paylane_common.settings import BaseServiceSettings, load_settings
 from paylane_common.tokens import issue_client_token
-from paylane_common.wechatpay import build_notification, load_private_key
+from paylane_common.wechatpay import load_private_key
+from paylane_common.wechatpay.testing import (
+    new_apiv3_key,
+    new_private_key,
+    new_public_key_id,
+    new_serial_no,
+    private_key_pem,
+    public_key_pem,
+    signed_notification,
+    transaction_resource,
+)
 
 DEV_DIR = Path(".dev")
 DEV_MCHID = "1900000109"
@@ -35,32 +41,23 @@ def init(args: argparse.Namespace) -> int:
     """Create ``.dev/`` keys and ``.dev/env``; later calls keep them and add what is new."""
     directory: Path = args.dir
     directory.mkdir(parents=True, exist_ok=True)
-    pem = serialization.PrivateFormat.PKCS8
     keys = {}
     for name in ("platform", "merchant"):
         path = directory / f"{name}_private_key.pem"
         if not path.exists():
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            path.write_bytes(
-                key.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption())
-            )
+            path.write_text(private_key_pem(new_private_key()))
         keys[name] = load_private_key(path.read_bytes())
-    (directory / "platform_public_key.pem").write_bytes(
-        keys["platform"]
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    alphabet = string.ascii_letters + string.digits
+    (directory / "platform_public_key.pem").write_text(public_key_pem(keys["platform"]))
     wanted = {
         "WECHATPAY_MCHID": DEV_MCHID,
         "WECHATPAY_APPID": DEV_APPID,
-        "WECHATPAY_APIV3_KEY": "".join(secrets.choice(alphabet) for _ in range(32)),
-        "WECHATPAY_PUBLIC_KEY_ID": f"PUB_KEY_ID_{uuid.uuid4().hex[:24].upper()}",
+        "WECHATPAY_APIV3_KEY": new_apiv3_key(),
+        "WECHATPAY_PUBLIC_KEY_ID": new_public_key_id(),
         "WECHATPAY_PUBLIC_KEY_FILE": str((directory / "platform_public_key.pem").resolve()),
         "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE": str(
             (directory / "merchant_private_key.pem").resolve()
         ),
-        "WECHATPAY_MERCHANT_SERIAL_NO": uuid.uuid4().hex[:40].upper(),
+        "WECHATPAY_MERCHANT_SERIAL_NO": new_serial_no(),
         "WECHATPAY_API_BASE": "http://127.0.0.1:8090",
         "WECHATPAY_NOTIFY_URL": "http://127.0.0.1:8080/notify/wechatpay",
         "SANDBOX_PLATFORM_PRIVATE_KEY_FILE": str(
@@ -131,23 +128,17 @@ def order(args: argparse.Namespace) -> int:
 def notify(args: argparse.Namespace) -> int:
     env = _dev_env(args.dir)
     platform_key = load_private_key((args.dir / "platform_private_key.pem").read_bytes())
-    resource = {
-        "appid": env["WECHATPAY_APPID"],
-        "mchid": env["WECHATPAY_MCHID"],
-        "out_trade_no": args.out_trade_no,
-        "transaction_id": args.transaction_id or f"42{uuid.uuid4().int % 10**26:026d}",
-        "trade_type": "JSAPI",
-        "trade_state": "SUCCESS",
-        "trade_state_desc": "支付成功",
-        "success_time": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "payer": {"openid": "o-dev-payer"},
-        "amount": {"total": args.amount, "payer_total": args.amount, "currency": "CNY"},
-    }
-    headers, body = build_notification(
-        event_id=f"EV-{uuid.uuid4().hex[:20]}",
-        event_type="TRANSACTION.SUCCESS",
-        resource_plaintext=resource,
-        original_type="transaction",
+    resource = transaction_resource(
+        args.out_trade_no,
+        args.amount,
+        args.transaction_id,
+        appid=env["WECHATPAY_APPID"],
+        mchid=env["WECHATPAY_MCHID"],
+        openid="o-dev-payer",
+        success_time=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+    )
+    headers, body = signed_notification(
+        resource,
         apiv3_key=env["WECHATPAY_APIV3_KEY"],
         signing_key=platform_key,
         serial=env["WECHATPAY_PUBLIC_KEY_ID"],

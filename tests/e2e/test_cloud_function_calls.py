@@ -20,7 +20,6 @@ import aiohttp
 import aiomysql
 import pytest
 
-from paylane_common.wechatpay import MerchantSigner
 from tests.e2e.conftest import (
     BACKEND,
     INTERNAL_SECRET,
@@ -73,7 +72,7 @@ async def place_at_wechatpay(
             "payer": {"openid": ids["openid"]},
         }
     ).encode()
-    signer = MerchantSigner(wechat.mchid, wechat.merchant_serial_no, wechat.merchant_key)
+    signer = wechat.merchant_signer()
     headers = {
         "Authorization": signer.authorization("POST", path, body),
         "Content-Type": "application/json",

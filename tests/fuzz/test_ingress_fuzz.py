@@ -22,13 +22,13 @@ from typing import Any
 import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from paylane_common.topology import EXCHANGE
-from paylane_common.wechatpay import build_message, build_notification, encrypt_resource, sign
+from paylane_common.wechatpay import encrypt_resource, signed_headers
+from paylane_common.wechatpay.testing import FakeWechatPay, new_private_key
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
 from tests.support import hygiene
@@ -40,9 +40,9 @@ NOW = 1_763_780_000
 MCHID, APPID = "1900000109", "wxd678efh567hg6787"
 APIV3_KEY = "fuzz-apiv3-key-0123456789abcdef!"
 OTHER_KEY = "another-apiv3-key-0123456789abcd"
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-FOREIGN_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 KEY_ID = "PUB_KEY_ID_0114FUZZ0000000000000001"
+WECHAT = FakeWechatPay(MCHID, APPID, apiv3_key=APIV3_KEY, public_key_id=KEY_ID)
+FOREIGN_KEY = new_private_key()
 HEADER_NAMES = ("Wechatpay-Signature", "Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Serial")
 
 
@@ -79,9 +79,7 @@ def harness(amqp_url: str) -> Iterator[Harness]:
     app_settings = IngressSettings(
         amqp_url=amqp_url,
         wechatpay_apiv3_key=APIV3_KEY,
-        wechatpay_public_key=KEY.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode(),
+        wechatpay_public_key=WECHAT.platform_public_key_pem,
         wechatpay_public_key_id=KEY_ID,
         log_format="json",
     )
@@ -107,43 +105,26 @@ def harness(amqp_url: str) -> Iterator[Harness]:
 
 
 def _transaction(draw: st.DrawFn, event_id: str) -> dict[str, Any]:
-    total = draw(st.integers(min_value=0, max_value=10**9))
-    return {
-        "appid": draw(st.sampled_from([APPID, "wx-foreign-app"])),
-        "mchid": draw(st.sampled_from([MCHID, "1999999999"])),
-        "out_trade_no": f"FZ{event_id[-20:]}",
-        "transaction_id": f"42{abs(hash(event_id)) % 10**20:020d}",
-        "trade_type": "JSAPI",
-        "trade_state": "SUCCESS",
-        "success_time": "2026-11-22T10:53:20+08:00",
-        "payer": {"openid": "o-fuzz-payer"},
-        "amount": {"total": total, "payer_total": total, "currency": "CNY"},
-    }
+    return WECHAT.transaction(
+        f"FZ{event_id[-20:]}",
+        draw(st.integers(min_value=0, max_value=10**9)),
+        appid=draw(st.sampled_from([APPID, "wx-foreign-app"])),
+        mchid=draw(st.sampled_from([MCHID, "1999999999"])),
+        openid="o-fuzz-payer",
+    )
 
 
-def _signed(body: bytes, *, timestamp: int = NOW, key: rsa.RSAPrivateKey = KEY) -> dict[str, str]:
-    nonce = uuid.uuid4().hex
+def _signed(
+    body: bytes, *, timestamp: int = NOW, key: RSAPrivateKey = WECHAT.platform_key
+) -> dict[str, str]:
     return {
         "Content-Type": "application/json",
-        "Wechatpay-Timestamp": str(timestamp),
-        "Wechatpay-Nonce": nonce,
-        "Wechatpay-Serial": KEY_ID,
-        "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048",
-        "Wechatpay-Signature": sign(key, build_message(str(timestamp), nonce, body)),
+        **signed_headers(key, KEY_ID, body, timestamp=timestamp),
     }
 
 
 def _valid(event_id: str, resource: dict[str, Any], event_type: str = "TRANSACTION.SUCCESS"):
-    return build_notification(
-        event_id=event_id,
-        event_type=event_type,
-        resource_plaintext=resource,
-        original_type="transaction",
-        apiv3_key=APIV3_KEY,
-        signing_key=KEY,
-        serial=KEY_ID,
-        timestamp=NOW,
-    )
+    return WECHAT.notify(resource, event_type=event_type, event_id=event_id, timestamp=NOW)
 
 
 def _resign(doc: dict[str, Any], **kw: Any) -> tuple[dict[str, str], bytes]:
@@ -313,30 +294,14 @@ def hostile(draw: st.DrawFn) -> tuple[str, dict[str, str], bytes, bool]:
         h, b = _resign(doc)
         return kind, h, b, False
     if kind == "valid_refund":
-        refund = {
-            "mchid": MCHID,
-            "out_trade_no": resource["out_trade_no"],
-            "transaction_id": resource["transaction_id"],
-            "out_refund_no": f"R{event_id[-20:]}",
-            "refund_id": "5000",
-            "refund_status": "SUCCESS",
-            "amount": {
-                "total": 100,
-                "refund": draw(st.integers(0, 100)),
-                "payer_total": 100,
-                "payer_refund": 0,
-            },
-        }
-        h, b = build_notification(
-            event_id=event_id,
-            event_type="REFUND.SUCCESS",
-            resource_plaintext=refund,
-            original_type="refund",
-            apiv3_key=APIV3_KEY,
-            signing_key=KEY,
-            serial=KEY_ID,
-            timestamp=NOW,
+        refund = WECHAT.refund(
+            resource["out_trade_no"],
+            refund=draw(st.integers(0, 100)),
+            total=100,
+            transaction_id=resource["transaction_id"],
+            out_refund_no=f"R{event_id[-20:]}",
         )
+        h, b = _valid(event_id, refund, "REFUND.SUCCESS")
         return kind, h, b, True
     if kind == "ignored_type":
         h, b = _valid(

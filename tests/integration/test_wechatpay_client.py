@@ -25,8 +25,14 @@ from paylane_common.wechatpay import (
     WechatPayClient,
     WechatPayError,
     WechatPayUnavailable,
-    build_notification,
     load_certificate,
+)
+from paylane_common.wechatpay.testing import (
+    certificate_pem,
+    new_event_id,
+    new_private_key,
+    self_signed_certificate,
+    signed_notification,
 )
 from paylane_ingress.config import INGRESS_CONFIG
 from paylane_ingress.main import build_app as build_ingress
@@ -35,11 +41,8 @@ from tests.support.sandbox import (
     RunningSandbox,
     SandboxKeys,
     eventually,
-    new_key,
     order_body,
-    private_pem,
     running_sandbox,
-    self_signed_pem,
 )
 
 PLACE = "/v3/pay/transactions"
@@ -108,8 +111,8 @@ async def make_client(
             return WechatPayClient(
                 base_url=base_url,
                 mchid=keys.mchid,
-                signer=keys.signer(),
-                verifier=NotificationVerifier(verifier_keys or keys.public_key_only()),
+                signer=keys.merchant_signer(),
+                verifier=NotificationVerifier(verifier_keys or keys.verifier_keys()),
                 session=session,
                 **options,
             )
@@ -336,7 +339,7 @@ async def test_download_certificates_decrypts_the_sandbox_certificate(
 async def test_refresh_once_adds_the_certificate(
     sandbox: RunningSandbox, make_client: Any, keys: SandboxKeys
 ) -> None:
-    known = keys.public_key_only()
+    known = keys.verifier_keys()
     client = make_client(sandbox.base_url, known)
     serial = (await sandbox.info())["certificate_serial"]
     refresher = CertificateRefresher(client, known, keys.apiv3_key)
@@ -354,7 +357,7 @@ async def test_requested_refreshes_are_rate_limited(
     sandbox: RunningSandbox, make_client: Any, keys: SandboxKeys, calls: Calls
 ) -> None:
     gap = 0.4
-    known = keys.public_key_only()
+    known = keys.verifier_keys()
     serial = (await sandbox.info())["certificate_serial"]
     refresher = CertificateRefresher(
         make_client(sandbox.base_url, known), known, keys.apiv3_key, min_gap_s=gap
@@ -387,28 +390,27 @@ async def test_ingress_learns_a_new_serial_in_the_background(
     await make_client(sandbox.base_url, await both_modes(sandbox, keys)).place("JSAPI", body)
     await sandbox.ok("POST", f"/sandbox/orders/{body['out_trade_no']}/pay", {"notify": False})
     resource = (await sandbox.ok("GET", f"/sandbox/orders/{body['out_trade_no']}"))["transaction"]
-    event_id = f"EV-{uuid.uuid4().hex}"
+    event_id = new_event_id()
 
     def notification() -> tuple[dict[str, str], bytes]:
         """Signed now by the sandbox platform key, under its certificate serial."""
-        return build_notification(
-            event_id=event_id,
-            event_type="TRANSACTION.SUCCESS",
-            resource_plaintext=resource,
-            original_type="transaction",
+        return signed_notification(
+            resource,
             apiv3_key=keys.apiv3_key,
             signing_key=keys.platform_key,
             serial=serial,
+            event_id=event_id,
         )
 
-    (tmp_path / "old.pem").write_bytes(self_signed_pem(new_key()))  # an unrelated old cert
+    old_cert = self_signed_certificate(new_private_key())  # an unrelated old certificate
+    (tmp_path / "old.pem").write_text(certificate_pem(old_cert))
     settings = IngressSettings(
         amqp_url=amqp_url,
         wechatpay_apiv3_key=keys.apiv3_key,
         wechatpay_platform_certs_dir=tmp_path,
         wechatpay_mchid=keys.mchid,
-        wechatpay_merchant_private_key=private_pem(keys.merchant_key),
-        wechatpay_merchant_serial_no=keys.merchant_serial,
+        wechatpay_merchant_private_key=keys.merchant_private_key_pem,
+        wechatpay_merchant_serial_no=keys.merchant_serial_no,
         wechatpay_api_base=sandbox.base_url,
     )
     assert settings.refreshes_certificates

@@ -5,77 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import string
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.x509.oid import NameOID
 
 from paylane_common.settings import load_settings
-from paylane_common.wechatpay import MerchantSigner, VerifierKeys
+from paylane_common.wechatpay.testing import APPID, MCHID, FakeWechatPay
 from paylane_sandbox.app_keys import SANDBOX
 from paylane_sandbox.main import build_app
 from paylane_sandbox.sandbox import Sandbox
 from paylane_sandbox.settings import SandboxSettings
 from tests.support import hygiene
 
-MCHID = "1900000109"
-APPID = "wxd678efh567hg6787"
-
-
-def new_key() -> RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def private_pem(key: RSAPrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
-def self_signed_pem(key: RSAPrivateKey, common_name: str = "unrelated test cert") -> bytes:
-    """A certificate PEM of ``key`` (e.g. an old platform certificate for a certs dir)."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    start = datetime.now(UTC) - timedelta(days=1)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
-
 
 @dataclass(frozen=True)
-class SandboxKeys:
-    """Both sides' secrets: the merchant API key and WeChat Pay's platform key."""
-
-    merchant_key: RSAPrivateKey = field(default_factory=new_key)
-    platform_key: RSAPrivateKey = field(default_factory=new_key)
-    apiv3_key: str = field(
-        default_factory=lambda: "".join(
-            secrets.choice(string.ascii_letters + string.digits) for _ in range(32)
-        )
-    )
-    merchant_serial: str = field(default_factory=lambda: secrets.token_hex(20).upper())
-    public_key_id: str = field(
-        default_factory=lambda: "PUB_KEY_ID_0114" + secrets.token_hex(10).upper()
-    )
-    mchid: str = MCHID
-    appid: str = APPID
+class SandboxKeys(FakeWechatPay):
+    """Both sides' secrets (the kit's merchant account) as the sandbox's settings."""
 
     def settings(self, **overrides: Any) -> SandboxSettings:
         hygiene.register(self.apiv3_key)
@@ -83,9 +32,9 @@ class SandboxKeys:
             "wechatpay_mchid": self.mchid,
             "wechatpay_apiv3_key": self.apiv3_key,
             "wechatpay_appid": self.appid,
-            "wechatpay_merchant_private_key": private_pem(self.merchant_key),
-            "wechatpay_merchant_serial_no": self.merchant_serial,
-            "sandbox_platform_private_key": private_pem(self.platform_key),
+            "wechatpay_merchant_private_key": self.merchant_private_key_pem,
+            "wechatpay_merchant_serial_no": self.merchant_serial_no,
+            "sandbox_platform_private_key": self.platform_private_key_pem,
             "wechatpay_public_key_id": self.public_key_id,
             "sandbox_time_factor": 0.01,
             "sandbox_refund_mode": "manual",
@@ -93,13 +42,6 @@ class SandboxKeys:
         }
         values.update(overrides)
         return load_settings(SandboxSettings, **values)
-
-    def signer(self) -> MerchantSigner:
-        return MerchantSigner(self.mchid, self.merchant_serial, self.merchant_key)
-
-    def public_key_only(self) -> VerifierKeys:
-        """What a public-key-mode merchant knows of WeChat Pay."""
-        return VerifierKeys(self.public_key_id, self.platform_key.public_key())
 
 
 @dataclass

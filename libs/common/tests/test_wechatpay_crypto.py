@@ -11,10 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
-from cryptography.x509.oid import NameOID
 
 from paylane_common.wechatpay import (
     SIGNATURE_TYPE,
@@ -38,6 +35,7 @@ from paylane_common.wechatpay import (
     sign,
     verify_rsa,
 )
+from paylane_common.wechatpay import testing as kit
 
 VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parent / "wechatpay_v3.json").read_text(encoding="utf-8")
@@ -55,31 +53,14 @@ TRANSACTION = VALID[0]["resource_plaintext"]
 # --- fixtures -------------------------------------------------------------------------------
 
 
-def new_rsa_key() -> RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 def self_signed_cert(
     key: RSAPrivateKey,
     serial: int,
     start: datetime = datetime(2025, 1, 1, tzinfo=UTC),
     lifetime: timedelta = timedelta(days=5 * 365),
 ) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA (test)")])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(start)
-        .not_valid_after(start + lifetime)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
+    """A platform certificate with a known serial and validity (the tests check both)."""
+    return kit.self_signed_certificate(key, serial=serial, not_before=start, lifetime=lifetime)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +80,7 @@ def merchant_public_key() -> RSAPublicKey:
 
 @pytest.fixture(scope="module")
 def cert_key() -> RSAPrivateKey:
-    return new_rsa_key()
+    return kit.new_private_key()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +90,7 @@ def cert(cert_key: RSAPrivateKey) -> x509.Certificate:
 
 @pytest.fixture(scope="module")
 def other_key() -> RSAPrivateKey:
-    return new_rsa_key()
+    return kit.new_private_key()
 
 
 @pytest.fixture
@@ -476,37 +457,32 @@ def test_decrypt_notification_with_wrong_key() -> None:
 # --- certificate mode -----------------------------------------------------------------------
 
 
-def signed_by(key: RSAPrivateKey, serial: str, **kwargs: Any) -> tuple[dict[str, str], bytes]:
-    return build_notification(
-        event_id="EV-test",
-        event_type="TRANSACTION.SUCCESS",
-        resource_plaintext=TRANSACTION,
-        original_type="transaction",
-        apiv3_key=APIV3_KEY,
-        signing_key=key,
-        serial=serial,
-        **{"timestamp": NOW, **kwargs},
+def signed_by(
+    key: RSAPrivateKey, serial: str, timestamp: int = NOW
+) -> tuple[dict[str, str], bytes]:
+    return kit.signed_notification(
+        TRANSACTION, apiv3_key=APIV3_KEY, signing_key=key, serial=serial, timestamp=timestamp
     )
 
 
 def test_load_certificate(cert: x509.Certificate, cert_key: RSAPrivateKey) -> None:
-    serial, key, not_after = load_certificate(cert_pem(cert))
+    serial, key, not_after = load_certificate(kit.certificate_pem(cert).encode())
     assert serial == CERT_SERIAL
     assert key.public_numbers() == cert_key.public_key().public_numbers()
     assert not_after == datetime(2025, 1, 1, tzinfo=UTC) + timedelta(days=5 * 365)
-    from_cert = load_public_key(cert_pem(cert).decode())
+    from_cert = load_public_key(kit.certificate_pem(cert))
     assert from_cert.public_numbers() == cert_key.public_key().public_numbers()
 
 
 def test_certificate_serial_keeps_leading_zero_byte(cert_key: RSAPrivateKey) -> None:
-    serial, _, _ = load_certificate(cert_pem(self_signed_cert(cert_key, 0x0ABC)))
+    serial, _, _ = load_certificate(kit.certificate_pem(self_signed_cert(cert_key, 0x0ABC)))
     assert serial == "0ABC"
 
 
 def test_certificate_mode_verifies_by_cert_serial(
     cert: x509.Certificate, cert_key: RSAPrivateKey
 ) -> None:
-    serial, key, _ = load_certificate(cert_pem(cert))
+    serial, key, _ = load_certificate(kit.certificate_pem(cert))
     verifier = NotificationVerifier(VerifierKeys(certificates={serial: key}), clock=lambda: NOW)
     headers, body = signed_by(cert_key, CERT_SERIAL)
     verifier.verify(NotificationHeaders.from_mapping(headers), body)
@@ -571,8 +547,10 @@ def test_from_sources_loads_cert_dir(
     tmp_path: Path, cert: x509.Certificate, cert_key: RSAPrivateKey, other_key: RSAPrivateKey
 ) -> None:
     second_serial = 0x1F2E3D4C5B6A79880123456789ABCDEF01234567
-    (tmp_path / "wechatpay_5157.pem").write_bytes(cert_pem(cert))
-    (tmp_path / "second.crt").write_bytes(cert_pem(self_signed_cert(other_key, second_serial)))
+    (tmp_path / "wechatpay_5157.pem").write_text(kit.certificate_pem(cert))
+    (tmp_path / "second.crt").write_text(
+        kit.certificate_pem(self_signed_cert(other_key, second_serial))
+    )
     (tmp_path / "README.txt").write_text("not a certificate")
     keys = VerifierKeys.from_sources(PUB_KEY_ID, VECTORS["platform_public_key_pem"], tmp_path)
     assert sorted(keys.serials()) == sorted(
@@ -606,7 +584,7 @@ def test_certificate_outside_its_validity_does_not_verify(
 ) -> None:
     now = datetime.fromtimestamp(NOW, UTC)
     cert = self_signed_cert(cert_key, CERT_SERIAL_INT, now + start, lifetime)
-    (tmp_path / "platform.pem").write_bytes(cert_pem(cert))
+    (tmp_path / "platform.pem").write_text(kit.certificate_pem(cert))
     keys = VerifierKeys.from_sources(platform_certs_dir=tmp_path)
     headers, body = signed_by(cert_key, CERT_SERIAL)
     parsed = NotificationHeaders.from_mapping(headers)
@@ -638,7 +616,7 @@ def test_added_certificate_keeps_its_validity(cert_key: RSAPrivateKey) -> None:
 
 
 def test_from_sources_cert_dir_only(tmp_path: Path, cert: x509.Certificate) -> None:
-    (tmp_path / "cert.pem").write_bytes(cert_pem(cert))
+    (tmp_path / "cert.pem").write_text(kit.certificate_pem(cert))
     keys = VerifierKeys.from_sources(platform_certs_dir=str(tmp_path))
     assert keys.serials() == [CERT_SERIAL]
     assert keys.public_key_id is None

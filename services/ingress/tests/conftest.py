@@ -15,68 +15,46 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.x509.oid import NameOID
 
 from paylane_common.topology import ORDER_PAYMENTS, declare_exchange
-from paylane_common.wechatpay import build_message, build_notification, certificate_serial, sign
+from paylane_common.wechatpay import build_message, certificate_serial, sign
+from paylane_common.wechatpay.testing import (
+    FakeWechatPay,
+    certificate_pem,
+    new_event_id,
+    new_private_key,
+    self_signed_certificate,
+    signed_notification,
+)
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
 from tests.support import hygiene
 
 #: The fixed "now" of every app built here; notifications are signed at this time.
 NOW = 1_763_780_000
-MCHID = "1900000109"
-APPID = "wxd678efh567hg6787"
+#: Platform certificates made here are valid from the day before NOW.
+CERT_START = datetime.fromtimestamp(NOW, UTC) - timedelta(days=1)
 
 
-@dataclass(frozen=True)
-class WechatKeys:
-    apiv3_key: str
-    public_key: RSAPrivateKey  # WeChat Pay's "public key" mode: we hold the private half
-    public_key_id: str
-    cert_key: RSAPrivateKey  # platform certificate mode
+@dataclass(frozen=True, kw_only=True)
+class WechatKeys(FakeWechatPay):
+    """WeChat Pay in both key modes at once: the kit's public key (``platform_key`` under
+    ``public_key_id``) and a platform certificate of another key, in ``certs_dir``."""
+
+    cert_key: RSAPrivateKey
     cert_serial: str
     certs_dir: Path
     internal_secret: str
 
 
-_YESTERDAY = datetime.fromtimestamp(NOW, UTC) - timedelta(days=1)
-
-
-def self_signed(
-    key: RSAPrivateKey,
-    start: datetime = _YESTERDAY,
-    lifetime: timedelta = timedelta(days=3650),
-) -> x509.Certificate:
-    """A platform certificate valid from ``start`` for ``lifetime``."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA test")])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + lifetime)
-        .sign(key, hashes.SHA256())
-    )
-
-
 @pytest.fixture(scope="session")
 def wechat_keys(tmp_path_factory: pytest.TempPathFactory) -> WechatKeys:
-    public_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = self_signed(cert_key)
+    cert_key = new_private_key()
+    cert = self_signed_certificate(cert_key, not_before=CERT_START)
     certs_dir = tmp_path_factory.mktemp("platform_certs")
-    (certs_dir / "wechatpay.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (certs_dir / "wechatpay.pem").write_text(certificate_pem(cert))
     keys = WechatKeys(
-        apiv3_key=secrets.token_hex(16),  # 32 ASCII characters, used as raw bytes
-        public_key=public_key,
-        public_key_id="PUB_KEY_ID_0114" + secrets.token_hex(10).upper(),
         cert_key=cert_key,
         cert_serial=certificate_serial(cert),
         certs_dir=certs_dir,
@@ -89,13 +67,10 @@ def wechat_keys(tmp_path_factory: pytest.TempPathFactory) -> WechatKeys:
 @pytest.fixture(scope="session")
 def ingress_settings(amqp_url: str, wechat_keys: WechatKeys) -> IngressSettings:
     """Both key modes at once (a migration), as DESIGN §2 allows."""
-    public_pem = wechat_keys.public_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     return IngressSettings(
         amqp_url=amqp_url,
         wechatpay_apiv3_key=wechat_keys.apiv3_key,
-        wechatpay_public_key=public_pem.decode(),
+        wechatpay_public_key=wechat_keys.platform_public_key_pem,
         wechatpay_public_key_id=wechat_keys.public_key_id,
         wechatpay_platform_certs_dir=wechat_keys.certs_dir,
         internal_api_secret=wechat_keys.internal_secret,
@@ -129,42 +104,6 @@ async def client(
     app = build_app(ingress_settings, clock=lambda: NOW)
     async with TestClient(TestServer(app)) as client:
         yield client
-
-
-def _transaction_resource(**changes: Any) -> dict[str, Any]:
-    """A decrypted TRANSACTION.SUCCESS resource with unique ids."""
-    resource: dict[str, Any] = {
-        "appid": APPID,
-        "mchid": MCHID,
-        "out_trade_no": "P" + uuid.uuid4().hex[:20].upper(),
-        "transaction_id": "42000" + str(uuid.uuid4().int)[:23],
-        "trade_type": "JSAPI",
-        "trade_state": "SUCCESS",
-        "trade_state_desc": "支付成功",
-        "bank_type": "OTHERS",
-        "attach": "",
-        "success_time": "2025-11-22T10:53:20+08:00",
-        "payer": {"openid": "oUpF8u" + secrets.token_urlsafe(16)},
-        "amount": {"total": 2990, "payer_total": 2990, "currency": "CNY", "payer_currency": "CNY"},
-    }
-    resource.update(changes)
-    return resource
-
-
-def _refund_resource(**changes: Any) -> dict[str, Any]:
-    resource: dict[str, Any] = {
-        "mchid": MCHID,
-        "out_trade_no": "P" + uuid.uuid4().hex[:20].upper(),
-        "transaction_id": "42000" + str(uuid.uuid4().int)[:23],
-        "out_refund_no": "R" + uuid.uuid4().hex[:20].upper(),
-        "refund_id": "5000" + str(uuid.uuid4().int)[:25],
-        "refund_status": "SUCCESS",
-        "success_time": "2025-11-22T10:53:20+08:00",
-        "user_received_account": "支付用户零钱",
-        "amount": {"total": 2990, "refund": 1000, "payer_total": 2990, "payer_refund": 1000},
-    }
-    resource.update(changes)
-    return resource
 
 
 @dataclass(frozen=True)
@@ -205,18 +144,17 @@ def notification(wechat_keys: WechatKeys) -> Notify:
     ) -> Signed:
         if resource is None:
             refund = event_type.startswith("REFUND.")
-            resource = _refund_resource() if refund else _transaction_resource()
-        event_id = "EV-" + uuid.uuid4().hex
-        headers, body = build_notification(
-            event_id=event_id,
-            event_type=event_type,
-            resource_plaintext=resource,
-            original_type=original_type
-            or ("refund" if event_type.startswith("REFUND.") else "transaction"),
+            resource = wechat_keys.refund() if refund else wechat_keys.transaction()
+        event_id = new_event_id()
+        headers, body = signed_notification(
+            resource,
             apiv3_key=apiv3_key or wechat_keys.apiv3_key,
-            signing_key=signing_key or wechat_keys.public_key,
+            signing_key=signing_key or wechat_keys.platform_key,
             serial=serial or wechat_keys.public_key_id,
+            event_type=event_type,
+            event_id=event_id,
             timestamp=NOW + skew,
+            original_type=original_type,
         )
         return Signed(event_id, headers, body, resource)
 
@@ -224,9 +162,9 @@ def notification(wechat_keys: WechatKeys) -> Notify:
 
 
 @pytest.fixture(scope="session")
-def transaction_resource() -> Callable[..., dict[str, Any]]:
+def transaction_resource(wechat_keys: WechatKeys) -> Callable[..., dict[str, Any]]:
     """``transaction_resource(**changes)``: a decrypted TRANSACTION.SUCCESS resource."""
-    return _transaction_resource
+    return wechat_keys.transaction
 
 
 class Spy:
@@ -280,10 +218,7 @@ def env(monkeypatch: pytest.MonkeyPatch, wechat_keys: WechatKeys) -> pytest.Monk
     for name in KEY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(f"{name}_FILE", raising=False)
-    pem = wechat_keys.public_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     monkeypatch.setenv("WECHATPAY_APIV3_KEY", "0123456789abcdefABCDEF0123456789")
-    monkeypatch.setenv("WECHATPAY_PUBLIC_KEY", pem.decode())
+    monkeypatch.setenv("WECHATPAY_PUBLIC_KEY", wechat_keys.platform_public_key_pem)
     monkeypatch.setenv("WECHATPAY_PUBLIC_KEY_ID", wechat_keys.public_key_id)
     return monkeypatch

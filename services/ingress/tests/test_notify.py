@@ -11,8 +11,6 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import CIMultiDict
 from prometheus_client import REGISTRY
 
@@ -22,9 +20,14 @@ from paylane_common.service import ADMIN_LISTENER, PUBLISHER
 from paylane_common.settings import load_settings
 from paylane_common.topology import LOG_STREAM
 from paylane_common.wechatpay import SIGNTEST_PREFIX, certificate_serial
+from paylane_common.wechatpay.testing import (
+    certificate_pem,
+    new_private_key,
+    self_signed_certificate,
+)
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
-from services.ingress.tests.conftest import NOW, self_signed
+from services.ingress.tests.conftest import NOW
 
 NOTIFY = "/notify/wechatpay"
 integration = pytest.mark.integration
@@ -113,7 +116,7 @@ async def test_both_key_modes_are_accepted_at_once(
     client, notification, spy, wechat_keys, serial_of, skew
 ):
     if serial_of == "public_key":
-        key, serial = wechat_keys.public_key, wechat_keys.public_key_id
+        key, serial = wechat_keys.platform_key, wechat_keys.public_key_id
     else:
         key, serial = wechat_keys.cert_key, wechat_keys.cert_serial
     sent = notification(signing_key=key, serial=serial, skew=skew)
@@ -129,10 +132,10 @@ async def test_both_key_modes_are_accepted_at_once(
 async def test_certificate_outside_its_validity_is_401_like_an_unknown_serial(
     ingress_settings, notification, spy, tmp_path, start_days, lifetime_days
 ):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = new_private_key()
     start = datetime.fromtimestamp(NOW, UTC) + timedelta(days=start_days)
-    cert = self_signed(key, start, timedelta(days=lifetime_days))
-    (tmp_path / "platform.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    cert = self_signed_certificate(key, not_before=start, lifetime=timedelta(days=lifetime_days))
+    (tmp_path / "platform.pem").write_text(certificate_pem(cert))
     settings = ingress_settings.model_copy(update={"wechatpay_platform_certs_dir": tmp_path})
     async with TestClient(TestServer(build_app(settings, clock=lambda: NOW))) as client:
         sent = notification(signing_key=key, serial=certificate_serial(cert))
@@ -238,9 +241,9 @@ REJECTIONS = [
     (
         400,
         "malformed_body",
-        lambda s, n, k: s.resigned(k.public_key, b'{"id": "EV-1", "event_type": '),
+        lambda s, n, k: s.resigned(k.platform_key, b'{"id": "EV-1", "event_type": '),
     ),
-    (400, "malformed_body", lambda s, n, k: s.resigned(k.public_key, b'["not", "an", "object"]')),
+    (400, "malformed_body", lambda s, n, k: s.resigned(k.platform_key, b'["not", "an", "object"]')),
     (401, "stale_timestamp", lambda s, n, k: n(skew=-301)),
     (401, "stale_timestamp", lambda s, n, k: n(skew=301)),
     (401, "bad_signature", lambda s, n, k: s.changed(flip_one_byte(s.body))),

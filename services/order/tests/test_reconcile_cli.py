@@ -9,7 +9,6 @@ import aiohttp
 import aiomysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
-from cryptography.hazmat.primitives import serialization
 
 from paylane_common.db import transaction
 from paylane_common.events import parse_event
@@ -19,7 +18,7 @@ from paylane_common.topology import declare_exchange
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_order.settings import OrderSettings
 from paylane_order.standalone import reconcile
-from tests.support.sandbox import SandboxKeys, order_body, private_pem, running_sandbox
+from tests.support.sandbox import SandboxKeys, order_body, running_sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +53,8 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
         wechat = WechatPayClient(
             base_url=sandbox.base_url,
             mchid=keys.mchid,
-            signer=keys.signer(),
-            verifier=NotificationVerifier(keys.public_key_only()),
+            signer=keys.merchant_signer(),
+            verifier=NotificationVerifier(keys.verifier_keys()),
             session=http,
         )
         for no in (paid_no, expired_no):
@@ -72,13 +71,9 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
             wechatpay_appid=keys.appid,
             wechatpay_api_base=sandbox.base_url,
             wechatpay_notify_url="http://127.0.0.1:9/notify/wechatpay",
-            wechatpay_merchant_private_key=private_pem(keys.merchant_key),
-            wechatpay_merchant_serial_no=keys.merchant_serial,
-            wechatpay_public_key=keys.platform_key.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode(),
+            wechatpay_merchant_private_key=keys.merchant_private_key_pem,
+            wechatpay_merchant_serial_no=keys.merchant_serial_no,
+            wechatpay_public_key=keys.platform_public_key_pem,
             wechatpay_public_key_id=keys.public_key_id,
             client_token_secret="c" * 32,
             reconcile_after_s=1,

@@ -43,8 +43,8 @@ async def wechat() -> AsyncIterator[tuple[RunningSandbox, WechatPayClient]]:
             WechatPayClient(
                 base_url=sandbox.base_url,
                 mchid=KEYS.mchid,
-                signer=KEYS.signer(),
-                verifier=NotificationVerifier(KEYS.public_key_only()),
+                signer=KEYS.merchant_signer(),
+                verifier=NotificationVerifier(KEYS.verifier_keys()),
                 session=http,
             ),
         )
@@ -151,7 +151,7 @@ async def test_a_refund_that_never_reached_wechatpay_is_closed_after_the_grace(
     orders = Orders(
         db_pool,
         client,
-        KEYS.signer(),
+        KEYS.merchant_signer(),
         MerchantConfig(MCHID, APPID, "http://127.0.0.1:9/notify/wechatpay", 1800),
     )
     user_id = await _user(db_pool)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import string
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,6 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from multidict import CIMultiDictProxy
 
@@ -31,6 +28,7 @@ from paylane_common.wechatpay import (
     decrypt_notification,
     parse_notification,
 )
+from paylane_common.wechatpay.testing import new_apiv3_key, new_private_key, private_key_pem
 from paylane_sandbox.app_keys import SANDBOX
 from paylane_sandbox.main import build_app
 from paylane_sandbox.settings import SandboxSettings
@@ -43,31 +41,19 @@ CERT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
 TIME_FACTOR = 0.01
 
 
-def _pem(key: RSAPrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-def _new_key() -> RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 @pytest.fixture(scope="session")
 def merchant_key() -> RSAPrivateKey:
-    return _new_key()
+    return new_private_key()
 
 
 @pytest.fixture(scope="session")
 def platform_key() -> RSAPrivateKey:
-    return _new_key()
+    return new_private_key()
 
 
 @pytest.fixture(scope="session")
 def apiv3_key() -> str:
-    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
+    return new_apiv3_key()
 
 
 @pytest.fixture
@@ -79,9 +65,9 @@ def make_settings(
             "wechatpay_mchid": MCHID,
             "wechatpay_apiv3_key": apiv3_key,
             "wechatpay_appid": APPID,
-            "wechatpay_merchant_private_key": _pem(merchant_key),
+            "wechatpay_merchant_private_key": private_key_pem(merchant_key),
             "wechatpay_merchant_serial_no": MERCHANT_SERIAL,
-            "sandbox_platform_private_key": _pem(platform_key),
+            "sandbox_platform_private_key": private_key_pem(platform_key),
             "wechatpay_public_key_id": PUBLIC_KEY_ID,
             "sandbox_platform_cert_serial": CERT_SERIAL,
             "sandbox_time_factor": TIME_FACTOR,

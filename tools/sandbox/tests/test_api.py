@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from paylane_common.wechatpay import (
     MerchantSigner,
@@ -15,6 +14,7 @@ from paylane_common.wechatpay import (
     decrypt_resource,
     load_certificate,
 )
+from paylane_common.wechatpay.testing import new_private_key
 
 MCHID = "1900000109"
 PUBLIC_KEY_ID = "PUB_KEY_ID_0114232134912410000000000000001"
@@ -127,7 +127,7 @@ async def test_missing_or_malformed_authorization_is_sign_error(sandbox):
 
 async def test_wrong_key_serial_mchid_or_stale_timestamp_is_sign_error(sandbox, merchant_key):
     path = query_path("T000000001")
-    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other_key = new_private_key()
     await _expect_sign_error(sandbox, signer=MerchantSigner(MCHID, MERCHANT_SERIAL, other_key))
     await _expect_sign_error(sandbox, signer=MerchantSigner(MCHID, "ABCDEF", merchant_key))
     await _expect_sign_error(

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from paylane_common.exceptions import ConfigError
 from paylane_common.settings import load_settings
 from paylane_common.wechatpay import MerchantSigner
+from paylane_common.wechatpay.testing import (
+    certificate_pem,
+    private_key_pem,
+    public_key_pem,
+    self_signed_certificate,
+)
 from paylane_sandbox.settings import SandboxSettings
 
 MCHID = "1900000109"
@@ -140,28 +144,18 @@ async def test_health_and_info(sandbox):
 # --- settings ------------------------------------------------------------------------------
 
 
-def _public_pem(private_key) -> str:
-    return (
-        private_key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-
-
 async def test_merchant_public_key_instead_of_private(start_sandbox, merchant_key):
     harness = await start_sandbox(
-        wechatpay_merchant_private_key=None, sandbox_merchant_public_key=_public_pem(merchant_key)
+        wechatpay_merchant_private_key=None,
+        sandbox_merchant_public_key=public_key_pem(merchant_key),
     )
     _, answer = await harness.place("native")
     assert answer.status == 200
 
 
 async def test_merchant_certificate_brings_its_serial(start_sandbox, merchant_key):
-    from paylane_sandbox.signer import self_signed_certificate
-
-    cert = self_signed_certificate(merchant_key, "ABCDEF0123", 1_700_000_000)
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    assert isinstance(cert, x509.Certificate)
+    cert = self_signed_certificate(merchant_key, serial="ABCDEF0123")
+    pem = certificate_pem(cert)
     harness = await start_sandbox(
         wechatpay_merchant_private_key=None,
         wechatpay_merchant_serial_no=None,
@@ -174,15 +168,9 @@ async def test_merchant_certificate_brings_its_serial(start_sandbox, merchant_ke
 
 def test_settings_read_pem_files(tmp_path, monkeypatch, merchant_key, platform_key, apiv3_key):
     merchant = tmp_path / "merchant_public.pem"
-    merchant.write_text(_public_pem(merchant_key))
+    merchant.write_text(public_key_pem(merchant_key))
     platform = tmp_path / "platform.pem"
-    platform.write_bytes(
-        platform_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    platform.write_text(private_key_pem(platform_key))
     monkeypatch.setenv("WECHATPAY_MCHID", MCHID)
     monkeypatch.setenv("WECHATPAY_APIV3_KEY", apiv3_key)
     monkeypatch.setenv("WECHATPAY_MERCHANT_SERIAL_NO", MERCHANT_SERIAL)

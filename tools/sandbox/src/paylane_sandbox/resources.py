@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from paylane_common.wechatpay.testing import (
+    TRADE_STATE_DESC,
+    USER_RECEIVED_ACCOUNT,
+    refund_resource,
+    transaction_resource,
+)
+
 from .ledger import Order, Refund
 from .timefmt import rfc3339
-
-TRADE_STATE_DESC = {
-    "NOTPAY": "订单未支付",
-    "SUCCESS": "支付成功",
-    "CLOSED": "订单已关闭",
-    "REFUND": "订单发生过退款",
-}
-REFUND_SUMMARY = {"SUCCESS": "退款成功", "ABNORMAL": "退款异常", "CLOSED": "退款关闭"}
-USER_RECEIVED_ACCOUNT = "支付用户零钱"
 
 
 def transaction(order: Order, mchid: str) -> dict[str, Any]:
@@ -23,6 +21,20 @@ def transaction(order: Order, mchid: str) -> dict[str, Any]:
     Before payment: no transaction_id, trade_type, payer, success_time or payer_total.
     """
     request = order.request
+    if order.transaction_id is not None and order.paid_total is not None:
+        return transaction_resource(
+            order.out_trade_no,
+            order.paid_total,
+            order.transaction_id,
+            appid=request["appid"],
+            mchid=mchid,
+            openid=order.paid_openid or "",
+            trade_type=order.trade_type,
+            trade_state=order.trade_state,
+            success_time=rfc3339(order.success_time or order.created_at),
+            attach=request.get("attach"),
+            promotion_detail=[],
+        )
     result: dict[str, Any] = {
         "appid": request["appid"],
         "mchid": mchid,
@@ -32,19 +44,7 @@ def transaction(order: Order, mchid: str) -> dict[str, Any]:
     }
     if "attach" in request:
         result["attach"] = request["attach"]
-    amount: dict[str, Any] = {"total": order.total, "currency": "CNY", "payer_currency": "CNY"}
-    if order.transaction_id is not None and order.paid_total is not None:
-        amount["total"] = order.paid_total
-        amount["payer_total"] = order.paid_total
-        result.update(
-            transaction_id=order.transaction_id,
-            trade_type=order.trade_type,
-            bank_type="OTHERS",
-            success_time=rfc3339(order.success_time or order.created_at),
-            payer={"openid": order.paid_openid},
-            promotion_detail=[],
-        )
-    result["amount"] = amount
+    result["amount"] = {"total": order.total, "currency": "CNY", "payer_currency": "CNY"}
     return result
 
 
@@ -85,21 +85,14 @@ def refund(r: Refund) -> dict[str, Any]:
 
 def refund_notification(r: Refund, mchid: str) -> dict[str, Any]:
     """The decrypted resource of a ``REFUND.*`` notification."""
-    result: dict[str, Any] = {
-        "mchid": mchid,
-        "out_trade_no": r.out_trade_no,
-        "transaction_id": r.transaction_id,
-        "out_refund_no": r.out_refund_no,
-        "refund_id": r.refund_id,
-        "refund_status": r.status,
-        "user_received_account": USER_RECEIVED_ACCOUNT,
-        "amount": {
-            "total": r.total,
-            "refund": r.refund,
-            "payer_total": r.total,
-            "payer_refund": r.refund,
-        },
-    }
-    if r.success_time is not None:
-        result["success_time"] = rfc3339(r.success_time)
-    return result
+    return refund_resource(
+        r.out_trade_no,
+        r.refund,
+        r.total,
+        mchid=mchid,
+        transaction_id=r.transaction_id,
+        out_refund_no=r.out_refund_no,
+        refund_id=r.refund_id,
+        refund_status=r.status,
+        success_time=None if r.success_time is None else rfc3339(r.success_time),
+    )

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from paylane_common.settings import secret_value
 from paylane_common.wechatpay import load_private_key
+from paylane_common.wechatpay.testing import SUMMARIES, new_private_key
 
 from . import resources
 from .auth import MerchantAuthenticator, merchant_key
@@ -22,7 +23,7 @@ from .ledger import Ledger, Order, Refund
 from .miniprogram import LoginCodes
 from .notifications import Notification, NotificationSender
 from .settings import SandboxSettings
-from .signer import PlatformSigner, generate_private_key, self_signed_certificate
+from .signer import PlatformSigner, platform_certificate
 from .switches import SwitchBoard
 
 log = structlog.get_logger(__name__)
@@ -37,7 +38,7 @@ def platform_private_key(settings: SandboxSettings) -> RSAPrivateKey:
         hint="SANDBOX_PLATFORM_PRIVATE_KEY is unset: a throw-away key was made; fetch it"
         " from GET /sandbox/platform-public-key or /sandbox/platform-certificate",
     )
-    return generate_private_key()
+    return new_private_key()
 
 
 class Sandbox:
@@ -50,7 +51,7 @@ class Sandbox:
         self.apiv3_key = secret_value(settings.wechatpay_apiv3_key)
         self.switches = SwitchBoard(settings)
         key = platform_private_key(settings)
-        certificate = self_signed_certificate(key, settings.sandbox_platform_cert_serial, clock())
+        certificate = platform_certificate(key, settings.sandbox_platform_cert_serial, clock())
         self.signer = PlatformSigner(
             key, settings.wechatpay_public_key_id, certificate, self.switches.sign_mode, clock
         )
@@ -133,7 +134,7 @@ class Sandbox:
         self.notification_sender.submit(
             f"REFUND.{status}",
             "refund",
-            resources.REFUND_SUMMARY[status],
+            SUMMARIES[f"REFUND.{status}"],
             resources.refund_notification(refund, self.mchid),
             refund.notify_url,
             out_trade_no=refund.out_trade_no,

@@ -8,65 +8,32 @@ does while migrating a merchant from certificates to the public key.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.x509.oid import NameOID
 
-from paylane_common.wechatpay import (
-    SIGNATURE_TYPE,
-    build_message,
-    certificate_serial,
-    encrypt_resource,
-    sign,
+from paylane_common.wechatpay import certificate_serial, encrypt_resource, signed_headers
+from paylane_common.wechatpay.testing import (
+    certificate_pem,
+    public_key_pem,
+    self_signed_certificate,
 )
 
 from .settings import SignMode
 from .timefmt import rfc3339
 
-CERTIFICATE_VALIDITY = timedelta(days=5 * 365)
 
-
-def generate_private_key() -> RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def self_signed_certificate(
+def platform_certificate(
     key: RSAPrivateKey, serial_hex: str | None, now: float
 ) -> x509.Certificate:
-    """A certificate shaped like WeChat Pay's platform certificates (issuer Tenpay.com)."""
-    issuer = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "CN"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tenpay.com"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA (paylane sandbox)"),
-        ]
-    )
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "CN"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tenpay.com"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com sign (paylane sandbox)"),
-        ]
-    )
+    """The sandbox's platform certificate, valid from a day before ``now``."""
     start = datetime.fromtimestamp(now, UTC) - timedelta(days=1)
-    serial = int(serial_hex, 16) if serial_hex else x509.random_serial_number()
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(start)
-        .not_valid_after(start + CERTIFICATE_VALIDITY)
-        .sign(key, hashes.SHA256())
+    return self_signed_certificate(
+        key, serial=serial_hex, not_before=start, label="paylane sandbox"
     )
 
 
@@ -91,17 +58,11 @@ class PlatformSigner:
 
     @property
     def certificate_pem(self) -> str:
-        return self.certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        return certificate_pem(self.certificate)
 
     @property
     def public_key_pem(self) -> str:
-        return (
-            self.private_key.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode("ascii")
-        )
+        return public_key_pem(self.private_key)
 
     def next_serial(self) -> str:
         """The ``Wechatpay-Serial`` of the next signed message, per the current sign mode."""
@@ -115,19 +76,13 @@ class PlatformSigner:
 
     def headers(self, body: bytes) -> dict[str, str]:
         """Fresh ``Wechatpay-*`` headers for ``body`` (a new timestamp and nonce each time)."""
-        timestamp = str(int(self._clock()))
-        nonce = secrets.token_hex(16).upper()
-        return {
-            "Wechatpay-Serial": self.next_serial(),
-            "Wechatpay-Signature": sign(self.private_key, build_message(timestamp, nonce, body)),
-            "Wechatpay-Timestamp": timestamp,
-            "Wechatpay-Nonce": nonce,
-            "Wechatpay-Signature-Type": SIGNATURE_TYPE,
-        }
+        return signed_headers(
+            self.private_key, self.next_serial(), body, timestamp=int(self._clock())
+        )
 
     def certificates_listing(self, apiv3_key: str) -> dict[str, Any]:
         """The body of ``GET /v3/certificates``: each certificate AEAD-encrypted."""
-        pem = self.certificate.public_bytes(serialization.Encoding.PEM)
+        pem = self.certificate_pem.encode("ascii")
         return {
             "data": [
                 {

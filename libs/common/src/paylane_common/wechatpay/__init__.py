@@ -20,7 +20,12 @@ from .keys import (
     read_certificate,
 )
 from .merchant import MerchantSigner, new_nonce, parse_authorization
-from .notification import build_notification, decrypt_notification, parse_notification
+from .notification import (
+    build_notification,
+    decrypt_notification,
+    parse_notification,
+    signed_headers,
+)
 from .signature import (
     SIGNATURE_TYPE,
     SIGNTEST_PREFIX,
@@ -62,5 +67,6 @@ __all__ = [
     "parse_notification",
     "read_certificate",
     "sign",
+    "signed_headers",
     "verify_rsa",
 ]

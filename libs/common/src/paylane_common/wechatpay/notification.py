@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from .aead import ALGORITHM, decrypt_resource, encrypt_resource
 from .exceptions import DecryptionError
+from .merchant import new_nonce
 from .signature import (
     HEADER_NONCE,
     HEADER_SERIAL,
@@ -29,6 +29,27 @@ BEIJING = timezone(timedelta(hours=8))
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def signed_headers(
+    signing_key: RSAPrivateKey,
+    serial: str,
+    body: bytes,
+    *,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The ``Wechatpay-*`` headers WeChat Pay sends with a body it signed (a notification or
+    an API response); the current time and a random nonce unless given."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    header_nonce = new_nonce() if nonce is None else nonce
+    return {
+        HEADER_SIGNATURE: sign(signing_key, build_message(ts, header_nonce, body)),
+        HEADER_TIMESTAMP: ts,
+        HEADER_NONCE: header_nonce,
+        HEADER_SERIAL: serial,
+        HEADER_SIGNATURE_TYPE: SIGNATURE_TYPE,
+    }
 
 
 def build_notification(
@@ -52,7 +73,6 @@ def build_notification(
     (random when omitted). ``associated_data`` is ``original_type``, as WeChat Pay uses.
     """
     ts = int(time.time()) if timestamp is None else timestamp
-    header_nonce = secrets.token_hex(16).upper() if nonce is None else nonce
     if create_time is None:
         create_time = datetime.fromtimestamp(ts, BEIJING).isoformat(timespec="seconds")
     resource = {
@@ -71,15 +91,8 @@ def build_notification(
             "resource": resource,
         }
     )
-    signature = sign(signing_key, build_message(str(ts), header_nonce, body))
-    headers = {
-        HEADER_SIGNATURE: signature,
-        HEADER_TIMESTAMP: str(ts),
-        HEADER_NONCE: header_nonce,
-        HEADER_SERIAL: serial,
-        HEADER_SIGNATURE_TYPE: SIGNATURE_TYPE,
-        "Content-Type": "application/json",
-    }
+    headers = signed_headers(signing_key, serial, body, timestamp=ts, nonce=nonce)
+    headers["Content-Type"] = "application/json"
     return headers, body
 
 
