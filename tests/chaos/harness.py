@@ -43,8 +43,9 @@ from tests.e2e.conftest import (
 )
 from tests.support import hygiene
 from tests.support.infra import Infra, unique_name
+from tests.support.polling import eventually
 from tests.support.seed_db import create_seed_database
-from tests.support.stack import Stack, eventually, wait_ready
+from tests.support.stack import Stack, wait_ready
 from tests.support.wechat import FakeWechat
 
 #: The reconciler stays out of the way (orders are paid within seconds, never at the

@@ -39,7 +39,7 @@ from tests.chaos.harness import (
     stop_broker,
 )
 from tests.support.infra import Infra
-from tests.support.stack import eventually
+from tests.support.polling import eventually
 
 #: Messages waiting for a killed consumer before it is restarted (and killed again).
 BACKLOG = 90

@@ -30,7 +30,8 @@ from tests.e2e.conftest import (
     user_state,
 )
 from tests.support import hygiene
-from tests.support.stack import Stack, eventually
+from tests.support.polling import eventually
+from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e

@@ -35,7 +35,8 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.test_cloud_function_calls import INTERNAL, cloud_ids, place_at_wechatpay
 from tests.support.clients import SSEClient
-from tests.support.stack import Stack, eventually
+from tests.support.polling import eventually
+from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e

@@ -27,7 +27,8 @@ from tests.e2e.conftest import (
     user_state,
 )
 from tests.support.clients import wait_for_types, ws_next
-from tests.support.stack import Stack, eventually
+from tests.support.polling import eventually
+from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e

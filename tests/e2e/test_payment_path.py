@@ -16,7 +16,8 @@ from paylane_common.tokens import issue_client_token
 from tests.e2e.conftest import TOKEN_SECRET, dead_letter, fetch_one, new_order
 from tests.support.clients import SSEClient, wait_for_types, ws_next
 from tests.support.infra import Infra
-from tests.support.stack import Stack, eventually, wait_ready
+from tests.support.polling import eventually
+from tests.support.stack import Stack, wait_ready
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e

@@ -56,7 +56,8 @@ from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
 from tests.support import hygiene
 from tests.support.infra import Infra, unique_name
-from tests.support.stack import Stack, eventually
+from tests.support.polling import eventually
+from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.integration

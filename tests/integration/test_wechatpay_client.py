@@ -31,10 +31,10 @@ from paylane_common.wechatpay import (
 from paylane_ingress.main import build_app as build_ingress
 from paylane_ingress.notify import NOTIFY_CONFIG
 from paylane_ingress.settings import IngressSettings
+from tests.support.polling import eventually
 from tests.support.sandbox import (
     RunningSandbox,
     SandboxKeys,
-    eventually,
     new_key,
     order_body,
     private_pem,
@@ -363,7 +363,7 @@ async def test_requested_refreshes_are_rate_limited(
     try:
         refresher.request_refresh()
         refresher.request_refresh()
-        await eventually(lambda: known.get(serial) is not None)
+        await eventually(lambda: known.get(serial) is not None, timeout=3)
         assert calls.count(CERTIFICATES) == 1
         refresher.request_refresh()
         refresher.request_refresh()
