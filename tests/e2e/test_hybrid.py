@@ -24,19 +24,13 @@ import aiomysql
 import pytest
 
 from paylane_common.db import transaction
-from tests.e2e.conftest import (
-    BACKEND,
-    call,
-    fetch_one,
-    grants,
-    order_env,
-    sandbox,
-    user_state,
-)
-from tests.e2e.test_cloud_function_calls import INTERNAL, cloud_ids, place_at_wechatpay
 from tests.support.clients import SSEClient
+from tests.support.cloud_function import cloud_ids, place_at_wechatpay
 from tests.support.polling import eventually
+from tests.support.queries import fetch_one, grants, user_state
 from tests.support.stack import Stack
+from tests.support.stack_api import call, sandbox
+from tests.support.stack_config import BACKEND, INTERNAL, order_env
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e
@@ -119,7 +113,7 @@ async def log_count(pool: aiomysql.Pool, out_trade_no: str, kind: str) -> int:
         out_trade_no,
         kind,
     )
-    return int(row["n"])  # type: ignore[call-overload]
+    return int(row["n"])
 
 
 async def drain(client: SSEClient, quiet_s: float = 1.5) -> list[dict[str, Any]]:

@@ -13,11 +13,14 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common.tokens import issue_client_token
-from tests.e2e.conftest import TOKEN_SECRET, dead_letter, fetch_one, new_order
 from tests.support.clients import SSEClient, wait_for_types, ws_next
+from tests.support.dead_letters import dead_letter
 from tests.support.infra import Infra
 from tests.support.polling import eventually
+from tests.support.queries import fetch_one
 from tests.support.stack import Stack, wait_ready
+from tests.support.stack_api import new_order
+from tests.support.stack_config import TOKEN_SECRET
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e
