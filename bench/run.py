@@ -20,6 +20,7 @@ import uvloop
 
 from paylane_common import db
 from paylane_common.tokens import issue_client_token
+from tests.support.seeding import add_users
 from tests.support.stack import Stack
 
 from . import brokerfloor, report, setup, wakeups
@@ -144,7 +145,7 @@ async def ingress_alone(stack: Stack, env: setup.BenchEnv, quick: bool) -> dict[
 
 
 async def end_to_end(stack: Stack, env: setup.BenchEnv, pool: Any, quick: bool) -> dict[str, Any]:
-    users = await setup.create_users(pool, 50 if quick else 100)
+    users = await add_users(pool, 50 if quick else 100)
     # One pending order each, so the snapshot a client gets on connect proves it is subscribed.
     await setup.create_orders(pool, users, len(users), "WARMUP")
     seconds = 3 if quick else 10
@@ -263,7 +264,7 @@ async def baseline_vs_paylane(
     stack: Stack, env: setup.BenchEnv, pool: Any, quick: bool
 ) -> dict[str, Any]:
     seconds = 3 if quick else 10
-    users = await setup.create_users(pool, 100)
+    users = await add_users(pool, 100)
     out: dict[str, Any] = {}
 
     async def run_against(url: str, rate: int, tag: str) -> Result:

@@ -35,7 +35,6 @@ from paylane_common.consumer import (
 )
 from paylane_common.db import transaction
 from paylane_common.events import Envelope, OrderPaid, PaymentSucceeded, make_event
-from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.replay import (
     REPLAYED_FROM_HEADER,
@@ -52,6 +51,7 @@ from paylane_common.topology import LOG_STREAM, QueueSpec, declare_exchange, dec
 from paylane_entitlement.grants import EntitlementApplier
 from tests.support.observed import Observed
 from tests.support.polling import eventually
+from tests.support.seeding import add_user
 
 pytestmark = pytest.mark.integration
 
@@ -348,12 +348,7 @@ async def test_limit_and_a_missing_target_leave_dead_letters_in_place(
 
 async def create_user(db_pool) -> str:
     """A row of the shared ``users`` table with the seed's defaults (free, 3)."""
-    user_id = new_row_id("user")
-    async with transaction(db_pool) as cur:
-        await cur.execute(
-            "INSERT INTO users (id, nickname) VALUES (%s, %s)", (user_id, "replay-test")
-        )
-    return user_id
+    return await add_user(db_pool, nickname="replay-test")
 
 
 async def users_state(db_pool, user_ids: list[str]) -> dict[str, tuple[str, int]]:

@@ -19,13 +19,18 @@ def now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
 
 
+def new_out_trade_no() -> str:
+    """The cloud function's format: ``{ms timestamp}{5 digits}``."""
+    return f"{now_ms()}{uuid.uuid4().int % 100_000:05d}"
+
+
 def cloud_ids() -> dict[str, str]:
     """What the cloud function makes: ``{ms}{5 digits}``, ``user-{ms}-{random}``."""
     tail = uuid.uuid4().hex
     openid = f"o-cf-{tail[:16]}"
     hygiene.register(openid)  # payer data: must never be logged
     return {
-        "outTradeNo": f"{now_ms()}{uuid.uuid4().int % 100_000:05d}",
+        "outTradeNo": new_out_trade_no(),
         "userId": f"user-{now_ms()}-{tail[16:22]}",
         "openid": openid,
     }

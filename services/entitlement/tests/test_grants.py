@@ -17,6 +17,7 @@ from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, OrderRefunded, make_event
 from paylane_common.ids import new_row_id
 from paylane_entitlement.grants import EntitlementApplier
+from tests.support.seeding import add_user
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +25,9 @@ pytestmark = pytest.mark.integration
 async def _user(pool: aiomysql.Pool, status: str | None = "free", count: int | None = 3) -> str:
     """A row of the shared ``users`` table, its id in the existing system's format."""
     user_id = new_row_id("user")
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO users (id, openid, payment_status, regenerate_count)"
-            " VALUES (%s, %s, %s, %s)",
-            (user_id, f"openid-{user_id}", status, count),
-        )
-    return user_id
+    return await add_user(
+        pool, id=user_id, openid=f"openid-{user_id}", payment_status=status, regenerate_count=count
+    )
 
 
 async def _state(pool: aiomysql.Pool, user_id: str) -> tuple[str, int]:

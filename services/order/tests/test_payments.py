@@ -12,21 +12,13 @@ from paylane_common import events
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, make_event
-from paylane_common.ids import new_row_id
 from paylane_order.money import yuan
 from paylane_order.payments import Merchant, PaymentApplier
+from tests.support.seeding import add_order, add_user
 
 pytestmark = pytest.mark.integration
 
 MERCHANT = Merchant(mchid="1900000109", appid="wx-app-main")
-
-
-async def new_user(pool: aiomysql.Pool) -> str:
-    """A user row as the shared table has them: a string id, no openid."""
-    user_id = new_row_id("user")
-    async with transaction(pool) as cur:
-        await cur.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
-    return user_id
 
 
 async def _order(
@@ -35,13 +27,17 @@ async def _order(
     """An order row as another writer (the cloud function) leaves it: the shared columns
     only, ``amount`` in yuan; none of paylane's (expires_at, mchid, appid… stay NULL)."""
     out_trade_no = f"T{uuid.uuid4().hex[:24]}"
-    user_id = await new_user(pool)
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO payment_orders (id, user_id, generation_id, out_trade_no, amount,"
-            " package_type, trade_type, status) VALUES (%s, %s, %s, %s, %s, 'basic', 'NATIVE', %s)",
-            (new_row_id("order"), user_id, generation_id, out_trade_no, yuan(amount), status),
-        )
+    user_id = await add_user(pool)
+    await add_order(
+        pool,
+        user_id,
+        out_trade_no,
+        generation_id=generation_id,
+        amount=yuan(amount),
+        package_type="basic",
+        trade_type="NATIVE",
+        status=status,
+    )
     return out_trade_no, user_id
 
 
