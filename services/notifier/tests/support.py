@@ -18,6 +18,7 @@ from paylane_common import db, events
 from paylane_common.events import Entitlement, OrderPaid, OrderRefunded
 from paylane_common.tokens import issue_client_token
 from tests.support import hygiene
+from tests.support.clients import next_sse_event
 from tests.support.seeding import add_order, add_user, ago
 
 SECRET = "notifier-test-secret-0123456789abcdef"
@@ -56,25 +57,11 @@ class SseListener:
         self.response = response
 
     async def next(self, timeout: float = WAIT_S) -> Received:
-        event_id: str | None = None
-        data: list[str] = []
         async with asyncio.timeout(timeout):
-            while True:
-                raw = await self.response.content.readline()
-                assert raw, "the stream ended"
-                line = raw.decode().rstrip("\r\n")
-                if not line:
-                    if data:
-                        return Received(json.loads("\n".join(data)), event_id)
-                    continue
-                if line.startswith(":"):  # ping
-                    continue
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "id":
-                    event_id = value
-                elif name == "data":
-                    data.append(value)
+            event = await next_sse_event(self.response.content)
+        assert event is not None, "the stream ended"
+        event_id, data = event
+        return Received(data, event_id)
 
     async def closed(self, timeout: float = WAIT_S) -> bool:
         """Wait for the server to end the stream; False when it was cut off (aborted)."""
