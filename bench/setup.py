@@ -12,7 +12,7 @@ from typing import Any
 import aiomysql
 
 from paylane_common.migrate import migrate
-from tests.support.infra import BrokerControl, _local_rabbitmqctl
+from tests.support.infra import BrokerControl
 from tests.support.seeding import add_orders
 from tests.support.wechat import FakeWechat
 
@@ -45,7 +45,7 @@ class BenchEnv:
 def create() -> BenchEnv:
     suffix = uuid.uuid4().hex[:8]
     vhost, database = f"paylane_bench_{suffix}", f"paylane_bench_{suffix}"
-    broker = BrokerControl(_local_rabbitmqctl)
+    broker = BrokerControl.local()
     broker.add_vhost(vhost, "guest")
     mysql_url = f"mysql://root:@127.0.0.1:3306/{database}"
     migrate(mysql_url)
