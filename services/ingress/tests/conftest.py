@@ -6,7 +6,6 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,17 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.x509.oid import NameOID
 
 from paylane_common.topology import ORDER_PAYMENTS, declare_exchange
 from paylane_common.wechatpay import build_message, build_notification, certificate_serial, sign
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
+from services.ingress.tests.support import NOW, self_signed
 from tests.support import hygiene
 
-#: The fixed "now" of every app built here; notifications are signed at this time.
-NOW = 1_763_780_000
 MCHID = "1900000109"
 APPID = "wxd678efh567hg6787"
 
@@ -42,28 +38,6 @@ class WechatKeys:
     cert_serial: str
     certs_dir: Path
     internal_secret: str
-
-
-_YESTERDAY = datetime.fromtimestamp(NOW, UTC) - timedelta(days=1)
-
-
-def self_signed(
-    key: RSAPrivateKey,
-    start: datetime = _YESTERDAY,
-    lifetime: timedelta = timedelta(days=3650),
-) -> x509.Certificate:
-    """A platform certificate valid from ``start`` for ``lifetime``."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA test")])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + lifetime)
-        .sign(key, hashes.SHA256())
-    )
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from paylane_common.topology import LOG_STREAM
 from paylane_common.wechatpay import SIGNTEST_PREFIX, certificate_serial
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
-from services.ingress.tests.conftest import NOW, self_signed
+from services.ingress.tests.support import NOW, self_signed
 
 NOTIFY = "/notify/wechatpay"
 integration = pytest.mark.integration

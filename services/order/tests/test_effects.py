@@ -15,12 +15,12 @@ from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, make_event, parse_event
 from paylane_common.migrate import cutover
 from paylane_order import effects
-from paylane_order.payments import Merchant, PaymentApplier
+from paylane_order.payments import PaymentApplier
+from services.order.tests.support import MERCHANT
 from tests.support.seeding import add_order, add_user, ago
 
 pytestmark = pytest.mark.integration
 
-MERCHANT = Merchant(mchid="1900000109", appid="wx-app-main")
 #: Paid and refunded by the system before paylane, in 2024 (tests/support/seed_db.py).
 SEED_PAID, SEED_REFUNDED = "170634568000254321", "170634568000398765"
 
