@@ -29,10 +29,10 @@ from tests.chaos.harness.mariadb import (
     mariadb_start,
     mariadb_stop,
 )
-from tests.chaos.harness.metrics import metric
 from tests.chaos.harness.scenario import run_scenario
 from tests.chaos.harness.state import QueueDepth, query
 from tests.support.infra import Infra
+from tests.support.metrics import metric
 from tests.support.polling import eventually
 
 #: Messages waiting for a killed consumer before it is restarted (and killed again).

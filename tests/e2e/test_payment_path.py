@@ -16,6 +16,7 @@ from paylane_common.tokens import issue_client_token
 from tests.support.clients import SSEClient, wait_for_types, ws_next
 from tests.support.dead_letters import dead_letter
 from tests.support.infra import Infra
+from tests.support.metrics import metric
 from tests.support.polling import eventually
 from tests.support.queries import fetch_one
 from tests.support.stack import Stack, wait_ready
@@ -33,18 +34,6 @@ async def post_notification(
         f"{stack.services['ingress'].url}/notify/wechatpay", data=body, headers=headers
     ) as response:
         return response.status, await response.read()
-
-
-async def metric(http: aiohttp.ClientSession, url: str, name: str, **labels: str) -> float:
-    async with http.get(f"{url}/metrics") as response:
-        text = await response.text()
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def test_paid_notification_reaches_db_and_both_clients(
@@ -115,9 +104,7 @@ async def test_duplicate_notifications_grant_once(
     headers, body = wechat.notify(resource)
     order_url = stack.services["order"].url
     async with aiohttp.ClientSession() as http:
-        before = await metric(
-            http, order_url, "paylane_consumer_messages_total", queue="order.payments"
-        )
+        before = await metric(order_url, "paylane_consumer_messages_total", queue="order.payments")
         burst = await asyncio.gather(
             *(post_notification(http, stack, headers, body) for _ in range(10))
         )
@@ -130,7 +117,7 @@ async def test_duplicate_notifications_grant_once(
 
         async def all_consumed() -> bool:
             done = await metric(
-                http, order_url, "paylane_consumer_messages_total", queue="order.payments"
+                order_url, "paylane_consumer_messages_total", queue="order.payments"
             )
             return done - before >= 16
 

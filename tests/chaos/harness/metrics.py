@@ -1,25 +1,10 @@
-"""What the services say about themselves: counters of their ``/metrics`` and the
-deadlocks their logs tell of."""
+"""What the consumers say about themselves: their messages by outcome (``/metrics``) and
+the deadlocks their logs tell of."""
 
 from __future__ import annotations
 
-import aiohttp
-
 from tests.chaos.harness.env import ChaosEnv
-
-
-async def metric(url: str, name: str, **labels: str) -> float:
-    """A counter of a service's /metrics (0 when absent or the service is unreachable)."""
-    try:
-        async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
-            text = await response.text()
-    except aiohttp.ClientError:
-        return 0.0
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+from tests.support.metrics import samples, scrape
 
 
 async def consumer_outcomes(env: ChaosEnv) -> dict[str, tuple[int, dict[str, int]]]:
@@ -29,24 +14,12 @@ async def consumer_outcomes(env: ChaosEnv) -> dict[str, tuple[int, dict[str, int
         service = env.stack.services.get(name)
         if service is None:
             continue
-        try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(f"{service.admin_url}/metrics") as response,
-            ):
-                text = await response.text()
-        except aiohttp.ClientError:
+        text = await scrape(service.admin_url)
+        if text is None:
             continue
-        for line in text.splitlines():
-            if not line.startswith("paylane_consumer_messages_total{"):
-                continue
-            labels = dict(
-                part.split("=", 1)
-                for part in line[line.index("{") + 1 : line.index("}")].split(",")
-            )
-            queue, outcome = labels["queue"].strip('"'), labels["outcome"].strip('"')
-            counts = found.setdefault(queue, (service.process.pid, {}))[1]
-            counts[outcome] = int(float(line.rsplit(" ", 1)[1]))
+        for labels, value in samples(text, "paylane_consumer_messages_total"):
+            counts = found.setdefault(labels["queue"], (service.process.pid, {}))[1]
+            counts[labels["outcome"]] = int(value)
     return found
 
 
