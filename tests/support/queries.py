@@ -17,12 +17,13 @@ async def fetch_one(pool: aiomysql.Pool, sql: str, *args: object) -> dict[str, A
         return row
 
 
-async def user_state(pool: aiomysql.Pool, user_id: str) -> tuple[str, int]:
-    """The user's plan and regenerations left."""
+async def user_state(pool: aiomysql.Pool, user_id: str) -> tuple[str | None, int | None]:
+    """The user's plan and regenerations left, as stored (None for NULL: another writer
+    may leave them so)."""
     row = await fetch_one(
         pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", user_id
     )
-    return str(row["payment_status"]), int(row["regenerate_count"])
+    return row["payment_status"], row["regenerate_count"]
 
 
 async def grants(pool: aiomysql.Pool, out_trade_no: str) -> dict[str, Any]:

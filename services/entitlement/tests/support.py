@@ -1,4 +1,4 @@
-"""Helpers of the entitlement service's tests: a user, its plan, an order.paid for it."""
+"""Helpers of the entitlement service's tests: a user with a given plan, an order.paid."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import aiomysql
 
 from paylane_common import events
 from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.db import transaction
 from paylane_common.events import Envelope, OrderPaid, make_event
 from paylane_common.ids import new_row_id
 from tests.support.seeding import add_user
@@ -21,16 +20,6 @@ async def new_user(pool: aiomysql.Pool, status: str | None = "free", count: int 
     return await add_user(
         pool, id=user_id, openid=f"openid-{user_id}", payment_status=status, regenerate_count=count
     )
-
-
-async def plan(pool: aiomysql.Pool, user_id: str) -> tuple[str | None, int | None]:
-    """The user's plan and regenerations, as stored (None for NULL)."""
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "SELECT payment_status, regenerate_count FROM users WHERE id = %s", (user_id,)
-        )
-        row = await cur.fetchone()
-    return row["payment_status"], row["regenerate_count"]
 
 
 def order_paid(

@@ -30,8 +30,9 @@ from paylane_common.catalog import DEFAULT_CATALOG, STATUS_RANK
 from paylane_common.db import transaction
 from paylane_common.events import Envelope, OrderPaid, OrderRefunded, make_event
 from paylane_entitlement.grants import EntitlementApplier
-from services.entitlement.tests.support import new_user, plan
+from services.entitlement.tests.support import new_user
 from tests.support.batches import batch_item
+from tests.support.queries import user_state
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +155,7 @@ async def test_one_by_one_matches_the_model(
         else:
             await applier(*deliveries.event(step))
         model.apply(step)
-        assert await plan(db_pool, deliveries.user_id) == (model.status, model.count), step
+        assert await user_state(db_pool, deliveries.user_id) == (model.status, model.count), step
 
 
 @SETTINGS
@@ -176,7 +177,7 @@ async def test_batches_match_the_model(
         for step in batch:
             model.apply(step)
         batch.clear()
-        assert await plan(db_pool, deliveries.user_id) == (model.status, model.count)
+        assert await user_state(db_pool, deliveries.user_id) == (model.status, model.count)
 
     for step in sequence:
         if step[0] == "use":

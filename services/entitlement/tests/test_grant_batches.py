@@ -16,8 +16,9 @@ from paylane_common.db import transaction
 from paylane_common.events import OrderRefunded, make_event
 from paylane_common.ids import new_row_id
 from paylane_entitlement.grants import EntitlementApplier
-from services.entitlement.tests.support import new_user, order_paid, plan
+from services.entitlement.tests.support import new_user, order_paid
 from tests.support.batches import batch_item
+from tests.support.queries import user_state
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +54,8 @@ async def test_a_batch_grants_several_orders_of_one_user_in_turn(db_pool):
         order_paid(user_id, "basic"),
     ]
     assert await _batch(db_pool, applier, deliveries) == ["granted"] * 4
-    assert await plan(db_pool, user_id) == ("premium", 3 + 20 + 100 + 20)
-    assert await plan(db_pool, other) == ("premium", 30)  # never lowered
+    assert await user_state(db_pool, user_id) == ("premium", 3 + 20 + 100 + 20)
+    assert await user_state(db_pool, other) == ("premium", 30)  # never lowered
     traces = [f"trace-{deliveries[i][0].event_id}" for i in (0, 2, 3)]
     assert await _granted_events(db_pool, user_id) == [
         ("basic", 23, traces[0]),
@@ -63,7 +64,7 @@ async def test_a_batch_grants_several_orders_of_one_user_in_turn(db_pool):
     ]
     # Delivered again (a redelivery after a lost ack): the inbox answers.
     assert await _batch(db_pool, applier, deliveries[:2]) == ["duplicate", "duplicate"]
-    assert await plan(db_pool, user_id) == ("premium", 143)
+    assert await user_state(db_pool, user_id) == ("premium", 143)
 
 
 async def test_a_batch_leaves_what_is_not_plain_to_the_one_by_one_path(db_pool):
@@ -94,14 +95,14 @@ async def test_a_batch_leaves_what_is_not_plain_to_the_one_by_one_path(db_pool):
         other,  # another user's grant is not held back by that refund
     ]
     assert await _batch(db_pool, applier, deliveries) == [None] * 5 + ["granted"]
-    assert await plan(db_pool, user_id) == ("basic", 23)
-    assert await plan(db_pool, other_user) == ("basic", 23)
+    assert await user_state(db_pool, user_id) == ("basic", 23)
+    assert await user_state(db_pool, other_user) == ("basic", 23)
 
     assert await applier(*deliveries[0]) == "duplicate"  # the order granted already
     with pytest.raises(Retry):
         await applier(*deliveries[1])
     assert await applier(*deliveries[2]) == "revoked"  # the basic order's grant only
-    assert await plan(db_pool, user_id) == ("free", 3)
+    assert await user_state(db_pool, user_id) == ("free", 3)
     assert await applier(*deliveries[3]) == "granted"
     assert await applier(*deliveries[4]) == "duplicate"
-    assert await plan(db_pool, user_id) == ("premium", 103)
+    assert await user_state(db_pool, user_id) == ("premium", 103)

@@ -15,8 +15,9 @@ from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, OrderRefunded, make_event
 from paylane_common.ids import new_row_id
 from paylane_entitlement.grants import EntitlementApplier
-from services.entitlement.tests.support import new_user, order_paid, plan
+from services.entitlement.tests.support import new_user, order_paid
 from tests.support.batches import batch_item
+from tests.support.queries import user_state
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +26,12 @@ async def test_grant_raises_status_and_adds_regenerations(db_pool):
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
     user_id = await new_user(db_pool)
     assert await applier(*order_paid(user_id, "basic")) == "granted"
-    assert await plan(db_pool, user_id) == ("basic", 23)
+    assert await user_state(db_pool, user_id) == ("basic", 23)
     assert await applier(*order_paid(user_id, "premium")) == "granted"
-    assert await plan(db_pool, user_id) == ("premium", 123)
+    assert await user_state(db_pool, user_id) == ("premium", 123)
     # A basic purchase never lowers a premium user; it still adds its regenerations.
     assert await applier(*order_paid(user_id, "basic")) == "granted"
-    assert await plan(db_pool, user_id) == ("premium", 143)
+    assert await user_state(db_pool, user_id) == ("premium", 143)
 
 
 async def test_one_order_grants_once_under_concurrent_distinct_events(db_pool):
@@ -40,7 +41,7 @@ async def test_one_order_grants_once_under_concurrent_distinct_events(db_pool):
     deliveries = [order_paid(user_id, "premium", out_trade_no) for _ in range(20)]
     outcomes = await asyncio.gather(*(applier(e, d) for e, d in deliveries))
     assert sorted(outcomes) == ["duplicate"] * 19 + ["granted"]
-    assert await plan(db_pool, user_id) == ("premium", 103)
+    assert await user_state(db_pool, user_id) == ("premium", 103)
     async with transaction(db_pool) as cur:
         await cur.execute(
             "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'entitlement.granted'"
@@ -56,7 +57,7 @@ async def test_full_refund_revokes_exactly_that_order(db_pool):
     _, basic = await applier(*order_paid(user_id, "basic")), None
     premium_event, premium = order_paid(user_id, "premium")
     assert await applier(premium_event, premium) == "granted"
-    assert await plan(db_pool, user_id) == ("premium", 123)
+    assert await user_state(db_pool, user_id) == ("premium", 123)
 
     refund = OrderRefunded(
         out_trade_no=premium.out_trade_no,
@@ -66,10 +67,10 @@ async def test_full_refund_revokes_exactly_that_order(db_pool):
         full=True,
     )
     assert await applier(make_event(events.ORDER_REFUNDED, refund), refund) == "revoked"
-    assert await plan(db_pool, user_id) == ("basic", 23)
+    assert await user_state(db_pool, user_id) == ("basic", 23)
     # Revoked once, whatever happens.
     assert await applier(make_event(events.ORDER_REFUNDED, refund), refund) == "duplicate"
-    assert await plan(db_pool, user_id) == ("basic", 23)
+    assert await user_state(db_pool, user_id) == ("basic", 23)
     del basic
 
 
@@ -93,16 +94,16 @@ async def test_a_full_refund_leaves_the_plan_the_remaining_orders_give(db_pool):
     await applier(*premium)
     await applier(*basic)
     assert await applier(*_refunded(premium)) == "revoked"
-    assert await plan(db_pool, user_id) == ("basic", 23)
+    assert await user_state(db_pool, user_id) == ("basic", 23)
     # basic, then premium; both refunded → the plan before the first grant.
     user_id = await new_user(db_pool)
     basic, premium = order_paid(user_id, "basic"), order_paid(user_id, "premium")
     await applier(*basic)
     await applier(*premium)
     await applier(*_refunded(basic))
-    assert await plan(db_pool, user_id) == ("premium", 103)
+    assert await user_state(db_pool, user_id) == ("premium", 103)
     await applier(*_refunded(premium))
-    assert await plan(db_pool, user_id) == ("free", 3)
+    assert await user_state(db_pool, user_id) == ("free", 3)
 
 
 async def test_a_refund_applied_before_its_payment_leaves_nothing_granted(db_pool):
@@ -111,7 +112,7 @@ async def test_a_refund_applied_before_its_payment_leaves_nothing_granted(db_poo
     paid = order_paid(user_id, "premium")
     assert await applier(*_refunded(paid)) == "revoked_before_grant"
     assert await applier(*paid) == "duplicate"
-    assert await plan(db_pool, user_id) == ("free", 3)
+    assert await user_state(db_pool, user_id) == ("free", 3)
     # The batch path agrees: the late order.paid is left to the one-by-one path.
     again = order_paid(user_id, "premium", out_trade_no=paid[1].out_trade_no)
     async with transaction(db_pool) as cur:
@@ -122,7 +123,7 @@ async def test_a_refund_applied_before_its_payment_leaves_nothing_granted(db_poo
             "granted",
         ]
     assert await applier(*again) == "duplicate"
-    assert await plan(db_pool, user_id) == ("basic", 23)
+    assert await user_state(db_pool, user_id) == ("basic", 23)
 
 
 async def test_a_user_row_with_null_plan_and_count_is_granted_and_revoked(db_pool):
@@ -130,12 +131,12 @@ async def test_a_user_row_with_null_plan_and_count_is_granted_and_revoked(db_poo
     schema has defaults, not NOT NULL): read as free / 0, on both paths."""
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
     user_id = await new_user(db_pool, None, None)
-    assert await plan(db_pool, user_id) == (None, None)
+    assert await user_state(db_pool, user_id) == (None, None)
     paid = order_paid(user_id, "premium")
     assert await applier(*paid) == "granted"
-    assert await plan(db_pool, user_id) == ("premium", 100)
+    assert await user_state(db_pool, user_id) == ("premium", 100)
     assert await applier(*_refunded(paid)) == "revoked"
-    assert await plan(db_pool, user_id) == ("free", 0)
+    assert await user_state(db_pool, user_id) == ("free", 0)
     async with transaction(db_pool) as cur:
         await cur.execute(
             "SELECT payload FROM outbox WHERE payload LIKE %s ORDER BY id", (f"%{user_id}%",)
@@ -153,7 +154,7 @@ async def test_a_user_row_with_null_plan_and_count_is_granted_and_revoked(db_poo
             [batch_item(*order_paid(batched, "basic")), batch_item(*order_paid(batched, "basic"))],
         )
     assert outcomes == ["granted", "granted"]
-    assert await plan(db_pool, batched) == ("basic", 40)
+    assert await user_state(db_pool, batched) == ("basic", 40)
     async with transaction(db_pool) as cur:
         await cur.execute(
             "SELECT status_before FROM entitlement_grants WHERE user_id = %s", (batched,)
