@@ -43,9 +43,6 @@ def payment(
     """A payment.succeeded to the merchant (``kw``: any other field)."""
     fields: dict[str, object] = {"mchid": MERCHANT.mchid, "appid": MERCHANT.appid, **kw}
     data = PaymentSucceeded(
-        out_trade_no=out_trade_no,
-        transaction_id=txn,
-        amount_total=amount,
-        **fields,  # type: ignore[arg-type]
+        out_trade_no=out_trade_no, transaction_id=txn, amount_total=amount, **fields
     )
     return make_event(events.PAYMENT_SUCCEEDED, data), data
