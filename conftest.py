@@ -12,13 +12,27 @@ from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common import amqp, db
 from paylane_common.migrate import migrate
-from tests.support.hygiene import configure_session_logging
+from tests.support import hygiene
 from tests.support.infra import Infra, provide_infra, unique_name
 from tests.support.seed_db import create_seed_database, layout, snapshot
 
-# Every log line of the session also goes to one file, scanned for secrets at the end
-# (tests/test_zz_log_hygiene.py).
-configure_session_logging()
+# tests/integration/test_log_hygiene.py runs a session of its own to see a leak fail it.
+pytest_plugins = ("pytester",)
+
+# Every log line of the session also goes to one file, scanned for secrets at the end.
+hygiene.configure_session_logging()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log() -> Iterator[None]:
+    """When the session ends (every service it started stopped before, their logs
+    complete): no log line of it, in process or in a service's log file, holds a
+    registered secret, a private key, a client token or a payer's openid. A leak fails
+    the session, reported as an error at the teardown of its last test."""
+    # The shared test vectors' APIv3 key and payer openid.
+    hygiene.register("0123456789abcdefABCDEF0123456789", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o")
+    yield
+    hygiene.check_session_logs()
 
 
 @pytest.fixture(scope="session")

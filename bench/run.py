@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -20,6 +21,8 @@ import uvloop
 
 from paylane_common import db
 from paylane_common.tokens import issue_client_token
+from tests.support.polling import eventually
+from tests.support.seeding import add_users
 from tests.support.stack import Stack
 
 from . import brokerfloor, report, setup, wakeups
@@ -93,23 +96,26 @@ async def _sample_rss(stack: Stack, after_s: float, into: dict[str, float]) -> N
 
 async def _quiesce(env: setup.BenchEnv, timeout_s: float = 180.0) -> None:
     """Until the consumer queues are empty (bounded): the next phase starts from quiet."""
-    deadline = time.perf_counter() + timeout_s
-    while time.perf_counter() < deadline:
+
+    async def quiet() -> bool:
         depths = await asyncio.to_thread(setup.queue_depths, env)
-        if not depths.get("order.payments") and not depths.get("entitlement.orders"):
-            return
-        await asyncio.sleep(1)
+        return not depths.get("order.payments") and not depths.get("entitlement.orders")
+
+    with contextlib.suppress(TimeoutError):  # the next phase starts regardless
+        await eventually(quiet, timeout_s, what="empty consumer queues", interval=1)
 
 
 async def _purged(env: setup.BenchEnv, queue: str, timeout_s: float = 60.0) -> None:
     """Purge ``queue`` until it stays empty (bounded)."""
-    deadline = time.perf_counter() + timeout_s
-    while time.perf_counter() < deadline:
+
+    async def purged() -> bool:
         await asyncio.to_thread(setup.purge, env, queue)
-        if not (await asyncio.to_thread(setup.queue_depths, env)).get(queue):
-            return
-        await asyncio.sleep(1)
-    raise RuntimeError(f"{queue} would not stay empty")
+        return not (await asyncio.to_thread(setup.queue_depths, env)).get(queue)
+
+    try:
+        await eventually(purged, timeout_s, what=f"{queue} empty", interval=1)
+    except TimeoutError:
+        raise RuntimeError(f"{queue} would not stay empty") from None
 
 
 async def ingress_alone(stack: Stack, env: setup.BenchEnv, quick: bool) -> dict[str, Any]:
@@ -144,7 +150,7 @@ async def ingress_alone(stack: Stack, env: setup.BenchEnv, quick: bool) -> dict[
 
 
 async def end_to_end(stack: Stack, env: setup.BenchEnv, pool: Any, quick: bool) -> dict[str, Any]:
-    users = await setup.create_users(pool, 50 if quick else 100)
+    users = await add_users(pool, 50 if quick else 100)
     # One pending order each, so the snapshot a client gets on connect proves it is subscribed.
     await setup.create_orders(pool, users, len(users), "WARMUP")
     seconds = 3 if quick else 10
@@ -263,7 +269,7 @@ async def baseline_vs_paylane(
     stack: Stack, env: setup.BenchEnv, pool: Any, quick: bool
 ) -> dict[str, Any]:
     seconds = 3 if quick else 10
-    users = await setup.create_users(pool, 100)
+    users = await add_users(pool, 100)
     out: dict[str, Any] = {}
 
     async def run_against(url: str, rate: int, tag: str) -> Result:

@@ -11,10 +11,9 @@ from typing import Any
 
 import aiomysql
 
-from paylane_common.db import transaction
-from paylane_common.ids import new_row_id
 from paylane_common.migrate import migrate
-from tests.support.infra import BrokerControl, _local_rabbitmqctl
+from tests.support.infra import BrokerControl
+from tests.support.seeding import add_orders
 from tests.support.wechat import FakeWechat
 
 TOKEN_SECRET = "bench-client-token-secret-of-32-bytes!"
@@ -46,7 +45,7 @@ class BenchEnv:
 def create() -> BenchEnv:
     suffix = uuid.uuid4().hex[:8]
     vhost, database = f"paylane_bench_{suffix}", f"paylane_bench_{suffix}"
-    broker = BrokerControl(_local_rabbitmqctl)
+    broker = BrokerControl.local()
     broker.add_vhost(vhost, "guest")
     mysql_url = f"mysql://root:@127.0.0.1:3306/{database}"
     migrate(mysql_url)
@@ -88,21 +87,15 @@ async def create_orders(
     """``count`` pending premium orders spread round-robin over ``users``, as the shared
     table has them: a string id, ``amount`` in yuan (the fen column is generated)."""
     orders = [(f"{prefix}{i:08d}", users[i % len(users)]) for i in range(count)]
-    async with transaction(pool) as cur:
-        await cur.executemany(
-            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, package_type,"
-            " trade_type, amount, status) VALUES (%s, %s, %s, '', 'premium', 'NATIVE', %s,"
-            " 'pending')",
-            [(new_row_id("order"), no, user, Decimal(amount).scaleb(-2)) for no, user in orders],
-        )
+    await add_orders(
+        pool,
+        orders,
+        package_type="premium",
+        trade_type="NATIVE",
+        amount=Decimal(amount).scaleb(-2),
+        status="pending",
+    )
     return orders
-
-
-async def create_users(pool: aiomysql.Pool, count: int) -> list[str]:
-    ids = [new_row_id("user") for _ in range(count)]
-    async with transaction(pool) as cur:
-        await cur.executemany("INSERT INTO users (id) VALUES (%s)", [(i,) for i in ids])
-    return ids
 
 
 def machine() -> dict[str, Any]:

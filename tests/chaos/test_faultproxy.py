@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.support.faultproxy import FaultProxy
-from tests.support.stack import eventually
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.chaos
 

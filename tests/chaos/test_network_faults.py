@@ -13,7 +13,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.chaos.harness import ChaosEnv, WechatDriver, assert_clean, chaos_env, run_scenario
+from tests.chaos.harness.driver import WechatDriver
+from tests.chaos.harness.env import ChaosEnv, chaos_env
+from tests.chaos.harness.invariants import assert_clean
+from tests.chaos.harness.scenario import run_scenario
 from tests.support.faultproxy import FaultProxy
 from tests.support.infra import Infra
 

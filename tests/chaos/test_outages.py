@@ -11,35 +11,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiomysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.chaos.harness import (
-    CONSUMERS,
-    ChaosEnv,
-    QueueDepth,
-    WechatDriver,
-    assert_clean,
-    chaos_env,
-    kill9,
+from tests.chaos.harness.broker import start_broker, stop_broker
+from tests.chaos.harness.driver import WechatDriver
+from tests.chaos.harness.env import CONSUMERS, ChaosEnv, chaos_env, kill9
+from tests.chaos.harness.invariants import assert_clean
+from tests.chaos.harness.mariadb import (
     kill_connections,
     mariadb_control_problem,
     mariadb_crash,
     mariadb_start,
     mariadb_stop,
-    metric,
-    poll,
-    query,
-    run_scenario,
-    start_broker,
-    stop_broker,
 )
+from tests.chaos.harness.scenario import run_scenario
+from tests.chaos.harness.state import QueueDepth, query
 from tests.support.infra import Infra
-from tests.support.stack import eventually
+from tests.support.metrics import metric
+from tests.support.polling import eventually
 
 #: Messages waiting for a killed consumer before it is restarted (and killed again).
 BACKLOG = 90
@@ -62,7 +56,7 @@ async def env(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
         # Whatever happened, leave the broker app and the database running.
         await start_broker(infra)
         if mariadb_control_problem(infra) is None:
-            await asyncio.to_thread(mariadb_start, infra)
+            await mariadb_start(infra)
 
 
 @pytest.mark.broker_outage
@@ -100,15 +94,15 @@ async def test_mariadb_connections_killed_then_server_restarted(
     if problem is not None:
         pytest.skip(f"cannot restart the database server here: {problem}")
 
-    async def outage(driver: WechatDriver, stop: Callable[[], None], at: int) -> str:
+    async def outage(driver: WechatDriver, stop: Callable[[], Awaitable[None]], at: int) -> str:
         await driver.wait_sent(at)
         down = time.monotonic()
         try:
-            await asyncio.to_thread(stop)
+            await stop()
             # Ingress needs no database: WeChat keeps being answered while it is down.
             await driver.wait_acks(45)
         finally:
-            await asyncio.to_thread(mariadb_start, infra)
+            await mariadb_start(infra)
         return f"{time.monotonic() - down:.1f}s"
 
     async def inject(driver: WechatDriver) -> dict[str, Any]:
@@ -163,7 +157,9 @@ async def test_each_consumer_killed_mid_batch_and_restarted(env: ChaosEnv) -> No
                     starting.result()  # raises if it could not start
                 return await depth.ready(queue) <= seen["backlog"] - PREFETCH - 5
 
-            await poll(under_way, timeout=30, what=f"{name} working off its backlog")
+            await eventually(
+                under_way, timeout=30, what=f"{name} working off its backlog", interval=0.002
+            )
             seen["ready_at_kill"] = await depth.ready(queue)
             assert await kill9(env, name) == -9
         with contextlib.suppress(RuntimeError):  # "exited" while waiting to be ready

@@ -19,18 +19,13 @@ import aiomysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.e2e.conftest import (
-    BACKEND,
-    INTERNAL_SECRET,
-    call,
-    dead_letter,
-    fetch_one,
-    new_order,
-    sandbox,
-)
 from tests.support import hygiene
 from tests.support.clients import SSEClient
+from tests.support.dead_letters import dead_letter
+from tests.support.queries import fetch_one
 from tests.support.stack import Stack
+from tests.support.stack_api import call, new_order, sandbox
+from tests.support.stack_config import BACKEND, INTERNAL
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +66,6 @@ async def test_anonymous_callers_get_401_on_every_order_route(stack: Stack) -> N
 
 async def test_the_internal_secret_opens_nothing_on_the_order_api(stack: Stack) -> None:
     order = await new_order(stack, "basic", "NATIVE")
-    internal = {"X-Internal-Secret": INTERNAL_SECRET}
     routes = [
         ("POST", "/orders", {"openid": "o-int", "package_type": "basic", "trade_type": "NATIVE"}),
         ("GET", f"/orders/{order.out_trade_no}", None),
@@ -79,7 +73,7 @@ async def test_the_internal_secret_opens_nothing_on_the_order_api(stack: Stack) 
         ("POST", f"/orders/{order.out_trade_no}/refunds", {"reason": "x"}),
     ]
     for method, path, body in routes:
-        status, answer = await call(stack, "order", method, path, body, internal)
+        status, answer = await call(stack, "order", method, path, body, INTERNAL)
         assert (status, answer["error"]) == (401, "unauthorized"), (method, path, answer)
 
 
@@ -201,7 +195,7 @@ async def test_an_internal_notify_is_confirmed_with_wechat_pay_before_anything_i
             "status": "paid",
             "amountTotal": order.amount_total,
         },
-        {"X-Internal-Secret": INTERNAL_SECRET},
+        INTERNAL,
     )
     assert status == 200, answer
     letter = await dead_letter(amqp_connection, "order.payments", order.out_trade_no)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -20,71 +20,17 @@ import aiohttp
 import aiomysql
 import pytest
 
-from tests.e2e.conftest import (
-    BACKEND,
-    INTERNAL_SECRET,
-    call,
-    fetch_one,
-    sandbox,
-    user_state,
-)
-from tests.support import hygiene
-from tests.support.stack import Stack, eventually
+from tests.support.cloud_function import cloud_ids, now_ms, place_at_wechatpay
+from tests.support.polling import eventually
+from tests.support.queries import fetch_one, user_state
+from tests.support.stack import Stack
+from tests.support.stack_api import call, sandbox
+from tests.support.stack_config import BACKEND, INTERNAL
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e
 
-#: The cloud function's credential: ingress's internal API only.
-INTERNAL = {"X-Internal-Secret": INTERNAL_SECRET}
 PRICES = {"basic": (1, Decimal("0.01"), 20), "premium": (2990, Decimal("29.90"), 100)}
-
-
-def _ms() -> int:
-    return int(datetime.now(UTC).timestamp() * 1000)
-
-
-def cloud_ids() -> dict[str, str]:
-    """What the cloud function makes: ``{ms}{5 digits}``, ``user-{ms}-{random}``."""
-    tail = uuid.uuid4().hex
-    openid = f"o-cf-{tail[:16]}"
-    hygiene.register(openid)  # payer data: must never be logged
-    return {
-        "outTradeNo": f"{_ms()}{uuid.uuid4().int % 100_000:05d}",
-        "userId": f"user-{_ms()}-{tail[16:22]}",
-        "openid": openid,
-    }
-
-
-async def place_at_wechatpay(
-    stack: Stack, wechat: FakeWechat, ids: dict[str, str], amount: int, package: str
-) -> None:
-    """As the cloud function does before writing its row: a JSAPI order, signed with the
-    merchant key, notifications to paylane's ingress."""
-    path = "/v3/pay/transactions/jsapi"
-    body = json.dumps(
-        {
-            "appid": wechat.appid,
-            "mchid": wechat.mchid,
-            "description": f"paylane {package}",
-            "out_trade_no": ids["outTradeNo"],
-            "notify_url": f"{stack.services['ingress'].url}/notify/wechatpay",
-            "amount": {"total": amount, "currency": "CNY"},
-            "payer": {"openid": ids["openid"]},
-        }
-    ).encode()
-    signer = wechat.merchant_signer()
-    headers = {
-        "Authorization": signer.authorization("POST", path, body),
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-    }
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{stack.services['sandbox'].url}{path}", data=body, headers=headers
-        ) as response:
-            answer = await response.json(content_type=None)
-            assert response.status == 200, answer
-            assert answer["prepay_id"]
 
 
 async def order_created(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +151,7 @@ async def test_retried_calls_write_one_order_and_an_internal_notify_settles_it(
     holds WeChat's notification, not paylane) then calls the internal notify, once or twice
     (seed body: no amount), and paylane confirms with WeChat Pay before granting."""
     ids = cloud_ids()
-    order_id = f"order-{_ms()}-{uuid.uuid4().hex[:6]}"
+    order_id = f"order-{now_ms()}-{uuid.uuid4().hex[:6]}"
     await place_at_wechatpay(stack, wechat, ids, 1, "basic")
     body = order_created_body(ids, "basic", orderId=order_id, reason="db_insert_failed")
     for _ in range(2):
@@ -228,7 +174,7 @@ async def test_retried_calls_write_one_order_and_an_internal_notify_settles_it(
         "transactionId": paid["transaction_id"],
         "status": "paid",
         "packageType": "basic",
-        "generationId": f"gen-{_ms()}-{uuid.uuid4().hex[:6]}",
+        "generationId": f"gen-{now_ms()}-{uuid.uuid4().hex[:6]}",
         "openid": ids["openid"],
     }
     for _ in range(2):

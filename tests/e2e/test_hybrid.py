@@ -24,18 +24,14 @@ import aiomysql
 import pytest
 
 from paylane_common.db import transaction
-from tests.e2e.conftest import (
-    BACKEND,
-    call,
-    fetch_one,
-    grants,
-    order_env,
-    sandbox,
-    user_state,
-)
-from tests.e2e.test_cloud_function_calls import INTERNAL, cloud_ids, place_at_wechatpay
 from tests.support.clients import SSEClient
-from tests.support.stack import Stack, eventually
+from tests.support.cloud_function import cloud_ids, place_at_wechatpay
+from tests.support.polling import eventually
+from tests.support.queries import fetch_one, grants, user_state
+from tests.support.seeding import add_order, add_user, ago
+from tests.support.stack import Stack
+from tests.support.stack_api import call, sandbox
+from tests.support.stack_config import BACKEND, INTERNAL, order_env
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e
@@ -61,21 +57,20 @@ async def cloud_function_order(
     assert status == 200, paid
     ids["transactionId"] = paid["transaction_id"]
     async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO users (id, openid) VALUES (%s, %s)", (ids["userId"], ids["openid"])
-        )
-        await cur.execute(
-            "INSERT INTO payment_orders (id, user_id, generation_id, out_trade_no, amount,"
-            " package_type, trade_type, status, transaction_id, paid_at, _openid)"
-            " VALUES (%s, %s, %s, %s, 29.90, 'premium', 'JSAPI', 'paid', %s, NOW(), %s)",
-            (
-                f"order-{ids['outTradeNo'][:13]}-cf{uuid.uuid4().hex[:4]}",
-                ids["userId"],
-                ids["generationId"],
-                ids["outTradeNo"],
-                ids["transactionId"],
-                ids["openid"],
-            ),
+        await add_user(cur, id=ids["userId"], openid=ids["openid"])
+        await add_order(
+            cur,
+            ids["userId"],
+            ids["outTradeNo"],
+            id=f"order-{ids['outTradeNo'][:13]}-cf{uuid.uuid4().hex[:4]}",
+            generation_id=ids["generationId"],
+            amount="29.90",
+            package_type="premium",
+            trade_type="JSAPI",
+            status="paid",
+            transaction_id=ids["transactionId"],
+            paid_at=ago(0),
+            _openid=ids["openid"],
         )
     return ids
 
@@ -118,7 +113,7 @@ async def log_count(pool: aiomysql.Pool, out_trade_no: str, kind: str) -> int:
         out_trade_no,
         kind,
     )
-    return int(row["n"])  # type: ignore[call-overload]
+    return int(row["n"])
 
 
 async def drain(client: SSEClient, quiet_s: float = 1.5) -> list[dict[str, Any]]:

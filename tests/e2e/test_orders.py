@@ -14,20 +14,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from paylane_common.db import transaction
-from tests.e2e.conftest import (
-    BACKEND,
-    INTERNAL_SECRET,
-    Order,
-    call,
-    dead_letter,
-    fetch_one,
-    grants,
-    new_order,
-    sandbox,
-    user_state,
-)
 from tests.support.clients import wait_for_types, ws_next
-from tests.support.stack import Stack, eventually
+from tests.support.dead_letters import dead_letter
+from tests.support.polling import eventually
+from tests.support.queries import fetch_one, grants, user_state
+from tests.support.stack import Stack
+from tests.support.stack_api import Order, call, new_order, sandbox
+from tests.support.stack_config import BACKEND, INTERNAL
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e
@@ -51,10 +44,6 @@ async def api(
     stack: Stack, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
     return await call(stack, "order", method, path, body, headers)
-
-
-#: The cloud function's credential: for ingress's internal API only.
-INTERNAL = {"X-Internal-Secret": INTERNAL_SECRET}
 
 
 @pytest.mark.parametrize("trade_type", ["JSAPI", "NATIVE", "H5"])

@@ -13,10 +13,15 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common.tokens import issue_client_token
-from tests.e2e.conftest import TOKEN_SECRET, dead_letter, fetch_one, new_order
 from tests.support.clients import SSEClient, wait_for_types, ws_next
+from tests.support.dead_letters import dead_letter
 from tests.support.infra import Infra
-from tests.support.stack import Stack, eventually, wait_ready
+from tests.support.metrics import metric
+from tests.support.polling import eventually
+from tests.support.queries import fetch_one, grants, user_state
+from tests.support.stack import Stack, wait_ready
+from tests.support.stack_api import new_order
+from tests.support.stack_config import TOKEN_SECRET
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e
@@ -29,18 +34,6 @@ async def post_notification(
         f"{stack.services['ingress'].url}/notify/wechatpay", data=body, headers=headers
     ) as response:
         return response.status, await response.read()
-
-
-async def metric(http: aiohttp.ClientSession, url: str, name: str, **labels: str) -> float:
-    async with http.get(f"{url}/metrics") as response:
-        text = await response.text()
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def test_paid_notification_reaches_db_and_both_clients(
@@ -81,10 +74,7 @@ async def test_paid_notification_reaches_db_and_both_clients(
     assert row["status"] == "paid"
     assert row["transaction_id"] == resource["transaction_id"]
     assert row["paid_at"] is not None
-    user = await fetch_one(
-        db_pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", order.user_id
-    )
-    assert user == {"payment_status": "premium", "regenerate_count": 103}
+    assert await user_state(db_pool, order.user_id) == ("premium", 103)
 
     # One payment can be followed through every service's JSON logs: the notification id
     # is the trace id, carried in AMQP headers, next to the out_trade_no.
@@ -111,9 +101,7 @@ async def test_duplicate_notifications_grant_once(
     headers, body = wechat.notify(resource)
     order_url = stack.services["order"].url
     async with aiohttp.ClientSession() as http:
-        before = await metric(
-            http, order_url, "paylane_consumer_messages_total", queue="order.payments"
-        )
+        before = await metric(order_url, "paylane_consumer_messages_total", queue="order.payments")
         burst = await asyncio.gather(
             *(post_notification(http, stack, headers, body) for _ in range(10))
         )
@@ -126,26 +114,18 @@ async def test_duplicate_notifications_grant_once(
 
         async def all_consumed() -> bool:
             done = await metric(
-                http, order_url, "paylane_consumer_messages_total", queue="order.payments"
+                order_url, "paylane_consumer_messages_total", queue="order.payments"
             )
             return done - before >= 16
 
         await eventually(all_consumed, what="16 deliveries consumed by the order service")
 
     async def granted() -> bool:
-        row = await fetch_one(
-            db_pool,
-            "SELECT COUNT(*) AS n FROM entitlement_grants WHERE out_trade_no = %s",
-            order.out_trade_no,
-        )
-        return row["n"] == 1
+        return (await grants(db_pool, order.out_trade_no))["n"] == 1
 
     await eventually(granted, what="the grant")
     # Everything has been consumed by now; the ledger and the user show a single grant.
-    user = await fetch_one(
-        db_pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", order.user_id
-    )
-    assert user == {"payment_status": "basic", "regenerate_count": 3 + 20}
+    assert await user_state(db_pool, order.user_id) == ("basic", 3 + 20)
     logs = await fetch_one(
         db_pool,
         "SELECT SUM(type = 'paid') AS paid, SUM(type = 'duplicate_notification') AS dup"
@@ -192,10 +172,7 @@ async def test_amount_mismatch_needs_review_and_grants_nothing(
         order.out_trade_no,
     )
     assert nothing == {"events": 0, "grants": 0}
-    user = await fetch_one(
-        db_pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", order.user_id
-    )
-    assert user == {"payment_status": "free", "regenerate_count": 3}
+    assert await user_state(db_pool, order.user_id) == ("free", 3)
 
 
 async def test_unknown_order_is_dead_lettered_with_reason(
@@ -258,10 +235,7 @@ async def test_broker_outage_answers_503_then_completes(
         assert (await post_notification(http, stack, headers, body))[0] == 204
         await wait_for_types(lambda: ws_next(ws), {"order.paid", "entitlement.granted"})
         await ws.close()
-    user = await fetch_one(
-        db_pool, "SELECT payment_status, regenerate_count FROM users WHERE id = %s", order.user_id
-    )
-    assert user == {"payment_status": "premium", "regenerate_count": 103}
+    assert await user_state(db_pool, order.user_id) == ("premium", 103)
 
 
 async def _json(body: bytes) -> dict[str, object]:

@@ -22,10 +22,10 @@ from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import REASON_HEADER
 from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, make_event
-from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.topology import QueueSpec, declare_queue
 from paylane_entitlement.grants import EntitlementApplier
+from tests.support.seeding import add_users
 
 pytestmark = pytest.mark.integration
 
@@ -74,12 +74,7 @@ async def spec(channel: AbstractChannel) -> AsyncIterator[QueueSpec]:
 
 async def _users(pool: aiomysql.Pool, n: int) -> list[str]:
     """``n`` rows of the shared ``users`` table (string ids, the seed's defaults)."""
-    ids = [new_row_id("user") for _ in range(n)]
-    async with transaction(pool) as cur:
-        await cur.executemany(
-            "INSERT INTO users (id, payment_status) VALUES (%s, 'free')", [(i,) for i in ids]
-        )
-    return ids
+    return await add_users(pool, n, payment_status="free")
 
 
 async def _state(pool: aiomysql.Pool, users: list[str]) -> dict[str, tuple[str, int, int]]:

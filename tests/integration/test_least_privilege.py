@@ -39,7 +39,6 @@ from paylane_common.events import (
     make_event,
 )
 from paylane_common.exceptions import ConfigError, PublishError
-from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.retention import RetentionPruner
 from paylane_common.topology import (
@@ -57,7 +56,9 @@ from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
 from tests.support import hygiene
 from tests.support.infra import Infra, unique_name
-from tests.support.stack import Stack, eventually
+from tests.support.polling import eventually
+from tests.support.seeding import add_order, add_user
+from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.integration
@@ -337,14 +338,13 @@ def _pool(url: str) -> contextlib.AbstractAsyncContextManager[aiomysql.Pool]:
 
 
 async def _user(db_pool: aiomysql.Pool, status: str = "free") -> str:
-    user_id = new_row_id("user")
-    async with transaction(db_pool) as cur:
-        await cur.execute(
-            "INSERT INTO users (id, openid, payment_status, regenerate_count, phone)"
-            " VALUES (%s, %s, %s, 3, '13800000000')",
-            (user_id, f"o-{uuid.uuid4().hex}", status),
-        )
-    return user_id
+    return await add_user(
+        db_pool,
+        openid=f"o-{uuid.uuid4().hex}",
+        payment_status=status,
+        regenerate_count=3,
+        phone="13800000000",
+    )
 
 
 @pytest.mark.parametrize("service", DB_SERVICES)
@@ -368,13 +368,16 @@ async def test_notifier_user_reads_the_snapshot_and_writes_nothing(
     can neither grant itself a plan nor forge an order, nor read refunds or the events."""
     user_id = await _user(db_pool)
     out_trade_no = f"LP{uuid.uuid4().hex[:20]}"
-    async with transaction(db_pool) as cur:
-        await cur.execute(
-            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, package_type,"
-            " trade_type, amount, status, _openid) VALUES (%s, %s, %s, '', 'premium', 'NATIVE',"
-            " 29.90, 'paid', 'o-payer')",
-            (new_row_id("order"), out_trade_no, user_id),
-        )
+    await add_order(
+        db_pool,
+        user_id,
+        out_trade_no,
+        package_type="premium",
+        trade_type="NATIVE",
+        amount="29.90",
+        status="paid",
+        _openid="o-payer",
+    )
     async with _pool(service_mysql_urls["notifier"]) as pool:
         messages = await load_snapshot(pool, user_id, window_s=3600, limit=10)
     assert [(m.out_trade_no, m.status, m.payment_status) for m in messages] == [

@@ -35,7 +35,6 @@ from paylane_common.consumer import (
 )
 from paylane_common.db import transaction
 from paylane_common.events import Envelope, OrderPaid, PaymentSucceeded, make_event
-from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.replay import (
     REPLAYED_FROM_HEADER,
@@ -51,6 +50,8 @@ from paylane_common.replay import (
 from paylane_common.topology import LOG_STREAM, QueueSpec, declare_exchange, declare_queue
 from paylane_entitlement.grants import EntitlementApplier
 from tests.support.observed import Observed
+from tests.support.polling import eventually
+from tests.support.seeding import add_user
 
 pytestmark = pytest.mark.integration
 
@@ -97,11 +98,11 @@ async def ready_count(channel: AbstractChannel, queue: str) -> int:
 
 async def wait_count(channel: AbstractChannel, queue: str, expected: int) -> None:
     """Bounded polling: broker-side dead-lettering gives nothing to await."""
-    async with asyncio.timeout(10):
-        while True:
-            if await ready_count(channel, queue) == expected:
-                return
-            await asyncio.sleep(0.02)
+
+    async def reached() -> bool:
+        return await ready_count(channel, queue) == expected
+
+    await eventually(reached, 10, what=f"{expected} ready in {queue}", interval=0.02)
 
 
 async def drain(channel: AbstractChannel, queue: str) -> list[AbstractIncomingMessage]:
@@ -300,13 +301,15 @@ async def test_a_replay_killed_half_way_and_run_again_loses_nothing(
         await run
     # The message in flight when it stopped is in both queues at worst, never in neither
     # (closing the channel hands it back to the DLQ; the broker does that asynchronously).
-    async with asyncio.timeout(10):
-        while True:
-            moved = await ready_count(channel, spec.name)
-            left = await ready_count(channel, spec.dlq)
-            if moved + left >= 200:
-                break
-            await asyncio.sleep(0.02)
+    moved = left = 0
+
+    async def all_back() -> bool:
+        nonlocal moved, left
+        moved = await ready_count(channel, spec.name)
+        left = await ready_count(channel, spec.dlq)
+        return moved + left >= 200
+
+    await eventually(all_back, 10, what="every message back in a queue", interval=0.02)
     assert 50 <= moved < 200 and moved + left <= 201
 
     summary = await replay_dlq(amqp_connection, spec.dlq)
@@ -345,12 +348,7 @@ async def test_limit_and_a_missing_target_leave_dead_letters_in_place(
 
 async def create_user(db_pool) -> str:
     """A row of the shared ``users`` table with the seed's defaults (free, 3)."""
-    user_id = new_row_id("user")
-    async with transaction(db_pool) as cur:
-        await cur.execute(
-            "INSERT INTO users (id, nickname) VALUES (%s, %s)", (user_id, "replay-test")
-        )
-    return user_id
+    return await add_user(db_pool, nickname="replay-test")
 
 
 async def users_state(db_pool, user_ids: list[str]) -> dict[str, tuple[str, int]]:

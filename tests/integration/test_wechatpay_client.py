@@ -37,10 +37,10 @@ from paylane_common.wechatpay.testing import (
 from paylane_ingress.config import INGRESS_CONFIG
 from paylane_ingress.main import build_app as build_ingress
 from paylane_ingress.settings import IngressSettings
+from tests.support.polling import eventually
 from tests.support.sandbox import (
     RunningSandbox,
     SandboxKeys,
-    eventually,
     order_body,
     running_sandbox,
 )
@@ -366,7 +366,7 @@ async def test_requested_refreshes_are_rate_limited(
     try:
         refresher.request_refresh()
         refresher.request_refresh()
-        await eventually(lambda: known.get(serial) is not None)
+        await eventually(lambda: known.get(serial) is not None, timeout=3)
         assert calls.count(CERTIFICATES) == 1
         refresher.request_refresh()
         refresher.request_refresh()

@@ -1,4 +1,4 @@
-"""Test clients for the notifier: a WebSocket reader and a minimal SSE reader."""
+"""Test clients for the notifier: a WebSocket reader and the one SSE reader."""
 
 from __future__ import annotations
 
@@ -7,6 +7,30 @@ import json
 from typing import Any
 
 import aiohttp
+
+
+async def next_sse_event(
+    content: aiohttp.StreamReader,
+) -> tuple[str | None, dict[str, Any]] | None:
+    """The next event of a ``text/event-stream``: its ``id:`` (None without one) and its
+    ``data:`` lines as JSON; comments (the ``:`` pings) skipped. None once the stream ends."""
+    event_id: str | None = None
+    data: list[str] = []
+    while raw := await content.readline():
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                return event_id, json.loads("\n".join(data))
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "id":
+            event_id = value
+        elif name == "data":
+            data.append(value)
+    return None
 
 
 class SSEClient:
@@ -42,17 +66,8 @@ class SSEClient:
             self._connected.set()
             if response.status != 200:
                 return
-            event_id: str | None = None
-            data: list[str] = []
-            async for raw in response.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("id:"):
-                    event_id = line[3:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif line == "" and data:
-                    self.messages.put_nowait((event_id, json.loads("\n".join(data))))
-                    event_id, data = None, []
+            while (event := await next_sse_event(response.content)) is not None:
+                self.messages.put_nowait(event)
 
     async def next(self, timeout: float = 15.0) -> dict[str, Any]:
         _id, message = await asyncio.wait_for(self.messages.get(), timeout)

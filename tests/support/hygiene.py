@@ -1,5 +1,6 @@
 """What must never appear in a log line: every secret the tests make is registered here,
-with the log files of the processes they start, and checked at the end of the session."""
+with the log files of the processes they start; the root conftest checks them all when
+the session ends (``check_session_logs``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import re
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -65,3 +67,25 @@ def leaks(text: str) -> list[str]:
     found = [f"registered secret #{i}" for i, s in enumerate(sorted(SECRETS)) if s in text]
     found += [f"pattern {p.pattern[:30]}" for p in PATTERNS if p.search(text)]
     return found
+
+
+def leaking_lines(paths: Iterable[Path]) -> dict[str, list[str]]:
+    """``{"path:line": [what leaks]}`` for every line of these files that leaks."""
+    found: dict[str, list[str]] = {}
+    for path in dict.fromkeys(paths):  # a restarted service appends to the same file
+        if not path.exists():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if leaked := leaks(line):
+                found[f"{path}:{number}"] = leaked
+    return found
+
+
+def check_session_logs() -> None:
+    """AssertionError naming (never quoting) the first lines that leak, of every log the
+    session wrote: its own and its services'."""
+    if _session_file is not None:
+        _session_file.flush()
+    found = leaking_lines(LOG_FILES)
+    if found:
+        raise AssertionError(f"{len(found)} log lines leak: {dict(list(found.items())[:10])}")

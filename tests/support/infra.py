@@ -27,6 +27,11 @@ class BrokerControl:
 
     run: Callable[[list[str]], str]
 
+    @classmethod
+    def local(cls) -> BrokerControl:
+        """The broker of this machine, through its ``rabbitmqctl``."""
+        return cls(_local_rabbitmqctl)
+
     def stop(self) -> None:
         self.run(["stop_app"])
 
@@ -129,7 +134,7 @@ def provide_infra() -> Iterator[Infra]:
         mysql_port=mysql.port or 3306,
         mysql_user=mysql.username or "root",
         mysql_password=mysql.password or "",
-        broker=BrokerControl(_local_rabbitmqctl),
+        broker=BrokerControl.local(),
         kind="local",
     )
 

@@ -3,9 +3,8 @@ for tests that need a real counterpart to paylane's WeChat Pay client."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -105,10 +104,3 @@ def order_body(
         body["scene_info"] = {"payer_client_ip": "203.0.113.9", "h5_info": {"type": "Wap"}}
     body.update(extra)
     return body
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Wait until ``predicate()`` holds, for state nothing can be awaited on (bounded)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - plain state, nothing to await on
-            await asyncio.sleep(0.005)

@@ -7,14 +7,13 @@ import os
 import signal
 import socket
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
 from tests.support import hygiene
+from tests.support.polling import eventually
 
 
 def free_port() -> int:
@@ -113,28 +112,22 @@ class Stack:
 
 
 async def wait_ready(service: Service, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+    """Until the service answers ``/readyz`` with 200; its log's tail if it exits or
+    is not ready in time."""
     async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
+
+        async def ready() -> bool:
             if service.process.returncode is not None:
                 raise RuntimeError(f"{service.name} exited:\n{service.log_tail()}")
             try:
                 async with http.get(f"{service.admin_url}/readyz") as response:
-                    if response.status == 200:
-                        return
+                    return response.status == 200
             except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{service.name} not ready in {timeout}s:\n{service.log_tail()}")
+                return False
 
-
-async def eventually(
-    probe: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
-) -> None:
-    """Poll ``probe`` until true: for state that lives in another process (DB rows)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await probe():
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{what} not reached within {timeout}s")
+        try:
+            await eventually(ready, timeout, what=f"{service.name} ready", interval=0.1)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{service.name} not ready in {timeout}s:\n{service.log_tail()}"
+            ) from None

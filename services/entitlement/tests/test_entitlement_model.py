@@ -30,8 +30,9 @@ from paylane_common.catalog import DEFAULT_CATALOG, STATUS_RANK
 from paylane_common.db import transaction
 from paylane_common.events import Envelope, OrderPaid, OrderRefunded, make_event
 from paylane_entitlement.grants import EntitlementApplier
-from services.entitlement.tests.test_grant_batches import _item
-from services.entitlement.tests.test_grants import _state, _user
+from services.entitlement.tests.support import new_user
+from tests.support.batches import batch_item
+from tests.support.queries import user_state
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +131,7 @@ async def _start(pool: aiomysql.Pool, data: st.DataObject) -> tuple[Model, Deliv
     status = data.draw(st.sampled_from(["free", "free", "basic", "premium"]), label="plan")
     count = data.draw(st.integers(0, 5), label="regenerations")
     packages = data.draw(st.lists(st.sampled_from(PACKAGES), min_size=ORDERS, max_size=ORDERS))
-    user_id = await _user(pool, status, count)
+    user_id = await new_user(pool, status, count)
     return Model(status, count, packages), Deliveries(user_id, packages)
 
 
@@ -154,7 +155,7 @@ async def test_one_by_one_matches_the_model(
         else:
             await applier(*deliveries.event(step))
         model.apply(step)
-        assert await _state(db_pool, deliveries.user_id) == (model.status, model.count), step
+        assert await user_state(db_pool, deliveries.user_id) == (model.status, model.count), step
 
 
 @SETTINGS
@@ -167,7 +168,7 @@ async def test_batches_match_the_model(
     batch: list[Step] = []
 
     async def deliver() -> None:
-        items = [_item(*deliveries.event(step)) for step in batch]
+        items = [batch_item(*deliveries.event(step)) for step in batch]
         async with transaction(db_pool) as cur:
             outcomes = await applier.apply_batch(cur, items)
         for item, outcome in zip(items, outcomes, strict=True):
@@ -176,7 +177,7 @@ async def test_batches_match_the_model(
         for step in batch:
             model.apply(step)
         batch.clear()
-        assert await _state(db_pool, deliveries.user_id) == (model.status, model.count)
+        assert await user_state(db_pool, deliveries.user_id) == (model.status, model.count)
 
     for step in sequence:
         if step[0] == "use":

@@ -10,25 +10,22 @@ import aiomysql
 import pytest
 
 from paylane_common import events, tracing
-from paylane_common.batching import BatchItem
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
-from paylane_common.events import Envelope, OrderRefunded, make_event
+from paylane_common.events import OrderRefunded, make_event
 from paylane_common.ids import new_row_id
 from paylane_entitlement.grants import EntitlementApplier
-from services.entitlement.tests.test_grants import _paid, _state, _user
+from services.entitlement.tests.support import new_user, order_paid
+from tests.support.batches import batch_item
+from tests.support.queries import user_state
 
 pytestmark = pytest.mark.integration
 
 
-def _item(envelope: Envelope, data: object) -> BatchItem:
-    return BatchItem(envelope, data, lambda: tracing.begin(f"trace-{envelope.event_id}", "c"))
-
-
 async def _batch(pool: aiomysql.Pool, applier: EntitlementApplier, deliveries):
     async with transaction(pool) as cur:
-        return await applier.apply_batch(cur, [_item(e, d) for e, d in deliveries])
+        return await applier.apply_batch(cur, [batch_item(e, d) for e, d in deliveries])
 
 
 async def _granted_events(pool: aiomysql.Pool, user_id: str) -> list[tuple[str, int, str]]:
@@ -49,16 +46,16 @@ async def _granted_events(pool: aiomysql.Pool, user_id: str) -> list[tuple[str, 
 
 async def test_a_batch_grants_several_orders_of_one_user_in_turn(db_pool):
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
-    user_id, other = await _user(db_pool), await _user(db_pool, "premium", 10)
+    user_id, other = await new_user(db_pool), await new_user(db_pool, "premium", 10)
     deliveries = [
-        _paid(user_id, "basic"),
-        _paid(other, "basic"),
-        _paid(user_id, "premium"),
-        _paid(user_id, "basic"),
+        order_paid(user_id, "basic"),
+        order_paid(other, "basic"),
+        order_paid(user_id, "premium"),
+        order_paid(user_id, "basic"),
     ]
     assert await _batch(db_pool, applier, deliveries) == ["granted"] * 4
-    assert await _state(db_pool, user_id) == ("premium", 3 + 20 + 100 + 20)
-    assert await _state(db_pool, other) == ("premium", 30)  # never lowered
+    assert await user_state(db_pool, user_id) == ("premium", 3 + 20 + 100 + 20)
+    assert await user_state(db_pool, other) == ("premium", 30)  # never lowered
     traces = [f"trace-{deliveries[i][0].event_id}" for i in (0, 2, 3)]
     assert await _granted_events(db_pool, user_id) == [
         ("basic", 23, traces[0]),
@@ -67,16 +64,18 @@ async def test_a_batch_grants_several_orders_of_one_user_in_turn(db_pool):
     ]
     # Delivered again (a redelivery after a lost ack): the inbox answers.
     assert await _batch(db_pool, applier, deliveries[:2]) == ["duplicate", "duplicate"]
-    assert await _state(db_pool, user_id) == ("premium", 143)
+    assert await user_state(db_pool, user_id) == ("premium", 143)
 
 
 async def test_a_batch_leaves_what_is_not_plain_to_the_one_by_one_path(db_pool):
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
-    user_id = await _user(db_pool)
-    granted_before = _paid(user_id, "basic")
+    user_id = await new_user(db_pool)
+    granted_before = order_paid(user_id, "basic")
     await applier(*granted_before)
-    again = _paid(user_id, "basic", out_trade_no=granted_before[1].out_trade_no)  # new event id
-    unknown_user = _paid(new_row_id("user"), "basic")
+    again = order_paid(
+        user_id, "basic", out_trade_no=granted_before[1].out_trade_no
+    )  # new event id
+    unknown_user = order_paid(new_row_id("user"), "basic")
     refund = OrderRefunded(
         out_trade_no=granted_before[1].out_trade_no,
         user_id=user_id,
@@ -84,9 +83,9 @@ async def test_a_batch_leaves_what_is_not_plain_to_the_one_by_one_path(db_pool):
         amount_refund=DEFAULT_CATALOG["basic"].price_fen,
         full=True,
     )
-    fresh = _paid(user_id, "premium")
-    other_user = await _user(db_pool)
-    other = _paid(other_user, "basic")
+    fresh = order_paid(user_id, "premium")
+    other_user = await new_user(db_pool)
+    other = order_paid(other_user, "basic")
     deliveries = [
         again,
         unknown_user,
@@ -96,14 +95,14 @@ async def test_a_batch_leaves_what_is_not_plain_to_the_one_by_one_path(db_pool):
         other,  # another user's grant is not held back by that refund
     ]
     assert await _batch(db_pool, applier, deliveries) == [None] * 5 + ["granted"]
-    assert await _state(db_pool, user_id) == ("basic", 23)
-    assert await _state(db_pool, other_user) == ("basic", 23)
+    assert await user_state(db_pool, user_id) == ("basic", 23)
+    assert await user_state(db_pool, other_user) == ("basic", 23)
 
     assert await applier(*deliveries[0]) == "duplicate"  # the order granted already
     with pytest.raises(Retry):
         await applier(*deliveries[1])
     assert await applier(*deliveries[2]) == "revoked"  # the basic order's grant only
-    assert await _state(db_pool, user_id) == ("free", 3)
+    assert await user_state(db_pool, user_id) == ("free", 3)
     assert await applier(*deliveries[3]) == "granted"
     assert await applier(*deliveries[4]) == "duplicate"
-    assert await _state(db_pool, user_id) == ("premium", 103)
+    assert await user_state(db_pool, user_id) == ("premium", 103)

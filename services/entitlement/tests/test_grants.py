@@ -6,73 +6,42 @@ import asyncio
 import json
 import uuid
 
-import aiomysql
 import pytest
 
-from paylane_common import events, tracing
-from paylane_common.batching import BatchItem
+from paylane_common import events
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, OrderRefunded, make_event
 from paylane_common.ids import new_row_id
 from paylane_entitlement.grants import EntitlementApplier
+from services.entitlement.tests.support import new_user, order_paid
+from tests.support.batches import batch_item
+from tests.support.queries import user_state
 
 pytestmark = pytest.mark.integration
 
 
-async def _user(pool: aiomysql.Pool, status: str | None = "free", count: int | None = 3) -> str:
-    """A row of the shared ``users`` table, its id in the existing system's format."""
-    user_id = new_row_id("user")
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO users (id, openid, payment_status, regenerate_count)"
-            " VALUES (%s, %s, %s, %s)",
-            (user_id, f"openid-{user_id}", status, count),
-        )
-    return user_id
-
-
-async def _state(pool: aiomysql.Pool, user_id: str) -> tuple[str, int]:
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "SELECT payment_status, regenerate_count FROM users WHERE id = %s", (user_id,)
-        )
-        row = await cur.fetchone()
-    return row["payment_status"], row["regenerate_count"]
-
-
-def _paid(user_id: str, package: str, out_trade_no: str | None = None):
-    data = OrderPaid(
-        out_trade_no=out_trade_no or f"G{uuid.uuid4().hex[:20]}",
-        user_id=user_id,
-        package_type=package,
-        amount_total=DEFAULT_CATALOG[package].price_fen,
-        paid_at="2026-11-22T00:00:00+00:00",
-    )
-    return make_event(events.ORDER_PAID, data), data
-
-
 async def test_grant_raises_status_and_adds_regenerations(db_pool):
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
-    user_id = await _user(db_pool)
-    assert await applier(*_paid(user_id, "basic")) == "granted"
-    assert await _state(db_pool, user_id) == ("basic", 23)
-    assert await applier(*_paid(user_id, "premium")) == "granted"
-    assert await _state(db_pool, user_id) == ("premium", 123)
+    user_id = await new_user(db_pool)
+    assert await applier(*order_paid(user_id, "basic")) == "granted"
+    assert await user_state(db_pool, user_id) == ("basic", 23)
+    assert await applier(*order_paid(user_id, "premium")) == "granted"
+    assert await user_state(db_pool, user_id) == ("premium", 123)
     # A basic purchase never lowers a premium user; it still adds its regenerations.
-    assert await applier(*_paid(user_id, "basic")) == "granted"
-    assert await _state(db_pool, user_id) == ("premium", 143)
+    assert await applier(*order_paid(user_id, "basic")) == "granted"
+    assert await user_state(db_pool, user_id) == ("premium", 143)
 
 
 async def test_one_order_grants_once_under_concurrent_distinct_events(db_pool):
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
-    user_id = await _user(db_pool)
+    user_id = await new_user(db_pool)
     out_trade_no = f"G{uuid.uuid4().hex[:20]}"
-    deliveries = [_paid(user_id, "premium", out_trade_no) for _ in range(20)]
+    deliveries = [order_paid(user_id, "premium", out_trade_no) for _ in range(20)]
     outcomes = await asyncio.gather(*(applier(e, d) for e, d in deliveries))
     assert sorted(outcomes) == ["duplicate"] * 19 + ["granted"]
-    assert await _state(db_pool, user_id) == ("premium", 103)
+    assert await user_state(db_pool, user_id) == ("premium", 103)
     async with transaction(db_pool) as cur:
         await cur.execute(
             "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'entitlement.granted'"
@@ -84,11 +53,11 @@ async def test_one_order_grants_once_under_concurrent_distinct_events(db_pool):
 
 async def test_full_refund_revokes_exactly_that_order(db_pool):
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
-    user_id = await _user(db_pool)
-    _, basic = await applier(*_paid(user_id, "basic")), None
-    premium_event, premium = _paid(user_id, "premium")
+    user_id = await new_user(db_pool)
+    _, basic = await applier(*order_paid(user_id, "basic")), None
+    premium_event, premium = order_paid(user_id, "premium")
     assert await applier(premium_event, premium) == "granted"
-    assert await _state(db_pool, user_id) == ("premium", 123)
+    assert await user_state(db_pool, user_id) == ("premium", 123)
 
     refund = OrderRefunded(
         out_trade_no=premium.out_trade_no,
@@ -98,10 +67,10 @@ async def test_full_refund_revokes_exactly_that_order(db_pool):
         full=True,
     )
     assert await applier(make_event(events.ORDER_REFUNDED, refund), refund) == "revoked"
-    assert await _state(db_pool, user_id) == ("basic", 23)
+    assert await user_state(db_pool, user_id) == ("basic", 23)
     # Revoked once, whatever happens.
     assert await applier(make_event(events.ORDER_REFUNDED, refund), refund) == "duplicate"
-    assert await _state(db_pool, user_id) == ("basic", 23)
+    assert await user_state(db_pool, user_id) == ("basic", 23)
     del basic
 
 
@@ -120,56 +89,54 @@ def _refunded(paid: tuple[object, OrderPaid], full: bool = True):
 async def test_a_full_refund_leaves_the_plan_the_remaining_orders_give(db_pool):
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
     # premium, then basic; premium refunded → basic (not premium).
-    user_id = await _user(db_pool)
-    premium, basic = _paid(user_id, "premium"), _paid(user_id, "basic")
+    user_id = await new_user(db_pool)
+    premium, basic = order_paid(user_id, "premium"), order_paid(user_id, "basic")
     await applier(*premium)
     await applier(*basic)
     assert await applier(*_refunded(premium)) == "revoked"
-    assert await _state(db_pool, user_id) == ("basic", 23)
+    assert await user_state(db_pool, user_id) == ("basic", 23)
     # basic, then premium; both refunded → the plan before the first grant.
-    user_id = await _user(db_pool)
-    basic, premium = _paid(user_id, "basic"), _paid(user_id, "premium")
+    user_id = await new_user(db_pool)
+    basic, premium = order_paid(user_id, "basic"), order_paid(user_id, "premium")
     await applier(*basic)
     await applier(*premium)
     await applier(*_refunded(basic))
-    assert await _state(db_pool, user_id) == ("premium", 103)
+    assert await user_state(db_pool, user_id) == ("premium", 103)
     await applier(*_refunded(premium))
-    assert await _state(db_pool, user_id) == ("free", 3)
+    assert await user_state(db_pool, user_id) == ("free", 3)
 
 
 async def test_a_refund_applied_before_its_payment_leaves_nothing_granted(db_pool):
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
-    user_id = await _user(db_pool)
-    paid = _paid(user_id, "premium")
+    user_id = await new_user(db_pool)
+    paid = order_paid(user_id, "premium")
     assert await applier(*_refunded(paid)) == "revoked_before_grant"
     assert await applier(*paid) == "duplicate"
-    assert await _state(db_pool, user_id) == ("free", 3)
+    assert await user_state(db_pool, user_id) == ("free", 3)
     # The batch path agrees: the late order.paid is left to the one-by-one path.
-    again = _paid(user_id, "premium", out_trade_no=paid[1].out_trade_no)
+    again = order_paid(user_id, "premium", out_trade_no=paid[1].out_trade_no)
     async with transaction(db_pool) as cur:
-        assert await applier.apply_batch(cur, [_item(*again), _item(*_paid(user_id, "basic"))]) == [
+        assert await applier.apply_batch(
+            cur, [batch_item(*again), batch_item(*order_paid(user_id, "basic"))]
+        ) == [
             None,
             "granted",
         ]
     assert await applier(*again) == "duplicate"
-    assert await _state(db_pool, user_id) == ("basic", 23)
-
-
-def _item(envelope, data):
-    return BatchItem(envelope, data, lambda: tracing.begin(f"trace-{envelope.event_id}", "c"))
+    assert await user_state(db_pool, user_id) == ("basic", 23)
 
 
 async def test_a_user_row_with_null_plan_and_count_is_granted_and_revoked(db_pool):
     """Another writer may leave ``payment_status`` / ``regenerate_count`` NULL (the shared
     schema has defaults, not NOT NULL): read as free / 0, on both paths."""
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
-    user_id = await _user(db_pool, None, None)
-    assert await _state(db_pool, user_id) == (None, None)
-    paid = _paid(user_id, "premium")
+    user_id = await new_user(db_pool, None, None)
+    assert await user_state(db_pool, user_id) == (None, None)
+    paid = order_paid(user_id, "premium")
     assert await applier(*paid) == "granted"
-    assert await _state(db_pool, user_id) == ("premium", 100)
+    assert await user_state(db_pool, user_id) == ("premium", 100)
     assert await applier(*_refunded(paid)) == "revoked"
-    assert await _state(db_pool, user_id) == ("free", 0)
+    assert await user_state(db_pool, user_id) == ("free", 0)
     async with transaction(db_pool) as cur:
         await cur.execute(
             "SELECT payload FROM outbox WHERE payload LIKE %s ORDER BY id", (f"%{user_id}%",)
@@ -180,13 +147,14 @@ async def test_a_user_row_with_null_plan_and_count_is_granted_and_revoked(db_poo
         ("free", 0),
     ]
 
-    batched = await _user(db_pool, None, None)
+    batched = await new_user(db_pool, None, None)
     async with transaction(db_pool) as cur:
         outcomes = await applier.apply_batch(
-            cur, [_item(*_paid(batched, "basic")), _item(*_paid(batched, "basic"))]
+            cur,
+            [batch_item(*order_paid(batched, "basic")), batch_item(*order_paid(batched, "basic"))],
         )
     assert outcomes == ["granted", "granted"]
-    assert await _state(db_pool, batched) == ("basic", 40)
+    assert await user_state(db_pool, batched) == ("basic", 40)
     async with transaction(db_pool) as cur:
         await cur.execute(
             "SELECT status_before FROM entitlement_grants WHERE user_id = %s", (batched,)
@@ -198,7 +166,7 @@ async def test_a_user_row_with_null_plan_and_count_is_granted_and_revoked(db_poo
 async def test_a_grant_for_a_user_row_that_does_not_exist_is_retried_then_dead_lettered(db_pool):
     applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
     missing = new_row_id("user")
-    paid = _paid(missing, "basic")
+    paid = order_paid(missing, "basic")
     with pytest.raises(Retry, match="unknown user"):
         await applier(*paid)
     async with transaction(db_pool) as cur:
@@ -209,4 +177,7 @@ async def test_a_grant_for_a_user_row_that_does_not_exist_is_retried_then_dead_l
         assert (await cur.fetchone())["n"] == 0
     # The batch path leaves it to the one-by-one path (which retries, then dead-letters).
     async with transaction(db_pool) as cur:
-        assert await applier.apply_batch(cur, [_item(*paid), _item(*paid)]) == [None, None]
+        assert await applier.apply_batch(cur, [batch_item(*paid), batch_item(*paid)]) == [
+            None,
+            None,
+        ]

@@ -6,7 +6,6 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,8 @@ from paylane_common.wechatpay.testing import (
 )
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
+from services.ingress.tests.support import CERT_START, NOW
 from tests.support import hygiene
-
-#: The fixed "now" of every app built here; notifications are signed at this time.
-NOW = 1_763_780_000
-#: Platform certificates made here are valid from the day before NOW.
-CERT_START = datetime.fromtimestamp(NOW, UTC) - timedelta(days=1)
 
 
 @dataclass(frozen=True, kw_only=True)

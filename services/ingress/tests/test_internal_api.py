@@ -27,7 +27,7 @@ from paylane_common.topology import ORDER_PAYMENTS
 from paylane_ingress.internal import DB_ERROR_LOG_CHARS, loggable_db_error, order_id_for
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
-from services.ingress.tests.conftest import NOW
+from services.ingress.tests.support import NOW
 from tests.support import hygiene
 
 NOTIFY = "/api/payment/internal/notify"

@@ -27,7 +27,7 @@ from paylane_common.wechatpay.testing import (
 )
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
-from services.ingress.tests.conftest import NOW
+from services.ingress.tests.support import NOW
 
 NOTIFY = "/notify/wechatpay"
 integration = pytest.mark.integration

@@ -16,9 +16,10 @@ from aiohttp import WSMsgType
 
 from paylane_common import db, events
 from paylane_common.events import Entitlement, OrderPaid, OrderRefunded
-from paylane_common.ids import new_row_id
 from paylane_common.tokens import issue_client_token
 from tests.support import hygiene
+from tests.support.clients import next_sse_event
+from tests.support.seeding import add_order, add_user, ago
 
 SECRET = "notifier-test-secret-0123456789abcdef"
 hygiene.register(SECRET)
@@ -56,25 +57,11 @@ class SseListener:
         self.response = response
 
     async def next(self, timeout: float = WAIT_S) -> Received:
-        event_id: str | None = None
-        data: list[str] = []
         async with asyncio.timeout(timeout):
-            while True:
-                raw = await self.response.content.readline()
-                assert raw, "the stream ended"
-                line = raw.decode().rstrip("\r\n")
-                if not line:
-                    if data:
-                        return Received(json.loads("\n".join(data)), event_id)
-                    continue
-                if line.startswith(":"):  # ping
-                    continue
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "id":
-                    event_id = value
-                elif name == "data":
-                    data.append(value)
+            event = await next_sse_event(self.response.content)
+        assert event is not None, "the stream ended"
+        event_id, data = event
+        return Received(data, event_id)
 
     async def closed(self, timeout: float = WAIT_S) -> bool:
         """Wait for the server to end the stream; False when it was cut off (aborted)."""
@@ -102,15 +89,14 @@ async def insert_user(
     age_s: int = 3600,
 ) -> str:
     """A row of the shared ``users`` table, its id in the existing system's format."""
-    user_id = new_row_id("user")
-    async with db.transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO users (id, openid, payment_status, regenerate_count, created_at,"
-            " updated_at)"
-            " VALUES (%s, %s, %s, %s, NOW(6) - INTERVAL %s SECOND, NOW(6) - INTERVAL %s SECOND)",
-            (user_id, f"o-{uuid.uuid4().hex}", payment_status, regenerate_count, age_s, age_s),
-        )
-    return user_id
+    return await add_user(
+        pool,
+        openid=f"o-{uuid.uuid4().hex}",
+        payment_status=payment_status,
+        regenerate_count=regenerate_count,
+        created_at=ago(age_s),
+        updated_at=ago(age_s),
+    )
 
 
 def last_ms(second_ms: int) -> int:
@@ -148,22 +134,17 @@ async def insert_order(
     (out_trade_no, updated ms: a whole second)."""
     out_trade_no = uuid.uuid4().hex
     async with db.transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, package_type,"
-            " trade_type, amount, status, created_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s, 'JSAPI', %s, %s,"
-            " NOW(6) - INTERVAL %s SECOND, NOW(6) - INTERVAL %s SECOND)",
-            (
-                new_row_id("order"),
-                out_trade_no,
-                user_id,
-                f"gen-{uuid.uuid4().hex[:12]}",
-                package_type,
-                amount,
-                status,
-                age_s + 1,
-                age_s,
-            ),
+        await add_order(
+            cur,
+            user_id,
+            out_trade_no,
+            generation_id=f"gen-{uuid.uuid4().hex[:12]}",
+            package_type=package_type,
+            trade_type="JSAPI",
+            amount=amount,
+            status=status,
+            created_at=ago(age_s + 1),
+            updated_at=ago(age_s),
         )
         await cur.execute(
             "SELECT FLOOR(UNIX_TIMESTAMP(updated_at) * 1000) AS ms FROM payment_orders"

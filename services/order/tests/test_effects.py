@@ -13,11 +13,11 @@ import pytest
 from paylane_common import events
 from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, make_event, parse_event
-from paylane_common.ids import new_row_id
 from paylane_common.migrate import cutover
 from paylane_order import effects
 from paylane_order.payments import PaymentApplier
-from services.order.tests.test_payments import MERCHANT
+from services.order.tests.support import MERCHANT
+from tests.support.seeding import add_order, add_user, ago
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +29,19 @@ async def paid_elsewhere(
     pool: aiomysql.Pool, *, txn: str | None = "4200009", generation_id: str = "gen-1"
 ) -> tuple[str, str]:
     """A premium order the cloud function placed and then marked paid itself."""
-    user_id, out_trade_no = new_row_id("user"), f"{uuid.uuid4().int % 10**18:018d}"
+    out_trade_no = f"{uuid.uuid4().int % 10**18:018d}"
     async with transaction(pool) as cur:
-        await cur.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
-        await cur.execute(
-            "INSERT INTO payment_orders (id, user_id, generation_id, out_trade_no, amount,"
-            " package_type, status, transaction_id, paid_at)"
-            " VALUES (%s, %s, %s, %s, 29.90, 'premium', 'paid', %s, NOW())",
-            (new_row_id("order"), user_id, generation_id, out_trade_no, txn),
+        user_id = await add_user(cur)
+        await add_order(
+            cur,
+            user_id,
+            out_trade_no,
+            generation_id=generation_id,
+            amount="29.90",
+            package_type="premium",
+            status="paid",
+            transaction_id=txn,
+            paid_at=ago(0),
         )
     return out_trade_no, user_id
 

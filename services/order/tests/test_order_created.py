@@ -22,7 +22,8 @@ from paylane_order.created import OrderCreatedApplier, yuan
 from paylane_order.main import OrderEvents
 from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
-from services.order.tests.test_payments import MERCHANT
+from services.order.tests.support import MERCHANT
+from tests.support.seeding import add_order, add_user
 
 pytestmark = pytest.mark.integration
 
@@ -86,11 +87,6 @@ async def log_rows(pool: aiomysql.Pool, out_trade_no: str) -> list[dict[str, Any
         " FROM payment_logs WHERE out_trade_no = %s",
         out_trade_no,
     )
-
-
-async def add_user(pool: aiomysql.Pool, user_id: str, openid: str | None) -> None:
-    async with transaction(pool) as cur:
-        await cur.execute("INSERT INTO users (id, openid) VALUES (%s, %s)", (user_id, openid))
 
 
 async def test_the_order_is_written_as_the_cloud_function_writes_it(db_pool):
@@ -211,7 +207,7 @@ async def test_concurrent_events_for_one_new_user_and_two_orders(db_pool):
 
 async def test_an_existing_user_is_used_as_it_is(db_pool):
     ids = new_ids()
-    await add_user(db_pool, ids["user_id"], ids["openid"])
+    await add_user(db_pool, id=ids["user_id"], openid=ids["openid"])
     envelope, data = created(**ids)
     assert await applier(db_pool)(envelope, data) == "created"
     [row] = await order_row(db_pool, data.out_trade_no)
@@ -225,7 +221,7 @@ async def test_the_user_id_is_authoritative_even_when_its_openid_differs(db_pool
     payer openid on the order (a shared device…) is recorded on the order, the user's own
     openid is left alone."""
     ids = new_ids()
-    await add_user(db_pool, ids["user_id"], "o-own-" + uuid.uuid4().hex[:12])
+    await add_user(db_pool, id=ids["user_id"], openid="o-own-" + uuid.uuid4().hex[:12])
     envelope, data = created(**ids)
     assert await applier(db_pool)(envelope, data) == "created"
     [row] = await order_row(db_pool, data.out_trade_no)
@@ -237,7 +233,7 @@ async def test_the_user_id_is_authoritative_even_when_its_openid_differs(db_pool
 async def test_a_missing_user_whose_openid_belongs_to_another_is_dead_lettered(db_pool):
     ids = new_ids()
     owner = f"user-{_ms()}-owner{uuid.uuid4().hex[:4]}"
-    await add_user(db_pool, owner, ids["openid"])
+    await add_user(db_pool, id=owner, openid=ids["openid"])
     envelope, data = created(**ids)
     with pytest.raises(Reject) as rejected:
         await applier(db_pool)(envelope, data)
@@ -249,7 +245,7 @@ async def test_a_missing_user_whose_openid_belongs_to_another_is_dead_lettered(d
     # Nothing claimed either: a replay after an operator fixed the user is applied.
     claimed = await rows(db_pool, "SELECT 1 FROM inbox WHERE event_id = %s", envelope.event_id)
     assert claimed == []
-    await add_user(db_pool, ids["user_id"], None)
+    await add_user(db_pool, id=ids["user_id"], openid=None)
     assert await applier(db_pool)(envelope, data) == "created"
 
 
@@ -265,14 +261,19 @@ async def test_a_missing_user_without_openid_is_created_without_one(db_pool):
 async def test_a_row_the_cloud_function_did_write_is_left_alone(db_pool):
     """Its insert went through after all (it timed out on the answer): nothing to do."""
     ids = new_ids()
-    await add_user(db_pool, ids["user_id"], ids["openid"])
-    async with transaction(db_pool) as cur:
-        await cur.execute(
-            "INSERT INTO payment_orders (id, user_id, generation_id, out_trade_no, amount,"
-            " package_type, trade_type, status, _openid)"
-            " VALUES (%s, %s, 'gen-1', %s, 29.90, 'premium', 'JSAPI', 'pending', %s)",
-            (ids["order_id"], ids["user_id"], ids["out_trade_no"], ids["openid"]),
-        )
+    await add_user(db_pool, id=ids["user_id"], openid=ids["openid"])
+    await add_order(
+        db_pool,
+        ids["user_id"],
+        ids["out_trade_no"],
+        id=ids["order_id"],
+        generation_id="gen-1",
+        amount="29.90",
+        package_type="premium",
+        trade_type="JSAPI",
+        status="pending",
+        _openid=ids["openid"],
+    )
     before = await order_row(db_pool, ids["out_trade_no"])
     # Even under another order id (ingress made one up: the call named none).
     envelope, data = created(**{**ids, "order_id": f"order-{_ms()}-zzzzzzzz"})

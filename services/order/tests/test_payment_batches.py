@@ -11,23 +11,19 @@ import aiomysql
 import pytest
 
 from paylane_common import tracing
-from paylane_common.batching import BatchItem
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
-from paylane_common.events import Envelope, PaymentSucceeded
+from paylane_common.events import PaymentSucceeded
 from paylane_order.payments import PaymentApplier
-from services.order.tests.test_payments import MERCHANT, _order, _payment
+from services.order.tests.support import MERCHANT, basic_order, payment
+from tests.support.batches import batch_item
 
 pytestmark = pytest.mark.integration
 
 
-def _item(envelope: Envelope, data: object) -> BatchItem:
-    return BatchItem(envelope, data, lambda: tracing.begin(f"trace-{envelope.event_id}", "cause"))
-
-
 async def _batch(pool: aiomysql.Pool, applier: PaymentApplier, deliveries) -> list[str | None]:
     async with transaction(pool) as cur:
-        return await applier.apply_batch(cur, [_item(e, d) for e, d in deliveries])
+        return await applier.apply_batch(cur, [batch_item(e, d) for e, d in deliveries])
 
 
 async def _one_by_one(applier: PaymentApplier, deliveries) -> list[str]:
@@ -68,26 +64,26 @@ async def _state(pool: aiomysql.Pool, nos: list[str]) -> dict[str, tuple]:
 
 async def _scenario(pool: aiomysql.Pool, applier: PaymentApplier):
     """Deliveries covering every case, and the orders they name (in a fixed order)."""
-    plain = [await _order(pool) for _ in range(3)]
-    failed, _ = await _order(pool, status="failed")
-    mismatch, _ = await _order(pool)
-    twice, _ = await _order(pool)
-    seen, _ = await _order(pool)
-    seen_delivery = _payment(seen, txn="42-seen")
+    plain = [await basic_order(pool) for _ in range(3)]
+    failed, _ = await basic_order(pool, status="failed")
+    mismatch, _ = await basic_order(pool)
+    twice, _ = await basic_order(pool)
+    seen, _ = await basic_order(pool)
+    seen_delivery = payment(seen, txn="42-seen")
     await applier(*seen_delivery)  # already applied before the batch
     unknown = f"T{uuid.uuid4().hex[:24]}"
-    first = _payment(plain[0][0], txn="42-p0", openid="o-payer")
+    first = payment(plain[0][0], txn="42-p0", openid="o-payer")
     deliveries = [
         first,
-        _payment(plain[1][0], txn="42-p1"),
+        payment(plain[1][0], txn="42-p1"),
         first,  # the same event again, in the same batch
-        _payment(failed, txn="42-late"),
+        payment(failed, txn="42-late"),
         seen_delivery,  # in the inbox already
-        _payment(mismatch, amount=1, txn="42-mm"),
-        _payment(unknown, txn="42-unknown"),
-        _payment(twice, txn="42-t1"),
-        _payment(twice, txn="42-t2"),  # a second payment of one order
-        _payment(plain[2][0], txn="42-p2"),
+        payment(mismatch, amount=1, txn="42-mm"),
+        payment(unknown, txn="42-unknown"),
+        payment(twice, txn="42-t1"),
+        payment(twice, txn="42-t2"),  # a second payment of one order
+        payment(plain[2][0], txn="42-p2"),
     ]
     nos = [plain[0][0], plain[1][0], plain[2][0], failed, mismatch, twice, seen, unknown]
     return deliveries, nos
@@ -155,11 +151,11 @@ async def test_batch_then_leftovers_ends_as_one_by_one_does(db_pool):
 
 async def test_a_batch_with_nothing_plain_writes_nothing(db_pool):
     applier = PaymentApplier(db_pool, MERCHANT)
-    no, _ = await _order(db_pool)
-    envelope, _ = _payment(no)
+    no, _ = await basic_order(db_pool)
+    envelope, _ = payment(no)
     internal = PaymentSucceeded(out_trade_no=no, transaction_id="42-int", source="internal")
     async with transaction(db_pool) as cur:
-        outcomes = await applier.apply_batch(cur, [_item(envelope, internal)])
+        outcomes = await applier.apply_batch(cur, [batch_item(envelope, internal)])
         await cur.execute(
             "SELECT COUNT(*) AS n FROM inbox WHERE event_id = %s", (envelope.event_id,)
         )

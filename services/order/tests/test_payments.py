@@ -12,61 +12,15 @@ from paylane_common import events
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, make_event
-from paylane_common.ids import new_row_id
-from paylane_order.config import MerchantConfig
-from paylane_order.money import yuan
 from paylane_order.payments import PaymentApplier
+from services.order.tests.support import MERCHANT, basic_order, payment
+from tests.support.queries import fetch_one
 
 pytestmark = pytest.mark.integration
 
-MERCHANT = MerchantConfig(
-    mchid="1900000109",
-    appid="wx-app-main",
-    notify_url="http://127.0.0.1:9/notify/wechatpay",
-    order_ttl_s=1800,
-)
-
-
-async def new_user(pool: aiomysql.Pool) -> str:
-    """A user row as the shared table has them: a string id, no openid."""
-    user_id = new_row_id("user")
-    async with transaction(pool) as cur:
-        await cur.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
-    return user_id
-
-
-async def _order(
-    pool: aiomysql.Pool, amount: int = 990, status: str = "pending", generation_id: str = ""
-) -> tuple[str, str]:
-    """An order row as another writer (the cloud function) leaves it: the shared columns
-    only, ``amount`` in yuan; none of paylane's (expires_at, mchid, appid… stay NULL)."""
-    out_trade_no = f"T{uuid.uuid4().hex[:24]}"
-    user_id = await new_user(pool)
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO payment_orders (id, user_id, generation_id, out_trade_no, amount,"
-            " package_type, trade_type, status) VALUES (%s, %s, %s, %s, %s, 'basic', 'NATIVE', %s)",
-            (new_row_id("order"), user_id, generation_id, out_trade_no, yuan(amount), status),
-        )
-    return out_trade_no, user_id
-
-
-def _payment(out_trade_no: str, amount: int = 990, txn: str = "4200001", **kw: object):
-    fields: dict[str, object] = {"mchid": MERCHANT.mchid, "appid": MERCHANT.appid, **kw}
-    data = PaymentSucceeded(
-        out_trade_no=out_trade_no, transaction_id=txn, amount_total=amount, **fields
-    )
-    return make_event(events.PAYMENT_SUCCEEDED, data), data
-
-
-async def _row(pool: aiomysql.Pool, sql: str, *args: object) -> dict:
-    async with transaction(pool) as cur:
-        await cur.execute(sql, args)
-        return await cur.fetchone()
-
 
 async def _paid_events(pool: aiomysql.Pool, out_trade_no: str) -> int:
-    row = await _row(
+    row = await fetch_one(
         pool,
         "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'order.paid' AND payload LIKE %s",
         f"%{out_trade_no}%",
@@ -76,13 +30,13 @@ async def _paid_events(pool: aiomysql.Pool, out_trade_no: str) -> int:
 
 async def test_pending_order_is_paid_once_with_outbox_event(db_pool):
     applier = PaymentApplier(db_pool, MERCHANT)
-    out_trade_no, _ = await _order(db_pool)
-    envelope, data = _payment(out_trade_no)
+    out_trade_no, _ = await basic_order(db_pool)
+    envelope, data = payment(out_trade_no)
     assert await applier(envelope, data) == "paid"
     assert await applier(envelope, data) == "duplicate"  # same event id: inbox
-    again, again_data = _payment(out_trade_no)  # same payment, another event id
+    again, again_data = payment(out_trade_no)  # same payment, another event id
     assert await applier(again, again_data) == "duplicate"
-    row = await _row(
+    row = await fetch_one(
         db_pool,
         "SELECT status, transaction_id, paid_event_at IS NOT NULL AS staged"
         " FROM payment_orders WHERE out_trade_no = %s",
@@ -95,8 +49,8 @@ async def test_pending_order_is_paid_once_with_outbox_event(db_pool):
 
 async def test_concurrent_distinct_events_for_one_payment_pay_once(db_pool):
     applier = PaymentApplier(db_pool, MERCHANT)
-    out_trade_no, _ = await _order(db_pool)
-    deliveries = [_payment(out_trade_no) for _ in range(20)]
+    out_trade_no, _ = await basic_order(db_pool)
+    deliveries = [payment(out_trade_no) for _ in range(20)]
     outcomes = await asyncio.gather(*(applier(e, d) for e, d in deliveries))
     assert sorted(outcomes) == ["duplicate"] * 19 + ["paid"]
     assert await _paid_events(db_pool, out_trade_no) == 1
@@ -104,10 +58,10 @@ async def test_concurrent_distinct_events_for_one_payment_pay_once(db_pool):
 
 async def test_second_transaction_is_recorded_for_refund_not_granted(db_pool):
     applier = PaymentApplier(db_pool, MERCHANT)
-    out_trade_no, _ = await _order(db_pool)
-    assert await applier(*_payment(out_trade_no, txn="TXN-FIRST")) == "paid"
-    assert await applier(*_payment(out_trade_no, txn="TXN-SECOND")) == "duplicate_payment"
-    row = await _row(
+    out_trade_no, _ = await basic_order(db_pool)
+    assert await applier(*payment(out_trade_no, txn="TXN-FIRST")) == "paid"
+    assert await applier(*payment(out_trade_no, txn="TXN-SECOND")) == "duplicate_payment"
+    row = await fetch_one(
         db_pool,
         "SELECT p.transaction_id, l.detail FROM payment_orders p JOIN payment_logs l"
         " ON l.out_trade_no = p.out_trade_no AND l.type = 'duplicate_payment'"
@@ -129,11 +83,11 @@ async def test_second_transaction_is_recorded_for_refund_not_granted(db_pool):
 )
 async def test_mismatch_flags_for_review_without_order_paid(db_pool, overrides, reason):
     applier = PaymentApplier(db_pool, MERCHANT)
-    out_trade_no, _ = await _order(db_pool)
+    out_trade_no, _ = await basic_order(db_pool)
     amount = int(overrides.pop("amount", 990))
-    envelope, data = _payment(out_trade_no, amount=amount, **overrides)
+    envelope, data = payment(out_trade_no, amount=amount, **overrides)
     assert await applier(envelope, data) == "needs_review"
-    row = await _row(
+    row = await fetch_one(
         db_pool,
         "SELECT status, review_reason, paid_event_at FROM payment_orders WHERE out_trade_no = %s",
         out_trade_no,
@@ -147,9 +101,9 @@ async def test_mismatch_flags_for_review_without_order_paid(db_pool, overrides, 
 async def test_late_payment_after_the_order_failed_is_honoured(db_pool):
     """``failed``: timed out or cancelled (closed). The money was taken all the same."""
     applier = PaymentApplier(db_pool, MERCHANT)
-    out_trade_no, _ = await _order(db_pool, status="failed")
-    assert await applier(*_payment(out_trade_no)) == "paid"
-    row = await _row(
+    out_trade_no, _ = await basic_order(db_pool, status="failed")
+    assert await applier(*payment(out_trade_no)) == "paid"
+    row = await fetch_one(
         db_pool,
         "SELECT l.detail, l.source, o.status FROM payment_logs l JOIN payment_orders o"
         " ON o.out_trade_no = l.out_trade_no WHERE l.out_trade_no = %s AND l.type = 'paid'",
@@ -164,14 +118,14 @@ async def test_a_payment_never_moves_a_settled_order(db_pool, status):
     """Only pending and failed orders are payable: a paid order another writer settled
     (with another transaction) is a second payment, recorded, nothing staged."""
     applier = PaymentApplier(db_pool, MERCHANT)
-    out_trade_no, _ = await _order(db_pool, status=status)
+    out_trade_no, _ = await basic_order(db_pool, status=status)
     async with transaction(db_pool) as cur:
         await cur.execute(
             "UPDATE payment_orders SET transaction_id = 'TXN-OTHER' WHERE out_trade_no = %s",
             (out_trade_no,),
         )
-    assert await applier(*_payment(out_trade_no)) == "duplicate_payment"
-    row = await _row(
+    assert await applier(*payment(out_trade_no)) == "duplicate_payment"
+    row = await fetch_one(
         db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
     )
     assert row["status"] == status
@@ -182,9 +136,9 @@ async def test_an_order_another_writer_made_is_paid_with_fen_from_its_yuan(db_po
     """A row with only the shared columns (amount 29.90 yuan, no currency, mchid, appid,
     expires_at of paylane's): its fen is the generated 2990, and order.paid says so."""
     applier = PaymentApplier(db_pool, MERCHANT)
-    out_trade_no, user_id = await _order(db_pool, amount=2990, generation_id="gen-42")
-    assert await applier(*_payment(out_trade_no, amount=2990)) == "paid"
-    row = await _row(
+    out_trade_no, user_id = await basic_order(db_pool, amount=2990, generation_id="gen-42")
+    assert await applier(*payment(out_trade_no, amount=2990)) == "paid"
+    row = await fetch_one(
         db_pool,
         "SELECT payload FROM outbox WHERE routing_key = 'order.paid' AND payload LIKE %s",
         f"%{out_trade_no}%",
@@ -192,17 +146,17 @@ async def test_an_order_another_writer_made_is_paid_with_fen_from_its_yuan(db_po
     data = events.Envelope.model_validate_json(row["payload"]).typed_data()
     assert (data.user_id, data.amount_total, data.generation_id) == (user_id, 2990, "gen-42")
     # 29.89 is not 29.90: one fen short is a mismatch, never rounded away.
-    short, _ = await _order(db_pool, amount=2990)
-    assert await applier(*_payment(short, amount=2989)) == "needs_review"
+    short, _ = await basic_order(db_pool, amount=2990)
+    assert await applier(*payment(short, amount=2989)) == "needs_review"
 
 
 async def test_unknown_order_asks_for_retry_and_claims_nothing(db_pool):
     applier = PaymentApplier(db_pool, MERCHANT)
-    envelope, data = _payment("NOPE" + uuid.uuid4().hex[:10])
+    envelope, data = payment("NOPE" + uuid.uuid4().hex[:10])
     with pytest.raises(Retry, match="unknown out_trade_no"):
         await applier(envelope, data)
     # The inbox claim rolled back with the transaction: the retry will be processed.
-    row = await _row(
+    row = await fetch_one(
         db_pool, "SELECT COUNT(*) AS n FROM inbox WHERE event_id = %s", envelope.event_id
     )
     assert row["n"] == 0
@@ -210,11 +164,11 @@ async def test_unknown_order_asks_for_retry_and_claims_nothing(db_pool):
 
 async def test_internal_notify_without_amount_is_not_granted(db_pool):
     applier = PaymentApplier(db_pool, MERCHANT)
-    out_trade_no, _ = await _order(db_pool)
+    out_trade_no, _ = await basic_order(db_pool)
     data = PaymentSucceeded(out_trade_no=out_trade_no, transaction_id="T1", source="internal")
     with pytest.raises(Reject, match="no WeChat Pay client to confirm"):
         await applier(make_event(events.PAYMENT_SUCCEEDED, data), data)
-    row = await _row(
+    row = await fetch_one(
         db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
     )
     assert row["status"] == "pending"
@@ -223,7 +177,7 @@ async def test_internal_notify_without_amount_is_not_granted(db_pool):
 async def test_an_internal_notify_with_amount_is_applied_only_as_wechat_pay_confirms_it(db_pool):
     """The cloud function's secret is not WeChat Pay's word: its notify is confirmed first,
     unless the operator trusts the caller (INTERNAL_NOTIFY_TRUSTED)."""
-    out_trade_no, _ = await _order(db_pool, amount=990)
+    out_trade_no, _ = await basic_order(db_pool, amount=990)
     data = PaymentSucceeded(
         out_trade_no=out_trade_no, transaction_id="T2", amount_total=990, source="internal"
     )
@@ -237,7 +191,7 @@ async def test_an_internal_notify_with_amount_is_applied_only_as_wechat_pay_conf
     with pytest.raises(Reject, match="does not confirm"):
         await cautious(make_event(events.PAYMENT_SUCCEEDED, data), data)
     assert asked == [out_trade_no]
-    row = await _row(
+    row = await fetch_one(
         db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
     )
     assert row["status"] == "pending"

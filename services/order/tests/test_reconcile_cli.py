@@ -12,27 +12,29 @@ from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common.db import transaction
 from paylane_common.events import parse_event
-from paylane_common.ids import new_row_id
 from paylane_common.settings import load_settings
 from paylane_common.topology import declare_exchange
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_order.settings import OrderSettings
 from paylane_order.standalone import reconcile
 from tests.support.sandbox import SandboxKeys, order_body, running_sandbox
+from tests.support.seeding import add_order, add_user, ago, from_now
 
 pytestmark = pytest.mark.integration
 
 
 async def _pending_row(pool: aiomysql.Pool, out_trade_no: str, expired: bool) -> None:
-    user_id = new_row_id("user")
     async with transaction(pool) as cur:
-        await cur.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
-        await cur.execute(
-            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, package_type,"
-            " trade_type, amount, status, created_at, expires_at) VALUES (%s, %s, %s, '', 'basic',"
-            " 'NATIVE', 9.90, 'pending', NOW(6) - INTERVAL 5 MINUTE,"
-            " NOW(6) + INTERVAL %s SECOND)",
-            (new_row_id("order"), out_trade_no, user_id, -60 if expired else 600),
+        await add_order(
+            cur,
+            await add_user(cur),
+            out_trade_no,
+            package_type="basic",
+            trade_type="NATIVE",
+            amount="9.90",
+            status="pending",
+            created_at=ago(300),
+            expires_at=from_now(-60 if expired else 600),
         )
 
 

@@ -28,6 +28,7 @@ from tests.support.sandbox import (
     order_body,
     running_sandbox,
 )
+from tests.support.seeding import add_orders, add_user, ago, from_now
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +58,6 @@ async def publisher(amqp_connection: AbstractRobustConnection) -> AsyncIterator[
     await publisher.close()
 
 
-async def _user(pool: aiomysql.Pool) -> str:
-    user_id = new_row_id("user")
-    async with transaction(pool) as cur:
-        await cur.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
-    return user_id
-
-
 async def _pending(
     pool: aiomysql.Pool,
     user_id: str,
@@ -74,17 +68,16 @@ async def _pending(
 ) -> None:
     """Order rows created ``age_s`` ago, expiring in 20 minutes; ``expires=False``: as
     another writer (the cloud function) leaves them, without ``expires_at``."""
-    async with transaction(pool) as cur:
-        await cur.executemany(
-            "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, package_type,"
-            " trade_type, amount, status, created_at, expires_at) VALUES (%s, %s, %s, '',"
-            " 'basic', 'NATIVE', 9.90, %s, NOW(6) - INTERVAL %s MICROSECOND,"
-            " IF(%s, NOW(6) + INTERVAL 20 MINUTE, NULL))",
-            [
-                (new_row_id("order"), no, user_id, status, int(age_s * 1e6), expires)
-                for no in numbers
-            ],
-        )
+    await add_orders(
+        pool,
+        [(no, user_id) for no in numbers],
+        package_type="basic",
+        trade_type="NATIVE",
+        amount="9.90",
+        status=status,
+        created_at=ago(age_s),
+        expires_at=from_now(20 * 60) if expires else None,
+    )
 
 
 def _number() -> str:
@@ -98,7 +91,7 @@ async def test_a_lost_notification_is_found_in_the_next_pass_however_many_are_ab
 ) -> None:
     sandbox, client = wechat
     reconciler = Reconciler(db_pool, client, publisher, after_s=AFTER_S, batch_size=100)
-    user_id = await _user(db_pool)
+    user_id = await add_user(db_pool)
     # A few thousand orders nobody will pay, older than any other, and one the reconciler
     # asks about while it is still unpaid (its buyer pays a minute later).
     abandoned = [_number() for _ in range(2500)]
@@ -154,7 +147,7 @@ async def test_a_refund_that_never_reached_wechatpay_is_closed_after_the_grace(
         KEYS.merchant_signer(),
         MerchantConfig(MCHID, APPID, "http://127.0.0.1:9/notify/wechatpay", 1800),
     )
-    user_id = await _user(db_pool)
+    user_id = await add_user(db_pool)
     paid, young = _number(), _number()
     for no in (paid, young):
         await client.place("NATIVE", order_body("native", no))
@@ -199,7 +192,7 @@ async def test_orders_other_writers_left_pending_expire_after_the_ttl_and_stop_b
     failed once expired, and then out of the pending set: the next pass does not ask."""
     sandbox, client = wechat
     reconciler = Reconciler(db_pool, client, publisher, after_s=AFTER_S, order_ttl_s=1800)
-    user_id = await _user(db_pool)
+    user_id = await add_user(db_pool)
     old, young = _number(), _number()  # never placed at WeChat Pay
     await _pending(db_pool, user_id, [old], age_s=1801, expires=False)
     await _pending(db_pool, user_id, [young], age_s=AFTER_S + 1, expires=False)

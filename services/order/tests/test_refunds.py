@@ -15,17 +15,11 @@ from paylane_common.ids import new_row_id
 from paylane_order.money import yuan
 from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
-from services.order.tests.test_payment_batches import _item
-from services.order.tests.test_payments import MERCHANT, _order, _payment
+from services.order.tests.support import MERCHANT, basic_order, payment
+from tests.support.batches import batch_item
+from tests.support.queries import fetch_one
 
 pytestmark = pytest.mark.integration
-
-
-async def _row(pool: aiomysql.Pool, sql: str, *args: object) -> dict[str, object]:
-    async with transaction(pool) as cur:
-        await cur.execute(sql, args)
-        row: dict[str, object] = await cur.fetchone()
-    return row
 
 
 async def _refund_row(
@@ -45,7 +39,7 @@ async def _refund_row(
 async def test_a_refund_closed_as_never_sent_still_succeeds_if_wechatpay_says_so(
     db_pool: aiomysql.Pool,
 ) -> None:
-    out_trade_no, _ = await _order(db_pool, status="paid")
+    out_trade_no, _ = await basic_order(db_pool, status="paid")
     out_refund_no = await _refund_row(db_pool, out_trade_no, 990, status="closed")
     data = RefundEvent(
         out_trade_no=out_trade_no,
@@ -59,12 +53,12 @@ async def test_a_refund_closed_as_never_sent_still_succeeds_if_wechatpay_says_so
     assert await RefundApplier(db_pool)(make_event(events.REFUND_SUCCEEDED, data), data) == (
         "refunded"
     )
-    refund = await _row(
+    refund = await fetch_one(
         db_pool,
         "SELECT status, refunded_at FROM refunds WHERE out_refund_no = %s",
         out_refund_no,
     )
-    order = await _row(
+    order = await fetch_one(
         db_pool,
         "SELECT status, amount_refunded, refund_event_at IS NOT NULL AS staged"
         " FROM payment_orders WHERE out_trade_no = %s",
@@ -82,7 +76,7 @@ async def test_a_refund_closed_as_never_sent_still_succeeds_if_wechatpay_says_so
 async def test_a_partial_refund_is_recorded_without_marking_a_full_refund_staged(
     db_pool: aiomysql.Pool,
 ) -> None:
-    out_trade_no, _ = await _order(db_pool, status="paid")
+    out_trade_no, _ = await basic_order(db_pool, status="paid")
     out_refund_no = await _refund_row(db_pool, out_trade_no, 300)
     data = RefundEvent(
         out_trade_no=out_trade_no,
@@ -95,7 +89,7 @@ async def test_a_partial_refund_is_recorded_without_marking_a_full_refund_staged
     assert await RefundApplier(db_pool)(make_event(events.REFUND_SUCCEEDED, data), data) == (
         "refunded"
     )
-    order = await _row(
+    order = await fetch_one(
         db_pool,
         "SELECT status, amount_refunded, refund_event_at FROM payment_orders"
         " WHERE out_trade_no = %s",
@@ -105,7 +99,7 @@ async def test_a_partial_refund_is_recorded_without_marking_a_full_refund_staged
 
 
 async def test_a_refund_made_outside_paylane_is_recorded_in_yuan(db_pool: aiomysql.Pool) -> None:
-    out_trade_no, _ = await _order(db_pool, amount=2990, status="paid")
+    out_trade_no, _ = await basic_order(db_pool, amount=2990, status="paid")
     out_refund_no = f"CONSOLE{uuid.uuid4().hex[:20]}"
     data = RefundEvent(
         out_trade_no=out_trade_no,
@@ -118,7 +112,7 @@ async def test_a_refund_made_outside_paylane_is_recorded_in_yuan(db_pool: aiomys
     assert await RefundApplier(db_pool)(make_event(events.REFUND_SUCCEEDED, data), data) == (
         "refunded"
     )
-    refund = await _row(
+    refund = await fetch_one(
         db_pool,
         "SELECT id, refund_amount, total_amount, amount_refund, status, reason FROM refunds"
         " WHERE out_refund_no = %s",
@@ -132,7 +126,7 @@ async def test_a_refund_made_outside_paylane_is_recorded_in_yuan(db_pool: aiomys
         "status": "success",
         "reason": "external",
     }
-    log = await _row(
+    log = await fetch_one(
         db_pool,
         "SELECT type, out_refund_no, amount_total FROM payment_logs WHERE out_trade_no = %s",
         out_trade_no,
@@ -143,7 +137,7 @@ async def test_a_refund_made_outside_paylane_is_recorded_in_yuan(db_pool: aiomys
 async def _refunded_before_paid(pool: aiomysql.Pool, amount_refund: int = 990) -> str:
     """A pending order whose refund (as the order API records it) succeeded before its
     payment was applied: a replayed DLQ, relays racing on two replicas."""
-    out_trade_no, _ = await _order(pool)
+    out_trade_no, _ = await basic_order(pool)
     out_refund_no = await _refund_row(pool, out_trade_no, amount_refund)
     data = RefundEvent(
         out_trade_no=out_trade_no,
@@ -161,7 +155,7 @@ async def _refunded_before_paid(pool: aiomysql.Pool, amount_refund: int = 990) -
 
 
 async def _order_state(pool: aiomysql.Pool, out_trade_no: str) -> tuple[object, ...]:
-    order = await _row(
+    order = await fetch_one(
         pool,
         "SELECT status, amount_refunded, refunded_at IS NOT NULL AS dated,"
         " paid_event_at IS NOT NULL AS paid_staged, refund_event_at IS NOT NULL AS refund_staged"
@@ -186,10 +180,10 @@ async def test_a_payment_applied_after_its_full_refund_leaves_the_order_refunded
 ) -> None:
     out_trade_no = await _refunded_before_paid(db_pool)
     applier = PaymentApplier(db_pool, MERCHANT)
-    envelope, data = _payment(out_trade_no, txn=f"42{uuid.uuid4().hex[:20]}")
+    envelope, data = payment(out_trade_no, txn=f"42{uuid.uuid4().hex[:20]}")
     if path == "batch":
         async with transaction(db_pool) as cur:
-            outcomes = await applier.apply_batch(cur, [_item(envelope, data)])
+            outcomes = await applier.apply_batch(cur, [batch_item(envelope, data)])
         if outcomes == [None]:  # left to the one-by-one path
             outcomes = [await applier(envelope, data)]
     else:
@@ -210,7 +204,7 @@ async def test_a_payment_applied_after_a_partial_refund_keeps_the_refunded_amoun
     db_pool: aiomysql.Pool,
 ) -> None:
     out_trade_no = await _refunded_before_paid(db_pool, amount_refund=300)
-    envelope, data = _payment(out_trade_no, txn=f"42{uuid.uuid4().hex[:20]}")
+    envelope, data = payment(out_trade_no, txn=f"42{uuid.uuid4().hex[:20]}")
     assert await PaymentApplier(db_pool, MERCHANT)(envelope, data) == "paid"
     assert await _order_state(db_pool, out_trade_no) == ("paid", 300, 0, 1, 0)
     assert await _staged(db_pool, out_trade_no) == ["order.refunded", "order.paid"]

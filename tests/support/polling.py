@@ -1,0 +1,35 @@
+"""Waiting for state that gives nothing to await: rows another process writes, a queue's
+depth at the broker, a counter of a client running in the background.
+
+Where there is something to await (an ``asyncio.Event``, a queue, a condition), the tests
+await it instead; polling is for what lives outside the test's reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+
+
+async def eventually(
+    probe: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 20.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.05,
+) -> None:
+    """Call ``probe`` (plain or async) every ``interval`` seconds until it returns true;
+    ``TimeoutError`` naming ``what`` once ``timeout`` seconds have passed. An exception
+    the probe raises ends the wait at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outcome = probe()
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,70 @@
+"""HTTP calls to the running stack as its clients make them: the app's backend placing an
+order, anyone calling a service, the payer and WeChat Pay acting through the sandbox."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from tests.support import hygiene
+from tests.support.stack import Stack
+from tests.support.stack_config import BACKEND
+
+
+async def call(
+    stack: Stack,
+    service: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """One HTTP call to a service of the stack: (status, JSON body or None)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.request(
+            method, f"{stack.services[service].url}{path}", json=body, headers=headers
+        ) as response:
+            return response.status, await response.json(content_type=None)
+
+
+async def sandbox(
+    stack: Stack, method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    """Call the sandbox's control API (acting as the payer and as WeChat Pay)."""
+    return await call(stack, "sandbox", method, path, body)
+
+
+@dataclass
+class Order:
+    out_trade_no: str
+    user_id: str
+    amount_total: int
+    package_type: str
+    client_token: str
+    pay: dict[str, Any]
+
+
+async def new_order(
+    stack: Stack, package_type: str = "premium", trade_type: str = "JSAPI", **extra: Any
+) -> Order:
+    """A new user (by openid) and an order placed through ``POST /orders`` by the backend."""
+    body = {
+        "package_type": package_type,
+        "trade_type": trade_type,
+        "openid": f"o-{uuid.uuid4().hex[:16]}",
+        **extra,
+    }
+    hygiene.register(body["openid"])  # payer data: must never be logged
+    status, data = await call(stack, "order", "POST", "/orders", body, BACKEND)
+    assert status == 201, data
+    return Order(
+        data["out_trade_no"],
+        data["user_id"],
+        data["amount_total"],
+        package_type,
+        data["client_token"],
+        data["pay"],
+    )

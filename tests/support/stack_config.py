@@ -1,0 +1,80 @@
+"""The whole stack as the end-to-end and chaos tests run it (every service a process, the
+WeChat Pay sandbox one too): its secrets, the sandbox's and the order service's settings,
+and the order in which it starts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from tests.support import hygiene
+from tests.support.stack import Stack
+from tests.support.wechat import FakeWechat
+
+TOKEN_SECRET = "e2e-client-token-secret-of-at-least-32-bytes"
+INTERNAL_SECRET = "e2e-internal-secret"
+#: The cloud function's credential: for ingress's internal API only.
+INTERNAL = {"X-Internal-Secret": INTERNAL_SECRET}
+#: The app backend's credential on the order API (never given to ingress).
+BACKEND_SECRET = "e2e-backend-secret"
+BACKEND = {"X-Internal-Secret": BACKEND_SECRET}
+#: The mini-program's AppSecret, known to the sandbox's jscode2session and to order.
+APP_SECRET = "e2e-miniprogram-app-secret"
+#: The payer of ``FakeWechat.transaction``.
+PAYER_OPENID = "o-test-openid"
+#: WeChat's retry schedule at 1/100 (15 s → 150 ms); refunds completed by the tests.
+SANDBOX_ENV = {"SANDBOX_TIME_FACTOR": "0.01", "SANDBOX_REFUND_MODE": "manual"}
+#: The reconciler looks at orders after 1 s, every 0.5 s; unpaid orders expire after 4 s.
+#: Its effects sweep waits an hour: test_hybrid.py runs it on demand (reconcile --once).
+ORDER_ENV = {
+    "RECONCILE_AFTER_S": "1",
+    "RECONCILE_INTERVAL_S": "0.5",
+    "ORDER_TTL_S": "4",
+    "SWEEP_GRACE_S": "3600",
+}
+
+
+def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict[str, str]:
+    """The order service's own settings: ``settings`` (the reconciler's pace), the backend
+    secret, the mini-program login."""
+    return {
+        **settings,
+        "BACKEND_API_SECRET": BACKEND_SECRET,
+        "WECHAT_APP_SECRET": APP_SECRET,
+        "WECHAT_API_BASE": sandbox_url,
+    }
+
+
+def new_stack(amqp_url: str, mysql_url: str, wechat: FakeWechat, log_dir: Path) -> Stack:
+    """A stack (nothing started yet) whose services share the secrets above and the keys
+    of ``wechat``; every one of those is registered as never to be logged."""
+    hygiene.register(
+        TOKEN_SECRET, INTERNAL_SECRET, BACKEND_SECRET, APP_SECRET, wechat.apiv3_key, PAYER_OPENID
+    )
+    return Stack(
+        {
+            "AMQP_URL": amqp_url,
+            "MYSQL_URL": mysql_url,
+            "CLIENT_TOKEN_SECRET": TOKEN_SECRET,
+            "INTERNAL_API_SECRET": INTERNAL_SECRET,
+            **wechat.ingress_env(),
+        },
+        log_dir,
+    )
+
+
+async def start_stack(
+    stack: Stack, wechat: FakeWechat, order_settings: Mapping[str, str] = ORDER_ENV
+) -> dict[str, str]:
+    """The sandbox playing WeChat Pay, ingress (its notify URL is the sandbox's callback),
+    then entitlement, notifier and order. Returns the order service's environment, to
+    start it again alike."""
+    sandbox = await stack.start(
+        "sandbox", {**wechat.sandbox_env(), **SANDBOX_ENV, "SANDBOX_APP_SECRET": APP_SECRET}
+    )
+    ingress = await stack.start("ingress")
+    stack.base_env.update(wechat.merchant_env(sandbox.url, f"{ingress.url}/notify/wechatpay"))
+    order = order_env(sandbox.url, order_settings)
+    for name in ("entitlement", "notifier", "order"):
+        await stack.start(name, order if name == "order" else None)
+    return order
