@@ -21,13 +21,13 @@ import uvloop
 
 from paylane_common import db
 from paylane_common.tokens import issue_client_token
+from tests.support.faultproxy import FaultProxy
 from tests.support.polling import eventually
 from tests.support.seeding import add_users
 from tests.support.stack import Stack
 
 from . import brokerfloor, report, setup, wakeups
 from .cpu import CpuMeter, server_pids
-from .delayproxy import DelayProxy
 from .loadgen import Result, closed_loop, open_loop
 from .presign import presign, transaction
 
@@ -300,9 +300,10 @@ async def baseline_vs_paylane(
     await _restart_consumers(stack, [])
 
     # MySQL slowed by 500 ms per query, for everyone: paylane's consumers and the baseline.
-    proxy = DelayProxy("127.0.0.1", 3306, 0.5)
-    port = await proxy.start()
-    slow_url = env.mysql_url.replace("127.0.0.1:3306", f"127.0.0.1:{port}")
+    # Each query is held on its way to MySQL; queries in flight are not queued behind
+    # each other's delay, so the proxy adds latency without capping throughput.
+    proxy = await FaultProxy("127.0.0.1", 3306, name="slow-mysql", latency_up=0.5).start()
+    slow_url = env.mysql_url.replace("127.0.0.1:3306", f"127.0.0.1:{proxy.port}")
     for name in ("order", "entitlement"):
         await stack.stop(name)
         await stack.start(name, env.service_env(slow_url))

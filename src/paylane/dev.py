@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from dotenv import dotenv_values
 
 from paylane_common import db
 from paylane_common.catalog import DEFAULT_CATALOG
@@ -83,8 +84,10 @@ def init(args: argparse.Namespace) -> int:
 
 
 def _read_env(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k: v for k, v in pairs}
+    """``KEY=value`` lines as honcho reads them for ``make run`` (``honcho start -e``):
+    comments and quotes understood, ``$VAR`` taken literally, a bare ``KEY`` ignored."""
+    values = dotenv_values(path, interpolate=False)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _dev_env(directory: Path) -> dict[str, str]:

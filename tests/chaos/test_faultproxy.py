@@ -1,5 +1,6 @@
-"""The fault proxy itself, against a local echo server: it forwards, latency adds delay,
-a blackhole forwards nothing (and heals without losing bytes), a reset closes both sides."""
+"""The fault proxy itself, against a local echo server: it forwards, latency adds delay
+(each direction on its own, without capping throughput), a blackhole forwards nothing (and
+heals without losing bytes), a reset closes both sides."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ pytestmark = pytest.mark.chaos
 class EchoServer:
     def __init__(self) -> None:
         self.received = bytearray()
+        #: time.monotonic() of the last chunk the server read.
+        self.received_at = 0.0
         self.accepted = 0
         self.closed = 0
         self._server: asyncio.Server | None = None
@@ -27,6 +30,7 @@ class EchoServer:
         try:
             while data := await reader.read(65536):
                 self.received += data
+                self.received_at = time.monotonic()
                 writer.write(data)
                 await writer.drain()
         except ConnectionError:
@@ -97,6 +101,51 @@ async def test_latency_adds_delay_each_way(proxy: tuple[FaultProxy, EchoServer])
     fault.latency = 0.0
     assert await round_trip(reader, writer, b"ping") < 0.2
     writer.close()
+
+
+async def test_latency_per_direction(proxy: tuple[FaultProxy, EchoServer]) -> None:
+    fault, echo = proxy
+    reader, writer = await connect(fault)
+    await round_trip(reader, writer, b"warm")
+
+    fault.latency_up = 0.3  # client → server only
+    sent = time.monotonic()
+    took = await round_trip(reader, writer, b"up")
+    assert echo.received_at - sent >= 0.3 - 0.02, "held on the way up"
+    assert took >= 0.3 - 0.02 and took < 0.6, f"round trip {took:.3f}s with 300 ms up only"
+
+    fault.latency_up, fault.latency_down = 0.0, 0.3  # server → client only
+    sent = time.monotonic()
+    took = await round_trip(reader, writer, b"down")
+    assert echo.received_at - sent < 0.3, "held on the way up"
+    assert took >= 0.3 - 0.02 and took < 0.6, f"round trip {took:.3f}s with 300 ms down only"
+
+    # Chunks in flight are each delayed, not queued behind each other's delay: five sent
+    # 50 ms apart arrive about 300 ms after the last, not 5 x 300 ms after the first.
+    fault.latency_up, fault.latency_down = 0.3, 0.0
+    started = time.monotonic()
+    for i in range(5):
+        writer.write(b"%d" % i)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(reader.readexactly(5), 5) == b"01234"
+    took = time.monotonic() - started
+    assert took < 1.0, f"5 chunks took {took:.3f}s: the latency was serialised"
+    writer.close()
+
+
+async def test_latency_set_at_construction() -> None:
+    echo = EchoServer()
+    port = await echo.start()
+    async with FaultProxy("127.0.0.1", port, latency_up=0.2, latency_down=0.1) as fault:
+        assert fault.latency == 0.2  # the larger of the two
+        reader, writer = await connect(fault)
+        took = await round_trip(reader, writer, b"ping")
+        assert took >= 0.3 - 0.02, f"round trip {took:.3f}s with 200 ms up and 100 ms down"
+        fault.latency = 0.0  # sets both
+        assert (fault.latency_up, fault.latency_down) == (0.0, 0.0)
+        writer.close()
+    await echo.stop()
 
 
 async def test_blackhole_forwards_nothing_then_heals(

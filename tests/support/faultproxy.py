@@ -1,7 +1,10 @@
-"""A TCP fault proxy for chaos tests: sits between the services and RabbitMQ or MySQL and,
-on demand, adds latency, blackholes traffic, or resets every connection.
+"""A TCP fault proxy for chaos tests and the bench's slow database: sits between the
+services and RabbitMQ or MySQL and, on demand, adds latency, blackholes traffic, or resets
+every connection.
 
-- ``latency``: seconds added to every chunk in each direction (order is kept).
+- ``latency_up`` / ``latency_down``: seconds added to every chunk going to upstream /
+  coming back from it; ``latency`` sets both. Chunks are delayed, not serialised: each is
+  due its latency after it arrived (order is kept), so throughput is not capped.
 - ``blackhole()`` / ``heal()``: while blackholed nothing is forwarded in either direction
   and new connections are accepted but not connected upstream. Data is held, not
   dropped, as with a real partition that heals before TCP gives up: the byte streams stay
@@ -43,11 +46,22 @@ class _Link:
 class FaultProxy:
     """``127.0.0.1:<port>`` → ``upstream_host:upstream_port``; start() / stop()."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, *, name: str = "proxy") -> None:
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        *,
+        name: str = "proxy",
+        latency_up: float = 0.0,
+        latency_down: float = 0.0,
+    ) -> None:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.name = name
-        self.latency = 0.0
+        #: Seconds each chunk from the client is held before it goes upstream.
+        self.latency_up = latency_up
+        #: Seconds each chunk from upstream is held before it goes to the client.
+        self.latency_down = latency_down
         self.stats = ProxyStats()
         self._open = asyncio.Event()
         self._open.set()
@@ -64,6 +78,15 @@ class FaultProxy:
     @property
     def connections(self) -> int:
         return len(self._links)
+
+    @property
+    def latency(self) -> float:
+        """The latency added each way (the larger one if they differ); setting it sets both."""
+        return max(self.latency_up, self.latency_down)
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.latency_up = self.latency_down = seconds
 
     @property
     def blackholed(self) -> bool:
@@ -159,7 +182,7 @@ class FaultProxy:
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, direction: str
     ) -> None:
         """Copy src → dst until EOF (passed on as a half-close); every chunk is held for
-        ``latency`` and while blackholed. Raises on a connection error."""
+        its direction's latency and while blackholed. Raises on a connection error."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         deliver = asyncio.create_task(self._deliver(queue, dst, direction))
         last_due = 0.0
@@ -174,7 +197,8 @@ class FaultProxy:
                     await deliver  # raises its error
                     return
                 data = read.result()
-                due = max(time.monotonic() + self.latency, last_due)
+                latency = self.latency_up if direction == "up" else self.latency_down
+                due = max(time.monotonic() + latency, last_due)
                 last_due = due
                 queue.put_nowait((due, data))
                 if not data:
