@@ -21,7 +21,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from .exceptions import ConfigError
-from .settings import ApiV3Key, NoneIfBlank, PrivateKeyPem, PublicKeyPem, secret_value
+from .settings import (
+    ApiV3Key,
+    HttpBaseUrl,
+    NoneIfBlank,
+    PrivateKeyPem,
+    PublicKeyPem,
+    secret_value,
+)
 from .wechatpay import (
     CertificateRefresher,
     MerchantSigner,
@@ -79,16 +86,9 @@ class MerchantApiSettings(WechatPayKeysSettings):
     wechatpay_mchid: str = Field(min_length=1)
     wechatpay_merchant_private_key: PrivateKeyPem
     wechatpay_merchant_serial_no: str = Field(min_length=1)
-    wechatpay_api_base: str = DEFAULT_API_BASE
+    wechatpay_api_base: HttpBaseUrl = DEFAULT_API_BASE
     #: Only for downloading platform certificates (certificate mode).
     wechatpay_apiv3_key: NoneIfBlank[ApiV3Key] = None
-
-    @field_validator("wechatpay_api_base")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
 
 
 class MerchantApiConfig(Protocol):
