@@ -169,7 +169,6 @@ async def wechatpay_api(
 
 
 WECHATPAY_CLIENT = web.AppKey("wechatpay_client", WechatPayClient)
-VERIFIER_KEYS = web.AppKey("verifier_keys", VerifierKeys)
 MERCHANT_SIGNER = web.AppKey("merchant_signer", MerchantSigner)
 CERT_REFRESHER = web.AppKey("cert_refresher", CertificateRefresher)
 
@@ -182,7 +181,6 @@ def use_wechatpay_client(app: web.Application, settings: MerchantApiSettings) ->
         async with wechatpay_api(settings) as api:
             app[WECHATPAY_CLIENT] = api.client
             app[MERCHANT_SIGNER] = api.signer
-            app[VERIFIER_KEYS] = api.keys
             if api.refresher is not None:
                 app[CERT_REFRESHER] = api.refresher
                 api.refresher.request_refresh()
@@ -194,7 +192,6 @@ def use_wechatpay_client(app: web.Application, settings: MerchantApiSettings) ->
 __all__ = [
     "CERT_REFRESHER",
     "MERCHANT_SIGNER",
-    "VERIFIER_KEYS",
     "WECHATPAY_CLIENT",
     "MerchantApiConfig",
     "MerchantApiSettings",
