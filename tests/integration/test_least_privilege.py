@@ -50,7 +50,7 @@ from paylane_common.topology import (
 )
 from paylane_notifier.snapshot import load_snapshot
 from paylane_order.config import MerchantConfig
-from paylane_order.orders import NewOrder, Orders, _user_by_openid
+from paylane_order.orders import NewOrder, Orders, user_by_openid
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
@@ -444,7 +444,7 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
     async with _pool(service_mysql_urls["order"]) as pool:
         orders = Orders(pool, None, None, merchant)  # type: ignore[arg-type]
         async with transaction(pool) as cur:
-            user = await _user_by_openid(cur, openid)
+            user = await user_by_openid(cur, openid)
         assert str(user["id"]).startswith("user-")
         assert await orders.sign_in(openid) == user["id"]  # found again, last_login_at set
         new = NewOrder(

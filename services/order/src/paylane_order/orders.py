@@ -72,7 +72,7 @@ async def _find_by_openid(
     return row
 
 
-async def _user_by_openid(
+async def user_by_openid(
     cur: aiomysql.Cursor, openid: str, *, login: bool = False
 ) -> dict[str, Any]:
     """As the cloud function does: the openid names the user, created (``user-…`` id)
@@ -206,7 +206,7 @@ class Orders:
                 raise NotFound(f"user {new.user_id} does not exist", "unknown_user")
         if not new.openid:
             raise InvalidRequest("user_id or openid is required", "user_required")
-        return await _user_by_openid(cur, new.openid)
+        return await user_by_openid(cur, new.openid)
 
     async def user_exists(self, user_id: str) -> bool:
         async with transaction(self._pool) as cur:
@@ -216,7 +216,7 @@ class Orders:
     async def sign_in(self, openid: str) -> str:
         """The user with this openid, created if new (a mini-program login)."""
         async with transaction(self._pool) as cur:
-            user = await _user_by_openid(cur, openid, login=True)
+            user = await user_by_openid(cur, openid, login=True)
         return str(user["id"])
 
     async def _by_idempotency_key(
