@@ -98,7 +98,7 @@ def payment_from_transaction(tx: dict[str, Any], source: str) -> PaymentSucceede
         success_time=tx.get("success_time"),
         mchid=tx.get("mchid"),
         appid=tx.get("appid"),
-        source=source,  # type: ignore[arg-type]
+        source=source,
     )
 
 
