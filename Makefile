@@ -3,6 +3,9 @@
 UV ?= uv
 export MYSQL_URL ?= mysql://root:@127.0.0.1:3306/paylane
 export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
+# What mypy (strict) checks: the library, every service, the sandbox and the CLI.
+TYPED = libs/common/src services/ingress/src services/order/src services/entitlement/src \
+	services/notifier/src tools/sandbox/src src/paylane
 
 .PHONY: help install run demo migrate test test-unit bench lint fmt
 
@@ -48,7 +51,7 @@ bench:
 lint: install
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy libs/common/src
+	$(UV) run mypy $(TYPED)
 
 fmt:
 	$(UV) run ruff check --fix .

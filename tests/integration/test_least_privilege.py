@@ -49,8 +49,8 @@ from paylane_common.topology import (
     existing_queue,
 )
 from paylane_notifier.snapshot import load_snapshot
-from paylane_order.config import MerchantConfig
-from paylane_order.orders import NewOrder, Orders, _user_by_openid
+from paylane_order.config import MerchantConfig, ReconcilerConfig
+from paylane_order.orders import NewOrder, Orders, user_by_openid
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
@@ -444,7 +444,7 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
     async with _pool(service_mysql_urls["order"]) as pool:
         orders = Orders(pool, None, None, merchant)  # type: ignore[arg-type]
         async with transaction(pool) as cur:
-            user = await _user_by_openid(cur, openid)
+            user = await user_by_openid(cur, openid)
         assert str(user["id"]).startswith("user-")
         assert await orders.sign_in(openid) == user["id"]  # found again, last_login_at set
         new = NewOrder(
@@ -490,7 +490,8 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
         )
         async with transaction(pool) as cur:
             unpaid, _, _ = await orders._insert(cur, replace(new, idempotency_key=None), user)
-        await Reconciler(pool, None, None)._fail_locally(unpaid)  # type: ignore[arg-type]
+        reconciler = Reconciler(pool, None, None, ReconcilerConfig())  # type: ignore[arg-type]
+        await reconciler._fail_locally(unpaid)
         async with transaction(pool) as cur:
             await cur.execute("SELECT value FROM paylane_meta WHERE name = 'installed_at'")
             assert (await cur.fetchone())["value"]

@@ -8,11 +8,18 @@ import sys
 import pytest
 
 from paylane_common.exceptions import ConfigError
-from paylane_common.settings import BaseServiceSettings, CatalogSettings, TokenSecret, load_settings
+from paylane_common.settings import (
+    BaseServiceSettings,
+    CatalogSettings,
+    HttpBaseUrl,
+    TokenSecret,
+    load_settings,
+)
 
 
 class _Svc(BaseServiceSettings, CatalogSettings):
     client_token_secret: TokenSecret
+    wechatpay_api_base: HttpBaseUrl = "https://api.mch.weixin.qq.com"
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +33,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "CLIENT_TOKEN_SECRET",
         "CLIENT_TOKEN_SECRET_FILE",
         "PACKAGE_CATALOG",
+        "WECHATPAY_API_BASE",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -122,4 +130,15 @@ def test_service_exits_with_one_clear_line() -> None:
 def test_short_token_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIENT_TOKEN_SECRET", "too-short")
     with pytest.raises(ConfigError, match="CLIENT_TOKEN_SECRET must be at least 32 bytes"):
+        load_settings(_Svc)
+
+
+def test_api_base_is_an_http_url_without_its_trailing_slash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s" * 32)
+    monkeypatch.setenv("WECHATPAY_API_BASE", "http://127.0.0.1:8090/")
+    assert load_settings(_Svc).wechatpay_api_base == "http://127.0.0.1:8090"
+    monkeypatch.setenv("WECHATPAY_API_BASE", "api.mch.weixin.qq.com")
+    with pytest.raises(ConfigError, match="WECHATPAY_API_BASE must be an http\\(s\\) URL"):
         load_settings(_Svc)

@@ -16,7 +16,7 @@ from paylane_common.db import transaction
 from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
-from paylane_order.config import MerchantConfig
+from paylane_order.config import MerchantConfig, ReconcilerConfig
 from paylane_order.errors import InvalidRequest
 from paylane_order.orders import Orders
 from paylane_order.reconciler import Reconciler
@@ -90,7 +90,9 @@ async def test_a_lost_notification_is_found_in_the_next_pass_however_many_are_ab
     publisher: Publisher,
 ) -> None:
     sandbox, client = wechat
-    reconciler = Reconciler(db_pool, client, publisher, after_s=AFTER_S, batch_size=100)
+    reconciler = Reconciler(
+        db_pool, client, publisher, ReconcilerConfig(after_s=AFTER_S, batch_size=100)
+    )
     user_id = await add_user(db_pool)
     # A few thousand orders nobody will pay, older than any other, and one the reconciler
     # asks about while it is still unpaid (its buyer pays a minute later).
@@ -140,7 +142,9 @@ async def test_a_refund_that_never_reached_wechatpay_is_closed_after_the_grace(
     publisher: Publisher,
 ) -> None:
     sandbox, client = wechat
-    reconciler = Reconciler(db_pool, client, publisher, after_s=AFTER_S, refund_grace_s=600)
+    reconciler = Reconciler(
+        db_pool, client, publisher, ReconcilerConfig(after_s=AFTER_S, refund_grace_s=600)
+    )
     orders = Orders(
         db_pool,
         client,
@@ -191,7 +195,9 @@ async def test_orders_other_writers_left_pending_expire_after_the_ttl_and_stop_b
     ``order_ttl_s`` after its creation. One WeChat Pay does not know (ORDER_NOT_EXIST) is
     failed once expired, and then out of the pending set: the next pass does not ask."""
     sandbox, client = wechat
-    reconciler = Reconciler(db_pool, client, publisher, after_s=AFTER_S, order_ttl_s=1800)
+    reconciler = Reconciler(
+        db_pool, client, publisher, ReconcilerConfig(after_s=AFTER_S, order_ttl_s=1800)
+    )
     user_id = await add_user(db_pool)
     old, young = _number(), _number()  # never placed at WeChat Pay
     await _pending(db_pool, user_id, [old], age_s=1801, expires=False)

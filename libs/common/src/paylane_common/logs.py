@@ -82,15 +82,10 @@ _dict_tracebacks = structlog.processors.ExceptionRenderer(
 
 
 def _console_renderer() -> structlog.dev.ConsoleRenderer:
-    """Aligned, coloured lines; tracebacks pretty with rich when it is installed, without
-    the frames' local variables either way."""
-    try:
-        import rich  # noqa: F401
-    except ImportError:
-        formatter: Any = structlog.dev.plain_traceback
-    else:
-        formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
-    return structlog.dev.ConsoleRenderer(exception_formatter=formatter)
+    """Aligned, coloured lines and rich tracebacks, without the frames' local variables."""
+    return structlog.dev.ConsoleRenderer(
+        exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+    )
 
 
 def configure_logging(

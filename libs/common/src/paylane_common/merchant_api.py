@@ -21,7 +21,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from .exceptions import ConfigError
-from .settings import ApiV3Key, NoneIfBlank, PrivateKeyPem, PublicKeyPem, secret_value
+from .settings import (
+    ApiV3Key,
+    HttpBaseUrl,
+    NoneIfBlank,
+    PrivateKeyPem,
+    PublicKeyPem,
+    secret_value,
+)
 from .wechatpay import (
     CertificateRefresher,
     MerchantSigner,
@@ -79,16 +86,9 @@ class MerchantApiSettings(WechatPayKeysSettings):
     wechatpay_mchid: str = Field(min_length=1)
     wechatpay_merchant_private_key: PrivateKeyPem
     wechatpay_merchant_serial_no: str = Field(min_length=1)
-    wechatpay_api_base: str = DEFAULT_API_BASE
+    wechatpay_api_base: HttpBaseUrl = DEFAULT_API_BASE
     #: Only for downloading platform certificates (certificate mode).
     wechatpay_apiv3_key: NoneIfBlank[ApiV3Key] = None
-
-    @field_validator("wechatpay_api_base")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
 
 
 class MerchantApiConfig(Protocol):
@@ -169,7 +169,6 @@ async def wechatpay_api(
 
 
 WECHATPAY_CLIENT = web.AppKey("wechatpay_client", WechatPayClient)
-VERIFIER_KEYS = web.AppKey("verifier_keys", VerifierKeys)
 MERCHANT_SIGNER = web.AppKey("merchant_signer", MerchantSigner)
 CERT_REFRESHER = web.AppKey("cert_refresher", CertificateRefresher)
 
@@ -182,7 +181,6 @@ def use_wechatpay_client(app: web.Application, settings: MerchantApiSettings) ->
         async with wechatpay_api(settings) as api:
             app[WECHATPAY_CLIENT] = api.client
             app[MERCHANT_SIGNER] = api.signer
-            app[VERIFIER_KEYS] = api.keys
             if api.refresher is not None:
                 app[CERT_REFRESHER] = api.refresher
                 api.refresher.request_refresh()
@@ -194,7 +192,6 @@ def use_wechatpay_client(app: web.Application, settings: MerchantApiSettings) ->
 __all__ = [
     "CERT_REFRESHER",
     "MERCHANT_SIGNER",
-    "VERIFIER_KEYS",
     "WECHATPAY_CLIENT",
     "MerchantApiConfig",
     "MerchantApiSettings",

@@ -128,6 +128,18 @@ def _public_key_loads(value: str) -> str:
 #: An RSA public key: a ``PUBLIC KEY`` PEM or an X.509 certificate PEM.
 PublicKeyPem = Annotated[str, AfterValidator(_public_key_loads)]
 
+
+def _http_base_url(value: str) -> str:
+    if not value.startswith(("https://", "http://")):
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+#: The base URL of an HTTP API (``WECHATPAY_API_BASE``, ``WECHAT_API_BASE``), without a
+#: trailing ``/`` so that paths join on as ``f"{base}/v3/..."``; ``http://`` is allowed
+#: for the sandbox.
+HttpBaseUrl = Annotated[str, AfterValidator(_http_base_url)]
+
 #: pydantic's MySQL URL, with MariaDB's scheme and the defaults of a local server.
 _MYSQL_DSN: TypeAdapter[MySQLDsn] = TypeAdapter(
     Annotated[

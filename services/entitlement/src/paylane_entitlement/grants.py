@@ -304,7 +304,7 @@ def after_grant(user: Mapping[str, Any], package: Package) -> dict[str, Any]:
 
 def _after_a_refund(items: Sequence[BatchItem]) -> set[int]:
     """Indexes of the items that come after an ``order.refunded`` of the same user."""
-    refunded: set[int] = set()
+    refunded: set[str] = set()
     after: set[int] = set()
     for i, item in enumerate(items):
         user_id = getattr(item.data, "user_id", None)

@@ -10,6 +10,7 @@ from paylane_common.settings import (
     ApiV3Key,
     BaseServiceSettings,
     CatalogSettings,
+    HttpBaseUrl,
     NoneIfBlank,
     PrivateKeyPem,
 )
@@ -29,7 +30,7 @@ class IngressSettings(BaseServiceSettings, WechatPayKeysSettings, CatalogSetting
     wechatpay_mchid: str | None = None
     wechatpay_merchant_private_key: NoneIfBlank[PrivateKeyPem] = None
     wechatpay_merchant_serial_no: str | None = None
-    wechatpay_api_base: str = DEFAULT_API_BASE
+    wechatpay_api_base: HttpBaseUrl = DEFAULT_API_BASE
 
     @property
     def refreshes_certificates(self) -> bool:

@@ -17,7 +17,7 @@ from paylane_common.tokens import issue_client_token
 
 from .auth import Caller, identify, require_backend
 from .client_address import client_ip
-from .config import API_CONFIG
+from .config import ORDER_CONFIG
 from .errors import InvalidRequest, NotFound
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
@@ -99,7 +99,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     """``POST /auth/miniprogram {code}``: the code of ``wx.login()`` → a session token of
     the user whose openid WeChat names (created if new)."""
-    config = request.app[API_CONFIG]
+    config = request.app[ORDER_CONFIG]
     body: Login = await _body(request, Login)
     identity = await request.app[LOGIN].identify(body.code)
     user_id = await request.app[ORDERS].sign_in(identity.openid)
@@ -118,7 +118,7 @@ async def login(request: web.Request) -> web.Response:
 async def user_token(request: web.Request) -> web.Response:
     """``POST /auth/token {user_id}`` (the backend only): a fresh token for a user's client,
     e.g. when its stream closed because the last one expired."""
-    config = request.app[API_CONFIG]
+    config = request.app[ORDER_CONFIG]
     require_backend(_caller(request), "minting user tokens")
     body: TokenRequest = await _body(request, TokenRequest)
     if not await request.app[ORDERS].user_exists(body.user_id):
@@ -140,12 +140,12 @@ def _payer_ip(request: web.Request, caller: Caller, body: CreateOrder) -> str | 
     ``client_ip`` in their body is not believed."""
     if caller.backend and body.client_ip:
         return body.client_ip
-    trusted = request.app[API_CONFIG].trusted_proxies
+    trusted = request.app[ORDER_CONFIG].trusted_proxies
     return client_ip(request, trusted) if body.trade_type == "H5" else None
 
 
 async def create_order(request: web.Request) -> web.Response:
-    config = request.app[API_CONFIG]
+    config = request.app[ORDER_CONFIG]
     caller = _caller(request)
     body: CreateOrder = await _body(request, CreateOrder)
     package = config.catalog.get(body.package_type)
@@ -218,7 +218,7 @@ def _view(order: dict[str, Any]) -> dict[str, Any]:
 
 def _caller(request: web.Request) -> Caller:
     """The authenticated caller (401 otherwise), bound to the request's log lines."""
-    config = request.app[API_CONFIG]
+    config = request.app[ORDER_CONFIG]
     caller = identify(
         request, backend_secret=config.backend_secret, token_secret=config.token_secret
     )
@@ -263,7 +263,7 @@ async def create_refund(request: web.Request) -> web.Response:
 
 async def prices(request: web.Request) -> web.Response:
     """Its own fields, and the seed's ``success``/``data`` (yuan as JSON numbers)."""
-    config = request.app[API_CONFIG]
+    config = request.app[ORDER_CONFIG]
     catalog = config.catalog
     return web.Response(
         content_type="application/json",

@@ -1,6 +1,8 @@
-"""What the order service's parts read, built once in ``build_app`` from the settings
-(secrets unwrapped there): the merchant, for placing orders and checking payments, and
-the HTTP API's configuration."""
+"""What the order service's parts read: one frozen :class:`OrderConfig` under
+``ORDER_CONFIG``, built once in ``build_app`` from the settings (secrets unwrapped there).
+The merchant and the reconciler's configuration are value objects of their own, handed
+to the parts that need only them; ``paylane reconcile`` builds the reconciler's the same
+way."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from aiohttp import web
 
 from paylane_common.catalog import Package
 from paylane_common.prices import PriceList
+from paylane_common.settings import secret_value
 
 from .client_address import Network
+from .settings import OrderSettings
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,42 @@ class MerchantConfig:
 
 
 @dataclass(frozen=True)
-class ApiConfig:
-    """What the order API's handlers read."""
+class ReconcilerConfig:
+    """How the reconciler works (reconciler.py); the defaults are the settings'."""
+
+    #: Orders and refunds still pending after this long are asked about …
+    after_s: float = 60.0
+    #: … every this many seconds, when it runs on its own schedule.
+    interval_s: float = 30.0
+    #: Pending rows read a page.
+    batch_size: int = 100
+    #: WeChat Pay queries in flight at most.
+    concurrency: int = 16
+    #: A refund WeChat Pay does not know is closed once this old.
+    refund_grace_s: float = 600.0
+    #: When an order another writer made (no ``expires_at``) expires.
+    order_ttl_s: float = 1800.0
+    #: The effects sweep: orders another writer settled, announced once untouched this
+    #: long, at most ``sweep_limit`` of each kind a pass.
+    sweep_grace_s: float = 60.0
+    sweep_limit: int = 500
+
+    @classmethod
+    def from_settings(cls, settings: OrderSettings) -> ReconcilerConfig:
+        return cls(
+            after_s=settings.reconcile_after_s,
+            interval_s=settings.reconcile_interval_s,
+            concurrency=settings.reconcile_concurrency,
+            refund_grace_s=settings.reconcile_refund_grace_s,
+            order_ttl_s=settings.order_ttl_s,
+            sweep_grace_s=settings.sweep_grace_s,
+            sweep_limit=settings.sweep_limit,
+        )
+
+
+@dataclass(frozen=True)
+class OrderConfig:
+    """What the order API's handlers, the consumer's appliers and the reconciler read."""
 
     catalog: Mapping[str, Package]
     #: ``X-Internal-Secret`` of the app backend (``BACKEND_API_SECRET``); "" opens nothing.
@@ -42,6 +80,34 @@ class ApiConfig:
     price_list: PriceList
     #: The proxies whose ``X-Forwarded-For`` is believed (``TRUSTED_PROXIES``).
     trusted_proxies: tuple[Network, ...]
+    #: Mini-program sign-in: WeChat's API host and the AppSecret ("" answers 503).
+    wechat_api_base: str
+    wechat_app_secret: str
+    #: Apply ``source: "internal"`` payments without asking WeChat Pay first.
+    internal_notify_trusted: bool
+    merchant: MerchantConfig
+    reconciler: ReconcilerConfig
+
+    @classmethod
+    def from_settings(cls, settings: OrderSettings) -> OrderConfig:
+        return cls(
+            catalog=settings.catalog,
+            backend_secret=secret_value(settings.backend_api_secret),
+            token_secret=secret_value(settings.client_token_secret),
+            token_ttl_s=settings.client_token_ttl_s,
+            price_list=PriceList.of(settings.catalog, settings.prices_effective_at),
+            trusted_proxies=settings.trusted_proxies,
+            wechat_api_base=settings.wechat_api_base,
+            wechat_app_secret=secret_value(settings.wechat_app_secret),
+            internal_notify_trusted=settings.internal_notify_trusted,
+            merchant=MerchantConfig(
+                mchid=settings.wechatpay_mchid,
+                appid=settings.wechatpay_appid,
+                notify_url=settings.wechatpay_notify_url,
+                order_ttl_s=settings.order_ttl_s,
+            ),
+            reconciler=ReconcilerConfig.from_settings(settings),
+        )
 
 
-API_CONFIG = web.AppKey("api_config", ApiConfig)
+ORDER_CONFIG = web.AppKey("order_config", OrderConfig)

@@ -12,7 +12,6 @@ from paylane_common.batching import BatchItem
 from paylane_common.consumer import Reject
 from paylane_common.events import Envelope, OrderCreated, PaymentSucceeded, RefundEvent
 from paylane_common.merchant_api import MERCHANT_SIGNER, WECHATPAY_CLIENT, use_wechatpay_client
-from paylane_common.prices import PriceList
 from paylane_common.service import (
     DB_POOL,
     OUTBOX_RELAY,
@@ -23,11 +22,10 @@ from paylane_common.service import (
     use_consumer,
     use_mysql,
 )
-from paylane_common.settings import secret_value
 from paylane_common.topology import ORDER_PAYMENTS
 
 from . import OUTBOX_PRODUCER, api
-from .config import API_CONFIG, ApiConfig, MerchantConfig
+from .config import ORDER_CONFIG, OrderConfig
 from .created import OrderCreatedApplier
 from .errors import error_middleware
 from .miniprogram import MiniProgramLogin
@@ -73,19 +71,17 @@ class OrderEvents:
         self._payments.after_commit(outcomes)
 
 
-def build_handler(
-    app: web.Application, settings: OrderSettings, merchant: MerchantConfig
-) -> OrderEvents:
+def build_handler(app: web.Application, config: OrderConfig) -> OrderEvents:
     client = app[WECHATPAY_CLIENT]
     wake = app[OUTBOX_RELAY].wake
     payments = PaymentApplier(
         app[DB_POOL],
-        merchant,
+        config.merchant,
         on_commit=wake,
         confirm=lambda data: confirm_payment(client, data),
-        trust_internal=settings.internal_notify_trusted,
+        trust_internal=config.internal_notify_trusted,
     )
-    created = OrderCreatedApplier(app[DB_POOL], order_ttl_s=settings.order_ttl_s)
+    created = OrderCreatedApplier(app[DB_POOL], order_ttl_s=config.merchant.order_ttl_s)
     return OrderEvents(payments, RefundApplier(app[DB_POOL], on_commit=wake), created)
 
 
@@ -95,47 +91,23 @@ def build_app(settings: OrderSettings) -> web.Application:
     use_broker(app, settings)
     use_mysql(app, settings)
     use_wechatpay_client(app, settings)
-    app[API_CONFIG] = ApiConfig(
-        catalog=settings.catalog,
-        backend_secret=secret_value(settings.backend_api_secret),
-        token_secret=secret_value(settings.client_token_secret),
-        token_ttl_s=settings.client_token_ttl_s,
-        price_list=PriceList.of(settings.catalog, settings.prices_effective_at),
-        trusted_proxies=settings.trusted_proxies,
-    )
-    merchant = MerchantConfig(
-        mchid=settings.wechatpay_mchid,
-        appid=settings.wechatpay_appid,
-        notify_url=settings.wechatpay_notify_url,
-        order_ttl_s=settings.order_ttl_s,
-    )
+    config = app[ORDER_CONFIG] = OrderConfig.from_settings(settings)
 
     async def orders_ctx(app: web.Application) -> AsyncIterator[None]:
         app[api.ORDERS] = Orders(
             app[DB_POOL],
             app[WECHATPAY_CLIENT],
             app[MERCHANT_SIGNER],
-            merchant,
+            config.merchant,
         )
         reconciler = Reconciler(
-            app[DB_POOL],
-            app[WECHATPAY_CLIENT],
-            app[PUBLISHER],
-            after_s=settings.reconcile_after_s,
-            interval_s=settings.reconcile_interval_s,
-            concurrency=settings.reconcile_concurrency,
-            refund_grace_s=settings.reconcile_refund_grace_s,
-            order_ttl_s=settings.order_ttl_s,
-            sweep_grace_s=settings.sweep_grace_s,
-            sweep_limit=settings.sweep_limit,
+            app[DB_POOL], app[WECHATPAY_CLIENT], app[PUBLISHER], config.reconciler
         )
         app[RECONCILER] = reconciler
         app[api.LOGIN] = MiniProgramLogin(
-            settings.wechat_api_base,
-            settings.wechatpay_appid,
-            secret_value(settings.wechat_app_secret),
+            config.wechat_api_base, config.merchant.appid, config.wechat_app_secret
         )
-        if settings.reconcile_interval_s > 0:
+        if config.reconciler.interval_s > 0:
             reconciler.start()
         yield
         await reconciler.stop()
@@ -145,7 +117,7 @@ def build_app(settings: OrderSettings) -> web.Application:
     use_consumer(
         app,
         ORDER_PAYMENTS,
-        lambda app: build_handler(app, settings, merchant),
+        lambda app: build_handler(app, config),
         settings,
         outbox_producer=OUTBOX_PRODUCER,
     )

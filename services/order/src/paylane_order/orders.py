@@ -72,7 +72,7 @@ async def _find_by_openid(
     return row
 
 
-async def _user_by_openid(
+async def user_by_openid(
     cur: aiomysql.Cursor, openid: str, *, login: bool = False
 ) -> dict[str, Any]:
     """As the cloud function does: the openid names the user, created (``user-…`` id)
@@ -206,7 +206,7 @@ class Orders:
                 raise NotFound(f"user {new.user_id} does not exist", "unknown_user")
         if not new.openid:
             raise InvalidRequest("user_id or openid is required", "user_required")
-        return await _user_by_openid(cur, new.openid)
+        return await user_by_openid(cur, new.openid)
 
     async def user_exists(self, user_id: str) -> bool:
         async with transaction(self._pool) as cur:
@@ -216,7 +216,7 @@ class Orders:
     async def sign_in(self, openid: str) -> str:
         """The user with this openid, created if new (a mini-program login)."""
         async with transaction(self._pool) as cur:
-            user = await _user_by_openid(cur, openid, login=True)
+            user = await user_by_openid(cur, openid, login=True)
         return str(user["id"])
 
     async def _by_idempotency_key(
@@ -365,6 +365,8 @@ class Orders:
         from an Idempotency-Key) a retry is the same refund: its row is answered, and sent
         to WeChat Pay again while WeChat Pay has not acknowledged it (identical body)."""
         existing: dict[str, Any] | None = None
+        # Only a number the caller gave may name a refund already requested.
+        refund_no = out_refund_no or new_out_refund_no()
         async with transaction(self._pool) as cur:
             # Lock the order so concurrent refund requests cannot exceed what was paid.
             await cur.execute(
@@ -379,7 +381,7 @@ class Orders:
                 await cur.execute(
                     "SELECT out_trade_no, amount_refund, amount_total, reason, status, refund_id"
                     " FROM refunds WHERE out_refund_no = %s",
-                    (out_refund_no,),
+                    (refund_no,),
                 )
                 existing = await cur.fetchone()
                 if existing is not None:
@@ -395,11 +397,10 @@ class Orders:
                     fen = int(existing["amount_refund"])
                     resend = existing["status"] == "pending" and existing["refund_id"] is None
                     if not resend:
-                        return _refund_view(out_refund_no, fen, existing["status"])
+                        return _refund_view(refund_no, fen, existing["status"])
                     total, reason = int(existing["amount_total"]), existing["reason"] or ""
             if existing is None:
                 fen, total = await self._reserve(cur, out_trade_no, order, amount)
-                out_refund_no = out_refund_no or new_out_refund_no()
                 try:
                     # Yuan, as the shared table has it; the fen columns are generated.
                     await cur.execute(
@@ -407,7 +408,7 @@ class Orders:
                         " refund_amount, total_amount, reason) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                         (
                             new_row_id("refund"),
-                            out_refund_no,
+                            refund_no,
                             out_trade_no,
                             order["transaction_id"],
                             yuan(fen),
@@ -418,12 +419,12 @@ class Orders:
                 except Exception as exc:
                     if is_duplicate_key(exc):  # the same out_refund_no for another order
                         raise Conflict(
-                            f"out_refund_no {out_refund_no} is already used",
+                            f"out_refund_no {refund_no} is already used",
                             "idempotency_key_reused",
                         ) from None
                     raise
-        status = await self._send_refund(out_trade_no, out_refund_no, fen, total, reason)
-        return _refund_view(out_refund_no, fen, status)
+        status = await self._send_refund(out_trade_no, refund_no, fen, total, reason)
+        return _refund_view(refund_no, fen, status)
 
     async def _reserve(
         self, cur: aiomysql.Cursor, out_trade_no: str, order: dict[str, Any], amount: int | None

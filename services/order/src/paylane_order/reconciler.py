@@ -55,6 +55,7 @@ from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
 
 from . import effects
+from .config import ReconcilerConfig
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +98,7 @@ def payment_from_transaction(tx: dict[str, Any], source: str) -> PaymentSucceede
         success_time=tx.get("success_time"),
         mchid=tx.get("mchid"),
         appid=tx.get("appid"),
-        source=source,  # type: ignore[arg-type]
+        source=source,
     )
 
 
@@ -132,27 +133,13 @@ class Reconciler(BackgroundLoop):
         pool: aiomysql.Pool,
         client: WechatPayClient,
         publisher: Publisher,
-        *,
-        after_s: float = 60.0,
-        interval_s: float = 30.0,
-        batch_size: int = 100,
-        concurrency: int = 16,
-        refund_grace_s: float = 600.0,
-        order_ttl_s: float = 1800.0,
-        sweep_grace_s: float = 60.0,
-        sweep_limit: int = 500,
+        config: ReconcilerConfig,
     ) -> None:
         self._pool = pool
         self._client = client
         self._publisher = publisher
-        self._after_s = after_s
-        self._interval_s = interval_s
-        self._batch_size = batch_size
-        self._concurrency = concurrency
-        self._refund_grace_s = refund_grace_s
-        self._sweep_grace_s = sweep_grace_s
-        self._sweep_limit = sweep_limit
-        self._order_ttl = timedelta(seconds=order_ttl_s)
+        self._config = config
+        self._order_ttl = timedelta(seconds=config.order_ttl_s)
 
     async def _run(self) -> None:
         while True:
@@ -160,7 +147,7 @@ class Reconciler(BackgroundLoop):
                 await self.run_once()
             except Exception as exc:
                 log.warning("reconcile_pass_failed", error=repr(exc))
-            await asyncio.sleep(self._interval_s)
+            await asyncio.sleep(self._config.interval_s)
 
     async def run_once(self, wait_for_lock_s: float = 0) -> Counter[str]:
         """One pass; returns what was found (empty when another replica holds the lock
@@ -178,7 +165,9 @@ class Reconciler(BackgroundLoop):
                     await self._pass("refunds", self._settle_refund, findings)
                     findings.update(
                         await effects.sweep(
-                            self._pool, grace_s=self._sweep_grace_s, limit=self._sweep_limit
+                            self._pool,
+                            grace_s=self._config.sweep_grace_s,
+                            limit=self._config.sweep_limit,
                         )
                     )
             finally:
@@ -198,7 +187,7 @@ class Reconciler(BackgroundLoop):
     ) -> None:
         """Settles every ``table`` row pending longer than ``after_s``, at most
         ``concurrency`` at a time, reading the next page while the last one is asked about."""
-        slots = asyncio.Semaphore(self._concurrency)
+        slots = asyncio.Semaphore(self._config.concurrency)
 
         async def settle_one(row: dict[str, Any]) -> None:
             try:
@@ -213,7 +202,7 @@ class Reconciler(BackgroundLoop):
                 for row in rows:
                     await slots.acquire()
                     tasks.create_task(settle_one(row))
-                if len(rows) < self._batch_size:
+                if len(rows) < self._config.batch_size:
                     return
                 after = (rows[-1]["created_at"], rows[-1]["id"])
 
@@ -231,7 +220,7 @@ class Reconciler(BackgroundLoop):
                 f"SELECT id, {_COLUMNS[table]}, created_at FROM {table}"
                 " WHERE status = 'pending' AND created_at < NOW(6) - INTERVAL %s MICROSECOND"
                 f"{keyset} ORDER BY created_at, id LIMIT %s",
-                [int(self._after_s * 1e6), *args, self._batch_size],
+                [int(self._config.after_s * 1e6), *args, self._config.batch_size],
             )
             return list(await cur.fetchall())
 
@@ -328,7 +317,7 @@ class Reconciler(BackgroundLoop):
         a 503). Once older than the grace (longer than a request and its retries take),
         closed here, so it no longer reserves the order's refundable amount."""
         age_s = (_now() - refund["created_at"]).total_seconds()
-        if age_s < self._refund_grace_s:
+        if age_s < self._config.refund_grace_s:
             return "refund_not_at_wechatpay_yet"
         async with transaction(self._pool) as cur:
             await cur.execute(

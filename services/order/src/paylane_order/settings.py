@@ -9,6 +9,7 @@ from paylane_common.settings import (
     BaseServiceSettings,
     CatalogSettings,
     ConsumerSettings,
+    HttpBaseUrl,
     TokenSecret,
 )
 
@@ -39,7 +40,7 @@ class OrderSettings(
     #: login answers 503 without it.
     wechat_app_secret: SecretStr | None = None
     #: WeChat's open-platform API host (``/sns/jscode2session``); the sandbox's URL locally.
-    wechat_api_base: str = "https://api.weixin.qq.com"
+    wechat_api_base: HttpBaseUrl = "https://api.weixin.qq.com"
     #: Apply ``source: "internal"`` payments without asking WeChat Pay first. Only for a
     #: caller the operator trusts as much as WeChat Pay itself; off by default.
     internal_notify_trusted: bool = False
@@ -58,13 +59,6 @@ class OrderSettings(
     sweep_grace_s: float = Field(60.0, ge=0)
     #: … at most this many of each kind (paid, refunded) a pass.
     sweep_limit: int = Field(500, ge=1)
-
-    @field_validator("wechat_api_base")
-    @classmethod
-    def _api_base(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
 
     @field_validator("wechatpay_notify_url")
     @classmethod

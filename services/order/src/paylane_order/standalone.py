@@ -10,6 +10,7 @@ from paylane_common import amqp, db
 from paylane_common.merchant_api import wechatpay_api
 from paylane_common.publisher import Publisher
 
+from .config import ReconcilerConfig
 from .reconciler import Reconciler
 from .settings import OrderSettings
 
@@ -24,15 +25,7 @@ async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
         )
         api = await stack.enter_async_context(wechatpay_api(settings))
         reconciler = Reconciler(
-            pool,
-            api.client,
-            publisher,
-            after_s=settings.reconcile_after_s,
-            concurrency=settings.reconcile_concurrency,
-            refund_grace_s=settings.reconcile_refund_grace_s,
-            order_ttl_s=settings.order_ttl_s,
-            sweep_grace_s=settings.sweep_grace_s,
-            sweep_limit=settings.sweep_limit,
+            pool, api.client, publisher, ReconcilerConfig.from_settings(settings)
         )
         total: Counter[str] = Counter()
         while True:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from paylane_common.settings import (
     FILE_VARIABLES,
@@ -14,6 +14,20 @@ from paylane_common.settings import (
     PrivateKeyPem,
     PublicKeyPem,
 )
+
+
+def _certificate_serial(value: str) -> str:
+    try:
+        number = int(value, 16)
+    except ValueError:
+        raise ValueError("must be hexadecimal") from None
+    if not 0 < number < 2**159:
+        raise ValueError("must be a positive serial below 2**159 (X.509)")
+    return value.strip().upper()
+
+
+#: An X.509 serial number in hex, as WeChat Pay spells it (upper case).
+CertificateSerial = Annotated[str, AfterValidator(_certificate_serial)]
 
 SignMode = Literal["public_key", "certificate", "mixed"]
 RefundMode = Literal["auto", "manual"]
@@ -39,7 +53,7 @@ class SandboxSettings(BaseServiceSettings):
     # WeChat Pay's side: one RSA key, announced as a public key id and as a certificate.
     sandbox_platform_private_key: NoneIfBlank[PrivateKeyPem] = None
     wechatpay_public_key_id: str = Field("PUB_KEY_ID_SANDBOX", min_length=1)
-    sandbox_platform_cert_serial: str | None = None
+    sandbox_platform_cert_serial: NoneIfBlank[CertificateSerial] = None
     sandbox_sign_mode: SignMode = "public_key"
     sandbox_time_factor: float = Field(1.0, ge=0)
     sandbox_refund_mode: RefundMode = "auto"
@@ -48,19 +62,6 @@ class SandboxSettings(BaseServiceSettings):
     sandbox_max_skew_s: int = Field(300, ge=0)
     #: The mini-program AppSecret jscode2session expects (any secret when unset).
     sandbox_app_secret: SecretStr | None = None
-
-    @field_validator("sandbox_platform_cert_serial")
-    @classmethod
-    def _serial_is_hex(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        try:
-            number = int(value, 16)
-        except ValueError:
-            raise ValueError("must be hexadecimal") from None
-        if not 0 < number < 2**159:
-            raise ValueError("must be a positive serial below 2**159 (X.509)")
-        return value.strip().upper()
 
     @model_validator(mode="after")
     def _merchant_key_given(self) -> SandboxSettings:
