@@ -33,11 +33,10 @@ from paylane_common import db, events, outbox
 from paylane_common.events import Envelope, OrderPaid, make_event
 from paylane_common.migrate import migrate
 from paylane_common.outbox import OutboxRelay
+from paylane_order import OUTBOX_PRODUCER
 from tests.support.infra import Infra, unique_name
 
 pytestmark = pytest.mark.chaos
-
-PRODUCER = "order"
 
 
 class SlowBroker:
@@ -78,7 +77,7 @@ async def pool(infra: Infra) -> AsyncIterator[aiomysql.Pool]:
         async with db.create_pool(url, maxsize=4) as pool:
             async with db.transaction(pool) as cur:
                 for n in range(4):
-                    await outbox.add(cur, PRODUCER, paid(n))
+                    await outbox.add(cur, OUTBOX_PRODUCER, paid(n))
                 await cur.execute("UPDATE outbox SET published_at = NOW(6) ORDER BY id LIMIT 1")
             yield pool
     finally:
@@ -88,13 +87,13 @@ async def pool(infra: Infra) -> AsyncIterator[aiomysql.Pool]:
 
 async def test_relay_claim_neither_blocks_nor_deadlocks_consumers(pool: aiomysql.Pool) -> None:
     broker = SlowBroker()
-    relay = OutboxRelay(pool, broker, PRODUCER)  # type: ignore[arg-type]
+    relay = OutboxRelay(pool, broker, OUTBOX_PRODUCER)  # type: ignore[arg-type]
     relaying = asyncio.create_task(relay.relay_once())
     await asyncio.wait_for(broker.publishing.wait(), 10)  # claimed, now publishing
 
     async def consumer_transaction() -> None:
         async with db.transaction(pool) as cur:
-            await outbox.add(cur, PRODUCER, paid(99))
+            await outbox.add(cur, OUTBOX_PRODUCER, paid(99))
 
     adding = asyncio.create_task(consumer_transaction())
     finished, _ = await asyncio.wait({adding}, timeout=1.0)
