@@ -31,6 +31,7 @@ from paylane_common.wechatpay.testing import (
     certificate_pem,
     new_event_id,
     new_private_key,
+    order_request,
     self_signed_certificate,
     signed_notification,
 )
@@ -41,7 +42,6 @@ from tests.support.polling import eventually
 from tests.support.sandbox import (
     RunningSandbox,
     SandboxKeys,
-    order_body,
     running_sandbox,
 )
 
@@ -156,7 +156,7 @@ async def test_place_answers_the_prepay_shape_of_each_trade_type(
 ) -> None:
     sandbox = await start_sandbox(sandbox_sign_mode="mixed")  # answers under both serials
     client = make_client(sandbox.base_url, await both_modes(sandbox, keys))
-    body = order_body(trade_type)
+    body = order_request(trade_type)
     field, prefix = PREPAY[trade_type]
 
     answer = await client.place(trade_type, body)
@@ -171,7 +171,7 @@ async def test_an_answer_signed_under_an_unknown_serial_fails_verification(
     start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, calls: Calls
 ) -> None:
     sandbox = await start_sandbox(sandbox_sign_mode="certificate")
-    body = order_body("native")
+    body = order_request("native")
 
     with pytest.raises(WechatPayError, match="failed verification") as caught:
         await make_client(sandbox.base_url).place("NATIVE", body)  # knows the public key only
@@ -189,7 +189,7 @@ async def test_an_answer_signed_under_an_unknown_serial_fails_verification(
 
 async def test_query_after_payment_then_refund(sandbox: RunningSandbox, make_client: Any) -> None:
     client = make_client(sandbox.base_url)
-    body = order_body("jsapi")
+    body = order_request("jsapi")
     no = body["out_trade_no"]
     await client.place("JSAPI", body)
     assert (await client.query_by_out_trade_no(no))["trade_state"] == "NOTPAY"
@@ -232,7 +232,7 @@ async def test_close_then_query_shows_closed(
     hex_part = uuid.uuid4().hex[:10].upper()
     no, wire = out_trade_no.format(hex=hex_part), on_the_wire.format(hex=hex_part)
     client = make_client(sandbox.base_url)
-    await client.place("NATIVE", order_body("native", out_trade_no=no))
+    await client.place("NATIVE", order_request("native", out_trade_no=no))
 
     queried = await client.query_by_out_trade_no(no)
     assert (queried["out_trade_no"], queried["trade_state"]) == (no, "NOTPAY")
@@ -253,7 +253,7 @@ async def test_retryable_errors_are_retried_until_success(
     sandbox: RunningSandbox, make_client: Any, calls: Calls, status: int, code: str
 ) -> None:
     await sandbox.add_fault(path_prefix=PLACE, count=2, status=status, code=code)
-    answer = await make_client(sandbox.base_url).place("JSAPI", order_body("jsapi"))
+    answer = await make_client(sandbox.base_url).place("JSAPI", order_request("jsapi"))
     assert answer["prepay_id"].startswith("wx")
     assert calls.count(PLACE) == 3
     assert await sandbox.faults() == []  # both faults consumed
@@ -264,7 +264,7 @@ async def test_a_slow_answer_times_out_and_is_retried(
 ) -> None:
     await sandbox.add_fault(path_prefix=PLACE, count=1, delay_s=0.3)
     client = make_client(sandbox.base_url, request_timeout_s=0.1)
-    assert (await client.place("NATIVE", order_body("native")))["code_url"]
+    assert (await client.place("NATIVE", order_request("native")))["code_url"]
     assert calls.count(PLACE) == 2
 
 
@@ -272,7 +272,7 @@ async def test_param_error_is_raised_after_one_attempt(
     sandbox: RunningSandbox, make_client: Any, calls: Calls
 ) -> None:
     await sandbox.add_fault(path_prefix=PLACE, count=2, status=400, code="PARAM_ERROR")
-    place = make_client(sandbox.base_url).place("JSAPI", order_body("jsapi"))
+    place = make_client(sandbox.base_url).place("JSAPI", order_request("jsapi"))
     assert await api_error(place) == (400, "PARAM_ERROR", False)
     assert calls.count(PLACE) == 1
     assert [f["remaining"] for f in await sandbox.faults()] == [1]
@@ -282,7 +282,7 @@ async def test_out_trade_no_used_is_not_retried(
     sandbox: RunningSandbox, make_client: Any, calls: Calls
 ) -> None:
     client = make_client(sandbox.base_url)
-    body = order_body("jsapi")
+    body = order_request("jsapi")
     await client.place("JSAPI", body)
     place = client.place("JSAPI", {**body, "description": "another body"})
     assert await api_error(place) == (403, "OUT_TRADE_NO_USED", False)
@@ -293,7 +293,7 @@ async def test_persistent_server_errors_give_up_after_max_attempts(
     sandbox: RunningSandbox, make_client: Any, calls: Calls
 ) -> None:
     await sandbox.add_fault(path_prefix=PLACE, count=10, status=500)
-    place = make_client(sandbox.base_url, max_attempts=3).place("JSAPI", order_body("jsapi"))
+    place = make_client(sandbox.base_url, max_attempts=3).place("JSAPI", order_request("jsapi"))
     assert await api_error(place) == (500, "SYSTEM_ERROR", True)
     assert calls.count(PLACE) == 3
     assert [f["remaining"] for f in await sandbox.faults()] == [7]
@@ -350,7 +350,7 @@ async def test_refresh_once_adds_the_certificate(
     assert known.serials() == [keys.public_key_id, serial]
     assert await refresher.refresh_once() == 0
     await sandbox.ok("PUT", "/sandbox/switches", {"sign_mode": "certificate"})
-    assert (await client.place("NATIVE", order_body("native")))["code_url"]
+    assert (await client.place("NATIVE", order_request("native")))["code_url"]
 
 
 async def test_requested_refreshes_are_rate_limited(
@@ -386,7 +386,7 @@ async def test_ingress_learns_a_new_serial_in_the_background(
 ) -> None:
     sandbox = await start_sandbox(sandbox_sign_mode="certificate")
     serial = (await sandbox.info())["certificate_serial"]
-    body = order_body("jsapi")
+    body = order_request("jsapi")
     await make_client(sandbox.base_url, await both_modes(sandbox, keys)).place("JSAPI", body)
     await sandbox.ok("POST", f"/sandbox/orders/{body['out_trade_no']}/pay", {"notify": False})
     resource = (await sandbox.ok("GET", f"/sandbox/orders/{body['out_trade_no']}"))["transaction"]

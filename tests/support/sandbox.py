@@ -3,7 +3,6 @@ for tests that need a real counterpart to paylane's WeChat Pay client."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from paylane_common.settings import load_settings
-from paylane_common.wechatpay.testing import APPID, MCHID, FakeWechatPay
+from paylane_common.wechatpay.testing import FakeWechatPay
 from paylane_sandbox.app_keys import SANDBOX
 from paylane_sandbox.main import build_app
 from paylane_sandbox.sandbox import Sandbox
@@ -84,23 +83,3 @@ class RunningSandbox:
 async def running_sandbox(settings: SandboxSettings) -> AsyncIterator[RunningSandbox]:
     async with TestClient(TestServer(build_app(settings))) as client:
         yield RunningSandbox(client)
-
-
-def order_body(
-    kind: str = "jsapi", out_trade_no: str | None = None, **extra: Any
-) -> dict[str, Any]:
-    """A valid place-order body for ``kind`` (jsapi / native / h5 / app)."""
-    body: dict[str, Any] = {
-        "appid": APPID,
-        "mchid": MCHID,
-        "description": "premium package",
-        "out_trade_no": out_trade_no or f"T{secrets.token_hex(8).upper()}",
-        "notify_url": "http://127.0.0.1:9/notify/wechatpay",
-        "amount": {"total": 990, "currency": "CNY"},
-    }
-    if kind.lower() == "jsapi":
-        body["payer"] = {"openid": "o-payer-1"}
-    if kind.lower() == "h5":
-        body["scene_info"] = {"payer_client_ip": "203.0.113.9", "h5_info": {"type": "Wap"}}
-    body.update(extra)
-    return body

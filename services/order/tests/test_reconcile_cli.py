@@ -15,9 +15,10 @@ from paylane_common.events import parse_event
 from paylane_common.settings import load_settings
 from paylane_common.topology import declare_exchange
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
+from paylane_common.wechatpay.testing import order_request
 from paylane_order.settings import OrderSettings
 from paylane_order.standalone import reconcile
-from tests.support.sandbox import SandboxKeys, order_body, running_sandbox
+from tests.support.sandbox import SandboxKeys, running_sandbox
 from tests.support.seeding import add_order, add_user, ago, from_now
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,7 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
             session=http,
         )
         for no in (paid_no, expired_no):
-            await wechat.place("NATIVE", order_body("native", no))
+            await wechat.place("NATIVE", order_request("native", no))
             await _pending_row(db_pool, no, expired=no == expired_no)
         # Paid at WeChat Pay, but the notification never comes.
         await sandbox.ok("POST", f"/sandbox/orders/{paid_no}/pay", {"notify": False})
