@@ -39,11 +39,8 @@ from paylane_ingress.config import INGRESS_CONFIG
 from paylane_ingress.main import build_app as build_ingress
 from paylane_ingress.settings import IngressSettings
 from tests.support.polling import eventually
-from tests.support.sandbox import (
-    RunningSandbox,
-    SandboxKeys,
-    running_sandbox,
-)
+from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
+from tests.support.wechat import FakeWechat
 
 PLACE = "/v3/pay/transactions"
 CERTIFICATES = "/v3/certificates"
@@ -72,17 +69,19 @@ class Calls:
 
 
 @pytest.fixture(scope="module")
-def keys() -> SandboxKeys:
-    return SandboxKeys()
+def keys() -> FakeWechat:
+    return FakeWechat()
 
 
 @pytest.fixture
-async def start_sandbox(keys: SandboxKeys) -> AsyncIterator[StartSandbox]:
+async def start_sandbox(keys: FakeWechat) -> AsyncIterator[StartSandbox]:
     """``await start_sandbox(**settings_overrides)``; every sandbox stops after the test."""
     async with AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> RunningSandbox:
-            return await stack.enter_async_context(running_sandbox(keys.settings(**overrides)))
+            return await stack.enter_async_context(
+                running_sandbox(sandbox_settings(keys, **overrides))
+            )
 
         yield start
 
@@ -99,7 +98,7 @@ def calls() -> Calls:
 
 @pytest.fixture
 async def make_client(
-    keys: SandboxKeys, calls: Calls
+    keys: FakeWechat, calls: Calls
 ) -> AsyncIterator[Callable[..., WechatPayClient]]:
     """``make_client(base_url, verifier_keys=public key only, **options)``: tiny backoff."""
     async with aiohttp.ClientSession(trace_configs=[calls.trace_config()]) as session:
@@ -120,7 +119,7 @@ async def make_client(
         yield make
 
 
-async def both_modes(sandbox: RunningSandbox, keys: SandboxKeys) -> VerifierKeys:
+async def both_modes(sandbox: RunningSandbox, keys: FakeWechat) -> VerifierKeys:
     """The platform key by public key id and by the sandbox's certificate serial."""
     serial = (await sandbox.info())["certificate_serial"]
     public = keys.platform_key.public_key()
@@ -152,7 +151,7 @@ PREPAY = {
 
 @pytest.mark.parametrize("trade_type", list(PREPAY))
 async def test_place_answers_the_prepay_shape_of_each_trade_type(
-    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, trade_type: str
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, trade_type: str
 ) -> None:
     sandbox = await start_sandbox(sandbox_sign_mode="mixed")  # answers under both serials
     client = make_client(sandbox.base_url, await both_modes(sandbox, keys))
@@ -168,7 +167,7 @@ async def test_place_answers_the_prepay_shape_of_each_trade_type(
 
 
 async def test_an_answer_signed_under_an_unknown_serial_fails_verification(
-    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, calls: Calls
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, calls: Calls
 ) -> None:
     sandbox = await start_sandbox(sandbox_sign_mode="certificate")
     body = order_request("native")
@@ -320,7 +319,7 @@ async def test_unreachable_api_is_unavailable_within_bounds(make_client: Any, ca
 
 @pytest.mark.parametrize("sign_mode", ["public_key", "certificate"])
 async def test_download_certificates_decrypts_the_sandbox_certificate(
-    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, sign_mode: str
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, sign_mode: str
 ) -> None:
     # certificate mode: the client knows no certificate yet and bootstraps from the download
     sandbox = await start_sandbox(sandbox_sign_mode=sign_mode)
@@ -337,7 +336,7 @@ async def test_download_certificates_decrypts_the_sandbox_certificate(
 
 
 async def test_refresh_once_adds_the_certificate(
-    sandbox: RunningSandbox, make_client: Any, keys: SandboxKeys
+    sandbox: RunningSandbox, make_client: Any, keys: FakeWechat
 ) -> None:
     known = keys.verifier_keys()
     client = make_client(sandbox.base_url, known)
@@ -354,7 +353,7 @@ async def test_refresh_once_adds_the_certificate(
 
 
 async def test_requested_refreshes_are_rate_limited(
-    sandbox: RunningSandbox, make_client: Any, keys: SandboxKeys, calls: Calls
+    sandbox: RunningSandbox, make_client: Any, keys: FakeWechat, calls: Calls
 ) -> None:
     gap = 0.4
     known = keys.verifier_keys()
@@ -382,7 +381,7 @@ async def test_requested_refreshes_are_rate_limited(
 
 @pytest.mark.integration
 async def test_ingress_learns_a_new_serial_in_the_background(
-    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, amqp_url: str, tmp_path: Any
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, amqp_url: str, tmp_path: Any
 ) -> None:
     sandbox = await start_sandbox(sandbox_sign_mode="certificate")
     serial = (await sandbox.info())["certificate_serial"]

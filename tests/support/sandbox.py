@@ -12,34 +12,21 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from paylane_common.settings import load_settings
-from paylane_common.wechatpay.testing import FakeWechatPay
 from paylane_sandbox.app_keys import SANDBOX
 from paylane_sandbox.main import build_app
 from paylane_sandbox.sandbox import Sandbox
 from paylane_sandbox.settings import SandboxSettings
 from tests.support import hygiene
+from tests.support.wechat import FakeWechat
 
 
-@dataclass(frozen=True)
-class SandboxKeys(FakeWechatPay):
-    """Both sides' secrets (the kit's merchant account) as the sandbox's settings."""
-
-    def settings(self, **overrides: Any) -> SandboxSettings:
-        hygiene.register(self.apiv3_key)
-        values: dict[str, Any] = {
-            "wechatpay_mchid": self.mchid,
-            "wechatpay_apiv3_key": self.apiv3_key,
-            "wechatpay_appid": self.appid,
-            "wechatpay_merchant_private_key": self.merchant_private_key_pem,
-            "wechatpay_merchant_serial_no": self.merchant_serial_no,
-            "sandbox_platform_private_key": self.platform_private_key_pem,
-            "wechatpay_public_key_id": self.public_key_id,
-            "sandbox_time_factor": 0.01,
-            "sandbox_refund_mode": "manual",
-            "log_format": "console",
-        }
-        values.update(overrides)
-        return load_settings(SandboxSettings, **values)
+def sandbox_settings(wechat: FakeWechat, **overrides: Any) -> SandboxSettings:
+    """The settings of a sandbox playing ``wechat`` in process: what a stack's sandbox gets
+    in its environment (``wechat.sandbox_env()``), logging to the console; ``overrides``
+    by field name (``sandbox_sign_mode="certificate"``)."""
+    hygiene.register(wechat.apiv3_key)
+    values: dict[str, Any] = {name.lower(): value for name, value in wechat.sandbox_env().items()}
+    return load_settings(SandboxSettings, **{**values, "log_format": "console", **overrides})
 
 
 @dataclass

@@ -18,8 +18,9 @@ from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order.settings import OrderSettings
 from paylane_order.standalone import reconcile
-from tests.support.sandbox import SandboxKeys, running_sandbox
+from tests.support.sandbox import running_sandbox, sandbox_settings
 from tests.support.seeding import add_order, add_user, ago, from_now
+from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +46,14 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
     db_pool: aiomysql.Pool,
     amqp_connection: AbstractRobustConnection,
 ) -> None:
-    keys = SandboxKeys()
+    keys = FakeWechat()
     paid_no = f"RC{secrets.token_hex(8).upper()}"
     expired_no = f"RC{secrets.token_hex(8).upper()}"
     channel = await amqp_connection.channel()
     spy = await channel.declare_queue(f"spy.{uuid.uuid4().hex}", exclusive=True)
     await spy.bind(await declare_exchange(channel), routing_key="payment.succeeded")
 
-    async with running_sandbox(keys.settings()) as sandbox, aiohttp.ClientSession() as http:
+    async with running_sandbox(sandbox_settings(keys)) as sandbox, aiohttp.ClientSession() as http:
         wechat = WechatPayClient(
             base_url=sandbox.base_url,
             mchid=keys.mchid,

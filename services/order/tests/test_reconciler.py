@@ -21,18 +21,19 @@ from paylane_order.config import MerchantConfig
 from paylane_order.errors import InvalidRequest
 from paylane_order.orders import Orders
 from paylane_order.reconciler import Reconciler
-from tests.support.sandbox import RunningSandbox, SandboxKeys, running_sandbox
+from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
 from tests.support.seeding import add_orders, add_user, ago, from_now
+from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.integration
 
 AFTER_S = 60
-KEYS = SandboxKeys()
+KEYS = FakeWechat()
 
 
 @pytest.fixture
 async def wechat() -> AsyncIterator[tuple[RunningSandbox, WechatPayClient]]:
-    async with running_sandbox(KEYS.settings()) as sandbox, aiohttp.ClientSession() as http:
+    async with running_sandbox(sandbox_settings(KEYS)) as sandbox, aiohttp.ClientSession() as http:
         yield (
             sandbox,
             WechatPayClient(
