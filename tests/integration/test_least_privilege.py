@@ -59,6 +59,7 @@ from tests.support import hygiene
 from tests.support.events import Delivery, order_paid, payment_succeeded, refund_succeeded
 from tests.support.infra import Infra, unique_name
 from tests.support.polling import eventually
+from tests.support.queries import order_status
 from tests.support.seeding import add_order, add_user
 from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
@@ -488,8 +489,7 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             (envelope.event_id, f"%{out_trade_no}%"),
         )
         assert (await cur.fetchone())["n"] == 1
-        await cur.execute("SELECT status FROM payment_orders WHERE out_trade_no = %s", (unpaid,))
-        assert (await cur.fetchone())["status"] == "failed"
+    assert await order_status(db_pool, unpaid) == "failed"
     with _connect(service_mysql_urls["order"]) as cur:
         # The plan is entitlement's: not by UPDATE, nor by making a user with one. An
         # order's price, owner and identity are fixed once placed; the audit trail is never

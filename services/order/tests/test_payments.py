@@ -15,7 +15,7 @@ from paylane_common.events import PaymentSucceeded
 from paylane_order.payments import PaymentApplier
 from services.order.tests.support import MERCHANT, basic_order, payment
 from tests.support.events import payment_succeeded
-from tests.support.queries import fetch_one
+from tests.support.queries import fetch_one, order_status
 
 pytestmark = pytest.mark.integration
 
@@ -126,10 +126,7 @@ async def test_a_payment_never_moves_a_settled_order(db_pool, status):
             (out_trade_no,),
         )
     assert await applier(*payment(out_trade_no)) == "duplicate_payment"
-    row = await fetch_one(
-        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
-    )
-    assert row["status"] == status
+    assert await order_status(db_pool, out_trade_no) == status
     assert await _paid_events(db_pool, out_trade_no) == 0
 
 
@@ -169,10 +166,7 @@ async def test_internal_notify_without_amount_is_not_granted(db_pool):
     internal = payment_succeeded(out_trade_no, None, "T1", source="internal")
     with pytest.raises(Reject, match="no WeChat Pay client to confirm"):
         await applier(*internal)
-    row = await fetch_one(
-        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
-    )
-    assert row["status"] == "pending"
+    assert await order_status(db_pool, out_trade_no) == "pending"
 
 
 async def test_an_internal_notify_with_amount_is_applied_only_as_wechat_pay_confirms_it(db_pool):
@@ -190,10 +184,7 @@ async def test_an_internal_notify_with_amount_is_applied_only_as_wechat_pay_conf
     with pytest.raises(Reject, match="does not confirm"):
         await cautious(*internal)
     assert asked == [out_trade_no]
-    row = await fetch_one(
-        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
-    )
-    assert row["status"] == "pending"
+    assert await order_status(db_pool, out_trade_no) == "pending"
 
     trusting = PaymentApplier(db_pool, MERCHANT, confirm=wechat_says_not_paid, trust_internal=True)
     # Another delivery of that notify (a new event id), now to a trusting applier.

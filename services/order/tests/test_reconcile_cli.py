@@ -18,6 +18,7 @@ from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order.settings import OrderSettings
 from paylane_order.standalone import reconcile
+from tests.support.queries import order_status
 from tests.support.sandbox import running_sandbox, sandbox_settings
 from tests.support.seeding import add_order, add_user, ago, from_now
 from tests.support.wechat import FakeWechat
@@ -89,11 +90,7 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
         paid_state = await sandbox.ok("GET", f"/sandbox/orders/{paid_no}")
 
     assert expired_state["trade_state"] == "CLOSED"
-    async with transaction(db_pool) as cur:
-        await cur.execute(
-            "SELECT status FROM payment_orders WHERE out_trade_no = %s", (expired_no,)
-        )
-        assert (await cur.fetchone())["status"] == "failed"
+    assert await order_status(db_pool, expired_no) == "failed"
 
     recovered = []
     while (message := await spy.get(no_ack=True, fail=False)) is not None:
