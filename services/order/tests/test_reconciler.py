@@ -13,7 +13,6 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common.db import transaction
-from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_common.wechatpay.testing import APPID, MCHID, order_request
@@ -22,7 +21,7 @@ from paylane_order.errors import InvalidRequest
 from paylane_order.orders import Orders
 from paylane_order.reconciler import Reconciler
 from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
-from tests.support.seeding import add_orders, add_user, ago, from_now
+from tests.support.seeding import add_orders, add_refund, add_user, ago, from_now
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.integration
@@ -112,15 +111,7 @@ async def test_a_lost_notification_is_found_in_the_next_pass_however_many_are_ab
 
 async def _refund_row(pool: aiomysql.Pool, out_trade_no: str, age_s: float) -> str:
     """A refund whose request never reached WeChat Pay (the caller saw a 503)."""
-    out_refund_no = f"RF{secrets.token_hex(10).upper()}"
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO refunds (id, out_refund_no, out_trade_no, refund_amount, total_amount,"
-            " reason, created_at) VALUES (%s, %s, %s, 9.90, 9.90, 'x',"
-            " NOW(6) - INTERVAL %s MICROSECOND)",
-            (new_row_id("refund"), out_refund_no, out_trade_no, int(age_s * 1e6)),
-        )
-    return out_refund_no
+    return await add_refund(pool, out_trade_no, "9.90", reason="x", created_at=ago(age_s))
 
 
 async def _refund_status(pool: aiomysql.Pool, out_refund_no: str) -> str:

@@ -9,7 +9,6 @@ import aiomysql
 import pytest
 
 from paylane_common.db import transaction
-from paylane_common.ids import new_row_id
 from paylane_order.money import yuan
 from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
@@ -17,6 +16,7 @@ from services.order.tests.support import MERCHANT, basic_order, payment
 from tests.support.batches import batch_item
 from tests.support.events import refund_succeeded
 from tests.support.queries import fetch_one
+from tests.support.seeding import add_refund
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +24,10 @@ pytestmark = pytest.mark.integration
 async def _refund_row(
     pool: aiomysql.Pool, out_trade_no: str, amount_refund: int, status: str = "pending"
 ) -> str:
-    """A refund row as the shared table has them: a string id, yuan amounts."""
-    out_refund_no = f"RF{uuid.uuid4().hex[:20]}"
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO refunds (id, out_refund_no, out_trade_no, refund_amount, total_amount,"
-            " reason, status) VALUES (%s, %s, %s, %s, 9.90, 'x', %s)",
-            (new_row_id("refund"), out_refund_no, out_trade_no, yuan(amount_refund), status),
-        )
-    return out_refund_no
+    """A refund of ``amount_refund`` fen of a 9.90 order."""
+    return await add_refund(
+        pool, out_trade_no, yuan(amount_refund), "9.90", reason="x", status=status
+    )
 
 
 async def test_a_refund_closed_as_never_sent_still_succeeds_if_wechatpay_says_so(
