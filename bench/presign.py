@@ -13,8 +13,8 @@ from paylane_common.wechatpay.testing import signed_notification, transaction_re
 Request = tuple[dict[str, str], bytes]
 
 
-def _sign(args: tuple[str, str, str, str, list[dict[str, Any]], int]) -> list[Request]:
-    key_pem, apiv3_key, key_id, _mchid, resources, timestamp = args
+def _sign(args: tuple[str, str, str, list[dict[str, Any]], int]) -> list[Request]:
+    key_pem, apiv3_key, key_id, resources, timestamp = args
     key = load_private_key(key_pem)
     return [
         signed_notification(
@@ -37,11 +37,11 @@ def transaction(appid: str, mchid: str, out_trade_no: str, amount: int) -> dict[
 
 
 def presign(
-    key_pem: str, apiv3_key: str, key_id: str, mchid: str, resources: list[dict[str, Any]]
+    key_pem: str, apiv3_key: str, key_id: str, resources: list[dict[str, Any]]
 ) -> list[Request]:
     """Sign every resource's notification, spread over the machine's cores."""
     now = int(time.time())
     chunks = [resources[i : i + 500] for i in range(0, len(resources), 500)]
     with ProcessPoolExecutor() as pool:
-        batches = pool.map(_sign, [(key_pem, apiv3_key, key_id, mchid, c, now) for c in chunks])
+        batches = pool.map(_sign, [(key_pem, apiv3_key, key_id, c, now) for c in chunks])
         return [request for batch in batches for request in batch]

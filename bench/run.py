@@ -124,7 +124,7 @@ async def ingress_alone(stack: Stack, env: setup.BenchEnv, quick: bool) -> dict[
     w = env.wechat
     pool_size = 500 if quick else 2000
     resources = [transaction(w.appid, w.mchid, f"BA{i:010d}", 2990) for i in range(pool_size)]
-    signed = presign(w.platform_private_key_pem, w.apiv3_key, w.public_key_id, w.mchid, resources)
+    signed = presign(w.platform_private_key_pem, w.apiv3_key, w.public_key_id, resources)
     seconds = 3 if quick else 10
 
     def cycle(n: int) -> list[Any]:
@@ -185,7 +185,6 @@ def _notifications(env: setup.BenchEnv, orders: list[tuple[str, str]]) -> list[A
         w.platform_private_key_pem,
         w.apiv3_key,
         w.public_key_id,
-        w.mchid,
         [transaction(w.appid, w.mchid, no, 2990) for no, _ in orders],
     )
 
@@ -302,24 +301,23 @@ async def baseline_vs_paylane(
     # MySQL slowed by 500 ms per query, for everyone: paylane's consumers and the baseline.
     # Each query is held on its way to MySQL; queries in flight are not queued behind
     # each other's delay, so the proxy adds latency without capping throughput.
-    proxy = await FaultProxy("127.0.0.1", 3306, name="slow-mysql", latency_up=0.5).start()
-    slow_url = env.mysql_url.replace("127.0.0.1:3306", f"127.0.0.1:{proxy.port}")
-    for name in ("order", "entitlement"):
-        await stack.stop(name)
-        await stack.start(name, env.service_env(slow_url))
-    slow_baseline = await stack.start(
-        "baseline", env.service_env(slow_url), alias="baseline-slow", argv=BASELINE
-    )
-    rate = 100
-    await _quiesce(env)
-    out["paylane_slow_db_100"] = (await run_against(paylane_url, rate, "PSZ")).summary()
-    out["baseline_slow_db_100"] = (
-        await run_against(f"{slow_baseline.url}/notify/wechatpay", rate, "BSZ")
-    ).summary()
-    await stack.stop("baseline-slow")
-    for name in ("order", "entitlement"):  # their connections go through the proxy
-        await stack.stop(name)
-    await proxy.stop()
+    async with FaultProxy("127.0.0.1", 3306, name="slow-mysql", latency_up=0.5) as proxy:
+        slow_url = env.mysql_url.replace("127.0.0.1:3306", f"127.0.0.1:{proxy.port}")
+        for name in ("order", "entitlement"):
+            await stack.stop(name)
+            await stack.start(name, env.service_env(slow_url))
+        slow_baseline = await stack.start(
+            "baseline", env.service_env(slow_url), alias="baseline-slow", argv=BASELINE
+        )
+        rate = 100
+        await _quiesce(env)
+        out["paylane_slow_db_100"] = (await run_against(paylane_url, rate, "PSZ")).summary()
+        out["baseline_slow_db_100"] = (
+            await run_against(f"{slow_baseline.url}/notify/wechatpay", rate, "BSZ")
+        ).summary()
+        await stack.stop("baseline-slow")
+        for name in ("order", "entitlement"):  # their connections go through the proxy
+            await stack.stop(name)
     return out
 
 

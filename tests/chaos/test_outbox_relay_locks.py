@@ -29,15 +29,15 @@ import aiomysql
 import pymysql
 import pytest
 
-from paylane_common import db, events, outbox
-from paylane_common.events import Envelope, OrderPaid, make_event
+from paylane_common import db, outbox
+from paylane_common.events import Envelope
 from paylane_common.migrate import migrate
 from paylane_common.outbox import OutboxRelay
+from paylane_order import OUTBOX_PRODUCER
+from tests.support.events import order_paid
 from tests.support.infra import Infra, unique_name
 
 pytestmark = pytest.mark.chaos
-
-PRODUCER = "order"
 
 
 class SlowBroker:
@@ -57,17 +57,6 @@ class SlowBroker:
         await self.confirm.wait()
 
 
-def paid(n: int) -> Envelope:
-    data = OrderPaid(
-        out_trade_no=f"LOCK{n}",
-        user_id=f"user-1706345678901-lock{n}",
-        package_type="basic",
-        amount_total=1,
-        paid_at="x",
-    )
-    return make_event(events.ORDER_PAID, data)
-
-
 @pytest.fixture
 async def pool(infra: Infra) -> AsyncIterator[aiomysql.Pool]:
     """A database of its own: one published outbox row, then three pending ones."""
@@ -77,8 +66,8 @@ async def pool(infra: Infra) -> AsyncIterator[aiomysql.Pool]:
     try:
         async with db.create_pool(url, maxsize=4) as pool:
             async with db.transaction(pool) as cur:
-                for n in range(4):
-                    await outbox.add(cur, PRODUCER, paid(n))
+                for _ in range(4):
+                    await outbox.add(cur, OUTBOX_PRODUCER, order_paid().envelope)
                 await cur.execute("UPDATE outbox SET published_at = NOW(6) ORDER BY id LIMIT 1")
             yield pool
     finally:
@@ -88,13 +77,13 @@ async def pool(infra: Infra) -> AsyncIterator[aiomysql.Pool]:
 
 async def test_relay_claim_neither_blocks_nor_deadlocks_consumers(pool: aiomysql.Pool) -> None:
     broker = SlowBroker()
-    relay = OutboxRelay(pool, broker, PRODUCER)  # type: ignore[arg-type]
+    relay = OutboxRelay(pool, broker, OUTBOX_PRODUCER)  # type: ignore[arg-type]
     relaying = asyncio.create_task(relay.relay_once())
     await asyncio.wait_for(broker.publishing.wait(), 10)  # claimed, now publishing
 
     async def consumer_transaction() -> None:
         async with db.transaction(pool) as cur:
-            await outbox.add(cur, PRODUCER, paid(99))
+            await outbox.add(cur, OUTBOX_PRODUCER, order_paid().envelope)
 
     adding = asyncio.create_task(consumer_transaction())
     finished, _ = await asyncio.wait({adding}, timeout=1.0)

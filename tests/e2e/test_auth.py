@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractRobustConnection
 from tests.support import hygiene
 from tests.support.clients import SSEClient
 from tests.support.dead_letters import dead_letter
-from tests.support.queries import fetch_one
+from tests.support.queries import order_status
 from tests.support.stack import Stack
 from tests.support.stack_api import call, new_order, sandbox
 from tests.support.stack_config import BACKEND, INTERNAL
@@ -200,10 +200,7 @@ async def test_an_internal_notify_is_confirmed_with_wechat_pay_before_anything_i
     assert status == 200, answer
     letter = await dead_letter(amqp_connection, "order.payments", order.out_trade_no)
     assert b"does not confirm" in (letter.headers.get("x-paylane-reason") or "").encode()
-    row = await fetch_one(
-        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", order.out_trade_no
-    )
-    assert row["status"] == "pending"
+    assert await order_status(db_pool, order.out_trade_no) == "pending"
 
 
 async def test_the_backend_mints_a_fresh_token_for_a_users_client(stack: Stack) -> None:

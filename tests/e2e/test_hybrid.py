@@ -28,7 +28,7 @@ from tests.support.clients import SSEClient
 from tests.support.cloud_function import cloud_ids, place_at_wechatpay
 from tests.support.polling import eventually
 from tests.support.queries import fetch_one, grants, user_state
-from tests.support.seeding import add_order, add_user, ago
+from tests.support.seeding import add_order, add_refund, add_user, ago
 from tests.support.stack import Stack
 from tests.support.stack_api import call, sandbox
 from tests.support.stack_config import BACKEND, INTERNAL, order_env
@@ -228,18 +228,17 @@ async def test_the_sweep_grants_a_payment_whose_notify_never_came_then_revokes_i
     # The cloud function's refund callback: the refund row, and the order `refunded`.
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     async with transaction(db_pool) as cur:
-        await cur.execute(
-            "INSERT INTO refunds (id, out_refund_no, refund_id, out_trade_no, transaction_id,"
-            " refund_amount, total_amount, status, reason, refunded_at)"
-            " VALUES (%s, %s, %s, %s, %s, 29.90, 29.90, 'success', '不想要了', %s)",
-            (
-                f"refund-{ids['outTradeNo'][:13]}-cf{uuid.uuid4().hex[:4]}",
-                f"RF{ids['outTradeNo']}",
-                f"5000{ids['outTradeNo']}",
-                ids["outTradeNo"],
-                ids["transactionId"],
-                now,
-            ),
+        await add_refund(
+            cur,
+            ids["outTradeNo"],
+            "29.90",
+            id=f"refund-{ids['outTradeNo'][:13]}-cf{uuid.uuid4().hex[:4]}",
+            out_refund_no=f"RF{ids['outTradeNo']}",
+            refund_id=f"5000{ids['outTradeNo']}",
+            transaction_id=ids["transactionId"],
+            status="success",
+            reason="不想要了",
+            refunded_at=now,
         )
         await cur.execute(
             "UPDATE payment_orders SET status = 'refunded', refund_reason = '不想要了'"

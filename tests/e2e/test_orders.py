@@ -17,20 +17,13 @@ from paylane_common.db import transaction
 from tests.support.clients import wait_for_types, ws_next
 from tests.support.dead_letters import dead_letter
 from tests.support.polling import eventually
-from tests.support.queries import fetch_one, grants, user_state
+from tests.support.queries import fetch_one, grants, order_status, user_state
 from tests.support.stack import Stack
 from tests.support.stack_api import Order, call, new_order, sandbox
 from tests.support.stack_config import BACKEND, INTERNAL
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e
-
-
-async def order_status(pool: aiomysql.Pool, out_trade_no: str) -> str:
-    row = await fetch_one(
-        pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
-    )
-    return str(row["status"])
 
 
 async def until_status(pool: aiomysql.Pool, out_trade_no: str, status: str, timeout: float = 20):

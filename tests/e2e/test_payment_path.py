@@ -18,7 +18,7 @@ from tests.support.dead_letters import dead_letter
 from tests.support.infra import Infra
 from tests.support.metrics import metric
 from tests.support.polling import eventually
-from tests.support.queries import fetch_one, grants, user_state
+from tests.support.queries import fetch_one, grants, order_status, user_state
 from tests.support.stack import Stack, wait_ready
 from tests.support.stack_api import new_order
 from tests.support.stack_config import TOKEN_SECRET
@@ -150,12 +150,7 @@ async def test_amount_mismatch_needs_review_and_grants_nothing(
         assert (await post_notification(http, stack, *wechat.notify(resource)))[0] == 204
 
     async def flagged() -> bool:
-        row = await fetch_one(
-            db_pool,
-            "SELECT status FROM payment_orders WHERE out_trade_no = %s",
-            order.out_trade_no,
-        )
-        return row["status"] == "needs_review"
+        return await order_status(db_pool, order.out_trade_no) == "needs_review"
 
     await eventually(flagged, what="needs_review")
     row = await fetch_one(

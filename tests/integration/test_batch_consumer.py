@@ -16,15 +16,14 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from prometheus_client import REGISTRY
 
-from paylane_common import events
 from paylane_common.batching import BatchConsumer, BatchItem
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import REASON_HEADER
 from paylane_common.db import transaction
-from paylane_common.events import OrderPaid, make_event
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.topology import QueueSpec, declare_queue
 from paylane_entitlement.grants import EntitlementApplier
+from tests.support.events import order_paid
 from tests.support.seeding import add_users
 
 pytestmark = pytest.mark.integration
@@ -102,14 +101,7 @@ async def _publish_burst(publisher: Publisher, queue: str, users: list[str], per
     sent = 0
     for i in range(per_user):
         for n, user in enumerate(users):
-            data = OrderPaid(
-                out_trade_no=f"B{uuid.uuid4().hex[:20]}",
-                user_id=user,
-                package_type="basic",
-                amount_total=DEFAULT_CATALOG["basic"].price_fen,
-                paid_at="2026-11-22T00:00:00+00:00",
-            )
-            envelope = make_event(events.ORDER_PAID, data)
+            envelope = order_paid(user).envelope
             copies = 2 if (i + n) % 5 == 0 else 1
             for _ in range(copies):
                 await publisher.publish_to_queue(queue, envelope_message(envelope))

@@ -8,25 +8,15 @@ import uuid
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from paylane_common import amqp, events
+from paylane_common import amqp
 from paylane_common.consumer import Consumer
-from paylane_common.events import Envelope, OrderPaid, make_event
+from paylane_common.events import Envelope
 from paylane_common.publisher import Publisher
 from paylane_common.topology import QueueSpec
+from tests.support.events import order_paid
 from tests.support.infra import Infra
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_outage]
-
-
-def _event(n: int) -> Envelope:
-    data = OrderPaid(
-        out_trade_no=f"R{n}",
-        user_id=f"user-1706345678901-restart{n}",
-        package_type="basic",
-        amount_total=1,
-        paid_at="x",
-    )
-    return make_event(events.ORDER_PAID, data)
 
 
 async def test_consumer_resumes_after_broker_restart(
@@ -45,7 +35,7 @@ async def test_consumer_resumes_after_broker_restart(
     consumer = Consumer(connection, publisher, spec, handler)
     await consumer.start()
     try:
-        before = _event(1)
+        before = order_paid().envelope
         await publisher.publish(before, routing_key=key)
         assert await asyncio.wait_for(received.get(), 10) == before.event_id
 
@@ -54,7 +44,7 @@ async def test_consumer_resumes_after_broker_restart(
         # The robust connection reconnects and restores channels, queues and consumers;
         # the publisher's channel may need a moment longer, so publishing is retried.
         async with asyncio.timeout(30):
-            after = _event(2)
+            after = order_paid().envelope
             while True:
                 try:
                     await publisher.publish(after, routing_key=key)

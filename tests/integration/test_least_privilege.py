@@ -31,13 +31,7 @@ from aiormq.exceptions import ChannelAccessRefused
 from paylane_common import amqp, db, events
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.db import transaction
-from paylane_common.events import (
-    OrderCreated,
-    OrderPaid,
-    PaymentSucceeded,
-    RefundEvent,
-    make_event,
-)
+from paylane_common.events import OrderCreated, PaymentSucceeded, make_event
 from paylane_common.exceptions import ConfigError, PublishError
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.retention import RetentionPruner
@@ -48,6 +42,13 @@ from paylane_common.topology import (
     declare_topology,
     existing_queue,
 )
+from paylane_common.wechatpay.testing import (
+    APPID,
+    MCHID,
+    PAYER_OPENID,
+    SUCCESS_TIME,
+    new_transaction_id,
+)
 from paylane_notifier.snapshot import load_snapshot
 from paylane_order.config import MerchantConfig, ReconcilerConfig
 from paylane_order.orders import NewOrder, Orders, user_by_openid
@@ -55,8 +56,10 @@ from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
 from tests.support import hygiene
+from tests.support.events import Delivery, order_paid, payment_succeeded, refund_succeeded
 from tests.support.infra import Infra, unique_name
 from tests.support.polling import eventually
+from tests.support.queries import order_status
 from tests.support.seeding import add_order, add_user
 from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
@@ -154,32 +157,21 @@ async def topology(amqp_connection: AbstractRobustConnection) -> AsyncIterator[N
 # --- the broker ----------------------------------------------------------------------------
 
 
-def _payment() -> tuple[events.Envelope, PaymentSucceeded]:
-    data = PaymentSucceeded(
-        out_trade_no=f"LP{uuid.uuid4().hex[:20]}",
-        transaction_id=f"42{uuid.uuid4().int % 10**26:026d}",
-        amount_total=990,
-        payer_total=990,
-        currency="CNY",
-        openid="o-test-openid",
-        trade_type="JSAPI",
-        success_time="2026-11-22T10:53:20+08:00",
-        mchid="1900000109",
-        appid="wxd678efh567hg6787",
-        source="wechatpay",
-    )
-    return make_event(events.PAYMENT_SUCCEEDED, data), data
-
-
-def _order_paid(user_id: str = "user-1706345678901-xyz789") -> tuple[events.Envelope, OrderPaid]:
-    data = OrderPaid(
-        out_trade_no=f"LP{uuid.uuid4().hex[:20]}",
-        user_id=user_id,
-        package_type="basic",
-        amount_total=DEFAULT_CATALOG["basic"].price_fen,
-        paid_at="2026-11-22T00:00:00+00:00",
-    )
-    return make_event(events.ORDER_PAID, data), data
+def _payment(
+    out_trade_no: str | None = None, amount: int = 990, **fields: object
+) -> Delivery[PaymentSucceeded]:
+    """A payment.succeeded as ingress publishes it: a JSAPI payment to the kit's merchant."""
+    wechatpay: dict[str, object] = {
+        "payer_total": amount,
+        "openid": PAYER_OPENID,
+        "trade_type": "JSAPI",
+        "success_time": SUCCESS_TIME,
+        "mchid": MCHID,
+        "appid": APPID,
+        **fields,
+    }
+    number = out_trade_no or f"LP{uuid.uuid4().hex[:20]}"
+    return payment_succeeded(number, amount, new_transaction_id(), **wechatpay)
 
 
 async def _refused(url: str, action) -> ChannelAccessRefused:  # type: ignore[no-untyped-def]
@@ -219,7 +211,7 @@ async def test_ingress_user_publishes_payment_events_but_never_order_paid(
         order_created = make_event(events.ORDER_CREATED, created)
         await publisher.publish(order_created)
         with pytest.raises(PublishError):
-            await publisher.publish(_order_paid()[0])
+            await publisher.publish(order_paid().envelope)
         await publisher.close()
     finally:
         await connection.close()
@@ -227,14 +219,14 @@ async def test_ingress_user_publishes_payment_events_but_never_order_paid(
     # The same, frame by frame: the broker closes the channel with 403 ACCESS_REFUSED.
     async def publish_order_paid(channel: aio_pika.abc.AbstractChannel) -> None:
         exchange = await channel.get_exchange(EXCHANGE, ensure=False)
-        await exchange.publish(envelope_message(_order_paid()[0]), routing_key="order.paid")
+        await exchange.publish(envelope_message(order_paid().envelope), routing_key="order.paid")
 
     refused = await _refused(url, publish_order_paid)
     assert str(refused).startswith("ACCESS_REFUSED - access to topic 'order.paid'"), refused
 
     # Nor around the exchange: straight into a consumer's queue, or changing the topology.
     async def into_queue(channel: aio_pika.abc.AbstractChannel) -> None:
-        message = envelope_message(_order_paid()[0])
+        message = envelope_message(order_paid().envelope)
         await channel.default_exchange.publish(message, routing_key="entitlement.orders")
 
     async def declare(channel: aio_pika.abc.AbstractChannel) -> None:
@@ -266,9 +258,9 @@ async def test_each_user_publishes_only_its_own_events(
     try:
         publisher = await Publisher.open(connection, declare=False)
         for key in allowed:
-            await publisher.publish(_payment()[0], routing_key=key)
+            await publisher.publish(_payment().envelope, routing_key=key)
         with pytest.raises(PublishError):
-            await publisher.publish(_payment()[0], routing_key=refused)
+            await publisher.publish(_payment().envelope, routing_key=refused)
         await publisher.close()
     finally:
         await connection.close()
@@ -466,28 +458,10 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             2990,
             "free",
         )
-        envelope, data = _payment()
-        data = data.model_copy(
-            update={
-                "out_trade_no": out_trade_no,
-                "amount_total": 2990,
-                "mchid": None,
-                "appid": None,
-            }
-        )
-        applier = PaymentApplier(pool, merchant)
-        assert await applier(envelope, data) == "paid"
-        refund = RefundEvent(
-            out_trade_no=out_trade_no,
-            out_refund_no=f"LPR{uuid.uuid4().hex[:20]}",
-            refund_id="50000000000000000000000000001",
-            amount_refund=2990,
-            amount_total=2990,
-            status="SUCCESS",
-        )
-        assert await RefundApplier(pool)(make_event(events.REFUND_SUCCEEDED, refund), refund) == (
-            "refunded"
-        )
+        envelope, data = _payment(out_trade_no, 2990, mchid=None, appid=None)
+        assert await PaymentApplier(pool, merchant)(envelope, data) == "paid"
+        refund = refund_succeeded(out_trade_no, f"LPR{uuid.uuid4().hex[:20]}", 2990, 2990)
+        assert await RefundApplier(pool)(*refund) == "refunded"
         async with transaction(pool) as cur:
             unpaid, _, _ = await orders._insert(cur, replace(new, idempotency_key=None), user)
         reconciler = Reconciler(pool, None, None, ReconcilerConfig())  # type: ignore[arg-type]
@@ -516,8 +490,7 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             (envelope.event_id, f"%{out_trade_no}%"),
         )
         assert (await cur.fetchone())["n"] == 1
-        await cur.execute("SELECT status FROM payment_orders WHERE out_trade_no = %s", (unpaid,))
-        assert (await cur.fetchone())["status"] == "failed"
+    assert await order_status(db_pool, unpaid) == "failed"
     with _connect(service_mysql_urls["order"]) as cur:
         # The plan is entitlement's: not by UPDATE, nor by making a user with one. An
         # order's price, owner and identity are fixed once placed; the audit trail is never
@@ -663,7 +636,7 @@ async def test_a_consumer_applies_and_publishes_under_its_users(
         },
     )
     user_id = await _user(db_pool)
-    envelope, data = _order_paid(user_id)
+    envelope, data = order_paid(user_id)
     await publisher.publish(envelope)
 
     async def granted() -> bool:

@@ -23,11 +23,12 @@ from paylane_common.consumer import (
     Retry,
 )
 from paylane_common.db import transaction
-from paylane_common.events import Envelope, PaymentSucceeded, make_event
+from paylane_common.events import Envelope, PaymentSucceeded
 from paylane_common.exceptions import PublishError
 from paylane_common.inbox import claim
 from paylane_common.publisher import envelope_message
 from paylane_common.topology import QueueSpec, declare_exchange, declare_queue
+from tests.support.events import payment_succeeded
 from tests.support.observed import Observed
 
 pytestmark = pytest.mark.integration
@@ -35,11 +36,6 @@ pytestmark = pytest.mark.integration
 SCRATCH = "test_messaging_effects"
 #: Short retry tiers, so that retries in these tests take milliseconds.
 FAST_RETRIES = (0.05, 0.2, 1.0)
-
-
-def payment(event_id: str | None = None) -> Envelope:
-    data = PaymentSucceeded(out_trade_no="T" + uuid.uuid4().hex[:20], transaction_id="4200001")
-    return make_event(events.PAYMENT_SUCCEEDED, data, event_id)
 
 
 @pytest.fixture
@@ -112,7 +108,7 @@ async def ready_count(channel: AbstractChannel, queue: str) -> int:
 
 async def test_confirmed_publish_is_in_the_bound_queue(publisher, channel, bound):
     key, queue = bound
-    envelope = payment()
+    envelope = payment_succeeded().envelope
     await publisher.publish(envelope, routing_key=key, headers={"x-test": "yes"})
     [message] = await receive(channel, queue.name)
     assert message.body == envelope.to_json()
@@ -159,7 +155,7 @@ async def test_processed_message_is_acked(amqp_connection, publisher, channel, s
         calls.append(envelope.event_id)
         return "processed"
 
-    envelope = payment()
+    envelope = payment_succeeded().envelope
     await publisher.publish_to_queue(spec.name, envelope_message(envelope))
     consumer = await start_consumer(amqp_connection, publisher, spec, handler)
     await consumer.wait_settled(1)
@@ -181,7 +177,9 @@ async def test_rejected_and_invalid_messages_are_dead_lettered(
         calls.append(envelope.event_id)
         raise Reject("why")
 
-    message = envelope_message(payment()) if body is None else aio_pika.Message(body)
+    message = (
+        envelope_message(payment_succeeded().envelope) if body is None else aio_pika.Message(body)
+    )
     message.message_id = message.message_id or uuid.uuid4().hex
     await publisher.publish_to_queue(spec.name, message)
     consumer = await start_consumer(amqp_connection, publisher, spec, handler)
@@ -205,7 +203,7 @@ async def test_retry_every_time_dead_letters_after_max_attempts(
         calls.append(1)
         raise Retry("order row not committed yet", max_attempts=3, delay_s=0.05)
 
-    envelope = payment()
+    envelope = payment_succeeded().envelope
     await publisher.publish_to_queue(spec.name, envelope_message(envelope))
     consumer = await start_consumer(amqp_connection, publisher, spec, handler)
     [dead] = await receive(channel, spec.dlq)
@@ -234,7 +232,7 @@ async def test_failure_then_success_is_processed_once(
         outcomes.append("processed")
         return "processed"
 
-    await publisher.publish_to_queue(spec.name, envelope_message(payment()))
+    await publisher.publish_to_queue(spec.name, envelope_message(payment_succeeded().envelope))
     consumer = await start_consumer(amqp_connection, publisher, spec, handler)
     await consumer.wait_settled(2)
     await consumer.stop()
@@ -251,7 +249,7 @@ async def test_a_long_retry_does_not_hold_up_a_short_one(
     spec = QueueSpec(f"test.messaging.{uuid.uuid4().hex}", routing_keys=())
     queue_names.append(spec)
     await declare_queue(channel, spec)
-    slow, fast = payment(), payment()
+    slow, fast = payment_succeeded().envelope, payment_succeeded().envelope
     delays = {slow.event_id: 30.0, fast.event_id: 1.0}
     handled: list[str] = []
     fast_back = asyncio.Event()
@@ -310,7 +308,7 @@ async def test_concurrent_claims_of_one_event_succeed_once(db_pool, scratch):
 async def test_redelivered_event_is_applied_once_through_a_consumer(
     amqp_connection, publisher, db_pool, scratch, spec
 ):
-    name, envelope = f"test-{uuid.uuid4().hex[:12]}", payment()
+    name, envelope = f"test-{uuid.uuid4().hex[:12]}", payment_succeeded().envelope
     outcomes: list[str] = []
 
     async def handler(envelope: Envelope, data: Any) -> str:

@@ -34,7 +34,7 @@ from paylane_common.consumer import (
     Retry,
 )
 from paylane_common.db import transaction
-from paylane_common.events import Envelope, OrderPaid, PaymentSucceeded, make_event
+from paylane_common.events import Envelope, make_event
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.replay import (
     REPLAYED_FROM_HEADER,
@@ -49,6 +49,7 @@ from paylane_common.replay import (
 )
 from paylane_common.topology import LOG_STREAM, QueueSpec, declare_exchange, declare_queue
 from paylane_entitlement.grants import EntitlementApplier
+from tests.support.events import order_paid, payment_succeeded
 from tests.support.observed import Observed
 from tests.support.polling import eventually
 from tests.support.seeding import add_user
@@ -67,8 +68,8 @@ def totals(output: str) -> tuple[int, int, int]:
 
 
 def payment() -> Envelope:
-    data = PaymentSucceeded(out_trade_no="R" + uuid.uuid4().hex[:20], transaction_id="4200009")
-    return make_event(events.PAYMENT_SUCCEEDED, data)
+    """A payment.succeeded of an order whose number starts with R (listings check it)."""
+    return payment_succeeded(f"R{uuid.uuid4().hex[:20]}").envelope
 
 
 @pytest.fixture
@@ -361,17 +362,6 @@ async def users_state(db_pool, user_ids: list[str]) -> dict[str, tuple[str, int]
         return {r["id"]: (r["payment_status"], r["regenerate_count"]) for r in await cur.fetchall()}
 
 
-def order_paid(user_id: str) -> Envelope:
-    data = OrderPaid(
-        out_trade_no="R" + uuid.uuid4().hex[:20],
-        user_id=user_id,
-        package_type="premium",
-        amount_total=DEFAULT_CATALOG["premium"].price_fen,
-        paid_at=datetime.now(UTC).isoformat(),
-    )
-    return make_event(events.ORDER_PAID, data)
-
-
 async def publish_at(channel: AbstractChannel, envelope: Envelope, key: str, at: datetime) -> None:
     """Publish to the exchange as if at ``at`` (the AMQP timestamp the window reads)."""
     message = envelope_message(envelope)
@@ -398,9 +388,9 @@ async def test_log_replay_redrives_a_window_and_nothing_is_granted_twice(
     users = [await create_user(db_pool) for _ in range(3)]
     since = datetime.now(UTC)
     # Outside the window or of another type: in the stream only (no queue is bound).
-    early = order_paid(users[0])
+    early = order_paid(users[0], "premium").envelope
     await publish_at(channel, early, elsewhere, since - timedelta(seconds=30))
-    paid = [order_paid(user) for user in users]
+    paid = [order_paid(user, "premium").envelope for user in users]
     for envelope in paid:
         await publisher.publish(envelope, routing_key=key)
     other = make_event(

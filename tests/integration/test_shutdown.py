@@ -8,17 +8,14 @@ import uuid
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from paylane_common import events
 from paylane_common.batching import BatchConsumer
 from paylane_common.consumer import Consumer
-from paylane_common.events import Envelope, OrderPaid, make_event
+from paylane_common.events import Envelope
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.topology import QueueSpec, declare_queue
+from tests.support.events import order_paid
 
 pytestmark = pytest.mark.integration
-
-#: The events here are never applied: any users.id string will do.
-USER = "user-1706345678901-xyz789"
 
 
 async def test_stop_waits_for_in_flight_message_and_acks_it(
@@ -38,10 +35,7 @@ async def test_stop_waits_for_in_flight_message_and_acks_it(
 
     consumer = Consumer(amqp_connection, publisher, spec, slow_handler)
     await consumer.start()
-    data = OrderPaid(
-        out_trade_no="S1", user_id=USER, package_type="basic", amount_total=1, paid_at="x"
-    )
-    await publisher.publish(make_event(events.ORDER_PAID, data), routing_key=key)
+    await publisher.publish(order_paid().envelope, routing_key=key)
     await asyncio.wait_for(started.wait(), 10)
 
     stopping = asyncio.create_task(consumer.stop(timeout=5))
@@ -95,13 +89,8 @@ async def test_batch_consumer_stop_finishes_the_batch_under_way_and_leaves_the_r
     setup = await amqp_connection.channel()
     await declare_queue(setup, spec)
     await setup.close()
-    for i in range(40):
-        data = OrderPaid(
-            out_trade_no=f"S{i}", user_id=USER, package_type="basic", amount_total=1, paid_at="x"
-        )
-        await publisher.publish_to_queue(
-            spec.name, envelope_message(make_event(events.ORDER_PAID, data))
-        )
+    for _ in range(40):
+        await publisher.publish_to_queue(spec.name, envelope_message(order_paid().envelope))
     handler = _SlowBatches(db_pool)
     consumer = BatchConsumer(amqp_connection, publisher, spec, handler, prefetch=40, max_batch=8)
     await consumer.start()

@@ -31,6 +31,7 @@ from paylane_common.wechatpay.testing import (
     certificate_pem,
     new_event_id,
     new_private_key,
+    order_request,
     self_signed_certificate,
     signed_notification,
 )
@@ -38,12 +39,8 @@ from paylane_ingress.config import INGRESS_CONFIG
 from paylane_ingress.main import build_app as build_ingress
 from paylane_ingress.settings import IngressSettings
 from tests.support.polling import eventually
-from tests.support.sandbox import (
-    RunningSandbox,
-    SandboxKeys,
-    order_body,
-    running_sandbox,
-)
+from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
+from tests.support.wechat import FakeWechat
 
 PLACE = "/v3/pay/transactions"
 CERTIFICATES = "/v3/certificates"
@@ -72,17 +69,19 @@ class Calls:
 
 
 @pytest.fixture(scope="module")
-def keys() -> SandboxKeys:
-    return SandboxKeys()
+def keys() -> FakeWechat:
+    return FakeWechat()
 
 
 @pytest.fixture
-async def start_sandbox(keys: SandboxKeys) -> AsyncIterator[StartSandbox]:
+async def start_sandbox(keys: FakeWechat) -> AsyncIterator[StartSandbox]:
     """``await start_sandbox(**settings_overrides)``; every sandbox stops after the test."""
     async with AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> RunningSandbox:
-            return await stack.enter_async_context(running_sandbox(keys.settings(**overrides)))
+            return await stack.enter_async_context(
+                running_sandbox(sandbox_settings(keys, **overrides))
+            )
 
         yield start
 
@@ -99,7 +98,7 @@ def calls() -> Calls:
 
 @pytest.fixture
 async def make_client(
-    keys: SandboxKeys, calls: Calls
+    keys: FakeWechat, calls: Calls
 ) -> AsyncIterator[Callable[..., WechatPayClient]]:
     """``make_client(base_url, verifier_keys=public key only, **options)``: tiny backoff."""
     async with aiohttp.ClientSession(trace_configs=[calls.trace_config()]) as session:
@@ -120,7 +119,7 @@ async def make_client(
         yield make
 
 
-async def both_modes(sandbox: RunningSandbox, keys: SandboxKeys) -> VerifierKeys:
+async def both_modes(sandbox: RunningSandbox, keys: FakeWechat) -> VerifierKeys:
     """The platform key by public key id and by the sandbox's certificate serial."""
     serial = (await sandbox.info())["certificate_serial"]
     public = keys.platform_key.public_key()
@@ -152,11 +151,11 @@ PREPAY = {
 
 @pytest.mark.parametrize("trade_type", list(PREPAY))
 async def test_place_answers_the_prepay_shape_of_each_trade_type(
-    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, trade_type: str
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, trade_type: str
 ) -> None:
     sandbox = await start_sandbox(sandbox_sign_mode="mixed")  # answers under both serials
     client = make_client(sandbox.base_url, await both_modes(sandbox, keys))
-    body = order_body(trade_type)
+    body = order_request(trade_type)
     field, prefix = PREPAY[trade_type]
 
     answer = await client.place(trade_type, body)
@@ -168,10 +167,10 @@ async def test_place_answers_the_prepay_shape_of_each_trade_type(
 
 
 async def test_an_answer_signed_under_an_unknown_serial_fails_verification(
-    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, calls: Calls
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, calls: Calls
 ) -> None:
     sandbox = await start_sandbox(sandbox_sign_mode="certificate")
-    body = order_body("native")
+    body = order_request("native")
 
     with pytest.raises(WechatPayError, match="failed verification") as caught:
         await make_client(sandbox.base_url).place("NATIVE", body)  # knows the public key only
@@ -189,7 +188,7 @@ async def test_an_answer_signed_under_an_unknown_serial_fails_verification(
 
 async def test_query_after_payment_then_refund(sandbox: RunningSandbox, make_client: Any) -> None:
     client = make_client(sandbox.base_url)
-    body = order_body("jsapi")
+    body = order_request("jsapi")
     no = body["out_trade_no"]
     await client.place("JSAPI", body)
     assert (await client.query_by_out_trade_no(no))["trade_state"] == "NOTPAY"
@@ -232,7 +231,7 @@ async def test_close_then_query_shows_closed(
     hex_part = uuid.uuid4().hex[:10].upper()
     no, wire = out_trade_no.format(hex=hex_part), on_the_wire.format(hex=hex_part)
     client = make_client(sandbox.base_url)
-    await client.place("NATIVE", order_body("native", out_trade_no=no))
+    await client.place("NATIVE", order_request("native", out_trade_no=no))
 
     queried = await client.query_by_out_trade_no(no)
     assert (queried["out_trade_no"], queried["trade_state"]) == (no, "NOTPAY")
@@ -253,7 +252,7 @@ async def test_retryable_errors_are_retried_until_success(
     sandbox: RunningSandbox, make_client: Any, calls: Calls, status: int, code: str
 ) -> None:
     await sandbox.add_fault(path_prefix=PLACE, count=2, status=status, code=code)
-    answer = await make_client(sandbox.base_url).place("JSAPI", order_body("jsapi"))
+    answer = await make_client(sandbox.base_url).place("JSAPI", order_request("jsapi"))
     assert answer["prepay_id"].startswith("wx")
     assert calls.count(PLACE) == 3
     assert await sandbox.faults() == []  # both faults consumed
@@ -264,7 +263,7 @@ async def test_a_slow_answer_times_out_and_is_retried(
 ) -> None:
     await sandbox.add_fault(path_prefix=PLACE, count=1, delay_s=0.3)
     client = make_client(sandbox.base_url, request_timeout_s=0.1)
-    assert (await client.place("NATIVE", order_body("native")))["code_url"]
+    assert (await client.place("NATIVE", order_request("native")))["code_url"]
     assert calls.count(PLACE) == 2
 
 
@@ -272,7 +271,7 @@ async def test_param_error_is_raised_after_one_attempt(
     sandbox: RunningSandbox, make_client: Any, calls: Calls
 ) -> None:
     await sandbox.add_fault(path_prefix=PLACE, count=2, status=400, code="PARAM_ERROR")
-    place = make_client(sandbox.base_url).place("JSAPI", order_body("jsapi"))
+    place = make_client(sandbox.base_url).place("JSAPI", order_request("jsapi"))
     assert await api_error(place) == (400, "PARAM_ERROR", False)
     assert calls.count(PLACE) == 1
     assert [f["remaining"] for f in await sandbox.faults()] == [1]
@@ -282,7 +281,7 @@ async def test_out_trade_no_used_is_not_retried(
     sandbox: RunningSandbox, make_client: Any, calls: Calls
 ) -> None:
     client = make_client(sandbox.base_url)
-    body = order_body("jsapi")
+    body = order_request("jsapi")
     await client.place("JSAPI", body)
     place = client.place("JSAPI", {**body, "description": "another body"})
     assert await api_error(place) == (403, "OUT_TRADE_NO_USED", False)
@@ -293,7 +292,7 @@ async def test_persistent_server_errors_give_up_after_max_attempts(
     sandbox: RunningSandbox, make_client: Any, calls: Calls
 ) -> None:
     await sandbox.add_fault(path_prefix=PLACE, count=10, status=500)
-    place = make_client(sandbox.base_url, max_attempts=3).place("JSAPI", order_body("jsapi"))
+    place = make_client(sandbox.base_url, max_attempts=3).place("JSAPI", order_request("jsapi"))
     assert await api_error(place) == (500, "SYSTEM_ERROR", True)
     assert calls.count(PLACE) == 3
     assert [f["remaining"] for f in await sandbox.faults()] == [7]
@@ -320,7 +319,7 @@ async def test_unreachable_api_is_unavailable_within_bounds(make_client: Any, ca
 
 @pytest.mark.parametrize("sign_mode", ["public_key", "certificate"])
 async def test_download_certificates_decrypts_the_sandbox_certificate(
-    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, sign_mode: str
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, sign_mode: str
 ) -> None:
     # certificate mode: the client knows no certificate yet and bootstraps from the download
     sandbox = await start_sandbox(sandbox_sign_mode=sign_mode)
@@ -337,7 +336,7 @@ async def test_download_certificates_decrypts_the_sandbox_certificate(
 
 
 async def test_refresh_once_adds_the_certificate(
-    sandbox: RunningSandbox, make_client: Any, keys: SandboxKeys
+    sandbox: RunningSandbox, make_client: Any, keys: FakeWechat
 ) -> None:
     known = keys.verifier_keys()
     client = make_client(sandbox.base_url, known)
@@ -350,11 +349,11 @@ async def test_refresh_once_adds_the_certificate(
     assert known.serials() == [keys.public_key_id, serial]
     assert await refresher.refresh_once() == 0
     await sandbox.ok("PUT", "/sandbox/switches", {"sign_mode": "certificate"})
-    assert (await client.place("NATIVE", order_body("native")))["code_url"]
+    assert (await client.place("NATIVE", order_request("native")))["code_url"]
 
 
 async def test_requested_refreshes_are_rate_limited(
-    sandbox: RunningSandbox, make_client: Any, keys: SandboxKeys, calls: Calls
+    sandbox: RunningSandbox, make_client: Any, keys: FakeWechat, calls: Calls
 ) -> None:
     gap = 0.4
     known = keys.verifier_keys()
@@ -382,11 +381,11 @@ async def test_requested_refreshes_are_rate_limited(
 
 @pytest.mark.integration
 async def test_ingress_learns_a_new_serial_in_the_background(
-    start_sandbox: StartSandbox, make_client: Any, keys: SandboxKeys, amqp_url: str, tmp_path: Any
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, amqp_url: str, tmp_path: Any
 ) -> None:
     sandbox = await start_sandbox(sandbox_sign_mode="certificate")
     serial = (await sandbox.info())["certificate_serial"]
-    body = order_body("jsapi")
+    body = order_request("jsapi")
     await make_client(sandbox.base_url, await both_modes(sandbox, keys)).place("JSAPI", body)
     await sandbox.ok("POST", f"/sandbox/orders/{body['out_trade_no']}/pay", {"notify": False})
     resource = (await sandbox.ok("GET", f"/sandbox/orders/{body['out_trade_no']}"))["transaction"]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
+from paylane_common.wechatpay.testing import order_request
 from tests.support import hygiene
 from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
@@ -41,17 +42,17 @@ async def place_at_wechatpay(
     """As the cloud function does before writing its row: a JSAPI order, signed with the
     merchant key, notifications to paylane's ingress."""
     path = "/v3/pay/transactions/jsapi"
-    body = json.dumps(
-        {
-            "appid": wechat.appid,
-            "mchid": wechat.mchid,
-            "description": f"paylane {package}",
-            "out_trade_no": ids["outTradeNo"],
-            "notify_url": f"{stack.services['ingress'].url}/notify/wechatpay",
-            "amount": {"total": amount, "currency": "CNY"},
-            "payer": {"openid": ids["openid"]},
-        }
-    ).encode()
+    order = order_request(
+        "jsapi",
+        ids["outTradeNo"],
+        amount,
+        appid=wechat.appid,
+        mchid=wechat.mchid,
+        openid=ids["openid"],
+        notify_url=f"{stack.services['ingress'].url}/notify/wechatpay",
+        description=f"paylane {package}",
+    )
+    body = json.dumps(order).encode()
     signer = wechat.merchant_signer()
     headers = {
         "Authorization": signer.authorization("POST", path, body),

@@ -1,5 +1,6 @@
 """Waiting for state that gives nothing to await: rows another process writes, a queue's
-depth at the broker, a counter of a client running in the background.
+depth at the broker, a counter of a client running in the background; and calls retried
+while what they reach may be restarting (the chaos tests' database and broker).
 
 Where there is something to await (an ``asyncio.Event``, a queue, a condition), the tests
 await it instead; polling is for what lives outside the test's reach.
@@ -11,6 +12,9 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def eventually(
@@ -33,3 +37,26 @@ async def eventually(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} not reached within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T]],
+    errors: tuple[type[BaseException], ...],
+    timeout: float,
+    *,
+    interval: float = 0.2,
+    recover: Callable[[], Awaitable[object]] | None = None,
+) -> T:
+    """What ``attempt()`` returns, calling it again every ``interval`` seconds (after
+    ``recover()``, when given) while it raises one of ``errors``; that error itself once
+    ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await attempt()
+        except errors:
+            if time.monotonic() > deadline:
+                raise
+            if recover is not None:
+                await recover()
+            await asyncio.sleep(interval)

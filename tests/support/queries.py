@@ -1,4 +1,5 @@
-"""Reading what the stack wrote to the database: a row, a user's plan, an order's grants."""
+"""Reading what the stack wrote to the database: a row, an order's status, a user's plan,
+an order's grants."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ async def fetch_one(pool: aiomysql.Pool, sql: str, *args: object) -> dict[str, A
         await cur.execute(sql, args)
         row: dict[str, Any] = await cur.fetchone()
         return row
+
+
+async def order_status(pool: aiomysql.Pool, out_trade_no: str) -> str:
+    """The order's ``status`` in ``payment_orders``."""
+    row = await fetch_one(
+        pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
+    )
+    return str(row["status"])
 
 
 async def user_state(pool: aiomysql.Pool, user_id: str) -> tuple[str | None, int | None]:

@@ -3,7 +3,6 @@ for tests that need a real counterpart to paylane's WeChat Pay client."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,34 +12,21 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from paylane_common.settings import load_settings
-from paylane_common.wechatpay.testing import APPID, MCHID, FakeWechatPay
 from paylane_sandbox.app_keys import SANDBOX
 from paylane_sandbox.main import build_app
 from paylane_sandbox.sandbox import Sandbox
 from paylane_sandbox.settings import SandboxSettings
 from tests.support import hygiene
+from tests.support.wechat import FakeWechat
 
 
-@dataclass(frozen=True)
-class SandboxKeys(FakeWechatPay):
-    """Both sides' secrets (the kit's merchant account) as the sandbox's settings."""
-
-    def settings(self, **overrides: Any) -> SandboxSettings:
-        hygiene.register(self.apiv3_key)
-        values: dict[str, Any] = {
-            "wechatpay_mchid": self.mchid,
-            "wechatpay_apiv3_key": self.apiv3_key,
-            "wechatpay_appid": self.appid,
-            "wechatpay_merchant_private_key": self.merchant_private_key_pem,
-            "wechatpay_merchant_serial_no": self.merchant_serial_no,
-            "sandbox_platform_private_key": self.platform_private_key_pem,
-            "wechatpay_public_key_id": self.public_key_id,
-            "sandbox_time_factor": 0.01,
-            "sandbox_refund_mode": "manual",
-            "log_format": "console",
-        }
-        values.update(overrides)
-        return load_settings(SandboxSettings, **values)
+def sandbox_settings(wechat: FakeWechat, **overrides: Any) -> SandboxSettings:
+    """The settings of a sandbox playing ``wechat`` in process: what a stack's sandbox gets
+    in its environment (``wechat.sandbox_env()``), logging to the console; ``overrides``
+    by field name (``sandbox_sign_mode="certificate"``)."""
+    hygiene.register(wechat.apiv3_key)
+    values: dict[str, Any] = {name.lower(): value for name, value in wechat.sandbox_env().items()}
+    return load_settings(SandboxSettings, **{**values, "log_format": "console", **overrides})
 
 
 @dataclass
@@ -84,23 +70,3 @@ class RunningSandbox:
 async def running_sandbox(settings: SandboxSettings) -> AsyncIterator[RunningSandbox]:
     async with TestClient(TestServer(build_app(settings))) as client:
         yield RunningSandbox(client)
-
-
-def order_body(
-    kind: str = "jsapi", out_trade_no: str | None = None, **extra: Any
-) -> dict[str, Any]:
-    """A valid place-order body for ``kind`` (jsapi / native / h5 / app)."""
-    body: dict[str, Any] = {
-        "appid": APPID,
-        "mchid": MCHID,
-        "description": "premium package",
-        "out_trade_no": out_trade_no or f"T{secrets.token_hex(8).upper()}",
-        "notify_url": "http://127.0.0.1:9/notify/wechatpay",
-        "amount": {"total": 990, "currency": "CNY"},
-    }
-    if kind.lower() == "jsapi":
-        body["payer"] = {"openid": "o-payer-1"}
-    if kind.lower() == "h5":
-        body["scene_info"] = {"payer_client_ip": "203.0.113.9", "h5_info": {"type": "Wap"}}
-    body.update(extra)
-    return body

@@ -1,6 +1,6 @@
-"""Rows of the shared ``users`` and ``payment_orders`` tables, written as the other writers
-(the cloud function, the Node backend) write them: ids in the existing system's format,
-only the columns given, the table's defaults for the rest.
+"""Rows of the shared ``users``, ``payment_orders`` and ``refunds`` tables, written as the
+other writers (the cloud function, the Node backend) write them: ids in the existing
+system's format, only the columns given, the table's defaults for the rest.
 
 A value may be a time relative to the database's clock (``ago``, ``from_now``), so that
 rows are stamped in the server's time zone, as ``NOW()`` stamps them.
@@ -8,6 +8,7 @@ rows are stamped in the server's time zone, as ``NOW()`` stamps them.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -101,6 +102,31 @@ async def add_order(
         **columns,
     )
     return out_trade_no
+
+
+async def add_refund(
+    db: Target,
+    out_trade_no: str,
+    refund_amount: Decimal | str,
+    total_amount: Decimal | str | None = None,
+    *,
+    out_refund_no: str | None = None,
+    **columns: object,
+) -> str:
+    """One refund of ``out_trade_no`` with these column values (``id`` may be given);
+    amounts in yuan, as the shared table has them (the whole order by default). Returns
+    its out_refund_no (a new one unless given)."""
+    out_refund_no = out_refund_no or f"RF{secrets.token_hex(10).upper()}"
+    row = {
+        "id": new_row_id("refund"),
+        "out_refund_no": out_refund_no,
+        "out_trade_no": out_trade_no,
+        "refund_amount": refund_amount,
+        "total_amount": refund_amount if total_amount is None else total_amount,
+        **columns,
+    }
+    await _insert(db, "refunds", [row])
+    return out_refund_no
 
 
 async def _insert(db: Target, table: str, rows: Sequence[Mapping[str, object]]) -> None:

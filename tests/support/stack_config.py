@@ -22,8 +22,6 @@ BACKEND = {"X-Internal-Secret": BACKEND_SECRET}
 APP_SECRET = "e2e-miniprogram-app-secret"
 #: The payer of ``FakeWechat.transaction``.
 PAYER_OPENID = "o-test-openid"
-#: WeChat's retry schedule at 1/100 (15 s → 150 ms); refunds completed by the tests.
-SANDBOX_ENV = {"SANDBOX_TIME_FACTOR": "0.01", "SANDBOX_REFUND_MODE": "manual"}
 #: The reconciler looks at orders after 1 s, every 0.5 s; unpaid orders expire after 4 s.
 #: Its effects sweep waits an hour: test_hybrid.py runs it on demand (reconcile --once).
 ORDER_ENV = {
@@ -70,7 +68,7 @@ async def start_stack(
     then entitlement, notifier and order. Returns the order service's environment, to
     start it again alike."""
     sandbox = await stack.start(
-        "sandbox", {**wechat.sandbox_env(), **SANDBOX_ENV, "SANDBOX_APP_SECRET": APP_SECRET}
+        "sandbox", {**wechat.sandbox_env(), "SANDBOX_APP_SECRET": APP_SECRET}
     )
     ingress = await stack.start("ingress")
     stack.base_env.update(wechat.merchant_env(sandbox.url, f"{ingress.url}/notify/wechatpay"))

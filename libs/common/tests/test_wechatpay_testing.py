@@ -106,6 +106,18 @@ def test_resources_take_overrides_and_drop_none() -> None:
     assert a["transaction_id"] != b["transaction_id"]
 
 
+def test_order_requests_carry_what_each_trade_type_needs() -> None:
+    jsapi = kit.order_request("JSAPI", "T0003", 2990)
+    assert (jsapi["out_trade_no"], jsapi["amount"]) == ("T0003", {"total": 2990, "currency": "CNY"})
+    assert jsapi["payer"] == {"openid": kit.PAYER_OPENID} and "scene_info" not in jsapi
+    assert kit.order_request("h5")["scene_info"]["h5_info"] == {"type": "Wap"}
+    native = kit.order_request("native", attach="cart=7", notify_url="https://m/n")
+    assert "payer" not in native and "scene_info" not in native
+    assert "payer" not in kit.order_request("jsapi", payer=None)
+    assert (native["attach"], native["notify_url"]) == ("cart=7", "https://m/n")
+    assert kit.order_request()["out_trade_no"] != kit.order_request()["out_trade_no"]
+
+
 def test_self_signed_certificate_loads_as_a_platform_certificate(tmp_path: Path) -> None:
     key = kit.new_private_key()
     start = datetime(2025, 1, 1, tzinfo=UTC)

@@ -25,13 +25,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from paylane_common import events
 from paylane_common.catalog import DEFAULT_CATALOG, STATUS_RANK
 from paylane_common.db import transaction
-from paylane_common.events import Envelope, OrderPaid, OrderRefunded, make_event
+from paylane_common.events import OrderPaid, OrderRefunded
 from paylane_entitlement.grants import EntitlementApplier
 from services.entitlement.tests.support import new_user
 from tests.support.batches import batch_item
+from tests.support.events import Delivery, order_paid, order_refunded
 from tests.support.queries import user_state
 
 pytestmark = pytest.mark.integration
@@ -96,27 +96,13 @@ class Deliveries:
         self.packages = packages
         self.numbers = [f"M{uuid.uuid4().hex[:20]}" for _ in packages]
 
-    def event(self, step: Step) -> tuple[Envelope, object]:
-        package = self.packages[step[1]]
-        price = DEFAULT_CATALOG[package].price_fen
-        data: OrderPaid | OrderRefunded
+    def event(self, step: Step) -> Delivery[OrderPaid] | Delivery[OrderRefunded]:
+        package, number = self.packages[step[1]], self.numbers[step[1]]
         if step[0] == "paid":
-            data = OrderPaid(
-                out_trade_no=self.numbers[step[1]],
-                user_id=self.user_id,
-                package_type=package,
-                amount_total=price,
-                paid_at="2026-11-22T00:00:00+00:00",
-            )
-            return make_event(events.ORDER_PAID, data), data
-        data = OrderRefunded(
-            out_trade_no=self.numbers[step[1]],
-            user_id=self.user_id,
-            package_type=package,
-            amount_refund=price if step[2] else 1,
-            full=step[2],
-        )
-        return make_event(events.ORDER_REFUNDED, data), data
+            return order_paid(self.user_id, package, number)
+        # A partial refund of one fen, or the whole price.
+        amount = None if step[2] else 1
+        return order_refunded(self.user_id, number, amount, package_type=package, full=step[2])
 
 
 async def _use(pool: aiomysql.Pool, user_id: str, n: int) -> None:

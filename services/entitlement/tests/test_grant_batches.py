@@ -9,15 +9,15 @@ import json
 import aiomysql
 import pytest
 
-from paylane_common import events, tracing
+from paylane_common import tracing
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
-from paylane_common.events import OrderRefunded, make_event
 from paylane_common.ids import new_row_id
 from paylane_entitlement.grants import EntitlementApplier
-from services.entitlement.tests.support import new_user, order_paid
+from services.entitlement.tests.support import new_user
 from tests.support.batches import batch_item
+from tests.support.events import order_paid, order_refunded
 from tests.support.queries import user_state
 
 pytestmark = pytest.mark.integration
@@ -73,23 +73,17 @@ async def test_a_batch_leaves_what_is_not_plain_to_the_one_by_one_path(db_pool):
     granted_before = order_paid(user_id, "basic")
     await applier(*granted_before)
     again = order_paid(
-        user_id, "basic", out_trade_no=granted_before[1].out_trade_no
+        user_id, "basic", out_trade_no=granted_before.data.out_trade_no
     )  # new event id
     unknown_user = order_paid(new_row_id("user"), "basic")
-    refund = OrderRefunded(
-        out_trade_no=granted_before[1].out_trade_no,
-        user_id=user_id,
-        package_type="basic",
-        amount_refund=DEFAULT_CATALOG["basic"].price_fen,
-        full=True,
-    )
+    refund = order_refunded(user_id, granted_before.data.out_trade_no)
     fresh = order_paid(user_id, "premium")
     other_user = await new_user(db_pool)
     other = order_paid(other_user, "basic")
     deliveries = [
         again,
         unknown_user,
-        (make_event(events.ORDER_REFUNDED, refund), refund),
+        refund,
         fresh,  # after a refund of its user: one by one, in arrival order
         fresh,  # the same event twice in one batch
         other,  # another user's grant is not held back by that refund

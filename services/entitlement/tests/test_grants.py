@@ -8,15 +8,15 @@ import uuid
 
 import pytest
 
-from paylane_common import events
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
-from paylane_common.events import OrderPaid, OrderRefunded, make_event
+from paylane_common.events import OrderPaid, OrderRefunded
 from paylane_common.ids import new_row_id
 from paylane_entitlement.grants import EntitlementApplier
-from services.entitlement.tests.support import new_user, order_paid
+from services.entitlement.tests.support import new_user
 from tests.support.batches import batch_item
+from tests.support.events import Delivery, order_paid, order_refunded
 from tests.support.queries import user_state
 
 pytestmark = pytest.mark.integration
@@ -59,31 +59,21 @@ async def test_full_refund_revokes_exactly_that_order(db_pool):
     assert await applier(premium_event, premium) == "granted"
     assert await user_state(db_pool, user_id) == ("premium", 123)
 
-    refund = OrderRefunded(
-        out_trade_no=premium.out_trade_no,
-        user_id=user_id,
-        package_type="premium",
-        amount_refund=premium.amount_total,
-        full=True,
+    refund, again = (
+        order_refunded(user_id, premium.out_trade_no, package_type="premium") for _ in range(2)
     )
-    assert await applier(make_event(events.ORDER_REFUNDED, refund), refund) == "revoked"
+    assert await applier(*refund) == "revoked"
     assert await user_state(db_pool, user_id) == ("basic", 23)
     # Revoked once, whatever happens.
-    assert await applier(make_event(events.ORDER_REFUNDED, refund), refund) == "duplicate"
+    assert await applier(*again) == "duplicate"
     assert await user_state(db_pool, user_id) == ("basic", 23)
     del basic
 
 
-def _refunded(paid: tuple[object, OrderPaid], full: bool = True):
-    data = paid[1]
-    refund = OrderRefunded(
-        out_trade_no=data.out_trade_no,
-        user_id=data.user_id,
-        package_type=data.package_type,
-        amount_refund=data.amount_total,
-        full=full,
-    )
-    return make_event(events.ORDER_REFUNDED, refund), refund
+def _refunded(paid: Delivery[OrderPaid]) -> Delivery[OrderRefunded]:
+    """The full refund of ``paid``."""
+    data = paid.data
+    return order_refunded(data.user_id, data.out_trade_no, package_type=data.package_type)
 
 
 async def test_a_full_refund_leaves_the_plan_the_remaining_orders_give(db_pool):

@@ -15,7 +15,7 @@ import aiomysql
 from aiohttp import WSMsgType
 
 from paylane_common import db, events
-from paylane_common.events import Entitlement, OrderPaid, OrderRefunded
+from paylane_common.events import Entitlement
 from paylane_common.tokens import issue_client_token
 from tests.support import hygiene
 from tests.support.clients import next_sse_event
@@ -153,32 +153,6 @@ async def insert_order(
         )
         row = await cur.fetchone()
     return out_trade_no, int(row["ms"])
-
-
-def order_paid(user_id: str, out_trade_no: str | None = None) -> events.Envelope:
-    return events.make_event(
-        events.ORDER_PAID,
-        OrderPaid(
-            out_trade_no=out_trade_no or uuid.uuid4().hex,
-            user_id=user_id,
-            package_type="basic",
-            amount_total=1,
-            paid_at=datetime.now(UTC).isoformat(),
-        ),
-    )
-
-
-def order_refunded(user_id: str, out_trade_no: str, amount: int, *, full: bool) -> events.Envelope:
-    return events.make_event(
-        events.ORDER_REFUNDED,
-        OrderRefunded(
-            out_trade_no=out_trade_no,
-            user_id=user_id,
-            package_type="basic",
-            amount_refund=amount,
-            full=full,
-        ),
-    )
 
 
 def entitlement(

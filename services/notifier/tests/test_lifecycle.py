@@ -28,9 +28,9 @@ from services.notifier.tests.support import (
     WsListener,
     insert_order,
     insert_user,
-    order_paid,
     token_for,
 )
+from tests.support.events import order_paid
 from tests.support.infra import Infra
 
 pytestmark = pytest.mark.integration
@@ -83,7 +83,7 @@ async def test_clients_get_a_fresh_snapshot_after_a_broker_reconnect(
         await reconnected.wait()
     resent = await client.next()
     assert (resent.data["type"], resent.data["out_trade_no"]) == ("order.state", out_trade_no)
-    paid = order_paid(user_id)
+    paid = order_paid(user_id).envelope
     await publisher.publish(paid)
     assert (await client.next()).data["event_id"] == paid.event_id
 
@@ -106,7 +106,7 @@ async def test_invalid_messages_are_acked_and_skipped(
             await exchange.publish(aio_pika.Message(body), routing_key="order.paid")
     finally:
         await channel.close()
-    paid = order_paid(user_id)
+    paid = order_paid(user_id).envelope
     await publisher.publish(paid)
 
     assert (await client.next()).data["event_id"] == paid.event_id
@@ -182,7 +182,7 @@ async def test_clients_that_fall_behind_are_dropped_without_holding_up_others(
     assert await slow_sse.closed() is False  # aborted, not ended politely
     assert _sample("paylane_notifier_dropped_clients_total") == dropped_before + 2
     assert hub.count(slow) == 0
-    paid = order_paid(other)
+    paid = order_paid(other).envelope
     await publisher.publish(paid)
     assert (await other_ws.next()).data["event_id"] == paid.event_id
 

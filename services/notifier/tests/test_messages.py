@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from paylane_common import events
-from paylane_common.events import PaymentSucceeded
 from paylane_notifier.messages import ClientMessage, epoch_ms, from_event
 from paylane_notifier.snapshot import parse_last_event_id
-from services.notifier.tests.support import entitlement, order_paid, order_refunded
+from services.notifier.tests.support import entitlement
+from tests.support.events import order_paid, order_refunded, payment_succeeded
 
 USER = "user-1706345678901-xyz789"
 KEYS = {
@@ -30,10 +30,13 @@ KEYS = {
 @pytest.mark.parametrize(
     ("envelope", "expected"),
     [
-        (order_paid(USER, "o1"), ("order.paid", "paid", None, None, None)),
-        (order_refunded(USER, "o1", 300, full=False), ("order.refunded", "paid", None, None, 300)),
+        (order_paid(USER, out_trade_no="o1").envelope, ("order.paid", "paid", None, None, None)),
         (
-            order_refunded(USER, "o1", 990, full=True),
+            order_refunded(USER, "o1", 300, full=False).envelope,
+            ("order.refunded", "paid", None, None, 300),
+        ),
+        (
+            order_refunded(USER, "o1", 990, full=True).envelope,
             ("order.refunded", "refunded", None, None, 990),
         ),
         (
@@ -68,10 +71,7 @@ def test_events_become_client_messages(
 
 
 def test_events_for_other_services_are_not_pushed() -> None:
-    envelope = events.make_event(
-        events.PAYMENT_SUCCEEDED, PaymentSucceeded(out_trade_no="o1", transaction_id="t1")
-    )
-    assert from_event(envelope, envelope.typed_data()) is None
+    assert from_event(*payment_succeeded("o1")) is None
 
 
 def test_ids_are_integer_milliseconds_since_the_epoch() -> None:

@@ -18,10 +18,10 @@ from services.notifier.tests.support import (
     insert_order,
     insert_user,
     last_ms,
-    order_paid,
     token_for,
     update_user,
 )
+from tests.support.events import order_paid
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ async def test_snapshot_is_sent_oldest_first_and_then_live_events(
         (newer, str(last_ms(newer_ms))),
     ]
     assert (first.data["status"], second.data["status"]) == ("failed", "pending")
-    paid = order_paid(user_id, newer)
+    paid = order_paid(user_id, out_trade_no=newer).envelope
     await publisher.publish(paid)
     assert (await client.next()).data["event_id"] == paid.event_id
 
@@ -97,7 +97,7 @@ async def test_last_event_id_filters_the_snapshot(
 
     # The snapshot goes oldest first: had the seen order been included, it would come first.
     assert (await client.next()).data["out_trade_no"] == changed
-    paid = order_paid(user_id)
+    paid = order_paid(user_id).envelope
     await publisher.publish(paid)
     assert (await client.next()).data["event_id"] == paid.event_id
 
@@ -111,7 +111,7 @@ async def test_nothing_changed_since_last_event_id_means_no_snapshot(
 
     client = await connect(notifier, "sse", token_for(user_id), last_event_id=last_ms(newest_ms))
 
-    paid = order_paid(user_id)
+    paid = order_paid(user_id).envelope
     await publisher.publish(paid)
     assert (await client.next()).data["event_id"] == paid.event_id
 

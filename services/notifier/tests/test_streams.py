@@ -15,11 +15,10 @@ from services.notifier.tests.support import (
     Listener,
     entitlement,
     insert_user,
-    order_paid,
-    order_refunded,
     sse_id,
     token_for,
 )
+from tests.support.events import order_paid, order_refunded
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +32,7 @@ async def test_ws_and_sse_clients_receive_their_users_events(
     user_id = await insert_user(db_pool)
     ws = await connect(notifier, "ws", token_for(user_id))
     sse = await connect(notifier, "sse", token_for(user_id))
-    paid = order_paid(user_id)
+    paid = order_paid(user_id).envelope
     out_trade_no = paid.data["out_trade_no"]
     granted = entitlement(events.ENTITLEMENT_GRANTED, user_id, out_trade_no, "premium", 33)
 
@@ -79,8 +78,8 @@ async def test_refunds_and_revocations(
     user_id = await insert_user(db_pool)
     client = await connect(notifier, transport, token_for(user_id))
 
-    await publisher.publish(order_refunded(user_id, "partial-1", 300, full=False))
-    await publisher.publish(order_refunded(user_id, "full-1", 990, full=True))
+    await publisher.publish(order_refunded(user_id, "partial-1", 300, full=False).envelope)
+    await publisher.publish(order_refunded(user_id, "full-1", 990, full=True).envelope)
     await publisher.publish(entitlement(events.ENTITLEMENT_REVOKED, user_id, "full-1", "free", 3))
 
     partial, full, revoked = [(await client.next()).data for _ in range(3)]
@@ -109,7 +108,7 @@ async def test_a_client_receives_nothing_of_another_user(
     bob_ws = await connect(notifier, "ws", token_for(bob))
     bob_sse = await connect(notifier, "sse", token_for(bob))
 
-    alices = order_paid(alice)
+    alices = order_paid(alice).envelope
     await publisher.publish(alices)
     await publisher.publish(
         entitlement(events.ENTITLEMENT_GRANTED, alice, alices.data["out_trade_no"])
@@ -117,7 +116,7 @@ async def test_a_client_receives_nothing_of_another_user(
     assert (await alice_ws.next()).data["event_id"] == alices.event_id
 
     # Bob's first message is his own later event: Alice's two never reached him.
-    bobs = order_paid(bob)
+    bobs = order_paid(bob).envelope
     await publisher.publish(bobs)
     for client in (bob_ws, bob_sse):
         assert (await client.next()).data["event_id"] == bobs.event_id
@@ -134,7 +133,7 @@ async def test_every_replica_delivers_to_its_own_clients(
     on_one = await connect(one, "ws", token_for(user_id))
     on_two = await connect(two, "sse", token_for(user_id))
 
-    paid = order_paid(user_id)
+    paid = order_paid(user_id).envelope
     await publisher.publish(paid)
 
     assert (await on_one.next()).data["event_id"] == paid.event_id
@@ -146,7 +145,7 @@ async def test_several_clients_of_one_user_all_receive(
 ) -> None:
     user_id = await insert_user(db_pool)
     clients = [await connect(notifier, t, token_for(user_id)) for t in ("ws", "ws", "sse")]
-    paid = order_paid(user_id)
+    paid = order_paid(user_id).envelope
     await publisher.publish(paid)
     for client in clients:
         assert (await client.next()).data["event_id"] == paid.event_id

@@ -7,10 +7,10 @@ import uuid
 
 import aiomysql
 
-from paylane_common import events
-from paylane_common.events import Envelope, PaymentSucceeded, make_event
+from paylane_common.events import PaymentSucceeded
 from paylane_order.config import MerchantConfig
 from paylane_order.money import yuan
+from tests.support.events import TRANSACTION_ID, Delivery, payment_succeeded
 from tests.support.seeding import add_order, add_user
 
 MERCHANT = MerchantConfig(
@@ -43,11 +43,8 @@ async def basic_order(
 
 
 def payment(
-    out_trade_no: str, amount: int = 990, txn: str = "4200001", **kw: object
-) -> tuple[Envelope, PaymentSucceeded]:
+    out_trade_no: str, amount: int = 990, txn: str = TRANSACTION_ID, **kw: object
+) -> Delivery[PaymentSucceeded]:
     """A payment.succeeded to the merchant (``kw``: any other field)."""
-    fields: dict[str, object] = {"mchid": MERCHANT.mchid, "appid": MERCHANT.appid, **kw}
-    data = PaymentSucceeded(
-        out_trade_no=out_trade_no, transaction_id=txn, amount_total=amount, **fields
-    )
-    return make_event(events.PAYMENT_SUCCEEDED, data), data
+    to_merchant: dict[str, object] = {"mchid": MERCHANT.mchid, "appid": MERCHANT.appid, **kw}
+    return payment_succeeded(out_trade_no, amount, txn, **to_merchant)

@@ -10,13 +10,12 @@ from datetime import UTC, datetime, timedelta
 import aiomysql
 import pytest
 
-from paylane_common import events
 from paylane_common.db import transaction
-from paylane_common.events import PaymentSucceeded, make_event, parse_event
+from paylane_common.events import parse_event
 from paylane_common.migrate import cutover
 from paylane_order import effects
 from paylane_order.payments import PaymentApplier
-from services.order.tests.support import MERCHANT
+from services.order.tests.support import MERCHANT, payment
 from tests.support.seeding import add_order, add_user, ago
 
 pytestmark = pytest.mark.integration
@@ -48,16 +47,7 @@ async def paid_elsewhere(
 
 def notify(out_trade_no: str, txn: str = "4200009", amount: int = 2990, **kw: object):
     """A payment as an internal notify becomes once WeChat Pay confirmed it."""
-    data = PaymentSucceeded(
-        out_trade_no=out_trade_no,
-        transaction_id=txn,
-        amount_total=amount,
-        mchid=MERCHANT.mchid,
-        appid=MERCHANT.appid,
-        source="internal",
-        **kw,
-    )
-    return make_event(events.PAYMENT_SUCCEEDED, data), data
+    return payment(out_trade_no, amount, txn, source="internal", **kw)
 
 
 async def staged(pool: aiomysql.Pool, out_trade_no: str, routing_key: str) -> list[object]:

@@ -11,10 +11,11 @@ import pytest
 from paylane_common import events
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import transaction
-from paylane_common.events import PaymentSucceeded, make_event
+from paylane_common.events import PaymentSucceeded
 from paylane_order.payments import PaymentApplier
 from services.order.tests.support import MERCHANT, basic_order, payment
-from tests.support.queries import fetch_one
+from tests.support.events import payment_succeeded
+from tests.support.queries import fetch_one, order_status
 
 pytestmark = pytest.mark.integration
 
@@ -125,10 +126,7 @@ async def test_a_payment_never_moves_a_settled_order(db_pool, status):
             (out_trade_no,),
         )
     assert await applier(*payment(out_trade_no)) == "duplicate_payment"
-    row = await fetch_one(
-        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
-    )
-    assert row["status"] == status
+    assert await order_status(db_pool, out_trade_no) == status
     assert await _paid_events(db_pool, out_trade_no) == 0
 
 
@@ -165,22 +163,17 @@ async def test_unknown_order_asks_for_retry_and_claims_nothing(db_pool):
 async def test_internal_notify_without_amount_is_not_granted(db_pool):
     applier = PaymentApplier(db_pool, MERCHANT)
     out_trade_no, _ = await basic_order(db_pool)
-    data = PaymentSucceeded(out_trade_no=out_trade_no, transaction_id="T1", source="internal")
+    internal = payment_succeeded(out_trade_no, None, "T1", source="internal")
     with pytest.raises(Reject, match="no WeChat Pay client to confirm"):
-        await applier(make_event(events.PAYMENT_SUCCEEDED, data), data)
-    row = await fetch_one(
-        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
-    )
-    assert row["status"] == "pending"
+        await applier(*internal)
+    assert await order_status(db_pool, out_trade_no) == "pending"
 
 
 async def test_an_internal_notify_with_amount_is_applied_only_as_wechat_pay_confirms_it(db_pool):
     """The cloud function's secret is not WeChat Pay's word: its notify is confirmed first,
     unless the operator trusts the caller (INTERNAL_NOTIFY_TRUSTED)."""
     out_trade_no, _ = await basic_order(db_pool, amount=990)
-    data = PaymentSucceeded(
-        out_trade_no=out_trade_no, transaction_id="T2", amount_total=990, source="internal"
-    )
+    internal = payment_succeeded(out_trade_no, 990, "T2", source="internal")
     asked: list[str] = []
 
     async def wechat_says_not_paid(payment: PaymentSucceeded) -> PaymentSucceeded:
@@ -189,13 +182,11 @@ async def test_an_internal_notify_with_amount_is_applied_only_as_wechat_pay_conf
 
     cautious = PaymentApplier(db_pool, MERCHANT, confirm=wechat_says_not_paid)
     with pytest.raises(Reject, match="does not confirm"):
-        await cautious(make_event(events.PAYMENT_SUCCEEDED, data), data)
+        await cautious(*internal)
     assert asked == [out_trade_no]
-    row = await fetch_one(
-        db_pool, "SELECT status FROM payment_orders WHERE out_trade_no = %s", out_trade_no
-    )
-    assert row["status"] == "pending"
+    assert await order_status(db_pool, out_trade_no) == "pending"
 
     trusting = PaymentApplier(db_pool, MERCHANT, confirm=wechat_says_not_paid, trust_internal=True)
-    assert await trusting(make_event(events.PAYMENT_SUCCEEDED, data), data) == "paid"
+    # Another delivery of that notify (a new event id), now to a trusting applier.
+    assert await trusting(*payment_succeeded(out_trade_no, 990, "T2", source="internal")) == "paid"
     assert asked == [out_trade_no]  # not asked again

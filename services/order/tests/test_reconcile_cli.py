@@ -15,10 +15,13 @@ from paylane_common.events import parse_event
 from paylane_common.settings import load_settings
 from paylane_common.topology import declare_exchange
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
+from paylane_common.wechatpay.testing import order_request
 from paylane_order.settings import OrderSettings
 from paylane_order.standalone import reconcile
-from tests.support.sandbox import SandboxKeys, order_body, running_sandbox
+from tests.support.queries import order_status
+from tests.support.sandbox import running_sandbox, sandbox_settings
 from tests.support.seeding import add_order, add_user, ago, from_now
+from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +47,14 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
     db_pool: aiomysql.Pool,
     amqp_connection: AbstractRobustConnection,
 ) -> None:
-    keys = SandboxKeys()
+    keys = FakeWechat()
     paid_no = f"RC{secrets.token_hex(8).upper()}"
     expired_no = f"RC{secrets.token_hex(8).upper()}"
     channel = await amqp_connection.channel()
     spy = await channel.declare_queue(f"spy.{uuid.uuid4().hex}", exclusive=True)
     await spy.bind(await declare_exchange(channel), routing_key="payment.succeeded")
 
-    async with running_sandbox(keys.settings()) as sandbox, aiohttp.ClientSession() as http:
+    async with running_sandbox(sandbox_settings(keys)) as sandbox, aiohttp.ClientSession() as http:
         wechat = WechatPayClient(
             base_url=sandbox.base_url,
             mchid=keys.mchid,
@@ -60,7 +63,7 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
             session=http,
         )
         for no in (paid_no, expired_no):
-            await wechat.place("NATIVE", order_body("native", no))
+            await wechat.place("NATIVE", order_request("native", no))
             await _pending_row(db_pool, no, expired=no == expired_no)
         # Paid at WeChat Pay, but the notification never comes.
         await sandbox.ok("POST", f"/sandbox/orders/{paid_no}/pay", {"notify": False})
@@ -87,11 +90,7 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
         paid_state = await sandbox.ok("GET", f"/sandbox/orders/{paid_no}")
 
     assert expired_state["trade_state"] == "CLOSED"
-    async with transaction(db_pool) as cur:
-        await cur.execute(
-            "SELECT status FROM payment_orders WHERE out_trade_no = %s", (expired_no,)
-        )
-        assert (await cur.fetchone())["status"] == "failed"
+    assert await order_status(db_pool, expired_no) == "failed"
 
     recovered = []
     while (message := await spy.get(no_ack=True, fail=False)) is not None:

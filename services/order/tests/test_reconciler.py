@@ -13,32 +13,26 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common.db import transaction
-from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
+from paylane_common.wechatpay.testing import APPID, MCHID, order_request
 from paylane_order.config import MerchantConfig, ReconcilerConfig
 from paylane_order.errors import InvalidRequest
 from paylane_order.orders import Orders
 from paylane_order.reconciler import Reconciler
-from tests.support.sandbox import (
-    APPID,
-    MCHID,
-    RunningSandbox,
-    SandboxKeys,
-    order_body,
-    running_sandbox,
-)
-from tests.support.seeding import add_orders, add_user, ago, from_now
+from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
+from tests.support.seeding import add_orders, add_refund, add_user, ago, from_now
+from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.integration
 
 AFTER_S = 60
-KEYS = SandboxKeys()
+KEYS = FakeWechat()
 
 
 @pytest.fixture
 async def wechat() -> AsyncIterator[tuple[RunningSandbox, WechatPayClient]]:
-    async with running_sandbox(KEYS.settings()) as sandbox, aiohttp.ClientSession() as http:
+    async with running_sandbox(sandbox_settings(KEYS)) as sandbox, aiohttp.ClientSession() as http:
         yield (
             sandbox,
             WechatPayClient(
@@ -99,7 +93,7 @@ async def test_a_lost_notification_is_found_in_the_next_pass_however_many_are_ab
     abandoned = [_number() for _ in range(2500)]
     await _pending(db_pool, user_id, abandoned, age_s=600)
     asked = _number()
-    await client.place("NATIVE", order_body("native", asked))
+    await client.place("NATIVE", order_request("native", asked))
     await _pending(db_pool, user_id, [asked], age_s=AFTER_S + 1)
     first = await reconciler.run_once()  # the service runs these all along
     assert first["still_pending"] == 1  # asked: NOTPAY (the abandoned were never placed)
@@ -107,7 +101,7 @@ async def test_a_lost_notification_is_found_in_the_next_pass_however_many_are_ab
     # Both paid at WeChat Pay with their notifications lost: the one already asked about,
     # and one whose RECONCILE_AFTER_S has just passed.
     fresh = _number()
-    await client.place("NATIVE", order_body("native", fresh))
+    await client.place("NATIVE", order_request("native", fresh))
     await _pending(db_pool, user_id, [fresh], age_s=AFTER_S + 1)
     for no in (asked, fresh):
         await sandbox.ok("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
@@ -119,15 +113,7 @@ async def test_a_lost_notification_is_found_in_the_next_pass_however_many_are_ab
 
 async def _refund_row(pool: aiomysql.Pool, out_trade_no: str, age_s: float) -> str:
     """A refund whose request never reached WeChat Pay (the caller saw a 503)."""
-    out_refund_no = f"RF{secrets.token_hex(10).upper()}"
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO refunds (id, out_refund_no, out_trade_no, refund_amount, total_amount,"
-            " reason, created_at) VALUES (%s, %s, %s, 9.90, 9.90, 'x',"
-            " NOW(6) - INTERVAL %s MICROSECOND)",
-            (new_row_id("refund"), out_refund_no, out_trade_no, int(age_s * 1e6)),
-        )
-    return out_refund_no
+    return await add_refund(pool, out_trade_no, "9.90", reason="x", created_at=ago(age_s))
 
 
 async def _refund_status(pool: aiomysql.Pool, out_refund_no: str) -> str:
@@ -154,7 +140,7 @@ async def test_a_refund_that_never_reached_wechatpay_is_closed_after_the_grace(
     user_id = await add_user(db_pool)
     paid, young = _number(), _number()
     for no in (paid, young):
-        await client.place("NATIVE", order_body("native", no))
+        await client.place("NATIVE", order_request("native", no))
         await sandbox.ok("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
     await _pending(db_pool, user_id, [paid, young], age_s=3600, status="paid")
     stale = await _refund_row(db_pool, paid, age_s=601)
@@ -203,10 +189,10 @@ async def test_orders_other_writers_left_pending_expire_after_the_ttl_and_stop_b
     await _pending(db_pool, user_id, [old], age_s=1801, expires=False)
     await _pending(db_pool, user_id, [young], age_s=AFTER_S + 1, expires=False)
     unpaid = _number()  # placed, NOTPAY, past the TTL: closed at WeChat Pay too
-    await client.place("NATIVE", order_body("native", unpaid))
+    await client.place("NATIVE", order_request("native", unpaid))
     await _pending(db_pool, user_id, [unpaid], age_s=1900, expires=False)
     paid = _number()  # the cloud function's order, paid with its notification lost
-    await client.place("NATIVE", order_body("native", paid))
+    await client.place("NATIVE", order_request("native", paid))
     await sandbox.ok("POST", f"/sandbox/orders/{paid}/pay", {"notify": False})
     await _pending(db_pool, user_id, [paid], age_s=AFTER_S + 1, expires=False)
 

@@ -8,16 +8,15 @@ from decimal import Decimal
 import aiomysql
 import pytest
 
-from paylane_common import events
 from paylane_common.db import transaction
-from paylane_common.events import RefundEvent, make_event
-from paylane_common.ids import new_row_id
 from paylane_order.money import yuan
 from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
 from services.order.tests.support import MERCHANT, basic_order, payment
 from tests.support.batches import batch_item
+from tests.support.events import refund_succeeded
 from tests.support.queries import fetch_one
+from tests.support.seeding import add_refund
 
 pytestmark = pytest.mark.integration
 
@@ -25,15 +24,10 @@ pytestmark = pytest.mark.integration
 async def _refund_row(
     pool: aiomysql.Pool, out_trade_no: str, amount_refund: int, status: str = "pending"
 ) -> str:
-    """A refund row as the shared table has them: a string id, yuan amounts."""
-    out_refund_no = f"RF{uuid.uuid4().hex[:20]}"
-    async with transaction(pool) as cur:
-        await cur.execute(
-            "INSERT INTO refunds (id, out_refund_no, out_trade_no, refund_amount, total_amount,"
-            " reason, status) VALUES (%s, %s, %s, %s, 9.90, 'x', %s)",
-            (new_row_id("refund"), out_refund_no, out_trade_no, yuan(amount_refund), status),
-        )
-    return out_refund_no
+    """A refund of ``amount_refund`` fen of a 9.90 order."""
+    return await add_refund(
+        pool, out_trade_no, yuan(amount_refund), "9.90", reason="x", status=status
+    )
 
 
 async def test_a_refund_closed_as_never_sent_still_succeeds_if_wechatpay_says_so(
@@ -41,18 +35,10 @@ async def test_a_refund_closed_as_never_sent_still_succeeds_if_wechatpay_says_so
 ) -> None:
     out_trade_no, _ = await basic_order(db_pool, status="paid")
     out_refund_no = await _refund_row(db_pool, out_trade_no, 990, status="closed")
-    data = RefundEvent(
-        out_trade_no=out_trade_no,
-        out_refund_no=out_refund_no,
-        refund_id="50000000000000000000000000001",
-        amount_refund=990,
-        amount_total=990,
-        status="SUCCESS",
-        success_time="2026-11-22T10:00:00+08:00",
+    succeeded = refund_succeeded(
+        out_trade_no, out_refund_no, 990, 990, success_time="2026-11-22T10:00:00+08:00"
     )
-    assert await RefundApplier(db_pool)(make_event(events.REFUND_SUCCEEDED, data), data) == (
-        "refunded"
-    )
+    assert await RefundApplier(db_pool)(*succeeded) == "refunded"
     refund = await fetch_one(
         db_pool,
         "SELECT status, refunded_at FROM refunds WHERE out_refund_no = %s",
@@ -78,17 +64,8 @@ async def test_a_partial_refund_is_recorded_without_marking_a_full_refund_staged
 ) -> None:
     out_trade_no, _ = await basic_order(db_pool, status="paid")
     out_refund_no = await _refund_row(db_pool, out_trade_no, 300)
-    data = RefundEvent(
-        out_trade_no=out_trade_no,
-        out_refund_no=out_refund_no,
-        refund_id=f"5000{uuid.uuid4().hex[:20]}",
-        amount_refund=300,
-        amount_total=990,
-        status="SUCCESS",
-    )
-    assert await RefundApplier(db_pool)(make_event(events.REFUND_SUCCEEDED, data), data) == (
-        "refunded"
-    )
+    succeeded = refund_succeeded(out_trade_no, out_refund_no, 300, 990)
+    assert await RefundApplier(db_pool)(*succeeded) == "refunded"
     order = await fetch_one(
         db_pool,
         "SELECT status, amount_refunded, refund_event_at FROM payment_orders"
@@ -101,17 +78,8 @@ async def test_a_partial_refund_is_recorded_without_marking_a_full_refund_staged
 async def test_a_refund_made_outside_paylane_is_recorded_in_yuan(db_pool: aiomysql.Pool) -> None:
     out_trade_no, _ = await basic_order(db_pool, amount=2990, status="paid")
     out_refund_no = f"CONSOLE{uuid.uuid4().hex[:20]}"
-    data = RefundEvent(
-        out_trade_no=out_trade_no,
-        out_refund_no=out_refund_no,
-        refund_id=f"5000{uuid.uuid4().hex[:20]}",
-        amount_refund=1999,
-        amount_total=2990,
-        status="SUCCESS",
-    )
-    assert await RefundApplier(db_pool)(make_event(events.REFUND_SUCCEEDED, data), data) == (
-        "refunded"
-    )
+    succeeded = refund_succeeded(out_trade_no, out_refund_no, 1999, 2990)
+    assert await RefundApplier(db_pool)(*succeeded) == "refunded"
     refund = await fetch_one(
         db_pool,
         "SELECT id, refund_amount, total_amount, amount_refund, status, reason FROM refunds"
@@ -139,18 +107,10 @@ async def _refunded_before_paid(pool: aiomysql.Pool, amount_refund: int = 990) -
     payment was applied: a replayed DLQ, relays racing on two replicas."""
     out_trade_no, _ = await basic_order(pool)
     out_refund_no = await _refund_row(pool, out_trade_no, amount_refund)
-    data = RefundEvent(
-        out_trade_no=out_trade_no,
-        out_refund_no=out_refund_no,
-        refund_id=f"5000{uuid.uuid4().hex[:20]}",
-        amount_refund=amount_refund,
-        amount_total=990,
-        status="SUCCESS",
-        success_time="2026-11-22T10:00:00+08:00",
+    succeeded = refund_succeeded(
+        out_trade_no, out_refund_no, amount_refund, 990, success_time="2026-11-22T10:00:00+08:00"
     )
-    assert await RefundApplier(pool)(make_event(events.REFUND_SUCCEEDED, data), data) == (
-        "refunded"
-    )
+    assert await RefundApplier(pool)(*succeeded) == "refunded"
     return out_trade_no
 
 

@@ -17,56 +17,51 @@ from aio_pika.abc import AbstractRobustConnection
 from paylane_common import db
 from paylane_common.topology import QUEUES
 from tests.chaos.harness.env import ChaosEnv
-from tests.support.polling import eventually
+from tests.support.polling import eventually, retrying
 
 WORK_QUEUES = ("order.payments", "entitlement.orders")
 #: Queues that must be empty for the pipeline to be quiet (delayed retries included).
 QUIET_QUEUES = (*WORK_QUEUES, *(name for spec in QUEUES for name in spec.retry_queues))
 
 DB_ERRORS = (pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError, OSError)
+BROKER_ERRORS = (aio_pika.exceptions.AMQPError, ConnectionError, TimeoutError, RuntimeError)
 
 
 async def query(pool: aiomysql.Pool, sql: str, *args: Any, timeout: float = 60) -> list[Any]:
     """Rows of ``sql``; retried while the database is unreachable or a pooled connection
     turns out dead (killed, server restarted)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            async with db.transaction(pool) as cur:
-                await cur.execute(sql, args)
-                rows: list[Any] = await cur.fetchall()
-                return rows
-        except DB_ERRORS:
-            if time.monotonic() > deadline:
-                raise
-            await pool.clear()  # drop idle connections that may be dead too
-            await asyncio.sleep(0.2)
+
+    async def attempt() -> list[Any]:
+        async with db.transaction(pool) as cur:
+            await cur.execute(sql, args)
+            rows: list[Any] = await cur.fetchall()
+            return rows
+
+    # Idle connections may be dead too: dropped before each retry.
+    return await retrying(attempt, DB_ERRORS, timeout, recover=pool.clear)
 
 
 async def queue_state(
     connection: AbstractRobustConnection, names: tuple[str, ...], timeout: float = 30
 ) -> dict[str, tuple[int, int]]:
     """``{queue: (ready messages, consumers)}`` as the broker counts them now."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            async with asyncio.timeout(10):
-                await connection.ready()
-                channel = await connection.channel(publisher_confirms=False)
-                try:
-                    underlay = await channel.get_underlay_channel()
-                    state = {}
-                    for name in names:
-                        ok = await underlay.queue_declare(name, passive=True)
-                        state[name] = (ok.message_count or 0, ok.consumer_count or 0)
-                    return state
-                finally:
-                    with contextlib.suppress(Exception):
-                        await channel.close()
-        except (aio_pika.exceptions.AMQPError, ConnectionError, TimeoutError, RuntimeError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+
+    async def attempt() -> dict[str, tuple[int, int]]:
+        async with asyncio.timeout(10):
+            await connection.ready()
+            channel = await connection.channel(publisher_confirms=False)
+            try:
+                underlay = await channel.get_underlay_channel()
+                state = {}
+                for name in names:
+                    ok = await underlay.queue_declare(name, passive=True)
+                    state[name] = (ok.message_count or 0, ok.consumer_count or 0)
+                return state
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+    return await retrying(attempt, BROKER_ERRORS, timeout)
 
 
 class QueueDepth:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +27,18 @@ from paylane_common.wechatpay import (
     decrypt_notification,
     parse_notification,
 )
-from paylane_common.wechatpay.testing import new_apiv3_key, new_private_key, private_key_pem
+from paylane_common.wechatpay.testing import (
+    APPID,
+    MCHID,
+    new_apiv3_key,
+    new_private_key,
+    order_request,
+    private_key_pem,
+)
 from paylane_sandbox.app_keys import SANDBOX
 from paylane_sandbox.main import build_app
 from paylane_sandbox.settings import SandboxSettings
 
-MCHID = "1900000109"
-APPID = "wxd678efh567hg6787"
 MERCHANT_SERIAL = "3775B6A45ACD588826D15E583A95F5DD11112222"
 PUBLIC_KEY_ID = "PUB_KEY_ID_0114232134912410000000000000001"
 CERT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
@@ -136,7 +140,7 @@ class Harness:
             return Answer(response.status, response.headers, await response.read())
 
     async def place(self, kind: str = "jsapi", **overrides: Any) -> tuple[dict[str, Any], Answer]:
-        body = order_body(kind, **overrides)
+        body = order_request(kind, **overrides)
         return body, await self.api("POST", f"/v3/pay/transactions/{kind}", body)
 
     async def notifications(self, **query: str) -> list[dict[str, Any]]:
@@ -166,26 +170,10 @@ class Harness:
         return result
 
 
-def order_body(kind: str = "jsapi", **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "appid": APPID,
-        "mchid": MCHID,
-        "description": "premium package",
-        "out_trade_no": f"T{secrets.token_hex(8).upper()}",
-        "notify_url": "http://127.0.0.1:9/notify/wechatpay",
-        "amount": {"total": 990, "currency": "CNY"},
-    }
-    if kind == "jsapi":
-        body["payer"] = {"openid": "o-payer-1"}
-    if kind == "h5":
-        body["scene_info"] = {"payer_client_ip": "203.0.113.9", "h5_info": {"type": "Wap"}}
-    body.update(overrides)
-    return body
-
-
 @pytest.fixture
 def body_for() -> Callable[..., dict[str, Any]]:
-    return order_body
+    """``body_for(kind, **fields)``: a valid place-order body of the kit's merchant."""
+    return order_request
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from paylane_common.exceptions import ConfigError
 from paylane_common.settings import load_settings
 from paylane_common.wechatpay import MerchantSigner
 from paylane_common.wechatpay.testing import (
+    MCHID,
     certificate_pem,
     private_key_pem,
     public_key_pem,
@@ -17,7 +18,6 @@ from paylane_common.wechatpay.testing import (
 )
 from paylane_sandbox.settings import SandboxSettings
 
-MCHID = "1900000109"
 MERCHANT_SERIAL = "3775B6A45ACD588826D15E583A95F5DD11112222"
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from paylane_common.wechatpay.testing import APPID, MCHID, PAYER_OPENID
 from paylane_sandbox.notifications import RETRY_SCHEDULE_S
 
-MCHID = "1900000109"
-APPID = "wxd678efh567hg6787"
 PUBLIC_KEY_ID = "PUB_KEY_ID_0114232134912410000000000000001"
 CERT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
 TIME_FACTOR = 0.01
@@ -48,7 +47,7 @@ async def test_payment_notification_verifies_and_decrypts(sandbox, receiver):
     assert resource["transaction_id"] == paid["transaction_id"]
     assert resource["trade_state"] == "SUCCESS" and resource["trade_type"] == "JSAPI"
     assert resource["attach"] == "cart=7"
-    assert resource["payer"] == {"openid": "o-payer-1"}
+    assert resource["payer"] == {"openid": PAYER_OPENID}
     assert resource["amount"] == {
         "total": 990,
         "payer_total": 990,

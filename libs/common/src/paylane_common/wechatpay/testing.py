@@ -1,5 +1,6 @@
 """Playing WeChat Pay's side: throw-away keys, platform certificates, resources and signed
-notifications, for tests, the sandbox, the bench and ``paylane dev``.
+notifications, for tests, the sandbox, the bench and ``paylane dev``; and the merchant's
+place-order request that the sandbox answers.
 
 What a merchant never has in production is here: WeChat Pay's own private key (of its
 *public key* or of a *platform certificate*), and with it notifications exactly as WeChat
@@ -40,6 +41,9 @@ PAYER_OPENID = "o-test-openid"
 #: A fixed payment time, so that resources are reproducible; pass ``success_time`` for another.
 SUCCESS_TIME = "2026-11-22T10:53:20+08:00"
 USER_RECEIVED_ACCOUNT = "支付用户零钱"
+#: Where WeChat Pay is told to send the notifications of :func:`order_request`: a port
+#: nothing listens on, for tests that do not receive them.
+NOTIFY_URL = "http://127.0.0.1:9/notify/wechatpay"
 #: Platform certificates WeChat Pay issues are valid for five years.
 CERTIFICATE_LIFETIME = timedelta(days=5 * 365)
 
@@ -154,6 +158,40 @@ def self_signed_certificate(
 
 def certificate_pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+# --- the merchant's requests -----------------------------------------------------------
+
+
+def order_request(
+    trade_type: str = "jsapi",
+    out_trade_no: str | None = None,
+    total: int = 990,
+    *,
+    appid: str = APPID,
+    mchid: str = MCHID,
+    openid: str = PAYER_OPENID,
+    notify_url: str = NOTIFY_URL,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The body of a merchant's ``POST /v3/pay/transactions/{trade_type}`` (jsapi, native,
+    h5 or app, in either case): with the payer's ``openid`` for JSAPI, a payer's scene for
+    H5. A new ``out_trade_no`` unless given; ``fields`` override or add top-level fields
+    (None drops one)."""
+    kind = trade_type.lower()
+    body: dict[str, Any] = {
+        "appid": appid,
+        "mchid": mchid,
+        "description": "premium package",
+        "out_trade_no": out_trade_no or f"T{secrets.token_hex(8).upper()}",
+        "notify_url": notify_url,
+        "amount": {"total": total, "currency": "CNY"},
+    }
+    if kind == "jsapi":
+        body["payer"] = {"openid": openid}
+    if kind == "h5":
+        body["scene_info"] = {"payer_client_ip": "203.0.113.9", "h5_info": {"type": "Wap"}}
+    return _merge(body, fields)
 
 
 # --- resources and notifications --------------------------------------------------------

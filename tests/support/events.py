@@ -1,0 +1,130 @@
+"""Events as the services publish them, for tests that publish one or hand one to a
+handler: ``payment.succeeded``, ``refund.succeeded``, ``order.paid``, ``order.refunded``.
+
+A builder takes what tests usually care about and makes up the rest (a new order number,
+event id and user, the catalog price, the kit's payment time); ``fields`` set any other
+field of the event's data. It returns a :class:`Delivery`: ``applier(*delivery)`` as the
+consumer calls its handler, ``delivery.envelope`` to publish.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, NamedTuple, TypeVar
+
+from pydantic import BaseModel
+
+from paylane_common import events
+from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.events import (
+    Envelope,
+    OrderPaid,
+    OrderRefunded,
+    PaymentSucceeded,
+    RefundEvent,
+    make_event,
+)
+from paylane_common.ids import new_row_id
+from paylane_common.wechatpay.testing import SUCCESS_TIME, new_refund_id
+from tests.support.cloud_function import new_out_trade_no
+
+D = TypeVar("D", bound=BaseModel)
+
+#: The transaction id of :func:`payment_succeeded` unless given: two payments of one
+#: order built without one are the same payment delivered twice (as two event ids).
+TRANSACTION_ID = "4200001"
+
+
+class Delivery(NamedTuple, Generic[D]):
+    """An event as a consumer hands it to its handler: the envelope and its typed data."""
+
+    envelope: Envelope
+    data: D
+
+
+def payment_succeeded(
+    out_trade_no: str | None = None,
+    amount_total: int | None = None,
+    transaction_id: str = TRANSACTION_ID,
+    *,
+    event_id: str | None = None,
+    **fields: object,
+) -> Delivery[PaymentSucceeded]:
+    """A payment of ``out_trade_no`` (a new order number unless given); no amount unless
+    given, as the model has it."""
+    data = PaymentSucceeded(
+        out_trade_no=out_trade_no or new_out_trade_no(),
+        transaction_id=transaction_id,
+        amount_total=amount_total,
+        **fields,
+    )
+    return Delivery(make_event(events.PAYMENT_SUCCEEDED, data, event_id), data)
+
+
+def refund_succeeded(
+    out_trade_no: str,
+    out_refund_no: str,
+    amount_refund: int,
+    amount_total: int,
+    *,
+    event_id: str | None = None,
+    **fields: object,
+) -> Delivery[RefundEvent]:
+    """A refund WeChat Pay reports done (``status`` SUCCESS), with a new refund id unless
+    ``refund_id`` is given."""
+    values: dict[str, object] = {"refund_id": new_refund_id(), "status": "SUCCESS", **fields}
+    data = RefundEvent(
+        out_trade_no=out_trade_no,
+        out_refund_no=out_refund_no,
+        amount_refund=amount_refund,
+        amount_total=amount_total,
+        **values,
+    )
+    return Delivery(make_event(events.REFUND_SUCCEEDED, data, event_id), data)
+
+
+def order_paid(
+    user_id: str | None = None,
+    package_type: str = "basic",
+    out_trade_no: str | None = None,
+    *,
+    amount_total: int | None = None,
+    paid_at: str = SUCCESS_TIME,
+    event_id: str | None = None,
+    **fields: object,
+) -> Delivery[OrderPaid]:
+    """``user_id``'s order of ``package_type`` paid (a new user id and order number unless
+    given), at the package's catalog price unless ``amount_total`` is given."""
+    data = OrderPaid(
+        out_trade_no=out_trade_no or new_out_trade_no(),
+        user_id=user_id or new_row_id("user"),
+        package_type=package_type,
+        amount_total=_price(package_type) if amount_total is None else amount_total,
+        paid_at=paid_at,
+        **fields,
+    )
+    return Delivery(make_event(events.ORDER_PAID, data, event_id), data)
+
+
+def order_refunded(
+    user_id: str,
+    out_trade_no: str,
+    amount_refund: int | None = None,
+    *,
+    package_type: str = "basic",
+    full: bool = True,
+    event_id: str | None = None,
+) -> Delivery[OrderRefunded]:
+    """``user_id``'s order refunded, by the package's catalog price unless
+    ``amount_refund`` is given; ``full`` when nothing of it is left."""
+    data = OrderRefunded(
+        out_trade_no=out_trade_no,
+        user_id=user_id,
+        package_type=package_type,
+        amount_refund=_price(package_type) if amount_refund is None else amount_refund,
+        full=full,
+    )
+    return Delivery(make_event(events.ORDER_REFUNDED, data, event_id), data)
+
+
+def _price(package_type: str) -> int:
+    return DEFAULT_CATALOG[package_type].price_fen
