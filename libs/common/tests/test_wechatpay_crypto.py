@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from wechatpayv3 import WeChatPay, WeChatPayType
 
 from paylane_common.wechatpay import (
     SIGNATURE_TYPE,
@@ -761,6 +762,48 @@ def test_jsapi_pay_params_match_vector(
         params["appId"], params["timeStamp"], params["nonceStr"], params["package"]
     )
     assert verify_rsa(merchant_public_key, message, params["paySign"])
+
+
+def test_app_pay_params_are_the_official_sdks_and_wechatpayv3_signs_the_same() -> None:
+    """Names and ``Sign=WXPay`` as wechatpay-go / wechatpay-java's
+    ``PrepayWithRequestPayment`` return them; the ``sign`` byte for byte what the independent
+    SDK computes over ``[appid, timestamp, noncestr, prepayid]`` (PKCS#1 v1.5 is
+    deterministic), so the two cannot share a mistake in the message."""
+    signer = MerchantSigner(
+        VECTORS["mchid"],
+        VECTORS["merchant_serial_no"],
+        load_private_key(VECTORS["merchant_private_key_pem"]),
+    )
+    prepay_id = "wx201410272009395522657a690389285100"
+    params = signer.app_pay_params(
+        "wx8888888888888888", prepay_id, timestamp=NOW, nonce="5K8264ILTKCH16CQ2502SI8ZNMTM67VS"
+    )
+    assert list(params) == [
+        "appid",
+        "partnerid",
+        "prepayid",
+        "package",
+        "noncestr",
+        "timestamp",
+        "sign",
+    ]
+    assert params["partnerid"] == VECTORS["mchid"]
+    assert (params["package"], params["prepayid"]) == ("Sign=WXPay", prepay_id)
+    assert params["timestamp"] == str(NOW)
+    independent = WeChatPay(
+        wechatpay_type=WeChatPayType.APP,
+        mchid=VECTORS["mchid"],
+        private_key=VECTORS["merchant_private_key_pem"],
+        cert_serial_no=VECTORS["merchant_serial_no"],
+        appid="wx8888888888888888",
+        apiv3_key=APIV3_KEY,
+        public_key=VECTORS["platform_public_key_pem"],
+        public_key_id=PUB_KEY_ID,
+    )
+    expected = independent.sign(
+        ["wx8888888888888888", params["timestamp"], params["noncestr"], prepay_id]
+    )
+    assert params["sign"] == expected
 
 
 def test_sign_and_verify_rsa(other_key: RSAPrivateKey, merchant_public_key: RSAPublicKey) -> None:

@@ -1,4 +1,5 @@
-"""Merchant-side signing: the ``Authorization`` header of API requests and JSAPI ``paySign``."""
+"""Merchant-side signing: the ``Authorization`` header of API requests, JSAPI ``paySign``
+and the APP SDK's ``sign``."""
 
 from __future__ import annotations
 
@@ -84,6 +85,29 @@ class MerchantSigner:
             "package": package,
             "signType": "RSA",
             "paySign": self.sign(build_message(appid, ts, nonce_str, package)),
+        }
+
+    def app_pay_params(
+        self,
+        appid: str,
+        prepay_id: str,
+        timestamp: int | None = None,
+        nonce: str | None = None,
+    ) -> dict[str, str]:
+        """Parameters for the APP SDK's ``PayReq`` (``WXApi.sendReq``), named and signed as
+        the official SDKs' ``PrepayWithRequestPayment`` return them: ``partnerid`` is the
+        merchant id, ``package`` the constant ``Sign=WXPay``, and ``sign`` covers
+        ``appid\ntimestamp\nnoncestr\nprepayid\n`` (the prepay id bare, unlike JSAPI)."""
+        ts = str(int(self._clock()) if timestamp is None else timestamp)
+        nonce_str = self._nonce_factory() if nonce is None else nonce
+        return {
+            "appid": appid,
+            "partnerid": self.mchid,
+            "prepayid": prepay_id,
+            "package": "Sign=WXPay",
+            "noncestr": nonce_str,
+            "timestamp": ts,
+            "sign": self.sign(build_message(appid, ts, nonce_str, prepay_id)),
         }
 
 
