@@ -12,6 +12,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
+from wechatpayv3 import WeChatPay, WeChatPayType
 
 from paylane_common.db import transaction
 from tests.support.clients import wait_for_types, ws_next
@@ -21,7 +22,7 @@ from tests.support.queries import fetch_one, grants, order_status, user_state
 from tests.support.stack import Stack
 from tests.support.stack_api import Order, call, new_order, sandbox
 from tests.support.stack_config import BACKEND, INTERNAL
-from tests.support.wechat import FakeWechat
+from tests.support.wechat import APP_APPID, FakeWechat
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +40,39 @@ async def api(
     return await call(stack, "order", method, path, body, headers)
 
 
-@pytest.mark.parametrize("trade_type", ["JSAPI", "NATIVE", "H5"])
+def check_app_pay_params(pay: dict[str, str], wechat: FakeWechat) -> None:
+    """The APP SDK's ``PayReq`` as the official SDKs build it, placed under the mobile
+    app's appid; ``sign`` exactly what the independent SDK (wechatpayv3) computes."""
+    assert list(pay) == [
+        "appid",
+        "partnerid",
+        "prepayid",
+        "package",
+        "noncestr",
+        "timestamp",
+        "sign",
+    ]
+    assert (pay["appid"], pay["partnerid"], pay["package"]) == (
+        APP_APPID,
+        wechat.mchid,
+        "Sign=WXPay",
+    )
+    assert pay["prepayid"].startswith("wx") and pay["timestamp"].isdigit()
+    independent = WeChatPay(
+        wechatpay_type=WeChatPayType.APP,
+        mchid=wechat.mchid,
+        private_key=wechat.merchant_private_key_pem,
+        cert_serial_no=wechat.merchant_serial_no,
+        appid=APP_APPID,
+        apiv3_key=wechat.apiv3_key,
+        public_key=wechat.platform_public_key_pem,
+        public_key_id=wechat.public_key_id,
+    )
+    fields = [pay["appid"], pay["timestamp"], pay["noncestr"], pay["prepayid"]]
+    assert pay["sign"] == independent.sign(fields)
+
+
+@pytest.mark.parametrize("trade_type", ["JSAPI", "NATIVE", "H5", "APP"])
 async def test_order_placed_paid_pushed_and_granted(
     stack: Stack, db_pool: aiomysql.Pool, wechat: FakeWechat, trade_type: str
 ) -> None:
@@ -55,6 +88,8 @@ async def test_order_placed_paid_pushed_and_granted(
         wechat.merchant_key.public_key().verify(
             base64.b64decode(pay["paySign"]), message, padding.PKCS1v15(), hashes.SHA256()
         )
+    elif trade_type == "APP":
+        check_app_pay_params(order.pay, wechat)
     elif trade_type == "NATIVE":
         assert order.pay["code_url"].startswith("weixin://")
     else:

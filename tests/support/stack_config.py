@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.support import hygiene
 from tests.support.stack import Stack
-from tests.support.wechat import FakeWechat
+from tests.support.wechat import APP_APPID, FakeWechat
 
 TOKEN_SECRET = "e2e-client-token-secret-of-at-least-32-bytes"
 INTERNAL_SECRET = "e2e-internal-secret"
@@ -34,9 +34,10 @@ ORDER_ENV = {
 
 def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict[str, str]:
     """The order service's own settings: ``settings`` (the reconciler's pace), the backend
-    secret, the mini-program login."""
+    secret, the mini-program login, the mobile app's appid (APP orders)."""
     return {
         **settings,
+        "WECHATPAY_APP_APPID": APP_APPID,
         "BACKEND_API_SECRET": BACKEND_SECRET,
         "WECHAT_APP_SECRET": APP_SECRET,
         "WECHAT_API_BASE": sandbox_url,

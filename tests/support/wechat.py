@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from paylane_common.wechatpay.testing import FakeWechatPay
 
+#: The mobile app's appid, a second appid of the merchant: APP orders are placed under it.
+APP_APPID = "wx8888888888888888"
+
 #: WeChat's retry schedule at 1/100 (15 s → 150 ms); refunds completed by the tests.
 SANDBOX_PACE = {"SANDBOX_TIME_FACTOR": "0.01", "SANDBOX_REFUND_MODE": "manual"}
 
@@ -19,6 +22,8 @@ class FakeWechat(FakeWechatPay):
         return {
             "WECHATPAY_MCHID": self.mchid,
             "WECHATPAY_APPID": self.appid,
+            # The appids bound to the merchant: others get APPID_MCHID_NOT_MATCH.
+            "SANDBOX_APPIDS": f"{self.appid},{APP_APPID}",
             "WECHATPAY_APIV3_KEY": self.apiv3_key,
             "WECHATPAY_PUBLIC_KEY_ID": self.public_key_id,
             "WECHATPAY_MERCHANT_SERIAL_NO": self.merchant_serial_no,

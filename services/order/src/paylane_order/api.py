@@ -49,7 +49,7 @@ class CreateOrder(BaseModel):
 
     user_id: UserIdField | None = None
     package_type: str = Field(min_length=1, max_length=32)
-    trade_type: Literal["JSAPI", "NATIVE", "H5"]
+    trade_type: Literal["JSAPI", "NATIVE", "H5", "APP"]
     #: ``users.openid`` and ``payment_orders._openid`` are VARCHAR(100).
     openid: str | None = Field(default=None, min_length=1, max_length=100)
     #: ``payment_orders.generation_id`` is VARCHAR(36); '' is stored when none is given.

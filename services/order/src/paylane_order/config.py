@@ -30,6 +30,12 @@ class MerchantConfig:
     notify_url: str
     #: How long a placed order stays payable (its ``time_expire``).
     order_ttl_s: int
+    #: The mobile app's appid, for APP orders; None: APP is not offered.
+    app_appid: str | None = None
+
+    def appid_for(self, trade_type: str) -> str | None:
+        """The appid an order of this trade type is placed under (None: not offered)."""
+        return self.app_appid if trade_type == "APP" else self.appid
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class OrderConfig:
             merchant=MerchantConfig(
                 mchid=settings.wechatpay_mchid,
                 appid=settings.wechatpay_appid,
+                app_appid=settings.wechatpay_app_appid,
                 notify_url=settings.wechatpay_notify_url,
                 order_ttl_s=settings.order_ttl_s,
             ),

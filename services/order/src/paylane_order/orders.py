@@ -120,6 +120,12 @@ class Orders:
         placed at WeChat Pay again if the first request could not place it (a 503)."""
         if new.trade_type == "H5" and not new.client_ip:
             raise InvalidRequest("client_ip is required for H5", "client_ip_required")
+        if self._merchant.appid_for(new.trade_type) is None:
+            raise InvalidRequest(
+                f"{new.trade_type} payments are not configured here"
+                " (the order service has no WECHATPAY_APP_APPID)",
+                "trade_type_unavailable",
+            )
         unplaced: dict[str, Any] | None = None
         async with transaction(self._pool) as cur:
             user = await self._user(cur, new)
@@ -175,7 +181,7 @@ class Orders:
                     new.trade_type,
                     yuan(new.package.price_fen),
                     self._merchant.mchid,
-                    self._merchant.appid,
+                    self._merchant.appid_for(new.trade_type),
                     openid,
                     new.generation_id or "",  # NOT NULL in the shared schema
                     new.idempotency_key,
@@ -233,7 +239,7 @@ class Orders:
         self, out_trade_no: str, new: NewOrder, openid: str | None, expires_at: datetime
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
-            "appid": self._merchant.appid,
+            "appid": self._merchant.appid_for(new.trade_type),
             "mchid": self._merchant.mchid,
             "description": new.package.description,
             "out_trade_no": out_trade_no,
@@ -288,11 +294,15 @@ class Orders:
             )
 
     def pay_params(self, order: dict[str, Any]) -> dict[str, Any]:
-        """What the client needs to pay: JSAPI signed params, NATIVE code_url, H5 h5_url."""
-        if order["trade_type"] == "JSAPI":
+        """What the client needs to pay: JSAPI and APP signed params (under the appid the
+        order was placed for), NATIVE code_url, H5 h5_url."""
+        if order["trade_type"] in ("JSAPI", "APP"):
             if not order["prepay_id"]:
                 return {}
-            return self._signer.jsapi_pay_params(self._merchant.appid, order["prepay_id"])
+            appid = str(order["appid"] or self._merchant.appid_for(order["trade_type"]))
+            if order["trade_type"] == "APP":
+                return self._signer.app_pay_params(appid, order["prepay_id"])
+            return self._signer.jsapi_pay_params(appid, order["prepay_id"])
         if order["trade_type"] == "NATIVE":
             return {"code_url": order["code_url"]}
         return {"h5_url": order["h5_url"]}

@@ -10,6 +10,7 @@ from paylane_common.settings import (
     CatalogSettings,
     ConsumerSettings,
     HttpBaseUrl,
+    NoneIfBlank,
     TokenSecret,
 )
 
@@ -26,6 +27,9 @@ class OrderSettings(
     http_port: int = Field(8081, ge=1, le=65535)
     #: A payment for another merchant or app is flagged for review, never granted.
     wechatpay_appid: str = Field(min_length=1)
+    #: The mobile app's appid (open platform), for ``trade_type: APP``: WeChat Pay takes
+    #: APP orders only under an app's appid, not the mini-program's. Unset: APP refused.
+    wechatpay_app_appid: NoneIfBlank[str] = None
     #: Public URL of ingress's notify endpoint, sent when placing orders and refunds.
     wechatpay_notify_url: str
     #: The app backend's secret (``X-Internal-Secret`` on the order API): orders for any
