@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+import ipaddress
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from paylane_common.merchant_api import MerchantApiSettings
 from paylane_common.settings import (
@@ -15,6 +18,9 @@ from paylane_common.settings import (
 )
 
 from .client_address import TrustedProxySettings
+
+#: A prepay_id (JSAPI, APP) is valid for two hours after WeChat Pay issued it.
+PREPAY_ID_TTL_S = 7200
 
 
 class OrderSettings(
@@ -48,6 +54,8 @@ class OrderSettings(
     #: Apply ``source: "internal"`` payments without asking WeChat Pay first. Only for a
     #: caller the operator trusts as much as WeChat Pay itself; off by default.
     internal_notify_trusted: bool = False
+    #: How long a placed order stays payable (its ``time_expire``); at most
+    #: ``PREPAY_ID_TTL_S``, so that the prepay_id its pay parameters name never expires first.
     order_ttl_s: int = Field(1800, ge=1)
     #: The reconciler looks at orders and refunds still pending after this long …
     reconcile_after_s: float = Field(60.0, ge=0)
@@ -64,9 +72,47 @@ class OrderSettings(
     #: … at most this many of each kind (paid, refunded) a pass.
     sweep_limit: int = Field(500, ge=1)
 
+    @field_validator("order_ttl_s")
+    @classmethod
+    def _within_prepay_id_lifetime(cls, value: int) -> int:
+        if value > PREPAY_ID_TTL_S:
+            raise ValueError(
+                f"must be at most {PREPAY_ID_TTL_S} (2 hours): WeChat Pay's prepay_id expires"
+                " two hours after the order is placed, and the pay parameters of an order"
+                " older than that could not be paid"
+            )
+        return value
+
     @field_validator("wechatpay_notify_url")
     @classmethod
-    def _notify_url(cls, value: str) -> str:
+    def _notify_url(cls, value: str, info: ValidationInfo) -> str:
         if not value.startswith(("https://", "http://")) or "?" in value:
             raise ValueError("must be an http(s) URL without a query string")
+        api_base = str(info.data.get("wechatpay_api_base", ""))
+        if not notify_url_reachable(value, api_base):
+            raise ValueError(
+                "must be https:// (WeChat Pay calls only HTTPS notify URLs); http:// is for"
+                " a sandbox: a loopback host (127.0.0.1, ::1, localhost) or a sandbox"
+                " WECHATPAY_API_BASE (http://)"
+            )
         return value
+
+
+def notify_url_reachable(notify_url: str, api_base: str) -> bool:
+    """Whether WeChat Pay (or the sandbox playing it) calls ``notify_url``: WeChat Pay
+    only HTTPS ones. A sandbox takes plain HTTP: one on this machine (a loopback host), or
+    the one ``api_base`` names when that is plain HTTP, which WeChat Pay's API never is
+    (the compose stack's ``http://sandbox:8090`` notifying ``http://ingress:8080``)."""
+    parts = urlsplit(notify_url)
+    if parts.scheme == "https":
+        return True
+    return _loopback(parts.hostname or "") or api_base.startswith("http://")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
