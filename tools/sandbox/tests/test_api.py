@@ -4,6 +4,7 @@ certificates, and the query / close / refund rules."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -91,6 +92,54 @@ async def test_invalid_orders_are_param_error_naming_the_field(
     assert answer.json["code"] == "PARAM_ERROR"
     assert field in answer.json["message"]
     assert answer.json["detail"]["field"] == field
+
+
+def _in(seconds: float, offset_hours: int = 8) -> str:
+    """``time_expire`` ``seconds`` from now, as paylane's order service writes it."""
+    zone = timezone(timedelta(hours=offset_hours))
+    return (datetime.now(zone) + timedelta(seconds=seconds)).isoformat(timespec="seconds")
+
+
+@pytest.mark.parametrize(
+    "time_expire",
+    [
+        "2018-06-08T10:34:56+08:00",  # WeChat Pay's own example, long past
+        "tomorrow",
+        "2099-06-08T10:34:56Z",  # RFC 3339, but not WeChat Pay's shape
+        "2099-06-08T10:34:56.123+08:00",
+        "2099-06-08 10:34:56+08:00",
+        "2099-06-08T10:34:56",
+        "2099-06-08T10:34:56+0800",
+        "20990608T103456+08:00",
+        "2099-13-08T10:34:56+08:00",
+    ],
+)
+async def test_time_expire_not_wechat_pays_shape_or_past_is_param_error(
+    sandbox, body_for, time_expire
+):
+    answer = await sandbox.api(
+        "POST", "/v3/pay/transactions/native", body_for("native", time_expire=time_expire)
+    )
+    assert answer.status == 400, answer.body
+    assert answer.json["code"] == "PARAM_ERROR"
+    assert answer.json["detail"] == {
+        "location": "body",
+        "field": "/time_expire",
+        "issue": answer.json["detail"]["issue"],
+        "value": time_expire,
+    }
+    assert "/time_expire" in answer.json["message"]
+
+
+async def test_time_expire_in_the_future_with_any_offset_is_accepted(sandbox, body_for):
+    for time_expire in (_in(1800), _in(7200, offset_hours=0), _in(600, offset_hours=-5)):
+        body = body_for("app", time_expire=time_expire)
+        answer = await sandbox.api("POST", "/v3/pay/transactions/app", body)
+        assert answer.status == 200, (time_expire, answer.body)
+    past = await sandbox.api(
+        "POST", "/v3/pay/transactions/app", body_for("app", time_expire=_in(-1))
+    )
+    assert past.status == 400 and "now" in past.json["detail"]["issue"]
 
 
 async def test_http_notify_url_is_accepted_and_unknown_appid_does_not_match(sandbox):

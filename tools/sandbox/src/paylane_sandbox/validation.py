@@ -19,6 +19,10 @@ TRADE_TYPES = {"jsapi": "JSAPI", "native": "NATIVE", "h5": "MWEB", "app": "APP"}
 OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-|*]{6,32}")
 OUT_REFUND_NO = re.compile(r"[0-9A-Za-z_\-|*@]{1,64}")
 H5_TYPES = {"Wap", "iOS", "Android"}
+#: ``yyyy-MM-DDTHH:mm:ss+TIMEZONE``, WeChat Pay's shape of ``time_expire``: RFC 3339 to
+#: the second with a numeric offset (``2018-06-08T10:34:56+08:00``); no ``Z``, no
+#: fraction, no space for the ``T``.
+TIME_EXPIRE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}")
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -88,8 +92,9 @@ def check_notify_url(value: str, pointer: str) -> None:
         raise param_error(pointer, "长度不能超过256 (longer than 256)")
 
 
-def check_place_order(kind: str, body: dict[str, Any]) -> None:
-    """``kind`` is the URL's ``jsapi|native|h5|app``."""
+def check_place_order(kind: str, body: dict[str, Any], now: float) -> None:
+    """``kind`` is the URL's ``jsapi|native|h5|app``; ``now`` the sandbox's clock, which
+    ``time_expire`` must not be before."""
     _string(body, "appid", "/appid", max_len=32)
     _string(body, "mchid", "/mchid", max_len=32)
     _string(body, "description", "/description", max_len=127)
@@ -108,12 +113,7 @@ def check_place_order(kind: str, body: dict[str, Any]) -> None:
     _string(body, "attach", "/attach", required=False, max_len=128)
     time_expire = _string(body, "time_expire", "/time_expire", required=False)
     if time_expire is not None:
-        try:
-            parse_rfc3339(time_expire)
-        except ValueError:
-            raise param_error(
-                "/time_expire", "应为RFC 3339时间 (yyyy-MM-DDTHH:mm:ss+TIMEZONE)", value=time_expire
-            ) from None
+        _check_time_expire(time_expire, now)
     if kind == "jsapi":
         payer = _object(body, "payer", "/payer", required=True)
         _string(payer, "openid", "/payer/openid", max_len=128)
@@ -126,6 +126,19 @@ def check_place_order(kind: str, body: dict[str, Any]) -> None:
             raise param_error(
                 "/scene_info/h5_info/type", "应为Wap、iOS或Android (Wap|iOS|Android)", value=h5_type
             )
+
+
+def _check_time_expire(value: str, now: float) -> None:
+    try:
+        if not TIME_EXPIRE.fullmatch(value):
+            raise ValueError("not yyyy-MM-DDTHH:mm:ss+TIMEZONE")
+        expires = parse_rfc3339(value)
+    except ValueError:
+        raise param_error(
+            "/time_expire", "应为RFC 3339时间 (yyyy-MM-DDTHH:mm:ss+TIMEZONE)", value=value
+        ) from None
+    if expires <= now:
+        raise param_error("/time_expire", "不能早于当前时间 (must be later than now)", value=value)
 
 
 def check_refund(body: dict[str, Any]) -> None:

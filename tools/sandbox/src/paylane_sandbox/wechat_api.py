@@ -58,8 +58,9 @@ async def place_order(request: web.Request) -> web.Response:
     sandbox = request.app[SANDBOX]
     kind = request.match_info["kind"]
     body = parse_json_object(await request.read())
-    check_place_order(kind, body)
-    order = sandbox.ledger.place(kind, body, sandbox.clock())
+    now = sandbox.clock()
+    check_place_order(kind, body, now)
+    order = sandbox.ledger.place(kind, body, now)
     return json_response(order.prepay)
 
 
