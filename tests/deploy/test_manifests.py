@@ -24,6 +24,7 @@ import yaml
 
 from paylane_common import topology
 from paylane_common.settings import FILE_VARIABLES
+from paylane_order.settings import PREPAY_ID_TTL_S, notify_url_reachable
 from paylane_sandbox.settings import SandboxSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +100,17 @@ def test_compose_config_with_and_without_sandbox(secrets_dir: Path) -> None:
     assert with_sandbox["services"]["sandbox"]["profiles"] == ["sandbox"]
     # The ops container only ever runs on demand (`run --rm cli …`).
     assert "cli" not in with_sandbox["services"]
+
+
+def test_compose_order_settings_take_its_notify_url(compose: dict[str, Any]) -> None:
+    """The stack's default notify URL (ingress by its service name, plain HTTP) is one the
+    order service accepts: its API base is the sandbox's, also plain HTTP."""
+    for name in ("order", "cli"):
+        env = compose["services"][name]["environment"]
+        assert env["WECHATPAY_NOTIFY_URL"] == "http://ingress:8080/notify/wechatpay"
+        assert notify_url_reachable(env["WECHATPAY_NOTIFY_URL"], env["WECHATPAY_API_BASE"])
+        assert env["WECHATPAY_APP_APPID"] == ""  # unset: APP refused
+        assert int(env.get("ORDER_TTL_S", 1800)) <= PREPAY_ID_TTL_S
 
 
 def test_compose_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
@@ -485,6 +497,8 @@ def test_overlay_sets_namespace_replicas_and_patches(overlay: list[dict[str, Any
     }
     config = by_kind(overlay, "ConfigMap")["paylane-config"]["data"]
     assert config["WECHATPAY_NOTIFY_URL"].startswith("https://")
+    assert notify_url_reachable(config["WECHATPAY_NOTIFY_URL"], config["WECHATPAY_API_BASE"])
+    assert int(config["ORDER_TTL_S"]) <= PREPAY_ID_TTL_S
     assert config["LOG_FORMAT"] == "json"  # kept from the base
     hpa = by_kind(overlay, "HorizontalPodAutoscaler")["ingress"]["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 20)
