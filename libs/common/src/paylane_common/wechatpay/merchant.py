@@ -67,6 +67,11 @@ class MerchantSigner:
             f'signature="{signature}",timestamp="{ts}",serial_no="{self.serial_no}"'
         )
 
+    def _stamp(self, timestamp: int | None, nonce: str | None) -> tuple[str, str]:
+        """The timestamp and nonce of client pay parameters: now and a new one by default."""
+        ts = str(int(self._clock()) if timestamp is None else timestamp)
+        return ts, self._nonce_factory() if nonce is None else nonce
+
     def jsapi_pay_params(
         self,
         appid: str,
@@ -75,8 +80,7 @@ class MerchantSigner:
         nonce: str | None = None,
     ) -> dict[str, str]:
         """Parameters for ``wx.requestPayment`` / ``WeixinJSBridge`` (JSAPI, mini-program)."""
-        ts = str(int(self._clock()) if timestamp is None else timestamp)
-        nonce_str = self._nonce_factory() if nonce is None else nonce
+        ts, nonce_str = self._stamp(timestamp, nonce)
         package = f"prepay_id={prepay_id}"
         return {
             "appId": appid,
@@ -98,8 +102,7 @@ class MerchantSigner:
         the official SDKs' ``PrepayWithRequestPayment`` return them: ``partnerid`` is the
         merchant id, ``package`` the constant ``Sign=WXPay``, and ``sign`` covers
         ``appid\ntimestamp\nnoncestr\nprepayid\n`` (the prepay id bare, unlike JSAPI)."""
-        ts = str(int(self._clock()) if timestamp is None else timestamp)
-        nonce_str = self._nonce_factory() if nonce is None else nonce
+        ts, nonce_str = self._stamp(timestamp, nonce)
         return {
             "appid": appid,
             "partnerid": self.mchid,
