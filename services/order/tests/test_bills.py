@@ -4,10 +4,12 @@ chosen at random, so that no other test's orders fall into it."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -21,9 +23,15 @@ from paylane_common.settings import load_settings
 from paylane_common.topology import declare_exchange
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_common.wechatpay.testing import order_request
-from paylane_order.bills import CHINA, DailyBills, china_day_window, previous_china_day
+from paylane_order.bills import (
+    CHINA,
+    BillReconciler,
+    DailyBills,
+    china_day_window,
+    previous_china_day,
+)
 from paylane_order.settings import OrderSettings
-from paylane_order.standalone import reconcile_bills
+from paylane_order.standalone import open_reconciler, reconcile_bills
 from tests.support.queries import fetch_one, order_status
 from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
 from tests.support.seeding import add_order, add_refund, add_user
@@ -204,6 +212,24 @@ async def test_a_day_without_business_has_nothing_to_say(
     report = await reconcile_bills(_settings(sandbox, amqp_url, mysql_url), day)
     assert report.differences == [] and report.bill_payments == 0
     assert report.table().endswith("no differences")
+
+
+async def test_the_daily_run_reconciles_the_previous_china_day_at_its_hour(
+    amqp_url: str, mysql_url: str, sandbox: RunningSandbox
+) -> None:
+    """DailyBills with a clock just before 10:00 China time on the day after ``day``."""
+    day = date(2001, 1, 1) - timedelta(days=random.randrange(3000))
+    at = datetime(day.year, day.month, day.day, tzinfo=CHINA) + timedelta(days=1, hours=10)
+    async with AsyncExitStack() as stack:
+        pool, reconciler = await open_reconciler(stack, _settings(sandbox, amqp_url, mysql_url))
+        bills = BillReconciler(pool, reconciler.client, reconciler)
+        daily = DailyBills(bills, hour=10, clock=lambda: at - timedelta(milliseconds=50))
+        daily.start()
+        try:
+            await asyncio.wait_for(daily.ran.wait(), 10)
+        finally:
+            await daily.stop()
+    assert daily.last_report is not None and daily.last_report.day == day
 
 
 def test_the_daily_run_is_for_the_previous_china_day_at_its_hour() -> None:

@@ -27,9 +27,9 @@ Every difference is logged (``bill_difference``, ``alert=True``), counted in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -223,27 +223,24 @@ class BillReconciler:
     async def _payment(
         self, record: TradeBillRecord, order: dict[str, Any] | None, day: date
     ) -> Difference | None:
-        no = record.out_trade_no
-        base = {"wechat_amount": record.order_total, "wechat_state": "SUCCESS"}
+        seen = Difference(
+            "", record.out_trade_no, wechat_amount=record.order_total, wechat_state="SUCCESS"
+        )
         if order is None:
-            return await self._record(Difference("paid_unknown_order", no, **base), day)
-        ours = {"our_amount": order["amount_total"], "our_state": order["status"]}
+            return await self._record(replace(seen, kind="paid_unknown_order"), day)
+        seen = replace(seen, our_amount=order["amount_total"], our_state=order["status"])
         if order["status"] in ("pending", "failed"):
             settled = await self._reconciler.settle_order(order)
             action = "settled" if settled == "paid_recovered" else "alert"
-            return await self._record(
-                Difference("paid_not_here", no, **base, **ours, action=action), day
-            )
+            return await self._record(replace(seen, kind="paid_not_here", action=action), day)
         if order["status"] == "needs_review":
             return None  # a person looks at it already
         if order["amount_total"] != record.order_total:
             reason = f"bill {day}: WeChat Pay's amount {record.order_total} differs"
-            return await self._review(Difference("amount_differs", no, **base, **ours), reason, day)
+            return await self._review(replace(seen, kind="amount_differs"), reason, day)
         if order["transaction_id"] not in (None, record.transaction_id):
             reason = f"bill {day}: WeChat Pay's transaction {record.transaction_id} differs"
-            return await self._review(
-                Difference("transaction_differs", no, **base, **ours), reason, day
-            )
+            return await self._review(replace(seen, kind="transaction_differs"), reason, day)
         return None
 
     async def _not_at_wechat(self, order: dict[str, Any], day: date) -> Difference:
@@ -258,16 +255,18 @@ class BillReconciler:
     async def _refund(
         self, record: TradeBillRecord, row: dict[str, Any] | None, day: date
     ) -> Difference | None:
-        assert record.out_refund_no is not None
-        no = record.out_refund_no
-        base = {"wechat_amount": record.requested_refund, "wechat_state": record.refund_status}
+        seen = Difference(
+            "",
+            record.out_trade_no,
+            record.out_refund_no,
+            wechat_amount=record.requested_refund,
+            wechat_state=record.refund_status,
+        )
         if row is None:
-            diff = Difference("refund_not_here", record.out_trade_no, no, **base)
-            return await self._record(diff, day)
-        ours = {"our_amount": row["amount_refund"], "our_state": row["status"]}
+            return await self._record(replace(seen, kind="refund_not_here"), day)
+        seen = replace(seen, our_amount=row["amount_refund"], our_state=row["status"])
         if row["amount_refund"] != record.requested_refund:
-            diff = Difference("refund_amount_differs", row["out_trade_no"], no, **base, **ours)
-            return await self._record(diff, day)
+            return await self._record(replace(seen, kind="refund_amount_differs"), day)
         expected = _REFUND_STATES.get(record.refund_status)
         if expected is None or expected == row["status"]:
             return None  # still processing at WeChat Pay, or alike
@@ -275,10 +274,7 @@ class BillReconciler:
         if row["status"] == "pending":
             outcome = await self._reconciler.settle_refund(row)
             action = "settled" if outcome in _SETTLED_REFUND else "alert"
-        diff = Difference(
-            "refund_state_differs", row["out_trade_no"], no, **base, **ours, action=action
-        )
-        return await self._record(diff, day)
+        return await self._record(replace(seen, kind="refund_state_differs", action=action), day)
 
     async def _review(self, diff: Difference, reason: str, day: date) -> Difference:
         """The order to ``needs_review`` (once) and the difference recorded."""
@@ -289,9 +285,7 @@ class BillReconciler:
                 (reason[:255], diff.out_trade_no),
             )
             moved = cur.rowcount == 1
-        return await self._record(
-            Difference(**{**asdict(diff), "action": "needs_review" if moved else "already"}), day
-        )
+        return await self._record(replace(diff, action="needs_review" if moved else "already"), day)
 
     async def _record(self, diff: Difference, day: date) -> Difference:
         """Logged and alerted every run; written to ``payment_logs`` the first time."""
@@ -371,9 +365,18 @@ class DailyBills(BackgroundLoop):
 
     task_name = "daily-bills"
 
-    def __init__(self, bills: BillReconciler, hour: int) -> None:
+    def __init__(
+        self,
+        bills: BillReconciler,
+        hour: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._bills = bills
         self._hour = hour
+        self._clock = clock
+        #: The last run's report, and an event set after each run (for tests and probes).
+        self.last_report: BillReport | None = None
+        self.ran = asyncio.Event()
 
     def seconds_until_next(self, now: datetime) -> float:
         local = now.astimezone(CHINA)
@@ -384,8 +387,8 @@ class DailyBills(BackgroundLoop):
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.seconds_until_next(datetime.now(UTC)))
-            day = previous_china_day()
+            await asyncio.sleep(self.seconds_until_next(self._clock()))
+            day = previous_china_day(self._clock())
             for attempt in range(1, RETRIES + 1):
                 try:
                     report = await self._bills.run(day, wait_for_lock_s=0)
@@ -401,4 +404,6 @@ class DailyBills(BackgroundLoop):
                     await asyncio.sleep(RETRY_AFTER_S)
                     continue
                 BILL_RUNS.labels("done" if report is not None else "other_replica").inc()
+                self.last_report = report
+                self.ran.set()
                 break

@@ -21,7 +21,7 @@ from .settings import OrderSettings
 
 async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
     async with AsyncExitStack() as stack:
-        _pool, reconciler = await _open(stack, settings)
+        _pool, reconciler = await open_reconciler(stack, settings)
         total: Counter[str] = Counter()
         while True:
             # --once is an operator's pass: it waits out a replica's running one.
@@ -36,7 +36,7 @@ async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
 async def reconcile_bills(settings: OrderSettings, day: date) -> BillReport:
     """The day's trade bill against the database; waits out a replica's running one."""
     async with AsyncExitStack() as stack:
-        pool, reconciler = await _open(stack, settings)
+        pool, reconciler = await open_reconciler(stack, settings)
         report = await BillReconciler(pool, reconciler.client, reconciler).run(
             day, wait_for_lock_s=600
         )
@@ -45,7 +45,7 @@ async def reconcile_bills(settings: OrderSettings, day: date) -> BillReport:
         return report
 
 
-async def _open(stack: AsyncExitStack, settings: OrderSettings) -> tuple[Any, Reconciler]:
+async def open_reconciler(stack: AsyncExitStack, settings: OrderSettings) -> tuple[Any, Reconciler]:
     """The database, the broker and WeChat Pay, as the order service opens them."""
     pool = await stack.enter_async_context(db.create_pool(settings.mysql_url, maxsize=2))
     connection = await amqp.connect(settings.amqp_url, "reconciler")
