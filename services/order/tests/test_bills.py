@@ -5,12 +5,16 @@ chosen at random, so that no other test's orders fall into it."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 import secrets
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,6 +44,7 @@ from tests.support.wechat import FakeWechat
 pytestmark = pytest.mark.integration
 
 KEYS = FakeWechat()
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _no(prefix: str) -> str:
@@ -230,6 +235,56 @@ async def test_the_daily_run_reconciles_the_previous_china_day_at_its_hour(
         finally:
             await daily.stop()
     assert daily.last_report is not None and daily.last_report.day == day
+
+
+async def test_the_command_prints_the_report_as_json(
+    amqp_url: str, mysql_url: str, sandbox: RunningSandbox, client: WechatPayClient
+) -> None:
+    """``paylane reconcile bills --date D --json`` as a process, against the sandbox."""
+    no = _no("BJ")
+    await client.place("NATIVE", order_request("native", no))
+    await sandbox.ok("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
+    day = date(2001, 1, 1) - timedelta(days=random.randrange(3000))
+    start, _ = china_day_window(day)
+    paid_at = start + timedelta(hours=1)
+    sandbox.state.ledger.orders[no].success_time = paid_at.replace(tzinfo=UTC).timestamp()
+    env = {
+        **os.environ,
+        "LOG_FORMAT": "json",
+        "AMQP_URL": amqp_url,
+        "MYSQL_URL": mysql_url,
+        "WECHATPAY_MCHID": KEYS.mchid,
+        "WECHATPAY_APPID": KEYS.appid,
+        "WECHATPAY_API_BASE": sandbox.base_url,
+        "WECHATPAY_NOTIFY_URL": "http://127.0.0.1:9/notify/wechatpay",
+        "WECHATPAY_MERCHANT_PRIVATE_KEY": KEYS.merchant_private_key_pem,
+        "WECHATPAY_MERCHANT_SERIAL_NO": KEYS.merchant_serial_no,
+        "WECHATPAY_PUBLIC_KEY": KEYS.platform_public_key_pem,
+        "WECHATPAY_PUBLIC_KEY_ID": KEYS.public_key_id,
+        "CLIENT_TOKEN_SECRET": "c" * 32,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "paylane.cli",
+        "reconcile",
+        "bills",
+        "--date",
+        day.isoformat(),
+        "--json",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()[-2000:]
+    report = json.loads(out)
+    assert report["day"] == day.isoformat() and report["bill_payments"] == 1
+    assert [(d["kind"], d["out_trade_no"]) for d in report["differences"]] == [
+        ("paid_unknown_order", no)
+    ]
 
 
 def test_the_daily_run_is_for_the_previous_china_day_at_its_hour() -> None:
