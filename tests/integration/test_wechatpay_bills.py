@@ -19,14 +19,18 @@ from wechatpayv3 import WeChatPay, WeChatPayType
 
 from paylane_common.wechatpay import (
     BillFormatError,
-    NotificationVerifier,
     TradeBill,
     WechatPayClient,
     parse_trade_bill,
 )
 from paylane_common.wechatpay.testing import order_request
 from paylane_sandbox.timefmt import BEIJING
-from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
+from tests.support.sandbox import (
+    RunningSandbox,
+    merchant_client,
+    running_sandbox,
+    sandbox_settings,
+)
 from tests.support.wechat import FakeWechat
 
 
@@ -43,14 +47,8 @@ async def sandbox(keys: FakeWechat) -> AsyncIterator[RunningSandbox]:
 
 @pytest.fixture
 async def client(keys: FakeWechat, sandbox: RunningSandbox) -> AsyncIterator[WechatPayClient]:
-    async with aiohttp.ClientSession() as session:
-        yield WechatPayClient(
-            base_url=sandbox.base_url,
-            mchid=keys.mchid,
-            signer=keys.merchant_signer(),
-            verifier=NotificationVerifier(keys.verifier_keys()),
-            session=session,
-        )
+    async with aiohttp.ClientSession() as http:
+        yield merchant_client(sandbox, keys, http)
 
 
 def today() -> date:

@@ -23,9 +23,8 @@ import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
 from paylane_common.events import parse_event
-from paylane_common.settings import load_settings
 from paylane_common.topology import declare_exchange
-from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
+from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order.bills import (
     CHINA,
@@ -36,8 +35,14 @@ from paylane_order.bills import (
 )
 from paylane_order.settings import OrderSettings
 from paylane_order.standalone import open_reconciler, reconcile_bills
+from services.order.tests.support import order_settings
 from tests.support.queries import fetch_one, order_status
-from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
+from tests.support.sandbox import (
+    RunningSandbox,
+    merchant_client,
+    running_sandbox,
+    sandbox_settings,
+)
 from tests.support.seeding import add_order, add_refund, add_user
 from tests.support.wechat import FakeWechat
 
@@ -60,13 +65,7 @@ async def sandbox() -> AsyncIterator[RunningSandbox]:
 @pytest.fixture
 async def client(sandbox: RunningSandbox) -> AsyncIterator[WechatPayClient]:
     async with aiohttp.ClientSession() as http:
-        yield WechatPayClient(
-            base_url=sandbox.base_url,
-            mchid=KEYS.mchid,
-            signer=KEYS.merchant_signer(),
-            verifier=NotificationVerifier(KEYS.verifier_keys()),
-            session=http,
-        )
+        yield merchant_client(sandbox, KEYS, http)
 
 
 @pytest.fixture
@@ -90,20 +89,7 @@ async def _published(queue: AbstractQueue) -> list[tuple[str, Any]]:
 
 
 def _settings(sandbox: RunningSandbox, amqp_url: str, mysql_url: str) -> OrderSettings:
-    return load_settings(
-        OrderSettings,
-        amqp_url=amqp_url,
-        mysql_url=mysql_url,
-        wechatpay_mchid=KEYS.mchid,
-        wechatpay_appid=KEYS.appid,
-        wechatpay_api_base=sandbox.base_url,
-        wechatpay_notify_url="http://127.0.0.1:9/notify/wechatpay",
-        wechatpay_merchant_private_key=KEYS.merchant_private_key_pem,
-        wechatpay_merchant_serial_no=KEYS.merchant_serial_no,
-        wechatpay_public_key=KEYS.platform_public_key_pem,
-        wechatpay_public_key_id=KEYS.public_key_id,
-        client_token_secret="c" * 32,
-    )
+    return order_settings(KEYS, sandbox.base_url, amqp_url, mysql_url)
 
 
 async def test_reconcile_bills_settles_flags_and_reports_once(

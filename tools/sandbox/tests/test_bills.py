@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from paylane_common.wechatpay.testing import MCHID
 from paylane_sandbox.timefmt import BEIJING
 
-TODAY = datetime.now(BEIJING).date()
+
+def today() -> date:
+    """Bills are per China day."""
+    return datetime.now(BEIJING).date()
 
 
-def bill_path(kind: str, day: Any = TODAY, **query: str) -> str:
+def bill_path(kind: str, day: date | None = None, **query: str) -> str:
+    day = day or today()
     extra = "".join(f"&{k}={v}" for k, v in query.items())
     if kind == "trade":
         return f"/v3/bill/tradebill?bill_date={day}&bill_type=ALL&tar_type=GZIP{extra}"
@@ -67,7 +71,7 @@ async def test_trade_bill_lists_the_days_payments_and_refunds(start_sandbox):
     by_state = {(row[6], row[9]): row for row in rows}
     assert set(by_state) == {(first, "SUCCESS"), (second, "SUCCESS"), (second, "REFUND")}
     payment = by_state[(first, "SUCCESS")]
-    assert payment[0].startswith(str(TODAY)) and payment[2] == MCHID
+    assert payment[0].startswith(str(today())) and payment[2] == MCHID
     assert payment[5].startswith("4200") and (payment[12], payment[24]) == ("9.90", "9.90")
     assert payment[21] == "a b"  # the attach's comma would shift the columns
     refunded = by_state[(second, "REFUND")]
@@ -101,10 +105,10 @@ async def test_fund_flow_bill_has_money_in_and_out_with_the_balance(start_sandbo
 
 async def test_days_without_business_the_future_and_bad_parameters(sandbox):
     await _paid(sandbox, 990)
-    yesterday = TODAY - timedelta(days=1)
+    yesterday = today() - timedelta(days=1)
     empty = await sandbox.api("GET", bill_path("trade", yesterday))
     assert empty.status == 400 and empty.json["code"] == "NO_STATEMENT_EXIST"
-    future = await sandbox.api("GET", bill_path("trade", TODAY + timedelta(days=2)))
+    future = await sandbox.api("GET", bill_path("trade", today() + timedelta(days=2)))
     assert future.status == 400 and future.json["code"] == "INVALID_REQUEST"
     malformed = await sandbox.api("GET", "/v3/bill/tradebill?bill_date=20261123")
     assert malformed.status == 400 and malformed.json["code"] == "PARAM_ERROR"
@@ -113,7 +117,7 @@ async def test_days_without_business_the_future_and_bad_parameters(sandbox):
     unknown = await sandbox.api("GET", "/v3/billdownload/file?token=nope")
     assert unknown.status == 400 and unknown.json["code"] == "INVALID_REQUEST"
 
-    plain = await sandbox.api("GET", f"/v3/bill/tradebill?bill_date={TODAY}")
+    plain = await sandbox.api("GET", f"/v3/bill/tradebill?bill_date={today()}")
     url = urlsplit(plain.json["download_url"])
     text = (await sandbox.api("GET", f"{url.path}?{url.query}", verify=False)).body
     assert hashlib.sha1(text).hexdigest() == plain.json["hash_value"]  # no tar_type: not gzip

@@ -316,43 +316,53 @@ class BillReconciler:
     async def _orders(
         self, out_trade_nos: list[str], start: datetime, end: datetime
     ) -> dict[str, dict[str, Any]]:
-        columns = (
-            "out_trade_no, status, amount_total, transaction_id, paid_at, expires_at, created_at"
+        """Orders paid in the window, and those the bill names."""
+        return await self._rows(
+            "payment_orders",
+            "out_trade_no",
+            "status, amount_total, transaction_id, paid_at, expires_at, created_at",
+            "paid_at",
+            out_trade_nos,
+            start,
+            end,
         )
-        async with transaction(self._pool) as cur:
-            await cur.execute(
-                f"SELECT {columns} FROM payment_orders WHERE paid_at >= %s AND paid_at < %s",
-                (start, end),
-            )
-            rows = {r["out_trade_no"]: r for r in await cur.fetchall()}
-            missing = [no for no in out_trade_nos if no not in rows]
-            for i in range(0, len(missing), 500):
-                chunk = missing[i : i + 500]
-                marks = ", ".join(["%s"] * len(chunk))
-                await cur.execute(
-                    f"SELECT {columns} FROM payment_orders WHERE out_trade_no IN ({marks})", chunk
-                )
-                rows.update({r["out_trade_no"]: r for r in await cur.fetchall()})
-        return rows
 
     async def _refunds(
         self, out_refund_nos: list[str], start: datetime, end: datetime
     ) -> dict[str, dict[str, Any]]:
-        columns = "out_refund_no, out_trade_no, status, amount_refund, refund_id, created_at"
+        """Refunds made in the window, and those the bill names."""
+        return await self._rows(
+            "refunds",
+            "out_refund_no",
+            "out_trade_no, status, amount_refund, refund_id, created_at",
+            "created_at",
+            out_refund_nos,
+            start,
+            end,
+        )
+
+    async def _rows(
+        self,
+        table: str,
+        key: str,
+        columns: str,
+        moment: str,
+        keys: list[str],
+        start: datetime,
+        end: datetime,
+    ) -> dict[str, dict[str, Any]]:
+        """``table``'s rows by ``key``: those whose ``moment`` is in the window, and those
+        of ``keys`` (outside it: a payment near midnight, a row another day wrote)."""
+        select = f"SELECT {key}, {columns} FROM {table}"
         async with transaction(self._pool) as cur:
-            await cur.execute(
-                f"SELECT {columns} FROM refunds WHERE created_at >= %s AND created_at < %s",
-                (start, end),
-            )
-            rows = {r["out_refund_no"]: r for r in await cur.fetchall()}
-            missing = [no for no in out_refund_nos if no not in rows]
+            await cur.execute(f"{select} WHERE {moment} >= %s AND {moment} < %s", (start, end))
+            rows = {r[key]: r for r in await cur.fetchall()}
+            missing = [k for k in keys if k not in rows]
             for i in range(0, len(missing), 500):
                 chunk = missing[i : i + 500]
                 marks = ", ".join(["%s"] * len(chunk))
-                await cur.execute(
-                    f"SELECT {columns} FROM refunds WHERE out_refund_no IN ({marks})", chunk
-                )
-                rows.update({r["out_refund_no"]: r for r in await cur.fetchall()})
+                await cur.execute(f"{select} WHERE {key} IN ({marks})", chunk)
+                rows.update({r[key]: r for r in await cur.fetchall()})
         return rows
 
 
