@@ -112,6 +112,8 @@ async def certificates(request: web.Request) -> web.Response:
 
 
 DOWNLOAD = "/v3/billdownload/file"
+#: Bill files kept for download at most (a long-running sandbox applies for many).
+KEPT_BILL_FILES = 100
 
 
 def _bill_date(request: web.Request) -> date:
@@ -141,7 +143,10 @@ def _offer(request: web.Request, bill: bills.BillFile | None) -> web.Response:
         raise param_error("tar_type", "取值为GZIP (GZIP or absent)", location="query")
     gzipped = tar_type == "GZIP"
     token = secrets.token_urlsafe(24)
-    request.app[SANDBOX].bill_files[token] = bill.gzipped if gzipped else bill.text.encode()
+    files = request.app[SANDBOX].bill_files
+    files[token] = bill.gzipped if gzipped else bill.text.encode()
+    while len(files) > KEPT_BILL_FILES:  # WeChat's download URLs expire; the oldest go
+        del files[next(iter(files))]
     return json_response(
         {
             "hash_type": "SHA1",
