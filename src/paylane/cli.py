@@ -85,6 +85,25 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile_bills(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    from datetime import date
+
+    from paylane_order.settings import OrderSettings
+    from paylane_order.standalone import reconcile_bills
+
+    try:
+        day = date.fromisoformat(args.date)
+    except ValueError:
+        print("--date takes YYYY-MM-DD (a China day)", file=sys.stderr)
+        return 2
+    settings = command_settings(OrderSettings)
+    report = asyncio.run(reconcile_bills(settings, day))
+    print(json.dumps(report.to_json(), ensure_ascii=False) if args.json else report.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paylane", description="WeChat Pay v3 payments as exactly-once business effects"
@@ -114,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--once", action="store_true", help="one pass, then exit")
     rec.set_defaults(func=_reconcile)
+    rec_what = rec.add_subparsers(dest="what")
+    bills = rec_what.add_parser(
+        "bills",
+        help="compare a day's WeChat Pay trade bill with the orders and refunds; settle "
+        "what was paid but not applied, flag the rest for review",
+    )
+    bills.add_argument("--date", required=True, help="the China day, YYYY-MM-DD")
+    bills.add_argument("--json", action="store_true", help="the report as JSON")
+    bills.set_defaults(func=_reconcile_bills)
     dev.add_parser(commands)
     demo.add_parser(commands)
     replay_cli.add_parser(commands)

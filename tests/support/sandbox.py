@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from paylane_common.settings import load_settings
+from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_sandbox.app_keys import SANDBOX
 from paylane_sandbox.main import build_app
 from paylane_sandbox.sandbox import Sandbox
@@ -70,3 +72,16 @@ class RunningSandbox:
 async def running_sandbox(settings: SandboxSettings) -> AsyncIterator[RunningSandbox]:
     async with TestClient(TestServer(build_app(settings))) as client:
         yield RunningSandbox(client)
+
+
+def merchant_client(
+    sandbox: RunningSandbox, wechat: FakeWechat, session: aiohttp.ClientSession
+) -> WechatPayClient:
+    """paylane's WeChat Pay client as ``wechat``'s merchant, calling ``sandbox``."""
+    return WechatPayClient(
+        base_url=sandbox.base_url,
+        mchid=wechat.mchid,
+        signer=wechat.merchant_signer(),
+        verifier=NotificationVerifier(wechat.verifier_keys()),
+        session=session,
+    )

@@ -4,14 +4,18 @@ it, and a payment event for it."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import aiomysql
 
 from paylane_common.events import PaymentSucceeded
+from paylane_common.settings import load_settings
 from paylane_order.config import MerchantConfig
 from paylane_order.money import yuan
+from paylane_order.settings import OrderSettings
 from tests.support.events import TRANSACTION_ID, Delivery, payment_succeeded
 from tests.support.seeding import add_order, add_user
+from tests.support.wechat import FakeWechat
 
 MERCHANT = MerchantConfig(
     mchid="1900000109",
@@ -48,3 +52,24 @@ def payment(
     """A payment.succeeded to the merchant (``kw``: any other field)."""
     to_merchant: dict[str, object] = {"mchid": MERCHANT.mchid, "appid": MERCHANT.appid, **kw}
     return payment_succeeded(out_trade_no, amount, txn, **to_merchant)
+
+
+def order_settings(
+    keys: FakeWechat, api_base: str, amqp_url: str, mysql_url: str, **overrides: Any
+) -> OrderSettings:
+    """The order service's settings for a merchant of ``keys`` calling WeChat Pay at
+    ``api_base`` (a sandbox), as ``paylane reconcile`` reads them from the environment."""
+    values: dict[str, Any] = {
+        "amqp_url": amqp_url,
+        "mysql_url": mysql_url,
+        "wechatpay_mchid": keys.mchid,
+        "wechatpay_appid": keys.appid,
+        "wechatpay_api_base": api_base,
+        "wechatpay_notify_url": "http://127.0.0.1:9/notify/wechatpay",
+        "wechatpay_merchant_private_key": keys.merchant_private_key_pem,
+        "wechatpay_merchant_serial_no": keys.merchant_serial_no,
+        "wechatpay_public_key": keys.platform_public_key_pem,
+        "wechatpay_public_key_id": keys.public_key_id,
+        "client_token_secret": "c" * 32,
+    }
+    return load_settings(OrderSettings, **{**values, **overrides})

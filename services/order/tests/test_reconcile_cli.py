@@ -12,12 +12,11 @@ from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common.db import transaction
 from paylane_common.events import parse_event
-from paylane_common.settings import load_settings
 from paylane_common.topology import declare_exchange
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_common.wechatpay.testing import order_request
-from paylane_order.settings import OrderSettings
 from paylane_order.standalone import reconcile
+from services.order.tests.support import order_settings
 from tests.support.queries import order_status
 from tests.support.sandbox import running_sandbox, sandbox_settings
 from tests.support.seeding import add_order, add_user, ago, from_now
@@ -68,21 +67,7 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
         # Paid at WeChat Pay, but the notification never comes.
         await sandbox.ok("POST", f"/sandbox/orders/{paid_no}/pay", {"notify": False})
 
-        settings = load_settings(
-            OrderSettings,
-            amqp_url=amqp_url,
-            mysql_url=mysql_url,
-            wechatpay_mchid=keys.mchid,
-            wechatpay_appid=keys.appid,
-            wechatpay_api_base=sandbox.base_url,
-            wechatpay_notify_url="http://127.0.0.1:9/notify/wechatpay",
-            wechatpay_merchant_private_key=keys.merchant_private_key_pem,
-            wechatpay_merchant_serial_no=keys.merchant_serial_no,
-            wechatpay_public_key=keys.platform_public_key_pem,
-            wechatpay_public_key_id=keys.public_key_id,
-            client_token_secret="c" * 32,
-            reconcile_after_s=1,
-        )
+        settings = order_settings(keys, sandbox.base_url, amqp_url, mysql_url, reconcile_after_s=1)
         found = await reconcile(settings, once=True)
         assert found["paid_recovered"] >= 1
         assert found["closed_expired"] >= 1

@@ -58,6 +58,8 @@ class ReconcilerConfig:
     #: long, at most ``sweep_limit`` of each kind a pass.
     sweep_grace_s: float = 60.0
     sweep_limit: int = 500
+    #: The daily bill reconciliation's hour (China time); -1: not run in the service.
+    bills_hour: int = 10
 
     @classmethod
     def from_settings(cls, settings: OrderSettings) -> ReconcilerConfig:
@@ -69,6 +71,7 @@ class ReconcilerConfig:
             order_ttl_s=settings.order_ttl_s,
             sweep_grace_s=settings.sweep_grace_s,
             sweep_limit=settings.sweep_limit,
+            bills_hour=settings.bills_reconcile_hour,
         )
 
 

@@ -25,6 +25,7 @@ from paylane_common.service import (
 from paylane_common.topology import ORDER_PAYMENTS
 
 from . import OUTBOX_PRODUCER, api
+from .bills import BillReconciler, DailyBills
 from .config import ORDER_CONFIG, OrderConfig
 from .created import OrderCreatedApplier
 from .errors import error_middleware
@@ -109,7 +110,14 @@ def build_app(settings: OrderSettings) -> web.Application:
         )
         if config.reconciler.interval_s > 0:
             reconciler.start()
+        bills = DailyBills(
+            BillReconciler(app[DB_POOL], app[WECHATPAY_CLIENT], reconciler),
+            config.reconciler.bills_hour,
+        )
+        if config.reconciler.bills_hour >= 0:
+            bills.start()  # every replica waits for the hour; the lock lets one run
         yield
+        await bills.stop()
         await reconciler.stop()
         await app[api.LOGIN].close()
 

@@ -224,6 +224,20 @@ class Reconciler(BackgroundLoop):
             )
             return list(await cur.fetchall())
 
+    @property
+    def client(self) -> WechatPayClient:
+        return self._client
+
+    async def settle_order(self, order: dict[str, Any]) -> str:
+        """One order as a pass settles it (``out_trade_no``, ``expires_at``,
+        ``created_at``), for the daily bill reconciliation (bills.py)."""
+        return await self._settle_order(order)
+
+    async def settle_refund(self, refund: dict[str, Any]) -> str:
+        """One refund as a pass settles it (``out_refund_no``, ``out_trade_no``,
+        ``amount_refund``, ``refund_id``, ``created_at``)."""
+        return await self._settle_refund(refund)
+
     def _expires_at(self, order: dict[str, Any]) -> datetime:
         """paylane's own orders say when they expire; another writer's (``expires_at``
         NULL) expire ``order_ttl_s`` after they were created, as paylane's would."""

@@ -66,6 +66,9 @@ class OrderSettings(
     #: A refund WeChat Pay does not know (its request never got there) is closed once this
     #: old; longer than a refund request, its retries and the caller's retries take.
     reconcile_refund_grace_s: float = Field(600.0, ge=0)
+    #: The daily bill reconciliation (bills.py) runs at this hour, China time, for the
+    #: previous China day (WeChat Pay has a day's bills from about 10:00); -1 disables it.
+    bills_reconcile_hour: int = Field(10, ge=-1, le=23)
     #: The effects sweep (effects.py): orders another writer settled are announced once
     #: untouched this long (the cloud function's notify on its way wins) …
     sweep_grace_s: float = Field(60.0, ge=0)

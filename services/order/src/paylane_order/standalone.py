@@ -1,15 +1,19 @@
-"""``paylane reconcile [--once]``: the reconciler outside the order service."""
+"""``paylane reconcile [--once]``: the reconciler outside the order service;
+``paylane reconcile bills --date D``: one day's bill reconciliation (bills.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
 from contextlib import AsyncExitStack
+from datetime import date
+from typing import Any
 
 from paylane_common import amqp, db
 from paylane_common.merchant_api import wechatpay_api
 from paylane_common.publisher import Publisher
 
+from .bills import BillReconciler, BillReport
 from .config import ReconcilerConfig
 from .reconciler import Reconciler
 from .settings import OrderSettings
@@ -17,16 +21,7 @@ from .settings import OrderSettings
 
 async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
     async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(db.create_pool(settings.mysql_url, maxsize=2))
-        connection = await amqp.connect(settings.amqp_url, "reconciler")
-        stack.push_async_callback(connection.close)
-        publisher = await Publisher.open(
-            connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
-        )
-        api = await stack.enter_async_context(wechatpay_api(settings))
-        reconciler = Reconciler(
-            pool, api.client, publisher, ReconcilerConfig.from_settings(settings)
-        )
+        _pool, reconciler = await open_reconciler(stack, settings)
         total: Counter[str] = Counter()
         while True:
             # --once is an operator's pass: it waits out a replica's running one.
@@ -36,3 +31,28 @@ async def reconcile(settings: OrderSettings, *, once: bool) -> Counter[str]:
                 return total
             print(dict(found) or "nothing to reconcile", flush=True)
             await asyncio.sleep(settings.reconcile_interval_s or 30.0)
+
+
+async def reconcile_bills(settings: OrderSettings, day: date) -> BillReport:
+    """The day's trade bill against the database; waits out a replica's running one."""
+    async with AsyncExitStack() as stack:
+        pool, reconciler = await open_reconciler(stack, settings)
+        report = await BillReconciler(pool, reconciler.client, reconciler).run(
+            day, wait_for_lock_s=600
+        )
+        if report is None:
+            raise TimeoutError("another bill reconciliation held the lock for 10 minutes")
+        return report
+
+
+async def open_reconciler(stack: AsyncExitStack, settings: OrderSettings) -> tuple[Any, Reconciler]:
+    """The database, the broker and WeChat Pay, as the order service opens them."""
+    pool = await stack.enter_async_context(db.create_pool(settings.mysql_url, maxsize=2))
+    connection = await amqp.connect(settings.amqp_url, "reconciler")
+    stack.push_async_callback(connection.close)
+    publisher = await Publisher.open(
+        connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
+    )
+    api = await stack.enter_async_context(wechatpay_api(settings))
+    reconciler = Reconciler(pool, api.client, publisher, ReconcilerConfig.from_settings(settings))
+    return pool, reconciler

@@ -70,6 +70,8 @@ class Sandbox:
             clock=clock,
         )
         self.login_codes = LoginCodes(clock)
+        #: Bill files applied for, by their download token (bills.py).
+        self.bill_files: dict[str, bytes] = {}
         self._timers = Background()
 
     async def start(self) -> None:
@@ -87,6 +89,7 @@ class Sandbox:
         self.switches.reset()
         self.faults.clear()
         self.login_codes.reset()
+        self.bill_files.clear()
 
     # --- payments -------------------------------------------------------------------------
 

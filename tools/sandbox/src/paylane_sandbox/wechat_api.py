@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import date, datetime
 
 from aiohttp import web
 
-from . import resources
+from . import bills, resources
 from .app_keys import SANDBOX
 from .errors import ApiError, json_response, param_error
 from .metrics import API_REQUESTS
+from .timefmt import BEIJING
 from .validation import check_place_order, check_refund, parse_json_object
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,9 +41,11 @@ async def wechat_api(request: web.Request, handler: Handler) -> web.StreamRespon
     if not isinstance(response, web.Response):  # pragma: no cover - handlers return Response
         return response
     API_REQUESTS.labels(str(response.status)).inc()
+    response.headers["Request-ID"] = uuid.uuid4().hex.upper()
+    if request.path == DOWNLOAD and response.status == 200:
+        return response  # a bill file: WeChat Pay does not sign it (its digest vouches)
     signed = response.body if isinstance(response.body, bytes) else b""
     response.headers.update(sandbox.signer.headers(signed))
-    response.headers["Request-ID"] = uuid.uuid4().hex.upper()
     return response
 
 
@@ -107,6 +112,70 @@ async def certificates(request: web.Request) -> web.Response:
     return json_response(sandbox.signer.certificates_listing(sandbox.apiv3_key))
 
 
+DOWNLOAD = "/v3/billdownload/file"
+#: Bill files kept for download at most (a long-running sandbox applies for many).
+KEPT_BILL_FILES = 100
+
+
+def _bill_date(request: web.Request) -> date:
+    text = request.query.get("bill_date", "")
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise param_error("bill_date", "格式为yyyy-MM-DD (format)", location="query") from None
+    if day > datetime.fromtimestamp(request.app[SANDBOX].clock(), BEIJING).date():
+        raise ApiError(400, "INVALID_REQUEST", "账单日期不能晚于今天 (bill_date in the future)")
+    return day
+
+
+def _check_choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str:
+    value = request.query.get(name, allowed[0])
+    if value not in allowed:
+        raise param_error(name, f"取值为{'/'.join(allowed)} (one of)", location="query")
+    return value
+
+
+def _offer(request: web.Request, bill: bills.BillFile | None) -> web.Response:
+    """``{hash_type, hash_value, download_url}`` for a bill, kept for its download."""
+    if bill is None:
+        raise ApiError(400, "NO_STATEMENT_EXIST", "账单文件不存在 (nothing happened that day)")
+    tar_type = request.query.get("tar_type")
+    if tar_type not in (None, "GZIP"):
+        raise param_error("tar_type", "取值为GZIP (GZIP or absent)", location="query")
+    gzipped = tar_type == "GZIP"
+    token = secrets.token_urlsafe(24)
+    files = request.app[SANDBOX].bill_files
+    files[token] = bill.gzipped if gzipped else bill.text.encode()
+    while len(files) > KEPT_BILL_FILES:  # WeChat's download URLs expire; the oldest go
+        del files[next(iter(files))]
+    return json_response(
+        {
+            "hash_type": "SHA1",
+            "hash_value": bill.sha1,
+            "download_url": f"{request.scheme}://{request.host}{DOWNLOAD}?token={token}",
+        }
+    )
+
+
+async def trade_bill(request: web.Request) -> web.Response:
+    day = _bill_date(request)
+    _check_choice(request, "bill_type", ("ALL",))
+    return _offer(request, bills.trade_bill(request.app[SANDBOX].ledger, day))
+
+
+async def fund_flow_bill(request: web.Request) -> web.Response:
+    day = _bill_date(request)
+    _check_choice(request, "account_type", ("BASIC",))
+    return _offer(request, bills.fund_flow_bill(request.app[SANDBOX].ledger, day))
+
+
+async def download_bill(request: web.Request) -> web.Response:
+    data = request.app[SANDBOX].bill_files.get(request.query.get("token", ""))
+    if data is None:
+        raise ApiError(400, "INVALID_REQUEST", "下载地址无效或已过期 (unknown token)")
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
 def add_routes(app: web.Application) -> None:
     app.middlewares.append(wechat_api)
     router = app.router
@@ -117,3 +186,6 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/v3/refund/domestic/refunds", create_refund)
     router.add_get("/v3/refund/domestic/refunds/{out_refund_no}", query_refund)
     router.add_get("/v3/certificates", certificates)
+    router.add_get("/v3/bill/tradebill", trade_bill)
+    router.add_get("/v3/bill/fundflowbill", fund_flow_bill)
+    router.add_get(DOWNLOAD, download_bill)

@@ -1,6 +1,16 @@
 """WeChat Pay API v3 crypto: signatures, verification keys, AEAD resources, notifications."""
 
 from .aead import ALGORITHM, decrypt_resource, encrypt_resource
+from .bills import (
+    BillFile,
+    BillFormatError,
+    FundFlowBill,
+    FundFlowRecord,
+    TradeBill,
+    TradeBillRecord,
+    parse_fund_flow_bill,
+    parse_trade_bill,
+)
 from .certificates import CertificateRefresher
 from .client import PlatformCertificate, WechatPayClient
 from .exceptions import (
@@ -40,13 +50,19 @@ __all__ = [
     "ALGORITHM",
     "SIGNATURE_TYPE",
     "SIGNTEST_PREFIX",
+    "BillFile",
+    "BillFormatError",
     "CertificateInfo",
     "CertificateRefresher",
     "DecryptionError",
+    "FundFlowBill",
+    "FundFlowRecord",
     "MerchantSigner",
     "NotificationHeaders",
     "NotificationVerifier",
     "PlatformCertificate",
+    "TradeBill",
+    "TradeBillRecord",
     "VerificationError",
     "VerifierKeys",
     "WechatPayApiError",
@@ -64,7 +80,9 @@ __all__ = [
     "load_public_key",
     "new_nonce",
     "parse_authorization",
+    "parse_fund_flow_bill",
     "parse_notification",
+    "parse_trade_bill",
     "read_certificate",
     "sign",
     "signed_headers",

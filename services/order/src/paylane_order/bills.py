@@ -1,0 +1,419 @@
+"""Daily bill reconciliation: WeChat Pay's trade bill of a China day against
+``payment_orders`` and ``refunds``.
+
+What it finds, and does (each at most once however often it runs):
+
+- ``paid_not_here``: paid at WeChat Pay, not here (the order is pending or failed). It is
+  settled through the normal path: the reconciler asks WeChat Pay and publishes the same
+  ``payment.succeeded`` (event id ``reconcile-{transaction_id}``) it would, so the
+  consumer applies it once, whoever published it first.
+- ``paid_unknown_order``: paid at WeChat Pay for an ``out_trade_no`` not in
+  ``payment_orders``: an alert, nothing to settle.
+- ``not_paid_at_wechat``: paid here that day, but not in the bill; ``amount_differs`` and
+  ``transaction_differs``: in both, not alike. The order goes to ``needs_review`` (the
+  reason says what differs) with an alert.
+- ``refund_not_here``, ``refund_not_at_wechat``, ``refund_amount_differs``,
+  ``refund_state_differs``: the same for refunds, by ``out_refund_no``. A refund that
+  WeChat Pay finished and that is still pending here is settled by the reconciler's
+  refund query (its ``refund.*`` event); the others are alerts (refunds have no review
+  state).
+
+Every difference is logged (``bill_difference``, ``alert=True``), counted in
+``paylane_bill_differences_total{kind}``, and written once to ``payment_logs``
+(type ``bill_difference``). The day is China time: the bill's and the window over
+``paid_at`` and ``refunds.created_at`` (UTC in the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+
+import aiomysql
+import structlog
+from prometheus_client import Counter as PromCounter
+
+from paylane_common.background import BackgroundLoop
+from paylane_common.db import transaction
+from paylane_common.ids import new_row_id
+from paylane_common.wechatpay import TradeBill, TradeBillRecord, WechatPayClient
+
+from .reconciler import _GET_LOCK, _RELEASE_LOCK, Reconciler
+
+log = structlog.get_logger(__name__)
+
+CHINA = timezone(timedelta(hours=8))
+DIFFERENCES = PromCounter(
+    "paylane_bill_differences_total",
+    "Differences between WeChat Pay's daily trade bill and the database, by kind",
+    ["kind"],
+)
+BILL_RUNS = PromCounter(
+    "paylane_bill_reconcile_runs_total", "Daily bill reconciliations, by outcome", ["outcome"]
+)
+#: Orders whose payment the bill would show.
+_PAID = ("paid", "refunded", "needs_review")
+_REFUND_STATES = {"SUCCESS": "success", "CLOSED": "closed", "ABNORMAL": "abnormal"}
+#: What the reconciler's refund query answers when it published the refund's outcome.
+_SETTLED_REFUND = frozenset({"refund_success", "refund_closed", "refund_abnormal"})
+#: A failed daily run (the bill not ready yet, WeChat Pay unreachable) is tried again.
+RETRY_AFTER_S = 1800.0
+RETRIES = 6
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: str
+    out_trade_no: str
+    out_refund_no: str | None = None
+    wechat_amount: int | None = None
+    our_amount: int | None = None
+    wechat_state: str | None = None
+    our_state: str | None = None
+    #: What was done: ``settled`` (published through the normal path), ``needs_review``,
+    #: ``alert`` (reported only), ``already`` (done by an earlier run).
+    action: str = "alert"
+
+
+@dataclass
+class BillReport:
+    day: date
+    bill_payments: int = 0
+    bill_paid_total: int = 0
+    bill_refunds: int = 0
+    bill_refund_total: int = 0
+    our_payments: int = 0
+    our_paid_total: int = 0
+    our_refunds: int = 0
+    our_refund_total: int = 0
+    differences: list[Difference] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["day"] = self.day.isoformat()
+        return data
+
+    def table(self) -> str:
+        """The report for a terminal: totals, then one line a difference."""
+
+        def yuan(fen: int | None) -> str:
+            return "" if fen is None else f"{fen / 100:.2f}"
+
+        lines = [
+            f"bill reconciliation for {self.day} (China time)",
+            f"{'':12}{'WeChat Pay':>24}{'paylane':>24}",
+            f"{'payments':12}{self.bill_payments:>10} {yuan(self.bill_paid_total):>13}"
+            f"{self.our_payments:>10} {yuan(self.our_paid_total):>13}",
+            f"{'refunds':12}{self.bill_refunds:>10} {yuan(self.bill_refund_total):>13}"
+            f"{self.our_refunds:>10} {yuan(self.our_refund_total):>13}",
+            "",
+        ]
+        if not self.differences:
+            return "\n".join([*lines, "no differences"])
+        header = ("kind", "out_trade_no", "out_refund_no", "wechat", "paylane", "action")
+        rows = [header] + [
+            (
+                d.kind,
+                d.out_trade_no,
+                d.out_refund_no or "",
+                " ".join(x for x in (yuan(d.wechat_amount), d.wechat_state or "") if x),
+                " ".join(x for x in (yuan(d.our_amount), d.our_state or "") if x),
+                d.action,
+            )
+            for d in self.differences
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+        lines.append(f"{len(self.differences)} difference(s)")
+        return "\n".join(lines)
+
+
+def china_day_window(day: date) -> tuple[datetime, datetime]:
+    """The China day as naive UTC bounds, as the database holds times."""
+    start = datetime(day.year, day.month, day.day, tzinfo=CHINA).astimezone(UTC)
+    start = start.replace(tzinfo=None)
+    return start, start + timedelta(days=1)
+
+
+def previous_china_day(now: datetime | None = None) -> date:
+    return ((now or datetime.now(UTC)).astimezone(CHINA) - timedelta(days=1)).date()
+
+
+class BillReconciler:
+    LOCK = "paylane.bills"
+
+    def __init__(
+        self, pool: aiomysql.Pool, client: WechatPayClient, reconciler: Reconciler
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._reconciler = reconciler
+
+    async def run(self, day: date, *, wait_for_lock_s: float = 60) -> BillReport | None:
+        """Reconcile ``day``; None when another replica holds the lock that long."""
+        async with self._locked(wait_for_lock_s) as locked:
+            if not locked:
+                return None
+            bill = await self._client.trade_bill(day)
+            report = await self._compare(day, bill)
+        for d in report.differences:
+            DIFFERENCES.labels(d.kind).inc()
+        log.info("bill_reconciled", day=str(day), differences=len(report.differences))
+        return report
+
+    @asynccontextmanager
+    async def _locked(self, wait_s: float) -> AsyncIterator[bool]:
+        async with self._pool.acquire() as conn:
+            async with conn.cursor() as cur:
+                await cur.execute(_GET_LOCK, (self.LOCK, wait_s))
+                (locked,) = await cur.fetchone()
+            try:
+                yield bool(locked)
+            finally:
+                if locked:
+                    async with conn.cursor() as cur:
+                        await cur.execute(_RELEASE_LOCK, (self.LOCK,))
+
+    async def _compare(self, day: date, bill: TradeBill) -> BillReport:
+        report = BillReport(day)
+        payments = {r.out_trade_no: r for r in bill.payments if r.trade_state == "SUCCESS"}
+        refunds = {r.out_refund_no: r for r in bill.refunds if r.out_refund_no}
+        report.bill_payments = len(payments)
+        report.bill_paid_total = sum(r.order_total for r in payments.values())
+        report.bill_refunds = len(refunds)
+        report.bill_refund_total = sum(r.requested_refund for r in refunds.values())
+        start, end = china_day_window(day)
+        orders = await self._orders(list(payments), start, end)
+        ours = [
+            o for o in orders.values() if _in(o["paid_at"], start, end) and o["status"] in _PAID
+        ]
+        report.our_payments = len(ours)
+        report.our_paid_total = sum(o["amount_total"] for o in ours)
+        for no, record in payments.items():
+            found = await self._payment(record, orders.get(no), day)
+            if found is not None:
+                report.differences.append(found)
+        for order in ours:
+            if order["out_trade_no"] not in payments and order["status"] != "needs_review":
+                report.differences.append(await self._not_at_wechat(order, day))
+        our_refunds = await self._refunds([k for k in refunds if k], start, end)
+        in_window = [r for r in our_refunds.values() if _in(r["created_at"], start, end)]
+        report.our_refunds = len(in_window)
+        report.our_refund_total = sum(r["amount_refund"] for r in in_window)
+        for no, record in refunds.items():
+            found = await self._refund(record, our_refunds.get(no), day)
+            if found is not None:
+                report.differences.append(found)
+        for row in in_window:
+            if row["out_refund_no"] not in refunds and row["status"] != "closed":
+                diff = Difference(
+                    "refund_not_at_wechat",
+                    row["out_trade_no"],
+                    row["out_refund_no"],
+                    our_amount=row["amount_refund"],
+                    our_state=row["status"],
+                )
+                report.differences.append(await self._record(diff, day))
+        return report
+
+    async def _payment(
+        self, record: TradeBillRecord, order: dict[str, Any] | None, day: date
+    ) -> Difference | None:
+        seen = Difference(
+            "", record.out_trade_no, wechat_amount=record.order_total, wechat_state="SUCCESS"
+        )
+        if order is None:
+            return await self._record(replace(seen, kind="paid_unknown_order"), day)
+        seen = replace(seen, our_amount=order["amount_total"], our_state=order["status"])
+        if order["status"] in ("pending", "failed"):
+            settled = await self._reconciler.settle_order(order)
+            action = "settled" if settled == "paid_recovered" else "alert"
+            return await self._record(replace(seen, kind="paid_not_here", action=action), day)
+        if order["status"] == "needs_review":
+            return None  # a person looks at it already
+        if order["amount_total"] != record.order_total:
+            reason = f"bill {day}: WeChat Pay's amount {record.order_total} differs"
+            return await self._review(replace(seen, kind="amount_differs"), reason, day)
+        if order["transaction_id"] not in (None, record.transaction_id):
+            reason = f"bill {day}: WeChat Pay's transaction {record.transaction_id} differs"
+            return await self._review(replace(seen, kind="transaction_differs"), reason, day)
+        return None
+
+    async def _not_at_wechat(self, order: dict[str, Any], day: date) -> Difference:
+        diff = Difference(
+            "not_paid_at_wechat",
+            order["out_trade_no"],
+            our_amount=order["amount_total"],
+            our_state=order["status"],
+        )
+        return await self._review(diff, f"bill {day}: not paid at WeChat Pay", day)
+
+    async def _refund(
+        self, record: TradeBillRecord, row: dict[str, Any] | None, day: date
+    ) -> Difference | None:
+        seen = Difference(
+            "",
+            record.out_trade_no,
+            record.out_refund_no,
+            wechat_amount=record.requested_refund,
+            wechat_state=record.refund_status,
+        )
+        if row is None:
+            return await self._record(replace(seen, kind="refund_not_here"), day)
+        seen = replace(seen, our_amount=row["amount_refund"], our_state=row["status"])
+        if row["amount_refund"] != record.requested_refund:
+            return await self._record(replace(seen, kind="refund_amount_differs"), day)
+        expected = _REFUND_STATES.get(record.refund_status)
+        if expected is None or expected == row["status"]:
+            return None  # still processing at WeChat Pay, or alike
+        action = "alert"
+        if row["status"] == "pending":
+            outcome = await self._reconciler.settle_refund(row)
+            action = "settled" if outcome in _SETTLED_REFUND else "alert"
+        return await self._record(replace(seen, kind="refund_state_differs", action=action), day)
+
+    async def _review(self, diff: Difference, reason: str, day: date) -> Difference:
+        """The order to ``needs_review`` (once) and the difference recorded."""
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE payment_orders SET status = 'needs_review', review_reason = %s"
+                " WHERE out_trade_no = %s AND status <> 'needs_review'",
+                (reason[:255], diff.out_trade_no),
+            )
+            moved = cur.rowcount == 1
+        return await self._record(replace(diff, action="needs_review" if moved else "already"), day)
+
+    async def _record(self, diff: Difference, day: date) -> Difference:
+        """Logged and alerted every run; written to ``payment_logs`` the first time."""
+        detail = f"{day} {diff.kind}: wechat {diff.wechat_amount} {diff.wechat_state},"
+        detail += f" paylane {diff.our_amount} {diff.our_state}"
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "SELECT 1 FROM payment_logs WHERE out_trade_no = %s AND type = 'bill_difference'"
+                " AND detail LIKE %s LIMIT 1",
+                (diff.out_trade_no, f"{day} {diff.kind}:%"),
+            )
+            if await cur.fetchone() is None:
+                await cur.execute(
+                    "INSERT INTO payment_logs (id, out_trade_no, out_refund_no, type,"
+                    " amount_total, source, detail) VALUES (%s, %s, %s, 'bill_difference', %s,"
+                    " 'reconcile', %s)",
+                    (
+                        new_row_id("log"),
+                        diff.out_trade_no,
+                        diff.out_refund_no,
+                        diff.wechat_amount,
+                        detail,
+                    ),
+                )
+        log.error("bill_difference", alert=True, **asdict(diff))
+        return diff
+
+    async def _orders(
+        self, out_trade_nos: list[str], start: datetime, end: datetime
+    ) -> dict[str, dict[str, Any]]:
+        """Orders paid in the window, and those the bill names."""
+        return await self._rows(
+            "payment_orders",
+            "out_trade_no",
+            "status, amount_total, transaction_id, paid_at, expires_at, created_at",
+            "paid_at",
+            out_trade_nos,
+            start,
+            end,
+        )
+
+    async def _refunds(
+        self, out_refund_nos: list[str], start: datetime, end: datetime
+    ) -> dict[str, dict[str, Any]]:
+        """Refunds made in the window, and those the bill names."""
+        return await self._rows(
+            "refunds",
+            "out_refund_no",
+            "out_trade_no, status, amount_refund, refund_id, created_at",
+            "created_at",
+            out_refund_nos,
+            start,
+            end,
+        )
+
+    async def _rows(
+        self,
+        table: str,
+        key: str,
+        columns: str,
+        moment: str,
+        keys: list[str],
+        start: datetime,
+        end: datetime,
+    ) -> dict[str, dict[str, Any]]:
+        """``table``'s rows by ``key``: those whose ``moment`` is in the window, and those
+        of ``keys`` (outside it: a payment near midnight, a row another day wrote)."""
+        select = f"SELECT {key}, {columns} FROM {table}"
+        async with transaction(self._pool) as cur:
+            await cur.execute(f"{select} WHERE {moment} >= %s AND {moment} < %s", (start, end))
+            rows = {r[key]: r for r in await cur.fetchall()}
+            missing = [k for k in keys if k not in rows]
+            for i in range(0, len(missing), 500):
+                chunk = missing[i : i + 500]
+                marks = ", ".join(["%s"] * len(chunk))
+                await cur.execute(f"{select} WHERE {key} IN ({marks})", chunk)
+                rows.update({r[key]: r for r in await cur.fetchall()})
+        return rows
+
+
+def _in(moment: datetime | None, start: datetime, end: datetime) -> bool:
+    return moment is not None and start <= moment < end
+
+
+class DailyBills(BackgroundLoop):
+    """Reconciles the previous China day once a day, at ``hour`` (China time)."""
+
+    task_name = "daily-bills"
+
+    def __init__(
+        self,
+        bills: BillReconciler,
+        hour: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._bills = bills
+        self._hour = hour
+        self._clock = clock
+        #: The last run's report, and an event set after each run (for tests and probes).
+        self.last_report: BillReport | None = None
+        self.ran = asyncio.Event()
+
+    def seconds_until_next(self, now: datetime) -> float:
+        local = now.astimezone(CHINA)
+        run = local.replace(hour=self._hour, minute=0, second=0, microsecond=0)
+        if run <= local:
+            run += timedelta(days=1)
+        return (run - local).total_seconds()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.seconds_until_next(self._clock()))
+            day = previous_china_day(self._clock())
+            for attempt in range(1, RETRIES + 1):
+                try:
+                    report = await self._bills.run(day, wait_for_lock_s=0)
+                except Exception as exc:
+                    BILL_RUNS.labels("failed").inc()
+                    log.error(
+                        "bill_reconcile_failed",
+                        alert=attempt == RETRIES,
+                        day=str(day),
+                        attempt=attempt,
+                        error=repr(exc),
+                    )
+                    await asyncio.sleep(RETRY_AFTER_S)
+                    continue
+                BILL_RUNS.labels("done" if report is not None else "other_replica").inc()
+                self.last_report = report
+                self.ran.set()
+                break
