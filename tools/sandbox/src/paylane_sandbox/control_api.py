@@ -239,6 +239,7 @@ async def info(request: web.Request) -> web.Response:
             "certificate_serial": sandbox.signer.certificate_serial,
             "sign_mode": sandbox.switches.current.sign_mode,
             "refund_mode": sandbox.switches.current.refund_mode,
+            "refund_notify_url": sandbox.settings.sandbox_refund_notify_url,
             "time_factor": sandbox.notification_sender.time_factor,
         }
     )

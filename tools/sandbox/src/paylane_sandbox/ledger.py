@@ -67,7 +67,7 @@ class Refund:
     out_trade_no: str
     transaction_id: str
     request: dict[str, Any]
-    notify_url: str
+    notify_url: str | None  # the request's own; None: the merchant-level refund callback
     refund: int
     total: int
     created_at: float
@@ -169,7 +169,7 @@ class Ledger:
             out_trade_no=order.out_trade_no,
             transaction_id=body.get("transaction_id") or order.transaction_id,
             request=body,
-            notify_url=body.get("notify_url") or order.notify_url,
+            notify_url=body.get("notify_url") or None,
             refund=amount["refund"],
             total=amount["total"],
             created_at=now,

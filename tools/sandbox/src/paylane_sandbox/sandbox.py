@@ -131,13 +131,29 @@ class Sandbox:
 
     def complete_refund(self, out_refund_no: str, status: str) -> Refund:
         refund = self.ledger.complete_refund(out_refund_no, status, self.clock())
-        self.notification_sender.submit(
-            f"REFUND.{status}",
+        self.notify_refund(refund)
+        return refund
+
+    def refund_notify_url(self, refund: Refund) -> str | None:
+        """Where WeChat Pay sends a refund's notifications: the refund request's own
+        ``notify_url``, else the merchant-level refund callback; never the order's."""
+        return refund.notify_url or self.settings.sandbox_refund_notify_url
+
+    def notify_refund(self, refund: Refund) -> Notification | None:
+        url = self.refund_notify_url(refund)
+        if url is None:
+            log.warning(
+                "refund_not_notified",
+                out_refund_no=refund.out_refund_no,
+                hint="the refund named no notify_url and SANDBOX_REFUND_NOTIFY_URL is unset",
+            )
+            return None
+        return self.notification_sender.submit(
+            f"REFUND.{refund.status}",
             "refund",
-            SUMMARIES[f"REFUND.{status}"],
+            SUMMARIES[f"REFUND.{refund.status}"],
             resources.refund_notification(refund, self.mchid),
-            refund.notify_url,
+            url,
             out_trade_no=refund.out_trade_no,
             out_refund_no=refund.out_refund_no,
         )
-        return refund
