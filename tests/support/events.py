@@ -82,6 +82,29 @@ def refund_succeeded(
     return Delivery(make_event(events.REFUND_SUCCEEDED, data, event_id), data)
 
 
+def refund_abnormal(
+    out_trade_no: str,
+    out_refund_no: str,
+    amount_refund: int,
+    amount_total: int,
+    *,
+    event_id: str | None = None,
+    **fields: object,
+) -> Delivery[RefundEvent]:
+    """A refund WeChat Pay reports ABNORMAL (the payer's account cannot take it back), with
+    a new refund id unless ``refund_id`` is given."""
+    values: dict[str, object] = {"refund_id": new_refund_id(), **fields}
+    data = RefundEvent(
+        out_trade_no=out_trade_no,
+        out_refund_no=out_refund_no,
+        amount_refund=amount_refund,
+        amount_total=amount_total,
+        status="ABNORMAL",
+        **values,
+    )
+    return Delivery(make_event(events.REFUND_ABNORMAL, data, event_id), data)
+
+
 def order_paid(
     user_id: str | None = None,
     package_type: str = "basic",

@@ -2,7 +2,8 @@
 
 ``refund.succeeded`` moves ``paid → refunded`` once the successful refunds cover the
 order (or records a partial refund) and emits ``order.refunded``; ``refund.closed`` and
-``refund.abnormal`` are recorded, logged as alerts and shown by ``GET /orders/{no}``.
+``refund.abnormal`` are recorded, logged as alerts and shown by ``GET /orders/{no}``; an
+abnormal one keeps ``abnormal_at`` and waits for its remedy (abnormal.py).
 """
 
 from __future__ import annotations
@@ -59,12 +60,16 @@ class RefundApplier:
         # A refund the reconciler closed because WeChat Pay did not know it may still
         # succeed (a request on its way then): success is WeChat Pay's last word. WeChat Pay
         # itself never turns a CLOSED refund into SUCCESS.
+        # abnormal_at stays once set: the record that the refund needed a remedy
+        # (abnormal.py), whatever became of it.
+        abnormal_at = datetime.now(UTC).replace(tzinfo=None) if status == "abnormal" else None
         await cur.execute(
             "UPDATE refunds SET status = %s, refund_id = COALESCE(%s, refund_id),"
-            " refunded_at = COALESCE(%s, refunded_at)"
+            " refunded_at = COALESCE(%s, refunded_at),"
+            " abnormal_at = COALESCE(abnormal_at, %s)"
             " WHERE out_refund_no = %s AND (status IN ('pending', 'abnormal')"
             " OR (status = 'closed' AND %s = 'success'))",
-            (status, data.refund_id, refunded_at, data.out_refund_no, status),
+            (status, data.refund_id, refunded_at, abnormal_at, data.out_refund_no, status),
         )
         if cur.rowcount == 0:
             await cur.execute(
@@ -77,8 +82,8 @@ class RefundApplier:
             # yuan as the shared table has it (the fen columns are generated).
             await cur.execute(
                 "INSERT INTO refunds (id, out_refund_no, out_trade_no, transaction_id,"
-                " refund_id, refund_amount, total_amount, reason, status, refunded_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'external', %s, %s)",
+                " refund_id, refund_amount, total_amount, reason, status, refunded_at,"
+                " abnormal_at) VALUES (%s, %s, %s, %s, %s, %s, %s, 'external', %s, %s, %s)",
                 (
                     new_row_id("refund"),
                     data.out_refund_no,
@@ -89,6 +94,7 @@ class RefundApplier:
                     yuan(data.amount_total),
                     status,
                     refunded_at,
+                    abnormal_at,
                 ),
             )
         await _log(cur, envelope, data, f"refund_{status}")
@@ -98,6 +104,11 @@ class RefundApplier:
                 alert=True,
                 refund_status=data.status,
                 out_refund_no=data.out_refund_no,
+                hint=(
+                    "send it to a bank card: paylane refund abnormal apply"
+                    if status == "abnormal"
+                    else None
+                ),
             )
             return f"refund_{status}"
 
