@@ -151,3 +151,19 @@ async def test_unknown_refund_and_bad_remedies(world: World) -> None:
     with pytest.raises(InvalidRequest, match="takes no bank fields"):
         Remedy("MERCHANT_BANK_CARD", bank_account=ACCOUNT)
     assert ACCOUNT not in repr(TO_CARD) and NAME not in repr(TO_CARD)
+
+
+async def test_an_abnormal_from_before_the_remedy_does_not_undo_it(world: World) -> None:
+    refund = await world.abnormal_refund()
+    no, out_trade_no = refund["out_refund_no"], refund["out_trade_no"]
+    # The reconciler saw it ABNORMAL just before the remedy; its event is consumed after.
+    stale = refund_abnormal(out_trade_no, no, 990, 990, refund_id=refund["refund_id"])
+    await world.refunds.apply(no, TO_CARD)
+    assert await RefundApplier(world.pool)(*stale) == "refund_abnormal_stale"
+    assert (await world.refunds.get(no))["status"] == "pending"
+
+    # The card refused it too: WeChat Pay reports it ABNORMAL again, after the remedy.
+    again = refund_abnormal(out_trade_no, no, 990, 990, refund_id=refund["refund_id"])
+    assert await RefundApplier(world.pool)(*again) == "refund_abnormal"
+    row = await world.refunds.get(no)
+    assert (row["status"], row["abnormal_at"]) == ("abnormal", refund["abnormal_at"])

@@ -74,7 +74,9 @@ class AbnormalRefunds:
 
     async def list(self, limit: int = 100) -> list[dict[str, Any]]:
         """The refunds waiting for a remedy, oldest first."""
-        async with self._pool.acquire() as conn, conn.cursor(aiomysql.DictCursor) as cur:
+        # In a transaction of its own, as every read: the pool's connections run with
+        # autocommit off, and a bare read would keep an old snapshot on its connection.
+        async with transaction(self._pool) as cur:
             await cur.execute(
                 f"SELECT {COLUMNS} FROM refunds WHERE status = 'abnormal'"
                 " ORDER BY created_at, id LIMIT %s",
@@ -83,7 +85,7 @@ class AbnormalRefunds:
             return list(await cur.fetchall())
 
     async def get(self, out_refund_no: str) -> dict[str, Any]:
-        async with self._pool.acquire() as conn, conn.cursor(aiomysql.DictCursor) as cur:
+        async with transaction(self._pool) as cur:
             await cur.execute(
                 f"SELECT {COLUMNS} FROM refunds WHERE out_refund_no = %s", (out_refund_no,)
             )
