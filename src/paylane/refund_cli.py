@@ -28,7 +28,7 @@ from paylane_order.errors import InvalidRequest, OrderError
 from paylane_order.settings import OrderSettings
 
 from .commands import command_settings
-from .replay_cli import _print_table
+from .replay_cli import _positive, _print_table
 
 _LISTED = ("out_refund_no", "out_trade_no", "amount_refund", "abnormal_at", "remedy_result")
 
@@ -100,13 +100,6 @@ def _apply(args: argparse.Namespace) -> int:
         return 0
 
     return _run(work)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

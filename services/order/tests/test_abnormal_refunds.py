@@ -11,7 +11,7 @@ import aiohttp
 import aiomysql
 import pytest
 
-from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
+from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.errors import Conflict, InvalidRequest, NotFound, UpstreamRejected
@@ -68,13 +68,7 @@ async def world(db_pool: aiomysql.Pool) -> AsyncIterator[World]:
         running_sandbox(sandbox_settings(keys)) as sandbox,
         aiohttp.ClientSession() as http,
     ):
-        client = WechatPayClient(
-            base_url=sandbox.base_url,
-            mchid=keys.mchid,
-            signer=keys.merchant_signer(),
-            verifier=NotificationVerifier(keys.verifier_keys()),
-            session=http,
-        )
+        client = keys.merchant_client(sandbox.base_url, http)
         yield World(sandbox, client, AbnormalRefunds(db_pool, client), db_pool)
 
 
