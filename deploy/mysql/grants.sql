@@ -19,8 +19,8 @@
 -- its statements touch. Generated columns (payment_orders.amount_total, refunds.amount_refund
 -- and amount_total: fen computed from the yuan columns) can be read, never written.
 
--- order (the API, the payment/refund consumer, `paylane reconcile`): the orders, refunds
--- and the audit trail, which it only appends to.
+-- order (the API, the payment/refund consumer, `paylane reconcile`, `paylane refund
+-- abnormal`): the orders, refunds and the audit trail, which it only appends to.
 -- Orders: it places them (a new row names its price, owner and identity), then moves them
 -- (status, payment, refunds, timestamps) but never reprices or reassigns one: no UPDATE of
 -- id, user_id, out_trade_no, amount, package_type, trade_type, currency, mchid, appid,
@@ -33,9 +33,12 @@ GRANT SELECT, INSERT (`id`, `out_trade_no`, `user_id`, `generation_id`, `transac
     `code_url`, `h5_url`, `amount_refunded`, `review_reason`, `closed_at`, `refunded_at`,
     `reconciled_at`, `paid_event_at`, `refund_event_at`)
   ON `{database}`.`payment_orders` TO '{order_user}'@'%';
+-- Refunds: requested and settled; an ABNORMAL one's remedy (`paylane refund abnormal`)
+-- recorded on its row.
 GRANT SELECT, INSERT (`id`, `out_refund_no`, `refund_id`, `out_trade_no`, `transaction_id`,
-    `refund_amount`, `total_amount`, `status`, `reason`, `refunded_at`),
-  UPDATE (`status`, `refund_id`, `refunded_at`, `reconciled_at`)
+    `refund_amount`, `total_amount`, `status`, `reason`, `refunded_at`, `abnormal_at`),
+  UPDATE (`status`, `refund_id`, `refunded_at`, `reconciled_at`, `abnormal_at`, `remedy`,
+    `remedy_at`, `remedy_result`)
   ON `{database}`.`refunds` TO '{order_user}'@'%';
 -- The audit trail: appended to, never read back, rewritten or backdated (no created_at).
 GRANT INSERT (`id`, `type`, `out_trade_no`, `out_refund_no`, `event_type`, `amount_total`,

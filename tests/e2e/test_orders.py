@@ -3,7 +3,11 @@ to end with every service (issue: placing, settling and refunding orders)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import os
+import sys
 from typing import Any
 
 import aiohttp
@@ -21,7 +25,7 @@ from tests.support.polling import eventually
 from tests.support.queries import fetch_one, grants, order_status, user_state
 from tests.support.stack import Stack
 from tests.support.stack_api import Order, call, new_order, sandbox
-from tests.support.stack_config import BACKEND, INTERNAL
+from tests.support.stack_config import BACKEND, INTERNAL, order_env
 from tests.support.wechat import APP_APPID, FakeWechat
 
 pytestmark = pytest.mark.e2e
@@ -271,6 +275,112 @@ async def test_abnormal_refund_is_recorded_and_surfaced(
     await eventually(surfaced, what="abnormal refund surfaced")
     assert await order_status(db_pool, order.out_trade_no) == "paid"
     assert (await grants(db_pool, order.out_trade_no))["revoked"] == 0
+
+
+async def _abnormal_refund(stack: Stack, pool: aiomysql.Pool) -> tuple[Order, str]:
+    """A paid order whose refund WeChat Pay reports ABNORMAL, recorded here as such."""
+    order = await _paid_order(stack, pool, "basic")
+    refund = await _refund(stack, order.out_trade_no, {"reason": "card closed"})
+    await sandbox(stack, "POST", f"/sandbox/refunds/{refund}/complete", {"status": "ABNORMAL"})
+
+    async def recorded() -> bool:
+        row = await fetch_one(pool, "SELECT status FROM refunds WHERE out_refund_no = %s", refund)
+        return row["status"] == "abnormal"
+
+    await eventually(recorded, what="abnormal refund recorded")
+    return order, refund
+
+
+async def _paylane(stack: Stack, *args: str, stdin: str = "") -> tuple[int, str, str]:
+    """The ``paylane`` command with the order service's settings."""
+    env = {**os.environ, **stack.base_env, **order_env(stack.services["sandbox"].url)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "paylane.cli",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_abnormal_refund_remedied_to_a_card_through_the_api(
+    stack: Stack, db_pool: aiomysql.Pool
+) -> None:
+    order, refund = await _abnormal_refund(stack, db_pool)
+    status, listed = await api(stack, "GET", "/refunds/abnormal", headers=BACKEND)
+    assert status == 200
+    [row] = [r for r in listed["refunds"] if r["out_refund_no"] == refund]
+    assert row["abnormal_at"] and row["remedy"] is None
+    assert (await api(stack, "GET", "/refunds/abnormal"))[0] == 401
+
+    path = f"/refunds/{refund}/apply-abnormal-refund"
+    card = {
+        "type": "USER_BANK_CARD",
+        "bank_type": "ICBC_DEBIT",
+        "bank_account": "6214830000000001",
+        "real_name": "李四",
+    }
+    assert (await api(stack, "POST", path, card))[0] == 401  # backend only
+    bad = {"type": "USER_BANK_CARD", "bank_type": "ICBC_DEBIT"}
+    status, answer = await api(stack, "POST", path, bad, BACKEND)
+    assert (status, answer["error"]) == (400, "invalid_remedy")
+    status, answer = await api(stack, "POST", path, card, BACKEND)
+    assert status == 202, answer
+    assert (answer["status"], answer["remedy"], answer["remedy_result"]) == (
+        "pending",
+        "USER_BANK_CARD",
+        "PROCESSING",
+    )
+    _, at_wechat = await sandbox(stack, "GET", f"/sandbox/refunds/{refund}")
+    assert at_wechat["abnormal_refund"] == {
+        "type": "USER_BANK_CARD",
+        "bank_type": "ICBC_DEBIT",
+        "bank_account": "6214830000000001",
+        "real_name": "李四",
+    }
+    status, again = await api(stack, "POST", path, card, BACKEND)
+    assert (status, again["error"]) == (409, "refund_not_abnormal")
+
+    # WeChat Pay pays it out to the card: REFUND.SUCCESS settles it as any refund.
+    await sandbox(stack, "POST", f"/sandbox/refunds/{refund}/complete", {"status": "SUCCESS"})
+    await until_status(db_pool, order.out_trade_no, "refunded")
+    final = await fetch_one(
+        db_pool, "SELECT status, abnormal_at, remedy FROM refunds WHERE out_refund_no = %s", refund
+    )
+    assert (final["status"], final["remedy"]) == ("success", "USER_BANK_CARD")
+    assert final["abnormal_at"] is not None
+
+
+async def test_abnormal_refund_remedied_with_the_cli(stack: Stack, db_pool: aiomysql.Pool) -> None:
+    _, refund = await _abnormal_refund(stack, db_pool)
+    code, out, err = await _paylane(stack, "refund", "abnormal", "list", "--json")
+    assert code == 0, err
+    assert refund in [r["out_refund_no"] for r in json.loads(out)]
+
+    code, out, err = await _paylane(
+        stack,
+        *("refund", "abnormal", "apply", refund, "--type", "USER_BANK_CARD"),
+        *("--bank-type", "CMB_DEBIT", "--json"),
+        stdin="6214830000000002\n王五\n",
+    )
+    assert code == 0, err
+    [row] = json.loads(out)
+    assert (row["status"], row["remedy_result"]) == ("pending", "PROCESSING")
+    assert "6214830000000002" not in out + err
+    _, at_wechat = await sandbox(stack, "GET", f"/sandbox/refunds/{refund}")
+    assert at_wechat["abnormal_refund"]["bank_account"] == "6214830000000002"
+    assert at_wechat["abnormal_refund"]["real_name"] == "王五"
+
+    code, _, err = await _paylane(
+        stack, "refund", "abnormal", "apply", refund, "--type", "MERCHANT_BANK_CARD"
+    )
+    assert code == 1 and "not abnormal" in err
 
 
 async def test_client_errors_are_clear(stack: Stack, db_pool: aiomysql.Pool) -> None:

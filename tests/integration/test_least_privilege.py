@@ -50,13 +50,20 @@ from paylane_common.wechatpay.testing import (
     new_transaction_id,
 )
 from paylane_notifier.snapshot import load_snapshot
+from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.config import MerchantConfig, ReconcilerConfig
 from paylane_order.orders import NewOrder, Orders, user_by_openid
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
 from tests.support import hygiene
-from tests.support.events import Delivery, order_paid, payment_succeeded, refund_succeeded
+from tests.support.events import (
+    Delivery,
+    order_paid,
+    payment_succeeded,
+    refund_abnormal,
+    refund_succeeded,
+)
 from tests.support.infra import Infra, unique_name
 from tests.support.polling import eventually
 from tests.support.queries import order_status
@@ -430,7 +437,8 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
     """order's real statements under its user: a user made (and found again) by openid and
     signed in, an order placed and read, payment.succeeded applied (order row, audit
     trail, inbox, outbox), a refund made outside paylane recorded (refund row, the order's
-    full refund), an unpaid order failed by the reconciler, the install time read."""
+    full refund), an ABNORMAL one and its remedy, an unpaid order failed by the reconciler,
+    the install time read."""
     openid = f"o-{uuid.uuid4().hex}"
     merchant = MerchantConfig("1900000109", "wxd678efh567hg6787", "http://127.0.0.1:9/n", 1800)
     async with _pool(service_mysql_urls["order"]) as pool:
@@ -462,6 +470,13 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
         assert await PaymentApplier(pool, merchant)(envelope, data) == "paid"
         refund = refund_succeeded(out_trade_no, f"LPR{uuid.uuid4().hex[:20]}", 2990, 2990)
         assert await RefundApplier(pool)(*refund) == "refunded"
+        # An ABNORMAL refund (made outside paylane: inserted) and its remedy recorded.
+        abnormal = refund_abnormal(out_trade_no, f"LPA{uuid.uuid4().hex[:20]}", 1, 2990)
+        assert await RefundApplier(pool)(*abnormal) == "refund_abnormal"
+        remedies = AbnormalRefunds(pool, None)  # type: ignore[arg-type]
+        row = await remedies.get(abnormal.data.out_refund_no)
+        await remedies._record(row, Remedy("MERCHANT_BANK_CARD"), "PROCESSING", accepted=True)
+        assert (await remedies.get(abnormal.data.out_refund_no))["status"] == "pending"
         async with transaction(pool) as cur:
             unpaid, _, _ = await orders._insert(cur, replace(new, idempotency_key=None), user)
         reconciler = Reconciler(pool, None, None, ReconcilerConfig())  # type: ignore[arg-type]

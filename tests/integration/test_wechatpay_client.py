@@ -4,6 +4,7 @@ accepting a new platform certificate serial after a background refresh (RabbitMQ
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from wechatpayv3.utils import rsa_decrypt
 
 from paylane_common.wechatpay import (
     CertificateRefresher,
@@ -48,17 +50,25 @@ StartSandbox = Callable[..., Awaitable[RunningSandbox]]
 
 
 class Calls:
-    """Every request the client's session starts, as ``(method, raw path, monotonic time)``."""
+    """Every request the client's session starts, as ``(method, raw path, monotonic time)``,
+    and what it sent: ``(raw path, headers, body)``."""
 
     def __init__(self) -> None:
         self.log: list[tuple[str, str, float]] = []
+        self.sent: list[tuple[str, dict[str, str], bytes]] = []
 
     def trace_config(self) -> aiohttp.TraceConfig:
         async def on_start(_s: Any, _ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
             self.log.append((params.method, params.url.raw_path, time.monotonic()))
+            self.sent.append((params.url.raw_path, dict(params.headers), b""))
+
+        async def on_chunk(_s: Any, _ctx: Any, params: aiohttp.TraceRequestChunkSentParams) -> None:
+            path, headers, body = self.sent[-1]
+            self.sent[-1] = (path, headers, body + params.chunk)
 
         config = aiohttp.TraceConfig()
         config.on_request_start.append(on_start)
+        config.on_request_chunk_sent.append(on_chunk)
         return config
 
     def times(self, path_prefix: str) -> list[float]:
@@ -242,6 +252,84 @@ async def test_close_then_query_shows_closed(
     paths = {path for _, path, _ in calls.log}
     assert f"{PLACE}/out-trade-no/{wire}/close" in paths
     assert f"{PLACE}/out-trade-no/{wire}" in paths
+
+
+# --- abnormal refunds ------------------------------------------------------------------------
+
+
+async def abnormal_refund(sandbox: RunningSandbox, client: WechatPayClient) -> dict[str, Any]:
+    """A paid order's refund that WeChat Pay reports ABNORMAL (refunds wait: manual mode)."""
+    body = order_request("native")
+    no = body["out_trade_no"]
+    await client.place("NATIVE", body)
+    await sandbox.ok("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
+    amount = {"refund": 990, "total": 990, "currency": "CNY"}
+    refund = await client.create_refund(
+        {"out_trade_no": no, "out_refund_no": f"R{no}", "amount": amount}
+    )
+    await sandbox.ok("POST", f"/sandbox/refunds/R{no}/complete", {"status": "ABNORMAL"})
+    return refund
+
+
+@pytest.mark.parametrize("mode", ["public_key", "certificate"])
+async def test_abnormal_refund_to_a_card_is_encrypted_under_the_platform_key(
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, calls: Calls, mode: str
+) -> None:
+    sandbox = await start_sandbox(sandbox_sign_mode=mode)
+    if mode == "public_key":
+        verifier_keys, serial = keys.verifier_keys(), keys.public_key_id
+    else:  # what a certificate-mode merchant holds: the downloaded certificate only
+        serial = (await sandbox.info())["certificate_serial"]
+        verifier_keys = VerifierKeys()
+        verifier_keys.add_certificate(serial, keys.platform_key.public_key())
+    client = make_client(sandbox.base_url, verifier_keys)
+    refund = await abnormal_refund(sandbox, client)
+
+    answer = await client.apply_abnormal_refund(
+        refund["refund_id"],
+        refund["out_refund_no"],
+        "USER_BANK_CARD",
+        bank_type="ICBC_DEBIT",
+        bank_account="6214830000000000",
+        real_name="张三",
+    )
+    assert (answer["status"], answer["channel"]) == ("PROCESSING", "OTHER_BANKCARD")
+    [(_, headers, raw)] = [c for c in calls.sent if c[0].endswith("/apply-abnormal-refund")]
+    assert headers["Wechatpay-Serial"] == serial
+    sent = json.loads(raw)
+    assert sent["bank_type"] == "ICBC_DEBIT"
+    # The independent SDK decrypts what paylane sent, as WeChat Pay would.
+    assert rsa_decrypt(sent["bank_account"], keys.platform_key) == "6214830000000000"
+    assert rsa_decrypt(sent["real_name"], keys.platform_key) == "张三"
+    state = await sandbox.ok("GET", f"/sandbox/refunds/{refund['out_refund_no']}")
+    assert state["abnormal_refund"]["real_name"] == "张三"
+
+
+async def test_abnormal_refund_to_the_merchant_and_its_errors(
+    sandbox: RunningSandbox, make_client: Any
+) -> None:
+    client = make_client(sandbox.base_url)
+    refund = await abnormal_refund(sandbox, client)
+    no = refund["out_refund_no"]
+    with pytest.raises(ValueError, match="USER_BANK_CARD needs"):
+        await client.apply_abnormal_refund(refund["refund_id"], no, "USER_BANK_CARD")
+
+    answer = await client.apply_abnormal_refund(refund["refund_id"], no, "MERCHANT_BANK_CARD")
+    assert answer["status"] == "PROCESSING"
+    await sandbox.ok("POST", f"/sandbox/refunds/{no}/complete", {"status": "SUCCESS"})
+    assert await api_error(
+        client.apply_abnormal_refund(
+            refund["refund_id"],
+            no,
+            "USER_BANK_CARD",
+            bank_type="X",
+            bank_account="1",
+            real_name="2",
+        )
+    ) == (400, "INVALID_REQUEST", False)
+    assert await api_error(
+        client.apply_abnormal_refund("50000000000000000000000000001", no, "MERCHANT_BANK_CARD")
+    ) == (404, "RESOURCE_NOT_EXISTS", False)
 
 
 # --- retries -------------------------------------------------------------------------------

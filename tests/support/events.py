@@ -1,5 +1,6 @@
 """Events as the services publish them, for tests that publish one or hand one to a
-handler: ``payment.succeeded``, ``refund.succeeded``, ``order.paid``, ``order.refunded``.
+handler: ``payment.succeeded``, ``refund.succeeded`` (``refund.abnormal``), ``order.paid``,
+``order.refunded``.
 
 A builder takes what tests usually care about and makes up the rest (a new order number,
 event id and user, the catalog price, the kit's payment time); ``fields`` set any other
@@ -60,6 +61,14 @@ def payment_succeeded(
     return Delivery(make_event(events.PAYMENT_SUCCEEDED, data, event_id), data)
 
 
+#: The event each final refund status is published as.
+REFUND_EVENT_TYPES = {
+    "SUCCESS": events.REFUND_SUCCEEDED,
+    "ABNORMAL": events.REFUND_ABNORMAL,
+    "CLOSED": events.REFUND_CLOSED,
+}
+
+
 def refund_succeeded(
     out_trade_no: str,
     out_refund_no: str,
@@ -69,8 +78,8 @@ def refund_succeeded(
     event_id: str | None = None,
     **fields: object,
 ) -> Delivery[RefundEvent]:
-    """A refund WeChat Pay reports done (``status`` SUCCESS), with a new refund id unless
-    ``refund_id`` is given."""
+    """A refund WeChat Pay reports done (``status`` SUCCESS, or the one given, which picks
+    the event type), with a new refund id unless ``refund_id`` is given."""
     values: dict[str, object] = {"refund_id": new_refund_id(), "status": "SUCCESS", **fields}
     data = RefundEvent(
         out_trade_no=out_trade_no,
@@ -79,7 +88,16 @@ def refund_succeeded(
         amount_total=amount_total,
         **values,
     )
-    return Delivery(make_event(events.REFUND_SUCCEEDED, data, event_id), data)
+    return Delivery(make_event(REFUND_EVENT_TYPES[data.status], data, event_id), data)
+
+
+def refund_abnormal(
+    out_trade_no: str, out_refund_no: str, amount_refund: int, amount_total: int, **fields: object
+) -> Delivery[RefundEvent]:
+    """A refund WeChat Pay reports ABNORMAL (the payer's account cannot take it back)."""
+    return refund_succeeded(
+        out_trade_no, out_refund_no, amount_refund, amount_total, status="ABNORMAL", **fields
+    )
 
 
 def order_paid(

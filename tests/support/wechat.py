@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aiohttp
+
+from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_common.wechatpay.testing import FakeWechatPay
 
 #: The mobile app's appid, a second appid of the merchant: APP orders are placed under it.
@@ -40,6 +43,17 @@ class FakeWechat(FakeWechatPay):
             "WECHATPAY_MERCHANT_PRIVATE_KEY": self.merchant_private_key_pem,
             "WECHATPAY_MERCHANT_SERIAL_NO": self.merchant_serial_no,
         }
+
+    def merchant_client(self, base_url: str, session: aiohttp.ClientSession) -> WechatPayClient:
+        """The merchant's API client to this WeChat Pay at ``base_url`` (a sandbox), verifying
+        its answers with the public key."""
+        return WechatPayClient(
+            base_url=base_url,
+            mchid=self.mchid,
+            signer=self.merchant_signer(),
+            verifier=NotificationVerifier(self.verifier_keys()),
+            session=session,
+        )
 
     def ingress_env(self) -> dict[str, str]:
         return {

@@ -24,12 +24,14 @@ def test_redacts_secret_keys_at_any_depth() -> None:
             "nested": {"Authorization": "WECHATPAY2 ...", "ok": 1, "payer": {"openid": "o"}},
             "items": [{"token": "t"}],
             "text": f"key is {PEM} here",
+            "remedy": {"bank_account": "6222020202020202", "real_name": "张三"},
         },
     )
     assert event["openid"] == REDACTED
     assert event["nested"] == {"Authorization": REDACTED, "ok": 1, "payer": REDACTED}
     assert event["items"] == [{"token": REDACTED}]
     assert "MIIE" not in event["text"]
+    assert event["remedy"] == {"bank_account": REDACTED, "real_name": REDACTED}
 
 
 def test_json_lines_carry_context_and_no_secrets() -> None:

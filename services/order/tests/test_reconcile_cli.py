@@ -13,7 +13,6 @@ from aio_pika.abc import AbstractRobustConnection
 from paylane_common.db import transaction
 from paylane_common.events import parse_event
 from paylane_common.topology import declare_exchange
-from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order.standalone import reconcile
 from services.order.tests.support import order_settings
@@ -54,13 +53,7 @@ async def test_reconcile_once_recovers_paid_and_closes_expired(
     await spy.bind(await declare_exchange(channel), routing_key="payment.succeeded")
 
     async with running_sandbox(sandbox_settings(keys)) as sandbox, aiohttp.ClientSession() as http:
-        wechat = WechatPayClient(
-            base_url=sandbox.base_url,
-            mchid=keys.mchid,
-            signer=keys.merchant_signer(),
-            verifier=NotificationVerifier(keys.verifier_keys()),
-            session=http,
-        )
+        wechat = keys.merchant_client(sandbox.base_url, http)
         for no in (paid_no, expired_no):
             await wechat.place("NATIVE", order_request("native", no))
             await _pending_row(db_pool, no, expired=no == expired_no)

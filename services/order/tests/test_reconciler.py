@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common.db import transaction
 from paylane_common.publisher import Publisher
-from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
+from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import APPID, MCHID, order_request
 from paylane_order.config import MerchantConfig, ReconcilerConfig
 from paylane_order.errors import InvalidRequest
@@ -35,13 +35,7 @@ async def wechat() -> AsyncIterator[tuple[RunningSandbox, WechatPayClient]]:
     async with running_sandbox(sandbox_settings(KEYS)) as sandbox, aiohttp.ClientSession() as http:
         yield (
             sandbox,
-            WechatPayClient(
-                base_url=sandbox.base_url,
-                mchid=KEYS.mchid,
-                signer=KEYS.merchant_signer(),
-                verifier=NotificationVerifier(KEYS.verifier_keys()),
-                session=http,
-            ),
+            KEYS.merchant_client(sandbox.base_url, http),
         )
 
 

@@ -121,12 +121,14 @@ class Harness:
         signer: MerchantSigner | None = None,
         authorization: str | None = None,
         verify: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> Answer:
-        """A merchant call; the answer's WeChat Pay signature is verified unless told not to."""
+        """A merchant call (with ``headers`` added); the answer's WeChat Pay signature is
+        verified unless told not to."""
         data = b"" if body is None else json.dumps(body).encode()
         if authorization is None:
             authorization = (signer or self.signer).authorization(method, path, data)
-        headers = {"Authorization": authorization, "Accept": "application/json"}
+        headers = {**(headers or {}), "Authorization": authorization, "Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
         async with self.client.request(method, path, data=data, headers=headers) as response:

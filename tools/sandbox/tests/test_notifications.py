@@ -220,8 +220,12 @@ async def test_refund_success_is_notified_automatically(sandbox, receiver):
     assert queried.json["status"] == "SUCCESS"
 
 
-async def test_manual_refund_abnormal_goes_to_the_orders_notify_url(start_sandbox, receiver):
-    sandbox = await start_sandbox(sandbox_refund_mode="manual")
+async def test_refund_without_notify_url_goes_to_the_merchant_refund_callback(
+    start_sandbox, receiver
+):
+    sandbox = await start_sandbox(
+        sandbox_refund_mode="manual", sandbox_refund_notify_url=receiver.refund_url()
+    )
     no, _ = await place_and_pay(sandbox, receiver)
     await receiver.next()
     refund = {"out_trade_no": no, "out_refund_no": f"R{no}"}
@@ -231,7 +235,7 @@ async def test_manual_refund_abnormal_goes_to_the_orders_notify_url(start_sandbo
     done = await sandbox.control("POST", f"/sandbox/refunds/R{no}/complete", {"status": "ABNORMAL"})
     assert done.status == 200 and done.json["status"] == "ABNORMAL"
     got = await receiver.next()
-    assert got.path == "/notify/wechatpay"
+    assert got.path == "/notify/refunds"  # not the order's /notify/wechatpay
     assert got.json["event_type"] == "REFUND.ABNORMAL"
     assert got.resource is not None and got.resource["refund_status"] == "ABNORMAL"
     assert "success_time" not in got.resource
@@ -242,3 +246,31 @@ async def test_manual_refund_abnormal_goes_to_the_orders_notify_url(start_sandbo
         "POST", f"/sandbox/refunds/R{no}/complete", {"status": "SUCCESS"}
     )
     assert finished.status == 409 and finished.json["error"] == "REFUND_FINISHED"
+
+
+async def test_refund_own_notify_url_wins_over_the_merchant_refund_callback(
+    start_sandbox, receiver
+):
+    sandbox = await start_sandbox(sandbox_refund_notify_url="http://127.0.0.1:9/nowhere")
+    no, _ = await place_and_pay(sandbox, receiver)
+    await receiver.next()
+    refund = {"out_trade_no": no, "out_refund_no": f"R{no}", "notify_url": receiver.refund_url()}
+    refund["amount"] = {"refund": 990, "total": 990, "currency": "CNY"}
+    assert (await sandbox.api("POST", "/v3/refund/domestic/refunds", refund)).status == 200
+    got = await receiver.next()
+    assert (got.path, got.json["event_type"]) == ("/notify/refunds", "REFUND.SUCCESS")
+
+
+async def test_refund_with_no_callback_anywhere_is_not_sent_to_the_orders_url(
+    start_sandbox, receiver
+):
+    sandbox = await start_sandbox(sandbox_refund_mode="manual")
+    no, _ = await place_and_pay(sandbox, receiver)
+    await receiver.next()
+    refund = {"out_trade_no": no, "out_refund_no": f"R{no}"}
+    refund["amount"] = {"refund": 990, "total": 990, "currency": "CNY"}
+    assert (await sandbox.api("POST", "/v3/refund/domestic/refunds", refund)).status == 200
+    done = await sandbox.control("POST", f"/sandbox/refunds/R{no}/complete", {"status": "SUCCESS"})
+    assert done.status == 200 and done.json["status"] == "SUCCESS"
+    assert await sandbox.notifications(out_refund_no=f"R{no}") == []
+    assert receiver.queue.empty()

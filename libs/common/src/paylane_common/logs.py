@@ -31,6 +31,8 @@ REDACTED_KEYS = frozenset(
         "paysign",
         "openid",
         "payer",
+        "bank_account",
+        "real_name",
         "ciphertext",
         "plaintext",
         "resource",

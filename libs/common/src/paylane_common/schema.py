@@ -221,3 +221,19 @@ ENUMS = [EnumValues(ORDERS, "status", ("needs_review",))]
 
 # What migration 0002 adds (a later migration brings a list of its own).
 ADDITIONS = (COLUMNS, INDEXES, ENUMS)
+
+# What migration 0004_refund_remedies adds: an ABNORMAL refund's remedy (the order
+# service's abnormal.py). When WeChat Pay reported it ABNORMAL, kept once remedied; the
+# last remedy asked for (USER_BANK_CARD | MERCHANT_BANK_CARD), when, and WeChat Pay's
+# answer (the status it moved the refund to, or its error code and message).
+REFUND_REMEDY_COLUMNS = [
+    Column("refunds", "abnormal_at", "DATETIME(6) NULL"),
+    Column("refunds", "remedy", "VARCHAR(32) NULL"),
+    Column("refunds", "remedy_at", "DATETIME(6) NULL"),
+    Column("refunds", "remedy_result", "VARCHAR(255) NULL"),
+]
+REFUND_REMEDIES: tuple[list[Column], list[Index], list[EnumValues]] = (
+    REFUND_REMEDY_COLUMNS,
+    [],
+    [],
+)

@@ -15,6 +15,7 @@ from paylane_common.events import validation_summary
 from paylane_common.prices import dumps
 from paylane_common.tokens import issue_client_token
 
+from .abnormal import AbnormalRefunds, Remedy
 from .auth import Caller, identify, require_backend
 from .client_address import client_ip
 from .config import ORDER_CONFIG
@@ -24,6 +25,7 @@ from .miniprogram import MiniProgramLogin
 from .orders import NewOrder, Orders
 
 ORDERS = web.AppKey("orders", Orders)
+ABNORMAL_REFUNDS = web.AppKey("abnormal_refunds", AbnormalRefunds)
 LOGIN = web.AppKey("miniprogram_login", MiniProgramLogin)
 
 
@@ -64,6 +66,18 @@ class CreateRefund(BaseModel):
     reason: str = Field(min_length=1, max_length=80)
     #: The caller's own refund number (WeChat Pay's alphabet): a retry is the same refund.
     out_refund_no: str | None = Field(default=None, pattern=r"^[0-9A-Za-z_\-|*@]{1,64}$")
+
+
+class ApplyAbnormalRefund(BaseModel):
+    """Where an ABNORMAL refund's money goes instead (WeChat Pay's ``type``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["USER_BANK_CARD", "MERCHANT_BANK_CARD"]
+    bank_type: str | None = Field(default=None, min_length=1, max_length=32)
+    #: Encrypted for WeChat Pay (one RSA-OAEP block), never stored.
+    bank_account: str | None = Field(default=None, min_length=1, max_length=64)
+    real_name: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 #: ``payment_orders.idempotency_key`` is VARCHAR(128).
@@ -261,6 +275,22 @@ async def create_refund(request: web.Request) -> web.Response:
     return _json(result, status=202)
 
 
+async def abnormal_refunds(request: web.Request) -> web.Response:
+    """``GET /refunds/abnormal`` (the backend only): the refunds waiting for a remedy."""
+    require_backend(_caller(request), "listing abnormal refunds")
+    return _json({"refunds": await request.app[ABNORMAL_REFUNDS].list()})
+
+
+async def apply_abnormal_refund(request: web.Request) -> web.Response:
+    """``POST /refunds/{out_refund_no}/apply-abnormal-refund`` (the backend only): send an
+    ABNORMAL refund to a bank card; answers the refund row with the remedy's outcome."""
+    require_backend(_caller(request), "remedying refunds")
+    body: ApplyAbnormalRefund = await _body(request, ApplyAbnormalRefund)
+    remedy = Remedy(body.type, body.bank_type, body.bank_account, body.real_name)
+    refunds = request.app[ABNORMAL_REFUNDS]
+    return _json(await refunds.apply(request.match_info["out_refund_no"], remedy), status=202)
+
+
 async def prices(request: web.Request) -> web.Response:
     """Its own fields, and the seed's ``success``/``data`` (yuan as JSON numbers)."""
     config = request.app[ORDER_CONFIG]
@@ -292,4 +322,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/orders/{out_trade_no}", get_order)
     app.router.add_post("/orders/{out_trade_no}/close", close_order)
     app.router.add_post("/orders/{out_trade_no}/refunds", create_refund)
+    app.router.add_get("/refunds/abnormal", abnormal_refunds)
+    app.router.add_post("/refunds/{out_refund_no}/apply-abnormal-refund", apply_abnormal_refund)
     app.router.add_get("/prices/current", prices)

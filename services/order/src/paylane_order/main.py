@@ -25,6 +25,7 @@ from paylane_common.service import (
 from paylane_common.topology import ORDER_PAYMENTS
 
 from . import OUTBOX_PRODUCER, api
+from .abnormal import AbnormalRefunds
 from .bills import BillReconciler, DailyBills
 from .config import ORDER_CONFIG, OrderConfig
 from .created import OrderCreatedApplier
@@ -95,6 +96,7 @@ def build_app(settings: OrderSettings) -> web.Application:
     config = app[ORDER_CONFIG] = OrderConfig.from_settings(settings)
 
     async def orders_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[api.ABNORMAL_REFUNDS] = AbnormalRefunds(app[DB_POOL], app[WECHATPAY_CLIENT])
         app[api.ORDERS] = Orders(
             app[DB_POOL],
             app[WECHATPAY_CLIENT],

@@ -2,7 +2,8 @@
 
 ``refund.succeeded`` moves ``paid → refunded`` once the successful refunds cover the
 order (or records a partial refund) and emits ``order.refunded``; ``refund.closed`` and
-``refund.abnormal`` are recorded, logged as alerts and shown by ``GET /orders/{no}``.
+``refund.abnormal`` are recorded, logged as alerts and shown by ``GET /orders/{no}``; an
+abnormal one keeps ``abnormal_at`` and waits for its remedy (abnormal.py).
 """
 
 from __future__ import annotations
@@ -59,12 +60,29 @@ class RefundApplier:
         # A refund the reconciler closed because WeChat Pay did not know it may still
         # succeed (a request on its way then): success is WeChat Pay's last word. WeChat Pay
         # itself never turns a CLOSED refund into SUCCESS.
+        # abnormal_at stays once set: the record that the refund needed a remedy
+        # (abnormal.py), whatever became of it. An ABNORMAL from before the remedy was
+        # accepted (the reconciler's, or a notification held up) is stale: the refund is
+        # PROCESSING again at WeChat Pay, and only a newer ABNORMAL says the remedy failed.
+        abnormal_at = datetime.now(UTC).replace(tzinfo=None) if status == "abnormal" else None
+        occurred_at = _naive_utc(envelope.occurred_at)
         await cur.execute(
             "UPDATE refunds SET status = %s, refund_id = COALESCE(%s, refund_id),"
-            " refunded_at = COALESCE(%s, refunded_at)"
+            " refunded_at = COALESCE(%s, refunded_at),"
+            " abnormal_at = COALESCE(abnormal_at, %s)"
             " WHERE out_refund_no = %s AND (status IN ('pending', 'abnormal')"
-            " OR (status = 'closed' AND %s = 'success'))",
-            (status, data.refund_id, refunded_at, data.out_refund_no, status),
+            " OR (status = 'closed' AND %s = 'success'))"
+            " AND NOT (%s = 'abnormal' AND remedy_at IS NOT NULL AND remedy_at > %s)",
+            (
+                status,
+                data.refund_id,
+                refunded_at,
+                abnormal_at,
+                data.out_refund_no,
+                status,
+                status,
+                occurred_at,
+            ),
         )
         if cur.rowcount == 0:
             await cur.execute(
@@ -72,13 +90,16 @@ class RefundApplier:
             )
             existing = await cur.fetchone()
             if existing is not None:
+                if status == "abnormal" and existing["status"] == "pending":
+                    log.info("refund_abnormal_before_its_remedy", out_refund_no=data.out_refund_no)
+                    return "refund_abnormal_stale"
                 return "duplicate"
             # A refund made outside paylane (e.g. the merchant console): record it, in
             # yuan as the shared table has it (the fen columns are generated).
             await cur.execute(
                 "INSERT INTO refunds (id, out_refund_no, out_trade_no, transaction_id,"
-                " refund_id, refund_amount, total_amount, reason, status, refunded_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'external', %s, %s)",
+                " refund_id, refund_amount, total_amount, reason, status, refunded_at,"
+                " abnormal_at) VALUES (%s, %s, %s, %s, %s, %s, %s, 'external', %s, %s, %s)",
                 (
                     new_row_id("refund"),
                     data.out_refund_no,
@@ -89,6 +110,7 @@ class RefundApplier:
                     yuan(data.amount_total),
                     status,
                     refunded_at,
+                    abnormal_at,
                 ),
             )
         await _log(cur, envelope, data, f"refund_{status}")
@@ -98,6 +120,11 @@ class RefundApplier:
                 alert=True,
                 refund_status=data.status,
                 out_refund_no=data.out_refund_no,
+                hint=(
+                    "send it to a bank card: paylane refund abnormal apply"
+                    if status == "abnormal"
+                    else None
+                ),
             )
             return f"refund_{status}"
 
@@ -147,6 +174,11 @@ async def _log(cur: aiomysql.Cursor, envelope: Envelope, data: RefundEvent, kind
             f"{data.out_refund_no} {data.status}",
         ),
     )
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """As the database keeps times (its sessions are in UTC)."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 def _utc(value: str | None) -> datetime:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, Literal
 
 from aiohttp import web
@@ -107,7 +108,14 @@ def order_state(sandbox: Sandbox, order: Order) -> dict[str, Any]:
 
 
 def refund_state(refund: Refund) -> dict[str, Any]:
-    return {**resources.refund(refund), "notify_url": refund.notify_url, "request": refund.request}
+    remedy = refund.abnormal_refund
+    return {
+        **resources.refund(refund),
+        "notify_url": refund.notify_url,
+        "request": refund.request,
+        # As decrypted by the sandbox (test data, never a real payee's).
+        "abnormal_refund": None if remedy is None else asdict(remedy),
+    }
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -239,6 +247,7 @@ async def info(request: web.Request) -> web.Response:
             "certificate_serial": sandbox.signer.certificate_serial,
             "sign_mode": sandbox.switches.current.sign_mode,
             "refund_mode": sandbox.switches.current.refund_mode,
+            "refund_notify_url": sandbox.settings.sandbox_refund_notify_url,
             "time_factor": sandbox.notification_sender.time_factor,
         }
     )

@@ -60,6 +60,16 @@ class Order:
         return self.time_expire is not None and self.time_expire <= now
 
 
+@dataclass(frozen=True)
+class AbnormalRefund:
+    """Where the merchant sent an ABNORMAL refund's money instead (decrypted fields)."""
+
+    type: str  # USER_BANK_CARD | MERCHANT_BANK_CARD
+    bank_type: str | None = None
+    bank_account: str | None = None
+    real_name: str | None = None
+
+
 @dataclass
 class Refund:
     out_refund_no: str
@@ -67,12 +77,13 @@ class Refund:
     out_trade_no: str
     transaction_id: str
     request: dict[str, Any]
-    notify_url: str
+    notify_url: str | None  # the request's own; None: the merchant-level refund callback
     refund: int
     total: int
     created_at: float
     status: str = "PROCESSING"
     success_time: float | None = None
+    abnormal_refund: AbnormalRefund | None = None
 
 
 class Ledger:
@@ -169,7 +180,7 @@ class Ledger:
             out_trade_no=order.out_trade_no,
             transaction_id=body.get("transaction_id") or order.transaction_id,
             request=body,
-            notify_url=body.get("notify_url") or order.notify_url,
+            notify_url=body.get("notify_url") or None,
             refund=amount["refund"],
             total=amount["total"],
             created_at=now,
@@ -196,6 +207,36 @@ class Ledger:
         if refund is None:
             raise ApiError(404, "RESOURCE_NOT_EXISTS", "退款单不存在")
         return refund
+
+    def refund_by_id(self, refund_id: str, out_refund_no: str) -> Refund:
+        """The refund a ``refund_id`` path names; its ``out_refund_no`` must be the body's."""
+        refund = next((r for r in self.refunds.values() if r.refund_id == refund_id), None)
+        if refund is None:
+            raise ApiError(404, "RESOURCE_NOT_EXISTS", "退款单不存在")
+        if refund.out_refund_no != out_refund_no:
+            raise param_error(
+                "/out_refund_no", "与refund_id不属于同一退款单 (not this refund's out_refund_no)"
+            )
+        return refund
+
+    def apply_abnormal_refund(self, refund: Refund, remedy: AbnormalRefund) -> bool:
+        """ABNORMAL → PROCESSING, to be paid out as ``remedy`` says. True when applied now;
+        False for the same remedy again (idempotent); another status is INVALID_REQUEST."""
+        if refund.abnormal_refund is not None and refund.status != "ABNORMAL":
+            if refund.abnormal_refund == remedy:
+                return False
+            raise ApiError(
+                400, "INVALID_REQUEST", "该退款单已发起过异常退款处理 (already applied otherwise)"
+            )
+        if refund.status != "ABNORMAL":
+            raise ApiError(
+                400,
+                "INVALID_REQUEST",
+                f"退款单状态为{refund.status}，仅异常退款单可处理 (the refund is not ABNORMAL)",
+            )
+        refund.abnormal_refund = remedy
+        refund.status = "PROCESSING"
+        return True
 
     # --- control API ----------------------------------------------------------------------
 

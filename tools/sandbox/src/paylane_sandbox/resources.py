@@ -63,15 +63,27 @@ def _refund_amount(refund: Refund) -> dict[str, Any]:
     }
 
 
+def _received(r: Refund) -> tuple[str, str]:
+    """``(channel, user_received_account)``: the original payment method, or the bank
+    account an abnormal refund was sent to instead."""
+    remedy = r.abnormal_refund
+    if remedy is None:
+        return "ORIGINAL", USER_RECEIVED_ACCOUNT
+    if remedy.type == "USER_BANK_CARD":
+        return "OTHER_BANKCARD", f"{remedy.bank_type}{(remedy.bank_account or '')[-4:]}"
+    return "OTHER_BANKCARD", "商户银行账户"
+
+
 def refund(r: Refund) -> dict[str, Any]:
     """The refund as ``POST|GET /v3/refund/domestic/refunds`` answer it."""
+    channel, account = _received(r)
     result: dict[str, Any] = {
         "refund_id": r.refund_id,
         "out_refund_no": r.out_refund_no,
         "transaction_id": r.transaction_id,
         "out_trade_no": r.out_trade_no,
-        "channel": "ORIGINAL",
-        "user_received_account": USER_RECEIVED_ACCOUNT,
+        "channel": channel,
+        "user_received_account": account,
         "create_time": rfc3339(r.created_at),
         "status": r.status,
         "funds_account": "AVAILABLE",
@@ -95,4 +107,5 @@ def refund_notification(r: Refund, mchid: str) -> dict[str, Any]:
         refund_id=r.refund_id,
         refund_status=r.status,
         success_time=None if r.success_time is None else rfc3339(r.success_time),
+        user_received_account=_received(r)[1],
     )

@@ -12,19 +12,21 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from paylane_common.settings import secret_value
-from paylane_common.wechatpay import load_private_key
+from paylane_common.wechatpay import DecryptionError, decrypt_field, load_private_key
 from paylane_common.wechatpay.testing import SUMMARIES, new_private_key
 
 from . import resources
 from .auth import MerchantAuthenticator, merchant_key
 from .background import Background
+from .errors import ApiError, param_error
 from .faults import FaultInjector
-from .ledger import Ledger, Order, Refund
+from .ledger import AbnormalRefund, Ledger, Order, Refund
 from .miniprogram import LoginCodes
 from .notifications import Notification, NotificationSender
 from .settings import SandboxSettings
 from .signer import PlatformSigner, platform_certificate
 from .switches import SwitchBoard
+from .validation import ENCRYPTED_ABNORMAL_REFUND_FIELDS
 
 log = structlog.get_logger(__name__)
 
@@ -119,12 +121,54 @@ class Sandbox:
 
     def create_refund(self, body: dict[str, Any]) -> Refund:
         refund, created = self.ledger.create_refund(body, self.clock())
-        if created and self.switches.current.refund_mode == "auto":
+        if created:
+            self._complete_later(refund)
+        return refund
+
+    def _complete_later(self, refund: Refund) -> None:
+        """In ``auto`` refund mode, PROCESSING becomes SUCCESS (and is notified) after the
+        refund delay; in ``manual`` mode it waits for the control API."""
+        if self.switches.current.refund_mode == "auto":
             delay = self.settings.sandbox_refund_delay_s * self.settings.sandbox_time_factor
             self._timers.spawn(
                 self._auto_complete(refund.out_refund_no, delay), f"refund {refund.refund_id}"
             )
+
+    def apply_abnormal_refund(
+        self, refund_id: str, body: dict[str, Any], wechatpay_serial: str | None
+    ) -> Refund:
+        """An ABNORMAL refund sent to a bank card: the encrypted fields must be under the
+        platform key the ``Wechatpay-Serial`` header names, and decrypt; the refund is then
+        PROCESSING again and completes like a new one."""
+        refund = self.ledger.refund_by_id(refund_id, body["out_refund_no"])
+        fields: dict[str, str | None] = {name: None for name in ENCRYPTED_ABNORMAL_REFUND_FIELDS}
+        if body["type"] == "USER_BANK_CARD":
+            self._check_encryption_serial(wechatpay_serial)
+            for name in fields:
+                try:
+                    fields[name] = decrypt_field(self.signer.private_key, body[name])
+                except DecryptionError:
+                    raise param_error(
+                        f"/{name}", "解密失败，请使用微信支付公钥或平台证书加密 (does not decrypt)"
+                    ) from None
+        remedy = AbnormalRefund(body["type"], body.get("bank_type"), **fields)
+        if self.ledger.apply_abnormal_refund(refund, remedy):
+            log.info(
+                "abnormal_refund_applied", out_refund_no=refund.out_refund_no, type=remedy.type
+            )
+            self._complete_later(refund)
         return refund
+
+    def _check_encryption_serial(self, serial: str | None) -> None:
+        if not serial:
+            raise ApiError(
+                400, "PARAM_ERROR", "请求头缺少Wechatpay-Serial (the encrypted fields' key)"
+            )
+        known = {self.signer.public_key_id, self.signer.certificate_serial.lstrip("0")}
+        if serial.strip().upper().lstrip("0") not in {k.upper() for k in known}:
+            raise ApiError(
+                400, "PARAM_ERROR", "Wechatpay-Serial 不是微信支付公钥ID或有效的平台证书序列号"
+            )
 
     async def _auto_complete(self, out_refund_no: str, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
@@ -134,13 +178,29 @@ class Sandbox:
 
     def complete_refund(self, out_refund_no: str, status: str) -> Refund:
         refund = self.ledger.complete_refund(out_refund_no, status, self.clock())
-        self.notification_sender.submit(
-            f"REFUND.{status}",
+        self.notify_refund(refund)
+        return refund
+
+    def refund_notify_url(self, refund: Refund) -> str | None:
+        """Where WeChat Pay sends a refund's notifications: the refund request's own
+        ``notify_url``, else the merchant-level refund callback; never the order's."""
+        return refund.notify_url or self.settings.sandbox_refund_notify_url
+
+    def notify_refund(self, refund: Refund) -> Notification | None:
+        url = self.refund_notify_url(refund)
+        if url is None:
+            log.warning(
+                "refund_not_notified",
+                out_refund_no=refund.out_refund_no,
+                hint="the refund named no notify_url and SANDBOX_REFUND_NOTIFY_URL is unset",
+            )
+            return None
+        return self.notification_sender.submit(
+            f"REFUND.{refund.status}",
             "refund",
-            SUMMARIES[f"REFUND.{status}"],
+            SUMMARIES[f"REFUND.{refund.status}"],
             resources.refund_notification(refund, self.mchid),
-            refund.notify_url,
+            url,
             out_trade_no=refund.out_trade_no,
             out_refund_no=refund.out_refund_no,
         )
-        return refund

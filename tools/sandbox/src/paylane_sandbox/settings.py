@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
@@ -28,6 +29,17 @@ def _certificate_serial(value: str) -> str:
 
 #: An X.509 serial number in hex, as WeChat Pay spells it (upper case).
 CertificateSerial = Annotated[str, AfterValidator(_certificate_serial)]
+
+
+def _callback_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ValueError("must be an http(s) URL without a query string")
+    return value
+
+
+#: A notification URL as WeChat Pay accepts one (``http://`` allowed for local tests).
+CallbackUrl = Annotated[str, AfterValidator(_callback_url)]
 
 SignMode = Literal["public_key", "certificate", "mixed"]
 RefundMode = Literal["auto", "manual"]
@@ -58,6 +70,9 @@ class SandboxSettings(BaseServiceSettings):
     sandbox_time_factor: float = Field(1.0, ge=0)
     sandbox_refund_mode: RefundMode = "auto"
     sandbox_refund_delay_s: float = Field(1.0, ge=0)
+    #: The merchant-level refund callback (WeChat Pay's merchant console setting): where a
+    #: refund's notifications go when its request named no ``notify_url``.
+    sandbox_refund_notify_url: NoneIfBlank[CallbackUrl] = None
     sandbox_notify_timeout_s: float = Field(5.0, gt=0)
     sandbox_max_skew_s: int = Field(300, ge=0)
     #: The mini-program AppSecret jscode2session expects (any secret when unset).

@@ -159,3 +159,24 @@ def check_refund(body: dict[str, Any]) -> None:
     _positive_int(amount, "refund", "/amount/refund")
     _positive_int(amount, "total", "/amount/total")
     _currency(amount, "/amount/currency", required=True)
+
+
+ABNORMAL_REFUND_TYPES = ("USER_BANK_CARD", "MERCHANT_BANK_CARD")
+#: The fields WeChat Pay wants RSA-OAEP-encrypted under its key (``bank_type`` is not).
+ENCRYPTED_ABNORMAL_REFUND_FIELDS = ("bank_account", "real_name")
+
+
+def check_abnormal_refund(body: dict[str, Any]) -> None:
+    """The body of ``apply-abnormal-refund``; the bank fields only for USER_BANK_CARD."""
+    out_refund_no = _string(body, "out_refund_no", "/out_refund_no")
+    if out_refund_no is None or not OUT_REFUND_NO.fullmatch(out_refund_no):
+        raise param_error(
+            "/out_refund_no", "应为1-64位数字、大小写字母或_-|*@", value=out_refund_no
+        )
+    kind = _string(body, "type", "/type")
+    if kind not in ABNORMAL_REFUND_TYPES:
+        raise param_error("/type", "应为USER_BANK_CARD或MERCHANT_BANK_CARD", value=kind)
+    if kind == "USER_BANK_CARD":
+        _string(body, "bank_type", "/bank_type", max_len=32)
+        for name in ENCRYPTED_ABNORMAL_REFUND_FIELDS:
+            _string(body, name, f"/{name}", max_len=1024)

@@ -14,7 +14,12 @@ from .app_keys import SANDBOX
 from .errors import ApiError, json_response, param_error
 from .metrics import API_REQUESTS
 from .timefmt import BEIJING
-from .validation import check_place_order, check_refund, parse_json_object
+from .validation import (
+    check_abnormal_refund,
+    check_place_order,
+    check_refund,
+    parse_json_object,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -107,6 +112,16 @@ async def query_refund(request: web.Request) -> web.Response:
     return json_response(resources.refund(refund))
 
 
+async def apply_abnormal_refund(request: web.Request) -> web.Response:
+    sandbox = request.app[SANDBOX]
+    body = parse_json_object(await request.read())
+    check_abnormal_refund(body)
+    refund = sandbox.apply_abnormal_refund(
+        request.match_info["refund_id"], body, request.headers.get("Wechatpay-Serial")
+    )
+    return json_response(resources.refund(refund))
+
+
 async def certificates(request: web.Request) -> web.Response:
     sandbox = request.app[SANDBOX]
     return json_response(sandbox.signer.certificates_listing(sandbox.apiv3_key))
@@ -185,6 +200,9 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", close_order)
     router.add_post("/v3/refund/domestic/refunds", create_refund)
     router.add_get("/v3/refund/domestic/refunds/{out_refund_no}", query_refund)
+    router.add_post(
+        "/v3/refund/domestic/refunds/{refund_id}/apply-abnormal-refund", apply_abnormal_refund
+    )
     router.add_get("/v3/certificates", certificates)
     router.add_get("/v3/bill/tradebill", trade_bill)
     router.add_get("/v3/bill/fundflowbill", fund_flow_bill)

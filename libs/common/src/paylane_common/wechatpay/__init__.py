@@ -12,7 +12,12 @@ from .bills import (
     parse_trade_bill,
 )
 from .certificates import CertificateRefresher
-from .client import PlatformCertificate, WechatPayClient
+from .client import (
+    ABNORMAL_REFUND_TYPES,
+    AbnormalRefundType,
+    PlatformCertificate,
+    WechatPayClient,
+)
 from .exceptions import (
     DecryptionError,
     VerificationError,
@@ -36,6 +41,7 @@ from .notification import (
     parse_notification,
     signed_headers,
 )
+from .privacy import decrypt_field, encrypt_field
 from .signature import (
     SIGNATURE_TYPE,
     SIGNTEST_PREFIX,
@@ -47,9 +53,11 @@ from .signature import (
 )
 
 __all__ = [
+    "ABNORMAL_REFUND_TYPES",
     "ALGORITHM",
     "SIGNATURE_TYPE",
     "SIGNTEST_PREFIX",
+    "AbnormalRefundType",
     "BillFile",
     "BillFormatError",
     "CertificateInfo",
@@ -72,8 +80,10 @@ __all__ = [
     "build_message",
     "build_notification",
     "certificate_serial",
+    "decrypt_field",
     "decrypt_notification",
     "decrypt_resource",
+    "encrypt_field",
     "encrypt_resource",
     "load_certificate",
     "load_private_key",

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -38,11 +39,16 @@ from .bills import (
 from .exceptions import VerificationError, WechatPayApiError, WechatPayError, WechatPayUnavailable
 from .keys import VerifierKeys, read_certificate
 from .merchant import MerchantSigner
+from .privacy import encrypt_field
 from .signature import NotificationHeaders, NotificationVerifier
 
 log = structlog.get_logger(__name__)
 
 TRADE_TYPES = {"JSAPI": "jsapi", "NATIVE": "native", "H5": "h5", "APP": "app"}
+
+#: Where an ABNORMAL refund's money goes instead: the payer's bank card, or the merchant's.
+AbnormalRefundType = Literal["USER_BANK_CARD", "MERCHANT_BANK_CARD"]
+ABNORMAL_REFUND_TYPES: tuple[AbnormalRefundType, ...] = ("USER_BANK_CARD", "MERCHANT_BANK_CARD")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,39 @@ class WechatPayClient:
         return await self._json(
             "GET", f"/v3/refund/domestic/refunds/{quote(out_refund_no, safe='')}"
         )
+
+    async def apply_abnormal_refund(
+        self,
+        refund_id: str,
+        out_refund_no: str,
+        remedy: AbnormalRefundType,
+        *,
+        bank_type: str | None = None,
+        bank_account: str | None = None,
+        real_name: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v3/refund/domestic/refunds/{refund_id}/apply-abnormal-refund``: send an
+        ABNORMAL refund to a bank card instead; answers the refund (``PROCESSING``).
+        ``remedy`` is WeChat Pay's ``type``.
+
+        ``USER_BANK_CARD`` needs the payer's ``bank_type`` (WeChat Pay's bank code, sent as
+        it is), ``bank_account`` and ``real_name``; those two go RSA-OAEP-encrypted under
+        WeChat Pay's key, whose id or serial the request names in ``Wechatpay-Serial``.
+        ``MERCHANT_BANK_CARD`` (the merchant's own account) needs none of them."""
+        if remedy not in ABNORMAL_REFUND_TYPES:
+            raise ValueError(f"remedy must be one of {ABNORMAL_REFUND_TYPES}")
+        payload: dict[str, Any] = {"out_refund_no": out_refund_no, "type": remedy}
+        headers: dict[str, str] = {}
+        if remedy == "USER_BANK_CARD":
+            if not (bank_type and bank_account and real_name):
+                raise ValueError("USER_BANK_CARD needs bank_type, bank_account and real_name")
+            serial, key = self._verifier.keys.encryption_key(at=time.time())
+            payload["bank_type"] = bank_type
+            payload["bank_account"] = encrypt_field(key, bank_account)
+            payload["real_name"] = encrypt_field(key, real_name)
+            headers["Wechatpay-Serial"] = serial
+        path = f"/v3/refund/domestic/refunds/{quote(refund_id, safe='')}/apply-abnormal-refund"
+        return _json_body(await self._call("POST", path, payload, headers))
 
     async def download_certificates(self, apiv3_key: str | bytes) -> list[PlatformCertificate]:
         """``GET /v3/certificates``, each certificate decrypted with the APIv3 key.
@@ -186,7 +225,15 @@ class WechatPayClient:
     async def _json(self, method: str, path: str, payload: Any = None) -> dict[str, Any]:
         return _json_body(await self._call(method, path, payload))
 
-    async def _call(self, method: str, path: str, payload: Any, *, verify: bool = True) -> bytes:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        payload: Any,
+        headers: Mapping[str, str] | None = None,
+        *,
+        verify: bool = True,
+    ) -> bytes:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts) | stop_before_delay(self._max_elapsed_s),
             wait=wait_exponential_jitter(
@@ -200,28 +247,38 @@ class WechatPayClient:
                 number = attempt.retry_state.attempt_number
                 if number > 1:
                     log.info("wechatpay_retry", method=method, path=path, attempt=number)
-                body, _headers = await self._send(method, path, payload, verify=verify)
+                body, _headers = await self._send(
+                    method, path, payload, verify=verify, headers=headers
+                )
         return body
 
     async def _send(
-        self, method: str, path: str, payload: Any, *, verify: bool
+        self,
+        method: str,
+        path: str,
+        payload: Any,
+        *,
+        verify: bool,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[bytes, dict[str, str]]:
-        """One signed request; returns the raw body and headers of a 2xx answer."""
+        """One signed request (with ``headers`` added); returns the raw body and headers of
+        a 2xx answer."""
         body = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
-        headers = {
+        sent = {
             "Authorization": self._signer.authorization(method, path, body),
             "Accept": "application/json",
             "User-Agent": "paylane/0.1 (+wechatpay-apiv3)",
+            **(headers or {}),
         }
         if payload is not None:
-            headers["Content-Type"] = "application/json"
+            sent["Content-Type"] = "application/json"
         try:
             async with self._session.request(
                 method,
                 # Sent exactly as signed: aiohttp must not re-encode the path (e.g. %2A → *).
                 URL(self.base_url + path, encoded=True),
                 data=body if payload is not None else None,
-                headers=headers,
+                headers=sent,
                 timeout=self._timeout,
             ) as response:
                 raw = await response.read()

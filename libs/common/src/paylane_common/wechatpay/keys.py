@@ -173,6 +173,21 @@ class VerifierKeys:
             cert.serial, cert.public_key, not_before=cert.not_before, not_after=cert.not_after
         )
 
+    def encryption_key(self, at: float) -> tuple[str, RSAPublicKey]:
+        """``(serial, key)`` that sensitive request fields are encrypted with, the serial
+        going into ``Wechatpay-Serial``: the WeChat Pay public key when configured, else
+        the platform certificate valid at ``at`` that expires last (as the official SDKs
+        choose)."""
+        if self._public_key_id is not None and self._public_key is not None:
+            return self._public_key_id, self._public_key
+        valid = [e for e in self._certs.values() if e.not_before <= at <= e.not_after]
+        if not valid:
+            raise WechatPayError(
+                "no WeChat Pay key to encrypt with: no public key and no valid platform certificate"
+            )
+        newest = max(valid, key=lambda e: e.not_after)
+        return newest.serial, newest.key
+
     def serials(self) -> list[str]:
         """Known serials: the public key id first, then certificate serials."""
         head = [self._public_key_id] if self._public_key_id is not None else []

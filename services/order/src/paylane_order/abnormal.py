@@ -1,0 +1,164 @@
+"""The remedy of an ABNORMAL refund: WeChat Pay could not pay it back to where the payer
+paid from (a closed card, a frozen account), so the money is sent to a bank card instead,
+the payer's or the merchant's (``apply-abnormal-refund``).
+
+The refund row keeps when it went ABNORMAL (``abnormal_at``, also once remedied) and the
+last remedy asked for and WeChat Pay's answer (``remedy``, ``remedy_at``,
+``remedy_result``). Accepted, the row is ``pending`` again, as the refund is PROCESSING at
+WeChat Pay: its ``REFUND.SUCCESS`` (or the reconciler's query) settles it like any other.
+The payee's bank account and name are sent encrypted and never stored or logged.
+
+Used by the order API (``POST /refunds/{out_refund_no}/apply-abnormal-refund``) and by
+``paylane refund abnormal``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomysql
+import structlog
+
+from paylane_common.db import transaction
+from paylane_common.ids import new_row_id
+from paylane_common.wechatpay import (
+    AbnormalRefundType,
+    WechatPayApiError,
+    WechatPayClient,
+    WechatPayError,
+    WechatPayUnavailable,
+)
+
+from .errors import Conflict, InvalidRequest, NotFound, UpstreamRejected, UpstreamUnavailable
+
+log = structlog.get_logger(__name__)
+
+#: What the API, the CLI and the row show of a refund and its remedy.
+COLUMNS = (
+    "out_refund_no, out_trade_no, refund_id, amount_refund, status, reason, created_at,"
+    " abnormal_at, remedy, remedy_at, remedy_result"
+)
+#: ``refunds.remedy_result`` is VARCHAR(255).
+RESULT_MAX = 255
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """Where the money goes instead. ``USER_BANK_CARD`` needs all three bank fields
+    (``bank_type`` is WeChat Pay's bank code, e.g. ``ICBC_DEBIT``); ``MERCHANT_BANK_CARD``
+    none. The account and the name stay out of ``repr`` (tracebacks, logs)."""
+
+    type: AbnormalRefundType
+    bank_type: str | None = None
+    bank_account: str | None = field(default=None, repr=False)
+    real_name: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        bank = (self.bank_type, self.bank_account, self.real_name)
+        if self.type == "USER_BANK_CARD" and not all(bank):
+            raise InvalidRequest(
+                "USER_BANK_CARD needs bank_type, bank_account and real_name", "invalid_remedy"
+            )
+        if self.type == "MERCHANT_BANK_CARD" and any(bank):
+            raise InvalidRequest(
+                "MERCHANT_BANK_CARD takes no bank fields: the merchant's account is known",
+                "invalid_remedy",
+            )
+
+
+class AbnormalRefunds:
+    def __init__(self, pool: aiomysql.Pool, client: WechatPayClient) -> None:
+        self._pool = pool
+        self._client = client
+
+    async def list(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The refunds waiting for a remedy, oldest first."""
+        # In a transaction of its own, as every read: the pool's connections run with
+        # autocommit off, and a bare read would keep an old snapshot on its connection.
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                f"SELECT {COLUMNS} FROM refunds WHERE status = 'abnormal'"
+                " ORDER BY created_at, id LIMIT %s",
+                (limit,),
+            )
+            return list(await cur.fetchall())
+
+    async def get(self, out_refund_no: str) -> dict[str, Any]:
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                f"SELECT {COLUMNS} FROM refunds WHERE out_refund_no = %s", (out_refund_no,)
+            )
+            row: dict[str, Any] | None = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"refund {out_refund_no} not found", "unknown_refund")
+        return row
+
+    async def apply(self, out_refund_no: str, remedy: Remedy) -> dict[str, Any]:
+        """Ask WeChat Pay to pay an ABNORMAL refund out as ``remedy`` says; the row records
+        the answer either way. A refund no longer ABNORMAL here is a 409 (it was remedied
+        already, or WeChat Pay settled it meanwhile)."""
+        refund = await self.get(out_refund_no)
+        if refund["status"] != "abnormal":
+            raise Conflict(
+                f"refund {out_refund_no} is {refund['status']}, not abnormal",
+                "refund_not_abnormal",
+            )
+        structlog.contextvars.bind_contextvars(
+            out_refund_no=out_refund_no, out_trade_no=refund["out_trade_no"]
+        )
+        try:
+            refund_id = refund["refund_id"] or await self._refund_id(out_refund_no)
+            answer = await self._client.apply_abnormal_refund(
+                refund_id,
+                out_refund_no,
+                remedy.type,
+                bank_type=remedy.bank_type,
+                bank_account=remedy.bank_account,
+                real_name=remedy.real_name,
+            )
+        except WechatPayApiError as exc:
+            result = f"{exc.code}: {exc.message}"
+            await self._record(refund, remedy, result, accepted=False)
+            if exc.retryable:
+                raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
+            raise UpstreamRejected(f"WeChat Pay refused the remedy: {result}") from None
+        except (WechatPayUnavailable, WechatPayError) as exc:
+            # Unknown whether it got there: the refund stays abnormal here, and applying
+            # the same remedy again is safe (WeChat Pay answers the refund as it is).
+            await self._record(refund, remedy, f"UNKNOWN: {exc}", accepted=False)
+            raise UpstreamUnavailable(str(exc)) from None
+        await self._record(refund, remedy, str(answer.get("status") or "PROCESSING"), True)
+        log.info("abnormal_refund_remedied", remedy=remedy.type, status=answer.get("status"))
+        return await self.get(out_refund_no)
+
+    async def _refund_id(self, out_refund_no: str) -> str:
+        """WeChat Pay's id of a refund whose row never learnt it."""
+        refund_id = (await self._client.query_refund(out_refund_no)).get("refund_id")
+        if not refund_id:
+            raise UpstreamRejected(f"WeChat Pay does not name refund {out_refund_no}'s id")
+        return str(refund_id)
+
+    async def _record(
+        self, refund: dict[str, Any], remedy: Remedy, result: str, accepted: bool
+    ) -> None:
+        # A REFUND.SUCCESS may already have been applied (it can beat this answer): the
+        # status goes back to pending only from abnormal.
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE refunds SET remedy = %s, remedy_at = NOW(6), remedy_result = %s,"
+                " status = IF(%s AND status = 'abnormal', 'pending', status)"
+                " WHERE out_refund_no = %s",
+                (remedy.type, result[:RESULT_MAX], accepted, refund["out_refund_no"]),
+            )
+            await cur.execute(
+                "INSERT INTO payment_logs (id, out_trade_no, out_refund_no, type, amount_total,"
+                " detail) VALUES (%s, %s, %s, 'refund_remedy', %s, %s)",
+                (
+                    new_row_id("log"),
+                    refund["out_trade_no"],
+                    refund["out_refund_no"],
+                    refund["amount_refund"],
+                    f"{refund['out_refund_no']} {remedy.type}: {result}"[:RESULT_MAX],
+                ),
+            )

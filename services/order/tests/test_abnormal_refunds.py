@@ -1,0 +1,163 @@
+"""An ABNORMAL refund and its remedy on the real database, against the in-process sandbox
+(which decrypts the bank fields with its platform key)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import aiomysql
+import pytest
+
+from paylane_common.wechatpay import WechatPayClient
+from paylane_common.wechatpay.testing import order_request
+from paylane_order.abnormal import AbnormalRefunds, Remedy
+from paylane_order.errors import Conflict, InvalidRequest, NotFound, UpstreamRejected
+from paylane_order.money import yuan
+from paylane_order.refunds import RefundApplier
+from services.order.tests.support import basic_order
+from tests.support.events import refund_abnormal, refund_succeeded
+from tests.support.queries import fetch_one
+from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
+from tests.support.seeding import add_refund
+from tests.support.wechat import FakeWechat
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "6214830000000000"
+NAME = "张三"
+TO_CARD = Remedy("USER_BANK_CARD", "ICBC_DEBIT", ACCOUNT, NAME)
+
+
+@dataclass
+class World:
+    sandbox: RunningSandbox
+    client: WechatPayClient
+    refunds: AbnormalRefunds
+    pool: aiomysql.Pool
+
+    async def abnormal_refund(self, *, at_wechat: str = "ABNORMAL") -> dict[str, Any]:
+        """A paid order at WeChat Pay (the sandbox) and here, its refund at both, the
+        refund reported ``at_wechat`` and, here, recorded ABNORMAL through the consumer."""
+        out_trade_no, _ = await basic_order(self.pool, amount=990, status="paid")
+        body = order_request("native", out_trade_no=out_trade_no)
+        await self.client.place("NATIVE", body)
+        await self.sandbox.ok("POST", f"/sandbox/orders/{out_trade_no}/pay", {"notify": False})
+        out_refund_no = await add_refund(self.pool, out_trade_no, yuan(990), reason="x")
+        amount = {"refund": 990, "total": 990, "currency": "CNY"}
+        refund = await self.client.create_refund(
+            {"out_trade_no": out_trade_no, "out_refund_no": out_refund_no, "amount": amount}
+        )
+        if at_wechat != "PROCESSING":
+            await self.sandbox.ok(
+                "POST", f"/sandbox/refunds/{out_refund_no}/complete", {"status": at_wechat}
+            )
+        reported = refund_abnormal(
+            out_trade_no, out_refund_no, 990, 990, refund_id=refund["refund_id"]
+        )
+        assert await RefundApplier(self.pool)(*reported) == "refund_abnormal"
+        return await self.refunds.get(out_refund_no)
+
+
+@pytest.fixture
+async def world(db_pool: aiomysql.Pool) -> AsyncIterator[World]:
+    keys = FakeWechat()
+    async with (
+        running_sandbox(sandbox_settings(keys)) as sandbox,
+        aiohttp.ClientSession() as http,
+    ):
+        client = keys.merchant_client(sandbox.base_url, http)
+        yield World(sandbox, client, AbnormalRefunds(db_pool, client), db_pool)
+
+
+async def test_abnormal_is_recorded_and_kept_once_the_refund_succeeds(world: World) -> None:
+    refund = await world.abnormal_refund()
+    assert refund["status"] == "abnormal" and refund["abnormal_at"] is not None
+    assert refund["remedy"] is None
+    assert refund["out_refund_no"] in [r["out_refund_no"] for r in await world.refunds.list()]
+
+    succeeded = refund_succeeded(
+        refund["out_trade_no"], refund["out_refund_no"], 990, 990, refund_id=refund["refund_id"]
+    )
+    assert await RefundApplier(world.pool)(*succeeded) == "refunded"
+    after = await world.refunds.get(refund["out_refund_no"])
+    assert (after["status"], after["abnormal_at"]) == ("success", refund["abnormal_at"])
+
+
+async def test_to_a_card_the_row_records_the_outcome_and_no_bank_data(world: World) -> None:
+    refund = await world.abnormal_refund()
+    no = refund["out_refund_no"]
+    row = await world.refunds.apply(no, TO_CARD)
+    assert (row["status"], row["remedy"], row["remedy_result"]) == (
+        "pending",
+        "USER_BANK_CARD",
+        "PROCESSING",
+    )
+    assert row["remedy_at"] is not None and row["abnormal_at"] == refund["abnormal_at"]
+    assert no not in [r["out_refund_no"] for r in await world.refunds.list()]
+    at_wechat = await world.sandbox.ok("GET", f"/sandbox/refunds/{no}")
+    assert (at_wechat["status"], at_wechat["abnormal_refund"]["bank_account"]) == (
+        "PROCESSING",
+        ACCOUNT,
+    )
+    assert at_wechat["abnormal_refund"]["real_name"] == NAME
+    logged = await fetch_one(
+        world.pool,
+        "SELECT detail FROM payment_logs WHERE out_refund_no = %s AND type = 'refund_remedy'",
+        no,
+    )
+    assert logged["detail"] == f"{no} USER_BANK_CARD: PROCESSING"
+    stored = await fetch_one(world.pool, "SELECT * FROM refunds WHERE out_refund_no = %s", no)
+    assert not any(ACCOUNT in str(v) or NAME in str(v) for v in stored.values())
+
+    with pytest.raises(Conflict, match="is pending, not abnormal"):
+        await world.refunds.apply(no, TO_CARD)
+    # WeChat Pay pays it out: REFUND.SUCCESS settles the row as any refund.
+    await world.sandbox.ok("POST", f"/sandbox/refunds/{no}/complete", {"status": "SUCCESS"})
+    succeeded = refund_succeeded(refund["out_trade_no"], no, 990, 990, refund_id=row["refund_id"])
+    assert await RefundApplier(world.pool)(*succeeded) == "refunded"
+    assert (await world.refunds.get(no))["status"] == "success"
+
+
+async def test_to_the_merchants_account(world: World) -> None:
+    refund = await world.abnormal_refund()
+    row = await world.refunds.apply(refund["out_refund_no"], Remedy("MERCHANT_BANK_CARD"))
+    assert (row["status"], row["remedy"]) == ("pending", "MERCHANT_BANK_CARD")
+
+
+async def test_refused_by_wechatpay_is_recorded_and_stays_abnormal(world: World) -> None:
+    # WeChat Pay still has it PROCESSING: the remedy is refused.
+    refund = await world.abnormal_refund(at_wechat="PROCESSING")
+    with pytest.raises(UpstreamRejected, match="INVALID_REQUEST"):
+        await world.refunds.apply(refund["out_refund_no"], TO_CARD)
+    row = await world.refunds.get(refund["out_refund_no"])
+    assert (row["status"], row["remedy"]) == ("abnormal", "USER_BANK_CARD")
+    assert row["remedy_result"].startswith("INVALID_REQUEST: ")
+
+
+async def test_unknown_refund_and_bad_remedies(world: World) -> None:
+    with pytest.raises(NotFound):
+        await world.refunds.apply("R-NOT-HERE", TO_CARD)
+    with pytest.raises(InvalidRequest, match="needs bank_type"):
+        Remedy("USER_BANK_CARD", "ICBC_DEBIT", ACCOUNT)
+    with pytest.raises(InvalidRequest, match="takes no bank fields"):
+        Remedy("MERCHANT_BANK_CARD", bank_account=ACCOUNT)
+    assert ACCOUNT not in repr(TO_CARD) and NAME not in repr(TO_CARD)
+
+
+async def test_an_abnormal_from_before_the_remedy_does_not_undo_it(world: World) -> None:
+    refund = await world.abnormal_refund()
+    no, out_trade_no = refund["out_refund_no"], refund["out_trade_no"]
+    # The reconciler saw it ABNORMAL just before the remedy; its event is consumed after.
+    stale = refund_abnormal(out_trade_no, no, 990, 990, refund_id=refund["refund_id"])
+    await world.refunds.apply(no, TO_CARD)
+    assert await RefundApplier(world.pool)(*stale) == "refund_abnormal_stale"
+    assert (await world.refunds.get(no))["status"] == "pending"
+
+    # The card refused it too: WeChat Pay reports it ABNORMAL again, after the remedy.
+    again = refund_abnormal(out_trade_no, no, 990, 990, refund_id=refund["refund_id"])
+    assert await RefundApplier(world.pool)(*again) == "refund_abnormal"
+    row = await world.refunds.get(no)
+    assert (row["status"], row["abnormal_at"]) == ("abnormal", refund["abnormal_at"])
