@@ -129,10 +129,11 @@ class NotificationVerifier:
         if not _TIMESTAMP_RE.fullmatch(headers.timestamp):
             raise VerificationError("bad_timestamp", f"{HEADER_TIMESTAMP} is not an integer")
         skew = self._clock() - int(headers.timestamp)
-        if abs(skew) > self.max_skew_s:
+        # As wechatpay-go and wechatpay-java: a skew of exactly the limit is already stale.
+        if abs(skew) >= self.max_skew_s:
             raise VerificationError(
                 "stale_timestamp",
-                f"{HEADER_TIMESTAMP} is {skew:+.0f}s off, more than {self.max_skew_s}s",
+                f"{HEADER_TIMESTAMP} is {skew:+.0f}s off, {self.max_skew_s}s or more",
             )
         if headers.signature.startswith(SIGNTEST_PREFIX):
             raise VerificationError("signtest_probe", "WeChat Pay signature probe (SIGNTEST)")
