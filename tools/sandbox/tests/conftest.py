@@ -121,6 +121,7 @@ class Harness:
         signer: MerchantSigner | None = None,
         authorization: str | None = None,
         verify: bool = True,
+        serial: str | None = None,
     ) -> Answer:
         """A merchant call; the answer's WeChat Pay signature is verified unless told not to."""
         data = b"" if body is None else json.dumps(body).encode()
@@ -129,6 +130,8 @@ class Harness:
         headers = {"Authorization": authorization, "Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
+        if serial is not None:  # the key the merchant asks WeChat to sign the answer with
+            headers["Wechatpay-Serial"] = serial
         async with self.client.request(method, path, data=data, headers=headers) as response:
             answer = Answer(response.status, response.headers, await response.read())
         if verify:

@@ -5,6 +5,7 @@ from .certificates import CertificateRefresher
 from .client import PlatformCertificate, WechatPayClient
 from .exceptions import (
     DecryptionError,
+    ResponseVerificationError,
     VerificationError,
     WechatPayApiError,
     WechatPayError,
@@ -47,6 +48,7 @@ __all__ = [
     "NotificationHeaders",
     "NotificationVerifier",
     "PlatformCertificate",
+    "ResponseVerificationError",
     "VerificationError",
     "VerifierKeys",
     "WechatPayApiError",
