@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from wechatpayv3.core import Core
+from wechatpayv3.utils import rsa_sign
 
 from paylane_common.wechatpay import (
     CertificateRefresher,
@@ -104,18 +105,22 @@ def calls() -> Calls:
 async def make_client(
     keys: FakeWechat, calls: Calls
 ) -> AsyncIterator[Callable[..., WechatPayClient]]:
-    """``make_client(base_url, verifier_keys=public key only, **options)``: tiny backoff."""
+    """``make_client(base_url, verifier_keys=public key only, verifier=None, **options)``:
+    tiny backoff."""
     async with aiohttp.ClientSession(trace_configs=[calls.trace_config()]) as session:
 
         def make(
-            base_url: str, verifier_keys: VerifierKeys | None = None, **options: Any
+            base_url: str,
+            verifier_keys: VerifierKeys | None = None,
+            verifier: NotificationVerifier | None = None,
+            **options: Any,
         ) -> WechatPayClient:
             options = {"backoff_initial_s": 0.001, "backoff_max_s": 0.005, **options}
             return WechatPayClient(
                 base_url=base_url,
                 mchid=keys.mchid,
                 signer=keys.merchant_signer(),
-                verifier=NotificationVerifier(verifier_keys or keys.verifier_keys()),
+                verifier=verifier or NotificationVerifier(verifier_keys or keys.verifier_keys()),
                 session=session,
                 **options,
             )
@@ -269,7 +274,8 @@ async def test_the_request_names_the_public_key_else_the_newest_valid_certificat
         x509.load_pem_x509_certificate(certificate_pem(c).encode()) for c in (old, new)
     ]
     assert official._last_certificate().serial_number == new.serial_number
-    assert certificates[1].serial == hex(new.serial_number)[2:].upper()
+    # wechatpayv3 drops a leading zero nibble that wechatpay-go's "%X" of the bytes keeps.
+    assert certificates[1].serial.lstrip("0") == hex(new.serial_number)[2:].upper()
 
     only_expired = VerifierKeys()
     only_expired.add(certificates[2])
@@ -323,6 +329,50 @@ async def test_downloads_on_unknown_serials_are_rate_limited(
             await client.place("NATIVE", order_request("native"))
         assert caught.value.reason == "unknown_serial"
     assert calls.count(CERTIFICATES) == 1  # the failed download is not repeated at once
+
+
+@pytest.mark.parametrize(
+    ("age_s", "verified"), [(0, True), (299, True), (300, False), (-300, False)]
+)
+async def test_answers_signed_by_wechatpayv3_under_the_requested_serial(
+    make_client: Any, keys: FakeWechat, age_s: int, verified: bool
+) -> None:
+    """wechatpayv3's signing acts as WeChat in migration: it signs under the serial the
+    request names (the certificate when none). Our public-key-only client asks for the
+    public key, so it verifies, unless the answer is 300 s or more old (as the official
+    SDKs count it)."""
+    seen: list[str | None] = []
+    now = int(time.time()) + 0.9  # one frozen clock for both sides: no race with the second
+
+    async def answer(request: web.Request) -> web.Response:
+        requested = request.headers.get("Wechatpay-Serial")
+        seen.append(requested)
+        body = '{"code_url":"weixin://wxpay/bizpayurl?pr=v3"}'
+        timestamp, nonce = str(int(now) - age_s), uuid.uuid4().hex
+        signature = rsa_sign(keys.platform_key, f"{timestamp}\n{nonce}\n{body}\n")
+        headers = {
+            "Wechatpay-Serial": requested or "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+            "Wechatpay-Signature": signature,
+            "Wechatpay-Timestamp": timestamp,
+            "Wechatpay-Nonce": nonce,
+            "Request-ID": "08F78BB5AF0610D302108B0F81D9CE1E",
+        }
+        return web.Response(body=body, headers=headers, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v3/pay/transactions/native", answer)
+    async with TestServer(app) as server:
+        verifier = NotificationVerifier(keys.verifier_keys(), clock=lambda: now)
+        client = make_client(str(server.make_url("")).rstrip("/"), verifier=verifier)
+        call = client.place("NATIVE", order_request("native"))
+        if verified:
+            assert (await call)["code_url"] == "weixin://wxpay/bizpayurl?pr=v3"
+        else:
+            with pytest.raises(ResponseVerificationError) as caught:
+                await call
+            assert caught.value.reason == "stale_timestamp"
+            assert caught.value.request_id == "08F78BB5AF0610D302108B0F81D9CE1E"
+    assert seen == [keys.public_key_id]
 
 
 async def test_api_errors_keep_wechats_request_id(
