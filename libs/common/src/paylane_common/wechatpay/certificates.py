@@ -83,6 +83,7 @@ class CertificateRefresher(BackgroundLoop):
                 await asyncio.sleep(wait)
             self._requested.clear()
             try:
-                await self.refresh_once()
+                async with self._lock:  # refresh_now waits for this download, then re-verifies
+                    await self.refresh_once()
             except Exception as exc:
                 log.warning("platform_certificates_refresh_failed", error=str(exc))
