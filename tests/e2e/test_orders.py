@@ -492,10 +492,29 @@ async def test_wechatpay_errors_retried_or_surfaced(stack: Stack) -> None:
         )
         assert (status, answer["error"]) == (502, "wechatpay_rejected")
         assert "PARAM_ERROR" in answer["message"]
+        assert len(answer["wechatpay_request_id"]) == 32  # what WeChat support asks for
         _, faults = await sandbox(stack, "GET", "/sandbox/faults")
         assert [f["remaining"] for f in _items(faults)] == [1]  # not retried
     finally:
         await sandbox(stack, "DELETE", "/sandbox/faults")
+
+
+async def test_an_unverifiable_answer_is_a_502_with_wechats_request_id(stack: Stack) -> None:
+    """The order service holds the public key only: answers signed under the platform
+    certificate cannot be verified (no 500); in the migration mode it names its key."""
+    body = {"openid": "o-unverified", "package_type": "basic", "trade_type": "NATIVE"}
+    await sandbox(stack, "PUT", "/sandbox/switches", {"sign_mode": "certificate"})
+    try:
+        status, answer = await api(stack, "POST", "/orders", body, BACKEND)
+        assert (status, answer["error"]) == (502, "wechatpay_unverified"), answer
+        assert "unknown_serial" in answer["message"]
+        assert len(answer["wechatpay_request_id"]) == 32
+
+        await sandbox(stack, "PUT", "/sandbox/switches", {"sign_mode": "mixed"})
+        order = await new_order(stack, "basic", "NATIVE")
+        assert order.pay["code_url"]
+    finally:
+        await sandbox(stack, "PUT", "/sandbox/switches", {"sign_mode": "public_key"})
 
 
 async def test_internal_notify_without_amount_is_confirmed_by_a_query(

@@ -10,24 +10,28 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from wechatpayv3.utils import rsa_decrypt
+from cryptography import x509
+from wechatpayv3.core import Core
+from wechatpayv3.utils import rsa_decrypt, rsa_sign
 
 from paylane_common.wechatpay import (
     CertificateRefresher,
     DecryptionError,
     NotificationVerifier,
+    ResponseVerificationError,
     VerifierKeys,
     WechatPayApiError,
     WechatPayClient,
-    WechatPayError,
     WechatPayUnavailable,
     load_certificate,
+    read_certificate,
 )
 from paylane_common.wechatpay.testing import (
     certificate_pem,
@@ -110,18 +114,22 @@ def calls() -> Calls:
 async def make_client(
     keys: FakeWechat, calls: Calls
 ) -> AsyncIterator[Callable[..., WechatPayClient]]:
-    """``make_client(base_url, verifier_keys=public key only, **options)``: tiny backoff."""
+    """``make_client(base_url, verifier_keys=public key only, verifier=None, **options)``:
+    tiny backoff."""
     async with aiohttp.ClientSession(trace_configs=[calls.trace_config()]) as session:
 
         def make(
-            base_url: str, verifier_keys: VerifierKeys | None = None, **options: Any
+            base_url: str,
+            verifier_keys: VerifierKeys | None = None,
+            verifier: NotificationVerifier | None = None,
+            **options: Any,
         ) -> WechatPayClient:
             options = {"backoff_initial_s": 0.001, "backoff_max_s": 0.005, **options}
             return WechatPayClient(
                 base_url=base_url,
                 mchid=keys.mchid,
                 signer=keys.merchant_signer(),
-                verifier=NotificationVerifier(verifier_keys or keys.verifier_keys()),
+                verifier=verifier or NotificationVerifier(verifier_keys or keys.verifier_keys()),
                 session=session,
                 **options,
             )
@@ -171,7 +179,7 @@ async def test_place_answers_the_prepay_shape_of_each_trade_type(
     answer = await client.place(trade_type, body)
     assert list(answer) == [field]
     assert answer[field].startswith(prefix) and len(answer[field]) > len(prefix)
-    assert await client.place(trade_type, body) == answer  # idempotent, other serial
+    assert await client.place(trade_type, body) == answer  # idempotent
     order = await sandbox.ok("GET", f"/sandbox/orders/{body['out_trade_no']}")
     assert order["request"] == body  # the body arrived exactly as signed
 
@@ -182,15 +190,207 @@ async def test_an_answer_signed_under_an_unknown_serial_fails_verification(
     sandbox = await start_sandbox(sandbox_sign_mode="certificate")
     body = order_request("native")
 
-    with pytest.raises(WechatPayError, match="failed verification") as caught:
+    with pytest.raises(ResponseVerificationError, match="failed verification") as caught:
         await make_client(sandbox.base_url).place("NATIVE", body)  # knows the public key only
     assert not isinstance(caught.value, WechatPayApiError)
+    assert caught.value.reason == "unknown_serial"
+    assert caught.value.request_id and len(caught.value.request_id) == 32  # WeChat's Request-ID
     assert calls.count(PLACE) == 1  # not retried
 
     answer = await make_client(sandbox.base_url, await both_modes(sandbox, keys)).place(
         "NATIVE", body
     )
     assert answer["code_url"].startswith("weixin://wxpay/bizpayurl?pr=")
+
+
+# --- the migration from platform certificates to the public key ------------------------------
+
+
+async def certificate_only(sandbox: RunningSandbox, keys: FakeWechat) -> VerifierKeys:
+    """The sandbox's platform certificate, as a merchant without the public key holds it."""
+    async with sandbox.client.get("/sandbox/platform-certificate") as response:
+        info = read_certificate(await response.text())
+    known = VerifierKeys()
+    known.add(info)
+    return known
+
+
+CLIENTS = ("public_key_only", "certificate_only", "both_modes")
+#: Which client can verify the answers of which sandbox sign mode. ``mixed`` is WeChat's
+#: migration: it signs under the serial the request names, so every client verifies it.
+VERIFIES = {
+    ("public_key_only", "public_key"): True,
+    ("public_key_only", "certificate"): False,
+    ("public_key_only", "mixed"): True,
+    ("certificate_only", "public_key"): False,
+    ("certificate_only", "certificate"): True,
+    ("certificate_only", "mixed"): True,
+    ("both_modes", "public_key"): True,
+    ("both_modes", "certificate"): True,
+    ("both_modes", "mixed"): True,
+}
+
+
+@pytest.mark.parametrize(("held", "mode"), list(VERIFIES))
+async def test_each_client_against_each_sign_mode(
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, held: str, mode: str
+) -> None:
+    sandbox = await start_sandbox(sandbox_sign_mode=mode)
+    if held == "public_key_only":
+        verifier_keys = keys.verifier_keys()
+    elif held == "certificate_only":
+        verifier_keys = await certificate_only(sandbox, keys)
+    else:
+        verifier_keys = await both_modes(sandbox, keys)
+    client = make_client(sandbox.base_url, verifier_keys)
+    for _ in range(3):  # not one lucky answer
+        call = client.place("NATIVE", order_request("native"))
+        if VERIFIES[(held, mode)]:
+            assert (await call)["code_url"]
+        else:
+            with pytest.raises(ResponseVerificationError) as caught:
+                await call
+            assert caught.value.reason == "unknown_serial"
+
+
+# wechatpayv3 reads the naive not_valid_after that cryptography deprecates.
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
+async def test_the_request_names_the_public_key_else_the_newest_valid_certificate(
+    sandbox: RunningSandbox, make_client: Any, keys: FakeWechat
+) -> None:
+    """What the client sends is what wechatpayv3 sends: the public key id when it has one,
+    else a certificate's serial (wechatpayv3: the one expiring last; expired ones unused)."""
+    now = datetime.now(UTC)
+    old = self_signed_certificate(
+        new_private_key(), not_before=now - timedelta(days=400), lifetime=timedelta(days=405)
+    )
+    new = self_signed_certificate(
+        new_private_key(), not_before=now - timedelta(days=1), lifetime=timedelta(days=900)
+    )
+    expired = self_signed_certificate(
+        new_private_key(),
+        not_before=now - timedelta(days=30),
+        lifetime=timedelta(days=29),
+    )
+    certificates = [read_certificate(certificate_pem(c)) for c in (old, new, expired)]
+    by_certificates = VerifierKeys()
+    for info in certificates:
+        by_certificates.add(info)
+    assert by_certificates.request_serial(now.timestamp()) == certificates[1].serial
+    official = Core.__new__(Core)  # its header logic, without its network bootstrap
+    official._public_key_id = None
+    official._certificates = [
+        x509.load_pem_x509_certificate(certificate_pem(c).encode()) for c in (old, new)
+    ]
+    assert official._last_certificate().serial_number == new.serial_number
+    # wechatpayv3 drops a leading zero nibble that wechatpay-go's "%X" of the bytes keeps.
+    assert certificates[1].serial.lstrip("0") == hex(new.serial_number)[2:].upper()
+
+    only_expired = VerifierKeys()
+    only_expired.add(certificates[2])
+    assert only_expired.request_serial(now.timestamp()) is None
+
+    seen: list[str | None] = []
+    both = keys.verifier_keys()
+    for info in certificates:
+        both.add(info)
+    assert both.request_serial(now.timestamp()) == keys.public_key_id
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Wechatpay-Serial"))
+        return web.json_response({"code": "SYSTEM_ERROR", "message": "recorded"}, status=400)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    async with TestServer(app) as server:
+        base = str(server.make_url("")).rstrip("/")
+        for verifier_keys in (both, by_certificates, only_expired):
+            with pytest.raises(WechatPayApiError):
+                await make_client(base, verifier_keys, max_attempts=1).query_refund("R1")
+    assert seen == [keys.public_key_id, certificates[1].serial, None]
+
+
+async def test_an_unknown_serial_triggers_one_download_and_a_second_verification(
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, calls: Calls
+) -> None:
+    sandbox = await start_sandbox(sandbox_sign_mode="certificate")
+    known = keys.verifier_keys()  # the public key only: the certificate is not known yet
+    client = make_client(sandbox.base_url, known)
+    CertificateRefresher(client, known, keys.apiv3_key, min_gap_s=3600)  # not started
+
+    assert (await client.place("NATIVE", order_request("native")))["code_url"]
+    assert calls.count(CERTIFICATES) == 1
+    assert known.get((await sandbox.info())["certificate_serial"]) is not None
+    assert (await client.place("NATIVE", order_request("native")))["code_url"]
+    assert calls.count(CERTIFICATES) == 1  # known now: no more downloads
+
+
+async def test_downloads_on_unknown_serials_are_rate_limited(
+    start_sandbox: StartSandbox, make_client: Any, keys: FakeWechat, calls: Calls
+) -> None:
+    sandbox = await start_sandbox(sandbox_sign_mode="certificate")
+    known = keys.verifier_keys()
+    client = make_client(sandbox.base_url, known)
+    CertificateRefresher(client, known, "w" * 32, min_gap_s=3600)  # a wrong APIv3 key
+
+    for _ in range(3):
+        with pytest.raises(ResponseVerificationError) as caught:
+            await client.place("NATIVE", order_request("native"))
+        assert caught.value.reason == "unknown_serial"
+    assert calls.count(CERTIFICATES) == 1  # the failed download is not repeated at once
+
+
+@pytest.mark.parametrize(
+    ("age_s", "verified"), [(0, True), (299, True), (300, False), (-300, False)]
+)
+async def test_answers_signed_by_wechatpayv3_under_the_requested_serial(
+    make_client: Any, keys: FakeWechat, age_s: int, verified: bool
+) -> None:
+    """wechatpayv3's signing acts as WeChat in migration: it signs under the serial the
+    request names (the certificate when none). Our public-key-only client asks for the
+    public key, so it verifies, unless the answer is 300 s or more old (as the official
+    SDKs count it)."""
+    seen: list[str | None] = []
+    now = int(time.time()) + 0.9  # one frozen clock for both sides: no race with the second
+
+    async def answer(request: web.Request) -> web.Response:
+        requested = request.headers.get("Wechatpay-Serial")
+        seen.append(requested)
+        body = '{"code_url":"weixin://wxpay/bizpayurl?pr=v3"}'
+        timestamp, nonce = str(int(now) - age_s), uuid.uuid4().hex
+        signature = rsa_sign(keys.platform_key, f"{timestamp}\n{nonce}\n{body}\n")
+        headers = {
+            "Wechatpay-Serial": requested or "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+            "Wechatpay-Signature": signature,
+            "Wechatpay-Timestamp": timestamp,
+            "Wechatpay-Nonce": nonce,
+            "Request-ID": "08F78BB5AF0610D302108B0F81D9CE1E",
+        }
+        return web.Response(body=body, headers=headers, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v3/pay/transactions/native", answer)
+    async with TestServer(app) as server:
+        verifier = NotificationVerifier(keys.verifier_keys(), clock=lambda: now)
+        client = make_client(str(server.make_url("")).rstrip("/"), verifier=verifier)
+        call = client.place("NATIVE", order_request("native"))
+        if verified:
+            assert (await call)["code_url"] == "weixin://wxpay/bizpayurl?pr=v3"
+        else:
+            with pytest.raises(ResponseVerificationError) as caught:
+                await call
+            assert caught.value.reason == "stale_timestamp"
+            assert caught.value.request_id == "08F78BB5AF0610D302108B0F81D9CE1E"
+    assert seen == [keys.public_key_id]
+
+
+async def test_api_errors_keep_wechats_request_id(
+    sandbox: RunningSandbox, make_client: Any
+) -> None:
+    with pytest.raises(WechatPayApiError) as caught:
+        await make_client(sandbox.base_url).query_by_out_trade_no("T404404404")
+    assert caught.value.code == "ORDER_NOT_EXIST"
+    assert caught.value.request_id and len(caught.value.request_id) == 32
 
 
 # --- query, close, refund --------------------------------------------------------------------

@@ -122,6 +122,7 @@ class Harness:
         authorization: str | None = None,
         verify: bool = True,
         headers: dict[str, str] | None = None,
+        serial: str | None = None,
     ) -> Answer:
         """A merchant call (with ``headers`` added); the answer's WeChat Pay signature is
         verified unless told not to."""
@@ -131,6 +132,8 @@ class Harness:
         headers = {**(headers or {}), "Authorization": authorization, "Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
+        if serial is not None:  # the key the merchant asks WeChat to sign the answer with
+            headers["Wechatpay-Serial"] = serial
         async with self.client.request(method, path, data=data, headers=headers) as response:
             answer = Answer(response.status, response.headers, await response.read())
         if verify:

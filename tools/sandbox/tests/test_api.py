@@ -15,7 +15,7 @@ from paylane_common.wechatpay import (
     decrypt_resource,
     load_certificate,
 )
-from paylane_common.wechatpay.testing import MCHID, PAYER_OPENID, new_private_key
+from paylane_common.wechatpay.testing import MCHID, PAYER_OPENID, new_private_key, order_request
 
 PUBLIC_KEY_ID = "PUB_KEY_ID_0114232134912410000000000000001"
 CERT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
@@ -206,14 +206,36 @@ async def test_answers_are_signed_with_the_public_key_by_default(sandbox):
     assert error.status == 404 and error.headers["Wechatpay-Serial"] == PUBLIC_KEY_ID
 
 
-async def test_certificate_and_mixed_sign_modes(sandbox):
+async def test_certificate_sign_mode(sandbox):
     await sandbox.switches(sign_mode="certificate")
     _, answer = await sandbox.place("native")
     assert answer.headers["Wechatpay-Serial"] == CERT_SERIAL
 
-    await sandbox.switches(sign_mode="mixed")
-    serials = {(await sandbox.place("native"))[1].headers["Wechatpay-Serial"] for _ in range(4)}
-    assert serials == {PUBLIC_KEY_ID, CERT_SERIAL}
+
+@pytest.mark.parametrize(
+    ("mode", "requested", "signed_under"),
+    [
+        ("mixed", PUBLIC_KEY_ID, PUBLIC_KEY_ID),
+        ("mixed", CERT_SERIAL, CERT_SERIAL),
+        ("mixed", None, CERT_SERIAL),  # WeChat's default during the migration
+        ("mixed", "PUB_KEY_ID_0000000000000000000000000000", CERT_SERIAL),  # not WeChat's
+        ("public_key", CERT_SERIAL, PUBLIC_KEY_ID),
+        ("public_key", None, PUBLIC_KEY_ID),
+        ("certificate", PUBLIC_KEY_ID, CERT_SERIAL),
+        ("certificate", None, CERT_SERIAL),
+    ],
+)
+async def test_answers_are_signed_under_the_serial_the_request_names_only_while_migrating(
+    sandbox, mode, requested, signed_under
+):
+    await sandbox.switches(sign_mode=mode)
+    for _ in range(2):  # the same every time: no alternation for API answers
+        body = order_request("native")
+        answer = await sandbox.api("POST", "/v3/pay/transactions/native", body, serial=requested)
+        assert answer.status == 200
+        assert answer.headers["Wechatpay-Serial"] == signed_under
+    error = await sandbox.api("GET", query_path("T404404404"), serial=requested)
+    assert error.status == 404 and error.headers["Wechatpay-Serial"] == signed_under
 
 
 async def test_certificate_mode_from_settings(start_sandbox):

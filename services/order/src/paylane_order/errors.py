@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from paylane_common.wechatpay import ResponseVerificationError, WechatPayError
+
 log = structlog.get_logger(__name__)
 
 
@@ -59,16 +61,60 @@ class UpstreamUnavailable(OrderError):
     status, code = 503, "wechatpay_unavailable"
 
 
+class UpstreamUnverified(OrderError):
+    """WeChat Pay's answer failed verification (signature, serial, freshness): its outcome
+    is unknown, so the caller retries with the same idempotency key."""
+
+    status, code = 502, "wechatpay_unverified"
+
+
+class UpstreamBadAnswer(OrderError):
+    """WeChat Pay answered something that is not what the API documents."""
+
+    status, code = 502, "wechatpay_bad_answer"
+
+
+def _from_wechatpay(exc: WechatPayError) -> OrderError:
+    """A WeChat Pay error no handler turned into an :class:`OrderError`: still a 502."""
+    if isinstance(exc, ResponseVerificationError):
+        return UpstreamUnverified(f"WeChat Pay's answer failed verification: {exc.reason}")
+    return UpstreamBadAnswer(str(exc))
+
+
+def _wechatpay_request_id(exc: BaseException) -> str | None:
+    """WeChat's ``Request-ID`` of the answer behind ``exc`` (also when a handler raised an
+    :class:`OrderError` while handling a WeChat Pay error): what WeChat support asks for."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        request_id = getattr(seen, "request_id", None)
+        if isinstance(request_id, str) and request_id:
+            return request_id
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except OrderError as exc:
+    except (OrderError, WechatPayError) as caught:
+        exc = caught if isinstance(caught, OrderError) else _from_wechatpay(caught)
+        body = {"error": exc.code, "message": exc.message}
+        request_id = _wechatpay_request_id(caught)
+        if request_id is not None:
+            body["wechatpay_request_id"] = request_id
         if exc.status >= 500:
-            log.warning("order_api_upstream_error", code=exc.code, message=exc.message)
-        return web.json_response({"error": exc.code, "message": exc.message}, status=exc.status)
+            log.warning(
+                "order_api_upstream_error",
+                code=exc.code,
+                message=exc.message,
+                wechatpay_request_id=request_id,
+            )
+        return web.json_response(body, status=exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -2,8 +2,10 @@
 
 One RSA key plays both roles WeChat Pay has: the *public key* (serial ``PUB_KEY_ID_…``)
 and a *platform certificate* (a self-signed X.509 certificate made at startup). The sign
-mode picks which serial goes into ``Wechatpay-Serial``; ``mixed`` alternates, as WeChat
-does while migrating a merchant from certificates to the public key.
+mode picks which serial goes into ``Wechatpay-Serial``. ``mixed`` is WeChat's migration from
+certificates to the public key: an API answer is signed under the serial the request's
+``Wechatpay-Serial`` names, and under the platform certificate when it names none (or one
+WeChat does not hold); notifications, which answer no request, alternate.
 """
 
 from __future__ import annotations
@@ -64,20 +66,27 @@ class PlatformSigner:
     def public_key_pem(self) -> str:
         return public_key_pem(self.private_key)
 
-    def next_serial(self) -> str:
-        """The ``Wechatpay-Serial`` of the next signed message, per the current sign mode."""
+    def next_serial(self, requested: str | None = None) -> str:
+        """The ``Wechatpay-Serial`` of the next signed message, per the current sign mode.
+
+        ``requested`` is the ``Wechatpay-Serial`` of the API request being answered (None
+        for a notification); only the ``mixed`` mode looks at it."""
         mode = self._mode()
         if mode == "public_key":
             return self.public_key_id
         if mode == "certificate":
             return self.certificate_serial
+        if requested is not None:
+            wanted = requested.strip()
+            return self.public_key_id if wanted == self.public_key_id else self.certificate_serial
         self._mixed_counter += 1
         return self.public_key_id if self._mixed_counter % 2 else self.certificate_serial
 
-    def headers(self, body: bytes) -> dict[str, str]:
-        """Fresh ``Wechatpay-*`` headers for ``body`` (a new timestamp and nonce each time)."""
+    def headers(self, body: bytes, requested: str | None = None) -> dict[str, str]:
+        """Fresh ``Wechatpay-*`` headers for ``body`` (a new timestamp and nonce each time);
+        ``requested`` as in :meth:`next_serial`."""
         return signed_headers(
-            self.private_key, self.next_serial(), body, timestamp=int(self._clock())
+            self.private_key, self.next_serial(requested), body, timestamp=int(self._clock())
         )
 
     def certificates_listing(self, apiv3_key: str) -> dict[str, Any]:

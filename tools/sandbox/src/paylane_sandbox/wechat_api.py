@@ -50,7 +50,10 @@ async def wechat_api(request: web.Request, handler: Handler) -> web.StreamRespon
     if request.path == DOWNLOAD and response.status == 200:
         return response  # a bill file: WeChat Pay does not sign it (its digest vouches)
     signed = response.body if isinstance(response.body, bytes) else b""
-    response.headers.update(sandbox.signer.headers(signed))
+    # An API answer always names a request: "" (no header) means the platform certificate.
+    requested = request.headers.get("Wechatpay-Serial", "")
+    response.headers.update(sandbox.signer.headers(signed, requested))
+    response.headers["Request-ID"] = uuid.uuid4().hex.upper()
     return response
 
 

@@ -20,6 +20,7 @@ from .client import (
 )
 from .exceptions import (
     DecryptionError,
+    ResponseVerificationError,
     VerificationError,
     WechatPayApiError,
     WechatPayError,
@@ -69,6 +70,7 @@ __all__ = [
     "NotificationHeaders",
     "NotificationVerifier",
     "PlatformCertificate",
+    "ResponseVerificationError",
     "TradeBill",
     "TradeBillRecord",
     "VerificationError",

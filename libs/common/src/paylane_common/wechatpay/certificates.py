@@ -36,7 +36,23 @@ class CertificateRefresher(BackgroundLoop):
         self._min_gap_s = min_gap_s
         self._requested = asyncio.Event()
         self._last_attempt = float("-inf")
+        self._lock = asyncio.Lock()
         self.task_name = "certificate-refresh"
+        client.key_refresh = self
+
+    async def refresh_now(self) -> bool:
+        """Download now (an API answer named an unknown serial), unless a download started
+        less than ``min_gap_s`` ago; True when it downloaded. Concurrent callers share one
+        download; a failed download is logged and reported as False."""
+        async with self._lock:
+            if time.monotonic() - self._last_attempt < self._min_gap_s:
+                return False
+            try:
+                await self.refresh_once()
+            except Exception as exc:
+                log.warning("platform_certificates_refresh_failed", error=str(exc))
+                return False
+            return True
 
     def request_refresh(self) -> None:
         """Ask for a refresh soon; returns at once (rate-limited in the background)."""
@@ -67,6 +83,7 @@ class CertificateRefresher(BackgroundLoop):
                 await asyncio.sleep(wait)
             self._requested.clear()
             try:
-                await self.refresh_once()
+                async with self._lock:  # refresh_now waits for this download, then re-verifies
+                    await self.refresh_once()
             except Exception as exc:
                 log.warning("platform_certificates_refresh_failed", error=str(exc))

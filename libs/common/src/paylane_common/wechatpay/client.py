@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -36,11 +36,17 @@ from .bills import (
     parse_fund_flow_bill,
     parse_trade_bill,
 )
-from .exceptions import VerificationError, WechatPayApiError, WechatPayError, WechatPayUnavailable
+from .exceptions import (
+    ResponseVerificationError,
+    VerificationError,
+    WechatPayApiError,
+    WechatPayError,
+    WechatPayUnavailable,
+)
 from .keys import VerifierKeys, read_certificate
 from .merchant import MerchantSigner
 from .privacy import encrypt_field
-from .signature import NotificationHeaders, NotificationVerifier
+from .signature import HEADER_SERIAL, NotificationHeaders, NotificationVerifier
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +63,14 @@ class PlatformCertificate:
     public_key: RSAPublicKey
     not_after: datetime
     not_before: datetime | None = None
+
+
+class KeyRefresh(Protocol):
+    """What the client needs of a certificate refresher (:class:`CertificateRefresher`)."""
+
+    async def refresh_now(self) -> bool:
+        """Download the certificates now unless done very recently; True if it did."""
+        ...
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -89,6 +103,9 @@ class WechatPayClient:
         self._max_elapsed_s = max_elapsed_s
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._backoff = (backoff_initial_s, backoff_max_s)
+        #: Set by a :class:`CertificateRefresher`: an answer under an unknown serial then
+        #: triggers one immediate (rate-limited) download and a second verification.
+        self.key_refresh: KeyRefresh | None = None
 
     # -- the API -------------------------------------------------------------------------
 
@@ -272,6 +289,12 @@ class WechatPayClient:
         }
         if payload is not None:
             sent["Content-Type"] = "application/json"
+        # WeChat signs its answer with the key the request names (during the migration to
+        # the public key it defaults to the platform certificate): name the one we hold,
+        # unless the call names one itself (the key its encrypted fields are under).
+        serial = self._verifier.keys.request_serial(time.time())
+        if serial is not None:
+            sent.setdefault(HEADER_SERIAL, serial)
         try:
             async with self._session.request(
                 method,
@@ -286,16 +309,54 @@ class WechatPayClient:
                 answer = {k: v for k, v in response.headers.items()}
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise WechatPayUnavailable(f"{method} {path}: {type(exc).__name__}") from None
+        request_id = _header(answer, "Request-ID")
         if status >= 300:
-            raise _api_error(status, raw)
+            error = _api_error(status, raw, request_id)
+            log.info(
+                "wechatpay_api_error",
+                method=method,
+                path=path,
+                status=status,
+                code=error.code,
+                request_id=request_id,
+            )
+            raise error
         if verify:
-            try:
-                self._verifier.verify(NotificationHeaders.from_mapping(answer), raw)
-            except VerificationError as exc:
-                raise WechatPayError(
-                    f"response to {method} {path} failed verification: {exc.reason}"
-                ) from None
+            await self._verify_answer(method, path, answer, raw, request_id)
         return raw, answer
+
+    async def _verify_answer(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes, request_id: str | None
+    ) -> None:
+        try:
+            parsed = NotificationHeaders.from_mapping(headers)
+            try:
+                self._verifier.verify(parsed, raw)
+            except VerificationError as exc:
+                if exc.reason != "unknown_serial" or self.key_refresh is None:
+                    raise
+                # A new platform certificate: fetch it now rather than at the next refresh.
+                log.info("wechatpay_unknown_serial_refresh", serial=parsed.serial[:64])
+                await self.key_refresh.refresh_now()  # or a download moments ago did
+                self._verifier.verify(parsed, raw)
+        except VerificationError as exc:
+            log.warning(
+                "wechatpay_answer_unverified",
+                method=method,
+                path=path,
+                reason=exc.reason,
+                request_id=request_id,
+            )
+            raise ResponseVerificationError(
+                f"response to {method} {path} failed verification: {exc.reason}",
+                exc.reason,
+                request_id,
+            ) from None
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)
 
 
 def _json_body(raw: bytes) -> dict[str, Any]:
@@ -321,7 +382,7 @@ def _bill_file(data: dict[str, Any]) -> BillFile:
         raise WechatPayError(f"the bill answer has no {exc.args[0]}") from None
 
 
-def _api_error(status: int, raw: bytes) -> WechatPayApiError:
+def _api_error(status: int, raw: bytes, request_id: str | None) -> WechatPayApiError:
     try:
         data = json.loads(raw) if raw else {}
     except (ValueError, RecursionError):
@@ -333,4 +394,5 @@ def _api_error(status: int, raw: bytes) -> WechatPayApiError:
         str(data.get("code") or f"HTTP_{status}"),
         str(data.get("message") or raw[:200].decode(errors="replace")),
         data.get("detail"),
+        request_id,
     )

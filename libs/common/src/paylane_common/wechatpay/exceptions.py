@@ -37,16 +37,38 @@ RETRYABLE_CODES = frozenset({"SYSTEM_ERROR", "FREQUENCY_LIMITED", "BANK_ERROR", 
 class WechatPayApiError(WechatPayError):
     """WeChat Pay answered an API call with an error body ``{code, message, detail?}``."""
 
-    def __init__(self, status: int, code: str, message: str, detail: object = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: object = None,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(f"WeChat Pay {status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.detail = detail
+        #: WeChat's ``Request-ID`` response header: what WeChat support asks for.
+        self.request_id = request_id
 
     @property
     def retryable(self) -> bool:
         return self.status >= 500 or self.status == 429 or self.code in RETRYABLE_CODES
+
+
+class ResponseVerificationError(WechatPayError):
+    """A 2xx answer of the WeChat Pay API failed verification: its content cannot be
+    trusted, so the call's outcome is unknown (not retried: a replay would not help).
+
+    ``reason`` is the :class:`VerificationError` reason; ``request_id`` WeChat's
+    ``Request-ID`` header of that answer, when it had one."""
+
+    def __init__(self, message: str, reason: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.request_id = request_id
 
 
 class WechatPayUnavailable(WechatPayError):

@@ -173,6 +173,19 @@ class VerifierKeys:
             cert.serial, cert.public_key, not_before=cert.not_before, not_after=cert.not_after
         )
 
+    def request_serial(self, at: float) -> str | None:
+        """The ``Wechatpay-Serial`` to send on API requests: WeChat signs its answer with the
+        key the request names (and with a platform certificate when it names none).
+
+        The public key id when configured, else the newest certificate valid at ``at``
+        (latest ``not_before``, as wechatpay-go's ``GetNewestSerial``), else None."""
+        if self._public_key_id is not None:
+            return self._public_key_id
+        valid = [e for e in self._certs.values() if e.not_before <= at <= e.not_after]
+        if not valid:
+            return None
+        return max(valid, key=lambda e: (e.not_before, e.not_after)).serial
+
     def encryption_key(self, at: float) -> tuple[str, RSAPublicKey]:
         """``(serial, key)`` that sensitive request fields are encrypted with, the serial
         going into ``Wechatpay-Serial``: the WeChat Pay public key when configured, else

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -128,11 +129,13 @@ class NotificationVerifier:
             raise VerificationError("bad_signature_type", f"unsupported {HEADER_SIGNATURE_TYPE}")
         if not _TIMESTAMP_RE.fullmatch(headers.timestamp):
             raise VerificationError("bad_timestamp", f"{HEADER_TIMESTAMP} is not an integer")
-        skew = self._clock() - int(headers.timestamp)
-        if abs(skew) > self.max_skew_s:
+        # As wechatpay-go: whole seconds (``time.Now().Unix()``), and a skew of exactly the
+        # limit is already stale (``>= FiveMinute``; wechatpay-java: ``toMinutes() >= 5``).
+        skew = math.floor(self._clock()) - int(headers.timestamp)
+        if abs(skew) >= self.max_skew_s:
             raise VerificationError(
                 "stale_timestamp",
-                f"{HEADER_TIMESTAMP} is {skew:+.0f}s off, more than {self.max_skew_s}s",
+                f"{HEADER_TIMESTAMP} is {skew:+.0f}s off, {self.max_skew_s}s or more",
             )
         if headers.signature.startswith(SIGNTEST_PREFIX):
             raise VerificationError("signtest_probe", "WeChat Pay signature probe (SIGNTEST)")
