@@ -40,9 +40,11 @@ GRANT SELECT, INSERT (`id`, `out_refund_no`, `refund_id`, `out_trade_no`, `trans
   UPDATE (`status`, `refund_id`, `refunded_at`, `reconciled_at`, `abnormal_at`, `remedy`,
     `remedy_at`, `remedy_result`)
   ON `{database}`.`refunds` TO '{order_user}'@'%';
--- The audit trail: appended to, never read back, rewritten or backdated (no created_at).
+-- The audit trail: appended to, never rewritten or backdated (no created_at); read back
+-- only where the daily bill reconciliation looks for a difference it already recorded.
 GRANT INSERT (`id`, `type`, `out_trade_no`, `out_refund_no`, `event_type`, `amount_total`,
-    `request_data`, `response_data`, `event_id`, `transaction_id`, `source`, `detail`)
+    `request_data`, `response_data`, `event_id`, `transaction_id`, `source`, `detail`),
+  SELECT (`out_trade_no`, `type`, `detail`)
   ON `{database}`.`payment_logs` TO '{order_user}'@'%';
 -- Users: found or created by openid (a new `user-…` id; a mini-program login records
 -- last_login_at). Never a user's plan or regenerations, nor their personal details.

@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -51,6 +52,7 @@ from paylane_common.wechatpay.testing import (
 )
 from paylane_notifier.snapshot import load_snapshot
 from paylane_order.abnormal import AbnormalRefunds, Remedy
+from paylane_order.bills import BillReconciler, Difference
 from paylane_order.config import MerchantConfig, ReconcilerConfig
 from paylane_order.orders import NewOrder, Orders, user_by_openid
 from paylane_order.payments import PaymentApplier
@@ -481,6 +483,11 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             unpaid, _, _ = await orders._insert(cur, replace(new, idempotency_key=None), user)
         reconciler = Reconciler(pool, None, None, ReconcilerConfig())  # type: ignore[arg-type]
         await reconciler._fail_locally(unpaid)
+        # A bill difference recorded once: the second run reads the first one back.
+        bills = BillReconciler(pool, None, reconciler)  # type: ignore[arg-type]
+        difference = Difference("not_paid_at_wechat", unpaid, our_amount=2990, our_state="failed")
+        for _ in range(2):
+            await bills._record(difference, date(2024, 1, 2))
         async with transaction(pool) as cur:
             await cur.execute("SELECT value FROM paylane_meta WHERE name = 'installed_at'")
             assert (await cur.fetchone())["value"]
@@ -506,6 +513,13 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
         )
         assert (await cur.fetchone())["n"] == 1
     assert await order_status(db_pool, unpaid) == "failed"
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "SELECT COUNT(*) AS n FROM payment_logs WHERE out_trade_no = %s"
+            " AND type = 'bill_difference'",
+            (unpaid,),
+        )
+        assert (await cur.fetchone())["n"] == 1
     with _connect(service_mysql_urls["order"]) as cur:
         # The plan is entitlement's: not by UPDATE, nor by making a user with one. An
         # order's price, owner and identity are fixed once placed; the audit trail is never
@@ -522,6 +536,7 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             "INSERT INTO payment_orders (id, out_trade_no, user_id, generation_id, amount,"
             " amount_total, package_type) VALUES ('forged', 'LPforged', 'x', '', 0.01, 1, 'basic')",
             f"SELECT phone FROM users WHERE id = '{user['id']}'",
+            "SELECT request_data FROM payment_logs",
         )
         # The audit trail is append-only; the ledger is entitlement's.
         _assert_denied(
@@ -529,7 +544,6 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             TABLE_DENIED,
             "UPDATE payment_logs SET detail = 'rewritten'",
             "DELETE FROM payment_logs",
-            "SELECT COUNT(*) FROM payment_logs",
             "DELETE FROM payment_orders",
             "SELECT COUNT(*) FROM entitlement_grants",
             "DELETE FROM paylane_meta",
