@@ -331,10 +331,7 @@ def parse_trade_bill(text: str) -> TradeBill:
         order_total=yuan_to_fen(s[5]),
         requested_refund_total=yuan_to_fen(s[6]),
     )
-    if summary.count != len(records):
-        raise BillFormatError(
-            f"the summary counts {summary.count} records, the bill has {len(records)}"
-        )
+    _check_count(summary.count, records)
     return TradeBill(records, summary)
 
 
@@ -364,11 +361,14 @@ def parse_fund_flow_bill(text: str) -> FundFlowBill:
         expense_count=_int(s[3]),
         expense=yuan_to_fen(s[4]),
     )
-    if summary.count != len(records):
-        raise BillFormatError(
-            f"the summary counts {summary.count} records, the bill has {len(records)}"
-        )
+    _check_count(summary.count, records)
     return FundFlowBill(records, summary)
+
+
+def _check_count(count: int, records: tuple[object, ...]) -> None:
+    """A bill whose summary disagrees with its records was cut off or altered."""
+    if count != len(records):
+        raise BillFormatError(f"the summary counts {count} records, the bill has {len(records)}")
 
 
 def bill_date(day: date) -> str:
