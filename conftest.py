@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiomysql
@@ -12,6 +13,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from paylane_common import amqp, db
 from paylane_common.migrate import migrate
+from paylane_common.outages import Dependency
 from tests.support import hygiene
 from tests.support.infra import Infra, provide_infra, unique_name
 from tests.support.seed_db import create_seed_database, layout, snapshot
@@ -94,6 +96,14 @@ def mysql_url(adopted_database: AdoptedDatabase) -> str:
 async def db_pool(mysql_url: str) -> AsyncIterator[aiomysql.Pool]:
     async with db.create_pool(mysql_url, maxsize=20) as pool:
         yield pool
+
+
+@pytest.fixture
+async def database(db_pool: aiomysql.Pool) -> AsyncIterator[Dependency]:
+    """The test database as the dependency a consumer or relay pauses on (outages.py)."""
+    dependency = Dependency("mysql", partial(db.ping, db_pool, writable=True))
+    yield dependency
+    await dependency.close()
 
 
 @pytest.fixture(scope="session")

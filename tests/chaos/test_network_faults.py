@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -17,7 +16,7 @@ from tests.chaos.harness.driver import WechatDriver
 from tests.chaos.harness.env import ChaosEnv, chaos_env
 from tests.chaos.harness.invariants import assert_clean
 from tests.chaos.harness.scenario import run_scenario
-from tests.support.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy, through
 from tests.support.infra import Infra
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(150)]
@@ -25,18 +24,6 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(150)]
 LATENCY_S = 0.2  # each way
 BLACKHOLE_S = 3.0
 RESETS = 4
-
-
-def through(proxy: FaultProxy) -> Callable[[str], str]:
-    """The same URL (credentials, vhost or database) with the proxy as host and port."""
-
-    def rewrite(url: str) -> str:
-        parts = urlsplit(url)
-        userinfo = parts.netloc.rpartition("@")[0]
-        netloc = f"{userinfo}@127.0.0.1:{proxy.port}" if userinfo else f"127.0.0.1:{proxy.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
-
-    return rewrite
 
 
 @pytest.fixture(scope="module")

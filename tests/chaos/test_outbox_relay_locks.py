@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any
 
 import aiomysql
@@ -32,6 +33,7 @@ import pytest
 from paylane_common import db, outbox
 from paylane_common.events import Envelope
 from paylane_common.migrate import migrate
+from paylane_common.outages import Dependency
 from paylane_common.outbox import OutboxRelay
 from paylane_order import OUTBOX_PRODUCER
 from tests.support.events import order_paid
@@ -77,7 +79,8 @@ async def pool(infra: Infra) -> AsyncIterator[aiomysql.Pool]:
 
 async def test_relay_claim_neither_blocks_nor_deadlocks_consumers(pool: aiomysql.Pool) -> None:
     broker = SlowBroker()
-    relay = OutboxRelay(pool, broker, OUTBOX_PRODUCER)  # type: ignore[arg-type]
+    database = Dependency("mysql", partial(db.ping, pool))
+    relay = OutboxRelay(pool, broker, OUTBOX_PRODUCER, database=database)  # type: ignore[arg-type]
     relaying = asyncio.create_task(relay.relay_once())
     await asyncio.wait_for(broker.publishing.wait(), 10)  # claimed, now publishing
 

@@ -11,6 +11,7 @@ from aio_pika.abc import AbstractRobustConnection
 from paylane_common import amqp
 from paylane_common.consumer import Consumer
 from paylane_common.events import Envelope
+from paylane_common.outages import Dependency
 from paylane_common.publisher import Publisher
 from paylane_common.topology import QueueSpec
 from tests.support.events import order_paid
@@ -20,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.broker_outage]
 
 
 async def test_consumer_resumes_after_broker_restart(
-    amqp_url: str, infra: Infra, amqp_connection: AbstractRobustConnection
+    amqp_url: str, infra: Infra, amqp_connection: AbstractRobustConnection, database: Dependency
 ) -> None:
     connection = await amqp.connect(amqp_url, "restart-test")
     publisher = await Publisher.open(connection)
@@ -32,7 +33,7 @@ async def test_consumer_resumes_after_broker_restart(
         received.put_nowait(envelope.event_id)
         return "processed"
 
-    consumer = Consumer(connection, publisher, spec, handler)
+    consumer = Consumer(connection, publisher, spec, handler, database=database)
     await consumer.start()
     try:
         before = order_paid().envelope

@@ -21,6 +21,7 @@ from paylane_common.consumer import (
     REASON_HEADER,
     Reject,
     Retry,
+    RetryPolicy,
 )
 from paylane_common.db import transaction
 from paylane_common.events import Envelope, PaymentSucceeded
@@ -126,7 +127,7 @@ async def test_unroutable_message_raises_and_the_channel_survives(publisher, cha
     assert len(await receive(channel, spec.name)) == 1
 
 
-async def test_unroutable_message_is_reported_as_returned(publisher):
+async def test_unroutable_message_is_reported_as_returned(publisher, database):
     def returned() -> float:
         sample = "paylane_publish_confirm_seconds_count"
         return REGISTRY.get_sample_value(sample, {"outcome": "returned"}) or 0.0
@@ -140,14 +141,14 @@ async def test_unroutable_message_is_reported_as_returned(publisher):
 # --- consumer outcomes -----------------------------------------------------------------------
 
 
-async def start_consumer(amqp_connection, publisher, spec, handler) -> Observed:
-    consumer = Observed(amqp_connection, publisher, spec, handler)
-    consumer.transient_base_delay_s = 0.01
+async def start_consumer(amqp_connection, publisher, spec, handler, database) -> Observed:
+    retry = RetryPolicy(base_delay_s=0.01)
+    consumer = Observed(amqp_connection, publisher, spec, handler, database=database, retry=retry)
     await consumer.start()
     return consumer
 
 
-async def test_processed_message_is_acked(amqp_connection, publisher, channel, spec):
+async def test_processed_message_is_acked(amqp_connection, publisher, channel, spec, database):
     calls: list[str] = []
 
     async def handler(envelope: Envelope, data: Any) -> str:
@@ -157,7 +158,7 @@ async def test_processed_message_is_acked(amqp_connection, publisher, channel, s
 
     envelope = payment_succeeded().envelope
     await publisher.publish_to_queue(spec.name, envelope_message(envelope))
-    consumer = await start_consumer(amqp_connection, publisher, spec, handler)
+    consumer = await start_consumer(amqp_connection, publisher, spec, handler, database)
     await consumer.wait_settled(1)
     await consumer.stop()  # closes its channel: an unacked message would be ready again
     assert calls == [envelope.event_id]
@@ -169,7 +170,7 @@ async def test_processed_message_is_acked(amqp_connection, publisher, channel, s
     "body", [None, b"not json", b'{"event_id": "x"}'], ids=["reject", "invalid_json", "envelope"]
 )
 async def test_rejected_and_invalid_messages_are_dead_lettered(
-    amqp_connection, publisher, channel, spec, body
+    amqp_connection, publisher, channel, spec, body, database
 ):
     calls: list[str] = []
 
@@ -182,7 +183,7 @@ async def test_rejected_and_invalid_messages_are_dead_lettered(
     )
     message.message_id = message.message_id or uuid.uuid4().hex
     await publisher.publish_to_queue(spec.name, message)
-    consumer = await start_consumer(amqp_connection, publisher, spec, handler)
+    consumer = await start_consumer(amqp_connection, publisher, spec, handler, database)
     [dead] = await receive(channel, spec.dlq)
     await consumer.wait_settled(1)
     await consumer.stop()
@@ -195,7 +196,7 @@ async def test_rejected_and_invalid_messages_are_dead_lettered(
 
 
 async def test_retry_every_time_dead_letters_after_max_attempts(
-    amqp_connection, publisher, channel, spec
+    amqp_connection, publisher, channel, spec, database
 ):
     calls: list[int] = []
 
@@ -205,7 +206,7 @@ async def test_retry_every_time_dead_letters_after_max_attempts(
 
     envelope = payment_succeeded().envelope
     await publisher.publish_to_queue(spec.name, envelope_message(envelope))
-    consumer = await start_consumer(amqp_connection, publisher, spec, handler)
+    consumer = await start_consumer(amqp_connection, publisher, spec, handler, database)
     [dead] = await receive(channel, spec.dlq)
     await consumer.wait_settled(3)
     await consumer.stop()
@@ -219,7 +220,7 @@ async def test_retry_every_time_dead_letters_after_max_attempts(
 
 @pytest.mark.parametrize("failure", ["retry", "unexpected"])
 async def test_failure_then_success_is_processed_once(
-    amqp_connection, publisher, channel, spec, failure
+    amqp_connection, publisher, channel, spec, failure, database
 ):
     outcomes: list[str] = []
 
@@ -233,7 +234,7 @@ async def test_failure_then_success_is_processed_once(
         return "processed"
 
     await publisher.publish_to_queue(spec.name, envelope_message(payment_succeeded().envelope))
-    consumer = await start_consumer(amqp_connection, publisher, spec, handler)
+    consumer = await start_consumer(amqp_connection, publisher, spec, handler, database)
     await consumer.wait_settled(2)
     await consumer.stop()
     assert outcomes == [failure, "processed"]
@@ -242,7 +243,7 @@ async def test_failure_then_success_is_processed_once(
 
 
 async def test_a_long_retry_does_not_hold_up_a_short_one(
-    amqp_connection, publisher, channel, queue_names
+    amqp_connection, publisher, channel, queue_names, database
 ):
     """Per-delay retry queues: with one parking queue, per-message TTLs expire only at its
     head, so a 1 s retry parked behind a 30 s one would wait the 30 s too."""
@@ -263,7 +264,7 @@ async def test_a_long_retry_does_not_hold_up_a_short_one(
             fast_back.set()
         return "processed"
 
-    consumer = await start_consumer(amqp_connection, publisher, spec, handler)
+    consumer = await start_consumer(amqp_connection, publisher, spec, handler, database)
     await publisher.publish_to_queue(spec.name, envelope_message(slow))
     await consumer.wait_settled(1)  # the slow one is parked first, at the head
     await publisher.publish_to_queue(spec.name, envelope_message(fast))
@@ -306,7 +307,7 @@ async def test_concurrent_claims_of_one_event_succeed_once(db_pool, scratch):
 
 
 async def test_redelivered_event_is_applied_once_through_a_consumer(
-    amqp_connection, publisher, db_pool, scratch, spec
+    amqp_connection, publisher, db_pool, scratch, spec, database
 ):
     name, envelope = f"test-{uuid.uuid4().hex[:12]}", payment_succeeded().envelope
     outcomes: list[str] = []
@@ -323,7 +324,7 @@ async def test_redelivered_event_is_applied_once_through_a_consumer(
 
     for _ in range(20):
         await publisher.publish_to_queue(spec.name, envelope_message(envelope))
-    consumer = await start_consumer(amqp_connection, publisher, spec, handler)
+    consumer = await start_consumer(amqp_connection, publisher, spec, handler, database)
     await consumer.wait_settled(20)
     await consumer.stop()
     assert Counter(outcomes) == {"processed": 1, "duplicate": 19}
@@ -373,14 +374,16 @@ class SignallingRelay(outbox.OutboxRelay):
         self.idle.set()
 
 
-async def test_outbox_rows_survive_a_crash_and_are_relayed_once(db_pool, publisher, channel, bound):
+async def test_outbox_rows_survive_a_crash_and_are_relayed_once(
+    db_pool, publisher, channel, bound, database
+):
     key, queue = bound
     producer = f"t-{uuid.uuid4().hex[:16]}"
     event_ids = await stage(db_pool, producer, key, 5)
     assert await unpublished(db_pool, producer) == 5
     assert await ready_count(channel, queue.name) == 0
 
-    relay = SignallingRelay(db_pool, publisher, producer, poll_interval_s=30)
+    relay = SignallingRelay(db_pool, publisher, producer, database=database, poll_interval_s=30)
     relay.start()
     try:
         async with asyncio.timeout(10):
@@ -393,11 +396,15 @@ async def test_outbox_rows_survive_a_crash_and_are_relayed_once(db_pool, publish
     assert sorted(m.message_id for m in received) == sorted(event_ids)
     assert {m.type for m in received} == {key}
 
-    assert await outbox.OutboxRelay(db_pool, publisher, producer).relay_once() == 0
+    assert (
+        await outbox.OutboxRelay(db_pool, publisher, producer, database=database).relay_once() == 0
+    )
     assert await unpublished(db_pool, producer) == 0
 
 
-async def test_concurrent_relays_publish_each_row_once(db_pool, publisher, channel, bound):
+async def test_concurrent_relays_publish_each_row_once(
+    db_pool, publisher, channel, bound, database
+):
     key, queue = bound
     producer = f"t-{uuid.uuid4().hex[:16]}"
     event_ids = await stage(db_pool, producer, key, 40)
@@ -408,7 +415,10 @@ async def test_concurrent_relays_publish_each_row_once(db_pool, publisher, chann
             total += published
         return total
 
-    relays = [outbox.OutboxRelay(db_pool, publisher, producer, batch_size=4) for _ in range(2)]
+    relays = [
+        outbox.OutboxRelay(db_pool, publisher, producer, database=database, batch_size=4)
+        for _ in range(2)
+    ]
     totals = await asyncio.gather(*(drain(relay) for relay in relays))
     assert sum(totals) == 40
     assert await unpublished(db_pool, producer) == 0

@@ -11,6 +11,7 @@ from aio_pika.abc import AbstractRobustConnection
 from paylane_common.batching import BatchConsumer
 from paylane_common.consumer import Consumer
 from paylane_common.events import Envelope
+from paylane_common.outages import Dependency
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.topology import QueueSpec, declare_queue
 from tests.support.events import order_paid
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_stop_waits_for_in_flight_message_and_acks_it(
-    amqp_connection: AbstractRobustConnection,
+    amqp_connection: AbstractRobustConnection, database: Dependency
 ) -> None:
     publisher = await Publisher.open(amqp_connection)
     key = f"shutdown.{uuid.uuid4().hex[:8]}"
@@ -33,7 +34,7 @@ async def test_stop_waits_for_in_flight_message_and_acks_it(
         order.append("handler finished")
         return "processed"
 
-    consumer = Consumer(amqp_connection, publisher, spec, slow_handler)
+    consumer = Consumer(amqp_connection, publisher, spec, slow_handler, database=database)
     await consumer.start()
     await publisher.publish(order_paid().envelope, routing_key=key)
     await asyncio.wait_for(started.wait(), 10)
@@ -82,7 +83,7 @@ class _SlowBatches:
 
 
 async def test_batch_consumer_stop_finishes_the_batch_under_way_and_leaves_the_rest(
-    amqp_connection: AbstractRobustConnection, db_pool
+    amqp_connection: AbstractRobustConnection, db_pool, database: Dependency
 ) -> None:
     publisher = await Publisher.open(amqp_connection)
     spec = QueueSpec(f"test.shutdown.{uuid.uuid4().hex[:8]}", ())
@@ -92,7 +93,9 @@ async def test_batch_consumer_stop_finishes_the_batch_under_way_and_leaves_the_r
     for _ in range(40):
         await publisher.publish_to_queue(spec.name, envelope_message(order_paid().envelope))
     handler = _SlowBatches(db_pool)
-    consumer = BatchConsumer(amqp_connection, publisher, spec, handler, prefetch=40, max_batch=8)
+    consumer = BatchConsumer(
+        amqp_connection, publisher, spec, handler, database=database, prefetch=40, max_batch=8
+    )
     await consumer.start()
     await asyncio.wait_for(handler.started.wait(), 10)
 

@@ -20,7 +20,9 @@ import contextlib
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 CHUNK = 64 * 1024
 
@@ -65,6 +67,7 @@ class FaultProxy:
         self.stats = ProxyStats()
         self._open = asyncio.Event()
         self._open.set()
+        self._refusing = False
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._handlers: set[asyncio.Task[None]] = set()
@@ -121,7 +124,14 @@ class FaultProxy:
         """Forward nothing (held, not dropped) until :meth:`heal`."""
         self._open.clear()
 
+    def refuse(self) -> None:
+        """The upstream as a stopped server: every connection reset, new ones reset at
+        once, until :meth:`heal`."""
+        self._refusing = True
+        self.reset()
+
     def heal(self) -> None:
+        self._refusing = False
         self._open.set()
 
     def reset(self) -> int:
@@ -142,6 +152,10 @@ class FaultProxy:
         link = _Link(writer)
         self._links.add(link)
         graceful = False
+        if self._refusing:
+            self._abort(link)
+            self._handlers.discard(task)
+            return
         try:
             await self._open.wait()  # a blackholed network does not even connect
             if link not in self._links:  # reset while blackholed
@@ -256,3 +270,15 @@ def _rst(writer: asyncio.StreamWriter) -> None:
 
 
 __all__ = ["FaultProxy", "ProxyStats"]
+
+
+def through(proxy: FaultProxy) -> Callable[[str], str]:
+    """The same URL (credentials, vhost or database) with the proxy as host and port."""
+
+    def rewrite(url: str) -> str:
+        parts = urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{proxy.port}" if userinfo else f"127.0.0.1:{proxy.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    return rewrite

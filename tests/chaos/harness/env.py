@@ -61,9 +61,11 @@ async def chaos_env(
     *,
     service_amqp: Callable[[str], str] | None = None,
     service_mysql: Callable[[str], str] | None = None,
+    service_env: dict[str, str] | None = None,
 ) -> AsyncIterator[ChaosEnv]:
     """A new vhost and database and the whole stack on them. ``service_amqp`` /
-    ``service_mysql`` map the real URL to what the services get (a fault proxy)."""
+    ``service_mysql`` map the real URL to what the services get (a fault proxy);
+    ``service_env`` is given to every service."""
     vhost = unique_name("paylane_chaos")
     database = unique_name("paylane_chaos")
     amqp_url = infra.amqp_url(vhost)
@@ -75,6 +77,7 @@ async def chaos_env(
         wechat,
         log_dir,
     )
+    stack.base_env.update(service_env or {})
     connection: AbstractRobustConnection | None = None
     resources = contextlib.AsyncExitStack()
     try:

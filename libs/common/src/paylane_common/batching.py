@@ -11,7 +11,8 @@ The per-message path stays the reference. ``apply_batch`` takes only the plain c
 ``None`` for every message it leaves alone, with no effect of that message in the
 transaction. Those, and every message of a batch whose transaction failed (a deadlock, a
 lost connection, a bug), are then processed one by one, exactly as :class:`Consumer`
-does; inbox and conditional updates make the second look safe.
+does; inbox and conditional updates make the second look safe. A batch that failed
+because the database is down (outages.py) is put back whole and the consumer pauses.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from . import inbox, metrics, tracing
-from .consumer import Consumer
+from .consumer import Consumer, RetryPolicy
 from .db import transaction
 from .events import Envelope, parse_event
 from .exceptions import EventValidationError
+from .outages import Dependency
 from .publisher import Publisher
 from .topology import QueueSpec
 
@@ -81,11 +83,22 @@ class BatchConsumer(Consumer):
         spec: QueueSpec,
         handler: BatchHandler,
         *,
+        database: Dependency,
+        retry: RetryPolicy | None = None,
         prefetch: int = 128,
         max_batch: int = 64,
         declare: bool = True,
     ):
-        super().__init__(connection, publisher, spec, handler, prefetch=prefetch, declare=declare)
+        super().__init__(
+            connection,
+            publisher,
+            spec,
+            handler,
+            database=database,
+            retry=retry,
+            prefetch=prefetch,
+            declare=declare,
+        )
         self._batch_handler = handler
         self._max_batch = max_batch
         self._arrived: list[AbstractIncomingMessage] = []
@@ -135,8 +148,8 @@ class BatchConsumer(Consumer):
     async def process_batch(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         """Apply ``messages`` in one transaction where the handler can, then settle them;
         the rest one by one."""
-        if len(messages) == 1:
-            await self.process(messages[0])
+        if len(messages) == 1 or self.paused:
+            await self._one_by_one(messages)
             return
         metrics.BATCH_SIZE.labels(self.spec.name).observe(len(messages))
         started = time.perf_counter()
@@ -155,14 +168,19 @@ class BatchConsumer(Consumer):
         failure: Exception | None = None
         if items:
             try:
-                async with transaction(self._batch_handler.pool) as cur:
-                    outcomes = await self._batch_handler.apply_batch(cur, items)
+                async with asyncio.timeout(self.retry.handler_timeout_s):
+                    async with transaction(self._batch_handler.pool) as cur:
+                        outcomes = await self._batch_handler.apply_batch(cur, items)
             except Exception as exc:
                 failure = exc
             finally:  # the last item's context must not follow
                 structlog.contextvars.clear_contextvars()
                 tracing.end()
         if failure is not None:
+            if await self._database.confirm_down(failure):
+                self.pause()
+                await self._one_by_one(messages)  # each put back: the consumer is paused
+                return
             log.warning(
                 "batch_failed_one_by_one",
                 queue=self.spec.name,

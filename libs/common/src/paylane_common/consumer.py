@@ -5,14 +5,24 @@ acked; or raises :class:`Retry` (parked in ``<queue>.retry.<delay>`` and redeliv
 after the delay, up to a limit) or :class:`Reject` (copied to ``<queue>.dlq`` with the
 reason, then acked).
 Invalid messages are rejected to the DLQ at once; an unexpected exception is retried with
-backoff, then dead-lettered. Nothing is requeued forever.
+backoff (:class:`RetryPolicy`), then dead-lettered. Nothing is requeued forever.
+
+An outage is not the message's fault (outages.py): when a handler fails because the
+database is unreachable, stalled or read-only, the consumer pauses (stops taking
+deliveries), puts the message back at the tail of its queue unchanged (its attempt count
+does not grow; a new copy, so the broker's delivery limit does not count it either),
+returns every other delivery it holds the same way, reports not-ready with the reason, and
+takes deliveries again once the database answers its probe. A deadlock or lock-wait
+timeout is retried without counting an attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +34,9 @@ from . import metrics, tracing
 from .amqp import copy_message, without_broker_headers
 from .events import Envelope, parse_event
 from .exceptions import EventValidationError, PaylaneError, PublishError
+from .outages import Dependency, NotReady, describe, is_contention
 from .publisher import Publisher
+from .settings import ConsumerSettings
 from .topology import QueueSpec, declare_queue, existing_queue
 
 log = structlog.get_logger(__name__)
@@ -55,13 +67,33 @@ class Reject(PaylaneError):
         self.reason = reason
 
 
-class Consumer:
-    """Consumes one queue with a handler; start() / stop() around the service's life."""
+@dataclass(frozen=True)
+class RetryPolicy:
+    """What a message whose handler keeps failing gets (settings: ``CONSUMER_RETRY_*``,
+    ``CONSUMER_HANDLER_TIMEOUT_S``)."""
 
-    #: Unexpected errors (DB down, …): attempts and backoff before dead-lettering.
-    transient_attempts = 8
-    transient_base_delay_s = 1.0
-    transient_max_delay_s = 30.0
+    attempts: int = 8
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    handler_timeout_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: ConsumerSettings) -> RetryPolicy:
+        return cls(
+            attempts=settings.consumer_retry_attempts,
+            max_delay_s=settings.consumer_retry_max_delay_s,
+            handler_timeout_s=settings.consumer_handler_timeout_s,
+        )
+
+    def delay_s(self, attempt: int) -> float:
+        """The backoff before try ``attempt + 1``."""
+        return float(min(self.base_delay_s * 2**attempt, self.max_delay_s))
+
+
+class Consumer:
+    """Consumes one queue with a handler; start() / stop() around the service's life.
+
+    ``database`` is the dependency whose outage pauses it (outages.py)."""
 
     def __init__(
         self,
@@ -70,6 +102,8 @@ class Consumer:
         spec: QueueSpec,
         handler: Handler,
         *,
+        database: Dependency,
+        retry: RetryPolicy | None = None,
         prefetch: int = 32,
         declare: bool = True,
     ):
@@ -78,10 +112,23 @@ class Consumer:
         self._publisher = publisher
         self.spec = spec
         self._handler = handler
+        self._database = database
+        self.retry = retry or RetryPolicy()
         self._prefetch = prefetch
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        #: Set while an outage pauses it: the task that takes deliveries again.
+        self._resuming: asyncio.Task[None] | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self._resuming is not None
+
+    async def check(self) -> None:
+        """Its readiness check: not ready while an outage pauses it."""
+        if self.paused:
+            raise NotReady(f"paused, {self._database.reason or 'resuming'}")
 
     async def start(self) -> None:
         channel = await self._connection.channel()
@@ -95,15 +142,51 @@ class Consumer:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop taking messages, let in-flight ones finish (unacked ones are redelivered)."""
-        if self._queue is not None and self._tag is not None:
-            try:
-                await self._queue.cancel(self._tag)
-            except Exception as exc:  # broker gone: nothing more will arrive anyway
-                log.warning("consumer_cancel_failed", queue=self.spec.name, error=repr(exc))
-            self._tag = None
+        if self._resuming is not None:
+            self._resuming.cancel()
+            await asyncio.gather(self._resuming, return_exceptions=True)
+        await self._cancel_consume()
         await self.finish_in_flight(timeout)
         if self._queue is not None and not self._queue.channel.is_closed:
             await self._queue.channel.close()
+
+    async def _cancel_consume(self) -> None:
+        if self._queue is not None and self._tag is not None:
+            tag, self._tag = self._tag, None
+            try:
+                await self._queue.cancel(tag)
+            except Exception as exc:  # broker gone: nothing more will arrive anyway
+                log.warning("consumer_cancel_failed", queue=self.spec.name, error=repr(exc))
+
+    def pause(self) -> None:
+        """Stop taking deliveries until the database is back (see the module doc)."""
+        if self._resuming is None:
+            log.error("consumer_paused", queue=self.spec.name, reason=self._database.reason)
+            self._resuming = asyncio.create_task(
+                self._resume_when_up(),
+                name=f"resume-{self.spec.name}",
+                context=contextvars.Context(),  # not the log context of the message
+            )
+
+    async def _resume_when_up(self) -> None:
+        paused_at = time.monotonic()
+        await self._cancel_consume()
+        await self._database.wait_up()
+        delay = 0.5
+        while self._queue is not None:
+            try:
+                self._tag = await self._queue.consume(self._on_message)
+                break
+            except Exception as exc:  # the broker is away too: its connection comes back
+                log.warning("consumer_resume_failed", queue=self.spec.name, error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self._resuming = None
+        log.warning(
+            "consumer_resumed",
+            queue=self.spec.name,
+            paused_for_s=round(time.monotonic() - paused_at, 1),
+        )
 
     async def finish_in_flight(self, timeout: float) -> None:
         """Wait (at most ``timeout``) for the messages being handled."""
@@ -149,6 +232,8 @@ class Consumer:
         metrics.CONSUMER_MESSAGES.labels(queue, outcome).inc()
 
     async def _handle(self, message: AbstractIncomingMessage) -> str:
+        if self.paused:  # delivered before the pause took effect
+            return await self.put_back(message)
         try:
             envelope, data = parse_event(message.body)
         except EventValidationError as exc:
@@ -157,7 +242,8 @@ class Consumer:
         structlog.contextvars.bind_contextvars(event_type=envelope.type)
         attempt = _attempt(message)
         try:
-            outcome = await self._handler(envelope, data)
+            async with asyncio.timeout(self.retry.handler_timeout_s):
+                outcome = await self._handler(envelope, data)
         except Reject as exc:
             log.error("message_rejected", reason=exc.reason)
             return await self._dead_letter(message, exc.reason)
@@ -170,17 +256,31 @@ class Consumer:
             log.info("message_retry", reason=exc.reason, attempt=attempt + 1)
             return await self._retry(message, attempt + 1, exc.delay_s)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"[:300]
-            if attempt + 1 >= self.transient_attempts:
-                log.exception("message_failed", reason=reason, attempts=attempt + 1)
-                return await self._dead_letter(message, reason)
-            delay = min(self.transient_base_delay_s * 2**attempt, self.transient_max_delay_s)
-            log.warning(
-                "message_failed_will_retry", reason=reason, attempt=attempt + 1, delay_s=delay
-            )
-            return await self._retry(message, attempt + 1, delay)
+            return await self.failed(message, attempt, exc)
         await message.ack()
         return outcome
+
+    async def failed(self, message: AbstractIncomingMessage, attempt: int, exc: Exception) -> str:
+        """Settle a message whose handler raised ``exc``: put back during an outage,
+        tried again at once on contention, else retried with backoff, then dead-lettered."""
+        if await self._database.confirm_down(exc):
+            self.pause()
+            return await self.put_back(message)
+        reason = describe(exc)
+        if is_contention(exc):
+            log.info("message_contention_retry", reason=reason, attempt=attempt)
+            return await self._retry(message, attempt, self.retry.base_delay_s)
+        if attempt + 1 >= self.retry.attempts:
+            log.error("message_failed", reason=reason, attempts=attempt + 1, exc_info=exc)
+            return await self._dead_letter(message, reason)
+        delay = self.retry.delay_s(attempt)
+        log.warning("message_failed_will_retry", reason=reason, attempt=attempt + 1, delay_s=delay)
+        return await self._retry(message, attempt + 1, delay)
+
+    async def put_back(self, message: AbstractIncomingMessage) -> str:
+        """At the tail of its queue, as it came (attempt count unchanged), as a new copy."""
+        copy = copy_message(message, without_broker_headers(message.headers))
+        return await self._forward(message, self.spec.name, copy, "put_back_outage")
 
     async def _retry(self, message: AbstractIncomingMessage, attempt: int, delay_s: float) -> str:
         copy = copy_message(

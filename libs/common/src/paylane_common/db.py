@@ -13,6 +13,10 @@ import pymysql
 from .settings import MySQLParams
 
 DUPLICATE_KEY = 1062
+#: ER_OPTION_PREVENTS_STATEMENT: what a read-only server answers a write.
+READ_ONLY = 1290
+#: A rollback taking longer means the connection is not worth keeping.
+ROLLBACK_TIMEOUT_S = 5.0
 _ISOLATION_LEVELS = frozenset(
     {"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"}
 )
@@ -66,21 +70,47 @@ async def transaction(
         async with conn.cursor(aiomysql.DictCursor) as cur:
             yield cur
         await conn.commit()
-    except BaseException:
-        try:
-            await conn.rollback()
-        except Exception:
-            conn.close()
+    except BaseException as exc:
+        await _abandon(conn, exc)
         raise
     finally:
         await pool.release(conn)
 
 
-async def ping(pool: aiomysql.Pool, timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
-        async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute("SELECT 1")
+async def _abandon(conn: aiomysql.Connection, exc: BaseException) -> None:
+    """Roll back; or, where the connection cannot be trusted to answer (cancelled mid-
+    statement, e.g. by a handler's timeout against a stalled server), close it: the
+    server rolls back a transaction whose connection is gone. A rollback that does not
+    come back within ``ROLLBACK_TIMEOUT_S`` closes it too."""
+    if isinstance(exc, asyncio.CancelledError | TimeoutError) or conn.closed:
+        conn.close()
+        return
+    try:
+        async with asyncio.timeout(ROLLBACK_TIMEOUT_S):
             await conn.rollback()
+    except Exception:
+        conn.close()
+
+
+async def ping(pool: aiomysql.Pool, timeout: float = 2.0, *, writable: bool = False) -> None:
+    """Raises unless the database answers within ``timeout`` (and, with ``writable``,
+    accepts writes: a failed-over primary turned read-only does not)."""
+    async with asyncio.timeout(timeout):
+        conn = await pool.acquire()
+    try:
+        async with asyncio.timeout(timeout):
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT @@global.read_only")
+                (read_only,) = await cur.fetchone()
+            await conn.rollback()
+    except BaseException:
+        conn.close()  # it may be stuck mid-statement: never handed out again
+        raise
+    finally:
+        await pool.release(conn)
+    if writable and read_only:
+        # As the server answers a write: a replica, or a primary being failed over.
+        raise pymysql.err.OperationalError(READ_ONLY, "the server is read-only (read_only=ON)")
 
 
 def placeholders(n: int) -> str:

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .outages import NotReady
+
 ReadinessCheck = Callable[[], Awaitable[None]]
 READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, ReadinessCheck])
 
@@ -31,6 +33,8 @@ async def readyz(request: web.Request) -> web.Response:
             async with asyncio.timeout(2.0):
                 await check()
             results[name] = "ok"
+        except NotReady as exc:  # says why, in words meant for the operator
+            results[name] = f"down: {exc}"
         except Exception as exc:
             results[name] = f"down: {type(exc).__name__}"
 

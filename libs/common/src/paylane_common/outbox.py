@@ -22,12 +22,17 @@ from .background import BackgroundLoop
 from .db import transaction
 from .events import Envelope
 from .exceptions import PublishError
+from .outages import Dependency
 from .publisher import Publisher, envelope_message
 
 log = structlog.get_logger(__name__)
 
 
 _ER_LOCK_DEADLOCK = 1213
+#: The longest pause between tries while publishing fails (the broker away).
+MAX_FAILURE_WAIT_S = 8.0
+#: One batch (claim, publish with confirms, mark) takes far less.
+RELAY_TIMEOUT_S = 30.0
 _DEADLOCK_ATTEMPTS = 3
 
 _INSERT = (
@@ -82,10 +87,12 @@ class OutboxRelay(BackgroundLoop):
         publisher: Publisher,
         producer: str,
         *,
+        database: Dependency,
         batch_size: int = 200,
         poll_interval_s: float = 1.0,
     ):
         self._pool = pool
+        self._database = database
         self._publisher = publisher
         self.producer = producer
         self._batch_size = batch_size
@@ -98,20 +105,36 @@ class OutboxRelay(BackgroundLoop):
         self._wakeup.set()
 
     async def _run(self) -> None:
+        failures = 0
         while True:
             try:
-                published = await self.relay_once()
-                now = time.monotonic()
-                if now - self._backlog_updated >= self.backlog_interval_s:
-                    await self._update_backlog()
-                    self._backlog_updated = now
-            except Exception as exc:  # broker or DB down: try again on the next tick
-                log.warning("outbox_relay_failed", producer=self.producer, error=repr(exc))
+                # A stalled database would hold the relay forever: cut off, it is probed.
+                async with asyncio.timeout(RELAY_TIMEOUT_S):
+                    published = await self.relay_once()
+                    now = time.monotonic()
+                    if now - self._backlog_updated >= self.backlog_interval_s:
+                        await self._update_backlog()
+                        self._backlog_updated = now
+                failures = 0
+            except Exception as exc:
                 published = 0
+                if await self._database.confirm_down(exc):
+                    await self._database.wait_up()  # its prober logs the outage
+                    continue
+                # The broker away (its connection comes back by itself) or a bug: again
+                # after a backoff, so that an outage is a line every few seconds at most.
+                failures += 1
+                log.warning(
+                    "outbox_relay_failed",
+                    producer=self.producer,
+                    failures=failures,
+                    error=repr(exc)[:300],
+                )
             if published >= self._batch_size:
                 continue
+            wait_s = min(self._poll_interval_s * 2**failures, MAX_FAILURE_WAIT_S)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
+                await asyncio.wait_for(self._wakeup.wait(), wait_s)
             except TimeoutError:
                 pass
             self._wakeup.clear()

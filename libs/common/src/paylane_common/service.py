@@ -7,6 +7,7 @@ import gc
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import aiomysql
@@ -17,10 +18,11 @@ from aiohttp import web
 
 from . import amqp, db
 from .batching import BatchConsumer, BatchHandler
-from .consumer import Consumer, Handler
+from .consumer import Consumer, Handler, RetryPolicy
 from .exceptions import ConfigError
 from .health import READINESS_CHECKS, add_health_routes, admin_app
 from .logs import configure_logging
+from .outages import Dependency
 from .outbox import OutboxRelay
 from .publisher import Publisher
 from .retention import RetentionPruner
@@ -39,6 +41,8 @@ SettingsT = TypeVar("SettingsT", bound=BaseServiceSettings)
 AMQP_CONNECTION = web.AppKey("amqp_connection", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
 DB_POOL = web.AppKey("db_pool", aiomysql.Pool)
+#: The database as a dependency: its outages, probes and readiness (outages.py).
+DATABASE = web.AppKey("database", Dependency)
 SERVICE_NAME = web.AppKey("service_name", str)
 #: AMQP_DECLARE_TOPOLOGY: whether this process declares the topology or only checks it.
 DECLARES_TOPOLOGY = web.AppKey("declares_topology", bool)
@@ -112,16 +116,24 @@ def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
     app.cleanup_ctx.append(ctx)
 
 
-def use_mysql(app: web.Application, settings: BaseServiceSettings, maxsize: int = 10) -> None:
+def use_mysql(
+    app: web.Application,
+    settings: BaseServiceSettings,
+    maxsize: int = 10,
+    *,
+    writable: bool = True,
+) -> None:
+    """The pool, and the database as a :class:`~paylane_common.outages.Dependency` whose
+    outage pauses the consumers (``writable``: a read-only server counts as down)."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with db.create_pool(settings.mysql_url, maxsize=maxsize) as pool:
             app[DB_POOL] = pool
-
-            async def mysql_check() -> None:
-                await db.ping(pool)
-
-            app[READINESS_CHECKS]["mysql"] = mysql_check
+            database = Dependency("mysql", partial(db.ping, pool, writable=writable))
+            app[DATABASE] = database
+            app[READINESS_CHECKS]["mysql"] = database.check
             yield
+            await database.close()
 
     app.cleanup_ctx.append(ctx)
 
@@ -207,7 +219,9 @@ def use_consumer(
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         if outbox_producer is not None:
-            relay = OutboxRelay(app[DB_POOL], app[PUBLISHER], outbox_producer)
+            relay = OutboxRelay(
+                app[DB_POOL], app[PUBLISHER], outbox_producer, database=app[DATABASE]
+            )
             app[OUTBOX_RELAY] = relay
             relay.start()
         pruner = None
@@ -220,8 +234,8 @@ def use_consumer(
             pruner.start()
         handler = make_handler(app)
         connection, publisher = app[AMQP_CONNECTION], app[PUBLISHER]
-        prefetch = settings.consumer_prefetch
-        declare = app[DECLARES_TOPOLOGY]
+        database, retry = app[DATABASE], RetryPolicy.from_settings(settings)
+        prefetch, declare = settings.consumer_prefetch, app[DECLARES_TOPOLOGY]
         consumer: Consumer
         if isinstance(handler, BatchHandler):
             consumer = BatchConsumer(
@@ -229,15 +243,25 @@ def use_consumer(
                 publisher,
                 spec,
                 handler,
+                database=database,
+                retry=retry,
                 prefetch=prefetch,
                 max_batch=settings.consumer_batch_max,
                 declare=declare,
             )
         else:
             consumer = Consumer(
-                connection, publisher, spec, handler, prefetch=prefetch, declare=declare
+                connection,
+                publisher,
+                spec,
+                handler,
+                database=database,
+                retry=retry,
+                prefetch=prefetch,
+                declare=declare,
             )
         app[CONSUMER] = consumer
+        app[READINESS_CHECKS]["consumer"] = consumer.check
         await consumer.start()
         yield
         await consumer.stop()

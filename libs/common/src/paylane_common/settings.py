@@ -251,6 +251,14 @@ class ConsumerSettings(BaseSettings):
     consumer_prefetch: int = Field(128, ge=1, le=10_000)
     #: Messages applied together in one transaction at the most (batching.py).
     consumer_batch_max: int = Field(64, ge=1, le=1_000)
+    #: A message whose handler keeps failing (not an outage: see outages.py) is tried
+    #: this many times, with backoff doubling from a second up to the max delay, then
+    #: dead-lettered. An outage of the database uses none of these attempts.
+    consumer_retry_attempts: int = Field(8, ge=1, le=100)
+    consumer_retry_max_delay_s: float = Field(30.0, gt=0, le=30.0)
+    #: A handler still running after this long is cut off (a stalled database) and the
+    #: failure treated as any other: an outage when the database does not answer a probe.
+    consumer_handler_timeout_s: float = Field(30.0, gt=0, le=600)
     #: Inbox and published outbox rows are deleted after this many days (retention.py);
     #: never fewer than the replay stream keeps events (7 days), which the inbox dedupes …
     retention_days: float = Field(30.0, ge=7)

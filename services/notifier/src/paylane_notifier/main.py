@@ -32,7 +32,7 @@ def build_app(settings: NotifierSettings, *, hub: Hub | None = None) -> web.Appl
         )
     )
     use_broker(app, settings)
-    use_mysql(app, settings)
+    use_mysql(app, settings, writable=False)  # it only reads
     app.cleanup_ctx.append(consume_events)
     app.on_shutdown.append(_close_clients)
     app.router.add_get("/ws", websocket_stream)

@@ -14,7 +14,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from paylane_common.service import DB_POOL
+from paylane_common.outages import Dependency
+from paylane_common.service import DATABASE, DB_POOL
 
 from .auth import authenticate
 from .config import NOTIFIER_CONFIG
@@ -46,6 +47,9 @@ class Subscription:
     load_snapshot: LoadSnapshot
     #: When the token expires (epoch seconds): the stream ends then.
     expires_at: float = float("inf")
+    #: The database the snapshot is read from: a snapshot missed during its outage is
+    #: sent once it is back.
+    database: Dependency | None = None
 
 
 def accept(request: web.Request) -> Subscription:
@@ -65,6 +69,7 @@ def accept(request: web.Request) -> Subscription:
         since_ms=since_ms,
         load_snapshot=load,
         expires_at=token.expires_at,
+        database=request.app[DATABASE],
     )
 
 
@@ -115,26 +120,49 @@ async def _until(epoch_s: float) -> None:
 
 
 async def _write(sink: Sink, subscription: Subscription, send: Send) -> None:
-    await _send_snapshot(subscription, send, subscription.since_ms)
-    while True:
-        item = await sink.get()
-        if item is Control.CLOSE:
-            return
-        if item is Control.RESYNC:
-            await _send_snapshot(subscription, send, None)
-            continue
-        assert isinstance(item, ClientMessage)
-        await _push(send, item)
+    resyncs: set[asyncio.Task[None]] = set()
+
+    async def snapshot(since_ms: int | None) -> None:
+        failure = await _send_snapshot(subscription, send, since_ms)
+        database = subscription.database
+        if failure is not None and database is not None and not resyncs:
+            if await database.confirm_down(failure):
+                resyncs.add(asyncio.create_task(_resync_when_up(sink, database)))
+
+    try:
+        await snapshot(subscription.since_ms)
+        while True:
+            item = await sink.get()
+            if item is Control.CLOSE:
+                return
+            if item is Control.RESYNC:
+                resyncs.difference_update({t for t in resyncs if t.done()})
+                await snapshot(None)
+                continue
+            assert isinstance(item, ClientMessage)
+            await _push(send, item)
+    finally:
+        await cancel_and_wait(*resyncs)
 
 
-async def _send_snapshot(subscription: Subscription, send: Send, since_ms: int | None) -> None:
+async def _resync_when_up(sink: Sink, database: Dependency) -> None:
+    """The snapshot the client missed while the database was down, once it is back."""
+    await database.wait_up()
+    sink.offer(Control.RESYNC)
+
+
+async def _send_snapshot(
+    subscription: Subscription, send: Send, since_ms: int | None
+) -> Exception | None:
+    """The snapshot sent; or why it could not be read (live events still flow)."""
     try:
         messages = await subscription.load_snapshot(since_ms)
-    except Exception as exc:  # MySQL away: live events still flow; readyz reports it
+    except Exception as exc:
         log.warning("snapshot_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
-        return
+        return exc
     for message in messages:
         await _push(send, message)
+    return None
 
 
 async def _push(send: Send, message: ClientMessage) -> None:
