@@ -44,6 +44,7 @@ from paylane_common.wechatpay.testing import (
 from paylane_ingress.config import INGRESS_CONFIG
 from paylane_ingress.main import build_app as build_ingress
 from paylane_ingress.settings import IngressSettings
+from paylane_sandbox.auth import MerchantAuthenticator
 from tests.support.polling import eventually
 from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
 from tests.support.wechat import FakeWechat
@@ -308,6 +309,56 @@ async def test_the_request_names_the_public_key_else_the_newest_valid_certificat
             with pytest.raises(WechatPayApiError):
                 await make_client(base, verifier_keys, max_attempts=1).query_refund("R1")
     assert seen == [keys.public_key_id, certificates[1].serial, None]
+
+
+async def test_the_clients_signed_headers_win_and_a_callers_serial_is_sent_once(
+    make_client: Any, keys: FakeWechat
+) -> None:
+    """A caller's headers go under the client's own, compared case-insensitively: they
+    cannot replace the Authorization, Accept or Content-Type the request is signed and sent
+    with, and the Wechatpay-Serial a caller names (the key its fields are encrypted under)
+    is the one sent, once."""
+    received: list[tuple[list[tuple[str, str]], bytes]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        headers = [(k.decode().lower(), v.decode()) for k, v in request.raw_headers]
+        received.append((headers, await request.read()))
+        return web.json_response({"code": "PARAM_ERROR", "message": "recorded"}, status=400)
+
+    certificate_serial = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
+    caller = {
+        "Authorization": 'WECHATPAY2-SHA256-RSA2048 mchid="1",signature="forged"',
+        "accept": "text/html",
+        "content-type": "text/plain",
+        "wechatpay-serial": certificate_serial,
+        "X-Trace": "t-1",
+    }
+    path = "/v3/refund/domestic/refunds"
+    app = web.Application()
+    app.router.add_post(path, record)
+    async with TestServer(app) as server:
+        client = make_client(str(server.make_url("")).rstrip("/"), max_attempts=1)
+        with pytest.raises(WechatPayApiError):
+            await client._call("POST", path, {"out_refund_no": "R1"}, caller)
+        two = {"Wechatpay-Serial": keys.public_key_id, "wechatpay-serial": certificate_serial}
+        with pytest.raises(ValueError, match="two different Wechatpay-Serial"):
+            await client._call("POST", path, {"out_refund_no": "R1"}, two)
+
+    [(headers, body)] = received
+
+    def sent(name: str) -> list[str]:
+        return [value for key, value in headers if key == name]
+
+    assert sent("wechatpay-serial") == [certificate_serial]
+    assert sent("accept") == ["application/json"]
+    assert sent("content-type") == ["application/json"]
+    assert sent("x-trace") == ["t-1"]
+    [authorization] = sent("authorization")
+    public = keys.merchant_key.public_key()
+    # Checked as WeChat Pay checks it (the sandbox's check): the client's own signature.
+    MerchantAuthenticator(keys.mchid, keys.merchant_serial_no, public).check(
+        "POST", path, authorization, body
+    )
 
 
 async def test_an_unknown_serial_triggers_one_download_and_a_second_verification(

@@ -88,7 +88,7 @@ def test_public_key_mode_encrypts_under_the_public_key_and_names_its_id() -> Non
     assert keys.encryption_key(at=time.time()) == ("PUB_KEY_ID_0114", public_key)
 
 
-def test_certificate_mode_encrypts_under_the_valid_certificate_that_expires_last() -> None:
+def test_certificate_mode_encrypts_under_the_newest_valid_certificate() -> None:
     now = datetime.now(UTC)
     old, new, expired, future = (new_private_key().public_key() for _ in range(4))
     keys = VerifierKeys()
@@ -105,6 +105,24 @@ def test_certificate_mode_encrypts_under_the_valid_certificate_that_expires_last
         "0D", future, not_before=now + timedelta(days=1), not_after=now + timedelta(days=3000)
     )
     assert keys.encryption_key(at=now.timestamp()) == ("0B", new)
+
+
+def test_the_serial_named_is_the_certificate_encrypted_under() -> None:
+    """Two overlapping certificates of different terms: the older one outlives the newer.
+    WeChat decrypts the fields with the certificate ``Wechatpay-Serial`` names, so the
+    serial sent and the key used are one certificate: the newest issued."""
+    now = datetime.now(UTC)
+    older, newer = (new_private_key().public_key() for _ in range(2))
+    keys = VerifierKeys()
+    keys.add_certificate(
+        "0A", older, not_before=now - timedelta(days=30), not_after=now + timedelta(days=1800)
+    )
+    keys.add_certificate(
+        "0B", newer, not_before=now - timedelta(days=1), not_after=now + timedelta(days=300)
+    )
+    at = now.timestamp()
+    assert keys.encryption_key(at=at) == ("0B", newer)
+    assert keys.request_serial(at) == "0B"
 
 
 def test_no_key_to_encrypt_with_is_an_error() -> None:

@@ -1,23 +1,35 @@
 """An ABNORMAL refund and its remedy on the real database, against the in-process sandbox
-(which decrypts the bank fields with its platform key)."""
+(which decrypts the bank fields with its platform key); the order API's route over HTTP."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import aiomysql
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from paylane_common.auth import INTERNAL_SECRET_HEADER
 from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import order_request
+from paylane_order import api
 from paylane_order.abnormal import AbnormalRefunds, Remedy
-from paylane_order.errors import Conflict, InvalidRequest, NotFound, UpstreamRejected
+from paylane_order.config import ORDER_CONFIG, OrderConfig
+from paylane_order.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    UpstreamRejected,
+    error_middleware,
+)
 from paylane_order.money import yuan
 from paylane_order.refunds import RefundApplier
-from services.order.tests.support import basic_order
+from services.order.tests.support import basic_order, order_settings
 from tests.support.events import refund_abnormal, refund_succeeded
 from tests.support.queries import fetch_one
 from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
@@ -29,10 +41,12 @@ pytestmark = pytest.mark.integration
 ACCOUNT = "6214830000000000"
 NAME = "张三"
 TO_CARD = Remedy("USER_BANK_CARD", "ICBC_DEBIT", ACCOUNT, NAME)
+BACKEND_SECRET = "b" * 32
 
 
 @dataclass
 class World:
+    keys: FakeWechat
     sandbox: RunningSandbox
     client: WechatPayClient
     refunds: AbnormalRefunds
@@ -69,7 +83,23 @@ async def world(db_pool: aiomysql.Pool) -> AsyncIterator[World]:
         aiohttp.ClientSession() as http,
     ):
         client = keys.merchant_client(sandbox.base_url, http)
-        yield World(sandbox, client, AbnormalRefunds(db_pool, client), db_pool)
+        yield World(keys, sandbox, client, AbnormalRefunds(db_pool, client), db_pool)
+
+
+@asynccontextmanager
+async def order_api(
+    world: World, amqp_url: str, mysql_url: str
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The order API's routes and error mapping over HTTP, remedying through ``world``."""
+    app = web.Application(middlewares=[error_middleware])
+    settings = order_settings(
+        world.keys, world.sandbox.base_url, amqp_url, mysql_url, backend_api_secret=BACKEND_SECRET
+    )
+    app[ORDER_CONFIG] = OrderConfig.from_settings(settings)
+    app[api.ABNORMAL_REFUNDS] = world.refunds
+    api.add_routes(app)
+    async with TestClient(TestServer(app)) as client:
+        yield client
 
 
 async def test_abnormal_is_recorded_and_kept_once_the_refund_succeeds(world: World) -> None:
@@ -161,3 +191,29 @@ async def test_an_abnormal_from_before_the_remedy_does_not_undo_it(world: World)
     assert await RefundApplier(world.pool)(*again) == "refund_abnormal"
     row = await world.refunds.get(no)
     assert (row["status"], row["abnormal_at"]) == ("abnormal", refund["abnormal_at"])
+
+
+async def test_an_unverifiable_answer_is_the_apis_502_with_wechats_request_id(
+    world: World, amqp_url: str, mysql_url: str
+) -> None:
+    """As every route of the order API: the remedy's outcome is unknown, not WeChat Pay
+    unreachable; the row says so and stays abnormal (the same remedy may be applied again)."""
+    refund = await world.abnormal_refund()
+    no = refund["out_refund_no"]
+    # Signed under the platform certificate, which this merchant (public key only) lacks.
+    await world.sandbox.ok("PUT", "/sandbox/switches", {"sign_mode": "certificate"})
+    body = {"type": "USER_BANK_CARD", "bank_type": "ICBC_DEBIT"}
+    body |= {"bank_account": ACCOUNT, "real_name": NAME}
+    async with order_api(world, amqp_url, mysql_url) as http:
+        response = await http.post(
+            f"/refunds/{no}/apply-abnormal-refund",
+            json=body,
+            headers={INTERNAL_SECRET_HEADER: BACKEND_SECRET},
+        )
+        answer = await response.json()
+    assert (response.status, answer["error"]) == (502, "wechatpay_unverified"), answer
+    assert "unknown_serial" in answer["message"]
+    assert len(answer["wechatpay_request_id"]) == 32  # what WeChat support asks for
+    row = await world.refunds.get(no)
+    assert (row["status"], row["remedy"]) == ("abnormal", "USER_BANK_CARD")
+    assert row["remedy_result"].startswith("UNKNOWN: ")

@@ -16,6 +16,8 @@ from paylane_common.wechatpay import (
     load_certificate,
 )
 from paylane_common.wechatpay.testing import MCHID, PAYER_OPENID, new_private_key, order_request
+from paylane_sandbox.auth import MerchantAuthenticator
+from paylane_sandbox.errors import ApiError
 
 PUBLIC_KEY_ID = "PUB_KEY_ID_0114232134912410000000000000001"
 CERT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
@@ -186,6 +188,29 @@ async def test_wrong_key_serial_mchid_or_stale_timestamp_is_sign_error(sandbox, 
     # Signed for another path (or query string): the signature does not cover this request.
     other_path = sandbox.signer.authorization("GET", query_path("T000000002"))
     await _expect_sign_error(sandbox, authorization=other_path)
+
+
+@pytest.mark.parametrize("now", [1_700_000_000.0, 1_700_000_000.9])
+@pytest.mark.parametrize(
+    ("age_s", "accepted"), [(299, True), (300, False), (-299, True), (-300, False)]
+)
+def test_a_request_300_s_off_is_stale_as_wechat_counts(
+    merchant_key, now: float, age_s: int, accepted: bool
+) -> None:
+    """The rule paylane applies to WeChat's answers: whole seconds, and exactly 300 s off
+    (either way) is already stale."""
+    authenticator = MerchantAuthenticator(
+        MCHID, MERCHANT_SERIAL, merchant_key.public_key(), clock=lambda: now
+    )
+    path = query_path("T000000001")
+    signer = MerchantSigner(MCHID, MERCHANT_SERIAL, merchant_key)
+    header = signer.authorization("GET", path, timestamp=int(now) - age_s)
+    if accepted:
+        authenticator.check("GET", path, header, b"")
+    else:
+        with pytest.raises(ApiError, match="timestamp expired") as caught:
+            authenticator.check("GET", path, header, b"")
+        assert (caught.value.status, caught.value.code) == (401, "SIGN_ERROR")
 
 
 async def test_a_tampered_body_is_sign_error(sandbox, body_for):

@@ -27,10 +27,16 @@ from paylane_common.wechatpay import (
     WechatPayApiError,
     WechatPayClient,
     WechatPayError,
-    WechatPayUnavailable,
 )
 
-from .errors import Conflict, InvalidRequest, NotFound, UpstreamRejected, UpstreamUnavailable
+from .errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    from_wechatpay,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -123,11 +129,12 @@ class AbnormalRefunds:
             if exc.retryable:
                 raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
             raise UpstreamRejected(f"WeChat Pay refused the remedy: {result}") from None
-        except (WechatPayUnavailable, WechatPayError) as exc:
-            # Unknown whether it got there: the refund stays abnormal here, and applying
-            # the same remedy again is safe (WeChat Pay answers the refund as it is).
+        except WechatPayError as exc:
+            # Unreachable, or an answer that cannot be trusted: unknown whether it got there.
+            # The refund stays abnormal here, and applying the same remedy again is safe
+            # (WeChat Pay answers the refund as it is). Mapped as on every route.
             await self._record(refund, remedy, f"UNKNOWN: {exc}", accepted=False)
-            raise UpstreamUnavailable(str(exc)) from None
+            raise from_wechatpay(exc) from exc
         await self._record(refund, remedy, str(answer.get("status") or "PROCESSING"), True)
         log.info("abnormal_refund_remedied", remedy=remedy.type, status=answer.get("status"))
         return await self.get(out_refund_no)

@@ -7,7 +7,11 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from paylane_common.wechatpay import ResponseVerificationError, WechatPayError
+from paylane_common.wechatpay import (
+    ResponseVerificationError,
+    WechatPayError,
+    WechatPayUnavailable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -74,8 +78,13 @@ class UpstreamBadAnswer(OrderError):
     status, code = 502, "wechatpay_bad_answer"
 
 
-def _from_wechatpay(exc: WechatPayError) -> OrderError:
-    """A WeChat Pay error no handler turned into an :class:`OrderError`: still a 502."""
+def from_wechatpay(exc: WechatPayError) -> OrderError:
+    """The one mapping of a WeChat Pay error that is not an error answer: unreachable is a
+    503, an answer that failed verification or is not what the API documents a 502. Used
+    for whatever a handler lets through, and by a handler that must record the failure
+    first (raise it ``from exc``: the answer's ``Request-ID`` stays reachable)."""
+    if isinstance(exc, WechatPayUnavailable):
+        return UpstreamUnavailable(str(exc))
     if isinstance(exc, ResponseVerificationError):
         return UpstreamUnverified(f"WeChat Pay's answer failed verification: {exc.reason}")
     return UpstreamBadAnswer(str(exc))
@@ -102,7 +111,7 @@ async def error_middleware(
     try:
         return await handler(request)
     except (OrderError, WechatPayError) as caught:
-        exc = caught if isinstance(caught, OrderError) else _from_wechatpay(caught)
+        exc = caught if isinstance(caught, OrderError) else from_wechatpay(caught)
         body = {"error": exc.code, "message": exc.message}
         request_id = _wechatpay_request_id(caught)
         if request_id is not None:

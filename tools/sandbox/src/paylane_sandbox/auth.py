@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from paylane_common.settings import secret_value
 from paylane_common.wechatpay import (
     build_message,
+    clock_skew,
+    is_stale,
     load_certificate,
     load_private_key,
     load_public_key,
@@ -79,10 +81,11 @@ class MerchantAuthenticator:
         timestamp = attributes["timestamp"]
         if not _TIMESTAMP_RE.fullmatch(timestamp):
             raise sign_error("timestamp 不是整数 (timestamp is not an integer)")
-        skew = self._clock() - int(timestamp)
-        if abs(skew) > self._max_skew_s:
+        # WeChat's rule, as paylane applies it to WeChat's answers: exactly the limit is stale.
+        skew = clock_skew(int(timestamp), self._clock())
+        if is_stale(skew, self._max_skew_s):
             raise sign_error(
-                f"时间戳过期: 相差 {skew:+.0f}s, 超过 {self._max_skew_s}s (timestamp expired)"
+                f"时间戳过期: 相差 {skew:+d}s, 达到 {self._max_skew_s}s (timestamp expired)"
             )
         message = build_message(
             method.upper(), path_with_query, timestamp, attributes["nonce_str"], body

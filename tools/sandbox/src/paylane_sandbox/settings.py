@@ -74,7 +74,8 @@ class SandboxSettings(BaseServiceSettings):
     #: refund's notifications go when its request named no ``notify_url``.
     sandbox_refund_notify_url: NoneIfBlank[CallbackUrl] = None
     sandbox_notify_timeout_s: float = Field(5.0, gt=0)
-    sandbox_max_skew_s: int = Field(300, ge=0)
+    #: An ``Authorization`` timestamp this many seconds or more from now is stale.
+    sandbox_max_skew_s: int = Field(300, ge=1)
     #: The mini-program AppSecret jscode2session expects (any secret when unset).
     sandbox_app_secret: SecretStr | None = None
 

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from multidict import CIMultiDict
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -278,23 +279,18 @@ class WechatPayClient:
         verify: bool,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[bytes, dict[str, str]]:
-        """One signed request (with ``headers`` added); returns the raw body and headers of
-        a 2xx answer."""
+        """One signed request (the caller's ``headers`` under the client's own: see
+        :func:`_request_headers`); returns the raw body and headers of a 2xx answer."""
         body = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
-        sent = {
-            "Authorization": self._signer.authorization(method, path, body),
-            "Accept": "application/json",
-            "User-Agent": "paylane/0.1 (+wechatpay-apiv3)",
-            **(headers or {}),
-        }
-        if payload is not None:
-            sent["Content-Type"] = "application/json"
+        authorization = self._signer.authorization(method, path, body)
+        sent = _request_headers(headers or {}, authorization, json_body=payload is not None)
         # WeChat signs its answer with the key the request names (during the migration to
         # the public key it defaults to the platform certificate): name the one we hold,
         # unless the call names one itself (the key its encrypted fields are under).
-        serial = self._verifier.keys.request_serial(time.time())
-        if serial is not None:
-            sent.setdefault(HEADER_SERIAL, serial)
+        if HEADER_SERIAL not in sent:
+            serial = self._verifier.keys.request_serial(time.time())
+            if serial is not None:
+                sent[HEADER_SERIAL] = serial
         try:
             async with self._session.request(
                 method,
@@ -352,6 +348,30 @@ class WechatPayClient:
                 exc.reason,
                 request_id,
             ) from None
+
+
+def _request_headers(
+    caller: Mapping[str, str], authorization: str, *, json_body: bool
+) -> CIMultiDict[str]:
+    """The headers of a request: the caller's, compared case-insensitively, under the
+    client's own. ``Authorization``, ``Accept`` and ``Content-Type`` (only with a body)
+    replace any the caller gave, whatever its case; a caller's ``Wechatpay-Serial`` is
+    kept, once: two that disagree would leave WeChat to pick the key an encrypted field
+    is under."""
+    sent = CIMultiDict(caller)
+    serials = set(sent.popall(HEADER_SERIAL, []))
+    if len(serials) > 1:
+        raise ValueError(f"two different {HEADER_SERIAL} headers")
+    if serials:
+        sent[HEADER_SERIAL] = serials.pop()
+    sent.setdefault("User-Agent", "paylane/0.1 (+wechatpay-apiv3)")
+    sent["Authorization"] = authorization
+    sent["Accept"] = "application/json"
+    if json_body:
+        sent["Content-Type"] = "application/json"
+    else:
+        sent.popall("Content-Type", None)
+    return sent
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:

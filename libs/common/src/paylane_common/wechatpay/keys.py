@@ -177,29 +177,35 @@ class VerifierKeys:
         """The ``Wechatpay-Serial`` to send on API requests: WeChat signs its answer with the
         key the request names (and with a platform certificate when it names none).
 
-        The public key id when configured, else the newest certificate valid at ``at``
-        (latest ``not_before``, as wechatpay-go's ``GetNewestSerial``), else None."""
+        The public key id when configured, else the serial of :meth:`_newest_valid`, else
+        None: the same key :meth:`encryption_key` encrypts under."""
         if self._public_key_id is not None:
             return self._public_key_id
-        valid = [e for e in self._certs.values() if e.not_before <= at <= e.not_after]
-        if not valid:
-            return None
-        return max(valid, key=lambda e: (e.not_before, e.not_after)).serial
+        newest = self._newest_valid(at)
+        return newest.serial if newest is not None else None
 
     def encryption_key(self, at: float) -> tuple[str, RSAPublicKey]:
         """``(serial, key)`` that sensitive request fields are encrypted with, the serial
         going into ``Wechatpay-Serial``: the WeChat Pay public key when configured, else
-        the platform certificate valid at ``at`` that expires last (as the official SDKs
-        choose)."""
+        the certificate of :meth:`_newest_valid` (the one :meth:`request_serial` names)."""
         if self._public_key_id is not None and self._public_key is not None:
             return self._public_key_id, self._public_key
-        valid = [e for e in self._certs.values() if e.not_before <= at <= e.not_after]
-        if not valid:
+        newest = self._newest_valid(at)
+        if newest is None:
             raise WechatPayError(
                 "no WeChat Pay key to encrypt with: no public key and no valid platform certificate"
             )
-        newest = max(valid, key=lambda e: e.not_after)
         return newest.serial, newest.key
+
+    def _newest_valid(self, at: float) -> _CertEntry | None:
+        """The platform certificate valid at ``at`` that was issued last (latest
+        ``not_before``, then latest ``not_after``), as wechatpay-go's ``GetNewestSerial``.
+
+        The one rule for both the serial a request names and the key its fields are
+        encrypted under: WeChat decrypts with the certificate the request names, so the
+        two must never pick apart (two overlapping certificates of different terms)."""
+        valid = [e for e in self._certs.values() if e.not_before <= at <= e.not_after]
+        return max(valid, key=lambda e: (e.not_before, e.not_after), default=None)
 
     def serials(self) -> list[str]:
         """Known serials: the public key id first, then certificate serials."""

@@ -59,6 +59,19 @@ def verify_rsa(public_key: RSAPublicKey, message: bytes, signature_b64: str) -> 
     return True
 
 
+def clock_skew(timestamp: int, now: float) -> int:
+    """Whole seconds ``now`` is past ``timestamp`` (negative: before it), counted as
+    wechatpay-go counts (``time.Now().Unix()``)."""
+    return math.floor(now) - timestamp
+
+
+def is_stale(skew: int, max_skew_s: int) -> bool:
+    """WeChat Pay's freshness rule, both ways: for its answers and notifications here, and
+    for a merchant's request in the sandbox. Exactly the limit is already stale
+    (wechatpay-go: ``>= FiveMinute``; wechatpay-java: ``toMinutes() >= 5``)."""
+    return abs(skew) >= max_skew_s
+
+
 @dataclass(frozen=True)
 class NotificationHeaders:
     """The ``Wechatpay-*`` headers of a notification or of an API response."""
@@ -129,10 +142,8 @@ class NotificationVerifier:
             raise VerificationError("bad_signature_type", f"unsupported {HEADER_SIGNATURE_TYPE}")
         if not _TIMESTAMP_RE.fullmatch(headers.timestamp):
             raise VerificationError("bad_timestamp", f"{HEADER_TIMESTAMP} is not an integer")
-        # As wechatpay-go: whole seconds (``time.Now().Unix()``), and a skew of exactly the
-        # limit is already stale (``>= FiveMinute``; wechatpay-java: ``toMinutes() >= 5``).
-        skew = math.floor(self._clock()) - int(headers.timestamp)
-        if abs(skew) >= self.max_skew_s:
+        skew = clock_skew(int(headers.timestamp), self._clock())
+        if is_stale(skew, self.max_skew_s):
             raise VerificationError(
                 "stale_timestamp",
                 f"{HEADER_TIMESTAMP} is {skew:+.0f}s off, {self.max_skew_s}s or more",
