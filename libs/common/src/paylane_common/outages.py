@@ -76,7 +76,8 @@ def may_be_outage(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """A short reason for logs and ``/readyz``."""
-    return f"{type(exc).__name__}: {exc}"[:200]
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
 class Dependency:
@@ -130,7 +131,7 @@ class Dependency:
     async def check(self) -> None:
         """The readiness check: down while an outage lasts, else a probe of its own."""
         if not self.up:
-            raise NotReady(self.reason)
+            raise NotReady(self._reason)  # shown under the dependency's own name
         await self._probe()
 
     async def close(self) -> None:
