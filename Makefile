@@ -21,6 +21,7 @@ install:
 	$(UV) sync --frozen
 
 migrate: install
+	@$(UV) run paylane deps
 	$(UV) run paylane migrate
 
 # Development keys are made once in .dev/ (git-ignored); honcho runs the Procfile.

@@ -45,6 +45,45 @@ def _cutover(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How to start each dependency, for `paylane deps` (the compose file's services, or the
+#: server installed on this machine).
+START_HINTS = {
+    "rabbitmq": "start it: `docker compose -f deploy/docker-compose.yml up -d rabbitmq`"
+    " or, installed locally, `rabbitmq-server -detached`",
+    "mysql": "start it: `docker compose -f deploy/docker-compose.yml up -d mysql`"
+    " or, installed locally, `sudo service mariadb start` (or mysql)",
+}
+
+
+def _deps(_args: argparse.Namespace) -> int:
+    """One try at MYSQL_URL and AMQP_URL: one line for each that is missing."""
+    import asyncio
+    import logging
+
+    from paylane_common import startup
+    from paylane_common.outages import describe
+
+    settings = command_settings(BaseServiceSettings)
+    logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)  # we say it below
+    missing = 0
+    # The server, not the database: `paylane migrate` creates that.
+    checks = (
+        startup.mysql(settings.mysql_url, database=False),
+        startup.rabbitmq(settings.amqp_url),
+    )
+    for needed in checks:
+        try:
+            asyncio.run(asyncio.wait_for(needed.reach(), startup.ATTEMPT_TIMEOUT_S))
+        except Exception as exc:
+            missing += 1
+            print(
+                f"{needed.name} is not reachable at {needed.where} ({describe(exc)}); "
+                + START_HINTS[needed.name],
+                file=sys.stderr,
+            )
+    return 1 if missing else 0
+
+
 def _topology(_args: argparse.Namespace) -> int:
     """Declare the broker topology with AMQP_URL's identity (one allowed to configure),
     for services running with AMQP_DECLARE_TOPOLOGY=false."""
@@ -120,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cut.add_argument("--at", help="ISO 8601 time with zone (default: now)")
     cut.set_defaults(func=_cutover)
+    deps = commands.add_parser(
+        "deps", help="check that MYSQL_URL and AMQP_URL answer; say how to start what does not"
+    )
+    deps.set_defaults(func=_deps)
     topology = commands.add_parser(
         "topology",
         help="declare the RabbitMQ exchange, stream and queues (an identity that may configure)",

@@ -97,8 +97,9 @@ async def outage(
                 if status == 503 and down:
                     not_ready[name] = "; ".join(f"{k} {v}" for k, v in sorted(down.items()))
             # The order consumer met the outage: paused, and says so.
-            return set(not_ready) == {"order", "entitlement"} and "consumer down: paused" in (
-                not_ready["order"]
+            return (
+                set(not_ready) == {"order", "entitlement"}
+                and "consumer down: paused" in (not_ready["order"])
             )
 
         await eventually(consumers_not_ready, OUTAGE_S / 2, what="consumers not ready")

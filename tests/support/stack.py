@@ -64,9 +64,11 @@ class Stack:
         *,
         alias: str | None = None,
         argv: list[str] | None = None,
+        ready: bool = True,
     ) -> Service:
         """Run ``paylane serve name`` (or ``argv``); it is known as ``alias`` (default: its
-        name) and must answer ``/readyz``."""
+        name) and must answer ``/readyz`` (unless ``ready`` is false: then it is only
+        started)."""
         port = free_port()
         given = {**self.base_env, **(extra_env or {})}
         env = {**os.environ, **given}
@@ -91,7 +93,8 @@ class Stack:
         hygiene.register_log(log_path)
         service = Service(key, port, process, log_path, admin_port)
         self.services[key] = service
-        await wait_ready(service)
+        if ready:
+            await wait_ready(service)
         return service
 
     async def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+log = structlog.get_logger(__name__)
 
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:
@@ -14,6 +19,29 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
     return await aio_pika.connect_robust(
         url, reconnect_interval=1.0, client_properties={"connection_name": f"paylane-{name}"}
     )
+
+
+#: What closing a channel or a connection may take: with the broker away a robust one
+#: would wait for it to come back, and SIGTERM must end a service within its budget.
+CLOSE_TIMEOUT_S = 2.0
+
+
+async def close_quietly(closable: Any, what: str) -> None:
+    """``await closable.close()``, given up after :data:`CLOSE_TIMEOUT_S` (the broker is
+    away: it drops what was open) or on an error, which is logged."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await closable.close()
+    except Exception as exc:
+        log.warning("amqp_close_failed", what=what, error=repr(exc)[:200])
+
+
+def hosts_of(url: str) -> list[str]:
+    """``host:port`` of each broker ``url`` names, without credentials (for logs)."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    default = 5671 if url.startswith("amqps") else 5672
+    hosts = [h for h in netloc.split(",") if h]
+    return [h if ":" in h.rpartition("]")[2] else f"{h}:{default}" for h in hosts]
 
 
 def broker_ready(connection: AbstractRobustConnection | None) -> bool:

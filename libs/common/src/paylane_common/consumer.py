@@ -31,7 +31,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from . import metrics, tracing
-from .amqp import copy_message, without_broker_headers
+from .amqp import CLOSE_TIMEOUT_S, close_quietly, copy_message, without_broker_headers
 from .events import Envelope, parse_event
 from .exceptions import EventValidationError, PaylaneError, PublishError
 from .outages import Dependency, NotReady, describe, is_contention
@@ -148,13 +148,14 @@ class Consumer:
         await self._cancel_consume()
         await self.finish_in_flight(timeout)
         if self._queue is not None and not self._queue.channel.is_closed:
-            await self._queue.channel.close()
+            await close_quietly(self._queue.channel, f"consumer channel {self.spec.name}")
 
     async def _cancel_consume(self) -> None:
         if self._queue is not None and self._tag is not None:
             tag, self._tag = self._tag, None
             try:
-                await self._queue.cancel(tag)
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self._queue.cancel(tag)
             except Exception as exc:  # broker gone: nothing more will arrive anyway
                 log.warning("consumer_cancel_failed", queue=self.spec.name, error=repr(exc))
 

@@ -16,7 +16,7 @@ import uvloop
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 
-from . import amqp, db
+from . import amqp, db, startup
 from .batching import BatchConsumer, BatchHandler
 from .consumer import Consumer, Handler, RetryPolicy
 from .exceptions import ConfigError
@@ -96,6 +96,7 @@ def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
     """A robust connection and a confirm publisher (which declares the topology unless
     ``AMQP_DECLARE_TOPOLOGY=false``)."""
     app[DECLARES_TOPOLOGY] = settings.amqp_declare_topology
+    startup.need(app, startup.rabbitmq(settings.amqp_url))
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         connection = await amqp.connect(settings.amqp_url, app[SERVICE_NAME])
@@ -110,8 +111,8 @@ def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
 
         app[READINESS_CHECKS]["broker"] = broker_check
         yield
-        await app[PUBLISHER].close()
-        await connection.close()
+        await amqp.close_quietly(app[PUBLISHER], "publisher")
+        await amqp.close_quietly(connection, "connection")
 
     app.cleanup_ctx.append(ctx)
 
@@ -125,6 +126,7 @@ def use_mysql(
 ) -> None:
     """The pool, and the database as a :class:`~paylane_common.outages.Dependency` whose
     outage pauses the consumers (``writable``: a read-only server counts as down)."""
+    startup.need(app, startup.mysql(settings.mysql_url))
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with db.create_pool(settings.mysql_url, maxsize=maxsize) as pool:
@@ -151,7 +153,8 @@ def serve(settings_cls: type[SettingsT], build_app: Callable[[SettingsT], web.Ap
 
 
 def run(app: web.Application, settings: BaseServiceSettings) -> None:
-    """Serve until SIGINT/SIGTERM; cleanup contexts then stop consumers and close resources."""
+    """Wait for the broker and the database (startup.py), then serve until SIGINT/SIGTERM;
+    cleanup contexts then stop consumers and close resources."""
 
     def announce(_msg: str) -> None:
         log.info(
@@ -165,10 +168,17 @@ def run(app: web.Application, settings: BaseServiceSettings) -> None:
         # After every resource is open, so /readyz never answers before its checks exist.
         app.cleanup_ctx.append(_serve_admin(listener, settings.http_host))
     app.on_startup.append(_freeze_startup_objects)  # last: after every resource is open
+    # libuv's loop: sockets, timers and callbacks at a fraction of asyncio's cost.
+    loop = uvloop.new_event_loop()
+    listeners = [(settings.http_host, settings.http_port, listener is None)]
+    if listener is not None:
+        listeners.append((settings.http_host, listener.port, True))
+    if not loop.run_until_complete(startup.wait_for(app.get(startup.NEEDED, []), listeners)):
+        loop.close()
+        return
     web.run_app(
         app,
-        # libuv's loop: sockets, timers and callbacks at a fraction of asyncio's cost.
-        loop=uvloop.new_event_loop(),
+        loop=loop,
         host=settings.http_host,
         port=settings.http_port,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,

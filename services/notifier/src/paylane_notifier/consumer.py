@@ -15,6 +15,7 @@ broker and this process a frame per event and protect nothing.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from aio_pika.abc import (
 from aiohttp import web
 
 from paylane_common import tracing
+from paylane_common.amqp import CLOSE_TIMEOUT_S, close_quietly
 from paylane_common.events import parse_event
 from paylane_common.exceptions import EventValidationError
 from paylane_common.metrics import CONSUMER_MESSAGES
@@ -87,12 +89,13 @@ class EventConsumer:
         self._connection.reconnect_callbacks.discard(self._on_reconnect)
         if self._queue is not None and self._tag is not None:
             try:
-                await self._queue.cancel(self._tag)
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self._queue.cancel(self._tag)
             except Exception as exc:  # broker gone: the queue goes with the connection
                 log.warning("consumer_cancel_failed", queue=self.queue_name, error=repr(exc))
             self._tag = None
         if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+            await close_quietly(self._channel, "notifier channel")
 
     def _on_reconnect(self, _connection: Any) -> None:
         log.warning("broker_reconnected_resync", queue=self.queue_name, clients=self._hub.count())
