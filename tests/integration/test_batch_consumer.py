@@ -112,14 +112,16 @@ async def _publish_burst(publisher: Publisher, queue: str, users: list[str], per
 
 @pytest.mark.parametrize("handler_cls", [EntitlementApplier, FailsFirstBatch])
 async def test_a_burst_is_applied_in_batches_exactly_once(
-    amqp_connection, publisher, channel, spec, db_pool, handler_cls
+    amqp_connection, publisher, channel, spec, db_pool, database, handler_cls
 ):
     users = await _users(db_pool, 4)
     # Queued before the consumer starts: its prefetch window fills at once, so batches form.
     sent = await _publish_burst(publisher, spec.name, users, per_user=30)
     batched_before = _batched_messages(spec.name)
     handler = handler_cls(db_pool, DEFAULT_CATALOG)
-    consumer = Observed(amqp_connection, publisher, spec, handler, max_batch=50)
+    consumer = Observed(
+        amqp_connection, publisher, spec, handler, database=database, max_batch=50
+    )
     await consumer.start()
     try:
         await consumer.wait_settled(sent)
