@@ -116,8 +116,8 @@ async def drain(channel: AbstractChannel, queue: str) -> list[AbstractIncomingMe
     return taken
 
 
-async def start(amqp_connection, publisher, spec, handler) -> Observed:
-    consumer = Observed(amqp_connection, publisher, spec, handler)
+async def start(amqp_connection, publisher, spec, handler, database) -> Observed:
+    consumer = Observed(amqp_connection, publisher, spec, handler, database=database)
     await consumer.start()
     return consumer
 
@@ -138,7 +138,7 @@ async def crash_loop(amqp_connection, channel: AbstractChannel, spec: QueueSpec)
     return deliveries
 
 
-async def make_dead_letters(amqp_connection, publisher, channel, spec) -> dict[str, str]:
+async def make_dead_letters(amqp_connection, publisher, channel, spec, database) -> dict[str, str]:
     """One dead letter of each kind in ``spec.dlq``: ``poison`` (the broker's delivery
     limit), ``rejected`` (the handler's Reject) and ``exhausted`` (Retry until the budget
     is spent): ``{kind: message_id}``."""
@@ -153,7 +153,7 @@ async def make_dead_letters(amqp_connection, publisher, channel, spec) -> dict[s
             raise Reject("bad package")
         raise Retry("not yet", max_attempts=2, delay_s=0.05)
 
-    consumer = await start(amqp_connection, publisher, spec, broken)
+    consumer = await start(amqp_connection, publisher, spec, broken, database)
     for envelope in (rejected, exhausted):
         await publisher.publish_to_queue(spec.name, envelope_message(envelope))
     await consumer.wait_settled(3)  # rejected; exhausted: retried, then dead-lettered
@@ -198,10 +198,10 @@ def test_parse_when_accepts_iso_and_ages():
 
 
 async def test_dead_letters_are_listed_with_why_and_nothing_is_consumed(
-    amqp_connection, publisher, channel, make_spec
+    amqp_connection, publisher, channel, make_spec, database
 ):
     spec = await make_spec(delivery_limit=2)
-    ids = await make_dead_letters(amqp_connection, publisher, channel, spec)
+    ids = await make_dead_letters(amqp_connection, publisher, channel, spec, database)
 
     letters = await list_dlq(amqp_connection, spec.name, delivery_limits={spec.name: 2})
     by_id = {d.message_id: d for d in letters}
@@ -237,10 +237,10 @@ async def test_dead_letters_are_listed_with_why_and_nothing_is_consumed(
 
 
 async def test_replay_after_the_fix_processes_each_dead_letter_once(
-    amqp_connection, publisher, channel, make_spec
+    amqp_connection, publisher, channel, make_spec, database
 ):
     spec = await make_spec(delivery_limit=2)
-    ids = await make_dead_letters(amqp_connection, publisher, channel, spec)
+    ids = await make_dead_letters(amqp_connection, publisher, channel, spec, database)
 
     calls: defaultdict[str, int] = defaultdict(int)
     outcomes: Counter[str] = Counter()
@@ -260,7 +260,7 @@ async def test_replay_after_the_fix_processes_each_dead_letter_once(
             headers.setdefault(message.message_id or "", dict(message.headers or {}))
             await super().process(message)
 
-    consumer = Recording(amqp_connection, publisher, spec, fixed)
+    consumer = Recording(amqp_connection, publisher, spec, fixed, database=database)
     await consumer.start()
     progress: list[int] = []
     try:
@@ -371,7 +371,7 @@ async def publish_at(channel: AbstractChannel, envelope: Envelope, key: str, at:
 
 
 async def test_log_replay_redrives_a_window_and_nothing_is_granted_twice(
-    amqp_connection, publisher, channel, db_pool, make_spec
+    amqp_connection, publisher, channel, db_pool, make_spec, database
 ):
     key, elsewhere = f"test.replay.{uuid.uuid4().hex}", f"test.replay.{uuid.uuid4().hex}"
     # Bound to a routing key of its own (its events still carry type order.paid): the
@@ -402,7 +402,7 @@ async def test_log_replay_redrives_a_window_and_nothing_is_granted_twice(
     await publisher.publish(other, routing_key=elsewhere)
     until = datetime.now(UTC)
 
-    consumer = await start(amqp_connection, publisher, spec, handler)
+    consumer = await start(amqp_connection, publisher, spec, handler, database)
     try:
         await consumer.wait_settled(3)
         granted = await users_state(db_pool, users)
