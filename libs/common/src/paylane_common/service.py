@@ -243,33 +243,19 @@ def use_consumer(
             )
             pruner.start()
         handler = make_handler(app)
-        connection, publisher = app[AMQP_CONNECTION], app[PUBLISHER]
-        database, retry = app[DATABASE], RetryPolicy.from_settings(settings)
-        prefetch, declare = settings.consumer_prefetch, app[DECLARES_TOPOLOGY]
-        consumer: Consumer
+        make: Callable[..., Consumer] = Consumer
         if isinstance(handler, BatchHandler):
-            consumer = BatchConsumer(
-                connection,
-                publisher,
-                spec,
-                handler,
-                database=database,
-                retry=retry,
-                prefetch=prefetch,
-                max_batch=settings.consumer_batch_max,
-                declare=declare,
-            )
-        else:
-            consumer = Consumer(
-                connection,
-                publisher,
-                spec,
-                handler,
-                database=database,
-                retry=retry,
-                prefetch=prefetch,
-                declare=declare,
-            )
+            make = partial(BatchConsumer, max_batch=settings.consumer_batch_max)
+        consumer = make(
+            app[AMQP_CONNECTION],
+            app[PUBLISHER],
+            spec,
+            handler,
+            database=app[DATABASE],
+            retry=RetryPolicy.from_settings(settings),
+            prefetch=settings.consumer_prefetch,
+            declare=app[DECLARES_TOPOLOGY],
+        )
         app[CONSUMER] = consumer
         app[READINESS_CHECKS]["consumer"] = consumer.check
         await consumer.start()
