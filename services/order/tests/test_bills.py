@@ -138,6 +138,8 @@ async def test_reconcile_bills_settles_flags_and_reports_once(
         await client.create_refund(body)
         ledger.refunds[out_refund_no].created_at = at.replace(tzinfo=UTC).timestamp()
     await sandbox.ok("POST", f"/sandbox/refunds/{finished}/complete", {"status": "SUCCESS"})
+    # It finished that day, before WeChat Pay made the day's bill.
+    ledger.refunds[finished].changes = [(at.replace(tzinfo=UTC).timestamp(), "SUCCESS")]
     refund_id = ledger.refunds[finished].refund_id
     await add_refund(
         db_pool, alike, "3.00", "9.90", out_refund_no=finished, refund_id=refund_id, created_at=at
