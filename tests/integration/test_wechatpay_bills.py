@@ -56,9 +56,7 @@ def today() -> date:
     return datetime.now(BEIJING).date()
 
 
-async def _paid(
-    client: WechatPayClient, sandbox: RunningSandbox, total: int, **fields: Any
-) -> str:
+async def _paid(client: WechatPayClient, sandbox: RunningSandbox, total: int, **fields: Any) -> str:
     body = order_request("jsapi", total=total, **fields)
     await client.place("JSAPI", body)
     await sandbox.ok("POST", f"/sandbox/orders/{body['out_trade_no']}/pay", {"notify": False})
@@ -114,7 +112,8 @@ async def test_commas_in_the_description_and_attach_keep_the_columns(client, san
 
 
 async def test_a_quiet_day_is_an_empty_bill(client, sandbox):
-    assert await client.trade_bill(today() - timedelta(days=3)) == TradeBill.empty()
+    bill = await client.trade_bill(today() - timedelta(days=3))
+    assert bill == TradeBill.empty() and bill.no_statement
 
 
 async def test_a_bill_whose_digest_does_not_match_is_refused(client, sandbox):

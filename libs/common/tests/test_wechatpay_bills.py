@@ -91,7 +91,10 @@ def test_commas_in_a_product_name_and_attach_stay_in_their_columns() -> None:
     payment = PAYMENT.replace("`会员月卡,`,", "`会员月卡, 月付,`gen-1,tag=a,b,", 1)
     text = TRADE_BILL.replace(PAYMENT, payment)
     payment_record, refund_record = parse_trade_bill(text).records
-    assert (payment_record.description, payment_record.attach) == ("会员月卡, 月付", "gen-1,tag=a,b")
+    assert (payment_record.description, payment_record.attach) == (
+        "会员月卡, 月付",
+        "gen-1,tag=a,b",
+    )
     assert (payment_record.fee, payment_record.order_total) == (Decimal("0.12"), 1990)
     assert refund_record.out_refund_no == "RF20261123214000bb"
 

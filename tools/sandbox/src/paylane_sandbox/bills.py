@@ -3,17 +3,19 @@
 - The trade bill (bill_type ALL): a line per payment made that day (China time) and a
   line per refund applied for that day, with the status the refund had when WeChat Pay
   made the bill: it starts making a day's bills at 09:00 the next day (China time; its
-  documentation: fetch them after 10:00) and does not change them afterwards, so a refund
-  that finished after that shows PROCESSING on that day's bill, however often the bill is
-  fetched. (When exactly a real refund is counted in a bill, by the time it was applied
-  for or the time it finished, the sandbox does not model: it uses the application time.)
+  documentation says to fetch them after 10:00) and does not change them afterwards, so
+  a refund that finished later shows PROCESSING on that day's bill however late the bill
+  is fetched. Simplified: which day's bill lists a real refund (the day it was applied
+  for, or the day it finished) the sandbox does not model; it lists it on the day it was
+  applied for, as paylane's bill reconciliation expects (``refunds.created_at``).
 - The fund-flow bill of the basic account: money in when a payment succeeds, money out
   when a refund does, with the running balance of the day.
 
 Each is a CSV with a header line, records whose fields are prefixed by a backtick, and a
 summary header and line. Values are written as they are, commas included (WeChat Pay
-does not quote or clean them): readers split a record where a comma precedes a backtick. The file is served gzipped; ``hash_value`` is the SHA1 of the
-text before compression, as WeChat Pay's.
+neither quotes nor cleans them): a reader splits a record where a comma precedes a
+backtick. The file is served gzipped; ``hash_value`` is the SHA1 of the text before
+compression, as WeChat Pay's.
 """
 
 from __future__ import annotations

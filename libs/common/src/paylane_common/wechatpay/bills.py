@@ -162,6 +162,9 @@ class TradeBillSummary:
 class TradeBill:
     records: tuple[TradeBillRecord, ...]
     summary: TradeBillSummary
+    #: WeChat Pay has no bill for the day (NO_STATEMENT_EXIST): it saw no transaction, or
+    #: it is wrong about that; a reader with payments of that day should say so.
+    no_statement: bool = False
 
     @property
     def payments(self) -> tuple[TradeBillRecord, ...]:
@@ -175,7 +178,7 @@ class TradeBill:
     def empty(cls) -> TradeBill:
         """The bill of a day without a transaction (WeChat Pay: NO_STATEMENT_EXIST)."""
         zero = Decimal("0")
-        return cls((), TradeBillSummary(0, 0, 0, 0, zero, 0, 0))
+        return cls((), TradeBillSummary(0, 0, 0, 0, zero, 0, 0), no_statement=True)
 
 
 @dataclass(frozen=True)
