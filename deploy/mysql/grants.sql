@@ -41,18 +41,21 @@ GRANT SELECT, INSERT (`id`, `out_refund_no`, `refund_id`, `out_trade_no`, `trans
     `remedy_at`, `remedy_result`)
   ON `{database}`.`refunds` TO '{order_user}'@'%';
 -- The audit trail: appended to, never rewritten or backdated (no created_at); read back
--- only where the daily bill reconciliation looks for a difference it already recorded.
+-- only where the daily bill reconciliation looks for a difference it already recorded
+-- (by order and refund).
 GRANT INSERT (`id`, `type`, `out_trade_no`, `out_refund_no`, `event_type`, `amount_total`,
     `request_data`, `response_data`, `event_id`, `transaction_id`, `source`, `detail`),
-  SELECT (`out_trade_no`, `type`, `detail`)
+  SELECT (`out_trade_no`, `out_refund_no`, `type`, `detail`)
   ON `{database}`.`payment_logs` TO '{order_user}'@'%';
 -- Users: found or created by openid (a new `user-…` id; a mini-program login records
 -- last_login_at). Never a user's plan or regenerations, nor their personal details.
 GRANT SELECT (`id`, `openid`, `payment_status`, `regenerate_count`),
   INSERT (`id`, `openid`, `last_login_at`), UPDATE (`last_login_at`)
   ON `{database}`.`users` TO '{order_user}'@'%';
--- When paylane was installed (the effects sweep looks only at orders created since).
-GRANT SELECT ON `{database}`.`paylane_meta` TO '{order_user}'@'%';
+-- When paylane was installed (the effects sweep looks only at orders created since); the
+-- days the daily bill reconciliation finished, added (INSERT IGNORE: never an existing
+-- row changed, so not effects_since).
+GRANT SELECT, INSERT (`name`, `value`) ON `{database}`.`paylane_meta` TO '{order_user}'@'%';
 -- Its inbox claims and outbox rows; DELETE for retention pruning (retention.py).
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';

@@ -483,11 +483,18 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             unpaid, _, _ = await orders._insert(cur, replace(new, idempotency_key=None), user)
         reconciler = Reconciler(pool, None, None, ReconcilerConfig())  # type: ignore[arg-type]
         await reconciler._fail_locally(unpaid)
-        # A bill difference recorded once: the second run reads the first one back.
+        # A bill difference recorded once: the second run reads the first one back; two
+        # refunds of one order are two. The day recorded as done, found done.
         bills = BillReconciler(pool, None, reconciler)  # type: ignore[arg-type]
+        bill_day = date(2024, 1, 2)
         difference = Difference("not_paid_at_wechat", unpaid, our_amount=2990, our_state="failed")
+        refund_kind = replace(difference, kind="refund_not_here")
         for _ in range(2):
-            await bills._record(difference, date(2024, 1, 2))
+            await bills._record(difference, bill_day)
+            for out_refund_no in ("LPB1", "LPB2"):
+                await bills._record(replace(refund_kind, out_refund_no=out_refund_no), bill_day)
+            await bills._mark_done(bill_day)
+        assert await bills._done(bill_day)
         async with transaction(pool) as cur:
             await cur.execute("SELECT value FROM paylane_meta WHERE name = 'installed_at'")
             assert (await cur.fetchone())["value"]
@@ -519,7 +526,7 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             " AND type = 'bill_difference'",
             (unpaid,),
         )
-        assert (await cur.fetchone())["n"] == 1
+        assert (await cur.fetchone())["n"] == 3
     with _connect(service_mysql_urls["order"]) as cur:
         # The plan is entitlement's: not by UPDATE, nor by making a user with one. An
         # order's price, owner and identity are fixed once placed; the audit trail is never

@@ -56,8 +56,8 @@ def today() -> date:
     return datetime.now(BEIJING).date()
 
 
-async def _paid(client: WechatPayClient, sandbox: RunningSandbox, total: int) -> str:
-    body = order_request("jsapi", total=total)
+async def _paid(client: WechatPayClient, sandbox: RunningSandbox, total: int, **fields: Any) -> str:
+    body = order_request("jsapi", total=total, **fields)
     await client.place("JSAPI", body)
     await sandbox.ok("POST", f"/sandbox/orders/{body['out_trade_no']}/pay", {"notify": False})
     return str(body["out_trade_no"])
@@ -98,8 +98,22 @@ async def test_client_reads_the_days_trade_and_fund_flow_bills(client, sandbox):
     assert flow.records[-1].balance == 2480
 
 
+async def test_commas_in_the_description_and_attach_keep_the_columns(client, sandbox):
+    """paylane's attach (the generation id, a merchant's tags) and product names may hold
+    commas; WeChat Pay writes them unquoted, as they are."""
+    no = await _paid(client, sandbox, 990, description="月卡, 自动续费", attach="gen-7,src=mini")
+    (payment,) = (await client.trade_bill(today())).payments
+    assert (payment.out_trade_no, payment.description, payment.attach) == (
+        no,
+        "月卡, 自动续费",
+        "gen-7,src=mini",
+    )
+    assert (payment.settlement_total, payment.order_total) == (990, 990)
+
+
 async def test_a_quiet_day_is_an_empty_bill(client, sandbox):
-    assert await client.trade_bill(today() - timedelta(days=3)) == TradeBill.empty()
+    bill = await client.trade_bill(today() - timedelta(days=3))
+    assert bill == TradeBill.empty() and bill.no_statement
 
 
 async def test_a_bill_whose_digest_does_not_match_is_refused(client, sandbox):

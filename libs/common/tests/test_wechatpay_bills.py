@@ -86,6 +86,19 @@ def test_trade_bill_records_and_summary() -> None:
     assert summary.fee_total == Decimal("0.09")
 
 
+def test_commas_in_a_product_name_and_attach_stay_in_their_columns() -> None:
+    """WeChat Pay writes values as they are: only a comma before a backtick separates."""
+    payment = PAYMENT.replace("`会员月卡,`,", "`会员月卡, 月付,`gen-1,tag=a,b,", 1)
+    text = TRADE_BILL.replace(PAYMENT, payment)
+    payment_record, refund_record = parse_trade_bill(text).records
+    assert (payment_record.description, payment_record.attach) == (
+        "会员月卡, 月付",
+        "gen-1,tag=a,b",
+    )
+    assert (payment_record.fee, payment_record.order_total) == (Decimal("0.12"), 1990)
+    assert refund_record.out_refund_no == "RF20261123214000bb"
+
+
 def test_fund_flow_bill() -> None:
     raw, file = _file(FUND_FLOW_BILL)
     bill = parse_fund_flow_bill(bill_text(raw, file, gzipped=True))
@@ -129,6 +142,8 @@ def test_not_gzip_is_a_format_error() -> None:
         TRADE_BILL.replace("交易时间", "时间"),  # not the header
         TRADE_BILL.rsplit("\r\n", 2)[0],  # the summary line cut off
         TRADE_BILL.replace("`19.90,`0.00,`0,", "`19.905,`0.00,`0,", 1),  # a fraction of a fen
+        TRADE_BILL.replace(",`会员月卡,`,", ",`会员月卡,`,`", 1),  # a field too many
+        TRADE_BILL.replace(PAYMENT, PAYMENT[1:], 1),  # a record without its backtick
     ],
 )
 def test_broken_bills_are_refused(broken: str) -> None:

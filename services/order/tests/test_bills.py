@@ -21,7 +21,9 @@ import aiohttp
 import aiomysql
 import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+from prometheus_client import REGISTRY
 
+from paylane_common.db import transaction
 from paylane_common.events import parse_event
 from paylane_common.topology import declare_exchange
 from paylane_common.wechatpay import WechatPayClient
@@ -92,6 +94,59 @@ def _settings(sandbox: RunningSandbox, amqp_url: str, mysql_url: str) -> OrderSe
     return order_settings(KEYS, sandbox.base_url, amqp_url, mysql_url)
 
 
+_DAYS_TAKEN: set[date] = set()
+
+
+def _quiet_day() -> date:
+    """A China day long past that no other test has (its orders would be another test's
+    differences): the other tests here take theirs from other years."""
+    while (day := date(2010, 1, 1) + timedelta(days=random.randrange(3000))) in _DAYS_TAKEN:
+        pass
+    _DAYS_TAKEN.add(day)
+    return day
+
+
+def _ts(moment: datetime) -> float:
+    """A naive UTC time (as the database holds them) as the sandbox's timestamp."""
+    return moment.replace(tzinfo=UTC).timestamp()
+
+
+async def _paid_at_wechat(
+    sandbox: RunningSandbox,
+    client: WechatPayClient,
+    no: str,
+    when: datetime,
+    amount: int | None = None,
+) -> str:
+    """``no`` placed and paid at WeChat Pay at ``when`` (naive UTC); its transaction id."""
+    await client.place("NATIVE", order_request("native", no))
+    body: dict[str, Any] = {"notify": False, "amount": amount}
+    paid = await sandbox.ok("POST", f"/sandbox/orders/{no}/pay", body)
+    sandbox.state.ledger.orders[no].success_time = _ts(when)
+    return str(paid["transaction_id"])
+
+
+async def _refunded_at_wechat(
+    sandbox: RunningSandbox, client: WechatPayClient, no: str, out_refund_no: str, when: datetime
+) -> str:
+    """A refund of 1.00 of ``no`` (9.90) made at ``when`` and finished at once; its id."""
+    body = {
+        "out_trade_no": no,
+        "out_refund_no": out_refund_no,
+        "amount": {"refund": 100, "total": 990, "currency": "CNY"},
+    }
+    await client.create_refund(body)
+    await sandbox.ok("POST", f"/sandbox/refunds/{out_refund_no}/complete", {"status": "SUCCESS"})
+    refund = sandbox.state.ledger.refunds[out_refund_no]
+    refund.created_at = _ts(when)
+    refund.changes = [(_ts(when), "SUCCESS")]
+    return refund.refund_id
+
+
+def _differences(kind: str) -> float:
+    return REGISTRY.get_sample_value("paylane_bill_differences_total", {"kind": kind}) or 0.0
+
+
 async def test_reconcile_bills_settles_flags_and_reports_once(
     amqp_url: str,
     mysql_url: str,
@@ -138,6 +193,8 @@ async def test_reconcile_bills_settles_flags_and_reports_once(
         await client.create_refund(body)
         ledger.refunds[out_refund_no].created_at = at.replace(tzinfo=UTC).timestamp()
     await sandbox.ok("POST", f"/sandbox/refunds/{finished}/complete", {"status": "SUCCESS"})
+    # It finished that day, before WeChat Pay made the day's bill.
+    ledger.refunds[finished].changes = [(at.replace(tzinfo=UTC).timestamp(), "SUCCESS")]
     refund_id = ledger.refunds[finished].refund_id
     await add_refund(
         db_pool, alike, "3.00", "9.90", out_refund_no=finished, refund_id=refund_id, created_at=at
@@ -194,6 +251,196 @@ async def test_reconcile_bills_settles_flags_and_reports_once(
         f"{day} refund_not_here:%",
     )
     assert logged["n"] == 1
+
+
+async def test_payments_and_refunds_missing_from_the_bill_are_asked_about_before_review(
+    amqp_url: str,
+    mysql_url: str,
+    db_pool: aiomysql.Pool,
+    sandbox: RunningSandbox,
+    client: WechatPayClient,
+) -> None:
+    """Paid here that day, not in the day's bill: only WeChat Pay's answer moves an order.
+    Near midnight its success_time is the next China day (no difference); not paid there,
+    or paid at another amount: review; no answer: an alert, the order left alone."""
+    day = _quiet_day()
+    start, end = china_day_window(day)
+    at, last_second = start + timedelta(hours=10), end - timedelta(seconds=1)
+    next_day = end + timedelta(seconds=1)  # 00:00:01 China time, the day after
+    await sandbox.ok("PUT", "/sandbox/switches", {"refund_mode": "manual"})
+    user = await add_user(db_pool)
+    alike, late, unpaid, cheaper, unreachable = (_no(p) for p in ("MA", "ML", "MU", "MC", "MX"))
+
+    async def paid_here(no: str, paid_at: datetime, txn: str | None) -> None:
+        await add_order(
+            db_pool, user, no, amount="9.90", status="paid", paid_at=paid_at, transaction_id=txn
+        )
+
+    await paid_here(alike, at, await _paid_at_wechat(sandbox, client, alike, at))
+    await paid_here(late, last_second, await _paid_at_wechat(sandbox, client, late, next_day))
+    await client.place("NATIVE", order_request("native", unpaid))  # NOTPAY at WeChat Pay
+    await paid_here(unpaid, at, "4200000000000000000000000002")
+    await paid_here(cheaper, at, await _paid_at_wechat(sandbox, client, cheaper, next_day, 1))
+    await paid_here(unreachable, at, await _paid_at_wechat(sandbox, client, unreachable, next_day))
+    await sandbox.add_fault(
+        path_prefix=f"/v3/pay/transactions/out-trade-no/{unreachable}", status=500, count=50
+    )
+    # A refund made here in the day's last second, at WeChat Pay in the next day's first.
+    late_refund = f"R{late}"
+    refund_id = await _refunded_at_wechat(sandbox, client, late, late_refund, next_day)
+    await add_refund(
+        db_pool,
+        late,
+        "1.00",
+        "9.90",
+        out_refund_no=late_refund,
+        refund_id=refund_id,
+        status="success",
+        created_at=last_second,
+    )
+
+    settings = _settings(sandbox, amqp_url, mysql_url)
+    report = await reconcile_bills(settings, day)
+
+    found = {(d.kind, d.out_trade_no): (d.action, d.wechat_state) for d in report.differences}
+    assert found == {
+        ("not_paid_at_wechat", unpaid): ("needs_review", "NOTPAY"),
+        ("amount_differs", cheaper): ("needs_review", "SUCCESS"),
+        ("not_in_bill_unconfirmed", unreachable): ("alert", "SYSTEM_ERROR"),
+    }
+    statuses = {no: await order_status(db_pool, no) for no in (late, unpaid, cheaper, unreachable)}
+    assert statuses == {
+        late: "paid",
+        unpaid: "needs_review",
+        cheaper: "needs_review",
+        unreachable: "paid",
+    }
+    review = await fetch_one(
+        db_pool, "SELECT review_reason FROM payment_orders WHERE out_trade_no = %s", unpaid
+    )
+    assert review["review_reason"] == f"bill {day}: not paid at WeChat Pay (NOTPAY)"
+    # Again: those in review are a person's now; the unanswered one is alerted again,
+    # recorded once.
+    again = await reconcile_bills(settings, day)
+    assert [(d.kind, d.action) for d in again.differences] == [("not_in_bill_unconfirmed", "alert")]
+    logged = await fetch_one(
+        db_pool,
+        "SELECT COUNT(*) AS n FROM payment_logs WHERE type = 'bill_difference'"
+        " AND out_trade_no = %s",
+        unreachable,
+    )
+    assert logged["n"] == 1
+
+
+async def test_a_day_wechat_pay_has_no_bill_of_is_said_loudly_and_moves_nothing(
+    amqp_url: str,
+    mysql_url: str,
+    db_pool: aiomysql.Pool,
+    sandbox: RunningSandbox,
+    client: WechatPayClient,
+) -> None:
+    """NO_STATEMENT_EXIST while paylane has a payment that day (WeChat Pay's is a second
+    past midnight): the report and an alert say the bill is missing; the order, asked
+    about, stays paid."""
+    day = _quiet_day()
+    _, end = china_day_window(day)
+    no = _no("MN")
+    txn = await _paid_at_wechat(sandbox, client, no, end + timedelta(seconds=1))
+    user = await add_user(db_pool)
+    paid_at = end - timedelta(seconds=1)
+    await add_order(
+        db_pool, user, no, amount="9.90", status="paid", paid_at=paid_at, transaction_id=txn
+    )
+    missing = _differences("bill_missing")
+
+    report = await reconcile_bills(_settings(sandbox, amqp_url, mysql_url), day)
+
+    assert await order_status(db_pool, no) == "paid" and report.differences == []
+    assert report.no_statement and report.bill_missing
+    assert (report.our_payments, report.bill_payments) == (1, 0)
+    assert "BILL MISSING" in report.table() and report.to_json()["no_statement"] is True
+    assert _differences("bill_missing") == missing + 1
+
+
+async def test_two_refunds_of_one_order_are_two_differences_each_recorded_once(
+    amqp_url: str,
+    mysql_url: str,
+    db_pool: aiomysql.Pool,
+    sandbox: RunningSandbox,
+    client: WechatPayClient,
+) -> None:
+    """Two refunds made at WeChat Pay (the merchant platform) that paylane never saw: two
+    ``refund_not_here`` lines in the report and two ``payment_logs`` rows, however often
+    the day runs."""
+    day = _quiet_day()
+    start, _ = china_day_window(day)
+    at = start + timedelta(hours=9)
+    await sandbox.ok("PUT", "/sandbox/switches", {"refund_mode": "manual"})
+    no = _no("MR")
+    txn = await _paid_at_wechat(sandbox, client, no, at)
+    user = await add_user(db_pool)
+    await add_order(db_pool, user, no, amount="9.90", status="paid", paid_at=at, transaction_id=txn)
+    first, second = f"R1{no}", f"R2{no}"
+    for out_refund_no in (first, second):
+        await _refunded_at_wechat(sandbox, client, no, out_refund_no, at + timedelta(hours=1))
+
+    settings = _settings(sandbox, amqp_url, mysql_url)
+    for _ in range(2):
+        report = await reconcile_bills(settings, day)
+        assert sorted((d.kind, d.out_refund_no, d.action) for d in report.differences) == [
+            ("refund_not_here", first, "alert"),
+            ("refund_not_here", second, "alert"),
+        ]
+        assert first in report.table() and second in report.table()
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "SELECT out_refund_no FROM payment_logs WHERE type = 'bill_difference'"
+            " AND out_trade_no = %s ORDER BY out_refund_no",
+            (no,),
+        )
+        assert [r["out_refund_no"] for r in await cur.fetchall()] == [first, second]
+
+
+async def test_a_day_is_reconciled_once_however_many_replicas_wake_for_it(
+    amqp_url: str,
+    mysql_url: str,
+    db_pool: aiomysql.Pool,
+    sandbox: RunningSandbox,
+    client: WechatPayClient,
+) -> None:
+    """Two replicas' daily runs for one day, the second waking after the first finished
+    (their clocks differ): one report, one alert and count a difference; the command
+    still runs the day again when an operator asks."""
+    day = _quiet_day()
+    start, _ = china_day_window(day)
+    stranger = _no("MS")  # paid at WeChat Pay, unknown here: an alert on every run
+    await _paid_at_wechat(sandbox, client, stranger, start + timedelta(hours=9))
+    before = _differences("paid_unknown_order")
+    at = datetime(day.year, day.month, day.day, tzinfo=CHINA) + timedelta(days=1, hours=10)
+    settings = _settings(sandbox, amqp_url, mysql_url)
+    reports = []
+    for _ in range(2):  # each its own pool, client and reconciler, as a replica has
+        async with AsyncExitStack() as stack:
+            pool, reconciler = await open_reconciler(stack, settings)
+            bills = BillReconciler(pool, reconciler.client, reconciler)
+            daily = DailyBills(bills, hour=10, clock=lambda: at - timedelta(milliseconds=50))
+            daily.start()
+            try:
+                await asyncio.wait_for(daily.ran.wait(), 30)
+            finally:
+                await daily.stop()
+            reports.append(daily.last_report)
+    assert reports[0] is not None and reports[1] is None
+    assert [d.out_trade_no for d in reports[0].differences] == [stranger]
+    assert _differences("paid_unknown_order") == before + 1
+    done = await fetch_one(
+        db_pool, "SELECT value FROM paylane_meta WHERE name = %s", f"bills_reconciled:{day}"
+    )
+    assert done is not None
+
+    again = await reconcile_bills(settings, day)  # an operator's explicit rerun
+    assert [d.out_trade_no for d in again.differences] == [stranger]
+    assert _differences("paid_unknown_order") == before + 2
 
 
 async def test_a_day_without_business_has_nothing_to_say(

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from paylane_common.wechatpay.testing import MCHID
+from paylane_sandbox.app_keys import SANDBOX
 from paylane_sandbox.timefmt import BEIJING
 
 
@@ -40,7 +41,15 @@ async def fetch(sandbox: Any, path: str) -> tuple[dict[str, Any], list[list[str]
     assert "Wechatpay-Signature" not in download.headers
     text = gzip.decompress(download.body)
     assert hashlib.sha1(text).hexdigest() == offer["hash_value"]
-    return offer, [line.split(",") for line in text.decode().splitlines()]
+    return offer, [_split(line) for line in text.decode().splitlines()]
+
+
+def _split(line: str) -> list[str]:
+    """Headers are plain CSV; in a record every field starts with a backtick, and only a
+    comma before one separates fields (values keep their commas)."""
+    if not line.startswith("`"):
+        return line.split(",")
+    return ["`" + field for field in line[1:].split(",`")]
 
 
 async def _paid(sandbox: Any, total: int) -> str:
@@ -73,12 +82,47 @@ async def test_trade_bill_lists_the_days_payments_and_refunds(start_sandbox):
     payment = by_state[(first, "SUCCESS")]
     assert payment[0].startswith(str(today())) and payment[2] == MCHID
     assert payment[5].startswith("4200") and (payment[12], payment[24]) == ("9.90", "9.90")
-    assert payment[21] == "a b"  # the attach's comma would shift the columns
+    assert payment[21] == "a,b"  # as the merchant sent it: WeChat Pay writes commas as they are
     refunded = by_state[(second, "REFUND")]
     assert (refunded[15], refunded[16], refunded[19]) == (f"R{second}", "5.00", "PROCESSING")
     assert refunded[14].startswith("50") and refunded[25] == "5.00"
     totals = [field[1:] for field in summary]
     assert totals[0] == "3" and (totals[1], totals[2], totals[5]) == ("29.80", "5.00", "29.80")
+
+
+async def test_a_past_days_bill_shows_each_refund_as_it_was_when_the_bill_was_made(
+    start_sandbox,
+):
+    """A day's bill is made at 09:00 the next day: a refund finished before shows its final
+    status, one finished later shows PROCESSING, whenever the bill is fetched."""
+    sandbox = await start_sandbox(sandbox_refund_mode="manual")
+    state = sandbox.client.server.app[SANDBOX]
+    day = today() - timedelta(days=3)
+    noon = datetime(day.year, day.month, day.day, 12, tzinfo=BEIJING).timestamp()
+    state.clock = lambda: noon
+    no = await _paid(sandbox, 990)
+    early, late, closed = f"RE{no}", f"RL{no}", f"RC{no}"
+    for out_refund_no in (early, late, closed):
+        refund = {
+            "out_trade_no": no,
+            "out_refund_no": out_refund_no,
+            "amount": {"refund": 100, "total": 990, "currency": "CNY"},
+        }
+        assert (await sandbox.api("POST", "/v3/refund/domestic/refunds", refund)).status == 200
+
+    async def complete(out_refund_no: str, status: str, hours_after_noon: float) -> None:
+        state.clock = lambda: noon + hours_after_noon * 3600
+        path = f"/sandbox/refunds/{out_refund_no}/complete"
+        done = await sandbox.control("POST", path, {"status": status})
+        assert done.status == 200, done.body
+
+    await complete(early, "SUCCESS", 20)  # 08:00 the next day: before the bill is made
+    await complete(closed, "CLOSED", 20.5)
+    await complete(late, "SUCCESS", 22)  # 10:00 the next day: after
+    _, lines = await fetch(sandbox, bill_path("trade", day))
+    _, *records, _, _ = lines
+    statuses = {row[15][1:]: row[19][1:] for row in records if row[9] == "`REFUND"}
+    assert statuses == {early: "SUCCESS", closed: "CLOSED", late: "PROCESSING"}
 
 
 async def test_fund_flow_bill_has_money_in_and_out_with_the_balance(start_sandbox):

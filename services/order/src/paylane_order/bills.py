@@ -1,7 +1,7 @@
 """Daily bill reconciliation: WeChat Pay's trade bill of a China day against
 ``payment_orders`` and ``refunds``.
 
-What it finds, and does (each at most once however often it runs):
+What it finds, and does (each recorded at most once however often it runs):
 
 - ``paid_not_here``: paid at WeChat Pay, not here (the order is pending or failed). It is
   settled through the normal path: the reconciler asks WeChat Pay and publishes the same
@@ -9,19 +9,40 @@ What it finds, and does (each at most once however often it runs):
   consumer applies it once, whoever published it first.
 - ``paid_unknown_order``: paid at WeChat Pay for an ``out_trade_no`` not in
   ``payment_orders``: an alert, nothing to settle.
-- ``not_paid_at_wechat``: paid here that day, but not in the bill; ``amount_differs`` and
-  ``transaction_differs``: in both, not alike. The order goes to ``needs_review`` (the
-  reason says what differs) with an alert.
+- ``amount_differs``, ``transaction_differs``: paid at both, not alike. The order goes to
+  ``needs_review`` (the reason says what differs) with an alert.
+- Paid here that day but not in the bill: the bill is no proof that it was not paid
+  (near midnight paylane's ``paid_at`` and WeChat Pay's ``success_time`` can fall on
+  different China days, and WeChat Pay may have no bill at all), so WeChat Pay is asked
+  (the order query) before anything moves. Paid there (SUCCESS or REFUND) at the same
+  amount and transaction: no difference (it is in a neighbouring day's bill). Not paid
+  there, or unknown (ORDER_NOT_EXIST): ``not_paid_at_wechat``; paid at another amount or
+  transaction: ``amount_differs`` / ``transaction_differs``: the order to
+  ``needs_review``. The query failed: ``not_in_bill_unconfirmed``, an alert; the order is
+  not moved on a guess (run the day again once WeChat Pay answers).
 - ``refund_not_here``, ``refund_not_at_wechat``, ``refund_amount_differs``,
-  ``refund_state_differs``: the same for refunds, by ``out_refund_no``. A refund that
+  ``refund_state_differs``: the same for refunds, by ``out_refund_no``. One of ours not in
+  the bill is asked about likewise (the refund query): unknown there
+  (RESOURCE_NOT_EXISTS) is ``refund_not_at_wechat``, known there is compared as a bill
+  line would be, a failed query is ``refund_not_in_bill_unconfirmed``. A refund that
   WeChat Pay finished and that is still pending here is settled by the reconciler's
   refund query (its ``refund.*`` event); the others are alerts (refunds have no review
-  state).
+  state), listed in the report like every difference.
+
+A day WeChat Pay has no bill of (NO_STATEMENT_EXIST) while paylane has payments or
+refunds that day is said loudly (``bill_missing``, an alert, counted as a difference of
+that kind; the report's ``no_statement``); each of them is asked about as above.
 
 Every difference is logged (``bill_difference``, ``alert=True``), counted in
-``paylane_bill_differences_total{kind}``, and written once to ``payment_logs``
-(type ``bill_difference``). The day is China time: the bill's and the window over
-``paid_at`` and ``refunds.created_at`` (UTC in the database).
+``paylane_bill_differences_total{kind}``, and written once (per day, kind, order and
+refund) to ``payment_logs`` (type ``bill_difference``). The day is China time: the
+bill's and the window over ``paid_at`` and ``refunds.created_at`` (UTC in the database).
+
+The daily run (:class:`DailyBills`) reconciles a day once across replicas: the
+``paylane.bills`` lock keeps two from running at once, and the finished day, recorded in
+``paylane_meta`` (``bills_reconciled:YYYY-MM-DD``), keeps a replica whose timer fires
+later from running it again (a second alert, a second count). ``paylane reconcile bills
+--date D`` runs a day whatever was recorded: the operator's explicit request.
 """
 
 from __future__ import annotations
@@ -31,18 +52,25 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 import aiomysql
+import pymysql
 import structlog
 from prometheus_client import Counter as PromCounter
 
 from paylane_common.background import BackgroundLoop
-from paylane_common.db import transaction
+from paylane_common.db import is_duplicate_key, transaction
 from paylane_common.ids import new_row_id
-from paylane_common.wechatpay import TradeBill, TradeBillRecord, WechatPayClient
+from paylane_common.wechatpay import (
+    TradeBill,
+    TradeBillRecord,
+    WechatPayApiError,
+    WechatPayClient,
+    WechatPayError,
+)
 
-from .reconciler import _GET_LOCK, _RELEASE_LOCK, Reconciler
+from .reconciler import _GET_LOCK, _RELEASE_LOCK, PAID_STATES, Reconciler
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +107,12 @@ class Difference:
     action: str = "alert"
 
 
+#: A daily run's outcome, as ``paylane_bill_reconcile_runs_total`` counts it: ``done``,
+#: or nothing done because another replica holds the lock (``other_replica``) or a run
+#: finished the day already (``already_done``).
+Outcome = Literal["done", "other_replica", "already_done"]
+
+
 @dataclass
 class BillReport:
     day: date
@@ -90,11 +124,19 @@ class BillReport:
     our_paid_total: int = 0
     our_refunds: int = 0
     our_refund_total: int = 0
+    #: WeChat Pay had no bill for the day (NO_STATEMENT_EXIST).
+    no_statement: bool = False
     differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def bill_missing(self) -> bool:
+        """No bill from WeChat Pay, though paylane has payments or refunds that day."""
+        return self.no_statement and (self.our_payments > 0 or self.our_refunds > 0)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["day"] = self.day.isoformat()
+        data["bill_missing"] = self.bill_missing
         return data
 
     def table(self) -> str:
@@ -112,6 +154,14 @@ class BillReport:
             f"{self.our_refunds:>10} {yuan(self.our_refund_total):>13}",
             "",
         ]
+        if self.no_statement:
+            note = "WeChat Pay has no bill for this day (NO_STATEMENT_EXIST)"
+            if self.bill_missing:
+                note += (
+                    ": BILL MISSING, though paylane has payments or refunds that day"
+                    " (each was asked about at WeChat Pay)"
+                )
+            lines.insert(1, note)
         if not self.differences:
             return "\n".join([*lines, "no differences"])
         header = ("kind", "out_trade_no", "out_refund_no", "wechat", "paylane", "action")
@@ -154,16 +204,58 @@ class BillReconciler:
         self._reconciler = reconciler
 
     async def run(self, day: date, *, wait_for_lock_s: float = 60) -> BillReport | None:
-        """Reconcile ``day``; None when another replica holds the lock that long."""
-        async with self._locked(wait_for_lock_s) as locked:
+        """Reconcile ``day``, again if it was (an operator's explicit request); None when
+        another replica holds the lock that long."""
+        _, report = await self._run(day, wait_for_lock_s, unless_done=False)
+        return report
+
+    async def run_daily(self, day: date) -> tuple[Outcome, BillReport | None]:
+        """The daily run: ``day`` reconciled unless a replica is at it or finished it."""
+        return await self._run(day, 0, unless_done=True)
+
+    async def _run(
+        self, day: date, wait_s: float, *, unless_done: bool
+    ) -> tuple[Outcome, BillReport | None]:
+        async with self._locked(wait_s) as locked:
             if not locked:
-                return None
+                return "other_replica", None
+            if unless_done and await self._done(day):
+                log.info("bill_already_reconciled", day=str(day))
+                return "already_done", None
             bill = await self._client.trade_bill(day)
             report = await self._compare(day, bill)
+            await self._mark_done(day)
         for d in report.differences:
             DIFFERENCES.labels(d.kind).inc()
+        if report.bill_missing:
+            DIFFERENCES.labels("bill_missing").inc()
+            log.error(
+                "bill_missing",
+                alert=True,
+                day=str(day),
+                our_payments=report.our_payments,
+                our_refunds=report.our_refunds,
+            )
         log.info("bill_reconciled", day=str(day), differences=len(report.differences))
-        return report
+        return "done", report
+
+    async def _done(self, day: date) -> bool:
+        async with transaction(self._pool) as cur:
+            await cur.execute("SELECT 1 FROM paylane_meta WHERE name = %s", (_done_name(day),))
+            return await cur.fetchone() is not None
+
+    async def _mark_done(self, day: date) -> None:
+        """The day recorded as reconciled; a rerun by hand finds it recorded already."""
+        finished = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        try:
+            async with transaction(self._pool) as cur:
+                await cur.execute(
+                    "INSERT INTO paylane_meta (name, value) VALUES (%s, %s)",
+                    (_done_name(day), finished),
+                )
+        except pymysql.err.IntegrityError as exc:
+            if not is_duplicate_key(exc):
+                raise
 
     @asynccontextmanager
     async def _locked(self, wait_s: float) -> AsyncIterator[bool]:
@@ -179,7 +271,7 @@ class BillReconciler:
                         await cur.execute(_RELEASE_LOCK, (self.LOCK,))
 
     async def _compare(self, day: date, bill: TradeBill) -> BillReport:
-        report = BillReport(day)
+        report = BillReport(day, no_statement=bill.no_statement)
         payments = {r.out_trade_no: r for r in bill.payments if r.trade_state == "SUCCESS"}
         refunds = {r.out_refund_no: r for r in bill.refunds if r.out_refund_no}
         report.bill_payments = len(payments)
@@ -199,7 +291,9 @@ class BillReconciler:
                 report.differences.append(found)
         for order in ours:
             if order["out_trade_no"] not in payments and order["status"] != "needs_review":
-                report.differences.append(await self._not_at_wechat(order, day))
+                found = await self._order_not_in_bill(order, day)
+                if found is not None:
+                    report.differences.append(found)
         our_refunds = await self._refunds([k for k in refunds if k], start, end)
         in_window = [r for r in our_refunds.values() if _in(r["created_at"], start, end)]
         report.our_refunds = len(in_window)
@@ -210,14 +304,9 @@ class BillReconciler:
                 report.differences.append(found)
         for row in in_window:
             if row["out_refund_no"] not in refunds and row["status"] != "closed":
-                diff = Difference(
-                    "refund_not_at_wechat",
-                    row["out_trade_no"],
-                    row["out_refund_no"],
-                    our_amount=row["amount_refund"],
-                    our_state=row["status"],
-                )
-                report.differences.append(await self._record(diff, day))
+                found = await self._refund_not_in_bill(row, day)
+                if found is not None:
+                    report.differences.append(found)
         return report
 
     async def _payment(
@@ -235,22 +324,45 @@ class BillReconciler:
             return await self._record(replace(seen, kind="paid_not_here", action=action), day)
         if order["status"] == "needs_review":
             return None  # a person looks at it already
-        if order["amount_total"] != record.order_total:
-            reason = f"bill {day}: WeChat Pay's amount {record.order_total} differs"
+        return await self._paid_alike(seen, order, record.transaction_id, day)
+
+    async def _paid_alike(
+        self, seen: Difference, order: dict[str, Any], transaction_id: str | None, day: date
+    ) -> Difference | None:
+        """An order paid here against WeChat Pay's payment of it (``seen.wechat_amount``,
+        ``transaction_id``): to review when they differ."""
+        if order["amount_total"] != seen.wechat_amount:
+            reason = f"bill {day}: WeChat Pay's amount {seen.wechat_amount} differs"
             return await self._review(replace(seen, kind="amount_differs"), reason, day)
-        if order["transaction_id"] not in (None, record.transaction_id):
-            reason = f"bill {day}: WeChat Pay's transaction {record.transaction_id} differs"
+        if order["transaction_id"] not in (None, transaction_id):
+            reason = f"bill {day}: WeChat Pay's transaction {transaction_id} differs"
             return await self._review(replace(seen, kind="transaction_differs"), reason, day)
         return None
 
-    async def _not_at_wechat(self, order: dict[str, Any], day: date) -> Difference:
-        diff = Difference(
-            "not_paid_at_wechat",
-            order["out_trade_no"],
-            our_amount=order["amount_total"],
-            our_state=order["status"],
+    async def _order_not_in_bill(self, order: dict[str, Any], day: date) -> Difference | None:
+        """Paid here that day, not in the bill: WeChat Pay is asked, and only its answer
+        moves the order (see the module's docstring)."""
+        seen = Difference(
+            "", order["out_trade_no"], our_amount=order["amount_total"], our_state=order["status"]
         )
-        return await self._review(diff, f"bill {day}: not paid at WeChat Pay", day)
+        try:
+            tx = await self._client.query_by_out_trade_no(order["out_trade_no"])
+        except WechatPayApiError as exc:
+            if exc.code != "ORDER_NOT_EXIST":
+                return await self._unconfirmed(
+                    replace(seen, kind="not_in_bill_unconfirmed"), exc, day
+                )
+            tx = {"trade_state": exc.code}
+        except WechatPayError as exc:
+            return await self._unconfirmed(replace(seen, kind="not_in_bill_unconfirmed"), exc, day)
+        state = tx.get("trade_state")
+        seen = replace(
+            seen, wechat_amount=(tx.get("amount") or {}).get("total"), wechat_state=state
+        )
+        if state not in PAID_STATES:
+            reason = f"bill {day}: not paid at WeChat Pay ({state})"
+            return await self._review(replace(seen, kind="not_paid_at_wechat"), reason, day)
+        return await self._paid_alike(seen, order, tx.get("transaction_id"), day)
 
     async def _refund(
         self, record: TradeBillRecord, row: dict[str, Any] | None, day: date
@@ -264,10 +376,40 @@ class BillReconciler:
         )
         if row is None:
             return await self._record(replace(seen, kind="refund_not_here"), day)
+        return await self._refund_alike(seen, row, day)
+
+    async def _refund_not_in_bill(self, row: dict[str, Any], day: date) -> Difference | None:
+        """Ours, made that day, not in the bill: WeChat Pay is asked (as for orders)."""
+        seen = Difference(
+            "",
+            row["out_trade_no"],
+            row["out_refund_no"],
+            our_amount=row["amount_refund"],
+            our_state=row["status"],
+        )
+        kind = "refund_not_in_bill_unconfirmed"
+        try:
+            answer = await self._client.query_refund(row["out_refund_no"])
+        except WechatPayApiError as exc:
+            if exc.code == "RESOURCE_NOT_EXISTS":
+                return await self._record(replace(seen, kind="refund_not_at_wechat"), day)
+            return await self._unconfirmed(replace(seen, kind=kind), exc, day)
+        except WechatPayError as exc:
+            return await self._unconfirmed(replace(seen, kind=kind), exc, day)
+        amount = (answer.get("amount") or {}).get("refund")
+        seen = replace(seen, wechat_amount=amount, wechat_state=answer.get("status"))
+        return await self._refund_alike(seen, row, day)
+
+    async def _refund_alike(
+        self, seen: Difference, row: dict[str, Any], day: date
+    ) -> Difference | None:
+        """A refund as WeChat Pay has it (``seen``: amount and status) against ours. WeChat
+        Pay's PROCESSING (a bill shows a refund's status when the bill was made) is alike
+        whatever ours is now."""
         seen = replace(seen, our_amount=row["amount_refund"], our_state=row["status"])
-        if row["amount_refund"] != record.requested_refund:
+        if row["amount_refund"] != seen.wechat_amount:
             return await self._record(replace(seen, kind="refund_amount_differs"), day)
-        expected = _REFUND_STATES.get(record.refund_status)
+        expected = _REFUND_STATES.get(seen.wechat_state or "")
         if expected is None or expected == row["status"]:
             return None  # still processing at WeChat Pay, or alike
         action = "alert"
@@ -287,15 +429,22 @@ class BillReconciler:
             moved = cur.rowcount == 1
         return await self._record(replace(diff, action="needs_review" if moved else "already"), day)
 
+    async def _unconfirmed(self, diff: Difference, exc: WechatPayError, day: date) -> Difference:
+        """WeChat Pay could not be asked: an alert, nothing moved."""
+        code = exc.code if isinstance(exc, WechatPayApiError) else type(exc).__name__
+        log.warning("bill_query_failed", out_trade_no=diff.out_trade_no, error=str(exc))
+        return await self._record(replace(diff, wechat_state=code, action="alert"), day)
+
     async def _record(self, diff: Difference, day: date) -> Difference:
-        """Logged and alerted every run; written to ``payment_logs`` the first time."""
+        """Logged and alerted every run; written to ``payment_logs`` the first time (per
+        day, kind, order and refund: two refunds of one order are two differences)."""
         detail = f"{day} {diff.kind}: wechat {diff.wechat_amount} {diff.wechat_state},"
         detail += f" paylane {diff.our_amount} {diff.our_state}"
         async with transaction(self._pool) as cur:
             await cur.execute(
-                "SELECT 1 FROM payment_logs WHERE out_trade_no = %s AND type = 'bill_difference'"
-                " AND detail LIKE %s LIMIT 1",
-                (diff.out_trade_no, f"{day} {diff.kind}:%"),
+                "SELECT 1 FROM payment_logs WHERE out_trade_no = %s AND out_refund_no <=> %s"
+                " AND type = 'bill_difference' AND detail LIKE %s LIMIT 1",
+                (diff.out_trade_no, diff.out_refund_no, f"{day} {diff.kind}:%"),
             )
             if await cur.fetchone() is None:
                 await cur.execute(
@@ -370,8 +519,14 @@ def _in(moment: datetime | None, start: datetime, end: datetime) -> bool:
     return moment is not None and start <= moment < end
 
 
+def _done_name(day: date) -> str:
+    """``paylane_meta``'s name for a day the bill reconciliation finished."""
+    return f"bills_reconciled:{day.isoformat()}"
+
+
 class DailyBills(BackgroundLoop):
-    """Reconciles the previous China day once a day, at ``hour`` (China time)."""
+    """Reconciles the previous China day once a day, at ``hour`` (China time), unless a
+    replica did (or does)."""
 
     task_name = "daily-bills"
 
@@ -384,7 +539,8 @@ class DailyBills(BackgroundLoop):
         self._bills = bills
         self._hour = hour
         self._clock = clock
-        #: The last run's report, and an event set after each run (for tests and probes).
+        #: The last run's report (None: another replica's), and an event set after each
+        #: run (for tests and probes).
         self.last_report: BillReport | None = None
         self.ran = asyncio.Event()
 
@@ -401,7 +557,7 @@ class DailyBills(BackgroundLoop):
             day = previous_china_day(self._clock())
             for attempt in range(1, RETRIES + 1):
                 try:
-                    report = await self._bills.run(day, wait_for_lock_s=0)
+                    outcome, report = await self._bills.run_daily(day)
                 except Exception as exc:
                     BILL_RUNS.labels("failed").inc()
                     log.error(
@@ -413,7 +569,7 @@ class DailyBills(BackgroundLoop):
                     )
                     await asyncio.sleep(RETRY_AFTER_S)
                     continue
-                BILL_RUNS.labels("done" if report is not None else "other_replica").inc()
+                BILL_RUNS.labels(outcome).inc()
                 self.last_report = report
                 self.ran.set()
                 break

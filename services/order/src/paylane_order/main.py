@@ -117,7 +117,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             config.reconciler.bills_hour,
         )
         if config.reconciler.bills_hour >= 0:
-            bills.start()  # every replica waits for the hour; the lock lets one run
+            bills.start()  # every replica waits for the hour; one runs the day, once
         yield
         await bills.stop()
         await reconciler.stop()

@@ -1,13 +1,21 @@
 """The daily bills, written from the ledger in WeChat Pay's format, for any day.
 
 - The trade bill (bill_type ALL): a line per payment made that day (China time) and a
-  line per refund applied for that day, with the refund's status as it is now.
+  line per refund applied for that day, with the status the refund had when WeChat Pay
+  made the bill: it starts making a day's bills at 09:00 the next day (China time; its
+  documentation says to fetch them after 10:00) and does not change them afterwards, so
+  a refund that finished later shows PROCESSING on that day's bill however late the bill
+  is fetched. Simplified: which day's bill lists a real refund (the day it was applied
+  for, or the day it finished) the sandbox does not model; it lists it on the day it was
+  applied for, as paylane's bill reconciliation expects (``refunds.created_at``).
 - The fund-flow bill of the basic account: money in when a payment succeeds, money out
   when a refund does, with the running balance of the day.
 
 Each is a CSV with a header line, records whose fields are prefixed by a backtick, and a
-summary header and line. The file is served gzipped; ``hash_value`` is the SHA1 of the
-text before compression, as WeChat Pay's.
+summary header and line. Values are written as they are, commas included (WeChat Pay
+neither quotes nor cleans them): a reader splits a record where a comma precedes a
+backtick. The file is served gzipped; ``hash_value`` is the SHA1 of the text before
+compression, as WeChat Pay's.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ FUND_FLOW_HEADER = (
 FUND_FLOW_SUMMARY_HEADER = "资金流水总笔数,收入笔数,收入金额,支出笔数,支出金额"
 #: The sandbox's fee: 0.6 % of what was paid (refunds give it back), to five decimals.
 FEE_RATE = Decimal("0.006")
+#: When a day's bills are made, after the day's end (China time): a refund's status on the
+#: trade bill is the one it had then.
+BILL_MADE_AFTER = timedelta(hours=9)
 
 
 @dataclass(frozen=True)
@@ -61,8 +72,7 @@ def _fee(fen: int) -> Decimal:
 
 
 def _line(fields: list[str]) -> str:
-    # A comma inside a field would shift every column after it; WeChat Pay's bills carry none.
-    return ",".join("`" + f.replace(",", " ") for f in fields)
+    return ",".join("`" + f for f in fields)
 
 
 def _stamp(ts: float) -> str:
@@ -77,6 +87,7 @@ def _day_bounds(day: date) -> tuple[float, float]:
 def trade_bill(ledger: Ledger, day: date) -> BillFile | None:
     """The day's trade bill; None for a day without a payment or a refund."""
     start, end = _day_bounds(day)
+    made_at = end + BILL_MADE_AFTER.total_seconds()
     lines: list[tuple[float, str]] = []
     paid = refunded = 0
     fees = Decimal(0)
@@ -144,7 +155,7 @@ def trade_bill(ledger: Ledger, day: date) -> BillFile | None:
             _yuan(refund.refund),
             "0.00",
             "ORIGINAL",
-            refund.status,
+            refund.status_at(made_at),
             str(order.request.get("description", "")),
             str(order.request.get("attach", "")),
             f"{fee:.5f}",

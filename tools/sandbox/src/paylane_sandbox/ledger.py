@@ -84,6 +84,19 @@ class Refund:
     status: str = "PROCESSING"
     success_time: float | None = None
     abnormal_refund: AbnormalRefund | None = None
+    #: (when, status) of every change since the PROCESSING it was created in: a bill made
+    #: before a change shows the status the refund had then (bills.py).
+    changes: list[tuple[float, str]] = field(default_factory=list)
+
+    def move(self, status: str, now: float) -> None:
+        self.status = status
+        self.changes.append((now, status))
+
+    def status_at(self, moment: float) -> str:
+        """The status the refund had at ``moment`` (PROCESSING before any change)."""
+        return next(
+            (status for when, status in reversed(self.changes) if when <= moment), "PROCESSING"
+        )
 
 
 class Ledger:
@@ -219,7 +232,7 @@ class Ledger:
             )
         return refund
 
-    def apply_abnormal_refund(self, refund: Refund, remedy: AbnormalRefund) -> bool:
+    def apply_abnormal_refund(self, refund: Refund, remedy: AbnormalRefund, now: float) -> bool:
         """ABNORMAL → PROCESSING, to be paid out as ``remedy`` says. True when applied now;
         False for the same remedy again (idempotent); another status is INVALID_REQUEST."""
         if refund.abnormal_refund is not None and refund.status != "ABNORMAL":
@@ -235,7 +248,7 @@ class Ledger:
                 f"退款单状态为{refund.status}，仅异常退款单可处理 (the refund is not ABNORMAL)",
             )
         refund.abnormal_refund = remedy
-        refund.status = "PROCESSING"
+        refund.move("PROCESSING", now)
         return True
 
     # --- control API ----------------------------------------------------------------------
@@ -282,7 +295,7 @@ class Ledger:
         refund = self.control_refund(out_refund_no)
         if refund.status not in ("PROCESSING", "ABNORMAL") or refund.status == status:
             raise ControlError(409, "REFUND_FINISHED", f"refund is already {refund.status}")
-        refund.status = status
+        refund.move(status, now)
         if status == "SUCCESS":
             refund.success_time = now
         return refund

@@ -152,7 +152,7 @@ class Sandbox:
                         f"/{name}", "解密失败，请使用微信支付公钥或平台证书加密 (does not decrypt)"
                     ) from None
         remedy = AbnormalRefund(body["type"], body.get("bank_type"), **fields)
-        if self.ledger.apply_abnormal_refund(refund, remedy):
+        if self.ledger.apply_abnormal_refund(refund, remedy, self.clock()):
             log.info(
                 "abnormal_refund_applied", out_refund_no=refund.out_refund_no, type=remedy.type
             )

@@ -9,7 +9,10 @@ stream).
 
 The file is CSV: a header line, one line a record with every field prefixed by a
 backtick (so spreadsheet programs keep long numbers as text), then a summary header and
-one summary line, prefixed alike. Amounts are yuan with two decimals (the fee five);
+one summary line, prefixed alike. Values are written as they are, commas included (a
+product name, ``attach``), unquoted: a record is split where a comma is followed by a
+backtick, never on a bare comma (the official SDKs leave parsing to the merchant, whose
+parsers split alike). Amounts are yuan with two decimals (the fee five);
 paylane reads them into fen exactly.
 """
 
@@ -159,6 +162,9 @@ class TradeBillSummary:
 class TradeBill:
     records: tuple[TradeBillRecord, ...]
     summary: TradeBillSummary
+    #: WeChat Pay has no bill for the day (NO_STATEMENT_EXIST): it saw no transaction, or
+    #: it is wrong about that; a reader with payments of that day should say so.
+    no_statement: bool = False
 
     @property
     def payments(self) -> tuple[TradeBillRecord, ...]:
@@ -172,7 +178,7 @@ class TradeBill:
     def empty(cls) -> TradeBill:
         """The bill of a day without a transaction (WeChat Pay: NO_STATEMENT_EXIST)."""
         zero = Decimal("0")
-        return cls((), TradeBillSummary(0, 0, 0, 0, zero, 0, 0))
+        return cls((), TradeBillSummary(0, 0, 0, 0, zero, 0, 0), no_statement=True)
 
 
 @dataclass(frozen=True)
@@ -235,9 +241,12 @@ def bill_text(data: bytes, bill: BillFile, *, gzipped: bool) -> str:
 
 
 def _fields(line: str) -> list[str]:
-    """A record's fields without their backtick. No field holds a comma: WeChat Pay
-    writes none in these columns (descriptions are cleaned of them)."""
-    return [f[1:] if f.startswith("`") else f for f in line.split(",")]
+    """A record's fields without their backtick: every field starts with one, so fields
+    are separated by a comma *and* a backtick. A comma alone is part of a value (a product
+    name, ``attach``) and splitting on it would shift every column after it."""
+    if not line.startswith("`"):
+        raise BillFormatError(f"a record that does not start with a backtick: {line[:40]!r}")
+    return line[1:].split(",`")
 
 
 def _sections(
@@ -256,7 +265,7 @@ def _sections(
         raise BillFormatError("the bill has no summary line")
     records = [_fields(line) for line in lines[start + 1 : end]]
     for number, fields in enumerate(records, start=1):
-        if len(fields) < len(header):
+        if len(fields) != len(header):
             raise BillFormatError(f"record {number} has {len(fields)} fields, not {len(header)}")
     summary = _fields(lines[end + 1])
     if len(summary) < len(summary_columns):

@@ -225,7 +225,8 @@ class WechatPayClient:
 
     async def trade_bill(self, day: date) -> TradeBill:
         """The day's trade bill (ALL), applied for, downloaded, checked and parsed; a day
-        without a transaction (NO_STATEMENT_EXIST) is an empty bill."""
+        WeChat Pay has no bill of (NO_STATEMENT_EXIST) is an empty bill marked
+        ``no_statement``: nothing to compare, which is not the same as nothing paid."""
         try:
             bill = await self.apply_trade_bill(day)
         except WechatPayApiError as exc:
