@@ -319,6 +319,12 @@ async def test_payments_and_refunds_missing_from_the_bill_are_asked_about_before
         db_pool, "SELECT review_reason FROM payment_orders WHERE out_trade_no = %s", unpaid
     )
     assert review["review_reason"] == f"bill {day}: not paid at WeChat Pay (NOTPAY)"
+    # Unanswered: the day is not done, the daily run tries it again.
+    assert report.unconfirmed
+    done = await fetch_one(
+        db_pool, "SELECT value FROM paylane_meta WHERE name = %s", f"bills_reconciled:{day}"
+    )
+    assert done is None
     # Again: those in review are a person's now; the unanswered one is alerted again,
     # recorded once.
     again = await reconcile_bills(settings, day)

@@ -107,10 +107,11 @@ class Difference:
     action: str = "alert"
 
 
-#: A daily run's outcome, as ``paylane_bill_reconcile_runs_total`` counts it: ``done``,
+#: A daily run's outcome, as ``paylane_bill_reconcile_runs_total`` counts it: ``done``;
+#: ``incomplete`` (WeChat Pay did not answer a query about part of the day: tried again);
 #: or nothing done because another replica holds the lock (``other_replica``) or a run
 #: finished the day already (``already_done``).
-Outcome = Literal["done", "other_replica", "already_done"]
+Outcome = Literal["done", "incomplete", "other_replica", "already_done"]
 
 
 @dataclass
@@ -127,6 +128,11 @@ class BillReport:
     #: WeChat Pay had no bill for the day (NO_STATEMENT_EXIST).
     no_statement: bool = False
     differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def unconfirmed(self) -> bool:
+        """Part of the day WeChat Pay could not be asked about (a query failed)."""
+        return any(d.kind.endswith("_unconfirmed") for d in self.differences)
 
     @property
     def bill_missing(self) -> bool:
@@ -224,7 +230,13 @@ class BillReconciler:
                 return "already_done", None
             bill = await self._client.trade_bill(day)
             report = await self._compare(day, bill)
-            await self._mark_done(day)
+            if report.unconfirmed:
+                # WeChat Pay did not answer about some of it: not done, the daily run
+                # tries the day again (RETRY_AFTER_S) rather than leave it to a person.
+                outcome: Outcome = "incomplete"
+            else:
+                outcome = "done"
+                await self._mark_done(day)
         for d in report.differences:
             DIFFERENCES.labels(d.kind).inc()
         if report.bill_missing:
@@ -236,8 +248,10 @@ class BillReconciler:
                 our_payments=report.our_payments,
                 our_refunds=report.our_refunds,
             )
-        log.info("bill_reconciled", day=str(day), differences=len(report.differences))
-        return "done", report
+        log.info(
+            "bill_reconciled", day=str(day), differences=len(report.differences), outcome=outcome
+        )
+        return outcome, report
 
     async def _done(self, day: date) -> bool:
         async with transaction(self._pool) as cur:
@@ -572,4 +586,6 @@ class DailyBills(BackgroundLoop):
                 BILL_RUNS.labels(outcome).inc()
                 self.last_report = report
                 self.ran.set()
-                break
+                if outcome != "incomplete" or attempt == RETRIES:
+                    break
+                await asyncio.sleep(RETRY_AFTER_S)
