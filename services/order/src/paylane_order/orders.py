@@ -26,7 +26,6 @@ from paylane_common.wechatpay import (
     MerchantSigner,
     WechatPayApiError,
     WechatPayClient,
-    WechatPayUnavailable,
 )
 
 from .config import MerchantConfig
@@ -265,8 +264,6 @@ class Orders:
                     f"WeChat Pay refused the order: {exc.code} {exc.message}"
                 ) from None
             raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
-        except WechatPayUnavailable as exc:
-            raise UpstreamUnavailable(str(exc)) from None
         async with transaction(self._pool) as cur:
             await cur.execute(
                 "UPDATE payment_orders SET prepay_id = %s, code_url = %s, h5_url = %s"
@@ -349,8 +346,6 @@ class Orders:
                 raise Conflict(
                     f"WeChat Pay refused to close: {exc.code} {exc.message}", "close_refused"
                 ) from None
-        except WechatPayUnavailable as exc:
-            raise UpstreamUnavailable(str(exc)) from None
         async with transaction(self._pool) as cur:
             await cur.execute(
                 "UPDATE payment_orders SET status = 'failed', closed_at = NOW(6)"
@@ -483,8 +478,6 @@ class Orders:
             raise UpstreamRejected(
                 f"WeChat Pay refused the refund: {exc.code} {exc.message}"
             ) from None
-        except WechatPayUnavailable as exc:
-            raise UpstreamUnavailable(str(exc)) from None
         await self._set_refund(out_refund_no, None, answer.get("refund_id"))
         log.info("refund_requested", out_trade_no=out_trade_no, out_refund_no=out_refund_no)
         return "pending"
