@@ -101,6 +101,7 @@ class Dependency:
         self._reason = ""
         self._down_since = 0.0
         self._prober: asyncio.Task[None] | None = None
+        self._confirming: asyncio.Task[str | None] | None = None
 
     @property
     def up(self) -> bool:
@@ -118,12 +119,22 @@ class Dependency:
             return True
         if not may_be_outage(exc):
             return False
+        # One probe at a time: a whole prefetch window failing at once asks once.
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.create_task(self._probe_once())
+        probe_error = await asyncio.shield(self._confirming)
+        if probe_error is None:
+            return False
+        self._mark_down(f"{describe(exc)}; probe: {probe_error}")
+        return True
+
+    async def _probe_once(self) -> str | None:
+        """None when the dependency answers, else why not."""
         try:
             await self._probe()
-        except Exception as probe_exc:
-            self._mark_down(f"{describe(exc)}; probe: {describe(probe_exc)}")
-            return True
-        return False
+        except Exception as exc:
+            return describe(exc)
+        return None
 
     async def wait_up(self) -> None:
         await self._up.wait()
@@ -135,10 +146,11 @@ class Dependency:
         await self._probe()
 
     async def close(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
-            await asyncio.gather(self._prober, return_exceptions=True)
-            self._prober = None
+        tasks = [t for t in (self._prober, self._confirming) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._prober = self._confirming = None
 
     def _mark_down(self, reason: str) -> None:
         if not self.up:
