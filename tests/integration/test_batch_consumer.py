@@ -119,9 +119,7 @@ async def test_a_burst_is_applied_in_batches_exactly_once(
     sent = await _publish_burst(publisher, spec.name, users, per_user=30)
     batched_before = _batched_messages(spec.name)
     handler = handler_cls(db_pool, DEFAULT_CATALOG)
-    consumer = Observed(
-        amqp_connection, publisher, spec, handler, database=database, max_batch=50
-    )
+    consumer = Observed(amqp_connection, publisher, spec, handler, database=database, max_batch=50)
     await consumer.start()
     try:
         await consumer.wait_settled(sent)

@@ -30,6 +30,19 @@ BATCH_SIZE = Histogram(
     ["queue"],
     buckets=(2, 5, 10, 20, 50, 100, 200),
 )
+CONSUMER_PAUSED = Gauge(
+    "paylane_consumer_paused",
+    "1 while a database outage pauses the consumer of this queue (it is not ready)",
+    ["queue"],
+)
+QUEUE_MESSAGES = Gauge(
+    "paylane_queue_messages",
+    "Messages ready in a queue (a consumer's own queue and its DLQ), as the broker last said",
+    ["queue"],
+)
+QUEUE_CONSUMERS = Gauge(
+    "paylane_queue_consumers", "Consumers of a queue, as the broker last said", ["queue"]
+)
 OUTBOX_BACKLOG = Gauge("paylane_outbox_backlog", "Outbox rows not yet published", ["producer"])
 OUTBOX_OLDEST_AGE = Gauge(
     "paylane_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row", ["producer"]
