@@ -139,6 +139,8 @@ class Consumer:
             self._queue = await existing_queue(channel, self.spec.name)
         self._tag = await self._queue.consume(self._on_message)
         metrics.CONSUMER_PAUSED.labels(self.spec.name).set(0)
+        for outcome in metrics.ALERTED_CONSUMER_OUTCOMES:
+            metrics.CONSUMER_MESSAGES.labels(self.spec.name, outcome)
         log.info("consumer_started", queue=self.spec.name, prefetch=self._prefetch)
 
     async def stop(self, timeout: float = 5.0) -> None:

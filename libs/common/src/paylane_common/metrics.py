@@ -12,6 +12,19 @@ PUBLISH_CONFIRM_SECONDS = Histogram(
     ["outcome"],
     buckets=_LATENCY_BUCKETS,
 )
+#: Outcomes the alerts (deploy/prometheus) count. A labelled counter appears only at its
+#: first increment, already at 1, and ``increase()`` cannot see that first one: these are
+#: exported at 0 from the start (publish outcomes here, consumer outcomes per queue).
+PUBLISH_OUTCOMES = ("confirmed", "timeout", "nack", "returned", "unavailable")
+ALERTED_CONSUMER_OUTCOMES = (
+    "dead_lettered",
+    "retried",
+    "put_back_outage",
+    "needs_review",
+    "duplicate_payment",
+)
+for _outcome in PUBLISH_OUTCOMES:
+    PUBLISH_CONFIRM_SECONDS.labels(_outcome)
 CONSUMER_MESSAGES = Counter(
     "paylane_consumer_messages_total",
     "Messages handled by a consumer, by queue and outcome "
