@@ -87,7 +87,8 @@ def payments_row(board: dashboard.Dashboard) -> dashboard.Dashboard:
                 "Notifications per minute (acknowledged, rejected)",
                 "short",
                 query(
-                    f"sum by (outcome) (rate(paylane_ingress_notifications_acked_total{RATE})) * 60",
+                    "sum by (outcome) (rate(paylane_ingress_notifications_acked_total"
+                    f"{RATE})) * 60",
                     "acked {{outcome}}",
                 ),
                 query(
@@ -162,9 +163,7 @@ def queues_row(board: dashboard.Dashboard) -> dashboard.Dashboard:
             graph(
                 "Consumer throughput by queue",
                 "ops",
-                query(
-                    f"sum by (queue) (rate(paylane_consumer_messages_total{RATE}))", "{{queue}}"
-                ),
+                query(f"sum by (queue) (rate(paylane_consumer_messages_total{RATE}))", "{{queue}}"),
             )
         )
         .with_panel(

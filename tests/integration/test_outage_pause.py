@@ -16,8 +16,8 @@ from typing import Any
 import aiomysql
 import pymysql
 import pytest
-from prometheus_client import REGISTRY
 from aio_pika.abc import AbstractChannel
+from prometheus_client import REGISTRY
 
 from paylane_common import db
 from paylane_common.consumer import ATTEMPT_HEADER, Consumer, RetryPolicy
