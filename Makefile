@@ -7,7 +7,7 @@ export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 TYPED = libs/common/src services/ingress/src services/order/src services/entitlement/src \
 	services/notifier/src tools/sandbox/src src/paylane
 
-.PHONY: help install run demo migrate test test-unit bench lint fmt
+.PHONY: help install run demo migrate test test-unit bench lint fmt monitoring
 
 help:
 	@echo "make run      migrate, then run all services against local RabbitMQ + MariaDB"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench    benchmarks (BENCH_ARGS=--quick for a smoke run)"
 	@echo "make lint     ruff + mypy"
 	@echo "make migrate  create/upgrade the database in MYSQL_URL"
+	@echo "make monitoring  regenerate deploy/grafana/paylane.json and the k8s PrometheusRule"
 
 install:
 	$(UV) sync --frozen
@@ -53,6 +54,12 @@ lint: install
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy $(TYPED)
+
+# Generated files: the Grafana dashboard (from deploy/grafana/dashboard.py) and the
+# Kubernetes PrometheusRule (from deploy/prometheus/rules.yml). tests/deploy checks both.
+monitoring: install
+	$(UV) run python deploy/grafana/dashboard.py
+	$(UV) run python deploy/prometheus/prometheusrule.py
 
 fmt:
 	$(UV) run ruff check --fix .

@@ -70,6 +70,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     **{f"mysql_{service}_password": _hex for service in MYSQL_SERVICES},
     "mysql_migrate_password": _hex,
     "rabbitmq_password": _hex,
+    "grafana_admin_password": _hex,
     **{f"rabbitmq_{service}_password": _hex for service in BROKER_SERVICES},
     "wechatpay_apiv3_key": _apiv3_key,
     "internal_api_secret": lambda: secrets.token_urlsafe(32),

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -26,10 +25,8 @@ from paylane_common import topology
 from paylane_common.settings import FILE_VARIABLES
 from paylane_order.settings import PREPAY_ID_TTL_S, notify_url_reachable
 from paylane_sandbox.settings import SandboxSettings
+from tests.support.manifests import DEPLOY, ROOT, by_kind, compose_config, kustomize
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 BASE = DEPLOY / "k8s" / "base"
 OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
 KUBERNETES_VERSION = "1.30"
@@ -44,45 +41,7 @@ PERMISSIONS = json.loads((DEPLOY / "rabbitmq" / "permissions.json").read_text())
 SECRET_NAME = re.compile(r"(SECRET|KEY|PASSWORD|PASS|TOKEN)$|^(AMQP_URL|MYSQL_URL)$")
 
 
-def _tool(name: str) -> str:
-    found = Path(sys.executable).with_name(name)
-    path = str(found) if found.exists() else shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found: run `uv sync` (it is a dev dependency)")
-    return path
-
-
 # --- docker compose ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The compose stack's secrets, made by the script `make up` runs."""
-    directory = tmp_path_factory.mktemp("compose-secrets")
-    subprocess.run(
-        [sys.executable, str(DEPLOY / "compose_secrets.py"), "--dir", str(directory)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return directory
-
-
-def compose_config(secrets_dir: Path, *profiles: str) -> dict[str, Any]:
-    # A clean environment and the example env file (all comments), so a developer's
-    # shell or deploy/.env cannot change what is checked.
-    home = secrets_dir.parent / "compose-home"
-    home.mkdir(exist_ok=True)
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "PAYLANE_SECRETS_DIR": str(secrets_dir)}
-    args = [_tool("docker-compose"), "-f", str(COMPOSE_FILE)]
-    args += ["--env-file", str(DEPLOY / "compose.env.example")]
-    for profile in profiles:
-        args += ["--profile", profile]
-    result = subprocess.run(
-        [*args, "config", "--format", "json"], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -284,25 +243,9 @@ def test_compose_broker_loads_the_definitions_secret(compose: dict[str, Any]) ->
 # --- Kubernetes --------------------------------------------------------------------------
 
 
-def kustomize(directory: Path) -> list[dict[str, Any]]:
-    """``directory`` rendered as ``kubectl apply -k`` would apply it."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed: it renders the kustomizations (kubectl kustomize)")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
-
-
 @pytest.fixture(scope="module")
 def overlay() -> list[dict[str, Any]]:
     return kustomize(OVERLAY)
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
 @pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "overlay"])

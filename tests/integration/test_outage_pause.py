@@ -17,6 +17,7 @@ import aiomysql
 import pymysql
 import pytest
 from aio_pika.abc import AbstractChannel
+from prometheus_client import REGISTRY
 
 from paylane_common import db
 from paylane_common.consumer import ATTEMPT_HEADER, Consumer, RetryPolicy
@@ -81,6 +82,11 @@ async def stored(db_pool: aiomysql.Pool, table: str) -> list[str]:
         return [row["k"] for row in await cur.fetchall()]
 
 
+def paused_gauge(spec: QueueSpec) -> float | None:
+    """``paylane_consumer_paused`` of the queue: what the ConsumerPaused alert reads."""
+    return REGISTRY.get_sample_value("paylane_consumer_paused", {"queue": spec.name})
+
+
 class Recording:
     """A handler inserting each event once through the proxied pool; it notes the
     attempt header of every delivery it saw."""
@@ -126,6 +132,7 @@ async def test_an_outage_longer_than_the_budget_pauses_and_loses_nothing(
         await eventually(lambda: _true(consumer.paused), 15, what="consumer paused")
         with pytest.raises(NotReady, match="mysql down"):
             await consumer.check()
+        assert paused_gauge(spec) == 1
         # Hundreds of budgets later: every message back in its queue, none dead.
         await asyncio.sleep(3)
         assert await ready_and_dead(channel, spec) == (MESSAGES, 0)
@@ -139,6 +146,7 @@ async def test_an_outage_longer_than_the_budget_pauses_and_loses_nothing(
         proxy.heal()
         await eventually(lambda: _true(not consumer.paused), 15, what="consumer resumed")
         await consumer.check()
+        assert paused_gauge(spec) == 0
         want = sorted([first.event_id, *(e.event_id for e in envelopes)])
         await eventually(lambda: _equal(stored(db_pool, scratch), want), 15, what="all applied")
         assert await ready_and_dead(channel, spec) == (0, 0)

@@ -138,6 +138,9 @@ class Consumer:
         else:  # its retry queue and DLQ come with it (definitions.json)
             self._queue = await existing_queue(channel, self.spec.name)
         self._tag = await self._queue.consume(self._on_message)
+        metrics.CONSUMER_PAUSED.labels(self.spec.name).set(0)
+        for outcome in metrics.ALERTED_CONSUMER_OUTCOMES:
+            metrics.CONSUMER_MESSAGES.labels(self.spec.name, outcome)
         log.info("consumer_started", queue=self.spec.name, prefetch=self._prefetch)
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -163,6 +166,7 @@ class Consumer:
         """Stop taking deliveries until the database is back (see the module doc)."""
         if self._resuming is None:
             log.error("consumer_paused", queue=self.spec.name, reason=self._database.reason)
+            metrics.CONSUMER_PAUSED.labels(self.spec.name).set(1)
             self._resuming = asyncio.create_task(
                 self._resume_when_up(),
                 name=f"resume-{self.spec.name}",
@@ -183,6 +187,7 @@ class Consumer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self._resuming = None
+        metrics.CONSUMER_PAUSED.labels(self.spec.name).set(0)
         log.warning(
             "consumer_resumed",
             queue=self.spec.name,

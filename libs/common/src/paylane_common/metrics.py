@@ -12,6 +12,19 @@ PUBLISH_CONFIRM_SECONDS = Histogram(
     ["outcome"],
     buckets=_LATENCY_BUCKETS,
 )
+#: Outcomes the alerts (deploy/prometheus) count. A labelled counter appears only at its
+#: first increment, already at 1, and ``increase()`` cannot see that first one: these are
+#: exported at 0 from the start (publish outcomes here, consumer outcomes per queue).
+PUBLISH_OUTCOMES = ("confirmed", "timeout", "nack", "returned", "unavailable")
+ALERTED_CONSUMER_OUTCOMES = (
+    "dead_lettered",
+    "retried",
+    "put_back_outage",
+    "needs_review",
+    "duplicate_payment",
+)
+for _outcome in PUBLISH_OUTCOMES:
+    PUBLISH_CONFIRM_SECONDS.labels(_outcome)
 CONSUMER_MESSAGES = Counter(
     "paylane_consumer_messages_total",
     "Messages handled by a consumer, by queue and outcome "
@@ -29,6 +42,19 @@ BATCH_SIZE = Histogram(
     "Messages applied together in one transaction, by queue (batches of two or more)",
     ["queue"],
     buckets=(2, 5, 10, 20, 50, 100, 200),
+)
+CONSUMER_PAUSED = Gauge(
+    "paylane_consumer_paused",
+    "1 while a database outage pauses the consumer of this queue (it is not ready)",
+    ["queue"],
+)
+QUEUE_MESSAGES = Gauge(
+    "paylane_queue_messages",
+    "Messages ready in a queue (a consumer's own queue and its DLQ), as the broker last said",
+    ["queue"],
+)
+QUEUE_CONSUMERS = Gauge(
+    "paylane_queue_consumers", "Consumers of a queue, as the broker last said", ["queue"]
 )
 OUTBOX_BACKLOG = Gauge("paylane_outbox_backlog", "Outbox rows not yet published", ["producer"])
 OUTBOX_OLDEST_AGE = Gauge(

@@ -25,6 +25,7 @@ from .logs import configure_logging
 from .outages import Dependency
 from .outbox import OutboxRelay
 from .publisher import Publisher
+from .queue_watch import QueueWatch
 from .retention import RetentionPruner
 from .settings import (
     BaseServiceSettings,
@@ -259,7 +260,10 @@ def use_consumer(
         app[CONSUMER] = consumer
         app[READINESS_CHECKS]["consumer"] = consumer.check
         await consumer.start()
+        watch = QueueWatch(connection, (spec.name, spec.dlq))
+        watch.start()
         yield
+        await watch.stop()
         await consumer.stop()
         if pruner is not None:
             await pruner.stop()

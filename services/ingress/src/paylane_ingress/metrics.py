@@ -11,6 +11,17 @@ NOTIFICATIONS_VERIFIED = Counter(
 NOTIFICATIONS_REJECTED = Counter(
     "paylane_ingress_notifications_rejected_total", "Notifications rejected, by reason", ["reason"]
 )
+#: The reasons the alerts (deploy/prometheus) count, exported at 0 from the start so that
+#: the first one is an increase.
+ALERTED_REASONS = (
+    "broker_unavailable",
+    "bad_signature",
+    "unknown_serial",
+    "expired_certificate",
+    "decrypt_failed",
+)
+for _reason in ALERTED_REASONS:
+    NOTIFICATIONS_REJECTED.labels(_reason)
 NOTIFICATIONS_ACKED = Counter(
     "paylane_ingress_notifications_acked_total",
     "Notifications acknowledged, by outcome (published, ignored)",

@@ -64,6 +64,10 @@ FINDINGS = PromCounter(
     "What the reconciler found and did, by kind",
     ["kind"],
 )
+#: Counted by the alerts (deploy/prometheus): exported at 0 from the start, so that the
+#: first one is an increase.
+for _kind in ("paid_recovered", "query_failed", "refund_query_failed"):
+    FINDINGS.labels(_kind)
 PASS_SECONDS = Histogram(
     "paylane_reconciler_pass_seconds",
     "How long a reconciler pass over every pending order and refund takes",
