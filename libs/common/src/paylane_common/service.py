@@ -260,7 +260,7 @@ def use_consumer(
         app[CONSUMER] = consumer
         app[READINESS_CHECKS]["consumer"] = consumer.check
         await consumer.start()
-        watch = QueueWatch(connection, (spec.name, spec.dlq))
+        watch = QueueWatch(app[AMQP_CONNECTION], (spec.name, spec.dlq))
         watch.start()
         yield
         await watch.stop()
