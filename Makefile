@@ -7,7 +7,7 @@ export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 TYPED = libs/common/src services/ingress/src services/order/src services/entitlement/src \
 	services/notifier/src tools/sandbox/src src/paylane
 
-.PHONY: help install run demo migrate test test-unit bench lint fmt
+.PHONY: help install run demo migrate test test-unit bench lint fmt openapi
 
 help:
 	@echo "make run      migrate, then run all services against local RabbitMQ + MariaDB"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench    benchmarks (BENCH_ARGS=--quick for a smoke run)"
 	@echo "make lint     ruff + mypy"
 	@echo "make migrate  create/upgrade the database in MYSQL_URL"
+	@echo "make openapi  regenerate docs/openapi/*.json from the services' route tables"
 
 install:
 	$(UV) sync --frozen
@@ -53,6 +54,10 @@ lint: install
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy $(TYPED)
+
+# The OpenAPI documents in docs/openapi/, from the route tables (a test compares them).
+openapi: install
+	$(UV) run python -m paylane.openapi
 
 fmt:
 	$(UV) run ruff check --fix .

@@ -30,6 +30,7 @@ from paylane_common.auth import DuplicateHeader, internal_secret_ok
 from paylane_common.events import OrderCreated, PaymentSucceeded, make_event, validation_summary
 from paylane_common.exceptions import PublishError
 from paylane_common.ids import new_row_id
+from paylane_common.openapi import body_model
 from paylane_common.service import PUBLISHER
 
 from . import metrics
@@ -76,6 +77,11 @@ class _Refusal:
         if route == "notify":
             body["code"] = "FAIL"
         return web.json_response(body, status=self.status)
+
+
+async def _body(request: web.Request) -> Any:
+    """The body, validated with the model ``INGRESS_API`` names for the route."""
+    return body_model(request).model_validate_json(await request.read())
 
 
 async def _publish(request: web.Request, envelope: events.Envelope) -> bool:
@@ -125,7 +131,7 @@ async def internal_notify(request: web.Request) -> web.Response:
         metrics.NOTIFICATIONS_REJECTED.labels(reason).inc()
         return denied
     try:
-        body = InternalNotify.model_validate_json(await request.read())
+        body: InternalNotify = await _body(request)
     except ValidationError as exc:
         metrics.NOTIFICATIONS_REJECTED.labels("internal_invalid").inc()
         message = f"invalid body: {validation_summary(exc)}"
@@ -235,7 +241,7 @@ async def internal_order_created(request: web.Request) -> web.Response:
         metrics.INTERNAL_CALLS.labels("order-created", outcome).inc()
         return denied
     try:
-        body = InternalOrderCreated.model_validate_json(await request.read())
+        body: InternalOrderCreated = await _body(request)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             return _order_created_refusal(400, "INVALID_JSON", "the body is not valid JSON")
