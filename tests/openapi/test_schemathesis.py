@@ -3,7 +3,8 @@ process on a stack of its own (a vhost and a database nobody else uses, the sand
 playing WeChat Pay): from the document each serves at ``/openapi.json``, examples, the
 coverage phase's edge cases (positive and negative) and generated requests, a bounded
 number per operation, with the caller's credentials. No answer may be a 5xx, and every
-answer must be one the document describes (status, content type, body)."""
+answer must be one the document describes (status, content type, body); what the
+document refuses must be refused."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ CHECKS = ",".join(
         "status_code_conformance",
         "content_type_conformance",
         "response_schema_conformance",
+        # What the document refuses, the service refuses (its bodies' models are the
+        # document's), a required header is required, other methods are a 405 with Allow.
+        "negative_data_rejection",
+        "missing_required_header",
+        "unsupported_method",
     )
 )
 #: Generated cases per operation and phase: a few hundred requests per API in all.

@@ -95,7 +95,9 @@ NOTIFICATION: dict[str, Any] = {
 
 
 def _wechatpay_header(name: str, required: bool = True) -> Param:
-    return Param(name, "header", "WeChat Pay's signature header", required=required)
+    """An empty one is as absent (400)."""
+    schema = {"type": "string", "minLength": 1}
+    return Param(name, "header", "WeChat Pay's signature header", schema, required=required)
 
 
 def _internal_errors(refusal: type[Refusal]) -> dict[int, Reply]:

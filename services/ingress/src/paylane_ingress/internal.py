@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import structlog
 from aiohttp import web
@@ -175,10 +175,11 @@ class InternalOrderCreated(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    orderId: str | None = Field(default=None, pattern=ROW_ID)
+    #: "" is taken as absent (``_blank``), and documented so.
+    orderId: Literal[""] | Annotated[str, Field(pattern=ROW_ID)] | None = None
     outTradeNo: str = Field(min_length=6, max_length=32, pattern=OUT_TRADE_NO)
     userId: str = Field(pattern=ROW_ID)
-    openid: str | None = Field(default=None, min_length=1, max_length=100)
+    openid: str | None = Field(default=None, max_length=100)
     #: Fen, an integer: ``29.9`` (yuan) or ``"2990"`` is refused rather than guessed at.
     amount: StrictInt = Field(gt=0, le=MAX_FEN)
     packageType: Literal["basic", "premium"]
