@@ -7,7 +7,7 @@ export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 TYPED = libs/common/src services/ingress/src services/order/src services/entitlement/src \
 	services/notifier/src tools/sandbox/src src/paylane
 
-.PHONY: help install run demo migrate test test-unit bench lint fmt monitoring
+.PHONY: help install run demo migrate test test-unit bench lint fmt monitoring openapi
 
 help:
 	@echo "make run      migrate, then run all services against local RabbitMQ + MariaDB"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint     ruff + mypy"
 	@echo "make migrate  create/upgrade the database in MYSQL_URL"
 	@echo "make monitoring  regenerate deploy/grafana/paylane.json and the k8s PrometheusRule"
+	@echo "make openapi  regenerate docs/openapi/*.json from the services' route tables"
 
 install:
 	$(UV) sync --frozen
@@ -60,6 +61,10 @@ lint: install
 monitoring: install
 	$(UV) run python deploy/grafana/dashboard.py
 	$(UV) run python deploy/prometheus/prometheusrule.py
+
+# The OpenAPI documents in docs/openapi/, from the route tables (a test compares them).
+openapi: install
+	$(UV) run python -m paylane.openapi
 
 fmt:
 	$(UV) run ruff check --fix .

@@ -3,13 +3,14 @@ order, anyone calling a service, the payer and WeChat Pay acting through the san
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from tests.support import hygiene
+from tests.support import hygiene, openapi
 from tests.support.stack import Stack
 from tests.support.stack_config import BACKEND
 
@@ -22,12 +23,17 @@ async def call(
     body: Any = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """One HTTP call to a service of the stack: (status, JSON body or None)."""
+    """One HTTP call to a service of the stack: (status, JSON body or None). An answer of
+    the order service or ingress must be one its OpenAPI document describes."""
     async with aiohttp.ClientSession() as http:
         async with http.request(
             method, f"{stack.services[service].url}{path}", json=body, headers=headers
         ) as response:
-            return response.status, await response.json(content_type=None)
+            raw = await response.read()
+            if openapi.documented(service):
+                answer = (response.status, dict(response.headers), raw)
+                openapi.check_response(service, method, path, *answer)
+            return response.status, json.loads(raw) if raw else None
 
 
 async def sandbox(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from paylane_common import events
+from paylane_notifier.api import PushedMessage
 from paylane_notifier.messages import ClientMessage, epoch_ms, from_event
 from paylane_notifier.snapshot import parse_last_event_id
 from services.notifier.tests.support import entitlement
@@ -68,6 +69,8 @@ def test_events_become_client_messages(
     assert (body["out_trade_no"], body["event_id"]) == ("o1", envelope.event_id)
     assert body["occurred_at"].endswith("Z")
     assert message.id == str(epoch_ms(envelope.occurred_at))
+    # What the OpenAPI document says a message is (docs/openapi/notifier.json).
+    PushedMessage.model_validate_json(message.to_json())
 
 
 def test_events_for_other_services_are_not_pushed() -> None:

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from .catalog import Package
 
@@ -59,6 +61,25 @@ class PriceList:
 
     def answer(self) -> dict[str, Any]:
         return {"success": True, "data": self.data()}
+
+
+class PriceData(BaseModel):
+    """:meth:`PriceList.data` as the OpenAPI documents describe it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    packages: dict[str, float] = Field(description="yuan as JSON numbers (29.90)")
+    effectiveAt: datetime
+    updatedAt: datetime
+
+
+class PriceAnswer(BaseModel):
+    """:meth:`PriceList.answer` as the OpenAPI documents describe it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    success: Literal[True]
+    data: PriceData
 
 
 def dumps(payload: Any) -> str:

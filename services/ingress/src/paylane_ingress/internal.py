@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import structlog
 from aiohttp import web
@@ -30,6 +30,7 @@ from paylane_common.auth import DuplicateHeader, internal_secret_ok
 from paylane_common.events import OrderCreated, PaymentSucceeded, make_event, validation_summary
 from paylane_common.exceptions import PublishError
 from paylane_common.ids import new_row_id
+from paylane_common.openapi import body_model
 from paylane_common.service import PUBLISHER
 
 from . import metrics
@@ -76,6 +77,11 @@ class _Refusal:
         if route == "notify":
             body["code"] = "FAIL"
         return web.json_response(body, status=self.status)
+
+
+async def _body(request: web.Request) -> Any:
+    """The body, validated with the model ``INGRESS_API`` names for the route."""
+    return body_model(request).model_validate_json(await request.read())
 
 
 async def _publish(request: web.Request, envelope: events.Envelope) -> bool:
@@ -125,7 +131,7 @@ async def internal_notify(request: web.Request) -> web.Response:
         metrics.NOTIFICATIONS_REJECTED.labels(reason).inc()
         return denied
     try:
-        body = InternalNotify.model_validate_json(await request.read())
+        body: InternalNotify = await _body(request)
     except ValidationError as exc:
         metrics.NOTIFICATIONS_REJECTED.labels("internal_invalid").inc()
         message = f"invalid body: {validation_summary(exc)}"
@@ -169,10 +175,11 @@ class InternalOrderCreated(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    orderId: str | None = Field(default=None, pattern=ROW_ID)
+    #: "" is taken as absent (``_blank``), and documented so.
+    orderId: Literal[""] | Annotated[str, Field(pattern=ROW_ID)] | None = None
     outTradeNo: str = Field(min_length=6, max_length=32, pattern=OUT_TRADE_NO)
     userId: str = Field(pattern=ROW_ID)
-    openid: str | None = Field(default=None, min_length=1, max_length=100)
+    openid: str | None = Field(default=None, max_length=100)
     #: Fen, an integer: ``29.9`` (yuan) or ``"2990"`` is refused rather than guessed at.
     amount: StrictInt = Field(gt=0, le=MAX_FEN)
     packageType: Literal["basic", "premium"]
@@ -235,7 +242,7 @@ async def internal_order_created(request: web.Request) -> web.Response:
         metrics.INTERNAL_CALLS.labels("order-created", outcome).inc()
         return denied
     try:
-        body = InternalOrderCreated.model_validate_json(await request.read())
+        body: InternalOrderCreated = await _body(request)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             return _order_created_refusal(400, "INVALID_JSON", "the body is not valid JSON")

@@ -13,10 +13,9 @@ from paylane_common.service import base_app, serve, use_broker
 from paylane_common.settings import secret_value
 from paylane_common.wechatpay import NotificationVerifier
 
+from .api import INGRESS_API
 from .config import INGRESS_CONFIG, IngressConfig
-from .internal import internal_notify, internal_order_created
-from .notify import MAX_BODY, notify_wechatpay
-from .prices import current_prices
+from .notify import MAX_BODY
 from .settings import IngressSettings
 
 
@@ -33,10 +32,7 @@ def build_app(
         internal_secret=secret_value(settings.internal_api_secret),
         price_list=PriceList.of(settings.catalog, settings.prices_effective_at),
     )
-    app.router.add_post("/notify/wechatpay", notify_wechatpay)
-    app.router.add_post("/api/payment/internal/notify", internal_notify)
-    app.router.add_post("/api/payment/internal/order-created", internal_order_created)
-    app.router.add_get("/api/prices/current", current_prices)
+    INGRESS_API.add_routes(app)
     use_broker(app, settings)
     if settings.refreshes_certificates:
         _use_certificate_refresh(app, settings)

@@ -7,12 +7,11 @@ from aiohttp import web
 from paylane_common.service import base_app, serve, use_broker, use_mysql
 from paylane_common.settings import secret_value
 
+from .api import NOTIFIER_API
 from .config import NOTIFIER_CONFIG, NotifierConfig
 from .consumer import consume_events
 from .hub import HUB, Hub
 from .settings import NotifierSettings
-from .sse import sse_stream
-from .websocket import websocket_stream
 
 
 def build_app(settings: NotifierSettings, *, hub: Hub | None = None) -> web.Application:
@@ -35,8 +34,7 @@ def build_app(settings: NotifierSettings, *, hub: Hub | None = None) -> web.Appl
     use_mysql(app, settings, writable=False)  # it only reads
     app.cleanup_ctx.append(consume_events)
     app.on_shutdown.append(_close_clients)
-    app.router.add_get("/ws", websocket_stream)
-    app.router.add_get("/events", sse_stream)
+    NOTIFIER_API.add_routes(app)
     return app
 
 

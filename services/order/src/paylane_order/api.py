@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from decimal import Decimal
+from importlib import metadata
 from typing import Annotated, Any, Literal
 
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from paylane_common.auth import INTERNAL_SECRET_HEADER
 from paylane_common.events import validation_summary
+from paylane_common.openapi import Api, Operation, Param, Reply, body_model
 from paylane_common.prices import dumps
 from paylane_common.tokens import issue_client_token
 
+from . import replies
 from .abnormal import AbnormalRefunds, Remedy
 from .auth import Caller, identify, require_backend
 from .client_address import client_ip
@@ -50,7 +54,8 @@ class CreateOrder(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     user_id: UserIdField | None = None
-    package_type: str = Field(min_length=1, max_length=32)
+    #: A package of the catalog (``PACKAGE_CATALOG``).
+    package_type: str = Field(min_length=1, max_length=32, examples=["basic", "premium"])
     trade_type: Literal["JSAPI", "NATIVE", "H5", "APP"]
     #: ``users.openid`` and ``payment_orders._openid`` are VARCHAR(100).
     openid: str | None = Field(default=None, min_length=1, max_length=100)
@@ -91,7 +96,9 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+async def _body(request: web.Request) -> Any:
+    """The body, validated with the model ``ORDER_API`` names for the route."""
+    model = body_model(request)
     try:
         raw = await request.read()
         return model.model_validate_json(raw or b"{}")
@@ -114,7 +121,7 @@ async def login(request: web.Request) -> web.Response:
     """``POST /auth/miniprogram {code}``: the code of ``wx.login()`` → a session token of
     the user whose openid WeChat names (created if new)."""
     config = request.app[ORDER_CONFIG]
-    body: Login = await _body(request, Login)
+    body: Login = await _body(request)
     identity = await request.app[LOGIN].identify(body.code)
     user_id = await request.app[ORDERS].sign_in(identity.openid)
     structlog.contextvars.bind_contextvars(user_id=user_id)
@@ -134,7 +141,7 @@ async def user_token(request: web.Request) -> web.Response:
     e.g. when its stream closed because the last one expired."""
     config = request.app[ORDER_CONFIG]
     require_backend(_caller(request), "minting user tokens")
-    body: TokenRequest = await _body(request, TokenRequest)
+    body: TokenRequest = await _body(request)
     if not await request.app[ORDERS].user_exists(body.user_id):
         raise NotFound(f"user {body.user_id} does not exist", "unknown_user")
     token = issue_client_token(config.token_secret, body.user_id, ttl_s=config.token_ttl_s)
@@ -161,7 +168,7 @@ def _payer_ip(request: web.Request, caller: Caller, body: CreateOrder) -> str | 
 async def create_order(request: web.Request) -> web.Response:
     config = request.app[ORDER_CONFIG]
     caller = _caller(request)
-    body: CreateOrder = await _body(request, CreateOrder)
+    body: CreateOrder = await _body(request)
     package = config.catalog.get(body.package_type)
     if package is None:
         raise InvalidRequest(
@@ -263,7 +270,7 @@ async def close_order(request: web.Request) -> web.Response:
 
 async def create_refund(request: web.Request) -> web.Response:
     require_backend(_caller(request), "refunding")
-    body: CreateRefund = await _body(request, CreateRefund)
+    body: CreateRefund = await _body(request)
     out_trade_no = request.match_info["out_trade_no"]
     out_refund_no = body.out_refund_no
     key = _idempotency_key(request)
@@ -285,7 +292,7 @@ async def apply_abnormal_refund(request: web.Request) -> web.Response:
     """``POST /refunds/{out_refund_no}/apply-abnormal-refund`` (the backend only): send an
     ABNORMAL refund to a bank card; answers the refund row with the remedy's outcome."""
     require_backend(_caller(request), "remedying refunds")
-    body: ApplyAbnormalRefund = await _body(request, ApplyAbnormalRefund)
+    body: ApplyAbnormalRefund = await _body(request)
     remedy = Remedy(body.type, body.bank_type, body.bank_account, body.real_name)
     refunds = request.app[ABNORMAL_REFUNDS]
     return _json(await refunds.apply(request.match_info["out_refund_no"], remedy), status=202)
@@ -315,13 +322,201 @@ async def prices(request: web.Request) -> web.Response:
     )
 
 
+BACKEND = "backend"
+USER = "user"
+_WECHATPAY_ERRORS = {
+    502: "WeChat Pay refused (`wechatpay_rejected`) or answered what failed verification"
+    " (`wechatpay_unverified`) or is not what it documents (`wechatpay_bad_answer`)",
+    503: "WeChat Pay unreachable within the retry budget (`wechatpay_unavailable`)",
+}
+
+
+def _errors(*statuses: int, **notes: str) -> dict[int, Reply]:
+    """Error answers, each ``{error, message}``; ``notes`` say which codes (``e400=…``)."""
+    what = {
+        400: "the body or a header is invalid (`invalid_request`, …)",
+        401: "no or invalid credentials (`unauthorized`)",
+        403: "for the app backend only, or a user acting for another (`forbidden`)",
+        404: "not found, or not the caller's (`not_found`)",
+        409: "the resource's state forbids it",
+        413: "the body is too large",
+        429: "too many requests (`too_many_requests`)",
+        **_WECHATPAY_ERRORS,
+    }
+    return {
+        status: Reply(notes.get(f"e{status}", what[status]), replies.Error) for status in statuses
+    }
+
+
+IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key",
+    "header",
+    "a retry with the same key is the same request (answered, never done twice)",
+    {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
+)
+_BODY_ERRORS = (400, 413)
+
+ORDER_API = Api(
+    title="paylane order API",
+    version=metadata.version("paylane-order"),
+    description=(
+        "Orders, refunds and prices for the app's backend (`X-Internal-Secret:"
+        " BACKEND_API_SECRET`) and its users (`Authorization: Bearer <token>`). Errors are"
+        " `{error, message}`. Money in fen is an integer, in yuan a string."
+    ),
+    security_schemes={
+        BACKEND: {
+            "type": "apiKey",
+            "in": "header",
+            "name": INTERNAL_SECRET_HEADER,
+            "description": "the app backend: `BACKEND_API_SECRET`; may act for any user",
+        },
+        USER: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "a user: the token of `POST /auth/miniprogram` or the"
+            " `client_token` of `POST /orders`; their own orders only",
+        },
+    },
+    operations=[
+        Operation(
+            "POST",
+            "/auth/miniprogram",
+            login,
+            "Sign a mini-program user in with the code of `wx.login()`",
+            {
+                200: Reply("a session token", replies.Token),
+                **_errors(*_BODY_ERRORS, 401, 429, 503, e401="WeChat refused the code"),
+            },
+            body=Login,
+        ),
+        Operation(
+            "POST",
+            "/auth/token",
+            user_token,
+            "A fresh token for a user's client",
+            {
+                200: Reply("the token", replies.Token),
+                **_errors(*_BODY_ERRORS, 401, 403, 404, e404="`unknown_user`"),
+            },
+            body=TokenRequest,
+            security=(BACKEND,),
+        ),
+        Operation(
+            "POST",
+            "/orders",
+            create_order,
+            "Place an order (priced from the server-side catalog) at WeChat Pay",
+            {
+                200: Reply(
+                    "the order placed before under this `Idempotency-Key`", replies.PlacedOrder
+                ),
+                201: Reply("placed; `pay` is what the client pays with", replies.PlacedOrder),
+                **_errors(
+                    *_BODY_ERRORS,
+                    401,
+                    403,
+                    404,
+                    409,
+                    502,
+                    503,
+                    e404="`unknown_user` (without an `openid`)",
+                    e409="`idempotency_key_reused`, or the key's request is in progress",
+                ),
+            },
+            body=CreateOrder,
+            security=(BACKEND, USER),
+            parameters=(IDEMPOTENCY_KEY,),
+        ),
+        Operation(
+            "GET",
+            "/orders/{out_trade_no}",
+            get_order,
+            "An order: its status, amounts, refunds and the user's plan",
+            {200: Reply("the order", replies.OrderView), **_errors(401, 404)},
+            security=(BACKEND, USER),
+        ),
+        Operation(
+            "POST",
+            "/orders/{out_trade_no}/close",
+            close_order,
+            "Close a pending order at WeChat Pay (the row becomes `failed`)",
+            {
+                200: Reply("the order, closed", replies.OrderView),
+                **_errors(
+                    401,
+                    404,
+                    409,
+                    502,
+                    503,
+                    e409="`order_not_pending`, `close_refused` (e.g. paid meanwhile)",
+                ),
+            },
+            security=(BACKEND, USER),
+        ),
+        Operation(
+            "POST",
+            "/orders/{out_trade_no}/refunds",
+            create_refund,
+            "Refund a paid order (all that is still refundable unless `amount` says less)",
+            {
+                202: Reply("requested at WeChat Pay", replies.RefundRequested),
+                **_errors(
+                    *_BODY_ERRORS,
+                    401,
+                    403,
+                    404,
+                    409,
+                    502,
+                    503,
+                    e409="`order_not_paid`, `idempotency_key_reused`",
+                ),
+            },
+            body=CreateRefund,
+            security=(BACKEND,),
+            parameters=(IDEMPOTENCY_KEY,),
+        ),
+        Operation(
+            "GET",
+            "/refunds/abnormal",
+            abnormal_refunds,
+            "The refunds WeChat Pay reported ABNORMAL, waiting for a remedy",
+            {200: Reply("oldest first", replies.AbnormalRefunds), **_errors(401, 403)},
+            security=(BACKEND,),
+        ),
+        Operation(
+            "POST",
+            "/refunds/{out_refund_no}/apply-abnormal-refund",
+            apply_abnormal_refund,
+            "Send an ABNORMAL refund's money to a bank card instead",
+            {
+                202: Reply("the refund row, with the remedy's outcome", replies.AbnormalRefund),
+                **_errors(
+                    *_BODY_ERRORS,
+                    401,
+                    403,
+                    404,
+                    409,
+                    502,
+                    503,
+                    e400="`invalid_request`, `invalid_remedy`",
+                    e404="`unknown_refund`",
+                    e409="`refund_not_abnormal`",
+                ),
+            },
+            body=ApplyAbnormalRefund,
+            security=(BACKEND,),
+        ),
+        Operation(
+            "GET",
+            "/prices/current",
+            prices,
+            "The catalog's prices and what each package grants",
+            {200: Reply("the prices", replies.Prices)},
+        ),
+    ],
+)
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/auth/miniprogram", login)
-    app.router.add_post("/auth/token", user_token)
-    app.router.add_post("/orders", create_order)
-    app.router.add_get("/orders/{out_trade_no}", get_order)
-    app.router.add_post("/orders/{out_trade_no}/close", close_order)
-    app.router.add_post("/orders/{out_trade_no}/refunds", create_refund)
-    app.router.add_get("/refunds/abnormal", abnormal_refunds)
-    app.router.add_post("/refunds/{out_refund_no}/apply-abnormal-refund", apply_abnormal_refund)
-    app.router.add_get("/prices/current", prices)
+    ORDER_API.add_routes(app)

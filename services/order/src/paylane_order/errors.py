@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from paylane_common.wechatpay import (
     ResponseVerificationError,
@@ -130,4 +131,13 @@ async def error_middleware(
         return web.json_response(
             {"error": exc.reason.lower().replace(" ", "_"), "message": exc.text or exc.reason},
             status=exc.status,
+            headers=_kept_headers(exc),
         )
+
+
+def _kept_headers(exc: web.HTTPException) -> CIMultiDict[str]:
+    """What an aiohttp error says in its headers (a 405's ``Allow``), minus its body's."""
+    headers = CIMultiDict(exc.headers)
+    for name in (hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH):
+        headers.popall(name, None)
+    return headers

@@ -1,0 +1,159 @@
+"""What the order API answers, as models: the OpenAPI document's response schemas
+(``api.ORDER_API``). Handlers still write plain dicts; the e2e tests and schemathesis check
+every answer they see against these, and ``extra="forbid"`` makes a key added to a handler
+but not here fail them.
+
+Times are ISO 8601 UTC (``…Z``); money in fen is an integer, in yuan a string with two
+decimals. A column that may be NULL (rows written by the existing system, an order not
+yet paid) is nullable here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from paylane_common.catalog import PaymentStatus
+from paylane_common.prices import PriceAnswer
+
+#: ``payment_orders.status``: the existing system's words plus paylane's ``needs_review``.
+OrderStatus = Literal["pending", "paid", "failed", "refunded", "needs_review"]
+#: ``refunds.status``.
+RefundStatus = Literal["pending", "success", "closed", "abnormal"]
+
+
+class _Reply(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Error(_Reply):
+    """Every error of the order API."""
+
+    error: str = Field(description="a stable code, e.g. `invalid_request`, `not_found`")
+    message: str
+    wechatpay_request_id: str | None = Field(
+        default=None, description="WeChat Pay's `Request-ID` when its answer caused this"
+    )
+
+
+class Token(_Reply):
+    token: str
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="seconds")
+    user_id: str
+
+
+class JsapiPay(_Reply):
+    """``wx.requestPayment`` / ``WeixinJSBridge`` parameters (JSAPI)."""
+
+    appId: str
+    timeStamp: str
+    nonceStr: str
+    package: str
+    signType: Literal["RSA"]
+    paySign: str
+
+
+class AppPay(_Reply):
+    """The APP SDK's ``PayReq`` (APP)."""
+
+    appid: str
+    partnerid: str
+    prepayid: str
+    package: Literal["Sign=WXPay"]
+    noncestr: str
+    timestamp: str
+    sign: str
+
+
+class NativePay(_Reply):
+    code_url: str | None
+
+
+class H5Pay(_Reply):
+    h5_url: str | None
+
+
+class Unplaced(_Reply):
+    """A JSAPI or APP order WeChat Pay never answered for (the placement failed)."""
+
+
+class PlacedOrder(_Reply):
+    out_trade_no: str
+    user_id: str
+    amount_total: int = Field(description="fen")
+    status: OrderStatus
+    client_token: str = Field(description="for the notifier's streams and `GET /orders/{no}`")
+    pay: JsapiPay | AppPay | NativePay | H5Pay | Unplaced
+
+
+class OrderRefund(_Reply):
+    out_refund_no: str
+    refund_id: str | None
+    amount_refund: int | None = Field(description="fen")
+    reason: str | None
+    status: RefundStatus | None
+    refunded_at: datetime | None
+    created_at: datetime | None
+
+
+class OrderView(_Reply):
+    out_trade_no: str
+    user_id: str
+    package_type: str
+    trade_type: str | None
+    amount: str = Field(description="yuan, two decimals", examples=["29.90"])
+    amount_total: int | None = Field(description="fen")
+    amount_refunded: int | None = Field(description="fen")
+    generation_id: str | None
+    status: OrderStatus | None
+    transaction_id: str | None
+    paid_at: datetime | None
+    closed_at: datetime | None
+    refunded_at: datetime | None
+    expires_at: datetime | None
+    created_at: datetime | None
+    payment_status: PaymentStatus | None = Field(description="the user's plan")
+    regenerate_count: int | None = Field(description="the user's regenerations left")
+    refunds: list[OrderRefund]
+    review_reason: str | None = Field(description="why a `needs_review` order needs it")
+
+
+class RefundRequested(_Reply):
+    out_refund_no: str
+    amount: int = Field(description="fen")
+    status: RefundStatus
+
+
+class AbnormalRefund(_Reply):
+    out_refund_no: str
+    out_trade_no: str
+    refund_id: str | None
+    amount_refund: int | None = Field(description="fen")
+    status: RefundStatus | None
+    reason: str | None
+    created_at: datetime | None
+    abnormal_at: datetime | None
+    remedy: str | None
+    remedy_at: datetime | None
+    remedy_result: str | None
+
+
+class AbnormalRefunds(_Reply):
+    refunds: list[AbnormalRefund]
+
+
+class Grant(_Reply):
+    payment_status: PaymentStatus
+    regenerate_count: int
+
+
+class Prices(PriceAnswer):
+    """Its own fields, and the seed's ``success`` / ``data`` (yuan as JSON numbers)."""
+
+    currency: Literal["CNY"]
+    packages: dict[str, str] = Field(description="yuan, two decimals")
+    packages_fen: dict[str, int]
+    grants: dict[str, Grant]
