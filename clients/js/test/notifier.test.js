@@ -38,7 +38,7 @@ function opened(client) {
   });
 }
 
-describe("against the notifier", { skip }, () => {
+describe("against the notifier", { skip, timeout: 30000 }, () => {
   test("WebSocket: waitUntilPaid resolves from the push when the payer pays", async (t) => {
     const order = await placeOrder(await signIn());
     const client = connect(order.client_token);
