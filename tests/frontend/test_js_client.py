@@ -41,4 +41,5 @@ async def test_node_test_runner_passes_against_the_stack(frontend: Frontend, nod
     assert process.returncode == 0, report
     counts = dict(re.findall(r"^# (pass|fail|skipped) (\d+)$", report, re.MULTILINE))
     assert counts.get("fail") == "0" and counts.get("skipped") == "0", report
-    assert "against the notifier" in report and int(counts["pass"]) > 0, report
+    # A skipped suite counts as neither: the stack tests must have run, not been skipped.
+    assert "# SKIP" not in report and "against the notifier" in report, report
