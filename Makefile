@@ -34,6 +34,8 @@ run: migrate
 	@echo "entitlement http://127.0.0.1:8082  (/healthz /readyz /metrics)"
 	@echo "notifier    http://127.0.0.1:8083  (GET /ws?token=… , GET /events?token=…)"
 	@echo "sandbox     http://127.0.0.1:8090  (WeChat Pay v3 emulator; control API /sandbox/…)"
+	@echo "console     http://127.0.0.1:8090/          (the sandbox console: pay, fail, refunds, notifications)"
+	@echo "checkout    http://127.0.0.1:8090/checkout  (checkout demo: order, QR code, live push)"
 	$(UV) run honcho start -e .dev/env -f Procfile
 
 # With `make run` going in another terminal: one payment, printed as a timeline.

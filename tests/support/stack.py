@@ -65,11 +65,12 @@ class Stack:
         alias: str | None = None,
         argv: list[str] | None = None,
         ready: bool = True,
+        port: int | None = None,
     ) -> Service:
-        """Run ``paylane serve name`` (or ``argv``); it is known as ``alias`` (default: its
-        name) and must answer ``/readyz`` (unless ``ready`` is false: then it is only
-        started)."""
-        port = free_port()
+        """Run ``paylane serve name`` (or ``argv``) on ``port`` (default: a free one); it is
+        known as ``alias`` (default: its name) and must answer ``/readyz`` (unless ``ready``
+        is false: then it is only started)."""
+        port = port or free_port()
         given = {**self.base_env, **(extra_env or {})}
         env = {**os.environ, **given}
         for variable in given:

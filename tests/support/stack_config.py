@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tests.support import hygiene
-from tests.support.stack import Stack
+from tests.support.stack import Stack, free_port
 from tests.support.wechat import APP_APPID, FakeWechat
 
 TOKEN_SECRET = "e2e-client-token-secret-of-at-least-32-bytes"
@@ -67,13 +67,19 @@ async def start_stack(
 ) -> dict[str, str]:
     """The sandbox playing WeChat Pay, ingress (its notify URL is the sandbox's callback),
     then entitlement, notifier and order. Returns the order service's environment, to
-    start it again alike."""
+    start it again alike. The ports of order and notifier are picked first, so that the
+    sandbox's checkout demo reaches them (its same-origin proxy)."""
+    ports = {"order": free_port(), "notifier": free_port()}
+    demo = {
+        "SANDBOX_ORDER_API_URL": f"http://127.0.0.1:{ports['order']}",
+        "SANDBOX_NOTIFIER_URL": f"http://127.0.0.1:{ports['notifier']}",
+    }
     sandbox = await stack.start(
-        "sandbox", {**wechat.sandbox_env(), "SANDBOX_APP_SECRET": APP_SECRET}
+        "sandbox", {**wechat.sandbox_env(), "SANDBOX_APP_SECRET": APP_SECRET, **demo}
     )
     ingress = await stack.start("ingress")
     stack.base_env.update(wechat.merchant_env(sandbox.url, f"{ingress.url}/notify/wechatpay"))
     order = order_env(sandbox.url, order_settings)
     for name in ("entitlement", "notifier", "order"):
-        await stack.start(name, order if name == "order" else None)
+        await stack.start(name, order if name == "order" else None, port=ports.get(name))
     return order

@@ -75,6 +75,55 @@ async def test_invalid_fault_specs_are_bad_request(sandbox):
 # --- orders, switches, reset -----------------------------------------------------------------
 
 
+async def test_fail_is_payerror_without_a_notification_then_paying_needs_force(sandbox):
+    body, _ = await sandbox.place("native")
+    no = body["out_trade_no"]
+    failed = await sandbox.control("POST", f"/sandbox/orders/{no}/fail")
+    assert failed.status == 200 and failed.json["trade_state"] == "PAYERROR"
+    queried = (
+        await sandbox.api("GET", f"/v3/pay/transactions/out-trade-no/{no}?mchid={MCHID}")
+    ).json
+    assert queried["trade_state"] == "PAYERROR" and queried["trade_state_desc"]
+    assert "transaction_id" not in queried
+    assert await sandbox.notifications(out_trade_no=no) == []  # WeChat notifies successes only
+
+    refused = await sandbox.control("POST", f"/sandbox/orders/{no}/pay", {})
+    assert refused.status == 409 and refused.json["error"] == "PAYMENT_FAILED"
+    paid = await sandbox.control(
+        "POST", f"/sandbox/orders/{no}/pay", {"force": True, "notify": False}
+    )
+    assert paid.status == 200 and paid.json["trade_state"] == "SUCCESS"
+    too_late = await sandbox.control("POST", f"/sandbox/orders/{no}/fail")
+    assert too_late.status == 409 and too_late.json["error"] == "ALREADY_PAID"
+    unknown = await sandbox.control("POST", "/sandbox/orders/T404404404/fail")
+    assert unknown.status == 404
+
+
+async def test_a_failed_order_can_be_closed_and_a_closed_one_not_failed(sandbox):
+    body, _ = await sandbox.place("native")
+    no = body["out_trade_no"]
+    await sandbox.control("POST", f"/sandbox/orders/{no}/fail")
+    close_path = f"/v3/pay/transactions/out-trade-no/{no}/close"
+    assert (await sandbox.api("POST", close_path, {"mchid": MCHID})).status == 204
+    refused = await sandbox.control("POST", f"/sandbox/orders/{no}/fail")
+    assert refused.status == 409 and refused.json["error"] == "ORDER_CLOSED"
+
+
+async def test_refunds_are_listed_oldest_first(sandbox):
+    assert (await sandbox.control("GET", "/sandbox/refunds")).json == {"refunds": []}
+    await sandbox.switches(refund_mode="manual")
+    body, _ = await sandbox.place("native")
+    no, total = body["out_trade_no"], body["amount"]["total"]
+    await sandbox.control("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
+    for out_refund_no in ("RLIST1", "RLIST2"):
+        refund = {"out_trade_no": no, "out_refund_no": out_refund_no}
+        refund["amount"] = {"refund": 1, "total": total, "currency": "CNY"}
+        assert (await sandbox.api("POST", "/v3/refund/domestic/refunds", refund)).status == 200
+    listed = (await sandbox.control("GET", "/sandbox/refunds")).json["refunds"]
+    assert [r["out_refund_no"] for r in listed] == ["RLIST1", "RLIST2"]
+    assert listed[0] == (await sandbox.control("GET", "/sandbox/refunds/RLIST1")).json
+
+
 async def test_expire_keeps_notpay_and_paying_then_needs_force(sandbox):
     body, _ = await sandbox.place("native")
     no = body["out_trade_no"]

@@ -151,10 +151,21 @@ async def pay_order(request: web.Request) -> web.Response:
     )
 
 
+async def fail_order(request: web.Request) -> web.Response:
+    sandbox = request.app[SANDBOX]
+    order = sandbox.ledger.fail(request.match_info["out_trade_no"])
+    return json_response(order_state(sandbox, order))
+
+
 async def expire_order(request: web.Request) -> web.Response:
     sandbox = request.app[SANDBOX]
     order = sandbox.ledger.expire(request.match_info["out_trade_no"], sandbox.clock())
     return json_response(order_state(sandbox, order))
+
+
+async def list_refunds(request: web.Request) -> web.Response:
+    refunds = request.app[SANDBOX].ledger.refunds.values()
+    return json_response({"refunds": [refund_state(r) for r in refunds]})
 
 
 async def get_refund(request: web.Request) -> web.Response:
@@ -272,7 +283,9 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/sandbox/orders", list_orders)
     r.add_get("/sandbox/orders/{out_trade_no}", get_order)
     r.add_post("/sandbox/orders/{out_trade_no}/pay", pay_order)
+    r.add_post("/sandbox/orders/{out_trade_no}/fail", fail_order)
     r.add_post("/sandbox/orders/{out_trade_no}/expire", expire_order)
+    r.add_get("/sandbox/refunds", list_refunds)
     r.add_get("/sandbox/refunds/{out_refund_no}", get_refund)
     r.add_post("/sandbox/refunds/{out_refund_no}/complete", complete_refund)
     r.add_get("/sandbox/switches", get_switches)

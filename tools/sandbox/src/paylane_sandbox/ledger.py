@@ -1,7 +1,7 @@
 """The sandbox's WeChat Pay state, in memory: orders, payments and refunds, and their rules.
 
 Merchant-facing operations raise :class:`ApiError` with WeChat Pay's codes; the control
-operations (``pay``, ``expire``, ``complete_refund``) raise :class:`ControlError`.
+operations (``pay``, ``fail``, ``expire``, ``complete_refund``) raise :class:`ControlError`.
 """
 
 from __future__ import annotations
@@ -268,6 +268,8 @@ class Ledger:
                 raise ControlError(409, "ALREADY_PAID", "order already paid (force pays again)")
             if order.trade_state == "CLOSED":
                 raise ControlError(409, "ORDER_CLOSED", "order closed (force: a late payment)")
+            if order.trade_state == "PAYERROR":
+                raise ControlError(409, "PAYMENT_FAILED", "payment failed (force: pay anyway)")
             if order.expired(now):
                 raise ControlError(409, "ORDER_EXPIRED", "order expired (force: a late payment)")
         transaction_id = "4200" + _digits(24)
@@ -278,6 +280,17 @@ class Ledger:
         order.paid_openid = openid or order.payer_openid or f"o-sandbox-{secrets.token_hex(8)}"
         order.success_time = now
         self._by_transaction[transaction_id] = order
+        return order
+
+    def fail(self, out_trade_no: str) -> Order:
+        """The payer's payment fails (the bank declines): NOTPAY → PAYERROR. WeChat Pay
+        sends no notification for it; the merchant learns it by querying the order."""
+        order = self.control_order(out_trade_no)
+        if order.trade_state in PAID_STATES:
+            raise ControlError(409, "ALREADY_PAID", "order already paid")
+        if order.trade_state == "CLOSED":
+            raise ControlError(409, "ORDER_CLOSED", "order closed")
+        order.trade_state = "PAYERROR"
         return order
 
     def expire(self, out_trade_no: str, now: float) -> Order:

@@ -11,6 +11,7 @@ from paylane_common.settings import (
     FILE_VARIABLES,
     ApiV3Key,
     BaseServiceSettings,
+    HttpBaseUrl,
     NoneIfBlank,
     PrivateKeyPem,
     PublicKeyPem,
@@ -78,6 +79,9 @@ class SandboxSettings(BaseServiceSettings):
     sandbox_max_skew_s: int = Field(300, ge=1)
     #: The mini-program AppSecret jscode2session expects (any secret when unset).
     sandbox_app_secret: SecretStr | None = None
+    #: Where the checkout demo's same-origin proxy sends its calls (demo_proxy.py).
+    sandbox_order_api_url: HttpBaseUrl = "http://127.0.0.1:8081"
+    sandbox_notifier_url: HttpBaseUrl = "http://127.0.0.1:8083"
 
     @model_validator(mode="after")
     def _merchant_key_given(self) -> SandboxSettings:

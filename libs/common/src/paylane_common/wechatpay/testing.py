@@ -52,6 +52,7 @@ TRADE_STATE_DESC = {
     "SUCCESS": "支付成功",
     "CLOSED": "订单已关闭",
     "REFUND": "订单发生过退款",
+    "PAYERROR": "支付失败，请重新下单支付",
 }
 #: The notification ``summary`` of each event type.
 SUMMARIES = {

@@ -1,0 +1,359 @@
+// Unit tests of the client's logic with fake sockets and hand-fired timers:
+// reconnect and backoff, the SSE fallback, token renewal, snapshot, de-duplication,
+// waitUntilPaid, and the mini-program adapter over a fake `wx`.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import {
+  backoffDelay,
+  OrderNotPaidError,
+  PaylaneClient,
+  miniProgramWebSocket,
+} from "../paylane-client.js";
+import { fakeEventSource, fakeWebSocket, manualTimers, message, settle } from "../testing/fakes.js";
+
+function client(overrides = {}) {
+  const ws = fakeWebSocket();
+  const es = fakeEventSource();
+  const timers = manualTimers();
+  const paylane = new PaylaneClient({
+    url: "http://notifier.test/base/",
+    token: "T0K/EN",
+    WebSocket: ws.FakeWebSocket,
+    EventSource: es.FakeEventSource,
+    random: () => 1,
+    setTimeout: timers.setTimeout,
+    clearTimeout: timers.clearTimeout,
+    ...overrides,
+  });
+  return { paylane, sockets: ws.sockets, sources: es.sources, timers };
+}
+
+describe("backoff", () => {
+  test("grows by the factor from the initial delay, capped, with half of it jittered", () => {
+    const options = { initialDelayMs: 100, maxDelayMs: 1000, factor: 2 };
+    assert.deepEqual(
+      [0, 1, 2, 3, 4, 5].map((n) => backoffDelay(n, options, () => 1)),
+      [100, 200, 400, 800, 1000, 1000],
+    );
+    assert.equal(backoffDelay(2, options, () => 0), 200);
+  });
+
+  test("a lost connection is retried after growing delays, reset once one opens", async () => {
+    const { paylane, sockets, timers } = client({
+      backoff: { initialDelayMs: 100, maxDelayMs: 250, factor: 2 },
+    });
+    paylane.start();
+    await settle();
+    assert.equal(sockets.length, 1);
+    assert.equal(sockets[0].url, "ws://notifier.test/base/ws?token=T0K%2FEN");
+    sockets[0].open();
+    sockets[0].serverClose(1006);
+    assert.equal(paylane.state, "waiting");
+    assert.equal(timers.fire(), 100);
+    await settle();
+    sockets[1].open(); // resets the backoff
+    sockets[1].serverClose(1013);
+    assert.equal(timers.fire(), 100);
+    await settle();
+    sockets[2].serverClose(1006); // never opened: the delay grows
+    assert.equal(timers.fire(), 200);
+    await settle();
+    sockets[3].open();
+    assert.equal(paylane.state, "open");
+    assert.equal(paylane.transport, "websocket");
+  });
+
+  test("a reconnect resumes after the newest message seen", async () => {
+    const { paylane, sockets, timers } = client();
+    paylane.start();
+    await settle();
+    sockets[0].open();
+    sockets[0].push(message({ event_id: "e1", occurred_at: "2026-01-01T00:00:05.250Z" }));
+    sockets[0].push(message({ event_id: "e0", occurred_at: "2026-01-01T00:00:01.000Z" }));
+    sockets[0].serverClose(1006);
+    timers.fire();
+    await settle();
+    const resumed = Date.parse("2026-01-01T00:00:05.250Z");
+    assert.equal(sockets[1].url, `ws://notifier.test/base/ws?token=T0K%2FEN&last_event_id=${resumed}`);
+  });
+
+  test("close() stops reconnecting and rejects waits", async () => {
+    const { paylane, sockets, timers } = client();
+    paylane.start();
+    await settle();
+    const waiting = paylane.waitUntilPaid("P1");
+    sockets[0].serverClose(1006);
+    paylane.close();
+    assert.equal(timers.pending.length, 0);
+    await assert.rejects(waiting, /client closed/);
+  });
+});
+
+describe("SSE fallback", () => {
+  test("WebSocket that never opens twice: SSE from then on, resuming from its ids", async () => {
+    const { paylane, sockets, sources, timers } = client();
+    paylane.start();
+    await settle();
+    sockets[0].serverClose(1006);
+    timers.fire();
+    await settle();
+    sockets[1].serverClose(1006);
+    timers.fire();
+    await settle();
+    assert.equal(sockets.length, 2);
+    assert.equal(sources.length, 1);
+    assert.equal(sources[0].url, "http://notifier.test/base/events?token=T0K%2FEN");
+    sources[0].open();
+    assert.equal(paylane.transport, "sse");
+    sources[0].push(message({ event_id: "e1" }), "1767225605999");
+    sources[0].fail();
+    assert.ok(sources[0].closed, "the EventSource's own retry is replaced by ours");
+    timers.fire();
+    await settle();
+    assert.equal(
+      sources[1].url,
+      "http://notifier.test/base/events?token=T0K%2FEN&last_event_id=1767225605999",
+    );
+  });
+
+  test("without WebSocket (null), SSE at once; without either, an error", async () => {
+    const { paylane, sockets, sources } = client({ WebSocket: null });
+    paylane.start();
+    await settle();
+    assert.equal(sockets.length, 0);
+    assert.equal(sources.length, 1);
+    assert.throws(
+      () => new PaylaneClient({ url: "http://x", token: "t", WebSocket: null, EventSource: null }),
+      TypeError,
+    );
+  });
+
+  test("with no EventSource (a mini-program), WebSocket is retried for ever", async () => {
+    const { paylane, sockets, timers } = client({ EventSource: null });
+    paylane.start();
+    for (let i = 0; i < 4; i++) {
+      await settle();
+      sockets[i].serverClose(1006);
+      timers.fire();
+    }
+    await settle();
+    assert.equal(sockets.length, 5);
+  });
+});
+
+describe("token expiry", () => {
+  test("4401 with a token function: reconnect at once with a fresh token", async () => {
+    let n = 0;
+    const { paylane, sockets, timers } = client({ token: async () => `t${++n}` });
+    paylane.start();
+    await settle();
+    sockets[0].open();
+    sockets[0].serverClose(4401, "token expired");
+    assert.equal(timers.fire(), 0);
+    await settle();
+    assert.match(sockets[1].url, /token=t2/);
+  });
+
+  test("SSE's stream.closed message is a token expiry", async () => {
+    let n = 0;
+    const { paylane, sources, timers } = client({ WebSocket: null, token: () => `t${++n}` });
+    paylane.start();
+    await settle();
+    sources[0].open();
+    sources[0].push({ type: "stream.closed", reason: "token_expired" });
+    assert.ok(sources[0].closed);
+    assert.equal(timers.fire(), 0);
+    await settle();
+    assert.match(sources[1].url, /token=t2/);
+  });
+
+  test("4401 with a fixed token: the client closes", async () => {
+    const { paylane, sockets, timers } = client();
+    paylane.start();
+    await settle();
+    sockets[0].serverClose(4401);
+    assert.equal(paylane.state, "closed");
+    assert.equal(timers.pending.length, 0);
+  });
+});
+
+describe("messages", () => {
+  test("the snapshot sets each order's state; live events move it on", async () => {
+    const { paylane, sockets } = client();
+    const changes = [];
+    paylane.on("order", (state) => changes.push(`${state.out_trade_no}:${state.status}`));
+    paylane.start();
+    await settle();
+    sockets[0].open();
+    const t = (s) => `2026-01-01T00:00:0${s}.000Z`;
+    sockets[0].push(message({ type: "order.state", out_trade_no: "A", status: "paid", occurred_at: t(1) }));
+    sockets[0].push(message({ type: "order.state", out_trade_no: "B", status: "pending", occurred_at: t(2) }));
+    sockets[0].push(message({ out_trade_no: "B", event_id: "e1", occurred_at: t(3) }));
+    sockets[0].push(
+      message({
+        type: "entitlement.granted",
+        out_trade_no: "B",
+        payment_status: "premium",
+        regenerate_count: 10,
+        event_id: "e2",
+        occurred_at: t(4),
+      }),
+    );
+    assert.deepEqual(changes, ["A:paid", "B:pending", "B:paid", "B:paid"]);
+    assert.deepEqual(paylane.orders.get("B"), {
+      out_trade_no: "B",
+      status: "paid",
+      payment_status: "premium",
+      regenerate_count: 10,
+      at: Date.parse(t(4)),
+    });
+  });
+
+  test("duplicates (same event id, or the same snapshot state) are dropped", async () => {
+    const { paylane, sockets, timers } = client();
+    const seen = [];
+    paylane.on("message", (m) => seen.push(m.event_id ?? m.type));
+    paylane.start();
+    await settle();
+    sockets[0].open();
+    const snapshot = message({ type: "order.state", status: "pending" });
+    sockets[0].push(snapshot);
+    sockets[0].push(message({ event_id: "e1", occurred_at: "2026-01-01T00:00:01.000Z" }));
+    sockets[0].push(message({ event_id: "e1", occurred_at: "2026-01-01T00:00:01.000Z" }));
+    sockets[0].serverClose(1006);
+    timers.fire();
+    await settle();
+    sockets[1].open();
+    sockets[1].push(snapshot); // the same state again on reconnect
+    sockets[1].push(message({ event_id: "e1", occurred_at: "2026-01-01T00:00:01.000Z" }));
+    assert.deepEqual(seen, ["order.state", "e1"]);
+  });
+
+  test("a message older than the order's state does not take it back", async () => {
+    const { paylane, sockets } = client();
+    paylane.start();
+    await settle();
+    sockets[0].open();
+    sockets[0].push(message({ status: "refunded", event_id: "r", occurred_at: "2026-01-01T00:00:09.000Z" }));
+    sockets[0].push(message({ status: "paid", event_id: "p", occurred_at: "2026-01-01T00:00:01.000Z" }));
+    assert.equal(paylane.orders.get("P1").status, "refunded");
+  });
+
+  test("a listener that throws is reported, not fatal", async () => {
+    const { paylane, sockets } = client();
+    const errors = [];
+    paylane.on("error", (e) => errors.push(e.message));
+    paylane.on("message", () => {
+      throw new Error("boom");
+    });
+    paylane.start();
+    await settle();
+    sockets[0].push(message({ event_id: "e1" }));
+    sockets[0].push("not json");
+    assert.deepEqual(errors, ["boom", "unparsable message"]);
+    assert.equal(paylane.orders.get("P1").status, "paid");
+  });
+});
+
+describe("waitUntilPaid", () => {
+  test("resolves on the push that says paid", async () => {
+    const { paylane, sockets } = client();
+    paylane.start();
+    await settle();
+    const paid = paylane.waitUntilPaid("P2");
+    sockets[0].push(message({ out_trade_no: "P1", event_id: "other order" }));
+    sockets[0].push(message({ out_trade_no: "P2", event_id: "e2" }));
+    assert.equal((await paid).status, "paid");
+  });
+
+  test("resolves at once when the snapshot already said paid", async () => {
+    const { paylane, sockets } = client();
+    paylane.start();
+    await settle();
+    sockets[0].push(message({ type: "order.state", status: "paid" }));
+    assert.equal((await paylane.waitUntilPaid("P1")).status, "paid");
+  });
+
+  test("rejects when the order failed, or on abort", async () => {
+    const { paylane, sockets } = client();
+    paylane.start();
+    await settle();
+    const failed = paylane.waitUntilPaid("P1");
+    sockets[0].push(message({ type: "order.state", status: "failed" }));
+    await assert.rejects(failed, OrderNotPaidError);
+    const controller = new AbortController();
+    const aborted = paylane.waitUntilPaid("P9", { signal: controller.signal });
+    controller.abort(new Error("user left"));
+    await assert.rejects(aborted, /user left/);
+  });
+});
+
+describe("mini-program adapter", () => {
+  function fakeWx() {
+    const tasks = [];
+    return {
+      tasks,
+      connectSocket(options) {
+        const handlers = {};
+        const task = {
+          options,
+          sent: [],
+          closedWith: null,
+          onOpen: (cb) => (handlers.open = cb),
+          onMessage: (cb) => (handlers.message = cb),
+          onClose: (cb) => (handlers.close = cb),
+          onError: (cb) => (handlers.error = cb),
+          send: ({ data }) => task.sent.push(data),
+          close: (opts) => (task.closedWith = opts),
+          handlers,
+        };
+        tasks.push(task);
+        return task;
+      },
+    };
+  }
+
+  test("maps SocketTask's callbacks onto the WebSocket interface the client uses", async () => {
+    const wx = fakeWx();
+    const timers = manualTimers();
+    const paylane = new PaylaneClient({
+      url: "https://api.example.com",
+      token: "tok",
+      WebSocket: miniProgramWebSocket(wx),
+      EventSource: null,
+      setTimeout: timers.setTimeout,
+      clearTimeout: timers.clearTimeout,
+      random: () => 1,
+    });
+    paylane.start();
+    await settle();
+    const task = wx.tasks[0];
+    assert.equal(task.options.url, "wss://api.example.com/ws?token=tok");
+    task.handlers.open({});
+    assert.equal(paylane.state, "open");
+    task.handlers.message({ data: JSON.stringify(message({ event_id: "e1" })) });
+    assert.equal(paylane.orders.get("P1").status, "paid");
+    task.handlers.error({ errMsg: "net" });
+    task.handlers.close({ code: 1006, reason: "gone" });
+    assert.equal(paylane.state, "waiting");
+    timers.fire();
+    await settle();
+    assert.equal(wx.tasks.length, 2);
+    paylane.close();
+    assert.deepEqual(wx.tasks[1].closedWith, { code: 1000, reason: "" });
+  });
+
+  test("a connectSocket failure is a close (1006) once, send goes to the task", () => {
+    const wx = fakeWx();
+    const Socket = miniProgramWebSocket(wx);
+    const socket = new Socket("wss://x/ws");
+    const closes = [];
+    socket.onclose = (e) => closes.push(e.code);
+    wx.tasks[0].options.fail({ errMsg: "connectSocket:fail" });
+    wx.tasks[0].handlers.close({ code: 1006, reason: "" });
+    assert.deepEqual(closes, [1006]);
+    socket.send("hi");
+    assert.deepEqual(wx.tasks[0].sent, ["hi"]);
+  });
+});

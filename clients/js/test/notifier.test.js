@@ -1,0 +1,84 @@
+// The client against the real notifier of a running stack (PAYLANE_*_URL, set by
+// tests/frontend/test_js_client.py): WebSocket (the `ws` package: Node 20 has no global
+// WebSocket), SSE (the `eventsource` package), the fallback from one to the other, and the
+// on-connect snapshot.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import { EventSource } from "eventsource";
+import WebSocket from "ws";
+
+import { PaylaneClient } from "../paylane-client.js";
+import { missingStack, pay, placeOrder, signIn, stack } from "../testing/stack.js";
+
+const skip = missingStack() ?? false;
+
+function connect(token, options = {}) {
+  const client = new PaylaneClient({
+    url: stack.notifier,
+    token,
+    WebSocket,
+    EventSource,
+    backoff: { initialDelayMs: 20, maxDelayMs: 200 },
+    ...options,
+  });
+  return client.start();
+}
+
+/** Resolves once the client's stream is open (the snapshot is on its way). */
+function opened(client) {
+  if (client.state === "open") return Promise.resolve();
+  return new Promise((resolve) => {
+    const off = client.on("state", (state) => {
+      if (state === "open") {
+        off();
+        resolve();
+      }
+    });
+  });
+}
+
+describe("against the notifier", { skip, timeout: 30000 }, () => {
+  test("WebSocket: waitUntilPaid resolves from the push when the payer pays", async (t) => {
+    const order = await placeOrder(await signIn());
+    const client = connect(order.client_token);
+    t.after(() => client.close());
+    await opened(client);
+    const paid = client.waitUntilPaid(order.out_trade_no);
+    await pay(order.out_trade_no);
+    const state = await paid;
+    assert.equal(state.status, "paid");
+    assert.equal(client.transport, "websocket");
+  });
+
+  test("SSE: the same, and a client connecting later learns it from the snapshot", async (t) => {
+    const order = await placeOrder(await signIn());
+    const client = connect(order.client_token, { WebSocket: null });
+    t.after(() => client.close());
+    await opened(client);
+    await Promise.all([client.waitUntilPaid(order.out_trade_no), pay(order.out_trade_no)]);
+    assert.equal(client.transport, "sse");
+
+    const later = connect(order.client_token);
+    t.after(() => later.close());
+    const first = new Promise((resolve) => later.on("message", resolve));
+    assert.equal((await later.waitUntilPaid(order.out_trade_no)).status, "paid");
+    assert.equal((await first).type, "order.state");
+  });
+
+  test("a WebSocket that cannot get through falls back to SSE", async (t) => {
+    // As a proxy that refuses upgrades would: the handshake goes to a path that is no
+    // WebSocket (404), so the socket closes without ever opening.
+    class Refused extends WebSocket {
+      constructor(url) {
+        super(url.replace("/ws?", "/healthz?"));
+      }
+    }
+    const order = await placeOrder(await signIn());
+    const client = connect(order.client_token, { WebSocket: Refused });
+    t.after(() => client.close());
+    await opened(client);
+    assert.equal(client.transport, "sse");
+    await Promise.all([client.waitUntilPaid(order.out_trade_no), pay(order.out_trade_no)]);
+  });
+});
