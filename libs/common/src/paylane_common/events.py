@@ -24,6 +24,15 @@ ENTITLEMENT_REVOKED = "entitlement.revoked"
 #: ``payment_orders`` (``POST /api/payment/internal/order-created``); the order service
 #: writes it.
 ORDER_CREATED = "order.created"
+#: What paylane is told from outside (ingress publishes them): the only events the stream
+#: ``paylane.log`` keeps. Every other event is derived and kept in its producer's outbox.
+EXTERNAL_EVENTS: tuple[str, ...] = (
+    PAYMENT_SUCCEEDED,
+    REFUND_SUCCEEDED,
+    REFUND_CLOSED,
+    REFUND_ABNORMAL,
+    ORDER_CREATED,
+)
 
 
 # A row of the shared ``users`` table: a string id such as ``user-1706345678901-xyz789``.
