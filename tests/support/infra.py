@@ -49,10 +49,8 @@ class BrokerControl:
     def bindings(self, vhost: str, destination: str) -> set[str]:
         """The routing keys binding ``destination`` to an exchange in ``vhost`` (the
         default exchange's implicit binding left out)."""
-        out = self.run(
-            ["list_bindings", "-q", "--no-table-headers", "-p", vhost]
-            + ["source_name", "destination_name", "routing_key"]
-        )
+        columns = ["source_name", "destination_name", "routing_key"]
+        out = self.run(["list_bindings", "-q", "--no-table-headers", "-p", vhost, *columns])
         rows = (line.split("\t") for line in out.splitlines() if line.strip())
         return {row[2] for row in rows if len(row) == 3 and row[0] and row[1] == destination}
 

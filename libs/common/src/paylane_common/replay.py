@@ -45,8 +45,8 @@ from aio_pika.abc import (
 
 from .amqp import copy_message, without_broker_headers
 from .consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
-from .exceptions import PaylaneError, PublishError
 from .events import Envelope
+from .exceptions import PaylaneError, PublishError
 from .publisher import Publisher, envelope_message
 from .topology import LOG_STREAM, QUEUES
 
