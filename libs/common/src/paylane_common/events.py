@@ -105,11 +105,23 @@ class OrderRefunded(_Data):
     full: bool
 
 
+class PaidOrder(_Data):
+    """The ``order.paid`` a grant answers, as the client was told it (event id, time,
+    generation): the notifier pushes it from the grant, so a payment costs it one
+    delivery, not two."""
+
+    event_id: str
+    occurred_at: datetime
+    generation_id: str | None = None
+
+
 class Entitlement(_Data):
     user_id: UserId
     out_trade_no: str
     payment_status: Literal["free", "basic", "premium"]
     regenerate_count: int
+    #: ``entitlement.granted``: the ``order.paid`` it answers (absent in events from before).
+    paid: PaidOrder | None = None
 
 
 DATA_MODELS: dict[str, type[_Data]] = {
