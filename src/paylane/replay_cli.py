@@ -1,5 +1,6 @@
-"""``paylane replay dlq|log`` and ``paylane dlq list`` (DESIGN §8): the operator's side of
-:mod:`paylane_common.replay`.
+"""``paylane replay dlq|log|outbox`` and ``paylane dlq list`` (DESIGN §8): the operator's
+side of :mod:`paylane_common.replay`. ``log`` replays what came from outside (the stream),
+``outbox`` what paylane derived (``order.*``, ``entitlement.*``, from MySQL).
 
 Progress goes to stderr, tables and JSON to stdout. Exit code 0 when everything moved (or
 would move), 1 when anything failed or the replay could not run, 2 for bad arguments or
@@ -31,7 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from paylane_common import amqp, events
+from paylane_common import amqp, db, events
 from paylane_common.replay import (
     DeadLetter,
     ReplayError,
@@ -40,6 +41,7 @@ from paylane_common.replay import (
     parse_when,
     replay_dlq,
     replay_log,
+    replay_outbox,
 )
 from paylane_common.settings import BaseServiceSettings
 
@@ -116,8 +118,11 @@ def _when(value: datetime | None) -> str:
 # --- running -------------------------------------------------------------------------------
 
 
-def _run(work: Callable[[AbstractRobustConnection], Awaitable[int]]) -> int:
-    settings = command_settings(BaseServiceSettings)
+def _run(
+    work: Callable[[AbstractRobustConnection], Awaitable[int]],
+    settings: BaseServiceSettings | None = None,
+) -> int:
+    settings = settings or command_settings(BaseServiceSettings)
 
     async def main() -> int:
         try:
@@ -190,22 +195,57 @@ def _replay_log(args: argparse.Namespace) -> int:
                 progress=progress,
             ),
         )
-        window = f"{_when(since)} .. {_when(until) or 'now'} UTC"
-        print(f"window {window}, {summary.seen} event(s) in it")
-        if summary.dry_run and summary.items:
-            shown = summary.items[: args.show]
-            _print_table(
-                f"events that would be replayed (first {len(shown)})",
-                ("time (UTC)", "type", "message_id", "out_trade_no", "target"),
-                [
-                    (_when(i.timestamp), i.type, i.message_id, i.correlation_id, i.target)
-                    for i in shown
-                ],
-            )
-        _print_summary(summary, "type")
-        return 0 if summary.ok else 1
+        return _print_window(summary, since, until, args.show)
 
     return _run(work)
+
+
+def _print_window(
+    summary: ReplaySummary, since: datetime, until: datetime | None, show: int
+) -> int:
+    """What a window replay found (and, in a dry run, would send); the exit code."""
+    window = f"{_when(since)} .. {_when(until) or 'now'} UTC"
+    print(f"window {window}, {summary.seen} event(s) in it")
+    if summary.dry_run and summary.items:
+        shown = summary.items[:show]
+        _print_table(
+            f"events that would be replayed (first {len(shown)})",
+            ("time (UTC)", "type", "message_id", "out_trade_no", "target"),
+            [(_when(i.timestamp), i.type, i.message_id, i.correlation_id, i.target) for i in shown],
+        )
+    _print_summary(summary, "type")
+    return 0 if summary.ok else 1
+
+
+def _replay_outbox(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    try:
+        since = parse_when(args.since, now)
+        until = parse_when(args.until, now) if args.until else None
+    except ValueError as exc:
+        print(f"paylane: {exc}", file=sys.stderr)
+        return 2
+    settings = command_settings(BaseServiceSettings)
+
+    async def work(connection: AbstractRobustConnection) -> int:
+        async with db.create_pool(settings.mysql_url, maxsize=1) as pool:
+            summary = await _tracked(
+                f"{'scanning' if args.dry_run else 'replaying'} the outbox",
+                lambda progress: replay_outbox(
+                    connection,
+                    pool,
+                    since=since,
+                    until=until,
+                    producers=args.producer,
+                    types=args.type,
+                    to=args.to,
+                    dry_run=args.dry_run,
+                    progress=progress,
+                ),
+            )
+        return _print_window(summary, since, until, args.show)
+
+    return _run(work, settings)
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
@@ -263,6 +303,28 @@ def _positive(text: str) -> int:
     return value
 
 
+def _window_arguments(parser: argparse.ArgumentParser, types: Sequence[str]) -> None:
+    """The arguments of a replay by time window (log and outbox)."""
+    parser.add_argument(
+        "--since", required=True, help="ISO 8601 (2026-11-22T10:00:00Z; naive = UTC) or 30m/2h/1d"
+    )
+    parser.add_argument("--until", help="same forms; default: when the replay starts")
+    parser.add_argument(
+        "--type",
+        action="append",
+        choices=sorted(types),
+        metavar="TYPE",
+        help=f"only events of this routing key (repeatable): {', '.join(sorted(types))}",
+    )
+    parser.add_argument(
+        "--to", metavar="QUEUE", help="only to this queue (default: every queue bound to the type)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="count and list, publish nothing")
+    parser.add_argument(
+        "--show", type=_positive, default=50, help="dry run: events listed (default 50)"
+    )
+
+
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay = commands.add_parser(
         "replay", help="re-drive dead letters or retained events (consumers are idempotent)"
@@ -277,26 +339,27 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dlq.add_argument("--dry-run", action="store_true", help="report what would move")
     dlq.set_defaults(func=_replay_dlq)
 
-    log = verbs.add_parser("log", help="re-publish events retained in the stream paylane.log")
-    log.add_argument(
-        "--since", required=True, help="ISO 8601 (2026-11-22T10:00:00Z; naive = UTC) or 30m/2h/1d"
+    log = verbs.add_parser(
+        "log",
+        help="re-publish what came from outside (payment.succeeded, refund.*, order.created),"
+        " retained in the stream paylane.log",
     )
-    log.add_argument("--until", help="same forms; default: when the replay starts")
-    log.add_argument(
-        "--type",
-        action="append",
-        choices=sorted(events.DATA_MODELS),
-        metavar="TYPE",
-        help="only events of this routing key (repeatable)",
-    )
-    log.add_argument(
-        "--to", metavar="QUEUE", help="only to this queue (default: every queue bound to the type)"
-    )
-    log.add_argument("--dry-run", action="store_true", help="count and list, publish nothing")
-    log.add_argument(
-        "--show", type=_positive, default=50, help="dry run: events listed (default 50)"
-    )
+    # Every type: a stream written before the binding was narrowed still holds the others.
+    _window_arguments(log, sorted(events.DATA_MODELS))
     log.set_defaults(func=_replay_log)
+    outbox = verbs.add_parser(
+        "outbox",
+        help="re-publish what paylane derived (order.*, entitlement.*), kept in the services'"
+        " outbox in MySQL (RETENTION_DAYS)",
+    )
+    _window_arguments(outbox, sorted(set(events.DATA_MODELS) - set(events.EXTERNAL_EVENTS)))
+    outbox.add_argument(
+        "--producer",
+        action="append",
+        choices=("order", "entitlement"),
+        help="only events this service staged (repeatable)",
+    )
+    outbox.set_defaults(func=_replay_outbox)
 
     dlq_cmd = commands.add_parser("dlq", help="inspect dead-letter queues")
     dlq_verbs = dlq_cmd.add_subparsers(dest="verb", required=True)

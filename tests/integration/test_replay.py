@@ -1,9 +1,12 @@
 """Replay (DESIGN §8) against real RabbitMQ + MySQL: dead letters back to their queue, events
-from the stream ``paylane.log`` to one queue; nothing lost when interrupted, nothing applied
-twice when replayed.
+from the stream ``paylane.log`` or from the outbox to one queue; nothing lost when
+interrupted, nothing applied twice when replayed.
 
 Every test uses queues and routing keys of its own: the service queues of the session's
 vhost (``order.payments``, ``entitlement.orders``) may be consumed by other suites' services.
+The stream is bound only to the events from outside (``topology.LOG_KEYS``), so a log test
+binds it to its own routing key too (:func:`log_key`); an outbox test stages rows under a
+producer of its own.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from paylane_common import events
+from paylane_common import events, outbox
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import (
     ATTEMPT_HEADER,
@@ -46,8 +50,17 @@ from paylane_common.replay import (
     parse_when,
     replay_dlq,
     replay_log,
+    replay_outbox,
 )
-from paylane_common.topology import LOG_STREAM, QueueSpec, declare_exchange, declare_queue
+from paylane_common.topology import (
+    LEGACY_LOG_KEY,
+    LOG_KEYS,
+    LOG_STREAM,
+    QueueSpec,
+    declare_exchange,
+    declare_queue,
+    declare_topology,
+)
 from paylane_entitlement.grants import EntitlementApplier
 from tests.support.events import order_paid, payment_succeeded
 from tests.support.observed import Observed
@@ -87,6 +100,25 @@ async def make_spec(channel) -> AsyncIterator[Callable[..., Awaitable[QueueSpec]
     for spec in made:
         for name in (spec.name, spec.dlq, *spec.retry_queues):
             await channel.queue_delete(name)
+
+
+@pytest.fixture
+async def log_key(channel) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """New routing keys the stream is bound to (as to an event from outside), unbound
+    afterwards."""
+    exchange = await declare_exchange(channel)
+    stream = await channel.get_queue(LOG_STREAM, ensure=False)
+    made: list[str] = []
+
+    async def make() -> str:
+        key = f"test.replay.{uuid.uuid4().hex}"
+        await stream.bind(exchange, routing_key=key)
+        made.append(key)
+        return key
+
+    yield make
+    for key in made:
+        await stream.unbind(exchange, routing_key=key)
 
 
 async def ready_count(channel: AbstractChannel, queue: str) -> int:
@@ -267,7 +299,7 @@ async def test_replay_after_the_fix_processes_each_dead_letter_once(
         summary = await replay_dlq(
             amqp_connection, spec.name, progress=lambda s: progress.append(s.seen)
         )
-        await consumer.wait_settled(6)  # each: retried once, then processed
+        await consumer.wait_settled(3)  # each: retried once, then processed
     finally:
         await consumer.stop()
 
@@ -371,9 +403,9 @@ async def publish_at(channel: AbstractChannel, envelope: Envelope, key: str, at:
 
 
 async def test_log_replay_redrives_a_window_and_nothing_is_granted_twice(
-    amqp_connection, publisher, channel, db_pool, make_spec, database
+    amqp_connection, publisher, channel, db_pool, make_spec, database, log_key
 ):
-    key, elsewhere = f"test.replay.{uuid.uuid4().hex}", f"test.replay.{uuid.uuid4().hex}"
+    key, elsewhere = await log_key(), await log_key()
     # Bound to a routing key of its own (its events still carry type order.paid): the
     # session's entitlement.orders may be consumed by another suite's entitlement service.
     spec = await make_spec(routing_keys=(key,))
@@ -468,9 +500,9 @@ async def test_log_replay_redrives_a_window_and_nothing_is_granted_twice(
 
 
 async def test_log_replay_copies_keep_the_message_and_stop_past_the_window(
-    amqp_connection, publisher, channel
+    amqp_connection, publisher, channel, log_key
 ):
-    key = f"test.replay.{uuid.uuid4().hex}"
+    key = await log_key()
     target = await channel.declare_queue(exclusive=True)
     since = datetime.now(UTC)
     # From a publisher whose clock runs an hour ahead: reported, neither replayed nor an
@@ -520,11 +552,148 @@ async def test_log_replay_copies_keep_the_message_and_stop_past_the_window(
         await replay_log(amqp_connection, since=until, until=since - timedelta(seconds=1))
 
 
+async def test_the_stream_is_bound_to_what_came_from_outside_and_old_bindings_go(
+    channel, infra, amqp_url
+):
+    """Declaring the topology on a broker from before (stream bound ``#``) leaves the stream
+    bound to the events from outside only: derived events are kept in the outbox."""
+    vhost = unquote(urlsplit(amqp_url).path[1:])
+    exchange = await declare_exchange(channel)
+    stream = await channel.get_queue(LOG_STREAM, ensure=False)
+    await stream.bind(exchange, routing_key=LEGACY_LOG_KEY)
+    assert LEGACY_LOG_KEY in infra.broker.bindings(vhost, LOG_STREAM)
+    await declare_topology(channel)
+    bound = {k for k in infra.broker.bindings(vhost, LOG_STREAM) if not k.startswith("test.")}
+    assert bound == set(LOG_KEYS) == set(events.EXTERNAL_EVENTS)
+    assert not {events.ORDER_PAID, events.ENTITLEMENT_GRANTED} & bound
+
+
+# --- outbox ----------------------------------------------------------------------------------
+
+
+async def stage_published(
+    db_pool, producer: str, envelopes: list[Envelope], *, published: bool = True
+) -> None:
+    """Rows as a service stages them and (``published``) its relay marks them."""
+    async with transaction(db_pool) as cur:
+        for envelope in envelopes:
+            await outbox.add(cur, producer, envelope, {"x-test": producer})
+        if published:
+            await cur.execute(
+                "UPDATE outbox SET published_at = NOW(6) WHERE producer = %s", (producer,)
+            )
+
+
+async def test_outbox_replay_redrives_derived_events_once_each(
+    amqp_connection, publisher, channel, db_pool, make_spec, database
+):
+    """``order.paid`` is not in the stream: replayed from the outbox, within the window and
+    of the producer asked for, each is granted once and a second replay is absorbed."""
+    producer = f"t{uuid.uuid4().hex[:12]}"
+    spec = await make_spec(routing_keys=(f"test.replay.{uuid.uuid4().hex}",))
+    outcomes: defaultdict[str, list[str]] = defaultdict(list)
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+
+    async def handler(envelope: Envelope, data: Any) -> str:
+        outcome = await applier(envelope, data)
+        outcomes[envelope.event_id].append(outcome)
+        return outcome
+
+    users = [await create_user(db_pool) for _ in range(3)]
+    since = datetime.now(UTC)
+    paid = [order_paid(user, "premium").envelope for user in users]
+    await stage_published(db_pool, producer, paid)
+    pending = order_paid(users[0], "basic").envelope
+    await stage_published(db_pool, producer + "p", [pending], published=False)
+    until = datetime.now(UTC)
+    mine = {e.event_id for e in paid}
+
+    dry = await replay_outbox(
+        amqp_connection, db_pool, since=since, until=until, producers=[producer], dry_run=True
+    )
+    assert {i.message_id for i in dry.items} == mine
+    assert {i.target for i in dry.items} == {"entitlement.orders"}
+    skipped = await replay_outbox(
+        amqp_connection,
+        db_pool,
+        since=since,
+        until=until,
+        producers=[producer + "p"],
+        to=spec.name,
+    )
+    assert skipped.groups[(events.ORDER_PAID, "(not yet published)")].skipped == 1
+    assert skipped.moved == 0
+
+    consumer = await start(amqp_connection, publisher, spec, handler, database)
+    try:
+        first = await replay_outbox(
+            amqp_connection,
+            db_pool,
+            since=since,
+            until=until,
+            producers=[producer],
+            types=[events.ORDER_PAID],
+            to=spec.name,
+        )
+        await consumer.wait_settled(3)
+        again = await replay_outbox(
+            amqp_connection,
+            db_pool,
+            since=since,
+            until=until,
+            producers=[producer],
+            to=spec.name,
+        )
+        await consumer.wait_settled(3)
+    finally:
+        await consumer.stop()
+    assert first.ok and (first.moved, again.moved) == (3, 3)
+    assert dict(outcomes) == {event_id: ["granted", "duplicate"] for event_id in mine}
+    grant = DEFAULT_CATALOG["premium"].regenerate_grant
+    assert await users_state(db_pool, users) == {u: ("premium", 3 + grant) for u in users}
+    assert pending.event_id not in outcomes
+    for name in (spec.name, spec.dlq, *spec.retry_queues):
+        assert await ready_count(channel, name) == 0
+
+
+async def test_outbox_replay_copies_carry_the_event_and_its_trace(
+    amqp_connection, channel, db_pool
+):
+    producer = f"t{uuid.uuid4().hex[:12]}"
+    target = await channel.declare_queue(exclusive=True)
+    before = datetime.now(UTC)
+    early = order_paid(f"user-{uuid.uuid4().hex[:8]}").envelope
+    await stage_published(db_pool, producer, [early])
+    since = datetime.now(UTC)
+    sent = [order_paid(f"user-{uuid.uuid4().hex[:8]}").envelope for _ in range(2)]
+    await stage_published(db_pool, producer, sent)
+    summary = await replay_outbox(
+        amqp_connection, db_pool, since=since, producers=[producer], to=target.name
+    )
+    assert summary.ok and summary.moved == 2 and summary.seen == 2
+    copies = {m.message_id: m for m in await drain(channel, target.name)}
+    assert set(copies) == {e.event_id for e in sent}
+    for envelope in sent:
+        copy = copies[envelope.event_id]
+        assert copy.body == envelope.to_json()
+        assert (copy.type, copy.correlation_id) == (envelope.type, envelope.correlation_id)
+        assert copy.headers[REPLAYED_FROM_HEADER] == "outbox"
+        assert copy.headers["x-test"] == producer
+    with pytest.raises(ReplayError, match="does not exist"):
+        await replay_outbox(
+            amqp_connection, db_pool, since=before, to=f"no.such.{uuid.uuid4().hex}"
+        )
+    with pytest.raises(ReplayError, match="before"):
+        await replay_outbox(amqp_connection, db_pool, since=since, until=before)
+
+
 # --- the command -----------------------------------------------------------------------------
 
 
-async def paylane(amqp_url: str, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "AMQP_URL": amqp_url, "LOG_FORMAT": "json"}
+async def paylane(
+    amqp_url: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    env = {**os.environ, "AMQP_URL": amqp_url, "LOG_FORMAT": "json", **(env or {})}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -567,3 +736,22 @@ async def test_cli_lists_dry_runs_and_replays(amqp_url, publisher, channel, make
     assert code == 1 and "'no.such' does not exist" in err
     code, _, err = await paylane(amqp_url, "replay", "log", "--since", "yesterday")
     assert code == 2 and "ISO 8601" in err
+
+
+async def test_cli_replays_the_outbox(amqp_url, mysql_url, channel, db_pool):
+    """``paylane replay outbox``: a dry run lists, a run publishes with confirms."""
+    target = await channel.declare_queue(f"test.replay.{uuid.uuid4().hex}", auto_delete=True)
+    paid = order_paid(f"user-{uuid.uuid4().hex[:8]}").envelope
+    await stage_published(db_pool, "order", [paid])
+    env = {"MYSQL_URL": mysql_url}
+    args = ("replay", "outbox", "--since", "1m", "--producer", "order", "--type", "order.paid")
+    code, out, err = await paylane(amqp_url, *args, "--to", target.name, "--dry-run", env=env)
+    assert code == 0, err
+    assert "outbox: dry run" in out and paid.event_id in out
+    assert await ready_count(channel, target.name) == 0
+    code, out, err = await paylane(amqp_url, *args, "--to", target.name, env=env)
+    assert code == 0, err
+    copies = {m.message_id for m in await drain(channel, target.name)}
+    assert paid.event_id in copies and totals(out)[0] == len(copies)
+    code, _, err = await paylane(amqp_url, *args, "--type", "payment.succeeded", env=env)
+    assert code == 2 and "invalid choice" in err  # from outside: replayed from the log

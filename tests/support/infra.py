@@ -46,6 +46,14 @@ class BrokerControl:
     def delete_vhost(self, vhost: str) -> None:
         self.run(["delete_vhost", vhost])
 
+    def bindings(self, vhost: str, destination: str) -> set[str]:
+        """The routing keys binding ``destination`` to an exchange in ``vhost`` (the
+        default exchange's implicit binding left out)."""
+        columns = ["source_name", "destination_name", "routing_key"]
+        out = self.run(["list_bindings", "-q", "--no-table-headers", "-p", vhost, *columns])
+        rows = (line.split("\t") for line in out.splitlines() if line.strip())
+        return {row[2] for row in rows if len(row) == 3 and row[0] and row[1] == destination}
+
 
 @dataclass
 class Infra:

@@ -9,7 +9,7 @@ import json
 import aiomysql
 import pytest
 
-from paylane_common import tracing
+from paylane_common import events, tracing
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
@@ -100,3 +100,28 @@ async def test_a_batch_leaves_what_is_not_plain_to_the_one_by_one_path(db_pool):
     assert await applier(*deliveries[3]) == "granted"
     assert await applier(*deliveries[4]) == "duplicate"
     assert await user_state(db_pool, user_id) == ("premium", 103)
+
+
+async def test_grants_carry_the_order_paid_they_answer_on_both_paths(db_pool):
+    """The notifier pushes a payment from its grant alone: ``entitlement.granted`` carries
+    the ``order.paid`` (event id, time, generation), one by one and in a batch alike."""
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    one, batched = await new_user(db_pool), await new_user(db_pool)
+    alone = order_paid(one, "premium", generation_id="gen-one")
+    assert await applier(*alone) == "granted"
+    in_batch = order_paid(batched, "basic", generation_id="gen-batch")
+    assert await _batch(db_pool, applier, [in_batch]) == ["granted"]
+    for user_id, paid in ((one, alone), (batched, in_batch)):
+        async with transaction(db_pool) as cur:
+            await cur.execute(
+                "SELECT payload FROM outbox WHERE routing_key = 'entitlement.granted'"
+                " AND payload LIKE %s",
+                (f'%"user_id":"{user_id}"%',),
+            )
+            (row,) = await cur.fetchall()
+        carried = events.Envelope.model_validate_json(row["payload"]).typed_data().paid
+        assert carried == events.PaidOrder(
+            event_id=paid.envelope.event_id,
+            occurred_at=paid.envelope.occurred_at,
+            generation_id=paid.data.generation_id,
+        )

@@ -175,6 +175,27 @@ def entitlement(
     )
 
 
+def granted_for(
+    paid: events.Envelope, payment_status: str = "premium", regenerate_count: int = 33
+) -> events.Envelope:
+    """The ``entitlement.granted`` the entitlement service stages for ``paid`` (an
+    ``order.paid``): the one event the notifier gets of a payment, carrying the order's."""
+    return events.make_event(
+        events.ENTITLEMENT_GRANTED,
+        Entitlement(
+            user_id=paid.data["user_id"],
+            out_trade_no=paid.data["out_trade_no"],
+            payment_status=payment_status,  # type: ignore[arg-type]
+            regenerate_count=regenerate_count,
+            paid=events.PaidOrder(
+                event_id=paid.event_id,
+                occurred_at=paid.occurred_at,
+                generation_id=paid.data.get("generation_id"),
+            ),
+        ),
+    )
+
+
 def sse_id(moment: datetime) -> str:
     """The SSE id of an instant: integer ms since the epoch."""
     return str((moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1))

@@ -26,6 +26,7 @@ from services.notifier.tests.support import (
     Listener,
     SseListener,
     WsListener,
+    granted_for,
     insert_order,
     insert_user,
     token_for,
@@ -84,7 +85,7 @@ async def test_clients_get_a_fresh_snapshot_after_a_broker_reconnect(
     resent = await client.next()
     assert (resent.data["type"], resent.data["out_trade_no"]) == ("order.state", out_trade_no)
     paid = order_paid(user_id).envelope
-    await publisher.publish(paid)
+    await publisher.publish(granted_for(paid))  # pushes order.paid first
     assert (await client.next()).data["event_id"] == paid.event_id
 
 
@@ -102,12 +103,12 @@ async def test_invalid_messages_are_acked_and_skipped(
     channel = await amqp_connection.channel()
     try:
         exchange = await channel.get_exchange(EXCHANGE)
-        for body in (b"not json", b'{"event_id": "x", "type": "order.paid"}'):
-            await exchange.publish(aio_pika.Message(body), routing_key="order.paid")
+        for body in (b"not json", b'{"event_id": "x", "type": "entitlement.granted"}'):
+            await exchange.publish(aio_pika.Message(body), routing_key="entitlement.granted")
     finally:
         await channel.close()
     paid = order_paid(user_id).envelope
-    await publisher.publish(paid)
+    await publisher.publish(granted_for(paid))  # pushes order.paid first
 
     assert (await client.next()).data["event_id"] == paid.event_id
     # This replica's queue took both (one queue per replica: at least ours counted them).
@@ -183,7 +184,7 @@ async def test_clients_that_fall_behind_are_dropped_without_holding_up_others(
     assert _sample("paylane_notifier_dropped_clients_total") == dropped_before + 2
     assert hub.count(slow) == 0
     paid = order_paid(other).envelope
-    await publisher.publish(paid)
+    await publisher.publish(granted_for(paid))  # pushes order.paid first
     assert (await other_ws.next()).data["event_id"] == paid.event_id
 
 

@@ -11,7 +11,7 @@ from paylane_common import events
 from paylane_notifier.api import PushedMessage
 from paylane_notifier.messages import ClientMessage, epoch_ms, from_event
 from paylane_notifier.snapshot import parse_last_event_id
-from services.notifier.tests.support import entitlement
+from services.notifier.tests.support import entitlement, granted_for
 from tests.support.events import order_paid, order_refunded, payment_succeeded
 
 USER = "user-1706345678901-xyz789"
@@ -55,7 +55,7 @@ def test_events_become_client_messages(
 ) -> None:
     routed = from_event(envelope, envelope.typed_data())
     assert routed is not None
-    user_id, message = routed
+    user_id, (message,) = routed
     assert user_id == USER
     body = json.loads(message.to_json())
     assert set(body) == KEYS
@@ -71,6 +71,24 @@ def test_events_become_client_messages(
     assert message.id == str(epoch_ms(envelope.occurred_at))
     # What the OpenAPI document says a message is (docs/openapi/notifier.json).
     PushedMessage.model_validate_json(message.to_json())
+
+
+def test_a_grant_carrying_its_order_paid_is_pushed_as_both() -> None:
+    """One delivery per payment: the ``entitlement.granted`` carries the ``order.paid`` it
+    answers, and the client gets the two pushes it got from the two events."""
+    paid = order_paid(USER, out_trade_no="o1", generation_id="gen-1").envelope
+    granted = granted_for(paid, "premium", 33)
+    routed = from_event(granted, granted.typed_data())
+    assert routed is not None
+    user_id, messages = routed
+    alone = from_event(paid, paid.typed_data())
+    assert alone is not None
+    assert user_id == USER and messages[0] == alone[1][0]  # as its own event gives it
+    assert [m.as_dict() for m in messages] == [
+        {**messages[0].as_dict(), "type": "order.paid", "generation_id": "gen-1"},
+        {**messages[1].as_dict(), "type": "entitlement.granted", "event_id": granted.event_id},
+    ]
+    assert (messages[1].payment_status, messages[1].regenerate_count) == ("premium", 33)
 
 
 def test_events_for_other_services_are_not_pushed() -> None:

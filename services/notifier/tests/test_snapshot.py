@@ -15,6 +15,7 @@ from paylane_notifier.messages import epoch_ms
 from paylane_notifier.snapshot import load_snapshot
 from services.notifier.tests.support import (
     Listener,
+    granted_for,
     insert_order,
     insert_user,
     last_ms,
@@ -74,7 +75,7 @@ async def test_snapshot_is_sent_oldest_first_and_then_live_events(
     ]
     assert (first.data["status"], second.data["status"]) == ("failed", "pending")
     paid = order_paid(user_id, out_trade_no=newer).envelope
-    await publisher.publish(paid)
+    await publisher.publish(granted_for(paid))  # pushes order.paid first
     assert (await client.next()).data["event_id"] == paid.event_id
 
 
@@ -98,7 +99,7 @@ async def test_last_event_id_filters_the_snapshot(
     # The snapshot goes oldest first: had the seen order been included, it would come first.
     assert (await client.next()).data["out_trade_no"] == changed
     paid = order_paid(user_id).envelope
-    await publisher.publish(paid)
+    await publisher.publish(granted_for(paid))  # pushes order.paid first
     assert (await client.next()).data["event_id"] == paid.event_id
 
 
@@ -112,7 +113,7 @@ async def test_nothing_changed_since_last_event_id_means_no_snapshot(
     client = await connect(notifier, "sse", token_for(user_id), last_event_id=last_ms(newest_ms))
 
     paid = order_paid(user_id).envelope
-    await publisher.publish(paid)
+    await publisher.publish(granted_for(paid))  # pushes order.paid first
     assert (await client.next()).data["event_id"] == paid.event_id
 
 

@@ -14,6 +14,7 @@ from paylane_common.publisher import Publisher
 from services.notifier.tests.support import (
     Listener,
     entitlement,
+    granted_for,
     insert_user,
     sse_id,
     token_for,
@@ -32,11 +33,11 @@ async def test_ws_and_sse_clients_receive_their_users_events(
     user_id = await insert_user(db_pool)
     ws = await connect(notifier, "ws", token_for(user_id))
     sse = await connect(notifier, "sse", token_for(user_id))
-    paid = order_paid(user_id).envelope
+    paid = order_paid(user_id, generation_id="gen-1").envelope
     out_trade_no = paid.data["out_trade_no"]
-    granted = entitlement(events.ENTITLEMENT_GRANTED, user_id, out_trade_no, "premium", 33)
+    # One event per payment: the grant carries the order.paid, and both are pushed.
+    granted = granted_for(paid, "premium", 33)
 
-    await publisher.publish(paid)
     await publisher.publish(granted)
 
     for client in (ws, sse):
@@ -50,7 +51,7 @@ async def test_ws_and_sse_clients_receive_their_users_events(
             "payment_status": None,
             "regenerate_count": None,
             "amount_refund": None,
-            "generation_id": None,
+            "generation_id": "gen-1",
             "event_id": paid.event_id,
             "occurred_at": paid.occurred_at.isoformat().replace("+00:00", "Z"),
         }
@@ -109,15 +110,12 @@ async def test_a_client_receives_nothing_of_another_user(
     bob_sse = await connect(notifier, "sse", token_for(bob))
 
     alices = order_paid(alice).envelope
-    await publisher.publish(alices)
-    await publisher.publish(
-        entitlement(events.ENTITLEMENT_GRANTED, alice, alices.data["out_trade_no"])
-    )
+    await publisher.publish(granted_for(alices))
     assert (await alice_ws.next()).data["event_id"] == alices.event_id
 
     # Bob's first message is his own later event: Alice's two never reached him.
     bobs = order_paid(bob).envelope
-    await publisher.publish(bobs)
+    await publisher.publish(granted_for(bobs))
     for client in (bob_ws, bob_sse):
         assert (await client.next()).data["event_id"] == bobs.event_id
 
@@ -134,7 +132,7 @@ async def test_every_replica_delivers_to_its_own_clients(
     on_two = await connect(two, "sse", token_for(user_id))
 
     paid = order_paid(user_id).envelope
-    await publisher.publish(paid)
+    await publisher.publish(granted_for(paid))
 
     assert (await on_one.next()).data["event_id"] == paid.event_id
     assert (await on_two.next()).data["event_id"] == paid.event_id
@@ -146,6 +144,6 @@ async def test_several_clients_of_one_user_all_receive(
     user_id = await insert_user(db_pool)
     clients = [await connect(notifier, t, token_for(user_id)) for t in ("ws", "ws", "sse")]
     paid = order_paid(user_id).envelope
-    await publisher.publish(paid)
+    await publisher.publish(granted_for(paid))
     for client in clients:
         assert (await client.next()).data["event_id"] == paid.event_id

@@ -24,6 +24,15 @@ ENTITLEMENT_REVOKED = "entitlement.revoked"
 #: ``payment_orders`` (``POST /api/payment/internal/order-created``); the order service
 #: writes it.
 ORDER_CREATED = "order.created"
+#: What paylane is told from outside (ingress publishes them): the only events the stream
+#: ``paylane.log`` keeps. Every other event is derived and kept in its producer's outbox.
+EXTERNAL_EVENTS: tuple[str, ...] = (
+    PAYMENT_SUCCEEDED,
+    REFUND_SUCCEEDED,
+    REFUND_CLOSED,
+    REFUND_ABNORMAL,
+    ORDER_CREATED,
+)
 
 
 # A row of the shared ``users`` table: a string id such as ``user-1706345678901-xyz789``.
@@ -96,11 +105,23 @@ class OrderRefunded(_Data):
     full: bool
 
 
+class PaidOrder(_Data):
+    """The ``order.paid`` a grant answers, as the client was told it (event id, time,
+    generation): the notifier pushes it from the grant, so a payment costs it one
+    delivery, not two."""
+
+    event_id: str
+    occurred_at: datetime
+    generation_id: str | None = None
+
+
 class Entitlement(_Data):
     user_id: UserId
     out_trade_no: str
     payment_status: Literal["free", "basic", "premium"]
     regenerate_count: int
+    #: ``entitlement.granted``: the ``order.paid`` it answers (absent in events from before).
+    paid: PaidOrder | None = None
 
 
 DATA_MODELS: dict[str, type[_Data]] = {

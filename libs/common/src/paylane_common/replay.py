@@ -1,5 +1,6 @@
 """Replay for recovery (DESIGN §8): dead letters back to their queue, retained events from
-the stream ``paylane.log`` to one consumer's queue.
+the stream ``paylane.log`` (what came from outside) or from the services' outboxes (the
+events paylane derived, kept ``RETENTION_DAYS`` once published) to consumer queues.
 
 Both directions rely on the consumers being idempotent (inbox + per-order ledgers): a
 replay may deliver a message twice, it must never lose one. Hence the order of every step:
@@ -13,6 +14,8 @@ replay may deliver a message twice, it must never lose one. Hence the order of e
   only grants credit, so reading never consumes; copies go to the target queue(s) through
   the default exchange, never back through the ``paylane`` exchange, which would append
   them to the stream again and wake every consumer of the routing key.
+* **outbox → queue**: the same, from the ``outbox`` rows in MySQL (read only: a row is
+  never changed, so a replay can be run again), in the order they were staged.
 
 Nothing here prints: callers get a :class:`ReplaySummary` and, while it runs, a progress
 callback with the live summary.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -30,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import aio_pika
+import aiomysql
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
@@ -40,18 +45,20 @@ from aio_pika.abc import (
 
 from .amqp import copy_message, without_broker_headers
 from .consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
+from .events import Envelope
 from .exceptions import PaylaneError, PublishError
-from .publisher import Publisher
+from .publisher import Publisher, envelope_message
 from .topology import LOG_STREAM, QUEUES
 
 #: How many times a message was replayed (DLQ → queue); 1 on its first replay.
 REPLAYED_HEADER = "x-paylane-replayed"
-#: Where a log-replayed copy came from (``paylane.log``).
+#: Where a replayed copy came from (``paylane.log``, or ``outbox`` for ``replay_outbox``).
 REPLAYED_FROM_HEADER = "x-paylane-replayed-from"
 #: Why the message had been dead-lettered before this replay (the DLQ markers are removed
 #: so that a later dead-lettering by the broker is not shown with a stale reason).
 REPLAYED_REASON_HEADER = "x-paylane-replayed-reason"
 DLQ_SUFFIX = ".dlq"
+OUTBOX = "outbox"
 
 #: The stream is read from this far before ``since``: publishers', the broker's and the
 #: operator's clocks differ a little, and events before ``since`` are filtered out anyway.
@@ -519,6 +526,140 @@ def log_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     headers = without_broker_headers(message.headers)
     headers[REPLAYED_FROM_HEADER] = LOG_STREAM
     return copy_message(message, headers)
+
+
+# --- outbox --------------------------------------------------------------------------------
+
+
+async def replay_outbox(
+    connection: AbstractConnection,
+    pool: aiomysql.Pool,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    producers: Iterable[str] | None = None,
+    types: Iterable[str] | None = None,
+    to: str | None = None,
+    dry_run: bool = False,
+    progress: ProgressCallback | None = None,
+    batch_size: int = 500,
+    timeout: float = 5.0,
+) -> ReplaySummary:
+    """Re-publish the events the services staged in ``[since, until]`` (``outbox.created_at``;
+    ``until`` defaults to the moment the replay starts) and their relays published, to
+    ``to`` or else to every consumer queue of the topology bound to the event's type. The
+    derived events (``order.*``, ``entitlement.*``) are not in ``paylane.log``: this is
+    where they are replayed from. ``producers`` (``order``, ``entitlement``) and ``types``
+    select rows; when ``to`` is a service queue, ``types`` defaults to its routing keys, as
+    for :func:`replay_log`. A row not yet published is skipped: its relay sends it.
+    """
+    started = datetime.now(UTC)
+    since, end = _utc(since), _utc(until) if until is not None else started
+    if end < since:
+        raise ReplayError(f"until {end.isoformat()} is before since {since.isoformat()}")
+    wanted = frozenset(types) if types else None
+    if wanted is None and to is not None:
+        spec = next((q for q in QUEUES if q.name == to), None)
+        wanted = frozenset(spec.routing_keys) if spec is not None else None
+    if to == LOG_STREAM:
+        raise ReplayError(f"{LOG_STREAM} is a replay source, not a target")
+    targets = (
+        [to]
+        if to is not None
+        else [q.name for q in QUEUES if wanted is None or wanted & set(q.routing_keys)]
+    )
+    for name in targets:
+        if await _ready_count(connection, name, timeout) is None:
+            raise ReplayError(f"queue {name!r} does not exist")
+
+    summary = ReplaySummary(source=OUTBOX, dry_run=dry_run)
+    _notify(progress, summary)
+    confirm_channel: AbstractChannel | None = None
+    try:
+        publisher: Publisher | None = None
+        if not dry_run:
+            confirm_channel = await connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            publisher = Publisher(confirm_channel, confirm_channel.default_exchange, timeout)
+        after_id = 0
+        while rows := await _outbox_rows(pool, since, end, producers, after_id, batch_size):
+            for row in rows:
+                after_id = row["id"]
+                await _replay_row(row, wanted, to, publisher, summary)
+                _notify(progress, summary)
+                _raise_if_cancelled()
+    finally:
+        if confirm_channel is not None:
+            await _close(confirm_channel)
+    return summary
+
+
+async def _outbox_rows(
+    pool: aiomysql.Pool,
+    since: datetime,
+    end: datetime,
+    producers: Iterable[str] | None,
+    after_id: int,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The next rows of the window, in the order they were staged (by id)."""
+    chosen = sorted(set(producers or ()))
+    where = f" AND producer IN ({', '.join(['%s'] * len(chosen))})" if chosen else ""
+    naive = (since.replace(tzinfo=None), end.replace(tzinfo=None))  # the columns hold UTC
+    async with pool.acquire() as conn, conn.cursor(aiomysql.DictCursor) as cur:
+        await cur.execute(
+            "SELECT id, producer, event_id, routing_key, payload, headers, created_at,"
+            " published_at FROM outbox WHERE created_at BETWEEN %s AND %s AND id > %s"
+            f"{where} ORDER BY id LIMIT %s",
+            (*naive, after_id, *chosen, limit),
+        )
+        rows: list[dict[str, Any]] = list(await cur.fetchall())
+        await conn.rollback()  # ends the read view of this (non-autocommit) connection
+    return rows
+
+
+async def _replay_row(
+    row: dict[str, Any],
+    wanted: frozenset[str] | None,
+    to: str | None,
+    publisher: Publisher | None,
+    summary: ReplaySummary,
+) -> None:
+    summary.seen += 1
+    event_type = row["routing_key"]
+    stamp = row["created_at"].replace(tzinfo=UTC)
+    if wanted is not None and event_type not in wanted:
+        summary.count(event_type, "(not selected)", "skipped")
+        return
+    if row["published_at"] is None:
+        summary.count(event_type, "(not yet published)", "skipped")
+        return
+    targets: Sequence[str] = (
+        [to] if to is not None else [q.name for q in QUEUES if event_type in q.routing_keys]
+    )
+    if not targets:
+        summary.count(event_type, "(no consumer queue)", "skipped")
+        return
+    envelope = Envelope.model_validate_json(row["payload"])
+    headers = json.loads(row["headers"]) if row["headers"] else {}
+    headers[REPLAYED_FROM_HEADER] = OUTBOX
+    for target in targets:
+        item = ReplayItem(
+            envelope.event_id, event_type, envelope.correlation_id, event_type, target, stamp
+        )
+        if publisher is None:
+            summary.count(event_type, target, "moved")
+            summary.keep(item)
+            continue
+        try:
+            await publisher.publish_to_queue(target, envelope_message(envelope, headers))
+        except PublishError as exc:
+            summary.count(event_type, target, "failed")
+            summary.errors[f"{target}: {exc}"] += 1
+            summary.keep(item)
+        else:
+            summary.count(event_type, target, "moved")
 
 
 # --- helpers -------------------------------------------------------------------------------

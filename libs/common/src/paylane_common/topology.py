@@ -1,5 +1,14 @@
 """RabbitMQ topology (DESIGN §5): exchange ``paylane``, quorum queues with per-delay retry
-queues and a DLQ, and the stream ``paylane.log`` bound ``#`` as the replay source.
+queues and a DLQ, and the stream ``paylane.log`` as the replay source of what came from
+outside (:data:`LOG_KEYS`).
+
+The stream holds only the events paylane was told (WeChat Pay's notifications, the cloud
+function's calls): nothing else has them. The events paylane derives (``order.*``,
+``entitlement.*``) are written to the producer's outbox in MySQL in the transaction of
+their effect and kept there ``RETENTION_DAYS`` once published, so ``paylane replay
+outbox`` replays them from there; a second copy in the stream would cost the broker a
+write per event for nothing. Brokers declared before had the stream bound ``#``:
+:func:`declare_topology` removes that binding.
 
 By default every process declares the whole topology at start (declaration is
 idempotent), so a message published before its consumer first ran is still queued for
@@ -105,15 +114,21 @@ ORDER_PAYMENTS = QueueSpec(
     ),
 )
 ENTITLEMENT_ORDERS = QueueSpec("entitlement.orders", (events.ORDER_PAID, events.ORDER_REFUNDED))
-#: Routing keys every notifier replica binds its own exclusive queue to.
+#: Routing keys every notifier replica binds its own exclusive queue to: one delivery per
+#: payment (``entitlement.granted`` carries the ``order.paid`` it answers, see
+#: ``paylane_notifier.messages``); refunds also need ``order.refunded``, as a partial one
+#: changes no entitlement.
 NOTIFIER_KEYS = (
-    events.ORDER_PAID,
-    events.ORDER_REFUNDED,
     events.ENTITLEMENT_GRANTED,
     events.ENTITLEMENT_REVOKED,
+    events.ORDER_REFUNDED,
 )
 
 QUEUES: tuple[QueueSpec, ...] = (ORDER_PAYMENTS, ENTITLEMENT_ORDERS)
+#: The routing keys ``paylane.log`` is bound to: the events that came from outside.
+LOG_KEYS: tuple[str, ...] = events.EXTERNAL_EVENTS
+#: The stream's binding before it was narrowed to :data:`LOG_KEYS`; removed on declaration.
+LEGACY_LOG_KEY = "#"
 
 
 def queue_spec(name: str) -> QueueSpec:
@@ -168,7 +183,10 @@ async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
         durable=True,
         arguments={"x-queue-type": "stream", "x-max-age": LOG_STREAM_MAX_AGE},
     )
-    await stream.bind(exchange, routing_key="#")
+    for key in LOG_KEYS:
+        await stream.bind(exchange, routing_key=key)
+    # Unbinding what is not bound is a no-op for RabbitMQ: safe on every start.
+    await stream.unbind(exchange, routing_key=LEGACY_LOG_KEY)
     for spec in QUEUES:
         await declare_queue(channel, spec)
     return exchange

@@ -27,7 +27,14 @@ from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.catalog import PLANS, Package, best_plan
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import is_duplicate_key, placeholders, rows_table, transaction
-from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded, make_event
+from paylane_common.events import (
+    Entitlement,
+    Envelope,
+    OrderPaid,
+    OrderRefunded,
+    PaidOrder,
+    make_event,
+)
 
 from . import INBOX_CONSUMER, OUTBOX_PRODUCER
 
@@ -126,7 +133,7 @@ class EntitlementApplier:
             )
             inbox_ids.append(it.envelope.event_id)
             it.bind()
-            staged.append(outbox.Staged(_entitlement(events.ENTITLEMENT_GRANTED, data, user)))
+            staged.append(outbox.Staged(_granted(it.envelope, data, user)))
             log.info("entitlement_granted", user_id=data.user_id, package=package.name)
             outcomes[i] = "granted"
         if not grants:
@@ -184,7 +191,9 @@ class EntitlementApplier:
             "UPDATE users SET payment_status = %s, regenerate_count = %s WHERE id = %s",
             (after["payment_status"], after["regenerate_count"], data.user_id),
         )
-        await self._emit(cur, events.ENTITLEMENT_GRANTED, data.user_id, data.out_trade_no)
+        await self._emit(
+            cur, events.ENTITLEMENT_GRANTED, data.user_id, data.out_trade_no, _paid(envelope, data)
+        )
         log.info("entitlement_granted", user_id=data.user_id, package=package.name)
         return "granted"
 
@@ -269,6 +278,7 @@ class EntitlementApplier:
         event_type: str,
         user_id: str,
         out_trade_no: str,
+        paid: PaidOrder | None = None,
     ) -> None:
         await cur.execute(f"SELECT {_USER_STATE} FROM users WHERE id = %s", (user_id,))
         user = await cur.fetchone()
@@ -277,6 +287,7 @@ class EntitlementApplier:
             out_trade_no=out_trade_no,
             payment_status=user["payment_status"],
             regenerate_count=user["regenerate_count"],
+            paid=paid,
         )
         await outbox.add(cur, OUTBOX_PRODUCER, make_event(event_type, data))
 
@@ -315,13 +326,24 @@ def _after_a_refund(items: Sequence[BatchItem]) -> set[int]:
     return after
 
 
-def _entitlement(event_type: str, data: OrderPaid, user: dict[str, Any]) -> Envelope:
+def _paid(envelope: Envelope, data: OrderPaid) -> PaidOrder:
+    """What the client is pushed of the ``order.paid`` a grant answers."""
+    return PaidOrder(
+        event_id=envelope.event_id,
+        occurred_at=envelope.occurred_at,
+        generation_id=data.generation_id,
+    )
+
+
+def _granted(envelope: Envelope, data: OrderPaid, user: dict[str, Any]) -> Envelope:
+    """``entitlement.granted`` of a batch's grant, carrying its ``order.paid``."""
     return make_event(
-        event_type,
+        events.ENTITLEMENT_GRANTED,
         Entitlement(
             user_id=data.user_id,
             out_trade_no=data.out_trade_no,
             payment_status=user["payment_status"],
             regenerate_count=user["regenerate_count"],
+            paid=_paid(envelope, data),
         ),
     )

@@ -123,8 +123,10 @@ class EventConsumer:
         if routed is None:
             log.info("message_ignored", event_type=envelope.type)
             return "ignored"
-        user_id, client_message = routed
-        delivered = self._hub.publish(user_id, client_message)
+        user_id, client_messages = routed
+        delivered = 0
+        for client_message in client_messages:
+            delivered = self._hub.publish(user_id, client_message)
         log.info("event_pushed", event_type=envelope.type, user_id=user_id, clients=delivered)
         return "pushed" if delivered else "no_client"
 

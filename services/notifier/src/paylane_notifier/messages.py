@@ -14,6 +14,10 @@ the row's own status for ``order.state``: one of :data:`ORDER_STATUSES`, the sha
 ``payment_orders.status`` (``failed``: timed out or cancelled; ``needs_review``: paylane's,
 a payment that did not match its order). ``generation_id`` names the generation a paid
 order unlocks (``order.paid`` and ``order.state``), when the order has one.
+An ``entitlement.granted`` carries the ``order.paid`` it answers (``paid``): from it the
+client gets both pushes, ``order.paid`` (with that event's id and time) then
+``entitlement.granted``, so the notifier needs one delivery per payment (it is not bound
+to ``order.paid``; an ``order.paid`` that reaches it all the same is still pushed).
 ``occurred_at`` is ISO 8601 UTC; :attr:`ClientMessage.id` is the same instant in integer
 milliseconds since the epoch (the SSE ``id``, see :mod:`paylane_notifier.snapshot`).
 """
@@ -26,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from paylane_common import events
-from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded
+from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded, PaidOrder
 
 ORDER_STATE = "order.state"
 #: What ``status`` of an ``order.state`` may be: the values of ``payment_orders.status``.
@@ -76,8 +80,33 @@ class ClientMessage:
         return json.dumps(self.as_dict(), ensure_ascii=False, separators=(",", ":"))
 
 
-def from_event(envelope: Envelope, data: Any) -> tuple[str, ClientMessage] | None:
-    """The user an event concerns and the message to push, or None for other events."""
+def from_event(envelope: Envelope, data: Any) -> tuple[str, tuple[ClientMessage, ...]] | None:
+    """The user an event concerns and the messages to push, in order, or None for other
+    events."""
+    routed = _message(envelope, data)
+    if routed is None:
+        return None
+    user_id, message = routed
+    if isinstance(data, Entitlement) and data.paid is not None:
+        return user_id, (_order_paid(data, data.paid), message)
+    return user_id, (message,)
+
+
+def _order_paid(data: Entitlement, paid: PaidOrder) -> ClientMessage:
+    """The ``order.paid`` push of a grant's order, as its own event would give it."""
+    return ClientMessage(
+        type=events.ORDER_PAID,
+        out_trade_no=data.out_trade_no,
+        status="paid",
+        payment_status=None,
+        regenerate_count=None,
+        generation_id=paid.generation_id,
+        event_id=paid.event_id,
+        occurred_at=paid.occurred_at,
+    )
+
+
+def _message(envelope: Envelope, data: Any) -> tuple[str, ClientMessage] | None:
     common: dict[str, Any] = {"event_id": envelope.event_id, "occurred_at": envelope.occurred_at}
     if envelope.type == events.ORDER_PAID and isinstance(data, OrderPaid):
         return data.user_id, ClientMessage(
