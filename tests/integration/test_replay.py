@@ -299,7 +299,7 @@ async def test_replay_after_the_fix_processes_each_dead_letter_once(
         summary = await replay_dlq(
             amqp_connection, spec.name, progress=lambda s: progress.append(s.seen)
         )
-        await consumer.wait_settled(3)  # each: retried once, then processed
+        await consumer.wait_settled(6)  # each: retried once, then processed
     finally:
         await consumer.stop()
 
