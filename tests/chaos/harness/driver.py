@@ -82,6 +82,13 @@ class WechatDriver:
             self.rng.sample(self.notifications, round(len(orders) * duplicate_share))
         )
         self._changed = asyncio.Condition()
+        self._ending = False
+
+    def end(self) -> None:
+        """End the stream early: no further notification is sent (deliveries under way
+        finish); the orders not reached are left out (:attr:`notifications`). For a
+        scenario that lasts as long as it takes, with orders enough to outlast it."""
+        self._ending = True
 
     @property
     def acked(self) -> list[Notification]:
@@ -135,6 +142,9 @@ class WechatDriver:
                 pause = started + i / self.rate - time.monotonic()
                 if pause > 0:
                     await asyncio.sleep(pause)  # the stream's pace
+                if self._ending:
+                    del self.notifications[i:]  # never sent: not part of this stream
+                    break
                 deliveries.append(asyncio.create_task(self._deliver(http, notification)))
                 self.stats.sent += 1
                 if notification in self.duplicated:

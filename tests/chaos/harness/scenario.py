@@ -23,16 +23,18 @@ async def run_scenario(
     *,
     orders: int = 120,
     rate: float = 30.0,
+    ingress_url: str | None = None,
 ) -> Report:
-    """Orders up front, the stream, the fault injected mid-stream (``inject`` restores
-    what it broke before returning), then quiescence and the invariant."""
+    """Orders up front, the stream (to ``ingress_url``, by default the one ingress), the
+    fault injected mid-stream (``inject`` restores what it broke before returning), then
+    quiescence and the invariant."""
     await env.all_ready()
     outcomes_before = await consumer_outcomes(env)
     deadlocks_before = deadlocks_logged(env)
     began = time.monotonic()
     placed = await create_orders(env, orders)
     created_in = time.monotonic() - began
-    driver = WechatDriver(env.ingress_url, env.wechat, placed, rate=rate)
+    driver = WechatDriver(ingress_url or env.ingress_url, env.wechat, placed, rate=rate)
     started = time.monotonic()
     stream = asyncio.create_task(driver.run())
     try:

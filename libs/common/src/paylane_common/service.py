@@ -3,8 +3,11 @@ typed AppKeys, request-id binding, and the run loop with graceful SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
+import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -14,7 +17,7 @@ import aiomysql
 import structlog
 import uvloop
 from aio_pika.abc import AbstractRobustConnection
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from . import amqp, db, startup
 from .batching import BatchConsumer, BatchHandler
@@ -22,7 +25,7 @@ from .consumer import Consumer, Handler, RetryPolicy
 from .exceptions import ConfigError
 from .health import READINESS_CHECKS, add_health_routes, admin_app
 from .logs import configure_logging
-from .outages import Dependency
+from .outages import Dependency, NotReady
 from .outbox import OutboxRelay
 from .publisher import Publisher
 from .queue_watch import QueueWatch
@@ -48,8 +51,10 @@ SERVICE_NAME = web.AppKey("service_name", str)
 #: AMQP_DECLARE_TOPOLOGY: whether this process declares the topology or only checks it.
 DECLARES_TOPOLOGY = web.AppKey("declares_topology", bool)
 
-#: SIGTERM: stop consuming, finish in-flight work, exit within 10 s (DESIGN §8):
-#: HTTP handlers get this long, then consumers get Consumer.stop()'s budget.
+#: SIGTERM: stop consuming, finish in-flight work, exit within 10 s (DESIGN §8): the
+#: drain (open connections still served, see _Shutdown) takes DRAIN_S, then HTTP
+#: handlers in flight get SHUTDOWN_TIMEOUT_S, then consumers get Consumer.stop()'s budget.
+DRAIN_S = 0.5
 SHUTDOWN_TIMEOUT_S = 3.0
 
 
@@ -155,37 +160,146 @@ def serve(settings_cls: type[SettingsT], build_app: Callable[[SettingsT], web.Ap
 
 def run(app: web.Application, settings: BaseServiceSettings) -> None:
     """Wait for the broker and the database (startup.py), then serve until SIGINT/SIGTERM;
-    cleanup contexts then stop consumers and close resources."""
-
-    def announce(_msg: str) -> None:
-        log.info(
-            "listening",
-            service=app[SERVICE_NAME],
-            url=f"http://{settings.http_host}:{settings.http_port}",
-        )
-
+    then drain and shut down (:func:`_serve`)."""
     listener = app.get(ADMIN_LISTENER)
     if listener is not None:
         # After every resource is open, so /readyz never answers before its checks exist.
         app.cleanup_ctx.append(_serve_admin(listener, settings.http_host))
     app.on_startup.append(_freeze_startup_objects)  # last: after every resource is open
+    shutdown = _Shutdown(app)
+    app.on_response_prepare.append(shutdown.close_connection)
     # libuv's loop: sockets, timers and callbacks at a fraction of asyncio's cost.
     loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
     listeners = [(settings.http_host, settings.http_port, listener is None)]
     if listener is not None:
         listeners.append((settings.http_host, listener.port, True))
-    if not loop.run_until_complete(startup.wait_for(app.get(startup.NEEDED, []), listeners)):
+    try:
+        loop.run_until_complete(_serve(app, settings, shutdown, listeners))
+    finally:
+        _cancel_remaining_tasks(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+async def _serve(
+    app: web.Application,
+    settings: BaseServiceSettings,
+    shutdown: _Shutdown,
+    listeners: list[tuple[str, int, bool]],
+) -> None:
+    """Once the dependencies answer (startup.py), the app on its port until the first
+    SIGTERM or SIGINT, then the drain (:meth:`_Shutdown.drain`), then aiohttp's
+    shutdown: idle connections closed, ``on_shutdown`` (the notifier's clients),
+    handlers in flight given :data:`SHUTDOWN_TIMEOUT_S`, cleanup contexts in reverse
+    (consumers stop, resources close)."""
+    shutdown.listen_for_signals()
+    if not await shutdown.wait_for_dependencies(app.get(startup.NEEDED, []), listeners):
         return
-    web.run_app(
-        app,
-        loop=loop,
-        host=settings.http_host,
-        port=settings.http_port,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        print=announce,
-        access_log=None,
-    )
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    try:
+        # Not interrupted by a signal: the broker's client does not survive a cancelled
+        # connect (it goes on reconnecting). The dependencies have just answered, so it
+        # is short; the shutdown follows at once.
+        await runner.setup()
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        log.info(
+            "listening",
+            service=app[SERVICE_NAME],
+            url=f"http://{settings.http_host}:{settings.http_port}",
+        )
+        await shutdown.requested()
+        await shutdown.drain(site)
+    finally:
+        await runner.cleanup()
+    log.info("stopped", service=app[SERVICE_NAME], took_s=shutdown.took_s())
+
+
+class _Shutdown:
+    """SIGTERM's sequence (DESIGN §8: exit within 10 s).
+
+    The first SIGTERM or SIGINT starts it (while the service still waits for its
+    dependencies, it stops waiting); any further one is ignored, so that a second
+    signal (``make run``'s Ctrl-C reaches both honcho and the services, and honcho then
+    signals them again; an impatient ``kill``) cannot cut it short: SIGKILL can.
+
+    Its first step is the drain: ``/readyz`` says "shutting down", the listener closes
+    (a balancer's next connection is refused, which it may always pass to another
+    replica) and for :data:`DRAIN_S` the connections already open are still served,
+    every response closing its connection. A request a balancer sent on a kept-alive
+    connection as the signal landed is then answered, not dropped unanswered: a
+    balancer may not pass a POST that reached a replica to another one (nginx does not
+    by default), so a dropped WeChat notification would be answered 502.
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._stop = asyncio.Event()
+        self._waiting: asyncio.Task[bool] | None = None
+        self._draining = False
+        self._began = 0.0
+
+    def listen_for_signals(self) -> None:
+        """From now on, for the life of the process, the first signal stops the service."""
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        loop = asyncio.get_running_loop()
+        for other in _STOP_SIGNALS:
+            loop.remove_signal_handler(other)
+            signal.signal(other, signal.SIG_IGN)  # until the process exits
+        self._began = time.monotonic()
+        log.info("shutting_down", service=self._app[SERVICE_NAME], signal=sig.name)
+        self._stop.set()
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def wait_for_dependencies(
+        self, needed: list[startup.Needed], listeners: list[tuple[str, int, bool]]
+    ) -> bool:
+        """:func:`startup.wait_for`, which may wait for ever: False if the signal came first."""
+        self._waiting = asyncio.create_task(startup.wait_for(needed, listeners))
+        try:
+            return await self._waiting
+        finally:
+            self._waiting = None
+
+    async def requested(self) -> None:
+        """Until the signal."""
+        await self._stop.wait()
+
+    async def drain(self, site: web.TCPSite) -> None:
+        self._draining = True
+        self._app[READINESS_CHECKS]["shutdown"] = _shutting_down
+        await site.stop()
+        await asyncio.sleep(DRAIN_S)
+
+    async def close_connection(self, _request: web.Request, response: web.StreamResponse) -> None:
+        """``on_response_prepare``: while draining, no connection is kept alive."""
+        if self._draining:
+            response.force_close()
+            response.headers[hdrs.CONNECTION] = "close"
+
+    def took_s(self) -> float:
+        return round(time.monotonic() - self._began, 2)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def _shutting_down() -> None:
+    raise NotReady("shutting down")
+
+
+def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """What is still running once the app is down (as ``web.run_app`` does)."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
 def _serve_admin(

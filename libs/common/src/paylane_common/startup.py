@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -103,7 +102,8 @@ def holding_app(waiting: dict[str, str], *, internal: bool) -> web.Application:
 
 async def wait_for(needed: list[Needed], listeners: list[tuple[str, int, bool]]) -> bool:
     """Until every dependency answers, with the holding app on ``listeners`` (host,
-    port, internal). False when SIGTERM or SIGINT came first."""
+    port, internal). False when cancelled first (SIGTERM or SIGINT: ``service.run``
+    cancels the start-up)."""
     if not needed:
         return True
     waiting = {n.name: f"{n.where} not tried yet" for n in needed}
@@ -114,11 +114,6 @@ async def wait_for(needed: list[Needed], listeners: list[tuple[str, int, bool]])
         await web.TCPSite(runner, host, port).start()
         runners.append(runner)
     quiet = _quiet_aiormq()
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     try:
         for dependency in needed:
             await _reach(dependency, waiting)
@@ -128,8 +123,6 @@ async def wait_for(needed: list[Needed], listeners: list[tuple[str, int, bool]])
         return False
     finally:
         quiet.restore()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         for runner in runners:
             await runner.cleanup()
 
