@@ -530,9 +530,7 @@ def test_definitions_match_the_topology_the_services_declare() -> None:
         "topic",
         True,
     )
-    expected_queues = {
-        topology.LOG_STREAM: {"x-queue-type": "stream", "x-max-age": topology.LOG_STREAM_MAX_AGE}
-    }
+    expected_queues = {topology.LOG_STREAM: dict(topology.log_stream_arguments())}
     expected_bindings = {(topology.EXCHANGE, topology.LOG_STREAM, "#")}
     for spec in topology.QUEUES:
         expected_queues[spec.name] = dict(spec.arguments())
