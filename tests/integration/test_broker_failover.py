@@ -70,10 +70,16 @@ async def test_a_host_that_refuses_is_skipped(infra: Infra, vhost: str) -> None:
         await connection.close()
 
 
-async def test_no_host_answering_fails_the_first_connection(infra: Infra, vhost: str) -> None:
-    url = _hosts_url(infra, vhost, _closed_port(), f"127.0.0.1:{_closed_port()}")
-    with pytest.raises(ConnectionError):
-        await amqp.connect(url, "none-up")
+async def test_no_host_answering_fails_the_first_connection_naming_each(
+    infra: Infra, vhost: str
+) -> None:
+    first, second = _closed_port(), _closed_port()
+    with pytest.raises(ConnectionError) as failed:
+        await amqp.connect(_hosts_url(infra, vhost, first, f"127.0.0.1:{second}"), "none-up")
+    said = str(failed.value)
+    assert said.startswith(f"no broker answered (127.0.0.1:{first}: "), said
+    assert f"; 127.0.0.1:{second}: " in said and "Connect call failed" in said, said
+    assert "guest" not in said
 
 
 async def test_a_lost_connection_moves_to_the_next_host_and_round_again(

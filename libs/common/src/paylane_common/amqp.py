@@ -107,10 +107,11 @@ def _reason(closing: asyncio.Future[Any]) -> str:
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:
     """A connection that reconnects (every second, to the next node of ``url``'s hosts)
-    and restores its channels and consumers. The first connection tries every host once
-    and raises what the last one answered when none did."""
+    and restores its channels and consumers. The first connection tries every host once;
+    when none answered, it raises what a single host answered, or a ConnectionError
+    saying what each of several did."""
     urls = broker_urls(url)
-    failure: BaseException | None = None
+    failures: list[str] = []
     for start in range(len(urls)):
         connection = FailoverConnection(
             urls,
@@ -122,10 +123,11 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
             await connection.connect()
             return connection
         except CONNECTION_EXCEPTIONS as exc:
-            failure = exc
             await connection.close()
-    assert failure is not None
-    raise failure
+            if len(urls) == 1:
+                raise
+            failures.append(f"{host_of(urls[start])}: {exc or type(exc).__name__}")
+    raise ConnectionError(f"no broker answered ({'; '.join(failures)})")
 
 
 def broker_ready(connection: AbstractRobustConnection | None) -> bool:
