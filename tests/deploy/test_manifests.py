@@ -473,9 +473,7 @@ def test_definitions_match_the_topology_the_services_declare() -> None:
         "topic",
         True,
     )
-    expected_queues = {
-        topology.LOG_STREAM: {"x-queue-type": "stream", "x-max-age": topology.LOG_STREAM_MAX_AGE}
-    }
+    expected_queues = {topology.LOG_STREAM: dict(topology.log_stream_arguments())}
     # The stream keeps what came from outside; derived events are replayed from the outbox.
     expected_bindings = {(topology.EXCHANGE, topology.LOG_STREAM, k) for k in topology.LOG_KEYS}
     for spec in topology.QUEUES:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from paylane_common import amqp
 from paylane_common.topology import EXCHANGE
 from paylane_common.wechatpay import encrypt_resource, signed_headers
 from paylane_common.wechatpay.testing import FakeWechatPay, new_private_key
@@ -87,7 +88,7 @@ def harness(amqp_url: str) -> Iterator[Harness]:
     async def start() -> Harness:
         client = TestClient(TestServer(build_app(app_settings, clock=lambda: NOW)))
         await client.start_server()
-        connection = await aio_pika.connect_robust(amqp_url)
+        connection = await amqp.connect(amqp_url, "fuzz-spy")
         channel = await connection.channel()
         exchange = await channel.get_exchange(EXCHANGE)
         spy = await channel.declare_queue(f"fuzz.{uuid.uuid4().hex}", exclusive=True)

@@ -20,6 +20,8 @@ from urllib.parse import quote
 
 import pymysql
 
+from paylane_common.amqp import broker_urls, host_of
+
 
 @dataclass
 class BrokerControl:
@@ -54,6 +56,19 @@ class BrokerControl:
         rows = (line.split("\t") for line in out.splitlines() if line.strip())
         return {row[2] for row in rows if len(row) == 3 and row[0] and row[1] == destination}
 
+    def close_connections(self, vhost: str, name: str) -> int:
+        """Have the broker close ``vhost``'s client connections named ``name`` (the broker
+        stays up); how many it closed."""
+        listing = self.run(["list_connections", "-q", "pid", "vhost", "client_properties"])
+        pids = [
+            line.split("\t")[0]
+            for line in listing.splitlines()[1:]
+            if line.split("\t")[1:2] == [vhost] and f'"{name}"' in line
+        ]
+        for pid in pids:
+            self.run(["close_connection", pid, "test: broker-side close"])
+        return len(pids)
+
 
 @dataclass
 class Infra:
@@ -67,11 +82,14 @@ class Infra:
     mysql_password: str
     broker: BrokerControl
     kind: str
+    #: ``host:port`` of the other nodes of a cluster (``AMQP_URL`` names them all).
+    amqp_more_hosts: tuple[str, ...] = ()
 
     def amqp_url(self, vhost: str) -> str:
+        hosts = ",".join((f"{self.amqp_host}:{self.amqp_port}", *self.amqp_more_hosts))
         return (
             f"amqp://{quote(self.amqp_user)}:{quote(self.amqp_password)}"
-            f"@{self.amqp_host}:{self.amqp_port}/{quote(vhost, safe='')}"
+            f"@{hosts}/{quote(vhost, safe='')}"
         )
 
     def mysql_url(self, database: str) -> str:
@@ -131,7 +149,11 @@ def provide_infra() -> Iterator[Infra]:
         return
     from urllib.parse import urlsplit
 
-    amqp = urlsplit(os.environ.get("PAYLANE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+    # A cluster's URL names several hosts: the first is the one rabbitmqctl runs next to.
+    first, *others = broker_urls(
+        os.environ.get("PAYLANE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    )
+    amqp = urlsplit(first)
     mysql = urlsplit(os.environ.get("PAYLANE_TEST_MYSQL_URL", "mysql://root:@127.0.0.1:3306/"))
     yield Infra(
         amqp_host=amqp.hostname or "127.0.0.1",
@@ -144,6 +166,7 @@ def provide_infra() -> Iterator[Infra]:
         mysql_password=mysql.password or "",
         broker=BrokerControl.local(),
         kind="local",
+        amqp_more_hosts=tuple(host_of(url) for url in others),
     )
 
 

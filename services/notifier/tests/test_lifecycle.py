@@ -78,7 +78,8 @@ async def test_clients_get_a_fresh_snapshot_after_a_broker_reconnect(
     connection = notifier.app[AMQP_CONNECTION]
     reconnected = asyncio.Event()
     connection.reconnect_callbacks.add(lambda *_: reconnected.set())
-    _close_broker_connections(infra, amqp_url, "paylane-notifier")
+    vhost = unquote(urlsplit(amqp_url).path.removeprefix("/"))
+    assert infra.broker.close_connections(vhost, "paylane-notifier"), "no notifier connection"
 
     async with asyncio.timeout(10):
         await reconnected.wait()
@@ -134,20 +135,6 @@ async def test_health_readiness_and_metrics(
         "paylane_notifier_dropped_clients_total",
     ):
         assert name in metrics
-
-
-def _close_broker_connections(infra: Infra, amqp_url: str, name: str) -> None:
-    """Have the broker close this vhost's connections named ``name`` (the broker stays up)."""
-    vhost = unquote(urlsplit(amqp_url).path.removeprefix("/"))
-    listing = infra.broker.run(["list_connections", "-q", "pid", "vhost", "client_properties"])
-    pids = [
-        line.split("\t")[0]
-        for line in listing.splitlines()[1:]
-        if line.split("\t")[1:2] == [vhost] and f'"{name}"' in line
-    ]
-    assert pids, f"no {name} connection in {vhost}"
-    for pid in pids:
-        infra.broker.run(["close_connection", pid, "test: broker-side close"])
 
 
 def _sample(name: str, **labels: str) -> float:

@@ -42,6 +42,15 @@ class DriverStats:
     rejected: int = 0  # 4xx: never expected here
     retried: int = 0  # deliveries sent again after a failure
     finished: bool = False  # every delivery got its 2xx (or gave up)
+    #: The longest WeChat went without any 2xx, from the stream's start to its last 2xx.
+    longest_ack_gap: float = 0.0
+    last_ack_at: float | None = None
+
+    def acked_now(self) -> None:
+        now = time.monotonic()
+        if self.last_ack_at is not None:
+            self.longest_ack_gap = max(self.longest_ack_gap, now - self.last_ack_at)
+        self.last_ack_at = now
 
 
 #: WeChat's 15s/15s/30s/3m/10m/… at a 60th, capped at a second.
@@ -137,7 +146,7 @@ class WechatDriver:
         connector = aiohttp.TCPConnector(limit=200)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             deliveries: list[asyncio.Task[None]] = []
-            started = time.monotonic()
+            started = self.stats.last_ack_at = time.monotonic()
             for i, notification in enumerate(self.notifications):
                 pause = started + i / self.rate - time.monotonic()
                 if pause > 0:
@@ -194,6 +203,7 @@ class WechatDriver:
             return "error"
         if 200 <= status < 300:
             self.stats.ok += 1
+            self.stats.acked_now()
             return "2xx"
         if status == 503:
             self.stats.unavailable += 1

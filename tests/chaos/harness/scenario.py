@@ -50,6 +50,7 @@ async def run_scenario(
     report = Report(label, driver.summary(), notes={**notes, "seed": driver.seed})
     await check_invariant(env, driver, report)
     report.seconds = time.monotonic() - started
+    report.notes["longest_ack_gap"] = f"{driver.stats.longest_ack_gap:.1f}s"
     report.notes["settled_in"] = f"{settle:.1f}s"
     report.notes["orders_created_in"] = f"{created_in:.1f}s"
     # What the consumers went through (since their last start), e.g. retried on DB errors.

@@ -1,24 +1,133 @@
-"""The robust RabbitMQ connection every service holds."""
+"""The robust RabbitMQ connection every service holds, to one broker or to the nodes of a
+cluster (``AMQP_URL`` naming several hosts: each connection attempt goes to the next)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.connection import make_url
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aio_pika.robust_connection import RobustConnection
 
 log = structlog.get_logger(__name__)
 
+#: Between whole URLs: whitespace (never part of a URL), or a comma before a scheme.
+_URL_SEPARATOR = re.compile(r"\s+|,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+RECONNECT_INTERVAL_S = 1.0
+
+
+def broker_urls(url: str) -> tuple[str, ...]:
+    """One URL a broker node, in the order given, from ``AMQP_URL``'s two forms:
+
+    - hosts separated by commas in one URL: ``amqp://user:pw@h1:5672,h2:5672,h3/vhost``
+      (the credentials, vhost and query apply to every host);
+    - whole URLs separated by commas or whitespace: ``amqp://…@h1/vhost amqp://…@h2/vhost``.
+
+    Checks nothing else (the settings type does); a single host comes back unchanged."""
+    urls: list[str] = []
+    for part in _URL_SEPARATOR.split(url.strip()):
+        if part.rstrip(","):
+            urls.extend(_one_url_per_host(part.rstrip(",")))
+    return tuple(urls) or ("",)
+
+
+def _one_url_per_host(url: str) -> list[str]:
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return [url]
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}")) for host in hosts.split(",")]
+
+
+def host_of(url: str) -> str:
+    """``host:port`` of a single-host URL: what logs may say about a broker (never the
+    credentials)."""
+    parts = urlsplit(url)
+    default = 5671 if parts.scheme == "amqps" else 5672
+    host = parts.hostname or ""
+    return f"[{host}]:{parts.port or default}" if ":" in host else f"{host}:{parts.port or default}"
+
+
+class FailoverConnection(RobustConnection):
+    """A robust connection over the nodes of a cluster: every failed attempt and every
+    lost connection moves it to the next URL, so it reconnects to a node that is up
+    (round robin, ``reconnect_interval`` between attempts); channels, queues and
+    consumers are restored on whichever node it reaches."""
+
+    def __init__(self, urls: tuple[str, ...], *, start: int = 0, **kwargs: Any) -> None:
+        super().__init__(make_url(urls[start]), **kwargs)
+        self._urls = urls
+        self._current = start
+
+    @property
+    def broker(self) -> str:
+        """``host:port`` of the node this connection is on (or tries next)."""
+        return host_of(self._urls[self._current])
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()
+        log.info("broker_connected", broker=self.broker, connection=self._name)
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        # Called for a failed attempt as well as for a lost connection.
+        await super()._on_connection_close(closing)
+        if self._close_called or len(self._urls) == 1:
+            return
+        failed = self.broker
+        self._current = (self._current + 1) % len(self._urls)
+        self.url = make_url(self._urls[self._current])
+        log.warning(
+            "broker_failover",
+            broker=failed,
+            error=_reason(closing),
+            next=self.broker,
+            connection=self._name,
+        )
+
+    @property
+    def _name(self) -> str:
+        properties = self.kwargs.get("client_properties") or {}
+        return str(properties.get("connection_name", ""))
+
+
+def _reason(closing: asyncio.Future[Any]) -> str:
+    """Why a connection closed or an attempt failed, for the log."""
+    if closing.cancelled():
+        return "closed"
+    exc = closing.exception()
+    return repr(exc) if exc is not None else "closed"
+
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:
-    """A connection that reconnects (every second) and restores its channels and consumers."""
-    return await aio_pika.connect_robust(
-        url, reconnect_interval=1.0, client_properties={"connection_name": f"paylane-{name}"}
-    )
+    """A connection that reconnects (every second, to the next node of ``url``'s hosts)
+    and restores its channels and consumers. The first connection tries every host once;
+    when none answered, it raises what a single host answered, or a ConnectionError
+    saying what each of several did."""
+    urls = broker_urls(url)
+    failures: list[str] = []
+    for start in range(len(urls)):
+        connection = FailoverConnection(
+            urls,
+            start=start,
+            reconnect_interval=RECONNECT_INTERVAL_S,
+            client_properties={"connection_name": f"paylane-{name}"},
+        )
+        try:
+            await connection.connect()
+            return connection
+        except CONNECTION_EXCEPTIONS as exc:
+            await connection.close()
+            if len(urls) == 1:
+                raise
+            failures.append(f"{host_of(urls[start])}: {exc or type(exc).__name__}")
+    raise ConnectionError(f"no broker answered ({'; '.join(failures)})")
 
 
 #: What closing a channel or a connection may take: with the broker away a robust one
@@ -37,11 +146,8 @@ async def close_quietly(closable: Any, what: str) -> None:
 
 
 def hosts_of(url: str) -> list[str]:
-    """``host:port`` of each broker ``url`` names, without credentials (for logs)."""
-    netloc = urlsplit(url).netloc.rpartition("@")[2]
-    default = 5671 if url.startswith("amqps") else 5672
-    hosts = [h for h in netloc.split(",") if h]
-    return [h if ":" in h.rpartition("]")[2] else f"{h}:{default}" for h in hosts]
+    """``host:port`` of each broker node ``url`` names, without credentials (for logs)."""
+    return [host_of(one) for one in broker_urls(url)]
 
 
 def broker_ready(connection: AbstractRobustConnection | None) -> bool:

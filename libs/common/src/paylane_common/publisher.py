@@ -4,6 +4,7 @@ broker has durably taken the message, and raises PublishError otherwise."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -11,8 +12,10 @@ from typing import Any
 
 import aio_pika
 import aiormq
+import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractRobustChannel,
     AbstractRobustConnection,
@@ -23,15 +26,35 @@ from .events import Envelope
 from .exceptions import PublishError
 from .topology import declare_exchange, declare_topology
 
+log = structlog.get_logger(__name__)
+
+
+#: A nacked channel is replaced at most this often (a queue refusing for good, e.g.
+#: without a quorum, must not make the publisher churn channels).
+RENEW_AFTER_S = 1.0
+#: The broker or the channel is not there (down, restoring, closed).
+_UNAVAILABLE = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+
 
 class Publisher:
-    """One confirm channel; safe for many concurrent publishes."""
+    """One confirm channel; safe for many concurrent publishes. Given its connection, it
+    moves to a fresh channel after a nack (:meth:`_renew`)."""
 
-    def __init__(self, channel: AbstractChannel, exchange: AbstractExchange, timeout: float):
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        exchange: AbstractExchange,
+        timeout: float,
+        *,
+        connection: AbstractConnection | None = None,
+    ):
         self._channel = channel
         self._exchange = exchange
         self._timeout = timeout
         self._closed = False
+        self._connection = connection
+        self._renewing = asyncio.Lock()
+        self._channel_since = time.monotonic()
 
     @classmethod
     async def open(
@@ -44,7 +67,7 @@ class Publisher:
             exchange = await declare_topology(channel)
         else:
             exchange = await declare_exchange(channel, passive=True)
-        return cls(channel, exchange, timeout)
+        return cls(channel, exchange, timeout, connection=connection)
 
     @property
     def ready(self) -> bool:
@@ -78,6 +101,7 @@ class Publisher:
     ) -> None:
         started = time.perf_counter()
         outcome = "confirmed"
+        channel = self._channel
         try:
             if self._closed:
                 raise RuntimeError("publisher closed")
@@ -96,12 +120,46 @@ class Publisher:
             raise PublishError(f"message for {routing_key!r} was unroutable") from None
         except aio_pika.exceptions.DeliveryError as exc:
             outcome = "nack"
+            await self._renew(channel)
             raise PublishError(f"broker refused the message: {exc.frame!r}") from None
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        except _UNAVAILABLE as exc:
             outcome = "unavailable"
             raise PublishError(f"broker unavailable: {type(exc).__name__}") from None
         finally:
             metrics.PUBLISH_CONFIRM_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+
+    async def _renew(self, nacked: AbstractChannel) -> None:
+        """Publish on a fresh confirm channel from now on. RabbitMQ 3.10 keeps refusing
+        every publish of a channel to a quorum queue whose leader's node was down when the
+        channel first published to it (the channel's queue client keeps the dead leader,
+        e.g. a channel restored on another node of a cluster right after a node died); a
+        new channel finds the current leader. Once per channel, and not within
+        ``RENEW_AFTER_S`` of the last renewal."""
+        if self._connection is None:
+            return
+        async with self._renewing:
+            if (
+                self._closed
+                or self._channel is not nacked
+                or time.monotonic() - self._channel_since < RENEW_AFTER_S
+            ):
+                return
+            try:
+                async with asyncio.timeout(self._timeout):
+                    channel = await self._connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+            except (*_UNAVAILABLE, TimeoutError) as exc:
+                log.warning("publisher_channel_not_renewed", error=repr(exc))
+                return
+            name = self._exchange.name
+            self._exchange = (
+                await channel.get_exchange(name, ensure=False) if name else channel.default_exchange
+            )
+            self._channel, self._channel_since = channel, time.monotonic()
+        log.warning("publisher_channel_renewed", reason="nack")
+        with contextlib.suppress(Exception):
+            await nacked.close()
 
 
 def envelope_message(

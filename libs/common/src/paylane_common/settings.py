@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .amqp import broker_urls
 from .catalog import Package, parse_catalog
 from .exceptions import ConfigError
 from .wechatpay.exceptions import WechatPayError
@@ -199,14 +200,26 @@ def _mysql_url_valid(url: str) -> str:
 
 
 def _amqp_url_valid(url: str) -> str:
-    _parse_url(_AMQP_DSN, url, "amqp://user:password@host:5672/vhost")
+    """One broker, or the nodes of a cluster (``amqp.broker_urls``), all in one vhost."""
+    example = "amqp://user:password@host:5672/vhost (or host1:5672,host2:5672,… for a cluster)"
+    urls = broker_urls(url)
+    vhosts = set()
+    for i, one in enumerate(urls, 1):
+        which = f"host {i} of {len(urls)} " if len(urls) > 1 else ""
+        try:
+            dsn = _parse_url(_AMQP_DSN, one, example)
+        except ValueError as exc:
+            raise ValueError(f"{which}{exc}") from None
+        vhosts.add(dsn.path or "/")
+    if len(vhosts) > 1:
+        raise ValueError("names several vhosts: every host of a cluster must name the same one")
     return url
 
 
 #: ``MYSQL_URL``, kept as given (a str for ``db.create_pool`` and ``migrate``);
 #: ``MySQLParams.from_url`` reads its parts.
 MySQLUrl = Annotated[str, AfterValidator(_mysql_url_valid)]
-#: ``AMQP_URL``, kept as given (aio-pika parses it).
+#: ``AMQP_URL``, kept as given (``amqp.connect`` splits the hosts of a cluster).
 AmqpUrl = Annotated[str, AfterValidator(_amqp_url_valid)]
 
 

@@ -15,13 +15,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aio_pika
 import aiomysql
 import structlog
 from aiohttp import web
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
 
-from .amqp import hosts_of
+from .amqp import connect, hosts_of
 from .outages import describe
 from .settings import MySQLParams
 
@@ -48,8 +47,8 @@ NEEDED = web.AppKey("needed", list[Needed])
 
 
 def rabbitmq(url: str) -> Needed:
-    async def reach() -> None:
-        connection = await aio_pika.connect(url, timeout=ATTEMPT_TIMEOUT_S)
+    async def reach() -> None:  # any node of a cluster will do
+        connection = await connect(url, "startup-probe")
         await connection.close()
 
     return Needed("rabbitmq", ", ".join(hosts_of(url)), reach)

@@ -16,6 +16,9 @@ it. Declaring needs the broker's *configure* permission on every name, which a s
 holding least privilege does not have: with ``AMQP_DECLARE_TOPOLOGY=false`` it only
 checks (passively) that what it uses exists, and the topology comes from
 ``deploy/rabbitmq/definitions.json`` or ``paylane topology`` run by the admin identity.
+
+Every queue and the stream ask for :data:`REPLICAS` replicas when they are created, which
+a cluster gives (docs/operations.md, "A RabbitMQ cluster").
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TypeVar
 
 import aio_pika
 import aiormq
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from pamqp.common import Arguments
 
@@ -39,8 +43,16 @@ RETRY_DELAYS_S: tuple[float, ...] = (1, 2, 4, 8, 16, 30)
 LOG_STREAM = "paylane.log"
 LOG_STREAM_MAX_AGE = "7D"
 DLQ_DELIVERY_LIMIT = 1_000_000
+#: Replicas of every queue and of the stream, on as many nodes, chosen when it is created:
+#: a quorum queue (and the stream) stays available while a majority of them is up, so three
+#: survive the loss of any one node. A cluster of fewer nodes gives one a node (a single
+#: broker: one); more replicas later: ``rabbitmq-queues grow``.
+REPLICAS = 3
+QUORUM_REPLICATION = "x-quorum-initial-group-size"
+STREAM_REPLICATION = "x-initial-cluster-size"
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class QueueSpec:
     def arguments(self) -> Arguments:
         return {
             "x-queue-type": "quorum",
+            QUORUM_REPLICATION: REPLICAS,
             "x-delivery-limit": self.delivery_limit,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": self.dlq,
@@ -84,17 +97,31 @@ class QueueSpec:
         # Explicit and huge: from RabbitMQ 4.0 quorum queues default to a delivery limit
         # of 20 and our DLQs have no dead-letter target, so peeking (dlq list, dry runs)
         # would otherwise silently drop dead letters.
-        return {"x-queue-type": "quorum", "x-delivery-limit": DLQ_DELIVERY_LIMIT}
+        return {
+            "x-queue-type": "quorum",
+            QUORUM_REPLICATION: REPLICAS,
+            "x-delivery-limit": DLQ_DELIVERY_LIMIT,
+        }
 
     def retry_arguments(self, delay_s: float) -> Arguments:
         return {
             "x-queue-type": "quorum",
+            QUORUM_REPLICATION: REPLICAS,
             "x-message-ttl": round(delay_s * 1000),
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": self.name,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
+
+
+def log_stream_arguments() -> Arguments:
+    """The stream ``paylane.log``: replicated, events kept 7 days."""
+    return {
+        "x-queue-type": "stream",
+        STREAM_REPLICATION: REPLICAS,
+        "x-max-age": LOG_STREAM_MAX_AGE,
+    }
 
 
 def _delay_label(delay_s: float) -> str:
@@ -164,12 +191,10 @@ async def _existing(declaration: Awaitable[T], name: str) -> T:
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
     """Declare ``spec`` with its DLQ and retry queues, bound to the exchange."""
     exchange = await declare_exchange(channel)
-    await channel.declare_queue(spec.dlq, durable=True, arguments=spec.dlq_arguments())
+    await _declare(channel, spec.dlq, spec.dlq_arguments())
     for delay in spec.retry_delays_s:
-        await channel.declare_queue(
-            spec.retry_queue_for(delay), durable=True, arguments=spec.retry_arguments(delay)
-        )
-    queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments())
+        await _declare(channel, spec.retry_queue_for(delay), spec.retry_arguments(delay))
+    queue = await _declare(channel, spec.name, spec.arguments())
     for key in spec.routing_keys:
         await queue.bind(exchange, routing_key=key)
     return queue
@@ -178,11 +203,7 @@ async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQu
 async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
     """Declare the exchange, the log stream and every consumer queue."""
     exchange = await declare_exchange(channel)
-    stream = await channel.declare_queue(
-        LOG_STREAM,
-        durable=True,
-        arguments={"x-queue-type": "stream", "x-max-age": LOG_STREAM_MAX_AGE},
-    )
+    stream = await _declare(channel, LOG_STREAM, log_stream_arguments())
     for key in LOG_KEYS:
         await stream.bind(exchange, routing_key=key)
     # Unbinding what is not bound is a no-op for RabbitMQ: safe on every start.
@@ -190,3 +211,38 @@ async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
     for spec in QUEUES:
         await declare_queue(channel, spec)
     return exchange
+
+
+async def _declare(channel: AbstractChannel, name: str, arguments: Arguments) -> AbstractQueue:
+    """A durable queue with ``arguments``; one created before paylane asked for replicas
+    keeps the replicas it has, and is declared without asking."""
+    if await _replication_refused(channel, name, arguments):
+        arguments = {
+            k: v
+            for k, v in (arguments or {}).items()
+            if k not in (QUORUM_REPLICATION, STREAM_REPLICATION)
+        }
+    return await channel.declare_queue(name, durable=True, arguments=arguments)
+
+
+async def _replication_refused(channel: AbstractChannel, name: str, arguments: Arguments) -> bool:
+    """Whether the broker holds ``name`` with other replication arguments: it compares them
+    on redeclaration (``PRECONDITION_FAILED``, checked on RabbitMQ 3.10), and fixes them
+    when the queue is created. Asked on a channel of its own, which the refusal closes."""
+    underlay = await channel.get_underlay_channel()
+    probe = await underlay.connection.channel(publisher_confirms=False)
+    try:
+        await probe.queue_declare(name, durable=True, arguments=arguments)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        refused = next(
+            (key for key in (QUORUM_REPLICATION, STREAM_REPLICATION) if f"'{key}'" in str(exc)),
+            None,
+        )
+        if refused is None:
+            raise  # another argument differs: the declaration itself says which
+        log.warning("queue_replication_unchanged", queue=name, argument=refused, asked=REPLICAS)
+        return True
+    finally:
+        if not probe.is_closed:
+            await probe.close()
+    return False
