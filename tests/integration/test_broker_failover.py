@@ -16,6 +16,7 @@ import pytest
 from paylane_common import amqp
 from paylane_common.consumer import Consumer
 from paylane_common.events import Envelope
+from paylane_common.outages import Dependency
 from paylane_common.publisher import Publisher
 from paylane_common.topology import QueueSpec
 from tests.support.events import order_paid
@@ -83,7 +84,7 @@ async def test_no_host_answering_fails_the_first_connection_naming_each(
 
 
 async def test_a_lost_connection_moves_to_the_next_host_and_round_again(
-    infra: Infra, vhost: str, proxy: FaultProxy
+    infra: Infra, vhost: str, proxy: FaultProxy, database: Dependency
 ) -> None:
     broker = f"{infra.amqp_host}:{infra.amqp_port}"
     connection = await amqp.connect(_hosts_url(infra, vhost, proxy.port, broker), "failover")
@@ -114,7 +115,7 @@ async def test_a_lost_connection_moves_to_the_next_host_and_round_again(
             while await received.get() != event.event_id:
                 pass
 
-    consumer = Consumer(connection, publisher, spec, handler)
+    consumer = Consumer(connection, publisher, spec, handler, database=database)
     await consumer.start()
     try:
         await delivered_through(f"127.0.0.1:{proxy.port}")
