@@ -21,6 +21,8 @@ log = structlog.get_logger(__name__)
 #: Between whole URLs: whitespace (never part of a URL), or a comma before a scheme.
 _URL_SEPARATOR = re.compile(r"\s+|,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 RECONNECT_INTERVAL_S = 1.0
+#: Connecting to one node (TCP, AMQP handshake) may take this long.
+CONNECT_TIMEOUT_S = 5.0
 
 
 def broker_urls(url: str) -> tuple[str, ...]:
@@ -120,13 +122,18 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
             client_properties={"connection_name": f"paylane-{name}"},
         )
         try:
-            await connection.connect()
+            # aio-pika keeps the timeout for every reconnection too: a node that drops
+            # packets costs this long, not the kernel's two minutes, before the next.
+            await connection.connect(timeout=CONNECT_TIMEOUT_S)
             return connection
-        except CONNECTION_EXCEPTIONS as exc:
+        except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
             await connection.close()
             if len(urls) == 1:
                 raise
             failures.append(f"{host_of(urls[start])}: {exc or type(exc).__name__}")
+        except BaseException:  # cancelled (a start-up probe's own timeout): nothing left open
+            await asyncio.shield(connection.close())
+            raise
     raise ConnectionError(f"no broker answered ({'; '.join(failures)})")
 
 

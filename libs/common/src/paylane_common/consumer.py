@@ -120,6 +120,7 @@ class Consumer:
         self._in_flight: set[asyncio.Task[None]] = set()
         #: Set while an outage pauses it: the task that takes deliveries again.
         self._resuming: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def paused(self) -> bool:
@@ -131,6 +132,7 @@ class Consumer:
             raise NotReady(f"paused, {self._database.reason or 'resuming'}")
 
     async def start(self) -> None:
+        self._stopping = False
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
         if self._declare:
@@ -145,6 +147,7 @@ class Consumer:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop taking messages, let in-flight ones finish (unacked ones are redelivered)."""
+        self._stopping = True  # a handler meeting an outage now does not pause (resume) it
         if self._resuming is not None:
             self._resuming.cancel()
             await asyncio.gather(self._resuming, return_exceptions=True)
@@ -164,7 +167,7 @@ class Consumer:
 
     def pause(self) -> None:
         """Stop taking deliveries until the database is back (see the module doc)."""
-        if self._resuming is None:
+        if self._resuming is None and not self._stopping:
             log.error("consumer_paused", queue=self.spec.name, reason=self._database.reason)
             metrics.CONSUMER_PAUSED.labels(self.spec.name).set(1)
             self._resuming = asyncio.create_task(

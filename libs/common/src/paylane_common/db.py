@@ -15,6 +15,8 @@ from .settings import MySQLParams
 DUPLICATE_KEY = 1062
 #: ER_OPTION_PREVENTS_STATEMENT: what a read-only server answers a write.
 READ_ONLY = 1290
+#: What a read-only server answers a write (--read-only, a read-only transaction, mode).
+READ_ONLY_CODES = frozenset({READ_ONLY, 1792, 1836})
 #: A rollback taking longer means the connection is not worth keeping.
 ROLLBACK_TIMEOUT_S = 5.0
 _ISOLATION_LEVELS = frozenset(
@@ -82,7 +84,11 @@ async def _abandon(conn: aiomysql.Connection, exc: BaseException) -> None:
     statement, e.g. by a handler's timeout against a stalled server), close it: the
     server rolls back a transaction whose connection is gone. A rollback that does not
     come back within ``ROLLBACK_TIMEOUT_S`` closes it too."""
-    if isinstance(exc, asyncio.CancelledError | TimeoutError) or conn.closed:
+    code = exc.args[0] if isinstance(exc, pymysql.err.MySQLError) and exc.args else None
+    cut_off = isinstance(exc, asyncio.CancelledError | TimeoutError)
+    if cut_off or conn.closed or code in READ_ONLY_CODES:
+        # (A read-only answer: this connection reached a demoted primary; a new one may
+        # reach the new primary.)
         conn.close()
         return
     try:
@@ -93,21 +99,44 @@ async def _abandon(conn: aiomysql.Connection, exc: BaseException) -> None:
 
 
 async def ping(pool: aiomysql.Pool, timeout: float = 2.0, *, writable: bool = False) -> None:
-    """Raises unless the database answers within ``timeout`` (and, with ``writable``,
-    accepts writes: a failed-over primary turned read-only does not)."""
+    """Raises unless the database answers within ``timeout`` on a pooled connection (and,
+    with ``writable``, accepts writes: a failed-over primary turned read-only does not)."""
     async with asyncio.timeout(timeout):
         conn = await pool.acquire()
     try:
-        async with asyncio.timeout(timeout):
-            async with conn.cursor() as cur:
-                await cur.execute("SELECT @@global.read_only")
-                (read_only,) = await cur.fetchone()
-            await conn.rollback()
+        await _check(conn, timeout, writable)
     except BaseException:
-        conn.close()  # it may be stuck mid-statement: never handed out again
+        conn.close()  # stuck mid-statement, or on a read-only server: never handed out again
         raise
     finally:
         await pool.release(conn)
+
+
+async def probe(url: str, timeout: float = 2.0, *, writable: bool = False) -> None:
+    """As :func:`ping`, on a connection of its own: a pool busy with work (every
+    connection taken) must not look like a database that is down."""
+    params = MySQLParams.from_url(url)
+    async with asyncio.timeout(timeout):
+        conn = await aiomysql.connect(
+            host=params.host,
+            port=params.port,
+            user=params.user,
+            password=params.password,
+            db=params.database,
+            connect_timeout=timeout,
+        )
+    try:
+        await _check(conn, timeout, writable)
+    finally:
+        conn.close()
+
+
+async def _check(conn: aiomysql.Connection, timeout: float, writable: bool) -> None:
+    async with asyncio.timeout(timeout):
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT @@global.read_only")
+            (read_only,) = await cur.fetchone()
+        await conn.rollback()
     if writable and read_only:
         # As the server answers a write: a replica, or a primary being failed over.
         raise pymysql.err.OperationalError(READ_ONLY, "the server is read-only (read_only=ON)")

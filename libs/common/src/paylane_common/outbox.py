@@ -132,7 +132,8 @@ class OutboxRelay(BackgroundLoop):
                 )
             if published >= self._batch_size:
                 continue
-            wait_s = min(self._poll_interval_s * 2**failures, MAX_FAILURE_WAIT_S)
+            # (The exponent capped: an outage of hours counts thousands of failures.)
+            wait_s = min(self._poll_interval_s * 2 ** min(failures, 16), MAX_FAILURE_WAIT_S)
             try:
                 await asyncio.wait_for(self._wakeup.wait(), wait_s)
             except TimeoutError:

@@ -54,6 +54,7 @@ class Publisher:
         self._closed = False
         self._connection = connection
         self._renewing = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
         self._channel_since = time.monotonic()
 
     @classmethod
@@ -158,8 +159,16 @@ class Publisher:
             )
             self._channel, self._channel_since = channel, time.monotonic()
         log.warning("publisher_channel_renewed", reason="nack")
+        # Closed once the publishes still waiting on it for confirms have had their time
+        # (closing it now would fail them though the broker may hold them).
+        closing = asyncio.create_task(self._close_later(nacked))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _close_later(self, channel: AbstractChannel) -> None:
+        await asyncio.sleep(self._timeout)
         with contextlib.suppress(Exception):
-            await nacked.close()
+            await channel.close()
 
 
 def envelope_message(

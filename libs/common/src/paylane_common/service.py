@@ -137,7 +137,7 @@ def use_mysql(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with db.create_pool(settings.mysql_url, maxsize=maxsize) as pool:
             app[DB_POOL] = pool
-            database = Dependency("mysql", partial(db.ping, pool, writable=writable))
+            database = Dependency("mysql", partial(db.probe, settings.mysql_url, writable=writable))
             app[DATABASE] = database
             app[READINESS_CHECKS]["mysql"] = database.check
             yield

@@ -131,8 +131,9 @@ class BillReport:
 
     @property
     def unconfirmed(self) -> bool:
-        """Part of the day WeChat Pay could not be asked about (a query failed)."""
-        return any(d.kind.endswith("_unconfirmed") for d in self.differences)
+        """Part of the day WeChat Pay could not be asked about, or what it answered could
+        not be settled (a query or a publish failed): the day is not done."""
+        return any(_unsettled(d) for d in self.differences)
 
     @property
     def bill_missing(self) -> bool:
@@ -527,6 +528,16 @@ class BillReconciler:
                 await cur.execute(f"{select} WHERE {key} IN ({marks})", chunk)
                 rows.update({r[key]: r for r in await cur.fetchall()})
         return rows
+
+
+def _unsettled(d: Difference) -> bool:
+    if d.kind.endswith("_unconfirmed"):
+        return True
+    # Paid at WeChat Pay, pending or failed here, and the settling query or publish
+    # failed; a refund WeChat Pay finished, pending here, likewise.
+    if d.kind == "paid_not_here":
+        return d.action == "alert"
+    return d.kind == "refund_state_differs" and d.action == "alert" and d.our_state == "pending"
 
 
 def _in(moment: datetime | None, start: datetime, end: datetime) -> bool:
