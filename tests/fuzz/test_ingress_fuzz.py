@@ -34,7 +34,8 @@ from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings
 from tests.support import hygiene
 
-pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
+# 10,000 requests: about a minute on a quiet 2-core machine, the budget allows for a busy one.
+pytestmark = [pytest.mark.integration, pytest.mark.fuzz, pytest.mark.timeout(300)]
 
 CASES = 10_000
 NOW = 1_763_780_000

@@ -75,10 +75,18 @@ def leaking_lines(paths: Iterable[Path]) -> dict[str, list[str]]:
     for path in dict.fromkeys(paths):  # a restarted service appends to the same file
         if not path.exists():
             continue
-        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        text = path.read_text(errors="replace")
+        if not _leaks_somewhere(text):  # one pass over the file; lines only if it leaks
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
             if leaked := leaks(line):
                 found[f"{path}:{number}"] = leaked
     return found
+
+
+def _leaks_somewhere(text: str) -> bool:
+    secrets = re.compile("|".join(re.escape(s) for s in sorted(SECRETS, key=len, reverse=True)))
+    return bool(SECRETS and secrets.search(text)) or any(p.search(text) for p in PATTERNS)
 
 
 def check_session_logs() -> None:
