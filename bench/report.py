@@ -159,8 +159,8 @@ def _bursts(burst: dict[str, Any]) -> list[str]:
         "",
         "| burst | acked/s paylane | baseline | ack p50 ms paylane | baseline | ack p99 ms"
         " paylane | baseline | p99 paylane ÷ baseline | non-2xx/errors paylane | baseline"
-        " | pushed (of wanted) | drained after last send s | backlog after burst"
-        " | load 1 min before/after |",
+        " | pushed (of wanted; WebSockets dropped) | drained after last send s"
+        " | backlog after burst | load 1 min before/after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rate in rates:
@@ -172,7 +172,8 @@ def _bursts(burst: dict[str, Any]) -> list[str]:
             f"| {rate}/s | {pa['rate_per_s']} | {ba['rate_per_s']} | {pa['p50_ms']} |"
             f" {ba['p50_ms']} | {pa['p99_ms']} | {ba['p99_ms']} | {ratio} |"
             f" {pa['non_2xx']}/{pa['errors']} | {ba['non_2xx']}/{ba['errors']} |"
-            f" {p['pushed']} ({p['pushes_wanted']}) | {p['drain_after_last_send_s']} |"
+            f" {p['pushed']} ({p['pushes_wanted']}; {p.get('websocket_drops', '?')} drops) |"
+            f" {p['drain_after_last_send_s']} |"
             f" {p['backlog_after_burst']} | {loads} |"
         )
     return lines

@@ -43,10 +43,13 @@ PUSHES = ("order.paid", "entitlement.granted")
 
 
 class PushWatcher:
-    """One WebSocket per user; records when each order's pushes arrive."""
+    """One WebSocket per user; records when each order's pushes arrive. A socket the
+    notifier closes is reopened, as an app would (``drops`` counts them: pushes sent
+    meanwhile are lost, and the wait for them times out)."""
 
     def __init__(self) -> None:
         self.arrived: dict[tuple[str, str], float] = {}
+        self.drops = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._wanted: set[tuple[str, str]] = set()
         self._all_in = asyncio.Event()
@@ -54,17 +57,30 @@ class PushWatcher:
     async def connect(self, http: aiohttp.ClientSession, url: str, users: list[str]) -> None:
         ready = []
         for user in users:
-            token = issue_client_token(setup.TOKEN_SECRET, user)
-            ws = await http.ws_connect(f"{url}/ws?token={token}", heartbeat=30)
             first = asyncio.get_running_loop().create_future()
-            self._tasks.append(asyncio.create_task(self._read(ws, first)))
+            self._tasks.append(asyncio.create_task(self._follow(http, url, user, first)))
             ready.append(first)
         await asyncio.gather(*ready)  # the snapshot arrived: subscribed
+
+    async def _follow(
+        self, http: aiohttp.ClientSession, url: str, user: str, first: asyncio.Future[None]
+    ) -> None:
+        token = issue_client_token(setup.TOKEN_SECRET, user)
+        while True:
+            try:
+                ws = await http.ws_connect(f"{url}/ws?token={token}", heartbeat=30)
+            except aiohttp.ClientError:
+                await asyncio.sleep(1)
+                continue
+            await self._read(ws, first)
+            self.drops += 1
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, first: asyncio.Future[None]) -> None:
         async for message in ws:
             if not first.done():
                 first.set_result(None)
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue
             push = json.loads(message.data)
             if push.get("out_trade_no"):
                 key = (push["out_trade_no"], push["type"])
@@ -383,7 +399,8 @@ async def _burst_paylane(
     acks = await open_loop(url, signed, rate)
     backlog = setup.queue_depths(env)
     wanted = [(no, push) for no, _ in orders for push in PUSHES]
-    await watcher.wait_for(wanted, timeout=600)
+    drops = watcher.drops
+    await watcher.wait_for(wanted, timeout=300)
     meter.stop()
     arrived = [watcher.arrived[key] for key in wanted if key in watcher.arrived]
     last_send = start + (len(orders) - 1) / rate
@@ -392,6 +409,7 @@ async def _burst_paylane(
         "orders": len(orders),
         "pushed": len(arrived),
         "pushes_wanted": len(wanted),
+        "websocket_drops": watcher.drops - drops,
         "backlog_after_burst": {
             q: backlog.get(q, 0) for q in ("order.payments", "entitlement.orders")
         },
