@@ -375,7 +375,9 @@ async def bursts(
             count = rate * seconds
             mine = await setup.create_orders(pool, users, count, f"BP{rate}")
             theirs = await setup.create_orders(pool, users, count, f"BB{rate}")
-            signed, signed_b = _notifications(env, mine), _notifications(env, theirs)
+            # Signed in worker processes, off the loop: the watcher answers its pings meanwhile.
+            signed = await asyncio.to_thread(_notifications, env, mine)
+            signed_b = await asyncio.to_thread(_notifications, env, theirs)
             await _quiesce(env)
             out[f"paylane_{rate}"] = await _burst_paylane(stack, env, watcher, mine, signed, rate)
             await _quiesce(env)
