@@ -20,7 +20,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']};"
         f" RabbitMQ {m.get('rabbitmq', '?')}; MariaDB {m.get('mariadb', '?')}. {m['note']}."
         + wake_note
-        + (" QUICK RUN: smoke numbers only." if results.get("quick") else ""),
+        + (" QUICK RUN: smoke numbers only." if results.get("quick") else "")
+        + _load_note(results),
         "",
         "| scenario | offered | acked/s | ack p50 ms | ack p95 ms | ack p99 ms | non-2xx/errors |",
         "|---|---|---|---|---|---|---|",
@@ -70,6 +71,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f" {r['notify_to_push_p99_ms']} | {r['granted_p99_ms']} |"
                 f" {r['drain_after_last_send_s']} | {r['backlog_growth']} | {r['rss_mib']} |"
             )
+    lines += _bursts(results.get("burst", {}))
     lines += _cpu_tables(results)
     ratios = []
     for rate, who in ((r, w) for w in ("paylane", "paylane_nice_consumers") for r in (200, 500)):
@@ -93,10 +95,88 @@ def markdown(results: dict[str, Any]) -> str:
         )
     if ratios:
         lines += ["", *[f"- {r}" for r in ratios]]
-    return "\n".join(lines)
+    return "\n".join(_without_empty_tables(lines))
 
 
-PROCESSES = ("ingress", "ingress-2", "order", "entitlement", "notifier", "rabbitmq", "mariadb")
+def _without_empty_tables(lines: list[str]) -> list[str]:
+    """The lines without the tables that have no rows (the phases a run left out)."""
+    kept: list[str] = []
+    i = 0
+    while i < len(lines):
+        header = lines[i : i + 2]
+        if len(header) == 2 and header[0].startswith("| ") and header[1].startswith("|---"):
+            rows = lines[i + 2 : i + 3]
+            if not rows or not rows[0].startswith("| "):
+                if kept and not kept[-1]:
+                    kept.pop()  # the blank line before it
+                i += 2
+                continue
+        kept.append(lines[i])
+        i += 1
+    return kept
+
+
+PROCESSES = (
+    "ingress",
+    "ingress-2",
+    "order",
+    "entitlement",
+    "notifier",
+    "baseline",
+    "rabbitmq",
+    "mariadb",
+)
+#: The issue's targets for CPU per payment at saturation (µs, all processes / RabbitMQ).
+CPU_TARGET_TOTAL_US, CPU_TARGET_RABBITMQ_US = 2500, 600
+RATES = (1000, 1500)
+
+
+def _load_note(results: dict[str, Any]) -> str:
+    """The machine's load averages when the run started and ended (a shared machine)."""
+    load = results.get("load", {})
+    if not load:
+        return ""
+    return (
+        " Load average (1/5/15 min): "
+        + ", ".join(f"{when} {'/'.join(str(v) for v in values)}" for when, values in load.items())
+        + "."
+    )
+
+
+def _bursts(burst: dict[str, Any]) -> list[str]:
+    """paylane at its default start against the inline baseline, burst by burst, from the
+    same run: the acknowledgement, then how long paylane took to grant and push it all."""
+    rates = [r for r in RATES if f"paylane_{r}" in burst and f"baseline_{r}" in burst]
+    if not rates:
+        return []
+    lines = [
+        "",
+        f"Bursts: {burst['seconds']} s of fresh orders' notifications, open loop; paylane as"
+        " `make run` starts it (the Procfile: consumers at `nice 10`)"
+        + (f", consumers with {burst['consumer_env']}" if burst.get("consumer_env") else "")
+        + ", then the inline baseline at the same rate. paylane ÷ baseline < 1: paylane is"
+        " faster.",
+        "",
+        "| burst | acked/s paylane | baseline | ack p50 ms paylane | baseline | ack p99 ms"
+        " paylane | baseline | p99 paylane ÷ baseline | non-2xx/errors paylane | baseline"
+        " | pushed (of wanted; WebSockets dropped) | drained after last send s"
+        " | backlog after burst | load 1 min before/after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        p, b = burst[f"paylane_{rate}"], burst[f"baseline_{rate}"]
+        pa, ba = p["acks"], b["acks"]
+        ratio = f"{pa['p99_ms'] / ba['p99_ms']:.2f}" if ba["p99_ms"] else "?"
+        loads = f"{p['load'][0][0]}/{p['load'][1][0]}, {b['load'][0][0]}/{b['load'][1][0]}"
+        lines.append(
+            f"| {rate}/s | {pa['rate_per_s']} | {ba['rate_per_s']} | {pa['p50_ms']} |"
+            f" {ba['p50_ms']} | {pa['p99_ms']} | {ba['p99_ms']} | {ratio} |"
+            f" {pa['non_2xx']}/{pa['errors']} | {ba['non_2xx']}/{ba['errors']} |"
+            f" {p['pushed']} ({p['pushes_wanted']}; {p.get('websocket_drops', '?')} drops) |"
+            f" {p['drain_after_last_send_s']} |"
+            f" {p['backlog_after_burst']} | {loads} |"
+        )
+    return lines
 
 
 def _cpu_tables(results: dict[str, Any]) -> list[str]:
@@ -144,6 +224,12 @@ def _cpu_tables(results: dict[str, Any]) -> list[str]:
                 ", nice" if key.startswith("prio") else ""
             )
             rows.append((label, r["acks"]["rate_per_s"], r["cpu"]))
+    burst = results.get("burst", {})
+    for rate in RATES:
+        for who in ("paylane", "baseline"):
+            if f"{who}_{rate}" in burst:
+                r = burst[f"{who}_{rate}"]
+                rows.append((f"burst {rate}/s, {who}", r["acks"]["rate_per_s"], r["cpu"]))
     if rows:
         lines += [
             "",
@@ -163,6 +249,14 @@ def _cpu_tables(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {label} | {rate} | {cells} | {per.get('bench', '')} | {per['total']} |"
                 f" {budget} | {m['user']}/{m['kernel']}/{m['idle']}/{m['steal']} |"
+            )
+    for rate in RATES:
+        if f"paylane_{rate}" in burst:
+            per = burst[f"paylane_{rate}"]["cpu"]["cpu_us_per_unit"]
+            lines.append(
+                f"\nAt saturation (paylane, burst {rate}/s, first send to last push): "
+                f"{per['total']} µs per payment in total (target ≤ {CPU_TARGET_TOTAL_US}),"
+                f" RabbitMQ {per.get('rabbitmq', '?')} µs (target ≤ {CPU_TARGET_RABBITMQ_US})."
             )
     return lines
 

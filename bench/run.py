@@ -1,7 +1,9 @@
 """``make bench``: paylane under load on one machine, against the inline baseline.
 
 Prints a markdown table, writes ``bench-results/results.json`` and ``latency.png``.
-``--quick`` runs every phase briefly (a smoke run, not numbers to quote).
+``--quick`` runs every phase briefly (a smoke run, not numbers to quote); ``--only``
+runs some phases (``--only burst`` is the issue's side-by-side run and the CPU per payment
+at saturation).
 """
 
 from __future__ import annotations
@@ -33,13 +35,21 @@ from .presign import presign, transaction
 
 OUT = Path("bench-results")
 BASELINE = [sys.executable, "-m", "bench.baseline"]
+PHASES = ("wakeups", "ingress", "floor", "e2e", "baseline", "burst")
+CONSUMERS = ("order", "entitlement", "notifier")
+#: A payment is done when both its pushes have arrived (one entitlement.granted event
+#: carries both to the notifier).
+PUSHES = ("order.paid", "entitlement.granted")
 
 
 class PushWatcher:
-    """One WebSocket per user; records when each order's pushes arrive."""
+    """One WebSocket per user; records when each order's pushes arrive. A socket the
+    notifier closes is reopened, as an app would (``drops`` counts them: pushes sent
+    meanwhile are lost, and the wait for them times out)."""
 
     def __init__(self) -> None:
         self.arrived: dict[tuple[str, str], float] = {}
+        self.drops = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._wanted: set[tuple[str, str]] = set()
         self._all_in = asyncio.Event()
@@ -47,17 +57,30 @@ class PushWatcher:
     async def connect(self, http: aiohttp.ClientSession, url: str, users: list[str]) -> None:
         ready = []
         for user in users:
-            token = issue_client_token(setup.TOKEN_SECRET, user)
-            ws = await http.ws_connect(f"{url}/ws?token={token}", heartbeat=30)
             first = asyncio.get_running_loop().create_future()
-            self._tasks.append(asyncio.create_task(self._read(ws, first)))
+            self._tasks.append(asyncio.create_task(self._follow(http, url, user, first)))
             ready.append(first)
         await asyncio.gather(*ready)  # the snapshot arrived: subscribed
+
+    async def _follow(
+        self, http: aiohttp.ClientSession, url: str, user: str, first: asyncio.Future[None]
+    ) -> None:
+        token = issue_client_token(setup.TOKEN_SECRET, user)
+        while True:
+            try:
+                ws = await http.ws_connect(f"{url}/ws?token={token}", heartbeat=30)
+            except aiohttp.ClientError:
+                await asyncio.sleep(1)
+                continue
+            await self._read(ws, first)
+            self.drops += 1
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, first: asyncio.Future[None]) -> None:
         async for message in ws:
             if not first.done():
                 first.set_result(None)
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue
             push = json.loads(message.data)
             if push.get("out_trade_no"):
                 key = (push["out_trade_no"], push["type"])
@@ -190,7 +213,7 @@ def _notifications(env: setup.BenchEnv, orders: list[tuple[str, str]]) -> list[A
 
 
 async def _restart_consumers(stack: Stack, prefix: list[str]) -> None:
-    for name in ("order", "entitlement", "notifier"):
+    for name in CONSUMERS:
         await stack.stop(name)
         await stack.start(name, argv=[*prefix, sys.executable, "-m", "paylane.cli", "serve", name])
 
@@ -321,28 +344,128 @@ async def baseline_vs_paylane(
     return out
 
 
-async def main(quick: bool) -> int:
+async def _default_consumers(stack: Stack, extra_env: dict[str, str]) -> None:
+    """The consumers (re)started as ``make run`` starts them (the Procfile), with
+    ``extra_env`` (a candidate setting under test, e.g. ``CONSUMER_PREFETCH``)."""
+    for name in CONSUMERS:
+        if name in stack.services:
+            await stack.stop(name)
+        await stack.start(name, extra_env, argv=setup.procfile_argv(name))
+
+
+async def bursts(
+    stack: Stack, env: setup.BenchEnv, pool: Any, quick: bool, consumer_env: dict[str, str]
+) -> dict[str, Any]:
+    """The issue's side-by-side run: a burst of fresh orders' notifications at 1,000/s and
+    at 1,500/s (open loop), paylane at its default start, then the inline baseline at the
+    same rate; for paylane, the drain: until every payment is granted and both its pushes
+    have arrived. CPU by process from the first send until the last push (paylane) or the
+    last answer (baseline): the burst is beyond what the machine sustains end to end, so
+    this is the cost per payment at saturation."""
+    seconds = 5 if quick else 30
+    users = await add_users(pool, 100)
+    await setup.create_orders(pool, users, len(users), "BWARM")  # the snapshot on connect
+    await _default_consumers(stack, consumer_env)
+    baseline = await stack.start("baseline", env.service_env(), argv=BASELINE)
+    out: dict[str, Any] = {"seconds": seconds, "consumer_env": consumer_env}
+    async with aiohttp.ClientSession() as http:
+        watcher = PushWatcher()
+        await watcher.connect(http, stack.services["notifier"].url, users)
+        for rate in (1000, 1500):
+            count = rate * seconds
+            mine = await setup.create_orders(pool, users, count, f"BP{rate}")
+            theirs = await setup.create_orders(pool, users, count, f"BB{rate}")
+            # Signed in worker processes, off the loop: the watcher answers its pings meanwhile.
+            signed = await asyncio.to_thread(_notifications, env, mine)
+            signed_b = await asyncio.to_thread(_notifications, env, theirs)
+            await _quiesce(env)
+            out[f"paylane_{rate}"] = await _burst_paylane(stack, env, watcher, mine, signed, rate)
+            await _quiesce(env)
+            out[f"baseline_{rate}"] = await _burst_baseline(stack, baseline.url, signed_b, rate)
+        await watcher.close()
+    await stack.stop("baseline")
+    return out
+
+
+async def _burst_paylane(
+    stack: Stack,
+    env: setup.BenchEnv,
+    watcher: PushWatcher,
+    orders: list[tuple[str, str]],
+    signed: list[Any],
+    rate: int,
+) -> dict[str, Any]:
+    url = f"{stack.services['ingress'].url}/notify/wechatpay"
+    load_before, start = setup.load(), time.perf_counter()
+    meter = _meter(stack).start()
+    acks = await open_loop(url, signed, rate)
+    backlog = setup.queue_depths(env)
+    wanted = [(no, push) for no, _ in orders for push in PUSHES]
+    drops = watcher.drops
+    await watcher.wait_for(wanted, timeout=300)
+    meter.stop()
+    arrived = [watcher.arrived[key] for key in wanted if key in watcher.arrived]
+    last_send = start + (len(orders) - 1) / rate
+    return {
+        "acks": acks.summary(),
+        "orders": len(orders),
+        "pushed": len(arrived),
+        "pushes_wanted": len(wanted),
+        "websocket_drops": watcher.drops - drops,
+        "backlog_after_burst": {
+            q: backlog.get(q, 0) for q in ("order.payments", "entitlement.orders")
+        },
+        "drain_after_last_send_s": round(max(arrived, default=last_send) - last_send, 2),
+        "cpu": meter.summary(len(orders)),
+        "load": [load_before, setup.load()],
+    }
+
+
+async def _burst_baseline(stack: Stack, url: str, signed: list[Any], rate: int) -> dict[str, Any]:
+    """The baseline answers once its transaction committed: an ack is a payment done."""
+    load_before = setup.load()
+    meter = _meter(stack).start()
+    acks = await open_loop(f"{url}/notify/wechatpay", signed, rate)
+    meter.stop()
+    return {
+        "acks": acks.summary(),
+        "cpu": meter.summary(len(signed)),
+        "load": [load_before, setup.load()],
+    }
+
+
+async def main(quick: bool, only: set[str], consumer_env: dict[str, str]) -> int:
     await asyncio.to_thread(OUT.mkdir, exist_ok=True)
     env = setup.create()
-    results: dict[str, Any] = {"machine": setup.machine(), "quick": quick}
-    results["machine"]["loopback_round_trip_cpu_us"] = await wakeups.measure(1 if quick else 3)
+    results: dict[str, Any] = {"machine": setup.machine(), "quick": quick, "phases": sorted(only)}
+    results["load"] = {"start": setup.load()}
+    if "wakeups" in only:
+        results["machine"]["loopback_round_trip_cpu_us"] = await wakeups.measure(1 if quick else 3)
     stack = Stack(env.service_env(), OUT)
     try:
         await stack.start("ingress")
-        results["ingress_alone"] = await ingress_alone(stack, env, quick)
-        results["broker_floor"] = await brokerfloor.measure(
-            env.amqp_url, env.wechat.appid, env.wechat.mchid, 2 if quick else 5
-        )
+        if "ingress" in only:
+            results["ingress_alone"] = await ingress_alone(stack, env, quick)
+        if "floor" in only:
+            results["broker_floor"] = await brokerfloor.measure(
+                env.amqp_url, env.wechat.appid, env.wechat.mchid, 2 if quick else 5
+            )
         # What ingress alone published names no order: the consumers must not start on it.
         await _purged(env, "order.payments")
         async with db.create_pool(env.mysql_url, maxsize=4) as pool:
-            for name in ("order", "entitlement", "notifier"):
-                await stack.start(name)
-            results["end_to_end"] = await end_to_end(stack, env, pool, quick)
-            results["baseline"] = await baseline_vs_paylane(stack, env, pool, quick)
+            if only & {"e2e", "baseline"}:
+                for name in CONSUMERS:  # at equal priority: these phases set it themselves
+                    await stack.start(name)
+            if "e2e" in only:
+                results["end_to_end"] = await end_to_end(stack, env, pool, quick)
+            if "baseline" in only:
+                results["baseline"] = await baseline_vs_paylane(stack, env, pool, quick)
+            if "burst" in only:
+                results["burst"] = await bursts(stack, env, pool, quick, consumer_env)
     finally:
         await stack.stop_all()
         await asyncio.to_thread(setup.destroy, env)
+    results["load"]["end"] = setup.load()
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     print(report.markdown(results))
     report.plot(results, OUT / "latency.png")
@@ -353,9 +476,25 @@ async def main(quick: bool) -> int:
 def cli() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument(
+        "--only",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run (default: all of {','.join(PHASES)})",
+    )
+    parser.add_argument(
+        "--consumer-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the consumers in the burst phase (a candidate to measure)",
+    )
     args = parser.parse_args()
+    only = {phase.strip() for phase in args.only.split(",") if phase.strip()}
+    if unknown := only - set(PHASES):
+        parser.error(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
+    consumer_env = dict(item.split("=", 1) for item in args.consumer_env)
     os.environ.setdefault("LOG_FORMAT", "json")
-    sys.exit(uvloop.run(main(args.quick)))
+    sys.exit(uvloop.run(main(args.quick, only, consumer_env)))
 
 
 if __name__ == "__main__":

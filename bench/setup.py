@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiomysql
@@ -17,6 +21,7 @@ from tests.support.seeding import add_orders
 from tests.support.wechat import FakeWechat
 
 TOKEN_SECRET = "bench-client-token-secret-of-32-bytes!"
+PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 
 
 @dataclass
@@ -98,6 +103,24 @@ async def create_orders(
     return orders
 
 
+def procfile_argv(name: str) -> list[str]:
+    """How ``make run`` starts ``name`` (the Procfile's line, e.g. ``nice -n 10 paylane serve
+    order``), with ``paylane`` run by this interpreter: the bench's default start is the
+    developer's, so a priority given there is measured here."""
+    for line in PROCFILE.read_text().splitlines():
+        key, _, command = line.partition(":")
+        if key.strip() == name and not line.lstrip().startswith("#"):
+            words = shlex.split(command)
+            at = words.index("paylane")
+            return [*words[:at], sys.executable, "-m", "paylane.cli", *words[at + 1 :]]
+    raise KeyError(f"{name} is not in {PROCFILE.name}")
+
+
+def load() -> list[float]:
+    """The machine's load averages (1, 5, 15 min): other work on a shared machine."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -114,8 +137,6 @@ def machine() -> dict[str, Any]:
                 mem_kb = int(line.split()[1])
     except OSError:
         pass
-    import os
-
     versions = {}
     for name, cmd in {
         "rabbitmq": ["rabbitmqctl", "version"],

@@ -35,6 +35,8 @@ SERVICES = {"ingress": 8080, "order": 8081, "entitlement": 8082, "notifier": 808
 #: ingress's /readyz and /metrics: never on its internet-facing port.
 INGRESS_ADMIN_PORT = 9080
 USES_MYSQL = ("order", "entitlement", "notifier")
+#: Kinds without a namespace: the overlay's namespace does not apply.
+CLUSTER_SCOPED = {"Namespace", "PriorityClass"}
 PERMISSIONS = json.loads((DEPLOY / "rabbitmq" / "permissions.json").read_text())
 #: Variables that hold credentials: never a literal value, only a secret reference or a
 #: ``*_FILE`` path. (``WECHATPAY_PUBLIC_KEY_ID`` ends in ``_ID``: an identifier, not secret.)
@@ -394,6 +396,35 @@ def test_ingress_autoscales_on_cpu(overlay: list[dict[str, Any]]) -> None:
     assert "replicas" not in by_kind(overlay, "Deployment")["ingress"]["spec"]
 
 
+def _cpu(quantity: str) -> float:
+    """A Kubernetes CPU quantity in cores ("500m", "2")."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_ingress_first(overlay: list[dict[str, Any]]) -> None:
+    """On a busy node ingress comes before the consumers: scheduled and kept first (a
+    higher PriorityClass), and a larger share of the CPU (its request, the cgroup weight)."""
+    classes = by_kind(overlay, "PriorityClass")
+    assert set(classes) == {"paylane-ingress", "paylane-consumers"}
+    assert "namespace" not in classes["paylane-ingress"]["metadata"]  # cluster-scoped
+    assert classes["paylane-ingress"]["value"] > classes["paylane-consumers"]["value"]
+    assert not any(c["globalDefault"] for c in classes.values())
+    assert classes["paylane-consumers"]["preemptionPolicy"] == "Never"
+    deployments = by_kind(overlay, "Deployment")
+
+    def pod(name: str) -> dict[str, Any]:
+        spec: dict[str, Any] = deployments[name]["spec"]["template"]["spec"]
+        return spec
+
+    def cpu_request(name: str) -> float:
+        return _cpu(pod(name)["containers"][0]["resources"]["requests"]["cpu"])
+
+    assert pod("ingress")["priorityClassName"] == "paylane-ingress"
+    for consumer in USES_MYSQL:
+        assert pod(consumer)["priorityClassName"] == "paylane-consumers", consumer
+        assert cpu_request("ingress") >= 4 * cpu_request(consumer), consumer
+
+
 def test_network_policies(overlay: list[dict[str, Any]]) -> None:
     policies = by_kind(overlay, "NetworkPolicy")
     deny = policies["default-deny-ingress"]["spec"]
@@ -429,7 +460,7 @@ def test_migration_job(overlay: list[dict[str, Any]]) -> None:
 
 def test_overlay_sets_namespace_replicas_and_patches(overlay: list[dict[str, Any]]) -> None:
     for doc in overlay:
-        if doc["kind"] != "Namespace":
+        if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"]["namespace"] == "paylane", doc["metadata"]["name"]
     deployments = by_kind(overlay, "Deployment")
     assert {n: d["spec"].get("replicas") for n, d in deployments.items()} == {
