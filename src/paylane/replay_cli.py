@@ -173,14 +173,21 @@ def _replay_dlq(args: argparse.Namespace) -> int:
     return _run(work)
 
 
-def _replay_log(args: argparse.Namespace) -> int:
+def _window(args: argparse.Namespace) -> tuple[datetime, datetime | None] | None:
+    """``--since`` / ``--until`` as times; None (said on stderr) when one does not parse."""
     now = datetime.now(UTC)
     try:
-        since = parse_when(args.since, now)
-        until = parse_when(args.until, now) if args.until else None
+        return parse_when(args.since, now), parse_when(args.until, now) if args.until else None
     except ValueError as exc:
         print(f"paylane: {exc}", file=sys.stderr)
+        return None
+
+
+def _replay_log(args: argparse.Namespace) -> int:
+    window = _window(args)
+    if window is None:
         return 2
+    since, until = window
 
     async def work(connection: AbstractRobustConnection) -> int:
         summary = await _tracked(
@@ -218,13 +225,10 @@ def _print_window(
 
 
 def _replay_outbox(args: argparse.Namespace) -> int:
-    now = datetime.now(UTC)
-    try:
-        since = parse_when(args.since, now)
-        until = parse_when(args.until, now) if args.until else None
-    except ValueError as exc:
-        print(f"paylane: {exc}", file=sys.stderr)
+    window = _window(args)
+    if window is None:
         return 2
+    since, until = window
     settings = command_settings(BaseServiceSettings)
 
     async def work(connection: AbstractRobustConnection) -> int:

@@ -414,27 +414,9 @@ async def replay_log(
     stamped more than ``clock_skew`` in the future (a publisher's clock running ahead) is
     skipped and reported, and does not end the scan.
     """
-    started = datetime.now(UTC)
-    since = _utc(since)
-    end = _utc(until) if until is not None else started
-    if end < since:
-        raise ReplayError(f"until {end.isoformat()} is before since {since.isoformat()}")
-    wanted = frozenset(types) if types else None
-    if wanted is None and to is not None:
-        # A service queue gets only the types it is bound to: anything else would be
-        # rejected by its consumer and end up in its DLQ.
-        spec = next((q for q in QUEUES if q.name == to), None)
-        wanted = frozenset(spec.routing_keys) if spec is not None else None
-    if to == LOG_STREAM:
-        raise ReplayError(f"{LOG_STREAM} is the replay source, not a target")
-    targets = (
-        [to]
-        if to is not None
-        else [q.name for q in QUEUES if wanted is None or wanted & set(q.routing_keys)]
-    )
-    for name in (LOG_STREAM, *targets):
-        if await _ready_count(connection, name, timeout) is None:
-            raise ReplayError(f"queue {name!r} does not exist")
+    since, end, wanted = await _window(connection, since, until, types, to, timeout)
+    if await _ready_count(connection, LOG_STREAM, timeout) is None:
+        raise ReplayError(f"queue {LOG_STREAM!r} does not exist")
 
     summary = ReplaySummary(source=LOG_STREAM, dry_run=dry_run)
     _notify(progress, summary)
@@ -553,24 +535,7 @@ async def replay_outbox(
     select rows; when ``to`` is a service queue, ``types`` defaults to its routing keys, as
     for :func:`replay_log`. A row not yet published is skipped: its relay sends it.
     """
-    started = datetime.now(UTC)
-    since, end = _utc(since), _utc(until) if until is not None else started
-    if end < since:
-        raise ReplayError(f"until {end.isoformat()} is before since {since.isoformat()}")
-    wanted = frozenset(types) if types else None
-    if wanted is None and to is not None:
-        spec = next((q for q in QUEUES if q.name == to), None)
-        wanted = frozenset(spec.routing_keys) if spec is not None else None
-    if to == LOG_STREAM:
-        raise ReplayError(f"{LOG_STREAM} is a replay source, not a target")
-    targets = (
-        [to]
-        if to is not None
-        else [q.name for q in QUEUES if wanted is None or wanted & set(q.routing_keys)]
-    )
-    for name in targets:
-        if await _ready_count(connection, name, timeout) is None:
-            raise ReplayError(f"queue {name!r} does not exist")
+    since, end, wanted = await _window(connection, since, until, types, to, timeout)
 
     summary = ReplaySummary(source=OUTBOX, dry_run=dry_run)
     _notify(progress, summary)
@@ -768,3 +733,37 @@ def _parse_time(value: Any) -> datetime | None:
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def _window(
+    connection: AbstractConnection,
+    since: datetime,
+    until: datetime | None,
+    types: Iterable[str] | None,
+    to: str | None,
+    timeout: float,
+) -> tuple[datetime, datetime, frozenset[str] | None]:
+    """A window replay's bounds (``until`` defaults to now) and the types it replays; the
+    queues it would send to are checked to exist: what :func:`replay_log` and
+    :func:`replay_outbox` share."""
+    since = _utc(since)
+    end = _utc(until) if until is not None else datetime.now(UTC)
+    if end < since:
+        raise ReplayError(f"until {end.isoformat()} is before since {since.isoformat()}")
+    wanted = frozenset(types) if types else None
+    if wanted is None and to is not None:
+        # A service queue gets only the types it is bound to: anything else would be
+        # rejected by its consumer and end up in its DLQ.
+        spec = next((q for q in QUEUES if q.name == to), None)
+        wanted = frozenset(spec.routing_keys) if spec is not None else None
+    if to == LOG_STREAM:
+        raise ReplayError(f"{LOG_STREAM} is a replay source, not a target")
+    targets = (
+        [to]
+        if to is not None
+        else [q.name for q in QUEUES if wanted is None or wanted & set(q.routing_keys)]
+    )
+    for name in targets:
+        if await _ready_count(connection, name, timeout) is None:
+            raise ReplayError(f"queue {name!r} does not exist")
+    return since, end, wanted
