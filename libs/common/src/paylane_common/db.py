@@ -112,9 +112,12 @@ async def ping(pool: aiomysql.Pool, timeout: float = 2.0, *, writable: bool = Fa
         await pool.release(conn)
 
 
-async def probe(url: str, timeout: float = 2.0, *, writable: bool = False) -> None:
+async def probe(
+    url: str, timeout: float = 2.0, *, writable: bool = False, database: bool = True
+) -> None:
     """As :func:`ping`, on a connection of its own: a pool busy with work (every
-    connection taken) must not look like a database that is down."""
+    connection taken) must not look like a database that is down. Without ``database``
+    only the server is asked for (``paylane migrate`` creates the database)."""
     params = MySQLParams.from_url(url)
     async with asyncio.timeout(timeout):
         conn = await aiomysql.connect(
@@ -122,7 +125,7 @@ async def probe(url: str, timeout: float = 2.0, *, writable: bool = False) -> No
             port=params.port,
             user=params.user,
             password=params.password,
-            db=params.database,
+            db=params.database if database else None,
             connect_timeout=timeout,
         )
     try:

@@ -14,12 +14,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
-import aiomysql
 import structlog
 from aiohttp import web
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
 
+from . import db
 from .amqp import connect, hosts_of
 from .outages import describe
 from .settings import MySQLParams
@@ -58,17 +59,7 @@ def mysql(url: str, *, database: bool = True) -> Needed:
     """MySQL at ``url``; with ``database``, its database must exist too (a service
     started before ``paylane migrate`` waits for it)."""
     params = MySQLParams.from_url(url)
-
-    async def reach() -> None:
-        connection = await aiomysql.connect(
-            host=params.host,
-            port=params.port,
-            user=params.user,
-            password=params.password,
-            db=params.database if database else None,
-            connect_timeout=ATTEMPT_TIMEOUT_S,
-        )
-        connection.close()
+    reach = partial(db.probe, url, ATTEMPT_TIMEOUT_S, database=database)
 
     return Needed("mysql", f"{params.host}:{params.port}", reach)
 
