@@ -175,16 +175,32 @@ def test_compose_secrets_script_keeps_files_and_adds_the_broker_user(secrets_dir
 
 
 def test_committed_broker_permissions_are_least_privilege() -> None:
-    """One user per service; only notifier may configure (its own notifier.* queues); on
-    the exchange, ingress publishes payment.* / refund.* and nothing else."""
+    """One user per service; each may configure only queues of its own (notifier its
+    notifier.* queues, order and entitlement their <service>.signals.* queues, pressure.py);
+    ingress publishes payment.* / refund.* and nothing else on the exchange."""
     permissions = {p["user"]: p for p in PERMISSIONS["permissions"]}
     topics = {p["user"]: p for p in PERMISSIONS["topic_permissions"]}
     assert set(permissions) == set(topics) == {f"paylane-{name}" for name in SERVICES}
     for user, entry in permissions.items():
         assert entry["vhost"] == "/" and topics[user]["exchange"] == topology.EXCHANGE
         assert ".*" not in (entry["configure"], entry["write"], entry["read"]), user
-        expected = "^notifier\\." if user == "paylane-notifier" else "^$"
+        expected = {
+            "paylane-notifier": "^notifier\\.",
+            "paylane-order": "^order\\.signals\\.",
+            "paylane-entitlement": "^entitlement\\.signals\\.",
+        }.get(user, "^$")
         assert entry["configure"] == expected, user
+    for user in ("paylane-order", "paylane-entitlement"):
+        configure = permissions[user]["configure"]
+        assert not re.match(configure, topology.ORDER_PAYMENTS.name), user
+        assert not re.match(configure, topology.ENTITLEMENT_ORDERS.name), user
+        assert not re.match(configure, topology.SIGNALS_EXCHANGE), user
+    writes = permissions["paylane-ingress"]["write"]
+    assert {
+        n
+        for n in (topology.EXCHANGE, topology.SIGNALS_EXCHANGE, "amq.default")
+        if re.match(writes, n)
+    } == {topology.EXCHANGE, topology.SIGNALS_EXCHANGE}
     ingress = topics["paylane-ingress"]["write"]
     assert re.match(ingress, "payment.succeeded") and re.match(ingress, "refund.abnormal")
     for key in ("order.paid", "order.refunded", "entitlement.granted", "payment"):
@@ -498,12 +514,12 @@ def test_definitions_match_the_topology_the_services_declare() -> None:
     # Users are the operator's (or compose_secrets.py's): none are committed.
     assert "users" not in definitions and "permissions" not in definitions
 
-    (exchange,) = definitions["exchanges"]
-    assert (exchange["name"], exchange["type"], exchange["durable"]) == (
-        topology.EXCHANGE,
-        "topic",
-        True,
-    )
+    exchanges = {(e["name"], e["type"], e["durable"]) for e in definitions["exchanges"]}
+    # The events' exchange, and the one ingress announces "busy" on (pressure.py).
+    assert exchanges == {
+        (topology.EXCHANGE, "topic", True),
+        (topology.SIGNALS_EXCHANGE, "fanout", True),
+    }
     expected_queues = {topology.LOG_STREAM: dict(topology.log_stream_arguments())}
     # The stream keeps what came from outside; derived events are replayed from the outbox.
     expected_bindings = {(topology.EXCHANGE, topology.LOG_STREAM, k) for k in topology.LOG_KEYS}

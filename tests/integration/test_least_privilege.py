@@ -39,6 +39,7 @@ from paylane_common.retention import RetentionPruner
 from paylane_common.topology import (
     EXCHANGE,
     QUEUES,
+    SIGNALS_EXCHANGE,
     declare_exchange,
     declare_topology,
     existing_queue,
@@ -615,12 +616,19 @@ async def test_ingress_runs_as_its_user_and_keeps_readyz_and_metrics_off_the_pub
         {
             # From a file, as on Kubernetes: the URL carries the password.
             "AMQP_URL_FILE": _secret_file(tmp_path, "amqp_url", broker_users["ingress"]),
+            # Any CPU use is "busy": it announces every quarter second (pressure.py).
+            "INGRESS_BUSY_CPU": "0.000001",
             **wechat.ingress_env(),
         },
     )
     channel = await amqp_connection.channel()
     spy = await channel.declare_queue(f"test.spy.{uuid.uuid4().hex}", exclusive=True)
     await spy.bind(await declare_exchange(channel), routing_key="payment.succeeded")
+    signals = await channel.declare_queue(f"test.spy.{uuid.uuid4().hex}", exclusive=True)
+    await signals.bind(SIGNALS_EXCHANGE)
+    async with asyncio.timeout(10), signals.iterator(no_ack=True) as heard:
+        announcement = await anext(aiter(heard))
+    assert json.loads(announcement.body)["busy_for_s"] > 0
     async with aiohttp.ClientSession() as http:
         for path in ("/readyz", "/metrics"):
             async with http.get(f"{ingress.url}{path}") as response:

@@ -35,6 +35,7 @@ from .db import transaction
 from .events import Envelope, parse_event
 from .exceptions import EventValidationError
 from .outages import Dependency
+from .pressure import IngressYield
 from .publisher import Publisher
 from .topology import QueueSpec
 
@@ -88,6 +89,7 @@ class BatchConsumer(Consumer):
         prefetch: int = 128,
         max_batch: int = 64,
         declare: bool = True,
+        yield_to: IngressYield | None = None,
     ):
         super().__init__(
             connection,
@@ -98,6 +100,7 @@ class BatchConsumer(Consumer):
             retry=retry,
             prefetch=prefetch,
             declare=declare,
+            yield_to=yield_to,
         )
         self._batch_handler = handler
         self._max_batch = max_batch
@@ -135,6 +138,10 @@ class BatchConsumer(Consumer):
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._arrived and not self._stopping:
+                if self._yield is not None:
+                    await self._yield.turn()  # ingress first (pressure.py)
+                    if self._stopping:
+                        break
                 batch = self._arrived[: self._max_batch]
                 del self._arrived[: len(batch)]
                 self._idle.clear()

@@ -35,6 +35,7 @@ from .amqp import CLOSE_TIMEOUT_S, close_quietly, copy_message, without_broker_h
 from .events import Envelope, parse_event
 from .exceptions import EventValidationError, PaylaneError, PublishError
 from .outages import Dependency, NotReady, describe, is_contention
+from .pressure import IngressYield
 from .publisher import Publisher
 from .settings import ConsumerSettings
 from .topology import QueueSpec, declare_queue, existing_queue
@@ -106,8 +107,11 @@ class Consumer:
         retry: RetryPolicy | None = None,
         prefetch: int = 32,
         declare: bool = True,
+        yield_to: IngressYield | None = None,
     ):
         self._connection = connection
+        #: Waited on before handling: ingress first while it is busy (pressure.py).
+        self._yield = yield_to
         self._declare = declare
         self._publisher = publisher
         self.spec = spec
@@ -207,6 +211,8 @@ class Consumer:
         assert task is not None
         self._in_flight.add(task)
         try:
+            if self._yield is not None:
+                await self._yield.turn()
             await self.process(message)
         finally:
             self._in_flight.discard(task)

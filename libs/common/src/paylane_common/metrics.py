@@ -48,6 +48,22 @@ CONSUMER_PAUSED = Gauge(
     "1 while a database outage pauses the consumer of this queue (it is not ready)",
     ["queue"],
 )
+CONSUMER_YIELDING = Gauge(
+    "paylane_consumer_yielding",
+    "1 while the consumer waits for ingress to be less busy (pressure.py): a burst",
+)
+CONSUMER_YIELD_SECONDS = Counter(
+    "paylane_consumer_yield_seconds_total",
+    "Seconds the consumer waited for ingress to be less busy (pressure.py)",
+)
+INGRESS_CPU_SHARE = Gauge(
+    "paylane_ingress_cpu_share",
+    "Ingress's own CPU use over the last quarter second, in cores (pressure.py)",
+)
+INGRESS_BUSY_ANNOUNCEMENTS = Counter(
+    "paylane_ingress_busy_announcements_total",
+    "Times ingress announced it is busy (its CPU use above INGRESS_BUSY_CPU; pressure.py)",
+)
 QUEUE_MESSAGES = Gauge(
     "paylane_queue_messages",
     "Messages ready in a queue (a consumer's own queue and its DLQ), as the broker last said",

@@ -27,6 +27,7 @@ from .health import READINESS_CHECKS, add_health_routes, admin_app
 from .logs import configure_logging
 from .outages import Dependency, NotReady
 from .outbox import OutboxRelay
+from .pressure import IngressYield
 from .publisher import Publisher
 from .queue_watch import QueueWatch
 from .retention import RetentionPruner
@@ -358,6 +359,13 @@ def use_consumer(
             )
             pruner.start()
         handler = make_handler(app)
+        yielding = IngressYield(
+            app[AMQP_CONNECTION],
+            app[SERVICE_NAME],
+            settings.consumer_yield_max_s,
+            declare=app[DECLARES_TOPOLOGY],
+        )
+        await yielding.start()
         make: Callable[..., Consumer] = Consumer
         if isinstance(handler, BatchHandler):
             make = partial(BatchConsumer, max_batch=settings.consumer_batch_max)
@@ -370,6 +378,7 @@ def use_consumer(
             retry=RetryPolicy.from_settings(settings),
             prefetch=settings.consumer_prefetch,
             declare=app[DECLARES_TOPOLOGY],
+            yield_to=yielding,
         )
         app[CONSUMER] = consumer
         app[READINESS_CHECKS]["consumer"] = consumer.check
@@ -378,6 +387,7 @@ def use_consumer(
         watch.start()
         yield
         await watch.stop()
+        await yielding.stop()
         await consumer.stop()
         if pruner is not None:
             await pruner.stop()

@@ -37,6 +37,10 @@ from . import events
 from .exceptions import ConfigError
 
 EXCHANGE = "paylane"
+#: Fanout exchange of advice between the services, never events: ingress announces "busy"
+#: there and the consumers yield meanwhile (pressure.py). Transient messages, no queue of
+#: its own: each consumer process binds an exclusive one.
+SIGNALS_EXCHANGE = "paylane.signals"
 #: Delays of the retry queues ``<queue>.retry.<delay>``. A retry waits in the shortest one
 #: not shorter than asked (the longest when none is); they match the consumers' backoff.
 RETRY_DELAYS_S: tuple[float, ...] = (1, 2, 4, 8, 16, 30)
@@ -173,6 +177,18 @@ async def declare_exchange(channel: AbstractChannel, *, passive: bool = False) -
     return await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
 
 
+async def declare_signals_exchange(
+    channel: AbstractChannel, *, passive: bool = False
+) -> AbstractExchange:
+    """The exchange ``paylane.signals`` (pressure.py); ``passive`` as for the events'."""
+    if passive:
+        declaration = channel.declare_exchange(SIGNALS_EXCHANGE, passive=True)
+        return await _existing(declaration, SIGNALS_EXCHANGE)
+    return await channel.declare_exchange(
+        SIGNALS_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+
+
 async def existing_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
     """A queue that must already exist (passive declaration: no permission needed)."""
     return await _existing(channel.declare_queue(name, passive=True), name)
@@ -201,8 +217,9 @@ async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQu
 
 
 async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
-    """Declare the exchange, the log stream and every consumer queue."""
+    """Declare the exchanges, the log stream and every consumer queue."""
     exchange = await declare_exchange(channel)
+    await declare_signals_exchange(channel)
     stream = await _declare(channel, LOG_STREAM, log_stream_arguments())
     for key in LOG_KEYS:
         await stream.bind(exchange, routing_key=key)

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from paylane_common.merchant_api import CERT_REFRESHER, wechatpay_api
+from paylane_common.pressure import LoadAnnouncer
 from paylane_common.prices import PriceList
-from paylane_common.service import base_app, serve, use_broker
+from paylane_common.service import AMQP_CONNECTION, DECLARES_TOPOLOGY, base_app, serve, use_broker
 from paylane_common.settings import secret_value
 from paylane_common.wechatpay import NotificationVerifier
 
@@ -34,9 +35,25 @@ def build_app(
     )
     INGRESS_API.add_routes(app)
     use_broker(app, settings)
+    _use_load_announcer(app, settings)
     if settings.refreshes_certificates:
         _use_certificate_refresh(app, settings)
     return app
+
+
+def _use_load_announcer(app: web.Application, settings: IngressSettings) -> None:
+    """Announces "busy" while ingress's CPU use is above ``INGRESS_BUSY_CPU``: the consumers
+    wait meanwhile (paylane_common.pressure)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        announcer = LoadAnnouncer(
+            app[AMQP_CONNECTION], settings.ingress_busy_cpu, declare=app[DECLARES_TOPOLOGY]
+        )
+        await announcer.start()
+        yield
+        await announcer.stop()
+
+    app.cleanup_ctx.append(ctx)
 
 
 def _use_certificate_refresh(app: web.Application, settings: IngressSettings) -> None:

@@ -31,6 +31,9 @@ class IngressSettings(BaseServiceSettings, WechatPayKeysSettings, CatalogSetting
     wechatpay_merchant_private_key: NoneIfBlank[PrivateKeyPem] = None
     wechatpay_merchant_serial_no: str | None = None
     wechatpay_api_base: HttpBaseUrl = DEFAULT_API_BASE
+    #: Above this CPU use (in cores, measured every quarter second) ingress announces it is
+    #: busy and the consumers wait meanwhile (paylane_common.pressure). 0: never announces.
+    ingress_busy_cpu: float = Field(0.5, ge=0, le=64)
 
     @property
     def refreshes_certificates(self) -> bool:

@@ -1,0 +1,225 @@
+"""Ingress first, in the consumers too: while ingress is busy, the consumers yield.
+
+On one small server the consumers, RabbitMQ and MySQL share the cores with ingress. A lower
+CPU priority for the consumers (``nice``, CPU shares) is not enough: what the consumers ask
+of RabbitMQ (deliveries, acks, the outbox relay's publishes) and of MySQL (their
+transactions) runs in those servers at the default priority and crowds out ingress's
+publishes and confirms, i.e. WeChat Pay's acknowledgements (docs/performance.md, "Ingress
+first"). So during a burst the consumers stop asking:
+
+- Ingress (:class:`LoadAnnouncer`) measures its own CPU use every :data:`INTERVAL_S`. When it
+  is above ``INGRESS_BUSY_CPU`` (a fraction of one core), it publishes a transient message to
+  the fanout exchange ``paylane.signals``: "busy for :data:`HOLD_S`".
+- Every consumer process (:class:`IngressYield`) binds an exclusive queue of its own to that
+  exchange. While an announcement holds, :meth:`IngressYield.turn` waits before each batch:
+  the deliveries already prefetched wait unacked, the broker sends no more, and the burst
+  waits in the queues. The announcements stop with the burst and the consumers drain it.
+- Capped: after yielding ``CONSUMER_YIELD_MAX_S`` in a row a consumer works for a quarter of
+  that, announcements or not, so a load above what the machine sustains end to end still
+  moves the queues. ``CONSUMER_YIELD_MAX_S=0`` never yields (consumers on machines of their
+  own); ``INGRESS_BUSY_CPU=0`` never announces.
+
+Nothing durable depends on it: a lost announcement costs a little latency, a consumer that
+never hears one does not yield, and a yielding consumer holds only what it has not applied
+(unacked: redelivered if it dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+
+from . import metrics
+from .amqp import close_quietly
+from .topology import declare_signals_exchange
+
+log = structlog.get_logger(__name__)
+
+#: How often ingress measures its CPU use.
+INTERVAL_S = 0.25
+#: How long one announcement holds: a few intervals, so one lost message changes nothing.
+HOLD_S = 1.0
+#: The longest hold a consumer accepts from a message (a malformed or hostile one).
+MAX_HOLD_S = 5.0
+#: After yielding ``max_s`` in a row, a consumer works this share of ``max_s``.
+WORK_SHARE = 0.25
+
+
+class LoadAnnouncer:
+    """Ingress's side: announces "busy" while its own CPU use is above ``busy_cpu``."""
+
+    def __init__(
+        self,
+        connection: AbstractConnection,
+        busy_cpu: float,
+        *,
+        declare: bool = True,
+        interval_s: float = INTERVAL_S,
+        hold_s: float = HOLD_S,
+        cpu: Callable[[], float] = time.process_time,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._connection = connection
+        self.busy_cpu = busy_cpu
+        self._declare = declare
+        self._interval_s = interval_s
+        self._hold_s = hold_s
+        self._cpu = cpu
+        self._clock = clock
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.busy_cpu <= 0:
+            return
+        # No confirms: an announcement is advice, and a lost one is repeated next interval.
+        self._channel = await self._connection.channel(publisher_confirms=False)
+        self._exchange = await declare_signals_exchange(self._channel, passive=not self._declare)
+        self._task = asyncio.create_task(self._run(), name="ingress-load-announcer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._channel is not None:
+            await close_quietly(self._channel, "signals channel")
+            self._channel = None
+
+    async def _run(self) -> None:
+        cpu, at = self._cpu(), self._clock()
+        while True:
+            await asyncio.sleep(self._interval_s)
+            now_cpu, now = self._cpu(), self._clock()
+            share = (now_cpu - cpu) / max(now - at, 1e-6)
+            cpu, at = now_cpu, now
+            metrics.INGRESS_CPU_SHARE.set(round(share, 3))
+            if share >= self.busy_cpu:
+                await self.announce(share)
+
+    async def announce(self, share: float) -> None:
+        """One "busy" announcement (never raises: the broker may be away)."""
+        assert self._exchange is not None
+        body = json.dumps({"busy_for_s": self._hold_s, "cpu": round(share, 3)}).encode()
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            expiration=self._hold_s,
+        )
+        try:
+            await self._exchange.publish(message, routing_key="")
+        except Exception as exc:
+            log.debug("busy_announcement_failed", error=repr(exc))
+            return
+        metrics.INGRESS_BUSY_ANNOUNCEMENTS.inc()
+
+
+class IngressYield:
+    """A consumer process's side: :meth:`turn` waits while ingress says it is busy."""
+
+    def __init__(
+        self,
+        connection: AbstractConnection,
+        service: str,
+        max_s: float,
+        *,
+        declare: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._connection = connection
+        self.queue_name = f"{service}.signals.{uuid.uuid4().hex[:12]}"
+        self.max_s = max_s
+        self._declare = declare
+        self._clock = clock
+        self._busy_until = 0.0
+        self._yielding_since: float | None = None
+        self._working_until = 0.0
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._released = asyncio.Event()  # stop(): nobody waits any more
+        self.yielded_s = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Whether an announcement of ingress holds now."""
+        return self._clock() < self._busy_until
+
+    @property
+    def yielding(self) -> bool:
+        """Whether the consumer is waiting in :meth:`turn`."""
+        return self._yielding_since is not None
+
+    async def start(self) -> None:
+        if self.max_s <= 0:
+            return
+        self._channel = await self._connection.channel(publisher_confirms=False)
+        exchange = await declare_signals_exchange(self._channel, passive=not self._declare)
+        # Its own, gone with the process; old announcements expire unread.
+        self._queue = await self._channel.declare_queue(
+            self.queue_name,
+            exclusive=True,
+            auto_delete=True,
+            arguments={"x-message-ttl": round(HOLD_S * 1000), "x-max-length": 8},
+        )
+        await self._queue.bind(exchange)
+        await self._queue.consume(self._on_signal, no_ack=True)
+
+    async def stop(self) -> None:
+        self._released.set()
+        if self._channel is not None:
+            await close_quietly(self._channel, "signals channel")
+            self._channel = None
+
+    async def _on_signal(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.hear(message.body)
+
+    def hear(self, body: bytes) -> None:
+        """One announcement: busy for as long as it says (bounded)."""
+        try:
+            hold = float(json.loads(body)["busy_for_s"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("signal_unreadable", body=body[:200])
+            return
+        hold = min(max(hold, 0.0), MAX_HOLD_S)
+        self._busy_until = max(self._busy_until, self._clock() + hold)
+
+    async def turn(self) -> None:
+        """Returns at once unless ingress is busy; then when it is not, or when this
+        consumer has yielded ``max_s`` in a row (it then works a while regardless)."""
+        while True:
+            now = self._clock()
+            if now >= self._busy_until or now < self._working_until or self._released.is_set():
+                self._end(now)
+                return
+            if self._yielding_since is None:
+                self._yielding_since = now
+                metrics.CONSUMER_YIELDING.set(1)
+                log.info("consumer_yielding_to_ingress")
+            elif now - self._yielding_since >= self.max_s:
+                self._working_until = now + self.max_s * WORK_SHARE
+                log.warning("consumer_yield_capped", yielded_s=round(now - self._yielding_since))
+                self._end(now)
+                return
+            until = min(self._busy_until, self._yielding_since + self.max_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), max(until - now, 0.01))
+
+    def _end(self, now: float) -> None:
+        if self._yielding_since is None:
+            return
+        yielded = now - self._yielding_since
+        self._yielding_since = None
+        self.yielded_s += yielded
+        metrics.CONSUMER_YIELDING.set(0)
+        metrics.CONSUMER_YIELD_SECONDS.inc(yielded)
+        log.info("consumer_yield_ended", yielded_s=round(yielded, 2))

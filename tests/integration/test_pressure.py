@@ -1,0 +1,169 @@
+"""Ingress first (paylane_common.pressure), on the real RabbitMQ and MySQL: while ingress
+announces that it is busy, a consumer takes no batch and its backlog waits in the queue;
+once the announcements stop it drains, every message applied once; a consumer that has
+yielded its maximum works regardless."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.pressure import MAX_HOLD_S, IngressYield, LoadAnnouncer
+from paylane_common.publisher import Publisher, envelope_message
+from paylane_common.topology import (
+    SIGNALS_EXCHANGE,
+    QueueSpec,
+    declare_queue,
+    declare_signals_exchange,
+)
+from paylane_entitlement.grants import EntitlementApplier
+from tests.integration.test_batch_consumer import Observed, _state
+from tests.support.events import order_paid
+from tests.support.polling import eventually
+from tests.support.seeding import add_users
+
+pytestmark = pytest.mark.integration
+
+
+def busy_cpu() -> float:
+    """A process_time that advances twice as fast as the clock: two cores busy."""
+    return time.monotonic() * 2
+
+
+_TICKS = itertools.count()
+
+
+def idle_cpu() -> float:
+    """A process_time that barely moves: ingress idle."""
+    return next(_TICKS) * 1e-6
+
+
+@pytest.fixture
+async def spec(channel: AbstractChannel) -> AsyncIterator[QueueSpec]:
+    spec = QueueSpec(f"test.pressure.{uuid.uuid4().hex}", routing_keys=())
+    await declare_queue(channel, spec)
+    yield spec
+    for name in (spec.name, spec.dlq, *spec.retry_queues):
+        await channel.queue_delete(name)
+
+
+async def _publish(publisher: Publisher, queue: str, users: list[str]) -> int:
+    for user in users:
+        await publisher.publish_to_queue(queue, envelope_message(order_paid(user).envelope))
+    return len(users)
+
+
+async def _until_busy(yielding: IngressYield) -> None:
+    """Until the first announcement has arrived."""
+    await eventually(lambda: yielding.busy, 5, what="an announcement", interval=0.02)
+
+
+async def _ready(channel: AbstractChannel, queue: str) -> int:
+    declared = await channel.declare_queue(queue, passive=True)
+    return declared.declaration_result.message_count or 0
+
+
+async def test_consumers_wait_while_ingress_is_busy_then_drain(
+    amqp_connection, publisher, channel, spec, db_pool, database
+):
+    announcer = LoadAnnouncer(amqp_connection, 0.5, interval_s=0.05, hold_s=0.3, cpu=busy_cpu)
+    yielding = IngressYield(amqp_connection, "test", max_s=60)
+    await yielding.start()
+    await announcer.start()
+    users = await add_users(db_pool, 20, payment_status="free")
+    consumer = Observed(
+        amqp_connection,
+        publisher,
+        spec,
+        EntitlementApplier(db_pool, DEFAULT_CATALOG),
+        database=database,
+        yield_to=yielding,
+    )
+    try:
+        await consumer.start()
+        await _until_busy(yielding)
+        assert not yielding.yielding  # nothing to wait with yet
+        sent = await _publish(publisher, spec.name, users)
+        await asyncio.sleep(2.0)
+        assert consumer.settled == 0, "a consumer took a batch while ingress was busy"
+        assert yielding.yielding
+        await announcer.stop()  # the burst is over
+        await consumer.wait_settled(sent)
+    finally:
+        await announcer.stop()
+        await consumer.stop()
+        await yielding.stop()
+    assert not yielding.yielding
+    assert yielding.yielded_s >= 2.0
+    assert await _state(db_pool, users) == {user: ("basic", 23, 1) for user in users}
+    assert await _ready(channel, spec.name) == 0
+
+
+async def test_a_consumer_works_once_it_has_yielded_its_maximum(
+    amqp_connection, publisher, channel, spec, db_pool, database
+):
+    announcer = LoadAnnouncer(amqp_connection, 0.5, interval_s=0.05, hold_s=0.3, cpu=busy_cpu)
+    yielding = IngressYield(amqp_connection, "test", max_s=1.0)
+    await yielding.start()
+    await announcer.start()
+    users = await add_users(db_pool, 10, payment_status="free")
+    sent = await _publish(publisher, spec.name, users)
+    consumer = Observed(
+        amqp_connection,
+        publisher,
+        spec,
+        EntitlementApplier(db_pool, DEFAULT_CATALOG),
+        database=database,
+        yield_to=yielding,
+    )
+    await _until_busy(yielding)
+    started = time.monotonic()
+    try:
+        await consumer.start()
+        await consumer.wait_settled(sent)  # while ingress still announces
+        assert time.monotonic() - started >= 1.0
+    finally:
+        await consumer.stop()
+        await announcer.stop()
+        await yielding.stop()
+    assert await _state(db_pool, users) == {user: ("basic", 23, 1) for user in users}
+
+
+async def test_a_calm_ingress_announces_nothing(amqp_connection, channel):
+    announcer = LoadAnnouncer(amqp_connection, 0.5, interval_s=0.05, hold_s=0.3, cpu=idle_cpu)
+    await declare_signals_exchange(channel)
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(SIGNALS_EXCHANGE)
+    await announcer.start()
+    await asyncio.sleep(0.5)
+    await announcer.stop()
+    assert (await queue.get(fail=False)) is None
+    busy = LoadAnnouncer(amqp_connection, 0.5, interval_s=0.05, hold_s=0.3, cpu=busy_cpu)
+    await busy.start()
+    await asyncio.sleep(0.3)
+    await busy.stop()
+    message = await queue.get(fail=True, no_ack=True)
+    assert json.loads(message.body)["busy_for_s"] == 0.3
+    assert message.expiration == 0.3  # never outlives its advice
+
+
+async def test_an_announcement_holds_at_most_max_hold(amqp_connection):
+    now = [100.0]
+    yielding = IngressYield(amqp_connection, "test", max_s=60, clock=lambda: now[0])
+    yielding.hear(json.dumps({"busy_for_s": 3600}).encode())
+    yielding.hear(b"not json")  # ignored, logged
+    waiting = asyncio.create_task(yielding.turn())
+    await asyncio.sleep(0.05)
+    assert yielding.yielding and not waiting.done()
+    now[0] += MAX_HOLD_S
+    await asyncio.wait_for(waiting, MAX_HOLD_S + 2)  # woke at the end of the bounded hold
+    assert not yielding.yielding
+    assert yielding.yielded_s == MAX_HOLD_S
