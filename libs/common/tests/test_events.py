@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -115,5 +116,9 @@ def test_new_row_ids_have_the_existing_systems_format() -> None:
     ids = {new_row_id(kind) for kind in ("user", "order", "refund", "log") for _ in range(50)}
     assert len(ids) == 200
     assert all(len(row_id) <= 36 for row_id in ids)
+    assert all(re.fullmatch(r"(user|order|refund|log)-\d{13}-[a-z0-9]{8}", i) for i in ids)
+    # Every character of the alphabet turns up, in every position (1,600 draws of 36).
+    for position in range(8):
+        assert len({row_id[-8 + position] for row_id in ids}) >= 30, position
     with pytest.raises(ValueError, match="36"):
         new_row_id("generation-too-long-a-kind")
