@@ -11,12 +11,13 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractChannel
 
 from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.pressure import MAX_HOLD_S, IngressYield, LoadAnnouncer
+from paylane_common.pressure import HOLD_S, MAX_HOLD_S, IngressYield, LoadAnnouncer
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.topology import (
     SIGNALS_EXCHANGE,
@@ -74,10 +75,10 @@ async def _ready(channel: AbstractChannel, queue: str) -> int:
 async def test_consumers_wait_while_ingress_is_busy_then_drain(
     amqp_connection, publisher, channel, spec, db_pool, database
 ):
-    announcer = LoadAnnouncer(amqp_connection, 0.5, interval_s=0.05, hold_s=0.3, cpu=busy_cpu)
+    announcer = LoadAnnouncer(0.5, interval_s=0.05, hold_s=0.3, repeat_s=0.1, cpu=busy_cpu)
     yielding = IngressYield(amqp_connection, "test", max_s=60)
     await yielding.start()
-    await announcer.start()
+    await announcer.start(amqp_connection)
     users = await add_users(db_pool, 20, payment_status="free")
     consumer = Observed(
         amqp_connection,
@@ -110,10 +111,10 @@ async def test_consumers_wait_while_ingress_is_busy_then_drain(
 async def test_a_consumer_works_once_it_has_yielded_its_maximum(
     amqp_connection, publisher, channel, spec, db_pool, database
 ):
-    announcer = LoadAnnouncer(amqp_connection, 0.5, interval_s=0.05, hold_s=0.3, cpu=busy_cpu)
+    announcer = LoadAnnouncer(0.5, interval_s=0.05, hold_s=0.3, repeat_s=0.1, cpu=busy_cpu)
     yielding = IngressYield(amqp_connection, "test", max_s=1.0)
     await yielding.start()
-    await announcer.start()
+    await announcer.start(amqp_connection)
     users = await add_users(db_pool, 10, payment_status="free")
     sent = await _publish(publisher, spec.name, users)
     consumer = Observed(
@@ -138,16 +139,16 @@ async def test_a_consumer_works_once_it_has_yielded_its_maximum(
 
 
 async def test_a_calm_ingress_announces_nothing(amqp_connection, channel):
-    announcer = LoadAnnouncer(amqp_connection, 0.5, interval_s=0.05, hold_s=0.3, cpu=idle_cpu)
+    announcer = LoadAnnouncer(0.5, interval_s=0.05, hold_s=0.3, repeat_s=0.1, cpu=idle_cpu)
     await declare_signals_exchange(channel)
     queue = await channel.declare_queue(exclusive=True)
     await queue.bind(SIGNALS_EXCHANGE)
-    await announcer.start()
+    await announcer.start(amqp_connection)
     await asyncio.sleep(0.5)
     await announcer.stop()
     assert (await queue.get(fail=False)) is None
-    busy = LoadAnnouncer(amqp_connection, 0.5, interval_s=0.05, hold_s=0.3, cpu=busy_cpu)
-    await busy.start()
+    busy = LoadAnnouncer(0.5, interval_s=0.05, hold_s=0.3, repeat_s=0.1, cpu=busy_cpu)
+    await busy.start(amqp_connection)
     await asyncio.sleep(0.3)
     await busy.stop()
     message = await queue.get(fail=True, no_ack=True)
@@ -167,3 +168,31 @@ async def test_an_announcement_holds_at_most_max_hold(amqp_connection):
     await asyncio.wait_for(waiting, MAX_HOLD_S + 2)  # woke at the end of the bounded hold
     assert not yielding.yielding
     assert yielding.yielded_s == MAX_HOLD_S
+
+
+async def test_too_many_notifications_at_once_are_announced_at_once(amqp_connection, channel):
+    """The first sign of a burst: no CPU window to wait for (busy_cpu 0: never by CPU)."""
+    announcer = LoadAnnouncer(0, busy_in_flight=3, repeat_s=0.1)
+    await declare_signals_exchange(channel)
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(SIGNALS_EXCHANGE)
+    await announcer.start(amqp_connection)
+    try:
+        announcer.entered()
+        announcer.entered()
+        await asyncio.sleep(0.3)
+        assert (await queue.get(fail=False)) is None  # two at once: not busy
+        announcer.entered()  # the third
+        await eventually(lambda: announcer.in_flight == 3, what="three in flight")
+        message = await _next(queue)
+        assert json.loads(message.body) == {"busy_for_s": HOLD_S, "in_flight": 3}
+        for _ in range(3):
+            announcer.left()
+        assert announcer.in_flight == 0
+    finally:
+        await announcer.stop()
+
+
+async def _next(queue: Any) -> Any:
+    async with asyncio.timeout(5), queue.iterator(no_ack=True) as arrived:
+        return await anext(aiter(arrived))

@@ -58,7 +58,7 @@ CONSUMER_YIELD_SECONDS = Counter(
 )
 INGRESS_CPU_SHARE = Gauge(
     "paylane_ingress_cpu_share",
-    "Ingress's own CPU use over the last quarter second, in cores (pressure.py)",
+    "Ingress's own CPU use over the last tenth of a second, in cores (pressure.py)",
 )
 INGRESS_BUSY_ANNOUNCEMENTS = Counter(
     "paylane_ingress_busy_announcements_total",

@@ -7,9 +7,10 @@ transactions) runs in those servers at the default priority and crowds out ingre
 publishes and confirms, i.e. WeChat Pay's acknowledgements (docs/performance.md, "Ingress
 first"). So during a burst the consumers stop asking:
 
-- Ingress (:class:`LoadAnnouncer`) measures its own CPU use every :data:`INTERVAL_S`. When it
-  is above ``INGRESS_BUSY_CPU`` (a fraction of one core), it publishes a transient message to
-  the fanout exchange ``paylane.signals``: "busy for :data:`HOLD_S`".
+- Ingress (:class:`LoadAnnouncer`) measures its own CPU use over the last :data:`WINDOW_S`,
+  every :data:`INTERVAL_S`. When it is above ``INGRESS_BUSY_CPU`` (a fraction of one core),
+  it publishes a transient message to the fanout exchange ``paylane.signals``: "busy for
+  :data:`HOLD_S`", repeated every :data:`REPEAT_S` while it stays busy.
 - Every consumer process (:class:`IngressYield`) binds an exclusive queue of its own to that
   exchange. While an announcement holds, :meth:`IngressYield.turn` waits before each batch:
   the deliveries already prefetched wait unacked, the broker sends no more, and the burst
@@ -31,6 +32,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 
 import aio_pika
@@ -43,10 +45,15 @@ from .topology import declare_signals_exchange
 
 log = structlog.get_logger(__name__)
 
-#: How often ingress measures its CPU use.
-INTERVAL_S = 0.25
-#: How long one announcement holds: a few intervals, so one lost message changes nothing.
+#: How often ingress measures its CPU use; it judges the last :data:`WINDOW_S`, so a burst
+#: is announced within about a tenth of a second of its start (what the consumers do before
+#: that shows in the acknowledgements' tail for a second or more).
+INTERVAL_S = 0.05
+WINDOW_S = 0.1
+#: How long one announcement holds: a few repeats, so a lost message changes nothing …
 HOLD_S = 1.0
+#: … repeated this often while ingress stays busy.
+REPEAT_S = 0.25
 #: The longest hold a consumer accepts from a message (a malformed or hostile one).
 MAX_HOLD_S = 5.0
 #: After yielding ``max_s`` in a row, a consumer works this share of ``max_s``.
@@ -54,62 +61,95 @@ WORK_SHARE = 0.25
 
 
 class LoadAnnouncer:
-    """Ingress's side: announces "busy" while its own CPU use is above ``busy_cpu``."""
+    """Ingress's side: announces "busy" while its own CPU use is above ``busy_cpu``, or as
+    soon as ``busy_in_flight`` notifications are being answered at once (:meth:`entered`):
+    the first sign of a burst, before a CPU window has filled."""
 
     def __init__(
         self,
-        connection: AbstractConnection,
         busy_cpu: float,
         *,
+        busy_in_flight: int = 0,
         declare: bool = True,
         interval_s: float = INTERVAL_S,
+        window_s: float = WINDOW_S,
         hold_s: float = HOLD_S,
+        repeat_s: float = REPEAT_S,
         cpu: Callable[[], float] = time.process_time,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self._connection = connection
         self.busy_cpu = busy_cpu
+        self.busy_in_flight = busy_in_flight
+        #: Notifications being answered now (:meth:`entered` / :meth:`left`).
+        self.in_flight = 0
         self._declare = declare
+        self._announced = float("-inf")
+        self._announcing: set[asyncio.Task[None]] = set()
         self._interval_s = interval_s
+        self._window_s = max(window_s, interval_s)
         self._hold_s = hold_s
+        self._repeat_s = repeat_s
         self._cpu = cpu
         self._clock = clock
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        if self.busy_cpu <= 0:
+    async def start(self, connection: AbstractConnection) -> None:
+        if self.busy_cpu <= 0 and self.busy_in_flight <= 0:
             return
         # No confirms: an announcement is advice, and a lost one is repeated next interval.
-        self._channel = await self._connection.channel(publisher_confirms=False)
+        self._channel = await connection.channel(publisher_confirms=False)
         self._exchange = await declare_signals_exchange(self._channel, passive=not self._declare)
-        self._task = asyncio.create_task(self._run(), name="ingress-load-announcer")
+        if self.busy_cpu > 0:
+            self._task = asyncio.create_task(self._run(), name="ingress-load-announcer")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        await asyncio.gather(*self._announcing, return_exceptions=True)
+        self._exchange = None
         if self._channel is not None:
             await close_quietly(self._channel, "signals channel")
             self._channel = None
 
+    def entered(self) -> None:
+        """A notification arrived: announce at once when too many are being answered."""
+        self.in_flight += 1
+        if 0 < self.busy_in_flight <= self.in_flight and self._exchange is not None:
+            now = self._clock()
+            if now - self._announced >= self._repeat_s:
+                self._announced = now
+                task = asyncio.create_task(self.announce(in_flight=self.in_flight))
+                self._announcing.add(task)
+                task.add_done_callback(self._announcing.discard)
+
+    def left(self) -> None:
+        self.in_flight -= 1
+
     async def _run(self) -> None:
-        cpu, at = self._cpu(), self._clock()
+        samples = deque([(self._clock(), self._cpu())])
         while True:
             await asyncio.sleep(self._interval_s)
-            now_cpu, now = self._cpu(), self._clock()
-            share = (now_cpu - cpu) / max(now - at, 1e-6)
-            cpu, at = now_cpu, now
+            now, cpu = self._clock(), self._cpu()
+            samples.append((now, cpu))
+            while len(samples) > 2 and now - samples[1][0] >= self._window_s:
+                samples.popleft()  # keep one sample at or beyond the window's start
+            then, cpu_then = samples[0]
+            share = (cpu - cpu_then) / max(now - then, 1e-6)
             metrics.INGRESS_CPU_SHARE.set(round(share, 3))
-            if share >= self.busy_cpu:
-                await self.announce(share)
+            if share >= self.busy_cpu and now - self._announced >= self._repeat_s:
+                self._announced = now
+                await self.announce(cpu=share)
 
-    async def announce(self, share: float) -> None:
-        """One "busy" announcement (never raises: the broker may be away)."""
-        assert self._exchange is not None
-        body = json.dumps({"busy_for_s": self._hold_s, "cpu": round(share, 3)}).encode()
+    async def announce(self, *, cpu: float | None = None, in_flight: int | None = None) -> None:
+        """One "busy" announcement, saying why (never raises: the broker may be away)."""
+        if self._exchange is None:
+            return
+        why = {"cpu": round(cpu, 3)} if cpu is not None else {"in_flight": in_flight}
+        body = json.dumps({"busy_for_s": self._hold_s, **why}).encode()
         message = aio_pika.Message(
             body,
             content_type="application/json",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from paylane_common.pressure import LoadAnnouncer
 from paylane_common.prices import PriceList
 from paylane_common.wechatpay import NotificationVerifier
 
@@ -25,3 +26,5 @@ class IngressConfig:
 
 
 INGRESS_CONFIG = web.AppKey("ingress_config", IngressConfig)
+#: Told of every notification being answered (paylane_common.pressure).
+LOAD_ANNOUNCER = web.AppKey("load_announcer", LoadAnnouncer)

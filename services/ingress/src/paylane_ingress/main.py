@@ -10,12 +10,12 @@ from aiohttp import web
 from paylane_common.merchant_api import CERT_REFRESHER, wechatpay_api
 from paylane_common.pressure import LoadAnnouncer
 from paylane_common.prices import PriceList
-from paylane_common.service import AMQP_CONNECTION, DECLARES_TOPOLOGY, base_app, serve, use_broker
+from paylane_common.service import AMQP_CONNECTION, base_app, serve, use_broker
 from paylane_common.settings import secret_value
 from paylane_common.wechatpay import NotificationVerifier
 
 from .api import INGRESS_API
-from .config import INGRESS_CONFIG, IngressConfig
+from .config import INGRESS_CONFIG, LOAD_ANNOUNCER, IngressConfig
 from .notify import MAX_BODY
 from .settings import IngressSettings
 
@@ -42,14 +42,18 @@ def build_app(
 
 
 def _use_load_announcer(app: web.Application, settings: IngressSettings) -> None:
-    """Announces "busy" while ingress's CPU use is above ``INGRESS_BUSY_CPU``: the consumers
-    wait meanwhile (paylane_common.pressure)."""
+    """Announces "busy" while ingress's CPU use is above ``INGRESS_BUSY_CPU`` or
+    ``INGRESS_BUSY_IN_FLIGHT`` notifications are being answered: the consumers wait
+    meanwhile (paylane_common.pressure)."""
+    announcer = LoadAnnouncer(
+        settings.ingress_busy_cpu,
+        busy_in_flight=settings.ingress_busy_in_flight,
+        declare=settings.amqp_declare_topology,
+    )
+    app[LOAD_ANNOUNCER] = announcer
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        announcer = LoadAnnouncer(
-            app[AMQP_CONNECTION], settings.ingress_busy_cpu, declare=app[DECLARES_TOPOLOGY]
-        )
-        await announcer.start()
+        await announcer.start(app[AMQP_CONNECTION])
         yield
         await announcer.stop()
 

@@ -20,7 +20,7 @@ from paylane_common.wechatpay import (
 )
 
 from . import metrics
-from .config import INGRESS_CONFIG
+from .config import INGRESS_CONFIG, LOAD_ANNOUNCER
 from .mapping import Ignored, to_event
 from .responses import acknowledged, fail
 
@@ -48,6 +48,8 @@ class Rejection(Exception):
 async def notify_wechatpay(request: web.Request) -> web.Response:
     started = time.perf_counter()
     _RECEIVED.inc()
+    load = request.app[LOAD_ANNOUNCER]
+    load.entered()
     try:
         response = await _handle(request)
     except Rejection as rej:
@@ -55,6 +57,8 @@ async def notify_wechatpay(request: web.Request) -> web.Response:
         level = "info" if rej.reason == "signtest_probe" else "warning"
         getattr(log, level)("notification_rejected", reason=rej.reason, status=rej.status)
         response = fail(rej.status, rej.message)
+    finally:
+        load.left()
     _ACK_SECONDS[response.status // 100].observe(time.perf_counter() - started)
     return response
 
