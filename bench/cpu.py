@@ -39,6 +39,14 @@ def machine_ticks() -> list[int]:
         return [int(v) for v in stat.readline().split()[1:]]
 
 
+def idle_share(before: list[int], after: list[int]) -> float:
+    """The share of the machine's CPU time that was idle (idle + iowait) between two
+    :func:`machine_ticks` readings."""
+    deltas = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(deltas[:8])  # user … steal; guest times are already counted in user
+    return (deltas[3] + deltas[4]) / total if total else 1.0
+
+
 def server_pids() -> dict[str, int]:
     """The local broker's and database's pids, where they run on this machine (the oldest
     match: ``rabbitmqctl`` runs a short-lived ``beam.smp`` of its own)."""

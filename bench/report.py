@@ -152,7 +152,8 @@ def _bursts(burst: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"Bursts: {burst['seconds']} s of fresh orders' notifications, open loop; paylane as"
-        " `make run` starts it (the Procfile: consumers at `nice 10`)"
+        " `make run` starts it (the Procfile: consumers at `nice 10`; they yield while"
+        " ingress is busy)"
         + (f", consumers with {burst['consumer_env']}" if burst.get("consumer_env") else "")
         + ", then the inline baseline at the same rate. paylane ÷ baseline < 1: paylane is"
         " faster.",
@@ -168,6 +169,8 @@ def _bursts(burst: dict[str, Any]) -> list[str]:
         pa, ba = p["acks"], b["acks"]
         ratio = f"{pa['p99_ms'] / ba['p99_ms']:.2f}" if ba["p99_ms"] else "?"
         loads = f"{p['load'][0][0]}/{p['load'][1][0]}, {b['load'][0][0]}/{b['load'][1][0]}"
+        if "settled_s" in p:  # waited for the machine to go idle before each burst
+            loads += f" (idle after {p['settled_s']} s, {b['settled_s']} s)"
         lines.append(
             f"| {rate}/s | {pa['rate_per_s']} | {ba['rate_per_s']} | {pa['p50_ms']} |"
             f" {ba['p50_ms']} | {pa['p99_ms']} | {ba['p99_ms']} | {ratio} |"

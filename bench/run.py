@@ -29,7 +29,7 @@ from tests.support.seeding import add_users
 from tests.support.stack import Stack
 
 from . import brokerfloor, report, setup, wakeups
-from .cpu import CpuMeter, server_pids
+from .cpu import CpuMeter, idle_share, machine_ticks, server_pids
 from .loadgen import Result, closed_loop, open_loop
 from .presign import presign, transaction
 
@@ -126,6 +126,19 @@ async def _quiesce(env: setup.BenchEnv, timeout_s: float = 180.0) -> None:
 
     with contextlib.suppress(TimeoutError):  # the next phase starts regardless
         await eventually(quiet, timeout_s, what="empty consumer queues", interval=1)
+
+
+async def _settled(timeout_s: float = 30.0, idle: float = 0.8) -> float:
+    """Until the machine is mostly idle for a second (bounded); the seconds it took. What
+    a phase leaves behind (MariaDB flushing the orders just inserted, RabbitMQ collecting
+    a drained queue's garbage) must not fall on the next one's first burst."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        before = machine_ticks()
+        await asyncio.sleep(1.0)
+        if idle_share(before, machine_ticks()) >= idle:
+            break
+    return round(time.perf_counter() - started, 1)
 
 
 async def _purged(env: setup.BenchEnv, queue: str, timeout_s: float = 60.0) -> None:
@@ -379,9 +392,13 @@ async def bursts(
             signed = await asyncio.to_thread(_notifications, env, mine)
             signed_b = await asyncio.to_thread(_notifications, env, theirs)
             await _quiesce(env)
+            settled = await _settled()
             out[f"paylane_{rate}"] = await _burst_paylane(stack, env, watcher, mine, signed, rate)
+            out[f"paylane_{rate}"]["settled_s"] = settled
             await _quiesce(env)
+            settled = await _settled()
             out[f"baseline_{rate}"] = await _burst_baseline(stack, baseline.url, signed_b, rate)
+            out[f"baseline_{rate}"]["settled_s"] = settled
         await watcher.close()
     await stack.stop("baseline")
     return out
