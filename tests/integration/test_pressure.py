@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractChannel
+from structlog.testing import capture_logs
 
+from paylane_common import amqp
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.pressure import HOLD_S, MAX_HOLD_S, IngressYield, LoadAnnouncer
 from paylane_common.publisher import Publisher, envelope_message
@@ -28,6 +30,7 @@ from paylane_common.topology import (
 from paylane_entitlement.grants import EntitlementApplier
 from tests.integration.test_batch_consumer import Observed, _state
 from tests.support.events import order_paid
+from tests.support.infra import Infra, unique_name
 from tests.support.polling import eventually
 from tests.support.seeding import add_users
 
@@ -196,3 +199,30 @@ async def test_too_many_notifications_at_once_are_announced_at_once(amqp_connect
 async def _next(queue: Any) -> Any:
     async with asyncio.timeout(5), queue.iterator(no_ack=True) as arrived:
         return await anext(aiter(arrived))
+
+
+async def test_without_the_signals_exchange_both_sides_run_and_nobody_yields(infra: Infra):
+    """A broker whose topology predates paylane.signals (AMQP_DECLARE_TOPOLOGY=false): the
+    services start anyway, warn, and the consumers never wait."""
+    vhost = unique_name("paylane_signals")
+    infra.broker.add_vhost(vhost, infra.amqp_user)
+    try:
+        connection = await amqp.connect(infra.amqp_url(vhost), "test-no-signals")
+        try:
+            announcer = LoadAnnouncer(0.5, busy_in_flight=1, declare=False)
+            yielding = IngressYield(connection, "test", max_s=60, declare=False)
+            with capture_logs() as logs:
+                await announcer.start(connection)
+                await yielding.start()
+            warned = {entry["event"] for entry in logs if entry["log_level"] == "warning"}
+            assert {"ingress_not_announcing", "consumer_not_yielding"} <= warned
+            announcer.entered()  # would announce: there is nowhere to, and nothing breaks
+            announcer.left()
+            await asyncio.wait_for(yielding.turn(), 1)
+            await announcer.stop()
+            await yielding.stop()
+            assert not connection.is_closed  # only the signals channel was given up
+        finally:
+            await connection.close()
+    finally:
+        infra.broker.delete_vhost(vhost)

@@ -36,11 +36,13 @@ from collections import deque
 from collections.abc import Callable
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
 from . import metrics
 from .amqp import close_quietly
+from .exceptions import ConfigError
 from .topology import declare_signals_exchange
 
 log = structlog.get_logger(__name__)
@@ -56,6 +58,14 @@ HOLD_S = 1.0
 REPEAT_S = 0.25
 #: The longest hold a consumer accepts from a message (a malformed or hostile one).
 MAX_HOLD_S = 5.0
+#: What makes the signals unusable: the exchange missing (``AMQP_DECLARE_TOPOLOGY=false``
+#: and definitions from before it) or a broker user without the permissions. The services
+#: run regardless, without yielding; the warning says what to do.
+_UNUSABLE = (ConfigError, aiormq.exceptions.ChannelAccessRefused)
+_HINT = (
+    "declare paylane.signals (paylane topology, deploy/rabbitmq/definitions.json) and give"
+    " the broker users deploy/rabbitmq/permissions.json"
+)
 #: After yielding ``max_s`` in a row, a consumer works this share of ``max_s``.
 WORK_SHARE = 0.25
 
@@ -100,7 +110,13 @@ class LoadAnnouncer:
             return
         # No confirms: an announcement is advice, and a lost one is repeated next interval.
         self._channel = await connection.channel(publisher_confirms=False)
-        self._exchange = await declare_signals_exchange(self._channel, passive=not self._declare)
+        try:
+            self._exchange = await declare_signals_exchange(
+                self._channel, passive=not self._declare
+            )
+        except _UNUSABLE as exc:
+            await self._without_signals(exc)
+            return
         if self.busy_cpu > 0:
             self._task = asyncio.create_task(self._run(), name="ingress-load-announcer")
 
@@ -111,6 +127,12 @@ class LoadAnnouncer:
             self._task = None
         await asyncio.gather(*self._announcing, return_exceptions=True)
         self._exchange = None
+        if self._channel is not None:
+            await close_quietly(self._channel, "signals channel")
+            self._channel = None
+
+    async def _without_signals(self, exc: Exception) -> None:
+        log.warning("ingress_not_announcing", error=str(exc), hint=_HINT)
         if self._channel is not None:
             await close_quietly(self._channel, "signals channel")
             self._channel = None
@@ -203,16 +225,22 @@ class IngressYield:
         if self.max_s <= 0:
             return
         self._channel = await self._connection.channel(publisher_confirms=False)
-        exchange = await declare_signals_exchange(self._channel, passive=not self._declare)
-        # Its own, gone with the process; old announcements expire unread.
-        self._queue = await self._channel.declare_queue(
-            self.queue_name,
-            exclusive=True,
-            auto_delete=True,
-            arguments={"x-message-ttl": round(HOLD_S * 1000), "x-max-length": 8},
-        )
-        await self._queue.bind(exchange)
-        await self._queue.consume(self._on_signal, no_ack=True)
+        try:
+            exchange = await declare_signals_exchange(self._channel, passive=not self._declare)
+            # Its own, gone with the process; old announcements expire unread.
+            self._queue = await self._channel.declare_queue(
+                self.queue_name,
+                exclusive=True,
+                auto_delete=True,
+                arguments={"x-message-ttl": round(HOLD_S * 1000), "x-max-length": 8},
+            )
+            await self._queue.bind(exchange)
+            await self._queue.consume(self._on_signal, no_ack=True)
+        except _UNUSABLE as exc:
+            # Advice only: the consumer runs, it just never yields.
+            log.warning("consumer_not_yielding", error=str(exc), hint=_HINT)
+            await close_quietly(self._channel, "signals channel")
+            self._channel = None
 
     async def stop(self) -> None:
         self._released.set()
