@@ -655,6 +655,8 @@ async def test_ingress_runs_as_its_user_and_keeps_readyz_and_metrics_off_the_pub
 
 
 async def test_a_consumer_applies_and_publishes_under_its_users(
+    infra: Infra,
+    amqp_url: str,
     stack: Stack,
     broker_users: dict[str, str],
     service_mysql_urls: dict[str, str],
@@ -689,6 +691,10 @@ async def test_a_consumer_applies_and_publishes_under_its_users(
             return (await cur.fetchone())["payment_status"] == "basic"
 
     await eventually(granted, what="the grant applied by entitlement under its users")
+    # It listens for ingress's announcements on a queue it declared itself (pressure.py).
+    vhost = unquote(urlsplit(amqp_url).path.removeprefix("/"))
+    listing = infra.broker.run(["list_queues", "-q", "-p", vhost, "name"]).split()
+    assert [name for name in listing if name.startswith("entitlement.signals.")]
     async with asyncio.timeout(20):
         async with spy.iterator(no_ack=True) as messages:
             async for message in messages:

@@ -152,6 +152,8 @@ class Consumer:
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop taking messages, let in-flight ones finish (unacked ones are redelivered)."""
         self._stopping = True  # a handler meeting an outage now does not pause (resume) it
+        if self._yield is not None:
+            self._yield.release()  # what waits for its turn is left unacked: redelivered
         if self._resuming is not None:
             self._resuming.cancel()
             await asyncio.gather(self._resuming, return_exceptions=True)
@@ -213,6 +215,8 @@ class Consumer:
         try:
             if self._yield is not None:
                 await self._yield.turn()
+                if self._stopping:
+                    return  # unacked: redelivered once the channel closes
             await self.process(message)
         finally:
             self._in_flight.discard(task)

@@ -62,7 +62,7 @@ INGRESS_CPU_SHARE = Gauge(
 )
 INGRESS_BUSY_ANNOUNCEMENTS = Counter(
     "paylane_ingress_busy_announcements_total",
-    "Times ingress announced it is busy (its CPU use above INGRESS_BUSY_CPU; pressure.py)",
+    "Times ingress announced it is busy (CPU use or notifications in flight; pressure.py)",
 )
 QUEUE_MESSAGES = Gauge(
     "paylane_queue_messages",

@@ -9,8 +9,9 @@ first"). So during a burst the consumers stop asking:
 
 - Ingress (:class:`LoadAnnouncer`) measures its own CPU use over the last :data:`WINDOW_S`,
   every :data:`INTERVAL_S`. When it is above ``INGRESS_BUSY_CPU`` (a fraction of one core),
-  it publishes a transient message to the fanout exchange ``paylane.signals``: "busy for
-  :data:`HOLD_S`", repeated every :data:`REPEAT_S` while it stays busy.
+  or at once when ``INGRESS_BUSY_IN_FLIGHT`` verified notifications are being answered
+  together, it publishes a transient message to the fanout exchange ``paylane.signals``:
+  "busy for :data:`HOLD_S`", repeated every :data:`REPEAT_S` while it stays busy.
 - Every consumer process (:class:`IngressYield`) binds an exclusive queue of its own to that
   exchange. While an announcement holds, :meth:`IngressYield.turn` waits before each batch:
   the deliveries already prefetched wait unacked, the broker sends no more, and the burst
@@ -18,11 +19,12 @@ first"). So during a burst the consumers stop asking:
 - Capped: after yielding ``CONSUMER_YIELD_MAX_S`` in a row a consumer works for a quarter of
   that, announcements or not, so a load above what the machine sustains end to end still
   moves the queues. ``CONSUMER_YIELD_MAX_S=0`` never yields (consumers on machines of their
-  own); ``INGRESS_BUSY_CPU=0`` never announces.
+  own); ``INGRESS_BUSY_CPU=0`` and ``INGRESS_BUSY_IN_FLIGHT=0`` never announce.
 
 Nothing durable depends on it: a lost announcement costs a little latency, a consumer that
 never hears one does not yield, and a yielding consumer holds only what it has not applied
-(unacked: redelivered if it dies).
+(unacked: redelivered if it dies). The signals use a broker connection of their own
+(:func:`signals_connection`), so they can never hold up the events' connection.
 """
 
 from __future__ import annotations
@@ -38,9 +40,15 @@ from collections.abc import Callable
 import aio_pika
 import aiormq
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
-from . import metrics
+from . import amqp, metrics
 from .amqp import close_quietly
 from .exceptions import ConfigError
 from .topology import declare_signals_exchange
@@ -68,6 +76,19 @@ _HINT = (
 )
 #: After yielding ``max_s`` in a row, a consumer works this share of ``max_s``.
 WORK_SHARE = 0.25
+
+
+async def signals_connection(url: str, name: str) -> AbstractRobustConnection | None:
+    """A broker connection of the signals' own, so that nothing of theirs can hold up the
+    service's events: a reconnection restores every channel of a connection or none, and
+    a consumer's exclusive queue can be refused ("locked") for as long as the broker still
+    holds the connection that had it. None when the broker cannot be reached now (the
+    service then runs without signals)."""
+    try:
+        return await amqp.connect(url, f"{name}-signals")
+    except Exception as exc:
+        log.warning("signals_not_connected", error=str(exc) or type(exc).__name__)
+        return None
 
 
 class LoadAnnouncer:
@@ -105,8 +126,9 @@ class LoadAnnouncer:
         self._exchange: AbstractExchange | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, connection: AbstractConnection) -> None:
-        if self.busy_cpu <= 0 and self.busy_in_flight <= 0:
+    async def start(self, connection: AbstractConnection | None) -> None:
+        """Announce through ``connection`` (none: never; see :func:`signals_connection`)."""
+        if connection is None or (self.busy_cpu <= 0 and self.busy_in_flight <= 0):
             return
         # No confirms: an announcement is advice, and a lost one is repeated next interval.
         self._channel = await connection.channel(publisher_confirms=False)
@@ -125,6 +147,8 @@ class LoadAnnouncer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        for task in self._announcing:
+            task.cancel()
         await asyncio.gather(*self._announcing, return_exceptions=True)
         self._exchange = None
         if self._channel is not None:
@@ -179,7 +203,9 @@ class LoadAnnouncer:
             expiration=self._hold_s,
         )
         try:
-            await self._exchange.publish(message, routing_key="")
+            # Bounded: a broker that blocks publishers (a memory alarm) must not pile them up.
+            async with asyncio.timeout(self._hold_s):
+                await self._exchange.publish(message, routing_key="")
         except Exception as exc:
             log.debug("busy_announcement_failed", error=repr(exc))
             return
@@ -191,7 +217,7 @@ class IngressYield:
 
     def __init__(
         self,
-        connection: AbstractConnection,
+        connection: AbstractConnection | None,
         service: str,
         max_s: float,
         *,
@@ -222,7 +248,8 @@ class IngressYield:
         return self._yielding_since is not None
 
     async def start(self) -> None:
-        if self.max_s <= 0:
+        """Listen through its connection (none: never yields; see :func:`signals_connection`)."""
+        if self._connection is None or self.max_s <= 0:
             return
         self._channel = await self._connection.channel(publisher_confirms=False)
         try:
@@ -242,8 +269,12 @@ class IngressYield:
             await close_quietly(self._channel, "signals channel")
             self._channel = None
 
-    async def stop(self) -> None:
+    def release(self) -> None:
+        """From now on :meth:`turn` returns at once (the consumer is stopping)."""
         self._released.set()
+
+    async def stop(self) -> None:
+        self.release()
         if self._channel is not None:
             await close_quietly(self._channel, "signals channel")
             self._channel = None

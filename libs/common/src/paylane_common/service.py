@@ -27,7 +27,7 @@ from .health import READINESS_CHECKS, add_health_routes, admin_app
 from .logs import configure_logging
 from .outages import Dependency, NotReady
 from .outbox import OutboxRelay
-from .pressure import IngressYield
+from .pressure import IngressYield, signals_connection
 from .publisher import Publisher
 from .queue_watch import QueueWatch
 from .retention import RetentionPruner
@@ -51,6 +51,8 @@ DATABASE = web.AppKey("database", Dependency)
 SERVICE_NAME = web.AppKey("service_name", str)
 #: AMQP_DECLARE_TOPOLOGY: whether this process declares the topology or only checks it.
 DECLARES_TOPOLOGY = web.AppKey("declares_topology", bool)
+#: The broker URL (a second connection: the signals', pressure.py).
+AMQP_URL = web.AppKey("amqp_url", str)
 
 #: SIGTERM: stop consuming, finish in-flight work, exit within 10 s (DESIGN §8): the
 #: drain (open connections still served, see _Shutdown) takes DRAIN_S, then HTTP
@@ -103,6 +105,7 @@ def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
     """A robust connection and a confirm publisher (which declares the topology unless
     ``AMQP_DECLARE_TOPOLOGY=false``)."""
     app[DECLARES_TOPOLOGY] = settings.amqp_declare_topology
+    app[AMQP_URL] = settings.amqp_url
     startup.need(app, startup.rabbitmq(settings.amqp_url))
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
@@ -359,8 +362,13 @@ def use_consumer(
             )
             pruner.start()
         handler = make_handler(app)
+        signals = (
+            await signals_connection(app[AMQP_URL], app[SERVICE_NAME])
+            if settings.consumer_yield_max_s > 0
+            else None
+        )
         yielding = IngressYield(
-            app[AMQP_CONNECTION],
+            signals,
             app[SERVICE_NAME],
             settings.consumer_yield_max_s,
             declare=app[DECLARES_TOPOLOGY],
@@ -387,8 +395,10 @@ def use_consumer(
         watch.start()
         yield
         await watch.stop()
+        await consumer.stop()  # releases a batch waiting for its turn: it is not started
         await yielding.stop()
-        await consumer.stop()
+        if signals is not None:
+            await amqp.close_quietly(signals, "signals connection")
         if pruner is not None:
             await pruner.stop()
         if outbox_producer is not None:

@@ -274,8 +274,9 @@ class ConsumerSettings(BaseSettings):
     consumer_handler_timeout_s: float = Field(30.0, gt=0, le=600)
     #: While ingress announces it is busy, the consumer waits before each batch, at most
     #: this long in a row, then works a quarter of it regardless (pressure.py). 0: never
-    #: waits (consumers with cores of their own).
-    consumer_yield_max_s: float = Field(60.0, ge=0, le=3600)
+    #: waits (consumers with cores of their own). At most 10 minutes: prefetched deliveries
+    #: wait unacked meanwhile, and RabbitMQ closes a channel holding one for 30.
+    consumer_yield_max_s: float = Field(60.0, ge=0, le=600)
     #: Inbox and published outbox rows are deleted after this many days (retention.py);
     #: never fewer than the replay stream keeps events (7 days), which the inbox dedupes …
     retention_days: float = Field(30.0, ge=7)

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from paylane_common.amqp import close_quietly
 from paylane_common.merchant_api import CERT_REFRESHER, wechatpay_api
-from paylane_common.pressure import LoadAnnouncer
+from paylane_common.pressure import LoadAnnouncer, signals_connection
 from paylane_common.prices import PriceList
-from paylane_common.service import AMQP_CONNECTION, base_app, serve, use_broker
+from paylane_common.service import base_app, serve, use_broker
 from paylane_common.settings import secret_value
 from paylane_common.wechatpay import NotificationVerifier
 
@@ -53,9 +54,13 @@ def _use_load_announcer(app: web.Application, settings: IngressSettings) -> None
     app[LOAD_ANNOUNCER] = announcer
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        await announcer.start(app[AMQP_CONNECTION])
+        announces = settings.ingress_busy_cpu > 0 or settings.ingress_busy_in_flight > 0
+        signals = await signals_connection(settings.amqp_url, "ingress") if announces else None
+        await announcer.start(signals)
         yield
         await announcer.stop()
+        if signals is not None:
+            await close_quietly(signals, "signals connection")
 
     app.cleanup_ctx.append(ctx)
 

@@ -20,7 +20,7 @@ from paylane_common.wechatpay import (
 )
 
 from . import metrics
-from .config import INGRESS_CONFIG, LOAD_ANNOUNCER
+from .config import INGRESS_CONFIG, LOAD_ANNOUNCER, IngressConfig
 from .mapping import Ignored, to_event
 from .responses import acknowledged, fail
 
@@ -48,8 +48,6 @@ class Rejection(Exception):
 async def notify_wechatpay(request: web.Request) -> web.Response:
     started = time.perf_counter()
     _RECEIVED.inc()
-    load = request.app[LOAD_ANNOUNCER]
-    load.entered()
     try:
         response = await _handle(request)
     except Rejection as rej:
@@ -57,8 +55,6 @@ async def notify_wechatpay(request: web.Request) -> web.Response:
         level = "info" if rej.reason == "signtest_probe" else "warning"
         getattr(log, level)("notification_rejected", reason=rej.reason, status=rej.status)
         response = fail(rej.status, rej.message)
-    finally:
-        load.left()
     _ACK_SECONDS[response.status // 100].observe(time.perf_counter() - started)
     return response
 
@@ -76,7 +72,17 @@ async def _handle(request: web.Request) -> web.Response:
         status = 400 if exc.reason in _MALFORMED else 401
         raise Rejection(status, exc.reason, _verification_message(exc)) from None
     metrics.NOTIFICATIONS_VERIFIED.inc()
+    # Verified notifications being answered count toward "busy" (pressure.py); one that
+    # does not verify, or is still sending its body, does not.
+    load = request.app[LOAD_ANNOUNCER]
+    load.entered()
+    try:
+        return await _acknowledge(request, config, body)
+    finally:
+        load.left()
 
+
+async def _acknowledge(request: web.Request, config: IngressConfig, body: bytes) -> web.Response:
     try:
         notification = parse_notification(body)
     except ValueError as exc:

@@ -32,7 +32,7 @@ class IngressSettings(BaseServiceSettings, WechatPayKeysSettings, CatalogSetting
     wechatpay_merchant_serial_no: str | None = None
     wechatpay_api_base: HttpBaseUrl = DEFAULT_API_BASE
     #: Above this CPU use (in cores, over the last tenth of a second) ingress announces it is
-    #: busy and the consumers wait meanwhile (paylane_common.pressure). 0: never announces.
+    #: busy and the consumers wait meanwhile (paylane_common.pressure). 0: never by CPU.
     ingress_busy_cpu: float = Field(0.5, ge=0, le=64)
     #: … and at once when this many notifications are being answered together (a burst
     #: meeting a busy machine; at 1,000/s, 32 in flight means about 32 ms each). 0: never.
