@@ -133,9 +133,13 @@ async def test_an_outage_longer_than_the_budget_pauses_and_loses_nothing(
         with pytest.raises(NotReady, match="mysql down"):
             await consumer.check()
         assert paused_gauge(spec) == 1
-        # Hundreds of budgets later: every message back in its queue, none dead.
+        # Hundreds of budgets later: every message back in its queue, none dead (a quorum
+        # queue's counts lag by seconds, and a handler held up by a blackholed connection
+        # puts its message back when cut off).
         await asyncio.sleep(3)
-        assert await ready_and_dead(channel, spec) == (MESSAGES, 0)
+        await eventually(
+            lambda: _equal(ready_and_dead(channel, spec), (MESSAGES, 0)), 15, what="all back"
+        )
         underlay = await channel.get_underlay_channel()
         for _ in range(MESSAGES):
             got = await underlay.basic_get(spec.name, no_ack=False)
