@@ -81,22 +81,34 @@ async def _left_in(channel: AbstractChannel, queue_name: str) -> int:
     return taken
 
 
+async def _busy_ingress(connection: Any, max_s: float) -> tuple[LoadAnnouncer, IngressYield]:
+    """An ingress announcing "busy" all along, and a consumer process's side listening."""
+    announcer = LoadAnnouncer(0.5, interval_s=0.05, hold_s=1.0, repeat_s=0.1, cpu=busy_cpu)
+    yielding = IngressYield(connection, "test", max_s=max_s)
+    await yielding.start()
+    await announcer.start(connection)
+    return announcer, yielding
+
+
+def _consumer(
+    connection: Any,
+    publisher: Publisher,
+    spec: QueueSpec,
+    pool: Any,
+    database: Any,
+    yielding: IngressYield,
+) -> Observed:
+    """Entitlement's batch consumer of ``spec``, yielding to ``yielding``."""
+    handler = EntitlementApplier(pool, DEFAULT_CATALOG)
+    return Observed(connection, publisher, spec, handler, database=database, yield_to=yielding)
+
+
 async def test_consumers_wait_while_ingress_is_busy_then_drain(
     amqp_connection, publisher, channel, spec, db_pool, database
 ):
-    announcer = LoadAnnouncer(0.5, interval_s=0.05, hold_s=1.0, repeat_s=0.1, cpu=busy_cpu)
-    yielding = IngressYield(amqp_connection, "test", max_s=60)
-    await yielding.start()
-    await announcer.start(amqp_connection)
+    announcer, yielding = await _busy_ingress(amqp_connection, max_s=60)
     users = await add_users(db_pool, 20, payment_status="free")
-    consumer = Observed(
-        amqp_connection,
-        publisher,
-        spec,
-        EntitlementApplier(db_pool, DEFAULT_CATALOG),
-        database=database,
-        yield_to=yielding,
-    )
+    consumer = _consumer(amqp_connection, publisher, spec, db_pool, database, yielding)
     try:
         await consumer.start()
         await _until_busy(yielding)
@@ -120,20 +132,10 @@ async def test_consumers_wait_while_ingress_is_busy_then_drain(
 async def test_a_stopping_consumer_starts_nothing_that_waited_for_its_turn(
     amqp_connection, publisher, channel, spec, db_pool, database
 ):
-    announcer = LoadAnnouncer(0.5, interval_s=0.05, hold_s=1.0, repeat_s=0.1, cpu=busy_cpu)
-    yielding = IngressYield(amqp_connection, "test", max_s=60)
-    await yielding.start()
-    await announcer.start(amqp_connection)
+    announcer, yielding = await _busy_ingress(amqp_connection, max_s=60)
     users = await add_users(db_pool, 5, payment_status="free")
     sent = await _publish(publisher, spec.name, users)
-    consumer = Observed(
-        amqp_connection,
-        publisher,
-        spec,
-        EntitlementApplier(db_pool, DEFAULT_CATALOG),
-        database=database,
-        yield_to=yielding,
-    )
+    consumer = _consumer(amqp_connection, publisher, spec, db_pool, database, yielding)
     try:
         await _until_busy(yielding)
         await consumer.start()
@@ -159,20 +161,10 @@ async def test_a_stopping_consumer_starts_nothing_that_waited_for_its_turn(
 async def test_a_consumer_works_once_it_has_yielded_its_maximum(
     amqp_connection, publisher, channel, spec, db_pool, database
 ):
-    announcer = LoadAnnouncer(0.5, interval_s=0.05, hold_s=1.0, repeat_s=0.1, cpu=busy_cpu)
-    yielding = IngressYield(amqp_connection, "test", max_s=1.0)
-    await yielding.start()
-    await announcer.start(amqp_connection)
+    announcer, yielding = await _busy_ingress(amqp_connection, max_s=1.0)
     users = await add_users(db_pool, 10, payment_status="free")
     sent = await _publish(publisher, spec.name, users)
-    consumer = Observed(
-        amqp_connection,
-        publisher,
-        spec,
-        EntitlementApplier(db_pool, DEFAULT_CATALOG),
-        database=database,
-        yield_to=yielding,
-    )
+    consumer = _consumer(amqp_connection, publisher, spec, db_pool, database, yielding)
     await _until_busy(yielding)
     started = time.monotonic()
     try:
