@@ -9,8 +9,6 @@ import asyncio
 import itertools
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,17 +22,23 @@ from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.topology import (
     SIGNALS_EXCHANGE,
     QueueSpec,
-    declare_queue,
     declare_signals_exchange,
 )
 from paylane_entitlement.grants import EntitlementApplier
-from tests.integration.test_batch_consumer import Observed, _state
+from tests.integration import test_batch_consumer as batch_tests
+from tests.integration.test_batch_consumer import (
+    Observed,
+    _state,
+)
 from tests.support.events import order_paid
 from tests.support.infra import Infra, unique_name
 from tests.support.polling import eventually
 from tests.support.seeding import add_users
 
 pytestmark = pytest.mark.integration
+
+#: A fresh quorum queue with its retry queues and DLQ, the batch consumer tests' fixture.
+spec = batch_tests.spec
 
 
 def busy_cpu() -> float:
@@ -48,15 +52,6 @@ _TICKS = itertools.count()
 def idle_cpu() -> float:
     """A process_time that barely moves: ingress idle."""
     return next(_TICKS) * 1e-6
-
-
-@pytest.fixture
-async def spec(channel: AbstractChannel) -> AsyncIterator[QueueSpec]:
-    spec = QueueSpec(f"test.pressure.{uuid.uuid4().hex}", routing_keys=())
-    await declare_queue(channel, spec)
-    yield spec
-    for name in (spec.name, spec.dlq, *spec.retry_queues):
-        await channel.queue_delete(name)
 
 
 async def _publish(publisher: Publisher, queue: str, users: list[str]) -> int:
