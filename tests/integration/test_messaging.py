@@ -14,7 +14,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from prometheus_client import REGISTRY
 
-from paylane_common import events, outbox
+from paylane_common import events, outbox, tracing
 from paylane_common.consumer import (
     ATTEMPT_HEADER,
     ORIGIN_HEADER,
@@ -115,9 +115,11 @@ async def test_confirmed_publish_is_in_the_bound_queue(publisher, channel, bound
     assert message.body == envelope.to_json()
     assert (message.message_id, message.type) == (envelope.event_id, events.PAYMENT_SUCCEEDED)
     assert message.correlation_id == envelope.data["out_trade_no"]
-    assert message.content_type == "application/json"
+    assert (message.content_type, message.content_encoding) == ("application/json", "utf-8")
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.timestamp is not None
     assert message.headers["x-test"] == "yes"
+    assert tracing.TRACE_HEADER in message.headers
 
 
 async def test_unroutable_message_raises_and_the_channel_survives(publisher, channel, spec):

@@ -122,13 +122,13 @@ async def test_an_outage_longer_than_the_budget_pauses_and_loses_nothing(
     await consumer.start()
     try:
         first = payment_succeeded().envelope
-        await publisher.publish_to_queue(spec.name, envelope_message(first))
+        await publisher.publish_event_to_queue(spec.name, first)
         await eventually(lambda: _has(db_pool, scratch, first.event_id), 10, what="first")
 
         proxy.refuse() if fault == "refused" else proxy.blackhole()
         envelopes = [payment_succeeded().envelope for _ in range(MESSAGES)]
         for envelope in envelopes:
-            await publisher.publish_to_queue(spec.name, envelope_message(envelope))
+            await publisher.publish_event_to_queue(spec.name, envelope)
         await eventually(lambda: _true(consumer.paused), 15, what="consumer paused")
         with pytest.raises(NotReady, match="mysql down"):
             await consumer.check()

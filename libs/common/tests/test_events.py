@@ -11,7 +11,7 @@ from paylane_common import events
 from paylane_common.events import OrderPaid, PaymentSucceeded, make_event, parse_event
 from paylane_common.exceptions import EventValidationError
 from paylane_common.ids import new_row_id
-from paylane_common.publisher import envelope_message
+from paylane_common.publisher import envelope_message, envelope_properties
 
 USER = "user-1706345678901-xyz789"
 
@@ -31,6 +31,13 @@ def test_roundtrip_and_amqp_properties() -> None:
     assert message.correlation_id == "T123456"
     assert message.content_type == "application/json"
     assert message.delivery_mode.value == 2
+    # What Publisher.publish sends: the same properties, built without an aio_pika.Message.
+    properties = envelope_properties(envelope, {"x-test": "yes"})
+    assert properties.message_type == message.type
+    assert properties.delivery_mode == message.delivery_mode.value
+    assert (properties.message_id, properties.correlation_id) == ("EV-1", "T123456")
+    assert (properties.content_type, properties.content_encoding) == ("application/json", "utf-8")
+    assert properties.headers == {"x-test": "yes"}
 
 
 def test_wrong_data_model_is_refused_when_publishing() -> None:

@@ -23,7 +23,7 @@ from .db import transaction
 from .events import Envelope
 from .exceptions import PublishError
 from .outages import Dependency
-from .publisher import Publisher, envelope_message
+from .publisher import Publisher
 
 log = structlog.get_logger(__name__)
 
@@ -211,4 +211,4 @@ class OutboxRelay(BackgroundLoop):
         metrics.OUTBOX_OLDEST_AGE.labels(self.producer).set((row["age"] or 0) / 1e6)
 
 
-__all__ = ["OutboxRelay", "Staged", "add", "add_many", "envelope_message"]
+__all__ = ["OutboxRelay", "Staged", "add", "add_many"]

@@ -1,5 +1,11 @@
 """Publishing with publisher confirms + ``mandatory``: a publish returns only once the
-broker has durably taken the message, and raises PublishError otherwise."""
+broker has durably taken the message, and raises PublishError otherwise.
+
+Messages go out on aio-pika's channel through its aiormq channel, with the properties
+built once as pamqp's: building an ``aio_pika.Message`` for each event cost about 20 µs
+of CPU, against 2 µs for its properties, on every publish of the hot paths (ingress's
+acknowledgement, the outbox relays).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from pamqp.commands import Basic
 
 from . import metrics, tracing
 from .events import Envelope
@@ -32,6 +39,11 @@ log = structlog.get_logger(__name__)
 #: A nacked channel is replaced at most this often (a queue refusing for good, e.g.
 #: without a quorum, must not make the publisher churn channels).
 RENEW_AFTER_S = 1.0
+#: Publish outcomes, their labelled histograms resolved once.
+_CONFIRM_SECONDS = {
+    outcome: metrics.PUBLISH_CONFIRM_SECONDS.labels(outcome)
+    for outcome in ("confirmed", "timeout", "returned", "nack", "unavailable")
+}
 #: The broker or the channel is not there (down, restoring, closed).
 _UNAVAILABLE = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
 
@@ -88,17 +100,26 @@ class Publisher:
     ) -> None:
         """Publish an event to the ``paylane`` exchange (routing key = its type), carrying
         the current trace (or starting one) unless ``headers`` already name it."""
-        message = envelope_message(
+        properties = envelope_properties(
             envelope, {**tracing.outgoing_headers(envelope.event_id), **(headers or {})}
         )
-        await self._send(self._exchange, message, routing_key or envelope.type)
+        await self._send(
+            self._exchange.name, envelope.to_json(), properties, routing_key or envelope.type
+        )
 
     async def publish_to_queue(self, queue: str, message: aio_pika.Message) -> None:
         """Publish straight to one queue through the default exchange (retry, DLQ, replay)."""
-        await self._send(self._channel.default_exchange, message, queue)
+        await self._send("", message.body, message.properties, queue)
+
+    async def publish_event_to_queue(
+        self, queue: str, envelope: Envelope, headers: Mapping[str, Any] | None = None
+    ) -> None:
+        """Publish an event straight to one queue with exactly ``headers`` (a replay from
+        the outbox, with the trace it was stored with)."""
+        await self._send("", envelope.to_json(), envelope_properties(envelope, headers), queue)
 
     async def _send(
-        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str
+        self, exchange: str, body: bytes, properties: Basic.Properties, routing_key: str
     ) -> None:
         started = time.perf_counter()
         outcome = "confirmed"
@@ -107,11 +128,22 @@ class Publisher:
             if self._closed:
                 raise RuntimeError("publisher closed")
             async with asyncio.timeout(self._timeout):
-                if isinstance(self._channel, AbstractRobustChannel):
+                if isinstance(channel, AbstractRobustChannel):
                     # After a reconnect the channel is restored in the background:
                     # wait for it within the same budget rather than fail at once.
-                    await self._channel.ready()
-                await exchange.publish(message, routing_key=routing_key, mandatory=True)
+                    await channel.ready()
+                if channel.is_closed:
+                    raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+                underlay = await channel.get_underlay_channel()
+                # Raises DeliveryError on a nack, PublishError (its subclass) when returned
+                # unroutable: the channel was opened with on_return_raises.
+                await underlay.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=True,
+                )
         except TimeoutError:
             outcome = "timeout"
             raise PublishError(f"broker did not confirm within {self._timeout:g}s") from None
@@ -127,7 +159,7 @@ class Publisher:
             outcome = "unavailable"
             raise PublishError(f"broker unavailable: {type(exc).__name__}") from None
         finally:
-            metrics.PUBLISH_CONFIRM_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+            _CONFIRM_SECONDS[outcome].observe(time.perf_counter() - started)
 
     async def _renew(self, nacked: AbstractChannel) -> None:
         """Publish on a fresh confirm channel from now on. RabbitMQ 3.10 keeps refusing
@@ -171,10 +203,27 @@ class Publisher:
             await channel.close()
 
 
+def envelope_properties(
+    envelope: Envelope, headers: Mapping[str, Any] | None = None
+) -> Basic.Properties:
+    """The AMQP properties of an envelope's message, as DESIGN §5 names them."""
+    return Basic.Properties(
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
+        message_id=envelope.event_id,
+        message_type=envelope.type,
+        correlation_id=envelope.correlation_id,
+        timestamp=datetime.now(UTC),
+        headers=dict(headers or {}),
+    )
+
+
 def envelope_message(
     envelope: Envelope, headers: Mapping[str, Any] | None = None
 ) -> aio_pika.Message:
-    """The AMQP message of an envelope: properties as DESIGN §5 names them."""
+    """The AMQP message of an envelope, for :meth:`Publisher.publish_to_queue` and other
+    aio-pika publishers: the properties of :func:`envelope_properties`."""
     return aio_pika.Message(
         body=envelope.to_json(),
         content_type="application/json",

@@ -47,7 +47,7 @@ from .amqp import copy_message, without_broker_headers
 from .consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
 from .events import Envelope
 from .exceptions import PaylaneError, PublishError
-from .publisher import Publisher, envelope_message
+from .publisher import Publisher
 from .topology import LOG_STREAM, QUEUES
 
 #: How many times a message was replayed (DLQ → queue); 1 on its first replay.
@@ -618,7 +618,7 @@ async def _replay_row(
             summary.keep(item)
             continue
         try:
-            await publisher.publish_to_queue(target, envelope_message(envelope, headers))
+            await publisher.publish_event_to_queue(target, envelope, headers)
         except PublishError as exc:
             summary.count(event_type, target, "failed")
             summary.errors[f"{target}: {exc}"] += 1
