@@ -256,10 +256,20 @@ def _cpu_tables(results: dict[str, Any]) -> list[str]:
     for rate in RATES:
         if f"paylane_{rate}" in burst:
             per = burst[f"paylane_{rate}"]["cpu"]["cpu_us_per_unit"]
+            theirs = burst.get(f"baseline_{rate}", {}).get("cpu", {}).get("cpu_us_per_unit", {})
+            # The machine's speed moves within the hour; the baseline of the same run moves
+            # with it, so this ratio compares runs where the absolute µs cannot.
+            ratio = (
+                f" That is {per['total'] / theirs['total']:.2f}× the inline baseline's"
+                f" {theirs['total']} µs per payment in the same run."
+                if theirs.get("total")
+                else ""
+            )
             lines.append(
                 f"\nAt saturation (paylane, burst {rate}/s, first send to last push): "
                 f"{per['total']} µs per payment in total (target ≤ {CPU_TARGET_TOTAL_US}),"
                 f" RabbitMQ {per.get('rabbitmq', '?')} µs (target ≤ {CPU_TARGET_RABBITMQ_US})."
+                + ratio
             )
     return lines
 
