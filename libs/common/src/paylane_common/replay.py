@@ -28,7 +28,7 @@ import contextlib
 import json
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -321,52 +321,48 @@ async def replay_dlq(
     summary = ReplaySummary(source=dlq, dry_run=dry_run, total=planned)
     _notify(progress, summary)
     channel = await connection.channel(publisher_confirms=False)
-    confirm_channel: AbstractChannel | None = None
     returned: list[AbstractIncomingMessage] = []  # to nack (requeue) at the end
     try:
         source = await channel.get_queue(dlq, ensure=False)
-        publisher: Publisher | None = None
-        if not dry_run:
-            confirm_channel = await connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
-            publisher = Publisher(confirm_channel, confirm_channel.default_exchange, timeout)
-        while summary.seen < planned:
-            message = await _get(source, timeout)
-            if message is None:
-                break
-            _raise_if_cancelled()
-            summary.seen += 1
-            info = describe_dead_letter(message, default_origin, delivery_limits)
-            item = ReplayItem(
-                message.message_id, message.type, message.correlation_id, info.reason, info.origin
-            )
-            if publisher is None:
-                summary.count(info.reason, info.origin, "moved")
-                summary.keep(item)
-            elif info.origin == dlq:
-                returned.append(message)
-                summary.count(info.reason, info.origin, "failed")
-                summary.errors[f"{dlq}: origin is the DLQ itself"] += 1
-                summary.keep(item)
-            else:
-                try:
-                    await publisher.publish_to_queue(info.origin, dlq_copy(message, info))
-                except PublishError as exc:
+        async with _replay_publisher(connection, dry_run, timeout) as publisher:
+            while summary.seen < planned:
+                message = await _get(source, timeout)
+                if message is None:
+                    break
+                _raise_if_cancelled()
+                summary.seen += 1
+                info = describe_dead_letter(message, default_origin, delivery_limits)
+                item = ReplayItem(
+                    message.message_id,
+                    message.type,
+                    message.correlation_id,
+                    info.reason,
+                    info.origin,
+                )
+                if publisher is None:
+                    summary.count(info.reason, info.origin, "moved")
+                    summary.keep(item)
+                elif info.origin == dlq:
                     returned.append(message)
                     summary.count(info.reason, info.origin, "failed")
-                    summary.errors[f"{info.origin}: {exc}"] += 1
+                    summary.errors[f"{dlq}: origin is the DLQ itself"] += 1
                     summary.keep(item)
                 else:
-                    await _settle(message.ack(), timeout)
-                    summary.count(info.reason, info.origin, "moved")
-            _notify(progress, summary)
-            _raise_if_cancelled()
-        for message in returned:
-            await _settle(message.nack(requeue=True), timeout)
+                    try:
+                        await publisher.publish_to_queue(info.origin, dlq_copy(message, info))
+                    except PublishError as exc:
+                        returned.append(message)
+                        summary.count(info.reason, info.origin, "failed")
+                        summary.errors[f"{info.origin}: {exc}"] += 1
+                        summary.keep(item)
+                    else:
+                        await _settle(message.ack(), timeout)
+                        summary.count(info.reason, info.origin, "moved")
+                _notify(progress, summary)
+                _raise_if_cancelled()
+            for message in returned:
+                await _settle(message.nack(requeue=True), timeout)
     finally:
-        if confirm_channel is not None:
-            await _close(confirm_channel)
         # Hands back whatever is still unacked: a dry run's messages, or the one in
         # flight when the run was cancelled (it is redelivered, never lost).
         await _close(channel)
@@ -424,44 +420,36 @@ async def replay_log(
     stop_after = end + clock_skew
     received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     channel = await connection.channel(publisher_confirms=False)
-    confirm_channel: AbstractChannel | None = None
     try:
-        publisher: Publisher | None = None
-        if not dry_run:
-            confirm_channel = await connection.channel(
-                publisher_confirms=True, on_return_raises=True
+        async with _replay_publisher(connection, dry_run, timeout) as publisher:
+            # A stream is consumed only with a prefetch and manual acks (acks grant credit).
+            await channel.set_qos(prefetch_count=prefetch)
+            stream = await channel.get_queue(LOG_STREAM, ensure=False)
+            await stream.consume(
+                received.put, arguments={"x-stream-offset": window_start - STREAM_OFFSET_MARGIN}
             )
-            publisher = Publisher(confirm_channel, confirm_channel.default_exchange, timeout)
-        # A stream is consumed only with a prefetch and manual acks (acks grant credit).
-        await channel.set_qos(prefetch_count=prefetch)
-        stream = await channel.get_queue(LOG_STREAM, ensure=False)
-        await stream.consume(
-            received.put, arguments={"x-stream-offset": window_start - STREAM_OFFSET_MARGIN}
-        )
-        while True:
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    message = await received.get()
-            except TimeoutError:
-                break  # caught up
-            stamp = _utc(message.timestamp) if message.timestamp is not None else None
-            event_type = message.type or "(no type)"
-            if stamp is None:  # cannot be placed in the window: say so, move nothing
-                summary.count(event_type, "(no timestamp)", "skipped")
-            elif stamp > datetime.now(UTC) + clock_skew:
-                # From a clock running ahead: it cannot be placed in the window, and it
-                # must not end the scan early either.
-                summary.count(event_type, "(timestamp in the future)", "skipped")
-            elif stamp > stop_after:
-                break
-            elif window_start <= stamp <= end:
-                await _replay_event(message, stamp, wanted, to, publisher, summary)
-            _notify(progress, summary)
-            await _settle(message.ack(), timeout)
-            _raise_if_cancelled()
+            while True:
+                try:
+                    async with asyncio.timeout(idle_timeout):
+                        message = await received.get()
+                except TimeoutError:
+                    break  # caught up
+                stamp = _utc(message.timestamp) if message.timestamp is not None else None
+                event_type = message.type or "(no type)"
+                if stamp is None:  # cannot be placed in the window: say so, move nothing
+                    summary.count(event_type, "(no timestamp)", "skipped")
+                elif stamp > datetime.now(UTC) + clock_skew:
+                    # From a clock running ahead: it cannot be placed in the window, and it
+                    # must not end the scan early either.
+                    summary.count(event_type, "(timestamp in the future)", "skipped")
+                elif stamp > stop_after:
+                    break
+                elif window_start <= stamp <= end:
+                    await _replay_event(message, stamp, wanted, to, publisher, summary)
+                _notify(progress, summary)
+                await _settle(message.ack(), timeout)
+                _raise_if_cancelled()
     finally:
-        if confirm_channel is not None:
-            await _close(confirm_channel)
         await _close(channel)  # cancels the stream consumer with it
     return summary
 
@@ -539,14 +527,7 @@ async def replay_outbox(
 
     summary = ReplaySummary(source=OUTBOX, dry_run=dry_run)
     _notify(progress, summary)
-    confirm_channel: AbstractChannel | None = None
-    try:
-        publisher: Publisher | None = None
-        if not dry_run:
-            confirm_channel = await connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
-            publisher = Publisher(confirm_channel, confirm_channel.default_exchange, timeout)
+    async with _replay_publisher(connection, dry_run, timeout) as publisher:
         after_id = 0
         while rows := await _outbox_rows(pool, since, end, producers, after_id, batch_size):
             for row in rows:
@@ -554,9 +535,6 @@ async def replay_outbox(
                 await _replay_row(row, wanted, to, publisher, summary)
                 _notify(progress, summary)
                 _raise_if_cancelled()
-    finally:
-        if confirm_channel is not None:
-            await _close(confirm_channel)
     return summary
 
 
@@ -666,6 +644,21 @@ async def _settle(operation: Awaitable[None], timeout: float) -> None:
             await operation
     except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
         raise ReplayError(f"broker unavailable: {type(exc).__name__}: {exc}") from None
+
+
+@contextlib.asynccontextmanager
+async def _replay_publisher(
+    connection: AbstractConnection, dry_run: bool, timeout: float
+) -> AsyncIterator[Publisher | None]:
+    """A publisher on a confirm channel of its own, closed after; none for a dry run."""
+    if dry_run:
+        yield None
+        return
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    try:
+        yield Publisher(channel, channel.default_exchange, timeout)
+    finally:
+        await _close(channel)
 
 
 async def _close(channel: AbstractChannel) -> None:
