@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import aiomysql
@@ -58,7 +59,7 @@ async def transaction(
     ``isolation`` (e.g. ``"READ COMMITTED"``) applies to this transaction only. A
     connection that failed mid-transaction is closed rather than returned to the pool.
     """
-    conn = await pool.acquire()
+    conn = await acquire(pool)
     try:
         if isolation is not None:
             if isolation not in _ISOLATION_LEVELS:
@@ -77,6 +78,30 @@ async def transaction(
         raise
     finally:
         await pool.release(conn)
+
+
+async def acquire(pool: aiomysql.Pool) -> aiomysql.Connection:
+    """``pool.acquire()`` that answers cancellation (a handler's timeout) at once.
+
+    aiomysql can swallow a cancellation while it opens a connection: seen with a server
+    that accepts the connection and never answers (a blackholed network), where the
+    acquire then waits for ever and the timeout meant to bound it has already fired. So
+    the acquire runs as a task of its own; a caller that gives up leaves it cancelled,
+    and a connection it still returns later is closed, never handed out."""
+    task = asyncio.ensure_future(pool.acquire())
+    try:
+        return await asyncio.shield(task)
+    except BaseException:
+        task.cancel()
+        task.add_done_callback(partial(_discard_late, pool))
+        raise
+
+
+def _discard_late(pool: aiomysql.Pool, task: asyncio.Future[aiomysql.Connection]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        conn = task.result()
+        conn.close()
+        pool.release(conn)
 
 
 async def _abandon(conn: aiomysql.Connection, exc: BaseException) -> None:
@@ -102,7 +127,7 @@ async def ping(pool: aiomysql.Pool, timeout: float = 2.0, *, writable: bool = Fa
     """Raises unless the database answers within ``timeout`` on a pooled connection (and,
     with ``writable``, accepts writes: a failed-over primary turned read-only does not)."""
     async with asyncio.timeout(timeout):
-        conn = await pool.acquire()
+        conn = await acquire(pool)
     try:
         await _check(conn, timeout, writable)
     except BaseException:
