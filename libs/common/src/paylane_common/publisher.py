@@ -224,14 +224,15 @@ def envelope_message(
 ) -> aio_pika.Message:
     """The AMQP message of an envelope, for :meth:`Publisher.publish_to_queue` and other
     aio-pika publishers: the properties of :func:`envelope_properties`."""
+    p = envelope_properties(envelope, headers)
     return aio_pika.Message(
         body=envelope.to_json(),
-        content_type="application/json",
-        content_encoding="utf-8",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=envelope.event_id,
-        type=envelope.type,
-        correlation_id=envelope.correlation_id,
-        timestamp=datetime.now(UTC),
-        headers=dict(headers or {}),
+        content_type=p.content_type,
+        content_encoding=p.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode(p.delivery_mode),
+        message_id=p.message_id,
+        type=p.message_type,
+        correlation_id=p.correlation_id,
+        timestamp=p.timestamp,
+        headers=p.headers,
     )
