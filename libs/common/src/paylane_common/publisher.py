@@ -229,7 +229,7 @@ def envelope_message(
         body=envelope.to_json(),
         content_type=p.content_type,
         content_encoding=p.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode(p.delivery_mode),
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,  # as in envelope_properties
         message_id=p.message_id,
         type=p.message_type,
         correlation_id=p.correlation_id,
