@@ -10,6 +10,7 @@ import pytest
 from honcho.environ import parse as honcho_parse
 
 from paylane import dev
+from paylane_common.tokens import TokenSigner, TokenVerifier
 
 
 def test_init_writes_what_honcho_and_paylane_dev_read_alike(
@@ -22,6 +23,11 @@ def test_init_writes_what_honcho_and_paylane_dev_read_alike(
     read = dev._dev_env(directory)
     assert read == honcho_parse(first)
     assert Path(read["WECHATPAY_PUBLIC_KEY_FILE"]).is_file()
+    # The client tokens' key pair: the order service signs, the notifier checks.
+    signer = TokenSigner.from_pem(Path(read["CLIENT_TOKEN_PRIVATE_KEY_FILE"]).read_text())
+    verifier = TokenVerifier.from_pem(Path(read["CLIENT_TOKEN_PUBLIC_KEY_FILE"]).read_text())
+    assert verifier.key_ids == {signer.kid}
+    assert "CLIENT_TOKEN_SECRET" not in read
 
     # A second init keeps every value and adds nothing.
     dev.init(argparse.Namespace(dir=directory))

@@ -56,6 +56,10 @@ GRANT SELECT (`id`, `openid`, `payment_status`, `regenerate_count`),
 -- days the daily bill reconciliation finished, added (INSERT IGNORE: never an existing
 -- row changed, so not effects_since).
 GRANT SELECT, INSERT (`name`, `value`) ON `{database}`.`paylane_meta` TO '{order_user}'@'%';
+-- Users' session versions (sessions.py, migration 0007): read on every user call, bumped
+-- by a revocation (INSERT … ON DUPLICATE KEY UPDATE wants UPDATE on the inserted columns
+-- too: the table's three, so the whole table).
+GRANT SELECT, INSERT, UPDATE ON `{database}`.`paylane_user_sessions` TO '{order_user}'@'%';
 -- Its inbox claims and outbox rows; DELETE for retention pruning (retention.py).
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';

@@ -11,6 +11,7 @@ from paylane_common.exceptions import ConfigError
 from paylane_common.settings import load_settings
 from paylane_common.wechatpay.testing import FakeWechatPay
 from paylane_order.settings import OrderSettings
+from tests.support.stack_config import TOKEN_PRIVATE_KEY
 
 KEYS = FakeWechatPay()
 
@@ -25,7 +26,7 @@ def settings(**overrides: Any) -> OrderSettings:
         "wechatpay_merchant_serial_no": KEYS.merchant_serial_no,
         "wechatpay_public_key": KEYS.platform_public_key_pem,
         "wechatpay_public_key_id": KEYS.public_key_id,
-        "client_token_secret": "c" * 32,
+        "client_token_private_key": TOKEN_PRIVATE_KEY,
         **overrides,
     }
     return load_settings(OrderSettings, **values)

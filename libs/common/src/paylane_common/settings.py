@@ -33,6 +33,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .amqp import broker_urls
 from .catalog import Package, parse_catalog
 from .exceptions import ConfigError
+from .tokens import TokenKeyError, load_signing_key, load_verifying_keys
 from .wechatpay.exceptions import WechatPayError
 from .wechatpay.keys import load_private_key, load_public_key
 
@@ -46,7 +47,8 @@ FILE_VARIABLES = (
     "WECHATPAY_PUBLIC_KEY",
     "INTERNAL_API_SECRET",
     "BACKEND_API_SECRET",
-    "CLIENT_TOKEN_SECRET",
+    "CLIENT_TOKEN_PRIVATE_KEY",
+    "CLIENT_TOKEN_PUBLIC_KEY",
     "WECHAT_APP_SECRET",
 )
 
@@ -86,14 +88,30 @@ def _none_if_blank(value: Any) -> Any:
 NoneIfBlank = Annotated[T | None, BeforeValidator(_none_if_blank)]
 
 
-def _token_secret_strong(value: SecretStr) -> SecretStr:
-    if len(value.get_secret_value().encode()) < 32:
-        raise ValueError("must be at least 32 bytes (HMAC-SHA256 key)")
+def _token_signing_key_loads(value: SecretStr) -> SecretStr:
+    try:
+        load_signing_key(value.get_secret_value())
+    except TokenKeyError as exc:
+        raise ValueError(f"is not an Ed25519 private key PEM ({exc})") from None
     return value
 
 
-#: ``CLIENT_TOKEN_SECRET``: the HMAC key of client tokens, at least 32 bytes.
-TokenSecret = Annotated[SecretStr, AfterValidator(_token_secret_strong)]
+#: ``CLIENT_TOKEN_PRIVATE_KEY``: the Ed25519 key (PKCS#8 PEM) the order service signs
+#: client tokens with.
+TokenSigningKey = Annotated[SecretStr, AfterValidator(_token_signing_key_loads)]
+
+
+def _token_verifying_keys_load(value: str) -> str:
+    try:
+        load_verifying_keys(value)
+    except TokenKeyError as exc:
+        raise ValueError(f"must be Ed25519 PUBLIC KEY PEM blocks ({exc})") from None
+    return value
+
+
+#: ``CLIENT_TOKEN_PUBLIC_KEY``: one or more Ed25519 ``PUBLIC KEY`` PEM blocks, one after
+#: the other (a rotation's old and new key), that client tokens are checked with.
+TokenVerifyingKeys = Annotated[str, AfterValidator(_token_verifying_keys_load)]
 
 
 def _apiv3_key_size(value: SecretStr) -> SecretStr:

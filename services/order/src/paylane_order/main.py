@@ -35,6 +35,7 @@ from .orders import Orders
 from .payments import PaymentApplier
 from .reconciler import Reconciler, confirm_payment
 from .refunds import RefundApplier
+from .sessions import Sessions
 from .settings import OrderSettings
 
 RECONCILER = web.AppKey("reconciler", Reconciler)
@@ -107,6 +108,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             app[DB_POOL], app[WECHATPAY_CLIENT], app[PUBLISHER], config.reconciler
         )
         app[RECONCILER] = reconciler
+        app[api.SESSIONS] = Sessions(app[DB_POOL], config.tokens, config.token_ttl_s)
         app[api.LOGIN] = MiniProgramLogin(
             config.wechat_api_base, config.merchant.appid, config.wechat_app_secret
         )
