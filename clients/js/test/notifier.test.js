@@ -89,6 +89,25 @@ describe("against the notifier", { skip, timeout: 30000 }, () => {
     await refused.body?.cancel();
   });
 
+  test("SSE: a refused (stale) ticket is retried with a fresh one from the session", async (t) => {
+    const order = await placeOrder(await signIn());
+    const tickets = streamTickets({ api: stack.orderApi, session: order.client_token });
+    let asked = 0;
+    const client = connect(order, {
+      WebSocket: null,
+      ticket: "stale-ticket",
+      tickets: () => {
+        asked += 1;
+        return tickets();
+      },
+    });
+    t.after(() => client.close());
+    await opened(client);
+    assert.equal(asked, 1);
+    assert.equal(client.transport, "sse");
+    await Promise.all([client.waitUntilPaid(order.out_trade_no), pay(order.out_trade_no)]);
+  });
+
   test("a WebSocket that cannot get through falls back to SSE", async (t) => {
     // As a proxy that refuses upgrades would: the handshake goes to a path that is no
     // WebSocket (404), so the socket closes without ever opening.
