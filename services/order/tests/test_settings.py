@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from paylane_common.exceptions import ConfigError
 from paylane_common.settings import load_settings
+from paylane_common.tokens import SESSION_AUDIENCE, TokenError, TokenSigner, public_pem
 from paylane_common.wechatpay.testing import FakeWechatPay
+from paylane_order.config import OrderConfig
 from paylane_order.settings import OrderSettings
 from tests.support.stack_config import TOKEN_PRIVATE_KEY
 
@@ -94,3 +97,23 @@ def test_app_appid_is_optional_and_blank_is_unset() -> None:
     assert settings(wechatpay_app_appid="wx8888888888888888").wechatpay_app_appid == (
         "wx8888888888888888"
     )
+
+
+def test_the_token_signing_key_is_an_ed25519_private_key() -> None:
+    with pytest.raises(ConfigError, match=r"CLIENT_TOKEN_PRIVATE_KEY .*not an Ed25519 key"):
+        settings(client_token_private_key=KEYS.merchant_private_key_pem)  # RSA
+
+
+def test_tokens_of_a_rotations_previous_key_are_still_accepted() -> None:
+    """CLIENT_TOKEN_PUBLIC_KEY adds keys the order service accepts tokens from (the
+    previous key while a rotation's old sessions live); it signs with its own."""
+    old_key = Ed25519PrivateKey.generate()
+    old = TokenSigner(old_key)
+    config = OrderConfig.from_settings(settings(client_token_public_key=public_pem(old_key)))
+    session = old.session("user-1", version=0)
+    assert config.tokens.verifier.verify(session, SESSION_AUDIENCE).user_id == "user-1"
+    assert config.tokens.kid != old.kid
+    assert config.tokens.verifier.key_ids == {config.tokens.kid, old.kid}
+    # Without it, the old key's tokens are refused.
+    with pytest.raises(TokenError):
+        OrderConfig.from_settings(settings()).tokens.verifier.verify(session, SESSION_AUDIENCE)
