@@ -36,7 +36,7 @@ class Outcome(enum.Enum):
     CLOSED = "closed"
     #: The client fell too far behind: abort the connection, it will reconnect.
     DROPPED = "dropped"
-    #: The client's token expired: close, it reconnects with a fresh token.
+    #: The session expired: close; the client reconnects with a fresh ticket.
     EXPIRED = "expired"
 
 
@@ -87,7 +87,7 @@ async def _load(app: web.Application, user_id: str, since_ms: int | None) -> lis
 
 
 async def stream_to_client(sink: Sink, subscription: Subscription, send: Send) -> Outcome:
-    """Write until the hub closes (CLOSED) or drops (DROPPED) the sink, or the token
+    """Write until the hub closes (CLOSED) or drops (DROPPED) the sink, or the session
     expires (EXPIRED).
 
     Raises what ``send`` raises when the client is gone (ConnectionError and the like).

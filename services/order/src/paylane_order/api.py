@@ -22,7 +22,7 @@ from .abnormal import AbnormalRefunds, Remedy
 from .auth import Caller, identify, require_backend
 from .client_address import client_ip
 from .config import ORDER_CONFIG
-from .errors import Forbidden, InvalidRequest, NotFound
+from .errors import InvalidRequest, NotFound, Unauthorized
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
 from .orders import NewOrder, Orders
@@ -158,7 +158,9 @@ async def stream_ticket(request: web.Request) -> web.Response:
     ``/ws`` or ``/events``, asked for before each (re)connect."""
     caller = await _caller(request)
     if caller.session is None:
-        raise Forbidden(
+        # The backend secret is no credential here (as on no route of another caller):
+        # a ticket names a user's session.
+        raise Unauthorized(
             "stream tickets are for a user's session (Authorization: Bearer); the backend"
             " gets one through POST /auth/token first"
         )
@@ -436,7 +438,7 @@ ORDER_API = Api(
             "A short-lived ticket for one of the notifier's streams (`/ws`, `/events`)",
             {
                 200: Reply("the ticket: open the stream before it expires", replies.StreamTicket),
-                **_errors(401, 403, e403="the backend (no user session)"),
+                **_errors(401, e401="no user session (the backend's secret is none either)"),
             },
             security=(USER,),
         ),
