@@ -8,6 +8,9 @@ the private key (tests/support/stack_config.py gives it only to the order servic
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import time
 from typing import Any
 
@@ -167,3 +170,38 @@ async def test_revoking_a_users_sessions_refuses_every_older_token(stack: Stack)
         stack, "order", "POST", "/users/user-1-nobody/sessions/revoke", None, BACKEND
     )
     assert (status, answer["error"]) == (404, "unknown_user")
+
+
+async def test_the_operator_revokes_a_users_sessions_with_the_cli(stack: Stack) -> None:
+    user = await login(stack)
+    body = {"package_type": "basic", "trade_type": "NATIVE"}
+    status, order = await call(stack, "order", "POST", "/orders", body, bearer(user["token"]))
+    assert status == 201, order
+    path = f"/orders/{order['out_trade_no']}"
+    assert (await call(stack, "order", "GET", path, None, bearer(user["token"])))[0] == 200
+
+    code, out, err = await _paylane(stack, "sessions", "revoke", user["user_id"])
+    assert (code, err) == (0, ""), err
+    assert out.strip() == f"{user['user_id']}: sessions revoked (version 1)"
+    for token in (user["token"], order["client_token"]):
+        status, answer = await call(stack, "order", "GET", path, None, bearer(token))
+        assert (status, answer["error"]) == (401, "unauthorized")
+    code, _, err = await _paylane(stack, "sessions", "revoke", "user-1-nobody")
+    assert code == 1 and "does not exist" in err
+
+
+async def _paylane(stack: Stack, *args: str) -> tuple[int, str, str]:
+    """The ``paylane`` command with the stack's database (MYSQL_URL only)."""
+    env = {**os.environ, "MYSQL_URL": stack.base_env["MYSQL_URL"], "LOG_FORMAT": "json"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "paylane.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -82,15 +82,21 @@ class Sessions:
 
     async def revoke(self, user_id: str) -> int:
         """Bump the user's session version; every token issued before is refused."""
-        async with transaction(self._pool) as cur:
-            await cur.execute(
-                "INSERT INTO paylane_user_sessions (user_id, version, revoked_at)"
-                " VALUES (%s, 1, UTC_TIMESTAMP(6))"
-                " ON DUPLICATE KEY UPDATE version = version + 1, revoked_at = UTC_TIMESTAMP(6)",
-                (user_id,),
-            )
-            await cur.execute(
-                "SELECT version FROM paylane_user_sessions WHERE user_id = %s", (user_id,)
-            )
-            row = await cur.fetchone()
-        return int(row["version"])
+        return await revoke(self._pool, user_id)
+
+
+async def revoke(pool: aiomysql.Pool, user_id: str) -> int:
+    """Bump ``user_id``'s session version (``POST /users/{id}/sessions/revoke``,
+    ``paylane sessions revoke``); the new version."""
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO paylane_user_sessions (user_id, version, revoked_at)"
+            " VALUES (%s, 1, UTC_TIMESTAMP(6))"
+            " ON DUPLICATE KEY UPDATE version = version + 1, revoked_at = UTC_TIMESTAMP(6)",
+            (user_id,),
+        )
+        await cur.execute(
+            "SELECT version FROM paylane_user_sessions WHERE user_id = %s", (user_id,)
+        )
+        row = await cur.fetchone()
+    return int(row["version"])
