@@ -500,6 +500,7 @@ async def test_the_command_prints_the_report_as_json(
         "WECHATPAY_MERCHANT_SERIAL_NO": KEYS.merchant_serial_no,
         "WECHATPAY_PUBLIC_KEY": KEYS.platform_public_key_pem,
         "WECHATPAY_PUBLIC_KEY_ID": KEYS.public_key_id,
+        "WECHATPAY_APIV3_KEY": KEYS.apiv3_key,
         "CLIENT_TOKEN_SECRET": "c" * 32,
     }
     process = await asyncio.create_subprocess_exec(
