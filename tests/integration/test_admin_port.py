@@ -18,6 +18,10 @@ import aiohttp
 import aiomysql
 import pytest
 
+from paylane_entitlement.settings import EntitlementSettings
+from paylane_ingress.settings import IngressSettings
+from paylane_notifier.settings import NotifierSettings
+from paylane_order.settings import OrderSettings
 from services.notifier.tests.support import SECRET, insert_user, token_for
 from tests.support.faultproxy import FaultProxy, through
 from tests.support.infra import Infra
@@ -77,6 +81,14 @@ async def status_of(http: aiohttp.ClientSession, url: str) -> int:
     async with http.get(url) as response:
         await response.read()
         return response.status
+
+
+def test_every_service_has_an_admin_port_of_its_own() -> None:
+    ports = [
+        (cls.model_fields["http_port"].default, cls.model_fields["admin_port"].default)
+        for cls in (IngressSettings, OrderSettings, EntitlementSettings, NotifierSettings)
+    ]
+    assert ports == [(8080, 9080), (8081, 9081), (8082, 9082), (8083, 9083)]
 
 
 @pytest.mark.parametrize("name", ["order", "notifier"])
