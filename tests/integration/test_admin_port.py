@@ -64,6 +64,8 @@ async def stack(
 
 
 async def start(stack: Stack, name: str) -> Service:
+    if name == "ingress":
+        return await stack.start(name, FakeWechat().ingress_env())
     if name == "order":
         wechat = FakeWechat()
         env = {
@@ -91,7 +93,7 @@ def test_every_service_has_an_admin_port_of_its_own() -> None:
     assert ports == [(8080, 9080), (8081, 9081), (8082, 9082), (8083, 9083)]
 
 
-@pytest.mark.parametrize("name", ["order", "notifier"])
+@pytest.mark.parametrize("name", ["order", "entitlement", "notifier"])
 async def test_readyz_and_metrics_are_on_the_admin_port_only(stack: Stack, name: str) -> None:
     service = await start(stack, name)
     assert service.admin_port is not None and service.admin_port != service.port
@@ -144,7 +146,7 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
     return True
 
 
-@pytest.mark.parametrize("name", ["order", "notifier"])
+@pytest.mark.parametrize("name", ["ingress", "order", "notifier"])
 @pytest.mark.parametrize("port", ["public", "admin"])
 async def test_a_connection_that_sends_no_request_is_closed(
     stack: Stack, name: str, port: str
