@@ -83,7 +83,7 @@ def build_handler(app: web.Application, config: OrderConfig) -> OrderEvents:
 
 
 def build_app(settings: OrderSettings) -> web.Application:
-    app = base_app("order")
+    app = base_app("order", admin_port=settings.admin_port)
     app.middlewares.append(error_middleware)
     use_broker(app, settings)
     use_mysql(app, settings)

@@ -31,6 +31,7 @@ class OrderSettings(
     TrustedProxySettings,
 ):
     http_port: int = Field(8081, ge=1, le=65535)
+    admin_port: int = Field(9081, ge=1, le=65535)
     #: A payment for another merchant or app is flagged for review, never granted.
     wechatpay_appid: str = Field(min_length=1)
     #: The mobile app's appid (open platform), for ``trade_type: APP``: WeChat Pay takes
