@@ -110,9 +110,7 @@ def signed_payment(
             resource["amount"][key] = fields.pop(key)
     headers, body = KIT.notify(resource, event_id=event_id)
     headers.pop("Content-Type", None)
-    received = WechatNotification(
-        body=body.decode(), headers=headers, received_at=int(time.time())
-    )
+    received = WechatNotification(body=body.decode(), headers=headers, received_at=int(time.time()))
     data = payment_from_transaction(resource, "wechatpay", received)
     return data.model_copy(update=fields) if fields else data
 
