@@ -18,19 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import aiomysql
 import structlog
+from prometheus_client import Counter as PromCounter
 
 from paylane_common import inbox, outbox
 from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import placeholders, rows_table, transaction
-from paylane_common.events import (
-    Envelope,
-    PaymentSucceeded,
-)
+from paylane_common.events import Envelope, PaymentSource, PaymentSucceeded
 from paylane_common.ids import new_row_id
 
 from . import INBOX_CONSUMER, OUTBOX_PRODUCER, catalog_prices, effects
@@ -38,6 +36,14 @@ from .gate import Gate, Unconfirmed
 from .review import to_review
 
 log = structlog.get_logger(__name__)
+
+UNCONFIRMED = PromCounter(
+    "paylane_payments_unconfirmed_total",
+    "payment.succeeded claims WeChat Pay does not stand behind, by source (the payment gate)",
+    ["source"],
+)
+for _source in get_args(PaymentSource):  # exported at 0: the alert counts the first one
+    UNCONFIRMED.labels(_source)
 
 #: What a payment may move to ``paid``: a pending order, or one that timed out or was
 #: cancelled (``failed``) and was paid all the same. The one-by-one and the batch path
@@ -231,6 +237,7 @@ class PaymentApplier:
                 (f"marked paid, but {reason}"[:255], claim.out_trade_no),
             )
             flagged = cur.rowcount == 1
+        UNCONFIRMED.labels(claim.source).inc()
         log.error(
             "payment_unconfirmed",
             alert=True,

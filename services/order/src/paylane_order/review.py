@@ -14,6 +14,7 @@ from typing import Any
 
 import aiomysql
 import structlog
+from prometheus_client import Counter
 
 from paylane_common import events, outbox
 from paylane_common.events import OrderRevoked, make_event
@@ -21,6 +22,11 @@ from paylane_common.events import OrderRevoked, make_event
 from . import OUTBOX_PRODUCER
 
 log = structlog.get_logger(__name__)
+
+REVOKED = Counter(
+    "paylane_orders_revoked_total",
+    "Granted orders that went to needs_review, their grant taken back (order.revoked)",
+)
 
 
 def order_revoked(order: dict[str, Any], reason: str) -> events.Envelope:
@@ -56,5 +62,6 @@ async def to_review(
     )
     if order["status"] == "paid" and order["paid_event_at"] is not None:
         await outbox.add(cur, OUTBOX_PRODUCER, order_revoked(order, reason))
+        REVOKED.inc()
         log.error("order_revoked", alert=True, reason=reason)
     return True
