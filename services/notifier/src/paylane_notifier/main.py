@@ -15,7 +15,7 @@ from .settings import NotifierSettings
 
 
 def build_app(settings: NotifierSettings, *, hub: Hub | None = None) -> web.Application:
-    app = base_app("notifier")
+    app = base_app("notifier", admin_port=settings.admin_port)
     app[NOTIFIER_CONFIG] = NotifierConfig(
         tokens=TokenVerifier.from_pem(settings.client_token_public_key),
         snapshot_window_s=settings.snapshot_window_s,

@@ -9,6 +9,7 @@ from paylane_common.settings import BaseServiceSettings, NoneIfBlank, TokenVerif
 
 class NotifierSettings(BaseServiceSettings):
     http_port: int = Field(8083, ge=1, le=65535)
+    admin_port: int = Field(9083, ge=1, le=65535)
     #: The order service's Ed25519 public key(s) (``PUBLIC KEY`` PEM blocks, one after the
     #: other during a rotation): stream tickets are checked with them. The notifier is
     #: internet-facing and holds no key that could mint a token.
