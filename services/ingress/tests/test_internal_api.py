@@ -112,6 +112,9 @@ async def test_a_duplicated_secret_is_400(client, spy, wechat_keys, route, order
         notify_body(transactionId=""),
         notify_body(amountTotal=-1),
         notify_body(generationId="g" * 37),
+        # WeChat Pay's attach, and so the bill's columns: a comma broke a day's bill.
+        notify_body(generationId="gen-1,2"),
+        notify_body(generationId="gen 1"),
         {"outTradeNo": "P20251122ABC", "status": "paid"},
     ],
 )
@@ -370,6 +373,22 @@ async def test_order_created_unreadable_body_is_400(client, spy, secret, raw, er
         ORDER_CREATED, data=raw, headers={**secret, "Content-Type": "application/json"}
     )
     await expect_refusal(response, 400, error)
+    assert await spy.drain() == []
+
+
+@integration
+@pytest.mark.parametrize(("route", "key"), [(ORDER_CREATED, "amount"), (NOTIFY, "outTradeNo")])
+async def test_a_key_given_twice_is_400_naming_it(client, spy, secret, route, key):
+    """A JSON parser keeps the last of two equal keys, another reader perhaps the first:
+    a body two readers would understand differently is refused, not guessed at."""
+    body = created_body() if route == ORDER_CREATED else notify_body()
+    text = json.dumps(body)
+    raw = text[:-1] + f", {json.dumps(key)}: {json.dumps(body[key])}}}"
+    response = await client.post(
+        route, data=raw.encode(), headers={**secret, "Content-Type": "application/json"}
+    )
+    message = await expect_refusal(response, 400, "INVALID_REQUEST")
+    assert key in message and "more than once" in message
     assert await spy.drain() == []
 
 

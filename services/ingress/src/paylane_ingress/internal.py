@@ -29,8 +29,8 @@ from paylane_common import events
 from paylane_common.auth import DuplicateHeader, internal_secret_ok
 from paylane_common.events import OrderCreated, PaymentSucceeded, make_event, validation_summary
 from paylane_common.exceptions import PublishError
-from paylane_common.ids import new_row_id
-from paylane_common.openapi import body_model
+from paylane_common.ids import GENERATION_ID_PATTERN, new_row_id
+from paylane_common.openapi import body_model, validate_json
 from paylane_common.service import PUBLISHER
 
 from . import metrics
@@ -81,7 +81,7 @@ class _Refusal:
 
 async def _body(request: web.Request) -> Any:
     """The body, validated with the model ``INGRESS_API`` names for the route."""
-    return body_model(request).model_validate_json(await request.read())
+    return validate_json(body_model(request), await request.read())
 
 
 async def _publish(request: web.Request, envelope: events.Envelope) -> bool:
@@ -114,8 +114,9 @@ class InternalNotify(BaseModel):
     openid: str | None = Field(default=None, max_length=128)
     #: Informational: the order row says what was bought.
     packageType: str | None = Field(default=None, max_length=32)
-    #: The generation the payment unlocks, for an order row that names none yet.
-    generationId: str | None = Field(default=None, max_length=36)
+    #: The generation the payment unlocks, for an order row that names none yet
+    #: (``GENERATION_ID_PATTERN``: it may reach WeChat Pay's ``attach`` and the bill).
+    generationId: str | None = Field(default=None, pattern=GENERATION_ID_PATTERN)
 
     @field_validator("openid", "packageType", "generationId", mode="before")
     @classmethod

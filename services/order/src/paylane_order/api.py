@@ -10,11 +10,12 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from paylane_common.auth import INTERNAL_SECRET_HEADER
 from paylane_common.events import validation_summary
-from paylane_common.openapi import Api, Operation, Param, Reply, body_model
+from paylane_common.ids import GENERATION_ID_PATTERN
+from paylane_common.openapi import Api, Operation, Param, Reply, body_model, validate_json
 from paylane_common.prices import dumps
 from paylane_common.tokens import issue_client_token
 
@@ -59,9 +60,15 @@ class CreateOrder(BaseModel):
     trade_type: Literal["JSAPI", "NATIVE", "H5", "APP"]
     #: ``users.openid`` and ``payment_orders._openid`` are VARCHAR(100).
     openid: str | None = Field(default=None, min_length=1, max_length=100)
-    #: ``payment_orders.generation_id`` is VARCHAR(36); '' is stored when none is given.
-    generation_id: str | None = Field(default=None, max_length=36)
+    #: ``payment_orders.generation_id`` (``GENERATION_ID_PATTERN``: it becomes WeChat
+    #: Pay's ``attach``); '' is taken as none, and stored as '' as when none is given.
+    generation_id: str | None = Field(default=None, pattern=GENERATION_ID_PATTERN)
     client_ip: str | None = Field(default=None, max_length=45)
+
+    @field_validator("generation_id", mode="before")
+    @classmethod
+    def _blank_generation(cls, value: Any) -> Any:
+        return None if value == "" else value
 
 
 class CreateRefund(BaseModel):
@@ -101,7 +108,7 @@ async def _body(request: web.Request) -> Any:
     model = body_model(request)
     try:
         raw = await request.read()
-        return model.model_validate_json(raw or b"{}")
+        return validate_json(model, raw or b"{}")
     except ValidationError as exc:
         raise InvalidRequest(validation_summary(exc)) from None
 
