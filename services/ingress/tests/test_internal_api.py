@@ -437,6 +437,28 @@ def test_loggable_db_error() -> None:
         '{"code": "ER_DUP_ENTRY", "errno": 1062}'
     )
     assert loggable_db_error("line one\nline two") == "line one line two"
+    assert loggable_db_error("test passed: 3 rows") == "test passed: 3 rows"
+
+
+@pytest.mark.parametrize(
+    ("db_error", "secret"),
+    [
+        ({"user": "cf", "pass": "hunter2-pw"}, "hunter2-pw"),
+        ({"config": {"password": "two words"}}, "two words"),
+        ({"headers": {"Authorization": "Basic Y2Y6aHVudGVy"}}, "Y2Y6aHVudGVy"),
+        ('{"pass": "hunter2-pw"}', "hunter2-pw"),
+        ('{"password": "two words"}', "words"),
+        ("pass=hunter2-pw host=db", "hunter2-pw"),
+        ("Authorization: Bearer eyJhbGciOi.x.y failed", "eyJhbGciOi"),
+        ('{"authorization": "Basic Y2Y6aHVudGVy"}', "Y2Y6aHVudGVy"),
+    ],
+)
+def test_loggable_db_error_blanks_pass_password_and_authorization(
+    db_error: Any, secret: str
+) -> None:
+    """The cloud function's ``dbError`` is whatever its driver said, its config included."""
+    logged = loggable_db_error(db_error)
+    assert logged is not None and secret not in logged and "***" in logged
     long = loggable_db_error("y" * 1000)
     assert long is not None and len(long) == DB_ERROR_LOG_CHARS and long.endswith("…")
 
