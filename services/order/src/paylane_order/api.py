@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from aiohttp import web
+from aiohttp.web import AppKey
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from paylane_common.auth import INTERNAL_SECRET_HEADER
@@ -24,14 +25,19 @@ from .abnormal import AbnormalRefunds, Remedy
 from .auth import Caller, identify, require_backend
 from .client_address import client_ip
 from .config import ORDER_CONFIG
-from .errors import InvalidRequest, NotFound
+from .errors import InvalidRequest, NotFound, TooManyRequests
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
 from .orders import NewOrder, Orders
+from .rate_limits import RateLimit
 
 ORDERS = web.AppKey("orders", Orders)
 ABNORMAL_REFUNDS = web.AppKey("abnormal_refunds", AbnormalRefunds)
 LOGIN = web.AppKey("miniprogram_login", MiniProgramLogin)
+#: Sign-ins a client address, orders a user may make a minute (``LOGIN_RATE_PER_MIN``,
+#: ``ORDER_RATE_PER_MIN``); an app without them has no limit.
+LOGIN_RATE = web.AppKey("login_rate", RateLimit)
+ORDER_RATE = web.AppKey("order_rate", RateLimit)
 
 
 #: A row id of the shared ``users`` table: a string such as ``user-1706345678901-xyz789``
@@ -124,11 +130,27 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=default))
 
 
+def _limit(request: web.Request, key: AppKey[RateLimit], who: str, what: str) -> None:
+    """429 with ``Retry-After`` when ``who`` spent the app's ``key`` limit."""
+    limit = request.app.get(key)
+    if limit is None:
+        return
+    wait = limit.hit(who)
+    if wait is not None:
+        raise TooManyRequests(
+            f"too many {what} (at most {limit.per_minute} a minute); retry in {wait} s",
+            retry_after=wait,
+        )
+
+
 async def login(request: web.Request) -> web.Response:
     """``POST /auth/miniprogram {code}``: the code of ``wx.login()`` → a session token of
-    the user whose openid WeChat names (created if new)."""
+    the user whose openid WeChat names (created if new). Each client address has
+    ``LOGIN_RATE_PER_MIN``: past it WeChat is not asked."""
     config = request.app[ORDER_CONFIG]
-    body: Login = await _body(request)
+    body: Login = await _body(request)  # a body refused costs WeChat nothing
+    address = client_ip(request, config.trusted_proxies) or "unknown"
+    _limit(request, LOGIN_RATE, address, "sign-ins from this address")
     identity = await request.app[LOGIN].identify(body.code)
     user_id = await request.app[ORDERS].sign_in(identity.openid)
     structlog.contextvars.bind_contextvars(user_id=user_id)
@@ -176,6 +198,10 @@ async def create_order(request: web.Request) -> web.Response:
     config = request.app[ORDER_CONFIG]
     caller = _caller(request)
     body: CreateOrder = await _body(request)
+    # Per user: the token's, or the one the backend names (by id, else by openid).
+    user = caller.user_id if not caller.backend else (body.user_id or body.openid)
+    if user:
+        _limit(request, ORDER_RATE, user, "orders for this user")
     package = config.catalog.get(body.package_type)
     if package is None:
         raise InvalidRequest(
@@ -351,8 +377,16 @@ def _errors(*statuses: int, **notes: str) -> dict[int, Reply]:
         **_WECHATPAY_ERRORS,
     }
     return {
-        status: Reply(notes.get(f"e{status}", what[status]), replies.Error) for status in statuses
+        status: Reply(
+            notes.get(f"e{status}", what[status]),
+            replies.Error,
+            headers=_RETRY_AFTER if status == 429 else {},
+        )
+        for status in statuses
     }
+
+
+_RETRY_AFTER = {"Retry-After": "seconds to wait before trying again (paylane's own limits)"}
 
 
 IDEMPOTENCY_KEY = Param(
@@ -393,7 +427,15 @@ ORDER_API = Api(
             "Sign a mini-program user in with the code of `wx.login()`",
             {
                 200: Reply("a session token", replies.Token),
-                **_errors(*_BODY_ERRORS, 401, 429, 503, e401="WeChat refused the code"),
+                **_errors(
+                    *_BODY_ERRORS,
+                    401,
+                    429,
+                    503,
+                    e401="WeChat refused the code",
+                    e429="too many sign-ins from the client's address"
+                    " (`LOGIN_RATE_PER_MIN`), or WeChat's own limit (`too_many_requests`)",
+                ),
             },
             body=Login,
         ),
@@ -425,10 +467,15 @@ ORDER_API = Api(
                     403,
                     404,
                     409,
+                    429,
                     502,
                     503,
                     e404="`unknown_user` (without an `openid`)",
-                    e409="`idempotency_key_reused`, or the key's request is in progress",
+                    e409="`idempotency_key_reused`, or the key's request is in progress, or"
+                    " `too_many_pending_orders` (the user's unpaid orders are at"
+                    " `MAX_PENDING_ORDERS`)",
+                    e429="too many orders for this user (`ORDER_RATE_PER_MIN`,"
+                    " `too_many_requests`)",
                 ),
             },
             body=CreateOrder,

@@ -33,6 +33,7 @@ from .errors import error_middleware
 from .miniprogram import MiniProgramLogin
 from .orders import Orders
 from .payments import PaymentApplier
+from .rate_limits import RateLimit
 from .reconciler import Reconciler, confirm_payment
 from .refunds import RefundApplier
 from .settings import OrderSettings
@@ -102,6 +103,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             app[WECHATPAY_CLIENT],
             app[MERCHANT_SIGNER],
             config.merchant,
+            max_pending=config.max_pending_orders,
         )
         reconciler = Reconciler(
             app[DB_POOL], app[WECHATPAY_CLIENT], app[PUBLISHER], config.reconciler
@@ -131,6 +133,8 @@ def build_app(settings: OrderSettings) -> web.Application:
         settings,
         outbox_producer=OUTBOX_PRODUCER,
     )
+    app[api.LOGIN_RATE] = RateLimit(config.login_rate_per_min)
+    app[api.ORDER_RATE] = RateLimit(config.order_rate_per_min)
     api.add_routes(app)
     return app
 

@@ -54,6 +54,16 @@ class OrderSettings(
     #: WeChat's open-platform API host (``/sns/jscode2session``, which is sent the
     #: AppSecret): https, except for a local sandbox (:func:`local_sandbox`).
     wechat_api_base: HttpBaseUrl = "https://api.weixin.qq.com"
+    #: Sign-ins (``POST /auth/miniprogram``) a client address may make a minute, each
+    #: replica (rate_limits.py); past it 429 with ``Retry-After``, WeChat not asked.
+    #: The address is the peer, or ``X-Forwarded-For`` through ``TRUSTED_PROXIES``.
+    #: 0: no limit.
+    login_rate_per_min: int = Field(30, ge=0, le=100_000)
+    #: Orders (``POST /orders``) a user may place a minute, each replica; 0: no limit.
+    order_rate_per_min: int = Field(10, ge=0, le=100_000)
+    #: Unpaid orders a user may have pending at once (not yet expired); one more is a
+    #: 409 ``too_many_pending_orders`` until one is paid, closed or expires. 0: no cap.
+    max_pending_orders: int = Field(5, ge=0, le=10_000)
     #: Apply ``source: "internal"`` payments without asking WeChat Pay first. Only for a
     #: caller the operator trusts as much as WeChat Pay itself; off by default.
     internal_notify_trusted: bool = False
