@@ -115,8 +115,9 @@ class InternalNotify(BaseModel):
     #: Informational: the order row says what was bought.
     packageType: str | None = Field(default=None, max_length=32)
     #: The generation the payment unlocks, for an order row that names none yet
-    #: (``GENERATION_ID_PATTERN``: it may reach WeChat Pay's ``attach`` and the bill).
-    generationId: str | None = Field(default=None, pattern=GENERATION_ID_PATTERN)
+    #: (``GENERATION_ID_PATTERN``: it may reach WeChat Pay's ``attach`` and the bill); ""
+    #: is taken as absent (``_blank``), and documented so.
+    generationId: Literal[""] | Annotated[str, Field(pattern=GENERATION_ID_PATTERN)] | None = None
 
     @field_validator("openid", "packageType", "generationId", mode="before")
     @classmethod

@@ -68,7 +68,7 @@ class CreateOrder(BaseModel):
     openid: str | None = Field(default=None, min_length=1, max_length=100)
     #: ``payment_orders.generation_id`` (``GENERATION_ID_PATTERN``: it becomes WeChat
     #: Pay's ``attach``); '' is taken as none, and stored as '' as when none is given.
-    generation_id: str | None = Field(default=None, pattern=GENERATION_ID_PATTERN)
+    generation_id: Literal[""] | Annotated[str, Field(pattern=GENERATION_ID_PATTERN)] | None = None
     client_ip: str | None = Field(default=None, max_length=45)
 
     @field_validator("generation_id", mode="before")
