@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from aiohttp import web
-from aiohttp.web import AppKey
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from paylane_common.auth import INTERNAL_SECRET_HEADER
@@ -130,7 +129,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=default))
 
 
-def _limit(request: web.Request, key: AppKey[RateLimit], who: str, what: str) -> None:
+def _limit(request: web.Request, key: web.AppKey[RateLimit], who: str, what: str) -> None:
     """429 with ``Retry-After`` when ``who`` spent the app's ``key`` limit."""
     limit = request.app.get(key)
     if limit is None:
@@ -199,7 +198,8 @@ async def create_order(request: web.Request) -> web.Response:
     caller = _caller(request)
     body: CreateOrder = await _body(request)
     # Per user: the token's, or the one the backend names (by id, else by openid).
-    user = caller.user_id if not caller.backend else (body.user_id or body.openid)
+    named = body.user_id or (f"openid:{body.openid}" if body.openid else None)
+    user = caller.user_id if not caller.backend else named
     if user:
         _limit(request, ORDER_RATE, user, "orders for this user")
     package = config.catalog.get(body.package_type)
