@@ -483,7 +483,7 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
         assert (await remedies.get(abnormal.data.out_refund_no))["status"] == "pending"
         async with transaction(pool) as cur:
             unpaid, _, _ = await orders._insert(cur, replace(new, idempotency_key=None), user)
-        reconciler = Reconciler(pool, None, None, ReconcilerConfig())  # type: ignore[arg-type]
+        reconciler = Reconciler(pool, None, None, ReconcilerConfig(), None)  # type: ignore[arg-type]
         await reconciler._fail_locally(unpaid)
         # A bill difference recorded once: the second run reads the first one back; two
         # refunds of one order are two. The day recorded as done, found done.

@@ -26,6 +26,7 @@ def settings(**overrides: Any) -> OrderSettings:
         "wechatpay_public_key": KEYS.platform_public_key_pem,
         "wechatpay_public_key_id": KEYS.public_key_id,
         "client_token_secret": "c" * 32,
+        "wechatpay_apiv3_key": KEYS.apiv3_key,
         **overrides,
     }
     return load_settings(OrderSettings, **values)
@@ -144,3 +145,10 @@ def test_the_api_secrets_are_32_bytes_at_least_and_differ() -> None:
     # env file for all, as `make run` has) refuses the two alike.
     with pytest.raises(ConfigError, match="INTERNAL_API_SECRET must differ from BACKEND"):
         settings(backend_api_secret=strong, internal_api_secret=strong)
+
+
+def test_the_apiv3_key_is_required() -> None:
+    """The payment gate verifies and decrypts WeChat Pay's notifications in the order
+    service itself: without the key it could not, so the service does not start."""
+    with pytest.raises(ConfigError, match="WECHATPAY_APIV3_KEY is required"):
+        settings(wechatpay_apiv3_key=None)

@@ -15,9 +15,9 @@
   Pay does not know (RESOURCE_NOT_EXISTS: the request never got there) and still has no
   ``refund_id`` is closed locally once ``refund_grace_s`` old, so it stops reserving the
   order's refundable amount.
-- internal notifies without amount are confirmed by the same query (``confirm_payment``).
 - orders another writer (the cloud function) settled, whose effect paylane never applied
-  because its notify was lost: announced once (``effects.sweep``).
+  because its notify was lost: announced once WeChat Pay confirms the payment and its
+  price (``effects.sweep``), or sent to ``needs_review``.
 
 Each pass asks about every pending order and refund older than ``after_s``, paging
 through them by key (``created_at``, ``id``) and with at most ``concurrency`` WeChat Pay
@@ -46,9 +46,8 @@ from prometheus_client import Histogram
 
 from paylane_common import events
 from paylane_common.background import BackgroundLoop
-from paylane_common.consumer import Reject, Retry
 from paylane_common.db import transaction
-from paylane_common.events import PaymentSucceeded, RefundEvent, make_event
+from paylane_common.events import RefundEvent, make_event, payment_from_transaction
 from paylane_common.exceptions import PublishError
 from paylane_common.ids import new_row_id
 from paylane_common.publisher import Publisher
@@ -56,6 +55,7 @@ from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatP
 
 from . import effects
 from .config import ReconcilerConfig
+from .gate import PAID_STATES, Gate
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +73,6 @@ PASS_SECONDS = Histogram(
     "How long a reconciler pass over every pending order and refund takes",
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
 )
-PAID_STATES = ("SUCCESS", "REFUND")
 #: A lock per database: deployments (and test sessions) sharing a server do not wait on
 #: each other.
 _GET_LOCK = "SELECT GET_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64), %s)"
@@ -89,45 +88,6 @@ _REFUND_EVENTS = {
 }
 
 
-def payment_from_transaction(tx: dict[str, Any], source: str) -> PaymentSucceeded:
-    amount = tx.get("amount") or {}
-    return PaymentSucceeded(
-        out_trade_no=tx["out_trade_no"],
-        transaction_id=tx["transaction_id"],
-        amount_total=amount.get("total"),
-        payer_total=amount.get("payer_total"),
-        currency=amount.get("currency") or "CNY",
-        openid=(tx.get("payer") or {}).get("openid"),
-        trade_type=tx.get("trade_type"),
-        success_time=tx.get("success_time"),
-        mchid=tx.get("mchid"),
-        appid=tx.get("appid"),
-        source=source,
-    )
-
-
-async def confirm_payment(client: WechatPayClient, data: PaymentSucceeded) -> PaymentSucceeded:
-    """An internal notify without amount, confirmed (and completed) by WeChat Pay."""
-    try:
-        tx = await client.query_by_out_trade_no(data.out_trade_no)
-    except WechatPayApiError as exc:
-        if exc.retryable:
-            raise Retry(f"WeChat Pay query failed: {exc.code}", max_attempts=8, delay_s=5) from None
-        raise Reject(f"WeChat Pay does not confirm the payment: {exc.code}") from None
-    except WechatPayError as exc:
-        raise Retry(f"WeChat Pay query failed: {exc}", max_attempts=8, delay_s=5) from None
-    state = tx.get("trade_state")
-    if state not in PAID_STATES or tx.get("transaction_id") != data.transaction_id:
-        raise Reject(
-            f"WeChat Pay does not confirm the payment: trade_state {state},"
-            f" transaction {tx.get('transaction_id')}"
-        )
-    # What only the notify knows (the generation it unlocks) stays with the payment.
-    return payment_from_transaction(tx, data.source).model_copy(
-        update={"generation_id": data.generation_id}
-    )
-
-
 class Reconciler(BackgroundLoop):
     LOCK = "paylane.reconciler"
     task_name = "reconciler"
@@ -138,9 +98,11 @@ class Reconciler(BackgroundLoop):
         client: WechatPayClient,
         publisher: Publisher,
         config: ReconcilerConfig,
+        gate: Gate,
     ) -> None:
         self._pool = pool
         self._client = client
+        self._gate = gate
         self._publisher = publisher
         self._config = config
         self._order_ttl = timedelta(seconds=config.order_ttl_s)
@@ -170,6 +132,7 @@ class Reconciler(BackgroundLoop):
                     findings.update(
                         await effects.sweep(
                             self._pool,
+                            self._gate,
                             grace_s=self._config.sweep_grace_s,
                             limit=self._config.sweep_limit,
                         )

@@ -33,6 +33,7 @@ class OrderSettings(
     ApiSecretSettings,
 ):
     http_port: int = Field(8081, ge=1, le=65535)
+    admin_port: int = Field(9081, ge=1, le=65535)
     #: A payment for another merchant or app is flagged for review, never granted.
     wechatpay_appid: str = Field(min_length=1)
     #: The mobile app's appid (open platform), for ``trade_type: APP``: WeChat Pay takes
@@ -64,9 +65,6 @@ class OrderSettings(
     #: Unpaid orders a user may have pending at once (not yet expired); one more is a
     #: 409 ``too_many_pending_orders`` until one is paid, closed or expires. 0: no cap.
     max_pending_orders: int = Field(5, ge=0, le=10_000)
-    #: Apply ``source: "internal"`` payments without asking WeChat Pay first. Only for a
-    #: caller the operator trusts as much as WeChat Pay itself; off by default.
-    internal_notify_trusted: bool = False
     #: How long a placed order stays payable (its ``time_expire``); at most
     #: ``PREPAY_ID_TTL_S``, so that the prepay_id its pay parameters name never expires first.
     order_ttl_s: int = Field(1800, ge=1)
@@ -87,6 +85,15 @@ class OrderSettings(
     sweep_grace_s: float = Field(60.0, ge=0)
     #: … at most this many of each kind (paid, refunded) a pass.
     sweep_limit: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _apiv3_key_required(self) -> OrderSettings:
+        if self.wechatpay_apiv3_key is None:
+            raise ValueError(
+                "WECHATPAY_APIV3_KEY is required: the order service checks and decrypts"
+                " WeChat Pay's notifications itself before an order is paid (the payment gate)"
+            )
+        return self
 
     @field_validator("order_ttl_s")
     @classmethod
