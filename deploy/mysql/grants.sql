@@ -56,6 +56,8 @@ GRANT SELECT (`id`, `openid`, `payment_status`, `regenerate_count`),
 -- days the daily bill reconciliation finished, added (INSERT IGNORE: never an existing
 -- row changed, so not effects_since).
 GRANT SELECT, INSERT (`name`, `value`) ON `{database}`.`paylane_meta` TO '{order_user}'@'%';
+-- The catalog's prices over time (the payment gate): recorded at start, read per payment.
+GRANT SELECT, INSERT, UPDATE (`valid_until`) ON `{database}`.`catalog_prices` TO '{order_user}'@'%';
 -- Users' session versions (sessions.py, migration 0007): read on every user call, bumped
 -- by a revocation (INSERT … ON DUPLICATE KEY UPDATE wants UPDATE on the inserted columns
 -- too: the table's three, so the whole table).

@@ -29,11 +29,11 @@ def minted_ticket(user_id: str, session_ttl_s: int = 3600) -> str:
     return TOKENS.stream_ticket(user_id, session_expires_at=int(time.time()) + session_ttl_s)
 
 
-INTERNAL_SECRET = "e2e-internal-secret"
+INTERNAL_SECRET = "e2e-internal-secret-of-at-least-32-bytes"
 #: The cloud function's credential: for ingress's internal API only.
 INTERNAL = {"X-Internal-Secret": INTERNAL_SECRET}
 #: The app backend's credential on the order API (never given to ingress).
-BACKEND_SECRET = "e2e-backend-secret"
+BACKEND_SECRET = "e2e-backend-secret-of-at-least-32-bytes"
 BACKEND = {"X-Internal-Secret": BACKEND_SECRET}
 #: The mini-program's AppSecret, known to the sandbox's jscode2session and to order.
 APP_SECRET = "e2e-miniprogram-app-secret"

@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .amqp import broker_urls
 from .catalog import Package, parse_catalog
 from .exceptions import ConfigError
+from .identities import Publishers
 from .tokens import TokenKeyError, load_signing_key, load_verifying_keys
 from .wechatpay.exceptions import WechatPayError
 from .wechatpay.keys import load_private_key, load_public_key
@@ -87,6 +88,24 @@ def _none_if_blank(value: Any) -> Any:
 
 #: An optional setting that an empty variable (``FOO=``) leaves unset.
 NoneIfBlank = Annotated[T | None, BeforeValidator(_none_if_blank)]
+
+
+#: The shortest shared secret taken: 32 bytes, an HMAC-SHA256 key's size and beyond any
+#: guessing (``paylane dev init`` and ``deploy/compose_secrets.py`` make longer ones).
+MIN_SECRET_BYTES = 32
+
+
+def _api_secret_strong(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -base64 32`)"
+        )
+    return value
+
+
+#: A secret a caller presents in ``X-Internal-Secret`` (``INTERNAL_API_SECRET``,
+#: ``BACKEND_API_SECRET``), at least 32 bytes.
+ApiSecret = Annotated[SecretStr, AfterValidator(_api_secret_strong)]
 
 
 def _token_signing_key_loads(value: SecretStr) -> SecretStr:
@@ -269,6 +288,23 @@ class BaseServiceSettings(BaseSettings):
     amqp_declare_topology: bool = True
     #: Publisher-confirm budget; ingress answers 503 past it.
     publish_timeout_s: float = Field(3.0, gt=0, le=4.5)
+    #: The broker users that publish each event type, checked by the consumers against
+    #: the validated AMQP ``user_id`` (identities.py); a service's own user is accepted
+    #: too (development: every process is ``guest``). ``AMQP_REPLAY_USER`` runs
+    #: ``paylane replay``, which keeps the original publisher in a header.
+    amqp_ingress_user: str = Field("paylane-ingress", min_length=1)
+    amqp_order_user: str = Field("paylane-order", min_length=1)
+    amqp_entitlement_user: str = Field("paylane-entitlement", min_length=1)
+    amqp_replay_user: str = Field("paylane", min_length=1)
+
+    @property
+    def publishers(self) -> Publishers:
+        return Publishers(
+            ingress=self.amqp_ingress_user,
+            order=self.amqp_order_user,
+            entitlement=self.amqp_entitlement_user,
+            replay=self.amqp_replay_user,
+        )
 
     @property
     def mysql(self) -> MySQLParams:
@@ -317,6 +353,32 @@ class ConsumerSettings(BaseSettings):
     retention_days: float = Field(30.0, ge=7)
     #: … checked this often (0: not in-process).
     retention_interval_s: float = Field(3600.0, ge=0)
+
+
+class ApiSecretSettings(BaseSettings):
+    """Mixin: the two ``X-Internal-Secret`` secrets, each at least 32 bytes, never equal.
+
+    ``INTERNAL_API_SECRET`` is the cloud function's (ingress's internal API) and
+    ``BACKEND_API_SECRET`` the app backend's (the order API); the first must open nothing
+    on the order API, which an equal second would undo. Each process that reads either
+    reads both where it is given both (one env file for every process, as ``make run``
+    has), so the mistake is refused wherever it can be seen. Unset or blank: none.
+    """
+
+    internal_api_secret: NoneIfBlank[ApiSecret] = None
+    #: The app backend's secret on the order API: orders for any user, reads, refunds.
+    backend_api_secret: NoneIfBlank[ApiSecret] = None
+
+    @model_validator(mode="after")
+    def _secrets_differ(self) -> ApiSecretSettings:
+        internal, backend = self.internal_api_secret, self.backend_api_secret
+        if internal is not None and backend is not None:
+            if internal.get_secret_value() == backend.get_secret_value():
+                raise ValueError(
+                    "INTERNAL_API_SECRET must differ from BACKEND_API_SECRET: the cloud"
+                    " function's secret must open nothing on the order API"
+                )
+        return self
 
 
 class CatalogSettings(BaseSettings):
