@@ -5,7 +5,9 @@
 --
 -- One user per service, each with the tables (and, where MySQL allows it, the columns)
 -- its statements touch, nothing else: no DDL for any of them (no service migrates at
--- start), no table it does not use. GET_LOCK (reconciler, retention) needs no grant.
+-- start), no table it does not use. The leases that keep a job to one replica (leases.py)
+-- are rows of paylane_locks: whoever may UPDATE a row may stop its job, so only the order
+-- service may take the reconciler's and the bills' (GET_LOCK, used before, is open to all).
 -- A new statement on another table fails with error 1142 until it is granted here (the
 -- integration tests run each service under these grants).
 --
@@ -59,6 +61,13 @@ GRANT SELECT, INSERT (`name`, `value`) ON `{database}`.`paylane_meta` TO '{order
 -- Its inbox claims and outbox rows; DELETE for retention pruning (retention.py).
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';
+-- The leases of the reconciler and the daily bill reconciliation (also `paylane reconcile`,
+-- which runs as order), and retention's through its view; taken and released, never
+-- added (migration 0006 adds the rows).
+GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_locks`
+  TO '{order_user}'@'%';
+GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_retention_lock`
+  TO '{order_user}'@'%';
 
 -- entitlement (the order.paid / order.refunded consumer): a user's plan and regenerations
 -- (those two columns only) and its ledger, where it marks revocations. No orders, refunds
@@ -72,6 +81,9 @@ GRANT SELECT, INSERT, UPDATE (`revoked_at`)
   ON `{database}`.`entitlement_grants` TO '{entitlement_user}'@'%';
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{entitlement_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{entitlement_user}'@'%';
+-- Retention's lease, through the view that shows its row alone (not the reconciler's).
+GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_retention_lock`
+  TO '{entitlement_user}'@'%';
 GRANT LOCK TABLES ON `{database}`.* TO '{entitlement_user}'@'%';
 -- The order service's locking reads (orders, refunds, users) need it on MySQL 8 as well.
 GRANT LOCK TABLES ON `{database}`.* TO '{order_user}'@'%';

@@ -50,6 +50,7 @@ from paylane_common.wechatpay.testing import (
     PAYER_OPENID,
     SUCCESS_TIME,
     new_transaction_id,
+    order_request,
 )
 from paylane_notifier.snapshot import load_snapshot
 from paylane_order.abnormal import AbnormalRefunds, Remedy
@@ -70,7 +71,8 @@ from tests.support.events import (
 from tests.support.infra import Infra, unique_name
 from tests.support.polling import eventually
 from tests.support.queries import order_status
-from tests.support.seeding import add_order, add_user
+from tests.support.sandbox import running_sandbox, sandbox_settings
+from tests.support.seeding import add_order, add_orders, add_user, ago, from_now
 from tests.support.stack import Stack
 from tests.support.wechat import FakeWechat
 
@@ -308,6 +310,18 @@ async def test_notifier_user_binds_its_own_queue_to_order_and_entitlement_events
 #: ER_TABLEACCESS_DENIED_ERROR ("UPDATE command denied to user … for table …") and
 #: ER_COLUMNACCESS_DENIED_ERROR (the same for a column the user may not write).
 TABLE_DENIED, COLUMN_DENIED = 1142, 1143
+
+
+def _connect_args(url: str) -> dict[str, object]:
+    dsn = urlsplit(url)
+    return {
+        "host": dsn.hostname,
+        "port": dsn.port or 3306,
+        "user": dsn.username,
+        "password": unquote(dsn.password or ""),
+        "db": dsn.path.removeprefix("/"),
+        "autocommit": True,
+    }
 
 
 @contextlib.contextmanager
@@ -583,6 +597,84 @@ async def test_consumer_users_prune_the_inbox_and_outbox(
         for table in ("inbox", "outbox"):
             await cur.execute(f"SELECT COUNT(*) AS n FROM {table} WHERE event_id = %s", (event_id,))
             assert (await cur.fetchone())["n"] == 0, table
+
+
+async def test_no_other_account_can_stop_the_reconciler(
+    service_mysql_urls: dict[str, str],
+    db_pool: aiomysql.Pool,
+    amqp_connection: AbstractRobustConnection,
+    topology: None,
+) -> None:
+    """Any account could take a MySQL named lock: the notifier's, holding the reconciler's
+    ``GET_LOCK`` name, made every pass do nothing while a lost payment waited. The
+    reconciler's lease is a row only the order service's account may update."""
+    keys = FakeWechat()
+    async with (
+        running_sandbox(sandbox_settings(keys)) as sandbox,
+        aiohttp.ClientSession() as http,
+    ):
+        client = keys.merchant_client(sandbox.base_url, http)
+        lost = f"LP{uuid.uuid4().hex[:20]}"
+        await client.place("NATIVE", order_request("native", lost))
+        await sandbox.ok("POST", f"/sandbox/orders/{lost}/pay", {"notify": False})
+        await add_orders(
+            db_pool,
+            [(lost, await _user(db_pool))],
+            package_type="basic",
+            trade_type="NATIVE",
+            amount="9.90",
+            created_at=ago(120),
+            expires_at=from_now(1200),
+        )
+        notifier = await aiomysql.connect(**_connect_args(service_mysql_urls["notifier"]))
+        publisher = await Publisher.open(amqp_connection)
+        try:
+            async with notifier.cursor() as cur:
+                await cur.execute("SELECT GET_LOCK(CONCAT('paylane.reconciler.', DATABASE()), 0)")
+                assert (await cur.fetchone())[0] == 1
+                for statement in (
+                    "UPDATE paylane_locks SET holder = 'notifier', expires_at = '2999-01-01'",
+                    "UPDATE paylane_retention_lock SET holder = 'notifier'",
+                ):
+                    with pytest.raises(pymysql.err.OperationalError) as denied:
+                        await cur.execute(statement)
+                    assert denied.value.args[0] in (TABLE_DENIED, COLUMN_DENIED)
+            async with _pool(service_mysql_urls["order"]) as pool:
+                reconciler = Reconciler(pool, client, publisher, ReconcilerConfig())
+                found = await reconciler.run_once()
+        finally:
+            notifier.close()
+            await publisher.close()
+    assert found["paid_recovered"] == 1, found
+
+
+def test_only_the_order_user_takes_the_reconciler_and_bills_leases(
+    service_mysql_urls: dict[str, str],
+) -> None:
+    """The entitlement service prunes too (retention), so it takes retention's lease,
+    through the view that shows that row alone; the reconciler's and the bills' it cannot."""
+    with _connect(service_mysql_urls["entitlement"]) as cur:
+        _assert_denied(
+            cur,
+            TABLE_DENIED,
+            "UPDATE paylane_locks SET holder = 'entitlement'",
+            "SELECT holder FROM paylane_locks",
+        )
+        cur.execute("SELECT name FROM paylane_retention_lock")
+        assert cur.fetchall() == (("paylane.retention",),)
+        cur.execute("UPDATE paylane_retention_lock SET expires_at = expires_at")
+    with _connect(service_mysql_urls["order"]) as cur:
+        _assert_denied(
+            cur,
+            COLUMN_DENIED,
+            "UPDATE paylane_locks SET name = 'forged'",
+        )
+        _assert_denied(
+            cur,
+            TABLE_DENIED,
+            "INSERT INTO paylane_locks (name) VALUES ('forged')",
+            "DELETE FROM paylane_locks",
+        )
 
 
 # --- the services, running under them ------------------------------------------------------

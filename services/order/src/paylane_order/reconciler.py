@@ -27,8 +27,10 @@ as a pass takes less than the interval: ``paylane_reconciler_pass_seconds``). Un
 orders leave the pending set when they expire (failed), so it stays bounded by the rate
 of new orders times ``ORDER_TTL_S``.
 
-One pass at a time across replicas (MySQL ``GET_LOCK``, per database); every query is
-idempotent.
+One pass at a time across replicas (a lease on ``paylane_locks``, leases.py, which only
+the order service's account may take); every query is idempotent. Each completed pass,
+and the effects sweep in it, sets ``paylane_reconciler_last_success_timestamp_seconds``
+and ``paylane_sweep_last_success_timestamp_seconds`` (alerts: docs/operations.md).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import Any
 import aiomysql
 import structlog
 from prometheus_client import Counter as PromCounter
-from prometheus_client import Histogram
+from prometheus_client import Gauge, Histogram
 
 from paylane_common import events
 from paylane_common.background import BackgroundLoop
@@ -51,6 +53,7 @@ from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded, RefundEvent, make_event
 from paylane_common.exceptions import PublishError
 from paylane_common.ids import new_row_id
+from paylane_common.leases import Lease
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
 
@@ -73,11 +76,20 @@ PASS_SECONDS = Histogram(
     "How long a reconciler pass over every pending order and refund takes",
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
 )
+#: Set when a pass (or the sweep in it) completes, on the replica that ran it: an alert
+#: fires when the newest of them is too old (deploy/prometheus/rules.yml).
+LAST_SUCCESS = Gauge(
+    "paylane_reconciler_last_success_timestamp_seconds",
+    "When this process last completed a reconciler pass (Unix time)",
+)
+SWEEP_LAST_SUCCESS = Gauge(
+    "paylane_sweep_last_success_timestamp_seconds",
+    "When this process last completed the effects sweep of a reconciler pass (Unix time)",
+)
 PAID_STATES = ("SUCCESS", "REFUND")
-#: A lock per database: deployments (and test sessions) sharing a server do not wait on
-#: each other.
-_GET_LOCK = "SELECT GET_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64), %s)"
-_RELEASE_LOCK = "SELECT RELEASE_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64))"
+#: The reconciler's lease: renewed every third of this while a pass runs, left to
+#: expire this long after a replica died mid-pass.
+LEASE_TTL_S = 60.0
 _COLUMNS = {
     "payment_orders": "out_trade_no, expires_at",
     "refunds": "out_refund_no, out_trade_no, amount_refund, refund_id",
@@ -157,26 +169,21 @@ class Reconciler(BackgroundLoop):
         """One pass; returns what was found (empty when another replica holds the lock
         for longer than ``wait_for_lock_s``)."""
         findings: Counter[str] = Counter()
-        async with self._pool.acquire() as conn:
-            async with conn.cursor() as cur:
-                await cur.execute(_GET_LOCK, (self.LOCK, wait_for_lock_s))
-                (locked,) = await cur.fetchone()
-            if not locked:
+        async with Lease(self._pool, self.LOCK, ttl_s=LEASE_TTL_S).held(wait_for_lock_s) as held:
+            if not held:
                 return findings
-            try:
-                with PASS_SECONDS.time():
-                    await self._pass("payment_orders", self._settle_order, findings)
-                    await self._pass("refunds", self._settle_refund, findings)
-                    findings.update(
-                        await effects.sweep(
-                            self._pool,
-                            grace_s=self._config.sweep_grace_s,
-                            limit=self._config.sweep_limit,
-                        )
+            with PASS_SECONDS.time():
+                await self._pass("payment_orders", self._settle_order, findings)
+                await self._pass("refunds", self._settle_refund, findings)
+                findings.update(
+                    await effects.sweep(
+                        self._pool,
+                        grace_s=self._config.sweep_grace_s,
+                        limit=self._config.sweep_limit,
                     )
-            finally:
-                async with conn.cursor() as cur:
-                    await cur.execute(_RELEASE_LOCK, (self.LOCK,))
+                )
+                SWEEP_LAST_SUCCESS.set_to_current_time()
+        LAST_SUCCESS.set_to_current_time()
         for kind, n in findings.items():
             FINDINGS.labels(kind).inc(n)
         if findings:
