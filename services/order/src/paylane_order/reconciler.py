@@ -19,13 +19,17 @@
 - orders another writer (the cloud function) settled, whose effect paylane never applied
   because its notify was lost: announced once (``effects.sweep``).
 
-Each pass asks about every pending order and refund older than ``after_s``, paging
-through them by key (``created_at``, ``id``) and with at most ``concurrency`` WeChat Pay
-queries in flight: however many orders nobody will pay, a lost notification is found by
-the first pass that starts after ``after_s`` (within ``after_s`` plus one interval, as long
-as a pass takes less than the interval: ``paylane_reconciler_pass_seconds``). Unpaid
-orders leave the pending set when they expire (failed), so it stays bounded by the rate
-of new orders times ``ORDER_TTL_S``.
+Each pass pages through the pending orders and refunds older than ``after_s`` by key
+(``created_at``, ``id``), with at most ``concurrency`` WeChat Pay queries in flight. A
+refund is asked about every pass. An order is asked about on a schedule instead (most
+pending orders are ones nobody opened): once ``after_s`` old, again once
+``second_look_s`` old, then at its expiry (when it is closed), and again every pass only
+while a query fails or a payment it found is not applied yet. ``reconciled_at`` records
+the last answer. A notification lost for a payment made in the first ``after_s`` is found
+within ``after_s`` plus one interval (as long as a pass takes less than the interval:
+``paylane_reconciler_pass_seconds``); one made later, at the next look. Unpaid orders
+leave the pending set when they expire (failed), so it stays bounded by the rate of new
+orders times ``ORDER_TTL_S``.
 
 One pass at a time across replicas (a lease on ``paylane_locks``, leases.py, which only
 the order service's account may take); every query is idempotent. Each completed pass,
@@ -226,12 +230,24 @@ class Reconciler(BackgroundLoop):
         if after is not None:
             keyset = " AND (created_at > %s OR (created_at = %s AND id > %s))"
             args = [after[0], after[0], after[1]]
+        due, due_args = "", []
+        if table == "payment_orders":
+            # Never asked; or asked before second_look_s and now older than that; or
+            # expired (expires_at, or created_at + order_ttl_s for another writer's).
+            second_us = int(self._config.second_look_s * 1e6)
+            due = (
+                " AND (reconciled_at IS NULL"
+                " OR (reconciled_at < created_at + INTERVAL %s MICROSECOND"
+                " AND created_at < NOW(6) - INTERVAL %s MICROSECOND)"
+                " OR COALESCE(expires_at, created_at + INTERVAL %s MICROSECOND) <= NOW(6))"
+            )
+            due_args = [second_us, second_us, int(self._config.order_ttl_s * 1e6)]
         async with transaction(self._pool) as cur:
             await cur.execute(
                 f"SELECT id, {_COLUMNS[table]}, created_at FROM {table}"
                 " WHERE status = 'pending' AND created_at < NOW(6) - INTERVAL %s MICROSECOND"
-                f"{keyset} ORDER BY created_at, id LIMIT %s",
-                [int(self._config.after_s * 1e6), *args, self._config.batch_size],
+                f"{due}{keyset} ORDER BY created_at, id LIMIT %s",
+                [int(self._config.after_s * 1e6), *due_args, *args, self._config.batch_size],
             )
             return list(await cur.fetchall())
 
@@ -268,6 +284,7 @@ class Reconciler(BackgroundLoop):
                     # payment of it to turn up after all, it is still honoured.
                     await self._fail_locally(out_trade_no)
                     return "closed_never_placed"
+                await self._asked(out_trade_no)
                 return "not_placed_yet"  # its placement failed; failed once expired
             log.warning("reconcile_query_failed", out_trade_no=out_trade_no, code=exc.code)
             return "query_failed"
@@ -298,6 +315,7 @@ class Reconciler(BackgroundLoop):
                 return "close_failed"
             await self._fail_locally(out_trade_no)
             return "closed_expired"
+        await self._asked(out_trade_no)
         return "still_pending"
 
     async def _settle_refund(self, refund: dict[str, Any]) -> str:
@@ -370,6 +388,16 @@ class Reconciler(BackgroundLoop):
             out_trade_no=refund["out_trade_no"],
         )
         return "refund_closed_never_sent"
+
+    async def _asked(self, out_trade_no: str) -> None:
+        """WeChat Pay answered that the order is not paid (yet): its next look is the
+        schedule's (see the module's docstring), not the next pass."""
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE payment_orders SET reconciled_at = NOW(6)"
+                " WHERE out_trade_no = %s AND status = 'pending'",
+                (out_trade_no,),
+            )
 
     async def _fail_locally(self, out_trade_no: str) -> None:
         """``pending → failed`` (timed out or cancelled), unless something moved it."""
