@@ -70,12 +70,14 @@ GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_retention
   TO '{order_user}'@'%';
 
 -- entitlement (the order.paid / order.refunded consumer): a user's plan and regenerations
--- (those two columns only) and its ledger, where it marks revocations. No orders, refunds
--- or audit trail. LOCK TABLES: MySQL 8 lets SELECT … FOR UPDATE (its locks on users and
--- on the ledger) through only with SELECT and one of UPDATE, DELETE or LOCK TABLES on the
--- table; with UPDATE on columns only, LOCK TABLES is the one that certainly counts. It
--- adds nothing a locking read cannot already do (hold rows of tables it may read).
-GRANT SELECT, UPDATE (`payment_status`, `regenerate_count`)
+-- (those two columns only, read by id: nothing of a user's personal details) and its
+-- ledger, where it marks revocations. No orders, refunds or audit trail, and no LOCK
+-- TABLES: its locking reads (SELECT … FOR UPDATE on users and on the ledger) ask for
+-- SELECT and one of UPDATE, DELETE or LOCK TABLES on the table (MySQL 8), which its
+-- UPDATE of those columns is. (Tested on MariaDB, which asks for SELECT alone. Should a
+-- MySQL server answer a locking read with error 1142, grant LOCK TABLES on the database.)
+GRANT SELECT (`id`, `payment_status`, `regenerate_count`),
+  UPDATE (`payment_status`, `regenerate_count`)
   ON `{database}`.`users` TO '{entitlement_user}'@'%';
 GRANT SELECT, INSERT, UPDATE (`revoked_at`)
   ON `{database}`.`entitlement_grants` TO '{entitlement_user}'@'%';
@@ -84,8 +86,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{entitlement_u
 -- Retention's lease, through the view that shows its row alone (not the reconciler's).
 GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_retention_lock`
   TO '{entitlement_user}'@'%';
-GRANT LOCK TABLES ON `{database}`.* TO '{entitlement_user}'@'%';
--- The order service's locking reads (orders, refunds, users) need it on MySQL 8 as well.
+-- The order service keeps LOCK TABLES for its locking reads (orders, refunds, users) on
+-- MySQL 8.
 GRANT LOCK TABLES ON `{database}`.* TO '{order_user}'@'%';
 
 -- notifier (internet-facing WebSocket/SSE): reads the state snapshot sent on connect,

@@ -310,6 +310,8 @@ async def test_notifier_user_binds_its_own_queue_to_order_and_entitlement_events
 #: ER_TABLEACCESS_DENIED_ERROR ("UPDATE command denied to user … for table …") and
 #: ER_COLUMNACCESS_DENIED_ERROR (the same for a column the user may not write).
 TABLE_DENIED, COLUMN_DENIED = 1142, 1143
+#: ER_DBACCESS_DENIED_ERROR: a database-level privilege (LOCK TABLES) not held.
+DB_ACCESS_DENIED = 1044
 
 
 def _connect_args(url: str) -> dict[str, object]:
@@ -444,8 +446,20 @@ def test_entitlement_user_writes_plans_but_not_orders_refunds_or_the_audit_trail
             "INSERT INTO users (id, openid) VALUES ('forged', 'forged')",
             "DELETE FROM entitlement_grants",
         )
-        # Of users, only the plan and the regenerations.
-        _assert_denied(cur, COLUMN_DENIED, "UPDATE users SET openid = 'forged' WHERE id = ''")
+        # Of users, only the plan and the regenerations, read by id: no personal details.
+        _assert_denied(
+            cur,
+            COLUMN_DENIED,
+            "UPDATE users SET openid = 'forged' WHERE id = ''",
+            "SELECT openid FROM users",
+            "SELECT phone FROM users",
+            "SELECT id FROM users WHERE openid = 'o-someone'",
+        )
+        cur.execute("SELECT id, payment_status, regenerate_count FROM users LIMIT 1")
+        # No LOCK TABLES (its locking reads need none).
+        with pytest.raises(pymysql.err.OperationalError) as locked:
+            cur.execute("LOCK TABLES users READ")
+        assert locked.value.args[0] == DB_ACCESS_DENIED, locked.value
 
 
 async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
