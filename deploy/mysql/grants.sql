@@ -62,8 +62,8 @@ GRANT SELECT, INSERT (`name`, `value`) ON `{database}`.`paylane_meta` TO '{order
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';
 -- The leases of the reconciler and the daily bill reconciliation (also `paylane reconcile`,
--- which runs as order), and retention's through its view; taken and released, never
--- added (migration 0006 adds the rows).
+-- which runs as order), and retention's; taken and released, never added (migration 0006
+-- adds the rows).
 GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_locks`
   TO '{order_user}'@'%';
 GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_retention_lock`
@@ -83,7 +83,7 @@ GRANT SELECT, INSERT, UPDATE (`revoked_at`)
   ON `{database}`.`entitlement_grants` TO '{entitlement_user}'@'%';
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{entitlement_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{entitlement_user}'@'%';
--- Retention's lease, through the view that shows its row alone (not the reconciler's).
+-- Retention's lease, a table of its own (not the reconciler's).
 GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_retention_lock`
   TO '{entitlement_user}'@'%';
 -- The order service keeps LOCK TABLES for its locking reads (orders, refunds, users) on

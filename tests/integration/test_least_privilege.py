@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -28,6 +29,7 @@ import pymysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import ChannelAccessRefused
+from prometheus_client import REGISTRY
 
 from paylane_common import amqp, db, events
 from paylane_common.catalog import DEFAULT_CATALOG
@@ -524,6 +526,9 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
                 await bills._record(replace(refund_kind, out_refund_no=out_refund_no), bill_day)
             await bills._mark_done(bill_day)
         assert await bills._done(bill_day)
+        await bills.show_last_success()  # as a replica starting up reads it
+        last = REGISTRY.get_sample_value("paylane_bills_last_success_timestamp_seconds")
+        assert last is not None and abs(last - time.time()) < 60
         async with transaction(pool) as cur:
             await cur.execute("SELECT value FROM paylane_meta WHERE name = 'installed_at'")
             assert (await cur.fetchone())["value"]
@@ -653,6 +658,7 @@ async def test_no_other_account_can_stop_the_reconciler(
                     with pytest.raises(pymysql.err.OperationalError) as denied:
                         await cur.execute(statement)
                     assert denied.value.args[0] in (TABLE_DENIED, COLUMN_DENIED)
+            started = time.time()
             async with _pool(service_mysql_urls["order"]) as pool:
                 reconciler = Reconciler(pool, client, publisher, ReconcilerConfig())
                 found = await reconciler.run_once()
@@ -660,13 +666,17 @@ async def test_no_other_account_can_stop_the_reconciler(
             notifier.close()
             await publisher.close()
     assert found["paid_recovered"] == 1, found
+    # The completed pass and its sweep, for the alerts (time() - the newest).
+    for job in ("reconciler", "sweep"):
+        name = f"paylane_{job}_last_success_timestamp_seconds"
+        assert (REGISTRY.get_sample_value(name) or 0) >= started, name
 
 
 def test_only_the_order_user_takes_the_reconciler_and_bills_leases(
     service_mysql_urls: dict[str, str],
 ) -> None:
     """The entitlement service prunes too (retention), so it takes retention's lease,
-    through the view that shows that row alone; the reconciler's and the bills' it cannot."""
+    a table of its own; the reconciler's and the bills' it cannot."""
     with _connect(service_mysql_urls["entitlement"]) as cur:
         _assert_denied(
             cur,

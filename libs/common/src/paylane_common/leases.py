@@ -5,8 +5,8 @@ MySQL's ``GET_LOCK`` was used before; its names belong to no table, so any accou
 the server could take one (the notifier's read-only account included) and the job then
 did nothing, quietly, for as long as it held the name. A row is taken only by an
 account granted UPDATE on it (deploy/mysql/grants.sql): the reconciler's and the bills'
-by the order service's; retention's through the ``paylane_retention_lock`` view, which
-shows that row alone, by the consumer services'.
+by the order service's; retention's, in a table of its own (``paylane_retention_lock``),
+by the consumer services'.
 
 A lease is taken by a conditional UPDATE (the row is free, expired, or already this
 holder's), renewed every third of its ``ttl_s`` while the job runs, and released at the
@@ -46,7 +46,7 @@ class LeaseLost(RuntimeError):
 
 
 class Lease:
-    """The lease ``name`` on a row of ``table`` (``paylane_locks``, or a view of it)."""
+    """The lease ``name`` on a row of ``table`` (``paylane_locks``, or one of its shape)."""
 
     def __init__(
         self,

@@ -27,8 +27,8 @@ from .leases import Lease
 log = structlog.get_logger(__name__)
 
 LOCK_NAME = "paylane.retention"
-#: The view of paylane_locks that shows retention's row alone (migration 0006): the
-#: consumer services may take that row, not the reconciler's.
+#: Retention's lease has a table of its own (migration 0006): the consumer services may
+#: take it, not the reconciler's in paylane_locks.
 LOCK_TABLE = "paylane_retention_lock"
 
 
