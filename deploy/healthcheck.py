@@ -5,8 +5,10 @@
 
 The port is ``HTTP_PORT`` when set, else the default port of the service this container
 runs, read from PID 1's command line (``paylane serve order`` -> 8081), so the image's one
-HEALTHCHECK works whichever service a container runs. ``/readyz`` and ``/metrics`` of
-ingress are on its admin listener only: ``ADMIN_PORT`` when set, else 9080.
+HEALTHCHECK works whichever service a container runs. ``/readyz`` and ``/metrics`` are
+on each service's admin listener only: ``ADMIN_PORT`` when set, else the service's default
+(ingress 9080, order 9081, entitlement 9082, notifier 9083); the sandbox serves them on
+its one port.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 DEFAULT_PORTS = {"ingress": 8080, "order": 8081, "entitlement": 8082, "notifier": 8083}
 SANDBOX_PORT = 8090
 #: Services that serve these paths on a second, internal listener only (ADMIN_PORT).
-DEFAULT_ADMIN_PORTS = {"ingress": 9080}
+DEFAULT_ADMIN_PORTS = {"ingress": 9080, "order": 9081, "entitlement": 9082, "notifier": 9083}
 ADMIN_PATHS = ("/readyz", "/metrics")
 
 
@@ -38,11 +40,10 @@ def service_name() -> str:
 
 def service_port(path: str = "/healthz") -> int:
     name = service_name()
-    if path in ADMIN_PATHS:
+    if path in ADMIN_PATHS and name in DEFAULT_ADMIN_PORTS:
         if os.environ.get("ADMIN_PORT"):
             return int(os.environ["ADMIN_PORT"])
-        if name in DEFAULT_ADMIN_PORTS:
-            return DEFAULT_ADMIN_PORTS[name]
+        return DEFAULT_ADMIN_PORTS[name]
     if os.environ.get("HTTP_PORT"):
         return int(os.environ["HTTP_PORT"])
     return {**DEFAULT_PORTS, "sandbox": SANDBOX_PORT}[name]

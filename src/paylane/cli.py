@@ -33,14 +33,25 @@ def _migrate(_args: argparse.Namespace) -> int:
 def _cutover(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from paylane_common.migrate import cutover
+    from paylane_common.migrate import CutoverRefused, cutover
 
     settings = command_settings(BaseServiceSettings)
     at = datetime.fromisoformat(args.at) if args.at else None
     if at is not None and at.tzinfo is None:
         print("--at needs a time zone, e.g. 2026-11-24T09:00:00+08:00", file=sys.stderr)
         return 2
-    moment = cutover(settings.mysql_url, at)
+    try:
+        moment = cutover(settings.mysql_url, at, force=args.force)
+    except CutoverRefused as refused:
+        print(
+            "refused: paylane already announced (and granted) these orders another writer"
+            " settled before that moment; the backend before paylane may have granted them"
+            " too. Check them, then run again with --force:",
+            file=sys.stderr,
+        )
+        for out_trade_no, paid_at in refused.orders:
+            print(f"  {out_trade_no}  paid {paid_at}", file=sys.stderr)
+        return 1
     print(f"effects of orders settled elsewhere apply from {moment.isoformat()}Z")
     return 0
 
@@ -154,10 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_migrate)
     cut = commands.add_parser(
         "cutover",
-        help="from now (or --at), paylane grants orders the cloud function settles; "
-        "run it when the cloud function starts calling paylane",
+        help="from now (or --at), paylane grants orders the cloud function settles (none"
+        " before the first cutover); run it when the cloud function starts calling paylane",
     )
     cut.add_argument("--at", help="ISO 8601 time with zone (default: now)")
+    cut.add_argument(
+        "--force",
+        action="store_true",
+        help="set it even when paylane already announced orders settled before that moment",
+    )
     cut.set_defaults(func=_cutover)
     deps = commands.add_parser(
         "deps", help="check that MYSQL_URL and AMQP_URL answer; say how to start what does not"

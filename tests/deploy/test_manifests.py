@@ -32,8 +32,8 @@ OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
 KUBERNETES_VERSION = "1.30"
 
 SERVICES = {"ingress": 8080, "order": 8081, "entitlement": 8082, "notifier": 8083}
-#: ingress's /readyz and /metrics: never on its internet-facing port.
-INGRESS_ADMIN_PORT = 9080
+#: Each service's /readyz and /metrics: never on its public port.
+ADMIN_PORTS = {"ingress": 9080, "order": 9081, "entitlement": 9082, "notifier": 9083}
 USES_MYSQL = ("order", "entitlement", "notifier")
 #: Kinds without a namespace: the overlay's namespace does not apply.
 CLUSTER_SCOPED = {"Namespace", "PriorityClass"}
@@ -245,8 +245,9 @@ def test_compose_identities(compose: dict[str, Any]) -> None:
         if any(s["source"] == "mysql_root_password" for s in service.get("secrets", []))
     }
     assert holders == {"mysql", "grants"}
-    # ingress's admin listener is not its public port.
-    assert [p["target"] for p in services["ingress"]["ports"]] == [8080, INGRESS_ADMIN_PORT]
+    # Each service's admin listener is not its public port.
+    for name, port in SERVICES.items():
+        assert [p["target"] for p in services[name]["ports"]] == [port, ADMIN_PORTS[name]]
 
 
 def test_compose_broker_loads_the_definitions_secret(compose: dict[str, Any]) -> None:
@@ -298,9 +299,8 @@ def test_deployments_are_probed_bounded_and_locked_down(overlay: list[dict[str, 
         port = container["ports"][0]
         assert port["containerPort"] == SERVICES[name] and port["name"] == "http"
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-        # ingress answers /readyz on its admin listener only.
-        ready_port = "admin" if name == "ingress" else "http"
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": ready_port}
+        # Every service answers /readyz on its admin listener only.
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
         for kind in ("requests", "limits"):
             assert set(container["resources"][kind]) == {"cpu", "memory"}, (name, kind)
     for name, spec in pod_specs(overlay):
@@ -360,19 +360,23 @@ def test_every_workload_has_a_disruption_budget_and_a_service(
         assert service["spec"]["ports"][0]["port"] == SERVICES[name]
 
 
-def test_ingress_admin_listener(overlay: list[dict[str, Any]]) -> None:
-    deployment = by_kind(overlay, "Deployment")["ingress"]["spec"]["template"]
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_admin_listeners(overlay: list[dict[str, Any]], name: str) -> None:
+    admin = ADMIN_PORTS[name]
+    deployment = by_kind(overlay, "Deployment")[name]["spec"]["template"]
     (container,) = deployment["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8080, "admin": INGRESS_ADMIN_PORT}
+    assert ports == {"http": SERVICES[name], "admin": admin}
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["ADMIN_PORT"] == str(INGRESS_ADMIN_PORT)
-    assert deployment["metadata"]["annotations"]["prometheus.io/port"] == str(INGRESS_ADMIN_PORT)
-    service = by_kind(overlay, "Service")["ingress"]["spec"]["ports"]
-    assert [(p["name"], p["port"]) for p in service] == [("http", 8080), ("admin", 9080)]
+    assert env["ADMIN_PORT"] == str(admin)
+    assert deployment["metadata"]["annotations"]["prometheus.io/port"] == str(admin)
+    service = by_kind(overlay, "Service")[name]["spec"]["ports"]
+    assert [(p["name"], p["port"]) for p in service] == [("http", SERVICES[name]), ("admin", admin)]
     policies = by_kind(overlay, "NetworkPolicy")
     scrape = policies["allow-prometheus-scrape"]["spec"]["ingress"][0]["ports"]
-    assert {"protocol": "TCP", "port": INGRESS_ADMIN_PORT} in scrape
+    assert {"protocol": "TCP", "port": admin} in scrape
+    # Prometheus scrapes no public port.
+    assert {"protocol": "TCP", "port": SERVICES[name]} not in scrape
 
 
 def test_kubernetes_identities(overlay: list[dict[str, Any]]) -> None:
@@ -567,7 +571,8 @@ def test_dockerfile_runs_paylane_as_non_root() -> None:
     assert final["USER"].startswith("10001")
     assert json.loads(final["ENTRYPOINT"]) == ["paylane"]
     assert json.loads(final["CMD"]) == ["serve", "ingress"]
-    assert set(final["EXPOSE"].split()) == {"8080", "8081", "8082", "8083", "8090", "9080"}
+    exposed = {"8080", "8081", "8082", "8083", "8090", "9080", "9081", "9082", "9083"}
+    assert set(final["EXPOSE"].split()) == exposed
     assert "/healthz" in final["HEALTHCHECK"] and "python" in final["HEALTHCHECK"]
     builds = [args for stage in stages for instruction, args in stage if instruction == "RUN"]
     assert any("uv sync --frozen --no-dev" in args for args in builds)
@@ -576,7 +581,7 @@ def test_dockerfile_runs_paylane_as_non_root() -> None:
 
 
 class _Public(BaseHTTPRequestHandler):
-    """Like ingress's public listener: /healthz, and 404 for /readyz and /metrics."""
+    """Like a service's public listener: /healthz, and 404 for /readyz and /metrics."""
 
     def do_GET(self) -> None:
         self.send_response(200 if self.path == "/healthz" else 404)

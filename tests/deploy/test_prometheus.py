@@ -28,7 +28,7 @@ from tests.support.monitoring import (
 OPERATIONS = ROOT / "docs" / "operations.md"
 MONITORING = ROOT / "deploy" / "k8s" / "components" / "monitoring"
 OVERLAY = ROOT / "deploy" / "k8s" / "overlays" / "example"
-JOBS = {"ingress": 9080, "order": 8081, "entitlement": 8082, "notifier": 8083}
+JOBS = {"ingress": 9080, "order": 9081, "entitlement": 9082, "notifier": 9083}
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> str:
@@ -113,7 +113,7 @@ def test_kubernetes_monitoring_resources(tmp_path: Path) -> None:
                 for endpoint in monitor["spec"]["endpoints"]:
                     assert endpoint["path"] == "/metrics"
                     scraped[name] = ports[endpoint["port"]]
-    # The job label is the Service's name: the one the rules use. ingress's admin port.
+    # The job label is the Service's name: the one the rules use. Each one's admin port.
     assert scraped == JOBS
 
 

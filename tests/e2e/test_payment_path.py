@@ -201,7 +201,7 @@ async def test_broker_outage_answers_503_then_completes(
             status, answer = await post_notification(http, stack, headers, body)
             assert status == 503
             assert (await _json(answer))["code"] == "FAIL"
-            async with http.get(f"{stack.services['order'].url}/readyz") as response:
+            async with http.get(f"{stack.services['order'].admin_url}/readyz") as response:
                 readiness = await response.json()
                 assert response.status == 503
                 assert readiness["checks"]["broker"].startswith("down")

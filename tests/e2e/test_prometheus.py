@@ -40,7 +40,7 @@ NEEDS_AN_EVENT = {
 
 def prometheus_config(stack: Stack) -> dict[str, Any]:
     """The committed configuration, each job's target replaced by the stack's port
-    (ingress's admin listener), scraping every second."""
+    (each service's admin listener), scraping every second."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     for job in config["scrape_configs"]:

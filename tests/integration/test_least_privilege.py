@@ -62,6 +62,7 @@ from paylane_order.orders import NewOrder, Orders, user_by_openid
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
+from services.order.tests.support import payment_gate
 from tests.support import hygiene
 from tests.support.events import (
     Delivery,
@@ -512,7 +513,7 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
         assert (await remedies.get(abnormal.data.out_refund_no))["status"] == "pending"
         async with transaction(pool) as cur:
             unpaid, _, _ = await orders._insert(cur, replace(new, idempotency_key=None), user)
-        reconciler = Reconciler(pool, None, None, ReconcilerConfig())  # type: ignore[arg-type]
+        reconciler = Reconciler(pool, None, None, ReconcilerConfig(), None)  # type: ignore[arg-type]
         await reconciler._fail_locally(unpaid)
         # A bill difference recorded once: the second run reads the first one back; two
         # refunds of one order are two. The day recorded as done, found done.
@@ -660,7 +661,9 @@ async def test_no_other_account_can_stop_the_reconciler(
                     assert denied.value.args[0] in (TABLE_DENIED, COLUMN_DENIED)
             started = time.time()
             async with _pool(service_mysql_urls["order"]) as pool:
-                reconciler = Reconciler(pool, client, publisher, ReconcilerConfig())
+                reconciler = Reconciler(
+                    pool, client, publisher, ReconcilerConfig(), payment_gate(client)
+                )
                 found = await reconciler.run_once()
         finally:
             notifier.close()

@@ -6,11 +6,17 @@ A builder takes what tests usually care about and makes up the rest (a new order
 event id and user, the catalog price, the kit's payment time); ``fields`` set any other
 field of the event's data. It returns a :class:`Delivery`: ``applier(*delivery)`` as the
 consumer calls its handler, ``delivery.envelope`` to publish.
+
+A payment from WeChat Pay (``source`` "wechatpay", with an amount) carries its
+notification as ingress passes it on, signed by the kit's WeChat Pay
+(``tests.support.wechat.KIT``), so that the order service's payment gate accepts it;
+``signed=False`` builds a claim with no evidence, as a forger would.
 """
 
 from __future__ import annotations
 
-from typing import Generic, NamedTuple, TypeVar
+import time
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
@@ -22,11 +28,20 @@ from paylane_common.events import (
     OrderRefunded,
     PaymentSucceeded,
     RefundEvent,
+    WechatNotification,
     make_event,
+    payment_from_transaction,
 )
 from paylane_common.ids import new_row_id
-from paylane_common.wechatpay.testing import SUCCESS_TIME, new_refund_id
+from paylane_common.wechatpay.testing import (
+    PAYER_OPENID,
+    SUCCESS_TIME,
+    new_event_id,
+    new_refund_id,
+    transaction_resource,
+)
 from tests.support.cloud_function import new_out_trade_no
+from tests.support.wechat import KIT
 
 D = TypeVar("D", bound=BaseModel)
 
@@ -48,17 +63,56 @@ def payment_succeeded(
     transaction_id: str = TRANSACTION_ID,
     *,
     event_id: str | None = None,
-    **fields: object,
+    signed: bool = True,
+    **fields: Any,
 ) -> Delivery[PaymentSucceeded]:
     """A payment of ``out_trade_no`` (a new order number unless given); no amount unless
-    given, as the model has it."""
-    data = PaymentSucceeded(
-        out_trade_no=out_trade_no or new_out_trade_no(),
-        transaction_id=transaction_id,
-        amount_total=amount_total,
-        **fields,
-    )
+    given, as the model has it. From WeChat Pay (the default source) with an amount, it
+    carries its signed notification unless ``signed`` is false; the notification says
+    the kit's merchant and app unless ``mchid`` / ``appid`` say otherwise (None: absent)."""
+    out_trade_no = out_trade_no or new_out_trade_no()
+    event_id = event_id or new_event_id()
+    if signed and amount_total is not None and fields.get("source", "wechatpay") == "wechatpay":
+        data = signed_payment(out_trade_no, amount_total, transaction_id, event_id, **fields)
+    else:
+        data = PaymentSucceeded(
+            out_trade_no=out_trade_no,
+            transaction_id=transaction_id,
+            amount_total=amount_total,
+            **fields,
+        )
     return Delivery(make_event(events.PAYMENT_SUCCEEDED, data, event_id), data)
+
+
+def signed_payment(
+    out_trade_no: str,
+    amount_total: int,
+    transaction_id: str,
+    event_id: str | None = None,
+    **fields: Any,
+) -> PaymentSucceeded:
+    """A payment as ingress publishes it: read from a notification the kit's WeChat Pay
+    signed (and carrying it). ``fields``: the payer's ``openid``, ``mchid``, ``appid``,
+    ``trade_type``, ``success_time``, ``currency``, ``payer_total``, and any field of
+    the event's own (``generation_id``)."""
+    resource = transaction_resource(
+        out_trade_no,
+        amount_total,
+        transaction_id,
+        appid=fields.pop("appid", KIT.appid),
+        mchid=fields.pop("mchid", KIT.mchid),
+        openid=fields.pop("openid", PAYER_OPENID),
+        trade_type=fields.pop("trade_type", "JSAPI"),
+        success_time=fields.pop("success_time", SUCCESS_TIME),
+    )
+    for key in ("currency", "payer_total"):
+        if key in fields:
+            resource["amount"][key] = fields.pop(key)
+    headers, body = KIT.notify(resource, event_id=event_id)
+    headers.pop("Content-Type", None)
+    received = WechatNotification(body=body.decode(), headers=headers, received_at=int(time.time()))
+    data = payment_from_transaction(resource, "wechatpay", received)
+    return data.model_copy(update=fields) if fields else data
 
 
 #: The event each final refund status is published as.

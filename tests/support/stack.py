@@ -23,8 +23,9 @@ def free_port() -> int:
         return port
 
 
-#: Services whose /readyz and /metrics are on a second listener (``ADMIN_PORT``) only.
-ADMIN_PORT_SERVICES = frozenset({"ingress"})
+#: Services whose /readyz and /metrics are on a second listener (``ADMIN_PORT``) only:
+#: every one but the sandbox.
+ADMIN_PORT_SERVICES = frozenset({"ingress", "order", "entitlement", "notifier"})
 
 
 @dataclass

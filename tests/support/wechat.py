@@ -63,3 +63,9 @@ class FakeWechat(FakeWechatPay):
             "WECHATPAY_MCHID": self.mchid,
             "WECHATPAY_APPID": self.appid,
         }
+
+
+#: The WeChat Pay the tests' events come from: ``tests.support.events`` signs the
+#: notification of each payment it builds with these keys, as ingress would pass it on,
+#: and the order service's payment gate in the tests verifies with them.
+KIT = FakeWechat()

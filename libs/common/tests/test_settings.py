@@ -30,6 +30,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "MYSQL_URL",
         "MYSQL_URL_FILE",
         "HTTP_PORT",
+        "ADMIN_PORT",
+        "HTTP_KEEPALIVE_TIMEOUT_S",
+        "HTTP_HEADER_TIMEOUT_S",
         "CLIENT_TOKEN_SECRET",
         "CLIENT_TOKEN_SECRET_FILE",
         "PACKAGE_CATALOG",
@@ -44,6 +47,7 @@ def test_defaults_follow_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
     assert settings.mysql.database == "paylane"
     assert settings.catalog["premium"].price_fen == 2990
+    assert (settings.http_keepalive_timeout_s, settings.http_header_timeout_s) == (75, 10)
 
 
 def test_missing_variable_is_named() -> None:
@@ -58,6 +62,12 @@ def test_missing_variable_is_named() -> None:
         ("MYSQL_URL", "mysql://root@127.0.0.1:3306/"),
         ("AMQP_URL", "http://broker"),
         ("HTTP_PORT", "70000"),
+        ("ADMIN_PORT", "8080"),  # the public port
+        ("ADMIN_PORT", "0"),
+        # At most 75 s; shorter ones are allowed (the tests run them).
+        ("HTTP_KEEPALIVE_TIMEOUT_S", "120"),
+        ("HTTP_KEEPALIVE_TIMEOUT_S", "0"),
+        ("HTTP_HEADER_TIMEOUT_S", "0"),
         ("PACKAGE_CATALOG", "{not json"),
         ("PACKAGE_CATALOG", '{"x": {"price_fen": 0, "payment_status": "basic"}}'),
     ],

@@ -8,10 +8,11 @@ import uuid
 
 import pytest
 
+from paylane_common import events
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
-from paylane_common.events import OrderPaid, OrderRefunded
+from paylane_common.events import OrderPaid, OrderRefunded, OrderRevoked, make_event
 from paylane_common.ids import new_row_id
 from paylane_entitlement.grants import EntitlementApplier
 from services.entitlement.tests.support import new_user
@@ -171,3 +172,50 @@ async def test_a_grant_for_a_user_row_that_does_not_exist_is_retried_then_dead_l
             None,
             None,
         ]
+
+
+def _revoked(paid: Delivery[OrderPaid], reason: str = "not paid at WeChat Pay") -> Delivery:
+    """``order.revoked`` of ``paid``: its order went to needs_review after the grant."""
+    data = OrderRevoked(
+        out_trade_no=paid.data.out_trade_no,
+        user_id=paid.data.user_id,
+        package_type=paid.data.package_type,
+        reason=reason,
+    )
+    return Delivery(make_event(events.ORDER_REVOKED, data), data)
+
+
+async def _revoked_events(out_trade_no: str, pool) -> list[dict]:
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "SELECT payload FROM outbox WHERE routing_key = 'entitlement.revoked'"
+            " AND payload LIKE %s",
+            (f"%{out_trade_no}%",),
+        )
+        return [json.loads(row["payload"])["data"] for row in await cur.fetchall()]
+
+
+async def test_an_order_under_review_has_its_grant_taken_back_once(db_pool):
+    """An order moved to ``needs_review`` after its grant (issue 24: the bill said WeChat
+    Pay never saw it paid, and the grant stayed): exactly what it granted is revoked, and
+    the client is told why (``revoked_for: review``)."""
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    user_id = await new_user(db_pool)
+    await applier(*order_paid(user_id, "basic"))
+    premium = order_paid(user_id, "premium")
+    assert await applier(*premium) == "granted"
+    assert await user_state(db_pool, user_id) == ("premium", 123)
+    assert await applier(*_revoked(premium)) == "revoked"
+    assert await user_state(db_pool, user_id) == ("basic", 23)
+    assert await applier(*_revoked(premium)) == "duplicate"
+    [revoked] = await _revoked_events(premium.data.out_trade_no, db_pool)
+    assert (revoked["revoked_for"], revoked["payment_status"]) == ("review", "basic")
+
+
+async def test_a_revocation_before_its_grant_leaves_nothing_granted(db_pool):
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    user_id = await new_user(db_pool)
+    premium = order_paid(user_id, "premium")
+    assert await applier(*_revoked(premium)) == "revoked_before_grant"
+    assert await applier(*premium) == "duplicate"
+    assert await user_state(db_pool, user_id) == ("free", 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -85,7 +86,15 @@ async def test_transaction_success_is_published_then_acknowledged(client, notifi
         "appid": resource["appid"],
         "source": "wechatpay",
         "generation_id": None,
+        "notification": envelope["data"]["notification"],
     }
+    # The notification as received, for the order service to verify itself: the raw body
+    # and the Wechatpay-* headers exactly as sent, and when it arrived.
+    received = envelope["data"]["notification"]
+    assert received["body"].encode() == sent.body
+    signed = {k: v for k, v in sent.headers.items() if k.lower().startswith("wechatpay-")}
+    assert received["headers"] == signed
+    assert abs(received["received_at"] - time.time()) < 60
 
 
 @integration

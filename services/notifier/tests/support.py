@@ -161,6 +161,7 @@ def entitlement(
     out_trade_no: str,
     payment_status: str = "basic",
     regenerate_count: int = 13,
+    revoked_for: str | None = None,
 ) -> events.Envelope:
     return events.make_event(
         event_type,
@@ -170,6 +171,7 @@ def entitlement(
                 "out_trade_no": out_trade_no,
                 "payment_status": payment_status,
                 "regenerate_count": regenerate_count,
+                "revoked_for": revoked_for,
             }
         ),
     )

@@ -13,11 +13,11 @@ import aiomysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import WSCloseCode, WSMsgType
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
 from paylane_common.publisher import Publisher
-from paylane_common.service import AMQP_CONNECTION
+from paylane_common.service import ADMIN_LISTENER, AMQP_CONNECTION
 from paylane_common.topology import EXCHANGE
 from paylane_notifier.hub import Hub
 from paylane_notifier.messages import ClientMessage
@@ -122,13 +122,19 @@ async def test_invalid_messages_are_acked_and_skipped(
 async def test_health_readiness_and_metrics(
     notifier: Client, connect: Connect, db_pool: aiomysql.Pool
 ) -> None:
+    """/healthz on the public port; /readyz and /metrics on the admin listener only."""
     assert (await notifier.get("/healthz")).status == 200
-    ready = await notifier.get("/readyz")
-    assert ready.status == 200
-    assert (await ready.json())["checks"] == {"broker": "ok", "mysql": "ok"}
+    assert (await notifier.get("/readyz")).status == 404
+    assert (await notifier.get("/metrics")).status == 404
+    listener = notifier.app[ADMIN_LISTENER]
+    assert listener.port == 9083  # the default
+    async with TestClient(TestServer(listener.app)) as admin:
+        ready = await admin.get("/readyz")
+        assert ready.status == 200
+        assert (await ready.json())["checks"] == {"broker": "ok", "mysql": "ok"}
 
-    await connect(notifier, "ws", token_for(await insert_user(db_pool)))
-    metrics = await (await notifier.get("/metrics")).text()
+        await connect(notifier, "ws", token_for(await insert_user(db_pool)))
+        metrics = await (await admin.get("/metrics")).text()
     for name in (
         'paylane_notifier_connections{transport="ws"}',
         "paylane_notifier_pushes_total",

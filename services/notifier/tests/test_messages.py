@@ -48,6 +48,10 @@ KEYS = {
             entitlement(events.ENTITLEMENT_REVOKED, USER, "o1", "free", 3),
             ("entitlement.revoked", "refunded", "free", 3, None),
         ),
+        (
+            entitlement(events.ENTITLEMENT_REVOKED, USER, "o1", "free", 3, revoked_for="review"),
+            ("entitlement.revoked", "needs_review", "free", 3, None),
+        ),
     ],
 )
 def test_events_become_client_messages(

@@ -180,6 +180,11 @@ async def test_reconcile_bills_settles_flags_and_reports_once(
     await row(lost, "pending")  # its notification never came
     await row(costly, "paid", amount="19.90", txn=await paid_at_wechat(costly))
     await row(ghost, "paid", txn="4200000000000000000000000001")  # never at WeChat Pay
+    # ... and announced (granted) all the same, as before the payment gate (issue 24).
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "UPDATE payment_orders SET paid_event_at = NOW(6) WHERE out_trade_no = %s", (ghost,)
+        )
     stranger = await paid_at_wechat(_no("BS"))  # an order paylane never had
     # A refund of `alike` that WeChat Pay finished and paylane still thinks pending, and
     # one made at WeChat Pay (the merchant platform) that paylane never saw.
@@ -222,6 +227,13 @@ async def test_reconcile_bills_settles_flags_and_reports_once(
         db_pool, "SELECT review_reason FROM payment_orders WHERE out_trade_no = %s", costly
     )
     assert f"bill {day}" in review["review_reason"]
+    # The ghost's grant is taken back: an order.revoked staged with the review.
+    revoked = await fetch_one(
+        db_pool,
+        "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'order.revoked' AND payload LIKE %s",
+        f"%{ghost}%",
+    )
+    assert revoked["n"] == 1
     table = report.table()
     assert "paid_not_here" in table and "6 difference(s)" in table
     assert report.to_json()["day"] == day.isoformat()
@@ -500,6 +512,7 @@ async def test_the_command_prints_the_report_as_json(
         "WECHATPAY_MERCHANT_SERIAL_NO": KEYS.merchant_serial_no,
         "WECHATPAY_PUBLIC_KEY": KEYS.platform_public_key_pem,
         "WECHATPAY_PUBLIC_KEY_ID": KEYS.public_key_id,
+        "WECHATPAY_APIV3_KEY": KEYS.apiv3_key,
         "CLIENT_TOKEN_SECRET": "c" * 32,
     }
     process = await asyncio.create_subprocess_exec(

@@ -22,7 +22,6 @@ from paylane_order.created import OrderCreatedApplier, yuan
 from paylane_order.main import OrderEvents
 from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
-from services.order.tests.support import MERCHANT
 from tests.support.seeding import add_order, add_user
 
 pytestmark = pytest.mark.integration
@@ -300,10 +299,10 @@ async def test_without_order_id_or_ttl_a_row_id_is_made_and_no_expiry_set(db_poo
     assert row["expires_at"] is None
 
 
-async def test_the_order_consumer_dispatches_order_created(db_pool):
+async def test_the_order_consumer_dispatches_order_created(db_pool, gate):
     """The hook in the order service's handler; batches leave order.created to it."""
     handler = OrderEvents(
-        PaymentApplier(db_pool, MERCHANT),
+        PaymentApplier(db_pool, gate),
         RefundApplier(db_pool),
         applier(db_pool),
     )
@@ -316,7 +315,7 @@ async def test_the_order_consumer_dispatches_order_created(db_pool):
     assert len(await order_row(db_pool, data.out_trade_no)) == 1
     # Without an explicit applier the handler still knows the event.
     default = OrderEvents(
-        PaymentApplier(db_pool, MERCHANT),
+        PaymentApplier(db_pool, gate),
         RefundApplier(db_pool),
     )
     other_env, other = created()

@@ -14,8 +14,9 @@ from paylane_common import tracing
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
 from paylane_common.events import PaymentSucceeded
+from paylane_common.wechatpay.testing import PAYER_OPENID
 from paylane_order.payments import PaymentApplier
-from services.order.tests.support import MERCHANT, basic_order, payment
+from services.order.tests.support import basic_order, payment
 from tests.support.batches import batch_item
 
 pytestmark = pytest.mark.integration
@@ -89,8 +90,8 @@ async def _scenario(pool: aiomysql.Pool, applier: PaymentApplier):
     return deliveries, nos
 
 
-async def test_a_batch_pays_the_plain_payments_and_leaves_the_rest_alone(db_pool):
-    applier = PaymentApplier(db_pool, MERCHANT)
+async def test_a_batch_pays_the_plain_payments_and_leaves_the_rest_alone(db_pool, gate):
+    applier = PaymentApplier(db_pool, gate)
     deliveries, nos = await _scenario(db_pool, applier)
     outcomes = await _batch(db_pool, applier, deliveries)
     assert outcomes == ["paid", "paid", None, "paid", "duplicate", None, None, "paid", None, "paid"]
@@ -104,7 +105,7 @@ async def test_a_batch_pays_the_plain_payments_and_leaves_the_rest_alone(db_pool
     )
     assert state[p1][0]["status"] == state[p2][0]["status"] == "paid"
     assert state[failed] == (
-        {"status": "paid", "transaction_id": "42-late", "openid": None, "staged": 1},
+        {"status": "paid", "transaction_id": "42-late", "openid": PAYER_OPENID, "staged": 1},
         ["paid"],
         1,
     )
@@ -133,8 +134,8 @@ async def test_a_batch_pays_the_plain_payments_and_leaves_the_rest_alone(db_pool
     ]
 
 
-async def test_batch_then_leftovers_ends_as_one_by_one_does(db_pool):
-    applier = PaymentApplier(db_pool, MERCHANT)
+async def test_batch_then_leftovers_ends_as_one_by_one_does(db_pool, gate):
+    applier = PaymentApplier(db_pool, gate)
 
     batched, batched_nos = await _scenario(db_pool, applier)
     outcomes = await _batch(db_pool, applier, batched)
@@ -149,8 +150,8 @@ async def test_batch_then_leftovers_ends_as_one_by_one_does(db_pool):
     assert [batched_state[no] for no in batched_nos] == [alone_state[no] for no in alone_nos]
 
 
-async def test_a_batch_with_nothing_plain_writes_nothing(db_pool):
-    applier = PaymentApplier(db_pool, MERCHANT)
+async def test_a_batch_with_nothing_plain_writes_nothing(db_pool, gate):
+    applier = PaymentApplier(db_pool, gate)
     no, _ = await basic_order(db_pool)
     envelope, _ = payment(no)
     internal = PaymentSucceeded(out_trade_no=no, transaction_id="42-int", source="internal")

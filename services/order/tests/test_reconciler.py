@@ -20,6 +20,7 @@ from paylane_order.config import MerchantConfig, ReconcilerConfig
 from paylane_order.errors import InvalidRequest
 from paylane_order.orders import Orders
 from paylane_order.reconciler import Reconciler
+from services.order.tests.support import payment_gate
 from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
 from tests.support.seeding import add_orders, add_refund, add_user, ago, from_now
 from tests.support.wechat import FakeWechat
@@ -79,7 +80,11 @@ async def test_a_lost_notification_is_found_in_the_next_pass_however_many_are_ab
 ) -> None:
     sandbox, client = wechat
     reconciler = Reconciler(
-        db_pool, client, publisher, ReconcilerConfig(after_s=AFTER_S, batch_size=100)
+        db_pool,
+        client,
+        publisher,
+        ReconcilerConfig(after_s=AFTER_S, batch_size=100),
+        payment_gate(client),
     )
     user_id = await add_user(db_pool)
     # A few thousand orders nobody will pay, older than any other, and one the reconciler
@@ -142,7 +147,7 @@ async def test_an_order_nobody_pays_is_asked_about_after_a_minute_five_minutes_a
     ):
         client = KEYS.merchant_client(sandbox.base_url, http)
         config = ReconcilerConfig(after_s=AFTER_S, second_look_s=300)
-        reconciler = Reconciler(db_pool, client, publisher, config)
+        reconciler = Reconciler(db_pool, client, publisher, config, payment_gate(client))
         no = _number()
         await client.place("NATIVE", order_request("native", no))
         await _pending(db_pool, await add_user(db_pool), [no], age_s=AFTER_S + 1)
@@ -183,7 +188,11 @@ async def test_a_refund_that_never_reached_wechatpay_is_closed_after_the_grace(
 ) -> None:
     sandbox, client = wechat
     reconciler = Reconciler(
-        db_pool, client, publisher, ReconcilerConfig(after_s=AFTER_S, refund_grace_s=600)
+        db_pool,
+        client,
+        publisher,
+        ReconcilerConfig(after_s=AFTER_S, refund_grace_s=600),
+        payment_gate(client),
     )
     orders = Orders(
         db_pool,
@@ -236,7 +245,11 @@ async def test_orders_other_writers_left_pending_expire_after_the_ttl_and_stop_b
     failed once expired, and then out of the pending set: the next pass does not ask."""
     sandbox, client = wechat
     reconciler = Reconciler(
-        db_pool, client, publisher, ReconcilerConfig(after_s=AFTER_S, order_ttl_s=1800)
+        db_pool,
+        client,
+        publisher,
+        ReconcilerConfig(after_s=AFTER_S, order_ttl_s=1800),
+        payment_gate(client),
     )
     user_id = await add_user(db_pool)
     old, young = _number(), _number()  # never placed at WeChat Pay

@@ -12,7 +12,7 @@ from paylane_common.db import transaction
 from paylane_order.money import yuan
 from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
-from services.order.tests.support import MERCHANT, basic_order, payment
+from services.order.tests.support import basic_order, payment
 from tests.support.batches import batch_item
 from tests.support.events import refund_succeeded
 from tests.support.queries import fetch_one
@@ -136,10 +136,10 @@ async def _staged(pool: aiomysql.Pool, out_trade_no: str) -> list[str]:
 
 @pytest.mark.parametrize("path", ["one_by_one", "batch"])
 async def test_a_payment_applied_after_its_full_refund_leaves_the_order_refunded(
-    db_pool: aiomysql.Pool, path: str
+    db_pool: aiomysql.Pool, path: str, gate
 ) -> None:
     out_trade_no = await _refunded_before_paid(db_pool)
-    applier = PaymentApplier(db_pool, MERCHANT)
+    applier = PaymentApplier(db_pool, gate)
     envelope, data = payment(out_trade_no, txn=f"42{uuid.uuid4().hex[:20]}")
     if path == "batch":
         async with transaction(db_pool) as cur:
@@ -162,9 +162,10 @@ async def test_a_payment_applied_after_its_full_refund_leaves_the_order_refunded
 
 async def test_a_payment_applied_after_a_partial_refund_keeps_the_refunded_amount(
     db_pool: aiomysql.Pool,
+    gate,
 ) -> None:
     out_trade_no = await _refunded_before_paid(db_pool, amount_refund=300)
     envelope, data = payment(out_trade_no, txn=f"42{uuid.uuid4().hex[:20]}")
-    assert await PaymentApplier(db_pool, MERCHANT)(envelope, data) == "paid"
+    assert await PaymentApplier(db_pool, gate)(envelope, data) == "paid"
     assert await _order_state(db_pool, out_trade_no) == ("paid", 300, 0, 1, 0)
     assert await _staged(db_pool, out_trade_no) == ["order.refunded", "order.paid"]

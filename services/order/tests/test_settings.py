@@ -26,6 +26,7 @@ def settings(**overrides: Any) -> OrderSettings:
         "wechatpay_public_key": KEYS.platform_public_key_pem,
         "wechatpay_public_key_id": KEYS.public_key_id,
         "client_token_secret": "c" * 32,
+        "wechatpay_apiv3_key": KEYS.apiv3_key,
         **overrides,
     }
     return load_settings(OrderSettings, **values)
@@ -93,3 +94,10 @@ def test_app_appid_is_optional_and_blank_is_unset() -> None:
     assert settings(wechatpay_app_appid="wx8888888888888888").wechatpay_app_appid == (
         "wx8888888888888888"
     )
+
+
+def test_the_apiv3_key_is_required() -> None:
+    """The payment gate verifies and decrypts WeChat Pay's notifications in the order
+    service itself: without the key it could not, so the service does not start."""
+    with pytest.raises(ConfigError, match="WECHATPAY_APIV3_KEY is required"):
+        settings(wechatpay_apiv3_key=None)

@@ -18,6 +18,9 @@ REFUND_CLOSED = "refund.closed"
 REFUND_ABNORMAL = "refund.abnormal"
 ORDER_PAID = "order.paid"
 ORDER_REFUNDED = "order.refunded"
+#: An order whose payment was granted and then found wanting (``needs_review``): what it
+#: granted is taken back until an operator decides.
+ORDER_REVOKED = "order.revoked"
 ENTITLEMENT_GRANTED = "entitlement.granted"
 ENTITLEMENT_REVOKED = "entitlement.revoked"
 #: An order the cloud function placed at WeChat Pay but could not write to
@@ -43,6 +46,22 @@ class _Data(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+class WechatNotification(_Data):
+    """A WeChat Pay notification as ingress received it: the raw body, the ``Wechatpay-*``
+    headers and when it arrived (unix seconds). The order service checks the signature
+    and decrypts the body itself (paylane_order.gate): the event's other fields are only
+    what ingress says the notification said."""
+
+    body: str = Field(min_length=1, max_length=64 * 1024)
+    headers: dict[str, str]
+    received_at: int = Field(gt=0)
+
+
+#: Who said a payment happened: WeChat Pay's notification (through ingress), the cloud
+#: function's internal notify, or paylane's own query (reconciler, sweep).
+PaymentSource = Literal["wechatpay", "internal", "reconcile"]
+
+
 class PaymentSucceeded(_Data):
     out_trade_no: str = Field(min_length=1, max_length=32)
     transaction_id: str = Field(min_length=1, max_length=64)
@@ -56,10 +75,37 @@ class PaymentSucceeded(_Data):
     success_time: str | None = None
     mchid: str | None = None
     appid: str | None = None
-    source: Literal["wechatpay", "internal", "reconcile"] = "wechatpay"
+    source: PaymentSource = "wechatpay"
     #: From an internal notify: the generation the payment unlocks, for an order whose
     #: row has none yet (one written from ``order.created``).
     generation_id: str | None = Field(default=None, max_length=36)
+    #: From ingress: the notification this payment was read from, as received.
+    notification: WechatNotification | None = None
+
+
+def payment_from_transaction(
+    tx: dict[str, Any], source: PaymentSource, notification: WechatNotification | None = None
+) -> PaymentSucceeded:
+    """A ``payment.succeeded`` from WeChat Pay's transaction object (a decrypted
+    ``TRANSACTION.SUCCESS`` resource, or the answer to a query: the same shape)."""
+    amount = tx.get("amount") or {}
+    payer = tx.get("payer") or {}
+    if not isinstance(amount, dict) or not isinstance(payer, dict):
+        raise ValueError("transaction 'amount' and 'payer' must be objects")
+    return PaymentSucceeded(
+        out_trade_no=tx["out_trade_no"],
+        transaction_id=tx["transaction_id"],
+        amount_total=amount.get("total"),
+        payer_total=amount.get("payer_total"),
+        currency=amount.get("currency") or "CNY",
+        openid=payer.get("openid"),
+        trade_type=tx.get("trade_type"),
+        success_time=tx.get("success_time"),
+        mchid=tx.get("mchid"),
+        appid=tx.get("appid"),
+        source=source,
+        notification=notification,
+    )
 
 
 class RefundEvent(_Data):
@@ -105,6 +151,15 @@ class OrderRefunded(_Data):
     full: bool
 
 
+class OrderRevoked(_Data):
+    """A granted order moved to ``needs_review``: take back what it granted."""
+
+    out_trade_no: str
+    user_id: UserId
+    package_type: str
+    reason: str
+
+
 class PaidOrder(_Data):
     """The ``order.paid`` a grant answers, as the client was told it (event id, time,
     generation): the notifier pushes it from the grant, so a payment costs it one
@@ -115,6 +170,10 @@ class PaidOrder(_Data):
     generation_id: str | None = None
 
 
+#: Why an ``entitlement.revoked``: the order was refunded, or went to ``needs_review``.
+RevokedFor = Literal["refund", "review"]
+
+
 class Entitlement(_Data):
     user_id: UserId
     out_trade_no: str
@@ -122,6 +181,8 @@ class Entitlement(_Data):
     regenerate_count: int
     #: ``entitlement.granted``: the ``order.paid`` it answers (absent in events from before).
     paid: PaidOrder | None = None
+    #: ``entitlement.revoked``: why (absent in events from before: a refund).
+    revoked_for: RevokedFor | None = None
 
 
 DATA_MODELS: dict[str, type[_Data]] = {
@@ -132,6 +193,7 @@ DATA_MODELS: dict[str, type[_Data]] = {
     ORDER_CREATED: OrderCreated,
     ORDER_PAID: OrderPaid,
     ORDER_REFUNDED: OrderRefunded,
+    ORDER_REVOKED: OrderRevoked,
     ENTITLEMENT_GRANTED: Entitlement,
     ENTITLEMENT_REVOKED: Entitlement,
 }

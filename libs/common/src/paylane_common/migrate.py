@@ -39,11 +39,26 @@ def migrate(url: str) -> list[str]:
     return [m.id for m in pending]
 
 
-def cutover(url: str, at: datetime | None = None) -> datetime:
+class CutoverRefused(Exception):
+    """Orders paylane already announced would fall before the cutover (``orders``:
+    ``(out_trade_no, paid_at)``)."""
+
+    def __init__(self, orders: list[tuple[str, datetime | None]]):
+        super().__init__(f"{len(orders)} order(s) paylane announced were paid before it")
+        self.orders = orders
+
+
+def cutover(url: str, at: datetime | None = None, *, force: bool = False) -> datetime:
     """Set ``paylane_meta.effects_since`` (effects.py in the order service): paylane applies
     the effects of orders another writer settled from this moment (default: now, UTC),
     the one at which the cloud function starts calling paylane instead of the backend
-    before it. Returns the moment set."""
+    before it. Until the first cutover paylane applies none (``paylane migrate`` does not
+    set it). Returns the moment set.
+
+    Refuses (:class:`CutoverRefused`, unless ``force``) when paylane has already announced
+    orders another writer settled before that moment: the backend before paylane may have
+    granted them too, and moving the cutover past them cannot take a grant back. An
+    operator checks those orders first."""
     moment = (at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
     dsn = MySQLParams.from_url(url)
     conn = pymysql.connect(
@@ -57,6 +72,16 @@ def cutover(url: str, at: datetime | None = None) -> datetime:
     )
     try:
         with conn.cursor() as cur:
+            cur.execute(
+                "SELECT o.out_trade_no, o.paid_at FROM payment_orders o"
+                " WHERE o.paid_event_at IS NOT NULL AND COALESCE(o.paid_at, o.updated_at) < %s"
+                " AND EXISTS (SELECT 1 FROM payment_logs l WHERE l.out_trade_no = o.out_trade_no"
+                " AND l.type = 'paid_elsewhere') ORDER BY o.paid_at LIMIT 100",
+                (moment,),
+            )
+            announced = [(row[0], row[1]) for row in cur.fetchall()]
+            if announced and not force:
+                raise CutoverRefused(announced)
             cur.execute(
                 "INSERT INTO paylane_meta (name, value) VALUES ('effects_since', %s)"
                 " ON DUPLICATE KEY UPDATE value = VALUES(value)",

@@ -23,7 +23,8 @@ from . import amqp, db, startup
 from .batching import BatchConsumer, BatchHandler
 from .consumer import Consumer, Handler, RetryPolicy
 from .exceptions import ConfigError
-from .health import READINESS_CHECKS, add_health_routes, admin_app
+from .health import READINESS, READINESS_CHECKS, add_health_routes, admin_app
+from .listeners import TimedAppRunner
 from .logs import configure_logging
 from .outages import Dependency, NotReady
 from .outbox import OutboxRelay
@@ -90,14 +91,14 @@ ADMIN_LISTENER = web.AppKey("admin_listener", AdminListener)
 def base_app(
     name: str, *, client_max_size: int = 1024**2, admin_port: int | None = None
 ) -> web.Application:
-    """The service's app with its health routes. With ``admin_port``, ``/readyz`` and
-    ``/metrics`` are served only by ``app[ADMIN_LISTENER]`` (started by :func:`run`);
-    the app itself keeps ``/healthz``."""
+    """The service's app with its health routes. With ``admin_port`` (every service but
+    the sandbox, a dev tool), ``/readyz`` and ``/metrics`` are served only by
+    ``app[ADMIN_LISTENER]`` (started by :func:`run`); the app itself keeps ``/healthz``."""
     app = web.Application(middlewares=[bind_request_context], client_max_size=client_max_size)
     app[SERVICE_NAME] = name
     add_health_routes(app, internal=admin_port is None)
     if admin_port is not None:
-        app[ADMIN_LISTENER] = AdminListener(admin_app(app[READINESS_CHECKS]), admin_port)
+        app[ADMIN_LISTENER] = AdminListener(admin_app(app[READINESS]), admin_port)
     return app
 
 
@@ -168,7 +169,7 @@ def run(app: web.Application, settings: BaseServiceSettings) -> None:
     listener = app.get(ADMIN_LISTENER)
     if listener is not None:
         # After every resource is open, so /readyz never answers before its checks exist.
-        app.cleanup_ctx.append(_serve_admin(listener, settings.http_host))
+        app.cleanup_ctx.append(_serve_admin(listener, settings))
     app.on_startup.append(_freeze_startup_objects)  # last: after every resource is open
     shutdown = _Shutdown(app)
     app.on_response_prepare.append(shutdown.close_connection)
@@ -198,9 +199,11 @@ async def _serve(
     handlers in flight given :data:`SHUTDOWN_TIMEOUT_S`, cleanup contexts in reverse
     (consumers stop, resources close)."""
     shutdown.listen_for_signals()
-    if not await shutdown.wait_for_dependencies(app.get(startup.NEEDED, []), listeners):
+    if not await shutdown.wait_for_dependencies(
+        app.get(startup.NEEDED, []), listeners, partial(http_runner, settings=settings)
+    ):
         return
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = http_runner(app, settings, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     try:
         # Not interrupted by a signal: the broker's client does not survive a cancelled
         # connect (it goes on reconnecting). The dependencies have just answered, so it
@@ -262,10 +265,13 @@ class _Shutdown:
             self._waiting.cancel()
 
     async def wait_for_dependencies(
-        self, needed: list[startup.Needed], listeners: list[tuple[str, int, bool]]
+        self,
+        needed: list[startup.Needed],
+        listeners: list[tuple[str, int, bool]],
+        make_runner: Callable[[web.Application], web.AppRunner],
     ) -> bool:
         """:func:`startup.wait_for`, which may wait for ever: False if the signal came first."""
-        self._waiting = asyncio.create_task(startup.wait_for(needed, listeners))
+        self._waiting = asyncio.create_task(startup.wait_for(needed, listeners, make_runner))
         try:
             return await self._waiting
         finally:
@@ -278,6 +284,7 @@ class _Shutdown:
     async def drain(self, site: web.TCPSite) -> None:
         self._draining = True
         self._app[READINESS_CHECKS]["shutdown"] = _shutting_down
+        self._app[READINESS].invalidate()  # said at once, not after the cached answer
         await site.stop()
         await asyncio.sleep(DRAIN_S)
 
@@ -306,11 +313,27 @@ def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
+def http_runner(
+    app: web.Application, settings: BaseServiceSettings, shutdown_timeout: float = 1.0
+) -> web.AppRunner:
+    """A runner for one of the service's listeners, with its keep-alive and header-read
+    timeouts (listeners.py)."""
+    return TimedAppRunner(
+        app,
+        keepalive_timeout_s=settings.http_keepalive_timeout_s,
+        header_timeout_s=settings.http_header_timeout_s,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+    )
+
+
 def _serve_admin(
-    listener: AdminListener, host: str
+    listener: AdminListener, settings: BaseServiceSettings
 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    host = settings.http_host
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        runner = web.AppRunner(listener.app, access_log=None, shutdown_timeout=1.0)
+        runner = http_runner(listener.app, settings)
         await runner.setup()
         await web.TCPSite(runner, host, listener.port).start()
         log.info("listening", service=app[SERVICE_NAME], url=f"http://{host}:{listener.port}")

@@ -26,6 +26,7 @@ from pydantic import (
     UrlConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -234,6 +235,16 @@ class BaseServiceSettings(BaseSettings):
     mysql_url: MySQLUrl = "mysql://root:@127.0.0.1:3306/paylane"
     http_host: str = "0.0.0.0"
     http_port: int = Field(8080, ge=1, le=65535)
+    #: ``/healthz``, ``/readyz`` and ``/metrics``, never on the public ``HTTP_PORT``
+    #: (DESIGN §2): the cluster's probes and Prometheus only. Each service its own default.
+    admin_port: int = Field(9080, ge=1, le=65535)
+    #: An idle kept-alive connection is closed after this long. Longer than a balancer's
+    #: own idle timeout (nginx and cloud balancers: 60 s), so that the balancer, not the
+    #: service, closes a connection it might be reusing at that very moment.
+    http_keepalive_timeout_s: float = Field(75.0, gt=0, le=75)
+    #: A request's line and headers must have arrived this long after its first byte (or
+    #: after the connection opened); else the connection is closed.
+    http_header_timeout_s: float = Field(10.0, gt=0, le=60)
     log_format: Literal["json", "console"] | None = None
     #: Declare the broker topology at start (needs *configure* permission); false: only
     #: check that it exists, for a broker user with least privilege (topology.py).
@@ -244,6 +255,12 @@ class BaseServiceSettings(BaseSettings):
     @property
     def mysql(self) -> MySQLParams:
         return MySQLParams.from_url(self.mysql_url)
+
+    @model_validator(mode="after")
+    def _admin_port_is_another_port(self) -> BaseServiceSettings:
+        if self.admin_port == self.http_port:
+            raise ValueError("ADMIN_PORT must differ from HTTP_PORT (the public listener)")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -90,16 +90,21 @@ def holding_app(waiting: dict[str, str], *, internal: bool) -> web.Application:
     return app
 
 
-async def wait_for(needed: list[Needed], listeners: list[tuple[str, int, bool]]) -> bool:
+async def wait_for(
+    needed: list[Needed],
+    listeners: list[tuple[str, int, bool]],
+    make_runner: Callable[[web.Application], web.AppRunner] | None = None,
+) -> bool:
     """Until every dependency answers, with the holding app on ``listeners`` (host,
-    port, internal). False when cancelled first (SIGTERM or SIGINT: ``service.run``
-    cancels the start-up)."""
+    port, internal), each run by ``make_runner``. False when cancelled first (SIGTERM or
+    SIGINT: ``service.run`` cancels the start-up)."""
     if not needed:
         return True
     waiting = {n.name: f"{n.where} not tried yet" for n in needed}
     runners = []
     for host, port, internal in listeners:
-        runner = web.AppRunner(holding_app(waiting, internal=internal), access_log=None)
+        holding = holding_app(waiting, internal=internal)
+        runner = make_runner(holding) if make_runner else web.AppRunner(holding, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         runners.append(runner)

@@ -144,7 +144,9 @@ ORDER_PAYMENTS = QueueSpec(
         events.REFUND_ABNORMAL,
     ),
 )
-ENTITLEMENT_ORDERS = QueueSpec("entitlement.orders", (events.ORDER_PAID, events.ORDER_REFUNDED))
+ENTITLEMENT_ORDERS = QueueSpec(
+    "entitlement.orders", (events.ORDER_PAID, events.ORDER_REFUNDED, events.ORDER_REVOKED)
+)
 #: Routing keys every notifier replica binds its own exclusive queue to: one delivery per
 #: payment (``entitlement.granted`` carries the ``order.paid`` it answers, see
 #: ``paylane_notifier.messages``); refunds also need ``order.refunded``, as a partial one

@@ -1,5 +1,6 @@
 """``order.paid`` → the user's plan rises and regenerations grow, once per order;
-``order.refunded`` (full) → exactly what that order granted is taken back (DESIGN §6).
+``order.refunded`` (full) → exactly what that order granted is taken back (DESIGN §6);
+``order.revoked`` (the order went to ``needs_review`` after its grant) → the same.
 
 The ledger ``entitlement_grants`` (one row per order) makes "one order grants once"
 hold even when an ``order.paid`` arrives under another event id (a replay, a republish).
@@ -32,7 +33,9 @@ from paylane_common.events import (
     Envelope,
     OrderPaid,
     OrderRefunded,
+    OrderRevoked,
     PaidOrder,
+    RevokedFor,
     make_event,
 )
 
@@ -69,6 +72,16 @@ class EntitlementApplier:
                 outcome = await self._grant(cur, envelope, data)
             elif isinstance(data, OrderRefunded):
                 outcome = await self._revoke(cur, envelope, data)
+            elif isinstance(data, OrderRevoked):
+                log.warning("order_under_review_revoking", reason=data.reason)
+                whole = OrderRefunded(
+                    out_trade_no=data.out_trade_no,
+                    user_id=data.user_id,
+                    package_type=data.package_type,
+                    amount_refund=0,
+                    full=True,
+                )
+                outcome = await self._revoke(cur, envelope, whole, revoked_for="review")
             else:
                 raise Reject(f"{envelope.type} is not for the entitlement service")
         self.after_commit([outcome])
@@ -197,7 +210,13 @@ class EntitlementApplier:
         log.info("entitlement_granted", user_id=data.user_id, package=package.name)
         return "granted"
 
-    async def _revoke(self, cur: aiomysql.Cursor, envelope: Envelope, data: OrderRefunded) -> str:
+    async def _revoke(
+        self,
+        cur: aiomysql.Cursor,
+        envelope: Envelope,
+        data: OrderRefunded,
+        revoked_for: RevokedFor = "refund",
+    ) -> str:
         if not data.full:
             log.info("partial_refund_keeps_entitlement")
             return "partial_refund"
@@ -244,7 +263,13 @@ class EntitlementApplier:
             " regenerate_count = GREATEST(COALESCE(regenerate_count, 0) - %s, 0) WHERE id = %s",
             (status, grant["regenerate_granted"], grant["user_id"]),
         )
-        await self._emit(cur, events.ENTITLEMENT_REVOKED, grant["user_id"], data.out_trade_no)
+        await self._emit(
+            cur,
+            events.ENTITLEMENT_REVOKED,
+            grant["user_id"],
+            data.out_trade_no,
+            revoked_for=revoked_for,
+        )
         log.info("entitlement_revoked", user_id=grant["user_id"], payment_status=status)
         return "revoked"
 
@@ -279,6 +304,7 @@ class EntitlementApplier:
         user_id: str,
         out_trade_no: str,
         paid: PaidOrder | None = None,
+        revoked_for: RevokedFor | None = None,
     ) -> None:
         await cur.execute(f"SELECT {_USER_STATE} FROM users WHERE id = %s", (user_id,))
         user = await cur.fetchone()
@@ -288,6 +314,7 @@ class EntitlementApplier:
             payment_status=user["payment_status"],
             regenerate_count=user["regenerate_count"],
             paid=paid,
+            revoked_for=revoked_for,
         )
         await outbox.add(cur, OUTBOX_PRODUCER, make_event(event_type, data))
 
@@ -314,14 +341,15 @@ def after_grant(user: Mapping[str, Any], package: Package) -> dict[str, Any]:
 
 
 def _after_a_refund(items: Sequence[BatchItem]) -> set[int]:
-    """Indexes of the items that come after an ``order.refunded`` of the same user."""
+    """Indexes of the items that come after an ``order.refunded`` (or ``order.revoked``)
+    of the same user."""
     refunded: set[str] = set()
     after: set[int] = set()
     for i, item in enumerate(items):
         user_id = getattr(item.data, "user_id", None)
         if user_id in refunded:
             after.add(i)
-        if isinstance(item.data, OrderRefunded):
+        if isinstance(item.data, (OrderRefunded, OrderRevoked)):
             refunded.add(item.data.user_id)
     return after
 

@@ -21,7 +21,7 @@ from .settings import EntitlementSettings
 
 
 def build_app(settings: EntitlementSettings) -> web.Application:
-    app = base_app("entitlement")
+    app = base_app("entitlement", admin_port=settings.admin_port)
     use_broker(app, settings)
     use_mysql(app, settings)
     use_consumer(

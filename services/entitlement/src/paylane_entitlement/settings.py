@@ -9,3 +9,4 @@ from paylane_common.settings import BaseServiceSettings, CatalogSettings, Consum
 
 class EntitlementSettings(BaseServiceSettings, ConsumerSettings, CatalogSettings):
     http_port: int = Field(8082, ge=1, le=65535)
+    admin_port: int = Field(9082, ge=1, le=65535)

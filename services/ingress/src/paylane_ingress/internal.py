@@ -3,9 +3,8 @@
 
 - ``POST /api/payment/internal/notify``: for hosts that already receive WeChat's callback
   elsewhere (the cloud-function hybrid). Publishes the same ``payment.succeeded``, marked
-  ``source: "internal"``; the order service confirms it with WeChat Pay before anything is
-  granted (the caller holds a shared secret, not WeChat Pay's key), unless the operator
-  set ``INTERNAL_NOTIFY_TRUSTED``.
+  ``source: "internal"``; the order service's payment gate confirms it with WeChat Pay
+  before anything is granted (the caller holds a shared secret, not WeChat Pay's key).
 - ``POST /api/payment/internal/order-created``: an order the cloud function placed at
   WeChat Pay but could not write to ``payment_orders``. Published as ``order.created``;
   the order service writes the row.

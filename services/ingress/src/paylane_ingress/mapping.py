@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from paylane_common import events
-from paylane_common.events import Envelope, PaymentSucceeded, RefundEvent, make_event
+from paylane_common.events import (
+    Envelope,
+    RefundEvent,
+    WechatNotification,
+    make_event,
+    payment_from_transaction,
+)
 
 REFUND_TYPES = {
     "REFUND.SUCCESS": events.REFUND_SUCCEEDED,
@@ -18,26 +24,22 @@ class Ignored(Exception):
     """Acknowledged and logged, not published (SECURITY_ECHO.*, unknown types, …)."""
 
 
-def to_event(event_id: str, event_type: str, resource: dict[str, Any]) -> Envelope:
-    """Raise Ignored for what is not published, ValueError for a malformed resource."""
+def to_event(
+    event_id: str,
+    event_type: str,
+    resource: dict[str, Any],
+    notification: WechatNotification | None = None,
+) -> Envelope:
+    """Raise Ignored for what is not published, ValueError for a malformed resource.
+
+    A payment carries ``notification`` (the body and headers as received), so that the
+    order service can check WeChat Pay's signature itself before granting anything."""
     if event_type == "TRANSACTION.SUCCESS":
         if resource.get("trade_state", "SUCCESS") != "SUCCESS":
             raise Ignored(f"trade_state {resource.get('trade_state')!r}")
-        amount = _object(resource, "amount")
-        payer = _object(resource, "payer")
-        data = PaymentSucceeded(
-            out_trade_no=resource["out_trade_no"],
-            transaction_id=resource["transaction_id"],
-            amount_total=amount["total"],
-            payer_total=amount.get("payer_total"),
-            currency=amount.get("currency") or "CNY",
-            openid=payer.get("openid"),
-            trade_type=resource.get("trade_type"),
-            success_time=resource.get("success_time"),
-            mchid=resource.get("mchid"),
-            appid=resource.get("appid"),
-            source="wechatpay",
-        )
+        _object(resource, "amount")["total"]
+        _object(resource, "payer")
+        data = payment_from_transaction(resource, "wechatpay", notification)
         return make_event(events.PAYMENT_SUCCEEDED, data, event_id)
     if event_type in REFUND_TYPES:
         amount = _object(resource, "amount")

@@ -7,6 +7,7 @@ import time
 import structlog
 from aiohttp import web
 
+from paylane_common.events import WechatNotification
 from paylane_common.exceptions import EventValidationError, PublishError
 from paylane_common.merchant_api import CERT_REFRESHER
 from paylane_common.publisher import Publisher
@@ -17,6 +18,13 @@ from paylane_common.wechatpay import (
     VerificationError,
     decrypt_notification,
     parse_notification,
+)
+from paylane_common.wechatpay.signature import (
+    HEADER_NONCE,
+    HEADER_SERIAL,
+    HEADER_SIGNATURE,
+    HEADER_SIGNATURE_TYPE,
+    HEADER_TIMESTAMP,
 )
 
 from . import metrics
@@ -61,6 +69,7 @@ async def notify_wechatpay(request: web.Request) -> web.Response:
 
 async def _handle(request: web.Request) -> web.Response:
     config = request.app[INGRESS_CONFIG]
+    received_at = int(time.time())
     body = await _read_body(request)
     try:
         headers = NotificationHeaders.from_mapping(request.headers)
@@ -74,15 +83,34 @@ async def _handle(request: web.Request) -> web.Response:
     metrics.NOTIFICATIONS_VERIFIED.inc()
     # Verified notifications being answered count toward "busy" (pressure.py); one that
     # does not verify, or is still sending its body, does not.
+    try:
+        received = _as_received(headers, body, received_at)
+    except UnicodeDecodeError:
+        raise Rejection(400, "malformed_body", "notification body is not UTF-8") from None
     load = request.app[LOAD_ANNOUNCER]
     load.entered()
     try:
-        return await _acknowledge(request, config, body)
+        return await _acknowledge(request, config, body, received)
     finally:
         load.left()
 
 
-async def _acknowledge(request: web.Request, config: IngressConfig, body: bytes) -> web.Response:
+def _as_received(headers: NotificationHeaders, body: bytes, received_at: int) -> WechatNotification:
+    """The notification as it came, for the order service to verify it again."""
+    signed = {
+        HEADER_SIGNATURE: headers.signature,
+        HEADER_TIMESTAMP: headers.timestamp,
+        HEADER_NONCE: headers.nonce,
+        HEADER_SERIAL: headers.serial,
+    }
+    if headers.signature_type is not None:
+        signed[HEADER_SIGNATURE_TYPE] = headers.signature_type
+    return WechatNotification(body=body.decode("utf-8"), headers=signed, received_at=received_at)
+
+
+async def _acknowledge(
+    request: web.Request, config: IngressConfig, body: bytes, received: WechatNotification
+) -> web.Response:
     try:
         notification = parse_notification(body)
     except ValueError as exc:
@@ -100,7 +128,7 @@ async def _acknowledge(request: web.Request, config: IngressConfig, body: bytes)
         raise Rejection(400, "decrypt_failed", "resource could not be decrypted") from None
 
     try:
-        envelope = to_event(notification["id"], notification["event_type"], resource)
+        envelope = to_event(notification["id"], notification["event_type"], resource, received)
     except Ignored as why:
         log.info("notification_ignored", why=str(why))
         metrics.NOTIFICATIONS_ACKED.labels("ignored").inc()

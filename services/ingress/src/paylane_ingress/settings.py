@@ -3,7 +3,7 @@ cloud function's secret, the package catalog it reads prices from."""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 
 from paylane_common.merchant_api import DEFAULT_API_BASE, WechatPayKeysSettings
 from paylane_common.settings import (
@@ -21,8 +21,6 @@ class IngressSettings(BaseServiceSettings, WechatPayKeysSettings, CatalogSetting
     give ingress the same ``PACKAGE_CATALOG`` as the order service."""
 
     http_port: int = Field(8080, ge=1, le=65535)
-    #: /readyz and /metrics are served here only, never on the internet-facing HTTP_PORT.
-    admin_port: int = Field(9080, ge=1, le=65535)
     wechatpay_apiv3_key: ApiV3Key
     internal_api_secret: SecretStr | None = None
     #: Optional: with these (and a certs dir) platform certificates are refreshed in the
@@ -46,9 +44,3 @@ class IngressSettings(BaseServiceSettings, WechatPayKeysSettings, CatalogSetting
             and self.wechatpay_merchant_private_key
             and self.wechatpay_merchant_serial_no
         )
-
-    @model_validator(mode="after")
-    def _admin_port_is_another_port(self) -> IngressSettings:
-        if self.admin_port == self.http_port:
-            raise ValueError("ADMIN_PORT must differ from HTTP_PORT (the public listener)")
-        return self

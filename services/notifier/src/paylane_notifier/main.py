@@ -15,7 +15,7 @@ from .settings import NotifierSettings
 
 
 def build_app(settings: NotifierSettings, *, hub: Hub | None = None) -> web.Application:
-    app = base_app("notifier")
+    app = base_app("notifier", admin_port=settings.admin_port)
     app[NOTIFIER_CONFIG] = NotifierConfig(
         token_secret=secret_value(settings.client_token_secret),
         snapshot_window_s=settings.snapshot_window_s,

@@ -106,6 +106,14 @@ def _order_paid(data: Entitlement, paid: PaidOrder) -> ClientMessage:
     )
 
 
+def _entitlement_status(event_type: str, data: Entitlement) -> str:
+    """The order's status an entitlement event implies: a revocation is a refund's unless
+    the order went to review (what it granted is taken back until an operator decides)."""
+    if event_type == events.ENTITLEMENT_GRANTED:
+        return "paid"
+    return "needs_review" if data.revoked_for == "review" else "refunded"
+
+
 def _message(envelope: Envelope, data: Any) -> tuple[str, ClientMessage] | None:
     common: dict[str, Any] = {"event_id": envelope.event_id, "occurred_at": envelope.occurred_at}
     if envelope.type == events.ORDER_PAID and isinstance(data, OrderPaid):
@@ -134,7 +142,7 @@ def _message(envelope: Envelope, data: Any) -> tuple[str, ClientMessage] | None:
         return data.user_id, ClientMessage(
             type=envelope.type,
             out_trade_no=data.out_trade_no,
-            status="paid" if envelope.type == events.ENTITLEMENT_GRANTED else "refunded",
+            status=_entitlement_status(envelope.type, data),
             payment_status=data.payment_status,
             regenerate_count=data.regenerate_count,
             **common,

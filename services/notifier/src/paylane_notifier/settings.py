@@ -9,6 +9,7 @@ from paylane_common.settings import BaseServiceSettings, TokenSecret
 
 class NotifierSettings(BaseServiceSettings):
     http_port: int = Field(8083, ge=1, le=65535)
+    admin_port: int = Field(9083, ge=1, le=65535)
     #: HMAC key of the client tokens that ``POST /orders`` hands out.
     client_token_secret: TokenSecret
     #: On connect a client gets the state of its orders updated within this window …

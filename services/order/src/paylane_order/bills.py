@@ -71,7 +71,9 @@ from paylane_common.wechatpay import (
     WechatPayError,
 )
 
-from .reconciler import LEASE_TTL_S, PAID_STATES, Reconciler
+from .gate import PAID_STATES
+from .reconciler import LEASE_TTL_S, Reconciler
+from .review import to_review
 
 log = structlog.get_logger(__name__)
 
@@ -445,14 +447,10 @@ class BillReconciler:
         return await self._record(replace(seen, kind="refund_state_differs", action=action), day)
 
     async def _review(self, diff: Difference, reason: str, day: date) -> Difference:
-        """The order to ``needs_review`` (once) and the difference recorded."""
+        """The order to ``needs_review`` (once; what it granted revoked) and the difference
+        recorded."""
         async with transaction(self._pool) as cur:
-            await cur.execute(
-                "UPDATE payment_orders SET status = 'needs_review', review_reason = %s"
-                " WHERE out_trade_no = %s AND status <> 'needs_review'",
-                (reason[:255], diff.out_trade_no),
-            )
-            moved = cur.rowcount == 1
+            moved = await to_review(cur, diff.out_trade_no, reason)
         return await self._record(replace(diff, action="needs_review" if moved else "already"), day)
 
     async def _unconfirmed(self, diff: Difference, exc: WechatPayError, day: date) -> Difference:

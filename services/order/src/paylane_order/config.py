@@ -96,8 +96,8 @@ class OrderConfig:
     #: Mini-program sign-in: WeChat's API host and the AppSecret ("" answers 503).
     wechat_api_base: str
     wechat_app_secret: str
-    #: Apply ``source: "internal"`` payments without asking WeChat Pay first.
-    internal_notify_trusted: bool
+    #: Decrypts the WeChat Pay notifications payments carry (the payment gate).
+    apiv3_key: str
     merchant: MerchantConfig
     reconciler: ReconcilerConfig
 
@@ -112,7 +112,7 @@ class OrderConfig:
             trusted_proxies=settings.trusted_proxies,
             wechat_api_base=settings.wechat_api_base,
             wechat_app_secret=secret_value(settings.wechat_app_secret),
-            internal_notify_trusted=settings.internal_notify_trusted,
+            apiv3_key=secret_value(settings.wechatpay_apiv3_key),
             merchant=MerchantConfig(
                 mchid=settings.wechatpay_mchid,
                 appid=settings.wechatpay_appid,

@@ -14,11 +14,13 @@ paylane's to apply, exactly once:
   the sweep below) announces it, and nobody a second time.
 - The sweep (run by the reconciler, so by ``paylane reconcile --once`` too, one replica at
   a time) finds orders ``paid`` or ``refunded`` whose event paylane never staged, and
-  stages it as if the notify had come.
-- Both look only at orders paid since ``paylane_meta.effects_since`` (the first
-  ``paylane migrate``, moved by ``paylane cutover`` to when the cloud function starts
-  calling paylane): the orders settled before were the old backend's to grant, and it
-  did. The sweep is bounded (``limit`` a pass), indexed (``ix_orders_paid_effect``,
+  stages it as if the notify had come. A row marked ``paid`` is only another writer's
+  word: the sweep asks WeChat Pay first and compares the amount with the package's price
+  (gate.py); an order WeChat Pay does not confirm goes to ``needs_review``.
+- Both look only at orders paid since ``paylane_meta.effects_since``, which only
+  ``paylane cutover`` sets (to when the cloud function starts calling paylane): the
+  orders settled before were the old backend's to grant, and it did. Until the cutover,
+  neither runs. The sweep is bounded (``limit`` a pass), indexed (``ix_orders_paid_effect``,
   ``ix_orders_refund_effect``; its ``created_at`` range starts a day before
   ``effects_since``), and only takes rows untouched for ``grace_s``, so the notify that
   is on its way normally wins.
@@ -35,11 +37,14 @@ import structlog
 from prometheus_client import Counter as PromCounter
 
 from paylane_common import events, outbox
+from paylane_common.consumer import Retry
 from paylane_common.db import transaction
-from paylane_common.events import OrderPaid, OrderRefunded, make_event
+from paylane_common.events import OrderPaid, OrderRefunded, PaymentSucceeded, make_event
 from paylane_common.ids import new_row_id
 
-from . import OUTBOX_PRODUCER
+from . import OUTBOX_PRODUCER, catalog_prices
+from .gate import Gate, Unconfirmed
+from .review import to_review
 
 log = structlog.get_logger(__name__)
 
@@ -134,13 +139,13 @@ async def effects_since(pool: aiomysql.Pool) -> datetime | None:
     return datetime.fromisoformat(row["value"]).replace(microsecond=0) if row else None
 
 
-async def sweep(pool: aiomysql.Pool, *, grace_s: float, limit: int) -> Counter[str]:
-    """One bounded pass over orders settled elsewhere; returns what it announced."""
+async def sweep(pool: aiomysql.Pool, gate: Gate, *, grace_s: float, limit: int) -> Counter[str]:
+    """One bounded pass over orders settled elsewhere; returns what it did."""
     found: Counter[str] = Counter()
     since = await effects_since(pool)
-    if since is None:  # not migrated by a paylane that records it: nothing is known new
+    if since is None:  # no `paylane cutover` yet: the old backend grants what it settles
         return found
-    found["effect_paid"] = await _sweep_paid(pool, since, grace_s, limit)
+    found.update(await _sweep_paid(pool, gate, since, grace_s, limit))
     found["effect_refunded"] = await _sweep_refunded(pool, since, grace_s, limit)
     for kind, n in found.items():
         SWEPT.labels(kind).inc(n)
@@ -148,7 +153,8 @@ async def sweep(pool: aiomysql.Pool, *, grace_s: float, limit: int) -> Counter[s
 
 
 _SETTLED_ELSEWHERE = (
-    "SELECT " + ORDER_COLUMNS + ", transaction_id FROM payment_orders"
+    "SELECT " + ORDER_COLUMNS + ", transaction_id, currency, appid, created_at"
+    " FROM payment_orders"
     " WHERE status = %s AND {marker} IS NULL{extra}"
     " AND created_at >= %s - INTERVAL 1 DAY AND COALESCE(paid_at, updated_at) >= %s"
     " AND updated_at <= NOW() - INTERVAL %s SECOND"
@@ -156,23 +162,82 @@ _SETTLED_ELSEWHERE = (
 )
 
 
-async def _sweep_paid(pool: aiomysql.Pool, since: datetime, grace_s: float, limit: int) -> int:
-    """Paid by another writer, never announced: ``order.paid``, as an internal notify
-    for it would have done."""
-    applied = 0
+async def _sweep_paid(
+    pool: aiomysql.Pool, gate: Gate, since: datetime, grace_s: float, limit: int
+) -> Counter[str]:
+    """Paid by another writer, never announced: ``order.paid`` once WeChat Pay confirms
+    the payment (a query: the row is only another writer's word) and its price, as the
+    payment consumer would; ``needs_review`` when it does not. WeChat Pay not answering
+    leaves the order for the next pass."""
+    found: Counter[str] = Counter()
     async with transaction(pool) as cur:
         await cur.execute(
             _SETTLED_ELSEWHERE.format(marker="paid_event_at", extra=""),
             ("paid", since, since, int(grace_s), limit),
         )
-        for order in await cur.fetchall():
-            if not await claim_paid_event(cur, order["out_trade_no"]):
+        candidates = list(await cur.fetchall())
+    for order in candidates:
+        out_trade_no = order["out_trade_no"]
+        claim = PaymentSucceeded(
+            out_trade_no=out_trade_no,
+            transaction_id=order["transaction_id"] or "-",
+            source="reconcile",
+        )
+        paid: PaymentSucceeded | None = None
+        try:
+            paid = await gate.from_query(claim, any_transaction=order["transaction_id"] is None)
+            reason = None
+        except Retry as exc:
+            log.warning("paid_elsewhere_query_failed", out_trade_no=out_trade_no, error=str(exc))
+            found["effect_query_failed"] += 1
+            continue
+        except Unconfirmed as exc:
+            reason = f"marked paid, but {exc}"
+        async with transaction(pool) as cur:
+            periods = await catalog_prices.load(cur, [order["package_type"]])
+            if paid is not None:
+                reason = gate.mismatch(order, paid, periods)
+            if reason is not None:
+                if await _still_unannounced(cur, out_trade_no) and await to_review(
+                    cur, out_trade_no, reason
+                ):
+                    await _log(cur, order, "needs_review", reason)
+                    log.error(
+                        "paid_elsewhere_refused",
+                        alert=True,
+                        out_trade_no=out_trade_no,
+                        reason=reason,
+                    )
+                    found["effect_needs_review"] += 1
+                continue
+            assert paid is not None
+            if not await claim_paid_event(cur, out_trade_no):
                 continue  # announced meanwhile
+            await cur.execute(
+                "UPDATE payment_orders SET transaction_id = COALESCE(transaction_id, %s)"
+                " WHERE out_trade_no = %s",
+                (paid.transaction_id, out_trade_no),
+            )
             await outbox.add(cur, OUTBOX_PRODUCER, order_paid(order))
-            await _log(cur, order, "paid_elsewhere", "paid by another writer; no notify came")
-            log.warning("paid_elsewhere_swept", out_trade_no=order["out_trade_no"])
-            applied += 1
-    return applied
+            await _log(
+                cur,
+                {**order, "transaction_id": paid.transaction_id},
+                "paid_elsewhere",
+                "paid by another writer, confirmed by WeChat Pay; no notify came",
+            )
+            log.warning("paid_elsewhere_swept", out_trade_no=out_trade_no)
+            found["effect_paid"] += 1
+    return found
+
+
+async def _still_unannounced(cur: aiomysql.Cursor, out_trade_no: str) -> bool:
+    """Whether the order is still ``paid`` and unannounced (the row locked)."""
+    await cur.execute(
+        "SELECT 1 FROM payment_orders WHERE out_trade_no = %s AND status = 'paid'"
+        " AND paid_event_at IS NULL FOR UPDATE",
+        (out_trade_no,),
+    )
+    return await cur.fetchone() is not None
 
 
 async def _sweep_refunded(pool: aiomysql.Pool, since: datetime, grace_s: float, limit: int) -> int:

@@ -24,16 +24,17 @@ from paylane_common.service import (
 )
 from paylane_common.topology import ORDER_PAYMENTS
 
-from . import OUTBOX_PRODUCER, api
+from . import OUTBOX_PRODUCER, api, catalog_prices
 from .abnormal import AbnormalRefunds
 from .bills import BillReconciler, DailyBills
 from .config import ORDER_CONFIG, OrderConfig
 from .created import OrderCreatedApplier
 from .errors import error_middleware
+from .gate import Gate
 from .miniprogram import MiniProgramLogin
 from .orders import Orders
 from .payments import PaymentApplier
-from .reconciler import Reconciler, confirm_payment
+from .reconciler import Reconciler
 from .refunds import RefundApplier
 from .settings import OrderSettings
 
@@ -76,19 +77,13 @@ class OrderEvents:
 def build_handler(app: web.Application, config: OrderConfig) -> OrderEvents:
     client = app[WECHATPAY_CLIENT]
     wake = app[OUTBOX_RELAY].wake
-    payments = PaymentApplier(
-        app[DB_POOL],
-        config.merchant,
-        on_commit=wake,
-        confirm=lambda data: confirm_payment(client, data),
-        trust_internal=config.internal_notify_trusted,
-    )
+    payments = PaymentApplier(app[DB_POOL], Gate.of(config, client), on_commit=wake)
     created = OrderCreatedApplier(app[DB_POOL], order_ttl_s=config.merchant.order_ttl_s)
     return OrderEvents(payments, RefundApplier(app[DB_POOL], on_commit=wake), created)
 
 
 def build_app(settings: OrderSettings) -> web.Application:
-    app = base_app("order")
+    app = base_app("order", admin_port=settings.admin_port)
     app.middlewares.append(error_middleware)
     use_broker(app, settings)
     use_mysql(app, settings)
@@ -103,8 +98,13 @@ def build_app(settings: OrderSettings) -> web.Application:
             app[MERCHANT_SIGNER],
             config.merchant,
         )
+        await catalog_prices.record(app[DB_POOL], config.catalog)
         reconciler = Reconciler(
-            app[DB_POOL], app[WECHATPAY_CLIENT], app[PUBLISHER], config.reconciler
+            app[DB_POOL],
+            app[WECHATPAY_CLIENT],
+            app[PUBLISHER],
+            config.reconciler,
+            Gate.of(config, app[WECHATPAY_CLIENT]),
         )
         app[RECONCILER] = reconciler
         app[api.LOGIN] = MiniProgramLogin(

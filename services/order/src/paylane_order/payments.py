@@ -1,5 +1,11 @@
 """``payment.succeeded`` → order paid, in one MySQL transaction (DESIGN §4 consumer).
 
+Every payment passes the gate first (gate.py): the order service applies WeChat Pay's
+own account of the payment (a notification it verified itself, or its answer to a query),
+never the event's fields, and only when the amount is the order's and a price of its
+package. A payment WeChat Pay does not stand behind changes no order: it is logged
+(``unconfirmed_payment``) and dead-lettered with the reason.
+
 inbox row + conditional ``pending|failed → paid`` + ``payment_logs`` row + outbox
 ``order.paid`` (and ``paid_event_at``, saying paylane staged it). Every transition is a
 conditional UPDATE; reads only classify what an UPDATE that changed nothing ran into.
@@ -10,27 +16,34 @@ arrives is paid all the same: the money was taken, so the buyer gets what they p
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import aiomysql
 import structlog
+from prometheus_client import Counter as PromCounter
 
 from paylane_common import inbox, outbox
 from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import placeholders, rows_table, transaction
-from paylane_common.events import (
-    Envelope,
-    PaymentSucceeded,
-)
+from paylane_common.events import Envelope, PaymentSource, PaymentSucceeded
 from paylane_common.ids import new_row_id
 
-from . import INBOX_CONSUMER, OUTBOX_PRODUCER, effects
-from .config import MerchantConfig
+from . import INBOX_CONSUMER, OUTBOX_PRODUCER, catalog_prices, effects
+from .gate import Gate, Unconfirmed
+from .review import to_review
 
 log = structlog.get_logger(__name__)
+
+UNCONFIRMED = PromCounter(
+    "paylane_payments_unconfirmed_total",
+    "payment.succeeded claims WeChat Pay does not stand behind, by source (the payment gate)",
+    ["source"],
+)
+for _source in get_args(PaymentSource):  # exported at 0: the alert counts the first one
+    UNCONFIRMED.labels(_source)
 
 #: What a payment may move to ``paid``: a pending order, or one that timed out or was
 #: cancelled (``failed``) and was paid all the same. The one-by-one and the batch path
@@ -43,40 +56,25 @@ UNKNOWN_ORDER_ATTEMPTS = 4
 UNKNOWN_ORDER_DELAY_S = 1.0
 
 
-#: Confirms (and completes) a payment that arrived without amount, or raises Reject/Retry.
-Confirm = Callable[[PaymentSucceeded], Awaitable[PaymentSucceeded]]
-
-
 class PaymentApplier:
     """Applies one payment.succeeded; returns the outcome label for metrics."""
 
     def __init__(
         self,
         pool: aiomysql.Pool,
-        merchant: MerchantConfig,
+        gate: Gate,
         on_commit: Callable[[], None] | None = None,
-        confirm: Confirm | None = None,
-        trust_internal: bool = False,
     ):
         self.pool = pool
-        self._merchant = merchant
+        self._gate = gate
         self._on_commit = on_commit
-        self._confirm = confirm
-        self._trust_internal = trust_internal
 
-    def _needs_confirmation(self, data: PaymentSucceeded) -> bool:
-        """An internal notify comes from a caller holding a shared secret, not from WeChat
-        Pay: only WeChat Pay's word grants anything (unless the operator trusts the caller,
-        and even then an amount-less notify needs WeChat Pay to say how much was paid)."""
-        if data.amount_total is None:
-            return True
-        return data.source == "internal" and not self._trust_internal
-
-    async def __call__(self, envelope: Envelope, data: PaymentSucceeded) -> str:
-        if self._needs_confirmation(data):
-            if self._confirm is None:
-                raise Reject("internal payment and no WeChat Pay client to confirm it")
-            data = await self._confirm(data)
+    async def __call__(self, envelope: Envelope, claim: PaymentSucceeded) -> str:
+        try:
+            data = await self._gate.confirm(claim)
+        except Unconfirmed as why:
+            await self._unconfirmed(envelope, claim, str(why))
+            raise Reject(str(why)) from None
         async with transaction(self.pool) as cur:
             if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
@@ -95,12 +93,18 @@ class PaymentApplier:
         deliveries of matching payments for pending (or failed) orders. Everything else
         is left to ``__call__``, one by one."""
         outcomes: list[str | None] = [None] * len(items)
-        fresh = await first_deliveries(cur, INBOX_CONSUMER, items, outcomes, PaymentSucceeded)
-        # Internal notifies need WeChat Pay's word first: left to __call__.
-        fresh = [(i, it) for i, it in fresh if not self._needs_confirmation(it.data)]
+        # Only payments whose notification verifies here; the others (internal notifies,
+        # the reconciler's, claims without evidence) are asked about one by one.
+        fresh = [
+            (i, it, paid)
+            for i, it in await first_deliveries(
+                cur, INBOX_CONSUMER, items, outcomes, PaymentSucceeded
+            )
+            if (paid := self._gate.from_notification(it.data)) is not None
+        ]
         if not fresh:
             return outcomes
-        nos = sorted({it.data.out_trade_no for _, it in fresh})
+        nos = sorted({paid.out_trade_no for _, _, paid in fresh})
         await cur.execute(
             f"SELECT {_ORDER_COLUMNS} FROM payment_orders"
             f" WHERE out_trade_no IN ({placeholders(len(nos))}) FOR UPDATE",
@@ -109,34 +113,37 @@ class PaymentApplier:
         orders = {row["out_trade_no"]: row for row in await cur.fetchall()}
         # An order refunded before its payment arrived: left to __call__ (_refunded_before).
         refunded = await _with_refunds(cur, list(orders))
-        plain: list[tuple[int, BatchItem, dict[str, Any], datetime]] = []
-        for i, it in fresh:
-            order = orders.pop(it.data.out_trade_no, None)  # pop: one payment per order
+        periods = await catalog_prices.load(cur, (o["package_type"] for o in orders.values()))
+        plain: list[tuple[int, BatchItem, PaymentSucceeded, dict[str, Any], datetime]] = []
+        for i, it, paid in fresh:
+            order = orders.pop(paid.out_trade_no, None)  # pop: one payment per order
             if (
                 order is not None
                 and order["status"] in PAYABLE_STATES
                 and order["out_trade_no"] not in refunded
-                and self._mismatch(order, it.data) is None
+                and self._gate.mismatch(order, paid, periods) is None
             ):
-                plain.append((i, it, order, _paid_at(it.data.success_time)))
+                plain.append((i, it, paid, order, _paid_at(paid.success_time)))
         if not plain:
             return outcomes
-        await inbox.claim_many(cur, INBOX_CONSUMER, [it.envelope.event_id for _, it, _, _ in plain])
-        paid, params = rows_table(
+        await inbox.claim_many(
+            cur, INBOX_CONSUMER, [it.envelope.event_id for _, it, _, _, _ in plain]
+        )
+        paid_rows, params = rows_table(
             ("out_trade_no", "transaction_id", "paid_at", "openid", "generation_id"),
             [
                 (
-                    it.data.out_trade_no,
-                    it.data.transaction_id,
+                    paid.out_trade_no,
+                    paid.transaction_id,
                     paid_at,
-                    it.data.openid,
-                    it.data.generation_id,
+                    paid.openid,
+                    paid.generation_id,
                 )
-                for _, it, _, paid_at in plain
+                for _, _, paid, _, paid_at in plain
             ],
         )
         await cur.execute(
-            f"UPDATE payment_orders o JOIN ({paid}) v ON v.out_trade_no = o.out_trade_no"
+            f"UPDATE payment_orders o JOIN ({paid_rows}) v ON v.out_trade_no = o.out_trade_no"
             " SET o.status = 'paid', o.transaction_id = v.transaction_id,"
             " o.paid_at = v.paid_at, o._openid = COALESCE(o._openid, v.openid),"
             " o.paid_event_at = NOW(6), o.generation_id = IF(o.generation_id = '',"
@@ -147,14 +154,12 @@ class PaymentApplier:
         if cur.rowcount != len(plain):  # the rows are locked: cannot happen, but never guess
             raise RuntimeError(f"batch paid {cur.rowcount} of {len(plain)} locked orders")
         staged, logs = [], []
-        for i, it, order, paid_at in plain:
+        for i, it, paid, order, paid_at in plain:
             it.bind()
             late = order["status"] == "failed"
-            staged.append(outbox.Staged(_order_paid(it.data, order, paid_at)))
-            logs.append(
-                _log_row(it.envelope, it.data, "paid", "paid after close" if late else None)
-            )
-            log.info("order_paid", late=late, source=it.data.source)
+            staged.append(outbox.Staged(_order_paid(paid, order, paid_at)))
+            logs.append(_log_row(it.envelope, paid, "paid", "paid after close" if late else None))
+            log.info("order_paid", late=late, source=paid.source)
             outcomes[i] = "paid"
         await cur.executemany(_LOG_INSERT, logs)
         await outbox.add_many(cur, OUTBOX_PRODUCER, staged)
@@ -168,7 +173,8 @@ class PaymentApplier:
                 max_attempts=UNKNOWN_ORDER_ATTEMPTS,
                 delay_s=UNKNOWN_ORDER_DELAY_S,
             )
-        mismatch = self._mismatch(order, data)
+        periods = await catalog_prices.load(cur, [order["package_type"]])
+        mismatch = self._gate.mismatch(order, data, periods)
         if mismatch is None:
             paid_at = _paid_at(data.success_time)
             await cur.execute(
@@ -219,17 +225,26 @@ class PaymentApplier:
         log.info("order_paid_elsewhere_announced", source=data.source)
         return "paid"
 
-    def _mismatch(self, order: dict[str, Any], data: PaymentSucceeded) -> str | None:
-        if data.amount_total != order["amount_total"]:
-            return f"amount {data.amount_total} differs from order amount {order['amount_total']}"
-        if data.currency != order["currency"]:
-            return f"currency {data.currency} differs from order currency {order['currency']}"
-        if data.mchid is not None and data.mchid != self._merchant.mchid:
-            return f"mchid {data.mchid} is not ours"
-        expected_appid = order["appid"] or self._merchant.appid
-        if data.appid is not None and data.appid != expected_appid:
-            return f"appid {data.appid} differs from the order's"
-        return None
+    async def _unconfirmed(self, envelope: Envelope, claim: PaymentSucceeded, reason: str) -> None:
+        """A claim WeChat Pay does not stand behind: logged with the reason; an order
+        another writer marked ``paid`` on its strength (and paylane never announced) goes
+        to ``needs_review``. Nothing else changes: a pending order stays payable."""
+        async with transaction(self.pool) as cur:
+            await _log(cur, envelope, claim, "unconfirmed_payment", reason[:255])
+            await cur.execute(
+                "UPDATE payment_orders SET status = 'needs_review', review_reason = %s"
+                " WHERE out_trade_no = %s AND status = 'paid' AND paid_event_at IS NULL",
+                (f"marked paid, but {reason}"[:255], claim.out_trade_no),
+            )
+            flagged = cur.rowcount == 1
+        UNCONFIRMED.labels(claim.source).inc()
+        log.error(
+            "payment_unconfirmed",
+            alert=True,
+            reason=reason,
+            source=claim.source,
+            order_flagged=flagged,
+        )
 
     async def _not_applied(
         self,
@@ -258,12 +273,7 @@ class PaymentApplier:
             )
             return "duplicate_payment"
         reason = mismatch or f"payment arrived for an order in status {status}"
-        await cur.execute(
-            "UPDATE payment_orders SET status = 'needs_review', review_reason = %s,"
-            " transaction_id = COALESCE(transaction_id, %s)"
-            " WHERE out_trade_no = %s AND status <> 'needs_review'",
-            (reason[:255], data.transaction_id, data.out_trade_no),
-        )
+        await to_review(cur, data.out_trade_no, reason, transaction_id=data.transaction_id)
         await _log(cur, envelope, data, "needs_review", reason)
         log.error("payment_needs_review", alert=True, reason=reason, source=data.source)
         return "needs_review"
@@ -286,8 +296,9 @@ def _paid_elsewhere(order: dict[str, Any], data: PaymentSucceeded) -> bool:
 #: ``amount_total`` is the fen generated from the row's yuan ``amount``, whoever wrote it.
 _ORDER_COLUMNS = (
     "out_trade_no, user_id, package_type, amount_total, currency, status, transaction_id,"
-    " appid, generation_id, paid_at, paid_event_at"
+    " appid, generation_id, paid_at, paid_event_at, created_at"
 )
+
 _LOG_INSERT = (
     "INSERT INTO payment_logs (id, out_trade_no, event_id, type, transaction_id, amount_total,"
     " source, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"

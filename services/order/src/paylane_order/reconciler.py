@@ -15,9 +15,9 @@
   Pay does not know (RESOURCE_NOT_EXISTS: the request never got there) and still has no
   ``refund_id`` is closed locally once ``refund_grace_s`` old, so it stops reserving the
   order's refundable amount.
-- internal notifies without amount are confirmed by the same query (``confirm_payment``).
 - orders another writer (the cloud function) settled, whose effect paylane never applied
-  because its notify was lost: announced once (``effects.sweep``).
+  because its notify was lost: announced once WeChat Pay confirms the payment and its
+  price (``effects.sweep``), or sent to ``needs_review``.
 
 Each pass pages through the pending orders and refunds older than ``after_s`` by key
 (``created_at``, ``id``), with at most ``concurrency`` WeChat Pay queries in flight. A
@@ -52,9 +52,8 @@ from prometheus_client import Gauge, Histogram
 
 from paylane_common import events
 from paylane_common.background import BackgroundLoop
-from paylane_common.consumer import Reject, Retry
 from paylane_common.db import transaction
-from paylane_common.events import PaymentSucceeded, RefundEvent, make_event
+from paylane_common.events import RefundEvent, make_event, payment_from_transaction
 from paylane_common.exceptions import PublishError
 from paylane_common.ids import new_row_id
 from paylane_common.leases import Lease
@@ -63,6 +62,7 @@ from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatP
 
 from . import effects
 from .config import ReconcilerConfig
+from .gate import PAID_STATES, Gate
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +90,6 @@ SWEEP_LAST_SUCCESS = Gauge(
     "paylane_sweep_last_success_timestamp_seconds",
     "When this process last completed the effects sweep of a reconciler pass (Unix time)",
 )
-PAID_STATES = ("SUCCESS", "REFUND")
 #: The reconciler's lease: renewed every third of this while a pass runs, left to
 #: expire this long after a replica died mid-pass.
 LEASE_TTL_S = 60.0
@@ -105,45 +104,6 @@ _REFUND_EVENTS = {
 }
 
 
-def payment_from_transaction(tx: dict[str, Any], source: str) -> PaymentSucceeded:
-    amount = tx.get("amount") or {}
-    return PaymentSucceeded(
-        out_trade_no=tx["out_trade_no"],
-        transaction_id=tx["transaction_id"],
-        amount_total=amount.get("total"),
-        payer_total=amount.get("payer_total"),
-        currency=amount.get("currency") or "CNY",
-        openid=(tx.get("payer") or {}).get("openid"),
-        trade_type=tx.get("trade_type"),
-        success_time=tx.get("success_time"),
-        mchid=tx.get("mchid"),
-        appid=tx.get("appid"),
-        source=source,
-    )
-
-
-async def confirm_payment(client: WechatPayClient, data: PaymentSucceeded) -> PaymentSucceeded:
-    """An internal notify without amount, confirmed (and completed) by WeChat Pay."""
-    try:
-        tx = await client.query_by_out_trade_no(data.out_trade_no)
-    except WechatPayApiError as exc:
-        if exc.retryable:
-            raise Retry(f"WeChat Pay query failed: {exc.code}", max_attempts=8, delay_s=5) from None
-        raise Reject(f"WeChat Pay does not confirm the payment: {exc.code}") from None
-    except WechatPayError as exc:
-        raise Retry(f"WeChat Pay query failed: {exc}", max_attempts=8, delay_s=5) from None
-    state = tx.get("trade_state")
-    if state not in PAID_STATES or tx.get("transaction_id") != data.transaction_id:
-        raise Reject(
-            f"WeChat Pay does not confirm the payment: trade_state {state},"
-            f" transaction {tx.get('transaction_id')}"
-        )
-    # What only the notify knows (the generation it unlocks) stays with the payment.
-    return payment_from_transaction(tx, data.source).model_copy(
-        update={"generation_id": data.generation_id}
-    )
-
-
 class Reconciler(BackgroundLoop):
     LOCK = "paylane.reconciler"
     task_name = "reconciler"
@@ -154,9 +114,11 @@ class Reconciler(BackgroundLoop):
         client: WechatPayClient,
         publisher: Publisher,
         config: ReconcilerConfig,
+        gate: Gate,
     ) -> None:
         self._pool = pool
         self._client = client
+        self._gate = gate
         self._publisher = publisher
         self._config = config
         self._order_ttl = timedelta(seconds=config.order_ttl_s)
@@ -182,6 +144,7 @@ class Reconciler(BackgroundLoop):
                 findings.update(
                     await effects.sweep(
                         self._pool,
+                        self._gate,
                         grace_s=self._config.sweep_grace_s,
                         limit=self._config.sweep_limit,
                     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from paylane_common.merchant_api import MerchantApiSettings
 from paylane_common.settings import (
@@ -31,6 +31,7 @@ class OrderSettings(
     TrustedProxySettings,
 ):
     http_port: int = Field(8081, ge=1, le=65535)
+    admin_port: int = Field(9081, ge=1, le=65535)
     #: A payment for another merchant or app is flagged for review, never granted.
     wechatpay_appid: str = Field(min_length=1)
     #: The mobile app's appid (open platform), for ``trade_type: APP``: WeChat Pay takes
@@ -51,9 +52,6 @@ class OrderSettings(
     wechat_app_secret: SecretStr | None = None
     #: WeChat's open-platform API host (``/sns/jscode2session``); the sandbox's URL locally.
     wechat_api_base: HttpBaseUrl = "https://api.weixin.qq.com"
-    #: Apply ``source: "internal"`` payments without asking WeChat Pay first. Only for a
-    #: caller the operator trusts as much as WeChat Pay itself; off by default.
-    internal_notify_trusted: bool = False
     #: How long a placed order stays payable (its ``time_expire``); at most
     #: ``PREPAY_ID_TTL_S``, so that the prepay_id its pay parameters name never expires first.
     order_ttl_s: int = Field(1800, ge=1)
@@ -77,6 +75,15 @@ class OrderSettings(
     sweep_grace_s: float = Field(60.0, ge=0)
     #: … at most this many of each kind (paid, refunded) a pass.
     sweep_limit: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _apiv3_key_required(self) -> OrderSettings:
+        if self.wechatpay_apiv3_key is None:
+            raise ValueError(
+                "WECHATPAY_APIV3_KEY is required: the order service checks and decrypts"
+                " WeChat Pay's notifications itself before an order is paid (the payment gate)"
+            )
+        return self
 
     @field_validator("order_ttl_s")
     @classmethod

@@ -13,8 +13,10 @@ from paylane_common import amqp, db
 from paylane_common.merchant_api import wechatpay_api
 from paylane_common.publisher import Publisher
 
+from . import catalog_prices
 from .bills import BillReconciler, BillReport
-from .config import ReconcilerConfig
+from .config import OrderConfig
+from .gate import Gate
 from .reconciler import Reconciler
 from .settings import OrderSettings
 
@@ -54,5 +56,9 @@ async def open_reconciler(stack: AsyncExitStack, settings: OrderSettings) -> tup
         connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
     )
     api = await stack.enter_async_context(wechatpay_api(settings))
-    reconciler = Reconciler(pool, api.client, publisher, ReconcilerConfig.from_settings(settings))
+    config = OrderConfig.from_settings(settings)
+    await catalog_prices.record(pool, config.catalog)
+    reconciler = Reconciler(
+        pool, api.client, publisher, config.reconciler, Gate.of(config, api.client)
+    )
     return pool, reconciler

@@ -37,9 +37,9 @@ CREATE TABLE IF NOT EXISTS entitlement_grants (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- installed_at: when the first `paylane migrate` ran. effects_since: from when paylane
--- applies the effects of orders another writer settled (effects.py); `paylane cutover`
--- moves it to the moment the cloud function starts calling paylane, so the orders the
--- backend before paylane already granted are never granted again.
+-- applies the effects of orders another writer settled (effects.py); only `paylane
+-- cutover` sets it, to the moment the cloud function starts calling paylane, so the
+-- orders the backend before paylane already granted are never granted again.
 CREATE TABLE IF NOT EXISTS paylane_meta (
     name VARCHAR(64) NOT NULL PRIMARY KEY,
     value VARCHAR(255) NOT NULL,
@@ -47,5 +47,4 @@ CREATE TABLE IF NOT EXISTS paylane_meta (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 INSERT IGNORE INTO paylane_meta (name, value)
-VALUES ('installed_at', DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f')),
-       ('effects_since', DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f'));
+VALUES ('installed_at', DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f'));

@@ -1,4 +1,4 @@
--- depends: 0004_refund_remedies
+-- depends: 0005_payment_gate
 -- Leases that keep a job to one replica at a time (leases.py): one row per job, taken by
 -- a conditional UPDATE (free, expired or already the holder's) and renewed while the job
 -- runs. Unlike MySQL's GET_LOCK, whose names any account can take, a row is taken only by

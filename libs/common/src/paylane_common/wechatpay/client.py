@@ -108,6 +108,11 @@ class WechatPayClient:
         #: triggers one immediate (rate-limited) download and a second verification.
         self.key_refresh: KeyRefresh | None = None
 
+    @property
+    def verifier(self) -> NotificationVerifier:
+        """What checks WeChat Pay's signatures (its answers, and notifications)."""
+        return self._verifier
+
     # -- the API -------------------------------------------------------------------------
 
     async def place(self, trade_type: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -136,13 +136,15 @@ class NotificationVerifier:
         self.max_skew_s = max_skew_s
         self._clock = clock
 
-    def verify(self, headers: NotificationHeaders, body: bytes) -> None:
-        """Raise :class:`VerificationError` unless ``body`` is authentic and fresh."""
+    def verify(self, headers: NotificationHeaders, body: bytes, at: float | None = None) -> None:
+        """Raise :class:`VerificationError` unless ``body`` is authentic and was fresh
+        ``at`` (a unix time: when it was received; now unless given)."""
         if headers.signature_type is not None and headers.signature_type != SIGNATURE_TYPE:
             raise VerificationError("bad_signature_type", f"unsupported {HEADER_SIGNATURE_TYPE}")
         if not _TIMESTAMP_RE.fullmatch(headers.timestamp):
             raise VerificationError("bad_timestamp", f"{HEADER_TIMESTAMP} is not an integer")
-        skew = clock_skew(int(headers.timestamp), self._clock())
+        now = self._clock() if at is None else at
+        skew = clock_skew(int(headers.timestamp), now)
         if is_stale(skew, self.max_skew_s):
             raise VerificationError(
                 "stale_timestamp",
@@ -150,7 +152,6 @@ class NotificationVerifier:
             )
         if headers.signature.startswith(SIGNTEST_PREFIX):
             raise VerificationError("signtest_probe", "WeChat Pay signature probe (SIGNTEST)")
-        now = self._clock()
         key = self.keys.get(headers.serial, at=now)
         if key is None and self.keys.is_outside_validity(headers.serial, now):
             raise VerificationError(

@@ -1,0 +1,186 @@
+"""One gate for ``paid``: nothing is granted without WeChat Pay's word, for the price of
+what is granted.
+
+Every way a payment reaches the order service (WeChat's notification through ingress,
+the cloud function's internal notify, the reconciler, the sweep of orders another writer
+marked paid, a replay from any of them) passes :meth:`Gate.confirm` before an order may
+become ``paid`` and ``order.paid`` may go out. What the event says is only a claim; the
+gate answers with WeChat Pay's own account of the payment, from one of two pieces of
+evidence:
+
+- **the notification, verified here**: ingress puts the body and ``Wechatpay-*`` headers
+  it received into the event (``PaymentSucceeded.notification``). The order service checks
+  the RSA signature with the WeChat Pay key it holds, judges freshness from ingress's
+  receipt time (a replayed notification is harmless: the inbox and the conditional
+  UPDATE dedupe it), decrypts the resource with the APIv3 key and reads the payment from
+  it, not from the event's fields;
+- **a query**: WeChat Pay answers SUCCESS (or REFUND, paid then refunded) for the order,
+  with the same ``transaction_id``.
+
+Whoever can publish to the broker, or write ``payment_orders``, can make a claim; only
+WeChat Pay's keys can make evidence. A claim without evidence changes no order
+(:class:`Unconfirmed`).
+
+The second half is the price (:func:`mismatch`): the amount WeChat Pay says was paid must
+be the order's own, in the currency, to our merchant and app, and a price the catalog had
+for the order's package when the order was made (paylane_order.catalog_prices). A payment
+that fails it is genuine money for the wrong thing: the order goes to ``needs_review``,
+nothing is granted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from paylane_common.catalog import Package
+from paylane_common.consumer import Retry
+from paylane_common.events import PaymentSucceeded, payment_from_transaction
+from paylane_common.wechatpay import (
+    DecryptionError,
+    NotificationHeaders,
+    VerificationError,
+    WechatPayApiError,
+    WechatPayClient,
+    WechatPayError,
+    decrypt_notification,
+    parse_notification,
+)
+
+from .catalog_prices import PricePeriod, prices_at
+from .config import MerchantConfig, OrderConfig
+
+log = structlog.get_logger(__name__)
+
+#: What a query may answer for a payment that happened: paid, or paid and then refunded.
+PAID_STATES = ("SUCCESS", "REFUND")
+
+
+class Unconfirmed(Exception):
+    """WeChat Pay does not stand behind the payment; the message says why."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    merchant: MerchantConfig
+    #: This process's catalog: its prices count, recorded or not.
+    catalog: Mapping[str, Package]
+    #: Queries WeChat Pay; its verifier checks notifications' signatures.
+    client: WechatPayClient
+    #: Decrypts notifications; "": every payment is confirmed by a query.
+    apiv3_key: str
+
+    @classmethod
+    def of(cls, config: OrderConfig, client: WechatPayClient) -> Gate:
+        return cls(config.merchant, config.catalog, client, config.apiv3_key)
+
+    async def confirm(self, claim: PaymentSucceeded) -> PaymentSucceeded:
+        """WeChat Pay's account of the payment ``claim`` names, or raise
+        :class:`Unconfirmed` (no evidence) or ``Retry`` (WeChat Pay could not be asked)."""
+        return self.from_notification(claim) or await self.from_query(claim)
+
+    def from_notification(self, claim: PaymentSucceeded) -> PaymentSucceeded | None:
+        """The payment as the notification the event carries states it, if that
+        notification is WeChat Pay's and about this payment; otherwise None."""
+        received = claim.notification
+        if received is None or not self.apiv3_key:
+            return None
+        body = received.body.encode()
+        try:
+            headers = NotificationHeaders.from_mapping(received.headers)
+            self.client.verifier.verify(headers, body, at=received.received_at)
+            notification = parse_notification(body)
+            resource = decrypt_notification(notification, self.apiv3_key)
+            if notification["event_type"] != "TRANSACTION.SUCCESS":
+                raise ValueError(f"event_type {notification['event_type']!r}")
+            if resource.get("trade_state", "SUCCESS") != "SUCCESS":
+                raise ValueError(f"trade_state {resource.get('trade_state')!r}")
+            payment = payment_from_transaction(resource, claim.source, received)
+        except VerificationError as exc:
+            log.warning("notification_not_verified", reason=exc.reason, source=claim.source)
+            return None
+        except (DecryptionError, ValueError, KeyError, TypeError, ValidationError) as exc:
+            log.warning("notification_unusable", error=type(exc).__name__, source=claim.source)
+            return None
+        if (payment.out_trade_no, payment.transaction_id) != (
+            claim.out_trade_no,
+            claim.transaction_id,
+        ):
+            log.error(
+                "notification_of_another_payment",
+                alert=True,
+                signed_out_trade_no=payment.out_trade_no,
+                signed_transaction_id=payment.transaction_id,
+            )
+            return None
+        return payment.model_copy(update={"generation_id": claim.generation_id})
+
+    async def from_query(
+        self, claim: PaymentSucceeded, *, any_transaction: bool = False
+    ) -> PaymentSucceeded:
+        """WeChat Pay's answer for the order: paid (SUCCESS or REFUND) with the claim's
+        transaction (any, with ``any_transaction``: a row another writer marked paid
+        without one)."""
+        try:
+            tx = await self.client.query_by_out_trade_no(claim.out_trade_no)
+        except WechatPayApiError as exc:
+            if exc.retryable:
+                raise Retry(
+                    f"WeChat Pay query failed: {exc.code}", max_attempts=8, delay_s=5
+                ) from None
+            raise Unconfirmed(f"WeChat Pay does not confirm the payment: {exc.code}") from None
+        except WechatPayError as exc:
+            raise Retry(f"WeChat Pay query failed: {exc}", max_attempts=8, delay_s=5) from None
+        state, transaction_id = tx.get("trade_state"), tx.get("transaction_id")
+        if state not in PAID_STATES or not transaction_id:
+            raise Unconfirmed(f"WeChat Pay does not confirm the payment: trade_state {state}")
+        if not any_transaction and transaction_id != claim.transaction_id:
+            raise Unconfirmed(
+                f"WeChat Pay does not confirm transaction {claim.transaction_id}:"
+                f" the order was paid by {transaction_id}"
+            )
+        try:
+            payment = payment_from_transaction(tx, claim.source)
+        except (KeyError, TypeError, ValueError, ValidationError) as exc:
+            raise Retry(f"WeChat Pay's answer is unusable: {type(exc).__name__}") from None
+        # What only the claim knows (the generation it unlocks) stays with the payment.
+        return payment.model_copy(update={"generation_id": claim.generation_id})
+
+    def mismatch(
+        self, order: Mapping[str, Any], paid: PaymentSucceeded, periods: Iterable[PricePeriod]
+    ) -> str | None:
+        """Why WeChat Pay's ``paid`` does not pay for ``order`` (a row with
+        ``package_type``, ``amount_total``, ``currency``, ``appid``, ``created_at``), or None.
+        ``periods``: the recorded prices of the order's package (catalog_prices.load)."""
+        if paid.amount_total != order["amount_total"]:
+            return f"amount {paid.amount_total} differs from order amount {order['amount_total']}"
+        if paid.currency != order["currency"]:
+            return f"currency {paid.currency} differs from order currency {order['currency']}"
+        if paid.mchid is not None and paid.mchid != self.merchant.mchid:
+            return f"mchid {paid.mchid} is not ours"
+        expected_appid = order["appid"] or self.merchant.appid
+        if paid.appid is not None and paid.appid != expected_appid:
+            return f"appid {paid.appid} differs from the order's"
+        prices = self.prices(order["package_type"], order["created_at"], periods)
+        if paid.amount_total not in prices:
+            known = ", ".join(str(p) for p in sorted(prices)) or "none"
+            return (
+                f"amount {paid.amount_total} is not a price of {order['package_type']!r}"
+                f" (prices then: {known})"
+            )
+        return None
+
+    def prices(
+        self, package_type: str, made_at: datetime | None, periods: Iterable[PricePeriod]
+    ) -> set[int]:
+        """The prices that count for an order of ``package_type`` made at ``made_at``."""
+        found = prices_at(periods, package_type, made_at) if made_at is not None else set()
+        current = self.catalog.get(package_type)
+        if current is not None:
+            found.add(current.price_fen)
+        return found

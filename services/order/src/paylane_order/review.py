@@ -1,0 +1,67 @@
+"""``needs_review``: an order paylane will not settle on its own, with the reason.
+
+Whatever moves an order there (a payment that does not pay for it, a row marked paid that
+WeChat Pay does not confirm, the daily bill) goes through :func:`to_review`. An order whose
+``order.paid`` paylane had already staged was granted (or will be): it gets an
+``order.revoked``, so the entitlement service takes back exactly what it granted and the
+client hears that the order is under review. An operator then settles it (a refund, or
+a grant by hand).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiomysql
+import structlog
+from prometheus_client import Counter
+
+from paylane_common import events, outbox
+from paylane_common.events import OrderRevoked, make_event
+
+from . import OUTBOX_PRODUCER
+
+log = structlog.get_logger(__name__)
+
+REVOKED = Counter(
+    "paylane_orders_revoked_total",
+    "Granted orders that went to needs_review, their grant taken back (order.revoked)",
+)
+
+
+def order_revoked(order: dict[str, Any], reason: str) -> events.Envelope:
+    """``order.revoked`` for ``order`` (a row with out_trade_no, user_id, package_type)."""
+    return make_event(
+        events.ORDER_REVOKED,
+        OrderRevoked(
+            out_trade_no=order["out_trade_no"],
+            user_id=order["user_id"],
+            package_type=order["package_type"],
+            reason=reason[:255],
+        ),
+    )
+
+
+async def to_review(
+    cur: aiomysql.Cursor, out_trade_no: str, reason: str, *, transaction_id: str | None = None
+) -> bool:
+    """The order to ``needs_review`` with ``reason``, in the caller's transaction (the row
+    locked); whether it moved. Revokes what it granted, if it did (see above)."""
+    await cur.execute(
+        "SELECT out_trade_no, user_id, package_type, status, paid_event_at"
+        " FROM payment_orders WHERE out_trade_no = %s FOR UPDATE",
+        (out_trade_no,),
+    )
+    order = await cur.fetchone()
+    if order is None or order["status"] == "needs_review":
+        return False
+    await cur.execute(
+        "UPDATE payment_orders SET status = 'needs_review', review_reason = %s,"
+        " transaction_id = COALESCE(transaction_id, %s) WHERE out_trade_no = %s",
+        (reason[:255], transaction_id, out_trade_no),
+    )
+    if order["status"] == "paid" and order["paid_event_at"] is not None:
+        await outbox.add(cur, OUTBOX_PRODUCER, order_revoked(order, reason))
+        REVOKED.inc()
+        log.error("order_revoked", alert=True, reason=reason)
+    return True
