@@ -58,6 +58,8 @@ GRANT SELECT (`id`, `openid`, `payment_status`, `regenerate_count`),
 -- days the daily bill reconciliation finished, added (INSERT IGNORE: never an existing
 -- row changed, so not effects_since).
 GRANT SELECT, INSERT (`name`, `value`) ON `{database}`.`paylane_meta` TO '{order_user}'@'%';
+-- The catalog's prices over time (the payment gate): recorded at start, read per payment.
+GRANT SELECT, INSERT, UPDATE (`valid_until`) ON `{database}`.`catalog_prices` TO '{order_user}'@'%';
 -- Its inbox claims and outbox rows; DELETE for retention pruning (retention.py).
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';

@@ -172,7 +172,7 @@ async def test_each_consumer_killed_mid_batch_and_restarted(env: ChaosEnv) -> No
         await env.start("notifier")
 
         async def pushing() -> bool:
-            url = env.stack.services["notifier"].url
+            url = env.stack.services["notifier"].admin_url  # /metrics: the admin port
             return await metric(url, "paylane_consumer_messages_total", queue="notifier") >= 1
 
         await eventually(pushing, timeout=30, what="the notifier pushing again")

@@ -99,7 +99,7 @@ async def test_duplicate_notifications_grant_once(
     order = await new_order(stack, "basic")
     resource = wechat.transaction(order.out_trade_no, order.amount_total)
     headers, body = wechat.notify(resource)
-    order_url = stack.services["order"].url
+    order_url = stack.services["order"].admin_url  # /metrics: on the admin port only
     async with aiohttp.ClientSession() as http:
         before = await metric(order_url, "paylane_consumer_messages_total", queue="order.payments")
         burst = await asyncio.gather(

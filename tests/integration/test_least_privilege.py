@@ -58,6 +58,7 @@ from paylane_notifier.snapshot import load_snapshot
 from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.bills import BillReconciler, Difference
 from paylane_order.config import MerchantConfig, ReconcilerConfig
+from paylane_order.gate import Gate
 from paylane_order.orders import NewOrder, Orders, user_by_openid
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
@@ -77,7 +78,7 @@ from tests.support.queries import order_status
 from tests.support.sandbox import running_sandbox, sandbox_settings
 from tests.support.seeding import add_order, add_orders, add_user, ago, from_now
 from tests.support.stack import Stack
-from tests.support.wechat import FakeWechat
+from tests.support.wechat import KIT, FakeWechat
 
 pytestmark = pytest.mark.integration
 
@@ -501,7 +502,11 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             "free",
         )
         envelope, data = _payment(out_trade_no, 2990, mchid=None, appid=None)
-        assert await PaymentApplier(pool, merchant)(envelope, data) == "paid"
+        async with aiohttp.ClientSession() as http:
+            # The gate verifies the kit's signed notification; it asks WeChat Pay nothing.
+            nowhere = KIT.merchant_client("http://127.0.0.1:9", http)
+            gate = Gate(merchant, DEFAULT_CATALOG, nowhere, KIT.apiv3_key)
+            assert await PaymentApplier(pool, gate)(envelope, data) == "paid"
         refund = refund_succeeded(out_trade_no, f"LPR{uuid.uuid4().hex[:20]}", 2990, 2990)
         assert await RefundApplier(pool)(*refund) == "refunded"
         # An ABNORMAL refund (made outside paylane: inserted) and its remedy recorded.
