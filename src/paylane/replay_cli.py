@@ -245,6 +245,7 @@ def _replay_outbox(args: argparse.Namespace) -> int:
                     to=args.to,
                     dry_run=args.dry_run,
                     progress=progress,
+                    publishers=settings.publishers,
                 ),
             )
         return _print_window(summary, since, until, args.show)

@@ -201,6 +201,20 @@ def test_committed_broker_permissions_are_least_privilege() -> None:
         for n in (topology.EXCHANGE, topology.SIGNALS_EXCHANGE, "amq.default")
         if re.match(writes, n)
     } == {topology.EXCHANGE, topology.SIGNALS_EXCHANGE}
+    # The default exchange reaches every queue around the topic permissions: nobody may
+    # write to it. A consumer's forwards go through its own queue's forward exchange.
+    for user, entry in permissions.items():
+        assert not re.match(entry["write"], "amq.default"), user
+    forwards = {spec.forward_exchange for spec in topology.QUEUES}
+    assert {
+        user: {name for name in forwards if re.match(entry["write"], name)}
+        for user, entry in permissions.items()
+    } == {
+        "paylane-ingress": set(),
+        "paylane-order": {topology.ORDER_PAYMENTS.forward_exchange},
+        "paylane-entitlement": {topology.ENTITLEMENT_ORDERS.forward_exchange},
+        "paylane-notifier": set(),
+    }
     ingress = topics["paylane-ingress"]["write"]
     assert re.match(ingress, "payment.succeeded") and re.match(ingress, "refund.abnormal")
     for key in ("order.paid", "order.refunded", "entitlement.granted", "payment"):
@@ -520,9 +534,11 @@ def test_definitions_match_the_topology_the_services_declare() -> None:
 
     exchanges = {(e["name"], e["type"], e["durable"]) for e in definitions["exchanges"]}
     # The events' exchange, and the one ingress announces "busy" on (pressure.py).
+    # And each consumer queue's forward exchange (its retries, dead letters, put-backs).
     assert exchanges == {
         (topology.EXCHANGE, "topic", True),
         (topology.SIGNALS_EXCHANGE, "fanout", True),
+        *((spec.forward_exchange, "direct", True) for spec in topology.QUEUES),
     }
     expected_queues = {topology.LOG_STREAM: dict(topology.log_stream_arguments())}
     # The stream keeps what came from outside; derived events are replayed from the outbox.
@@ -533,6 +549,7 @@ def test_definitions_match_the_topology_the_services_declare() -> None:
             expected_queues[spec.retry_queue_for(delay)] = dict(spec.retry_arguments(delay))
         expected_queues[spec.dlq] = dict(spec.dlq_arguments())
         expected_bindings |= {(topology.EXCHANGE, spec.name, key) for key in spec.routing_keys}
+        expected_bindings |= {(spec.forward_exchange, q, q) for q in spec.forward_targets}
 
     queues = {q["name"]: q for q in definitions["queues"]}
     assert set(queues) == set(expected_queues)

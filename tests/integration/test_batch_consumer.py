@@ -95,9 +95,12 @@ def _batched_messages(queue: str) -> float:
     return REGISTRY.get_sample_value("paylane_consumer_batch_size_sum", {"queue": queue}) or 0.0
 
 
-async def _publish_burst(publisher: Publisher, queue: str, users: list[str], per_user: int) -> int:
+async def _publish_burst(
+    publisher: Publisher, channel: AbstractChannel, queue: str, users: list[str], per_user: int
+) -> int:
     """``per_user`` basic orders for each user, a redelivered copy of every fifth event,
-    and one invalid message; returns how many messages were sent."""
+    one invalid message and one order that names no publisher (no ``user_id``: refused,
+    identities.py); returns how many messages were sent."""
     sent = 0
     for i in range(per_user):
         for n, user in enumerate(users):
@@ -107,7 +110,9 @@ async def _publish_burst(publisher: Publisher, queue: str, users: list[str], per
                 await publisher.publish_to_queue(queue, envelope_message(envelope))
                 sent += 1
     await publisher.publish_to_queue(queue, aio_pika.Message(b"not json", message_id="bad-1"))
-    return sent + 1
+    unsigned = envelope_message(order_paid(users[0], event_id="unsigned-1").envelope)
+    await channel.default_exchange.publish(unsigned, routing_key=queue)
+    return sent + 2
 
 
 @pytest.mark.parametrize("handler_cls", [EntitlementApplier, FailsFirstBatch])
@@ -116,7 +121,7 @@ async def test_a_burst_is_applied_in_batches_exactly_once(
 ):
     users = await _users(db_pool, 4)
     # Queued before the consumer starts: its prefetch window fills at once, so batches form.
-    sent = await _publish_burst(publisher, spec.name, users, per_user=30)
+    sent = await _publish_burst(publisher, channel, spec.name, users, per_user=30)
     batched_before = _batched_messages(spec.name)
     handler = handler_cls(db_pool, DEFAULT_CATALOG)
     consumer = Observed(amqp_connection, publisher, spec, handler, database=database, max_batch=50)
@@ -134,7 +139,11 @@ async def test_a_burst_is_applied_in_batches_exactly_once(
     queue = await channel.get_queue(spec.name, ensure=False)
     assert (await queue.get(fail=False)) is None  # nothing left, nothing unacked requeued
     dlq = await channel.get_queue(spec.dlq, ensure=False)
-    dead = await dlq.get(fail=True)
-    assert dead.message_id == "bad-1" and REASON_HEADER in dead.headers
-    await dead.ack()
+    reasons = {}
+    for _ in range(2):
+        dead = await dlq.get(fail=True)
+        reasons[dead.message_id] = dead.headers[REASON_HEADER]
+        await dead.ack()
+    assert set(reasons) == {"bad-1", "unsigned-1"}
+    assert reasons["unsigned-1"] == "publisher refused: order.paid carries no user_id"
     assert (await dlq.get(fail=False)) is None

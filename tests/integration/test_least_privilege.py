@@ -15,6 +15,7 @@ import secrets
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import date
@@ -33,13 +34,19 @@ from prometheus_client import REGISTRY
 
 from paylane_common import amqp, db, events
 from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.consumer import REASON_HEADER, Reject, Retry, RetryPolicy
 from paylane_common.db import transaction
 from paylane_common.events import OrderCreated, PaymentSucceeded, make_event
 from paylane_common.exceptions import ConfigError, PublishError
+from paylane_common.identities import ORIGINAL_USER_HEADER, Publishers, connection_user
+from paylane_common.outages import Dependency
 from paylane_common.publisher import Publisher, envelope_message
+from paylane_common.replay import replay_dlq
 from paylane_common.retention import RetentionPruner
 from paylane_common.topology import (
+    ENTITLEMENT_ORDERS,
     EXCHANGE,
+    ORDER_PAYMENTS,
     QUEUES,
     SIGNALS_EXCHANGE,
     declare_exchange,
@@ -73,6 +80,7 @@ from tests.support.events import (
     refund_succeeded,
 )
 from tests.support.infra import Infra, unique_name
+from tests.support.observed import Observed
 from tests.support.polling import eventually
 from tests.support.queries import order_status
 from tests.support.sandbox import running_sandbox, sandbox_settings
@@ -306,6 +314,159 @@ async def test_notifier_user_binds_its_own_queue_to_order_and_entitlement_events
     # Payments are not the notifier's to see, nor may it make queues outside notifier.*.
     await _refused(url, bind("payment.succeeded"))
     await _refused(url, bind("order.paid", queue="order"))
+
+
+def _user_of(url: str) -> str:
+    return unquote(urlsplit(url).username or "")
+
+
+@pytest.mark.parametrize(
+    ("service", "queue"),
+    [("entitlement", ORDER_PAYMENTS.name), ("order", ENTITLEMENT_ORDERS.name)],
+)
+async def test_no_service_user_may_publish_through_the_default_exchange(
+    broker_users: dict[str, str],
+    topology: None,
+    amqp_connection: AbstractRobustConnection,
+    service: str,
+    queue: str,
+) -> None:
+    """Issue 24: as entitlement's user, a payment.succeeded published to ``amq.default``
+    with routing key ``order.payments`` was confirmed and applied (the order paid, the user
+    premium, while WeChat said NOTPAY). No service user may write to the default exchange:
+    the broker closes the channel, and nothing reaches the queue."""
+    envelope, _ = _payment()
+
+    async def into_queue(channel: aio_pika.abc.AbstractChannel) -> None:
+        await channel.default_exchange.publish(envelope_message(envelope), routing_key=queue)
+
+    refused = await _refused(broker_users[service], into_queue)
+    assert str(refused).startswith("ACCESS_REFUSED - access to exchange 'amq.default'"), refused
+    channel = await amqp_connection.channel()
+    try:
+        target = await channel.get_queue(queue, ensure=False)
+        while (message := await target.get(no_ack=False, fail=False)) is not None:
+            assert message.message_id != envelope.event_id
+    finally:
+        await channel.close()  # hands back what it looked at
+
+
+async def _dead_letters(
+    connection: AbstractRobustConnection, queue: str
+) -> dict[str, aio_pika.abc.AbstractIncomingMessage]:
+    """{message_id: message} of the DLQ, looked at and handed back."""
+    channel = await connection.channel()
+    found = {}
+    try:
+        dlq = await channel.get_queue(queue, ensure=False)
+        while (message := await dlq.get(no_ack=False, fail=False)) is not None:
+            found[str(message.message_id)] = message
+    finally:
+        await channel.close()
+    return found
+
+
+async def test_entitlement_takes_order_events_from_order_only_and_forwards_under_its_user(
+    broker_users: dict[str, str],
+    topology: None,
+    amqp_connection: AbstractRobustConnection,
+    publisher: Publisher,
+    database: Dependency,
+) -> None:
+    """Under the deploy permissions (no amq.default, no configure): entitlement's consumer
+    takes order.paid published by order's user, retries and dead-letters through its own
+    ``entitlement.orders.forward``, and dead-letters an order.paid from any other
+    identity with the reason. A replay by the administrator is taken when the original
+    was order's, and the forged one stays refused: the replay keeps its publisher."""
+    admin = connection_user(amqp_connection)
+    publishers = Publishers(
+        ingress=_user_of(broker_users["ingress"]),
+        order=_user_of(broker_users["order"]),
+        entitlement=_user_of(broker_users["entitlement"]),
+        replay=admin,
+    )
+    spec = ENTITLEMENT_ORDERS
+    channel = await amqp_connection.channel()
+    await (await channel.get_queue(spec.dlq, ensure=False)).purge()
+    ok, retried, rejected, forged = (order_paid().envelope for _ in range(4))
+    seen: Counter[str] = Counter()
+
+    async def handler(envelope: events.Envelope, data: object) -> str:
+        seen[envelope.event_id] += 1
+        if envelope.event_id == retried.event_id and seen[envelope.event_id] == 1:
+            raise Retry("not yet", delay_s=1)
+        if envelope.event_id == rejected.event_id and seen[envelope.event_id] == 1:
+            raise Reject("not now")
+        return "processed"
+
+    entitlement = await amqp.connect(broker_users["entitlement"], "test-entitlement")
+    order = await amqp.connect(broker_users["order"], "test-order")
+    try:
+        forwards = await Publisher.open(entitlement, declare=False)
+        consumer = Observed(
+            entitlement,
+            forwards,
+            spec,
+            handler,
+            database=database,
+            retry=RetryPolicy(base_delay_s=0.01),
+            declare=False,
+            publishers=publishers,
+        )
+        await consumer.start()
+        try:
+            order_publisher = await Publisher.open(order, declare=False)
+            for envelope in (ok, retried, rejected):
+                await order_publisher.publish(envelope)
+            # Another identity's order.paid (here the administrator's, not as a replay).
+            await publisher.publish(forged)
+
+            def handled() -> bool:
+                return seen[ok.event_id] == 1 and seen[retried.event_id] == 2
+
+            await eventually(handled, what="order's events, one retried")
+            letters: dict[str, aio_pika.abc.AbstractIncomingMessage] = {}
+
+            async def both_dead_lettered() -> bool:
+                letters.update(await _dead_letters(amqp_connection, spec.dlq))
+                return {rejected.event_id, forged.event_id} <= set(letters)
+
+            await eventually(both_dead_lettered, what="the rejected and the forged one")
+            assert seen[forged.event_id] == 0  # never reached the handler
+            forged_letter, rejected_letter = letters[forged.event_id], letters[rejected.event_id]
+            reason = str(forged_letter.headers[REASON_HEADER])
+            assert reason.startswith(f"publisher refused: order.paid from '{admin}'"), reason
+            assert forged_letter.headers[ORIGINAL_USER_HEADER] == admin
+            assert forged_letter.user_id == publishers.entitlement  # forwarded by it
+            assert rejected_letter.headers[REASON_HEADER] == "not now"
+            assert rejected_letter.headers[ORIGINAL_USER_HEADER] == publishers.order
+
+            # The administrator replays both: order's is taken, the forged one is not.
+            async def handed_back() -> bool:  # looked at, then back in the DLQ
+                underlay = await channel.get_underlay_channel()
+                declared = await underlay.queue_declare(spec.dlq, passive=True)
+                return declared.message_count == 2
+
+            await eventually(handed_back, what="the dead letters ready again")
+            summary = await replay_dlq(amqp_connection, spec.name)
+            assert summary.moved == 2, summary
+            await eventually(lambda: seen[rejected.event_id] == 2, what="the replayed one")
+
+            async def forged_back() -> bool:
+                letter = (await _dead_letters(amqp_connection, spec.dlq)).get(forged.event_id)
+                return letter is not None and letter.headers.get("x-paylane-replayed") == 1
+
+            await eventually(forged_back, what="the forged one refused again")
+            assert seen[forged.event_id] == 0
+            await order_publisher.close()
+        finally:
+            await consumer.stop()
+            await forwards.close()
+    finally:
+        await order.close()
+        await entitlement.close()
+        await (await channel.get_queue(spec.dlq, ensure=False)).purge()
+        await channel.close()
 
 
 # --- the database --------------------------------------------------------------------------
@@ -803,11 +964,19 @@ async def test_a_consumer_applies_and_publishes_under_its_users(
             "MYSQL_URL_FILE": _secret_file(
                 tmp_path, "mysql_url", service_mysql_urls["entitlement"]
             ),
+            # Takes order.paid from order's user only (the test's users carry a suffix).
+            "AMQP_ORDER_USER": _user_of(broker_users["order"]),
         },
     )
     user_id = await _user(db_pool)
     envelope, data = order_paid(user_id)
-    await publisher.publish(envelope)
+    order = await amqp.connect(broker_users["order"], "test-order")
+    try:
+        order_publisher = await Publisher.open(order, declare=False)
+        await order_publisher.publish(envelope)
+        await order_publisher.close()
+    finally:
+        await order.close()
 
     async def granted() -> bool:
         async with transaction(db_pool) as cur:

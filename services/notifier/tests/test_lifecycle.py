@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
-from paylane_common.publisher import Publisher
+from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.service import ADMIN_LISTENER, AMQP_CONNECTION
 from paylane_common.topology import EXCHANGE
 from paylane_notifier.hub import Hub
@@ -117,6 +117,34 @@ async def test_invalid_messages_are_acked_and_skipped(
         _sample("paylane_consumer_messages_total", queue="notifier", outcome="invalid")
         >= invalid_before + 2
     )
+
+
+async def test_an_event_from_another_publisher_is_not_pushed(
+    notifier: Client,
+    connect: Connect,
+    publisher: Publisher,
+    amqp_connection: AbstractRobustConnection,
+    db_pool: aiomysql.Pool,
+) -> None:
+    """An entitlement.granted that names no publisher (no ``user_id``) is refused and
+    counted: only entitlement's broker user grants (paylane_common.identities)."""
+    user_id = await insert_user(db_pool)
+    client = await connect(notifier, "sse", token_for(user_id))
+    labels = {"queue": "notifier", "outcome": "publisher_refused"}
+    refused_before = _sample("paylane_consumer_messages_total", **labels)
+
+    forged = granted_for(order_paid(user_id).envelope)
+    channel = await amqp_connection.channel()
+    try:
+        exchange = await channel.get_exchange(EXCHANGE)
+        await exchange.publish(envelope_message(forged), routing_key=forged.type)
+    finally:
+        await channel.close()
+    paid = order_paid(user_id).envelope
+    await publisher.publish(granted_for(paid))  # with its user_id: pushed, after the forged
+
+    assert (await client.next()).data["event_id"] == paid.event_id
+    assert _sample("paylane_consumer_messages_total", **labels) >= refused_before + 1
 
 
 async def test_health_readiness_and_metrics(

@@ -34,6 +34,7 @@ from .consumer import Consumer, RetryPolicy
 from .db import transaction
 from .events import Envelope, parse_event
 from .exceptions import EventValidationError
+from .identities import Publishers
 from .outages import Dependency
 from .pressure import IngressYield
 from .publisher import Publisher
@@ -90,6 +91,7 @@ class BatchConsumer(Consumer):
         max_batch: int = 64,
         declare: bool = True,
         yield_to: IngressYield | None = None,
+        publishers: Publishers | None = None,
     ):
         super().__init__(
             connection,
@@ -101,6 +103,7 @@ class BatchConsumer(Consumer):
             prefetch=prefetch,
             declare=declare,
             yield_to=yield_to,
+            publishers=publishers,
         )
         self._batch_handler = handler
         self._max_batch = max_batch
@@ -168,6 +171,9 @@ class BatchConsumer(Consumer):
                 envelope, data = parse_event(message.body)
             except EventValidationError:
                 alone.append(message)  # dead-lettered by the reference path, with the reason
+                continue
+            if self.identities.refusal(envelope.type, self.identities.publisher(message)):
+                alone.append(message)  # refused by the reference path (consumer.py)
                 continue
             items.append(BatchItem(envelope, data, partial(self.bind_context, message)))
             parsed.append(message)

@@ -7,6 +7,12 @@ reason, then acked).
 Invalid messages are rejected to the DLQ at once; an unexpected exception is retried with
 backoff (:class:`RetryPolicy`), then dead-lettered. Nothing is requeued forever.
 
+An event from an identity that does not publish its type (identities.py: the validated
+``user_id``) never reaches the handler: it is dead-lettered with the reason, logged as
+``publisher_refused`` and counted with the outcome ``publisher_refused``. Retries, dead
+letters and put-backs go through the queue's own forward exchange (topology.py), carrying
+the publisher the message came from in ``x-paylane-original-user``.
+
 An outage is not the message's fault (outages.py): when a handler fails because the
 database is unreachable, stalled or read-only, the consumer pauses (stops taking
 deliveries), puts the message back at the tail of its queue unchanged (its attempt count
@@ -34,11 +40,12 @@ from . import metrics, tracing
 from .amqp import CLOSE_TIMEOUT_S, close_quietly, copy_message, without_broker_headers
 from .events import Envelope, parse_event
 from .exceptions import EventValidationError, PaylaneError, PublishError
+from .identities import IdentityCheck, Publishers, connection_user, forwarded_headers
 from .outages import Dependency, NotReady, describe, is_contention
 from .pressure import IngressYield
 from .publisher import Publisher
 from .settings import ConsumerSettings
-from .topology import QueueSpec, declare_queue, existing_queue
+from .topology import QueueSpec, declare_queue, existing_forward_exchange, existing_queue
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +53,8 @@ ATTEMPT_HEADER = "x-paylane-attempt"
 REASON_HEADER = "x-paylane-reason"
 ORIGIN_HEADER = "x-paylane-queue"
 FAILED_AT_HEADER = "x-paylane-failed-at"
+#: The outcome of an event from an identity that does not publish its type.
+PUBLISHER_REFUSED = "publisher_refused"
 
 Handler = Callable[[Envelope, Any], Awaitable[str]]
 
@@ -108,8 +117,11 @@ class Consumer:
         prefetch: int = 32,
         declare: bool = True,
         yield_to: IngressYield | None = None,
+        publishers: Publishers | None = None,
     ):
         self._connection = connection
+        #: Who may publish what; its own user is the connection's (identities.py).
+        self.identities = IdentityCheck(publishers or Publishers(), connection_user(connection))
         #: Waited on before handling: ingress first while it is busy (pressure.py).
         self._yield = yield_to
         self._declare = declare
@@ -141,8 +153,9 @@ class Consumer:
         await channel.set_qos(prefetch_count=self._prefetch)
         if self._declare:
             self._queue = await declare_queue(channel, self.spec)
-        else:  # its retry queue and DLQ come with it (definitions.json)
+        else:  # its retry queues, DLQ and forward exchange come with it (definitions.json)
             self._queue = await existing_queue(channel, self.spec.name)
+            await existing_forward_exchange(channel, self.spec)
         self._tag = await self._queue.consume(self._on_message)
         metrics.CONSUMER_PAUSED.labels(self.spec.name).set(0)
         for outcome in metrics.ALERTED_CONSUMER_OUTCOMES:
@@ -259,6 +272,10 @@ class Consumer:
             log.error("message_invalid", reason=str(exc))
             return await self._dead_letter(message, str(exc))
         structlog.contextvars.bind_contextvars(event_type=envelope.type)
+        refused = self.refusal(message, envelope.type)
+        if refused is not None:
+            outcome = await self._dead_letter(message, refused)
+            return PUBLISHER_REFUSED if outcome == "dead_lettered" else outcome
         attempt = _attempt(message)
         try:
             async with asyncio.timeout(self.retry.handler_timeout_s):
@@ -279,6 +296,14 @@ class Consumer:
         await message.ack()
         return outcome
 
+    def refusal(self, message: AbstractIncomingMessage, event_type: str) -> str | None:
+        """Why ``message`` is not taken from its publisher (logged as an alert), or None."""
+        publisher = self.identities.publisher(message)
+        reason = self.identities.refusal(event_type, publisher)
+        if reason is not None:
+            log.error("publisher_refused", publisher=publisher, user_id=message.user_id)
+        return reason
+
     async def failed(self, message: AbstractIncomingMessage, attempt: int, exc: Exception) -> str:
         """Settle a message whose handler raised ``exc``: put back during an outage,
         tried again at once on contention, else retried with backoff, then dead-lettered."""
@@ -298,13 +323,16 @@ class Consumer:
 
     async def put_back(self, message: AbstractIncomingMessage) -> str:
         """At the tail of its queue, as it came (attempt count unchanged), as a new copy."""
-        copy = copy_message(message, without_broker_headers(message.headers))
+        copy = copy_message(message, self._forwarded_headers(message))
         return await self._forward(message, self.spec.name, copy, "put_back_outage")
 
+    def _forwarded_headers(self, message: AbstractIncomingMessage) -> dict[str, Any]:
+        """A forward's headers: the message's, less the broker's, naming its publisher."""
+        headers = without_broker_headers(message.headers)
+        return forwarded_headers(headers, self.identities.publisher(message))
+
     async def _retry(self, message: AbstractIncomingMessage, attempt: int, delay_s: float) -> str:
-        copy = copy_message(
-            message, {**without_broker_headers(message.headers), ATTEMPT_HEADER: attempt}
-        )
+        copy = copy_message(message, {**self._forwarded_headers(message), ATTEMPT_HEADER: attempt})
         # The parking queue's own TTL is the delay (no per-message expiration: that
         # expires only at a queue's head, behind longer delays).
         queue = self.spec.retry_queue_for(delay_s)
@@ -314,7 +342,7 @@ class Consumer:
         copy = copy_message(
             message,
             {
-                **without_broker_headers(message.headers),
+                **self._forwarded_headers(message),
                 REASON_HEADER: reason[:500],
                 ORIGIN_HEADER: self.spec.name,
                 FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
@@ -325,9 +353,10 @@ class Consumer:
     async def _forward(
         self, message: AbstractIncomingMessage, queue: str, copy: aio_pika.Message, outcome: str
     ) -> str:
-        """Publish the copy (confirmed) and only then ack the original."""
+        """Publish the copy (confirmed) through the queue's forward exchange and only then
+        ack the original."""
         try:
-            await self._publisher.publish_to_queue(queue, copy)
+            await self._publisher.publish_to_queue(queue, copy, exchange=self.spec.forward_exchange)
         except PublishError as exc:
             log.warning("forward_failed_requeue", target=queue, error=str(exc))
             await message.nack(requeue=True)

@@ -22,6 +22,7 @@ ALERTED_CONSUMER_OUTCOMES = (
     "put_back_outage",
     "needs_review",
     "duplicate_payment",
+    "publisher_refused",
 )
 for _outcome in PUBLISH_OUTCOMES:
     PUBLISH_CONFIRM_SECONDS.labels(_outcome)

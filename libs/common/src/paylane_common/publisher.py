@@ -1,6 +1,11 @@
 """Publishing with publisher confirms + ``mandatory``: a publish returns only once the
 broker has durably taken the message, and raises PublishError otherwise.
 
+Every message carries the AMQP ``user_id`` of the publisher's connection, which RabbitMQ
+checks and consumers hold against who may publish what (identities.py). Nothing goes
+through the default exchange: events to ``paylane``, a consumer's forwards to its queue's
+``<queue>.forward`` exchange (topology.py).
+
 Messages go out on aio-pika's channel through its aiormq channel, with the properties
 built once as pamqp's: building an ``aio_pika.Message`` for each event cost about 20 µs
 of CPU, against 2 µs for its properties, on every publish of the hot paths (ingress's
@@ -31,6 +36,7 @@ from pamqp.commands import Basic
 from . import metrics, tracing
 from .events import Envelope
 from .exceptions import PublishError
+from .identities import connection_user
 from .topology import declare_exchange, declare_topology
 
 log = structlog.get_logger(__name__)
@@ -50,7 +56,8 @@ _UNAVAILABLE = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
 
 class Publisher:
     """One confirm channel; safe for many concurrent publishes. Given its connection, it
-    moves to a fresh channel after a nack (:meth:`_renew`)."""
+    moves to a fresh channel after a nack (:meth:`_renew`), and stamps every message with
+    the connection's user as ``user_id`` (else with ``user_id``, when given)."""
 
     def __init__(
         self,
@@ -59,7 +66,10 @@ class Publisher:
         timeout: float,
         *,
         connection: AbstractConnection | None = None,
+        user_id: str | None = None,
     ):
+        #: RabbitMQ refuses (closing the channel) a user_id that is not the connection's.
+        self.user_id = user_id or (connection_user(connection) if connection else None)
         self._channel = channel
         self._exchange = exchange
         self._timeout = timeout
@@ -107,16 +117,27 @@ class Publisher:
             self._exchange.name, envelope.to_json(), properties, routing_key or envelope.type
         )
 
-    async def publish_to_queue(self, queue: str, message: aio_pika.Message) -> None:
-        """Publish straight to one queue through the default exchange (retry, DLQ, replay)."""
-        await self._send("", message.body, message.properties, queue)
+    async def publish_to_queue(
+        self, queue: str, message: aio_pika.Message, *, exchange: str = ""
+    ) -> None:
+        """Publish to one queue through ``exchange``, a direct one bound to it by its name
+        (a consumer queue's forward exchange: retry, DLQ, replay); the default exchange
+        only when none is named, which no service's user may write to (an operator's
+        replay to a queue outside the topology, tests)."""
+        await self._send(exchange, message.body, message.properties, queue)
 
     async def publish_event_to_queue(
-        self, queue: str, envelope: Envelope, headers: Mapping[str, Any] | None = None
+        self,
+        queue: str,
+        envelope: Envelope,
+        headers: Mapping[str, Any] | None = None,
+        *,
+        exchange: str = "",
     ) -> None:
-        """Publish an event straight to one queue with exactly ``headers`` (a replay from
-        the outbox, with the trace it was stored with)."""
-        await self._send("", envelope.to_json(), envelope_properties(envelope, headers), queue)
+        """Publish an event to one queue with exactly ``headers`` (a replay from the
+        outbox, with the trace it was stored with), as :meth:`publish_to_queue`."""
+        properties = envelope_properties(envelope, headers)
+        await self._send(exchange, envelope.to_json(), properties, queue)
 
     async def _send(
         self, exchange: str, body: bytes, properties: Basic.Properties, routing_key: str
@@ -124,6 +145,7 @@ class Publisher:
         started = time.perf_counter()
         outcome = "confirmed"
         channel = self._channel
+        properties.user_id = self.user_id
         try:
             if self._closed:
                 raise RuntimeError("publisher closed")

@@ -17,6 +17,15 @@ replay may deliver a message twice, it must never lose one. Hence the order of e
 * **outbox → queue**: the same, from the ``outbox`` rows in MySQL (read only: a row is
   never changed, so a replay can be run again), in the order they were staged.
 
+A copy goes to a topology queue through the queue's forward exchange (topology.py), never
+through ``amq.default``. It is published under the replaying identity (its own
+``user_id``, which RabbitMQ checks: ``AMQP_REPLAY_USER`` in production) and names the
+publisher of the original in ``x-paylane-original-user`` (identities.py): the
+dead letter's (recorded by the consumer that dead-lettered it, else its ``user_id``), the
+stream message's ``user_id``, or the identity of the outbox's producer. The consumer
+believes that header from the replaying identity only, and holds the original publisher
+to the event type as it would have on the first delivery.
+
 Nothing here prints: callers get a :class:`ReplaySummary` and, while it runs, a progress
 callback with the live summary.
 """
@@ -47,8 +56,9 @@ from .amqp import copy_message, without_broker_headers
 from .consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
 from .events import Envelope
 from .exceptions import PaylaneError, PublishError
+from .identities import ORIGINAL_USER_HEADER, Publishers, forwarded_headers
 from .publisher import Publisher
-from .topology import LOG_STREAM, QUEUES
+from .topology import LOG_STREAM, QUEUES, forward_exchange_of
 
 #: How many times a message was replayed (DLQ → queue); 1 on its first replay.
 REPLAYED_HEADER = "x-paylane-replayed"
@@ -349,7 +359,11 @@ async def replay_dlq(
                     summary.keep(item)
                 else:
                     try:
-                        await publisher.publish_to_queue(info.origin, dlq_copy(message, info))
+                        await publisher.publish_to_queue(
+                            info.origin,
+                            dlq_copy(message, info),
+                            exchange=forward_exchange_of(info.origin),
+                        )
                     except PublishError as exc:
                         returned.append(message)
                         summary.count(info.reason, info.origin, "failed")
@@ -377,7 +391,13 @@ def dlq_copy(message: AbstractIncomingMessage, info: DeadLetter) -> aio_pika.Mes
     headers[ATTEMPT_HEADER] = 0
     headers[REPLAYED_HEADER] = info.replayed + 1
     headers[REPLAYED_REASON_HEADER] = info.reason[:500]
-    return copy_message(message, headers)
+    # The consumer recorded the publisher when it dead-lettered the message (none: it had
+    # none, and its user_id is the consumer's); a dead letter of the broker's (delivery
+    # limit) still has its publisher's user_id.
+    original = headers.get(ORIGINAL_USER_HEADER)
+    if original is None and REASON_HEADER not in (message.headers or {}):
+        original = message.user_id
+    return copy_message(message, forwarded_headers(headers, _text(original)))
 
 
 # --- stream --------------------------------------------------------------------------------
@@ -482,7 +502,9 @@ async def _replay_event(
             summary.keep(item)
             continue
         try:
-            await publisher.publish_to_queue(target, log_copy(message))
+            await publisher.publish_to_queue(
+                target, log_copy(message), exchange=forward_exchange_of(target)
+            )
         except PublishError as exc:
             summary.count(event_type, target, "failed")
             summary.errors[f"{target}: {exc}"] += 1
@@ -492,8 +514,9 @@ async def _replay_event(
 
 
 def log_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
-    """The message to send to a target queue: same body, properties and headers."""
-    headers = without_broker_headers(message.headers)
+    """The message to send to a target queue: same body, properties and headers, and
+    its publisher (its ``user_id``: the stream holds what the publishers sent)."""
+    headers = forwarded_headers(without_broker_headers(message.headers), message.user_id)
     headers[REPLAYED_FROM_HEADER] = LOG_STREAM
     return copy_message(message, headers)
 
@@ -514,6 +537,7 @@ async def replay_outbox(
     progress: ProgressCallback | None = None,
     batch_size: int = 500,
     timeout: float = 5.0,
+    publishers: Publishers | None = None,
 ) -> ReplaySummary:
     """Re-publish the events the services staged in ``[since, until]`` (``outbox.created_at``;
     ``until`` defaults to the moment the replay starts) and their relays published, to
@@ -521,8 +545,10 @@ async def replay_outbox(
     derived events (``order.*``, ``entitlement.*``) are not in ``paylane.log``: this is
     where they are replayed from. ``producers`` (``order``, ``entitlement``) and ``types``
     select rows; when ``to`` is a service queue, ``types`` defaults to its routing keys, as
-    for :func:`replay_log`. A row not yet published is skipped: its relay sends it.
+    for :func:`replay_log`. A row not yet published is skipped: its relay sends it. Each
+    copy names its producer's broker user (``publishers``) as its original publisher.
     """
+    identities = publishers or Publishers()
     since, end, wanted = await _window(connection, since, until, types, to, timeout)
 
     summary = ReplaySummary(source=OUTBOX, dry_run=dry_run)
@@ -532,7 +558,7 @@ async def replay_outbox(
         while rows := await _outbox_rows(pool, since, end, producers, after_id, batch_size):
             for row in rows:
                 after_id = row["id"]
-                await _replay_row(row, wanted, to, publisher, summary)
+                await _replay_row(row, wanted, to, publisher, summary, identities)
                 _notify(progress, summary)
                 _raise_if_cancelled()
     return summary
@@ -568,6 +594,7 @@ async def _replay_row(
     to: str | None,
     publisher: Publisher | None,
     summary: ReplaySummary,
+    publishers: Publishers,
 ) -> None:
     summary.seen += 1
     event_type = row["routing_key"]
@@ -585,7 +612,8 @@ async def _replay_row(
         summary.count(event_type, "(no consumer queue)", "skipped")
         return
     envelope = Envelope.model_validate_json(row["payload"])
-    headers = json.loads(row["headers"]) if row["headers"] else {}
+    stored = json.loads(row["headers"]) if row["headers"] else {}
+    headers = forwarded_headers(stored, publishers.of_producer(row["producer"]))
     headers[REPLAYED_FROM_HEADER] = OUTBOX
     for target in targets:
         item = ReplayItem(
@@ -596,7 +624,9 @@ async def _replay_row(
             summary.keep(item)
             continue
         try:
-            await publisher.publish_event_to_queue(target, envelope, headers)
+            await publisher.publish_event_to_queue(
+                target, envelope, headers, exchange=forward_exchange_of(target)
+            )
         except PublishError as exc:
             summary.count(event_type, target, "failed")
             summary.errors[f"{target}: {exc}"] += 1
@@ -650,13 +680,14 @@ async def _settle(operation: Awaitable[None], timeout: float) -> None:
 async def _replay_publisher(
     connection: AbstractConnection, dry_run: bool, timeout: float
 ) -> AsyncIterator[Publisher | None]:
-    """A publisher on a confirm channel of its own, closed after; none for a dry run."""
+    """A publisher on a confirm channel of its own, closed after; none for a dry run.
+    Its messages carry the connection's user as ``user_id`` (the replaying identity)."""
     if dry_run:
         yield None
         return
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     try:
-        yield Publisher(channel, channel.default_exchange, timeout)
+        yield Publisher(channel, channel.default_exchange, timeout, connection=connection)
     finally:
         await _close(channel)
 

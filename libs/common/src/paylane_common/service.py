@@ -24,6 +24,7 @@ from .batching import BatchConsumer, BatchHandler
 from .consumer import Consumer, Handler, RetryPolicy
 from .exceptions import ConfigError
 from .health import READINESS, READINESS_CHECKS, add_health_routes, admin_app
+from .identities import Publishers
 from .listeners import TimedAppRunner
 from .logs import configure_logging
 from .outages import Dependency, NotReady
@@ -54,6 +55,8 @@ SERVICE_NAME = web.AppKey("service_name", str)
 DECLARES_TOPOLOGY = web.AppKey("declares_topology", bool)
 #: The broker URL (a second connection: the signals', pressure.py).
 AMQP_URL = web.AppKey("amqp_url", str)
+#: Who publishes each event type (identities.py): what the consumers accept.
+PUBLISHERS = web.AppKey("publishers", Publishers)
 
 #: SIGTERM: stop consuming, finish in-flight work, exit within 10 s (DESIGN §8): the
 #: drain (open connections still served, see _Shutdown) takes DRAIN_S, then HTTP
@@ -107,6 +110,7 @@ def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
     ``AMQP_DECLARE_TOPOLOGY=false``)."""
     app[DECLARES_TOPOLOGY] = settings.amqp_declare_topology
     app[AMQP_URL] = settings.amqp_url
+    app[PUBLISHERS] = settings.publishers
     startup.need(app, startup.rabbitmq(settings.amqp_url))
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
@@ -410,6 +414,7 @@ def use_consumer(
             prefetch=settings.consumer_prefetch,
             declare=app[DECLARES_TOPOLOGY],
             yield_to=yielding,
+            publishers=app[PUBLISHERS],
         )
         app[CONSUMER] = consumer
         app[READINESS_CHECKS]["consumer"] = consumer.check

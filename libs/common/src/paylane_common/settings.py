@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .amqp import broker_urls
 from .catalog import Package, parse_catalog
 from .exceptions import ConfigError
+from .identities import Publishers
 from .wechatpay.exceptions import WechatPayError
 from .wechatpay.keys import load_private_key, load_public_key
 
@@ -251,6 +252,23 @@ class BaseServiceSettings(BaseSettings):
     amqp_declare_topology: bool = True
     #: Publisher-confirm budget; ingress answers 503 past it.
     publish_timeout_s: float = Field(3.0, gt=0, le=4.5)
+    #: The broker users that publish each event type, checked by the consumers against
+    #: the validated AMQP ``user_id`` (identities.py); a service's own user is accepted
+    #: too (development: every process is ``guest``). ``AMQP_REPLAY_USER`` runs
+    #: ``paylane replay``, which keeps the original publisher in a header.
+    amqp_ingress_user: str = Field("paylane-ingress", min_length=1)
+    amqp_order_user: str = Field("paylane-order", min_length=1)
+    amqp_entitlement_user: str = Field("paylane-entitlement", min_length=1)
+    amqp_replay_user: str = Field("paylane", min_length=1)
+
+    @property
+    def publishers(self) -> Publishers:
+        return Publishers(
+            ingress=self.amqp_ingress_user,
+            order=self.amqp_order_user,
+            entitlement=self.amqp_entitlement_user,
+            replay=self.amqp_replay_user,
+        )
 
     @property
     def mysql(self) -> MySQLParams:

@@ -19,6 +19,13 @@ checks (passively) that what it uses exists, and the topology comes from
 
 Every queue and the stream ask for :data:`REPLICAS` replicas when they are created, which
 a cluster gives (docs/operations.md, "A RabbitMQ cluster").
+
+Nothing is published through the default exchange ``amq.default``: a user who may write
+to it may put any message into any queue, around the topic permissions of ``paylane``.
+A consumer puts its retries, dead letters and put-backs into its own queues through its
+queue's direct exchange ``<queue>.forward`` (:attr:`QueueSpec.forward_exchange`), bound to
+the queue, its retry queues and its DLQ by their names; only that service's broker user
+(and the administrator) may write to it (deploy/rabbitmq/permissions.json).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ SIGNALS_EXCHANGE = "paylane.signals"
 #: Delays of the retry queues ``<queue>.retry.<delay>``. A retry waits in the shortest one
 #: not shorter than asked (the longest when none is); they match the consumers' backoff.
 RETRY_DELAYS_S: tuple[float, ...] = (1, 2, 4, 8, 16, 30)
+#: ``<queue>.forward``: a consumer queue's own exchange (:attr:`QueueSpec.forward_exchange`).
+FORWARD_SUFFIX = ".forward"
 LOG_STREAM = "paylane.log"
 LOG_STREAM_MAX_AGE = "7D"
 DLQ_DELIVERY_LIMIT = 1_000_000
@@ -74,6 +83,18 @@ class QueueSpec:
     @property
     def dlq(self) -> str:
         return f"{self.name}.dlq"
+
+    @property
+    def forward_exchange(self) -> str:
+        """The direct exchange to this queue, its retry queues and its DLQ, each bound
+        with its own name as the routing key: what the consumer publishes its retries,
+        dead letters and put-backs to (never ``amq.default``)."""
+        return f"{self.name}{FORWARD_SUFFIX}"
+
+    @property
+    def forward_targets(self) -> tuple[str, ...]:
+        """The queues bound to :attr:`forward_exchange` (routing key = queue name)."""
+        return (self.name, *self.retry_queues, self.dlq)
 
     def retry_queue_for(self, delay_s: float) -> str:
         """The parking queue a retry after ``delay_s`` waits in: expired messages
@@ -164,6 +185,15 @@ LOG_KEYS: tuple[str, ...] = events.EXTERNAL_EVENTS
 LEGACY_LOG_KEY = "#"
 
 
+def forward_exchange_of(queue: str) -> str:
+    """The forward exchange leading to ``queue`` (a topology queue, its retry queues or
+    its DLQ); ``""``, the default exchange, for a queue outside the topology."""
+    for spec in QUEUES:
+        if queue in spec.forward_targets:
+            return spec.forward_exchange
+    return ""
+
+
 def queue_spec(name: str) -> QueueSpec:
     for spec in QUEUES:
         if spec.name == name:
@@ -207,15 +237,30 @@ async def _existing(declaration: Awaitable[T], name: str) -> T:
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
-    """Declare ``spec`` with its DLQ and retry queues, bound to the exchange."""
+    """Declare ``spec`` with its DLQ and retry queues, bound to the exchange, and its
+    forward exchange bound to all three. Adds exchanges and bindings only: a broker
+    declared before keeps its queues and their arguments as they are."""
     exchange = await declare_exchange(channel)
-    await _declare(channel, spec.dlq, spec.dlq_arguments())
+    forward = await channel.declare_exchange(
+        spec.forward_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    dlq = await _declare(channel, spec.dlq, spec.dlq_arguments())
+    await dlq.bind(forward, routing_key=spec.dlq)
     for delay in spec.retry_delays_s:
-        await _declare(channel, spec.retry_queue_for(delay), spec.retry_arguments(delay))
+        name = spec.retry_queue_for(delay)
+        retry = await _declare(channel, name, spec.retry_arguments(delay))
+        await retry.bind(forward, routing_key=name)
     queue = await _declare(channel, spec.name, spec.arguments())
     for key in spec.routing_keys:
         await queue.bind(exchange, routing_key=key)
+    await queue.bind(forward, routing_key=spec.name)
     return queue
+
+
+async def existing_forward_exchange(channel: AbstractChannel, spec: QueueSpec) -> AbstractExchange:
+    """``spec``'s forward exchange, which must already exist (passive)."""
+    name = spec.forward_exchange
+    return await _existing(channel.declare_exchange(name, passive=True), name)
 
 
 async def declare_topology(channel: AbstractChannel) -> AbstractExchange:

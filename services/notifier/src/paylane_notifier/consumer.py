@@ -10,7 +10,10 @@ never reached it, so every connected client then gets a fresh snapshot (``Hub.re
 The notifier owns no durable state and its queue dies with it, so it consumes without
 acknowledgements (``no_ack``): a delivered message is handed to the hub at once, and an
 invalid one is logged (nothing to dead-letter, nobody to retry for). Acks would cost the
-broker and this process a frame per event and protect nothing.
+broker and this process a frame per event and protect nothing. So is an event from an
+identity that does not publish its type (paylane_common.identities: ``entitlement.*``
+only from entitlement, ``order.*`` only from order): logged as ``publisher_refused``
+and counted with that outcome, never pushed.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from aiohttp import web
 
 from paylane_common import tracing
 from paylane_common.amqp import CLOSE_TIMEOUT_S, close_quietly
+from paylane_common.consumer import PUBLISHER_REFUSED
 from paylane_common.events import parse_event
 from paylane_common.exceptions import EventValidationError
+from paylane_common.identities import IdentityCheck, Publishers, connection_user
 from paylane_common.metrics import CONSUMER_MESSAGES
-from paylane_common.service import AMQP_CONNECTION, DECLARES_TOPOLOGY
+from paylane_common.service import AMQP_CONNECTION, DECLARES_TOPOLOGY, PUBLISHERS
 from paylane_common.topology import NOTIFIER_KEYS, declare_exchange
 
 from .hub import HUB, Hub
@@ -56,9 +61,15 @@ class EventConsumer:
     """Consumes this replica's queue into the hub; start() / stop() around the app's life."""
 
     def __init__(
-        self, connection: AbstractRobustConnection, hub: Hub, *, declare: bool = True
+        self,
+        connection: AbstractRobustConnection,
+        hub: Hub,
+        *,
+        declare: bool = True,
+        publishers: Publishers | None = None,
     ) -> None:
         self._connection = connection
+        self.identities = IdentityCheck(publishers or Publishers(), connection_user(connection))
         self._hub = hub
         self._declare = declare
         self.queue_name = queue_name()
@@ -81,6 +92,7 @@ class EventConsumer:
         for key in NOTIFIER_KEYS:
             await self._queue.bind(exchange, routing_key=key)
         self._tag = await self._queue.consume(self._on_message, no_ack=True)
+        CONSUMER_MESSAGES.labels(METRICS_QUEUE, PUBLISHER_REFUSED)  # at 0 for the alert
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         log.info("consumer_started", queue=self.queue_name, routing_keys=list(NOTIFIER_KEYS))
 
@@ -119,6 +131,17 @@ class EventConsumer:
         except EventValidationError as exc:
             log.error("message_invalid", reason=str(exc))
             return "invalid"
+        publisher = self.identities.publisher(message)
+        refused = self.identities.refusal(envelope.type, publisher)
+        if refused is not None:
+            log.error(
+                "publisher_refused",
+                event_type=envelope.type,
+                publisher=publisher,
+                user_id=message.user_id,
+                reason=refused,
+            )
+            return PUBLISHER_REFUSED
         routed = from_event(envelope, data)
         if routed is None:
             log.info("message_ignored", event_type=envelope.type)
@@ -133,7 +156,12 @@ class EventConsumer:
 
 async def consume_events(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: consume while the app runs (registered after ``use_broker``)."""
-    consumer = EventConsumer(app[AMQP_CONNECTION], app[HUB], declare=app[DECLARES_TOPOLOGY])
+    consumer = EventConsumer(
+        app[AMQP_CONNECTION],
+        app[HUB],
+        declare=app[DECLARES_TOPOLOGY],
+        publishers=app[PUBLISHERS],
+    )
     await consumer.start()
     app[EVENT_CONSUMER] = consumer
     yield
