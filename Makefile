@@ -29,6 +29,8 @@ migrate: install
 # Development keys are made once in .dev/ (git-ignored); honcho runs the Procfile.
 run: migrate
 	$(UV) run paylane dev init
+	@# A development database: paylane grants what the cloud function settles from now on.
+	$(UV) run paylane cutover --if-unset
 	@echo "ingress     http://127.0.0.1:8080  (POST /notify/wechatpay; /readyz /metrics on :9080)"
 	@echo "order       http://127.0.0.1:8081  (POST /orders, GET /orders/{no}, GET /prices/current; /readyz /metrics on :9081)"
 	@echo "entitlement http://127.0.0.1:8082  (/healthz; /readyz /metrics on :9082)"

@@ -38,7 +38,7 @@ class BenchEnv:
             "AMQP_URL": self.amqp_url,
             "MYSQL_URL": mysql_url or self.mysql_url,
             "CLIENT_TOKEN_SECRET": TOKEN_SECRET,
-            "INTERNAL_API_SECRET": "bench-internal-secret",
+            "INTERNAL_API_SECRET": "bench-internal-secret-of-at-least-32-bytes",
             # Notifications are signed before the run; give them the whole run to be sent.
             "NOTIFY_MAX_SKEW_S": "3600",
             "RECONCILE_INTERVAL_S": "0",

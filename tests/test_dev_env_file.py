@@ -10,6 +10,10 @@ import pytest
 from honcho.environ import parse as honcho_parse
 
 from paylane import dev
+from paylane_common.settings import BaseServiceSettings, load_settings
+from paylane_ingress.settings import IngressSettings
+from paylane_notifier.settings import NotifierSettings
+from paylane_order.settings import OrderSettings
 
 
 def test_init_writes_what_honcho_and_paylane_dev_read_alike(
@@ -35,3 +39,24 @@ def test_init_writes_what_honcho_and_paylane_dev_read_alike(
     read = dev._dev_env(directory)
     assert read == honcho_parse(env_file.read_text())
     assert (read["LOG_LEVEL"], read["GREETING"], read["PRICE"]) == ("debug", "a b", "$5")
+
+
+@pytest.mark.parametrize(
+    "settings_class",
+    [OrderSettings, IngressSettings, NotifierSettings],
+    ids=lambda cls: cls.__name__,
+)
+def test_init_writes_settings_every_service_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings_class: type[BaseServiceSettings]
+) -> None:
+    """`make run` hands the one env file to every service: each takes it as it is (the
+    secrets long enough and distinct, the login API base the local sandbox)."""
+    directory = tmp_path / ".dev"
+    dev.init(argparse.Namespace(dir=directory))
+    for name, value in dev._dev_env(directory).items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(settings_class)
+    secrets = [
+        getattr(settings, name, None) for name in ("internal_api_secret", "backend_api_secret")
+    ]
+    assert all(secret is None or len(secret.get_secret_value()) >= 32 for secret in secrets)

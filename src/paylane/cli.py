@@ -41,8 +41,15 @@ def _cutover(args: argparse.Namespace) -> int:
         print("--at needs a time zone, e.g. 2026-11-24T09:00:00+08:00", file=sys.stderr)
         return 2
     try:
-        moment = cutover(settings.mysql_url, at, force=args.force)
+        moment = cutover(settings.mysql_url, at, force=args.force, if_unset=args.if_unset)
     except CutoverRefused as refused:
+        if refused.earlier_than is not None:
+            print(
+                f"refused: {refused}; the sweep would grant what the backend before paylane"
+                " settled in between. Run again with --force if that is what you mean.",
+                file=sys.stderr,
+            )
+            return 1
         print(
             "refused: paylane already announced (and granted) these orders another writer"
             " settled before that moment; the backend before paylane may have granted them"
@@ -52,6 +59,9 @@ def _cutover(args: argparse.Namespace) -> int:
         for out_trade_no, paid_at in refused.orders:
             print(f"  {out_trade_no}  paid {paid_at}", file=sys.stderr)
         return 1
+    if moment is None:
+        print("a cutover was made already: left as it is")
+        return 0
     print(f"effects of orders settled elsewhere apply from {moment.isoformat()}Z")
     return 0
 
@@ -172,7 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument(
         "--force",
         action="store_true",
-        help="set it even when paylane already announced orders settled before that moment",
+        help="set it even when paylane already announced orders settled before that moment,"
+        " or when it is earlier than the cutover in force",
+    )
+    cut.add_argument(
+        "--if-unset", action="store_true", help="only if no cutover was made yet (make run)"
     )
     cut.set_defaults(func=_cutover)
     deps = commands.add_parser(

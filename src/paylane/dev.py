@@ -66,8 +66,9 @@ def init(args: argparse.Namespace) -> int:
         ),
         # WeChat's retry schedule at 1/10 (15 s → 1.5 s) so a demo shows retries quickly.
         "SANDBOX_TIME_FACTOR": "0.1",
-        "INTERNAL_API_SECRET": secrets.token_urlsafe(24),
-        "BACKEND_API_SECRET": secrets.token_urlsafe(24),
+        # At least 32 bytes each (the services refuse shorter ones), and two of them.
+        "INTERNAL_API_SECRET": secrets.token_urlsafe(32),
+        "BACKEND_API_SECRET": secrets.token_urlsafe(32),
         # The mini-program login (POST /auth/miniprogram) against the sandbox's jscode2session.
         "WECHAT_API_BASE": "http://127.0.0.1:8090",
         **dict.fromkeys(("WECHAT_APP_SECRET", "SANDBOX_APP_SECRET"), secrets.token_urlsafe(24)),

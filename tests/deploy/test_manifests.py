@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from paylane_common import topology
-from paylane_common.settings import FILE_VARIABLES
+from paylane_common.settings import FILE_VARIABLES, ApiSecretSettings
 from paylane_order.settings import PREPAY_ID_TTL_S, notify_url_reachable
 from paylane_sandbox.settings import SandboxSettings
 from tests.support.manifests import DEPLOY, ROOT, by_kind, compose_config, kustomize
@@ -147,6 +147,12 @@ def test_compose_secrets_script_keeps_files_and_adds_the_broker_user(secrets_dir
             assert (secrets_dir / name).read_bytes() == content, f"{name} was overwritten"
     assert len((secrets_dir / "wechatpay_apiv3_key").read_text().encode()) == 32
     assert len((secrets_dir / "client_token_secret").read_text().encode()) >= 32
+    # What the services take: each X-Internal-Secret at least 32 bytes, the two distinct.
+    both = {
+        name: (secrets_dir / name).read_text().strip()
+        for name in ("internal_api_secret", "backend_api_secret")
+    }
+    assert ApiSecretSettings(**both).backend_api_secret is not None
 
     merged = json.loads((secrets_dir / "rabbitmq_definitions").read_text())
     committed = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())

@@ -25,7 +25,7 @@ from tests.support.dead_letters import dead_letter
 from tests.support.queries import order_status
 from tests.support.stack import Stack
 from tests.support.stack_api import call, new_order, sandbox
-from tests.support.stack_config import BACKEND, INTERNAL
+from tests.support.stack_config import BACKEND, INTERNAL, ORDER_ENV, order_env
 
 pytestmark = pytest.mark.e2e
 
@@ -241,3 +241,70 @@ async def test_a_users_h5_order_takes_the_payers_address_not_a_claimed_one(stack
     assert status == 201, order
     _, state = await sandbox(stack, "GET", f"/sandbox/orders/{order['out_trade_no']}")
     assert state["request"]["scene_info"]["payer_client_ip"] == "203.0.113.9"
+
+
+#: A replica with low limits, to reach them in a few calls (the stack's own has the
+#: defaults, which no other test comes near).
+LIMITS = {"LOGIN_RATE_PER_MIN": "5", "ORDER_RATE_PER_MIN": "6", "MAX_PENDING_ORDERS": "2"}
+
+
+async def limited_order_service(stack: Stack) -> str:
+    name = "order-limited"
+    if name not in stack.services:
+        env = order_env(stack.services["sandbox"].url, {**ORDER_ENV, **LIMITS})
+        await stack.start("order", env, alias=name)
+    return name
+
+
+async def test_sign_ins_past_the_address_limit_are_429_and_never_reach_wechat(
+    stack: Stack,
+) -> None:
+    """Every garbage code used to be forwarded to WeChat's jscode2session: 40 codes, 40
+    upstream calls. Now an address gets ``LOGIN_RATE_PER_MIN`` a minute."""
+    service = await limited_order_service(stack)
+    _, before = await sandbox(stack, "GET", "/sandbox/miniprogram/calls")
+    answers = [
+        await call(stack, service, "POST", "/auth/miniprogram", {"code": f"garbage-{i}"})
+        for i in range(40)
+    ]
+    _, after = await sandbox(stack, "GET", "/sandbox/miniprogram/calls")
+    assert after["jscode2session"] - before["jscode2session"] == 5
+    statuses = [status for status, _ in answers]
+    assert statuses == [401] * 5 + [429] * 35, statuses
+    assert answers[-1][1]["error"] == "too_many_requests"
+    async with aiohttp.ClientSession() as http:
+        url = f"{stack.services[service].url}/auth/miniprogram"
+        async with http.post(url, json={"code": "one-more"}) as response:
+            assert response.status == 429
+            # 5 a minute: one more every 12 s.
+            assert 1 <= int(response.headers["Retry-After"]) <= 12
+
+
+async def test_a_users_unpaid_orders_are_capped_and_their_pace_limited(stack: Stack) -> None:
+    service = await limited_order_service(stack)
+    openid = f"o-cap-{uuid.uuid4().hex[:12]}"
+    hygiene.register(openid)
+    body = {"openid": openid, "package_type": "basic", "trade_type": "NATIVE"}
+
+    async def place() -> tuple[int, Any]:
+        return await call(stack, service, "POST", "/orders", body, BACKEND)
+
+    first, second = await place(), await place()
+    assert (first[0], second[0]) == (201, 201), (first, second)
+    status, answer = await place()
+    assert (status, answer["error"]) == (409, "too_many_pending_orders"), answer
+    assert "MAX_PENDING_ORDERS=2" in answer["message"]
+    # Closed, one no longer counts.
+    no = first[1]["out_trade_no"]
+    status, _ = await call(stack, service, "POST", f"/orders/{no}/close", None, BACKEND)
+    assert status == 200
+    assert (await place())[0] == 201
+    # Six a minute for one user: the 5th and 6th are refused by the cap, the 7th by pace.
+    assert [(await place())[0] for _ in range(2)] == [409, 409]
+    status, answer = await place()
+    assert (status, answer["error"]) == (429, "too_many_requests"), answer
+    # Another user is not held back by the first one's pace.
+    other = {**body, "openid": f"o-cap-{uuid.uuid4().hex[:12]}"}
+    hygiene.register(other["openid"])
+    status, _ = await call(stack, service, "POST", "/orders", other, BACKEND)
+    assert status == 201

@@ -399,6 +399,14 @@ async def test_client_errors_are_clear(stack: Stack, db_pool: aiomysql.Pool) -> 
             "invalid_request",
             "generation_id",
         ),
+        # It becomes WeChat Pay's attach and a column of the daily bill: a comma in one
+        # once failed a whole day's bill reconciliation.
+        (
+            {**order, "openid": "o-x", "generation_id": "gen-1,`2"},
+            400,
+            "invalid_request",
+            "generation_id",
+        ),
         (order, 400, "user_required", "user_id or openid"),
     ]
     for body, status, code, named in cases:
@@ -437,6 +445,33 @@ async def test_client_errors_are_clear(stack: Stack, db_pool: aiomysql.Pool) -> 
     assert (got, answer["error"]) == (400, "refund_exceeds_paid")
     got, answer = await api(stack, "POST", f"/orders/{paid.out_trade_no}/refunds", {"reason": "x"})
     assert got == 401  # refunds need the backend secret
+
+
+async def test_a_key_given_twice_on_a_money_route_is_400_and_nothing_is_done(
+    stack: Stack, db_pool: aiomysql.Pool
+) -> None:
+    """``{"amount": 1, "amount": 2990}`` once refunded 2990 (a JSON parser keeps the last
+    of two equal keys; the caller, or a proxy that checked the body, may have read the
+    first): a body two readers would understand differently is refused."""
+    paid = await _paid_order(stack, db_pool, "premium")
+    status, answer = await call(
+        stack,
+        "order",
+        "POST",
+        f"/orders/{paid.out_trade_no}/refunds",
+        headers=BACKEND,
+        raw=b'{"amount": 1, "amount": 2990, "reason": "goodwill"}',
+    )
+    assert (status, answer["error"]) == (400, "invalid_request"), answer
+    assert "amount" in answer["message"]
+    assert await _refund_rows(db_pool, paid.out_trade_no) == []
+
+    order = b'{"openid": "o-twice", "package_type": "basic", "package_type": "premium",'
+    status, answer = await call(
+        stack, "order", "POST", "/orders", headers=BACKEND, raw=order + b' "trade_type": "NATIVE"}'
+    )
+    assert (status, answer["error"]) == (400, "invalid_request"), answer
+    assert "package_type" in answer["message"]
 
 
 async def test_idempotency_key_returns_the_same_order(stack: Stack) -> None:

@@ -638,9 +638,10 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
     openid = f"o-{uuid.uuid4().hex}"
     merchant = MerchantConfig("1900000109", "wxd678efh567hg6787", "http://127.0.0.1:9/n", 1800)
     async with _pool(service_mysql_urls["order"]) as pool:
-        orders = Orders(pool, None, None, merchant)  # type: ignore[arg-type]
+        orders = Orders(pool, None, None, merchant, max_pending=5)  # type: ignore[arg-type]
         async with transaction(pool) as cur:
             user = await user_by_openid(cur, openid)
+            await orders._check_pending(cur, user["id"])  # the user's row locked, counted
         assert str(user["id"]).startswith("user-")
         assert await orders.sign_in(openid) == user["id"]  # found again, last_login_at set
         new = NewOrder(

@@ -22,12 +22,21 @@ async def call(
     path: str,
     body: Any = None,
     headers: dict[str, str] | None = None,
+    *,
+    raw: bytes | None = None,
 ) -> tuple[int, Any]:
-    """One HTTP call to a service of the stack: (status, JSON body or None). An answer of
-    the order service or ingress must be one its OpenAPI document describes."""
+    """One HTTP call to a service of the stack: (status, JSON body or None); ``raw`` is
+    sent as the JSON body as it is, instead of ``body``. An answer of the order service or
+    ingress must be one its OpenAPI document describes."""
+    if raw is not None:
+        headers = {"Content-Type": "application/json", **(headers or {})}
     async with aiohttp.ClientSession() as http:
         async with http.request(
-            method, f"{stack.services[service].url}{path}", json=body, headers=headers
+            method,
+            f"{stack.services[service].url}{path}",
+            json=body if raw is None else None,
+            data=raw,
+            headers=headers,
         ) as response:
             raw = await response.read()
             if openapi.documented(service):

@@ -12,11 +12,11 @@ from tests.support.stack import Stack, free_port
 from tests.support.wechat import APP_APPID, FakeWechat
 
 TOKEN_SECRET = "e2e-client-token-secret-of-at-least-32-bytes"
-INTERNAL_SECRET = "e2e-internal-secret"
+INTERNAL_SECRET = "e2e-internal-secret-of-at-least-32-bytes"
 #: The cloud function's credential: for ingress's internal API only.
 INTERNAL = {"X-Internal-Secret": INTERNAL_SECRET}
 #: The app backend's credential on the order API (never given to ingress).
-BACKEND_SECRET = "e2e-backend-secret"
+BACKEND_SECRET = "e2e-backend-secret-of-at-least-32-bytes"
 BACKEND = {"X-Internal-Secret": BACKEND_SECRET}
 #: The mini-program's AppSecret, known to the sandbox's jscode2session and to order.
 APP_SECRET = "e2e-miniprogram-app-secret"

@@ -9,6 +9,7 @@ import pytest
 
 from paylane_common.exceptions import ConfigError
 from paylane_common.settings import (
+    ApiSecretSettings,
     BaseServiceSettings,
     CatalogSettings,
     HttpBaseUrl,
@@ -37,6 +38,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "CLIENT_TOKEN_SECRET_FILE",
         "PACKAGE_CATALOG",
         "WECHATPAY_API_BASE",
+        "INTERNAL_API_SECRET",
+        "BACKEND_API_SECRET",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -152,3 +155,25 @@ def test_api_base_is_an_http_url_without_its_trailing_slash(
     monkeypatch.setenv("WECHATPAY_API_BASE", "api.mch.weixin.qq.com")
     with pytest.raises(ConfigError, match="WECHATPAY_API_BASE must be an http\\(s\\) URL"):
         load_settings(_Svc)
+
+
+class _Secrets(BaseServiceSettings, ApiSecretSettings):
+    pass
+
+
+@pytest.mark.parametrize("name", ["INTERNAL_API_SECRET", "BACKEND_API_SECRET"])
+def test_short_api_secrets_are_refused(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "x" * 31)
+    with pytest.raises(ConfigError, match=f"{name} must be at least 32 bytes"):
+        load_settings(_Secrets)
+    monkeypatch.setenv(name, "é" * 16)  # bytes, not characters
+    assert load_settings(_Secrets)
+
+
+def test_equal_api_secrets_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERNAL_API_SECRET", "s" * 32)
+    monkeypatch.setenv("BACKEND_API_SECRET", "s" * 32)
+    with pytest.raises(ConfigError, match="INTERNAL_API_SECRET must differ from BACKEND"):
+        load_settings(_Secrets)
+    monkeypatch.setenv("BACKEND_API_SECRET", "")  # blank: unset, nothing to compare
+    assert load_settings(_Secrets).backend_api_secret is None

@@ -141,14 +141,56 @@ def test_not_gzip_is_a_format_error() -> None:
         TRADE_BILL.replace(f"{REFUND}\r\n", ""),  # summary counts 2, one record left
         TRADE_BILL.replace("交易时间", "时间"),  # not the header
         TRADE_BILL.rsplit("\r\n", 2)[0],  # the summary line cut off
-        TRADE_BILL.replace("`19.90,`0.00,`0,", "`19.905,`0.00,`0,", 1),  # a fraction of a fen
-        TRADE_BILL.replace(",`会员月卡,`,", ",`会员月卡,`,`", 1),  # a field too many
-        TRADE_BILL.replace(PAYMENT, PAYMENT[1:], 1),  # a record without its backtick
     ],
 )
 def test_broken_bills_are_refused(broken: str) -> None:
     with pytest.raises(BillFormatError):
         parse_trade_bill(broken)
+
+
+@pytest.mark.parametrize(
+    ("broken", "out_trade_no", "reason"),
+    [
+        # A value holding the separator (an ``attach`` of ",`"): a field too many. The
+        # columns before it are in place, so the order is still named.
+        (
+            PAYMENT.replace(",`会员月卡,`,", ",`会员月卡,`gen-1,`x,", 1),
+            "PL20261123091500aa",
+            "record 1 has 28 fields, not 27",
+        ),
+        (PAYMENT.replace("`19.90,`0.00,`0,", "`19.905,`0.00,`0,", 1), "PL20261123091500aa", "fen"),
+        (PAYMENT[1:], None, "backtick"),
+    ],
+)
+def test_one_unreadable_record_is_reported_and_the_rest_of_the_day_read(
+    broken: str, out_trade_no: str | None, reason: str
+) -> None:
+    """Once, a comma in one order's ``attach`` failed a whole day's reconciliation
+    (``record 5 has 28 fields, not 27``): now that record is reported, the others read."""
+    bill = parse_trade_bill(TRADE_BILL.replace(PAYMENT, broken, 1))
+    assert [r.out_refund_no for r in bill.records] == ["RF20261123214000bb"]
+    assert bill.summary.count == 2
+    [bad] = bill.bad_records
+    assert (bad.number, bad.out_trade_no, bad.out_refund_no) == (1, out_trade_no, None)
+    assert reason in bad.reason
+
+
+def test_an_unreadable_refund_record_names_its_refund() -> None:
+    broken = REFUND.replace("`5.00,`0.00,`ORIGINAL", "`5.x,`0.00,`ORIGINAL", 1)
+    bill = parse_trade_bill(TRADE_BILL.replace(REFUND, broken, 1))
+    assert [r.out_trade_no for r in bill.payments] == ["PL20261123091500aa"]
+    [bad] = bill.bad_records
+    assert (bad.number, bad.out_trade_no, bad.out_refund_no) == (
+        2,
+        "PL20261123091500aa",
+        "RF20261123214000bb",
+    )
+
+
+def test_an_unreadable_fund_flow_record_is_reported_and_the_rest_read() -> None:
+    bill = parse_fund_flow_bill(FUND_FLOW_BILL.replace("`19.90,`19.90,", "`1,9.90,`19.90,", 1))
+    assert [r.voucher_no for r in bill.records] == ["RF20261123214000bb"]
+    assert [b.number for b in bill.bad_records] == [1]
 
 
 def test_yuan_to_fen_is_exact() -> None:

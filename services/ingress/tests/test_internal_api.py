@@ -112,6 +112,9 @@ async def test_a_duplicated_secret_is_400(client, spy, wechat_keys, route, order
         notify_body(transactionId=""),
         notify_body(amountTotal=-1),
         notify_body(generationId="g" * 37),
+        # WeChat Pay's attach, and so the bill's columns: a comma broke a day's bill.
+        notify_body(generationId="gen-1,2"),
+        notify_body(generationId="gen 1"),
         {"outTradeNo": "P20251122ABC", "status": "paid"},
     ],
 )
@@ -374,6 +377,22 @@ async def test_order_created_unreadable_body_is_400(client, spy, secret, raw, er
 
 
 @integration
+@pytest.mark.parametrize(("route", "key"), [(ORDER_CREATED, "amount"), (NOTIFY, "outTradeNo")])
+async def test_a_key_given_twice_is_400_naming_it(client, spy, secret, route, key):
+    """A JSON parser keeps the last of two equal keys, another reader perhaps the first:
+    a body two readers would understand differently is refused, not guessed at."""
+    body = created_body() if route == ORDER_CREATED else notify_body()
+    text = json.dumps(body)
+    raw = text[:-1] + f", {json.dumps(key)}: {json.dumps(body[key])}}}"
+    response = await client.post(
+        route, data=raw.encode(), headers={**secret, "Content-Type": "application/json"}
+    )
+    message = await expect_refusal(response, 400, "INVALID_REQUEST")
+    assert key in message and "more than once" in message
+    assert await spy.drain() == []
+
+
+@integration
 async def test_order_created_unconfirmed_publish_is_503_and_not_acknowledged(
     start_ingress, spy, secret
 ):
@@ -418,6 +437,28 @@ def test_loggable_db_error() -> None:
         '{"code": "ER_DUP_ENTRY", "errno": 1062}'
     )
     assert loggable_db_error("line one\nline two") == "line one line two"
+    assert loggable_db_error("test passed: 3 rows") == "test passed: 3 rows"
+
+
+@pytest.mark.parametrize(
+    ("db_error", "secret"),
+    [
+        ({"user": "cf", "pass": "hunter2-pw"}, "hunter2-pw"),
+        ({"config": {"password": "two words"}}, "two words"),
+        ({"headers": {"Authorization": "Basic Y2Y6aHVudGVy"}}, "Y2Y6aHVudGVy"),
+        ('{"pass": "hunter2-pw"}', "hunter2-pw"),
+        ('{"password": "two words"}', "words"),
+        ("pass=hunter2-pw host=db", "hunter2-pw"),
+        ("Authorization: Bearer eyJhbGciOi.x.y failed", "eyJhbGciOi"),
+        ('{"authorization": "Basic Y2Y6aHVudGVy"}', "Y2Y6aHVudGVy"),
+    ],
+)
+def test_loggable_db_error_blanks_pass_password_and_authorization(
+    db_error: Any, secret: str
+) -> None:
+    """The cloud function's ``dbError`` is whatever its driver said, its config included."""
+    logged = loggable_db_error(db_error)
+    assert logged is not None and secret not in logged and "***" in logged
     long = loggable_db_error("y" * 1000)
     assert long is not None and len(long) == DB_ERROR_LOG_CHARS and long.endswith("…")
 

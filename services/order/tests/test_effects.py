@@ -302,7 +302,7 @@ async def test_a_notify_for_an_order_paid_before_paylane_grants_nothing(db_pool,
     (WeChat Pay confirms it: the seed's payment, signed.)"""
     applier = PaymentApplier(db_pool, gate)
     envelope, data = payment(SEED_PAID, 2990, "4200001234202401270000000001")
-    assert await applier(envelope, data) == "duplicate"
+    assert await applier(envelope, data) == "before_cutover"
     assert await staged(db_pool, SEED_PAID, "order.paid") == []
 
 
@@ -332,7 +332,7 @@ async def test_cutover_moves_where_paylane_starts_granting(
         cutover(mysql_url, datetime.now(UTC) + timedelta(hours=1), force=True)
         await effects.sweep(db_pool, gate, grace_s=0, limit=500)
         applier = PaymentApplier(db_pool, gate)
-        assert await applier(*notify(out_trade_no, txn)) == "duplicate"
+        assert await applier(*notify(out_trade_no, txn)) == "before_cutover"
         assert await staged(db_pool, out_trade_no, "order.paid") == []
     finally:
         await _restore_effects_since(db_pool, before)
@@ -354,7 +354,8 @@ async def test_before_the_cutover_nothing_settled_elsewhere_is_granted(
     try:
         await _restore_effects_since(db_pool, None)  # as `paylane migrate` leaves it
         assert await effects.sweep(db_pool, gate, grace_s=0, limit=500) == {}
-        assert await PaymentApplier(db_pool, gate)(*notify(out_trade_no, txn)) == "duplicate"
+        applier = PaymentApplier(db_pool, gate)
+        assert await applier(*notify(out_trade_no, txn)) == "before_cutover"
         assert await staged(db_pool, out_trade_no, "order.paid") == []
     finally:
         await _restore_effects_since(db_pool, before)
@@ -370,5 +371,34 @@ async def test_before_the_cutover_nothing_settled_elsewhere_is_granted(
     try:
         cutover(mysql_url, later, force=True)
         assert await _effects_since(db_pool) != before
+        # Back to the earlier moment: the sweep would grant what the old backend settled
+        # in between. Refused, unless forced.
+        with pytest.raises(CutoverRefused, match="earlier than the cutover in force"):
+            cutover(mysql_url, datetime.now(UTC))
+        assert cutover(mysql_url, if_unset=True) is None  # `make run`: one was made
     finally:
         await _restore_effects_since(db_pool, before)
+
+
+async def test_a_claim_of_the_wrong_transaction_flags_nothing(db_pool, gate, kit_wechat) -> None:
+    """A notify naming another transaction than the one WeChat Pay says paid the order:
+    the claim is refused, the row another writer marked paid is left alone, and the
+    genuine notify then announces it."""
+    applier = PaymentApplier(db_pool, gate)
+    out_trade_no, _, txn = await paid_elsewhere(db_pool, kit_wechat)
+    with pytest.raises(Reject, match=f"paid by {txn}"):
+        await applier(*notify(out_trade_no, "4200WRONG0000001"))
+    assert await order_status(db_pool, out_trade_no) == "paid"
+    assert await applier(*notify(out_trade_no, txn)) == "paid"
+
+
+async def test_the_sweep_sends_a_row_of_another_transaction_to_review(
+    db_pool, gate, kit_wechat
+) -> None:
+    out_trade_no, _, txn = await paid_elsewhere(db_pool, kit_wechat, txn="4200010")
+    await backdate(db_pool, out_trade_no)
+    await effects.sweep(db_pool, gate, grace_s=60, limit=500)
+    assert await staged(db_pool, out_trade_no, "order.paid") == []
+    assert await review_reason(db_pool, out_trade_no) == (
+        f"marked paid by transaction 4200010, WeChat Pay says {txn}"
+    )

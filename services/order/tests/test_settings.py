@@ -96,6 +96,57 @@ def test_app_appid_is_optional_and_blank_is_unset() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("wechat_api_base", "wechatpay_api_base"),
+    [
+        ("https://api.weixin.qq.com", "https://api.mch.weixin.qq.com"),
+        # `paylane dev`, `make run`, the tests: the sandbox on this machine.
+        ("http://127.0.0.1:8090", "https://api.mch.weixin.qq.com"),
+        ("http://localhost:8090", "http://127.0.0.1:8090"),
+        ("http://[::1]:8090", "http://[::1]:8090"),
+        # The compose stack: one sandbox plays WeChat Pay and WeChat.
+        ("http://sandbox:8090", "http://sandbox:8090"),
+    ],
+)
+def test_the_login_api_base_is_https_or_a_local_sandbox(
+    wechat_api_base: str, wechatpay_api_base: str
+) -> None:
+    got = settings(wechat_api_base=wechat_api_base, wechatpay_api_base=wechatpay_api_base)
+    assert got.wechat_api_base == wechat_api_base
+
+
+@pytest.mark.parametrize(
+    ("wechat_api_base", "wechatpay_api_base"),
+    [
+        # jscode2session is sent the AppSecret: never in the clear over a network.
+        ("http://api.weixin.qq.com", "https://api.mch.weixin.qq.com"),
+        ("http://sandbox:8090", "https://api.mch.weixin.qq.com"),
+        # A plain-http WeChat Pay sandbox vouches for itself only, not for another host.
+        ("http://login.example.com", "http://sandbox:8090"),
+        ("http://sandbox:8091", "http://sandbox:8090"),
+    ],
+)
+def test_a_plain_http_login_api_base_elsewhere_is_refused(
+    wechat_api_base: str, wechatpay_api_base: str
+) -> None:
+    with pytest.raises(ConfigError, match="WECHAT_API_BASE must be https://"):
+        settings(wechat_api_base=wechat_api_base, wechatpay_api_base=wechatpay_api_base)
+
+
+def test_the_api_secrets_are_32_bytes_at_least_and_differ() -> None:
+    strong, other = "b" * 32, "i" * 32
+    got = settings(backend_api_secret=strong, internal_api_secret=other)
+    assert got.backend_api_secret is not None
+    assert got.backend_api_secret.get_secret_value() == strong
+    assert settings(backend_api_secret="").backend_api_secret is None  # blank: unset
+    with pytest.raises(ConfigError, match="BACKEND_API_SECRET must be at least 32 bytes"):
+        settings(backend_api_secret="b" * 31)
+    # The order service never uses INTERNAL_API_SECRET, but a process given both (one
+    # env file for all, as `make run` has) refuses the two alike.
+    with pytest.raises(ConfigError, match="INTERNAL_API_SECRET must differ from BACKEND"):
+        settings(backend_api_secret=strong, internal_api_secret=strong)
+
+
 def test_the_apiv3_key_is_required() -> None:
     """The payment gate verifies and decrypts WeChat Pay's notifications in the order
     service itself: without the key it could not, so the service does not start."""

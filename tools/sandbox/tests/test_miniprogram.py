@@ -31,6 +31,9 @@ async def test_a_code_names_its_openid_once(sandbox):
     assert unknown["errcode"] == 40029
     _, missing = await _login(sandbox, js_code="")
     assert missing["errcode"] == 41008
+    # The codes it was asked about, good or not (the missing one is not a code).
+    calls = await sandbox.control("GET", "/sandbox/miniprogram/calls")
+    assert (calls.status, calls.json) == (200, {"jscode2session": 3})
 
 
 async def test_a_chosen_code_and_bad_requests(sandbox):

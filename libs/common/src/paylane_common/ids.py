@@ -7,6 +7,13 @@ import secrets
 import string
 import time
 
+#: A generation id (``payment_orders.generation_id``, VARCHAR(36)), wherever one enters
+#: (``POST /orders``, the cloud function's internal notify). It is sent to WeChat Pay as
+#: the order's ``attach`` and comes back in the daily bill, a CSV whose records are split
+#: at a comma followed by a backtick: letters, digits, ``_`` and ``-`` only, so that no id
+#: can break a bill's columns (a comma in one once failed a whole day's reconciliation).
+GENERATION_ID_PATTERN = r"^[0-9A-Za-z_-]{1,36}$"
+
 _ALPHABET = string.ascii_lowercase + string.digits
 _SUFFIXES = len(_ALPHABET) ** 8
 

@@ -40,15 +40,27 @@ def migrate(url: str) -> list[str]:
 
 
 class CutoverRefused(Exception):
-    """Orders paylane already announced would fall before the cutover (``orders``:
-    ``(out_trade_no, paid_at)``)."""
+    """The cutover would let an order be granted twice: ``orders`` (``(out_trade_no,
+    paid_at)``) paylane already announced would fall before it, or it moves earlier than
+    the one in force (``earlier_than``)."""
 
-    def __init__(self, orders: list[tuple[str, datetime | None]]):
-        super().__init__(f"{len(orders)} order(s) paylane announced were paid before it")
+    def __init__(
+        self,
+        orders: list[tuple[str, datetime | None]],
+        earlier_than: str | None = None,
+    ):
+        if earlier_than is not None:
+            why = f"it is earlier than the cutover in force ({earlier_than})"
+        else:
+            why = f"{len(orders)} order(s) paylane announced were paid before it"
+        super().__init__(why)
         self.orders = orders
+        self.earlier_than = earlier_than
 
 
-def cutover(url: str, at: datetime | None = None, *, force: bool = False) -> datetime:
+def cutover(
+    url: str, at: datetime | None = None, *, force: bool = False, if_unset: bool = False
+) -> datetime | None:
     """Set ``paylane_meta.effects_since`` (effects.py in the order service): paylane applies
     the effects of orders another writer settled from this moment (default: now, UTC),
     the one at which the cloud function starts calling paylane instead of the backend
@@ -58,7 +70,11 @@ def cutover(url: str, at: datetime | None = None, *, force: bool = False) -> dat
     Refuses (:class:`CutoverRefused`, unless ``force``) when paylane has already announced
     orders another writer settled before that moment: the backend before paylane may have
     granted them too, and moving the cutover past them cannot take a grant back. An
-    operator checks those orders first."""
+    operator checks those orders first. Also refused: moving it earlier than the one in
+    force (the sweep would grant what the old backend settled in between).
+
+    ``if_unset``: only where no cutover was made yet (``make run``); returns None when
+    there was one."""
     moment = (at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
     dsn = MySQLParams.from_url(url)
     conn = pymysql.connect(
@@ -69,14 +85,22 @@ def cutover(url: str, at: datetime | None = None, *, force: bool = False) -> dat
         database=dsn.database,
         connect_timeout=5,
         autocommit=True,
+        # paid_at / updated_at are TIMESTAMPs: compared in UTC, as the services read them.
+        init_command="SET time_zone = '+00:00'",
     )
     try:
         with conn.cursor() as cur:
+            cur.execute("SELECT value FROM paylane_meta WHERE name = 'effects_since'")
+            current = cur.fetchone()
+            if current is not None and if_unset:
+                return None
+            if current is not None and not force and moment < datetime.fromisoformat(current[0]):
+                raise CutoverRefused([], earlier_than=current[0])
             cur.execute(
                 "SELECT o.out_trade_no, o.paid_at FROM payment_orders o"
                 " WHERE o.paid_event_at IS NOT NULL AND COALESCE(o.paid_at, o.updated_at) < %s"
                 " AND EXISTS (SELECT 1 FROM payment_logs l WHERE l.out_trade_no = o.out_trade_no"
-                " AND l.type = 'paid_elsewhere') ORDER BY o.paid_at LIMIT 100",
+                " AND l.type = 'paid_elsewhere') ORDER BY o.paid_at DESC LIMIT 100",
                 (moment,),
             )
             announced = [(row[0], row[1]) for row in cur.fetchall()]

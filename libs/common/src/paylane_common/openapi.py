@@ -3,7 +3,8 @@ its OpenAPI 3.1 document are made, so the document cannot drift from what is ser
 
 Each :class:`Operation` names its handler, the pydantic model its JSON body is validated
 with (:meth:`Api.body_model`: the handlers parse with the model the table names, never
-one of their own), the models of its answers by status, and who may call it. The
+one of their own, through :func:`validate_json`, which refuses a key given twice), the
+models of its answers by status, and who may call it. The
 document's schemas are pydantic's (``models_json_schema``), bodies in validation mode,
 answers in serialization mode, under ``#/components/schemas``.
 
@@ -18,11 +19,12 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 OPENAPI_VERSION = "3.1.0"
 DOCUMENT_PATH = "/openapi.json"
@@ -192,6 +194,52 @@ API = web.AppKey("openapi", Api)
 def body_model(request: web.Request) -> type[BaseModel]:
     """The model the app's table says ``request``'s JSON body is validated with."""
     return request.app[API].body_model(request)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
+def duplicate_key(raw: bytes | str) -> str | None:
+    """The first key given twice in one object of the JSON text ``raw`` (None: none, or
+    not JSON at all, which the model's validation then reports)."""
+    try:
+        json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        return exc.key
+    except ValueError:
+        return None
+    return None
+
+
+def validate_json(model: type[M], raw: bytes | str) -> M:
+    """``raw`` validated with ``model``, as ``model_validate_json`` does, except that a key
+    given twice in one object is refused (a ``ValidationError`` of type
+    ``duplicate_key``). A JSON parser keeps the last of them (``{"amount": 1, "amount":
+    2990}`` is 2990), another program reading the same body perhaps the first: a body two
+    readers understand differently is not taken, least of all on a money route."""
+    key = duplicate_key(raw)
+    if key is not None:
+        error = PydanticCustomError(
+            "duplicate_key", "given more than once in one object (a key may appear once)"
+        )
+        details = InitErrorDetails(type=error, loc=(key,), input=key)
+        raise ValidationError.from_exception_data(model.__name__, [details])
+    return model.model_validate_json(raw)
 
 
 def _reply(reply: Reply, keys: _Refs) -> dict[str, Any]:

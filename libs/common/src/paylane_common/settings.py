@@ -88,14 +88,30 @@ def _none_if_blank(value: Any) -> Any:
 NoneIfBlank = Annotated[T | None, BeforeValidator(_none_if_blank)]
 
 
+#: The shortest shared secret taken: 32 bytes, an HMAC-SHA256 key's size and beyond any
+#: guessing (``paylane dev init`` and ``deploy/compose_secrets.py`` make longer ones).
+MIN_SECRET_BYTES = 32
+
+
 def _token_secret_strong(value: SecretStr) -> SecretStr:
-    if len(value.get_secret_value().encode()) < 32:
-        raise ValueError("must be at least 32 bytes (HMAC-SHA256 key)")
+    if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes (HMAC-SHA256 key)")
+    return value
+
+
+def _api_secret_strong(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -base64 32`)"
+        )
     return value
 
 
 #: ``CLIENT_TOKEN_SECRET``: the HMAC key of client tokens, at least 32 bytes.
 TokenSecret = Annotated[SecretStr, AfterValidator(_token_secret_strong)]
+#: A secret a caller presents in ``X-Internal-Secret`` (``INTERNAL_API_SECRET``,
+#: ``BACKEND_API_SECRET``), at least 32 bytes.
+ApiSecret = Annotated[SecretStr, AfterValidator(_api_secret_strong)]
 
 
 def _apiv3_key_size(value: SecretStr) -> SecretStr:
@@ -317,6 +333,32 @@ class ConsumerSettings(BaseSettings):
     retention_days: float = Field(30.0, ge=7)
     #: … checked this often (0: not in-process).
     retention_interval_s: float = Field(3600.0, ge=0)
+
+
+class ApiSecretSettings(BaseSettings):
+    """Mixin: the two ``X-Internal-Secret`` secrets, each at least 32 bytes, never equal.
+
+    ``INTERNAL_API_SECRET`` is the cloud function's (ingress's internal API) and
+    ``BACKEND_API_SECRET`` the app backend's (the order API); the first must open nothing
+    on the order API, which an equal second would undo. Each process that reads either
+    reads both where it is given both (one env file for every process, as ``make run``
+    has), so the mistake is refused wherever it can be seen. Unset or blank: none.
+    """
+
+    internal_api_secret: NoneIfBlank[ApiSecret] = None
+    #: The app backend's secret on the order API: orders for any user, reads, refunds.
+    backend_api_secret: NoneIfBlank[ApiSecret] = None
+
+    @model_validator(mode="after")
+    def _secrets_differ(self) -> ApiSecretSettings:
+        internal, backend = self.internal_api_secret, self.backend_api_secret
+        if internal is not None and backend is not None:
+            if internal.get_secret_value() == backend.get_secret_value():
+                raise ValueError(
+                    "INTERNAL_API_SECRET must differ from BACKEND_API_SECRET: the cloud"
+                    " function's secret must open nothing on the order API"
+                )
+        return self
 
 
 class CatalogSettings(BaseSettings):

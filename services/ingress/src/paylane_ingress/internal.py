@@ -28,8 +28,8 @@ from paylane_common import events
 from paylane_common.auth import DuplicateHeader, internal_secret_ok
 from paylane_common.events import OrderCreated, PaymentSucceeded, make_event, validation_summary
 from paylane_common.exceptions import PublishError
-from paylane_common.ids import new_row_id
-from paylane_common.openapi import body_model
+from paylane_common.ids import GENERATION_ID_PATTERN, new_row_id
+from paylane_common.openapi import body_model, validate_json
 from paylane_common.service import PUBLISHER
 
 from . import metrics
@@ -80,7 +80,7 @@ class _Refusal:
 
 async def _body(request: web.Request) -> Any:
     """The body, validated with the model ``INGRESS_API`` names for the route."""
-    return body_model(request).model_validate_json(await request.read())
+    return validate_json(body_model(request), await request.read())
 
 
 async def _publish(request: web.Request, envelope: events.Envelope) -> bool:
@@ -113,8 +113,10 @@ class InternalNotify(BaseModel):
     openid: str | None = Field(default=None, max_length=128)
     #: Informational: the order row says what was bought.
     packageType: str | None = Field(default=None, max_length=32)
-    #: The generation the payment unlocks, for an order row that names none yet.
-    generationId: str | None = Field(default=None, max_length=36)
+    #: The generation the payment unlocks, for an order row that names none yet
+    #: (``GENERATION_ID_PATTERN``: it may reach WeChat Pay's ``attach`` and the bill); ""
+    #: is taken as absent (``_blank``), and documented so.
+    generationId: Literal[""] | Annotated[str, Field(pattern=GENERATION_ID_PATTERN)] | None = None
 
     @field_validator("openid", "packageType", "generationId", mode="before")
     @classmethod
@@ -215,16 +217,41 @@ def order_id_for(out_trade_no: str) -> str:
 
 
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
-_PASSWORD_VALUE = re.compile(r"(?i)(password|passwd|pwd|secret|token)(\W{1,3})\S+")
+#: What names a credential in a ``dbError``, as a key (``{"password": …}``) or in text.
+_SECRET_NAMES = ("password", "passwd", "pass", "pwd", "secret", "token", "authorization")
+_SECRET_VALUE = re.compile(
+    r"""(?ix)
+    (password|passwd|pass|pwd|secret|token|authorization)   # what names it
+    (["']?\s*[:=]\s*|\W{1,3})                             # then : or = (or a bracket)
+    (?:"[^"]*"?|'[^']*'?                                    # a quoted value, spaces and all
+      |(?:(?:bearer|basic|digest)\s+)?\S+)                 # or a word (after its scheme)
+    """
+)
+
+
+def _without_secrets(value: Any) -> Any:
+    """A JSON ``dbError`` with the values of credential-like keys blanked, at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: "***"
+            if any(name in str(k).lower() for name in _SECRET_NAMES)
+            else _without_secrets(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
 
 
 def loggable_db_error(value: Any, limit: int = DB_ERROR_LOG_CHARS) -> str | None:
-    """The caller's ``dbError`` for a log line: credentials blanked, cut to ``limit``."""
+    """The caller's ``dbError`` for a log line: credentials blanked (URL user info; the
+    values of ``password``, ``pass``, ``pwd``, ``secret``, ``token`` and
+    ``authorization``, as keys of an object or in text), cut to ``limit``."""
     if value is None or value == "":
         return None
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = value if isinstance(value, str) else json.dumps(_without_secrets(value), default=str)
     text = _URL_CREDENTIALS.sub(r"\1***@", text)
-    text = _PASSWORD_VALUE.sub(r"\1\2***", text)
+    text = _SECRET_VALUE.sub(r"\1\2***", text)
     text = " ".join(text.split())  # one line
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

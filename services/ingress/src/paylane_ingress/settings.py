@@ -3,10 +3,11 @@ cloud function's secret, the package catalog it reads prices from."""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from paylane_common.merchant_api import DEFAULT_API_BASE, WechatPayKeysSettings
 from paylane_common.settings import (
+    ApiSecretSettings,
     ApiV3Key,
     BaseServiceSettings,
     CatalogSettings,
@@ -16,13 +17,15 @@ from paylane_common.settings import (
 )
 
 
-class IngressSettings(BaseServiceSettings, WechatPayKeysSettings, CatalogSettings):
+class IngressSettings(
+    BaseServiceSettings, WechatPayKeysSettings, CatalogSettings, ApiSecretSettings
+):
     """``PACKAGE_CATALOG`` and ``PRICES_EFFECTIVE_AT`` price ``GET /api/prices/current``:
     give ingress the same ``PACKAGE_CATALOG`` as the order service."""
 
     http_port: int = Field(8080, ge=1, le=65535)
     wechatpay_apiv3_key: ApiV3Key
-    internal_api_secret: SecretStr | None = None
+    # INTERNAL_API_SECRET (ApiSecretSettings): the cloud function's ``X-Internal-Secret``.
     #: Optional: with these (and a certs dir) platform certificates are refreshed in the
     #: background, so a new Wechatpay-Serial is accepted without a restart.
     wechatpay_mchid: str | None = None

@@ -10,11 +10,12 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from paylane_common.auth import INTERNAL_SECRET_HEADER
 from paylane_common.events import validation_summary
-from paylane_common.openapi import Api, Operation, Param, Reply, body_model
+from paylane_common.ids import GENERATION_ID_PATTERN
+from paylane_common.openapi import Api, Operation, Param, Reply, body_model, validate_json
 from paylane_common.prices import dumps
 from paylane_common.tokens import issue_client_token
 
@@ -23,14 +24,19 @@ from .abnormal import AbnormalRefunds, Remedy
 from .auth import Caller, identify, require_backend
 from .client_address import client_ip
 from .config import ORDER_CONFIG
-from .errors import InvalidRequest, NotFound
+from .errors import InvalidRequest, NotFound, TooManyRequests
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
 from .orders import NewOrder, Orders
+from .rate_limits import RateLimit
 
 ORDERS = web.AppKey("orders", Orders)
 ABNORMAL_REFUNDS = web.AppKey("abnormal_refunds", AbnormalRefunds)
 LOGIN = web.AppKey("miniprogram_login", MiniProgramLogin)
+#: Sign-ins a client address, orders a user may make a minute (``LOGIN_RATE_PER_MIN``,
+#: ``ORDER_RATE_PER_MIN``); an app without them has no limit.
+LOGIN_RATE = web.AppKey("login_rate", RateLimit)
+ORDER_RATE = web.AppKey("order_rate", RateLimit)
 
 
 #: A row id of the shared ``users`` table: a string such as ``user-1706345678901-xyz789``
@@ -59,9 +65,15 @@ class CreateOrder(BaseModel):
     trade_type: Literal["JSAPI", "NATIVE", "H5", "APP"]
     #: ``users.openid`` and ``payment_orders._openid`` are VARCHAR(100).
     openid: str | None = Field(default=None, min_length=1, max_length=100)
-    #: ``payment_orders.generation_id`` is VARCHAR(36); '' is stored when none is given.
-    generation_id: str | None = Field(default=None, max_length=36)
+    #: ``payment_orders.generation_id`` (``GENERATION_ID_PATTERN``: it becomes WeChat
+    #: Pay's ``attach``); '' is taken as none, and stored as '' as when none is given.
+    generation_id: Literal[""] | Annotated[str, Field(pattern=GENERATION_ID_PATTERN)] | None = None
     client_ip: str | None = Field(default=None, max_length=45)
+
+    @field_validator("generation_id", mode="before")
+    @classmethod
+    def _blank_generation(cls, value: Any) -> Any:
+        return None if value == "" else value
 
 
 class CreateRefund(BaseModel):
@@ -101,7 +113,7 @@ async def _body(request: web.Request) -> Any:
     model = body_model(request)
     try:
         raw = await request.read()
-        return model.model_validate_json(raw or b"{}")
+        return validate_json(model, raw or b"{}")
     except ValidationError as exc:
         raise InvalidRequest(validation_summary(exc)) from None
 
@@ -117,11 +129,27 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=default))
 
 
+def _limit(request: web.Request, key: web.AppKey[RateLimit], who: str, what: str) -> None:
+    """429 with ``Retry-After`` when ``who`` spent the app's ``key`` limit."""
+    limit = request.app.get(key)
+    if limit is None:
+        return
+    wait = limit.hit(who)
+    if wait is not None:
+        raise TooManyRequests(
+            f"too many {what} (at most {limit.per_minute} a minute); retry in {wait} s",
+            retry_after=wait,
+        )
+
+
 async def login(request: web.Request) -> web.Response:
     """``POST /auth/miniprogram {code}``: the code of ``wx.login()`` → a session token of
-    the user whose openid WeChat names (created if new)."""
+    the user whose openid WeChat names (created if new). Each client address has
+    ``LOGIN_RATE_PER_MIN``: past it WeChat is not asked."""
     config = request.app[ORDER_CONFIG]
-    body: Login = await _body(request)
+    body: Login = await _body(request)  # a body refused costs WeChat nothing
+    address = client_ip(request, config.trusted_proxies) or "unknown"
+    _limit(request, LOGIN_RATE, address, "sign-ins from this address")
     identity = await request.app[LOGIN].identify(body.code)
     user_id = await request.app[ORDERS].sign_in(identity.openid)
     structlog.contextvars.bind_contextvars(user_id=user_id)
@@ -169,6 +197,11 @@ async def create_order(request: web.Request) -> web.Response:
     config = request.app[ORDER_CONFIG]
     caller = _caller(request)
     body: CreateOrder = await _body(request)
+    # Per user: the token's, or the one the backend names (by id, else by openid).
+    named = body.user_id or (f"openid:{body.openid}" if body.openid else None)
+    user = caller.user_id if not caller.backend else named
+    if user:
+        _limit(request, ORDER_RATE, user, "orders for this user")
     package = config.catalog.get(body.package_type)
     if package is None:
         raise InvalidRequest(
@@ -344,8 +377,16 @@ def _errors(*statuses: int, **notes: str) -> dict[int, Reply]:
         **_WECHATPAY_ERRORS,
     }
     return {
-        status: Reply(notes.get(f"e{status}", what[status]), replies.Error) for status in statuses
+        status: Reply(
+            notes.get(f"e{status}", what[status]),
+            replies.Error,
+            headers=_RETRY_AFTER if status == 429 else {},
+        )
+        for status in statuses
     }
+
+
+_RETRY_AFTER = {"Retry-After": "seconds to wait before trying again (paylane's own limits)"}
 
 
 IDEMPOTENCY_KEY = Param(
@@ -386,7 +427,15 @@ ORDER_API = Api(
             "Sign a mini-program user in with the code of `wx.login()`",
             {
                 200: Reply("a session token", replies.Token),
-                **_errors(*_BODY_ERRORS, 401, 429, 503, e401="WeChat refused the code"),
+                **_errors(
+                    *_BODY_ERRORS,
+                    401,
+                    429,
+                    503,
+                    e401="WeChat refused the code",
+                    e429="too many sign-ins from the client's address"
+                    " (`LOGIN_RATE_PER_MIN`), or WeChat's own limit (`too_many_requests`)",
+                ),
             },
             body=Login,
         ),
@@ -418,10 +467,15 @@ ORDER_API = Api(
                     403,
                     404,
                     409,
+                    429,
                     502,
                     503,
                     e404="`unknown_user` (without an `openid`)",
-                    e409="`idempotency_key_reused`, or the key's request is in progress",
+                    e409="`idempotency_key_reused`, or the key's request is in progress, or"
+                    " `too_many_pending_orders` (the user's unpaid orders are at"
+                    " `MAX_PENDING_ORDERS`)",
+                    e429="too many orders for this user (`ORDER_RATE_PER_MIN`,"
+                    " `too_many_requests`)",
                 ),
             },
             body=CreateOrder,

@@ -29,6 +29,12 @@ What it finds, and does (each recorded at most once however often it runs):
   refund query (its ``refund.*`` event); the others are alerts (refunds have no review
   state), listed in the report like every difference.
 
+- ``bill_record_unreadable``: a line of the bill that could not be read (a field too
+  many, an amount that is not one): an alert naming its ``out_trade_no`` where the columns
+  before the fault could be read, and the rest of the day is reconciled all the same. An
+  order of ours behind it is then "paid here, not in the bill", asked about at WeChat Pay
+  as above.
+
 A day WeChat Pay has no bill of (NO_STATEMENT_EXIST) while paylane has payments or
 refunds that day is said loudly (``bill_missing``, an alert, counted as a difference of
 that kind; the report's ``no_statement``); each of them is asked about as above.
@@ -64,6 +70,7 @@ from paylane_common.db import is_duplicate_key, transaction
 from paylane_common.ids import new_row_id
 from paylane_common.leases import Lease
 from paylane_common.wechatpay import (
+    BadRecord,
     TradeBill,
     TradeBillRecord,
     WechatPayApiError,
@@ -313,6 +320,8 @@ class BillReconciler:
         ]
         report.our_payments = len(ours)
         report.our_paid_total = sum(o["amount_total"] for o in ours)
+        for bad in bill.bad_records:
+            report.differences.append(await self._unreadable(bad, day))
         for no, record in payments.items():
             found = await self._payment(record, orders.get(no), day)
             if found is not None:
@@ -445,6 +454,17 @@ class BillReconciler:
             outcome = await self._reconciler.settle_refund(row)
             action = "settled" if outcome in _SETTLED_REFUND else "alert"
         return await self._record(replace(seen, kind="refund_state_differs", action=action), day)
+
+    async def _unreadable(self, bad: BadRecord, day: date) -> Difference:
+        """A record of the bill that could not be read: reported, nothing moved."""
+        log.warning("bill_record_unreadable", day=str(day), record=bad.number, reason=bad.reason)
+        seen = Difference(
+            "bill_record_unreadable",
+            bad.out_trade_no or "",
+            bad.out_refund_no,
+            wechat_state=f"record {bad.number} unreadable",
+        )
+        return await self._record(seen, day)
 
     async def _review(self, diff: Difference, reason: str, day: date) -> Difference:
         """The order to ``needs_review`` (once; what it granted revoked) and the difference

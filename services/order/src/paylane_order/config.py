@@ -100,6 +100,11 @@ class OrderConfig:
     apiv3_key: str
     merchant: MerchantConfig
     reconciler: ReconcilerConfig
+    #: Per replica: sign-ins a client address, orders a user may make a minute (0: no
+    #: limit); unpaid pending orders a user may have at once (0: no cap).
+    login_rate_per_min: int = 30
+    order_rate_per_min: int = 10
+    max_pending_orders: int = 5
 
     @classmethod
     def from_settings(cls, settings: OrderSettings) -> OrderConfig:
@@ -121,6 +126,9 @@ class OrderConfig:
                 order_ttl_s=settings.order_ttl_s,
             ),
             reconciler=ReconcilerConfig.from_settings(settings),
+            login_rate_per_min=settings.login_rate_per_min,
+            order_rate_per_min=settings.order_rate_per_min,
+            max_pending_orders=settings.max_pending_orders,
         )
 
 

@@ -28,6 +28,7 @@ paylane's to apply, exactly once:
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -43,7 +44,7 @@ from paylane_common.events import OrderPaid, OrderRefunded, PaymentSucceeded, ma
 from paylane_common.ids import new_row_id
 
 from . import OUTBOX_PRODUCER, catalog_prices
-from .gate import Gate, Unconfirmed
+from .gate import UNCONFIRMED, Gate, Unconfirmed
 from .review import to_review
 
 log = structlog.get_logger(__name__)
@@ -53,6 +54,7 @@ SWEPT = PromCounter(
     "Orders another writer settled whose effect paylane applied from the sweep, by kind",
     ["kind"],
 )
+SWEPT.labels("effect_needs_review")  # exported at 0: the review alert counts the first one
 
 #: The columns ``order_paid`` and ``order_refunded`` read.
 ORDER_COLUMNS = "out_trade_no, user_id, package_type, amount_total, generation_id, paid_at"
@@ -94,17 +96,6 @@ EFFECTS_SINCE = (
 )
 
 
-async def claim_paid_event(cur: aiomysql.Cursor, out_trade_no: str) -> bool:
-    """Whether this transaction is the one to stage the ``order.paid`` of an order that
-    is ``paid`` (and no other state: a review, a refund, took it meanwhile)."""
-    await cur.execute(
-        "UPDATE payment_orders SET paid_event_at = NOW(6)"
-        " WHERE out_trade_no = %s AND status = 'paid' AND paid_event_at IS NULL",
-        (out_trade_no,),
-    )
-    return bool(cur.rowcount)
-
-
 async def claim_refund_event(cur: aiomysql.Cursor, out_trade_no: str) -> bool:
     """Whether this transaction is the one to stage the full ``order.refunded`` of an
     order that is ``refunded``."""
@@ -139,13 +130,15 @@ async def effects_since(pool: aiomysql.Pool) -> datetime | None:
     return datetime.fromisoformat(row["value"]).replace(microsecond=0) if row else None
 
 
-async def sweep(pool: aiomysql.Pool, gate: Gate, *, grace_s: float, limit: int) -> Counter[str]:
+async def sweep(
+    pool: aiomysql.Pool, gate: Gate, *, grace_s: float, limit: int, concurrency: int = 16
+) -> Counter[str]:
     """One bounded pass over orders settled elsewhere; returns what it did."""
     found: Counter[str] = Counter()
     since = await effects_since(pool)
     if since is None:  # no `paylane cutover` yet: the old backend grants what it settles
         return found
-    found.update(await _sweep_paid(pool, gate, since, grace_s, limit))
+    found.update(await _sweep_paid(pool, gate, since, grace_s, limit, concurrency))
     found["effect_refunded"] = await _sweep_refunded(pool, since, grace_s, limit)
     for kind, n in found.items():
         SWEPT.labels(kind).inc(n)
@@ -153,91 +146,107 @@ async def sweep(pool: aiomysql.Pool, gate: Gate, *, grace_s: float, limit: int) 
 
 
 _SETTLED_ELSEWHERE = (
-    "SELECT " + ORDER_COLUMNS + ", transaction_id, currency, appid, created_at"
-    " FROM payment_orders"
+    "SELECT " + ORDER_COLUMNS + ", transaction_id FROM payment_orders"
     " WHERE status = %s AND {marker} IS NULL{extra}"
     " AND created_at >= %s - INTERVAL 1 DAY AND COALESCE(paid_at, updated_at) >= %s"
     " AND updated_at <= NOW() - INTERVAL %s SECOND"
     " ORDER BY created_at LIMIT %s"
 )
+#: A pass stops asking WeChat Pay after this many failed queries (it is unreachable, or
+#: refuses the merchant): the reconciler's lock is not held through minutes of timeouts.
+SWEEP_FAILURES_PER_PASS = 3
 
 
 async def _sweep_paid(
-    pool: aiomysql.Pool, gate: Gate, since: datetime, grace_s: float, limit: int
+    pool: aiomysql.Pool,
+    gate: Gate,
+    since: datetime,
+    grace_s: float,
+    limit: int,
+    concurrency: int,
 ) -> Counter[str]:
     """Paid by another writer, never announced: ``order.paid`` once WeChat Pay confirms
     the payment (a query: the row is only another writer's word) and its price, as the
-    payment consumer would; ``needs_review`` when it does not. WeChat Pay not answering
-    leaves the order for the next pass."""
+    payment consumer would; ``needs_review`` when it does not. At most ``concurrency``
+    queries in flight; WeChat Pay not answering leaves the orders for the next pass."""
     found: Counter[str] = Counter()
     async with transaction(pool) as cur:
         await cur.execute(
             _SETTLED_ELSEWHERE.format(marker="paid_event_at", extra=""),
             ("paid", since, since, int(grace_s), limit),
         )
-        candidates = list(await cur.fetchall())
-    for order in candidates:
-        out_trade_no = order["out_trade_no"]
-        claim = PaymentSucceeded(
-            out_trade_no=out_trade_no,
-            transaction_id=order["transaction_id"] or "-",
-            source="reconcile",
-        )
-        paid: PaymentSucceeded | None = None
-        try:
-            paid = await gate.from_query(claim, any_transaction=order["transaction_id"] is None)
-            reason = None
-        except Retry as exc:
-            log.warning("paid_elsewhere_query_failed", out_trade_no=out_trade_no, error=str(exc))
-            found["effect_query_failed"] += 1
-            continue
-        except Unconfirmed as exc:
-            reason = f"marked paid, but {exc}"
-        async with transaction(pool) as cur:
-            periods = await catalog_prices.load(cur, [order["package_type"]])
-            if paid is not None:
-                reason = gate.mismatch(order, paid, periods)
-            if reason is not None:
-                if await _still_unannounced(cur, out_trade_no) and await to_review(
-                    cur, out_trade_no, reason
-                ):
-                    await _log(cur, order, "needs_review", reason)
-                    log.error(
-                        "paid_elsewhere_refused",
-                        alert=True,
-                        out_trade_no=out_trade_no,
-                        reason=reason,
-                    )
-                    found["effect_needs_review"] += 1
-                continue
-            assert paid is not None
-            if not await claim_paid_event(cur, out_trade_no):
-                continue  # announced meanwhile
-            await cur.execute(
-                "UPDATE payment_orders SET transaction_id = COALESCE(transaction_id, %s)"
-                " WHERE out_trade_no = %s",
-                (paid.transaction_id, out_trade_no),
-            )
-            await outbox.add(cur, OUTBOX_PRODUCER, order_paid(order))
-            await _log(
-                cur,
-                {**order, "transaction_id": paid.transaction_id},
-                "paid_elsewhere",
-                "paid by another writer, confirmed by WeChat Pay; no notify came",
-            )
-            log.warning("paid_elsewhere_swept", out_trade_no=out_trade_no)
-            found["effect_paid"] += 1
+        candidates = [row["out_trade_no"] for row in await cur.fetchall()]
+    slots = asyncio.Semaphore(concurrency)
+
+    async def settle(out_trade_no: str) -> None:
+        async with slots:
+            if found["effect_query_failed"] >= SWEEP_FAILURES_PER_PASS:
+                return
+            kind = await _settle_paid_elsewhere(pool, gate, out_trade_no)
+        if kind is not None:
+            found[kind] += 1
+
+    async with asyncio.TaskGroup() as tasks:
+        for out_trade_no in candidates:
+            tasks.create_task(settle(out_trade_no))
     return found
 
 
-async def _still_unannounced(cur: aiomysql.Cursor, out_trade_no: str) -> bool:
-    """Whether the order is still ``paid`` and unannounced (the row locked)."""
-    await cur.execute(
-        "SELECT 1 FROM payment_orders WHERE out_trade_no = %s AND status = 'paid'"
-        " AND paid_event_at IS NULL FOR UPDATE",
-        (out_trade_no,),
-    )
-    return await cur.fetchone() is not None
+async def _settle_paid_elsewhere(pool: aiomysql.Pool, gate: Gate, out_trade_no: str) -> str | None:
+    """One order another writer marked paid: WeChat Pay asked, then the row (locked, as
+    it is now) announced or sent to review. None: announced or moved meanwhile."""
+    claim = PaymentSucceeded(out_trade_no=out_trade_no, transaction_id="-", source="reconcile")
+    paid: PaymentSucceeded | None = None
+    try:
+        paid = await gate.from_query(claim, any_transaction=True)
+        reason = None
+    except Retry as exc:
+        log.warning("paid_elsewhere_query_failed", out_trade_no=out_trade_no, error=str(exc))
+        return "effect_query_failed"
+    except Unconfirmed as exc:
+        reason = f"marked paid, but {exc}"
+        UNCONFIRMED.labels("reconcile").inc()
+    async with transaction(pool) as cur:
+        await cur.execute(
+            f"SELECT {ORDER_COLUMNS}, transaction_id, currency, appid, created_at"
+            " FROM payment_orders WHERE out_trade_no = %s AND status = 'paid'"
+            " AND paid_event_at IS NULL FOR UPDATE",
+            (out_trade_no,),
+        )
+        order = await cur.fetchone()
+        if order is None:
+            return None
+        if paid is not None:
+            if order["transaction_id"] not in (None, paid.transaction_id):
+                reason = (
+                    f"marked paid by transaction {order['transaction_id']},"
+                    f" WeChat Pay says {paid.transaction_id}"
+                )
+            else:
+                periods = await catalog_prices.load(cur, [order["package_type"]])
+                reason = gate.mismatch(order, paid, periods)
+        if reason is not None:
+            await to_review(cur, out_trade_no, reason)
+            await _log(cur, order, "needs_review", reason)
+            log.error(
+                "paid_elsewhere_refused", alert=True, out_trade_no=out_trade_no, reason=reason
+            )
+            return "effect_needs_review"
+        assert paid is not None
+        await cur.execute(
+            "UPDATE payment_orders SET paid_event_at = NOW(6),"
+            " transaction_id = COALESCE(transaction_id, %s) WHERE out_trade_no = %s",
+            (paid.transaction_id, out_trade_no),
+        )
+        await outbox.add(cur, OUTBOX_PRODUCER, order_paid(order))
+        await _log(
+            cur,
+            {**order, "transaction_id": paid.transaction_id},
+            "paid_elsewhere",
+            "paid by another writer, confirmed by WeChat Pay; no notify came",
+        )
+    log.warning("paid_elsewhere_swept", out_trade_no=out_trade_no)
+    return "effect_paid"
 
 
 async def _sweep_refunded(pool: aiomysql.Pool, since: datetime, grace_s: float, limit: int) -> int:

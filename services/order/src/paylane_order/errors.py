@@ -45,6 +45,13 @@ class Forbidden(OrderError):
 class TooManyRequests(OrderError):
     status, code = 429, "too_many_requests"
 
+    def __init__(
+        self, message: str, code: str | None = None, *, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, code)
+        #: Seconds until a retry may be taken (``Retry-After``); None: not known.
+        self.retry_after = retry_after
+
 
 class NotFound(OrderError):
     status, code = 404, "not_found"
@@ -124,7 +131,10 @@ async def error_middleware(
                 message=exc.message,
                 wechatpay_request_id=request_id,
             )
-        return web.json_response(body, status=exc.status)
+        headers = {}
+        if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        return web.json_response(body, status=exc.status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -33,14 +33,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import structlog
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from paylane_common.catalog import Package
 from paylane_common.consumer import Retry
-from paylane_common.events import PaymentSucceeded, payment_from_transaction
+from paylane_common.events import PaymentSource, PaymentSucceeded, payment_from_transaction
 from paylane_common.wechatpay import (
     DecryptionError,
     NotificationHeaders,
@@ -62,7 +63,28 @@ PAID_STATES = ("SUCCESS", "REFUND")
 
 
 class Unconfirmed(Exception):
-    """WeChat Pay does not stand behind the payment; the message says why."""
+    """WeChat Pay does not stand behind the payment; the message says why. ``not_paid``:
+    WeChat Pay says the order is not paid at all (unknown, or not SUCCESS/REFUND), as
+    opposed to paid by another transaction than the one claimed."""
+
+    def __init__(self, reason: str, *, not_paid: bool):
+        super().__init__(reason)
+        self.not_paid = not_paid
+
+
+UNCONFIRMED = Counter(
+    "paylane_payments_unconfirmed_total",
+    "Claims of a payment WeChat Pay does not stand behind, by source (the payment gate)",
+    ["source"],
+)
+NOT_VERIFIED = Counter(
+    "paylane_notifications_not_verified_total",
+    "Notifications carried by payment.succeeded that the order service could not verify"
+    " (then asked about by a query), by reason",
+    ["reason"],
+)
+for _source in get_args(PaymentSource):  # exported at 0: the alert counts the first one
+    UNCONFIRMED.labels(_source)
 
 
 @dataclass(frozen=True)
@@ -102,15 +124,18 @@ class Gate:
                 raise ValueError(f"trade_state {resource.get('trade_state')!r}")
             payment = payment_from_transaction(resource, claim.source, received)
         except VerificationError as exc:
+            NOT_VERIFIED.labels(exc.reason).inc()
             log.warning("notification_not_verified", reason=exc.reason, source=claim.source)
             return None
         except (DecryptionError, ValueError, KeyError, TypeError, ValidationError) as exc:
+            NOT_VERIFIED.labels("unusable").inc()
             log.warning("notification_unusable", error=type(exc).__name__, source=claim.source)
             return None
         if (payment.out_trade_no, payment.transaction_id) != (
             claim.out_trade_no,
             claim.transaction_id,
         ):
+            NOT_VERIFIED.labels("another_payment").inc()
             log.error(
                 "notification_of_another_payment",
                 alert=True,
@@ -118,7 +143,9 @@ class Gate:
                 signed_transaction_id=payment.transaction_id,
             )
             return None
-        return payment.model_copy(update={"generation_id": claim.generation_id})
+        # Nothing of the claim's is kept: ingress sets no generation (only the cloud
+        # function's internal notify names one, and it carries no notification).
+        return payment
 
     async def from_query(
         self, claim: PaymentSucceeded, *, any_transaction: bool = False
@@ -129,20 +156,25 @@ class Gate:
         try:
             tx = await self.client.query_by_out_trade_no(claim.out_trade_no)
         except WechatPayApiError as exc:
-            if exc.retryable:
-                raise Retry(
-                    f"WeChat Pay query failed: {exc.code}", max_attempts=8, delay_s=5
+            if exc.code == "ORDER_NOT_EXIST":
+                raise Unconfirmed(
+                    "WeChat Pay does not confirm the payment: ORDER_NOT_EXIST", not_paid=True
                 ) from None
-            raise Unconfirmed(f"WeChat Pay does not confirm the payment: {exc.code}") from None
+            # Anything else (a 5xx, SIGN_ERROR, NO_AUTH …) says nothing about the payment:
+            # asked again later, and dead-lettered with the code if it never answers.
+            raise Retry(f"WeChat Pay query failed: {exc.code}", max_attempts=8, delay_s=5) from None
         except WechatPayError as exc:
             raise Retry(f"WeChat Pay query failed: {exc}", max_attempts=8, delay_s=5) from None
         state, transaction_id = tx.get("trade_state"), tx.get("transaction_id")
         if state not in PAID_STATES or not transaction_id:
-            raise Unconfirmed(f"WeChat Pay does not confirm the payment: trade_state {state}")
+            raise Unconfirmed(
+                f"WeChat Pay does not confirm the payment: trade_state {state}", not_paid=True
+            )
         if not any_transaction and transaction_id != claim.transaction_id:
             raise Unconfirmed(
                 f"WeChat Pay does not confirm transaction {claim.transaction_id}:"
-                f" the order was paid by {transaction_id}"
+                f" the order was paid by {transaction_id}",
+                not_paid=False,
             )
         try:
             payment = payment_from_transaction(tx, claim.source)

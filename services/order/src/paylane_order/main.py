@@ -34,6 +34,7 @@ from .gate import Gate
 from .miniprogram import MiniProgramLogin
 from .orders import Orders
 from .payments import PaymentApplier
+from .rate_limits import RateLimit
 from .reconciler import Reconciler
 from .refunds import RefundApplier
 from .settings import OrderSettings
@@ -97,6 +98,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             app[WECHATPAY_CLIENT],
             app[MERCHANT_SIGNER],
             config.merchant,
+            max_pending=config.max_pending_orders,
         )
         await catalog_prices.record(app[DB_POOL], config.catalog)
         reconciler = Reconciler(
@@ -131,6 +133,8 @@ def build_app(settings: OrderSettings) -> web.Application:
         settings,
         outbox_producer=OUTBOX_PRODUCER,
     )
+    app[api.LOGIN_RATE] = RateLimit(config.login_rate_per_min)
+    app[api.ORDER_RATE] = RateLimit(config.order_rate_per_min)
     api.add_routes(app)
     return app
 

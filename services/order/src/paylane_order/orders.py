@@ -106,11 +106,15 @@ class Orders:
         client: WechatPayClient,
         signer: MerchantSigner,
         merchant: MerchantConfig,
+        *,
+        max_pending: int = 0,
     ) -> None:
         self._pool = pool
         self._client = client
         self._signer = signer
         self._merchant = merchant
+        #: Unpaid pending orders a user may have at once (``MAX_PENDING_ORDERS``; 0: any).
+        self._max_pending = max_pending
 
     # -- create ----------------------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class Orders:
                         return existing, False
                     unplaced = existing
             if unplaced is None:
+                await self._check_pending(cur, user["id"])
                 out_trade_no, openid, expires_at = await self._insert(cur, new, user)
         if unplaced is not None:
             # A retry after a failed placement (a 503): the same body as the first attempt,
@@ -192,6 +197,27 @@ class Orders:
                 raise Conflict("a request with this Idempotency-Key is in progress") from None
             raise
         return out_trade_no, openid, expires_at
+
+    async def _check_pending(self, cur: aiomysql.Cursor, user_id: str) -> None:
+        """409 when the user already has ``max_pending`` unpaid orders that may still be
+        paid. The user's row is locked first, so that two placements at once cannot both
+        count one short of the cap (a user's placements wait on each other, briefly)."""
+        if self._max_pending <= 0:
+            return
+        await cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
+        await cur.execute(
+            "SELECT COUNT(*) AS n FROM payment_orders WHERE user_id = %s AND status = 'pending'"
+            " AND (expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6))",
+            (user_id,),
+        )
+        row = await cur.fetchone()
+        if row["n"] >= self._max_pending:
+            raise Conflict(
+                f"the user has {row['n']} unpaid pending orders, the most allowed"
+                f" (MAX_PENDING_ORDERS={self._max_pending}): pay or close one, or wait until"
+                " one expires",
+                "too_many_pending_orders",
+            )
 
     async def _user(self, cur: aiomysql.Cursor, new: NewOrder) -> dict[str, Any]:
         if new.acting_user is not None:

@@ -18,32 +18,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import Any
 
 import aiomysql
 import structlog
-from prometheus_client import Counter as PromCounter
 
 from paylane_common import inbox, outbox
 from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import placeholders, rows_table, transaction
-from paylane_common.events import Envelope, PaymentSource, PaymentSucceeded
+from paylane_common.events import Envelope, PaymentSucceeded
 from paylane_common.ids import new_row_id
 
 from . import INBOX_CONSUMER, OUTBOX_PRODUCER, catalog_prices, effects
-from .gate import Gate, Unconfirmed
+from .gate import UNCONFIRMED, Gate, Unconfirmed
 from .review import to_review
 
 log = structlog.get_logger(__name__)
 
-UNCONFIRMED = PromCounter(
-    "paylane_payments_unconfirmed_total",
-    "payment.succeeded claims WeChat Pay does not stand behind, by source (the payment gate)",
-    ["source"],
-)
-for _source in get_args(PaymentSource):  # exported at 0: the alert counts the first one
-    UNCONFIRMED.labels(_source)
 
 #: What a payment may move to ``paid``: a pending order, or one that timed out or was
 #: cancelled (``failed``) and was paid all the same. The one-by-one and the batch path
@@ -70,10 +62,14 @@ class PaymentApplier:
         self._on_commit = on_commit
 
     async def __call__(self, envelope: Envelope, claim: PaymentSucceeded) -> str:
+        # A redelivery of what was applied already asks WeChat Pay nothing.
+        async with transaction(self.pool) as cur:
+            if await inbox.seen(cur, INBOX_CONSUMER, [envelope.event_id]):
+                return "duplicate"
         try:
             data = await self._gate.confirm(claim)
         except Unconfirmed as why:
-            await self._unconfirmed(envelope, claim, str(why))
+            await self._unconfirmed(envelope, claim, why)
             raise Reject(str(why)) from None
         async with transaction(self.pool) as cur:
             if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
@@ -216,27 +212,41 @@ class PaymentApplier:
             (data.transaction_id, data.generation_id, data.out_trade_no, data.transaction_id),
         )
         if cur.rowcount != 1:  # announced meanwhile, or settled before paylane
-            detail = None if order["paid_event_at"] else "settled before paylane's cutover"
+            if order["paid_event_at"] is not None:
+                await _log(cur, envelope, data, "duplicate_notification", None)
+                return "duplicate"
+            # Before the cutover (or with none yet): the old backend's to grant. Counted
+            # apart, so that a deployment that never ran `paylane cutover` shows it.
+            detail = "settled before paylane's cutover"
             await _log(cur, envelope, data, "duplicate_notification", detail)
-            return "duplicate"
+            log.warning("paid_elsewhere_before_cutover", source=data.source)
+            return "before_cutover"
         paid_at = order["paid_at"] or _paid_at(data.success_time)
         await _log(cur, envelope, data, "paid_elsewhere", "marked paid by another writer")
         await outbox.add(cur, OUTBOX_PRODUCER, _order_paid(data, order, paid_at))
         log.info("order_paid_elsewhere_announced", source=data.source)
         return "paid"
 
-    async def _unconfirmed(self, envelope: Envelope, claim: PaymentSucceeded, reason: str) -> None:
-        """A claim WeChat Pay does not stand behind: logged with the reason; an order
-        another writer marked ``paid`` on its strength (and paylane never announced) goes
-        to ``needs_review``. Nothing else changes: a pending order stays payable."""
+    async def _unconfirmed(
+        self, envelope: Envelope, claim: PaymentSucceeded, why: Unconfirmed
+    ) -> None:
+        """A claim WeChat Pay does not stand behind: logged with the reason. Nothing else
+        changes (a pending order stays payable), unless WeChat Pay says the order is not
+        paid at all while another writer marked it ``paid`` (since the cutover, never
+        announced): that row goes to ``needs_review``. A claim naming the wrong transaction
+        of an order WeChat Pay says is paid flags nothing: the claim is what is wrong."""
+        reason = str(why)
         async with transaction(self.pool) as cur:
             await _log(cur, envelope, claim, "unconfirmed_payment", reason[:255])
-            await cur.execute(
-                "UPDATE payment_orders SET status = 'needs_review', review_reason = %s"
-                " WHERE out_trade_no = %s AND status = 'paid' AND paid_event_at IS NULL",
-                (f"marked paid, but {reason}"[:255], claim.out_trade_no),
-            )
-            flagged = cur.rowcount == 1
+            flagged = False
+            if why.not_paid:
+                await cur.execute(
+                    "UPDATE payment_orders SET status = 'needs_review', review_reason = %s"
+                    " WHERE out_trade_no = %s AND status = 'paid' AND paid_event_at IS NULL"
+                    f" AND COALESCE(paid_at, updated_at) >= {effects.EFFECTS_SINCE}",
+                    (f"marked paid, but {reason}"[:255], claim.out_trade_no),
+                )
+                flagged = cur.rowcount == 1
         UNCONFIRMED.labels(claim.source).inc()
         log.error(
             "payment_unconfirmed",

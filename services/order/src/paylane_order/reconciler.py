@@ -147,6 +147,7 @@ class Reconciler(BackgroundLoop):
                         self._gate,
                         grace_s=self._config.sweep_grace_s,
                         limit=self._config.sweep_limit,
+                        concurrency=self._config.concurrency,
                     )
                 )
                 SWEEP_LAST_SUCCESS.set_to_current_time()

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 
 from paylane_common.merchant_api import MerchantApiSettings
 from paylane_common.settings import (
+    ApiSecretSettings,
     BaseServiceSettings,
     CatalogSettings,
     ConsumerSettings,
@@ -29,6 +30,7 @@ class OrderSettings(
     CatalogSettings,
     MerchantApiSettings,
     TrustedProxySettings,
+    ApiSecretSettings,
 ):
     http_port: int = Field(8081, ge=1, le=65535)
     admin_port: int = Field(9081, ge=1, le=65535)
@@ -39,10 +41,10 @@ class OrderSettings(
     wechatpay_app_appid: NoneIfBlank[str] = None
     #: Public URL of ingress's notify endpoint, sent when placing orders and refunds.
     wechatpay_notify_url: str
-    #: The app backend's secret (``X-Internal-Secret`` on the order API): orders for any
-    #: user, reads, close, refunds. ``INTERNAL_API_SECRET`` (the cloud function's, held by
-    #: ingress) opens nothing here.
-    backend_api_secret: SecretStr | None = None
+    # BACKEND_API_SECRET (ApiSecretSettings): the app backend's secret (``X-Internal-Secret``
+    # on the order API): orders for any user, reads, close, refunds. INTERNAL_API_SECRET
+    # (the cloud function's, held by ingress) opens nothing here; read only to refuse one
+    # equal to BACKEND_API_SECRET.
     client_token_secret: TokenSecret
     #: Lifetime of the tokens handed to end users (login sessions and ``client_token``s);
     #: a stream on the notifier ends when its token expires.
@@ -50,8 +52,19 @@ class OrderSettings(
     #: The mini-program's AppSecret, for ``jscode2session`` (``POST /auth/miniprogram``);
     #: login answers 503 without it.
     wechat_app_secret: SecretStr | None = None
-    #: WeChat's open-platform API host (``/sns/jscode2session``); the sandbox's URL locally.
+    #: WeChat's open-platform API host (``/sns/jscode2session``, which is sent the
+    #: AppSecret): https, except for a local sandbox (:func:`local_sandbox`).
     wechat_api_base: HttpBaseUrl = "https://api.weixin.qq.com"
+    #: Sign-ins (``POST /auth/miniprogram``) a client address may make a minute, each
+    #: replica (rate_limits.py); past it 429 with ``Retry-After``, WeChat not asked.
+    #: The address is the peer, or ``X-Forwarded-For`` through ``TRUSTED_PROXIES``.
+    #: 0: no limit.
+    login_rate_per_min: int = Field(30, ge=0, le=100_000)
+    #: Orders (``POST /orders``) a user may place a minute, each replica; 0: no limit.
+    order_rate_per_min: int = Field(10, ge=0, le=100_000)
+    #: Unpaid orders a user may have pending at once (not yet expired); one more is a
+    #: 409 ``too_many_pending_orders`` until one is paid, closed or expires. 0: no cap.
+    max_pending_orders: int = Field(5, ge=0, le=10_000)
     #: How long a placed order stays payable (its ``time_expire``); at most
     #: ``PREPAY_ID_TTL_S``, so that the prepay_id its pay parameters name never expires first.
     order_ttl_s: int = Field(1800, ge=1)
@@ -96,6 +109,18 @@ class OrderSettings(
             )
         return value
 
+    @model_validator(mode="after")
+    def _login_over_https(self) -> OrderSettings:
+        base = self.wechat_api_base
+        if not base.startswith("https://") and not local_sandbox(base, self.wechatpay_api_base):
+            raise ValueError(
+                "WECHAT_API_BASE must be https:// (jscode2session is sent WECHAT_APP_SECRET);"
+                " http:// is for a local sandbox only: a loopback host (127.0.0.1, ::1,"
+                " localhost), or the plain-http WECHATPAY_API_BASE's own host and port (the"
+                " sandbox that plays both, as the compose stack's http://sandbox:8090)"
+            )
+        return self
+
     @field_validator("wechatpay_notify_url")
     @classmethod
     def _notify_url(cls, value: str, info: ValidationInfo) -> str:
@@ -120,6 +145,18 @@ def notify_url_reachable(notify_url: str, api_base: str) -> bool:
     if parts.scheme == "https":
         return True
     return _loopback(parts.hostname or "") or api_base.startswith("http://")
+
+
+def local_sandbox(url: str, wechatpay_api_base: str) -> bool:
+    """Whether a plain-http ``url`` is a local sandbox: its host is a loopback one
+    (127.0.0.0/8, ::1, ``localhost``: ``paylane dev``, ``make run``, the tests), or it is
+    the very host and port of a plain-http ``WECHATPAY_API_BASE``, which WeChat Pay's API
+    never is (the compose stack's one sandbox playing WeChat Pay and WeChat both)."""
+    parts = urlsplit(url)
+    if _loopback(parts.hostname or ""):
+        return True
+    pay = urlsplit(wechatpay_api_base)
+    return pay.scheme == "http" and (pay.hostname, pay.port) == (parts.hostname, parts.port)
 
 
 def _loopback(host: str) -> bool:

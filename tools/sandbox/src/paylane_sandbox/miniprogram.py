@@ -41,6 +41,9 @@ class LoginCodes:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._codes: dict[str, LoginCode] = {}
+        #: Codes jscode2session was asked about, good or not (what a caller's rate limit
+        #: spares WeChat shows here).
+        self.redeemed = 0
 
     def issue(self, new: NewCode) -> str:
         code = new.code or secrets.token_urlsafe(24)
@@ -49,6 +52,7 @@ class LoginCodes:
 
     def redeem(self, code: str) -> dict[str, Any]:
         """What jscode2session answers for ``code`` (and the code is spent)."""
+        self.redeemed += 1
         entry = self._codes.get(code)
         if entry is None or self._clock() - entry.issued_at > CODE_TTL_S:
             return {"errcode": 40029, "errmsg": "invalid code"}
@@ -65,3 +69,4 @@ class LoginCodes:
 
     def reset(self) -> None:
         self._codes.clear()
+        self.redeemed = 0

@@ -39,6 +39,13 @@ async def issue_code(request: web.Request) -> web.Response:
     return web.json_response({"code": code, "expires_in": CODE_TTL_S}, status=201)
 
 
+async def calls(request: web.Request) -> web.Response:
+    """How many codes ``jscode2session`` was asked about since the sandbox started (or
+    was reset)."""
+    return web.json_response({"jscode2session": request.app[SANDBOX].login_codes.redeemed})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/sns/jscode2session", jscode2session)
     app.router.add_post("/sandbox/miniprogram/codes", issue_code)
+    app.router.add_get("/sandbox/miniprogram/calls", calls)

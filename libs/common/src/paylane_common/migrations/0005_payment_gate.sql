@@ -14,7 +14,10 @@ CREATE TABLE IF NOT EXISTS catalog_prices (
 
 -- effects_since is set by `paylane cutover` only: until then the orders another writer
 -- settled stay the old backend's to grant. A value the first `paylane migrate` wrote (the
--- same moment as installed_at) was never a cutover: removed.
-DELETE FROM paylane_meta
-WHERE name = 'effects_since'
-  AND value = (SELECT value FROM (SELECT value FROM paylane_meta WHERE name = 'installed_at') i);
+-- same moment as installed_at) was never a cutover: removed, unless paylane has already
+-- granted orders on its strength (a `paid_elsewhere` log row): that deployment relies on
+-- it, and keeps it.
+DELETE m FROM paylane_meta m
+JOIN paylane_meta i ON i.name = 'installed_at' AND i.value = m.value
+WHERE m.name = 'effects_since'
+  AND NOT EXISTS (SELECT 1 FROM payment_logs WHERE type = 'paid_elsewhere');

@@ -2,6 +2,7 @@
 
 from .aead import ALGORITHM, decrypt_resource, encrypt_resource
 from .bills import (
+    BadRecord,
     BillFile,
     BillFormatError,
     FundFlowBill,
@@ -61,6 +62,7 @@ __all__ = [
     "SIGNATURE_TYPE",
     "SIGNTEST_PREFIX",
     "AbnormalRefundType",
+    "BadRecord",
     "BillFile",
     "BillFormatError",
     "CertificateInfo",

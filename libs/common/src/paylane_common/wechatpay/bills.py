@@ -14,20 +14,32 @@ product name, ``attach``), unquoted: a record is split where a comma is followed
 backtick, never on a bare comma (the official SDKs leave parsing to the merchant, whose
 parsers split alike). Amounts are yuan with two decimals (the fee five);
 paylane reads them into fen exactly.
+
+One record that cannot be read (a field too many, an amount that is not one) does not
+cost the day: it is kept as a :class:`BadRecord` (its number, what is wrong, and its
+``out_trade_no`` where the columns before the fault could be read) beside the records
+that could, for the reader to report as a difference. What makes the whole bill
+unreadable still raises :class:`BillFormatError`: no header, no summary, a summary that
+counts another number of records than the file holds (cut off or altered), a digest
+that does not match.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from typing import TypeVar
 
 from .exceptions import WechatPayError
 
 __all__ = [
+    "BadRecord",
     "BillFile",
     "BillFormatError",
     "FundFlowBill",
@@ -97,6 +109,9 @@ FUND_FLOW_COLUMNS = (
 FUND_FLOW_SUMMARY_COLUMNS = ("资金流水总笔数", "收入笔数", "收入金额", "支出笔数", "支出金额")
 #: "Nothing was refunded" is written as 0 in the refund id columns of a payment row.
 _NO_REFUND = ("", "0")
+#: The trade bill's 商户订单号 and 商户退款单号 columns, and what a merchant's number may be.
+_OUT_TRADE_NO_COLUMN, _OUT_REFUND_NO_COLUMN = 6, 15
+_MERCHANT_NO = re.compile(r"^[0-9A-Za-z_\-|*@]{1,64}$")
 
 
 class BillFormatError(WechatPayError):
@@ -110,6 +125,19 @@ class BillFile:
     download_url: str
     hash_type: str
     hash_value: str
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A record of a bill that could not be read; the others are read all the same."""
+
+    #: Its place among the bill's records, from 1.
+    number: int
+    reason: str
+    #: Its 商户订单号 / 商户退款单号, where they could be read (the columns before a value
+    #: with a stray separator stay in place); None otherwise.
+    out_trade_no: str | None = None
+    out_refund_no: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +193,8 @@ class TradeBill:
     #: WeChat Pay has no bill for the day (NO_STATEMENT_EXIST): it saw no transaction, or
     #: it is wrong about that; a reader with payments of that day should say so.
     no_statement: bool = False
+    #: The records that could not be read, to be reported; ``records`` holds the rest.
+    bad_records: tuple[BadRecord, ...] = ()
 
     @property
     def payments(self) -> tuple[TradeBillRecord, ...]:
@@ -209,6 +239,7 @@ class FundFlowSummary:
 class FundFlowBill:
     records: tuple[FundFlowRecord, ...]
     summary: FundFlowSummary
+    bad_records: tuple[BadRecord, ...] = ()
 
 
 def yuan_to_fen(text: str) -> int:
@@ -251,7 +282,8 @@ def _fields(line: str) -> list[str]:
 
 def _sections(
     text: str, columns: tuple[str, ...], summary_columns: tuple[str, ...]
-) -> tuple[list[list[str]], list[str]]:
+) -> tuple[list[str], int, list[str]]:
+    """(the record lines, the header's number of columns, the summary's fields)."""
     lines = [line for line in text.lstrip("\ufeff").splitlines() if line.strip()]
     try:
         start = next(i for i, line in enumerate(lines) if line.split(",")[0] == columns[0])
@@ -263,14 +295,43 @@ def _sections(
         raise BillFormatError("the bill's header is not the expected columns")
     if end + 1 >= len(lines):
         raise BillFormatError("the bill has no summary line")
-    records = [_fields(line) for line in lines[start + 1 : end]]
-    for number, fields in enumerate(records, start=1):
-        if len(fields) != len(header):
-            raise BillFormatError(f"record {number} has {len(fields)} fields, not {len(header)}")
     summary = _fields(lines[end + 1])
     if len(summary) < len(summary_columns):
         raise BillFormatError("the summary line is short")
-    return records, summary
+    return lines[start + 1 : end], len(header), summary
+
+
+T = TypeVar("T")
+
+
+def _records(
+    lines: list[str], width: int, read: Callable[[list[str]], T]
+) -> tuple[tuple[T, ...], tuple[BadRecord, ...]]:
+    """Each line read with ``read``; one that cannot be is a :class:`BadRecord`."""
+    records: list[T] = []
+    bad: list[BadRecord] = []
+    for number, line in enumerate(lines, start=1):
+        fields: list[str] = []
+        try:
+            fields = _fields(line)
+            if len(fields) != width:
+                raise BillFormatError(f"record {number} has {len(fields)} fields, not {width}")
+            records.append(read(fields))
+        except BillFormatError as exc:
+            bad.append(
+                BadRecord(
+                    number,
+                    str(exc),
+                    _merchant_no(fields, _OUT_TRADE_NO_COLUMN),
+                    _merchant_no(fields, _OUT_REFUND_NO_COLUMN),
+                )
+            )
+    return tuple(records), tuple(bad)
+
+
+def _merchant_no(fields: list[str], column: int) -> str | None:
+    value = fields[column] if len(fields) > column else ""
+    return value if value not in _NO_REFUND and _MERCHANT_NO.match(value) else None
 
 
 def _time(text: str) -> datetime:
@@ -301,9 +362,10 @@ def _refund_no(text: str) -> str | None:
 def parse_trade_bill(text: str) -> TradeBill:
     """A trade bill (bill_type ALL) as records and its summary; the summary's count is
     checked against the records, so a truncated file is never taken for a quiet day."""
-    rows, s = _sections(text, TRADE_COLUMNS, TRADE_SUMMARY_COLUMNS)
-    records = tuple(
-        TradeBillRecord(
+    lines, width, s = _sections(text, TRADE_COLUMNS, TRADE_SUMMARY_COLUMNS)
+
+    def read(f: list[str]) -> TradeBillRecord:
+        return TradeBillRecord(
             trade_time=_time(f[0]),
             appid=f[1],
             mchid=f[2],
@@ -329,8 +391,8 @@ def parse_trade_bill(text: str) -> TradeBill:
             order_total=yuan_to_fen(f[24]),
             requested_refund=yuan_to_fen(f[25]),
         )
-        for f in rows
-    )
+
+    records, bad = _records(lines, width, read)
     summary = TradeBillSummary(
         count=_int(s[0]),
         settlement_total=yuan_to_fen(s[1]),
@@ -340,15 +402,16 @@ def parse_trade_bill(text: str) -> TradeBill:
         order_total=yuan_to_fen(s[5]),
         requested_refund_total=yuan_to_fen(s[6]),
     )
-    _check_count(summary.count, records)
-    return TradeBill(records, summary)
+    _check_count(summary.count, len(records) + len(bad))
+    return TradeBill(records, summary, bad_records=bad)
 
 
 def parse_fund_flow_bill(text: str) -> FundFlowBill:
     """A fund-flow bill as records and its summary (count checked, as for trade bills)."""
-    rows, s = _sections(text, FUND_FLOW_COLUMNS, FUND_FLOW_SUMMARY_COLUMNS)
-    records = tuple(
-        FundFlowRecord(
+    lines, width, s = _sections(text, FUND_FLOW_COLUMNS, FUND_FLOW_SUMMARY_COLUMNS)
+
+    def read(f: list[str]) -> FundFlowRecord:
+        return FundFlowRecord(
             booked_at=_time(f[0]),
             business_id=f[1],
             flow_id=f[2],
@@ -361,8 +424,8 @@ def parse_fund_flow_bill(text: str) -> FundFlowBill:
             remark=f[9],
             voucher_no=f[10],
         )
-        for f in rows
-    )
+
+    records, bad = _records(lines, width, read)
     summary = FundFlowSummary(
         count=_int(s[0]),
         income_count=_int(s[1]),
@@ -370,14 +433,15 @@ def parse_fund_flow_bill(text: str) -> FundFlowBill:
         expense_count=_int(s[3]),
         expense=yuan_to_fen(s[4]),
     )
-    _check_count(summary.count, records)
-    return FundFlowBill(records, summary)
+    _check_count(summary.count, len(records) + len(bad))
+    return FundFlowBill(records, summary, bad_records=bad)
 
 
-def _check_count(count: int, records: tuple[object, ...]) -> None:
-    """A bill whose summary disagrees with its records was cut off or altered."""
-    if count != len(records):
-        raise BillFormatError(f"the summary counts {count} records, the bill has {len(records)}")
+def _check_count(count: int, found: int) -> None:
+    """A bill whose summary disagrees with its records (read or not) was cut off or
+    altered."""
+    if count != found:
+        raise BillFormatError(f"the summary counts {count} records, the bill has {found}")
 
 
 def bill_date(day: date) -> str:
