@@ -5,7 +5,9 @@
 --
 -- One user per service, each with the tables (and, where MySQL allows it, the columns)
 -- its statements touch, nothing else: no DDL for any of them (no service migrates at
--- start), no table it does not use. GET_LOCK (reconciler, retention) needs no grant.
+-- start), no table it does not use. The leases that keep a job to one replica (leases.py)
+-- are rows of paylane_locks: whoever may UPDATE a row may stop its job, so only the order
+-- service may take the reconciler's and the bills' (GET_LOCK, used before, is open to all).
 -- A new statement on another table fails with error 1142 until it is granted here (the
 -- integration tests run each service under these grants).
 --
@@ -65,21 +67,33 @@ GRANT SELECT, INSERT, UPDATE ON `{database}`.`paylane_user_sessions` TO '{order_
 -- Its inbox claims and outbox rows; DELETE for retention pruning (retention.py).
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';
+-- The leases of the reconciler and the daily bill reconciliation (also `paylane reconcile`,
+-- which runs as order), and retention's; taken and released, never added (migration 0006
+-- adds the rows).
+GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_locks`
+  TO '{order_user}'@'%';
+GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_retention_lock`
+  TO '{order_user}'@'%';
 
 -- entitlement (the order.paid / order.refunded consumer): a user's plan and regenerations
--- (those two columns only) and its ledger, where it marks revocations. No orders, refunds
--- or audit trail. LOCK TABLES: MySQL 8 lets SELECT … FOR UPDATE (its locks on users and
--- on the ledger) through only with SELECT and one of UPDATE, DELETE or LOCK TABLES on the
--- table; with UPDATE on columns only, LOCK TABLES is the one that certainly counts. It
--- adds nothing a locking read cannot already do (hold rows of tables it may read).
-GRANT SELECT, UPDATE (`payment_status`, `regenerate_count`)
+-- (those two columns only, read by id: nothing of a user's personal details) and its
+-- ledger, where it marks revocations. No orders, refunds or audit trail, and no LOCK
+-- TABLES: its locking reads (SELECT … FOR UPDATE on users and on the ledger) ask for
+-- SELECT and one of UPDATE, DELETE or LOCK TABLES on the table (MySQL 8), which its
+-- UPDATE of those columns is. (Tested on MariaDB, which asks for SELECT alone. Should a
+-- MySQL server answer a locking read with error 1142, grant LOCK TABLES on the database.)
+GRANT SELECT (`id`, `payment_status`, `regenerate_count`),
+  UPDATE (`payment_status`, `regenerate_count`)
   ON `{database}`.`users` TO '{entitlement_user}'@'%';
 GRANT SELECT, INSERT, UPDATE (`revoked_at`)
   ON `{database}`.`entitlement_grants` TO '{entitlement_user}'@'%';
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{entitlement_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{entitlement_user}'@'%';
-GRANT LOCK TABLES ON `{database}`.* TO '{entitlement_user}'@'%';
--- The order service's locking reads (orders, refunds, users) need it on MySQL 8 as well.
+-- Retention's lease, a table of its own (not the reconciler's).
+GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_retention_lock`
+  TO '{entitlement_user}'@'%';
+-- The order service keeps LOCK TABLES for its locking reads (orders, refunds, users) on
+-- MySQL 8.
 GRANT LOCK TABLES ON `{database}`.* TO '{order_user}'@'%';
 
 -- notifier (internet-facing WebSocket/SSE): reads the state snapshot sent on connect,

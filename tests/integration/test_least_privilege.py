@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -30,6 +31,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import ChannelAccessRefused
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import REGISTRY
 
 from paylane_common import amqp, db, events
 from paylane_common.catalog import DEFAULT_CATALOG
@@ -59,6 +61,7 @@ from paylane_common.wechatpay.testing import (
     PAYER_OPENID,
     SUCCESS_TIME,
     new_transaction_id,
+    order_request,
 )
 from paylane_notifier.snapshot import load_snapshot
 from paylane_order.abnormal import AbnormalRefunds, Remedy
@@ -70,6 +73,7 @@ from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
 from paylane_order.sessions import Sessions
+from services.order.tests.support import payment_gate
 from tests.support import hygiene
 from tests.support.events import (
     Delivery,
@@ -82,7 +86,8 @@ from tests.support.infra import Infra, unique_name
 from tests.support.observed import Observed
 from tests.support.polling import eventually
 from tests.support.queries import order_status
-from tests.support.seeding import add_order, add_user
+from tests.support.sandbox import running_sandbox, sandbox_settings
+from tests.support.seeding import add_order, add_orders, add_user, ago, from_now
 from tests.support.stack import Stack
 from tests.support.wechat import KIT, FakeWechat
 
@@ -473,6 +478,20 @@ async def test_entitlement_takes_order_events_from_order_only_and_forwards_under
 #: ER_TABLEACCESS_DENIED_ERROR ("UPDATE command denied to user … for table …") and
 #: ER_COLUMNACCESS_DENIED_ERROR (the same for a column the user may not write).
 TABLE_DENIED, COLUMN_DENIED = 1142, 1143
+#: ER_DBACCESS_DENIED_ERROR: a database-level privilege (LOCK TABLES) not held.
+DB_ACCESS_DENIED = 1044
+
+
+def _connect_args(url: str) -> dict[str, object]:
+    dsn = urlsplit(url)
+    return {
+        "host": dsn.hostname,
+        "port": dsn.port or 3306,
+        "user": dsn.username,
+        "password": unquote(dsn.password or ""),
+        "db": dsn.path.removeprefix("/"),
+        "autocommit": True,
+    }
 
 
 @contextlib.contextmanager
@@ -595,8 +614,20 @@ def test_entitlement_user_writes_plans_but_not_orders_refunds_or_the_audit_trail
             "INSERT INTO users (id, openid) VALUES ('forged', 'forged')",
             "DELETE FROM entitlement_grants",
         )
-        # Of users, only the plan and the regenerations.
-        _assert_denied(cur, COLUMN_DENIED, "UPDATE users SET openid = 'forged' WHERE id = ''")
+        # Of users, only the plan and the regenerations, read by id: no personal details.
+        _assert_denied(
+            cur,
+            COLUMN_DENIED,
+            "UPDATE users SET openid = 'forged' WHERE id = ''",
+            "SELECT openid FROM users",
+            "SELECT phone FROM users",
+            "SELECT id FROM users WHERE openid = 'o-someone'",
+        )
+        cur.execute("SELECT id, payment_status, regenerate_count FROM users LIMIT 1")
+        # No LOCK TABLES (its locking reads need none).
+        with pytest.raises(pymysql.err.OperationalError) as locked:
+            cur.execute("LOCK TABLES users READ")
+        assert locked.value.args[0] == DB_ACCESS_DENIED, locked.value
 
 
 async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
@@ -673,6 +704,9 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
                 await bills._record(replace(refund_kind, out_refund_no=out_refund_no), bill_day)
             await bills._mark_done(bill_day)
         assert await bills._done(bill_day)
+        await bills.show_last_success()  # as a replica starting up reads it
+        last = REGISTRY.get_sample_value("paylane_bills_last_success_timestamp_seconds")
+        assert last is not None and abs(last - time.time()) < 60
         async with transaction(pool) as cur:
             await cur.execute("SELECT value FROM paylane_meta WHERE name = 'installed_at'")
             assert (await cur.fetchone())["value"]
@@ -760,6 +794,91 @@ async def test_consumer_users_prune_the_inbox_and_outbox(
         for table in ("inbox", "outbox"):
             await cur.execute(f"SELECT COUNT(*) AS n FROM {table} WHERE event_id = %s", (event_id,))
             assert (await cur.fetchone())["n"] == 0, table
+
+
+async def test_no_other_account_can_stop_the_reconciler(
+    service_mysql_urls: dict[str, str],
+    db_pool: aiomysql.Pool,
+    amqp_connection: AbstractRobustConnection,
+    topology: None,
+) -> None:
+    """Any account could take a MySQL named lock: the notifier's, holding the reconciler's
+    ``GET_LOCK`` name, made every pass do nothing while a lost payment waited. The
+    reconciler's lease is a row only the order service's account may update."""
+    keys = FakeWechat()
+    async with (
+        running_sandbox(sandbox_settings(keys)) as sandbox,
+        aiohttp.ClientSession() as http,
+    ):
+        client = keys.merchant_client(sandbox.base_url, http)
+        lost = f"LP{uuid.uuid4().hex[:20]}"
+        await client.place("NATIVE", order_request("native", lost))
+        await sandbox.ok("POST", f"/sandbox/orders/{lost}/pay", {"notify": False})
+        await add_orders(
+            db_pool,
+            [(lost, await _user(db_pool))],
+            package_type="basic",
+            trade_type="NATIVE",
+            amount="9.90",
+            created_at=ago(120),
+            expires_at=from_now(1200),
+        )
+        notifier = await aiomysql.connect(**_connect_args(service_mysql_urls["notifier"]))
+        publisher = await Publisher.open(amqp_connection)
+        try:
+            async with notifier.cursor() as cur:
+                await cur.execute("SELECT GET_LOCK(CONCAT('paylane.reconciler.', DATABASE()), 0)")
+                assert (await cur.fetchone())[0] == 1
+                for statement in (
+                    "UPDATE paylane_locks SET holder = 'notifier', expires_at = '2999-01-01'",
+                    "UPDATE paylane_retention_lock SET holder = 'notifier'",
+                ):
+                    with pytest.raises(pymysql.err.OperationalError) as denied:
+                        await cur.execute(statement)
+                    assert denied.value.args[0] in (TABLE_DENIED, COLUMN_DENIED)
+            started = time.time()
+            async with _pool(service_mysql_urls["order"]) as pool:
+                reconciler = Reconciler(
+                    pool, client, publisher, ReconcilerConfig(), payment_gate(client)
+                )
+                found = await reconciler.run_once()
+        finally:
+            notifier.close()
+            await publisher.close()
+    assert found["paid_recovered"] == 1, found
+    # The completed pass and its sweep, for the alerts (time() - the newest).
+    for job in ("reconciler", "sweep"):
+        name = f"paylane_{job}_last_success_timestamp_seconds"
+        assert (REGISTRY.get_sample_value(name) or 0) >= started, name
+
+
+def test_only_the_order_user_takes_the_reconciler_and_bills_leases(
+    service_mysql_urls: dict[str, str],
+) -> None:
+    """The entitlement service prunes too (retention), so it takes retention's lease,
+    a table of its own; the reconciler's and the bills' it cannot."""
+    with _connect(service_mysql_urls["entitlement"]) as cur:
+        _assert_denied(
+            cur,
+            TABLE_DENIED,
+            "UPDATE paylane_locks SET holder = 'entitlement'",
+            "SELECT holder FROM paylane_locks",
+        )
+        cur.execute("SELECT name FROM paylane_retention_lock")
+        assert cur.fetchall() == (("paylane.retention",),)
+        cur.execute("UPDATE paylane_retention_lock SET expires_at = expires_at")
+    with _connect(service_mysql_urls["order"]) as cur:
+        _assert_denied(
+            cur,
+            COLUMN_DENIED,
+            "UPDATE paylane_locks SET name = 'forged'",
+        )
+        _assert_denied(
+            cur,
+            TABLE_DENIED,
+            "INSERT INTO paylane_locks (name) VALUES ('forged')",
+            "DELETE FROM paylane_locks",
+        )
 
 
 # --- the services, running under them ------------------------------------------------------

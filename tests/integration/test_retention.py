@@ -13,7 +13,8 @@ from prometheus_client import REGISTRY
 
 from paylane_common.db import transaction
 from paylane_common.ids import new_row_id
-from paylane_common.retention import LOCK_NAME, RetentionPruner
+from paylane_common.leases import Lease
+from paylane_common.retention import LOCK_NAME, LOCK_TABLE, RetentionPruner
 
 pytestmark = pytest.mark.integration
 
@@ -132,14 +133,10 @@ async def test_a_run_deletes_a_bounded_number_of_rows(db_pool, rows):
 
 async def test_a_replica_skips_while_another_holds_the_lock(db_pool, rows):
     await rows.inbox(1, OLD)
-    async with db_pool.acquire() as other, other.cursor() as cur:
-        await cur.execute("SELECT GET_LOCK(%s, 0)", (LOCK_NAME,))
-        assert (await cur.fetchone())[0] == 1
-        pruner = RetentionPruner(db_pool, retention_days=30, interval_s=0)
+    pruner = RetentionPruner(db_pool, retention_days=30, interval_s=0)
+    async with Lease(db_pool, LOCK_NAME, table=LOCK_TABLE).held() as held:
+        assert held
         assert await pruner.prune_once() == {"inbox": 0, "outbox": 0}
-        await cur.execute("SELECT RELEASE_LOCK(%s)", (LOCK_NAME,))
-        await cur.fetchone()
-        await other.commit()
     assert (await pruner.prune_once())["inbox"] >= 1
     assert (await rows.counts())["inbox_old"] == 0
 

@@ -39,10 +39,12 @@ BACKEND = {"X-Internal-Secret": BACKEND_SECRET}
 APP_SECRET = "e2e-miniprogram-app-secret"
 #: The payer of ``FakeWechat.transaction``.
 PAYER_OPENID = "o-test-openid"
-#: The reconciler looks at orders after 1 s, every 0.5 s; unpaid orders expire after 4 s.
-#: Its effects sweep waits an hour: test_hybrid.py runs it on demand (reconcile --once).
+#: The reconciler passes every 0.5 s and asks about an order once 1 s old, again once 2 s
+#: old, then when it expires (4 s). Its effects sweep waits an hour: test_hybrid.py runs it
+#: on demand (reconcile --once).
 ORDER_ENV = {
     "RECONCILE_AFTER_S": "1",
+    "RECONCILE_SECOND_LOOK_S": "2",
     "RECONCILE_INTERVAL_S": "0.5",
     "ORDER_TTL_S": "4",
     "SWEEP_GRACE_S": "3600",

@@ -96,18 +96,78 @@ async def test_a_lost_notification_is_found_in_the_next_pass_however_many_are_ab
     await _pending(db_pool, user_id, [asked], age_s=AFTER_S + 1)
     first = await reconciler.run_once()  # the service runs these all along
     assert first["still_pending"] == 1  # asked: NOTPAY (the abandoned were never placed)
+    assert first["not_placed_yet"] >= len(abandoned)  # every one asked about once
 
     # Both paid at WeChat Pay with their notifications lost: the one already asked about,
-    # and one whose RECONCILE_AFTER_S has just passed.
+    # now due its second look, and one whose RECONCILE_AFTER_S has just passed.
     fresh = _number()
     await client.place("NATIVE", order_request("native", fresh))
     await _pending(db_pool, user_id, [fresh], age_s=AFTER_S + 1)
+    await _later(db_pool, asked, 240)
     for no in (asked, fresh):
         await sandbox.ok("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
 
     found = await reconciler.run_once()
     assert found["paid_recovered"] == 2
-    assert sum(found.values()) > len(abandoned)  # every pending order asked about, every pass
+    # The abandoned were answered a pass ago: asked again when they expire, not now.
+    assert found["not_placed_yet"] == 0
+
+
+async def _later(pool: aiomysql.Pool, out_trade_no: str, seconds: float) -> None:
+    """``seconds`` pass for the order: its times move back by that much (time driven
+    through the row, not waited for)."""
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "UPDATE payment_orders SET created_at = created_at - INTERVAL %s MICROSECOND,"
+            " reconciled_at = reconciled_at - INTERVAL %s MICROSECOND,"
+            " expires_at = expires_at - INTERVAL %s MICROSECOND WHERE out_trade_no = %s",
+            (*[int(seconds * 1e6)] * 3, out_trade_no),
+        )
+
+
+async def test_an_order_nobody_pays_is_asked_about_after_a_minute_five_minutes_and_expiry(
+    db_pool: aiomysql.Pool, publisher: Publisher
+) -> None:
+    """Not every pass (about 58 queries per abandoned order when each asked): once
+    ``after_s`` old, once ``second_look_s`` old, once expired (then closed). Each WeChat
+    Pay query is counted as it leaves over HTTP."""
+    queried: list[str] = []
+
+    async def count(
+        _session: object, _ctx: object, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        if params.method == "GET" and "/v3/pay/transactions/out-trade-no/" in params.url.path:
+            queried.append(params.url.path.rsplit("/", 1)[-1])
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(count)
+    async with (
+        running_sandbox(sandbox_settings(KEYS)) as sandbox,
+        aiohttp.ClientSession(trace_configs=[trace]) as http,
+    ):
+        client = KEYS.merchant_client(sandbox.base_url, http)
+        config = ReconcilerConfig(after_s=AFTER_S, second_look_s=300)
+        reconciler = Reconciler(db_pool, client, publisher, config, payment_gate(client))
+        no = _number()
+        await client.place("NATIVE", order_request("native", no))
+        await _pending(db_pool, await add_user(db_pool), [no], age_s=AFTER_S + 1)
+
+        async def passes(n: int) -> int:
+            """Queries about the order in ``n`` passes."""
+            before = queried.count(no)
+            for _ in range(n):
+                await reconciler.run_once()
+            return queried.count(no) - before
+
+        assert await passes(3) == 1  # a minute old: asked once
+        await _later(db_pool, no, 240)
+        assert await passes(3) == 1  # five minutes old: once more
+        await _later(db_pool, no, 900)
+        assert await passes(3) == 0  # nothing more until it expires (at 20 minutes)
+        await _later(db_pool, no, 120)
+        assert await passes(3) == 1  # expired: asked, closed, and no longer pending
+        assert (await sandbox.ok("GET", f"/sandbox/orders/{no}"))["trade_state"] == "CLOSED"
+        assert (await _status(db_pool, no))["status"] == "failed"
 
 
 async def _refund_row(pool: aiomysql.Pool, out_trade_no: str, age_s: float) -> str:
@@ -223,6 +283,7 @@ async def test_orders_other_writers_left_pending_expire_after_the_ttl_and_stop_b
         return await query(out_trade_no)
 
     client.query_by_out_trade_no = spy  # type: ignore[method-assign]
+    await _later(db_pool, young, 240)  # due its second look
     await reconciler.run_once()
     assert young in asked
     assert not {old, unpaid, SEED_PENDING} & set(asked)

@@ -6,8 +6,9 @@ rows per table, oldest first, by primary key after an indexed range read (determ
 safe under statement-based replication, short locks). ``payment_logs`` are the audit
 trail and ``entitlement_grants`` the ledger: never pruned here.
 
-Every consumer service runs it; replicas take turns through a named lock (``GET_LOCK``,
-not waited for), and a replica that skips loses nothing: the deletes are idempotent.
+Every consumer service runs it; replicas take turns through a lease (leases.py, not
+waited for) on the ``paylane_retention_lock`` row, and a replica that skips loses nothing:
+the deletes are idempotent.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ import structlog
 from . import metrics
 from .background import BackgroundLoop
 from .db import placeholders, transaction
+from .leases import Lease
 
 log = structlog.get_logger(__name__)
 
 LOCK_NAME = "paylane.retention"
+#: Retention's lease has a table of its own (migration 0006): the consumer services may
+#: take it, not the reconciler's in paylane_locks.
+LOCK_TABLE = "paylane_retention_lock"
 
 
 @dataclass(frozen=True)
@@ -77,24 +82,16 @@ class RetentionPruner(BackgroundLoop):
     async def prune_once(self) -> dict[str, int]:
         """One run: rows deleted per table (all zero when another replica holds the lock)."""
         pruned = {table.name: 0 for table in TABLES}
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute("SELECT GET_LOCK(%s, 0)", (LOCK_NAME,))
-            (locked,) = await cur.fetchone()
-            await conn.commit()
-            if locked != 1:
+        async with Lease(self._pool, LOCK_NAME, table=LOCK_TABLE).held() as held:
+            if not held:
                 return pruned
-            try:
-                for table in TABLES:
-                    for _ in range(self._max_rounds):
-                        deleted = await self._prune_round(table)
-                        pruned[table.name] += deleted
-                        metrics.RETENTION_PRUNED.labels(table.name).inc(deleted)
-                        if deleted < self._batch_size:
-                            break
-            finally:
-                await cur.execute("SELECT RELEASE_LOCK(%s)", (LOCK_NAME,))
-                await cur.fetchone()
-                await conn.commit()
+            for table in TABLES:
+                for _ in range(self._max_rounds):
+                    deleted = await self._prune_round(table)
+                    pruned[table.name] += deleted
+                    metrics.RETENTION_PRUNED.labels(table.name).inc(deleted)
+                    if deleted < self._batch_size:
+                        break
         return pruned
 
     async def _prune_round(self, table: _Table) -> int:

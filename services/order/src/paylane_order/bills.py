@@ -45,8 +45,8 @@ refund) to ``payment_logs`` (type ``bill_difference``). The day is China time: t
 bill's and the window over ``paid_at`` and ``refunds.created_at`` (UTC in the database).
 
 The daily run (:class:`DailyBills`) reconciles a day once across replicas: the
-``paylane.bills`` lock keeps two from running at once, and the finished day, recorded in
-``paylane_meta`` (``bills_reconciled:YYYY-MM-DD``), keeps a replica whose timer fires
+``paylane.bills`` lease (leases.py) keeps two from running at once, and the finished day,
+recorded in ``paylane_meta`` (``bills_reconciled:YYYY-MM-DD``), keeps a replica whose timer fires
 later from running it again (a second alert, a second count). ``paylane reconcile bills
 --date D`` runs a day whatever was recorded: the operator's explicit request.
 """
@@ -54,8 +54,7 @@ later from running it again (a second alert, a second count). ``paylane reconcil
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, Literal
@@ -64,10 +63,12 @@ import aiomysql
 import pymysql
 import structlog
 from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge
 
 from paylane_common.background import BackgroundLoop
 from paylane_common.db import is_duplicate_key, transaction
 from paylane_common.ids import new_row_id
+from paylane_common.leases import Lease
 from paylane_common.wechatpay import (
     BadRecord,
     TradeBill,
@@ -78,7 +79,7 @@ from paylane_common.wechatpay import (
 )
 
 from .gate import PAID_STATES
-from .reconciler import _GET_LOCK, _RELEASE_LOCK, Reconciler
+from .reconciler import LEASE_TTL_S, Reconciler
 from .review import to_review
 
 log = structlog.get_logger(__name__)
@@ -91,6 +92,13 @@ DIFFERENCES = PromCounter(
 )
 BILL_RUNS = PromCounter(
     "paylane_bill_reconcile_runs_total", "Daily bill reconciliations, by outcome", ["outcome"]
+)
+#: When a day's reconciliation last finished (``done``), or was found finished by another
+#: replica: read from ``paylane_meta`` when the daily run starts, so that a restarted
+#: replica does not report "never". An alert fires when it is too old.
+LAST_SUCCESS = Gauge(
+    "paylane_bills_last_success_timestamp_seconds",
+    "When a daily bill reconciliation last finished a day, as this process knows (Unix time)",
 )
 #: Orders whose payment the bill would show.
 _PAID = ("paid", "refunded", "needs_review")
@@ -232,11 +240,13 @@ class BillReconciler:
     async def _run(
         self, day: date, wait_s: float, *, unless_done: bool
     ) -> tuple[Outcome, BillReport | None]:
-        async with self._locked(wait_s) as locked:
+        lease = Lease(self._pool, self.LOCK, ttl_s=LEASE_TTL_S)
+        async with lease.held(wait_s) as locked:
             if not locked:
                 return "other_replica", None
             if unless_done and await self._done(day):
                 log.info("bill_already_reconciled", day=str(day))
+                await self.show_last_success()
                 return "already_done", None
             bill = await self._client.trade_bill(day)
             report = await self._compare(day, bill)
@@ -247,6 +257,7 @@ class BillReconciler:
             else:
                 outcome = "done"
                 await self._mark_done(day)
+                LAST_SUCCESS.set_to_current_time()
         for d in report.differences:
             DIFFERENCES.labels(d.kind).inc()
         if report.bill_missing:
@@ -262,6 +273,19 @@ class BillReconciler:
             "bill_reconciled", day=str(day), differences=len(report.differences), outcome=outcome
         )
         return outcome, report
+
+    async def show_last_success(self) -> None:
+        """``paylane_bills_last_success_timestamp_seconds`` set to when the newest day
+        recorded in ``paylane_meta`` was finished, by whichever replica (if any was)."""
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "SELECT MAX(value) AS finished FROM paylane_meta WHERE name LIKE %s",
+                (_done_name(None),),
+            )
+            row = await cur.fetchone()
+        if row and row["finished"]:
+            finished = datetime.strptime(row["finished"], "%Y-%m-%d %H:%M:%S.%f")
+            LAST_SUCCESS.set(finished.replace(tzinfo=UTC).timestamp())
 
     async def _done(self, day: date) -> bool:
         async with transaction(self._pool) as cur:
@@ -280,19 +304,6 @@ class BillReconciler:
         except pymysql.err.IntegrityError as exc:
             if not is_duplicate_key(exc):
                 raise
-
-    @asynccontextmanager
-    async def _locked(self, wait_s: float) -> AsyncIterator[bool]:
-        async with self._pool.acquire() as conn:
-            async with conn.cursor() as cur:
-                await cur.execute(_GET_LOCK, (self.LOCK, wait_s))
-                (locked,) = await cur.fetchone()
-            try:
-                yield bool(locked)
-            finally:
-                if locked:
-                    async with conn.cursor() as cur:
-                        await cur.execute(_RELEASE_LOCK, (self.LOCK,))
 
     async def _compare(self, day: date, bill: TradeBill) -> BillReport:
         report = BillReport(day, no_statement=bill.no_statement)
@@ -562,9 +573,10 @@ def _in(moment: datetime | None, start: datetime, end: datetime) -> bool:
     return moment is not None and start <= moment < end
 
 
-def _done_name(day: date) -> str:
-    """``paylane_meta``'s name for a day the bill reconciliation finished."""
-    return f"bills_reconciled:{day.isoformat()}"
+def _done_name(day: date | None) -> str:
+    """``paylane_meta``'s name for a day the bill reconciliation finished (None: a LIKE
+    pattern of every day's)."""
+    return f"bills_reconciled:{day.isoformat() if day else '%'}"
 
 
 class DailyBills(BackgroundLoop):
@@ -595,6 +607,10 @@ class DailyBills(BackgroundLoop):
         return (run - local).total_seconds()
 
     async def _run(self) -> None:
+        try:
+            await self._bills.show_last_success()  # a restarted replica knows it too
+        except Exception as exc:  # the database away: the next run sets it
+            log.warning("bill_last_success_unknown", error=repr(exc))
         while True:
             await asyncio.sleep(self.seconds_until_next(self._clock()))
             day = previous_china_day(self._clock())

@@ -45,8 +45,11 @@ class ReconcilerConfig:
 
     #: Orders and refunds still pending after this long are asked about …
     after_s: float = 60.0
-    #: … every this many seconds, when it runs on its own schedule.
+    #: … every this many seconds, when it runs on its own schedule. A pending order is
+    #: asked about once ``after_s`` old, again once ``second_look_s`` old, then when it
+    #: expires (reconciler.py).
     interval_s: float = 30.0
+    second_look_s: float = 300.0
     #: Pending rows read a page.
     batch_size: int = 100
     #: WeChat Pay queries in flight at most.
@@ -67,6 +70,7 @@ class ReconcilerConfig:
         return cls(
             after_s=settings.reconcile_after_s,
             interval_s=settings.reconcile_interval_s,
+            second_look_s=settings.reconcile_second_look_s,
             concurrency=settings.reconcile_concurrency,
             refund_grace_s=settings.reconcile_refund_grace_s,
             order_ttl_s=settings.order_ttl_s,

@@ -19,16 +19,22 @@
   because its notify was lost: announced once WeChat Pay confirms the payment and its
   price (``effects.sweep``), or sent to ``needs_review``.
 
-Each pass asks about every pending order and refund older than ``after_s``, paging
-through them by key (``created_at``, ``id``) and with at most ``concurrency`` WeChat Pay
-queries in flight: however many orders nobody will pay, a lost notification is found by
-the first pass that starts after ``after_s`` (within ``after_s`` plus one interval, as long
-as a pass takes less than the interval: ``paylane_reconciler_pass_seconds``). Unpaid
-orders leave the pending set when they expire (failed), so it stays bounded by the rate
-of new orders times ``ORDER_TTL_S``.
+Each pass pages through the pending orders and refunds older than ``after_s`` by key
+(``created_at``, ``id``), with at most ``concurrency`` WeChat Pay queries in flight. A
+refund is asked about every pass. An order is asked about on a schedule instead (most
+pending orders are ones nobody opened): once ``after_s`` old, again once
+``second_look_s`` old, then at its expiry (when it is closed), and again every pass only
+while a query fails or a payment it found is not applied yet. ``reconciled_at`` records
+the last answer. A notification lost for a payment made in the first ``after_s`` is found
+within ``after_s`` plus one interval (as long as a pass takes less than the interval:
+``paylane_reconciler_pass_seconds``); one made later, at the next look. Unpaid orders
+leave the pending set when they expire (failed), so it stays bounded by the rate of new
+orders times ``ORDER_TTL_S``.
 
-One pass at a time across replicas (MySQL ``GET_LOCK``, per database); every query is
-idempotent.
+One pass at a time across replicas (a lease on ``paylane_locks``, leases.py, which only
+the order service's account may take); every query is idempotent. Each completed pass,
+and the effects sweep in it, sets ``paylane_reconciler_last_success_timestamp_seconds``
+and ``paylane_sweep_last_success_timestamp_seconds`` (alerts: docs/operations.md).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any
 import aiomysql
 import structlog
 from prometheus_client import Counter as PromCounter
-from prometheus_client import Histogram
+from prometheus_client import Gauge, Histogram
 
 from paylane_common import events
 from paylane_common.background import BackgroundLoop
@@ -50,6 +56,7 @@ from paylane_common.db import transaction
 from paylane_common.events import RefundEvent, make_event, payment_from_transaction
 from paylane_common.exceptions import PublishError
 from paylane_common.ids import new_row_id
+from paylane_common.leases import Lease
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
 
@@ -73,10 +80,19 @@ PASS_SECONDS = Histogram(
     "How long a reconciler pass over every pending order and refund takes",
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
 )
-#: A lock per database: deployments (and test sessions) sharing a server do not wait on
-#: each other.
-_GET_LOCK = "SELECT GET_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64), %s)"
-_RELEASE_LOCK = "SELECT RELEASE_LOCK(LEFT(CONCAT(%s, '.', DATABASE()), 64))"
+#: Set when a pass (or the sweep in it) completes, on the replica that ran it: an alert
+#: fires when the newest of them is too old (deploy/prometheus/rules.yml).
+LAST_SUCCESS = Gauge(
+    "paylane_reconciler_last_success_timestamp_seconds",
+    "When this process last completed a reconciler pass (Unix time)",
+)
+SWEEP_LAST_SUCCESS = Gauge(
+    "paylane_sweep_last_success_timestamp_seconds",
+    "When this process last completed the effects sweep of a reconciler pass (Unix time)",
+)
+#: The reconciler's lease: renewed every third of this while a pass runs, left to
+#: expire this long after a replica died mid-pass.
+LEASE_TTL_S = 60.0
 _COLUMNS = {
     "payment_orders": "out_trade_no, expires_at",
     "refunds": "out_refund_no, out_trade_no, amount_refund, refund_id",
@@ -119,28 +135,23 @@ class Reconciler(BackgroundLoop):
         """One pass; returns what was found (empty when another replica holds the lock
         for longer than ``wait_for_lock_s``)."""
         findings: Counter[str] = Counter()
-        async with self._pool.acquire() as conn:
-            async with conn.cursor() as cur:
-                await cur.execute(_GET_LOCK, (self.LOCK, wait_for_lock_s))
-                (locked,) = await cur.fetchone()
-            if not locked:
+        async with Lease(self._pool, self.LOCK, ttl_s=LEASE_TTL_S).held(wait_for_lock_s) as held:
+            if not held:
                 return findings
-            try:
-                with PASS_SECONDS.time():
-                    await self._pass("payment_orders", self._settle_order, findings)
-                    await self._pass("refunds", self._settle_refund, findings)
-                    findings.update(
-                        await effects.sweep(
-                            self._pool,
-                            self._gate,
-                            grace_s=self._config.sweep_grace_s,
-                            limit=self._config.sweep_limit,
-                            concurrency=self._config.concurrency,
-                        )
+            with PASS_SECONDS.time():
+                await self._pass("payment_orders", self._settle_order, findings)
+                await self._pass("refunds", self._settle_refund, findings)
+                findings.update(
+                    await effects.sweep(
+                        self._pool,
+                        self._gate,
+                        grace_s=self._config.sweep_grace_s,
+                        limit=self._config.sweep_limit,
+                        concurrency=self._config.concurrency,
                     )
-            finally:
-                async with conn.cursor() as cur:
-                    await cur.execute(_RELEASE_LOCK, (self.LOCK,))
+                )
+                SWEEP_LAST_SUCCESS.set_to_current_time()
+        LAST_SUCCESS.set_to_current_time()
         for kind, n in findings.items():
             FINDINGS.labels(kind).inc(n)
         if findings:
@@ -183,12 +194,24 @@ class Reconciler(BackgroundLoop):
         if after is not None:
             keyset = " AND (created_at > %s OR (created_at = %s AND id > %s))"
             args = [after[0], after[0], after[1]]
+        due, due_args = "", []
+        if table == "payment_orders":
+            # Never asked; or asked before second_look_s and now older than that; or
+            # expired (expires_at, or created_at + order_ttl_s for another writer's).
+            second_us = int(self._config.second_look_s * 1e6)
+            due = (
+                " AND (reconciled_at IS NULL"
+                " OR (reconciled_at < created_at + INTERVAL %s MICROSECOND"
+                " AND created_at < NOW(6) - INTERVAL %s MICROSECOND)"
+                " OR COALESCE(expires_at, created_at + INTERVAL %s MICROSECOND) <= NOW(6))"
+            )
+            due_args = [second_us, second_us, int(self._config.order_ttl_s * 1e6)]
         async with transaction(self._pool) as cur:
             await cur.execute(
                 f"SELECT id, {_COLUMNS[table]}, created_at FROM {table}"
                 " WHERE status = 'pending' AND created_at < NOW(6) - INTERVAL %s MICROSECOND"
-                f"{keyset} ORDER BY created_at, id LIMIT %s",
-                [int(self._config.after_s * 1e6), *args, self._config.batch_size],
+                f"{due}{keyset} ORDER BY created_at, id LIMIT %s",
+                [int(self._config.after_s * 1e6), *due_args, *args, self._config.batch_size],
             )
             return list(await cur.fetchall())
 
@@ -225,6 +248,7 @@ class Reconciler(BackgroundLoop):
                     # payment of it to turn up after all, it is still honoured.
                     await self._fail_locally(out_trade_no)
                     return "closed_never_placed"
+                await self._asked(out_trade_no)
                 return "not_placed_yet"  # its placement failed; failed once expired
             log.warning("reconcile_query_failed", out_trade_no=out_trade_no, code=exc.code)
             return "query_failed"
@@ -255,6 +279,7 @@ class Reconciler(BackgroundLoop):
                 return "close_failed"
             await self._fail_locally(out_trade_no)
             return "closed_expired"
+        await self._asked(out_trade_no)
         return "still_pending"
 
     async def _settle_refund(self, refund: dict[str, Any]) -> str:
@@ -327,6 +352,16 @@ class Reconciler(BackgroundLoop):
             out_trade_no=refund["out_trade_no"],
         )
         return "refund_closed_never_sent"
+
+    async def _asked(self, out_trade_no: str) -> None:
+        """WeChat Pay answered that the order is not paid (yet): its next look is the
+        schedule's (see the module's docstring), not the next pass."""
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE payment_orders SET reconciled_at = NOW(6)"
+                " WHERE out_trade_no = %s AND status = 'pending'",
+                (out_trade_no,),
+            )
 
     async def _fail_locally(self, out_trade_no: str) -> None:
         """``pending → failed`` (timed out or cancelled), unless something moved it."""

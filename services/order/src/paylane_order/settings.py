@@ -79,6 +79,9 @@ class OrderSettings(
     reconcile_after_s: float = Field(60.0, ge=0)
     #: … every this many seconds (0 disables the in-process schedule).
     reconcile_interval_s: float = Field(30.0, ge=0)
+    #: A pending order is asked about once RECONCILE_AFTER_S old, again once this old,
+    #: then when it expires; not every pass (most pending orders nobody opened).
+    reconcile_second_look_s: float = Field(300.0, ge=0)
     #: WeChat Pay queries a reconciler pass has in flight at most.
     reconcile_concurrency: int = Field(16, ge=1)
     #: A refund WeChat Pay does not know (its request never got there) is closed once this
