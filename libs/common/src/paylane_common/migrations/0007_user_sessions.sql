@@ -1,4 +1,4 @@
--- depends: 0004_refund_remedies
+-- depends: 0006_paylane_locks
 -- A user's session version (paylane_order.sessions): every client token the order
 -- service issues carries it (`ver`), and the order API refuses a token whose version is
 -- not the row's. Revoking a user's sessions bumps it. No row: version 0. A table of
