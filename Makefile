@@ -34,7 +34,7 @@ run: migrate
 	@echo "ingress     http://127.0.0.1:8080  (POST /notify/wechatpay; /readyz /metrics on :9080)"
 	@echo "order       http://127.0.0.1:8081  (POST /orders, GET /orders/{no}, GET /prices/current; /readyz /metrics on :9081)"
 	@echo "entitlement http://127.0.0.1:8082  (/healthz; /readyz /metrics on :9082)"
-	@echo "notifier    http://127.0.0.1:8083  (GET /ws?token=… , GET /events?token=…; /readyz /metrics on :9083)"
+	@echo "notifier    http://127.0.0.1:8083  (GET /ws?ticket=… , GET /events?ticket=…; /readyz /metrics on :9083)"
 	@echo "sandbox     http://127.0.0.1:8090  (WeChat Pay v3 emulator; control API /sandbox/…)"
 	@echo "console     http://127.0.0.1:8090/          (the sandbox console: pay, fail, refunds, notifications)"
 	@echo "checkout    http://127.0.0.1:8090/checkout  (checkout demo: order, QR code, live push)"

@@ -22,7 +22,6 @@ import aiohttp
 import uvloop
 
 from paylane_common import db
-from paylane_common.tokens import issue_client_token
 from tests.support.faultproxy import FaultProxy
 from tests.support.polling import eventually
 from tests.support.seeding import add_users
@@ -65,10 +64,11 @@ class PushWatcher:
     async def _follow(
         self, http: aiohttp.ClientSession, url: str, user: str, first: asyncio.Future[None]
     ) -> None:
-        token = issue_client_token(setup.TOKEN_SECRET, user)
         while True:
+            # A stream ticket (good for a minute) for each (re)connect, as a client asks for.
+            ticket = setup.TOKENS.stream_ticket(user, session_expires_at=int(time.time()) + 86400)
             try:
-                ws = await http.ws_connect(f"{url}/ws?token={token}", heartbeat=30)
+                ws = await http.ws_connect(f"{url}/ws?ticket={ticket}", heartbeat=30)
             except aiohttp.ClientError:
                 await asyncio.sleep(1)
                 continue
@@ -459,6 +459,7 @@ async def main(quick: bool, only: set[str], consumer_env: dict[str, str]) -> int
     if "wakeups" in only:
         results["machine"]["loopback_round_trip_cpu_us"] = await wakeups.measure(1 if quick else 3)
     stack = Stack(env.service_env(), OUT)
+    stack.service_env["order"] = setup.ORDER_ENV
     try:
         await stack.start("ingress")
         if "ingress" in only:

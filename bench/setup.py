@@ -14,13 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import aiomysql
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from paylane_common.migrate import migrate
+from paylane_common.tokens import TokenSigner, private_pem, public_pem
 from tests.support.infra import BrokerControl
 from tests.support.seeding import add_orders
 from tests.support.wechat import FakeWechat
 
-TOKEN_SECRET = "bench-client-token-secret-of-32-bytes!"
+#: The client tokens' key: the order service signs (``ORDER_ENV``), the rest check.
+TOKEN_KEY = Ed25519PrivateKey.generate()
+TOKENS = TokenSigner(TOKEN_KEY)
+#: The order service's own (``Stack.service_env["order"]``): the notifier refuses it.
+ORDER_ENV = {"CLIENT_TOKEN_PRIVATE_KEY": private_pem(TOKEN_KEY)}
 PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 
 
@@ -37,7 +43,7 @@ class BenchEnv:
         return {
             "AMQP_URL": self.amqp_url,
             "MYSQL_URL": mysql_url or self.mysql_url,
-            "CLIENT_TOKEN_SECRET": TOKEN_SECRET,
+            "CLIENT_TOKEN_PUBLIC_KEY": public_pem(TOKEN_KEY),
             "INTERNAL_API_SECRET": "bench-internal-secret-of-at-least-32-bytes",
             # Notifications are signed before the run; give them the whole run to be sent.
             "NOTIFY_MAX_SKEW_S": "3600",

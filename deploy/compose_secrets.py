@@ -4,8 +4,10 @@
 
 Existing files are kept, so real credentials put there survive (see
 deploy/secrets/README.md). Missing ones are made up: random passwords, a random APIv3
-key and internal/client-token secrets, throw-away RSA keys for the merchant and for the
-sandbox's "WeChat Pay" side.
+key and internal secrets, throw-away RSA keys for the merchant and for the sandbox's
+"WeChat Pay" side, an Ed25519 key the order service signs client tokens with
+(``client_token_private_key``; its public half, ``client_token_public_key``, is all the
+notifier gets).
 
 Rebuilt on every run from those: ``rabbitmq_definitions`` (deploy/rabbitmq/definitions.json
 plus the broker users: the administrator ``paylane`` and one user per service with the
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 DEPLOY = Path(__file__).resolve().parent
 #: The broker's administrator (management UI, ops commands, ``paylane topology``).
@@ -64,6 +66,23 @@ def _rsa_private_key() -> str:
     return pem.decode()
 
 
+def _ed25519_private_key() -> str:
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return pem.decode()
+
+
+def _public_half(private: Path) -> str:
+    key = serialization.load_pem_private_key(private.read_bytes(), password=None)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem.decode()
+
+
 #: Secret file name -> how to make it when missing.
 GENERATED: dict[str, Callable[[], str]] = {
     "mysql_root_password": _hex,
@@ -77,7 +96,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "backend_api_secret": lambda: secrets.token_urlsafe(32),
     # The mini-program's AppSecret: replace with the real one for a real mini-program.
     "wechat_app_secret": lambda: secrets.token_hex(16),
-    "client_token_secret": lambda: secrets.token_urlsafe(48),
+    # Signs client tokens: the order service's alone (the notifier gets the public half).
+    "client_token_private_key": _ed25519_private_key,
     "wechatpay_merchant_private_key": _rsa_private_key,
     # WeChat Pay's signing key, held by the sandbox only; its public half is below.
     "sandbox_platform_private_key": _rsa_private_key,
@@ -85,6 +105,7 @@ GENERATED: dict[str, Callable[[], str]] = {
 #: Derived from other files rather than random.
 DERIVED = (
     "wechatpay_public_key",
+    "client_token_public_key",
     "rabbitmq_definitions",
     "amqp_url_admin",
     *(f"amqp_url_{service}" for service in BROKER_SERVICES),
@@ -143,17 +164,17 @@ def ensure_secrets(directory: Path, definitions: Path) -> dict[str, str]:
             _write(path, make())
             report[name] = "created"
 
-    public = directory / "wechatpay_public_key"
-    if public.exists():
-        report[public.name] = "kept"
-    else:
-        private_pem = (directory / "sandbox_platform_private_key").read_bytes()
-        key = serialization.load_pem_private_key(private_pem, password=None)
-        pem = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        _write(public, pem.decode())
-        report[public.name] = "created"
+    halves = {
+        "wechatpay_public_key": "sandbox_platform_private_key",
+        "client_token_public_key": "client_token_private_key",
+    }
+    for name, private in halves.items():
+        public = directory / name
+        if public.exists():
+            report[public.name] = "kept"
+        else:
+            _write(public, _public_half(directory / private))
+            report[public.name] = "created"
 
     def read(name: str) -> str:
         return (directory / name).read_text(encoding="utf-8").strip()

@@ -11,9 +11,12 @@ from honcho.environ import parse as honcho_parse
 
 from paylane import dev
 from paylane_common.settings import BaseServiceSettings, load_settings
+from paylane_common.tokens import TokenSigner, TokenVerifier
 from paylane_ingress.settings import IngressSettings
 from paylane_notifier.settings import NotifierSettings
 from paylane_order.settings import OrderSettings
+
+PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 
 
 def test_init_writes_what_honcho_and_paylane_dev_read_alike(
@@ -26,6 +29,11 @@ def test_init_writes_what_honcho_and_paylane_dev_read_alike(
     read = dev._dev_env(directory)
     assert read == honcho_parse(first)
     assert Path(read["WECHATPAY_PUBLIC_KEY_FILE"]).is_file()
+    # The client tokens' key pair: the order service signs, the notifier checks.
+    signer = TokenSigner.from_pem(Path(read["CLIENT_TOKEN_PRIVATE_KEY_FILE"]).read_text())
+    verifier = TokenVerifier.from_pem(Path(read["CLIENT_TOKEN_PUBLIC_KEY_FILE"]).read_text())
+    assert verifier.key_ids == {signer.kid}
+    assert "CLIENT_TOKEN_SECRET" not in read
 
     # A second init keeps every value and adds nothing.
     dev.init(argparse.Namespace(dir=directory))
@@ -53,7 +61,12 @@ def test_init_writes_settings_every_service_takes(
     secrets long enough and distinct, the login API base the local sandbox)."""
     directory = tmp_path / ".dev"
     dev.init(argparse.Namespace(dir=directory))
-    for name, value in dev._dev_env(directory).items():
+    env = dev._dev_env(directory)
+    if settings_class is NotifierSettings:
+        # The Procfile's notifier line unsets the token-signing key: it refuses one.
+        assert "env -u CLIENT_TOKEN_PRIVATE_KEY_FILE" in PROCFILE.read_text()
+        env = {k: v for k, v in env.items() if not k.startswith("CLIENT_TOKEN_PRIVATE_KEY")}
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = load_settings(settings_class)
     secrets = [

@@ -73,10 +73,13 @@ export interface BackoffOptions {
 export interface PaylaneClientOptions {
   /** The notifier's base URL (`https://api.example.com/notifier`, or `/path` in a browser page). */
   url: string;
-  /** The client token (`client_token` of POST /orders, or a session token), or a function
-   * giving a fresh one (called on every connect: a stream closed for an expired token
-   * reconnects with it). */
-  token: string | (() => string | Promise<string>);
+  /** A stream ticket for the first connect (the `stream_ticket` of POST /orders). Without
+   * `tickets` it is used for every connect, which works only while it lives (a minute). */
+  ticket?: string;
+  /** Gives a fresh stream ticket; called before every connect that `ticket` does not open
+   * (reconnects, SSE's Last-Event-ID resume included). Usually `streamTickets({api, session})`.
+   * A session token is never a ticket: the notifier refuses it. */
+  tickets?: () => string | Promise<string>;
   /** Default: `globalThis.WebSocket`; in a mini-program `miniProgramWebSocket(wx)`; `null`: SSE only. */
   WebSocket?: WebSocketConstructor | null;
   /** Default: `globalThis.EventSource`; `null`: no SSE fallback. */
@@ -90,6 +93,28 @@ export interface PaylaneClientOptions {
   clearTimeout?: (handle: unknown) => void;
 }
 
+export interface StreamTicketsOptions {
+  /** The order API's base URL (`https://api.example.com/order`, or `/path` in a browser page). */
+  api: string;
+  /** The user's session token, or a function giving the current one. */
+  session: string | (() => string | Promise<string>);
+  /** Default: `globalThis.fetch`. */
+  fetch?: (url: string, init: { method: string; headers: Record<string, string> }) => Promise<{
+    ok: boolean;
+    status: number;
+    json(): Promise<any>;
+  }>;
+}
+
+/** A stream ticket could not be had (`status` 401: the session expired or was revoked; 0: unreachable). */
+export class StreamTicketError extends Error {
+  status: number;
+}
+
+/** A `tickets` function: `POST {api}/stream-tickets` with the session, each call a fresh ticket. */
+export function streamTickets(options: StreamTicketsOptions): () => Promise<string>;
+
+/** The notifier closes a stream whose session expired (WebSocket close code; SSE `stream.closed`). */
 export const CLOSE_TOKEN_EXPIRED: 4401;
 export const CLOSE_TOO_MANY_FOR_USER: 4429;
 export const CLOSE_FULL: 1013;

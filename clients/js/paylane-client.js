@@ -1,9 +1,10 @@
 // paylane-client.js: the paying client's side of the paylane notifier.
 // A plain ES module, no dependencies, no build step; types in paylane-client.d.ts.
 //
-// Opens the notifier's WebSocket (GET /ws?token=…) with the client token, falls back to
-// Server-Sent Events (GET /events?token=…) where WebSocket cannot connect, reconnects with
-// exponential backoff and jitter (resuming with ?last_event_id=), applies the on-connect
+// Opens the notifier's WebSocket (GET /ws?ticket=…) with a short-lived stream ticket (a
+// fresh one for every connect: POST /stream-tickets on the order API, see streamTickets),
+// falls back to Server-Sent Events (GET /events?ticket=…) where WebSocket cannot connect,
+// reconnects with exponential backoff and jitter (resuming with ?last_event_id=), applies the on-connect
 // snapshot, drops duplicate messages and keeps each order's latest state, so that a page
 // can simply `await client.waitUntilPaid(outTradeNo)`.
 
@@ -11,6 +12,47 @@
 export const CLOSE_TOKEN_EXPIRED = 4401;
 export const CLOSE_TOO_MANY_FOR_USER = 4429;
 export const CLOSE_FULL = 1013;
+
+/** A stream ticket could not be had: `status` is the order API's answer (401: the session
+ * expired or was revoked; sign in again), or 0 when it could not be reached. */
+export class StreamTicketError extends Error {
+  /** @param {number} status @param {string} message */
+  constructor(status, message) {
+    super(message);
+    this.name = "StreamTicketError";
+    this.status = status;
+  }
+}
+
+/**
+ * A `tickets` function for PaylaneClient: a fresh stream ticket from the order API
+ * (`POST {api}/stream-tickets` with `Authorization: Bearer <session>`) each time it is
+ * called. `session` is the user's session token (the `client_token` of POST /orders, or
+ * that of a sign-in), or a function giving the current one.
+ * @param {import("./paylane-client").StreamTicketsOptions} options
+ * @returns {() => Promise<string>}
+ */
+export function streamTickets({ api, session, fetch: fetchImpl = globalThis.fetch }) {
+  if (!api) throw new TypeError("streamTickets: api (the order API's base URL) is required");
+  if (!session) throw new TypeError("streamTickets: session is required");
+  const url = `${absolute(api)}/stream-tickets`;
+  return async () => {
+    const token = typeof session === "function" ? await session() : session;
+    let response;
+    try {
+      response = await fetchImpl(url, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${token}` },
+      });
+    } catch (error) {
+      throw new StreamTicketError(0, `POST /stream-tickets: ${error && error.message}`);
+    }
+    if (!response.ok) {
+      throw new StreamTicketError(response.status, `POST /stream-tickets: ${response.status}`);
+    }
+    return (await response.json()).ticket;
+  };
+}
 
 /** Order statuses after which nothing more is expected while waiting for a payment. */
 const PAID_STATUSES = new Set(["paid", "refunded"]);
@@ -138,9 +180,21 @@ export class PaylaneClient {
   /** @param {import("./paylane-client").PaylaneClientOptions} options */
   constructor(options) {
     if (!options || !options.url) throw new TypeError("PaylaneClient: url is required");
-    if (!options.token) throw new TypeError("PaylaneClient: token is required");
+    if (options.token !== undefined) {
+      throw new TypeError(
+        "PaylaneClient: token is no more: the notifier takes stream tickets only (pass" +
+          " ticket and/or tickets, e.g. tickets: streamTickets({api, session}))",
+      );
+    }
+    if (!options.ticket && !options.tickets) {
+      throw new TypeError("PaylaneClient: ticket or tickets is required");
+    }
     this._base = options.url;
-    this._token = options.token;
+    /** The first connect's ticket (e.g. POST /orders's stream_ticket); without `tickets`
+     * it is used again, which works for as long as it lives (a minute). */
+    this._ticket = options.ticket || null;
+    /** Asked for a fresh ticket before every other connect. */
+    this._tickets = options.tickets || null;
     this._WebSocket = options.WebSocket !== undefined ? options.WebSocket : globalThis.WebSocket;
     this._EventSource =
       options.EventSource !== undefined ? options.EventSource : globalThis.EventSource;
@@ -241,15 +295,16 @@ export class PaylaneClient {
 
   async _connect() {
     this._setState("connecting");
-    let token;
+    let ticket = this._ticket;
+    if (this._tickets) this._ticket = null; // a given ticket is for the first connect
     try {
-      token = typeof this._token === "function" ? await this._token() : this._token;
+      if (!ticket) ticket = await this._tickets();
     } catch (error) {
       this._emit("error", error);
       return this._retry();
     }
     if (this._closed) return;
-    const params = query({ token, last_event_id: this.lastEventId });
+    const params = query({ ticket, last_event_id: this.lastEventId });
     const base = absolute(this._base);
     if (this._useSse && this._EventSource) this._openSse(`${base}/events?${params}`);
     else this._openWebSocket(`${base.replace(/^http/i, "ws")}/ws?${params}`);
@@ -287,7 +342,7 @@ export class PaylaneClient {
       }
       this._receive(event.data);
     };
-    // EventSource retries by itself, but without our backoff, token refresh or resume
+    // EventSource retries by itself, but without our backoff, fresh ticket or resume
     // point: close it and reconnect ourselves.
     source.onerror = () => {
       if (this._socket !== source) return;
@@ -305,8 +360,8 @@ export class PaylaneClient {
     this._drop();
     if (this._closed) return;
     this._emit("error", new Error(`stream lost (${code ?? "no code"} ${reason || ""})`.trim()));
-    if (code === CLOSE_TOKEN_EXPIRED && typeof this._token !== "function") {
-      // A fixed token cannot be renewed: nothing to reconnect with.
+    if (code === CLOSE_TOKEN_EXPIRED && !this._tickets) {
+      // The session expired and there is no way to a ticket of a new one.
       return this.close();
     }
     this._retry(code === CLOSE_TOKEN_EXPIRED ? 0 : undefined);
@@ -345,7 +400,7 @@ export class PaylaneClient {
       return this._emit("error", new Error("unparsable message"));
     }
     if (message.type === "stream.closed") {
-      // The notifier ends an SSE stream whose token expired: reconnect with a fresh one.
+      // The notifier ends an SSE stream whose session expired: reconnect with a fresh ticket.
       return this._lost(CLOSE_TOKEN_EXPIRED, message.reason);
     }
     const key = dedupeKey(message);

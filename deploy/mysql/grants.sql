@@ -60,6 +60,10 @@ GRANT SELECT (`id`, `openid`, `payment_status`, `regenerate_count`),
 GRANT SELECT, INSERT (`name`, `value`) ON `{database}`.`paylane_meta` TO '{order_user}'@'%';
 -- The catalog's prices over time (the payment gate): recorded at start, read per payment.
 GRANT SELECT, INSERT, UPDATE (`valid_until`) ON `{database}`.`catalog_prices` TO '{order_user}'@'%';
+-- Users' session versions (sessions.py, migration 0007): read on every user call, bumped
+-- by a revocation (INSERT … ON DUPLICATE KEY UPDATE wants UPDATE on the inserted columns
+-- too: the table's three, so the whole table).
+GRANT SELECT, INSERT, UPDATE ON `{database}`.`paylane_user_sessions` TO '{order_user}'@'%';
 -- Its inbox claims and outbox rows; DELETE for retention pruning (retention.py).
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';

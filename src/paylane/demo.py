@@ -56,7 +56,8 @@ async def run(args: argparse.Namespace) -> int:
             f"order created   {no}  {order['amount_total']} fen  user {order['user_id']}"
             f"  code_url {order['pay'].get('code_url')}"
         )
-        ws = await http.ws_connect(f"{args.notifier_url}/ws?token={order['client_token']}")
+        # The order's stream ticket (a minute's worth), never the session itself.
+        ws = await http.ws_connect(f"{args.notifier_url}/ws?ticket={order['stream_ticket']}")
         first = json.loads((await ws.receive(timeout=10)).data)
         timeline.say(f"client connected, current state: {first['type']} {first['status']}")
 

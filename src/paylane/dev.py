@@ -14,13 +14,20 @@ import time
 from pathlib import Path
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dotenv import dotenv_values
 
 from paylane_common import db
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.ids import new_row_id
 from paylane_common.settings import BaseServiceSettings, load_settings
-from paylane_common.tokens import issue_client_token
+from paylane_common.tokens import (
+    SESSION_AUDIENCE,
+    TokenSigner,
+    load_signing_key,
+    private_pem,
+    public_pem,
+)
 from paylane_common.wechatpay import load_private_key
 from paylane_common.wechatpay.testing import (
     new_apiv3_key,
@@ -49,6 +56,14 @@ def init(args: argparse.Namespace) -> int:
             path.write_text(private_key_pem(new_private_key()))
         keys[name] = load_private_key(path.read_bytes())
     (directory / "platform_public_key.pem").write_text(public_key_pem(keys["platform"]))
+    # The client tokens' Ed25519 key: the order service signs, the notifier gets only
+    # the public half (the Procfile keeps the private one from it).
+    token_key = directory / "client_token_private_key.pem"
+    if not token_key.exists():
+        token_key.write_text(private_pem(Ed25519PrivateKey.generate()))
+        token_key.chmod(0o600)
+    token_public = directory / "client_token_public_key.pem"
+    token_public.write_text(public_pem(load_signing_key(token_key.read_text())))
     wanted = {
         "WECHATPAY_MCHID": DEV_MCHID,
         "WECHATPAY_APPID": DEV_APPID,
@@ -72,7 +87,8 @@ def init(args: argparse.Namespace) -> int:
         # The mini-program login (POST /auth/miniprogram) against the sandbox's jscode2session.
         "WECHAT_API_BASE": "http://127.0.0.1:8090",
         **dict.fromkeys(("WECHAT_APP_SECRET", "SANDBOX_APP_SECRET"), secrets.token_urlsafe(24)),
-        "CLIENT_TOKEN_SECRET": secrets.token_urlsafe(32),
+        "CLIENT_TOKEN_PRIVATE_KEY_FILE": str(token_key.resolve()),
+        "CLIENT_TOKEN_PUBLIC_KEY_FILE": str(token_public.resolve()),
         "LOG_FORMAT": "console",
     }
     env_file = directory / "env"
@@ -123,9 +139,14 @@ def order(args: argparse.Namespace) -> int:
         return user_id, out_trade_no
 
     user_id, out_trade_no = asyncio.run(create())
-    token = issue_client_token(env["CLIENT_TOKEN_SECRET"], user_id, out_trade_no)
+    signer = TokenSigner.from_pem(Path(env["CLIENT_TOKEN_PRIVATE_KEY_FILE"]).read_text())
+    # A new user: session version 0 (no paylane_user_sessions row).
+    token = signer.session(user_id, version=0, out_trade_no=out_trade_no)
+    session = signer.verifier.verify(token, SESSION_AUDIENCE)
+    ticket = signer.stream_ticket(user_id, session_expires_at=session.expires_at)
     print(f"user_id={user_id} out_trade_no={out_trade_no} amount_total={package.price_fen}")
     print(f"client_token={token}")
+    print(f"stream_ticket={ticket}  (for /ws?ticket= or /events?ticket=, within a minute)")
     return 0
 
 

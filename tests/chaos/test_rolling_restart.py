@@ -47,6 +47,7 @@ from tests.support.clients import FollowingClient
 from tests.support.infra import Infra
 from tests.support.polling import eventually
 from tests.support.stack_api import Order
+from tests.support.stack_config import minted_ticket
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
@@ -221,9 +222,13 @@ def _client(
     does not proxy upgrades)."""
     notifier = fleet.replicas["notifier"].balancer
     assert notifier is not None
+
+    def tickets() -> str:  # minted here: the order replicas are being restarted too
+        return minted_ticket(order.user_id)
+
     if transport == "sse":
-        return FollowingClient(http, lambda: notifier.url, order.client_token, "sse")
-    return FollowingClient(http, notifier.pick, order.client_token, "ws")
+        return FollowingClient(http, lambda: notifier.url, tickets, "sse")
+    return FollowingClient(http, notifier.pick, tickets, "ws")
 
 
 async def _what_clients_learned(env: ChaosEnv, followers: list[Follower]) -> list[str | None]:

@@ -23,6 +23,7 @@ import yaml
 
 from paylane_common import topology
 from paylane_common.settings import FILE_VARIABLES, ApiSecretSettings
+from paylane_common.tokens import key_id, load_signing_key, load_verifying_keys
 from paylane_order.settings import PREPAY_ID_TTL_S, notify_url_reachable
 from paylane_sandbox.settings import SandboxSettings
 from tests.support.manifests import DEPLOY, ROOT, by_kind, compose_config, kustomize
@@ -146,7 +147,11 @@ def test_compose_secrets_script_keeps_files_and_adds_the_broker_user(secrets_dir
         if name != "rabbitmq_definitions":  # rebuilt (new salt) every run
             assert (secrets_dir / name).read_bytes() == content, f"{name} was overwritten"
     assert len((secrets_dir / "wechatpay_apiv3_key").read_text().encode()) == 32
-    assert len((secrets_dir / "client_token_secret").read_text().encode()) >= 32
+    # The client tokens' key: the order service signs; what it verifies with is the
+    # public half of that very key.
+    signing = load_signing_key((secrets_dir / "client_token_private_key").read_text())
+    public = load_verifying_keys((secrets_dir / "client_token_public_key").read_text())
+    assert [key_id(k) for k in public] == [key_id(signing.public_key())]
     # What the services take: each X-Internal-Secret at least 32 bytes, the two distinct.
     both = {
         name: (secrets_dir / name).read_text().strip()
@@ -268,6 +273,17 @@ def test_compose_identities(compose: dict[str, Any]) -> None:
     # Each service's admin listener is not its public port.
     for name, port in SERVICES.items():
         assert [p["target"] for p in services[name]["ports"]] == [port, ADMIN_PORTS[name]]
+    # Only the order service (and its CLI) can sign client tokens; the notifier checks
+    # them with the public key.
+    signers = {
+        name
+        for name, service in services.items()
+        if any(s["source"] == "client_token_private_key" for s in service.get("secrets", []))
+    }
+    assert signers == {"order", "cli"}
+    notifier = services["notifier"]["environment"]
+    assert notifier["CLIENT_TOKEN_PUBLIC_KEY_FILE"] == "/run/secrets/client_token_public_key"
+    assert not any(v.startswith("CLIENT_TOKEN_PRIVATE_KEY") for v in notifier)
 
 
 def test_compose_broker_loads_the_definitions_secret(compose: dict[str, Any]) -> None:
@@ -417,6 +433,14 @@ def test_kubernetes_identities(overlay: list[dict[str, Any]]) -> None:
         env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
         assert env["AMQP_URL_FILE"] == "/run/secrets/paylane/AMQP_URL"
         assert "AMQP_URL" not in env and "MYSQL_URL" not in env
+    # Only the order service can sign client tokens; the notifier checks them.
+    signers = {
+        n
+        for n, d in deployments.items()
+        if "CLIENT_TOKEN_PRIVATE_KEY" in mounted(d["spec"]["template"]["spec"])
+    }
+    assert signers == {"order"}
+    assert "CLIENT_TOKEN_PUBLIC_KEY" in mounted(deployments["notifier"]["spec"]["template"]["spec"])
     config = by_kind(overlay, "ConfigMap")["paylane-config"]["data"]
     assert config["AMQP_DECLARE_TOPOLOGY"] == "false"
     (job,) = by_kind(overlay, "Job").values()

@@ -24,7 +24,7 @@ from tests.support.clients import SSEClient
 from tests.support.dead_letters import dead_letter
 from tests.support.queries import order_status
 from tests.support.stack import Stack
-from tests.support.stack_api import call, new_order, sandbox
+from tests.support.stack_api import call, new_order, sandbox, stream_ticket
 from tests.support.stack_config import BACKEND, INTERNAL, ORDER_ENV, order_env
 
 pytestmark = pytest.mark.e2e
@@ -45,6 +45,11 @@ async def login(stack: Stack, openid: str | None = None) -> dict[str, Any]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def ticket(stack: Stack, session: dict[str, Any]) -> str:
+    """A stream ticket for the user of ``session`` (a login's answer)."""
+    return await stream_ticket(stack, session["token"])
 
 
 async def test_anonymous_callers_get_401_on_every_order_route(stack: Stack) -> None:
@@ -135,13 +140,15 @@ async def test_a_users_token_never_reaches_another_users_orders(stack: Stack) ->
     # Streams: Alice's snapshot and live pushes never carry Bob's order.
     notifier = stack.services["notifier"].url
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(f"{notifier}/ws?token={alice['token']}")
-        async with SSEClient(http, f"{notifier}/events?token={alice['token']}") as sse:
+        ws = await http.ws_connect(f"{notifier}/ws?ticket={await ticket(stack, alice)}")
+        sse_url = f"{notifier}/events?ticket={await ticket(stack, alice)}"
+        async with SSEClient(http, sse_url) as sse:
             status, paid = await sandbox(stack, "POST", f"/sandbox/orders/{no}/pay")
             assert status == 200, paid
             # Bob's client learns it; Alice's get nothing of it.
             async with aiohttp.ClientSession() as bob_http:
-                bob_ws = await bob_http.ws_connect(f"{notifier}/ws?token={bob['token']}")
+                bob_url = f"{notifier}/ws?ticket={await ticket(stack, bob)}"
+                bob_ws = await bob_http.ws_connect(bob_url)
                 seen: set[str] = set()
                 async with asyncio.timeout(20):
                     while "entitlement.granted" not in seen:
@@ -219,10 +226,10 @@ async def test_the_backend_mints_a_fresh_token_for_a_users_client(stack: Stack) 
     assert (status, answer["error"]) == (404, "unknown_user")
     status, answer = await call(stack, "order", "POST", "/auth/token", {"user_id": 10**15}, BACKEND)
     assert (status, answer["error"]) == (400, "invalid_request")  # ids are strings
-    # The minted token opens the user's stream.
+    # The minted session gets the tickets that open the user's stream.
     notifier = stack.services["notifier"].url
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(f"{notifier}/ws?token={minted['token']}")
+        ws = await http.ws_connect(f"{notifier}/ws?ticket={await ticket(stack, minted)}")
         await ws.close()
 
 

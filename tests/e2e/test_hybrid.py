@@ -30,7 +30,7 @@ from tests.support.polling import eventually
 from tests.support.queries import fetch_one, grants, user_state
 from tests.support.seeding import add_order, add_refund, add_user, ago
 from tests.support.stack import Stack
-from tests.support.stack_api import call, sandbox
+from tests.support.stack_api import call, sandbox, stream_ticket
 from tests.support.stack_config import BACKEND, INTERNAL, order_env
 from tests.support.wechat import FakeWechat
 
@@ -76,10 +76,12 @@ async def cloud_function_order(
 
 
 async def client_stream(stack: Stack, http: aiohttp.ClientSession, user_id: str) -> SSEClient:
-    """The paying client's SSE stream, with a token the backend got for the user."""
+    """The paying client's SSE stream, with a ticket of the session the backend got for
+    the user."""
     status, token = await call(stack, "order", "POST", "/auth/token", {"user_id": user_id}, BACKEND)
     assert status == 200, token
-    return SSEClient(http, f"{stack.services['notifier'].url}/events?token={token['token']}")
+    ticket = await stream_ticket(stack, token["token"])
+    return SSEClient(http, f"{stack.services['notifier'].url}/events?ticket={ticket}")
 
 
 async def notify(stack: Stack, ids: dict[str, str]) -> None:

@@ -91,8 +91,9 @@ async def test_order_placed_paid_pushed_and_granted(
         assert order.pay["h5_url"].startswith("https://")
 
     async with aiohttp.ClientSession() as http:
+        # POST /orders's ticket, under DESIGN §7's parameter name.
         ws = await http.ws_connect(
-            f"{stack.services['notifier'].url}/ws?token={order.client_token}"
+            f"{stack.services['notifier'].url}/ws?token={order.stream_ticket}"
         )
         assert (await ws_next(ws))["type"] == "order.state"
         status, paid = await sandbox(stack, "POST", f"/sandbox/orders/{order.out_trade_no}/pay")

@@ -12,7 +12,6 @@ import aiomysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from paylane_common.tokens import issue_client_token
 from tests.support.clients import SSEClient, wait_for_types, ws_next
 from tests.support.dead_letters import dead_letter
 from tests.support.infra import Infra
@@ -20,8 +19,7 @@ from tests.support.metrics import metric
 from tests.support.polling import eventually
 from tests.support.queries import fetch_one, grants, order_status, user_state
 from tests.support.stack import Stack, wait_ready
-from tests.support.stack_api import new_order
-from tests.support.stack_config import TOKEN_SECRET
+from tests.support.stack_api import new_order, stream_ticket
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e
@@ -40,11 +38,11 @@ async def test_paid_notification_reaches_db_and_both_clients(
     stack: Stack, db_pool: aiomysql.Pool, wechat: FakeWechat
 ) -> None:
     order = await new_order(stack, "premium")
-    token = order.client_token
+    ticket = order.stream_ticket
     notifier = stack.services["notifier"].url
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(f"{notifier}/ws?token={token}")
-        async with SSEClient(http, f"{notifier}/events?token={token}") as sse:
+        ws = await http.ws_connect(f"{notifier}/ws?ticket={ticket}")
+        async with SSEClient(http, f"{notifier}/events?ticket={ticket}") as sse:
             # The snapshot (pending order) proves both clients are subscribed.
             assert (await ws_next(ws))["type"] == "order.state"
             assert (await sse.next())["type"] == "order.state"
@@ -223,8 +221,8 @@ async def test_broker_outage_answers_503_then_completes(
 
         for service in stack.services.values():
             await wait_ready(service)
-        token = issue_client_token(TOKEN_SECRET, order.user_id)
-        ws = await http.ws_connect(f"{stack.services['notifier'].url}/ws?token={token}")
+        ticket = await stream_ticket(stack, order.client_token)
+        ws = await http.ws_connect(f"{stack.services['notifier'].url}/ws?ticket={ticket}")
         assert (await ws_next(ws))["type"] == "order.state"
         # WeChat retries the very same notification; now it goes through.
         assert (await post_notification(http, stack, headers, body))[0] == 204

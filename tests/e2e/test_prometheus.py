@@ -93,7 +93,7 @@ async def pay_one_order(stack: Stack, wechat: FakeWechat) -> None:
     order = await new_order(stack, "premium")
     notifier = stack.services["notifier"].url
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(f"{notifier}/ws?token={order.client_token}")
+        ws = await http.ws_connect(f"{notifier}/ws?ticket={order.stream_ticket}")
         assert (await ws_next(ws))["type"] == "order.state"
         headers, body = wechat.notify(wechat.transaction(order.out_trade_no, order.amount_total))
         url = f"{stack.services['ingress'].url}/notify/wechatpay"

@@ -18,11 +18,12 @@ import aiohttp
 import aiomysql
 import pytest
 
+from paylane_common.tokens import private_pem
 from paylane_entitlement.settings import EntitlementSettings
 from paylane_ingress.settings import IngressSettings
 from paylane_notifier.settings import NotifierSettings
 from paylane_order.settings import OrderSettings
-from services.notifier.tests.support import SECRET, insert_user, token_for
+from services.notifier.tests.support import PUBLIC_KEY, TOKEN_KEY, insert_user, token_for
 from tests.support.faultproxy import FaultProxy, through
 from tests.support.infra import Infra
 from tests.support.stack import Service, Stack
@@ -53,12 +54,14 @@ async def stack(
         {
             "AMQP_URL": amqp_url,
             "MYSQL_URL": through(mysql_proxy)(mysql_url),
-            "CLIENT_TOKEN_SECRET": SECRET,
+            "CLIENT_TOKEN_PUBLIC_KEY": PUBLIC_KEY,
             "HTTP_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
             "HTTP_KEEPALIVE_TIMEOUT_S": str(KEEPALIVE_TIMEOUT_S),
         },
         tmp_path,
     )
+    # The order service signs with the key the notifier tests' tickets come from.
+    stack.service_env["order"] = {"CLIENT_TOKEN_PRIVATE_KEY": private_pem(TOKEN_KEY)}
     yield stack
     await stack.stop_all()
 
@@ -216,8 +219,8 @@ async def test_the_notifier_streams_outlive_both_timeouts(
     service = await start(stack, "notifier")
     token = token_for(await insert_user(db_pool))
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(f"{service.url}/ws", params={"token": token})
-        sse = await http.get(f"{service.url}/events", params={"token": token})
+        ws = await http.ws_connect(f"{service.url}/ws", params={"ticket": token})
+        sse = await http.get(f"{service.url}/events", params={"ticket": token})
         try:
             assert sse.status == 200
             loop = asyncio.get_running_loop()

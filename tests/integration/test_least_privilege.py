@@ -30,6 +30,7 @@ import pymysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import ChannelAccessRefused
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
 from paylane_common import amqp, db, events
@@ -43,6 +44,7 @@ from paylane_common.outages import Dependency
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.replay import replay_dlq
 from paylane_common.retention import RetentionPruner
+from paylane_common.tokens import TokenSigner
 from paylane_common.topology import (
     ENTITLEMENT_ORDERS,
     EXCHANGE,
@@ -70,6 +72,7 @@ from paylane_order.orders import NewOrder, Orders, user_by_openid
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
+from paylane_order.sessions import Sessions
 from services.order.tests.support import payment_gate
 from tests.support import hygiene
 from tests.support.events import (
@@ -631,10 +634,10 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
     service_mysql_urls: dict[str, str], db_pool: aiomysql.Pool
 ) -> None:
     """order's real statements under its user: a user made (and found again) by openid and
-    signed in, an order placed and read, payment.succeeded applied (order row, audit
-    trail, inbox, outbox), a refund made outside paylane recorded (refund row, the order's
-    full refund), an ABNORMAL one and its remedy, an unpaid order failed by the reconciler,
-    the install time read."""
+    signed in, sessions issued, checked and revoked, an order placed and read,
+    payment.succeeded applied (order row, audit trail, inbox, outbox), a refund made
+    outside paylane recorded (refund row, the order's full refund), an ABNORMAL one and its
+    remedy, an unpaid order failed by the reconciler, the install time read."""
     openid = f"o-{uuid.uuid4().hex}"
     merchant = MerchantConfig("1900000109", "wxd678efh567hg6787", "http://127.0.0.1:9/n", 1800)
     async with _pool(service_mysql_urls["order"]) as pool:
@@ -644,6 +647,13 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             await orders._check_pending(cur, user["id"])  # the user's row locked, counted
         assert str(user["id"]).startswith("user-")
         assert await orders.sign_in(openid) == user["id"]  # found again, last_login_at set
+        # Sessions: issued and checked against the user's version, revoked (twice: the row
+        # made, then bumped).
+        sessions = Sessions(pool, TokenSigner(Ed25519PrivateKey.generate()), 600)
+        issued = await sessions.issue(user["id"])
+        assert (await sessions.check(issued.token)).version == 0
+        assert [await sessions.revoke(user["id"]) for _ in range(2)] == [1, 2]
+        assert await sessions.version(user["id"]) == 2
         new = NewOrder(
             user_id=user["id"],
             acting_user=None,

@@ -107,14 +107,15 @@ class FollowingClient:
         self,
         http: aiohttp.ClientSession,
         base_url: Callable[[], str],
-        token: str,
+        ticket: Callable[[], str],
         transport: Literal["sse", "ws"],
         *,
         retry_s: float = 0.2,
     ) -> None:
         self._http = http
         self._base_url = base_url
-        self._token = token
+        #: A fresh stream ticket, asked for before each (re)connect as a client does.
+        self._ticket = ticket
         self.transport = transport
         self._retry_s = retry_s
         self.received: list[dict[str, Any]] = []
@@ -172,7 +173,7 @@ class FollowingClient:
             await asyncio.sleep(self._retry_s)
 
     async def _follow_sse(self) -> None:
-        url = f"{self._base_url()}/events?token={self._token}"
+        url = f"{self._base_url()}/events?ticket={self._ticket()}"
         headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
         async with self._http.get(url, headers=headers) as response:
             if response.status != 200:
@@ -185,7 +186,7 @@ class FollowingClient:
         self.ended_by_server += 1
 
     async def _follow_ws(self) -> None:
-        url = f"{self._base_url()}/ws?token={self._token}"
+        url = f"{self._base_url()}/ws?ticket={self._ticket()}"
         if self.last_event_id:
             url += f"&last_event_id={self.last_event_id}"
         async with self._http.ws_connect(url) as ws:

@@ -55,6 +55,9 @@ class Stack:
 
     def __init__(self, base_env: dict[str, str], log_dir: Path):
         self.base_env = base_env
+        #: What one service (by name) gets on every start on top of ``base_env``: a secret
+        #: no other service may hold (the order service's token-signing key).
+        self.service_env: dict[str, dict[str, str]] = {}
         self.log_dir = log_dir
         self.services: dict[str, Service] = {}
 
@@ -72,7 +75,7 @@ class Stack:
         known as ``alias`` (default: its name) and must answer ``/readyz`` (unless ``ready``
         is false: then it is only started)."""
         port = port or free_port()
-        given = {**self.base_env, **(extra_env or {})}
+        given = {**self.base_env, **self.service_env.get(name, {}), **(extra_env or {})}
         env = {**os.environ, **given}
         for variable in given:
             # A setting given as a file wins over the same variable inherited from the

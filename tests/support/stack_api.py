@@ -58,8 +58,11 @@ class Order:
     user_id: str
     amount_total: int
     package_type: str
+    #: The user's session token (the order API's ``Authorization: Bearer``).
     client_token: str
     pay: dict[str, Any]
+    #: A ticket for one of the notifier's streams, good for a minute.
+    stream_ticket: str
 
 
 async def new_order(
@@ -82,4 +85,14 @@ async def new_order(
         package_type,
         data["client_token"],
         data["pay"],
+        data["stream_ticket"],
     )
+
+
+async def stream_ticket(stack: Stack, session_token: str) -> str:
+    """A fresh ticket for the notifier's streams, as a client asks for one before each
+    (re)connect: ``POST /stream-tickets`` with the user's session."""
+    headers = {"Authorization": f"Bearer {session_token}"}
+    status, data = await call(stack, "order", "POST", "/stream-tickets", None, headers)
+    assert status == 200, data
+    return str(data["ticket"])

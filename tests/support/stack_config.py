@@ -4,14 +4,31 @@ and the order in which it starts."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from paylane_common.tokens import TokenSigner, private_pem, public_pem
 from tests.support import hygiene
 from tests.support.stack import Stack, free_port
 from tests.support.wechat import APP_APPID, FakeWechat
 
-TOKEN_SECRET = "e2e-client-token-secret-of-at-least-32-bytes"
+#: The client tokens' key: the order service's alone; every service gets the public half.
+TOKEN_KEY = Ed25519PrivateKey.generate()
+TOKEN_PRIVATE_KEY = private_pem(TOKEN_KEY)
+TOKEN_PUBLIC_KEY = public_pem(TOKEN_KEY)
+#: Mints what the order service would (a test's own tokens and tickets).
+TOKENS = TokenSigner(TOKEN_KEY)
+
+
+def minted_ticket(user_id: str, session_ttl_s: int = 3600) -> str:
+    """A stream ticket for ``user_id`` minted here, as the order service would (without
+    asking it: for tests where it may be down)."""
+    return TOKENS.stream_ticket(user_id, session_expires_at=int(time.time()) + session_ttl_s)
+
+
 INTERNAL_SECRET = "e2e-internal-secret-of-at-least-32-bytes"
 #: The cloud function's credential: for ingress's internal API only.
 INTERNAL = {"X-Internal-Secret": INTERNAL_SECRET}
@@ -36,9 +53,11 @@ ORDER_ENV = {
 
 def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict[str, str]:
     """The order service's own settings: ``settings`` (the reconciler's pace), the backend
-    secret, the mini-program login, the mobile app's appid (APP orders)."""
+    secret, the client tokens' private key (no other service gets it), the mini-program
+    login, the mobile app's appid (APP orders)."""
     return {
         **settings,
+        "CLIENT_TOKEN_PRIVATE_KEY": TOKEN_PRIVATE_KEY,
         "WECHATPAY_APP_APPID": APP_APPID,
         "BACKEND_API_SECRET": BACKEND_SECRET,
         "WECHAT_APP_SECRET": APP_SECRET,
@@ -50,18 +69,26 @@ def new_stack(amqp_url: str, mysql_url: str, wechat: FakeWechat, log_dir: Path) 
     """A stack (nothing started yet) whose services share the secrets above and the keys
     of ``wechat``; every one of those is registered as never to be logged."""
     hygiene.register(
-        TOKEN_SECRET, INTERNAL_SECRET, BACKEND_SECRET, APP_SECRET, wechat.apiv3_key, PAYER_OPENID
+        TOKEN_PRIVATE_KEY,
+        INTERNAL_SECRET,
+        BACKEND_SECRET,
+        APP_SECRET,
+        wechat.apiv3_key,
+        PAYER_OPENID,
     )
-    return Stack(
+    stack = Stack(
         {
             "AMQP_URL": amqp_url,
             "MYSQL_URL": mysql_url,
-            "CLIENT_TOKEN_SECRET": TOKEN_SECRET,
+            "CLIENT_TOKEN_PUBLIC_KEY": TOKEN_PUBLIC_KEY,
             "INTERNAL_API_SECRET": INTERNAL_SECRET,
             **wechat.ingress_env(),
         },
         log_dir,
     )
+    # However the order service is (re)started, it signs; no other service gets the key.
+    stack.service_env["order"] = {"CLIENT_TOKEN_PRIVATE_KEY": TOKEN_PRIVATE_KEY}
+    return stack
 
 
 async def start_stack(

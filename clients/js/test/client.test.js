@@ -1,5 +1,5 @@
 // Unit tests of the client's logic with fake sockets and hand-fired timers:
-// reconnect and backoff, the SSE fallback, token renewal, snapshot, de-duplication,
+// reconnect and backoff, the SSE fallback, stream tickets, snapshot, de-duplication,
 // waitUntilPaid, and the mini-program adapter over a fake `wx`.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -8,7 +8,9 @@ import {
   backoffDelay,
   OrderNotPaidError,
   PaylaneClient,
+  StreamTicketError,
   miniProgramWebSocket,
+  streamTickets,
 } from "../paylane-client.js";
 import { fakeEventSource, fakeWebSocket, manualTimers, message, settle } from "../testing/fakes.js";
 
@@ -18,7 +20,7 @@ function client(overrides = {}) {
   const timers = manualTimers();
   const paylane = new PaylaneClient({
     url: "http://notifier.test/base/",
-    token: "T0K/EN",
+    ticket: "T0K/EN",
     WebSocket: ws.FakeWebSocket,
     EventSource: es.FakeEventSource,
     random: () => 1,
@@ -46,7 +48,7 @@ describe("backoff", () => {
     paylane.start();
     await settle();
     assert.equal(sockets.length, 1);
-    assert.equal(sockets[0].url, "ws://notifier.test/base/ws?token=T0K%2FEN");
+    assert.equal(sockets[0].url, "ws://notifier.test/base/ws?ticket=T0K%2FEN");
     sockets[0].open();
     sockets[0].serverClose(1006);
     assert.equal(paylane.state, "waiting");
@@ -75,7 +77,7 @@ describe("backoff", () => {
     timers.fire();
     await settle();
     const resumed = Date.parse("2026-01-01T00:00:05.250Z");
-    assert.equal(sockets[1].url, `ws://notifier.test/base/ws?token=T0K%2FEN&last_event_id=${resumed}`);
+    assert.equal(sockets[1].url, `ws://notifier.test/base/ws?ticket=T0K%2FEN&last_event_id=${resumed}`);
   });
 
   test("close() stops reconnecting and rejects waits", async () => {
@@ -103,7 +105,7 @@ describe("SSE fallback", () => {
     await settle();
     assert.equal(sockets.length, 2);
     assert.equal(sources.length, 1);
-    assert.equal(sources[0].url, "http://notifier.test/base/events?token=T0K%2FEN");
+    assert.equal(sources[0].url, "http://notifier.test/base/events?ticket=T0K%2FEN");
     sources[0].open();
     assert.equal(paylane.transport, "sse");
     sources[0].push(message({ event_id: "e1" }), "1767225605999");
@@ -113,7 +115,7 @@ describe("SSE fallback", () => {
     await settle();
     assert.equal(
       sources[1].url,
-      "http://notifier.test/base/events?token=T0K%2FEN&last_event_id=1767225605999",
+      "http://notifier.test/base/events?ticket=T0K%2FEN&last_event_id=1767225605999",
     );
   });
 
@@ -124,7 +126,7 @@ describe("SSE fallback", () => {
     assert.equal(sockets.length, 0);
     assert.equal(sources.length, 1);
     assert.throws(
-      () => new PaylaneClient({ url: "http://x", token: "t", WebSocket: null, EventSource: null }),
+      () => new PaylaneClient({ url: "http://x", ticket: "t", WebSocket: null, EventSource: null }),
       TypeError,
     );
   });
@@ -142,22 +144,57 @@ describe("SSE fallback", () => {
   });
 });
 
-describe("token expiry", () => {
-  test("4401 with a token function: reconnect at once with a fresh token", async () => {
+describe("stream tickets", () => {
+  test("the given ticket opens the first stream; every reconnect asks for a fresh one", async () => {
     let n = 0;
-    const { paylane, sockets, timers } = client({ token: async () => `t${++n}` });
+    const { paylane, sockets, timers } = client({ tickets: async () => `t${++n}` });
+    paylane.start();
+    await settle();
+    assert.match(sockets[0].url, /\?ticket=T0K%2FEN$/);
+    assert.equal(n, 0);
+    sockets[0].open();
+    sockets[0].push(message({ event_id: "e1" }));
+    sockets[0].serverClose(1006);
+    timers.fire();
+    await settle();
+    assert.match(sockets[1].url, /\?ticket=t1&last_event_id=\d+$/);
+    sockets[1].serverClose(1006);
+    timers.fire();
+    await settle();
+    assert.match(sockets[2].url, /\?ticket=t2&/);
+  });
+
+  test("an SSE reconnect (Last-Event-ID's resume) takes a fresh ticket too", async () => {
+    let n = 0;
+    const { paylane, sources, timers } = client({ WebSocket: null, tickets: () => `s${++n}` });
+    paylane.start();
+    await settle();
+    sources[0].open();
+    sources[0].push(message({ event_id: "e1" }), "1767225605999");
+    sources[0].fail();
+    timers.fire();
+    await settle();
+    assert.equal(
+      sources[1].url,
+      "http://notifier.test/base/events?ticket=s1&last_event_id=1767225605999",
+    );
+  });
+
+  test("4401 (the session expired) with tickets: reconnect at once with a fresh ticket", async () => {
+    let n = 0;
+    const { paylane, sockets, timers } = client({ tickets: async () => `t${++n}` });
     paylane.start();
     await settle();
     sockets[0].open();
     sockets[0].serverClose(4401, "token expired");
     assert.equal(timers.fire(), 0);
     await settle();
-    assert.match(sockets[1].url, /token=t2/);
+    assert.match(sockets[1].url, /ticket=t1/);
   });
 
-  test("SSE's stream.closed message is a token expiry", async () => {
+  test("SSE's stream.closed message is a session expiry", async () => {
     let n = 0;
-    const { paylane, sources, timers } = client({ WebSocket: null, token: () => `t${++n}` });
+    const { paylane, sources, timers } = client({ WebSocket: null, tickets: () => `t${++n}` });
     paylane.start();
     await settle();
     sources[0].open();
@@ -165,16 +202,63 @@ describe("token expiry", () => {
     assert.ok(sources[0].closed);
     assert.equal(timers.fire(), 0);
     await settle();
-    assert.match(sources[1].url, /token=t2/);
+    assert.match(sources[1].url, /ticket=t1/);
   });
 
-  test("4401 with a fixed token: the client closes", async () => {
+  test("4401 with a fixed ticket only: the client closes", async () => {
     const { paylane, sockets, timers } = client();
     paylane.start();
     await settle();
     sockets[0].serverClose(4401);
     assert.equal(paylane.state, "closed");
     assert.equal(timers.pending.length, 0);
+  });
+
+  test("a ticket that cannot be had is an error, then a retry with backoff", async () => {
+    const failures = [];
+    let fail = true;
+    const { paylane, sockets, timers } = client({
+      ticket: undefined,
+      tickets: async () => {
+        if (fail) throw new Error("offline");
+        return "ok";
+      },
+    });
+    paylane.on("error", (error) => failures.push(error.message));
+    paylane.start();
+    await settle();
+    assert.deepEqual(failures, ["offline"]);
+    assert.equal(sockets.length, 0);
+    fail = false;
+    timers.fire();
+    await settle();
+    assert.match(sockets[0].url, /ticket=ok/);
+  });
+
+  test("a session token is no option: `token` is refused", () => {
+    assert.throws(() => client({ token: "session" }), /token is no more/);
+    assert.throws(() => client({ ticket: undefined }), /ticket or tickets is required/);
+  });
+
+  test("streamTickets POSTs the session to /stream-tickets for each ticket", async () => {
+    const calls = [];
+    let n = 0;
+    const fetch = async (url, init) => {
+      calls.push([url, init.method, init.headers.Authorization]);
+      if (url.includes("down")) return { ok: false, status: 401, json: async () => ({}) };
+      return { ok: true, status: 200, json: async () => ({ ticket: `k${++n}` }) };
+    };
+    let session = "s1";
+    const tickets = streamTickets({ api: "https://api.test/order/", session: () => session, fetch });
+    assert.equal(await tickets(), "k1");
+    session = "s2";
+    assert.equal(await tickets(), "k2");
+    assert.deepEqual(calls, [
+      ["https://api.test/order/stream-tickets", "POST", "Bearer s1"],
+      ["https://api.test/order/stream-tickets", "POST", "Bearer s2"],
+    ]);
+    const refused = streamTickets({ api: "https://down.test", session: "revoked", fetch });
+    await assert.rejects(refused(), (error) => error instanceof StreamTicketError && error.status === 401);
   });
 });
 
@@ -319,7 +403,7 @@ describe("mini-program adapter", () => {
     const timers = manualTimers();
     const paylane = new PaylaneClient({
       url: "https://api.example.com",
-      token: "tok",
+      ticket: "tok",
       WebSocket: miniProgramWebSocket(wx),
       EventSource: null,
       setTimeout: timers.setTimeout,
@@ -329,7 +413,7 @@ describe("mini-program adapter", () => {
     paylane.start();
     await settle();
     const task = wx.tasks[0];
-    assert.equal(task.options.url, "wss://api.example.com/ws?token=tok");
+    assert.equal(task.options.url, "wss://api.example.com/ws?ticket=tok");
     task.handlers.open({});
     assert.equal(paylane.state, "open");
     task.handlers.message({ data: JSON.stringify(message({ event_id: "e1" })) });

@@ -8,15 +8,18 @@ import { describe, test } from "node:test";
 import { EventSource } from "eventsource";
 import WebSocket from "ws";
 
-import { PaylaneClient } from "../paylane-client.js";
+import { PaylaneClient, streamTickets } from "../paylane-client.js";
 import { missingStack, pay, placeOrder, signIn, stack } from "../testing/stack.js";
 
 const skip = missingStack() ?? false;
 
-function connect(token, options = {}) {
+/** A client as a page opens it: POST /orders's ticket first, fresh ones from the
+ * session for every reconnect. */
+function connect(order, options = {}) {
   const client = new PaylaneClient({
     url: stack.notifier,
-    token,
+    ticket: order.stream_ticket,
+    tickets: streamTickets({ api: stack.orderApi, session: order.client_token }),
     WebSocket,
     EventSource,
     backoff: { initialDelayMs: 20, maxDelayMs: 200 },
@@ -41,7 +44,7 @@ function opened(client) {
 describe("against the notifier", { skip, timeout: 30000 }, () => {
   test("WebSocket: waitUntilPaid resolves from the push when the payer pays", async (t) => {
     const order = await placeOrder(await signIn());
-    const client = connect(order.client_token);
+    const client = connect(order);
     t.after(() => client.close());
     await opened(client);
     const paid = client.waitUntilPaid(order.out_trade_no);
@@ -53,17 +56,56 @@ describe("against the notifier", { skip, timeout: 30000 }, () => {
 
   test("SSE: the same, and a client connecting later learns it from the snapshot", async (t) => {
     const order = await placeOrder(await signIn());
-    const client = connect(order.client_token, { WebSocket: null });
+    const client = connect(order, { WebSocket: null });
     t.after(() => client.close());
     await opened(client);
     await Promise.all([client.waitUntilPaid(order.out_trade_no), pay(order.out_trade_no)]);
     assert.equal(client.transport, "sse");
 
-    const later = connect(order.client_token);
+    const later = connect(order);
     t.after(() => later.close());
     const first = new Promise((resolve) => later.on("message", resolve));
     assert.equal((await later.waitUntilPaid(order.out_trade_no)).status, "paid");
     assert.equal((await first).type, "order.state");
+  });
+
+  test("tickets come from the order API with the session; the session opens no stream", async (t) => {
+    const order = await placeOrder(await signIn());
+    const issued = [];
+    const tickets = streamTickets({ api: stack.orderApi, session: order.client_token });
+    const client = connect(order, {
+      ticket: undefined,
+      tickets: async () => {
+        issued.push(await tickets());
+        return issued.at(-1);
+      },
+    });
+    t.after(() => client.close());
+    await opened(client);
+    assert.equal(issued.length, 1);
+    // The notifier refuses the session token itself, on either transport.
+    const refused = await fetch(`${stack.notifier}/events?ticket=${order.client_token}`);
+    assert.equal(refused.status, 401);
+    await refused.body?.cancel();
+  });
+
+  test("SSE: a refused (stale) ticket is retried with a fresh one from the session", async (t) => {
+    const order = await placeOrder(await signIn());
+    const tickets = streamTickets({ api: stack.orderApi, session: order.client_token });
+    let asked = 0;
+    const client = connect(order, {
+      WebSocket: null,
+      ticket: "stale-ticket",
+      tickets: () => {
+        asked += 1;
+        return tickets();
+      },
+    });
+    t.after(() => client.close());
+    await opened(client);
+    assert.equal(asked, 1);
+    assert.equal(client.transport, "sse");
+    await Promise.all([client.waitUntilPaid(order.out_trade_no), pay(order.out_trade_no)]);
   });
 
   test("a WebSocket that cannot get through falls back to SSE", async (t) => {
@@ -75,7 +117,7 @@ describe("against the notifier", { skip, timeout: 30000 }, () => {
       }
     }
     const order = await placeOrder(await signIn());
-    const client = connect(order.client_token, { WebSocket: Refused });
+    const client = connect(order, { WebSocket: Refused });
     t.after(() => client.close());
     await opened(client);
     assert.equal(client.transport, "sse");

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import SecretStr
 
 from paylane_common.exceptions import ConfigError
 from paylane_common.settings import (
@@ -13,13 +15,19 @@ from paylane_common.settings import (
     BaseServiceSettings,
     CatalogSettings,
     HttpBaseUrl,
-    TokenSecret,
+    TokenSigningKey,
+    TokenVerifyingKeys,
     load_settings,
 )
+from paylane_common.tokens import private_pem, public_pem
+from paylane_common.wechatpay.testing import new_private_key, private_key_pem, public_key_pem
+
+TOKEN_KEY = Ed25519PrivateKey.generate()
+PUBLIC = public_pem(TOKEN_KEY)
 
 
 class _Svc(BaseServiceSettings, CatalogSettings):
-    client_token_secret: TokenSecret
+    client_token_public_key: TokenVerifyingKeys
     wechatpay_api_base: HttpBaseUrl = "https://api.mch.weixin.qq.com"
 
 
@@ -34,8 +42,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "ADMIN_PORT",
         "HTTP_KEEPALIVE_TIMEOUT_S",
         "HTTP_HEADER_TIMEOUT_S",
-        "CLIENT_TOKEN_SECRET",
-        "CLIENT_TOKEN_SECRET_FILE",
+        "CLIENT_TOKEN_PUBLIC_KEY",
+        "CLIENT_TOKEN_PUBLIC_KEY_FILE",
         "PACKAGE_CATALOG",
         "WECHATPAY_API_BASE",
         "INTERNAL_API_SECRET",
@@ -45,7 +53,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_follow_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s" * 32)
+    monkeypatch.setenv("CLIENT_TOKEN_PUBLIC_KEY", PUBLIC)
     settings = load_settings(_Svc)
     assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
     assert settings.mysql.database == "paylane"
@@ -54,7 +62,7 @@ def test_defaults_follow_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_variable_is_named() -> None:
-    with pytest.raises(ConfigError, match="CLIENT_TOKEN_SECRET is required"):
+    with pytest.raises(ConfigError, match="CLIENT_TOKEN_PUBLIC_KEY is required"):
         load_settings(_Svc)
 
 
@@ -76,18 +84,25 @@ def test_missing_variable_is_named() -> None:
     ],
 )
 def test_invalid_value_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
-    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s" * 32)
+    monkeypatch.setenv("CLIENT_TOKEN_PUBLIC_KEY", PUBLIC)
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
         load_settings(_Svc)
 
 
 def test_secret_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    secret = tmp_path / "token-secret"
+    secret = tmp_path / "backend-secret"
     secret.write_text("from-a-file-" + "x" * 32 + "\n")
-    monkeypatch.setenv("CLIENT_TOKEN_SECRET_FILE", str(secret))
-    settings = load_settings(_Svc)
-    assert settings.client_token_secret.get_secret_value() == "from-a-file-" + "x" * 32
+    monkeypatch.setenv("BACKEND_API_SECRET_FILE", str(secret))
+    monkeypatch.setenv("CLIENT_TOKEN_PUBLIC_KEY_FILE", str(tmp_path / "public.pem"))
+    (tmp_path / "public.pem").write_text(PUBLIC)
+
+    class WithSecret(_Svc):
+        backend_api_secret: SecretStr
+
+    settings = load_settings(WithSecret)
+    assert settings.backend_api_secret.get_secret_value() == "from-a-file-" + "x" * 32
+    assert settings.client_token_public_key == PUBLIC.strip()
     assert "from-a-file" not in repr(settings)
 
 
@@ -97,7 +112,7 @@ def test_broker_and_database_urls_from_files(monkeypatch: pytest.MonkeyPatch, tm
     amqp.write_text("amqp://paylane-order:s3cret@rabbitmq:5672/\n")
     mysql = tmp_path / "mysql_url"
     mysql.write_text("mysql://paylane:s3cret@mysql:3306/paylane\n")
-    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s" * 32)
+    monkeypatch.setenv("CLIENT_TOKEN_PUBLIC_KEY", PUBLIC)
     monkeypatch.setenv("AMQP_URL_FILE", str(amqp))
     monkeypatch.setenv("MYSQL_URL_FILE", str(mysql))
     settings = load_settings(_Svc)
@@ -113,15 +128,15 @@ def test_url_from_file_is_validated_naming_the_variable(
 ) -> None:
     bad = tmp_path / "mysql_url"
     bad.write_text("postgres://x/y")
-    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s" * 32)
+    monkeypatch.setenv("CLIENT_TOKEN_PUBLIC_KEY", PUBLIC)
     monkeypatch.setenv("MYSQL_URL_FILE", str(bad))
     with pytest.raises(ConfigError, match="MYSQL_URL"):
         load_settings(_Svc)
 
 
 def test_unreadable_secret_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setenv("CLIENT_TOKEN_SECRET_FILE", str(tmp_path / "missing"))
-    with pytest.raises(ConfigError, match="CLIENT_TOKEN_SECRET_FILE"):
+    monkeypatch.setenv("CLIENT_TOKEN_PUBLIC_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="CLIENT_TOKEN_PUBLIC_KEY_FILE"):
         load_settings(_Svc)
 
 
@@ -137,19 +152,48 @@ def test_service_exits_with_one_clear_line() -> None:
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert lines == ["paylane: invalid configuration: CLIENT_TOKEN_SECRET is required"]
+    assert lines == ["paylane: invalid configuration: CLIENT_TOKEN_PUBLIC_KEY is required"]
 
 
-def test_short_token_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "too-short")
-    with pytest.raises(ConfigError, match="CLIENT_TOKEN_SECRET must be at least 32 bytes"):
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (private_pem(TOKEN_KEY), "holds a PRIVATE KEY"),
+        (PUBLIC + private_pem(TOKEN_KEY), "holds a PRIVATE KEY"),
+        (public_key_pem(new_private_key()), "not an Ed25519 public key"),
+        ("not a key", "holds no PEM block"),
+    ],
+    ids=["private key", "public and private", "RSA", "garbage"],
+)
+def test_token_public_keys_are_ed25519_public_keys_only(
+    monkeypatch: pytest.MonkeyPatch, value: str, why: str
+) -> None:
+    monkeypatch.setenv("CLIENT_TOKEN_PUBLIC_KEY", value)
+    with pytest.raises(ConfigError, match=rf"CLIENT_TOKEN_PUBLIC_KEY .*{why}"):
         load_settings(_Svc)
+
+
+def test_token_public_keys_may_be_several(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotation: the old key and the new one, PEM blocks one after the other."""
+    monkeypatch.setenv("CLIENT_TOKEN_PUBLIC_KEY", PUBLIC + public_pem(Ed25519PrivateKey.generate()))
+    assert load_settings(_Svc).client_token_public_key.count("BEGIN PUBLIC KEY") == 2
+
+
+def test_token_signing_key_is_an_ed25519_private_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Signer(BaseServiceSettings):
+        client_token_private_key: TokenSigningKey
+
+    monkeypatch.setenv("CLIENT_TOKEN_PRIVATE_KEY", private_key_pem(new_private_key()))
+    with pytest.raises(ConfigError, match=r"CLIENT_TOKEN_PRIVATE_KEY .*not an Ed25519 key"):
+        load_settings(Signer)
+    monkeypatch.setenv("CLIENT_TOKEN_PRIVATE_KEY", private_pem(TOKEN_KEY))
+    assert load_settings(Signer).client_token_private_key.get_secret_value().startswith("-----")
 
 
 def test_api_base_is_an_http_url_without_its_trailing_slash(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("CLIENT_TOKEN_SECRET", "s" * 32)
+    monkeypatch.setenv("CLIENT_TOKEN_PUBLIC_KEY", PUBLIC)
     monkeypatch.setenv("WECHATPAY_API_BASE", "http://127.0.0.1:8090/")
     assert load_settings(_Svc).wechatpay_api_base == "http://127.0.0.1:8090"
     monkeypatch.setenv("WECHATPAY_API_BASE", "api.mch.weixin.qq.com")

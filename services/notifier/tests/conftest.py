@@ -15,14 +15,16 @@ from paylane_common.publisher import Publisher
 from paylane_notifier.hub import Hub
 from paylane_notifier.main import build_app
 from paylane_notifier.settings import NotifierSettings
-from services.notifier.tests.support import SECRET, Listener, SseListener, WsListener
+from services.notifier.tests.support import PUBLIC_KEY, Listener, SseListener, WsListener
 
 Client = TestClient[Any, Any]
 
 
 @pytest.fixture
 def settings(amqp_url: str, mysql_url: str) -> NotifierSettings:
-    return NotifierSettings(amqp_url=amqp_url, mysql_url=mysql_url, client_token_secret=SECRET)
+    return NotifierSettings(
+        amqp_url=amqp_url, mysql_url=mysql_url, client_token_public_key=PUBLIC_KEY
+    )
 
 
 @pytest.fixture
@@ -63,7 +65,7 @@ async def connect() -> AsyncIterator[Callable[..., Awaitable[Listener]]]:
             last_event_id: int | None = None,
             header: bool = True,
         ) -> Listener:
-            params = {"token": token}
+            params = {"ticket": token}
             headers = {}
             if last_event_id is not None:
                 if header:

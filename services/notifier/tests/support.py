@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,16 +14,21 @@ from typing import Any
 import aiohttp
 import aiomysql
 from aiohttp import WSMsgType
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from paylane_common import db, events
 from paylane_common.events import Entitlement
-from paylane_common.tokens import issue_client_token
+from paylane_common.tokens import TokenSigner, private_pem, public_pem
 from tests.support import hygiene
 from tests.support.clients import next_sse_event
 from tests.support.seeding import add_order, add_user, ago
 
-SECRET = "notifier-test-secret-0123456789abcdef"
-hygiene.register(SECRET)
+#: The order service's key, which mints the tickets the notifier checks; the notifier
+#: gets only ``PUBLIC_KEY``.
+TOKEN_KEY = Ed25519PrivateKey.generate()
+TOKENS = TokenSigner(TOKEN_KEY)
+PUBLIC_KEY = public_pem(TOKEN_KEY)
+hygiene.register(private_pem(TOKEN_KEY))
 #: Every wait on the network is bounded by this; nothing sleeps.
 WAIT_S = 5.0
 
@@ -77,8 +83,10 @@ class SseListener:
 Listener = WsListener | SseListener
 
 
-def token_for(user_id: str, secret: str = SECRET, ttl_s: int = 3600) -> str:
-    return issue_client_token(secret, user_id, ttl_s=ttl_s)
+def token_for(user_id: str, ttl_s: int = 3600, signer: TokenSigner = TOKENS) -> str:
+    """A stream ticket for ``user_id`` whose session expires in ``ttl_s`` (the stream
+    ends then)."""
+    return signer.stream_ticket(user_id, session_expires_at=int(time.time()) + ttl_s)
 
 
 async def insert_user(

@@ -19,6 +19,7 @@ from paylane_order.money import yuan
 from paylane_order.settings import OrderSettings
 from tests.support.events import TRANSACTION_ID, Delivery, payment_succeeded
 from tests.support.seeding import add_order, add_user
+from tests.support.stack_config import TOKEN_PRIVATE_KEY
 from tests.support.wechat import KIT, FakeWechat
 
 MERCHANT = MerchantConfig(
@@ -90,7 +91,7 @@ def order_settings(
         "wechatpay_merchant_serial_no": keys.merchant_serial_no,
         "wechatpay_public_key": keys.platform_public_key_pem,
         "wechatpay_public_key_id": keys.public_key_id,
-        "client_token_secret": "c" * 32,
+        "client_token_private_key": TOKEN_PRIVATE_KEY,
         "wechatpay_apiv3_key": keys.apiv3_key,
     }
     return load_settings(OrderSettings, **{**values, **overrides})

@@ -29,6 +29,7 @@ from paylane_order.errors import (
 )
 from paylane_order.money import yuan
 from paylane_order.refunds import RefundApplier
+from paylane_order.sessions import Sessions
 from services.order.tests.support import basic_order, order_settings
 from tests.support.events import refund_abnormal, refund_succeeded
 from tests.support.queries import fetch_one
@@ -95,8 +96,9 @@ async def order_api(
     settings = order_settings(
         world.keys, world.sandbox.base_url, amqp_url, mysql_url, backend_api_secret=BACKEND_SECRET
     )
-    app[ORDER_CONFIG] = OrderConfig.from_settings(settings)
+    config = app[ORDER_CONFIG] = OrderConfig.from_settings(settings)
     app[api.ABNORMAL_REFUNDS] = world.refunds
+    app[api.SESSIONS] = Sessions(world.pool, config.tokens, config.token_ttl_s)
     api.add_routes(app)
     async with TestClient(TestServer(app)) as client:
         yield client

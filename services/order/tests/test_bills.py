@@ -46,6 +46,7 @@ from tests.support.sandbox import (
     sandbox_settings,
 )
 from tests.support.seeding import add_order, add_refund, add_user
+from tests.support.stack_config import TOKEN_PRIVATE_KEY
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.integration
@@ -556,7 +557,7 @@ async def test_the_command_prints_the_report_as_json(
         "WECHATPAY_PUBLIC_KEY": KEYS.platform_public_key_pem,
         "WECHATPAY_PUBLIC_KEY_ID": KEYS.public_key_id,
         "WECHATPAY_APIV3_KEY": KEYS.apiv3_key,
-        "CLIENT_TOKEN_SECRET": "c" * 32,
+        "CLIENT_TOKEN_PRIVATE_KEY": TOKEN_PRIVATE_KEY,
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,

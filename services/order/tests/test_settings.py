@@ -6,11 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from paylane_common.exceptions import ConfigError
 from paylane_common.settings import load_settings
+from paylane_common.tokens import SESSION_AUDIENCE, TokenError, TokenSigner, public_pem
 from paylane_common.wechatpay.testing import FakeWechatPay
+from paylane_order.config import OrderConfig
 from paylane_order.settings import OrderSettings
+from tests.support.stack_config import TOKEN_PRIVATE_KEY
 
 KEYS = FakeWechatPay()
 
@@ -25,7 +29,7 @@ def settings(**overrides: Any) -> OrderSettings:
         "wechatpay_merchant_serial_no": KEYS.merchant_serial_no,
         "wechatpay_public_key": KEYS.platform_public_key_pem,
         "wechatpay_public_key_id": KEYS.public_key_id,
-        "client_token_secret": "c" * 32,
+        "client_token_private_key": TOKEN_PRIVATE_KEY,
         "wechatpay_apiv3_key": KEYS.apiv3_key,
         **overrides,
     }
@@ -152,3 +156,23 @@ def test_the_apiv3_key_is_required() -> None:
     service itself: without the key it could not, so the service does not start."""
     with pytest.raises(ConfigError, match="WECHATPAY_APIV3_KEY is required"):
         settings(wechatpay_apiv3_key=None)
+
+
+def test_the_token_signing_key_is_an_ed25519_private_key() -> None:
+    with pytest.raises(ConfigError, match=r"CLIENT_TOKEN_PRIVATE_KEY .*not an Ed25519 key"):
+        settings(client_token_private_key=KEYS.merchant_private_key_pem)  # RSA
+
+
+def test_tokens_of_a_rotations_previous_key_are_still_accepted() -> None:
+    """CLIENT_TOKEN_PUBLIC_KEY adds keys the order service accepts tokens from (the
+    previous key while a rotation's old sessions live); it signs with its own."""
+    old_key = Ed25519PrivateKey.generate()
+    old = TokenSigner(old_key)
+    config = OrderConfig.from_settings(settings(client_token_public_key=public_pem(old_key)))
+    session = old.session("user-1", version=0)
+    assert config.tokens.verifier.verify(session, SESSION_AUDIENCE).user_id == "user-1"
+    assert config.tokens.kid != old.kid
+    assert config.tokens.verifier.key_ids == {config.tokens.kid, old.kid}
+    # Without it, the old key's tokens are refused.
+    with pytest.raises(TokenError):
+        OrderConfig.from_settings(settings()).tokens.verifier.verify(session, SESSION_AUDIENCE)

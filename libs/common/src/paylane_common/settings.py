@@ -35,6 +35,7 @@ from .amqp import broker_urls
 from .catalog import Package, parse_catalog
 from .exceptions import ConfigError
 from .identities import Publishers
+from .tokens import TokenKeyError, load_signing_key, load_verifying_keys
 from .wechatpay.exceptions import WechatPayError
 from .wechatpay.keys import load_private_key, load_public_key
 
@@ -48,7 +49,8 @@ FILE_VARIABLES = (
     "WECHATPAY_PUBLIC_KEY",
     "INTERNAL_API_SECRET",
     "BACKEND_API_SECRET",
-    "CLIENT_TOKEN_SECRET",
+    "CLIENT_TOKEN_PRIVATE_KEY",
+    "CLIENT_TOKEN_PUBLIC_KEY",
     "WECHAT_APP_SECRET",
 )
 
@@ -93,12 +95,6 @@ NoneIfBlank = Annotated[T | None, BeforeValidator(_none_if_blank)]
 MIN_SECRET_BYTES = 32
 
 
-def _token_secret_strong(value: SecretStr) -> SecretStr:
-    if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
-        raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes (HMAC-SHA256 key)")
-    return value
-
-
 def _api_secret_strong(value: SecretStr) -> SecretStr:
     if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
         raise ValueError(
@@ -107,11 +103,35 @@ def _api_secret_strong(value: SecretStr) -> SecretStr:
     return value
 
 
-#: ``CLIENT_TOKEN_SECRET``: the HMAC key of client tokens, at least 32 bytes.
-TokenSecret = Annotated[SecretStr, AfterValidator(_token_secret_strong)]
 #: A secret a caller presents in ``X-Internal-Secret`` (``INTERNAL_API_SECRET``,
 #: ``BACKEND_API_SECRET``), at least 32 bytes.
 ApiSecret = Annotated[SecretStr, AfterValidator(_api_secret_strong)]
+
+
+def _token_signing_key_loads(value: SecretStr) -> SecretStr:
+    try:
+        load_signing_key(value.get_secret_value())
+    except TokenKeyError as exc:
+        raise ValueError(f"is not an Ed25519 private key PEM ({exc})") from None
+    return value
+
+
+#: ``CLIENT_TOKEN_PRIVATE_KEY``: the Ed25519 key (PKCS#8 PEM) the order service signs
+#: client tokens with.
+TokenSigningKey = Annotated[SecretStr, AfterValidator(_token_signing_key_loads)]
+
+
+def _token_verifying_keys_load(value: str) -> str:
+    try:
+        load_verifying_keys(value)
+    except TokenKeyError as exc:
+        raise ValueError(f"must be Ed25519 PUBLIC KEY PEM blocks ({exc})") from None
+    return value
+
+
+#: ``CLIENT_TOKEN_PUBLIC_KEY``: one or more Ed25519 ``PUBLIC KEY`` PEM blocks, one after
+#: the other (a rotation's old and new key), that client tokens are checked with.
+TokenVerifyingKeys = Annotated[str, AfterValidator(_token_verifying_keys_load)]
 
 
 def _apiv3_key_size(value: SecretStr) -> SecretStr:

@@ -49,7 +49,8 @@ class PushedMessage(BaseModel):
 
 
 class StreamClosed(BaseModel):
-    """The last message of a stream whose token expired: reconnect with a fresh one."""
+    """The last message of a stream whose session expired: sign in again, then reconnect
+    with a fresh ticket."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,6 +65,7 @@ class StreamError(BaseModel):
     message: str
 
 
+TICKET = "ticket"
 TOKEN = "token"
 BEARER = "bearer"
 _LAST_EVENT_ID = Param(
@@ -73,7 +75,10 @@ _LAST_EVENT_ID = Param(
     {"type": "string"},
 )
 _REFUSALS = {
-    401: Reply("a missing, forged or expired token", StreamError),
+    401: Reply(
+        "a missing, forged or expired stream ticket, or another kind of token (a session)",
+        StreamError,
+    ),
     503: Reply("shutting down, or this replica is full: retry", StreamError),
 }
 _MESSAGES = {"oneOf": [{"$ref": f"{_SCHEMAS}/PushedMessage"}, {"$ref": f"{_SCHEMAS}/StreamClosed"}]}
@@ -86,14 +91,22 @@ NOTIFIER_API = Api(
         " (`order.state` messages), then each change live. One JSON object a message."
     ),
     security_schemes={
+        TICKET: {
+            "type": "apiKey",
+            "in": "query",
+            "name": "ticket",
+            "description": "a stream ticket: the order API's `POST /stream-tickets`, or the"
+            " `stream_ticket` of `POST /orders`; short-lived, so ask for a fresh one before"
+            " each (re)connect (browsers cannot set headers on `EventSource` or"
+            " `WebSocket`). A session token (`client_token`) is refused",
+        },
         TOKEN: {
             "type": "apiKey",
             "in": "query",
             "name": "token",
-            "description": "the `client_token` of `POST /orders` (browsers cannot set"
-            " headers on `EventSource` or `WebSocket`)",
+            "description": "the same stream ticket, under DESIGN §7's older parameter name",
         },
-        BEARER: {"type": "http", "scheme": "bearer", "description": "the same token"},
+        BEARER: {"type": "http", "scheme": "bearer", "description": "the same stream ticket"},
     },
     extra_models=(PushedMessage, StreamClosed),
     operations=[
@@ -112,7 +125,7 @@ NOTIFIER_API = Api(
                 **_REFUSALS,
                 429: Reply("this user has too many streams open", StreamError),
             },
-            security=(TOKEN, BEARER),
+            security=(TICKET, TOKEN, BEARER),
             parameters=(
                 _LAST_EVENT_ID,
                 Param("Last-Event-ID", "header", "as `last_event_id` (EventSource sends it)"),
@@ -126,13 +139,14 @@ NOTIFIER_API = Api(
             {
                 101: Reply(
                     "upgraded: text frames of `PushedMessage` JSON; the server pings every"
-                    f" {HEARTBEAT_S:g} s. Close codes: {CLOSE_TOKEN_EXPIRED} the token expired"
-                    f" (reconnect with a fresh one), {CLOSE_TOO_MANY_FOR_USER} too many streams"
-                    f" for this user, {CLOSE_FULL} this replica is full (retry later)",
+                    f" {HEARTBEAT_S:g} s. Close codes: {CLOSE_TOKEN_EXPIRED} the session expired"
+                    f" (sign in again, reconnect with a fresh ticket),"
+                    f" {CLOSE_TOO_MANY_FOR_USER} too many streams for this user,"
+                    f" {CLOSE_FULL} this replica is full (retry later)",
                 ),
                 **_REFUSALS,
             },
-            security=(TOKEN, BEARER),
+            security=(TICKET, TOKEN, BEARER),
             parameters=(
                 _LAST_EVENT_ID,
                 Param("Upgrade", "header", "`websocket`", {"const": "websocket"}, required=True),
@@ -142,7 +156,9 @@ NOTIFIER_API = Api(
                     "server-messages": {"$ref": f"{_SCHEMAS}/PushedMessage"},
                     "client-messages": "ignored",
                     "close-codes": {
-                        str(CLOSE_TOKEN_EXPIRED): "token expired: reconnect with a fresh token",
+                        str(
+                            CLOSE_TOKEN_EXPIRED
+                        ): "session expired: sign in, reconnect with a fresh ticket",
                         str(CLOSE_TOO_MANY_FOR_USER): "too many streams for this user",
                         str(CLOSE_FULL): "this replica is full: try again later",
                     },

@@ -1,7 +1,16 @@
-"""Client authentication: the ``client_token`` of ``POST /orders`` names the user (DESIGN §7).
+"""Client authentication: a stream ticket of the order service names the user (DESIGN §7).
 
-Checked before any upgrade or stream starts; a missing, forged or expired token gets a
-401 ``{"error": "unauthorized", "message": ...}``. The token itself is never logged.
+``?ticket=`` (or ``?token=``, the contract's older name, or ``Authorization: Bearer``)
+must hold a stream ticket (``aud`` paylane-stream) of ``POST /stream-tickets`` or of
+``POST /orders``'s ``stream_ticket``: short-lived, asked for before each (re)connect. A
+session token (``aud`` paylane-api) is refused, so that the long-lived credential never
+travels in a URL. Checked before any upgrade or stream starts; a missing, forged, expired
+or wrong-audience ticket gets a 401 ``{"error": "unauthorized", "message": ...}``. The
+ticket itself is never logged.
+
+The notifier holds public keys only (:class:`~paylane_common.tokens.TokenVerifier`): it
+cannot mint a ticket. It does not read the user's session version: a ticket lives a
+minute and the order service mints it only from a session of the current version.
 """
 
 from __future__ import annotations
@@ -12,16 +21,17 @@ import structlog
 from aiohttp import web
 
 from paylane_common.auth import bearer_token
-from paylane_common.tokens import ClientToken, TokenError, verify_client_token
+from paylane_common.tokens import STREAM_AUDIENCE, ClientToken, TokenError, TokenVerifier
 
 log = structlog.get_logger(__name__)
 
 
-def authenticate(request: web.Request, secret: str) -> ClientToken:
-    """The token of ``?token=`` (or ``Authorization: Bearer``); 401 otherwise."""
-    token = request.query.get("token") or bearer_token(request)
+def authenticate(request: web.Request, tokens: TokenVerifier) -> ClientToken:
+    """The stream ticket of ``?ticket=`` (``?token=``, ``Authorization: Bearer``); 401
+    otherwise."""
+    ticket = request.query.get("ticket") or request.query.get("token") or bearer_token(request)
     try:
-        client = verify_client_token(secret, token)
+        client = tokens.verify(ticket, STREAM_AUDIENCE)
     except TokenError as exc:
         log.info("client_unauthorized", reason=str(exc))
         raise web.HTTPUnauthorized(

@@ -1,5 +1,5 @@
 """What the notifier's handlers read: one frozen object, built once in ``build_app`` from
-the settings, the token secret unwrapped there."""
+the settings, the token keys loaded there."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from paylane_common.tokens import TokenVerifier
+
 
 @dataclass(frozen=True)
 class NotifierConfig:
-    #: Checks the client tokens that ``POST /orders`` hands out.
-    token_secret: str
+    #: Checks the stream tickets the order service hands out (public keys only).
+    tokens: TokenVerifier
     #: On connect a client gets the state of its orders updated within this window …
     snapshot_window_s: int
     #: … at most this many, newest first …

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from paylane_common.service import base_app, serve, use_broker, use_mysql
-from paylane_common.settings import secret_value
+from paylane_common.tokens import TokenVerifier
 
 from .api import NOTIFIER_API
 from .config import NOTIFIER_CONFIG, NotifierConfig
@@ -17,7 +17,7 @@ from .settings import NotifierSettings
 def build_app(settings: NotifierSettings, *, hub: Hub | None = None) -> web.Application:
     app = base_app("notifier", admin_port=settings.admin_port)
     app[NOTIFIER_CONFIG] = NotifierConfig(
-        token_secret=secret_value(settings.client_token_secret),
+        tokens=TokenVerifier.from_pem(settings.client_token_public_key),
         snapshot_window_s=settings.snapshot_window_s,
         snapshot_limit=settings.snapshot_limit,
         snapshot_timeout_s=settings.snapshot_timeout_s,

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
-from paylane_common.settings import BaseServiceSettings, TokenSecret
+from paylane_common.settings import BaseServiceSettings, NoneIfBlank, TokenVerifyingKeys
 
 
 class NotifierSettings(BaseServiceSettings):
     http_port: int = Field(8083, ge=1, le=65535)
     admin_port: int = Field(9083, ge=1, le=65535)
-    #: HMAC key of the client tokens that ``POST /orders`` hands out.
-    client_token_secret: TokenSecret
+    #: The order service's Ed25519 public key(s) (``PUBLIC KEY`` PEM blocks, one after the
+    #: other during a rotation): stream tickets are checked with them. The notifier is
+    #: internet-facing and holds no key that could mint a token.
+    client_token_public_key: TokenVerifyingKeys
+    #: Never set: here only so that a private key given to the notifier by mistake is an
+    #: error at start rather than a signing key lying on an internet-facing host.
+    client_token_private_key: NoneIfBlank[SecretStr] = None
     #: On connect a client gets the state of its orders updated within this window …
     snapshot_window_s: int = Field(86400, ge=0)
     #: … at most this many, newest first.
@@ -22,3 +27,13 @@ class NotifierSettings(BaseServiceSettings):
     max_connections: int = Field(10_000, ge=1)
     #: … and per user (a user's tabs and devices).
     max_connections_per_user: int = Field(5, ge=1)
+
+    @field_validator("client_token_private_key")
+    @classmethod
+    def _no_private_key(cls, value: SecretStr | None) -> None:
+        if value is not None:
+            raise ValueError(
+                "must not be given to the notifier: it only checks tokens, with"
+                " CLIENT_TOKEN_PUBLIC_KEY; only the order service signs"
+            )
+        return None

@@ -1,4 +1,4 @@
-"""``GET /events?token=T``: the Server-Sent Events transport (DESIGN §7).
+"""``GET /events?ticket=T``: the Server-Sent Events transport (DESIGN §7).
 
 Each message is one SSE event: ``id:`` its id (ms since the epoch, see
 :mod:`paylane_notifier.snapshot`) and ``data:`` the JSON object, under the default event
@@ -72,7 +72,7 @@ async def _write(sse: EventSourceResponse, sink: Sink, subscription: Subscriptio
     try:
         outcome = await stream_to_client(sink, subscription, send)
         if outcome is Outcome.EXPIRED:
-            # The last message says why the stream ends: reconnect with a fresh token.
+            # The last message says why the stream ends: its session expired.
             await sse.send(json.dumps({"type": "stream.closed", "reason": "token_expired"}))
         return outcome
     except (ConnectionError, TimeoutError, RuntimeError) as exc:  # the client went away

@@ -36,7 +36,7 @@ class Outcome(enum.Enum):
     CLOSED = "closed"
     #: The client fell too far behind: abort the connection, it will reconnect.
     DROPPED = "dropped"
-    #: The client's token expired: close, it reconnects with a fresh token.
+    #: The session expired: close; the client reconnects with a fresh ticket.
     EXPIRED = "expired"
 
 
@@ -45,7 +45,7 @@ class Subscription:
     user_id: str
     since_ms: int | None
     load_snapshot: LoadSnapshot
-    #: When the token expires (epoch seconds): the stream ends then.
+    #: When the session the ticket came from expires (epoch seconds): the stream ends then.
     expires_at: float = float("inf")
     #: The database the snapshot is read from: a snapshot missed during its outage is
     #: sent once it is back.
@@ -54,7 +54,7 @@ class Subscription:
 
 def accept(request: web.Request) -> Subscription:
     """Authenticate (401) and read ``Last-Event-ID`` / ``?last_event_id``; 503 on shutdown."""
-    token = authenticate(request, request.app[NOTIFIER_CONFIG].token_secret)
+    ticket = authenticate(request, request.app[NOTIFIER_CONFIG].tokens)
     if request.app[HUB].closing:
         raise web.HTTPServiceUnavailable(
             text='{"error": "unavailable", "message": "shutting down"}',
@@ -63,12 +63,13 @@ def accept(request: web.Request) -> Subscription:
     since_ms = parse_last_event_id(
         request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     )
-    load = partial(_load, request.app, token.user_id)
+    load = partial(_load, request.app, ticket.user_id)
     return Subscription(
-        user_id=token.user_id,
+        user_id=ticket.user_id,
         since_ms=since_ms,
         load_snapshot=load,
-        expires_at=token.expires_at,
+        # The ticket is for connecting; the stream lasts as long as its session.
+        expires_at=ticket.session_expires_at or ticket.expires_at,
         database=request.app[DATABASE],
     )
 
@@ -86,7 +87,7 @@ async def _load(app: web.Application, user_id: str, since_ms: int | None) -> lis
 
 
 async def stream_to_client(sink: Sink, subscription: Subscription, send: Send) -> Outcome:
-    """Write until the hub closes (CLOSED) or drops (DROPPED) the sink, or the token
+    """Write until the hub closes (CLOSED) or drops (DROPPED) the sink, or the session
     expires (EXPIRED).
 
     Raises what ``send`` raises when the client is gone (ConnectionError and the like).

@@ -1,4 +1,4 @@
-"""``GET /ws?token=T``: the WebSocket transport (DESIGN §7).
+"""``GET /ws?ticket=T``: the WebSocket transport (DESIGN §7).
 
 Server → client only: one JSON text frame per message. The server pings every
 ``HEARTBEAT_S`` (and drops a client that does not answer); what a client sends is ignored.
@@ -24,7 +24,7 @@ CLOSE_TIMEOUT_S = 2.0
 #: Clients have nothing to say; a large frame is not worth buffering.
 MAX_CLIENT_MESSAGE = 4096
 #: Close codes a client acts on (4000-4999 are the application's own):
-#: the token expired — reconnect with a fresh one;
+#: the session the ticket came from expired — sign in, reconnect with a fresh ticket;
 CLOSE_TOKEN_EXPIRED = 4401
 #: this user has too many streams open — close another first;
 CLOSE_TOO_MANY_FOR_USER = 4429

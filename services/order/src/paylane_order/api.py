@@ -17,22 +17,25 @@ from paylane_common.events import validation_summary
 from paylane_common.ids import GENERATION_ID_PATTERN
 from paylane_common.openapi import Api, Operation, Param, Reply, body_model, validate_json
 from paylane_common.prices import dumps
-from paylane_common.tokens import issue_client_token
 
 from . import replies
 from .abnormal import AbnormalRefunds, Remedy
 from .auth import Caller, identify, require_backend
 from .client_address import client_ip
 from .config import ORDER_CONFIG
-from .errors import InvalidRequest, NotFound, TooManyRequests
+from .errors import InvalidRequest, NotFound, TooManyRequests, Unauthorized
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
 from .orders import NewOrder, Orders
 from .rate_limits import RateLimit
+from .sessions import Sessions
+
+log = structlog.get_logger(__name__)
 
 ORDERS = web.AppKey("orders", Orders)
 ABNORMAL_REFUNDS = web.AppKey("abnormal_refunds", AbnormalRefunds)
 LOGIN = web.AppKey("miniprogram_login", MiniProgramLogin)
+SESSIONS = web.AppKey("sessions", Sessions)
 #: Sign-ins a client address, orders a user may make a minute (``LOGIN_RATE_PER_MIN``,
 #: ``ORDER_RATE_PER_MIN``); an app without them has no limit.
 LOGIN_RATE = web.AppKey("login_rate", RateLimit)
@@ -153,12 +156,17 @@ async def login(request: web.Request) -> web.Response:
     identity = await request.app[LOGIN].identify(body.code)
     user_id = await request.app[ORDERS].sign_in(identity.openid)
     structlog.contextvars.bind_contextvars(user_id=user_id)
-    token = issue_client_token(config.token_secret, user_id, ttl_s=config.token_ttl_s)
+    return await _session_token(request, user_id)
+
+
+async def _session_token(request: web.Request, user_id: str) -> web.Response:
+    sessions = request.app[SESSIONS]
+    issued = await sessions.issue(user_id)
     return _json(
         {
-            "token": token,
+            "token": issued.token,
             "token_type": "Bearer",
-            "expires_in": config.token_ttl_s,
+            "expires_in": sessions.ttl_s,
             "user_id": user_id,
         }
     )
@@ -167,20 +175,38 @@ async def login(request: web.Request) -> web.Response:
 async def user_token(request: web.Request) -> web.Response:
     """``POST /auth/token {user_id}`` (the backend only): a fresh token for a user's client,
     e.g. when its stream closed because the last one expired."""
-    config = request.app[ORDER_CONFIG]
-    require_backend(_caller(request), "minting user tokens")
+    require_backend(await _caller(request), "minting user tokens")
     body: TokenRequest = await _body(request)
     if not await request.app[ORDERS].user_exists(body.user_id):
         raise NotFound(f"user {body.user_id} does not exist", "unknown_user")
-    token = issue_client_token(config.token_secret, body.user_id, ttl_s=config.token_ttl_s)
-    return _json(
-        {
-            "token": token,
-            "token_type": "Bearer",
-            "expires_in": config.token_ttl_s,
-            "user_id": body.user_id,
-        }
-    )
+    return await _session_token(request, body.user_id)
+
+
+async def stream_ticket(request: web.Request) -> web.Response:
+    """``POST /stream-tickets`` (a user's session): a short-lived ticket for the notifier's
+    ``/ws`` or ``/events``, asked for before each (re)connect."""
+    caller = await _caller(request)
+    if caller.session is None:
+        # The backend secret is no credential here (as on no route of another caller):
+        # a ticket names a user's session.
+        raise Unauthorized(
+            "stream tickets are for a user's session (Authorization: Bearer); the backend"
+            " gets one through POST /auth/token first"
+        )
+    ticket, ttl_s = request.app[SESSIONS].stream_ticket(caller.session)
+    return _json({"ticket": ticket, "expires_in": ttl_s, "user_id": caller.session.user_id})
+
+
+async def revoke_sessions(request: web.Request) -> web.Response:
+    """``POST /users/{user_id}/sessions/revoke`` (the backend only): every token issued
+    to the user so far is refused from now on (sign out everywhere, a stolen token)."""
+    require_backend(await _caller(request), "revoking sessions")
+    user_id = request.match_info["user_id"]
+    if not await request.app[ORDERS].user_exists(user_id):
+        raise NotFound(f"user {user_id} does not exist", "unknown_user")
+    version = await request.app[SESSIONS].revoke(user_id)
+    log.info("sessions_revoked", user_id=user_id, version=version)
+    return _json({"user_id": user_id, "version": version})
 
 
 def _payer_ip(request: web.Request, caller: Caller, body: CreateOrder) -> str | None:
@@ -195,7 +221,7 @@ def _payer_ip(request: web.Request, caller: Caller, body: CreateOrder) -> str | 
 
 async def create_order(request: web.Request) -> web.Response:
     config = request.app[ORDER_CONFIG]
-    caller = _caller(request)
+    caller = await _caller(request)
     body: CreateOrder = await _body(request)
     # Per user: the token's, or the one the backend names (by id, else by openid).
     named = body.user_id or (f"openid:{body.openid}" if body.openid else None)
@@ -221,16 +247,18 @@ async def create_order(request: web.Request) -> web.Response:
             idempotency_key=_idempotency_key(request),
         )
     )
-    token = issue_client_token(
-        config.token_secret, order["user_id"], order["out_trade_no"], ttl_s=config.token_ttl_s
-    )
+    sessions = request.app[SESSIONS]
+    issued = await sessions.issue(order["user_id"], order["out_trade_no"])
+    ticket, ticket_ttl_s = sessions.stream_ticket(issued.session)
     return _json(
         {
             "out_trade_no": order["out_trade_no"],
             "user_id": order["user_id"],
             "amount_total": order["amount_total"],
             "status": order["status"],
-            "client_token": token,
+            "client_token": issued.token,
+            "stream_ticket": ticket,
+            "stream_ticket_expires_in": ticket_ttl_s,
             "pay": orders.pay_params(order),
         },
         status=201 if created else 200,
@@ -270,11 +298,11 @@ def _view(order: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def _caller(request: web.Request) -> Caller:
+async def _caller(request: web.Request) -> Caller:
     """The authenticated caller (401 otherwise), bound to the request's log lines."""
     config = request.app[ORDER_CONFIG]
-    caller = identify(
-        request, backend_secret=config.backend_secret, token_secret=config.token_secret
+    caller = await identify(
+        request, backend_secret=config.backend_secret, sessions=request.app[SESSIONS]
     )
     structlog.contextvars.bind_contextvars(
         caller="backend" if caller.backend else "user", user_id=caller.user_id
@@ -285,7 +313,7 @@ def _caller(request: web.Request) -> Caller:
 async def _owned_order(request: web.Request) -> dict[str, Any]:
     """The order if the caller may see it; 404 for other users (no existence leak)."""
     out_trade_no = request.match_info["out_trade_no"]
-    caller = _caller(request)
+    caller = await _caller(request)
     order = await request.app[ORDERS].get(out_trade_no)
     if order is None or not caller.may_see(order):
         raise NotFound(f"order {out_trade_no} not found")
@@ -302,7 +330,7 @@ async def close_order(request: web.Request) -> web.Response:
 
 
 async def create_refund(request: web.Request) -> web.Response:
-    require_backend(_caller(request), "refunding")
+    require_backend(await _caller(request), "refunding")
     body: CreateRefund = await _body(request)
     out_trade_no = request.match_info["out_trade_no"]
     out_refund_no = body.out_refund_no
@@ -317,14 +345,14 @@ async def create_refund(request: web.Request) -> web.Response:
 
 async def abnormal_refunds(request: web.Request) -> web.Response:
     """``GET /refunds/abnormal`` (the backend only): the refunds waiting for a remedy."""
-    require_backend(_caller(request), "listing abnormal refunds")
+    require_backend(await _caller(request), "listing abnormal refunds")
     return _json({"refunds": await request.app[ABNORMAL_REFUNDS].list()})
 
 
 async def apply_abnormal_refund(request: web.Request) -> web.Response:
     """``POST /refunds/{out_refund_no}/apply-abnormal-refund`` (the backend only): send an
     ABNORMAL refund to a bank card; answers the refund row with the remedy's outcome."""
-    require_backend(_caller(request), "remedying refunds")
+    require_backend(await _caller(request), "remedying refunds")
     body: ApplyAbnormalRefund = await _body(request)
     remedy = Remedy(body.type, body.bank_type, body.bank_account, body.real_name)
     refunds = request.app[ABNORMAL_REFUNDS]
@@ -415,8 +443,10 @@ ORDER_API = Api(
         USER: {
             "type": "http",
             "scheme": "bearer",
-            "description": "a user: the token of `POST /auth/miniprogram` or the"
-            " `client_token` of `POST /orders`; their own orders only",
+            "description": "a user's session token: that of `POST /auth/miniprogram` or"
+            " `POST /auth/token`, or the `client_token` of `POST /orders`; their own orders"
+            " only. A stream ticket is not a session (401), nor is a token the user's"
+            " sessions were revoked after (401)",
         },
     },
     operations=[
@@ -449,6 +479,28 @@ ORDER_API = Api(
                 **_errors(*_BODY_ERRORS, 401, 403, 404, e404="`unknown_user`"),
             },
             body=TokenRequest,
+            security=(BACKEND,),
+        ),
+        Operation(
+            "POST",
+            "/stream-tickets",
+            stream_ticket,
+            "A short-lived ticket for one of the notifier's streams (`/ws`, `/events`)",
+            {
+                200: Reply("the ticket: open the stream before it expires", replies.StreamTicket),
+                **_errors(401, e401="no user session (the backend's secret is none either)"),
+            },
+            security=(USER,),
+        ),
+        Operation(
+            "POST",
+            "/users/{user_id}/sessions/revoke",
+            revoke_sessions,
+            "Revoke every session token issued to a user so far (sign out everywhere)",
+            {
+                200: Reply("revoked; new sign-ins get the new version", replies.SessionsRevoked),
+                **_errors(401, 403, 404, e404="`unknown_user`"),
+            },
             security=(BACKEND,),
         ),
         Operation(

@@ -2,9 +2,11 @@
 
 * the app's backend: ``X-Internal-Secret: <BACKEND_API_SECRET>``; orders for any user,
   reads, close, refunds;
-* an end user: ``Authorization: Bearer <token>`` (a login session of
-  ``POST /auth/miniprogram`` or the ``client_token`` of ``POST /orders``); orders for
-  themselves, reads and closes of their own orders;
+* an end user: ``Authorization: Bearer <token>`` (a session token of
+  ``POST /auth/miniprogram``, ``POST /auth/token`` or the ``client_token`` of
+  ``POST /orders``, of the user's current session version: see :mod:`.sessions`); orders
+  for themselves, reads and closes of their own orders, stream tickets. A stream ticket
+  (the notifier's) is not a session here: 401;
 * anyone else: 401. ``INTERNAL_API_SECRET`` (the cloud function's, held by ingress) is
   not a credential here.
 """
@@ -21,9 +23,10 @@ from paylane_common.auth import (
     bearer_token,
     internal_secret_ok,
 )
-from paylane_common.tokens import TokenError, verify_client_token
+from paylane_common.tokens import ClientToken, TokenError
 
 from .errors import Forbidden, Unauthorized
+from .sessions import Sessions
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,14 @@ class Caller:
     backend: bool
     #: The end user a token names (a ``users.id`` string; None for the backend).
     user_id: str | None
+    #: The user's session (None for the backend).
+    session: ClientToken | None = None
 
     def may_see(self, order: dict[str, object]) -> bool:
         return self.backend or self.user_id == order["user_id"]
 
 
-def identify(request: web.Request, *, backend_secret: str, token_secret: str) -> Caller:
+async def identify(request: web.Request, *, backend_secret: str, sessions: Sessions) -> Caller:
     """The caller; :class:`Unauthorized` (401) when it proved nothing."""
     if INTERNAL_SECRET_HEADER in request.headers:
         try:
@@ -54,10 +59,10 @@ def identify(request: web.Request, *, backend_secret: str, token_secret: str) ->
             " or X-Internal-Secret for the app backend"
         )
     try:
-        client = verify_client_token(token_secret, token)
+        session = await sessions.check(token)
     except TokenError as exc:
         raise Unauthorized(str(exc)) from None
-    return Caller(backend=False, user_id=client.user_id)
+    return Caller(backend=False, user_id=session.user_id, session=session)
 
 
 def require_backend(caller: Caller, what: str) -> None:

@@ -14,6 +14,7 @@ from aiohttp import web
 from paylane_common.catalog import Package
 from paylane_common.prices import PriceList
 from paylane_common.settings import secret_value
+from paylane_common.tokens import TokenSigner
 
 from .client_address import Network
 from .settings import OrderSettings
@@ -86,8 +87,9 @@ class OrderConfig:
     catalog: Mapping[str, Package]
     #: ``X-Internal-Secret`` of the app backend (``BACKEND_API_SECRET``); "" opens nothing.
     backend_secret: str
-    #: Signs and checks the end users' tokens (``CLIENT_TOKEN_SECRET``).
-    token_secret: str
+    #: Signs the end users' tokens (``CLIENT_TOKEN_PRIVATE_KEY``) and checks them (its
+    #: public key and ``CLIENT_TOKEN_PUBLIC_KEY``'s).
+    tokens: TokenSigner
     token_ttl_s: int
     #: ``GET /prices/current``'s ``success``/``data`` (SEED_SYSTEM.md §3).
     price_list: PriceList
@@ -111,7 +113,9 @@ class OrderConfig:
         return cls(
             catalog=settings.catalog,
             backend_secret=secret_value(settings.backend_api_secret),
-            token_secret=secret_value(settings.client_token_secret),
+            tokens=TokenSigner.from_pem(
+                secret_value(settings.client_token_private_key), settings.client_token_public_key
+            ),
             token_ttl_s=settings.client_token_ttl_s,
             price_list=PriceList.of(settings.catalog, settings.prices_effective_at),
             trusted_proxies=settings.trusted_proxies,

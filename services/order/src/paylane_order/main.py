@@ -37,6 +37,7 @@ from .payments import PaymentApplier
 from .rate_limits import RateLimit
 from .reconciler import Reconciler
 from .refunds import RefundApplier
+from .sessions import Sessions
 from .settings import OrderSettings
 
 RECONCILER = web.AppKey("reconciler", Reconciler)
@@ -109,6 +110,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             Gate.of(config, app[WECHATPAY_CLIENT]),
         )
         app[RECONCILER] = reconciler
+        app[api.SESSIONS] = Sessions(app[DB_POOL], config.tokens, config.token_ttl_s)
         app[api.LOGIN] = MiniProgramLogin(
             config.wechat_api_base, config.merchant.appid, config.wechat_app_secret
         )

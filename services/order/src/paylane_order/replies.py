@@ -39,10 +39,26 @@ class Error(_Reply):
 
 
 class Token(_Reply):
+    """A session token: ``Authorization: Bearer`` on this API (not on the notifier)."""
+
     token: str
     token_type: Literal["Bearer"]
     expires_in: int = Field(description="seconds")
     user_id: str
+
+
+class StreamTicket(_Reply):
+    """A short-lived ticket for one of the notifier's streams (`GET /ws?ticket=`,
+    `GET /events?ticket=`); this API refuses it."""
+
+    ticket: str
+    expires_in: int = Field(description="seconds: open the stream before then")
+    user_id: str
+
+
+class SessionsRevoked(_Reply):
+    user_id: str
+    version: int = Field(description="the user's session version now; older tokens are refused")
 
 
 class JsapiPay(_Reply):
@@ -85,7 +101,16 @@ class PlacedOrder(_Reply):
     user_id: str
     amount_total: int = Field(description="fen")
     status: OrderStatus
-    client_token: str = Field(description="for the notifier's streams and `GET /orders/{no}`")
+    client_token: str = Field(
+        description="a session token of the order's user: `Authorization: Bearer` for"
+        " `GET /orders/{no}` and `POST /stream-tickets`"
+    )
+    stream_ticket: str = Field(
+        description="a short-lived ticket (`stream_ticket_expires_in`) for the notifier's"
+        " `/ws?ticket=` or `/events?ticket=`; a later stream takes a fresh one"
+        " (`POST /stream-tickets`)"
+    )
+    stream_ticket_expires_in: int = Field(description="seconds")
     pay: JsapiPay | AppPay | NativePay | H5Pay | Unplaced
 
 

@@ -15,7 +15,8 @@ from paylane_common.settings import (
     ConsumerSettings,
     HttpBaseUrl,
     NoneIfBlank,
-    TokenSecret,
+    TokenSigningKey,
+    TokenVerifyingKeys,
 )
 
 from .client_address import TrustedProxySettings
@@ -45,9 +46,15 @@ class OrderSettings(
     # on the order API): orders for any user, reads, close, refunds. INTERNAL_API_SECRET
     # (the cloud function's, held by ingress) opens nothing here; read only to refuse one
     # equal to BACKEND_API_SECRET.
-    client_token_secret: TokenSecret
-    #: Lifetime of the tokens handed to end users (login sessions and ``client_token``s);
-    #: a stream on the notifier ends when its token expires.
+    #: The Ed25519 key (PKCS#8 PEM) end users' tokens are signed with: sessions and the
+    #: notifier's stream tickets. Only this service holds it.
+    client_token_private_key: TokenSigningKey
+    #: More public keys tokens are accepted from (PEM blocks one after the other): the
+    #: previous key while a rotation's old tokens are still alive. This key's own public
+    #: key is derived from it, never needed here.
+    client_token_public_key: NoneIfBlank[TokenVerifyingKeys] = None
+    #: Lifetime of the session tokens handed to end users (logins and ``client_token``s);
+    #: a stream on the notifier ends when the session its ticket came from expires.
     client_token_ttl_s: int = Field(7200, ge=60, le=7 * 86400)
     #: The mini-program's AppSecret, for ``jscode2session`` (``POST /auth/miniprogram``);
     #: login answers 503 without it.

@@ -3,7 +3,7 @@
 // and waits for the payment's push through the notifier with paylane-client.js.
 // The order API and the notifier are reached through the sandbox's same-origin proxy.
 
-import { PaylaneClient } from "/paylane-client.js";
+import { PaylaneClient, streamTickets } from "/paylane-client.js";
 
 const ORDER_API = "/checkout/api";
 const NOTIFIER = "/checkout/notifier";
@@ -89,7 +89,13 @@ function setStatus(status, text) {
 
 async function watch(order) {
   client?.close();
-  client = new PaylaneClient({ url: NOTIFIER, token: order.client_token });
+  // The order's stream ticket opens the stream; a reconnect asks the order API for a
+  // fresh one with the session (the notifier takes tickets, never the session itself).
+  client = new PaylaneClient({
+    url: NOTIFIER,
+    ticket: order.stream_ticket,
+    tickets: streamTickets({ api: ORDER_API, session: order.client_token }),
+  });
   client.on("state", (state) => {
     $("#connection").textContent =
       state === "open" ? `live over ${client.transport === "sse" ? "SSE" : "WebSocket"}` : state;
