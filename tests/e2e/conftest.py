@@ -16,7 +16,10 @@ def wechat() -> FakeWechat:
     return FakeWechat()
 
 
-@pytest.fixture(scope="session")
+# Stopped once the e2e tests are done: its consumers and reconciler would otherwise go on
+# taking messages and orders in the session's vhost and database from the tests after it
+# (they refuse events of publishers they do not know, and settle what others wait for).
+@pytest.fixture(scope="package")
 async def stack(
     amqp_url: str, mysql_url: str, wechat: FakeWechat, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -255,20 +256,23 @@ async def test_a_users_h5_order_takes_the_payers_address_not_a_claimed_one(stack
 LIMITS = {"LOGIN_RATE_PER_MIN": "5", "ORDER_RATE_PER_MIN": "6", "MAX_PENDING_ORDERS": "2"}
 
 
-async def limited_order_service(stack: Stack) -> str:
+@pytest.fixture(scope="module")
+async def limited_order_service(stack: Stack) -> AsyncIterator[str]:
+    """Stopped after this module: a second order process consumes the session's
+    order.payments and runs a reconciler too, which later tests do not expect."""
     name = "order-limited"
-    if name not in stack.services:
-        env = order_env(stack.services["sandbox"].url, {**ORDER_ENV, **LIMITS})
-        await stack.start("order", env, alias=name)
-    return name
+    env = order_env(stack.services["sandbox"].url, {**ORDER_ENV, **LIMITS})
+    await stack.start("order", env, alias=name)
+    yield name
+    await stack.stop(name)
 
 
 async def test_sign_ins_past_the_address_limit_are_429_and_never_reach_wechat(
-    stack: Stack,
+    stack: Stack, limited_order_service: str
 ) -> None:
     """Every garbage code used to be forwarded to WeChat's jscode2session: 40 codes, 40
     upstream calls. Now an address gets ``LOGIN_RATE_PER_MIN`` a minute."""
-    service = await limited_order_service(stack)
+    service = limited_order_service
     _, before = await sandbox(stack, "GET", "/sandbox/miniprogram/calls")
     answers = [
         await call(stack, service, "POST", "/auth/miniprogram", {"code": f"garbage-{i}"})
@@ -287,8 +291,10 @@ async def test_sign_ins_past_the_address_limit_are_429_and_never_reach_wechat(
             assert 1 <= int(response.headers["Retry-After"]) <= 12
 
 
-async def test_a_users_unpaid_orders_are_capped_and_their_pace_limited(stack: Stack) -> None:
-    service = await limited_order_service(stack)
+async def test_a_users_unpaid_orders_are_capped_and_their_pace_limited(
+    stack: Stack, limited_order_service: str
+) -> None:
+    service = limited_order_service
     openid = f"o-cap-{uuid.uuid4().hex[:12]}"
     hygiene.register(openid)
     body = {"openid": openid, "package_type": "basic", "trade_type": "NATIVE"}
