@@ -62,21 +62,27 @@ class PaymentApplier:
         self._on_commit = on_commit
 
     async def __call__(self, envelope: Envelope, claim: PaymentSucceeded) -> str:
-        # A redelivery of what was applied already asks WeChat Pay nothing.
-        async with transaction(self.pool) as cur:
-            if await inbox.seen(cur, INBOX_CONSUMER, [envelope.event_id]):
-                return "duplicate"
         try:
-            data = await self._gate.confirm(claim)
+            data = self._gate.from_notification(claim) or await self._query(envelope, claim)
         except Unconfirmed as why:
             await self._unconfirmed(envelope, claim, why)
             raise Reject(str(why)) from None
+        if data is None:
+            return "duplicate"
         async with transaction(self.pool) as cur:
             if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
             outcome = await self._apply(cur, envelope, data)
         self.after_commit([outcome])
         return outcome
+
+    async def _query(self, envelope: Envelope, claim: PaymentSucceeded) -> PaymentSucceeded | None:
+        """WeChat Pay asked about a claim with no notification that verifies; None for a
+        redelivery of what was applied already (the inbox has it), which asks nothing."""
+        async with transaction(self.pool) as cur:
+            if await inbox.seen(cur, INBOX_CONSUMER, [envelope.event_id]):
+                return None
+        return await self._gate.from_query(claim)
 
     def after_commit(self, outcomes: Sequence[str]) -> None:
         if "paid" in outcomes and self._on_commit is not None:
