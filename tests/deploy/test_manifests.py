@@ -135,6 +135,42 @@ def test_compose_secrets_are_files_never_values(compose: dict[str, Any], secrets
         assert Path(secret["file"]).is_file(), secret["file"]
 
 
+#: What each compose service runs, as `paylane serve` loads it: module, settings class.
+SETTINGS_OF = {
+    "ingress": ("paylane_ingress.settings", "IngressSettings"),
+    "order": ("paylane_order.settings", "OrderSettings"),
+    "entitlement": ("paylane_entitlement.settings", "EntitlementSettings"),
+    "notifier": ("paylane_notifier.settings", "NotifierSettings"),
+    "sandbox": ("paylane_sandbox.settings", "SandboxSettings"),
+    # `reconcile`, `refund`, `replay` through the one-shot cli container: order's settings.
+    "cli": ("paylane_order.settings", "OrderSettings"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS_OF))
+def test_compose_environment_starts_each_service(
+    compose: dict[str, Any], secrets_dir: Path, name: str
+) -> None:
+    """Each service's settings load from exactly what compose gives its container: the
+    environment, with every ``*_FILE`` pointing at the mounted secret's file. A missing
+    variable fails here, not as a crash loop after `make up`."""
+    service = compose["services"][name]
+    mounted = {s["target"]: compose["secrets"][s["source"]]["file"] for s in service["secrets"]}
+    env = {"PATH": os.environ["PATH"]}
+    for variable, value in (service.get("environment") or {}).items():
+        env[variable] = mounted.get(value, value) if variable.endswith("_FILE") else value
+    module, cls = SETTINGS_OF[name]
+    code = (
+        "from paylane_common.settings import load_settings\n"
+        f"from {module} import {cls}\n"
+        f"load_settings({cls})\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, f"{name}: {run.stderr.strip().splitlines()[-1:]}"
+
+
 def test_compose_secrets_script_keeps_files_and_adds_the_broker_user(secrets_dir: Path) -> None:
     before = {p.name: p.read_bytes() for p in secrets_dir.iterdir()}
     subprocess.run(
@@ -622,7 +658,13 @@ def test_dockerfile_runs_paylane_as_non_root() -> None:
     assert set(final["EXPOSE"].split()) == exposed
     assert "/healthz" in final["HEALTHCHECK"] and "python" in final["HEALTHCHECK"]
     builds = [args for stage in stages for instruction, args in stage if instruction == "RUN"]
-    assert any("uv sync --frozen --no-dev" in args for args in builds)
+    # Both installs see the CA bundle only as a build secret (no ARG, ENV or COPY of it).
+    assert sum("--mount=type=secret,id=ca" in args and "uv-sync" in args for args in builds) == 2
+    script = (DEPLOY / "uv-sync.sh").read_text()
+    assert "uv sync --frozen --no-dev" in script
+    assert "--require-hashes" in script  # a mirror serves the lock's own files, or fails
+    everything = [args for stage in stages for _, args in stage]
+    assert not any("ca-certificates.crt" in args or "SSL_CERT_FILE" in args for args in everything)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".dev", "deploy/secrets"} <= set(ignored)
 
