@@ -12,7 +12,10 @@ TYPED = libs/common/src services/ingress/src services/order/src services/entitle
 help:
 	@echo "make run      migrate, then run all services against local RabbitMQ + MariaDB"
 	@echo "make test     the whole test suite on real RabbitMQ + MySQL"
-	@echo "make demo     (with make run going) pay one order and print the timeline"
+	@echo "make demo     (with make run or make up going) pay one order and print the timeline"
+	@echo "make up       the docker-compose stack (deploy/), built and healthy; make down stops it"
+	@echo "make image    build the paylane image (deploy/image.sh)"
+	@echo "make test-containers  the compose stack and testcontainers tiers (needs an engine)"
 	@echo "make bench    benchmarks (BENCH_ARGS=--quick for a smoke run)"
 	@echo "make lint     ruff + mypy"
 	@echo "make migrate  create/upgrade the database in MYSQL_URL"
@@ -45,10 +48,10 @@ demo: install
 	$(UV) run paylane demo
 
 test: install
-	$(UV) run pytest
+	$(UV) run pytest -m "not containers"
 
 test-unit: install
-	$(UV) run pytest -m "not integration and not e2e"
+	$(UV) run pytest -m "not integration and not e2e and not containers"
 
 # A benchmark, not a test: prints a markdown table, writes bench-results/ (JSON + PNG).
 bench:
@@ -74,14 +77,26 @@ fmt:
 	$(UV) run ruff check --fix .
 	$(UV) run ruff format .
 
-# The docker-compose stack (deploy/docker-compose.yml, see the README's "Deployment"):
-# secret files are made once in deploy/secrets/, the WeChat Pay sandbox runs unless
-# COMPOSE_PROFILES says otherwise (`make up COMPOSE_PROFILES=` for a real merchant).
-.PHONY: up down
-up:
-	$(UV) run python deploy/compose_secrets.py
-	COMPOSE_PROFILES=$${COMPOSE_PROFILES-sandbox} docker compose -f deploy/docker-compose.yml up -d --build
+# The docker-compose stack (deploy/docker-compose.yml, docs/deployment.md): secret files
+# are made once in deploy/secrets/, the image is built (deploy/image.sh), then the stack
+# starts and `up` returns once every service is healthy. The WeChat Pay sandbox runs
+# unless COMPOSE_PROFILES says otherwise (`make up COMPOSE_PROFILES=` for a real merchant).
+# deploy/compose.sh finds the compose client and the engine (Docker, or podman's socket).
+.PHONY: image up down test-containers
+image:
+	deploy/image.sh
 
-# Keeps the data volumes; `docker compose -f deploy/docker-compose.yml down -v` wipes them.
+up: install image
+	$(UV) run python deploy/compose_secrets.py $${PAYLANE_SECRETS_DIR:+--dir "$$PAYLANE_SECRETS_DIR"}
+	COMPOSE_PROFILES=$${COMPOSE_PROFILES-sandbox} deploy/compose.sh up -d --wait --wait-timeout 300
+
+# Keeps the data volumes; `deploy/compose.sh down -v` wipes them.
 down:
-	docker compose -f deploy/docker-compose.yml --profile sandbox --profile cli down
+	deploy/compose.sh --profile sandbox --profile cli --profile monitoring down
+
+# The container tier: the compose stack booted and paying (tests/containers), and the
+# integration tests against MySQL and RabbitMQ started by testcontainers. Needs a
+# container engine and the images (make image; stand-ins for the official ones where
+# they cannot be pulled: tests/containers/images). .ci/run sets all this up.
+test-containers: install image
+	$(UV) run pytest -m containers
