@@ -16,6 +16,10 @@ creates no default user, see rabbitmq.conf), and the URL files the services read
 ``AMQP_URL_FILE`` / ``MYSQL_URL_FILE``: ``amqp_url_<service>``, ``amqp_url_admin``,
 ``mysql_url_<service>`` (each service's own database user, deploy/mysql/grants.sql) and
 ``mysql_migrate_url`` (the migrator).
+The database in those URLs is the bundled one (``mysql:3306/paylane``) unless
+PAYLANE_MYSQL_HOST, PAYLANE_MYSQL_PORT or PAYLANE_MYSQL_DATABASE say otherwise, from the
+environment or from deploy/.env (the file compose reads): your own MySQL, with
+deploy/compose.external-mysql.yml (docs/deployment.md).
 Only file names are printed, never values.
 """
 
@@ -25,10 +29,12 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import secrets
 import string
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +157,40 @@ def _write(path: Path, content: str) -> None:
     path.chmod(0o644)
 
 
-def ensure_secrets(directory: Path, definitions: Path) -> dict[str, str]:
+@dataclass(frozen=True)
+class Database:
+    """Where the services' MySQL URLs point."""
+
+    host: str = "mysql"
+    port: int = 3306
+    name: str = "paylane"
+
+    @classmethod
+    def configured(cls, env_file: Path) -> Database:
+        """From PAYLANE_MYSQL_HOST / _PORT / _DATABASE: the environment first, then
+        ``env_file`` (KEY=VALUE lines, as compose reads deploy/.env)."""
+        values: dict[str, str] = {}
+        if env_file.is_file():
+            for line in env_file.read_text(encoding="utf-8").splitlines():
+                key, sep, value = line.strip().partition("=")
+                if sep and not key.startswith("#"):
+                    values[key.strip()] = value.strip().strip("'\"")
+        values |= {k: v for k, v in os.environ.items() if k.startswith("PAYLANE_MYSQL_")}
+        return cls(
+            host=values.get("PAYLANE_MYSQL_HOST") or cls.host,
+            port=int(values.get("PAYLANE_MYSQL_PORT") or cls.port),
+            name=values.get("PAYLANE_MYSQL_DATABASE") or cls.name,
+        )
+
+    def url(self, user: str, password: str) -> str:
+        return f"mysql://{user}:{password}@{self.host}:{self.port}/{self.name}"
+
+
+def ensure_secrets(
+    directory: Path, definitions: Path, database: Database | None = None
+) -> dict[str, str]:
     """Create what is missing in ``directory``; return {file name: "created" | "kept" | …}."""
+    database = database or Database()
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     report: dict[str, str] = {}
@@ -194,12 +232,10 @@ def ensure_secrets(directory: Path, definitions: Path) -> dict[str, str]:
             for s in BROKER_SERVICES
         },
         **{
-            f"mysql_url_{s}": f"mysql://paylane_{s}:{read(f'mysql_{s}_password')}@mysql:3306/paylane"
+            f"mysql_url_{s}": database.url(f"paylane_{s}", read(f"mysql_{s}_password"))
             for s in MYSQL_SERVICES
         },
-        "mysql_migrate_url": (
-            f"mysql://{MYSQL_MIGRATE_USER}:{read('mysql_migrate_password')}@mysql:3306/paylane"
-        ),
+        "mysql_migrate_url": database.url(MYSQL_MIGRATE_USER, read("mysql_migrate_password")),
     }
     for name, url in urls.items():
         _write(directory / name, url + "\n")
@@ -214,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         "--definitions", type=Path, default=DEPLOY / "rabbitmq" / "definitions.json"
     )
     args = parser.parse_args(argv)
-    for name, what in ensure_secrets(args.dir, args.definitions).items():
+    # The env file compose reads: COMPOSE_ENV_FILES when set, else deploy/.env.
+    env_file = Path(os.environ.get("COMPOSE_ENV_FILES", "").split(",")[0] or DEPLOY / ".env")
+    database = Database.configured(env_file)
+    for name, what in ensure_secrets(args.dir, args.definitions, database).items():
         print(f"{args.dir / name}: {what}")
     return 0
 

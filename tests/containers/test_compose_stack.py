@@ -19,10 +19,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.support.compose_stack import URLS, ComposeStack, wait_until
+from tests.support.compose_stack import URLS, ComposeStack, pay_one_order, wait_until
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 
@@ -80,57 +79,13 @@ def test_the_image_runs_as_10001_on_a_read_only_root(stack: ComposeStack) -> Non
 
 
 async def test_one_payment_through_the_containers(stack: ComposeStack) -> None:
-    openid = f"o-compose-{uuid.uuid4().hex[:10]}"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        # wx.login(): the sandbox (WeChat's jscode2session) issues a code for the openid.
-        async with http.post(
-            f"{URLS['sandbox']}/sandbox/miniprogram/codes", json={"openid": openid}
-        ) as response:
-            assert response.status == 201, await response.text()
-            code = (await response.json())["code"]
-        async with http.post(f"{URLS['order']}/auth/miniprogram", json={"code": code}) as response:
-            assert response.status == 200, await response.text()
-            session = await response.json()
-        bearer = {"Authorization": f"Bearer {session['token']}"}
-        body = {"package_type": "premium", "trade_type": "NATIVE"}
-        async with http.post(f"{URLS['order']}/orders", json=body, headers=bearer) as response:
-            assert response.status == 201, await response.text()
-            order = await response.json()
-        no = order["out_trade_no"]
-        ws = await http.ws_connect(f"{URLS['notifier']}/ws?ticket={order['stream_ticket']}")
-        first = json.loads((await ws.receive(timeout=10)).data)
-        assert first["status"] == "pending", first
-
-        async with http.post(f"{URLS['sandbox']}/sandbox/orders/{no}/pay", json={}) as response:
-            assert response.status == 200, await response.text()
-
-        pushed: dict[str, dict[str, Any]] = {}
-        while not {"order.paid", "entitlement.granted"} <= set(pushed):
-            message = await ws.receive(timeout=60)
-            push = json.loads(message.data)
-            pushed[push["type"]] = push
-        await ws.close()
-        assert pushed["order.paid"]["status"] == "paid"
-        assert pushed["entitlement.granted"]["payment_status"] == "premium"
-
-        # WeChat Pay's notification reached ingress's container and was acknowledged.
-        async with http.get(
-            f"{URLS['sandbox']}/sandbox/notifications", params={"out_trade_no": no}
-        ) as response:
-            notes = (await response.json())["notifications"]
-        answers = [a.get("status") for n in notes for a in n.get("attempts", [])]
-        assert answers and answers[-1] in (200, 204), notes
-
-        async with http.get(f"{URLS['order']}/orders/{no}", headers=bearer) as response:
-            view = await response.json()
-        assert (view["status"], view["payment_status"]) == ("paid", "premium"), view
-
+    payment = await pay_one_order()
     rows = stack.sql(
         "SELECT o.status, u.payment_status FROM payment_orders o JOIN users u ON u.id = o.user_id"
-        f" WHERE o.out_trade_no = '{no}'"
+        f" WHERE o.out_trade_no = '{payment['no']}'"
     )
     assert rows == [["paid", "premium"]]
-    paid.update(no=no, token=session["token"], regenerate_count=view["regenerate_count"])
+    paid.update(payment)
 
 
 def test_readiness_fails_while_the_broker_or_the_database_is_down(stack: ComposeStack) -> None:

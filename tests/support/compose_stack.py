@@ -9,15 +9,19 @@ images are the ones compose names; where the official ones cannot be pulled, CI 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.support.manifests import DEPLOY, ROOT, make_compose_secrets
@@ -67,19 +71,20 @@ class ComposeStack:
 
     @classmethod
     def create(cls, tmp: Path, **extra: str) -> ComposeStack:
-        secrets = make_compose_secrets(tmp / "secrets")
+        secrets = tmp / "secrets"
+        # The developer's deploy/.env must not change what is tested: an empty env file.
+        empty = tmp / "compose.env"
+        empty.write_text("")
         env = {
             **os.environ,
             "DOCKER_HOST": require_engine(),
             "COMPOSE_PROJECT_NAME": f"paylane-ci-{uuid.uuid4().hex[:8]}",
             "PAYLANE_SECRETS_DIR": str(secrets),
             "COMPOSE_PROFILES": "sandbox",
+            "COMPOSE_ENV_FILES": str(empty),
             **extra,
         }
-        # The developer's deploy/.env must not change what is tested: an empty env file.
-        empty = tmp / "compose.env"
-        empty.write_text("")
-        env["COMPOSE_ENV_FILES"] = str(empty)
+        make_compose_secrets(secrets, env)
         return cls(secrets=secrets, env=env)
 
     @property
@@ -192,3 +197,104 @@ def wait_until(predicate: Any, what: str, seconds: float = 60, every: float = 0.
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {seconds:.0f} s")
         time.sleep(every)
+
+
+async def pay_one_order(package: str = "premium") -> dict[str, Any]:
+    """One payment through the published ports, as a mini-program user makes it: sign in
+    (the sandbox plays jscode2session), order, listen on the notifier, pay in the sandbox.
+    Checks that ingress acknowledged WeChat Pay's notification, that the order is paid and
+    the user upgraded, and that both pushes arrived; returns the order's number, the
+    session token and the user's regenerations."""
+    openid = f"o-compose-{uuid.uuid4().hex[:10]}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        async with http.post(
+            f"{URLS['sandbox']}/sandbox/miniprogram/codes", json={"openid": openid}
+        ) as response:
+            assert response.status == 201, await response.text()
+            code = (await response.json())["code"]
+        async with http.post(f"{URLS['order']}/auth/miniprogram", json={"code": code}) as response:
+            assert response.status == 200, await response.text()
+            session = await response.json()
+        bearer = {"Authorization": f"Bearer {session['token']}"}
+        body = {"package_type": package, "trade_type": "NATIVE"}
+        async with http.post(f"{URLS['order']}/orders", json=body, headers=bearer) as response:
+            assert response.status == 201, await response.text()
+            order = await response.json()
+        no = order["out_trade_no"]
+        ws = await http.ws_connect(f"{URLS['notifier']}/ws?ticket={order['stream_ticket']}")
+        first = json.loads((await ws.receive(timeout=10)).data)
+        assert first["status"] == "pending", first
+
+        async with http.post(f"{URLS['sandbox']}/sandbox/orders/{no}/pay", json={}) as response:
+            assert response.status == 200, await response.text()
+
+        pushed: dict[str, dict[str, Any]] = {}
+        while not {"order.paid", "entitlement.granted"} <= set(pushed):
+            push = json.loads((await ws.receive(timeout=60)).data)
+            pushed[push["type"]] = push
+        await ws.close()
+        assert pushed["order.paid"]["status"] == "paid"
+        assert pushed["entitlement.granted"]["payment_status"] == package
+
+        # WeChat Pay's notification reached ingress's container and was acknowledged.
+        async with http.get(
+            f"{URLS['sandbox']}/sandbox/notifications", params={"out_trade_no": no}
+        ) as response:
+            notes = (await response.json())["notifications"]
+        answers = [a.get("status") for n in notes for a in n.get("attempts", [])]
+        assert answers and answers[-1] in (200, 204), notes
+
+        async with http.get(f"{URLS['order']}/orders/{no}", headers=bearer) as response:
+            view = await response.json()
+        assert (view["status"], view["payment_status"]) == ("paid", package), view
+    return {"no": no, "token": session["token"], "regenerate_count": view["regenerate_count"]}
+
+
+class Forwarder:
+    """``0.0.0.0:<port>`` → ``upstream``, in threads: the containers reach a server of
+    this machine that listens on loopback only (the CI machine's MariaDB, acting as the
+    team's own MySQL) through the engine's host address (``host.containers.internal``)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self._listener = socket.create_server(("0.0.0.0", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            threading.Thread(target=self._link, args=(client, server), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        # The other direction's recv returns too: the connection ends both ways.
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def _link(self, client: socket.socket, server: socket.socket) -> None:
+        with client, server:
+            upstream = threading.Thread(target=self._pump, args=(client, server), daemon=True)
+            upstream.start()
+            self._pump(server, client)
+            upstream.join()
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()

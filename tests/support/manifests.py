@@ -28,13 +28,15 @@ def venv_tool(name: str) -> str:
     return path
 
 
-def make_compose_secrets(directory: Path) -> Path:
-    """The compose stack's secrets in ``directory``, made by the script `make up` runs."""
+def make_compose_secrets(directory: Path, env: dict[str, str] | None = None) -> Path:
+    """The compose stack's secrets in ``directory``, made by the script `make up` runs
+    (``env``: its environment, e.g. PAYLANE_MYSQL_HOST)."""
     subprocess.run(
         [sys.executable, str(DEPLOY / "compose_secrets.py"), "--dir", str(directory)],
         check=True,
         capture_output=True,
         timeout=60,
+        env=env,
     )
     return directory
 

@@ -1,0 +1,104 @@
+"""The adopting team's own MySQL (issue: containers): compose without its MySQL service.
+
+The team keeps the database its cloud function and Node backend already use (a CynosDB
+endpoint). With deploy/compose.external-mysql.yml the bundled mysql never starts; the
+migrator, the migrations and the services' grants are made on that server by the
+administrator account the team gives, and the services' URLs point there. Here this
+machine's MariaDB plays that server: the containers reach it over the network through
+the engine's host address, as a remote endpoint, in a database of the test's own.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+
+import pymysql
+import pytest
+
+from tests.support.compose_stack import ComposeStack, Forwarder, pay_one_order
+from tests.support.infra import Infra
+
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
+
+ADMIN = "paylane_ci_admin"
+#: The users the stack makes on the server it is given (deploy/mysql/*).
+MADE = ("paylane_migrate", "paylane_order", "paylane_entitlement", "paylane_notifier")
+#: How containers reach this machine: podman's name; Docker Desktop's is
+#: host.docker.internal.
+HOST_ADDRESS = os.environ.get("PAYLANE_TEST_HOST_ADDRESS", "host.containers.internal")
+
+
+@pytest.fixture(scope="module")
+def external(
+    infra: Infra, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ComposeStack, str]]:
+    database = f"paylane_ext_{uuid.uuid4().hex[:8]}"
+    password = secrets.token_hex(16)
+    admin = infra.mysql_admin()
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE USER '{ADMIN}'@'%%' IDENTIFIED BY %s", (password,))
+        cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'%' WITH GRANT OPTION")
+    forwarder = Forwarder((infra.mysql_host, infra.mysql_port))
+    stack = ComposeStack.create(
+        tmp_path_factory.mktemp("external"),
+        COMPOSE_FILE="docker-compose.yml:compose.external-mysql.yml",
+        PAYLANE_MYSQL_HOST=HOST_ADDRESS,
+        PAYLANE_MYSQL_PORT=str(forwarder.port),
+        PAYLANE_MYSQL_DATABASE=database,
+        PAYLANE_MYSQL_ADMIN_USER=ADMIN,
+    )
+    (stack.secrets / "mysql_admin_password").write_text(password + "\n")
+    try:
+        stack.make("up")
+        yield stack, database
+    finally:
+        try:
+            stack.make("down")
+            stack.down("--volumes", "--remove-orphans")
+        finally:
+            forwarder.close()
+            with admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+                for user in (ADMIN, *MADE):
+                    cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+            admin.close()
+
+
+def test_the_stack_runs_without_its_mysql(external: tuple[ComposeStack, str]) -> None:
+    stack, _ = external
+    states = stack.states()
+    assert "mysql" not in states
+    for one_shot in ("dbusers", "migrate", "grants"):
+        assert (states[one_shot]["State"], states[one_shot]["ExitCode"]) == ("exited", 0)
+    for name in ("ingress", "order", "entitlement", "notifier", "sandbox"):
+        assert states[name]["Health"] == "healthy", states[name]
+    urls = {p.name: p.read_text() for p in stack.secrets.glob("mysql_url_*")}
+    assert urls and all(f"@{HOST_ADDRESS}:" in url for url in urls.values()), urls
+
+
+async def test_a_payment_lands_in_the_teams_database(
+    external: tuple[ComposeStack, str], infra: Infra
+) -> None:
+    _, database = external
+    payment = await pay_one_order()
+    connection = pymysql.connect(
+        host=infra.mysql_host,
+        port=infra.mysql_port,
+        user=infra.mysql_user,
+        password=infra.mysql_password,
+        database=database,
+    )
+    with connection, connection.cursor() as cur:
+        cur.execute(
+            "SELECT o.status, u.payment_status FROM payment_orders o"
+            " JOIN users u ON u.id = o.user_id WHERE o.out_trade_no = %s",
+            (payment["no"],),
+        )
+        assert cur.fetchall() == (("paid", "premium"),)
+        # Each service as its own user, with the grants of grants.sql: nothing more.
+        cur.execute("SHOW GRANTS FOR 'paylane_notifier'@'%'")
+        grants = " ".join(row[0] for row in cur.fetchall())
+    assert "INSERT" not in grants and "UPDATE" not in grants, grants
