@@ -67,7 +67,13 @@ async def run(args: argparse.Namespace) -> int:
 
         wanted = {"order.paid", "entitlement.granted"}
         printed: set[tuple[str, int]] = set()
+        # A stack that never pays (ingress down, a consumer stuck) ends the demo, not hangs it.
+        deadline = time.monotonic() + args.wait
         while wanted:
+            if time.monotonic() > deadline:
+                print(f"no {' and no '.join(sorted(wanted))} push within {args.wait:.0f} s")
+                await ws.close()
+                return 1
             async with http.get(
                 f"{args.sandbox_url}/sandbox/notifications", params={"out_trade_no": no}
             ) as response:
@@ -110,4 +116,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--order-url", default="http://127.0.0.1:8081")
     demo.add_argument("--notifier-url", default="http://127.0.0.1:8083")
     demo.add_argument("--sandbox-url", default="http://127.0.0.1:8090")
+    demo.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for the pushes (default 60)"
+    )
     demo.set_defaults(func=lambda args: asyncio.run(run(args)))

@@ -21,7 +21,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.compose_stack import URLS, ComposeStack, pay_one_order, wait_until
+from tests.support.compose_stack import (
+    URLS,
+    ComposeStack,
+    engine_cli,
+    pay_one_order,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 
@@ -86,6 +92,15 @@ async def test_one_payment_through_the_containers(stack: ComposeStack) -> None:
     )
     assert rows == [["paid", "premium"]]
     paid.update(payment)
+
+
+def test_make_demo_pays_through_the_stack(stack: ComposeStack) -> None:
+    """`make demo` as the README has it, against `make up`'s stack: one payment, printed
+    as a timeline, ending with the user upgraded."""
+    out = stack.make("demo").stdout
+    assert "pushed          order.paid: status paid" in out, out
+    assert "pushed          entitlement.granted: payment_status premium" in out, out
+    assert "GET /orders     status paid" in out, out
 
 
 def test_readiness_fails_while_the_broker_or_the_database_is_down(stack: ComposeStack) -> None:
@@ -195,7 +210,7 @@ def test_a_missing_secret_or_variable_stops_the_container_naming_it(
     args = [f"--env={name}={value}" for name, value in env.items()]
     try:
         done = subprocess.run(
-            ["docker", "run", f"--name={name}", "--read-only", *args, image, "serve", command],
+            [engine_cli(), "run", f"--name={name}", "--read-only", *args, image, "serve", command],
             env=stack.env,
             capture_output=True,
             text=True,
@@ -203,7 +218,7 @@ def test_a_missing_secret_or_variable_stops_the_container_naming_it(
             check=False,
         )
     finally:
-        remove = ["docker", "rm", "-f", name]
+        remove = [engine_cli(), "rm", "-f", name]
         subprocess.run(remove, env=stack.env, capture_output=True, check=False)
     assert done.returncode == 2, done
     assert named in done.stderr, done.stderr

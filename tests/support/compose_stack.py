@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -48,6 +49,11 @@ def engine_host() -> str | None:
     if PODMAN_SOCKET.is_socket():
         return f"unix://{PODMAN_SOCKET}"
     return None
+
+
+def engine_cli() -> str:
+    """The engine's command line: docker (to whatever DOCKER_HOST names), else podman."""
+    return "docker" if shutil.which("docker") else "podman"
 
 
 def require_engine() -> str:
@@ -143,13 +149,13 @@ class ComposeStack:
     def exec(
         self, service: str, *command: str, check: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """``command`` in ``service``'s container. Through ``docker exec``: `compose exec`
-        on podman's API answers 0 whatever the command's exit status."""
+        """``command`` in ``service``'s container. Through ``docker exec`` (or podman's):
+        `compose exec` on podman's API answers 0 whatever the command's exit status."""
         container = self.run("ps", "-q", service).stdout.strip()
         assert container, f"{service} has no running container"
         args = [f"--env={name}={value}" for name, value in (env or {}).items()]
         done = subprocess.run(
-            ["docker", "exec", *args, container, *command],
+            [engine_cli(), "exec", *args, container, *command],
             env=self.env,
             capture_output=True,
             text=True,

@@ -6,7 +6,7 @@
 # for each running container that has a healthcheck (podman keeps the streak, retries and
 # start period itself). Docker, and podman under systemd, need none of this.
 #
-#   deploy/podman-healthchecks.sh [SECONDS]      # in the background; default every 3 s
+#   deploy/podman/healthchecks.sh [SECONDS]      # in the background; default every 3 s
 set -uo pipefail
 every=${1:-3}
 while true; do
