@@ -254,8 +254,9 @@ def _containers() -> Iterator[Infra]:
             stack.callback(_remove, container)
         # Both start at once: MySQL's first-start initialisation is the longer wait.
         with ThreadPoolExecutor(2) as pool:
-            for started in [pool.submit(mysql.start), pool.submit(rabbit.start)]:
-                started.result()
+            mysql_started, rabbit_started = pool.submit(mysql.start), pool.submit(rabbit.start)
+            mysql_started.result()
+            rabbit_started.result()
 
         def ctl(args: list[str]) -> str:
             # As the image's default user, the way `docker exec` runs it; stderr apart

@@ -231,7 +231,7 @@ _main() {
     docker_create_db_directories
     if [ "$(id -u)" = '0' ]; then
         mysql_note "Switching to dedicated user 'mysql'"
-        exec setpriv --reuid=mysql --regid=mysql --init-groups "$BASH_SOURCE" "$@"
+        exec setpriv --reuid=mysql --regid=mysql --init-groups "${BASH_SOURCE[0]}" "$@"
     fi
     if [ -z "$DATABASE_ALREADY_EXISTS" ]; then
         docker_verify_minimum_env

@@ -37,7 +37,7 @@ if [ "$1" = 'rabbitmq-server' ]; then
         mkdir -p /var/lib/rabbitmq
         chown rabbitmq:rabbitmq /var/lib/rabbitmq "$conf_dir"
         find /var/lib/rabbitmq \! -user rabbitmq -exec chown rabbitmq:rabbitmq '{}' +
-        exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups "$BASH_SOURCE" "$@"
+        exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups "${BASH_SOURCE[0]}" "$@"
     fi
     if [ -w "$conf_dir" ]; then
         write_defaults
