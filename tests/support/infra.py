@@ -172,7 +172,7 @@ def describe() -> str:
     """One line for the test run's header: which kind of infrastructure this session
     gets (the same test ``provide_infra`` makes), and from where."""
     if docker_available():
-        mysql, rabbitmq = container_images()
+        mysql, rabbitmq = (_resolved(image) for image in container_images())
         engine = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         return (
             f"paylane infra: containers (mysql image {mysql}, rabbitmq image {rabbitmq}, "
@@ -186,6 +186,27 @@ def describe() -> str:
         f"paylane infra: local (rabbitmq {amqp.hostname}:{amqp.port or 5672}, "
         f"mysql {mysql_url.hostname}:{mysql_url.port or 3306})"
     )
+
+
+def _resolved(image: str) -> str:
+    """``image`` and, when the engine has it under another name, that one: podman
+    resolves a short name such as ``mysql:8.4`` to a local ``localhost/…/mysql:8.4``
+    (a stand-in), and the header should say which image really runs."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=5)
+    except docker.errors.DockerException:
+        return image
+    try:
+        tags = client.images.get(image).tags
+    except docker.errors.ImageNotFound:
+        return f"{image} (not present: to be pulled)"
+    except docker.errors.DockerException:
+        return image
+    finally:
+        client.close()
+    return image if image in tags or not tags else f"{image} = {tags[0]}"
 
 
 def _local_amqp_url() -> str:
