@@ -15,7 +15,7 @@ from paylane_common import amqp, db
 from paylane_common.migrate import cutover, migrate
 from paylane_common.outages import Dependency
 from tests.support import hygiene
-from tests.support.infra import Infra, provide_infra, unique_name
+from tests.support.infra import Infra, describe, provide_infra, unique_name
 from tests.support.seed_db import create_seed_database, layout, snapshot
 
 # tests/integration/test_log_hygiene.py runs a session of its own to see a leak fail it.
@@ -23,6 +23,12 @@ pytest_plugins = ("pytester",)
 
 # Every log line of the session also goes to one file, scanned for secrets at the end.
 hygiene.configure_session_logging()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which infrastructure the session's integration tests get, in every run's output
+    (CI shows "containers" or "local", never a silently taken branch)."""
+    return describe()
 
 
 @pytest.fixture(scope="session", autouse=True)

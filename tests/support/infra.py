@@ -1,9 +1,13 @@
 """Where the integration tests find RabbitMQ and MySQL.
 
-With a Docker engine, testcontainers starts MySQL 8 and RabbitMQ; without one (detected in
-well under a second), the local services are used: ``PAYLANE_TEST_AMQP_URL`` /
-``PAYLANE_TEST_MYSQL_URL`` or the defaults of DESIGN §2. Either way each test session gets
-its own RabbitMQ vhost and its own database, so runs never see each other's data.
+With a Docker engine (``DOCKER_HOST``; podman's Docker API does), testcontainers starts
+MySQL and RabbitMQ: the official ``mysql:8.4`` and ``rabbitmq:3.13-management`` unless
+``PAYLANE_TEST_MYSQL_IMAGE`` / ``PAYLANE_TEST_RABBITMQ_IMAGE`` name others (CI without a
+registry: the stand-ins of tests/containers/images). Without an engine (detected in well
+under a second), or with ``PAYLANE_TEST_LOCAL=1``, the local services are used:
+``PAYLANE_TEST_AMQP_URL`` / ``PAYLANE_TEST_MYSQL_URL`` or the defaults of DESIGN §2.
+Either way each test session gets its own RabbitMQ vhost and its own database, so runs
+never see each other's data.
 """
 
 from __future__ import annotations
@@ -15,12 +19,26 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pymysql
 
 from paylane_common.amqp import broker_urls, host_of
+
+if TYPE_CHECKING:
+    from testcontainers.core.container import DockerContainer
+
+#: The images the containers kind starts unless the environment names others.
+MYSQL_IMAGE = "mysql:8.4"
+RABBITMQ_IMAGE = "rabbitmq:3.13-management"
+MYSQL_ROOT_PASSWORD = "paylane"
+RABBITMQ_USER = RABBITMQ_PASSWORD = "guest"
+#: Put on the session's containers: a later session removes those of a dead one (with
+#: Ryuk disabled nothing else would).
+OWNER_LABEL = "org.paylane.tests.owner"
 
 
 @dataclass
@@ -142,6 +160,63 @@ def _local_rabbitmqctl(args: list[str]) -> str:
     return done.stdout
 
 
+def container_images() -> tuple[str, str]:
+    """The MySQL and RabbitMQ images of the containers kind."""
+    return (
+        os.environ.get("PAYLANE_TEST_MYSQL_IMAGE") or MYSQL_IMAGE,
+        os.environ.get("PAYLANE_TEST_RABBITMQ_IMAGE") or RABBITMQ_IMAGE,
+    )
+
+
+def describe() -> str:
+    """One line for the test run's header: which kind of infrastructure this session
+    gets (the same test ``provide_infra`` makes), and from where."""
+    if docker_available():
+        mysql, rabbitmq = (_resolved(image) for image in container_images())
+        engine = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        return (
+            f"paylane infra: containers (mysql image {mysql}, rabbitmq image {rabbitmq}, "
+            f"engine {engine})"
+        )
+    from urllib.parse import urlsplit
+
+    amqp = urlsplit(broker_urls(_local_amqp_url())[0])
+    mysql_url = urlsplit(_local_mysql_url())
+    return (
+        f"paylane infra: local (rabbitmq {amqp.hostname}:{amqp.port or 5672}, "
+        f"mysql {mysql_url.hostname}:{mysql_url.port or 3306})"
+    )
+
+
+def _resolved(image: str) -> str:
+    """``image`` and, when the engine has it under another name, that one: podman
+    resolves a short name such as ``mysql:8.4`` to a local ``localhost/…/mysql:8.4``
+    (a stand-in), and the header should say which image really runs."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=5)
+    except docker.errors.DockerException:
+        return image
+    try:
+        tags = client.images.get(image).tags
+    except docker.errors.ImageNotFound:
+        return f"{image} (not present: to be pulled)"
+    except docker.errors.DockerException:
+        return image
+    finally:
+        client.close()
+    return image if image in tags or not tags else f"{image} = {tags[0]}"
+
+
+def _local_amqp_url() -> str:
+    return os.environ.get("PAYLANE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def _local_mysql_url() -> str:
+    return os.environ.get("PAYLANE_TEST_MYSQL_URL", "mysql://root:@127.0.0.1:3306/")
+
+
 @contextlib.contextmanager
 def provide_infra() -> Iterator[Infra]:
     if docker_available():
@@ -150,11 +225,9 @@ def provide_infra() -> Iterator[Infra]:
     from urllib.parse import urlsplit
 
     # A cluster's URL names several hosts: the first is the one rabbitmqctl runs next to.
-    first, *others = broker_urls(
-        os.environ.get("PAYLANE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    )
+    first, *others = broker_urls(_local_amqp_url())
     amqp = urlsplit(first)
-    mysql = urlsplit(os.environ.get("PAYLANE_TEST_MYSQL_URL", "mysql://root:@127.0.0.1:3306/"))
+    mysql = urlsplit(_local_mysql_url())
     yield Infra(
         amqp_host=amqp.hostname or "127.0.0.1",
         amqp_port=amqp.port or 5672,
@@ -171,32 +244,123 @@ def provide_infra() -> Iterator[Infra]:
 
 
 def _containers() -> Iterator[Infra]:
-    from testcontainers.mysql import MySqlContainer
-    from testcontainers.rabbitmq import RabbitMqContainer
+    # testcontainers 4.x moved the modules; the old paths warn (an error in this suite).
+    try:
+        from testcontainers.community.mysql import MySqlContainer
+    except ImportError:  # before the move
+        from testcontainers.mysql import MySqlContainer
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-    with (
-        MySqlContainer("mysql:8.0", root_password="paylane") as mysql,
-        RabbitMqContainer("rabbitmq:3.13") as rabbit,
-    ):
+    _remove_orphans()
+    mysql_image, rabbitmq_image = container_images()
+    labels = {OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"}
+    mysql = MySqlContainer(mysql_image, root_password=MYSQL_ROOT_PASSWORD).with_kwargs(
+        labels=labels
+    )
+    # Not RabbitMqContainer: its readiness probe is a deprecated decorator (a warning,
+    # so an error here). The broker logs this once its listeners are up.
+    rabbit = (
+        DockerContainer(rabbitmq_image)
+        .with_exposed_ports(5672)
+        .with_env("RABBITMQ_DEFAULT_USER", RABBITMQ_USER)
+        .with_env("RABBITMQ_DEFAULT_PASS", RABBITMQ_PASSWORD)
+        .with_kwargs(labels=labels)
+        .waiting_for(LogMessageWaitStrategy("Server startup complete").with_startup_timeout(120))
+    )
+    with contextlib.ExitStack() as stack:
+        # Removed (with their anonymous volumes) however the session ends, a failed
+        # start included: Ryuk may be disabled (no image of it to pull).
+        for container in (mysql, rabbit):
+            stack.callback(_remove, container)
+        # Both start at once: MySQL's first-start initialisation is the longer wait.
+        with ThreadPoolExecutor(2) as pool:
+            mysql_started, rabbit_started = pool.submit(mysql.start), pool.submit(rabbit.start)
+            mysql_started.result()
+            rabbit_started.result()
 
         def ctl(args: list[str]) -> str:
-            code, out = rabbit.exec(["rabbitmqctl", *args])
+            # As the image's default user, the way `docker exec` runs it; stderr apart
+            # (warnings there must not reach the parsed listings).
+            code, (out, err) = rabbit.get_wrapped_container().exec_run(
+                ["rabbitmqctl", *args], demux=True
+            )
             if code != 0:
-                raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out!r}")
-            return out.decode() if isinstance(out, bytes) else str(out)
+                said = (err or out or b"").decode(errors="replace").strip()
+                raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {said}")
+            return (out or b"").decode()
 
+        amqp_host, amqp_port = _address(rabbit, 5672)
+        mysql_host, mysql_port = _address(mysql, 3306)
         yield Infra(
-            amqp_host=rabbit.get_container_host_ip(),
-            amqp_port=int(rabbit.get_exposed_port(5672)),
-            amqp_user="guest",
-            amqp_password="guest",
-            mysql_host=mysql.get_container_host_ip(),
-            mysql_port=int(mysql.get_exposed_port(3306)),
+            amqp_host=amqp_host,
+            amqp_port=amqp_port,
+            amqp_user=RABBITMQ_USER,
+            amqp_password=RABBITMQ_PASSWORD,
+            mysql_host=mysql_host,
+            mysql_port=mysql_port,
             mysql_user="root",
-            mysql_password="paylane",
+            mysql_password=MYSQL_ROOT_PASSWORD,
             broker=BrokerControl(ctl),
             kind="containers",
         )
+
+
+def _address(container: DockerContainer, port: int) -> tuple[str, int]:
+    """Where this process reaches ``container``'s ``port``.
+
+    An engine on this machine (podman's service here, even inside a container) publishes
+    the port on our loopback: 127.0.0.1 and the published port, when that answers.
+    Otherwise testcontainers' own answer (a remote engine, Docker-outside-of-Docker).
+    Asked first, testcontainers sees /.dockerenv, looks for a gateway and, on podman,
+    fails on a container listing without ``HostConfig``."""
+    wrapped = container.get_wrapped_container()
+    wrapped.reload()
+    published = (wrapped.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
+    for binding in published:
+        mapped = int(binding["HostPort"])
+        if binding.get("HostIp", "") in ("", "0.0.0.0", "127.0.0.1") and _answers(mapped):
+            return "127.0.0.1", mapped
+    return container.get_container_host_ip(), int(container.get_exposed_port(port))
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2.0):
+            return True
+    except OSError:
+        return False
+
+
+def _remove(container: DockerContainer) -> None:
+    with contextlib.suppress(Exception):
+        container.stop(force=True, delete_volume=True)
+
+
+def _remove_orphans() -> None:
+    """Remove the containers of this machine's test sessions whose process is gone (a
+    session killed before its teardown), volumes included."""
+    from testcontainers.core.docker_client import DockerClient
+
+    client = DockerClient().client
+    try:
+        for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+            host, _, pid = container.labels.get(OWNER_LABEL, "").rpartition(":")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(Exception):
+                    container.remove(force=True, v=True)
+    finally:
+        client.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def unique_name(prefix: str) -> str:
