@@ -100,3 +100,4 @@ down:
 # they cannot be pulled: tests/containers/images). .ci/run sets all this up.
 test-containers: install image
 	$(UV) run pytest -m containers
+	PAYLANE_TEST_REQUIRE_CONTAINERS=1 $(UV) run pytest tests/integration

@@ -69,9 +69,9 @@ def _cutover(args: argparse.Namespace) -> int:
 #: How to start each dependency, for `paylane deps` (the compose file's services, or the
 #: server installed on this machine).
 START_HINTS = {
-    "rabbitmq": "start it: `docker compose -f deploy/docker-compose.yml up -d rabbitmq`"
+    "rabbitmq": "start it: `deploy/compose.sh up -d rabbitmq`"
     " or, installed locally, `rabbitmq-server -detached`",
-    "mysql": "start it: `docker compose -f deploy/docker-compose.yml up -d mysql`"
+    "mysql": "start it: `deploy/compose.sh up -d mysql`"
     " or, installed locally, `sudo service mariadb start` (or mysql)",
 }
 

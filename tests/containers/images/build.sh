@@ -8,7 +8,7 @@
 #   tests/containers/images/build.sh [NAME...]     # default: all three
 #
 # CONTAINER_ENGINE: podman (default) or docker. DEBIAN_IMAGE: the base (default
-# localhost/paylane-base/debian:bookworm, made by deploy/images).
+# localhost/paylane-base/debian:bookworm, made by make image: deploy/image.sh).
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -42,7 +42,7 @@ pull=
 [ "$engine" = podman ] && pull=--pull=never
 
 if ! base_id=$("$engine" image inspect --format '{{.Id}}' "$base" 2>/dev/null); then
-    echo "build.sh: base image $base not found (deploy/images makes it)" >&2
+    echo "build.sh: base image $base not found (make image, deploy/image.sh, makes it)" >&2
     exit 1
 fi
 
