@@ -15,12 +15,21 @@ import aiohttp
 from tests.support import hygiene
 from tests.support.polling import eventually
 
+#: Every port free_port() has handed out in this process.
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free on 127.0.0.1 now, and never one this process was given before: the
+    kernel may offer a port it just released again, and a service given the same port for
+    its two listeners refuses to start (CI saw ADMIN_PORT == HTTP_PORT)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 #: Services whose /readyz and /metrics are on a second listener (``ADMIN_PORT``) only:
