@@ -208,6 +208,9 @@ async def _serve(
     ):
         return
     runner = http_runner(app, settings, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    # The admin listener opens during setup, before the public one: until that is open too,
+    # /readyz says so, or a balancer (or a test) sends traffic to a port that refuses it.
+    app[READINESS_CHECKS][NOT_LISTENING] = _not_listening_yet
     try:
         # Not interrupted by a signal: the broker's client does not survive a cancelled
         # connect (it goes on reconnecting). The dependencies have just answered, so it
@@ -215,6 +218,8 @@ async def _serve(
         await runner.setup()
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
+        del app[READINESS_CHECKS][NOT_LISTENING]
+        app[READINESS].invalidate()
         log.info(
             "listening",
             service=app[SERVICE_NAME],
@@ -307,6 +312,14 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 async def _shutting_down() -> None:
     raise NotReady("shutting down")
+
+
+#: The readiness check that holds /readyz at 503 until the public listener is open.
+NOT_LISTENING = "listening"
+
+
+async def _not_listening_yet() -> None:
+    raise NotReady("the public listener is not open yet")
 
 
 def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
