@@ -93,11 +93,19 @@ async def acquire(pool: aiomysql.Pool) -> aiomysql.Connection:
         return await asyncio.shield(task)
     except BaseException:
         task.cancel()
+        # Held until it ends: the loop keeps only a weak reference, and a task collected
+        # while still opening its connection leaves that socket unclosed.
+        _ABANDONED.add(task)
         task.add_done_callback(partial(_discard_late, pool))
         raise
 
 
+#: Acquires whose caller gave up, until they end (:func:`acquire`).
+_ABANDONED: set[asyncio.Future[aiomysql.Connection]] = set()
+
+
 def _discard_late(pool: aiomysql.Pool, task: asyncio.Future[aiomysql.Connection]) -> None:
+    _ABANDONED.discard(task)
     if not task.cancelled() and task.exception() is None:
         conn = task.result()
         conn.close()
