@@ -40,6 +40,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from dotenv import dotenv_values
 
 DEPLOY = Path(__file__).resolve().parent
 #: The broker's administrator (management UI, ops commands, ``paylane topology``).
@@ -169,12 +170,8 @@ class Database:
     def configured(cls, env_file: Path) -> Database:
         """From PAYLANE_MYSQL_HOST / _PORT / _DATABASE: the environment first, then
         ``env_file`` (KEY=VALUE lines, as compose reads deploy/.env)."""
-        values: dict[str, str] = {}
-        if env_file.is_file():
-            for line in env_file.read_text(encoding="utf-8").splitlines():
-                key, sep, value = line.strip().partition("=")
-                if sep and not key.startswith("#"):
-                    values[key.strip()] = value.strip().strip("'\"")
+        # python-dotenv reads it as compose does: quotes, "export", trailing # comments.
+        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
         values |= {k: v for k, v in os.environ.items() if k.startswith("PAYLANE_MYSQL_")}
         return cls(
             host=values.get("PAYLANE_MYSQL_HOST") or cls.host,

@@ -57,6 +57,13 @@ debian_base() {  # the tag of the debootstrapped Debian image, built when missin
     echo "$tag"
 }
 
+# `deploy/image.sh --debian-base`: only the Debian base (the tag on stdout), which the
+# test-only stand-ins (tests/containers/images) build FROM.
+if [ "${1:-}" = --debian-base ]; then
+    debian_base
+    exit 0
+fi
+
 if ! obtain "$PYTHON_IMAGE"; then
     debian=$(debian_base)
     tag=localhost/paylane-base/python:3.11-bookworm-$(recipe_hash deploy/base-images/debian.sh \
@@ -73,7 +80,11 @@ if ! obtain "$UV_IMAGE"; then
     if ! have "$tag"; then
         work=$(mktemp -d)
         trap 'rm -rf "$work"' EXIT
-        python3 -m pip download --quiet --no-deps --only-binary=:all: \
+        pip_args=()
+        index=${UV_DEFAULT_INDEX:-${UV_INDEX_URL:-}}
+        [ -n "$index" ] && pip_args+=(--index-url "$index")
+        [ -n "${BUILD_CA:-}" ] && pip_args+=(--cert "$BUILD_CA")
+        python3 -m pip download --quiet --no-deps --only-binary=:all: "${pip_args[@]}" \
             --platform "manylinux_2_17_$(uname -m)" --dest "$work" "uv==$uv_version"
         python3 -m zipfile -e "$work"/uv-*.whl "$work/wheel"
         install -m 0755 "$work"/wheel/uv-*.data/scripts/uv "$work/uv"

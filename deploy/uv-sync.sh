@@ -20,7 +20,8 @@ deps)
         unset UV_DEFAULT_INDEX
         exec uv sync --frozen --no-dev --no-install-workspace --no-editable
     fi
-    echo "uv-sync: the locked packages from $index" >&2
+    # The host only: a company index's URL may carry a token.
+    echo "uv-sync: the locked packages from $(echo "$index" | sed -e 's|^\([a-z]*://\)[^@/]*@|\1|' -e 's|^\([a-z]*://[^/]*\).*|\1|')" >&2
     export UV_DEFAULT_INDEX="$index"
     uv export --frozen --no-dev --no-emit-workspace --no-header --format requirements-txt \
         -o /tmp/requirements.txt

@@ -40,7 +40,11 @@ fi
         echo "ALTER USER 'paylane_${service}'@'%' IDENTIFIED BY '${password}';"
         echo "REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'paylane_${service}'@'%';"
     done
-    echo "DROP USER IF EXISTS 'paylane'@'%';"
+    # The old shared user existed only on the bundled server; on yours (a host other than
+    # the bundled "mysql") an account of that name may be someone else's: left alone.
+    if [ "$host" = mysql ]; then
+        echo "DROP USER IF EXISTS 'paylane'@'%';"
+    fi
     sed -e "s/{database}/${database}/g" -e "s/{order_user}/paylane_order/g" \
         -e "s/{entitlement_user}/paylane_entitlement/g" \
         -e "s/{notifier_user}/paylane_notifier/g" /etc/paylane/grants.sql

@@ -19,37 +19,49 @@ import pymysql
 import pytest
 
 from tests.support.compose_stack import ComposeStack, Forwarder, pay_one_order
-from tests.support.infra import Infra
+from tests.support.infra import local_mysql
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 
 ADMIN = "paylane_ci_admin"
 #: The users the stack makes on the server it is given (deploy/mysql/*).
 MADE = ("paylane_migrate", "paylane_order", "paylane_entitlement", "paylane_notifier")
-#: How containers reach this machine: podman's name; Docker Desktop's is
-#: host.docker.internal.
-HOST_ADDRESS = os.environ.get("PAYLANE_TEST_HOST_ADDRESS", "host.containers.internal")
+
+
+def host_address(stack: ComposeStack) -> str:
+    """How containers reach this machine: podman's name for it, or Docker's (with the
+    host-gateway entry the test adds, as Docker on Linux has none by default)."""
+    if "PAYLANE_TEST_HOST_ADDRESS" in os.environ:
+        return os.environ["PAYLANE_TEST_HOST_ADDRESS"]
+    return "host.containers.internal" if stack.on_podman() else "host.docker.internal"
 
 
 @pytest.fixture(scope="module")
-def external(
-    infra: Infra, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[ComposeStack, str]]:
+def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ComposeStack, str]]:
+    """This machine's MariaDB (never a testcontainers one: that would be a container
+    beside the stack, not a server outside it), as the team's own server."""
+    server = local_mysql()
     database = f"paylane_ext_{uuid.uuid4().hex[:8]}"
     password = secrets.token_hex(16)
-    admin = infra.mysql_admin()
+    admin = pymysql.connect(**server, autocommit=True)
     with admin.cursor() as cur:
+        # What a team's administrator account needs here, no more: make and grant users,
+        # and everything on paylane's database.
+        cur.execute(f"DROP USER IF EXISTS '{ADMIN}'@'%'")
         cur.execute(f"CREATE USER '{ADMIN}'@'%%' IDENTIFIED BY %s", (password,))
-        cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'%' WITH GRANT OPTION")
-    forwarder = Forwarder((infra.mysql_host, infra.mysql_port))
-    stack = ComposeStack.create(
-        tmp_path_factory.mktemp("external"),
-        COMPOSE_FILE="docker-compose.yml:compose.external-mysql.yml",
-        PAYLANE_MYSQL_HOST=HOST_ADDRESS,
+        cur.execute(f"GRANT CREATE USER ON *.* TO '{ADMIN}'@'%'")
+        cur.execute(f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{ADMIN}'@'%' WITH GRANT OPTION")
+    tmp = tmp_path_factory.mktemp("external")
+    stack = ComposeStack.create(tmp, COMPOSE_FILE="docker-compose.yml:compose.external-mysql.yml")
+    forwarder = Forwarder((server["host"], server["port"]), stack.env)
+    stack.env.update(
+        PAYLANE_MYSQL_HOST=host_address(stack),
         PAYLANE_MYSQL_PORT=str(forwarder.port),
         PAYLANE_MYSQL_DATABASE=database,
         PAYLANE_MYSQL_ADMIN_USER=ADMIN,
     )
+    if not stack.on_podman():
+        stack.add_host_gateway(tmp, host_address(stack))
     (stack.secrets / "mysql_admin_password").write_text(password + "\n")
     try:
         stack.make("up")
@@ -57,8 +69,8 @@ def external(
     finally:
         try:
             stack.make("down")
-            stack.down("--volumes", "--remove-orphans")
         finally:
+            stack.down("--volumes", "--remove-orphans")
             forwarder.close()
             with admin.cursor() as cur:
                 cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
@@ -76,21 +88,13 @@ def test_the_stack_runs_without_its_mysql(external: tuple[ComposeStack, str]) ->
     for name in ("ingress", "order", "entitlement", "notifier", "sandbox"):
         assert states[name]["Health"] == "healthy", states[name]
     urls = {p.name: p.read_text() for p in stack.secrets.glob("mysql_url_*")}
-    assert urls and all(f"@{HOST_ADDRESS}:" in url for url in urls.values()), urls
+    assert urls and all(f"@{host_address(stack)}:" in url for url in urls.values()), urls
 
 
-async def test_a_payment_lands_in_the_teams_database(
-    external: tuple[ComposeStack, str], infra: Infra
-) -> None:
+async def test_a_payment_lands_in_the_teams_database(external: tuple[ComposeStack, str]) -> None:
     _, database = external
     payment = await pay_one_order()
-    connection = pymysql.connect(
-        host=infra.mysql_host,
-        port=infra.mysql_port,
-        user=infra.mysql_user,
-        password=infra.mysql_password,
-        database=database,
-    )
+    connection = pymysql.connect(**local_mysql(), database=database)
     with connection, connection.cursor() as cur:
         cur.execute(
             "SELECT o.status, u.payment_status FROM payment_orders o"

@@ -711,3 +711,36 @@ def test_image_healthcheck_script(tmp_path: Path) -> None:
             server.shutdown()
             server.server_close()
             thread.join(timeout=5)
+
+
+def test_compose_secrets_point_the_urls_at_your_own_mysql(tmp_path: Path) -> None:
+    """deploy/.env as docs/deployment.md shows it (comments after the values) moves every
+    MySQL URL to the team's server; without it they name the bundled one."""
+    env_file = tmp_path / "compose.env"
+    env_file.write_text(
+        "COMPOSE_FILE=docker-compose.yml:compose.external-mysql.yml\n"
+        "PAYLANE_MYSQL_HOST=db.example.com   # as the containers reach it\n"
+        "PAYLANE_MYSQL_PORT=3307\n"
+        "export PAYLANE_MYSQL_DATABASE='shared'  # the shared database\n"
+    )
+    script = [sys.executable, str(DEPLOY / "compose_secrets.py")]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PAYLANE_MYSQL_")}
+    own, bundled = tmp_path / "own", tmp_path / "bundled"
+    subprocess.run(
+        [*script, "--dir", str(own)],
+        env={**clean, "COMPOSE_ENV_FILES": str(env_file)},
+        check=True,
+        capture_output=True,
+    )
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    subprocess.run(
+        [*script, "--dir", str(bundled)],
+        env={**clean, "COMPOSE_ENV_FILES": str(empty)},
+        check=True,
+        capture_output=True,
+    )
+    for name in ("mysql_url_order", "mysql_url_entitlement", "mysql_url_notifier"):
+        assert (own / name).read_text().strip().endswith("@db.example.com:3307/shared")
+        assert (bundled / name).read_text().strip().endswith("@mysql:3306/paylane")
+    assert (own / "mysql_migrate_url").read_text().startswith("mysql://paylane_migrate:")

@@ -10,6 +10,7 @@ images are the ones compose names; where the official ones cannot be pulled, CI 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -92,6 +93,28 @@ class ComposeStack:
         }
         make_compose_secrets(secrets, env)
         return cls(secrets=secrets, env=env)
+
+    def on_podman(self) -> bool:
+        """Whether the engine is podman (its Docker API says so in ``version``)."""
+        cli = engine_cli()
+        if cli == "podman":
+            return True
+        done = subprocess.run(
+            [cli, "version"], env=self.env, capture_output=True, text=True, timeout=30
+        )
+        return "Podman" in done.stdout
+
+    def add_host_gateway(self, tmp: Path, name: str) -> None:
+        """``name`` resolving to this machine in every container that reaches the database
+        (Docker on Linux has no such name by default; podman has host.containers.internal)."""
+        override = tmp / "compose.host-gateway.yml"
+        services = ("dbusers", "migrate", "grants", "order", "entitlement", "notifier", "cli")
+        override.write_text(
+            "services:\n"
+            + "".join(f"  {s}:\n    extra_hosts: ['{name}:host-gateway']\n" for s in services)
+        )
+        files = self.env.get("COMPOSE_FILE", "docker-compose.yml")
+        self.env["COMPOSE_FILE"] = f"{files}:{override}"
 
     @property
     def project(self) -> str:
@@ -257,23 +280,51 @@ async def pay_one_order(package: str = "premium") -> dict[str, Any]:
 
 
 class Forwarder:
-    """``0.0.0.0:<port>`` → ``upstream``, in threads: the containers reach a server of
-    this machine that listens on loopback only (the CI machine's MariaDB, acting as the
-    team's own MySQL) through the engine's host address (``host.containers.internal``)."""
+    """``<port>`` on every address → ``upstream``, in threads: the containers reach a server
+    of this machine that listens on loopback only (the CI machine's MariaDB, acting as the
+    team's own MySQL) through the engine's host address (``host.containers.internal``).
+    Only peers on the engine's own networks are forwarded: anyone else on the machine's
+    network is cut off at once (the upstream trusts loopback)."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], env: dict[str, str]) -> None:
         self.upstream = upstream
+        self._env = env
+        self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._listener = socket.create_server(("0.0.0.0", 0))
         self.port: int = self._listener.getsockname()[1]
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
+    def _engine_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        cli = engine_cli()
+        ids = subprocess.run(
+            [cli, "network", "ls", "-q"], env=self._env, capture_output=True, text=True,
+            timeout=30, check=False,
+        ).stdout.split()  # fmt: skip
+        if not ids:
+            return []
+        out = subprocess.run(
+            [cli, "network", "inspect", "--format",
+             "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *ids],
+            env=self._env, capture_output=True, text=True, timeout=30, check=False,
+        ).stdout  # fmt: skip
+        return [ipaddress.ip_network(subnet) for subnet in out.split() if subnet]
+
+    def _allowed(self, peer: str) -> bool:
+        address = ipaddress.ip_address(peer)
+        if not any(address in network for network in self._networks):
+            self._networks = self._engine_networks()  # a network made since
+        return any(address in network for network in self._networks)
+
     def _accept(self) -> None:
         while not self._closed.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, (peer, *_) = self._listener.accept()
             except OSError:
                 return
+            if not self._allowed(peer):
+                client.close()
+                continue
             try:
                 server = socket.create_connection(self.upstream, timeout=10)
             except OSError:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pymysql
@@ -215,6 +215,20 @@ def _local_amqp_url() -> str:
 
 def _local_mysql_url() -> str:
     return os.environ.get("PAYLANE_TEST_MYSQL_URL", "mysql://root:@127.0.0.1:3306/")
+
+
+def local_mysql() -> dict[str, Any]:
+    """pymysql's connection arguments for the machine's own MySQL (PAYLANE_TEST_MYSQL_URL or
+    the local default), whatever kind the session's infrastructure is."""
+    from urllib.parse import unquote, urlsplit
+
+    url = urlsplit(_local_mysql_url())
+    return {
+        "host": url.hostname or "127.0.0.1",
+        "port": url.port or 3306,
+        "user": unquote(url.username or "root"),
+        "password": unquote(url.password or ""),
+    }
 
 
 @contextlib.contextmanager
