@@ -49,6 +49,9 @@ from .review import to_review
 
 log = structlog.get_logger(__name__)
 
+#: ``kind``: effect_paid, effect_refunded, effect_needs_review, effect_query_failed. A
+#: steady rate of effect_paid means the cloud function's notifies are being lost; of
+#: effect_needs_review, that someone marks orders paid that WeChat Pay never saw paid.
 SWEPT = PromCounter(
     "paylane_effects_swept_total",
     "Orders another writer settled whose effect paylane applied from the sweep, by kind",
