@@ -1,4 +1,4 @@
-"""``paylane migrate`` on the database the adopting team already has (SEED_SYSTEM.md §1):
+"""``paylane migrate`` on the database the adopting team already has (docs/adoption.md, docs/database.md):
 it only adds, leaves every row and every other table as it was, and makes the same schema
 as on an empty database."""
 

@@ -1,5 +1,5 @@
 """A database as the team adopting paylane has it before paylane: the four shared tables
-of SEED_SYSTEM.md §1 (this DDL is written from that sheet, independently of paylane's
+of docs/database.md, "The shared tables" (this DDL is written from that description, independently of paylane's
 migrations), rows shaped as the cloud function and the Node backend write them, and an
 application table paylane never touches.
 

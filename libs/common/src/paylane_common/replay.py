@@ -1,4 +1,4 @@
-"""Replay for recovery (DESIGN §8): dead letters back to their queue, retained events from
+"""Replay for recovery (docs/commands.md, docs/operations.md): dead letters back to their queue, retained events from
 the stream ``paylane.log`` (what came from outside) or from the services' outboxes (the
 events paylane derived, kept ``RETENTION_DAYS`` once published) to consumer queues.
 

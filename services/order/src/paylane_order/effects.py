@@ -2,7 +2,7 @@
 
 Beside paylane, the cloud function receives WeChat Pay's callback itself, marks the order
 ``paid`` (or, on a full refund, ``refunded``) in the shared table, and then calls
-paylane's internal notify once, fire and forget (SEED_SYSTEM.md §2). So paylane meets
+paylane's internal notify once, fire and forget (docs/adoption.md). So paylane meets
 orders that are already settled, and sometimes never hears of them at all. The effect
 (the plan granted or revoked, the generation unlocked, the client told) is still
 paylane's to apply, exactly once:

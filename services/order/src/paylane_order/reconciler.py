@@ -1,4 +1,4 @@
-"""The reconciler (DESIGN §4): settles what no notification settled.
+"""The reconciler (docs/order-api.md, "The reconciler"): settles what no notification settled.
 
 - orders ``pending`` longer than ``after_s``: WeChat Pay says SUCCESS → publish
   ``payment.succeeded`` with ``source: "reconcile"`` (the consumer applies it as any
