@@ -80,3 +80,31 @@ def test_relative_links_of_the_docs_resolve() -> None:
             if not (page.parent / path).exists():
                 broken.append(f"{page.relative_to(ROOT)} → {target}")
     assert not broken, broken
+
+
+def test_every_route_is_on_a_page() -> None:
+    """The pages for people name every route the OpenAPI documents have."""
+    from paylane.openapi import DOCUMENTS
+
+    pages = {
+        "order": ["order-api.md"],
+        "ingress": ["ingress.md", "cloud-function.md"],
+        "notifier": ["notifier.md"],
+    }
+    for name, api in DOCUMENTS.items():
+        text = "".join((ROOT / "docs" / page).read_text() for page in pages[name])
+        for path, methods in api.document()["paths"].items():
+            for method in methods:
+                assert f"{method.upper()} {path}" in text, f"{name}: {method} {path}"
+
+
+def test_every_command_is_on_the_commands_page() -> None:
+    import argparse
+
+    from paylane.cli import build_parser
+
+    text = (ROOT / "docs" / "commands.md").read_text()
+    parser = build_parser()
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for command in actions[0].choices:
+        assert f"`paylane {command}" in text, command
