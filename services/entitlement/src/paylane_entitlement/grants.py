@@ -1,5 +1,6 @@
 """``order.paid`` → the user's plan rises and regenerations grow, once per order;
-``order.refunded`` (full) → exactly what that order granted is taken back (docs/database.md, "The entitlement rule");
+``order.refunded`` (full) → exactly what that order granted is taken back
+(docs/database.md, "The entitlement rule");
 ``order.revoked`` (the order went to ``needs_review`` after its grant) → the same.
 
 The ledger ``entitlement_grants`` (one row per order) makes "one order grants once"
