@@ -7,7 +7,7 @@ export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 TYPED = libs/common/src services/ingress/src services/order/src services/entitlement/src \
 	services/notifier/src tools/sandbox/src src/paylane
 
-.PHONY: help install run demo migrate test test-unit bench lint fmt monitoring openapi
+.PHONY: help install run demo migrate test test-unit bench lint fmt monitoring openapi docs
 
 help:
 	@echo "make run      migrate, then run all services against local RabbitMQ + MariaDB"
@@ -21,6 +21,7 @@ help:
 	@echo "make migrate  create/upgrade the database in MYSQL_URL"
 	@echo "make monitoring  regenerate deploy/grafana/paylane.json and the k8s PrometheusRule"
 	@echo "make openapi  regenerate docs/openapi/*.json from the services' route tables"
+	@echo "make docs     regenerate docs/configuration.md and docs/metrics.md from the code"
 
 install:
 	$(UV) sync --frozen
@@ -72,6 +73,12 @@ monitoring: install
 # The OpenAPI documents in docs/openapi/, from the route tables (a test compares them).
 openapi: install
 	$(UV) run python -m paylane.openapi
+
+# The generated references: docs/configuration.md from the settings classes (the `#:`
+# comments above the fields), docs/metrics.md from the Prometheus registry. tests/docs
+# compares them.
+docs: install
+	$(UV) run python -m paylane.docs
 
 fmt:
 	$(UV) run ruff check --fix .

@@ -1,4 +1,4 @@
-"""Session fixtures shared by every test directory: real RabbitMQ and MySQL (DESIGN §1)."""
+"""Session fixtures shared by every test directory: real RabbitMQ and MySQL (docs/testing.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``paylane`` console command (DESIGN §8)."""
+"""The ``paylane`` console command (docs/commands.md)."""
 
 from __future__ import annotations
 

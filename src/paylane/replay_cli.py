@@ -1,4 +1,4 @@
-"""``paylane replay dlq|log|outbox`` and ``paylane dlq list`` (DESIGN §8): the operator's
+"""``paylane replay dlq|log|outbox`` and ``paylane dlq list`` (docs/commands.md): the operator's
 side of :mod:`paylane_common.replay`. ``log`` replays what came from outside (the stream),
 ``outbox`` what paylane derived (``order.*``, ``entitlement.*``, from MySQL).
 

@@ -1,5 +1,6 @@
-"""The existing cloud function's calls (SEED_SYSTEM.md §2-3), end to end: every service
-as a process, the WeChat Pay sandbox as a process, real RabbitMQ and MySQL.
+"""The existing cloud function's calls (docs/adoption.md, docs/cloud-function.md), end to
+end: every service as a process, the WeChat Pay sandbox as a process, real RabbitMQ and
+MySQL.
 
 The test plays the cloud function: it places the order at WeChat Pay itself (a signed
 ``POST /v3/pay/transactions/jsapi`` to the sandbox), fails to write it, calls

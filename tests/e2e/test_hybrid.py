@@ -1,4 +1,4 @@
-"""paylane beside the cloud function (SEED_SYSTEM.md §2), end to end: the cloud function
+"""paylane beside the cloud function (docs/adoption.md), end to end: the cloud function
 places the order, receives WeChat Pay's callback, marks the order ``paid`` (or
 ``refunded``) itself, and calls the internal notify once, fire and forget. paylane
 grants, unlocks and pushes exactly once, whether the notify comes (once or six times) or

@@ -91,7 +91,7 @@ async def test_order_placed_paid_pushed_and_granted(
         assert order.pay["h5_url"].startswith("https://")
 
     async with aiohttp.ClientSession() as http:
-        # POST /orders's ticket, under DESIGN §7's parameter name.
+        # POST /orders's ticket, under its older parameter name (docs/notifier.md).
         ws = await http.ws_connect(
             f"{stack.services['notifier'].url}/ws?token={order.stream_ticket}"
         )

@@ -6,7 +6,7 @@ truncated and probe signatures, stale, future and replayed timestamps, bad base6
 APIv3 key / AAD / nonce, and validly signed notifications with foreign mchid/appid or odd
 amounts. Properties: never a 5xx; a rejected request never publishes; every 2xx that
 carries a payment or refund publishes exactly its event (mismatches are flagged by the
-order service, never dropped at the door: DESIGN §3 step 6).
+order service, never dropped at the door: docs/ingress.md step 7).
 """
 
 from __future__ import annotations

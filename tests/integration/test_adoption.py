@@ -1,6 +1,6 @@
-"""``paylane migrate`` on the database the adopting team already has (SEED_SYSTEM.md §1):
-it only adds, leaves every row and every other table as it was, and makes the same schema
-as on an empty database."""
+"""``paylane migrate`` on the database the adopting team already has (docs/adoption.md,
+docs/database.md): it only adds, leaves every row and every other table as it was, and
+makes the same schema as on an empty database."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Replay (DESIGN §8) against real RabbitMQ + MySQL: dead letters back to their queue, events
+"""Replay (docs/commands.md) against real RabbitMQ + MySQL: dead letters back to their queue, events
 from the stream ``paylane.log`` or from the outbox to one queue; nothing lost when
 interrupted, nothing applied twice when replayed.
 

@@ -1,4 +1,4 @@
-"""Graceful shutdown: stop consuming, finish in-flight work, then close (DESIGN §8)."""
+"""Graceful shutdown: stop consuming, finish in-flight work, then close (docs/commands.md)."""
 
 from __future__ import annotations
 

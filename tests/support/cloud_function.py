@@ -1,5 +1,6 @@
-"""The existing cloud function (SEED_SYSTEM.md §2-3), played by the end-to-end tests: the
-ids it makes and the order it places at WeChat Pay before writing its row."""
+"""The existing cloud function (docs/adoption.md, docs/cloud-function.md), played by the
+end-to-end tests: the ids it makes and the order it places at WeChat Pay before writing
+its row."""
 
 from __future__ import annotations
 

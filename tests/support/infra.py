@@ -5,7 +5,7 @@ MySQL and RabbitMQ: the official ``mysql:8.4`` and ``rabbitmq:3.13-management`` 
 ``PAYLANE_TEST_MYSQL_IMAGE`` / ``PAYLANE_TEST_RABBITMQ_IMAGE`` name others (CI without a
 registry: the stand-ins of tests/containers/images). Without an engine (detected in well
 under a second), or with ``PAYLANE_TEST_LOCAL=1``, the local services are used:
-``PAYLANE_TEST_AMQP_URL`` / ``PAYLANE_TEST_MYSQL_URL`` or the defaults of DESIGN §2.
+``PAYLANE_TEST_AMQP_URL`` / ``PAYLANE_TEST_MYSQL_URL`` or the defaults of docs/configuration.md.
 Either way each test session gets its own RabbitMQ vhost and its own database, so runs
 never see each other's data.
 """

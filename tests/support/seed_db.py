@@ -1,7 +1,7 @@
 """A database as the team adopting paylane has it before paylane: the four shared tables
-of SEED_SYSTEM.md §1 (this DDL is written from that sheet, independently of paylane's
-migrations), rows shaped as the cloud function and the Node backend write them, and an
-application table paylane never touches.
+of docs/database.md, "The shared tables" (this DDL is written from that description,
+independently of paylane's migrations), rows shaped as the cloud function and the Node
+backend write them, and an application table paylane never touches.
 
 The test session builds its database from this, then runs ``paylane migrate`` twice, so
 every suite runs on the adopted schema; ``test_adoption.py`` checks that the rows below and

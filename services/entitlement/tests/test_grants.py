@@ -1,4 +1,4 @@
-"""Entitlement rule of DESIGN §6 on the real database: rises only, once per order."""
+"""The entitlement rule (docs/database.md) on the real database: rises only, once per order."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def wechat_keys(tmp_path_factory: pytest.TempPathFactory) -> WechatKeys:
 
 @pytest.fixture(scope="session")
 def ingress_settings(amqp_url: str, wechat_keys: WechatKeys) -> IngressSettings:
-    """Both key modes at once (a migration), as DESIGN §2 allows."""
+    """Both key modes at once (a migration), as docs/configuration.md allows."""
     return IngressSettings(
         amqp_url=amqp_url,
         wechatpay_apiv3_key=wechat_keys.apiv3_key,

@@ -1,4 +1,4 @@
-"""The cloud function's calls on ingress (SEED_SYSTEM.md §3), against a real RabbitMQ:
+"""The cloud function's calls on ingress (docs/cloud-function.md), against a real RabbitMQ:
 ``POST /api/payment/internal/notify``, ``POST /api/payment/internal/order-created`` and
 ``GET /api/prices/current``."""
 
@@ -41,7 +41,7 @@ def envelope_of(message: AbstractIncomingMessage) -> dict[str, Any]:
 
 
 async def expect_unauthorized(response: ClientResponse) -> None:
-    """Exactly what the existing backend answers (SEED_SYSTEM.md §3)."""
+    """Exactly what the existing backend answers (docs/cloud-function.md)."""
     assert response.status == 401
     assert await response.json() == {"error": "Unauthorized"}
 
@@ -190,7 +190,7 @@ async def test_internal_notify_unconfirmed_publish_is_503(start_ingress, spy, we
 
 
 def created_body(**changes: Any) -> dict[str, Any]:
-    """The cloud function's body after its insert failed (SEED_SYSTEM.md §3)."""
+    """The cloud function's body after its insert failed (docs/cloud-function.md)."""
     body: dict[str, Any] = {
         "orderId": "order-1706345678901-abc123",
         "outTradeNo": seed_out_trade_no(),

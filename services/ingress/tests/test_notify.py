@@ -1,4 +1,5 @@
-"""Ingress against a real RabbitMQ: DESIGN §3 (notify contract) and §5 (what is published)."""
+"""Ingress against a real RabbitMQ: docs/ingress.md (the notify contract) and
+docs/events.md (what is published)."""
 
 from __future__ import annotations
 

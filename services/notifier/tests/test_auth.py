@@ -115,7 +115,7 @@ async def test_a_websocket_upgrade_is_refused_before_the_handshake(notifier: Cli
     "request_kwargs",
     [
         lambda ticket: {"params": {"ticket": ticket}},
-        # DESIGN §7's parameter name, for a stream ticket as well.
+        # The older parameter name (docs/notifier.md), for a stream ticket as well.
         lambda ticket: {"params": {"token": ticket}},
         lambda ticket: {"headers": _bearer(ticket)},
     ],

@@ -1,5 +1,5 @@
 """``order.created`` → a ``payment_orders`` row as the cloud function writes it
-(SEED_SYSTEM.md §1-2), on the real (seed-shaped) database."""
+(docs/adoption.md, docs/database.md), on the real (seed-shaped) database."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""payment.succeeded outcomes of DESIGN §4, on the real database."""
+"""payment.succeeded outcomes (docs/order-api.md, docs/security.md), on the real database."""
 
 from __future__ import annotations
 

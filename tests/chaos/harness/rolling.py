@@ -17,7 +17,7 @@ from tests.support import hygiene
 from tests.support.balancer import Balancer
 from tests.support.stack_config import BACKEND
 
-#: The budget DESIGN §8 gives a service from SIGTERM to its exit.
+#: The budget docs/commands.md gives a service from SIGTERM to its exit.
 SHUTDOWN_BUDGET_S = 10.0
 
 

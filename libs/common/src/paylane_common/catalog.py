@@ -1,6 +1,6 @@
 """Server-side package catalog: prices (fen) and what each package grants.
 
-The defaults are the existing system's prices (SEED_SYSTEM.md: basic 0.01, premium 29.90
+The defaults are the existing system's prices (docs/adoption.md: basic 0.01, premium 29.90
 yuan). A package's name is stored in ``payment_orders.package_type``, an ENUM of the shared
 schema, so the catalog can price ``basic`` and ``premium`` but not invent packages."""
 

@@ -1,4 +1,4 @@
-"""Event envelope and per-type data models (DESIGN §5), validated on both ends."""
+"""Event envelope and per-type data models (docs/events.md), validated on both ends."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ class RefundEvent(_Data):
 
 
 class OrderCreated(_Data):
-    """The body of ``POST /api/payment/internal/order-created`` (SEED_SYSTEM.md §3)."""
+    """The body of ``POST /api/payment/internal/order-created`` (docs/cloud-function.md)."""
 
     out_trade_no: str = Field(min_length=1, max_length=32)
     order_id: str | None = Field(default=None, min_length=1, max_length=36)

@@ -1,4 +1,4 @@
-"""Row ids of the shared tables, in the existing system's format (SEED_SYSTEM.md §1):
+"""Row ids of the shared tables, in the existing system's format (docs/database.md):
 ``{kind}-{ms timestamp}-{random}``, e.g. ``user-1706345678901-xyz789``; at most 36 chars."""
 
 from __future__ import annotations

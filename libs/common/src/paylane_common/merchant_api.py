@@ -43,9 +43,20 @@ DEFAULT_API_BASE = "https://api.mch.weixin.qq.com"
 
 
 class WechatPayKeysSettings(BaseSettings):
+    #: WeChat Pay public key mode: the public key (PEM) WeChat Pay signs with, set together
+    #: with ``WECHATPAY_PUBLIC_KEY_ID``. This mode, platform certificates, or both at once
+    #: (a migration: docs/operations.md, "From platform certificates to the WeChat Pay
+    #: public key").
     wechatpay_public_key: NoneIfBlank[PublicKeyPem] = None
+    #: The id of ``WECHATPAY_PUBLIC_KEY`` (``PUB_KEY_ID_…``): a ``Wechatpay-Serial`` equal
+    #: to it is verified with that key.
     wechatpay_public_key_id: str | None = None
+    #: Platform certificate mode: a directory of WeChat Pay platform certificates (PEM
+    #: files), each serial verified with its own; may be set beside the public key mode.
     wechatpay_platform_certs_dir: Path | None = None
+    #: A ``Wechatpay-Timestamp`` this many seconds or more away from now is stale (whole
+    #: seconds, as wechatpay-go counts): a notification is refused with 401, an API answer
+    #: is unverified.
     notify_max_skew_s: int = Field(300, ge=1, le=3600)
 
     @field_validator("wechatpay_platform_certs_dir")
@@ -83,11 +94,20 @@ class WechatPayKeysSettings(BaseSettings):
 
 
 class MerchantApiSettings(WechatPayKeysSettings):
+    #: The merchant id (``mchid``): orders are placed under it and payments for another
+    #: merchant go to ``needs_review``.
     wechatpay_mchid: str = Field(min_length=1)
+    #: The merchant API private key (RSA, unencrypted PKCS#8 or PKCS#1 PEM) requests to
+    #: WeChat Pay are signed with.
     wechatpay_merchant_private_key: PrivateKeyPem
+    #: The serial number of the merchant API certificate, named in each request's
+    #: ``Authorization``.
     wechatpay_merchant_serial_no: str = Field(min_length=1)
+    #: WeChat Pay's API host; the sandbox's URL locally (``http://`` is allowed for it).
     wechatpay_api_base: HttpBaseUrl = DEFAULT_API_BASE
-    #: Only for downloading platform certificates (certificate mode).
+    #: The 32-byte APIv3 key (AEAD_AES_256_GCM): notifications and platform certificates
+    #: are encrypted with it. Required by the order service, which verifies and decrypts
+    #: the notification itself before an order may be paid (the payment gate).
     wechatpay_apiv3_key: NoneIfBlank[ApiV3Key] = None
 
 

@@ -6,6 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
+#: ``outcome``: confirmed, timeout, nack, returned, unavailable.
 PUBLISH_CONFIRM_SECONDS = Histogram(
     "paylane_publish_confirm_seconds",
     "Time from publish to the broker's confirm, by outcome",
@@ -26,6 +27,11 @@ ALERTED_CONSUMER_OUTCOMES = (
 )
 for _outcome in PUBLISH_OUTCOMES:
     PUBLISH_CONFIRM_SECONDS.labels(_outcome)
+#: ``outcome``: what processing did (paid, granted, revoked, refunded, needs_review,
+#: duplicate_payment, …), ``duplicate`` (the inbox or the ledger said seen), ``retried``
+#: (parked in ``<queue>.retry.<delay>``), ``dead_lettered``, ``requeued`` (the forward to
+#: the retry queue or the DLQ itself failed), ``put_back_outage``, ``publisher_refused``
+#: (an event type from a broker user that does not publish it).
 CONSUMER_MESSAGES = Counter(
     "paylane_consumer_messages_total",
     "Messages handled by a consumer, by queue and outcome "
@@ -49,6 +55,8 @@ CONSUMER_PAUSED = Gauge(
     "1 while a database outage pauses the consumer of this queue (it is not ready)",
     ["queue"],
 )
+#: Set by the order and entitlement consumers; ingress makes the announcements
+#: (``INGRESS_BUSY_CPU``, ``INGRESS_BUSY_IN_FLIGHT``).
 CONSUMER_YIELDING = Gauge(
     "paylane_consumer_yielding",
     "1 while the consumer waits for ingress to be less busy (pressure.py): a burst",
@@ -65,6 +73,8 @@ INGRESS_BUSY_ANNOUNCEMENTS = Counter(
     "paylane_ingress_busy_announcements_total",
     "Times ingress announced it is busy (CPU use or notifications in flight; pressure.py)",
 )
+#: The service's own queues and their DLQs, asked of the broker every 15 s; every replica
+#: reports the same.
 QUEUE_MESSAGES = Gauge(
     "paylane_queue_messages",
     "Messages ready in a queue (a consumer's own queue and its DLQ), as the broker last said",

@@ -1,4 +1,4 @@
-"""Versioned migrations (yoyo) for the tables of DESIGN §6, run by ``paylane migrate``."""
+"""Versioned migrations (yoyo) for the tables of docs/database.md, run by ``paylane migrate``."""
 
 from __future__ import annotations
 

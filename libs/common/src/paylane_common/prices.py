@@ -1,4 +1,4 @@
-"""``GET /api/prices/current`` as the existing system answers it (SEED_SYSTEM.md §3):
+"""``GET /api/prices/current`` as the existing system answers it (docs/cloud-function.md):
 ``{"success": true, "data": {"packages": {"basic": 0.01, "premium": 29.90},
 "effectiveAt": ISO-8601, "updatedAt": ISO-8601}}``, the prices in yuan as JSON numbers.
 

@@ -228,7 +228,8 @@ class Publisher:
 def envelope_properties(
     envelope: Envelope, headers: Mapping[str, Any] | None = None
 ) -> Basic.Properties:
-    """The AMQP properties of an envelope's message, as DESIGN §5 names them."""
+    """The AMQP properties of an envelope's message, as docs/events.md ("The envelope")
+    names them."""
     return Basic.Properties(
         content_type="application/json",
         content_encoding="utf-8",

@@ -1,6 +1,7 @@
-"""Replay for recovery (DESIGN §8): dead letters back to their queue, retained events from
-the stream ``paylane.log`` (what came from outside) or from the services' outboxes (the
-events paylane derived, kept ``RETENTION_DAYS`` once published) to consumer queues.
+"""Replay for recovery (docs/commands.md, docs/operations.md): dead letters back to their
+queue, retained events from the stream ``paylane.log`` (what came from outside) or from
+the services' outboxes (the events paylane derived, kept ``RETENTION_DAYS`` once
+published) to consumer queues.
 
 Both directions rely on the consumers being idempotent (inbox + per-order ledgers): a
 replay may deliver a message twice, it must never lose one. Hence the order of every step:

@@ -1,7 +1,7 @@
 """The shared tables as the existing system has them, and what paylane adds to them.
 
 The database paylane adopts already holds ``users``, ``payment_orders``, ``refunds`` and
-``payment_logs`` (SEED_SYSTEM.md §1), written by a cloud function and a Node backend.
+``payment_logs`` (docs/database.md), written by a cloud function and a Node backend.
 The migrations create those tables exactly so when they are missing, and otherwise only
 *add*: columns, indexes and ENUM values, each checked in ``information_schema`` first, so
 the same step runs on an empty database, on the adopted one and a second time, and works

@@ -58,7 +58,7 @@ AMQP_URL = web.AppKey("amqp_url", str)
 #: Who publishes each event type (identities.py): what the consumers accept.
 PUBLISHERS = web.AppKey("publishers", Publishers)
 
-#: SIGTERM: stop consuming, finish in-flight work, exit within 10 s (DESIGN §8): the
+#: SIGTERM: stop consuming, finish in-flight work, exit within 10 s (docs/commands.md): the
 #: drain (open connections still served, see _Shutdown) takes DRAIN_S, then HTTP
 #: handlers in flight get SHUTDOWN_TIMEOUT_S, then consumers get Consumer.stop()'s budget.
 DRAIN_S = 0.5
@@ -233,7 +233,7 @@ async def _serve(
 
 
 class _Shutdown:
-    """SIGTERM's sequence (DESIGN §8: exit within 10 s).
+    """SIGTERM's sequence (docs/commands.md: exit within 10 s).
 
     The first SIGTERM or SIGINT starts it (while the service still waits for its
     dependencies, it stops waiting); any further one is ignored, so that a second

@@ -1,4 +1,5 @@
-"""Typed settings read once from the environment (DESIGN §2).
+"""Typed settings read once from the environment (docs/configuration.md, generated from
+the ``#:`` comments above the fields here and in the services' settings: ``make docs``).
 
 Each service declares the subset it needs by subclassing :class:`BaseServiceSettings`;
 ``load_settings`` turns a validation failure into one clear line naming the variable.
@@ -268,33 +269,59 @@ class BaseServiceSettings(BaseSettings):
     #: Variables that may instead be read from the file named by ``<NAME>_FILE``.
     file_variables: ClassVar[tuple[str, ...]] = FILE_VARIABLES
 
+    #: RabbitMQ. In production each service has its own broker user (docs/operations.md,
+    #: "Identities and permissions"). A cluster's nodes as
+    #: ``amqp://user:pw@host1:5672,host2:5672,host3:5672/vhost``, tried in turn, all in
+    #: one vhost (docs/operations.md, "A RabbitMQ cluster").
     amqp_url: AmqpUrl = "amqp://guest:guest@127.0.0.1:5672/"
+    #: MySQL 8 or MariaDB 10.11, ``mysql://user:password@host:port/database`` (user
+    #: ``root``, no password, ``127.0.0.1``, ``3306`` when left out). Each service its own
+    #: user with only the tables it uses; ``paylane migrate`` and ``paylane cutover`` run
+    #: as the migrator (deploy/mysql/grants.sql).
     mysql_url: MySQLUrl = "mysql://root:@127.0.0.1:3306/paylane"
+    #: Listen address of the public API (and ``/healthz``).
     http_host: str = "0.0.0.0"
+    #: Listen port of the public API (and ``/healthz``); each service its own default.
     http_port: int = Field(8080, ge=1, le=65535)
-    #: ``/healthz``, ``/readyz`` and ``/metrics``, never on the public ``HTTP_PORT``
-    #: (DESIGN §2): the cluster's probes and Prometheus only. Each service its own default.
+    #: The second listener, the only one serving ``/readyz`` and ``/metrics`` (the public
+    #: ``HTTP_PORT`` answers them 404): the cluster's probes and Prometheus, never the
+    #: internet. Must differ from ``HTTP_PORT``. Each service its own default; the
+    #: sandbox, a dev tool, serves them on its one port.
     admin_port: int = Field(9080, ge=1, le=65535)
-    #: An idle kept-alive connection is closed after this long. Longer than a balancer's
-    #: own idle timeout (nginx and cloud balancers: 60 s), so that the balancer, not the
-    #: service, closes a connection it might be reusing at that very moment.
+    #: Every listener: an idle kept-alive connection is closed after this long (at most
+    #: 75). Keep it longer than the balancer's own idle timeout (nginx and cloud
+    #: balancers: 60 s), so that the balancer, not the service, closes a connection it
+    #: might be reusing at that very moment.
     http_keepalive_timeout_s: float = Field(75.0, gt=0, le=75)
-    #: A request's line and headers must have arrived this long after its first byte (or
-    #: after the connection opened); else the connection is closed.
+    #: Every listener: a connection whose request line and headers have not all arrived
+    #: this long after the request's first byte (or after it opened) is closed. A request
+    #: being handled is never cut: the notifier's WebSocket and SSE streams last as long
+    #: as they last.
     http_header_timeout_s: float = Field(10.0, gt=0, le=60)
+    #: ``json`` (JSON lines) or ``console``; unset: console on a TTY, else json.
     log_format: Literal["json", "console"] | None = None
-    #: Declare the broker topology at start (needs *configure* permission); false: only
-    #: check that it exists, for a broker user with least privilege (topology.py).
+    #: Declare the broker topology (exchange, stream, queues) at start, which needs
+    #: *configure* permission; ``false``: only check that it exists, for a broker user
+    #: with least privilege (``paylane topology`` declares it; topology.py).
     amqp_declare_topology: bool = True
-    #: Publisher-confirm budget; ingress answers 503 past it.
+    #: Publisher-confirm budget (at most 4.5 s, inside WeChat's 5 s deadline): ingress
+    #: answers 503 ``{"code":"FAIL"}`` past it, so that WeChat retries.
     publish_timeout_s: float = Field(3.0, gt=0, le=4.5)
-    #: The broker users that publish each event type, checked by the consumers against
-    #: the validated AMQP ``user_id`` (identities.py); a service's own user is accepted
-    #: too (development: every process is ``guest``). ``AMQP_REPLAY_USER`` runs
-    #: ``paylane replay``, which keeps the original publisher in a header.
+    #: Ingress's broker user: the consumers take ``payment.*``, ``refund.*`` and
+    #: ``order.created`` only from it (payments and refunds also from the order service's
+    #: reconciler), checked against the AMQP ``user_id`` RabbitMQ validates
+    #: (identities.py). A consumer's own user is always accepted (in development every
+    #: process is ``guest``); others are dead-lettered as ``publisher refused``
+    #: (docs/operations.md, "Who may publish what").
     amqp_ingress_user: str = Field("paylane-ingress", min_length=1)
+    #: The order service's broker user: ``order.*`` is taken only from it (and payments
+    #: and refunds its reconciler publishes).
     amqp_order_user: str = Field("paylane-order", min_length=1)
+    #: The entitlement service's broker user: ``entitlement.*`` is taken only from it.
     amqp_entitlement_user: str = Field("paylane-entitlement", min_length=1)
+    #: The broker user ``paylane replay`` runs under: its copies are taken on the word of
+    #: the original publisher they name (header ``x-paylane-original-user``), held to the
+    #: event type as on the first delivery.
     amqp_replay_user: str = Field("paylane", min_length=1)
 
     @property
@@ -331,27 +358,33 @@ class BaseServiceSettings(BaseSettings):
 class ConsumerSettings(BaseSettings):
     """Mixin of the services that consume a durable queue into MySQL."""
 
-    #: Deliveries the broker hands over before any is acked.
+    #: Unacked deliveries the broker hands a replica before any is acked.
     consumer_prefetch: int = Field(128, ge=1, le=10_000)
     #: Messages applied together in one transaction at the most (batching.py).
     consumer_batch_max: int = Field(64, ge=1, le=1_000)
     #: A message whose handler keeps failing (not an outage: see outages.py) is tried
-    #: this many times, with backoff doubling from a second up to the max delay, then
-    #: dead-lettered. An outage of the database uses none of these attempts.
+    #: this many times, with backoff doubling from a second up to
+    #: ``CONSUMER_RETRY_MAX_DELAY_S``, then dead-lettered. An outage of the database uses
+    #: none of these attempts: the consumer pauses until the database is back
+    #: (docs/operations.md, "Database outage").
     consumer_retry_attempts: int = Field(8, ge=1, le=100)
+    #: The longest backoff between two attempts of a failing message (at most 30 s: one
+    #: retry queue per delay, ``<queue>.retry.<delay>``, 1 s to 30 s).
     consumer_retry_max_delay_s: float = Field(30.0, gt=0, le=30.0)
-    #: A handler still running after this long is cut off (a stalled database) and the
-    #: failure treated as any other: an outage when the database does not answer a probe.
+    #: A handler (one message or a batch) still running after this long is cut off (a
+    #: stalled database) and the failure treated as any other: an outage when the database
+    #: does not answer a probe.
     consumer_handler_timeout_s: float = Field(30.0, gt=0, le=600)
     #: While ingress announces it is busy, the consumer waits before each batch, at most
     #: this long in a row, then works a quarter of it regardless (pressure.py). 0: never
     #: waits (consumers with cores of their own). At most 10 minutes: prefetched deliveries
     #: wait unacked meanwhile, and RabbitMQ closes a channel holding one for 30.
     consumer_yield_max_s: float = Field(60.0, ge=0, le=600)
-    #: Inbox and published outbox rows are deleted after this many days (retention.py);
-    #: never fewer than the replay stream keeps events (7 days), which the inbox dedupes …
+    #: ``inbox`` rows and published ``outbox`` rows are deleted after this many days
+    #: (retention.py); never fewer than the replay stream keeps events (7 days), which the
+    #: inbox dedupes. ``payment_logs`` are audit and kept.
     retention_days: float = Field(30.0, ge=7)
-    #: … checked this often (0: not in-process).
+    #: How often the ``RETENTION_DAYS`` deletion runs (0: not in-process).
     retention_interval_s: float = Field(3600.0, ge=0)
 
 
@@ -365,8 +398,14 @@ class ApiSecretSettings(BaseSettings):
     has), so the mistake is refused wherever it can be seen. Unset or blank: none.
     """
 
+    #: The cloud function's secret for ingress's internal API (``X-Internal-Secret``,
+    #: compared in constant time; docs/cloud-function.md); opens nothing on the order API.
+    #: At least 32 bytes, and never equal to ``BACKEND_API_SECRET`` (a process given both,
+    #: e.g. one env file for all, refuses to start). Unset: the internal API answers 401.
     internal_api_secret: NoneIfBlank[ApiSecret] = None
-    #: The app backend's secret on the order API: orders for any user, reads, refunds.
+    #: The app backend's secret on the order API (``X-Internal-Secret``): orders for any
+    #: user, reads, close, refunds (docs/order-api.md); never given to ingress. At least
+    #: 32 bytes.
     backend_api_secret: NoneIfBlank[ApiSecret] = None
 
     @model_validator(mode="after")
@@ -384,10 +423,15 @@ class ApiSecretSettings(BaseSettings):
 class CatalogSettings(BaseSettings):
     """Mixin: ``PACKAGE_CATALOG`` (JSON) overrides the built-in package catalog."""
 
+    #: JSON ``{name: {price_fen, payment_status, regenerate_grant}}`` replacing the
+    #: built-in catalog (the existing system's prices: basic ¥0.01 → +20 regenerations,
+    #: premium ¥29.90 → +100); names are ``basic`` and ``premium``, the values of
+    #: ``payment_orders.package_type``. Give ingress and order the same value (the payment
+    #: gate compares the amount paid with the order service's catalog).
     package_catalog: str | None = None
-    #: ``PRICES_EFFECTIVE_AT`` (ISO-8601; UTC when it names no zone): the ``effectiveAt``
-    #: and ``updatedAt`` of ``GET /api/prices/current``; unset, when the process loaded
-    #: the catalog.
+    #: ISO 8601 (UTC when it names no zone): the ``effectiveAt`` and ``updatedAt`` of the
+    #: seed-shaped price answers (``GET /api/prices/current``); unset: when the process
+    #: loaded the catalog.
     prices_effective_at: datetime | None = None
 
     @field_validator("package_catalog")

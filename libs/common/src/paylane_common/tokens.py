@@ -1,4 +1,5 @@
-"""Client tokens: Ed25519-signed JWTs (EdDSA), expiring, naming the user (DESIGN §7).
+"""Client tokens: Ed25519-signed JWTs (EdDSA), expiring, naming the user
+(docs/security.md, "User tokens").
 
 Only the order service holds the private key (``CLIENT_TOKEN_PRIVATE_KEY``) and mints
 tokens (:class:`TokenSigner`); the notifier holds public keys only

@@ -1,4 +1,4 @@
-"""RabbitMQ topology (DESIGN §5): exchange ``paylane``, quorum queues with per-delay retry
+"""RabbitMQ topology (docs/events.md): exchange ``paylane``, quorum queues with per-delay retry
 queues and a DLQ, and the stream ``paylane.log`` as the replay source of what came from
 outside (:data:`LOG_KEYS`).
 

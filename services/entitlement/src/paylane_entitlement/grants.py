@@ -1,5 +1,6 @@
 """``order.paid`` → the user's plan rises and regenerations grow, once per order;
-``order.refunded`` (full) → exactly what that order granted is taken back (DESIGN §6);
+``order.refunded`` (full) → exactly what that order granted is taken back
+(docs/database.md, "The entitlement rule");
 ``order.revoked`` (the order went to ``needs_review`` after its grant) → the same.
 
 The ledger ``entitlement_grants`` (one row per order) makes "one order grants once"
@@ -9,7 +10,7 @@ the user's first grant and the packages of the orders still granted; regeneratio
 what the order granted, never below zero. A full refund that arrives before its
 ``order.paid`` leaves a revoked row that granted nothing, so the late grant is a no-op.
 
-``users`` is the shared table (SEED_SYSTEM.md §1): its id is a string, and its
+``users`` is the shared table (docs/database.md): its id is a string, and its
 ``payment_status`` and ``regenerate_count`` have defaults but may be NULL in a row another
 writer made. A NULL plan is read as ``free`` and a NULL count as 0, so such a user is
 granted (and revoked) like any other and the row ends with real values.

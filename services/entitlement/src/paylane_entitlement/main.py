@@ -1,4 +1,4 @@
-"""Entitlement service: owns the entitlement columns of ``users`` (DESIGN §6)."""
+"""Entitlement service: owns the entitlement columns of ``users`` (docs/database.md)."""
 
 from __future__ import annotations
 

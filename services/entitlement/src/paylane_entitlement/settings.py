@@ -1,4 +1,4 @@
-"""Entitlement service settings (DESIGN §2)."""
+"""Entitlement service settings (docs/configuration.md)."""
 
 from __future__ import annotations
 

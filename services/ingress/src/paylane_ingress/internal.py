@@ -1,4 +1,4 @@
-"""The cloud function's internal API (SEED_SYSTEM.md §3), each call behind its
+"""The cloud function's internal API (docs/cloud-function.md), each call behind its
 ``X-Internal-Secret`` (``INTERNAL_API_SECRET``):
 
 - ``POST /api/payment/internal/notify``: for hosts that already receive WeChat's callback

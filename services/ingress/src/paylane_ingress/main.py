@@ -1,4 +1,4 @@
-"""Ingress: verifies and acknowledges WeChat Pay notifications (DESIGN §3). No database."""
+"""Ingress: verifies and acknowledges WeChat Pay notifications (docs/ingress.md). No database."""
 
 from __future__ import annotations
 

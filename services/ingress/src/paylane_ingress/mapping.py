@@ -1,4 +1,5 @@
-"""From a decrypted WeChat Pay resource to a paylane event (DESIGN §3 step 6, §5)."""
+"""From a decrypted WeChat Pay resource to a paylane event (docs/ingress.md step 7,
+docs/events.md)."""
 
 from __future__ import annotations
 

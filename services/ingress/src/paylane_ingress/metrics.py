@@ -1,13 +1,18 @@
-"""Ingress metrics (names documented in the README)."""
+"""Ingress metrics (docs/metrics.md, generated from these: ``make docs``)."""
 
 from prometheus_client import Counter, Histogram
 
+#: ``route``: wechatpay (``POST /notify/wechatpay``), internal (the cloud function's notify).
 NOTIFICATIONS_RECEIVED = Counter(
     "paylane_ingress_notifications_received_total", "Notification requests received", ["route"]
 )
 NOTIFICATIONS_VERIFIED = Counter(
     "paylane_ingress_notifications_verified_total", "Notifications whose signature verified"
 )
+#: ``reason``: bad_signature, stale_timestamp, signtest_probe, unknown_serial,
+#: expired_certificate, decrypt_failed, too_large, not_json, duplicate_header,
+#: malformed_body, empty_body, invalid_resource, broker_unavailable, internal_secret,
+#: internal_invalid, and others.
 NOTIFICATIONS_REJECTED = Counter(
     "paylane_ingress_notifications_rejected_total", "Notifications rejected, by reason", ["reason"]
 )
@@ -27,12 +32,14 @@ NOTIFICATIONS_ACKED = Counter(
     "Notifications acknowledged, by outcome (published, ignored)",
     ["outcome"],
 )
+#: ``status``: 2xx, 4xx, 5xx.
 ACK_SECONDS = Histogram(
     "paylane_ingress_ack_seconds",
     "Time from request start to the answer, by status class",
     ["status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+#: The cloud function's calls (docs/cloud-function.md).
 INTERNAL_CALLS = Counter(
     "paylane_ingress_internal_calls_total",
     "Calls of the internal API other than notify, by route and outcome"

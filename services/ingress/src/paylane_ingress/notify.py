@@ -1,4 +1,4 @@
-"""``POST /notify/wechatpay``: DESIGN §3 steps 1 to 7, in order."""
+"""``POST /notify/wechatpay``: docs/ingress.md steps 1 to 8, in order."""
 
 from __future__ import annotations
 

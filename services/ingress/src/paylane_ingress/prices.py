@@ -1,5 +1,5 @@
 """``GET /api/prices/current`` (no authentication): the catalog's prices in yuan, as the
-cloud function reads them before placing an order (SEED_SYSTEM.md §3)."""
+cloud function reads them before placing an order (docs/cloud-function.md)."""
 
 from __future__ import annotations
 

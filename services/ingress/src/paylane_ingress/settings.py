@@ -1,5 +1,5 @@
-"""Ingress settings: the APIv3 key and the WeChat Pay verification keys (DESIGN §2), the
-cloud function's secret, the package catalog it reads prices from."""
+"""Ingress settings: the APIv3 key and the WeChat Pay verification keys, the cloud
+function's secret, the package catalog it reads prices from (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -24,13 +24,20 @@ class IngressSettings(
     give ingress the same ``PACKAGE_CATALOG`` as the order service."""
 
     http_port: int = Field(8080, ge=1, le=65535)
+    #: The 32-byte APIv3 key notifications are decrypted with (AEAD_AES_256_GCM).
     wechatpay_apiv3_key: ApiV3Key
     # INTERNAL_API_SECRET (ApiSecretSettings): the cloud function's ``X-Internal-Secret``.
-    #: Optional: with these (and a certs dir) platform certificates are refreshed in the
-    #: background, so a new Wechatpay-Serial is accepted without a restart.
+    #: Optional for ingress: with ``WECHATPAY_MCHID``, the merchant key and serial (and a
+    #: certs dir) platform certificates are refreshed in the background, so a new
+    #: ``Wechatpay-Serial`` is accepted without a restart.
     wechatpay_mchid: str | None = None
+    #: Optional for ingress: the merchant API key that downloads platform certificates
+    #: (with ``WECHATPAY_MCHID``, ``WECHATPAY_MERCHANT_SERIAL_NO`` and a certs dir).
     wechatpay_merchant_private_key: NoneIfBlank[PrivateKeyPem] = None
+    #: Optional for ingress: the merchant API certificate serial, for the certificate
+    #: refresh.
     wechatpay_merchant_serial_no: str | None = None
+    #: WeChat Pay's API host, asked only for platform certificates.
     wechatpay_api_base: HttpBaseUrl = DEFAULT_API_BASE
     #: Above this CPU use (in cores, over the last tenth of a second) ingress announces it is
     #: busy and the consumers wait meanwhile (paylane_common.pressure). 0: never by CPU.

@@ -104,7 +104,7 @@ NOTIFIER_API = Api(
             "type": "apiKey",
             "in": "query",
             "name": "token",
-            "description": "the same stream ticket, under DESIGN §7's older parameter name",
+            "description": "the same stream ticket, under its older parameter name",
         },
         BEARER: {"type": "http", "scheme": "bearer", "description": "the same stream ticket"},
     },

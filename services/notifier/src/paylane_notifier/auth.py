@@ -1,4 +1,4 @@
-"""Client authentication: a stream ticket of the order service names the user (DESIGN §7).
+"""Client authentication: a stream ticket of the order service names the user (docs/notifier.md).
 
 ``?ticket=`` (or ``?token=``, the contract's older name, or ``Authorization: Bearer``)
 must hold a stream ticket (``aud`` paylane-stream) of ``POST /stream-tickets`` or of

@@ -2,7 +2,7 @@
 
 Every replica consumes through its *own* exclusive, auto-delete queue
 ``notifier.<hostname>.<random hex>`` bound to :data:`topology.NOTIFIER_KEYS`, so every
-replica sees every event and a client may connect to any of them (DESIGN §7). The queue
+replica sees every event and a client may connect to any of them (docs/notifier.md). The queue
 is declared on a channel of the robust connection: after a broker reconnect aio-pika
 declares, binds and consumes it again; events published while the connection was down
 never reached it, so every connected client then gets a fresh snapshot (``Hub.resync``).

@@ -1,4 +1,5 @@
-"""Notifier: pushes payment results to the paying client over WebSocket and SSE (DESIGN §7)."""
+"""Notifier: pushes payment results to the paying client over WebSocket and SSE
+(docs/notifier.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a client receives: one JSON object per push (DESIGN §7).
+"""What a client receives: one JSON object per push (docs/notifier.md, "Messages").
 
 Every message has the same keys, ``null`` where its source does not carry a field::
 

@@ -2,6 +2,7 @@
 
 from prometheus_client import Counter, Gauge
 
+#: ``transport``: ws, sse.
 CONNECTIONS = Gauge(
     "paylane_notifier_connections", "Clients connected to this replica, by transport", ["transport"]
 )

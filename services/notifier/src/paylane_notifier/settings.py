@@ -1,4 +1,4 @@
-"""Notifier settings (DESIGN §2, §7)."""
+"""Notifier settings (docs/configuration.md, "Notifier")."""
 
 from __future__ import annotations
 
@@ -17,15 +17,18 @@ class NotifierSettings(BaseServiceSettings):
     #: Never set: here only so that a private key given to the notifier by mistake is an
     #: error at start rather than a signing key lying on an internet-facing host.
     client_token_private_key: NoneIfBlank[SecretStr] = None
-    #: On connect a client gets the state of its orders updated within this window …
+    #: On connect a client gets the state of its orders updated within this window (at
+    #: most ``SNAPSHOT_LIMIT`` of them).
     snapshot_window_s: int = Field(86400, ge=0)
-    #: … at most this many, newest first.
+    #: The orders an on-connect snapshot holds at the most, newest first.
     snapshot_limit: int = Field(20, ge=0, le=1000)
     #: The snapshot query gives up after this long (the stream goes on with live events).
     snapshot_timeout_s: float = Field(3.0, gt=0, le=30)
-    #: Open streams (WebSocket + SSE) this replica holds at the most …
+    #: Open streams (WebSocket + SSE) this replica holds at the most; past it a WebSocket
+    #: is closed with 1013, SSE answers 503 (both "try again later").
     max_connections: int = Field(10_000, ge=1)
-    #: … and per user (a user's tabs and devices).
+    #: Open streams a user (their tabs and devices) may hold on this replica; past it a
+    #: WebSocket is closed with 4429, SSE answers 429.
     max_connections_per_user: int = Field(5, ge=1)
 
     @field_validator("client_token_private_key")

@@ -4,7 +4,7 @@ The notifier is stateless, so the state comes from MySQL: the user's ``payment_o
 updated within ``snapshot_window_s``, newest first, at most ``snapshot_limit``, each joined
 with the user's ``payment_status`` / ``regenerate_count``, as ``order.state`` messages.
 
-The rows may have been written by the other writers of the shared tables (SEED_SYSTEM.md):
+The rows may have been written by the other writers of the shared tables (docs/database.md):
 their ``status`` is the row's own (see :data:`messages.ORDER_STATUSES`), a NULL plan or
 regeneration count reads as ``free`` / 0 (as the entitlement service reads it), and a
 ``refunded`` order whose paylane column ``amount_refunded`` was never filled (another

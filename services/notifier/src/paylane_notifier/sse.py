@@ -1,4 +1,4 @@
-"""``GET /events?ticket=T``: the Server-Sent Events transport (DESIGN §7).
+"""``GET /events?ticket=T``: the Server-Sent Events transport (docs/notifier.md).
 
 Each message is one SSE event: ``id:`` its id (ms since the epoch, see
 :mod:`paylane_notifier.snapshot`) and ``data:`` the JSON object, under the default event

@@ -1,4 +1,4 @@
-"""``GET /ws?ticket=T``: the WebSocket transport (DESIGN §7).
+"""``GET /ws?ticket=T``: the WebSocket transport (docs/notifier.md).
 
 Server → client only: one JSON text frame per message. The server pings every
 ``HEARTBEAT_S`` (and drops a client that does not answer); what a client sends is ignored.

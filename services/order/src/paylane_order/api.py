@@ -1,4 +1,4 @@
-"""Order HTTP API (DESIGN §4). JSON; errors ``{"error": CODE, "message": …}``."""
+"""Order HTTP API (docs/order-api.md). JSON; errors ``{"error": CODE, "message": …}``."""
 
 from __future__ import annotations
 

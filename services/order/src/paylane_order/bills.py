@@ -85,11 +85,16 @@ from .review import to_review
 log = structlog.get_logger(__name__)
 
 CHINA = timezone(timedelta(hours=8))
+#: ``kind``: paid_not_here, paid_unknown_order, not_paid_at_wechat, amount_differs,
+#: transaction_differs, not_in_bill_unconfirmed, refund_not_here, refund_not_at_wechat,
+#: refund_amount_differs, refund_state_differs, refund_not_in_bill_unconfirmed,
+#: bill_missing (docs/operations.md, "The daily bills").
 DIFFERENCES = PromCounter(
     "paylane_bill_differences_total",
     "Differences between WeChat Pay's daily trade bill and the database, by kind",
     ["kind"],
 )
+#: ``outcome``: done, incomplete, other_replica, already_done, failed.
 BILL_RUNS = PromCounter(
     "paylane_bill_reconcile_runs_total", "Daily bill reconciliations, by outcome", ["outcome"]
 )

@@ -2,7 +2,7 @@
 
 A payment grants its package only if it paid a price the package had around the time
 the order was made (paylane_order.gate). The cloud function prices orders from
-``/prices/current`` and caches the answer for five minutes (SEED_SYSTEM.md §3), so a price
+``/prices/current`` and caches the answer for five minutes (docs/adoption.md), so a price
 that changed a moment ago still counts for a while: :data:`PRICE_GRACE_S`.
 
 Every order process records its catalog when it starts (:func:`record`): a package whose

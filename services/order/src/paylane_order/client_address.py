@@ -35,6 +35,10 @@ class TrustedProxySettings(BaseSettings):
     (default none: the direct peer is the client)."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+    #: Comma-separated CIDRs (or addresses) of the proxies in front of the order service:
+    #: an H5 order's payer IP (and the login rate limit's address) comes from
+    #: ``X-Forwarded-For`` only when the direct peer is one of them (the right-most hop not
+    #: itself trusted); else the peer's address. Empty: ``X-Forwarded-For`` never trusted.
     trusted_proxies: TrustedProxies = ()
 
 

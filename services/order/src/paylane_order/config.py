@@ -91,7 +91,7 @@ class OrderConfig:
     #: public key and ``CLIENT_TOKEN_PUBLIC_KEY``'s).
     tokens: TokenSigner
     token_ttl_s: int
-    #: ``GET /prices/current``'s ``success``/``data`` (SEED_SYSTEM.md §3).
+    #: ``GET /prices/current``'s ``success``/``data`` (docs/cloud-function.md).
     price_list: PriceList
     #: The proxies whose ``X-Forwarded-For`` is believed (``TRUSTED_PROXIES``).
     trusted_proxies: tuple[Network, ...]

@@ -1,7 +1,7 @@
 """``order.created`` → a ``pending`` row in ``payment_orders``, in one MySQL transaction.
 
 The cloud function placed the order at WeChat Pay, then failed to insert its row and
-called ``POST /api/payment/internal/order-created`` instead (SEED_SYSTEM.md §2); ingress
+called ``POST /api/payment/internal/order-created`` instead (docs/adoption.md); ingress
 published this event. Here: inbox claim + the user (created under the given id when
 missing) + the order row (the shared table's shape: ``amount`` in yuan, ``_openid``,
 ``generation_id`` ``''``) + a ``payment_logs`` row ``order_create``. A row already there

@@ -2,7 +2,7 @@
 
 Beside paylane, the cloud function receives WeChat Pay's callback itself, marks the order
 ``paid`` (or, on a full refund, ``refunded``) in the shared table, and then calls
-paylane's internal notify once, fire and forget (SEED_SYSTEM.md §2). So paylane meets
+paylane's internal notify once, fire and forget (docs/adoption.md). So paylane meets
 orders that are already settled, and sometimes never hears of them at all. The effect
 (the plan granted or revoked, the generation unlocked, the client told) is still
 paylane's to apply, exactly once:
@@ -49,6 +49,9 @@ from .review import to_review
 
 log = structlog.get_logger(__name__)
 
+#: ``kind``: effect_paid, effect_refunded, effect_needs_review, effect_query_failed. A
+#: steady rate of effect_paid means the cloud function's notifies are being lost; of
+#: effect_needs_review, that someone marks orders paid that WeChat Pay never saw paid.
 SWEPT = PromCounter(
     "paylane_effects_swept_total",
     "Orders another writer settled whose effect paylane applied from the sweep, by kind",

@@ -1,4 +1,4 @@
-"""Order service: HTTP API, payment and refund consumer, reconciler (DESIGN §4)."""
+"""Order service: HTTP API, payment and refund consumer, reconciler (docs/order-api.md)."""
 
 from __future__ import annotations
 

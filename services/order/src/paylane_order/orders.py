@@ -4,7 +4,7 @@ A row is ``pending`` before the order exists at WeChat Pay, so a notification ca
 arrive for an order we do not know; a placement that fails leaves a row the reconciler
 settles (WeChat Pay says ORDER_NOT_EXIST → ``failed`` once expired).
 
-The rows live in the shared tables (SEED_SYSTEM.md §1): string ids made here
+The rows live in the shared tables (docs/database.md): string ids made here
 (``new_row_id``), amounts written in yuan (the fen columns are generated from them), the
 payer's openid in ``_openid``. An order that timed out or was cancelled is ``failed``, the
 existing system's word; ``closed_at`` says when.

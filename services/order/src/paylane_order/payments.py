@@ -1,4 +1,4 @@
-"""``payment.succeeded`` → order paid, in one MySQL transaction (DESIGN §4 consumer).
+"""``payment.succeeded`` → order paid, in one MySQL transaction (docs/order-api.md, docs/events.md).
 
 Every payment passes the gate first (gate.py): the order service applies WeChat Pay's
 own account of the payment (a notification it verified itself, or its answer to a query),
@@ -205,7 +205,7 @@ class PaymentApplier:
         data: PaymentSucceeded,
         order: dict[str, Any],
     ) -> str:
-        """The cloud function marked the order paid itself (SEED_SYSTEM.md §2), so the
+        """The cloud function marked the order paid itself (docs/adoption.md), so the
         conditional ``pending|failed → paid`` found nothing to move; the effect is still
         paylane's: ``order.paid``, once (``paid_event_at``, effects.py), unless it was paid
         before ``effects_since``: then the backend before paylane granted it."""

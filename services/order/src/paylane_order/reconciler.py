@@ -1,4 +1,4 @@
-"""The reconciler (DESIGN §4): settles what no notification settled.
+"""The reconciler (docs/order-api.md, "The reconciler"): settles what no notification settled.
 
 - orders ``pending`` longer than ``after_s``: WeChat Pay says SUCCESS → publish
   ``payment.succeeded`` with ``source: "reconcile"`` (the consumer applies it as any
@@ -66,6 +66,9 @@ from .gate import PAID_STATES, Gate
 
 log = structlog.get_logger(__name__)
 
+#: ``kind``: paid_recovered, closed_expired, refund_success, still_pending,
+#: not_placed_yet, query_failed, refund_query_failed, refund_closed_never_sent,
+#: refund_not_at_wechatpay_yet, and others.
 FINDINGS = PromCounter(
     "paylane_reconciler_findings_total",
     "What the reconciler found and did, by kind",
@@ -75,6 +78,7 @@ FINDINGS = PromCounter(
 #: first one is an increase.
 for _kind in ("paid_recovered", "query_failed", "refund_query_failed"):
     FINDINGS.labels(_kind)
+#: Keep a pass shorter than ``RECONCILE_INTERVAL_S``.
 PASS_SECONDS = Histogram(
     "paylane_reconciler_pass_seconds",
     "How long a reconciler pass over every pending order and refund takes",

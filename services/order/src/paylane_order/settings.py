@@ -1,4 +1,4 @@
-"""Order service settings (DESIGN §2)."""
+"""Order service settings (docs/configuration.md, "Order service")."""
 
 from __future__ import annotations
 
@@ -35,65 +35,88 @@ class OrderSettings(
 ):
     http_port: int = Field(8081, ge=1, le=65535)
     admin_port: int = Field(9081, ge=1, le=65535)
-    #: A payment for another merchant or app is flagged for review, never granted.
+    #: The app id orders are placed under (the mini-program's or the web's); a payment for
+    #: another merchant or app is flagged for review, never granted.
     wechatpay_appid: str = Field(min_length=1)
-    #: The mobile app's appid (open platform), for ``trade_type: APP``: WeChat Pay takes
-    #: APP orders only under an app's appid, not the mini-program's. Unset: APP refused.
+    #: The mobile app's appid (open platform), bound to the same merchant, for
+    #: ``trade_type: APP``: WeChat Pay takes APP orders only under an app's appid, not the
+    #: mini-program's; they are placed and checked under it. Unset: APP answers 400
+    #: ``trade_type_unavailable``.
     wechatpay_app_appid: NoneIfBlank[str] = None
     #: Public URL of ingress's notify endpoint, sent when placing orders and refunds.
+    #: ``https://`` (WeChat Pay calls no other); ``http://`` only for a sandbox: a loopback
+    #: host (``127.0.0.0/8``, ``::1``, ``localhost``), or any host when
+    #: ``WECHATPAY_API_BASE`` is itself ``http://`` (the compose stack's sandbox); no query
+    #: string. Anything else stops the order service at start.
     wechatpay_notify_url: str
     # BACKEND_API_SECRET (ApiSecretSettings): the app backend's secret (``X-Internal-Secret``
     # on the order API): orders for any user, reads, close, refunds. INTERNAL_API_SECRET
     # (the cloud function's, held by ingress) opens nothing here; read only to refuse one
     # equal to BACKEND_API_SECRET.
-    #: The Ed25519 key (PKCS#8 PEM) end users' tokens are signed with: sessions and the
-    #: notifier's stream tickets. Only this service holds it.
+    #: The Ed25519 private key (PKCS#8 PEM, ``openssl genpkey -algorithm ed25519``) end
+    #: users' tokens are signed with: sessions, ``client_token`` and the notifier's stream
+    #: tickets (docs/security.md). Only this service holds it.
     client_token_private_key: TokenSigningKey
-    #: More public keys tokens are accepted from (PEM blocks one after the other): the
-    #: previous key while a rotation's old tokens are still alive. This key's own public
-    #: key is derived from it, never needed here.
+    #: More Ed25519 public keys tokens are accepted from (``PUBLIC KEY`` PEM blocks one
+    #: after the other): the previous key while a rotation's old tokens are still alive. The
+    #: private key's own public half is derived from it, so this is needed only while
+    #: rotating.
     client_token_public_key: NoneIfBlank[TokenVerifyingKeys] = None
     #: Lifetime of the session tokens handed to end users (logins and ``client_token``s);
     #: a stream on the notifier ends when the session its ticket came from expires.
     client_token_ttl_s: int = Field(7200, ge=60, le=7 * 86400)
-    #: The mini-program's AppSecret, for ``jscode2session`` (``POST /auth/miniprogram``);
-    #: login answers 503 without it.
+    #: The mini-program's AppSecret, for WeChat's ``jscode2session``
+    #: (``POST /auth/miniprogram``); unset: login answers 503.
     wechat_app_secret: SecretStr | None = None
     #: WeChat's open-platform API host (``/sns/jscode2session``, which is sent the
-    #: AppSecret): https, except for a local sandbox (:func:`local_sandbox`).
+    #: AppSecret): ``https://``, except for a local sandbox (:func:`local_sandbox`): a
+    #: loopback host (``127.0.0.0/8``, ``::1``, ``localhost``), or the very host and port of
+    #: a plain-``http://`` ``WECHATPAY_API_BASE`` (the compose stack's one sandbox).
     wechat_api_base: HttpBaseUrl = "https://api.weixin.qq.com"
     #: Sign-ins (``POST /auth/miniprogram``) a client address may make a minute, each
-    #: replica (rate_limits.py); past it 429 with ``Retry-After``, WeChat not asked.
-    #: The address is the peer, or ``X-Forwarded-For`` through ``TRUSTED_PROXIES``.
-    #: 0: no limit.
+    #: replica in memory (N replicas allow up to N times as many; rate_limits.py); past it
+    #: 429 ``too_many_requests`` with ``Retry-After``, WeChat not asked. The address is the
+    #: peer, or ``X-Forwarded-For`` through ``TRUSTED_PROXIES``. 0: no limit.
     login_rate_per_min: int = Field(30, ge=0, le=100_000)
-    #: Orders (``POST /orders``) a user may place a minute, each replica; 0: no limit.
+    #: Orders (``POST /orders``) one user may place a minute (the token's user, or the
+    #: ``user_id``, else the ``openid``, the backend names), each replica; past it 429
+    #: ``too_many_requests`` with ``Retry-After``. 0: no limit.
     order_rate_per_min: int = Field(10, ge=0, le=100_000)
     #: Unpaid orders a user may have pending at once (not yet expired); one more is a
-    #: 409 ``too_many_pending_orders`` until one is paid, closed or expires. 0: no cap.
+    #: 409 ``too_many_pending_orders`` (naming the cap) until one is paid, closed or
+    #: expires. 0: no cap.
     max_pending_orders: int = Field(5, ge=0, le=10_000)
-    #: How long a placed order stays payable (its ``time_expire``); at most
-    #: ``PREPAY_ID_TTL_S``, so that the prepay_id its pay parameters name never expires first.
+    #: How long a placed order stays payable (its ``time_expire``); unpaid, it is then
+    #: closed (status ``failed``). An order another writer made without ``expires_at``
+    #: expires this long after ``created_at``. At most 7200 (``PREPAY_ID_TTL_S``): a
+    #: ``prepay_id`` is valid for two hours, and the pay parameters handed out again (an
+    #: ``Idempotency-Key`` retry) name the one the order was placed with.
     order_ttl_s: int = Field(1800, ge=1)
-    #: The reconciler looks at orders and refunds still pending after this long …
+    #: The reconciler asks WeChat Pay about orders and refunds still pending after this
+    #: long (docs/order-api.md, "The reconciler").
     reconcile_after_s: float = Field(60.0, ge=0)
-    #: … every this many seconds (0 disables the in-process schedule).
+    #: How often the reconciler runs in the order service, one replica at a time (0: not
+    #: in-process; ``paylane reconcile`` runs it).
     reconcile_interval_s: float = Field(30.0, ge=0)
-    #: A pending order is asked about once RECONCILE_AFTER_S old, again once this old,
-    #: then when it expires; not every pass (most pending orders nobody opened).
+    #: A pending order is asked about once ``RECONCILE_AFTER_S`` old, again once this old,
+    #: then when it expires; not every pass (most pending orders nobody opened). Refunds
+    #: are asked about every pass.
     reconcile_second_look_s: float = Field(300.0, ge=0)
     #: WeChat Pay queries a reconciler pass has in flight at most.
     reconcile_concurrency: int = Field(16, ge=1)
-    #: A refund WeChat Pay does not know (its request never got there) is closed once this
-    #: old; longer than a refund request, its retries and the caller's retries take.
+    #: A pending refund WeChat Pay does not know (``RESOURCE_NOT_EXISTS``: its request
+    #: never got there) is closed once this old; keep it longer than a refund request, its
+    #: retries and the caller's retries take.
     reconcile_refund_grace_s: float = Field(600.0, ge=0)
-    #: The daily bill reconciliation (bills.py) runs at this hour, China time, for the
-    #: previous China day (WeChat Pay has a day's bills from about 10:00); -1 disables it.
+    #: The daily bill reconciliation (bills.py) runs at this hour (0 to 23), China time, for
+    #: the previous China day (WeChat Pay has a day's bills from about 10:00); -1: not
+    #: in-process (``paylane reconcile bills`` runs it).
     bills_reconcile_hour: int = Field(10, ge=-1, le=23)
-    #: The effects sweep (effects.py): orders another writer settled are announced once
-    #: untouched this long (the cloud function's notify on its way wins) …
+    #: The effects sweep (effects.py; docs/adoption.md, "The sweep"): an order another
+    #: writer settled is announced once untouched this long (the cloud function's notify
+    #: on its way wins).
     sweep_grace_s: float = Field(60.0, ge=0)
-    #: … at most this many of each kind (paid, refunded) a pass.
+    #: The orders of each kind (paid, refunded) the effects sweep takes a pass, at most.
     sweep_limit: int = Field(500, ge=1)
 
     @model_validator(mode="after")

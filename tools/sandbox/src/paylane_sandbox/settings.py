@@ -1,4 +1,5 @@
-"""Sandbox settings, read once from the environment (DESIGN §2 plus ``SANDBOX_*``)."""
+"""Sandbox settings, read once from the environment (the services' variables plus
+``SANDBOX_*``: docs/configuration.md, tools/sandbox/README.md)."""
 
 from __future__ import annotations
 
@@ -54,33 +55,62 @@ class SandboxSettings(BaseServiceSettings):
         "SANDBOX_APP_SECRET",
     )
     http_port: int = Field(8090, ge=1, le=65535)
+    #: The merchant id the sandbox serves.
     wechatpay_mchid: str = Field(min_length=1, max_length=32)
+    #: The 32-byte APIv3 key notifications and certificates are encrypted with.
     wechatpay_apiv3_key: ApiV3Key
-    #: When set (or SANDBOX_APPIDS, comma-separated), other appids get APPID_MCHID_NOT_MATCH.
+    #: An appid bound to the merchant; when set (or ``SANDBOX_APPIDS``), any other appid
+    #: gets ``400 APPID_MCHID_NOT_MATCH``. Unset: any appid.
     wechatpay_appid: str | None = None
+    #: The appids bound to the merchant, comma-separated (instead of ``WECHATPAY_APPID``).
     sandbox_appids: str | None = None
-    # The merchant API key: its public half (or certificate), or the private key itself.
+    #: The merchant API key's public key PEM, or its certificate, requests are verified
+    #: with; or give ``WECHATPAY_MERCHANT_PRIVATE_KEY`` (one of the two is required).
     sandbox_merchant_public_key: NoneIfBlank[PublicKeyPem] = None
+    #: The merchant private key itself, instead of ``SANDBOX_MERCHANT_PUBLIC_KEY``: its
+    #: public key is derived from it (handy with one development env file).
     wechatpay_merchant_private_key: NoneIfBlank[PrivateKeyPem] = None
+    #: The ``serial_no`` the merchant names in ``Authorization``; required unless the
+    #: merchant key is given as a certificate (then its serial is used).
     wechatpay_merchant_serial_no: str | None = None
-    # WeChat Pay's side: one RSA key, announced as a public key id and as a certificate.
+    #: WeChat Pay's signing key (PEM), announced as a public key id and as a certificate;
+    #: unset: a throw-away key is made at start (a warning logged; fetch it from
+    #: ``/sandbox/platform-public-key``).
     sandbox_platform_private_key: NoneIfBlank[PrivateKeyPem] = None
+    #: The ``Wechatpay-Serial`` of public-key-mode signatures.
     wechatpay_public_key_id: str = Field("PUB_KEY_ID_SANDBOX", min_length=1)
+    #: The hex serial of the self-signed platform certificate made at start (same key);
+    #: unset: random.
     sandbox_platform_cert_serial: NoneIfBlank[CertificateSerial] = None
+    #: ``public_key``, ``certificate`` or ``mixed`` (WeChat's migration: an answer is
+    #: signed under the serial the request's ``Wechatpay-Serial`` names, under the
+    #: certificate when it names none or an unknown one; notifications alternate): the
+    #: serial answers and notifications are signed under.
     sandbox_sign_mode: SignMode = "public_key"
+    #: Multiplies WeChat's notification retry schedule and the automatic refund delay
+    #: (tests use 0.01; 0: no waiting).
     sandbox_time_factor: float = Field(1.0, ge=0)
+    #: ``auto``: refunds become SUCCESS after ``SANDBOX_REFUND_DELAY_S`` and are notified;
+    #: ``manual``: they wait for the control API.
     sandbox_refund_mode: RefundMode = "auto"
+    #: The automatic refund delay, multiplied by ``SANDBOX_TIME_FACTOR``.
     sandbox_refund_delay_s: float = Field(1.0, ge=0)
     #: The merchant-level refund callback (WeChat Pay's merchant console setting): where a
-    #: refund's notifications go when its request named no ``notify_url``.
+    #: refund's notifications go when its request named no ``notify_url``; unset: such
+    #: refunds are not notified.
     sandbox_refund_notify_url: NoneIfBlank[CallbackUrl] = None
+    #: How long the merchant has to answer a notification (WeChat's 5 s).
     sandbox_notify_timeout_s: float = Field(5.0, gt=0)
-    #: An ``Authorization`` timestamp this many seconds or more from now is stale.
+    #: An ``Authorization`` timestamp this many seconds or more from now is stale: 401
+    #: ``SIGN_ERROR`` (whole seconds, the rule paylane applies to WeChat's answers).
     sandbox_max_skew_s: int = Field(300, ge=1)
     #: The mini-program AppSecret jscode2session expects (any secret when unset).
     sandbox_app_secret: SecretStr | None = None
-    #: Where the checkout demo's same-origin proxy sends its calls (demo_proxy.py).
+    #: Where the checkout demo's same-origin proxy sends ``/checkout/api/…``
+    #: (demo_proxy.py).
     sandbox_order_api_url: HttpBaseUrl = "http://127.0.0.1:8081"
+    #: Where the checkout demo's same-origin proxy sends ``/checkout/notifier/ws`` and
+    #: ``/checkout/notifier/events`` (the notifier's ``/ws`` and ``/events``).
     sandbox_notifier_url: HttpBaseUrl = "http://127.0.0.1:8083"
 
     @model_validator(mode="after")

@@ -1,5 +1,5 @@
 """The four shared tables, created exactly as the existing system has them
-(SEED_SYSTEM.md §1) when they are missing; left as they are when they exist."""
+(docs/database.md, "The shared tables") when they are missing; left as they are when they exist."""
 
 from typing import Any
 

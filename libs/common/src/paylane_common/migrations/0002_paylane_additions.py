@@ -1,7 +1,7 @@
 """What paylane adds to the shared tables: columns, indexes, one ENUM value. Each is
 added only when missing; no existing column is renamed, retyped or dropped and no row of
 these tables is written. The fen amounts are generated from the yuan ones, so they are
-right for every row whoever wrote it (SEED_SYSTEM.md: there is no fen column)."""
+right for every row whoever wrote it (docs/database.md: the existing system has no fen column)."""
 
 from typing import Any
 
