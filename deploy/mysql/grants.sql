@@ -17,7 +17,7 @@
 -- database) is made before, by deploy/mysql/init-users.sh.
 
 -- The shared tables (users, payment_orders, refunds, payment_logs) are also written by
--- the cloud function and the Node backend (SEED_SYSTEM.md): each service gets the columns
+-- the cloud function and the Node backend (docs/database.md): each service gets the columns
 -- its statements touch. Generated columns (payment_orders.amount_total, refunds.amount_refund
 -- and amount_total: fen computed from the yuan columns) can be read, never written.
 

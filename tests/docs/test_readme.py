@@ -52,11 +52,6 @@ def _files() -> list[Path]:
     return found
 
 
-#: Files that still cite one, changed outside this test's branch (deploy/ has its owner):
-#: deploy/mysql/grants.sql's comment should cite docs/database.md. Remove it from here then.
-NOT_YET = {"deploy/mysql/grants.sql"}
-
-
 def test_references_point_into_the_repository() -> None:
     """The contract is docs/ (events.md, configuration.md, …): nothing cites a design
     document that is not in the repository."""
@@ -67,7 +62,7 @@ def test_references_point_into_the_repository() -> None:
         for p in _files()
         if p.resolve() != this and outside.search(p.read_text(errors="ignore"))
     }
-    assert cited <= NOT_YET, f"cite a file in docs/ instead: {sorted(cited - NOT_YET)}"
+    assert not cited, f"cite a file in docs/ instead: {sorted(cited)}"
 
 
 def test_relative_links_of_the_docs_resolve() -> None:
