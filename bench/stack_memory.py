@@ -4,9 +4,10 @@ right after a burst of payments (docs/performance.md, "The containers").
     make up                                  # the stack, with the sandbox
     uv run python -m bench.stack_memory [--payments 300] [--concurrency 30]
 
-Reads each running container of the project (COMPOSE_PROJECT_NAME, default "paylane")
-with ``<engine> stats --no-stream``: the memory its cgroup charges (resident pages plus
-the page cache the kernel can reclaim), the figure a memory limit is checked against.
+Reads each running container of the project (COMPOSE_PROJECT_NAME, default "paylane"):
+the RSS of its processes (from /proc, so on Linux, as root) and the memory its cgroup is
+charged (``<engine> stats``: RSS plus reclaimable page cache, what a limit is checked
+against).
 The burst: orders placed by the app backend (``X-Internal-Secret``) for new users, each
 paid in the sandbox, until every order is paid. Prints a markdown table and the image's
 size.
@@ -45,26 +46,52 @@ def _bytes(text: str) -> float:
     return float(number)
 
 
-def memory(project: str) -> dict[str, float]:
-    """Service -> MiB charged to its container now."""
-    names = subprocess.run(
+def _rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and all its descendants, in KiB (0 for one that has gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except OSError:
+        return 0
+    own = next(
+        (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
+    )
+    return own + sum(_rss_kib(child) for child in children)
+
+
+def memory(project: str) -> dict[str, tuple[float, float]]:
+    """Service -> (RSS, cgroup memory) of its container now, in MiB. RSS: resident pages
+    of every process in it (its first process on the host and all descendants, from
+    /proc: Linux, as root or the engine's user). Cgroup memory: what the engine's stats
+    charge it (RSS plus reclaimable page cache), what a memory limit is checked against."""
+    listing = subprocess.run(
         [engine(), "ps", "--filter", f"label=com.docker.compose.project={project}",
          "--format", '{{.ID}}\t{{.Label "com.docker.compose.service"}}'],
         capture_output=True, text=True, check=True,
     ).stdout.split("\n")  # fmt: skip
     # By id: docker's CLI on podman's API cuts the first letter off the names.
-    service_of = dict(line.split("\t") for line in names if "\t" in line)
-    out = subprocess.run(
-        [engine(), "stats", "--no-stream", "--format", "{{.ID}}\t{{.MemUsage}}",
-         *service_of],
+    service_of = dict(line.split("\t") for line in listing if "\t" in line)
+    stats = subprocess.run(
+        [engine(), "stats", "--no-stream", "--format", "{{.ID}}\t{{.MemUsage}}", *service_of],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    usage: dict[str, float] = {}
-    for line in out.splitlines():
+    charged: dict[str, float] = {}
+    for line in stats.splitlines():
         ident, _, mem = line.partition("\t")
-        service = next((s for i, s in service_of.items() if i[:12] == ident[:12]), None)
-        if service:
-            usage[service] = _bytes(mem.split("/")[0]) / 1024**2
+        for full, service in service_of.items():
+            if full[:12] == ident[:12]:
+                charged[service] = _bytes(mem.split("/")[0]) / 1024**2
+    usage: dict[str, tuple[float, float]] = {}
+    for ident, service in service_of.items():
+        pid = subprocess.run(
+            [engine(), "inspect", "--format", "{{.State.Pid}}", ident],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        usage[service] = (_rss_kib(int(pid)) / 1024, charged.get(service, 0.0))
     return usage
 
 
@@ -119,11 +146,15 @@ def main() -> None:
     after = memory(project)
     print(f"image {image}: {int(size) / 1e6:.0f} MB")
     print(f"burst: {args.payments} payments, {args.concurrency} at a time, {seconds:.1f} s\n")
-    print("| container | idle (MiB) | after the burst (MiB) |")
-    print("|---|---:|---:|")
+    print("| container | RSS idle | RSS after the burst | cgroup memory after (MiB) |")
+    print("|---|---:|---:|---:|")
     for service in sorted(idle):
-        print(f"| {service} | {idle[service]:.0f} | {after.get(service, 0):.0f} |")
-    print(f"| **all** | {sum(idle.values()):.0f} | {sum(after.values()):.0f} |")
+        rss_after, charged_after = after.get(service, (0.0, 0.0))
+        print(f"| {service} | {idle[service][0]:.0f} | {rss_after:.0f} | {charged_after:.0f} |")
+    total_idle = sum(rss for rss, _ in idle.values())
+    total_after = sum(rss for rss, _ in after.values())
+    total_charged = sum(charged for _, charged in after.values())
+    print(f"| **all** | {total_idle:.0f} | {total_after:.0f} | {total_charged:.0f} |")
 
 
 if __name__ == "__main__":
