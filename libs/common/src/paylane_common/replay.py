@@ -55,6 +55,7 @@ from aio_pika.abc import (
 
 from .amqp import copy_message, without_broker_headers
 from .consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
+from .db import placeholders
 from .events import Envelope
 from .exceptions import PaylaneError, PublishError
 from .identities import ORIGINAL_USER_HEADER, Publishers, forwarded_headers
@@ -575,7 +576,7 @@ async def _outbox_rows(
 ) -> list[dict[str, Any]]:
     """The next rows of the window, in the order they were staged (by id)."""
     chosen = sorted(set(producers or ()))
-    where = f" AND producer IN ({', '.join(['%s'] * len(chosen))})" if chosen else ""
+    where = f" AND producer IN ({placeholders(len(chosen))})" if chosen else ""
     naive = (since.replace(tzinfo=None), end.replace(tzinfo=None))  # the columns hold UTC
     async with pool.acquire() as conn, conn.cursor(aiomysql.DictCursor) as cur:
         await cur.execute(

@@ -67,7 +67,7 @@ from prometheus_client import Gauge
 
 from paylane_common.background import BackgroundLoop
 from paylane_common.china_time import CHINA
-from paylane_common.db import is_duplicate_key, transaction
+from paylane_common.db import is_duplicate_key, placeholders, transaction
 from paylane_common.ids import new_row_id
 from paylane_common.leases import Lease
 from paylane_common.money import yuan_text
@@ -559,7 +559,7 @@ class BillReconciler:
             missing = [k for k in keys if k not in rows]
             for i in range(0, len(missing), 500):
                 chunk = missing[i : i + 500]
-                marks = ", ".join(["%s"] * len(chunk))
+                marks = placeholders(len(chunk))
                 await cur.execute(f"{select} WHERE {key} IN ({marks})", chunk)
                 rows.update({r[key]: r for r in await cur.fetchall()})
         return rows
