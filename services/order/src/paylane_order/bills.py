@@ -81,7 +81,7 @@ from paylane_common.wechatpay import (
 )
 
 from .gate import PAID_STATES
-from .reconciler import LEASE_TTL_S, Reconciler
+from .reconciler import Reconciler
 from .review import to_review
 
 log = structlog.get_logger(__name__)
@@ -246,8 +246,7 @@ class BillReconciler:
     async def _run(
         self, day: date, wait_s: float, *, unless_done: bool
     ) -> tuple[Outcome, BillReport | None]:
-        lease = Lease(self._pool, self.LOCK, ttl_s=LEASE_TTL_S)
-        async with lease.held(wait_s) as locked:
+        async with Lease(self._pool, self.LOCK).held(wait_s) as locked:
             if not locked:
                 return "other_replica", None
             if unless_done and await self._done(day):
