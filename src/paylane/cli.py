@@ -116,11 +116,8 @@ def _topology(_args: argparse.Namespace) -> int:
     settings = command_settings(BaseServiceSettings)
 
     async def declare() -> None:
-        connection = await amqp.connect(settings.amqp_url, "topology")
-        try:
+        async with amqp.connect(settings.amqp_url, "topology") as connection:
             await declare_topology(await connection.channel())
-        finally:
-            await connection.close()
 
     asyncio.run(declare())
     print("declared the exchange, the stream and the consumer queues")

@@ -16,7 +16,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -125,21 +125,23 @@ def _run(
     settings = settings or command_settings(BaseServiceSettings)
 
     async def main() -> int:
-        try:
-            async with asyncio.timeout(15):
-                connection = await amqp.connect(settings.amqp_url, "replay")
-        except Exception as exc:
-            print(
-                f"paylane: cannot connect to AMQP_URL: {exc or type(exc).__name__}", file=sys.stderr
-            )
-            return 1
-        try:
-            return await work(connection)
-        except ReplayError as exc:
-            print(f"paylane: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await connection.close()
+        async with AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(15):
+                    connection = await stack.enter_async_context(
+                        amqp.connect(settings.amqp_url, "replay")
+                    )
+            except Exception as exc:
+                print(
+                    f"paylane: cannot connect to AMQP_URL: {exc or type(exc).__name__}",
+                    file=sys.stderr,
+                )
+                return 1
+            try:
+                return await work(connection)
+            except ReplayError as exc:
+                print(f"paylane: {exc}", file=sys.stderr)
+                return 1
 
     try:
         return asyncio.run(main())

@@ -114,20 +114,19 @@ def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
     startup.need(app, startup.rabbitmq(settings.amqp_url))
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        connection = await amqp.connect(settings.amqp_url, app[SERVICE_NAME])
-        app[AMQP_CONNECTION] = connection
-        app[PUBLISHER] = await Publisher.open(
-            connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
-        )
+        async with amqp.connect(settings.amqp_url, app[SERVICE_NAME]) as connection:
+            app[AMQP_CONNECTION] = connection
+            app[PUBLISHER] = await Publisher.open(
+                connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
+            )
 
-        async def broker_check() -> None:
-            if not amqp.broker_ready(connection) or not app[PUBLISHER].ready:
-                raise ConnectionError("broker connection or publisher channel is down")
+            async def broker_check() -> None:
+                if not amqp.broker_ready(connection) or not app[PUBLISHER].ready:
+                    raise ConnectionError("broker connection or publisher channel is down")
 
-        app[READINESS_CHECKS]["broker"] = broker_check
-        yield
-        await amqp.close_quietly(app[PUBLISHER], "publisher")
-        await amqp.close_quietly(connection, "connection")
+            app[READINESS_CHECKS]["broker"] = broker_check
+            yield
+            await amqp.close_quietly(app[PUBLISHER], "publisher")
 
     app.cleanup_ctx.append(ctx)
 

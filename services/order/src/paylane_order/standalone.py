@@ -50,8 +50,7 @@ async def reconcile_bills(settings: OrderSettings, day: date) -> BillReport:
 async def open_reconciler(stack: AsyncExitStack, settings: OrderSettings) -> tuple[Any, Reconciler]:
     """The database, the broker and WeChat Pay, as the order service opens them."""
     pool = await stack.enter_async_context(db.create_pool(settings.mysql_url, maxsize=2))
-    connection = await amqp.connect(settings.amqp_url, "reconciler")
-    stack.push_async_callback(connection.close)
+    connection = await stack.enter_async_context(amqp.connect(settings.amqp_url, "reconciler"))
     publisher = await Publisher.open(
         connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
     )
