@@ -130,6 +130,11 @@ async def _body(request: web.Request) -> Any:
         raise InvalidRequest(validation_summary(exc)) from None
 
 
+def _reply(answer: BaseModel, status: int = 200) -> web.Response:
+    """``answer`` (a model of :mod:`.replies`) as the JSON of :func:`_json`."""
+    return _json(answer.model_dump(), status)
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     def default(value: Any) -> Any:
         if isinstance(value, datetime):
@@ -171,13 +176,10 @@ async def login(request: web.Request) -> web.Response:
 async def _session_token(request: web.Request, user_id: str) -> web.Response:
     sessions = request.app[SESSIONS]
     issued = await sessions.issue(user_id)
-    return _json(
-        {
-            "token": issued.token,
-            "token_type": "Bearer",
-            "expires_in": sessions.ttl_s,
-            "user_id": user_id,
-        }
+    return _reply(
+        replies.Token(
+            token=issued.token, token_type="Bearer", expires_in=sessions.ttl_s, user_id=user_id
+        )
     )
 
 
@@ -196,7 +198,7 @@ async def stream_ticket(request: web.Request) -> web.Response:
     session = _caller(request).session
     assert session is not None  # USER only: the backend was refused (security_middleware)
     ticket, ttl_s = request.app[SESSIONS].stream_ticket(session)
-    return _json({"ticket": ticket, "expires_in": ttl_s, "user_id": session.user_id})
+    return _reply(replies.StreamTicket(ticket=ticket, expires_in=ttl_s, user_id=session.user_id))
 
 
 async def revoke_sessions(request: web.Request) -> web.Response:
@@ -207,7 +209,7 @@ async def revoke_sessions(request: web.Request) -> web.Response:
         raise NotFound(f"user {user_id} does not exist", "unknown_user")
     version = await request.app[SESSIONS].revoke(user_id)
     log.info("sessions_revoked", user_id=user_id, version=version)
-    return _json({"user_id": user_id, "version": version})
+    return _reply(replies.SessionsRevoked(user_id=user_id, version=version))
 
 
 def _payer_ip(request: web.Request, caller: Caller, body: CreateOrder) -> str | None:
@@ -251,22 +253,22 @@ async def create_order(request: web.Request) -> web.Response:
     sessions = request.app[SESSIONS]
     issued = await sessions.issue(order["user_id"], order["out_trade_no"])
     ticket, ticket_ttl_s = sessions.stream_ticket(issued.session)
-    return _json(
-        {
-            "out_trade_no": order["out_trade_no"],
-            "user_id": order["user_id"],
-            "amount_total": order["amount_total"],
-            "status": order["status"],
-            "client_token": issued.token,
-            "stream_ticket": ticket,
-            "stream_ticket_expires_in": ticket_ttl_s,
-            "pay": orders.pay_params(order),
-        },
+    return _reply(
+        replies.PlacedOrder(
+            out_trade_no=order["out_trade_no"],
+            user_id=order["user_id"],
+            amount_total=order["amount_total"],
+            status=order["status"],
+            client_token=issued.token,
+            stream_ticket=ticket,
+            stream_ticket_expires_in=ticket_ttl_s,
+            pay=replies.PAY.validate_python(orders.pay_params(order)),
+        ),
         status=201 if created else 200,
     )
 
 
-def _view(order: dict[str, Any]) -> dict[str, Any]:
+def _view(order: dict[str, Any]) -> replies.OrderView:
     keys = (
         "out_trade_no",
         "user_id",
@@ -288,6 +290,7 @@ def _view(order: dict[str, Any]) -> dict[str, Any]:
         "refunds",
     )
     view = {k: order.get(k) for k in keys}
+    view["amount"] = str(order["amount"])  # yuan: DECIMAL(10,2), "29.90"
     view["generation_id"] = order.get("generation_id") or None  # '' in the row: none
     if order["status"] == "refunded" and not order.get("amount_refunded"):
         # Refunded by another writer (the cloud function marks an order refunded on a
@@ -296,7 +299,7 @@ def _view(order: dict[str, Any]) -> dict[str, Any]:
     view["review_reason"] = (
         order.get("review_reason") if order["status"] == "needs_review" else None
     )
-    return view
+    return replies.OrderView.model_validate(view)
 
 
 #: The caller :func:`security_middleware` identified (a route that is not public).
@@ -349,12 +352,12 @@ async def _owned_order(request: web.Request) -> dict[str, Any]:
 
 
 async def get_order(request: web.Request) -> web.Response:
-    return _json(_view(await _owned_order(request)))
+    return _reply(_view(await _owned_order(request)))
 
 
 async def close_order(request: web.Request) -> web.Response:
     order = await _owned_order(request)
-    return _json(_view(await request.app[ORDERS].close(order["out_trade_no"])))
+    return _reply(_view(await request.app[ORDERS].close(order["out_trade_no"])))
 
 
 async def create_refund(request: web.Request) -> web.Response:
@@ -367,12 +370,17 @@ async def create_refund(request: web.Request) -> web.Response:
             raise InvalidRequest("give an Idempotency-Key or an out_refund_no, not both")
         out_refund_no = keyed_out_refund_no(out_trade_no, key)
     result = await request.app[ORDERS].refund(out_trade_no, body.amount, body.reason, out_refund_no)
-    return _json(result, status=202)
+    return _reply(replies.RefundRequested.model_validate(result), status=202)
 
 
 async def abnormal_refunds(request: web.Request) -> web.Response:
     """``GET /refunds/abnormal`` (the backend only): the refunds waiting for a remedy."""
-    return _json({"refunds": await request.app[ABNORMAL_REFUNDS].list()})
+    rows = await request.app[ABNORMAL_REFUNDS].list()
+    return _reply(
+        replies.AbnormalRefunds(
+            refunds=[replies.AbnormalRefund.model_validate(row) for row in rows]
+        )
+    )
 
 
 async def apply_abnormal_refund(request: web.Request) -> web.Response:
@@ -381,7 +389,8 @@ async def apply_abnormal_refund(request: web.Request) -> web.Response:
     body: ApplyAbnormalRefund = await _body(request)
     remedy = Remedy(body.type, body.bank_type, body.bank_account, body.real_name)
     refunds = request.app[ABNORMAL_REFUNDS]
-    return _json(await refunds.apply(request.match_info["out_refund_no"], remedy), status=202)
+    row = await refunds.apply(request.match_info["out_refund_no"], remedy)
+    return _reply(replies.AbnormalRefund.model_validate(row), status=202)
 
 
 async def prices(request: web.Request) -> web.Response:
