@@ -110,17 +110,14 @@ def _topology(_args: argparse.Namespace) -> int:
     for services running with AMQP_DECLARE_TOPOLOGY=false."""
     import asyncio
 
-    from paylane_common import amqp
+    from paylane_common.service import command_resources
     from paylane_common.topology import declare_topology
 
     settings = command_settings(BaseServiceSettings)
 
     async def declare() -> None:
-        connection = await amqp.connect(settings.amqp_url, "topology")
-        try:
-            await declare_topology(await connection.channel())
-        finally:
-            await connection.close()
+        async with command_resources(settings, "topology") as opened:
+            await declare_topology(await (await opened.broker()).channel())
 
     asyncio.run(declare())
     print("declared the exchange, the stream and the consumer queues")

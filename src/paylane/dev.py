@@ -20,6 +20,7 @@ from dotenv import dotenv_values
 from paylane_common import db
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.ids import new_row_id
+from paylane_common.service import command_resources
 from paylane_common.settings import BaseServiceSettings, load_settings
 from paylane_common.tokens import (
     SESSION_AUDIENCE,
@@ -122,8 +123,8 @@ def order(args: argparse.Namespace) -> int:
     async def create() -> tuple[str, str]:
         out_trade_no = f"DEV{time.strftime('%Y%m%d%H%M%S')}{secrets.token_hex(3).upper()}"
         user_id = new_row_id("user")
-        async with db.create_pool(settings.mysql_url, maxsize=1) as pool:
-            async with db.transaction(pool) as cur:
+        async with command_resources(settings, "dev") as opened:
+            async with db.transaction(await opened.pool(maxsize=1)) as cur:
                 await cur.execute(
                     "INSERT INTO users (id, openid) VALUES (%s, %s)",
                     (user_id, f"o-dev-{secrets.token_hex(6)}"),

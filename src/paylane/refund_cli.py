@@ -16,19 +16,16 @@ import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
 
-from paylane_common import db
-from paylane_common.merchant_api import wechatpay_api
+from paylane_common.service import command_resources
 from paylane_common.wechatpay import ABNORMAL_REFUND_TYPES
 from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.errors import InvalidRequest, OrderError
 from paylane_order.settings import OrderSettings
 
-from .commands import command_settings
-from .replay_cli import _positive, _print_table
+from .commands import command_settings, positive, print_table
 
 _LISTED = ("out_refund_no", "out_trade_no", "amount_refund", "abnormal_at", "remedy_result")
 
@@ -37,9 +34,9 @@ def _run(work: Callable[[AbnormalRefunds], Awaitable[int]]) -> int:
     settings = command_settings(OrderSettings)
 
     async def main() -> int:
-        async with AsyncExitStack() as stack:
-            pool = await stack.enter_async_context(db.create_pool(settings.mysql_url, maxsize=2))
-            api = await stack.enter_async_context(wechatpay_api(settings))
+        async with command_resources(settings, "refund") as opened:
+            pool = await opened.pool(maxsize=2)
+            api = await opened.wechatpay(settings)
             try:
                 return await work(AbnormalRefunds(pool, api.client))
             except OrderError as exc:
@@ -60,7 +57,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
     if as_json:
         print(json.dumps([{k: _json_value(v) for k, v in r.items()} for r in rows]))
         return
-    _print_table(title, _LISTED, [[r[k] for k in _LISTED] for r in rows])
+    print_table(title, _LISTED, [[r[k] for k in _LISTED] for r in rows])
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -110,7 +107,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     verbs = abnormal.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser("list", help="the refunds waiting for a remedy")
-    listing.add_argument("--limit", type=_positive, default=100, help="default 100")
+    listing.add_argument("--limit", type=positive, default=100, help="default 100")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_list)
     apply = verbs.add_parser(

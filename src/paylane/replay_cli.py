@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from aio_pika.abc import AbstractRobustConnection
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -30,9 +29,8 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
-from paylane_common import amqp, db, events
+from paylane_common import events
 from paylane_common.replay import (
     DeadLetter,
     ReplayError,
@@ -43,34 +41,15 @@ from paylane_common.replay import (
     replay_log,
     replay_outbox,
 )
+from paylane_common.service import CommandResources, command_resources
 from paylane_common.settings import BaseServiceSettings
 
-from .commands import command_settings
+from .commands import command_settings, positive, print_table
 
 T = TypeVar("T")
 
 
 # --- output --------------------------------------------------------------------------------
-
-
-#: Identifiers and times: never folded (copied into other commands, grepped for).
-_NO_WRAP = frozenset({"message_id", "out_trade_no", "time (UTC)", "failed at (UTC)"})
-
-
-def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
-    table = Table(title=title, title_justify="left")
-    for i, name in enumerate(columns):
-        numeric = bool(cells) and all(row[i].isdigit() for row in cells)
-        table.add_column(
-            name,
-            justify="right" if numeric else "left",
-            overflow="fold",
-            no_wrap=name in _NO_WRAP,
-        )
-    for row in cells:
-        table.add_row(*row)
-    Console().print(table)
 
 
 @contextmanager
@@ -101,7 +80,7 @@ def _print_summary(summary: ReplaySummary, group: str) -> None:
     ]
     rows.append(("total", "", summary.moved, summary.skipped, summary.failed))
     title = f"{summary.source}: " + ("dry run, nothing moved" if summary.dry_run else "replayed")
-    _print_table(title, (group, "target", moved, "skipped", "failed"), rows)
+    print_table(title, (group, "target", moved, "skipped", "failed"), rows)
     for error, count in summary.errors.most_common():
         print(f"failed ×{count}: {error}", file=sys.stderr)
     if not summary.dry_run and summary.items:
@@ -119,27 +98,27 @@ def _when(value: datetime | None) -> str:
 
 
 def _run(
-    work: Callable[[AbstractRobustConnection], Awaitable[int]],
+    work: Callable[[CommandResources], Awaitable[int]],
     settings: BaseServiceSettings | None = None,
 ) -> int:
     settings = settings or command_settings(BaseServiceSettings)
 
     async def main() -> int:
-        try:
-            async with asyncio.timeout(15):
-                connection = await amqp.connect(settings.amqp_url, "replay")
-        except Exception as exc:
-            print(
-                f"paylane: cannot connect to AMQP_URL: {exc or type(exc).__name__}", file=sys.stderr
-            )
-            return 1
-        try:
-            return await work(connection)
-        except ReplayError as exc:
-            print(f"paylane: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await connection.close()
+        async with command_resources(settings, "replay") as opened:
+            try:
+                async with asyncio.timeout(15):
+                    await opened.broker()
+            except Exception as exc:
+                print(
+                    f"paylane: cannot connect to AMQP_URL: {exc or type(exc).__name__}",
+                    file=sys.stderr,
+                )
+                return 1
+            try:
+                return await work(opened)
+            except ReplayError as exc:
+                print(f"paylane: {exc}", file=sys.stderr)
+                return 1
 
     try:
         return asyncio.run(main())
@@ -160,7 +139,8 @@ async def _tracked(
 
 
 def _replay_dlq(args: argparse.Namespace) -> int:
-    async def work(connection: AbstractRobustConnection) -> int:
+    async def work(opened: CommandResources) -> int:
+        connection = await opened.broker()
         summary = await _tracked(
             f"{'checking' if args.dry_run else 'replaying'} {args.queue}",
             lambda progress: replay_dlq(
@@ -189,7 +169,8 @@ def _replay_log(args: argparse.Namespace) -> int:
         return 2
     since, until = window
 
-    async def work(connection: AbstractRobustConnection) -> int:
+    async def work(opened: CommandResources) -> int:
+        connection = await opened.broker()
         summary = await _tracked(
             f"{'scanning' if args.dry_run else 'replaying'} paylane.log",
             lambda progress: replay_log(
@@ -215,7 +196,7 @@ def _print_window(
     print(f"window {window}, {summary.seen} event(s) in it")
     if summary.dry_run and summary.items:
         shown = summary.items[:show]
-        _print_table(
+        print_table(
             f"events that would be replayed (first {len(shown)})",
             ("time (UTC)", "type", "message_id", "out_trade_no", "target"),
             [(_when(i.timestamp), i.type, i.message_id, i.correlation_id, i.target) for i in shown],
@@ -231,35 +212,37 @@ def _replay_outbox(args: argparse.Namespace) -> int:
     since, until = window
     settings = command_settings(BaseServiceSettings)
 
-    async def work(connection: AbstractRobustConnection) -> int:
-        async with db.create_pool(settings.mysql_url, maxsize=1) as pool:
-            summary = await _tracked(
-                f"{'scanning' if args.dry_run else 'replaying'} the outbox",
-                lambda progress: replay_outbox(
-                    connection,
-                    pool,
-                    since=since,
-                    until=until,
-                    producers=args.producer,
-                    types=args.type,
-                    to=args.to,
-                    dry_run=args.dry_run,
-                    progress=progress,
-                    publishers=settings.publishers,
-                ),
-            )
+    async def work(opened: CommandResources) -> int:
+        connection = await opened.broker()
+        pool = await opened.pool(maxsize=1)
+        summary = await _tracked(
+            f"{'scanning' if args.dry_run else 'replaying'} the outbox",
+            lambda progress: replay_outbox(
+                connection,
+                pool,
+                since=since,
+                until=until,
+                producers=args.producer,
+                types=args.type,
+                to=args.to,
+                dry_run=args.dry_run,
+                progress=progress,
+                publishers=settings.publishers,
+            ),
+        )
         return _print_window(summary, since, until, args.show)
 
     return _run(work, settings)
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
-    async def work(connection: AbstractRobustConnection) -> int:
+    async def work(opened: CommandResources) -> int:
+        connection = await opened.broker()
         letters = await list_dlq(connection, args.queue, limit=args.limit)
         if args.json:
             print(json.dumps(_as_json(args.queue, letters), ensure_ascii=False, indent=2))
             return 0
-        _print_table(
+        print_table(
             f"{args.queue}: {len(letters)} dead letter(s)",
             (
                 "message_id",
@@ -301,13 +284,6 @@ def _as_json(queue: str, letters: list[DeadLetter]) -> dict[str, Any]:
     }
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def _window_arguments(parser: argparse.ArgumentParser, types: Sequence[str]) -> None:
     """The arguments of a replay by time window (log and outbox)."""
     parser.add_argument(
@@ -326,7 +302,7 @@ def _window_arguments(parser: argparse.ArgumentParser, types: Sequence[str]) -> 
     )
     parser.add_argument("--dry-run", action="store_true", help="count and list, publish nothing")
     parser.add_argument(
-        "--show", type=_positive, default=50, help="dry run: events listed (default 50)"
+        "--show", type=positive, default=50, help="dry run: events listed (default 50)"
     )
 
 
@@ -340,7 +316,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="move dead letters back to their queue (confirmed; nothing lost if interrupted)",
     )
     dlq.add_argument("queue", help="a consumer queue (order.payments) or its DLQ (….dlq)")
-    dlq.add_argument("--limit", type=_positive, help="move at most N")
+    dlq.add_argument("--limit", type=positive, help="move at most N")
     dlq.add_argument("--dry-run", action="store_true", help="report what would move")
     dlq.set_defaults(func=_replay_dlq)
 
@@ -370,6 +346,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dlq_verbs = dlq_cmd.add_subparsers(dest="verb", required=True)
     listing = dlq_verbs.add_parser("list", help="what is dead-lettered and why (consumes nothing)")
     listing.add_argument("queue", help="a consumer queue (order.payments) or its DLQ (….dlq)")
-    listing.add_argument("--limit", type=_positive, default=100, help="default 100")
+    listing.add_argument("--limit", type=positive, default=100, help="default 100")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_dlq_list)

@@ -12,6 +12,7 @@ import asyncio
 import sys
 
 from paylane_common import db
+from paylane_common.service import command_resources
 from paylane_common.settings import BaseServiceSettings
 from paylane_order.sessions import revoke
 
@@ -22,7 +23,8 @@ def _revoke(args: argparse.Namespace) -> int:
     settings = command_settings(BaseServiceSettings)
 
     async def main() -> int:
-        async with db.create_pool(settings.mysql_url, maxsize=1) as pool:
+        async with command_resources(settings, "sessions") as opened:
+            pool = await opened.pool(maxsize=1)
             async with db.transaction(pool) as cur:
                 await cur.execute("SELECT 1 FROM users WHERE id = %s", (args.user_id,))
                 known = await cur.fetchone() is not None

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from paylane_common.batching import BatchConsumer, BatchItem
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import REASON_HEADER
-from paylane_common.db import transaction
+from paylane_common.db import placeholders, transaction
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.topology import QueueSpec, declare_queue
 from paylane_entitlement.grants import EntitlementApplier
@@ -82,7 +82,7 @@ async def _state(pool: aiomysql.Pool, users: list[str]) -> dict[str, tuple[str, 
         await cur.execute(
             "SELECT u.id, u.payment_status, u.regenerate_count, COUNT(g.out_trade_no) AS grants"
             " FROM users u LEFT JOIN entitlement_grants g ON g.user_id = u.id"
-            f" WHERE u.id IN ({', '.join(['%s'] * len(users))}) GROUP BY u.id",
+            f" WHERE u.id IN ({placeholders(len(users))}) GROUP BY u.id",
             users,
         )
         return {

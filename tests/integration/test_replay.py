@@ -37,7 +37,7 @@ from paylane_common.consumer import (
     Reject,
     Retry,
 )
-from paylane_common.db import transaction
+from paylane_common.db import placeholders, transaction
 from paylane_common.events import Envelope, make_event
 from paylane_common.publisher import Publisher, envelope_message
 from paylane_common.replay import (
@@ -386,7 +386,7 @@ async def create_user(db_pool) -> str:
 
 async def users_state(db_pool, user_ids: list[str]) -> dict[str, tuple[str, int]]:
     async with transaction(db_pool) as cur:
-        marks = ", ".join(["%s"] * len(user_ids))
+        marks = placeholders(len(user_ids))
         await cur.execute(
             f"SELECT id, payment_status, regenerate_count FROM users WHERE id IN ({marks})",
             user_ids,
@@ -487,7 +487,7 @@ async def test_log_replay_redrives_a_window_and_nothing_is_granted_twice(
     assert early.event_id not in outcomes
     assert await users_state(db_pool, users) == granted
     async with transaction(db_pool) as cur:
-        marks = ", ".join(["%s"] * len(users))
+        marks = placeholders(len(users))
         await cur.execute(
             "SELECT out_trade_no, COUNT(*) AS n FROM entitlement_grants"
             f" WHERE user_id IN ({marks}) GROUP BY out_trade_no",

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from wechatpayv3 import WeChatPay, WeChatPayType
 
+from paylane_common.china_time import CHINA
 from paylane_common.wechatpay import (
     BillFormatError,
     TradeBill,
@@ -24,7 +25,6 @@ from paylane_common.wechatpay import (
     parse_trade_bill,
 )
 from paylane_common.wechatpay.testing import order_request
-from paylane_sandbox.timefmt import BEIJING
 from tests.support.sandbox import (
     RunningSandbox,
     merchant_client,
@@ -53,7 +53,7 @@ async def client(keys: FakeWechat, sandbox: RunningSandbox) -> AsyncIterator[Wec
 
 def today() -> date:
     """Bills are per China day."""
-    return datetime.now(BEIJING).date()
+    return datetime.now(CHINA).date()
 
 
 async def _paid(client: WechatPayClient, sandbox: RunningSandbox, total: int, **fields: Any) -> str:

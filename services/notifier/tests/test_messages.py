@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from paylane_common import events
+from paylane_common.china_time import CHINA
 from paylane_notifier.api import PushedMessage
 from paylane_notifier.messages import ClientMessage, epoch_ms, from_event
 from paylane_notifier.snapshot import parse_last_event_id
@@ -103,7 +104,7 @@ def test_ids_are_integer_milliseconds_since_the_epoch() -> None:
     moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     assert epoch_ms(moment) == 1767323045678
     assert epoch_ms(moment.replace(tzinfo=None)) == 1767323045678
-    assert epoch_ms(moment.astimezone(timezone(timedelta(hours=8)))) == 1767323045678
+    assert epoch_ms(moment.astimezone(CHINA)) == 1767323045678
     message = ClientMessage("order.state", "o1", "paid", "basic", 13, None, moment)
     assert message.id == "1767323045678"
     assert json.loads(message.to_json())["occurred_at"] == "2026-01-02T03:04:05.678901Z"

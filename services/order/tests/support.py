@@ -11,11 +11,11 @@ import aiomysql
 
 from paylane_common.catalog import DEFAULT_CATALOG, Package
 from paylane_common.events import PaymentSucceeded
+from paylane_common.money import yuan
 from paylane_common.settings import load_settings
 from paylane_common.wechatpay import WechatPayClient
 from paylane_order.config import MerchantConfig
 from paylane_order.gate import Gate
-from paylane_order.money import yuan
 from paylane_order.settings import OrderSettings
 from tests.support.events import TRANSACTION_ID, Delivery, payment_succeeded
 from tests.support.seeding import add_order, add_user

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from paylane_common.auth import INTERNAL_SECRET_HEADER
+from paylane_common.money import yuan
 from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order import api
@@ -27,7 +28,6 @@ from paylane_order.errors import (
     UpstreamRejected,
     error_middleware,
 )
-from paylane_order.money import yuan
 from paylane_order.refunds import RefundApplier
 from paylane_order.sessions import Sessions
 from services.order.tests.support import basic_order, order_settings

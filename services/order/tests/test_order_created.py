@@ -18,7 +18,8 @@ from paylane_common.batching import BatchItem
 from paylane_common.consumer import Reject
 from paylane_common.db import transaction
 from paylane_common.events import OrderCreated, make_event
-from paylane_order.created import OrderCreatedApplier, yuan
+from paylane_common.money import yuan
+from paylane_order.created import OrderCreatedApplier
 from paylane_order.main import OrderEvents
 from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier

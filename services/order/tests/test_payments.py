@@ -13,9 +13,9 @@ from paylane_common import events
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import transaction
 from paylane_common.events import WechatNotification, make_event, payment_from_transaction
+from paylane_common.money import yuan
 from paylane_common.wechatpay.testing import order_request
 from paylane_order import catalog_prices
-from paylane_order.money import yuan
 from paylane_order.payments import PaymentApplier
 from services.order.tests.support import CATALOG, basic_order, payment, payment_gate
 from tests.support.events import payment_succeeded

@@ -10,14 +10,14 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from paylane_common.china_time import CHINA
 from paylane_common.wechatpay.testing import MCHID
 from paylane_sandbox.app_keys import SANDBOX
-from paylane_sandbox.timefmt import BEIJING
 
 
 def today() -> date:
     """Bills are per China day."""
-    return datetime.now(BEIJING).date()
+    return datetime.now(CHINA).date()
 
 
 def bill_path(kind: str, day: date | None = None, **query: str) -> str:
@@ -98,7 +98,7 @@ async def test_a_past_days_bill_shows_each_refund_as_it_was_when_the_bill_was_ma
     sandbox = await start_sandbox(sandbox_refund_mode="manual")
     state = sandbox.client.server.app[SANDBOX]
     day = today() - timedelta(days=3)
-    noon = datetime(day.year, day.month, day.day, 12, tzinfo=BEIJING).timestamp()
+    noon = datetime(day.year, day.month, day.day, 12, tzinfo=CHINA).timestamp()
     state.clock = lambda: noon
     no = await _paid(sandbox, 990)
     early, late, closed = f"RE{no}", f"RL{no}", f"RC{no}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -107,11 +107,40 @@ def _reason(closing: asyncio.Future[Any]) -> str:
     return repr(exc) if exc is not None else "closed"
 
 
-async def connect(url: str, name: str) -> AbstractRobustConnection:
+def connect(url: str, name: str) -> Connecting:
     """A connection that reconnects (every second, to the next node of ``url``'s hosts)
     and restores its channels and consumers. The first connection tries every host once;
     when none answered, it raises what a single host answered, or a ConnectionError
-    saying what each of several did."""
+    saying what each of several did.
+
+    ``async with connect(url, name) as connection:`` closes it on leaving (within
+    :data:`CLOSE_TIMEOUT_S`); ``await connect(url, name)`` hands it over, for an owner
+    that closes it itself."""
+    return Connecting(url, name)
+
+
+class Connecting:
+    """What :func:`connect` returns: an async context manager, or an awaitable."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self._url = url
+        self._name = name
+        self._connection: AbstractRobustConnection | None = None
+
+    def __await__(self) -> Generator[Any, None, AbstractRobustConnection]:
+        return _connect(self._url, self._name).__await__()
+
+    async def __aenter__(self) -> AbstractRobustConnection:
+        self._connection = await _connect(self._url, self._name)
+        return self._connection
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await close_quietly(connection, "connection")
+
+
+async def _connect(url: str, name: str) -> AbstractRobustConnection:
     urls = broker_urls(url)
     failures: list[str] = []
     for start in range(len(urls)):

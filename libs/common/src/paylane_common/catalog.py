@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .money import yuan
+
 PaymentStatus = Literal["free", "basic", "premium"]
 #: ``users.payment_status`` values, lowest first.
 PLANS: tuple[PaymentStatus, ...] = ("free", "basic", "premium")
@@ -36,7 +38,7 @@ class Package(BaseModel):
 
     @property
     def price_yuan(self) -> Decimal:
-        return (Decimal(self.price_fen) / 100).quantize(Decimal("0.01"))
+        return yuan(self.price_fen)
 
 
 DEFAULT_CATALOG: dict[str, Package] = {

@@ -44,7 +44,7 @@ from .identities import IdentityCheck, Publishers, connection_user, forwarded_he
 from .outages import Dependency, NotReady, describe, is_contention
 from .pressure import IngressYield
 from .publisher import Publisher
-from .settings import ConsumerSettings
+from .settings import ConsumerSettings, default_of
 from .topology import QueueSpec, declare_queue, existing_forward_exchange, existing_queue
 
 log = structlog.get_logger(__name__)
@@ -82,10 +82,10 @@ class RetryPolicy:
     """What a message whose handler keeps failing gets (settings: ``CONSUMER_RETRY_*``,
     ``CONSUMER_HANDLER_TIMEOUT_S``)."""
 
-    attempts: int = 8
+    attempts: int = default_of(ConsumerSettings, "consumer_retry_attempts")
     base_delay_s: float = 1.0
-    max_delay_s: float = 30.0
-    handler_timeout_s: float = 30.0
+    max_delay_s: float = default_of(ConsumerSettings, "consumer_retry_max_delay_s")
+    handler_timeout_s: float = default_of(ConsumerSettings, "consumer_handler_timeout_s")
 
     @classmethod
     def from_settings(cls, settings: ConsumerSettings) -> RetryPolicy:

@@ -178,9 +178,10 @@ async def _check(conn: aiomysql.Connection, timeout: float, writable: bool) -> N
         raise pymysql.err.OperationalError(READ_ONLY, "the server is read-only (read_only=ON)")
 
 
-def placeholders(n: int) -> str:
-    """``%s, %s, …`` for an ``IN (…)`` of ``n`` values."""
-    return ", ".join(["%s"] * n)
+def placeholders(n: int, mark: str = "%s") -> str:
+    """``%s, %s, …`` for an ``IN (…)`` of ``n`` values (``mark`` for each: ``(%s, %s)``
+    for an ``IN`` of ``n`` pairs)."""
+    return ", ".join([mark] * n)
 
 
 def rows_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:

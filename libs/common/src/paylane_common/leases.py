@@ -33,6 +33,9 @@ from .db import transaction
 
 log = structlog.get_logger(__name__)
 
+#: A lease's lifetime unless its job asks for another: renewed every third of it while
+#: the job runs, left to expire this long after a holder died mid-job.
+TTL_S = 60.0
 #: How often a lease is asked for again while ``held(wait_s=…)`` waits for it.
 _POLL_S = 0.5
 
@@ -53,7 +56,7 @@ class Lease:
         pool: aiomysql.Pool,
         name: str,
         *,
-        ttl_s: float = 60.0,
+        ttl_s: float = TTL_S,
         table: str = "paylane_locks",
     ) -> None:
         if ttl_s <= 0:

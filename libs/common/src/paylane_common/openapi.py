@@ -31,6 +31,8 @@ DOCUMENT_PATH = "/openapi.json"
 _REF_TEMPLATE = "#/components/schemas/{model}"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: :attr:`Operation.security` of an operation anyone may call.
+PUBLIC: tuple[str, ...] = ()
 #: (model, mode) → the ``$ref`` of its schema.
 _Refs = Mapping[tuple[Any, JsonSchemaMode], Any]
 
@@ -79,8 +81,13 @@ class Operation:
     #: Instead of ``body``: the JSON Schema of a body the handler checks itself (a
     #: signed WeChat Pay notification, verified before it is parsed).
     body_schema: Mapping[str, Any] | None = None
-    #: Names of :attr:`Api.security_schemes`, any one of which is enough; () is public.
-    security: tuple[str, ...] = ()
+    #: Names of :attr:`Api.security_schemes`, any one of which is enough; :data:`PUBLIC`
+    #: for none. Every operation declares it: :meth:`Api.add_routes` refuses one that
+    #: does not (None), so a route is never open by omission.
+    security: tuple[str, ...] | None = None
+    #: What the operation does, in the words of a refusal ("refunding" is for the app
+    #: backend only): for the service that enforces :attr:`security`; not in the document.
+    action: str = ""
     parameters: tuple[Param, ...] = ()
     description: str = ""
     #: ``x-…`` extensions (what OpenAPI cannot say, e.g. a WebSocket's messages).
@@ -111,7 +118,9 @@ class Api:
 
     def add_routes(self, app: web.Application) -> None:
         """Serve every operation, and the document at ``/openapi.json``; the table is
-        ``app[API]`` for :func:`body_model`."""
+        ``app[API]`` for :func:`body_model`. An operation that does not declare its
+        :attr:`~Operation.security`, or names a scheme the table lacks, is a startup error."""
+        self.check_security()
         app[API] = self
         for op in self.operations:
             app.router.add_route(op.method, op.path, op.handler)
@@ -121,6 +130,22 @@ class Api:
             return web.Response(text=text, content_type="application/json")
 
         app.router.add_get(DOCUMENT_PATH, document)
+
+    def check_security(self) -> None:
+        """ValueError unless every operation declares who may call it, with known schemes."""
+        undeclared = [f"{op.method} {op.path}" for op in self.operations if op.security is None]
+        if undeclared:
+            raise ValueError(
+                f"{self.title}: no security declared (PUBLIC for none): {', '.join(undeclared)}"
+            )
+        unknown = {
+            name
+            for op in self.operations
+            for name in op.security or ()
+            if name not in self.security_schemes
+        }
+        if unknown:
+            raise ValueError(f"{self.title}: unknown security schemes {sorted(unknown)}")
 
     def operation(self, request: web.Request) -> Operation:
         """The operation ``request`` was routed to."""
@@ -183,7 +208,7 @@ class Api:
         entry["responses"] = {
             str(status): _reply(reply, keys) for status, reply in sorted(op.responses.items())
         }
-        entry["security"] = [{name: []} for name in op.security]
+        entry["security"] = [{name: []} for name in op.security or PUBLIC]
         entry.update(op.extensions)
         return entry
 

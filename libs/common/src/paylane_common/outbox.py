@@ -19,7 +19,7 @@ import structlog
 
 from . import metrics, tracing
 from .background import BackgroundLoop
-from .db import transaction
+from .db import placeholders, transaction
 from .events import Envelope
 from .exceptions import PublishError
 from .outages import Dependency
@@ -179,9 +179,10 @@ class OutboxRelay(BackgroundLoop):
             done = [row["id"] for row, result in zip(rows, results, strict=True) if result is None]
             failed = [r for r in results if isinstance(r, BaseException)]
             if done:
-                marks = ",".join(["%s"] * len(done))
                 await cur.execute(
-                    f"UPDATE outbox SET published_at = NOW(6) WHERE id IN ({marks})", done
+                    "UPDATE outbox SET published_at = NOW(6)"
+                    f" WHERE id IN ({placeholders(len(done))})",
+                    done,
                 )
         metrics.OUTBOX_PUBLISHED.labels(self.producer).inc(len(done))
         if failed:

@@ -55,6 +55,7 @@ from aio_pika.abc import (
 
 from .amqp import copy_message, without_broker_headers
 from .consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
+from .db import placeholders, transaction
 from .events import Envelope
 from .exceptions import PaylaneError, PublishError
 from .identities import ORIGINAL_USER_HEADER, Publishers, forwarded_headers
@@ -575,9 +576,11 @@ async def _outbox_rows(
 ) -> list[dict[str, Any]]:
     """The next rows of the window, in the order they were staged (by id)."""
     chosen = sorted(set(producers or ()))
-    where = f" AND producer IN ({', '.join(['%s'] * len(chosen))})" if chosen else ""
+    where = f" AND producer IN ({placeholders(len(chosen))})" if chosen else ""
     naive = (since.replace(tzinfo=None), end.replace(tzinfo=None))  # the columns hold UTC
-    async with pool.acquire() as conn, conn.cursor(aiomysql.DictCursor) as cur:
+    # A transaction of its own (db.acquire answers a cancellation even against a stalled
+    # server), ended at once: the read view of this non-autocommit connection with it.
+    async with transaction(pool) as cur:
         await cur.execute(
             "SELECT id, producer, event_id, routing_key, payload, headers, created_at,"
             " published_at FROM outbox WHERE created_at BETWEEN %s AND %s AND id > %s"
@@ -585,7 +588,6 @@ async def _outbox_rows(
             (*naive, after_id, *chosen, limit),
         )
         rows: list[dict[str, Any]] = list(await cur.fetchall())
-        await conn.rollback()  # ends the read view of this (non-autocommit) connection
     return rows
 
 

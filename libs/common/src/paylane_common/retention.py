@@ -107,10 +107,10 @@ class RetentionPruner(BackgroundLoop):
             rows = await cur.fetchall()
             if not rows:
                 return 0
-            tuples = f"({placeholders(len(table.key))})" if len(table.key) > 1 else "%s"
+            mark = f"({placeholders(len(table.key))})" if len(table.key) > 1 else "%s"
             args = [row[column] for row in rows for column in table.key]
             await cur.execute(
-                f"DELETE FROM {table.name} WHERE ({key}) IN ({', '.join([tuples] * len(rows))})",
+                f"DELETE FROM {table.name} WHERE ({key}) IN ({placeholders(len(rows), mark)})",
                 args,
             )
             return int(cur.rowcount)

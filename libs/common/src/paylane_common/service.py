@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -27,6 +28,7 @@ from .health import READINESS, READINESS_CHECKS, add_health_routes, admin_app
 from .identities import Publishers
 from .listeners import TimedAppRunner
 from .logs import configure_logging
+from .merchant_api import MerchantApiConfig, WechatPayApi, wechatpay_api
 from .outages import Dependency, NotReady
 from .outbox import OutboxRelay
 from .pressure import IngressYield, signals_connection
@@ -114,20 +116,19 @@ def use_broker(app: web.Application, settings: BaseServiceSettings) -> None:
     startup.need(app, startup.rabbitmq(settings.amqp_url))
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        connection = await amqp.connect(settings.amqp_url, app[SERVICE_NAME])
-        app[AMQP_CONNECTION] = connection
-        app[PUBLISHER] = await Publisher.open(
-            connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
-        )
+        async with amqp.connect(settings.amqp_url, app[SERVICE_NAME]) as connection:
+            app[AMQP_CONNECTION] = connection
+            app[PUBLISHER] = await Publisher.open(
+                connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
+            )
 
-        async def broker_check() -> None:
-            if not amqp.broker_ready(connection) or not app[PUBLISHER].ready:
-                raise ConnectionError("broker connection or publisher channel is down")
+            async def broker_check() -> None:
+                if not amqp.broker_ready(connection) or not app[PUBLISHER].ready:
+                    raise ConnectionError("broker connection or publisher channel is down")
 
-        app[READINESS_CHECKS]["broker"] = broker_check
-        yield
-        await amqp.close_quietly(app[PUBLISHER], "publisher")
-        await amqp.close_quietly(connection, "connection")
+            app[READINESS_CHECKS]["broker"] = broker_check
+            yield
+            await amqp.close_quietly(app[PUBLISHER], "publisher")
 
     app.cleanup_ctx.append(ctx)
 
@@ -153,6 +154,51 @@ def use_mysql(
             await database.close()
 
     app.cleanup_ctx.append(ctx)
+
+
+class CommandResources:
+    """A command's database pool, broker connection and WeChat Pay API client (``paylane
+    replay``, ``refund``, ``reconcile``…): each opened on first use, with the same context
+    managers as the services', and closed with ``stack`` (:func:`command_resources`)."""
+
+    def __init__(self, settings: BaseServiceSettings, name: str, stack: AsyncExitStack) -> None:
+        self._settings = settings
+        self._name = name
+        self._stack = stack
+        self._pool: aiomysql.Pool | None = None
+        self._broker: AbstractRobustConnection | None = None
+        self._wechatpay: WechatPayApi | None = None
+
+    async def pool(self, maxsize: int = 2) -> aiomysql.Pool:
+        """``MYSQL_URL``'s pool (``maxsize`` counts at the first call only)."""
+        if self._pool is None:
+            self._pool = await self._stack.enter_async_context(
+                db.create_pool(self._settings.mysql_url, maxsize=maxsize)
+            )
+        return self._pool
+
+    async def broker(self) -> AbstractRobustConnection:
+        """A connection to ``AMQP_URL``, named ``paylane-<name>``."""
+        if self._broker is None:
+            self._broker = await self._stack.enter_async_context(
+                amqp.connect(self._settings.amqp_url, self._name)
+            )
+        return self._broker
+
+    async def wechatpay(self, merchant: MerchantApiConfig) -> WechatPayApi:
+        """The WeChat Pay API client, from ``merchant`` (the command's settings)."""
+        if self._wechatpay is None:
+            self._wechatpay = await self._stack.enter_async_context(wechatpay_api(merchant))
+        return self._wechatpay
+
+
+@asynccontextmanager
+async def command_resources(
+    settings: BaseServiceSettings, name: str
+) -> AsyncIterator[CommandResources]:
+    """What a command opens, all closed when it ends (in the reverse order)."""
+    async with AsyncExitStack() as stack:
+        yield CommandResources(settings, name, stack)
 
 
 def serve(settings_cls: type[SettingsT], build_app: Callable[[SettingsT], web.Application]) -> None:

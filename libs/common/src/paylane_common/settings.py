@@ -262,6 +262,12 @@ MySQLUrl = Annotated[str, AfterValidator(_mysql_url_valid)]
 AmqpUrl = Annotated[str, AfterValidator(_amqp_url_valid)]
 
 
+def default_of(settings_cls: type[BaseSettings], name: str) -> Any:
+    """The default of the setting ``name``: for a value object built from the settings
+    (``dataclass`` fields), so that each default is written once, on the settings' Field."""
+    return settings_cls.model_fields[name].get_default(call_default_factory=True)
+
+
 class BaseServiceSettings(BaseSettings):
     """What every paylane process reads."""
 

@@ -49,8 +49,8 @@ NEEDED = web.AppKey("needed", list[Needed])
 
 def rabbitmq(url: str) -> Needed:
     async def reach() -> None:  # any node of a cluster will do
-        connection = await connect(url, "startup-probe")
-        await connection.close()
+        async with connect(url, "startup-probe"):
+            pass
 
     return Needed("rabbitmq", ", ".join(hosts_of(url)), reach)
 

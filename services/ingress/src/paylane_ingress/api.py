@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from paylane_common.auth import INTERNAL_SECRET_HEADER
-from paylane_common.openapi import Api, Operation, Param, Reply
+from paylane_common.openapi import PUBLIC, Api, Operation, Param, Reply
 from paylane_common.prices import PriceAnswer
 from paylane_common.wechatpay.signature import (
     HEADER_NONCE,
@@ -139,6 +139,9 @@ INGRESS_API = Api(
                 503: Reply("the broker did not confirm the event: WeChat Pay retries", WechatFail),
             },
             body_schema=NOTIFICATION,
+            # Anyone may send one; what counts is WeChat Pay's signature, which the
+            # handler verifies before it reads the body.
+            security=PUBLIC,
             parameters=(
                 _wechatpay_header(HEADER_SIGNATURE),
                 _wechatpay_header(HEADER_TIMESTAMP),
@@ -180,6 +183,7 @@ INGRESS_API = Api(
             current_prices,
             "The catalog's prices in yuan, as the existing backend answered them",
             {200: Reply("the prices", PriceAnswer)},
+            security=PUBLIC,
         ),
     ],
 )

@@ -15,15 +15,24 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, f
 from paylane_common.auth import INTERNAL_SECRET_HEADER
 from paylane_common.events import validation_summary
 from paylane_common.ids import GENERATION_ID_PATTERN
-from paylane_common.openapi import Api, Operation, Param, Reply, body_model, validate_json
+from paylane_common.openapi import (
+    PUBLIC,
+    Api,
+    Handler,
+    Operation,
+    Param,
+    Reply,
+    body_model,
+    validate_json,
+)
 from paylane_common.prices import dumps
 
 from . import replies
 from .abnormal import AbnormalRefunds, Remedy
-from .auth import Caller, identify, require_backend
+from .auth import Caller, identify
 from .client_address import client_ip
 from .config import ORDER_CONFIG
-from .errors import InvalidRequest, NotFound, TooManyRequests, Unauthorized
+from .errors import Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
 from .orders import NewOrder, Orders
@@ -121,6 +130,11 @@ async def _body(request: web.Request) -> Any:
         raise InvalidRequest(validation_summary(exc)) from None
 
 
+def _reply(answer: BaseModel, status: int = 200) -> web.Response:
+    """``answer`` (a model of :mod:`.replies`) as the JSON of :func:`_json`."""
+    return _json(answer.model_dump(), status)
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     def default(value: Any) -> Any:
         if isinstance(value, datetime):
@@ -162,20 +176,16 @@ async def login(request: web.Request) -> web.Response:
 async def _session_token(request: web.Request, user_id: str) -> web.Response:
     sessions = request.app[SESSIONS]
     issued = await sessions.issue(user_id)
-    return _json(
-        {
-            "token": issued.token,
-            "token_type": "Bearer",
-            "expires_in": sessions.ttl_s,
-            "user_id": user_id,
-        }
+    return _reply(
+        replies.Token(
+            token=issued.token, token_type="Bearer", expires_in=sessions.ttl_s, user_id=user_id
+        )
     )
 
 
 async def user_token(request: web.Request) -> web.Response:
     """``POST /auth/token {user_id}`` (the backend only): a fresh token for a user's client,
     e.g. when its stream closed because the last one expired."""
-    require_backend(await _caller(request), "minting user tokens")
     body: TokenRequest = await _body(request)
     if not await request.app[ORDERS].user_exists(body.user_id):
         raise NotFound(f"user {body.user_id} does not exist", "unknown_user")
@@ -185,28 +195,21 @@ async def user_token(request: web.Request) -> web.Response:
 async def stream_ticket(request: web.Request) -> web.Response:
     """``POST /stream-tickets`` (a user's session): a short-lived ticket for the notifier's
     ``/ws`` or ``/events``, asked for before each (re)connect."""
-    caller = await _caller(request)
-    if caller.session is None:
-        # The backend secret is no credential here (as on no route of another caller):
-        # a ticket names a user's session.
-        raise Unauthorized(
-            "stream tickets are for a user's session (Authorization: Bearer); the backend"
-            " gets one through POST /auth/token first"
-        )
-    ticket, ttl_s = request.app[SESSIONS].stream_ticket(caller.session)
-    return _json({"ticket": ticket, "expires_in": ttl_s, "user_id": caller.session.user_id})
+    session = _caller(request).session
+    assert session is not None  # USER only: the backend was refused (security_middleware)
+    ticket, ttl_s = request.app[SESSIONS].stream_ticket(session)
+    return _reply(replies.StreamTicket(ticket=ticket, expires_in=ttl_s, user_id=session.user_id))
 
 
 async def revoke_sessions(request: web.Request) -> web.Response:
     """``POST /users/{user_id}/sessions/revoke`` (the backend only): every token issued
     to the user so far is refused from now on (sign out everywhere, a stolen token)."""
-    require_backend(await _caller(request), "revoking sessions")
     user_id = request.match_info["user_id"]
     if not await request.app[ORDERS].user_exists(user_id):
         raise NotFound(f"user {user_id} does not exist", "unknown_user")
     version = await request.app[SESSIONS].revoke(user_id)
     log.info("sessions_revoked", user_id=user_id, version=version)
-    return _json({"user_id": user_id, "version": version})
+    return _reply(replies.SessionsRevoked(user_id=user_id, version=version))
 
 
 def _payer_ip(request: web.Request, caller: Caller, body: CreateOrder) -> str | None:
@@ -221,7 +224,7 @@ def _payer_ip(request: web.Request, caller: Caller, body: CreateOrder) -> str | 
 
 async def create_order(request: web.Request) -> web.Response:
     config = request.app[ORDER_CONFIG]
-    caller = await _caller(request)
+    caller = _caller(request)
     body: CreateOrder = await _body(request)
     # Per user: the token's, or the one the backend names (by id, else by openid).
     named = body.user_id or (f"openid:{body.openid}" if body.openid else None)
@@ -250,22 +253,22 @@ async def create_order(request: web.Request) -> web.Response:
     sessions = request.app[SESSIONS]
     issued = await sessions.issue(order["user_id"], order["out_trade_no"])
     ticket, ticket_ttl_s = sessions.stream_ticket(issued.session)
-    return _json(
-        {
-            "out_trade_no": order["out_trade_no"],
-            "user_id": order["user_id"],
-            "amount_total": order["amount_total"],
-            "status": order["status"],
-            "client_token": issued.token,
-            "stream_ticket": ticket,
-            "stream_ticket_expires_in": ticket_ttl_s,
-            "pay": orders.pay_params(order),
-        },
+    return _reply(
+        replies.PlacedOrder(
+            out_trade_no=order["out_trade_no"],
+            user_id=order["user_id"],
+            amount_total=order["amount_total"],
+            status=order["status"],
+            client_token=issued.token,
+            stream_ticket=ticket,
+            stream_ticket_expires_in=ticket_ttl_s,
+            pay=replies.PAY.validate_python(orders.pay_params(order)),
+        ),
         status=201 if created else 200,
     )
 
 
-def _view(order: dict[str, Any]) -> dict[str, Any]:
+def _view(order: dict[str, Any]) -> replies.OrderView:
     keys = (
         "out_trade_no",
         "user_id",
@@ -287,6 +290,7 @@ def _view(order: dict[str, Any]) -> dict[str, Any]:
         "refunds",
     )
     view = {k: order.get(k) for k in keys}
+    view["amount"] = str(order["amount"])  # yuan: DECIMAL(10,2), "29.90"
     view["generation_id"] = order.get("generation_id") or None  # '' in the row: none
     if order["status"] == "refunded" and not order.get("amount_refunded"):
         # Refunded by another writer (the cloud function marks an order refunded on a
@@ -295,11 +299,30 @@ def _view(order: dict[str, Any]) -> dict[str, Any]:
     view["review_reason"] = (
         order.get("review_reason") if order["status"] == "needs_review" else None
     )
-    return view
+    return replies.OrderView.model_validate(view)
 
 
-async def _caller(request: web.Request) -> Caller:
-    """The authenticated caller (401 otherwise), bound to the request's log lines."""
+#: The caller :func:`security_middleware` identified (a route that is not public).
+CALLER = web.RequestKey("caller", Caller)
+
+
+def _caller(request: web.Request) -> Caller:
+    return request[CALLER]
+
+
+@web.middleware
+async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Each route's ``security`` (``ORDER_API``) enforced, before its handler runs: a
+    public one is left alone; otherwise the caller is identified (401 when it proved
+    nothing), bound to the request's log lines, and refused unless one of the route's
+    schemes is its kind: a user on a backend route is 403, the backend on a user's route
+    401 (the backend secret is no credential there, as on no route of another caller)."""
+    try:
+        operation = ORDER_API.operation(request)
+    except LookupError:  # not the API's (/openapi.json, a 404, a 405)
+        return await handler(request)
+    if not operation.security:
+        return await handler(request)
     config = request.app[ORDER_CONFIG]
     caller = await identify(
         request, backend_secret=config.backend_secret, sessions=request.app[SESSIONS]
@@ -307,13 +330,21 @@ async def _caller(request: web.Request) -> Caller:
     structlog.contextvars.bind_contextvars(
         caller="backend" if caller.backend else "user", user_id=caller.user_id
     )
-    return caller
+    if caller.backend and BACKEND not in operation.security:
+        raise Unauthorized(
+            f"{operation.action} are for a user's session (Authorization: Bearer); the"
+            " backend gets one through POST /auth/token first"
+        )
+    if not caller.backend and USER not in operation.security:
+        raise Forbidden(f"{operation.action} is for the app backend (X-Internal-Secret) only")
+    request[CALLER] = caller
+    return await handler(request)
 
 
 async def _owned_order(request: web.Request) -> dict[str, Any]:
     """The order if the caller may see it; 404 for other users (no existence leak)."""
     out_trade_no = request.match_info["out_trade_no"]
-    caller = await _caller(request)
+    caller = _caller(request)
     order = await request.app[ORDERS].get(out_trade_no)
     if order is None or not caller.may_see(order):
         raise NotFound(f"order {out_trade_no} not found")
@@ -321,16 +352,15 @@ async def _owned_order(request: web.Request) -> dict[str, Any]:
 
 
 async def get_order(request: web.Request) -> web.Response:
-    return _json(_view(await _owned_order(request)))
+    return _reply(_view(await _owned_order(request)))
 
 
 async def close_order(request: web.Request) -> web.Response:
     order = await _owned_order(request)
-    return _json(_view(await request.app[ORDERS].close(order["out_trade_no"])))
+    return _reply(_view(await request.app[ORDERS].close(order["out_trade_no"])))
 
 
 async def create_refund(request: web.Request) -> web.Response:
-    require_backend(await _caller(request), "refunding")
     body: CreateRefund = await _body(request)
     out_trade_no = request.match_info["out_trade_no"]
     out_refund_no = body.out_refund_no
@@ -340,23 +370,27 @@ async def create_refund(request: web.Request) -> web.Response:
             raise InvalidRequest("give an Idempotency-Key or an out_refund_no, not both")
         out_refund_no = keyed_out_refund_no(out_trade_no, key)
     result = await request.app[ORDERS].refund(out_trade_no, body.amount, body.reason, out_refund_no)
-    return _json(result, status=202)
+    return _reply(replies.RefundRequested.model_validate(result), status=202)
 
 
 async def abnormal_refunds(request: web.Request) -> web.Response:
     """``GET /refunds/abnormal`` (the backend only): the refunds waiting for a remedy."""
-    require_backend(await _caller(request), "listing abnormal refunds")
-    return _json({"refunds": await request.app[ABNORMAL_REFUNDS].list()})
+    rows = await request.app[ABNORMAL_REFUNDS].list()
+    return _reply(
+        replies.AbnormalRefunds(
+            refunds=[replies.AbnormalRefund.model_validate(row) for row in rows]
+        )
+    )
 
 
 async def apply_abnormal_refund(request: web.Request) -> web.Response:
     """``POST /refunds/{out_refund_no}/apply-abnormal-refund`` (the backend only): send an
     ABNORMAL refund to a bank card; answers the refund row with the remedy's outcome."""
-    require_backend(await _caller(request), "remedying refunds")
     body: ApplyAbnormalRefund = await _body(request)
     remedy = Remedy(body.type, body.bank_type, body.bank_account, body.real_name)
     refunds = request.app[ABNORMAL_REFUNDS]
-    return _json(await refunds.apply(request.match_info["out_refund_no"], remedy), status=202)
+    row = await refunds.apply(request.match_info["out_refund_no"], remedy)
+    return _reply(replies.AbnormalRefund.model_validate(row), status=202)
 
 
 async def prices(request: web.Request) -> web.Response:
@@ -468,6 +502,7 @@ ORDER_API = Api(
                 ),
             },
             body=Login,
+            security=PUBLIC,
         ),
         Operation(
             "POST",
@@ -480,6 +515,7 @@ ORDER_API = Api(
             },
             body=TokenRequest,
             security=(BACKEND,),
+            action="minting user tokens",
         ),
         Operation(
             "POST",
@@ -491,6 +527,7 @@ ORDER_API = Api(
                 **_errors(401, e401="no user session (the backend's secret is none either)"),
             },
             security=(USER,),
+            action="stream tickets",
         ),
         Operation(
             "POST",
@@ -502,6 +539,7 @@ ORDER_API = Api(
                 **_errors(401, 403, 404, e404="`unknown_user`"),
             },
             security=(BACKEND,),
+            action="revoking sessions",
         ),
         Operation(
             "POST",
@@ -580,6 +618,7 @@ ORDER_API = Api(
             },
             body=CreateRefund,
             security=(BACKEND,),
+            action="refunding",
             parameters=(IDEMPOTENCY_KEY,),
         ),
         Operation(
@@ -589,6 +628,7 @@ ORDER_API = Api(
             "The refunds WeChat Pay reported ABNORMAL, waiting for a remedy",
             {200: Reply("oldest first", replies.AbnormalRefunds), **_errors(401, 403)},
             security=(BACKEND,),
+            action="listing abnormal refunds",
         ),
         Operation(
             "POST",
@@ -612,6 +652,7 @@ ORDER_API = Api(
             },
             body=ApplyAbnormalRefund,
             security=(BACKEND,),
+            action="remedying refunds",
         ),
         Operation(
             "GET",
@@ -619,10 +660,17 @@ ORDER_API = Api(
             prices,
             "The catalog's prices and what each package grants",
             {200: Reply("the prices", replies.Prices)},
+            security=PUBLIC,
         ),
     ],
 )
 
 
 def add_routes(app: web.Application) -> None:
+    """The routes, with their security enforced (:func:`security_middleware`, inside the
+    app's error middleware, which is added before)."""
+    for op in ORDER_API.operations:
+        if op.security and not {BACKEND, USER} <= set(op.security) and not op.action:
+            raise ValueError(f"{op.method} {op.path}: a refusal needs the operation's action")
+    app.middlewares.append(security_middleware)
     ORDER_API.add_routes(app)

@@ -25,7 +25,7 @@ from paylane_common.auth import (
 )
 from paylane_common.tokens import ClientToken, TokenError
 
-from .errors import Forbidden, Unauthorized
+from .errors import Unauthorized
 from .sessions import Sessions
 
 
@@ -63,8 +63,3 @@ async def identify(request: web.Request, *, backend_secret: str, sessions: Sessi
     except TokenError as exc:
         raise Unauthorized(str(exc)) from None
     return Caller(backend=False, user_id=session.user_id, session=session)
-
-
-def require_backend(caller: Caller, what: str) -> None:
-    if not caller.backend:
-        raise Forbidden(f"{what} is for the app backend (X-Internal-Secret) only")

@@ -56,7 +56,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 import aiomysql
@@ -66,9 +66,11 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
 from paylane_common.background import BackgroundLoop
-from paylane_common.db import is_duplicate_key, transaction
+from paylane_common.china_time import CHINA
+from paylane_common.db import is_duplicate_key, placeholders, transaction
 from paylane_common.ids import new_row_id
 from paylane_common.leases import Lease
+from paylane_common.money import yuan_text
 from paylane_common.wechatpay import (
     BadRecord,
     TradeBill,
@@ -79,12 +81,11 @@ from paylane_common.wechatpay import (
 )
 
 from .gate import PAID_STATES
-from .reconciler import LEASE_TTL_S, Reconciler
+from .reconciler import Reconciler
 from .review import to_review
 
 log = structlog.get_logger(__name__)
 
-CHINA = timezone(timedelta(hours=8))
 #: ``kind``: paid_not_here, paid_unknown_order, not_paid_at_wechat, amount_differs,
 #: transaction_differs, not_in_bill_unconfirmed, refund_not_here, refund_not_at_wechat,
 #: refund_amount_differs, refund_state_differs, refund_not_in_bill_unconfirmed,
@@ -172,7 +173,7 @@ class BillReport:
         """The report for a terminal: totals, then one line a difference."""
 
         def yuan(fen: int | None) -> str:
-            return "" if fen is None else f"{fen / 100:.2f}"
+            return "" if fen is None else yuan_text(fen)
 
         lines = [
             f"bill reconciliation for {self.day} (China time)",
@@ -245,8 +246,7 @@ class BillReconciler:
     async def _run(
         self, day: date, wait_s: float, *, unless_done: bool
     ) -> tuple[Outcome, BillReport | None]:
-        lease = Lease(self._pool, self.LOCK, ttl_s=LEASE_TTL_S)
-        async with lease.held(wait_s) as locked:
+        async with Lease(self._pool, self.LOCK).held(wait_s) as locked:
             if not locked:
                 return "other_replica", None
             if unless_done and await self._done(day):
@@ -558,7 +558,7 @@ class BillReconciler:
             missing = [k for k in keys if k not in rows]
             for i in range(0, len(missing), 500):
                 chunk = missing[i : i + 500]
-                marks = ", ".join(["%s"] * len(chunk))
+                marks = placeholders(len(chunk))
                 await cur.execute(f"{select} WHERE {key} IN ({marks})", chunk)
                 rows.update({r[key]: r for r in await cur.fetchall()})
         return rows

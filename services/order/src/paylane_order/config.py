@@ -13,7 +13,7 @@ from aiohttp import web
 
 from paylane_common.catalog import Package
 from paylane_common.prices import PriceList
-from paylane_common.settings import secret_value
+from paylane_common.settings import default_of, secret_value
 from paylane_common.tokens import TokenSigner
 
 from .client_address import Network
@@ -41,29 +41,30 @@ class MerchantConfig:
 
 @dataclass(frozen=True)
 class ReconcilerConfig:
-    """How the reconciler works (reconciler.py); the defaults are the settings'."""
+    """How the reconciler works (reconciler.py); the defaults are the settings' (each
+    written once, on its :class:`OrderSettings` Field)."""
 
     #: Orders and refunds still pending after this long are asked about …
-    after_s: float = 60.0
+    after_s: float = default_of(OrderSettings, "reconcile_after_s")
     #: … every this many seconds, when it runs on its own schedule. A pending order is
     #: asked about once ``after_s`` old, again once ``second_look_s`` old, then when it
     #: expires (reconciler.py).
-    interval_s: float = 30.0
-    second_look_s: float = 300.0
-    #: Pending rows read a page.
+    interval_s: float = default_of(OrderSettings, "reconcile_interval_s")
+    second_look_s: float = default_of(OrderSettings, "reconcile_second_look_s")
+    #: Pending rows read a page (not a setting).
     batch_size: int = 100
     #: WeChat Pay queries in flight at most.
-    concurrency: int = 16
+    concurrency: int = default_of(OrderSettings, "reconcile_concurrency")
     #: A refund WeChat Pay does not know is closed once this old.
-    refund_grace_s: float = 600.0
+    refund_grace_s: float = default_of(OrderSettings, "reconcile_refund_grace_s")
     #: When an order another writer made (no ``expires_at``) expires.
-    order_ttl_s: float = 1800.0
+    order_ttl_s: float = default_of(OrderSettings, "order_ttl_s")
     #: The effects sweep: orders another writer settled, announced once untouched this
     #: long, at most ``sweep_limit`` of each kind a pass.
-    sweep_grace_s: float = 60.0
-    sweep_limit: int = 500
+    sweep_grace_s: float = default_of(OrderSettings, "sweep_grace_s")
+    sweep_limit: int = default_of(OrderSettings, "sweep_limit")
     #: The daily bill reconciliation's hour (China time); -1: not run in the service.
-    bills_hour: int = 10
+    bills_hour: int = default_of(OrderSettings, "bills_reconcile_hour")
 
     @classmethod
     def from_settings(cls, settings: OrderSettings) -> ReconcilerConfig:
@@ -104,9 +105,9 @@ class OrderConfig:
     reconciler: ReconcilerConfig
     #: Per replica: sign-ins a client address, orders a user may make a minute (0: no
     #: limit); unpaid pending orders a user may have at once (0: no cap).
-    login_rate_per_min: int = 30
-    order_rate_per_min: int = 10
-    max_pending_orders: int = 5
+    login_rate_per_min: int = default_of(OrderSettings, "login_rate_per_min")
+    order_rate_per_min: int = default_of(OrderSettings, "order_rate_per_min")
+    max_pending_orders: int = default_of(OrderSettings, "max_pending_orders")
 
     @classmethod
     def from_settings(cls, settings: OrderSettings) -> OrderConfig:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import aiomysql
@@ -29,6 +28,7 @@ from paylane_common.consumer import Reject
 from paylane_common.db import is_duplicate_key, transaction
 from paylane_common.events import Envelope, OrderCreated
 from paylane_common.ids import new_row_id
+from paylane_common.money import yuan
 
 from . import INBOX_CONSUMER
 
@@ -36,11 +36,6 @@ log = structlog.get_logger(__name__)
 
 #: ``payment_logs.type`` of the row written with the order (the cloud function's own).
 LOG_TYPE = "order_create"
-
-
-def yuan(fen: int) -> Decimal:
-    """Fen → the DECIMAL(10,2) yuan of ``payment_orders.amount``, exactly."""
-    return (Decimal(fen) / 100).quantize(Decimal("0.01"))
 
 
 class OrderCreatedApplier:

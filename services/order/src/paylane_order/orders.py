@@ -13,15 +13,17 @@ existing system's word; ``closed_at`` says when.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomysql
 import structlog
 
 from paylane_common.catalog import Package
+from paylane_common.china_time import CHINA
 from paylane_common.db import is_duplicate_key, transaction
 from paylane_common.ids import new_row_id
+from paylane_common.money import yuan
 from paylane_common.wechatpay import (
     MerchantSigner,
     WechatPayApiError,
@@ -39,11 +41,8 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .ids import new_out_refund_no, new_out_trade_no
-from .money import yuan
 
 log = structlog.get_logger(__name__)
-
-CHINA = timezone(timedelta(hours=8))
 
 
 @dataclass(frozen=True)

@@ -94,9 +94,6 @@ SWEEP_LAST_SUCCESS = Gauge(
     "paylane_sweep_last_success_timestamp_seconds",
     "When this process last completed the effects sweep of a reconciler pass (Unix time)",
 )
-#: The reconciler's lease: renewed every third of this while a pass runs, left to
-#: expire this long after a replica died mid-pass.
-LEASE_TTL_S = 60.0
 _COLUMNS = {
     "payment_orders": "out_trade_no, expires_at",
     "refunds": "out_refund_no, out_trade_no, amount_refund, refund_id",
@@ -139,7 +136,7 @@ class Reconciler(BackgroundLoop):
         """One pass; returns what was found (empty when another replica holds the lock
         for longer than ``wait_for_lock_s``)."""
         findings: Counter[str] = Counter()
-        async with Lease(self._pool, self.LOCK, ttl_s=LEASE_TTL_S).held(wait_for_lock_s) as held:
+        async with Lease(self._pool, self.LOCK).held(wait_for_lock_s) as held:
             if not held:
                 return findings
             with PASS_SECONDS.time():

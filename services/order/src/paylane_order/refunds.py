@@ -20,9 +20,9 @@ from paylane_common.consumer import Retry
 from paylane_common.db import transaction
 from paylane_common.events import Envelope, RefundEvent
 from paylane_common.ids import new_row_id
+from paylane_common.money import yuan
 
 from . import INBOX_CONSUMER
-from .money import yuan
 from .payments import add_order_refunded
 
 log = structlog.get_logger(__name__)

@@ -1,7 +1,9 @@
 """What the order API answers, as models: the OpenAPI document's response schemas
-(``api.ORDER_API``). Handlers still write plain dicts; the e2e tests and schemathesis check
-every answer they see against these, and ``extra="forbid"`` makes a key added to a handler
-but not here fail them.
+(``api.ORDER_API``), and what the handlers build their answers from (``extra="forbid"``:
+a key a handler adds but the model lacks fails at once). ``GET /prices/current`` is the
+exception: its yuan are JSON numbers written from Decimals (``29.90``), which
+:class:`Prices` describes but, as floats, could not write; the e2e tests and
+schemathesis check it, as every answer they see.
 
 Times are ISO 8601 UTC (``…Z``); money in fen is an integer, in yuan a string with two
 decimals. A column that may be NULL (rows written by the existing system, an order not
@@ -13,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from paylane_common.catalog import PaymentStatus
 from paylane_common.prices import PriceAnswer
@@ -96,6 +98,11 @@ class Unplaced(_Reply):
     """A JSAPI or APP order WeChat Pay never answered for (the placement failed)."""
 
 
+#: What the client pays with, by trade type (none when the placement failed).
+Pay = JsapiPay | AppPay | NativePay | H5Pay | Unplaced
+PAY: TypeAdapter[Pay] = TypeAdapter(Pay)
+
+
 class PlacedOrder(_Reply):
     out_trade_no: str
     user_id: str
@@ -111,7 +118,7 @@ class PlacedOrder(_Reply):
         " (`POST /stream-tickets`)"
     )
     stream_ticket_expires_in: int = Field(description="seconds")
-    pay: JsapiPay | AppPay | NativePay | H5Pay | Unplaced
+    pay: Pay
 
 
 class OrderRefund(_Reply):

@@ -9,9 +9,8 @@ from contextlib import AsyncExitStack
 from datetime import date
 from typing import Any
 
-from paylane_common import amqp, db
-from paylane_common.merchant_api import wechatpay_api
 from paylane_common.publisher import Publisher
+from paylane_common.service import CommandResources
 
 from . import catalog_prices
 from .bills import BillReconciler, BillReport
@@ -49,13 +48,12 @@ async def reconcile_bills(settings: OrderSettings, day: date) -> BillReport:
 
 async def open_reconciler(stack: AsyncExitStack, settings: OrderSettings) -> tuple[Any, Reconciler]:
     """The database, the broker and WeChat Pay, as the order service opens them."""
-    pool = await stack.enter_async_context(db.create_pool(settings.mysql_url, maxsize=2))
-    connection = await amqp.connect(settings.amqp_url, "reconciler")
-    stack.push_async_callback(connection.close)
+    opened = CommandResources(settings, "reconciler", stack)
+    pool = await opened.pool(maxsize=2)
     publisher = await Publisher.open(
-        connection, settings.publish_timeout_s, declare=settings.amqp_declare_topology
+        await opened.broker(), settings.publish_timeout_s, declare=settings.amqp_declare_topology
     )
-    api = await stack.enter_async_context(wechatpay_api(settings))
+    api = await opened.wechatpay(settings)
     config = OrderConfig.from_settings(settings)
     await catalog_prices.record(pool, config.catalog)
     reconciler = Reconciler(

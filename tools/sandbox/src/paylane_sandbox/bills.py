@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from paylane_common.china_time import CHINA
+from paylane_common.money import yuan, yuan_text
+
 from .ledger import Ledger
-from .timefmt import BEIJING
 
 TRADE_HEADER = (
     "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,"
@@ -63,12 +65,8 @@ class BillFile:
         return hashlib.sha1(self.text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
-def _yuan(fen: int) -> str:
-    return f"{Decimal(fen) / 100:.2f}"
-
-
 def _fee(fen: int) -> Decimal:
-    return (Decimal(fen) / 100 * FEE_RATE).quantize(Decimal("0.00001"))
+    return (yuan(fen) * FEE_RATE).quantize(Decimal("0.00001"))
 
 
 def _line(fields: list[str]) -> str:
@@ -76,11 +74,11 @@ def _line(fields: list[str]) -> str:
 
 
 def _stamp(ts: float) -> str:
-    return datetime.fromtimestamp(ts, BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts, CHINA).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _day_bounds(day: date) -> tuple[float, float]:
-    start = datetime(day.year, day.month, day.day, tzinfo=BEIJING).timestamp()
+    start = datetime(day.year, day.month, day.day, tzinfo=CHINA).timestamp()
     return start, start + timedelta(days=1).total_seconds()
 
 
@@ -111,7 +109,7 @@ def trade_bill(ledger: Ledger, day: date) -> BillFile | None:
             "SUCCESS",
             "OTHERS",
             "CNY",
-            _yuan(order.paid_total),
+            yuan_text(order.paid_total),
             "0.00",
             "0",
             "0",
@@ -123,7 +121,7 @@ def trade_bill(ledger: Ledger, day: date) -> BillFile | None:
             str(order.request.get("attach", "")),
             f"{fee:.5f}",
             "0.60%",
-            _yuan(order.paid_total),
+            yuan_text(order.paid_total),
             "0.00",
             "",
         ]
@@ -152,7 +150,7 @@ def trade_bill(ledger: Ledger, day: date) -> BillFile | None:
             "0.00",
             refund.refund_id,
             refund.out_refund_no,
-            _yuan(refund.refund),
+            yuan_text(refund.refund),
             "0.00",
             "ORIGINAL",
             refund.status_at(made_at),
@@ -161,7 +159,7 @@ def trade_bill(ledger: Ledger, day: date) -> BillFile | None:
             f"{fee:.5f}",
             "0.60%",
             "0.00",
-            _yuan(refund.refund),
+            yuan_text(refund.refund),
             "",
         ]
         lines.append((refund.created_at, _line(fields)))
@@ -170,12 +168,12 @@ def trade_bill(ledger: Ledger, day: date) -> BillFile | None:
     lines.sort(key=lambda pair: pair[0])
     summary = [
         str(len(lines)),
-        _yuan(paid),
-        _yuan(refunded),
+        yuan_text(paid),
+        yuan_text(refunded),
         "0.00",
         f"{fees:.5f}",
-        _yuan(paid),
-        _yuan(refunded),
+        yuan_text(paid),
+        yuan_text(refunded),
     ]
     body = "\r\n".join([TRADE_HEADER, *(line for _, line in lines), TRADE_SUMMARY_HEADER])
     return BillFile(body + "\r\n" + _line(summary) + "\r\n")
@@ -204,14 +202,14 @@ def fund_flow_bill(ledger: Ledger, day: date) -> BillFile | None:
     lines = [FUND_FLOW_HEADER]
     for ts, amount, (business_id, name, kind, direction, voucher) in moves:
         balance += amount
-        flow_id = ledger.mchid + datetime.fromtimestamp(ts, BEIJING).strftime("%Y%m%d")
+        flow_id = ledger.mchid + datetime.fromtimestamp(ts, CHINA).strftime("%Y%m%d")
         flow_id += "".join(secrets.choice("0123456789") for _ in range(10))
         applicant = "system" if amount > 0 else f"{ledger.mchid}API"
-        fields = [_stamp(ts), business_id, flow_id, name, kind, direction, _yuan(abs(amount))]
-        lines.append(_line([*fields, _yuan(balance), applicant, "", voucher]))
+        fields = [_stamp(ts), business_id, flow_id, name, kind, direction, yuan_text(abs(amount))]
+        lines.append(_line([*fields, yuan_text(balance), applicant, "", voucher]))
     income = [m[1] for m in moves if m[1] > 0]
     expense = [-m[1] for m in moves if m[1] < 0]
-    summary = [str(len(moves)), str(len(income)), _yuan(sum(income))]
-    summary += [str(len(expense)), _yuan(sum(expense))]
+    summary = [str(len(moves)), str(len(income)), yuan_text(sum(income))]
+    summary += [str(len(expense)), yuan_text(sum(expense))]
     lines += [FUND_FLOW_SUMMARY_HEADER, _line(summary)]
     return BillFile("\r\n".join(lines) + "\r\n")

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from paylane_common.china_time import CHINA
+
 from .errors import ApiError, ControlError, param_error
-from .timefmt import BEIJING, parse_rfc3339
+from .timefmt import parse_rfc3339
 from .validation import TRADE_TYPES
 
 #: Refund statuses whose amount is spoken for (a CLOSED refund gives its amount back).
@@ -316,7 +318,7 @@ class Ledger:
 
 def _prepay(kind: str, now: float) -> dict[str, str]:
     prepay_id = (
-        "wx" + datetime.fromtimestamp(now, BEIJING).strftime("%d%H%M%S") + (secrets.token_hex(13))
+        "wx" + datetime.fromtimestamp(now, CHINA).strftime("%d%H%M%S") + (secrets.token_hex(13))
     )
     if kind == "native":
         return {"code_url": f"weixin://wxpay/bizpayurl?pr={secrets.token_urlsafe(5)[:7]}"}

@@ -1,19 +1,19 @@
-"""Times as WeChat Pay writes them: RFC 3339 in Beijing time (``2024-05-01T12:00:00+08:00``)."""
+"""Times as WeChat Pay writes them: RFC 3339 in China time (``2024-05-01T12:00:00+08:00``)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
-BEIJING = timezone(timedelta(hours=8))
+from paylane_common.china_time import CHINA
 
 
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, BEIJING).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, CHINA).isoformat(timespec="seconds")
 
 
 def rfc3339_ms(ts: float) -> str:
     """With milliseconds: for the record of notification attempts."""
-    return datetime.fromtimestamp(ts, BEIJING).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ts, CHINA).isoformat(timespec="milliseconds")
 
 
 def parse_rfc3339(value: str) -> float:

@@ -9,11 +9,12 @@ from datetime import date, datetime
 
 from aiohttp import web
 
+from paylane_common.china_time import CHINA
+
 from . import bills, resources
 from .app_keys import SANDBOX
 from .errors import ApiError, json_response, param_error
 from .metrics import API_REQUESTS
-from .timefmt import BEIJING
 from .validation import (
     check_abnormal_refund,
     check_place_order,
@@ -141,7 +142,7 @@ def _bill_date(request: web.Request) -> date:
         day = datetime.strptime(text, "%Y-%m-%d").date()
     except ValueError:
         raise param_error("bill_date", "格式为yyyy-MM-DD (format)", location="query") from None
-    if day > datetime.fromtimestamp(request.app[SANDBOX].clock(), BEIJING).date():
+    if day > datetime.fromtimestamp(request.app[SANDBOX].clock(), CHINA).date():
         raise ApiError(400, "INVALID_REQUEST", "账单日期不能晚于今天 (bill_date in the future)")
     return day
 

@@ -36,6 +36,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TypeVar
 
+from ..money import fen
 from .exceptions import WechatPayError
 
 __all__ = [
@@ -245,12 +246,9 @@ class FundFlowBill:
 def yuan_to_fen(text: str) -> int:
     """``"12.34"`` → 1234, exactly; a fraction of a fen is a format error, not rounded."""
     try:
-        value = Decimal(text) * 100
-    except InvalidOperation:
-        raise BillFormatError(f"not an amount: {text!r}") from None
-    if value != value.to_integral_value():
-        raise BillFormatError(f"amount {text!r} is not whole fen")
-    return int(value)
+        return fen(text)
+    except ValueError as exc:
+        raise BillFormatError(str(exc)) from None
 
 
 def bill_text(data: bytes, bill: BillFile, *, gzipped: bool) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
+from ..china_time import CHINA
 from .aead import ALGORITHM, decrypt_resource, encrypt_resource
 from .exceptions import DecryptionError
 from .merchant import new_nonce
@@ -23,8 +24,6 @@ from .signature import (
     build_message,
     sign,
 )
-
-BEIJING = timezone(timedelta(hours=8))
 
 
 def _dumps(obj: Any) -> bytes:
@@ -74,7 +73,7 @@ def build_notification(
     """
     ts = int(time.time()) if timestamp is None else timestamp
     if create_time is None:
-        create_time = datetime.fromtimestamp(ts, BEIJING).isoformat(timespec="seconds")
+        create_time = datetime.fromtimestamp(ts, CHINA).isoformat(timespec="seconds")
     resource = {
         "original_type": original_type,
         **encrypt_resource(
