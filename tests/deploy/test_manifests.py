@@ -592,6 +592,13 @@ def _typed(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
+def test_definitions_are_the_ones_generated_from_the_code() -> None:
+    """deploy/rabbitmq/definitions.json is written by `make topology` from
+    paylane_common.topology, never by hand."""
+    committed = (DEPLOY / "rabbitmq" / "definitions.json").read_text()
+    assert committed == topology.definitions_json(), "run `make topology`"
+
+
 def test_definitions_match_the_topology_the_services_declare() -> None:
     definitions = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
     assert [v["name"] for v in definitions["vhosts"]] == ["/"]

@@ -30,9 +30,11 @@ the queue, its retry queues and its DLQ by their names; only that service's brok
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
@@ -310,3 +312,56 @@ async def _replication_refused(channel: AbstractChannel, name: str, arguments: A
         if not probe.is_closed:
             await probe.close()
     return False
+
+
+def definitions(vhost: str = "/") -> dict[str, list[dict[str, Any]]]:
+    """The topology as RabbitMQ's definitions (``rabbitmqctl import_definitions``, or
+    ``load_definitions`` at boot): what deploy/rabbitmq/definitions.json holds, generated
+    from the declarations above by ``make topology`` (a test keeps the file current).
+    Users and permissions are the operator's, never here."""
+
+    def exchange(name: str, kind: str) -> dict[str, Any]:
+        return {"name": name, "vhost": vhost, "type": kind, "durable": True,
+                "auto_delete": False, "internal": False, "arguments": {}}  # fmt: skip
+
+    def queue(name: str, arguments: Arguments) -> dict[str, Any]:
+        return {"name": name, "vhost": vhost, "durable": True, "auto_delete": False,
+                "arguments": dict(arguments or {})}  # fmt: skip
+
+    def binding(source: str, destination: str, key: str) -> dict[str, Any]:
+        return {"source": source, "vhost": vhost, "destination": destination,
+                "destination_type": "queue", "routing_key": key, "arguments": {}}  # fmt: skip
+
+    queues = [queue(LOG_STREAM, log_stream_arguments())]
+    for spec in QUEUES:
+        queues.append(queue(spec.dlq, spec.dlq_arguments()))
+        queues += [
+            queue(spec.retry_queue_for(d), spec.retry_arguments(d)) for d in spec.retry_delays_s
+        ]
+        queues.append(queue(spec.name, spec.arguments()))
+    bindings = [binding(EXCHANGE, LOG_STREAM, key) for key in LOG_KEYS]
+    bindings += [binding(EXCHANGE, spec.name, key) for spec in QUEUES for key in spec.routing_keys]
+    bindings += [
+        binding(spec.forward_exchange, target, target)
+        for spec in QUEUES
+        for target in spec.forward_targets
+    ]
+    return {
+        "vhosts": [{"name": vhost}],
+        "exchanges": [
+            exchange(EXCHANGE, "topic"),
+            exchange(SIGNALS_EXCHANGE, "fanout"),
+            *(exchange(spec.forward_exchange, "direct") for spec in QUEUES),
+        ],
+        "queues": queues,
+        "bindings": bindings,
+    }
+
+
+def definitions_json() -> str:
+    """:func:`definitions` as deploy/rabbitmq/definitions.json is written."""
+    return json.dumps(definitions(), indent=2) + "\n"
+
+
+if __name__ == "__main__":  # `make topology`
+    sys.stdout.write(definitions_json())
