@@ -19,8 +19,8 @@ from paylane_common.consumer import Reject
 from paylane_common.db import transaction
 from paylane_common.events import OrderCreated, make_event
 from paylane_common.money import yuan
-from paylane_order.created import OrderCreatedApplier
 from paylane_order.main import OrderEvents
+from paylane_order.order_created import OrderCreatedApplier
 from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
 from tests.support.seeding import add_order, add_user

@@ -28,10 +28,10 @@ from . import OUTBOX_PRODUCER, api, catalog_prices
 from .abnormal import AbnormalRefunds
 from .bills import BillReconciler, DailyBills
 from .config import ORDER_CONFIG, OrderConfig
-from .created import OrderCreatedApplier
 from .errors import error_middleware
 from .gate import Gate
 from .miniprogram import MiniProgramLogin
+from .order_created import OrderCreatedApplier
 from .orders import Orders
 from .payments import PaymentApplier
 from .rate_limits import RateLimit
