@@ -3,7 +3,7 @@ stack: the whole of paylane (ingress, order, entitlement) and the sandbox WeChat
 Each grants nothing; the order stays pending or goes to ``needs_review``.
 
 (The same claims at the handler level, and the gate's other refusals, are in
-services/order/tests/test_payments.py and test_effects.py.)"""
+services/order/tests/test_payments.py and test_sweep.py.)"""
 
 from __future__ import annotations
 

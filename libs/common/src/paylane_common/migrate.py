@@ -61,7 +61,7 @@ class CutoverRefused(Exception):
 def cutover(
     url: str, at: datetime | None = None, *, force: bool = False, if_unset: bool = False
 ) -> datetime | None:
-    """Set ``paylane_meta.effects_since`` (effects.py in the order service): paylane applies
+    """Set ``paylane_meta.effects_since`` (sweep.py in the order service): paylane applies
     the effects of orders another writer settled from this moment (default: now, UTC),
     the one at which the cloud function starts calling paylane instead of the backend
     before it. Until the first cutover paylane applies none (``paylane migrate`` does not

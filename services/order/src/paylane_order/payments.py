@@ -30,7 +30,7 @@ from paylane_common.db import placeholders, rows_table, transaction
 from paylane_common.events import Envelope, PaymentSucceeded
 from paylane_common.ids import new_row_id
 
-from . import INBOX_CONSUMER, OUTBOX_PRODUCER, catalog_prices, effects
+from . import INBOX_CONSUMER, OUTBOX_PRODUCER, catalog_prices, sweep
 from .gate import UNCONFIRMED, Gate, Unconfirmed
 from .review import to_review
 
@@ -207,14 +207,14 @@ class PaymentApplier:
     ) -> str:
         """The cloud function marked the order paid itself (docs/adoption.md), so the
         conditional ``pending|failed → paid`` found nothing to move; the effect is still
-        paylane's: ``order.paid``, once (``paid_event_at``, effects.py), unless it was paid
+        paylane's: ``order.paid``, once (``paid_event_at``, sweep.py), unless it was paid
         before ``effects_since``: then the backend before paylane granted it."""
         await cur.execute(
             "UPDATE payment_orders SET paid_event_at = NOW(6),"
             f" transaction_id = COALESCE(transaction_id, %s), {_FILL_GENERATION}"
             " WHERE out_trade_no = %s AND status = 'paid' AND paid_event_at IS NULL"
             " AND (transaction_id IS NULL OR transaction_id = %s)"
-            f" AND COALESCE(paid_at, updated_at) >= {effects.EFFECTS_SINCE}",
+            f" AND COALESCE(paid_at, updated_at) >= {sweep.EFFECTS_SINCE}",
             (data.transaction_id, data.generation_id, data.out_trade_no, data.transaction_id),
         )
         if cur.rowcount != 1:  # announced meanwhile, or settled before paylane
@@ -249,7 +249,7 @@ class PaymentApplier:
                 await cur.execute(
                     "UPDATE payment_orders SET status = 'needs_review', review_reason = %s"
                     " WHERE out_trade_no = %s AND status = 'paid' AND paid_event_at IS NULL"
-                    f" AND COALESCE(paid_at, updated_at) >= {effects.EFFECTS_SINCE}",
+                    f" AND COALESCE(paid_at, updated_at) >= {sweep.EFFECTS_SINCE}",
                     (f"marked paid, but {reason}"[:255], claim.out_trade_no),
                 )
                 flagged = cur.rowcount == 1
@@ -325,7 +325,7 @@ def _order_paid(data: PaymentSucceeded, order: dict[str, Any], paid_at: datetime
     """``order.paid`` for a payment this consumer applied; the generation is the row's, or
     the one an internal notify named for a row written without one."""
     generation_id = order.get("generation_id") or data.generation_id
-    return effects.order_paid({**order, "generation_id": generation_id}, paid_at)
+    return sweep.order_paid({**order, "generation_id": generation_id}, paid_at)
 
 
 async def _with_refunds(cur: aiomysql.Cursor, out_trade_nos: list[str]) -> set[str]:
@@ -382,7 +382,7 @@ async def add_order_refunded(
     into the outbox, in the caller's transaction. With ``full``, the caller sets the
     order's ``refund_event_at`` in the same transaction."""
     await outbox.add(
-        cur, OUTBOX_PRODUCER, effects.order_refunded(order, amount_refund=amount_refund, full=full)
+        cur, OUTBOX_PRODUCER, sweep.order_refunded(order, amount_refund=amount_refund, full=full)
     )
 
 

@@ -17,7 +17,7 @@
   order's refundable amount.
 - orders another writer (the cloud function) settled, whose effect paylane never applied
   because its notify was lost: announced once WeChat Pay confirms the payment and its
-  price (``effects.sweep``), or sent to ``needs_review``.
+  price (``sweep.sweep``), or sent to ``needs_review``.
 
 Each pass pages through the pending orders and refunds older than ``after_s`` by key
 (``created_at``, ``id``), with at most ``concurrency`` WeChat Pay queries in flight. A
@@ -60,7 +60,7 @@ from paylane_common.leases import Lease
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
 
-from . import effects
+from . import sweep
 from .config import ReconcilerConfig
 from .gate import PAID_STATES, Gate
 
@@ -143,7 +143,7 @@ class Reconciler(BackgroundLoop):
                 await self._pass("payment_orders", self._settle_order, findings)
                 await self._pass("refunds", self._settle_refund, findings)
                 findings.update(
-                    await effects.sweep(
+                    await sweep.sweep(
                         self._pool,
                         self._gate,
                         grace_s=self._config.sweep_grace_s,

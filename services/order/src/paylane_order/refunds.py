@@ -146,7 +146,7 @@ class RefundApplier:
         )
         if full:
             # Whatever the order's status, paylane stages its full order.refunded once: not
-            # again when the sweep (effects.py) already did for the cloud function's update.
+            # again when the sweep (sweep.py) already did for the cloud function's update.
             await cur.execute(
                 "UPDATE payment_orders SET refund_event_at = NOW(6)"
                 " WHERE out_trade_no = %s AND refund_event_at IS NULL",

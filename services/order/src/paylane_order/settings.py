@@ -112,7 +112,7 @@ class OrderSettings(
     #: the previous China day (WeChat Pay has a day's bills from about 10:00); -1: not
     #: in-process (``paylane reconcile bills`` runs it).
     bills_reconcile_hour: int = Field(10, ge=-1, le=23)
-    #: The effects sweep (effects.py; docs/adoption.md, "The sweep"): an order another
+    #: The effects sweep (sweep.py; docs/adoption.md, "The sweep"): an order another
     #: writer settled is announced once untouched this long (the cloud function's notify
     #: on its way wins).
     sweep_grace_s: float = Field(60.0, ge=0)

@@ -1,4 +1,4 @@
-"""Orders another writer settled (effects.py), on the real database: the cloud function
+"""Orders another writer settled (sweep.py), on the real database: the cloud function
 marks an order ``paid`` or ``refunded`` itself; paylane announces the effect exactly once,
 from the notify or from the sweep, only as WeChat Pay confirms it and for the price of
 the package, and never for what was settled before the cutover."""
@@ -16,7 +16,7 @@ from paylane_common.db import transaction
 from paylane_common.events import parse_event
 from paylane_common.migrate import CutoverRefused, cutover
 from paylane_common.wechatpay.testing import order_request
-from paylane_order import effects
+from paylane_order import sweep
 from paylane_order.payments import PaymentApplier
 from services.order.tests.support import payment
 from tests.support.queries import fetch_one, order_status
@@ -127,7 +127,7 @@ async def test_a_notify_for_an_order_already_paid_announces_it_once(
         }
     # And the sweep, later, finds nothing left to do for it.
     await backdate(db_pool, out_trade_no)
-    await effects.sweep(db_pool, gate, grace_s=60, limit=500)
+    await sweep.sweep(db_pool, gate, grace_s=60, limit=500)
     assert len(await staged(db_pool, out_trade_no, "order.paid")) == 1
 
 
@@ -186,15 +186,15 @@ async def test_the_sweep_announces_a_payment_then_its_refund_once_each(
 ) -> None:
     out_trade_no, user_id, txn = await paid_elsewhere(db_pool, kit_wechat)
     # Within the grace the notify may still be on its way: left alone.
-    await effects.sweep(db_pool, gate, grace_s=60, limit=500)
+    await sweep.sweep(db_pool, gate, grace_s=60, limit=500)
     assert await staged(db_pool, out_trade_no, "order.paid") == []
 
     await backdate(db_pool, out_trade_no)
-    found = await effects.sweep(db_pool, gate, grace_s=60, limit=500)
+    found = await sweep.sweep(db_pool, gate, grace_s=60, limit=500)
     assert found["effect_paid"] >= 1
     (paid,) = await staged(db_pool, out_trade_no, "order.paid")
     assert (paid.user_id, paid.package_type, paid.generation_id) == (user_id, "premium", "gen-1")
-    await effects.sweep(db_pool, gate, grace_s=0, limit=500)
+    await sweep.sweep(db_pool, gate, grace_s=0, limit=500)
     assert len(await staged(db_pool, out_trade_no, "order.paid")) == 1
     # The late notify: nothing more.
     applier = PaymentApplier(db_pool, gate)
@@ -206,8 +206,8 @@ async def test_the_sweep_announces_a_payment_then_its_refund_once_each(
             "UPDATE payment_orders SET status = 'refunded' WHERE out_trade_no = %s",
             (out_trade_no,),
         )
-    await effects.sweep(db_pool, gate, grace_s=0, limit=500)
-    await effects.sweep(db_pool, gate, grace_s=0, limit=500)
+    await sweep.sweep(db_pool, gate, grace_s=0, limit=500)
+    await sweep.sweep(db_pool, gate, grace_s=0, limit=500)
     (refunded,) = await staged(db_pool, out_trade_no, "order.refunded")
     assert (refunded.user_id, refunded.amount_refund, refunded.full) == (user_id, 2990, True)
     async with transaction(db_pool) as cur:
@@ -249,7 +249,7 @@ async def test_the_sweep_grants_nothing_wechat_pay_does_not_stand_behind(
         amount="0.01",
     )
     await backdate(db_pool, out_trade_no)
-    found = await effects.sweep(db_pool, gate, grace_s=60, limit=500)
+    found = await sweep.sweep(db_pool, gate, grace_s=60, limit=500)
     assert found["effect_needs_review"] >= 1
     assert await staged(db_pool, out_trade_no, "order.paid") == []
     assert await review_reason(db_pool, out_trade_no) == reason
@@ -270,13 +270,13 @@ async def test_a_refund_of_a_payment_never_announced_revokes_nothing(
             "UPDATE payment_orders SET status = 'refunded' WHERE out_trade_no = %s",
             (out_trade_no,),
         )
-    await effects.sweep(db_pool, gate, grace_s=0, limit=500)
+    await sweep.sweep(db_pool, gate, grace_s=0, limit=500)
     assert await staged(db_pool, out_trade_no, "order.paid") == []
     assert await staged(db_pool, out_trade_no, "order.refunded") == []
 
 
 async def test_the_sweep_never_touches_what_was_settled_before_paylane(db_pool, gate) -> None:
-    await effects.sweep(db_pool, gate, grace_s=0, limit=500)
+    await sweep.sweep(db_pool, gate, grace_s=0, limit=500)
     for out_trade_no in (SEED_PAID, SEED_REFUNDED):
         assert await staged(db_pool, out_trade_no, "order.paid") == []
         assert await staged(db_pool, out_trade_no, "order.refunded") == []
@@ -290,7 +290,7 @@ async def test_the_sweep_is_bounded_per_pass(db_pool, gate, kit_wechat) -> None:
     # Other tests' rows may be swept too; ours are three of what is left, oldest first.
     passes = []
     while not passes or passes[-1] == 2:
-        found = await effects.sweep(db_pool, gate, grace_s=60, limit=2)
+        found = await sweep.sweep(db_pool, gate, grace_s=60, limit=2)
         passes.append(found["effect_paid"] + found["effect_needs_review"])
     assert len(passes) >= 2 and max(passes) == 2, passes
     assert all([len(await staged(db_pool, no, "order.paid")) == 1 for no in orders])
@@ -330,13 +330,13 @@ async def test_cutover_moves_where_paylane_starts_granting(
     await backdate(db_pool, out_trade_no)
     try:
         cutover(mysql_url, datetime.now(UTC) + timedelta(hours=1), force=True)
-        await effects.sweep(db_pool, gate, grace_s=0, limit=500)
+        await sweep.sweep(db_pool, gate, grace_s=0, limit=500)
         applier = PaymentApplier(db_pool, gate)
         assert await applier(*notify(out_trade_no, txn)) == "before_cutover"
         assert await staged(db_pool, out_trade_no, "order.paid") == []
     finally:
         await _restore_effects_since(db_pool, before)
-    await effects.sweep(db_pool, gate, grace_s=0, limit=500)
+    await sweep.sweep(db_pool, gate, grace_s=0, limit=500)
     assert len(await staged(db_pool, out_trade_no, "order.paid")) == 1
 
 
@@ -353,13 +353,13 @@ async def test_before_the_cutover_nothing_settled_elsewhere_is_granted(
     await backdate(db_pool, out_trade_no)
     try:
         await _restore_effects_since(db_pool, None)  # as `paylane migrate` leaves it
-        assert await effects.sweep(db_pool, gate, grace_s=0, limit=500) == {}
+        assert await sweep.sweep(db_pool, gate, grace_s=0, limit=500) == {}
         applier = PaymentApplier(db_pool, gate)
         assert await applier(*notify(out_trade_no, txn)) == "before_cutover"
         assert await staged(db_pool, out_trade_no, "order.paid") == []
     finally:
         await _restore_effects_since(db_pool, before)
-    await effects.sweep(db_pool, gate, grace_s=0, limit=500)
+    await sweep.sweep(db_pool, gate, grace_s=0, limit=500)
     assert len(await staged(db_pool, out_trade_no, "order.paid")) == 1
     # Moving the cutover past an order paylane already announced cannot take its grant
     # back: refused, with the order named; --force sets it all the same.
@@ -397,7 +397,7 @@ async def test_the_sweep_sends_a_row_of_another_transaction_to_review(
 ) -> None:
     out_trade_no, _, txn = await paid_elsewhere(db_pool, kit_wechat, txn="4200010")
     await backdate(db_pool, out_trade_no)
-    await effects.sweep(db_pool, gate, grace_s=60, limit=500)
+    await sweep.sweep(db_pool, gate, grace_s=60, limit=500)
     assert await staged(db_pool, out_trade_no, "order.paid") == []
     assert await review_reason(db_pool, out_trade_no) == (
         f"marked paid by transaction 4200010, WeChat Pay says {txn}"
