@@ -133,8 +133,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _reconcile(args: argparse.Namespace) -> int:
     import asyncio
 
+    from paylane_order.reconcile_cli import reconcile
     from paylane_order.settings import OrderSettings
-    from paylane_order.standalone import reconcile
 
     settings = command_settings(OrderSettings)
     found = asyncio.run(reconcile(settings, once=args.once))
@@ -147,8 +147,8 @@ def _reconcile_bills(args: argparse.Namespace) -> int:
     import json
     from datetime import date
 
+    from paylane_order.reconcile_cli import reconcile_bills
     from paylane_order.settings import OrderSettings
-    from paylane_order.standalone import reconcile_bills
 
     try:
         day = date.fromisoformat(args.date)

@@ -35,8 +35,8 @@ from paylane_order.bills import (
     china_day_window,
     previous_china_day,
 )
+from paylane_order.reconcile_cli import open_reconciler, reconcile_bills
 from paylane_order.settings import OrderSettings
-from paylane_order.standalone import open_reconciler, reconcile_bills
 from services.order.tests.support import order_settings
 from tests.support.queries import fetch_one, order_status
 from tests.support.sandbox import (

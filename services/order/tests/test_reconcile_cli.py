@@ -14,7 +14,7 @@ from paylane_common.db import transaction
 from paylane_common.events import parse_event
 from paylane_common.topology import declare_exchange
 from paylane_common.wechatpay.testing import order_request
-from paylane_order.standalone import reconcile
+from paylane_order.reconcile_cli import reconcile
 from services.order.tests.support import order_settings
 from tests.support.queries import order_status
 from tests.support.sandbox import running_sandbox, sandbox_settings
