@@ -62,8 +62,6 @@ from typing import Any, Literal
 import aiomysql
 import pymysql
 import structlog
-from prometheus_client import Counter as PromCounter
-from prometheus_client import Gauge
 
 from paylane_common.background import BackgroundLoop
 from paylane_common.china_time import CHINA
@@ -80,32 +78,13 @@ from paylane_common.wechatpay import (
     WechatPayError,
 )
 
+from . import metrics
 from .gate import PAID_STATES
 from .reconciler import Reconciler
 from .review import to_review
 
 log = structlog.get_logger(__name__)
 
-#: ``kind``: paid_not_here, paid_unknown_order, not_paid_at_wechat, amount_differs,
-#: transaction_differs, not_in_bill_unconfirmed, refund_not_here, refund_not_at_wechat,
-#: refund_amount_differs, refund_state_differs, refund_not_in_bill_unconfirmed,
-#: bill_missing (docs/operations.md, "The daily bills").
-DIFFERENCES = PromCounter(
-    "paylane_bill_differences_total",
-    "Differences between WeChat Pay's daily trade bill and the database, by kind",
-    ["kind"],
-)
-#: ``outcome``: done, incomplete, other_replica, already_done, failed.
-BILL_RUNS = PromCounter(
-    "paylane_bill_reconcile_runs_total", "Daily bill reconciliations, by outcome", ["outcome"]
-)
-#: When a day's reconciliation last finished (``done``), or was found finished by another
-#: replica: read from ``paylane_meta`` when the daily run starts, so that a restarted
-#: replica does not report "never". An alert fires when it is too old.
-LAST_SUCCESS = Gauge(
-    "paylane_bills_last_success_timestamp_seconds",
-    "When a daily bill reconciliation last finished a day, as this process knows (Unix time)",
-)
 #: Orders whose payment the bill would show.
 _PAID = ("paid", "refunded", "needs_review")
 _REFUND_STATES = {"SUCCESS": "success", "CLOSED": "closed", "ABNORMAL": "abnormal"}
@@ -262,11 +241,11 @@ class BillReconciler:
             else:
                 outcome = "done"
                 await self._mark_done(day)
-                LAST_SUCCESS.set_to_current_time()
+                metrics.BILLS_LAST_SUCCESS.set_to_current_time()
         for d in report.differences:
-            DIFFERENCES.labels(d.kind).inc()
+            metrics.BILL_DIFFERENCES.labels(d.kind).inc()
         if report.bill_missing:
-            DIFFERENCES.labels("bill_missing").inc()
+            metrics.BILL_DIFFERENCES.labels("bill_missing").inc()
             log.error(
                 "bill_missing",
                 alert=True,
@@ -290,7 +269,7 @@ class BillReconciler:
             row = await cur.fetchone()
         if row and row["finished"]:
             finished = datetime.strptime(row["finished"], "%Y-%m-%d %H:%M:%S.%f")
-            LAST_SUCCESS.set(finished.replace(tzinfo=UTC).timestamp())
+            metrics.BILLS_LAST_SUCCESS.set(finished.replace(tzinfo=UTC).timestamp())
 
     async def _done(self, day: date) -> bool:
         async with transaction(self._pool) as cur:
@@ -623,7 +602,7 @@ class DailyBills(BackgroundLoop):
                 try:
                     outcome, report = await self._bills.run_daily(day)
                 except Exception as exc:
-                    BILL_RUNS.labels("failed").inc()
+                    metrics.BILL_RUNS.labels("failed").inc()
                     log.error(
                         "bill_reconcile_failed",
                         alert=attempt == RETRIES,
@@ -633,7 +612,7 @@ class DailyBills(BackgroundLoop):
                     )
                     await asyncio.sleep(RETRY_AFTER_S)
                     continue
-                BILL_RUNS.labels(outcome).inc()
+                metrics.BILL_RUNS.labels(outcome).inc()
                 self.last_report = report
                 self.ran.set()
                 if outcome != "incomplete" or attempt == RETRIES:

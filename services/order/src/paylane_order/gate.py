@@ -33,15 +33,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, get_args
+from typing import Any
 
 import structlog
-from prometheus_client import Counter
 from pydantic import ValidationError
 
 from paylane_common.catalog import Package
 from paylane_common.consumer import Retry
-from paylane_common.events import PaymentSource, PaymentSucceeded, payment_from_transaction
+from paylane_common.events import PaymentSucceeded, payment_from_transaction
 from paylane_common.wechatpay import (
     DecryptionError,
     NotificationHeaders,
@@ -53,6 +52,7 @@ from paylane_common.wechatpay import (
     parse_notification,
 )
 
+from . import metrics
 from .catalog_prices import PricePeriod, prices_at
 from .config import MerchantConfig, OrderConfig
 
@@ -70,21 +70,6 @@ class Unconfirmed(Exception):
     def __init__(self, reason: str, *, not_paid: bool):
         super().__init__(reason)
         self.not_paid = not_paid
-
-
-UNCONFIRMED = Counter(
-    "paylane_payments_unconfirmed_total",
-    "Claims of a payment WeChat Pay does not stand behind, by source (the payment gate)",
-    ["source"],
-)
-NOT_VERIFIED = Counter(
-    "paylane_notifications_not_verified_total",
-    "Notifications carried by payment.succeeded that the order service could not verify"
-    " (then asked about by a query), by reason",
-    ["reason"],
-)
-for _source in get_args(PaymentSource):  # exported at 0: the alert counts the first one
-    UNCONFIRMED.labels(_source)
 
 
 @dataclass(frozen=True)
@@ -122,18 +107,18 @@ class Gate:
                 raise ValueError(f"trade_state {resource.get('trade_state')!r}")
             payment = payment_from_transaction(resource, claim.source, received)
         except VerificationError as exc:
-            NOT_VERIFIED.labels(exc.reason).inc()
+            metrics.NOT_VERIFIED.labels(exc.reason).inc()
             log.warning("notification_not_verified", reason=exc.reason, source=claim.source)
             return None
         except (DecryptionError, ValueError, KeyError, TypeError, ValidationError) as exc:
-            NOT_VERIFIED.labels("unusable").inc()
+            metrics.NOT_VERIFIED.labels("unusable").inc()
             log.warning("notification_unusable", error=type(exc).__name__, source=claim.source)
             return None
         if (payment.out_trade_no, payment.transaction_id) != (
             claim.out_trade_no,
             claim.transaction_id,
         ):
-            NOT_VERIFIED.labels("another_payment").inc()
+            metrics.NOT_VERIFIED.labels("another_payment").inc()
             log.error(
                 "notification_of_another_payment",
                 alert=True,

@@ -30,8 +30,8 @@ from paylane_common.db import placeholders, rows_table, transaction
 from paylane_common.events import Envelope, PaymentSucceeded
 from paylane_common.ids import new_row_id
 
-from . import INBOX_CONSUMER, OUTBOX_PRODUCER, catalog_prices, sweep
-from .gate import UNCONFIRMED, Gate, Unconfirmed
+from . import INBOX_CONSUMER, OUTBOX_PRODUCER, catalog_prices, metrics, sweep
+from .gate import Gate, Unconfirmed
 from .review import to_review
 
 log = structlog.get_logger(__name__)
@@ -253,7 +253,7 @@ class PaymentApplier:
                     (f"marked paid, but {reason}"[:255], claim.out_trade_no),
                 )
                 flagged = cur.rowcount == 1
-        UNCONFIRMED.labels(claim.source).inc()
+        metrics.UNCONFIRMED.labels(claim.source).inc()
         log.error(
             "payment_unconfirmed",
             alert=True,

@@ -47,8 +47,6 @@ from typing import Any
 
 import aiomysql
 import structlog
-from prometheus_client import Counter as PromCounter
-from prometheus_client import Gauge, Histogram
 
 from paylane_common import events
 from paylane_common.background import BackgroundLoop
@@ -60,40 +58,12 @@ from paylane_common.leases import Lease
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
 
-from . import sweep
+from . import metrics, sweep
 from .config import ReconcilerConfig
 from .gate import PAID_STATES, Gate
 
 log = structlog.get_logger(__name__)
 
-#: ``kind``: paid_recovered, closed_expired, refund_success, still_pending,
-#: not_placed_yet, query_failed, refund_query_failed, refund_closed_never_sent,
-#: refund_not_at_wechatpay_yet, and others.
-FINDINGS = PromCounter(
-    "paylane_reconciler_findings_total",
-    "What the reconciler found and did, by kind",
-    ["kind"],
-)
-#: Counted by the alerts (deploy/prometheus): exported at 0 from the start, so that the
-#: first one is an increase.
-for _kind in ("paid_recovered", "query_failed", "refund_query_failed"):
-    FINDINGS.labels(_kind)
-#: Keep a pass shorter than ``RECONCILE_INTERVAL_S``.
-PASS_SECONDS = Histogram(
-    "paylane_reconciler_pass_seconds",
-    "How long a reconciler pass over every pending order and refund takes",
-    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
-)
-#: Set when a pass (or the sweep in it) completes, on the replica that ran it: an alert
-#: fires when the newest of them is too old (deploy/prometheus/rules.yml).
-LAST_SUCCESS = Gauge(
-    "paylane_reconciler_last_success_timestamp_seconds",
-    "When this process last completed a reconciler pass (Unix time)",
-)
-SWEEP_LAST_SUCCESS = Gauge(
-    "paylane_sweep_last_success_timestamp_seconds",
-    "When this process last completed the effects sweep of a reconciler pass (Unix time)",
-)
 _COLUMNS = {
     "payment_orders": "out_trade_no, expires_at",
     "refunds": "out_refund_no, out_trade_no, amount_refund, refund_id",
@@ -139,7 +109,7 @@ class Reconciler(BackgroundLoop):
         async with Lease(self._pool, self.LOCK).held(wait_for_lock_s) as held:
             if not held:
                 return findings
-            with PASS_SECONDS.time():
+            with metrics.RECONCILER_PASS_SECONDS.time():
                 await self._pass("payment_orders", self._settle_order, findings)
                 await self._pass("refunds", self._settle_refund, findings)
                 findings.update(
@@ -151,10 +121,10 @@ class Reconciler(BackgroundLoop):
                         concurrency=self._config.concurrency,
                     )
                 )
-                SWEEP_LAST_SUCCESS.set_to_current_time()
-        LAST_SUCCESS.set_to_current_time()
+                metrics.SWEEP_LAST_SUCCESS.set_to_current_time()
+        metrics.RECONCILER_LAST_SUCCESS.set_to_current_time()
         for kind, n in findings.items():
-            FINDINGS.labels(kind).inc(n)
+            metrics.RECONCILER_FINDINGS.labels(kind).inc(n)
         if findings:
             log.info("reconcile_pass", **findings)
         return findings

@@ -14,19 +14,13 @@ from typing import Any
 
 import aiomysql
 import structlog
-from prometheus_client import Counter
 
 from paylane_common import events, outbox
 from paylane_common.events import OrderRevoked, make_event
 
-from . import OUTBOX_PRODUCER
+from . import OUTBOX_PRODUCER, metrics
 
 log = structlog.get_logger(__name__)
-
-REVOKED = Counter(
-    "paylane_orders_revoked_total",
-    "Granted orders that went to needs_review, their grant taken back (order.revoked)",
-)
 
 
 def order_revoked(order: dict[str, Any], reason: str) -> events.Envelope:
@@ -62,6 +56,6 @@ async def to_review(
     )
     if order["status"] == "paid" and order["paid_event_at"] is not None:
         await outbox.add(cur, OUTBOX_PRODUCER, order_revoked(order, reason))
-        REVOKED.inc()
+        metrics.REVOKED.inc()
         log.error("order_revoked", alert=True, reason=reason)
     return True

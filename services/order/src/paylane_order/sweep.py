@@ -35,7 +35,6 @@ from typing import Any
 
 import aiomysql
 import structlog
-from prometheus_client import Counter as PromCounter
 
 from paylane_common import events, outbox
 from paylane_common.consumer import Retry
@@ -43,21 +42,11 @@ from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, OrderRefunded, PaymentSucceeded, make_event
 from paylane_common.ids import new_row_id
 
-from . import OUTBOX_PRODUCER, catalog_prices
-from .gate import UNCONFIRMED, Gate, Unconfirmed
+from . import OUTBOX_PRODUCER, catalog_prices, metrics
+from .gate import Gate, Unconfirmed
 from .review import to_review
 
 log = structlog.get_logger(__name__)
-
-#: ``kind``: effect_paid, effect_refunded, effect_needs_review, effect_query_failed. A
-#: steady rate of effect_paid means the cloud function's notifies are being lost; of
-#: effect_needs_review, that someone marks orders paid that WeChat Pay never saw paid.
-SWEPT = PromCounter(
-    "paylane_effects_swept_total",
-    "Orders another writer settled whose effect paylane applied from the sweep, by kind",
-    ["kind"],
-)
-SWEPT.labels("effect_needs_review")  # exported at 0: the review alert counts the first one
 
 #: The columns ``order_paid`` and ``order_refunded`` read.
 ORDER_COLUMNS = "out_trade_no, user_id, package_type, amount_total, generation_id, paid_at"
@@ -144,7 +133,7 @@ async def sweep(
     found.update(await _sweep_paid(pool, gate, since, grace_s, limit, concurrency))
     found["effect_refunded"] = await _sweep_refunded(pool, since, grace_s, limit)
     for kind, n in found.items():
-        SWEPT.labels(kind).inc(n)
+        metrics.SWEPT.labels(kind).inc(n)
     return +found
 
 
@@ -208,7 +197,7 @@ async def _settle_paid_elsewhere(pool: aiomysql.Pool, gate: Gate, out_trade_no: 
         return "effect_query_failed"
     except Unconfirmed as exc:
         reason = f"marked paid, but {exc}"
-        UNCONFIRMED.labels("reconcile").inc()
+        metrics.UNCONFIRMED.labels("reconcile").inc()
     async with transaction(pool) as cur:
         await cur.execute(
             f"SELECT {ORDER_COLUMNS}, transaction_id, currency, appid, created_at"

@@ -1,0 +1,100 @@
+"""Every Prometheus metric the order service defines, in one place (the ones every
+service shares are in paylane_common.metrics). docs/metrics.md is generated from them
+(`make docs`); the alerts in deploy/prometheus/rules.yml count several."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from paylane_common.events import PaymentSource
+
+# --- the payment gate (gate.py) -------------------------------------------------------
+
+UNCONFIRMED = Counter(
+    "paylane_payments_unconfirmed_total",
+    "Claims of a payment WeChat Pay does not stand behind, by source (the payment gate)",
+    ["source"],
+)
+NOT_VERIFIED = Counter(
+    "paylane_notifications_not_verified_total",
+    "Notifications carried by payment.succeeded that the order service could not verify"
+    " (then asked about by a query), by reason",
+    ["reason"],
+)
+for _source in get_args(PaymentSource):  # exported at 0: the alert counts the first one
+    UNCONFIRMED.labels(_source)
+
+# --- needs_review (review.py) -----------------------------------------------------------
+
+REVOKED = Counter(
+    "paylane_orders_revoked_total",
+    "Granted orders that went to needs_review, their grant taken back (order.revoked)",
+)
+
+# --- the sweep (sweep.py) ---------------------------------------------------------------
+
+#: ``kind``: effect_paid, effect_refunded, effect_needs_review, effect_query_failed. A
+#: steady rate of effect_paid means the cloud function's notifies are being lost; of
+#: effect_needs_review, that someone marks orders paid that WeChat Pay never saw paid.
+SWEPT = Counter(
+    "paylane_effects_swept_total",
+    "Orders another writer settled whose effect paylane applied from the sweep, by kind",
+    ["kind"],
+)
+SWEPT.labels("effect_needs_review")  # exported at 0: the review alert counts the first one
+
+# --- the reconciler (reconciler.py) -----------------------------------------------------
+
+#: ``kind``: paid_recovered, closed_expired, refund_success, still_pending,
+#: not_placed_yet, query_failed, refund_query_failed, refund_closed_never_sent,
+#: refund_not_at_wechatpay_yet, and others.
+RECONCILER_FINDINGS = Counter(
+    "paylane_reconciler_findings_total",
+    "What the reconciler found and did, by kind",
+    ["kind"],
+)
+#: Counted by the alerts (deploy/prometheus): exported at 0 from the start, so that the
+#: first one is an increase.
+for _kind in ("paid_recovered", "query_failed", "refund_query_failed"):
+    RECONCILER_FINDINGS.labels(_kind)
+#: Keep a pass shorter than ``RECONCILE_INTERVAL_S``.
+RECONCILER_PASS_SECONDS = Histogram(
+    "paylane_reconciler_pass_seconds",
+    "How long a reconciler pass over every pending order and refund takes",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+#: Set when a pass (or the sweep in it) completes, on the replica that ran it: an alert
+#: fires when the newest of them is too old (deploy/prometheus/rules.yml).
+RECONCILER_LAST_SUCCESS = Gauge(
+    "paylane_reconciler_last_success_timestamp_seconds",
+    "When this process last completed a reconciler pass (Unix time)",
+)
+SWEEP_LAST_SUCCESS = Gauge(
+    "paylane_sweep_last_success_timestamp_seconds",
+    "When this process last completed the effects sweep of a reconciler pass (Unix time)",
+)
+
+# --- the daily bills (bills.py) ---------------------------------------------------------
+
+#: ``kind``: paid_not_here, paid_unknown_order, not_paid_at_wechat, amount_differs,
+#: transaction_differs, not_in_bill_unconfirmed, refund_not_here, refund_not_at_wechat,
+#: refund_amount_differs, refund_state_differs, refund_not_in_bill_unconfirmed,
+#: bill_missing (docs/operations.md, "The daily bills").
+BILL_DIFFERENCES = Counter(
+    "paylane_bill_differences_total",
+    "Differences between WeChat Pay's daily trade bill and the database, by kind",
+    ["kind"],
+)
+#: ``outcome``: done, incomplete, other_replica, already_done, failed.
+BILL_RUNS = Counter(
+    "paylane_bill_reconcile_runs_total", "Daily bill reconciliations, by outcome", ["outcome"]
+)
+#: When a day's reconciliation last finished (``done``), or was found finished by another
+#: replica: read from ``paylane_meta`` when the daily run starts, so that a restarted
+#: replica does not report "never". An alert fires when it is too old.
+BILLS_LAST_SUCCESS = Gauge(
+    "paylane_bills_last_success_timestamp_seconds",
+    "When a daily bill reconciliation last finished a day, as this process knows (Unix time)",
+)
