@@ -209,13 +209,13 @@ async def test_a_refund_that_never_reached_wechatpay_is_closed_after_the_grace(
     stale = await _refund_row(db_pool, paid, age_s=601)
     recent = await _refund_row(db_pool, young, age_s=AFTER_S + 1)  # may still be on its way
     with pytest.raises(InvalidRequest):  # the unsent refund reserves the whole order
-        await orders.refund(paid, None, "again")
+        await orders.refunds.request(paid, None, "again")
 
     found = await reconciler.run_once()
     assert (found["refund_closed_never_sent"], found["refund_not_at_wechatpay_yet"]) == (1, 1)
     assert await _refund_status(db_pool, stale) == "closed"
     assert await _refund_status(db_pool, recent) == "pending"
-    answer = await orders.refund(paid, None, "again")  # no longer reserved
+    answer = await orders.refunds.request(paid, None, "again")  # no longer reserved
     assert (answer["amount"], answer["status"]) == (990, "pending")
 
 

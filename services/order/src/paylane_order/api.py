@@ -369,7 +369,9 @@ async def create_refund(request: web.Request) -> web.Response:
         if out_refund_no is not None:
             raise InvalidRequest("give an Idempotency-Key or an out_refund_no, not both")
         out_refund_no = keyed_out_refund_no(out_trade_no, key)
-    result = await request.app[ORDERS].refund(out_trade_no, body.amount, body.reason, out_refund_no)
+    result = await request.app[ORDERS].refunds.request(
+        out_trade_no, body.amount, body.reason, out_refund_no
+    )
     return _reply(replies.RefundRequested.model_validate(result), status=202)
 
 

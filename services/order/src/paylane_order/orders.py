@@ -1,4 +1,5 @@
-"""Placing, closing and refunding orders: the database row first, then WeChat Pay.
+"""Placing and closing orders: the database row first, then WeChat Pay (refunds:
+refund_requests.py; users: users.py).
 
 A row is ``pending`` before the order exists at WeChat Pay, so a notification can never
 arrive for an order we do not know; a placement that fails leaves a row the reconciler
@@ -40,7 +41,9 @@ from .errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from .ids import new_out_refund_no, new_out_trade_no
+from .ids import new_out_trade_no
+from .refund_requests import RefundRequests
+from .users import user_by_openid
 
 log = structlog.get_logger(__name__)
 
@@ -59,45 +62,6 @@ class NewOrder:
     idempotency_key: str | None
 
 
-async def _find_by_openid(
-    cur: aiomysql.Cursor, openid: str, *, lock: bool
-) -> dict[str, Any] | None:
-    await cur.execute(
-        "SELECT id, openid FROM users WHERE openid = %s" + (" LOCK IN SHARE MODE" if lock else ""),
-        (openid,),
-    )
-    row: dict[str, Any] | None = await cur.fetchone()
-    return row
-
-
-async def user_by_openid(
-    cur: aiomysql.Cursor, openid: str, *, login: bool = False
-) -> dict[str, Any]:
-    """As the cloud function does: the openid names the user, created (``user-…`` id)
-    when new. ``login``: a mini-program sign-in, recorded in ``last_login_at``."""
-    found = await _find_by_openid(cur, openid, lock=False)
-    if found is None:
-        user_id = new_row_id("user")
-        try:
-            await cur.execute(
-                "INSERT INTO users (id, openid, last_login_at)"
-                " VALUES (%s, %s, IF(%s, NOW(), NULL))",
-                (user_id, openid, login),
-            )
-            return {"id": user_id, "openid": openid}
-        except Exception as exc:
-            if not is_duplicate_key(exc):
-                raise
-        # Created meanwhile by another request: a locking read sees the committed row,
-        # which this transaction's snapshot may predate.
-        found = await _find_by_openid(cur, openid, lock=True)
-        if found is None:  # the duplicate was the random id: never guess
-            raise RuntimeError("a new user's id collided; try again")
-    if login:
-        await cur.execute("UPDATE users SET last_login_at = NOW() WHERE id = %s", (found["id"],))
-    return found
-
-
 class Orders:
     def __init__(
         self,
@@ -114,6 +78,7 @@ class Orders:
         self._merchant = merchant
         #: Unpaid pending orders a user may have at once (``MAX_PENDING_ORDERS``; 0: any).
         self._max_pending = max_pending
+        self.refunds = RefundRequests(pool, client, merchant)
 
     # -- create ----------------------------------------------------------------------------
 
@@ -381,145 +346,6 @@ class Orders:
         closed = await self.get(out_trade_no)
         assert closed is not None
         return closed
-
-    # -- refund ----------------------------------------------------------------------------
-
-    async def refund(
-        self,
-        out_trade_no: str,
-        amount: int | None,
-        reason: str,
-        out_refund_no: str | None = None,
-    ) -> dict[str, Any]:
-        """A refund request at WeChat Pay. With ``out_refund_no`` (caller-given, or derived
-        from an Idempotency-Key) a retry is the same refund: its row is answered, and sent
-        to WeChat Pay again while WeChat Pay has not acknowledged it (identical body)."""
-        existing: dict[str, Any] | None = None
-        # Only a number the caller gave may name a refund already requested.
-        refund_no = out_refund_no or new_out_refund_no()
-        async with transaction(self._pool) as cur:
-            # Lock the order so concurrent refund requests cannot exceed what was paid.
-            await cur.execute(
-                "SELECT status, amount_total, transaction_id FROM payment_orders"
-                " WHERE out_trade_no = %s FOR UPDATE",
-                (out_trade_no,),
-            )
-            order = await cur.fetchone()
-            if order is None:
-                raise NotFound(f"order {out_trade_no} does not exist")
-            if out_refund_no is not None:
-                await cur.execute(
-                    "SELECT out_trade_no, amount_refund, amount_total, reason, status, refund_id"
-                    " FROM refunds WHERE out_refund_no = %s",
-                    (refund_no,),
-                )
-                existing = await cur.fetchone()
-                if existing is not None:
-                    if existing["out_trade_no"] != out_trade_no or amount not in (
-                        None,
-                        existing["amount_refund"],
-                    ):
-                        raise Conflict(
-                            "this refund (Idempotency-Key or out_refund_no) was requested"
-                            " for another order or amount",
-                            "idempotency_key_reused",
-                        )
-                    fen = int(existing["amount_refund"])
-                    resend = existing["status"] == "pending" and existing["refund_id"] is None
-                    if not resend:
-                        return _refund_view(refund_no, fen, existing["status"])
-                    total, reason = int(existing["amount_total"]), existing["reason"] or ""
-            if existing is None:
-                fen, total = await self._reserve(cur, out_trade_no, order, amount)
-                try:
-                    # Yuan, as the shared table has it; the fen columns are generated.
-                    await cur.execute(
-                        "INSERT INTO refunds (id, out_refund_no, out_trade_no, transaction_id,"
-                        " refund_amount, total_amount, reason) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        (
-                            new_row_id("refund"),
-                            refund_no,
-                            out_trade_no,
-                            order["transaction_id"],
-                            yuan(fen),
-                            yuan(total),
-                            reason[:80],
-                        ),
-                    )
-                except Exception as exc:
-                    if is_duplicate_key(exc):  # the same out_refund_no for another order
-                        raise Conflict(
-                            f"out_refund_no {refund_no} is already used",
-                            "idempotency_key_reused",
-                        ) from None
-                    raise
-        status = await self._send_refund(out_trade_no, refund_no, fen, total, reason)
-        return _refund_view(refund_no, fen, status)
-
-    async def _reserve(
-        self, cur: aiomysql.Cursor, out_trade_no: str, order: dict[str, Any], amount: int | None
-    ) -> tuple[int, int]:
-        """(amount, order total) of a new refund, checked against what is refundable."""
-        if order["status"] != "paid":
-            raise Conflict(
-                f"only a paid order can be refunded; this one is {order['status']}",
-                "order_not_paid",
-            )
-        await cur.execute(
-            "SELECT COALESCE(SUM(amount_refund), 0) AS n FROM refunds"
-            " WHERE out_trade_no = %s AND status IN ('pending', 'success', 'abnormal')",
-            (out_trade_no,),
-        )
-        committed = int((await cur.fetchone())["n"])
-        total = int(order["amount_total"])
-        refundable = total - committed
-        amount = refundable if amount is None else amount
-        if amount <= 0 or amount > refundable:
-            raise InvalidRequest(
-                f"refund of {amount} fen exceeds the {refundable} fen still refundable"
-                f" (paid {total}, already refunded or pending {committed})",
-                "refund_exceeds_paid",
-            )
-        return amount, total
-
-    async def _send_refund(
-        self, out_trade_no: str, out_refund_no: str, amount: int, total: int, reason: str
-    ) -> str:
-        payload = {
-            "out_trade_no": out_trade_no,
-            "out_refund_no": out_refund_no,
-            "reason": reason[:80],
-            "notify_url": self._merchant.notify_url,
-            "amount": {"refund": amount, "total": total, "currency": "CNY"},
-        }
-        try:
-            answer = await self._client.create_refund(payload)
-        except WechatPayApiError as exc:
-            if exc.retryable:
-                # The refund row stays pending: a retry with the same key sends it again,
-                # and the reconciler queries it (and closes it if it never got there).
-                raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
-            await self._set_refund(out_refund_no, "closed", None)
-            raise UpstreamRejected(
-                f"WeChat Pay refused the refund: {exc.code} {exc.message}"
-            ) from None
-        await self._set_refund(out_refund_no, None, answer.get("refund_id"))
-        log.info("refund_requested", out_trade_no=out_trade_no, out_refund_no=out_refund_no)
-        return "pending"
-
-    async def _set_refund(
-        self, out_refund_no: str, status: str | None, refund_id: str | None
-    ) -> None:
-        async with transaction(self._pool) as cur:
-            await cur.execute(
-                "UPDATE refunds SET status = COALESCE(%s, status),"
-                " refund_id = COALESCE(refund_id, %s) WHERE out_refund_no = %s",
-                (status, refund_id, out_refund_no),
-            )
-
-
-def _refund_view(out_refund_no: str, amount: int, status: str) -> dict[str, Any]:
-    return {"out_refund_no": out_refund_no, "amount": amount, "status": status}
 
 
 def _unplaced(order: dict[str, Any]) -> bool:

@@ -1,0 +1,168 @@
+"""Refund requests: the row in the shared ``refunds`` table first (yuan, as that table has
+it; the fen columns are generated), then WeChat Pay. What is refundable is checked with the
+order's row locked, so concurrent requests cannot exceed what was paid; a caller-given
+``out_refund_no`` (or Idempotency-Key) makes a retry the same refund."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiomysql
+import structlog
+
+from paylane_common.db import is_duplicate_key, transaction
+from paylane_common.ids import new_row_id
+from paylane_common.money import yuan
+from paylane_common.wechatpay import WechatPayApiError, WechatPayClient
+
+from .config import MerchantConfig
+from .errors import Conflict, InvalidRequest, NotFound, UpstreamRejected, UpstreamUnavailable
+from .ids import new_out_refund_no
+
+log = structlog.get_logger(__name__)
+
+
+class RefundRequests:
+    def __init__(
+        self, pool: aiomysql.Pool, client: WechatPayClient, merchant: MerchantConfig
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._merchant = merchant
+
+    async def request(
+        self,
+        out_trade_no: str,
+        amount: int | None,
+        reason: str,
+        out_refund_no: str | None = None,
+    ) -> dict[str, Any]:
+        """A refund request at WeChat Pay. With ``out_refund_no`` (caller-given, or derived
+        from an Idempotency-Key) a retry is the same refund: its row is answered, and sent
+        to WeChat Pay again while WeChat Pay has not acknowledged it (identical body)."""
+        existing: dict[str, Any] | None = None
+        # Only a number the caller gave may name a refund already requested.
+        refund_no = out_refund_no or new_out_refund_no()
+        async with transaction(self._pool) as cur:
+            # Lock the order so concurrent refund requests cannot exceed what was paid.
+            await cur.execute(
+                "SELECT status, amount_total, transaction_id FROM payment_orders"
+                " WHERE out_trade_no = %s FOR UPDATE",
+                (out_trade_no,),
+            )
+            order = await cur.fetchone()
+            if order is None:
+                raise NotFound(f"order {out_trade_no} does not exist")
+            if out_refund_no is not None:
+                await cur.execute(
+                    "SELECT out_trade_no, amount_refund, amount_total, reason, status, refund_id"
+                    " FROM refunds WHERE out_refund_no = %s",
+                    (refund_no,),
+                )
+                existing = await cur.fetchone()
+                if existing is not None:
+                    if existing["out_trade_no"] != out_trade_no or amount not in (
+                        None,
+                        existing["amount_refund"],
+                    ):
+                        raise Conflict(
+                            "this refund (Idempotency-Key or out_refund_no) was requested"
+                            " for another order or amount",
+                            "idempotency_key_reused",
+                        )
+                    fen = int(existing["amount_refund"])
+                    resend = existing["status"] == "pending" and existing["refund_id"] is None
+                    if not resend:
+                        return _refund_view(refund_no, fen, existing["status"])
+                    total, reason = int(existing["amount_total"]), existing["reason"] or ""
+            if existing is None:
+                fen, total = await self._reserve(cur, out_trade_no, order, amount)
+                try:
+                    # Yuan, as the shared table has it; the fen columns are generated.
+                    await cur.execute(
+                        "INSERT INTO refunds (id, out_refund_no, out_trade_no, transaction_id,"
+                        " refund_amount, total_amount, reason) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        (
+                            new_row_id("refund"),
+                            refund_no,
+                            out_trade_no,
+                            order["transaction_id"],
+                            yuan(fen),
+                            yuan(total),
+                            reason[:80],
+                        ),
+                    )
+                except Exception as exc:
+                    if is_duplicate_key(exc):  # the same out_refund_no for another order
+                        raise Conflict(
+                            f"out_refund_no {refund_no} is already used",
+                            "idempotency_key_reused",
+                        ) from None
+                    raise
+        status = await self._send_refund(out_trade_no, refund_no, fen, total, reason)
+        return _refund_view(refund_no, fen, status)
+
+    async def _reserve(
+        self, cur: aiomysql.Cursor, out_trade_no: str, order: dict[str, Any], amount: int | None
+    ) -> tuple[int, int]:
+        """(amount, order total) of a new refund, checked against what is refundable."""
+        if order["status"] != "paid":
+            raise Conflict(
+                f"only a paid order can be refunded; this one is {order['status']}",
+                "order_not_paid",
+            )
+        await cur.execute(
+            "SELECT COALESCE(SUM(amount_refund), 0) AS n FROM refunds"
+            " WHERE out_trade_no = %s AND status IN ('pending', 'success', 'abnormal')",
+            (out_trade_no,),
+        )
+        committed = int((await cur.fetchone())["n"])
+        total = int(order["amount_total"])
+        refundable = total - committed
+        amount = refundable if amount is None else amount
+        if amount <= 0 or amount > refundable:
+            raise InvalidRequest(
+                f"refund of {amount} fen exceeds the {refundable} fen still refundable"
+                f" (paid {total}, already refunded or pending {committed})",
+                "refund_exceeds_paid",
+            )
+        return amount, total
+
+    async def _send_refund(
+        self, out_trade_no: str, out_refund_no: str, amount: int, total: int, reason: str
+    ) -> str:
+        payload = {
+            "out_trade_no": out_trade_no,
+            "out_refund_no": out_refund_no,
+            "reason": reason[:80],
+            "notify_url": self._merchant.notify_url,
+            "amount": {"refund": amount, "total": total, "currency": "CNY"},
+        }
+        try:
+            answer = await self._client.create_refund(payload)
+        except WechatPayApiError as exc:
+            if exc.retryable:
+                # The refund row stays pending: a retry with the same key sends it again,
+                # and the reconciler queries it (and closes it if it never got there).
+                raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
+            await self._set_refund(out_refund_no, "closed", None)
+            raise UpstreamRejected(
+                f"WeChat Pay refused the refund: {exc.code} {exc.message}"
+            ) from None
+        await self._set_refund(out_refund_no, None, answer.get("refund_id"))
+        log.info("refund_requested", out_trade_no=out_trade_no, out_refund_no=out_refund_no)
+        return "pending"
+
+    async def _set_refund(
+        self, out_refund_no: str, status: str | None, refund_id: str | None
+    ) -> None:
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE refunds SET status = COALESCE(%s, status),"
+                " refund_id = COALESCE(refund_id, %s) WHERE out_refund_no = %s",
+                (status, refund_id, out_refund_no),
+            )
+
+
+def _refund_view(out_refund_no: str, amount: int, status: str) -> dict[str, Any]:
+    return {"out_refund_no": out_refund_no, "amount": amount, "status": status}
