@@ -49,17 +49,6 @@ def _one(cur: Any, sql: str, args: Sequence[object]) -> Any:
     return cur.fetchone()
 
 
-def table_exists(cur: Any, table: str) -> bool:
-    return bool(
-        _one(
-            cur,
-            "SELECT 1 FROM information_schema.TABLES"
-            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
-            (table,),
-        )
-    )
-
-
 def column_info(cur: Any, table: str, column: str) -> Any:
     return _one(
         cur,

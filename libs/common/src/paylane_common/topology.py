@@ -196,13 +196,6 @@ def forward_exchange_of(queue: str) -> str:
     return ""
 
 
-def queue_spec(name: str) -> QueueSpec:
-    for spec in QUEUES:
-        if spec.name == name:
-            return spec
-    raise KeyError(f"unknown queue {name!r}; known: {', '.join(q.name for q in QUEUES)}")
-
-
 async def declare_exchange(channel: AbstractChannel, *, passive: bool = False) -> AbstractExchange:
     """The exchange ``paylane``; ``passive``: only check that it exists (no permission
     needed)."""
