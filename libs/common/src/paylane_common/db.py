@@ -131,6 +131,20 @@ async def _abandon(conn: aiomysql.Connection, exc: BaseException) -> None:
         conn.close()
 
 
+async def ping(pool: aiomysql.Pool, timeout: float = 2.0, *, writable: bool = False) -> None:
+    """Raises unless the database answers within ``timeout`` on a pooled connection (and,
+    with ``writable``, accepts writes: a failed-over primary turned read-only does not)."""
+    async with asyncio.timeout(timeout):
+        conn = await acquire(pool)
+    try:
+        await _check(conn, timeout, writable)
+    except BaseException:
+        conn.close()  # stuck mid-statement, or on a read-only server: never handed out again
+        raise
+    finally:
+        await pool.release(conn)
+
+
 async def probe(
     url: str, timeout: float = 2.0, *, writable: bool = False, database: bool = True
 ) -> None:
