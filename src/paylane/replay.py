@@ -53,14 +53,14 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from .amqp import copy_message, without_broker_headers
-from .consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
-from .db import placeholders, transaction
-from .events import Envelope
-from .exceptions import PaylaneError, PublishError
-from .identities import ORIGINAL_USER_HEADER, Publishers, forwarded_headers
-from .publisher import Publisher
-from .topology import LOG_STREAM, QUEUES, forward_exchange_of
+from paylane_common.amqp import copy_message, without_broker_headers
+from paylane_common.consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
+from paylane_common.db import placeholders, transaction
+from paylane_common.events import Envelope
+from paylane_common.exceptions import PaylaneError, PublishError
+from paylane_common.identities import ORIGINAL_USER_HEADER, Publishers, forwarded_headers
+from paylane_common.publisher import Publisher
+from paylane_common.topology import LOG_STREAM, QUEUES, forward_exchange_of
 
 #: How many times a message was replayed (DLQ → queue); 1 on its first replay.
 REPLAYED_HEADER = "x-paylane-replayed"

@@ -1,5 +1,5 @@
 """``paylane replay dlq|log|outbox`` and ``paylane dlq list`` (docs/commands.md): the operator's
-side of :mod:`paylane_common.replay`. ``log`` replays what came from outside (the stream),
+side of :mod:`paylane.replay`. ``log`` replays what came from outside (the stream),
 ``outbox`` what paylane derived (``order.*``, ``entitlement.*``, from MySQL).
 
 Progress goes to stderr, tables and JSON to stdout. Exit code 0 when everything moved (or
@@ -30,8 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from paylane_common import events
-from paylane_common.replay import (
+from paylane.replay import (
     DeadLetter,
     ReplayError,
     ReplaySummary,
@@ -41,6 +40,7 @@ from paylane_common.replay import (
     replay_log,
     replay_outbox,
 )
+from paylane_common import events
 from paylane_common.service import CommandResources, command_resources
 from paylane_common.settings import BaseServiceSettings
 

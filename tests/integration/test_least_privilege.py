@@ -33,6 +33,7 @@ from aiormq.exceptions import ChannelAccessRefused
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
+from paylane.replay import replay_dlq
 from paylane_common import amqp, db, events
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import REASON_HEADER, Reject, Retry, RetryPolicy
@@ -42,7 +43,6 @@ from paylane_common.exceptions import ConfigError, PublishError
 from paylane_common.identities import ORIGINAL_USER_HEADER, Publishers, connection_user
 from paylane_common.outages import Dependency
 from paylane_common.publisher import Publisher, envelope_message
-from paylane_common.replay import replay_dlq
 from paylane_common.retention import RetentionPruner
 from paylane_common.tokens import TokenSigner
 from paylane_common.topology import (

@@ -27,6 +27,18 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from paylane.replay import (
+    REPLAYED_FROM_HEADER,
+    REPLAYED_HEADER,
+    REPLAYED_REASON_HEADER,
+    ReplayError,
+    ReplaySummary,
+    list_dlq,
+    parse_when,
+    replay_dlq,
+    replay_log,
+    replay_outbox,
+)
 from paylane_common import events, outbox
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.consumer import (
@@ -40,18 +52,6 @@ from paylane_common.consumer import (
 from paylane_common.db import placeholders, transaction
 from paylane_common.events import Envelope, make_event
 from paylane_common.publisher import Publisher, envelope_message
-from paylane_common.replay import (
-    REPLAYED_FROM_HEADER,
-    REPLAYED_HEADER,
-    REPLAYED_REASON_HEADER,
-    ReplayError,
-    ReplaySummary,
-    list_dlq,
-    parse_when,
-    replay_dlq,
-    replay_log,
-    replay_outbox,
-)
 from paylane_common.topology import (
     LEGACY_LOG_KEY,
     LOG_KEYS,
