@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from paylane_common.migrate import migrate
+from tests.support.ci import require_tool
 from tests.support.infra import Infra, unique_name
 from tests.support.stack import Stack
 from tests.support.stack_config import ORDER_ENV, new_stack, start_stack
@@ -28,16 +29,6 @@ class Frontend:
 
     def url(self, service: str) -> str:
         return self.stack.services[service].url
-
-
-def require_tool(path: str | None, why: str) -> str:
-    """The tool, or a skip outside CI (a developer without it) and a failure in CI, whose
-    .ci/run installs it."""
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{why} (.ci/run installs it)")
-        pytest.skip(why)
-    return path
 
 
 @pytest.fixture(scope="session")
