@@ -146,8 +146,9 @@ class Stack:
             return -9
 
     async def stop_all(self) -> None:
-        for name in list(self.services):
-            await self.stop(name)
+        """Every service signalled at once, each waited for within its own budget: one
+        after the other, a stack's teardown took the sum of their shutdowns."""
+        await asyncio.gather(*(self.stop(name) for name in list(self.services)))
 
 
 async def wait_ready(service: Service, timeout: float = 30.0) -> None:
