@@ -12,9 +12,9 @@ TYPED = libs/common/src services/ingress/src services/order/src services/entitle
 
 help:
 	@echo "make run      migrate, then run all services against local RabbitMQ + MariaDB"
-	@echo "make test     unit (no services), then integration + e2e + quick fuzz in parallel (~5 min)"
+	@echo "make test     unit (no services), then integration + e2e + quick fuzz in parallel (~4 min)"
 	@echo "make test-unit      the unit tier alone, RabbitMQ and MySQL unreachable"
-	@echo "make test-chaos     outages, kills, rolling restarts, a 3-node cluster (serial, ~8 min)"
+	@echo "make test-chaos     outages, kills, rolling restarts, a 3-node cluster (serial, ~6 min)"
 	@echo "make test-fuzz      the long fuzz run (10,000 hostile requests)"
 	@echo "make test-all       everything but the container tier (what CI runs, with it)"
 	@echo "make demo     (with make run or make up going) pay one order and print the timeline"
