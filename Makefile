@@ -7,11 +7,16 @@ export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 TYPED = libs/common/src services/ingress/src services/order/src services/entitlement/src \
 	services/notifier/src tools/sandbox/src src/paylane
 
-.PHONY: help install run demo migrate test test-unit bench lint fmt monitoring openapi docs
+.PHONY: help install run demo migrate test test-unit test-services test-chaos test-fuzz test-all \
+	bench lint fmt monitoring openapi docs
 
 help:
 	@echo "make run      migrate, then run all services against local RabbitMQ + MariaDB"
-	@echo "make test     the whole test suite on real RabbitMQ + MySQL"
+	@echo "make test     unit (no services), then integration + e2e + quick fuzz in parallel (~4 min)"
+	@echo "make test-unit      the unit tier alone, RabbitMQ and MySQL unreachable"
+	@echo "make test-chaos     outages, kills, rolling restarts, a 3-node cluster (serial, ~6 min)"
+	@echo "make test-fuzz      the long fuzz run (10,000 hostile requests)"
+	@echo "make test-all       everything but the container tier (what CI runs, with it)"
 	@echo "make demo     (with make run or make up going) pay one order and print the timeline"
 	@echo "make up       the docker-compose stack (deploy/), built and healthy; make down stops it"
 	@echo "make image    build the paylane image (deploy/image.sh)"
@@ -48,11 +53,43 @@ run: migrate
 demo: install
 	$(UV) run paylane demo
 
-test: install
-	$(UV) run pytest -m "not containers"
+# The test tiers (docs/testing.md). The markers are in pyproject.toml; a test using the
+# session's RabbitMQ and MySQL is marked integration even if its module forgot to
+# (conftest.py). Each pytest-xdist worker has a vhost and a database of its own.
+PYTEST = $(UV) run pytest
+XDIST ?= -n 2 --dist loadgroup
+# Unit: no service at all. The run points every RabbitMQ and MySQL URL at a closed port
+# and the infra fixture fails: a unit test that needs a service fails here.
+UNIT = not integration and not e2e and not chaos and not broker_outage and not fuzz and not containers
+NO_SERVICES = PAYLANE_TEST_NO_SERVICES=1 PAYLANE_TEST_LOCAL=1 \
+	PAYLANE_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:1/ AMQP_URL=amqp://guest:guest@127.0.0.1:1/ \
+	PAYLANE_TEST_MYSQL_URL=mysql://root:@127.0.0.1:1/ MYSQL_URL=mysql://root:@127.0.0.1:1/paylane
+# The services' tiers that run side by side: integration, e2e (frontend and OpenAPI are
+# e2e), the quick fuzz run. What stops or kills the shared broker and database is chaos.
+SERVICES = (integration or e2e or fuzz) and not chaos and not broker_outage and not containers
+CHAOS = (chaos or broker_outage) and not containers
+
+test: test-unit test-services
 
 test-unit: install
-	$(UV) run pytest -m "not integration and not e2e and not containers"
+	$(NO_SERVICES) $(PYTEST) $(XDIST) -m "$(UNIT)"
+
+test-services: install
+	$(PYTEST) $(XDIST) -m "$(SERVICES)"
+
+# One test at a time: these stop RabbitMQ, kill MariaDB and run a cluster of their own.
+test-chaos: install
+	$(PYTEST) -m "$(CHAOS)"
+
+test-fuzz: install
+	$(PYTEST) --hypothesis-profile=long -m "fuzz and not containers"
+
+# Every tier but the containers' (make test-containers): each test once.
+test-all: install
+	$(MAKE) test-unit
+	$(MAKE) test-services SERVICES="$(SERVICES) and not fuzz"
+	$(MAKE) test-chaos
+	$(MAKE) test-fuzz
 
 # A benchmark, not a test: prints a markdown table, writes bench-results/ (JSON + PNG).
 bench:

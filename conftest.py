@@ -1,7 +1,10 @@
-"""Session fixtures shared by every test directory: real RabbitMQ and MySQL (docs/testing.md)."""
+"""Session fixtures shared by every test directory: real RabbitMQ and MySQL (docs/testing.md).
+
+Under pytest-xdist each worker is a session of its own: its own vhost and database."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -10,6 +13,7 @@ from typing import Any
 import aiomysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
+from hypothesis import settings
 
 from paylane_common import amqp, db
 from paylane_common.migrate import cutover, migrate
@@ -23,6 +27,36 @@ pytest_plugins = ("pytester",)
 
 # Every log line of the session also goes to one file, scanned for secrets at the end.
 hygiene.configure_session_logging()
+
+# Hypothesis: "quick" in make test (tests/fuzz: 500 hostile requests), "long" in
+# make test-fuzz (10,000). HYPOTHESIS_PROFILE or --hypothesis-profile chooses; a test's
+# own @settings(max_examples=...) wins over either.
+settings.register_profile("quick", max_examples=500)
+settings.register_profile("long", max_examples=10_000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
+
+#: The markers of tests that need more than this process: a test with none of them is a
+#: unit test (make test-unit runs those with RabbitMQ and MySQL unreachable).
+SERVICE_MARKERS = ("integration", "e2e", "chaos", "broker_outage", "fuzz", "containers")
+#: Directories whose modules share one stack (a package or session fixture).
+SHARED_STACK_DIRS = ("tests/e2e", "tests/frontend")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the session's RabbitMQ and MySQL (the ``infra`` fixture, however
+    indirectly) is an integration test even if its module forgot to say so. Under
+    pytest-xdist (--dist loadgroup) a module's tests run on one worker, its module
+    fixtures set up once, and those of tests/e2e and of tests/frontend on one worker each,
+    the stack they share started once."""
+    for item in items:
+        needs_services = "infra" in getattr(item, "fixturenames", ())
+        if needs_services and not any(item.get_closest_marker(m) for m in SERVICE_MARKERS):
+            item.add_marker(pytest.mark.integration)
+        path = item.nodeid.split("::")[0]  # the module, relative to the root
+        shared = next((d for d in SHARED_STACK_DIRS if path.startswith(f"{d}/")), None)
+        group = shared or path
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -45,6 +79,11 @@ def no_secret_in_any_log() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
+    if os.environ.get("PAYLANE_TEST_NO_SERVICES") == "1":
+        pytest.fail(
+            "PAYLANE_TEST_NO_SERVICES=1 (make test-unit): this test reaches RabbitMQ or "
+            f"MySQL, so it must carry one of the markers {', '.join(SERVICE_MARKERS)}"
+        )
     with provide_infra() as infra:
         yield infra
 

@@ -10,10 +10,12 @@ from tests.support.cluster import RabbitCluster, rabbit_cluster, rabbitmq_script
 from tests.support.infra import Infra
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
-    """Three nodes of the installed RabbitMQ server joined in a cluster, started once for
-    the session and removed at its end (tests/support/cluster.py)."""
+    """Three nodes of the installed RabbitMQ server joined in a cluster, started for the
+    module that uses them (test_cluster.py) and removed after it (tests/support/cluster.py):
+    kept to the session's end, three idle Erlang VMs took CPU and memory from every test
+    after it and their removal was part of the session's teardown."""
     scripts = rabbitmq_scripts()
     if scripts is None:
         pytest.skip("rabbitmq-server is not installed here: no cluster to run")
@@ -21,7 +23,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]
         yield started
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster_infra(infra: Infra, cluster: RabbitCluster) -> Infra:
     """The session's database with the cluster as the broker (AMQP_URL naming its nodes)."""
     return cluster.infra(infra)

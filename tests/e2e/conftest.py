@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support.isolated import started_stack
 from tests.support.stack import Stack
-from tests.support.stack_config import new_stack, start_stack
 from tests.support.wechat import FakeWechat
 
 
@@ -23,9 +23,6 @@ def wechat() -> FakeWechat:
 async def stack(
     amqp_url: str, mysql_url: str, wechat: FakeWechat, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    stack = new_stack(amqp_url, mysql_url, wechat, tmp_path_factory.mktemp("service-logs"))
-    try:
-        await start_stack(stack, wechat)
+    log_dir = tmp_path_factory.mktemp("service-logs")
+    async with started_stack(amqp_url, mysql_url, wechat, log_dir) as (stack, _):
         yield stack
-    finally:
-        await stack.stop_all()

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from paylane_common.migrate import migrate
-from tests.support.infra import Infra, unique_name
+from tests.support.ci import require_tool
+from tests.support.infra import Infra
+from tests.support.isolated import isolated_stack
 from tests.support.stack import Stack
-from tests.support.stack_config import ORDER_ENV, new_stack, start_stack
-from tests.support.wechat import FakeWechat
+from tests.support.stack_config import ORDER_ENV
 
 REPO = Path(__file__).parents[2]
 
@@ -30,16 +30,6 @@ class Frontend:
         return self.stack.services[service].url
 
 
-def require_tool(path: str | None, why: str) -> str:
-    """The tool, or a skip outside CI (a developer without it) and a failure in CI, whose
-    .ci/run installs it."""
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{why} (.ci/run installs it)")
-        pytest.skip(why)
-    return path
-
-
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     """Where screenshots go: ``$PAYLANE_TEST_ARTIFACTS`` or ``test-artifacts/`` (git-ignored)."""
@@ -49,33 +39,18 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def own_infra(infra: Infra) -> Iterator[tuple[str, str]]:
-    """A vhost and a migrated database for this stack alone: (AMQP URL, MySQL URL)."""
-    vhost, database = unique_name("paylane_frontend"), unique_name("paylane_frontend")
-    infra.broker.add_vhost(vhost, infra.amqp_user)
-    mysql_url = infra.mysql_url(database)
-    migrate(mysql_url)
-    yield infra.amqp_url(vhost), mysql_url
-    with infra.mysql_admin() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
-    try:
-        infra.broker.delete_vhost(vhost)
-    except RuntimeError:
-        pass
-
-
-@pytest.fixture(scope="session")
 async def frontend(
-    own_infra: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+    infra: Infra, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Frontend]:
-    amqp_url, mysql_url = own_infra
-    wechat = FakeWechat()
-    stack = new_stack(amqp_url, mysql_url, wechat, tmp_path_factory.mktemp("frontend-logs"))
-    try:
-        await start_stack(stack, wechat, {**ORDER_ENV, "ORDER_TTL_S": "600"})
-        yield Frontend(stack)
-    finally:
-        await stack.stop_all()
+    """The stack on a vhost and a migrated (empty) database of its own."""
+    async with isolated_stack(
+        infra,
+        tmp_path_factory.mktemp("frontend-logs"),
+        prefix="paylane_frontend",
+        seed=False,
+        order_settings={**ORDER_ENV, "ORDER_TTL_S": "600"},
+    ) as env:
+        yield Frontend(env.stack)
 
 
 @pytest.fixture(scope="session")

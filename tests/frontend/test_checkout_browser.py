@@ -18,7 +18,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.frontend.conftest import Frontend, require_tool
+from tests.frontend.conftest import Frontend
+from tests.support.ci import require_tool
 
 pytestmark = pytest.mark.e2e
 

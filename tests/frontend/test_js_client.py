@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from tests.frontend.conftest import REPO, Frontend, require_tool
+from tests.frontend.conftest import REPO, Frontend
+from tests.support.ci import require_tool
 
 pytestmark = pytest.mark.e2e
 

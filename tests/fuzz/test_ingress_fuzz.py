@@ -1,6 +1,7 @@
 """Hostile input at ingress, property-based (issue: proof under hostile input).
 
-At least 10,000 generated requests per run against the real app and a real broker:
+Generated requests against the real app and a real broker, as many as the Hypothesis
+profile says (root conftest.py: 500 in make test, at least 10,000 in make test-fuzz):
 malformed and huge bodies, deep nesting, wrong content types, missing headers, forged,
 truncated and probe signatures, stale, future and replayed timestamps, bad base64, wrong
 APIv3 key / AAD / nonce, and validly signed notifications with foreign mchid/appid or odd
@@ -37,7 +38,8 @@ from tests.support import hygiene
 # 10,000 requests: about a minute on a quiet 2-core machine, the budget allows for a busy one.
 pytestmark = [pytest.mark.integration, pytest.mark.fuzz, pytest.mark.timeout(300)]
 
-CASES = 10_000
+#: The profile's number of cases (root conftest.py loads it before this module).
+CASES = settings.default.max_examples
 NOW = 1_763_780_000
 MCHID, APPID = "1900000109", "wxd678efh567hg6787"
 APIV3_KEY = "fuzz-apiv3-key-0123456789abcdef!"

@@ -48,6 +48,7 @@ from paylane_common.tokens import TokenSigner
 from paylane_common.topology import (
     ENTITLEMENT_ORDERS,
     EXCHANGE,
+    NOTIFIER_KEYS,
     ORDER_PAYMENTS,
     QUEUES,
     SIGNALS_EXCHANGE,
@@ -171,11 +172,19 @@ def service_mysql_urls(infra: Infra, mysql_url: str) -> Iterator[dict[str, str]]
 
 @pytest.fixture
 async def topology(amqp_connection: AbstractRobustConnection) -> AsyncIterator[None]:
-    """Declared by the session's own (unrestricted) user, as definitions.json would. The
-    consumer queues are emptied afterwards: what these tests publish is not for them."""
+    """Declared by the session's own (unrestricted) user, as definitions.json would, with
+    a notifier replica's queue (bound to NOTIFIER_KEYS): entitlement events are routable
+    whatever else runs in the session's vhost. The consumer queues are emptied
+    afterwards: what these tests publish is not for them."""
     channel = await amqp_connection.channel()
     await declare_topology(channel)
+    replica = await channel.declare_queue(
+        f"notifier.lp-{uuid.uuid4().hex[:8]}", exclusive=True, auto_delete=True
+    )
+    for key in NOTIFIER_KEYS:
+        await replica.bind(EXCHANGE, routing_key=key)
     yield
+    await replica.delete(if_unused=False, if_empty=False)
     for spec in QUEUES:
         await (await channel.get_queue(spec.name, ensure=False)).purge()
     await channel.close()

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from paylane.openapi import DOCUMENTS
-from tests.chaos.harness.env import ChaosEnv, chaos_env
 from tests.support.infra import Infra
+from tests.support.isolated import IsolatedStack, isolated_stack
 from tests.support.stack_config import BACKEND, INTERNAL
 
 pytestmark = pytest.mark.e2e
@@ -44,16 +44,17 @@ MAX_EXAMPLES = 30
 @pytest.fixture(scope="module")
 async def isolated(
     infra: Infra, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[ChaosEnv]:
+) -> AsyncIterator[IsolatedStack]:
     """A stack of its own: what schemathesis publishes and writes never reaches the other
     end-to-end tests' stack (its reconciler would close their orders, its consumers
     take their events)."""
-    async with chaos_env(infra, tmp_path_factory.mktemp("schemathesis-logs")) as env:
+    log_dir = tmp_path_factory.mktemp("schemathesis-logs")
+    async with isolated_stack(infra, log_dir, prefix="paylane_openapi") as env:
         yield env
 
 
 @pytest.mark.parametrize("service", sorted(DOCUMENTS))
-async def test_each_service_serves_its_document(isolated: ChaosEnv, service: str) -> None:
+async def test_each_service_serves_its_document(isolated: IsolatedStack, service: str) -> None:
     async with aiohttp.ClientSession() as http:
         url = f"{isolated.stack.services[service].url}/openapi.json"
         async with http.get(url) as response:
@@ -63,7 +64,7 @@ async def test_each_service_serves_its_document(isolated: ChaosEnv, service: str
 
 @pytest.mark.parametrize(("service", "credentials"), [("order", BACKEND), ("ingress", INTERNAL)])
 async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
-    isolated: ChaosEnv, service: str, credentials: dict[str, str], tmp_path: Path
+    isolated: IsolatedStack, service: str, credentials: dict[str, str], tmp_path: Path
 ) -> None:
     [(header, secret)] = credentials.items()
     process = await asyncio.create_subprocess_exec(

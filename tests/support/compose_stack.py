@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
+from tests.support.ci import skip_or_fail
 from tests.support.manifests import DEPLOY, ROOT, make_compose_secrets
 
 COMPOSE = DEPLOY / "compose.sh"
@@ -61,9 +61,7 @@ def require_engine() -> str:
     host = engine_host()
     if host is None:
         why = "no container engine (Docker, or podman's API socket): see docs/deployment.md"
-        if os.environ.get("CI"):
-            pytest.fail(f"{why}; .ci/run sets one up")
-        pytest.skip(why)
+        skip_or_fail(why, f"{why}; .ci/run sets one up")
     return host
 
 

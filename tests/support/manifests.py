@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.ci import skip_or_fail
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
@@ -62,10 +64,7 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
     """``directory`` rendered as ``kubectl apply -k`` would apply it."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        message = "kubectl not found: apt-get install kubectl (as .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("kubectl not found: apt-get install kubectl (as .ci/run does)")
     result = subprocess.run(
         [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client import REGISTRY
+
+from tests.support.ci import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -35,10 +35,7 @@ def tool(name: str) -> str:
     installs): a failure in CI, a skip elsewhere."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} not found: apt-get install prometheus (as .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"{name} not found: apt-get install prometheus (as .ci/run does)")
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import sys
@@ -17,19 +18,40 @@ from tests.support.polling import eventually
 
 #: Every port free_port() has handed out in this process.
 _HANDED_OUT: set[int] = set()
+#: Each pytest-xdist worker (``gw0``, ``gw1``…; a run without xdist is ``gw0``) hands out
+#: ports from a block of its own, below the kernel's ephemeral range (32768 and up, where
+#: ``bind(0)`` and outgoing connections take theirs) and clear of RabbitMQ's 25672: a
+#: port one worker checked and released is never another worker's.
+PORT_BLOCK = 1000
+PORT_BASE = 20000
+PORT_BLOCKS = 5
+
+
+def _port_block() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) % PORT_BLOCKS if worker.isdigit() else 0
+    start = PORT_BASE + index * PORT_BLOCK
+    return range(start, start + PORT_BLOCK)
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 now, and never one this process was given before: the
-    kernel may offer a port it just released again, and a service given the same port for
-    its two listeners refuses to start (CI saw ADMIN_PORT == HTTP_PORT)."""
-    while True:
+    """A port free on 127.0.0.1 now, from this worker's block, and never one this process
+    was given before: a service given the same port for its two listeners refuses to
+    start (CI saw ADMIN_PORT == HTTP_PORT)."""
+    block = _port_block()
+    offset = random.randrange(len(block))  # another session may be using the block too
+    for i in range(len(block)):
+        port = block[(offset + i) % len(block)]
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {block}")
 
 
 #: Services whose /readyz and /metrics are on a second listener (``ADMIN_PORT``) only:
@@ -124,8 +146,9 @@ class Stack:
             return -9
 
     async def stop_all(self) -> None:
-        for name in list(self.services):
-            await self.stop(name)
+        """Every service signalled at once, each waited for within its own budget: one
+        after the other, a stack's teardown took the sum of their shutdowns."""
+        await asyncio.gather(*(self.stop(name) for name in list(self.services)))
 
 
 async def wait_ready(service: Service, timeout: float = 30.0) -> None:
