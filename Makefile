@@ -26,6 +26,7 @@ help:
 	@echo "make migrate  create/upgrade the database in MYSQL_URL"
 	@echo "make monitoring  regenerate deploy/grafana/paylane.json and the k8s PrometheusRule"
 	@echo "make openapi  regenerate docs/openapi/*.json from the services' route tables"
+	@echo "make topology regenerate deploy/rabbitmq/definitions.json from the code's topology"
 	@echo "make docs     regenerate docs/configuration.md and docs/metrics.md from the code"
 
 install:
@@ -106,6 +107,12 @@ lint: install
 monitoring: install
 	$(UV) run python deploy/grafana/dashboard.py
 	$(UV) run python deploy/prometheus/prometheusrule.py
+
+# The broker's definitions (deploy/rabbitmq/definitions.json), from the code's topology
+# (paylane_common.topology); tests/deploy fails when the committed file differs.
+.PHONY: topology
+topology: install
+	$(UV) run python -m paylane_common.topology > deploy/rabbitmq/definitions.json
 
 # The OpenAPI documents in docs/openapi/, from the route tables (a test compares them).
 openapi: install
