@@ -32,6 +32,8 @@ from paylane_notifier.settings import NotifierSettings
 from paylane_order.settings import OrderSettings
 from paylane_sandbox.settings import SandboxSettings
 
+from . import generated
+
 #: Each process and the settings class it reads (``paylane serve NAME``).
 SERVICES: dict[str, type[BaseServiceSettings]] = {
     "ingress": IngressSettings,
@@ -356,20 +358,11 @@ DOCUMENTS: dict[str, Any] = {
 
 
 def write_all(directory: Path = DEFAULT_DIR) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, render in DOCUMENTS.items():
-        path = directory / name
-        path.write_text(render())
-        written.append(path)
-    return written
+    return generated.write_files(directory, DOCUMENTS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    for path in write_all(Path(args[0]) if args else DEFAULT_DIR):
-        print(f"wrote {path}")
-    return 0
+    return generated.main(write_all, DEFAULT_DIR, argv)
 
 
 if __name__ == "__main__":
