@@ -108,6 +108,11 @@ GENERATED: dict[str, Callable[[], str]] = {
     "wechatpay_merchant_private_key": _rsa_private_key,
     # WeChat Pay's signing key, held by the sandbox only; its public half is below.
     "sandbox_platform_private_key": _rsa_private_key,
+    # Alerting (profile "monitoring"): the WeCom group robot's webhook URL and the mail
+    # server's password. Placeholders until replaced: WeCom refuses the key (the relay
+    # logs wecom_robot_refused), the mail server the password.
+    "wecom_robot_url": lambda: "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=REPLACE-ME",
+    "smtp_password": lambda: "REPLACE-ME",
 }
 #: Derived from other files rather than random.
 DERIVED = (

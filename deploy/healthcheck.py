@@ -19,10 +19,22 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-DEFAULT_PORTS = {"ingress": 8080, "order": 8081, "entitlement": 8082, "notifier": 8083}
+DEFAULT_PORTS = {
+    "ingress": 8080,
+    "order": 8081,
+    "entitlement": 8082,
+    "notifier": 8083,
+    "alert-relay": 9094,
+}
 SANDBOX_PORT = 8090
 #: Services that serve these paths on a second, internal listener only (ADMIN_PORT).
-DEFAULT_ADMIN_PORTS = {"ingress": 9080, "order": 9081, "entitlement": 9082, "notifier": 9083}
+DEFAULT_ADMIN_PORTS = {
+    "ingress": 9080,
+    "order": 9081,
+    "entitlement": 9082,
+    "notifier": 9083,
+    "alert-relay": 9095,
+}
 ADMIN_PATHS = ("/readyz", "/metrics")
 
 

@@ -17,6 +17,7 @@ SERVICES = {
     "entitlement": "paylane_entitlement.main",
     "notifier": "paylane_notifier.main",
     "sandbox": "paylane_sandbox.main",
+    "alert-relay": "paylane.alert_relay",
 }
 
 

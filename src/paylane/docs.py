@@ -33,6 +33,7 @@ from paylane_order.settings import OrderSettings
 from paylane_sandbox.settings import SandboxSettings
 
 from . import generated
+from .alert_relay import AlertRelaySettings
 
 #: Each process and the settings class it reads (``paylane serve NAME``).
 SERVICES: dict[str, type[BaseServiceSettings]] = {
@@ -41,6 +42,7 @@ SERVICES: dict[str, type[BaseServiceSettings]] = {
     "entitlement": EntitlementSettings,
     "notifier": NotifierSettings,
     "sandbox": SandboxSettings,
+    "alert-relay": AlertRelaySettings,
 }
 #: The module each process runs, whose imports register its metrics.
 MAIN_MODULES = {
@@ -49,6 +51,7 @@ MAIN_MODULES = {
     "entitlement": "paylane_entitlement.main",
     "notifier": "paylane_notifier.main",
     "sandbox": "paylane_sandbox.main",
+    "alert-relay": "paylane.alert_relay",
 }
 #: Sections of docs/configuration.md, in order: the class that declares a setting first.
 SECTIONS: dict[str, str] = {
@@ -64,6 +67,7 @@ SECTIONS: dict[str, str] = {
     "NotifierSettings": "Notifier",
     "EntitlementSettings": "Entitlement service",
     "SandboxSettings": "Sandbox (tools/sandbox)",
+    "AlertRelaySettings": "Alert relay (WeCom group robot)",
 }
 DEFAULT_DIR = Path("docs")
 
@@ -329,6 +333,8 @@ def collect_metrics() -> list[Metric]:
 
 
 def _service_of(module: str) -> str:
+    if module == "paylane.alert_relay":
+        return "alert-relay"
     package = module.split(".")[0].removeprefix("paylane_")
     return "every process" if package == "common" else package
 

@@ -30,12 +30,13 @@ _METRIC = re.compile(r"\b(paylane_[a-z0-9_]+|up)\b")
 _SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
 
 
-def tool(name: str) -> str:
-    """The path of a Prometheus binary (Debian's ``prometheus`` package, which .ci/run
-    installs): a failure in CI, a skip elsewhere."""
+def tool(name: str, package: str = "prometheus") -> str:
+    """The path of a Prometheus binary (Debian's ``prometheus`` or
+    ``prometheus-alertmanager`` package, which .ci/run installs): a failure in CI, a skip
+    elsewhere."""
     path = shutil.which(name)
     if path is None:
-        skip_or_fail(f"{name} not found: apt-get install prometheus (as .ci/run does)")
+        skip_or_fail(f"{name} not found: apt-get install {package} (as .ci/run does)")
     return path
 
 

@@ -13,6 +13,7 @@ import aiomysql
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from paylane_common.auth import INTERNAL_SECRET_HEADER
 from paylane_common.money import yuan
@@ -105,7 +106,10 @@ async def order_api(
 
 
 async def test_abnormal_is_recorded_and_kept_once_the_refund_succeeds(world: World) -> None:
+    counted = REGISTRY.get_sample_value("paylane_refunds_abnormal_total") or 0.0
     refund = await world.abnormal_refund()
+    # What PaylaneRefundAbnormal counts, once per refund.
+    assert REGISTRY.get_sample_value("paylane_refunds_abnormal_total") == counted + 1
     assert refund["status"] == "abnormal" and refund["abnormal_at"] is not None
     assert refund["remedy"] is None
     assert refund["out_refund_no"] in [r["out_refund_no"] for r in await world.refunds.list()]

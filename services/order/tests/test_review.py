@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 
 from paylane_common.db import transaction
 from paylane_common.events import parse_event
@@ -23,13 +24,19 @@ async def _staged(pool, out_trade_no: str, routing_key: str) -> list:
         return [parse_event(row["payload"].encode())[1] for row in await cur.fetchall()]
 
 
+def _needs_review() -> float:
+    return REGISTRY.get_sample_value("paylane_orders_needs_review_total") or 0.0
+
+
 async def test_a_granted_order_sent_to_review_is_revoked_once(db_pool, gate) -> None:
     out_trade_no, user_id = await basic_order(db_pool)
     assert await PaymentApplier(db_pool, gate)(*payment(out_trade_no)) == "paid"
+    before = _needs_review()
     async with transaction(db_pool) as cur:
         assert await to_review(cur, out_trade_no, "not_paid_at_wechat: not in the bill")
     async with transaction(db_pool) as cur:
         assert not await to_review(cur, out_trade_no, "again")  # once
+    assert _needs_review() == before + 1  # what PaylaneOrdersNeedReview counts
     [revoked] = await _staged(db_pool, out_trade_no, "order.revoked")
     assert (revoked.user_id, revoked.package_type, revoked.reason) == (
         user_id,

@@ -430,10 +430,12 @@ class CatalogSettings(BaseSettings):
     """Mixin: ``PACKAGE_CATALOG`` (JSON) overrides the built-in package catalog."""
 
     #: JSON ``{name: {price_fen, payment_status, regenerate_grant}}`` replacing the
-    #: built-in catalog (the existing system's prices: basic ¥0.01 → +20 regenerations,
-    #: premium ¥29.90 → +100); names are ``basic`` and ``premium``, the values of
-    #: ``payment_orders.package_type``. Give ingress and order the same value (the payment
-    #: gate compares the amount paid with the order service's catalog).
+    #: built-in catalog. Built in: the existing system's prices (basic ¥0.01, premium
+    #: ¥29.90) with paylane's own default grants (+20 and +100 regenerations: the existing
+    #: system names prices only, so set what your plans give, docs/adoption.md); names are
+    #: ``basic`` and ``premium``, the values of ``payment_orders.package_type``. Give
+    #: ingress, order and entitlement the same value (the payment gate compares the amount
+    #: paid with the order service's catalog).
     package_catalog: str | None = None
     #: ISO 8601 (UTC when it names no zone): the ``effectiveAt`` and ``updatedAt`` of the
     #: seed-shaped price answers (``GET /api/prices/current``); unset: when the process

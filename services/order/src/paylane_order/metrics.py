@@ -28,6 +28,18 @@ for _source in get_args(PaymentSource):  # exported at 0: the alert counts the f
 
 # --- needs_review (review.py) -----------------------------------------------------------
 
+#: Counted where the row moves (review.to_review), so every path is: the payment consumer,
+#: the sweep, the reconciler, the daily bill. An alert fires at the first one.
+NEEDS_REVIEW = Counter(
+    "paylane_orders_needs_review_total",
+    "Orders moved to needs_review (paylane will not settle them on its own)",
+)
+#: Counted once a refund's ABNORMAL is committed (WeChat Pay's notification or the
+#: reconciler's query): the money waits for a remedy (``paylane refund abnormal``).
+REFUNDS_ABNORMAL = Counter(
+    "paylane_refunds_abnormal_total",
+    "Refunds WeChat Pay reported ABNORMAL (the payer's account could not take the money)",
+)
 REVOKED = Counter(
     "paylane_orders_revoked_total",
     "Granted orders that went to needs_review, their grant taken back (order.revoked)",
@@ -43,7 +55,9 @@ SWEPT = Counter(
     "Orders another writer settled whose effect paylane applied from the sweep, by kind",
     ["kind"],
 )
-SWEPT.labels("effect_needs_review")  # exported at 0: the review alert counts the first one
+# Exported at 0: the alerts count the first one (lost internal notifies, needs_review).
+for _kind in ("effect_paid", "effect_needs_review"):
+    SWEPT.labels(_kind)
 
 # --- the reconciler (reconciler.py) -----------------------------------------------------
 

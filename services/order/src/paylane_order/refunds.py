@@ -22,7 +22,7 @@ from paylane_common.events import Envelope, RefundEvent
 from paylane_common.ids import new_row_id
 from paylane_common.money import yuan
 
-from . import INBOX_CONSUMER
+from . import INBOX_CONSUMER, metrics
 from .payments import add_order_refunded
 
 log = structlog.get_logger(__name__)
@@ -44,6 +44,8 @@ class RefundApplier:
             outcome = await self._apply(cur, envelope, data)
         if outcome == "refunded" and self._on_commit is not None:
             self._on_commit()
+        if outcome == "refund_abnormal":
+            metrics.REFUNDS_ABNORMAL.inc()
         return outcome
 
     async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: RefundEvent) -> str:

@@ -54,6 +54,7 @@ async def to_review(
         " transaction_id = COALESCE(transaction_id, %s) WHERE out_trade_no = %s",
         (reason[:255], transaction_id, out_trade_no),
     )
+    metrics.NEEDS_REVIEW.inc()
     if order["status"] == "paid" and order["paid_event_at"] is not None:
         await outbox.add(cur, OUTBOX_PRODUCER, order_revoked(order, reason))
         metrics.REVOKED.inc()
