@@ -281,7 +281,8 @@ def _reach(settings: Iterable[BaseServiceSettings]) -> list[str]:
         try:
             asyncio.run(asyncio.wait_for(need.reach(), startup.ATTEMPT_TIMEOUT_S))
         except Exception as exc:
-            problems.append(f"{name}: {need.name} not reachable at {need.where} ({describe(exc)})")
+            where = f"{need.name} not reachable at {need.where} ({describe(exc)})"
+            problems.append(f"{name}{existing_env.given_as(name)}: {where}")
     return problems
 
 
