@@ -8,7 +8,7 @@ import sys
 
 from paylane_common.settings import BaseServiceSettings
 
-from . import demo, dev, refund_cli, replay_cli, sessions_cli
+from . import config_cli, demo, dev, refund_cli, replay_cli, sessions_cli
 from .commands import command_settings
 
 SERVICES = {
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cli.add_parser(commands)
     refund_cli.add_parser(commands)
     sessions_cli.add_parser(commands)
+    config_cli.add_parser(commands)
     return parser
 
 

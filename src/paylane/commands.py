@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.table import Table
 
+from paylane_common import existing_env
 from paylane_common.exceptions import ConfigError
 from paylane_common.logs import configure_logging
 from paylane_common.settings import BaseServiceSettings, exit_on_config_error, load_settings
@@ -25,6 +26,7 @@ def command_settings(cls: type[S]) -> S:
         exit_on_config_error(exc)  # raises SystemExit(2)
         raise
     configure_logging(settings.log_format)
+    existing_env.warn_once()
     return settings
 
 

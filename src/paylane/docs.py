@@ -25,6 +25,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
+from paylane_common import existing_env
 from paylane_common.settings import BaseServiceSettings
 from paylane_entitlement.settings import EntitlementSettings
 from paylane_ingress.settings import IngressSettings
@@ -89,6 +90,17 @@ The `paylane` commands read the *Every process* section (`paylane reconcile` and
 `paylane refund` the order service's settings as well). The tests' and the compose
 stack's own variables (`PAYLANE_TEST_*`, `PAYLANE_SECRETS_DIR`, `COMPOSE_PROFILES`) are
 in [testing.md](testing.md) and [deployment.md](deployment.md).
+"""
+
+EXISTING_NAMES_HEADER = """
+## The existing system's names
+
+Every process also reads the names of the existing system's env files (the Node
+backend's, the V3 cloud functions' `WX_*`) as the settings below, for what paylane's own
+name (or its `<NAME>_FILE`) leaves unset, and logs one warning `existing_config_names`
+naming those it read. Two old names for one setting must agree. A PEM may be written on
+one line with literal `\\n`. `paylane config import ENVFILE` writes paylane's names
+instead ([adoption.md](adoption.md#the-existing-configuration)).
 """
 
 METRICS_HEADER = """\
@@ -251,7 +263,18 @@ def render_configuration(variables: Iterable[Variable] | None = None) -> str:
         out.append(
             f"| {name} | {services} | {_cell(_by_service(v.defaults))} | {_cell(described)} |"
         )
+    out.append(render_existing_names())
     return "\n".join(out) + "\n"
+
+
+def render_existing_names() -> str:
+    """The existing system's names and the setting each is read as (existing_env.py)."""
+    out = [EXISTING_NAMES_HEADER, "| existing name | read as |", "|---|---|"]
+    for old, new in existing_env.RENAMES.items():
+        out.append(f"| `{old}` | `{new}` |")
+    parts = ", ".join(f"`{name}`" for name in existing_env.DB_PARTS)
+    out.append(f"| {parts} | `MYSQL_URL` (`mysql://DB_USER:DB_PASSWORD@DB_HOST:DB_PORT/DB_NAME`) |")
+    return "\n".join(out)
 
 
 # --- metrics -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ import uvloop
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import hdrs, web
 
-from . import amqp, db, startup
+from . import amqp, db, existing_env, startup
 from .batching import BatchConsumer, BatchHandler
 from .consumer import Consumer, Handler, RetryPolicy
 from .exceptions import ConfigError
@@ -210,6 +210,7 @@ def serve(settings_cls: type[SettingsT], build_app: Callable[[SettingsT], web.Ap
         exit_on_config_error(exc)
         return
     configure_logging(settings.log_format)
+    existing_env.warn_once()
     run(build_app(settings), settings)
 
 

@@ -35,6 +35,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .amqp import broker_urls
 from .catalog import Package, parse_catalog
 from .exceptions import ConfigError
+from .existing_env import ExistingNamesSource, given_as
 from .identities import Publishers
 from .tokens import TokenKeyError, load_signing_key, load_verifying_keys
 from .wechatpay.exceptions import WechatPayError
@@ -91,6 +92,19 @@ def _none_if_blank(value: Any) -> Any:
 NoneIfBlank = Annotated[T | None, BeforeValidator(_none_if_blank)]
 
 
+def pem_with_newlines(value: Any) -> Any:
+    """A PEM written on one line with literal ``\\n`` (as env files have it) with real
+    newlines; anything else as it is."""
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(text, str) and "-----BEGIN" in text and "\\n" in text:
+        return text.replace("\\r\\n", "\n").replace("\\n", "\n")
+    return value
+
+
+#: Before a PEM is parsed: literal ``\\n`` turned into newlines.
+_PemNewlines = BeforeValidator(pem_with_newlines)
+
+
 #: The shortest shared secret taken: 32 bytes, an HMAC-SHA256 key's size and beyond any
 #: guessing (``paylane dev init`` and ``deploy/compose_secrets.py`` make longer ones).
 MIN_SECRET_BYTES = 32
@@ -119,7 +133,7 @@ def _token_signing_key_loads(value: SecretStr) -> SecretStr:
 
 #: ``CLIENT_TOKEN_PRIVATE_KEY``: the Ed25519 key (PKCS#8 PEM) the order service signs
 #: client tokens with.
-TokenSigningKey = Annotated[SecretStr, AfterValidator(_token_signing_key_loads)]
+TokenSigningKey = Annotated[SecretStr, _PemNewlines, AfterValidator(_token_signing_key_loads)]
 
 
 def _token_verifying_keys_load(value: str) -> str:
@@ -132,7 +146,7 @@ def _token_verifying_keys_load(value: str) -> str:
 
 #: ``CLIENT_TOKEN_PUBLIC_KEY``: one or more Ed25519 ``PUBLIC KEY`` PEM blocks, one after
 #: the other (a rotation's old and new key), that client tokens are checked with.
-TokenVerifyingKeys = Annotated[str, AfterValidator(_token_verifying_keys_load)]
+TokenVerifyingKeys = Annotated[str, _PemNewlines, AfterValidator(_token_verifying_keys_load)]
 
 
 def _apiv3_key_size(value: SecretStr) -> SecretStr:
@@ -154,7 +168,7 @@ def _private_key_loads(value: SecretStr) -> SecretStr:
 
 
 #: An unencrypted RSA private key, PKCS#8 or PKCS#1 PEM.
-PrivateKeyPem = Annotated[SecretStr, AfterValidator(_private_key_loads)]
+PrivateKeyPem = Annotated[SecretStr, _PemNewlines, AfterValidator(_private_key_loads)]
 
 
 def _public_key_loads(value: str) -> str:
@@ -166,7 +180,7 @@ def _public_key_loads(value: str) -> str:
 
 
 #: An RSA public key: a ``PUBLIC KEY`` PEM or an X.509 certificate PEM.
-PublicKeyPem = Annotated[str, AfterValidator(_public_key_loads)]
+PublicKeyPem = Annotated[str, _PemNewlines, AfterValidator(_public_key_loads)]
 
 
 def _http_base_url(value: str) -> str:
@@ -358,7 +372,13 @@ class BaseServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _FileSecretsSource(settings_cls))
+        # Last: the existing system's names, for what paylane's own names left unset.
+        return (
+            init_settings,
+            env_settings,
+            _FileSecretsSource(settings_cls),
+            ExistingNamesSource(settings_cls),
+        )
 
 
 class ConsumerSettings(BaseSettings):
@@ -460,17 +480,24 @@ def secret_value(secret: SecretStr | None) -> str:
 S = TypeVar("S", bound=BaseServiceSettings)
 
 
+def validation_problems(exc: ValidationError) -> list[str]:
+    """Each error of ``exc`` as one line naming the variable (and the existing system's
+    name it was given as)."""
+    problems = []
+    for err in exc.errors():
+        name = "_".join(str(p) for p in err["loc"]).upper()
+        msg = "is required" if err["type"] == "missing" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
+        problems.append(f"{name}{given_as(name)} {msg}" if name else msg)
+    return problems
+
+
 def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build ``cls`` from the environment or raise ConfigError with one clear line."""
     try:
         return cls(**overrides)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = "_".join(str(p) for p in err["loc"]).upper() or "settings"
-            msg = "is required" if err["type"] == "missing" else err["msg"]
-            msg = msg.removeprefix("Value error, ")
-            problems.append(f"{name} {msg}")
+        problems = validation_problems(exc)
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 
