@@ -100,6 +100,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             app[MERCHANT_SIGNER],
             config.merchant,
             max_pending=config.max_pending_orders,
+            duplicate_window_s=config.duplicate_order_window_s,
         )
         await catalog_prices.record(app[DB_POOL], config.catalog)
         reconciler = Reconciler(

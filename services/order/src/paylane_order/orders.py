@@ -71,6 +71,7 @@ class Orders:
         merchant: MerchantConfig,
         *,
         max_pending: int = 0,
+        duplicate_window_s: int = 0,
     ) -> None:
         self._pool = pool
         self._client = client
@@ -78,13 +79,16 @@ class Orders:
         self._merchant = merchant
         #: Unpaid pending orders a user may have at once (``MAX_PENDING_ORDERS``; 0: any).
         self._max_pending = max_pending
+        #: A repeated placement within this long answers the pending order (0: off).
+        self._duplicate_window_s = duplicate_window_s
         self.refunds = RefundRequests(pool, client, merchant)
 
     # -- create ----------------------------------------------------------------------------
 
     async def create(self, new: NewOrder) -> tuple[dict[str, Any], bool]:
         """Returns (order row, created); an Idempotency-Key seen before returns its order,
-        placed at WeChat Pay again if the first request could not place it (a 503)."""
+        placed at WeChat Pay again if the first request could not place it (a 503), and so
+        does a repeat without a key within the duplicate window (:meth:`_twin`)."""
         if new.trade_type == "H5" and not new.client_ip:
             raise InvalidRequest("client_ip is required for H5", "client_ip_required")
         if self._merchant.appid_for(new.trade_type) is None:
@@ -110,6 +114,12 @@ class Orders:
                     if not _unplaced(existing):
                         return existing, False
                     unplaced = existing
+            if unplaced is None:
+                await self._lock_user(cur, user["id"])
+                twin = None if new.idempotency_key else await self._twin(cur, user["id"], new)
+                if twin is not None and not _unplaced(twin):
+                    return twin, False
+                unplaced = twin
             if unplaced is None:
                 await self._check_pending(cur, user["id"])
                 out_trade_no, openid, expires_at = await self._insert(cur, new, user)
@@ -162,16 +172,50 @@ class Orders:
             raise
         return out_trade_no, openid, expires_at
 
+    async def _lock_user(self, cur: aiomysql.Cursor, user_id: str) -> None:
+        """The user's row locked until the placement commits: a user's placements wait on
+        each other (briefly), so that two at once can neither both count one short of the
+        pending cap nor both miss the other's twin. The reads after it are locking reads
+        (``LOCK IN SHARE MODE``): a plain read would see the transaction's snapshot, taken
+        before the lock was granted, without the order placed meanwhile."""
+        if self._max_pending > 0 or self._duplicate_window_s > 0:
+            await cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
+
+    async def _twin(
+        self, cur: aiomysql.Cursor, user_id: str, new: NewOrder
+    ) -> dict[str, Any] | None:
+        """The user's newest order paylane placed for the same package, trade type and
+        generation, still pending and payable, younger than the duplicate window: what a
+        double tap (or a client's retry without an Idempotency-Key) meant."""
+        if self._duplicate_window_s <= 0:
+            return None
+        await cur.execute(
+            "SELECT * FROM payment_orders WHERE user_id = %s AND package_type = %s"
+            " AND trade_type = %s AND generation_id = %s AND status = 'pending'"
+            " AND mchid IS NOT NULL AND expires_at > UTC_TIMESTAMP(6)"
+            " AND created_at > UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
+            " ORDER BY created_at DESC, id DESC LIMIT 1 LOCK IN SHARE MODE",
+            (
+                user_id,
+                new.package.name,
+                new.trade_type,
+                new.generation_id or "",
+                self._duplicate_window_s,
+            ),
+        )
+        twin: dict[str, Any] | None = await cur.fetchone()
+        if twin is not None:
+            log.info("order_repeated", out_trade_no=twin["out_trade_no"])
+        return twin
+
     async def _check_pending(self, cur: aiomysql.Cursor, user_id: str) -> None:
         """409 when the user already has ``max_pending`` unpaid orders that may still be
-        paid. The user's row is locked first, so that two placements at once cannot both
-        count one short of the cap (a user's placements wait on each other, briefly)."""
+        paid (the user's row locked: :meth:`_lock_user`)."""
         if self._max_pending <= 0:
             return
-        await cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
         await cur.execute(
             "SELECT COUNT(*) AS n FROM payment_orders WHERE user_id = %s AND status = 'pending'"
-            " AND (expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6))",
+            " AND (expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6)) LOCK IN SHARE MODE",
             (user_id,),
         )
         row = await cur.fetchone()
