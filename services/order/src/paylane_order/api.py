@@ -250,11 +250,35 @@ async def create_order(request: web.Request) -> web.Response:
             idempotency_key=_idempotency_key(request),
         )
     )
+    return await _placed(request, order, replies.PlacedOrder, 201 if created else 200)
+
+
+async def pay_order(request: web.Request) -> web.Response:
+    """``POST /orders/{out_trade_no}/pay`` (owner or backend): fresh pay parameters for a
+    pending order, e.g. after the payer cancelled the payment sheet (:meth:`Orders.pay_again`)."""
+    order = await _owned_order(request)
+    config = request.app[ORDER_CONFIG]
+    payer = client_ip(request, config.trusted_proxies) if order["trade_type"] == "H5" else None
+    package = config.catalog.get(order["package_type"])
+    order, again = await request.app[ORDERS].pay_again(order, package, payer)
+    return await _placed(request, order, replies.PaidAgain, 200, placed_again=again)
+
+
+async def _placed(
+    request: web.Request,
+    order: dict[str, Any],
+    model: type[replies.PlacedOrder],
+    status: int,
+    **extra: Any,
+) -> web.Response:
+    """An order to pay: freshly signed pay parameters, a session token of its user and a
+    stream ticket for its outcome."""
     sessions = request.app[SESSIONS]
     issued = await sessions.issue(order["user_id"], order["out_trade_no"])
     ticket, ticket_ttl_s = sessions.stream_ticket(issued.session)
+    pay = request.app[ORDERS].pay_params(order)
     return _reply(
-        replies.PlacedOrder(
+        model(
             out_trade_no=order["out_trade_no"],
             user_id=order["user_id"],
             amount_total=order["amount_total"],
@@ -262,9 +286,10 @@ async def create_order(request: web.Request) -> web.Response:
             client_token=issued.token,
             stream_ticket=ticket,
             stream_ticket_expires_in=ticket_ttl_s,
-            pay=replies.PAY.validate_python(orders.pay_params(order)),
+            pay=replies.PAY.validate_python(pay),
+            **extra,
         ),
-        status=201 if created else 200,
+        status=status,
     )
 
 
@@ -596,6 +621,25 @@ ORDER_API = Api(
                     502,
                     503,
                     e409="`order_not_pending`, `close_refused` (e.g. paid meanwhile)",
+                ),
+            },
+            security=(BACKEND, USER),
+        ),
+        Operation(
+            "POST",
+            "/orders/{out_trade_no}/pay",
+            pay_order,
+            "Fresh pay parameters for a pending order (pay again)",
+            {
+                200: Reply("`pay` signed anew", replies.PaidAgain),
+                **_errors(
+                    401,
+                    404,
+                    409,
+                    502,
+                    503,
+                    e409="`order_not_pending`, `order_expired` (place a new order),"
+                    " `order_not_repayable` (placed by another writer)",
                 ),
             },
             security=(BACKEND, USER),

@@ -43,9 +43,14 @@ from .errors import (
 )
 from .ids import new_out_trade_no
 from .refund_requests import RefundRequests
+from .settings import PREPAY_ID_TTL_S
 from .users import user_by_openid
 
 log = structlog.get_logger(__name__)
+
+#: A prepay answer this close to its two hours is not handed out again: the order is
+#: placed again for a fresh one (the payer needs a moment to pay).
+PREPAY_MARGIN_S = 120
 
 
 @dataclass(frozen=True)
@@ -268,9 +273,64 @@ class Orders:
         row: dict[str, Any] | None = await cur.fetchone()
         return row
 
+    # -- pay again -------------------------------------------------------------------------
+
+    async def pay_again(
+        self, order: dict[str, Any], package: Package | None, client_ip: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """(the order, placed again): a pending order paylane placed, to be paid once more
+        (the payer cancelled the payment sheet). The prepay answer it holds while WeChat Pay
+        still does; otherwise the order placed again under the same out_trade_no with the
+        same body, which WeChat Pay answers with a prepay answer for it. Never a new
+        out_trade_no: that is a new order (``POST /orders``), and an expired one is
+        refused (409 ``order_expired``)."""
+        no = order["out_trade_no"]
+        if order["status"] != "pending":
+            raise Conflict(f"order {no} is {order['status']}, not pending", "order_not_pending")
+        if order["mchid"] is None or order["expires_at"] is None:
+            raise Conflict(
+                f"order {no} was placed by another writer, whose pay parameters paylane does"
+                " not hold: pay it there, or place a new order",
+                "order_not_repayable",
+            )
+        now = datetime.now(UTC).replace(tzinfo=None)
+        if order["expires_at"] <= now:
+            raise Conflict(f"order {no} has expired: place a new order", "order_expired")
+        held = order["created_at"] + timedelta(seconds=PREPAY_ID_TTL_S - PREPAY_MARGIN_S)
+        if not _unplaced(order) and held > now:
+            return order, False
+        if package is None:
+            raise Conflict(
+                f"package {order['package_type']!r} is no longer sold: place a new order",
+                "order_not_repayable",
+            )
+        again = NewOrder(
+            user_id=order["user_id"],
+            acting_user=None,
+            # The body of the first placement: the order's own amount, whatever the
+            # catalog says now.
+            package=package.model_copy(update={"price_fen": order["amount_total"]}),
+            trade_type=order["trade_type"],
+            openid=order["_openid"],
+            generation_id=order["generation_id"] or None,
+            client_ip=client_ip,
+            idempotency_key=None,
+        )
+        expires_at = order["expires_at"].replace(tzinfo=UTC)
+        return await self._place(no, again, order["_openid"], expires_at, first=False), True
+
     async def _place(
-        self, out_trade_no: str, new: NewOrder, openid: str | None, expires_at: datetime
+        self,
+        out_trade_no: str,
+        new: NewOrder,
+        openid: str | None,
+        expires_at: datetime,
+        *,
+        first: bool = True,
     ) -> dict[str, Any]:
+        """The order placed at WeChat Pay, its answer recorded. A refusal fails the order
+        when it is the ``first`` placement; a later one (pay again) leaves it as it is:
+        WeChat Pay may refuse because it was paid meanwhile (``TRADE_ERROR``)."""
         payload: dict[str, Any] = {
             "appid": self._merchant.appid_for(new.trade_type),
             "mchid": self._merchant.mchid,
@@ -293,7 +353,8 @@ class Orders:
             answer = await self._client.place(new.trade_type, payload)
         except WechatPayApiError as exc:
             if not exc.retryable:
-                await self._mark_failed(out_trade_no, f"placement refused: {exc.code}")
+                if first:
+                    await self._mark_failed(out_trade_no, f"placement refused: {exc.code}")
                 raise UpstreamRejected(
                     f"WeChat Pay refused the order: {exc.code} {exc.message}"
                 ) from None

@@ -121,6 +121,13 @@ class PlacedOrder(_Reply):
     pay: Pay
 
 
+class PaidAgain(PlacedOrder):
+    placed_again: bool = Field(
+        description="false: the prepay answer WeChat Pay still holds, signed anew; true:"
+        " the order placed again (same `out_trade_no`, same body) for a fresh one"
+    )
+
+
 class OrderRefund(_Reply):
     out_refund_no: str
     refund_id: str | None
