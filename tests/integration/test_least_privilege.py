@@ -69,6 +69,7 @@ from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.bills import BillReconciler, Difference
 from paylane_order.config import MerchantConfig, ReconcilerConfig
 from paylane_order.gate import Gate
+from paylane_order.order_list import OrderFilters, OrderList
 from paylane_order.orders import NewOrder, Orders, user_by_openid
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
@@ -697,6 +698,11 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             out_trade_no, _, _ = await orders._insert(cur, new, user)
         order = await orders.get(out_trade_no)
         assert order is not None
+        # The order list and its export read the orders' columns, remark among them.
+        listed, theirs = OrderList(pool), OrderFilters.model_validate({"user_id": user["id"]})
+        assert [r["out_trade_no"] for r in await listed.page(theirs, None, 1)] == [out_trade_no]
+        lines = b"".join([chunk async for chunk in listed.csv(theirs)]).splitlines()
+        assert lines[1].startswith(out_trade_no.encode())
         assert (order["amount"], order["amount_total"], order["payment_status"]) == (
             Decimal("29.90"),
             2990,

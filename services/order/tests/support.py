@@ -23,6 +23,7 @@ from paylane_order import api
 from paylane_order.config import ORDER_CONFIG, MerchantConfig, OrderConfig
 from paylane_order.errors import error_middleware
 from paylane_order.gate import Gate
+from paylane_order.order_list import OrderList
 from paylane_order.orders import Orders
 from paylane_order.sessions import Sessions
 from paylane_order.settings import OrderSettings
@@ -175,6 +176,7 @@ async def serving_order_api(
         duplicate_window_s=config.duplicate_order_window_s,
     )
     sessions = app[api.SESSIONS] = Sessions(pool, config.tokens, config.token_ttl_s)
+    app[api.ORDER_LIST] = OrderList(pool)
     api.add_routes(app)
     async with TestClient(TestServer(app)) as test_client:
         yield OrderApi(test_client, orders, sessions, pool, sandbox)
