@@ -534,7 +534,12 @@ IDEMPOTENCY_KEY = Param(
 )
 _BODY_ERRORS = (400, 413)
 _LIST_FILTERS = (
-    Param("user_id", "query", "one user's orders (a user: only their own)"),
+    Param(
+        "user_id",
+        "query",
+        "one user's orders (a user: only their own)",
+        {"type": "string", "minLength": 1, "maxLength": 36},
+    ),
     Param(
         "status",
         "query",
