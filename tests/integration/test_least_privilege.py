@@ -69,6 +69,7 @@ from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.bills import BillReconciler, Difference
 from paylane_order.config import MerchantConfig, ReconcilerConfig
 from paylane_order.gate import Gate
+from paylane_order.order_list import OrderFilters, OrderList
 from paylane_order.orders import NewOrder, Orders, user_by_openid
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
@@ -650,10 +651,30 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
     openid = f"o-{uuid.uuid4().hex}"
     merchant = MerchantConfig("1900000109", "wxd678efh567hg6787", "http://127.0.0.1:9/n", 1800)
     async with _pool(service_mysql_urls["order"]) as pool:
-        orders = Orders(pool, None, None, merchant, max_pending=5)  # type: ignore[arg-type]
+        orders = Orders(
+            pool,
+            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            merchant,
+            max_pending=5,
+            duplicate_window_s=300,
+        )
+        twin = NewOrder(
+            user_id=None,
+            acting_user=None,
+            package=DEFAULT_CATALOG["basic"],
+            trade_type="JSAPI",
+            openid=openid,
+            generation_id=None,
+            client_ip=None,
+            idempotency_key=None,
+        )
         async with transaction(pool) as cur:
             user = await user_by_openid(cur, openid)
-            await orders._check_pending(cur, user["id"])  # the user's row locked, counted
+            # The user's row locked, a twin looked for, the pending ones counted.
+            await orders._lock_user(cur, user["id"])
+            assert await orders._twin(cur, user["id"], twin) is None
+            await orders._check_pending(cur, user["id"])
         assert str(user["id"]).startswith("user-")
         assert await orders.sign_in(openid) == user["id"]  # found again, last_login_at set
         # Sessions: issued and checked against the user's version, revoked (twice: the row
@@ -677,6 +698,11 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             out_trade_no, _, _ = await orders._insert(cur, new, user)
         order = await orders.get(out_trade_no)
         assert order is not None
+        # The order list and its export read the orders' columns, remark among them.
+        listed, theirs = OrderList(pool), OrderFilters.model_validate({"user_id": user["id"]})
+        assert [r["out_trade_no"] for r in await listed.page(theirs, None, 1)] == [out_trade_no]
+        lines = b"".join([chunk async for chunk in listed.csv(theirs)]).splitlines()
+        assert lines[1].startswith(out_trade_no.encode())
         assert (order["amount"], order["amount_total"], order["payment_status"]) == (
             Decimal("29.90"),
             2990,

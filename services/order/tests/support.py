@@ -3,23 +3,35 @@ it, and a payment event for it."""
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiomysql
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from paylane_common.catalog import DEFAULT_CATALOG, Package
 from paylane_common.events import PaymentSucceeded
 from paylane_common.money import yuan
 from paylane_common.settings import load_settings
 from paylane_common.wechatpay import WechatPayClient
-from paylane_order.config import MerchantConfig
+from paylane_order import api
+from paylane_order.config import ORDER_CONFIG, MerchantConfig, OrderConfig
+from paylane_order.errors import error_middleware
 from paylane_order.gate import Gate
+from paylane_order.order_list import OrderList
+from paylane_order.orders import Orders
+from paylane_order.sessions import Sessions
 from paylane_order.settings import OrderSettings
+from tests.support import hygiene
 from tests.support.events import TRANSACTION_ID, Delivery, payment_succeeded
+from tests.support.sandbox import RunningSandbox
 from tests.support.seeding import add_order, add_user
-from tests.support.stack_config import TOKEN_PRIVATE_KEY
+from tests.support.stack_config import BACKEND, BACKEND_SECRET, TOKEN_PRIVATE_KEY
 from tests.support.wechat import KIT, FakeWechat
 
 MERCHANT = MerchantConfig(
@@ -95,3 +107,76 @@ def order_settings(
         "wechatpay_apiv3_key": keys.apiv3_key,
     }
     return load_settings(OrderSettings, **{**values, **overrides})
+
+
+@dataclass
+class OrderApi:
+    """The order API served in the test's process (the ``order_api`` fixture)."""
+
+    client: TestClient[web.Request, web.Application]
+    orders: Orders
+    sessions: Sessions
+    pool: aiomysql.Pool
+    sandbox: RunningSandbox
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """(status, the JSON answer, or the text of another one)."""
+        async with self.client.request(method, path, json=body, headers=headers) as response:
+            text = await response.text()
+            is_json = response.content_type == "application/json"
+            return response.status, json.loads(text) if is_json and text else text
+
+    async def backend(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return await self.call(method, path, body, BACKEND)
+
+    async def user(self) -> tuple[str, dict[str, str]]:
+        """A new user with an openid, and the headers of their session."""
+        openid = f"o-{uuid.uuid4().hex[:16]}"
+        hygiene.register(openid)
+        user_id = await add_user(self.pool, openid=openid)
+        issued = await self.sessions.issue(user_id)
+        return user_id, {"Authorization": f"Bearer {issued.token}"}
+
+
+@asynccontextmanager
+async def serving_order_api(
+    pool: aiomysql.Pool,
+    mysql_url: str,
+    sandbox: RunningSandbox,
+    client: WechatPayClient,
+    **overrides: Any,
+) -> AsyncIterator[OrderApi]:
+    """The order API's routes and their middlewares on ``pool``, placing orders at
+    ``sandbox`` (the kit's WeChat Pay) through ``client``; ``overrides``: settings."""
+    settings = order_settings(
+        KIT,
+        sandbox.base_url,
+        "amqp://guest:guest@127.0.0.1:5672/unused",
+        mysql_url,
+        backend_api_secret=BACKEND_SECRET,
+        order_rate_per_min=0,
+        max_pending_orders=0,
+        **overrides,
+    )
+    config = OrderConfig.from_settings(settings)
+    app = web.Application(middlewares=[error_middleware])
+    app[ORDER_CONFIG] = config
+    orders = app[api.ORDERS] = Orders(
+        pool,
+        client,
+        KIT.merchant_signer(),
+        config.merchant,
+        max_pending=config.max_pending_orders,
+        duplicate_window_s=config.duplicate_order_window_s,
+    )
+    sessions = app[api.SESSIONS] = Sessions(pool, config.tokens, config.token_ttl_s)
+    app[api.ORDER_LIST] = OrderList(pool)
+    api.add_routes(app)
+    async with TestClient(TestServer(app)) as test_client:
+        yield OrderApi(test_client, orders, sessions, pool, sandbox)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, f
 from paylane_common.auth import INTERNAL_SECRET_HEADER
 from paylane_common.events import validation_summary
 from paylane_common.ids import GENERATION_ID_PATTERN
+from paylane_common.money import yuan_text
 from paylane_common.openapi import (
     PUBLIC,
     Api,
@@ -27,7 +28,7 @@ from paylane_common.openapi import (
 )
 from paylane_common.prices import dumps
 
-from . import replies
+from . import order_list, replies
 from .abnormal import AbnormalRefunds, Remedy
 from .auth import Caller, identify
 from .client_address import client_ip
@@ -35,6 +36,7 @@ from .config import ORDER_CONFIG
 from .errors import Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
+from .order_list import Key, ListQuery, OrderFilters, OrderList, parse_query
 from .orders import NewOrder, Orders
 from .rate_limits import RateLimit
 from .sessions import Sessions
@@ -43,6 +45,7 @@ log = structlog.get_logger(__name__)
 
 ORDERS = web.AppKey("orders", Orders)
 ABNORMAL_REFUNDS = web.AppKey("abnormal_refunds", AbnormalRefunds)
+ORDER_LIST = web.AppKey("order_list", OrderList)
 LOGIN = web.AppKey("miniprogram_login", MiniProgramLogin)
 SESSIONS = web.AppKey("sessions", Sessions)
 #: Sign-ins a client address, orders a user may make a minute (``LOGIN_RATE_PER_MIN``,
@@ -250,11 +253,35 @@ async def create_order(request: web.Request) -> web.Response:
             idempotency_key=_idempotency_key(request),
         )
     )
+    return await _placed(request, order, replies.PlacedOrder, 201 if created else 200)
+
+
+async def pay_order(request: web.Request) -> web.Response:
+    """``POST /orders/{out_trade_no}/pay`` (owner or backend): fresh pay parameters for a
+    pending order, e.g. after the payer cancelled the payment sheet (:meth:`Orders.pay_again`)."""
+    order = await _owned_order(request)
+    config = request.app[ORDER_CONFIG]
+    payer = client_ip(request, config.trusted_proxies) if order["trade_type"] == "H5" else None
+    package = config.catalog.get(order["package_type"])
+    order, again = await request.app[ORDERS].pay_again(order, package, payer)
+    return await _placed(request, order, replies.PaidAgain, 200, placed_again=again)
+
+
+async def _placed(
+    request: web.Request,
+    order: dict[str, Any],
+    model: type[replies.PlacedOrder],
+    status: int,
+    **extra: Any,
+) -> web.Response:
+    """An order to pay: freshly signed pay parameters, a session token of its user and a
+    stream ticket for its outcome."""
     sessions = request.app[SESSIONS]
     issued = await sessions.issue(order["user_id"], order["out_trade_no"])
     ticket, ticket_ttl_s = sessions.stream_ticket(issued.session)
+    pay = request.app[ORDERS].pay_params(order)
     return _reply(
-        replies.PlacedOrder(
+        model(
             out_trade_no=order["out_trade_no"],
             user_id=order["user_id"],
             amount_total=order["amount_total"],
@@ -262,9 +289,10 @@ async def create_order(request: web.Request) -> web.Response:
             client_token=issued.token,
             stream_ticket=ticket,
             stream_ticket_expires_in=ticket_ttl_s,
-            pay=replies.PAY.validate_python(orders.pay_params(order)),
+            pay=replies.PAY.validate_python(pay),
+            **extra,
         ),
-        status=201 if created else 200,
+        status=status,
     )
 
 
@@ -292,10 +320,7 @@ def _view(order: dict[str, Any]) -> replies.OrderView:
     view = {k: order.get(k) for k in keys}
     view["amount"] = str(order["amount"])  # yuan: DECIMAL(10,2), "29.90"
     view["generation_id"] = order.get("generation_id") or None  # '' in the row: none
-    if order["status"] == "refunded" and not order.get("amount_refunded"):
-        # Refunded by another writer (the cloud function marks an order refunded on a
-        # full refund and leaves paylane's amount_refunded at 0): all of it came back.
-        view["amount_refunded"] = order["amount_total"]
+    view["amount_refunded"] = order_list.refunded_fen(order)
     view["review_reason"] = (
         order.get("review_reason") if order["status"] == "needs_review" else None
     )
@@ -349,6 +374,54 @@ async def _owned_order(request: web.Request) -> dict[str, Any]:
     if order is None or not caller.may_see(order):
         raise NotFound(f"order {out_trade_no} not found")
     return order
+
+
+async def list_orders(request: web.Request) -> web.Response:
+    """``GET /orders`` (the backend: anyone's; a user: their own), newest first, in keyset
+    pages (order_list.py)."""
+    query = parse_query(ListQuery, request.query)
+    caller = _caller(request)
+    if not caller.backend:
+        if query.user_id not in (None, caller.user_id):
+            raise Forbidden("a user lists only their own orders")
+        query = query.model_copy(update={"user_id": caller.user_id})
+    after = Key.of_cursor(query.cursor, query) if query.cursor else None
+    rows = await request.app[ORDER_LIST].page(query, after, query.limit + 1)
+    last = rows[query.limit - 1] if len(rows) > query.limit else None
+    return _reply(
+        replies.OrderPage(
+            orders=[_summary(row) for row in rows[: query.limit]],
+            next_cursor=Key(last["created_at"], last["id"]).cursor(query) if last else None,
+        )
+    )
+
+
+def _summary(row: dict[str, Any]) -> replies.OrderSummary:
+    view = {k: v for k, v in row.items() if k != "id"}
+    view["amount"] = yuan_text(row["amount_total"])
+    view["generation_id"] = row["generation_id"] or None  # '' in the row: none
+    return replies.OrderSummary.model_validate(view)
+
+
+async def export_orders(request: web.Request) -> web.StreamResponse:
+    """``GET /orders/export.csv`` (the backend only): the list's filters, every match,
+    streamed a page at a time (never the whole result in memory)."""
+    filters = parse_query(OrderFilters, request.query)
+    chunks = request.app[ORDER_LIST].csv(filters)
+    first = [await anext(chunks), await anext(chunks, b"")]  # a database error: still JSON
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="orders.csv"',
+        }
+    )
+    await response.prepare(request)
+    for chunk in first:
+        await response.write(chunk)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -460,6 +533,35 @@ IDEMPOTENCY_KEY = Param(
     {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
 )
 _BODY_ERRORS = (400, 413)
+_LIST_FILTERS = (
+    Param(
+        "user_id",
+        "query",
+        "one user's orders (a user: only their own)",
+        {"type": "string", "minLength": 1, "maxLength": 36},
+    ),
+    Param(
+        "status",
+        "query",
+        "orders in this state",
+        {"enum": ["pending", "paid", "failed", "refunded", "needs_review"]},
+    ),
+    Param(
+        "from",
+        "query",
+        "created at or after: ISO 8601 with an offset, or a date (00:00 China time)",
+    ),
+    Param("to", "query", "created before (as `from`)"),
+)
+_LIST_PAGING = (
+    Param("cursor", "query", "the `next_cursor` of the page before, under the same filters"),
+    Param(
+        "limit",
+        "query",
+        f"orders a page (default {order_list.DEFAULT_LIMIT})",
+        {"type": "integer", "minimum": 1, "maximum": order_list.MAX_LIMIT},
+    ),
+)
 
 ORDER_API = Api(
     title="paylane order API",
@@ -576,6 +678,36 @@ ORDER_API = Api(
         ),
         Operation(
             "GET",
+            "/orders",
+            list_orders,
+            "Orders, newest first, a page at a time (the backend: anyone's; a user: their own)",
+            {
+                200: Reply("a page; `next_cursor` fetches the next", replies.OrderPage),
+                **_errors(400, 401, 403, e403="a user naming another `user_id`"),
+            },
+            security=(BACKEND, USER),
+            parameters=(*_LIST_FILTERS, *_LIST_PAGING),
+        ),
+        # Before /orders/{out_trade_no}, which would take "export.csv" for an order number.
+        Operation(
+            "GET",
+            "/orders/export.csv",
+            export_orders,
+            "Every order the filters match, as CSV (yuan as exact decimals), streamed",
+            {
+                200: Reply(
+                    "a header line, then one line an order, newest first",
+                    media_type="text/csv",
+                    schema={"type": "string"},
+                ),
+                **_errors(400, 401, 403),
+            },
+            security=(BACKEND,),
+            action="exporting orders",
+            parameters=_LIST_FILTERS,
+        ),
+        Operation(
+            "GET",
             "/orders/{out_trade_no}",
             get_order,
             "An order: its status, amounts, refunds and the user's plan",
@@ -596,6 +728,25 @@ ORDER_API = Api(
                     502,
                     503,
                     e409="`order_not_pending`, `close_refused` (e.g. paid meanwhile)",
+                ),
+            },
+            security=(BACKEND, USER),
+        ),
+        Operation(
+            "POST",
+            "/orders/{out_trade_no}/pay",
+            pay_order,
+            "Fresh pay parameters for a pending order (pay again)",
+            {
+                200: Reply("`pay` signed anew", replies.PaidAgain),
+                **_errors(
+                    401,
+                    404,
+                    409,
+                    502,
+                    503,
+                    e409="`order_not_pending`, `order_expired` (place a new order),"
+                    " `order_not_repayable` (placed by another writer)",
                 ),
             },
             security=(BACKEND, USER),

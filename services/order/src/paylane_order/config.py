@@ -108,6 +108,8 @@ class OrderConfig:
     login_rate_per_min: int = default_of(OrderSettings, "login_rate_per_min")
     order_rate_per_min: int = default_of(OrderSettings, "order_rate_per_min")
     max_pending_orders: int = default_of(OrderSettings, "max_pending_orders")
+    #: A repeated ``POST /orders`` within this many seconds answers the pending order.
+    duplicate_order_window_s: int = default_of(OrderSettings, "duplicate_order_window_s")
 
     @classmethod
     def from_settings(cls, settings: OrderSettings) -> OrderConfig:
@@ -134,6 +136,7 @@ class OrderConfig:
             login_rate_per_min=settings.login_rate_per_min,
             order_rate_per_min=settings.order_rate_per_min,
             max_pending_orders=settings.max_pending_orders,
+            duplicate_order_window_s=settings.duplicate_order_window_s,
         )
 
 

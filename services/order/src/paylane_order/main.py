@@ -32,6 +32,7 @@ from .errors import error_middleware
 from .gate import Gate
 from .miniprogram import MiniProgramLogin
 from .order_created import OrderCreatedApplier
+from .order_list import OrderList
 from .orders import Orders
 from .payments import PaymentApplier
 from .rate_limits import RateLimit
@@ -94,12 +95,14 @@ def build_app(settings: OrderSettings) -> web.Application:
 
     async def orders_ctx(app: web.Application) -> AsyncIterator[None]:
         app[api.ABNORMAL_REFUNDS] = AbnormalRefunds(app[DB_POOL], app[WECHATPAY_CLIENT])
+        app[api.ORDER_LIST] = OrderList(app[DB_POOL])
         app[api.ORDERS] = Orders(
             app[DB_POOL],
             app[WECHATPAY_CLIENT],
             app[MERCHANT_SIGNER],
             config.merchant,
             max_pending=config.max_pending_orders,
+            duplicate_window_s=config.duplicate_order_window_s,
         )
         await catalog_prices.record(app[DB_POOL], config.catalog)
         reconciler = Reconciler(

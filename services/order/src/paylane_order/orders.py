@@ -43,9 +43,14 @@ from .errors import (
 )
 from .ids import new_out_trade_no
 from .refund_requests import RefundRequests
+from .settings import PREPAY_ID_TTL_S
 from .users import user_by_openid
 
 log = structlog.get_logger(__name__)
+
+#: A prepay answer this close to its two hours is not handed out again: the order is
+#: placed again for a fresh one (the payer needs a moment to pay).
+PREPAY_MARGIN_S = 120
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class Orders:
         merchant: MerchantConfig,
         *,
         max_pending: int = 0,
+        duplicate_window_s: int = 0,
     ) -> None:
         self._pool = pool
         self._client = client
@@ -78,13 +84,16 @@ class Orders:
         self._merchant = merchant
         #: Unpaid pending orders a user may have at once (``MAX_PENDING_ORDERS``; 0: any).
         self._max_pending = max_pending
+        #: A repeated placement within this long answers the pending order (0: off).
+        self._duplicate_window_s = duplicate_window_s
         self.refunds = RefundRequests(pool, client, merchant)
 
     # -- create ----------------------------------------------------------------------------
 
     async def create(self, new: NewOrder) -> tuple[dict[str, Any], bool]:
         """Returns (order row, created); an Idempotency-Key seen before returns its order,
-        placed at WeChat Pay again if the first request could not place it (a 503)."""
+        placed at WeChat Pay again if the first request could not place it (a 503), and so
+        does a repeat without a key within the duplicate window (:meth:`_twin`)."""
         if new.trade_type == "H5" and not new.client_ip:
             raise InvalidRequest("client_ip is required for H5", "client_ip_required")
         if self._merchant.appid_for(new.trade_type) is None:
@@ -110,6 +119,12 @@ class Orders:
                     if not _unplaced(existing):
                         return existing, False
                     unplaced = existing
+            if unplaced is None:
+                await self._lock_user(cur, user["id"])
+                twin = None if new.idempotency_key else await self._twin(cur, user["id"], new)
+                if twin is not None and not _unplaced(twin):
+                    return twin, False
+                unplaced = twin
             if unplaced is None:
                 await self._check_pending(cur, user["id"])
                 out_trade_no, openid, expires_at = await self._insert(cur, new, user)
@@ -162,16 +177,50 @@ class Orders:
             raise
         return out_trade_no, openid, expires_at
 
+    async def _lock_user(self, cur: aiomysql.Cursor, user_id: str) -> None:
+        """The user's row locked until the placement commits: a user's placements wait on
+        each other (briefly), so that two at once can neither both count one short of the
+        pending cap nor both miss the other's twin. The reads after it are locking reads
+        (``LOCK IN SHARE MODE``): a plain read would see the transaction's snapshot, taken
+        before the lock was granted, without the order placed meanwhile."""
+        if self._max_pending > 0 or self._duplicate_window_s > 0:
+            await cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
+
+    async def _twin(
+        self, cur: aiomysql.Cursor, user_id: str, new: NewOrder
+    ) -> dict[str, Any] | None:
+        """The user's newest order paylane placed for the same package, trade type and
+        generation, still pending and payable, younger than the duplicate window: what a
+        double tap (or a client's retry without an Idempotency-Key) meant."""
+        if self._duplicate_window_s <= 0:
+            return None
+        await cur.execute(
+            "SELECT * FROM payment_orders WHERE user_id = %s AND package_type = %s"
+            " AND trade_type = %s AND generation_id = %s AND status = 'pending'"
+            " AND mchid IS NOT NULL AND expires_at > UTC_TIMESTAMP(6)"
+            " AND created_at > UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
+            " ORDER BY created_at DESC, id DESC LIMIT 1 LOCK IN SHARE MODE",
+            (
+                user_id,
+                new.package.name,
+                new.trade_type,
+                new.generation_id or "",
+                self._duplicate_window_s,
+            ),
+        )
+        twin: dict[str, Any] | None = await cur.fetchone()
+        if twin is not None:
+            log.info("order_repeated", out_trade_no=twin["out_trade_no"])
+        return twin
+
     async def _check_pending(self, cur: aiomysql.Cursor, user_id: str) -> None:
         """409 when the user already has ``max_pending`` unpaid orders that may still be
-        paid. The user's row is locked first, so that two placements at once cannot both
-        count one short of the cap (a user's placements wait on each other, briefly)."""
+        paid (the user's row locked: :meth:`_lock_user`)."""
         if self._max_pending <= 0:
             return
-        await cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
         await cur.execute(
             "SELECT COUNT(*) AS n FROM payment_orders WHERE user_id = %s AND status = 'pending'"
-            " AND (expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6))",
+            " AND (expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6)) LOCK IN SHARE MODE",
             (user_id,),
         )
         row = await cur.fetchone()
@@ -224,9 +273,64 @@ class Orders:
         row: dict[str, Any] | None = await cur.fetchone()
         return row
 
+    # -- pay again -------------------------------------------------------------------------
+
+    async def pay_again(
+        self, order: dict[str, Any], package: Package | None, client_ip: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """(the order, placed again): a pending order paylane placed, to be paid once more
+        (the payer cancelled the payment sheet). The prepay answer it holds while WeChat Pay
+        still does; otherwise the order placed again under the same out_trade_no with the
+        same body, which WeChat Pay answers with a prepay answer for it. Never a new
+        out_trade_no: that is a new order (``POST /orders``), and an expired one is
+        refused (409 ``order_expired``)."""
+        no = order["out_trade_no"]
+        if order["status"] != "pending":
+            raise Conflict(f"order {no} is {order['status']}, not pending", "order_not_pending")
+        if order["mchid"] is None or order["expires_at"] is None:
+            raise Conflict(
+                f"order {no} was placed by another writer, whose pay parameters paylane does"
+                " not hold: pay it there, or place a new order",
+                "order_not_repayable",
+            )
+        now = datetime.now(UTC).replace(tzinfo=None)
+        if order["expires_at"] <= now:
+            raise Conflict(f"order {no} has expired: place a new order", "order_expired")
+        held = order["created_at"] + timedelta(seconds=PREPAY_ID_TTL_S - PREPAY_MARGIN_S)
+        if not _unplaced(order) and held > now:
+            return order, False
+        if package is None:
+            raise Conflict(
+                f"package {order['package_type']!r} is no longer sold: place a new order",
+                "order_not_repayable",
+            )
+        again = NewOrder(
+            user_id=order["user_id"],
+            acting_user=None,
+            # The body of the first placement: the order's own amount, whatever the
+            # catalog says now.
+            package=package.model_copy(update={"price_fen": order["amount_total"]}),
+            trade_type=order["trade_type"],
+            openid=order["_openid"],
+            generation_id=order["generation_id"] or None,
+            client_ip=client_ip,
+            idempotency_key=None,
+        )
+        expires_at = order["expires_at"].replace(tzinfo=UTC)
+        return await self._place(no, again, order["_openid"], expires_at, first=False), True
+
     async def _place(
-        self, out_trade_no: str, new: NewOrder, openid: str | None, expires_at: datetime
+        self,
+        out_trade_no: str,
+        new: NewOrder,
+        openid: str | None,
+        expires_at: datetime,
+        *,
+        first: bool = True,
     ) -> dict[str, Any]:
+        """The order placed at WeChat Pay, its answer recorded. A refusal fails the order
+        when it is the ``first`` placement; a later one (pay again) leaves it as it is:
+        WeChat Pay may refuse because it was paid meanwhile (``TRADE_ERROR``)."""
         payload: dict[str, Any] = {
             "appid": self._merchant.appid_for(new.trade_type),
             "mchid": self._merchant.mchid,
@@ -249,7 +353,8 @@ class Orders:
             answer = await self._client.place(new.trade_type, payload)
         except WechatPayApiError as exc:
             if not exc.retryable:
-                await self._mark_failed(out_trade_no, f"placement refused: {exc.code}")
+                if first:
+                    await self._mark_failed(out_trade_no, f"placement refused: {exc.code}")
                 raise UpstreamRejected(
                     f"WeChat Pay refused the order: {exc.code} {exc.message}"
                 ) from None

@@ -121,6 +121,13 @@ class PlacedOrder(_Reply):
     pay: Pay
 
 
+class PaidAgain(PlacedOrder):
+    placed_again: bool = Field(
+        description="false: the prepay answer WeChat Pay still holds, signed anew; true:"
+        " the order placed again (same `out_trade_no`, same body) for a fresh one"
+    )
+
+
 class OrderRefund(_Reply):
     out_refund_no: str
     refund_id: str | None
@@ -151,6 +158,32 @@ class OrderView(_Reply):
     regenerate_count: int | None = Field(description="the user's regenerations left")
     refunds: list[OrderRefund]
     review_reason: str | None = Field(description="why a `needs_review` order needs it")
+
+
+class OrderSummary(_Reply):
+    """An order in a list: its row, without refunds or the user's plan."""
+
+    out_trade_no: str
+    user_id: str
+    package_type: str
+    trade_type: str | None
+    amount: str = Field(description="yuan, two decimals", examples=["29.90"])
+    amount_total: int = Field(description="fen")
+    amount_refunded: int | None = Field(description="fen")
+    status: OrderStatus | None
+    transaction_id: str | None
+    generation_id: str | None
+    remark: str | None
+    created_at: datetime | None
+    paid_at: datetime | None
+    closed_at: datetime | None
+    refunded_at: datetime | None
+    expires_at: datetime | None
+
+
+class OrderPage(_Reply):
+    orders: list[OrderSummary] = Field(description="newest first")
+    next_cursor: str | None = Field(description="the next page's `cursor`; null: the last page")
 
 
 class RefundRequested(_Reply):

@@ -86,6 +86,11 @@ class OrderSettings(
     #: 409 ``too_many_pending_orders`` (naming the cap) until one is paid, closed or
     #: expires. 0: no cap.
     max_pending_orders: int = Field(5, ge=0, le=10_000)
+    #: A second ``POST /orders`` of a user for the same package, trade type and
+    #: generation, while their order of that kind is pending and younger than this, is
+    #: answered with that order (200, fresh pay parameters) instead of a new one (a
+    #: double tap); one with an ``Idempotency-Key`` not seen before is a new order. 0: off.
+    duplicate_order_window_s: int = Field(300, ge=0, le=7200)
     #: How long a placed order stays payable (its ``time_expire``); unpaid, it is then
     #: closed (status ``failed``). An order another writer made without ``expires_at``
     #: expires this long after ``created_at``. At most 7200 (``PREPAY_ID_TTL_S``): a
