@@ -6,7 +6,8 @@ import argparse
 import importlib
 import sys
 
-from paylane_common.settings import BaseServiceSettings
+from paylane_common.exceptions import ConfigError
+from paylane_common.settings import BaseServiceSettings, exit_on_config_error
 
 from . import config_cli, demo, dev, refund_cli, replay_cli, sessions_cli
 from .commands import command_settings
@@ -224,7 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:  # e.g. MYSQL_URL's CA does not verify the server: exit 2
+        exit_on_config_error(exc)
+        return 2
     return result
 
 

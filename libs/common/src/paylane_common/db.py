@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
 import aiomysql
 import pymysql
 
+from .mysql_tls import DIAGNOSIS, MySQLTls, check_encrypted, may_need_tls, tls_errors, tls_only
 from .settings import MySQLParams
 
 DUPLICATE_KEY = 1062
@@ -25,14 +27,16 @@ _ISOLATION_LEVELS = frozenset(
 )
 
 
-def create_pool(
+@asynccontextmanager
+async def create_pool(
     url: str, *, minsize: int = 1, maxsize: int = 10
-) -> AbstractAsyncContextManager[aiomysql.Pool]:
-    """The pool as aiomysql gives it: an async context manager that opens the pool and,
-    on leaving, closes it and waits for its connections (``async with create_pool(url)
-    as pool:``; in an aiohttp app, inside a cleanup context)."""
+) -> AsyncIterator[aiomysql.Pool]:
+    """aiomysql's pool, over TLS as ``url``'s ``ssl-mode`` says: opened on entering, and
+    on leaving closed, its connections waited for (``async with create_pool(url) as
+    pool:``; in an aiohttp app, inside a cleanup context). A TLS failure while opening
+    it is a ConfigError naming ``MYSQL_URL`` (mysql_tls.py)."""
     dsn = MySQLParams.from_url(url)
-    pool: AbstractAsyncContextManager[aiomysql.Pool] = aiomysql.create_pool(
+    pool = aiomysql.create_pool(
         host=dsn.host,
         port=dsn.port,
         user=dsn.user,
@@ -46,8 +50,25 @@ def create_pool(
         connect_timeout=5,
         # DATETIME columns hold UTC, whatever the server's own time zone is.
         init_command="SET time_zone = '+00:00'",
+        **dsn.tls.aiomysql_args(),
     )
-    return pool
+    with tls_errors(dsn.tls):
+        opened = await pool.__aenter__()
+    if dsn.tls.required:
+        _TLS_REQUIRED[opened] = dsn.tls
+    try:
+        yield opened
+    finally:
+        await pool.__aexit__(None, None, None)
+
+
+#: Pools whose every connection must be encrypted (:func:`acquire` checks).
+_TLS_REQUIRED: weakref.WeakKeyDictionary[aiomysql.Pool, MySQLTls] = weakref.WeakKeyDictionary()
+
+
+def _encrypted(conn: aiomysql.Connection) -> bool:
+    # aiomysql's own flag: set once the TLS handshake is done (or on a unix socket).
+    return bool(getattr(conn, "_secure", False))
 
 
 @asynccontextmanager
@@ -90,7 +111,7 @@ async def acquire(pool: aiomysql.Pool) -> aiomysql.Connection:
     and a connection it still returns later is closed, never handed out."""
     task = asyncio.ensure_future(pool.acquire())
     try:
-        return await asyncio.shield(task)
+        conn = await asyncio.shield(task)
     except BaseException:
         task.cancel()
         # Held until it ends: the loop keeps only a weak reference, and a task collected
@@ -98,6 +119,14 @@ async def acquire(pool: aiomysql.Pool) -> aiomysql.Connection:
         _ABANDONED.add(task)
         task.add_done_callback(partial(_discard_late, pool))
         raise
+    tls = _TLS_REQUIRED.get(pool)
+    if tls is not None and not _encrypted(conn):
+        # aiomysql goes on in plain text when the server's greeting offers no TLS (a
+        # server without it, or someone in between who took the offer out).
+        conn.close()
+        await pool.release(conn)
+        check_encrypted(tls, encrypted=False)
+    return conn
 
 
 #: Acquires whose caller gave up, until they end (:func:`acquire`).
@@ -152,19 +181,37 @@ async def probe(
     connection taken) must not look like a database that is down. Without ``database``
     only the server is asked for (``paylane migrate`` creates the database)."""
     params = MySQLParams.from_url(url)
+    try:
+        with tls_errors(params.tls):
+            conn = await _connect(params, params.tls, timeout, database)
+    except pymysql.err.OperationalError as exc:
+        if may_need_tls(exc, params.tls):
+            try:
+                (await _connect(params, DIAGNOSIS, timeout, database)).close()
+            except Exception:
+                raise exc from None  # a wrong password, or not there: as it was
+            raise tls_only(params.tls) from exc
+        raise
+    try:
+        check_encrypted(params.tls, _encrypted(conn))
+        await _check(conn, timeout, writable)
+    finally:
+        conn.close()
+
+
+async def _connect(
+    params: MySQLParams, tls: MySQLTls, timeout: float, database: bool
+) -> aiomysql.Connection:
     async with asyncio.timeout(timeout):
-        conn = await aiomysql.connect(
+        return await aiomysql.connect(
             host=params.host,
             port=params.port,
             user=params.user,
             password=params.password,
             db=params.database if database else None,
             connect_timeout=timeout,
+            **tls.aiomysql_args(),
         )
-    try:
-        await _check(conn, timeout, writable)
-    finally:
-        conn.close()
 
 
 async def _check(conn: aiomysql.Connection, timeout: float, writable: bool) -> None:

@@ -4,18 +4,60 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from importlib.resources import files
-from urllib.parse import quote
+from typing import Any
 
 import pymysql
-from yoyo import get_backend, read_migrations
+from yoyo import default_migration_table, read_migrations
+from yoyo.backends.core.mysql import MySQLBackend
+from yoyo.connections import parse_uri
 
+from .mysql_tls import DIAGNOSIS, MySQLTls, may_need_tls, tls_errors, tls_only
 from .settings import MySQLParams
 
 
-def create_database(dsn: MySQLParams) -> None:
-    conn = pymysql.connect(
-        host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password, connect_timeout=5
+def connect(dsn: MySQLParams, **options: Any) -> pymysql.Connection[Any]:
+    """A pymysql connection to ``dsn`` (its TLS included), for the migrator and the
+    cutover; a TLS failure is a ConfigError naming ``MYSQL_URL`` (mysql_tls.py)."""
+    try:
+        with tls_errors(dsn.tls):
+            return _connect(dsn, dsn.tls, options)
+    except pymysql.err.OperationalError as exc:
+        if may_need_tls(exc, dsn.tls):
+            try:
+                _connect(dsn, DIAGNOSIS, options).close()
+            except Exception:
+                raise exc from None  # a wrong password, or not there: as it was
+            raise tls_only(dsn.tls) from exc
+        raise
+
+
+def _connect(dsn: MySQLParams, tls: MySQLTls, options: dict[str, Any]) -> pymysql.Connection[Any]:
+    return pymysql.connect(
+        host=dsn.host,
+        port=dsn.port,
+        user=dsn.user,
+        password=dsn.password,
+        connect_timeout=5,
+        **tls.pymysql_args(),
+        **options,
     )
+
+
+def _backend(dsn: MySQLParams) -> MySQLBackend:
+    """yoyo's MySQL backend, connected by :func:`connect` (yoyo's own URL parameters
+    cannot carry an ``ssl.SSLContext``)."""
+
+    class Backend(MySQLBackend):  # type: ignore[misc]
+        def connect(self, dburi: Any) -> pymysql.Connection[Any]:
+            return connect(dsn, database=dsn.database)
+
+    backend = Backend(parse_uri(f"mysql://{dsn.host}/{dsn.database}"), default_migration_table)
+    backend.init_database()
+    return backend
+
+
+def create_database(dsn: MySQLParams) -> None:
+    conn = connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -30,8 +72,7 @@ def migrate(url: str) -> list[str]:
     """Create the database if needed and apply pending migrations; return their ids."""
     dsn = MySQLParams.from_url(url)
     create_database(dsn)
-    auth = quote(dsn.user, safe="") + (":" + quote(dsn.password, safe="") if dsn.password else "")
-    backend = get_backend(f"mysql://{auth}@{dsn.host}:{dsn.port}/{dsn.database}")
+    backend = _backend(dsn)
     migrations = read_migrations(str(files("paylane_common") / "migrations"))
     with backend.lock():
         pending = backend.to_apply(migrations)
@@ -77,13 +118,9 @@ def cutover(
     there was one."""
     moment = (at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
     dsn = MySQLParams.from_url(url)
-    conn = pymysql.connect(
-        host=dsn.host,
-        port=dsn.port,
-        user=dsn.user,
-        password=dsn.password,
+    conn = connect(
+        dsn,
         database=dsn.database,
-        connect_timeout=5,
         autocommit=True,
         # paid_at / updated_at are TIMESTAMPs: compared in UTC, as the services read them.
         init_command="SET time_zone = '+00:00'",

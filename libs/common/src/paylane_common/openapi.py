@@ -92,6 +92,9 @@ class Operation:
     description: str = ""
     #: ``x-…`` extensions (what OpenAPI cannot say, e.g. a WebSocket's messages).
     extensions: Mapping[str, Any] = field(default_factory=dict)
+    #: The document's ``operationId``; default: the handler's name. Needed where one
+    #: handler serves two paths (an alias), since operation ids are unique.
+    operation_id: str = ""
 
     def path_params(self) -> tuple[Param, ...]:
         """The ``{name}`` parts of the path, declared here unless ``parameters`` has them."""
@@ -191,7 +194,7 @@ class Api:
 
     def _operation(self, op: Operation, keys: _Refs) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "operationId": op.handler.__name__,
+            "operationId": op.operation_id or op.handler.__name__,
             "summary": op.summary,
         }
         if op.description:

@@ -211,7 +211,10 @@ def serve(settings_cls: type[SettingsT], build_app: Callable[[SettingsT], web.Ap
         return
     configure_logging(settings.log_format)
     existing_env.warn_once()
-    run(build_app(settings), settings)
+    try:
+        run(build_app(settings), settings)
+    except ConfigError as exc:  # found at start: a CA that does not verify the database
+        exit_on_config_error(exc)
 
 
 def run(app: web.Application, settings: BaseServiceSettings) -> None:

@@ -37,6 +37,7 @@ from .catalog import Package, parse_catalog
 from .exceptions import ConfigError
 from .existing_env import ExistingNamesSource, given_as
 from .identities import Publishers
+from .mysql_tls import MySQLTls
 from .tokens import TokenKeyError, load_signing_key, load_verifying_keys
 from .wechatpay.exceptions import WechatPayError
 from .wechatpay.keys import load_private_key, load_public_key
@@ -220,13 +221,15 @@ def _parse_url(adapter: TypeAdapter[U], url: str, example: str) -> U:
 @dataclass(frozen=True)
 class MySQLParams:
     """What connecting takes, from ``mysql://user:password@host:port/database``
-    (``root``, no password, ``127.0.0.1`` and ``3306`` when the URL leaves them out)."""
+    (``root``, no password, ``127.0.0.1`` and ``3306`` when the URL leaves them out) and
+    its ``?ssl-mode=…&ssl-ca=…`` (mysql_tls.py)."""
 
     user: str
     password: str = field(repr=False)
     host: str
     port: int
     database: str
+    tls: MySQLTls = field(default_factory=MySQLTls)
 
     @classmethod
     def from_url(cls, url: str) -> MySQLParams:
@@ -244,6 +247,7 @@ class MySQLParams:
             host=(dsn.host or "127.0.0.1").removeprefix("[").removesuffix("]"),
             port=dsn.port or 3306,
             database=database,
+            tls=MySQLTls.from_query(dsn.query),
         )
 
 
@@ -297,7 +301,13 @@ class BaseServiceSettings(BaseSettings):
     #: MySQL 8 or MariaDB 10.11, ``mysql://user:password@host:port/database`` (user
     #: ``root``, no password, ``127.0.0.1``, ``3306`` when left out). Each service its own
     #: user with only the tables it uses; ``paylane migrate`` and ``paylane cutover`` run
-    #: as the migrator (deploy/mysql/grants.sql).
+    #: as the migrator (deploy/mysql/grants.sql). TLS as the MySQL clients name it:
+    #: ``?ssl-mode=VERIFY_CA&ssl-ca=/path/ca.pem`` verifies the server's certificate
+    #: against that CA (``VERIFY_IDENTITY``: and its host name; ``REQUIRED``: encrypted,
+    #: unverified; ``PREFERRED``: encrypted if the server offers it; ``DISABLED``, the
+    #: default: plain). A CA file that cannot be read, a certificate that does not verify,
+    #: or a server that requires TLS from a URL without it stops the process with exit 2
+    #: (docs/deployment.md, "TLS to MySQL").
     mysql_url: MySQLUrl = "mysql://root:@127.0.0.1:3306/paylane"
     #: Listen address of the public API (and ``/healthz``).
     http_host: str = "0.0.0.0"

@@ -4,8 +4,9 @@ While it waits, the service is alive and not ready: a holding app on its ports a
 ``/healthz`` 200, ``/readyz`` 503 naming what it waits for, and everything else 503 (so
 WeChat Pay retries a notification later). It logs one line an attempt, naming the host
 and never the credentials, and tries again with backoff until every dependency answers;
-then the service opens its resources and serves as usual. ``use_broker`` and
-``use_mysql`` register what they need (:data:`NEEDED`); ``service.run`` waits for it.
+then the service opens its resources and serves as usual. A :class:`ConfigError` (TLS
+to the database refused, mysql_tls.py) is not waited out: it ends the start-up. ``use_broker``
+and ``use_mysql`` register what they need (:data:`NEEDED`); ``service.run`` waits for it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ from functools import partial
 
 import structlog
 from aiohttp import web
-from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_not_exception_type,
+    wait_exponential_jitter,
+)
 
 from . import db
 from .amqp import connect, hosts_of
+from .exceptions import ConfigError
 from .outages import describe
 from .settings import MySQLParams
 
@@ -157,6 +164,9 @@ async def _reach(dependency: Needed, waiting: dict[str, str]) -> None:
     async for attempt in AsyncRetrying(
         wait=wait_exponential_jitter(multiplier=FIRST_DELAY_S, max=MAX_DELAY_S, jitter=1.0),
         before_sleep=logged,
+        # Waiting cannot fix a configuration error (a CA that does not verify the
+        # database's certificate): it stops the start-up, exit 2 (service.serve).
+        retry=retry_if_not_exception_type(ConfigError),
         reraise=True,
     ):
         with attempt:

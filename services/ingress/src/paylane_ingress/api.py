@@ -108,11 +108,53 @@ def _internal_errors(refusal: type[Refusal]) -> dict[int, Reply]:
     }
 
 
+#: The existing cloud function's default notify URL (``${API_BASE_URL}/api/payment/callback``):
+#: WeChat Pay's notifications sent there are served exactly as on ``/notify/wechatpay``.
+CALLBACK_ALIAS = "/api/payment/callback"
+
+_NOTIFY_DESCRIPTION = (
+    "Verified (signature, timestamp, serial), decrypted with the APIv3 key, published to"
+    " RabbitMQ; answered 204 once the broker confirmed."
+)
+
+
+def _notify(path: str, summary: str, description: str, operation_id: str = "") -> Operation:
+    """``POST /notify/wechatpay`` or its alias: one handler, one contract."""
+    return Operation(
+        "POST",
+        path,
+        notify_wechatpay,
+        summary,
+        {
+            204: Reply("verified and published (or of a kind ingress ignores)"),
+            400: Reply("malformed: headers, body or resource", WechatFail),
+            401: Reply("the signature does not verify", WechatFail),
+            413: Reply(f"the body is larger than {MAX_BODY} bytes", WechatFail),
+            415: Reply("not `application/json`", WechatFail),
+            503: Reply("the broker did not confirm the event: WeChat Pay retries", WechatFail),
+        },
+        body_schema=NOTIFICATION,
+        # Anyone may send one; what counts is WeChat Pay's signature, which the
+        # handler verifies before it reads the body.
+        security=PUBLIC,
+        parameters=(
+            _wechatpay_header(HEADER_SIGNATURE),
+            _wechatpay_header(HEADER_TIMESTAMP),
+            _wechatpay_header(HEADER_NONCE),
+            _wechatpay_header(HEADER_SERIAL),
+            _wechatpay_header(HEADER_SIGNATURE_TYPE, required=False),
+        ),
+        description=description,
+        operation_id=operation_id,
+    )
+
+
 INGRESS_API = Api(
     title="paylane ingress",
     version=metadata.version("paylane-ingress"),
     description=(
-        "WeChat Pay's notifications in (`POST /notify/wechatpay`), and the cloud function's"
+        "WeChat Pay's notifications in (`POST /notify/wechatpay`, also served as"
+        " `POST /api/payment/callback`), and the cloud function's"
         " calls of the existing backend, answered as it answered them: its internal API"
         " (`X-Internal-Secret: INTERNAL_API_SECRET`) and the price list."
     ),
@@ -125,32 +167,20 @@ INGRESS_API = Api(
         },
     },
     operations=[
-        Operation(
-            "POST",
+        _notify(
             "/notify/wechatpay",
-            notify_wechatpay,
             "A WeChat Pay v3 notification (payment or refund)",
-            {
-                204: Reply("verified and published (or of a kind ingress ignores)"),
-                400: Reply("malformed: headers, body or resource", WechatFail),
-                401: Reply("the signature does not verify", WechatFail),
-                413: Reply(f"the body is larger than {MAX_BODY} bytes", WechatFail),
-                415: Reply("not `application/json`", WechatFail),
-                503: Reply("the broker did not confirm the event: WeChat Pay retries", WechatFail),
-            },
-            body_schema=NOTIFICATION,
-            # Anyone may send one; what counts is WeChat Pay's signature, which the
-            # handler verifies before it reads the body.
-            security=PUBLIC,
-            parameters=(
-                _wechatpay_header(HEADER_SIGNATURE),
-                _wechatpay_header(HEADER_TIMESTAMP),
-                _wechatpay_header(HEADER_NONCE),
-                _wechatpay_header(HEADER_SERIAL),
-                _wechatpay_header(HEADER_SIGNATURE_TYPE, required=False),
-            ),
-            description="Verified (signature, timestamp, serial), decrypted with the APIv3"
-            " key, published to RabbitMQ; answered 204 once the broker confirmed.",
+            _NOTIFY_DESCRIPTION,
+        ),
+        _notify(
+            CALLBACK_ALIAS,
+            "The same as `POST /notify/wechatpay`, under the existing cloud function's"
+            " default notify URL",
+            _NOTIFY_DESCRIPTION
+            + " The same handler as `POST /notify/wechatpay`: a notify URL written as"
+            " `${API_BASE_URL}/api/payment/callback`, the existing cloud function's"
+            " default, reaches ingress too.",
+            operation_id="notify_wechatpay_callback_alias",
         ),
         Operation(
             "POST",
