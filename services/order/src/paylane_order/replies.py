@@ -19,11 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from paylane_common.catalog import PaymentStatus
 from paylane_common.prices import PriceAnswer
-
-#: ``payment_orders.status``: the existing system's words plus paylane's ``needs_review``.
-OrderStatus = Literal["pending", "paid", "failed", "refunded", "needs_review"]
-#: ``refunds.status``.
-RefundStatus = Literal["pending", "success", "closed", "abnormal"]
+from paylane_common.rows import OrderStatus, RefundStatus
 
 
 class _Reply(BaseModel):
