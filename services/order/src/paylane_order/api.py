@@ -35,7 +35,7 @@ from .config import ORDER_CONFIG
 from .errors import Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
-from .orders import NewOrder, Orders
+from .orders import NewOrder, OrderDetail, Orders
 from .rate_limits import RateLimit
 from .sessions import Sessions
 
@@ -268,7 +268,7 @@ async def create_order(request: web.Request) -> web.Response:
     )
 
 
-def _view(order: dict[str, Any]) -> replies.OrderView:
+def _view(order: OrderDetail) -> replies.OrderView:
     keys = (
         "out_trade_no",
         "user_id",
@@ -341,7 +341,7 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
-async def _owned_order(request: web.Request) -> dict[str, Any]:
+async def _owned_order(request: web.Request) -> OrderDetail:
     """The order if the caller may see it; 404 for other users (no existence leak)."""
     out_trade_no = request.match_info["out_trade_no"]
     caller = _caller(request)
