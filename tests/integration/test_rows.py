@@ -1,11 +1,13 @@
 """``paylane_common.rows`` against the database: every column of the shared tables with
-the type a ``DictCursor`` gives it, and each query's row type (declared beside its query)
-with exactly those types. A ``TypedDict`` is a promise to the type checker only: this is
-where it is held to the tables the migrations make."""
+the type a ``DictCursor`` gives it, and each query's row type of the order and
+entitlement services (declared beside its query) with exactly those types. A
+``TypedDict`` is a promise to the type checker only: this is where it is held to the
+tables the migrations make."""
 
 from __future__ import annotations
 
 import types
+import typing
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -14,8 +16,38 @@ import aiomysql
 import pytest
 
 from paylane_common import db, rows
+from paylane_entitlement import grants
+from paylane_order import (
+    abnormal,
+    bills,
+    gate,
+    order_created,
+    orders,
+    payments,
+    reconciler,
+    refund_requests,
+    refunds,
+    review,
+    sweep,
+    users,
+)
 
 pytestmark = pytest.mark.integration
+
+_ORDER_MODULES = (
+    abnormal,
+    bills,
+    gate,
+    order_created,
+    orders,
+    payments,
+    reconciler,
+    refund_requests,
+    refunds,
+    review,
+    sweep,
+    users,
+)
 
 FULL_ROWS: dict[str, type[Any]] = {
     "users": rows.UserRow,
@@ -101,3 +133,66 @@ async def test_rows_as_the_cursor_gives_them_have_those_types(
                 assert value in _literal_values(hints[name]), name
             else:
                 assert type(value) in members, (name, type(value))
+
+
+#: Each query's row type and the tables its columns come from (the first that has one);
+#: ``coalesced``: columns read as ``COALESCE(column, default)``, never NULL.
+QUERY_ROWS: list[tuple[type[Any], tuple[str, ...], tuple[str, ...]]] = [
+    (users.UserRef, ("users",), ()),
+    (order_created._UserId, ("users",), ()),
+    (orders.OrderWithUser, ("payment_orders", "users"), ()),
+    (orders.OrderRefund, ("refunds",), ()),
+    (refund_requests._PaidOrder, ("payment_orders",), ()),
+    (refund_requests._Requested, ("refunds",), ()),
+    (review.OrderOwner, ("payment_orders",), ()),
+    (review._UnderReview, ("payment_orders",), ()),
+    (sweep.OrderEffect, ("payment_orders",), ()),
+    (sweep._Settled, ("payment_orders",), ()),
+    (sweep._PaidElsewhere, ("payment_orders",), ()),
+    (sweep._Logged, ("payment_orders",), ()),
+    (gate.PricedOrder, ("payment_orders",), ()),
+    (payments.PayableOrder, ("payment_orders",), ()),
+    (payments._RefundOf, ("refunds",), ()),
+    (refunds._RefundedOrder, ("payment_orders",), ()),
+    (refunds._RefundState, ("refunds",), ()),
+    (reconciler.OrderToSettle, ("payment_orders",), ()),
+    (reconciler._PendingOrder, ("payment_orders",), ()),
+    (reconciler.RefundToSettle, ("refunds",), ()),
+    (reconciler._PendingRefund, ("refunds",), ()),
+    (reconciler._Keyed, ("payment_orders",), ()),
+    (reconciler._Keyed, ("refunds",), ()),
+    (bills._Order, ("payment_orders",), ()),
+    (bills._Refund, ("refunds",), ()),
+    (abnormal.AbnormalRefundRow, ("refunds",), ()),
+    (order_created._ExistingOrder, ("payment_orders",), ()),
+    (grants.UserState, ("users",), ("payment_status", "regenerate_count")),
+    (grants._UserStateOf, ("users",), ("payment_status", "regenerate_count")),
+]
+#: TypedDicts of those packages that are not rows of a shared table.
+NOT_ROWS = {orders.OrderDetail, refund_requests.RefundRequest, grants._Grant, grants._Granted}
+
+
+@pytest.mark.parametrize(
+    ("shape", "tables", "coalesced"),
+    QUERY_ROWS,
+    ids=[f"{s.__module__.rsplit('.', 1)[-1]}.{s.__name__}" for s, _, _ in QUERY_ROWS],
+)
+def test_a_query_row_gives_each_column_its_one_type(
+    shape: type[Any], tables: tuple[str, ...], coalesced: tuple[str, ...]
+) -> None:
+    full = [get_type_hints(FULL_ROWS[table]) for table in tables]
+    for name, hint in get_type_hints(shape).items():
+        column = next((hints[name] for hints in full if name in hints), None)
+        assert column is not None, f"{shape.__name__}.{name} is no column of {tables}"
+        expected = _members(column) - {None} if name in coalesced else _members(column)
+        assert _members(hint) == expected, f"{shape.__name__}.{name}"
+
+
+def test_every_row_type_of_the_services_is_checked_above() -> None:
+    declared = {
+        value
+        for module in (*_ORDER_MODULES, grants)
+        for value in vars(module).values()
+        if typing.is_typeddict(value) and value.__module__ == module.__name__
+    }
+    assert declared - NOT_ROWS == {shape for shape, _, _ in QUERY_ROWS}
