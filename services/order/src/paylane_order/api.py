@@ -25,7 +25,7 @@ from paylane_common.openapi import (
     body_model,
     validate_json,
 )
-from paylane_common.prices import dumps
+from paylane_common.prices import answer_text
 
 from . import replies
 from .abnormal import AbnormalRefunds, Remedy
@@ -399,24 +399,22 @@ async def prices(request: web.Request) -> web.Response:
     """Its own fields, and the seed's ``success``/``data`` (yuan as JSON numbers)."""
     config = request.app[ORDER_CONFIG]
     catalog = config.catalog
-    return web.Response(
-        content_type="application/json",
-        text=dumps(
-            {
-                **config.price_list.answer(),
-                "currency": "CNY",
-                "packages": {name: str(p.price_yuan) for name, p in catalog.items()},
-                "packages_fen": {name: p.price_fen for name, p in catalog.items()},
-                "grants": {
-                    name: {
-                        "payment_status": p.payment_status,
-                        "regenerate_count": p.regenerate_grant,
-                    }
-                    for name, p in catalog.items()
-                },
-            }
-        ),
+    seed = config.price_list.reply()
+    answer = replies.Prices(
+        success=seed.success,
+        data=seed.data,
+        currency="CNY",
+        packages={name: str(p.price_yuan) for name, p in catalog.items()},
+        packages_fen={name: p.price_fen for name, p in catalog.items()},
+        grants={
+            name: replies.Grant(
+                payment_status=p.payment_status, regenerate_count=p.regenerate_grant
+            )
+            for name, p in catalog.items()
+        },
     )
+    # Not _reply: the seed's yuan are JSON numbers written from their Decimals (29.90).
+    return web.Response(content_type="application/json", text=answer_text(answer))
 
 
 BACKEND = "backend"
