@@ -17,17 +17,17 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from paylane_common.service import command_resources
 from paylane_common.wechatpay import ABNORMAL_REFUND_TYPES
-from paylane_order.abnormal import AbnormalRefunds, Remedy
+from paylane_order.abnormal import AbnormalRefundRow, AbnormalRefunds, Remedy
 from paylane_order.errors import InvalidRequest, OrderError
 from paylane_order.settings import OrderSettings
 
 from .commands import command_settings, positive, print_table
 
-_LISTED = ("out_refund_no", "out_trade_no", "amount_refund", "abnormal_at", "remedy_result")
+_LISTED: Final = ("out_refund_no", "out_trade_no", "amount_refund", "abnormal_at", "remedy_result")
 
 
 def _run(work: Callable[[AbnormalRefunds], Awaitable[int]]) -> int:
@@ -53,7 +53,7 @@ def _json_value(value: Any) -> Any:
     return value.isoformat() + "Z" if isinstance(value, datetime) else value
 
 
-def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
+def _print_rows(rows: list[AbnormalRefundRow], as_json: bool, title: str) -> None:
     if as_json:
         print(json.dumps([{k: _json_value(v) for k, v in r.items()} for r in rows]))
         return

@@ -511,9 +511,10 @@ async def test_prices_follow_the_catalog_and_prices_effective_at(ingress_setting
     )
     async with TestClient(TestServer(build_app(settings, clock=lambda: NOW))) as client:
         text = await (await client.get(PRICES)).text()
-    assert '"packages": {"basic": 19.99, "premium": 100.00}' in text
-    data = json.loads(text)["data"]
-    assert data["effectiveAt"] == data["updatedAt"] == "2025-01-01T00:00:00.000Z"
+    assert text == (
+        '{"success": true, "data": {"packages": {"basic": 19.99, "premium": 100.00},'
+        ' "effectiveAt": "2025-01-01T00:00:00.000Z", "updatedAt": "2025-01-01T00:00:00.000Z"}}'
+    )
 
 
 @integration

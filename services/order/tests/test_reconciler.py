@@ -287,3 +287,38 @@ async def test_orders_other_writers_left_pending_expire_after_the_ttl_and_stop_b
     await reconciler.run_once()
     assert young in asked
     assert not {old, unpaid, SEED_PENDING} & set(asked)
+
+
+async def test_an_order_or_refund_of_unknown_age_is_left_to_wechatpays_answer(
+    db_pool: aiomysql.Pool,
+    wechat: tuple[RunningSandbox, WechatPayClient],
+    publisher: Publisher,
+) -> None:
+    """A row another writer left without ``created_at`` (and without ``expires_at``): no
+    pass reads it, but the bill reconciliation may hand it over. Its age unknown, it is
+    neither taken for expired nor closed as never sent, whatever WeChat Pay does not know;
+    it used to fail the whole run (None + a timedelta)."""
+    _, client = wechat
+    reconciler = Reconciler(
+        db_pool,
+        client,
+        publisher,
+        ReconcilerConfig(after_s=AFTER_S, refund_grace_s=600),
+        payment_gate(client),
+    )
+    user_id = await add_user(db_pool)
+    order = _number()  # unknown to WeChat Pay: ORDER_NOT_EXIST
+    await _pending(db_pool, user_id, [order], age_s=3600, expires=False)
+    refund = await add_refund(db_pool, order, "9.90")  # unknown too: RESOURCE_NOT_EXISTS
+    # As the bill reconciliation reads them, created_at NULL.
+    unknown_age = {"out_trade_no": order, "expires_at": None, "created_at": None}
+    assert await reconciler.settle_order(unknown_age) == "not_placed_yet"  # asked again later
+    unsent = {
+        "out_refund_no": refund,
+        "out_trade_no": order,
+        "amount_refund": 990,
+        "refund_id": None,
+        "created_at": None,
+    }
+    assert await reconciler.settle_refund(unsent) == "refund_not_at_wechatpay_yet"
+    assert await _refund_status(db_pool, refund) == "pending"

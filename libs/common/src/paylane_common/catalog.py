@@ -22,7 +22,7 @@ STATUS_RANK: dict[str, int] = {plan: rank for rank, plan in enumerate(PLANS)}
 PACKAGE_TYPES = ("basic", "premium")
 
 
-def best_plan(*plans: str) -> str:
+def best_plan(*plans: PaymentStatus) -> PaymentStatus:
     """The highest of ``plans`` (``users.payment_status`` values): a plan only rises."""
     return max(plans, key=STATUS_RANK.__getitem__)
 

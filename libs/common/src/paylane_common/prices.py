@@ -2,8 +2,9 @@
 ``{"success": true, "data": {"packages": {"basic": 0.01, "premium": 29.90},
 "effectiveAt": ISO-8601, "updatedAt": ISO-8601}}``, the prices in yuan as JSON numbers.
 
-The numbers are written from the catalog's Decimal yuan as they are (``29.90``, two
-decimals): no float ever holds a price on the way out.
+The answer is a model (:class:`PriceAnswer`, whose prices are :data:`YuanNumber`) and its
+text is :func:`answer_text`: the numbers are written from the catalog's Decimal yuan as
+they are (``29.90``, two decimals), and no float ever holds a price on the way out.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from .catalog import Package
 
@@ -50,36 +51,51 @@ class PriceList:
         moment = effective_at or loaded_at or datetime.now(UTC)
         return cls(dict(catalog), moment, moment)
 
-    def data(self) -> dict[str, Any]:
-        """``{"packages": {name: Decimal yuan}, "effectiveAt", "updatedAt"}``; serialize
-        it with :func:`dumps` (Decimals as JSON numbers)."""
-        return {
-            "packages": {name: p.price_yuan for name, p in self.catalog.items()},
-            "effectiveAt": iso_utc(self.effective_at),
-            "updatedAt": iso_utc(self.updated_at),
-        }
+    def reply(self) -> PriceAnswer:
+        """The answer; its text is :func:`answer_text`."""
+        return PriceAnswer(
+            success=True,
+            data=PriceData(
+                packages={name: p.price_yuan for name, p in self.catalog.items()},
+                effectiveAt=self.effective_at,
+                updatedAt=self.updated_at,
+            ),
+        )
 
     def answer(self) -> dict[str, Any]:
-        return {"success": True, "data": self.data()}
+        """:meth:`reply` as a dict, the yuan still Decimals (for :func:`dumps`)."""
+        return self.reply().model_dump()
+
+
+#: Yuan as a JSON number, held as the catalog's Decimal (``29.90``): :func:`answer_text`
+#: writes it as it reads. (pydantic's own JSON would write it as a string, and a float
+#: would drop the ``0`` of ``29.90``: a model with one is written by ``answer_text``.)
+YuanNumber = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 
 
 class PriceData(BaseModel):
-    """:meth:`PriceList.data` as the OpenAPI documents describe it."""
+    """The prices in yuan, since when they are in effect (ISO 8601, UTC, milliseconds)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    packages: dict[str, float] = Field(description="yuan as JSON numbers (29.90)")
+    packages: dict[str, YuanNumber] = Field(description="yuan as JSON numbers (29.90)")
     effectiveAt: datetime
     updatedAt: datetime
 
 
 class PriceAnswer(BaseModel):
-    """:meth:`PriceList.answer` as the OpenAPI documents describe it."""
+    """``GET /api/prices/current`` as the existing system answers it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     success: Literal[True]
     data: PriceData
+
+
+def answer_text(answer: BaseModel) -> str:
+    """``answer`` (a :class:`PriceAnswer`, or a model extending it) as the JSON text the
+    price routes answer: :func:`dumps` of its fields, in their order."""
+    return dumps(answer.model_dump())
 
 
 def dumps(payload: Any) -> str:

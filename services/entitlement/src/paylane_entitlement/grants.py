@@ -18,15 +18,16 @@ granted (and revoked) like any other and the row ends with real values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypedDict
 
 import aiomysql
 import structlog
 
 from paylane_common import events, inbox, outbox
 from paylane_common.batching import BatchItem, first_deliveries
-from paylane_common.catalog import PLANS, Package, best_plan
+from paylane_common.catalog import PLANS, Package, PaymentStatus, best_plan
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import is_duplicate_key, placeholders, rows_table, transaction
 from paylane_common.events import (
@@ -39,6 +40,7 @@ from paylane_common.events import (
     RevokedFor,
     make_event,
 )
+from paylane_common.rows import fetch_all, fetch_one
 
 from . import INBOX_CONSUMER, OUTBOX_PRODUCER
 
@@ -52,6 +54,29 @@ _USER_STATE = (
     "COALESCE(payment_status, 'free') AS payment_status,"
     " COALESCE(regenerate_count, 0) AS regenerate_count"
 )
+
+
+class UserState(TypedDict):
+    """A user's plan and regenerations (``_USER_STATE``: never NULL)."""
+
+    payment_status: PaymentStatus
+    regenerate_count: int
+
+
+class _UserStateOf(UserState):
+    id: str
+
+
+class _Grant(TypedDict):
+    """An order's row of the ledger, as a revocation reads it."""
+
+    user_id: str
+    regenerate_granted: int
+    revoked_at: datetime | None
+
+
+class _Granted(TypedDict):
+    out_trade_no: str
 
 
 class EntitlementApplier:
@@ -116,7 +141,7 @@ class EntitlementApplier:
             f" WHERE out_trade_no IN ({placeholders(len(nos))})",
             nos,
         )
-        granted = {row["out_trade_no"] for row in await cur.fetchall()}
+        granted = {row["out_trade_no"] for row in await fetch_all(cur, _Granted)}
         # Users locked in id order, as one grant would lock its user first.
         user_ids = sorted({it.data.user_id for _, it in fresh})
         await cur.execute(
@@ -124,7 +149,7 @@ class EntitlementApplier:
             f" WHERE id IN ({placeholders(len(user_ids))}) ORDER BY id FOR UPDATE",
             user_ids,
         )
-        users = {row["id"]: dict(row) for row in await cur.fetchall()}
+        users = {row["id"]: row for row in await fetch_all(cur, _UserStateOf)}
         grants, staged, inbox_ids = [], [], []
         for i, it in fresh:
             data: OrderPaid = it.data
@@ -134,7 +159,9 @@ class EntitlementApplier:
             granted.add(data.out_trade_no)
             package = self._catalog[data.package_type]
             before = user["payment_status"]
-            user.update(after_grant(user, package))
+            after = after_grant(user, package)
+            user["payment_status"] = after["payment_status"]
+            user["regenerate_count"] = after["regenerate_count"]
             grants.append(
                 (
                     data.out_trade_no,
@@ -178,7 +205,7 @@ class EntitlementApplier:
         await cur.execute(
             f"SELECT {_USER_STATE} FROM users WHERE id = %s FOR UPDATE", (data.user_id,)
         )
-        user = await cur.fetchone()
+        user = await fetch_one(cur, UserState)
         if user is None:
             raise Retry(f"unknown user {data.user_id}", max_attempts=4, delay_s=1.0)
         before = user["payment_status"]
@@ -226,7 +253,7 @@ class EntitlementApplier:
         await cur.execute(
             f"SELECT {_USER_STATE} FROM users WHERE id = %s FOR UPDATE", (data.user_id,)
         )
-        user = await cur.fetchone()
+        user = await fetch_one(cur, UserState)
         if user is None:
             raise Retry(f"unknown user {data.user_id}", max_attempts=4, delay_s=1.0)
         await cur.execute(
@@ -234,7 +261,7 @@ class EntitlementApplier:
             " WHERE out_trade_no = %s FOR UPDATE",
             (data.out_trade_no,),
         )
-        grant = await cur.fetchone()
+        grant = await fetch_one(cur, _Grant)
         if grant is None:
             # Refunded before its order.paid was applied (a replayed DLQ, relays racing):
             # a revoked row that granted nothing, so the late order.paid is a duplicate.
@@ -274,7 +301,7 @@ class EntitlementApplier:
         log.info("entitlement_revoked", user_id=grant["user_id"], payment_status=status)
         return "revoked"
 
-    async def _plan(self, cur: aiomysql.Cursor, user_id: str) -> str:
+    async def _plan(self, cur: aiomysql.Cursor, user_id: str) -> PaymentStatus:
         """The plan the user's ledger gives: the best of the plan before their first grant
         and the packages of the orders still granted.
 
@@ -286,7 +313,7 @@ class EntitlementApplier:
             " AS base FROM entitlement_grants WHERE user_id = %s",
             (user_id,),
         )
-        plans = [(await cur.fetchone())["base"] or "free"]
+        plans: list[PaymentStatus] = [(await cur.fetchone())["base"] or "free"]
         await cur.execute(
             "SELECT package_type, status_after FROM entitlement_grants"
             " WHERE user_id = %s AND revoked_at IS NULL",
@@ -308,7 +335,8 @@ class EntitlementApplier:
         revoked_for: RevokedFor | None = None,
     ) -> None:
         await cur.execute(f"SELECT {_USER_STATE} FROM users WHERE id = %s", (user_id,))
-        user = await cur.fetchone()
+        user = await fetch_one(cur, UserState)
+        assert user is not None  # locked (or read) earlier in this transaction
         data = Entitlement(
             user_id=user_id,
             out_trade_no=out_trade_no,
@@ -331,7 +359,7 @@ _TOMBSTONE_INSERT = (
 )
 
 
-def after_grant(user: Mapping[str, Any], package: Package) -> dict[str, Any]:
+def after_grant(user: UserState, package: Package) -> UserState:
     """The user's ``payment_status`` and ``regenerate_count`` once ``package`` is granted:
     the plan rises to the package's (never falls), the regenerations grow by its grant.
     A grant applied one by one and one of a batch both come here."""
@@ -364,7 +392,7 @@ def _paid(envelope: Envelope, data: OrderPaid) -> PaidOrder:
     )
 
 
-def _granted(envelope: Envelope, data: OrderPaid, user: dict[str, Any]) -> Envelope:
+def _granted(envelope: Envelope, data: OrderPaid, user: UserState) -> Envelope:
     """``entitlement.granted`` of a batch's grant, carrying its ``order.paid``."""
     return make_event(
         events.ENTITLEMENT_GRANTED,

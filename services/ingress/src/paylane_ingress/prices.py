@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from paylane_common.prices import dumps
+from paylane_common.prices import answer_text
 
 from .config import INGRESS_CONFIG
 
 
 async def current_prices(request: web.Request) -> web.Response:
-    return web.Response(
-        text=dumps(request.app[INGRESS_CONFIG].price_list.answer()), content_type="application/json"
-    )
+    answer = request.app[INGRESS_CONFIG].price_list.reply()
+    return web.Response(text=answer_text(answer), content_type="application/json")

@@ -15,13 +15,15 @@ Used by the order API (``POST /refunds/{out_refund_no}/apply-abnormal-refund``) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TypedDict
 
 import aiomysql
 import structlog
 
 from paylane_common.db import transaction
 from paylane_common.ids import new_row_id
+from paylane_common.rows import RefundStatus, fetch_all, fetch_one
 from paylane_common.wechatpay import (
     AbnormalRefundType,
     WechatPayApiError,
@@ -45,6 +47,24 @@ COLUMNS = (
     "out_refund_no, out_trade_no, refund_id, amount_refund, status, reason, created_at,"
     " abnormal_at, remedy, remedy_at, remedy_result"
 )
+
+
+class AbnormalRefundRow(TypedDict):
+    """A refund with ``COLUMNS``."""
+
+    out_refund_no: str
+    out_trade_no: str
+    refund_id: str | None
+    amount_refund: int
+    status: RefundStatus | None
+    reason: str | None
+    created_at: datetime | None
+    abnormal_at: datetime | None
+    remedy: str | None
+    remedy_at: datetime | None
+    remedy_result: str | None
+
+
 #: ``refunds.remedy_result`` is VARCHAR(255).
 RESULT_MAX = 255
 
@@ -78,7 +98,7 @@ class AbnormalRefunds:
         self._pool = pool
         self._client = client
 
-    async def list(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def list(self, limit: int = 100) -> list[AbnormalRefundRow]:
         """The refunds waiting for a remedy, oldest first."""
         # In a transaction of its own, as every read: the pool's connections run with
         # autocommit off, and a bare read would keep an old snapshot on its connection.
@@ -88,19 +108,19 @@ class AbnormalRefunds:
                 " ORDER BY created_at, id LIMIT %s",
                 (limit,),
             )
-            return list(await cur.fetchall())
+            return await fetch_all(cur, AbnormalRefundRow)
 
-    async def get(self, out_refund_no: str) -> dict[str, Any]:
+    async def get(self, out_refund_no: str) -> AbnormalRefundRow:
         async with transaction(self._pool) as cur:
             await cur.execute(
                 f"SELECT {COLUMNS} FROM refunds WHERE out_refund_no = %s", (out_refund_no,)
             )
-            row: dict[str, Any] | None = await cur.fetchone()
+            row = await fetch_one(cur, AbnormalRefundRow)
         if row is None:
             raise NotFound(f"refund {out_refund_no} not found", "unknown_refund")
         return row
 
-    async def apply(self, out_refund_no: str, remedy: Remedy) -> dict[str, Any]:
+    async def apply(self, out_refund_no: str, remedy: Remedy) -> AbnormalRefundRow:
         """Ask WeChat Pay to pay an ABNORMAL refund out as ``remedy`` says; the row records
         the answer either way. A refund no longer ABNORMAL here is a 409 (it was remedied
         already, or WeChat Pay settled it meanwhile)."""
@@ -147,7 +167,7 @@ class AbnormalRefunds:
         return str(refund_id)
 
     async def _record(
-        self, refund: dict[str, Any], remedy: Remedy, result: str, accepted: bool
+        self, refund: AbnormalRefundRow, remedy: Remedy, result: str, accepted: bool
     ) -> None:
         # A REFUND.SUCCESS may already have been applied (it can beat this answer): the
         # status goes back to pending only from abnormal.

@@ -26,7 +26,8 @@ from paylane_common.openapi import (
     body_model,
     validate_json,
 )
-from paylane_common.prices import dumps
+from paylane_common.prices import answer_text
+from paylane_common.rows import OrderRow
 
 from . import order_list, replies
 from .abnormal import AbnormalRefunds, Remedy
@@ -37,7 +38,7 @@ from .errors import Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauth
 from .ids import keyed_out_refund_no
 from .miniprogram import MiniProgramLogin
 from .order_list import Key, ListQuery, OrderFilters, OrderList, parse_query
-from .orders import NewOrder, Orders
+from .orders import NewOrder, OrderDetail, Orders
 from .rate_limits import RateLimit
 from .sessions import Sessions
 
@@ -263,13 +264,13 @@ async def pay_order(request: web.Request) -> web.Response:
     config = request.app[ORDER_CONFIG]
     payer = client_ip(request, config.trusted_proxies) if order["trade_type"] == "H5" else None
     package = config.catalog.get(order["package_type"])
-    order, again = await request.app[ORDERS].pay_again(order, package, payer)
-    return await _placed(request, order, replies.PaidAgain, 200, placed_again=again)
+    placed, again = await request.app[ORDERS].pay_again(order, package, payer)
+    return await _placed(request, placed, replies.PaidAgain, 200, placed_again=again)
 
 
 async def _placed(
     request: web.Request,
-    order: dict[str, Any],
+    order: OrderRow,
     model: type[replies.PlacedOrder],
     status: int,
     **extra: Any,
@@ -296,7 +297,7 @@ async def _placed(
     )
 
 
-def _view(order: dict[str, Any]) -> replies.OrderView:
+def _view(order: OrderDetail) -> replies.OrderView:
     keys = (
         "out_trade_no",
         "user_id",
@@ -366,7 +367,7 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
-async def _owned_order(request: web.Request) -> dict[str, Any]:
+async def _owned_order(request: web.Request) -> OrderDetail:
     """The order if the caller may see it; 404 for other users (no existence leak)."""
     out_trade_no = request.match_info["out_trade_no"]
     caller = _caller(request)
@@ -472,24 +473,22 @@ async def prices(request: web.Request) -> web.Response:
     """Its own fields, and the seed's ``success``/``data`` (yuan as JSON numbers)."""
     config = request.app[ORDER_CONFIG]
     catalog = config.catalog
-    return web.Response(
-        content_type="application/json",
-        text=dumps(
-            {
-                **config.price_list.answer(),
-                "currency": "CNY",
-                "packages": {name: str(p.price_yuan) for name, p in catalog.items()},
-                "packages_fen": {name: p.price_fen for name, p in catalog.items()},
-                "grants": {
-                    name: {
-                        "payment_status": p.payment_status,
-                        "regenerate_count": p.regenerate_grant,
-                    }
-                    for name, p in catalog.items()
-                },
-            }
-        ),
+    seed = config.price_list.reply()
+    answer = replies.Prices(
+        success=seed.success,
+        data=seed.data,
+        currency="CNY",
+        packages={name: str(p.price_yuan) for name, p in catalog.items()},
+        packages_fen={name: p.price_fen for name, p in catalog.items()},
+        grants={
+            name: replies.Grant(
+                payment_status=p.payment_status, regenerate_count=p.regenerate_grant
+            )
+            for name, p in catalog.items()
+        },
     )
+    # Not _reply: the seed's yuan are JSON numbers written from their Decimals (29.90).
+    return web.Response(content_type="application/json", text=answer_text(answer))
 
 
 BACKEND = "backend"

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -38,7 +39,7 @@ class Caller:
     #: The user's session (None for the backend).
     session: ClientToken | None = None
 
-    def may_see(self, order: dict[str, object]) -> bool:
+    def may_see(self, order: Mapping[str, object]) -> bool:
         return self.backend or self.user_id == order["user_id"]
 
 

@@ -54,10 +54,10 @@ later from running it again (a second alert, a second count). ``paylane reconcil
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiomysql
 import pymysql
@@ -69,6 +69,7 @@ from paylane_common.db import is_duplicate_key, placeholders, transaction
 from paylane_common.ids import new_row_id
 from paylane_common.leases import Lease
 from paylane_common.money import yuan_text
+from paylane_common.rows import OrderStatus, RefundStatus, fetch_all
 from paylane_common.wechatpay import (
     BadRecord,
     TradeBill,
@@ -80,10 +81,28 @@ from paylane_common.wechatpay import (
 
 from . import metrics
 from .gate import PAID_STATES
-from .reconciler import Reconciler
+from .reconciler import OrderToSettle, Reconciler, RefundToSettle
 from .review import to_review
 
 log = structlog.get_logger(__name__)
+
+
+class _Order(OrderToSettle):
+    """An order as the day's bill is compared with it (``_orders``)."""
+
+    status: OrderStatus | None
+    amount_total: int
+    transaction_id: str | None
+    paid_at: datetime | None
+
+
+class _Refund(RefundToSettle):
+    """A refund as the day's bill is compared with it (``_refunds``)."""
+
+    status: RefundStatus | None
+
+
+_Row = TypeVar("_Row", bound=Mapping[str, object])
 
 #: Orders whose payment the bill would show.
 _PAID = ("paid", "refunded", "needs_review")
@@ -331,7 +350,7 @@ class BillReconciler:
         return report
 
     async def _payment(
-        self, record: TradeBillRecord, order: dict[str, Any] | None, day: date
+        self, record: TradeBillRecord, order: _Order | None, day: date
     ) -> Difference | None:
         seen = Difference(
             "", record.out_trade_no, wechat_amount=record.order_total, wechat_state="SUCCESS"
@@ -348,7 +367,7 @@ class BillReconciler:
         return await self._paid_alike(seen, order, record.transaction_id, day)
 
     async def _paid_alike(
-        self, seen: Difference, order: dict[str, Any], transaction_id: str | None, day: date
+        self, seen: Difference, order: _Order, transaction_id: str | None, day: date
     ) -> Difference | None:
         """An order paid here against WeChat Pay's payment of it (``seen.wechat_amount``,
         ``transaction_id``): to review when they differ."""
@@ -360,7 +379,7 @@ class BillReconciler:
             return await self._review(replace(seen, kind="transaction_differs"), reason, day)
         return None
 
-    async def _order_not_in_bill(self, order: dict[str, Any], day: date) -> Difference | None:
+    async def _order_not_in_bill(self, order: _Order, day: date) -> Difference | None:
         """Paid here that day, not in the bill: WeChat Pay is asked, and only its answer
         moves the order (see the module's docstring)."""
         seen = Difference(
@@ -386,7 +405,7 @@ class BillReconciler:
         return await self._paid_alike(seen, order, tx.get("transaction_id"), day)
 
     async def _refund(
-        self, record: TradeBillRecord, row: dict[str, Any] | None, day: date
+        self, record: TradeBillRecord, row: _Refund | None, day: date
     ) -> Difference | None:
         seen = Difference(
             "",
@@ -399,7 +418,7 @@ class BillReconciler:
             return await self._record(replace(seen, kind="refund_not_here"), day)
         return await self._refund_alike(seen, row, day)
 
-    async def _refund_not_in_bill(self, row: dict[str, Any], day: date) -> Difference | None:
+    async def _refund_not_in_bill(self, row: _Refund, day: date) -> Difference | None:
         """Ours, made that day, not in the bill: WeChat Pay is asked (as for orders)."""
         seen = Difference(
             "",
@@ -421,9 +440,7 @@ class BillReconciler:
         seen = replace(seen, wechat_amount=amount, wechat_state=answer.get("status"))
         return await self._refund_alike(seen, row, day)
 
-    async def _refund_alike(
-        self, seen: Difference, row: dict[str, Any], day: date
-    ) -> Difference | None:
+    async def _refund_alike(self, seen: Difference, row: _Refund, day: date) -> Difference | None:
         """A refund as WeChat Pay has it (``seen``: amount and status) against ours. WeChat
         Pay's PROCESSING (a bill shows a refund's status when the bill was made) is alike
         whatever ours is now."""
@@ -492,9 +509,10 @@ class BillReconciler:
 
     async def _orders(
         self, out_trade_nos: list[str], start: datetime, end: datetime
-    ) -> dict[str, dict[str, Any]]:
+    ) -> dict[str, _Order]:
         """Orders paid in the window, and those the bill names."""
         return await self._rows(
+            _Order,
             "payment_orders",
             "out_trade_no",
             "status, amount_total, transaction_id, paid_at, expires_at, created_at",
@@ -506,9 +524,10 @@ class BillReconciler:
 
     async def _refunds(
         self, out_refund_nos: list[str], start: datetime, end: datetime
-    ) -> dict[str, dict[str, Any]]:
+    ) -> dict[str, _Refund]:
         """Refunds made in the window, and those the bill names."""
         return await self._rows(
+            _Refund,
             "refunds",
             "out_refund_no",
             "out_trade_no, status, amount_refund, refund_id, created_at",
@@ -520,6 +539,7 @@ class BillReconciler:
 
     async def _rows(
         self,
+        shape: type[_Row],
         table: str,
         key: str,
         columns: str,
@@ -527,19 +547,19 @@ class BillReconciler:
         keys: list[str],
         start: datetime,
         end: datetime,
-    ) -> dict[str, dict[str, Any]]:
-        """``table``'s rows by ``key``: those whose ``moment`` is in the window, and those
-        of ``keys`` (outside it: a payment near midnight, a row another day wrote)."""
+    ) -> dict[str, _Row]:
+        """``table``'s rows (``shape``) by ``key``: those whose ``moment`` is in the window,
+        and those of ``keys`` (outside it: a payment near midnight, a row another day wrote)."""
         select = f"SELECT {key}, {columns} FROM {table}"
         async with transaction(self._pool) as cur:
             await cur.execute(f"{select} WHERE {moment} >= %s AND {moment} < %s", (start, end))
-            rows = {r[key]: r for r in await cur.fetchall()}
+            rows = {str(r[key]): r for r in await fetch_all(cur, shape)}
             missing = [k for k in keys if k not in rows]
             for i in range(0, len(missing), 500):
                 chunk = missing[i : i + 500]
                 marks = placeholders(len(chunk))
                 await cur.execute(f"{select} WHERE {key} IN ({marks})", chunk)
-                rows.update({r[key]: r for r in await cur.fetchall()})
+                rows.update({str(r[key]): r for r in await fetch_all(cur, shape)})
         return rows
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 
 import structlog
 from pydantic import ValidationError
@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from paylane_common.catalog import Package
 from paylane_common.consumer import Retry
 from paylane_common.events import PaymentSucceeded, payment_from_transaction
+from paylane_common.rows import PackageType
 from paylane_common.wechatpay import (
     DecryptionError,
     NotificationHeaders,
@@ -60,6 +61,17 @@ log = structlog.get_logger(__name__)
 
 #: What a query may answer for a payment that happened: paid, or paid and then refunded.
 PAID_STATES = ("SUCCESS", "REFUND")
+
+
+class PricedOrder(TypedDict):
+    """What :meth:`Gate.mismatch` compares a payment with: a ``payment_orders`` row with
+    these columns."""
+
+    package_type: PackageType
+    amount_total: int
+    currency: str
+    appid: str | None
+    created_at: datetime | None
 
 
 class Unconfirmed(Exception):
@@ -167,10 +179,9 @@ class Gate:
         return payment.model_copy(update={"generation_id": claim.generation_id})
 
     def mismatch(
-        self, order: Mapping[str, Any], paid: PaymentSucceeded, periods: Iterable[PricePeriod]
+        self, order: PricedOrder, paid: PaymentSucceeded, periods: Iterable[PricePeriod]
     ) -> str | None:
-        """Why WeChat Pay's ``paid`` does not pay for ``order`` (a row with
-        ``package_type``, ``amount_total``, ``currency``, ``appid``, ``created_at``), or None.
+        """Why WeChat Pay's ``paid`` does not pay for ``order``, or None.
         ``periods``: the recorded prices of the order's package (catalog_prices.load)."""
         if paid.amount_total != order["amount_total"]:
             return f"amount {paid.amount_total} differs from order amount {order['amount_total']}"

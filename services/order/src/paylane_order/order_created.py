@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypedDict
 
 import aiomysql
 import structlog
@@ -29,10 +29,25 @@ from paylane_common.db import is_duplicate_key, transaction
 from paylane_common.events import Envelope, OrderCreated
 from paylane_common.ids import new_row_id
 from paylane_common.money import yuan
+from paylane_common.rows import OrderStatus, fetch_one
 
 from . import INBOX_CONSUMER
 
 log = structlog.get_logger(__name__)
+
+
+class _UserId(TypedDict):
+    id: str
+
+
+class _ExistingOrder(TypedDict):
+    """The row already there for an ``out_trade_no``."""
+
+    id: str
+    user_id: str
+    amount_total: int
+    status: OrderStatus | None
+
 
 #: ``payment_logs.type`` of the row written with the order (the cloud function's own).
 LOG_TYPE = "order_create"
@@ -106,7 +121,7 @@ class OrderCreatedApplier:
         if await _user(cur, data.user_id, lock=True) is not None:
             return
         await cur.execute("SELECT id FROM users WHERE openid = %s", (data.openid,))
-        other = await cur.fetchone()
+        other = await fetch_one(cur, _UserId)
         owner = f"user {other['id']}" if other else "another user"
         raise Reject(
             f"user {data.user_id} does not exist and cannot be created: its openid belongs"
@@ -155,25 +170,23 @@ class OrderCreatedApplier:
 _SHARED = " LOCK IN SHARE MODE"
 
 
-async def _user(cur: aiomysql.Cursor, user_id: str, lock: bool = False) -> dict[str, Any] | None:
+async def _user(cur: aiomysql.Cursor, user_id: str, lock: bool = False) -> _UserId | None:
     await cur.execute("SELECT id FROM users WHERE id = %s" + (_SHARED if lock else ""), (user_id,))
-    row: dict[str, Any] | None = await cur.fetchone()
-    return row
+    return await fetch_one(cur, _UserId)
 
 
 async def _order(
     cur: aiomysql.Cursor, out_trade_no: str, lock: bool = False
-) -> dict[str, Any] | None:
+) -> _ExistingOrder | None:
     await cur.execute(
         "SELECT id, user_id, amount_total, status FROM payment_orders WHERE out_trade_no = %s"
         + (_SHARED if lock else ""),
         (out_trade_no,),
     )
-    row: dict[str, Any] | None = await cur.fetchone()
-    return row
+    return await fetch_one(cur, _ExistingOrder)
 
 
-def _note_existing(order: dict[str, Any], data: OrderCreated) -> None:
+def _note_existing(order: _ExistingOrder, data: OrderCreated) -> None:
     """The row is the cloud function's: kept; a difference is worth a look, not a change."""
     differs = [
         name

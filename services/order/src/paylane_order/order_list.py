@@ -32,9 +32,9 @@ from paylane_common.china_time import CHINA
 from paylane_common.db import transaction
 from paylane_common.events import validation_summary
 from paylane_common.money import yuan_text
+from paylane_common.rows import OrderStatus
 
 from .errors import InvalidRequest
-from .replies import OrderStatus
 
 #: ``limit`` of ``GET /orders``: by default, at most.
 DEFAULT_LIMIT = 50

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import aiomysql
 import structlog
@@ -25,6 +25,7 @@ from paylane_common.china_time import CHINA
 from paylane_common.db import is_duplicate_key, transaction
 from paylane_common.ids import new_row_id
 from paylane_common.money import yuan
+from paylane_common.rows import OrderRow, PaymentStatus, RefundStatus, fetch_all, fetch_one
 from paylane_common.wechatpay import (
     MerchantSigner,
     WechatPayApiError,
@@ -44,13 +45,38 @@ from .errors import (
 from .ids import new_out_trade_no
 from .refund_requests import RefundRequests
 from .settings import PREPAY_ID_TTL_S
-from .users import user_by_openid
+from .users import UserRef, user_by_openid
 
 log = structlog.get_logger(__name__)
 
 #: A prepay answer this close to its two hours is not handed out again: the order is
 #: placed again for a fresh one (the payer needs a moment to pay).
 PREPAY_MARGIN_S = 120
+
+
+class OrderRefund(TypedDict):
+    """A refund of the order, as ``GET /orders/{no}`` lists it."""
+
+    out_refund_no: str
+    refund_id: str | None
+    amount_refund: int
+    reason: str | None
+    status: RefundStatus | None
+    refunded_at: datetime | None
+    created_at: datetime | None
+
+
+class OrderWithUser(OrderRow):
+    """The order and its user's plan (both NULL when the user is gone: a LEFT JOIN)."""
+
+    payment_status: PaymentStatus | None
+    regenerate_count: int | None
+
+
+class OrderDetail(OrderWithUser):
+    """What :meth:`Orders.get` answers: the order, its user's plan, its refunds."""
+
+    refunds: list[OrderRefund]
 
 
 @dataclass(frozen=True)
@@ -90,7 +116,7 @@ class Orders:
 
     # -- create ----------------------------------------------------------------------------
 
-    async def create(self, new: NewOrder) -> tuple[dict[str, Any], bool]:
+    async def create(self, new: NewOrder) -> tuple[OrderRow, bool]:
         """Returns (order row, created); an Idempotency-Key seen before returns its order,
         placed at WeChat Pay again if the first request could not place it (a 503), and so
         does a repeat without a key within the duplicate window (:meth:`_twin`)."""
@@ -102,7 +128,7 @@ class Orders:
                 " (the order service has no WECHATPAY_APP_APPID)",
                 "trade_type_unavailable",
             )
-        unplaced: dict[str, Any] | None = None
+        unplaced: OrderRow | None = None
         async with transaction(self._pool) as cur:
             user = await self._user(cur, new)
             if new.idempotency_key:
@@ -131,18 +157,20 @@ class Orders:
         if unplaced is not None:
             # A retry after a failed placement (a 503): the same body as the first attempt,
             # which WeChat Pay answers with the same prepay answer if it did get it.
+            expiry = unplaced["expires_at"]
+            assert expiry is not None  # _unplaced: not expired yet
             placed = await self._place(
                 unplaced["out_trade_no"],
                 replace(new, generation_id=unplaced["generation_id"]),
                 unplaced["_openid"],
-                unplaced["expires_at"].replace(tzinfo=UTC),
+                expiry.replace(tzinfo=UTC),
             )
             return placed, False
         order = await self._place(out_trade_no, new, openid, expires_at)
         return order, True
 
     async def _insert(
-        self, cur: aiomysql.Cursor, new: NewOrder, user: dict[str, Any]
+        self, cur: aiomysql.Cursor, new: NewOrder, user: UserRef
     ) -> tuple[str, str | None, datetime]:
         """A new ``pending`` row: (out_trade_no, openid, expires_at)."""
         openid: str | None = new.openid or user["openid"]
@@ -186,9 +214,7 @@ class Orders:
         if self._max_pending > 0 or self._duplicate_window_s > 0:
             await cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
 
-    async def _twin(
-        self, cur: aiomysql.Cursor, user_id: str, new: NewOrder
-    ) -> dict[str, Any] | None:
+    async def _twin(self, cur: aiomysql.Cursor, user_id: str, new: NewOrder) -> OrderRow | None:
         """The user's newest order paylane placed for the same package, trade type and
         generation, still pending and payable, younger than the duplicate window: what a
         double tap (or a client's retry without an Idempotency-Key) meant."""
@@ -208,7 +234,7 @@ class Orders:
                 self._duplicate_window_s,
             ),
         )
-        twin: dict[str, Any] | None = await cur.fetchone()
+        twin = await fetch_one(cur, OrderRow)
         if twin is not None:
             log.info("order_repeated", out_trade_no=twin["out_trade_no"])
         return twin
@@ -232,10 +258,10 @@ class Orders:
                 "too_many_pending_orders",
             )
 
-    async def _user(self, cur: aiomysql.Cursor, new: NewOrder) -> dict[str, Any]:
+    async def _user(self, cur: aiomysql.Cursor, new: NewOrder) -> UserRef:
         if new.acting_user is not None:
             await cur.execute("SELECT id, openid FROM users WHERE id = %s", (new.acting_user,))
-            me: dict[str, Any] | None = await cur.fetchone()
+            me = await fetch_one(cur, UserRef)
             if me is None:
                 raise Unauthorized("the token's user no longer exists")
             if new.user_id not in (None, me["id"]) or new.openid not in (None, me["openid"]):
@@ -243,7 +269,7 @@ class Orders:
             return me
         if new.user_id is not None:
             await cur.execute("SELECT id, openid FROM users WHERE id = %s", (new.user_id,))
-            user: dict[str, Any] | None = await cur.fetchone()
+            user = await fetch_one(cur, UserRef)
             if user is not None:
                 return user
             if not new.openid:
@@ -261,23 +287,22 @@ class Orders:
         """The user with this openid, created if new (a mini-program login)."""
         async with transaction(self._pool) as cur:
             user = await user_by_openid(cur, openid, login=True)
-        return str(user["id"])
+        return user["id"]
 
     async def _by_idempotency_key(
         self, cur: aiomysql.Cursor, user_id: str, key: str
-    ) -> dict[str, Any] | None:
+    ) -> OrderRow | None:
         await cur.execute(
             "SELECT * FROM payment_orders WHERE user_id = %s AND idempotency_key = %s",
             (user_id, key),
         )
-        row: dict[str, Any] | None = await cur.fetchone()
-        return row
+        return await fetch_one(cur, OrderRow)
 
     # -- pay again -------------------------------------------------------------------------
 
     async def pay_again(
-        self, order: dict[str, Any], package: Package | None, client_ip: str | None
-    ) -> tuple[dict[str, Any], bool]:
+        self, order: OrderRow, package: Package | None, client_ip: str | None
+    ) -> tuple[OrderRow, bool]:
         """(the order, placed again): a pending order paylane placed, to be paid once more
         (the payer cancelled the payment sheet). The prepay answer it holds while WeChat Pay
         still does; otherwise the order placed again under the same out_trade_no with the
@@ -287,7 +312,8 @@ class Orders:
         no = order["out_trade_no"]
         if order["status"] != "pending":
             raise Conflict(f"order {no} is {order['status']}, not pending", "order_not_pending")
-        if order["mchid"] is None or order["expires_at"] is None:
+        trade_type = order["trade_type"]
+        if order["mchid"] is None or order["expires_at"] is None or trade_type is None:
             raise Conflict(
                 f"order {no} was placed by another writer, whose pay parameters paylane does"
                 " not hold: pay it there, or place a new order",
@@ -296,8 +322,9 @@ class Orders:
         now = datetime.now(UTC).replace(tzinfo=None)
         if order["expires_at"] <= now:
             raise Conflict(f"order {no} has expired: place a new order", "order_expired")
-        held = order["created_at"] + timedelta(seconds=PREPAY_ID_TTL_S - PREPAY_MARGIN_S)
-        if not _unplaced(order) and held > now:
+        created = order["created_at"]
+        ttl = timedelta(seconds=PREPAY_ID_TTL_S - PREPAY_MARGIN_S)
+        if not _unplaced(order) and created is not None and created + ttl > now:
             return order, False
         if package is None:
             raise Conflict(
@@ -310,7 +337,7 @@ class Orders:
             # The body of the first placement: the order's own amount, whatever the
             # catalog says now.
             package=package.model_copy(update={"price_fen": order["amount_total"]}),
-            trade_type=order["trade_type"],
+            trade_type=trade_type,
             openid=order["_openid"],
             generation_id=order["generation_id"] or None,
             client_ip=client_ip,
@@ -327,7 +354,7 @@ class Orders:
         expires_at: datetime,
         *,
         first: bool = True,
-    ) -> dict[str, Any]:
+    ) -> OrderRow:
         """The order placed at WeChat Pay, its answer recorded. A refusal fails the order
         when it is the ``first`` placement; a later one (pay again) leaves it as it is:
         WeChat Pay may refuse because it was paid meanwhile (``TRADE_ERROR``)."""
@@ -373,7 +400,8 @@ class Orders:
             await cur.execute(
                 "SELECT * FROM payment_orders WHERE out_trade_no = %s", (out_trade_no,)
             )
-            row: dict[str, Any] = await cur.fetchone()
+            row = await fetch_one(cur, OrderRow)
+        assert row is not None  # written by this service, updated just above
         log.info("order_placed", out_trade_no=out_trade_no, trade_type=new.trade_type)
         return row
 
@@ -385,7 +413,7 @@ class Orders:
                 (reason[:255], out_trade_no),
             )
 
-    def pay_params(self, order: dict[str, Any]) -> dict[str, Any]:
+    def pay_params(self, order: OrderRow) -> dict[str, Any]:
         """What the client needs to pay: JSAPI and APP signed params (under the appid the
         order was placed for), NATIVE code_url, H5 h5_url."""
         if order["trade_type"] in ("JSAPI", "APP"):
@@ -401,14 +429,14 @@ class Orders:
 
     # -- read ------------------------------------------------------------------------------
 
-    async def get(self, out_trade_no: str) -> dict[str, Any] | None:
+    async def get(self, out_trade_no: str) -> OrderDetail | None:
         async with transaction(self._pool) as cur:
             await cur.execute(
                 "SELECT o.*, u.payment_status, u.regenerate_count FROM payment_orders o"
                 " LEFT JOIN users u ON u.id = o.user_id WHERE o.out_trade_no = %s",
                 (out_trade_no,),
             )
-            order: dict[str, Any] | None = await cur.fetchone()
+            order = await fetch_one(cur, OrderWithUser)
             if order is None:
                 return None
             await cur.execute(
@@ -416,12 +444,12 @@ class Orders:
                 " created_at FROM refunds WHERE out_trade_no = %s ORDER BY created_at, id",
                 (out_trade_no,),
             )
-            order["refunds"] = list(await cur.fetchall())
-        return order
+            refunds = await fetch_all(cur, OrderRefund)
+        return {**order, "refunds": refunds}
 
     # -- close -----------------------------------------------------------------------------
 
-    async def close(self, out_trade_no: str) -> dict[str, Any]:
+    async def close(self, out_trade_no: str) -> OrderDetail:
         order = await self.get(out_trade_no)
         if order is None:
             raise NotFound(f"order {out_trade_no} does not exist")
@@ -453,7 +481,7 @@ class Orders:
         return closed
 
 
-def _unplaced(order: dict[str, Any]) -> bool:
+def _unplaced(order: OrderRow) -> bool:
     """A pending order WeChat Pay never answered for (the placement failed), not expired."""
     return (
         order["status"] == "pending"

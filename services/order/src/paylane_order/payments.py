@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import aiomysql
 import structlog
@@ -29,10 +29,11 @@ from paylane_common.consumer import Reject, Retry
 from paylane_common.db import placeholders, rows_table, transaction
 from paylane_common.events import Envelope, PaymentSucceeded
 from paylane_common.ids import new_row_id
+from paylane_common.rows import OrderStatus, fetch_all, fetch_one
 
 from . import INBOX_CONSUMER, OUTBOX_PRODUCER, catalog_prices, metrics, sweep
 from .gate import Gate, Unconfirmed
-from .review import to_review
+from .review import OrderOwner, to_review
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +47,17 @@ _PAYABLE_SQL = "(" + ", ".join(f"'{state}'" for state in PAYABLE_STATES) + ")"
 #: The order row may still be committing when WeChat's notification arrives.
 UNKNOWN_ORDER_ATTEMPTS = 4
 UNKNOWN_ORDER_DELAY_S = 1.0
+
+
+class PayableOrder(sweep.OrderEffect):
+    """A row with ``_ORDER_COLUMNS``: what a payment is applied to."""
+
+    currency: str
+    status: OrderStatus | None
+    transaction_id: str | None
+    appid: str | None
+    paid_event_at: datetime | None
+    created_at: datetime | None
 
 
 class PaymentApplier:
@@ -112,11 +124,11 @@ class PaymentApplier:
             f" WHERE out_trade_no IN ({placeholders(len(nos))}) FOR UPDATE",
             nos,
         )
-        orders = {row["out_trade_no"]: row for row in await cur.fetchall()}
+        orders = {row["out_trade_no"]: row for row in await fetch_all(cur, PayableOrder)}
         # An order refunded before its payment arrived: left to __call__ (_refunded_before).
         refunded = await _with_refunds(cur, list(orders))
         periods = await catalog_prices.load(cur, (o["package_type"] for o in orders.values()))
-        plain: list[tuple[int, BatchItem, PaymentSucceeded, dict[str, Any], datetime]] = []
+        plain: list[tuple[int, BatchItem, PaymentSucceeded, PayableOrder, datetime]] = []
         for i, it, paid in fresh:
             order = orders.pop(paid.out_trade_no, None)  # pop: one payment per order
             if (
@@ -203,7 +215,7 @@ class PaymentApplier:
         cur: aiomysql.Cursor,
         envelope: Envelope,
         data: PaymentSucceeded,
-        order: dict[str, Any],
+        order: PayableOrder,
     ) -> str:
         """The cloud function marked the order paid itself (docs/adoption.md), so the
         conditional ``pending|failed → paid`` found nothing to move; the effect is still
@@ -267,7 +279,7 @@ class PaymentApplier:
         cur: aiomysql.Cursor,
         envelope: Envelope,
         data: PaymentSucceeded,
-        order: dict[str, Any],
+        order: PayableOrder,
         mismatch: str | None,
     ) -> str:
         status, paid_txn = order["status"], order["transaction_id"]
@@ -299,7 +311,7 @@ class PaymentApplier:
 _FILL_GENERATION = "generation_id = IF(generation_id = '', COALESCE(%s, ''), generation_id)"
 
 
-def _paid_elsewhere(order: dict[str, Any], data: PaymentSucceeded) -> bool:
+def _paid_elsewhere(order: PayableOrder, data: PaymentSucceeded) -> bool:
     """Marked ``paid`` by another writer, with this transaction (or none), and never
     announced by paylane."""
     return (
@@ -321,11 +333,16 @@ _LOG_INSERT = (
 )
 
 
-def _order_paid(data: PaymentSucceeded, order: dict[str, Any], paid_at: datetime) -> Envelope:
+def _order_paid(data: PaymentSucceeded, order: PayableOrder, paid_at: datetime) -> Envelope:
     """``order.paid`` for a payment this consumer applied; the generation is the row's, or
     the one an internal notify named for a row written without one."""
     generation_id = order.get("generation_id") or data.generation_id
-    return sweep.order_paid({**order, "generation_id": generation_id}, paid_at)
+    named: PayableOrder = {**order, "generation_id": generation_id or ""}
+    return sweep.order_paid(named, paid_at)
+
+
+class _RefundOf(TypedDict):
+    out_trade_no: str
 
 
 async def _with_refunds(cur: aiomysql.Cursor, out_trade_nos: list[str]) -> set[str]:
@@ -338,11 +355,11 @@ async def _with_refunds(cur: aiomysql.Cursor, out_trade_nos: list[str]) -> set[s
         " LOCK IN SHARE MODE",
         out_trade_nos,
     )
-    return {row["out_trade_no"] for row in await cur.fetchall()}
+    return {row["out_trade_no"] for row in await fetch_all(cur, _RefundOf)}
 
 
 async def _refunded_before(
-    cur: aiomysql.Cursor, data: PaymentSucceeded, order: dict[str, Any]
+    cur: aiomysql.Cursor, data: PaymentSucceeded, order: PayableOrder
 ) -> None:
     """A payment applied after refunds of it succeeded (a replayed DLQ, relays racing):
     the order row takes them into account, ``refunded`` when they cover the amount.
@@ -376,7 +393,7 @@ async def _refunded_before(
 
 
 async def add_order_refunded(
-    cur: aiomysql.Cursor, order: dict[str, Any], *, amount_refund: int, full: bool
+    cur: aiomysql.Cursor, order: OrderOwner, *, amount_refund: int, full: bool
 ) -> None:
     """``order.refunded`` for ``order`` (a row with out_trade_no, user_id, package_type)
     into the outbox, in the caller's transaction. With ``full``, the caller sets the
@@ -386,16 +403,13 @@ async def add_order_refunded(
     )
 
 
-async def _load(
-    cur: aiomysql.Cursor, out_trade_no: str, lock: bool = False
-) -> dict[str, Any] | None:
+async def _load(cur: aiomysql.Cursor, out_trade_no: str, lock: bool = False) -> PayableOrder | None:
     await cur.execute(
         f"SELECT {_ORDER_COLUMNS} FROM payment_orders WHERE out_trade_no = %s"
         + (" FOR UPDATE" if lock else ""),
         (out_trade_no,),
     )
-    row: dict[str, Any] | None = await cur.fetchone()
-    return row
+    return await fetch_one(cur, PayableOrder)
 
 
 def _log_row(

@@ -43,7 +43,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypedDict, TypeVar
 
 import aiomysql
 import structlog
@@ -56,6 +56,7 @@ from paylane_common.exceptions import PublishError
 from paylane_common.ids import new_row_id
 from paylane_common.leases import Lease
 from paylane_common.publisher import Publisher
+from paylane_common.rows import fetch_all
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
 
 from . import metrics, sweep
@@ -63,6 +64,42 @@ from .config import ReconcilerConfig
 from .gate import PAID_STATES, Gate
 
 log = structlog.get_logger(__name__)
+
+
+class OrderToSettle(TypedDict):
+    """An order :meth:`Reconciler.settle_order` asks WeChat Pay about."""
+
+    out_trade_no: str
+    expires_at: datetime | None
+    created_at: datetime | None
+
+
+class RefundToSettle(TypedDict):
+    """A refund :meth:`Reconciler.settle_refund` asks WeChat Pay about."""
+
+    out_refund_no: str
+    out_trade_no: str
+    amount_refund: int
+    refund_id: str | None
+    created_at: datetime | None
+
+
+class _PendingOrder(OrderToSettle):
+    id: str
+
+
+class _PendingRefund(RefundToSettle):
+    id: str
+
+
+class _Keyed(TypedDict):
+    """What a pass pages by."""
+
+    id: str
+    created_at: datetime | None
+
+
+_Pending = TypeVar("_Pending", bound=_Keyed)
 
 _COLUMNS = {
     "payment_orders": "out_trade_no, expires_at",
@@ -110,8 +147,8 @@ class Reconciler(BackgroundLoop):
             if not held:
                 return findings
             with metrics.RECONCILER_PASS_SECONDS.time():
-                await self._pass("payment_orders", self._settle_order, findings)
-                await self._pass("refunds", self._settle_refund, findings)
+                await self._pass("payment_orders", _PendingOrder, self._settle_order, findings)
+                await self._pass("refunds", _PendingRefund, self._settle_refund, findings)
                 findings.update(
                     await sweep.sweep(
                         self._pool,
@@ -132,14 +169,15 @@ class Reconciler(BackgroundLoop):
     async def _pass(
         self,
         table: str,
-        settle: Callable[[dict[str, Any]], Awaitable[str]],
+        shape: type[_Pending],
+        settle: Callable[[_Pending], Awaitable[str]],
         findings: Counter[str],
     ) -> None:
         """Settles every ``table`` row pending longer than ``after_s``, at most
         ``concurrency`` at a time, reading the next page while the last one is asked about."""
         slots = asyncio.Semaphore(self._config.concurrency)
 
-        async def settle_one(row: dict[str, Any]) -> None:
+        async def settle_one(row: _Pending) -> None:
             try:
                 findings[await settle(row)] += 1
             finally:
@@ -148,17 +186,19 @@ class Reconciler(BackgroundLoop):
         async with asyncio.TaskGroup() as tasks:
             after: tuple[datetime, str] | None = None
             while True:
-                rows = await self._pending(table, after)
+                rows = await self._pending(table, shape, after)
                 for row in rows:
                     await slots.acquire()
                     tasks.create_task(settle_one(row))
                 if len(rows) < self._config.batch_size:
                     return
-                after = (rows[-1]["created_at"], rows[-1]["id"])
+                last = rows[-1]
+                assert last["created_at"] is not None  # compared in the WHERE: not NULL
+                after = (last["created_at"], last["id"])
 
     async def _pending(
-        self, table: str, after: tuple[datetime, str] | None
-    ) -> list[dict[str, Any]]:
+        self, table: str, shape: type[_Pending], after: tuple[datetime, str] | None
+    ) -> list[_Pending]:
         """One page of ``table``'s pending rows older than ``after_s``, by key after
         ``after`` (``ix_*_status`` is ``status, created_at`` and ends with the id)."""
         keyset, args = "", []
@@ -184,31 +224,36 @@ class Reconciler(BackgroundLoop):
                 f"{due}{keyset} ORDER BY created_at, id LIMIT %s",
                 [int(self._config.after_s * 1e6), *due_args, *args, self._config.batch_size],
             )
-            return list(await cur.fetchall())
+            return await fetch_all(cur, shape)
 
     @property
     def client(self) -> WechatPayClient:
         return self._client
 
-    async def settle_order(self, order: dict[str, Any]) -> str:
+    async def settle_order(self, order: OrderToSettle) -> str:
         """One order as a pass settles it (``out_trade_no``, ``expires_at``,
         ``created_at``), for the daily bill reconciliation (bills.py)."""
         return await self._settle_order(order)
 
-    async def settle_refund(self, refund: dict[str, Any]) -> str:
+    async def settle_refund(self, refund: RefundToSettle) -> str:
         """One refund as a pass settles it (``out_refund_no``, ``out_trade_no``,
         ``amount_refund``, ``refund_id``, ``created_at``)."""
         return await self._settle_refund(refund)
 
-    def _expires_at(self, order: dict[str, Any]) -> datetime:
+    def _expires_at(self, order: OrderToSettle) -> datetime | None:
         """paylane's own orders say when they expire; another writer's (``expires_at``
-        NULL) expire ``order_ttl_s`` after they were created, as paylane's would."""
-        expires_at: datetime | None = order["expires_at"]
-        return expires_at if expires_at is not None else order["created_at"] + self._order_ttl
+        NULL) expire ``order_ttl_s`` after they were created, as paylane's would. None for
+        a row with neither (no pass reads one: the bill reconciliation might): its age is
+        unknown, so it is not taken for expired, and only WeChat Pay's answer settles it."""
+        if order["expires_at"] is not None:
+            return order["expires_at"]
+        created_at = order["created_at"]
+        return created_at + self._order_ttl if created_at is not None else None
 
-    async def _settle_order(self, order: dict[str, Any]) -> str:
+    async def _settle_order(self, order: OrderToSettle) -> str:
         out_trade_no = order["out_trade_no"]
-        expired = self._expires_at(order) <= _now()
+        expires_at = self._expires_at(order)
+        expired = expires_at is not None and expires_at <= _now()
         try:
             tx = await self._client.query_by_out_trade_no(out_trade_no)
         except WechatPayApiError as exc:
@@ -253,7 +298,7 @@ class Reconciler(BackgroundLoop):
         await self._asked(out_trade_no)
         return "still_pending"
 
-    async def _settle_refund(self, refund: dict[str, Any]) -> str:
+    async def _settle_refund(self, refund: RefundToSettle) -> str:
         out_refund_no = refund["out_refund_no"]
         try:
             answer = await self._client.query_refund(out_refund_no)
@@ -290,12 +335,15 @@ class Reconciler(BackgroundLoop):
             return "publish_failed"
         return f"refund_{status.lower()}"
 
-    async def _close_refund_never_sent(self, refund: dict[str, Any]) -> str:
+    async def _close_refund_never_sent(self, refund: RefundToSettle) -> str:
         """A refund WeChat Pay does not know: its request never got there (the caller saw
         a 503). Once older than the grace (longer than a request and its retries take),
-        closed here, so it no longer reserves the order's refundable amount."""
-        age_s = (_now() - refund["created_at"]).total_seconds()
-        if age_s < self._config.refund_grace_s:
+        closed here, so it no longer reserves the order's refundable amount. (A row without
+        ``created_at``, which no pass reads, is of unknown age: never closed here.)"""
+        created_at = refund["created_at"]
+        if created_at is None or (_now() - created_at).total_seconds() < (
+            self._config.refund_grace_s
+        ):
             return "refund_not_at_wechatpay_yet"
         async with transaction(self._pool) as cur:
             await cur.execute(

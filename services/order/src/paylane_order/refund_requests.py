@@ -5,7 +5,7 @@ order's row locked, so concurrent requests cannot exceed what was paid; a caller
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 import aiomysql
 import structlog
@@ -13,6 +13,7 @@ import structlog
 from paylane_common.db import is_duplicate_key, transaction
 from paylane_common.ids import new_row_id
 from paylane_common.money import yuan
+from paylane_common.rows import OrderStatus, RefundStatus, fetch_one
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient
 
 from .config import MerchantConfig
@@ -20,6 +21,33 @@ from .errors import Conflict, InvalidRequest, NotFound, UpstreamRejected, Upstre
 from .ids import new_out_refund_no
 
 log = structlog.get_logger(__name__)
+
+
+class RefundRequest(TypedDict):
+    """What a refund request answers (``replies.RefundRequested``)."""
+
+    out_refund_no: str
+    amount: int
+    status: RefundStatus | None
+
+
+class _PaidOrder(TypedDict):
+    """The order a refund is requested of, locked."""
+
+    status: OrderStatus | None
+    amount_total: int
+    transaction_id: str | None
+
+
+class _Requested(TypedDict):
+    """A refund requested before under the same ``out_refund_no``."""
+
+    out_trade_no: str
+    amount_refund: int
+    amount_total: int
+    reason: str | None
+    status: RefundStatus | None
+    refund_id: str | None
 
 
 class RefundRequests:
@@ -36,11 +64,11 @@ class RefundRequests:
         amount: int | None,
         reason: str,
         out_refund_no: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> RefundRequest:
         """A refund request at WeChat Pay. With ``out_refund_no`` (caller-given, or derived
         from an Idempotency-Key) a retry is the same refund: its row is answered, and sent
         to WeChat Pay again while WeChat Pay has not acknowledged it (identical body)."""
-        existing: dict[str, Any] | None = None
+        existing: _Requested | None = None
         # Only a number the caller gave may name a refund already requested.
         refund_no = out_refund_no or new_out_refund_no()
         async with transaction(self._pool) as cur:
@@ -50,7 +78,7 @@ class RefundRequests:
                 " WHERE out_trade_no = %s FOR UPDATE",
                 (out_trade_no,),
             )
-            order = await cur.fetchone()
+            order = await fetch_one(cur, _PaidOrder)
             if order is None:
                 raise NotFound(f"order {out_trade_no} does not exist")
             if out_refund_no is not None:
@@ -59,7 +87,7 @@ class RefundRequests:
                     " FROM refunds WHERE out_refund_no = %s",
                     (refund_no,),
                 )
-                existing = await cur.fetchone()
+                existing = await fetch_one(cur, _Requested)
                 if existing is not None:
                     if existing["out_trade_no"] != out_trade_no or amount not in (
                         None,
@@ -70,11 +98,11 @@ class RefundRequests:
                             " for another order or amount",
                             "idempotency_key_reused",
                         )
-                    fen = int(existing["amount_refund"])
+                    fen = existing["amount_refund"]
                     resend = existing["status"] == "pending" and existing["refund_id"] is None
                     if not resend:
                         return _refund_view(refund_no, fen, existing["status"])
-                    total, reason = int(existing["amount_total"]), existing["reason"] or ""
+                    total, reason = existing["amount_total"], existing["reason"] or ""
             if existing is None:
                 fen, total = await self._reserve(cur, out_trade_no, order, amount)
                 try:
@@ -103,7 +131,7 @@ class RefundRequests:
         return _refund_view(refund_no, fen, status)
 
     async def _reserve(
-        self, cur: aiomysql.Cursor, out_trade_no: str, order: dict[str, Any], amount: int | None
+        self, cur: aiomysql.Cursor, out_trade_no: str, order: _PaidOrder, amount: int | None
     ) -> tuple[int, int]:
         """(amount, order total) of a new refund, checked against what is refundable."""
         if order["status"] != "paid":
@@ -117,7 +145,7 @@ class RefundRequests:
             (out_trade_no,),
         )
         committed = int((await cur.fetchone())["n"])
-        total = int(order["amount_total"])
+        total = order["amount_total"]
         refundable = total - committed
         amount = refundable if amount is None else amount
         if amount <= 0 or amount > refundable:
@@ -130,7 +158,7 @@ class RefundRequests:
 
     async def _send_refund(
         self, out_trade_no: str, out_refund_no: str, amount: int, total: int, reason: str
-    ) -> str:
+    ) -> RefundStatus:
         payload = {
             "out_trade_no": out_trade_no,
             "out_refund_no": out_refund_no,
@@ -164,5 +192,5 @@ class RefundRequests:
             )
 
 
-def _refund_view(out_refund_no: str, amount: int, status: str) -> dict[str, Any]:
+def _refund_view(out_refund_no: str, amount: int, status: RefundStatus | None) -> RefundRequest:
     return {"out_refund_no": out_refund_no, "amount": amount, "status": status}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypedDict
 
 import aiomysql
 import structlog
@@ -21,13 +21,30 @@ from paylane_common.db import transaction
 from paylane_common.events import Envelope, RefundEvent
 from paylane_common.ids import new_row_id
 from paylane_common.money import yuan
+from paylane_common.rows import OrderStatus, RefundStatus, fetch_one
 
 from . import INBOX_CONSUMER, metrics
 from .payments import add_order_refunded
+from .review import OrderOwner
 
 log = structlog.get_logger(__name__)
 
-_STATUS = {"SUCCESS": "success", "CLOSED": "closed", "ABNORMAL": "abnormal"}
+
+class _RefundedOrder(OrderOwner):
+    amount_total: int
+    status: OrderStatus | None
+    transaction_id: str | None
+
+
+class _RefundState(TypedDict):
+    status: RefundStatus | None
+
+
+_STATUS: dict[str, RefundStatus] = {
+    "SUCCESS": "success",
+    "CLOSED": "closed",
+    "ABNORMAL": "abnormal",
+}
 
 
 class RefundApplier:
@@ -54,7 +71,7 @@ class RefundApplier:
             " FROM payment_orders WHERE out_trade_no = %s FOR UPDATE",
             (data.out_trade_no,),
         )
-        order: dict[str, Any] | None = await cur.fetchone()
+        order = await fetch_one(cur, _RefundedOrder)
         if order is None:
             raise Retry(f"unknown out_trade_no {data.out_trade_no}", max_attempts=4)
         status = _STATUS[data.status]
@@ -90,7 +107,7 @@ class RefundApplier:
             await cur.execute(
                 "SELECT status FROM refunds WHERE out_refund_no = %s", (data.out_refund_no,)
             )
-            existing = await cur.fetchone()
+            existing = await fetch_one(cur, _RefundState)
             if existing is not None:
                 if status == "abnormal" and existing["status"] == "pending":
                     log.info("refund_abnormal_before_its_remedy", out_refund_no=data.out_refund_no)

@@ -1,13 +1,13 @@
 """What the order API answers, as models: the OpenAPI document's response schemas
 (``api.ORDER_API``), and what the handlers build their answers from (``extra="forbid"``:
-a key a handler adds but the model lacks fails at once). ``GET /prices/current`` is the
-exception: its yuan are JSON numbers written from Decimals (``29.90``), which
-:class:`Prices` describes but, as floats, could not write; the e2e tests and
-schemathesis check it, as every answer they see.
+a key a handler adds but the model lacks fails at once).
 
 Times are ISO 8601 UTC (``…Z``); money in fen is an integer, in yuan a string with two
-decimals. A column that may be NULL (rows written by the existing system, an order not
-yet paid) is nullable here.
+decimals, except in the seed's part of :class:`Prices` (``data.packages``): yuan as JSON
+numbers, held as Decimals and written as they read (``29.90``) by
+``paylane_common.prices.answer_text``, which ``GET /prices/current`` answers with. A
+column that may be NULL (rows written by the existing system, an order not yet paid) is
+nullable here.
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from paylane_common.catalog import PaymentStatus
 from paylane_common.prices import PriceAnswer
-
-#: ``payment_orders.status``: the existing system's words plus paylane's ``needs_review``.
-OrderStatus = Literal["pending", "paid", "failed", "refunded", "needs_review"]
-#: ``refunds.status``.
-RefundStatus = Literal["pending", "success", "closed", "abnormal"]
+from paylane_common.rows import OrderStatus, RefundStatus
 
 
 class _Reply(BaseModel):

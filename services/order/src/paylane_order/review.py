@@ -10,21 +10,36 @@ a grant by hand).
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import TypedDict
 
 import aiomysql
 import structlog
 
 from paylane_common import events, outbox
 from paylane_common.events import OrderRevoked, make_event
+from paylane_common.rows import OrderStatus, PackageType, fetch_one
 
 from . import OUTBOX_PRODUCER, metrics
 
 log = structlog.get_logger(__name__)
 
 
-def order_revoked(order: dict[str, Any], reason: str) -> events.Envelope:
-    """``order.revoked`` for ``order`` (a row with out_trade_no, user_id, package_type)."""
+class OrderOwner(TypedDict):
+    """Whose order, of what: what ``order.revoked`` and ``order.refunded`` name."""
+
+    out_trade_no: str
+    user_id: str
+    package_type: PackageType
+
+
+class _UnderReview(OrderOwner):
+    status: OrderStatus | None
+    paid_event_at: datetime | None
+
+
+def order_revoked(order: OrderOwner, reason: str) -> events.Envelope:
+    """``order.revoked`` for ``order``."""
     return make_event(
         events.ORDER_REVOKED,
         OrderRevoked(
@@ -46,7 +61,7 @@ async def to_review(
         " FROM payment_orders WHERE out_trade_no = %s FOR UPDATE",
         (out_trade_no,),
     )
-    order = await cur.fetchone()
+    order = await fetch_one(cur, _UnderReview)
     if order is None or order["status"] == "needs_review":
         return False
     await cur.execute(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypedDict
 
 import aiomysql
 import structlog
@@ -41,10 +41,11 @@ from paylane_common.consumer import Retry
 from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, OrderRefunded, PaymentSucceeded, make_event
 from paylane_common.ids import new_row_id
+from paylane_common.rows import fetch_all, fetch_one
 
 from . import OUTBOX_PRODUCER, catalog_prices, metrics
 from .gate import Gate, Unconfirmed
-from .review import to_review
+from .review import OrderOwner, to_review
 
 log = structlog.get_logger(__name__)
 
@@ -52,8 +53,36 @@ log = structlog.get_logger(__name__)
 ORDER_COLUMNS = "out_trade_no, user_id, package_type, amount_total, generation_id, paid_at"
 
 
-def order_paid(order: dict[str, Any], paid_at: datetime | None = None) -> events.Envelope:
-    """``order.paid`` for ``order`` (a row with ``ORDER_COLUMNS``)."""
+class OrderEffect(OrderOwner):
+    """A row with ``ORDER_COLUMNS``."""
+
+    amount_total: int
+    generation_id: str
+    paid_at: datetime | None
+
+
+class _Settled(OrderEffect):
+    """An order another writer settled (``_SETTLED_ELSEWHERE``)."""
+
+    transaction_id: str | None
+
+
+class _PaidElsewhere(_Settled):
+    """An order another writer marked paid, with what the gate compares."""
+
+    currency: str
+    appid: str | None
+    created_at: datetime | None
+
+
+class _Logged(TypedDict):
+    out_trade_no: str
+    transaction_id: str | None
+    amount_total: int
+
+
+def order_paid(order: OrderEffect, paid_at: datetime | None = None) -> events.Envelope:
+    """``order.paid`` for ``order``."""
     moment = paid_at or order.get("paid_at") or datetime.now(UTC).replace(tzinfo=None)
     return make_event(
         events.ORDER_PAID,
@@ -68,7 +97,7 @@ def order_paid(order: dict[str, Any], paid_at: datetime | None = None) -> events
     )
 
 
-def order_refunded(order: dict[str, Any], *, amount_refund: int, full: bool) -> events.Envelope:
+def order_refunded(order: OrderOwner, *, amount_refund: int, full: bool) -> events.Envelope:
     return make_event(
         events.ORDER_REFUNDED,
         OrderRefunded(
@@ -99,7 +128,7 @@ async def claim_refund_event(cur: aiomysql.Cursor, out_trade_no: str) -> bool:
     return bool(cur.rowcount)
 
 
-async def _log(cur: aiomysql.Cursor, order: dict[str, Any], kind: str, detail: str) -> None:
+async def _log(cur: aiomysql.Cursor, order: _Logged, kind: str, detail: str) -> None:
     await cur.execute(
         "INSERT INTO payment_logs (id, type, out_trade_no, transaction_id, amount_total,"
         " source, detail) VALUES (%s, %s, %s, %s, %s, 'sweep', %s)",
@@ -107,7 +136,7 @@ async def _log(cur: aiomysql.Cursor, order: dict[str, Any], kind: str, detail: s
             new_row_id("log"),
             kind,
             order["out_trade_no"],
-            order.get("transaction_id"),
+            order["transaction_id"],
             order["amount_total"],
             detail,
         ),
@@ -167,7 +196,7 @@ async def _sweep_paid(
             _SETTLED_ELSEWHERE.format(marker="paid_event_at", extra=""),
             ("paid", since, since, int(grace_s), limit),
         )
-        candidates = [row["out_trade_no"] for row in await cur.fetchall()]
+        candidates = [row["out_trade_no"] for row in await fetch_all(cur, _Settled)]
     slots = asyncio.Semaphore(concurrency)
 
     async def settle(out_trade_no: str) -> None:
@@ -205,7 +234,7 @@ async def _settle_paid_elsewhere(pool: aiomysql.Pool, gate: Gate, out_trade_no: 
             " AND paid_event_at IS NULL FOR UPDATE",
             (out_trade_no,),
         )
-        order = await cur.fetchone()
+        order = await fetch_one(cur, _PaidElsewhere)
         if order is None:
             return None
         if paid is not None:
@@ -231,9 +260,10 @@ async def _settle_paid_elsewhere(pool: aiomysql.Pool, gate: Gate, out_trade_no: 
             (paid.transaction_id, out_trade_no),
         )
         await outbox.add(cur, OUTBOX_PRODUCER, order_paid(order))
+        confirmed: _PaidElsewhere = {**order, "transaction_id": paid.transaction_id}
         await _log(
             cur,
-            {**order, "transaction_id": paid.transaction_id},
+            confirmed,
             "paid_elsewhere",
             "paid by another writer, confirmed by WeChat Pay; no notify came",
         )
@@ -253,7 +283,7 @@ async def _sweep_refunded(pool: aiomysql.Pool, since: datetime, grace_s: float, 
             ),
             ("refunded", since, since, int(grace_s), limit),
         )
-        for order in await cur.fetchall():
+        for order in await fetch_all(cur, _Settled):
             if not await claim_refund_event(cur, order["out_trade_no"]):
                 continue
             await cur.execute(

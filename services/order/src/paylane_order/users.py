@@ -3,28 +3,31 @@ a new one is created with a ``user-…`` id, as the cloud function does."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 import aiomysql
 
 from paylane_common.db import is_duplicate_key
 from paylane_common.ids import new_row_id
+from paylane_common.rows import fetch_one
 
 
-async def _find_by_openid(
-    cur: aiomysql.Cursor, openid: str, *, lock: bool
-) -> dict[str, Any] | None:
+class UserRef(TypedDict):
+    """``SELECT id, openid FROM users``: who a user is."""
+
+    id: str
+    openid: str | None
+
+
+async def _find_by_openid(cur: aiomysql.Cursor, openid: str, *, lock: bool) -> UserRef | None:
     await cur.execute(
         "SELECT id, openid FROM users WHERE openid = %s" + (" LOCK IN SHARE MODE" if lock else ""),
         (openid,),
     )
-    row: dict[str, Any] | None = await cur.fetchone()
-    return row
+    return await fetch_one(cur, UserRef)
 
 
-async def user_by_openid(
-    cur: aiomysql.Cursor, openid: str, *, login: bool = False
-) -> dict[str, Any]:
+async def user_by_openid(cur: aiomysql.Cursor, openid: str, *, login: bool = False) -> UserRef:
     """As the cloud function does: the openid names the user, created (``user-…`` id)
     when new. ``login``: a mini-program sign-in, recorded in ``last_login_at``."""
     found = await _find_by_openid(cur, openid, lock=False)
