@@ -12,11 +12,19 @@ replay may deliver a message twice, it must never lose one. Hence the order of e
   worst case is one message replayed twice. A copy that cannot be published is nacked
   back (requeued) at the end of the run, so one bad message is not fetched over and over.
 * **stream → queue**: the stream keeps everything (time-based retention) and a stream ack
-  only grants credit, so reading never consumes; copies go to the target queue(s) through
-  the default exchange, never back through the ``paylane`` exchange, which would append
-  them to the stream again and wake every consumer of the routing key.
+  only grants credit, so reading never consumes; copies go straight to the target
+  queue(s), never back through the ``paylane`` exchange, which would append them to the
+  stream again and wake every consumer of the routing key.
 * **outbox → queue**: the same, from the ``outbox`` rows in MySQL (read only: a row is
   never changed, so a replay can be run again), in the order they were staged.
+
+The three are one path, :func:`_replay`; what differs is the source, an async generator of
+:class:`_Taken` messages (``_dlq_copies``, ``_stream_copies``, the outbox's rows): how it
+reads, what it selects (the window and type filters of :func:`_route`), how it builds a
+copy (:func:`replay_headers`), and how it settles a message once its copies are sent
+(``settle``: ack or return a dead letter, ack a stream delivery, nothing for a row). The
+rest is written once: a dry run publishes nothing, a real run publishes each copy with a
+confirm and settles the message only after, the summary counts and lists the same way.
 
 A copy goes to a topology queue through the queue's forward exchange (topology.py), never
 through ``amq.default``. It is published under the replaying identity (its own
@@ -38,7 +46,15 @@ import contextlib
 import json
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -270,6 +286,140 @@ def describe_dead_letter(
     )
 
 
+# --- one path for every source -------------------------------------------------------------
+
+#: Publishes one copy to ``target`` through ``exchange`` (the target's forward exchange);
+#: raises :class:`PublishError` unless the broker confirmed it.
+Send = Callable[[Publisher, str, str], Awaitable[None]]
+#: Lets go of a delivery taken from the source once its copies are all confirmed (``True``)
+#: or not: a dead letter is acked or returned, a stream delivery acked (credit).
+Settle = Callable[[AbstractIncomingMessage, bool], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """One message a source hands to :func:`_replay`: the group the summary counts it
+    under, and where its copies go (``targets``, each sent with ``send``) or why none
+    goes (``skipped``, the tally's target column)."""
+
+    group: str
+    targets: Sequence[str] = ()
+    send: Send | None = None
+    skipped: str | None = None
+    #: Counted in ``ReplaySummary.seen``: not what the stream holds outside the window.
+    counted: bool = True
+    message_id: str | None = None
+    type: str | None = None
+    correlation_id: str | None = None
+    timestamp: datetime | None = None
+    #: What to settle once the copies are sent (none for an outbox row).
+    delivery: AbstractIncomingMessage | None = None
+
+    def item(self, target: str) -> ReplayItem:
+        return ReplayItem(
+            self.message_id, self.type, self.correlation_id, self.group, target, self.timestamp
+        )
+
+
+async def _replay(
+    connection: AbstractConnection,
+    source: str,
+    taken: AsyncGenerator[_Taken, None],
+    settle: Settle | None,
+    *,
+    total: int | None = None,
+    dry_run: bool,
+    progress: ProgressCallback | None,
+    timeout: float,
+) -> ReplaySummary:
+    """The one path of every replay: take a message from ``source``, send its copies with
+    confirms (none in a dry run), ``settle`` it, count, report, and on to the next."""
+    summary = ReplaySummary(source=source, dry_run=dry_run, total=total)
+    _notify(progress, summary)
+    async with (
+        _replay_publisher(connection, dry_run, timeout) as publisher,
+        contextlib.aclosing(taken) as messages,
+    ):
+        async for message in messages:
+            failures = await _send_copies(message, publisher, summary)
+            # Only now, its copies confirmed, is the message let go of (a dead letter
+            # acked): a crash before this point replays it again, never loses it.
+            if settle is not None and message.delivery is not None:
+                await settle(message.delivery, not failures)
+            _notify(progress, summary)
+            _raise_if_cancelled()
+    return summary
+
+
+async def _send_copies(
+    taken: _Taken, publisher: Publisher | None, summary: ReplaySummary
+) -> dict[str, str]:
+    """Send ``taken``'s copies (dry run: none) and count them; the failures by target."""
+    if taken.counted:
+        summary.seen += 1
+    if taken.skipped is not None:
+        summary.count(taken.group, taken.skipped, "skipped")
+    failures: dict[str, str] = {}
+    for target in taken.targets:
+        if publisher is None or taken.send is None:
+            summary.count(taken.group, target, "moved")
+            summary.keep(taken.item(target))
+            continue
+        try:
+            await taken.send(publisher, target, forward_exchange_of(target))
+        except PublishError as exc:
+            failures[target] = f"{target}: {exc}"
+            summary.count(taken.group, target, "failed")
+            summary.errors[failures[target]] += 1
+            summary.keep(taken.item(target))
+        else:
+            summary.count(taken.group, target, "moved")
+    return failures
+
+
+def _sending(copy: aio_pika.Message) -> Send:
+    async def send(publisher: Publisher, target: str, exchange: str) -> None:
+        await publisher.publish_to_queue(target, copy, exchange=exchange)
+
+    return send
+
+
+def _refusing(reason: str) -> Send:
+    """A copy that is not sent: it fails as one the broker refused, with ``reason``."""
+
+    async def send(publisher: Publisher, target: str, exchange: str) -> None:
+        raise PublishError(reason)
+
+    return send
+
+
+def replay_headers(
+    headers: Mapping[str, Any], marks: Mapping[str, Any], original: Any
+) -> dict[str, Any]:
+    """What every replayed copy carries: the headers of what it copies (less its source's
+    bookkeeping), the replay's ``x-paylane-replayed*`` marks, and its original publisher
+    in ``x-paylane-original-user`` (removed when unknown)."""
+    return forwarded_headers({**headers, **marks}, _text(original))
+
+
+def _route(
+    event_type: str, wanted: frozenset[str] | None, to: str | None, held: str | None = None
+) -> tuple[Sequence[str], str | None]:
+    """Where a window replay sends an event: ``(targets, None)``, or ``((), why not)``
+    when it is not selected, ``held`` (a reason of the source's) or has no consumer."""
+    if wanted is not None and event_type not in wanted:
+        return (), "(not selected)"
+    if held is not None:
+        return (), held
+    targets = [to] if to is not None else _consumers(frozenset({event_type}))
+    return (targets, None) if targets else ((), "(no consumer queue)")
+
+
+def _consumers(types: frozenset[str] | None) -> list[str]:
+    """The topology's queues bound to any of ``types`` (to any type for ``None``)."""
+    return [q.name for q in QUEUES if types is None or types & set(q.routing_keys)]
+
+
 # --- DLQ -----------------------------------------------------------------------------------
 
 
@@ -286,24 +436,11 @@ async def list_dlq(
     AMQP has no "peek": the dead letters are fetched without ack and all handed back by
     closing the channel at the end. Never more than the messages present at the start.
     """
-    dlq, origin = dlq_names(queue)
-    total = await _ready_count(connection, dlq, timeout)
-    if total is None:
-        raise ReplayError(f"queue {dlq!r} does not exist")
-    wanted = total if limit is None else min(total, limit)
-    found: list[DeadLetter] = []
-    channel = await connection.channel(publisher_confirms=False)
-    try:
-        source = await channel.get_queue(dlq, ensure=False)
-        while len(found) < wanted:
-            message = await _get(source, timeout)
-            if message is None:
-                break
-            _raise_if_cancelled()
-            found.append(describe_dead_letter(message, origin, delivery_limits))
-    finally:
-        await _close(channel)  # hands every fetched dead letter back
-    return found
+    dlq, origin, wanted = await _dlq(connection, queue, limit, timeout)
+    async with _reading_channel(connection) as channel:
+        letters = _dead_letters(channel, dlq, origin, wanted, delivery_limits, timeout)
+        async with contextlib.aclosing(letters):
+            return [letter async for _, letter in letters]
 
 
 async def replay_dlq(
@@ -325,64 +462,82 @@ async def replay_dlq(
     dead letters present at the start is handled, so messages that fail again during the
     run are not looped over. ``dry_run`` fetches them all without ack and hands them back.
     """
-    dlq, default_origin = dlq_names(queue)
+    dlq, origin, planned = await _dlq(connection, queue, limit, timeout)
+    returned: list[AbstractIncomingMessage] = []  # to nack (requeue) at the end
+
+    async def settle(message: AbstractIncomingMessage, confirmed: bool) -> None:
+        if confirmed:
+            await _settle(message.ack(), timeout)
+        else:  # held until the end, so that it is not fetched over and over
+            returned.append(message)
+
+    async with _reading_channel(connection) as channel:
+        letters = _dead_letters(channel, dlq, origin, planned, delivery_limits, timeout)
+        summary = await _replay(
+            connection,
+            dlq,
+            _dlq_copies(letters, dlq),
+            None if dry_run else settle,  # a dry run's go back with the channel
+            total=planned,
+            dry_run=dry_run,
+            progress=progress,
+            timeout=timeout,
+        )
+        for message in returned:
+            await _settle(message.nack(requeue=True), timeout)
+    # Closing the channel hands back whatever is still unacked: a dry run's messages, or
+    # the one in flight when the run was cancelled (it is redelivered, never lost).
+    return summary
+
+
+async def _dlq(
+    connection: AbstractConnection, queue: str, limit: int | None, timeout: float
+) -> tuple[str, str, int]:
+    """``(dlq, origin, how many to fetch)``: the dead letters present now, up to ``limit``."""
+    dlq, origin = dlq_names(queue)
     total = await _ready_count(connection, dlq, timeout)
     if total is None:
         raise ReplayError(f"queue {dlq!r} does not exist")
-    planned = total if limit is None else min(total, max(limit, 0))
-    summary = ReplaySummary(source=dlq, dry_run=dry_run, total=planned)
-    _notify(progress, summary)
-    channel = await connection.channel(publisher_confirms=False)
-    returned: list[AbstractIncomingMessage] = []  # to nack (requeue) at the end
-    try:
-        source = await channel.get_queue(dlq, ensure=False)
-        async with _replay_publisher(connection, dry_run, timeout) as publisher:
-            while summary.seen < planned:
-                message = await _get(source, timeout)
-                if message is None:
-                    break
-                _raise_if_cancelled()
-                summary.seen += 1
-                info = describe_dead_letter(message, default_origin, delivery_limits)
-                item = ReplayItem(
-                    message.message_id,
-                    message.type,
-                    message.correlation_id,
-                    info.reason,
-                    info.origin,
-                )
-                if publisher is None:
-                    summary.count(info.reason, info.origin, "moved")
-                    summary.keep(item)
-                elif info.origin == dlq:
-                    returned.append(message)
-                    summary.count(info.reason, info.origin, "failed")
-                    summary.errors[f"{dlq}: origin is the DLQ itself"] += 1
-                    summary.keep(item)
-                else:
-                    try:
-                        await publisher.publish_to_queue(
-                            info.origin,
-                            dlq_copy(message, info),
-                            exchange=forward_exchange_of(info.origin),
-                        )
-                    except PublishError as exc:
-                        returned.append(message)
-                        summary.count(info.reason, info.origin, "failed")
-                        summary.errors[f"{info.origin}: {exc}"] += 1
-                        summary.keep(item)
-                    else:
-                        await _settle(message.ack(), timeout)
-                        summary.count(info.reason, info.origin, "moved")
-                _notify(progress, summary)
-                _raise_if_cancelled()
-            for message in returned:
-                await _settle(message.nack(requeue=True), timeout)
-    finally:
-        # Hands back whatever is still unacked: a dry run's messages, or the one in
-        # flight when the run was cancelled (it is redelivered, never lost).
-        await _close(channel)
-    return summary
+    return dlq, origin, total if limit is None else min(total, max(limit, 0))
+
+
+async def _dead_letters(
+    channel: AbstractChannel,
+    dlq: str,
+    origin: str,
+    wanted: int,
+    delivery_limits: Mapping[str, int] | None,
+    timeout: float,
+) -> AsyncGenerator[tuple[AbstractIncomingMessage, DeadLetter], None]:
+    """Up to ``wanted`` dead letters, fetched unacked, each with why it is there."""
+    source = await channel.get_queue(dlq, ensure=False)
+    for _ in range(wanted):
+        message = await _get(source, timeout)
+        if message is None:
+            break
+        _raise_if_cancelled()
+        yield message, describe_dead_letter(message, origin, delivery_limits)
+
+
+async def _dlq_copies(
+    letters: AsyncGenerator[tuple[AbstractIncomingMessage, DeadLetter], None], dlq: str
+) -> AsyncGenerator[_Taken, None]:
+    async with contextlib.aclosing(letters):
+        async for message, letter in letters:
+            send = (
+                _refusing("origin is the DLQ itself")
+                if letter.origin == dlq
+                else _sending(dlq_copy(message, letter))
+            )
+            yield _Taken(
+                letter.reason,
+                [letter.origin],
+                send,
+                message_id=message.message_id,
+                type=message.type,
+                correlation_id=message.correlation_id,
+                delivery=message,
+            )
 
 
 def dlq_copy(message: AbstractIncomingMessage, info: DeadLetter) -> aio_pika.Message:
@@ -390,16 +545,18 @@ def dlq_copy(message: AbstractIncomingMessage, info: DeadLetter) -> aio_pika.Mes
     headers = without_broker_headers(message.headers)
     for name in (REASON_HEADER, ORIGIN_HEADER, FAILED_AT_HEADER):
         headers.pop(name, None)
-    headers[ATTEMPT_HEADER] = 0
-    headers[REPLAYED_HEADER] = info.replayed + 1
-    headers[REPLAYED_REASON_HEADER] = info.reason[:500]
     # The consumer recorded the publisher when it dead-lettered the message (none: it had
     # none, and its user_id is the consumer's); a dead letter of the broker's (delivery
     # limit) still has its publisher's user_id.
     original = headers.get(ORIGINAL_USER_HEADER)
     if original is None and REASON_HEADER not in (message.headers or {}):
         original = message.user_id
-    return copy_message(message, forwarded_headers(headers, _text(original)))
+    marks = {
+        ATTEMPT_HEADER: 0,
+        REPLAYED_HEADER: info.replayed + 1,
+        REPLAYED_REASON_HEADER: info.reason[:500],
+    }
+    return copy_message(message, replay_headers(headers, marks, original))
 
 
 # --- stream --------------------------------------------------------------------------------
@@ -436,91 +593,78 @@ async def replay_log(
     if await _ready_count(connection, LOG_STREAM, timeout) is None:
         raise ReplayError(f"queue {LOG_STREAM!r} does not exist")
 
-    summary = ReplaySummary(source=LOG_STREAM, dry_run=dry_run)
-    _notify(progress, summary)
-    window_start = since.replace(microsecond=0)
-    stop_after = end + clock_skew
-    received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-    channel = await connection.channel(publisher_confirms=False)
-    try:
-        async with _replay_publisher(connection, dry_run, timeout) as publisher:
-            # A stream is consumed only with a prefetch and manual acks (acks grant credit).
-            await channel.set_qos(prefetch_count=prefetch)
-            stream = await channel.get_queue(LOG_STREAM, ensure=False)
-            await stream.consume(
-                received.put, arguments={"x-stream-offset": window_start - STREAM_OFFSET_MARGIN}
-            )
-            while True:
-                try:
-                    async with asyncio.timeout(idle_timeout):
-                        message = await received.get()
-                except TimeoutError:
-                    break  # caught up
-                stamp = _utc(message.timestamp) if message.timestamp is not None else None
-                event_type = message.type or "(no type)"
-                if stamp is None:  # cannot be placed in the window: say so, move nothing
-                    summary.count(event_type, "(no timestamp)", "skipped")
-                elif stamp > datetime.now(UTC) + clock_skew:
-                    # From a clock running ahead: it cannot be placed in the window, and it
-                    # must not end the scan early either.
-                    summary.count(event_type, "(timestamp in the future)", "skipped")
-                elif stamp > stop_after:
-                    break
-                elif window_start <= stamp <= end:
-                    await _replay_event(message, stamp, wanted, to, publisher, summary)
-                _notify(progress, summary)
-                await _settle(message.ack(), timeout)
-                _raise_if_cancelled()
-    finally:
-        await _close(channel)  # cancels the stream consumer with it
-    return summary
+    async def settle(message: AbstractIncomingMessage, confirmed: bool) -> None:
+        await _settle(message.ack(), timeout)  # a stream ack only grants credit
+
+    async with _reading_channel(connection) as channel:  # closing it ends the consumer
+        # A stream is consumed only with a prefetch and manual acks.
+        await channel.set_qos(prefetch_count=prefetch)
+        stream = await channel.get_queue(LOG_STREAM, ensure=False)
+        received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        window_start = since.replace(microsecond=0)
+        offset = window_start - STREAM_OFFSET_MARGIN
+        await stream.consume(received.put, arguments={"x-stream-offset": offset})
+        messages = _stream_copies(received, window_start, end, wanted, to, idle_timeout, clock_skew)
+        return await _replay(
+            connection,
+            LOG_STREAM,
+            messages,
+            settle,
+            dry_run=dry_run,
+            progress=progress,
+            timeout=timeout,
+        )
 
 
-async def _replay_event(
-    message: AbstractIncomingMessage,
-    stamp: datetime,
+async def _stream_copies(
+    received: asyncio.Queue[AbstractIncomingMessage],
+    window_start: datetime,
+    end: datetime,
     wanted: frozenset[str] | None,
     to: str | None,
-    publisher: Publisher | None,
-    summary: ReplaySummary,
-) -> None:
-    summary.seen += 1
-    event_type = message.type or "(no type)"
-    if wanted is not None and event_type not in wanted:
-        summary.count(event_type, "(not selected)", "skipped")
-        return
-    targets: Sequence[str] = (
-        [to] if to is not None else [q.name for q in QUEUES if event_type in q.routing_keys]
-    )
-    if not targets:
-        summary.count(event_type, "(no consumer queue)", "skipped")
-        return
-    for target in targets:
-        item = ReplayItem(
-            message.message_id, message.type, message.correlation_id, event_type, target, stamp
-        )
-        if publisher is None:
-            summary.count(event_type, target, "moved")
-            summary.keep(item)
-            continue
+    idle_timeout: float,
+    clock_skew: timedelta,
+) -> AsyncGenerator[_Taken, None]:
+    while True:
         try:
-            await publisher.publish_to_queue(
-                target, log_copy(message), exchange=forward_exchange_of(target)
+            async with asyncio.timeout(idle_timeout):
+                message = await received.get()
+        except TimeoutError:
+            return  # caught up
+        stamp = _utc(message.timestamp) if message.timestamp is not None else None
+        event_type = message.type or "(no type)"
+        if stamp is None:  # cannot be placed in the window: say so, move nothing
+            yield _Taken(event_type, skipped="(no timestamp)", counted=False, delivery=message)
+        elif stamp > datetime.now(UTC) + clock_skew:
+            # From a clock running ahead: it cannot be placed in the window, and it must
+            # not end the scan early either.
+            future = "(timestamp in the future)"
+            yield _Taken(event_type, skipped=future, counted=False, delivery=message)
+        elif stamp > end + clock_skew:
+            return
+        elif window_start <= stamp <= end:
+            targets, skipped = _route(event_type, wanted, to)
+            yield _Taken(
+                event_type,
+                targets,
+                _sending(log_copy(message)),
+                skipped,
+                message_id=message.message_id,
+                type=message.type,
+                correlation_id=message.correlation_id,
+                timestamp=stamp,
+                delivery=message,
             )
-        except PublishError as exc:
-            summary.count(event_type, target, "failed")
-            summary.errors[f"{target}: {exc}"] += 1
-            summary.keep(item)
-        else:
-            summary.count(event_type, target, "moved")
+        else:  # before the window: read, not replayed
+            yield _Taken(event_type, counted=False, delivery=message)
 
 
 def log_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     """The message to send to a target queue: same body, properties and headers, and
     its publisher (its ``user_id``: the stream holds what the publishers sent)."""
-    headers = forwarded_headers(without_broker_headers(message.headers), message.user_id)
-    headers[REPLAYED_FROM_HEADER] = LOG_STREAM
-    return copy_message(message, headers)
+    headers = without_broker_headers(message.headers)
+    marks = {REPLAYED_FROM_HEADER: LOG_STREAM}
+    return copy_message(message, replay_headers(headers, marks, message.user_id))
 
 
 # --- outbox --------------------------------------------------------------------------------
@@ -553,17 +697,16 @@ async def replay_outbox(
     identities = publishers or Publishers()
     since, end, wanted = await _window(connection, since, until, types, to, timeout)
 
-    summary = ReplaySummary(source=OUTBOX, dry_run=dry_run)
-    _notify(progress, summary)
-    async with _replay_publisher(connection, dry_run, timeout) as publisher:
+    async def copies() -> AsyncGenerator[_Taken, None]:
         after_id = 0
         while rows := await _outbox_rows(pool, since, end, producers, after_id, batch_size):
             for row in rows:
                 after_id = row["id"]
-                await _replay_row(row, wanted, to, publisher, summary, identities)
-                _notify(progress, summary)
-                _raise_if_cancelled()
-    return summary
+                yield _outbox_copy(row, wanted, to, identities)
+
+    return await _replay(
+        connection, OUTBOX, copies(), None, dry_run=dry_run, progress=progress, timeout=timeout
+    )
 
 
 async def _outbox_rows(
@@ -591,51 +734,31 @@ async def _outbox_rows(
     return rows
 
 
-async def _replay_row(
-    row: dict[str, Any],
-    wanted: frozenset[str] | None,
-    to: str | None,
-    publisher: Publisher | None,
-    summary: ReplaySummary,
-    publishers: Publishers,
-) -> None:
-    summary.seen += 1
+def _outbox_copy(
+    row: dict[str, Any], wanted: frozenset[str] | None, to: str | None, publishers: Publishers
+) -> _Taken:
     event_type = row["routing_key"]
-    stamp = row["created_at"].replace(tzinfo=UTC)
-    if wanted is not None and event_type not in wanted:
-        summary.count(event_type, "(not selected)", "skipped")
-        return
-    if row["published_at"] is None:
-        summary.count(event_type, "(not yet published)", "skipped")
-        return
-    targets: Sequence[str] = (
-        [to] if to is not None else [q.name for q in QUEUES if event_type in q.routing_keys]
-    )
-    if not targets:
-        summary.count(event_type, "(no consumer queue)", "skipped")
-        return
+    held = "(not yet published)" if row["published_at"] is None else None  # its relay's
+    targets, skipped = _route(event_type, wanted, to, held)
+    if skipped is not None:
+        return _Taken(event_type, skipped=skipped)
     envelope = Envelope.model_validate_json(row["payload"])
     stored = json.loads(row["headers"]) if row["headers"] else {}
-    headers = forwarded_headers(stored, publishers.of_producer(row["producer"]))
-    headers[REPLAYED_FROM_HEADER] = OUTBOX
-    for target in targets:
-        item = ReplayItem(
-            envelope.event_id, event_type, envelope.correlation_id, event_type, target, stamp
-        )
-        if publisher is None:
-            summary.count(event_type, target, "moved")
-            summary.keep(item)
-            continue
-        try:
-            await publisher.publish_event_to_queue(
-                target, envelope, headers, exchange=forward_exchange_of(target)
-            )
-        except PublishError as exc:
-            summary.count(event_type, target, "failed")
-            summary.errors[f"{target}: {exc}"] += 1
-            summary.keep(item)
-        else:
-            summary.count(event_type, target, "moved")
+    marks = {REPLAYED_FROM_HEADER: OUTBOX}
+    headers = replay_headers(stored, marks, publishers.of_producer(row["producer"]))
+
+    async def send(publisher: Publisher, target: str, exchange: str) -> None:
+        await publisher.publish_event_to_queue(target, envelope, headers, exchange=exchange)
+
+    return _Taken(
+        event_type,
+        targets,
+        send,
+        message_id=envelope.event_id,
+        type=event_type,
+        correlation_id=envelope.correlation_id,
+        timestamp=row["created_at"].replace(tzinfo=UTC),
+    )
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -646,18 +769,27 @@ async def _ready_count(connection: AbstractConnection, queue: str, timeout: floa
     exist. A passive declare of a missing queue closes its channel, hence a channel of its
     own; and the underlying channel, as aio-pika's robust channel may answer from a cache.
     """
+    async with _reading_channel(connection) as channel:
+        try:
+            async with asyncio.timeout(timeout):
+                underlay = await channel.get_underlay_channel()
+                declared = await underlay.queue_declare(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        except TimeoutError:
+            raise ReplayError(f"broker did not answer within {timeout:g}s") from None
+    return declared.message_count or 0
+
+
+@contextlib.asynccontextmanager
+async def _reading_channel(connection: AbstractConnection) -> AsyncIterator[AbstractChannel]:
+    """A channel of its own, without confirms; closing it hands back every delivery still
+    unacked (and ends its consumers)."""
     channel = await connection.channel(publisher_confirms=False)
     try:
-        async with asyncio.timeout(timeout):
-            underlay = await channel.get_underlay_channel()
-            declared = await underlay.queue_declare(queue, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return None
-    except TimeoutError:
-        raise ReplayError(f"broker did not answer within {timeout:g}s") from None
+        yield channel
     finally:
         await _close(channel)
-    return declared.message_count or 0
 
 
 async def _get(queue: AbstractQueue, timeout: float) -> AbstractIncomingMessage | None:
@@ -785,12 +917,7 @@ async def _window(
         wanted = frozenset(spec.routing_keys) if spec is not None else None
     if to == LOG_STREAM:
         raise ReplayError(f"{LOG_STREAM} is a replay source, not a target")
-    targets = (
-        [to]
-        if to is not None
-        else [q.name for q in QUEUES if wanted is None or wanted & set(q.routing_keys)]
-    )
-    for name in targets:
+    for name in [to] if to is not None else _consumers(wanted):
         if await _ready_count(connection, name, timeout) is None:
             raise ReplayError(f"queue {name!r} does not exist")
     return since, end, wanted
