@@ -2,7 +2,13 @@
 
 /** One message of the notifier (services/notifier: messages.py), `null` where its source has no such field. */
 export interface PushMessage {
-  type: "order.paid" | "order.refunded" | "entitlement.granted" | "entitlement.revoked" | "order.state";
+  type:
+    | "order.paid"
+    | "order.refunded"
+    | "order.failed"
+    | "entitlement.granted"
+    | "entitlement.revoked"
+    | "order.state";
   out_trade_no: string | null;
   /** The order's status as the client should see it. */
   status: "pending" | "paid" | "failed" | "refunded" | "needs_review" | null;
@@ -10,6 +16,8 @@ export interface PushMessage {
   regenerate_count: number | null;
   amount_refund: number | null;
   generation_id: string | null;
+  /** `order.failed`: why the order ended unpaid. */
+  reason: "closed" | "expired" | "failed" | null;
   /** Null for the on-connect snapshot's `order.state` messages. */
   event_id: string | null;
   /** ISO 8601 UTC; its milliseconds since the epoch are the message's id. */
@@ -24,7 +32,11 @@ export interface OrderState {
   regenerate_count?: number;
   amount_refund?: number;
   generation_id?: string;
-  /** Milliseconds since the epoch of the newest message applied. */
+  /** Why a failed order ended unpaid (from its `order.failed` push). */
+  reason?: PushMessage["reason"];
+  /** What gave the latest state: a message of the stream, or a poll of the order API. */
+  source?: "push" | "poll";
+  /** Milliseconds since the epoch of the newest message applied (a poll keeps it). */
   at: number;
 }
 
@@ -70,6 +82,22 @@ export interface BackoffOptions {
   factor?: number;
 }
 
+/** Polling the order API (`GET /orders/{no}`) while the stream is down. */
+export interface PollOptions extends BackoffOptions {
+  /** The order API's base URL. */
+  api: string;
+  /** The user's session token, or a function giving the current one. */
+  session: string | (() => string | Promise<string>);
+  /** How long `waitUntilPaid` waits at most (ms); default 300000 (5 minutes). */
+  timeoutMs?: number;
+  /** Default: `globalThis.fetch`. */
+  fetch?: (url: string, init: { headers: Record<string, string> }) => Promise<{
+    ok: boolean;
+    status: number;
+    json(): Promise<any>;
+  }>;
+}
+
 export interface PaylaneClientOptions {
   /** The notifier's base URL (`https://api.example.com/notifier`, or `/path` in a browser page). */
   url: string;
@@ -87,6 +115,9 @@ export interface PaylaneClientOptions {
   backoff?: BackoffOptions;
   /** WebSocket attempts that never opened before switching to SSE; default 2. */
   wsAttemptsBeforeSse?: number;
+  /** Poll the orders waited for while the stream is down (backoff defaults: 2000 ms
+   * growing by 1.5 up to 15000 ms). */
+  poll?: PollOptions;
   /** For tests: the randomness of the jitter and the timers. */
   random?: () => number;
   setTimeout?: (callback: () => void, ms: number) => unknown;
@@ -123,6 +154,17 @@ export class OrderNotPaidError extends Error {
   state: OrderState;
 }
 
+/** `waitUntilPaid` saw no final state within its timeout. */
+export class OrderWaitTimeoutError extends Error {
+  outTradeNo: string;
+  timeoutMs: number;
+}
+
+/** A poll's answer was an error (`status`; 0: the order API could not be reached). */
+export class OrderPollError extends Error {
+  status: number;
+}
+
 export function backoffDelay(
   attempt: number,
   options: Required<BackoffOptions>,
@@ -145,5 +187,8 @@ export class PaylaneClient {
   on(event: "order", listener: (state: OrderState) => void): () => void;
   on(event: "state", listener: (state: PaylaneClient["state"]) => void): () => void;
   on(event: "error", listener: (error: Error) => void): () => void;
-  waitUntilPaid(outTradeNo: string, options?: { signal?: AbortSignal }): Promise<OrderState>;
+  waitUntilPaid(
+    outTradeNo: string,
+    options?: { signal?: AbortSignal; timeoutMs?: number },
+  ): Promise<OrderState>;
 }

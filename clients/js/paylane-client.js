@@ -6,7 +6,9 @@
 // falls back to Server-Sent Events (GET /events?ticket=…) where WebSocket cannot connect,
 // reconnects with exponential backoff and jitter (resuming with ?last_event_id=), applies the on-connect
 // snapshot, drops duplicate messages and keeps each order's latest state, so that a page
-// can simply `await client.waitUntilPaid(outTradeNo)`.
+// can simply `await client.waitUntilPaid(outTradeNo)`. While the stream is down it polls
+// the order API (GET /orders/{no}) for the orders waited for, with backoff, until a final
+// state or a timeout; every order state says which source gave it (`push` or `poll`).
 
 /** Close codes the notifier uses (services/notifier/src/paylane_notifier/websocket.py). */
 export const CLOSE_TOKEN_EXPIRED = 4401;
@@ -57,6 +59,13 @@ export function streamTickets({ api, session, fetch: fetchImpl = globalThis.fetc
 /** Order statuses after which nothing more is expected while waiting for a payment. */
 const PAID_STATUSES = new Set(["paid", "refunded"]);
 const FAILED_STATUSES = new Set(["failed", "needs_review"]);
+/** Where a status is in an order's life: a poll's answer never moves an order back (a push
+ * may be newer than the row a GET read). */
+const STATUS_RANK = { pending: 0, paid: 1, failed: 1, needs_review: 2, refunded: 2 };
+
+/** Polling while the stream is down: as the existing front end (every 2 s, giving up after
+ * 5 minutes), but backing off. */
+const POLL_DEFAULTS = { initialDelayMs: 2000, maxDelayMs: 15000, factor: 1.5, timeoutMs: 300000 };
 
 const DEFAULTS = {
   initialDelayMs: 500,
@@ -75,6 +84,27 @@ export class OrderNotPaidError extends Error {
     super(`order ${state.out_trade_no} is ${state.status}`);
     this.name = "OrderNotPaidError";
     this.state = state;
+  }
+}
+
+/** `waitUntilPaid` gave up: no final state within `timeoutMs`. */
+export class OrderWaitTimeoutError extends Error {
+  /** @param {string} outTradeNo @param {number} timeoutMs */
+  constructor(outTradeNo, timeoutMs) {
+    super(`order ${outTradeNo}: no final state within ${timeoutMs} ms`);
+    this.name = "OrderWaitTimeoutError";
+    this.outTradeNo = outTradeNo;
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/** A poll of GET /orders/{no} was answered with an error (`status`; 0: unreachable). */
+export class OrderPollError extends Error {
+  /** @param {number} status @param {string} message */
+  constructor(status, message) {
+    super(message);
+    this.name = "OrderPollError";
+    this.status = status;
   }
 }
 
@@ -202,6 +232,19 @@ export class PaylaneClient {
     if (options.wsAttemptsBeforeSse !== undefined) {
       this._options.wsAttemptsBeforeSse = options.wsAttemptsBeforeSse;
     }
+    if (options.poll) {
+      if (!options.poll.api || !options.poll.session) {
+        throw new TypeError("PaylaneClient: poll needs api (the order API) and session");
+      }
+      this._poll = { ...POLL_DEFAULTS, ...options.poll };
+    } else {
+      this._poll = null;
+    }
+    /** How many waits watch each order (polled while the stream is down). */
+    this._watched = new Map();
+    this._pollTimer = null;
+    this._pollAttempt = 0;
+    this._polling = false;
     this._random = options.random || Math.random;
     this._setTimeout = options.setTimeout || globalThis.setTimeout.bind(globalThis);
     this._clearTimeout = options.clearTimeout || globalThis.clearTimeout.bind(globalThis);
@@ -257,9 +300,12 @@ export class PaylaneClient {
   /**
    * Resolves with the order's state once it is paid (or already refunded); rejects with
    * an OrderNotPaidError once it is failed or needs review, or when the client is closed
-   * or `signal` aborts.
+   * or `signal` aborts. With `poll`, the order is polled while the stream is down, and the
+   * wait rejects with an OrderWaitTimeoutError after `timeoutMs` (`poll.timeoutMs`, 5
+   * minutes; without `poll`, none unless given). The state's `source` says whether a push
+   * or a poll gave the answer.
    * @param {string} outTradeNo
-   * @param {{signal?: AbortSignal}} [options]
+   * @param {{signal?: AbortSignal, timeoutMs?: number}} [options]
    * @returns {Promise<import("./paylane-client").OrderState>}
    */
   waitUntilPaid(outTradeNo, options = {}) {
@@ -280,6 +326,15 @@ export class PaylaneClient {
           if (state === "closed") done(reject, new Error("client closed"));
         }),
       );
+      const timeoutMs = options.timeoutMs ?? (this._poll ? this._poll.timeoutMs : null);
+      if (timeoutMs) {
+        const timer = this._setTimeout(
+          () => done(reject, new OrderWaitTimeoutError(outTradeNo, timeoutMs)),
+          timeoutMs,
+        );
+        offs.push(() => this._clearTimeout(timer));
+      }
+      if (this._poll) offs.push(this._watch(outTradeNo));
       const signal = options.signal;
       if (signal) {
         const abort = () => done(reject, signal.reason || new Error("aborted"));
@@ -390,6 +445,92 @@ export class PaylaneClient {
     }
   }
 
+  // --- polling while the stream is down --------------------------------------------
+
+  /** Polls `outTradeNo` while the stream is down, until the returned function is called. */
+  _watch(outTradeNo) {
+    this._watched.set(outTradeNo, (this._watched.get(outTradeNo) || 0) + 1);
+    this._pollIfDown();
+    let watching = true;
+    return () => {
+      if (!watching) return;
+      watching = false;
+      const left = this._watched.get(outTradeNo) - 1;
+      if (left > 0) this._watched.set(outTradeNo, left);
+      else this._watched.delete(outTradeNo);
+      this._pollIfDown();
+    };
+  }
+
+  /** Schedules the next poll while the stream is down and an order is waited for; stops
+   * polling (and resets its backoff) once the stream is open. */
+  _pollIfDown() {
+    if (!this._poll) return;
+    const down = this.state === "connecting" || this.state === "waiting";
+    if (!down) this._pollAttempt = 0;
+    if (!down || this._watched.size === 0) {
+      if (this._pollTimer !== null) this._clearTimeout(this._pollTimer);
+      this._pollTimer = null;
+      return;
+    }
+    if (this._pollTimer !== null || this._polling) return;
+    const delay = backoffDelay(this._pollAttempt++, this._poll, this._random);
+    this._pollTimer = this._setTimeout(() => {
+      this._pollTimer = null;
+      this._pollOnce();
+    }, delay);
+  }
+
+  async _pollOnce() {
+    this._polling = true;
+    try {
+      await Promise.all([...this._watched.keys()].map((no) => this._pollOrder(no)));
+    } finally {
+      this._polling = false;
+    }
+    this._pollIfDown();
+  }
+
+  async _pollOrder(outTradeNo) {
+    const { api, session } = this._poll;
+    const fetchImpl = this._poll.fetch || globalThis.fetch;
+    const what = `GET /orders/${outTradeNo}`;
+    let view;
+    try {
+      const token = typeof session === "function" ? await session() : session;
+      const response = await fetchImpl(
+        `${absolute(api)}/orders/${encodeURIComponent(outTradeNo)}`,
+        { headers: { Authorization: `Bearer ${token}` } },
+      );
+      if (!response.ok) {
+        const error = new OrderPollError(response.status, `${what}: ${response.status}`);
+        return this._emit("error", error);
+      }
+      view = await response.json();
+    } catch (error) {
+      return this._emit("error", new OrderPollError(0, `${what}: ${error && error.message}`));
+    }
+    if (!this._closed) this._applyPolled(view);
+  }
+
+  /** The order API's answer: applied when it moves the order on (never back), keeping the
+   * time of the newest push, so that later pushes still apply. */
+  _applyPolled(view) {
+    if (!view || !view.out_trade_no || !(view.status in STATUS_RANK)) return;
+    const current = this.orders.get(view.out_trade_no);
+    if (current && current.status in STATUS_RANK) {
+      if (STATUS_RANK[view.status] <= STATUS_RANK[current.status]) return;
+    }
+    const at = current ? current.at : 0;
+    const next = { ...(current || {}), out_trade_no: view.out_trade_no, at };
+    for (const field of ["status", "payment_status", "regenerate_count", "generation_id"]) {
+      if (view[field] !== null && view[field] !== undefined) next[field] = view[field];
+    }
+    next.source = "poll";
+    this.orders.set(view.out_trade_no, next);
+    this._emit("order", next);
+  }
+
   // --- messages ----------------------------------------------------------------------
 
   _receive(data) {
@@ -436,10 +577,13 @@ export class PaylaneClient {
       "regenerate_count",
       "amount_refund",
       "generation_id",
+      "reason",
     ]) {
       if (message[field] !== null && message[field] !== undefined) next[field] = message[field];
     }
-    const changed = !current || Object.keys(next).some((k) => k !== "at" && next[k] !== current[k]);
+    const changed =
+      !current || Object.keys(next).some((k) => k !== "at" && k !== "source" && next[k] !== current[k]);
+    if (changed) next.source = "push";
     this.orders.set(message.out_trade_no, next);
     if (changed) this._emit("order", next);
   }
@@ -447,6 +591,7 @@ export class PaylaneClient {
   _setState(state) {
     if (this.state === state) return;
     this.state = state;
+    this._pollIfDown();
     this._emit("state", state);
   }
 

@@ -33,7 +33,7 @@ GRANT SELECT, INSERT (`id`, `out_trade_no`, `user_id`, `generation_id`, `transac
     `_openid`, `currency`, `mchid`, `appid`, `idempotency_key`, `expires_at`),
   UPDATE (`status`, `transaction_id`, `paid_at`, `_openid`, `generation_id`, `prepay_id`,
     `code_url`, `h5_url`, `amount_refunded`, `review_reason`, `closed_at`, `refunded_at`,
-    `reconciled_at`, `paid_event_at`, `refund_event_at`)
+    `reconciled_at`, `queried_at`, `paid_event_at`, `refund_event_at`)
   ON `{database}`.`payment_orders` TO '{order_user}'@'%';
 -- Refunds: requested and settled; an ABNORMAL one's remedy (`paylane refund abnormal`)
 -- recorded on its row.

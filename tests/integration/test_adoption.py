@@ -8,7 +8,7 @@ import pymysql
 import pytest
 
 from paylane_common.migrate import migrate
-from paylane_common.schema import ADDITIONS, REFUND_REMEDIES, SchemaError, ensure
+from paylane_common.schema import ADDITIONS, ORDER_QUERIES, REFUND_REMEDIES, SchemaError, ensure
 from tests.support.infra import Infra, unique_name
 from tests.support.seed_db import SEED_DDL, column_types
 
@@ -44,6 +44,7 @@ def test_the_second_migrate_has_nothing_to_do(adopted_database, infra: Infra) ->
         cur.execute(f"USE `{adopted_database.name}`")
         assert ensure(cur, *ADDITIONS) == []
         assert ensure(cur, *REFUND_REMEDIES) == []
+        assert ensure(cur, *ORDER_QUERIES) == []
 
 
 def test_no_shared_column_is_renamed_retyped_or_dropped(adopted_database, infra: Infra) -> None:

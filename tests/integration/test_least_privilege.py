@@ -67,7 +67,7 @@ from paylane_common.wechatpay.testing import (
 from paylane_notifier.snapshot import load_snapshot
 from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.bills import BillReconciler, Difference
-from paylane_order.config import MerchantConfig, ReconcilerConfig
+from paylane_order.config import MerchantConfig, ReconcilerConfig, StatusQueryConfig
 from paylane_order.gate import Gate
 from paylane_order.order_list import OrderFilters, OrderList
 from paylane_order.orders import NewOrder, Orders, user_by_openid
@@ -75,6 +75,7 @@ from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
 from paylane_order.refunds import RefundApplier
 from paylane_order.sessions import Sessions
+from paylane_order.status_query import StatusQuery
 from services.order.tests.support import payment_gate
 from tests.support import hygiene
 from tests.support.events import (
@@ -647,7 +648,8 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
     signed in, sessions issued, checked and revoked, an order placed and read,
     payment.succeeded applied (order row, audit trail, inbox, outbox), a refund made
     outside paylane recorded (refund row, the order's full refund), an ABNORMAL one and its
-    remedy, an unpaid order failed by the reconciler, the install time read."""
+    remedy, an unpaid order asked about on demand and failed by the reconciler, the install
+    time read."""
     openid = f"o-{uuid.uuid4().hex}"
     merchant = MerchantConfig("1900000109", "wxd678efh567hg6787", "http://127.0.0.1:9/n", 1800)
     async with _pool(service_mysql_urls["order"]) as pool:
@@ -725,8 +727,11 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
         assert (await remedies.get(abnormal.data.out_refund_no))["status"] == "pending"
         async with transaction(pool) as cur:
             unpaid, _, _ = await orders._insert(cur, replace(new, idempotency_key=None), user)
+        # Asked about on demand (GET /orders/{no}): its turn taken on the row.
+        status_query = StatusQuery(pool, None, None, StatusQueryConfig(after_s=0))  # type: ignore[arg-type]
+        assert await status_query._claim(unpaid)
         reconciler = Reconciler(pool, None, None, ReconcilerConfig(), None)  # type: ignore[arg-type]
-        await reconciler._fail_locally(unpaid)
+        await reconciler._fail_locally(unpaid, "expired")  # order.failed staged
         # A bill difference recorded once: the second run reads the first one back; two
         # refunds of one order are two. The day recorded as done, found done.
         bills = BillReconciler(pool, None, reconciler)  # type: ignore[arg-type]

@@ -24,6 +24,8 @@ from paylane_common import events
 from paylane_common.catalog import DEFAULT_CATALOG
 from paylane_common.events import (
     Envelope,
+    FailedReason,
+    OrderFailed,
     OrderPaid,
     OrderRefunded,
     PaymentSucceeded,
@@ -196,6 +198,20 @@ def order_refunded(
         full=full,
     )
     return Delivery(make_event(events.ORDER_REFUNDED, data, event_id), data)
+
+
+def order_failed(
+    user_id: str,
+    out_trade_no: str,
+    reason: FailedReason = "expired",
+    *,
+    package_type: str = "basic",
+) -> Delivery[OrderFailed]:
+    """``user_id``'s order ended unpaid for ``reason``."""
+    data = OrderFailed(
+        out_trade_no=out_trade_no, user_id=user_id, package_type=package_type, reason=reason
+    )
+    return Delivery(make_event(events.ORDER_FAILED, data), data)
 
 
 def _price(package_type: str) -> int:

@@ -7,12 +7,21 @@ import { describe, test } from "node:test";
 import {
   backoffDelay,
   OrderNotPaidError,
+  OrderPollError,
+  OrderWaitTimeoutError,
   PaylaneClient,
   StreamTicketError,
   miniProgramWebSocket,
   streamTickets,
 } from "../paylane-client.js";
-import { fakeEventSource, fakeWebSocket, manualTimers, message, settle } from "../testing/fakes.js";
+import {
+  fakeEventSource,
+  fakeOrderApi,
+  fakeWebSocket,
+  manualTimers,
+  message,
+  settle,
+} from "../testing/fakes.js";
 
 function client(overrides = {}) {
   const ws = fakeWebSocket();
@@ -288,6 +297,7 @@ describe("messages", () => {
     assert.deepEqual(paylane.orders.get("B"), {
       out_trade_no: "B",
       status: "paid",
+      source: "push",
       payment_status: "premium",
       regenerate_count: 10,
       at: Date.parse(t(4)),
@@ -439,5 +449,117 @@ describe("mini-program adapter", () => {
     assert.deepEqual(closes, [1006]);
     socket.send("hi");
     assert.deepEqual(wx.tasks[0].sent, ["hi"]);
+  });
+});
+
+describe("polling while the stream is down", () => {
+  const POLL = { api: "http://api.test/order/", session: "S3SSION", timeoutMs: 60000 };
+  const backoff = { initialDelayMs: 100, maxDelayMs: 1000, factor: 2 };
+  const settled = async () => {
+    for (let i = 0; i < 5; i++) await settle();
+  };
+
+  function polling(views, poll = {}) {
+    const api = fakeOrderApi(views);
+    const made = client({ poll: { ...POLL, ...backoff, fetch: api.fetch, ...poll } });
+    return { ...made, api };
+  }
+
+  test("polls GET /orders/{no} with backoff until a final state, and says the poll answered", async () => {
+    const { paylane, sockets, timers, api } = polling([
+      { out_trade_no: "P1", status: "pending" },
+      { out_trade_no: "P1", status: "paid", payment_status: "basic", regenerate_count: 23 },
+    ]);
+    paylane.start();
+    await settle();
+    sockets[0].serverClose(1006); // never opened: the stream is down
+    const paid = paylane.waitUntilPaid("P1");
+    timers.fireAt(100); // the first poll
+    await settled();
+    assert.equal(api.calls.length, 1);
+    assert.equal(api.calls[0].url, "http://api.test/order/orders/P1");
+    assert.deepEqual(api.calls[0].init.headers, { Authorization: "Bearer S3SSION" });
+    assert.equal(paylane.orders.get("P1").status, "pending");
+    timers.fireAt(200); // backing off
+    const state = await paid;
+    assert.deepEqual(
+      [state.status, state.payment_status, state.regenerate_count, state.source],
+      ["paid", "basic", 23, "poll"],
+    );
+    // Done: no poll and no timeout left, only the reconnect.
+    assert.deepEqual(
+      timers.pending.map((t) => t.ms),
+      [500],
+    );
+  });
+
+  test("no poll while the stream is open: the push answers, and says so", async () => {
+    const { paylane, sockets, timers, api } = polling([{ out_trade_no: "P1", status: "paid" }]);
+    paylane.start();
+    await settle();
+    const paid = paylane.waitUntilPaid("P1");
+    assert.ok(timers.pending.some((t) => t.ms === 100)); // connecting: a poll is due
+    sockets[0].open();
+    assert.ok(!timers.pending.some((t) => t.ms === 100)); // open: not any more
+    sockets[0].push(message({ event_id: "e1" }));
+    assert.equal((await paid).source, "push");
+    assert.equal(api.calls.length, 0);
+  });
+
+  test("a poll never moves an order back; a poll's error is an error event, then the next poll", async () => {
+    const { paylane, sockets, timers, api } = polling([503, { out_trade_no: "P1", status: "pending" }]);
+    const errors = [];
+    paylane.on("error", (e) => errors.push(e));
+    paylane.start();
+    await settle();
+    sockets[0].open();
+    sockets[0].push(message({ event_id: "e1", status: "refunded", type: "order.refunded" }));
+    sockets[0].serverClose(1006);
+    const wait = paylane.waitUntilPaid("P2"); // another order, still unknown
+    timers.fireAt(100);
+    await settled();
+    const polled = errors.find((e) => e instanceof OrderPollError);
+    assert.equal(polled.status, 503);
+    // The refunded P1 is not a pending one again, whatever a GET of it said.
+    paylane._applyPolled({ out_trade_no: "P1", status: "paid" });
+    assert.equal(paylane.orders.get("P1").status, "refunded");
+    assert.equal(api.calls.length, 1);
+    paylane.close();
+    await assert.rejects(wait, /client closed/);
+  });
+
+  test("gives up after timeoutMs and stops polling", async () => {
+    const { paylane, sockets, timers } = polling([{ out_trade_no: "P1", status: "pending" }]);
+    paylane.start();
+    await settle();
+    sockets[0].serverClose(1006);
+    const wait = paylane.waitUntilPaid("P1");
+    timers.fireAt(60000);
+    await assert.rejects(wait, (error) => {
+      assert.ok(error instanceof OrderWaitTimeoutError);
+      assert.equal(error.outTradeNo, "P1");
+      return true;
+    });
+    assert.ok(!timers.pending.some((t) => t.ms === 100));
+  });
+
+  test("an order that ended unpaid rejects the wait with the push's reason", async () => {
+    const { paylane, sockets } = polling([]);
+    paylane.start();
+    await settle();
+    sockets[0].open();
+    const wait = paylane.waitUntilPaid("P1");
+    sockets[0].push(
+      message({ type: "order.failed", status: "failed", reason: "expired", event_id: "f1" }),
+    );
+    await assert.rejects(wait, (error) => {
+      assert.ok(error instanceof OrderNotPaidError);
+      assert.deepEqual([error.state.status, error.state.reason], ["failed", "expired"]);
+      return true;
+    });
+  });
+
+  test("poll needs the order API and a session", () => {
+    assert.throws(() => client({ poll: { api: "http://api.test" } }), /poll needs api/);
   });
 });

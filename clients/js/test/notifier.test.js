@@ -108,6 +108,34 @@ describe("against the notifier", { skip, timeout: 30000 }, () => {
     await Promise.all([client.waitUntilPaid(order.out_trade_no), pay(order.out_trade_no)]);
   });
 
+  test("while the stream is down the client polls, and the order API answers paid", async (t) => {
+    // A stream that never opens (WebSocket refused, no SSE) and a payment whose
+    // notification WeChat Pay never sends: the order API's answer settles the wait.
+    class Refused extends WebSocket {
+      constructor(url) {
+        super(url.replace("/ws?", "/healthz?"));
+      }
+    }
+    const order = await placeOrder(await signIn());
+    const client = connect(order, {
+      WebSocket: Refused,
+      EventSource: null,
+      poll: {
+        api: stack.orderApi,
+        session: order.client_token,
+        initialDelayMs: 200,
+        maxDelayMs: 1000,
+        timeoutMs: 25000,
+      },
+    });
+    t.after(() => client.close());
+    const paid = client.waitUntilPaid(order.out_trade_no);
+    await pay(order.out_trade_no, { notify: false });
+    const state = await paid;
+    assert.deepEqual([state.status, state.source], ["paid", "poll"]);
+    assert.notEqual(client.state, "open");
+  });
+
   test("a WebSocket that cannot get through falls back to SSE", async (t) => {
     // As a proxy that refuses upgrades would: the handshake goes to a path that is no
     // WebSocket (404), so the socket closes without ever opening.

@@ -73,6 +73,13 @@ export function manualTimers() {
       timer.callback();
       return timer.ms;
     },
+    /** Runs the first pending timer set for `ms`. */
+    fireAt(ms) {
+      const i = pending.findIndex((timer) => timer.ms === ms);
+      if (i < 0) throw new Error(`no timer of ${ms} ms pending (${pending.map((t) => t.ms)})`);
+      const [timer] = pending.splice(i, 1);
+      timer.callback();
+    },
   };
 }
 
@@ -89,8 +96,23 @@ export function message(fields) {
     regenerate_count: null,
     amount_refund: null,
     generation_id: null,
+    reason: null,
     event_id: null,
     occurred_at: "2026-01-01T00:00:00.000Z",
     ...fields,
   };
+}
+
+/** A `fetch` for the order API: answers `GET /orders/{no}` with the next of `views` (the
+ * last one again once they run out), recording every call. */
+export function fakeOrderApi(views) {
+  const calls = [];
+  const answers = [...views];
+  async function fetch(url, init) {
+    calls.push({ url, init });
+    const view = answers.length > 1 ? answers.shift() : answers[0];
+    if (typeof view === "number") return { ok: false, status: view, json: async () => ({}) };
+    return { ok: true, status: 200, json: async () => view };
+  }
+  return { fetch, calls };
 }

@@ -46,6 +46,11 @@ export function placeOrder(token, packageType = "basic") {
   );
 }
 
-export function pay(outTradeNo) {
-  return call("POST", `${stack.sandbox}/sandbox/orders/${encodeURIComponent(outTradeNo)}/pay`, {});
+/** The payer pays; `{notify: false}`: WeChat Pay's notification is never sent. */
+export function pay(outTradeNo, options = {}) {
+  return call(
+    "POST",
+    `${stack.sandbox}/sandbox/orders/${encodeURIComponent(outTradeNo)}/pay`,
+    options,
+  );
 }

@@ -13,7 +13,7 @@ from paylane_notifier.api import PushedMessage
 from paylane_notifier.messages import ClientMessage, epoch_ms, from_event
 from paylane_notifier.snapshot import parse_last_event_id
 from services.notifier.tests.support import entitlement, granted_for
-from tests.support.events import order_paid, order_refunded, payment_succeeded
+from tests.support.events import order_failed, order_paid, order_refunded, payment_succeeded
 
 USER = "user-1706345678901-xyz789"
 KEYS = {
@@ -24,6 +24,7 @@ KEYS = {
     "regenerate_count",
     "amount_refund",
     "generation_id",
+    "reason",
     "event_id",
     "occurred_at",
 }
@@ -75,6 +76,21 @@ def test_events_become_client_messages(
     assert body["occurred_at"].endswith("Z")
     assert message.id == str(epoch_ms(envelope.occurred_at))
     # What the OpenAPI document says a message is (docs/openapi/notifier.json).
+    PushedMessage.model_validate_json(message.to_json())
+
+
+@pytest.mark.parametrize("reason", ["closed", "expired", "failed"])
+def test_an_order_that_ended_unpaid_is_pushed_failed_with_the_reason(reason: str) -> None:
+    """The paying client hears that its order closed, expired or failed, and stops
+    waiting for a payment."""
+    envelope = order_failed(USER, "o1", reason).envelope  # type: ignore[arg-type]
+    routed = from_event(envelope, envelope.typed_data())
+    assert routed is not None
+    user_id, (message,) = routed
+    body = json.loads(message.to_json())
+    assert user_id == USER and set(body) == KEYS
+    assert (body["type"], body["status"], body["reason"]) == ("order.failed", "failed", reason)
+    assert body["event_id"] == envelope.event_id
     PushedMessage.model_validate_json(message.to_json())
 
 

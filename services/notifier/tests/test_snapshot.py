@@ -54,6 +54,7 @@ async def test_a_client_connecting_after_the_payment_learns_it(
         "regenerate_count": 33,
         "amount_refund": None,
         "generation_id": generation_id,
+        "reason": None,
         "event_id": None,
     }
     if transport == "sse":

@@ -19,7 +19,7 @@ from services.notifier.tests.support import (
     sse_id,
     token_for,
 )
-from tests.support.events import order_paid, order_refunded
+from tests.support.events import order_failed, order_paid, order_refunded
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +52,7 @@ async def test_ws_and_sse_clients_receive_their_users_events(
             "regenerate_count": None,
             "amount_refund": None,
             "generation_id": "gen-1",
+            "reason": None,
             "event_id": paid.event_id,
             "occurred_at": paid.occurred_at.isoformat().replace("+00:00", "Z"),
         }
@@ -63,6 +64,7 @@ async def test_ws_and_sse_clients_receive_their_users_events(
             "regenerate_count": 33,
             "amount_refund": None,
             "generation_id": None,
+            "reason": None,
             "event_id": granted.event_id,
             "occurred_at": granted.occurred_at.isoformat().replace("+00:00", "Z"),
         }
@@ -98,6 +100,28 @@ async def test_refunds_and_revocations(
         "entitlement.revoked",
         "refunded",
         "free",
+    )
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_an_order_that_ended_unpaid_is_pushed(
+    transport: str,
+    notifier: Client,
+    connect: Connect,
+    publisher: Publisher,
+    db_pool: aiomysql.Pool,
+) -> None:
+    """``order.failed`` reaches the replica's queue (topology.NOTIFIER_KEYS) and the client."""
+    user_id = await insert_user(db_pool)
+    client = await connect(notifier, transport, token_for(user_id))
+    failed = order_failed(user_id, "expired-1", "expired").envelope
+    await publisher.publish(failed)
+    message = (await client.next()).data
+    assert (message["type"], message["status"], message["reason"], message["event_id"]) == (
+        "order.failed",
+        "failed",
+        "expired",
+        failed.event_id,
     )
 
 

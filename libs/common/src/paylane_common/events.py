@@ -21,6 +21,9 @@ ORDER_REFUNDED = "order.refunded"
 #: An order whose payment was granted and then found wanting (``needs_review``): what it
 #: granted is taken back until an operator decides.
 ORDER_REVOKED = "order.revoked"
+#: An order that ended ``failed`` unpaid (closed, expired, or refused by WeChat Pay): the
+#: paying client is told (the notifier), so it stops waiting for a payment.
+ORDER_FAILED = "order.failed"
 ENTITLEMENT_GRANTED = "entitlement.granted"
 ENTITLEMENT_REVOKED = "entitlement.revoked"
 #: An order the cloud function placed at WeChat Pay but could not write to
@@ -58,8 +61,9 @@ class WechatNotification(_Data):
 
 
 #: Who said a payment happened: WeChat Pay's notification (through ingress), the cloud
-#: function's internal notify, or paylane's own query (reconciler, sweep).
-PaymentSource = Literal["wechatpay", "internal", "reconcile"]
+#: function's internal notify, paylane's own query (reconciler, sweep), or the query
+#: ``GET /orders/{no}`` of a pending order made (the order service's status_query.py).
+PaymentSource = Literal["wechatpay", "internal", "reconcile", "query"]
 
 
 class PaymentSucceeded(_Data):
@@ -160,6 +164,21 @@ class OrderRevoked(_Data):
     reason: str
 
 
+#: Why an order ended ``failed`` without a payment: ``closed`` (by its owner or the
+#: backend, or at WeChat Pay), ``expired`` (unpaid past its ``time_expire``), ``failed``
+#: (WeChat Pay refused to place it, or the payment failed: PAYERROR).
+FailedReason = Literal["closed", "expired", "failed"]
+
+
+class OrderFailed(_Data):
+    """An unpaid order became ``failed``: its client stops waiting."""
+
+    out_trade_no: str
+    user_id: UserId
+    package_type: str
+    reason: FailedReason
+
+
 class PaidOrder(_Data):
     """The ``order.paid`` a grant answers, as the client was told it (event id, time,
     generation): the notifier pushes it from the grant, so a payment costs it one
@@ -194,6 +213,7 @@ DATA_MODELS: dict[str, type[_Data]] = {
     ORDER_PAID: OrderPaid,
     ORDER_REFUNDED: OrderRefunded,
     ORDER_REVOKED: OrderRevoked,
+    ORDER_FAILED: OrderFailed,
     ENTITLEMENT_GRANTED: Entitlement,
     ENTITLEMENT_REVOKED: Entitlement,
 }

@@ -226,3 +226,13 @@ REFUND_REMEDIES: tuple[list[Column], list[Index], list[EnumValues]] = (
     [],
     [],
 )
+
+# What migration 0008_order_queries adds: when the order API last asked WeChat Pay about a
+# pending order on its client's behalf (``GET /orders/{no}``; the order service's
+# status_query.py). A conditional UPDATE of it lets one request in every interval ask,
+# across replicas; the reconciler's ``reconciled_at`` and its schedule stay its own.
+ORDER_QUERIES: tuple[list[Column], list[Index], list[EnumValues]] = (
+    [Column(ORDERS, "queried_at", "DATETIME(6) NULL")],
+    [],
+    [],
+)

@@ -25,7 +25,12 @@ from .websocket import (
 )
 
 MessageType = Literal[
-    "order.paid", "order.refunded", "entitlement.granted", "entitlement.revoked", "order.state"
+    "order.paid",
+    "order.refunded",
+    "order.failed",
+    "entitlement.granted",
+    "entitlement.revoked",
+    "order.state",
 ]
 _SCHEMAS = "#/components/schemas"
 
@@ -44,6 +49,9 @@ class PushedMessage(BaseModel):
     regenerate_count: int | None
     amount_refund: int | None = Field(description="fen, of a refund")
     generation_id: str | None = Field(description="the generation a paid order unlocks")
+    reason: Literal["closed", "expired", "failed"] | None = Field(
+        description="`order.failed`: why the order ended unpaid"
+    )
     event_id: str | None
     occurred_at: datetime = Field(description="also the SSE `id`, in ms since the epoch")
 

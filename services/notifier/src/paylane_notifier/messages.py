@@ -2,18 +2,20 @@
 
 Every message has the same keys, ``null`` where its source does not carry a field::
 
-    {"type": "order.paid" | "order.refunded" | "entitlement.granted"
+    {"type": "order.paid" | "order.refunded" | "order.failed" | "entitlement.granted"
              | "entitlement.revoked" | "order.state",
      "out_trade_no", "status", "payment_status", "regenerate_count", "amount_refund",
-     "generation_id", "event_id", "occurred_at"}
+     "generation_id", "reason", "event_id", "occurred_at"}
 
 ``status`` is the order's status as the client should see it: ``"paid"`` for
 ``order.paid`` / ``entitlement.granted`` and for a partial refund (``amount_refund`` then
-says how much came back), ``"refunded"`` for a full refund / ``entitlement.revoked``, and
-the row's own status for ``order.state``: one of :data:`ORDER_STATUSES`, the shared
-``payment_orders.status`` (``failed``: timed out or cancelled; ``needs_review``: paylane's,
-a payment that did not match its order). ``generation_id`` names the generation a paid
-order unlocks (``order.paid`` and ``order.state``), when the order has one.
+says how much came back), ``"refunded"`` for a full refund / ``entitlement.revoked``,
+``"failed"`` for ``order.failed`` (an order that ended unpaid; ``reason``: ``closed``,
+``expired`` or ``failed``), and the row's own status for ``order.state``: one of
+:data:`ORDER_STATUSES`, the shared ``payment_orders.status`` (``failed``: timed out or
+cancelled; ``needs_review``: paylane's, a payment that did not match its order).
+``generation_id`` names the generation a paid order unlocks (``order.paid`` and
+``order.state``), when the order has one.
 An ``entitlement.granted`` carries the ``order.paid`` it answers (``paid``): from it the
 client gets both pushes, ``order.paid`` (with that event's id and time) then
 ``entitlement.granted``, so the notifier needs one delivery per payment (it is not bound
@@ -30,7 +32,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from paylane_common import events
-from paylane_common.events import Entitlement, Envelope, OrderPaid, OrderRefunded, PaidOrder
+from paylane_common.events import (
+    Entitlement,
+    Envelope,
+    OrderFailed,
+    OrderPaid,
+    OrderRefunded,
+    PaidOrder,
+)
 
 ORDER_STATE = "order.state"
 #: What ``status`` of an ``order.state`` may be: the values of ``payment_orders.status``.
@@ -57,6 +66,8 @@ class ClientMessage:
     occurred_at: datetime
     amount_refund: int | None = None
     generation_id: str | None = None
+    #: ``order.failed``: why the order ended unpaid (``closed``, ``expired``, ``failed``).
+    reason: str | None = None
 
     @property
     def id(self) -> str:
@@ -72,6 +83,7 @@ class ClientMessage:
             "regenerate_count": self.regenerate_count,
             "amount_refund": self.amount_refund,
             "generation_id": self.generation_id,
+            "reason": self.reason,
             "event_id": self.event_id,
             "occurred_at": self.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         }
@@ -134,6 +146,16 @@ def _message(envelope: Envelope, data: Any) -> tuple[str, ClientMessage] | None:
             payment_status=None,
             regenerate_count=None,
             amount_refund=data.amount_refund,
+            **common,
+        )
+    if envelope.type == events.ORDER_FAILED and isinstance(data, OrderFailed):
+        return data.user_id, ClientMessage(
+            type=envelope.type,
+            out_trade_no=data.out_trade_no,
+            status="failed",
+            payment_status=None,
+            regenerate_count=None,
+            reason=data.reason,
             **common,
         )
     if envelope.type in (events.ENTITLEMENT_GRANTED, events.ENTITLEMENT_REVOKED) and isinstance(

@@ -41,6 +41,7 @@ from .order_list import Key, ListQuery, OrderFilters, OrderList, parse_query
 from .orders import NewOrder, OrderDetail, Orders
 from .rate_limits import RateLimit
 from .sessions import Sessions
+from .status_query import StatusQuery
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,7 @@ ABNORMAL_REFUNDS = web.AppKey("abnormal_refunds", AbnormalRefunds)
 ORDER_LIST = web.AppKey("order_list", OrderList)
 LOGIN = web.AppKey("miniprogram_login", MiniProgramLogin)
 SESSIONS = web.AppKey("sessions", Sessions)
+STATUS_QUERY = web.AppKey("status_query", StatusQuery)
 #: Sign-ins a client address, orders a user may make a minute (``LOGIN_RATE_PER_MIN``,
 #: ``ORDER_RATE_PER_MIN``); an app without them has no limit.
 LOGIN_RATE = web.AppKey("login_rate", RateLimit)
@@ -426,7 +428,11 @@ async def export_orders(request: web.Request) -> web.StreamResponse:
 
 
 async def get_order(request: web.Request) -> web.Response:
-    return _reply(_view(await _owned_order(request)))
+    """A pending order is asked about at WeChat Pay first (status_query.py)."""
+    order = await _owned_order(request)
+    if await request.app[STATUS_QUERY].settle(order):
+        order = await _owned_order(request)
+    return _reply(_view(order))
 
 
 async def close_order(request: web.Request) -> web.Response:

@@ -82,6 +82,26 @@ class ReconcilerConfig:
 
 
 @dataclass(frozen=True)
+class StatusQueryConfig:
+    """``GET /orders/{no}`` asking WeChat Pay about a pending order (status_query.py)."""
+
+    #: Asked once pending this long; negative: never.
+    after_s: float = default_of(OrderSettings, "order_query_after_s")
+    #: At most once per this many seconds an order, across replicas.
+    interval_s: float = default_of(OrderSettings, "order_query_interval_s")
+    #: The most a GET waits for the answer.
+    timeout_s: float = default_of(OrderSettings, "order_query_timeout_s")
+
+    @classmethod
+    def from_settings(cls, settings: OrderSettings) -> StatusQueryConfig:
+        return cls(
+            after_s=settings.order_query_after_s,
+            interval_s=settings.order_query_interval_s,
+            timeout_s=settings.order_query_timeout_s,
+        )
+
+
+@dataclass(frozen=True)
 class OrderConfig:
     """What the order API's handlers, the consumer's appliers and the reconciler read."""
 
@@ -103,6 +123,7 @@ class OrderConfig:
     apiv3_key: str
     merchant: MerchantConfig
     reconciler: ReconcilerConfig
+    status_query: StatusQueryConfig = StatusQueryConfig()
     #: Per replica: sign-ins a client address, orders a user may make a minute (0: no
     #: limit); unpaid pending orders a user may have at once (0: no cap).
     login_rate_per_min: int = default_of(OrderSettings, "login_rate_per_min")
@@ -133,6 +154,7 @@ class OrderConfig:
                 order_ttl_s=settings.order_ttl_s,
             ),
             reconciler=ReconcilerConfig.from_settings(settings),
+            status_query=StatusQueryConfig.from_settings(settings),
             login_rate_per_min=settings.login_rate_per_min,
             order_rate_per_min=settings.order_rate_per_min,
             max_pending_orders=settings.max_pending_orders,

@@ -40,6 +40,7 @@ from .reconciler import Reconciler
 from .refunds import RefundApplier
 from .sessions import Sessions
 from .settings import OrderSettings
+from .status_query import StatusQuery
 
 RECONCILER = web.AppKey("reconciler", Reconciler)
 
@@ -105,13 +106,13 @@ def build_app(settings: OrderSettings) -> web.Application:
             duplicate_window_s=config.duplicate_order_window_s,
         )
         await catalog_prices.record(app[DB_POOL], config.catalog)
+        gate = Gate.of(config, app[WECHATPAY_CLIENT])
         reconciler = Reconciler(
-            app[DB_POOL],
-            app[WECHATPAY_CLIENT],
-            app[PUBLISHER],
-            config.reconciler,
-            Gate.of(config, app[WECHATPAY_CLIENT]),
+            app[DB_POOL], app[WECHATPAY_CLIENT], app[PUBLISHER], config.reconciler, gate
         )
+        # The relay is opened after this context (use_consumer): woken once it is.
+        payments = PaymentApplier(app[DB_POOL], gate, on_commit=lambda: app[OUTBOX_RELAY].wake())
+        app[api.STATUS_QUERY] = StatusQuery(app[DB_POOL], gate, payments, config.status_query)
         app[RECONCILER] = reconciler
         app[api.SESSIONS] = Sessions(app[DB_POOL], config.tokens, config.token_ttl_s)
         app[api.LOGIN] = MiniProgramLogin(

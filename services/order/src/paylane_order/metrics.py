@@ -26,6 +26,16 @@ NOT_VERIFIED = Counter(
 for _source in get_args(PaymentSource):  # exported at 0: the alert counts the first one
     UNCONFIRMED.labels(_source)
 
+# --- asking WeChat Pay on demand (status_query.py) ---------------------------------------
+
+#: ``outcome``: paid (a payment applied), not_paid, already_settled, failed (WeChat Pay's
+#: error), timeout.
+STATUS_QUERIES = Counter(
+    "paylane_order_status_queries_total",
+    "Queries GET /orders/{no} made of WeChat Pay for a pending order, by outcome",
+    ["outcome"],
+)
+
 # --- needs_review (review.py) -----------------------------------------------------------
 
 #: Counted where the row moves (review.to_review), so every path is: the payment consumer,

@@ -42,6 +42,7 @@ from .errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from .failed import fail_order
 from .ids import new_out_trade_no
 from .refund_requests import RefundRequests
 from .settings import PREPAY_ID_TTL_S
@@ -406,12 +407,7 @@ class Orders:
         return row
 
     async def _mark_failed(self, out_trade_no: str, reason: str) -> None:
-        async with transaction(self._pool) as cur:
-            await cur.execute(
-                "UPDATE payment_orders SET status = 'failed', closed_at = NOW(6),"
-                " review_reason = %s WHERE out_trade_no = %s AND status = 'pending'",
-                (reason[:255], out_trade_no),
-            )
+        await fail_order(self._pool, out_trade_no, "failed", detail=reason)
 
     def pay_params(self, order: OrderRow) -> dict[str, Any]:
         """What the client needs to pay: JSAPI and APP signed params (under the appid the
@@ -469,12 +465,7 @@ class Orders:
                 raise Conflict(
                     f"WeChat Pay refused to close: {exc.code} {exc.message}", "close_refused"
                 ) from None
-        async with transaction(self._pool) as cur:
-            await cur.execute(
-                "UPDATE payment_orders SET status = 'failed', closed_at = NOW(6)"
-                " WHERE out_trade_no = %s AND status = 'pending'",
-                (out_trade_no,),
-            )
+        await fail_order(self._pool, out_trade_no, "closed")
         log.info("order_closed", out_trade_no=out_trade_no)
         closed = await self.get(out_trade_no)
         assert closed is not None

@@ -81,6 +81,12 @@ class PaymentApplier:
             raise Reject(str(why)) from None
         if data is None:
             return "duplicate"
+        return await self.apply_confirmed(envelope, data)
+
+    async def apply_confirmed(self, envelope: Envelope, data: PaymentSucceeded) -> str:
+        """A payment the gate returned (WeChat Pay's own account of it), applied once per
+        ``envelope.event_id``: inbox row, the order paid (or the payment classified),
+        ``payment_logs``, outbox. Also the path of an on-demand query (status_query.py)."""
         async with transaction(self.pool) as cur:
             if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"

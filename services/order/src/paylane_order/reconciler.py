@@ -51,7 +51,12 @@ import structlog
 from paylane_common import events
 from paylane_common.background import BackgroundLoop
 from paylane_common.db import transaction
-from paylane_common.events import RefundEvent, make_event, payment_from_transaction
+from paylane_common.events import (
+    FailedReason,
+    RefundEvent,
+    make_event,
+    payment_from_transaction,
+)
 from paylane_common.exceptions import PublishError
 from paylane_common.ids import new_row_id
 from paylane_common.leases import Lease
@@ -61,6 +66,7 @@ from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatP
 
 from . import metrics, sweep
 from .config import ReconcilerConfig
+from .failed import fail_order
 from .gate import PAID_STATES, Gate
 
 log = structlog.get_logger(__name__)
@@ -262,7 +268,7 @@ class Reconciler(BackgroundLoop):
                     # Never placed (its placement failed), or so old that WeChat Pay no
                     # longer knows it: nobody can pay it any more, so it failed. Were a
                     # payment of it to turn up after all, it is still honoured.
-                    await self._fail_locally(out_trade_no)
+                    await self._fail_locally(out_trade_no, "expired")
                     return "closed_never_placed"
                 await self._asked(out_trade_no)
                 return "not_placed_yet"  # its placement failed; failed once expired
@@ -285,7 +291,7 @@ class Reconciler(BackgroundLoop):
             log.warning("payment_recovered_by_reconciler", out_trade_no=out_trade_no)
             return "paid_recovered"
         if state in ("CLOSED", "REVOKED", "PAYERROR"):
-            await self._fail_locally(out_trade_no)
+            await self._fail_locally(out_trade_no, "failed" if state == "PAYERROR" else "closed")
             return "closed_at_wechatpay"
         if expired:
             try:
@@ -293,7 +299,7 @@ class Reconciler(BackgroundLoop):
             except WechatPayError as exc:
                 log.warning("reconcile_close_failed", out_trade_no=out_trade_no, error=str(exc))
                 return "close_failed"
-            await self._fail_locally(out_trade_no)
+            await self._fail_locally(out_trade_no, "expired")
             return "closed_expired"
         await self._asked(out_trade_no)
         return "still_pending"
@@ -382,14 +388,10 @@ class Reconciler(BackgroundLoop):
                 (out_trade_no,),
             )
 
-    async def _fail_locally(self, out_trade_no: str) -> None:
-        """``pending → failed`` (timed out or cancelled), unless something moved it."""
-        async with transaction(self._pool) as cur:
-            await cur.execute(
-                "UPDATE payment_orders SET status = 'failed', closed_at = NOW(6)"
-                " WHERE out_trade_no = %s AND status = 'pending'",
-                (out_trade_no,),
-            )
+    async def _fail_locally(self, out_trade_no: str, reason: FailedReason) -> None:
+        """``pending → failed`` (timed out or cancelled), unless something moved it; the
+        client is told (failed.py)."""
+        await fail_order(self._pool, out_trade_no, reason)
 
 
 def _now() -> datetime:

@@ -97,6 +97,16 @@ class OrderSettings(
     #: ``prepay_id`` is valid for two hours, and the pay parameters handed out again (an
     #: ``Idempotency-Key`` retry) name the one the order was placed with.
     order_ttl_s: int = Field(1800, ge=1)
+    #: ``GET /orders/{no}`` of an order still pending this long asks WeChat Pay about it
+    #: and settles a payment it confirms (docs/order-api.md, "Asking WeChat Pay on
+    #: demand"); -1: never asks.
+    order_query_after_s: float = Field(5.0, ge=-1)
+    #: An order is asked about on demand at most once per this many seconds, across
+    #: replicas (``payment_orders.queried_at``); the GETs in between answer the row.
+    order_query_interval_s: float = Field(10.0, ge=0)
+    #: How long a GET waits for WeChat Pay's answer (its retries included) before it
+    #: answers the row as it is.
+    order_query_timeout_s: float = Field(3.0, gt=0, le=30)
     #: The reconciler asks WeChat Pay about orders and refunds still pending after this
     #: long (docs/order-api.md, "The reconciler").
     reconcile_after_s: float = Field(60.0, ge=0)
