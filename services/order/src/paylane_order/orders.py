@@ -31,6 +31,7 @@ from paylane_common.wechatpay import (
     WechatPayClient,
 )
 
+from . import audit
 from .config import MerchantConfig
 from .errors import (
     Conflict,
@@ -249,7 +250,15 @@ class Orders:
             answer = await self._client.place(new.trade_type, payload)
         except WechatPayApiError as exc:
             if not exc.retryable:
-                await self._mark_failed(out_trade_no, f"placement refused: {exc.code}")
+                refused = audit.order_create(
+                    "placement_refused",
+                    out_trade_no,
+                    new.package.price_fen,
+                    request=payload,
+                    response={"code": exc.code, "message": exc.message},
+                    source="api",
+                )
+                await self._mark_failed(out_trade_no, f"placement refused: {exc.code}", refused)
                 raise UpstreamRejected(
                     f"WeChat Pay refused the order: {exc.code} {exc.message}"
                 ) from None
@@ -269,16 +278,28 @@ class Orders:
                 "SELECT * FROM payment_orders WHERE out_trade_no = %s", (out_trade_no,)
             )
             row: dict[str, Any] = await cur.fetchone()
+            placed = audit.order_create(
+                "placed",
+                out_trade_no,
+                new.package.price_fen,
+                request=payload,
+                response=answer,
+                source="api",
+            )
+            await audit.write(cur, placed)
         log.info("order_placed", out_trade_no=out_trade_no, trade_type=new.trade_type)
         return row
 
-    async def _mark_failed(self, out_trade_no: str, reason: str) -> None:
+    async def _mark_failed(self, out_trade_no: str, reason: str, entry: audit.Entry) -> None:
+        """The order failed at its placement (``entry``: the ``order_create`` row saying
+        why)."""
         async with transaction(self._pool) as cur:
             await cur.execute(
                 "UPDATE payment_orders SET status = 'failed', closed_at = NOW(6),"
                 " review_reason = %s WHERE out_trade_no = %s AND status = 'pending'",
                 (reason[:255], out_trade_no),
             )
+            await audit.write(cur, entry)
 
     def pay_params(self, order: dict[str, Any]) -> dict[str, Any]:
         """What the client needs to pay: JSAPI and APP signed params (under the appid the
@@ -314,6 +335,21 @@ class Orders:
             order["refunds"] = list(await cur.fetchall())
         return order
 
+    # -- remark ----------------------------------------------------------------------------
+
+    async def set_remark(self, out_trade_no: str, remark: str) -> dict[str, Any]:
+        """The backend's note on an order (``payment_orders.remark``, as the existing
+        backend writes it); the order as it is then."""
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE payment_orders SET remark = %s WHERE out_trade_no = %s",
+                (remark, out_trade_no),
+            )
+        order = await self.get(out_trade_no)
+        if order is None:
+            raise NotFound(f"order {out_trade_no} does not exist")
+        return order
+
     # -- close -----------------------------------------------------------------------------
 
     async def close(self, out_trade_no: str) -> dict[str, Any]:
@@ -324,11 +360,12 @@ class Orders:
             return order
         if order["status"] != "pending":
             raise Conflict(f"order is {order['status']}, not pending", "order_not_pending")
+        response: dict[str, Any] = {}
         try:
             await self._client.close(out_trade_no)
         except WechatPayApiError as exc:
             if exc.code == "ORDER_NOT_EXIST":
-                pass  # never placed: closing locally is all there is
+                response = {"code": exc.code}  # never placed: closing locally is all there is
             elif exc.retryable:
                 raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
             else:
@@ -342,6 +379,16 @@ class Orders:
                 " WHERE out_trade_no = %s AND status = 'pending'",
                 (out_trade_no,),
             )
+            if cur.rowcount == 1:
+                entry = audit.order_close(
+                    "closed",
+                    out_trade_no,
+                    order["amount_total"],
+                    source="api",
+                    request={"out_trade_no": out_trade_no, "mchid": self._merchant.mchid},
+                    response=response,
+                )
+                await audit.write(cur, entry)
         log.info("order_closed", out_trade_no=out_trade_no)
         closed = await self.get(out_trade_no)
         assert closed is not None

@@ -53,12 +53,11 @@ from paylane_common.background import BackgroundLoop
 from paylane_common.db import transaction
 from paylane_common.events import RefundEvent, make_event, payment_from_transaction
 from paylane_common.exceptions import PublishError
-from paylane_common.ids import new_row_id
 from paylane_common.leases import Lease
 from paylane_common.publisher import Publisher
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
 
-from . import metrics, sweep
+from . import audit, metrics, sweep
 from .config import ReconcilerConfig
 from .gate import PAID_STATES, Gate
 
@@ -217,7 +216,7 @@ class Reconciler(BackgroundLoop):
                     # Never placed (its placement failed), or so old that WeChat Pay no
                     # longer knows it: nobody can pay it any more, so it failed. Were a
                     # payment of it to turn up after all, it is still honoured.
-                    await self._fail_locally(out_trade_no)
+                    await self._fail_locally(out_trade_no, "never_placed")
                     return "closed_never_placed"
                 await self._asked(out_trade_no)
                 return "not_placed_yet"  # its placement failed; failed once expired
@@ -240,7 +239,7 @@ class Reconciler(BackgroundLoop):
             log.warning("payment_recovered_by_reconciler", out_trade_no=out_trade_no)
             return "paid_recovered"
         if state in ("CLOSED", "REVOKED", "PAYERROR"):
-            await self._fail_locally(out_trade_no)
+            await self._fail_locally(out_trade_no, "closed_at_wechatpay", state)
             return "closed_at_wechatpay"
         if expired:
             try:
@@ -248,7 +247,7 @@ class Reconciler(BackgroundLoop):
             except WechatPayError as exc:
                 log.warning("reconcile_close_failed", out_trade_no=out_trade_no, error=str(exc))
                 return "close_failed"
-            await self._fail_locally(out_trade_no)
+            await self._fail_locally(out_trade_no, "expired", state)
             return "closed_expired"
         await self._asked(out_trade_no)
         return "still_pending"
@@ -305,17 +304,18 @@ class Reconciler(BackgroundLoop):
             )
             if cur.rowcount == 0:
                 return "refund_settled_meanwhile"
-            await cur.execute(
-                "INSERT INTO payment_logs (id, out_trade_no, out_refund_no, type, amount_total,"
-                " source, detail) VALUES (%s, %s, %s, 'refund_never_sent', %s, 'reconcile', %s)",
-                (
-                    new_row_id("log"),
-                    refund["out_trade_no"],
-                    refund["out_refund_no"],
-                    refund["amount_refund"],
-                    f"{refund['out_refund_no']} unknown to WeChat Pay: closed",
-                ),
+            entry = audit.refund_callback(
+                "refund_never_sent",
+                refund["out_trade_no"],
+                refund["out_refund_no"],
+                refund["amount_refund"],
+                status=None,
+                request={"out_refund_no": refund["out_refund_no"]},
+                response={"code": "RESOURCE_NOT_EXISTS"},
+                source="reconcile",
+                detail=f"{refund['out_refund_no']} unknown to WeChat Pay: closed",
             )
+            await audit.write(cur, entry)
         log.warning(
             "refund_never_reached_wechatpay_closed",
             alert=True,
@@ -334,14 +334,33 @@ class Reconciler(BackgroundLoop):
                 (out_trade_no,),
             )
 
-    async def _fail_locally(self, out_trade_no: str) -> None:
-        """``pending → failed`` (timed out or cancelled), unless something moved it."""
+    async def _fail_locally(
+        self, out_trade_no: str, kind: str, trade_state: str | None = None
+    ) -> None:
+        """``pending → failed`` (timed out or cancelled), unless something moved it;
+        logged as ``order_close`` of ``kind``, with WeChat Pay's ``trade_state``."""
         async with transaction(self._pool) as cur:
             await cur.execute(
                 "UPDATE payment_orders SET status = 'failed', closed_at = NOW(6)"
                 " WHERE out_trade_no = %s AND status = 'pending'",
                 (out_trade_no,),
             )
+            if cur.rowcount != 1:
+                return
+            await cur.execute(
+                "SELECT amount_total FROM payment_orders WHERE out_trade_no = %s",
+                (out_trade_no,),
+            )
+            row = await cur.fetchone()
+            entry = audit.order_close(
+                kind,
+                out_trade_no,
+                row["amount_total"],
+                source="reconcile",
+                request={"out_trade_no": out_trade_no},
+                response={"trade_state": trade_state or "ORDER_NOT_EXIST"},
+            )
+            await audit.write(cur, entry)
 
 
 def _now() -> datetime:
