@@ -27,13 +27,15 @@
 -- (status, payment, refunds, timestamps) but never reprices or reassigns one: no UPDATE of
 -- id, user_id, out_trade_no, amount, package_type, trade_type, currency, mchid, appid,
 -- idempotency_key, expires_at. generation_id: filled in when a payment names the generation
--- of an order written without one.
+-- of an order written without one. remark: the backend's note (PATCH /orders/{no});
+-- refund_reason: the reason of its latest refund request.
 GRANT SELECT, INSERT (`id`, `out_trade_no`, `user_id`, `generation_id`, `transaction_id`,
     `amount`, `package_type`, `payment_method`, `trade_type`, `status`, `paid_at`, `remark`,
     `_openid`, `currency`, `mchid`, `appid`, `idempotency_key`, `expires_at`),
   UPDATE (`status`, `transaction_id`, `paid_at`, `_openid`, `generation_id`, `prepay_id`,
     `code_url`, `h5_url`, `amount_refunded`, `review_reason`, `closed_at`, `refunded_at`,
-    `reconciled_at`, `queried_at`, `paid_event_at`, `refund_event_at`)
+    `reconciled_at`, `queried_at`, `paid_event_at`, `refund_event_at`, `remark`,
+    `refund_reason`)
   ON `{database}`.`payment_orders` TO '{order_user}'@'%';
 -- Refunds: requested and settled; an ABNORMAL one's remedy (`paylane refund abnormal`)
 -- recorded on its row.
@@ -45,8 +47,9 @@ GRANT SELECT, INSERT (`id`, `out_refund_no`, `refund_id`, `out_trade_no`, `trans
 -- The audit trail: appended to, never rewritten or backdated (no created_at); read back
 -- only where the daily bill reconciliation looks for a difference it already recorded
 -- (by order and refund).
-GRANT INSERT (`id`, `type`, `out_trade_no`, `out_refund_no`, `event_type`, `amount_total`,
-    `request_data`, `response_data`, `event_id`, `transaction_id`, `source`, `detail`),
+GRANT INSERT (`id`, `type`, `kind`, `out_trade_no`, `out_refund_no`, `event_type`,
+    `amount_total`, `request_data`, `response_data`, `event_id`, `transaction_id`, `source`,
+    `detail`),
   SELECT (`out_trade_no`, `out_refund_no`, `type`, `detail`)
   ON `{database}`.`payment_logs` TO '{order_user}'@'%';
 -- Users: found or created by openid (a new `user-…` id; a mini-program login records

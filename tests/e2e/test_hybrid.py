@@ -111,7 +111,7 @@ async def until_grants(pool: aiomysql.Pool, out_trade_no: str, expected: dict[st
 async def log_count(pool: aiomysql.Pool, out_trade_no: str, kind: str) -> int:
     row = await fetch_one(
         pool,
-        "SELECT COUNT(*) AS n FROM payment_logs WHERE out_trade_no = %s AND type = %s",
+        "SELECT COUNT(*) AS n FROM payment_logs WHERE out_trade_no = %s AND kind = %s",
         out_trade_no,
         kind,
     )

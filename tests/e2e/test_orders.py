@@ -142,7 +142,7 @@ async def test_dropped_notification_is_recovered_by_the_reconciler_once(
     await until_status(db_pool, order.out_trade_no, "paid")
     log = await fetch_one(
         db_pool,
-        "SELECT source FROM payment_logs WHERE out_trade_no = %s AND type = 'paid'",
+        "SELECT source FROM payment_logs WHERE out_trade_no = %s AND kind = 'paid'",
         order.out_trade_no,
     )
     assert log["source"] == "reconcile"
@@ -160,7 +160,7 @@ async def test_dropped_notification_is_recovered_by_the_reconciler_once(
         row = await fetch_one(
             db_pool,
             "SELECT COUNT(*) AS n FROM payment_logs WHERE out_trade_no = %s"
-            " AND type = 'duplicate_notification'",
+            " AND kind = 'duplicate_notification'",
             order.out_trade_no,
         )
         return row["n"] >= 1
@@ -187,7 +187,7 @@ async def test_unpaid_order_expires_then_a_late_payment_is_honoured(
     await until_status(db_pool, order.out_trade_no, "paid")
     row = await fetch_one(
         db_pool,
-        "SELECT detail FROM payment_logs WHERE out_trade_no = %s AND type = 'paid'",
+        "SELECT detail FROM payment_logs WHERE out_trade_no = %s AND kind = 'paid'",
         order.out_trade_no,
     )
     assert row["detail"] == "paid after close"

@@ -55,7 +55,7 @@ async def until_logged(pool: aiomysql.Pool, out_trade_no: str, kind: str, n: int
     async def logged() -> bool:
         row = await fetch_one(
             pool,
-            "SELECT COUNT(*) AS n FROM payment_logs WHERE out_trade_no = %s AND type = %s",
+            "SELECT COUNT(*) AS n FROM payment_logs WHERE out_trade_no = %s AND kind = %s",
             out_trade_no,
             kind,
         )

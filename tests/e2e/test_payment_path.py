@@ -126,7 +126,7 @@ async def test_duplicate_notifications_grant_once(
     assert await user_state(db_pool, order.user_id) == ("basic", 3 + 20)
     logs = await fetch_one(
         db_pool,
-        "SELECT SUM(type = 'paid') AS paid, SUM(type = 'duplicate_notification') AS dup"
+        "SELECT SUM(kind = 'paid') AS paid, SUM(kind = 'duplicate_notification') AS dup"
         " FROM payment_logs WHERE out_trade_no = %s",
         order.out_trade_no,
     )

@@ -8,7 +8,14 @@ import pymysql
 import pytest
 
 from paylane_common.migrate import migrate
-from paylane_common.schema import ADDITIONS, ORDER_QUERIES, REFUND_REMEDIES, SchemaError, ensure
+from paylane_common.schema import (
+    ADDITIONS,
+    ORDER_QUERIES,
+    PAYMENT_LOG_KIND,
+    REFUND_REMEDIES,
+    SchemaError,
+    ensure,
+)
 from tests.support.infra import Infra, unique_name
 from tests.support.seed_db import SEED_DDL, column_types
 
@@ -45,6 +52,7 @@ def test_the_second_migrate_has_nothing_to_do(adopted_database, infra: Infra) ->
         assert ensure(cur, *ADDITIONS) == []
         assert ensure(cur, *REFUND_REMEDIES) == []
         assert ensure(cur, *ORDER_QUERIES) == []
+        assert ensure(cur, *PAYMENT_LOG_KIND) == []
 
 
 def test_no_shared_column_is_renamed_retyped_or_dropped(adopted_database, infra: Infra) -> None:
@@ -107,6 +115,32 @@ def test_fen_is_derived_from_yuan_for_rows_other_writers_made(adopted_database, 
         ("0.01", 1),
     ]
     assert [str(refund[0]), refund[1], str(refund[2]), refund[3]] == ["29.90", 2990, "29.90", 2990]
+
+
+def test_the_other_writers_keep_logging_as_they_did(adopted_database, infra: Infra) -> None:
+    """paylane's ``payment_logs.kind`` is theirs to ignore: the cloud function's insert,
+    naming its columns, still works, and its rows (old and new) have no kind."""
+    with infra.mysql_admin() as conn, conn.cursor() as cur:
+        cur.execute(f"USE `{adopted_database.name}`")
+        cur.execute(
+            "INSERT INTO payment_logs (id, type, out_trade_no, event_type, amount_total,"
+            " request_data, response_data) VALUES ('cf-log-after-migrate', 'payment_callback',"
+            " '170634568000254321', 'TRANSACTION.SUCCESS', 2990, '{\"id\": \"EV-9\"}',"
+            ' \'{"code": "SUCCESS"}\')'
+        )
+        try:
+            cur.execute(
+                "SELECT type, COUNT(*), SUM(kind IS NOT NULL) FROM payment_logs"
+                " WHERE id LIKE '5f1c7a2e-%' OR id = 'cf-log-after-migrate'"  # the seed's
+                " GROUP BY type ORDER BY type"
+            )
+            assert [(t, int(n), int(k)) for t, n, k in cur.fetchall()] == [
+                ("order_create", 1, 0),
+                ("payment_callback", 2, 0),
+                ("refund_callback", 1, 0),
+            ]
+        finally:
+            cur.execute("DELETE FROM payment_logs WHERE id = 'cf-log-after-migrate'")
 
 
 def test_a_pre_release_paylane_database_is_refused_untouched(infra: Infra) -> None:

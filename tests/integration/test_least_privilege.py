@@ -73,6 +73,7 @@ from paylane_order.order_list import OrderFilters, OrderList
 from paylane_order.orders import NewOrder, Orders, user_by_openid
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
+from paylane_order.refund_requests import _note_reason
 from paylane_order.refunds import RefundApplier
 from paylane_order.sessions import Sessions
 from paylane_order.status_query import StatusQuery
@@ -88,7 +89,7 @@ from tests.support.events import (
 from tests.support.infra import Infra, unique_name
 from tests.support.observed import Observed
 from tests.support.polling import eventually
-from tests.support.queries import order_status
+from tests.support.queries import fetch_one, order_status
 from tests.support.sandbox import running_sandbox, sandbox_settings
 from tests.support.seeding import add_order, add_orders, add_user, ago, from_now
 from tests.support.stack import Stack
@@ -731,7 +732,13 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
         status_query = StatusQuery(pool, None, None, StatusQueryConfig(after_s=0))  # type: ignore[arg-type]
         assert await status_query._claim(unpaid)
         reconciler = Reconciler(pool, None, None, ReconcilerConfig(), None)  # type: ignore[arg-type]
-        await reconciler._fail_locally(unpaid, "expired")  # order.failed staged
+        await reconciler._fail_locally(
+            unpaid, "expired", "expired", "NOTPAY"
+        )  # order.failed staged
+        # The backend's note and a refund's reason on the order row.
+        assert (await orders.set_remark(unpaid, "called the user"))["remark"] == "called the user"
+        async with transaction(pool) as cur:
+            await _note_reason(cur, unpaid, "不想要了")
         # A bill difference recorded once: the second run reads the first one back; two
         # refunds of one order are two. The day recorded as done, found done.
         bills = BillReconciler(pool, None, reconciler)  # type: ignore[arg-type]
@@ -772,6 +779,19 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
         )
         assert (await cur.fetchone())["n"] == 1
     assert await order_status(db_pool, unpaid) == "failed"
+    closed = await fetch_one(
+        db_pool,
+        "SELECT l.type, l.kind, o.remark, o.refund_reason FROM payment_logs l"
+        " JOIN payment_orders o ON o.out_trade_no = l.out_trade_no"
+        " WHERE l.out_trade_no = %s AND l.type = 'order_close'",
+        unpaid,
+    )
+    assert closed == {
+        "type": "order_close",
+        "kind": "expired",
+        "remark": "called the user",
+        "refund_reason": "不想要了",
+    }
     async with transaction(db_pool) as cur:
         await cur.execute(
             "SELECT COUNT(*) AS n FROM payment_logs WHERE out_trade_no = %s"

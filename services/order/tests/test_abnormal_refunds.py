@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -141,10 +142,17 @@ async def test_to_a_card_the_row_records_the_outcome_and_no_bank_data(world: Wor
     assert at_wechat["abnormal_refund"]["real_name"] == NAME
     logged = await fetch_one(
         world.pool,
-        "SELECT detail FROM payment_logs WHERE out_refund_no = %s AND type = 'refund_remedy'",
+        "SELECT kind, detail, request_data, response_data FROM payment_logs"
+        " WHERE out_refund_no = %s AND type = 'refund_remedy'",
         no,
     )
-    assert logged["detail"] == f"{no} USER_BANK_CARD: PROCESSING"
+    assert (logged["kind"], logged["detail"]) == (
+        "remedy_accepted",
+        f"{no} USER_BANK_CARD: PROCESSING",
+    )
+    assert json.loads(logged["request_data"])["type"] == "USER_BANK_CARD"
+    assert json.loads(logged["response_data"]) == {"result": "PROCESSING"}
+    assert not any(ACCOUNT in str(v) or NAME in str(v) for v in logged.values())
     stored = await fetch_one(world.pool, "SELECT * FROM refunds WHERE out_refund_no = %s", no)
     assert not any(ACCOUNT in str(v) or NAME in str(v) for v in stored.values())
 

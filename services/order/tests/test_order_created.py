@@ -83,7 +83,7 @@ async def order_row(pool: aiomysql.Pool, out_trade_no: str) -> list[dict[str, An
 async def log_rows(pool: aiomysql.Pool, out_trade_no: str) -> list[dict[str, Any]]:
     return await rows(
         pool,
-        "SELECT id, type, out_trade_no, event_id, amount_total, source, detail"
+        "SELECT id, type, kind, out_trade_no, event_id, amount_total, source, detail"
         " FROM payment_logs WHERE out_trade_no = %s",
         out_trade_no,
     )
@@ -127,6 +127,7 @@ async def test_the_order_is_written_as_the_cloud_function_writes_it(db_pool):
     assert log == {
         "id": log["id"],
         "type": "order_create",
+        "kind": "order_created_call",
         "out_trade_no": data.out_trade_no,
         "event_id": envelope.event_id,
         "amount_total": 2990,

@@ -39,7 +39,7 @@ async def _one_by_one(applier: PaymentApplier, deliveries) -> list[str]:
 
 async def _state(pool: aiomysql.Pool, nos: list[str]) -> dict[str, tuple]:
     """Per order: status, transaction id, payer openid, whether order.paid was marked
-    staged; payment_logs types; order.paid events staged."""
+    staged; payment_logs kinds; order.paid events staged."""
     state = {}
     async with transaction(pool) as cur:
         for no in nos:
@@ -50,9 +50,9 @@ async def _state(pool: aiomysql.Pool, nos: list[str]) -> dict[str, tuple]:
             )
             order = await cur.fetchone()
             await cur.execute(
-                "SELECT type FROM payment_logs WHERE out_trade_no = %s ORDER BY type", (no,)
+                "SELECT kind FROM payment_logs WHERE out_trade_no = %s ORDER BY kind", (no,)
             )
-            kinds = [row["type"] for row in await cur.fetchall()]
+            kinds = [row["kind"] for row in await cur.fetchall()]
             await cur.execute(
                 "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'order.paid'"
                 " AND payload LIKE %s",

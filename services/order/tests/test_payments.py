@@ -71,7 +71,7 @@ async def test_second_transaction_is_recorded_for_refund_not_granted(db_pool, ga
     row = await fetch_one(
         db_pool,
         "SELECT p.transaction_id, l.detail FROM payment_orders p JOIN payment_logs l"
-        " ON l.out_trade_no = p.out_trade_no AND l.type = 'duplicate_payment'"
+        " ON l.out_trade_no = p.out_trade_no AND l.kind = 'duplicate_payment'"
         " WHERE p.out_trade_no = %s",
         out_trade_no,
     )
@@ -113,7 +113,7 @@ async def test_late_payment_after_the_order_failed_is_honoured(db_pool, gate):
     row = await fetch_one(
         db_pool,
         "SELECT l.detail, l.source, o.status FROM payment_logs l JOIN payment_orders o"
-        " ON o.out_trade_no = l.out_trade_no WHERE l.out_trade_no = %s AND l.type = 'paid'",
+        " ON o.out_trade_no = l.out_trade_no WHERE l.out_trade_no = %s AND l.kind = 'paid'",
         out_trade_no,
     )
     assert row == {"detail": "paid after close", "source": "wechatpay", "status": "paid"}
@@ -181,7 +181,7 @@ async def _unconfirmed_logged(pool: aiomysql.Pool, out_trade_no: str) -> int:
     row = await fetch_one(
         pool,
         "SELECT COUNT(*) AS n FROM payment_logs WHERE out_trade_no = %s"
-        " AND type = 'unconfirmed_payment'",
+        " AND kind = 'unconfirmed_payment'",
         out_trade_no,
     )
     return int(row["n"])

@@ -96,10 +96,17 @@ async def test_a_refund_made_outside_paylane_is_recorded_in_yuan(db_pool: aiomys
     }
     log = await fetch_one(
         db_pool,
-        "SELECT type, out_refund_no, amount_total FROM payment_logs WHERE out_trade_no = %s",
+        "SELECT type, kind, event_type, out_refund_no, amount_total FROM payment_logs"
+        " WHERE out_trade_no = %s",
         out_trade_no,
     )
-    assert log == {"type": "refund_success", "out_refund_no": out_refund_no, "amount_total": 1999}
+    assert log == {
+        "type": "refund_callback",
+        "kind": "refund_success",
+        "event_type": "REFUND.SUCCESS",
+        "out_refund_no": out_refund_no,
+        "amount_total": 1999,
+    }
 
 
 async def _refunded_before_paid(pool: aiomysql.Pool, amount_refund: int = 990) -> str:

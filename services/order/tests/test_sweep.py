@@ -218,13 +218,13 @@ async def test_the_sweep_announces_a_payment_then_its_refund_once_each(
         )
         assert await cur.fetchone() == {"amount_refunded": 2990, "dated": 1}
         await cur.execute(
-            "SELECT type, source FROM payment_logs WHERE out_trade_no = %s ORDER BY type",
+            "SELECT type, kind, source FROM payment_logs WHERE out_trade_no = %s ORDER BY kind",
             (out_trade_no,),
         )
         assert [tuple(r.values()) for r in await cur.fetchall()] == [
-            ("duplicate_notification", "internal"),
-            ("paid_elsewhere", "sweep"),
-            ("refunded_elsewhere", "sweep"),
+            ("payment_callback", "duplicate_notification", "internal"),
+            ("payment_callback", "paid_elsewhere", "sweep"),
+            ("refund_callback", "refunded_elsewhere", "sweep"),
         ]
 
 
@@ -255,7 +255,7 @@ async def test_the_sweep_grants_nothing_wechat_pay_does_not_stand_behind(
     assert await review_reason(db_pool, out_trade_no) == reason
     log = await fetch_one(
         db_pool,
-        "SELECT detail FROM payment_logs WHERE out_trade_no = %s AND type = 'needs_review'",
+        "SELECT detail FROM payment_logs WHERE out_trade_no = %s AND kind = 'needs_review'",
         out_trade_no,
     )
     assert log["detail"] == reason

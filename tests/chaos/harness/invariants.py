@@ -48,7 +48,7 @@ async def check_invariant(env: ChaosEnv, driver: WechatDriver, report: Report) -
         " (SELECT COUNT(*) FROM entitlement_grants g"
         "   WHERE g.out_trade_no = o.out_trade_no) AS grants,"
         " (SELECT COUNT(*) FROM payment_logs l"
-        "   WHERE l.out_trade_no = o.out_trade_no AND l.type = 'paid') AS paid_logs,"
+        "   WHERE l.out_trade_no = o.out_trade_no AND l.kind = 'paid') AS paid_logs,"
         " (SELECT COUNT(*) FROM payment_orders o2 WHERE o2.user_id = o.user_id) AS user_orders"
         " FROM payment_orders o JOIN users u ON u.id = o.user_id WHERE "
         + in_clause("o.out_trade_no", nos),

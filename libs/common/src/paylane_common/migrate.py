@@ -137,7 +137,9 @@ def cutover(
                 "SELECT o.out_trade_no, o.paid_at FROM payment_orders o"
                 " WHERE o.paid_event_at IS NOT NULL AND COALESCE(o.paid_at, o.updated_at) < %s"
                 " AND EXISTS (SELECT 1 FROM payment_logs l WHERE l.out_trade_no = o.out_trade_no"
-                " AND l.type = 'paid_elsewhere') ORDER BY o.paid_at DESC LIMIT 100",
+                # paylane's kind (a row from before migration 0008 has it as its type)
+                " AND COALESCE(l.kind, l.type) = 'paid_elsewhere')"
+                " ORDER BY o.paid_at DESC LIMIT 100",
                 (moment,),
             )
             announced = [(row[0], row[1]) for row in cur.fetchall()]

@@ -236,3 +236,14 @@ ORDER_QUERIES: tuple[list[Column], list[Index], list[EnumValues]] = (
     [],
     [],
 )
+
+# What migration 0009_payment_log_kind adds: paylane's finer kind of a ``payment_logs``
+# row (``paid``, ``duplicate_notification``, ``expired`` …), beside ``type``, which
+# speaks the existing system's words (``order_create``, ``payment_callback``,
+# ``refund_create``, ``refund_callback``: paylane_order.audit). NULL on the other
+# writers' rows, which keep working unchanged.
+PAYMENT_LOG_KIND: tuple[list[Column], list[Index], list[EnumValues]] = (
+    [Column("payment_logs", "kind", "VARCHAR(50) NULL")],
+    [Index("payment_logs", "ix_payment_logs_kind", ("kind", "created_at"))],
+    [],
+)

@@ -22,7 +22,6 @@ import aiomysql
 import structlog
 
 from paylane_common.db import transaction
-from paylane_common.ids import new_row_id
 from paylane_common.rows import RefundStatus, fetch_all, fetch_one
 from paylane_common.wechatpay import (
     AbnormalRefundType,
@@ -31,6 +30,7 @@ from paylane_common.wechatpay import (
     WechatPayError,
 )
 
+from . import audit
 from .errors import (
     Conflict,
     InvalidRequest,
@@ -178,14 +178,14 @@ class AbnormalRefunds:
                 " WHERE out_refund_no = %s",
                 (remedy.type, result[:RESULT_MAX], accepted, refund["out_refund_no"]),
             )
-            await cur.execute(
-                "INSERT INTO payment_logs (id, out_trade_no, out_refund_no, type, amount_total,"
-                " detail) VALUES (%s, %s, %s, 'refund_remedy', %s, %s)",
-                (
-                    new_row_id("log"),
-                    refund["out_trade_no"],
-                    refund["out_refund_no"],
-                    refund["amount_refund"],
-                    f"{refund['out_refund_no']} {remedy.type}: {result}"[:RESULT_MAX],
-                ),
+            # The bank account and the name went to WeChat Pay encrypted: never logged.
+            entry = audit.refund_remedy(
+                "remedy_accepted" if accepted else "remedy_refused",
+                refund["out_trade_no"],
+                refund["out_refund_no"],
+                refund["amount_refund"],
+                request={"type": remedy.type, "bank_type": remedy.bank_type},
+                response={"result": result[:RESULT_MAX]},
+                detail=f"{refund['out_refund_no']} {remedy.type}: {result}"[:RESULT_MAX],
             )
+            await audit.write(cur, entry)

@@ -74,6 +74,10 @@ class Login(BaseModel):
     code: str = Field(min_length=1, max_length=128)
 
 
+#: The longest ``remark`` (``payment_orders.remark`` is a TEXT: 65,535 bytes).
+REMARK_MAX = 1000
+
+
 class CreateOrder(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -101,6 +105,15 @@ class CreateRefund(BaseModel):
     reason: str = Field(min_length=1, max_length=80)
     #: The caller's own refund number (WeChat Pay's alphabet): a retry is the same refund.
     out_refund_no: str | None = Field(default=None, pattern=r"^[0-9A-Za-z_\-|*@]{1,64}$")
+
+
+class UpdateOrder(BaseModel):
+    """What the backend may change on an order: its note (``payment_orders.remark``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: ``""`` clears it.
+    remark: str = Field(max_length=REMARK_MAX)
 
 
 class ApplyAbnormalRefund(BaseModel):
@@ -299,7 +312,8 @@ async def _placed(
     )
 
 
-def _view(order: OrderDetail) -> replies.OrderView:
+def _view(order: OrderDetail, backend: bool = False) -> replies.OrderView:
+    """The order as its view; the backend's note (``remark``) for the backend only."""
     keys = (
         "out_trade_no",
         "user_id",
@@ -319,8 +333,10 @@ def _view(order: OrderDetail) -> replies.OrderView:
         "payment_status",
         "regenerate_count",
         "refunds",
+        "refund_reason",
     )
     view = {k: order.get(k) for k in keys}
+    view["remark"] = order.get("remark") if backend else None
     view["amount"] = str(order["amount"])  # yuan: DECIMAL(10,2), "29.90"
     view["generation_id"] = order.get("generation_id") or None  # '' in the row: none
     view["amount_refunded"] = order_list.refunded_fen(order)
@@ -432,12 +448,20 @@ async def get_order(request: web.Request) -> web.Response:
     order = await _owned_order(request)
     if await request.app[STATUS_QUERY].settle(order):
         order = await _owned_order(request)
-    return _reply(_view(order))
+    return _reply(_view(order, _caller(request).backend))
+
+
+async def update_order(request: web.Request) -> web.Response:
+    """``PATCH /orders/{no} {remark}`` (the backend only): the order's note."""
+    body: UpdateOrder = await _body(request)
+    order = await request.app[ORDERS].set_remark(request.match_info["out_trade_no"], body.remark)
+    return _reply(_view(order, backend=True))
 
 
 async def close_order(request: web.Request) -> web.Response:
     order = await _owned_order(request)
-    return _reply(_view(await request.app[ORDERS].close(order["out_trade_no"])))
+    closed = await request.app[ORDERS].close(order["out_trade_no"])
+    return _reply(_view(closed, _caller(request).backend))
 
 
 async def create_refund(request: web.Request) -> web.Response:
@@ -718,6 +742,16 @@ ORDER_API = Api(
             "An order: its status, amounts, refunds and the user's plan",
             {200: Reply("the order", replies.OrderView), **_errors(401, 404)},
             security=(BACKEND, USER),
+        ),
+        Operation(
+            "PATCH",
+            "/orders/{out_trade_no}",
+            update_order,
+            "Set an order's `remark` (the backend's note; `\"\"` clears it)",
+            {200: Reply("the order", replies.OrderView), **_errors(*_BODY_ERRORS, 401, 403, 404)},
+            body=UpdateOrder,
+            security=(BACKEND,),
+            action="updating orders",
         ),
         Operation(
             "POST",

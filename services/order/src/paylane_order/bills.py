@@ -66,7 +66,6 @@ import structlog
 from paylane_common.background import BackgroundLoop
 from paylane_common.china_time import CHINA
 from paylane_common.db import is_duplicate_key, placeholders, transaction
-from paylane_common.ids import new_row_id
 from paylane_common.leases import Lease
 from paylane_common.money import yuan_text
 from paylane_common.rows import OrderStatus, RefundStatus, fetch_all
@@ -79,7 +78,7 @@ from paylane_common.wechatpay import (
     WechatPayError,
 )
 
-from . import metrics
+from . import audit, metrics
 from .gate import PAID_STATES
 from .reconciler import OrderToSettle, Reconciler, RefundToSettle
 from .review import to_review
@@ -492,18 +491,10 @@ class BillReconciler:
                 (diff.out_trade_no, diff.out_refund_no, f"{day} {diff.kind}:%"),
             )
             if await cur.fetchone() is None:
-                await cur.execute(
-                    "INSERT INTO payment_logs (id, out_trade_no, out_refund_no, type,"
-                    " amount_total, source, detail) VALUES (%s, %s, %s, 'bill_difference', %s,"
-                    " 'reconcile', %s)",
-                    (
-                        new_row_id("log"),
-                        diff.out_trade_no,
-                        diff.out_refund_no,
-                        diff.wechat_amount,
-                        detail,
-                    ),
+                entry = audit.bill_difference(
+                    diff.kind, diff.out_trade_no, diff.out_refund_no, diff.wechat_amount, detail
                 )
+                await audit.write(cur, entry)
         log.error("bill_difference", alert=True, **asdict(diff))
         return diff
 

@@ -31,7 +31,7 @@ from paylane_common.ids import new_row_id
 from paylane_common.money import yuan
 from paylane_common.rows import OrderStatus, fetch_one
 
-from . import INBOX_CONSUMER
+from . import INBOX_CONSUMER, audit
 
 log = structlog.get_logger(__name__)
 
@@ -49,8 +49,8 @@ class _ExistingOrder(TypedDict):
     status: OrderStatus | None
 
 
-#: ``payment_logs.type`` of the row written with the order (the cloud function's own).
-LOG_TYPE = "order_create"
+#: ``payment_logs.kind`` of the ``order_create`` row written with the order.
+LOG_KIND = "order_created_call"
 
 
 class OrderCreatedApplier:
@@ -81,18 +81,25 @@ class OrderCreatedApplier:
             order_id = data.order_id or new_row_id("order")
             if not await self._insert_order(cur, order_id, data):
                 return "exists"
-            await cur.execute(
-                "INSERT INTO payment_logs (id, type, out_trade_no, event_id, amount_total,"
-                " source, detail) VALUES (%s, %s, %s, %s, %s, 'internal', %s)",
-                (
-                    new_row_id("log"),
-                    LOG_TYPE,
-                    data.out_trade_no,
-                    envelope.event_id,
-                    data.amount_total,
-                    data.reason or "order-created call",
-                ),
+            entry = audit.order_create(
+                LOG_KIND,
+                data.out_trade_no,
+                data.amount_total,
+                request={
+                    "orderId": order_id,
+                    "outTradeNo": data.out_trade_no,
+                    "userId": data.user_id,
+                    "amount": data.amount_total,
+                    "packageType": data.package_type,
+                    "tradeType": data.trade_type,
+                    "reason": data.reason,
+                },
+                response={"orderId": order_id, "status": "pending"},
+                source="internal",
+                event_id=envelope.event_id,
+                detail=data.reason or "order-created call",
             )
+            await audit.write(cur, entry)
         log.info(
             "order_created",
             order_id=order_id,

@@ -32,6 +32,7 @@ from paylane_common.wechatpay import (
     WechatPayClient,
 )
 
+from . import audit
 from .config import MerchantConfig
 from .errors import (
     Conflict,
@@ -42,7 +43,7 @@ from .errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from .failed import fail_order
+from .failed import fail
 from .ids import new_out_trade_no
 from .refund_requests import RefundRequests
 from .settings import PREPAY_ID_TTL_S
@@ -381,8 +382,15 @@ class Orders:
             answer = await self._client.place(new.trade_type, payload)
         except WechatPayApiError as exc:
             if not exc.retryable:
-                if first:
-                    await self._mark_failed(out_trade_no, f"placement refused: {exc.code}")
+                refused = audit.order_create(
+                    "placement_refused",
+                    out_trade_no,
+                    new.package.price_fen,
+                    request=payload,
+                    response={"code": exc.code, "message": exc.message},
+                    source="api",
+                )
+                await self._refused(out_trade_no, f"placement refused: {exc.code}", refused, first)
                 raise UpstreamRejected(
                     f"WeChat Pay refused the order: {exc.code} {exc.message}"
                 ) from None
@@ -402,12 +410,29 @@ class Orders:
                 "SELECT * FROM payment_orders WHERE out_trade_no = %s", (out_trade_no,)
             )
             row = await fetch_one(cur, OrderRow)
+            placed = audit.order_create(
+                "placed",
+                out_trade_no,
+                new.package.price_fen,
+                request=payload,
+                response=answer,
+                source="api",
+            )
+            await audit.write(cur, placed)
         assert row is not None  # written by this service, updated just above
         log.info("order_placed", out_trade_no=out_trade_no, trade_type=new.trade_type)
         return row
 
-    async def _mark_failed(self, out_trade_no: str, reason: str) -> None:
-        await fail_order(self._pool, out_trade_no, "failed", detail=reason)
+    async def _refused(
+        self, out_trade_no: str, reason: str, entry: audit.Entry, first: bool
+    ) -> None:
+        """WeChat Pay refused a placement (``entry``: the ``order_create`` row saying why).
+        The ``first`` placement's refusal fails the order; a later one (pay again) leaves it
+        as it is: WeChat Pay may refuse because it was paid meanwhile (``TRADE_ERROR``)."""
+        async with transaction(self._pool) as cur:
+            if first:
+                await fail(cur, out_trade_no, "failed", detail=reason)
+            await audit.write(cur, entry)
 
     def pay_params(self, order: OrderRow) -> dict[str, Any]:
         """What the client needs to pay: JSAPI and APP signed params (under the appid the
@@ -443,6 +468,21 @@ class Orders:
             refunds = await fetch_all(cur, OrderRefund)
         return {**order, "refunds": refunds}
 
+    # -- remark ----------------------------------------------------------------------------
+
+    async def set_remark(self, out_trade_no: str, remark: str) -> OrderDetail:
+        """The backend's note on an order (``payment_orders.remark``, as the existing
+        backend writes it); the order as it is then."""
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "UPDATE payment_orders SET remark = %s WHERE out_trade_no = %s",
+                (remark, out_trade_no),
+            )
+        order = await self.get(out_trade_no)
+        if order is None:
+            raise NotFound(f"order {out_trade_no} does not exist")
+        return order
+
     # -- close -----------------------------------------------------------------------------
 
     async def close(self, out_trade_no: str) -> OrderDetail:
@@ -453,11 +493,12 @@ class Orders:
             return order
         if order["status"] != "pending":
             raise Conflict(f"order is {order['status']}, not pending", "order_not_pending")
+        response: dict[str, Any] = {}
         try:
             await self._client.close(out_trade_no)
         except WechatPayApiError as exc:
             if exc.code == "ORDER_NOT_EXIST":
-                pass  # never placed: closing locally is all there is
+                response = {"code": exc.code}  # never placed: closing locally is all there is
             elif exc.retryable:
                 raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
             else:
@@ -465,7 +506,17 @@ class Orders:
                 raise Conflict(
                     f"WeChat Pay refused to close: {exc.code} {exc.message}", "close_refused"
                 ) from None
-        await fail_order(self._pool, out_trade_no, "closed")
+        async with transaction(self._pool) as cur:
+            if await fail(cur, out_trade_no, "closed"):
+                entry = audit.order_close(
+                    "closed",
+                    out_trade_no,
+                    order["amount_total"],
+                    source="api",
+                    request={"out_trade_no": out_trade_no, "mchid": self._merchant.mchid},
+                    response=response,
+                )
+                await audit.write(cur, entry)
         log.info("order_closed", out_trade_no=out_trade_no)
         closed = await self.get(out_trade_no)
         assert closed is not None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import aiomysql
 import structlog
@@ -28,10 +28,9 @@ from paylane_common.batching import BatchItem, first_deliveries
 from paylane_common.consumer import Reject, Retry
 from paylane_common.db import placeholders, rows_table, transaction
 from paylane_common.events import Envelope, PaymentSucceeded
-from paylane_common.ids import new_row_id
 from paylane_common.rows import OrderStatus, fetch_all, fetch_one
 
-from . import INBOX_CONSUMER, OUTBOX_PRODUCER, catalog_prices, metrics, sweep
+from . import INBOX_CONSUMER, OUTBOX_PRODUCER, audit, catalog_prices, metrics, sweep
 from .gate import Gate, Unconfirmed
 from .review import OrderOwner, to_review
 
@@ -178,10 +177,11 @@ class PaymentApplier:
             it.bind()
             late = order["status"] == "failed"
             staged.append(outbox.Staged(_order_paid(paid, order, paid_at)))
-            logs.append(_log_row(it.envelope, paid, "paid", "paid after close" if late else None))
+            detail = "paid after close" if late else None
+            logs.append(_entry(it.envelope, paid, "paid", detail, "paid"))
             log.info("order_paid", late=late, source=paid.source)
             outcomes[i] = "paid"
-        await cur.executemany(_LOG_INSERT, logs)
+        await audit.write(cur, *logs)
         await outbox.add_many(cur, OUTBOX_PRODUCER, staged)
         return outcomes
 
@@ -206,7 +206,8 @@ class PaymentApplier:
             )
             if cur.rowcount == 1:
                 late = order["status"] == "failed"
-                await _log(cur, envelope, data, "paid", "paid after close" if late else None)
+                detail = "paid after close" if late else None
+                await _log(cur, envelope, data, "paid", detail, "paid")
                 await outbox.add(cur, OUTBOX_PRODUCER, _order_paid(data, order, paid_at))
                 await _refunded_before(cur, data, order)
                 log.info("order_paid", late=late, source=data.source)
@@ -237,16 +238,17 @@ class PaymentApplier:
         )
         if cur.rowcount != 1:  # announced meanwhile, or settled before paylane
             if order["paid_event_at"] is not None:
-                await _log(cur, envelope, data, "duplicate_notification", None)
+                await _log(cur, envelope, data, "duplicate_notification", None, "paid")
                 return "duplicate"
             # Before the cutover (or with none yet): the old backend's to grant. Counted
             # apart, so that a deployment that never ran `paylane cutover` shows it.
             detail = "settled before paylane's cutover"
-            await _log(cur, envelope, data, "duplicate_notification", detail)
+            await _log(cur, envelope, data, "duplicate_notification", detail, "paid")
             log.warning("paid_elsewhere_before_cutover", source=data.source)
             return "before_cutover"
         paid_at = order["paid_at"] or _paid_at(data.success_time)
-        await _log(cur, envelope, data, "paid_elsewhere", "marked paid by another writer")
+        detail = "marked paid by another writer"
+        await _log(cur, envelope, data, "paid_elsewhere", detail, "paid")
         await outbox.add(cur, OUTBOX_PRODUCER, _order_paid(data, order, paid_at))
         log.info("order_paid_elsewhere_announced", source=data.source)
         return "paid"
@@ -261,7 +263,6 @@ class PaymentApplier:
         of an order WeChat Pay says is paid flags nothing: the claim is what is wrong."""
         reason = str(why)
         async with transaction(self.pool) as cur:
-            await _log(cur, envelope, claim, "unconfirmed_payment", reason[:255])
             flagged = False
             if why.not_paid:
                 await cur.execute(
@@ -271,6 +272,8 @@ class PaymentApplier:
                     (f"marked paid, but {reason}"[:255], claim.out_trade_no),
                 )
                 flagged = cur.rowcount == 1
+            status = "needs_review" if flagged else None
+            await _log(cur, envelope, claim, "unconfirmed_payment", reason[:255], status)
         metrics.UNCONFIRMED.labels(claim.source).inc()
         log.error(
             "payment_unconfirmed",
@@ -294,11 +297,12 @@ class PaymentApplier:
                 return await self._announce_paid_elsewhere(cur, envelope, data, order)
             # Paid elsewhere, but not what WeChat Pay says was paid: needs review, below.
         elif paid_txn == data.transaction_id and status in ("paid", "refunded", "needs_review"):
-            await _log(cur, envelope, data, "duplicate_notification", None)
+            await _log(cur, envelope, data, "duplicate_notification", None, status)
             return "duplicate"
         elif paid_txn is not None and status in ("paid", "refunded"):
             # Paid twice: keep the first, record the second for refund, grant nothing.
-            await _log(cur, envelope, data, "duplicate_payment", f"first transaction {paid_txn}")
+            detail = f"first transaction {paid_txn}"
+            await _log(cur, envelope, data, "duplicate_payment", detail, status)
             log.error(
                 "duplicate_payment",
                 alert=True,
@@ -308,7 +312,7 @@ class PaymentApplier:
             return "duplicate_payment"
         reason = mismatch or f"payment arrived for an order in status {status}"
         await to_review(cur, data.out_trade_no, reason, transaction_id=data.transaction_id)
-        await _log(cur, envelope, data, "needs_review", reason)
+        await _log(cur, envelope, data, "needs_review", reason, "needs_review")
         log.error("payment_needs_review", alert=True, reason=reason, source=data.source)
         return "needs_review"
 
@@ -331,11 +335,6 @@ def _paid_elsewhere(order: PayableOrder, data: PaymentSucceeded) -> bool:
 _ORDER_COLUMNS = (
     "out_trade_no, user_id, package_type, amount_total, currency, status, transaction_id,"
     " appid, generation_id, paid_at, paid_event_at, created_at"
-)
-
-_LOG_INSERT = (
-    "INSERT INTO payment_logs (id, out_trade_no, event_id, type, transaction_id, amount_total,"
-    " source, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 
@@ -418,19 +417,16 @@ async def _load(cur: aiomysql.Cursor, out_trade_no: str, lock: bool = False) -> 
     return await fetch_one(cur, PayableOrder)
 
 
-def _log_row(
-    envelope: Envelope, data: PaymentSucceeded, kind: str, detail: str | None
-) -> tuple[Any, ...]:
-    """A ``payment_logs`` row; ``kind`` goes to the shared table's ``type``."""
-    return (
-        new_row_id("log"),
-        data.out_trade_no,
-        envelope.event_id,
-        kind,
-        data.transaction_id,
-        data.amount_total,
-        data.source,
-        detail,
+def _entry(
+    envelope: Envelope,
+    data: PaymentSucceeded,
+    kind: str,
+    detail: str | None,
+    order_status: str | None,
+) -> audit.Entry:
+    """The ``payment_callback`` row of a payment; ``kind`` says what became of it."""
+    return audit.payment_callback(
+        kind, data, event_id=envelope.event_id, order_status=order_status, detail=detail
     )
 
 
@@ -440,8 +436,9 @@ async def _log(
     data: PaymentSucceeded,
     kind: str,
     detail: str | None,
+    order_status: str | None,
 ) -> None:
-    await cur.execute(_LOG_INSERT, _log_row(envelope, data, kind, detail))
+    await audit.write(cur, _entry(envelope, data, kind, detail, order_status))
 
 
 def _paid_at(success_time: str | None) -> datetime:

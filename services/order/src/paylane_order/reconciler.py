@@ -58,15 +58,14 @@ from paylane_common.events import (
     payment_from_transaction,
 )
 from paylane_common.exceptions import PublishError
-from paylane_common.ids import new_row_id
 from paylane_common.leases import Lease
 from paylane_common.publisher import Publisher
 from paylane_common.rows import fetch_all
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
 
-from . import metrics, sweep
+from . import audit, metrics, sweep
 from .config import ReconcilerConfig
-from .failed import fail_order
+from .failed import fail
 from .gate import PAID_STATES, Gate
 
 log = structlog.get_logger(__name__)
@@ -268,7 +267,7 @@ class Reconciler(BackgroundLoop):
                     # Never placed (its placement failed), or so old that WeChat Pay no
                     # longer knows it: nobody can pay it any more, so it failed. Were a
                     # payment of it to turn up after all, it is still honoured.
-                    await self._fail_locally(out_trade_no, "expired")
+                    await self._fail_locally(out_trade_no, "expired", "never_placed")
                     return "closed_never_placed"
                 await self._asked(out_trade_no)
                 return "not_placed_yet"  # its placement failed; failed once expired
@@ -291,7 +290,8 @@ class Reconciler(BackgroundLoop):
             log.warning("payment_recovered_by_reconciler", out_trade_no=out_trade_no)
             return "paid_recovered"
         if state in ("CLOSED", "REVOKED", "PAYERROR"):
-            await self._fail_locally(out_trade_no, "failed" if state == "PAYERROR" else "closed")
+            reason: FailedReason = "failed" if state == "PAYERROR" else "closed"
+            await self._fail_locally(out_trade_no, reason, "closed_at_wechatpay", state)
             return "closed_at_wechatpay"
         if expired:
             try:
@@ -299,7 +299,7 @@ class Reconciler(BackgroundLoop):
             except WechatPayError as exc:
                 log.warning("reconcile_close_failed", out_trade_no=out_trade_no, error=str(exc))
                 return "close_failed"
-            await self._fail_locally(out_trade_no, "expired")
+            await self._fail_locally(out_trade_no, "expired", "expired", state)
             return "closed_expired"
         await self._asked(out_trade_no)
         return "still_pending"
@@ -359,17 +359,18 @@ class Reconciler(BackgroundLoop):
             )
             if cur.rowcount == 0:
                 return "refund_settled_meanwhile"
-            await cur.execute(
-                "INSERT INTO payment_logs (id, out_trade_no, out_refund_no, type, amount_total,"
-                " source, detail) VALUES (%s, %s, %s, 'refund_never_sent', %s, 'reconcile', %s)",
-                (
-                    new_row_id("log"),
-                    refund["out_trade_no"],
-                    refund["out_refund_no"],
-                    refund["amount_refund"],
-                    f"{refund['out_refund_no']} unknown to WeChat Pay: closed",
-                ),
+            entry = audit.refund_callback(
+                "refund_never_sent",
+                refund["out_trade_no"],
+                refund["out_refund_no"],
+                refund["amount_refund"],
+                status=None,
+                request={"out_refund_no": refund["out_refund_no"]},
+                response={"code": "RESOURCE_NOT_EXISTS"},
+                source="reconcile",
+                detail=f"{refund['out_refund_no']} unknown to WeChat Pay: closed",
             )
+            await audit.write(cur, entry)
         log.warning(
             "refund_never_reached_wechatpay_closed",
             alert=True,
@@ -388,10 +389,33 @@ class Reconciler(BackgroundLoop):
                 (out_trade_no,),
             )
 
-    async def _fail_locally(self, out_trade_no: str, reason: FailedReason) -> None:
-        """``pending → failed`` (timed out or cancelled), unless something moved it; the
-        client is told (failed.py)."""
-        await fail_order(self._pool, out_trade_no, reason)
+    async def _fail_locally(
+        self,
+        out_trade_no: str,
+        reason: FailedReason,
+        kind: str,
+        trade_state: str | None = None,
+    ) -> None:
+        """``pending → failed`` (timed out or cancelled), unless something moved it: the
+        client is told (failed.py), and it is logged as ``order_close`` of ``kind``, with
+        WeChat Pay's ``trade_state``."""
+        async with transaction(self._pool) as cur:
+            if not await fail(cur, out_trade_no, reason):
+                return
+            await cur.execute(
+                "SELECT amount_total FROM payment_orders WHERE out_trade_no = %s",
+                (out_trade_no,),
+            )
+            row = await cur.fetchone()
+            entry = audit.order_close(
+                kind,
+                out_trade_no,
+                row["amount_total"],
+                source="reconcile",
+                request={"out_trade_no": out_trade_no},
+                response={"trade_state": trade_state or "ORDER_NOT_EXIST"},
+            )
+            await audit.write(cur, entry)
 
 
 def _now() -> datetime:

@@ -16,6 +16,7 @@ from paylane_common.money import yuan
 from paylane_common.rows import OrderStatus, RefundStatus, fetch_one
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient
 
+from . import audit
 from .config import MerchantConfig
 from .errors import Conflict, InvalidRequest, NotFound, UpstreamRejected, UpstreamUnavailable
 from .ids import new_out_refund_no
@@ -127,6 +128,7 @@ class RefundRequests:
                             "idempotency_key_reused",
                         ) from None
                     raise
+                await _note_reason(cur, out_trade_no, reason)
         status = await self._send_refund(out_trade_no, refund_no, fen, total, reason)
         return _refund_view(refund_no, fen, status)
 
@@ -173,23 +175,50 @@ class RefundRequests:
                 # The refund row stays pending: a retry with the same key sends it again,
                 # and the reconciler queries it (and closes it if it never got there).
                 raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
-            await self._set_refund(out_refund_no, "closed", None)
+            refused = audit.refund_create(
+                "refund_refused",
+                out_trade_no,
+                out_refund_no,
+                amount,
+                request=payload,
+                response={"code": exc.code, "message": exc.message},
+            )
+            await self._set_refund(out_refund_no, "closed", None, refused)
             raise UpstreamRejected(
                 f"WeChat Pay refused the refund: {exc.code} {exc.message}"
             ) from None
-        await self._set_refund(out_refund_no, None, answer.get("refund_id"))
+        requested = audit.refund_create(
+            "refund_requested",
+            out_trade_no,
+            out_refund_no,
+            amount,
+            request=payload,
+            response=answer,
+        )
+        await self._set_refund(out_refund_no, None, answer.get("refund_id"), requested)
         log.info("refund_requested", out_trade_no=out_trade_no, out_refund_no=out_refund_no)
         return "pending"
 
     async def _set_refund(
-        self, out_refund_no: str, status: str | None, refund_id: str | None
+        self, out_refund_no: str, status: str | None, refund_id: str | None, entry: audit.Entry
     ) -> None:
+        """WeChat Pay's answer on the refund's row, and its ``refund_create`` row."""
         async with transaction(self._pool) as cur:
             await cur.execute(
                 "UPDATE refunds SET status = COALESCE(%s, status),"
                 " refund_id = COALESCE(refund_id, %s) WHERE out_refund_no = %s",
                 (status, refund_id, out_refund_no),
             )
+            await audit.write(cur, entry)
+
+
+async def _note_reason(cur: aiomysql.Cursor, out_trade_no: str, reason: str) -> None:
+    """The order's ``refund_reason``, as the existing backend keeps it: the reason of its
+    latest refund request (each refund keeps its own in ``refunds.reason``)."""
+    await cur.execute(
+        "UPDATE payment_orders SET refund_reason = %s WHERE out_trade_no = %s",
+        (reason[:80], out_trade_no),
+    )
 
 
 def _refund_view(out_refund_no: str, amount: int, status: RefundStatus | None) -> RefundRequest:

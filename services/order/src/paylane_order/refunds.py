@@ -23,7 +23,7 @@ from paylane_common.ids import new_row_id
 from paylane_common.money import yuan
 from paylane_common.rows import OrderStatus, RefundStatus, fetch_one
 
-from . import INBOX_CONSUMER, metrics
+from . import INBOX_CONSUMER, audit, metrics
 from .payments import add_order_refunded
 from .review import OrderOwner
 
@@ -45,6 +45,10 @@ _STATUS: dict[str, RefundStatus] = {
     "CLOSED": "closed",
     "ABNORMAL": "abnormal",
 }
+#: The order states a successful refund counts against (a pending or failed order's
+#: payment takes it into account once applied: payments._refunded_before).
+_REFUNDABLE = ("paid", "refunded", "needs_review")
+_REFUNDABLE_SQL = "(" + ", ".join(f"'{state}'" for state in _REFUNDABLE) + ")"
 
 
 class RefundApplier:
@@ -132,8 +136,11 @@ class RefundApplier:
                     abnormal_at,
                 ),
             )
-        await _log(cur, envelope, data, f"refund_{status}")
         if status != "success":
+            entry = audit.refund_event(
+                f"refund_{status}", data, event_id=envelope.event_id, order_status=order["status"]
+            )
+            await audit.write(cur, entry)
             log.error(
                 "refund_not_successful",
                 alert=True,
@@ -154,13 +161,18 @@ class RefundApplier:
         )
         refunded = int((await cur.fetchone())["n"])
         full = refunded >= order["amount_total"]
+        after = "refunded" if full and order["status"] in _REFUNDABLE else order["status"]
+        entry = audit.refund_event(
+            "refund_success", data, event_id=envelope.event_id, order_status=after
+        )
+        await audit.write(cur, entry)
         # A still pending (or failed) order is left as it is: its payment, once applied,
         # takes the successful refunds into account (payments._refunded_before).
         await cur.execute(
             "UPDATE payment_orders SET amount_refunded = %s,"
             " status = IF(%s, 'refunded', status),"
             " refunded_at = IF(%s, NOW(6), refunded_at)"
-            " WHERE out_trade_no = %s AND status IN ('paid', 'refunded', 'needs_review')",
+            f" WHERE out_trade_no = %s AND status IN {_REFUNDABLE_SQL}",
             (refunded, full, full, data.out_trade_no),
         )
         if full:
@@ -177,22 +189,6 @@ class RefundApplier:
         await add_order_refunded(cur, order, amount_refund=data.amount_refund, full=full)
         log.info("order_refund_recorded", full=full, refunded=refunded)
         return "refunded"
-
-
-async def _log(cur: aiomysql.Cursor, envelope: Envelope, data: RefundEvent, kind: str) -> None:
-    await cur.execute(
-        "INSERT INTO payment_logs (id, out_trade_no, out_refund_no, event_id, type,"
-        " amount_total, detail) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (
-            new_row_id("log"),
-            data.out_trade_no,
-            data.out_refund_no,
-            envelope.event_id,
-            kind,
-            data.amount_refund,
-            f"{data.out_refund_no} {data.status}",
-        ),
-    )
 
 
 def _naive_utc(value: datetime) -> datetime:

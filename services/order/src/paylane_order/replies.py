@@ -154,6 +154,10 @@ class OrderView(_Reply):
     regenerate_count: int | None = Field(description="the user's regenerations left")
     refunds: list[OrderRefund]
     review_reason: str | None = Field(description="why a `needs_review` order needs it")
+    remark: str | None = Field(
+        description="the backend's note (`PATCH /orders/{no}`); shown to the backend only"
+    )
+    refund_reason: str | None = Field(description="the reason of its latest refund request")
 
 
 class OrderSummary(_Reply):

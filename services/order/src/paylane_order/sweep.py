@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TypedDict
 
@@ -40,10 +41,9 @@ from paylane_common import events, outbox
 from paylane_common.consumer import Retry
 from paylane_common.db import transaction
 from paylane_common.events import OrderPaid, OrderRefunded, PaymentSucceeded, make_event
-from paylane_common.ids import new_row_id
 from paylane_common.rows import fetch_all, fetch_one
 
-from . import OUTBOX_PRODUCER, catalog_prices, metrics
+from . import OUTBOX_PRODUCER, audit, catalog_prices, metrics
 from .gate import Gate, Unconfirmed
 from .review import OrderOwner, to_review
 
@@ -126,21 +126,6 @@ async def claim_refund_event(cur: aiomysql.Cursor, out_trade_no: str) -> bool:
         (out_trade_no,),
     )
     return bool(cur.rowcount)
-
-
-async def _log(cur: aiomysql.Cursor, order: _Logged, kind: str, detail: str) -> None:
-    await cur.execute(
-        "INSERT INTO payment_logs (id, type, out_trade_no, transaction_id, amount_total,"
-        " source, detail) VALUES (%s, %s, %s, %s, %s, 'sweep', %s)",
-        (
-            new_row_id("log"),
-            kind,
-            order["out_trade_no"],
-            order["transaction_id"],
-            order["amount_total"],
-            detail,
-        ),
-    )
 
 
 async def effects_since(pool: aiomysql.Pool) -> datetime | None:
@@ -248,7 +233,7 @@ async def _settle_paid_elsewhere(pool: aiomysql.Pool, gate: Gate, out_trade_no: 
                 reason = gate.mismatch(order, paid, periods)
         if reason is not None:
             await to_review(cur, out_trade_no, reason)
-            await _log(cur, order, "needs_review", reason)
+            await audit.write(cur, _entry(order, paid, "needs_review", reason, "needs_review"))
             log.error(
                 "paid_elsewhere_refused", alert=True, out_trade_no=out_trade_no, reason=reason
             )
@@ -260,15 +245,31 @@ async def _settle_paid_elsewhere(pool: aiomysql.Pool, gate: Gate, out_trade_no: 
             (paid.transaction_id, out_trade_no),
         )
         await outbox.add(cur, OUTBOX_PRODUCER, order_paid(order))
-        confirmed: _PaidElsewhere = {**order, "transaction_id": paid.transaction_id}
-        await _log(
-            cur,
-            confirmed,
-            "paid_elsewhere",
-            "paid by another writer, confirmed by WeChat Pay; no notify came",
-        )
+        detail = "paid by another writer, confirmed by WeChat Pay; no notify came"
+        await audit.write(cur, _entry(order, paid, "paid_elsewhere", detail, "paid"))
     log.warning("paid_elsewhere_swept", out_trade_no=out_trade_no)
     return "effect_paid"
+
+
+def _entry(
+    order: _Logged,
+    paid: PaymentSucceeded | None,
+    kind: str,
+    detail: str,
+    order_status: str,
+) -> audit.Entry:
+    """The ``payment_callback`` row of an order another writer marked paid: WeChat Pay's
+    answer about it (``paid``), or, when it has none, the row's own account."""
+    payment = paid or PaymentSucceeded(
+        out_trade_no=order["out_trade_no"],
+        transaction_id=order["transaction_id"] or "-",
+        amount_total=order["amount_total"],
+        source="reconcile",
+    )
+    entry = audit.payment_callback(
+        kind, payment, event_id=None, order_status=order_status, detail=detail, source="sweep"
+    )
+    return entry if paid else replace(entry, transaction_id=order["transaction_id"])
 
 
 async def _sweep_refunded(pool: aiomysql.Pool, since: datetime, grace_s: float, limit: int) -> int:
@@ -296,9 +297,18 @@ async def _sweep_refunded(pool: aiomysql.Pool, since: datetime, grace_s: float, 
                 OUTBOX_PRODUCER,
                 order_refunded(order, amount_refund=order["amount_total"], full=True),
             )
-            await _log(
-                cur, order, "refunded_elsewhere", "refunded by another writer; no event came"
+            entry = audit.refund_callback(
+                "refunded_elsewhere",
+                order["out_trade_no"],
+                None,
+                order["amount_total"],
+                status=None,
+                request=None,
+                response={"order_status": "refunded"},
+                source="sweep",
+                detail="refunded by another writer; no event came",
             )
+            await audit.write(cur, entry)
             log.warning("refunded_elsewhere_swept", out_trade_no=order["out_trade_no"])
             applied += 1
     return applied
