@@ -72,7 +72,7 @@ async def _row(db_pool: aiomysql.Pool, out_trade_no: str) -> dict[str, Any]:
 async def _paid_logs(db_pool: aiomysql.Pool, out_trade_no: str) -> list[tuple[str, str]]:
     async with transaction(db_pool) as cur:
         await cur.execute(
-            "SELECT source, event_id FROM payment_logs WHERE out_trade_no = %s AND type = 'paid'",
+            "SELECT source, event_id FROM payment_logs WHERE out_trade_no = %s AND kind = 'paid'",
             (out_trade_no,),
         )
         return [(r["source"], r["event_id"]) for r in await cur.fetchall()]

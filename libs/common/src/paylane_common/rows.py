@@ -104,6 +104,7 @@ class OrderRow(TypedDict):
     refunded_at: datetime | None
     expires_at: datetime | None
     reconciled_at: datetime | None
+    queried_at: datetime | None
     paid_event_at: datetime | None
     refund_event_at: datetime | None
 
