@@ -278,7 +278,7 @@ async def test_orders_other_writers_left_pending_expire_after_the_ttl_and_stop_b
     asked: list[str] = []
     query = client.query_by_out_trade_no
 
-    async def spy(out_trade_no: str):  # type: ignore[no-untyped-def]
+    async def spy(out_trade_no: str):
         asked.append(out_trade_no)
         return await query(out_trade_no)
 
