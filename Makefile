@@ -3,9 +3,12 @@
 UV ?= uv
 export MYSQL_URL ?= mysql://root:@127.0.0.1:3306/paylane
 export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
-# What mypy (strict) checks: the library, every service, the sandbox and the CLI.
+# What mypy (strict) checks: the library, every service, the sandbox and the CLI; and their
+# tests, bodies checked but annotations optional (pyproject.toml's [tool.mypy]).
 TYPED = libs/common/src services/ingress/src services/order/src services/entitlement/src \
 	services/notifier/src tools/sandbox/src src/paylane
+TYPED_TESTS = conftest.py tests libs/common/tests services/ingress/tests services/order/tests \
+	services/entitlement/tests services/notifier/tests tools/sandbox/tests
 
 .PHONY: help install run demo migrate test test-unit test-services test-chaos test-fuzz test-all \
 	bench lint fmt monitoring openapi docs
@@ -100,7 +103,7 @@ bench:
 lint: install
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy $(TYPED)
+	$(UV) run mypy $(TYPED) $(TYPED_TESTS)
 
 # Generated files: the Grafana dashboard (from deploy/grafana/dashboard.py) and the
 # Kubernetes PrometheusRule (from deploy/prometheus/rules.yml). tests/deploy checks both.

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pamqp.common import Arguments
 
 from paylane_common import topology
 from paylane_common.settings import FILE_VARIABLES, ApiSecretSettings
@@ -193,7 +194,11 @@ def test_compose_secrets_script_keeps_files_and_adds_the_broker_user(secrets_dir
         name: (secrets_dir / name).read_text().strip()
         for name in ("internal_api_secret", "backend_api_secret")
     }
-    assert ApiSecretSettings(**both).backend_api_secret is not None
+    read = ApiSecretSettings(
+        internal_api_secret=both["internal_api_secret"],
+        backend_api_secret=both["backend_api_secret"],
+    )
+    assert read.backend_api_secret is not None
 
     merged = json.loads((secrets_dir / "rabbitmq_definitions").read_text())
     committed = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
@@ -215,8 +220,8 @@ def test_compose_secrets_script_keeps_files_and_adds_the_broker_user(secrets_dir
     assert merged["topic_permissions"] == PERMISSIONS["topic_permissions"]
     for name in USES_MYSQL:
         password = (secrets_dir / f"mysql_{name}_password").read_text().strip()
-        url = (secrets_dir / f"mysql_url_{name}").read_text().strip()
-        assert url == f"mysql://paylane_{name}:{password}@mysql:3306/paylane", name
+        mysql_url = (secrets_dir / f"mysql_url_{name}").read_text().strip()
+        assert mysql_url == f"mysql://paylane_{name}:{password}@mysql:3306/paylane", name
     assert (secrets_dir / "mysql_migrate_url").read_text().startswith("mysql://paylane_migrate:")
     assert not (secrets_dir / "mysql_url").exists()  # the one user all services shared
 
@@ -599,6 +604,12 @@ def test_definitions_are_the_ones_generated_from_the_code() -> None:
     assert committed == topology.definitions_json(), "run `make topology`"
 
 
+def _table(arguments: Arguments) -> dict[str, Any]:
+    """A queue's arguments as the topology declares them (pamqp's type allows None)."""
+    assert arguments is not None
+    return dict(arguments)
+
+
 def test_definitions_match_the_topology_the_services_declare() -> None:
     definitions = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
     assert [v["name"] for v in definitions["vhosts"]] == ["/"]
@@ -613,14 +624,14 @@ def test_definitions_match_the_topology_the_services_declare() -> None:
         (topology.SIGNALS_EXCHANGE, "fanout", True),
         *((spec.forward_exchange, "direct", True) for spec in topology.QUEUES),
     }
-    expected_queues = {topology.LOG_STREAM: dict(topology.log_stream_arguments())}
+    expected_queues = {topology.LOG_STREAM: _table(topology.log_stream_arguments())}
     # The stream keeps what came from outside; derived events are replayed from the outbox.
     expected_bindings = {(topology.EXCHANGE, topology.LOG_STREAM, k) for k in topology.LOG_KEYS}
     for spec in topology.QUEUES:
-        expected_queues[spec.name] = dict(spec.arguments())
+        expected_queues[spec.name] = _table(spec.arguments())
         for delay in spec.retry_delays_s:
-            expected_queues[spec.retry_queue_for(delay)] = dict(spec.retry_arguments(delay))
-        expected_queues[spec.dlq] = dict(spec.dlq_arguments())
+            expected_queues[spec.retry_queue_for(delay)] = _table(spec.retry_arguments(delay))
+        expected_queues[spec.dlq] = _table(spec.dlq_arguments())
         expected_bindings |= {(topology.EXCHANGE, spec.name, key) for key in spec.routing_keys}
         expected_bindings |= {(spec.forward_exchange, q, q) for q in spec.forward_targets}
 

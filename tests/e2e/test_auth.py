@@ -207,7 +207,9 @@ async def test_an_internal_notify_is_confirmed_with_wechat_pay_before_anything_i
     )
     assert status == 200, answer
     letter = await dead_letter(amqp_connection, "order.payments", order.out_trade_no)
-    assert b"does not confirm" in (letter.headers.get("x-paylane-reason") or "").encode()
+    reason = letter.headers.get("x-paylane-reason") or ""
+    assert isinstance(reason, str), reason
+    assert b"does not confirm" in reason.encode()
     assert await order_status(db_pool, order.out_trade_no) == "pending"
 
 

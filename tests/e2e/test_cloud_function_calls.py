@@ -101,7 +101,7 @@ async def test_an_order_the_cloud_function_could_not_write_is_written_paid_and_g
     order_id = answer["orderId"]
     assert re.fullmatch(rf"order-{ids['outTradeNo'][:13]}-[a-z0-9]{{8}}", order_id)
 
-    row = await until_written(db_pool, ids["outTradeNo"])
+    row: dict[str, Any] | None = await until_written(db_pool, ids["outTradeNo"])
     assert row == {
         "id": order_id,
         "user_id": ids["userId"],

@@ -39,7 +39,7 @@ from tests.support import hygiene
 pytestmark = [pytest.mark.integration, pytest.mark.fuzz, pytest.mark.timeout(300)]
 
 #: The profile's number of cases (root conftest.py loads it before this module).
-CASES = settings.default.max_examples
+CASES = settings().max_examples
 NOW = 1_763_780_000
 MCHID, APPID = "1900000109", "wxd678efh567hg6787"
 APIV3_KEY = "fuzz-apiv3-key-0123456789abcdef!"

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.integration
 SHARED = ("users", "payment_orders", "refunds", "payment_logs")
 
 
-def _indexes(conn: pymysql.Connection, database: str, table: str) -> set[tuple[bool, tuple]]:
+def _indexes(
+    conn: pymysql.Connection, database: str, table: str
+) -> set[tuple[bool, tuple[str, ...]]]:
     with conn.cursor() as cur:
         cur.execute(
             "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS"

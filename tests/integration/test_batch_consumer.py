@@ -54,7 +54,9 @@ class FailsFirstBatch(EntitlementApplier):
 
     failed = False
 
-    async def apply_batch(self, cur: aiomysql.Cursor, items: Sequence[BatchItem]) -> list:
+    async def apply_batch(
+        self, cur: aiomysql.Cursor, items: Sequence[BatchItem]
+    ) -> list[str | None]:
         outcomes = await super().apply_batch(cur, items)
         if not self.failed:
             self.failed = True

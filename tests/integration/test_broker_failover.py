@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import unquote, urlsplit
 
+import aio_pika
 import pytest
 
 from paylane_common import amqp
@@ -63,7 +64,7 @@ async def test_a_host_that_refuses_is_skipped(infra: Infra, vhost: str) -> None:
         channel = await connection.channel()
         queue = await channel.declare_queue(exclusive=True)
         await channel.default_exchange.publish(
-            amqp.aio_pika.Message(b"through the second host"), routing_key=queue.name
+            aio_pika.Message(b"through the second host"), routing_key=queue.name
         )
         got = await queue.get(timeout=5)
         assert got.body == b"through the second host"

@@ -33,7 +33,7 @@ async def name(db_pool: aiomysql.Pool) -> AsyncIterator[str]:
 async def _holder(pool: aiomysql.Pool, name: str) -> str | None:
     async with transaction(pool) as cur:
         await cur.execute("SELECT holder FROM paylane_locks WHERE name = %s", (name,))
-        return (await cur.fetchone())["holder"]  # type: ignore[no-any-return]
+        return (await cur.fetchone())["holder"]
 
 
 async def test_one_holder_at_a_time_and_released_at_the_end(
@@ -117,7 +117,7 @@ async def test_a_lease_renewed_while_its_job_runs_outlives_its_ttl(
     async def expires_at() -> datetime:
         async with transaction(db_pool) as cur:
             await cur.execute("SELECT expires_at FROM paylane_locks WHERE name = %s", (name,))
-            return (await cur.fetchone())["expires_at"]  # type: ignore[no-any-return]
+            return (await cur.fetchone())["expires_at"]
 
     async with Lease(db_pool, name, ttl_s=0.6).held() as held:
         assert held

@@ -21,6 +21,7 @@ from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
@@ -70,13 +71,14 @@ from paylane_order.bills import BillReconciler, Difference
 from paylane_order.config import MerchantConfig, ReconcilerConfig, StatusQueryConfig
 from paylane_order.gate import Gate
 from paylane_order.order_list import OrderFilters, OrderList
-from paylane_order.orders import NewOrder, Orders, user_by_openid
+from paylane_order.orders import NewOrder, Orders
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
 from paylane_order.refund_requests import _note_reason
 from paylane_order.refunds import RefundApplier
 from paylane_order.sessions import Sessions
 from paylane_order.status_query import StatusQuery
+from paylane_order.users import user_by_openid
 from services.order.tests.support import payment_gate
 from tests.support import hygiene
 from tests.support.events import (
@@ -200,7 +202,7 @@ def _payment(
     out_trade_no: str | None = None, amount: int = 990, **fields: object
 ) -> Delivery[PaymentSucceeded]:
     """A payment.succeeded as ingress publishes it: a JSAPI payment to the kit's merchant."""
-    wechatpay: dict[str, object] = {
+    wechatpay: dict[str, Any] = {
         "payer_total": amount,
         "openid": PAYER_OPENID,
         "trade_type": "JSAPI",
@@ -213,7 +215,7 @@ def _payment(
     return payment_succeeded(number, amount, new_transaction_id(), **wechatpay)
 
 
-async def _refused(url: str, action) -> ChannelAccessRefused:  # type: ignore[no-untyped-def]
+async def _refused(url: str, action) -> ChannelAccessRefused:
     """Run ``action(channel)`` as the user of ``url``: the broker must close the channel
     with 403 (aiormq raises ChannelAccessRefused for that reply code only)."""
     connection = await aio_pika.connect(url)
@@ -310,7 +312,7 @@ async def test_notifier_user_binds_its_own_queue_to_order_and_entitlement_events
 ) -> None:
     url = broker_users["notifier"]
 
-    def bind(key: str, queue: str = "notifier.test"):  # type: ignore[no-untyped-def]
+    def bind(key: str, queue: str = "notifier.test"):
         async def action(channel: aio_pika.abc.AbstractChannel) -> None:
             exchange = await declare_exchange(channel, passive=True)
             declared = await channel.declare_queue(

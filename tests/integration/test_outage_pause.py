@@ -17,6 +17,7 @@ import aiomysql
 import pymysql
 import pytest
 from aio_pika.abc import AbstractChannel
+from pamqp.commands import Basic
 from prometheus_client import REGISTRY
 
 from paylane_common import db
@@ -143,6 +144,7 @@ async def test_an_outage_longer_than_the_budget_pauses_and_loses_nothing(
         underlay = await channel.get_underlay_channel()
         for _ in range(MESSAGES):
             got = await underlay.basic_get(spec.name, no_ack=False)
+            assert isinstance(got.delivery, Basic.GetOk), got.delivery
             assert (got.header.properties.headers or {}).get(ATTEMPT_HEADER, 0) == 0
             assert got.delivery.delivery_tag is not None
             await underlay.basic_reject(got.delivery.delivery_tag, requeue=True)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from paylane_common.batching import BatchConsumer
+from paylane_common.batching import BatchConsumer, BatchItem
 from paylane_common.consumer import Consumer
 from paylane_common.events import Envelope
 from paylane_common.outages import Dependency
@@ -74,7 +75,7 @@ class _SlowBatches:
         await self._work(1)
         return "processed"
 
-    async def apply_batch(self, cur: object, items: list) -> list[str | None]:
+    async def apply_batch(self, cur: object, items: Sequence[BatchItem]) -> list[str | None]:
         await self._work(len(items))
         return ["processed"] * len(items)
 

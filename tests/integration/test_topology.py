@@ -78,4 +78,6 @@ async def test_new_queues_ask_for_replicas_and_older_ones_keep_theirs(
     spec = ENTITLEMENT_ORDERS
     for name in (spec.name, spec.dlq, *spec.retry_queues):
         assert held[name][QUORUM_REPLICATION] == REPLICAS, name
-    assert held[spec.name] == dict(spec.arguments())
+    declared = spec.arguments()
+    assert declared is not None
+    assert held[spec.name] == dict(declared)

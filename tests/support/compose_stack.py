@@ -119,11 +119,15 @@ class ComposeStack:
         return self.env["COMPOSE_PROJECT_NAME"]
 
     def run(
-        self, *args: str, check: bool = True, timeout: float = 600, **env: str
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 600,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [str(COMPOSE), *args],
-            env={**self.env, **env},
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -157,7 +161,7 @@ class ComposeStack:
         return done
 
     def up(self, *services: str, **env: str) -> None:
-        self.run("up", "-d", "--wait", "--wait-timeout", "300", *services, **env)
+        self.run("up", "-d", "--wait", "--wait-timeout", "300", *services, env=env)
 
     def states(self) -> dict[str, dict[str, Any]]:
         """Service name -> its container's state (``ps --all``)."""

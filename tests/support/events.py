@@ -148,7 +148,7 @@ def refund_succeeded(
 
 
 def refund_abnormal(
-    out_trade_no: str, out_refund_no: str, amount_refund: int, amount_total: int, **fields: object
+    out_trade_no: str, out_refund_no: str, amount_refund: int, amount_total: int, **fields: Any
 ) -> Delivery[RefundEvent]:
     """A refund WeChat Pay reports ABNORMAL (the payer's account cannot take it back)."""
     return refund_succeeded(

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 from paylane_common.logs import configure_logging
 
@@ -56,7 +56,8 @@ def configure_session_logging() -> None:
     if _session_file is None:
         _session_file = SESSION_LOG.open("a", encoding="utf-8")
         register_log(SESSION_LOG)
-    configure_logging("json", stream=Tee(sys.stderr, _session_file))
+    # The handlers only write and flush: a TextIOBase serves, though it is no typing.TextIO.
+    configure_logging("json", stream=cast(TextIO, Tee(sys.stderr, _session_file)))
 
 
 _session_file: TextIO | None = None

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 import pymysql
@@ -296,9 +296,11 @@ def _containers() -> Iterator[Infra]:
         def ctl(args: list[str]) -> str:
             # As the image's default user, the way `docker exec` runs it; stderr apart
             # (warnings there must not reach the parsed listings).
-            code, (out, err) = rabbit.get_wrapped_container().exec_run(
+            code, output = rabbit.get_wrapped_container().exec_run(
                 ["rabbitmqctl", *args], demux=True
             )
+            # demux: (stdout, stderr), each None when empty (docker's stubs say bytes).
+            out, err = cast(tuple[bytes | None, bytes | None], output)
             if code != 0:
                 said = (err or out or b"").decode(errors="replace").strip()
                 raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {said}")

@@ -162,7 +162,7 @@ async def tls_mariadb(directory: Path) -> AsyncIterator[TlsMariaDB]:
         stderr=subprocess.STDOUT,
     )
 
-    def admin() -> pymysql.Connection:  # type: ignore[type-arg]
+    def admin() -> pymysql.Connection:
         # Over the socket, which require_secure_transport accepts as secure.
         return pymysql.connect(unix_socket=str(socket), user="root", autocommit=True)
 

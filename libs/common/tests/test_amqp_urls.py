@@ -42,7 +42,7 @@ def test_what_logs_say_about_a_node_is_its_host_and_port_only() -> None:
 
 
 @pytest.fixture
-def amqp_url(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def amqp_url(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("AMQP_URL_FILE", raising=False)
 
     def load(url: str) -> BaseServiceSettings:
@@ -52,7 +52,7 @@ def amqp_url(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     return load
 
 
-def test_a_cluster_url_is_valid_setting(amqp_url) -> None:  # type: ignore[no-untyped-def]
+def test_a_cluster_url_is_valid_setting(amqp_url) -> None:
     url = "amqp://paylane:pw@rabbit-0:5672,rabbit-1:5672,rabbit-2:5672/paylane"
     assert amqp_url(url).amqp_url == url
 
@@ -68,7 +68,7 @@ def test_a_cluster_url_is_valid_setting(amqp_url) -> None:  # type: ignore[no-un
         ("http://broker", r"AMQP_URL must look like amqp://user:password@host:5672/vhost"),
     ],
 )
-def test_a_bad_host_is_named_without_the_password(amqp_url, url: str, says: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_host_is_named_without_the_password(amqp_url, url: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says) as refused:
         amqp_url(url)
     assert ":p@" not in str(refused.value)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiomysql
 import pytest
@@ -40,7 +41,7 @@ PACKAGES = sorted(DEFAULT_CATALOG)
 ORDERS = 4
 
 #: ("paid", order) | ("refund", order, full) | ("use", n): the app spends regenerations.
-Step = tuple
+Step = tuple[Any, ...]
 
 
 def steps() -> st.SearchStrategy[list[Step]]:

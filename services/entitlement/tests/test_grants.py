@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import pytest
 
@@ -174,7 +175,9 @@ async def test_a_grant_for_a_user_row_that_does_not_exist_is_retried_then_dead_l
         ]
 
 
-def _revoked(paid: Delivery[OrderPaid], reason: str = "not paid at WeChat Pay") -> Delivery:
+def _revoked(
+    paid: Delivery[OrderPaid], reason: str = "not paid at WeChat Pay"
+) -> Delivery[OrderRevoked]:
     """``order.revoked`` of ``paid``: its order went to needs_review after the grant."""
     data = OrderRevoked(
         out_trade_no=paid.data.out_trade_no,
@@ -185,7 +188,7 @@ def _revoked(paid: Delivery[OrderPaid], reason: str = "not paid at WeChat Pay") 
     return Delivery(make_event(events.ORDER_REVOKED, data), data)
 
 
-async def _revoked_events(out_trade_no: str, pool) -> list[dict]:
+async def _revoked_events(out_trade_no: str, pool) -> list[dict[str, Any]]:
     async with transaction(pool) as cur:
         await cur.execute(
             "SELECT payload FROM outbox WHERE routing_key = 'entitlement.revoked'"

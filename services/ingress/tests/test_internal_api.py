@@ -537,7 +537,9 @@ def test_prices_effective_at_is_read_from_the_environment(env):
     with pytest.raises(ConfigError, match="PRICES_EFFECTIVE_AT"):
         load_settings(IngressSettings)
     env.setenv("PRICES_EFFECTIVE_AT", "2025-03-01T12:30:00")
-    assert iso_utc(load_settings(IngressSettings).prices_effective_at) == (
+    effective_at = load_settings(IngressSettings).prices_effective_at
+    assert effective_at is not None
+    assert iso_utc(effective_at) == (
         "2025-03-01T12:30:00.000Z"  # no zone: UTC
     )
 

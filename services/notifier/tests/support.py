@@ -195,7 +195,7 @@ def granted_for(
         Entitlement(
             user_id=paid.data["user_id"],
             out_trade_no=paid.data["out_trade_no"],
-            payment_status=payment_status,  # type: ignore[arg-type]
+            payment_status=payment_status,
             regenerate_count=regenerate_count,
             paid=events.PaidOrder(
                 event_id=paid.event_id,

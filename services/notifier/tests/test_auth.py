@@ -99,7 +99,11 @@ async def test_a_session_token_is_refused_as_not_for_the_notifier(
     path: str, notifier: Client
 ) -> None:
     session = TOKENS.session(USER, version=0)
-    for request in ({"params": {"ticket": session}}, {"headers": _bearer(session)}):
+    requests: list[dict[str, Any]] = [
+        {"params": {"ticket": session}},
+        {"headers": _bearer(session)},
+    ]
+    for request in requests:
         response = await notifier.get(path, **request)
         assert response.status == 401
         assert "audience" in (await response.json())["message"]
@@ -175,6 +179,6 @@ def test_the_notifier_has_no_signing_path(notifier: Client) -> None:
     """What the notifier's handlers hold checks tokens and has nothing that makes one."""
     from paylane_notifier.config import NOTIFIER_CONFIG
 
-    tokens = notifier.server.app[NOTIFIER_CONFIG].tokens
+    tokens = notifier.app[NOTIFIER_CONFIG].tokens
     assert tokens.key_ids == {TOKENS.kid}
     assert not any(hasattr(tokens, name) for name in ("session", "stream_ticket", "sign"))

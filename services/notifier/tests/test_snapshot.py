@@ -130,6 +130,7 @@ async def test_an_entitlement_change_after_last_event_id_resends_the_state(
 
     state = await client.next()
     assert (state.data["out_trade_no"], state.data["payment_status"]) == (out_trade_no, "basic")
+    assert state.id is not None
     # The grant's second, no later than its end nor than the snapshot was read.
     assert granted_ms <= int(state.id) <= last_ms(granted_ms)
 
@@ -206,7 +207,9 @@ async def test_orders_and_users_the_other_writers_made(db_pool: aiomysql.Pool) -
 async def test_the_seed_systems_own_orders(db_pool: aiomysql.Pool) -> None:
     """The orders already in the adopted database (tests/support/seed_db.py, from 2024)."""
     snapshot = await load_snapshot(db_pool, "user-1706345679999-abc123", window_s=10**9, limit=20)
-    seeded = {m.out_trade_no: m for m in snapshot if m.out_trade_no.startswith("1706345680")}
+    seeded = {
+        m.out_trade_no: m for m in snapshot if (m.out_trade_no or "").startswith("1706345680")
+    }
     assert {no: (m.status, m.amount_refund) for no, m in seeded.items()} == {
         "170634568000254321": ("paid", None),
         "170634568000398765": ("refunded", 2990),

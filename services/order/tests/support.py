@@ -80,10 +80,10 @@ async def basic_order(
 
 
 def payment(
-    out_trade_no: str, amount: int = 990, txn: str = TRANSACTION_ID, **kw: object
+    out_trade_no: str, amount: int | None = 990, txn: str = TRANSACTION_ID, **kw: Any
 ) -> Delivery[PaymentSucceeded]:
     """A payment.succeeded to the merchant (``kw``: any other field)."""
-    to_merchant: dict[str, object] = {"mchid": MERCHANT.mchid, "appid": MERCHANT.appid, **kw}
+    to_merchant: dict[str, Any] = {"mchid": MERCHANT.mchid, "appid": MERCHANT.appid, **kw}
     return payment_succeeded(out_trade_no, amount, txn, **to_merchant)
 
 

@@ -7,7 +7,6 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import aiomysql
@@ -21,7 +20,7 @@ from paylane_common.money import yuan
 from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order import api
-from paylane_order.abnormal import AbnormalRefunds, Remedy
+from paylane_order.abnormal import AbnormalRefundRow, AbnormalRefunds, Remedy
 from paylane_order.config import ORDER_CONFIG, OrderConfig
 from paylane_order.errors import (
     Conflict,
@@ -55,7 +54,7 @@ class World:
     refunds: AbnormalRefunds
     pool: aiomysql.Pool
 
-    async def abnormal_refund(self, *, at_wechat: str = "ABNORMAL") -> dict[str, Any]:
+    async def abnormal_refund(self, *, at_wechat: str = "ABNORMAL") -> AbnormalRefundRow:
         """A paid order at WeChat Pay (the sandbox) and here, its refund at both, the
         refund reported ``at_wechat`` and, here, recorded ABNORMAL through the consumer."""
         out_trade_no, _ = await basic_order(self.pool, amount=990, status="paid")
@@ -178,7 +177,7 @@ async def test_refused_by_wechatpay_is_recorded_and_stays_abnormal(world: World)
         await world.refunds.apply(refund["out_refund_no"], TO_CARD)
     row = await world.refunds.get(refund["out_refund_no"])
     assert (row["status"], row["remedy"]) == ("abnormal", "USER_BANK_CARD")
-    assert row["remedy_result"].startswith("INVALID_REQUEST: ")
+    assert (row["remedy_result"] or "").startswith("INVALID_REQUEST: ")
 
 
 async def test_unknown_refund_and_bad_remedies(world: World) -> None:
@@ -230,4 +229,4 @@ async def test_an_unverifiable_answer_is_the_apis_502_with_wechats_request_id(
     assert len(answer["wechatpay_request_id"]) == 32  # what WeChat support asks for
     row = await world.refunds.get(no)
     assert (row["status"], row["remedy"]) == ("abnormal", "USER_BANK_CARD")
-    assert row["remedy_result"].startswith("UNKNOWN: ")
+    assert (row["remedy_result"] or "").startswith("UNKNOWN: ")

@@ -23,13 +23,13 @@ import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 from prometheus_client import REGISTRY
 
+from paylane_common.china_time import CHINA
 from paylane_common.db import transaction
 from paylane_common.events import parse_event
 from paylane_common.topology import declare_exchange
 from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order.bills import (
-    CHINA,
     BillReconciler,
     DailyBills,
     china_day_window,

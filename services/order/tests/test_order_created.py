@@ -195,7 +195,7 @@ async def test_concurrent_events_for_one_new_user_and_two_orders(db_pool):
     second_ids = {**new_ids(), "user_id": first.user_id, "openid": first.openid}
     second_env, second = created(**second_ids)
     apply = applier(db_pool)
-    assert await asyncio.gather(apply(first_env, first), apply(second_env, second)) == [
+    assert list(await asyncio.gather(apply(first_env, first), apply(second_env, second))) == [
         "created",
         "created",
     ]

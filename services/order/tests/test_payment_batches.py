@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import aiomysql
 import pytest
@@ -37,7 +38,7 @@ async def _one_by_one(applier: PaymentApplier, deliveries) -> list[str]:
     return outcomes
 
 
-async def _state(pool: aiomysql.Pool, nos: list[str]) -> dict[str, tuple]:
+async def _state(pool: aiomysql.Pool, nos: list[str]) -> dict[str, tuple[Any, ...]]:
     """Per order: status, transaction id, payer openid, whether order.paid was marked
     staged; payment_logs kinds; order.paid events staged."""
     state = {}

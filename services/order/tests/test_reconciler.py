@@ -19,7 +19,7 @@ from paylane_common.wechatpay.testing import APPID, MCHID, order_request
 from paylane_order.config import MerchantConfig, ReconcilerConfig
 from paylane_order.errors import InvalidRequest
 from paylane_order.orders import Orders
-from paylane_order.reconciler import Reconciler
+from paylane_order.reconciler import OrderToSettle, Reconciler, RefundToSettle
 from services.order.tests.support import payment_gate
 from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
 from tests.support.seeding import add_orders, add_refund, add_user, ago, from_now
@@ -278,7 +278,7 @@ async def test_orders_other_writers_left_pending_expire_after_the_ttl_and_stop_b
     asked: list[str] = []
     query = client.query_by_out_trade_no
 
-    async def spy(out_trade_no: str):  # type: ignore[no-untyped-def]
+    async def spy(out_trade_no: str):
         asked.append(out_trade_no)
         return await query(out_trade_no)
 
@@ -311,9 +311,9 @@ async def test_an_order_or_refund_of_unknown_age_is_left_to_wechatpays_answer(
     await _pending(db_pool, user_id, [order], age_s=3600, expires=False)
     refund = await add_refund(db_pool, order, "9.90")  # unknown too: RESOURCE_NOT_EXISTS
     # As the bill reconciliation reads them, created_at NULL.
-    unknown_age = {"out_trade_no": order, "expires_at": None, "created_at": None}
+    unknown_age: OrderToSettle = {"out_trade_no": order, "expires_at": None, "created_at": None}
     assert await reconciler.settle_order(unknown_age) == "not_placed_yet"  # asked again later
-    unsent = {
+    unsent: RefundToSettle = {
         "out_refund_no": refund,
         "out_trade_no": order,
         "amount_refund": 990,

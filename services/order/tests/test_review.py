@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client import REGISTRY
 
@@ -15,7 +17,7 @@ from tests.support.queries import fetch_one, order_status
 pytestmark = pytest.mark.integration
 
 
-async def _staged(pool, out_trade_no: str, routing_key: str) -> list:
+async def _staged(pool, out_trade_no: str, routing_key: str) -> list[Any]:
     async with transaction(pool) as cur:
         await cur.execute(
             "SELECT payload FROM outbox WHERE routing_key = %s AND payload LIKE %s",

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from paylane_common.db import transaction
+from paylane_common.rows import OrderRow, fetch_one
 from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order import api
@@ -43,7 +44,7 @@ def _query(db_pool: aiomysql.Pool, gate: Gate, config: StatusQueryConfig = CONFI
 
 async def _pending_order(
     db_pool: aiomysql.Pool, client: WechatPayClient, age_s: float = 10
-) -> dict[str, Any]:
+) -> OrderRow:
     """A basic order (9.90 yuan) placed at WeChat Pay ``age_s`` ago, still pending."""
     no = f"SQ{secrets.token_hex(10).upper()}"
     await client.place("NATIVE", order_request("native", no, 990))
@@ -58,14 +59,11 @@ async def _pending_order(
     return await _row(db_pool, no)
 
 
-async def _row(db_pool: aiomysql.Pool, out_trade_no: str) -> dict[str, Any]:
+async def _row(db_pool: aiomysql.Pool, out_trade_no: str) -> OrderRow:
     async with transaction(db_pool) as cur:
-        await cur.execute(
-            "SELECT out_trade_no, status, transaction_id, queried_at FROM payment_orders"
-            " WHERE out_trade_no = %s",
-            (out_trade_no,),
-        )
-        row: dict[str, Any] = await cur.fetchone()
+        await cur.execute("SELECT * FROM payment_orders WHERE out_trade_no = %s", (out_trade_no,))
+        row = await fetch_one(cur, OrderRow)
+    assert row is not None
     return row
 
 

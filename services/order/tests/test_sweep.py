@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiomysql
 import pytest
@@ -69,7 +70,7 @@ def notify(out_trade_no: str, txn: str | None, **kw: object):
     return payment(out_trade_no, None, txn or "-", source="internal", **kw)
 
 
-async def staged(pool: aiomysql.Pool, out_trade_no: str, routing_key: str) -> list[object]:
+async def staged(pool: aiomysql.Pool, out_trade_no: str, routing_key: str) -> list[Any]:
     async with transaction(pool) as cur:
         await cur.execute(
             "SELECT payload FROM outbox WHERE routing_key = %s AND payload LIKE %s",
@@ -88,7 +89,7 @@ async def backdate(pool: aiomysql.Pool, out_trade_no: str, seconds: int = 120) -
         )
 
 
-async def review_reason(pool: aiomysql.Pool, out_trade_no: str) -> str | None:
+async def review_reason(pool: aiomysql.Pool, out_trade_no: str) -> str:
     row = await fetch_one(
         pool,
         "SELECT status, review_reason FROM payment_orders WHERE out_trade_no = %s",
@@ -288,7 +289,7 @@ async def test_the_sweep_is_bounded_per_pass(db_pool, gate, kit_wechat) -> None:
     for out_trade_no in orders:
         await backdate(db_pool, out_trade_no)
     # Other tests' rows may be swept too; ours are three of what is left, oldest first.
-    passes = []
+    passes: list[int] = []
     while not passes or passes[-1] == 2:
         found = await sweep.sweep(db_pool, gate, grace_s=60, limit=2)
         passes.append(found["effect_paid"] + found["effect_needs_review"])

@@ -159,7 +159,7 @@ class Harness:
     ) -> list[dict[str, Any]]:
         """Wait until ``predicate`` holds for the sandbox's record (it is updated just after
         the merchant answers, so it may trail what the receiver saw), then read it."""
-        sender = self.client.server.app[SANDBOX].notification_sender
+        sender = self.client.app[SANDBOX].notification_sender
 
         def matching() -> list[dict[str, Any]]:
             records = [n.to_json() for n in sender.records]

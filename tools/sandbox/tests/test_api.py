@@ -381,7 +381,9 @@ async def test_close_errors(sandbox):
 # --- refunds ---------------------------------------------------------------------------------
 
 
-def refund_body(out_trade_no: str, refund: int = 990, total: int = 990, **extra: Any) -> dict:
+def refund_body(
+    out_trade_no: str, refund: int = 990, total: int = 990, **extra: Any
+) -> dict[str, Any]:
     return {
         "out_trade_no": out_trade_no,
         "out_refund_no": f"R{out_trade_no}{refund}",

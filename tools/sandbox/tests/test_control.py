@@ -50,7 +50,7 @@ async def test_rate_limit_and_business_faults_and_clearing(sandbox):
 
     spec = {"path_prefix": "/v3/refund", "status": 403, "code": "NOT_ENOUGH", "count": 5}
     await sandbox.control("POST", "/sandbox/faults", spec)
-    refund = {"out_trade_no": "T404404404", "out_refund_no": "R1"}
+    refund: dict[str, object] = {"out_trade_no": "T404404404", "out_refund_no": "R1"}
     refund["amount"] = {"refund": 1, "total": 1, "currency": "CNY"}
     answer = await sandbox.api("POST", "/v3/refund/domestic/refunds", refund)
     assert answer.status == 403 and answer.json == {"code": "NOT_ENOUGH", "message": "余额不足"}

@@ -487,7 +487,7 @@ def secret_value(secret: SecretStr | None) -> str:
     return secret.get_secret_value() if secret is not None else ""
 
 
-S = TypeVar("S", bound=BaseServiceSettings)
+S = TypeVar("S", bound=BaseSettings)
 
 
 def validation_problems(exc: ValidationError) -> list[str]:
