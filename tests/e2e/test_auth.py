@@ -247,7 +247,9 @@ async def test_a_users_h5_order_takes_the_payers_address_not_a_claimed_one(stack
     assert state["request"]["scene_info"]["payer_client_ip"] == "127.0.0.1"
 
     backend_body = {**body, "user_id": user["user_id"]}
-    status, order = await call(stack, "order", "POST", "/orders", backend_body, BACKEND)
+    # A second purchase, not a double tap of the first: its own Idempotency-Key.
+    second = {**BACKEND, "Idempotency-Key": uuid.uuid4().hex}
+    status, order = await call(stack, "order", "POST", "/orders", backend_body, second)
     assert status == 201, order
     _, state = await sandbox(stack, "GET", f"/sandbox/orders/{order['out_trade_no']}")
     assert state["request"]["scene_info"]["payer_client_ip"] == "203.0.113.9"
@@ -302,7 +304,10 @@ async def test_a_users_unpaid_orders_are_capped_and_their_pace_limited(
     body = {"openid": openid, "package_type": "basic", "trade_type": "NATIVE"}
 
     async def place() -> tuple[int, Any]:
-        return await call(stack, service, "POST", "/orders", body, BACKEND)
+        # Each a purchase of its own (its own Idempotency-Key), not a double tap, which
+        # would answer the pending order (DUPLICATE_ORDER_WINDOW_S).
+        headers = {**BACKEND, "Idempotency-Key": uuid.uuid4().hex}
+        return await call(stack, service, "POST", "/orders", body, headers)
 
     first, second = await place(), await place()
     assert (first[0], second[0]) == (201, 201), (first, second)
