@@ -112,10 +112,10 @@ monitoring: install
 	$(UV) run python deploy/prometheus/prometheusrule.py
 
 # The broker's definitions (deploy/rabbitmq/definitions.json), from the code's topology
-# (paylane_common.topology); tests/deploy fails when the committed file differs.
+# (paylane_common.broker.topology); tests/deploy fails when the committed file differs.
 .PHONY: topology
 topology: install
-	$(UV) run python -m paylane_common.topology > deploy/rabbitmq/definitions.json
+	$(UV) run python -m paylane_common.broker.topology > deploy/rabbitmq/definitions.json
 
 # The OpenAPI documents in docs/openapi/, from the route tables (a test compares them).
 openapi: install

@@ -15,9 +15,10 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from hypothesis import settings
 
-from paylane_common import amqp, db
-from paylane_common.migrate import cutover, migrate
-from paylane_common.outages import Dependency
+from paylane_common.broker import amqp
+from paylane_common.runtime.outages import Dependency
+from paylane_common.storage import db
+from paylane_common.storage.migrate import cutover, migrate
 from tests.support import hygiene
 from tests.support.infra import Infra, describe, provide_infra, unique_name
 from tests.support.seed_db import create_seed_database, layout, snapshot

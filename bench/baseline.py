@@ -14,8 +14,8 @@ import aiomysql
 import uvloop
 from aiohttp import web
 
-from paylane_common import db
-from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.contract.catalog import DEFAULT_CATALOG
+from paylane_common.storage import db
 from paylane_common.wechatpay import (
     NotificationHeaders,
     NotificationVerifier,

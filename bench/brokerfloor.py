@@ -20,8 +20,8 @@ from typing import Any
 
 import aiormq
 
-from paylane_common import topology
-from paylane_common.publisher import envelope_message
+from paylane_common.broker import topology
+from paylane_common.broker.publisher import envelope_message
 from paylane_ingress.mapping import to_event
 
 from .cpu import CpuMeter, server_pids

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from paylane_common import db
+from paylane_common.storage import db
 from tests.support.faultproxy import FaultProxy
 from tests.support.polling import eventually
 from tests.support.seeding import add_users

@@ -16,8 +16,8 @@ from typing import Any
 import aiomysql
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from paylane_common.migrate import migrate
-from paylane_common.tokens import TokenSigner, private_pem, public_pem
+from paylane_common.contract.tokens import TokenSigner, private_pem, public_pem
+from paylane_common.storage.migrate import migrate
 from tests.support.infra import BrokerControl
 from tests.support.seeding import add_orders
 from tests.support.wechat import FakeWechat

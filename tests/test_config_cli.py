@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dotenv import dotenv_values
 
 from paylane import cli
-from paylane_common import existing_env
-from paylane_common.existing_env import DB_PARTS, RENAMES
-from paylane_common.settings import FILE_VARIABLES, load_settings
-from paylane_common.tokens import private_pem
+from paylane_common.contract.tokens import private_pem
+from paylane_common.runtime import existing_env
+from paylane_common.runtime.existing_env import DB_PARTS, RENAMES
+from paylane_common.runtime.settings import FILE_VARIABLES, load_settings
 from paylane_common.wechatpay.testing import FakeWechatPay
 from paylane_order.settings import OrderSettings
 

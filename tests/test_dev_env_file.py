@@ -10,8 +10,8 @@ import pytest
 from honcho.environ import parse as honcho_parse
 
 from paylane import dev
-from paylane_common.settings import BaseServiceSettings, load_settings
-from paylane_common.tokens import TokenSigner, TokenVerifier
+from paylane_common.contract.tokens import TokenSigner, TokenVerifier
+from paylane_common.runtime.settings import BaseServiceSettings, load_settings
 from paylane_ingress.settings import IngressSettings
 from paylane_notifier.settings import NotifierSettings
 from paylane_order.settings import OrderSettings

@@ -21,8 +21,8 @@ from aiohttp import web
 from prometheus_client import Counter
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from paylane_common.service import base_app, serve
-from paylane_common.settings import FILE_VARIABLES, BaseServiceSettings
+from paylane_common.runtime.service import base_app, serve
+from paylane_common.runtime.settings import FILE_VARIABLES, BaseServiceSettings
 
 log = structlog.get_logger(__name__)
 

@@ -6,8 +6,8 @@ import argparse
 import importlib
 import sys
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.settings import BaseServiceSettings, exit_on_config_error
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.settings import BaseServiceSettings, exit_on_config_error
 
 from . import config_cli, demo, dev, refund_cli, replay_cli, sessions_cli
 from .commands import command_settings
@@ -23,7 +23,7 @@ SERVICES = {
 
 
 def _migrate(_args: argparse.Namespace) -> int:
-    from paylane_common.migrate import migrate
+    from paylane_common.storage.migrate import migrate
 
     settings = command_settings(BaseServiceSettings)
     applied = migrate(settings.mysql_url)
@@ -35,7 +35,7 @@ def _migrate(_args: argparse.Namespace) -> int:
 def _cutover(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from paylane_common.migrate import CutoverRefused, cutover
+    from paylane_common.storage.migrate import CutoverRefused, cutover
 
     settings = command_settings(BaseServiceSettings)
     at = datetime.fromisoformat(args.at) if args.at else None
@@ -83,8 +83,8 @@ def _deps(_args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from paylane_common import startup
-    from paylane_common.outages import describe
+    from paylane_common.runtime import startup
+    from paylane_common.runtime.outages import describe
 
     settings = command_settings(BaseServiceSettings)
     logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)  # we say it below
@@ -112,8 +112,8 @@ def _topology(_args: argparse.Namespace) -> int:
     for services running with AMQP_DECLARE_TOPOLOGY=false."""
     import asyncio
 
-    from paylane_common.service import command_resources
-    from paylane_common.topology import declare_topology
+    from paylane_common.broker.topology import declare_topology
+    from paylane_common.runtime.service import command_resources
 
     settings = command_settings(BaseServiceSettings)
 

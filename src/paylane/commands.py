@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.table import Table
 
-from paylane_common import existing_env
-from paylane_common.exceptions import ConfigError
-from paylane_common.logs import configure_logging
-from paylane_common.settings import BaseServiceSettings, exit_on_config_error, load_settings
+from paylane_common.runtime import existing_env
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.logs import configure_logging
+from paylane_common.runtime.settings import BaseServiceSettings, exit_on_config_error, load_settings
 
 S = TypeVar("S", bound=BaseServiceSettings)
 

@@ -4,7 +4,7 @@ docs/adoption.md "The existing configuration").
 ``import`` reads an env file of the existing system (``WECHAT_*``, the cloud functions'
 ``WX_*``, ``DB_*`` / ``DATABASE_URL``) with python-dotenv and writes paylane's settings:
 an env file, and each secret in a file of its own (mode 0600) named by ``<NAME>_FILE``.
-It reads the names through the one table of :mod:`paylane_common.existing_env`, as every
+It reads the names through the one table of :mod:`paylane_common.runtime.existing_env`, as every
 process does at start. ``check`` prints what each service would start with, secrets
 masked, and every problem; exit 1 when there is one.
 """
@@ -26,9 +26,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr, ValidationError
 
-from paylane_common import existing_env
-from paylane_common.exceptions import ConfigError
-from paylane_common.settings import (
+from paylane_common.runtime import existing_env
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.settings import (
     FILE_VARIABLES,
     BaseServiceSettings,
     pem_with_newlines,
@@ -268,8 +268,8 @@ def service_problems(
 
 def _reach(settings: Iterable[BaseServiceSettings]) -> list[str]:
     """One try at each distinct MYSQL_URL and AMQP_URL: a line for each that fails."""
-    from paylane_common import startup
-    from paylane_common.outages import describe
+    from paylane_common.runtime import startup
+    from paylane_common.runtime.outages import describe
 
     logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)  # said below
     needed = {}

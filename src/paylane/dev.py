@@ -17,18 +17,18 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dotenv import dotenv_values
 
-from paylane_common import db
-from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.ids import new_row_id
-from paylane_common.service import command_resources
-from paylane_common.settings import BaseServiceSettings, load_settings
-from paylane_common.tokens import (
+from paylane_common.contract.catalog import DEFAULT_CATALOG
+from paylane_common.contract.ids import new_row_id
+from paylane_common.contract.tokens import (
     SESSION_AUDIENCE,
     TokenSigner,
     load_signing_key,
     private_pem,
     public_pem,
 )
+from paylane_common.runtime.service import command_resources
+from paylane_common.runtime.settings import BaseServiceSettings, load_settings
+from paylane_common.storage import db
 from paylane_common.wechatpay import load_private_key
 from paylane_common.wechatpay.testing import (
     new_apiv3_key,

@@ -25,8 +25,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from paylane_common import existing_env
-from paylane_common.settings import BaseServiceSettings
+from paylane_common.runtime import existing_env
+from paylane_common.runtime.settings import BaseServiceSettings
 from paylane_entitlement.settings import EntitlementSettings
 from paylane_ingress.settings import IngressSettings
 from paylane_notifier.settings import NotifierSettings

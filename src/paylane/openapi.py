@@ -1,5 +1,5 @@
 """``make openapi``: the services' OpenAPI documents, written to ``docs/openapi/`` from
-their route tables (``paylane_common.openapi``). A test compares the committed files with
+their route tables (``paylane_common.web.openapi``). A test compares the committed files with
 what this writes, so regenerate them whenever a route, a model or a description changes."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from paylane_common.openapi import Api, render
+from paylane_common.web.openapi import Api, render
 from paylane_ingress.api import INGRESS_API
 from paylane_notifier.api import NOTIFIER_API
 from paylane_order.api import ORDER_API

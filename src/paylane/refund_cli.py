@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final
 
-from paylane_common.service import command_resources
+from paylane_common.runtime.service import command_resources
 from paylane_common.wechatpay import ABNORMAL_REFUND_TYPES
 from paylane_order.abnormal import AbnormalRefundRow, AbnormalRefunds, Remedy
 from paylane_order.errors import InvalidRequest, OrderError

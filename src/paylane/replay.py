@@ -69,14 +69,19 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from paylane_common.amqp import copy_message, without_broker_headers
-from paylane_common.consumer import ATTEMPT_HEADER, FAILED_AT_HEADER, ORIGIN_HEADER, REASON_HEADER
-from paylane_common.db import placeholders, transaction
-from paylane_common.events import Envelope
-from paylane_common.exceptions import PaylaneError, PublishError
-from paylane_common.identities import ORIGINAL_USER_HEADER, Publishers, forwarded_headers
-from paylane_common.publisher import Publisher
-from paylane_common.topology import LOG_STREAM, QUEUES, forward_exchange_of
+from paylane_common.broker.amqp import copy_message, without_broker_headers
+from paylane_common.broker.identities import ORIGINAL_USER_HEADER, Publishers, forwarded_headers
+from paylane_common.broker.publisher import Publisher
+from paylane_common.broker.topology import LOG_STREAM, QUEUES, forward_exchange_of
+from paylane_common.contract.events import Envelope
+from paylane_common.delivery.consumer import (
+    ATTEMPT_HEADER,
+    FAILED_AT_HEADER,
+    ORIGIN_HEADER,
+    REASON_HEADER,
+)
+from paylane_common.runtime.exceptions import PaylaneError, PublishError
+from paylane_common.storage.db import placeholders, transaction
 
 #: How many times a message was replayed (DLQ → queue); 1 on its first replay.
 REPLAYED_HEADER = "x-paylane-replayed"

@@ -40,9 +40,9 @@ from paylane.replay import (
     replay_log,
     replay_outbox,
 )
-from paylane_common import events
-from paylane_common.service import CommandResources, command_resources
-from paylane_common.settings import BaseServiceSettings
+from paylane_common.contract import events
+from paylane_common.runtime.service import CommandResources, command_resources
+from paylane_common.runtime.settings import BaseServiceSettings
 
 from .commands import command_settings, positive, print_table
 

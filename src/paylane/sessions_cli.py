@@ -11,9 +11,9 @@ import argparse
 import asyncio
 import sys
 
-from paylane_common import db
-from paylane_common.service import command_resources
-from paylane_common.settings import BaseServiceSettings
+from paylane_common.runtime.service import command_resources
+from paylane_common.runtime.settings import BaseServiceSettings
+from paylane_common.storage import db
 from paylane_order.sessions import revoke
 
 from .commands import command_settings

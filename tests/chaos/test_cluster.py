@@ -18,10 +18,10 @@ from typing import Any
 import aio_pika
 import pytest
 
-from paylane_common import amqp
-from paylane_common.exceptions import PublishError
-from paylane_common.publisher import Publisher
-from paylane_common.topology import LOG_STREAM, ORDER_PAYMENTS, QUEUES, declare_topology
+from paylane_common.broker import amqp
+from paylane_common.broker.publisher import Publisher
+from paylane_common.broker.topology import LOG_STREAM, ORDER_PAYMENTS, QUEUES, declare_topology
+from paylane_common.runtime.exceptions import PublishError
 from tests.chaos.harness.driver import WechatDriver
 from tests.chaos.harness.env import ChaosEnv, chaos_env
 from tests.chaos.harness.invariants import assert_clean

@@ -15,7 +15,7 @@ below), and with the query plan MySQL picks on a larger outbox it turns into the
 
 Fix (not in the tests): claim under READ COMMITTED, i.e. ``SET TRANSACTION ISOLATION LEVEL
 READ COMMITTED`` on the connection before ``BEGIN`` in ``relay_once`` (e.g. an
-``isolation`` argument to ``paylane_common.db.transaction``): the claim then takes record
+``isolation`` argument to ``paylane_common.storage.db.transaction``): the claim then takes record
 locks only, SKIP LOCKED still keeps two relays off the same rows, and consumers never wait.
 """
 
@@ -30,11 +30,12 @@ import aiomysql
 import pymysql
 import pytest
 
-from paylane_common import db, outbox
-from paylane_common.events import Envelope
-from paylane_common.migrate import migrate
-from paylane_common.outages import Dependency
-from paylane_common.outbox import OutboxRelay
+from paylane_common.contract.events import Envelope
+from paylane_common.delivery import outbox
+from paylane_common.delivery.outbox import OutboxRelay
+from paylane_common.runtime.outages import Dependency
+from paylane_common.storage import db
+from paylane_common.storage.migrate import migrate
 from paylane_order import OUTBOX_PRODUCER
 from tests.support.events import order_paid
 from tests.support.infra import Infra, unique_name

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from pamqp.common import Arguments
 
-from paylane_common import topology
-from paylane_common.settings import FILE_VARIABLES, ApiSecretSettings
-from paylane_common.tokens import key_id, load_signing_key, load_verifying_keys
+from paylane_common.broker import topology
+from paylane_common.contract.tokens import key_id, load_signing_key, load_verifying_keys
+from paylane_common.runtime.settings import FILE_VARIABLES, ApiSecretSettings
 from paylane_order.settings import PREPAY_ID_TTL_S, notify_url_reachable
 from paylane_sandbox.settings import SandboxSettings
 from tests.support.manifests import DEPLOY, ROOT, by_kind, compose_config, kustomize
@@ -162,7 +162,7 @@ def test_compose_environment_starts_each_service(
         env[variable] = mounted.get(value, value) if variable.endswith("_FILE") else value
     module, cls = SETTINGS_OF[name]
     code = (
-        "from paylane_common.settings import load_settings\n"
+        "from paylane_common.runtime.settings import load_settings\n"
         f"from {module} import {cls}\n"
         f"load_settings({cls})\n"
     )
@@ -599,7 +599,7 @@ def _typed(value: Any) -> Any:
 
 def test_definitions_are_the_ones_generated_from_the_code() -> None:
     """deploy/rabbitmq/definitions.json is written by `make topology` from
-    paylane_common.topology, never by hand."""
+    paylane_common.broker.topology, never by hand."""
     committed = (DEPLOY / "rabbitmq" / "definitions.json").read_text()
     assert committed == topology.definitions_json(), "run `make topology`"
 

@@ -21,7 +21,7 @@ import aiohttp
 import aiomysql
 import pytest
 
-from paylane_common.db import transaction
+from paylane_common.storage.db import transaction
 from tests.support.cloud_function import cloud_ids, now_ms, place_at_wechatpay
 from tests.support.polling import eventually
 from tests.support.queries import fetch_one, user_state

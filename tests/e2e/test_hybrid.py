@@ -23,7 +23,7 @@ import aiohttp
 import aiomysql
 import pytest
 
-from paylane_common.db import transaction
+from paylane_common.storage.db import transaction
 from tests.support.clients import SSEClient
 from tests.support.cloud_function import cloud_ids, place_at_wechatpay
 from tests.support.polling import eventually

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from wechatpayv3 import WeChatPay, WeChatPayType
 
-from paylane_common.db import transaction
+from paylane_common.storage.db import transaction
 from tests.support.clients import wait_for_types, ws_next
 from tests.support.dead_letters import dead_letter
 from tests.support.polling import eventually

@@ -15,10 +15,10 @@ import aiomysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from paylane_common import events
-from paylane_common.db import transaction
-from paylane_common.events import PaymentSucceeded, make_event
-from paylane_common.publisher import Publisher, envelope_message
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.contract import events
+from paylane_common.contract.events import PaymentSucceeded, make_event
+from paylane_common.storage.db import transaction
 from tests.e2e.test_cloud_function_calls import order_created, order_created_body, until_written
 from tests.e2e.test_hybrid import reconcile_once
 from tests.support.cloud_function import cloud_ids, place_at_wechatpay

@@ -18,7 +18,7 @@ import aiohttp
 import jwt
 import pytest
 
-from paylane_common.tokens import ISSUER
+from paylane_common.contract.tokens import ISSUER
 from tests.e2e.test_auth import bearer, login
 from tests.support.stack import Stack
 from tests.support.stack_api import call, new_order, stream_ticket

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from paylane_common import amqp
-from paylane_common.topology import EXCHANGE
+from paylane_common.broker import amqp
+from paylane_common.broker.topology import EXCHANGE
 from paylane_common.wechatpay import encrypt_resource, signed_headers
 from paylane_common.wechatpay.testing import FakeWechatPay, new_private_key
 from paylane_ingress.main import build_app

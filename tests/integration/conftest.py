@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from paylane_common.publisher import Publisher
+from paylane_common.broker.publisher import Publisher
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import aiohttp
 import aiomysql
 import pytest
 
-from paylane_common.tokens import private_pem
+from paylane_common.contract.tokens import private_pem
 from paylane_entitlement.settings import EntitlementSettings
 from paylane_ingress.settings import IngressSettings
 from paylane_notifier.settings import NotifierSettings

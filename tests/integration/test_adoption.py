@@ -7,8 +7,8 @@ from __future__ import annotations
 import pymysql
 import pytest
 
-from paylane_common.migrate import migrate
-from paylane_common.schema import (
+from paylane_common.storage.migrate import migrate
+from paylane_common.storage.schema import (
     ADDITIONS,
     ORDER_QUERIES,
     PAYMENT_LOG_KIND,

@@ -16,12 +16,12 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from prometheus_client import REGISTRY
 
-from paylane_common.batching import BatchConsumer, BatchItem
-from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.consumer import REASON_HEADER
-from paylane_common.db import placeholders, transaction
-from paylane_common.publisher import Publisher, envelope_message
-from paylane_common.topology import QueueSpec, declare_queue
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.topology import QueueSpec, declare_queue
+from paylane_common.contract.catalog import DEFAULT_CATALOG
+from paylane_common.delivery.batching import BatchConsumer, BatchItem
+from paylane_common.delivery.consumer import REASON_HEADER
+from paylane_common.storage.db import placeholders, transaction
 from paylane_entitlement.grants import EntitlementApplier
 from tests.support.events import order_paid
 from tests.support.seeding import add_users

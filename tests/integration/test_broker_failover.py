@@ -14,12 +14,12 @@ from urllib.parse import unquote, urlsplit
 import aio_pika
 import pytest
 
-from paylane_common import amqp
-from paylane_common.consumer import Consumer
-from paylane_common.events import Envelope
-from paylane_common.outages import Dependency
-from paylane_common.publisher import Publisher
-from paylane_common.topology import QueueSpec
+from paylane_common.broker import amqp
+from paylane_common.broker.publisher import Publisher
+from paylane_common.broker.topology import QueueSpec
+from paylane_common.contract.events import Envelope
+from paylane_common.delivery.consumer import Consumer
+from paylane_common.runtime.outages import Dependency
 from tests.support.events import order_paid
 from tests.support.faultproxy import FaultProxy
 from tests.support.infra import Infra

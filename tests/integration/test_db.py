@@ -1,4 +1,4 @@
-"""``paylane_common.db.transaction`` on real MariaDB: all or nothing, and the isolation
+"""``paylane_common.storage.db.transaction`` on real MariaDB: all or nothing, and the isolation
 level asked for, whether or not the pool's connections run with autocommit."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiomysql
 import pytest
 
-from paylane_common import db
+from paylane_common.storage import db
 from tests.support.infra import unique_name
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dotenv import dotenv_values
 
-from paylane_common.settings import MySQLParams
-from paylane_common.tokens import private_pem
+from paylane_common.contract.tokens import private_pem
+from paylane_common.runtime.settings import MySQLParams
 from tests.support import hygiene
 from tests.support.polling import eventually
 from tests.support.queries import order_status

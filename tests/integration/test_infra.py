@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from paylane_common.db import transaction
+from paylane_common.storage.db import transaction
 from tests.support.infra import describe
 
 

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 import aiomysql
 import pytest
 
-from paylane_common.db import transaction
-from paylane_common.leases import Lease, LeaseError, LeaseLost
+from paylane_common.storage.db import transaction
+from paylane_common.storage.leases import Lease, LeaseError, LeaseLost
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration

@@ -35,18 +35,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
 from paylane.replay import replay_dlq
-from paylane_common import amqp, db, events
-from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.consumer import REASON_HEADER, Reject, Retry, RetryPolicy
-from paylane_common.db import transaction
-from paylane_common.events import OrderCreated, PaymentSucceeded, make_event
-from paylane_common.exceptions import ConfigError, PublishError
-from paylane_common.identities import ORIGINAL_USER_HEADER, Publishers, connection_user
-from paylane_common.outages import Dependency
-from paylane_common.publisher import Publisher, envelope_message
-from paylane_common.retention import RetentionPruner
-from paylane_common.tokens import TokenSigner
-from paylane_common.topology import (
+from paylane_common.broker import amqp
+from paylane_common.broker.identities import ORIGINAL_USER_HEADER, Publishers, connection_user
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.topology import (
     ENTITLEMENT_ORDERS,
     EXCHANGE,
     NOTIFIER_KEYS,
@@ -57,6 +49,16 @@ from paylane_common.topology import (
     declare_topology,
     existing_queue,
 )
+from paylane_common.contract import events
+from paylane_common.contract.catalog import DEFAULT_CATALOG
+from paylane_common.contract.events import OrderCreated, PaymentSucceeded, make_event
+from paylane_common.contract.tokens import TokenSigner
+from paylane_common.delivery.consumer import REASON_HEADER, Reject, Retry, RetryPolicy
+from paylane_common.delivery.retention import RetentionPruner
+from paylane_common.runtime.exceptions import ConfigError, PublishError
+from paylane_common.runtime.outages import Dependency
+from paylane_common.storage import db
+from paylane_common.storage.db import transaction
 from paylane_common.wechatpay.testing import (
     APPID,
     MCHID,

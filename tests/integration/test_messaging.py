@@ -14,8 +14,12 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from prometheus_client import REGISTRY
 
-from paylane_common import events, outbox, tracing
-from paylane_common.consumer import (
+from paylane_common.broker.publisher import envelope_message
+from paylane_common.broker.topology import QueueSpec, declare_exchange, declare_queue
+from paylane_common.contract import events
+from paylane_common.contract.events import Envelope, PaymentSucceeded
+from paylane_common.delivery import outbox
+from paylane_common.delivery.consumer import (
     ATTEMPT_HEADER,
     ORIGIN_HEADER,
     REASON_HEADER,
@@ -23,12 +27,10 @@ from paylane_common.consumer import (
     Retry,
     RetryPolicy,
 )
-from paylane_common.db import transaction
-from paylane_common.events import Envelope, PaymentSucceeded
-from paylane_common.exceptions import PublishError
-from paylane_common.inbox import claim
-from paylane_common.publisher import envelope_message
-from paylane_common.topology import QueueSpec, declare_exchange, declare_queue
+from paylane_common.delivery.inbox import claim
+from paylane_common.runtime import tracing
+from paylane_common.runtime.exceptions import PublishError
+from paylane_common.storage.db import transaction
 from tests.support.events import payment_succeeded
 from tests.support.observed import Observed
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from paylane_common import db
-from paylane_common.exceptions import ConfigError
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.storage import db
 from tests.support.stack import Stack
 from tests.support.tls_mariadb import TlsMariaDB, tls_mariadb
 
@@ -208,7 +208,7 @@ async def test_required_refuses_a_server_offering_no_tls_and_preferred_goes_plai
 
 
 def _plain(url: str) -> dict[str, object]:
-    from paylane_common.settings import MySQLParams
+    from paylane_common.runtime.settings import MySQLParams
 
     params = MySQLParams.from_url(url)
     return {

@@ -20,13 +20,13 @@ from aio_pika.abc import AbstractChannel
 from pamqp.commands import Basic
 from prometheus_client import REGISTRY
 
-from paylane_common import db
-from paylane_common.consumer import ATTEMPT_HEADER, Consumer, RetryPolicy
-from paylane_common.db import transaction
-from paylane_common.events import Envelope
-from paylane_common.outages import Dependency, NotReady
-from paylane_common.publisher import Publisher, envelope_message
-from paylane_common.topology import QueueSpec, declare_queue
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.topology import QueueSpec, declare_queue
+from paylane_common.contract.events import Envelope
+from paylane_common.delivery.consumer import ATTEMPT_HEADER, Consumer, RetryPolicy
+from paylane_common.runtime.outages import Dependency, NotReady
+from paylane_common.storage import db
+from paylane_common.storage.db import transaction
 from tests.support.events import payment_succeeded
 from tests.support.faultproxy import FaultProxy, through
 from tests.support.infra import Infra

@@ -1,4 +1,4 @@
-"""Ingress first (paylane_common.pressure), on the real RabbitMQ and MySQL: while ingress
+"""Ingress first (paylane_common.broker.pressure), on the real RabbitMQ and MySQL: while ingress
 announces that it is busy, a consumer takes no batch and its backlog waits in the queue;
 once the announcements stop it drains, every message applied once; a consumer that has
 yielded its maximum works regardless."""
@@ -15,15 +15,15 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from structlog.testing import capture_logs
 
-from paylane_common import amqp
-from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.pressure import HOLD_S, MAX_HOLD_S, IngressYield, LoadAnnouncer
-from paylane_common.publisher import Publisher, envelope_message
-from paylane_common.topology import (
+from paylane_common.broker import amqp
+from paylane_common.broker.pressure import HOLD_S, MAX_HOLD_S, IngressYield, LoadAnnouncer
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.topology import (
     SIGNALS_EXCHANGE,
     QueueSpec,
     declare_signals_exchange,
 )
+from paylane_common.contract.catalog import DEFAULT_CATALOG
 from paylane_entitlement.grants import EntitlementApplier
 from tests.integration import test_batch_consumer as batch_tests
 from tests.integration.test_batch_consumer import (

@@ -13,8 +13,8 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from prometheus_client import REGISTRY
 
-from paylane_common.queue_watch import QueueWatch
-from paylane_common.topology import QueueSpec, declare_queue
+from paylane_common.broker.queue_watch import QueueWatch
+from paylane_common.broker.topology import QueueSpec, declare_queue
 
 pytestmark = pytest.mark.integration
 

@@ -39,20 +39,8 @@ from paylane.replay import (
     replay_log,
     replay_outbox,
 )
-from paylane_common import events, outbox
-from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.consumer import (
-    ATTEMPT_HEADER,
-    FAILED_AT_HEADER,
-    ORIGIN_HEADER,
-    REASON_HEADER,
-    Reject,
-    Retry,
-)
-from paylane_common.db import placeholders, transaction
-from paylane_common.events import Envelope, make_event
-from paylane_common.publisher import Publisher, envelope_message
-from paylane_common.topology import (
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.topology import (
     LEGACY_LOG_KEY,
     LOG_KEYS,
     LOG_STREAM,
@@ -61,6 +49,19 @@ from paylane_common.topology import (
     declare_queue,
     declare_topology,
 )
+from paylane_common.contract import events
+from paylane_common.contract.catalog import DEFAULT_CATALOG
+from paylane_common.contract.events import Envelope, make_event
+from paylane_common.delivery import outbox
+from paylane_common.delivery.consumer import (
+    ATTEMPT_HEADER,
+    FAILED_AT_HEADER,
+    ORIGIN_HEADER,
+    REASON_HEADER,
+    Reject,
+    Retry,
+)
+from paylane_common.storage.db import placeholders, transaction
 from paylane_entitlement.grants import EntitlementApplier
 from tests.support.events import order_paid, payment_succeeded
 from tests.support.observed import Observed

@@ -11,10 +11,10 @@ import aiomysql
 import pytest
 from prometheus_client import REGISTRY
 
-from paylane_common.db import transaction
-from paylane_common.ids import new_row_id
-from paylane_common.leases import Lease
-from paylane_common.retention import LOCK_NAME, LOCK_TABLE, RetentionPruner
+from paylane_common.contract.ids import new_row_id
+from paylane_common.delivery.retention import LOCK_NAME, LOCK_TABLE, RetentionPruner
+from paylane_common.storage.db import transaction
+from paylane_common.storage.leases import Lease
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""``paylane_common.rows`` against the database: every column of the shared tables with
+"""``paylane_common.storage.rows`` against the database: every column of the shared tables with
 the type a ``DictCursor`` gives it, and each query's row type of the order and
 entitlement services (declared beside its query) with exactly those types. A
 ``TypedDict`` is a promise to the type checker only: this is where it is held to the
@@ -15,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import aiomysql
 import pytest
 
-from paylane_common import db, rows
+from paylane_common.storage import db, rows
 from paylane_entitlement import grants
 from paylane_order import (
     abnormal,

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from paylane_common.batching import BatchConsumer, BatchItem
-from paylane_common.consumer import Consumer
-from paylane_common.events import Envelope
-from paylane_common.outages import Dependency
-from paylane_common.publisher import Publisher, envelope_message
-from paylane_common.topology import QueueSpec, declare_queue
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.topology import QueueSpec, declare_queue
+from paylane_common.contract.events import Envelope
+from paylane_common.delivery.batching import BatchConsumer, BatchItem
+from paylane_common.delivery.consumer import Consumer
+from paylane_common.runtime.outages import Dependency
 from tests.support.events import order_paid
 
 pytestmark = pytest.mark.integration

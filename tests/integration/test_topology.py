@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from paylane_common import amqp
-from paylane_common.topology import (
+from paylane_common.broker import amqp
+from paylane_common.broker.topology import (
     ENTITLEMENT_ORDERS,
     LOG_STREAM,
     ORDER_PAYMENTS,

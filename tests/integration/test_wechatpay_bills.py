@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from wechatpayv3 import WeChatPay, WeChatPayType
 
-from paylane_common.china_time import CHINA
+from paylane_common.contract.china_time import CHINA
 from paylane_common.wechatpay import (
     BillFormatError,
     TradeBill,

@@ -10,7 +10,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from paylane.openapi import DOCUMENTS, write_all
-from paylane_common.openapi import render
+from paylane_common.web.openapi import render
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,10 +1,10 @@
-"""Deliveries as ``paylane_common.batching.BatchConsumer`` hands them to an applier."""
+"""Deliveries as ``paylane_common.delivery.batching.BatchConsumer`` hands them to an applier."""
 
 from __future__ import annotations
 
-from paylane_common import tracing
-from paylane_common.batching import BatchItem
-from paylane_common.events import Envelope
+from paylane_common.contract.events import Envelope
+from paylane_common.delivery.batching import BatchItem
+from paylane_common.runtime import tracing
 
 
 def batch_item(envelope: Envelope, data: object) -> BatchItem:

@@ -20,9 +20,9 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
-from paylane_common import events
-from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.events import (
+from paylane_common.contract import events
+from paylane_common.contract.catalog import DEFAULT_CATALOG
+from paylane_common.contract.events import (
     Envelope,
     FailedReason,
     OrderFailed,
@@ -34,7 +34,7 @@ from paylane_common.events import (
     make_event,
     payment_from_transaction,
 )
-from paylane_common.ids import new_row_id
+from paylane_common.contract.ids import new_row_id
 from paylane_common.wechatpay.testing import (
     PAYER_OPENID,
     SUCCESS_TIME,

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO, cast
 
-from paylane_common.logs import configure_logging
+from paylane_common.runtime.logs import configure_logging
 
 SECRETS: set[str] = set()
 LOG_FILES: list[Path] = []

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import pymysql
 
-from paylane_common.amqp import broker_urls, host_of
+from paylane_common.broker.amqp import broker_urls, host_of
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer

@@ -18,8 +18,9 @@ import aiomysql
 import pymysql
 from aio_pika.abc import AbstractRobustConnection
 
-from paylane_common import amqp, db
-from paylane_common.migrate import migrate
+from paylane_common.broker import amqp
+from paylane_common.storage import db
+from paylane_common.storage.migrate import migrate
 from tests.support.infra import Infra, unique_name
 from tests.support.seed_db import create_seed_database
 from tests.support.stack import Stack, wait_ready

@@ -7,7 +7,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from paylane_common.consumer import Consumer
+from paylane_common.delivery.consumer import Consumer
 
 
 class Observed(Consumer):

@@ -7,7 +7,7 @@ from typing import Any
 
 import aiomysql
 
-from paylane_common.db import transaction
+from paylane_common.storage.db import transaction
 
 
 async def fetch_one(pool: aiomysql.Pool, sql: str, *args: object) -> dict[str, Any]:

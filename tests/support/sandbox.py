@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from paylane_common.settings import load_settings
+from paylane_common.runtime.settings import load_settings
 from paylane_common.wechatpay import NotificationVerifier, WechatPayClient
 from paylane_sandbox.app_keys import SANDBOX
 from paylane_sandbox.main import build_app

@@ -16,9 +16,9 @@ from typing import TypeAlias
 
 import aiomysql
 
-from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.db import transaction
-from paylane_common.ids import new_row_id
+from paylane_common.contract.catalog import DEFAULT_CATALOG
+from paylane_common.contract.ids import new_row_id
+from paylane_common.storage.db import transaction
 from tests.support.cloud_function import new_out_trade_no
 
 #: Where rows go: a pool (one transaction of their own) or the cursor of a transaction.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from paylane_common.tokens import TokenSigner, private_pem, public_pem
+from paylane_common.contract.tokens import TokenSigner, private_pem, public_pem
 from tests.support import hygiene
 from tests.support.stack import Stack, free_port
 from tests.support.wechat import APP_APPID, FakeWechat

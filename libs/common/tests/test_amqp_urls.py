@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from paylane_common.amqp import broker_urls, host_of
-from paylane_common.exceptions import ConfigError
-from paylane_common.settings import BaseServiceSettings, load_settings
+from paylane_common.broker.amqp import broker_urls, host_of
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.settings import BaseServiceSettings, load_settings
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from paylane_common.auth import DuplicateHeader, bearer_token, internal_secret_ok
+from paylane_common.web.auth import DuplicateHeader, bearer_token, internal_secret_ok
 
 SECRET = "an-internal-secret"
 

@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from paylane_common import events
-from paylane_common.events import OrderPaid, PaymentSucceeded, make_event, parse_event
-from paylane_common.exceptions import EventValidationError
-from paylane_common.ids import new_row_id
-from paylane_common.publisher import envelope_message, envelope_properties
+from paylane_common.broker.publisher import envelope_message, envelope_properties
+from paylane_common.contract import events
+from paylane_common.contract.events import OrderPaid, PaymentSucceeded, make_event, parse_event
+from paylane_common.contract.ids import new_row_id
+from paylane_common.runtime.exceptions import EventValidationError
 
 USER = "user-1706345678901-xyz789"
 

@@ -9,11 +9,11 @@ import pytest
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from paylane_common import existing_env
-from paylane_common.exceptions import ConfigError
-from paylane_common.existing_env import DB_PARTS, RENAMES, translate
-from paylane_common.merchant_api import MerchantApiSettings
-from paylane_common.settings import (
+from paylane_common.contract.tokens import private_pem, public_pem
+from paylane_common.runtime import existing_env
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.existing_env import DB_PARTS, RENAMES, translate
+from paylane_common.runtime.settings import (
     BaseServiceSettings,
     PrivateKeyPem,
     PublicKeyPem,
@@ -22,7 +22,7 @@ from paylane_common.settings import (
     load_settings,
     pem_with_newlines,
 )
-from paylane_common.tokens import private_pem, public_pem
+from paylane_common.wechatpay.merchant_api import MerchantApiSettings
 from paylane_common.wechatpay.testing import (
     FakeWechatPay,
     certificate_pem,

@@ -9,13 +9,13 @@ from typing import Any, cast
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from paylane_common import events
-from paylane_common.identities import (
+from paylane_common.broker.identities import (
     ORIGINAL_USER_HEADER,
     IdentityCheck,
     Publishers,
     forwarded_headers,
 )
+from paylane_common.contract import events
 
 PUBLISHERS = Publishers()
 ORDER = IdentityCheck(PUBLISHERS, own="paylane-order")

@@ -8,7 +8,7 @@ import logging
 
 import structlog
 
-from paylane_common.logs import REDACTED, configure_logging, redact
+from paylane_common.runtime.logs import REDACTED, configure_logging, redact
 from tests.support.hygiene import configure_session_logging
 
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----"

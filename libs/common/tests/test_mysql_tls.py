@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.mysql_tls import SslMode
-from paylane_common.settings import BaseServiceSettings, MySQLParams, load_settings
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.settings import BaseServiceSettings, MySQLParams, load_settings
+from paylane_common.storage.mysql_tls import SslMode
 from paylane_common.wechatpay.testing import (
     certificate_pem,
     new_private_key,

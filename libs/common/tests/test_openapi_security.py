@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from paylane_common.openapi import PUBLIC, Api, Operation, Reply
+from paylane_common.web.openapi import PUBLIC, Api, Operation, Reply
 
 
 async def _handler(request: web.Request) -> web.Response:

@@ -8,8 +8,14 @@ import pydantic
 import pymysql
 import pytest
 
-from paylane_common.exceptions import PublishError
-from paylane_common.outages import Dependency, NotReady, describe, is_contention, may_be_outage
+from paylane_common.runtime.exceptions import PublishError
+from paylane_common.runtime.outages import (
+    Dependency,
+    NotReady,
+    describe,
+    is_contention,
+    may_be_outage,
+)
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from paylane_common.health import Readiness, ReadinessCheck
-from paylane_common.outages import NotReady
+from paylane_common.runtime.outages import NotReady
+from paylane_common.web.health import Readiness, ReadinessCheck
 
 
 class CountedCheck:

@@ -25,8 +25,8 @@ def _port() -> int:
 SERVICE = textwrap.dedent(
     """
     import asyncio, sys
-    from paylane_common.service import base_app, run
-    from paylane_common.settings import BaseServiceSettings
+    from paylane_common.runtime.service import base_app, run
+    from paylane_common.runtime.settings import BaseServiceSettings
 
     settings = BaseServiceSettings(http_host="127.0.0.1", http_port=int(sys.argv[1]),
                                    admin_port=int(sys.argv[2]))

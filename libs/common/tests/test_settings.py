@@ -9,8 +9,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import SecretStr
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.settings import (
+from paylane_common.contract.tokens import private_pem, public_pem
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.settings import (
     ApiSecretSettings,
     BaseServiceSettings,
     CatalogSettings,
@@ -19,7 +20,6 @@ from paylane_common.settings import (
     TokenVerifyingKeys,
     load_settings,
 )
-from paylane_common.tokens import private_pem, public_pem
 from paylane_common.wechatpay.testing import new_private_key, private_key_pem, public_key_pem
 
 TOKEN_KEY = Ed25519PrivateKey.generate()

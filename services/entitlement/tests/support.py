@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiomysql
 
-from paylane_common.ids import new_row_id
+from paylane_common.contract.ids import new_row_id
 from tests.support.seeding import add_user
 
 

@@ -26,9 +26,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from paylane_common.catalog import DEFAULT_CATALOG, STATUS_RANK
-from paylane_common.db import transaction
-from paylane_common.events import OrderPaid, OrderRefunded
+from paylane_common.contract.catalog import DEFAULT_CATALOG, STATUS_RANK
+from paylane_common.contract.events import OrderPaid, OrderRefunded
+from paylane_common.storage.db import transaction
 from paylane_entitlement.grants import EntitlementApplier
 from services.entitlement.tests.support import new_user
 from tests.support.batches import batch_item

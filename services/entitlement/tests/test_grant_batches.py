@@ -1,4 +1,4 @@
-"""Grants applied in batches (paylane_common.batching) on the real database: several
+"""Grants applied in batches (paylane_common.delivery.batching) on the real database: several
 orders of one user in one transaction, each event with the plan as it stood after that
 grant, and everything not plain left to the one-by-one path."""
 
@@ -9,11 +9,12 @@ import json
 import aiomysql
 import pytest
 
-from paylane_common import events, tracing
-from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.consumer import Retry
-from paylane_common.db import transaction
-from paylane_common.ids import new_row_id
+from paylane_common.contract import events
+from paylane_common.contract.catalog import DEFAULT_CATALOG
+from paylane_common.contract.ids import new_row_id
+from paylane_common.delivery.consumer import Retry
+from paylane_common.runtime import tracing
+from paylane_common.storage.db import transaction
 from paylane_entitlement.grants import EntitlementApplier
 from services.entitlement.tests.support import new_user
 from tests.support.batches import batch_item

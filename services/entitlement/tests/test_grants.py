@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from paylane_common import events
-from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.consumer import Retry
-from paylane_common.db import transaction
-from paylane_common.events import OrderPaid, OrderRefunded, OrderRevoked, make_event
-from paylane_common.ids import new_row_id
+from paylane_common.contract import events
+from paylane_common.contract.catalog import DEFAULT_CATALOG
+from paylane_common.contract.events import OrderPaid, OrderRefunded, OrderRevoked, make_event
+from paylane_common.contract.ids import new_row_id
+from paylane_common.delivery.consumer import Retry
+from paylane_common.storage.db import transaction
 from paylane_entitlement.grants import EntitlementApplier
 from services.entitlement.tests.support import new_user
 from tests.support.batches import batch_item

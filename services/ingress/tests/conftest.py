@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from paylane_common.topology import ORDER_PAYMENTS, declare_exchange
+from paylane_common.broker.topology import ORDER_PAYMENTS, declare_exchange
 from paylane_common.wechatpay import build_message, certificate_serial, sign
 from paylane_common.wechatpay.testing import (
     FakeWechatPay,

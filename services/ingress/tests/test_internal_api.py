@@ -17,13 +17,13 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
-from paylane_common import events
-from paylane_common.catalog import DEFAULT_CATALOG
-from paylane_common.exceptions import ConfigError
-from paylane_common.prices import PriceList, dumps, iso_utc
-from paylane_common.service import PUBLISHER
-from paylane_common.settings import load_settings
-from paylane_common.topology import ORDER_PAYMENTS
+from paylane_common.broker.topology import ORDER_PAYMENTS
+from paylane_common.contract import events
+from paylane_common.contract.catalog import DEFAULT_CATALOG
+from paylane_common.contract.prices import PriceList, dumps, iso_utc
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.service import PUBLISHER
+from paylane_common.runtime.settings import load_settings
 from paylane_ingress.internal import DB_ERROR_LOG_CHARS, loggable_db_error, order_id_for
 from paylane_ingress.main import build_app
 from paylane_ingress.settings import IngressSettings

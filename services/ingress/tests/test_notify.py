@@ -16,11 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 from prometheus_client import REGISTRY
 
-from paylane_common import events
-from paylane_common.exceptions import ConfigError
-from paylane_common.service import ADMIN_LISTENER, PUBLISHER
-from paylane_common.settings import load_settings
-from paylane_common.topology import LOG_STREAM
+from paylane_common.broker.topology import LOG_STREAM
+from paylane_common.contract import events
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.service import ADMIN_LISTENER, PUBLISHER
+from paylane_common.runtime.settings import load_settings
 from paylane_common.wechatpay import SIGNTEST_PREFIX, certificate_serial
 from paylane_common.wechatpay.testing import (
     certificate_pem,

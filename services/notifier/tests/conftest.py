@@ -11,7 +11,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp.test_utils import TestClient, TestServer
 
-from paylane_common.publisher import Publisher
+from paylane_common.broker.publisher import Publisher
 from paylane_notifier.hub import Hub
 from paylane_notifier.main import build_app
 from paylane_notifier.settings import NotifierSettings

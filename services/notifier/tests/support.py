@@ -16,9 +16,10 @@ import aiomysql
 from aiohttp import WSMsgType
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from paylane_common import db, events
-from paylane_common.events import Entitlement
-from paylane_common.tokens import TokenSigner, private_pem, public_pem
+from paylane_common.contract import events
+from paylane_common.contract.events import Entitlement
+from paylane_common.contract.tokens import TokenSigner, private_pem, public_pem
+from paylane_common.storage import db
 from tests.support import hygiene
 from tests.support.clients import next_sse_event
 from tests.support.seeding import add_order, add_user, ago

@@ -16,10 +16,10 @@ import structlog
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.ids import new_row_id
-from paylane_common.settings import load_settings
-from paylane_common.tokens import ISSUER, TokenSigner, private_pem
+from paylane_common.contract.ids import new_row_id
+from paylane_common.contract.tokens import ISSUER, TokenSigner, private_pem
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.settings import load_settings
 from paylane_notifier.settings import NotifierSettings
 from services.notifier.tests.support import PUBLIC_KEY, TOKEN_KEY, TOKENS, token_for
 

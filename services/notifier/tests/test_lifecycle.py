@@ -16,9 +16,9 @@ from aiohttp import WSCloseCode, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
-from paylane_common.publisher import Publisher, envelope_message
-from paylane_common.service import ADMIN_LISTENER, AMQP_CONNECTION
-from paylane_common.topology import EXCHANGE
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.topology import EXCHANGE
+from paylane_common.runtime.service import ADMIN_LISTENER, AMQP_CONNECTION
 from paylane_notifier.hub import Hub
 from paylane_notifier.messages import ClientMessage
 from services.notifier.tests.support import (
@@ -127,7 +127,7 @@ async def test_an_event_from_another_publisher_is_not_pushed(
     db_pool: aiomysql.Pool,
 ) -> None:
     """An entitlement.granted that names no publisher (no ``user_id``) is refused and
-    counted: only entitlement's broker user grants (paylane_common.identities)."""
+    counted: only entitlement's broker user grants (paylane_common.broker.identities)."""
     user_id = await insert_user(db_pool)
     client = await connect(notifier, "sse", token_for(user_id))
     labels = {"queue": "notifier", "outcome": "publisher_refused"}

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from paylane_common import events
-from paylane_common.china_time import CHINA
+from paylane_common.contract import events
+from paylane_common.contract.china_time import CHINA
 from paylane_notifier.api import PushedMessage
 from paylane_notifier.messages import ClientMessage, epoch_ms, from_event
 from paylane_notifier.snapshot import parse_last_event_id

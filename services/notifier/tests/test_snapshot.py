@@ -10,7 +10,7 @@ import aiomysql
 import pytest
 from aiohttp.test_utils import TestClient
 
-from paylane_common.publisher import Publisher
+from paylane_common.broker.publisher import Publisher
 from paylane_notifier.messages import epoch_ms
 from paylane_notifier.snapshot import load_snapshot
 from services.notifier.tests.support import (

@@ -9,8 +9,8 @@ import aiomysql
 import pytest
 from aiohttp.test_utils import TestClient
 
-from paylane_common import events
-from paylane_common.publisher import Publisher
+from paylane_common.broker.publisher import Publisher
+from paylane_common.contract import events
 from services.notifier.tests.support import (
     Listener,
     entitlement,

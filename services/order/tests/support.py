@@ -14,10 +14,10 @@ import aiomysql
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from paylane_common.catalog import DEFAULT_CATALOG, Package
-from paylane_common.events import PaymentSucceeded
-from paylane_common.money import yuan
-from paylane_common.settings import load_settings
+from paylane_common.contract.catalog import DEFAULT_CATALOG, Package
+from paylane_common.contract.events import PaymentSucceeded
+from paylane_common.contract.money import yuan
+from paylane_common.runtime.settings import load_settings
 from paylane_common.wechatpay import WechatPayClient
 from paylane_order import api
 from paylane_order.config import ORDER_CONFIG, MerchantConfig, OrderConfig

@@ -15,8 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
-from paylane_common.auth import INTERNAL_SECRET_HEADER
-from paylane_common.money import yuan
+from paylane_common.contract.money import yuan
+from paylane_common.web.auth import INTERNAL_SECRET_HEADER
 from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order import api

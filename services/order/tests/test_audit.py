@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from paylane_common.events import RefundEvent
+from paylane_common.contract.events import RefundEvent
 from paylane_common.wechatpay.testing import PAYER_OPENID, order_request
 from paylane_order import audit
 from tests.support.events import signed_payment

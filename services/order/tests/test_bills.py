@@ -23,10 +23,10 @@ import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 from prometheus_client import REGISTRY
 
-from paylane_common.china_time import CHINA
-from paylane_common.db import transaction
-from paylane_common.events import parse_event
-from paylane_common.topology import declare_exchange
+from paylane_common.broker.topology import declare_exchange
+from paylane_common.contract.china_time import CHINA
+from paylane_common.contract.events import parse_event
+from paylane_common.storage.db import transaction
 from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order.bills import (

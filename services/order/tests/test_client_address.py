@@ -10,8 +10,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.settings import load_settings
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.settings import load_settings
 from paylane_order.client_address import TrustedProxySettings, client_ip, resolve_client_ip
 from paylane_order.settings import OrderSettings
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from paylane_common.db import transaction
+from paylane_common.storage.db import transaction
 from services.order.tests.support import OrderApi
 
 pytestmark = pytest.mark.integration

@@ -13,12 +13,12 @@ from typing import Any
 import aiomysql
 import pytest
 
-from paylane_common import events
-from paylane_common.batching import BatchItem
-from paylane_common.consumer import Reject
-from paylane_common.db import transaction
-from paylane_common.events import OrderCreated, make_event
-from paylane_common.money import yuan
+from paylane_common.contract import events
+from paylane_common.contract.events import OrderCreated, make_event
+from paylane_common.contract.money import yuan
+from paylane_common.delivery.batching import BatchItem
+from paylane_common.delivery.consumer import Reject
+from paylane_common.storage.db import transaction
 from paylane_order.main import OrderEvents
 from paylane_order.order_created import OrderCreatedApplier
 from paylane_order.payments import PaymentApplier

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from paylane_common.db import transaction
+from paylane_common.storage.db import transaction
 from paylane_order import order_list
 from services.order.tests.support import OrderApi
 from tests.support.seeding import add_order, add_user

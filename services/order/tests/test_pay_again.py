@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from paylane_common.db import transaction
+from paylane_common.storage.db import transaction
 from services.order.tests.support import OrderApi
 from tests.support.seeding import add_order
 from tests.support.wechat import KIT

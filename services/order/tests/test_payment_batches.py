@@ -1,4 +1,4 @@
-"""Payments applied in batches (paylane_common.batching) on the real database: the plain
+"""Payments applied in batches (paylane_common.delivery.batching) on the real database: the plain
 ones in set-based statements, everything else left to the one-by-one path, and the
 result the same as applying every message on its own."""
 
@@ -11,10 +11,10 @@ from typing import Any
 import aiomysql
 import pytest
 
-from paylane_common import tracing
-from paylane_common.consumer import Retry
-from paylane_common.db import transaction
-from paylane_common.events import PaymentSucceeded
+from paylane_common.contract.events import PaymentSucceeded
+from paylane_common.delivery.consumer import Retry
+from paylane_common.runtime import tracing
+from paylane_common.storage.db import transaction
 from paylane_common.wechatpay.testing import PAYER_OPENID
 from paylane_order.payments import PaymentApplier
 from services.order.tests.support import basic_order, payment

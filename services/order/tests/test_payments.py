@@ -9,11 +9,11 @@ import uuid
 import aiomysql
 import pytest
 
-from paylane_common import events
-from paylane_common.consumer import Reject, Retry
-from paylane_common.db import transaction
-from paylane_common.events import WechatNotification, make_event, payment_from_transaction
-from paylane_common.money import yuan
+from paylane_common.contract import events
+from paylane_common.contract.events import WechatNotification, make_event, payment_from_transaction
+from paylane_common.contract.money import yuan
+from paylane_common.delivery.consumer import Reject, Retry
+from paylane_common.storage.db import transaction
 from paylane_common.wechatpay.testing import order_request
 from paylane_order import catalog_prices
 from paylane_order.payments import PaymentApplier

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from paylane_common.settings import load_settings
+from paylane_common.runtime.settings import load_settings
 from paylane_common.wechatpay.testing import FakeWechatPay
 from paylane_order import api
 from paylane_order.config import ORDER_CONFIG, OrderConfig

@@ -10,9 +10,9 @@ import aiomysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from paylane_common.db import transaction
-from paylane_common.events import parse_event
-from paylane_common.topology import declare_exchange
+from paylane_common.broker.topology import declare_exchange
+from paylane_common.contract.events import parse_event
+from paylane_common.storage.db import transaction
 from paylane_common.wechatpay.testing import order_request
 from paylane_order.reconcile_cli import reconcile
 from services.order.tests.support import order_settings

@@ -12,8 +12,8 @@ import aiomysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from paylane_common.db import transaction
-from paylane_common.publisher import Publisher
+from paylane_common.broker.publisher import Publisher
+from paylane_common.storage.db import transaction
 from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import APPID, MCHID, order_request
 from paylane_order.config import MerchantConfig, ReconcilerConfig

@@ -8,8 +8,8 @@ from decimal import Decimal
 import aiomysql
 import pytest
 
-from paylane_common.db import transaction
-from paylane_common.money import yuan
+from paylane_common.contract.money import yuan
+from paylane_common.storage.db import transaction
 from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
 from services.order.tests.support import basic_order, payment

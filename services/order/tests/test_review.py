@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from paylane_common.db import transaction
-from paylane_common.events import parse_event
+from paylane_common.contract.events import parse_event
+from paylane_common.storage.db import transaction
 from paylane_order.payments import PaymentApplier
 from paylane_order.review import to_review
 from services.order.tests.support import basic_order, payment

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.settings import load_settings
-from paylane_common.tokens import SESSION_AUDIENCE, TokenError, TokenSigner, public_pem
+from paylane_common.contract.tokens import SESSION_AUDIENCE, TokenError, TokenSigner, public_pem
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.settings import load_settings
 from paylane_common.wechatpay.testing import FakeWechatPay
 from paylane_order.config import OrderConfig
 from paylane_order.settings import OrderSettings

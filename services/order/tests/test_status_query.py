@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from paylane_common.db import transaction
-from paylane_common.rows import OrderRow, fetch_one
+from paylane_common.storage.db import transaction
+from paylane_common.storage.rows import OrderRow, fetch_one
 from paylane_common.wechatpay import WechatPayClient
 from paylane_common.wechatpay.testing import order_request
 from paylane_order import api

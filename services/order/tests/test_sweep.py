@@ -12,10 +12,10 @@ from typing import Any
 import aiomysql
 import pytest
 
-from paylane_common.consumer import Reject
-from paylane_common.db import transaction
-from paylane_common.events import parse_event
-from paylane_common.migrate import CutoverRefused, cutover
+from paylane_common.contract.events import parse_event
+from paylane_common.delivery.consumer import Reject
+from paylane_common.storage.db import transaction
+from paylane_common.storage.migrate import CutoverRefused, cutover
 from paylane_common.wechatpay.testing import order_request
 from paylane_order import sweep
 from paylane_order.payments import PaymentApplier

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.contract.catalog import DEFAULT_CATALOG
 from paylane_order.errors import InvalidRequest
 from paylane_order.orders import NewOrder, Orders
 from services.order.tests.support import MERCHANT

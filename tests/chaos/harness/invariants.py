@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paylane.replay import list_dlq
-from paylane_common.catalog import DEFAULT_CATALOG
+from paylane_common.contract.catalog import DEFAULT_CATALOG
 from tests.chaos.harness.driver import WechatDriver
 from tests.chaos.harness.env import ChaosEnv
 from tests.chaos.harness.state import WORK_QUEUES, in_clause, outbox_counts, query

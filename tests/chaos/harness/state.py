@@ -14,8 +14,8 @@ import aiomysql
 import pymysql
 from aio_pika.abc import AbstractRobustConnection
 
-from paylane_common import db
-from paylane_common.topology import QUEUES
+from paylane_common.broker.topology import QUEUES
+from paylane_common.storage import db
 from tests.chaos.harness.env import ChaosEnv
 from tests.support.polling import eventually, retrying
 

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from multidict import CIMultiDictProxy
 
-from paylane_common.settings import load_settings
+from paylane_common.runtime.settings import load_settings
 from paylane_common.wechatpay import (
     MerchantSigner,
     NotificationHeaders,

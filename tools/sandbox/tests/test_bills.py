@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from paylane_common.china_time import CHINA
+from paylane_common.contract.china_time import CHINA
 from paylane_common.wechatpay.testing import MCHID
 from paylane_sandbox.app_keys import SANDBOX
 

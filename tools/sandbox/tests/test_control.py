@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from paylane_common.exceptions import ConfigError
-from paylane_common.settings import load_settings
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.runtime.settings import load_settings
 from paylane_common.wechatpay import MerchantSigner
 from paylane_common.wechatpay.testing import (
     MCHID,

@@ -25,12 +25,9 @@ from typing import Any, TypedDict
 import aiomysql
 import structlog
 
-from paylane_common import events, inbox, outbox
-from paylane_common.batching import BatchItem, first_deliveries
-from paylane_common.catalog import PLANS, Package, PaymentStatus, best_plan
-from paylane_common.consumer import Reject, Retry
-from paylane_common.db import is_duplicate_key, placeholders, rows_table, transaction
-from paylane_common.events import (
+from paylane_common.contract import events
+from paylane_common.contract.catalog import PLANS, Package, PaymentStatus, best_plan
+from paylane_common.contract.events import (
     Entitlement,
     Envelope,
     OrderPaid,
@@ -40,7 +37,11 @@ from paylane_common.events import (
     RevokedFor,
     make_event,
 )
-from paylane_common.rows import fetch_all, fetch_one
+from paylane_common.delivery import inbox, outbox
+from paylane_common.delivery.batching import BatchItem, first_deliveries
+from paylane_common.delivery.consumer import Reject, Retry
+from paylane_common.storage.db import is_duplicate_key, placeholders, rows_table, transaction
+from paylane_common.storage.rows import fetch_all, fetch_one
 
 from . import INBOX_CONSUMER, OUTBOX_PRODUCER
 

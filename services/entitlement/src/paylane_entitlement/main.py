@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from paylane_common.service import (
+from paylane_common.broker.topology import ENTITLEMENT_ORDERS
+from paylane_common.runtime.service import (
     DB_POOL,
     OUTBOX_RELAY,
     base_app,
@@ -13,7 +14,6 @@ from paylane_common.service import (
     use_consumer,
     use_mysql,
 )
-from paylane_common.topology import ENTITLEMENT_ORDERS
 
 from . import OUTBOX_PRODUCER
 from .grants import EntitlementApplier

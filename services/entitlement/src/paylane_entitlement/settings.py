@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from paylane_common.settings import BaseServiceSettings, CatalogSettings, ConsumerSettings
+from paylane_common.runtime.settings import BaseServiceSettings, CatalogSettings, ConsumerSettings
 
 
 class EntitlementSettings(BaseServiceSettings, ConsumerSettings, CatalogSettings):

@@ -1,4 +1,4 @@
-"""Ingress's HTTP API as one table (``paylane_common.openapi``): WeChat Pay's notify, the
+"""Ingress's HTTP API as one table (``paylane_common.web.openapi``): WeChat Pay's notify, the
 cloud function's internal calls (docs/cloud-function.md) and the seed's price call. It
 serves the routes and ``/openapi.json``; the internal calls' bodies are validated with
 the models it names. The answers are those the existing backend gave, kept as they were:
@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from paylane_common.auth import INTERNAL_SECRET_HEADER
-from paylane_common.openapi import PUBLIC, Api, Operation, Param, Reply
-from paylane_common.prices import PriceAnswer
+from paylane_common.contract.prices import PriceAnswer
+from paylane_common.web.auth import INTERNAL_SECRET_HEADER
+from paylane_common.web.openapi import PUBLIC, Api, Operation, Param, Reply
 from paylane_common.wechatpay.signature import (
     HEADER_NONCE,
     HEADER_SERIAL,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from paylane_common.pressure import LoadAnnouncer
-from paylane_common.prices import PriceList
+from paylane_common.broker.pressure import LoadAnnouncer
+from paylane_common.contract.prices import PriceList
 from paylane_common.wechatpay import NotificationVerifier
 
 
@@ -26,5 +26,5 @@ class IngressConfig:
 
 
 INGRESS_CONFIG = web.AppKey("ingress_config", IngressConfig)
-#: Told of every notification being answered (paylane_common.pressure).
+#: Told of every notification being answered (paylane_common.broker.pressure).
 LOAD_ANNOUNCER = web.AppKey("load_announcer", LoadAnnouncer)

@@ -24,13 +24,18 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
-from paylane_common import events
-from paylane_common.auth import DuplicateHeader, internal_secret_ok
-from paylane_common.events import OrderCreated, PaymentSucceeded, make_event, validation_summary
-from paylane_common.exceptions import PublishError
-from paylane_common.ids import GENERATION_ID_PATTERN, new_row_id
-from paylane_common.openapi import body_model, validate_json
-from paylane_common.service import PUBLISHER
+from paylane_common.contract import events
+from paylane_common.contract.events import (
+    OrderCreated,
+    PaymentSucceeded,
+    make_event,
+    validation_summary,
+)
+from paylane_common.contract.ids import GENERATION_ID_PATTERN, new_row_id
+from paylane_common.runtime.exceptions import PublishError
+from paylane_common.runtime.service import PUBLISHER
+from paylane_common.web.auth import DuplicateHeader, internal_secret_ok
+from paylane_common.web.openapi import body_model, validate_json
 
 from . import metrics
 from .config import INGRESS_CONFIG

@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from paylane_common.amqp import close_quietly
-from paylane_common.merchant_api import CERT_REFRESHER, wechatpay_api
-from paylane_common.pressure import LoadAnnouncer, signals_connection
-from paylane_common.prices import PriceList
-from paylane_common.service import base_app, serve, use_broker
-from paylane_common.settings import secret_value
+from paylane_common.broker.amqp import close_quietly
+from paylane_common.broker.pressure import LoadAnnouncer, signals_connection
+from paylane_common.contract.prices import PriceList
+from paylane_common.runtime.service import base_app, serve, use_broker
+from paylane_common.runtime.settings import secret_value
 from paylane_common.wechatpay import NotificationVerifier
+from paylane_common.wechatpay.merchant_api import CERT_REFRESHER, wechatpay_api
 
 from .api import INGRESS_API
 from .config import INGRESS_CONFIG, LOAD_ANNOUNCER, IngressConfig
@@ -45,7 +45,7 @@ def build_app(
 def _use_load_announcer(app: web.Application, settings: IngressSettings) -> None:
     """Announces "busy" while ingress's CPU use is above ``INGRESS_BUSY_CPU`` or
     ``INGRESS_BUSY_IN_FLIGHT`` notifications are being answered: the consumers wait
-    meanwhile (paylane_common.pressure)."""
+    meanwhile (paylane_common.broker.pressure)."""
     announcer = LoadAnnouncer(
         settings.ingress_busy_cpu,
         busy_in_flight=settings.ingress_busy_in_flight,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from paylane_common import events
-from paylane_common.events import (
+from paylane_common.contract import events
+from paylane_common.contract.events import (
     Envelope,
     RefundEvent,
     WechatNotification,

@@ -7,11 +7,10 @@ import time
 import structlog
 from aiohttp import web
 
-from paylane_common.events import WechatNotification
-from paylane_common.exceptions import EventValidationError, PublishError
-from paylane_common.merchant_api import CERT_REFRESHER
-from paylane_common.publisher import Publisher
-from paylane_common.service import PUBLISHER
+from paylane_common.broker.publisher import Publisher
+from paylane_common.contract.events import WechatNotification
+from paylane_common.runtime.exceptions import EventValidationError, PublishError
+from paylane_common.runtime.service import PUBLISHER
 from paylane_common.wechatpay import (
     DecryptionError,
     NotificationHeaders,
@@ -19,6 +18,7 @@ from paylane_common.wechatpay import (
     decrypt_notification,
     parse_notification,
 )
+from paylane_common.wechatpay.merchant_api import CERT_REFRESHER
 from paylane_common.wechatpay.signature import (
     HEADER_NONCE,
     HEADER_SERIAL,

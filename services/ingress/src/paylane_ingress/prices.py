@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from paylane_common.prices import answer_text
+from paylane_common.contract.prices import answer_text
 
 from .config import INGRESS_CONFIG
 

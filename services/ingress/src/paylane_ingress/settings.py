@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from paylane_common.merchant_api import DEFAULT_API_BASE, WechatPayKeysSettings
-from paylane_common.settings import (
+from paylane_common.runtime.settings import (
     ApiSecretSettings,
     ApiV3Key,
     BaseServiceSettings,
@@ -15,6 +14,7 @@ from paylane_common.settings import (
     NoneIfBlank,
     PrivateKeyPem,
 )
+from paylane_common.wechatpay.merchant_api import DEFAULT_API_BASE, WechatPayKeysSettings
 
 
 class IngressSettings(
@@ -40,7 +40,7 @@ class IngressSettings(
     #: WeChat Pay's API host, asked only for platform certificates.
     wechatpay_api_base: HttpBaseUrl = DEFAULT_API_BASE
     #: Above this CPU use (in cores, over the last tenth of a second) ingress announces it is
-    #: busy and the consumers wait meanwhile (paylane_common.pressure). 0: never by CPU.
+    #: busy and the consumers wait meanwhile (paylane_common.broker.pressure). 0: never by CPU.
     ingress_busy_cpu: float = Field(0.5, ge=0, le=64)
     #: … and at once when this many notifications are being answered together (a burst
     #: meeting a busy machine; at 1,000/s, 32 in flight means about 32 ms each). 0: never.

@@ -1,4 +1,4 @@
-"""The notifier's transports as one table (``paylane_common.openapi``), as far as OpenAPI
+"""The notifier's transports as one table (``paylane_common.web.openapi``), as far as OpenAPI
 can say them: ``GET /events`` is a ``text/event-stream`` whose events' ``data`` are
 :class:`PushedMessage` JSON; ``GET /ws`` is an upgrade (101) whose text frames are the
 same JSON, named by the ``x-websocket`` extension. The models document
@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from paylane_common.catalog import PaymentStatus
-from paylane_common.openapi import Api, Operation, Param, Reply
+from paylane_common.contract.catalog import PaymentStatus
+from paylane_common.web.openapi import Api, Operation, Param, Reply
 
 from .sse import PING_S, sse_stream
 from .websocket import (

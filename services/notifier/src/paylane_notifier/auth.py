@@ -8,7 +8,7 @@ travels in a URL. Checked before any upgrade or stream starts; a missing, forged
 or wrong-audience ticket gets a 401 ``{"error": "unauthorized", "message": ...}``. The
 ticket itself is never logged.
 
-The notifier holds public keys only (:class:`~paylane_common.tokens.TokenVerifier`): it
+The notifier holds public keys only (:class:`~paylane_common.contract.tokens.TokenVerifier`): it
 cannot mint a ticket. It does not read the user's session version: a ticket lives a
 minute and the order service mints it only from a session of the current version.
 """
@@ -20,8 +20,8 @@ import json
 import structlog
 from aiohttp import web
 
-from paylane_common.auth import bearer_token
-from paylane_common.tokens import STREAM_AUDIENCE, ClientToken, TokenError, TokenVerifier
+from paylane_common.contract.tokens import STREAM_AUDIENCE, ClientToken, TokenError, TokenVerifier
+from paylane_common.web.auth import bearer_token
 
 log = structlog.get_logger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from paylane_common.tokens import TokenVerifier
+from paylane_common.contract.tokens import TokenVerifier
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ The notifier owns no durable state and its queue dies with it, so it consumes wi
 acknowledgements (``no_ack``): a delivered message is handed to the hub at once, and an
 invalid one is logged (nothing to dead-letter, nobody to retry for). Acks would cost the
 broker and this process a frame per event and protect nothing. So is an event from an
-identity that does not publish its type (paylane_common.identities: ``entitlement.*``
+identity that does not publish its type (paylane_common.broker.identities: ``entitlement.*``
 only from entitlement, ``order.*`` only from order): logged as ``publisher_refused``
 and counted with that outcome, never pushed.
 """
@@ -33,15 +33,15 @@ from aio_pika.abc import (
 )
 from aiohttp import web
 
-from paylane_common import tracing
-from paylane_common.amqp import CLOSE_TIMEOUT_S, close_quietly
-from paylane_common.consumer import PUBLISHER_REFUSED
-from paylane_common.events import parse_event
-from paylane_common.exceptions import EventValidationError
-from paylane_common.identities import IdentityCheck, Publishers, connection_user
-from paylane_common.metrics import CONSUMER_MESSAGES
-from paylane_common.service import AMQP_CONNECTION, DECLARES_TOPOLOGY, PUBLISHERS
-from paylane_common.topology import NOTIFIER_KEYS, declare_exchange
+from paylane_common.broker.amqp import CLOSE_TIMEOUT_S, close_quietly
+from paylane_common.broker.identities import IdentityCheck, Publishers, connection_user
+from paylane_common.broker.topology import NOTIFIER_KEYS, declare_exchange
+from paylane_common.contract.events import parse_event
+from paylane_common.delivery.consumer import PUBLISHER_REFUSED
+from paylane_common.runtime import tracing
+from paylane_common.runtime.exceptions import EventValidationError
+from paylane_common.runtime.metrics import CONSUMER_MESSAGES
+from paylane_common.runtime.service import AMQP_CONNECTION, DECLARES_TOPOLOGY, PUBLISHERS
 
 from .hub import HUB, Hub
 from .messages import from_event

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from paylane_common.service import base_app, serve, use_broker, use_mysql
-from paylane_common.tokens import TokenVerifier
+from paylane_common.contract.tokens import TokenVerifier
+from paylane_common.runtime.service import base_app, serve, use_broker, use_mysql
 
 from .api import NOTIFIER_API
 from .config import NOTIFIER_CONFIG, NotifierConfig

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from paylane_common import events
-from paylane_common.events import (
+from paylane_common.contract import events
+from paylane_common.contract.events import (
     Entitlement,
     Envelope,
     OrderFailed,

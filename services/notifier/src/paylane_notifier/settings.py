@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
-from paylane_common.settings import BaseServiceSettings, NoneIfBlank, TokenVerifyingKeys
+from paylane_common.runtime.settings import BaseServiceSettings, NoneIfBlank, TokenVerifyingKeys
 
 
 class NotifierSettings(BaseServiceSettings):

@@ -46,7 +46,7 @@ from typing import Any
 
 import aiomysql
 
-from paylane_common import db
+from paylane_common.storage import db
 
 from .messages import ORDER_STATE, ClientMessage
 

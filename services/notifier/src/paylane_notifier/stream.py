@@ -14,8 +14,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from paylane_common.outages import Dependency
-from paylane_common.service import DATABASE, DB_POOL
+from paylane_common.runtime.outages import Dependency
+from paylane_common.runtime.service import DATABASE, DB_POOL
 
 from .auth import authenticate
 from .config import NOTIFIER_CONFIG

@@ -21,8 +21,8 @@ from typing import TypedDict
 import aiomysql
 import structlog
 
-from paylane_common.db import transaction
-from paylane_common.rows import RefundStatus, fetch_all, fetch_one
+from paylane_common.storage.db import transaction
+from paylane_common.storage.rows import RefundStatus, fetch_all, fetch_one
 from paylane_common.wechatpay import (
     AbnormalRefundType,
     WechatPayApiError,

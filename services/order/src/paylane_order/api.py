@@ -12,11 +12,13 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
-from paylane_common.auth import INTERNAL_SECRET_HEADER
-from paylane_common.events import validation_summary
-from paylane_common.ids import GENERATION_ID_PATTERN
-from paylane_common.money import yuan_text
-from paylane_common.openapi import (
+from paylane_common.contract.events import validation_summary
+from paylane_common.contract.ids import GENERATION_ID_PATTERN
+from paylane_common.contract.money import yuan_text
+from paylane_common.contract.prices import answer_text
+from paylane_common.storage.rows import OrderRow
+from paylane_common.web.auth import INTERNAL_SECRET_HEADER
+from paylane_common.web.openapi import (
     PUBLIC,
     Api,
     Handler,
@@ -26,8 +28,6 @@ from paylane_common.openapi import (
     body_model,
     validate_json,
 )
-from paylane_common.prices import answer_text
-from paylane_common.rows import OrderRow
 
 from . import order_list, replies
 from .abnormal import AbnormalRefunds, Remedy

@@ -26,8 +26,8 @@ from typing import Any
 
 import aiomysql
 
-from paylane_common.events import PaymentSucceeded, RefundEvent
-from paylane_common.ids import new_row_id
+from paylane_common.contract.events import PaymentSucceeded, RefundEvent
+from paylane_common.contract.ids import new_row_id
 
 # The existing system's types.
 ORDER_CREATE = "order_create"

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from paylane_common.auth import (
+from paylane_common.contract.tokens import ClientToken, TokenError
+from paylane_common.web.auth import (
     INTERNAL_SECRET_HEADER,
     DuplicateHeader,
     bearer_token,
     internal_secret_ok,
 )
-from paylane_common.tokens import ClientToken, TokenError
 
 from .errors import Unauthorized
 from .sessions import Sessions

@@ -63,12 +63,12 @@ import aiomysql
 import pymysql
 import structlog
 
-from paylane_common.background import BackgroundLoop
-from paylane_common.china_time import CHINA
-from paylane_common.db import is_duplicate_key, placeholders, transaction
-from paylane_common.leases import Lease
-from paylane_common.money import yuan_text
-from paylane_common.rows import OrderStatus, RefundStatus, fetch_all
+from paylane_common.contract.china_time import CHINA
+from paylane_common.contract.money import yuan_text
+from paylane_common.runtime.background import BackgroundLoop
+from paylane_common.storage.db import is_duplicate_key, placeholders, transaction
+from paylane_common.storage.leases import Lease
+from paylane_common.storage.rows import OrderStatus, RefundStatus, fetch_all
 from paylane_common.wechatpay import (
     BadRecord,
     TradeBill,

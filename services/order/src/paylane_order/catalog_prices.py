@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 import aiomysql
 import structlog
 
-from paylane_common.catalog import Package
-from paylane_common.db import placeholders, transaction
+from paylane_common.contract.catalog import Package
+from paylane_common.storage.db import placeholders, transaction
 
 log = structlog.get_logger(__name__)
 

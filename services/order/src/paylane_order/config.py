@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from paylane_common.catalog import Package
-from paylane_common.prices import PriceList
-from paylane_common.settings import default_of, secret_value
-from paylane_common.tokens import TokenSigner
+from paylane_common.contract.catalog import Package
+from paylane_common.contract.prices import PriceList
+from paylane_common.contract.tokens import TokenSigner
+from paylane_common.runtime.settings import default_of, secret_value
 
 from .client_address import Network
 from .settings import OrderSettings

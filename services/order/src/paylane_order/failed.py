@@ -14,9 +14,10 @@ from __future__ import annotations
 import aiomysql
 import structlog
 
-from paylane_common import events, outbox
-from paylane_common.db import transaction
-from paylane_common.events import FailedReason, OrderFailed, make_event
+from paylane_common.contract import events
+from paylane_common.contract.events import FailedReason, OrderFailed, make_event
+from paylane_common.delivery import outbox
+from paylane_common.storage.db import transaction
 
 from . import OUTBOX_PRODUCER
 

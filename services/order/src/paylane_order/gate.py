@@ -38,10 +38,10 @@ from typing import TypedDict
 import structlog
 from pydantic import ValidationError
 
-from paylane_common.catalog import Package
-from paylane_common.consumer import Retry
-from paylane_common.events import PaymentSucceeded, payment_from_transaction
-from paylane_common.rows import PackageType
+from paylane_common.contract.catalog import Package
+from paylane_common.contract.events import PaymentSucceeded, payment_from_transaction
+from paylane_common.delivery.consumer import Retry
+from paylane_common.storage.rows import PackageType
 from paylane_common.wechatpay import (
     DecryptionError,
     NotificationHeaders,

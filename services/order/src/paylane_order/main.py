@@ -8,11 +8,11 @@ from typing import Any
 import aiomysql
 from aiohttp import web
 
-from paylane_common.batching import BatchItem
-from paylane_common.consumer import Reject
-from paylane_common.events import Envelope, OrderCreated, PaymentSucceeded, RefundEvent
-from paylane_common.merchant_api import MERCHANT_SIGNER, WECHATPAY_CLIENT, use_wechatpay_client
-from paylane_common.service import (
+from paylane_common.broker.topology import ORDER_PAYMENTS
+from paylane_common.contract.events import Envelope, OrderCreated, PaymentSucceeded, RefundEvent
+from paylane_common.delivery.batching import BatchItem
+from paylane_common.delivery.consumer import Reject
+from paylane_common.runtime.service import (
     DB_POOL,
     OUTBOX_RELAY,
     PUBLISHER,
@@ -22,7 +22,11 @@ from paylane_common.service import (
     use_consumer,
     use_mysql,
 )
-from paylane_common.topology import ORDER_PAYMENTS
+from paylane_common.wechatpay.merchant_api import (
+    MERCHANT_SIGNER,
+    WECHATPAY_CLIENT,
+    use_wechatpay_client,
+)
 
 from . import OUTBOX_PRODUCER, api, catalog_prices
 from .abnormal import AbnormalRefunds

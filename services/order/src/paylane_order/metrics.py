@@ -1,5 +1,5 @@
 """Every Prometheus metric the order service defines, in one place (the ones every
-service shares are in paylane_common.metrics). docs/metrics.md is generated from them
+service shares are in paylane_common.runtime.metrics). docs/metrics.md is generated from them
 (`make docs`); the alerts in deploy/prometheus/rules.yml count several."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from paylane_common.events import PaymentSource
+from paylane_common.contract.events import PaymentSource
 
 # --- the payment gate (gate.py) -------------------------------------------------------
 

@@ -23,13 +23,13 @@ from typing import TypedDict
 import aiomysql
 import structlog
 
-from paylane_common import inbox
-from paylane_common.consumer import Reject
-from paylane_common.db import is_duplicate_key, transaction
-from paylane_common.events import Envelope, OrderCreated
-from paylane_common.ids import new_row_id
-from paylane_common.money import yuan
-from paylane_common.rows import OrderStatus, fetch_one
+from paylane_common.contract.events import Envelope, OrderCreated
+from paylane_common.contract.ids import new_row_id
+from paylane_common.contract.money import yuan
+from paylane_common.delivery import inbox
+from paylane_common.delivery.consumer import Reject
+from paylane_common.storage.db import is_duplicate_key, transaction
+from paylane_common.storage.rows import OrderStatus, fetch_one
 
 from . import INBOX_CONSUMER, audit
 

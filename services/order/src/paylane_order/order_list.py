@@ -28,11 +28,11 @@ import aiomysql
 from multidict import MultiMapping
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
-from paylane_common.china_time import CHINA
-from paylane_common.db import transaction
-from paylane_common.events import validation_summary
-from paylane_common.money import yuan_text
-from paylane_common.rows import OrderStatus
+from paylane_common.contract.china_time import CHINA
+from paylane_common.contract.events import validation_summary
+from paylane_common.contract.money import yuan_text
+from paylane_common.storage.db import transaction
+from paylane_common.storage.rows import OrderStatus
 
 from .errors import InvalidRequest
 

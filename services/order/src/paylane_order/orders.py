@@ -20,12 +20,12 @@ from typing import Any, TypedDict
 import aiomysql
 import structlog
 
-from paylane_common.catalog import Package
-from paylane_common.china_time import CHINA
-from paylane_common.db import is_duplicate_key, transaction
-from paylane_common.ids import new_row_id
-from paylane_common.money import yuan
-from paylane_common.rows import OrderRow, PaymentStatus, RefundStatus, fetch_all, fetch_one
+from paylane_common.contract.catalog import Package
+from paylane_common.contract.china_time import CHINA
+from paylane_common.contract.ids import new_row_id
+from paylane_common.contract.money import yuan
+from paylane_common.storage.db import is_duplicate_key, transaction
+from paylane_common.storage.rows import OrderRow, PaymentStatus, RefundStatus, fetch_all, fetch_one
 from paylane_common.wechatpay import (
     MerchantSigner,
     WechatPayApiError,

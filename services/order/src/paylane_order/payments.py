@@ -23,12 +23,12 @@ from typing import TypedDict
 import aiomysql
 import structlog
 
-from paylane_common import inbox, outbox
-from paylane_common.batching import BatchItem, first_deliveries
-from paylane_common.consumer import Reject, Retry
-from paylane_common.db import placeholders, rows_table, transaction
-from paylane_common.events import Envelope, PaymentSucceeded
-from paylane_common.rows import OrderStatus, fetch_all, fetch_one
+from paylane_common.contract.events import Envelope, PaymentSucceeded
+from paylane_common.delivery import inbox, outbox
+from paylane_common.delivery.batching import BatchItem, first_deliveries
+from paylane_common.delivery.consumer import Reject, Retry
+from paylane_common.storage.db import placeholders, rows_table, transaction
+from paylane_common.storage.rows import OrderStatus, fetch_all, fetch_one
 
 from . import INBOX_CONSUMER, OUTBOX_PRODUCER, audit, catalog_prices, metrics, sweep
 from .gate import Gate, Unconfirmed

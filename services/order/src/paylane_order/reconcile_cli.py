@@ -9,8 +9,8 @@ from contextlib import AsyncExitStack
 from datetime import date
 from typing import Any
 
-from paylane_common.publisher import Publisher
-from paylane_common.service import CommandResources
+from paylane_common.broker.publisher import Publisher
+from paylane_common.runtime.service import CommandResources
 
 from . import catalog_prices
 from .bills import BillReconciler, BillReport

@@ -48,19 +48,19 @@ from typing import TypedDict, TypeVar
 import aiomysql
 import structlog
 
-from paylane_common import events
-from paylane_common.background import BackgroundLoop
-from paylane_common.db import transaction
-from paylane_common.events import (
+from paylane_common.broker.publisher import Publisher
+from paylane_common.contract import events
+from paylane_common.contract.events import (
     FailedReason,
     RefundEvent,
     make_event,
     payment_from_transaction,
 )
-from paylane_common.exceptions import PublishError
-from paylane_common.leases import Lease
-from paylane_common.publisher import Publisher
-from paylane_common.rows import fetch_all
+from paylane_common.runtime.background import BackgroundLoop
+from paylane_common.runtime.exceptions import PublishError
+from paylane_common.storage.db import transaction
+from paylane_common.storage.leases import Lease
+from paylane_common.storage.rows import fetch_all
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatPayError
 
 from . import audit, metrics, sweep

@@ -10,10 +10,10 @@ from typing import TypedDict
 import aiomysql
 import structlog
 
-from paylane_common.db import is_duplicate_key, transaction
-from paylane_common.ids import new_row_id
-from paylane_common.money import yuan
-from paylane_common.rows import OrderStatus, RefundStatus, fetch_one
+from paylane_common.contract.ids import new_row_id
+from paylane_common.contract.money import yuan
+from paylane_common.storage.db import is_duplicate_key, transaction
+from paylane_common.storage.rows import OrderStatus, RefundStatus, fetch_one
 from paylane_common.wechatpay import WechatPayApiError, WechatPayClient
 
 from . import audit

@@ -15,13 +15,13 @@ from typing import TypedDict
 import aiomysql
 import structlog
 
-from paylane_common import inbox
-from paylane_common.consumer import Retry
-from paylane_common.db import transaction
-from paylane_common.events import Envelope, RefundEvent
-from paylane_common.ids import new_row_id
-from paylane_common.money import yuan
-from paylane_common.rows import OrderStatus, RefundStatus, fetch_one
+from paylane_common.contract.events import Envelope, RefundEvent
+from paylane_common.contract.ids import new_row_id
+from paylane_common.contract.money import yuan
+from paylane_common.delivery import inbox
+from paylane_common.delivery.consumer import Retry
+from paylane_common.storage.db import transaction
+from paylane_common.storage.rows import OrderStatus, RefundStatus, fetch_one
 
 from . import INBOX_CONSUMER, audit, metrics
 from .payments import add_order_refunded

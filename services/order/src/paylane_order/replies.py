@@ -5,7 +5,7 @@ a key a handler adds but the model lacks fails at once).
 Times are ISO 8601 UTC (``…Z``); money in fen is an integer, in yuan a string with two
 decimals, except in the seed's part of :class:`Prices` (``data.packages``): yuan as JSON
 numbers, held as Decimals and written as they read (``29.90``) by
-``paylane_common.prices.answer_text``, which ``GET /prices/current`` answers with. A
+``paylane_common.contract.prices.answer_text``, which ``GET /prices/current`` answers with. A
 column that may be NULL (rows written by the existing system, an order not yet paid) is
 nullable here.
 """
@@ -17,9 +17,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from paylane_common.catalog import PaymentStatus
-from paylane_common.prices import PriceAnswer
-from paylane_common.rows import OrderStatus, RefundStatus
+from paylane_common.contract.catalog import PaymentStatus
+from paylane_common.contract.prices import PriceAnswer
+from paylane_common.storage.rows import OrderStatus, RefundStatus
 
 
 class _Reply(BaseModel):

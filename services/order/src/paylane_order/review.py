@@ -16,9 +16,10 @@ from typing import TypedDict
 import aiomysql
 import structlog
 
-from paylane_common import events, outbox
-from paylane_common.events import OrderRevoked, make_event
-from paylane_common.rows import OrderStatus, PackageType, fetch_one
+from paylane_common.contract import events
+from paylane_common.contract.events import OrderRevoked, make_event
+from paylane_common.delivery import outbox
+from paylane_common.storage.rows import OrderStatus, PackageType, fetch_one
 
 from . import OUTBOX_PRODUCER, metrics
 

@@ -8,7 +8,7 @@ Revoking bumps the version, so every session issued before, on any device, stops
 working at once; a new sign-in gets the new version.
 
 Stream tickets (the notifier's ``/ws`` and ``/events``) are minted only from a session
-that passes that check and live :data:`~paylane_common.tokens.STREAM_TICKET_TTL_S`; the
+that passes that check and live :data:`~paylane_common.contract.tokens.STREAM_TICKET_TTL_S`; the
 notifier does not read the version. A stream opened before a revocation goes on until
 its session's expiry (``sexp``), when the notifier closes it; the tickets the client
 then asks for are refused with its session.
@@ -21,14 +21,14 @@ from dataclasses import dataclass
 
 import aiomysql
 
-from paylane_common.db import transaction
-from paylane_common.tokens import (
+from paylane_common.contract.tokens import (
     SESSION_AUDIENCE,
     STREAM_TICKET_TTL_S,
     ClientToken,
     TokenError,
     TokenSigner,
 )
+from paylane_common.storage.db import transaction
 
 
 class SessionRevoked(TokenError):

@@ -7,8 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from paylane_common.merchant_api import MerchantApiSettings
-from paylane_common.settings import (
+from paylane_common.runtime.settings import (
     ApiSecretSettings,
     BaseServiceSettings,
     CatalogSettings,
@@ -18,6 +17,7 @@ from paylane_common.settings import (
     TokenSigningKey,
     TokenVerifyingKeys,
 )
+from paylane_common.wechatpay.merchant_api import MerchantApiSettings
 
 from .client_address import TrustedProxySettings
 

@@ -33,11 +33,11 @@ import asyncio
 import aiomysql
 import structlog
 
-from paylane_common import events
-from paylane_common.consumer import Retry
-from paylane_common.db import transaction
-from paylane_common.events import PaymentSucceeded, make_event
-from paylane_common.rows import OrderRow
+from paylane_common.contract import events
+from paylane_common.contract.events import PaymentSucceeded, make_event
+from paylane_common.delivery.consumer import Retry
+from paylane_common.storage.db import transaction
+from paylane_common.storage.rows import OrderRow
 
 from . import metrics
 from .config import StatusQueryConfig

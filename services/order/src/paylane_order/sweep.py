@@ -37,11 +37,12 @@ from typing import TypedDict
 import aiomysql
 import structlog
 
-from paylane_common import events, outbox
-from paylane_common.consumer import Retry
-from paylane_common.db import transaction
-from paylane_common.events import OrderPaid, OrderRefunded, PaymentSucceeded, make_event
-from paylane_common.rows import fetch_all, fetch_one
+from paylane_common.contract import events
+from paylane_common.contract.events import OrderPaid, OrderRefunded, PaymentSucceeded, make_event
+from paylane_common.delivery import outbox
+from paylane_common.delivery.consumer import Retry
+from paylane_common.storage.db import transaction
+from paylane_common.storage.rows import fetch_all, fetch_one
 
 from . import OUTBOX_PRODUCER, audit, catalog_prices, metrics
 from .gate import Gate, Unconfirmed

@@ -7,9 +7,9 @@ from typing import TypedDict
 
 import aiomysql
 
-from paylane_common.db import is_duplicate_key
-from paylane_common.ids import new_row_id
-from paylane_common.rows import fetch_one
+from paylane_common.contract.ids import new_row_id
+from paylane_common.storage.db import is_duplicate_key
+from paylane_common.storage.rows import fetch_one
 
 
 class UserRef(TypedDict):

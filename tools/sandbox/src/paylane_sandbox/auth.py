@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from paylane_common.settings import secret_value
+from paylane_common.runtime.settings import secret_value
 from paylane_common.wechatpay import (
     build_message,
     clock_skew,

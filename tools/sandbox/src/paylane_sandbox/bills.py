@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from paylane_common.china_time import CHINA
-from paylane_common.money import yuan, yuan_text
+from paylane_common.contract.china_time import CHINA
+from paylane_common.contract.money import yuan, yuan_text
 
 from .ledger import Ledger
 

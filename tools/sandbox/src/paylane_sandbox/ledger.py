@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from paylane_common.china_time import CHINA
+from paylane_common.contract.china_time import CHINA
 
 from .errors import ApiError, ControlError, param_error
 from .timefmt import parse_rfc3339

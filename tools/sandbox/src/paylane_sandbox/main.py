@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from paylane_common.service import base_app, serve
+from paylane_common.runtime.service import base_app, serve
 
 from . import console, control_api, demo_proxy, miniprogram_api, wechat_api
 from .app_keys import SANDBOX

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from paylane_common.settings import secret_value
+from paylane_common.runtime.settings import secret_value
 from paylane_common.wechatpay import DecryptionError, decrypt_field, load_private_key
 from paylane_common.wechatpay.testing import SUMMARIES, new_private_key
 

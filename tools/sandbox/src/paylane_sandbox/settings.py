@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
-from paylane_common.settings import (
+from paylane_common.runtime.settings import (
     FILE_VARIABLES,
     ApiV3Key,
     BaseServiceSettings,

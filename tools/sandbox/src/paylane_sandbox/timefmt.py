@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from paylane_common.china_time import CHINA
+from paylane_common.contract.china_time import CHINA
 
 
 def rfc3339(ts: float) -> str:

@@ -9,7 +9,7 @@ from datetime import date, datetime
 
 from aiohttp import web
 
-from paylane_common.china_time import CHINA
+from paylane_common.contract.china_time import CHINA
 
 from . import bills, resources
 from .app_keys import SANDBOX

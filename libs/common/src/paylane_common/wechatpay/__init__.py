@@ -1,7 +1,7 @@
 """WeChat Pay API v3 crypto: signatures, verification keys, AEAD resources, notifications."""
 
-from .aead import ALGORITHM, decrypt_resource, encrypt_resource
-from .bills import (
+from paylane_common.wechatpay.aead import ALGORITHM, decrypt_resource, encrypt_resource
+from paylane_common.wechatpay.bills import (
     BadRecord,
     BillFile,
     BillFormatError,
@@ -12,14 +12,14 @@ from .bills import (
     parse_fund_flow_bill,
     parse_trade_bill,
 )
-from .certificates import CertificateRefresher
-from .client import (
+from paylane_common.wechatpay.certificates import CertificateRefresher
+from paylane_common.wechatpay.client import (
     ABNORMAL_REFUND_TYPES,
     AbnormalRefundType,
     PlatformCertificate,
     WechatPayClient,
 )
-from .exceptions import (
+from paylane_common.wechatpay.exceptions import (
     DecryptionError,
     ResponseVerificationError,
     VerificationError,
@@ -27,7 +27,7 @@ from .exceptions import (
     WechatPayError,
     WechatPayUnavailable,
 )
-from .keys import (
+from paylane_common.wechatpay.keys import (
     CertificateInfo,
     VerifierKeys,
     certificate_serial,
@@ -36,15 +36,15 @@ from .keys import (
     load_public_key,
     read_certificate,
 )
-from .merchant import MerchantSigner, new_nonce, parse_authorization
-from .notification import (
+from paylane_common.wechatpay.merchant import MerchantSigner, new_nonce, parse_authorization
+from paylane_common.wechatpay.notification import (
     build_notification,
     decrypt_notification,
     parse_notification,
     signed_headers,
 )
-from .privacy import decrypt_field, encrypt_field
-from .signature import (
+from paylane_common.wechatpay.privacy import decrypt_field, encrypt_field
+from paylane_common.wechatpay.signature import (
     SIGNATURE_TYPE,
     SIGNTEST_PREFIX,
     NotificationHeaders,

@@ -10,7 +10,7 @@ import string
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .exceptions import DecryptionError
+from paylane_common.wechatpay.exceptions import DecryptionError
 
 ALGORITHM = "AEAD_AES_256_GCM"
 KEY_SIZE = 32

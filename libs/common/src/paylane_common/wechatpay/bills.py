@@ -36,8 +36,8 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TypeVar
 
-from ..money import fen
-from .exceptions import WechatPayError
+from paylane_common.contract.money import fen
+from paylane_common.wechatpay.exceptions import WechatPayError
 
 __all__ = [
     "BadRecord",

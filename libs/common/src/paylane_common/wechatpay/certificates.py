@@ -8,9 +8,9 @@ import time
 
 import structlog
 
-from ..background import BackgroundLoop
-from .client import WechatPayClient
-from .keys import VerifierKeys
+from paylane_common.runtime.background import BackgroundLoop
+from paylane_common.wechatpay.client import WechatPayClient
+from paylane_common.wechatpay.keys import VerifierKeys
 
 log = structlog.get_logger(__name__)
 

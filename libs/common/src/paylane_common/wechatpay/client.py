@@ -27,8 +27,8 @@ from tenacity import (
 )
 from yarl import URL
 
-from .aead import decrypt_resource
-from .bills import (
+from paylane_common.wechatpay.aead import decrypt_resource
+from paylane_common.wechatpay.bills import (
     BillFile,
     FundFlowBill,
     TradeBill,
@@ -37,17 +37,21 @@ from .bills import (
     parse_fund_flow_bill,
     parse_trade_bill,
 )
-from .exceptions import (
+from paylane_common.wechatpay.exceptions import (
     ResponseVerificationError,
     VerificationError,
     WechatPayApiError,
     WechatPayError,
     WechatPayUnavailable,
 )
-from .keys import VerifierKeys, read_certificate
-from .merchant import MerchantSigner
-from .privacy import encrypt_field
-from .signature import HEADER_SERIAL, NotificationHeaders, NotificationVerifier
+from paylane_common.wechatpay.keys import VerifierKeys, read_certificate
+from paylane_common.wechatpay.merchant import MerchantSigner
+from paylane_common.wechatpay.privacy import encrypt_field
+from paylane_common.wechatpay.signature import (
+    HEADER_SERIAL,
+    NotificationHeaders,
+    NotificationVerifier,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
-from .exceptions import WechatPayError
+from paylane_common.wechatpay.exceptions import WechatPayError
 
 CERTIFICATE_SUFFIXES = (".pem", ".crt")
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from .signature import SIGNATURE_TYPE, build_message, sign
+from paylane_common.wechatpay.signature import SIGNATURE_TYPE, build_message, sign
 
 AUTHORIZATION_FIELDS = ("mchid", "nonce_str", "signature", "timestamp", "serial_no")
 _ATTRIBUTE_RE = re.compile(r'\s*([a-z_]+)="([^"]*)"\s*(?:,|$)')

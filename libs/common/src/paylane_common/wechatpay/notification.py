@@ -10,11 +10,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from ..china_time import CHINA
-from .aead import ALGORITHM, decrypt_resource, encrypt_resource
-from .exceptions import DecryptionError
-from .merchant import new_nonce
-from .signature import (
+from paylane_common.contract.china_time import CHINA
+from paylane_common.wechatpay.aead import ALGORITHM, decrypt_resource, encrypt_resource
+from paylane_common.wechatpay.exceptions import DecryptionError
+from paylane_common.wechatpay.merchant import new_nonce
+from paylane_common.wechatpay.signature import (
     HEADER_NONCE,
     HEADER_SERIAL,
     HEADER_SIGNATURE,

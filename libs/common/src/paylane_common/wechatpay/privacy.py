@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
-from .exceptions import DecryptionError, WechatPayError
+from paylane_common.wechatpay.exceptions import DecryptionError, WechatPayError
 
 _SHA1_DIGEST_SIZE = 20
 

@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.x509.oid import NameOID
 
-from .keys import VerifierKeys
-from .merchant import MerchantSigner
-from .notification import build_notification
+from paylane_common.wechatpay.keys import VerifierKeys
+from paylane_common.wechatpay.merchant import MerchantSigner
+from paylane_common.wechatpay.notification import build_notification
 
 #: The merchant id and app id of WeChat Pay's documentation examples.
 MCHID = "1900000109"

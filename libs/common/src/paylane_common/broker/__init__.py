@@ -1,0 +1,2 @@
+"""RabbitMQ: the connection, confirmed publishing, the topology, publishers' identities,
+ingress-first pressure, queue depths."""

@@ -1,0 +1,2 @@
+"""A process: settings, wiring and startup, outages, background tasks, errors, logs,
+metrics, tracing."""

@@ -1,0 +1,1 @@
+"""MySQL: the pool and transactions, migrations and the shared schema, leases."""

@@ -1,0 +1,2 @@
+"""HTTP: callers' auth, the route tables and OpenAPI, listeners' timeouts, health
+endpoints."""
