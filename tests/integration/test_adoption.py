@@ -10,6 +10,7 @@ import pytest
 from paylane_common.storage.migrate import migrate
 from paylane_common.storage.schema import (
     ADDITIONS,
+    ORDER_LIST_INDEXES,
     ORDER_QUERIES,
     PAYMENT_LOG_KIND,
     REFUND_REMEDIES,
@@ -54,6 +55,7 @@ def test_the_second_migrate_has_nothing_to_do(adopted_database, infra: Infra) ->
         assert ensure(cur, *ADDITIONS) == []
         assert ensure(cur, *REFUND_REMEDIES) == []
         assert ensure(cur, *ORDER_QUERIES) == []
+        assert ensure(cur, *ORDER_LIST_INDEXES) == []
         assert ensure(cur, *PAYMENT_LOG_KIND) == []
 
 

@@ -237,6 +237,19 @@ ORDER_QUERIES: tuple[list[Column], list[Index], list[EnumValues]] = (
     [],
 )
 
+# What migration 0013_order_list_indexes adds: the order list's and the export's keyset
+# order (``GET /orders``, newest first by ``(created_at, id)``: order_list.py), for every
+# order and for one user's, so that a page reads its rows from an index instead of
+# sorting the table.
+ORDER_LIST_INDEXES: tuple[list[Column], list[Index], list[EnumValues]] = (
+    [],
+    [
+        Index(ORDERS, "ix_orders_created", ("created_at", "id")),
+        Index(ORDERS, "ix_orders_user_created", ("user_id", "created_at", "id")),
+    ],
+    [],
+)
+
 # What migration 0009_payment_log_kind adds: paylane's finer kind of a ``payment_logs``
 # row (``paid``, ``duplicate_notification``, ``expired`` …), beside ``type``, which
 # speaks the existing system's words (``order_create``, ``payment_callback``,
