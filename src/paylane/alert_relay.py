@@ -13,6 +13,7 @@ and Alertmanager sends the notification again.
 from __future__ import annotations
 
 from typing import ClassVar, Literal
+from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
 import orjson
@@ -101,6 +102,13 @@ class Relay:
         self._timeout = aiohttp.ClientTimeout(total=settings.wecom_timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
+    def _without_key(self, text: str) -> str:
+        """``text`` with the webhook's ``key`` (a secret) as ``****``."""
+        for key in parse_qs(urlsplit(self._url).query).get("key", []):
+            if key:
+                text = text.replace(key, "****").replace(quote(key, safe=""), "****")
+        return text
+
     async def open(self, _app: web.Application) -> None:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
 
@@ -116,7 +124,9 @@ class Relay:
             async with self._session.post(self._url, json=body) as response:
                 answer = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            # aiohttp names the URL in some errors (an invalid URL, too many redirects):
+            # never the robot's key, which is logged and answered to Alertmanager.
+            return self._without_key(f"{type(exc).__name__}: {exc}")
         if response.status != 200 or not isinstance(answer, dict):
             return f"HTTP {response.status}"
         if answer.get("errcode") != 0:

@@ -24,8 +24,16 @@ import yaml
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from pydantic import SecretStr
 
-from paylane.alert_relay import WECOM_MAX_BYTES, Alert, Notification, render
+from paylane.alert_relay import (
+    WECOM_MAX_BYTES,
+    Alert,
+    AlertRelaySettings,
+    Notification,
+    Relay,
+    render,
+)
 from tests.support.monitoring import ROOT, tool
 from tests.support.polling import eventually
 from tests.support.stack import free_port
@@ -341,3 +349,22 @@ def _text_part(mail: Message) -> str:
             payload: Any = part.get_payload(decode=True)
             return payload.decode()
     raise AssertionError("no text/plain part")
+
+
+async def test_the_robots_key_is_never_in_a_failures_text() -> None:
+    """The robot's URL holds its key (a secret): a failure to reach it is logged and
+    answered to Alertmanager, never with the key (here a URL written without its scheme,
+    which aiohttp refuses naming the whole URL)."""
+    settings = AlertRelaySettings.model_construct(
+        wecom_robot_url=SecretStr(f"qyapi.weixin.qq.com/cgi-bin/webhook/send?key={ROBOT_KEY}"),
+        wecom_timeout_s=5.0,
+    )
+    relay = Relay(settings)
+    await relay.open(web.Application())
+    try:
+        problem = await relay.send("x")
+    finally:
+        await relay.close(web.Application())
+    assert problem is not None and "InvalidUrl" in problem
+    assert ROBOT_KEY not in problem
+    assert "key=****" in problem

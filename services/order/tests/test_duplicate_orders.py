@@ -93,3 +93,34 @@ async def test_an_order_past_the_window_or_no_longer_pending_is_not_answered_aga
     again = await order_api.call("POST", "/orders", JSAPI_BASIC, session)
     assert again[0] == 201
     assert len(await _orders_of(order_api, user_id)) == 3
+
+
+async def test_a_tap_after_a_failed_placement_places_the_orders_own_amount(
+    order_api: OrderApi,
+) -> None:
+    """The first tap's placement failed (a 503): its row is pending, never placed. The
+    second tap places that row, for the amount the row holds, whatever the catalog says
+    now (a price changed in between): WeChat Pay must be asked for what the order says,
+    or the payment arrives for another amount and the order goes to review, paid."""
+    user_id, session = await order_api.user()
+    native_premium = {"package_type": "premium", "trade_type": "NATIVE"}
+    await order_api.sandbox.ok("DELETE", "/sandbox/faults")
+    await order_api.sandbox.add_fault(
+        path_prefix="/v3/pay/transactions/native", method="POST", count=4, status=500
+    )
+    try:
+        status, failed = await order_api.call("POST", "/orders", native_premium, session)
+        assert (status, failed["error"]) == (503, "wechatpay_unavailable")
+    finally:
+        await order_api.sandbox.ok("DELETE", "/sandbox/faults")
+    (no,) = await _orders_of(order_api, user_id)
+    # Made at the price of then: 19.90 yuan (the catalog sells premium at 29.90 now).
+    async with transaction(order_api.pool) as cur:
+        await cur.execute(
+            "UPDATE payment_orders SET amount = '19.90' WHERE out_trade_no = %s", (no,)
+        )
+
+    status, again = await order_api.call("POST", "/orders", native_premium, session)
+    assert (status, again["out_trade_no"], again["amount_total"]) == (200, no, 1990), again
+    state = await order_api.sandbox.ok("GET", f"/sandbox/orders/{no}")
+    assert state["amount_total"] == 1990

@@ -154,3 +154,20 @@ async def test_the_export_streams_every_match_with_exact_yuan(
     assert (status, answer["error"]) == (403, "forbidden")
     status, answer = await order_api.call("GET", "/orders/export.csv?cursor=x", None, BACKEND)
     assert (status, answer["error"]) == (400, "invalid_request")
+
+
+async def test_a_user_never_sees_the_backends_remark_in_their_list(order_api: OrderApi) -> None:
+    """``remark`` is the backend's note: ``GET /orders/{no}`` shows it to the backend only,
+    and so does the list (a user's own list has it ``null``)."""
+    user_id, session = await order_api.user()
+    (no,) = await _orders(order_api, user_id, 1)
+    async with transaction(order_api.pool) as cur:
+        await cur.execute(
+            "UPDATE payment_orders SET remark = %s WHERE out_trade_no = %s",
+            ("chargeback risk: watch this user", no),
+        )
+    status, page = await _list(order_api, session)
+    assert status == 200, page
+    assert [(o["out_trade_no"], o["remark"]) for o in page["orders"]] == [(no, None)]
+    status, page = await _list(order_api, BACKEND, user_id=user_id)
+    assert [o["remark"] for o in page["orders"]] == ["chargeback risk: watch this user"]

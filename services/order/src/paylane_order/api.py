@@ -409,14 +409,17 @@ async def list_orders(request: web.Request) -> web.Response:
     last = rows[query.limit - 1] if len(rows) > query.limit else None
     return _reply(
         replies.OrderPage(
-            orders=[_summary(row) for row in rows[: query.limit]],
+            orders=[_summary(row, caller.backend) for row in rows[: query.limit]],
             next_cursor=Key(last["created_at"], last["id"]).cursor(query) if last else None,
         )
     )
 
 
-def _summary(row: dict[str, Any]) -> replies.OrderSummary:
+def _summary(row: dict[str, Any], backend: bool) -> replies.OrderSummary:
+    """A list's row; the backend's note (``remark``) for the backend only, as in
+    :func:`_view`."""
     view = {k: v for k, v in row.items() if k != "id"}
+    view["remark"] = row["remark"] if backend else None
     view["amount"] = yuan_text(row["amount_total"])
     view["generation_id"] = row["generation_id"] or None  # '' in the row: none
     return replies.OrderSummary.model_validate(view)

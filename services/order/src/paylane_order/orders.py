@@ -158,12 +158,14 @@ class Orders:
                 out_trade_no, openid, expires_at = await self._insert(cur, new, user)
         if unplaced is not None:
             # A retry after a failed placement (a 503): the same body as the first attempt,
-            # which WeChat Pay answers with the same prepay answer if it did get it.
+            # which WeChat Pay answers with the same prepay answer if it did get it. So the
+            # order's own amount, whatever the catalog says now (as pay_again does).
             expiry = unplaced["expires_at"]
             assert expiry is not None  # _unplaced: not expired yet
+            package = new.package.model_copy(update={"price_fen": unplaced["amount_total"]})
             placed = await self._place(
                 unplaced["out_trade_no"],
-                replace(new, generation_id=unplaced["generation_id"]),
+                replace(new, package=package, generation_id=unplaced["generation_id"]),
                 unplaced["_openid"],
                 expiry.replace(tzinfo=UTC),
             )

@@ -173,7 +173,7 @@ class OrderSummary(_Reply):
     status: OrderStatus | None
     transaction_id: str | None
     generation_id: str | None
-    remark: str | None
+    remark: str | None = Field(description="the backend's note; shown to the backend only")
     created_at: datetime | None
     paid_at: datetime | None
     closed_at: datetime | None
