@@ -124,3 +124,32 @@ async def test_a_tap_after_a_failed_placement_places_the_orders_own_amount(
     assert (status, again["out_trade_no"], again["amount_total"]) == (200, no, 1990), again
     state = await order_api.sandbox.ok("GET", f"/sandbox/orders/{no}")
     assert state["amount_total"] == 1990
+
+
+async def test_a_refused_retry_of_an_unplaced_order_leaves_it_pending(
+    order_api: OrderApi,
+) -> None:
+    """The first tap's placement failed (a 503); a second tap places the row again while
+    the first one's call may still be in flight at WeChat Pay. A refusal of that retry
+    (another body for the same out_trade_no: OUT_TRADE_NO_USED) says nothing of the first
+    placement: the order stays pending, never failed and its client never told so."""
+    user_id, session = await order_api.user()
+    native_basic = {"package_type": "basic", "trade_type": "NATIVE"}
+    await order_api.sandbox.ok("DELETE", "/sandbox/faults")
+    path = "/v3/pay/transactions/native"
+    await order_api.sandbox.add_fault(path_prefix=path, method="POST", count=4, status=500)
+    try:
+        status, failed = await order_api.call("POST", "/orders", native_basic, session)
+        assert (status, failed["error"]) == (503, "wechatpay_unavailable")
+        await order_api.sandbox.ok("DELETE", "/sandbox/faults")
+        await order_api.sandbox.add_fault(
+            path_prefix=path, method="POST", status=400, code="OUT_TRADE_NO_USED"
+        )
+        status, refused = await order_api.call("POST", "/orders", native_basic, session)
+        assert (status, refused["error"]) == (502, "wechatpay_rejected"), refused
+    finally:
+        await order_api.sandbox.ok("DELETE", "/sandbox/faults")
+    (no,) = await _orders_of(order_api, user_id)
+    async with transaction(order_api.pool) as cur:
+        await cur.execute("SELECT status FROM payment_orders WHERE out_trade_no = %s", (no,))
+        assert (await cur.fetchone())["status"] == "pending"

@@ -163,11 +163,15 @@ class Orders:
             expiry = unplaced["expires_at"]
             assert expiry is not None  # _unplaced: not expired yet
             package = new.package.model_copy(update={"price_fen": unplaced["amount_total"]})
+            # Not the first placement: another request's may still be in flight, and a
+            # refusal of this one (e.g. another body for the same out_trade_no) must not
+            # fail an order WeChat Pay holds; the reconciler settles one never placed.
             placed = await self._place(
                 unplaced["out_trade_no"],
                 replace(new, package=package, generation_id=unplaced["generation_id"]),
                 unplaced["_openid"],
                 expiry.replace(tzinfo=UTC),
+                first=False,
             )
             return placed, False
         order = await self._place(out_trade_no, new, openid, expires_at)
