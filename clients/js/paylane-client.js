@@ -61,7 +61,9 @@ const PAID_STATUSES = new Set(["paid", "refunded"]);
 const FAILED_STATUSES = new Set(["failed", "needs_review"]);
 /** Where a status is in an order's life: a poll's answer never moves an order back (a push
  * may be newer than the row a GET read). */
-const STATUS_RANK = { pending: 0, paid: 1, failed: 1, needs_review: 2, refunded: 2 };
+// A closed (failed) order may still be paid: WeChat Pay's late payment is honoured, so
+// paid ranks above failed and a poll may move a failed order on to paid, never back.
+const STATUS_RANK = { pending: 0, failed: 1, paid: 2, needs_review: 3, refunded: 3 };
 
 /** Polling while the stream is down: as the existing front end (every 2 s, giving up after
  * 5 minutes), but backing off. */

@@ -523,6 +523,12 @@ describe("polling while the stream is down", () => {
     // The refunded P1 is not a pending one again, whatever a GET of it said.
     paylane._applyPolled({ out_trade_no: "P1", status: "paid" });
     assert.equal(paylane.orders.get("P1").status, "refunded");
+    // A closed order paid after all (WeChat Pay's late payment is honoured) moves on.
+    paylane._applyPolled({ out_trade_no: "P3", status: "failed" });
+    paylane._applyPolled({ out_trade_no: "P3", status: "paid" });
+    assert.equal(paylane.orders.get("P3").status, "paid");
+    paylane._applyPolled({ out_trade_no: "P3", status: "failed" });
+    assert.equal(paylane.orders.get("P3").status, "paid");
     assert.equal(api.calls.length, 1);
     paylane.close();
     await assert.rejects(wait, /client closed/);
