@@ -143,7 +143,7 @@ def cutover(
                 "SELECT o.out_trade_no, o.paid_at FROM payment_orders o"
                 " WHERE o.paid_event_at IS NOT NULL AND COALESCE(o.paid_at, o.updated_at) < %s"
                 " AND EXISTS (SELECT 1 FROM payment_logs l WHERE l.out_trade_no = o.out_trade_no"
-                # paylane's kind (a row from before migration 0008 has it as its type)
+                # paylane's kind (a row from before migration 0009 has it as its type)
                 " AND COALESCE(l.kind, l.type) = 'paid_elsewhere')"
                 " ORDER BY o.paid_at DESC LIMIT 100",
                 (moment,),
