@@ -171,3 +171,44 @@ async def test_a_user_never_sees_the_backends_remark_in_their_list(order_api: Or
     assert [(o["out_trade_no"], o["remark"]) for o in page["orders"]] == [(no, None)]
     status, page = await _list(order_api, BACKEND, user_id=user_id)
     assert [o["remark"] for o in page["orders"]] == ["chargeback risk: watch this user"]
+
+
+async def test_rows_without_created_at_come_last_and_every_page_reaches_them(
+    order_api: OrderApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared schema lets another writer leave ``created_at`` NULL. Such rows come
+    last (by id), a page may end on one, and the export still reads them all: the
+    cursor used to fail on them (a 500), the export to stop short of them."""
+    user_id, _ = await order_api.user()
+    dated = await _orders(order_api, user_id, 2)
+    undated = await _orders(order_api, user_id, 3, start=5)
+    async with transaction(order_api.pool) as cur:
+        await cur.execute("SELECT @@explicit_defaults_for_timestamp AS e")
+        if not (await cur.fetchone())["e"]:
+            pytest.skip("this server cannot hold a NULL TIMESTAMP")
+        for no in undated:
+            await cur.execute(
+                "UPDATE payment_orders SET created_at = NULL WHERE out_trade_no = %s", (no,)
+            )
+        await cur.execute(
+            "SELECT out_trade_no FROM payment_orders WHERE user_id = %s AND created_at IS NULL"
+            " ORDER BY id DESC",
+            (user_id,),
+        )
+        by_id = [row["out_trade_no"] for row in await cur.fetchall()]
+    assert sorted(by_id) == sorted(undated)
+
+    seen, cursor = [], None
+    while True:
+        query = {"user_id": user_id, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        status, page = await _list(order_api, BACKEND, **query)
+        assert status == 200, page
+        seen += [o["out_trade_no"] for o in page["orders"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert seen == dated[::-1] + by_id
+
+    monkeypatch.setattr(order_list, "EXPORT_PAGE", 2)
+    async with order_api.client.get(f"/orders/export.csv?user_id={user_id}", headers=BACKEND) as r:
+        rows = list(csv.DictReader(io.StringIO(await r.text())))
+    assert [row["out_trade_no"] for row in rows] == seen

@@ -129,13 +129,16 @@ def parse_query(model: type[Q], query: MultiMapping[str]) -> Q:
 
 @dataclass(frozen=True)
 class Key:
-    """Where a page ends: its last row's ``(created_at, id)``."""
+    """Where a page ends: its last row's ``(created_at, id)``. The shared schema lets
+    another writer leave ``created_at`` NULL: such rows come last (MySQL sorts NULL
+    lowest), ordered by id."""
 
-    created_at: datetime
+    created_at: datetime | None
     id: str
 
     def cursor(self, filters: OrderFilters) -> str:
-        text = json.dumps([self.created_at.isoformat(), self.id, filters.fingerprint()])
+        moment = self.created_at.isoformat() if self.created_at is not None else None
+        text = json.dumps([moment, self.id, filters.fingerprint()])
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
     @classmethod
@@ -143,7 +146,8 @@ class Key:
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
             created_at, row_id, fingerprint = json.loads(raw)
-            key = cls(datetime.fromisoformat(created_at), str(row_id))
+            moment = None if created_at is None else datetime.fromisoformat(created_at)
+            key = cls(moment, str(row_id))
         except (ValueError, TypeError):
             raise InvalidRequest("cursor is not one this API made") from None
         if fingerprint != filters.fingerprint():
@@ -180,8 +184,13 @@ async def page(
         if value is not None:
             where.append(f"{column} {op} %s")
             args.append(value)
-    if after is not None:
-        where.append("(created_at < %s OR (created_at = %s AND id < %s))")
+    if after is not None and after.created_at is None:
+        where.append("(created_at IS NULL AND id < %s)")
+        args.append(after.id)
+    elif after is not None:
+        where.append(
+            "(created_at < %s OR (created_at = %s AND id < %s) OR created_at IS NULL)"
+        )
         args += [after.created_at, after.created_at, after.id]
     sql = f"SELECT {COLUMNS} FROM payment_orders"
     if where:
@@ -233,7 +242,7 @@ def _csv_row(row: Mapping[str, Any]) -> tuple[str, ...]:
         if isinstance(value, datetime):
             return value.isoformat() + "Z"
         value = str(value)
-        return f"'{value}" if value[:1] in ("=", "+", "-", "@") else value
+        return f"'{value}" if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
     refunded = row["amount_refunded"]
     return (
