@@ -184,14 +184,13 @@ async def page(
         if value is not None:
             where.append(f"{column} {op} %s")
             args.append(value)
-    if after is not None and after.created_at is None:
-        where.append("(created_at IS NULL AND id < %s)")
-        args.append(after.id)
-    elif after is not None:
-        where.append(
-            "(created_at < %s OR (created_at = %s AND id < %s) OR created_at IS NULL)"
-        )
-        args += [after.created_at, after.created_at, after.id]
+    if after is not None:
+        if after.created_at is None:
+            where.append("(created_at IS NULL AND id < %s)")
+            args.append(after.id)
+        else:
+            where.append("(created_at < %s OR (created_at = %s AND id < %s) OR created_at IS NULL)")
+            args += [after.created_at, after.created_at, after.id]
     sql = f"SELECT {COLUMNS} FROM payment_orders"
     if where:
         sql += " WHERE " + " AND ".join(where)
