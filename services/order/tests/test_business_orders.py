@@ -13,15 +13,21 @@ from typing import Any
 
 import aiomysql
 import pytest
+from prometheus_client import REGISTRY
 
 from paylane_common.storage.db import transaction
+from paylane_common.storage.leases import Lease
 from paylane_common.wechatpay import WechatPayClient
+from paylane_order.config import ReconcilerConfig
+from paylane_order.fulfilment import count_overdue
 from paylane_order.gate import Gate
 from paylane_order.payments import PaymentApplier
+from paylane_order.reconciler import Reconciler
 from services.order.tests.support import OrderApi
 from tests.support.events import payment_succeeded
 from tests.support.queries import fetch_one, order_status, user_state
 from tests.support.sandbox import RunningSandbox
+from tests.support.seeding import add_order, add_user, ago
 
 pytestmark = pytest.mark.integration
 
@@ -351,3 +357,40 @@ async def test_a_business_order_never_placed_is_placed_again_with_its_own_terms(
     # The backend's retry under the same external_id answers that order.
     status, retried = await order_api.backend("POST", "/orders", body)
     assert (status, retried["out_trade_no"]) == (200, no)
+
+
+async def test_paid_business_orders_unfulfilled_past_the_deadline_are_counted_by_every_replica(
+    order_api: OrderApi, kit_wechat: tuple[RunningSandbox, WechatPayClient], gate: Gate
+) -> None:
+    """``paylane_fulfilment_overdue_orders``: paid business orders still pending
+    ``FULFILMENT_DEADLINE_S`` after payment; set by a replica's reconciler pass even when
+    another replica holds the reconciler's lease."""
+    pool = order_api.pool
+    before = await count_overdue(pool, 3600)
+    user_id = await add_user(pool)
+
+    async def business(**columns: Any) -> str:
+        return await add_order(
+            pool, user_id, package_type="free", amount="12.34", description="x", **columns
+        )
+
+    overdue = await business(status="paid", fulfilment_status="pending", paid_at=ago(7200))
+    await business(status="paid", fulfilment_status="pending", paid_at=ago(600))  # in time
+    await business(status="paid", fulfilment_status="success", paid_at=ago(7200))  # reported
+    await business(status="pending", fulfilment_status="pending", created_at=ago(7200))
+    await add_order(pool, user_id, status="paid", paid_at=ago(7200))  # a package order
+    assert await count_overdue(pool, 3600) == before + 1
+    assert await count_overdue(pool, 3 * 3600) == before  # a longer deadline: none yet
+
+    config = ReconcilerConfig(fulfilment_deadline_s=3600)
+    replica = Reconciler(pool, kit_wechat[1], None, config, gate)  # type: ignore[arg-type]
+    async with Lease(pool, Reconciler.LOCK).held() as held:  # another replica's pass
+        assert held
+        assert await replica.run_once() == {}
+    assert REGISTRY.get_sample_value("paylane_fulfilment_overdue_orders") == before + 1
+    async with transaction(pool) as cur:  # reported: no longer overdue
+        await cur.execute(
+            "UPDATE payment_orders SET fulfilment_status = 'success' WHERE out_trade_no = %s",
+            (overdue,),
+        )
+    assert await count_overdue(pool, 3600) == before
