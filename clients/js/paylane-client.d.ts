@@ -8,6 +8,8 @@ export interface PushMessage {
     | "order.failed"
     | "entitlement.granted"
     | "entitlement.revoked"
+    | "fulfilment.succeeded"
+    | "fulfilment.failed"
     | "order.state";
   out_trade_no: string | null;
   /** The order's status as the client should see it. */

@@ -28,14 +28,16 @@
 -- id, user_id, out_trade_no, amount, package_type, trade_type, currency, mchid, appid,
 -- idempotency_key, expires_at. generation_id: filled in when a payment names the generation
 -- of an order written without one. remark: the backend's note (PATCH /orders/{no});
--- refund_reason: the reason of its latest refund request.
+-- refund_reason: the reason of its latest refund request. A business order's terms
+-- (description, external_id, attach) are fixed like its price; its fulfilment moves.
 GRANT SELECT, INSERT (`id`, `out_trade_no`, `user_id`, `generation_id`, `transaction_id`,
     `amount`, `package_type`, `payment_method`, `trade_type`, `status`, `paid_at`, `remark`,
-    `_openid`, `currency`, `mchid`, `appid`, `idempotency_key`, `expires_at`),
+    `_openid`, `currency`, `mchid`, `appid`, `idempotency_key`, `expires_at`, `description`,
+    `external_id`, `attach`, `fulfilment_status`),
   UPDATE (`status`, `transaction_id`, `paid_at`, `_openid`, `generation_id`, `prepay_id`,
     `code_url`, `h5_url`, `amount_refunded`, `review_reason`, `closed_at`, `refunded_at`,
     `reconciled_at`, `queried_at`, `paid_event_at`, `refund_event_at`, `remark`,
-    `refund_reason`)
+    `refund_reason`, `fulfilment_status`, `fulfilment_detail`, `fulfilled_at`)
   ON `{database}`.`payment_orders` TO '{order_user}'@'%';
 -- Refunds: requested and settled; an ABNORMAL one's remedy (`paylane refund abnormal`)
 -- recorded on its row.

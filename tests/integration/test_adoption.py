@@ -10,6 +10,7 @@ import pytest
 from paylane_common.storage.migrate import migrate
 from paylane_common.storage.schema import (
     ADDITIONS,
+    BUSINESS_ORDERS,
     ORDER_LIST_INDEXES,
     ORDER_QUERIES,
     PAYMENT_LOG_KIND,
@@ -57,6 +58,7 @@ def test_the_second_migrate_has_nothing_to_do(adopted_database, infra: Infra) ->
         assert ensure(cur, *ORDER_QUERIES) == []
         assert ensure(cur, *ORDER_LIST_INDEXES) == []
         assert ensure(cur, *PAYMENT_LOG_KIND) == []
+        assert ensure(cur, *BUSINESS_ORDERS) == []
 
 
 def test_no_shared_column_is_renamed_retyped_or_dropped(adopted_database, infra: Infra) -> None:
@@ -145,6 +147,22 @@ def test_the_other_writers_keep_logging_as_they_did(adopted_database, infra: Inf
             ]
         finally:
             cur.execute("DELETE FROM payment_logs WHERE id = 'cf-log-after-migrate'")
+
+
+def test_the_other_writers_orders_are_no_business_orders(adopted_database, infra: Infra) -> None:
+    """The business columns (migration 0010) are NULL on every order the other writers
+    made, before and after: none is a business order, none has a fulfilment to wait for
+    (the overdue gauge counts none of them)."""
+    with infra.mysql_admin() as conn, conn.cursor() as cur:
+        cur.execute(f"USE `{adopted_database.name}`")
+        cur.execute(
+            "SELECT COUNT(*), SUM(description IS NOT NULL OR external_id IS NOT NULL"
+            " OR attach IS NOT NULL OR fulfilment_status IS NOT NULL"
+            " OR fulfilment_detail IS NOT NULL OR fulfilled_at IS NOT NULL)"
+            " FROM payment_orders WHERE id LIKE 'order-17063456800%%'"
+        )
+        orders, business = cur.fetchone()
+    assert orders and int(business) == 0
 
 
 def test_a_pre_release_paylane_database_is_refused_untouched(infra: Infra) -> None:

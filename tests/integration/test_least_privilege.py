@@ -70,7 +70,9 @@ from paylane_common.wechatpay.testing import (
 from paylane_notifier.snapshot import load_snapshot
 from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.bills import BillReconciler, Difference
+from paylane_order.business import BusinessTerms, business_package
 from paylane_order.config import MerchantConfig, ReconcilerConfig, StatusQueryConfig
+from paylane_order.fulfilment import count_overdue
 from paylane_order.gate import Gate
 from paylane_order.order_list import OrderFilters, OrderList
 from paylane_order.orders import NewOrder, Orders
@@ -289,8 +291,12 @@ async def test_ingress_user_publishes_payment_events_but_never_order_paid(
 @pytest.mark.parametrize(
     ("service", "allowed", "refused"),
     [
-        ("order", ["order.paid", "order.refunded", "payment.succeeded"], "entitlement.granted"),
-        ("entitlement", ["entitlement.granted", "entitlement.revoked"], "order.paid"),
+        (
+            "order",
+            ["order.paid", "order.refunded", "payment.succeeded", *events.FULFILMENT_EVENTS],
+            "entitlement.granted",
+        ),
+        ("entitlement", ["entitlement.granted", "entitlement.revoked"], "fulfilment.succeeded"),
         ("notifier", [], "order.paid"),
     ],
 )
@@ -326,7 +332,7 @@ async def test_notifier_user_binds_its_own_queue_to_order_and_entitlement_events
 
     connection = await aio_pika.connect(url)
     try:
-        for key in ("order.paid", "entitlement.granted"):
+        for key in ("order.paid", "entitlement.granted", "fulfilment.succeeded"):
             await bind(key)(await connection.channel())
     finally:
         await connection.close()
@@ -830,6 +836,76 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             "DELETE FROM payment_orders",
             "SELECT COUNT(*) FROM entitlement_grants",
             "DELETE FROM paylane_meta",
+        )
+
+
+async def test_order_user_places_and_fulfils_business_orders(
+    service_mysql_urls: dict[str, str], db_pool: aiomysql.Pool
+) -> None:
+    """A business order's statements under order's user: placed with its terms (found
+    again by external_id), paid through the gate at its own amount, its fulfilment
+    reported (the change and its event) and the overdue ones counted. Its terms are fixed
+    once placed, like its price."""
+    openid = f"o-{uuid.uuid4().hex}"
+    merchant = MerchantConfig("1900000109", "wxd678efh567hg6787", "http://127.0.0.1:9/n", 1800)
+    terms = BusinessTerms("a top-up", external_id=f"lp-{uuid.uuid4().hex}", attach="sku-1")
+    async with _pool(service_mysql_urls["order"]) as pool:
+        orders = Orders(pool, None, None, merchant)  # type: ignore[arg-type]
+        new = NewOrder(
+            user_id=None,
+            acting_user=None,
+            package=business_package(terms.description, 1234),
+            trade_type="JSAPI",
+            openid=openid,
+            generation_id=None,
+            client_ip=None,
+            idempotency_key=None,
+            business=terms,
+        )
+        async with transaction(pool) as cur:
+            user = await user_by_openid(cur, openid)
+            out_trade_no, _, _ = await orders._insert(cur, new, user)
+            assert terms.external_id is not None
+            found = await orders._by_external_id(cur, terms.external_id)
+            assert found is not None and found["out_trade_no"] == out_trade_no
+        envelope, data = _payment(out_trade_no, 1234, mchid=None, appid=None)
+        async with aiohttp.ClientSession() as http:
+            nowhere = KIT.merchant_client("http://127.0.0.1:9", http)
+            gate = Gate(merchant, DEFAULT_CATALOG, nowhere, KIT.apiv3_key)
+            assert await PaymentApplier(pool, gate)(envelope, data) == "paid"
+        reported = await orders.fulfilments.report(out_trade_no, "success", "delivered")
+        assert reported.changed and reported.refund is None
+        assert await count_overdue(pool, 3600) >= 0
+    row = await fetch_one(
+        db_pool,
+        "SELECT status, description, external_id, attach, fulfilment_status,"
+        " fulfilment_detail, fulfilled_at IS NOT NULL AS fulfilled FROM payment_orders"
+        " WHERE out_trade_no = %s",
+        out_trade_no,
+    )
+    assert row == {
+        "status": "paid",
+        "description": "a top-up",
+        "external_id": terms.external_id,
+        "attach": "sku-1",
+        "fulfilment_status": "success",
+        "fulfilment_detail": "delivered",
+        "fulfilled": 1,
+    }
+    staged = await fetch_one(
+        db_pool,
+        "SELECT COUNT(*) AS n FROM outbox WHERE producer = 'order'"
+        " AND routing_key = 'fulfilment.succeeded' AND payload LIKE %s",
+        f"%{out_trade_no}%",
+    )
+    assert staged["n"] == 1
+    with _connect(service_mysql_urls["order"]) as cur:
+        _assert_denied(
+            cur,
+            COLUMN_DENIED,
+            f"UPDATE payment_orders SET description = 'x' WHERE out_trade_no = '{out_trade_no}'",
+            f"UPDATE payment_orders SET external_id = 'x' WHERE out_trade_no = '{out_trade_no}'",
+            f"UPDATE payment_orders SET attach = 'x' WHERE out_trade_no = '{out_trade_no}'",
         )
 
 

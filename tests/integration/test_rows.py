@@ -20,6 +20,8 @@ from paylane_entitlement import grants
 from paylane_order import (
     abnormal,
     bills,
+    business,
+    fulfilment,
     gate,
     order_created,
     orders,
@@ -37,6 +39,8 @@ pytestmark = pytest.mark.integration
 _ORDER_MODULES = (
     abnormal,
     bills,
+    business,
+    fulfilment,
     gate,
     order_created,
     orders,
@@ -151,6 +155,8 @@ QUERY_ROWS: list[tuple[type[Any], tuple[str, ...], tuple[str, ...]]] = [
     (sweep._PaidElsewhere, ("payment_orders",), ()),
     (sweep._Logged, ("payment_orders",), ()),
     (gate.PricedOrder, ("payment_orders",), ()),
+    (business.Marked, ("payment_orders",), ()),
+    (fulfilment.FulfilledOrder, ("payment_orders",), ()),
     (payments.PayableOrder, ("payment_orders",), ()),
     (payments._RefundOf, ("refunds",), ()),
     (refunds._RefundedOrder, ("payment_orders",), ()),

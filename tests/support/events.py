@@ -16,7 +16,7 @@ notification as ingress passes it on, signed by the kit's WeChat Pay
 from __future__ import annotations
 
 import time
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
@@ -25,6 +25,7 @@ from paylane_common.contract.catalog import DEFAULT_CATALOG
 from paylane_common.contract.events import (
     Envelope,
     FailedReason,
+    FulfilmentSettled,
     OrderFailed,
     OrderPaid,
     OrderRefunded,
@@ -212,6 +213,26 @@ def order_failed(
         out_trade_no=out_trade_no, user_id=user_id, package_type=package_type, reason=reason
     )
     return Delivery(make_event(events.ORDER_FAILED, data), data)
+
+
+def fulfilment_settled(
+    user_id: str,
+    out_trade_no: str,
+    status: Literal["success", "failed"] = "success",
+    *,
+    amount_total: int = 1234,
+) -> Delivery[FulfilmentSettled]:
+    """The backend reported ``user_id``'s business order fulfilled (or not)."""
+    data = FulfilmentSettled(
+        out_trade_no=out_trade_no,
+        user_id=user_id,
+        trade_type="JSAPI",
+        amount_total=amount_total,
+        status=status,
+        fulfilled_at="2026-12-01T10:00:00+00:00",
+    )
+    kind = events.FULFILMENT_SUCCEEDED if status == "success" else events.FULFILMENT_FAILED
+    return Delivery(make_event(kind, data), data)
 
 
 def _price(package_type: str) -> int:

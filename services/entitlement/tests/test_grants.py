@@ -19,7 +19,7 @@ from paylane_entitlement.grants import EntitlementApplier
 from services.entitlement.tests.support import new_user
 from tests.support.batches import batch_item
 from tests.support.events import Delivery, order_paid, order_refunded
-from tests.support.queries import user_state
+from tests.support.queries import grants, user_state
 
 pytestmark = pytest.mark.integration
 
@@ -222,3 +222,24 @@ async def test_a_revocation_before_its_grant_leaves_nothing_granted(db_pool):
     assert await applier(*_revoked(premium)) == "revoked_before_grant"
     assert await applier(*premium) == "duplicate"
     assert await user_state(db_pool, user_id) == ("free", 3)
+
+
+async def test_a_business_order_changes_no_plan_and_is_no_error(db_pool):
+    """A business order (package ``free``) is paid and refunded like any order; its events
+    are taken once (the inbox records them) and change nothing: no plan, no ledger row,
+    no retry and no dead letter, one by one or in a batch."""
+    applier = EntitlementApplier(db_pool, DEFAULT_CATALOG)
+    user_id = await new_user(db_pool)
+    before = await user_state(db_pool, user_id)
+    paid = order_paid(user_id, "free", amount_total=1234)
+    assert await applier(*paid) == "no_plan_change"
+    assert await applier(*paid) == "duplicate"  # recorded: taken once
+    async with transaction(db_pool) as cur:
+        outcomes = await applier.apply_batch(
+            cur, [batch_item(*order_paid(user_id, "free", amount_total=99))]
+        )
+    assert outcomes == [None]  # left to one by one, which records it as above
+    refunded = order_refunded(user_id, paid.data.out_trade_no, 1234, package_type="free")
+    assert await applier(*refunded) == "no_plan_change"
+    assert await user_state(db_pool, user_id) == before
+    assert await grants(db_pool, paid.data.out_trade_no) == {"n": 0, "revoked": 0}

@@ -13,7 +13,13 @@ from paylane_notifier.api import PushedMessage
 from paylane_notifier.messages import ClientMessage, epoch_ms, from_event
 from paylane_notifier.snapshot import parse_last_event_id
 from services.notifier.tests.support import entitlement, granted_for
-from tests.support.events import order_failed, order_paid, order_refunded, payment_succeeded
+from tests.support.events import (
+    fulfilment_settled,
+    order_failed,
+    order_paid,
+    order_refunded,
+    payment_succeeded,
+)
 
 USER = "user-1706345678901-xyz789"
 KEYS = {
@@ -141,3 +147,18 @@ def test_ids_are_integer_milliseconds_since_the_epoch() -> None:
 )
 def test_parse_last_event_id(value: str | None, expected: int | None) -> None:
     assert parse_last_event_id(value) == expected
+
+
+@pytest.mark.parametrize("status", ["success", "failed"])
+def test_a_business_orders_fulfilment_is_pushed_to_its_client(status: str) -> None:
+    """The paying client of a business order hears that its goods were delivered (or not):
+    the order stays ``paid`` (a refund of a failed one is an ``order.refunded`` of its own)."""
+    envelope = fulfilment_settled(USER, "o1", status).envelope  # type: ignore[arg-type]
+    routed = from_event(envelope, envelope.typed_data())
+    assert routed is not None
+    user_id, (message,) = routed
+    body = json.loads(message.to_json())
+    assert user_id == USER and set(body) == KEYS
+    assert (body["type"], body["status"], body["out_trade_no"]) == (envelope.type, "paid", "o1")
+    assert envelope.type == f"fulfilment.{'succeeded' if status == 'success' else 'failed'}"
+    PushedMessage.model_validate_json(message.to_json())

@@ -20,13 +20,15 @@ from paylane_common.contract.money import yuan
 from paylane_common.runtime.settings import load_settings
 from paylane_common.wechatpay import WechatPayClient
 from paylane_order import api
-from paylane_order.config import ORDER_CONFIG, MerchantConfig, OrderConfig
+from paylane_order.config import ORDER_CONFIG, MerchantConfig, OrderConfig, StatusQueryConfig
 from paylane_order.errors import error_middleware
 from paylane_order.gate import Gate
 from paylane_order.order_list import OrderList
 from paylane_order.orders import Orders
+from paylane_order.payments import PaymentApplier
 from paylane_order.sessions import Sessions
 from paylane_order.settings import OrderSettings
+from paylane_order.status_query import StatusQuery
 from tests.support import hygiene
 from tests.support.events import TRANSACTION_ID, Delivery, payment_succeeded
 from tests.support.sandbox import RunningSandbox
@@ -177,6 +179,10 @@ async def serving_order_api(
     )
     sessions = app[api.SESSIONS] = Sessions(pool, config.tokens, config.token_ttl_s)
     app[api.ORDER_LIST] = OrderList(pool)
+    # GET /orders/{no} answers the row: it never asks WeChat Pay (test_status_query.py does).
+    gate = payment_gate(client)
+    never = StatusQueryConfig(after_s=-1)
+    app[api.STATUS_QUERY] = StatusQuery(pool, gate, PaymentApplier(pool, gate), never)
     api.add_routes(app)
     async with TestClient(TestServer(app)) as test_client:
         yield OrderApi(test_client, orders, sessions, pool, sandbox)

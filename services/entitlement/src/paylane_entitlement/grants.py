@@ -2,6 +2,9 @@
 ``order.refunded`` (full) → exactly what that order granted is taken back
 (docs/database.md, "The entitlement rule");
 ``order.revoked`` (the order went to ``needs_review`` after its grant) → the same.
+A business order (package ``free``: the backend sold something else, docs/order-api.md)
+changes no plan: its events are taken once (the inbox records them) and grant or revoke
+nothing, the outcome ``no_plan_change``.
 
 The ledger ``entitlement_grants`` (one row per order) makes "one order grants once"
 hold even when an ``order.paid`` arrives under another event id (a replay, a republish).
@@ -47,6 +50,10 @@ from . import INBOX_CONSUMER, OUTBOX_PRODUCER
 
 log = structlog.get_logger(__name__)
 
+#: The package of a business order: it raises no plan, so its events change nothing.
+NO_PLAN_PACKAGE = "free"
+#: The outcome of such an event (counted by the consumer's metric like any other).
+NO_PLAN_CHANGE = "no_plan_change"
 #: The plans in rank order, as SQL literals: ``'free', 'basic', 'premium'``.
 _PLANS_SQL = ", ".join(f"'{plan}'" for plan in PLANS)
 _RANK = f"FIELD({{col}}, {_PLANS_SQL})"
@@ -95,6 +102,12 @@ class EntitlementApplier:
         async with transaction(self.pool) as cur:
             if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
+            if (
+                isinstance(data, OrderPaid | OrderRefunded | OrderRevoked)
+                and data.package_type == NO_PLAN_PACKAGE
+            ):
+                log.info("no_plan_change", event_type=envelope.type, user_id=data.user_id)
+                return NO_PLAN_CHANGE
             if isinstance(data, OrderPaid):
                 outcome = await self._grant(cur, envelope, data)
             elif isinstance(data, OrderRefunded):

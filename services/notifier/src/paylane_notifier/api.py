@@ -30,6 +30,8 @@ MessageType = Literal[
     "order.failed",
     "entitlement.granted",
     "entitlement.revoked",
+    "fulfilment.succeeded",
+    "fulfilment.failed",
     "order.state",
 ]
 _SCHEMAS = "#/components/schemas"

@@ -3,7 +3,8 @@
 Every message has the same keys, ``null`` where its source does not carry a field::
 
     {"type": "order.paid" | "order.refunded" | "order.failed" | "entitlement.granted"
-             | "entitlement.revoked" | "order.state",
+             | "entitlement.revoked" | "fulfilment.succeeded" | "fulfilment.failed"
+             | "order.state",
      "out_trade_no", "status", "payment_status", "regenerate_count", "amount_refund",
      "generation_id", "reason", "event_id", "occurred_at"}
 
@@ -14,6 +15,9 @@ says how much came back), ``"refunded"`` for a full refund / ``entitlement.revok
 ``expired`` or ``failed``), and the row's own status for ``order.state``: one of
 :data:`ORDER_STATUSES`, the shared ``payment_orders.status`` (``failed``: timed out or
 cancelled; ``needs_review``: paylane's, a payment that did not match its order).
+``fulfilment.succeeded`` / ``fulfilment.failed`` (a business order's effect, as the
+backend reported it) say ``"paid"``: the order's status is unchanged by it (a refund of a
+failed one comes as ``order.refunded``).
 ``generation_id`` names the generation a paid order unlocks (``order.paid`` and
 ``order.state``), when the order has one.
 An ``entitlement.granted`` carries the ``order.paid`` it answers (``paid``): from it the
@@ -35,6 +39,7 @@ from paylane_common.contract import events
 from paylane_common.contract.events import (
     Entitlement,
     Envelope,
+    FulfilmentSettled,
     OrderFailed,
     OrderPaid,
     OrderRefunded,
@@ -156,6 +161,15 @@ def _message(envelope: Envelope, data: Any) -> tuple[str, ClientMessage] | None:
             payment_status=None,
             regenerate_count=None,
             reason=data.reason,
+            **common,
+        )
+    if envelope.type in events.FULFILMENT_EVENTS and isinstance(data, FulfilmentSettled):
+        return data.user_id, ClientMessage(
+            type=envelope.type,
+            out_trade_no=data.out_trade_no,
+            status="paid",
+            payment_status=None,
+            regenerate_count=None,
             **common,
         )
     if envelope.type in (events.ENTITLEMENT_GRANTED, events.ENTITLEMENT_REVOKED) and isinstance(

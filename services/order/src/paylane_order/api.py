@@ -10,7 +10,17 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from paylane_common.contract.events import validation_summary
 from paylane_common.contract.ids import GENERATION_ID_PATTERN
@@ -32,6 +42,16 @@ from paylane_common.web.openapi import (
 from . import order_list, replies
 from .abnormal import AbnormalRefunds, Remedy
 from .auth import Caller, identify
+from .business import (
+    ATTACH_MAX,
+    DESCRIPTION_MAX_BYTES,
+    EXTERNAL_ID_PATTERN,
+    MAX_TOTAL_FEN,
+    OUT_TRADE_NO_PATTERN,
+    BusinessTerms,
+    business_package,
+    is_business,
+)
 from .client_address import client_ip
 from .config import ORDER_CONFIG
 from .errors import Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized
@@ -41,6 +61,7 @@ from .order_list import Key, ListQuery, OrderFilters, OrderList, parse_query
 from .orders import NewOrder, OrderDetail, Orders
 from .rate_limits import RateLimit
 from .sessions import Sessions
+from .settings import PREPAY_ID_TTL_S
 from .status_query import StatusQuery
 
 log = structlog.get_logger(__name__)
@@ -78,13 +99,52 @@ class Login(BaseModel):
 REMARK_MAX = 1000
 
 
+def _description_bytes(value: str | None) -> str | None:
+    if value is not None and len(value.encode()) > DESCRIPTION_MAX_BYTES:
+        raise ValueError(
+            f"is {len(value.encode())} bytes of UTF-8; WeChat Pay takes at most"
+            f" {DESCRIPTION_MAX_BYTES}"
+        )
+    return value
+
+
+#: The business fields of ``POST /orders``: for the backend only.
+BUSINESS_FIELDS = (
+    "amount_fen",
+    "description",
+    "external_id",
+    "attach",
+    "expires_in_s",
+    "out_trade_no",
+)
+
+
 class CreateOrder(BaseModel):
+    """A catalog package (``package_type``), or, for the backend only, a business order
+    (``amount_fen`` and ``description``, business.py)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     user_id: UserIdField | None = None
     #: A package of the catalog (``PACKAGE_CATALOG``).
-    package_type: str = Field(min_length=1, max_length=32, examples=["basic", "premium"])
+    package_type: str | None = Field(
+        default=None, min_length=1, max_length=32, examples=["basic", "premium"]
+    )
     trade_type: Literal["JSAPI", "NATIVE", "H5", "APP"]
+    #: A business order's amount (fen): any, up to WeChat Pay's largest ``amount.total``.
+    amount_fen: StrictInt | None = Field(default=None, gt=0, le=MAX_TOTAL_FEN)
+    #: What the payer sees at WeChat Pay (its ``description``): at most 127 bytes of UTF-8.
+    description: Annotated[str, AfterValidator(_description_bytes)] | None = Field(
+        default=None, min_length=1
+    )
+    #: The backend's own id of the order: a second POST with it answers the same order.
+    external_id: str | None = Field(default=None, pattern=EXTERNAL_ID_PATTERN)
+    #: Handed to WeChat Pay as ``attach`` (it comes back with the payment).
+    attach: str | None = Field(default=None, min_length=1, max_length=ATTACH_MAX)
+    #: How long the order stays payable (else ``ORDER_TTL_S``); a prepay answer lives 2 h.
+    expires_in_s: StrictInt | None = Field(default=None, ge=60, le=PREPAY_ID_TTL_S)
+    #: The caller's own order number (WeChat Pay's rules: 6-32 of ``[0-9A-Za-z_-|*]``).
+    out_trade_no: str | None = Field(default=None, pattern=OUT_TRADE_NO_PATTERN)
     #: ``users.openid`` and ``payment_orders._openid`` are VARCHAR(100).
     openid: str | None = Field(default=None, min_length=1, max_length=100)
     #: ``payment_orders.generation_id`` (``GENERATION_ID_PATTERN``: it becomes WeChat
@@ -96,6 +156,24 @@ class CreateOrder(BaseModel):
     @classmethod
     def _blank_generation(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @property
+    def business(self) -> bool:
+        return any(getattr(self, name) is not None for name in BUSINESS_FIELDS)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CreateOrder:
+        if self.business:
+            if self.package_type is not None:
+                raise ValueError("package_type or amount_fen and description, not both")
+            missing = [n for n in ("amount_fen", "description") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"a business order needs {' and '.join(missing)}")
+            if self.generation_id is not None:
+                raise ValueError("generation_id: a business order unlocks no generation")
+        elif self.package_type is None:
+            raise ValueError("package_type (or, for the backend, amount_fen and description)")
+        return self
 
 
 class CreateRefund(BaseModel):
@@ -114,6 +192,24 @@ class UpdateOrder(BaseModel):
 
     #: ``""`` clears it.
     remark: str = Field(max_length=REMARK_MAX)
+
+
+class ReportFulfilment(BaseModel):
+    """A paid business order's effect, as the backend reports it (fulfilment.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: Literal["success", "failed"]
+    #: The backend's word on it (``payment_orders.fulfilment_detail``, VARCHAR(255)).
+    detail: str | None = Field(default=None, min_length=1, max_length=255)
+    #: With ``failed``: refund all that is still refundable, in the same call.
+    refund: bool = False
+
+    @model_validator(mode="after")
+    def _refund_if_failed(self) -> ReportFulfilment:
+        if self.refund and self.status != "failed":
+            raise ValueError("refund: only a failed fulfilment is refunded")
+        return self
 
 
 class ApplyAbnormalRefund(BaseModel):
@@ -250,12 +346,32 @@ async def create_order(request: web.Request) -> web.Response:
     user = caller.user_id if not caller.backend else named
     if user:
         _limit(request, ORDER_RATE, user, "orders for this user")
-    package = config.catalog.get(body.package_type)
-    if package is None:
-        raise InvalidRequest(
-            f"unknown package_type {body.package_type!r}; one of {sorted(config.catalog)}",
-            "unknown_package",
+    terms = None
+    if body.business:
+        if not caller.backend:
+            given = [n for n in BUSINESS_FIELDS if getattr(body, n) is not None]
+            raise Forbidden(
+                f"{', '.join(given)}: business orders are for the app backend only; a user"
+                " buys a package (package_type)"
+            )
+        assert body.amount_fen is not None and body.description is not None  # _one_kind
+        package = business_package(body.description, body.amount_fen)
+        terms = BusinessTerms(
+            description=body.description,
+            external_id=body.external_id,
+            attach=body.attach,
+            out_trade_no=body.out_trade_no,
+            expires_in_s=body.expires_in_s,
         )
+    else:
+        assert body.package_type is not None  # _one_kind
+        found = config.catalog.get(body.package_type)
+        if found is None:
+            raise InvalidRequest(
+                f"unknown package_type {body.package_type!r}; one of {sorted(config.catalog)}",
+                "unknown_package",
+            )
+        package = found
     orders = request.app[ORDERS]
     order, created = await orders.create(
         NewOrder(
@@ -267,6 +383,7 @@ async def create_order(request: web.Request) -> web.Response:
             generation_id=body.generation_id,
             client_ip=_payer_ip(request, caller, body),
             idempotency_key=_idempotency_key(request),
+            business=terms,
         )
     )
     return await _placed(request, order, replies.PlacedOrder, 201 if created else 200)
@@ -334,8 +451,15 @@ def _view(order: OrderDetail, backend: bool = False) -> replies.OrderView:
         "regenerate_count",
         "refunds",
         "refund_reason",
+        "description",
+        "external_id",
+        "attach",
+        "fulfilment_status",
+        "fulfilment_detail",
+        "fulfilled_at",
     )
     view = {k: order.get(k) for k in keys}
+    view["business"] = is_business(order)
     view["remark"] = order.get("remark") if backend else None
     view["amount"] = str(order["amount"])  # yuan: DECIMAL(10,2), "29.90"
     view["generation_id"] = order.get("generation_id") or None  # '' in the row: none
@@ -465,6 +589,25 @@ async def close_order(request: web.Request) -> web.Response:
     order = await _owned_order(request)
     closed = await request.app[ORDERS].close(order["out_trade_no"])
     return _reply(_view(closed, _caller(request).backend))
+
+
+async def report_fulfilment(request: web.Request) -> web.Response:
+    """``POST /orders/{no}/fulfilment {status, detail?, refund?}`` (the backend only): a
+    paid business order's effect done or not; ``refund`` with ``failed`` refunds it."""
+    body: ReportFulfilment = await _body(request)
+    out_trade_no = request.match_info["out_trade_no"]
+    orders = request.app[ORDERS]
+    reported = await orders.fulfilments.report(
+        out_trade_no, body.status, body.detail, refund=body.refund
+    )
+    order = await orders.get(out_trade_no)
+    assert order is not None  # found above; orders are never deleted
+    refund = replies.RefundRequested.model_validate(reported.refund) if reported.refund else None
+    return _reply(
+        replies.FulfilmentRecorded(
+            changed=reported.changed, order=_view(order, backend=True), refund=refund
+        )
+    )
 
 
 async def create_refund(request: web.Request) -> web.Response:
@@ -681,10 +824,12 @@ ORDER_API = Api(
             "POST",
             "/orders",
             create_order,
-            "Place an order (priced from the server-side catalog) at WeChat Pay",
+            "Place an order at WeChat Pay: a catalog package (priced server-side), or, by the"
+            " backend only, a business order (`amount_fen`, `description`: no plan change)",
             {
                 200: Reply(
-                    "the order placed before under this `Idempotency-Key`", replies.PlacedOrder
+                    "the order placed before under this `Idempotency-Key` (or `external_id`)",
+                    replies.PlacedOrder,
                 ),
                 201: Reply("placed; `pay` is what the client pays with", replies.PlacedOrder),
                 **_errors(
@@ -696,10 +841,14 @@ ORDER_API = Api(
                     429,
                     502,
                     503,
+                    e400="`invalid_request` naming the field (an amount out of range, a"
+                    " description over 127 bytes, …), `unknown_package`",
+                    e403="a user naming another user, or giving a business order's fields",
                     e404="`unknown_user` (without an `openid`)",
                     e409="`idempotency_key_reused`, or the key's request is in progress, or"
                     " `too_many_pending_orders` (the user's unpaid orders are at"
-                    " `MAX_PENDING_ORDERS`)",
+                    " `MAX_PENDING_ORDERS`), `external_id_reused` (another order's body),"
+                    " `out_trade_no_taken`",
                     e429="too many orders for this user (`ORDER_RATE_PER_MIN`,"
                     " `too_many_requests`)",
                 ),
@@ -792,6 +941,36 @@ ORDER_API = Api(
                 ),
             },
             security=(BACKEND, USER),
+        ),
+        Operation(
+            "POST",
+            "/orders/{out_trade_no}/fulfilment",
+            report_fulfilment,
+            "Report a paid business order's fulfilment (`success` or `failed`; `refund` with"
+            " `failed` refunds it)",
+            {
+                200: Reply(
+                    "recorded (`changed`), or the same report again (nothing changed)",
+                    replies.FulfilmentRecorded,
+                ),
+                **_errors(
+                    *_BODY_ERRORS,
+                    401,
+                    403,
+                    404,
+                    409,
+                    502,
+                    503,
+                    e409="`not_a_business_order` (a package order), `fulfilment_final` (the"
+                    " other final state is recorded), `order_not_paid`",
+                    e502="the refund: WeChat Pay refused it (`wechatpay_rejected`), …",
+                    e503="the refund: WeChat Pay unreachable (the fulfilment is recorded:"
+                    " the same call again asks for the same refund)",
+                ),
+            },
+            body=ReportFulfilment,
+            security=(BACKEND,),
+            action="fulfilment reports",
         ),
         Operation(
             "POST",

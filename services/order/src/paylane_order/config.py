@@ -65,6 +65,8 @@ class ReconcilerConfig:
     sweep_limit: int = default_of(OrderSettings, "sweep_limit")
     #: The daily bill reconciliation's hour (China time); -1: not run in the service.
     bills_hour: int = default_of(OrderSettings, "bills_reconcile_hour")
+    #: Paid business orders unfulfilled this long after payment are overdue.
+    fulfilment_deadline_s: float = default_of(OrderSettings, "fulfilment_deadline_s")
 
     @classmethod
     def from_settings(cls, settings: OrderSettings) -> ReconcilerConfig:
@@ -78,6 +80,7 @@ class ReconcilerConfig:
             sweep_grace_s=settings.sweep_grace_s,
             sweep_limit=settings.sweep_limit,
             bills_hour=settings.bills_reconcile_hour,
+            fulfilment_deadline_s=settings.fulfilment_deadline_s,
         )
 
 

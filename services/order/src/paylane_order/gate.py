@@ -23,7 +23,8 @@ WeChat Pay's keys can make evidence. A claim without evidence changes no order
 
 The second half is the price (:func:`mismatch`): the amount WeChat Pay says was paid must
 be the order's own, in the currency, to our merchant and app, and a price the catalog had
-for the order's package when the order was made (paylane_order.catalog_prices). A payment
+for the order's package when the order was made (paylane_order.catalog_prices); a
+business order (business.py) has no package: its own amount is its price. A payment
 that fails it is genuine money for the wrong thing: the order goes to ``needs_review``,
 nothing is granted.
 """
@@ -54,6 +55,7 @@ from paylane_common.wechatpay import (
 )
 
 from . import metrics
+from .business import is_business
 from .catalog_prices import PricePeriod, prices_at
 from .config import MerchantConfig, OrderConfig
 
@@ -72,6 +74,8 @@ class PricedOrder(TypedDict):
     currency: str
     appid: str | None
     created_at: datetime | None
+    #: A business order's (business.is_business): it is priced by its own amount.
+    description: str | None
 
 
 class Unconfirmed(Exception):
@@ -192,6 +196,8 @@ class Gate:
         expected_appid = order["appid"] or self.merchant.appid
         if paid.appid is not None and paid.appid != expected_appid:
             return f"appid {paid.appid} differs from the order's"
+        if is_business(order):
+            return None  # its price is its own amount, compared above
         prices = self.prices(order["package_type"], order["created_at"], periods)
         if paid.amount_total not in prices:
             known = ", ".join(str(p) for p in sorted(prices)) or "none"

@@ -100,6 +100,16 @@ SWEEP_LAST_SUCCESS = Gauge(
     "When this process last completed the effects sweep of a reconciler pass (Unix time)",
 )
 
+# --- fulfilment (fulfilment.py) ----------------------------------------------------------
+
+#: Set by every replica at the start of each of its reconciler passes, whether it then
+#: holds the reconciler's lease or not (so every replica's is current): an alert fires
+#: while it stays above 0 (deploy/prometheus/rules.yml).
+FULFILMENT_OVERDUE = Gauge(
+    "paylane_fulfilment_overdue_orders",
+    "Paid business orders whose fulfilment is still pending FULFILMENT_DEADLINE_S after payment",
+)
+
 # --- the daily bills (bills.py) ---------------------------------------------------------
 
 #: ``kind``: paid_not_here, paid_unknown_order, not_paid_at_wechat, amount_differs,

@@ -33,6 +33,7 @@ from paylane_common.wechatpay import (
 )
 
 from . import audit
+from .business import BusinessTerms, business_package, is_business
 from .config import MerchantConfig
 from .errors import (
     Conflict,
@@ -44,6 +45,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .failed import fail
+from .fulfilment import Fulfilments
 from .ids import new_out_trade_no
 from .refund_requests import RefundRequests
 from .settings import PREPAY_ID_TTL_S
@@ -93,6 +95,9 @@ class NewOrder:
     generation_id: str | None
     client_ip: str | None
     idempotency_key: str | None
+    #: A business order (the backend's, business.py): ``package`` is then
+    #: :func:`business_package` of its amount and description.
+    business: BusinessTerms | None = None
 
 
 class Orders:
@@ -115,6 +120,7 @@ class Orders:
         #: A repeated placement within this long answers the pending order (0: off).
         self._duplicate_window_s = duplicate_window_s
         self.refunds = RefundRequests(pool, client, merchant)
+        self.fulfilments = Fulfilments(pool, self.refunds)
 
     # -- create ----------------------------------------------------------------------------
 
@@ -147,14 +153,24 @@ class Orders:
                     if not _unplaced(existing):
                         return existing, False
                     unplaced = existing
-            if unplaced is None:
+            terms = new.business
+            if unplaced is None and terms is not None and terms.external_id:
+                existing = await self._by_external_id(cur, terms.external_id)
+                if existing is not None:
+                    _same_business_order(existing, new, user["id"])
+                    if not _unplaced(existing):
+                        return existing, False
+                    unplaced = existing
+            if unplaced is None and terms is None:
+                # A user's double tap; the backend's business orders have external_id.
                 await self._lock_user(cur, user["id"])
                 twin = None if new.idempotency_key else await self._twin(cur, user["id"], new)
                 if twin is not None and not _unplaced(twin):
                     return twin, False
                 unplaced = twin
             if unplaced is None:
-                await self._check_pending(cur, user["id"])
+                if terms is None:  # the cap is on what users place themselves
+                    await self._check_pending(cur, user["id"])
                 out_trade_no, openid, expires_at = await self._insert(cur, new, user)
         if unplaced is not None:
             # A retry after a failed placement (a 503): the same body as the first attempt,
@@ -184,14 +200,18 @@ class Orders:
         openid: str | None = new.openid or user["openid"]
         if new.trade_type == "JSAPI" and not openid:
             raise InvalidRequest("openid is required for JSAPI", "openid_required")
-        out_trade_no = new_out_trade_no()
-        expires_at = datetime.now(UTC) + timedelta(seconds=self._merchant.order_ttl_s)
+        terms = new.business
+        out_trade_no = (terms and terms.out_trade_no) or new_out_trade_no()
+        ttl_s = (terms and terms.expires_in_s) or self._merchant.order_ttl_s
+        expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
         try:
-            # ``amount`` in yuan; ``amount_total`` (fen) is generated from it.
+            # ``amount`` in yuan; ``amount_total`` (fen) is generated from it. A business
+            # order's fulfilment is pending from the start: the backend reports it once paid.
             await cur.execute(
                 "INSERT INTO payment_orders (id, out_trade_no, user_id, package_type, trade_type,"
                 " amount, mchid, appid, _openid, generation_id, idempotency_key,"
-                " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " expires_at, description, external_id, attach, fulfilment_status)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     new_row_id("order"),
                     out_trade_no,
@@ -205,10 +225,22 @@ class Orders:
                     new.generation_id or "",  # NOT NULL in the shared schema
                     new.idempotency_key,
                     expires_at.replace(tzinfo=None),
+                    terms.description if terms else None,
+                    terms.external_id if terms else None,
+                    terms.attach if terms else None,
+                    "pending" if terms else None,
                 ),
             )
         except Exception as exc:
-            if is_duplicate_key(exc) and new.idempotency_key:
+            if not is_duplicate_key(exc):
+                raise
+            if terms is not None and terms.out_trade_no and "out_trade_no" in str(exc):
+                raise Conflict(
+                    f"out_trade_no {terms.out_trade_no} is another order's", "out_trade_no_taken"
+                ) from None
+            if terms is not None and terms.external_id and "external_id" in str(exc):
+                raise Conflict("a request with this external_id is in progress") from None
+            if new.idempotency_key:
                 raise Conflict("a request with this Idempotency-Key is in progress") from None
             raise
         return out_trade_no, openid, expires_at
@@ -297,6 +329,10 @@ class Orders:
             user = await user_by_openid(cur, openid, login=True)
         return user["id"]
 
+    async def _by_external_id(self, cur: aiomysql.Cursor, external_id: str) -> OrderRow | None:
+        await cur.execute("SELECT * FROM payment_orders WHERE external_id = %s", (external_id,))
+        return await fetch_one(cur, OrderRow)
+
     async def _by_idempotency_key(
         self, cur: aiomysql.Cursor, user_id: str, key: str
     ) -> OrderRow | None:
@@ -334,6 +370,11 @@ class Orders:
         ttl = timedelta(seconds=PREPAY_ID_TTL_S - PREPAY_MARGIN_S)
         if not _unplaced(order) and created is not None and created + ttl > now:
             return order, False
+        terms = None
+        if is_business(order):
+            assert order["description"] is not None  # is_business
+            package = business_package(order["description"], order["amount_total"])
+            terms = BusinessTerms(order["description"], order["external_id"], order["attach"])
         if package is None:
             raise Conflict(
                 f"package {order['package_type']!r} is no longer sold: place a new order",
@@ -350,6 +391,7 @@ class Orders:
             generation_id=order["generation_id"] or None,
             client_ip=client_ip,
             idempotency_key=None,
+            business=terms,
         )
         expires_at = order["expires_at"].replace(tzinfo=UTC)
         return await self._place(no, again, order["_openid"], expires_at, first=False), True
@@ -375,7 +417,9 @@ class Orders:
             "notify_url": self._merchant.notify_url,
             "amount": {"total": new.package.price_fen, "currency": "CNY"},
         }
-        if new.generation_id:
+        if new.business is not None and new.business.attach:
+            payload["attach"] = new.business.attach
+        elif new.generation_id:
             payload["attach"] = new.generation_id[:128]
         if new.trade_type == "JSAPI":
             payload["payer"] = {"openid": openid}
@@ -527,6 +571,31 @@ class Orders:
         closed = await self.get(out_trade_no)
         assert closed is not None
         return closed
+
+
+def _same_business_order(existing: OrderRow, new: NewOrder, user_id: str) -> None:
+    """409 unless ``new`` asks for the order its ``external_id`` already names."""
+    terms = new.business
+    assert terms is not None
+    differs = [
+        name
+        for name, theirs, ours in (
+            ("user", existing["user_id"], user_id),
+            ("amount_fen", existing["amount_total"], new.package.price_fen),
+            ("description", existing["description"], terms.description),
+            ("trade_type", existing["trade_type"], new.trade_type),
+            ("attach", existing["attach"], terms.attach),
+        )
+        if theirs != ours
+    ]
+    if terms.out_trade_no and terms.out_trade_no != existing["out_trade_no"]:
+        differs.append("out_trade_no")
+    if differs:
+        raise Conflict(
+            f"external_id {terms.external_id} names order {existing['out_trade_no']}, whose"
+            f" {', '.join(differs)} differ",
+            "external_id_reused",
+        )
 
 
 def _unplaced(order: OrderRow) -> bool:

@@ -57,6 +57,7 @@ class PayableOrder(sweep.OrderEffect):
     appid: str | None
     paid_event_at: datetime | None
     created_at: datetime | None
+    description: str | None
 
 
 class PaymentApplier:
@@ -334,7 +335,7 @@ def _paid_elsewhere(order: PayableOrder, data: PaymentSucceeded) -> bool:
 #: ``amount_total`` is the fen generated from the row's yuan ``amount``, whoever wrote it.
 _ORDER_COLUMNS = (
     "out_trade_no, user_id, package_type, amount_total, currency, status, transaction_id,"
-    " appid, generation_id, paid_at, paid_event_at, created_at"
+    " appid, generation_id, paid_at, paid_event_at, created_at, description"
 )
 
 

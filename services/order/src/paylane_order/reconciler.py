@@ -66,6 +66,7 @@ from paylane_common.wechatpay import WechatPayApiError, WechatPayClient, WechatP
 from . import audit, metrics, sweep
 from .config import ReconcilerConfig
 from .failed import fail
+from .fulfilment import count_overdue
 from .gate import PAID_STATES, Gate
 
 log = structlog.get_logger(__name__)
@@ -148,6 +149,9 @@ class Reconciler(BackgroundLoop):
         """One pass; returns what was found (empty when another replica holds the lock
         for longer than ``wait_for_lock_s``)."""
         findings: Counter[str] = Counter()
+        # Every replica, lease or not: the gauge of each is current, whichever is scraped.
+        overdue = await count_overdue(self._pool, self._config.fulfilment_deadline_s)
+        metrics.FULFILMENT_OVERDUE.set(overdue)
         async with Lease(self._pool, self.LOCK).held(wait_for_lock_s) as held:
             if not held:
                 return findings

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from paylane_common.contract.catalog import PaymentStatus
 from paylane_common.contract.prices import PriceAnswer
-from paylane_common.storage.rows import OrderStatus, RefundStatus
+from paylane_common.storage.rows import FulfilmentStatus, OrderStatus, RefundStatus
 
 
 class _Reply(BaseModel):
@@ -158,6 +158,19 @@ class OrderView(_Reply):
         description="the backend's note (`PATCH /orders/{no}`); shown to the backend only"
     )
     refund_reason: str | None = Field(description="the reason of its latest refund request")
+    business: bool = Field(
+        description="a business order (`amount_fen` and `description`): it changes no plan,"
+        " and the backend reports its fulfilment"
+    )
+    description: str | None = Field(description="a business order's, as WeChat Pay shows it")
+    external_id: str | None = Field(description="the backend's own id of a business order")
+    attach: str | None = Field(description="a business order's `attach` at WeChat Pay")
+    fulfilment_status: FulfilmentStatus | None = Field(
+        description="a business order's effect: `pending` until the backend reports"
+        " `success` or `failed` (`POST /orders/{no}/fulfilment`); null for a package"
+    )
+    fulfilment_detail: str | None = Field(description="the backend's word on its fulfilment")
+    fulfilled_at: datetime | None = Field(description="when its fulfilment became final")
 
 
 class OrderSummary(_Reply):
@@ -222,3 +235,15 @@ class Prices(PriceAnswer):
     packages: dict[str, str] = Field(description="yuan, two decimals")
     packages_fen: dict[str, int]
     grants: dict[str, Grant]
+
+
+class FulfilmentRecorded(_Reply):
+    """What ``POST /orders/{no}/fulfilment`` answers."""
+
+    changed: bool = Field(
+        description="false: the order had this fulfilment already (a retry), nothing changed"
+    )
+    order: OrderView
+    refund: RefundRequested | None = Field(
+        description="the refund requested with `refund: true` (the same one on a retry)"
+    )

@@ -107,6 +107,11 @@ class OrderSettings(
     #: How long a GET waits for WeChat Pay's answer (its retries included) before it
     #: answers the row as it is.
     order_query_timeout_s: float = Field(3.0, gt=0, le=30)
+    #: A paid business order whose fulfilment the backend has not reported
+    #: (``POST /orders/{no}/fulfilment``) this long after its payment is overdue: counted
+    #: by ``paylane_fulfilment_overdue_orders`` each reconciler pass, alerted on
+    #: (docs/operations.md, "Unfulfilled business orders").
+    fulfilment_deadline_s: float = Field(3600.0, gt=0)
     #: The reconciler asks WeChat Pay about orders and refunds still pending after this
     #: long (docs/order-api.md, "The reconciler").
     reconcile_after_s: float = Field(60.0, ge=0)

@@ -74,6 +74,7 @@ class _PaidElsewhere(_Settled):
     currency: str
     appid: str | None
     created_at: datetime | None
+    description: str | None
 
 
 class _Logged(TypedDict):
@@ -215,7 +216,7 @@ async def _settle_paid_elsewhere(pool: aiomysql.Pool, gate: Gate, out_trade_no: 
         metrics.UNCONFIRMED.labels("reconcile").inc()
     async with transaction(pool) as cur:
         await cur.execute(
-            f"SELECT {ORDER_COLUMNS}, transaction_id, currency, appid, created_at"
+            f"SELECT {ORDER_COLUMNS}, transaction_id, currency, appid, created_at, description"
             " FROM payment_orders WHERE out_trade_no = %s AND status = 'paid'"
             " AND paid_event_at IS NULL FOR UPDATE",
             (out_trade_no,),

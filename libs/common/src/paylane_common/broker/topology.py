@@ -173,12 +173,14 @@ ENTITLEMENT_ORDERS = QueueSpec(
 #: Routing keys every notifier replica binds its own exclusive queue to: one delivery per
 #: payment (``entitlement.granted`` carries the ``order.paid`` it answers, see
 #: ``paylane_notifier.messages``); refunds also need ``order.refunded``, as a partial one
-#: changes no entitlement, and an order that ends unpaid ``order.failed``.
+#: changes no entitlement, and an order that ends unpaid ``order.failed``; a business
+#: order's client hears its fulfilment (``fulfilment.*``).
 NOTIFIER_KEYS = (
     events.ENTITLEMENT_GRANTED,
     events.ENTITLEMENT_REVOKED,
     events.ORDER_REFUNDED,
     events.ORDER_FAILED,
+    *events.FULFILMENT_EVENTS,
 )
 
 QUEUES: tuple[QueueSpec, ...] = (ORDER_PAYMENTS, ENTITLEMENT_ORDERS)

@@ -24,6 +24,11 @@ ORDER_REVOKED = "order.revoked"
 #: An order that ended ``failed`` unpaid (closed, expired, or refused by WeChat Pay): the
 #: paying client is told (the notifier), so it stops waiting for a payment.
 ORDER_FAILED = "order.failed"
+#: The backend confirmed a paid business order's effect (``POST /orders/{no}/fulfilment``):
+#: delivered, or not (then it may be refunded in the same call).
+FULFILMENT_SUCCEEDED = "fulfilment.succeeded"
+FULFILMENT_FAILED = "fulfilment.failed"
+FULFILMENT_EVENTS: tuple[str, ...] = (FULFILMENT_SUCCEEDED, FULFILMENT_FAILED)
 ENTITLEMENT_GRANTED = "entitlement.granted"
 ENTITLEMENT_REVOKED = "entitlement.revoked"
 #: An order the cloud function placed at WeChat Pay but could not write to
@@ -179,6 +184,23 @@ class OrderFailed(_Data):
     reason: FailedReason
 
 
+class FulfilmentSettled(_Data):
+    """``fulfilment.succeeded`` / ``fulfilment.failed``: a business order's effect, as the
+    backend reported it. What shipping to WeChat needs is here (``trade_type``,
+    ``transaction_id``); the order's row has the rest."""
+
+    out_trade_no: str
+    user_id: UserId
+    trade_type: str | None = None
+    transaction_id: str | None = None
+    amount_total: int
+    description: str | None = None
+    external_id: str | None = None
+    status: Literal["success", "failed"]
+    detail: str | None = None
+    fulfilled_at: str
+
+
 class PaidOrder(_Data):
     """The ``order.paid`` a grant answers, as the client was told it (event id, time,
     generation): the notifier pushes it from the grant, so a payment costs it one
@@ -214,6 +236,8 @@ DATA_MODELS: dict[str, type[_Data]] = {
     ORDER_REFUNDED: OrderRefunded,
     ORDER_REVOKED: OrderRevoked,
     ORDER_FAILED: OrderFailed,
+    FULFILMENT_SUCCEEDED: FulfilmentSettled,
+    FULFILMENT_FAILED: FulfilmentSettled,
     ENTITLEMENT_GRANTED: Entitlement,
     ENTITLEMENT_REVOKED: Entitlement,
 }

@@ -35,10 +35,15 @@ from paylane_common.contract.catalog import PaymentStatus
 OrderStatus = Literal["pending", "paid", "failed", "refunded", "needs_review"]
 #: ``refunds.status``.
 RefundStatus = Literal["pending", "success", "closed", "abnormal"]
-#: ``payment_orders.package_type`` (the catalog sells ``basic`` and ``premium``).
+#: ``payment_orders.package_type`` (the catalog sells ``basic`` and ``premium``; a
+#: business order is ``free``: it changes no plan).
 PackageType = Literal["free", "basic", "premium"]
+#: ``payment_orders.fulfilment_status`` (paylane's, migration 0010): a business order's
+#: effect, pending until the backend reports it done or not.
+FulfilmentStatus = Literal["pending", "success", "failed"]
 
 __all__ = [
+    "FulfilmentStatus",
     "OrderRow",
     "OrderStatus",
     "PackageType",
@@ -107,6 +112,13 @@ class OrderRow(TypedDict):
     queried_at: datetime | None
     paid_event_at: datetime | None
     refund_event_at: datetime | None
+    # business orders and their fulfilment (schema.BUSINESS_ORDER_COLUMNS)
+    description: str | None
+    external_id: str | None
+    attach: str | None
+    fulfilment_status: FulfilmentStatus | None
+    fulfilment_detail: str | None
+    fulfilled_at: datetime | None
 
 
 class RefundRow(TypedDict):

@@ -260,3 +260,28 @@ PAYMENT_LOG_KIND: tuple[list[Column], list[Index], list[EnumValues]] = (
     [Index("payment_logs", "ix_payment_logs_kind", ("kind", "created_at"))],
     [],
 )
+
+# What migration 0010_business_orders adds: business orders (the backend's ``POST /orders``
+# with an amount and a description instead of a package: package_type 'free', no plan
+# change) and their fulfilment (the backend's ``POST /orders/{no}/fulfilment``; the order
+# service's fulfilment.py). ``description`` is what WeChat Pay shows the payer (127 bytes
+# at most) and marks a business order: paylane writes it on no other. ``external_id``: the
+# backend's own id of the order, unique (NULLs apart), which makes its POST idempotent;
+# ``attach``: handed to WeChat Pay as is. ``fulfilment_status`` pending → success|failed,
+# with the backend's ``fulfilment_detail`` and when it became final (``fulfilled_at``).
+BUSINESS_ORDER_COLUMNS = [
+    Column(ORDERS, "description", "VARCHAR(127) NULL"),
+    Column(ORDERS, "external_id", "VARCHAR(64) NULL"),
+    Column(ORDERS, "attach", "VARCHAR(128) NULL"),
+    Column(ORDERS, "fulfilment_status", "ENUM('pending', 'success', 'failed') NULL"),
+    Column(ORDERS, "fulfilment_detail", "VARCHAR(255) NULL"),
+    Column(ORDERS, "fulfilled_at", "DATETIME(6) NULL"),
+]
+BUSINESS_ORDERS: tuple[list[Column], list[Index], list[EnumValues]] = (
+    BUSINESS_ORDER_COLUMNS,
+    [
+        Index(ORDERS, "uq_orders_external_id", ("external_id",), unique=True),
+        Index(ORDERS, "ix_orders_fulfilment", ("fulfilment_status", "status", "paid_at")),
+    ],
+    [],
+)
