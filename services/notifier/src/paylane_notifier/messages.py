@@ -97,6 +97,11 @@ class ClientMessage:
         return json.dumps(self.as_dict(), ensure_ascii=False, separators=(",", ":"))
 
 
+#: A business order's package_type: its payment grants nothing, so its ``order.paid`` is
+#: pushed as it comes (a package's comes with ``entitlement.granted``).
+BUSINESS_PACKAGE = "free"
+
+
 def from_event(envelope: Envelope, data: Any) -> tuple[str, tuple[ClientMessage, ...]] | None:
     """The user an event concerns and the messages to push, in order, or None for other
     events."""
@@ -134,6 +139,8 @@ def _entitlement_status(event_type: str, data: Entitlement) -> str:
 def _message(envelope: Envelope, data: Any) -> tuple[str, ClientMessage] | None:
     common: dict[str, Any] = {"event_id": envelope.event_id, "occurred_at": envelope.occurred_at}
     if envelope.type == events.ORDER_PAID and isinstance(data, OrderPaid):
+        if data.package_type != BUSINESS_PACKAGE:
+            return None  # pushed with its grant (entitlement.granted carries it)
         return data.user_id, ClientMessage(
             type=envelope.type,
             out_trade_no=data.out_trade_no,

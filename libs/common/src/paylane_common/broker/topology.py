@@ -176,6 +176,9 @@ ENTITLEMENT_ORDERS = QueueSpec(
 #: changes no entitlement, and an order that ends unpaid ``order.failed``; a business
 #: order's client hears its fulfilment (``fulfilment.*``).
 NOTIFIER_KEYS = (
+    # A business order's payment (package 'free': no grant follows, so its order.paid is
+    # the one push of it; a package's comes with its grant).
+    events.ORDER_PAID,
     events.ENTITLEMENT_GRANTED,
     events.ENTITLEMENT_REVOKED,
     events.ORDER_REFUNDED,
