@@ -73,7 +73,7 @@ def migrate(url: str) -> list[str]:
     dsn = MySQLParams.from_url(url)
     create_database(dsn)
     backend = _backend(dsn)
-    migrations = read_migrations(str(files("paylane_common") / "migrations"))
+    migrations = read_migrations(str(files("paylane_common.storage") / "migrations"))
     with backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
