@@ -6,8 +6,8 @@ connection's user (no paylane user has the ``impersonator`` tag), so it cannot b
 Each consumer takes an event type only from the identity that publishes it
 (:meth:`Publishers.expected`): ``payment.*``, ``refund.*`` and ``order.created`` from
 ingress (and order, whose reconciler publishes payments and refunds it found itself),
-``order.*`` from order, ``entitlement.*`` from entitlement. Anything else is dead-lettered
-with the reason (consumer.py).
+``order.*`` and ``fulfilment.*`` from order, ``entitlement.*`` from entitlement. Anything
+else is dead-lettered with the reason (consumer.py).
 
 A message may come back to its queue published by someone else than its publisher:
 
@@ -66,7 +66,7 @@ class Publishers:
             return frozenset({self.ingress})
         if event_type.startswith(("payment.", "refund.")):
             return frozenset({self.ingress, self.order})  # the reconciler's findings
-        if event_type.startswith("order."):
+        if event_type.startswith(("order.", "fulfilment.")):
             return frozenset({self.order})
         if event_type.startswith("entitlement."):
             return frozenset({self.entitlement})

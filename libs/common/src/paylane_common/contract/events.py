@@ -30,6 +30,9 @@ ENTITLEMENT_REVOKED = "entitlement.revoked"
 #: ``payment_orders`` (``POST /api/payment/internal/order-created``); the order service
 #: writes it.
 ORDER_CREATED = "order.created"
+#: The backend confirmed a paid order's effect (``POST /orders/{no}/fulfilment``): the
+#: order service then declares the order's shipping to WeChat (docs/shipping.md).
+FULFILMENT_SUCCEEDED = "fulfilment.succeeded"
 #: What paylane is told from outside (ingress publishes them): the only events the stream
 #: ``paylane.log`` keeps. Every other event is derived and kept in its producer's outbox.
 EXTERNAL_EVENTS: tuple[str, ...] = (
@@ -204,6 +207,13 @@ class Entitlement(_Data):
     revoked_for: RevokedFor | None = None
 
 
+class Fulfilment(_Data):
+    """``fulfilment.succeeded``: the order whose effect the backend confirmed (other
+    fields of the event are not read here)."""
+
+    out_trade_no: str = Field(min_length=1, max_length=32)
+
+
 DATA_MODELS: dict[str, type[_Data]] = {
     PAYMENT_SUCCEEDED: PaymentSucceeded,
     REFUND_SUCCEEDED: RefundEvent,
@@ -216,6 +226,7 @@ DATA_MODELS: dict[str, type[_Data]] = {
     ORDER_FAILED: OrderFailed,
     ENTITLEMENT_GRANTED: Entitlement,
     ENTITLEMENT_REVOKED: Entitlement,
+    FULFILMENT_SUCCEEDED: Fulfilment,
 }
 
 
