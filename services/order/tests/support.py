@@ -25,8 +25,10 @@ from paylane_order.errors import error_middleware
 from paylane_order.gate import Gate
 from paylane_order.order_list import OrderList
 from paylane_order.orders import Orders
+from paylane_order.payments import PaymentApplier
 from paylane_order.sessions import Sessions
 from paylane_order.settings import OrderSettings
+from paylane_order.status_query import StatusQuery
 from tests.support import hygiene
 from tests.support.events import TRANSACTION_ID, Delivery, payment_succeeded
 from tests.support.sandbox import RunningSandbox
@@ -153,7 +155,8 @@ async def serving_order_api(
     **overrides: Any,
 ) -> AsyncIterator[OrderApi]:
     """The order API's routes and their middlewares on ``pool``, placing orders at
-    ``sandbox`` (the kit's WeChat Pay) through ``client``; ``overrides``: settings."""
+    ``sandbox`` (the kit's WeChat Pay) through ``client`` (and asking it about pending
+    ones on ``GET /orders/{no}``); ``overrides``: settings."""
     settings = order_settings(
         KIT,
         sandbox.base_url,
@@ -177,6 +180,8 @@ async def serving_order_api(
     )
     sessions = app[api.SESSIONS] = Sessions(pool, config.tokens, config.token_ttl_s)
     app[api.ORDER_LIST] = OrderList(pool)
+    gate = payment_gate(client)
+    app[api.STATUS_QUERY] = StatusQuery(pool, gate, PaymentApplier(pool, gate), config.status_query)
     api.add_routes(app)
     async with TestClient(TestServer(app)) as test_client:
         yield OrderApi(test_client, orders, sessions, pool, sandbox)
