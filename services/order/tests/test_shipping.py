@@ -84,12 +84,14 @@ class Shipping:
 async def shipping(order_api: OrderApi) -> Any:
     """``shipping(**config changes)``: a replica's shipping parts. The uploads earlier
     tests left pending (the database is the session's) are put off a day: an uploader
-    takes every row due, and would spend this test's injected errcodes on them."""
+    takes every row due, and would spend this test's injected errcodes on them. A token
+    another test's sandbox issued is forgotten (this sandbox would refuse it)."""
     async with transaction(order_api.pool) as cur:
         await cur.execute(
             "UPDATE paylane_shipping SET next_attempt_at = NOW(6) + INTERVAL 1 DAY"
             " WHERE state = 'pending'"
         )
+        await cur.execute("DELETE FROM paylane_wechat_tokens WHERE appid = %s", (KIT.appid,))
     made: list[Shipping] = []
 
     def make(**changes: Any) -> Shipping:
@@ -323,8 +325,6 @@ async def _stable_token_calls(order_api: OrderApi) -> int:
 
 
 async def test_the_token_is_shared_and_refreshed_once_by_two_replicas(order_api, shipping):
-    async with transaction(order_api.pool) as cur:
-        await cur.execute("DELETE FROM paylane_wechat_tokens WHERE appid = %s", (KIT.appid,))
     a, b = shipping(), shipping()  # two replicas: each its own cache, one database
     before = await _stable_token_calls(order_api)
     first = await asyncio.gather(a.tokens.token(), b.tokens.token())
@@ -360,3 +360,14 @@ async def test_a_refused_token_is_replaced_and_the_upload_retried(order_api, shi
 
     await eventually(uploaded, what="the upload with a new token")
     assert await one.tokens.token() != old
+
+
+async def test_a_token_one_replica_saw_refused_is_forced_anew_by_another(order_api, shipping):
+    """A plain stable_token call answers the token WeChat holds; after a refusal the
+    refresh must force a new one, whichever replica makes it."""
+    a, b = shipping(), shipping()
+    token = await a.tokens.token()
+    await a.tokens.invalidate(token)
+    issued = (await order_api.sandbox.ok("GET", "/sandbox/shipping"))["tokens_issued"]
+    assert await b.tokens.token() != token
+    assert (await order_api.sandbox.ok("GET", "/sandbox/shipping"))["tokens_issued"] == issued + 1

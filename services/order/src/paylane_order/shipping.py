@@ -135,6 +135,7 @@ class _TokenRow(TypedDict):
     access_token: str
     remaining_us: int | None
     fresh: int
+    refused: int
 
 
 class AccessTokens:
@@ -152,8 +153,6 @@ class AccessTokens:
         self._wait_s = wait_s
         self._lock = asyncio.Lock()
         self._cached: tuple[str, float] | None = None  # token, monotonic time to drop it
-        #: WeChat refused the token we hold: the next refresh forces a new one.
-        self._force = False
 
     async def token(self) -> str:
         cached = self._cached
@@ -175,13 +174,13 @@ class AccessTokens:
 
     async def invalidate(self, token: str) -> None:
         """WeChat refused ``token`` (40001, 42001): no replica uses it again, and the
-        next refresh asks for a new one (``force_refresh``)."""
+        next refresh, whichever replica makes it, asks for a new one (``force_refresh``:
+        a plain call would answer the same token while WeChat thinks it valid)."""
         self._cached = None
-        self._force = True
         async with transaction(self._pool) as cur:
             await cur.execute(
-                "UPDATE paylane_wechat_tokens SET expires_at = NOW(6), refresh_after = NOW(6)"
-                " WHERE appid = %s AND access_token = %s",
+                "UPDATE paylane_wechat_tokens SET refresh_after = NOW(6),"
+                " invalidated_at = NOW(6) WHERE appid = %s AND access_token = %s",
                 (self._api.appid, token),
             )
 
@@ -191,17 +190,27 @@ class AccessTokens:
             await cur.execute(
                 "SELECT access_token,"
                 " TIMESTAMPDIFF(MICROSECOND, NOW(6), refresh_after) AS remaining_us,"
-                " refresh_after > NOW(6) AND expires_at > NOW(6) AS fresh"
+                " refresh_after > NOW(6) AND expires_at > NOW(6) AS fresh,"
+                " invalidated_at IS NOT NULL AS refused"
                 " FROM paylane_wechat_tokens WHERE appid = %s",
                 (self._api.appid,),
             )
             row = await fetch_one(cur, _TokenRow)
-        if row is None or not row["fresh"]:
+        if row is None or not row["fresh"] or row["refused"]:
             return None
         return row["access_token"], (row["remaining_us"] or 0) / 1e6
 
+    async def _refused(self) -> bool:
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "SELECT 1 FROM paylane_wechat_tokens WHERE appid = %s"
+                " AND invalidated_at IS NOT NULL",
+                (self._api.appid,),
+            )
+            return await cur.fetchone() is not None
+
     async def _refresh(self) -> tuple[str, float]:
-        answer = await self._api.stable_token(force_refresh=self._force)
+        answer = await self._api.stable_token(force_refresh=await self._refused())
         token, expires_in = answer.get("access_token"), answer.get("expires_in")
         if not isinstance(token, str) or not token or not isinstance(expires_in, int):
             metrics.WECHAT_TOKEN_REFRESHES.labels("failed").inc()
@@ -219,10 +228,9 @@ class AccessTokens:
                 " VALUES (%s, %s, NOW(6) + INTERVAL %s SECOND, NOW(6) + INTERVAL %s SECOND,"
                 " NOW(6)) ON DUPLICATE KEY UPDATE access_token = VALUES(access_token),"
                 " expires_at = VALUES(expires_at), refresh_after = VALUES(refresh_after),"
-                " refreshed_at = VALUES(refreshed_at)",
+                " refreshed_at = VALUES(refreshed_at), invalidated_at = NULL",
                 (self._api.appid, token, expires_in, fresh_for_s),
             )
-        self._force = False
         metrics.WECHAT_TOKEN_REFRESHES.labels("refreshed").inc()
         log.info("wechat_token_refreshed", expires_in=expires_in)
         return token, float(fresh_for_s)

@@ -33,7 +33,10 @@ CREATE TABLE IF NOT EXISTS paylane_wechat_tokens (
     access_token VARCHAR(512) NOT NULL,
     expires_at DATETIME(6) NOT NULL,
     refresh_after DATETIME(6) NOT NULL,
-    refreshed_at DATETIME(6) NOT NULL
+    refreshed_at DATETIME(6) NOT NULL,
+    -- Set when WeChat refused the token (40001): the next refresh, by any replica, forces
+    -- a new one (force_refresh).
+    invalidated_at DATETIME(6) NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- The uploader's lease (one replica uploads at a time) and the token refresh's.
