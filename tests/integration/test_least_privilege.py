@@ -888,8 +888,12 @@ async def test_order_user_queues_and_uploads_shipping_and_shares_the_token(
             uploader = ShippingUploader(pool, api, tokens, config)
             assert await uploader.run_once() == {"retry": 1, "already_done": 1, "failed": 1}
             orders = Orders(pool, None, None, MERCHANT_LP, max_pending=0, duplicate_window_s=0)  # type: ignore[arg-type]
-            states = [(await orders.get(no) or {}).get("shipping") for no in numbers]
-            assert sorted(s["state"] for s in states if s) == ["failed", "pending", "uploaded"]
+            states = []
+            for no in numbers:
+                found = await orders.get(no)
+                assert found is not None and found["shipping"] is not None
+                states.append(found["shipping"]["state"])
+            assert sorted(states) == ["failed", "pending", "uploaded"]
         finally:
             await api.close()
     with _connect(service_mysql_urls["order"]) as cur:

@@ -130,11 +130,15 @@ async def paid_order(order_api: OrderApi, trade_type: str = "JSAPI") -> dict[str
     }
 
 
-async def shipping_row(pool: aiomysql.Pool, out_trade_no: str) -> dict[str, Any] | None:
+async def shipping_rows(pool: aiomysql.Pool, out_trade_no: str) -> list[dict[str, Any]]:
     async with transaction(pool) as cur:
         await cur.execute("SELECT * FROM paylane_shipping WHERE out_trade_no = %s", (out_trade_no,))
-        row: dict[str, Any] | None = await cur.fetchone()
-        return row
+        return list(await cur.fetchall())
+
+
+async def shipping_row(pool: aiomysql.Pool, out_trade_no: str) -> dict[str, Any]:
+    [row] = await shipping_rows(pool, out_trade_no)
+    return row
 
 
 def uploads_of(order_api: OrderApi, transaction_id: str) -> list[dict[str, Any]]:
@@ -200,7 +204,7 @@ async def test_orders_not_paid_in_the_mini_program_are_never_uploaded(
     order = await paid_order(order_api, trade_type)
     assert await one.granted(order) == "shipping_not_jsapi"
     assert await one.fulfilled(order["out_trade_no"]) == "shipping_not_jsapi"
-    assert await shipping_row(order_api.pool, order["out_trade_no"]) is None
+    assert await shipping_rows(order_api.pool, order["out_trade_no"]) == []
     status, view = await order_api.backend("GET", f"/orders/{order['out_trade_no']}")
     assert (status, view["shipping"]) == (200, None)
 
@@ -209,7 +213,7 @@ async def test_nothing_is_queued_when_shipping_upload_is_off(order_api, shipping
     off = shipping(mode="off")
     order = await paid_order(order_api)
     assert await off.granted(order) == "shipping_off"
-    assert await shipping_row(order_api.pool, order["out_trade_no"]) is None
+    assert await shipping_rows(order_api.pool, order["out_trade_no"]) == []
 
 
 async def test_a_business_order_waits_for_its_fulfilment(order_api, shipping):
