@@ -79,6 +79,17 @@ GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_locks`
   TO '{order_user}'@'%';
 GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_retention_lock`
   TO '{order_user}'@'%';
+-- Shipping declared to WeChat (shipping.py, migration 0012): an order queued once (its
+-- row inserted), then its upload's outcome recorded; rows are never deleted. WeChat's
+-- access token, shared by the replicas (INSERT … ON DUPLICATE KEY UPDATE: UPDATE on the
+-- table's columns too). Its leases ('paylane.shipping', 'paylane.wechat_token') are rows
+-- of paylane_locks, granted above.
+GRANT SELECT, INSERT (`out_trade_no`, `transaction_id`, `openid`, `item_desc`,
+    `logistics_type`),
+  UPDATE (`state`, `attempts`, `next_attempt_at`, `uploaded_at`, `last_errcode`,
+    `last_errmsg`, `failed_reason`)
+  ON `{database}`.`paylane_shipping` TO '{order_user}'@'%';
+GRANT SELECT, INSERT, UPDATE ON `{database}`.`paylane_wechat_tokens` TO '{order_user}'@'%';
 
 -- entitlement (the order.paid / order.refunded consumer): a user's plan and regenerations
 -- (those two columns only, read by id: nothing of a user's personal details) and its

@@ -71,7 +71,12 @@ from paylane_notifier.snapshot import load_snapshot
 from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.bills import BillReconciler, Difference
 from paylane_order.business import BusinessTerms, business_package
-from paylane_order.config import MerchantConfig, ReconcilerConfig, StatusQueryConfig
+from paylane_order.config import (
+    MerchantConfig,
+    ReconcilerConfig,
+    ShippingConfig,
+    StatusQueryConfig,
+)
 from paylane_order.fulfilment import count_overdue
 from paylane_order.gate import Gate
 from paylane_order.order_list import OrderFilters, OrderList
@@ -81,6 +86,7 @@ from paylane_order.reconciler import Reconciler
 from paylane_order.refund_requests import _note_reason
 from paylane_order.refunds import RefundApplier
 from paylane_order.sessions import Sessions
+from paylane_order.shipping import AccessTokens, ShippingQueue, ShippingUploader, WechatApi
 from paylane_order.status_query import StatusQuery
 from paylane_order.users import user_by_openid
 from services.order.tests.support import payment_gate
@@ -500,6 +506,7 @@ async def test_entitlement_takes_order_events_from_order_only_and_forwards_under
 #: ER_TABLEACCESS_DENIED_ERROR ("UPDATE command denied to user … for table …") and
 #: ER_COLUMNACCESS_DENIED_ERROR (the same for a column the user may not write).
 TABLE_DENIED, COLUMN_DENIED = 1142, 1143
+MERCHANT_LP = MerchantConfig("1900000109", "wxd678efh567hg6787", "http://127.0.0.1:9/n", 1800)
 #: ER_DBACCESS_DENIED_ERROR: a database-level privilege (LOCK TABLES) not held.
 DB_ACCESS_DENIED = 1044
 
@@ -1183,3 +1190,73 @@ async def test_topology_is_declared_by_paylane_topology_and_only_checked_by_serv
             await connection.close()
     finally:
         infra.broker.delete_vhost(vhost)
+
+
+async def test_order_user_queues_and_uploads_shipping_and_shares_the_token(
+    service_mysql_urls: dict[str, str], db_pool: aiomysql.Pool
+) -> None:
+    """Shipping declared to WeChat (shipping.py) under order's user: an order queued on
+    its grant, the access token refreshed (its lease, the shared row) and invalidated,
+    uploads retried, done and flagged, the state read back for GET /orders/{no}. It
+    never rewrites what an upload says, nor deletes a row."""
+    async with transaction(db_pool) as cur:  # rows and a token earlier tests left
+        await cur.execute(
+            "UPDATE paylane_shipping SET next_attempt_at = NOW(6) + INTERVAL 1 DAY"
+            " WHERE state = 'pending'"
+        )
+        await cur.execute("DELETE FROM paylane_wechat_tokens WHERE appid = %s", (KIT.appid,))
+    numbers = [f"LPS{uuid.uuid4().hex[:20]}" for _ in range(3)]
+    for i, no in enumerate(numbers):
+        user_id = await _user(db_pool)
+        await add_order(
+            db_pool,
+            user_id,
+            no,
+            trade_type="JSAPI",
+            status="paid",
+            transaction_id=f"42000000{i}{uuid.uuid4().hex[:12]}",
+            _openid=f"o-lp-{i}",
+        )
+    config = ShippingConfig(mode="virtual", appid=KIT.appid, app_secret="s", retry_base_s=60)
+    async with (
+        running_sandbox(sandbox_settings(KIT)) as sandbox,
+        _pool(service_mysql_urls["order"]) as pool,
+    ):
+        api = WechatApi(sandbox.base_url, KIT.appid, "s")
+        try:
+            tokens = AccessTokens(pool, api)
+            queue = ShippingQueue(pool, replace(config, api_base=sandbox.base_url), DEFAULT_CATALOG)
+            for no in numbers:
+                data = events.Entitlement(
+                    user_id="u", out_trade_no=no, payment_status="basic", regenerate_count=1
+                )
+                envelope = make_event(events.ENTITLEMENT_GRANTED, data)
+                assert await queue(envelope, data) == "shipping_queued"
+            token = await tokens.token()
+            await tokens.invalidate(token)
+            assert await AccessTokens(pool, api).token() != token  # forced anew, shared
+            for errcode in (-1, 10060002, 10060004):  # one each: retried, done, flagged
+                await sandbox.ok("POST", "/sandbox/shipping/faults", {"errcode": errcode})
+            uploader = ShippingUploader(pool, api, tokens, config)
+            assert await uploader.run_once() == {"retry": 1, "already_done": 1, "failed": 1}
+            orders = Orders(pool, None, None, MERCHANT_LP, max_pending=0, duplicate_window_s=0)  # type: ignore[arg-type]
+            states = []
+            for no in numbers:
+                found = await orders.get(no)
+                assert found is not None and found["shipping"] is not None
+                states.append(found["shipping"]["state"])
+            assert sorted(states) == ["failed", "pending", "uploaded"]
+        finally:
+            await api.close()
+    with _connect(service_mysql_urls["order"]) as cur:
+        _assert_denied(
+            cur,
+            COLUMN_DENIED,
+            f"UPDATE paylane_shipping SET openid = 'forged' WHERE out_trade_no = '{numbers[0]}'",
+            f"UPDATE paylane_shipping SET transaction_id = 'x' WHERE out_trade_no = '{numbers[0]}'",
+        )
+        _assert_denied(
+            cur, TABLE_DENIED, "DELETE FROM paylane_shipping", "DELETE FROM paylane_wechat_tokens"
+        )
+    with _connect(service_mysql_urls["notifier"]) as cur:
+        _assert_denied(cur, TABLE_DENIED, "SELECT access_token FROM paylane_wechat_tokens")

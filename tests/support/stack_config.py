@@ -54,7 +54,8 @@ ORDER_ENV = {
 def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict[str, str]:
     """The order service's own settings: ``settings`` (the reconciler's pace), the backend
     secret, the client tokens' private key (no other service gets it), the mini-program
-    login, the mobile app's appid (APP orders)."""
+    login, the mobile app's appid (APP orders), shipping declared to WeChat (the sandbox
+    plays it; a retry after half a second)."""
     return {
         **settings,
         "CLIENT_TOKEN_PRIVATE_KEY": TOKEN_PRIVATE_KEY,
@@ -62,6 +63,9 @@ def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict
         "BACKEND_API_SECRET": BACKEND_SECRET,
         "WECHAT_APP_SECRET": APP_SECRET,
         "WECHAT_API_BASE": sandbox_url,
+        "SHIPPING_UPLOAD": "virtual",
+        "SHIPPING_RETRY_BASE_S": "0.5",
+        "SHIPPING_INTERVAL_S": "1",
     }
 
 

@@ -20,7 +20,7 @@ from paylane_common.contract.money import yuan
 from paylane_common.runtime.settings import load_settings
 from paylane_common.wechatpay import WechatPayClient
 from paylane_order import api
-from paylane_order.config import ORDER_CONFIG, MerchantConfig, OrderConfig, StatusQueryConfig
+from paylane_order.config import ORDER_CONFIG, MerchantConfig, OrderConfig
 from paylane_order.errors import error_middleware
 from paylane_order.gate import Gate
 from paylane_order.order_list import OrderList
@@ -155,7 +155,8 @@ async def serving_order_api(
     **overrides: Any,
 ) -> AsyncIterator[OrderApi]:
     """The order API's routes and their middlewares on ``pool``, placing orders at
-    ``sandbox`` (the kit's WeChat Pay) through ``client``; ``overrides``: settings."""
+    ``sandbox`` (the kit's WeChat Pay) through ``client`` (and asking it about pending
+    ones on ``GET /orders/{no}``); ``overrides``: settings."""
     settings = order_settings(
         KIT,
         sandbox.base_url,
@@ -179,10 +180,8 @@ async def serving_order_api(
     )
     sessions = app[api.SESSIONS] = Sessions(pool, config.tokens, config.token_ttl_s)
     app[api.ORDER_LIST] = OrderList(pool)
-    # GET /orders/{no} answers the row: it never asks WeChat Pay (test_status_query.py does).
     gate = payment_gate(client)
-    never = StatusQueryConfig(after_s=-1)
-    app[api.STATUS_QUERY] = StatusQuery(pool, gate, PaymentApplier(pool, gate), never)
+    app[api.STATUS_QUERY] = StatusQuery(pool, gate, PaymentApplier(pool, gate), config.status_query)
     api.add_routes(app)
     async with TestClient(TestServer(app)) as test_client:
         yield OrderApi(test_client, orders, sessions, pool, sandbox)

@@ -467,6 +467,13 @@ def _view(order: OrderDetail, backend: bool = False) -> replies.OrderView:
     view["review_reason"] = (
         order.get("review_reason") if order["status"] == "needs_review" else None
     )
+    shipping = view["shipping"] = order.get("shipping")
+    if shipping is not None:
+        pending = shipping["state"] == "pending"
+        view["shipping"] = {
+            **shipping,
+            "next_attempt_at": shipping["next_attempt_at"] if pending else None,
+        }
     return replies.OrderView.model_validate(view)
 
 

@@ -105,6 +105,39 @@ class StatusQueryConfig:
 
 
 @dataclass(frozen=True)
+class ShippingConfig:
+    """Shipping declared to WeChat (shipping.py, docs/shipping.md)."""
+
+    #: ``off`` or ``virtual`` (``SHIPPING_UPLOAD``).
+    mode: str = default_of(OrderSettings, "shipping_upload")
+    #: WeChat's API host (``WECHAT_API_BASE``), the mini-program and its AppSecret.
+    api_base: str = default_of(OrderSettings, "wechat_api_base")
+    appid: str = ""
+    app_secret: str = ""
+    #: Retries for this long after the order was queued, the first after ``retry_base_s``.
+    retry_for_s: float = default_of(OrderSettings, "shipping_retry_for_s")
+    retry_base_s: float = default_of(OrderSettings, "shipping_retry_base_s")
+    #: The uploader's pace when nothing wakes it.
+    interval_s: float = default_of(OrderSettings, "shipping_interval_s")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @classmethod
+    def from_settings(cls, settings: OrderSettings) -> ShippingConfig:
+        return cls(
+            mode=settings.shipping_upload,
+            api_base=settings.wechat_api_base,
+            appid=settings.wechatpay_appid,
+            app_secret=secret_value(settings.wechat_app_secret),
+            retry_for_s=settings.shipping_retry_for_s,
+            retry_base_s=settings.shipping_retry_base_s,
+            interval_s=settings.shipping_interval_s,
+        )
+
+
+@dataclass(frozen=True)
 class OrderConfig:
     """What the order API's handlers, the consumer's appliers and the reconciler read."""
 
@@ -127,6 +160,7 @@ class OrderConfig:
     merchant: MerchantConfig
     reconciler: ReconcilerConfig
     status_query: StatusQueryConfig = StatusQueryConfig()
+    shipping: ShippingConfig = ShippingConfig()
     #: Per replica: sign-ins a client address, orders a user may make a minute (0: no
     #: limit); unpaid pending orders a user may have at once (0: no cap).
     login_rate_per_min: int = default_of(OrderSettings, "login_rate_per_min")
@@ -158,6 +192,7 @@ class OrderConfig:
             ),
             reconciler=ReconcilerConfig.from_settings(settings),
             status_query=StatusQueryConfig.from_settings(settings),
+            shipping=ShippingConfig.from_settings(settings),
             login_rate_per_min=settings.login_rate_per_min,
             order_rate_per_min=settings.order_rate_per_min,
             max_pending_orders=settings.max_pending_orders,

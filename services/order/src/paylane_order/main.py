@@ -9,7 +9,15 @@ import aiomysql
 from aiohttp import web
 
 from paylane_common.broker.topology import ORDER_PAYMENTS
-from paylane_common.contract.events import Envelope, OrderCreated, PaymentSucceeded, RefundEvent
+from paylane_common.contract import events
+from paylane_common.contract.events import (
+    Entitlement,
+    Envelope,
+    FulfilmentSettled,
+    OrderCreated,
+    PaymentSucceeded,
+    RefundEvent,
+)
 from paylane_common.delivery.batching import BatchItem
 from paylane_common.delivery.consumer import Reject
 from paylane_common.runtime.service import (
@@ -44,25 +52,30 @@ from .reconciler import Reconciler
 from .refunds import RefundApplier
 from .sessions import Sessions
 from .settings import OrderSettings
+from .shipping import AccessTokens, ShippingQueue, ShippingUploader, WechatApi
 from .status_query import StatusQuery
 
 RECONCILER = web.AppKey("reconciler", Reconciler)
+SHIPPING_UPLOADER = web.AppKey("shipping_uploader", ShippingUploader)
 
 
 class OrderEvents:
-    """The order consumer's handler: payments (one by one, or the plain ones in batches)
-    and refund events (one by one)."""
+    """The order consumer's handler: payments (one by one, or the plain ones in batches),
+    refund events and the orders' effects done, whose shipping is declared to WeChat
+    (one by one)."""
 
     def __init__(
         self,
         payments: PaymentApplier,
         refunds: RefundApplier,
         created: OrderCreatedApplier | None = None,
+        shipping: ShippingQueue | None = None,
     ):
         self.pool = payments.pool
         self._payments = payments
         self._refunds = refunds
         self._created = created or OrderCreatedApplier(payments.pool)
+        self._shipping = shipping
 
     async def __call__(self, envelope: Envelope, data: Any) -> str:
         if isinstance(data, PaymentSucceeded):
@@ -71,6 +84,10 @@ class OrderEvents:
             return await self._refunds(envelope, data)
         if isinstance(data, OrderCreated):
             return await self._created(envelope, data)
+        if (
+            isinstance(data, FulfilmentSettled) and envelope.type == events.FULFILMENT_SUCCEEDED
+        ) or (isinstance(data, Entitlement) and envelope.type == events.ENTITLEMENT_GRANTED):
+            return await self._shipping(envelope, data) if self._shipping else "shipping_off"
         raise Reject(f"{envelope.type} is not for the order service")
 
     async def apply_batch(
@@ -87,7 +104,14 @@ def build_handler(app: web.Application, config: OrderConfig) -> OrderEvents:
     wake = app[OUTBOX_RELAY].wake
     payments = PaymentApplier(app[DB_POOL], Gate.of(config, client), on_commit=wake)
     created = OrderCreatedApplier(app[DB_POOL], order_ttl_s=config.merchant.order_ttl_s)
-    return OrderEvents(payments, RefundApplier(app[DB_POOL], on_commit=wake), created)
+    uploader = app.get(SHIPPING_UPLOADER)
+    shipping = ShippingQueue(
+        app[DB_POOL],
+        config.shipping,
+        config.catalog,
+        on_commit=uploader.wake if uploader is not None else None,
+    )
+    return OrderEvents(payments, RefundApplier(app[DB_POOL], on_commit=wake), created, shipping)
 
 
 def build_app(settings: OrderSettings) -> web.Application:
@@ -130,7 +154,19 @@ def build_app(settings: OrderSettings) -> web.Application:
         )
         if config.reconciler.bills_hour >= 0:
             bills.start()  # every replica waits for the hour; one runs the day, once
+        wechat = WechatApi(
+            config.shipping.api_base, config.shipping.appid, config.shipping.app_secret
+        )
+        if config.shipping.enabled:
+            uploader = ShippingUploader(
+                app[DB_POOL], wechat, AccessTokens(app[DB_POOL], wechat), config.shipping
+            )
+            app[SHIPPING_UPLOADER] = uploader
+            uploader.start()
         yield
+        if config.shipping.enabled:
+            await app[SHIPPING_UPLOADER].stop()
+        await wechat.close()
         await bills.stop()
         await reconciler.stop()
         await app[api.LOGIN].close()

@@ -132,3 +132,25 @@ BILLS_LAST_SUCCESS = Gauge(
     "paylane_bills_last_success_timestamp_seconds",
     "When a daily bill reconciliation last finished a day, as this process knows (Unix time)",
 )
+
+# --- shipping declared to WeChat (shipping.py) -------------------------------------------
+
+#: ``outcome``: uploaded, already_done (WeChat had it: 10060002, 10060003, 10060023),
+#: retry (busy, not found yet, a system error, WeChat unreachable: tried again later),
+#: failed (any other errcode, or still not accepted after ``SHIPPING_RETRY_FOR_S``: the
+#: order is flagged, an alert fires at the first one).
+SHIPPING_UPLOADS = Counter(
+    "paylane_shipping_uploads_total",
+    "Shipping uploads to WeChat (upload_shipping_info) by outcome",
+    ["outcome"],
+)
+for _outcome in ("uploaded", "already_done", "retry", "failed"):  # exported at 0
+    SHIPPING_UPLOADS.labels(_outcome)
+#: ``outcome``: refreshed, failed (stable_token answered an errcode).
+WECHAT_TOKEN_REFRESHES = Counter(
+    "paylane_wechat_token_refreshes_total",
+    "Access tokens asked of WeChat (stable_token), by outcome",
+    ["outcome"],
+)
+for _outcome in ("refreshed", "failed"):
+    WECHAT_TOKEN_REFRESHES.labels(_outcome)

@@ -49,6 +49,8 @@ from .fulfilment import Fulfilments
 from .ids import new_out_trade_no
 from .refund_requests import RefundRequests
 from .settings import PREPAY_ID_TTL_S
+from .shipping import OrderShipping
+from .shipping import of_order as shipping_of
 from .users import UserRef, user_by_openid
 
 log = structlog.get_logger(__name__)
@@ -78,9 +80,11 @@ class OrderWithUser(OrderRow):
 
 
 class OrderDetail(OrderWithUser):
-    """What :meth:`Orders.get` answers: the order, its user's plan, its refunds."""
+    """What :meth:`Orders.get` answers: the order, its user's plan, its refunds, its
+    shipping declared to WeChat (None: not declared)."""
 
     refunds: list[OrderRefund]
+    shipping: OrderShipping | None
 
 
 @dataclass(frozen=True)
@@ -516,7 +520,8 @@ class Orders:
                 (out_trade_no,),
             )
             refunds = await fetch_all(cur, OrderRefund)
-        return {**order, "refunds": refunds}
+            shipping = await shipping_of(cur, out_trade_no)
+        return {**order, "refunds": refunds, "shipping": shipping}
 
     # -- remark ----------------------------------------------------------------------------
 

@@ -134,6 +134,22 @@ class OrderRefund(_Reply):
     created_at: datetime | None
 
 
+class OrderShipping(_Reply):
+    """The order's shipping declared to WeChat (发货信息管理, ``SHIPPING_UPLOAD``)."""
+
+    state: Literal["pending", "uploaded", "failed"] = Field(
+        description="`pending`: queued or being retried; `uploaded`: WeChat has it;"
+        " `failed`: WeChat refused it (see `failed_reason`)"
+    )
+    attempts: int
+    queued_at: datetime
+    next_attempt_at: datetime | None = Field(description="while `pending`: the next try")
+    uploaded_at: datetime | None
+    last_errcode: int | None = Field(description="WeChat's errcode of the last answer")
+    last_errmsg: str | None
+    failed_reason: str | None
+
+
 class OrderView(_Reply):
     out_trade_no: str
     user_id: str
@@ -171,6 +187,10 @@ class OrderView(_Reply):
     )
     fulfilment_detail: str | None = Field(description="the backend's word on its fulfilment")
     fulfilled_at: datetime | None = Field(description="when its fulfilment became final")
+    shipping: OrderShipping | None = Field(
+        description="its shipping declared to WeChat (JSAPI orders, `SHIPPING_UPLOAD`);"
+        " null: not declared"
+    )
 
 
 class OrderSummary(_Reply):

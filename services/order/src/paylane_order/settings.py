@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -132,6 +133,23 @@ class OrderSettings(
     #: the previous China day (WeChat Pay has a day's bills from about 10:00); -1: not
     #: in-process (``paylane reconcile bills`` runs it).
     bills_reconcile_hour: int = Field(10, ge=-1, le=23)
+    #: Shipping declared to WeChat (docs/shipping.md): ``virtual`` uploads the shipping of
+    #: every JSAPI (mini-program) payment once its effect is done (the plan granted, or the
+    #: backend's fulfilment confirmed), as virtual goods; ``off`` uploads nothing. Turn it
+    #: on when the mini-program is under WeChat's trade management (发货信息管理): its
+    #: payments stay frozen until their shipping is declared. Needs ``WECHAT_APP_SECRET``
+    #: (the access token) and calls ``WECHAT_API_BASE``.
+    shipping_upload: Literal["off", "virtual"] = "off"
+    #: An upload WeChat answers busy, not found yet or a system error is retried with
+    #: backoff for this long after the order was queued; then the order is flagged
+    #: (shipping state ``failed``).
+    shipping_retry_for_s: float = Field(86400.0, gt=0)
+    #: The first retry of an upload waits this long; each next one twice as long, at
+    #: most an hour.
+    shipping_retry_base_s: float = Field(15.0, gt=0)
+    #: How often the uploader looks for uploads due (one replica at a time); it is also
+    #: woken when an order is queued.
+    shipping_interval_s: float = Field(10.0, gt=0)
     #: The effects sweep (sweep.py; docs/adoption.md, "The sweep"): an order another
     #: writer settled is announced once untouched this long (the cloud function's notify
     #: on its way wins).
@@ -145,6 +163,15 @@ class OrderSettings(
             raise ValueError(
                 "WECHATPAY_APIV3_KEY is required: the order service checks and decrypts"
                 " WeChat Pay's notifications itself before an order is paid (the payment gate)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shipping_needs_the_app_secret(self) -> OrderSettings:
+        if self.shipping_upload != "off" and self.wechat_app_secret is None:
+            raise ValueError(
+                "SHIPPING_UPLOAD=virtual needs WECHAT_APP_SECRET: the shipping upload is"
+                " authorised by an access token (stable_token) of the mini-program"
             )
         return self
 

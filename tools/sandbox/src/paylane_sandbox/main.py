@@ -9,7 +9,7 @@ from aiohttp import web
 
 from paylane_common.runtime.service import base_app, serve
 
-from . import console, control_api, demo_proxy, miniprogram_api, wechat_api
+from . import console, control_api, demo_proxy, miniprogram_api, shipping_api, wechat_api
 from .app_keys import SANDBOX
 from .sandbox import Sandbox
 from .settings import SandboxSettings
@@ -23,6 +23,7 @@ def build_app(
     wechat_api.add_routes(app)
     control_api.add_routes(app)
     miniprogram_api.add_routes(app)
+    shipping_api.add_routes(app)
     console.add_routes(app)
     demo_proxy.add_routes(app, settings)
 

@@ -24,6 +24,7 @@ from .ledger import AbnormalRefund, Ledger, Order, Refund
 from .miniprogram import LoginCodes
 from .notifications import Notification, NotificationSender
 from .settings import SandboxSettings
+from .shipping import ShippingService
 from .signer import PlatformSigner, platform_certificate
 from .switches import SwitchBoard
 from .validation import ENCRYPTED_ABNORMAL_REFUND_FIELDS
@@ -72,6 +73,8 @@ class Sandbox:
             clock=clock,
         )
         self.login_codes = LoginCodes(clock)
+        #: The mini-program shipping service and its access tokens (shipping.py).
+        self.shipping = ShippingService(clock)
         #: Bill files applied for, by their download token (bills.py).
         self.bill_files: dict[str, bytes] = {}
         self._timers = Background()
@@ -91,6 +94,7 @@ class Sandbox:
         self.switches.reset()
         self.faults.clear()
         self.login_codes.reset()
+        self.shipping.reset()
         self.bill_files.clear()
 
     # --- payments -------------------------------------------------------------------------

@@ -106,6 +106,9 @@ class SandboxSettings(BaseServiceSettings):
     sandbox_max_skew_s: int = Field(300, ge=1)
     #: The mini-program AppSecret jscode2session expects (any secret when unset).
     sandbox_app_secret: SecretStr | None = None
+    #: The mini-program's message push URL: where ``POST /sandbox/shipping/remind`` sends
+    #: the ``trade_manage_remind_shipping`` message when the call names no ``url``.
+    sandbox_shipping_message_url: NoneIfBlank[CallbackUrl] = None
     #: Where the checkout demo's same-origin proxy sends ``/checkout/api/…``
     #: (demo_proxy.py).
     sandbox_order_api_url: HttpBaseUrl = "http://127.0.0.1:8081"

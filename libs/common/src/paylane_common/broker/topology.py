@@ -165,6 +165,10 @@ ORDER_PAYMENTS = QueueSpec(
         events.REFUND_SUCCEEDED,
         events.REFUND_CLOSED,
         events.REFUND_ABNORMAL,
+        # Shipping declared to WeChat once an order's effect is done (docs/shipping.md):
+        # the plan granted, or the backend's fulfilment confirmed.
+        events.ENTITLEMENT_GRANTED,
+        events.FULFILMENT_SUCCEEDED,
     ),
 )
 ENTITLEMENT_ORDERS = QueueSpec(
