@@ -68,12 +68,18 @@ def create_database(dsn: MySQLParams) -> None:
         conn.close()
 
 
+#: The migrations' folder, beside this module.
+MIGRATIONS = files("paylane_common.storage") / "migrations"
+
+
 def migrate(url: str) -> list[str]:
     """Create the database if needed and apply pending migrations; return their ids."""
     dsn = MySQLParams.from_url(url)
     create_database(dsn)
     backend = _backend(dsn)
-    migrations = read_migrations(str(files("paylane_common") / "migrations"))
+    migrations = read_migrations(str(MIGRATIONS))
+    if not migrations:  # a wrong path reads as "nothing to do": never let it pass
+        raise RuntimeError(f"no migrations found in {MIGRATIONS}")
     with backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
