@@ -27,6 +27,8 @@ from paylane_order.order_list import OrderList
 from paylane_order.orders import Orders
 from paylane_order.sessions import Sessions
 from paylane_order.settings import OrderSettings
+from paylane_order.webhooks.routes import WEBHOOK_STORE
+from paylane_order.webhooks.store import WebhookStore
 from tests.support import hygiene
 from tests.support.events import TRANSACTION_ID, Delivery, payment_succeeded
 from tests.support.sandbox import RunningSandbox
@@ -177,6 +179,7 @@ async def serving_order_api(
     )
     sessions = app[api.SESSIONS] = Sessions(pool, config.tokens, config.token_ttl_s)
     app[api.ORDER_LIST] = OrderList(pool)
+    app[WEBHOOK_STORE] = WebhookStore(pool)
     api.add_routes(app)
     async with TestClient(TestServer(app)) as test_client:
         yield OrderApi(test_client, orders, sessions, pool, sandbox)
