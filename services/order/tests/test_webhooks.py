@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,7 +23,6 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from paylane import cli
 from paylane_common.broker.publisher import Publisher
 from paylane_common.broker.topology import ORDER_WEBHOOKS
 from paylane_common.contract import events
@@ -110,12 +111,19 @@ def _event(event_type: str, event_id: str | None = None) -> Envelope:
     return make_event(event_type, data, event_id)
 
 
-@pytest.fixture
-async def clean(db_pool: aiomysql.Pool) -> WebhookStore:
-    async with db.transaction(db_pool) as cur:
+async def _empty(pool: aiomysql.Pool) -> None:
+    async with db.transaction(pool) as cur:
         for table in ("webhook_attempts", "webhook_deliveries", "webhook_endpoints"):
             await cur.execute(f"DELETE FROM {table}")
-    return WebhookStore(db_pool)
+
+
+@pytest.fixture
+async def clean(db_pool: aiomysql.Pool) -> AsyncIterator[WebhookStore]:
+    """Empty webhook tables, and empty again after: the session's other tests (the order
+    service run whole) must find no endpoint of these."""
+    await _empty(db_pool)
+    yield WebhookStore(db_pool)
+    await _empty(db_pool)
 
 
 @asynccontextmanager
@@ -128,6 +136,9 @@ async def running(
     """The order service's webhook parts, as it wires them (webhooks/wiring.py)."""
     await store.sync_config(config.urls)
     publisher = await Publisher.open(connection)  # declares the topology
+    channel = await connection.channel()  # what the session's other tests left: not ours
+    await (await channel.declare_queue(ORDER_WEBHOOKS.name, passive=True)).purge()
+    await channel.close()
     dispatcher = WebhookDispatcher(store, config)
     consumer = Consumer(
         connection,
@@ -416,13 +427,20 @@ async def test_cli_lists_resends_and_recovers_failed_deliveries(
     amqp_connection: AbstractRobustConnection,
     database: Dependency,
     mysql_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Two events fail their (one-step) schedule; ``deliveries --failed`` lists them;
     ``resend`` sends one again, ``recover --since`` the other."""
-    monkeypatch.setenv("MYSQL_URL", mysql_url)
-    monkeypatch.setenv("COLUMNS", "300")  # the table unfolded
+
+    async def paylane(*args: str) -> tuple[int, str]:
+        """``paylane webhooks …`` as an operator runs it: a process of its own."""
+        env = {**os.environ, "MYSQL_URL": mysql_url, "COLUMNS": "300"}  # the table unfolded
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "paylane.cli", "webhooks", *args, env=env,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await process.communicate()
+        return process.returncode or 0, out.decode()
+
     async with receiving() as receiver:
         receiver.answers = [(500, {})] * 4  # each tried twice: once, then one step
         config = _fast(receiver, schedule_s=(0.05,))
@@ -436,17 +454,14 @@ async def test_cli_lists_resends_and_recovers_failed_deliveries(
                 return len(rows) == 2 and all(r["status"] == "failed" for r in rows)
 
             await eventually(both_failed, what="both failed")
-            capsys.readouterr()
-            assert await asyncio.to_thread(cli.main, ["webhooks", "deliveries", "--failed"]) == 0
-            listed = capsys.readouterr().out
+            code, listed = await paylane("deliveries", "--failed")
+            assert code == 0, listed
             assert first.event_id in listed and second.event_id in listed
             by_event = {r["event_id"]: r["id"] for r in await _deliveries(clean)}
-            resend = ["webhooks", "resend", str(by_event[first.event_id])]
-            assert await asyncio.to_thread(cli.main, resend) == 0
+            assert (await paylane("resend", str(by_event[first.event_id])))[0] == 0
             await eventually(lambda: len(receiver.accepted()) == 1, what="the resend")
-            recover = ["webhooks", "recover", "--since", "2020-01-01"]
-            assert await asyncio.to_thread(cli.main, recover) == 0
-            assert "1 failed deliveries" in capsys.readouterr().out
+            code, said = await paylane("recover", "--since", "2020-01-01")
+            assert code == 0 and "1 failed deliveries" in said, said
             await eventually(lambda: len(receiver.accepted()) == 2, what="the recovery")
     assert {h["webhook-id"] for h, _ in receiver.accepted()} == {first.event_id, second.event_id}
-    assert await asyncio.to_thread(cli.main, ["webhooks", "resend", "999999999"]) == 1
+    assert (await paylane("resend", "999999999"))[0] == 1

@@ -177,10 +177,12 @@ class WebhookStore:
                 return 0
             values = [(event_id, event_type, target, payload.decode()) for target in targets]
             await cur.executemany(
-                "INSERT IGNORE INTO webhook_deliveries (event_id, event_type, endpoint_id,"
+                "INSERT INTO webhook_deliveries (event_id, event_type, endpoint_id,"
                 " payload, next_attempt_at, created_at, updated_at)"
                 " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6),"
-                " UTC_TIMESTAMP(6))",
+                " UTC_TIMESTAMP(6))"
+                # Seen before: nothing changes (no IGNORE, which would hide other errors).
+                " ON DUPLICATE KEY UPDATE event_id = event_id",
                 values,
             )
             return int(cur.rowcount)
