@@ -54,7 +54,7 @@ ORDER_ENV = {
 def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict[str, str]:
     """The order service's own settings: ``settings`` (the reconciler's pace), the backend
     secret, the client tokens' private key (no other service gets it), the mini-program
-    login, the mobile app's appid (APP orders)."""
+    login, the mobile app's appid (APP orders), webhooks to local receivers."""
     return {
         **settings,
         "CLIENT_TOKEN_PRIVATE_KEY": TOKEN_PRIVATE_KEY,
@@ -62,6 +62,8 @@ def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict
         "BACKEND_API_SECRET": BACKEND_SECRET,
         "WECHAT_APP_SECRET": APP_SECRET,
         "WECHAT_API_BASE": sandbox_url,
+        # Development: the tests' webhook receivers listen on 127.0.0.1 over http.
+        "WEBHOOK_ALLOW_PRIVATE": "true",
     }
 
 
