@@ -69,6 +69,12 @@ GRANT SELECT, INSERT, UPDATE (`valid_until`) ON `{database}`.`catalog_prices` TO
 -- by a revocation (INSERT … ON DUPLICATE KEY UPDATE wants UPDATE on the inserted columns
 -- too: the table's three, so the whole table).
 GRANT SELECT, INSERT, UPDATE ON `{database}`.`paylane_user_sessions` TO '{order_user}'@'%';
+-- Webhooks to the backend (paylane_order.webhooks, migration 0011): endpoints made,
+-- disabled and deleted (a row is kept, marked), one delivery row per event and endpoint
+-- (claimed and settled), and the attempts log, only appended to. Nothing is deleted.
+GRANT SELECT, INSERT, UPDATE ON `{database}`.`webhook_endpoints` TO '{order_user}'@'%';
+GRANT SELECT, INSERT, UPDATE ON `{database}`.`webhook_deliveries` TO '{order_user}'@'%';
+GRANT SELECT, INSERT ON `{database}`.`webhook_attempts` TO '{order_user}'@'%';
 -- Its inbox claims and outbox rows; DELETE for retention pruning (retention.py).
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';

@@ -65,6 +65,7 @@ SECTIONS: dict[str, str] = {
     "TrustedProxySettings": "Proxies",
     "IngressSettings": "Ingress",
     "OrderSettings": "Order service",
+    "WebhookSettings": "Webhooks to the backend (order service)",
     "NotifierSettings": "Notifier",
     "EntitlementSettings": "Entitlement service",
     "SandboxSettings": "Sandbox (tools/sandbox)",

@@ -246,6 +246,7 @@ def test_committed_broker_permissions_are_least_privilege() -> None:
         configure = permissions[user]["configure"]
         assert not re.match(configure, topology.ORDER_PAYMENTS.name), user
         assert not re.match(configure, topology.ENTITLEMENT_ORDERS.name), user
+        assert not re.match(configure, topology.ORDER_WEBHOOKS.name), user
         assert not re.match(configure, topology.SIGNALS_EXCHANGE), user
     writes = permissions["paylane-ingress"]["write"]
     assert {
@@ -263,7 +264,10 @@ def test_committed_broker_permissions_are_least_privilege() -> None:
         for user, entry in permissions.items()
     } == {
         "paylane-ingress": set(),
-        "paylane-order": {topology.ORDER_PAYMENTS.forward_exchange},
+        "paylane-order": {
+            topology.ORDER_PAYMENTS.forward_exchange,
+            topology.ORDER_WEBHOOKS.forward_exchange,
+        },
         "paylane-entitlement": {topology.ENTITLEMENT_ORDERS.forward_exchange},
         "paylane-notifier": set(),
     }

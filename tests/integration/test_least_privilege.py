@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ from paylane_order.sessions import Sessions
 from paylane_order.shipping import AccessTokens, ShippingQueue, ShippingUploader, WechatApi
 from paylane_order.status_query import StatusQuery
 from paylane_order.users import user_by_openid
+from paylane_order.webhooks.store import WebhookStore, config_endpoint_id
 from services.order.tests.support import payment_gate
 from tests.support import hygiene
 from tests.support.events import (
@@ -941,6 +942,51 @@ async def test_consumer_users_prune_the_inbox_and_outbox(
         for table in ("inbox", "outbox"):
             await cur.execute(f"SELECT COUNT(*) AS n FROM {table} WHERE event_id = %s", (event_id,))
             assert (await cur.fetchone())["n"] == 0, table
+
+
+async def test_order_user_runs_every_webhook_statement_and_no_other_user_reads_them(
+    service_mysql_urls: dict[str, str],
+) -> None:
+    """The webhooks' statements (paylane_order.webhooks.store) under the order user: the
+    configuration's endpoints recorded, one made, listed, an event's deliveries written,
+    claimed, each kind of settling (retry, success, disable), the log read, resend,
+    recover, enable, delete. The other services' users read none of it (the endpoints
+    hold their secrets)."""
+    url = f"https://93.184.215.14/lp-{uuid.uuid4().hex[:8]}"
+    async with _pool(service_mysql_urls["order"]) as pool:
+        store = WebhookStore(pool)
+        await store.sync_config([url])
+        endpoint, _secret = await store.create(url + "/api", ["order.paid"], "least privilege")
+        assert endpoint.id in {e.id for e in await store.endpoints()}
+        event_id = f"lp-{uuid.uuid4().hex}"
+        assert await store.ingest(event_id, "order.paid", b"{}") >= 2
+        assert endpoint.id in await store.due_endpoints()
+        (claimed,) = await store.claim(endpoint.id, 5, 60)
+        common: dict[str, Any] = {"latency_ms": 3, "excerpt": "no", "error": None}
+        await store.record(claimed, status=500, settle="retry", retry_in_s=0, **common)
+        assert await store.failing_for_s(endpoint.id) >= 0
+        (claimed,) = await store.claim(endpoint.id, 5, 60)
+        await store.record(claimed, status=200, settle="succeeded", **common)
+        configured = config_endpoint_id(url)
+        (other,) = await store.claim(configured, 5, 60)
+        await store.record(other, status=410, settle="disable", reason="410 Gone", **common)
+        listed = await store.deliveries(failed=True)
+        assert other.id in {r["id"] for r in listed}
+        assert await store.attempts(other.id)
+        assert await store.resend(other.id) == "endpoint_disabled"
+        assert await store.enable(configured)
+        assert await store.resend(other.id) == "resent"
+        assert await store.recover(datetime(2020, 1, 1)) >= 0
+        assert await store.delete(endpoint.id) == "api"
+        await store.sync_config([])
+    for service in ("entitlement", "notifier"):
+        with _connect(service_mysql_urls[service]) as cur:
+            _assert_denied(
+                cur,
+                TABLE_DENIED,
+                "SELECT secret FROM webhook_endpoints",
+                "SELECT payload FROM webhook_deliveries",
+            )
 
 
 async def test_no_other_account_can_stop_the_reconciler(

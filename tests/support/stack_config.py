@@ -55,7 +55,7 @@ def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict
     """The order service's own settings: ``settings`` (the reconciler's pace), the backend
     secret, the client tokens' private key (no other service gets it), the mini-program
     login, the mobile app's appid (APP orders), shipping declared to WeChat (the sandbox
-    plays it; a retry after half a second)."""
+    plays it; a retry after half a second), webhooks to local receivers."""
     return {
         **settings,
         "CLIENT_TOKEN_PRIVATE_KEY": TOKEN_PRIVATE_KEY,
@@ -66,6 +66,8 @@ def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict
         "SHIPPING_UPLOAD": "virtual",
         "SHIPPING_RETRY_BASE_S": "0.5",
         "SHIPPING_INTERVAL_S": "1",
+        # Development: the tests' webhook receivers listen on 127.0.0.1 over http.
+        "WEBHOOK_ALLOW_PRIVATE": "true",
     }
 
 

@@ -29,6 +29,8 @@ from paylane_order.payments import PaymentApplier
 from paylane_order.sessions import Sessions
 from paylane_order.settings import OrderSettings
 from paylane_order.status_query import StatusQuery
+from paylane_order.webhooks.routes import WEBHOOK_STORE
+from paylane_order.webhooks.store import WebhookStore
 from tests.support import hygiene
 from tests.support.events import TRANSACTION_ID, Delivery, payment_succeeded
 from tests.support.sandbox import RunningSandbox
@@ -182,6 +184,7 @@ async def serving_order_api(
     app[api.ORDER_LIST] = OrderList(pool)
     gate = payment_gate(client)
     app[api.STATUS_QUERY] = StatusQuery(pool, gate, PaymentApplier(pool, gate), config.status_query)
+    app[WEBHOOK_STORE] = WebhookStore(pool)
     api.add_routes(app)
     async with TestClient(TestServer(app)) as test_client:
         yield OrderApi(test_client, orders, sessions, pool, sandbox)

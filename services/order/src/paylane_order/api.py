@@ -63,6 +63,7 @@ from .rate_limits import RateLimit
 from .sessions import Sessions
 from .settings import PREPAY_ID_TTL_S
 from .status_query import StatusQuery
+from .webhooks import routes as webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -1042,6 +1043,53 @@ ORDER_API = Api(
             "The catalog's prices and what each package grants",
             {200: Reply("the prices", replies.Prices)},
             security=PUBLIC,
+        ),
+        Operation(
+            "POST",
+            "/webhooks/endpoints",
+            webhooks.create_endpoint,
+            "Add a webhook endpoint (Standard Webhooks): its events, and a secret shown once",
+            {
+                201: Reply("made; keep `secret`, it is not shown again", webhooks.CreatedEndpoint),
+                **_errors(
+                    *_BODY_ERRORS,
+                    401,
+                    403,
+                    e400="`invalid_request` (naming the field: an unknown event type in"
+                    " `events`), `invalid_webhook_url` (not https, or a private address)",
+                ),
+            },
+            body=webhooks.CreateEndpoint,
+            security=(BACKEND,),
+            action="managing webhooks",
+        ),
+        Operation(
+            "GET",
+            "/webhooks/endpoints",
+            webhooks.list_endpoints,
+            "The webhook endpoints: `WEBHOOK_URLS`, then those made with this API",
+            {200: Reply("without their secrets", webhooks.EndpointList), **_errors(401, 403)},
+            security=(BACKEND,),
+            action="managing webhooks",
+        ),
+        Operation(
+            "DELETE",
+            "/webhooks/endpoints/{endpoint_id}",
+            webhooks.delete_endpoint,
+            "Remove a webhook endpoint made with this API; its pending deliveries fail",
+            {
+                204: Reply("removed"),
+                **_errors(
+                    401,
+                    403,
+                    404,
+                    409,
+                    e404="`unknown_endpoint`",
+                    e409="`configured_endpoint`: one of `WEBHOOK_URLS`",
+                ),
+            },
+            security=(BACKEND,),
+            action="managing webhooks",
         ),
     ],
 )

@@ -7,7 +7,7 @@ way."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -18,6 +18,7 @@ from paylane_common.runtime.settings import default_of, secret_value
 
 from .client_address import Network
 from .settings import OrderSettings
+from .webhooks.dispatcher import WebhookConfig
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ class OrderConfig:
     max_pending_orders: int = default_of(OrderSettings, "max_pending_orders")
     #: A repeated ``POST /orders`` within this many seconds answers the pending order.
     duplicate_order_window_s: int = default_of(OrderSettings, "duplicate_order_window_s")
+    #: Webhooks to the backend (``WEBHOOK_*``, webhooks/).
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
 
     @classmethod
     def from_settings(cls, settings: OrderSettings) -> OrderConfig:
@@ -197,6 +200,7 @@ class OrderConfig:
             order_rate_per_min=settings.order_rate_per_min,
             max_pending_orders=settings.max_pending_orders,
             duplicate_order_window_s=settings.duplicate_order_window_s,
+            webhooks=WebhookConfig.from_settings(settings),
         )
 
 

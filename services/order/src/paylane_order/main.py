@@ -54,6 +54,7 @@ from .sessions import Sessions
 from .settings import OrderSettings
 from .shipping import AccessTokens, ShippingQueue, ShippingUploader, WechatApi
 from .status_query import StatusQuery
+from .webhooks.wiring import use_webhooks
 
 RECONCILER = web.AppKey("reconciler", Reconciler)
 SHIPPING_UPLOADER = web.AppKey("shipping_uploader", ShippingUploader)
@@ -179,6 +180,7 @@ def build_app(settings: OrderSettings) -> web.Application:
         settings,
         outbox_producer=OUTBOX_PRODUCER,
     )
+    use_webhooks(app, config.webhooks, settings)
     app[api.LOGIN_RATE] = RateLimit(config.login_rate_per_min)
     app[api.ORDER_RATE] = RateLimit(config.order_rate_per_min)
     api.add_routes(app)

@@ -154,3 +154,28 @@ WECHAT_TOKEN_REFRESHES = Counter(
 )
 for _outcome in ("refreshed", "failed"):
     WECHAT_TOKEN_REFRESHES.labels(_outcome)
+# --- webhooks to the backend (webhooks/dispatcher.py) -----------------------------------
+
+#: ``outcome``: succeeded (2xx), failed_status (another status), error (no answer:
+#: timeout, connection), refused (the target is not a public address).
+WEBHOOK_ATTEMPTS = Counter(
+    "paylane_webhook_attempts_total",
+    "Webhook delivery attempts, by outcome",
+    ["outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "paylane_webhook_attempt_seconds",
+    "How long a webhook delivery attempt took (to its answer, or its error)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)
+#: ``reason``: gone (the endpoint answered 410), failing (failures only for
+#: ``WEBHOOK_DISABLE_AFTER_S``). An alert fires at the first one.
+WEBHOOK_ENDPOINTS_DISABLED = Counter(
+    "paylane_webhook_endpoints_disabled_total",
+    "Webhook endpoints disabled by paylane, by reason",
+    ["reason"],
+)
+for _outcome in ("succeeded", "failed_status", "error", "refused"):
+    WEBHOOK_ATTEMPTS.labels(_outcome)
+for _reason in ("gone", "failing"):  # exported at 0: the alert counts the first one
+    WEBHOOK_ENDPOINTS_DISABLED.labels(_reason)

@@ -21,6 +21,7 @@ from paylane_common.runtime.settings import (
 from paylane_common.wechatpay.merchant_api import MerchantApiSettings
 
 from .client_address import TrustedProxySettings
+from .webhooks.settings import WebhookSettings
 
 #: A prepay_id (JSAPI, APP) is valid for two hours after WeChat Pay issued it.
 PREPAY_ID_TTL_S = 7200
@@ -33,6 +34,7 @@ class OrderSettings(
     MerchantApiSettings,
     TrustedProxySettings,
     ApiSecretSettings,
+    WebhookSettings,
 ):
     http_port: int = Field(8081, ge=1, le=65535)
     admin_port: int = Field(9081, ge=1, le=65535)

@@ -174,6 +174,23 @@ ORDER_PAYMENTS = QueueSpec(
 ENTITLEMENT_ORDERS = QueueSpec(
     "entitlement.orders", (events.ORDER_PAID, events.ORDER_REFUNDED, events.ORDER_REVOKED)
 )
+#: The events the order service sends to the backend as webhooks (paylane_order.webhooks):
+#: one delivery row per subscribed endpoint is written before the message is acked. The
+#: fulfilment events are bound by name (the order service publishes them).
+ORDER_WEBHOOKS = QueueSpec(
+    "order.webhooks",
+    (
+        events.ORDER_PAID,
+        events.ORDER_REFUNDED,
+        events.ORDER_FAILED,
+        events.REFUND_SUCCEEDED,
+        events.REFUND_ABNORMAL,
+        events.ENTITLEMENT_GRANTED,
+        events.ENTITLEMENT_REVOKED,
+        "fulfilment.succeeded",
+        "fulfilment.failed",
+    ),
+)
 #: Routing keys every notifier replica binds its own exclusive queue to: one delivery per
 #: payment (``entitlement.granted`` carries the ``order.paid`` it answers, see
 #: ``paylane_notifier.messages``); refunds also need ``order.refunded``, as a partial one
@@ -190,7 +207,7 @@ NOTIFIER_KEYS = (
     *events.FULFILMENT_EVENTS,
 )
 
-QUEUES: tuple[QueueSpec, ...] = (ORDER_PAYMENTS, ENTITLEMENT_ORDERS)
+QUEUES: tuple[QueueSpec, ...] = (ORDER_PAYMENTS, ENTITLEMENT_ORDERS, ORDER_WEBHOOKS)
 #: The routing keys ``paylane.log`` is bound to: the events that came from outside.
 LOG_KEYS: tuple[str, ...] = events.EXTERNAL_EVENTS
 #: The stream's binding before it was narrowed to :data:`LOG_KEYS`; removed on declaration.

@@ -1,0 +1,61 @@
+"""The webhooks in the order service: the ``order.webhooks`` consumer and the delivery
+loop, opened and closed with the app (after its broker and database)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from paylane_common.broker.queue_watch import QueueWatch
+from paylane_common.broker.topology import ORDER_WEBHOOKS
+from paylane_common.delivery.consumer import Consumer, RetryPolicy
+from paylane_common.runtime.service import (
+    AMQP_CONNECTION,
+    DATABASE,
+    DB_POOL,
+    DECLARES_TOPOLOGY,
+    PUBLISHER,
+    PUBLISHERS,
+)
+from paylane_common.runtime.settings import ConsumerSettings
+from paylane_common.web.health import READINESS_CHECKS
+
+from .dispatcher import WebhookConfig, WebhookDispatcher, WebhookIngest
+from .routes import WEBHOOK_STORE
+from .store import WebhookStore
+
+WEBHOOK_DISPATCHER = web.AppKey("webhook_dispatcher", WebhookDispatcher)
+
+
+def use_webhooks(app: web.Application, config: WebhookConfig, settings: ConsumerSettings) -> None:
+    """Record the ``WEBHOOK_URLS`` as endpoints, consume ``order.webhooks`` into delivery
+    rows and send them (``WEBHOOK_POLL_S`` 0: this replica only records)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        store = app[WEBHOOK_STORE] = WebhookStore(app[DB_POOL])
+        await store.sync_config(config.urls)
+        dispatcher = app[WEBHOOK_DISPATCHER] = WebhookDispatcher(store, config)
+        consumer = Consumer(
+            app[AMQP_CONNECTION],
+            app[PUBLISHER],
+            ORDER_WEBHOOKS,
+            WebhookIngest(store, dispatcher.wake),
+            database=app[DATABASE],
+            retry=RetryPolicy.from_settings(settings),
+            prefetch=settings.consumer_prefetch,
+            declare=app[DECLARES_TOPOLOGY],
+            publishers=app[PUBLISHERS],
+        )
+        app[READINESS_CHECKS]["webhooks"] = consumer.check
+        await consumer.start()
+        if config.poll_s > 0:
+            dispatcher.start()
+        watch = QueueWatch(app[AMQP_CONNECTION], (ORDER_WEBHOOKS.name, ORDER_WEBHOOKS.dlq))
+        watch.start()
+        yield
+        await watch.stop()
+        await consumer.stop()
+        await dispatcher.stop()
+
+    app.cleanup_ctx.append(ctx)

@@ -1,0 +1,467 @@
+"""Webhooks to the backend (Standard Webhooks 1.0) on the real RabbitMQ and MariaDB: events
+published to ``paylane`` reach a real receiver (an aiohttp server) whose signatures are
+checked with the ``standardwebhooks`` package, not paylane's code; retries, ``Retry-After``,
+410, disabling, SSRF refusals, rotation, the endpoints API and the ``paylane webhooks``
+commands (docs/webhooks.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomysql
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from paylane_common.broker.publisher import Publisher
+from paylane_common.broker.topology import ORDER_WEBHOOKS
+from paylane_common.contract import events
+from paylane_common.contract.events import Envelope, make_event
+from paylane_common.delivery.consumer import Consumer, RetryPolicy
+from paylane_common.runtime.outages import Dependency
+from paylane_common.storage import db
+from paylane_order.webhooks import signing, ssrf
+from paylane_order.webhooks.dispatcher import WebhookConfig, WebhookDispatcher, WebhookIngest
+from paylane_order.webhooks.store import WebhookStore, config_endpoint_id
+from services.order.tests.support import OrderApi
+from tests.support import hygiene
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.integration
+
+SECRET_NEW = signing.new_secret()
+SECRET_OLD = signing.new_secret()
+hygiene.register(SECRET_NEW, SECRET_OLD)
+#: Short steps: the tests wait for outcomes, never for a time.
+FAST = WebhookConfig(schedule_s=(0.05,) * 8, jitter=0.0, timeout_s=5.0, poll_s=0.05)
+
+
+@dataclass
+class Receiver:
+    """A backend's webhook endpoint: answers what ``answers`` says (then 200), and keeps
+    what it was sent."""
+
+    url: str = ""
+    answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    received: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
+
+    def accepted(self) -> list[tuple[dict[str, str], bytes]]:
+        return [(h, b) for h, b, status in self.received if 200 <= status < 300]
+
+    def verified(self, secret: str) -> list[Any]:
+        """The bodies of the accepted requests, each verified with ``secret`` by the
+        standardwebhooks package (raises WebhookVerificationError otherwise)."""
+        return [Webhook(secret).verify(body, headers) for headers, body in self.accepted()]
+
+
+@asynccontextmanager
+async def receiving() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        status, headers = receiver.answers.pop(0) if receiver.answers else (200, {})
+        receiver.received.append((dict(request.headers), body, status))
+        return web.Response(status=status, headers=headers, text="ok" if status < 300 else "no")
+
+    app = web.Application()
+    app.router.add_post("/hooks", hook)
+    async with TestServer(app, host="127.0.0.1") as server:
+        receiver.url = str(server.make_url("/hooks"))
+        yield receiver
+
+
+@dataclass
+class Webhooks:
+    store: WebhookStore
+    dispatcher: WebhookDispatcher
+    publisher: Publisher
+    published: int = 0
+
+    async def publish(self, event: str | Envelope = events.ORDER_PAID) -> Envelope:
+        envelope = _event(event) if isinstance(event, str) else event
+        await self.publisher.publish(envelope)
+        self.published += 1
+        return envelope
+
+
+def _event(event_type: str, event_id: str | None = None) -> Envelope:
+    if event_type == events.ORDER_PAID:
+        data: Any = events.OrderPaid(
+            out_trade_no="WH" + (event_id or "x")[-10:],
+            user_id="user-webhooks",
+            package_type="basic",
+            amount_total=1,
+            paid_at="2026-12-01T00:00:00Z",
+        )
+    else:
+        data = events.OrderFailed(
+            out_trade_no="WHF", user_id="user-webhooks", package_type="basic", reason="closed"
+        )
+    return make_event(event_type, data, event_id)
+
+
+async def _empty(pool: aiomysql.Pool) -> None:
+    async with db.transaction(pool) as cur:
+        for table in ("webhook_attempts", "webhook_deliveries", "webhook_endpoints"):
+            await cur.execute(f"DELETE FROM {table}")
+
+
+@pytest.fixture
+async def clean(db_pool: aiomysql.Pool) -> AsyncIterator[WebhookStore]:
+    """Empty webhook tables, and empty again after: the session's other tests (the order
+    service run whole) must find no endpoint of these."""
+    await _empty(db_pool)
+    yield WebhookStore(db_pool)
+    await _empty(db_pool)
+
+
+@asynccontextmanager
+async def running(
+    store: WebhookStore,
+    connection: AbstractRobustConnection,
+    database: Dependency,
+    config: WebhookConfig,
+) -> AsyncIterator[Webhooks]:
+    """The order service's webhook parts, as it wires them (webhooks/wiring.py)."""
+    await store.sync_config(config.urls)
+    publisher = await Publisher.open(connection)  # declares the topology
+    channel = await connection.channel()  # what the session's other tests left: not ours
+    await (await channel.declare_queue(ORDER_WEBHOOKS.name, passive=True)).purge()
+    await channel.close()
+    dispatcher = WebhookDispatcher(store, config)
+    consumer = Consumer(
+        connection,
+        publisher,
+        ORDER_WEBHOOKS,
+        WebhookIngest(store, dispatcher.wake),
+        database=database,
+        retry=RetryPolicy(attempts=3),
+    )
+    await consumer.start()
+    dispatcher.start()
+    before = _consumed_all()
+    hooks = Webhooks(store, dispatcher, publisher)
+    try:
+        yield hooks
+        # Nothing left for the next test's consumer: every event published was settled.
+        await eventually(
+            lambda: _consumed_all() - before >= hooks.published, what="all events consumed"
+        )
+    finally:
+        await consumer.stop()
+        await dispatcher.stop()
+        await publisher.close()
+
+
+def _fast(receiver: Receiver, *secrets: str, **kw: Any) -> WebhookConfig:
+    return WebhookConfig(
+        urls=(receiver.url,),
+        secrets=secrets or (SECRET_NEW,),
+        allow_private=True,
+        schedule_s=kw.pop("schedule_s", FAST.schedule_s),
+        jitter=0.0,
+        timeout_s=5.0,
+        poll_s=0.05,
+        **kw,
+    )
+
+
+async def _deliveries(store: WebhookStore) -> list[dict[str, Any]]:
+    return await store.deliveries(limit=100)
+
+
+async def _endpoint(store: WebhookStore, endpoint_id: str) -> Any:
+    async with db.transaction(store.pool) as cur:
+        await cur.execute("SELECT * FROM webhook_endpoints WHERE id = %s", (endpoint_id,))
+        return await cur.fetchone()
+
+
+async def test_a_backend_verifies_the_envelope_with_standardwebhooks_under_both_secrets(
+    clean: WebhookStore, amqp_connection: AbstractRobustConnection, database: Dependency
+) -> None:
+    """Rotation: signed with each of two secrets; a receiver holding either verifies. The
+    body is the envelope, webhook-id its event id."""
+    async with receiving() as receiver:
+        config = _fast(receiver, SECRET_NEW, SECRET_OLD)
+        async with running(clean, amqp_connection, database, config) as hooks:
+            sent = await hooks.publish()
+            await eventually(lambda: len(receiver.accepted()) == 1, what="the webhook")
+    headers, body = receiver.accepted()[0]
+    assert headers["webhook-id"] == sent.event_id
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for secret in (SECRET_NEW, SECRET_OLD):
+        (payload,) = receiver.verified(secret)
+        assert payload == json.loads(sent.to_json())
+    with pytest.raises(WebhookVerificationError):
+        receiver.verified(signing.new_secret())
+    assert json.loads(body)["type"] == "order.paid"
+
+
+async def test_an_endpoint_down_for_a_while_gets_the_event_once_it_is_back(
+    clean: WebhookStore, amqp_connection: AbstractRobustConnection, database: Dependency
+) -> None:
+    """Down (503, then a dropped answer: 500) for three attempts, then up: the event
+    arrives once, under the same webhook-id every time, though the broker delivered it
+    twice."""
+    async with receiving() as receiver:
+        receiver.answers = [(503, {}), (500, {}), (502, {})]
+        async with running(clean, amqp_connection, database, _fast(receiver)) as hooks:
+            sent = await hooks.publish()
+            await hooks.publish(sent)  # a duplicate: the same event id
+            await eventually(lambda: len(receiver.accepted()) == 1, what="the webhook")
+            await eventually(lambda: _attempts_settled(clean), what="every attempt recorded")
+    ids = {headers["webhook-id"] for headers, _, _ in receiver.received}
+    assert ids == {sent.event_id}
+    assert [status for _, _, status in receiver.received] == [503, 500, 502, 200]
+    (row,) = await _deliveries(clean)
+    assert (row["status"], row["attempts"], row["last_status"]) == ("succeeded", 4, 200)
+    endpoint = await _endpoint(clean, config_endpoint_id(receiver.url))
+    assert endpoint["failing_since"] is None  # forgotten on success
+
+
+async def _attempts_settled(store: WebhookStore) -> bool:
+    rows = await store.deliveries(limit=100)
+    return bool(rows) and all(r["status"] != "pending" for r in rows)
+
+
+async def test_retry_after_is_honoured_instead_of_the_schedule(
+    clean: WebhookStore, amqp_connection: AbstractRobustConnection, database: Dependency
+) -> None:
+    """The schedule's next step is an hour; the endpoint asks for 0 s: it is sent again
+    now, which only Retry-After can have made."""
+    async with receiving() as receiver:
+        receiver.answers = [(429, {"Retry-After": "0"})]
+        config = _fast(receiver, schedule_s=(3600.0, 3600.0))
+        async with running(clean, amqp_connection, database, config) as hooks:
+            await hooks.publish()
+            await eventually(lambda: len(receiver.accepted()) == 1, what="the resend")
+    assert [status for _, _, status in receiver.received] == [429, 200]
+
+
+async def test_a_410_disables_the_endpoint_and_later_events_skip_it(
+    clean: WebhookStore, amqp_connection: AbstractRobustConnection, database: Dependency
+) -> None:
+    gone = REGISTRY.get_sample_value("paylane_webhook_endpoints_disabled_total", {"reason": "gone"})
+    async with receiving() as receiver:
+        receiver.answers = [(410, {})]
+        async with running(clean, amqp_connection, database, _fast(receiver)) as hooks:
+            await hooks.publish()
+            endpoint_id = config_endpoint_id(receiver.url)
+
+            async def disabled() -> bool:
+                return (await _endpoint(clean, endpoint_id))["status"] == "disabled"
+
+            await eventually(disabled, what="the endpoint disabled")
+            skipped = _consumed("no_new_webhook")
+            later = await hooks.publish()
+            other = await hooks.publish(events.ORDER_FAILED)
+            await eventually(
+                lambda: _consumed("no_new_webhook") == skipped + 2, what="both consumed"
+            )
+    assert len(receiver.received) == 1
+    (row,) = await _deliveries(clean)
+    assert row["status"] == "failed" and row["event_id"] not in (later.event_id, other.event_id)
+    assert (await _endpoint(clean, endpoint_id))["disabled_reason"] == "410 Gone"
+    after = REGISTRY.get_sample_value(
+        "paylane_webhook_endpoints_disabled_total", {"reason": "gone"}
+    )
+    assert after == (gone or 0) + 1
+
+
+def _consumed_all() -> float:
+    return sum(
+        _consumed(outcome) for outcome in ("webhooks_recorded", "no_new_webhook", "dead_lettered")
+    )
+
+
+def _consumed(outcome: str) -> float:
+    """Messages the webhook consumer settled with ``outcome`` so far (this process)."""
+    labels = {"queue": ORDER_WEBHOOKS.name, "outcome": outcome}
+    return REGISTRY.get_sample_value("paylane_consumer_messages_total", labels) or 0.0
+
+
+async def test_an_endpoint_failing_past_the_disable_delay_is_disabled(
+    clean: WebhookStore, amqp_connection: AbstractRobustConnection, database: Dependency
+) -> None:
+    """WEBHOOK_DISABLE_AFTER_S 0: the first failure starts the clock, the next one finds
+    it run out."""
+    failing = REGISTRY.get_sample_value(
+        "paylane_webhook_endpoints_disabled_total", {"reason": "failing"}
+    )
+    async with receiving() as receiver:
+        receiver.answers = [(500, {})] * 10
+        config = _fast(receiver, disable_after_s=0.0)
+        async with running(clean, amqp_connection, database, config) as hooks:
+            await hooks.publish()
+            endpoint_id = config_endpoint_id(receiver.url)
+
+            async def disabled() -> bool:
+                return (await _endpoint(clean, endpoint_id))["status"] == "disabled"
+
+            await eventually(disabled, what="the endpoint disabled")
+    assert len(receiver.received) == 2
+    (row,) = await _deliveries(clean)
+    assert row["status"] == "failed"
+    assert (await _endpoint(clean, endpoint_id))["disabled_reason"].startswith("failing since")
+    after = REGISTRY.get_sample_value(
+        "paylane_webhook_endpoints_disabled_total", {"reason": "failing"}
+    )
+    assert after == (failing or 0) + 1
+
+
+async def test_an_api_endpoint_gets_only_its_events_signed_with_its_own_secret(
+    clean: WebhookStore, amqp_connection: AbstractRobustConnection, database: Dependency
+) -> None:
+    async with receiving() as receiver:
+        endpoint, secret = await clean.create(receiver.url, ["order.failed"], "mine")
+        hygiene.register(secret)
+        config = WebhookConfig(allow_private=True, schedule_s=(0.05,), poll_s=0.05)
+        async with running(clean, amqp_connection, database, config) as hooks:
+            await hooks.publish(events.ORDER_PAID)  # not subscribed
+            failed = await hooks.publish(events.ORDER_FAILED)
+            await eventually(lambda: len(receiver.accepted()) == 1, what="order.failed")
+    (payload,) = receiver.verified(secret)
+    assert payload["event_id"] == failed.event_id
+    assert [r["endpoint_id"] for r in await _deliveries(clean)] == [endpoint.id]
+
+
+async def test_a_private_target_is_refused_at_send_time(
+    clean: WebhookStore, amqp_connection: AbstractRobustConnection, database: Dependency
+) -> None:
+    """``https://localhost:…`` passes the form check; its address is refused when the
+    send resolves it (what a rebinding name would meet): the receiver hears nothing."""
+    async with receiving() as receiver:
+        url = receiver.url.replace("http://127.0.0.1", "https://localhost")
+        config = WebhookConfig(urls=(url,), secrets=(SECRET_NEW,), schedule_s=(0.05,), poll_s=0.05)
+        async with running(clean, amqp_connection, database, config) as hooks:
+            await hooks.publish()
+            await eventually(lambda: _attempts_settled(clean), what="the attempt")
+    assert receiver.received == []
+    (row,) = await _deliveries(clean)
+    assert row["status"] == "failed"
+    attempts = await clean.attempts(row["id"])
+    assert attempts[0]["error"].startswith("refused: localhost resolves to")
+
+
+async def test_the_resolver_refuses_names_of_private_addresses() -> None:
+    resolver = ssrf.PublicOnlyResolver()
+    try:
+        with pytest.raises(ssrf.TargetRefused):
+            await resolver.resolve("localhost", 443)
+    finally:
+        await resolver.close()
+    for url in ("https://10.1.2.3/x", "https://[::1]/x", "https://169.254.169.254/x",
+                "https://[::ffff:127.0.0.1]/x", "http://example.com/x"):  # fmt: skip
+        with pytest.raises(ssrf.TargetRefused):
+            ssrf.check_url(url, allow_private=False)
+    ssrf.check_url("https://93.184.215.14/hooks", allow_private=False)
+    ssrf.check_url("http://127.0.0.1:8000/hooks", allow_private=True)
+
+
+async def test_endpoints_api_refuses_bad_input_naming_the_field(
+    clean: WebhookStore, order_api: OrderApi
+) -> None:
+    refused = {
+        "http://93.184.215.14/hooks": "url",
+        "https://127.0.0.1/hooks": "url",
+        "https://localhost/hooks": "url",
+        "https://10.0.0.8/hooks": "url",
+    }
+    for url, named in refused.items():
+        status, answer = await order_api.backend("POST", "/webhooks/endpoints", {"url": url})
+        assert status == 400, (url, answer)
+        assert answer["message"].startswith(f"{named}: "), answer
+    status, answer = await order_api.backend(
+        "POST",
+        "/webhooks/endpoints",
+        {"url": "https://93.184.215.14/hooks", "events": ["order.paid", "order.shipped"]},
+    )
+    assert status == 400 and answer["message"].startswith("events"), answer
+    assert "order.shipped" in answer["message"]
+
+
+async def test_endpoints_api_makes_lists_and_deletes(
+    clean: WebhookStore, order_api: OrderApi
+) -> None:
+    status, made = await order_api.backend(
+        "POST",
+        "/webhooks/endpoints",
+        {"url": "https://93.184.215.14/hooks", "events": ["fulfilment.*", "order.paid"]},
+    )
+    assert status == 201, made
+    hygiene.register(made["secret"])
+    assert made["events"] == ["order.paid", "fulfilment.succeeded", "fulfilment.failed"]
+    assert made["secret"].startswith("whsec_") and made["status"] == "enabled"
+    status, listed = await order_api.backend("GET", "/webhooks/endpoints")
+    assert status == 200
+    assert [e["id"] for e in listed["endpoints"]] == [made["id"]]
+    assert "secret" not in listed["endpoints"][0]
+    status, _ = await order_api.call("GET", "/webhooks/endpoints")
+    assert status == 401
+    _, headers = await order_api.user()
+    status, _ = await order_api.call("GET", "/webhooks/endpoints", headers=headers)
+    assert status == 403
+    status, _ = await order_api.backend("DELETE", f"/webhooks/endpoints/{made['id']}")
+    assert status == 204
+    status, _ = await order_api.backend("DELETE", f"/webhooks/endpoints/{made['id']}")
+    assert status == 404
+    await clean.sync_config(["https://93.184.215.14/configured"])
+    configured = config_endpoint_id("https://93.184.215.14/configured")
+    status, answer = await order_api.backend("DELETE", f"/webhooks/endpoints/{configured}")
+    assert (status, answer["error"]) == (409, "configured_endpoint")
+
+
+async def test_cli_lists_resends_and_recovers_failed_deliveries(
+    clean: WebhookStore,
+    amqp_connection: AbstractRobustConnection,
+    database: Dependency,
+    mysql_url: str,
+) -> None:
+    """Two events fail their (one-step) schedule; ``deliveries --failed`` lists them;
+    ``resend`` sends one again, ``recover --since`` the other."""
+
+    async def paylane(*args: str) -> tuple[int, str]:
+        """``paylane webhooks …`` as an operator runs it: a process of its own."""
+        env = {**os.environ, "MYSQL_URL": mysql_url, "COLUMNS": "300"}  # the table unfolded
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "paylane.cli", "webhooks", *args, env=env,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await process.communicate()
+        return process.returncode or 0, out.decode()
+
+    async with receiving() as receiver:
+        receiver.answers = [(500, {})] * 4  # each tried twice: once, then one step
+        config = _fast(receiver, schedule_s=(0.05,))
+        async with running(clean, amqp_connection, database, config) as hooks:
+            first = await hooks.publish()
+            await eventually(lambda: _attempts_settled(clean), what="the first failure")
+            second = await hooks.publish()
+
+            async def both_failed() -> bool:
+                rows = await _deliveries(clean)
+                return len(rows) == 2 and all(r["status"] == "failed" for r in rows)
+
+            await eventually(both_failed, what="both failed")
+            code, listed = await paylane("deliveries", "--failed")
+            assert code == 0, listed
+            assert first.event_id in listed and second.event_id in listed
+            by_event = {r["event_id"]: r["id"] for r in await _deliveries(clean)}
+            assert (await paylane("resend", str(by_event[first.event_id])))[0] == 0
+            await eventually(lambda: len(receiver.accepted()) == 1, what="the resend")
+            code, said = await paylane("recover", "--since", "2020-01-01")
+            assert code == 0 and "1 failed deliveries" in said, said
+            await eventually(lambda: len(receiver.accepted()) == 2, what="the recovery")
+    assert {h["webhook-id"] for h, _ in receiver.accepted()} == {first.event_id, second.event_id}
+    assert (await paylane("resend", "999999999"))[0] == 1
