@@ -68,6 +68,9 @@ from tests.support.observed import Observed
 from tests.support.polling import eventually
 from tests.support.seeding import add_user
 
+#: The consumer queues bound to order.paid: entitlement's and the backend's webhooks'.
+PAID_QUEUES = {"entitlement.orders", "order.webhooks"}
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -453,7 +456,8 @@ async def test_log_replay_redrives_a_window_and_nothing_is_granted_twice(
         )
         mine = {e.event_id for e in paid}
         assert {i.message_id for i in dry.items} >= mine
-        assert {i.target for i in dry.items if i.message_id in mine} == {"entitlement.orders"}
+        # Every consumer queue order.paid is bound to: the grant's and the webhooks'.
+        assert {i.target for i in dry.items if i.message_id in mine} == PAID_QUEUES
         assert early.event_id not in {i.message_id for i in dry.items}
         # --to a service queue without --type: only the types that queue is bound to.
         dry = await replay_log(
@@ -613,7 +617,7 @@ async def test_outbox_replay_redrives_derived_events_once_each(
         amqp_connection, db_pool, since=since, until=until, producers=[producer], dry_run=True
     )
     assert {i.message_id for i in dry.items} == mine
-    assert {i.target for i in dry.items} == {"entitlement.orders"}
+    assert {i.target for i in dry.items} == PAID_QUEUES
     skipped = await replay_outbox(
         amqp_connection,
         db_pool,
