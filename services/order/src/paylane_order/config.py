@@ -27,7 +27,8 @@ class MerchantConfig:
 
     mchid: str
     appid: str
-    #: Ingress's public notify URL, sent with every order and refund placed.
+    #: Ingress's public notify URL, sent with every order and refund placed ("" in
+    #: ``cloudhosting`` mode: the platform delivers to the container).
     notify_url: str
     #: How long a placed order stays payable (its ``time_expire``).
     order_ttl_s: int
@@ -131,6 +132,10 @@ class OrderConfig:
     max_pending_orders: int = default_of(OrderSettings, "max_pending_orders")
     #: A repeated ``POST /orders`` within this many seconds answers the pending order.
     duplicate_order_window_s: int = default_of(OrderSettings, "duplicate_order_window_s")
+    #: ``WECHATPAY_MODE=cloudhosting``: WeChat Pay through Cloud Hosting's open interface.
+    cloudhosting: bool = False
+    #: ``CLOUDHOSTING_TRUST_HEADERS``: ``X-WX-OPENID`` is the signed-in user.
+    trust_platform_headers: bool = False
 
     @classmethod
     def from_settings(cls, settings: OrderSettings) -> OrderConfig:
@@ -150,7 +155,7 @@ class OrderConfig:
                 mchid=settings.wechatpay_mchid,
                 appid=settings.wechatpay_appid,
                 app_appid=settings.wechatpay_app_appid,
-                notify_url=settings.wechatpay_notify_url,
+                notify_url=settings.wechatpay_notify_url or "",
                 order_ttl_s=settings.order_ttl_s,
             ),
             reconciler=ReconcilerConfig.from_settings(settings),
@@ -159,6 +164,8 @@ class OrderConfig:
             order_rate_per_min=settings.order_rate_per_min,
             max_pending_orders=settings.max_pending_orders,
             duplicate_order_window_s=settings.duplicate_order_window_s,
+            cloudhosting=settings.wechatpay_mode == "cloudhosting",
+            trust_platform_headers=settings.cloudhosting_trust_headers,
         )
 
 

@@ -107,6 +107,8 @@ class OrderRow(TypedDict):
     queried_at: datetime | None
     paid_event_at: datetime | None
     refund_event_at: datetime | None
+    #: Cloud Hosting's signed JSAPI pay parameters (JSON), kept as answered.
+    pay_params: str | None
 
 
 class RefundRow(TypedDict):

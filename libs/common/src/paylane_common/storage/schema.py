@@ -247,3 +247,13 @@ PAYMENT_LOG_KIND: tuple[list[Column], list[Index], list[EnumValues]] = (
     [Index("payment_logs", "ix_payment_logs_kind", ("kind", "created_at"))],
     [],
 )
+
+# What migration 0010_cloudhosting_pay_params adds: the pay parameters WeChat Cloud
+# Hosting's open interface signed for a JSAPI order (its ``payment`` object, JSON), kept as
+# they are: paylane holds no key to sign them again (docs/cloudhosting.md). NULL on every
+# order placed directly, and on the other writers' rows.
+CLOUDHOSTING_PAY_PARAMS: tuple[list[Column], list[Index], list[EnumValues]] = (
+    [Column(ORDERS, "pay_params", "VARCHAR(1024) NULL")],
+    [],
+    [],
+)
