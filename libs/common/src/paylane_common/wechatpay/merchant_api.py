@@ -112,7 +112,7 @@ class WechatPayKeysSettings(BaseSettings):
 
     def verifier_keys(self) -> VerifierKeys:
         return VerifierKeys.from_sources(
-            self.wechatpay_public_key_id,
+            self.wechatpay_public_key_id or None,
             self.wechatpay_public_key,
             self.wechatpay_platform_certs_dir,
         )
