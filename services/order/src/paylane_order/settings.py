@@ -17,7 +17,12 @@ from paylane_common.runtime.settings import (
     TokenSigningKey,
     TokenVerifyingKeys,
 )
-from paylane_common.wechatpay.merchant_api import CLOUDHOSTING, MerchantApiSettings
+from paylane_common.wechatpay.merchant_api import (
+    CLOUDHOSTING,
+    DIRECT_ONLY,
+    MerchantApiSettings,
+    required_unless_cloudhosting,
+)
 
 from .client_address import TrustedProxySettings
 
@@ -50,7 +55,9 @@ class OrderSettings(
     #: string. Anything else stops the order service at start. Required in ``direct`` mode;
     #: not used with ``WECHATPAY_MODE=cloudhosting`` (results go to
     #: ``CLOUDHOSTING_SERVICE``'s ``CLOUDHOSTING_CALLBACK_PATH``).
-    wechatpay_notify_url: NoneIfBlank[str] = None
+    wechatpay_notify_url: NoneIfBlank[str] = Field(
+        None, validate_default=True, json_schema_extra=DIRECT_ONLY
+    )
     # BACKEND_API_SECRET (ApiSecretSettings): the app backend's secret (``X-Internal-Secret``
     # on the order API): orders for any user, reads, close, refunds. INTERNAL_API_SECRET
     # (the cloud function's, held by ingress) opens nothing here; read only to refuse one
@@ -142,11 +149,6 @@ class OrderSettings(
             # Nothing is signed or encrypted on this path: the payment gate confirms every
             # payment with a query (docs/cloudhosting.md).
             return self
-        if self.wechatpay_notify_url is None:
-            raise ValueError(
-                "WECHATPAY_NOTIFY_URL is required: WeChat Pay is told where to notify"
-                " (WECHATPAY_MODE=cloudhosting needs none)"
-            )
         if self.wechatpay_apiv3_key is None:
             raise ValueError(
                 "WECHATPAY_APIV3_KEY is required: the order service checks and decrypts"
@@ -181,7 +183,8 @@ class OrderSettings(
     @classmethod
     def _notify_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
-            return None
+            # Required (as a missing field) unless WECHATPAY_MODE=cloudhosting.
+            return required_unless_cloudhosting(value, info)  # type: ignore[no-any-return]
         if not value.startswith(("https://", "http://")) or "?" in value:
             raise ValueError("must be an http(s) URL without a query string")
         api_base = str(info.data.get("wechatpay_api_base", ""))

@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 from aiohttp import web
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings
 
 from paylane_common.runtime.exceptions import ConfigError
@@ -49,6 +51,16 @@ DEFAULT_API_BASE = "https://api.mch.weixin.qq.com"
 #: ``cloudhosting`` (WeChat Cloud Hosting's open interface: no key, docs/cloudhosting.md).
 WechatPayMode = Literal["direct", "cloudhosting"]
 CLOUDHOSTING: WechatPayMode = "cloudhosting"
+#: Marks a setting required in ``direct`` mode only (``paylane config check`` reads it).
+DIRECT_ONLY: JsonDict = {"required_unless_mode": CLOUDHOSTING}
+
+
+def required_unless_cloudhosting(value: Any, info: ValidationInfo) -> Any:
+    """A field validator (``validate_default``): unset is "required" (as a missing
+    field, reported with the others) unless ``WECHATPAY_MODE=cloudhosting``."""
+    if value is None and info.data.get("wechatpay_mode", "direct") != CLOUDHOSTING:
+        raise PydanticCustomError("missing", "Field required")
+    return value
 
 
 class WechatPayKeysSettings(BaseSettings):
@@ -125,10 +137,14 @@ class MerchantApiSettings(WechatPayKeysSettings):
     #: The merchant API private key (RSA, unencrypted PKCS#8 or PKCS#1 PEM) requests to
     #: WeChat Pay are signed with. Required in ``direct`` mode; not needed with
     #: ``WECHATPAY_MODE=cloudhosting`` (the platform signs).
-    wechatpay_merchant_private_key: NoneIfBlank[PrivateKeyPem] = None
+    wechatpay_merchant_private_key: NoneIfBlank[PrivateKeyPem] = Field(
+        None, validate_default=True, json_schema_extra=DIRECT_ONLY
+    )
     #: The serial number of the merchant API certificate, named in each request's
     #: ``Authorization``. Required in ``direct`` mode; not needed in ``cloudhosting``.
-    wechatpay_merchant_serial_no: NoneIfBlank[str] = None
+    wechatpay_merchant_serial_no: NoneIfBlank[str] = Field(
+        None, validate_default=True, json_schema_extra=DIRECT_ONLY
+    )
     #: WeChat Pay's API host; the sandbox's URL locally (``http://`` is allowed for it).
     wechatpay_api_base: HttpBaseUrl = DEFAULT_API_BASE
     #: The 32-byte APIv3 key (AEAD_AES_256_GCM): notifications and platform certificates
@@ -148,35 +164,26 @@ class MerchantApiSettings(WechatPayKeysSettings):
     #: (``container.path``): ingress's ``/notify/cloudhosting``.
     cloudhosting_callback_path: str = Field("/notify/cloudhosting", pattern=r"^/\S*$")
 
+    _merchant_key_in_direct_mode = field_validator(
+        "wechatpay_merchant_private_key", "wechatpay_merchant_serial_no"
+    )(required_unless_cloudhosting)
+
     @model_validator(mode="after")
     def _mode_needs(self) -> MerchantApiSettings:
-        if self.wechatpay_mode == CLOUDHOSTING:
-            missing = [
-                name
-                for name, value in (
-                    ("CLOUDHOSTING_ENV_ID", self.cloudhosting_env_id),
-                    ("CLOUDHOSTING_SERVICE", self.cloudhosting_service),
-                )
-                if not value
-            ]
-            if missing:
-                raise ValueError(
-                    f"WECHATPAY_MODE=cloudhosting needs {' and '.join(missing)}: where the"
-                    " platform delivers payment results (no merchant key is needed)"
-                )
+        if self.wechatpay_mode != CLOUDHOSTING:
             return self
         missing = [
             name
             for name, value in (
-                ("WECHATPAY_MERCHANT_PRIVATE_KEY", self.wechatpay_merchant_private_key),
-                ("WECHATPAY_MERCHANT_SERIAL_NO", self.wechatpay_merchant_serial_no),
+                ("CLOUDHOSTING_ENV_ID", self.cloudhosting_env_id),
+                ("CLOUDHOSTING_SERVICE", self.cloudhosting_service),
             )
             if not value
         ]
         if missing:
             raise ValueError(
-                f"{' and '.join(missing)} required: calling WeChat Pay's API signs every"
-                " request with the merchant key (WECHATPAY_MODE=cloudhosting needs none)"
+                f"WECHATPAY_MODE=cloudhosting needs {' and '.join(missing)}: where the"
+                " platform delivers payment results (no merchant key is needed)"
             )
         return self
 
