@@ -198,3 +198,20 @@ async def test_trusted_headers_are_required_when_trusted(trusting, hosted, spy) 
     async with hosted.post(ROUTE, json=callback()) as response:
         assert (await response.json())["errcode"] == 0
     assert len(await spy.drain()) == 2
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"refundStatus": [None]},
+        {"totalFee": 9.9},
+        {"totalFee": True},
+        {"reqInfo": 3},
+        {"outTradeNo": None},
+    ],
+    ids=["list", "float", "bool", "req-info-number", "null"],
+)
+async def test_a_field_of_another_type_is_malformed(hosted, spy, changes) -> None:
+    async with hosted.post(ROUTE, json=callback(**changes)) as response:
+        assert response.status == 400 and (await response.json())["errcode"] != 0
+    assert await spy.drain() == []

@@ -50,6 +50,22 @@ REFUND_EVENTS = {
     "ABNORMAL": events.REFUND_ABNORMAL,
 }
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+#: The types of the fields ingress reads (snake_case names), as ``INGRESS_API`` documents
+#: them: one of another type is a malformed body (400), never guessed at.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "return_code": (str,),
+    "result_code": (str,),
+    "out_trade_no": (str,),
+    "transaction_id": (str,),
+    "total_fee": (int, str),
+    "cash_fee": (int, str),
+    "sub_mch_id": (str,),
+    "sub_openid": (str,),
+    "time_end": (str,),
+    "out_refund_no": (str,),
+    "refund_status": (str,),
+    "req_info": (dict, str),
+}
 
 
 class CloudHostingAnswer(BaseModel):
@@ -74,6 +90,7 @@ def flatten(body: dict[str, Any]) -> dict[str, Any]:
     """The callback's fields in snake_case, a nested ``reqInfo`` (object or JSON text)
     merged in (its fields win: they are the refund's)."""
     fields = {snake(key): value for key, value in body.items()}
+    _check_types(fields)
     nested = fields.pop("req_info", None)
     if isinstance(nested, str):
         try:
@@ -81,8 +98,19 @@ def flatten(body: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             nested = None
     if isinstance(nested, dict):
-        fields.update({snake(key): value for key, value in nested.items()})
+        inner = {snake(key): value for key, value in nested.items()}
+        _check_types(inner)
+        fields.update(inner)
     return fields
+
+
+def _check_types(fields: dict[str, Any]) -> None:
+    for name, types in FIELD_TYPES.items():
+        if name not in fields:
+            continue
+        value = fields[name]  # null is a type of its own, not absent
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"{name} is not a {' or '.join(t.__name__ for t in types)}")
 
 
 def _fen(value: Any) -> int | None:
