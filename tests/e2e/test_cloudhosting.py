@@ -28,7 +28,7 @@ from tests.support.isolated import IsolatedStack, isolated_stack
 from tests.support.polling import eventually
 from tests.support.queries import fetch_one, grants, user_state
 from tests.support.stack_api import call, sandbox
-from tests.support.stack_config import ORDER_ENV
+from tests.support.stack_config import BACKEND, ORDER_ENV
 
 pytestmark = pytest.mark.e2e
 
@@ -212,3 +212,36 @@ async def test_a_callback_while_the_broker_is_unreachable_is_retried_then_delive
     assert note["delivered"] and len(note["attempts"]) >= 2
     assert [a.get("status") for a in note["attempts"]][-1] == 200
     assert (await grants(hosted.pool, no))["n"] == 1
+
+
+async def test_a_refund_through_the_platform_is_delivered_and_takes_back_the_grant(
+    hosted: IsolatedStack,
+) -> None:
+    placed = await place(hosted, new_openid())
+    no = placed["out_trade_no"]
+    status, _ = await sandbox(hosted.stack, "POST", f"/sandbox/orders/{no}/pay", {})
+    assert status == 200
+
+    async def paid() -> bool:
+        return (await order_row(hosted, no))["status"] == "paid"
+
+    await eventually(paid, 20, what="paid")
+    status, refund = await call(
+        hosted.stack, "order", "POST", f"/orders/{no}/refunds", {"reason": "asked"}, BACKEND
+    )
+    assert status == 202, refund
+    out_refund_no = refund["out_refund_no"]
+    # WeChat Pay completes it; the platform delivers the result to the container.
+    status, _ = await sandbox(
+        hosted.stack, "POST", f"/sandbox/refunds/{out_refund_no}/complete", {"status": "SUCCESS"}
+    )
+    assert status == 200
+
+    async def refunded() -> bool:
+        return (await order_row(hosted, no))["status"] == "refunded"
+
+    await eventually(refunded, 20, what="the refund's result delivered and applied")
+    assert (await grants(hosted.pool, no))["revoked"] == 1
+    notes = [n for n in await callbacks(hosted, no) if n["out_refund_no"] == out_refund_no]
+    assert len(notes) == 1 and notes[0]["delivered"]
+    assert notes[0]["resource"]["refundStatus"] == "SUCCESS"

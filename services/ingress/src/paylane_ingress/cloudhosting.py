@@ -15,7 +15,9 @@ delivers the result again (for up to two days).
 
 With ``CLOUDHOSTING_TRUST_HEADERS=true`` a call without the platform's ``X-WX-SOURCE`` and
 ``X-WX-ENV`` headers is refused (403): the listener must then be reachable only through
-the platform.
+the platform. Refund results are published only then: a refund event is applied as it
+says, with no query first. Without the setting they are acknowledged and left to the
+reconciler, which asks ``queryrefund`` about every pending refund.
 """
 
 from __future__ import annotations
@@ -127,10 +129,13 @@ class Ignored(Exception):
     """Acknowledged (errcode 0), not published: a result that is no payment."""
 
 
-def to_event(fields: dict[str, Any]) -> Envelope:
+def to_event(fields: dict[str, Any], *, refunds: bool = True) -> Envelope:
     """The event a callback announces; ``Ignored`` for what is acknowledged unpublished,
-    ``ValueError`` (or ``KeyError``) for a malformed one."""
+    ``ValueError`` (or ``KeyError``) for a malformed one. ``refunds``: whether a refund
+    result is published (see :func:`notify_cloudhosting`)."""
     if fields.get("out_refund_no") or fields.get("refund_status"):
+        if not refunds:
+            raise Ignored("a refund result without the platform's headers: the reconciler asks")
         status = REFUND_STATUSES.get(str(fields.get("refund_status") or "SUCCESS"))
         if status not in REFUND_EVENTS:
             raise Ignored(f"refund_status {fields.get('refund_status')!r}")
@@ -200,7 +205,11 @@ async def notify_cloudhosting(request: web.Request) -> web.Response:
         body = json.loads(raw)
         if not isinstance(body, dict):
             raise ValueError("not a JSON object")
-        envelope = to_event(flatten(body))
+        # A payment is a claim the gate confirms with a query; a refund event is applied
+        # as it says (it takes back what the order granted). So a refund result is
+        # published only when the platform's headers vouch for the caller; otherwise it is
+        # acknowledged, and the reconciler's queryrefund settles the refund.
+        envelope = to_event(flatten(body), refunds=config.trust_platform_headers)
     except Ignored as exc:
         metrics.NOTIFICATIONS_ACKED.labels("ignored").inc()
         log.info("cloudhosting_result_ignored", reason=str(exc))
