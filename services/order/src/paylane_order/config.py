@@ -15,6 +15,7 @@ from paylane_common.contract.catalog import Package
 from paylane_common.contract.prices import PriceList
 from paylane_common.contract.tokens import TokenSigner
 from paylane_common.runtime.settings import default_of, secret_value
+from paylane_common.wechatpay.cloudhosting import CLOUDHOSTING_TRADE_TYPES
 
 from .client_address import Network
 from .settings import OrderSettings
@@ -34,6 +35,12 @@ class MerchantConfig:
     order_ttl_s: int
     #: The mobile app's appid, for APP orders; None: APP is not offered.
     app_appid: str | None = None
+    #: The trade types offered, when not all: WeChat Cloud Hosting's open interface
+    #: places JSAPI and NATIVE only.
+    trade_types: frozenset[str] | None = None
+
+    def offers(self, trade_type: str) -> bool:
+        return self.trade_types is None or trade_type in self.trade_types
 
     def appid_for(self, trade_type: str) -> str | None:
         """The appid an order of this trade type is placed under (None: not offered)."""
@@ -157,6 +164,9 @@ class OrderConfig:
                 app_appid=settings.wechatpay_app_appid,
                 notify_url=settings.wechatpay_notify_url or "",
                 order_ttl_s=settings.order_ttl_s,
+                trade_types=frozenset(CLOUDHOSTING_TRADE_TYPES)
+                if settings.wechatpay_mode == "cloudhosting"
+                else None,
             ),
             reconciler=ReconcilerConfig.from_settings(settings),
             status_query=StatusQueryConfig.from_settings(settings),

@@ -125,6 +125,12 @@ class Orders:
         """Returns (order row, created); an Idempotency-Key seen before returns its order,
         placed at WeChat Pay again if the first request could not place it (a 503), and so
         does a repeat without a key within the duplicate window (:meth:`_twin`)."""
+        if not self._merchant.offers(new.trade_type):
+            raise InvalidRequest(
+                f"{new.trade_type} payments are not offered on WeChat Cloud Hosting"
+                " (WECHATPAY_MODE=cloudhosting places JSAPI and NATIVE only)",
+                "trade_type_unavailable",
+            )
         if new.trade_type == "H5" and not new.client_ip:
             raise InvalidRequest("client_ip is required for H5", "client_ip_required")
         if self._merchant.appid_for(new.trade_type) is None:
