@@ -10,6 +10,7 @@ import pytest
 from paylane_common.storage.migrate import migrate
 from paylane_common.storage.schema import (
     ADDITIONS,
+    CLOUDHOSTING_PAY_PARAMS,
     ORDER_QUERIES,
     PAYMENT_LOG_KIND,
     REFUND_REMEDIES,
@@ -55,6 +56,7 @@ def test_the_second_migrate_has_nothing_to_do(adopted_database, infra: Infra) ->
         assert ensure(cur, *REFUND_REMEDIES) == []
         assert ensure(cur, *ORDER_QUERIES) == []
         assert ensure(cur, *PAYMENT_LOG_KIND) == []
+        assert ensure(cur, *CLOUDHOSTING_PAY_PARAMS) == []
 
 
 def test_no_shared_column_is_renamed_retyped_or_dropped(adopted_database, infra: Infra) -> None:
