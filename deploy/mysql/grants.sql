@@ -37,7 +37,7 @@ GRANT SELECT, INSERT (`id`, `out_trade_no`, `user_id`, `generation_id`, `transac
   UPDATE (`status`, `transaction_id`, `paid_at`, `_openid`, `generation_id`, `prepay_id`,
     `code_url`, `h5_url`, `amount_refunded`, `review_reason`, `closed_at`, `refunded_at`,
     `reconciled_at`, `queried_at`, `paid_event_at`, `refund_event_at`, `remark`,
-    `refund_reason`, `fulfilment_status`, `fulfilment_detail`, `fulfilled_at`)
+    `refund_reason`, `fulfilment_status`, `fulfilment_detail`, `fulfilled_at`, `pay_params`)
   ON `{database}`.`payment_orders` TO '{order_user}'@'%';
 -- Refunds: requested and settled; an ABNORMAL one's remedy (`paylane refund abnormal`)
 -- recorded on its row.
@@ -55,9 +55,10 @@ GRANT INSERT (`id`, `type`, `kind`, `out_trade_no`, `out_refund_no`, `event_type
   SELECT (`out_trade_no`, `out_refund_no`, `type`, `detail`)
   ON `{database}`.`payment_logs` TO '{order_user}'@'%';
 -- Users: found or created by openid (a new `user-…` id; a mini-program login records
--- last_login_at). Never a user's plan or regenerations, nor their personal details.
-GRANT SELECT (`id`, `openid`, `payment_status`, `regenerate_count`),
-  INSERT (`id`, `openid`, `last_login_at`), UPDATE (`last_login_at`)
+-- last_login_at; on WeChat Cloud Hosting the unionid the platform names is filled in).
+-- Never a user's plan or regenerations, nor their personal details.
+GRANT SELECT (`id`, `openid`, `unionid`, `payment_status`, `regenerate_count`),
+  INSERT (`id`, `openid`, `last_login_at`), UPDATE (`last_login_at`, `unionid`)
   ON `{database}`.`users` TO '{order_user}'@'%';
 -- When paylane was installed (the effects sweep looks only at orders created since); the
 -- days the daily bill reconciliation finished, added (INSERT IGNORE: never an existing

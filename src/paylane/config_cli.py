@@ -223,6 +223,13 @@ class Effective:
     source: str
 
 
+def _required_in_mode(info: Any, given: Mapping[str, str]) -> bool:
+    """A setting required unless ``WECHATPAY_MODE`` is the one it names (``DIRECT_ONLY``)."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    unless = extra.get("required_unless_mode")
+    return unless is not None and given.get("WECHATPAY_MODE", "direct") != unless
+
+
 def effective(cls: type[BaseServiceSettings], env: Mapping[str, str]) -> list[Effective]:
     """Each setting of ``cls``: from paylane's name, its ``_FILE``, an old name, or the
     default; the value masked (:func:`shown`)."""
@@ -245,7 +252,7 @@ def effective(cls: type[BaseServiceSettings], env: Mapping[str, str]) -> list[Ef
         elif name in found.values:
             value = shown(name, found.values[name], secret)
             rows.append(Effective(name, value, ", ".join(found.origins[name])))
-        elif info.is_required():
+        elif info.is_required() or _required_in_mode(info, given):
             rows.append(Effective(name, "unset", "required"))
         else:
             default = info.get_default(call_default_factory=True)

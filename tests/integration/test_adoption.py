@@ -11,6 +11,7 @@ from paylane_common.storage.migrate import migrate
 from paylane_common.storage.schema import (
     ADDITIONS,
     BUSINESS_ORDERS,
+    CLOUDHOSTING_PAY_PARAMS,
     ORDER_LIST_INDEXES,
     ORDER_QUERIES,
     PAYMENT_LOG_KIND,
@@ -59,6 +60,7 @@ def test_the_second_migrate_has_nothing_to_do(adopted_database, infra: Infra) ->
         assert ensure(cur, *ORDER_LIST_INDEXES) == []
         assert ensure(cur, *PAYMENT_LOG_KIND) == []
         assert ensure(cur, *BUSINESS_ORDERS) == []
+        assert ensure(cur, *CLOUDHOSTING_PAY_PARAMS) == []
 
 
 def test_no_shared_column_is_renamed_retyped_or_dropped(adopted_database, infra: Infra) -> None:

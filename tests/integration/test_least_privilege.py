@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from paylane_common.runtime.exceptions import ConfigError, PublishError
 from paylane_common.runtime.outages import Dependency
 from paylane_common.storage import db
 from paylane_common.storage.db import transaction
+from paylane_common.wechatpay.cloudhosting import CloudHostingClient, CloudHostingTarget
 from paylane_common.wechatpay.testing import (
     APPID,
     MCHID,
@@ -675,7 +676,7 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
         orders = Orders(
             pool,
             None,  # type: ignore[arg-type]
-            None,  # type: ignore[arg-type]
+            None,
             merchant,
             max_pending=5,
             duplicate_window_s=300,
@@ -698,6 +699,8 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             await orders._check_pending(cur, user["id"])
         assert str(user["id"]).startswith("user-")
         assert await orders.sign_in(openid) == user["id"]  # found again, last_login_at set
+        # WeChat Cloud Hosting's user (X-WX-OPENID): found by openid, its unionid filled in.
+        assert await orders.platform_user(openid, f"u-{uuid.uuid4().hex[:12]}") == user["id"]
         # Sessions: issued and checked against the user's version, revoked (twice: the row
         # made, then bumped).
         sessions = Sessions(pool, TokenSigner(Ed25519PrivateKey.generate()), 600)
@@ -746,6 +749,21 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
         assert (await remedies.get(abnormal.data.out_refund_no))["status"] == "pending"
         async with transaction(pool) as cur:
             unpaid, _, _ = await orders._insert(cur, replace(new, idempotency_key=None), user)
+        # On WeChat Cloud Hosting: placed through the open interface (the sandbox's), the
+        # platform's pay parameters kept with the order.
+        async with (
+            running_sandbox(sandbox_settings(KIT)) as platform,
+            aiohttp.ClientSession() as http,
+        ):
+            target = CloudHostingTarget("env-lp", "ingress", "/notify/cloudhosting")
+            client = CloudHostingClient(
+                base_url=platform.base_url, mchid=KIT.mchid, target=target, session=http
+            )
+            hosted = Orders(pool, client, None, merchant)
+            expires = datetime.now(UTC) + timedelta(minutes=30)
+            placed = await hosted._place(unpaid, new, user["openid"], expires)
+            assert json.loads(str(placed["pay_params"]))["signType"] == "MD5"
+            assert hosted.pay_params(placed)["package"] == f"prepay_id={placed['prepay_id']}"
         # Asked about on demand (GET /orders/{no}): its turn taken on the row.
         status_query = StatusQuery(pool, None, None, StatusQueryConfig(after_s=0))  # type: ignore[arg-type]
         assert await status_query._claim(unpaid)

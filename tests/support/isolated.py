@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,10 @@ from tests.support.seed_db import create_seed_database
 from tests.support.stack import Stack, wait_ready
 from tests.support.stack_config import ORDER_ENV, new_stack, start_stack
 from tests.support.wechat import FakeWechat
+
+#: What starts the services of a stack (stack_config.start_stack, or another mode's):
+#: returns the order service's environment.
+StartStack = Callable[[Stack, FakeWechat, Mapping[str, str]], Awaitable[dict[str, str]]]
 
 #: The reconciler out of the way (orders are paid within seconds, never at the sandbox),
 #: so every paid order comes from a notification (chaos, OpenAPI).
@@ -69,13 +73,15 @@ async def started_stack(
     *,
     order_settings: Mapping[str, str] = ORDER_ENV,
     service_env: Mapping[str, str] | None = None,
+    start: StartStack = start_stack,
 ) -> AsyncIterator[tuple[Stack, dict[str, str]]]:
-    """Every service started on these URLs (stack_config.start_stack), then stopped
-    however the block ends: the stack and the order service's environment."""
+    """Every service started on these URLs (``start``: stack_config.start_stack by
+    default), then stopped however the block ends: the stack and the order service's
+    environment."""
     stack = new_stack(amqp_url, mysql_url, wechat, log_dir)
     stack.base_env.update(service_env or {})
     try:
-        order_env = await start_stack(stack, wechat, order_settings)
+        order_env = await start(stack, wechat, order_settings)
         yield stack, order_env
     finally:
         await stack.stop_all()
@@ -92,11 +98,13 @@ async def isolated_stack(
     service_amqp: Callable[[str], str] | None = None,
     service_mysql: Callable[[str], str] | None = None,
     service_env: dict[str, str] | None = None,
+    start: StartStack = start_stack,
 ) -> AsyncIterator[IsolatedStack]:
     """A new vhost and database (named ``prefix``_…) and the whole stack on them. The
     database is the adopting team's (``seed``, as every test session's) or an empty one,
     then migrated. ``service_amqp`` / ``service_mysql`` map the real URL to what the
-    services get (a fault proxy); ``service_env`` is given to every service."""
+    services get (a fault proxy); ``service_env`` is given to every service; ``start``
+    starts them (stack_config.start_stack by default)."""
     vhost, database = unique_name(prefix), unique_name(prefix)
     amqp_url, mysql_url = infra.amqp_url(vhost), infra.mysql_url(database)
     wechat = FakeWechat()
@@ -117,6 +125,7 @@ async def isolated_stack(
                 log_dir,
                 order_settings=order_settings,
                 service_env=service_env,
+                start=start,
             )
         )
         yield IsolatedStack(

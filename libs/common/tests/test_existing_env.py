@@ -145,6 +145,7 @@ def test_a_service_starts_on_the_existing_env_file_alone(monkeypatch: pytest.Mon
     assert settings.wechatpay_mchid == KIT.mchid
     assert settings.wechatpay_appid == KIT.appid
     assert settings.wechatpay_merchant_serial_no == KIT.merchant_serial_no
+    assert settings.wechatpay_merchant_private_key is not None
     key = settings.wechatpay_merchant_private_key.get_secret_value()
     assert key == KIT.merchant_private_key_pem.strip()
     assert settings.wechatpay_public_key == KIT.platform_public_key_pem.strip()

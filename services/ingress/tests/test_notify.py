@@ -370,6 +370,7 @@ APIV3_KEY = "0123456789abcdefABCDEF0123456789"  # what the env fixture sets
 
 def test_settings_load_from_the_environment(env, wechat_keys):
     settings = load_settings(IngressSettings)
+    assert settings.wechatpay_apiv3_key is not None
     assert settings.wechatpay_apiv3_key.get_secret_value() == APIV3_KEY
     assert settings.wechatpay_public_key_id == wechat_keys.public_key_id
     assert settings.notify_max_skew_s == 300

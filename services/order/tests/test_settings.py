@@ -176,3 +176,46 @@ def test_tokens_of_a_rotations_previous_key_are_still_accepted() -> None:
     # Without it, the old key's tokens are refused.
     with pytest.raises(TokenError):
         OrderConfig.from_settings(settings()).tokens.verifier.verify(session, SESSION_AUDIENCE)
+
+
+#: What WeChat Cloud Hosting's open interface needs: no merchant key, serial, APIv3 key,
+#: WeChat Pay public key or notify URL.
+CLOUDHOSTING = {
+    "wechatpay_mode": "cloudhosting",
+    "wechatpay_mchid": KEYS.mchid,
+    "wechatpay_appid": KEYS.appid,
+    "cloudhosting_env_id": "prod-env-1a2b",
+    "cloudhosting_service": "paylane-ingress",
+    "client_token_private_key": TOKEN_PRIVATE_KEY,
+}
+
+
+def test_cloudhosting_mode_needs_no_merchant_key() -> None:
+    hosted = load_settings(OrderSettings, **CLOUDHOSTING)
+    assert hosted.wechatpay_merchant_private_key is None
+    assert hosted.wechatpay_apiv3_key is None and hosted.wechatpay_notify_url is None
+    assert hosted.cloudhosting_api_base == "http://api.weixin.qq.com"
+    target = hosted.cloudhosting_target()
+    assert (target.env_id, target.service, target.path) == (
+        "prod-env-1a2b",
+        "paylane-ingress",
+        "/notify/cloudhosting",
+    )
+    config = OrderConfig.from_settings(hosted)
+    assert config.cloudhosting and not config.trust_platform_headers
+    assert config.merchant.notify_url == ""
+
+
+@pytest.mark.parametrize("missing", ["cloudhosting_env_id", "cloudhosting_service"])
+def test_cloudhosting_mode_needs_where_results_go(missing: str) -> None:
+    values = {k: v for k, v in CLOUDHOSTING.items() if k != missing}
+    with pytest.raises(ConfigError, match=missing.upper()):
+        load_settings(OrderSettings, **values)
+
+
+@pytest.mark.parametrize(
+    "missing", ["wechatpay_merchant_private_key", "wechatpay_merchant_serial_no"]
+)
+def test_direct_mode_still_needs_the_merchant_key(missing: str) -> None:
+    with pytest.raises(ConfigError, match=missing.upper()):
+        settings(**{missing: None})

@@ -39,3 +39,15 @@ def test_app_orders_are_placed_under_the_apps_appid() -> None:
     assert merchant.appid_for("APP") == "wx8888888888888888"
     assert {merchant.appid_for(t) for t in ("JSAPI", "NATIVE", "H5")} == {MERCHANT.appid}
     assert MERCHANT.appid_for("APP") is None
+
+
+async def test_cloudhosting_offers_jsapi_and_native_only() -> None:
+    hosted = replace(MERCHANT, trade_types=frozenset({"JSAPI", "NATIVE"}))
+    # Refused before the database or WeChat Pay is touched: neither is given.
+    orders = Orders(None, None, None, hosted)  # type: ignore[arg-type]
+    for trade_type in ("H5", "APP"):
+        with pytest.raises(InvalidRequest) as info:
+            await orders.create(_new(trade_type))
+        assert (info.value.status, info.value.code) == (400, "trade_type_unavailable")
+        assert "Cloud Hosting" in info.value.message
+    assert hosted.offers("JSAPI") and hosted.offers("NATIVE") and MERCHANT.offers("H5")

@@ -22,6 +22,7 @@ from paylane_common.wechatpay.signature import (
     HEADER_TIMESTAMP,
 )
 
+from .cloudhosting import CloudHostingAnswer, notify_cloudhosting
 from .internal import InternalNotify, InternalOrderCreated, internal_notify, internal_order_created
 from .notify import MAX_BODY, notify_wechatpay
 from .prices import current_prices
@@ -108,6 +109,28 @@ def _internal_errors(refusal: type[Refusal]) -> dict[int, Reply]:
     }
 
 
+#: What WeChat Cloud Hosting delivers to the container, as far as ingress reads it.
+CLOUDHOSTING_RESULT: dict[str, Any] = {
+    "type": "object",
+    "description": "WeChat Pay v2 notification fields in camelCase (also snake_case; a"
+    " refund's may be nested in `reqInfo`)",
+    "properties": {
+        "returnCode": {"type": "string"},
+        "resultCode": {"type": "string"},
+        "outTradeNo": {"type": "string"},
+        "transactionId": {"type": "string"},
+        "totalFee": {"type": ["integer", "string"]},
+        "cashFee": {"type": ["integer", "string"]},
+        "subMchId": {"type": "string"},
+        "subOpenid": {"type": "string"},
+        "timeEnd": {"type": "string", "examples": ["20220321132007"]},
+        "outRefundNo": {"type": "string"},
+        "refundStatus": {"type": "string"},
+        "reqInfo": {"type": ["object", "string"]},
+    },
+}
+
+
 #: The existing cloud function's default notify URL (``${API_BASE_URL}/api/payment/callback``):
 #: WeChat Pay's notifications sent there are served exactly as on ``/notify/wechatpay``.
 CALLBACK_ALIAS = "/api/payment/callback"
@@ -181,6 +204,34 @@ INGRESS_API = Api(
             " `${API_BASE_URL}/api/payment/callback`, the existing cloud function's"
             " default, reaches ingress too.",
             operation_id="notify_wechatpay_callback_alias",
+        ),
+        Operation(
+            "POST",
+            "/notify/cloudhosting",
+            notify_cloudhosting,
+            "A payment or refund result WeChat Cloud Hosting delivers to the container"
+            " (confirmed with WeChat Pay before anything is granted)",
+            {
+                200: Reply(
+                    "`errcode` 0: published (or of a kind ingress ignores)", CloudHostingAnswer
+                ),
+                400: Reply("a malformed body", CloudHostingAnswer),
+                403: Reply(
+                    "`CLOUDHOSTING_TRUST_HEADERS` and no `X-WX-SOURCE` / `X-WX-ENV`",
+                    CloudHostingAnswer,
+                ),
+                413: Reply(f"the body is larger than {MAX_BODY} bytes", CloudHostingAnswer),
+                503: Reply(
+                    "`errcode` -1: the broker did not confirm the event; the platform retries",
+                    CloudHostingAnswer,
+                ),
+            },
+            body_schema=CLOUDHOSTING_RESULT,
+            # Nothing on this path is signed: what it publishes is a claim the order
+            # service's payment gate confirms with a query before anything is granted.
+            security=PUBLIC,
+            description="`WECHATPAY_MODE=cloudhosting` (docs/cloudhosting.md). Answered"
+            ' `{"errcode":0,"errmsg":"ok"}` only once the broker confirmed the event.',
         ),
         Operation(
             "POST",

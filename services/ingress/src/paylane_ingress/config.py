@@ -23,6 +23,9 @@ class IngressConfig:
     internal_secret: str
     #: ``GET /api/prices/current``'s answer.
     price_list: PriceList
+    #: ``CLOUDHOSTING_TRUST_HEADERS``: ``/notify/cloudhosting`` requires the platform's
+    #: ``X-WX-SOURCE`` and ``X-WX-ENV``.
+    trust_platform_headers: bool = False
 
 
 INGRESS_CONFIG = web.AppKey("ingress_config", IngressConfig)

@@ -33,6 +33,7 @@ def build_app(
         apiv3_key=secret_value(settings.wechatpay_apiv3_key).encode(),
         internal_secret=secret_value(settings.internal_api_secret),
         price_list=PriceList.of(settings.catalog, settings.prices_effective_at),
+        trust_platform_headers=settings.cloudhosting_trust_headers,
     )
     INGRESS_API.add_routes(app)
     use_broker(app, settings)

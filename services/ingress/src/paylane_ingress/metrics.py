@@ -2,7 +2,8 @@
 
 from prometheus_client import Counter, Histogram
 
-#: ``route``: wechatpay (``POST /notify/wechatpay``), internal (the cloud function's notify).
+#: ``route``: wechatpay (``POST /notify/wechatpay``), internal (the cloud function's notify),
+#: cloudhosting (``POST /notify/cloudhosting``, WeChat Cloud Hosting's container callback).
 NOTIFICATIONS_RECEIVED = Counter(
     "paylane_ingress_notifications_received_total", "Notification requests received", ["route"]
 )
@@ -12,7 +13,7 @@ NOTIFICATIONS_VERIFIED = Counter(
 #: ``reason``: bad_signature, stale_timestamp, signtest_probe, unknown_serial,
 #: expired_certificate, decrypt_failed, too_large, not_json, duplicate_header,
 #: malformed_body, empty_body, invalid_resource, broker_unavailable, internal_secret,
-#: internal_invalid, and others.
+#: internal_invalid, cloudhosting_invalid, cloudhosting_headers, and others.
 NOTIFICATIONS_REJECTED = Counter(
     "paylane_ingress_notifications_rejected_total", "Notifications rejected, by reason", ["reason"]
 )

@@ -3,7 +3,7 @@ function's secret, the package catalog it reads prices from (docs/configuration.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from paylane_common.runtime.settings import (
     ApiSecretSettings,
@@ -14,7 +14,11 @@ from paylane_common.runtime.settings import (
     NoneIfBlank,
     PrivateKeyPem,
 )
-from paylane_common.wechatpay.merchant_api import DEFAULT_API_BASE, WechatPayKeysSettings
+from paylane_common.wechatpay.merchant_api import (
+    CLOUDHOSTING,
+    DEFAULT_API_BASE,
+    WechatPayKeysSettings,
+)
 
 
 class IngressSettings(
@@ -25,7 +29,9 @@ class IngressSettings(
 
     http_port: int = Field(8080, ge=1, le=65535)
     #: The 32-byte APIv3 key notifications are decrypted with (AEAD_AES_256_GCM).
-    wechatpay_apiv3_key: ApiV3Key
+    #: Required in ``direct`` mode; with ``WECHATPAY_MODE=cloudhosting`` results arrive
+    #: unencrypted on ``/notify/cloudhosting`` and none is needed.
+    wechatpay_apiv3_key: NoneIfBlank[ApiV3Key] = None
     # INTERNAL_API_SECRET (ApiSecretSettings): the cloud function's ``X-Internal-Secret``.
     #: Optional for ingress: with ``WECHATPAY_MCHID``, the merchant key and serial (and a
     #: certs dir) platform certificates are refreshed in the background, so a new
@@ -45,6 +51,15 @@ class IngressSettings(
     #: … and at once when this many notifications are being answered together (a burst
     #: meeting a busy machine; at 1,000/s, 32 in flight means about 32 ms each). 0: never.
     ingress_busy_in_flight: int = Field(32, ge=0, le=100_000)
+
+    @model_validator(mode="after")
+    def _apiv3_key_required(self) -> IngressSettings:
+        if self.wechatpay_apiv3_key is None and self.wechatpay_mode != CLOUDHOSTING:
+            raise ValueError(
+                "WECHATPAY_APIV3_KEY is required: WeChat Pay's notifications are decrypted"
+                " with it (WECHATPAY_MODE=cloudhosting needs none)"
+            )
+        return self
 
     @property
     def refreshes_certificates(self) -> bool:

@@ -41,7 +41,7 @@ from paylane_common.web.openapi import (
 
 from . import order_list, replies
 from .abnormal import AbnormalRefunds, Remedy
-from .auth import Caller, identify
+from .auth import OPENID_HEADER, Caller, identify
 from .business import (
     ATTACH_MAX,
     DESCRIPTION_MAX_BYTES,
@@ -501,7 +501,11 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     config = request.app[ORDER_CONFIG]
     caller = await identify(
-        request, backend_secret=config.backend_secret, sessions=request.app[SESSIONS]
+        request,
+        backend_secret=config.backend_secret,
+        sessions=request.app[SESSIONS],
+        # X-WX-OPENID only where the platform alone can set it (CLOUDHOSTING_TRUST_HEADERS).
+        platform_users=request.app[ORDERS].platform_user if config.trust_platform_headers else None,
     )
     structlog.contextvars.bind_contextvars(
         caller="backend" if caller.backend else "user", user_id=caller.user_id
@@ -677,6 +681,9 @@ async def prices(request: web.Request) -> web.Response:
 
 BACKEND = "backend"
 USER = "user"
+#: WeChat Cloud Hosting's ``X-WX-OPENID`` (``CLOUDHOSTING_TRUST_HEADERS=true`` only): the
+#: platform's user is a user like a session's, wherever a user may call (auth.py).
+PLATFORM = "platform"
 _WECHATPAY_ERRORS = {
     502: "WeChat Pay refused (`wechatpay_rejected`) or answered what failed verification"
     " (`wechatpay_unverified`) or is not what it documents (`wechatpay_bad_answer`)",
@@ -769,6 +776,14 @@ ORDER_API = Api(
             " only. A stream ticket is not a session (401), nor is a token the user's"
             " sessions were revoked after (401)",
         },
+        PLATFORM: {
+            "type": "apiKey",
+            "in": "header",
+            "name": OPENID_HEADER,
+            "description": "on WeChat Cloud Hosting with `CLOUDHOSTING_TRUST_HEADERS=true`"
+            " only: the mini-program user the platform names (with `X-WX-UNIONID`), created"
+            " if new; their own orders only, as a session's user. Ignored otherwise (401)",
+        },
     },
     operations=[
         Operation(
@@ -813,7 +828,7 @@ ORDER_API = Api(
                 200: Reply("the ticket: open the stream before it expires", replies.StreamTicket),
                 **_errors(401, e401="no user session (the backend's secret is none either)"),
             },
-            security=(USER,),
+            security=(USER, PLATFORM),
             action="stream tickets",
         ),
         Operation(
@@ -862,7 +877,7 @@ ORDER_API = Api(
                 ),
             },
             body=CreateOrder,
-            security=(BACKEND, USER),
+            security=(BACKEND, USER, PLATFORM),
             parameters=(IDEMPOTENCY_KEY,),
         ),
         Operation(
@@ -874,7 +889,7 @@ ORDER_API = Api(
                 200: Reply("a page; `next_cursor` fetches the next", replies.OrderPage),
                 **_errors(400, 401, 403, e403="a user naming another `user_id`"),
             },
-            security=(BACKEND, USER),
+            security=(BACKEND, USER, PLATFORM),
             parameters=(*_LIST_FILTERS, *_LIST_PAGING),
         ),
         # Before /orders/{out_trade_no}, which would take "export.csv" for an order number.
@@ -901,7 +916,7 @@ ORDER_API = Api(
             get_order,
             "An order: its status, amounts, refunds and the user's plan",
             {200: Reply("the order", replies.OrderView), **_errors(401, 404)},
-            security=(BACKEND, USER),
+            security=(BACKEND, USER, PLATFORM),
         ),
         Operation(
             "PATCH",
@@ -929,7 +944,7 @@ ORDER_API = Api(
                     e409="`order_not_pending`, `close_refused` (e.g. paid meanwhile)",
                 ),
             },
-            security=(BACKEND, USER),
+            security=(BACKEND, USER, PLATFORM),
         ),
         Operation(
             "POST",
@@ -948,7 +963,7 @@ ORDER_API = Api(
                     " `order_not_repayable` (placed by another writer)",
                 ),
             },
-            security=(BACKEND, USER),
+            security=(BACKEND, USER, PLATFORM),
         ),
         Operation(
             "POST",

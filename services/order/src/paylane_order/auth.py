@@ -7,13 +7,19 @@
   ``POST /orders``, of the user's current session version: see :mod:`.sessions`); orders
   for themselves, reads and closes of their own orders, stream tickets. A stream ticket
   (the notifier's) is not a session here: 401;
+* on WeChat Cloud Hosting with ``CLOUDHOSTING_TRUST_HEADERS=true``, an end user the
+  platform names: ``X-WX-OPENID`` (with ``X-WX-UNIONID``), which the platform sets on
+  every call from the mini-program and strips from others; the user is found by that
+  openid, or created as the cloud function creates one, and the caller has a session of
+  theirs issued there and then. Without that setting the header is ignored (anyone could
+  write it);
 * anyone else: 401. ``INTERNAL_API_SECRET`` (the cloud function's, held by ingress) is
   not a credential here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -43,8 +49,23 @@ class Caller:
         return self.backend or self.user_id == order["user_id"]
 
 
-async def identify(request: web.Request, *, backend_secret: str, sessions: Sessions) -> Caller:
-    """The caller; :class:`Unauthorized` (401) when it proved nothing."""
+#: The platform's headers naming the mini-program's user (WeChat Cloud Hosting).
+OPENID_HEADER = "X-WX-OPENID"
+UNIONID_HEADER = "X-WX-UNIONID"
+#: The user of an openid (and unionid), created if new: ``Orders.platform_user``.
+PlatformUsers = Callable[[str, str | None], Awaitable[str]]
+
+
+async def identify(
+    request: web.Request,
+    *,
+    backend_secret: str,
+    sessions: Sessions,
+    platform_users: PlatformUsers | None = None,
+) -> Caller:
+    """The caller; :class:`Unauthorized` (401) when it proved nothing. ``platform_users``
+    (only with ``CLOUDHOSTING_TRUST_HEADERS``): a request without a secret or token is
+    the user ``X-WX-OPENID`` names."""
     if INTERNAL_SECRET_HEADER in request.headers:
         try:
             backend = internal_secret_ok(request, backend_secret)
@@ -54,6 +75,13 @@ async def identify(request: web.Request, *, backend_secret: str, sessions: Sessi
             return Caller(backend=True, user_id=None)
         raise Unauthorized("invalid X-Internal-Secret")
     token = bearer_token(request)
+    if not token and platform_users is not None:
+        openids = request.headers.getall(OPENID_HEADER, [])
+        if len(openids) == 1 and 0 < len(openids[0]) <= 100:
+            unionid = request.headers.get(UNIONID_HEADER) or None
+            user_id = await platform_users(openids[0], unionid)
+            issued = await sessions.issue(user_id)
+            return Caller(backend=False, user_id=user_id, session=issued.session)
     if not token:
         raise Unauthorized(
             "sign in: Authorization: Bearer <token> (POST /auth/miniprogram),"

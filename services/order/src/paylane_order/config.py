@@ -15,6 +15,7 @@ from paylane_common.contract.catalog import Package
 from paylane_common.contract.prices import PriceList
 from paylane_common.contract.tokens import TokenSigner
 from paylane_common.runtime.settings import default_of, secret_value
+from paylane_common.wechatpay.cloudhosting import CLOUDHOSTING_TRADE_TYPES
 
 from .client_address import Network
 from .settings import OrderSettings
@@ -28,12 +29,19 @@ class MerchantConfig:
 
     mchid: str
     appid: str
-    #: Ingress's public notify URL, sent with every order and refund placed.
+    #: Ingress's public notify URL, sent with every order and refund placed ("" in
+    #: ``cloudhosting`` mode: the platform delivers to the container).
     notify_url: str
     #: How long a placed order stays payable (its ``time_expire``).
     order_ttl_s: int
     #: The mobile app's appid, for APP orders; None: APP is not offered.
     app_appid: str | None = None
+    #: The trade types offered, when not all: WeChat Cloud Hosting's open interface
+    #: places JSAPI and NATIVE only.
+    trade_types: frozenset[str] | None = None
+
+    def offers(self, trade_type: str) -> bool:
+        return self.trade_types is None or trade_type in self.trade_types
 
     def appid_for(self, trade_type: str) -> str | None:
         """The appid an order of this trade type is placed under (None: not offered)."""
@@ -171,6 +179,10 @@ class OrderConfig:
     duplicate_order_window_s: int = default_of(OrderSettings, "duplicate_order_window_s")
     #: Webhooks to the backend (``WEBHOOK_*``, webhooks/).
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    #: ``WECHATPAY_MODE=cloudhosting``: WeChat Pay through Cloud Hosting's open interface.
+    cloudhosting: bool = False
+    #: ``CLOUDHOSTING_TRUST_HEADERS``: ``X-WX-OPENID`` is the signed-in user.
+    trust_platform_headers: bool = False
 
     @classmethod
     def from_settings(cls, settings: OrderSettings) -> OrderConfig:
@@ -190,8 +202,11 @@ class OrderConfig:
                 mchid=settings.wechatpay_mchid,
                 appid=settings.wechatpay_appid,
                 app_appid=settings.wechatpay_app_appid,
-                notify_url=settings.wechatpay_notify_url,
+                notify_url=settings.wechatpay_notify_url or "",
                 order_ttl_s=settings.order_ttl_s,
+                trade_types=frozenset(CLOUDHOSTING_TRADE_TYPES)
+                if settings.wechatpay_mode == "cloudhosting"
+                else None,
             ),
             reconciler=ReconcilerConfig.from_settings(settings),
             status_query=StatusQueryConfig.from_settings(settings),
@@ -201,6 +216,8 @@ class OrderConfig:
             max_pending_orders=settings.max_pending_orders,
             duplicate_order_window_s=settings.duplicate_order_window_s,
             webhooks=WebhookConfig.from_settings(settings),
+            cloudhosting=settings.wechatpay_mode == "cloudhosting",
+            trust_platform_headers=settings.cloudhosting_trust_headers,
         )
 
 

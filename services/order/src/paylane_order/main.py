@@ -129,7 +129,7 @@ def build_app(settings: OrderSettings) -> web.Application:
         app[api.ORDERS] = Orders(
             app[DB_POOL],
             app[WECHATPAY_CLIENT],
-            app[MERCHANT_SIGNER],
+            app.get(MERCHANT_SIGNER),  # none in cloudhosting mode: the platform signs
             config.merchant,
             max_pending=config.max_pending_orders,
             duplicate_window_s=config.duplicate_order_window_s,
@@ -153,7 +153,8 @@ def build_app(settings: OrderSettings) -> web.Application:
             BillReconciler(app[DB_POOL], app[WECHATPAY_CLIENT], reconciler),
             config.reconciler.bills_hour,
         )
-        if config.reconciler.bills_hour >= 0:
+        # The open interface has no v3 bills: no daily bill reconciliation on Cloud Hosting.
+        if config.reconciler.bills_hour >= 0 and not config.cloudhosting:
             bills.start()  # every replica waits for the hour; one runs the day, once
         wechat = WechatApi(
             config.shipping.api_base, config.shipping.appid, config.shipping.app_secret

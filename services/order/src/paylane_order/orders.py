@@ -13,6 +13,7 @@ existing system's word; ``closed_at`` says when.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
@@ -109,7 +110,7 @@ class Orders:
         self,
         pool: aiomysql.Pool,
         client: WechatPayClient,
-        signer: MerchantSigner,
+        signer: MerchantSigner | None,
         merchant: MerchantConfig,
         *,
         max_pending: int = 0,
@@ -117,6 +118,8 @@ class Orders:
     ) -> None:
         self._pool = pool
         self._client = client
+        #: None in ``cloudhosting`` mode: the platform signs the pay parameters, which
+        #: are kept with the order (``pay_params``) as it answered them.
         self._signer = signer
         self._merchant = merchant
         #: Unpaid pending orders a user may have at once (``MAX_PENDING_ORDERS``; 0: any).
@@ -132,6 +135,12 @@ class Orders:
         """Returns (order row, created); an Idempotency-Key seen before returns its order,
         placed at WeChat Pay again if the first request could not place it (a 503), and so
         does a repeat without a key within the duplicate window (:meth:`_twin`)."""
+        if not self._merchant.offers(new.trade_type):
+            raise InvalidRequest(
+                f"{new.trade_type} payments are not offered on WeChat Cloud Hosting"
+                " (WECHATPAY_MODE=cloudhosting places JSAPI and NATIVE only)",
+                "trade_type_unavailable",
+            )
         if new.trade_type == "H5" and not new.client_ip:
             raise InvalidRequest("client_ip is required for H5", "client_ip_required")
         if self._merchant.appid_for(new.trade_type) is None:
@@ -337,6 +346,18 @@ class Orders:
         await cur.execute("SELECT * FROM payment_orders WHERE external_id = %s", (external_id,))
         return await fetch_one(cur, OrderRow)
 
+    async def platform_user(self, openid: str, unionid: str | None = None) -> str:
+        """The user WeChat Cloud Hosting names (``X-WX-OPENID``), created if new as the
+        cloud function creates one; a ``unionid`` the row lacks is filled in."""
+        async with transaction(self._pool) as cur:
+            user = await user_by_openid(cur, openid)
+            if unionid:
+                await cur.execute(
+                    "UPDATE users SET unionid = %s WHERE id = %s AND unionid IS NULL",
+                    (unionid[:100], user["id"]),
+                )
+        return user["id"]
+
     async def _by_idempotency_key(
         self, cur: aiomysql.Cursor, user_id: str, key: str
     ) -> OrderRow | None:
@@ -449,14 +470,20 @@ class Orders:
                     f"WeChat Pay refused the order: {exc.code} {exc.message}"
                 ) from None
             raise UpstreamUnavailable(f"WeChat Pay failed: {exc.code}") from None
+        # Cloud Hosting's open interface answers the JSAPI pay parameters it signed
+        # (``payment``): kept as they are, handed out as they are.
+        payment = answer.get("payment")
+        kept = json.dumps(payment, separators=(",", ":")) if isinstance(payment, dict) else None
         async with transaction(self._pool) as cur:
             await cur.execute(
                 "UPDATE payment_orders SET prepay_id = %s, code_url = %s, h5_url = %s"
-                " WHERE out_trade_no = %s",
+                + (", pay_params = %s" if kept is not None else "")
+                + " WHERE out_trade_no = %s",
                 (
                     answer.get("prepay_id"),
                     answer.get("code_url"),
                     answer.get("h5_url"),
+                    *((kept,) if kept is not None else ()),
                     out_trade_no,
                 ),
             )
@@ -493,6 +520,12 @@ class Orders:
         order was placed for), NATIVE code_url, H5 h5_url."""
         if order["trade_type"] in ("JSAPI", "APP"):
             if not order["prepay_id"]:
+                return {}
+            kept = order.get("pay_params")
+            if kept:
+                params: dict[str, Any] = json.loads(kept)
+                return params
+            if self._signer is None:
                 return {}
             appid = str(order["appid"] or self._merchant.appid_for(order["trade_type"]))
             if order["trade_type"] == "APP":

@@ -66,7 +66,8 @@ class JsapiPay(_Reply):
     timeStamp: str
     nonceStr: str
     package: str
-    signType: Literal["RSA"]
+    #: RSA when paylane signs (direct); MD5 when WeChat Cloud Hosting signed (cloudhosting).
+    signType: Literal["RSA", "MD5"]
     paySign: str
 
 

@@ -18,7 +18,12 @@ from paylane_common.runtime.settings import (
     TokenSigningKey,
     TokenVerifyingKeys,
 )
-from paylane_common.wechatpay.merchant_api import MerchantApiSettings
+from paylane_common.wechatpay.merchant_api import (
+    CLOUDHOSTING,
+    DIRECT_ONLY,
+    MerchantApiSettings,
+    required_unless_cloudhosting,
+)
 
 from .client_address import TrustedProxySettings
 from .webhooks.settings import WebhookSettings
@@ -50,8 +55,12 @@ class OrderSettings(
     #: ``https://`` (WeChat Pay calls no other); ``http://`` only for a sandbox: a loopback
     #: host (``127.0.0.0/8``, ``::1``, ``localhost``), or any host when
     #: ``WECHATPAY_API_BASE`` is itself ``http://`` (the compose stack's sandbox); no query
-    #: string. Anything else stops the order service at start.
-    wechatpay_notify_url: str
+    #: string. Anything else stops the order service at start. Required in ``direct`` mode;
+    #: not used with ``WECHATPAY_MODE=cloudhosting`` (results go to
+    #: ``CLOUDHOSTING_SERVICE``'s ``CLOUDHOSTING_CALLBACK_PATH``).
+    wechatpay_notify_url: NoneIfBlank[str] = Field(
+        None, validate_default=True, json_schema_extra=DIRECT_ONLY
+    )
     # BACKEND_API_SECRET (ApiSecretSettings): the app backend's secret (``X-Internal-Secret``
     # on the order API): orders for any user, reads, close, refunds. INTERNAL_API_SECRET
     # (the cloud function's, held by ingress) opens nothing here; read only to refuse one
@@ -161,6 +170,10 @@ class OrderSettings(
 
     @model_validator(mode="after")
     def _apiv3_key_required(self) -> OrderSettings:
+        if self.wechatpay_mode == CLOUDHOSTING:
+            # Nothing is signed or encrypted on this path: the payment gate confirms every
+            # payment with a query (docs/cloudhosting.md).
+            return self
         if self.wechatpay_apiv3_key is None:
             raise ValueError(
                 "WECHATPAY_APIV3_KEY is required: the order service checks and decrypts"
@@ -202,7 +215,10 @@ class OrderSettings(
 
     @field_validator("wechatpay_notify_url")
     @classmethod
-    def _notify_url(cls, value: str, info: ValidationInfo) -> str:
+    def _notify_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            # Required (as a missing field) unless WECHATPAY_MODE=cloudhosting.
+            return required_unless_cloudhosting(value, info)  # type: ignore[no-any-return]
         if not value.startswith(("https://", "http://")) or "?" in value:
             raise ValueError("must be an http(s) URL without a query string")
         api_base = str(info.data.get("wechatpay_api_base", ""))

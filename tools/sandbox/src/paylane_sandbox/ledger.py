@@ -40,6 +40,9 @@ class Order:
     paid_total: int | None = None
     paid_openid: str | None = None
     success_time: float | None = None
+    #: Placed through Cloud Hosting's open interface: where its result is delivered
+    #: (``env_id``, ``service``, ``path``; cloud_hosting.py).
+    cloud: dict[str, Any] | None = None
 
     @property
     def trade_type(self) -> str:
@@ -89,6 +92,8 @@ class Refund:
     #: (when, status) of every change since the PROCESSING it was created in: a bill made
     #: before a change shows the status the refund had then (bills.py).
     changes: list[tuple[float, str]] = field(default_factory=list)
+    #: Requested through Cloud Hosting's open interface: where its result is delivered.
+    cloud: dict[str, Any] | None = None
 
     def move(self, status: str, now: float) -> None:
         self.status = status

@@ -9,7 +9,15 @@ from aiohttp import web
 
 from paylane_common.runtime.service import base_app, serve
 
-from . import console, control_api, demo_proxy, miniprogram_api, shipping_api, wechat_api
+from . import (
+    cloud_hosting_api,
+    console,
+    control_api,
+    demo_proxy,
+    miniprogram_api,
+    shipping_api,
+    wechat_api,
+)
 from .app_keys import SANDBOX
 from .sandbox import Sandbox
 from .settings import SandboxSettings
@@ -21,6 +29,7 @@ def build_app(
     app = base_app("sandbox")
     app[SANDBOX] = Sandbox(settings, clock=clock)
     wechat_api.add_routes(app)
+    cloud_hosting_api.add_routes(app)
     control_api.add_routes(app)
     miniprogram_api.add_routes(app)
     shipping_api.add_routes(app)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import secrets
 import time
 import uuid
@@ -36,6 +37,9 @@ RETRY_SCHEDULE = "15s 15s 30s 3m 10m 20m 30m 30m 30m 60m 3h 3h 3h 6h 6h"
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
 RETRY_SCHEDULE_S = tuple(int(step[:-1]) * _UNIT_S[step[-1]] for step in RETRY_SCHEDULE.split())
 USER_AGENT = "Mozilla/4.0 (paylane-sandbox; WeChat Pay APIv3 emulator)"
+#: WeChat Cloud Hosting redelivers a container callback not answered ``errcode`` 0 for up
+#: to two days: WeChat Pay's schedule, then every 6 h to 48 h.
+CONTAINER_RETRY_SCHEDULE_S = RETRY_SCHEDULE_S + (21600,) * 4
 
 
 @dataclass
@@ -286,6 +290,87 @@ class NotificationSender:
             event_id=note.id,
             event_type=note.event_type,
             copy=copy,
+            status=attempt.status,
+            error=attempt.error,
+        )
+        return ok
+
+    # -- WeChat Cloud Hosting's container callbacks ----------------------------------------
+
+    def submit_container(
+        self,
+        event_type: str,
+        summary: str,
+        fields: Mapping[str, Any],
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        out_trade_no: str | None = None,
+        out_refund_no: str | None = None,
+    ) -> Notification:
+        """A result the platform delivers to a container: the camelCase ``fields`` as
+        JSON, unsigned, with the platform's ``X-WX-*`` ``headers``; delivered once the
+        container answers 200 ``{"errcode": 0}``, else retried for up to two days (scaled
+        by ``SANDBOX_TIME_FACTOR``)."""
+        body = json.dumps(dict(fields), ensure_ascii=False).encode()
+        note = Notification(
+            f"CH-{uuid.uuid4().hex[:24].upper()}",
+            event_type,
+            summary,
+            url,
+            dict(fields),
+            body,
+            self._clock(),
+            out_trade_no=out_trade_no,
+            out_refund_no=out_refund_no,
+        )
+        self.records.append(note)
+        sent = {**headers, "Content-Type": "application/json"}
+        self._tasks.spawn(self._deliver_container(note, sent), f"container {note.id}")
+        return note
+
+    async def _deliver_container(self, note: Notification, headers: dict[str, str]) -> None:
+        ok = await self._post_container(note, headers)
+        for interval in CONTAINER_RETRY_SCHEDULE_S:
+            if ok:
+                break
+            await asyncio.sleep(interval * self.time_factor)
+            ok = await self._post_container(note, headers)
+        note.finished = True
+        await self._touch()
+        if not ok:
+            log.warning("container_callback_gave_up", event_id=note.id)
+
+    async def _post_container(self, note: Notification, headers: dict[str, str]) -> bool:
+        if self._session is None:
+            raise RuntimeError("notification sender not started")
+        attempt = Attempt(at=self._clock(), copy=0)
+        note.attempts.append(attempt)
+        ok = False
+        try:
+            async with self._session.post(
+                note.url, data=note.body, headers=headers, timeout=self._timeout
+            ) as response:
+                attempt.status = response.status
+                answer = await response.read()
+            try:
+                parsed = json.loads(answer)
+                ok = response.status == 200 and isinstance(parsed, dict)
+                ok = ok and parsed.get("errcode") == 0
+                if not ok:
+                    attempt.error = f"answered {answer[:120].decode(errors='replace')}"
+            except ValueError:
+                attempt.error = "answered a body that is not JSON"
+        except TimeoutError:
+            attempt.error = f"timeout after {self._timeout.total}s"
+        except aiohttp.ClientError as exc:
+            attempt.error = f"{type(exc).__name__}: {exc}"[:300]
+        note.delivered = note.delivered or ok
+        await self._touch()
+        NOTIFICATION_ATTEMPTS.labels("delivered" if ok else "rejected").inc()
+        log.info(
+            "container_callback_attempt",
+            event_id=note.id,
             status=attempt.status,
             error=attempt.error,
         )

@@ -15,7 +15,7 @@ from paylane_common.runtime.settings import secret_value
 from paylane_common.wechatpay import DecryptionError, decrypt_field, load_private_key
 from paylane_common.wechatpay.testing import SUMMARIES, new_private_key
 
-from . import resources
+from . import cloud_hosting, resources
 from .auth import MerchantAuthenticator, merchant_key
 from .background import Background
 from .errors import ApiError, param_error
@@ -111,7 +111,12 @@ class Sandbox:
         order = self.ledger.pay(out_trade_no, amount, openid, force, self.clock())
         return order, (self.notify_transaction(order) if notify else None)
 
-    def notify_transaction(self, order: Order) -> Notification:
+    def notify_transaction(self, order: Order) -> Notification | None:
+        if order.cloud is not None:
+            fields = cloud_hosting.payment_callback(order, self.mchid)
+            return self._to_container(
+                order.cloud, "TRANSACTION.SUCCESS", "支付成功", fields, order.out_trade_no
+            )
         return self.notification_sender.submit(
             "TRANSACTION.SUCCESS",
             "transaction",
@@ -119,6 +124,39 @@ class Sandbox:
             resources.transaction(order, self.mchid),
             order.notify_url,
             out_trade_no=order.out_trade_no,
+        )
+
+    def _to_container(
+        self,
+        target: dict[str, Any],
+        event_type: str,
+        summary: str,
+        fields: dict[str, Any],
+        out_trade_no: str,
+        out_refund_no: str | None = None,
+    ) -> Notification | None:
+        """A result of the open interface, delivered as Cloud Hosting delivers it."""
+        base = self.settings.sandbox_cloudhosting_url
+        if base is None:
+            log.warning(
+                "container_callback_not_sent",
+                out_trade_no=out_trade_no,
+                hint="SANDBOX_CLOUDHOSTING_URL is unset",
+            )
+            return None
+        headers = {
+            "X-WX-SOURCE": cloud_hosting.CALLBACK_SOURCE,
+            "X-WX-ENV": str(target["env_id"]),
+            "X-WX-SERVICE": str(target["service"]),
+        }
+        return self.notification_sender.submit_container(
+            event_type,
+            summary,
+            fields,
+            base.rstrip("/") + str(target["path"]),
+            headers,
+            out_trade_no=out_trade_no,
+            out_refund_no=out_refund_no,
         )
 
     # --- refunds --------------------------------------------------------------------------
@@ -191,6 +229,16 @@ class Sandbox:
         return refund.notify_url or self.settings.sandbox_refund_notify_url
 
     def notify_refund(self, refund: Refund) -> Notification | None:
+        if refund.cloud is not None:
+            fields = cloud_hosting.refund_callback(refund)
+            return self._to_container(
+                refund.cloud,
+                f"REFUND.{refund.status}",
+                SUMMARIES[f"REFUND.{refund.status}"],
+                fields,
+                refund.out_trade_no,
+                refund.out_refund_no,
+            )
         url = self.refund_notify_url(refund)
         if url is None:
             log.warning(

@@ -99,6 +99,11 @@ class SandboxSettings(BaseServiceSettings):
     #: refund's notifications go when its request named no ``notify_url``; unset: such
     #: refunds are not notified.
     sandbox_refund_notify_url: NoneIfBlank[CallbackUrl] = None
+    #: Where the Cloud Hosting containers are: the payment and refund results of orders
+    #: placed through ``/_/pay/*`` are posted to this URL plus the order's
+    #: ``container.path`` (ingress's URL, for ``/notify/cloudhosting``); unset: not
+    #: delivered (the console shows them).
+    sandbox_cloudhosting_url: NoneIfBlank[HttpBaseUrl] = None
     #: How long the merchant has to answer a notification (WeChat's 5 s).
     sandbox_notify_timeout_s: float = Field(5.0, gt=0)
     #: An ``Authorization`` timestamp this many seconds or more from now is stale: 401

@@ -66,9 +66,10 @@ class WechatNotification(_Data):
 
 
 #: Who said a payment happened: WeChat Pay's notification (through ingress), the cloud
-#: function's internal notify, paylane's own query (reconciler, sweep), or the query
-#: ``GET /orders/{no}`` of a pending order made (the order service's status_query.py).
-PaymentSource = Literal["wechatpay", "internal", "reconcile", "query"]
+#: function's internal notify, paylane's own query (reconciler, sweep), the query
+#: ``GET /orders/{no}`` of a pending order made (the order service's status_query.py), or
+#: WeChat Cloud Hosting's container callback (ingress's ``/notify/cloudhosting``).
+PaymentSource = Literal["wechatpay", "internal", "reconcile", "query", "cloudhosting"]
 
 
 class PaymentSucceeded(_Data):

@@ -119,6 +119,8 @@ class OrderRow(TypedDict):
     fulfilment_status: FulfilmentStatus | None
     fulfilment_detail: str | None
     fulfilled_at: datetime | None
+    #: Cloud Hosting's signed JSAPI pay parameters (JSON), kept as answered.
+    pay_params: str | None
 
 
 class RefundRow(TypedDict):

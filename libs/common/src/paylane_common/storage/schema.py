@@ -285,3 +285,13 @@ BUSINESS_ORDERS: tuple[list[Column], list[Index], list[EnumValues]] = (
     ],
     [],
 )
+
+# What migration 0015_cloudhosting_pay_params adds: the pay parameters WeChat Cloud
+# Hosting's open interface signed for a JSAPI order (its ``payment`` object, JSON), kept as
+# they are: paylane holds no key to sign them again (docs/cloudhosting.md). NULL on every
+# order placed directly, and on the other writers' rows.
+CLOUDHOSTING_PAY_PARAMS: tuple[list[Column], list[Index], list[EnumValues]] = (
+    [Column(ORDERS, "pay_params", "VARCHAR(1024) NULL")],
+    [],
+    [],
+)
