@@ -150,7 +150,10 @@ class Orders:
                 "trade_type_unavailable",
             )
         unplaced: OrderRow | None = None
-        async with transaction(self._pool) as cur:
+        # READ COMMITTED: once the user's row lock is granted (_lock_user), each read sees
+        # what the placements before it committed, without locking reads, whose gap locks
+        # deadlocked concurrent placements' inserts.
+        async with transaction(self._pool, isolation="READ COMMITTED") as cur:
             user = await self._user(cur, new)
             if new.idempotency_key:
                 existing = await self._by_idempotency_key(cur, user["id"], new.idempotency_key)
@@ -261,9 +264,9 @@ class Orders:
     async def _lock_user(self, cur: aiomysql.Cursor, user_id: str) -> None:
         """The user's row locked until the placement commits: a user's placements wait on
         each other (briefly), so that two at once can neither both count one short of the
-        pending cap nor both miss the other's twin. The reads after it are locking reads
-        (``LOCK IN SHARE MODE``): a plain read would see the transaction's snapshot, taken
-        before the lock was granted, without the order placed meanwhile."""
+        pending cap nor both miss the other's twin. The transaction is READ COMMITTED, so
+        the reads after it see the order placed meanwhile (under REPEATABLE READ they would
+        see the snapshot taken before the lock was granted)."""
         if self._max_pending > 0 or self._duplicate_window_s > 0:
             await cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
 
@@ -278,7 +281,7 @@ class Orders:
             " AND trade_type = %s AND generation_id = %s AND status = 'pending'"
             " AND mchid IS NOT NULL AND expires_at > UTC_TIMESTAMP(6)"
             " AND created_at > UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
-            " ORDER BY created_at DESC, id DESC LIMIT 1 LOCK IN SHARE MODE",
+            " ORDER BY created_at DESC, id DESC LIMIT 1",
             (
                 user_id,
                 new.package.name,
@@ -299,7 +302,7 @@ class Orders:
             return
         await cur.execute(
             "SELECT COUNT(*) AS n FROM payment_orders WHERE user_id = %s AND status = 'pending'"
-            " AND (expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6)) LOCK IN SHARE MODE",
+            " AND (expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6))",
             (user_id,),
         )
         row = await cur.fetchone()
