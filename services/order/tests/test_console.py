@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from paylane_common.storage.db import transaction
+from paylane_common.wechatpay.testing import order_request
 from paylane_order import console
 from paylane_order.config import StatusQueryConfig
 from paylane_order.gate import Gate
@@ -381,3 +382,81 @@ async def test_paylane_operators_add_reads_the_password_from_stdin(
     assert row["role"] == "support" and password_matches(PASSWORD, row["password_hash"])
     code, out, _ = await run(name, "--role", "viewer", stdin=f"{PASSWORD}!\n".encode())
     assert code == 0 and "changed, role viewer" in out
+
+
+async def _paid_at_wechat(order_api: OrderApi, no: str) -> None:
+    """``no`` (9.90) placed and paid at WeChat Pay (the kit's sandbox), no notification."""
+    await order_api.orders._client.place("NATIVE", order_request("native", no))
+    await order_api.sandbox.ok("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
+
+
+async def test_a_needs_review_order_is_resolved_by_a_refund(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "support"))
+    no, _ = await basic_order(pool, amount=990, status="paid")
+    await _paid_at_wechat(order_api, no)
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "UPDATE payment_orders SET status = 'needs_review', review_reason = 'amount'"
+            " WHERE out_trade_no = %s",
+            (no,),
+        )
+    _, page = await _page(served, f"/console/orders/{no}")
+    assert "Resolve by refund" in page
+    status, page = await _act(served, no, "refund", reason="paid twice by mistake")
+    assert status == 200, page
+    assert "of 9.90 yuan requested" in page
+    refund = await fetch_one(
+        pool, "SELECT amount_refund, status FROM refunds WHERE out_trade_no = %s", no
+    )
+    assert refund == {"amount_refund": 990, "status": "pending"}
+    audit = await fetch_one(
+        pool,
+        "SELECT state_before, outcome FROM paylane_operator_audit WHERE out_trade_no = %s",
+        no,
+    )
+    assert audit == {"state_before": "needs_review", "outcome": "done"}
+
+
+async def test_asking_wechatpay_applies_a_payment_it_reports(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "support"))
+    no, _ = await basic_order(pool, amount=990, status="pending")
+    await _paid_at_wechat(order_api, no)
+    status, page = await _act(served, no, "query", reason="customer says they paid")
+    assert status == 200, page
+    assert "reports it paid" in page
+    audit = await fetch_one(
+        pool,
+        "SELECT state_before, state_after FROM paylane_operator_audit WHERE out_trade_no = %s",
+        no,
+    )
+    assert audit == {"state_before": "pending", "state_after": "paid"}
+    timeline = page[page.index('id="timeline"') :]
+    assert "source=query" in timeline  # the payment_logs row of the query's payment
+
+
+async def test_the_health_page_shows_todays_bill_differences_and_reviews(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "viewer"))
+    no, _ = await basic_order(pool, status="needs_review")
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO payment_logs (id, type, kind, out_trade_no, detail)"
+            " VALUES (%s, 'bill_difference', 'bill_difference', %s, 'not_in_bill')",
+            (f"log-{uuid.uuid4().hex[:20]}", no),
+        )
+        await cur.execute("SELECT COUNT(*) AS n FROM payment_orders WHERE status = 'needs_review'")
+        reviews = (await cur.fetchone())["n"]
+    status, page = await _page(served, "/console/health")
+    assert status == 200
+    assert f'href="/console/orders/{no}"' in page and "not_in_bill" in page
+    assert f'<p id="needs-review">{reviews}</p>' in page
+    # No broker connection here: each queue is shown, its depth unknown.
+    assert '<tr data-queue="order.payments.dlq"><td>order.payments.dlq</td><td>?</td>' in page
