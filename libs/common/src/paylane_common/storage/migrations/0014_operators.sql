@@ -1,4 +1,4 @@
--- depends: 0010_business_orders 0013_order_list_indexes
+-- depends: 0010_business_orders 0011_webhooks 0012_shipping 0013_order_list_indexes
 -- The operators' console (paylane_order.console): who may sign in, their sessions, and
 -- the audit log of what they did. Tables of paylane's own; the shared tables gain nothing.
 --
