@@ -6,6 +6,7 @@ stack's admin port with a real refund."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
@@ -26,6 +27,7 @@ from paylane_order.gate import Gate
 from paylane_order.operators import add_operator, hash_password, password_matches
 from paylane_order.payments import PaymentApplier
 from paylane_order.status_query import StatusQuery
+from paylane_order.webhooks.store import WebhookStore
 from services.order.tests.support import OrderApi, basic_order
 from tests.support.queries import fetch_one
 from tests.support.seeding import add_order, add_refund
@@ -460,3 +462,75 @@ async def test_the_health_page_shows_todays_bill_differences_and_reviews(
     assert f'<p id="needs-review">{reviews}</p>' in page
     # No broker connection here: each queue is shown, its depth unknown.
     assert '<tr data-queue="order.payments.dlq"><td>order.payments.dlq</td><td>?</td>' in page
+
+
+@pytest.fixture
+async def endpoint(db_pool: aiomysql.Pool) -> AsyncIterator[str]:
+    """A webhook endpoint of this test's, failing; gone after (with its deliveries)."""
+    created, _ = await WebhookStore(db_pool).create(
+        "https://backend.invalid/hooks", ["order.paid"], "console test"
+    )
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "UPDATE webhook_endpoints SET failing_since = UTC_TIMESTAMP(6) WHERE id = %s",
+            (created.id,),
+        )
+    yield created.id
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "DELETE a FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id"
+            " WHERE d.endpoint_id = %s",
+            (created.id,),
+        )
+        await cur.execute("DELETE FROM webhook_deliveries WHERE endpoint_id = %s", (created.id,))
+        await cur.execute("DELETE FROM webhook_endpoints WHERE id = %s", (created.id,))
+
+
+async def _failed_delivery(pool: aiomysql.Pool, endpoint_id: str, no: str) -> int:
+    payload = json.dumps({"type": "order.paid", "data": {"out_trade_no": no}})
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO webhook_deliveries (event_id, event_type, endpoint_id, payload, status,"
+            " attempts, step, next_attempt_at, last_status, created_at, updated_at)"
+            " VALUES (%s, 'order.paid', %s, %s, 'failed', 1, 5, UTC_TIMESTAMP(6), 500,"
+            " UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+            (f"ev-{uuid.uuid4().hex}", endpoint_id, payload),
+        )
+        delivery_id = int(cur.lastrowid)
+        await cur.execute(
+            "INSERT INTO webhook_attempts (delivery_id, attempted_at, status, latency_ms)"
+            " VALUES (%s, UTC_TIMESTAMP(6), 500, 12)",
+            (delivery_id,),
+        )
+    return delivery_id
+
+
+async def test_a_webhook_delivery_of_the_order_is_shown_and_resent(
+    served: Client, order_api: OrderApi, endpoint: str
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "support"))
+    no, _ = await basic_order(pool, status="paid")
+    other, _ = await basic_order(pool, status="paid")
+    delivery = await _failed_delivery(pool, endpoint, no)
+    elsewhere = await _failed_delivery(pool, endpoint, other)
+    _, page = await _page(served, f"/console/orders/{no}")
+    assert f'<tr data-delivery="{delivery}">' in page and f'id="resend-{delivery}"' in page
+    assert f'data-delivery="{elsewhere}"' not in page
+    timeline = page[page.index('id="timeline"') :]
+    assert "webhook order.paid queued" in timeline and "webhook attempt: 500" in timeline
+    status, page = await _act(
+        served, no, "resend-webhook", delivery_id=str(elsewhere), reason="backend was down"
+    )
+    assert status == 400 and "is not a delivery of this order" in page
+    status, page = await _act(
+        served, no, "resend-webhook", delivery_id=str(delivery), reason="backend was down"
+    )
+    assert status == 200, page
+    assert f"delivery {delivery} (order.paid) to https://backend.invalid/hooks resent" in page
+    row = await fetch_one(
+        pool, "SELECT status, step FROM webhook_deliveries WHERE id = %s", delivery
+    )
+    assert row == {"status": "pending", "step": 0}
+    _, health = await _page(served, "/console/health")
+    assert f'<tr data-endpoint="{endpoint}">' in health

@@ -10,9 +10,9 @@ listener (``ADMIN_PORT``) only, never the public port; server-rendered HTML, no 
   (:mod:`paylane_order.order_list`), with the console's filters (:mod:`console_data`).
 - Actions (``support`` and ``admin``; a ``viewer`` gets 403): refund (full or partial;
   of a ``needs_review`` order, its resolution), ask WeChat Pay about a pending order,
-  close a pending order. Each needs a reason and writes a row of
-  ``paylane_operator_audit`` (who, what, why, the state before and after, the outcome),
-  refused ones too.
+  close a pending order, resend a webhook delivery of its events. Each needs a reason
+  and writes a row of ``paylane_operator_audit`` (who, what, why, the state before and
+  after, the outcome), refused ones too.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .errors import OrderError
 from .order_list import Key, csv_chunks, page
 from .orders import Orders
 from .status_query import StatusQuery
+from .webhooks.store import WebhookStore
 
 log = structlog.get_logger(__name__)
 
@@ -249,8 +250,9 @@ async def _order_page(
     refunds = await console_data.refunds_of(pool, order["out_trade_no"])
     refundable = await console_data.refundable_fen(pool, order)
     events = await console_data.timeline(pool, order)
+    deliveries = await console_data.webhook_deliveries(pool, order["out_trade_no"])
     page = console_pages.order_page(
-        _session(request), order, refunds, refundable, events, message, ok
+        _session(request), order, refunds, refundable, events, deliveries, message, ok
     )
     return _html(page, status)
 
@@ -376,6 +378,18 @@ async def _close(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
     return f"order is {closed['status']}"
 
 
+async def _resend_webhook(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
+    text = form.get("delivery_id", "")
+    ours = {d["id"]: d for d in await console_data.webhook_deliveries(backend.pool, no)}
+    if not text.isdigit() or int(text) not in ours:
+        raise _Refused(f"delivery {text[:20]} is not a delivery of this order")
+    delivery = ours[int(text)]
+    outcome = await WebhookStore(backend.pool).resend(delivery["id"])
+    if outcome != "resent":
+        raise _Refused(f"delivery {delivery['id']} not resent: {outcome}")
+    return f"delivery {delivery['id']} ({delivery['event_type']}) to {delivery['url']} resent"
+
+
 async def health(request: web.Request) -> web.Response:
     backend = _backend(request)
     found = await console_data.health(backend.pool, backend.connection)
@@ -405,6 +419,7 @@ def console_app(
     r.add_post("/orders/{out_trade_no}/refund", _action("refund", _refund))
     r.add_post("/orders/{out_trade_no}/query", _action("query", _query))
     r.add_post("/orders/{out_trade_no}/close", _action("close", _close))
+    r.add_post("/orders/{out_trade_no}/resend-webhook", _action("resend_webhook", _resend_webhook))
     r.add_get("/health", health)
     r.add_get("/audit", audit_log)
     return app

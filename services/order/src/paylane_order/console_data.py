@@ -124,8 +124,9 @@ async def timeline(pool: aiomysql.Pool, order: dict[str, Any]) -> list[Event]:
     """Everything paylane recorded about ``order``, oldest first: the order's own times,
     its ``payment_logs`` rows (notifications verified or not, state changes, the
     reconciler's queries, refunds and their callbacks, bill differences), its refunds, its
-    grant or revocation, the outbox rows naming it and the inbox rows of their events, and
-    the operators' actions on it."""
+    grant or revocation, the outbox rows naming it and the inbox rows of their events, its
+    shipping upload, the webhook deliveries and attempts of its events, and the operators'
+    actions on it."""
     no = order["out_trade_no"]
     found: list[Event] = []
     for column, what in (
@@ -238,14 +239,79 @@ async def timeline(pool: aiomysql.Pool, order: dict[str, Any]) -> list[Event]:
                     )
                 )
         await cur.execute(
+            "SELECT state, attempts, queued_at, uploaded_at, last_errcode, last_errmsg,"
+            " failed_reason FROM paylane_shipping WHERE out_trade_no = %s",
+            (no,),
+        )
+        for row in await cur.fetchall():
+            found.append(Event(row["queued_at"], "shipping queued", "shipping"))
+            if row["uploaded_at"] is not None:
+                found.append(Event(row["uploaded_at"], "shipping uploaded", "shipping"))
+            elif row["state"] != "uploaded":
+                found.append(
+                    Event(
+                        None,
+                        f"shipping {row['state']}",
+                        "shipping",
+                        _words(
+                            attempts=row["attempts"],
+                            errcode=row["last_errcode"],
+                            errmsg=row["last_errmsg"],
+                            reason=row["failed_reason"],
+                        ),
+                    )
+                )
+        await cur.execute(
             "SELECT operator, role, action, reason, state_before, state_after, outcome, detail,"
             " created_at FROM paylane_operator_audit WHERE out_trade_no = %s",
             (no,),
         )
         for row in await cur.fetchall():
             found.append(audit_event(row))
+    deliveries = await webhook_deliveries(pool, no)
+    for d in deliveries:
+        found.append(
+            Event(
+                d["created_at"],
+                f"webhook {d['event_type']} queued",
+                "webhook",
+                _words(delivery=d["id"], url=d["url"], status=d["status"]),
+            )
+        )
+    if deliveries:
+        async with transaction(pool) as cur:
+            marks = ", ".join(["%s"] * len(deliveries))
+            await cur.execute(
+                "SELECT delivery_id, attempted_at, status, latency_ms, error FROM webhook_attempts"
+                f" WHERE delivery_id IN ({marks})",
+                tuple(d["id"] for d in deliveries),
+            )
+            for row in await cur.fetchall():
+                answer = row["status"] if row["status"] is not None else row["error"]
+                found.append(
+                    Event(
+                        row["attempted_at"],
+                        f"webhook attempt: {answer}",
+                        "webhook",
+                        _words(delivery=row["delivery_id"], ms=row["latency_ms"]),
+                    )
+                )
     never = datetime.max
     return sorted(found, key=lambda e: e.at or never)
+
+
+async def webhook_deliveries(pool: aiomysql.Pool, out_trade_no: str) -> list[dict[str, Any]]:
+    """The webhook deliveries of events about the order (their payload names it)."""
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "SELECT d.id, d.event_id, d.event_type, d.endpoint_id, e.url,"
+            " e.status AS endpoint_status, d.status, d.attempts, d.last_status, d.last_error,"
+            " d.created_at FROM webhook_deliveries d"
+            " JOIN webhook_endpoints e ON e.id = d.endpoint_id"
+            " WHERE d.payload LIKE %s ORDER BY d.created_at, d.id",
+            (f'%"{_like(out_trade_no)}"%',),
+        )
+        return list(await cur.fetchall())
 
 
 def audit_event(row: dict[str, Any]) -> Event:
@@ -318,6 +384,8 @@ class Health:
     runs: list[tuple[str, datetime | None, str]]
     differences: list[dict[str, Any]]
     needs_review: int
+    #: Webhook endpoints disabled, or failing since a time, with their failed deliveries.
+    failing_endpoints: list[dict[str, Any]]
 
 
 async def health(pool: aiomysql.Pool, connection: AbstractRobustConnection | None) -> Health:
@@ -339,6 +407,14 @@ async def health(pool: aiomysql.Pool, connection: AbstractRobustConnection | Non
         differences = list(await cur.fetchall())
         await cur.execute("SELECT COUNT(*) AS n FROM payment_orders WHERE status = 'needs_review'")
         review = int((await cur.fetchone())["n"])
+        await cur.execute(
+            "SELECT e.id, e.url, e.status, e.disabled_reason, e.failing_since,"
+            " (SELECT COUNT(*) FROM webhook_deliveries d"
+            "  WHERE d.endpoint_id = e.id AND d.status = 'failed') AS failed"
+            " FROM webhook_endpoints e WHERE e.deleted_at IS NULL"
+            " AND (e.status = 'disabled' OR e.failing_since IS NOT NULL) ORDER BY e.created_at"
+        )
+        failing = list(await cur.fetchall())
     bills_at = datetime.strptime(finished, "%Y-%m-%d %H:%M:%S.%f") if finished else None
     runs = [
         ("reconciler pass", _gauge_time(metrics.RECONCILER_LAST_SUCCESS), "this replica"),
@@ -346,7 +422,7 @@ async def health(pool: aiomysql.Pool, connection: AbstractRobustConnection | Non
         ("effects sweep", _gauge_time(metrics.SWEEP_LAST_SUCCESS), "this replica"),
         ("daily bills", bills_at, "any replica"),
     ]
-    return Health(await queue_depths(connection), runs, differences, review)
+    return Health(await queue_depths(connection), runs, differences, review, failing)
 
 
 def yuan_of(amount: Decimal | int | None) -> str:

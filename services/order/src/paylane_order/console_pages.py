@@ -154,6 +154,7 @@ def order_page(
     refunds: list[dict[str, Any]],
     refundable: int,
     events: list[Event],
+    deliveries: list[dict[str, Any]],
     message: str | None = None,
     ok: bool = True,
 ) -> str:
@@ -188,6 +189,20 @@ def order_page(
         if refunds
         else "<p>No refunds.</p>"
     )
+    delivery_rows = "".join(
+        f'<tr data-delivery="{_t(d["id"])}"><td>{_t(d["id"])}</td><td>{_t(d["event_type"])}</td>'
+        f"<td>{_t(d['url'])}</td><td>{_t(d['status'])}</td><td>{_t(d['attempts'])}</td>"
+        f"<td>{_t(d['last_status'])} {_t(d['last_error'])}</td>"
+        f"<td>{_resend(session, no, d)}</td></tr>"
+        for d in deliveries
+    )
+    delivery_table = (
+        '<table id="deliveries"><tr><th>delivery</th><th>event</th><th>endpoint</th>'
+        "<th>status</th><th>attempts</th><th>last answer</th><th></th></tr>"
+        f"{delivery_rows}</table>"
+        if deliveries
+        else "<p>No webhook deliveries.</p>"
+    )
     event_rows = "".join(
         f'<tr data-origin="{escape(e.origin)}"><td>{_t(e.at)}</td><td>{escape(e.origin)}</td>'
         f'<td class="what">{escape(e.what)}</td><td><code>{escape(e.detail)}</code></td></tr>'
@@ -198,6 +213,7 @@ def order_page(
         + facts
         + _actions(session, order, refundable)
         + f"<section><h2>Refunds</h2>{refund_table}</section>"
+        + f"<section><h2>Webhook deliveries</h2>{delivery_table}</section>"
         + '<section><h2>Timeline</h2><table id="timeline"><tr><th>when (UTC)</th><th>from</th>'
         f"<th>what</th><th>detail</th></tr>{event_rows}</table></section>"
     )
@@ -216,6 +232,18 @@ def _action(session: Session, no: str, action: str, title: str, extra: str = "")
         f'<form method="post" action="/console/orders/{escape(no)}/{action}" id="{action}-form">'
         f"<strong>{escape(title)}</strong> {_csrf(session)}{extra}{_reason_field()}"
         f'<button id="{action}">{escape(title)}</button></form>'
+    )
+
+
+def _resend(session: Session, no: str, delivery: dict[str, Any]) -> str:
+    """A delivery's resend form (support and admin; its endpoint enabled)."""
+    if not session.operator.may_act or delivery["endpoint_status"] != "enabled":
+        return ""
+    hidden = f'<input type="hidden" name="delivery_id" value="{_t(delivery["id"])}">'
+    return (
+        f'<form method="post" action="/console/orders/{escape(no)}/resend-webhook"'
+        f' id="resend-{_t(delivery["id"])}">{_csrf(session)}{hidden}{_reason_field()}'
+        "<button>Resend</button></form>"
     )
 
 
@@ -260,6 +288,12 @@ def health_page(session: Session, health: Health) -> str:
         + f"</td><td>{_t(d['out_refund_no'])}</td><td><code>{_t(d['detail'])}</code></td></tr>"
         for d in health.differences
     )
+    endpoints = "".join(
+        f'<tr data-endpoint="{_t(e["id"])}"><td>{_t(e["url"])}</td><td>{_t(e["status"])}</td>'
+        f"<td>{_t(e['disabled_reason'])}</td><td>{_t(e['failing_since'])}</td>"
+        f"<td>{_t(e['failed'])}</td></tr>"
+        for e in health.failing_endpoints
+    )
     body = (
         '<section><h2>Queues</h2><table id="queues"><tr><th>queue</th><th>messages</th>'
         f"<th>consumers</th></tr>{queues}</table></section>"
@@ -273,6 +307,13 @@ def health_page(session: Session, health: Health) -> str:
             f"<th>detail</th></tr>{diffs}</table>"
             if diffs
             else '<p id="differences">None.</p>'
+        )
+        + "</section><section><h2>Failing webhook endpoints</h2>"
+        + (
+            '<table id="failing-endpoints"><tr><th>endpoint</th><th>status</th><th>why</th>'
+            f"<th>failing since</th><th>failed deliveries</th></tr>{endpoints}</table>"
+            if endpoints
+            else '<p id="failing-endpoints">None.</p>'
         )
         + "</section>"
     )
