@@ -87,6 +87,8 @@ def support_refunds(driver: WebDriver, console: str, name: str, no: str, shots: 
     _sign_in(driver, console, name)
     driver.find_element(By.NAME, "out_trade_no").send_keys(no)
     driver.find_element(By.ID, "search").click()
+    # The list before the search shows the newest orders, this one too: wait for the answer.
+    _wait(driver).until(ec.url_contains(f"out_trade_no={no}"))
     _wait(driver).until(
         ec.element_to_be_clickable((By.CSS_SELECTOR, f'tr[data-order="{no}"] a'))
     ).click()
