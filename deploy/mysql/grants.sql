@@ -47,12 +47,14 @@ GRANT SELECT, INSERT (`id`, `out_refund_no`, `refund_id`, `out_trade_no`, `trans
     `remedy_at`, `remedy_result`)
   ON `{database}`.`refunds` TO '{order_user}'@'%';
 -- The audit trail: appended to, never rewritten or backdated (no created_at); read back
--- only where the daily bill reconciliation looks for a difference it already recorded
--- (by order and refund).
+-- where the daily bill reconciliation looks for a difference it already recorded (by order
+-- and refund), and by the operators' console (an order's timeline, today's differences):
+-- never the request and response bodies.
 GRANT INSERT (`id`, `type`, `kind`, `out_trade_no`, `out_refund_no`, `event_type`,
     `amount_total`, `request_data`, `response_data`, `event_id`, `transaction_id`, `source`,
     `detail`),
-  SELECT (`out_trade_no`, `out_refund_no`, `type`, `detail`)
+  SELECT (`id`, `out_trade_no`, `out_refund_no`, `type`, `kind`, `event_type`, `source`,
+    `event_id`, `transaction_id`, `amount_total`, `detail`, `created_at`)
   ON `{database}`.`payment_logs` TO '{order_user}'@'%';
 -- Users: found or created by openid (a new `user-…` id; a mini-program login records
 -- last_login_at; on WeChat Cloud Hosting the unionid the platform names is filled in).
@@ -76,6 +78,16 @@ GRANT SELECT, INSERT, UPDATE ON `{database}`.`paylane_user_sessions` TO '{order_
 GRANT SELECT, INSERT, UPDATE ON `{database}`.`webhook_endpoints` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE ON `{database}`.`webhook_deliveries` TO '{order_user}'@'%';
 GRANT SELECT, INSERT ON `{database}`.`webhook_attempts` TO '{order_user}'@'%';
+-- The operators' console (console.py, migration 0014), served on the admin port: its
+-- operators (`paylane operators add` runs as order too; a sign-in counts failures and
+-- locks), their sessions (made and ended), and its audit log, appended to and read,
+-- never rewritten. An order's timeline reads the grant or revocation of the order.
+GRANT SELECT, INSERT, UPDATE (`password_hash`, `role`, `failed_attempts`, `locked_until`,
+    `last_sign_in_at`)
+  ON `{database}`.`paylane_operators` TO '{order_user}'@'%';
+GRANT SELECT, INSERT, DELETE ON `{database}`.`paylane_operator_sessions` TO '{order_user}'@'%';
+GRANT SELECT, INSERT ON `{database}`.`paylane_operator_audit` TO '{order_user}'@'%';
+GRANT SELECT ON `{database}`.`entitlement_grants` TO '{order_user}'@'%';
 -- Its inbox claims and outbox rows; DELETE for retention pruning (retention.py).
 GRANT SELECT, INSERT, DELETE ON `{database}`.`inbox` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`outbox` TO '{order_user}'@'%';

@@ -9,7 +9,16 @@ import sys
 from paylane_common.runtime.exceptions import ConfigError
 from paylane_common.runtime.settings import BaseServiceSettings, exit_on_config_error
 
-from . import config_cli, demo, dev, refund_cli, replay_cli, sessions_cli, webhooks_cli
+from . import (
+    config_cli,
+    demo,
+    dev,
+    operators_cli,
+    refund_cli,
+    replay_cli,
+    sessions_cli,
+    webhooks_cli,
+)
 from .commands import command_settings
 
 SERVICES = {
@@ -219,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cli.add_parser(commands)
     refund_cli.add_parser(commands)
     sessions_cli.add_parser(commands)
+    operators_cli.add_parser(commands)
     config_cli.add_parser(commands)
     webhooks_cli.add_parser(commands)
     return parser

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.support.ci import require_tool
 from tests.support.infra import Infra
@@ -56,3 +59,28 @@ async def frontend(
 @pytest.fixture(scope="session")
 def node() -> str:
     return require_tool(shutil.which("node"), "node not installed: it runs clients/js's tests")
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    chromium = require_tool(
+        shutil.which("chromium"), "chromium not installed (Debian's chromium package)"
+    )
+    driver_path = require_tool(
+        shutil.which("chromedriver"), "chromedriver not installed (Debian's chromium-driver)"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--lang=en-US",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=ChromeService(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

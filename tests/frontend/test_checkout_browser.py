@@ -6,50 +6,20 @@ QR code, the payer pays in the console, and the checkout page turns to paid from
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.frontend.conftest import Frontend
-from tests.support.ci import require_tool
 
 pytestmark = pytest.mark.e2e
 
 #: A bound on each wait for the page (a push, a poll of the console): not a timing assertion.
 WAIT_S = 30
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    chromium = require_tool(
-        shutil.which("chromium"), "chromium not installed (Debian's chromium package)"
-    )
-    driver_path = require_tool(
-        shutil.which("chromedriver"), "chromedriver not installed (Debian's chromium-driver)"
-    )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-        "--lang=en-US",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=ChromeService(driver_path), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _wait(driver: WebDriver) -> WebDriverWait[WebDriver]:

@@ -69,6 +69,7 @@ from paylane_common.wechatpay.testing import (
     order_request,
 )
 from paylane_notifier.snapshot import load_snapshot
+from paylane_order import console_data, operators
 from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.bills import BillReconciler, Difference
 from paylane_order.business import BusinessTerms, business_package
@@ -80,7 +81,7 @@ from paylane_order.config import (
 )
 from paylane_order.fulfilment import count_overdue
 from paylane_order.gate import Gate
-from paylane_order.order_list import OrderFilters, OrderList
+from paylane_order.order_list import OrderFilters, OrderList, page
 from paylane_order.orders import NewOrder, Orders
 from paylane_order.payments import PaymentApplier
 from paylane_order.reconciler import Reconciler
@@ -853,14 +854,16 @@ async def test_order_user_places_and_applies_payments_but_never_writes_a_plan(
             f"SELECT phone FROM users WHERE id = '{user['id']}'",
             "SELECT request_data FROM payment_logs",
         )
-        # The audit trail is append-only; the ledger is entitlement's.
+        # The audit trail is append-only; the ledger is entitlement's (the order user
+        # reads it for the console's timeline, never writes it).
         _assert_denied(
             cur,
             TABLE_DENIED,
             "UPDATE payment_logs SET detail = 'rewritten'",
             "DELETE FROM payment_logs",
             "DELETE FROM payment_orders",
-            "SELECT COUNT(*) FROM entitlement_grants",
+            "UPDATE entitlement_grants SET revoked_at = NOW()",
+            "INSERT INTO entitlement_grants (out_trade_no) VALUES ('forged')",
             "DELETE FROM paylane_meta",
         )
 
@@ -1324,3 +1327,62 @@ async def test_order_user_queues_and_uploads_shipping_and_shares_the_token(
         )
     with _connect(service_mysql_urls["notifier"]) as cur:
         _assert_denied(cur, TABLE_DENIED, "SELECT access_token FROM paylane_wechat_tokens")
+
+
+async def test_order_user_runs_the_operators_console_and_only_appends_to_its_audit_log(
+    service_mysql_urls: dict[str, str], db_pool: aiomysql.Pool
+) -> None:
+    """The console's statements (console_data, operators) under the order service's user:
+    an operator added and changed, sign-ins failed to a lockout and succeeded, a session
+    found and ended, an audit row written, an order searched (by openid too), its timeline
+    and the health page read. The audit log is never rewritten; the entitlement and
+    notifier users reach none of the console's tables."""
+    name = f"lp-{uuid.uuid4().hex[:8]}"
+    password = "least privilege password"
+    user_id = await _user(db_pool)
+    out_trade_no = f"LP{uuid.uuid4().hex[:20]}"
+    await add_order(db_pool, user_id, out_trade_no, amount="9.90", status="paid")
+    async with _pool(service_mysql_urls["order"]) as pool:
+        assert await operators.add_operator(pool, name, "support", password)
+        for _ in range(2):
+            assert (await operators.sign_in(pool, name, "wrong", lockout_after=2)).token is None
+        assert (await operators.sign_in(pool, name, password)).refused == "locked"
+        assert not await operators.add_operator(pool, name, "support", password)  # unlocks
+        token = (await operators.sign_in(pool, name, password)).token
+        assert token is not None
+        session = await operators.session(pool, token)
+        assert session is not None and session.operator.role == "support"
+        async with transaction(pool) as cur:
+            await operators.write_audit(cur, session.operator, "close", out_trade_no, "lp")
+        await operators.sign_out(pool, token)
+        assert await operators.session(pool, token) is None
+        openid = (await fetch_one(db_pool, "SELECT openid FROM users WHERE id = %s", user_id))[
+            "openid"
+        ]
+        filters = console_data.ConsoleFilters(openid=openid, amount=990)
+        assert [r["out_trade_no"] for r in await page(pool, filters, None, 5)] == [out_trade_no]
+        order = await console_data.order_row(pool, out_trade_no)
+        assert order is not None
+        events = await console_data.timeline(pool, order)
+        assert any(e.origin == "operator" for e in events)
+        assert await console_data.refundable_fen(pool, order) == 990
+        await console_data.health(pool, None)
+        await console_data.recent_audit(pool)
+    with _connect(service_mysql_urls["order"]) as cur:
+        _assert_denied(
+            cur,
+            TABLE_DENIED,
+            "UPDATE paylane_operator_audit SET reason = 'x'",
+            "DELETE FROM paylane_operator_audit",
+            "DELETE FROM paylane_operators",
+        )
+        _assert_denied(cur, COLUMN_DENIED, "SELECT request_data FROM payment_logs LIMIT 1")
+    for service in ("entitlement", "notifier"):
+        with _connect(service_mysql_urls[service]) as cur:
+            _assert_denied(
+                cur,
+                TABLE_DENIED,
+                "SELECT * FROM paylane_operators",
+                "SELECT * FROM paylane_operator_sessions",
+                "SELECT * FROM paylane_operator_audit",
+            )

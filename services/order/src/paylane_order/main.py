@@ -21,6 +21,8 @@ from paylane_common.contract.events import (
 from paylane_common.delivery.batching import BatchItem
 from paylane_common.delivery.consumer import Reject
 from paylane_common.runtime.service import (
+    ADMIN_LISTENER,
+    AMQP_CONNECTION,
     DB_POOL,
     OUTBOX_RELAY,
     PUBLISHER,
@@ -36,10 +38,10 @@ from paylane_common.wechatpay.merchant_api import (
     use_wechatpay_client,
 )
 
-from . import OUTBOX_PRODUCER, api, catalog_prices
+from . import OUTBOX_PRODUCER, api, catalog_prices, console
 from .abnormal import AbnormalRefunds
 from .bills import BillReconciler, DailyBills
-from .config import ORDER_CONFIG, OrderConfig
+from .config import ORDER_CONFIG, OrderConfig, StatusQueryConfig
 from .errors import error_middleware
 from .gate import Gate
 from .miniprogram import MiniProgramLogin
@@ -58,6 +60,8 @@ from .webhooks.wiring import use_webhooks
 
 RECONCILER = web.AppKey("reconciler", Reconciler)
 SHIPPING_UPLOADER = web.AppKey("shipping_uploader", ShippingUploader)
+#: The console's "ask WeChat Pay": at once, whatever the order's age or last query.
+CONSOLE_QUERY = web.AppKey("console_query", StatusQuery)
 
 
 class OrderEvents:
@@ -142,6 +146,10 @@ def build_app(settings: OrderSettings) -> web.Application:
         # The relay is opened after this context (use_consumer): woken once it is.
         payments = PaymentApplier(app[DB_POOL], gate, on_commit=lambda: app[OUTBOX_RELAY].wake())
         app[api.STATUS_QUERY] = StatusQuery(app[DB_POOL], gate, payments, config.status_query)
+        at_once = StatusQueryConfig(
+            after_s=0, interval_s=0, timeout_s=config.status_query.timeout_s
+        )
+        app[CONSOLE_QUERY] = StatusQuery(app[DB_POOL], gate, payments, at_once)
         app[RECONCILER] = reconciler
         app[api.SESSIONS] = Sessions(app[DB_POOL], config.tokens, config.token_ttl_s)
         app[api.LOGIN] = MiniProgramLogin(
@@ -185,6 +193,12 @@ def build_app(settings: OrderSettings) -> web.Application:
     app[api.LOGIN_RATE] = RateLimit(config.login_rate_per_min)
     app[api.ORDER_RATE] = RateLimit(config.order_rate_per_min)
     api.add_routes(app)
+    console.mount(
+        app[ADMIN_LISTENER].app,
+        lambda: console.ConsoleBackend(
+            app[DB_POOL], app[api.ORDERS], app[CONSOLE_QUERY], app.get(AMQP_CONNECTION)
+        ),
+    )
     return app
 
 

@@ -97,9 +97,28 @@ class OrderFilters(BaseModel):
 
     def fingerprint(self) -> str:
         """The filters' digest (not a page's size or cursor): a cursor is for these."""
-        filters = self.model_dump(mode="json", include=set(OrderFilters.model_fields))
+        filters = self.model_dump(mode="json", exclude=set(PAGE_FIELDS))
         text = json.dumps(filters, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def conditions(self) -> tuple[list[str], list[Any]]:
+        """The WHERE conditions (ANDed) and their arguments; a subclass (the operators'
+        console's search) adds its own."""
+        where, args = [], []
+        for column, op, value in (
+            ("user_id", "=", self.user_id),
+            ("status", "=", self.status),
+            ("created_at", ">=", self.since),
+            ("created_at", "<", self.until),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} %s")
+                args.append(value)
+        return where, args
+
+
+#: A page's fields of a query: not filters.
+PAGE_FIELDS = frozenset({"cursor", "limit"})
 
 
 class ListQuery(OrderFilters):
@@ -174,16 +193,7 @@ async def page(
     pool: aiomysql.Pool, filters: OrderFilters, after: Key | None, limit: int
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` orders matching ``filters``, newest first, older than ``after``."""
-    where, args = [], []
-    for column, op, value in (
-        ("user_id", "=", filters.user_id),
-        ("status", "=", filters.status),
-        ("created_at", ">=", filters.since),
-        ("created_at", "<", filters.until),
-    ):
-        if value is not None:
-            where.append(f"{column} {op} %s")
-            args.append(value)
+    where, args = filters.conditions()
     if after is not None:
         if after.created_at is None:
             where.append("(created_at IS NULL AND id < %s)")

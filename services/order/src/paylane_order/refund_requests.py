@@ -65,10 +65,14 @@ class RefundRequests:
         amount: int | None,
         reason: str,
         out_refund_no: str | None = None,
+        *,
+        review_ok: bool = False,
     ) -> RefundRequest:
         """A refund request at WeChat Pay. With ``out_refund_no`` (caller-given, or derived
         from an Idempotency-Key) a retry is the same refund: its row is answered, and sent
-        to WeChat Pay again while WeChat Pay has not acknowledged it (identical body)."""
+        to WeChat Pay again while WeChat Pay has not acknowledged it (identical body).
+        ``review_ok``: a ``needs_review`` order may be refunded too (an operator resolving
+        it in the console); otherwise only a paid one."""
         existing: _Requested | None = None
         # Only a number the caller gave may name a refund already requested.
         refund_no = out_refund_no or new_out_refund_no()
@@ -105,7 +109,7 @@ class RefundRequests:
                         return _refund_view(refund_no, fen, existing["status"])
                     total, reason = existing["amount_total"], existing["reason"] or ""
             if existing is None:
-                fen, total = await self._reserve(cur, out_trade_no, order, amount)
+                fen, total = await self._reserve(cur, out_trade_no, order, amount, review_ok)
                 try:
                     # Yuan, as the shared table has it; the fen columns are generated.
                     await cur.execute(
@@ -133,10 +137,15 @@ class RefundRequests:
         return _refund_view(refund_no, fen, status)
 
     async def _reserve(
-        self, cur: aiomysql.Cursor, out_trade_no: str, order: _PaidOrder, amount: int | None
+        self,
+        cur: aiomysql.Cursor,
+        out_trade_no: str,
+        order: _PaidOrder,
+        amount: int | None,
+        review_ok: bool = False,
     ) -> tuple[int, int]:
         """(amount, order total) of a new refund, checked against what is refundable."""
-        if order["status"] != "paid":
+        if order["status"] != "paid" and not (review_ok and order["status"] == "needs_review"):
             raise Conflict(
                 f"only a paid order can be refunded; this one is {order['status']}",
                 "order_not_paid",

@@ -1,0 +1,536 @@
+"""The operators' console (paylane_order.console) on the real database, served in this
+process: sign-in and its lockout, CSRF, roles, the search, an order's timeline, and the
+actions' validation and audit rows. The browser test (tests/frontend) runs it on the
+stack's admin port with a real refund."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiomysql
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from paylane_common.storage.db import transaction
+from paylane_common.wechatpay.testing import order_request
+from paylane_order import console
+from paylane_order.config import StatusQueryConfig
+from paylane_order.gate import Gate
+from paylane_order.operators import add_operator, hash_password, password_matches
+from paylane_order.payments import PaymentApplier
+from paylane_order.status_query import StatusQuery
+from paylane_order.webhooks.store import WebhookStore
+from services.order.tests.support import OrderApi, basic_order
+from tests.support.queries import fetch_one
+from tests.support.seeding import add_order, add_refund
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct horse battery"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def fetch_all(pool: aiomysql.Pool, sql: str, *args: object) -> list[dict[str, Any]]:
+    async with transaction(pool) as cur:
+        await cur.execute(sql, args)
+        return list(await cur.fetchall())
+
+
+@pytest.fixture
+async def served(order_api: OrderApi, gate: Gate) -> AsyncIterator[Client]:
+    """The console mounted at /console, as on the admin listener, with a short lockout."""
+    pool = order_api.pool
+    at_once = StatusQueryConfig(after_s=0, interval_s=0)
+    query = StatusQuery(pool, gate, PaymentApplier(pool, gate), at_once)
+    backend = console.ConsoleBackend(pool, order_api.orders, query)
+    root = web.Application()
+    root.add_subapp(
+        console.PREFIX,
+        console.console_app(lambda: backend, console.ConsoleOptions(lockout_after=3)),
+    )
+    async with TestClient(TestServer(root)) as client:
+        yield client
+
+
+async def _operator(pool: aiomysql.Pool, role: str) -> str:
+    name = f"{role}-{uuid.uuid4().hex[:8]}"
+    assert await add_operator(pool, name, role, PASSWORD)
+    return name
+
+
+async def _sign_in(client: Client, name: str, password: str = PASSWORD) -> tuple[int, str]:
+    async with client.get("/console/sign-in") as response:
+        token = CSRF.findall(await response.text())[0]
+    form = {"csrf": token, "name": name, "password": password}
+    async with client.post("/console/sign-in", data=form, allow_redirects=False) as response:
+        return response.status, await response.text()
+
+
+async def _page(client: Client, path: str) -> tuple[int, str]:
+    async with client.get(path, allow_redirects=False) as response:
+        return response.status, await response.text()
+
+
+async def _act(
+    client: Client, no: str, action: str, csrf: str | None = "from-page", **form: str
+) -> tuple[int, str]:
+    if csrf == "from-page":
+        _, page = await _page(client, f"/console/orders/{no}")
+        csrf = CSRF.findall(page)[0]
+    data = {**form, **({"csrf": csrf} if csrf is not None else {})}
+    async with client.post(f"/console/orders/{no}/{action}", data=data) as response:
+        return response.status, await response.text()
+
+
+def test_passwords_are_salted_scrypt_hashes() -> None:
+    first, second = hash_password(PASSWORD), hash_password(PASSWORD)
+    assert first != second and first.startswith("scrypt$") and PASSWORD not in first
+    assert password_matches(PASSWORD, first)
+    assert not password_matches(PASSWORD + "x", first)
+
+
+async def test_pages_need_a_session(served: Client) -> None:
+    status, _ = await _page(served, "/console/orders")
+    assert status == 303
+    async with served.post("/console/orders/T1/refund", data={"reason": "x"}) as response:
+        assert response.status == 401
+
+
+async def test_a_sign_in_sets_an_http_only_strict_cookie(
+    served: Client, order_api: OrderApi
+) -> None:
+    name = await _operator(order_api.pool, "viewer")
+    async with served.get("/console/sign-in") as response:
+        token = CSRF.findall(await response.text())[0]
+    form = {"csrf": token, "name": name, "password": PASSWORD}
+    async with served.post("/console/sign-in", data=form, allow_redirects=False) as response:
+        assert response.status == 303
+        cookie = response.headers.getall("Set-Cookie")
+    session = next(c for c in cookie if c.startswith(f"{console.SESSION_COOKIE}="))
+    assert "HttpOnly" in session and "SameSite=Strict" in session and "Path=/console/" in session
+    status, page = await _page(served, "/console/orders")
+    assert status == 200 and f"{name} (viewer)" in page
+    stored = await fetch_one(
+        order_api.pool,
+        "SELECT COUNT(*) AS n FROM paylane_operator_sessions s JOIN paylane_operators o"
+        " ON o.id = s.operator_id WHERE o.name = %s",
+        name,
+    )
+    assert stored["n"] == 1
+
+
+async def test_a_sign_in_without_the_forms_csrf_token_is_refused(
+    served: Client, order_api: OrderApi
+) -> None:
+    name = await _operator(order_api.pool, "admin")
+    await _page(served, "/console/sign-in")  # the cookie, but not the form's token
+    form = {"csrf": "guessed", "name": name, "password": PASSWORD}
+    async with served.post("/console/sign-in", data=form, allow_redirects=False) as response:
+        assert response.status == 403
+
+
+async def test_repeated_failures_lock_the_account_even_for_the_right_password(
+    served: Client, order_api: OrderApi
+) -> None:
+    name = await _operator(order_api.pool, "support")
+    assert (await _sign_in(served, name, "wrong one"))[0] == 401
+    assert (await _sign_in(served, name, "wrong two"))[0] == 401
+    status, page = await _sign_in(served, name, "wrong three")  # the third: locked
+    assert status == 429 and "locked" in page
+    status, _ = await _sign_in(served, name)
+    assert status == 429
+    row = await fetch_one(
+        order_api.pool,
+        "SELECT locked_until > UTC_TIMESTAMP(6) AS locked FROM paylane_operators WHERE name = %s",
+        name,
+    )
+    assert row["locked"] == 1
+    audit = await fetch_one(
+        order_api.pool,
+        "SELECT action, outcome FROM paylane_operator_audit WHERE operator = %s",
+        name,
+    )
+    assert audit == {"action": "sign_in_locked", "outcome": "refused"}
+    # A new password (operators add again) lifts the lock.
+    assert not await add_operator(order_api.pool, name, "support", PASSWORD)
+    assert (await _sign_in(served, name))[0] == 303
+
+
+async def test_an_unknown_name_is_refused_like_a_wrong_password(served: Client) -> None:
+    status, page = await _sign_in(served, f"nobody-{uuid.uuid4().hex[:6]}")
+    assert status == 401 and "Wrong name or password" in page
+
+
+async def test_search_finds_an_order_by_each_of_its_numbers(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "viewer"))
+    no, user_id = await basic_order(pool, amount=2990, status="paid")
+    txn = f"42{uuid.uuid4().int % 10**26:026d}"
+    openid = f"o-{uuid.uuid4().hex[:16]}"
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "UPDATE payment_orders SET transaction_id = %s, _openid = %s, external_id = %s"
+            " WHERE out_trade_no = %s",
+            (txn, openid, f"ext-{no}", no),
+        )
+    for query in (
+        f"out_trade_no={no}",
+        f"transaction_id={txn}",
+        f"openid={openid}",
+        f"user_id={user_id}",
+        f"external_id=ext-{no}",
+        f"user_id={user_id}&amount=29.90&status=paid&from=2000-01-01&to=2999-01-01",
+    ):
+        status, page = await _page(served, f"/console/orders?{query}&transaction_id=")
+        assert status == 200, page
+        assert f'data-order="{no}"' in page, query
+    _, page = await _page(served, f"/console/orders?user_id={user_id}&amount=9.90")
+    assert f'data-order="{no}"' not in page
+    async with served.get(f"/console/orders/export.csv?out_trade_no={no}") as response:
+        lines = (await response.text()).splitlines()
+    assert lines[0].startswith("out_trade_no,user_id") and lines[1].startswith(f"{no},{user_id}")
+
+
+async def test_a_bad_search_says_what_is_wrong(served: Client, order_api: OrderApi) -> None:
+    await _sign_in(served, await _operator(order_api.pool, "viewer"))
+    for query, says in (
+        ("amount=12.345", "amount"),
+        ("status=lost", "status"),
+        ("from=2024-02-01&to=2024-01-01", "from must be before to"),
+        ("cursor=nonsense", "cursor"),
+    ):
+        status, page = await _page(served, f"/console/orders?{query}")
+        assert status == 400 and says in page, query
+
+
+async def test_keyset_pages_reach_every_order_once(served: Client, order_api: OrderApi) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "viewer"))
+    first, user_id = await basic_order(pool, status="paid")
+    others = [f"{first}n{i}" for i in range(4)]
+    for no in others:
+        await add_order(pool, user_id, no, amount="9.90", package_type="basic", trade_type="NATIVE")
+    seen: list[str] = []
+    path: str | None = f"/console/orders?user_id={user_id}&limit=2"
+    while path:
+        _, page = await _page(served, path)
+        seen += re.findall(r'<tr data-order="([^"]+)"', page)
+        more = re.search(r'id="next" href="([^"]+)"', page)
+        path = more.group(1).replace("&amp;", "&") if more else None
+    assert sorted(seen) == sorted([first, *others])
+
+
+async def test_the_timeline_shows_what_paylane_recorded_in_time_order(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "viewer"))
+    no, user_id = await basic_order(pool, status="paid")
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO payment_logs (id, type, kind, out_trade_no, event_type, source,"
+            " event_id, detail, created_at) VALUES"
+            " (%s, 'callback', 'notification_unverified', %s, NULL, 'notify', NULL,"
+            " 'bad signature', UTC_TIMESTAMP(6) - INTERVAL 3 MINUTE),"
+            " (%s, 'callback', 'paid', %s, 'TRANSACTION.SUCCESS', 'notify', %s, NULL,"
+            " UTC_TIMESTAMP(6) - INTERVAL 2 MINUTE)",
+            (f"log-{uuid.uuid4().hex[:20]}", no, f"log-{uuid.uuid4().hex[:20]}", no, f"ev-{no}"),
+        )
+        await cur.execute(
+            "INSERT INTO inbox (consumer, event_id, processed_at)"
+            " VALUES ('order', %s, UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE)",
+            (f"ev-{no}",),
+        )
+        await cur.execute(
+            "INSERT INTO entitlement_grants (out_trade_no, user_id, package_type,"
+            " regenerate_granted, status_before, status_after, granted_at)"
+            " VALUES (%s, %s, 'basic', 10, 'free', 'basic', UTC_TIMESTAMP(6))",
+            (no, user_id),
+        )
+    status, page = await _page(served, f"/console/orders/{no}")
+    assert status == 200
+    timeline = page[page.index('id="timeline"') :]
+    whats = re.findall(r'<td class="what">([^<]+)</td>', timeline)
+    assert whats.index("notification_unverified") < whats.index("paid")
+    assert whats.index("paid") < whats.index("applied by order") < whats.index("granted")
+    assert "bad signature" in timeline and "free → basic" in timeline
+    # A viewer sees no actions and may not take one.
+    assert 'id="read-only"' in page and 'id="refund"' not in page
+    status, _ = await _act(served, no, "refund", reason="a viewer tries")
+    assert status == 403
+    assert not await fetch_all(
+        pool, "SELECT 1 FROM paylane_operator_audit WHERE out_trade_no = %s", no
+    )
+
+
+async def test_an_action_without_the_sessions_csrf_token_is_refused(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "support"))
+    no, _ = await basic_order(pool, status="paid")
+    for token in (None, "not-the-token"):
+        status, _ = await _act(served, no, "refund", csrf=token, reason="customer asked")
+        assert status == 403
+    assert not await fetch_all(pool, "SELECT 1 FROM refunds WHERE out_trade_no = %s", no)
+
+
+async def test_a_refund_above_what_is_refundable_is_refused_naming_the_amount(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    name = await _operator(pool, "support")
+    await _sign_in(served, name)
+    no, _ = await basic_order(pool, amount=990, status="paid")
+    await add_refund(pool, no, "3.00", "9.90", reason="earlier", status="success")
+    status, page = await _act(served, no, "refund", amount="7.00", reason="customer asked")
+    assert status == 400
+    assert "7.00 yuan is more than the 6.90 yuan still refundable" in page
+    for amount, says in (("abc", "amount"), ("0", "more than 0"), ("1.001", "amount")):
+        status, page = await _act(served, no, "refund", amount=amount, reason="customer asked")
+        assert status == 400 and says in page
+    status, page = await _act(served, no, "refund", amount="1.00", reason="x")
+    assert status == 400 and "A reason is needed" in page
+    rows = await fetch_all(
+        pool,
+        "SELECT operator, action, reason, state_before, state_after, outcome, detail"
+        " FROM paylane_operator_audit WHERE out_trade_no = %s ORDER BY id",
+        no,
+    )
+    assert len(rows) == 4  # each refused action is recorded; no reason: nothing to record
+    assert rows[0] == {
+        "operator": name,
+        "action": "refund",
+        "reason": "customer asked",
+        "state_before": "paid",
+        "state_after": "paid",
+        "outcome": "refused",
+        "detail": "7.00 yuan is more than the 6.90 yuan still refundable",
+    }
+    assert len(await fetch_all(pool, "SELECT 1 FROM refunds WHERE out_trade_no = %s", no)) == 1
+
+
+async def test_closing_a_pending_order_is_audited_with_its_states(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    name = await _operator(pool, "admin")
+    await _sign_in(served, name)
+    no, _ = await basic_order(pool, status="pending")
+    status, page = await _act(served, no, "close", reason="customer gave up")
+    assert status == 200, page
+    row = await fetch_one(
+        pool,
+        "SELECT action, state_before, state_after, outcome FROM paylane_operator_audit"
+        " WHERE out_trade_no = %s",
+        no,
+    )
+    assert row == {
+        "action": "close",
+        "state_before": "pending",
+        "state_after": "failed",
+        "outcome": "done",
+    }
+    _, audit = await _page(served, "/console/audit")
+    assert "customer gave up" in audit
+    # Closed, it offers no close any more, and a forged close is refused as WeChat Pay's
+    # rule says (only a pending order).
+    status, page = await _act(served, no, "query", reason="check again")
+    assert status == 400 and "only a pending order" in page
+
+
+async def test_paylane_operators_add_reads_the_password_from_stdin(
+    mysql_url: str, db_pool: aiomysql.Pool
+) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "MYSQL_URL": mysql_url, "LOG_FORMAT": "json"}
+
+    async def run(*args: str, stdin: bytes) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "paylane.cli",
+            "operators",
+            "add",
+            *args,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate(stdin)
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    code, _, err = await run(name, "--role", "support", stdin=b"short\n")
+    assert code == 2 and "password" in err
+    code, out, _ = await run(name, "--role", "support", stdin=f"{PASSWORD}\n".encode())
+    assert code == 0 and f"{name}: added, role support" in out
+    row = await fetch_one(
+        db_pool, "SELECT role, password_hash FROM paylane_operators WHERE name = %s", name
+    )
+    assert row["role"] == "support" and password_matches(PASSWORD, row["password_hash"])
+    code, out, _ = await run(name, "--role", "viewer", stdin=f"{PASSWORD}!\n".encode())
+    assert code == 0 and "changed, role viewer" in out
+
+
+async def _paid_at_wechat(order_api: OrderApi, no: str) -> None:
+    """``no`` (9.90) placed and paid at WeChat Pay (the kit's sandbox), no notification."""
+    await order_api.orders._client.place("NATIVE", order_request("native", no))
+    await order_api.sandbox.ok("POST", f"/sandbox/orders/{no}/pay", {"notify": False})
+
+
+async def test_a_needs_review_order_is_resolved_by_a_refund(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "support"))
+    no, _ = await basic_order(pool, amount=990, status="paid")
+    await _paid_at_wechat(order_api, no)
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "UPDATE payment_orders SET status = 'needs_review', review_reason = 'amount'"
+            " WHERE out_trade_no = %s",
+            (no,),
+        )
+    _, page = await _page(served, f"/console/orders/{no}")
+    assert "Resolve by refund" in page
+    status, page = await _act(served, no, "refund", reason="paid twice by mistake")
+    assert status == 200, page
+    assert "of 9.90 yuan requested" in page
+    refund = await fetch_one(
+        pool, "SELECT amount_refund, status FROM refunds WHERE out_trade_no = %s", no
+    )
+    assert refund == {"amount_refund": 990, "status": "pending"}
+    audit = await fetch_one(
+        pool,
+        "SELECT state_before, outcome FROM paylane_operator_audit WHERE out_trade_no = %s",
+        no,
+    )
+    assert audit == {"state_before": "needs_review", "outcome": "done"}
+
+
+async def test_asking_wechatpay_applies_a_payment_it_reports(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "support"))
+    no, _ = await basic_order(pool, amount=990, status="pending")
+    await _paid_at_wechat(order_api, no)
+    status, page = await _act(served, no, "query", reason="customer says they paid")
+    assert status == 200, page
+    assert "reports it paid" in page
+    audit = await fetch_one(
+        pool,
+        "SELECT state_before, state_after FROM paylane_operator_audit WHERE out_trade_no = %s",
+        no,
+    )
+    assert audit == {"state_before": "pending", "state_after": "paid"}
+    timeline = page[page.index('id="timeline"') :]
+    assert "source=query" in timeline  # the payment_logs row of the query's payment
+
+
+async def test_the_health_page_shows_todays_bill_differences_and_reviews(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "viewer"))
+    no, _ = await basic_order(pool, status="needs_review")
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO payment_logs (id, type, kind, out_trade_no, detail)"
+            " VALUES (%s, 'bill_difference', 'bill_difference', %s, 'not_in_bill')",
+            (f"log-{uuid.uuid4().hex[:20]}", no),
+        )
+        await cur.execute("SELECT COUNT(*) AS n FROM payment_orders WHERE status = 'needs_review'")
+        reviews = (await cur.fetchone())["n"]
+    status, page = await _page(served, "/console/health")
+    assert status == 200
+    assert f'href="/console/orders/{no}"' in page and "not_in_bill" in page
+    assert f'<p id="needs-review">{reviews}</p>' in page
+    # No broker connection here: each queue is shown, its depth unknown.
+    assert '<tr data-queue="order.payments.dlq"><td>order.payments.dlq</td><td>?</td>' in page
+
+
+@pytest.fixture
+async def endpoint(db_pool: aiomysql.Pool) -> AsyncIterator[str]:
+    """A webhook endpoint of this test's, failing; gone after (with its deliveries)."""
+    created, _ = await WebhookStore(db_pool).create(
+        "https://backend.invalid/hooks", ["order.paid"], "console test"
+    )
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "UPDATE webhook_endpoints SET failing_since = UTC_TIMESTAMP(6) WHERE id = %s",
+            (created.id,),
+        )
+    yield created.id
+    async with transaction(db_pool) as cur:
+        await cur.execute(
+            "DELETE a FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id"
+            " WHERE d.endpoint_id = %s",
+            (created.id,),
+        )
+        await cur.execute("DELETE FROM webhook_deliveries WHERE endpoint_id = %s", (created.id,))
+        await cur.execute("DELETE FROM webhook_endpoints WHERE id = %s", (created.id,))
+
+
+async def _failed_delivery(pool: aiomysql.Pool, endpoint_id: str, no: str) -> int:
+    payload = json.dumps({"type": "order.paid", "data": {"out_trade_no": no}})
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "INSERT INTO webhook_deliveries (event_id, event_type, endpoint_id, payload, status,"
+            " attempts, step, next_attempt_at, last_status, created_at, updated_at)"
+            " VALUES (%s, 'order.paid', %s, %s, 'failed', 1, 5, UTC_TIMESTAMP(6), 500,"
+            " UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+            (f"ev-{uuid.uuid4().hex}", endpoint_id, payload),
+        )
+        delivery_id = int(cur.lastrowid)
+        await cur.execute(
+            "INSERT INTO webhook_attempts (delivery_id, attempted_at, status, latency_ms)"
+            " VALUES (%s, UTC_TIMESTAMP(6), 500, 12)",
+            (delivery_id,),
+        )
+    return delivery_id
+
+
+async def test_a_webhook_delivery_of_the_order_is_shown_and_resent(
+    served: Client, order_api: OrderApi, endpoint: str
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "support"))
+    no, _ = await basic_order(pool, status="paid")
+    other, _ = await basic_order(pool, status="paid")
+    delivery = await _failed_delivery(pool, endpoint, no)
+    elsewhere = await _failed_delivery(pool, endpoint, other)
+    _, page = await _page(served, f"/console/orders/{no}")
+    assert f'<tr data-delivery="{delivery}">' in page and f'id="resend-{delivery}"' in page
+    assert f'data-delivery="{elsewhere}"' not in page
+    timeline = page[page.index('id="timeline"') :]
+    assert "webhook order.paid queued" in timeline and "webhook attempt: 500" in timeline
+    status, page = await _act(
+        served, no, "resend-webhook", delivery_id=str(elsewhere), reason="backend was down"
+    )
+    assert status == 400 and "is not a delivery of this order" in page
+    status, page = await _act(
+        served, no, "resend-webhook", delivery_id=str(delivery), reason="backend was down"
+    )
+    assert status == 200, page
+    assert f"delivery {delivery} (order.paid) to https://backend.invalid/hooks resent" in page
+    row = await fetch_one(
+        pool, "SELECT status, step FROM webhook_deliveries WHERE id = %s", delivery
+    )
+    assert row == {"status": "pending", "step": 0}
+    _, health = await _page(served, "/console/health")
+    assert f'<tr data-endpoint="{endpoint}">' in health
