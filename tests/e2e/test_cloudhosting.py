@@ -34,6 +34,8 @@ pytestmark = pytest.mark.e2e
 
 #: The headers the platform sets on its calls to the container.
 PLATFORM = {"X-WX-SOURCE": "wx_paycallback", "X-WX-ENV": ENV_ID}
+#: What the platform sets on a mini-program's wx.cloud.callContainer to the order API.
+CALL_CONTAINER = {"X-WX-SOURCE": "wx_client", "X-WX-ENV": ENV_ID}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ async def place(env: IsolatedStack, openid: str, package: str = "basic") -> dict
         "POST",
         "/orders",
         {"package_type": package, "trade_type": "JSAPI"},
-        {"X-WX-OPENID": openid},
+        {**CALL_CONTAINER, "X-WX-OPENID": openid},
     )
     assert status == 201, placed
     return placed
@@ -108,7 +110,12 @@ async def test_paid_through_the_platform_confirmed_granted_and_pushed(
     assert user is not None and placed["user_id"] == user["id"]
     # Asked again (another replica, a restart): the same parameters, from the row.
     status, again = await call(
-        hosted.stack, "order", "POST", f"/orders/{no}/pay", None, {"X-WX-OPENID": openid}
+        hosted.stack,
+        "order",
+        "POST",
+        f"/orders/{no}/pay",
+        None,
+        {**CALL_CONTAINER, "X-WX-OPENID": openid},
     )
     assert status == 200 and again["pay"] == pay
 

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from paylane_common.wechatpay import WechatPayApiError
+from paylane_common.wechatpay import WechatPayApiError, WechatPayError
 from paylane_common.wechatpay.cloudhosting import CloudHostingClient, CloudHostingTarget
 from tests.support.polling import eventually
 from tests.support.sandbox import RunningSandbox, running_sandbox, sandbox_settings
@@ -249,3 +249,43 @@ async def test_a_paid_order_is_delivered_to_the_container_until_it_answers_errco
     assert body["resultCode"] == "SUCCESS" and body["totalFee"] == 990
     assert body["subOpenid"] == PAYER and len(body["timeEnd"]) == 14
     assert all(b == body for _, b in box.received)  # the same result every time
+
+
+@pytest.mark.parametrize(
+    "respdata",
+    [
+        # No trade_state: it used to default to SUCCESS, a payment WeChat Pay never stated.
+        {"out_trade_no": "CH-asked", "transaction_id": "4200000000000001", "total_fee": 990},
+        # The state of another order than the one asked about.
+        {
+            "out_trade_no": "CH-another",
+            "transaction_id": "4200000000000002",
+            "trade_state": "SUCCESS",
+            "total_fee": 990,
+        },
+    ],
+)
+async def test_a_query_answer_that_does_not_state_the_orders_payment_is_no_payment(
+    keys: FakeWechat, respdata: dict[str, Any]
+) -> None:
+    """In this mode the query is WeChat Pay's only word for a payment (the gate's
+    evidence): a platform answer missing ``trade_state``, or about another order, is an
+    error, never a transaction in state SUCCESS."""
+
+    async def queryorder(_request: web.Request) -> web.Response:
+        answer = {"return_code": "SUCCESS", "result_code": "SUCCESS", **respdata}
+        return web.json_response({"errcode": 0, "errmsg": "ok", "respdata": answer})
+
+    app = web.Application()
+    app.router.add_post("/_/pay/queryorder", queryorder)
+    async with TestServer(app) as platform, aiohttp.ClientSession() as session:
+        client = CloudHostingClient(
+            base_url=str(platform.make_url("")).rstrip("/"),
+            mchid=keys.mchid,
+            target=TARGET,
+            session=session,
+            backoff_initial_s=0.01,
+            backoff_max_s=0.02,
+        )
+        with pytest.raises(WechatPayError, match="not taken"):
+            await client.query_by_out_trade_no("CH-asked")

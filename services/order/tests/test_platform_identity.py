@@ -32,6 +32,10 @@ async def trusting_api(
         yield served
 
 
+#: What the platform sets on every call it forwards.
+FORWARDED = {"X-WX-SOURCE": "callContainer", "X-WX-ENV": "prod-env-1a2b"}
+
+
 def new_openid() -> str:
     openid = f"o-wx-{uuid.uuid4().hex[:16]}"
     hygiene.register(openid)
@@ -40,7 +44,7 @@ def new_openid() -> str:
 
 async def test_the_platforms_openid_is_the_signed_in_user(trusting_api: OrderApi) -> None:
     openid, unionid = new_openid(), f"u-{uuid.uuid4().hex[:12]}"
-    platform = {"X-WX-OPENID": openid, "X-WX-UNIONID": unionid}
+    platform = {**FORWARDED, "X-WX-OPENID": openid, "X-WX-UNIONID": unionid}
     status, placed = await trusting_api.call(
         "POST", "/orders", {"package_type": "basic", "trade_type": "NATIVE"}, platform
     )
@@ -60,7 +64,7 @@ async def test_the_platforms_openid_is_the_signed_in_user(trusting_api: OrderApi
     )
     assert status in (200, 201) and again["user_id"] == user["id"]
     # Another openid is another user: the orders are not theirs.
-    other = {"X-WX-OPENID": new_openid()}
+    other = {**FORWARDED, "X-WX-OPENID": new_openid()}
     status, page = await trusting_api.call("GET", "/orders", headers=other)
     assert status == 200 and page["orders"] == []
     # A user may not name another user.
@@ -79,7 +83,7 @@ async def test_without_the_setting_the_header_proves_nothing(order_api: OrderApi
         "POST",
         "/orders",
         {"package_type": "basic", "trade_type": "NATIVE"},
-        {"X-WX-OPENID": openid},
+        {**FORWARDED, "X-WX-OPENID": openid},
     )
     assert status == 401
     assert await fetch_one(order_api.pool, "SELECT id FROM users WHERE openid = %s", openid) is None
@@ -87,8 +91,25 @@ async def test_without_the_setting_the_header_proves_nothing(order_api: OrderApi
 
 async def test_a_token_or_the_backend_secret_still_wins(trusting_api: OrderApi) -> None:
     user_id, session = await trusting_api.user()
-    headers = {**session, "X-WX-OPENID": new_openid()}
+    headers = {**session, **FORWARDED, "X-WX-OPENID": new_openid()}
     status, placed = await trusting_api.call(
         "POST", "/orders", {"package_type": "basic", "trade_type": "NATIVE"}, headers
     )
     assert status == 201 and placed["user_id"] == user_id
+
+
+async def test_an_openid_header_without_the_platforms_own_headers_proves_nothing(
+    trusting_api: OrderApi,
+) -> None:
+    """``X-WX-OPENID`` alone (a client setting it itself, on a route that does not go
+    through ``callContainer``) is no sign-in: the platform sets ``X-WX-SOURCE`` and
+    ``X-WX-ENV`` on every call it forwards."""
+    openid = new_openid()
+    for headers in ({"X-WX-OPENID": openid}, {"X-WX-OPENID": openid, "X-WX-SOURCE": "x"}):
+        status, _ = await trusting_api.call(
+            "POST", "/orders", {"package_type": "basic", "trade_type": "NATIVE"}, headers
+        )
+        assert status == 401
+    assert (
+        await fetch_one(trusting_api.pool, "SELECT id FROM users WHERE openid = %s", openid) is None
+    )

@@ -52,6 +52,9 @@ class Caller:
 #: The platform's headers naming the mini-program's user (WeChat Cloud Hosting).
 OPENID_HEADER = "X-WX-OPENID"
 UNIONID_HEADER = "X-WX-UNIONID"
+#: What the platform sets on every call it forwards (as ingress requires them too): an
+#: ``X-WX-OPENID`` without them did not come through ``callContainer``.
+PLATFORM_HEADERS = ("X-WX-SOURCE", "X-WX-ENV")
 #: The user of an openid (and unionid), created if new: ``Orders.platform_user``.
 PlatformUsers = Callable[[str, str | None], Awaitable[str]]
 
@@ -77,7 +80,8 @@ async def identify(
     token = bearer_token(request)
     if not token and platform_users is not None:
         openids = request.headers.getall(OPENID_HEADER, [])
-        if len(openids) == 1 and 0 < len(openids[0]) <= 100:
+        forwarded = all(request.headers.get(name) for name in PLATFORM_HEADERS)
+        if forwarded and len(openids) == 1 and 0 < len(openids[0]) <= 100:
             unionid = request.headers.get(UNIONID_HEADER) or None
             user_id = await platform_users(openids[0], unionid)
             issued = await sessions.issue(user_id)

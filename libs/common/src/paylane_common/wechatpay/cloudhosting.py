@@ -135,6 +135,19 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def queried_transaction(data: dict[str, Any], **asked: str) -> dict[str, Any]:
+    """``queryorder``'s answer as a v3 transaction, only when it says what the order's
+    state is and names the order asked about: in this mode the query is the only word
+    WeChat Pay gives for a payment, so an answer without ``trade_state`` (or about another
+    order) is an error, never taken as paid."""
+    if not data.get("trade_state"):
+        raise WechatPayError("queryorder answered without a trade_state: not taken as paid")
+    for field, value in asked.items():
+        if data.get(field) != value:
+            raise WechatPayError(f"queryorder answered about another {field}: not taken")
+    return transaction_from_v2(data)
+
+
 def transaction_from_v2(data: dict[str, Any]) -> dict[str, Any]:
     """A v2 order (``queryorder``'s ``respdata``, or a payment callback read in snake_case)
     as WeChat Pay v3's transaction object: the merchant is the sub-merchant, the payer the
@@ -143,7 +156,7 @@ def transaction_from_v2(data: dict[str, Any]) -> dict[str, Any]:
     tx: dict[str, Any] = {
         "out_trade_no": data.get("out_trade_no"),
         "transaction_id": data.get("transaction_id"),
-        "trade_state": data.get("trade_state") or "SUCCESS",
+        "trade_state": data.get("trade_state"),
         "trade_type": data.get("trade_type"),
         "mchid": data.get("sub_mch_id") or None,
         "appid": data.get("sub_appid") or None,
@@ -236,13 +249,13 @@ class CloudHostingClient(WechatPayClient):
         data = await self._action(
             "queryorder", {"out_trade_no": out_trade_no, "sub_mch_id": self.mchid}
         )
-        return transaction_from_v2(data)
+        return queried_transaction(data, out_trade_no=out_trade_no)
 
     async def query_by_transaction_id(self, transaction_id: str) -> dict[str, Any]:
         data = await self._action(
             "queryorder", {"transaction_id": transaction_id, "sub_mch_id": self.mchid}
         )
-        return transaction_from_v2(data)
+        return queried_transaction(data, transaction_id=transaction_id)
 
     async def close(self, out_trade_no: str) -> None:
         await self._action("closeorder", {"out_trade_no": out_trade_no, "sub_mch_id": self.mchid})
@@ -446,6 +459,7 @@ __all__ = [
     "CloudHostingClient",
     "CloudHostingTarget",
     "answer_error",
+    "queried_transaction",
     "refund_from_v2",
     "transaction_from_v2",
 ]
