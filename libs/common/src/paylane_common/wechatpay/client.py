@@ -262,15 +262,7 @@ class WechatPayClient:
         *,
         verify: bool = True,
     ) -> bytes:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts) | stop_before_delay(self._max_elapsed_s),
-            wait=wait_exponential_jitter(
-                multiplier=self._backoff[0], max=self._backoff[1], jitter=self._backoff[0]
-            ),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
-        async for attempt in retrying:
+        async for attempt in self._retrying():
             with attempt:
                 number = attempt.retry_state.attempt_number
                 if number > 1:
@@ -279,6 +271,19 @@ class WechatPayClient:
                     method, path, payload, verify=verify, headers=headers
                 )
         return body
+
+    def _retrying(self) -> AsyncRetrying:
+        """The one retry policy of a call to WeChat Pay (this client and Cloud Hosting's):
+        what is retryable, within ``max_attempts`` and ``max_elapsed_s``, backing off with
+        jitter."""
+        return AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts) | stop_before_delay(self._max_elapsed_s),
+            wait=wait_exponential_jitter(
+                multiplier=self._backoff[0], max=self._backoff[1], jitter=self._backoff[0]
+            ),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
 
     async def _send(
         self,

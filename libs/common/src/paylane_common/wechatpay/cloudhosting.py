@@ -33,13 +33,6 @@ from typing import Any
 
 import aiohttp
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
 
 from paylane_common.contract.china_time import CHINA
 from paylane_common.wechatpay.bills import BillFile, FundFlowBill, TradeBill
@@ -329,16 +322,8 @@ class CloudHostingClient(WechatPayClient):
     async def _action(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """One ``/_/pay/<action>`` call, retried as the direct client retries; the
         ``respdata`` of a success."""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts) | stop_before_delay(self._max_elapsed_s),
-            wait=wait_exponential_jitter(
-                multiplier=self._backoff[0], max=self._backoff[1], jitter=self._backoff[0]
-            ),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
         data: dict[str, Any] = {}
-        async for attempt in retrying:
+        async for attempt in self._retrying():
             with attempt:
                 number = attempt.retry_state.attempt_number
                 if number > 1:
@@ -439,12 +424,6 @@ def refund_from_v2(data: dict[str, Any], out_refund_no: str) -> dict[str, Any]:
             "currency": "CNY",
         },
     }
-
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, WechatPayApiError):
-        return exc.retryable
-    return isinstance(exc, WechatPayUnavailable)
 
 
 def _not_available(what: str) -> WechatPayApiError:
