@@ -438,7 +438,10 @@ export class PaylaneClient {
     const socket = this._socket;
     this._socket = null;
     if (socket) {
-      socket.onopen = socket.onmessage = socket.onerror = socket.onclose = null;
+      socket.onopen = socket.onmessage = socket.onclose = null;
+      // Not null: Node's `ws` emits "error" when a socket still connecting is closed,
+      // and an "error" nobody listens to is an uncaught exception in the app.
+      socket.onerror = () => {};
       try {
         socket.close();
       } catch {

@@ -218,7 +218,12 @@ async def test_a_callback_while_the_broker_is_unreachable_is_retried_then_delive
     [note] = await callbacks(hosted, no)
     assert note["delivered"] and len(note["attempts"]) >= 2
     assert [a.get("status") for a in note["attempts"]][-1] == 200
-    assert (await grants(hosted.pool, no))["n"] == 1
+
+    # The grant follows the order's order.paid, in the entitlement service: not at once.
+    async def granted() -> bool:
+        return (await grants(hosted.pool, no))["n"] == 1
+
+    await eventually(granted, 20, what="the plan granted")
 
 
 async def test_a_refund_through_the_platform_is_delivered_and_takes_back_the_grant(
@@ -248,7 +253,11 @@ async def test_a_refund_through_the_platform_is_delivered_and_takes_back_the_gra
         return (await order_row(hosted, no))["status"] == "refunded"
 
     await eventually(refunded, 20, what="the refund's result delivered and applied")
-    assert (await grants(hosted.pool, no))["revoked"] == 1
+
+    async def revoked() -> bool:  # by the entitlement service, after order.refunded
+        return (await grants(hosted.pool, no))["revoked"] == 1
+
+    await eventually(revoked, 20, what="the grant taken back")
     notes = [n for n in await callbacks(hosted, no) if n["out_refund_no"] == out_refund_no]
     assert len(notes) == 1 and notes[0]["delivered"]
     assert notes[0]["resource"]["refundStatus"] == "SUCCESS"

@@ -2,7 +2,10 @@
 // reconnect and backoff, the SSE fallback, stream tickets, snapshot, de-duplication,
 // waitUntilPaid, and the mini-program adapter over a fake `wx`.
 import assert from "node:assert/strict";
+import net from "node:net";
 import { describe, test } from "node:test";
+
+import WebSocket from "ws";
 
 import {
   backoffDelay,
@@ -98,6 +101,33 @@ describe("backoff", () => {
     paylane.close();
     assert.equal(timers.pending.length, 0);
     await assert.rejects(waiting, /client closed/);
+  });
+
+  test("close() while a real `ws` socket is still connecting throws nothing", async () => {
+    // Node's `ws` emits "error" when a socket is closed before its handshake ends; with no
+    // listener left, that was an uncaught exception in the app (a server that accepts
+    // the connection and never answers holds the socket in CONNECTING).
+    const silent = net.createServer(() => {});
+    await new Promise((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const uncaught = [];
+    const record = (error) => uncaught.push(error);
+    process.on("uncaughtException", record);
+    try {
+      const paylane = new PaylaneClient({
+        url: `http://127.0.0.1:${silent.address().port}`,
+        ticket: "T",
+        WebSocket,
+        EventSource: null,
+      });
+      paylane.start();
+      await new Promise((resolve) => silent.once("connection", resolve));
+      paylane.close();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.deepEqual(uncaught, []);
+    } finally {
+      process.off("uncaughtException", record);
+      silent.close();
+    }
   });
 });
 
