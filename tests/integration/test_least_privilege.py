@@ -34,10 +34,10 @@ from aiormq.exceptions import ChannelAccessRefused
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
-from paylane.replay import replay_dlq
 from paylane_common.broker import amqp
 from paylane_common.broker.identities import ORIGINAL_USER_HEADER, Publishers, connection_user
 from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.replay import replay_dlq
 from paylane_common.broker.topology import (
     ENTITLEMENT_ORDERS,
     EXCHANGE,
