@@ -26,10 +26,11 @@ from paylane_order.config import StatusQueryConfig
 from paylane_order.gate import Gate
 from paylane_order.operators import add_operator, hash_password, password_matches
 from paylane_order.payments import PaymentApplier
+from paylane_order.review_grant import ReviewGrant
 from paylane_order.status_query import StatusQuery
 from paylane_order.webhooks.store import WebhookStore
 from services.order.tests.support import OrderApi, basic_order
-from tests.support.queries import fetch_one
+from tests.support.queries import fetch_one, order_status
 from tests.support.seeding import add_order, add_refund
 
 pytestmark = pytest.mark.integration
@@ -51,8 +52,9 @@ async def served(order_api: OrderApi, gate: Gate) -> AsyncIterator[Client]:
     """The console mounted at /console, as on the admin listener, with a short lockout."""
     pool = order_api.pool
     at_once = StatusQueryConfig(after_s=0, interval_s=0)
-    query = StatusQuery(pool, gate, PaymentApplier(pool, gate), at_once)
-    backend = console.ConsoleBackend(pool, order_api.orders, query)
+    payments = PaymentApplier(pool, gate)
+    query = StatusQuery(pool, gate, payments, at_once)
+    backend = console.ConsoleBackend(pool, order_api.orders, query, ReviewGrant(gate, payments))
     root = web.Application()
     root.add_subapp(
         console.PREFIX,
@@ -420,6 +422,120 @@ async def test_a_needs_review_order_is_resolved_by_a_refund(
         no,
     )
     assert audit == {"state_before": "needs_review", "outcome": "done"}
+
+
+async def _under_review(pool: aiomysql.Pool) -> str:
+    """A 9.90 basic order in ``needs_review`` that was never announced paid."""
+    no, _ = await basic_order(pool, amount=990, status="needs_review")
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "UPDATE payment_orders SET review_reason = 'amount 990 is not a price of basic'"
+            " WHERE out_trade_no = %s",
+            (no,),
+        )
+    return no
+
+
+async def _order_paid_events(pool: aiomysql.Pool, no: str) -> int:
+    row = await fetch_one(
+        pool,
+        "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'order.paid' AND payload LIKE %s",
+        f'%"out_trade_no":"{no}"%',
+    )
+    return int(row["n"])
+
+
+async def _audit_rows(pool: aiomysql.Pool, no: str) -> list[dict[str, Any]]:
+    return await fetch_all(
+        pool,
+        "SELECT operator, action, state_before, state_after, outcome, detail"
+        " FROM paylane_operator_audit WHERE out_trade_no = %s ORDER BY id",
+        no,
+    )
+
+
+async def test_a_needs_review_order_is_granted_on_wechatpays_success(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    name = await _operator(pool, "support")
+    await _sign_in(served, name)
+    no = await _under_review(pool)
+    await _paid_at_wechat(order_api, no)
+    _, page = await _page(served, f"/console/orders/{no}")
+    assert 'id="grant"' in page
+    status, page = await _act(served, no, "grant", reason="price change, customer paid")
+    assert status == 200, page
+    assert "WeChat Pay says 9.90 yuan was paid" in page and "order&#x27;s 9.90 yuan" in page
+    order = await fetch_one(
+        pool,
+        "SELECT status, transaction_id, paid_event_at IS NOT NULL AS announced"
+        " FROM payment_orders WHERE out_trade_no = %s",
+        no,
+    )
+    assert order["status"] == "paid" and order["announced"] == 1 and order["transaction_id"]
+    # The one way every payment goes: one order.paid staged, a payment_logs row that
+    # names the operator, the operator's audit row.
+    assert await _order_paid_events(pool, no) == 1
+    logged = await fetch_one(
+        pool,
+        "SELECT kind, source, transaction_id, detail FROM payment_logs"
+        " WHERE out_trade_no = %s AND type = 'payment_callback'",
+        no,
+    )
+    assert logged == {
+        "kind": "paid",
+        "source": "query",
+        "transaction_id": order["transaction_id"],
+        "detail": f"granted by operator {name}: price change, customer paid",
+    }
+    [audit] = await _audit_rows(pool, no)
+    assert audit["action"] == "grant" and audit["outcome"] == "done"
+    assert (audit["state_before"], audit["state_after"]) == ("needs_review", "paid")
+    # Granted once: a second grant is refused and stages nothing.
+    status, page = await _act(served, no, "grant", reason="clicked twice")
+    assert status == 409 and "only a needs_review order is granted" in page
+    assert await _order_paid_events(pool, no) == 1
+
+
+async def test_a_grant_wechatpay_does_not_stand_behind_is_refused_and_audited(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "admin"))
+    unpaid = await _under_review(pool)
+    await order_api.orders._client.place("NATIVE", order_request("native", unpaid))
+    status, page = await _act(served, unpaid, "grant", reason="customer says they paid")
+    assert status == 409 and "trade_state NOTPAY: nothing is granted" in page
+    short = await _under_review(pool)
+    await order_api.orders._client.place("NATIVE", order_request("native", short))
+    path = f"/sandbox/orders/{short}/pay"
+    await order_api.sandbox.ok("POST", path, {"notify": False, "amount": 500})
+    status, page = await _act(served, short, "grant", reason="customer says they paid")
+    says = "WeChat Pay says 5.00 yuan was paid, less than the order&#x27;s 9.90 yuan"
+    assert status == 409 and says in page
+    for no, detail in (
+        (unpaid, "WeChat Pay does not confirm the payment: trade_state NOTPAY"),
+        (short, "WeChat Pay says 5.00 yuan was paid, less than the order's 9.90 yuan"),
+    ):
+        [audit] = await _audit_rows(pool, no)
+        assert audit["outcome"] == "refused" and audit["detail"].startswith(detail)
+        assert (audit["state_before"], audit["state_after"]) == ("needs_review", "needs_review")
+        assert await _order_paid_events(pool, no) == 0
+        # The transaction rolled back: no inbox row, no payment_logs row.
+        assert not await fetch_all(pool, "SELECT 1 FROM payment_logs WHERE out_trade_no = %s", no)
+
+
+async def test_a_viewer_may_not_grant(served: Client, order_api: OrderApi) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "viewer"))
+    no = await _under_review(pool)
+    _, page = await _page(served, f"/console/orders/{no}")
+    assert 'id="grant"' not in page
+    status, _ = await _act(served, no, "grant", reason="a viewer tries")
+    assert status == 403
+    assert not await _audit_rows(pool, no)
+    assert await order_status(pool, no) == "needs_review"
 
 
 async def test_asking_wechatpay_applies_a_payment_it_reports(

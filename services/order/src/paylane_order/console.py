@@ -9,8 +9,9 @@ listener (``ADMIN_PORT``) only, never the public port; server-rendered HTML, no 
 - Search and CSV export: the order list's filters, keyset pages and CSV
   (:mod:`paylane_order.order_list`), with the console's filters (:mod:`console_data`).
 - Actions (``support`` and ``admin``; a ``viewer`` gets 403): refund (full or partial;
-  of a ``needs_review`` order, its resolution), ask WeChat Pay about a pending order,
-  close a pending order, resend a webhook delivery of its events. Each needs a reason
+  of a ``needs_review`` order, its resolution), grant a ``needs_review`` order on WeChat
+  Pay's word (review_grant.py), ask WeChat Pay about a pending order, close a pending
+  order, resend a webhook delivery of its events. Each needs a reason
   and writes a row of ``paylane_operator_audit`` (who, what, why, the state before and
   after, the outcome), refused ones too.
 """
@@ -37,6 +38,7 @@ from . import console_data, console_pages, operators
 from .errors import OrderError
 from .order_list import Key, csv_chunks, page
 from .orders import Orders
+from .review_grant import ReviewGrant
 from .status_query import StatusQuery
 from .webhooks.store import WebhookStore
 
@@ -56,6 +58,8 @@ class ConsoleBackend:
     orders: Orders
     #: Asks WeChat Pay about a pending order at once (no age or interval).
     query: StatusQuery
+    #: Resolves a needs_review order by granting it, on WeChat Pay's word.
+    grant: ReviewGrant
     connection: AbstractRobustConnection | None = None
 
 
@@ -273,7 +277,8 @@ async def _status(pool: aiomysql.Pool, out_trade_no: str) -> str | None:
     return None if row is None else str(row["status"])
 
 
-Act = Callable[[ConsoleBackend, str, dict[str, str]], Awaitable[str]]
+#: An action: the backend, the order's number, the form, and who acts.
+Act = Callable[[ConsoleBackend, str, dict[str, str], operators.Operator], Awaitable[str]]
 
 
 class _Refused(Exception):
@@ -305,7 +310,7 @@ def _action(name: str, act: Act) -> Callable[[web.Request], Awaitable[web.Respon
         outcome: Literal["done", "refused", "failed"] = "done"
         status = 200
         try:
-            detail = await act(backend, no, form)
+            detail = await act(backend, no, form, session.operator)
         except _Refused as exc:
             outcome, status, detail = "refused", 400, str(exc)
         except OrderError as exc:
@@ -333,7 +338,9 @@ def _action(name: str, act: Act) -> Callable[[web.Request], Awaitable[web.Respon
     return handler
 
 
-async def _refund(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
+async def _refund(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
     order = await console_data.order_row(backend.pool, no)
     assert order is not None
     if order["status"] not in ("paid", "needs_review"):
@@ -363,7 +370,9 @@ async def _refund(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str
     return f"refund {done['out_refund_no']} of {amount_text} yuan requested ({done['status']})"
 
 
-async def _query(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
+async def _query(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
     order = await backend.orders.get(no)
     assert order is not None
     if order["status"] != "pending":
@@ -373,12 +382,24 @@ async def _query(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
     return "WeChat Pay reports no payment (or did not answer): the order stays pending"
 
 
-async def _close(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
+async def _grant(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
+    order = await console_data.order_row(backend.pool, no)
+    assert order is not None
+    return await backend.grant.grant(order, who.name, form["reason"].strip())
+
+
+async def _close(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
     closed = await backend.orders.close(no)
     return f"order is {closed['status']}"
 
 
-async def _resend_webhook(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
+async def _resend_webhook(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
     text = form.get("delivery_id", "")
     ours = {d["id"]: d for d in await console_data.webhook_deliveries(backend.pool, no)}
     if not text.isdigit() or int(text) not in ours:
@@ -419,6 +440,7 @@ def console_app(
     r.add_post("/orders/{out_trade_no}/refund", _action("refund", _refund))
     r.add_post("/orders/{out_trade_no}/query", _action("query", _query))
     r.add_post("/orders/{out_trade_no}/close", _action("close", _close))
+    r.add_post("/orders/{out_trade_no}/grant", _action("grant", _grant))
     r.add_post("/orders/{out_trade_no}/resend-webhook", _action("resend_webhook", _resend_webhook))
     r.add_get("/health", health)
     r.add_get("/audit", audit_log)

@@ -259,6 +259,8 @@ def _actions(session: Session, order: dict[str, Any], refundable: int) -> str:
             f' placeholder="{_yuan(refundable)}"></label>'
         )
         forms.append(_action(session, no, "refund", title, amount))
+    if status == "needs_review" and order.get("paid_event_at") is None:
+        forms.append(_action(session, no, "grant", "Resolve by grant (asks WeChat Pay first)"))
     if status == "pending":
         forms.append(_action(session, no, "query", "Ask WeChat Pay"))
         forms.append(_action(session, no, "close", "Close"))
