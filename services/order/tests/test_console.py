@@ -12,15 +12,26 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiomysql
 import pytest
+from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.replay import REPLAYED_HEADER, list_dlq
+from paylane_common.broker.topology import ORDER_PAYMENTS, forward_exchange_of
+from paylane_common.delivery.consumer import (
+    ATTEMPT_HEADER,
+    FAILED_AT_HEADER,
+    ORIGIN_HEADER,
+    REASON_HEADER,
+)
 from paylane_common.storage.db import transaction
-from paylane_common.wechatpay.testing import order_request
+from paylane_common.wechatpay.testing import new_transaction_id, order_request
 from paylane_order import console
 from paylane_order.config import StatusQueryConfig
 from paylane_order.gate import Gate
@@ -30,6 +41,8 @@ from paylane_order.review_grant import ReviewGrant
 from paylane_order.status_query import StatusQuery
 from paylane_order.webhooks.store import WebhookStore
 from services.order.tests.support import OrderApi, basic_order
+from tests.support.events import payment_succeeded
+from tests.support.polling import handed_back, ready_messages
 from tests.support.queries import fetch_one, order_status
 from tests.support.seeding import add_order, add_refund
 
@@ -650,3 +663,173 @@ async def test_a_webhook_delivery_of_the_order_is_shown_and_resent(
     assert row == {"status": "pending", "step": 0}
     _, health = await _page(served, "/console/health")
     assert f'<tr data-endpoint="{endpoint}">' in health
+
+
+# --- dead letters -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def broker_served(
+    order_api: OrderApi, gate: Gate, amqp_connection: AbstractRobustConnection
+) -> AsyncIterator[tuple[Client, Publisher]]:
+    """The console with the order service's broker connection (the session's vhost, the
+    topology declared), and a publisher that parks dead letters as the consumer does."""
+    pool = order_api.pool
+    payments = PaymentApplier(pool, gate)
+    at_once = StatusQueryConfig(after_s=0, interval_s=0)
+    backend = console.ConsoleBackend(
+        pool,
+        order_api.orders,
+        StatusQuery(pool, gate, payments, at_once),
+        ReviewGrant(gate, payments),
+        amqp_connection,
+    )
+    root = web.Application()
+    root.add_subapp(console.PREFIX, console.console_app(lambda: backend))
+    publisher = await Publisher.open(amqp_connection)
+    async with TestClient(TestServer(root)) as client:
+        yield client, publisher
+    await publisher.close()
+
+
+async def _dead_letter(publisher: Publisher, no: str) -> str:
+    """A payment of ``no`` in ``order.payments.dlq``, as the consumer parks one; its id."""
+    envelope = payment_succeeded(no, 990, new_transaction_id()).envelope
+    headers = {
+        REASON_HEADER: f"unknown out_trade_no {no}",
+        ORIGIN_HEADER: ORDER_PAYMENTS.name,
+        ATTEMPT_HEADER: 3,
+        FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
+    }
+    await publisher.publish_to_queue(
+        ORDER_PAYMENTS.dlq,
+        envelope_message(envelope, headers),
+        exchange=forward_exchange_of(ORDER_PAYMENTS.dlq),
+    )
+    return envelope.event_id
+
+
+async def _taken_from(connection: AbstractRobustConnection, queue: str, message_id: str) -> Any:
+    """The message ``message_id`` from ``queue`` (acked), or None; the others go back."""
+    channel = await connection.channel()
+    try:
+        source = await channel.get_queue(queue, ensure=False)
+        while (message := await source.get(no_ack=False, fail=False)) is not None:
+            if message.message_id == message_id:
+                await message.ack()
+                return message
+        return None
+    finally:
+        await channel.close()
+
+
+async def _in_dlq(connection: AbstractRobustConnection, message_id: str) -> bool:
+    letters = await list_dlq(connection, ORDER_PAYMENTS.dlq)
+    return any(letter.message_id == message_id for letter in letters)
+
+
+async def test_an_orders_dead_letter_is_shown_and_replayed_into_its_queue(
+    broker_served: tuple[Client, Publisher],
+    order_api: OrderApi,
+    amqp_connection: AbstractRobustConnection,
+) -> None:
+    served, publisher = broker_served
+    pool = order_api.pool
+    name = await _operator(pool, "support")
+    await _sign_in(served, name)
+    no, _ = await basic_order(pool, status="pending")
+    parked = await ready_messages(amqp_connection, ORDER_PAYMENTS.dlq)
+    letter = await _dead_letter(publisher, no)
+    other = await _dead_letter(publisher, f"{no}x")
+    _, page = await _page(served, f"/console/orders/{no}")
+    section = page[page.index('id="dead-letters"') :]
+    assert f'data-letter="{letter}"' in section and f'data-letter="{other}"' not in section
+    assert f"unknown out_trade_no {no}" in section and "payment.succeeded" in section
+    _, health = await _page(served, "/console/health")
+    assert 'href="/console/dlq"' in health
+    _, dlqs = await _page(served, "/console/dlq")
+    assert f'data-letter="{letter}"' in dlqs and f'data-letter="{other}"' in dlqs
+    assert 'data-dlq="entitlement.orders.dlq"' in dlqs and "paylane replay dlq" in dlqs
+    csrf = CSRF.findall(dlqs)[0]
+
+    async def replay(message_id: str) -> tuple[int, str]:
+        # The pages looked at the DLQ: its letters are back once the broker says so.
+        await handed_back(amqp_connection, ORDER_PAYMENTS.dlq, parked + 2)
+        form = {"queue": ORDER_PAYMENTS.dlq, "message_id": message_id}
+        data = {**form, "csrf": csrf, "reason": "order row is there now"}
+        path = f"/console/orders/{no}/replay-dead-letter"
+        async with served.post(path, data=data) as response:
+            return response.status, await response.text()
+
+    # Another order's dead letter is not replayed from this order's page.
+    status, page = await replay(other)
+    assert status == 400 and f"no dead letter {other} about {no}" in page
+    status, page = await replay(letter)
+    assert status == 200, page
+    assert f"dead letter {letter}: 1 dead letter(s) replayed from order.payments.dlq" in page
+    replayed = await _taken_from(amqp_connection, ORDER_PAYMENTS.name, letter)
+    assert replayed is not None and replayed.headers[REPLAYED_HEADER] == 1
+    assert replayed.headers[ATTEMPT_HEADER] == 0 and REASON_HEADER not in replayed.headers
+    assert not await _in_dlq(amqp_connection, letter)
+    assert await _in_dlq(amqp_connection, other)  # the one not chosen stays
+    rows = await _audit_rows(pool, no)
+    assert [(r["action"], r["outcome"]) for r in rows] == [
+        ("replay_dead_letter", "refused"),
+        ("replay_dead_letter", "done"),
+    ]
+    assert rows[1]["operator"] == name and rows[1]["state_before"] == "pending"
+
+
+async def test_replaying_dead_letters_takes_a_role_and_all_of_a_dlq_takes_an_admin(
+    broker_served: tuple[Client, Publisher],
+    order_api: OrderApi,
+    amqp_connection: AbstractRobustConnection,
+) -> None:
+    served, publisher = broker_served
+    pool = order_api.pool
+    no, _ = await basic_order(pool, status="pending")
+    letter = await _dead_letter(publisher, no)
+    parked = await ready_messages(amqp_connection, ORDER_PAYMENTS.dlq)
+    path = f"/console/dlq/{ORDER_PAYMENTS.dlq}/replay"
+
+    async def replay(**form: str) -> tuple[int, str]:
+        _, page = await _page(served, "/console/audit")  # a page that reads no DLQ
+        await handed_back(amqp_connection, ORDER_PAYMENTS.dlq, parked)
+        data = {**form, "csrf": CSRF.findall(page)[0], "reason": "cause fixed"}
+        async with served.post(path, data=data) as response:
+            return response.status, await response.text()
+
+    await _sign_in(served, await _operator(pool, "viewer"))
+    _, page = await _page(served, "/console/dlq")
+    assert f'data-letter="{letter}"' in page and f'action="{path}"' not in page
+    assert (await replay(message_id=letter))[0] == 403
+    _, page = await _page(served, "/console/audit")
+    form = {"queue": ORDER_PAYMENTS.dlq, "message_id": letter, "reason": "a viewer"}
+    data = {**form, "csrf": CSRF.findall(page)[0]}
+    async with served.post(f"/console/orders/{no}/replay-dead-letter", data=data) as response:
+        assert response.status == 403
+    await _sign_in(served, await _operator(pool, "support"))
+    status, page = await replay()
+    assert status == 403 and "admin only" in page
+    assert await _in_dlq(amqp_connection, letter)
+    assert not await fetch_all(
+        pool,
+        "SELECT 1 FROM paylane_operator_audit WHERE action LIKE 'replay%%' AND out_trade_no = %s",
+        no,
+    )
+    admin = await _operator(pool, "admin")
+    await _sign_in(served, admin)
+    status, page = await replay()
+    assert status == 200, page
+    assert "dead letter(s) replayed from order.payments.dlq" in page
+    assert not await _in_dlq(amqp_connection, letter)
+    assert await _taken_from(amqp_connection, ORDER_PAYMENTS.name, letter) is not None
+    audit = await fetch_one(
+        pool,
+        "SELECT action, out_trade_no, state_before, state_after, outcome"
+        " FROM paylane_operator_audit WHERE operator = %s",
+        admin,
+    )
+    assert audit["action"] == "replay_dlq" and audit["outcome"] == "done"
+    assert audit["out_trade_no"] is None and audit["state_after"] == "dlq 0"
+    assert audit["state_before"].startswith("dlq ") and audit["state_before"] != "dlq 0"

@@ -457,12 +457,13 @@ async def replay_dlq(
     progress: ProgressCallback | None = None,
     delivery_limits: Mapping[str, int] | None = None,
     timeout: float = 5.0,
-    message_id: str | None = None,
+    select: Callable[[DeadLetter], bool] | None = None,
 ) -> ReplaySummary:
     """Move the dead letters of ``queue`` (a consumer queue or its ``.dlq``) back to the
     queue each one failed in, confirmed, ack after confirm (see the module docstring).
-    With ``message_id``, only the dead letters with that id move (the console's replay of
-    one): the others are fetched unacked and handed back with the channel, uncounted.
+    With ``select``, only the dead letters it selects move (the console's replay of one,
+    chosen in the same pass that moves it): the others are fetched unacked and handed
+    back with the channel, uncounted.
 
     The copy keeps body and properties; the broker's and the DLQ's bookkeeping headers go,
     ``x-paylane-attempt`` restarts at 0 (the consumer's retry budget starts over: the cause
@@ -484,7 +485,7 @@ async def replay_dlq(
         summary = await _replay(
             connection,
             dlq,
-            _dlq_copies(letters, dlq, message_id),
+            _dlq_copies(letters, dlq, select),
             None if dry_run else settle,  # a dry run's go back with the channel
             total=planned,
             dry_run=dry_run,
@@ -530,11 +531,11 @@ async def _dead_letters(
 async def _dlq_copies(
     letters: AsyncGenerator[tuple[AbstractIncomingMessage, DeadLetter], None],
     dlq: str,
-    message_id: str | None = None,
+    select: Callable[[DeadLetter], bool] | None = None,
 ) -> AsyncGenerator[_Taken, None]:
     async with contextlib.aclosing(letters):
         async for message, letter in letters:
-            if message_id is not None and message.message_id != message_id:
+            if select is not None and not select(letter):
                 # Not settled: it stays unacked, and goes back with the reading channel.
                 yield _Taken(letter.reason, counted=False)
                 continue
