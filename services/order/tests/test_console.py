@@ -60,20 +60,27 @@ async def fetch_all(pool: aiomysql.Pool, sql: str, *args: object) -> list[dict[s
         return list(await cur.fetchall())
 
 
-@pytest.fixture
-async def served(order_api: OrderApi, gate: Gate) -> AsyncIterator[Client]:
+def _console(
+    order_api: OrderApi, gate: Gate, connection: AbstractRobustConnection | None = None
+) -> web.Application:
     """The console mounted at /console, as on the admin listener, with a short lockout."""
     pool = order_api.pool
     at_once = StatusQueryConfig(after_s=0, interval_s=0)
     payments = PaymentApplier(pool, gate)
     query = StatusQuery(pool, gate, payments, at_once)
-    backend = console.ConsoleBackend(pool, order_api.orders, query, ReviewGrant(gate, payments))
+    grant = ReviewGrant(gate, payments)
+    backend = console.ConsoleBackend(pool, order_api.orders, query, grant, connection)
     root = web.Application()
     root.add_subapp(
         console.PREFIX,
         console.console_app(lambda: backend, console.ConsoleOptions(lockout_after=3)),
     )
-    async with TestClient(TestServer(root)) as client:
+    return root
+
+
+@pytest.fixture
+async def served(order_api: OrderApi, gate: Gate) -> AsyncIterator[Client]:
+    async with TestClient(TestServer(_console(order_api, gate))) as client:
         yield client
 
 
@@ -674,18 +681,7 @@ async def broker_served(
 ) -> AsyncIterator[tuple[Client, Publisher]]:
     """The console with the order service's broker connection (the session's vhost, the
     topology declared), and a publisher that parks dead letters as the consumer does."""
-    pool = order_api.pool
-    payments = PaymentApplier(pool, gate)
-    at_once = StatusQueryConfig(after_s=0, interval_s=0)
-    backend = console.ConsoleBackend(
-        pool,
-        order_api.orders,
-        StatusQuery(pool, gate, payments, at_once),
-        ReviewGrant(gate, payments),
-        amqp_connection,
-    )
-    root = web.Application()
-    root.add_subapp(console.PREFIX, console.console_app(lambda: backend))
+    root = _console(order_api, gate, amqp_connection)
     publisher = await Publisher.open(amqp_connection)
     async with TestClient(TestServer(root)) as client:
         yield client, publisher
