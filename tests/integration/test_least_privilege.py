@@ -34,10 +34,10 @@ from aiormq.exceptions import ChannelAccessRefused
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
-from paylane.replay import replay_dlq
 from paylane_common.broker import amqp
 from paylane_common.broker.identities import ORIGINAL_USER_HEADER, Publishers, connection_user
 from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.replay import ReplayError, list_dlq, replay_dlq
 from paylane_common.broker.topology import (
     ENTITLEMENT_ORDERS,
     EXCHANGE,
@@ -48,12 +48,19 @@ from paylane_common.broker.topology import (
     declare_exchange,
     declare_topology,
     existing_queue,
+    forward_exchange_of,
 )
 from paylane_common.contract import events
 from paylane_common.contract.catalog import DEFAULT_CATALOG
 from paylane_common.contract.events import OrderCreated, PaymentSucceeded, make_event
 from paylane_common.contract.tokens import TokenSigner
-from paylane_common.delivery.consumer import REASON_HEADER, Reject, Retry, RetryPolicy
+from paylane_common.delivery.consumer import (
+    ORIGIN_HEADER,
+    REASON_HEADER,
+    Reject,
+    Retry,
+    RetryPolicy,
+)
 from paylane_common.delivery.retention import RetentionPruner
 from paylane_common.runtime.exceptions import ConfigError, PublishError
 from paylane_common.runtime.outages import Dependency
@@ -69,7 +76,7 @@ from paylane_common.wechatpay.testing import (
     order_request,
 )
 from paylane_notifier.snapshot import load_snapshot
-from paylane_order import console_data, operators
+from paylane_order import console_data, console_dlq, operators
 from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.bills import BillReconciler, Difference
 from paylane_order.business import BusinessTerms, business_package
@@ -103,7 +110,7 @@ from tests.support.events import (
 )
 from tests.support.infra import Infra, unique_name
 from tests.support.observed import Observed
-from tests.support.polling import eventually
+from tests.support.polling import eventually, handed_back, ready_messages
 from tests.support.queries import fetch_one, order_status
 from tests.support.sandbox import running_sandbox, sandbox_settings
 from tests.support.seeding import add_order, add_orders, add_user, ago, from_now
@@ -500,6 +507,41 @@ async def test_entitlement_takes_order_events_from_order_only_and_forwards_under
         await order.close()
         await entitlement.close()
         await (await channel.get_queue(spec.dlq, ensure=False)).purge()
+        await channel.close()
+
+
+async def test_order_user_lists_and_replays_its_own_dlqs_for_the_console_and_no_other(
+    broker_users: dict[str, str],
+    topology: None,
+    amqp_connection: AbstractRobustConnection,
+    publisher: Publisher,
+) -> None:
+    """The console's dead letters (paylane_order.console_dlq) under the order service's
+    committed permissions: it reads ``order.payments.dlq`` and replays a letter through
+    ``order.payments.forward``, and may not read ``entitlement.orders.dlq``."""
+    parked = await ready_messages(amqp_connection, ORDER_PAYMENTS.dlq)
+    letter = payment_succeeded(f"LP{uuid.uuid4().hex[:20]}", 990).envelope
+    headers = {REASON_HEADER: "unknown out_trade_no", ORIGIN_HEADER: ORDER_PAYMENTS.name}
+    for dlq in (ORDER_PAYMENTS.dlq, ENTITLEMENT_ORDERS.dlq):
+        message = envelope_message(letter, headers)
+        await publisher.publish_to_queue(dlq, message, exchange=forward_exchange_of(dlq))
+    order = await amqp.connect(broker_users["order"], "test-order-console")
+    try:
+        views = {v.name: v for v in await console_dlq.dlqs(order, {})}
+        mine = views[ORDER_PAYMENTS.dlq]
+        assert mine.error is None and mine.letters is not None
+        assert letter.event_id in {x.message_id for x in mine.letters}
+        assert views[ENTITLEMENT_ORDERS.dlq].letters is None  # not read: not ours
+        await handed_back(amqp_connection, ORDER_PAYMENTS.dlq, parked + 1)
+        moved = (await console_dlq.replay(order, ORDER_PAYMENTS.dlq, letter.event_id)).detail
+        assert moved.endswith("1 dead letter(s) replayed from order.payments.dlq")
+        with pytest.raises(ReplayError, match="ACCESS_REFUSED"):
+            await list_dlq(order, ENTITLEMENT_ORDERS.dlq)
+    finally:
+        await order.close()
+        channel = await amqp_connection.channel()
+        for dlq in (ORDER_PAYMENTS.dlq, ENTITLEMENT_ORDERS.dlq):
+            await (await channel.get_queue(dlq, ensure=False)).purge()
         await channel.close()
 
 

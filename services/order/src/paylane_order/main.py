@@ -52,6 +52,7 @@ from .payments import PaymentApplier
 from .rate_limits import RateLimit
 from .reconciler import Reconciler
 from .refunds import RefundApplier
+from .review_grant import ReviewGrant
 from .sessions import Sessions
 from .settings import OrderSettings
 from .shipping import AccessTokens, ShippingQueue, ShippingUploader, WechatApi
@@ -62,6 +63,7 @@ RECONCILER = web.AppKey("reconciler", Reconciler)
 SHIPPING_UPLOADER = web.AppKey("shipping_uploader", ShippingUploader)
 #: The console's "ask WeChat Pay": at once, whatever the order's age or last query.
 CONSOLE_QUERY = web.AppKey("console_query", StatusQuery)
+CONSOLE_GRANT = web.AppKey("console_grant", ReviewGrant)
 
 
 class OrderEvents:
@@ -150,6 +152,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             after_s=0, interval_s=0, timeout_s=config.status_query.timeout_s
         )
         app[CONSOLE_QUERY] = StatusQuery(app[DB_POOL], gate, payments, at_once)
+        app[CONSOLE_GRANT] = ReviewGrant(gate, payments)
         app[RECONCILER] = reconciler
         app[api.SESSIONS] = Sessions(app[DB_POOL], config.tokens, config.token_ttl_s)
         app[api.LOGIN] = MiniProgramLogin(
@@ -196,7 +199,11 @@ def build_app(settings: OrderSettings) -> web.Application:
     console.mount(
         app[ADMIN_LISTENER].app,
         lambda: console.ConsoleBackend(
-            app[DB_POOL], app[api.ORDERS], app[CONSOLE_QUERY], app.get(AMQP_CONNECTION)
+            app[DB_POOL],
+            app[api.ORDERS],
+            app[CONSOLE_QUERY],
+            app[CONSOLE_GRANT],
+            app.get(AMQP_CONNECTION),
         ),
     )
     return app
