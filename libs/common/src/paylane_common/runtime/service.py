@@ -498,3 +498,22 @@ def use_consumer(
             await app[OUTBOX_RELAY].stop()
 
     app.cleanup_ctx.append(ctx)
+
+
+def side_consumer(
+    app: web.Application, spec: QueueSpec, handler: Handler, settings: ConsumerSettings
+) -> Consumer:
+    """A consumer of another queue of the service than its main one (use_consumer's), on
+    the app's broker connection and publisher, with the service's retry policy: the order
+    service's webhooks and its rejection records. The caller starts and stops it."""
+    return Consumer(
+        app[AMQP_CONNECTION],
+        app[PUBLISHER],
+        spec,
+        handler,
+        database=app[DATABASE],
+        retry=RetryPolicy.from_settings(settings),
+        prefetch=settings.consumer_prefetch,
+        declare=app[DECLARES_TOPOLOGY],
+        publishers=app[PUBLISHERS],
+    )
