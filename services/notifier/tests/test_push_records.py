@@ -17,7 +17,8 @@ from paylane_common.storage.db import transaction
 from paylane_notifier.push_log import PushLog
 from paylane_order import console_data
 from services.notifier.tests.support import Listener, granted_for, insert_user, token_for
-from tests.support.events import new_out_trade_no, order_paid
+from tests.support.cloud_function import new_out_trade_no
+from tests.support.events import order_paid
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
