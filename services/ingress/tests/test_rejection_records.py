@@ -26,7 +26,7 @@ from paylane_common.storage.db import transaction
 from paylane_ingress.rejections import RejectionRecorder
 from paylane_order import console_data
 from paylane_order.rejections import RejectionRecords
-from services.ingress.tests.conftest import Notify, WechatKeys
+from services.ingress.tests.conftest import Notify, Signed, WechatKeys
 from services.ingress.tests.test_notify import NOTIFY, OTHER_APIV3_KEY, flip_one_byte
 from tests.support.polling import eventually
 
@@ -50,8 +50,13 @@ async def order_consumer(
     await publisher.close()
 
 
-async def _recorded(pool: aiomysql.Pool, event_id: str) -> dict[str, Any] | None:
-    """The row of the rejected notification ``event_id``, once written."""
+async def _rejected(
+    client: Client, pool: aiomysql.Pool, sent: Signed, status: int, event_id: str
+) -> dict[str, Any]:
+    """Send ``sent``, expect ``status``: the row of the rejected notification ``event_id``,
+    once written."""
+    response = await client.post(NOTIFY, data=sent.body, headers=sent.headers)
+    assert response.status == status
     row: dict[str, Any] | None = None
 
     async def written() -> bool:
@@ -67,7 +72,13 @@ async def _recorded(pool: aiomysql.Pool, event_id: str) -> dict[str, Any] | None
         return row is not None
 
     await eventually(written, what=f"the rejection of {event_id} recorded")
+    assert row is not None
     return row
+
+
+async def _on_the_health_page(pool: aiomysql.Pool, event_id: str) -> bool:
+    health = await console_data.health(pool, None)
+    return event_id in {r["event_id"] for r in health.rejections}
 
 
 async def test_a_notification_with_a_bad_signature_is_recorded_and_on_the_health_page(
@@ -79,11 +90,7 @@ async def test_a_notification_with_a_bad_signature_is_recorded_and_on_the_health
 ) -> None:
     sent = notification()
     forged = sent.changed(flip_one_byte(sent.body))
-    response = await client.post(NOTIFY, data=forged.body, headers=forged.headers)
-    assert response.status == 401
-
-    row = await _recorded(db_pool, sent.event_id)
-    assert row is not None
+    row = await _rejected(client, db_pool, forged, 401, sent.event_id)
     # The id and type as the (unsigned) body said them, the serial; nothing decrypted.
     assert {k: v for k, v in row.items() if k != "received_at"} == {
         "route": "wechatpay",
@@ -95,8 +102,7 @@ async def test_a_notification_with_a_bad_signature_is_recorded_and_on_the_health
         "transaction_id": None,
         "serial": wechat_keys.public_key_id,
     }
-    health = await console_data.health(db_pool, None)
-    assert sent.event_id in {r["event_id"] for r in health.rejections}
+    assert await _on_the_health_page(db_pool, sent.event_id)
 
 
 async def test_an_undecryptable_notification_of_a_known_order_is_recorded(
@@ -110,14 +116,9 @@ async def test_an_undecryptable_notification_of_a_known_order_is_recorded(
     names cannot be read, so it is on the health page, not in the order's timeline."""
     no = f"RR{uuid.uuid4().hex[:20]}"
     sent = notification(resource=transaction_resource(no), apiv3_key=OTHER_APIV3_KEY)
-    response = await client.post(NOTIFY, data=sent.body, headers=sent.headers)
-    assert response.status == 400
-
-    row = await _recorded(db_pool, sent.event_id)
-    assert row is not None
+    row = await _rejected(client, db_pool, sent, 400, sent.event_id)
     assert (row["reason"], row["status"], row["out_trade_no"]) == ("decrypt_failed", 400, None)
-    health = await console_data.health(db_pool, None)
-    assert sent.event_id in {r["event_id"] for r in health.rejections}
+    assert await _on_the_health_page(db_pool, sent.event_id)
 
 
 async def test_a_decrypted_but_invalid_notification_is_in_its_orders_timeline(
@@ -132,11 +133,7 @@ async def test_a_decrypted_but_invalid_notification_is_in_its_orders_timeline(
     no = f"RR{uuid.uuid4().hex[:20]}"
     resource = {k: v for k, v in transaction_resource(no).items() if k != "amount"}
     sent = notification(resource=resource)
-    response = await client.post(NOTIFY, data=sent.body, headers=sent.headers)
-    assert response.status == 400
-
-    row = await _recorded(db_pool, sent.event_id)
-    assert row is not None
+    row = await _rejected(client, db_pool, sent, 400, sent.event_id)
     assert (row["reason"], row["out_trade_no"]) == ("invalid_resource", no)
     assert row["transaction_id"] == sent.resource["transaction_id"]
     openid = sent.resource["payer"]["openid"]

@@ -22,7 +22,7 @@ from aiohttp import web
 from paylane_common.broker.topology import ORDER_REJECTIONS
 from paylane_common.contract.events import Envelope, NotificationRejected
 from paylane_common.delivery.consumer import Reject
-from paylane_common.runtime.service import DB_POOL, side_consumer
+from paylane_common.runtime.service import DB_POOL, consumer_of
 from paylane_common.runtime.settings import ConsumerSettings
 from paylane_common.storage.db import is_duplicate_key, transaction
 from paylane_common.web.health import READINESS_CHECKS
@@ -69,7 +69,7 @@ def use_rejection_records(app: web.Application, settings: ConsumerSettings) -> N
     after use_broker and use_mysql: it stops before they close)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        consumer = side_consumer(app, ORDER_REJECTIONS, RejectionRecords(app[DB_POOL]), settings)
+        consumer = consumer_of(app, ORDER_REJECTIONS, RejectionRecords(app[DB_POOL]), settings)
         app[READINESS_CHECKS]["rejections"] = consumer.check
         await consumer.start()
         yield

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from paylane_common.broker.queue_watch import QueueWatch
 from paylane_common.broker.topology import ORDER_WEBHOOKS
-from paylane_common.runtime.service import AMQP_CONNECTION, DB_POOL, side_consumer
+from paylane_common.runtime.service import AMQP_CONNECTION, DB_POOL, consumer_of
 from paylane_common.runtime.settings import ConsumerSettings
 from paylane_common.web.health import READINESS_CHECKS
 
@@ -29,7 +29,7 @@ def use_webhooks(app: web.Application, config: WebhookConfig, settings: Consumer
         await store.sync_config(config.urls)
         dispatcher = app[WEBHOOK_DISPATCHER] = WebhookDispatcher(store, config)
         ingest = WebhookIngest(store, dispatcher.wake)
-        consumer = side_consumer(app, ORDER_WEBHOOKS, ingest, settings)
+        consumer = consumer_of(app, ORDER_WEBHOOKS, ingest, settings)
         app[READINESS_CHECKS]["webhooks"] = consumer.check
         await consumer.start()
         if config.poll_s > 0:
