@@ -57,6 +57,11 @@ async def _rejected(
     once written."""
     response = await client.post(NOTIFY, data=sent.body, headers=sent.headers)
     assert response.status == status
+    return await _row(pool, "event_id", event_id)
+
+
+async def _row(pool: aiomysql.Pool, column: str, value: str) -> dict[str, Any]:
+    """The row of ``notifications_rejected`` whose ``column`` is ``value``, once written."""
     row: dict[str, Any] | None = None
 
     async def written() -> bool:
@@ -65,13 +70,13 @@ async def _rejected(
             await cur.execute(
                 "SELECT route, reason, status, event_id, event_type, out_trade_no,"
                 " transaction_id, serial, received_at FROM notifications_rejected"
-                " WHERE event_id = %s",
-                (event_id,),
+                f" WHERE {column} = %s",
+                (value,),
             )
             row = await cur.fetchone()
         return row is not None
 
-    await eventually(written, what=f"the rejection of {event_id} recorded")
+    await eventually(written, what=f"the rejection of {column} {value} recorded")
     assert row is not None
     return row
 
@@ -171,3 +176,20 @@ async def test_records_are_capped_per_second_and_the_rest_counted(
     assert _unrecorded("rate") == before + 1
     await recorder.drain()
     await publisher.close()
+
+
+async def test_a_malformed_cloudhosting_result_is_recorded_under_the_order_it_names(
+    client: Client, order_consumer: None, db_pool: aiomysql.Pool
+) -> None:
+    """``/notify/cloudhosting`` is unsigned: the order it names is recorded as said."""
+    no = f"RR{uuid.uuid4().hex[:20]}"
+    body = {"outTradeNo": no, "transactionId": "4200000000", "totalFee": True, "openid": "o-1"}
+    response = await client.post("/notify/cloudhosting", json=body)
+    assert response.status == 400
+    row = await _row(db_pool, "out_trade_no", no)
+    assert (row["route"], row["reason"], row["status"]) == (
+        "cloudhosting",
+        "cloudhosting_invalid",
+        400,
+    )
+    assert row["transaction_id"] == "4200000000" and "o-1" not in row.values()
