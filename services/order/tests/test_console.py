@@ -12,7 +12,8 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomysql
@@ -24,6 +25,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from paylane_common.broker.publisher import Publisher, envelope_message
 from paylane_common.broker.replay import REPLAYED_HEADER, list_dlq
 from paylane_common.broker.topology import ORDER_PAYMENTS, forward_exchange_of
+from paylane_common.contract.events import (
+    NOTIFICATION_REJECTED,
+    NotificationRejected,
+    make_event,
+)
 from paylane_common.delivery.consumer import (
     ATTEMPT_HEADER,
     FAILED_AT_HEADER,
@@ -33,10 +39,13 @@ from paylane_common.delivery.consumer import (
 from paylane_common.storage.db import transaction
 from paylane_common.wechatpay.testing import new_transaction_id, order_request
 from paylane_order import console
-from paylane_order.config import StatusQueryConfig
+from paylane_order.config import ReconcilerConfig, StatusQueryConfig
 from paylane_order.gate import Gate
 from paylane_order.operators import add_operator, hash_password, password_matches
 from paylane_order.payments import PaymentApplier
+from paylane_order.query_log import QueryLog
+from paylane_order.reconciler import Reconciler
+from paylane_order.rejections import RejectionRecords
 from paylane_order.review_grant import ReviewGrant
 from paylane_order.status_query import StatusQuery
 from paylane_order.webhooks.store import WebhookStore
@@ -63,11 +72,13 @@ async def fetch_all(pool: aiomysql.Pool, sql: str, *args: object) -> list[dict[s
 def _console(
     order_api: OrderApi, gate: Gate, connection: AbstractRobustConnection | None = None
 ) -> web.Application:
-    """The console mounted at /console, as on the admin listener, with a short lockout."""
+    """The console mounted at /console, as on the admin listener, with a short lockout;
+    its queries to WeChat Pay recorded, as the service's are."""
     pool = order_api.pool
     at_once = StatusQueryConfig(after_s=0, interval_s=0)
+    gate = replace(gate, queries=QueryLog(pool, gate.client))
     payments = PaymentApplier(pool, gate)
-    query = StatusQuery(pool, gate, payments, at_once)
+    query = StatusQuery(pool, gate, payments, at_once, "console")
     grant = ReviewGrant(gate, payments)
     backend = console.ConsoleBackend(pool, order_api.orders, query, grant, connection)
     root = web.Application()
@@ -829,3 +840,106 @@ async def test_replaying_dead_letters_takes_a_role_and_all_of_a_dlq_takes_an_adm
     assert audit["action"] == "replay_dlq" and audit["outcome"] == "done"
     assert audit["out_trade_no"] is None and audit["state_after"] == "dlq 0"
     assert audit["state_before"].startswith("dlq ") and audit["state_before"] != "dlq 0"
+
+
+# --- the records kept for the timeline (issue 30: migrations 0016, 0017) --------------------
+
+
+def _timeline(page: str) -> str:
+    return page[page.index('id="timeline"') :]
+
+
+async def test_every_query_to_wechatpay_is_in_the_timeline_with_who_asked(
+    served: Client, order_api: OrderApi, gate: Gate
+) -> None:
+    """The reconciler's query of the order and of its refund, a client's on-demand query
+    and an operator's re-query: each a row of wechatpay_queries, with WeChat Pay's answer
+    or its error code."""
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "support"))
+    no, _ = await basic_order(pool, amount=990, status="pending")
+    await order_api.orders._client.place("NATIVE", order_request("native", no))  # NOTPAY
+    out_refund_no = await add_refund(pool, no, "9.90", status="pending")
+    # Not in a pass (other tests' rows): the order and the refund as a pass settles them.
+    reconciler = Reconciler(pool, gate.client, None, ReconcilerConfig(), gate)  # type: ignore[arg-type]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    order = {"out_trade_no": no, "expires_at": now + timedelta(minutes=10), "created_at": now}
+    assert await reconciler.settle_order(order) == "still_pending"  # type: ignore[arg-type]
+    refund = {
+        "out_refund_no": out_refund_no,
+        "out_trade_no": no,
+        "amount_refund": 990,
+        "refund_id": None,
+        "created_at": now,
+    }
+    assert await reconciler.settle_refund(refund) == "refund_not_at_wechatpay_yet"  # type: ignore[arg-type]
+    recording = replace(gate, queries=QueryLog(pool, gate.client))
+    on_demand = StatusQuery(
+        pool, recording, PaymentApplier(pool, recording), StatusQueryConfig(after_s=0)
+    )
+    row = await order_api.orders.get(no)
+    assert row is not None and not await on_demand.settle(row)
+    status, page = await _act(served, no, "query", reason="customer says they paid")
+    assert status == 200 and "reports no payment" in page
+
+    asked = await fetch_all(
+        pool,
+        "SELECT kind, out_refund_no, source, answer, error FROM wechatpay_queries"
+        " WHERE out_trade_no = %s ORDER BY id",
+        no,
+    )
+    assert asked == [
+        {"kind": "order", "out_refund_no": None, "source": "reconciler", "answer": "NOTPAY",
+         "error": None},
+        {"kind": "refund", "out_refund_no": out_refund_no, "source": "reconciler",
+         "answer": None, "error": "RESOURCE_NOT_EXISTS"},
+        {"kind": "order", "out_refund_no": None, "source": "on_demand", "answer": "NOTPAY",
+         "error": None},
+        {"kind": "order", "out_refund_no": None, "source": "console", "answer": "NOTPAY",
+         "error": None},
+    ]  # fmt: skip
+    timeline = _timeline(page)
+    lines = re.findall(r'<td class="what">([^<]+)</td>', timeline)
+    assert lines.count("WeChat Pay order query: NOTPAY") == 3
+    assert "WeChat Pay refund query: error RESOURCE_NOT_EXISTS" in lines
+    for source in ("reconciler", "on_demand", "console"):
+        assert f"source={source}" in timeline
+
+
+def _rejected(no: str | None, reason: str, status: int) -> NotificationRejected:
+    return NotificationRejected(
+        route="wechatpay",
+        reason=reason,
+        status=status,
+        event_id=f"EV-{uuid.uuid4().hex[:12]}",
+        event_type="TRANSACTION.SUCCESS",
+        out_trade_no=no,
+        serial="PUB_KEY_ID_0114232134912410000000000000",
+        received_at=datetime.now(UTC),
+    )
+
+
+async def test_rejected_notifications_are_in_the_timeline_and_on_the_health_page(
+    served: Client, order_api: OrderApi
+) -> None:
+    """The order service's side of ``notification.rejected`` (ingress's side:
+    services/ingress/tests/test_rejection_records.py): a record naming the order is in its
+    timeline, one naming none only on the health page; a redelivery writes nothing."""
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "viewer"))
+    no, _ = await basic_order(pool, status="paid")
+    records = RejectionRecords(pool)
+    named = make_event(NOTIFICATION_REJECTED, _rejected(no, "invalid_resource", 400))
+    unnamed = make_event(NOTIFICATION_REJECTED, _rejected(None, "bad_signature", 401))
+    assert await records(named, named.typed_data()) == "recorded"
+    assert await records(named, named.typed_data()) == "duplicate"
+    assert await records(unnamed, unnamed.typed_data()) == "recorded"
+
+    _, page = await _page(served, f"/console/orders/{no}")
+    timeline = _timeline(page)
+    assert "notification rejected: invalid_resource" in timeline
+    assert "answered=400" in timeline and "bad_signature" not in timeline
+    _, health = await _page(served, "/console/health")
+    rejections = health[health.index('id="rejections"') :]
+    assert unnamed.data["event_id"] in rejections and "bad_signature" in rejections
+    assert f'href="/console/orders/{no}"' in rejections

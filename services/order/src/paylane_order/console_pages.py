@@ -39,6 +39,13 @@ code{font-size:12px}
 """
 
 
+def _order_link(out_trade_no: str | None) -> str:
+    """A link to the order's page; nothing for a row that names no order."""
+    if not out_trade_no:
+        return ""
+    return f'<a href="/console/orders/{_t(out_trade_no)}">{_t(out_trade_no)}</a>'
+
+
 def _t(value: Any) -> str:
     if value is None:
         return ""
@@ -376,11 +383,7 @@ def health_page(session: Session, health: Health) -> str:
     )
     diffs = "".join(
         f"<tr><td>{_t(d['created_at'])}</td><td>"
-        + (
-            f'<a href="/console/orders/{_t(d["out_trade_no"])}">{_t(d["out_trade_no"])}</a>'
-            if d["out_trade_no"]
-            else ""
-        )
+        + _order_link(d["out_trade_no"])
         + f"</td><td>{_t(d['out_refund_no'])}</td><td><code>{_t(d['detail'])}</code></td></tr>"
         for d in health.differences
     )
@@ -389,6 +392,13 @@ def health_page(session: Session, health: Health) -> str:
         f"<td>{_t(e['disabled_reason'])}</td><td>{_t(e['failing_since'])}</td>"
         f"<td>{_t(e['failed'])}</td></tr>"
         for e in health.failing_endpoints
+    )
+    rejected = "".join(
+        f"<tr><td>{_t(r['received_at'])}</td><td>{_t(r['reason'])}</td><td>{_t(r['status'])}</td>"
+        f"<td>{_t(r['route'])}</td><td>"
+        + _order_link(r["out_trade_no"])
+        + f"</td><td>{_t(r['event_id'])}</td><td>{_t(r['serial'])}</td></tr>"
+        for r in health.rejections
     )
     body = (
         '<section><h2>Queues</h2><table id="queues"><tr><th>queue</th><th>messages</th>'
@@ -413,6 +423,14 @@ def health_page(session: Session, health: Health) -> str:
             if endpoints
             else '<p id="failing-endpoints">None.</p>'
         )
+        + "</section><section><h2>Notifications rejected lately (UTC)</h2>"
+        + (
+            '<table id="rejections"><tr><th>received</th><th>reason</th><th>answered</th>'
+            "<th>route</th><th>order</th><th>notification id</th><th>serial</th></tr>"
+            f"{rejected}</table>"
+            if rejected
+            else '<p id="rejections">None.</p>'
+        )
         + "</section>"
     )
     return layout("Health", body, session)
@@ -422,11 +440,7 @@ def audit_page(session: Session, rows: list[dict[str, Any]]) -> str:
     lines = "".join(
         f"<tr><td>{_t(r['created_at'])}</td><td>{_t(r['operator'])}</td><td>{_t(r['role'])}</td>"
         f"<td>{_t(r['action'])}</td><td>"
-        + (
-            f'<a href="/console/orders/{_t(r["out_trade_no"])}">{_t(r["out_trade_no"])}</a>'
-            if r["out_trade_no"]
-            else ""
-        )
+        + _order_link(r["out_trade_no"])
         + f"</td><td>{_t(r['reason'])}</td><td>{_t(r['state_before'])}</td>"
         f"<td>{_t(r['state_after'])}</td><td>{_t(r['outcome'])}</td><td>{_t(r['detail'])}</td></tr>"
         for r in rows

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypedDict
 
+import aiomysql
 import structlog
 from pydantic import ValidationError
 
@@ -59,6 +60,7 @@ from . import metrics
 from .business import is_business
 from .catalog_prices import PricePeriod, prices_at
 from .config import MerchantConfig, OrderConfig
+from .query_log import QueryLog, Source
 
 log = structlog.get_logger(__name__)
 
@@ -98,10 +100,15 @@ class Gate:
     client: WechatPayClient
     #: Decrypts notifications; "": every payment is confirmed by a query.
     apiv3_key: str
+    #: Records each query (the console's timeline); None: asked, not recorded.
+    queries: QueryLog | None = None
 
     @classmethod
-    def of(cls, config: OrderConfig, client: WechatPayClient) -> Gate:
-        return cls(config.merchant, config.catalog, client, config.apiv3_key)
+    def of(
+        cls, config: OrderConfig, client: WechatPayClient, pool: aiomysql.Pool | None = None
+    ) -> Gate:
+        queries = QueryLog(pool, client) if pool is not None else None
+        return cls(config.merchant, config.catalog, client, config.apiv3_key, queries)
 
     def from_notification(self, claim: PaymentSucceeded) -> PaymentSucceeded | None:
         """The payment as the notification the event carries states it, if that
@@ -153,12 +160,16 @@ class Gate:
         *,
         any_transaction: bool = False,
         states: tuple[str, ...] = PAID_STATES,
+        source: Source = "payment_check",
     ) -> PaymentSucceeded:
         """WeChat Pay's answer for the order: paid (SUCCESS or REFUND; ``states``) with the
         claim's transaction (any, with ``any_transaction``: a row another writer marked
-        paid without one)."""
+        paid without one). ``source``: who asks, as the query's record says."""
         try:
-            tx = await self.client.query_by_out_trade_no(claim.out_trade_no)
+            if self.queries is not None:
+                tx = await self.queries.order(claim.out_trade_no, source)
+            else:
+                tx = await self.client.query_by_out_trade_no(claim.out_trade_no)
         except WechatPayApiError as exc:
             if exc.code == "ORDER_NOT_EXIST":
                 raise Unconfirmed(

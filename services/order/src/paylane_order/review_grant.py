@@ -63,7 +63,9 @@ class ReviewGrant:
             )
         claim = PaymentSucceeded(out_trade_no=no, transaction_id="-", source="query")
         try:
-            paid = await self.gate.from_query(claim, any_transaction=True, states=GRANT_STATES)
+            paid = await self.gate.from_query(
+                claim, any_transaction=True, states=GRANT_STATES, source="console"
+            )
         except Unconfirmed as exc:
             raise Conflict(f"{exc}: nothing is granted") from None
         except Retry as exc:
