@@ -109,6 +109,13 @@ GRANT SELECT, INSERT (`out_trade_no`, `transaction_id`, `openid`, `item_desc`,
     `last_errmsg`, `failed_reason`)
   ON `{database}`.`paylane_shipping` TO '{order_user}'@'%';
 GRANT SELECT, INSERT, UPDATE ON `{database}`.`paylane_wechat_tokens` TO '{order_user}'@'%';
+-- The console's records (migrations 0016, 0017): the rejected notifications ingress
+-- publishes (written once, INSERT IGNORE by record id), every query to WeChat Pay, both
+-- appended; the notifier's pushes, read. All three read by the timeline and pruned after
+-- RETENTION_DAYS under retention's lease 'paylane.records' (granted above), never updated.
+GRANT SELECT, INSERT, DELETE ON `{database}`.`notifications_rejected` TO '{order_user}'@'%';
+GRANT SELECT, INSERT, DELETE ON `{database}`.`wechatpay_queries` TO '{order_user}'@'%';
+GRANT SELECT, DELETE ON `{database}`.`notifier_pushes` TO '{order_user}'@'%';
 
 -- entitlement (the order.paid / order.refunded consumer): a user's plan and regenerations
 -- (those two columns only, read by id: nothing of a user's personal details) and its
@@ -132,11 +139,13 @@ GRANT SELECT, UPDATE (`holder`, `expires_at`) ON `{database}`.`paylane_retention
 GRANT LOCK TABLES ON `{database}`.* TO '{order_user}'@'%';
 
 -- notifier (internet-facing WebSocket/SSE): reads the state snapshot sent on connect,
--- writes nothing. Compromised, it cannot change a plan, an order or a refund, nor read a
--- user's personal details or a payer's openid.
+-- and appends its pushes to notifier_pushes (INSERT only: it reads back nothing of them).
+-- Compromised, it cannot change a plan, an order or a refund, nor read a user's personal
+-- details or a payer's openid.
 GRANT SELECT (`id`, `out_trade_no`, `user_id`, `generation_id`, `package_type`, `amount`,
     `amount_total`, `amount_refunded`, `status`, `paid_at`, `closed_at`, `refunded_at`,
     `created_at`, `updated_at`)
   ON `{database}`.`payment_orders` TO '{notifier_user}'@'%';
 GRANT SELECT (`id`, `payment_status`, `regenerate_count`, `updated_at`)
   ON `{database}`.`users` TO '{notifier_user}'@'%';
+GRANT INSERT ON `{database}`.`notifier_pushes` TO '{notifier_user}'@'%';

@@ -1,5 +1,5 @@
 """``paylane replay dlq|log|outbox`` and ``paylane dlq list`` (docs/commands.md): the operator's
-side of :mod:`paylane.replay`. ``log`` replays what came from outside (the stream),
+side of :mod:`paylane_common.broker.replay`. ``log`` replays what came from outside (the stream),
 ``outbox`` what paylane derived (``order.*``, ``entitlement.*``, from MySQL).
 
 Progress goes to stderr, tables and JSON to stdout. Exit code 0 when everything moved (or
@@ -30,7 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from paylane.replay import (
+from paylane_common.broker.replay import (
     DeadLetter,
     ReplayError,
     ReplaySummary,

@@ -229,7 +229,8 @@ def test_compose_secrets_script_keeps_files_and_adds_the_broker_user(secrets_dir
 def test_committed_broker_permissions_are_least_privilege() -> None:
     """One user per service; each may configure only queues of its own (notifier its
     notifier.* queues, order and entitlement their <service>.signals.* queues, pressure.py);
-    ingress publishes payment.* / refund.* and nothing else on the exchange."""
+    ingress publishes payment.* / refund.*, order.created and its records of rejected
+    notifications (notification.rejected), nothing else on the exchange."""
     permissions = {p["user"]: p for p in PERMISSIONS["permissions"]}
     topics = {p["user"]: p for p in PERMISSIONS["topic_permissions"]}
     assert set(permissions) == set(topics) == {f"paylane-{name}" for name in SERVICES}
@@ -247,6 +248,7 @@ def test_committed_broker_permissions_are_least_privilege() -> None:
         assert not re.match(configure, topology.ORDER_PAYMENTS.name), user
         assert not re.match(configure, topology.ENTITLEMENT_ORDERS.name), user
         assert not re.match(configure, topology.ORDER_WEBHOOKS.name), user
+        assert not re.match(configure, topology.ORDER_REJECTIONS.name), user
         assert not re.match(configure, topology.SIGNALS_EXCHANGE), user
     writes = permissions["paylane-ingress"]["write"]
     assert {
@@ -267,12 +269,14 @@ def test_committed_broker_permissions_are_least_privilege() -> None:
         "paylane-order": {
             topology.ORDER_PAYMENTS.forward_exchange,
             topology.ORDER_WEBHOOKS.forward_exchange,
+            topology.ORDER_REJECTIONS.forward_exchange,
         },
         "paylane-entitlement": {topology.ENTITLEMENT_ORDERS.forward_exchange},
         "paylane-notifier": set(),
     }
     ingress = topics["paylane-ingress"]["write"]
     assert re.match(ingress, "payment.succeeded") and re.match(ingress, "refund.abnormal")
+    assert re.match(ingress, "notification.rejected")  # records for the console (issue 30)
     for key in ("order.paid", "order.refunded", "entitlement.granted", "payment"):
         assert not re.match(ingress, key), key
     assert permissions["paylane-ingress"]["read"] == "^$"

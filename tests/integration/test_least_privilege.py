@@ -34,10 +34,10 @@ from aiormq.exceptions import ChannelAccessRefused
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
-from paylane.replay import replay_dlq
 from paylane_common.broker import amqp
 from paylane_common.broker.identities import ORIGINAL_USER_HEADER, Publishers, connection_user
 from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.replay import ReplayError, list_dlq, replay_dlq
 from paylane_common.broker.topology import (
     ENTITLEMENT_ORDERS,
     EXCHANGE,
@@ -48,17 +48,34 @@ from paylane_common.broker.topology import (
     declare_exchange,
     declare_topology,
     existing_queue,
+    forward_exchange_of,
 )
 from paylane_common.contract import events
 from paylane_common.contract.catalog import DEFAULT_CATALOG
-from paylane_common.contract.events import OrderCreated, PaymentSucceeded, make_event
+from paylane_common.contract.events import (
+    NotificationRejected,
+    OrderCreated,
+    PaymentSucceeded,
+    make_event,
+)
 from paylane_common.contract.tokens import TokenSigner
-from paylane_common.delivery.consumer import REASON_HEADER, Reject, Retry, RetryPolicy
-from paylane_common.delivery.retention import RetentionPruner
+from paylane_common.delivery.consumer import (
+    ORIGIN_HEADER,
+    REASON_HEADER,
+    Reject,
+    Retry,
+    RetryPolicy,
+)
+from paylane_common.delivery.retention import (
+    RECORD_TABLES,
+    RECORDS_LOCK_NAME,
+    RetentionPruner,
+)
 from paylane_common.runtime.exceptions import ConfigError, PublishError
 from paylane_common.runtime.outages import Dependency
 from paylane_common.storage import db
 from paylane_common.storage.db import transaction
+from paylane_common.wechatpay import WechatPayError
 from paylane_common.wechatpay.cloudhosting import CloudHostingClient, CloudHostingTarget
 from paylane_common.wechatpay.testing import (
     APPID,
@@ -68,8 +85,9 @@ from paylane_common.wechatpay.testing import (
     new_transaction_id,
     order_request,
 )
+from paylane_notifier.push_log import PushLog
 from paylane_notifier.snapshot import load_snapshot
-from paylane_order import console_data, operators
+from paylane_order import console_data, console_dlq, console_records, operators
 from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.bills import BillReconciler, Difference
 from paylane_order.business import BusinessTerms, business_package
@@ -84,9 +102,11 @@ from paylane_order.gate import Gate
 from paylane_order.order_list import OrderFilters, OrderList, page
 from paylane_order.orders import NewOrder, Orders
 from paylane_order.payments import PaymentApplier
+from paylane_order.query_log import QueryLog
 from paylane_order.reconciler import Reconciler
 from paylane_order.refund_requests import _note_reason
 from paylane_order.refunds import RefundApplier
+from paylane_order.rejections import RejectionRecords
 from paylane_order.sessions import Sessions
 from paylane_order.shipping import AccessTokens, ShippingQueue, ShippingUploader, WechatApi
 from paylane_order.status_query import StatusQuery
@@ -103,7 +123,7 @@ from tests.support.events import (
 )
 from tests.support.infra import Infra, unique_name
 from tests.support.observed import Observed
-from tests.support.polling import eventually
+from tests.support.polling import eventually, handed_back, ready_messages
 from tests.support.queries import fetch_one, order_status
 from tests.support.sandbox import running_sandbox, sandbox_settings
 from tests.support.seeding import add_order, add_orders, add_user, ago, from_now
@@ -307,6 +327,8 @@ async def test_ingress_user_publishes_payment_events_but_never_order_paid(
         ),
         ("entitlement", ["entitlement.granted", "entitlement.revoked"], "fulfilment.succeeded"),
         ("notifier", [], "order.paid"),
+        # Its records of rejected notifications (issue 30), nothing of the order's.
+        ("ingress", [events.NOTIFICATION_REJECTED], "order.failed"),
     ],
 )
 async def test_each_user_publishes_only_its_own_events(
@@ -500,6 +522,41 @@ async def test_entitlement_takes_order_events_from_order_only_and_forwards_under
         await order.close()
         await entitlement.close()
         await (await channel.get_queue(spec.dlq, ensure=False)).purge()
+        await channel.close()
+
+
+async def test_order_user_lists_and_replays_its_own_dlqs_for_the_console_and_no_other(
+    broker_users: dict[str, str],
+    topology: None,
+    amqp_connection: AbstractRobustConnection,
+    publisher: Publisher,
+) -> None:
+    """The console's dead letters (paylane_order.console_dlq) under the order service's
+    committed permissions: it reads ``order.payments.dlq`` and replays a letter through
+    ``order.payments.forward``, and may not read ``entitlement.orders.dlq``."""
+    parked = await ready_messages(amqp_connection, ORDER_PAYMENTS.dlq)
+    letter = payment_succeeded(f"LP{uuid.uuid4().hex[:20]}", 990).envelope
+    headers = {REASON_HEADER: "unknown out_trade_no", ORIGIN_HEADER: ORDER_PAYMENTS.name}
+    for dlq in (ORDER_PAYMENTS.dlq, ENTITLEMENT_ORDERS.dlq):
+        message = envelope_message(letter, headers)
+        await publisher.publish_to_queue(dlq, message, exchange=forward_exchange_of(dlq))
+    order = await amqp.connect(broker_users["order"], "test-order-console")
+    try:
+        views = {v.name: v for v in await console_dlq.dlqs(order, {})}
+        mine = views[ORDER_PAYMENTS.dlq]
+        assert mine.error is None and mine.letters is not None
+        assert letter.event_id in {x.message_id for x in mine.letters}
+        assert views[ENTITLEMENT_ORDERS.dlq].letters is None  # not read: not ours
+        await handed_back(amqp_connection, ORDER_PAYMENTS.dlq, parked + 1)
+        moved = (await console_dlq.replay(order, ORDER_PAYMENTS.dlq, letter.event_id)).detail
+        assert moved.endswith("1 dead letter(s) replayed from order.payments.dlq")
+        with pytest.raises(ReplayError, match="ACCESS_REFUSED"):
+            await list_dlq(order, ENTITLEMENT_ORDERS.dlq)
+    finally:
+        await order.close()
+        channel = await amqp_connection.channel()
+        for dlq in (ORDER_PAYMENTS.dlq, ENTITLEMENT_ORDERS.dlq):
+            await (await channel.get_queue(dlq, ensure=False)).purge()
         await channel.close()
 
 
@@ -1078,8 +1135,10 @@ def test_only_the_order_user_takes_the_reconciler_and_bills_leases(
             "UPDATE paylane_locks SET holder = 'entitlement'",
             "SELECT holder FROM paylane_locks",
         )
-        cur.execute("SELECT name FROM paylane_retention_lock")
-        assert cur.fetchall() == (("paylane.retention",),)
+        # Also the console records' lease (migration 0016), which it never runs: the
+        # records' DELETE is the order user's alone (the records test below).
+        cur.execute("SELECT name FROM paylane_retention_lock ORDER BY name")
+        assert cur.fetchall() == (("paylane.records",), ("paylane.retention",))
         cur.execute("UPDATE paylane_retention_lock SET expires_at = expires_at")
     with _connect(service_mysql_urls["order"]) as cur:
         _assert_denied(
@@ -1386,3 +1445,71 @@ async def test_order_user_runs_the_operators_console_and_only_appends_to_its_aud
                 "SELECT * FROM paylane_operator_sessions",
                 "SELECT * FROM paylane_operator_audit",
             )
+
+
+async def test_the_consoles_records_are_written_read_and_pruned_under_each_users_grants(
+    service_mysql_urls: dict[str, str], db_pool: aiomysql.Pool
+) -> None:
+    """Issue 30's records (migrations 0016, 0017): the notifier appends its pushes and
+    reads nothing of them; the order service writes rejection records and query records,
+    reads all three for the timeline and prunes them under its lease of its own, which
+    entitlement, pruning the inbox and outbox, may not."""
+    no = f"LPR{uuid.uuid4().hex[:20]}"
+    async with _pool(service_mysql_urls["notifier"]) as pool:
+        push_log = PushLog(pool)
+        push_log.add(no, "order.paid", "ws", 1)
+        assert await push_log.flush() == 1
+    with _connect(service_mysql_urls["notifier"]) as cur:
+        _assert_denied(
+            cur,
+            TABLE_DENIED,
+            "SELECT * FROM notifier_pushes",
+            "DELETE FROM notifier_pushes",
+            "SELECT * FROM wechatpay_queries",
+            "INSERT INTO notifications_rejected (record_id) VALUES ('x')",
+        )
+    rejected = NotificationRejected(
+        route="wechatpay",
+        reason="invalid_resource",
+        status=400,
+        out_trade_no=no,
+        received_at=datetime.now(UTC),
+    )
+    envelope = make_event(events.NOTIFICATION_REJECTED, rejected)
+    async with _pool(service_mysql_urls["order"]) as pool:
+        assert await RejectionRecords(pool)(envelope, rejected) == "recorded"
+        async with aiohttp.ClientSession() as http:
+            nowhere = QueryLog(pool, KIT.merchant_client("http://127.0.0.1:9", http))
+            with pytest.raises(WechatPayError):
+                await nowhere.order(no, "console")  # the error recorded
+        origins = {origin for _, _, origin, _ in await console_records.of_order(pool, no)}
+        assert origins == {"ingress", "query", "push"}
+        assert await console_records.recent_rejections(pool)
+    async with transaction(db_pool) as cur:
+        for table, column in (
+            ("notifications_rejected", "received_at"),
+            ("wechatpay_queries", "asked_at"),
+            ("notifier_pushes", "pushed_at"),
+        ):
+            await cur.execute(
+                f"UPDATE {table} SET {column} = NOW(6) - INTERVAL 30 DAY WHERE out_trade_no = %s",
+                (no,),
+            )
+    for service in ("entitlement", "order"):
+        async with _pool(service_mysql_urls[service]) as pool:
+            pruner = RetentionPruner(
+                pool,
+                retention_days=7,
+                interval_s=3600,
+                tables=RECORD_TABLES,
+                lock_name=RECORDS_LOCK_NAME,
+            )
+            if service == "entitlement":
+                with pytest.raises(pymysql.err.OperationalError) as raised:
+                    await pruner.prune_once()
+                assert raised.value.args[0] == TABLE_DENIED
+                continue
+            pruned = await pruner.prune_once()
+    assert all(pruned[table] >= 1 for table in pruned), pruned
+    async with _pool(service_mysql_urls["order"]) as pool:
+        assert await console_records.of_order(pool, no) == []

@@ -27,7 +27,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from paylane.replay import (
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.replay import (
     REPLAYED_FROM_HEADER,
     REPLAYED_HEADER,
     REPLAYED_REASON_HEADER,
@@ -39,7 +40,6 @@ from paylane.replay import (
     replay_log,
     replay_outbox,
 )
-from paylane_common.broker.publisher import Publisher, envelope_message
 from paylane_common.broker.topology import (
     LEGACY_LOG_KEY,
     LOG_KEYS,

@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from aio_pika.abc import AbstractRobustConnection
+
 T = TypeVar("T")
 
 
@@ -60,3 +62,25 @@ async def retrying(
             if recover is not None:
                 await recover()
             await asyncio.sleep(interval)
+
+
+async def ready_messages(connection: AbstractRobustConnection, queue: str) -> int:
+    """``queue``'s ready messages as the broker counts them now (a passive declaration)."""
+    channel = await connection.channel()
+    try:
+        underlay = await channel.get_underlay_channel()
+        declared = await underlay.queue_declare(queue, passive=True)
+        return int(declared.message_count or 0)
+    finally:
+        await channel.close()
+
+
+async def handed_back(connection: AbstractRobustConnection, queue: str, count: int) -> None:
+    """Until ``queue`` holds ``count`` ready messages: a DLQ that was looked at (its
+    messages fetched unacked, handed back by closing the channel) is whole again only
+    once the broker has put them back, after the channel closed."""
+
+    async def whole() -> bool:
+        return await ready_messages(connection, queue) == count
+
+    await eventually(whole, what=f"{queue}'s {count} messages ready again")

@@ -12,24 +12,47 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomysql
 import pytest
+from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from paylane_common.broker.publisher import Publisher, envelope_message
+from paylane_common.broker.replay import REPLAYED_HEADER, list_dlq
+from paylane_common.broker.topology import ORDER_PAYMENTS, forward_exchange_of
+from paylane_common.contract.events import (
+    NOTIFICATION_REJECTED,
+    NotificationRejected,
+    make_event,
+)
+from paylane_common.delivery.consumer import (
+    ATTEMPT_HEADER,
+    FAILED_AT_HEADER,
+    ORIGIN_HEADER,
+    REASON_HEADER,
+)
 from paylane_common.storage.db import transaction
-from paylane_common.wechatpay.testing import order_request
+from paylane_common.wechatpay.testing import new_transaction_id, order_request
 from paylane_order import console
-from paylane_order.config import StatusQueryConfig
+from paylane_order.config import ReconcilerConfig, StatusQueryConfig
 from paylane_order.gate import Gate
 from paylane_order.operators import add_operator, hash_password, password_matches
 from paylane_order.payments import PaymentApplier
+from paylane_order.query_log import QueryLog
+from paylane_order.reconciler import Reconciler
+from paylane_order.rejections import RejectionRecords
+from paylane_order.review_grant import ReviewGrant
 from paylane_order.status_query import StatusQuery
 from paylane_order.webhooks.store import WebhookStore
 from services.order.tests.support import OrderApi, basic_order
-from tests.support.queries import fetch_one
+from tests.support.events import payment_succeeded
+from tests.support.polling import handed_back, ready_messages
+from tests.support.queries import fetch_one, order_status
 from tests.support.seeding import add_order, add_refund
 
 pytestmark = pytest.mark.integration
@@ -46,19 +69,29 @@ async def fetch_all(pool: aiomysql.Pool, sql: str, *args: object) -> list[dict[s
         return list(await cur.fetchall())
 
 
-@pytest.fixture
-async def served(order_api: OrderApi, gate: Gate) -> AsyncIterator[Client]:
-    """The console mounted at /console, as on the admin listener, with a short lockout."""
+def _console(
+    order_api: OrderApi, gate: Gate, connection: AbstractRobustConnection | None = None
+) -> web.Application:
+    """The console mounted at /console, as on the admin listener, with a short lockout;
+    its queries to WeChat Pay recorded, as the service's are."""
     pool = order_api.pool
     at_once = StatusQueryConfig(after_s=0, interval_s=0)
-    query = StatusQuery(pool, gate, PaymentApplier(pool, gate), at_once)
-    backend = console.ConsoleBackend(pool, order_api.orders, query)
+    gate = replace(gate, queries=QueryLog(pool, gate.client))
+    payments = PaymentApplier(pool, gate)
+    query = StatusQuery(pool, gate, payments, at_once, "console")
+    grant = ReviewGrant(gate, payments)
+    backend = console.ConsoleBackend(pool, order_api.orders, query, grant, connection)
     root = web.Application()
     root.add_subapp(
         console.PREFIX,
         console.console_app(lambda: backend, console.ConsoleOptions(lockout_after=3)),
     )
-    async with TestClient(TestServer(root)) as client:
+    return root
+
+
+@pytest.fixture
+async def served(order_api: OrderApi, gate: Gate) -> AsyncIterator[Client]:
+    async with TestClient(TestServer(_console(order_api, gate))) as client:
         yield client
 
 
@@ -422,6 +455,120 @@ async def test_a_needs_review_order_is_resolved_by_a_refund(
     assert audit == {"state_before": "needs_review", "outcome": "done"}
 
 
+async def _under_review(pool: aiomysql.Pool) -> str:
+    """A 9.90 basic order in ``needs_review`` that was never announced paid."""
+    no, _ = await basic_order(pool, amount=990, status="needs_review")
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "UPDATE payment_orders SET review_reason = 'amount 990 is not a price of basic'"
+            " WHERE out_trade_no = %s",
+            (no,),
+        )
+    return no
+
+
+async def _order_paid_events(pool: aiomysql.Pool, no: str) -> int:
+    row = await fetch_one(
+        pool,
+        "SELECT COUNT(*) AS n FROM outbox WHERE routing_key = 'order.paid' AND payload LIKE %s",
+        f'%"out_trade_no":"{no}"%',
+    )
+    return int(row["n"])
+
+
+async def _audit_rows(pool: aiomysql.Pool, no: str) -> list[dict[str, Any]]:
+    return await fetch_all(
+        pool,
+        "SELECT operator, action, state_before, state_after, outcome, detail"
+        " FROM paylane_operator_audit WHERE out_trade_no = %s ORDER BY id",
+        no,
+    )
+
+
+async def test_a_needs_review_order_is_granted_on_wechatpays_success(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    name = await _operator(pool, "support")
+    await _sign_in(served, name)
+    no = await _under_review(pool)
+    await _paid_at_wechat(order_api, no)
+    _, page = await _page(served, f"/console/orders/{no}")
+    assert 'id="grant"' in page
+    status, page = await _act(served, no, "grant", reason="price change, customer paid")
+    assert status == 200, page
+    assert "WeChat Pay says 9.90 yuan was paid" in page and "order&#x27;s 9.90 yuan" in page
+    order = await fetch_one(
+        pool,
+        "SELECT status, transaction_id, paid_event_at IS NOT NULL AS announced"
+        " FROM payment_orders WHERE out_trade_no = %s",
+        no,
+    )
+    assert order["status"] == "paid" and order["announced"] == 1 and order["transaction_id"]
+    # The one way every payment goes: one order.paid staged, a payment_logs row that
+    # names the operator, the operator's audit row.
+    assert await _order_paid_events(pool, no) == 1
+    logged = await fetch_one(
+        pool,
+        "SELECT kind, source, transaction_id, detail FROM payment_logs"
+        " WHERE out_trade_no = %s AND type = 'payment_callback'",
+        no,
+    )
+    assert logged == {
+        "kind": "paid",
+        "source": "query",
+        "transaction_id": order["transaction_id"],
+        "detail": f"granted by operator {name}: price change, customer paid",
+    }
+    [audit] = await _audit_rows(pool, no)
+    assert audit["action"] == "grant" and audit["outcome"] == "done"
+    assert (audit["state_before"], audit["state_after"]) == ("needs_review", "paid")
+    # Granted once: a second grant is refused and stages nothing.
+    status, page = await _act(served, no, "grant", reason="clicked twice")
+    assert status == 409 and "only a needs_review order is granted" in page
+    assert await _order_paid_events(pool, no) == 1
+
+
+async def test_a_grant_wechatpay_does_not_stand_behind_is_refused_and_audited(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "admin"))
+    unpaid = await _under_review(pool)
+    await order_api.orders._client.place("NATIVE", order_request("native", unpaid))
+    status, page = await _act(served, unpaid, "grant", reason="customer says they paid")
+    assert status == 409 and "trade_state NOTPAY: nothing is granted" in page
+    short = await _under_review(pool)
+    await order_api.orders._client.place("NATIVE", order_request("native", short))
+    path = f"/sandbox/orders/{short}/pay"
+    await order_api.sandbox.ok("POST", path, {"notify": False, "amount": 500})
+    status, page = await _act(served, short, "grant", reason="customer says they paid")
+    says = "WeChat Pay says 5.00 yuan was paid, less than the order&#x27;s 9.90 yuan"
+    assert status == 409 and says in page
+    for no, detail in (
+        (unpaid, "WeChat Pay does not confirm the payment: trade_state NOTPAY"),
+        (short, "WeChat Pay says 5.00 yuan was paid, less than the order's 9.90 yuan"),
+    ):
+        [audit] = await _audit_rows(pool, no)
+        assert audit["outcome"] == "refused" and audit["detail"].startswith(detail)
+        assert (audit["state_before"], audit["state_after"]) == ("needs_review", "needs_review")
+        assert await _order_paid_events(pool, no) == 0
+        # The transaction rolled back: no inbox row, no payment_logs row.
+        assert not await fetch_all(pool, "SELECT 1 FROM payment_logs WHERE out_trade_no = %s", no)
+
+
+async def test_a_viewer_may_not_grant(served: Client, order_api: OrderApi) -> None:
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "viewer"))
+    no = await _under_review(pool)
+    _, page = await _page(served, f"/console/orders/{no}")
+    assert 'id="grant"' not in page
+    status, _ = await _act(served, no, "grant", reason="a viewer tries")
+    assert status == 403
+    assert not await _audit_rows(pool, no)
+    assert await order_status(pool, no) == "needs_review"
+
+
 async def test_asking_wechatpay_applies_a_payment_it_reports(
     served: Client, order_api: OrderApi
 ) -> None:
@@ -534,3 +681,265 @@ async def test_a_webhook_delivery_of_the_order_is_shown_and_resent(
     assert row == {"status": "pending", "step": 0}
     _, health = await _page(served, "/console/health")
     assert f'<tr data-endpoint="{endpoint}">' in health
+
+
+# --- dead letters -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def broker_served(
+    order_api: OrderApi, gate: Gate, amqp_connection: AbstractRobustConnection
+) -> AsyncIterator[tuple[Client, Publisher]]:
+    """The console with the order service's broker connection (the session's vhost, the
+    topology declared), and a publisher that parks dead letters as the consumer does."""
+    root = _console(order_api, gate, amqp_connection)
+    publisher = await Publisher.open(amqp_connection)
+    async with TestClient(TestServer(root)) as client:
+        yield client, publisher
+    await publisher.close()
+
+
+async def _dead_letter(publisher: Publisher, no: str) -> str:
+    """A payment of ``no`` in ``order.payments.dlq``, as the consumer parks one; its id."""
+    envelope = payment_succeeded(no, 990, new_transaction_id()).envelope
+    headers = {
+        REASON_HEADER: f"unknown out_trade_no {no}",
+        ORIGIN_HEADER: ORDER_PAYMENTS.name,
+        ATTEMPT_HEADER: 3,
+        FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
+    }
+    await publisher.publish_to_queue(
+        ORDER_PAYMENTS.dlq,
+        envelope_message(envelope, headers),
+        exchange=forward_exchange_of(ORDER_PAYMENTS.dlq),
+    )
+    return envelope.event_id
+
+
+async def _taken_from(connection: AbstractRobustConnection, queue: str, message_id: str) -> Any:
+    """The message ``message_id`` from ``queue`` (acked), or None; the others go back."""
+    channel = await connection.channel()
+    try:
+        source = await channel.get_queue(queue, ensure=False)
+        while (message := await source.get(no_ack=False, fail=False)) is not None:
+            if message.message_id == message_id:
+                await message.ack()
+                return message
+        return None
+    finally:
+        await channel.close()
+
+
+async def _in_dlq(connection: AbstractRobustConnection, message_id: str) -> bool:
+    letters = await list_dlq(connection, ORDER_PAYMENTS.dlq)
+    return any(letter.message_id == message_id for letter in letters)
+
+
+async def test_an_orders_dead_letter_is_shown_and_replayed_into_its_queue(
+    broker_served: tuple[Client, Publisher],
+    order_api: OrderApi,
+    amqp_connection: AbstractRobustConnection,
+) -> None:
+    served, publisher = broker_served
+    pool = order_api.pool
+    name = await _operator(pool, "support")
+    await _sign_in(served, name)
+    no, _ = await basic_order(pool, status="pending")
+    parked = await ready_messages(amqp_connection, ORDER_PAYMENTS.dlq)
+    letter = await _dead_letter(publisher, no)
+    other = await _dead_letter(publisher, f"{no}x")
+    _, page = await _page(served, f"/console/orders/{no}")
+    section = page[page.index('id="dead-letters"') :]
+    assert f'data-letter="{letter}"' in section and f'data-letter="{other}"' not in section
+    assert f"unknown out_trade_no {no}" in section and "payment.succeeded" in section
+    _, health = await _page(served, "/console/health")
+    assert 'href="/console/dlq"' in health
+    _, dlqs = await _page(served, "/console/dlq")
+    assert f'data-letter="{letter}"' in dlqs and f'data-letter="{other}"' in dlqs
+    assert 'data-dlq="entitlement.orders.dlq"' in dlqs and "paylane replay dlq" in dlqs
+    csrf = CSRF.findall(dlqs)[0]
+
+    async def replay(message_id: str) -> tuple[int, str]:
+        # The pages looked at the DLQ: its letters are back once the broker says so.
+        await handed_back(amqp_connection, ORDER_PAYMENTS.dlq, parked + 2)
+        form = {"queue": ORDER_PAYMENTS.dlq, "message_id": message_id}
+        data = {**form, "csrf": csrf, "reason": "order row is there now"}
+        path = f"/console/orders/{no}/replay-dead-letter"
+        async with served.post(path, data=data) as response:
+            return response.status, await response.text()
+
+    # Another order's dead letter is not replayed from this order's page.
+    status, page = await replay(other)
+    assert status == 400 and f"no dead letter {other} about {no}" in page
+    status, page = await replay(letter)
+    assert status == 200, page
+    assert f"dead letter {letter}: 1 dead letter(s) replayed from order.payments.dlq" in page
+    replayed = await _taken_from(amqp_connection, ORDER_PAYMENTS.name, letter)
+    assert replayed is not None and replayed.headers[REPLAYED_HEADER] == 1
+    assert replayed.headers[ATTEMPT_HEADER] == 0 and REASON_HEADER not in replayed.headers
+    assert not await _in_dlq(amqp_connection, letter)
+    assert await _in_dlq(amqp_connection, other)  # the one not chosen stays
+    rows = await _audit_rows(pool, no)
+    assert [(r["action"], r["outcome"]) for r in rows] == [
+        ("replay_dead_letter", "refused"),
+        ("replay_dead_letter", "done"),
+    ]
+    assert rows[1]["operator"] == name and rows[1]["state_before"] == "pending"
+
+
+async def test_replaying_dead_letters_takes_a_role_and_all_of_a_dlq_takes_an_admin(
+    broker_served: tuple[Client, Publisher],
+    order_api: OrderApi,
+    amqp_connection: AbstractRobustConnection,
+) -> None:
+    served, publisher = broker_served
+    pool = order_api.pool
+    no, _ = await basic_order(pool, status="pending")
+    letter = await _dead_letter(publisher, no)
+    parked = await ready_messages(amqp_connection, ORDER_PAYMENTS.dlq)
+    path = f"/console/dlq/{ORDER_PAYMENTS.dlq}/replay"
+
+    async def replay(**form: str) -> tuple[int, str]:
+        _, page = await _page(served, "/console/audit")  # a page that reads no DLQ
+        await handed_back(amqp_connection, ORDER_PAYMENTS.dlq, parked)
+        data = {**form, "csrf": CSRF.findall(page)[0], "reason": "cause fixed"}
+        async with served.post(path, data=data) as response:
+            return response.status, await response.text()
+
+    await _sign_in(served, await _operator(pool, "viewer"))
+    _, page = await _page(served, "/console/dlq")
+    assert f'data-letter="{letter}"' in page and f'action="{path}"' not in page
+    assert (await replay(message_id=letter))[0] == 403
+    _, page = await _page(served, "/console/audit")
+    form = {"queue": ORDER_PAYMENTS.dlq, "message_id": letter, "reason": "a viewer"}
+    data = {**form, "csrf": CSRF.findall(page)[0]}
+    async with served.post(f"/console/orders/{no}/replay-dead-letter", data=data) as response:
+        assert response.status == 403
+    await _sign_in(served, await _operator(pool, "support"))
+    status, page = await replay()
+    assert status == 403 and "admin only" in page
+    assert await _in_dlq(amqp_connection, letter)
+    assert not await fetch_all(
+        pool,
+        "SELECT 1 FROM paylane_operator_audit WHERE action LIKE 'replay%%' AND out_trade_no = %s",
+        no,
+    )
+    admin = await _operator(pool, "admin")
+    await _sign_in(served, admin)
+    status, page = await replay()
+    assert status == 200, page
+    assert "dead letter(s) replayed from order.payments.dlq" in page
+    assert not await _in_dlq(amqp_connection, letter)
+    assert await _taken_from(amqp_connection, ORDER_PAYMENTS.name, letter) is not None
+    audit = await fetch_one(
+        pool,
+        "SELECT action, out_trade_no, state_before, state_after, outcome"
+        " FROM paylane_operator_audit WHERE operator = %s",
+        admin,
+    )
+    assert audit["action"] == "replay_dlq" and audit["outcome"] == "done"
+    assert audit["out_trade_no"] is None and audit["state_after"] == "dlq 0"
+    assert audit["state_before"].startswith("dlq ") and audit["state_before"] != "dlq 0"
+
+
+# --- the records kept for the timeline (issue 30: migrations 0016, 0017) --------------------
+
+
+def _timeline(page: str) -> str:
+    return page[page.index('id="timeline"') :]
+
+
+async def test_every_query_to_wechatpay_is_in_the_timeline_with_who_asked(
+    served: Client, order_api: OrderApi, gate: Gate
+) -> None:
+    """The reconciler's query of the order and of its refund, a client's on-demand query
+    and an operator's re-query: each a row of wechatpay_queries, with WeChat Pay's answer
+    or its error code."""
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "support"))
+    no, _ = await basic_order(pool, amount=990, status="pending")
+    await order_api.orders._client.place("NATIVE", order_request("native", no))  # NOTPAY
+    out_refund_no = await add_refund(pool, no, "9.90", status="pending")
+    # Not in a pass (other tests' rows): the order and the refund as a pass settles them.
+    reconciler = Reconciler(pool, gate.client, None, ReconcilerConfig(), gate)  # type: ignore[arg-type]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    order = {"out_trade_no": no, "expires_at": now + timedelta(minutes=10), "created_at": now}
+    assert await reconciler.settle_order(order) == "still_pending"  # type: ignore[arg-type]
+    refund = {
+        "out_refund_no": out_refund_no,
+        "out_trade_no": no,
+        "amount_refund": 990,
+        "refund_id": None,
+        "created_at": now,
+    }
+    assert await reconciler.settle_refund(refund) == "refund_not_at_wechatpay_yet"  # type: ignore[arg-type]
+    recording = replace(gate, queries=QueryLog(pool, gate.client))
+    on_demand = StatusQuery(
+        pool, recording, PaymentApplier(pool, recording), StatusQueryConfig(after_s=0)
+    )
+    row = await order_api.orders.get(no)
+    assert row is not None and not await on_demand.settle(row)
+    status, page = await _act(served, no, "query", reason="customer says they paid")
+    assert status == 200 and "reports no payment" in page
+
+    asked = await fetch_all(
+        pool,
+        "SELECT kind, out_refund_no, source, answer, error FROM wechatpay_queries"
+        " WHERE out_trade_no = %s ORDER BY id",
+        no,
+    )
+    assert asked == [
+        {"kind": "order", "out_refund_no": None, "source": "reconciler", "answer": "NOTPAY",
+         "error": None},
+        {"kind": "refund", "out_refund_no": out_refund_no, "source": "reconciler",
+         "answer": None, "error": "RESOURCE_NOT_EXISTS"},
+        {"kind": "order", "out_refund_no": None, "source": "on_demand", "answer": "NOTPAY",
+         "error": None},
+        {"kind": "order", "out_refund_no": None, "source": "console", "answer": "NOTPAY",
+         "error": None},
+    ]  # fmt: skip
+    timeline = _timeline(page)
+    lines = re.findall(r'<td class="what">([^<]+)</td>', timeline)
+    assert lines.count("WeChat Pay order query: NOTPAY") == 3
+    assert "WeChat Pay refund query: error RESOURCE_NOT_EXISTS" in lines
+    for source in ("reconciler", "on_demand", "console"):
+        assert f"source={source}" in timeline
+
+
+def _rejected(no: str | None, reason: str, status: int) -> NotificationRejected:
+    return NotificationRejected(
+        route="wechatpay",
+        reason=reason,
+        status=status,
+        event_id=f"EV-{uuid.uuid4().hex[:12]}",
+        event_type="TRANSACTION.SUCCESS",
+        out_trade_no=no,
+        serial="PUB_KEY_ID_0114232134912410000000000000",
+        received_at=datetime.now(UTC),
+    )
+
+
+async def test_rejected_notifications_are_in_the_timeline_and_on_the_health_page(
+    served: Client, order_api: OrderApi
+) -> None:
+    """The order service's side of ``notification.rejected`` (ingress's side:
+    services/ingress/tests/test_rejection_records.py): a record naming the order is in its
+    timeline, one naming none only on the health page; a redelivery writes nothing."""
+    pool = order_api.pool
+    await _sign_in(served, await _operator(pool, "viewer"))
+    no, _ = await basic_order(pool, status="paid")
+    records = RejectionRecords(pool)
+    named = make_event(NOTIFICATION_REJECTED, _rejected(no, "invalid_resource", 400))
+    unnamed = make_event(NOTIFICATION_REJECTED, _rejected(None, "bad_signature", 401))
+    assert await records(named, named.typed_data()) == "recorded"
+    assert await records(named, named.typed_data()) == "duplicate"
+    assert await records(unnamed, unnamed.typed_data()) == "recorded"
+
+    _, page = await _page(served, f"/console/orders/{no}")
+    timeline = _timeline(page)
+    assert "notification rejected: invalid_resource" in timeline
+    assert "answered=400" in timeline and "bad_signature" not in timeline
+    _, health = await _page(served, "/console/health")
+    rejections = health[health.index('id="rejections"') :]
+    assert unnamed.data["event_id"] in rejections and "bad_signature" in rejections
+    assert f'href="/console/orders/{no}"' in rejections

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from paylane.replay import list_dlq
+from paylane_common.broker.replay import list_dlq
 from paylane_common.contract.catalog import DEFAULT_CATALOG
 from tests.chaos.harness.driver import WechatDriver
 from tests.chaos.harness.env import ChaosEnv

@@ -38,12 +38,14 @@ from paylane_common.runtime.exceptions import PublishError
 from paylane_common.runtime.service import PUBLISHER
 from paylane_common.wechatpay.cloudhosting import REFUND_STATUSES, rfc3339_from_compact
 
-from . import metrics
+from . import metrics, rejections
 from .config import INGRESS_CONFIG
 from .notify import MAX_BODY
 
 log = structlog.get_logger(__name__)
 
+#: The route's name in rejection records (rejections.py).
+ROUTE = "cloudhosting"
 #: The headers the platform sets on its calls, required with CLOUDHOSTING_TRUST_HEADERS.
 PLATFORM_HEADERS = ("X-WX-SOURCE", "X-WX-ENV")
 REFUND_EVENTS = {
@@ -196,10 +198,12 @@ async def notify_cloudhosting(request: web.Request) -> web.Response:
         if missing:
             metrics.NOTIFICATIONS_REJECTED.labels("cloudhosting_headers").inc()
             log.warning("cloudhosting_without_platform_headers", missing=missing)
+            rejections.record(request, ROUTE, "cloudhosting_headers", 403)
             return _answer(403, f"not through the platform: no {', '.join(missing)}", 403)
     raw = await request.read()
     if len(raw) > MAX_BODY:
         metrics.NOTIFICATIONS_REJECTED.labels("too_large").inc()
+        rejections.record(request, ROUTE, "too_large", 413)
         return _answer(413, "body too large", 413)
     try:
         body = json.loads(raw)
@@ -217,6 +221,15 @@ async def notify_cloudhosting(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         metrics.NOTIFICATIONS_REJECTED.labels("cloudhosting_invalid").inc()
         log.warning("cloudhosting_result_invalid", error=type(exc).__name__)
+        numbers = rejections.body_fields(raw, "outTradeNo", "transactionId")
+        rejections.record(
+            request,
+            ROUTE,
+            "cloudhosting_invalid",
+            400,
+            out_trade_no=numbers.get("outTradeNo"),
+            transaction_id=numbers.get("transactionId"),
+        )
         return _answer(400, f"invalid body: {type(exc).__name__}", 400)
     structlog.contextvars.bind_contextvars(out_trade_no=envelope.data.get("out_trade_no"))
     try:
@@ -224,6 +237,16 @@ async def notify_cloudhosting(request: web.Request) -> web.Response:
     except PublishError as exc:
         metrics.NOTIFICATIONS_REJECTED.labels("broker_unavailable").inc()
         log.error("publish_failed_answering_errcode", error=str(exc))
+        rejections.record(
+            request,
+            ROUTE,
+            "broker_unavailable",
+            503,
+            event_id=envelope.event_id,
+            event_type=envelope.type,
+            out_trade_no=envelope.data.get("out_trade_no"),
+            transaction_id=envelope.data.get("transaction_id"),
+        )
         return _answer(-1, "temporarily unavailable, retry later", 503)
     metrics.NOTIFICATIONS_ACKED.labels("published").inc()
     log.info("cloudhosting_result_published", event_id=envelope.event_id, type=envelope.type)

@@ -18,6 +18,7 @@ from paylane_common.wechatpay.merchant_api import CERT_REFRESHER, wechatpay_api
 from .api import INGRESS_API
 from .config import INGRESS_CONFIG, LOAD_ANNOUNCER, IngressConfig
 from .notify import MAX_BODY
+from .rejections import use_rejection_recorder
 from .settings import IngressSettings
 
 
@@ -37,6 +38,7 @@ def build_app(
     )
     INGRESS_API.add_routes(app)
     use_broker(app, settings)
+    use_rejection_recorder(app, settings.ingress_rejections_per_s)
     _use_load_announcer(app, settings)
     if settings.refreshes_certificates:
         _use_certificate_refresh(app, settings)

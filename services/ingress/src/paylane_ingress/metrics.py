@@ -28,6 +28,15 @@ ALERTED_REASONS = (
 )
 for _reason in ALERTED_REASONS:
     NOTIFICATIONS_REJECTED.labels(_reason)
+#: ``why``: rate (over ``INGRESS_REJECTIONS_PER_S`` this second), busy (too many records
+#: waiting for the broker's confirm), broker (the broker did not take it).
+REJECTIONS_UNRECORDED = Counter(
+    "paylane_ingress_rejections_unrecorded_total",
+    "Rejected notifications whose record (notification.rejected) was not published, by why",
+    ["why"],
+)
+for _why in ("rate", "busy", "broker"):
+    REJECTIONS_UNRECORDED.labels(_why)
 NOTIFICATIONS_ACKED = Counter(
     "paylane_ingress_notifications_acked_total",
     "Notifications acknowledged, by outcome (published, ignored)",

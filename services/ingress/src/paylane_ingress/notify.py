@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -27,7 +30,7 @@ from paylane_common.wechatpay.signature import (
     HEADER_TIMESTAMP,
 )
 
-from . import metrics
+from . import metrics, rejections
 from .config import INGRESS_CONFIG, LOAD_ANNOUNCER, IngressConfig
 from .mapping import Ignored, to_event
 from .responses import acknowledged, fail
@@ -45,6 +48,38 @@ _ACK_SECONDS = {n: metrics.ACK_SECONDS.labels(f"{n}xx") for n in (2, 4, 5)}
 _MALFORMED = {"missing_header", "duplicate_header", "bad_signature_type", "bad_timestamp"}
 
 
+@dataclass
+class _Seen:
+    """What could be read of the notification so far, for its rejection's record
+    (rejections.py): never the body's plaintext beyond these."""
+
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    body: bytes = b""
+    serial: str | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+    out_trade_no: str | None = None
+    transaction_id: str | None = None
+
+    def record(self, request: web.Request, reason: str, status: int) -> None:
+        event_id, event_type = self.event_id, self.event_type
+        if event_id is None and self.body:  # refused before the body was parsed
+            fields = rejections.body_fields(self.body, "id", "event_type")
+            event_id, event_type = fields.get("id"), fields.get("event_type")
+        rejections.record(
+            request,
+            "wechatpay",
+            reason,
+            status,
+            self.received_at,
+            serial=self.serial,
+            event_id=event_id,
+            event_type=event_type,
+            out_trade_no=self.out_trade_no,
+            transaction_id=self.transaction_id,
+        )
+
+
 class Rejection(Exception):
     def __init__(self, status: int, reason: str, message: str):
         super().__init__(message)
@@ -56,21 +91,24 @@ class Rejection(Exception):
 async def notify_wechatpay(request: web.Request) -> web.Response:
     started = time.perf_counter()
     _RECEIVED.inc()
+    seen = _Seen()
     try:
-        response = await _handle(request)
+        response = await _handle(request, seen)
     except Rejection as rej:
         metrics.NOTIFICATIONS_REJECTED.labels(rej.reason).inc()
         level = "info" if rej.reason == "signtest_probe" else "warning"
         getattr(log, level)("notification_rejected", reason=rej.reason, status=rej.status)
         response = fail(rej.status, rej.message)
+        seen.record(request, rej.reason, rej.status)
     _ACK_SECONDS[response.status // 100].observe(time.perf_counter() - started)
     return response
 
 
-async def _handle(request: web.Request) -> web.Response:
+async def _handle(request: web.Request, seen: _Seen) -> web.Response:
     config = request.app[INGRESS_CONFIG]
     received_at = int(time.time())
-    body = await _read_body(request)
+    seen.serial = request.headers.get(HEADER_SERIAL)
+    body = seen.body = await _read_body(request)
     try:
         headers = NotificationHeaders.from_mapping(request.headers)
         config.verifier.verify(headers, body)
@@ -90,7 +128,7 @@ async def _handle(request: web.Request) -> web.Response:
     load = request.app[LOAD_ANNOUNCER]
     load.entered()
     try:
-        return await _acknowledge(request, config, body, received)
+        return await _acknowledge(request, config, body, received, seen)
     finally:
         load.left()
 
@@ -109,12 +147,17 @@ def _as_received(headers: NotificationHeaders, body: bytes, received_at: int) ->
 
 
 async def _acknowledge(
-    request: web.Request, config: IngressConfig, body: bytes, received: WechatNotification
+    request: web.Request,
+    config: IngressConfig,
+    body: bytes,
+    received: WechatNotification,
+    seen: _Seen,
 ) -> web.Response:
     try:
         notification = parse_notification(body)
     except ValueError as exc:
         raise Rejection(400, "malformed_body", str(exc)) from None
+    seen.event_id, seen.event_type = notification["id"], notification["event_type"]
     structlog.contextvars.bind_contextvars(
         event_id=notification["id"],
         event_type=notification["event_type"],
@@ -126,6 +169,9 @@ async def _acknowledge(
         # Signed by WeChat yet undecryptable: almost always a wrong or rotated APIv3 key.
         log.error("notification_undecryptable")
         raise Rejection(400, "decrypt_failed", "resource could not be decrypted") from None
+    # Only the order's and the transaction's numbers, never the payer's data.
+    seen.out_trade_no = _text(resource.get("out_trade_no"))
+    seen.transaction_id = _text(resource.get("transaction_id"))
 
     try:
         envelope = to_event(notification["id"], notification["event_type"], resource, received)
@@ -143,6 +189,7 @@ async def _acknowledge(
     except PublishError as exc:
         log.error("publish_failed_answering_503", error=str(exc))
         metrics.NOTIFICATIONS_REJECTED.labels("broker_unavailable").inc()
+        seen.record(request, "broker_unavailable", 503)
         return fail(503, "temporarily unavailable, retry later")
     log.info("notification_published", routing_key=envelope.type)
     _PUBLISHED.inc()
@@ -178,6 +225,10 @@ def _verification_message(exc: VerificationError) -> str:
         "bad_signature": "signature verification failed",
         "signtest_probe": "signature verification failed",
     }.get(exc.reason, "verification failed")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _field_problem(exc: Exception) -> str:

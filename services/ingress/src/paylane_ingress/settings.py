@@ -51,6 +51,10 @@ class IngressSettings(
     #: … and at once when this many notifications are being answered together (a burst
     #: meeting a busy machine; at 1,000/s, 32 in flight means about 32 ms each). 0: never.
     ingress_busy_in_flight: int = Field(32, ge=0, le=100_000)
+    #: At most this many rejected notifications a second (per process) are recorded for
+    #: the operators' console (``notification.rejected``, published in the background);
+    #: the rest are counted in ``paylane_ingress_rejections_unrecorded_total``. 0: none.
+    ingress_rejections_per_s: int = Field(20, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _apiv3_key_required(self) -> IngressSettings:

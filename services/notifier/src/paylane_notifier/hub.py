@@ -12,7 +12,7 @@ import asyncio
 import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, Protocol
 
 import structlog
 from aiohttp import web
@@ -25,6 +25,14 @@ log = structlog.get_logger(__name__)
 Transport = Literal["ws", "sse"]
 #: Messages a client may be behind before it is dropped.
 DEFAULT_QUEUE_SIZE = 256
+
+
+class PushRecorder(Protocol):
+    """Where the hub tells of each push some client took (push_log.PushLog)."""
+
+    def add(
+        self, out_trade_no: str, event_type: str, channel: Transport, connections: int
+    ) -> None: ...
 
 
 class TooManyConnections(Exception):
@@ -102,6 +110,8 @@ class Hub:
         self._total = 0
         #: Set on shutdown: no new clients, existing ones are being closed.
         self.closing = False
+        #: Records the pushes (push_log.py); None: not recorded.
+        self.pushes: PushRecorder | None = None
 
     @contextmanager
     def connection(self, user_id: str, transport: Transport) -> Iterator[Sink]:
@@ -124,13 +134,20 @@ class Hub:
             CONNECTIONS.labels(transport).dec()
 
     def publish(self, user_id: str, message: ClientMessage) -> int:
-        """Queue ``message`` for every client of ``user_id``; returns how many took it."""
-        delivered = 0
+        """Queue ``message`` for every client of ``user_id``; returns how many took it
+        (each channel's count told to :attr:`pushes` when the message names an order)."""
+        delivered = by_ws = 0
         for sink in tuple(self._clients.get(user_id, ())):
             if sink.offer(message):
                 delivered += 1
+                by_ws += sink.transport == "ws"
             else:
                 self._drop(sink)
+        if self.pushes is not None and delivered and message.out_trade_no:
+            if by_ws:
+                self.pushes.add(message.out_trade_no, message.type, "ws", by_ws)
+            if delivered > by_ws:
+                self.pushes.add(message.out_trade_no, message.type, "sse", delivered - by_ws)
         return delivered
 
     def resync(self) -> None:

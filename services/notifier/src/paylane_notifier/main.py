@@ -12,6 +12,7 @@ from .api import NOTIFIER_API
 from .config import NOTIFIER_CONFIG, NotifierConfig
 from .consumer import consume_events
 from .hub import HUB, Hub
+from .push_log import use_push_log
 from .settings import NotifierSettings
 
 
@@ -32,7 +33,9 @@ def build_app(settings: NotifierSettings, *, hub: Hub | None = None) -> web.Appl
         )
     )
     use_broker(app, settings)
-    use_mysql(app, settings, writable=False)  # it only reads
+    # A read-only server is no outage for it: it reads, and its push records are a trace.
+    use_mysql(app, settings, writable=False)
+    use_push_log(app, settings.notifier_push_log_buffer)
     app.cleanup_ctx.append(consume_events)
     app.on_shutdown.append(_close_clients)
     NOTIFIER_API.add_routes(app)

@@ -9,6 +9,15 @@ CONNECTIONS = Gauge(
 PUSHES = Counter(
     "paylane_notifier_pushes_total", "Messages pushed to clients, by message type", ["type"]
 )
+#: ``why``: buffer_full (more pushes buffered than ``NOTIFIER_PUSH_LOG_BUFFER``),
+#: database (the write failed: those rows are not retried).
+PUSH_RECORDS_DROPPED = Counter(
+    "paylane_notifier_push_records_dropped_total",
+    "Records of pushes (notifier_pushes, the console's timeline) not written, by why",
+    ["why"],
+)
+for _why in ("buffer_full", "database"):
+    PUSH_RECORDS_DROPPED.labels(_why)
 DROPPED_CLIENTS = Counter(
     "paylane_notifier_dropped_clients_total",
     "Clients disconnected because they fell too far behind (their queue overflowed)",

@@ -30,6 +30,10 @@ class NotifierSettings(BaseServiceSettings):
     #: Open streams a user (their tabs and devices) may hold on this replica; past it a
     #: WebSocket is closed with 4429, SSE answers 429.
     max_connections_per_user: int = Field(5, ge=1)
+    #: Pushes buffered for ``notifier_pushes`` (the operators' console's timeline), written
+    #: in one INSERT at most once a second; past it they are dropped and counted. 0: pushes
+    #: are not recorded.
+    notifier_push_log_buffer: int = Field(10_000, ge=0, le=1_000_000)
 
     @field_validator("client_token_private_key")
     @classmethod

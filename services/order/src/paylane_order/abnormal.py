@@ -39,6 +39,7 @@ from .errors import (
     UpstreamUnavailable,
     from_wechatpay,
 )
+from .query_log import QueryLog
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +98,7 @@ class AbnormalRefunds:
     def __init__(self, pool: aiomysql.Pool, client: WechatPayClient) -> None:
         self._pool = pool
         self._client = client
+        self._queries = QueryLog(pool, client)
 
     async def list(self, limit: int = 100) -> list[AbnormalRefundRow]:
         """The refunds waiting for a remedy, oldest first."""
@@ -161,7 +163,8 @@ class AbnormalRefunds:
 
     async def _refund_id(self, out_refund_no: str) -> str:
         """WeChat Pay's id of a refund whose row never learnt it."""
-        refund_id = (await self._client.query_refund(out_refund_no)).get("refund_id")
+        answer = await self._queries.refund(out_refund_no, "refund_remedy")
+        refund_id = answer.get("refund_id")
         if not refund_id:
             raise UpstreamRejected(f"WeChat Pay does not name refund {out_refund_no}'s id")
         return str(refund_id)

@@ -80,6 +80,7 @@ from paylane_common.wechatpay import (
 
 from . import audit, metrics
 from .gate import PAID_STATES
+from .query_log import QueryLog
 from .reconciler import OrderToSettle, Reconciler, RefundToSettle
 from .review import to_review
 
@@ -228,6 +229,7 @@ class BillReconciler:
     ) -> None:
         self._pool = pool
         self._client = client
+        self._queries = QueryLog(pool, client)
         self._reconciler = reconciler
 
     async def run(self, day: date, *, wait_for_lock_s: float = 60) -> BillReport | None:
@@ -385,7 +387,7 @@ class BillReconciler:
             "", order["out_trade_no"], our_amount=order["amount_total"], our_state=order["status"]
         )
         try:
-            tx = await self._client.query_by_out_trade_no(order["out_trade_no"])
+            tx = await self._queries.order(order["out_trade_no"], "bills")
         except WechatPayApiError as exc:
             if exc.code != "ORDER_NOT_EXIST":
                 return await self._unconfirmed(
@@ -428,7 +430,7 @@ class BillReconciler:
         )
         kind = "refund_not_in_bill_unconfirmed"
         try:
-            answer = await self._client.query_refund(row["out_refund_no"])
+            answer = await self._queries.refund(row["out_refund_no"], "bills", row["out_trade_no"])
         except WechatPayApiError as exc:
             if exc.code == "RESOURCE_NOT_EXISTS":
                 return await self._record(replace(seen, kind="refund_not_at_wechat"), day)

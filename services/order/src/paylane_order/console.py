@@ -9,8 +9,9 @@ listener (``ADMIN_PORT``) only, never the public port; server-rendered HTML, no 
 - Search and CSV export: the order list's filters, keyset pages and CSV
   (:mod:`paylane_order.order_list`), with the console's filters (:mod:`console_data`).
 - Actions (``support`` and ``admin``; a ``viewer`` gets 403): refund (full or partial;
-  of a ``needs_review`` order, its resolution), ask WeChat Pay about a pending order,
-  close a pending order, resend a webhook delivery of its events. Each needs a reason
+  of a ``needs_review`` order, its resolution), grant a ``needs_review`` order on WeChat
+  Pay's word (review_grant.py), ask WeChat Pay about a pending order, close a pending
+  order, resend a webhook delivery of its events. Each needs a reason
   and writes a row of ``paylane_operator_audit`` (who, what, why, the state before and
   after, the outcome), refused ones too.
 """
@@ -33,10 +34,11 @@ from paylane_common.contract.events import validation_summary
 from paylane_common.contract.money import fen, yuan_text
 from paylane_common.storage.db import transaction
 
-from . import console_data, console_pages, operators
+from . import console_data, console_dlq, console_pages, operators
 from .errors import OrderError
 from .order_list import Key, csv_chunks, page
 from .orders import Orders
+from .review_grant import ReviewGrant
 from .status_query import StatusQuery
 from .webhooks.store import WebhookStore
 
@@ -56,6 +58,8 @@ class ConsoleBackend:
     orders: Orders
     #: Asks WeChat Pay about a pending order at once (no age or interval).
     query: StatusQuery
+    #: Resolves a needs_review order by granting it, on WeChat Pay's word.
+    grant: ReviewGrant
     connection: AbstractRobustConnection | None = None
 
 
@@ -251,8 +255,9 @@ async def _order_page(
     refundable = await console_data.refundable_fen(pool, order)
     events = await console_data.timeline(pool, order)
     deliveries = await console_data.webhook_deliveries(pool, order["out_trade_no"])
+    letters = await console_dlq.of_order(_backend(request).connection, order["out_trade_no"])
     page = console_pages.order_page(
-        _session(request), order, refunds, refundable, events, deliveries, message, ok
+        _session(request), order, refunds, refundable, events, deliveries, message, ok, letters
     )
     return _html(page, status)
 
@@ -273,7 +278,8 @@ async def _status(pool: aiomysql.Pool, out_trade_no: str) -> str | None:
     return None if row is None else str(row["status"])
 
 
-Act = Callable[[ConsoleBackend, str, dict[str, str]], Awaitable[str]]
+#: An action: the backend, the order's number, the form, and who acts.
+Act = Callable[[ConsoleBackend, str, dict[str, str], operators.Operator], Awaitable[str]]
 
 
 class _Refused(Exception):
@@ -302,10 +308,10 @@ def _action(name: str, act: Act) -> Callable[[web.Request], Awaitable[web.Respon
             return await _order_page(
                 request, f"A reason is needed: {REASON_MIN} to {REASON_MAX} characters.", False, 400
             )
-        outcome: Literal["done", "refused", "failed"] = "done"
+        outcome: Outcome = "done"
         status = 200
         try:
-            detail = await act(backend, no, form)
+            detail = await act(backend, no, form, session.operator)
         except _Refused as exc:
             outcome, status, detail = "refused", 400, str(exc)
         except OrderError as exc:
@@ -315,25 +321,44 @@ def _action(name: str, act: Act) -> Callable[[web.Request], Awaitable[web.Respon
                 exc.message,
             )
         after = await _status(backend.pool, no)
-        async with transaction(backend.pool) as cur:
-            await operators.write_audit(
-                cur,
-                session.operator,
-                name,
-                no,
-                reason,
-                before=before,
-                after=after,
-                outcome=outcome,
-                detail=detail,
-            )
-        log.info("console_action", operator=session.operator.name, action=name, outcome=outcome)
+        await _audit(backend, session, name, no, reason, (before, after), outcome, detail)
         return await _order_page(request, detail, outcome == "done", status)
 
     return handler
 
 
-async def _refund(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
+Outcome = Literal["done", "refused", "failed"]
+
+
+async def _audit(
+    backend: ConsoleBackend,
+    session: operators.Session,
+    name: str,
+    no: str | None,
+    reason: str,
+    states: tuple[str | None, str | None],
+    outcome: Outcome,
+    detail: str,
+) -> None:
+    """The action's row in the operators' audit log, and its log line."""
+    async with transaction(backend.pool) as cur:
+        await operators.write_audit(
+            cur,
+            session.operator,
+            name,
+            no,
+            reason,
+            before=states[0],
+            after=states[1],
+            outcome=outcome,
+            detail=detail,
+        )
+    log.info("console_action", operator=session.operator.name, action=name, outcome=outcome)
+
+
+async def _refund(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
     order = await console_data.order_row(backend.pool, no)
     assert order is not None
     if order["status"] not in ("paid", "needs_review"):
@@ -363,7 +388,9 @@ async def _refund(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str
     return f"refund {done['out_refund_no']} of {amount_text} yuan requested ({done['status']})"
 
 
-async def _query(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
+async def _query(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
     order = await backend.orders.get(no)
     assert order is not None
     if order["status"] != "pending":
@@ -373,12 +400,24 @@ async def _query(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
     return "WeChat Pay reports no payment (or did not answer): the order stays pending"
 
 
-async def _close(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
+async def _grant(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
+    order = await console_data.order_row(backend.pool, no)
+    assert order is not None
+    return await backend.grant.grant(order, who.name, form["reason"].strip())
+
+
+async def _close(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
     closed = await backend.orders.close(no)
     return f"order is {closed['status']}"
 
 
-async def _resend_webhook(backend: ConsoleBackend, no: str, form: dict[str, str]) -> str:
+async def _resend_webhook(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
     text = form.get("delivery_id", "")
     ours = {d["id"]: d for d in await console_data.webhook_deliveries(backend.pool, no)}
     if not text.isdigit() or int(text) not in ours:
@@ -388,6 +427,71 @@ async def _resend_webhook(backend: ConsoleBackend, no: str, form: dict[str, str]
     if outcome != "resent":
         raise _Refused(f"delivery {delivery['id']} not resent: {outcome}")
     return f"delivery {delivery['id']} ({delivery['event_type']}) to {delivery['url']} resent"
+
+
+async def _replay_dead_letter(
+    backend: ConsoleBackend, no: str, form: dict[str, str], who: operators.Operator
+) -> str:
+    dlq, message_id = form.get("queue", ""), form.get("message_id", "")
+    if not message_id:
+        raise _Refused("choose a dead letter")
+    try:
+        return (await console_dlq.replay(backend.connection, dlq, message_id, no)).detail
+    except console_dlq.NotReplayed as exc:
+        raise _Refused(str(exc)) from None
+
+
+async def dlq_page(request: web.Request) -> web.Response:
+    return await _dlq_page(request)
+
+
+async def _dlq_page(
+    request: web.Request, message: str | None = None, ok: bool = True, status: int = 200
+) -> web.Response:
+    backend = _backend(request)
+    depths = {q.name: q.messages for q in await console_data.queue_depths(backend.connection)}
+    views = await console_dlq.dlqs(backend.connection, depths)
+    return _html(console_pages.dlq_page(_session(request), views, message, ok), status)
+
+
+async def dlq_replay(request: web.Request) -> web.Response:
+    """Replay one dead letter (support, admin) or all of a DLQ (admin) of ours, with a
+    reason; audited like an order's action, the DLQ's depth as the state."""
+    session, backend = _session(request), _backend(request)
+    dlq = request.match_info["queue"]
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    reason, message_id = form.get("reason", "").strip(), form.get("message_id") or None
+    everything = message_id is None
+    if not session.operator.may_act or (everything and session.operator.role != "admin"):
+        text = "Your role may not replay dead letters." + (
+            " All: admin only." if everything else ""
+        )
+        return _html(console_pages.layout("Refused", f"<p>{text}</p>", session), 403)
+    if not REASON_MIN <= len(reason) <= REASON_MAX:
+        text = f"A reason is needed: {REASON_MIN} to {REASON_MAX} characters."
+        return await _dlq_page(request, text, False, 400)
+    before = await _depth(backend, dlq)
+    outcome: Outcome = "done"
+    status, no = 200, None
+    try:
+        replayed = await console_dlq.replay(backend.connection, dlq, message_id)
+    except console_dlq.NotReplayed as exc:
+        outcome, status, detail = "refused", 400, str(exc)
+    else:
+        detail = replayed.detail
+        if not everything and replayed.letters:  # the order it was about, if one
+            no = replayed.letters[0].correlation_id
+    states = (before, await _depth(backend, dlq))
+    action = "replay_dlq" if everything else "replay_dead_letter"
+    await _audit(backend, session, action, no, reason, states, outcome, detail)
+    return await _dlq_page(request, detail, outcome == "done", status)
+
+
+async def _depth(backend: ConsoleBackend, dlq: str) -> str | None:
+    """A DLQ's depth as an audit row's state: ``dlq 3``."""
+    depths = {q.name: q.messages for q in await console_data.queue_depths(backend.connection)}
+    n = depths.get(dlq)
+    return None if n is None else f"dlq {n}"
 
 
 async def health(request: web.Request) -> web.Response:
@@ -419,7 +523,14 @@ def console_app(
     r.add_post("/orders/{out_trade_no}/refund", _action("refund", _refund))
     r.add_post("/orders/{out_trade_no}/query", _action("query", _query))
     r.add_post("/orders/{out_trade_no}/close", _action("close", _close))
+    r.add_post("/orders/{out_trade_no}/grant", _action("grant", _grant))
     r.add_post("/orders/{out_trade_no}/resend-webhook", _action("resend_webhook", _resend_webhook))
+    r.add_post(
+        "/orders/{out_trade_no}/replay-dead-letter",
+        _action("replay_dead_letter", _replay_dead_letter),
+    )
+    r.add_get("/dlq", dlq_page)
+    r.add_post("/dlq/{queue}/replay", dlq_replay)
     r.add_get("/health", health)
     r.add_get("/audit", audit_log)
     return app

@@ -6,7 +6,7 @@ page's numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -22,7 +22,7 @@ from paylane_common.contract.china_time import CHINA
 from paylane_common.contract.money import fen
 from paylane_common.storage.db import transaction
 
-from . import metrics
+from . import console_records, metrics
 from .order_list import DEFAULT_LIMIT, MAX_LIMIT, OrderFilters
 
 _Text = Annotated[StrictStr, Field(min_length=1, max_length=128)]
@@ -125,8 +125,9 @@ async def timeline(pool: aiomysql.Pool, order: dict[str, Any]) -> list[Event]:
     its ``payment_logs`` rows (notifications verified or not, state changes, the
     reconciler's queries, refunds and their callbacks, bill differences), its refunds, its
     grant or revocation, the outbox rows naming it and the inbox rows of their events, its
-    shipping upload, the webhook deliveries and attempts of its events, and the operators'
-    actions on it."""
+    shipping upload, the webhook deliveries and attempts of its events, the operators'
+    actions on it, and the records kept for the console (console_records.py: rejected
+    notifications naming it, WeChat Pay queries, pushes to its clients)."""
     no = order["out_trade_no"]
     found: list[Event] = []
     for column, what in (
@@ -296,6 +297,8 @@ async def timeline(pool: aiomysql.Pool, order: dict[str, Any]) -> list[Event]:
                         _words(delivery=row["delivery_id"], ms=row["latency_ms"]),
                     )
                 )
+    for at, what, origin, parts in await console_records.of_order(pool, no):
+        found.append(Event(at, what, origin, _words(**parts)))
     never = datetime.max
     return sorted(found, key=lambda e: e.at or never)
 
@@ -386,6 +389,8 @@ class Health:
     needs_review: int
     #: Webhook endpoints disabled, or failing since a time, with their failed deliveries.
     failing_endpoints: list[dict[str, Any]]
+    #: The latest notifications ingress rejected (most name no order).
+    rejections: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def health(pool: aiomysql.Pool, connection: AbstractRobustConnection | None) -> Health:
@@ -422,7 +427,8 @@ async def health(pool: aiomysql.Pool, connection: AbstractRobustConnection | Non
         ("effects sweep", _gauge_time(metrics.SWEEP_LAST_SUCCESS), "this replica"),
         ("daily bills", bills_at, "any replica"),
     ]
-    return Health(await queue_depths(connection), runs, differences, review, failing)
+    rejections = await console_records.recent_rejections(pool)
+    return Health(await queue_depths(connection), runs, differences, review, failing, rejections)
 
 
 def yuan_of(amount: Decimal | int | None) -> str:

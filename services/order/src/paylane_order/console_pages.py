@@ -3,13 +3,16 @@ escaped, no script. Each form that changes something carries the session's CSRF 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
+from paylane_common.broker.replay import DeadLetter
+
 from .console_data import Event, Health
+from .console_dlq import DlqView
 from .operators import Session
 
 STATUSES = ("pending", "paid", "failed", "refunded", "needs_review")
@@ -36,6 +39,13 @@ code{font-size:12px}
 """
 
 
+def _order_link(out_trade_no: str | None) -> str:
+    """A link to the order's page; nothing for a row that names no order."""
+    if not out_trade_no:
+        return ""
+    return f'<a href="/console/orders/{_t(out_trade_no)}">{_t(out_trade_no)}</a>'
+
+
 def _t(value: Any) -> str:
     if value is None:
         return ""
@@ -54,7 +64,7 @@ def layout(title: str, body: str, session: Session | None = None) -> str:
         who = f"{escape(session.operator.name)} ({escape(session.operator.role)})"
         nav = (
             '<a href="/console/orders">Orders</a><a href="/console/health">Health</a>'
-            '<a href="/console/audit">Audit log</a>'
+            '<a href="/console/dlq">Dead letters</a><a href="/console/audit">Audit log</a>'
             f'<form method="post" action="/console/sign-out"><span id="operator">{who}</span> '
             f"{_csrf(session)}<button>Sign out</button></form>"
         )
@@ -157,6 +167,7 @@ def order_page(
     deliveries: list[dict[str, Any]],
     message: str | None = None,
     ok: bool = True,
+    letters: Sequence[tuple[str, DeadLetter]] = (),
 ) -> str:
     no = order["out_trade_no"]
     facts = _definition(
@@ -214,6 +225,7 @@ def order_page(
         + _actions(session, order, refundable)
         + f"<section><h2>Refunds</h2>{refund_table}</section>"
         + f"<section><h2>Webhook deliveries</h2>{delivery_table}</section>"
+        + _order_letters(session, no, letters)
         + '<section><h2>Timeline</h2><table id="timeline"><tr><th>when (UTC)</th><th>from</th>'
         f"<th>what</th><th>detail</th></tr>{event_rows}</table></section>"
     )
@@ -247,6 +259,95 @@ def _resend(session: Session, no: str, delivery: dict[str, Any]) -> str:
     )
 
 
+def _letter_cells(dlq: str, letter: DeadLetter) -> str:
+    no = letter.correlation_id
+    order = f'<a href="/console/orders/{_t(no)}">{_t(no)}</a>' if no else ""
+    return (
+        f"<td>{_t(dlq)}</td><td><code>{_t(letter.message_id)}</code></td><td>{_t(letter.type)}</td>"
+        f"<td>{order}</td><td><code>{_t(letter.reason)}</code></td><td>{_t(letter.failed_at)}</td>"
+        f"<td>{letter.replayed}</td>"
+    )
+
+
+_LETTER_HEAD = (
+    "<tr><th>DLQ</th><th>message id</th><th>type (routing key)</th><th>out_trade_no</th>"
+    "<th>why dead-lettered</th><th>when</th><th>replays</th><th></th></tr>"
+)
+
+
+def _replay_form(session: Session, action: str, hidden: Mapping[str, str], title: str) -> str:
+    if not session.operator.may_act:
+        return ""
+    fields = "".join(
+        f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in hidden.items()
+    )
+    return (
+        f'<form method="post" action="{escape(action)}">{_csrf(session)}{fields}'
+        f"{_reason_field()}<button>{escape(title)}</button></form>"
+    )
+
+
+def _order_letters(session: Session, no: str, letters: Sequence[tuple[str, DeadLetter]]) -> str:
+    """An order's dead letters (those of the order service's DLQs about it)."""
+    if not letters:
+        return '<section><h2>Dead letters</h2><p id="dead-letters">None.</p></section>'
+    rows = "".join(
+        f'<tr data-letter="{_t(letter.message_id)}">{_letter_cells(dlq, letter)}<td>'
+        + _replay_form(
+            session,
+            f"/console/orders/{no}/replay-dead-letter",
+            {"queue": dlq, "message_id": letter.message_id or ""},
+            "Replay",
+        )
+        + "</td></tr>"
+        for dlq, letter in letters
+    )
+    return (
+        f'<section><h2>Dead letters</h2><table id="dead-letters">{_LETTER_HEAD}{rows}</table>'
+        "</section>"
+    )
+
+
+def dlq_page(
+    session: Session, views: Sequence[DlqView], message: str | None = None, ok: bool = True
+) -> str:
+    """Every DLQ's depth; the first dead letters of the order service's own, each with a
+    replay (support, admin), and a replay of all (admin)."""
+    sections = []
+    for view in views:
+        depth = "?" if view.messages is None else str(view.messages)
+        head = f'<h2 data-dlq="{escape(view.name)}">{escape(view.name)}: {depth}</h2>'
+        if not view.own:
+            body = (
+                f"<p>Replayed with <code>paylane replay dlq {escape(view.name)}</code> under"
+                " the administrator's broker identity, not from here.</p>"
+            )
+        elif view.letters is None:
+            body = f"<p>Not read: {escape(view.error or 'no broker connection')}.</p>"
+        else:
+            rows = "".join(
+                f'<tr data-letter="{_t(letter.message_id)}">{_letter_cells(view.name, letter)}<td>'
+                + _replay_form(
+                    session,
+                    f"/console/dlq/{view.name}/replay",
+                    {"message_id": letter.message_id or ""},
+                    "Replay",
+                )
+                + "</td></tr>"
+                for letter in view.letters
+            )
+            every = (
+                _replay_form(
+                    session, f"/console/dlq/{view.name}/replay", {}, f"Replay all of {view.name}"
+                )
+                if session.operator.role == "admin" and view.letters
+                else ""
+            )
+            body = f"<table>{_LETTER_HEAD}{rows}</table>{every}" if rows else "<p>Empty.</p>"
+        sections.append(f"<section>{head}{body}</section>")
+    return layout("Dead letters", notice(message, ok) + "".join(sections), session)
+
+
 def _actions(session: Session, order: dict[str, Any], refundable: int) -> str:
     if not session.operator.may_act:
         return '<p id="read-only">Your role reads only: no actions.</p>'
@@ -259,6 +360,8 @@ def _actions(session: Session, order: dict[str, Any], refundable: int) -> str:
             f' placeholder="{_yuan(refundable)}"></label>'
         )
         forms.append(_action(session, no, "refund", title, amount))
+    if status == "needs_review" and order.get("paid_event_at") is None:
+        forms.append(_action(session, no, "grant", "Resolve by grant (asks WeChat Pay first)"))
     if status == "pending":
         forms.append(_action(session, no, "query", "Ask WeChat Pay"))
         forms.append(_action(session, no, "close", "Close"))
@@ -280,11 +383,7 @@ def health_page(session: Session, health: Health) -> str:
     )
     diffs = "".join(
         f"<tr><td>{_t(d['created_at'])}</td><td>"
-        + (
-            f'<a href="/console/orders/{_t(d["out_trade_no"])}">{_t(d["out_trade_no"])}</a>'
-            if d["out_trade_no"]
-            else ""
-        )
+        + _order_link(d["out_trade_no"])
         + f"</td><td>{_t(d['out_refund_no'])}</td><td><code>{_t(d['detail'])}</code></td></tr>"
         for d in health.differences
     )
@@ -294,9 +393,18 @@ def health_page(session: Session, health: Health) -> str:
         f"<td>{_t(e['failed'])}</td></tr>"
         for e in health.failing_endpoints
     )
+    rejected = "".join(
+        f"<tr><td>{_t(r['received_at'])}</td><td>{_t(r['reason'])}</td><td>{_t(r['status'])}</td>"
+        f"<td>{_t(r['route'])}</td><td>"
+        + _order_link(r["out_trade_no"])
+        + f"</td><td>{_t(r['event_id'])}</td><td>{_t(r['serial'])}</td></tr>"
+        for r in health.rejections
+    )
     body = (
         '<section><h2>Queues</h2><table id="queues"><tr><th>queue</th><th>messages</th>'
-        f"<th>consumers</th></tr>{queues}</table></section>"
+        f"<th>consumers</th></tr>{queues}</table>"
+        '<p><a id="dlq-link" href="/console/dlq">Dead letters: what and why, replay</a></p>'
+        "</section>"
         '<section><h2>Last runs (UTC)</h2><table id="runs"><tr><th>job</th><th>finished</th>'
         f"<th>as known by</th></tr>{runs}</table></section>"
         f'<section><h2>Orders needing review</h2><p id="needs-review">{health.needs_review}</p>'
@@ -315,6 +423,14 @@ def health_page(session: Session, health: Health) -> str:
             if endpoints
             else '<p id="failing-endpoints">None.</p>'
         )
+        + "</section><section><h2>Notifications rejected lately (UTC)</h2>"
+        + (
+            '<table id="rejections"><tr><th>received</th><th>reason</th><th>answered</th>'
+            "<th>route</th><th>order</th><th>notification id</th><th>serial</th></tr>"
+            f"{rejected}</table>"
+            if rejected
+            else '<p id="rejections">None.</p>'
+        )
         + "</section>"
     )
     return layout("Health", body, session)
@@ -324,11 +440,7 @@ def audit_page(session: Session, rows: list[dict[str, Any]]) -> str:
     lines = "".join(
         f"<tr><td>{_t(r['created_at'])}</td><td>{_t(r['operator'])}</td><td>{_t(r['role'])}</td>"
         f"<td>{_t(r['action'])}</td><td>"
-        + (
-            f'<a href="/console/orders/{_t(r["out_trade_no"])}">{_t(r["out_trade_no"])}</a>'
-            if r["out_trade_no"]
-            else ""
-        )
+        + _order_link(r["out_trade_no"])
         + f"</td><td>{_t(r['reason'])}</td><td>{_t(r['state_before'])}</td>"
         f"<td>{_t(r['state_after'])}</td><td>{_t(r['outcome'])}</td><td>{_t(r['detail'])}</td></tr>"
         for r in rows

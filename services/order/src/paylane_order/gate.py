@@ -36,11 +36,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypedDict
 
+import aiomysql
 import structlog
 from pydantic import ValidationError
 
 from paylane_common.contract.catalog import Package
 from paylane_common.contract.events import PaymentSucceeded, payment_from_transaction
+from paylane_common.contract.money import yuan_text
 from paylane_common.delivery.consumer import Retry
 from paylane_common.storage.rows import PackageType
 from paylane_common.wechatpay import (
@@ -58,6 +60,7 @@ from . import metrics
 from .business import is_business
 from .catalog_prices import PricePeriod, prices_at
 from .config import MerchantConfig, OrderConfig
+from .query_log import QueryLog, Source
 
 log = structlog.get_logger(__name__)
 
@@ -97,10 +100,15 @@ class Gate:
     client: WechatPayClient
     #: Decrypts notifications; "": every payment is confirmed by a query.
     apiv3_key: str
+    #: Records each query (the console's timeline); None: asked, not recorded.
+    queries: QueryLog | None = None
 
     @classmethod
-    def of(cls, config: OrderConfig, client: WechatPayClient) -> Gate:
-        return cls(config.merchant, config.catalog, client, config.apiv3_key)
+    def of(
+        cls, config: OrderConfig, client: WechatPayClient, pool: aiomysql.Pool | None = None
+    ) -> Gate:
+        queries = QueryLog(pool, client) if pool is not None else None
+        return cls(config.merchant, config.catalog, client, config.apiv3_key, queries)
 
     def from_notification(self, claim: PaymentSucceeded) -> PaymentSucceeded | None:
         """The payment as the notification the event carries states it, if that
@@ -147,13 +155,21 @@ class Gate:
         return payment
 
     async def from_query(
-        self, claim: PaymentSucceeded, *, any_transaction: bool = False
+        self,
+        claim: PaymentSucceeded,
+        *,
+        any_transaction: bool = False,
+        states: tuple[str, ...] = PAID_STATES,
+        source: Source = "payment_check",
     ) -> PaymentSucceeded:
-        """WeChat Pay's answer for the order: paid (SUCCESS or REFUND) with the claim's
-        transaction (any, with ``any_transaction``: a row another writer marked paid
-        without one)."""
+        """WeChat Pay's answer for the order: paid (SUCCESS or REFUND; ``states``) with the
+        claim's transaction (any, with ``any_transaction``: a row another writer marked
+        paid without one). ``source``: who asks, as the query's record says."""
         try:
-            tx = await self.client.query_by_out_trade_no(claim.out_trade_no)
+            if self.queries is not None:
+                tx = await self.queries.order(claim.out_trade_no, source)
+            else:
+                tx = await self.client.query_by_out_trade_no(claim.out_trade_no)
         except WechatPayApiError as exc:
             if exc.code == "ORDER_NOT_EXIST":
                 raise Unconfirmed(
@@ -165,7 +181,7 @@ class Gate:
         except WechatPayError as exc:
             raise Retry(f"WeChat Pay query failed: {exc}", max_attempts=8, delay_s=5) from None
         state, transaction_id = tx.get("trade_state"), tx.get("transaction_id")
-        if state not in PAID_STATES or not transaction_id:
+        if state not in states or not transaction_id:
             raise Unconfirmed(
                 f"WeChat Pay does not confirm the payment: trade_state {state}", not_paid=True
             )
@@ -189,6 +205,23 @@ class Gate:
         ``periods``: the recorded prices of the order's package (catalog_prices.load)."""
         if paid.amount_total != order["amount_total"]:
             return f"amount {paid.amount_total} differs from order amount {order['amount_total']}"
+        return self._not_ours(order, paid) or self._not_a_price(order, paid, periods)
+
+    def short_of(self, order: PricedOrder, paid: PaymentSucceeded) -> str | None:
+        """Why an operator may not grant ``order`` on WeChat Pay's ``paid`` (the console's
+        resolution of a ``needs_review`` order), or None: paid less than the order's
+        amount, or not to us, in another currency. The price rule is the operator's to
+        judge (that is why the order is under review); more than the amount may be
+        granted, the difference refunded."""
+        if paid.amount_total is None or paid.amount_total < order["amount_total"]:
+            said = "no" if paid.amount_total is None else yuan_text(paid.amount_total)
+            return (
+                f"WeChat Pay says {said} yuan was paid, less than the order's"
+                f" {yuan_text(order['amount_total'])} yuan: nothing is granted (refund instead)"
+            )
+        return self._not_ours(order, paid)
+
+    def _not_ours(self, order: PricedOrder, paid: PaymentSucceeded) -> str | None:
         if paid.currency != order["currency"]:
             return f"currency {paid.currency} differs from order currency {order['currency']}"
         if paid.mchid is not None and paid.mchid != self.merchant.mchid:
@@ -196,6 +229,11 @@ class Gate:
         expected_appid = order["appid"] or self.merchant.appid
         if paid.appid is not None and paid.appid != expected_appid:
             return f"appid {paid.appid} differs from the order's"
+        return None
+
+    def _not_a_price(
+        self, order: PricedOrder, paid: PaymentSucceeded, periods: Iterable[PricePeriod]
+    ) -> str | None:
         if is_business(order):
             return None  # its price is its own amount, compared above
         prices = self.prices(order["package_type"], order["created_at"], periods)

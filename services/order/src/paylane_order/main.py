@@ -20,6 +20,7 @@ from paylane_common.contract.events import (
 )
 from paylane_common.delivery.batching import BatchItem
 from paylane_common.delivery.consumer import Reject
+from paylane_common.delivery.retention import RECORD_TABLES, RECORDS_LOCK_NAME, RetentionPruner
 from paylane_common.runtime.service import (
     ADMIN_LISTENER,
     AMQP_CONNECTION,
@@ -52,6 +53,8 @@ from .payments import PaymentApplier
 from .rate_limits import RateLimit
 from .reconciler import Reconciler
 from .refunds import RefundApplier
+from .rejections import use_rejection_records
+from .review_grant import ReviewGrant
 from .sessions import Sessions
 from .settings import OrderSettings
 from .shipping import AccessTokens, ShippingQueue, ShippingUploader, WechatApi
@@ -62,6 +65,7 @@ RECONCILER = web.AppKey("reconciler", Reconciler)
 SHIPPING_UPLOADER = web.AppKey("shipping_uploader", ShippingUploader)
 #: The console's "ask WeChat Pay": at once, whatever the order's age or last query.
 CONSOLE_QUERY = web.AppKey("console_query", StatusQuery)
+CONSOLE_GRANT = web.AppKey("console_grant", ReviewGrant)
 
 
 class OrderEvents:
@@ -107,7 +111,8 @@ class OrderEvents:
 def build_handler(app: web.Application, config: OrderConfig) -> OrderEvents:
     client = app[WECHATPAY_CLIENT]
     wake = app[OUTBOX_RELAY].wake
-    payments = PaymentApplier(app[DB_POOL], Gate.of(config, client), on_commit=wake)
+    gate = Gate.of(config, client, app[DB_POOL])
+    payments = PaymentApplier(app[DB_POOL], gate, on_commit=wake)
     created = OrderCreatedApplier(app[DB_POOL], order_ttl_s=config.merchant.order_ttl_s)
     uploader = app.get(SHIPPING_UPLOADER)
     shipping = ShippingQueue(
@@ -139,7 +144,7 @@ def build_app(settings: OrderSettings) -> web.Application:
             duplicate_window_s=config.duplicate_order_window_s,
         )
         await catalog_prices.record(app[DB_POOL], config.catalog)
-        gate = Gate.of(config, app[WECHATPAY_CLIENT])
+        gate = Gate.of(config, app[WECHATPAY_CLIENT], app[DB_POOL])
         reconciler = Reconciler(
             app[DB_POOL], app[WECHATPAY_CLIENT], app[PUBLISHER], config.reconciler, gate
         )
@@ -149,7 +154,8 @@ def build_app(settings: OrderSettings) -> web.Application:
         at_once = StatusQueryConfig(
             after_s=0, interval_s=0, timeout_s=config.status_query.timeout_s
         )
-        app[CONSOLE_QUERY] = StatusQuery(app[DB_POOL], gate, payments, at_once)
+        app[CONSOLE_QUERY] = StatusQuery(app[DB_POOL], gate, payments, at_once, "console")
+        app[CONSOLE_GRANT] = ReviewGrant(gate, payments)
         app[RECONCILER] = reconciler
         app[api.SESSIONS] = Sessions(app[DB_POOL], config.tokens, config.token_ttl_s)
         app[api.LOGIN] = MiniProgramLogin(
@@ -167,6 +173,15 @@ def build_app(settings: OrderSettings) -> web.Application:
         wechat = WechatApi(
             config.shipping.api_base, config.shipping.appid, config.shipping.app_secret
         )
+        records = RetentionPruner(
+            app[DB_POOL],
+            retention_days=settings.retention_days,
+            interval_s=settings.retention_interval_s,
+            tables=RECORD_TABLES,
+            lock_name=RECORDS_LOCK_NAME,
+        )
+        if settings.retention_interval_s > 0:
+            records.start()
         if config.shipping.enabled:
             uploader = ShippingUploader(
                 app[DB_POOL], wechat, AccessTokens(app[DB_POOL], wechat), config.shipping
@@ -177,6 +192,7 @@ def build_app(settings: OrderSettings) -> web.Application:
         if config.shipping.enabled:
             await app[SHIPPING_UPLOADER].stop()
         await wechat.close()
+        await records.stop()
         await bills.stop()
         await reconciler.stop()
         await app[api.LOGIN].close()
@@ -190,13 +206,18 @@ def build_app(settings: OrderSettings) -> web.Application:
         outbox_producer=OUTBOX_PRODUCER,
     )
     use_webhooks(app, config.webhooks, settings)
+    use_rejection_records(app, settings)
     app[api.LOGIN_RATE] = RateLimit(config.login_rate_per_min)
     app[api.ORDER_RATE] = RateLimit(config.order_rate_per_min)
     api.add_routes(app)
     console.mount(
         app[ADMIN_LISTENER].app,
         lambda: console.ConsoleBackend(
-            app[DB_POOL], app[api.ORDERS], app[CONSOLE_QUERY], app.get(AMQP_CONNECTION)
+            app[DB_POOL],
+            app[api.ORDERS],
+            app[CONSOLE_QUERY],
+            app[CONSOLE_GRANT],
+            app.get(AMQP_CONNECTION),
         ),
     )
     return app

@@ -179,3 +179,13 @@ for _outcome in ("succeeded", "failed_status", "error", "refused"):
     WEBHOOK_ATTEMPTS.labels(_outcome)
 for _reason in ("gone", "failing"):  # exported at 0: the alert counts the first one
     WEBHOOK_ENDPOINTS_DISABLED.labels(_reason)
+
+# --- the console's records (query_log.py) ------------------------------------------------
+
+#: ``table``: wechatpay_queries (a query's record the database did not take: the query's
+#: answer still counts).
+RECORDS_LOST = Counter(
+    "paylane_console_records_lost_total",
+    "Records for the console's timeline that could not be written, by table",
+    ["table"],
+)

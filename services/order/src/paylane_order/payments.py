@@ -17,6 +17,7 @@ arrives is paid all the same: the money was taken, so the buyer gets what they p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypedDict
 
@@ -31,6 +32,7 @@ from paylane_common.storage.db import placeholders, rows_table, transaction
 from paylane_common.storage.rows import OrderStatus, fetch_all, fetch_one
 
 from . import INBOX_CONSUMER, OUTBOX_PRODUCER, audit, catalog_prices, metrics, sweep
+from .errors import Conflict
 from .gate import Gate, Unconfirmed
 from .review import OrderOwner, to_review
 
@@ -42,6 +44,14 @@ log = structlog.get_logger(__name__)
 #: both decide by it, in Python and in SQL.
 PAYABLE_STATES = ("pending", "failed")
 _PAYABLE_SQL = "(" + ", ".join(f"'{state}'" for state in PAYABLE_STATES) + ")"
+_PAYABLE = f"status IN {_PAYABLE_SQL}"
+#: What an operator's grant moves to ``paid`` (OperatorGrant): an order under review
+#: that was never announced paid (else the entitlement ledger, which grants an order
+#: once, already granted and revoked it), of WeChat Pay's transaction or none yet.
+_GRANTABLE = (
+    "status = 'needs_review' AND paid_event_at IS NULL"
+    " AND (transaction_id IS NULL OR transaction_id = %s)"
+)
 
 #: The order row may still be committing when WeChat's notification arrives.
 UNKNOWN_ORDER_ATTEMPTS = 4
@@ -58,6 +68,24 @@ class PayableOrder(sweep.OrderEffect):
     paid_event_at: datetime | None
     created_at: datetime | None
     description: str | None
+
+
+@dataclass(frozen=True)
+class OperatorGrant:
+    """A ``needs_review`` order an operator resolves by granting it (the console, on
+    WeChat Pay's answer to a query: review_grant.py). The payment goes the one way every
+    payment does (:meth:`PaymentApplier.apply_confirmed`), with two differences: the
+    order moves from ``needs_review`` (never announced: ``paid_event_at`` NULL) instead of
+    ``pending|failed``, and the operator judges the price (``Gate.short_of`` instead of
+    ``Gate.mismatch``). Anything else (the row moved meanwhile, WeChat Pay's payment short
+    of the order) rolls the transaction back and raises :class:`Conflict`."""
+
+    operator: str
+    reason: str
+
+    @property
+    def detail(self) -> str:
+        return f"granted by operator {self.operator}: {self.reason}"[:255]
 
 
 class PaymentApplier:
@@ -83,14 +111,17 @@ class PaymentApplier:
             return "duplicate"
         return await self.apply_confirmed(envelope, data)
 
-    async def apply_confirmed(self, envelope: Envelope, data: PaymentSucceeded) -> str:
+    async def apply_confirmed(
+        self, envelope: Envelope, data: PaymentSucceeded, grant: OperatorGrant | None = None
+    ) -> str:
         """A payment the gate returned (WeChat Pay's own account of it), applied once per
         ``envelope.event_id``: inbox row, the order paid (or the payment classified),
-        ``payment_logs``, outbox. Also the path of an on-demand query (status_query.py)."""
+        ``payment_logs``, outbox. Also the path of an on-demand query (status_query.py)
+        and of an operator's grant of a ``needs_review`` order (``grant``)."""
         async with transaction(self.pool) as cur:
             if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
-            outcome = await self._apply(cur, envelope, data)
+            outcome = await self._apply(cur, envelope, data, grant)
         self.after_commit([outcome])
         return outcome
 
@@ -168,7 +199,7 @@ class PaymentApplier:
             " o.paid_at = v.paid_at, o._openid = COALESCE(o._openid, v.openid),"
             " o.paid_event_at = NOW(6), o.generation_id = IF(o.generation_id = '',"
             " COALESCE(v.generation_id, ''), o.generation_id)"
-            f" WHERE o.status IN {_PAYABLE_SQL}",
+            f" WHERE o.{_PAYABLE}",
             params,
         )
         if cur.rowcount != len(plain):  # the rows are locked: cannot happen, but never guess
@@ -186,7 +217,13 @@ class PaymentApplier:
         await outbox.add_many(cur, OUTBOX_PRODUCER, staged)
         return outcomes
 
-    async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: PaymentSucceeded) -> str:
+    async def _apply(
+        self,
+        cur: aiomysql.Cursor,
+        envelope: Envelope,
+        data: PaymentSucceeded,
+        grant: OperatorGrant | None = None,
+    ) -> str:
         order = await _load(cur, data.out_trade_no)
         if order is None:
             raise Retry(
@@ -194,20 +231,30 @@ class PaymentApplier:
                 max_attempts=UNKNOWN_ORDER_ATTEMPTS,
                 delay_s=UNKNOWN_ORDER_DELAY_S,
             )
-        periods = await catalog_prices.load(cur, [order["package_type"]])
-        mismatch = self._gate.mismatch(order, data, periods)
+        if grant is None:
+            periods = await catalog_prices.load(cur, [order["package_type"]])
+            mismatch = self._gate.mismatch(order, data, periods)
+        else:
+            mismatch = self._gate.short_of(order, data)
         if mismatch is None:
             paid_at = _paid_at(data.success_time)
+            where, args = (_GRANTABLE, (data.transaction_id,)) if grant else (_PAYABLE, ())
             await cur.execute(
                 "UPDATE payment_orders SET status = 'paid', transaction_id = %s, paid_at = %s,"
                 " _openid = COALESCE(_openid, %s), paid_event_at = NOW(6),"
-                f" {_FILL_GENERATION}"
-                f" WHERE out_trade_no = %s AND status IN {_PAYABLE_SQL}",
-                (data.transaction_id, paid_at, data.openid, data.generation_id, data.out_trade_no),
+                f" {_FILL_GENERATION} WHERE out_trade_no = %s AND {where}",
+                (
+                    data.transaction_id,
+                    paid_at,
+                    data.openid,
+                    data.generation_id,
+                    data.out_trade_no,
+                    *args,
+                ),
             )
             if cur.rowcount == 1:
                 late = order["status"] == "failed"
-                detail = "paid after close" if late else None
+                detail = grant.detail if grant else "paid after close" if late else None
                 await _log(cur, envelope, data, "paid", detail, "paid")
                 await outbox.add(cur, OUTBOX_PRODUCER, _order_paid(data, order, paid_at))
                 await _refunded_before(cur, data, order)
@@ -216,6 +263,8 @@ class PaymentApplier:
             # Someone else moved the row since we read it: classify what it is now.
             order = await _load(cur, data.out_trade_no, lock=True)
             assert order is not None
+        if grant is not None:  # rolls back the inbox row with the rest
+            raise Conflict(mismatch or _not_grantable(order, data))
         return await self._not_applied(cur, envelope, data, order, mismatch)
 
     async def _announce_paid_elsewhere(
@@ -320,6 +369,21 @@ class PaymentApplier:
 
 #: An empty generation (a row written without one) takes the one a payment names.
 _FILL_GENERATION = "generation_id = IF(generation_id = '', COALESCE(%s, ''), generation_id)"
+
+
+def _not_grantable(order: PayableOrder, data: PaymentSucceeded) -> str:
+    """Why an operator's grant moved nothing (:data:`_GRANTABLE`)."""
+    if order["status"] != "needs_review":
+        return f"the order is {order['status']}, not needs_review"
+    if order["paid_event_at"] is not None:
+        return (
+            "the order was announced paid before its review (its grant was revoked), and an"
+            " order is granted once: refund it instead"
+        )
+    return (
+        f"WeChat Pay's transaction {data.transaction_id} is not the order's"
+        f" {order['transaction_id']}"
+    )
 
 
 def _paid_elsewhere(order: PayableOrder, data: PaymentSucceeded) -> bool:

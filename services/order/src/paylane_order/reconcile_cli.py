@@ -57,6 +57,6 @@ async def open_reconciler(stack: AsyncExitStack, settings: OrderSettings) -> tup
     config = OrderConfig.from_settings(settings)
     await catalog_prices.record(pool, config.catalog)
     reconciler = Reconciler(
-        pool, api.client, publisher, config.reconciler, Gate.of(config, api.client)
+        pool, api.client, publisher, config.reconciler, Gate.of(config, api.client, pool)
     )
     return pool, reconciler

@@ -68,6 +68,7 @@ from .config import ReconcilerConfig
 from .failed import fail
 from .fulfilment import count_overdue
 from .gate import PAID_STATES, Gate
+from .query_log import QueryLog
 
 log = structlog.get_logger(__name__)
 
@@ -136,6 +137,7 @@ class Reconciler(BackgroundLoop):
         self._publisher = publisher
         self._config = config
         self._order_ttl = timedelta(seconds=config.order_ttl_s)
+        self._queries = QueryLog(pool, client)
 
     async def _run(self) -> None:
         while True:
@@ -264,7 +266,7 @@ class Reconciler(BackgroundLoop):
         expires_at = self._expires_at(order)
         expired = expires_at is not None and expires_at <= _now()
         try:
-            tx = await self._client.query_by_out_trade_no(out_trade_no)
+            tx = await self._queries.order(out_trade_no, "reconciler")
         except WechatPayApiError as exc:
             if exc.code == "ORDER_NOT_EXIST":
                 if expired:
@@ -311,7 +313,7 @@ class Reconciler(BackgroundLoop):
     async def _settle_refund(self, refund: RefundToSettle) -> str:
         out_refund_no = refund["out_refund_no"]
         try:
-            answer = await self._client.query_refund(out_refund_no)
+            answer = await self._queries.refund(out_refund_no, "reconciler", refund["out_trade_no"])
         except WechatPayApiError as exc:
             if exc.code == "RESOURCE_NOT_EXISTS" and refund["refund_id"] is None:
                 return await self._close_refund_never_sent(refund)

@@ -43,6 +43,7 @@ from . import metrics
 from .config import StatusQueryConfig
 from .gate import Gate, Unconfirmed
 from .payments import PaymentApplier
+from .query_log import Source
 
 log = structlog.get_logger(__name__)
 
@@ -54,11 +55,14 @@ class StatusQuery:
         gate: Gate,
         payments: PaymentApplier,
         config: StatusQueryConfig,
+        source: Source = "on_demand",
     ) -> None:
         self._pool = pool
         self._gate = gate
         self._payments = payments
         self._config = config
+        #: Who asks, as the query's record says: a client's GET, or an operator.
+        self._source: Source = source
 
     async def settle(self, order: OrderRow) -> bool:
         """Asks WeChat Pay about ``order`` (a row) when it is pending, ``after_s`` old and
@@ -72,7 +76,7 @@ class StatusQuery:
         claim = PaymentSucceeded(out_trade_no=out_trade_no, transaction_id="-", source="query")
         try:
             async with asyncio.timeout(self._config.timeout_s):
-                paid = await self._gate.from_query(claim, any_transaction=True)
+                paid = await self._gate.from_query(claim, any_transaction=True, source=self._source)
         except Unconfirmed:
             metrics.STATUS_QUERIES.labels("not_paid").inc()
             return False

@@ -206,7 +206,7 @@ async def _settle_paid_elsewhere(pool: aiomysql.Pool, gate: Gate, out_trade_no: 
     claim = PaymentSucceeded(out_trade_no=out_trade_no, transaction_id="-", source="reconcile")
     paid: PaymentSucceeded | None = None
     try:
-        paid = await gate.from_query(claim, any_transaction=True)
+        paid = await gate.from_query(claim, any_transaction=True, source="reconciler")
         reason = None
     except Retry as exc:
         log.warning("paid_elsewhere_query_failed", out_trade_no=out_trade_no, error=str(exc))

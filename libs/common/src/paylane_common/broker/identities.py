@@ -6,8 +6,9 @@ connection's user (no paylane user has the ``impersonator`` tag), so it cannot b
 Each consumer takes an event type only from the identity that publishes it
 (:meth:`Publishers.expected`): ``payment.*``, ``refund.*`` and ``order.created`` from
 ingress (and order, whose reconciler publishes payments and refunds it found itself),
-``order.*`` and ``fulfilment.*`` from order, ``entitlement.*`` from entitlement. Anything
-else is dead-lettered with the reason (consumer.py).
+``order.*`` and ``fulfilment.*`` from order, ``entitlement.*`` from entitlement, and
+``notification.rejected`` (a record) from ingress. Anything else is dead-lettered with
+the reason (consumer.py).
 
 A message may come back to its queue published by someone else than its publisher:
 
@@ -62,7 +63,7 @@ class Publishers:
 
     def expected(self, event_type: str) -> frozenset[str]:
         """Who may publish ``event_type`` (empty: nobody)."""
-        if event_type == events.ORDER_CREATED:
+        if event_type in (events.ORDER_CREATED, events.NOTIFICATION_REJECTED):
             return frozenset({self.ingress})
         if event_type.startswith(("payment.", "refund.")):
             return frozenset({self.ingress, self.order})  # the reconciler's findings

@@ -81,6 +81,11 @@ class QueueSpec:
     #: One parking queue per delay: a queue-level TTL expires messages in arrival order,
     #: so every message of a queue waits the same and none holds up a shorter one.
     retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S
+    #: For records that may be lost rather than pile up (:data:`ORDER_REJECTIONS`): the
+    #: queue and its DLQ keep at most this many messages, dropping the oldest (RabbitMQ's
+    #: ``drop-head``, whose dead-lettering is at-most-once). None: events, never dropped; a
+    #: full queue refuses the publish (``reject-publish``), which the publisher sees.
+    max_length: int | None = None
 
     @property
     def dlq(self) -> str:
@@ -110,7 +115,7 @@ class QueueSpec:
         return tuple(self.retry_queue_for(delay) for delay in self.retry_delays_s)
 
     def arguments(self) -> Arguments:
-        return {
+        arguments: dict[str, Any] = {
             "x-queue-type": "quorum",
             QUORUM_REPLICATION: REPLICAS,
             "x-delivery-limit": self.delivery_limit,
@@ -119,16 +124,24 @@ class QueueSpec:
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
+        if self.max_length is not None:
+            # At-least-once dead-lettering requires reject-publish: at-most-once here.
+            del arguments["x-dead-letter-strategy"]
+            arguments |= {"x-overflow": "drop-head", "x-max-length": self.max_length}
+        return arguments
 
     def dlq_arguments(self) -> Arguments:
         # Explicit and huge: from RabbitMQ 4.0 quorum queues default to a delivery limit
         # of 20 and our DLQs have no dead-letter target, so peeking (dlq list, dry runs)
         # would otherwise silently drop dead letters.
-        return {
+        arguments: dict[str, Any] = {
             "x-queue-type": "quorum",
             QUORUM_REPLICATION: REPLICAS,
             "x-delivery-limit": DLQ_DELIVERY_LIMIT,
         }
+        if self.max_length is not None:
+            arguments |= {"x-overflow": "drop-head", "x-max-length": self.max_length}
+        return arguments
 
     def retry_arguments(self, delay_s: float) -> Arguments:
         return {
@@ -207,7 +220,18 @@ NOTIFIER_KEYS = (
     *events.FULFILMENT_EVENTS,
 )
 
-QUEUES: tuple[QueueSpec, ...] = (ORDER_PAYMENTS, ENTITLEMENT_ORDERS, ORDER_WEBHOOKS)
+#: The notifications ingress rejected, as records (``notification.rejected``), which the
+#: order service writes to ``notifications_rejected`` for the console. Bounded: a flood of
+#: forged notifications while the order service is away drops the oldest records, never
+#: fills the broker.
+ORDER_REJECTIONS = QueueSpec("order.rejections", (events.NOTIFICATION_REJECTED,), max_length=10_000)
+
+QUEUES: tuple[QueueSpec, ...] = (
+    ORDER_PAYMENTS,
+    ENTITLEMENT_ORDERS,
+    ORDER_WEBHOOKS,
+    ORDER_REJECTIONS,
+)
 #: The routing keys ``paylane.log`` is bound to: the events that came from outside.
 LOG_KEYS: tuple[str, ...] = events.EXTERNAL_EVENTS
 #: The stream's binding before it was narrowed to :data:`LOG_KEYS`; removed on declaration.

@@ -35,6 +35,10 @@ ENTITLEMENT_REVOKED = "entitlement.revoked"
 #: ``payment_orders`` (``POST /api/payment/internal/order-created``); the order service
 #: writes it.
 ORDER_CREATED = "order.created"
+#: A notification ingress refused (a bad signature, a stale timestamp, undecryptable …):
+#: a record for the operators' console, not an event anything acts on. Ingress publishes
+#: it in the background, capped; the order service writes ``notifications_rejected``.
+NOTIFICATION_REJECTED = "notification.rejected"
 #: What paylane is told from outside (ingress publishes them): the only events the stream
 #: ``paylane.log`` keeps. Every other event is derived and kept in its producer's outbox.
 EXTERNAL_EVENTS: tuple[str, ...] = (
@@ -227,6 +231,26 @@ class Entitlement(_Data):
     revoked_for: RevokedFor | None = None
 
 
+class NotificationRejected(_Data):
+    """What ingress could read of a notification it refused, and why. Never the body,
+    nor anything of the payer's: the notification's id and type (as the body said, signed
+    or not), the order's and the transaction's numbers when the resource decrypted (or, on
+    ``/notify/cloudhosting``, as the unsigned body said), the ``Wechatpay-Serial``."""
+
+    #: wechatpay (``/notify/wechatpay`` and its alias) or cloudhosting.
+    route: str = Field(min_length=1, max_length=16)
+    #: The rejection's reason, as ``paylane_ingress_notifications_rejected_total`` counts it.
+    reason: str = Field(min_length=1, max_length=32)
+    #: The HTTP status ingress answered.
+    status: int = Field(ge=100, le=599)
+    event_id: str | None = Field(default=None, max_length=64)
+    event_type: str | None = Field(default=None, max_length=64)
+    out_trade_no: str | None = Field(default=None, max_length=64)
+    transaction_id: str | None = Field(default=None, max_length=64)
+    serial: str | None = Field(default=None, max_length=128)
+    received_at: datetime
+
+
 DATA_MODELS: dict[str, type[_Data]] = {
     PAYMENT_SUCCEEDED: PaymentSucceeded,
     REFUND_SUCCEEDED: RefundEvent,
@@ -241,6 +265,7 @@ DATA_MODELS: dict[str, type[_Data]] = {
     FULFILMENT_FAILED: FulfilmentSettled,
     ENTITLEMENT_GRANTED: Entitlement,
     ENTITLEMENT_REVOKED: Entitlement,
+    NOTIFICATION_REJECTED: NotificationRejected,
 }
 
 

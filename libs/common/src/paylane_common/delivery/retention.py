@@ -6,6 +6,11 @@ rows per table, oldest first, by primary key after an indexed range read (determ
 safe under statement-based replication, short locks). ``payment_logs`` are the audit
 trail and ``entitlement_grants`` the ledger: never pruned here.
 
+The records kept for the operators' console's timeline (:data:`RECORD_TABLES`: rejected
+notifications, WeChat Pay queries, the notifier's pushes; migrations 0016, 0017) are
+pruned the same way by the order service alone, under a lease of its own
+(:data:`RECORDS_LOCK_NAME`): entitlement, which takes retention's, may not touch them.
+
 Every consumer service runs it; replicas take turns through a lease (leases.py, not
 waited for) on the ``paylane_retention_lock`` row, and a replica that skips loses nothing:
 the deletes are idempotent.
@@ -44,11 +49,18 @@ TABLES = (
     _Table("inbox", ("consumer", "event_id"), "processed_at"),
     _Table("outbox", ("id",), "published_at"),
 )
+RECORDS_LOCK_NAME = "paylane.records"
+RECORD_TABLES = (
+    _Table("notifications_rejected", ("id",), "received_at"),
+    _Table("wechatpay_queries", ("id",), "asked_at"),
+    _Table("notifier_pushes", ("id",), "pushed_at"),
+)
 
 
 class RetentionPruner(BackgroundLoop):
     """Every ``interval_s``, deletes what is older than ``retention_days`` in rounds of
-    ``batch_size`` rows per table, at most ``max_rounds`` rounds per run."""
+    ``batch_size`` rows per table, at most ``max_rounds`` rounds per run: the inbox and
+    outbox under retention's lease, or ``tables`` under ``lock_name``."""
 
     task_name = "retention"
 
@@ -60,6 +72,8 @@ class RetentionPruner(BackgroundLoop):
         interval_s: float,
         batch_size: int = 1000,
         max_rounds: int = 100,
+        tables: tuple[_Table, ...] = TABLES,
+        lock_name: str = LOCK_NAME,
     ) -> None:
         if retention_days <= 0 or batch_size < 1 or max_rounds < 1:
             raise ValueError("retention_days, batch_size and max_rounds must be positive")
@@ -68,6 +82,8 @@ class RetentionPruner(BackgroundLoop):
         self._interval_s = interval_s
         self._batch_size = batch_size
         self._max_rounds = max_rounds
+        self._tables = tables
+        self._lock_name = lock_name
 
     async def _run(self) -> None:
         while True:
@@ -81,11 +97,11 @@ class RetentionPruner(BackgroundLoop):
 
     async def prune_once(self) -> dict[str, int]:
         """One run: rows deleted per table (all zero when another replica holds the lock)."""
-        pruned = {table.name: 0 for table in TABLES}
-        async with Lease(self._pool, LOCK_NAME, table=LOCK_TABLE).held() as held:
+        pruned = {table.name: 0 for table in self._tables}
+        async with Lease(self._pool, self._lock_name, table=LOCK_TABLE).held() as held:
             if not held:
                 return pruned
-            for table in TABLES:
+            for table in self._tables:
                 for _ in range(self._max_rounds):
                     deleted = await self._prune_round(table)
                     pruned[table.name] += deleted

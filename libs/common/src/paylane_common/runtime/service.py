@@ -550,21 +550,7 @@ def use_consumer(
             declare=app[DECLARES_TOPOLOGY],
         )
         await yielding.start()
-        make: Callable[..., Consumer] = Consumer
-        if isinstance(handler, BatchHandler):
-            make = partial(BatchConsumer, max_batch=settings.consumer_batch_max)
-        consumer = make(
-            app[AMQP_CONNECTION],
-            app[PUBLISHER],
-            spec,
-            handler,
-            database=app[DATABASE],
-            retry=RetryPolicy.from_settings(settings),
-            prefetch=settings.consumer_prefetch,
-            declare=app[DECLARES_TOPOLOGY],
-            yield_to=yielding,
-            publishers=app[PUBLISHERS],
-        )
+        consumer = consumer_of(app, spec, handler, settings, yield_to=yielding)
         app[CONSUMER] = consumer
         app[READINESS_CHECKS]["consumer"] = consumer.check
         await consumer.start()
@@ -582,3 +568,32 @@ def use_consumer(
             await app[OUTBOX_RELAY].stop()
 
     app.cleanup_ctx.append(ctx)
+
+
+def consumer_of(
+    app: web.Application,
+    spec: QueueSpec,
+    handler: Handler | BatchHandler,
+    settings: ConsumerSettings,
+    *,
+    yield_to: IngressYield | None = None,
+) -> Consumer:
+    """A consumer of ``spec`` (in batches when ``handler`` is a :class:`BatchHandler`) on
+    the app's broker connection and publisher, with the service's retry policy: the main
+    queue's (use_consumer) and the order service's others (its webhooks, its rejection
+    records). The caller starts and stops it."""
+    make: Callable[..., Consumer] = Consumer
+    if isinstance(handler, BatchHandler):
+        make = partial(BatchConsumer, max_batch=settings.consumer_batch_max)
+    return make(
+        app[AMQP_CONNECTION],
+        app[PUBLISHER],
+        spec,
+        handler,
+        database=app[DATABASE],
+        retry=RetryPolicy.from_settings(settings),
+        prefetch=settings.consumer_prefetch,
+        declare=app[DECLARES_TOPOLOGY],
+        yield_to=yield_to,
+        publishers=app[PUBLISHERS],
+    )

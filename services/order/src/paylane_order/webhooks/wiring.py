@@ -9,15 +9,7 @@ from aiohttp import web
 
 from paylane_common.broker.queue_watch import QueueWatch
 from paylane_common.broker.topology import ORDER_WEBHOOKS
-from paylane_common.delivery.consumer import Consumer, RetryPolicy
-from paylane_common.runtime.service import (
-    AMQP_CONNECTION,
-    DATABASE,
-    DB_POOL,
-    DECLARES_TOPOLOGY,
-    PUBLISHER,
-    PUBLISHERS,
-)
+from paylane_common.runtime.service import AMQP_CONNECTION, DB_POOL, consumer_of
 from paylane_common.runtime.settings import ConsumerSettings
 from paylane_common.web.health import READINESS_CHECKS
 
@@ -36,17 +28,8 @@ def use_webhooks(app: web.Application, config: WebhookConfig, settings: Consumer
         store = app[WEBHOOK_STORE] = WebhookStore(app[DB_POOL])
         await store.sync_config(config.urls)
         dispatcher = app[WEBHOOK_DISPATCHER] = WebhookDispatcher(store, config)
-        consumer = Consumer(
-            app[AMQP_CONNECTION],
-            app[PUBLISHER],
-            ORDER_WEBHOOKS,
-            WebhookIngest(store, dispatcher.wake),
-            database=app[DATABASE],
-            retry=RetryPolicy.from_settings(settings),
-            prefetch=settings.consumer_prefetch,
-            declare=app[DECLARES_TOPOLOGY],
-            publishers=app[PUBLISHERS],
-        )
+        ingest = WebhookIngest(store, dispatcher.wake)
+        consumer = consumer_of(app, ORDER_WEBHOOKS, ingest, settings)
         app[READINESS_CHECKS]["webhooks"] = consumer.check
         await consumer.start()
         if config.poll_s > 0:

@@ -457,9 +457,13 @@ async def replay_dlq(
     progress: ProgressCallback | None = None,
     delivery_limits: Mapping[str, int] | None = None,
     timeout: float = 5.0,
+    select: Callable[[DeadLetter], bool] | None = None,
 ) -> ReplaySummary:
     """Move the dead letters of ``queue`` (a consumer queue or its ``.dlq``) back to the
     queue each one failed in, confirmed, ack after confirm (see the module docstring).
+    With ``select``, only the dead letters it selects move (the console's replay of one,
+    chosen in the same pass that moves it): the others are fetched unacked and handed
+    back with the channel, uncounted.
 
     The copy keeps body and properties; the broker's and the DLQ's bookkeeping headers go,
     ``x-paylane-attempt`` restarts at 0 (the consumer's retry budget starts over: the cause
@@ -481,7 +485,7 @@ async def replay_dlq(
         summary = await _replay(
             connection,
             dlq,
-            _dlq_copies(letters, dlq),
+            _dlq_copies(letters, dlq, select),
             None if dry_run else settle,  # a dry run's go back with the channel
             total=planned,
             dry_run=dry_run,
@@ -525,10 +529,16 @@ async def _dead_letters(
 
 
 async def _dlq_copies(
-    letters: AsyncGenerator[tuple[AbstractIncomingMessage, DeadLetter], None], dlq: str
+    letters: AsyncGenerator[tuple[AbstractIncomingMessage, DeadLetter], None],
+    dlq: str,
+    select: Callable[[DeadLetter], bool] | None = None,
 ) -> AsyncGenerator[_Taken, None]:
     async with contextlib.aclosing(letters):
         async for message, letter in letters:
+            if select is not None and not select(letter):
+                # Not settled: it stays unacked, and goes back with the reading channel.
+                yield _Taken(letter.reason, counted=False)
+                continue
             send = (
                 _refusing("origin is the DLQ itself")
                 if letter.origin == dlq
