@@ -20,7 +20,6 @@ from __future__ import annotations
 from paylane_common.runtime.service import Hosted, serve_together
 
 
-
 def hosted() -> list[Hosted]:
     from paylane_entitlement.main import build_app as entitlement_app
     from paylane_entitlement.settings import EntitlementSettings
