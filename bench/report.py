@@ -72,6 +72,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f" {r['drain_after_last_send_s']} | {r['backlog_growth']} | {r['rss_mib']} |"
             )
     lines += _bursts(results.get("burst", {}))
+    lines += _rounds(results.get("rounds", {}))
     lines += _cpu_tables(results)
     ratios = []
     for rate, who in ((r, w) for w in ("paylane", "paylane_nice_consumers") for r in (200, 500)):
@@ -122,6 +123,7 @@ PROCESSES = (
     "order",
     "entitlement",
     "notifier",
+    "consumers",
     "baseline",
     "rabbitmq",
     "mariadb",
@@ -322,3 +324,60 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"paylane on {results['machine']['cores']} cores, everything co-located")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def round_line(n: int, results: dict[str, Any]) -> str:
+    """One round as it ends (printed during the run): each contender's ack p99 and CPU."""
+    parts = [
+        f"{who}: p99 {r['acks']['p99_ms']} ms, {r['cpu']['cpu_us_per_unit']['total']} µs/payment"
+        for who, r in results.items()
+    ]
+    return f"round {n + 1}: " + "; ".join(parts)
+
+
+def _rounds(rounds: dict[str, Any]) -> list[str]:
+    """Issue 31's two ratios, round by round: ack p99 and CPU per payment of each consumers'
+    mode against the inline baseline of the same round, and how many rounds each won."""
+    if not rounds.get("rounds"):
+        return []
+    modes = rounds["modes"]
+    lines = [
+        "",
+        f"Rounds: {len(rounds['rounds'])} × a {rounds['seconds']} s burst at {rounds['rate']}/s"
+        " (open loop) to paylane (" + ", ".join(modes) + " consumers) and to the inline baseline,"
+        " in turn. Ratios: paylane ÷ baseline of the same round (< 1: paylane is faster or"
+        " cheaper). CPU: every process, first send to last push (paylane) or last answer.",
+        "",
+        "| round | "
+        + " | ".join(f"{m} p99 ms | {m} CPU µs | {m} p99 ratio | {m} CPU ratio" for m in modes)
+        + " | baseline p99 ms | baseline CPU µs | load 1 min |",
+        "|---|" + "---|---|---|---|" * len(modes) + "---|---|---|",
+    ]
+    won = {m: 0 for m in modes}
+    cpu_ratios: dict[str, list[float]] = {m: [] for m in modes}
+    for n, r in enumerate(rounds["rounds"], 1):
+        b = r["baseline"]
+        b99, bcpu = b["acks"]["p99_ms"], b["cpu"]["cpu_us_per_unit"]["total"]
+        cells = []
+        for m in modes:
+            p99, cpu = r[m]["acks"]["p99_ms"], r[m]["cpu"]["cpu_us_per_unit"]["total"]
+            won[m] += p99 <= b99 and r[m]["pushed"] == r[m]["pushes_wanted"]
+            cpu_ratios[m].append(cpu / bcpu if bcpu else float("nan"))
+            ratio = f"{p99 / b99:.2f}" if b99 else "?"
+            cells.append(f"{p99} | {cpu} | {ratio} | {cpu_ratios[m][-1]:.2f}")
+        load = "/".join(str(r[w]["load"][0][0]) for w in (*modes, "baseline"))
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {b99} | {bcpu} | {load} |")
+    lines.append("")
+    for m in modes:
+        ratios = sorted(cpu_ratios[m])
+        median = (
+            ratios[len(ratios) // 2]
+            if len(ratios) % 2
+            else sum(ratios[len(ratios) // 2 - 1 : len(ratios) // 2 + 1]) / 2
+        )
+        lines.append(
+            f"- {m}: ack p99 ≤ the baseline's (every payment pushed) in {won[m]} rounds of"
+            f" {len(ratios)} (target: 8 of 10); CPU per payment {median:.2f}× the baseline's"
+            f" (median; {ratios[0]:.2f}–{ratios[-1]:.2f}; target ≤ 2.0)."
+        )
+    return lines

@@ -25,7 +25,7 @@ from paylane_common.storage import db
 from tests.support.faultproxy import FaultProxy
 from tests.support.polling import eventually
 from tests.support.seeding import add_users
-from tests.support.stack import Stack
+from tests.support.stack import Service, Stack, free_port, wait_ready
 
 from . import brokerfloor, report, setup, wakeups
 from .cpu import CpuMeter, idle_share, machine_ticks, server_pids
@@ -34,7 +34,9 @@ from .presign import presign, transaction
 
 OUT = Path("bench-results")
 BASELINE = [sys.executable, "-m", "bench.baseline"]
-PHASES = ("wakeups", "ingress", "floor", "e2e", "baseline", "burst")
+PHASES = ("wakeups", "ingress", "floor", "e2e", "baseline", "burst", "rounds")
+#: What ``make bench`` runs without ``--only``: the rounds take 20 minutes and more.
+DEFAULT_PHASES = PHASES[:-1]
 CONSUMERS = ("order", "entitlement", "notifier")
 #: A payment is done when both its pushes have arrived (one entitlement.granted event
 #: carries both to the notifier).
@@ -49,6 +51,8 @@ class PushWatcher:
     def __init__(self) -> None:
         self.arrived: dict[tuple[str, str], float] = {}
         self.drops = 0
+        #: Sockets open and subscribed (their snapshot arrived).
+        self.open = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._wanted: set[tuple[str, str]] = set()
         self._all_in = asyncio.Event()
@@ -74,9 +78,14 @@ class PushWatcher:
                 continue
             await self._read(ws, first)
             self.drops += 1
+            self.open -= 1
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, first: asyncio.Future[None]) -> None:
+        subscribed = False
         async for message in ws:
+            if not subscribed:
+                subscribed = True
+                self.open += 1
             if not first.done():
                 first.set_result(None)
             if message.type != aiohttp.WSMsgType.TEXT:
@@ -88,6 +97,14 @@ class PushWatcher:
                 self._wanted.discard(key)
                 if not self._wanted:
                     self._all_in.set()
+
+    async def all_open(self, count: int, timeout: float = 60.0) -> None:
+        """Until ``count`` sockets are open again (after the notifier restarted)."""
+
+        async def reopened() -> bool:
+            return self.open >= count
+
+        await eventually(reopened, timeout, what="WebSockets reopened", interval=0.2)
 
     async def wait_for(self, keys: list[tuple[str, str]], timeout: float) -> None:
         """Until every key has arrived, or ``timeout`` (missing ones are reported)."""
@@ -106,7 +123,13 @@ class PushWatcher:
 
 def _meter(stack: Stack) -> CpuMeter:
     """CPU of every running service, the broker, the database and the bench itself."""
-    pids = {name: service.process.pid for name, service in stack.services.items()}
+    pids: dict[str, int] = {}
+    for name, service in stack.services.items():
+        # The co-hosted consumers are one process known by three names: counted once.
+        shared = [other for other, pid in pids.items() if pid == service.process.pid]
+        for other in shared:
+            del pids[other]
+        pids["consumers" if shared else name] = service.process.pid
     return CpuMeter({**pids, **server_pids(), "bench": os.getpid()})
 
 
@@ -357,13 +380,61 @@ async def baseline_vs_paylane(
     return out
 
 
-async def _default_consumers(stack: Stack, extra_env: dict[str, str]) -> None:
-    """The consumers (re)started as ``make run`` starts them (the Procfile), with
-    ``extra_env`` (a candidate setting under test, e.g. ``CONSUMER_PREFETCH``)."""
-    for name in CONSUMERS:
+#: How the consumers run: three processes, or one (``paylane serve consumers``).
+MODES = ("separate", "cohosted")
+#: Each consumer's (HTTP, admin) ports, kept across restarts in either mode: the
+#: watcher's WebSockets reconnect to the same notifier URL.
+_PORTS: dict[str, tuple[int, int]] = {}
+
+
+def procfile_mode() -> str:
+    """How ``make run`` starts the consumers: co-hosted when the Procfile has a
+    ``consumers`` line."""
+    try:
+        setup.procfile_argv("consumers")
+    except KeyError:
+        return "separate"
+    return "cohosted"
+
+
+def _argv(name: str) -> list[str]:
+    """The Procfile's line for ``name`` where it has one, else ``nice -n 10 paylane serve
+    name`` (the consumers' priority there)."""
+    try:
+        return setup.procfile_argv(name)
+    except KeyError:
+        return ["nice", "-n", "10", sys.executable, "-m", "paylane.cli", "serve", name]
+
+
+async def _default_consumers(
+    stack: Stack, extra_env: dict[str, str], mode: str | None = None
+) -> None:
+    """The consumers (re)started as ``make run`` starts them (the Procfile), or in
+    ``mode``, with ``extra_env`` (a candidate setting under test, e.g.
+    ``CONSUMER_PREFETCH``)."""
+    mode = mode or procfile_mode()
+    for name in (*CONSUMERS, "consumers"):
         if name in stack.services:
             await stack.stop(name)
-        await stack.start(name, extra_env, argv=setup.procfile_argv(name))
+    for name in CONSUMERS:
+        _PORTS.setdefault(name, (free_port(), free_port()))
+    if mode == "separate":
+        for name in CONSUMERS:
+            http, admin = _PORTS[name]
+            env = {**extra_env, "ADMIN_PORT": str(admin)}
+            await stack.start(name, env, argv=_argv(name), port=http)
+        return
+    env = {f"ORDER__{k}": v for k, v in stack.service_env["order"].items()}
+    for name, (http, admin) in _PORTS.items():
+        prefix = f"{name.upper()}__"
+        env |= {f"{prefix}HTTP_PORT": str(http), f"{prefix}ADMIN_PORT": str(admin)}
+    started = await stack.start(
+        "consumers", {**extra_env, **env}, argv=_argv("consumers"), ready=False
+    )
+    del stack.services["consumers"]  # known by the three names below
+    for name, (http, admin) in _PORTS.items():
+        stack.services[name] = Service(name, http, started.process, started.log_path, admin)
+        await wait_ready(stack.services[name])
 
 
 async def bursts(
@@ -399,6 +470,57 @@ async def bursts(
             settled = await _settled()
             out[f"baseline_{rate}"] = await _burst_baseline(stack, baseline.url, signed_b, rate)
             out[f"baseline_{rate}"]["settled_s"] = settled
+        await watcher.close()
+    await stack.stop("baseline")
+    return out
+
+
+async def rounds(
+    stack: Stack,
+    env: setup.BenchEnv,
+    pool: Any,
+    quick: bool,
+    consumer_env: dict[str, str],
+    modes: list[str],
+    count: int,
+    rate: int = 1000,
+) -> dict[str, Any]:
+    """Issue 31's measure: ``count`` rounds of a burst at ``rate``/s (30 s; open loop),
+    each to paylane in every consumers' mode of ``modes`` and to the inline baseline, the
+    contenders in turn (each round starts with the one the last round ended with, so
+    that none always follows an idle machine), each once the machine is idle. Per burst
+    the ack percentiles and the CPU per payment by process (paylane: until both pushes of
+    every payment arrived)."""
+    seconds = 5 if quick else 30
+    users = await add_users(pool, 100)
+    await setup.create_orders(pool, users, len(users), "RWARM")
+    baseline = await stack.start("baseline", env.service_env(), argv=BASELINE)
+    current = modes[0]
+    await _default_consumers(stack, consumer_env, current)
+    out: dict[str, Any] = {"seconds": seconds, "rate": rate, "modes": modes, "rounds": []}
+    contenders = [*modes, "baseline"]
+    async with aiohttp.ClientSession() as http:
+        watcher = PushWatcher()
+        await watcher.connect(http, stack.services["notifier"].url, users)
+        for n in range(count):
+            turn = contenders[n % len(contenders) :] + contenders[: n % len(contenders)]
+            results: dict[str, Any] = {}
+            for who in turn:
+                orders = await setup.create_orders(pool, users, rate * seconds, f"R{n}{who[:2]}")
+                signed = await asyncio.to_thread(_notifications, env, orders)
+                if who != "baseline" and who != current:
+                    await _default_consumers(stack, consumer_env, who)
+                    current = who
+                    await watcher.all_open(len(users))
+                await _quiesce(env)
+                settled = await _settled()
+                if who == "baseline":
+                    results[who] = await _burst_baseline(stack, baseline.url, signed, rate)
+                else:
+                    results[who] = await _burst_paylane(stack, env, watcher, orders, signed, rate)
+                results[who]["settled_s"] = settled
+            out["rounds"].append(results)
+            print(report.round_line(n, results), flush=True)
         await watcher.close()
     await stack.stop("baseline")
     return out
@@ -451,7 +573,14 @@ async def _burst_baseline(stack: Stack, url: str, signed: list[Any], rate: int) 
     }
 
 
-async def main(quick: bool, only: set[str], consumer_env: dict[str, str]) -> int:
+async def main(
+    quick: bool,
+    only: set[str],
+    consumer_env: dict[str, str],
+    modes: list[str] | None = None,
+    round_count: int = 10,
+) -> int:
+    modes = modes or [procfile_mode()]
     await asyncio.to_thread(OUT.mkdir, exist_ok=True)
     env = setup.create()
     results: dict[str, Any] = {"machine": setup.machine(), "quick": quick, "phases": sorted(only)}
@@ -480,6 +609,10 @@ async def main(quick: bool, only: set[str], consumer_env: dict[str, str]) -> int
                 results["baseline"] = await baseline_vs_paylane(stack, env, pool, quick)
             if "burst" in only:
                 results["burst"] = await bursts(stack, env, pool, quick, consumer_env)
+            if "rounds" in only:
+                results["rounds"] = await rounds(
+                    stack, env, pool, quick, consumer_env, modes, round_count
+                )
     finally:
         await stack.stop_all()
         await asyncio.to_thread(setup.destroy, env)
@@ -496,8 +629,21 @@ def cli() -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument(
         "--only",
-        default=",".join(PHASES),
-        help=f"comma-separated phases to run (default: all of {','.join(PHASES)})",
+        default=",".join(DEFAULT_PHASES),
+        help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all but rounds)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=10,
+        help="rounds of the rounds phase: 1,000/s bursts to paylane and the baseline in turn",
+    )
+    parser.add_argument(
+        "--consumers",
+        choices=("procfile", *MODES, "both"),
+        default="procfile",
+        help="how the consumers run in the rounds phase: as the Procfile says (default), in"
+        " three processes, in one (paylane serve consumers), or both in turn",
     )
     parser.add_argument(
         "--consumer-env",
@@ -512,7 +658,10 @@ def cli() -> None:
         parser.error(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
     consumer_env = dict(item.split("=", 1) for item in args.consumer_env)
     os.environ.setdefault("LOG_FORMAT", "json")
-    sys.exit(uvloop.run(main(args.quick, only, consumer_env)))
+    modes = {"procfile": [procfile_mode()], "both": list(MODES)}.get(
+        args.consumers, [args.consumers]
+    )
+    sys.exit(uvloop.run(main(args.quick, only, consumer_env, modes, args.rounds)))
 
 
 if __name__ == "__main__":

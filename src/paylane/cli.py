@@ -26,6 +26,8 @@ SERVICES = {
     "order": "paylane_order.main",
     "entitlement": "paylane_entitlement.main",
     "notifier": "paylane_notifier.main",
+    # order, entitlement and notifier in one process (cohost.py)
+    "consumers": "paylane.cohost",
     "sandbox": "paylane_sandbox.main",
     "alert-relay": "paylane.alert_relay",
 }

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from paylane_common.contract.tokens import TokenSigner, private_pem, public_pem
 from tests.support import hygiene
-from tests.support.stack import Stack, free_port
+from tests.support.stack import Service, Stack, free_port, wait_ready
 from tests.support.wechat import APP_APPID, FakeWechat
 
 #: The client tokens' key: the order service's alone; every service gets the public half.
@@ -118,3 +118,31 @@ async def start_stack(
     for name in ("entitlement", "notifier", "order"):
         await stack.start(name, order if name == "order" else None, port=ports.get(name))
     return order
+
+
+async def start_cohosted_stack(
+    stack: Stack, wechat: FakeWechat, order_settings: Mapping[str, str] = ORDER_ENV
+) -> dict[str, str]:
+    """:func:`start_stack` with order, entitlement and notifier in one process (``paylane
+    serve consumers``), each on its own ports (``<NAME>__HTTP_PORT``…), each known to the
+    stack by its name; the order service's own settings are given with its prefix."""
+    sandbox = await stack.start(
+        "sandbox", {**wechat.sandbox_env(), "SANDBOX_APP_SECRET": APP_SECRET}
+    )
+    ingress = await stack.start("ingress")
+    stack.base_env.update(wechat.merchant_env(sandbox.url, f"{ingress.url}/notify/wechatpay"))
+    order = order_env(sandbox.url, order_settings)
+    env = {f"ORDER__{name}": value for name, value in order.items()}
+    ports = {name: (free_port(), free_port()) for name in COHOSTED}
+    for name, (http, admin) in ports.items():
+        env |= {f"{name.upper()}__HTTP_PORT": str(http), f"{name.upper()}__ADMIN_PORT": str(admin)}
+    process = await stack.start("consumers", env, ready=False)
+    for name, (http, admin) in ports.items():
+        stack.services[name] = Service(name, http, process.process, process.log_path, admin)
+    for name in COHOSTED:
+        await wait_ready(stack.services[name])
+    return order
+
+
+#: What ``paylane serve consumers`` runs.
+COHOSTED = ("order", "entitlement", "notifier")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,6 +20,7 @@ from paylane_common.runtime.settings import (
     HttpBaseUrl,
     TokenSigningKey,
     TokenVerifyingKeys,
+    environment_of,
     load_settings,
 )
 from paylane_common.wechatpay.testing import new_private_key, private_key_pem, public_key_pem
@@ -221,3 +224,26 @@ def test_equal_api_secrets_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings(_Secrets)
     monkeypatch.setenv("BACKEND_API_SECRET", "")  # blank: unset, nothing to compare
     assert load_settings(_Secrets).backend_api_secret is None
+
+
+def test_a_cohosted_service_reads_its_prefixed_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``paylane serve consumers``: ``NOTIFIER__X`` is the notifier's ``X``, a file for a
+    plain value and the reverse included; the others keep the plain one."""
+    monkeypatch.setenv("CLIENT_TOKEN_PUBLIC_KEY", PUBLIC)
+    monkeypatch.setenv("MYSQL_URL", "mysql://shared:pw@db:3306/paylane")
+    monkeypatch.setenv("HTTP_PORT", "8100")
+    own = tmp_path / "mysql_url"
+    own.write_text("mysql://notifier:pw@db:3306/paylane\n")
+    monkeypatch.setenv("NOTIFIER__MYSQL_URL_FILE", str(own))
+    monkeypatch.setenv("NOTIFIER__HTTP_PORT", "8183")
+    with environment_of("notifier"):
+        notifier = load_settings(_Svc)
+    with environment_of("order"):
+        order = load_settings(_Svc)
+    assert (notifier.mysql.user, notifier.http_port) == ("notifier", 8183)
+    assert (order.mysql.user, order.http_port) == ("shared", 8100)
+    # Restored: what the process's other code reads is the environment as it was.
+    assert "MYSQL_URL_FILE" not in os.environ
+    assert os.environ["MYSQL_URL"] == "mysql://shared:pw@db:3306/paylane"

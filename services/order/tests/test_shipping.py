@@ -25,6 +25,7 @@ from paylane_order.payments import PaymentApplier
 from paylane_order.refunds import RefundApplier
 from paylane_order.shipping import AccessTokens, ShippingQueue, ShippingUploader, WechatApi
 from services.order.tests.support import CATALOG, OrderApi
+from tests.support.batches import batch_item
 from tests.support.events import fulfilment_settled
 from tests.support.polling import eventually
 from tests.support.seeding import add_order, add_user
@@ -214,6 +215,25 @@ async def test_nothing_is_queued_when_shipping_upload_is_off(order_api, shipping
     off = shipping(mode="off")
     order = await paid_order(order_api)
     assert await off.granted(order) == "shipping_off"
+    assert await shipping_rows(order_api.pool, order["out_trade_no"]) == []
+
+
+async def test_with_shipping_off_a_batchs_grants_are_settled_with_it(order_api, shipping):
+    """Every payment's entitlement.granted reaches the order consumer: with shipping off
+    it is settled in the batch (acked with it), not left to the one-by-one path; with
+    shipping on it is left there, where its row is queued."""
+    order = await paid_order(order_api)
+    data = Entitlement(
+        user_id=order["user_id"],
+        out_trade_no=order["out_trade_no"],
+        payment_status="basic",
+        regenerate_count=5,
+    )
+    envelope = make_event(events.ENTITLEMENT_GRANTED, data)
+    item = batch_item(envelope, envelope.typed_data())
+    for one, wanted in ((shipping(mode="off"), ["shipping_off"]), (shipping(), [None])):
+        async with transaction(order_api.pool) as cur:
+            assert await one.handler.apply_batch(cur, [item]) == wanted
     assert await shipping_rows(order_api.pool, order["out_trade_no"]) == []
 
 

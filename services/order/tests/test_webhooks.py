@@ -27,14 +27,17 @@ from paylane_common.broker.publisher import Publisher
 from paylane_common.broker.topology import ORDER_WEBHOOKS
 from paylane_common.contract import events
 from paylane_common.contract.events import Envelope, make_event
-from paylane_common.delivery.consumer import Consumer, RetryPolicy
+from paylane_common.delivery.batching import BatchConsumer
+from paylane_common.delivery.consumer import RetryPolicy
 from paylane_common.runtime.outages import Dependency
 from paylane_common.storage import db
 from paylane_order.webhooks import signing, ssrf
 from paylane_order.webhooks.dispatcher import WebhookConfig, WebhookDispatcher, WebhookIngest
 from paylane_order.webhooks.store import WebhookStore, config_endpoint_id
+from paylane_order.webhooks.types import WEBHOOK_EVENTS
 from services.order.tests.support import OrderApi
 from tests.support import hygiene
+from tests.support.batches import batch_item
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
@@ -140,7 +143,7 @@ async def running(
     await (await channel.declare_queue(ORDER_WEBHOOKS.name, passive=True)).purge()
     await channel.close()
     dispatcher = WebhookDispatcher(store, config)
-    consumer = Consumer(
+    consumer = BatchConsumer(  # as consumer_of makes it for this batch handler
         connection,
         publisher,
         ORDER_WEBHOOKS,
@@ -465,3 +468,28 @@ async def test_cli_lists_resends_and_recovers_failed_deliveries(
             await eventually(lambda: len(receiver.accepted()) == 2, what="the recovery")
     assert {h["webhook-id"] for h, _ in receiver.accepted()} == {first.event_id, second.event_id}
     assert (await paylane("resend", "999999999"))[0] == 1
+
+
+async def test_a_batch_of_events_gets_one_delivery_per_subscription_and_a_replay_none(
+    clean: WebhookStore,
+) -> None:
+    """The consumer's batch path (WebhookIngest.apply_batch): every event of the batch
+    to every endpoint subscribed to its type, in one transaction; the same batch again
+    (a redelivery) adds nothing; with no endpoint, nothing is written."""
+    ingest = WebhookIngest(clean)
+    batch = [_event(events.ORDER_PAID, f"evt_{n}") for n in range(3)]
+    batch.append(_event(events.ORDER_FAILED, "evt_failed"))
+    items = [batch_item(e, e.typed_data()) for e in batch]
+    async with db.transaction(clean.pool) as cur:
+        assert await ingest.apply_batch(cur, items) == ["no_new_webhook"] * 4
+    assert await _deliveries(clean) == []
+
+    everything, _ = await clean.create("https://a.example/h", WEBHOOK_EVENTS, "all")
+    paid_only, _ = await clean.create("https://b.example/h", [events.ORDER_PAID], "paid")
+    for wanted in ("webhooks_recorded", "no_new_webhook"):
+        async with db.transaction(clean.pool) as cur:
+            assert await ingest.apply_batch(cur, items) == [wanted] * 4
+    rows = {(d["event_id"], d["endpoint_id"]) for d in await _deliveries(clean)}
+    assert rows == {(e.event_id, everything.id) for e in batch} | {
+        (e.event_id, paid_only.id) for e in batch[:3]
+    }

@@ -265,6 +265,11 @@ class ShippingQueue:
         self._catalog = catalog
         self._on_commit = on_commit
 
+    @property
+    def enabled(self) -> bool:
+        """``SHIPPING_UPLOAD`` is on: an effect done queues a shipping row."""
+        return self._config.enabled
+
     async def __call__(self, envelope: Envelope, data: Entitlement | FulfilmentSettled) -> str:
         if not self._config.enabled:
             return "shipping_off"

@@ -6,10 +6,28 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import orjson
 import structlog
+
+#: The service a line is from, where services share a process (``paylane serve
+#: consumers``): set in each one's tasks, which every task they start inherits. A
+#: variable of its own, so that clearing structlog's context per message or request
+#: keeps it.
+SERVICE: ContextVar[str | None] = ContextVar("paylane_service", default=None)
+
+
+def add_service(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: ``service`` on every line of a co-hosted service."""
+    service = SERVICE.get()
+    if service is not None:
+        event_dict.setdefault("service", service)
+    return event_dict
+
 
 #: Keys whose values never reach a log line (secrets and decrypted payer data).
 REDACTED_KEYS = frozenset(
@@ -112,6 +130,7 @@ def configure_logging(
         fmt = "console" if sys.stderr.isatty() else "json"
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_service,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

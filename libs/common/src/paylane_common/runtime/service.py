@@ -4,15 +4,16 @@ typed AppKeys, request-id binding, and the run loop with graceful SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiomysql
 import structlog
@@ -32,11 +33,12 @@ from paylane_common.delivery.outbox import OutboxRelay
 from paylane_common.delivery.retention import RetentionPruner
 from paylane_common.runtime import existing_env, startup
 from paylane_common.runtime.exceptions import ConfigError
-from paylane_common.runtime.logs import configure_logging
+from paylane_common.runtime.logs import SERVICE, configure_logging
 from paylane_common.runtime.outages import Dependency, NotReady
 from paylane_common.runtime.settings import (
     BaseServiceSettings,
     ConsumerSettings,
+    environment_of,
     exit_on_config_error,
     load_settings,
 )
@@ -206,15 +208,41 @@ async def command_resources(
 def serve(settings_cls: type[SettingsT], build_app: Callable[[SettingsT], web.Application]) -> None:
     """A service's ``main()``: settings (one clear line and exit 2 when invalid), logging,
     then the app until SIGTERM."""
+    serve_together([Hosted(None, settings_cls, build_app)])
+
+
+@dataclass(frozen=True)
+class Hosted:
+    """One service of a process: its name where it shares the process with others
+    (``paylane serve consumers``; None alone), its settings and how its app is built."""
+
+    name: str | None
+    settings_cls: type[BaseServiceSettings]
+    build_app: Callable[[Any], web.Application]
+
+
+def serve_together(services: Sequence[Hosted]) -> None:
+    """:func:`serve` for one service or several in one process and one event loop, each
+    with its own settings (a co-hosted one reads ``<NAME>__X`` as its ``X``:
+    :func:`~paylane_common.runtime.settings.environment_of`), app, listeners and
+    resources. The first SIGTERM stops them all; so does one's failure at start."""
+    loaded: list[BaseServiceSettings] = []
     try:
-        settings = load_settings(settings_cls)
+        for hosted in services:
+            with environment_of(hosted.name) if hosted.name else nullcontext():
+                loaded.append(load_settings(hosted.settings_cls))
     except ConfigError as exc:
         exit_on_config_error(exc)
         return
-    configure_logging(settings.log_format)
+    configure_logging(loaded[0].log_format)
     existing_env.warn_once()
     try:
-        run(build_app(settings), settings)
+        run_together(
+            [
+                (hosted.build_app(settings), settings, hosted.name)
+                for hosted, settings in zip(services, loaded, strict=True)
+            ]
+        )
     except ConfigError as exc:  # found at start: a CA that does not verify the database
         exit_on_config_error(exc)
 
@@ -222,6 +250,37 @@ def serve(settings_cls: type[SettingsT], build_app: Callable[[SettingsT], web.Ap
 def run(app: web.Application, settings: BaseServiceSettings) -> None:
     """Wait for the broker and the database (startup.py), then serve until SIGINT/SIGTERM;
     then drain and shut down (:func:`_serve`)."""
+    run_together([(app, settings, None)])
+
+
+def run_together(
+    services: Sequence[tuple[web.Application, BaseServiceSettings, str | None]],
+) -> None:
+    """:func:`run` for every app of the process, on one uvloop event loop; each app's
+    tasks log its name (``logs.SERVICE``) when it is given."""
+    prepared = [_prepare(app, settings, name) for app, settings, name in services]
+    # libuv's loop: sockets, timers and callbacks at a fraction of asyncio's cost.
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve_all(prepared))
+    finally:
+        _cancel_remaining_tasks(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    app: web.Application
+    settings: BaseServiceSettings
+    shutdown: _Shutdown
+    #: (host, port, serves /readyz): what startup.py answers on while it waits.
+    listeners: list[tuple[str, int, bool]]
+    name: str | None
+
+
+def _prepare(app: web.Application, settings: BaseServiceSettings, name: str | None) -> _Prepared:
     listener = app.get(ADMIN_LISTENER)
     if listener is not None:
         # After every resource is open, so /readyz never answers before its checks exist.
@@ -229,18 +288,30 @@ def run(app: web.Application, settings: BaseServiceSettings) -> None:
     app.on_startup.append(_freeze_startup_objects)  # last: after every resource is open
     shutdown = _Shutdown(app)
     app.on_response_prepare.append(shutdown.close_connection)
-    # libuv's loop: sockets, timers and callbacks at a fraction of asyncio's cost.
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
     listeners = [(settings.http_host, settings.http_port, listener is None)]
     if listener is not None:
         listeners.append((settings.http_host, listener.port, True))
+    return _Prepared(app, settings, shutdown, listeners, name)
+
+
+async def _serve_all(prepared: list[_Prepared]) -> None:
+    """Every app's :func:`_serve` at once, each in a context naming its service; when one
+    fails, the others are stopped as by SIGTERM, then the failure is raised."""
+    shutdowns = [each.shutdown for each in prepared]
+    _listen_for_signals(shutdowns)
+    tasks = []
+    for each in prepared:
+        context = contextvars.copy_context()
+        context.run(SERVICE.set, each.name)
+        serving = _serve(each.app, each.settings, each.shutdown, each.listeners)
+        tasks.append(asyncio.create_task(serving, context=context))
     try:
-        loop.run_until_complete(_serve(app, settings, shutdown, listeners))
-    finally:
-        _cancel_remaining_tasks(loop)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for shutdown in shutdowns:
+            shutdown.begin(None)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _serve(
@@ -254,7 +325,6 @@ async def _serve(
     shutdown: idle connections closed, ``on_shutdown`` (the notifier's clients),
     handlers in flight given :data:`SHUTDOWN_TIMEOUT_S`, cleanup contexts in reverse
     (consumers stop, resources close)."""
-    shutdown.listen_for_signals()
     if not await shutdown.wait_for_dependencies(
         app.get(startup.NEEDED, []), listeners, partial(http_runner, settings=settings)
     ):
@@ -284,13 +354,30 @@ async def _serve(
     log.info("stopped", service=app[SERVICE_NAME], took_s=shutdown.took_s())
 
 
+def _listen_for_signals(shutdowns: list[_Shutdown]) -> None:
+    """From now on, for the life of the process, the first SIGTERM or SIGINT stops every
+    service (:meth:`_Shutdown.begin`); any further one is ignored."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        for other in _STOP_SIGNALS:
+            loop.remove_signal_handler(other)
+            signal.signal(other, signal.SIG_IGN)  # until the process exits
+        for shutdown in shutdowns:
+            shutdown.begin(sig)
+
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
 class _Shutdown:
     """SIGTERM's sequence (docs/commands.md: exit within 10 s).
 
-    The first SIGTERM or SIGINT starts it (while the service still waits for its
-    dependencies, it stops waiting); any further one is ignored, so that a second
-    signal (``make run``'s Ctrl-C reaches both honcho and the services, and honcho then
-    signals them again; an impatient ``kill``) cannot cut it short: SIGKILL can.
+    The first SIGTERM or SIGINT starts it (:func:`_listen_for_signals`; while the
+    service still waits for its dependencies, it stops waiting); any further one is
+    ignored, so that a second signal (``make run``'s Ctrl-C reaches both honcho and the
+    services, and honcho then signals them again; an impatient ``kill``) cannot cut it
+    short: SIGKILL can.
 
     Its first step is the drain: ``/readyz`` says "shutting down", the listener closes
     (a balancer's next connection is refused, which it may always pass to another
@@ -308,19 +395,16 @@ class _Shutdown:
         self._draining = False
         self._began = 0.0
 
-    def listen_for_signals(self) -> None:
-        """From now on, for the life of the process, the first signal stops the service."""
-        loop = asyncio.get_running_loop()
-        for sig in _STOP_SIGNALS:
-            loop.add_signal_handler(sig, self._on_signal, sig)
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        loop = asyncio.get_running_loop()
-        for other in _STOP_SIGNALS:
-            loop.remove_signal_handler(other)
-            signal.signal(other, signal.SIG_IGN)  # until the process exits
+    def begin(self, sig: signal.Signals | None) -> None:
+        """The signal (``sig``), or a co-hosted service's failure (None): stop."""
+        if self._stop.is_set():
+            return
         self._began = time.monotonic()
-        log.info("shutting_down", service=self._app[SERVICE_NAME], signal=sig.name)
+        log.info(
+            "shutting_down",
+            service=self._app[SERVICE_NAME],
+            signal=sig.name if sig is not None else None,
+        )
         self._stop.set()
         if self._waiting is not None:
             self._waiting.cancel()

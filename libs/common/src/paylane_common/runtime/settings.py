@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -515,3 +517,32 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
 def exit_on_config_error(exc: ConfigError) -> None:
     print(f"paylane: {exc}", file=sys.stderr)
     raise SystemExit(2)
+
+
+#: Co-hosted services (``paylane serve consumers``): ``ORDER__MYSQL_URL_FILE`` is the
+#: order service's ``MYSQL_URL_FILE``. Two underscores, because settings such as
+#: ``ORDER_QUERY_AFTER_S`` already begin with a service's name.
+SERVICE_PREFIX_SEPARATOR = "__"
+
+
+@contextmanager
+def environment_of(service: str) -> Iterator[None]:
+    """``os.environ`` as ``service`` sees it when it shares a process with others: every
+    ``<SERVICE>__NAME`` replaces ``NAME`` (and ``NAME_FILE`` or the ``NAME`` it names:
+    one identity each, never a mix). Only while settings are read at start, before any
+    task runs, and restored after."""
+    prefix = f"{service.upper()}{SERVICE_PREFIX_SEPARATOR}"
+    saved = dict(os.environ)
+    overrides = {
+        key[len(prefix) :]: value for key, value in saved.items() if key.upper().startswith(prefix)
+    }
+    try:
+        for name, value in overrides.items():
+            plain = name.removesuffix("_FILE")
+            for twin in (plain, f"{plain}_FILE"):
+                os.environ.pop(twin, None)
+            os.environ[name] = value
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -168,24 +168,37 @@ class WebhookStore:
         """One pending delivery per enabled endpoint subscribed to ``event_type``, due
         now; an event seen before adds nothing. Returns the deliveries added."""
         async with db.transaction(self.pool) as cur:
-            await cur.execute(
-                "SELECT id, events FROM webhook_endpoints"
-                " WHERE status = 'enabled' AND deleted_at IS NULL"
-            )
-            targets = [r["id"] for r in await cur.fetchall() if event_type in r["events"].split()]
-            if not targets:
-                return 0
-            values = [(event_id, event_type, target, payload.decode()) for target in targets]
-            await cur.executemany(
-                "INSERT INTO webhook_deliveries (event_id, event_type, endpoint_id,"
-                " payload, next_attempt_at, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6),"
-                " UTC_TIMESTAMP(6))"
-                # Seen before: nothing changes (no IGNORE, which would hide other errors).
-                " ON DUPLICATE KEY UPDATE event_id = event_id",
-                values,
-            )
-            return int(cur.rowcount)
+            return await self.ingest_many(cur, [(event_id, event_type, payload)])
+
+    async def ingest_many(
+        self, cur: aiomysql.Cursor, events: Sequence[tuple[str, str, bytes]]
+    ) -> int:
+        """:meth:`ingest` for several events ``(event_id, event_type, payload)`` with
+        ``cur`` (the caller's transaction): the endpoints read once, the deliveries
+        written in one statement. Returns the deliveries added."""
+        await cur.execute(
+            "SELECT id, events FROM webhook_endpoints"
+            " WHERE status = 'enabled' AND deleted_at IS NULL"
+        )
+        endpoints = [(r["id"], r["events"].split()) for r in await cur.fetchall()]
+        values = [
+            (event_id, event_type, target, payload.decode())
+            for event_id, event_type, payload in events
+            for target, subscribed in endpoints
+            if event_type in subscribed
+        ]
+        if not values:
+            return 0
+        await cur.executemany(
+            "INSERT INTO webhook_deliveries (event_id, event_type, endpoint_id,"
+            " payload, next_attempt_at, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6),"
+            " UTC_TIMESTAMP(6))"
+            # Seen before: nothing changes (no IGNORE, which would hide other errors).
+            " ON DUPLICATE KEY UPDATE event_id = event_id",
+            values,
+        )
+        return int(cur.rowcount)
 
     async def due_endpoints(self, limit: int = 200) -> list[str]:
         """Endpoints with a delivery due now (unlocked read: a hint for :meth:`claim`)."""
