@@ -2,9 +2,9 @@
 process, for a small server (docs/performance.md, "Co-hosted consumers").
 
 The same queues, events, listeners and ports as when each runs alone: only the process
-is shared, so a payment costs fewer process wake-ups (its ``order.paid`` and
-``entitlement.granted`` are received by the same event loop that published them, and
-that loop handles whatever is ready in one turn). Each service keeps its own settings,
+is shared (one interpreter and its libraries in memory instead of three). Issue 31 hoped
+it would also cost a payment fewer process wake-ups; measured at saturation it does not
+(docs/performance.md), so the Procfile and the deployments keep three processes. Each service keeps its own settings,
 broker connection and database pool: ``ORDER__X``, ``ENTITLEMENT__X`` and
 ``NOTIFIER__X`` give one service its own ``X`` (its identity, ``MYSQL_URL_FILE`` or
 ``AMQP_URL_FILE``; its ports), the unprefixed ``X`` the others.
