@@ -4,10 +4,12 @@ process, for a small server (docs/performance.md, "Co-hosted consumers").
 The same queues, events, listeners and ports as when each runs alone: only the process
 is shared (one interpreter and its libraries in memory instead of three). Issue 31 hoped
 it would also cost a payment fewer process wake-ups; measured at saturation it does not
-(docs/performance.md), so the Procfile and the deployments keep three processes. Each service keeps its own settings,
-broker connection and database pool: ``ORDER__X``, ``ENTITLEMENT__X`` and
-``NOTIFIER__X`` give one service its own ``X`` (its identity, ``MYSQL_URL_FILE`` or
-``AMQP_URL_FILE``; its ports), the unprefixed ``X`` the others.
+(docs/performance.md), so the Procfile and the deployments keep three processes.
+
+Each service keeps its own settings, broker connection and database pool:
+``ORDER__X``, ``ENTITLEMENT__X`` and ``NOTIFIER__X`` give one service its own ``X`` (its
+identity, ``MYSQL_URL_FILE`` or ``AMQP_URL_FILE``; its ports), the unprefixed ``X`` the
+others.
 
 What it gives up is the isolation of processes: the three share one memory (the
 notifier then holds the order service's token-signing key, where alone it never gets

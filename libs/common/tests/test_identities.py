@@ -15,7 +15,9 @@ from paylane_common.broker.identities import (
     Publishers,
     forwarded_headers,
 )
+from paylane_common.broker.replay import describe_dead_letter, dlq_copy
 from paylane_common.contract import events
+from paylane_common.delivery.consumer import ORIGIN_HEADER, REASON_HEADER
 
 PUBLISHERS = Publishers()
 ORDER = IdentityCheck(PUBLISHERS, own="paylane-order")
@@ -99,3 +101,34 @@ def test_a_forward_names_its_publisher_and_nothing_else_does() -> None:
         "x-other": 1,
     }
     assert forwarded_headers(headers, None) == {"x-other": 1}
+
+
+@pytest.mark.parametrize("replayer", ["paylane-order", PUBLISHERS.replay])
+def test_a_dead_letter_refused_for_no_publisher_stays_refused_once_replayed(
+    replayer: str,
+) -> None:
+    """Refused for carrying no user_id, it was dead-lettered by the consumer (so under
+    the consumer's own user, with no original publisher). Replayed, by the console under
+    the order service's identity or by ``paylane replay dlq``, it must not pass for that
+    identity's own event."""
+    dead = SimpleNamespace(  # what dlq_copy and describe_dead_letter read of a delivery
+        body=b"{}",
+        headers={
+            REASON_HEADER: "publisher refused: refund.succeeded carries no user_id",
+            ORIGIN_HEADER: "order.payments",
+        },
+        content_type="application/json",
+        content_encoding=None,
+        priority=None,
+        correlation_id="T1",
+        reply_to=None,
+        message_id="e1",
+        timestamp=None,
+        type=events.REFUND_SUCCEEDED,
+        app_id=None,
+        user_id="paylane-order",
+    )
+    letter = cast(AbstractIncomingMessage, dead)
+    copy = dlq_copy(letter, describe_dead_letter(letter, "order.payments"))
+    replayed = message(replayer, **(copy.headers or {}))
+    assert not accepted(ORDER, events.REFUND_SUCCEEDED, replayed)

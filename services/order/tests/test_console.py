@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aio_pika
 import aiomysql
 import pytest
 from aio_pika.abc import AbstractRobustConnection
@@ -735,6 +736,33 @@ async def _in_dlq(connection: AbstractRobustConnection, message_id: str) -> bool
     return any(letter.message_id == message_id for letter in letters)
 
 
+async def test_an_order_page_and_the_dlq_page_answer_while_the_broker_is_away(
+    order_api: OrderApi, gate: Gate, amqp_url: str
+) -> None:
+    """Every order page reads the order's dead letters, and every action answers with
+    that page: a broker connection that is down must leave them answering, the DLQ
+    unread and said so, and a replay refused (and audited), never a 500."""
+    connection = await aio_pika.connect_robust(amqp_url)
+    await connection.close()
+    pool = order_api.pool
+    async with TestClient(TestServer(_console(order_api, gate, connection))) as served:
+        name = await _operator(pool, "admin")
+        await _sign_in(served, name)
+        no, _ = await basic_order(pool, status="pending")
+        status, page = await _page(served, f"/console/orders/{no}")
+        assert status == 200, page
+        status, page = await _page(served, "/console/dlq")
+        assert status == 200 and "could not be read" in page
+        data = {"csrf": CSRF.findall(page)[0], "reason": "cause fixed", "all": "1"}
+        async with served.post(f"/console/dlq/{ORDER_PAYMENTS.dlq}/replay", data=data) as answer:
+            assert answer.status == 400
+            assert "the broker failed the replay" in await answer.text()
+    audit = await fetch_one(
+        pool, "SELECT action, outcome FROM paylane_operator_audit WHERE operator = %s", name
+    )
+    assert (audit["action"], audit["outcome"]) == ("replay_dlq", "refused")
+
+
 async def test_an_orders_dead_letter_is_shown_and_replayed_into_its_queue(
     broker_served: tuple[Client, Publisher],
     order_api: OrderApi,
@@ -816,7 +844,7 @@ async def test_replaying_dead_letters_takes_a_role_and_all_of_a_dlq_takes_an_adm
     async with served.post(f"/console/orders/{no}/replay-dead-letter", data=data) as response:
         assert response.status == 403
     await _sign_in(served, await _operator(pool, "support"))
-    status, page = await replay()
+    status, page = await replay(all="1")
     assert status == 403 and "admin only" in page
     assert await _in_dlq(amqp_connection, letter)
     assert not await fetch_all(
@@ -826,7 +854,11 @@ async def test_replaying_dead_letters_takes_a_role_and_all_of_a_dlq_takes_an_adm
     )
     admin = await _operator(pool, "admin")
     await _sign_in(served, admin)
-    status, page = await replay()
+    # A letter's form that names none (a letter without an id) is not "all": refused.
+    status, page = await replay(message_id="")
+    assert status == 400 and "Choose a dead letter" in page
+    assert await _in_dlq(amqp_connection, letter)
+    status, page = await replay(all="1")
     assert status == 200, page
     assert "dead letter(s) replayed from order.payments.dlq" in page
     assert not await _in_dlq(amqp_connection, letter)

@@ -461,7 +461,12 @@ async def dlq_replay(request: web.Request) -> web.Response:
     dlq = request.match_info["queue"]
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     reason, message_id = form.get("reason", "").strip(), form.get("message_id") or None
-    everything = message_id is None
+    # "All" only when asked for by name: a letter's form without an id is not all of them.
+    everything = form.get("all") == "1"
+    if message_id is None and not everything:
+        return await _dlq_page(request, "Choose a dead letter (or all, as an admin).", False, 400)
+    if everything:
+        message_id = None
     if not session.operator.may_act or (everything and session.operator.role != "admin"):
         text = "Your role may not replay dead letters." + (
             " All: admin only." if everything else ""

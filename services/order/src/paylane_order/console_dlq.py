@@ -19,6 +19,7 @@ DLQs' delivery limit is huge for that reason (topology.py). Only the first
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractRobustConnection
@@ -47,13 +48,23 @@ class DlqView:
         return self.name in OWN_DLQS
 
 
+#: A page waits this long for a DLQ's letters, then shows it unread: the broker being
+#: away must not take the order page (what every action answers with) down with it.
+READ_TIMEOUT_S = 5.0
+
+
 async def _read(
     connection: AbstractRobustConnection, dlq: str, limit: int
 ) -> tuple[list[DeadLetter] | None, str | None]:
     try:
-        return await list_dlq(connection, dlq, limit=limit), None
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            return await list_dlq(connection, dlq, limit=limit), None
     except ReplayError as exc:
         return None, str(exc)
+    except TimeoutError:
+        return None, f"the broker did not answer within {READ_TIMEOUT_S:g} s"
+    except Exception as exc:  # no connection, a closed channel: the page says so
+        return None, f"the broker could not be read ({exc.__class__.__name__}: {exc})"
 
 
 async def dlqs(
@@ -127,6 +138,11 @@ async def replay(
         summary = await replay_dlq(connection, dlq, select=select)
     except ReplayError as exc:
         raise NotReplayed(str(exc)) from None
+    except Exception as exc:  # the broker went away: refused (and audited), not a 500
+        moved = f"; {len(chosen)} chosen before it failed, see the DLQ's depth" if chosen else ""
+        raise NotReplayed(
+            f"the broker failed the replay ({exc.__class__.__name__}: {exc}){moved}"
+        ) from None
     failed = "; ".join(summary.errors) or None
     if message_id is not None and summary.moved == 0:
         whose = "" if out_trade_no is None else f" about {out_trade_no}"

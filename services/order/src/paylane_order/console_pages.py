@@ -293,11 +293,15 @@ def _order_letters(session: Session, no: str, letters: Sequence[tuple[str, DeadL
         return '<section><h2>Dead letters</h2><p id="dead-letters">None.</p></section>'
     rows = "".join(
         f'<tr data-letter="{_t(letter.message_id)}">{_letter_cells(dlq, letter)}<td>'
-        + _replay_form(
-            session,
-            f"/console/orders/{no}/replay-dead-letter",
-            {"queue": dlq, "message_id": letter.message_id or ""},
-            "Replay",
+        + (
+            _replay_form(
+                session,
+                f"/console/orders/{no}/replay-dead-letter",
+                {"queue": dlq, "message_id": letter.message_id},
+                "Replay",
+            )
+            if letter.message_id
+            else ""
         )
         + "</td></tr>"
         for dlq, letter in letters
@@ -327,18 +331,26 @@ def dlq_page(
         else:
             rows = "".join(
                 f'<tr data-letter="{_t(letter.message_id)}">{_letter_cells(view.name, letter)}<td>'
-                + _replay_form(
-                    session,
-                    f"/console/dlq/{view.name}/replay",
-                    {"message_id": letter.message_id or ""},
-                    "Replay",
+                # A letter without a message id cannot be named: only "all" moves it.
+                + (
+                    _replay_form(
+                        session,
+                        f"/console/dlq/{view.name}/replay",
+                        {"message_id": letter.message_id},
+                        "Replay",
+                    )
+                    if letter.message_id
+                    else ""
                 )
                 + "</td></tr>"
                 for letter in view.letters
             )
             every = (
                 _replay_form(
-                    session, f"/console/dlq/{view.name}/replay", {}, f"Replay all of {view.name}"
+                    session,
+                    f"/console/dlq/{view.name}/replay",
+                    {"all": "1"},
+                    f"Replay all of {view.name}",
                 )
                 if session.operator.role == "admin" and view.letters
                 else ""

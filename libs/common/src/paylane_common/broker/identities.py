@@ -39,6 +39,10 @@ from paylane_common.contract import events
 
 #: The publisher a forwarded message first had (its validated ``user_id`` then).
 ORIGINAL_USER_HEADER = "x-paylane-original-user"
+#: The original publisher of a forwarded copy whose publisher was never known (a message
+#: refused for carrying no ``user_id``): no consumer accepts it, so that a replay made
+#: under a service's own identity cannot pass such a message off as that service's.
+UNKNOWN_PUBLISHER = "(unknown)"
 #: RabbitMQ's user when a URL names none.
 DEFAULT_USER = "guest"
 

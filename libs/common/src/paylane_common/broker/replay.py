@@ -70,7 +70,12 @@ from aio_pika.abc import (
 )
 
 from paylane_common.broker.amqp import copy_message, without_broker_headers
-from paylane_common.broker.identities import ORIGINAL_USER_HEADER, Publishers, forwarded_headers
+from paylane_common.broker.identities import (
+    ORIGINAL_USER_HEADER,
+    UNKNOWN_PUBLISHER,
+    Publishers,
+    forwarded_headers,
+)
 from paylane_common.broker.publisher import Publisher
 from paylane_common.broker.topology import LOG_STREAM, QUEUES, forward_exchange_of
 from paylane_common.contract.events import Envelope
@@ -566,6 +571,11 @@ def dlq_copy(message: AbstractIncomingMessage, info: DeadLetter) -> aio_pika.Mes
     original = headers.get(ORIGINAL_USER_HEADER)
     if original is None and REASON_HEADER not in (message.headers or {}):
         original = message.user_id
+    if original is None:
+        # Refused for having no publisher: the copy keeps having none that is accepted.
+        # Without a header its user_id (the replayer's: the order service's own, from the
+        # console) would be taken for its publisher.
+        original = UNKNOWN_PUBLISHER
     marks = {
         ATTEMPT_HEADER: 0,
         REPLAYED_HEADER: info.replayed + 1,
