@@ -12,8 +12,6 @@ from typing import Any
 
 import aiomysql
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
 
 from tests.support import hygiene
@@ -22,6 +20,7 @@ from tests.support.queries import user_state
 from tests.support.stack import Stack
 from tests.support.stack_api import call, sandbox
 from tests.support.stack_config import BACKEND
+from tests.support.webhook_receiver import webhook_receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -29,22 +28,15 @@ pytestmark = pytest.mark.e2e
 async def test_a_business_order_is_paid_announced_fulfilled_and_shipped_once(
     stack: Stack, db_pool: aiomysql.Pool
 ) -> None:
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append((dict(request.headers), await request.read()))
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/backend/paylane", hook)
-    async with TestServer(app, host="127.0.0.1") as server:
+    async with webhook_receiver("/backend/paylane") as backend:
+        received = backend.received
         status, endpoint = await call(
             stack,
             "order",
             "POST",
             "/webhooks/endpoints",
             {
-                "url": str(server.make_url("/backend/paylane")),
+                "url": backend.url,
                 "events": ["order.paid", "fulfilment.*"],
             },
             BACKEND,

@@ -9,40 +9,30 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
 
 from tests.support import hygiene
 from tests.support.polling import eventually
 from tests.support.stack import Stack
 from tests.support.stack_api import call, new_order
-from tests.support.stack_config import BACKEND_SECRET
+from tests.support.stack_config import BACKEND
+from tests.support.webhook_receiver import webhook_receiver
 from tests.support.wechat import FakeWechat
 
 pytestmark = pytest.mark.e2e
-
-BACKEND = {"X-Internal-Secret": BACKEND_SECRET}
 
 
 async def test_a_payment_reaches_the_backend_as_signed_webhooks(
     stack: Stack, wechat: FakeWechat
 ) -> None:
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append((dict(request.headers), await request.read()))
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/paylane", hook)
-    async with TestServer(app, host="127.0.0.1") as server:
+    async with webhook_receiver("/paylane") as backend:
+        received = backend.received
         status, endpoint = await call(
             stack,
             "order",
             "POST",
             "/webhooks/endpoints",
-            {"url": str(server.make_url("/paylane")), "events": ["order.paid", "entitlement.*"]},
+            {"url": backend.url, "events": ["order.paid", "entitlement.*"]},
             BACKEND,
         )
         assert status == 201, endpoint
