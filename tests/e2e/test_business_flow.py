@@ -88,7 +88,16 @@ async def test_a_business_order_is_paid_announced_fulfilled_and_shipped_once(
                 assert status == 200, view
                 return view["shipping"] is not None and view["shipping"]["state"] == "uploaded"
 
-            await eventually(shipped, timeout=30, what=f"{no}'s shipping declared")
+            try:
+                await eventually(shipped, timeout=30, what=f"{no}'s shipping declared")
+            except TimeoutError as exc:  # which stage stuck: the row, its retries, the lease
+                _, view = await call(stack, "order", "GET", f"/orders/{no}", None, BACKEND)
+                said = stack.services["order"].log_path.read_text(errors="replace")
+                lines = [x for x in said.splitlines() if no in x or "shipping" in x or "token" in x]
+                raise AssertionError(
+                    f"{exc}; shipping {view.get('shipping')}; order's log:\n"
+                    + "\n".join(lines[-30:])
+                ) from exc
         finally:
             status, _ = await call(
                 stack, "order", "DELETE", f"/webhooks/endpoints/{endpoint['id']}", None, BACKEND
