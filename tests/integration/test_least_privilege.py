@@ -43,6 +43,7 @@ from paylane_common.broker.topology import (
     EXCHANGE,
     NOTIFIER_KEYS,
     ORDER_PAYMENTS,
+    ORDER_WEBHOOKS,
     QUEUES,
     SIGNALS_EXCHANGE,
     declare_exchange,
@@ -90,6 +91,7 @@ from paylane_notifier.snapshot import load_snapshot
 from paylane_order import console_data, console_dlq, console_records, operators
 from paylane_order.abnormal import AbnormalRefunds, Remedy
 from paylane_order.bills import BillReconciler, Difference
+from paylane_order.bindings import OptionalBindings
 from paylane_order.business import BusinessTerms, business_package
 from paylane_order.config import (
     MerchantConfig,
@@ -370,6 +372,44 @@ async def test_notifier_user_binds_its_own_queue_to_order_and_entitlement_events
     # Payments are not the notifier's to see, nor may it make queues outside notifier.*.
     await _refused(url, bind("payment.succeeded"))
     await _refused(url, bind("order.paid", queue="order"))
+
+
+async def test_order_user_binds_its_two_queues_to_the_events_it_handles_only(
+    broker_users: dict[str, str],
+    topology: None,
+    db_pool: aiomysql.Pool,
+    infra: Infra,
+    amqp_url: str,
+) -> None:
+    """The order service keeps order.webhooks and order.payments bound as its endpoints
+    and shipping ask (paylane_order.bindings), under its own user: it may bind those two
+    to the events it handles, and nothing else."""
+    vhost = unquote(urlsplit(amqp_url).path.removeprefix("/"))
+    url = broker_users["order"]
+    connection = await amqp.connect(url, "test-order")
+    try:
+        await OptionalBindings(db_pool, connection, shipping=False).reconcile()
+        assert not set(ORDER_PAYMENTS.optional_keys) & infra.broker.bindings(
+            vhost, ORDER_PAYMENTS.name
+        )
+        await OptionalBindings(db_pool, connection, shipping=True).reconcile()
+        assert set(ORDER_PAYMENTS.optional_keys) <= infra.broker.bindings(
+            vhost, ORDER_PAYMENTS.name
+        )
+    finally:
+        await connection.close()
+
+    def bind(queue: str, key: str):
+        async def action(channel: aio_pika.abc.AbstractChannel) -> None:
+            declared = await channel.get_queue(queue, ensure=True)
+            await declared.bind(EXCHANGE, routing_key=key)
+
+        return action
+
+    # Not another service's queue; not a payment (WeChat Pay's word comes from ingress).
+    await _refused(url, bind(ENTITLEMENT_ORDERS.name, "order.paid"))
+    await _refused(url, bind(ORDER_PAYMENTS.name, "payment.#"))
+    await _refused(url, bind(ORDER_WEBHOOKS.name, "#"))
 
 
 def _user_of(url: str) -> str:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiomysql
 import pytest
@@ -24,13 +25,15 @@ from prometheus_client import REGISTRY
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from paylane_common.broker.publisher import Publisher
-from paylane_common.broker.topology import ORDER_WEBHOOKS
+from paylane_common.broker.topology import ORDER_PAYMENTS, ORDER_WEBHOOKS
 from paylane_common.contract import events
 from paylane_common.contract.events import Envelope, make_event
 from paylane_common.delivery.batching import BatchConsumer
 from paylane_common.delivery.consumer import RetryPolicy
 from paylane_common.runtime.outages import Dependency
 from paylane_common.storage import db
+from paylane_common.storage.leases import Lease
+from paylane_order.bindings import BindingsUnavailable, OptionalBindings
 from paylane_order.webhooks import signing, ssrf
 from paylane_order.webhooks.dispatcher import WebhookConfig, WebhookDispatcher, WebhookIngest
 from paylane_order.webhooks.store import WebhookStore, config_endpoint_id
@@ -38,6 +41,7 @@ from paylane_order.webhooks.types import WEBHOOK_EVENTS
 from services.order.tests.support import OrderApi
 from tests.support import hygiene
 from tests.support.batches import batch_item
+from tests.support.infra import Infra
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
@@ -137,8 +141,10 @@ async def running(
     config: WebhookConfig,
 ) -> AsyncIterator[Webhooks]:
     """The order service's webhook parts, as it wires them (webhooks/wiring.py)."""
-    await store.sync_config(config.urls)
     publisher = await Publisher.open(connection)  # declares the topology
+    bindings = OptionalBindings(store.pool, connection, shipping=False)
+    store.on_change = bindings.reconcile
+    await store.sync_config(config.urls)  # order.webhooks bound to the endpoints' types
     channel = await connection.channel()  # what the session's other tests left: not ours
     await (await channel.declare_queue(ORDER_WEBHOOKS.name, passive=True)).purge()
     await channel.close()
@@ -331,9 +337,14 @@ async def test_an_api_endpoint_gets_only_its_events_signed_with_its_own_secret(
         hygiene.register(secret)
         config = WebhookConfig(allow_private=True, schedule_s=(0.05,), poll_s=0.05)
         async with running(clean, amqp_connection, database, config) as hooks:
-            await hooks.publish(events.ORDER_PAID)  # not subscribed
+            before = _consumed_all()
+            await hooks.publish(events.ORDER_PAID)  # not subscribed: not even delivered
+            hooks.published -= 1
             failed = await hooks.publish(events.ORDER_FAILED)
             await eventually(lambda: len(receiver.accepted()) == 1, what="order.failed")
+            # order.webhooks is bound to order.failed alone (paylane_order.bindings).
+            await eventually(lambda: _consumed_all() - before >= 1, what="order.failed consumed")
+            assert _consumed_all() - before == 1
     (payload,) = receiver.verified(secret)
     assert payload["event_id"] == failed.event_id
     assert [r["endpoint_id"] for r in await _deliveries(clean)] == [endpoint.id]
@@ -493,3 +504,90 @@ async def test_a_batch_of_events_gets_one_delivery_per_subscription_and_a_replay
     assert rows == {(e.event_id, everything.id) for e in batch} | {
         (e.event_id, paid_only.id) for e in batch[:3]
     }
+
+
+# --- the order service's optional bindings (paylane_order.bindings) ---------------------
+
+
+def _bound(infra: Infra, amqp_url: str, queue: str) -> set[str]:
+    """The keys ``queue`` is bound to on the exchange ``paylane`` (its forward exchange's
+    binding, by its own name, left out)."""
+    vhost = unquote(urlsplit(amqp_url).path[1:])
+    return infra.broker.bindings(vhost, queue) - {queue}
+
+
+async def test_order_webhooks_is_bound_to_what_the_endpoints_subscribe_to_and_no_more(
+    clean: WebhookStore, amqp_connection: AbstractRobustConnection, infra: Infra, amqp_url: str
+) -> None:
+    """A broker declared before (order.webhooks bound to every type) loses the bindings
+    no endpoint asks for; an endpoint is answered once its types are bound, a second one
+    widens them, a disabled one counts for nothing, deleting the last leaves none."""
+    await (await Publisher.open(amqp_connection)).close()  # declares the topology
+    channel = await amqp_connection.channel()
+    queue = await channel.get_queue(ORDER_WEBHOOKS.name, ensure=True)
+    for key in WEBHOOK_EVENTS:  # what the definitions of earlier versions bound
+        await queue.bind("paylane", routing_key=key)
+    await channel.close()
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == set(WEBHOOK_EVENTS)
+    bindings = OptionalBindings(clean.pool, amqp_connection, shipping=False)
+    clean.on_change = bindings.reconcile
+
+    await clean.sync_config(())  # as the service starts: no endpoint
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == set()
+    paid, _ = await clean.create("https://a.example/h", ["order.paid", "fulfilment.succeeded"], "")
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == {"order.paid", "fulfilment.succeeded"}
+    failed, _ = await clean.create("https://b.example/h", ["order.failed"], "")
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == {
+        "order.paid",
+        "fulfilment.succeeded",
+        "order.failed",
+    }
+    async with db.transaction(clean.pool) as cur:  # as the dispatcher disables one
+        await cur.execute(
+            "UPDATE webhook_endpoints SET status = 'disabled' WHERE id = %s", (failed.id,)
+        )
+    await bindings.reconcile()  # the keeper's pass
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == {"order.paid", "fulfilment.succeeded"}
+    assert await clean.enable(failed.id)
+    assert "order.failed" in _bound(infra, amqp_url, ORDER_WEBHOOKS.name)
+    assert await clean.delete(paid.id) == "api"
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == {"order.failed"}
+    assert await clean.delete(failed.id) == "api"
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == set()
+    await clean.sync_config(("https://c.example/h",))  # WEBHOOK_URLS: every type
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == set(WEBHOOK_EVENTS)
+    await clean.sync_config(())
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == set()
+
+
+async def test_order_payments_gets_grants_and_fulfilments_only_while_shipping_is_declared(
+    db_pool: aiomysql.Pool, amqp_connection: AbstractRobustConnection, infra: Infra, amqp_url: str
+) -> None:
+    await (await Publisher.open(amqp_connection)).close()
+    shipped = set(ORDER_PAYMENTS.optional_keys)
+    assert shipped == {events.ENTITLEMENT_GRANTED, events.FULFILMENT_SUCCEEDED}
+    try:
+        await OptionalBindings(db_pool, amqp_connection, shipping=True).reconcile()
+        bound = _bound(infra, amqp_url, ORDER_PAYMENTS.name)
+        assert bound == set(ORDER_PAYMENTS.routing_keys) | shipped
+        await OptionalBindings(db_pool, amqp_connection, shipping=False).reconcile()
+        assert _bound(infra, amqp_url, ORDER_PAYMENTS.name) == set(ORDER_PAYMENTS.routing_keys)
+    finally:  # the session's other tests (the stack's order service) find it as it was
+        await OptionalBindings(db_pool, amqp_connection, shipping=True).reconcile()
+
+
+async def test_an_endpoint_whose_events_cannot_be_bound_is_not_made(
+    clean: WebhookStore, amqp_connection: AbstractRobustConnection, infra: Infra, amqp_url: str
+) -> None:
+    """Another replica holding the lease past the wait: the creation fails, the endpoint
+    is not listed, nothing is bound for it."""
+    await (await Publisher.open(amqp_connection)).close()
+    bindings = OptionalBindings(clean.pool, amqp_connection, shipping=False)
+    clean.on_change = lambda: bindings.reconcile(wait_s=0.2)
+    await clean.sync_config(())
+    async with Lease(clean.pool, OptionalBindings.LOCK).held() as held:
+        assert held
+        with pytest.raises(BindingsUnavailable, match="another replica"):
+            await clean.create("https://a.example/h", ["order.paid"], "")
+    assert await clean.endpoints() == []
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == set()

@@ -1070,8 +1070,11 @@ ORDER_API = Api(
                     *_BODY_ERRORS,
                     401,
                     403,
+                    503,
                     e400="`invalid_request` (naming the field: an unknown event type in"
                     " `events`), `invalid_webhook_url` (not https, or a private address)",
+                    e503="`broker_unavailable`: RabbitMQ could not be told to send the"
+                    " endpoint's events now; nothing was made, try again",
                 ),
             },
             body=webhooks.CreateEndpoint,

@@ -61,6 +61,12 @@ class Conflict(OrderError):
     status, code = 409, "conflict"
 
 
+class BrokerUnavailable(OrderError):
+    """What the request needs of RabbitMQ could not be done now; nothing was changed."""
+
+    status, code = 503, "broker_unavailable"
+
+
 class UpstreamRejected(OrderError):
     """WeChat Pay refused the request (a business error, not retried)."""
 

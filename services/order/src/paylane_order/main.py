@@ -218,7 +218,7 @@ def build_app(settings: OrderSettings) -> web.Application:
         settings,
         outbox_producer=OUTBOX_PRODUCER,
     )
-    use_webhooks(app, config.webhooks, settings)
+    use_webhooks(app, config.webhooks, settings, shipping=config.shipping.enabled)
     use_rejection_records(app, settings)
     app[api.LOGIN_RATE] = RateLimit(config.login_rate_per_min)
     app[api.ORDER_RATE] = RateLimit(config.order_rate_per_min)

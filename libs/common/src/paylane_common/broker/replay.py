@@ -427,7 +427,7 @@ def _route(
 
 def _consumers(types: frozenset[str] | None) -> list[str]:
     """The topology's queues bound to any of ``types`` (to any type for ``None``)."""
-    return [q.name for q in QUEUES if types is None or types & set(q.routing_keys)]
+    return [q.name for q in QUEUES if types is None or types & set(q.event_types)]
 
 
 # --- DLQ -----------------------------------------------------------------------------------
@@ -939,7 +939,7 @@ async def _window(
         # A service queue gets only the types it is bound to: anything else would be
         # rejected by its consumer and end up in its DLQ.
         spec = next((q for q in QUEUES if q.name == to), None)
-        wanted = frozenset(spec.routing_keys) if spec is not None else None
+        wanted = frozenset(spec.event_types) if spec is not None else None
     if to == LOG_STREAM:
         raise ReplayError(f"{LOG_STREAM} is a replay source, not a target")
     for name in [to] if to is not None else _consumers(wanted):

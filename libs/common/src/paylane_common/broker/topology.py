@@ -75,6 +75,7 @@ class QueueSpec:
     """A consumer's durable quorum queue ``<service>.<purpose>``."""
 
     name: str
+    #: Bound by whoever declares the topology (every process, definitions.json).
     routing_keys: tuple[str, ...]
     #: Deliveries before the broker dead-letters (crash loops, poison messages).
     delivery_limit: int = 10
@@ -86,6 +87,16 @@ class QueueSpec:
     #: ``drop-head``, whose dead-lettering is at-most-once). None: events, never dropped; a
     #: full queue refuses the publish (``reject-publish``), which the publisher sees.
     max_length: int | None = None
+    #: Routing keys sent to the queue's service only while it needs them: declared by no one,
+    #: bound and unbound by that service itself (paylane_order.bindings). Each binding is
+    #: a quorum delivery per event, the largest share of a payment's cost in RabbitMQ.
+    optional_keys: tuple[str, ...] = ()
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        """Every type the queue's consumer handles: its bound keys and its optional ones
+        (what a replay may send it)."""
+        return (*self.routing_keys, *self.optional_keys)
 
     @property
     def dlq(self) -> str:
@@ -178,21 +189,23 @@ ORDER_PAYMENTS = QueueSpec(
         events.REFUND_SUCCEEDED,
         events.REFUND_CLOSED,
         events.REFUND_ABNORMAL,
-        # Shipping declared to WeChat once an order's effect is done (docs/shipping.md):
-        # the plan granted, or the backend's fulfilment confirmed.
-        events.ENTITLEMENT_GRANTED,
-        events.FULFILMENT_SUCCEEDED,
     ),
+    # Shipping declared to WeChat once an order's effect is done (docs/shipping.md): the
+    # plan granted, or the backend's fulfilment confirmed. Bound only with SHIPPING_UPLOAD
+    # on: every payment's grant would otherwise come here for nothing.
+    optional_keys=(events.ENTITLEMENT_GRANTED, events.FULFILMENT_SUCCEEDED),
 )
 ENTITLEMENT_ORDERS = QueueSpec(
     "entitlement.orders", (events.ORDER_PAID, events.ORDER_REFUNDED, events.ORDER_REVOKED)
 )
 #: The events the order service sends to the backend as webhooks (paylane_order.webhooks):
-#: one delivery row per subscribed endpoint is written before the message is acked. The
-#: fulfilment events are bound by name (the order service publishes them).
+#: one delivery row per subscribed endpoint is written before the message is acked. Only
+#: the types some enabled endpoint subscribes to are bound, by the order service: none
+#: while there is no endpoint, so a team without webhooks pays nothing for them.
 ORDER_WEBHOOKS = QueueSpec(
     "order.webhooks",
-    (
+    (),
+    optional_keys=(
         events.ORDER_PAID,
         events.ORDER_REFUNDED,
         events.ORDER_FAILED,

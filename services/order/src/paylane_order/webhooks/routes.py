@@ -10,10 +10,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from paylane_common.contract.events import validation_summary
+from paylane_common.runtime.exceptions import ConfigError
 from paylane_common.web.openapi import body_model, validate_json
 
+from ..bindings import BindingsUnavailable
 from ..config import ORDER_CONFIG
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import BrokerUnavailable, Conflict, InvalidRequest, NotFound
 from . import ssrf
 from .store import Endpoint, WebhookStore
 from .types import WEBHOOK_EVENTS, expand
@@ -101,7 +103,15 @@ async def create_endpoint(request: web.Request) -> web.Response:
     except ssrf.TargetRefused as exc:
         raise InvalidRequest(f"url: {exc}", code="invalid_webhook_url") from None
     events = body.events if body.events is not None else list(WEBHOOK_EVENTS)
-    endpoint, secret = await request.app[WEBHOOK_STORE].create(body.url, events, body.description)
+    try:
+        endpoint, secret = await request.app[WEBHOOK_STORE].create(
+            body.url, events, body.description
+        )
+    except (BindingsUnavailable, ConfigError) as exc:
+        raise BrokerUnavailable(
+            f"the endpoint could not be subscribed to its events now ({exc}): nothing was"
+            " made, try again"
+        ) from None
     view = EndpointView.of(endpoint)
     return _answer(CreatedEndpoint(**view.model_dump(), secret=secret), status=201)
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import aiomysql
+import structlog
 
 from paylane_common.storage import db
 
 from . import signing
 from .types import WEBHOOK_EVENTS
+
+log = structlog.get_logger(__name__)
 
 Source = Literal["config", "api"]
 #: A delivery's outcome after an attempt (see :meth:`WebhookStore.record`).
@@ -80,6 +83,13 @@ class Delivery:
 class WebhookStore:
     def __init__(self, pool: aiomysql.Pool):
         self.pool = pool
+        #: Called after every change of the endpoints has committed (the order service's
+        #: bindings follow them, paylane_order.bindings); what it raises is the caller's.
+        self.on_change: Callable[[], Awaitable[object]] | None = None
+
+    async def _changed(self) -> None:
+        if self.on_change is not None:
+            await self.on_change()
 
     # --- endpoints ---------------------------------------------------------------------
 
@@ -102,6 +112,7 @@ class WebhookStore:
                 f" WHERE source = 'config' AND deleted_at IS NULL{keep}",
                 ids,
             )
+        await self._changed()
 
     async def create(
         self, url: str, events: Sequence[str], description: str
@@ -121,6 +132,16 @@ class WebhookStore:
                 (endpoint_id,),
             )
             row = await cur.fetchone()
+        try:
+            await self._changed()
+        except BaseException:
+            # Not subscribed to its events: it is not made (its secret was never shown).
+            async with db.transaction(self.pool) as cur:
+                await cur.execute(
+                    "UPDATE webhook_endpoints SET deleted_at = UTC_TIMESTAMP(6) WHERE id = %s",
+                    (endpoint_id,),
+                )
+            raise
         return Endpoint.of(row), secret
 
     async def endpoints(self) -> list[Endpoint]:
@@ -149,6 +170,10 @@ class WebhookStore:
                 (endpoint_id,),
             )
             await _fail_pending(cur, endpoint_id, "endpoint deleted")
+        try:
+            await self._changed()
+        except Exception as exc:  # deleted all the same: the bindings' next pass narrows
+            log.warning("webhook_bindings_not_narrowed", endpoint_id=endpoint_id, error=str(exc))
         return "api"
 
     async def enable(self, endpoint_id: str) -> bool:
@@ -160,7 +185,10 @@ class WebhookStore:
                 " WHERE id = %s AND deleted_at IS NULL",
                 (endpoint_id,),
             )
-            return bool(cur.rowcount)
+            enabled = bool(cur.rowcount)
+        if enabled:
+            await self._changed()
+        return enabled
 
     # --- deliveries --------------------------------------------------------------------
 

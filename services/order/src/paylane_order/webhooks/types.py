@@ -6,9 +6,10 @@ from __future__ import annotations
 from paylane_common.broker.topology import ORDER_WEBHOOKS
 
 #: Every type a webhook carries, in the order the docs list them: the routing keys the
-#: queue ``order.webhooks`` is bound to (``fulfilment.succeeded`` / ``.failed`` included,
-#: which the order service publishes for a business order's fulfilment).
-WEBHOOK_EVENTS: tuple[str, ...] = ORDER_WEBHOOKS.routing_keys
+#: queue ``order.webhooks`` may be bound to (``fulfilment.succeeded`` / ``.failed``
+#: included, which the order service publishes for a business order's fulfilment); those
+#: some endpoint subscribes to are (paylane_order.bindings).
+WEBHOOK_EVENTS: tuple[str, ...] = ORDER_WEBHOOKS.optional_keys
 
 
 def expand(names: list[str]) -> tuple[str, ...]:

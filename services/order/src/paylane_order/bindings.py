@@ -1,0 +1,143 @@
+"""The order service's optional bindings (docs/events.md, "Bindings the order service
+keeps"): the events it is sent only while a feature of it needs them.
+
+Each binding of the exchange ``paylane`` to a quorum queue is a replicated delivery per
+event, and deliveries are most of a payment's cost in RabbitMQ (docs/performance.md).
+Two sets of the order service's serve features a team may not use:
+
+* ``order.webhooks`` is bound to the event types some enabled webhook endpoint subscribes
+  to, and to nothing while there is none;
+* ``order.payments`` gets ``entitlement.granted`` and ``fulfilment.succeeded`` (after
+  which an order's shipping is declared) only with ``SHIPPING_UPLOAD`` on.
+
+:meth:`OptionalBindings.reconcile` takes the lease ``paylane.bindings`` (migration
+0018), reads what is wanted, binds it and unbinds every other optional key (both are
+idempotent in RabbitMQ, so the broker's bindings need not be read). Every change of the
+endpoints reconciles after it committed, under the lease: whichever replica reconciles
+last has read every change before it, so the bindings end as the endpoints' latest state
+asks. A new endpoint is answered only once its types are bound (an event published before
+that was published before the endpoint existed); one the dispatcher disabled, or a
+broker whose definitions were loaded again, is caught up by :class:`BindingsKeeper`'s
+pass every ``interval_s``.
+
+The order service's broker user may bind those two queues, and only with the keys of
+events it handles (deploy/rabbitmq/permissions.json): a broker refusing it is a
+configuration error, said at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import aio_pika
+import aiomysql
+import aiormq
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+
+from paylane_common.broker.topology import EXCHANGE, ORDER_PAYMENTS, ORDER_WEBHOOKS
+from paylane_common.runtime.background import BackgroundLoop
+from paylane_common.runtime.exceptions import ConfigError
+from paylane_common.storage.db import transaction
+from paylane_common.storage.leases import Lease
+
+log = structlog.get_logger(__name__)
+
+#: How long a change waits for another replica's reconciliation to end.
+WAIT_S = 10.0
+#: How often :class:`BindingsKeeper` reconciles.
+KEEP_INTERVAL_S = 60.0
+
+
+class BindingsUnavailable(RuntimeError):
+    """The bindings could not be changed now (the lease held elsewhere, the broker away)."""
+
+
+class OptionalBindings:
+    LOCK = "paylane.bindings"
+
+    def __init__(
+        self, pool: aiomysql.Pool, connection: AbstractRobustConnection, *, shipping: bool
+    ) -> None:
+        self._pool = pool
+        self._connection = connection
+        self._shipping = shipping
+        self._bound: dict[str, tuple[str, ...]] | None = None  # as last reconciled
+
+    @property
+    def bound(self) -> Mapping[str, tuple[str, ...]] | None:
+        """The optional keys bound per queue by this replica's last reconciliation."""
+        return self._bound
+
+    async def reconcile(self, wait_s: float = WAIT_S) -> dict[str, tuple[str, ...]]:
+        """Bind what is wanted now, unbind the rest; the keys bound per queue. Raises
+        :class:`BindingsUnavailable`, or ``ConfigError`` when the broker refuses."""
+        try:
+            async with Lease(self._pool, self.LOCK).held(wait_s) as held:
+                if not held:
+                    raise BindingsUnavailable("another replica is changing the bindings")
+                wanted = {
+                    ORDER_WEBHOOKS.name: await self._subscribed(),
+                    ORDER_PAYMENTS.name: ORDER_PAYMENTS.optional_keys if self._shipping else (),
+                }
+                await self._apply(wanted)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise ConfigError(
+                "the order service's RabbitMQ user may not bind order.webhooks and"
+                " order.payments to the exchange 'paylane': load"
+                f" deploy/rabbitmq/permissions.json again (CHANGELOG): {exc}"
+            ) from None
+        except (
+            aiormq.exceptions.AMQPError,
+            aio_pika.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            raise BindingsUnavailable(f"RabbitMQ: {exc!r}") from exc
+        if wanted != self._bound:
+            log.info("bindings_changed", **{q: list(keys) for q, keys in wanted.items()})
+        self._bound = wanted
+        return wanted
+
+    async def _subscribed(self) -> tuple[str, ...]:
+        """The webhook types some enabled, not deleted endpoint subscribes to."""
+        async with transaction(self._pool) as cur:
+            await cur.execute(
+                "SELECT events FROM webhook_endpoints"
+                " WHERE status = 'enabled' AND deleted_at IS NULL"
+            )
+            types = {t for row in await cur.fetchall() for t in row["events"].split()}
+        return tuple(k for k in ORDER_WEBHOOKS.optional_keys if k in types)
+
+    async def _apply(self, wanted: Mapping[str, tuple[str, ...]]) -> None:
+        specs = {ORDER_WEBHOOKS.name: ORDER_WEBHOOKS, ORDER_PAYMENTS.name: ORDER_PAYMENTS}
+        async with self._connection.channel() as channel:
+            for name, keys in wanted.items():
+                queue = await channel.get_queue(name, ensure=True)  # passive: it exists
+                for key in specs[name].optional_keys:
+                    if key in keys:
+                        await queue.bind(EXCHANGE, routing_key=key)
+                    else:  # unbinding what is not bound is a no-op for RabbitMQ
+                        await queue.unbind(EXCHANGE, routing_key=key)
+
+
+class BindingsKeeper(BackgroundLoop):
+    """Reconciles every ``interval_s``: narrows after an endpoint was disabled, binds
+    again what a reloaded definition or an operator removed."""
+
+    task_name = "bindings"
+
+    def __init__(self, bindings: OptionalBindings, interval_s: float) -> None:
+        self._bindings = bindings
+        self._interval_s = interval_s
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self._bindings.reconcile()
+            except (BindingsUnavailable, ConfigError) as exc:
+                log.warning("bindings_pass_failed", error=str(exc))
+            except Exception as exc:
+                log.warning("bindings_pass_failed", error=repr(exc))
