@@ -406,10 +406,20 @@ async def test_order_user_binds_its_two_queues_to_the_events_it_handles_only(
 
         return action
 
-    # Not another service's queue; not a payment (WeChat Pay's word comes from ingress).
+    # Not another service's queue; not a payment (WeChat Pay's word comes from ingress);
+    # no key but those two queues' optional ones; no exchange into its forward exchange.
     await _refused(url, bind(ENTITLEMENT_ORDERS.name, "order.paid"))
-    await _refused(url, bind(ORDER_PAYMENTS.name, "payment.#"))
+    await _refused(url, bind(ORDER_PAYMENTS.name, "payment.succeeded"))
     await _refused(url, bind(ORDER_WEBHOOKS.name, "#"))
+    await _refused(url, bind(ORDER_WEBHOOKS.name, "order.created"))
+
+    async def into_forward(channel: aio_pika.abc.AbstractChannel) -> None:
+        underlay = await channel.get_underlay_channel()
+        await underlay.exchange_bind(
+            ORDER_PAYMENTS.forward_exchange, EXCHANGE, routing_key=ORDER_PAYMENTS.name
+        )
+
+    await _refused(url, into_forward)
 
 
 def _user_of(url: str) -> str:

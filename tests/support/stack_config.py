@@ -115,6 +115,9 @@ async def start_stack(
     ingress = await stack.start("ingress")
     stack.base_env.update(wechat.merchant_env(sandbox.url, f"{ingress.url}/notify/wechatpay"))
     order = order_env(sandbox.url, order_settings)
+    # Every start of "order" (a second replica too) is configured alike: replicas that
+    # disagree, on SHIPPING_UPLOAD say, undo each other's bindings (paylane_order.bindings).
+    stack.service_env.setdefault("order", {}).update(order)
     for name in ("entitlement", "notifier", "order"):
         await stack.start(name, order if name == "order" else None, port=ports.get(name))
     return order

@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from paylane_common.broker import amqp
 from paylane_common.broker.publisher import Publisher
 from paylane_common.broker.topology import ORDER_PAYMENTS, ORDER_WEBHOOKS
 from paylane_common.contract import events
@@ -33,9 +34,10 @@ from paylane_common.delivery.consumer import RetryPolicy
 from paylane_common.runtime.outages import Dependency
 from paylane_common.storage import db
 from paylane_common.storage.leases import Lease
-from paylane_order.bindings import BindingsUnavailable, OptionalBindings
+from paylane_order.bindings import BindingsKeeper, BindingsUnavailable, OptionalBindings
 from paylane_order.webhooks import signing, ssrf
 from paylane_order.webhooks.dispatcher import WebhookConfig, WebhookDispatcher, WebhookIngest
+from paylane_order.webhooks.routes import WEBHOOK_STORE
 from paylane_order.webhooks.store import WebhookStore, config_endpoint_id
 from paylane_order.webhooks.types import WEBHOOK_EVENTS
 from services.order.tests.support import OrderApi
@@ -591,3 +593,60 @@ async def test_an_endpoint_whose_events_cannot_be_bound_is_not_made(
             await clean.create("https://a.example/h", ["order.paid"], "")
     assert await clean.endpoints() == []
     assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == set()
+
+
+async def test_the_api_answers_503_and_makes_nothing_when_the_events_cannot_be_bound(
+    clean: WebhookStore, order_api: OrderApi
+) -> None:
+    store = order_api.client.app[WEBHOOK_STORE]
+
+    async def refused() -> None:
+        raise BindingsUnavailable("RabbitMQ: ConnectionError('gone')")
+
+    store.on_change = refused
+    try:
+        status, answer = await order_api.backend(
+            "POST", "/webhooks/endpoints", {"url": "https://93.184.215.14/hooks"}
+        )
+    finally:
+        store.on_change = None
+    assert status == 503, answer
+    assert answer["error"] == "broker_unavailable" and "nothing was made" in answer["message"]
+    assert "secret" not in answer
+    status, listed = await order_api.backend("GET", "/webhooks/endpoints")
+    assert (status, listed["endpoints"]) == (200, [])
+
+
+async def test_the_keeper_binds_what_changed_elsewhere_and_again_after_a_reconnection(
+    clean: WebhookStore, amqp_connection: AbstractRobustConnection, infra: Infra, amqp_url: str
+) -> None:
+    """An endpoint enabled by ``paylane webhooks enable`` (a store with no broker: no
+    on_change) is bound by the keeper's next comparison; a reconnection makes it bind
+    again what the broker may have lost."""
+    await (await Publisher.open(amqp_connection)).close()
+    own = await amqp.connect(amqp_url, "test-bindings")  # its reconnection callbacks alone
+    bindings = OptionalBindings(clean.pool, own, shipping=False)
+    await bindings.reconcile()
+    assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == set()
+    keeper = BindingsKeeper(bindings, interval_s=0.1)
+    keeper.start()
+    try:
+        elsewhere = WebhookStore(clean.pool)  # as the CLI has it
+        await elsewhere.create("https://a.example/h", ["order.refunded"], "")
+        await eventually(
+            lambda: _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == {"order.refunded"},
+            what="order.refunded bound by the keeper",
+        )
+        channel = await amqp_connection.channel()  # the broker loses it
+        queue = await channel.get_queue(ORDER_WEBHOOKS.name, ensure=True)
+        await queue.unbind("paylane", routing_key="order.refunded")
+        await channel.close()
+        assert _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == set()
+        await own.reconnect_callbacks()  # as after a reconnection
+        await eventually(
+            lambda: _bound(infra, amqp_url, ORDER_WEBHOOKS.name) == {"order.refunded"},
+            what="order.refunded bound again",
+        )
+    finally:
+        await keeper.stop()
+        await own.close()

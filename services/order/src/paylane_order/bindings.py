@@ -16,9 +16,9 @@ idempotent in RabbitMQ, so the broker's bindings need not be read). Every change
 endpoints reconciles after it committed, under the lease: whichever replica reconciles
 last has read every change before it, so the bindings end as the endpoints' latest state
 asks. A new endpoint is answered only once its types are bound (an event published before
-that was published before the endpoint existed); one the dispatcher disabled, or a
-broker whose definitions were loaded again, is caught up by :class:`BindingsKeeper`'s
-pass every ``interval_s``.
+that was published before the endpoint existed). What changes elsewhere (an endpoint the
+dispatcher disabled or ``paylane webhooks enable`` enabled, a broker reconnected to, a
+definitions import) :class:`BindingsKeeper` catches up with within seconds.
 
 The order service's broker user may bind those two queues, and only with the keys of
 events it handles (deploy/rabbitmq/permissions.json): a broker refusing it is a
@@ -28,6 +28,7 @@ configuration error, said at start.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 
 import aio_pika
@@ -36,6 +37,7 @@ import aiormq
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
+from paylane_common.broker.amqp import close_quietly
 from paylane_common.broker.topology import EXCHANGE, ORDER_PAYMENTS, ORDER_WEBHOOKS
 from paylane_common.runtime.background import BackgroundLoop
 from paylane_common.runtime.exceptions import ConfigError
@@ -46,8 +48,12 @@ log = structlog.get_logger(__name__)
 
 #: How long a change waits for another replica's reconciliation to end.
 WAIT_S = 10.0
-#: How often :class:`BindingsKeeper` reconciles.
-KEEP_INTERVAL_S = 60.0
+#: How often :class:`BindingsKeeper` compares the endpoints with what it bound last.
+KEEP_INTERVAL_S = 5.0
+#: How often it reconciles whatever it compared (a definitions import, an operator).
+FULL_INTERVAL_S = 60.0
+#: The broker's share of one reconciliation at most.
+APPLY_TIMEOUT_S = 10.0
 
 
 class BindingsUnavailable(RuntimeError):
@@ -64,6 +70,18 @@ class OptionalBindings:
         self._connection = connection
         self._shipping = shipping
         self._bound: dict[str, tuple[str, ...]] | None = None  # as last reconciled
+        # A broker reconnected to may be another (rebuilt, a new node): bound again soon.
+        connection.reconnect_callbacks.add(self._forget)
+
+    def _forget(self, *_: object) -> None:
+        self._bound = None
+
+    async def wanted(self) -> dict[str, tuple[str, ...]]:
+        """The optional keys wanted per queue now."""
+        return {
+            ORDER_WEBHOOKS.name: await self._subscribed(),
+            ORDER_PAYMENTS.name: ORDER_PAYMENTS.optional_keys if self._shipping else (),
+        }
 
     @property
     def bound(self) -> Mapping[str, tuple[str, ...]] | None:
@@ -77,10 +95,7 @@ class OptionalBindings:
             async with Lease(self._pool, self.LOCK).held(wait_s) as held:
                 if not held:
                     raise BindingsUnavailable("another replica is changing the bindings")
-                wanted = {
-                    ORDER_WEBHOOKS.name: await self._subscribed(),
-                    ORDER_PAYMENTS.name: ORDER_PAYMENTS.optional_keys if self._shipping else (),
-                }
+                wanted = await self.wanted()
                 await self._apply(wanted)
         except aiormq.exceptions.ChannelAccessRefused as exc:
             raise ConfigError(
@@ -111,32 +126,56 @@ class OptionalBindings:
         return tuple(k for k in ORDER_WEBHOOKS.optional_keys if k in types)
 
     async def _apply(self, wanted: Mapping[str, tuple[str, ...]]) -> None:
+        """On a plain channel of its own (a robust one would remember the bindings and
+        put them back after a reconnection, whatever was wanted since), within
+        :data:`APPLY_TIMEOUT_S`: a broker away fails the change, it does not hold the
+        lease for the length of the outage."""
         specs = {ORDER_WEBHOOKS.name: ORDER_WEBHOOKS, ORDER_PAYMENTS.name: ORDER_PAYMENTS}
-        async with self._connection.channel() as channel:
-            for name, keys in wanted.items():
-                queue = await channel.get_queue(name, ensure=True)  # passive: it exists
-                for key in specs[name].optional_keys:
-                    if key in keys:
-                        await queue.bind(EXCHANGE, routing_key=key)
-                    else:  # unbinding what is not bound is a no-op for RabbitMQ
-                        await queue.unbind(EXCHANGE, routing_key=key)
+        async with asyncio.timeout(APPLY_TIMEOUT_S):
+            await self._connection.ready()
+            transport = self._connection.transport
+            if transport is None:
+                raise ConnectionError("not connected")
+            channel = await transport.connection.channel(publisher_confirms=False)
+            try:
+                for name, keys in wanted.items():
+                    await channel.queue_declare(name, passive=True)  # it exists
+                    for key in specs[name].optional_keys:
+                        if key in keys:
+                            await channel.queue_bind(name, EXCHANGE, routing_key=key)
+                        else:  # unbinding what is not bound is a no-op for RabbitMQ
+                            await channel.queue_unbind(name, EXCHANGE, routing_key=key)
+            finally:
+                if not channel.is_closed:
+                    await close_quietly(channel, "bindings channel")
 
 
 class BindingsKeeper(BackgroundLoop):
-    """Reconciles every ``interval_s``: narrows after an endpoint was disabled, binds
-    again what a reloaded definition or an operator removed."""
+    """Every ``interval_s``, reconciles when the endpoints ask for other keys than this
+    replica bound last (an endpoint the dispatcher disabled, one enabled again with
+    ``paylane webhooks enable``, one made by a replica of an earlier version), after a
+    reconnection, and every ``full_s`` in any case (what a definitions import or an
+    operator changed on the broker)."""
 
     task_name = "bindings"
 
-    def __init__(self, bindings: OptionalBindings, interval_s: float) -> None:
+    def __init__(
+        self, bindings: OptionalBindings, interval_s: float, full_s: float = FULL_INTERVAL_S
+    ) -> None:
         self._bindings = bindings
         self._interval_s = interval_s
+        self._full_s = full_s
 
     async def _run(self) -> None:
+        last = time.monotonic()
         while True:
             await asyncio.sleep(self._interval_s)
             try:
+                due = time.monotonic() - last >= self._full_s
+                if not due and await self._bindings.wanted() == self._bindings.bound:
+                    continue
                 await self._bindings.reconcile()
+                last = time.monotonic()
             except (BindingsUnavailable, ConfigError) as exc:
                 log.warning("bindings_pass_failed", error=str(exc))
             except Exception as exc:

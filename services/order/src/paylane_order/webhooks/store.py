@@ -134,12 +134,23 @@ class WebhookStore:
             row = await cur.fetchone()
         try:
             await self._changed()
-        except BaseException:
-            # Not subscribed to its events: it is not made (its secret was never shown).
-            async with db.transaction(self.pool) as cur:
-                await cur.execute(
-                    "UPDATE webhook_endpoints SET deleted_at = UTC_TIMESTAMP(6) WHERE id = %s",
-                    (endpoint_id,),
+        except BaseException as exc:
+            # Not subscribed to its events: it is not made (its secret was never shown),
+            # nor is anything sent to it that came meanwhile.
+            try:
+                async with db.transaction(self.pool) as cur:
+                    await cur.execute(
+                        "UPDATE webhook_endpoints SET deleted_at = UTC_TIMESTAMP(6) WHERE id = %s",
+                        (endpoint_id,),
+                    )
+                    await _fail_pending(cur, endpoint_id, "endpoint not made")
+            except Exception as undo:
+                log.error(
+                    "webhook_endpoint_not_undone",
+                    alert=True,
+                    endpoint_id=endpoint_id,
+                    error=repr(undo),
+                    because=repr(exc),
                 )
             raise
         return Endpoint.of(row), secret
