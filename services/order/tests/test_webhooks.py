@@ -650,3 +650,28 @@ async def test_the_keeper_binds_what_changed_elsewhere_and_again_after_a_reconne
     finally:
         await keeper.stop()
         await own.close()
+
+
+async def test_the_keeper_outlives_a_pass_cancelled_by_a_lost_connection() -> None:
+    """aiormq fails the calls of a connection it lost with CancelledError: a pass failing
+    so is logged, and the keeper goes on (only its own stop ends it)."""
+
+    class Flaky:
+        bound = None
+        passes = 0
+
+        async def wanted(self) -> dict[str, tuple[str, ...]]:
+            return {}
+
+        async def reconcile(self) -> None:
+            self.passes += 1
+            if self.passes == 1:
+                raise asyncio.CancelledError  # as a lost connection's pending call
+
+    flaky = Flaky()
+    keeper = BindingsKeeper(flaky, interval_s=0.01)  # type: ignore[arg-type]
+    keeper.start()
+    try:
+        await eventually(lambda: flaky.passes >= 3, what="passes after the cancelled one")
+    finally:
+        await keeper.stop()

@@ -70,11 +70,13 @@ class OptionalBindings:
         self._connection = connection
         self._shipping = shipping
         self._bound: dict[str, tuple[str, ...]] | None = None  # as last reconciled
+        self._generation = 0  # one more at every reconnection
         # A broker reconnected to may be another (rebuilt, a new node): bound again soon.
         connection.reconnect_callbacks.add(self._forget)
 
     def _forget(self, *_: object) -> None:
         self._bound = None
+        self._generation += 1
 
     async def wanted(self) -> dict[str, tuple[str, ...]]:
         """The optional keys wanted per queue now."""
@@ -95,6 +97,9 @@ class OptionalBindings:
             async with Lease(self._pool, self.LOCK).held(wait_s) as held:
                 if not held:
                     raise BindingsUnavailable("another replica is changing the bindings")
+                generation, before = self._generation, self._bound
+                # Unknown until done: a pass failing halfway leaves the broker unlike both.
+                self._bound = None
                 wanted = await self.wanted()
                 await self._apply(wanted)
         except aiormq.exceptions.ChannelAccessRefused as exc:
@@ -110,9 +115,10 @@ class OptionalBindings:
             TimeoutError,
         ) as exc:
             raise BindingsUnavailable(f"RabbitMQ: {exc!r}") from exc
-        if wanted != self._bound:
+        if wanted != before:
             log.info("bindings_changed", **{q: list(keys) for q, keys in wanted.items()})
-        self._bound = wanted
+        if generation == self._generation:  # else reconnected meanwhile: bind again
+            self._bound = wanted
         return wanted
 
     async def _subscribed(self) -> tuple[str, ...]:
@@ -136,7 +142,10 @@ class OptionalBindings:
             transport = self._connection.transport
             if transport is None:
                 raise ConnectionError("not connected")
-            channel = await transport.connection.channel(publisher_confirms=False)
+            try:
+                channel = await transport.connection.channel(publisher_confirms=False)
+            except RuntimeError as exc:  # the connection closed a moment ago
+                raise ConnectionError(str(exc)) from exc
             try:
                 for name, keys in wanted.items():
                     await channel.queue_declare(name, passive=True)  # it exists
@@ -145,6 +154,13 @@ class OptionalBindings:
                             await channel.queue_bind(name, EXCHANGE, routing_key=key)
                         else:  # unbinding what is not bound is a no-op for RabbitMQ
                             await channel.queue_unbind(name, EXCHANGE, routing_key=key)
+            except asyncio.CancelledError as exc:
+                # A connection lost mid-call fails its calls with CancelledError; only a
+                # task being cancelled (a stop, the timeout) has cancelling() > 0.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                raise ConnectionError("the broker connection was lost") from exc
             finally:
                 if not channel.is_closed:
                     await close_quietly(channel, "bindings channel")
@@ -178,5 +194,10 @@ class BindingsKeeper(BackgroundLoop):
                 last = time.monotonic()
             except (BindingsUnavailable, ConfigError) as exc:
                 log.warning("bindings_pass_failed", error=str(exc))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # stopped
+                log.warning("bindings_pass_failed", error="cancelled by a lost connection")
             except Exception as exc:
                 log.warning("bindings_pass_failed", error=repr(exc))
