@@ -94,6 +94,13 @@ def markdown(results: dict[str, Any]) -> str:
             f" {p['p99_ms']} ms ({b['p99_ms'] / p['p99_ms']:.0f}x); acked/s baseline"
             f" {b['rate_per_s']} vs paylane {p['rate_per_s']}"
         )
+    logs = results.get("log_lines")
+    if logs:
+        ratios.append(
+            f"a payment's {logs['lines_per_payment']} log lines: paylane"
+            f" {logs['paylane_us_per_payment']} µs of CPU, the inline line"
+            f" {logs['inline_us_per_payment']} µs ({logs['ratio']}x)"
+        )
     if ratios:
         lines += ["", *[f"- {r}" for r in ratios]]
     return "\n".join(_without_empty_tables(lines))

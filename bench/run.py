@@ -27,14 +27,14 @@ from tests.support.polling import eventually
 from tests.support.seeding import add_users
 from tests.support.stack import Service, Stack, free_port, wait_ready
 
-from . import brokerfloor, report, setup, wakeups
+from . import brokerfloor, loglines, report, setup, wakeups
 from .cpu import CpuMeter, idle_share, machine_ticks, server_pids
 from .loadgen import Result, closed_loop, open_loop
 from .presign import presign, transaction
 
 OUT = Path("bench-results")
 BASELINE = [sys.executable, "-m", "bench.baseline"]
-PHASES = ("wakeups", "ingress", "floor", "e2e", "baseline", "burst", "rounds")
+PHASES = ("wakeups", "loglines", "ingress", "floor", "e2e", "baseline", "burst", "rounds")
 #: What ``make bench`` runs without ``--only``: the rounds take 20 minutes and more.
 DEFAULT_PHASES = PHASES[:-1]
 CONSUMERS = ("order", "entitlement", "notifier")
@@ -587,6 +587,8 @@ async def main(
     results["load"] = {"start": setup.load()}
     if "wakeups" in only:
         results["machine"]["loopback_round_trip_cpu_us"] = await wakeups.measure(1 if quick else 3)
+    if "loglines" in only:
+        results["log_lines"] = await loglines.measure(2_000 if quick else 20_000)
     stack = Stack(env.service_env(), OUT)
     stack.service_env["order"] = setup.ORDER_ENV
     try:

@@ -34,6 +34,23 @@ def test_redacts_secret_keys_at_any_depth() -> None:
     assert event["remedy"] == {"bank_account": REDACTED, "real_name": REDACTED}
 
 
+def test_the_fast_path_for_plain_values_misses_no_pem_block() -> None:
+    """Plain values skip the deep look; a PEM block in a str subclass, a tuple or a
+    number's neighbour is still found."""
+
+    class Text(str):
+        pass
+
+    event = redact(
+        None,
+        "info",
+        {"event": "x", "n": 3, "ok": True, "none": None, "sub": Text(PEM), "pair": ("a", PEM)},
+    )
+    assert (event["n"], event["ok"], event["none"]) == (3, True, None)
+    assert event["sub"] == REDACTED
+    assert event["pair"] == ["a", REDACTED]
+
+
 def test_json_lines_carry_context_and_no_secrets() -> None:
     buffer = io.StringIO()
     try:

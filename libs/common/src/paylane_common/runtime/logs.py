@@ -66,7 +66,16 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.S)
 REDACTED = "[redacted]"
 
 
+#: Values that hold nothing to hide, answered without a look inside: most of a line's.
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
 def _scrub(value: Any) -> Any:
+    kind = type(value)
+    if kind is str:
+        return _PEM.sub(REDACTED, value) if "-----BEGIN" in value else value
+    if kind in _PLAIN:  # the exact types: a subclass (an enum, say) takes the long way
+        return value
     if isinstance(value, Mapping):
         return {
             k: (REDACTED if str(k).lower() in REDACTED_KEYS else _scrub(v))
@@ -82,12 +91,18 @@ def _scrub(value: Any) -> Any:
 def redact(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: hide secret keys at any depth and PEM blocks in strings."""
-    for key in list(event_dict):
+    """structlog processor: hide secret keys at any depth and PEM blocks in strings.
+
+    On every line a service writes, so the common values (strings without a PEM block,
+    numbers) are passed over first: the ``Mapping`` check, an ABC's, cost more than the
+    rest of the line's processing together."""
+    for key, value in event_dict.items():
         if key.lower() in REDACTED_KEYS:
             event_dict[key] = REDACTED
+        elif type(value) in _PLAIN or (type(value) is str and "-----BEGIN" not in value):
+            continue  # _scrub's first answers, without the call
         else:
-            event_dict[key] = _scrub(event_dict[key])
+            event_dict[key] = _scrub(value)
     return event_dict
 
 
