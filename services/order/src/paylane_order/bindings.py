@@ -41,8 +41,9 @@ from paylane_common.broker.amqp import close_quietly
 from paylane_common.broker.topology import EXCHANGE, ORDER_PAYMENTS, ORDER_WEBHOOKS
 from paylane_common.runtime.background import BackgroundLoop
 from paylane_common.runtime.exceptions import ConfigError
-from paylane_common.storage.db import transaction
 from paylane_common.storage.leases import Lease
+
+from .webhooks.store import WebhookStore
 
 log = structlog.get_logger(__name__)
 
@@ -122,13 +123,8 @@ class OptionalBindings:
         return wanted
 
     async def _subscribed(self) -> tuple[str, ...]:
-        """The webhook types some enabled, not deleted endpoint subscribes to."""
-        async with transaction(self._pool) as cur:
-            await cur.execute(
-                "SELECT events FROM webhook_endpoints"
-                " WHERE status = 'enabled' AND deleted_at IS NULL"
-            )
-            types = {t for row in await cur.fetchall() for t in row["events"].split()}
+        """The webhook types some enabled endpoint subscribes to, in the queue's order."""
+        types = await WebhookStore(self._pool).subscribed_types()
         return tuple(k for k in ORDER_WEBHOOKS.optional_keys if k in types)
 
     async def _apply(self, wanted: Mapping[str, tuple[str, ...]]) -> None:

@@ -164,6 +164,15 @@ class WebhookStore:
             )
             return [Endpoint.of(row) for row in await cur.fetchall()]
 
+    async def subscribed_types(self) -> set[str]:
+        """The event types some enabled, not deleted endpoint subscribes to."""
+        async with db.transaction(self.pool) as cur:
+            await cur.execute(
+                "SELECT events FROM webhook_endpoints"
+                " WHERE status = 'enabled' AND deleted_at IS NULL"
+            )
+            return {t for row in await cur.fetchall() for t in row["events"].split()}
+
     async def delete(self, endpoint_id: str) -> Source | None:
         """Mark an endpoint deleted and fail its pending deliveries. Returns its source
         (a ``config`` one is not deleted: it is the configuration's), None if unknown."""
