@@ -74,6 +74,14 @@ class BrokerControl:
         rows = (line.split("\t") for line in out.splitlines() if line.strip())
         return {row[2] for row in rows if len(row) == 3 and row[0] and row[1] == destination}
 
+    def unacked(self, vhost: str) -> dict[str, int]:
+        """``vhost``'s queues with the messages delivered to a consumer and not yet
+        settled (what a passive declaration's count leaves out)."""
+        columns = ["name", "messages_unacknowledged"]
+        out = self.run(["list_queues", "-q", "--no-table-headers", "-p", vhost, *columns])
+        rows = (line.split("\t") for line in out.splitlines() if line.strip())
+        return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
+
     def close_connections(self, vhost: str, name: str) -> int:
         """Have the broker close ``vhost``'s client connections named ``name`` (the broker
         stays up); how many it closed."""

@@ -52,12 +52,12 @@ ORDER_ENV = {
 
 
 def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict[str, str]:
-    """The order service's own settings: ``settings`` (the reconciler's pace), the backend
-    secret, the client tokens' private key (no other service gets it), the mini-program
-    login, the mobile app's appid (APP orders), shipping declared to WeChat (the sandbox
-    plays it; a retry after half a second), webhooks to local receivers."""
+    """The order service's own settings: the backend secret, the client tokens' private
+    key (no other service gets it), the mini-program login, the mobile app's appid (APP
+    orders), shipping declared to WeChat (the sandbox plays it; a retry after half a
+    second), webhooks to local receivers; then ``settings`` (the reconciler's pace), which
+    may override any of them."""
     return {
-        **settings,
         "CLIENT_TOKEN_PRIVATE_KEY": TOKEN_PRIVATE_KEY,
         "WECHATPAY_APP_APPID": APP_APPID,
         "BACKEND_API_SECRET": BACKEND_SECRET,
@@ -68,6 +68,7 @@ def order_env(sandbox_url: str, settings: Mapping[str, str] = ORDER_ENV) -> dict
         "SHIPPING_INTERVAL_S": "1",
         # Development: the tests' webhook receivers listen on 127.0.0.1 over http.
         "WEBHOOK_ALLOW_PRIVATE": "true",
+        **settings,
     }
 
 

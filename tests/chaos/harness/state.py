@@ -136,7 +136,16 @@ async def wait_quiescent(env: ChaosEnv, nos: list[str], timeout: float = 90) -> 
         idle = all(ready == 0 for ready, _ in queues.values())
         attached = all(queues[q][1] >= 1 for q in WORK_QUEUES)
         published = all(unpublished == 0 for _, unpublished in outbox.values())
-        return idle and attached and published and now - stable_since >= 1.0
+        if not (idle and attached and published and now - stable_since >= 1.0):
+            return False
+        # Nothing ready is not nothing under way: a consumer may hold a batch waiting for
+        # the database to come back, longer than the second of stillness. Asked last, as
+        # rabbitmqctl takes a while; a batch still held starts the second again.
+        unacked = await asyncio.to_thread(env.infra.broker.unacked, env.vhost)
+        if any(unacked.get(q, 0) for q in QUIET_QUEUES):
+            last = None
+            return False
+        return True
 
     try:
         await eventually(quiet, timeout=timeout, what="quiescence")
