@@ -74,13 +74,16 @@ class BrokerControl:
         rows = (line.split("\t") for line in out.splitlines() if line.strip())
         return {row[2] for row in rows if len(row) == 3 and row[0] and row[1] == destination}
 
-    def unacked(self, vhost: str) -> dict[str, int]:
-        """``vhost``'s queues with the messages delivered to a consumer and not yet
-        settled (what a passive declaration's count leaves out)."""
-        columns = ["name", "messages_unacknowledged"]
-        out = self.run(["list_queues", "-q", "--no-table-headers", "-p", vhost, *columns])
-        rows = (line.split("\t") for line in out.splitlines() if line.strip())
-        return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
+    def unacked(self, vhost: str) -> int:
+        """The messages delivered to ``vhost``'s consumers and not yet settled (what a
+        passive declaration's count leaves out), as the channels count them now: a
+        quorum queue's own count in ``list_queues`` is refreshed only every few seconds."""
+        columns = ["vhost", "messages_unacknowledged"]
+        out = self.run(["list_channels", "-q", "--no-table-headers", *columns])
+        rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+        if any(len(row) != 2 or not row[1].isdigit() for row in rows):
+            raise RuntimeError(f"rabbitmqctl list_channels: unexpected output {out!r}")
+        return sum(int(row[1]) for row in rows if row[0] == vhost)
 
     def close_connections(self, vhost: str, name: str) -> int:
         """Have the broker close ``vhost``'s client connections named ``name`` (the broker

@@ -80,7 +80,13 @@ async def handed_back(connection: AbstractRobustConnection, queue: str, count: i
     messages fetched unacked, handed back by closing the channel) is whole again only
     once the broker has put them back, after the channel closed."""
 
-    async def whole() -> bool:
-        return await ready_messages(connection, queue) == count
+    seen: list[int] = []
 
-    await eventually(whole, what=f"{queue}'s {count} messages ready again")
+    async def whole() -> bool:
+        seen.append(await ready_messages(connection, queue))
+        return seen[-1] == count
+
+    try:
+        await eventually(whole, what=f"{queue}'s {count} messages ready again")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc} (last counted: {seen[-1] if seen else None})") from None

@@ -108,6 +108,16 @@ async def outbox_counts(env: ChaosEnv, nos: list[str]) -> dict[tuple[str, str], 
     return {(r["no"], r["rk"]): (int(r["n"]), int(r["unpublished"])) for r in rows}
 
 
+async def unacked(env: ChaosEnv) -> int:
+    """What the stack's consumers hold unsettled now (the broker's channels' count)."""
+
+    async def attempt() -> int:
+        async with asyncio.timeout(15):
+            return await asyncio.to_thread(env.infra.broker.unacked, env.vhost)
+
+    return await retrying(attempt, (RuntimeError, TimeoutError), 30)
+
+
 async def wait_quiescent(env: ChaosEnv, nos: list[str], timeout: float = 90) -> float:
     """Until the pipeline is quiet for these orders: work and retry queues empty, both
     consumers attached, every outbox row published, and nothing changing for ~1 s."""
@@ -141,8 +151,7 @@ async def wait_quiescent(env: ChaosEnv, nos: list[str], timeout: float = 90) -> 
         # Nothing ready is not nothing under way: a consumer may hold a batch waiting for
         # the database to come back, longer than the second of stillness. Asked last, as
         # rabbitmqctl takes a while; a batch still held starts the second again.
-        unacked = await asyncio.to_thread(env.infra.broker.unacked, env.vhost)
-        if any(unacked.get(q, 0) for q in QUIET_QUEUES):
+        if await unacked(env):
             last = None
             return False
         return True
