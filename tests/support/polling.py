@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -39,6 +40,22 @@ async def eventually(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} not reached within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def within(awaitable: Awaitable[T], seconds: float, what: str) -> T:
+    """``awaitable``'s result, or an ``AssertionError`` naming ``what`` once ``seconds``
+    have passed, with the stack of every task of the loop then: for a step that hung
+    once on CI, so that the next time says where."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(file=stacks)
+        raise AssertionError(
+            f"{what} not done within {seconds}s; the loop's tasks:\n{stacks.getvalue()}"
+        ) from None
 
 
 async def retrying(
