@@ -417,6 +417,8 @@ def body_with(**changes: Any) -> bytes:
     [
         (b"not json", "not valid JSON"),
         (b"\xff\xfe\x00", "not valid JSON"),
+        (b"[" * 100_000, "not valid JSON"),
+        (b'{"id": NaN}', "not valid JSON"),
         (b"[1, 2]", "not a JSON object"),
         (b'"string"', "not a JSON object"),
         (body_with(id=None), "'id'"),

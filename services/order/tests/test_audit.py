@@ -132,3 +132,26 @@ def test_every_type_redacts_what_it_is_handed() -> None:
     for entry in entries:
         logged = _logged(entry)
         assert [s for s in _secrets() if s in logged] == [], entry.type
+
+
+def test_a_row_holds_the_compact_json_it_always_held_whatever_the_values() -> None:
+    """request_data is written by orjson now: the same text json.dumps(ensure_ascii=False,
+    compact) wrote, for the values writers hand it, and a 64-bit overflow still written."""
+    from decimal import Decimal
+
+    request = {
+        "description": "会员 月卡",
+        "amount": {"total": 990, "currency": "CNY", "rate": 0.5},
+        "flags": [True, False, None],
+        "price": Decimal("9.90"),
+        7: "a key that is not a string",
+        "huge": 2**70,
+        "pem": ["-----BEGIN PRIVATE KEY-----x"],
+    }
+    row = audit.Entry(type=audit.ORDER_CREATE, kind="placed", out_trade_no="T1", request=request)
+    written = row.row()[7]
+    expected = json.dumps(audit.redact(request), ensure_ascii=False, separators=(",", ":"))
+    assert written == expected
+    assert json.loads(written)["huge"] == 2**70
+    assert json.loads(written)["pem"] == [audit.REDACTED]
+    assert "会员 月卡" in written and "\\u" not in written

@@ -30,10 +30,11 @@ milliseconds since the epoch (the SSE ``id``, see :mod:`paylane_notifier.snapsho
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from paylane_common.contract import events
 from paylane_common.contract.events import (
@@ -94,7 +95,9 @@ class ClientMessage:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.as_dict(), ensure_ascii=False, separators=(",", ":"))
+        # orjson: compact UTF-8, as json.dumps(ensure_ascii=False, separators=(",", ":"))
+        # wrote it, at a fraction of the cost (two of these a payment, on every push).
+        return orjson.dumps(self.as_dict()).decode()
 
 
 #: A business order's package_type: its payment grants nothing, so its ``order.paid`` is

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from paylane_common.contract.china_time import CHINA
@@ -104,10 +105,12 @@ def _require_str(obj: Mapping[str, Any], field: str, where: str) -> str:
 
 def parse_notification(body: bytes) -> dict[str, Any]:
     """Parse a notification body and check the fields ingress relies on (ValueError if not)."""
+    # orjson: a fraction of json's cost on the hot path (ingress and the order service parse
+    # every notification). It reads UTF-8 only, as WeChat Pay sends, and refuses what json
+    # would take that is not JSON (NaN), and nesting deeper than 1,024 (hostile, never
+    # WeChat Pay's), as invalid JSON.
     try:
-        obj = json.loads(body)
-    except RecursionError:  # deeply nested arrays/objects: hostile, never WeChat's
-        raise ValueError("notification body is nested too deeply") from None
+        obj = orjson.loads(body)
     except ValueError:
         raise ValueError("notification body is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -139,8 +142,8 @@ def decrypt_notification(body_obj: Mapping[str, Any], apiv3_key: bytes | str) ->
         str(resource.get("ciphertext") or ""),
     )
     try:
-        decoded = json.loads(plaintext)
-    except (ValueError, RecursionError):
+        decoded = orjson.loads(plaintext)
+    except ValueError:
         raise DecryptionError("decrypted resource is not valid JSON") from None
     if not isinstance(decoded, dict):
         raise DecryptionError("decrypted resource is not a JSON object")
