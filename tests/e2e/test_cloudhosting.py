@@ -261,3 +261,73 @@ async def test_a_refund_through_the_platform_is_delivered_and_takes_back_the_gra
     notes = [n for n in await callbacks(hosted, no) if n["out_refund_no"] == out_refund_no]
     assert len(notes) == 1 and notes[0]["delivered"]
     assert notes[0]["resource"]["refundStatus"] == "SUCCESS"
+
+
+async def test_a_forged_refund_result_takes_nothing_back(hosted: IsolatedStack) -> None:
+    """A refund result is a claim too: the order service asks WeChat Pay (queryrefund)
+    before a refund takes anything back, even through the platform's headers."""
+    placed = await place(hosted, new_openid(), "premium")
+    no = placed["out_trade_no"]
+    status, _ = await sandbox(hosted.stack, "POST", f"/sandbox/orders/{no}/pay", {})
+    assert status == 200
+
+    async def granted() -> bool:
+        return (await grants(hosted.pool, no))["n"] == 1
+
+    await eventually(granted, 30, what="paid and granted")
+    out_refund_no = "RFORGED" + uuid.uuid4().hex[:20]
+    forged = {
+        "returnCode": "SUCCESS",
+        "reqInfo": {
+            "outTradeNo": no,
+            "outRefundNo": out_refund_no,
+            "refundId": "50" + uuid.uuid4().hex[:20],
+            "refundFee": placed["amount_total"],
+            "totalFee": placed["amount_total"],
+            "refundStatus": "SUCCESS",
+            "successTime": "2026-12-08 10:00:00",
+        },
+    }
+    status, answer = await call(
+        hosted.stack, "ingress", "POST", "/notify/cloudhosting", forged, PLATFORM
+    )
+    assert (status, answer) == (200, {"errcode": 0, "errmsg": "ok"})
+
+    async def refused() -> dict[str, Any] | None:
+        return await fetch_one(
+            hosted.pool,
+            "SELECT source, detail FROM payment_logs WHERE out_trade_no = %s"
+            " AND kind = 'unconfirmed_refund'",
+            no,
+        )
+
+    async def was_refused() -> bool:
+        return await refused() is not None
+
+    await eventually(was_refused, 30, what="the forged refund refused")
+    logged = await refused()
+    assert (
+        logged is not None
+        and logged["source"] == "cloudhosting"
+        and out_refund_no in logged["detail"]
+    )
+    assert (await order_row(hosted, no))["status"] == "paid"
+    assert (await grants(hosted.pool, no))["revoked"] == 0
+    assert (await user_state(hosted.pool, placed["user_id"]))[0] == "premium"
+    asked = await fetch_one(
+        hosted.pool,
+        "SELECT source, error FROM wechatpay_queries WHERE out_refund_no = %s",
+        out_refund_no,
+    )
+    assert asked == {"source": "refund_check", "error": "RESOURCE_NOT_EXISTS"}
+
+
+async def test_a_call_from_another_environment_is_refused(hosted: IsolatedStack) -> None:
+    """With the platform's headers trusted, X-WX-ENV must name this environment."""
+    placed = await place(hosted, new_openid())
+    elsewhere = {**PLATFORM, "X-WX-ENV": "another-env-9z"}
+    body = {"returnCode": "SUCCESS", "outTradeNo": placed["out_trade_no"]}
+    status, answer = await call(
+        hosted.stack, "ingress", "POST", "/notify/cloudhosting", body, elsewhere
+    )
+    assert status == 403 and answer["errcode"] != 0 and "X-WX-ENV" in answer["errmsg"]

@@ -52,6 +52,8 @@ async def start_cloudhosting_stack(
             **NO_KEYS,
             "WECHATPAY_MODE": "cloudhosting",
             "CLOUDHOSTING_TRUST_HEADERS": "true" if trust_headers else "false",
+            # Ingress takes the platform's calls of this environment only.
+            "CLOUDHOSTING_ENV_ID": ENV_ID,
         }
     )
     amqp_url = stack.base_env["AMQP_URL"]
@@ -60,7 +62,6 @@ async def start_cloudhosting_stack(
     stack.base_env.update(
         {
             "CLOUDHOSTING_API_BASE": sandbox.url,
-            "CLOUDHOSTING_ENV_ID": ENV_ID,
             "CLOUDHOSTING_SERVICE": SERVICE,
             "CLOUDHOSTING_CALLBACK_PATH": CALLBACK_PATH,
         }

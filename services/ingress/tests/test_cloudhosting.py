@@ -145,23 +145,22 @@ async def test_a_refund_result_flat_or_in_req_info(trusting, hosted, spy, nested
         "successTime": "2022-03-21 13:30:07",
     }
     body = {"returnCode": "SUCCESS", "reqInfo": info if nested == "object" else json.dumps(info)}
-    # Not published without the platform's headers: a refund event is applied as it says,
-    # so an unvouched one is left to the reconciler's queryrefund.
-    async with hosted.post(ROUTE, json=body) as response:
-        assert (await response.json())["errcode"] == 0
-    assert await spy.drain() == []
-    async with trusting.post(ROUTE, json=body, headers=PLATFORM) as response:
-        assert (await response.json())["errcode"] == 0
-    [message] = await spy.drain()
-    envelope = json.loads(message.body)
-    assert envelope["type"] == events.REFUND_SUCCEEDED
-    data = envelope["data"]
-    assert (data["out_refund_no"], data["amount_refund"], data["status"]) == (
-        info["outRefundNo"],
-        990,
-        "SUCCESS",
-    )
-    assert data["success_time"] == "2022-03-21T13:30:07+08:00"
+    # A claim either way, with the platform's headers or without: the order service asks
+    # WeChat Pay (queryrefund) before it applies one.
+    for client, headers in ((hosted, {}), (trusting, PLATFORM)):
+        async with client.post(ROUTE, json=body, headers=headers) as response:
+            assert (await response.json())["errcode"] == 0
+        [message] = await spy.drain()
+        envelope = json.loads(message.body)
+        assert envelope["type"] == events.REFUND_SUCCEEDED
+        data = envelope["data"]
+        assert (data["out_refund_no"], data["amount_refund"], data["status"]) == (
+            info["outRefundNo"],
+            990,
+            "SUCCESS",
+        )
+        assert data["success_time"] == "2022-03-21T13:30:07+08:00"
+        assert data["source"] == "cloudhosting"
 
 
 async def test_a_failed_result_is_acknowledged_not_published(hosted, spy) -> None:
@@ -206,6 +205,22 @@ async def test_trusted_headers_are_required_when_trusted(trusting, hosted, spy) 
     async with hosted.post(ROUTE, json=callback()) as response:
         assert (await response.json())["errcode"] == 0
     assert len(await spy.drain()) == 2
+
+
+async def test_with_an_environment_set_only_its_calls_are_taken(amqp_url: str, spy) -> None:
+    settings = hosted_settings(
+        amqp_url, cloudhosting_trust_headers=True, cloudhosting_env_id="prod-env-1a2b"
+    )
+    async with TestClient(TestServer(build_app(settings, clock=lambda: NOW))) as client:
+        elsewhere = {"X-WX-SOURCE": "wx_paycallback", "X-WX-ENV": "test-env-9z"}
+        async with client.post(ROUTE, json=callback(), headers=elsewhere) as response:
+            assert response.status == 403
+            answer = await response.json()
+            assert answer["errcode"] != 0 and "X-WX-ENV 'test-env-9z'" in answer["errmsg"]
+        assert await spy.drain() == []
+        async with client.post(ROUTE, json=callback(), headers=PLATFORM) as response:
+            assert (await response.json())["errcode"] == 0
+        assert len(await spy.drain()) == 1
 
 
 @pytest.mark.parametrize(

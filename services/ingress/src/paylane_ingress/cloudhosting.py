@@ -6,18 +6,18 @@ The platform posts WeChat Pay v2's notification fields in camelCase (``outTradeN
 platform: no ``Wechatpay-*`` signature. snake_case fields and a nested ``reqInfo`` (an
 object, or its JSON text: how refund results are reported to come) are read too.
 
-Nothing here is signed, so what is published is only a claim: ``payment.succeeded`` with
-``source: "cloudhosting"`` and no notification, which the order service's payment gate
-confirms with a query (``queryorder``) before an order may be paid, as for the cloud
-function's internal notify. The answer is ``{"errcode": 0, "errmsg": "ok"}`` only once the
-broker confirmed the event; anything else is a non-zero ``errcode``, and the platform
-delivers the result again (for up to two days).
+Nothing here is signed, so what is published is only a claim, with
+``source: "cloudhosting"``: a ``payment.succeeded`` without notification, which the order
+service's payment gate confirms with a query (``queryorder``) before an order may be paid,
+as for the cloud function's internal notify; a ``refund.*``, which the order service
+confirms with ``queryrefund`` before the refund takes anything back, and applies as
+WeChat Pay answers it (paylane_order.refunds). The answer is ``{"errcode": 0, "errmsg":
+"ok"}`` only once the broker confirmed the event; anything else is a non-zero
+``errcode``, and the platform delivers the result again (for up to two days).
 
 With ``CLOUDHOSTING_TRUST_HEADERS=true`` a call without the platform's ``X-WX-SOURCE`` and
-``X-WX-ENV`` headers is refused (403): the listener must then be reachable only through
-the platform. Refund results are published only then: a refund event is applied as it
-says, with no query first. Without the setting they are acknowledged and left to the
-reconciler, which asks ``queryrefund`` about every pending refund.
+``X-WX-ENV`` headers, or whose ``X-WX-ENV`` is not ``CLOUDHOSTING_ENV_ID`` (when set), is
+refused (403): the listener must then be reachable only through the platform.
 """
 
 from __future__ import annotations
@@ -131,13 +131,11 @@ class Ignored(Exception):
     """Acknowledged (errcode 0), not published: a result that is no payment."""
 
 
-def to_event(fields: dict[str, Any], *, refunds: bool = True) -> Envelope:
-    """The event a callback announces; ``Ignored`` for what is acknowledged unpublished,
-    ``ValueError`` (or ``KeyError``) for a malformed one. ``refunds``: whether a refund
-    result is published (see :func:`notify_cloudhosting`)."""
+def to_event(fields: dict[str, Any]) -> Envelope:
+    """The event a callback announces, a claim (``source: "cloudhosting"``); ``Ignored``
+    for what is acknowledged unpublished, ``ValueError`` (or ``KeyError``) for a malformed
+    one."""
     if fields.get("out_refund_no") or fields.get("refund_status"):
-        if not refunds:
-            raise Ignored("a refund result without the platform's headers: the reconciler asks")
         status = REFUND_STATUSES.get(str(fields.get("refund_status") or "SUCCESS"))
         if status not in REFUND_EVENTS:
             raise Ignored(f"refund_status {fields.get('refund_status')!r}")
@@ -151,6 +149,7 @@ def to_event(fields: dict[str, Any], *, refunds: bool = True) -> Envelope:
             amount_total=total_fee or 0,
             status=status,
             success_time=_time(fields.get("success_time")),
+            source="cloudhosting",
         )
         event_id = f"cloudhosting-refund-{refund.out_refund_no}-{status}"
         return make_event(REFUND_EVENTS[status], refund, event_id)
@@ -195,11 +194,13 @@ async def notify_cloudhosting(request: web.Request) -> web.Response:
     config = request.app[INGRESS_CONFIG]
     if config.trust_platform_headers:
         missing = [name for name in PLATFORM_HEADERS if not request.headers.get(name)]
-        if missing:
+        env = request.headers.get("X-WX-ENV")
+        if missing or (config.cloudhosting_env_id and env != config.cloudhosting_env_id):
             metrics.NOTIFICATIONS_REJECTED.labels("cloudhosting_headers").inc()
-            log.warning("cloudhosting_without_platform_headers", missing=missing)
+            log.warning("cloudhosting_without_platform_headers", missing=missing, env=env)
             rejections.record(request, ROUTE, "cloudhosting_headers", 403)
-            return _answer(403, f"not through the platform: no {', '.join(missing)}", 403)
+            why = f"no {', '.join(missing)}" if missing else f"X-WX-ENV {env!r} is not ours"
+            return _answer(403, f"not through the platform: {why}", 403)
     raw = await request.read()
     if len(raw) > MAX_BODY:
         metrics.NOTIFICATIONS_REJECTED.labels("too_large").inc()
@@ -209,11 +210,8 @@ async def notify_cloudhosting(request: web.Request) -> web.Response:
         body = json.loads(raw)
         if not isinstance(body, dict):
             raise ValueError("not a JSON object")
-        # A payment is a claim the gate confirms with a query; a refund event is applied
-        # as it says (it takes back what the order granted). So a refund result is
-        # published only when the platform's headers vouch for the caller; otherwise it is
-        # acknowledged, and the reconciler's queryrefund settles the refund.
-        envelope = to_event(flatten(body), refunds=config.trust_platform_headers)
+        # Payments and refunds alike are claims: the order service asks WeChat Pay.
+        envelope = to_event(flatten(body))
     except Ignored as exc:
         metrics.NOTIFICATIONS_ACKED.labels("ignored").inc()
         log.info("cloudhosting_result_ignored", reason=str(exc))

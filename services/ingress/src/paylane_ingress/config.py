@@ -26,6 +26,9 @@ class IngressConfig:
     #: ``CLOUDHOSTING_TRUST_HEADERS``: ``/notify/cloudhosting`` requires the platform's
     #: ``X-WX-SOURCE`` and ``X-WX-ENV``.
     trust_platform_headers: bool = False
+    #: ``CLOUDHOSTING_ENV_ID``: with the headers trusted, the ``X-WX-ENV`` they must name;
+    #: "" when unset (any environment).
+    cloudhosting_env_id: str = ""
 
 
 INGRESS_CONFIG = web.AppKey("ingress_config", IngressConfig)

@@ -35,6 +35,7 @@ def build_app(
         internal_secret=secret_value(settings.internal_api_secret),
         price_list=PriceList.of(settings.catalog, settings.prices_effective_at),
         trust_platform_headers=settings.cloudhosting_trust_headers,
+        cloudhosting_env_id=settings.cloudhosting_env_id or "",
     )
     INGRESS_API.add_routes(app)
     use_broker(app, settings)

@@ -55,6 +55,9 @@ class IngressSettings(
     #: the operators' console (``notification.rejected``, published in the background);
     #: the rest are counted in ``paylane_ingress_rejections_unrecorded_total``. 0: none.
     ingress_rejections_per_s: int = Field(20, ge=0, le=10_000)
+    #: ``cloudhosting`` mode with ``CLOUDHOSTING_TRUST_HEADERS``: the environment whose
+    #: platform calls ``/notify/cloudhosting`` (its ``X-WX-ENV``); unset, any is taken.
+    cloudhosting_env_id: NoneIfBlank[str] = None
 
     @model_validator(mode="after")
     def _apiv3_key_required(self) -> IngressSettings:

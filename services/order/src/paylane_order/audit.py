@@ -303,7 +303,12 @@ def refund_callback(
 
 
 def refund_event(
-    kind: str, data: RefundEvent, *, event_id: str, order_status: str | None = None
+    kind: str,
+    data: RefundEvent,
+    *,
+    event_id: str,
+    order_status: str | None = None,
+    detail: str | None = None,
 ) -> Entry:
     """:func:`refund_callback` of a ``refund.*`` event."""
     return refund_callback(
@@ -322,8 +327,9 @@ def refund_event(
         },
         response=None if order_status is None else {"order_status": order_status},
         event_id=event_id,
-        source="reconcile" if event_id.startswith("reconcile-") else "wechatpay",
-        detail=f"{data.out_refund_no} {data.status}",
+        # Events from before RefundEvent had a source say it by their id.
+        source="reconcile" if event_id.startswith("reconcile-") else data.source,
+        detail=f"{data.out_refund_no} {data.status}" + (f": {detail}" if detail else ""),
     )
 
 

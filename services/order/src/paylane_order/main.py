@@ -134,7 +134,8 @@ def build_handler(app: web.Application, config: OrderConfig) -> OrderEvents:
         config.catalog,
         on_commit=uploader.wake if uploader is not None else None,
     )
-    return OrderEvents(payments, RefundApplier(app[DB_POOL], on_commit=wake), created, shipping)
+    refunds = RefundApplier(app[DB_POOL], on_commit=wake, queries=gate.queries)
+    return OrderEvents(payments, refunds, created, shipping)
 
 
 def build_app(settings: OrderSettings) -> web.Application:

@@ -17,6 +17,11 @@ UNCONFIRMED = Counter(
     "Claims of a payment WeChat Pay does not stand behind, by source (the payment gate)",
     ["source"],
 )
+REFUNDS_UNCONFIRMED = Counter(
+    "paylane_refunds_unconfirmed_total",
+    "Claims of a refund WeChat Pay does not stand behind, by source (refunds.py)",
+    ["source"],
+)
 NOT_VERIFIED = Counter(
     "paylane_notifications_not_verified_total",
     "Notifications carried by payment.succeeded that the order service could not verify"
@@ -25,6 +30,7 @@ NOT_VERIFIED = Counter(
 )
 for _source in get_args(PaymentSource):  # exported at 0: the alert counts the first one
     UNCONFIRMED.labels(_source)
+REFUNDS_UNCONFIRMED.labels("cloudhosting")  # the one source of refund claims
 
 # --- asking WeChat Pay on demand (status_query.py) ---------------------------------------
 

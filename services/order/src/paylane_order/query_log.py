@@ -25,8 +25,17 @@ log = structlog.get_logger(__name__)
 
 #: Who asked: the reconciler (and its effects sweep), a client's GET (status_query.py), an
 #: operator's re-query, the payment gate confirming a claim without a notification, the
-#: daily bill reconciliation, the remedy of an ABNORMAL refund.
-Source = Literal["reconciler", "on_demand", "console", "payment_check", "bills", "refund_remedy"]
+#: daily bill reconciliation, the remedy of an ABNORMAL refund, the refund consumer
+#: confirming a claimed refund (refunds.py).
+Source = Literal[
+    "reconciler",
+    "on_demand",
+    "console",
+    "payment_check",
+    "bills",
+    "refund_remedy",
+    "refund_check",
+]
 
 
 class QueryLog:

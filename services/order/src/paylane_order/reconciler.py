@@ -52,9 +52,9 @@ from paylane_common.broker.publisher import Publisher
 from paylane_common.contract import events
 from paylane_common.contract.events import (
     FailedReason,
-    RefundEvent,
     make_event,
     payment_from_transaction,
+    refund_from_answer,
 )
 from paylane_common.runtime.background import BackgroundLoop
 from paylane_common.runtime.exceptions import PublishError
@@ -327,16 +327,7 @@ class Reconciler(BackgroundLoop):
         status = answer.get("status")
         if status not in _REFUND_EVENTS:
             return "refund_still_processing"
-        amount = answer.get("amount") or {}
-        data = RefundEvent(
-            out_trade_no=answer["out_trade_no"],
-            out_refund_no=out_refund_no,
-            refund_id=answer.get("refund_id"),
-            amount_refund=amount.get("refund", 0),
-            amount_total=amount.get("total", 0),
-            status=status,
-            success_time=answer.get("success_time"),
-        )
+        data = refund_from_answer(answer, out_refund_no, "reconcile")
         envelope = make_event(
             _REFUND_EVENTS[status], data, f"reconcile-refund-{out_refund_no}-{status}"
         )

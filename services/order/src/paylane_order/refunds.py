@@ -4,6 +4,15 @@
 order (or records a partial refund) and emits ``order.refunded``; ``refund.closed`` and
 ``refund.abnormal`` are recorded, logged as alerts and shown by ``GET /orders/{no}``; an
 abnormal one keeps ``abnormal_at`` and waits for its remedy (abnormal.py).
+
+A refund takes back what the order granted, so it is applied only on WeChat Pay's word:
+a notification whose signature ingress checked, or paylane's own query. A claim
+(``source: "cloudhosting"``, the platform's unsigned container callback) is first asked
+about (``queryrefund``, recorded as ``refund_check``) and applied as WeChat Pay answers.
+One WeChat Pay does not know, or knows of another order, changes nothing: it is logged
+(``payment_logs`` kind ``unconfirmed_refund``), counted
+(``paylane_refunds_unconfirmed_total``) and dead-lettered with the reason. One still
+processing there, or one WeChat Pay could not be asked about, is tried again.
 """
 
 from __future__ import annotations
@@ -15,16 +24,18 @@ from typing import TypedDict
 import aiomysql
 import structlog
 
-from paylane_common.contract.events import Envelope, RefundEvent
+from paylane_common.contract.events import Envelope, RefundEvent, refund_from_answer
 from paylane_common.contract.ids import new_row_id
 from paylane_common.contract.money import yuan
 from paylane_common.delivery import inbox
-from paylane_common.delivery.consumer import Retry
+from paylane_common.delivery.consumer import Reject, Retry
 from paylane_common.storage.db import transaction
 from paylane_common.storage.rows import OrderStatus, RefundStatus, fetch_one
+from paylane_common.wechatpay import WechatPayApiError, WechatPayError
 
 from . import INBOX_CONSUMER, audit, metrics
 from .payments import add_order_refunded
+from .query_log import QueryLog
 from .review import OrderOwner
 
 log = structlog.get_logger(__name__)
@@ -51,12 +62,38 @@ _REFUNDABLE = ("paid", "refunded", "needs_review")
 _REFUNDABLE_SQL = "(" + ", ".join(f"'{state}'" for state in _REFUNDABLE) + ")"
 
 
+#: How often a claimed refund WeChat Pay calls PROCESSING is asked about again, and how
+#: long apart (the consumer's retry queues), before it is dead-lettered.
+PROCESSING_ATTEMPTS = 6
+PROCESSING_DELAY_S = 30.0
+
+
+class RefundUnconfirmed(Exception):
+    """WeChat Pay does not stand behind a claimed refund; the message says why."""
+
+
 class RefundApplier:
-    def __init__(self, pool: aiomysql.Pool, on_commit: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        pool: aiomysql.Pool,
+        on_commit: Callable[[], None] | None = None,
+        queries: QueryLog | None = None,
+    ):
         self._pool = pool
         self._on_commit = on_commit
+        #: Asks WeChat Pay about claims; without it a claim is dead-lettered unapplied.
+        self._queries = queries
 
     async def __call__(self, envelope: Envelope, data: RefundEvent) -> str:
+        if data.source == "cloudhosting":
+            try:
+                confirmed = await self._confirmed(envelope, data)
+            except RefundUnconfirmed as why:
+                await self._unconfirmed(envelope, data, str(why))
+                raise Reject(str(why)) from None
+            if confirmed is None:
+                return "duplicate"
+            data = confirmed
         if data.status == "PROCESSING":
             return "refund_processing"
         async with transaction(self._pool) as cur:
@@ -68,6 +105,63 @@ class RefundApplier:
         if outcome == "refund_abnormal":
             metrics.REFUNDS_ABNORMAL.inc()
         return outcome
+
+    async def _confirmed(self, envelope: Envelope, claim: RefundEvent) -> RefundEvent | None:
+        """The refund as WeChat Pay answers ``queryrefund`` about the claim; None for a
+        redelivery of what was applied already (the inbox has it), which asks nothing."""
+        async with transaction(self._pool) as cur:
+            if await inbox.seen(cur, INBOX_CONSUMER, [envelope.event_id]):
+                return None
+        if self._queries is None:
+            raise RefundUnconfirmed("a refund claim, and no WeChat Pay client to ask about it")
+        no = claim.out_refund_no
+        try:
+            answer = await self._queries.refund(no, "refund_check", claim.out_trade_no)
+        except WechatPayApiError as exc:
+            if exc.code == "RESOURCE_NOT_EXISTS":
+                raise RefundUnconfirmed(f"WeChat Pay knows no refund {no}") from None
+            raise Retry(f"queryrefund {no}: {exc.code}") from None
+        except WechatPayError as exc:
+            raise Retry(f"queryrefund {no}: {exc}") from None
+        if answer.get("out_trade_no") != claim.out_trade_no:
+            raise RefundUnconfirmed(
+                f"WeChat Pay's refund {no} is of order {answer.get('out_trade_no')!r},"
+                f" not {claim.out_trade_no}"
+            )
+        try:
+            confirmed = refund_from_answer(answer, no, "wechatpay")
+        except (KeyError, ValueError) as exc:
+            raise Retry(f"queryrefund {no}: unusable answer ({type(exc).__name__})") from None
+        if confirmed.status == "PROCESSING":
+            raise Retry(
+                f"WeChat Pay says refund {no} is still processing",
+                max_attempts=PROCESSING_ATTEMPTS,
+                delay_s=PROCESSING_DELAY_S,
+            )
+        if confirmed.status != claim.status:
+            log.warning(
+                "refund_claim_corrected",
+                out_refund_no=no,
+                claimed=claim.status,
+                wechatpay=confirmed.status,
+            )
+        return confirmed
+
+    async def _unconfirmed(self, envelope: Envelope, claim: RefundEvent, reason: str) -> None:
+        """A claimed refund WeChat Pay does not stand behind: logged; nothing changes."""
+        async with transaction(self._pool) as cur:
+            entry = audit.refund_event(
+                "unconfirmed_refund", claim, event_id=envelope.event_id, detail=reason
+            )
+            await audit.write(cur, entry)
+        metrics.REFUNDS_UNCONFIRMED.labels(claim.source).inc()
+        log.error(
+            "refund_unconfirmed",
+            alert=True,
+            reason=reason,
+            source=claim.source,
+            out_refund_no=claim.out_refund_no,
+        )
 
     async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: RefundEvent) -> str:
         await cur.execute(

@@ -122,6 +122,13 @@ def payment_from_transaction(
     )
 
 
+#: Who said a refund ended: WeChat Pay (a notification whose signature ingress checked),
+#: paylane's own query (the reconciler), or WeChat Cloud Hosting's container callback
+#: (ingress's ``/notify/cloudhosting``: unsigned, so a claim the order service confirms
+#: with ``queryrefund`` before applying it).
+RefundSource = Literal["wechatpay", "reconcile", "cloudhosting"]
+
+
 class RefundEvent(_Data):
     out_trade_no: str = Field(min_length=1, max_length=32)
     out_refund_no: str = Field(min_length=1, max_length=64)
@@ -130,6 +137,27 @@ class RefundEvent(_Data):
     amount_total: int = Field(ge=0)
     status: Literal["SUCCESS", "CLOSED", "ABNORMAL", "PROCESSING"]
     success_time: str | None = None
+    source: RefundSource = "wechatpay"
+
+
+def refund_from_answer(
+    answer: dict[str, Any], out_refund_no: str, source: RefundSource
+) -> RefundEvent:
+    """A ``refund.*`` event's data from WeChat Pay's refund object (the answer to a
+    refund query, or a decrypted ``REFUND.*`` resource: the same shape)."""
+    amount = answer.get("amount") or {}
+    if not isinstance(amount, dict):
+        raise ValueError("refund 'amount' must be an object")
+    return RefundEvent(
+        out_trade_no=answer["out_trade_no"],
+        out_refund_no=out_refund_no,
+        refund_id=answer.get("refund_id"),
+        amount_refund=amount.get("refund", 0),
+        amount_total=amount.get("total", 0),
+        status=answer["status"],
+        success_time=answer.get("success_time"),
+        source=source,
+    )
 
 
 class OrderCreated(_Data):

@@ -71,10 +71,11 @@ class WechatPayKeysSettings(BaseSettings):
     #: ingress's ``POST /notify/cloudhosting`` (docs/cloudhosting.md).
     wechatpay_mode: WechatPayMode = "direct"
     #: Cloud Hosting only: believe the platform's ``X-WX-*`` headers. Ingress's
-    #: ``/notify/cloudhosting`` then requires ``X-WX-SOURCE`` and ``X-WX-ENV``, and the
-    #: order API takes ``X-WX-OPENID`` (``X-WX-UNIONID``) as the signed-in user. Set it only
-    #: when the listeners are reachable through the platform alone: anyone who can reach
-    #: them directly can write those headers.
+    #: ``/notify/cloudhosting`` then requires ``X-WX-SOURCE`` and ``X-WX-ENV`` (the latter
+    #: equal to ``CLOUDHOSTING_ENV_ID`` when ingress is given it), and the order API takes
+    #: ``X-WX-OPENID`` (``X-WX-UNIONID``) as the signed-in user. Set it only when the
+    #: listeners are reachable through the platform alone: anyone who can reach them
+    #: directly can write those headers.
     cloudhosting_trust_headers: bool = False
     #: WeChat Pay public key mode: the public key (PEM) WeChat Pay signs with, set together
     #: with ``WECHATPAY_PUBLIC_KEY_ID``. This mode, platform certificates, or both at once
