@@ -508,6 +508,41 @@ async def test_a_batch_of_events_gets_one_delivery_per_subscription_and_a_replay
     }
 
 
+async def test_a_refund_nobody_signed_reaches_no_endpoint_as_it_was_claimed(
+    clean: WebhookStore,
+) -> None:
+    """A refund result from Cloud Hosting's unsigned callback (a claim) is not forwarded,
+    by either path; the refund consumer's confirmed event (WeChat Pay's answer) is."""
+    everything, _ = await clean.create("https://a.example/h", WEBHOOK_EVENTS, "all")
+    ingest = WebhookIngest(clean)
+
+    def refund(event_id: str, source: events.RefundSource) -> Envelope:
+        data = events.RefundEvent(
+            out_trade_no="T1",
+            out_refund_no="R1",
+            amount_refund=990,
+            amount_total=990,
+            status="SUCCESS",
+            source=source,
+        )
+        return make_event(events.REFUND_SUCCEEDED, data, event_id)
+
+    claim = refund("cloudhosting-refund-R1-SUCCESS", "cloudhosting")
+    unsourced = refund("cloudhosting-refund-R2-SUCCESS", "wechatpay")  # an older ingress's
+    confirmed = refund("confirmed-cloudhosting-refund-R1-SUCCESS", "wechatpay")
+    for forged in (claim, unsourced):
+        assert await ingest(forged, forged.typed_data()) == "claim_not_forwarded"
+    items = [batch_item(e, e.typed_data()) for e in (claim, confirmed, unsourced)]
+    async with db.transaction(clean.pool) as cur:
+        assert await ingest.apply_batch(cur, items) == [
+            "claim_not_forwarded",
+            "webhooks_recorded",
+            "claim_not_forwarded",
+        ]
+    rows = {(d["event_id"], d["endpoint_id"]) for d in await _deliveries(clean)}
+    assert rows == {(confirmed.event_id, everything.id)}
+
+
 # --- the order service's optional bindings (paylane_order.bindings) ---------------------
 
 

@@ -33,7 +33,13 @@ from pydantic import BaseModel, ConfigDict
 
 from paylane_common.contract import events
 from paylane_common.contract.china_time import CHINA
-from paylane_common.contract.events import Envelope, PaymentSucceeded, RefundEvent, make_event
+from paylane_common.contract.events import (
+    CLOUDHOSTING_REFUND_PREFIX,
+    Envelope,
+    PaymentSucceeded,
+    RefundEvent,
+    make_event,
+)
 from paylane_common.runtime.exceptions import PublishError
 from paylane_common.runtime.service import PUBLISHER
 from paylane_common.wechatpay.cloudhosting import REFUND_STATUSES, rfc3339_from_compact
@@ -48,11 +54,7 @@ log = structlog.get_logger(__name__)
 ROUTE = "cloudhosting"
 #: The headers the platform sets on its calls, required with CLOUDHOSTING_TRUST_HEADERS.
 PLATFORM_HEADERS = ("X-WX-SOURCE", "X-WX-ENV")
-REFUND_EVENTS = {
-    "SUCCESS": events.REFUND_SUCCEEDED,
-    "CLOSED": events.REFUND_CLOSED,
-    "ABNORMAL": events.REFUND_ABNORMAL,
-}
+REFUND_EVENTS = events.REFUND_EVENTS
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 #: The types of the fields ingress reads (snake_case names), as ``INGRESS_API`` documents
 #: them: one of another type is a malformed body (400), never guessed at.
@@ -151,7 +153,7 @@ def to_event(fields: dict[str, Any]) -> Envelope:
             success_time=_time(fields.get("success_time")),
             source="cloudhosting",
         )
-        event_id = f"cloudhosting-refund-{refund.out_refund_no}-{status}"
+        event_id = f"{CLOUDHOSTING_REFUND_PREFIX}{refund.out_refund_no}-{status}"
         return make_event(REFUND_EVENTS[status], refund, event_id)
     for flag in ("return_code", "result_code"):
         if str(fields.get(flag) or "SUCCESS").upper() != "SUCCESS":

@@ -113,9 +113,7 @@ class EventConsumer:
         log.warning("broker_reconnected_resync", queue=self.queue_name, clients=self._hub.count())
         self._hub.resync()
 
-    def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # Not a coroutine: handing to the hub never waits, and aio-pika runs a plain
-        # callback without a task of its own for every delivery.
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
         outcome = self.handle(message)
         CONSUMER_MESSAGES.labels(METRICS_QUEUE, outcome).inc()
 

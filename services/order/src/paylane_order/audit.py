@@ -107,7 +107,7 @@ def _json(value: Any) -> str | None:
     try:
         # Compact UTF-8 as json.dumps(ensure_ascii=False, separators=(",", ":")) writes it.
         return orjson.dumps(redacted).decode()
-    except TypeError:  # an integer beyond 64 bits: orjson's one refusal of redacted data
+    except TypeError:  # orjson refuses an integer beyond 64 bits and a lone surrogate
         return json.dumps(redacted, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -311,8 +311,10 @@ def refund_event(
     event_id: str,
     order_status: str | None = None,
     detail: str | None = None,
+    source: str | None = None,
 ) -> Entry:
-    """:func:`refund_callback` of a ``refund.*`` event."""
+    """:func:`refund_callback` of a ``refund.*`` event; ``source`` (who told paylane)
+    defaults to the event's."""
     return refund_callback(
         kind,
         data.out_trade_no,
@@ -330,7 +332,7 @@ def refund_event(
         response=None if order_status is None else {"order_status": order_status},
         event_id=event_id,
         # Events from before RefundEvent had a source say it by their id.
-        source="reconcile" if event_id.startswith("reconcile-") else data.source,
+        source=source or ("reconcile" if event_id.startswith("reconcile-") else data.source),
         detail=f"{data.out_refund_no} {data.status}" + (f": {detail}" if detail else ""),
     )
 

@@ -112,11 +112,7 @@ _COLUMNS = {
     "payment_orders": "out_trade_no, expires_at",
     "refunds": "out_refund_no, out_trade_no, amount_refund, refund_id",
 }
-_REFUND_EVENTS = {
-    "SUCCESS": events.REFUND_SUCCEEDED,
-    "CLOSED": events.REFUND_CLOSED,
-    "ABNORMAL": events.REFUND_ABNORMAL,
-}
+_REFUND_EVENTS = events.REFUND_EVENTS
 
 
 class Reconciler(BackgroundLoop):

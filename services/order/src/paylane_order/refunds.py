@@ -24,16 +24,23 @@ from typing import TypedDict
 import aiomysql
 import structlog
 
-from paylane_common.contract.events import Envelope, RefundEvent, refund_from_answer
+from paylane_common.contract import events
+from paylane_common.contract.events import (
+    Envelope,
+    RefundEvent,
+    is_refund_claim,
+    make_event,
+    refund_from_answer,
+)
 from paylane_common.contract.ids import new_row_id
 from paylane_common.contract.money import yuan
-from paylane_common.delivery import inbox
+from paylane_common.delivery import inbox, outbox
 from paylane_common.delivery.consumer import Reject, Retry
 from paylane_common.storage.db import transaction
 from paylane_common.storage.rows import OrderStatus, RefundStatus, fetch_one
 from paylane_common.wechatpay import WechatPayApiError, WechatPayError
 
-from . import INBOX_CONSUMER, audit, metrics
+from . import INBOX_CONSUMER, OUTBOX_PRODUCER, audit, metrics
 from .payments import add_order_refunded
 from .query_log import QueryLog
 from .review import OrderOwner
@@ -60,12 +67,21 @@ _STATUS: dict[str, RefundStatus] = {
 #: payment takes it into account once applied: payments._refunded_before).
 _REFUNDABLE = ("paid", "refunded", "needs_review")
 _REFUNDABLE_SQL = "(" + ", ".join(f"'{state}'" for state in _REFUNDABLE) + ")"
+#: The event id of a claimed refund as WeChat Pay confirmed it, which this service stages
+#: for the webhook endpoints once it has applied it: ``confirmed-<the claim's id>``.
+CONFIRMED_PREFIX = "confirmed-"
+#: Outcomes of a refund applied before (nothing new to tell the webhook endpoints).
+_NOT_NEW = ("duplicate", "refund_abnormal_stale")
 
 
-#: How often a claimed refund WeChat Pay calls PROCESSING is asked about again, and how
-#: long apart (the consumer's retry queues), before it is dead-lettered.
+#: How many times in all a claimed refund WeChat Pay calls PROCESSING is asked about, and
+#: how long apart (the consumer's retry queues), before it is dead-lettered.
 PROCESSING_ATTEMPTS = 6
 PROCESSING_DELAY_S = 30.0
+#: … and one WeChat Pay could not be asked about (its error, the network), as the payment
+#: gate asks again.
+UNANSWERED_ATTEMPTS = 8
+UNANSWERED_DELAY_S = 5.0
 
 
 class RefundUnconfirmed(Exception):
@@ -85,22 +101,35 @@ class RefundApplier:
         self._queries = queries
 
     async def __call__(self, envelope: Envelope, data: RefundEvent) -> str:
-        if data.source == "cloudhosting":
+        if envelope.event_id.startswith(CONFIRMED_PREFIX):
+            return "duplicate"  # a confirmed claim this service applied before staging it
+        claimed_by: str | None = None
+        if is_refund_claim(envelope.event_id, data):
+            claimed_by = "cloudhosting"
             try:
                 confirmed = await self._confirmed(envelope, data)
             except RefundUnconfirmed as why:
-                await self._unconfirmed(envelope, data, str(why))
+                await self._unconfirmed(envelope, data, str(why), claimed_by)
                 raise Reject(str(why)) from None
             if confirmed is None:
                 return "duplicate"
             data = confirmed
         if data.status == "PROCESSING":
             return "refund_processing"
+        staged = False
         async with transaction(self._pool) as cur:
             if not await inbox.claim(cur, INBOX_CONSUMER, envelope.event_id):
                 return "duplicate"
-            outcome = await self._apply(cur, envelope, data)
-        if outcome == "refunded" and self._on_commit is not None:
+            outcome = await self._apply(cur, envelope, data, claimed_by)
+            if claimed_by is not None and outcome not in _NOT_NEW:
+                staged = True
+                # The claim itself reaches no webhook endpoint (it is nobody's word); the
+                # refund as WeChat Pay confirmed it does. This service takes it back as
+                # a duplicate.
+                event_id = f"{CONFIRMED_PREFIX}{envelope.event_id}"
+                echo = make_event(events.REFUND_EVENTS[data.status], data, event_id)
+                await outbox.add(cur, OUTBOX_PRODUCER, echo)
+        if (outcome == "refunded" or staged) and self._on_commit is not None:
             self._on_commit()
         if outcome == "refund_abnormal":
             metrics.REFUNDS_ABNORMAL.inc()
@@ -115,14 +144,18 @@ class RefundApplier:
         if self._queries is None:
             raise RefundUnconfirmed("a refund claim, and no WeChat Pay client to ask about it")
         no = claim.out_refund_no
+
+        def again(why: str) -> Retry:
+            return Retry(why, max_attempts=UNANSWERED_ATTEMPTS, delay_s=UNANSWERED_DELAY_S)
+
         try:
             answer = await self._queries.refund(no, "refund_check", claim.out_trade_no)
         except WechatPayApiError as exc:
             if exc.code == "RESOURCE_NOT_EXISTS":
                 raise RefundUnconfirmed(f"WeChat Pay knows no refund {no}") from None
-            raise Retry(f"queryrefund {no}: {exc.code}") from None
+            raise again(f"queryrefund {no}: {exc.code}") from None
         except WechatPayError as exc:
-            raise Retry(f"queryrefund {no}: {exc}") from None
+            raise again(f"queryrefund {no}: {exc}") from None
         if answer.get("out_trade_no") != claim.out_trade_no:
             raise RefundUnconfirmed(
                 f"WeChat Pay's refund {no} is of order {answer.get('out_trade_no')!r},"
@@ -131,7 +164,7 @@ class RefundApplier:
         try:
             confirmed = refund_from_answer(answer, no, "wechatpay")
         except (KeyError, ValueError) as exc:
-            raise Retry(f"queryrefund {no}: unusable answer ({type(exc).__name__})") from None
+            raise again(f"queryrefund {no}: unusable answer ({type(exc).__name__})") from None
         if confirmed.status == "PROCESSING":
             raise Retry(
                 f"WeChat Pay says refund {no} is still processing",
@@ -147,23 +180,37 @@ class RefundApplier:
             )
         return confirmed
 
-    async def _unconfirmed(self, envelope: Envelope, claim: RefundEvent, reason: str) -> None:
+    async def _unconfirmed(
+        self, envelope: Envelope, claim: RefundEvent, reason: str, claimed_by: str
+    ) -> None:
         """A claimed refund WeChat Pay does not stand behind: logged; nothing changes."""
         async with transaction(self._pool) as cur:
             entry = audit.refund_event(
-                "unconfirmed_refund", claim, event_id=envelope.event_id, detail=reason
+                "unconfirmed_refund",
+                claim,
+                event_id=envelope.event_id,
+                detail=reason,
+                source=claimed_by,
             )
             await audit.write(cur, entry)
-        metrics.REFUNDS_UNCONFIRMED.labels(claim.source).inc()
+        metrics.REFUNDS_UNCONFIRMED.labels(claimed_by).inc()
         log.error(
             "refund_unconfirmed",
             alert=True,
             reason=reason,
-            source=claim.source,
+            source=claimed_by,
             out_refund_no=claim.out_refund_no,
         )
 
-    async def _apply(self, cur: aiomysql.Cursor, envelope: Envelope, data: RefundEvent) -> str:
+    async def _apply(
+        self,
+        cur: aiomysql.Cursor,
+        envelope: Envelope,
+        data: RefundEvent,
+        claimed_by: str | None = None,
+    ) -> str:
+        """``claimed_by``: who claimed a refund ``data`` is WeChat Pay's answer about, for
+        the audit rows' ``source``."""
         await cur.execute(
             "SELECT out_trade_no, user_id, package_type, amount_total, status, transaction_id"
             " FROM payment_orders WHERE out_trade_no = %s FOR UPDATE",
@@ -232,7 +279,11 @@ class RefundApplier:
             )
         if status != "success":
             entry = audit.refund_event(
-                f"refund_{status}", data, event_id=envelope.event_id, order_status=order["status"]
+                f"refund_{status}",
+                data,
+                event_id=envelope.event_id,
+                order_status=order["status"],
+                source=claimed_by,
             )
             await audit.write(cur, entry)
             log.error(
@@ -257,7 +308,11 @@ class RefundApplier:
         full = refunded >= order["amount_total"]
         after = "refunded" if full and order["status"] in _REFUNDABLE else order["status"]
         entry = audit.refund_event(
-            "refund_success", data, event_id=envelope.event_id, order_status=after
+            "refund_success",
+            data,
+            event_id=envelope.event_id,
+            order_status=after,
+            source=claimed_by,
         )
         await audit.write(cur, entry)
         # A still pending (or failed) order is left as it is: its payment, once applied,

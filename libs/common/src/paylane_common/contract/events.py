@@ -16,6 +16,12 @@ PAYMENT_SUCCEEDED = "payment.succeeded"
 REFUND_SUCCEEDED = "refund.succeeded"
 REFUND_CLOSED = "refund.closed"
 REFUND_ABNORMAL = "refund.abnormal"
+#: The ``refund.*`` event of a refund's final status.
+REFUND_EVENTS = {
+    "SUCCESS": REFUND_SUCCEEDED,
+    "CLOSED": REFUND_CLOSED,
+    "ABNORMAL": REFUND_ABNORMAL,
+}
 ORDER_PAID = "order.paid"
 ORDER_REFUNDED = "order.refunded"
 #: An order whose payment was granted and then found wanting (``needs_review``): what it
@@ -138,6 +144,20 @@ class RefundEvent(_Data):
     status: Literal["SUCCESS", "CLOSED", "ABNORMAL", "PROCESSING"]
     success_time: str | None = None
     source: RefundSource = "wechatpay"
+
+
+#: How the event id ingress gives a Cloud Hosting refund result begins
+#: (``cloudhosting-refund-<out_refund_no>-<status>``).
+CLOUDHOSTING_REFUND_PREFIX = "cloudhosting-refund-"
+
+
+def is_refund_claim(event_id: str, data: Any) -> bool:
+    """A refund result nobody signed (Cloud Hosting's container callback): applied, and
+    forwarded to webhooks, only as WeChat Pay answers a query about it. Known by its
+    ``source``, or by its event id for an event published before ``source`` existed."""
+    return isinstance(data, RefundEvent) and (
+        data.source == "cloudhosting" or event_id.startswith(CLOUDHOSTING_REFUND_PREFIX)
+    )
 
 
 def refund_from_answer(

@@ -16,7 +16,7 @@ import aiohttp
 import aiomysql
 import structlog
 
-from paylane_common.contract.events import Envelope
+from paylane_common.contract.events import Envelope, is_refund_claim
 from paylane_common.delivery.batching import BatchItem
 from paylane_common.runtime.background import BackgroundLoop
 from paylane_common.runtime.outages import describe
@@ -35,6 +35,9 @@ RETRY_AFTER_MAX_S = 86_400.0
 #: A claimed delivery is due again this long after its attempt's timeout: its sender died.
 LEASE_MARGIN_S = 30.0
 USER_AGENT = "paylane-webhooks/1 (Standard Webhooks)"
+#: The outcome of a refund result nobody signed (Cloud Hosting's callback): endpoints get
+#: the refund as WeChat Pay confirmed it instead, which the refund consumer publishes.
+CLAIM_NOT_FORWARDED = "claim_not_forwarded"
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class WebhookIngest:
         self._wake = wake
 
     async def __call__(self, envelope: Envelope, data: Any) -> str:
+        if is_refund_claim(envelope.event_id, data):
+            return CLAIM_NOT_FORWARDED
         added = await self._store.ingest(envelope.event_id, envelope.type, envelope.to_json())
         if added and self._wake is not None:
             self._wake()
@@ -93,10 +98,16 @@ class WebhookIngest:
     async def apply_batch(
         self, cur: aiomysql.Cursor, items: Sequence[BatchItem]
     ) -> list[str | None]:
-        events = [(it.envelope.event_id, it.envelope.type, it.envelope.to_json()) for it in items]
-        added = await self._store.ingest_many(cur, events)
+        claims = [is_refund_claim(it.envelope.event_id, it.data) for it in items]
+        events = [
+            (it.envelope.event_id, it.envelope.type, it.envelope.to_json())
+            for it, claim in zip(items, claims, strict=True)
+            if not claim
+        ]
+        added = await self._store.ingest_many(cur, events) if events else 0
         # Rows per event are not told apart by one statement: the batch says whether any.
-        return ["webhooks_recorded" if added else "no_new_webhook"] * len(items)
+        outcome = "webhooks_recorded" if added else "no_new_webhook"
+        return [CLAIM_NOT_FORWARDED if claim else outcome for claim in claims]
 
     def after_commit(self, outcomes: Sequence[str]) -> None:
         if "webhooks_recorded" in outcomes and self._wake is not None:
