@@ -1443,9 +1443,9 @@ async def test_order_user_runs_the_operators_console_and_only_appends_to_its_aud
 ) -> None:
     """The console's statements (console_data, operators) under the order service's user:
     an operator added and changed, sign-ins failed to a lockout and succeeded, a session
-    found and ended, an audit row written, an order searched (by openid too), its timeline
-    and the health page read. The audit log is never rewritten; the entitlement and
-    notifier users reach none of the console's tables."""
+    found and ended, an audit row written, the operator removed, an order searched (by
+    openid too), its timeline and the health page read. The audit log is never
+    rewritten; the entitlement and notifier users reach none of the console's tables."""
     name = f"lp-{uuid.uuid4().hex[:8]}"
     password = "least privilege password"
     user_id = await _user(db_pool)
@@ -1464,6 +1464,10 @@ async def test_order_user_runs_the_operators_console_and_only_appends_to_its_aud
         async with transaction(pool) as cur:
             await operators.write_audit(cur, session.operator, "close", out_trade_no, "lp")
         await operators.sign_out(pool, token)
+        assert await operators.session(pool, token) is None
+        token = (await operators.sign_in(pool, name, password)).token
+        assert token is not None
+        assert await operators.remove_operator(pool, name) == 1  # signed out everywhere
         assert await operators.session(pool, token) is None
         openid = (await fetch_one(db_pool, "SELECT openid FROM users WHERE id = %s", user_id))[
             "openid"

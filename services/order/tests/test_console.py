@@ -39,10 +39,15 @@ from paylane_common.delivery.consumer import (
 )
 from paylane_common.storage.db import transaction
 from paylane_common.wechatpay.testing import new_transaction_id, order_request
-from paylane_order import console
+from paylane_order import console, operators
 from paylane_order.config import ReconcilerConfig, StatusQueryConfig
 from paylane_order.gate import Gate
-from paylane_order.operators import add_operator, hash_password, password_matches
+from paylane_order.operators import (
+    add_operator,
+    hash_password,
+    password_matches,
+    remove_operator,
+)
 from paylane_order.payments import PaymentApplier
 from paylane_order.query_log import QueryLog
 from paylane_order.reconciler import Reconciler
@@ -197,6 +202,31 @@ async def test_repeated_failures_lock_the_account_even_for_the_right_password(
     assert audit == {"action": "sign_in_locked", "outcome": "refused"}
     # A new password (operators add again) lifts the lock.
     assert not await add_operator(order_api.pool, name, "support", PASSWORD)
+    assert (await _sign_in(served, name))[0] == 303
+
+
+async def test_a_new_password_signs_the_operator_out_and_removal_keeps_them_out(
+    served: Client, order_api: OrderApi
+) -> None:
+    pool = order_api.pool
+    name = await _operator(pool, "support")
+    await _sign_in(served, name)
+    assert (await _page(served, "/console/orders"))[0] == 200
+    # A reset password (or a changed role) ends the open sessions: sign in again.
+    assert not await add_operator(pool, name, "viewer", PASSWORD + " new")
+    assert (await _page(served, "/console/orders"))[0] == 303
+    assert (await _sign_in(served, name, PASSWORD + " new"))[0] == 303
+    status, page = await _page(served, "/console/orders")
+    assert status == 200 and f"{name} (viewer)" in page
+    # Removed: signed out at once, and no password signs them in, the old one included.
+    assert await remove_operator(pool, name) == 1
+    assert (await _page(served, "/console/orders"))[0] == 303
+    for password in (PASSWORD + " new", PASSWORD):  # (a third failure would lock)
+        assert (await _sign_in(served, name, password))[0] == 401
+    assert not password_matches(operators.REMOVED, operators.REMOVED)
+    assert await remove_operator(pool, f"nobody-{uuid.uuid4().hex[:6]}") is None
+    # Added again, they sign in with the new password.
+    assert not await add_operator(pool, name, "support", PASSWORD)
     assert (await _sign_in(served, name))[0] == 303
 
 
@@ -385,7 +415,7 @@ async def test_closing_a_pending_order_is_audited_with_its_states(
     assert status == 400 and "only a pending order" in page
 
 
-async def test_paylane_operators_add_reads_the_password_from_stdin(
+async def test_paylane_operators_add_reads_the_password_from_stdin_and_remove_removes(
     mysql_url: str, db_pool: aiomysql.Pool
 ) -> None:
     name = f"cli-{uuid.uuid4().hex[:8]}"
@@ -397,7 +427,6 @@ async def test_paylane_operators_add_reads_the_password_from_stdin(
             "-m",
             "paylane.cli",
             "operators",
-            "add",
             *args,
             env=env,
             stdin=asyncio.subprocess.PIPE,
@@ -408,16 +437,24 @@ async def test_paylane_operators_add_reads_the_password_from_stdin(
         assert process.returncode is not None
         return process.returncode, out.decode(), err.decode()
 
-    code, _, err = await run(name, "--role", "support", stdin=b"short\n")
+    code, _, err = await run("add", name, "--role", "support", stdin=b"short\n")
     assert code == 2 and "password" in err
-    code, out, _ = await run(name, "--role", "support", stdin=f"{PASSWORD}\n".encode())
+    code, out, _ = await run("add", name, "--role", "support", stdin=f"{PASSWORD}\n".encode())
     assert code == 0 and f"{name}: added, role support" in out
     row = await fetch_one(
         db_pool, "SELECT role, password_hash FROM paylane_operators WHERE name = %s", name
     )
     assert row["role"] == "support" and password_matches(PASSWORD, row["password_hash"])
-    code, out, _ = await run(name, "--role", "viewer", stdin=f"{PASSWORD}!\n".encode())
+    code, out, _ = await run("add", name, "--role", "viewer", stdin=f"{PASSWORD}!\n".encode())
     assert code == 0 and "changed, role viewer" in out
+    code, out, _ = await run("remove", name, stdin=b"")
+    assert code == 0 and f"{name}: removed, 0 open session(s) ended" in out
+    row = await fetch_one(
+        db_pool, "SELECT password_hash FROM paylane_operators WHERE name = %s", name
+    )
+    assert row["password_hash"] == operators.REMOVED
+    code, _, err = await run("remove", f"nobody-{uuid.uuid4().hex[:6]}", stdin=b"")
+    assert code == 1 and "no operator" in err
 
 
 async def _paid_at_wechat(order_api: OrderApi, no: str) -> None:

@@ -57,6 +57,11 @@ def hash_password(password: str) -> str:
     )
 
 
+#: The password hash of a removed operator (``paylane operators remove``): no password
+#: matches it.
+REMOVED = "!removed"
+
+
 def password_matches(password: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
@@ -93,7 +98,8 @@ def check_new(name: str, role: str, password: str) -> None:
 
 
 async def add_operator(pool: aiomysql.Pool, name: str, role: str, password: str) -> bool:
-    """A new operator, or a new role and password for one who exists (and unlocked);
+    """A new operator, or a new role and password for one who exists (unlocked, and
+    signed out everywhere: a reset password or a changed role takes effect at once);
     True when added."""
     check_new(name, role, password)
     hashed = await asyncio.to_thread(hash_password, password)
@@ -107,12 +113,36 @@ async def add_operator(pool: aiomysql.Pool, name: str, role: str, password: str)
                 (new_row_id("operator"), name, role, hashed),
             )
             return True
-        await cur.execute(
-            "UPDATE paylane_operators SET role = %s, password_hash = %s, failed_attempts = 0,"
-            " locked_until = NULL WHERE id = %s",
-            (role, hashed, row["id"]),
-        )
+        await _set_password_hash(cur, row["id"], hashed, role)
         return False
+
+
+async def remove_operator(pool: aiomysql.Pool, name: str) -> int | None:
+    """Sign ``name`` out everywhere and make their password match nothing; the open
+    sessions ended, or None when there is no such operator. The row stays, as the audit
+    log names its operators; ``add_operator`` gives it a password again."""
+    async with transaction(pool) as cur:
+        await cur.execute(
+            "SELECT id, role FROM paylane_operators WHERE name = %s FOR UPDATE", (name,)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        return await _set_password_hash(cur, row["id"], REMOVED, row["role"])
+
+
+async def _set_password_hash(cur: aiomysql.Cursor, operator_id: str, hashed: str, role: str) -> int:
+    """The operator's new password hash and role, unlocked; their sessions ended (how
+    many)."""
+    await cur.execute(
+        "UPDATE paylane_operators SET role = %s, password_hash = %s, failed_attempts = 0,"
+        " locked_until = NULL WHERE id = %s",
+        (role, hashed, operator_id),
+    )
+    await cur.execute(
+        "DELETE FROM paylane_operator_sessions WHERE operator_id = %s", (operator_id,)
+    )
+    return int(cur.rowcount)
 
 
 def may_act(role: str) -> bool:
