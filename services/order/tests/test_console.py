@@ -221,13 +221,47 @@ async def test_a_new_password_signs_the_operator_out_and_removal_keeps_them_out(
     # Removed: signed out at once, and no password signs them in, the old one included.
     assert await remove_operator(pool, name) == 1
     assert (await _page(served, "/console/orders"))[0] == 303
-    for password in (PASSWORD + " new", PASSWORD):  # (a third failure would lock)
+    # As an unknown name: refused, never locked (the lockout is after 3 here).
+    for password in (PASSWORD + " new", PASSWORD, operators.REMOVED, "x" * 12):
         assert (await _sign_in(served, name, password))[0] == 401
-    assert not password_matches(operators.REMOVED, operators.REMOVED)
+    locked = await fetch_one(
+        pool,
+        "SELECT COUNT(*) AS n FROM paylane_operator_audit"
+        " WHERE operator = %s AND action = 'sign_in_locked'",
+        name,
+    )
+    assert locked["n"] == 0
     assert await remove_operator(pool, f"nobody-{uuid.uuid4().hex[:6]}") is None
     # Added again, they sign in with the new password.
     assert not await add_operator(pool, name, "support", PASSWORD)
     assert (await _sign_in(served, name))[0] == 303
+
+
+async def test_a_sign_in_outrun_by_a_removal_makes_no_session(
+    order_api: OrderApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator removed while their (right) password was being hashed: the sign-in
+    makes no session, where it would otherwise outlive the removal by 8 hours."""
+    pool = order_api.pool
+    name = await _operator(pool, "support")
+    loop = asyncio.get_running_loop()
+    checking = operators.password_matches
+
+    def removed_meanwhile(password: str, stored: str) -> bool:
+        matched = checking(password, stored)  # in sign_in's worker thread
+        asyncio.run_coroutine_threadsafe(remove_operator(pool, name), loop).result(10)
+        return matched
+
+    monkeypatch.setattr(operators, "password_matches", removed_meanwhile)
+    signed = await operators.sign_in(pool, name, PASSWORD)
+    assert (signed.token, signed.refused) == (None, "bad_credentials")
+    sessions = await fetch_one(
+        pool,
+        "SELECT COUNT(*) AS n FROM paylane_operator_sessions s"
+        " JOIN paylane_operators o ON o.id = s.operator_id WHERE o.name = %s",
+        name,
+    )
+    assert sessions["n"] == 0
 
 
 async def test_an_unknown_name_is_refused_like_a_wrong_password(served: Client) -> None:

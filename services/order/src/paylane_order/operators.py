@@ -11,7 +11,12 @@ sessions, and the audit log of what they do (tables of migration 0014).
   A successful sign-in resets the count. The lock is written to the audit log.
 - **Sessions**: a random token in the cookie, only its SHA-256 in
   ``paylane_operator_sessions``, with the session's CSRF token; good for
-  :data:`SESSION_TTL_S`, ended by signing out.
+  :data:`SESSION_TTL_S`, ended by signing out, by a new password or role
+  (:func:`add_operator`) and by removal (:func:`remove_operator`). A sign-in made with a
+  password that changed while it was being checked makes no session.
+- **Removed** operators keep their row (the audit log names them) with the password
+  hash :data:`REMOVED`: a sign-in under their name is answered and timed as one under an
+  unknown name, and counts toward no lockout.
 - **Roles**: ``viewer`` reads; ``support`` and ``admin`` also act (:func:`may_act`).
 """
 
@@ -199,6 +204,8 @@ async def sign_in(
             (name[:NAME_MAX],),
         )
         row = await cur.fetchone()
+    if row is not None and row["password_hash"] == REMOVED:
+        row = None  # answered, and timed, as an unknown name
     stored = row["password_hash"] if row else _NOBODY
     matches = await asyncio.to_thread(password_matches, password[:PASSWORD_MAX], stored)
     if row is None:
@@ -210,6 +217,14 @@ async def sign_in(
         return await _failed(pool, row, now, lockout_after, lockout_s)
     token = secrets.token_urlsafe(32)
     async with transaction(pool) as cur:
+        # The password checked is still the operator's: a removal or a new password that
+        # committed while it was being hashed (and ended the sessions) is not outrun.
+        await cur.execute(
+            "SELECT password_hash FROM paylane_operators WHERE id = %s FOR UPDATE", (row["id"],)
+        )
+        now_stored = await cur.fetchone()
+        if now_stored is None or now_stored["password_hash"] != stored:
+            return SignIn(None, "bad_credentials")
         await cur.execute(
             "UPDATE paylane_operators SET failed_attempts = 0, locked_until = NULL,"
             " last_sign_in_at = %s WHERE id = %s",
@@ -266,8 +281,8 @@ async def session(pool: aiomysql.Pool, token: str) -> Session | None:
         await cur.execute(
             "SELECT o.id, o.name, o.role, s.csrf_token FROM paylane_operator_sessions s"
             " JOIN paylane_operators o ON o.id = s.operator_id"
-            " WHERE s.token_hash = %s AND s.expires_at > %s",
-            (_token_hash(token), _now()),
+            " WHERE s.token_hash = %s AND s.expires_at > %s AND o.password_hash <> %s",
+            (_token_hash(token), _now(), REMOVED),
         )
         row = await cur.fetchone()
     if row is None:
