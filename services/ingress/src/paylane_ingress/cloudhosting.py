@@ -54,7 +54,6 @@ log = structlog.get_logger(__name__)
 ROUTE = "cloudhosting"
 #: The headers the platform sets on its calls, required with CLOUDHOSTING_TRUST_HEADERS.
 PLATFORM_HEADERS = ("X-WX-SOURCE", "X-WX-ENV")
-REFUND_EVENTS = events.REFUND_EVENTS
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 #: The types of the fields ingress reads (snake_case names), as ``INGRESS_API`` documents
 #: them: one of another type is a malformed body (400), never guessed at.
@@ -139,7 +138,7 @@ def to_event(fields: dict[str, Any]) -> Envelope:
     one."""
     if fields.get("out_refund_no") or fields.get("refund_status"):
         status = REFUND_STATUSES.get(str(fields.get("refund_status") or "SUCCESS"))
-        if status not in REFUND_EVENTS:
+        if status not in events.REFUND_EVENTS:
             raise Ignored(f"refund_status {fields.get('refund_status')!r}")
         refund_fee = _fen(fields.get("settlement_refund_fee")) or _fen(fields.get("refund_fee"))
         total_fee = _fen(fields.get("settlement_total_fee")) or _fen(fields.get("total_fee"))
@@ -154,7 +153,7 @@ def to_event(fields: dict[str, Any]) -> Envelope:
             source="cloudhosting",
         )
         event_id = f"{CLOUDHOSTING_REFUND_PREFIX}{refund.out_refund_no}-{status}"
-        return make_event(REFUND_EVENTS[status], refund, event_id)
+        return make_event(events.REFUND_EVENTS[status], refund, event_id)
     for flag in ("return_code", "result_code"):
         if str(fields.get(flag) or "SUCCESS").upper() != "SUCCESS":
             raise Ignored(f"{flag} {fields.get(flag)!r}")

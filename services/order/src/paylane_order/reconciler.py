@@ -112,7 +112,6 @@ _COLUMNS = {
     "payment_orders": "out_trade_no, expires_at",
     "refunds": "out_refund_no, out_trade_no, amount_refund, refund_id",
 }
-_REFUND_EVENTS = events.REFUND_EVENTS
 
 
 class Reconciler(BackgroundLoop):
@@ -321,11 +320,11 @@ class Reconciler(BackgroundLoop):
             )
             return "refund_query_failed"
         status = answer.get("status")
-        if status not in _REFUND_EVENTS:
+        if status not in events.REFUND_EVENTS:
             return "refund_still_processing"
         data = refund_from_answer(answer, out_refund_no, "reconcile")
         envelope = make_event(
-            _REFUND_EVENTS[status], data, f"reconcile-refund-{out_refund_no}-{status}"
+            events.REFUND_EVENTS[status], data, f"reconcile-refund-{out_refund_no}-{status}"
         )
         try:
             await self._publisher.publish(envelope)

@@ -163,8 +163,8 @@ def is_refund_claim(event_id: str, data: Any) -> bool:
 def refund_from_answer(
     answer: dict[str, Any], out_refund_no: str, source: RefundSource
 ) -> RefundEvent:
-    """A ``refund.*`` event's data from WeChat Pay's refund object (the answer to a
-    refund query, or a decrypted ``REFUND.*`` resource: the same shape)."""
+    """A ``refund.*`` event's data from WeChat Pay's answer to a refund query (its
+    ``status``; a ``REFUND.*`` notification's resource says ``refund_status`` instead)."""
     amount = answer.get("amount") or {}
     if not isinstance(amount, dict):
         raise ValueError("refund 'amount' must be an object")
